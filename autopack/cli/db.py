@@ -1,0 +1,50 @@
+"""``autopack db``: create/upgrade the schema and show which database is in use."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption
+from autopack.config import get_settings
+from autopack.db.identity import format_identity, guard, read_identity
+from autopack.db.migrate import upgrade_database
+
+db_app = typer.Typer(help="Database schema and identity.", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def upgrade() -> None:
+    """Create or migrate the database to the current schema (adopts an original Autopack database)."""
+    report = upgrade_database(get_settings().resolved_database_url())
+    if report.backup_path:
+        typer.echo(f"backup written: {report.backup_path}")
+    if report.legacy:
+        typer.echo("adopted a database written by the original Autopack (every row kept)")
+    if report.changed:
+        typer.echo(f"upgraded {report.url}: {report.revision_before or 'empty'} -> {report.revision_after}")
+    else:
+        typer.echo(f"{report.url} is already at {report.revision_after}; nothing to do")
+
+
+@db_app.command("identity")
+def identity(
+    as_json: JsonOption = False,
+    expect_db_id: ExpectDbIdOption = None,
+    check: bool = typer.Option(False, "--check", help="Also apply the write guard (expected id, non-empty)."),
+    allow_empty_db: AllowEmptyDbOption = False,
+) -> None:
+    """Print the masked URL, file, database id, schema revision and counts."""
+    settings = get_settings()
+    url = settings.resolved_database_url()
+    expected = expect_db_id or settings.expected_db_id
+    if check or expected:
+        report = guard(url, expect_db_id=expected, allow_empty=allow_empty_db or not check)
+    else:
+        report = read_identity(url)
+    typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True) if as_json else format_identity(report))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(db_app, name="db")

@@ -1,0 +1,120 @@
+"""The one settings object.
+
+Read when asked for (``get_settings()``), never at import time: the original bound its engine when a
+module was imported, so a ``DATABASE_URL`` set later was silently ignored (reference §10.1).
+A ``.env`` file in the current directory is read, but a variable already set in the environment wins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SQLITE_FILE = "autopack.db"
+
+ProviderName = Literal["simulated", "anthropic", "openai", "gemini"]
+
+
+class Settings(BaseSettings):
+    """Every knob of autopack, from the environment (or ``.env``), with safe defaults."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # --- database -------------------------------------------------------------------------------
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    database_url_file: Path | None = Field(default=None, validation_alias="DATABASE_URL_FILE")
+    expected_db_id: str | None = Field(default=None, validation_alias="AUTOPACK_EXPECTED_DB_ID")
+
+    # --- telemetry ------------------------------------------------------------------------------
+    # On by default (the original defaulted to off and silently wrote nothing: its most common trouble).
+    telemetry_db_enabled: bool = Field(default=True, validation_alias="TELEMETRY_DB_ENABLED")
+
+    # --- API server -----------------------------------------------------------------------------
+    api_url: str | None = Field(default=None, validation_alias="AUTOPACK_API_URL")
+    api_key: SecretStr | None = Field(default=None, validation_alias="AUTOPACK_API_KEY")
+
+    # --- LLM providers --------------------------------------------------------------------------
+    llm_provider: ProviderName = Field(default="simulated", validation_alias="AUTOPACK_LLM_PROVIDER")
+    llm_model: str | None = Field(default=None, validation_alias="AUTOPACK_LLM_MODEL")
+    llm_base_url: str | None = Field(default=None, validation_alias="AUTOPACK_LLM_BASE_URL")
+    llm_timeout_seconds: float = Field(default=600.0, validation_alias="AUTOPACK_LLM_TIMEOUT_SECONDS")
+    llm_max_retries: int = Field(default=4, validation_alias="AUTOPACK_LLM_MAX_RETRIES")
+    simulated_seed: int = Field(default=1234, validation_alias="AUTOPACK_SIM_SEED")
+    simulated_latency_seconds: float = Field(default=0.0, validation_alias="AUTOPACK_SIM_LATENCY_SECONDS")
+    anthropic_api_key: SecretStr | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    gemini_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    )
+
+    # --- execution ------------------------------------------------------------------------------
+    workspace_dir: Path = Field(default=Path(".autopack/workspaces"), validation_alias="AUTOPACK_WORKSPACE_DIR")
+
+    # --- GitHub ---------------------------------------------------------------------------------
+    github_token: SecretStr | None = Field(default=None, validation_alias="GITHUB_TOKEN")
+    github_repository: str | None = Field(default=None, validation_alias="GITHUB_REPOSITORY")
+    github_base_url: str | None = Field(default=None, validation_alias="GITHUB_API_URL")
+    github_base_branch: str | None = Field(default=None, validation_alias="GITHUB_BASE_BRANCH")
+
+    @field_validator("telemetry_db_enabled", mode="before")
+    @classmethod
+    def _truthy(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in {"", "0", "false", "no", "off"}:
+            return False
+        return value
+
+    def resolved_database_url(self) -> str:
+        """The database URL with relative SQLite paths made absolute (against the current directory).
+
+        Precedence as in the original: ``DATABASE_URL_FILE`` → ``DATABASE_URL`` → a SQLite file in the
+        current directory. Resolving once, here, is what lets a parent hand the exact same database to
+        every subprocess.
+        """
+        raw = self.database_url
+        if self.database_url_file is not None:
+            raw = Path(self.database_url_file).read_text(encoding="utf-8").strip()
+        if not raw:
+            raw = f"sqlite:///{DEFAULT_SQLITE_FILE}"
+        return absolutize_sqlite_url(raw)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this process knows, so log and report writers can redact them."""
+        secrets = [
+            s.get_secret_value()
+            for s in (self.api_key, self.anthropic_api_key, self.openai_api_key, self.gemini_api_key, self.github_token)
+            if s is not None and s.get_secret_value()
+        ]
+        from sqlalchemy.engine import make_url
+
+        try:
+            password = make_url(self.resolved_database_url()).password
+        except Exception:  # a malformed URL has no password we could leak
+            password = None
+        if password:
+            secrets.append(str(password))
+        return secrets
+
+
+def get_settings(**overrides: object) -> Settings:
+    """A fresh settings object: reads the environment (and ``.env``) each time it is called."""
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def absolutize_sqlite_url(url: str) -> str:
+    """``sqlite:///rel.db`` → ``sqlite:////abs/cwd/rel.db``; every other URL is returned unchanged."""
+    prefix_end = url.find(":///")
+    if prefix_end < 0 or not url[:prefix_end].startswith("sqlite"):
+        return url
+    head, path_and_query = url[: prefix_end + 4], url[prefix_end + 4 :]
+    path, sep, query = path_and_query.partition("?")
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return url
+    absolute = Path(path).expanduser()
+    if not absolute.is_absolute():
+        absolute = Path.cwd() / absolute
+    return f"{head}{absolute.resolve(strict=False)}{sep}{query}"

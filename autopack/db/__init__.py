@@ -1,0 +1,1 @@
+"""Database layer: engine factory, models, migrations and the DB identity guard."""

@@ -1,0 +1,138 @@
+"""The one engine factory: one lazily built engine per resolved database URL.
+
+Nothing here runs at import time. Two calls with two URLs reach two databases, which is exactly what the
+original could not do (its engine was bound when ``autopack.database`` was imported).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import Session, sessionmaker
+
+from autopack.config import absolutize_sqlite_url, get_settings
+from autopack.errors import DatabaseUrlError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+_sessionmakers: dict[str, sessionmaker[Session]] = {}
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The URL to use: the given one (made absolute for SQLite) or the settings' one."""
+    return absolutize_sqlite_url(url) if url else get_settings().resolved_database_url()
+
+
+def parse_url(url: str) -> URL:
+    """Parse a database URL or fail with one clear line (never a traceback)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise DatabaseUrlError(
+            f"DATABASE_URL is not a valid database URL: {mask_url(url)}",
+            hint="use e.g. sqlite:///autopack.db or postgresql+psycopg://user@host/db",
+        ) from exc
+    if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
+        raise DatabaseUrlError(
+            f"unsupported database backend '{parsed.get_backend_name()}'",
+            hint="autopack supports sqlite:/// and postgresql:// URLs",
+        )
+    return parsed
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``; safe to print or log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        # Unparseable: drop everything between '://' and '@' so no credential can leak.
+        scheme, sep, rest = url.partition("://")
+        if sep and "@" in rest:
+            return f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return url
+
+
+def _normalise_driver(parsed: URL) -> URL:
+    """``postgresql://`` means psycopg 3 here (the only PostgreSQL driver we install)."""
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The engine for ``url`` (default: the settings' database), created on first use."""
+    resolved = resolve_url(url)
+    with _lock:
+        engine = _engines.get(resolved)
+        if engine is None:
+            engine = _create_engine(resolved)
+            _engines[resolved] = engine
+        return engine
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = _normalise_driver(parse_url(url))
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            engine = create_engine(
+                parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+            )
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(parsed, pool_pre_ping=True, pool_recycle=1800, pool_size=10, max_overflow=10)
+    except (NoSuchModuleError, ArgumentError) as exc:
+        raise DatabaseUrlError(f"cannot build an engine for {mask_url(url)}: {exc}") from exc
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    """WAL + busy timeout so an API server, a drain and a calibration can share one file."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
+    resolved = resolve_url(url)
+    with _lock:
+        maker = _sessionmakers.get(resolved)
+    if maker is None:
+        maker = sessionmaker(bind=get_engine(resolved), expire_on_commit=False)
+        with _lock:
+            _sessionmakers.setdefault(resolved, maker)
+    return maker
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any error."""
+    session = get_sessionmaker(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (tests, and before a SQLite file is copied or deleted)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _sessionmakers.clear()

@@ -1,0 +1,16 @@
+"""Compatibility with the original's ``from autopack.models import ...``."""
+
+from autopack.db.models import *  # noqa: F403
+from autopack.db.models import (  # noqa: F401
+    Base,
+    CalibrationRun,
+    DbMeta,
+    DrainResult,
+    DrainSession,
+    LlmUsageEvent,
+    Phase,
+    PhaseState,
+    Run,
+    TokenBudgetEscalationEvent,
+    TokenEstimationV2Event,
+)
