@@ -1,0 +1,221 @@
+"""Atomic phase claims with leases, safe for many drain workers on one database.
+
+A claim moves a phase to EXECUTING with an owner and an expiry. Claiming is a single conditional UPDATE
+(SQLite and PostgreSQL alike), and ``claim_next`` on PostgreSQL picks its row with
+``SELECT … FOR UPDATE SKIP LOCKED`` so concurrent workers never wait on each other. A worker that dies
+leaves a lease that expires; the phase can then be claimed again. A result reported on an expired or
+foreign lease is rejected (``LeaseLostError``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from autopack.db.models import Phase, PhaseState, utcnow
+from autopack.errors import AutopackError
+
+DEFAULT_LEASE_SECONDS = 900
+DRAINABLE_STATES: tuple[str, ...] = (PhaseState.QUEUED, PhaseState.FAILED)
+
+
+class LeaseLostError(AutopackError):
+    """The caller no longer holds the phase's lease (expired, or claimed by another worker)."""
+
+    exit_code = 4
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: str
+    phase_id: str
+    owner: str
+    expires_at: datetime
+    #: 0-based index of this attempt (the phase's attempt counter before the claim).
+    attempt_index: int
+    initial_state: str
+
+
+def _expiry(lease_seconds: float) -> datetime:
+    return utcnow() + timedelta(seconds=lease_seconds)
+
+
+def _claimable(states: Collection[str], now: datetime) -> sa.ColumnElement[bool]:
+    """Eligible: in one of ``states``, or EXECUTING under a lease that has expired (a dead worker)."""
+    return sa.or_(
+        Phase.state.in_(list(states)),
+        sa.and_(Phase.state == PhaseState.EXECUTING, Phase.lease_expires_at.is_not(None), Phase.lease_expires_at < now),
+    )
+
+
+def claim_phase(
+    session: Session,
+    run_id: str,
+    phase_id: str,
+    owner: str,
+    *,
+    states: Collection[str] = DRAINABLE_STATES,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+) -> Claim | None:
+    """Claim one named phase, or return None if it is not claimable (taken, finished, missing)."""
+    now = utcnow()
+    row = session.execute(
+        sa.select(Phase.state, Phase.builder_attempts).where(Phase.run_id == run_id, Phase.phase_id == phase_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    initial_state, attempts = row
+    expires = _expiry(lease_seconds)
+    result = session.execute(
+        sa.update(Phase)
+        .where(
+            Phase.run_id == run_id,
+            Phase.phase_id == phase_id,
+            Phase.builder_attempts == attempts,  # nobody claimed it between our read and this write
+            _claimable(states, now),
+        )
+        .values(
+            state=PhaseState.EXECUTING,
+            lease_owner=owner,
+            lease_expires_at=expires,
+            builder_attempts=Phase.builder_attempts + 1,
+            started_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    return Claim(run_id, phase_id, owner, expires, int(attempts or 0), str(initial_state))
+
+
+def claim_next(
+    session: Session,
+    owner: str,
+    *,
+    run_ids: Sequence[str] | None = None,
+    states: Collection[str] = DRAINABLE_STATES,
+    exclude: Collection[tuple[str, str]] = (),
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    max_tries: int = 20,
+) -> Claim | None:
+    """Claim the next eligible phase (lowest run, then phase index). None when nothing is left."""
+    for _ in range(max_tries):
+        now = utcnow()
+        query = sa.select(Phase.run_id, Phase.phase_id).where(_claimable(states, now))
+        if run_ids:
+            query = query.where(Phase.run_id.in_(list(run_ids)))
+        if exclude:
+            query = query.where(sa.tuple_(Phase.run_id, Phase.phase_id).not_in(list(exclude)))
+        query = query.order_by(Phase.run_id, Phase.phase_index, Phase.id).limit(1)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=Phase)
+        candidate = session.execute(query).first()
+        if candidate is None:
+            session.rollback()
+            return None
+        claim = claim_phase(session, candidate[0], candidate[1], owner, states=states, lease_seconds=lease_seconds)
+        if claim is not None:
+            return claim
+    return None
+
+
+def _held(run_id: str, phase_id: str, owner: str, now: datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        Phase.run_id == run_id,
+        Phase.phase_id == phase_id,
+        Phase.state == PhaseState.EXECUTING,
+        Phase.lease_owner == owner,
+        Phase.lease_expires_at >= now,
+    )
+
+
+def heartbeat(
+    session: Session, run_id: str, phase_id: str, owner: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+) -> datetime:
+    """Extend a held lease; raise ``LeaseLostError`` if it is no longer ours."""
+    now = utcnow()
+    expires = _expiry(lease_seconds)
+    result = session.execute(
+        sa.update(Phase)
+        .where(_held(run_id, phase_id, owner, now))
+        .values(lease_expires_at=expires)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        raise LeaseLostError(f"lease on {run_id}/{phase_id} lost by {owner}", hint="the phase was re-claimed")
+    return expires
+
+
+def finish_phase(
+    session: Session,
+    run_id: str,
+    phase_id: str,
+    owner: str,
+    final_state: str,
+    *,
+    failure_reason: str | None = None,
+    tokens_used: int | None = None,
+) -> None:
+    """Record the phase's final state and release the lease, only if the lease is still held."""
+    if final_state not in PhaseState.TERMINAL and final_state != PhaseState.QUEUED:
+        raise ValueError(f"not a final state: {final_state}")
+    now = utcnow()
+    values: dict[str, object] = {
+        "state": final_state,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "completed_at": now if final_state in PhaseState.TERMINAL else None,
+        "updated_at": now,
+        "last_failure_reason": failure_reason if final_state != PhaseState.COMPLETE else None,
+    }
+    if tokens_used is not None:
+        values["tokens_used"] = Phase.tokens_used + tokens_used
+    result = session.execute(
+        sa.update(Phase)
+        .where(_held(run_id, phase_id, owner, now))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        raise LeaseLostError(
+            f"result for {run_id}/{phase_id} rejected: the lease of {owner} expired or was taken over",
+            hint="the phase will be (or was) drained again by its new owner",
+        )
+
+
+def release(session: Session, run_id: str, phase_id: str, owner: str, *, state: str = PhaseState.QUEUED) -> bool:
+    """Give a claimed phase back (e.g. after Ctrl-C) without counting an outcome."""
+    now = utcnow()
+    result = session.execute(
+        sa.update(Phase)
+        .where(_held(run_id, phase_id, owner, now))
+        .values(state=state, lease_owner=None, lease_expires_at=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def reserve_attempt(session: Session, run_id: str, phase_id: str, owner: str) -> int:
+    """Reserve the next attempt index under a held lease (an escalated retry is a new attempt)."""
+    now = utcnow()
+    result = session.execute(
+        sa.update(Phase)
+        .where(_held(run_id, phase_id, owner, now))
+        .values(builder_attempts=Phase.builder_attempts + 1)
+        .returning(Phase.builder_attempts)
+        .execution_options(synchronize_session=False)
+    )
+    attempts = result.scalar_one_or_none()
+    session.commit()
+    if attempts is None:
+        raise LeaseLostError(f"lease on {run_id}/{phase_id} lost by {owner}", hint="the phase was re-claimed")
+    return int(attempts) - 1

@@ -1,0 +1,62 @@
+"""Creating runs and phases from a validated spec, all or nothing."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from autopack.db.models import Phase, PhaseState, Run, utcnow
+from autopack.errors import RefusedError
+from autopack.execution.spec import RunSpec
+
+
+def create_run(session: Session, spec: RunSpec, *, replace: bool = False, source: str | None = None) -> Run:
+    """Insert the run and its phases in the caller's transaction (commit or roll back as one).
+
+    An existing run is refused unless ``replace`` (then its phases and the run are deleted first;
+    telemetry rows are kept: they are history, keyed by attempt, and never duplicated).
+    """
+    existing = session.get(Run, spec.run_id)
+    if existing is not None:
+        if not replace:
+            raise RefusedError(
+                f"run '{spec.run_id}' already exists",
+                hint="pass --replace to delete and recreate it, or choose another --run-id",
+            )
+        session.execute(sa.delete(Phase).where(Phase.run_id == spec.run_id))
+        session.delete(existing)
+        session.flush()
+    now = utcnow()
+    run = Run(
+        id=spec.run_id,
+        state="RUN_CREATED",
+        goal_anchor=spec.goal,
+        source=source,
+        token_cap=spec.token_cap,
+        max_phases=len(spec.phases),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(run)
+    for index, phase in enumerate(spec.phases):
+        session.add(
+            Phase(
+                run_id=spec.run_id,
+                phase_id=phase.phase_id,
+                phase_index=index,
+                name=phase.name or phase.phase_id,
+                description=phase.description,
+                state=PhaseState.QUEUED,
+                task_category=phase.category,
+                complexity=phase.complexity,
+                builder_mode=phase.builder_mode,
+                scope=phase.scope(),
+                check_command=phase.check_command,
+                max_builder_attempts=phase.max_builder_attempts,
+                builder_attempts=0,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    session.flush()
+    return run

@@ -1,0 +1,562 @@
+"""Token estimator: predicted output tokens for a phase, and the ``max_tokens`` ceiling to send.
+
+The coefficient tables below are plain literals because the calibration pull request edits them with a
+program (libcst): keep each entry on its own line, keys as ``(str, str)`` tuples, values as numbers.
+Everything under "Logic" is a pure function of (phase features, coefficients): no filesystem reads, no
+globals read except through ``current_coefficients()``.
+
+Seeded with the original Autopack's values (v5-step2, reference §2), re-keyed to the canonical
+vocabulary of ``autopack.taxonomy`` ("testing" → "tests", "documentation" → "docs"): the original keyed
+PHASE_OVERHEAD by "testing", so its "tests" phases silently used the 2000 default (§10.10).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from autopack.taxonomy import DOCS_LIKE, normalise_category, normalise_complexity
+
+# ==================================================================================================
+# Coefficients (edited by the calibration pull request)
+# ==================================================================================================
+
+CALIBRATION_VERSION = "v5-step2"
+CALIBRATION_DATE = "2025-12-29"
+CALIBRATION_SAMPLES = 45
+
+# Multiplier applied to every estimate (predicted already includes it).
+SAFETY_MARGIN = 1.3
+# Default buffer between predicted tokens and the budget, for groups without a calibrated factor.
+BUFFER_MARGIN = 1.2
+BUFFER_LOW_CONFIDENCE = 1.4
+BUFFER_MANY_DELIVERABLES = 1.6
+BUFFER_HIGH_COMPLEXITY_FEATURE = 1.6
+BUFFER_DOC_MODELS = 2.2
+
+# Fixed per-phase cost by (category, complexity); missing key -> DEFAULT_PHASE_OVERHEAD.
+DEFAULT_PHASE_OVERHEAD = 2000
+PHASE_OVERHEAD: dict[tuple[str, str], int] = {
+    # implementation: 2000 -> 1120 -> 634 and 3000 -> 1860 -> 1176 (sqrt-damped, v5 + v6 telemetry)
+    ("implementation", "low"): 634,
+    ("implementation", "medium"): 1176,
+    ("implementation", "high"): 5000,
+    ("refactoring", "low"): 2500,
+    ("refactoring", "medium"): 3500,
+    ("refactoring", "high"): 5500,
+    ("configuration", "low"): 800,
+    ("configuration", "medium"): 1500,
+    ("configuration", "high"): 2500,
+    ("integration", "low"): 3000,
+    ("integration", "medium"): 4000,
+    ("integration", "high"): 6000,
+    # tests: the original's "testing" row (testing/low 1500 -> 915)
+    ("tests", "low"): 915,
+    ("tests", "medium"): 2500,
+    ("tests", "high"): 4000,
+    ("docs", "low"): 1500,
+    ("docs", "medium"): 2500,
+    ("docs", "high"): 3500,
+    ("backend", "low"): 2000,
+    ("backend", "medium"): 3000,
+    ("backend", "high"): 5000,
+    ("frontend", "low"): 2500,
+    ("frontend", "medium"): 3500,
+    ("frontend", "high"): 5500,
+    ("database", "low"): 2000,
+    ("database", "medium"): 3000,
+    ("database", "high"): 5000,
+    ("deployment", "low"): 2000,
+    ("deployment", "medium"): 3000,
+    ("deployment", "high"): 5000,
+}
+
+# Marginal cost per deliverable by (deliverable kind, "new" | "modify").
+TOKEN_WEIGHTS: dict[tuple[str, str], int] = {
+    ("backend", "new"): 2000,
+    ("backend", "modify"): 700,
+    ("frontend", "new"): 2800,
+    ("frontend", "modify"): 1100,
+    ("test", "new"): 1400,
+    ("test", "modify"): 600,
+    ("doc", "new"): 500,
+    ("doc", "modify"): 400,
+    ("config", "new"): 1000,
+    ("config", "modify"): 500,
+    ("database", "new"): 1500,
+    ("database", "modify"): 600,
+}
+
+# BUILD-142 category-aware floors by (category, complexity); ("default", complexity) for the rest.
+BASE_BUDGET_BY_CATEGORY: dict[tuple[str, str], int] = {
+    ("docs", "low"): 4096,
+    ("docs", "medium"): 8192,
+    ("docs", "high"): 12288,
+    ("tests", "low"): 6144,
+    ("tests", "medium"): 8192,
+    ("tests", "high"): 12288,
+    ("implementation", "low"): 8192,
+    ("implementation", "medium"): 12288,
+    ("implementation", "high"): 16384,
+    ("doc_synthesis", "low"): 8192,
+    ("doc_synthesis", "medium"): 12288,
+    ("doc_synthesis", "high"): 16384,
+    ("doc_sot_update", "low"): 8192,
+    ("doc_sot_update", "medium"): 12288,
+    ("doc_sot_update", "high"): 16384,
+    ("default", "low"): 8192,
+    ("default", "medium"): 12288,
+    ("default", "high"): 16384,
+}
+DEFAULT_BASE_BUDGET = 8192
+
+# Calibrated budget factors by (category, complexity): where a group has one, its ceiling is
+# predicted x factor (the split-conformal quantile for the target truncation rate), replacing the
+# floor and buffer above. Filled by the calibration pull request.
+BUDGET_FACTORS: dict[tuple[str, str], float] = {
+}
+
+# Ceiling bounds.
+MIN_FACTOR_CEILING = 512
+MAX_OUTPUT_TOKENS = 64000
+# Escalate-once after a truncation (reference §2.8).
+ESCALATION_FACTOR = 1.25
+
+# Overrides that raise the ceiling for groups without a calibrated factor (each is recorded).
+LOCKFILE_OVERRIDE = 12000
+FRONTEND_DEPLOYMENT_OVERRIDE = 16384
+BACKEND_WIDE_SCOPE_OVERRIDE = 12000
+FULL_FILE_MODE_OVERRIDE = 16384
+
+# Documentation models (reference §2.3).
+DOC_SOT_CONTEXT: dict[tuple[str, str], int] = {
+    ("scope", "none"): 3000,
+    ("scope", "some"): 2200,
+    ("scope", "wide"): 1500,
+}
+DOC_SOT_WRITE_PER_DELIVERABLE = 900
+DOC_SOT_CONSISTENCY_SHARE = 0.15
+DOC_SYNTHESIS_INVESTIGATE: dict[tuple[str, str], int] = {
+    ("scope", "none"): 2500,
+    ("scope", "some"): 2000,
+    ("scope", "wide"): 1500,
+}
+DOC_SYNTHESIS_API_REFERENCE = 1200
+DOC_SYNTHESIS_EXAMPLES = 1400
+DOC_SYNTHESIS_PER_DELIVERABLE = 850
+DOC_SYNTHESIS_COORDINATION_SHARE = 0.12
+
+# Estimate when a phase names no deliverables, by complexity.
+NO_DELIVERABLES_ESTIMATE: dict[tuple[str, str], int] = {
+    ("none", "low"): 8192,
+    ("none", "medium"): 12288,
+    ("none", "high"): 16384,
+}
+
+
+# ==================================================================================================
+# Logic
+# ==================================================================================================
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """One coefficient set. ``current_coefficients()`` reads the literals above."""
+
+    version: str
+    phase_overhead: Mapping[tuple[str, str], int]
+    token_weights: Mapping[tuple[str, str], int]
+    base_budgets: Mapping[tuple[str, str], int]
+    budget_factors: Mapping[tuple[str, str], float]
+    safety_margin: float = SAFETY_MARGIN
+    buffer_margin: float = BUFFER_MARGIN
+    default_phase_overhead: int = DEFAULT_PHASE_OVERHEAD
+
+
+def current_coefficients() -> Coefficients:
+    return Coefficients(
+        version=CALIBRATION_VERSION,
+        phase_overhead=dict(PHASE_OVERHEAD),
+        token_weights=dict(TOKEN_WEIGHTS),
+        base_budgets=dict(BASE_BUDGET_BY_CATEGORY),
+        budget_factors=dict(BUDGET_FACTORS),
+    )
+
+
+@dataclass(frozen=True)
+class FileStats:
+    """What the estimator needs to know about an existing file (collected by the caller)."""
+
+    loc: int
+    import_lines: int
+    max_indent: int
+
+
+@dataclass(frozen=True)
+class PhaseFeatures:
+    """Everything the estimator reads about a phase. Raw category/complexity; normalised on entry."""
+
+    category: str | None
+    complexity: str | None
+    deliverables: tuple[str, ...]
+    description: str = ""
+    scope_paths: tuple[str, ...] = ()
+    read_only_context: tuple[str, ...] = ()
+    builder_mode: str | None = None
+    #: Stats of deliverable paths that already exist in the workspace (absent = a new file).
+    existing_files: Mapping[str, FileStats] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    predicted_output_tokens: int
+    confidence: float
+    category: str
+    complexity: str
+    raw_category: str | None
+    raw_complexity: str | None
+    category_known: bool
+    complexity_known: bool
+    model: str
+    deliverable_count: int
+    breakdown: dict[str, int]
+    #: Counts by (kind, new|modify): the features the joint calibration regresses on.
+    deliverable_counts: dict[str, int]
+    doc_features: dict[str, bool]
+    context_quality: str
+    sot_file_name: str | None = None
+
+    @property
+    def group(self) -> tuple[str, str]:
+        return (self.category, self.complexity)
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One named step in deciding the ceiling: what it was, the value after it, and why."""
+
+    name: str
+    value: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class CeilingDecision:
+    selected_budget: int
+    actual_max_tokens: int
+    contributions: tuple[Contribution, ...]
+    calibrated: bool
+
+    def as_records(self) -> list[dict[str, object]]:
+        return [{"name": c.name, "value": c.value, "detail": c.detail} for c in self.contributions]
+
+
+_PATH_TOKEN = re.compile(r"[\w./\\-]+\.[A-Za-z0-9]{1,8}")
+_VERB = re.compile(r"^\s*(create|add|new|modify|update|write|implement)\b", re.IGNORECASE)
+_NEW_VERB = re.compile(r"^\s*(create|add|new|write)\b", re.IGNORECASE)
+_SOT_NAMES = frozenset({"build_log.md", "build_history.md", "changelog.md", "history.md", "release_notes.md"})
+_CONFIG_EXT = (".yml", ".yaml", ".json", ".toml", ".txt", ".ini", ".cfg")
+_FRONTEND_EXT = (".tsx", ".jsx", ".vue", ".svelte", ".ts", ".js", ".css", ".html")
+
+
+def deliverable_path(text: str) -> str:
+    """The file path a deliverable names (first ``name.ext`` token), else the text without verbs."""
+    match = _PATH_TOKEN.search(text)
+    if match:
+        return match.group(0).replace("\\", "/")
+    stripped = _VERB.sub("", text)
+    return re.sub(r"\(.*\)\s*$", "", stripped).strip()
+
+
+def deliverable_kind(path: str, category: str) -> str:
+    """test / doc / config / frontend / database / backend (first matching rule wins)."""
+    p = path.lower()
+    name = PurePosixPath(p).name
+    if (
+        p.startswith("tests/")
+        or "/tests/" in p
+        or name.startswith("test_")
+        or name == "conftest.py"
+        or p.endswith(("_test.py", ".spec.ts", ".spec.tsx", ".test.ts", ".test.tsx"))
+    ):
+        return "test"
+    if p.startswith("docs/") or p.endswith((".md", ".rst")):
+        return "doc"
+    if p.endswith(_CONFIG_EXT) or "alembic/versions" in p or "migration" in p:
+        return "config"
+    if p.endswith(_FRONTEND_EXT) or category == "frontend":
+        return "frontend"
+    if p.endswith(".sql"):
+        return "database"
+    return "backend"
+
+
+def file_complexity_factor(stats: FileStats) -> float:
+    """Modifying a long, import-heavy, deeply nested file costs more: clamp(loc·imports·nesting, 0.5, 2)."""
+    loc = 0.7 if stats.loc < 50 else 1.0 if stats.loc < 200 else 1.3 if stats.loc < 500 else 1.5
+    imports = 0.9 if stats.import_lines < 5 else 1.0 if stats.import_lines < 15 else 1.2
+    nesting = 0.9 if stats.max_indent < 8 else 1.0 if stats.max_indent < 16 else 1.2
+    return min(2.0, max(0.5, loc * imports * nesting))
+
+
+def _context_tier(scope_paths: Sequence[str]) -> tuple[str, str]:
+    n = len(scope_paths)
+    return ("scope", "none" if n == 0 else "some" if n <= 10 else "wide")
+
+
+def _context_quality(scope_paths: Sequence[str]) -> str:
+    n = len(scope_paths)
+    return "none" if n == 0 else "some" if n <= 3 else "strong"
+
+
+def _has(text: str, phrases: Sequence[str]) -> bool:
+    return any(re.search(rf"(?<![\w]){re.escape(p)}(?![\w])", text) for p in phrases)
+
+
+def doc_features(deliverables: Sequence[str], description: str) -> dict[str, bool]:
+    """Doc-synthesis signals, matched as whole phrases (the original's substrings misfired, §10.14)."""
+    text = (" ".join(deliverables) + " " + description).lower()
+    desc = description.lower()
+    return {
+        "api_reference_required": _has(text, ("api_reference", "api reference", "api.md", "rest api")),
+        "examples_required": _has(text, ("examples.md", "usage examples", "code examples", "sample code", "snippets")),
+        "research_required": _has(desc, ("from scratch", "investigate", "create documentation for")),
+        "usage_guide_required": _has(text, ("usage_guide", "user guide", "getting started", "tutorial")),
+    }
+
+
+def estimate(features: PhaseFeatures, coefficients: Coefficients | None = None) -> Estimate:
+    """Predicted output tokens (safety margin included) with a breakdown of where they come from."""
+    coeffs = coefficients or current_coefficients()
+    cat = normalise_category(features.category)
+    cx = normalise_complexity(features.complexity)
+    deliverables = [d for d in features.deliverables if d and d.strip()]
+    paths = [deliverable_path(d) for d in deliverables]
+    kinds = [deliverable_kind(p, cat.value) for p in paths]
+    flags = doc_features(deliverables, features.description)
+    common = {
+        "complexity": cx.value,
+        "raw_category": cat.raw,
+        "raw_complexity": cx.raw,
+        "category_known": cat.known,
+        "complexity_known": cx.known,
+        "deliverable_count": len(deliverables),
+        "doc_features": flags,
+        "context_quality": _context_quality(features.scope_paths),
+    }
+
+    if not deliverables:
+        predicted = NO_DELIVERABLES_ESTIMATE.get(("none", cx.value), DEFAULT_BASE_BUDGET)
+        return Estimate(predicted, 0.5, cat.value, model="no_deliverables", breakdown={"default": predicted},
+                        deliverable_counts={}, **common)  # type: ignore[arg-type]
+
+    category = cat.value
+    pure_doc = all(kind == "doc" for kind in kinds)
+    if pure_doc and category not in DOCS_LIKE:
+        category = "docs"
+    tier = _context_tier(features.scope_paths)
+    if pure_doc:
+        sot = next((PurePosixPath(p).name for p in paths if PurePosixPath(p).name.lower() in _SOT_NAMES), None)
+        if sot is not None:
+            context = DOC_SOT_CONTEXT[tier]
+            write = DOC_SOT_WRITE_PER_DELIVERABLE * max(1, len(deliverables))
+            consistency = int(DOC_SOT_CONSISTENCY_SHARE * write)
+            predicted = int((context + write + consistency) * coeffs.safety_margin)
+            return Estimate(predicted, 0.70, "doc_sot_update", model="doc_sot_update",
+                            breakdown={"context": context, "write": write, "consistency": consistency},
+                            deliverable_counts={"doc:new": len(deliverables)}, sot_file_name=sot,
+                            **common)  # type: ignore[arg-type]
+        synthesis = flags["api_reference_required"] or (
+            flags["examples_required"] and (flags["research_required"] or flags["usage_guide_required"])
+        )
+        if category == "docs" and synthesis:
+            investigate = DOC_SYNTHESIS_INVESTIGATE[tier]
+            api = DOC_SYNTHESIS_API_REFERENCE if flags["api_reference_required"] else 0
+            examples = DOC_SYNTHESIS_EXAMPLES if flags["examples_required"] else 0
+            writing = DOC_SYNTHESIS_PER_DELIVERABLE * len(deliverables)
+            coordination = int(DOC_SYNTHESIS_COORDINATION_SHARE * writing) if len(deliverables) >= 5 else 0
+            total = investigate + api + examples + writing + coordination
+            predicted = int(total * coeffs.safety_margin)
+            return Estimate(predicted, 0.75, "doc_synthesis", model="doc_synthesis",
+                            breakdown={"investigate": investigate, "api_reference": api, "examples": examples,
+                                       "writing": writing, "coordination": coordination},
+                            deliverable_counts={"doc:new": len(deliverables)}, **common)  # type: ignore[arg-type]
+
+    counts: dict[str, int] = {}
+    breakdown: dict[str, int] = {}
+    marginal = 0.0
+    for text, path, kind in zip(deliverables, paths, kinds, strict=True):
+        stats = features.existing_files.get(path)
+        is_new = stats is None or bool(_NEW_VERB.match(text))
+        mode = "new" if is_new else "modify"
+        weight = coeffs.token_weights.get((kind, mode), coeffs.token_weights.get(("backend", mode), 500))
+        cost = weight if is_new or stats is None else weight * file_complexity_factor(stats)
+        marginal += cost
+        counts[f"{kind}:{mode}"] = counts.get(f"{kind}:{mode}", 0) + 1
+        breakdown[f"{kind}:{mode}"] = breakdown.get(f"{kind}:{mode}", 0) + int(cost)
+    overhead = coeffs.phase_overhead.get((category, cx.value), coeffs.default_phase_overhead)
+    breakdown["overhead"] = overhead
+    predicted = int((overhead + marginal) * coeffs.safety_margin)
+    with_ext = sum(1 for p in paths if PurePosixPath(p).suffix) / len(paths)
+    with_verb = sum(1 for d in deliverables if _VERB.match(d)) / len(deliverables)
+    confidence = min(1.0, 0.5 + 0.3 * with_ext + 0.2 * with_verb)
+    return Estimate(predicted, round(confidence, 3), category, model="overhead_plus_marginal",
+                    breakdown=breakdown, deliverable_counts=counts, **common)  # type: ignore[arg-type]
+
+
+def base_budget(category: str, complexity: str, coefficients: Coefficients) -> int:
+    return coefficients.base_budgets.get(
+        (category, complexity), coefficients.base_budgets.get(("default", complexity), DEFAULT_BASE_BUDGET)
+    )
+
+
+def buffer_for(est: Estimate, coefficients: Coefficients) -> tuple[float, str]:
+    """The buffer multiplier and the rule that chose it (reference §2.5)."""
+    if est.category in ("doc_synthesis", "doc_sot_update"):
+        return BUFFER_DOC_MODELS, "doc model"
+    buffer, reason = coefficients.buffer_margin, "default"
+    if est.confidence < 0.7 and BUFFER_LOW_CONFIDENCE > buffer:
+        buffer, reason = BUFFER_LOW_CONFIDENCE, "low confidence"
+    if est.deliverable_count >= 8 and BUFFER_MANY_DELIVERABLES > buffer:
+        buffer, reason = BUFFER_MANY_DELIVERABLES, ">= 8 deliverables"
+    raw = (est.raw_category or "").strip().lower()
+    if raw in ("implement_feature", "integration") and est.complexity == "high" and BUFFER_HIGH_COMPLEXITY_FEATURE > buffer:
+        buffer, reason = BUFFER_HIGH_COMPLEXITY_FEATURE, "high-complexity feature/integration"
+    return buffer, reason
+
+
+def decide_ceiling(
+    est: Estimate,
+    features: PhaseFeatures,
+    coefficients: Coefficients | None = None,
+    *,
+    escalated_to: int | None = None,
+    model_max_output: int = MAX_OUTPUT_TOKENS,
+) -> CeilingDecision:
+    """The one function that decides ``selected_budget`` (intent) and ``actual_max_tokens`` (sent).
+
+    Every step that changes the number is recorded as a named contribution, so no override can hide
+    the estimator again (the original's five silent overrides, §10.13).
+    """
+    coeffs = coefficients or current_coefficients()
+    contributions: list[Contribution] = [
+        Contribution("predicted", est.predicted_output_tokens, f"{est.model}, confidence {est.confidence}")
+    ]
+    factor = coeffs.budget_factors.get(est.group)
+    cap = min(MAX_OUTPUT_TOKENS, model_max_output)
+    if factor is not None:
+        raw_ceiling = math.ceil(est.predicted_output_tokens * factor)
+        selected = min(max(raw_ceiling, MIN_FACTOR_CEILING), cap)
+        contributions.append(
+            Contribution("calibrated_factor", selected, f"{est.predicted_output_tokens} x {factor} for {est.group}"
+                         f" (clamped to [{MIN_FACTOR_CEILING}, {cap}])")
+        )
+    else:
+        floor = base_budget(est.category, est.complexity, coeffs)
+        buffer, why = buffer_for(est, coeffs)
+        buffered = int(est.predicted_output_tokens * buffer)
+        contributions.append(Contribution("buffer", buffered, f"x{buffer} ({why})"))
+        contributions.append(Contribution("floor", floor, f"base budget for {est.group}"))
+        selected = min(max(floor, buffered), MAX_OUTPUT_TOKENS)
+    contributions.append(Contribution("selected_budget", selected, "estimator intent"))
+
+    ceiling = selected
+    if factor is None:
+        for name, minimum, applies in _overrides(est, features):
+            if applies and minimum > ceiling:
+                ceiling = minimum
+                contributions.append(Contribution("override", ceiling, name))
+    if escalated_to is not None and escalated_to > ceiling:
+        ceiling = escalated_to
+        contributions.append(Contribution("escalation", ceiling, f"retry after truncation: {escalated_to}"))
+    if ceiling > cap:
+        ceiling = cap
+        contributions.append(Contribution("model_max", ceiling, f"model maximum output {cap}"))
+    return CeilingDecision(selected, ceiling, tuple(contributions), factor is not None)
+
+
+def _overrides(est: Estimate, features: PhaseFeatures) -> list[tuple[str, int, bool]]:
+    scope = [p.lower() for p in (*features.scope_paths, *features.deliverables)]
+    docs = est.category in DOCS_LIKE
+    return [
+        ("lockfile or package.json in scope", LOCKFILE_OVERRIDE,
+         any(p.endswith(("package.json", "package-lock.json", "poetry.lock", "yarn.lock")) for p in scope)),
+        ("frontend/deployment category", FRONTEND_DEPLOYMENT_OVERRIDE, est.category in ("frontend", "deployment")),
+        ("backend with >= 3 scope paths", BACKEND_WIDE_SCOPE_OVERRIDE,
+         est.category == "backend" and len(features.scope_paths) >= 3),
+        ("full_file builder mode", FULL_FILE_MODE_OVERRIDE, (features.builder_mode or "") == "full_file" and not docs),
+    ]
+
+
+@dataclass(frozen=True)
+class Escalation:
+    base_value: int
+    base_source: str
+    factor: float
+    retry_max_tokens: int
+
+
+def escalate(
+    *, selected_budget: int, actual_max_tokens: int, tokens_used: int, complexity: str
+) -> Escalation:
+    """Escalate once after truncation: ×1.25 of the largest known budget, capped (reference §2.8)."""
+    candidates = {"selected_budget": selected_budget, "actual_max_tokens": actual_max_tokens, "tokens_used": tokens_used}
+    source, base = max(candidates.items(), key=lambda kv: kv[1])
+    if base <= 0:
+        source = "complexity_default"
+        base = NO_DELIVERABLES_ESTIMATE.get(("none", normalise_complexity(complexity).value), DEFAULT_BASE_BUDGET)
+    retry = min(int(base * ESCALATION_FACTOR), MAX_OUTPUT_TOKENS)
+    return Escalation(base, source, ESCALATION_FACTOR, retry)
+
+
+def plan_call(
+    features: PhaseFeatures,
+    coefficients: Coefficients | None = None,
+    *,
+    escalated_to: int | None = None,
+    model_max_output: int = MAX_OUTPUT_TOKENS,
+) -> tuple[Estimate, CeilingDecision]:
+    """Estimate and decide the ceiling in one call (what the phase executor uses before each call)."""
+    coeffs = coefficients or current_coefficients()
+    est = estimate(features, coeffs)
+    return est, decide_ceiling(est, features, coeffs, escalated_to=escalated_to, model_max_output=model_max_output)
+
+
+def features_record(features: PhaseFeatures, est: Estimate) -> dict[str, object]:
+    """What the telemetry row stores so calibration can re-estimate the call with other coefficients."""
+    return {
+        "category": features.category,
+        "complexity": features.complexity,
+        "deliverables": list(features.deliverables),
+        "description": features.description,
+        "scope_paths": list(features.scope_paths),
+        "read_only_context": list(features.read_only_context),
+        "builder_mode": features.builder_mode,
+        "existing_files": {
+            path: {"loc": s.loc, "import_lines": s.import_lines, "max_indent": s.max_indent}
+            for path, s in features.existing_files.items()
+        },
+        "deliverable_counts": dict(est.deliverable_counts),
+        "model": est.model,
+        "category_known": est.category_known,
+        "complexity_known": est.complexity_known,
+    }
+
+
+def features_from_record(record: Mapping[str, object]) -> PhaseFeatures:
+    """Inverse of ``features_record`` (extra keys ignored)."""
+    existing = record.get("existing_files") or {}
+    assert isinstance(existing, Mapping)
+    return PhaseFeatures(
+        category=record.get("category"),  # type: ignore[arg-type]
+        complexity=record.get("complexity"),  # type: ignore[arg-type]
+        deliverables=tuple(record.get("deliverables") or ()),  # type: ignore[arg-type]
+        description=str(record.get("description") or ""),
+        scope_paths=tuple(record.get("scope_paths") or ()),  # type: ignore[arg-type]
+        read_only_context=tuple(record.get("read_only_context") or ()),  # type: ignore[arg-type]
+        builder_mode=record.get("builder_mode"),  # type: ignore[arg-type]
+        existing_files={p: FileStats(**s) for p, s in existing.items()},  # type: ignore[arg-type]
+    )

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install everything the tests need (a fresh machine has nothing) and run the whole suite,
+# on SQLite and on the PostgreSQL server at 127.0.0.1:5432 (trust auth, user postgres).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+
+# GitHub's official OpenAPI description, used to validate the fake GitHub server's responses.
+if [ -f package-lock.json ] && command -v npm >/dev/null 2>&1; then
+  npm ci --silent --no-audit --no-fund >/dev/null
+else
+  echo "warning: npm not found; GitHub OpenAPI validation tests will fail under CI=true" >&2
+fi
+
+# PostgreSQL: start the local cluster if it is down; CI must not silently skip it.
+export AUTOPACK_TEST_POSTGRES_URL=${AUTOPACK_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+if ! .venv/bin/python -c "import os, psycopg; psycopg.connect(os.environ['AUTOPACK_TEST_POSTGRES_URL'], connect_timeout=5).close()"; then
+  if [ "${CI:-}" = "true" ]; then
+    echo "error: PostgreSQL is unreachable at $AUTOPACK_TEST_POSTGRES_URL (CI requires it)" >&2
+    exit 1
+  fi
+  echo "warning: PostgreSQL unreachable; PostgreSQL tests will be skipped" >&2
+  unset AUTOPACK_TEST_POSTGRES_URL
+fi
+
+exec .venv/bin/python -m pytest -q "$@"
