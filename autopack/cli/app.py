@@ -22,6 +22,13 @@ app = typer.Typer(
 #: Command-group modules under autopack.cli; each defines ``register(app)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "db",
+    "calibrate",
+    "telemetry",
+    "analyze",
+    "api",
+    "runs",
+    "drain",
+    "drain_batch",
 )
 
 for _name in COMMAND_MODULES:

@@ -16,7 +16,14 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from autopack.db.models import Phase, PhaseState, utcnow
+from autopack.db.models import (
+    LlmUsageEvent,
+    Phase,
+    PhaseState,
+    TokenBudgetEscalationEvent,
+    TokenEstimationV2Event,
+    utcnow,
+)
 from autopack.errors import AutopackError
 
 DEFAULT_LEASE_SECONDS = 900
@@ -52,6 +59,22 @@ def _claimable(states: Collection[str], now: datetime) -> sa.ColumnElement[bool]
     )
 
 
+def _recorded_attempt_floor(session: Session, run_id: str, phase_id: str) -> int:
+    """One past the highest attempt index any telemetry row of the phase uses (0 if none).
+
+    A database adopted from the original has samples whose backfilled attempt indices run ahead of the
+    phase's attempt counter; starting a new attempt there would collide with an old sample's key and the
+    new sample would be dropped. Starting past every recorded attempt keeps each key unique.
+    """
+    floors = [
+        session.execute(
+            sa.select(sa.func.max(model.attempt_index)).where(model.run_id == run_id, model.phase_id == phase_id)
+        ).scalar_one_or_none()
+        for model in (TokenEstimationV2Event, LlmUsageEvent, TokenBudgetEscalationEvent)
+    ]
+    return max((int(f) + 1 for f in floors if f is not None), default=0)
+
+
 def claim_phase(
     session: Session,
     run_id: str,
@@ -69,6 +92,7 @@ def claim_phase(
     if row is None:
         return None
     initial_state, attempts = row
+    attempt_index = max(int(attempts or 0), _recorded_attempt_floor(session, run_id, phase_id))
     expires = _expiry(lease_seconds)
     result = session.execute(
         sa.update(Phase)
@@ -82,7 +106,7 @@ def claim_phase(
             state=PhaseState.EXECUTING,
             lease_owner=owner,
             lease_expires_at=expires,
-            builder_attempts=Phase.builder_attempts + 1,
+            builder_attempts=attempt_index + 1,
             started_at=now,
             updated_at=now,
         )
@@ -91,7 +115,7 @@ def claim_phase(
     session.commit()
     if result.rowcount != 1:
         return None
-    return Claim(run_id, phase_id, owner, expires, int(attempts or 0), str(initial_state))
+    return Claim(run_id, phase_id, owner, expires, attempt_index, str(initial_state))
 
 
 def claim_next(

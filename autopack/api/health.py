@@ -1,0 +1,54 @@
+"""``GET /health``: is the database reachable and migrated, and *which* database is it."""
+
+from __future__ import annotations
+
+import hashlib
+
+import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext
+from fastapi import APIRouter
+
+from autopack import __version__
+from autopack.api.deps import ConfigDep
+from autopack.api.schemas import HealthOut
+from autopack.db.engine import get_engine, mask_url
+from autopack.db.migrate import head_revision, sqlite_path
+
+router = APIRouter(tags=["health"])
+
+
+def database_identity(url: str) -> str:
+    """12 hex chars of sha256 of the masked, slash-normalised URL (the original's ``database_identity``)."""
+    return hashlib.sha256(mask_url(url).replace("\\", "/").encode("utf-8")).hexdigest()[:12]
+
+
+def probe(url: str) -> tuple[bool, str | None, str | None]:
+    """(reachable, db id, schema revision), read-only; never creates a missing SQLite file."""
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return False, None, None
+    try:
+        with get_engine(url).connect() as connection:
+            revision = MigrationContext.configure(connection).get_current_revision()
+            db_id = None
+            if sa.inspect(connection).has_table("db_meta"):
+                db_id = connection.execute(sa.text("SELECT db_id FROM db_meta WHERE id = 1")).scalar_one_or_none()
+    except Exception:  # any failure to read is "not ok", reported as such rather than raised
+        return False, None, None
+    return True, db_id, revision
+
+
+@router.get("/health", response_model=HealthOut)
+def health(config: ConfigDep) -> HealthOut:
+    reachable, db_id, revision = probe(config.url)
+    expected = head_revision()
+    ok = reachable and db_id is not None and revision == expected
+    return HealthOut(
+        status="ok" if ok else "degraded",
+        db_ok=ok,
+        db_id=db_id,
+        schema_revision=revision,
+        expected_revision=expected,
+        database_identity=database_identity(config.url),
+        version=__version__,
+    )

@@ -1,0 +1,30 @@
+"""Calibration (T5): budget ``max_tokens`` for a target truncation rate, with a backtest and a gate.
+
+Public entry points: ``run_calibration`` (database → report, JSON, plot, ``calibration_runs`` row),
+``import_telemetry`` (CSV / OTLP JSON / ``[TokenEstimationV2]`` log lines → events) and ``analyze_v3``
+(the original's log analyser). The statistics are pure functions in ``stats``, ``model``, ``fit``,
+``backtest`` and ``core``; see docs/calibration.md for the method and the reasons behind it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["METHOD_VERSION", "NoUsableSamplesError", "run_calibration"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from autopack.calibration.core import METHOD_VERSION
+    from autopack.calibration.runner import NoUsableSamplesError, run_calibration
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy: importing the package does not pull in numpy/scipy/matplotlib until something is used."""
+    if name == "run_calibration" or name == "NoUsableSamplesError":
+        from autopack.calibration import runner
+
+        return getattr(runner, name)
+    if name == "METHOD_VERSION":
+        from autopack.calibration.core import METHOD_VERSION
+
+        return METHOD_VERSION
+    raise AttributeError(name)

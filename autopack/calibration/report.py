@@ -1,0 +1,397 @@
+"""The calibration's files: markdown report, JSON, and the PNG plot (matplotlib, Agg backend).
+
+The markdown keeps the original's sections and table columns (Summary, Recommendations, Detailed
+Results: Category | Complexity | Samples | Avg Actual | Avg Est | Median Ratio | Confidence | Proposed
+Mult, Notes) so its users find their way, then adds what the original lacked: collection targets,
+success metrics, the waste figures it only printed to the console, budget factors, the backtest, the
+gate, every coefficient change old → new, and the doc-phase truncation list.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autopack.logging import redact
+
+MAX_DOC_ROWS = 30
+PLOT_POINTS_PER_GROUP = 300
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "∞"
+        return f"{value:,.{digits}f}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_f(v, digits) for v in value) + "]"
+    return str(value)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _check(ok: bool) -> str:
+    return "✅" if ok else "❌"
+
+
+def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
+    md = result["metadata"]
+    groups: Sequence[Mapping[str, Any]] = result["groups"]
+    threshold = md["confidence_threshold"]
+    eligible = [g for g in groups if g["n"] >= md["min_samples"]]
+    high = sorted(
+        (g for g in eligible if (g["confidence"] or 0) >= threshold), key=lambda g: -(g["confidence"] or 0)
+    )
+    counts = md["sample_counts"]
+    lines: list[str] = [
+        "# Token Estimator Calibration Report",
+        "",
+        f"**Generated**: {md['generated_at']}",
+        f"**Database id**: `{md['db_id']}`",
+        f"**Method**: `{md['method_version']}` (target truncation α = {md['target_truncation']}, "
+        f"hold-out {md['holdout_fraction']:.0%} newest, min samples {md['min_samples']}, "
+        f"confidence threshold {threshold})",
+        f"**Data**: {md['time_span']['start']} → {md['time_span']['end']}, {len(md['run_ids'])} run(s)"
+        + (f", filtered to {', '.join(md['include_run_ids'])}" if md["include_run_ids"] else ""),
+        "",
+        "## Summary",
+        "",
+        f"- **Total samples**: {md['total_samples']} ({counts['observed']} complete, {counts['censored']} truncated "
+        "kept as censored)",
+        f"- **Samples in qualifying groups** (n ≥ {md['min_samples']}): {sum(g['n'] for g in eligible)}",
+        f"- **Groups analysed**: {len(groups)} ({len(eligible)} with ≥ {md['min_samples']} samples)",
+        f"- **High-confidence groups** (confidence ≥ {threshold}): {len(high)}",
+        f"- **Gate**: {'PASSED' if result['gate']['passed'] else 'not passed'} — "
+        f"{len(result['proposed_changes'])} proposed change(s)",
+        "",
+    ]
+    lines += _targets_section(result)
+    lines += _metrics_section(result)
+    lines += ["## Recommendations", ""]
+    if not high:
+        lines += ["No high-confidence groups.", ""]
+    for g in high:
+        m = g["median_ratio"]
+        if m is None:
+            action = "median not identifiable (censoring)"
+        elif m > 1.2:
+            action = f"increase by {(m - 1) * 100:.0f}% (underestimating)"
+        elif m < 0.8:
+            action = f"decrease by {(1 - m) * 100:.0f}% (overestimating)"
+        else:
+            action = "within ±20% (no change needed)"
+        lines += [
+            f"### {g['category']}/{g['complexity']}",
+            "",
+            f"- **Samples**: {g['n']} ({g['n_censored']} censored)",
+            f"- **Confidence**: {_f(g['confidence'])} (original's score: {_f(g['original_confidence'])})",
+            f"- **Current avg estimate**: {_f(g['avg_predicted'], 0)} tokens",
+            f"- **Actual avg**: {_f(g['avg_actual'], 0)} tokens",
+            f"- **Median ratio** (actual/predicted): {_f(g['median_ratio'], 3)} "
+            f"(95% CI {_f(g['median_ratio_ci'], 3)})",
+            f"- **Proposed multiplier** (the original's rule): {_f(g['median_ratio'], 3)}",
+            f"- **Proposed budget factor**: {_f(g['budget_factor'], 3)} ({g['factor_source']}) — "
+            f"{'proposed' if g['proposed'] else 'not proposed: ' + '; '.join(g['gate_reasons'])}",
+            f"- **Action**: {action}",
+            "",
+        ]
+    lines += [
+        "## Detailed Results",
+        "",
+        "| Category | Complexity | Samples | Avg Actual | Avg Est | Median Ratio | Confidence | Proposed Mult |",
+        "|----------|------------|---------|------------|---------|--------------|------------|---------------|",
+    ]
+    for g in groups:
+        lines.append(
+            f"| {g['category']} | {g['complexity']} | {g['n']} | {_f(g['avg_actual'], 0)} | "
+            f"{_f(g['avg_predicted'], 0)} | {_f(g['median_ratio'], 3)} | {_f(g['confidence'], 3)} | "
+            f"{_f(g['median_ratio'], 3)} |"
+        )
+    lines += ["", "### Budget factors and pooling", ""]
+    lines += [
+        "| Category | Complexity | n | Censored | Median ratio [95% CI] | Pooling weight | Budget factor "
+        "[90% interval] | Source | Confidence | Original confidence | Proposed |",
+        "|---|---|---:|---:|---|---:|---|---|---:|---:|---|",
+    ]
+    for g in groups:
+        lines.append(
+            f"| {g['category']} | {g['complexity']} | {g['n']} | {g['n_censored']} | {_f(g['median_ratio'], 3)} "
+            f"{_f(g['median_ratio_ci'], 3)} | {_f(g['pooling_weight'])} | {_f(g['budget_factor'], 3)} "
+            f"{_f(g['factor_interval'], 3)} | {g['factor_source'] or '–'} (N={g['factor_pool_n']}) | "
+            f"{_f(g['confidence'])} | {_f(g['original_confidence'])} | {_check(g['proposed'])} |"
+        )
+    notes = [g for g in groups if g["factor_note"]]
+    if notes:
+        lines += [""] + [f"- {g['category']}/{g['complexity']}: {g['factor_note']}" for g in notes]
+    lines += _waste_section(groups)
+    lines += _changes_section(result)
+    lines += _backtest_section(result)
+    lines += _docs_section(result)
+    if plot_name:
+        lines += ["## Plot", "", f"![actual / predicted per group, budget factor marked]({plot_name})", ""]
+    lines += _quality_section(result)
+    lines += [
+        "## Notes",
+        "",
+        "- **Ratios named**: `median_ratio` = actual / predicted (the original's \"median ratio\"); "
+        "`overestimate_ratio` = predicted / actual (the DB's `waste_ratio` column); `ceiling_waste` = ceiling "
+        "(actual_max_tokens) / actual.",
+        "- Truncated calls are kept as right-censored samples (true length ≥ the ceiling), not dropped; "
+        "medians and quantiles use Kaplan–Meier where a group has any.",
+        "- Budget factor = split-conformal upper quantile of log(actual / predicted) at α; the ceiling for a "
+        "calibrated group becomes predicted × factor (replacing floor and buffer). Factors are computed on "
+        "the predictions of the *proposed* coefficients, so they only make sense together with them.",
+        "- Confidence = P(realised truncation ≤ 2α) for the factor (Beta law of conformal coverage), fixed in "
+        "advance; the original's score 0.6·min(1, n/12) + 0.4/(1+σ) is shown beside it for comparison only.",
+        "- Nothing is applied automatically: the JSON `proposed_changes` feeds a reviewed pull request.",
+        "",
+    ]
+    return redact("\n".join(lines) + "\n")
+
+
+def _targets_section(result: Mapping[str, Any]) -> list[str]:
+    t = result["collection_targets"]
+    lines = ["## Collection targets (seed)", "", "| Target | Needed | Have | Met |", "|---|---:|---:|---|"]
+    for item in t["phase_targets"]:
+        lines.append(f"| successful phases ({item['label']}) | ≥ {item['target']} | {t['successful_phases']} | "
+                     f"{_check(item['met'])} |")
+    for item in t["group_targets"]:
+        lines.append(f"| groups with enough samples ({item['label']}) | ≥ {item['target']} | "
+                     f"{t['groups_with_enough_samples']} | {_check(item['met'])} |")
+    return lines + [""]
+
+
+def _metrics_section(result: Mapping[str, Any]) -> list[str]:
+    s = result["success_metrics"]
+    lo, hi = s["median_ratio_range"]
+    return [
+        "## Success metrics (seed)",
+        "",
+        f"- {_check(s['success_events_at_least_half'])} success=True events ≥ 50% "
+        f"({_pct(s['success_events_ratio'])})",
+        f"- {_check(s['at_least_one_high_confidence_group'])} calibration finds ≥ 1 high-confidence group "
+        f"({s['high_confidence_groups']})",
+        f"- {_check(s['all_median_ratios_in_range'])} median ratios within {lo}–{hi}× "
+        f"({s['groups_median_in_range']} of {s['groups_eligible']} eligible groups)",
+        f"- {_check(s['all_confidences_at_threshold'])} confidence ≥ threshold in every eligible group "
+        f"({s['high_confidence_groups']} of {s['groups_eligible']})",
+        "",
+    ]
+
+
+def _waste_section(groups: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "## Cost-aware analysis (ceiling waste, as recorded)",
+        "",
+        "The original printed these to the console only. `ceiling_waste` = actual_max_tokens (else "
+        "selected_budget) / actual output; `overestimate_ratio` = predicted / actual.",
+        "",
+        "| Category | Complexity | Samples | Median overestimate_ratio | Median ceiling_waste | P90 ceiling_waste "
+        "| Avg ceiling |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for g in groups:
+        lines.append(
+            f"| {g['category']} | {g['complexity']} | {g['n']} | {_f(g['median_overestimate_ratio'])} | "
+            f"{_f(g['median_ceiling_waste'])} | {_f(g['p90_ceiling_waste'])} | {_f(g['avg_ceiling'], 0)} |"
+        )
+    return lines + [""]
+
+
+def _changes_section(result: Mapping[str, Any]) -> list[str]:
+    gate = result["gate"]
+    lines = ["## Gate and proposed changes", "", f"**Gate: {'PASSED' if gate['passed'] else 'not passed'}**", ""]
+    lines += [f"- {r}" for r in gate["reasons"]]
+    lines += [""]
+    changes = result["proposed_changes"]
+    if changes:
+        lines += [
+            "| Coefficient | Key | Old | New | n | Confidence | Interval | Held-out truncation | Reserved/used |",
+            "|---|---|---:|---:|---:|---:|---|---:|---:|",
+        ]
+        for c in changes:
+            bt = c.get("backtest") or {}
+            lines.append(
+                f"| `{c['coefficient']}` | `{tuple(c['key'])}` | {_f(c['old'], 3)} | {_f(c['new'], 3)} | {c['n']} | "
+                f"{_f(c['confidence'])} | {_f(c['interval'], 3)} | {_pct(bt.get('truncation_rate'))} | "
+                f"{_f(bt.get('reserved_over_used'))} |"
+            )
+        lines.append("")
+    fit = result["coefficient_fit"]
+    lines += ["### Joint coefficient fit (all changes the fit made, old → new)", ""]
+    if not fit:
+        lines += [f"No coefficient changes ({result['metadata']['fit_status']}).", ""]
+    else:
+        lines += ["| Coefficient | Key | Old | New | Rows |", "|---|---|---:|---:|---:|"]
+        for c in fit:
+            lines.append(f"| `{c['coefficient']}` | `{tuple(c['key'])}` | {_f(c['old'])} | {_f(c['new'])} | {c['n']} |")
+        lines.append("")
+    return lines
+
+
+def _backtest_section(result: Mapping[str, Any]) -> list[str]:
+    bt = result["backtest"]
+    methods = [m for m in ("current", "original_median", "proposed", "shipped") if isinstance(bt.get(m), Mapping)]
+    lines = ["## Backtest (older part fitted, newest held out)", ""]
+    if not bt.get("test_n"):
+        return lines + ["No held-out calls (hold-out fraction 0 or too few samples).", ""]
+    lines += [
+        f"Fitted on the oldest {bt['train_n']} calls, evaluated on the newest {bt['test_n']} (from {bt['split_at']}). "
+        "`current` = ceilings today's token_estimator.py would choose; `original_median` = predicted × the group's "
+        "median ratio (no floors); `proposed` = predicted (fitted coefficients) × budget factor for every group; "
+        "`shipped` = only the gated changes.",
+        "",
+        "| Metric | " + " | ".join(f"`{m}`" for m in methods) + " |",
+        "|---|" + "---:|" * len(methods),
+    ]
+    rows = [
+        ("n", "calls", 0),
+        ("truncation_rate", "truncation rate", None),
+        ("truncation_ci", "truncation 95% CI (Wilson)", 3),
+        ("kupiec_p", "Kupiec p (rate = α)", 3),
+        ("median_ceiling_over_actual", "median ceiling / actual", 2),
+        ("p90_ceiling_over_actual", "p90 ceiling / actual", 2),
+        ("reserved_over_used", "total reserved / total used", 2),
+        ("pinball_loss", "pinball loss (tokens)", 1),
+    ]
+    for key, label, digits in rows:
+        if digits is None:
+            cells = [_pct(bt[m].get(key)) for m in methods]
+        else:
+            cells = [_f(bt[m].get(key), digits) for m in methods]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "### Per-group held-out coverage", "",
+              "| Category | Complexity | n | " + " | ".join(f"{m} trunc. / reserved÷used" for m in methods) + " |",
+              "|---|---|---:|" + "---|" * len(methods)]
+    for g in bt["groups"]:
+        cells = [
+            f"{g[m]['truncations']}/{g['n']} / {_f(g[m]['reserved_over_used'])}" if m in g else "–" for m in methods
+        ]
+        lines.append(f"| {g['category']} | {g['complexity']} | {g['n']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _docs_section(result: Mapping[str, Any]) -> list[str]:
+    rows = result["docs_truncation"]
+    lines = [
+        "## Doc-phase truncation",
+        "",
+        "Documentation calls (docs-like category, or a phase id with doc/readme), largest outputs first; "
+        "truncated calls marked ⚠️ (their output is a lower bound).",
+        "",
+    ]
+    if not rows:
+        return lines + ["No documentation calls.", ""]
+    truncated = sum(1 for r in rows if r["truncated"])
+    lines += [f"{truncated} of {len(rows)} documentation calls truncated.", "",
+              "| Run | Phase | Group | Output tokens | Predicted | Ceiling | Truncated |",
+              "|---|---|---|---:|---:|---:|---|"]
+    for r in rows[:MAX_DOC_ROWS]:
+        lines.append(
+            f"| {r['run_id']} | {r['phase_id']} | {r['category']}/{r['complexity']} | {r['actual_output_tokens']:,} | "
+            f"{r['predicted_output_tokens']:,} | {r['ceiling']:,} | {'⚠️ yes' if r['truncated'] else 'no'} |"
+        )
+    if len(rows) > MAX_DOC_ROWS:
+        lines.append(f"\n({len(rows) - MAX_DOC_ROWS} more in the JSON)")
+    return lines + [""]
+
+
+def _quality_section(result: Mapping[str, Any]) -> list[str]:
+    md = result["metadata"]
+    c = md["sample_counts"]
+    lines = [
+        "## Data quality",
+        "",
+        f"- Rows read: {c['rows_read']}; selected {c['selected']}; usable {c['usable']}",
+        f"- Excluded, failed and not truncated: {c['excluded_failed_not_truncated']}",
+        f"- Excluded, predicted ≤ 0: {c['excluded_nonpositive_predicted']}",
+        f"- Excluded, actual = 0: {c['excluded_zero_actual']}",
+        f"- Re-estimated from stored features: {c['with_features']}; recorded prediction used: {c['without_features']}",
+        f"- actual_max_tokens coverage: {_pct(md['coverage_actual_max_tokens'])}"
+        + (" — below 80%: ceiling waste uses selected_budget for the rest" if md["coverage_actual_max_tokens"] < 0.8
+           else ""),
+    ]
+    for kind, mapping in md["spellings_normalised"].items():
+        if mapping:
+            lines.append(f"- {kind} spellings normalised: " + ", ".join(f"{k} ({v})" for k, v in mapping.items()))
+    return lines + [""]
+
+
+def write_json(result: Mapping[str, Any], path: Path) -> None:
+    text = json.dumps(result, indent=2, sort_keys=False, allow_nan=False)
+    path.write_text(redact(text) + "\n", encoding="utf-8")
+
+
+def write_plot(
+    path: Path,
+    groups: Sequence[tuple[str, str]],
+    ratios: Sequence[np.ndarray],
+    observed: Sequence[np.ndarray],
+    factors: Sequence[float | None],
+    proposed: Sequence[bool],
+    alpha: float,
+) -> None:
+    """Per group: actual / predicted on a log scale (censored calls as ▲), the budget factor as a bar."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    k = max(1, len(groups))
+    fig, ax = plt.subplots(figsize=(max(7.5, 1.1 * k + 4), 4.8), dpi=110)
+    rng = np.random.default_rng(0)
+    labelled: set[str] = set()
+
+    def label(name: str) -> str | None:
+        if name in labelled:
+            return None
+        labelled.add(name)
+        return name
+
+    for i, (r, o) in enumerate(zip(ratios, observed, strict=True)):
+        if r.size > PLOT_POINTS_PER_GROUP:
+            pick = rng.choice(r.size, PLOT_POINTS_PER_GROUP, replace=False)
+            r, o = r[pick], o[pick]
+        jitter = rng.uniform(-0.18, 0.18, r.size)
+        ax.scatter(i + jitter[o], r[o], s=12, alpha=0.6, color="tab:blue", label=label("complete call"))
+        if (~o).any():
+            ax.scatter(i + jitter[~o], r[~o], s=28, marker="^", facecolors="none", edgecolors="tab:red",
+                       label=label("truncated call (lower bound)"))
+        if r.size:
+            ax.hlines(float(np.median(r)), i - 0.3, i + 0.3, colors="black", linewidth=1)
+    for i, (f, p) in enumerate(zip(factors, proposed, strict=True)):
+        if f is not None:
+            ax.hlines(f, i - 0.38, i + 0.38, colors="tab:green" if p else "tab:orange", linewidth=2.5,
+                      label=None)
+    ax.plot([], [], color="tab:green", linewidth=2.5, label=f"budget factor, proposed (α={alpha})")
+    ax.plot([], [], color="tab:orange", linewidth=2.5, label="budget factor, not proposed")
+    ax.plot([], [], color="black", linewidth=1, label="median")
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda _v, _pos: ""))
+    ax.set_xticks(range(k))
+    ax.set_xticklabels([f"{c}\n{x}" for c, x in groups], fontsize=8)
+    ax.set_ylabel("actual / predicted (proposed coefficients)")
+    ax.set_title("Output length relative to prediction, per (category, complexity)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

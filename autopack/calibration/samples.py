@@ -1,0 +1,497 @@
+"""From telemetry rows to calibration samples: selection, censoring, canonical groups, re-estimation.
+
+Pure: ``build_sample_set`` takes column arrays (what ``autopack.calibration.io.read_events`` returns) and
+the current coefficients, and returns a ``SampleSet`` of plain numpy arrays. Nothing is read here.
+
+Per call (one row of ``token_estimation_v2_events``):
+
+- *selected* when it succeeded, or when it was truncated (whatever the builder then did): a truncated
+  call is a right-censored observation, its true length at least ``max(actual, ceiling)``. The original
+  dropped these, i.e. exactly the largest outputs (reference §10.9). Failed, untruncated calls are left
+  out (failure-mode outputs, §10.20) and counted.
+- *usable* when predicted > 0 and the (lower-bound) actual > 0; the others are counted and reported,
+  never turned into a ratio of 0 as the original did.
+- its group is the estimator's canonical (category, complexity): re-estimated from ``features_json``
+  where present, else the stored strings normalised again (legacy rows hold raw spellings).
+
+Each row points at a *prediction unit*: one per distinct ``features_json`` (or, for rows without
+features, per stored category/complexity/deliverable count). A unit knows how to predict under any
+coefficient set (``predict``), and the floor/buffer/override rules ``decide_ceiling`` applies to it, so
+ceilings for 10⁶ rows are computed with numpy while staying equal to ``decide_ceiling`` (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from autopack import token_estimator as te
+from autopack.taxonomy import DOCS_LIKE, canonical_category, canonical_complexity, normalise_category
+
+Group = tuple[str, str]
+
+#: Stop/finish reasons that mean "cut at the ceiling" (Anthropic, OpenAI, Gemini spellings).
+TRUNCATION_REASONS = frozenset({"max_tokens", "length", "max_output_tokens", "MAX_TOKENS"})
+
+
+@dataclass
+class Summary:
+    """Whole-selection facts computed apart from the per-row arrays (cheap SQL aggregates in the runner)."""
+
+    run_ids: list[str] = field(default_factory=list)
+    successful_phases: int = 0
+    success_rate_all: float = 0.0
+    coverage_actual_max_tokens: float = 0.0
+    spellings: dict[str, dict[str, int]] = field(default_factory=lambda: {"category": {}, "complexity": {}})
+    docs_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class EventColumns:
+    """Per-row columns of ``token_estimation_v2_events`` as read (strings factorised), plus the summary.
+
+    ``category_code``/``complexity_code``/``deliverable_count`` are only needed for rows without
+    ``features_json`` (the runner does not even fetch them for the others).
+    """
+
+    event_id: np.ndarray  # int64
+    epoch: np.ndarray  # float64 seconds
+    category_code: np.ndarray  # int32 → categories (raw stored strings)
+    complexity_code: np.ndarray  # int32 → complexities (raw)
+    deliverable_count: np.ndarray  # int64
+    features_code: np.ndarray  # int32 → features (-1 = none)
+    predicted: np.ndarray  # float64
+    actual: np.ndarray  # float64
+    selected_budget: np.ndarray  # float64
+    actual_max_tokens: np.ndarray  # float64, NaN = NULL
+    success: np.ndarray  # bool
+    truncated: np.ndarray  # bool (truncated OR is_truncated_output OR a truncation stop/finish reason)
+    categories: list[str | None]
+    complexities: list[str | None]
+    features: list[str]
+    summary: Summary = field(default_factory=Summary)
+
+    @property
+    def size(self) -> int:
+        return int(self.event_id.size)
+
+
+@dataclass
+class Units:
+    """Prediction units: how each distinct feature set is predicted and capped."""
+
+    group: np.ndarray  # int32 index into SampleSet.groups
+    linear: np.ndarray  # bool: (overhead + Σ weight·count) × margin model
+    counts: np.ndarray  # float64 (U × K) effective deliverable counts per weight key
+    fixed_marginal: np.ndarray  # float64: marginal cost not tied to a weight key
+    floor: np.ndarray  # float64 base budget (no-factor rule)
+    buffer: np.ndarray  # float64 buffer multiplier (no-factor rule)
+    override_min: np.ndarray  # float64 largest applicable override minimum (0 if none)
+    weight_keys: list[tuple[str, str]]
+
+
+@dataclass
+class SampleSet:
+    """The usable samples, oldest first, as arrays; plus what was excluded and why."""
+
+    groups: list[Group]
+    group: np.ndarray  # int32 per row
+    epoch: np.ndarray
+    event_id: np.ndarray
+    y: np.ndarray  # actual, or the lower bound for censored rows
+    observed: np.ndarray  # bool; False = censored (truncated)
+    actual: np.ndarray  # stored actual_output_tokens
+    recorded_predicted: np.ndarray
+    recorded_ceiling: np.ndarray  # actual_max_tokens, else selected_budget
+    pred_current: np.ndarray  # prediction of the current coefficients
+    unit: np.ndarray  # int32 per row
+    units: Units
+    success: np.ndarray
+    has_features: np.ndarray  # bool per row
+    counts: dict[str, int] = field(default_factory=dict)
+    summary: Summary = field(default_factory=Summary)
+
+    @property
+    def n(self) -> int:
+        return int(self.y.size)
+
+    def subset(self, mask: np.ndarray) -> SampleSet:
+        """The rows where ``mask`` is True (units and groups shared)."""
+        rows = {
+            f.name: getattr(self, f.name)[mask]
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray)
+        }
+        return dataclasses.replace(self, **rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Predictions and ceilings, vectorised
+# --------------------------------------------------------------------------------------------------
+
+
+def coefficient_vectors(
+    coefficients: te.Coefficients, groups: Sequence[Group], weight_keys: Sequence[tuple[str, str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(overhead per group, weight per key) as arrays, with the estimator's defaults for missing keys."""
+    overhead = np.array(
+        [coefficients.phase_overhead.get(g, coefficients.default_phase_overhead) for g in groups], dtype=float
+    )
+    weights = np.array([coefficients.token_weights.get(k, 0) for k in weight_keys], dtype=float)
+    return overhead, weights
+
+
+def predict(samples: SampleSet, coefficients: te.Coefficients) -> np.ndarray:
+    """Predicted output tokens of every row under ``coefficients`` (equal to ``estimate()``; tested)."""
+    units = samples.units
+    overhead, weights = coefficient_vectors(coefficients, samples.groups, units.weight_keys)
+    unit_pred = np.floor(
+        (overhead[units.group] + units.fixed_marginal + units.counts @ weights) * coefficients.safety_margin
+    )
+    linear_rows = units.linear[samples.unit]
+    out = samples.pred_current.copy()
+    out[linear_rows] = unit_pred[samples.unit[linear_rows]]
+    return out
+
+
+def rules_ceiling(samples: SampleSet, predicted: np.ndarray) -> np.ndarray:
+    """``decide_ceiling``'s floor/buffer/override path (for groups without a calibrated factor)."""
+    u = samples.units
+    floor = u.floor[samples.unit]
+    buffer = u.buffer[samples.unit]
+    override = u.override_min[samples.unit]
+    selected = np.minimum(np.maximum(floor, np.floor(predicted * buffer)), te.MAX_OUTPUT_TOKENS)
+    return np.minimum(np.maximum(selected, override), te.MAX_OUTPUT_TOKENS)
+
+
+def factor_ceiling(predicted: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """``decide_ceiling``'s calibrated path: predicted × factor, clamped to [512, 64000]."""
+    return np.minimum(np.maximum(np.ceil(predicted * factor), te.MIN_FACTOR_CEILING), te.MAX_OUTPUT_TOKENS)
+
+
+def configuration_ceiling(
+    samples: SampleSet, coefficients: te.Coefficients, factors: Mapping[Group, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, ceiling) of every row under a coefficient set and its budget factors."""
+    predicted = predict(samples, coefficients)
+    factor_by_group = np.array([factors.get(g, math.nan) for g in samples.groups], dtype=float)
+    f = factor_by_group[samples.group] if samples.n else np.empty(0)
+    ceiling = rules_ceiling(samples, predicted)
+    has = ~np.isnan(f)
+    ceiling[has] = factor_ceiling(predicted[has], f[has])
+    return predicted, ceiling
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the sample set
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _UnitInfo:
+    group: Group
+    linear: bool
+    counts: dict[tuple[str, str], float]
+    fixed_marginal: float
+    predicted: float
+    floor: float
+    buffer: float
+    override_min: float
+
+
+def _effective_counts(
+    features: te.PhaseFeatures, coefficients: te.Coefficients
+) -> tuple[dict[tuple[str, str], float], float]:
+    """Σ (file-complexity factor) per weight key, mirroring ``estimate``'s per-deliverable loop."""
+    category = normalise_category(features.category).value
+    counts: dict[tuple[str, str], float] = {}
+    fixed = 0.0
+    for text in (d for d in features.deliverables if d and d.strip()):
+        path = te.deliverable_path(text)
+        kind = te.deliverable_kind(path, category)
+        stats = features.existing_files.get(path)
+        is_new = stats is None or bool(te._NEW_VERB.match(text))  # noqa: SLF001 - the estimator's own rule
+        mode = "new" if is_new else "modify"
+        factor = 1.0 if is_new or stats is None else te.file_complexity_factor(stats)
+        if (kind, mode) in coefficients.token_weights:
+            key = (kind, mode)
+        elif ("backend", mode) in coefficients.token_weights:
+            key = ("backend", mode)
+        else:
+            fixed += 500 * factor
+            continue
+        counts[key] = counts.get(key, 0.0) + factor
+    return counts, fixed
+
+
+def _rules(est: te.Estimate, features: te.PhaseFeatures, coefficients: te.Coefficients) -> tuple[float, float, float]:
+    """(floor, buffer, largest override) that ``decide_ceiling`` applies when a group has no factor."""
+    no_factor = dataclasses.replace(coefficients, budget_factors={})
+    decision = te.decide_ceiling(est, features, no_factor)
+    overrides = [c.value for c in decision.contributions if c.name == "override"]
+    floor = te.base_budget(est.category, est.complexity, coefficients)
+    buffer, _ = te.buffer_for(est, coefficients)
+    return float(floor), float(buffer), float(max(overrides, default=0))
+
+
+def _unit_from_features(text: str, coefficients: te.Coefficients) -> _UnitInfo | None:
+    try:
+        record = json.loads(text)
+        if not isinstance(record, Mapping):
+            return None
+        features = te.features_from_record(record)
+        est = te.estimate(features, coefficients)
+    except Exception:  # unreadable features: the row is calibrated on its recorded prediction
+        return None
+    linear = est.model == "overhead_plus_marginal"
+    counts, fixed = _effective_counts(features, coefficients) if linear else ({}, 0.0)
+    floor, buffer, override = _rules(est, features, coefficients)
+    return _UnitInfo(est.group, linear, counts, fixed, float(est.predicted_output_tokens), floor, buffer, override)
+
+
+def _unit_from_record(
+    raw_category: str | None, raw_complexity: str | None, deliverable_count: int, coefficients: te.Coefficients
+) -> _UnitInfo:
+    """Rules for a row without features: its stored group, confidence assumed ≥ 0.7, no scope."""
+    cat = normalise_category(raw_category)
+    cx_value = canonical_complexity(raw_complexity)
+    est = te.Estimate(
+        predicted_output_tokens=0,
+        confidence=1.0,
+        category=cat.value,
+        complexity=cx_value,
+        raw_category=raw_category,
+        raw_complexity=raw_complexity,
+        category_known=cat.known,
+        complexity_known=True,
+        model="recorded",
+        deliverable_count=int(deliverable_count),
+        breakdown={},
+        deliverable_counts={},
+        doc_features={},
+        context_quality="none",
+    )
+    features = te.PhaseFeatures(category=raw_category, complexity=raw_complexity, deliverables=())
+    floor, buffer, override = _rules(est, features, coefficients)
+    return _UnitInfo((cat.value, cx_value), False, {}, 0.0, math.nan, floor, buffer, override)
+
+
+def build_sample_set(columns: EventColumns, coefficients: te.Coefficients | None = None) -> SampleSet:
+    """Select, censor, group and re-estimate the rows (see the module docstring)."""
+    coeffs = coefficients or te.current_coefficients()
+    n_all = columns.size
+    censored_all = columns.truncated
+    selected = columns.success | censored_all
+    lower = np.where(
+        censored_all, np.fmax(columns.actual, np.nan_to_num(columns.actual_max_tokens, nan=0.0)), columns.actual
+    )
+    nonpositive_pred = selected & (columns.predicted <= 0)
+    zero_actual = selected & ~nonpositive_pred & (lower <= 0)
+    usable = selected & ~nonpositive_pred & ~zero_actual
+
+    # prediction units: one per distinct features string among usable rows, else per stored key
+    unit_of_feature: dict[int, int] = {}
+    unit_of_record: dict[tuple[int, int, int], int] = {}
+    infos: list[_UnitInfo] = []
+    usable_idx = np.flatnonzero(usable)
+    feat = columns.features_code[usable_idx]
+    for code in np.unique(feat[feat >= 0]).tolist():
+        info = _unit_from_features(columns.features[code], coeffs)
+        if info is not None:
+            unit_of_feature[code] = len(infos)
+            infos.append(info)
+    row_unit = np.full(usable_idx.size, -1, dtype=np.int64)
+    if unit_of_feature:
+        lookup = np.full(max(len(columns.features), 1), -1, dtype=np.int64)
+        for code, u in unit_of_feature.items():
+            lookup[code] = u
+        has = feat >= 0
+        row_unit[has] = lookup[feat[has]]
+    has_features = row_unit >= 0
+    need = np.flatnonzero(~has_features)
+    if need.size:
+        keys = np.stack(
+            [
+                columns.category_code[usable_idx[need]].astype(np.int64),
+                columns.complexity_code[usable_idx[need]].astype(np.int64),
+                columns.deliverable_count[usable_idx[need]].astype(np.int64),
+            ],
+            axis=1,
+        )
+        distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
+        for cat_code, cx_code, dcount in distinct.tolist():
+            unit_of_record[(cat_code, cx_code, dcount)] = len(infos)
+            infos.append(
+                _unit_from_record(columns.categories[cat_code], columns.complexities[cx_code], dcount, coeffs)
+            )
+        base = len(infos) - distinct.shape[0]
+        row_unit[need] = base + inverse.reshape(-1)
+
+    groups = sorted({info.group for info in infos})
+    group_index = {g: i for i, g in enumerate(groups)}
+    weight_keys = sorted({k for info in infos for k in info.counts})
+    key_index = {k: i for i, k in enumerate(weight_keys)}
+    counts = np.zeros((len(infos), len(weight_keys)))
+    for u, info in enumerate(infos):
+        for k, v in info.counts.items():
+            counts[u, key_index[k]] = v
+    units = Units(
+        group=np.array([group_index[i.group] for i in infos], dtype=np.int32),
+        linear=np.array([i.linear for i in infos], dtype=bool),
+        counts=counts,
+        fixed_marginal=np.array([i.fixed_marginal for i in infos], dtype=float),
+        floor=np.array([i.floor for i in infos], dtype=float),
+        buffer=np.array([i.buffer for i in infos], dtype=float),
+        override_min=np.array([i.override_min for i in infos], dtype=float),
+        weight_keys=weight_keys,
+    )
+    unit_pred = np.array([i.predicted for i in infos], dtype=float)
+    pred_current = np.where(has_features, unit_pred[row_unit], columns.predicted[usable_idx]) if infos else np.empty(0)
+
+    # oldest first; ties by event id
+    order = np.lexsort((columns.event_id[usable_idx], columns.epoch[usable_idx]))
+    rows = usable_idx[order]
+    row_unit = row_unit[order]
+    recorded_ceiling = np.where(
+        np.isnan(columns.actual_max_tokens[rows]), columns.selected_budget[rows], columns.actual_max_tokens[rows]
+    )
+    samples = SampleSet(
+        groups=groups,
+        group=units.group[row_unit] if rows.size else np.empty(0, dtype=np.int32),
+        epoch=columns.epoch[rows],
+        event_id=columns.event_id[rows],
+        y=lower[rows],
+        observed=~censored_all[rows],
+        actual=columns.actual[rows],
+        recorded_predicted=columns.predicted[rows],
+        recorded_ceiling=recorded_ceiling,
+        pred_current=pred_current[order] if rows.size else np.empty(0),
+        unit=row_unit.astype(np.int32),
+        units=units,
+        success=columns.success[rows],
+        has_features=has_features[order],
+        summary=columns.summary,
+    )
+    samples.counts = {
+        "rows_read": n_all,
+        "selected": int(selected.sum()),
+        "usable": int(usable.sum()),
+        "censored": int((usable & censored_all).sum()),
+        "observed": int((usable & ~censored_all).sum()),
+        "excluded_failed_not_truncated": int((~selected).sum()),
+        "excluded_nonpositive_predicted": int(nonpositive_pred.sum()),
+        "excluded_zero_actual": int(zero_actual.sum()),
+        "with_features": int(has_features.sum()),
+        "without_features": int((~has_features).sum()),
+    }
+    return samples
+
+
+def spellings_of(pairs: Mapping[tuple[str | None, str | None], int]) -> dict[str, dict[str, int]]:
+    """Stored spellings that normalisation changed: {"category": {"testing → tests": n}, …}."""
+    out: dict[str, dict[str, int]] = {"category": {}, "complexity": {}}
+    for (category, complexity), n in pairs.items():
+        for name, raw, canon in (("category", category, canonical_category(category)),
+                                 ("complexity", complexity, canonical_complexity(complexity))):
+            if raw != canon:
+                key = f"{raw} → {canon}"
+                out[name][key] = out[name].get(key, 0) + int(n)
+    return out
+
+
+def is_docs_row(category: str | None, phase_id: str | None) -> bool:
+    """A documentation call: docs-like canonical category, or a phase id naming doc/readme (the seed's SQL)."""
+    pid = (phase_id or "").lower()
+    return canonical_category(category) in DOCS_LIKE or "doc" in pid or "readme" in pid
+
+
+def docs_row(run_id: str, phase_id: str, category: str | None, complexity: str | None, actual: int, predicted: int,
+             ceiling: int | None, selected_budget: int, truncated: bool, success: bool) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "phase_id": phase_id,
+        "category": canonical_category(category),
+        "complexity": canonical_complexity(complexity),
+        "actual_output_tokens": int(actual),
+        "predicted_output_tokens": int(predicted),
+        "ceiling": int(selected_budget if ceiling is None else ceiling),
+        "truncated": bool(truncated),
+        "success": bool(success),
+    }
+
+
+DOCS_ROWS_LIMIT = 200
+
+
+def _is_truncation(r: Mapping[str, Any]) -> bool:
+    reasons = {r.get("stop_reason"), r.get("finish_reason")}
+    return bool(r.get("truncated")) or bool(r.get("is_truncated_output")) or bool(reasons & TRUNCATION_REASONS)
+
+
+def _epoch_of(value: Any) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, (int, float)):
+        return float(value)
+    from datetime import UTC
+
+    return value.replace(tzinfo=value.tzinfo or UTC).timestamp()
+
+
+def columns_from_records(records: Sequence[Mapping[str, Any]]) -> EventColumns:
+    """``EventColumns`` from plain dicts (tests and small tools); keys as the table's columns."""
+    factor: dict[str, dict[Any, int]] = {k: {} for k in ("cat", "cx", "feat")}
+
+    def code(kind: str, value: Any) -> int:
+        table = factor[kind]
+        return table.setdefault(value, len(table))
+
+    pairs: dict[tuple[str | None, str | None], int] = {}
+    for r in records:
+        key = (r.get("category"), r.get("complexity"))
+        pairs[key] = pairs.get(key, 0) + 1
+    docs = [
+        docs_row(r["run_id"], r["phase_id"], r.get("category"), r.get("complexity"), r["actual_output_tokens"],
+                 r["predicted_output_tokens"], r.get("actual_max_tokens"), r.get("selected_budget") or 0,
+                 _is_truncation(r), bool(r.get("success")))
+        for r in records
+        if is_docs_row(r.get("category"), r.get("phase_id"))
+    ]
+    docs.sort(key=lambda d: -d["actual_output_tokens"])
+    n = len(records)
+    summary = Summary(
+        run_ids=sorted({r["run_id"] for r in records}),
+        successful_phases=len({(r["run_id"], r["phase_id"]) for r in records if r.get("success")}),
+        success_rate_all=(sum(1 for r in records if r.get("success")) / n) if n else 0.0,
+        coverage_actual_max_tokens=(sum(1 for r in records if r.get("actual_max_tokens") is not None) / n) if n else 0.0,
+        spellings=spellings_of(pairs),
+        docs_rows=docs[:DOCS_ROWS_LIMIT],
+    )
+    return EventColumns(
+        event_id=np.array([r.get("id", i + 1) for i, r in enumerate(records)], dtype=np.int64),
+        epoch=np.array([_epoch_of(r.get("timestamp")) for r in records], dtype=float),
+        category_code=np.array([code("cat", r.get("category")) for r in records], dtype=np.int32),
+        complexity_code=np.array([code("cx", r.get("complexity")) for r in records], dtype=np.int32),
+        deliverable_count=np.array([r.get("deliverable_count") or 0 for r in records], dtype=np.int64),
+        features_code=np.array(
+            [code("feat", r["features_json"]) if r.get("features_json") else -1 for r in records], dtype=np.int32
+        ),
+        predicted=np.array([r["predicted_output_tokens"] for r in records], dtype=float),
+        actual=np.array([r["actual_output_tokens"] for r in records], dtype=float),
+        selected_budget=np.array([r.get("selected_budget") or 0 for r in records], dtype=float),
+        actual_max_tokens=np.array(
+            [math.nan if r.get("actual_max_tokens") is None else r["actual_max_tokens"] for r in records], dtype=float
+        ),
+        success=np.array([bool(r.get("success")) for r in records], dtype=bool),
+        truncated=np.array([_is_truncation(r) for r in records], dtype=bool),
+        categories=list(factor["cat"]),
+        complexities=list(factor["cx"]),
+        features=list(factor["feat"]),
+        summary=summary,
+    )

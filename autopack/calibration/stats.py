@@ -1,0 +1,445 @@
+"""Pure statistics of the calibration: plain numpy arrays in, numbers out, no I/O.
+
+Every function here is checked against hand-computed values in ``tests/test_stats.py``. Conventions:
+values are log-ratios or token counts; ``observed`` is False for a right-censored value (a truncated
+call: the true value is at least the one given).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+_EPS = 1e-9
+
+
+# --------------------------------------------------------------------------------------------------
+# Split-conformal rank
+# --------------------------------------------------------------------------------------------------
+
+
+def conformal_rank(n: int, alpha: float) -> int | None:
+    """k = ⌈(n+1)(1−α)⌉, the order statistic that covers a new exchangeable point with prob ≥ 1−α.
+
+    None when k > n, i.e. when there are fewer than 1/α − 1 calibration points: no finite quantile has
+    the guarantee (the caller falls back to a parent group).
+    """
+    if n <= 0:
+        return None
+    k = math.ceil((n + 1) * (1.0 - alpha) - _EPS)
+    return k if k <= n else None
+
+
+def min_conformal_samples(alpha: float) -> int:
+    """The smallest n for which ``conformal_rank(n, alpha)`` exists: ⌈1/α − 1⌉."""
+    return max(1, math.ceil((1.0 - alpha) / alpha - _EPS))
+
+
+def coverage_confidence(n: int, k: int | None, alpha: float) -> float:
+    """P(the realised coverage of the k-th of n order statistics ≥ 1 − 2α).
+
+    For exchangeable continuous data the coverage of a split-conformal quantile, given the calibration
+    set, is Beta(k, n + 1 − k) distributed (Vovk 2012). This is the probability that the budget, once
+    shipped, truncates at most twice the target rate.
+    """
+    if k is None or n <= 0 or k > n:
+        return 0.0
+    return float(sps.beta.sf(1.0 - 2.0 * alpha, k, n + 1 - k))
+
+
+# --------------------------------------------------------------------------------------------------
+# Kaplan–Meier
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KaplanMeier:
+    """The Kaplan–Meier CDF evaluated at the end of each block of tied values."""
+
+    times: np.ndarray  # distinct values, ascending
+    cdf: np.ndarray  # F(t) = 1 − S(t) at each distinct value
+
+
+def kaplan_meier(values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None = None) -> KaplanMeier:
+    """Kaplan–Meier estimate of the distribution of right-censored ``values``.
+
+    At a tie an observed value counts before a censored one (the usual convention). Without censoring
+    F is the empirical CDF.
+    """
+    v = np.asarray(values, dtype=float)
+    o = np.ones(v.shape, dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
+    if v.size == 0:
+        return KaplanMeier(np.empty(0), np.empty(0))
+    order = np.lexsort((~o, v))
+    v, o = v[order], o[order]
+    at_risk = v.size - np.arange(v.size, dtype=float)
+    survival = np.cumprod(np.where(o, 1.0 - 1.0 / at_risk, 1.0))
+    block_end = np.r_[v[1:] != v[:-1], True]
+    return KaplanMeier(v[block_end], 1.0 - survival[block_end])
+
+
+def km_quantile(
+    values: Sequence[float] | np.ndarray,
+    observed: Sequence[bool] | np.ndarray | None,
+    p: float,
+    *,
+    midpoint: bool = False,
+) -> float:
+    """The smallest t with F(t) ≥ p (``inf`` if censoring never lets F reach p).
+
+    ``midpoint``: where F equals p exactly on an interval, return the middle of it (so the p = 0.5
+    quantile of uncensored data is the ordinary median).
+    """
+    km = kaplan_meier(values, observed)
+    hit = np.flatnonzero(km.cdf >= p - _EPS)
+    if hit.size == 0:
+        return math.inf
+    i = int(hit[0])
+    t = float(km.times[i])
+    if midpoint and abs(km.cdf[i] - p) <= _EPS and i + 1 < km.times.size:
+        later = np.flatnonzero(km.cdf[i + 1 :] > km.cdf[i] + _EPS)
+        if later.size:
+            t = (t + float(km.times[i + 1 + later[0]])) / 2.0
+    return t
+
+
+def km_median(values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None = None) -> float:
+    return km_quantile(values, observed, 0.5, midpoint=True)
+
+
+def conformal_quantile(
+    values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None, alpha: float
+) -> tuple[float, int | None]:
+    """Split-conformal upper quantile at miscoverage α: the k-th order statistic, k = ⌈(n+1)(1−α)⌉.
+
+    With censoring, the Kaplan–Meier quantile at level k/n (identical to the k-th order statistic when
+    nothing is censored). Returns (quantile, k); (inf, None) when n < 1/α − 1 or censoring leaves the
+    level unreachable.
+    """
+    v = np.asarray(values, dtype=float)
+    k = conformal_rank(v.size, alpha)
+    if k is None:
+        return math.inf, None
+    return km_quantile(v, observed, k / v.size), k
+
+
+# --------------------------------------------------------------------------------------------------
+# Distribution-free intervals from order statistics
+# --------------------------------------------------------------------------------------------------
+
+
+def median_ci_ranks(n: int, level: float = 0.95) -> tuple[int, int, float]:
+    """1-based ranks (j, n+1−j) of the distribution-free CI for a median, and its exact coverage.
+
+    Coverage of [x_(j), x_(n+1−j)] is 1 − 2·P(B ≤ j−1), B ~ Binomial(n, ½); j is the largest with
+    coverage ≥ ``level``. When even [x_(1), x_(n)] falls short (n ≤ 5 at 95 %), that widest interval
+    is returned with its (lower) coverage.
+    """
+    if n <= 0:
+        raise ValueError("median_ci_ranks needs n >= 1")
+    tail = (1.0 - level) / 2.0
+    m = int(sps.binom.ppf(tail, n, 0.5))
+    while m >= 0 and sps.binom.cdf(m, n, 0.5) > tail + _EPS:
+        m -= 1
+    while m + 1 < n and sps.binom.cdf(m + 1, n, 0.5) <= tail + _EPS:
+        m += 1
+    j = max(1, min(m + 1, (n + 1) // 2))
+    coverage = 1.0 - 2.0 * float(sps.binom.cdf(j - 1, n, 0.5))
+    return j, n + 1 - j, coverage
+
+
+def quantile_ci_ranks(n: int, q: float, level: float = 0.90) -> tuple[int, int | None, float]:
+    """1-based ranks (j, k) with P(x_(j) ≤ ξ_q ≤ x_(k)) ≥ ``level`` (equal tails), B ~ Binomial(n, q).
+
+    ``k`` is None when no order statistic bounds the quantile from above at that level (too few
+    samples for a high quantile).
+    """
+    if n <= 0:
+        raise ValueError("quantile_ci_ranks needs n >= 1")
+    tail = (1.0 - level) / 2.0
+    # lower: largest j with P(B <= j-1) <= tail
+    m = int(sps.binom.ppf(tail, n, q))
+    while m >= 0 and sps.binom.cdf(m, n, q) > tail + _EPS:
+        m -= 1
+    while m + 1 < n and sps.binom.cdf(m + 1, n, q) <= tail + _EPS:
+        m += 1
+    j = max(1, m + 1)
+    # upper: smallest k with P(B >= k) <= tail, i.e. cdf(k-1) >= 1 - tail
+    k_minus_1 = int(sps.binom.ppf(1.0 - tail, n, q))
+    while k_minus_1 > 0 and sps.binom.cdf(k_minus_1 - 1, n, q) >= 1.0 - tail - _EPS:
+        k_minus_1 -= 1
+    k: int | None = k_minus_1 + 1
+    if k is not None and k > n:
+        k = None
+    upper_cdf = float(sps.binom.cdf((k if k is not None else n + 1) - 1, n, q))
+    coverage = upper_cdf - float(sps.binom.cdf(j - 1, n, q))
+    return j, k, coverage
+
+
+def order_statistic_interval(
+    values: Sequence[float] | np.ndarray,
+    observed: Sequence[bool] | np.ndarray | None,
+    j: int,
+    k: int | None,
+) -> tuple[float, float]:
+    """[x_(j), x_(k)] made conservative for censoring.
+
+    A censored value is only a lower bound, so the lower end uses it as given (true order statistics can
+    only be larger) and the upper end treats it as +∞ (true ones can only be smaller). ``k`` None → +∞.
+    """
+    v = np.asarray(values, dtype=float)
+    o = np.ones(v.shape, dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
+    low = float(np.sort(v)[j - 1])
+    if k is None:
+        return low, math.inf
+    high = float(np.sort(np.where(o, v, math.inf))[k - 1])
+    return low, high
+
+
+def median_ci(
+    values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None = None, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Distribution-free CI for the median: (low, high, exact coverage). ``high`` may be inf (censoring)."""
+    n = int(np.asarray(values).size)
+    j, k, coverage = median_ci_ranks(n, level)
+    low, high = order_statistic_interval(values, observed, j, k)
+    return low, high, coverage
+
+
+# --------------------------------------------------------------------------------------------------
+# Backtest statistics
+# --------------------------------------------------------------------------------------------------
+
+
+def wilson_interval(x: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion x/n."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = float(sps.norm.ppf(1.0 - (1.0 - level) / 2.0))
+    p = x / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _binom_loglik(x: int, n: int, p: float) -> float:
+    total = 0.0
+    if x > 0:
+        total += x * math.log(p) if p > 0 else -math.inf
+    if n - x > 0:
+        total += (n - x) * math.log(1 - p) if p < 1 else -math.inf
+    return total
+
+
+def kupiec_pof(x: int, n: int, alpha: float) -> float:
+    """Kupiec's proportion-of-failures test: p-value of H0 "truncation rate = α" (LR, χ² with 1 df)."""
+    if n <= 0:
+        return 1.0
+    lr = -2.0 * (_binom_loglik(x, n, alpha) - _binom_loglik(x, n, x / n))
+    return float(sps.chi2.sf(max(lr, 0.0), 1))
+
+
+def pinball_loss(actual: np.ndarray, forecast: np.ndarray, tau: float) -> float:
+    """Mean pinball (quantile) loss of ``forecast`` as the τ-quantile of ``actual``."""
+    a = np.asarray(actual, dtype=float)
+    f = np.asarray(forecast, dtype=float)
+    if a.size == 0:
+        return 0.0
+    d = a - f
+    return float(np.mean(np.maximum(tau * d, (tau - 1.0) * d)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Pooling (empirical Bayes / credibility)
+# --------------------------------------------------------------------------------------------------
+
+
+def dersimonian_laird(
+    estimates: Sequence[float] | np.ndarray,
+    variances: Sequence[float] | np.ndarray,
+    clusters: Sequence[object] | None = None,
+) -> float:
+    """Method-of-moments between-unit variance τ² (DerSimonian–Laird), ≥ 0.
+
+    With ``clusters`` the units are compared with their own cluster's weighted mean (nested effect:
+    groups within a category), degrees of freedom Σ(K_c − 1). Units with zero variance are skipped.
+    """
+    y = np.asarray(estimates, dtype=float)
+    v = np.asarray(variances, dtype=float)
+    labels = list(clusters) if clusters is not None else [0] * y.size
+    q = 0.0
+    df = 0
+    denom = 0.0
+    for label in dict.fromkeys(labels):
+        idx = np.array([i for i, c in enumerate(labels) if c == label and v[i] > 0], dtype=int)
+        if idx.size < 2:
+            continue
+        w = 1.0 / v[idx]
+        mean = float(np.sum(w * y[idx]) / np.sum(w))
+        q += float(np.sum(w * (y[idx] - mean) ** 2))
+        df += idx.size - 1
+        denom += float(np.sum(w) - np.sum(w * w) / np.sum(w))
+    if df == 0 or denom <= 0:
+        return 0.0
+    return max(0.0, (q - df) / denom)
+
+
+def credibility_weight(tau2: float, variance: float) -> float:
+    """Weight on a unit's own estimate: τ² / (τ² + v). A unit with no sampling noise keeps its own."""
+    if variance <= 0:
+        return 1.0
+    if tau2 <= 0:
+        return 0.0
+    return tau2 / (tau2 + variance)
+
+
+def median_sampling_variance(sigma: float, n: int) -> float:
+    """Large-sample variance of a sample median, π·σ²/(2n) (normal-shaped log-ratios)."""
+    if n <= 0:
+        return math.inf
+    return math.pi * sigma * sigma / (2.0 * n)
+
+
+def robust_sigma(residuals: np.ndarray) -> float:
+    """1.4826 × median absolute deviation from 0 (residuals already centred on their group)."""
+    r = np.asarray(residuals, dtype=float)
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return 0.0
+    return 1.4826 * float(np.median(np.abs(r)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The original's numbers (reported beside ours for comparison)
+# --------------------------------------------------------------------------------------------------
+
+
+def original_confidence(ratios: Sequence[float] | np.ndarray) -> float:
+    """The original's score 0.6·min(1, n/12) + 0.4/(1+σ), σ = population std-dev of the ratios."""
+    r = np.asarray(ratios, dtype=float)
+    if r.size == 0:
+        return 0.0
+    sigma = float(np.std(r))
+    return 0.6 * min(1.0, r.size / 12.0) + 0.4 / (1.0 + sigma)
+
+
+def original_median(ratios: Sequence[float] | np.ndarray) -> float:
+    """The original's median: sorted[n // 2] (the upper median for even n)."""
+    r = np.sort(np.asarray(ratios, dtype=float))
+    return float(r[r.size // 2])
+
+
+# --------------------------------------------------------------------------------------------------
+# Censored-normal (Tobit) tail: the fallback when censoring hides the conformal quantile
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CensoredNormal:
+    mu: float
+    sigma: float
+    cov: np.ndarray  # covariance of (mu, sigma)
+
+    def quantile(self, p: float) -> float:
+        return self.mu + self.sigma * float(sps.norm.ppf(p))
+
+    def quantile_sd(self, p: float) -> float:
+        grad = np.array([1.0, float(sps.norm.ppf(p))])
+        return float(math.sqrt(max(0.0, grad @ self.cov @ grad)))
+
+
+def censored_normal_fit(
+    values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray, min_observed: int = 5
+) -> CensoredNormal | None:
+    """Maximum-likelihood normal for right-censored data (Tobit), with its asymptotic covariance.
+
+    None when fewer than ``min_observed`` values are observed or the optimiser fails.
+    """
+    from scipy.optimize import minimize
+
+    v = np.asarray(values, dtype=float)
+    o = np.asarray(observed, dtype=bool)
+    if int(o.sum()) < min_observed:
+        return None
+    xo, xc = v[o], v[~o]
+
+    def nll(theta: np.ndarray) -> float:
+        mu, log_s = theta
+        s = math.exp(log_s)
+        total = float(np.sum(sps.norm.logpdf(xo, mu, s)))
+        if xc.size:
+            total += float(np.sum(sps.norm.logsf(xc, mu, s)))
+        return -total
+
+    start = np.array([float(np.mean(v)), math.log(max(float(np.std(v)), 1e-3))])
+    res = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 4000})
+    if not res.success or not np.all(np.isfinite(res.x)):
+        return None
+    mu, log_s = (float(t) for t in res.x)
+    sigma = math.exp(log_s)
+    # numerical Hessian of the NLL in (mu, sigma)
+    def nll_ms(m: float, s: float) -> float:
+        return nll(np.array([m, math.log(max(s, 1e-12))]))
+
+    h = 1e-4 * max(1.0, sigma)
+    f0 = nll_ms(mu, sigma)
+    hess = np.empty((2, 2))
+    hess[0, 0] = (nll_ms(mu + h, sigma) - 2 * f0 + nll_ms(mu - h, sigma)) / h**2
+    hess[1, 1] = (nll_ms(mu, sigma + h) - 2 * f0 + nll_ms(mu, sigma - h)) / h**2
+    hess[0, 1] = hess[1, 0] = (
+        nll_ms(mu + h, sigma + h) - nll_ms(mu + h, sigma - h) - nll_ms(mu - h, sigma + h) + nll_ms(mu - h, sigma - h)
+    ) / (4 * h * h)
+    try:
+        cov = np.linalg.inv(hess)
+    except np.linalg.LinAlgError:
+        return None
+    if not np.all(np.isfinite(cov)) or cov[0, 0] < 0 or cov[1, 1] < 0:
+        return None
+    return CensoredNormal(mu, sigma, cov)
+
+
+@dataclass(frozen=True)
+class UpperQuantile:
+    """An upper quantile for budgeting: value, how it was obtained, and its confidence."""
+
+    value: float  # inf when not identifiable
+    k: int | None
+    method: str  # "conformal" | "tobit" | "none"
+    confidence: float
+    interval: tuple[float, float]
+
+
+def upper_quantile(
+    values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None, alpha: float,
+    interval_level: float = 0.90,
+) -> UpperQuantile:
+    """Split-conformal quantile (KM with censoring); if censoring hides it, the Tobit extrapolation.
+
+    Confidence is P(realised coverage ≥ 1 − 2α): the Beta law for the conformal quantile, the
+    normal-theory approximation Φ((q̂ − q̂_{1−2α}) / sd(q̂)) for the Tobit one.
+    """
+    v = np.asarray(values, dtype=float)
+    o = np.ones(v.shape, dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
+    n = int(v.size)
+    q, k = conformal_quantile(v, o, alpha)
+    if k is None:
+        return UpperQuantile(math.inf, None, "none", 0.0, (math.nan, math.inf))
+    if math.isfinite(q):
+        j, k_hi, _ = quantile_ci_ranks(n, 1.0 - alpha, interval_level)
+        low, high = order_statistic_interval(v, o, j, k_hi)
+        return UpperQuantile(q, k, "conformal", coverage_confidence(n, k, alpha), (low, high))
+    fit = censored_normal_fit(v, o)
+    if fit is None:
+        return UpperQuantile(math.inf, k, "none", 0.0, (math.nan, math.inf))
+    level = k / n
+    value = fit.quantile(level)
+    sd = fit.quantile_sd(level)
+    z = float(sps.norm.ppf(1.0 - (1.0 - interval_level) / 2.0))
+    margin = value - fit.quantile(1.0 - 2.0 * alpha)
+    confidence = float(sps.norm.cdf(margin / sd)) if sd > 0 else 1.0
+    return UpperQuantile(value, k, "tobit", confidence, (value - z * sd, value + z * sd))

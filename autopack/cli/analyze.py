@@ -1,0 +1,40 @@
+"""``autopack analyze v3``: the original's log analyser (also ``scripts/analyze_token_telemetry_v3.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+analyze_app = typer.Typer(help="Analyse telemetry logs.", no_args_is_help=True)
+
+
+@analyze_app.command("v3")
+def v3(
+    log_dir: Annotated[Path, typer.Option("--log-dir", help="Directory searched recursively.")] = Path(
+        ".autonomous_runs"
+    ),
+    pattern: Annotated[str, typer.Option("--pattern", help="File name pattern.")] = "*.log",
+    success_only: Annotated[bool, typer.Option("--success-only", help="Only V2 records with success=True.")] = False,
+    stratify: Annotated[
+        bool, typer.Option("--stratify", help="Tier-1 metrics by category, complexity, deliverables.")
+    ] = False,
+    under_multiplier: Annotated[
+        float, typer.Option("--under-multiplier", help="Underestimated when actual > predicted × this.")
+    ] = 1.0,
+    output: Annotated[Path | None, typer.Option("--output", help="Write the markdown here (else print).")] = None,
+) -> None:
+    """Tier 1 (risk), Tier 2 (cost) and diagnostics from [TokenEstimationV2] log lines."""
+    from autopack.calibration.analyze_v3 import run
+
+    text, result = run(log_dir, pattern=pattern, success_only=success_only, with_strata=stratify,
+                       under_multiplier=under_multiplier, output=output)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        typer.echo(f"{result['records']} records analysed; verdict {result['tier1']['verdict']}; report {output}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(analyze_app, name="analyze")

@@ -1,0 +1,57 @@
+"""``autopack api serve``: run the HTTP API (uvicorn) on this machine's database."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+import typer
+
+from autopack.config import get_settings
+from autopack.errors import AutopackError, RefusedError
+
+api_app = typer.Typer(help="The HTTP API server.", no_args_is_help=True)
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, has_api_key: bool) -> None:
+    """Anyone who can reach a non-loopback port could create runs and claim phases: require a key."""
+    if not is_loopback(host) and not has_api_key:
+        raise RefusedError(
+            f"refusing to serve on {host} without an API key",
+            hint="set AUTOPACK_API_KEY (clients send it as X-API-Key) or bind to 127.0.0.1",
+        )
+
+
+@api_app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind (non-loopback needs AUTOPACK_API_KEY).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the API (same as `python -m uvicorn autopack.main:app`) after checking the database."""
+    import uvicorn
+
+    from autopack.api import create_app
+    from autopack.db.identity import read_identity
+
+    settings = get_settings()
+    check_bind(host, settings.api_key is not None and bool(settings.api_key.get_secret_value()))
+    try:
+        report = read_identity(settings.resolved_database_url())
+        typer.echo(f"[db] id={report.db_id} url={report.url} revision={report.schema_revision}", err=True)
+    except AutopackError as exc:  # serve anyway: /health reports "degraded" until the database is fixed
+        typer.echo(f"warning: {exc.one_line()}", err=True)
+    uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(api_app, name="api")

@@ -1,0 +1,93 @@
+"""``autopack calibrate``: the T5 calibration job (also ``scripts/calibrate_token_estimator.py``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption
+from autopack.config import get_settings
+
+
+def _console_summary(result: dict[str, Any]) -> str:
+    md = result["metadata"]
+    lines = [
+        f"calibrated {md['total_samples']} samples in {len(result['groups'])} groups "
+        f"(α = {md['target_truncation']}, hold-out {md['holdout_fraction']:.0%})",
+        "",
+        f"{'group':<28} {'n':>5} {'cens':>4} {'median':>7} {'factor':>7} {'conf':>5} {'ceil/act':>8}  proposed",
+    ]
+    for g in result["groups"]:
+        label = f"{g['category']}/{g['complexity']}"
+        median = "–" if g["median_ratio"] is None else f"{g['median_ratio']:.3f}"
+        factor = "–" if g["budget_factor"] is None else f"{g['budget_factor']:.3f}"
+        conf = "–" if g["confidence"] is None else f"{g['confidence']:.2f}"
+        waste = "–" if g["median_ceiling_waste"] is None else f"{g['median_ceiling_waste']:.2f}"
+        lines.append(f"{label:<28} {g['n']:>5} {g['n_censored']:>4} {median:>7} {factor:>7} {conf:>5} {waste:>8}  "
+                     f"{'yes' if g['proposed'] else 'no'}")
+    bt = result["backtest"]
+    if bt.get("test_n"):
+        lines += ["", f"backtest on the newest {bt['test_n']} calls (truncation rate, reserved/used):"]
+        for name in ("current", "original_median", "proposed", "shipped"):
+            m = bt.get(name)
+            if isinstance(m, dict):
+                lines.append(f"  {name:<16} {100 * m['truncation_rate']:5.1f}%  {m['reserved_over_used']:.2f}")
+    gate = result["gate"]
+    lines += ["", f"gate: {'PASSED' if gate['passed'] else 'not passed'} "
+              f"({len(result['proposed_changes'])} proposed change(s))"]
+    lines += [f"  - {r}" for r in gate["reasons"]]
+    lines += ["", f"report: {result['report_path']}", f"json:   {result['json_path']}", f"plot:   {result['plot_path']}"]
+    return "\n".join(lines)
+
+
+def calibrate(
+    min_samples: Annotated[int, typer.Option("--min-samples", help="Minimum samples for a group's change.")] = 5,
+    confidence_threshold: Annotated[
+        float, typer.Option("--confidence-threshold", help="Minimum confidence for a group's change.")
+    ] = 0.7,
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Where the report, JSON and plot go.")] = Path("."),
+    include_run_id: Annotated[
+        list[str] | None, typer.Option("--include-run-id", help="Only these runs (repeatable).")
+    ] = None,
+    allow_empty_db: AllowEmptyDbOption = False,
+    target_truncation: Annotated[
+        float, typer.Option("--target-truncation", help="Target truncation rate α of the proposed budgets.")
+    ] = 0.05,
+    holdout_fraction: Annotated[
+        float, typer.Option("--holdout-fraction", help="Newest fraction of samples held out for the backtest.")
+    ] = 0.3,
+    as_json: JsonOption = False,
+    expect_db_id: ExpectDbIdOption = None,
+) -> None:
+    """Calibrate the token estimator from telemetry: report (.md), patch (.json) and plot (.png).
+
+    Exit 0 when a report was written (gate passed or not), 1 when there are no usable samples, 2/3 when
+    the database guard refuses.
+    """
+    from autopack.calibration import run_calibration
+
+    settings = get_settings()
+    result = run_calibration(
+        settings.resolved_database_url(),
+        min_samples=min_samples,
+        confidence_threshold=confidence_threshold,
+        target_truncation=target_truncation,
+        holdout_fraction=holdout_fraction,
+        include_run_ids=include_run_id or None,
+        output_dir=output_dir,
+        allow_empty_db=allow_empty_db,
+        expect_db_id=expect_db_id,
+    )
+    md = result["metadata"]
+    typer.echo(f"[db] id={md['db_id']}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(_console_summary(result))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate)

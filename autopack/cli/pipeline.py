@@ -1,0 +1,78 @@
+"""``autopack pipeline run``: the ``telemetry-pipeline`` flow from the command line.
+
+Prefect is imported only when the pipeline runs, so other commands stay fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from autopack.cli.common import ExpectDbIdOption
+from autopack.config import get_settings
+from autopack.errors import AutopackError
+
+pipeline_app = typer.Typer(help="The whole telemetry pipeline as one Prefect flow run.", no_args_is_help=True)
+
+
+@pipeline_app.command("run")
+def run(
+    init: Annotated[bool, typer.Option("--init", help="Create and migrate the database and the seed runs when missing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Never call GitHub: write the branch to the local git checkout.")] = False,
+    target_repo: Annotated[Path, typer.Option("--target-repo", help="Git checkout whose token_estimator.py the pull request edits.")] = Path("."),
+    run_ids: Annotated[list[str] | None, typer.Option("--run-id", help="Runs to drain (repeatable; default: all).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 200,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64)] = 2,
+    max_consecutive_zero_yield: Annotated[int | None, typer.Option("--max-consecutive-zero-yield")] = 10,
+    max_fingerprint_repeats: Annotated[int, typer.Option("--max-fingerprint-repeats")] = 3,
+    max_attempts_per_phase: Annotated[int, typer.Option("--max-attempts-per-phase")] = 2,
+    max_timeouts_per_run: Annotated[int, typer.Option("--max-timeouts-per-run")] = 2,
+    phase_timeout_seconds: Annotated[float, typer.Option("--phase-timeout-seconds")] = 900,
+    target_truncation: Annotated[float, typer.Option("--target-truncation", min=0.001, max=0.5)] = 0.05,
+    holdout_fraction: Annotated[float, typer.Option("--holdout-fraction", min=0.05, max=0.9)] = 0.3,
+    min_samples: Annotated[int, typer.Option("--min-samples", min=1)] = 5,
+    confidence_threshold: Annotated[float, typer.Option("--confidence-threshold", min=0.0, max=1.0)] = 0.7,
+    output_dir: Annotated[Path, typer.Option("--output-dir")] = Path("reports"),
+    skip_drain: Annotated[bool, typer.Option("--skip-drain", help="Only calibrate and publish (the weekly job).")] = False,
+    expect_db_id: ExpectDbIdOption = None,
+) -> None:
+    """Guard → validate one phase → batch drain → calibrate → gate → pull request."""
+    from autopack.pipeline import prepare_database, summarise
+
+    settings = get_settings()
+    prepared = prepare_database(settings.resolved_database_url(), init=init, expect_db_id=expect_db_id)
+    for line in prepared.messages:
+        typer.echo(line)
+
+    from flows.pipeline import telemetry_pipeline
+
+    state = telemetry_pipeline(
+        run_ids=run_ids or [],
+        batch_size=batch_size,
+        workers=workers,
+        max_consecutive_zero_yield=max_consecutive_zero_yield,
+        max_fingerprint_repeats=max_fingerprint_repeats,
+        max_attempts_per_phase=max_attempts_per_phase,
+        max_timeouts_per_run=max_timeouts_per_run,
+        phase_timeout_seconds=phase_timeout_seconds,
+        target_truncation=target_truncation,
+        holdout_fraction=holdout_fraction,
+        min_samples=min_samples,
+        confidence_threshold=confidence_threshold,
+        dry_run=dry_run,
+        target_repo=str(target_repo.resolve()),
+        output_dir=str(output_dir.resolve()),
+        skip_drain=skip_drain,
+        expect_db_id=prepared.db_id,
+        return_state=True,
+    )
+    if state.is_failed():
+        raise AutopackError(f"pipeline failed: {state.message}", exit_code=1)
+    for line in summarise(state.result()):
+        typer.echo(line)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(pipeline_app, name="pipeline")

@@ -1,0 +1,87 @@
+"""``autopack runs``: create the telemetry seed runs and list runs."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Annotated
+
+import sqlalchemy as sa
+import typer
+
+from autopack.cli.common import ExpectDbIdOption, JsonOption, guarded
+from autopack.db.engine import session_scope
+from autopack.db.models import Phase, Run
+from autopack.execution.runs import create_run
+from autopack.execution.seed_runs import SEED_RUNS, V4_RUN_ID, ensure_seed_runs, telemetry_collection_v4_spec
+from autopack.execution.spec import RunSpec
+from autopack.taxonomy import canonical_category, canonical_complexity
+
+runs_app = typer.Typer(help="Runs and their phases.", no_args_is_help=True)
+
+
+def mix_summary(spec: RunSpec) -> list[str]:
+    """Phases per canonical category and complexity, counted from the spec (not hand-written)."""
+    by_category: dict[str, Counter[str]] = {}
+    for phase in spec.phases:
+        by_category.setdefault(canonical_category(phase.category), Counter())[canonical_complexity(phase.complexity)] += 1
+    lines = []
+    for category, counts in sorted(by_category.items()):
+        detail = ", ".join(f"{n} {cx}" for cx, n in sorted(counts.items()))
+        lines.append(f"  {category}: {sum(counts.values())} phases ({detail})")
+    return lines
+
+
+@runs_app.command("create-telemetry-run")
+def create_telemetry_run(
+    run_id: Annotated[str, typer.Option("--run-id", help="Id of the run to create.")] = V4_RUN_ID,
+    replace: Annotated[bool, typer.Option("--replace", help="Delete and recreate the run if it exists.")] = False,
+    expect_db_id: ExpectDbIdOption = None,
+) -> None:
+    """Create the ten-phase telemetry collection run (the original's telemetry-collection-v4)."""
+    guarded(expect_db_id, allow_empty=True)
+    spec = telemetry_collection_v4_spec(run_id)
+    with session_scope() as session:
+        create_run(session, spec, replace=replace, source="seed")
+    typer.echo(f"created run {run_id}: {len(spec.phases)} QUEUED phases")
+    for line in mix_summary(spec):
+        typer.echo(line)
+    typer.echo(f"next: autopack drain one --run-id {run_id} --phase-id {spec.phases[0].phase_id} --force")
+
+
+@runs_app.command("seed")
+def seed(
+    run_id: Annotated[list[str] | None, typer.Option("--run-id", help="Seed run to create (repeatable; default: all).")] = None,
+    expect_db_id: ExpectDbIdOption = None,
+) -> None:
+    """Create the missing telemetry seed runs (v4, v5, v6, v7: 61 phases)."""
+    guarded(expect_db_id, allow_empty=True)
+    with session_scope() as session:
+        created = ensure_seed_runs(session, run_id or list(SEED_RUNS))
+    typer.echo(f"created: {', '.join(created)}" if created else "every seed run already exists")
+
+
+@runs_app.command("list")
+def list_runs(as_json: JsonOption = False, expect_db_id: ExpectDbIdOption = None) -> None:
+    """Each run with its phase counts by state."""
+    guarded(expect_db_id, allow_empty=True, quiet=as_json)
+    with session_scope() as session:
+        runs = session.execute(sa.select(Run.id, Run.state, Run.created_at).order_by(Run.created_at, Run.id)).all()
+        counts = session.execute(sa.select(Phase.run_id, Phase.state, sa.func.count()).group_by(Phase.run_id, Phase.state)).all()
+    states: dict[str, dict[str, int]] = {}
+    for rid, state, n in counts:
+        states.setdefault(rid, {})[state] = n
+    rows = [{"run_id": rid, "state": st, "created_at": created.isoformat() if created else None,
+             "phases": dict(sorted(states.get(rid, {}).items()))} for rid, st, created in runs]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no runs")
+    for row in rows:
+        phases = ", ".join(f"{s} {n}" for s, n in row["phases"].items()) or "no phases"  # type: ignore[union-attr]
+        typer.echo(f"{row['run_id']:<40} {row['state']:<14} {phases}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(runs_app, name="runs")

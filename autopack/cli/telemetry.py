@@ -1,0 +1,57 @@
+"""``autopack telemetry import``: load outside telemetry (CSV, OTLP JSON, V2 log lines) into the events table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, guarded
+from autopack.config import get_settings
+
+telemetry_app = typer.Typer(help="Telemetry: import outside data for calibration.", no_args_is_help=True)
+
+
+@telemetry_app.command("import")
+def import_command(
+    file: Annotated[Path, typer.Argument(help="The file to import.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv | otel-json | v2-log")] = "csv",
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="canonical=column (CSV) or canonical=attribute (OTLP); repeatable."),
+    ] = None,
+    defaults: Annotated[
+        list[str] | None, typer.Option("--set", help="canonical=value for a field the file lacks; repeatable.")
+    ] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Run id for rows without one.")] = None,
+    expect_db_id: ExpectDbIdOption = None,
+    allow_empty_db: AllowEmptyDbOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Import FILE; every row or none (bad rows are listed by line number)."""
+    from autopack.calibration.importers import FORMATS, import_telemetry, parse_assignments
+    from autopack.errors import InputError
+
+    if fmt not in FORMATS:
+        raise InputError(f"unknown --format '{fmt}'", hint="one of " + ", ".join(FORMATS))
+    identity = guarded(expect_db_id, allow_empty_db)
+    report = import_telemetry(
+        file,
+        fmt,
+        url=get_settings().resolved_database_url(),
+        mapping=parse_assignments(mapping, "--map"),
+        defaults=parse_assignments(defaults, "--set"),
+        run_id=run_id,
+        identity=identity,
+    )
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        typer.echo(f"imported {report.rows} row(s) from {file} as {report.source} "
+                   f"(run id{'s' if len(report.run_ids) > 1 else ''}: {', '.join(report.run_ids)})")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(telemetry_app, name="telemetry")

@@ -1,0 +1,864 @@
+"""The batch drain: pick phases with sample-first triage, run them under leases, stop when told to.
+
+One coordinator (this module) makes every decision — which phase next, when to stop, what the session
+records — and ``workers`` executor processes run the phases (``batch_workers``). Each phase is claimed
+with an atomic lease before it is handed out, so any number of independent drains can share a database:
+they never run the same phase at once, and a phase whose drain died is claimed again once its lease
+expires. The coordinator heartbeats every lease it holds, kills an executor that exceeds the phase
+timeout (the phase is recorded TIMEOUT, its lease released), and saves the session after every phase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import wait as wait_for_connections
+from types import FrameType
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from autopack.db.engine import session_scope
+from autopack.db.models import Phase, PhaseState, TokenEstimationV2Event, utcnow
+from autopack.errors import AutopackError, ConfigError, InputError, RefusedError
+from autopack.execution import leases
+from autopack.execution.batch_workers import (
+    BUSY,
+    DEAD,
+    DEFAULT_EXECUTOR,
+    IDLE,
+    STARTING,
+    ExecutorRef,
+    InlineSlot,
+    PhaseJob,
+    ProcessSlot,
+    Slot,
+)
+from autopack.execution.sessions import (
+    FINAL_INTERRUPTED,
+    FINAL_LEASE_LOST,
+    FINAL_WORKER_LOST,
+    STATUS_COMPLETED,
+    STATUS_INTERRUPTED,
+    STATUS_RUNNING,
+    DrainOutcome,
+    SessionState,
+    SessionStore,
+    new_session_id,
+    process_marker,
+)
+from autopack.execution.triage import (
+    RC_FAILED,
+    RC_INTERRUPTED,
+    RC_LEASE_LOST,
+    RC_SUCCESS,
+    RC_TIMEOUT,
+    STAGE_EXECUTION,
+    Candidate,
+    TriageLimits,
+    order_candidates,
+    returncode_for_signal,
+    skip_run_prefix,
+    zero_yield_reason,
+)
+
+DEFAULT_STATES: tuple[str, ...] = (PhaseState.QUEUED, PhaseState.FAILED)
+#: States a drain may take phases from (EXECUTING phases are taken only when their lease expired).
+DRAINABLE_STATES = frozenset({PhaseState.QUEUED, PhaseState.FAILED, PhaseState.TIMEOUT, PhaseState.SKIPPED})
+DEFAULT_LEASE_SECONDS = 120.0
+
+STOP_BATCH_SIZE = "batch size reached"
+STOP_NO_PHASES = "no eligible phases left"
+STOP_ZERO_YIELD = "consecutive zero-yield limit reached"
+STOP_TIME_LIMIT = "max total minutes reached"
+#: An executor process that has not loaded the executor after this long is treated as broken.
+WORKER_STARTUP_SECONDS = 180.0
+
+
+class DrainInterrupted(AutopackError):
+    """Ctrl-C (or SIGTERM): the session was saved and every held lease released."""
+
+    exit_code = 130
+    state: SessionState | None = None
+    wall_seconds: float | None = None
+
+
+@dataclass
+class BatchOptions:
+    """Every knob of ``autopack drain batch`` (defaults are the original's, except ``states``)."""
+
+    run_ids: list[str] = field(default_factory=list)
+    batch_size: int = 10
+    states: tuple[str, ...] = DEFAULT_STATES
+    max_consecutive_zero_yield: int | None = None
+    max_fingerprint_repeats: int = 3
+    max_attempts_per_phase: int = 2
+    max_timeouts_per_run: int = 2
+    phase_timeout_seconds: float = 900.0
+    max_total_minutes: float | None = None
+    skip_run_prefixes: list[str] = field(default_factory=list)
+    workers: int = 1
+    resume: bool = False
+    telemetry: bool = True
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    api_url: str | None = None
+    #: When nothing is claimable but another drain holds leases in scope, wait for those leases to end
+    #: (finished, or expired because that drain died) instead of stopping.
+    wait_for_leases: bool = True
+
+    def validate(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.workers >= 1, "--workers must be at least 1"),
+            (self.max_fingerprint_repeats >= 1, "--max-fingerprint-repeats must be at least 1"),
+            (self.max_attempts_per_phase >= 1, "--max-attempts-per-phase must be at least 1"),
+            (self.max_timeouts_per_run >= 1, "--max-timeouts-per-run must be at least 1"),
+            (self.phase_timeout_seconds > 0, "--phase-timeout-seconds must be positive"),
+            (self.lease_seconds >= 1, "--lease-seconds must be at least 1"),
+            (self.max_total_minutes is None or self.max_total_minutes > 0, "--max-total-minutes must be positive"),
+            (
+                self.max_consecutive_zero_yield is None or self.max_consecutive_zero_yield >= 1,
+                "--max-consecutive-zero-yield must be at least 1",
+            ),
+            (bool(self.states), "--states must name at least one state"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        unknown = [s for s in self.states if s not in DRAINABLE_STATES]
+        if unknown:
+            raise InputError(
+                f"--states: cannot drain {', '.join(unknown)}",
+                hint=f"choose from {', '.join(sorted(DRAINABLE_STATES))}",
+            )
+
+    def limits(self) -> TriageLimits:
+        return TriageLimits(
+            max_fingerprint_repeats=self.max_fingerprint_repeats,
+            max_attempts_per_phase=self.max_attempts_per_phase,
+            max_timeouts_per_run=self.max_timeouts_per_run,
+        )
+
+    def to_params(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["states"] = list(self.states)
+        return data
+
+
+def parse_states(text: str) -> tuple[str, ...]:
+    states = tuple(dict.fromkeys(part.strip().upper() for part in text.split(",") if part.strip()))
+    if not states:
+        raise InputError("--states must name at least one state", hint="e.g. --states QUEUED,FAILED")
+    return states
+
+
+# --- progress reporting --------------------------------------------------------------------------------
+
+
+class DrainReporter(Protocol):
+    def started(self, state: SessionState, options: BatchOptions) -> None: ...
+    def phase_started(self, candidate: Candidate, worker: int) -> None: ...
+    def phase_finished(self, outcome: DrainOutcome, state: SessionState, notes: list[str]) -> None: ...
+    def message(self, text: str) -> None: ...
+    def finished(self, state: SessionState) -> None: ...
+
+
+class NullReporter:
+    def started(self, state: SessionState, options: BatchOptions) -> None:
+        pass
+
+    def phase_started(self, candidate: Candidate, worker: int) -> None:
+        pass
+
+    def phase_finished(self, outcome: DrainOutcome, state: SessionState, notes: list[str]) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def finished(self, state: SessionState) -> None:
+        pass
+
+
+# --- the coordinator -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Running:
+    """A phase handed to a worker: its claim, deadline and next heartbeat."""
+
+    candidate: Candidate
+    claim: leases.Claim
+    started: float
+    deadline: float
+    next_heartbeat: float
+
+
+class BatchDrain:
+    """Drains phases until the batch is done, a stop rule fires, or nothing eligible is left."""
+
+    def __init__(
+        self,
+        options: BatchOptions,
+        *,
+        url: str,
+        executor: ExecutorRef = DEFAULT_EXECUTOR,
+        reporter: DrainReporter | None = None,
+        isolation: str = "process",
+        db_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        options.validate()
+        if isolation not in ("process", "inline"):
+            raise ValueError(f"unknown isolation {isolation!r}")
+        self.options = options
+        self.url = url
+        self.executor = executor
+        self.reporter: DrainReporter = reporter or NullReporter()
+        self.isolation = isolation
+        self.db_id = db_id
+        self.clock = clock
+        self.limits = options.limits()
+        self.store = SessionStore(url)
+        self.state: SessionState | None = None
+        self.stop_reason: str | None = None
+        self.slots: list[Slot] = []
+        self.running: dict[int, _Running] = {}
+        self._starting_since: dict[int, float] = {}
+        self._interrupt_signal: int | None = None
+        self._wake_r = self._wake_w = -1
+        self._old_handlers: dict[int, Any] = {}
+        self._started_at = 0.0
+
+    # --- public ------------------------------------------------------------------------------------
+
+    def run(self) -> SessionState:
+        """Drain; returns the finished session. Raises ``DrainInterrupted`` after a clean Ctrl-C stop."""
+        state = self._open_session()
+        self.state = state
+        self._started_at = self.clock()
+        self._wake_r, self._wake_w = os.pipe()  # a signal handler writes here to wake the wait
+        os.set_blocking(self._wake_w, False)
+        self._install_signal_handlers()
+        self.reporter.started(state, self.options)
+        try:
+            self._loop(state)
+            if self._interrupt_signal is not None:
+                self._interrupt(state)
+            state.status = STATUS_COMPLETED
+            state.completed_at = utcnow()
+            state.stop_reason = self.stop_reason or STOP_NO_PHASES
+            self.store.save(state)
+            self.reporter.finished(state)
+            return state
+        except KeyboardInterrupt:  # no handler installed (not the main thread): same clean stop
+            self._interrupt_signal = self._interrupt_signal or signal.SIGINT
+            self._interrupt(state)
+            raise
+        finally:
+            self._shutdown_slots()
+            self._restore_signal_handlers()
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def elapsed_seconds(self) -> float:
+        return self.clock() - self._started_at
+
+    # --- session ---------------------------------------------------------------------------------------
+
+    def _open_session(self) -> SessionState:
+        params = self.options.to_params()
+        params["process"] = process_marker()
+        if self.options.resume:
+            previous = self.store.find_resumable()
+            if previous is not None:
+                previous.status = STATUS_RUNNING
+                previous.params = {**previous.params, "process": process_marker(), "resumed": True}
+                previous.batch_size = self.options.batch_size
+                self.reporter.message(
+                    f"resuming session {previous.session_id}: {previous.total_processed} processed, "
+                    f"{previous.total_success} succeeded, {previous.total_failed} failed"
+                )
+                self.store.save(previous)
+                return previous
+            self.reporter.message("no unfinished session to resume; starting a new one")
+        state = SessionState(
+            session_id=new_session_id(), batch_size=self.options.batch_size, db_id=self.db_id, params=params
+        )
+        self.store.save(state)
+        return state
+
+    def _record(self, state: SessionState, outcome: DrainOutcome) -> None:
+        notes = state.record(outcome, self.limits)
+        self.store.save(state)
+        self.reporter.phase_finished(outcome, state, notes)
+        limit = self.options.max_consecutive_zero_yield
+        if limit and self.options.telemetry and state.consecutive_zero_yield >= limit and not self.stop_reason:
+            self.stop_reason = f"{STOP_ZERO_YIELD} ({state.consecutive_zero_yield} phases without telemetry)"
+            self.reporter.message(f"[STOP] {self.stop_reason}")
+
+    # --- the loop --------------------------------------------------------------------------------------
+
+    def _loop(self, state: SessionState) -> None:
+        self.slots = [self._new_slot(i) for i in range(self.options.workers)]
+        deadline = None
+        if self.options.max_total_minutes:
+            deadline = self._started_at + self.options.max_total_minutes * 60
+        while self._interrupt_signal is None:
+            if not self.stop_reason:
+                if deadline is not None and self.clock() >= deadline:
+                    self.stop_reason = STOP_TIME_LIMIT
+                elif state.total_processed >= state.batch_size:
+                    self.stop_reason = STOP_BATCH_SIZE
+            wait_hint: float | None = None
+            if not self.stop_reason:
+                dispatched, wait_hint = self._dispatch(state)
+                if not dispatched and not self.running and not self._starting():
+                    if wait_hint is None:
+                        self.stop_reason = STOP_NO_PHASES
+            if self.stop_reason and not self.running:
+                return
+            self._wait(wait_hint)
+            self._collect(state)
+            self._enforce_deadlines(state)
+            self._heartbeat(state)
+
+    def _new_slot(self, index: int) -> Slot:
+        cls = ProcessSlot if self.isolation == "process" else InlineSlot
+        return cls(index, self.executor)
+
+    def _starting(self) -> bool:
+        return any(slot.status == STARTING for slot in self.slots)
+
+    def _owner(self, slot: Slot) -> str:
+        assert self.state is not None
+        return f"{socket.gethostname()}:{os.getpid()}:{self.state.session_id}:w{slot.index}"
+
+    def _dispatch(self, state: SessionState) -> tuple[bool, float | None]:
+        """Claim phases for idle workers. Returns (anything dispatched, seconds to wait for foreign leases)."""
+        room = state.batch_size - state.total_processed - len(self.running)
+        idle = [slot for slot in self.slots if slot.status in (IDLE, DEAD)]
+        if room <= 0 or not idle:
+            return False, None
+        candidates = self._candidates()
+        view = state.view()
+        in_flight = {r.candidate.key for r in self.running.values()}
+        skipped: set[tuple[str, str]] = set()
+        dispatched = False
+        for slot in idle:
+            if room <= 0:
+                break
+            if slot.status == DEAD:
+                slot.start()  # it becomes IDLE once its executor is loaded
+                self._starting_since[slot.index] = self.clock()
+                continue
+            ordered = order_candidates(
+                (c for c in candidates if c.key not in skipped),
+                view,
+                self.limits,
+                in_flight=in_flight,
+                skip_run_prefixes=self.options.skip_run_prefixes,
+            )
+            claimed = None
+            for candidate in ordered:
+                with session_scope(self.url) as db:
+                    claim = leases.claim_phase(
+                        db,
+                        candidate.run_id,
+                        candidate.phase_id,
+                        self._owner(slot),
+                        states=self.options.states,
+                        lease_seconds=self.options.lease_seconds,
+                    )
+                if claim is not None:
+                    claimed = (candidate, claim)
+                    break
+                skipped.add(candidate.key)  # another drain took it; try the next one
+            if claimed is None:
+                break
+            candidate, claim = claimed
+            now = self.clock()
+            self.running[slot.index] = _Running(
+                candidate=candidate,
+                claim=claim,
+                started=now,
+                deadline=now + self.options.phase_timeout_seconds,
+                next_heartbeat=now + self.options.lease_seconds / 3,
+            )
+            in_flight.add(candidate.key)
+            slot.submit(
+                PhaseJob(
+                    candidate.run_id, candidate.phase_id, claim, self.url, self.options.telemetry, self.options.lease_seconds
+                )
+            )
+            self.reporter.phase_started(candidate, slot.index)
+            dispatched = True
+            room -= 1
+        if dispatched or self.running or self._starting():
+            return dispatched, None
+        return False, self._foreign_lease_wait() if self.options.wait_for_leases else None
+
+    def _scope(self, query: sa.Select[Any]) -> sa.Select[Any]:
+        if self.options.run_ids:
+            query = query.where(Phase.run_id.in_(self.options.run_ids))
+        return query
+
+    def _candidates(self) -> list[Candidate]:
+        """Phases in the drained states, plus EXECUTING phases whose lease expired (a dead drain's)."""
+        now = utcnow()
+        query = self._scope(
+            sa.select(Phase.run_id, Phase.phase_id, Phase.phase_index, Phase.state, Phase.last_failure_reason).where(
+                sa.or_(
+                    Phase.state.in_(list(self.options.states)),
+                    sa.and_(
+                        Phase.state == PhaseState.EXECUTING,
+                        Phase.lease_expires_at.is_not(None),
+                        Phase.lease_expires_at < now,
+                    ),
+                )
+            )
+        )
+        with session_scope(self.url) as db:
+            rows = db.execute(query).all()
+        return [
+            Candidate(run_id, phase_id, int(index or 0), str(state), reason)
+            for run_id, phase_id, index, state, reason in rows
+            if not skip_run_prefix(run_id, self.options.skip_run_prefixes)
+        ]
+
+    def _foreign_lease_wait(self) -> float | None:
+        """Seconds until the next lease another drain holds in scope may expire; None if there is none."""
+        now = utcnow()
+        query = self._scope(
+            sa.select(sa.func.min(Phase.lease_expires_at)).where(
+                Phase.state == PhaseState.EXECUTING, Phase.lease_expires_at.is_not(None), Phase.lease_expires_at >= now
+            )
+        )
+        with session_scope(self.url) as db:
+            earliest = db.execute(query).scalar_one_or_none()
+        if earliest is None:
+            return None
+        return max(0.05, min((earliest - now).total_seconds() + 0.05, self.options.lease_seconds))
+
+    def _wait(self, hint: float | None) -> None:
+        """Block until a worker reports, a deadline or heartbeat is due, or a signal arrives."""
+        inline_ready = [s for s in self.slots if isinstance(s, InlineSlot) and s.has_message()]
+        if inline_ready:
+            return
+        now = self.clock()
+        timeouts = [r.deadline - now for r in self.running.values()]
+        timeouts += [r.next_heartbeat - now for r in self.running.values()]
+        timeouts += [
+            since + WORKER_STARTUP_SECONDS - now
+            for index, since in self._starting_since.items()
+            if self.slots[index].status == STARTING
+        ]
+        if hint is not None:
+            timeouts.append(hint)
+        timeout = max(0.0, min(timeouts)) if timeouts else None
+        if timeout is None and not any(s.connection is not None and s.status in (BUSY, STARTING) for s in self.slots):
+            return
+        objects: list[Any] = [s.connection for s in self.slots if s.connection is not None and s.status in (BUSY, STARTING)]
+        objects.append(self._wake_r)
+        ready = wait_for_connections(objects, timeout)
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.read(self._wake_r, 64)
+
+    def _collect(self, state: SessionState) -> None:
+        for slot in self.slots:
+            if slot.status not in (BUSY, STARTING):
+                continue
+            if isinstance(slot, InlineSlot):
+                if not slot.has_message():
+                    continue
+            elif slot.connection is None or not slot.connection.poll(0):
+                continue
+            message = slot.receive()
+            if slot.status == STARTING:
+                self._on_started(slot, message)
+                continue
+            running = self.running.pop(slot.index)
+            if message is None:
+                self._on_worker_lost(state, slot, running)
+                continue
+            slot.status = IDLE
+            self._record(state, self._outcome_from_message(slot, running, message))
+
+    def _on_started(self, slot: Slot, message: dict[str, Any] | None) -> None:
+        if message is not None and message.get("kind") == "ready":
+            slot.status = IDLE
+            return
+        slot.kill()
+        detail = (message or {}).get("message") or "the executor process exited while starting"
+        raise ConfigError(detail, hint="is the phase executor installed? (autopack.execution.phase_runner)")
+
+    def _outcome_from_message(self, slot: Slot, running: _Running, message: dict[str, Any]) -> DrainOutcome:
+        duration = self.clock() - running.started
+        kind = message.get("kind")
+        if kind == "result":
+            result = message["result"]
+            success = bool(result["success"]) and result["final_state"] == PhaseState.COMPLETE
+            return self._outcome(
+                slot,
+                running,
+                final_state=str(result["final_state"]),
+                success=success,
+                returncode=RC_SUCCESS if success else RC_FAILED,
+                error_message=None if success else (result["error_message"] or "phase failed (no reason given)"),
+                failure_stage=None if success else result["failure_stage"],
+                telemetry_events=int(result["telemetry_events"]),
+                llm_calls=int(result["llm_calls"]),
+                reached_llm_boundary=bool(result["reached_llm_boundary"]),
+                duration=duration,
+            )
+        if kind == "lease_lost":
+            return self._outcome(
+                slot,
+                running,
+                final_state=FINAL_LEASE_LOST,
+                success=False,
+                returncode=RC_LEASE_LOST,
+                error_message=str(message.get("message")),
+                failure_stage=STAGE_EXECUTION,
+                telemetry_events=self._events_of_attempt(running.claim, only_first=True),
+                duration=duration,
+            )
+        # The executor raised: the phase is still ours, so it is failed here with the exception as reason.
+        error = str(message.get("message") or "executor error")
+        final_state = PhaseState.FAILED
+        try:
+            with session_scope(self.url) as db:
+                leases.finish_phase(
+                    db, running.claim.run_id, running.claim.phase_id, running.claim.owner, final_state, failure_reason=error
+                )
+        except leases.LeaseLostError as exc:
+            final_state, error = FINAL_LEASE_LOST, f"{error}; {exc.one_line()}"
+        return self._outcome(
+            slot,
+            running,
+            final_state=final_state,
+            success=False,
+            returncode=RC_LEASE_LOST if final_state == FINAL_LEASE_LOST else RC_FAILED,
+            error_message=error,
+            failure_stage=str(message.get("stage") or STAGE_EXECUTION),
+            telemetry_events=self._events_of_attempt(running.claim),
+            duration=duration,
+        )
+
+    def _outcome(
+        self,
+        slot: Slot,
+        running: _Running,
+        *,
+        final_state: str,
+        success: bool,
+        returncode: int,
+        error_message: str | None,
+        failure_stage: str | None,
+        telemetry_events: int,
+        duration: float,
+        llm_calls: int = 0,
+        reached_llm_boundary: bool = False,
+    ) -> DrainOutcome:
+        timed_out = returncode in (RC_TIMEOUT, 143)
+        return DrainOutcome(
+            run_id=running.candidate.run_id,
+            phase_id=running.candidate.phase_id,
+            phase_index=running.candidate.phase_index,
+            attempt_index=running.claim.attempt_index,
+            worker=running.claim.owner,
+            initial_state=running.claim.initial_state,
+            final_state=final_state,
+            success=success,
+            error_message=error_message,
+            returncode=returncode,
+            failure_stage=failure_stage,
+            telemetry_events=telemetry_events,
+            llm_calls=llm_calls,
+            reached_llm_boundary=reached_llm_boundary,
+            zero_yield_reason=zero_yield_reason(
+                telemetry_events=telemetry_events,
+                success=success,
+                timed_out=timed_out,
+                reached_llm_boundary=reached_llm_boundary,
+                failure_stage=failure_stage,
+            ),
+            duration_seconds=round(duration, 3),
+        )
+
+    def _events_of_attempt(self, claim: leases.Claim, *, only_first: bool = False) -> int:
+        """Telemetry rows written under this claim (its attempt and any escalated retry it reserved)."""
+        ev = TokenEstimationV2Event
+        query = sa.select(sa.func.count()).where(ev.run_id == claim.run_id, ev.phase_id == claim.phase_id)
+        if only_first:
+            query = query.where(ev.attempt_index == claim.attempt_index)
+        else:
+            query = query.where(ev.attempt_index >= claim.attempt_index)
+        with session_scope(self.url) as db:
+            return int(db.execute(query).scalar_one())
+
+    def _on_worker_lost(self, state: SessionState, slot: Slot, running: _Running) -> None:
+        """The executor process died mid-phase: release the phase (no outcome of its own) and record it."""
+        signum = slot.exit_signal()
+        slot.kill()
+        events = self._events_of_attempt(running.claim)
+        self._give_back(running.claim)
+        how = f"signal {signum}" if signum else "an unexpected exit"
+        outcome = self._outcome(
+            slot,
+            running,
+            final_state=FINAL_WORKER_LOST,
+            success=False,
+            returncode=returncode_for_signal(signum) if signum else RC_FAILED,
+            error_message=f"executor process died ({how}) while running the phase; phase released",
+            failure_stage=STAGE_EXECUTION,
+            telemetry_events=events,
+            duration=self.clock() - running.started,
+        )
+        self._record(state, outcome)
+
+    def _give_back(self, claim: leases.Claim) -> bool:
+        """Release a held lease, returning the phase to the state it was claimed from."""
+        back_to = claim.initial_state if claim.initial_state in DRAINABLE_STATES else PhaseState.QUEUED
+        with session_scope(self.url) as db:
+            return leases.release(db, claim.run_id, claim.phase_id, claim.owner, state=back_to)
+
+    def _enforce_deadlines(self, state: SessionState) -> None:
+        now = self.clock()
+        for index, since in list(self._starting_since.items()):
+            if self.slots[index].status == STARTING and now - since >= WORKER_STARTUP_SECONDS:
+                self.slots[index].kill()
+                raise ConfigError(
+                    f"the executor process did not start within {WORKER_STARTUP_SECONDS:g}s",
+                    hint="check that `python -c 'import autopack.execution.phase_runner'` works",
+                )
+        for index, running in list(self.running.items()):
+            if now < running.deadline:
+                continue
+            slot = self.slots[index]
+            slot.kill()
+            del self.running[index]
+            events = self._events_of_attempt(running.claim)
+            timeout = self.options.phase_timeout_seconds
+            error = f"phase timed out after {timeout:g}s (executor killed)"
+            final_state = PhaseState.TIMEOUT
+            try:
+                with session_scope(self.url) as db:
+                    leases.finish_phase(
+                        db, running.claim.run_id, running.claim.phase_id, running.claim.owner, final_state, failure_reason=error
+                    )
+            except leases.LeaseLostError:
+                # The executor finished (or lost the lease) just before it was killed: keep what the DB says.
+                final_state = self._phase_state(running.claim) or FINAL_LEASE_LOST
+            outcome = self._outcome(
+                slot,
+                running,
+                final_state=final_state,
+                success=False,
+                returncode=RC_TIMEOUT,
+                error_message=error,
+                failure_stage=None,
+                telemetry_events=events,
+                duration=now - running.started,
+            )
+            self._record(state, outcome)
+
+    def _phase_state(self, claim: leases.Claim) -> str | None:
+        with session_scope(self.url) as db:
+            return db.execute(
+                sa.select(Phase.state).where(Phase.run_id == claim.run_id, Phase.phase_id == claim.phase_id)
+            ).scalar_one_or_none()
+
+    def _heartbeat(self, state: SessionState) -> None:
+        now = self.clock()
+        for index, running in list(self.running.items()):
+            if now < running.next_heartbeat:
+                continue
+            running.next_heartbeat = now + self.options.lease_seconds / 3
+            try:
+                with session_scope(self.url) as db:
+                    leases.heartbeat(
+                        db,
+                        running.claim.run_id,
+                        running.claim.phase_id,
+                        running.claim.owner,
+                        lease_seconds=self.options.lease_seconds,
+                    )
+            except leases.LeaseLostError as exc:
+                # Still running? Then its result would be rejected anyway; stop spending tokens on it.
+                slot = self.slots[index]
+                if slot.status == BUSY and slot.connection is not None and slot.connection.poll(0):
+                    continue  # it just reported; _collect takes the result next round
+                slot.kill()
+                del self.running[index]
+                outcome = self._outcome(
+                    slot,
+                    running,
+                    final_state=FINAL_LEASE_LOST,
+                    success=False,
+                    returncode=RC_LEASE_LOST,
+                    error_message=exc.one_line(),
+                    failure_stage=STAGE_EXECUTION,
+                    telemetry_events=self._events_of_attempt(running.claim, only_first=True),
+                    duration=now - running.started,
+                )
+                self._record(state, outcome)
+
+    # --- interruption ----------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._old_handlers.items():
+            with contextlib.suppress(Exception):
+                signal.signal(signum, handler)
+        self._old_handlers.clear()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._interrupt_signal is None:
+            self._interrupt_signal = signum
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"!")
+
+    def _interrupt(self, state: SessionState) -> None:
+        """Kill running executors, give their phases back, save the session as resumable, raise."""
+        for index, running in list(self.running.items()):
+            self.slots[index].kill()
+            released = self._give_back(running.claim)
+            self.running.pop(index)
+            outcome = self._outcome(
+                self.slots[index],
+                running,
+                final_state=FINAL_INTERRUPTED,
+                success=False,
+                returncode=RC_INTERRUPTED,
+                error_message="interrupted; phase released" if released else "interrupted; lease already gone",
+                failure_stage=None,
+                telemetry_events=self._events_of_attempt(running.claim),
+                duration=self.clock() - running.started,
+            )
+            state.record(outcome, self.limits)
+        state.status = STATUS_INTERRUPTED
+        state.stop_reason = "interrupted"
+        self.store.save(state)
+        self.reporter.finished(state)
+        name = "SIGTERM" if self._interrupt_signal == signal.SIGTERM else "Ctrl-C"
+        error = DrainInterrupted(
+            f"interrupted ({name}): session {state.session_id} saved, running phases released",
+            hint="continue with --resume",
+        )
+        error.state = state
+        error.wall_seconds = self.elapsed_seconds()
+        raise error
+
+    def _shutdown_slots(self) -> None:
+        for slot in self.slots:
+            slot.stop()
+
+
+# --- preflight ---------------------------------------------------------------------------------------------
+
+
+def check_telemetry_enabled(telemetry: bool, enabled: bool) -> None:
+    if telemetry and not enabled:
+        raise RefusedError(
+            "TELEMETRY_DB_ENABLED is off: a drain would spend tokens and record no samples",
+            hint="set TELEMETRY_DB_ENABLED=1, or pass --no-telemetry to drain without collecting",
+        )
+
+
+def check_executor_available(executor: ExecutorRef) -> None:
+    if not isinstance(executor, str):
+        return
+    import importlib.util
+
+    module_name = executor.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigError(f"the phase executor module {module_name} is not installed")
+
+
+
+def check_api_identity(api_url: str, db_id: str, *, timeout: float = 5.0) -> dict[str, Any]:
+    """GET ``/health`` and refuse unless that server uses this very database (``DB_MISMATCH``, exit 3)."""
+    import httpx
+
+    from autopack.errors import DbIdentityMismatchError
+
+    url = api_url.rstrip("/") + "/health"
+    try:
+        response = httpx.get(url, timeout=timeout)
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise RefusedError(
+            f"cannot reach the API server at {api_url}: {type(exc).__name__}",
+            hint="start it with `autopack api serve` (same DATABASE_URL) or drop --api-url",
+        ) from exc
+    if not isinstance(body, dict) or body.get("service") != "autopack":
+        raise RefusedError(f"{api_url} is not an autopack API server", hint="check --api-url")
+    server_db_id = body.get("db_id")
+    if not body.get("db_ok") or not server_db_id:
+        raise RefusedError(
+            f"the API server at {api_url} cannot read its database (status {body.get('status')})",
+            hint="run `autopack db upgrade` for the server's DATABASE_URL",
+        )
+    if server_db_id != db_id:
+        raise DbIdentityMismatchError(
+            f"DB_MISMATCH: the API server at {api_url} uses database {server_db_id}, this drain uses {db_id}",
+            hint="start the server with the same DATABASE_URL as the drain",
+        )
+    return body
+
+
+@dataclass
+class DrainReport:
+    state: SessionState
+    wall_seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.state.any_failed else 0
+
+
+def run_batch_drain(
+    options: BatchOptions,
+    *,
+    url: str | None = None,
+    executor: ExecutorRef = DEFAULT_EXECUTOR,
+    reporter: DrainReporter | None = None,
+    expect_db_id: str | None = None,
+    allow_empty_db: bool = False,
+    isolation: str = "process",
+) -> DrainReport:
+    """Preflight (telemetry on, DB identity, API identity, executor present), then drain."""
+    from autopack.config import get_settings
+    from autopack.db.identity import guard
+
+    options.validate()
+    settings = get_settings()
+    check_telemetry_enabled(options.telemetry, settings.telemetry_db_enabled)
+    resolved = url or settings.resolved_database_url()
+    report = guard(resolved, expect_db_id=expect_db_id or settings.expected_db_id, allow_empty=allow_empty_db)
+    if options.api_url:
+        check_api_identity(options.api_url, report.db_id)
+    check_executor_available(executor)
+    if options.max_consecutive_zero_yield and not options.telemetry and reporter is not None:
+        reporter.message("--no-telemetry: --max-consecutive-zero-yield is ignored (every phase yields 0)")
+    drain = BatchDrain(options, url=resolved, executor=executor, reporter=reporter, isolation=isolation, db_id=report.db_id)
+    state = drain.run()
+    return DrainReport(state=state, wall_seconds=drain.elapsed_seconds())

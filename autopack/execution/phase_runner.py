@@ -1,0 +1,464 @@
+"""Run one claimed phase: estimate, call the provider, validate and write the deliverables, record telemetry.
+
+Contract (the batch drain and ``drain one`` depend on it): ``execute_phase`` runs a phase the caller has
+already claimed (``leases.claim_phase``) and always finishes it through ``leases.finish_phase`` with the
+caller's lease owner, COMPLETE or FAILED (with ``last_failure_reason``). It returns a ``PhaseResult``; it
+raises only ``LeaseLostError`` (the lease expired or was taken over, so the result was rejected) and
+``KeyboardInterrupt`` (after giving the phase back).
+
+One execution is one attempt, plus at most one escalated retry: when the output is truncated, the ceiling
+is escalated once (``token_estimator.escalate``: ×1.25, capped), an escalation event is recorded, a new
+attempt index is reserved under the lease, and the call is made again with
+``decide_ceiling(..., escalated_to=retry)``. Every call writes its own telemetry rows.
+
+Success means: every deliverable came back as a complete ``=== FILE ===`` block, every ``.py`` compiles,
+and the phase's optional ``check_command`` passes (run in the run workspace with a timeout).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from autopack.config import get_settings
+from autopack.db.engine import session_scope
+from autopack.db.models import (
+    LlmUsageEvent,
+    Phase,
+    PhaseState,
+    TokenBudgetEscalationEvent,
+    TokenEstimationV2Event,
+)
+from autopack.errors import AutopackError
+from autopack.execution import leases
+from autopack.execution.leases import Claim, LeaseLostError
+from autopack.execution.prompt import build_prompt, max_context_files
+from autopack.execution.workspace import collect_file_stats, confined, read_context, run_workspace, write_files
+from autopack.llm import get_provider
+from autopack.llm.base import LLMBoundaryError, LLMProvider, LLMRequest, LLMResponse, ProviderError, TaskHints
+from autopack.llm.builder_format import parse_files
+from autopack.logging import get_logger, redact
+from autopack.taxonomy import DOCS_LIKE, canonical_category
+from autopack.telemetry.recorder import CallKey, TelemetryWriteError, record_call, record_escalation, set_phase_outcome
+from autopack.token_estimator import (
+    MAX_OUTPUT_TOKENS,
+    PhaseFeatures,
+    deliverable_kind,
+    deliverable_path,
+    escalate,
+    plan_call,
+)
+
+log = get_logger(__name__)
+
+CHECK_COMMAND_TIMEOUT_SECONDS = 300.0
+MAX_REASON_CHARS = 2000
+_SECRET_ENV = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "GITHUB_TOKEN",
+               "AUTOPACK_API_KEY", "DATABASE_URL", "DATABASE_URL_FILE")
+
+FAILURE_STAGES = ("before_llm", "llm_boundary", "provider", "execution", "validation")
+
+
+@dataclass
+class PhaseResult:
+    run_id: str
+    phase_id: str
+    final_state: str  # "COMPLETE" | "FAILED"
+    success: bool
+    attempts: int  # attempts made by this execution (2 when a truncation escalated once)
+    llm_calls: int  # provider calls made
+    telemetry_events: int  # token_estimation_v2_events rows this execution wrote
+    error_message: str | None
+    failure_stage: str | None  # None on success; "before_llm" | "llm_boundary" | "provider" | "execution" | "validation"
+    reached_llm_boundary: bool
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
+class PhaseSnapshot:
+    """The phase row's fields, read once (no ORM object is held across the provider call)."""
+
+    run_id: str
+    phase_id: str
+    description: str
+    category: str | None
+    complexity: str | None
+    deliverables: tuple[str, ...]
+    read_only_context: tuple[str, ...]
+    scope_paths: tuple[str, ...]
+    builder_mode: str | None
+    check_command: str | None
+
+
+def load_phase(run_id: str, phase_id: str, *, url: str | None = None) -> PhaseSnapshot | None:
+    with session_scope(url) as session:
+        phase = session.execute(
+            sa.select(Phase).where(Phase.run_id == run_id, Phase.phase_id == phase_id)
+        ).scalar_one_or_none()
+        if phase is None:
+            return None
+        return PhaseSnapshot(
+            run_id=run_id,
+            phase_id=phase_id,
+            description=phase.description or phase.name or phase_id,
+            category=phase.task_category,
+            complexity=phase.complexity,
+            deliverables=tuple(d for d in phase.deliverables if d and d.strip()),
+            read_only_context=tuple(phase.read_only_context),
+            scope_paths=tuple(phase.scope_paths),
+            builder_mode=phase.builder_mode,
+            check_command=phase.check_command,
+        )
+
+
+@dataclass
+class BuildCheck:
+    """Did one provider output satisfy the phase? ``files`` holds the parsed deliverables."""
+
+    success: bool
+    files: dict[str, str] = field(default_factory=dict)
+    message: str | None = None
+
+
+def check_output(text: str, deliverable_paths: Sequence[str]) -> BuildCheck:
+    """Every deliverable present as a complete block, and every Python deliverable compiles."""
+    parsed = parse_files(text)
+    missing = [p for p in deliverable_paths if p not in parsed.files]
+    if missing:
+        cut = f"; output cut inside {parsed.unterminated}" if parsed.unterminated else ""
+        found = f" (got: {', '.join(sorted(parsed.files)) or 'no file blocks'})"
+        return BuildCheck(False, message=f"missing deliverables: {', '.join(missing)}{cut}{found}")
+    files = {p: parsed.files[p] for p in deliverable_paths}
+    for path, content in files.items():
+        if PurePosixPath(path).suffix in (".py", ".pyi"):
+            try:
+                compile(content, path, "exec", dont_inherit=True)
+            except SyntaxError as exc:
+                return BuildCheck(False, files, f"{path}:{exc.lineno}: does not compile: {exc.msg}")
+            except ValueError as exc:  # e.g. null bytes
+                return BuildCheck(False, files, f"{path}: does not compile: {exc}")
+    return BuildCheck(True, files)
+
+
+def run_check_command(command: str, workspace: Path, *, timeout: float = CHECK_COMMAND_TIMEOUT_SECONDS) -> str | None:
+    """Run the phase's check in the workspace; None when it passes, else a one-line reason."""
+    env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
+    try:
+        proc = subprocess.run(command, shell=True, cwd=workspace, env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return f"check_command timed out after {timeout:.0f}s: {command}"
+    if proc.returncode == 0:
+        return None
+    tail = " ".join((proc.stdout + "\n" + proc.stderr).split())[-300:]
+    return f"check_command exited {proc.returncode}: {command}: {tail}"
+
+
+HEARTBEAT_INTERVAL_SECONDS = 60.0
+
+
+class _BackgroundHeartbeat:
+    """Keep the lease alive while a (possibly many-minute) provider call runs.
+
+    ``beat`` is called from a helper thread every ``interval`` seconds, never at the same time as the
+    main thread's own calls (the thread is stopped and joined before the call returns). A lost lease is
+    re-raised in the main thread; other heartbeat errors are logged and left to the next regular beat.
+    """
+
+    def __init__(self, beat: Callable[[], None], interval: float) -> None:
+        self._beat = beat
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="phase-heartbeat", daemon=True)
+        self.lost: LeaseLostError | None = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._beat()
+            except LeaseLostError as exc:
+                self.lost = exc
+                return
+            except Exception as exc:  # noqa: BLE001 - a DB hiccup must not kill the call; the next beat retries
+                log.warning("heartbeat failed: %s", exc)
+
+    def __enter__(self) -> _BackgroundHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.lost is not None and exc_info[0] is None:
+            raise self.lost
+
+
+class _Failure(Exception):
+    """Internal: stop the execution with a failure stage and message."""
+
+    def __init__(self, stage: str, message: str, *, boundary: bool = False) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+        self.boundary = boundary
+
+
+@dataclass
+class _Counters:
+    attempts: int = 0
+    llm_calls: int = 0
+    telemetry_events: int = 0
+    tokens_used: int = 0
+    attempt_indices: list[int] = field(default_factory=list)
+
+
+def _default_heartbeat(claim: Claim, url: str | None) -> Callable[[], None]:
+    def beat() -> None:
+        with session_scope(url) as session:
+            leases.heartbeat(session, claim.run_id, claim.phase_id, claim.owner)
+
+    return beat
+
+
+def execute_phase(
+    run_id: str,
+    phase_id: str,
+    *,
+    claim: Claim,
+    url: str | None = None,
+    provider: LLMProvider | None = None,
+    telemetry: bool = True,
+    heartbeat: Callable[[], None] | None = None,
+) -> PhaseResult:
+    """Run a claimed phase to COMPLETE or FAILED (see the module docstring for the contract)."""
+    start = time.monotonic()
+    counters = _Counters()
+    beat = heartbeat or _default_heartbeat(claim, url)
+    try:
+        _run(run_id, phase_id, claim=claim, url=url, provider=provider, telemetry=telemetry, beat=beat,
+             counters=counters)
+        stage, message, boundary = None, None, False
+    except _Failure as failure:
+        stage, message, boundary = failure.stage, failure.message, failure.boundary
+    except LeaseLostError:
+        raise
+    except KeyboardInterrupt:
+        _give_back(claim, url)
+        raise
+    except TelemetryWriteError as exc:
+        stage, message, boundary = "execution", exc.one_line(), False
+    except Exception as exc:  # a bug or an I/O error must still finish the phase, never leave it EXECUTING
+        log.exception("phase %s/%s: unexpected error", run_id, phase_id)
+        stage, message, boundary = "execution", f"{type(exc).__name__}: {exc}", False
+
+    final_state = PhaseState.COMPLETE if stage is None else PhaseState.FAILED
+    if telemetry and counters.attempt_indices:
+        try:
+            set_phase_outcome(run_id, phase_id, counters.attempt_indices, final_state, url=url)
+        except TelemetryWriteError as exc:
+            final_state, stage, message = PhaseState.FAILED, "execution", exc.one_line()
+    reason = None if message is None else redact(message)[:MAX_REASON_CHARS]
+    with session_scope(url) as session:
+        leases.finish_phase(session, run_id, phase_id, claim.owner, final_state, failure_reason=reason,
+                            tokens_used=counters.tokens_used)
+    result = PhaseResult(
+        run_id=run_id,
+        phase_id=phase_id,
+        final_state=final_state,
+        success=final_state == PhaseState.COMPLETE,
+        attempts=counters.attempts,
+        llm_calls=counters.llm_calls,
+        telemetry_events=counters.telemetry_events,
+        error_message=reason,
+        failure_stage=stage,
+        reached_llm_boundary=boundary,
+        duration_seconds=time.monotonic() - start,
+    )
+    log.info("[phase] %s/%s %s attempts=%d llm_calls=%d telemetry_events=%d%s", run_id, phase_id, final_state,
+             result.attempts, result.llm_calls, result.telemetry_events,
+             f" stage={stage} reason={reason}" if stage else "")
+    return result
+
+
+def _give_back(claim: Claim, url: str | None) -> None:
+    try:
+        with session_scope(url) as session:
+            leases.release(session, claim.run_id, claim.phase_id, claim.owner)
+    except Exception:  # best effort while interrupted; the lease expires anyway
+        log.warning("could not release %s/%s after an interrupt; its lease will expire", claim.run_id, claim.phase_id)
+
+
+def _run(
+    run_id: str,
+    phase_id: str,
+    *,
+    claim: Claim,
+    url: str | None,
+    provider: LLMProvider | None,
+    telemetry: bool,
+    beat: Callable[[], None],
+    counters: _Counters,
+) -> None:
+    phase = load_phase(run_id, phase_id, url=url)
+    if phase is None:
+        raise _Failure("before_llm", f"phase {run_id}/{phase_id} not found")
+    if not phase.deliverables:
+        raise _Failure("before_llm", "phase has no deliverables: nothing for the builder to produce")
+
+    try:
+        workspace = run_workspace(run_id)
+        paths = _deliverable_paths(phase.deliverables)
+        for path in (*paths, *phase.read_only_context):
+            confined(workspace, path)
+        existing = collect_file_stats(workspace, paths)
+        docs = canonical_category(phase.category) in DOCS_LIKE or all(
+            deliverable_kind(p, canonical_category(phase.category)) == "doc" for p in paths
+        )
+        context, omitted = read_context(workspace, phase.read_only_context, max_files=max_context_files(docs))
+    except AutopackError as exc:
+        raise _Failure("before_llm", exc.one_line()) from exc
+    except OSError as exc:
+        raise _Failure("before_llm", f"workspace error: {exc}") from exc
+
+    features = PhaseFeatures(
+        category=phase.category,
+        complexity=phase.complexity,
+        deliverables=phase.deliverables,
+        description=phase.description,
+        scope_paths=phase.scope_paths,
+        read_only_context=phase.read_only_context,
+        builder_mode=phase.builder_mode,
+        existing_files=existing,
+    )
+    prompt = build_prompt(phase_id=phase_id, goal=phase.description, deliverables=paths, context=context,
+                          omitted_context=omitted, docs=docs, existing=tuple(existing))
+    if provider is None:
+        try:
+            provider = get_provider(get_settings())
+        except AutopackError as exc:
+            raise _Failure("before_llm", exc.one_line()) from exc
+    model_max = int(getattr(provider, "max_output_tokens", MAX_OUTPUT_TOKENS) or MAX_OUTPUT_TOKENS)
+
+    attempt_index = claim.attempt_index
+    if telemetry:
+        attempt_index = _fresh_attempt_index(run_id, phase_id, claim.owner, attempt_index, url)
+    escalated_to: int | None = None
+    while True:
+        counters.attempts += 1
+        counters.attempt_indices.append(attempt_index)
+        est, decision = plan_call(features, escalated_to=escalated_to, model_max_output=model_max)
+        beat()
+        request = LLMRequest(
+            system=prompt.system,
+            prompt=prompt.user,
+            max_tokens=decision.actual_max_tokens,
+            hints=TaskHints(run_id=run_id, phase_id=phase_id, attempt_index=attempt_index, call_index=0,
+                            category=phase.category, complexity=phase.complexity, deliverables=paths,
+                            description=phase.description),
+        )
+        log.info("[phase] %s/%s attempt %d: provider=%s model=%s predicted=%d selected_budget=%d max_tokens=%d",
+                 run_id, phase_id, attempt_index, provider.name, getattr(provider, "model", "?"),
+                 est.predicted_output_tokens, decision.selected_budget, decision.actual_max_tokens)
+        counters.llm_calls += 1
+        try:
+            with _BackgroundHeartbeat(beat, HEARTBEAT_INTERVAL_SECONDS):
+                response = provider.complete(request)
+        except LLMBoundaryError as exc:
+            raise _Failure("llm_boundary", exc.one_line(), boundary=True) from exc
+        except ProviderError as exc:
+            raise _Failure("provider", exc.one_line()) from exc
+        beat()
+        counters.tokens_used += int(response.reported_total or 0)
+
+        check = _validate(response, paths, workspace, phase.check_command)
+        if telemetry:
+            recorded = record_call(CallKey(run_id, phase_id, attempt_index, 0), features, est, decision, response,
+                                   success=check.success, url=url)
+            counters.telemetry_events += int(recorded.estimation_created)
+        if check.success:
+            return
+        if response.truncated and escalated_to is None:
+            esc = escalate(selected_budget=decision.selected_budget, actual_max_tokens=decision.actual_max_tokens,
+                           tokens_used=int(response.output_tokens or 0), complexity=phase.complexity or "")
+            if telemetry:
+                record_escalation(run_id, phase_id, attempt_index, esc, was_truncated=True,
+                                  output_tokens=response.output_tokens, selected_budget=decision.selected_budget,
+                                  actual_max_tokens=decision.actual_max_tokens, url=url)
+            log.info("[phase] %s/%s attempt %d truncated at %s tokens: escalating %s -> %d", run_id, phase_id,
+                     attempt_index, response.output_tokens, decision.actual_max_tokens, esc.retry_max_tokens)
+            with session_scope(url) as session:
+                attempt_index = leases.reserve_attempt(session, run_id, phase_id, claim.owner)
+            escalated_to = esc.retry_max_tokens
+            continue
+        raise _Failure("validation", check.message or "builder output rejected")
+
+
+MAX_ATTEMPT_SKIPS = 10_000
+
+
+def _fresh_attempt_index(run_id: str, phase_id: str, owner: str, attempt_index: int, url: str | None) -> int:
+    """An attempt index no telemetry row of this phase uses yet.
+
+    The claim's counter can lag behind existing rows (adopted legacy rows, or a run recreated with
+    ``--replace``, which keeps its telemetry). Recording is idempotent on (run, phase, attempt, call), so
+    reusing such a key would silently drop the new sample; reserve indices past the used ones instead.
+    """
+    with session_scope(url) as session:
+        try:
+            used = _max_used_attempt(session, run_id, phase_id)
+        except SQLAlchemyError as exc:
+            raise TelemetryWriteError(f"telemetry tables unreadable for {run_id}/{phase_id}: {type(exc).__name__}: "
+                                      f"{getattr(exc, 'orig', exc)}") from exc
+        skips = 0
+        while attempt_index <= used:
+            if skips >= MAX_ATTEMPT_SKIPS:
+                raise _Failure("before_llm", f"cannot find a free attempt index above {used}")
+            attempt_index = leases.reserve_attempt(session, run_id, phase_id, owner)
+            skips += 1
+    return attempt_index
+
+
+def _max_used_attempt(session: sa.orm.Session, run_id: str, phase_id: str) -> int:
+    used = -1
+    for model in (TokenEstimationV2Event, LlmUsageEvent, TokenBudgetEscalationEvent):
+        value = session.execute(
+            sa.select(sa.func.max(model.attempt_index)).where(model.run_id == run_id, model.phase_id == phase_id)
+        ).scalar_one_or_none()
+        if value is not None:
+            used = max(used, int(value))
+    return used
+
+
+def _validate(response: LLMResponse, paths: Sequence[str], workspace: Path, check_command: str | None) -> BuildCheck:
+    if response.truncated:
+        return BuildCheck(False, message=f"output truncated ({response.stop_reason}) at {response.output_tokens} of "
+                                         f"{response.max_tokens} max_tokens")
+    check = check_output(response.text, paths)
+    if not check.success:
+        return check
+    write_files(workspace, check.files)
+    if check_command:
+        problem = run_check_command(check_command, workspace)
+        if problem:
+            return BuildCheck(False, check.files, problem)
+    return check
+
+
+def _deliverable_paths(deliverables: Sequence[str]) -> tuple[str, ...]:
+    """The file path each deliverable names, normalised, without duplicates."""
+    out: list[str] = []
+    for text in deliverables:
+        path = deliverable_path(text).replace("\\", "/")
+        while path.startswith("./"):
+            path = path[2:]
+        if path and path not in out:
+            out.append(path)
+    return tuple(out)

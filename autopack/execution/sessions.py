@@ -1,0 +1,445 @@
+"""Batch-drain session state, and its round trip through ``drain_sessions``/``drain_results``.
+
+The original kept sessions in JSON files whose ``save()`` crashed once three of its set fields were
+non-empty (reference §10.19) and that no test covered. Here the state is a dataclass with a lossless
+``to_dict``/``from_dict`` and a store that writes it to the database after every phase, so ``--resume``
+continues exactly where an interrupted session stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from autopack.db.engine import session_scope
+from autopack.db.models import DrainResult, DrainSession, utcnow
+from autopack.execution.triage import (
+    RC_INTERRUPTED,
+    TIMEOUT_RETURNCODES,
+    TriageLimits,
+    TriageView,
+    failure_fingerprint,
+    sample_is_promising,
+)
+
+STATUS_RUNNING = "running"
+STATUS_INTERRUPTED = "interrupted"
+STATUS_COMPLETED = "completed"
+STATUS_FAILED = "failed"
+
+#: A drain_results row with this final state records an attempt we gave back (Ctrl-C): it is kept for the
+#: record but is not an outcome, so it counts toward no limit and a resumed session drains the phase again.
+FINAL_INTERRUPTED = "INTERRUPTED"
+#: The executor process died (killed, crashed) mid-phase; the phase was released, not failed.
+FINAL_WORKER_LOST = "WORKER_LOST"
+#: The lease expired or was taken over while the phase ran; the other owner's result stands.
+FINAL_LEASE_LOST = "LEASE_LOST"
+
+
+def new_session_id(now: datetime | None = None) -> str:
+    """``batch-drain-YYYYMMDD-HHMMSS-xxxx``: the original's form plus a suffix, so two drains started in
+    the same second (several workers on one database) never collide."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    return f"batch-drain-{stamp}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class DrainOutcome:
+    """One phase attempt as the drain saw it (one ``drain_results`` row)."""
+
+    run_id: str
+    phase_id: str
+    final_state: str
+    success: bool
+    phase_index: int | None = None
+    attempt_index: int = 0
+    worker: str | None = None
+    initial_state: str | None = None
+    error_message: str | None = None
+    returncode: int | None = None
+    failure_stage: str | None = None
+    failure_fingerprint: str | None = None
+    telemetry_events: int = 0
+    llm_calls: int = 0
+    reached_llm_boundary: bool = False
+    zero_yield_reason: str | None = None
+    duration_seconds: float = 0.0
+    timestamp: datetime = field(default_factory=utcnow)
+    #: Database id of the saved row (None until saved).
+    row_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.failure_fingerprint is None and not self.success and self.counts:
+            self.failure_fingerprint = failure_fingerprint(self.final_state, self.returncode, self.error_message)
+
+    @property
+    def counts(self) -> bool:
+        """False for an attempt given back on Ctrl-C: it is no outcome and no attempt of the phase."""
+        return self.final_state != FINAL_INTERRUPTED
+
+    @property
+    def timed_out(self) -> bool:
+        return self.returncode in TIMEOUT_RETURNCODES
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.run_id, self.phase_id)
+
+    @property
+    def telemetry_yield_per_minute(self) -> float | None:
+        if self.telemetry_events > 0 and self.duration_seconds > 0:
+            return round(self.telemetry_events / self.duration_seconds * 60, 2)
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["timestamp"] = self.timestamp.isoformat()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DrainOutcome:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("timestamp"), str):
+            values["timestamp"] = datetime.fromisoformat(values["timestamp"])
+        return cls(**values)
+
+
+@dataclass
+class SessionState:
+    """Everything a drain session knows; updated by ``record`` after each phase."""
+
+    session_id: str
+    batch_size: int
+    started_at: datetime = field(default_factory=utcnow)
+    completed_at: datetime | None = None
+    status: str = STATUS_RUNNING
+    stop_reason: str | None = None
+    db_id: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    total_processed: int = 0
+    total_success: int = 0
+    total_failed: int = 0
+    total_timeouts: int = 0
+    total_telemetry_events: int = 0
+    consecutive_zero_yield: int = 0
+    fingerprint_counts: dict[str, int] = field(default_factory=dict)
+    stopped_fingerprints: set[str] = field(default_factory=set)
+    stopped_runs: set[str] = field(default_factory=set)
+    sampled_runs: set[str] = field(default_factory=set)
+    promising_runs: set[str] = field(default_factory=set)
+    deprioritized_runs: set[str] = field(default_factory=set)
+    results: list[DrainOutcome] = field(default_factory=list)
+
+    # --- the rules ---------------------------------------------------------------------------------
+
+    def record(self, outcome: DrainOutcome, limits: TriageLimits) -> list[str]:
+        """Add one phase attempt and apply the triage rules; returns the notes worth printing.
+
+        Same order as the original: sample evaluation sees the fingerprint counts *before* this result.
+        Unlike the original, nothing is skipped when a stop rule fires (it saved nothing on that path).
+        """
+        self.results.append(outcome)
+        if not outcome.counts:
+            return [f"{outcome.run_id}/{outcome.phase_id}: given back (not counted)"]
+        notes: list[str] = []
+        self.total_processed += 1
+        if outcome.run_id not in self.sampled_runs:
+            self.sampled_runs.add(outcome.run_id)
+            promising = sample_is_promising(
+                success=outcome.success,
+                telemetry_events=outcome.telemetry_events,
+                timed_out=outcome.timed_out,
+                fingerprint=outcome.failure_fingerprint,
+                fingerprint_counts=self.fingerprint_counts,
+            )
+            if promising:
+                self.promising_runs.add(outcome.run_id)
+                notes.append(f"[SAMPLE-OK] {outcome.run_id}: promising (continue draining)")
+            else:
+                self.deprioritized_runs.add(outcome.run_id)
+                notes.append(f"[SAMPLE-SKIP] {outcome.run_id}: deprioritized (repeating failure fingerprint)")
+        if outcome.success:
+            self.total_success += 1
+        else:
+            self.total_failed += 1
+        if outcome.timed_out:
+            self.total_timeouts += 1
+        if outcome.telemetry_events > 0:
+            self.total_telemetry_events += outcome.telemetry_events
+            self.consecutive_zero_yield = 0
+        else:
+            self.consecutive_zero_yield += 1
+        fingerprint = outcome.failure_fingerprint
+        if fingerprint and not outcome.success:
+            count = self.fingerprint_counts.get(fingerprint, 0) + 1
+            self.fingerprint_counts[fingerprint] = count
+            if count >= limits.max_fingerprint_repeats:
+                self.stopped_fingerprints.add(fingerprint)
+                self.stopped_runs.add(outcome.run_id)
+                notes.append(f"[STOP] fingerprint repeated {count}x: run {outcome.run_id} stopped")
+        return notes
+
+    def attempts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for result in self.results:
+            if result.counts:
+                counts[result.key] = counts.get(result.key, 0) + 1
+        return counts
+
+    def timeouts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for result in self.results:
+            if result.counts and result.timed_out:
+                counts[result.run_id] = counts.get(result.run_id, 0) + 1
+        return counts
+
+    def view(self) -> TriageView:
+        return TriageView(
+            sampled_runs=frozenset(self.sampled_runs),
+            promising_runs=frozenset(self.promising_runs),
+            deprioritized_runs=frozenset(self.deprioritized_runs),
+            stopped_runs=frozenset(self.stopped_runs),
+            attempts=self.attempts(),
+            timeouts=self.timeouts(),
+        )
+
+    @property
+    def any_failed(self) -> bool:
+        return self.total_failed > 0
+
+    # --- serialisation ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only: sets become sorted lists, datetimes ISO strings."""
+        return {
+            "session_id": self.session_id,
+            "batch_size": self.batch_size,
+            "started_at": self.started_at.isoformat(),
+            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+            "status": self.status,
+            "stop_reason": self.stop_reason,
+            "db_id": self.db_id,
+            "params": dict(self.params),
+            "total_processed": self.total_processed,
+            "total_success": self.total_success,
+            "total_failed": self.total_failed,
+            "total_timeouts": self.total_timeouts,
+            "total_telemetry_events": self.total_telemetry_events,
+            "consecutive_zero_yield": self.consecutive_zero_yield,
+            "fingerprint_counts": dict(self.fingerprint_counts),
+            "stopped_fingerprints": sorted(self.stopped_fingerprints),
+            "stopped_runs": sorted(self.stopped_runs),
+            "sampled_runs": sorted(self.sampled_runs),
+            "promising_runs": sorted(self.promising_runs),
+            "deprioritized_runs": sorted(self.deprioritized_runs),
+            "results": [r.to_dict() for r in self.results],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SessionState:
+        def when(value: Any) -> datetime | None:
+            return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+        return cls(
+            session_id=data["session_id"],
+            batch_size=int(data["batch_size"]),
+            started_at=when(data["started_at"]) or utcnow(),
+            completed_at=when(data.get("completed_at")),
+            status=data.get("status", STATUS_RUNNING),
+            stop_reason=data.get("stop_reason"),
+            db_id=data.get("db_id"),
+            params=dict(data.get("params") or {}),
+            total_processed=int(data.get("total_processed", 0)),
+            total_success=int(data.get("total_success", 0)),
+            total_failed=int(data.get("total_failed", 0)),
+            total_timeouts=int(data.get("total_timeouts", 0)),
+            total_telemetry_events=int(data.get("total_telemetry_events", 0)),
+            consecutive_zero_yield=int(data.get("consecutive_zero_yield", 0)),
+            fingerprint_counts={str(k): int(v) for k, v in (data.get("fingerprint_counts") or {}).items()},
+            stopped_fingerprints=set(data.get("stopped_fingerprints") or ()),
+            stopped_runs=set(data.get("stopped_runs") or ()),
+            sampled_runs=set(data.get("sampled_runs") or ()),
+            promising_runs=set(data.get("promising_runs") or ()),
+            deprioritized_runs=set(data.get("deprioritized_runs") or ()),
+            results=[DrainOutcome.from_dict(r) for r in data.get("results") or ()],
+        )
+
+
+def process_marker() -> dict[str, Any]:
+    """Who runs a session (so ``--resume`` never takes over a session that is still alive)."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SessionStore:
+    """Saves and loads ``SessionState`` in ``drain_sessions``/``drain_results`` (one transaction each)."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url
+
+    def save(self, state: SessionState) -> None:
+        """Upsert the session row and insert the results not saved yet, atomically."""
+        with session_scope(self.url) as db:
+            row = db.get(DrainSession, state.session_id)
+            if row is None:
+                row = DrainSession(id=state.session_id)
+                db.add(row)
+            row.started_at = state.started_at
+            row.completed_at = state.completed_at
+            row.updated_at = utcnow()
+            row.status = state.status
+            row.stop_reason = state.stop_reason
+            row.db_id = state.db_id
+            row.batch_size = state.batch_size
+            row.params = dict(state.params)
+            row.total_processed = state.total_processed
+            row.total_success = state.total_success
+            row.total_failed = state.total_failed
+            row.total_timeouts = state.total_timeouts
+            row.total_telemetry_events = state.total_telemetry_events
+            row.consecutive_zero_yield = state.consecutive_zero_yield
+            row.fingerprint_counts = dict(state.fingerprint_counts)
+            row.stopped_fingerprints = sorted(state.stopped_fingerprints)
+            row.stopped_runs = sorted(state.stopped_runs)
+            row.sampled_runs = sorted(state.sampled_runs)
+            row.promising_runs = sorted(state.promising_runs)
+            row.deprioritized_runs = sorted(state.deprioritized_runs)
+            db.flush()
+            pending = [(outcome, _result_row(state.session_id, outcome)) for outcome in state.results if outcome.row_id is None]
+            db.add_all([row for _, row in pending])
+            db.flush()
+            ids = [(outcome, result_row.id) for outcome, result_row in pending]
+        for outcome, row_id in ids:  # only after the commit succeeded
+            outcome.row_id = row_id
+
+    def load(self, session_id: str) -> SessionState | None:
+        with session_scope(self.url) as db:
+            row = db.get(DrainSession, session_id)
+            if row is None:
+                return None
+            results = db.scalars(
+                sa.select(DrainResult).where(DrainResult.session_id == session_id).order_by(DrainResult.id)
+            ).all()
+            return SessionState(
+                session_id=row.id,
+                batch_size=row.batch_size,
+                started_at=row.started_at,
+                completed_at=row.completed_at,
+                status=row.status,
+                stop_reason=row.stop_reason,
+                db_id=row.db_id,
+                params=dict(row.params or {}),
+                total_processed=row.total_processed,
+                total_success=row.total_success,
+                total_failed=row.total_failed,
+                total_timeouts=row.total_timeouts,
+                total_telemetry_events=row.total_telemetry_events,
+                consecutive_zero_yield=row.consecutive_zero_yield,
+                fingerprint_counts={str(k): int(v) for k, v in (row.fingerprint_counts or {}).items()},
+                stopped_fingerprints=set(row.stopped_fingerprints or ()),
+                stopped_runs=set(row.stopped_runs or ()),
+                sampled_runs=set(row.sampled_runs or ()),
+                promising_runs=set(row.promising_runs or ()),
+                deprioritized_runs=set(row.deprioritized_runs or ()),
+                results=[_outcome(r) for r in results],
+            )
+
+    def find_resumable(self) -> SessionState | None:
+        """The newest session that never completed and whose process is gone (or was interrupted)."""
+        with session_scope(self.url) as db:
+            rows = db.execute(
+                sa.select(DrainSession.id, DrainSession.status, DrainSession.params)
+                .where(DrainSession.completed_at.is_(None))
+                .order_by(DrainSession.started_at.desc(), DrainSession.id.desc())
+                .limit(50)
+            ).all()
+        for session_id, status, params in rows:
+            if status == STATUS_RUNNING and _still_running(params or {}):
+                continue
+            return self.load(session_id)
+        return None
+
+
+def _still_running(params: dict[str, Any]) -> bool:
+    marker = params.get("process") or {}
+    return marker.get("host") == socket.gethostname() and isinstance(marker.get("pid"), int) and _pid_alive(marker["pid"])
+
+
+def _result_row(session_id: str, outcome: DrainOutcome) -> DrainResult:
+    return DrainResult(
+        session_id=session_id,
+        run_id=outcome.run_id,
+        phase_id=outcome.phase_id,
+        phase_index=outcome.phase_index,
+        attempt_index=outcome.attempt_index,
+        worker=outcome.worker,
+        initial_state=outcome.initial_state,
+        final_state=outcome.final_state,
+        success=outcome.success,
+        error_message=outcome.error_message,
+        failure_fingerprint=outcome.failure_fingerprint,
+        telemetry_events_collected=outcome.telemetry_events,
+        telemetry_yield_per_minute=outcome.telemetry_yield_per_minute,
+        llm_calls=outcome.llm_calls,
+        reached_llm_boundary=outcome.reached_llm_boundary,
+        zero_yield_reason=outcome.zero_yield_reason,
+        duration_seconds=outcome.duration_seconds,
+        timestamp=outcome.timestamp,
+    )
+
+
+def _outcome(row: DrainResult) -> DrainOutcome:
+    return DrainOutcome(
+        run_id=row.run_id,
+        phase_id=row.phase_id,
+        final_state=row.final_state,
+        success=row.success,
+        phase_index=row.phase_index,
+        attempt_index=row.attempt_index,
+        worker=row.worker,
+        initial_state=row.initial_state,
+        error_message=row.error_message,
+        returncode=_returncode(row),
+        failure_fingerprint=row.failure_fingerprint,
+        telemetry_events=row.telemetry_events_collected,
+        llm_calls=row.llm_calls,
+        reached_llm_boundary=row.reached_llm_boundary,
+        zero_yield_reason=row.zero_yield_reason,
+        duration_seconds=row.duration_seconds or 0.0,
+        timestamp=row.timestamp,
+        row_id=row.id,
+    )
+
+
+def _returncode(row: DrainResult) -> int | None:
+    """The table keeps no return code; the fingerprint's rc bucket (always written on failure) holds it."""
+    if row.success:
+        return 0
+    if row.final_state == FINAL_INTERRUPTED:
+        return RC_INTERRUPTED
+    bucket = (row.failure_fingerprint or "").split("|")
+    if len(bucket) > 1:
+        token = bucket[1]
+        if token == "timeout":
+            return -1
+        if token == "timeout143":
+            return 143
+        if token.startswith("rc") and token[2:].lstrip("-").isdigit():
+            return int(token[2:])
+    return None

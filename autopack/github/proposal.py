@@ -1,0 +1,139 @@
+"""The proposal as the publisher sees it: validated changes, their identity hash, and the PR marker.
+
+The hash is what lets the bot recognise a proposal it already made (and a human already closed): it is
+computed from the changes alone (table, key, old, new), never from timestamps, so re-running the same
+calibration on the same data gives the same hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from autopack.errors import InputError
+
+Number = int | float
+
+#: Branch the bot owns in the target repository (one branch, one open PR at a time).
+BOT_BRANCH = "autopack/calibrate-token-estimator"
+#: The file the proposal edits, relative to the target repository's root.
+ESTIMATOR_PATH = "autopack/token_estimator.py"
+#: Labels put on every calibration PR.
+PR_LABELS = ("calibration", "needs-review")
+
+_MARKER_RE = re.compile(r"<!--\s*autopack-calibration-pr\s+proposal=([0-9a-f]{64})\s*-->")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One coefficient entry to set: ``TABLE[key] = new`` where the file currently holds ``old``."""
+
+    coefficient: str
+    key: tuple[str, str]
+    old: Number | None
+    new: Number
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.coefficient}[{self.key[0]!r}, {self.key[1]!r}]"
+
+
+def _number(value: object, what: str, *, allow_none: bool) -> Number | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"proposed change: {what} must be a finite number, got {value!r}")
+    return value
+
+
+def parse_changes(raw: object) -> list[Change]:
+    """Validate ``proposed_changes`` from the calibration JSON (a list of dicts) into ``Change`` objects."""
+    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
+        raise InputError("calibration JSON: proposed_changes must be a list")
+    changes: list[Change] = []
+    seen: set[tuple[str, tuple[str, str]]] = set()
+    for index, item in enumerate(raw):
+        if isinstance(item, Change):
+            change = item
+        else:
+            if not isinstance(item, Mapping):
+                raise InputError(f"proposed_changes[{index}] must be an object")
+            coefficient = item.get("coefficient")
+            if not isinstance(coefficient, str) or not _IDENTIFIER.match(coefficient):
+                raise InputError(f"proposed_changes[{index}].coefficient must be a table name, got {coefficient!r}")
+            key = item.get("key")
+            if (
+                not isinstance(key, Sequence)
+                or isinstance(key, (str, bytes))
+                or len(key) != 2
+                or not all(isinstance(k, str) for k in key)
+            ):
+                raise InputError(f"proposed_changes[{index}].key must be two strings, got {key!r}")
+            old = _number(item.get("old"), f"proposed_changes[{index}].old", allow_none=True)
+            new = _number(item.get("new"), f"proposed_changes[{index}].new", allow_none=False)
+            assert new is not None
+            extra = {k: v for k, v in item.items() if k not in ("coefficient", "key", "old", "new")}
+            change = Change(coefficient, (key[0], key[1]), old, new, extra)
+        identity = (change.coefficient, change.key)
+        if identity in seen:
+            raise InputError(f"proposed_changes: {change.label} appears twice")
+        seen.add(identity)
+        changes.append(change)
+    if not changes:
+        raise InputError("calibration JSON: proposed_changes is empty; there is nothing to propose")
+    return changes
+
+
+def proposal_hash(changes: Sequence[Change]) -> str:
+    """sha256 of the canonical (sorted, compact) JSON of the changes' table/key/old/new."""
+    canonical = sorted(
+        ({"coefficient": c.coefficient, "key": list(c.key), "old": c.old, "new": c.new} for c in changes),
+        key=lambda d: (d["coefficient"], d["key"]),
+    )
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def marker(digest: str) -> str:
+    """The hidden HTML comment the bot puts in its PR body to find the PR and its proposal again."""
+    return f"<!-- autopack-calibration-pr proposal={digest} -->"
+
+
+def find_marker(body: str | None) -> str | None:
+    """The proposal hash in a PR body's marker, or None when the body has no (intact) marker."""
+    match = _MARKER_RE.search(body or "")
+    return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class CalibrationStamp:
+    """What the edit writes into CALIBRATION_VERSION / CALIBRATION_DATE / CALIBRATION_SAMPLES."""
+
+    version: str
+    date: str
+    samples: int
+
+
+def calibration_stamp(metadata: Mapping[str, Any]) -> CalibrationStamp:
+    """Version ``autopack-cal-YYYYMMDD`` and date ``YYYY-MM-DD`` from ``generated_at``; samples = total_samples."""
+    if not isinstance(metadata, Mapping):
+        raise InputError("calibration JSON: metadata must be an object")
+    generated = metadata.get("generated_at")
+    if not isinstance(generated, str):
+        raise InputError("calibration JSON: metadata.generated_at is missing")
+    try:
+        when = datetime.fromisoformat(generated.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"calibration JSON: metadata.generated_at is not an ISO timestamp: {generated!r}") from None
+    samples = metadata.get("total_samples")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise InputError(f"calibration JSON: metadata.total_samples must be a non-negative integer, got {samples!r}")
+    return CalibrationStamp(f"autopack-cal-{when:%Y%m%d}", f"{when:%Y-%m-%d}", samples)

@@ -1,0 +1,331 @@
+"""Publish the edited estimator as a pull request on GitHub (PyGithub), never merging it.
+
+One bot branch, one open PR: a second run updates the same PR in place. The bot respects humans:
+a PR they closed is not re-proposed with the same values (the proposal hash in the body's hidden
+marker), and a branch they pushed to is left alone (a comment on the PR says what the bot would have
+changed). The branch is only ever reset to the base while no PR is open on it: GitHub closes an open PR
+for good when its head lands on the base commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import requests
+from github import Auth, Github, GithubException, InputGitAuthor
+from github.GithubException import BadCredentialsException, RateLimitExceededException, UnknownObjectException
+
+from autopack.config import get_settings
+from autopack.errors import ConfigError
+from autopack.github.errors import GitHubAuthError, GitHubError, GitHubRateLimitError, StaleBaseError
+from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH, PR_LABELS, find_marker
+from autopack.github.result import DEFAULT_IDENTITY, BotIdentity, PublishResult, commit_message, is_bot_commit
+from autopack.logging import get_logger, redact
+
+DEFAULT_API_URL = "https://api.github.com"
+T = TypeVar("T")
+log = get_logger("autopack.github")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries of rate-limited requests (403/429 with ``x-ratelimit-remaining: 0`` or ``retry-after``).
+
+    A wait longer than ``max_delay`` is not slept through: the run fails now with the reset time, rather
+    than holding a worker for an hour. ``sleep``/``clock`` are injectable so tests never really wait.
+    """
+
+    max_attempts: int = 4
+    base_delay: float = 2.0
+    max_delay: float = 120.0
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.time
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How PyGithub talks to the server. Its own throttling defaults (0.25 s / 1 s) follow GitHub's advice."""
+
+    timeout: int = 30
+    seconds_between_requests: float | None = 0.25
+    seconds_between_writes: float | None = 1.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def git_blob_sha(content: bytes) -> str:
+    """The sha git (and the contents API) gives a file with these bytes."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def publish_pull_request(
+    *,
+    edited_source: str,
+    body: str,
+    title: str,
+    proposal: str,
+    token: str | None = None,
+    repository: str | None = None,
+    base_url: str | None = None,
+    base_branch: str | None = None,
+    original_source: str | None = None,
+    estimator_path: str = ESTIMATOR_PATH,
+    branch: str = BOT_BRANCH,
+    labels: Sequence[str] = PR_LABELS,
+    identity: BotIdentity = DEFAULT_IDENTITY,
+    options: ClientOptions | None = None,
+) -> PublishResult:
+    """Open or update the calibration PR on ``repository`` ("owner/name"); return what was done.
+
+    ``token``/``repository``/``base_url``/``base_branch`` default to the settings (GITHUB_TOKEN,
+    GITHUB_REPOSITORY, GITHUB_API_URL, GITHUB_BASE_BRANCH); the base defaults to the repository's default
+    branch. ``original_source``, when given, must equal the base branch's file: otherwise the proposal
+    was computed against another version and ``StaleBaseError`` is raised before anything is written.
+    ``proposal`` is the proposal hash also carried in ``body``'s marker.
+    """
+    settings = get_settings()
+    if token is None and settings.github_token is not None:
+        token = settings.github_token.get_secret_value()
+    if not token:
+        raise ConfigError("no GitHub token: set GITHUB_TOKEN or pass a token", hint="or publish as a dry run")
+    repository = repository or settings.github_repository
+    if not repository or repository.count("/") != 1 or not all(repository.split("/")):
+        raise ConfigError(f"GITHUB_REPOSITORY must be 'owner/name', got {repository!r}")
+    options = options or ClientOptions()
+    api_url = (base_url or settings.github_base_url or DEFAULT_API_URL).rstrip("/")
+    gh = Github(
+        auth=Auth.Token(token),
+        base_url=api_url,
+        timeout=options.timeout,
+        retry=None,  # our own bounded loop below: it knows the rate-limit headers and never sleeps in tests
+        user_agent="autopack-calibration",
+        per_page=100,
+        seconds_between_requests=options.seconds_between_requests,
+        seconds_between_writes=options.seconds_between_writes,
+    )
+    session = _Session(options.retry, secrets=[token], api_url=api_url)
+    try:
+        return _Publisher(
+            gh, session, repository=repository, base_branch=base_branch or settings.github_base_branch,
+            edited_source=edited_source, body=body, title=title, proposal=proposal, original_source=original_source,
+            estimator_path=estimator_path, branch=branch, labels=labels, identity=identity,
+        ).run()
+    finally:
+        gh.close()
+
+
+class _Session:
+    """Runs one GitHub call with bounded rate-limit retries and turns failures into one-line errors."""
+
+    def __init__(self, policy: RetryPolicy, *, secrets: list[str], api_url: str) -> None:
+        self.policy = policy
+        self.secrets = secrets
+        self.api_url = api_url
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        attempts = max(1, self.policy.max_attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except GithubException as exc:
+                wait = self._rate_limit_wait(exc, attempt)
+                if wait is None:
+                    raise self._translate(what, exc) from None
+                if attempt == attempts:
+                    raise GitHubRateLimitError(
+                        f"GitHub rate limit: {what} was still refused after {attempts} attempts",
+                        hint="try again later or use a token with a higher limit",
+                    ) from None
+                if wait > self.policy.max_delay:
+                    raise GitHubRateLimitError(
+                        f"GitHub rate limit: {what} refused and the limit resets in {wait:.0f}s",
+                        hint=f"longer than the {self.policy.max_delay:.0f}s this run waits; try again later",
+                    ) from None
+                log.warning("GitHub rate limit on %s (attempt %d/%d); waiting %.1fs", what, attempt, attempts, wait)
+                self.policy.sleep(wait)
+            except requests.RequestException as exc:
+                raise GitHubError(
+                    f"cannot reach GitHub at {self.api_url} ({what}): {type(exc).__name__}",
+                    hint="check GITHUB_API_URL and the network",
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _rate_limit_wait(self, exc: GithubException, attempt: int) -> float | None:
+        """Seconds to wait before retrying, or None when ``exc`` is not a rate limit."""
+        if exc.status not in (403, 429):
+            return None
+        headers = {str(k).lower(): str(v) for k, v in (exc.headers or {}).items()}
+        backoff = self.policy.base_delay * 2 ** (attempt - 1)
+        retry_after = headers.get("retry-after")
+        if retry_after is not None:
+            try:
+                return max(float(retry_after), 0.0)
+            except ValueError:
+                return backoff
+        if headers.get("x-ratelimit-remaining") == "0":
+            reset = headers.get("x-ratelimit-reset")
+            if reset and reset.isdigit():
+                return max(int(reset) - self.policy.clock(), 0.0) + 1.0
+            return backoff
+        if exc.status == 429 or isinstance(exc, RateLimitExceededException):
+            return backoff
+        return None
+
+    def _translate(self, what: str, exc: GithubException) -> Exception:
+        message = exc.message or (exc.data.get("message") if isinstance(exc.data, dict) else None) or ""
+        detail = redact(str(message), self.secrets)
+        if isinstance(exc, BadCredentialsException) or exc.status == 401:
+            return GitHubAuthError(
+                f"GitHub rejected the token (401 {detail or 'Bad credentials'}) while trying to {what}",
+                hint="check GITHUB_TOKEN / the 'github-token' secret; it may be expired or revoked",
+            )
+        if exc.status == 403:
+            return GitHubAuthError(
+                f"GitHub refused to {what} (403 {detail})",
+                hint="the token needs contents: write and pull requests: write on the repository",
+            )
+        if exc.status == 404:
+            return GitHubError(f"GitHub: not found while trying to {what} (404 {detail})",
+                               hint="check GITHUB_REPOSITORY and that the token can see it")
+        return GitHubError(f"GitHub failed to {what}: {exc.status} {detail}".rstrip())
+
+
+class _Publisher:
+    def __init__(self, gh: Github, session: _Session, *, repository: str, base_branch: str | None,
+                 edited_source: str, body: str, title: str, proposal: str, original_source: str | None,
+                 estimator_path: str, branch: str, labels: Sequence[str], identity: BotIdentity) -> None:
+        self.gh, self.s = gh, session
+        self.repository, self.base_branch = repository, base_branch
+        self.edited, self.body, self.title, self.proposal = edited_source, body, title, proposal
+        self.original = original_source
+        self.path, self.branch, self.labels, self.identity = estimator_path, branch, list(labels), identity
+
+    def run(self) -> PublishResult:
+        s = self.s
+        repo = s.call(f"read repository {self.repository}", lambda: self.gh.get_repo(self.repository))
+        base = self.base_branch or repo.default_branch
+        base_sha = s.call(f"read base branch {base}", lambda: repo.get_git_ref(f"heads/{base}").object.sha)
+        self._check_base(repo, base, base_sha)
+        head = f"{repo.owner.login}:{self.branch}"
+
+        closed = s.call("list closed calibration PRs", lambda: list(repo.get_pulls(state="closed", head=head)))
+        for done in sorted(closed, key=lambda p: -p.number):
+            if find_marker(done.body) == self.proposal:
+                return self._result("skipped_closed_by_human", base, done, None,
+                                    f"skipped: PR #{done.number} with this exact proposal was closed by a human; "
+                                    "not re-proposing it")
+        open_prs = s.call("list open calibration PRs", lambda: list(repo.get_pulls(state="open", head=head)))
+        pr = min(open_prs, key=lambda p: p.number) if open_prs else None
+
+        branch_sha = self._branch_sha(repo)
+        if branch_sha is not None:
+            foreign = self._foreign_commits(repo, base_sha, branch_sha)
+            if foreign:
+                return self._leave_alone(pr, base, branch_sha, foreign)
+            if pr is None and branch_sha != base_sha:
+                ref = s.call("read the bot branch", lambda: _completed_ref(repo, self.branch))
+                s.call("reset the bot branch to the base", lambda: ref.edit(base_sha, force=True))
+        else:
+            s.call("create the bot branch", lambda: repo.create_git_ref(f"refs/heads/{self.branch}", base_sha))
+
+        commit_sha = self._put_file(repo, (branch_sha if pr is not None else None) or base_sha)
+        if pr is not None:
+            existing = pr
+            if existing.body != self.body or existing.title != self.title:
+                s.call(f"update PR #{existing.number}", lambda: existing.edit(title=self.title, body=self.body))
+            status, verb = "updated", "updated"
+        else:
+            pr = s.call("open the calibration PR",
+                        lambda: repo.create_pull(base=base, head=self.branch, title=self.title, body=self.body))
+            status, verb = "opened", "opened"
+        present = {label.name for label in pr.labels}
+        missing = [name for name in self.labels if name not in present]
+        if missing:
+            # The documented body is {"labels": [...]}; PyGithub's add_to_labels posts a bare list.
+            s.call(f"label PR #{pr.number}", lambda: pr.requester.requestJsonAndCheck(
+                "POST", f"{pr.issue_url}/labels", input={"labels": missing}))
+        return self._result(status, base, pr, commit_sha,
+                            f"{verb} PR #{pr.number} {pr.html_url} ({self.branch} @ {commit_sha[:12]} into {base})")
+
+    # --- steps --------------------------------------------------------------------------------
+
+    def _check_base(self, repo: Any, base: str, base_sha: str) -> None:
+        if self.original is None:
+            return
+        content = self.s.call(f"read {self.path} on {base}", lambda: repo.get_contents(self.path, ref=base_sha))
+        if isinstance(content, list) or content.decoded_content.decode("utf-8") != self.original:
+            raise StaleBaseError(
+                f"{self.path} on {base} is not the file the proposal was computed against",
+                hint=f"update the local checkout to {base} and re-run calibration",
+            )
+
+    def _branch_sha(self, repo: Any) -> str | None:
+        def read() -> str | None:
+            try:
+                return repo.get_git_ref(f"heads/{self.branch}").object.sha
+            except UnknownObjectException:
+                return None
+        return self.s.call("read the bot branch", read)
+
+    def _foreign_commits(self, repo: Any, base_sha: str, branch_sha: str) -> list[str]:
+        """Commits on the bot branch (not on the base) that the bot did not make, as 'sha (author)'."""
+        commits = self.s.call("compare the bot branch with the base",
+                              lambda: list(repo.compare(base_sha, branch_sha).commits))
+        foreign = []
+        for c in commits:
+            author, committer = c.commit.author, c.commit.committer
+            if not is_bot_commit(author.email if author else None, committer.email if committer else None,
+                                 c.commit.message, self.identity):
+                foreign.append(f"{c.sha[:12]} ({author.name if author else 'unknown'})")
+        return foreign
+
+    def _leave_alone(self, pr: Any, base: str, branch_sha: str, foreign: list[str]) -> PublishResult:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        if pr is None:
+            return self._result("left_alone_human_commits", base, None, branch_sha,
+                                f"left alone: {self.branch} has commits that are not the bot's ({listed}) and no "
+                                "open PR; delete or merge the branch to receive new proposals")
+        comments = self.s.call(f"read comments of PR #{pr.number}", lambda: list(pr.get_issue_comments()))
+        if not any(find_marker(c.body) == self.proposal for c in comments):
+            text = (
+                f"autopack has a new calibration proposal for this pull request, but `{self.branch}` has commits "
+                f"that are not the bot's ({listed}), so the bot did not touch the branch or this description.\n\n"
+                f"<details><summary>The new proposal</summary>\n\n{self.body}\n\n</details>"
+            )
+            self.s.call(f"comment on PR #{pr.number}", lambda: pr.create_issue_comment(text))
+        return self._result("left_alone_human_commits", base, pr, branch_sha,
+                            f"left alone: PR #{pr.number} {pr.html_url} has commits that are not the bot's "
+                            f"({listed}); posted the proposal as a comment instead")
+
+    def _put_file(self, repo: Any, branch_sha: str) -> str:
+        content = self.s.call(f"read {self.path} on {self.branch}",
+                              lambda: repo.get_contents(self.path, ref=self.branch))
+        if isinstance(content, list):
+            raise GitHubError(f"{self.path} is a directory on {self.branch}")
+        data = self.edited.encode("utf-8")
+        if content.sha == git_blob_sha(data):
+            return branch_sha  # the branch already holds exactly this file: no empty commit
+        author = InputGitAuthor(self.identity.name, self.identity.email)
+        result = self.s.call(
+            f"commit {self.path} to {self.branch}",
+            lambda: repo.update_file(self.path, commit_message(self.title, self.proposal), data, content.sha,
+                                     branch=self.branch, committer=author, author=author),
+        )
+        return result["commit"].sha
+
+    def _result(self, status: Any, base: str, pr: Any, commit_sha: str | None, message: str) -> PublishResult:
+        return PublishResult(
+            status=status, branch=self.branch, base=base,
+            pr_number=pr.number if pr is not None else None,
+            pr_url=pr.html_url if pr is not None else None,
+            commit_sha=commit_sha, proposal=self.proposal, summary=message,
+        )
+
+
+def _completed_ref(repo: Any, branch: str) -> Any:
+    ref = repo.get_git_ref(f"heads/{branch}")
+    _ = ref.object.sha  # completes the lazy object so .edit() PATCHes the ref's canonical URL
+    return ref

@@ -1,0 +1,57 @@
+"""What a publish attempt did, in a form the flow can log as one line and the CLI can print."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+PublishStatus = Literal["opened", "updated", "skipped_closed_by_human", "left_alone_human_commits", "dry_run"]
+
+
+@dataclass(frozen=True)
+class BotIdentity:
+    """The git author/committer of the bot's commits; a commit by anyone else marks a branch as human-touched."""
+
+    name: str = "autopack-calibration-bot"
+    email: str = "autopack-calibration-bot@users.noreply.github.com"
+
+
+DEFAULT_IDENTITY = BotIdentity()
+
+#: Commit trailer naming the proposal a bot commit carries (the second half of "is this commit ours").
+PROPOSAL_TRAILER = "Autopack-Calibration-Proposal"
+
+
+def commit_message(title: str, proposal: str) -> str:
+    return (
+        f"{title}\n\nProposed by autopack's calibration pipeline; never merged automatically.\n\n"
+        f"{PROPOSAL_TRAILER}: {proposal}\n"
+    )
+
+
+def is_bot_commit(author_email: str | None, committer_email: str | None, message: str | None,
+                  identity: BotIdentity) -> bool:
+    """A commit is the bot's when the bot authored and committed it and it carries the proposal trailer."""
+    bot = identity.email.lower()
+    return (
+        (author_email or "").lower() == bot
+        and (committer_email or "").lower() == bot
+        and f"\n{PROPOSAL_TRAILER}: " in f"\n{message or ''}"
+    )
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """Outcome of one publish: ``status`` says what happened; the rest locates it."""
+
+    status: PublishStatus
+    branch: str
+    base: str | None = None
+    pr_number: int | None = None
+    pr_url: str | None = None
+    commit_sha: str | None = None
+    proposal: str | None = None
+    body_path: Path | None = None
+    #: One line for logs, the CLI and the flow's artifact (what was, or would have been, done).
+    summary: str = ""

@@ -1,0 +1,59 @@
+"""Library side of ``autopack pipeline run``: preparing the database and summarising the outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from autopack.db.engine import session_scope
+from autopack.db.identity import guard
+from autopack.db.migrate import upgrade_database
+from autopack.execution.seed_runs import DEFAULT_SEED_RUN_IDS, ensure_seed_runs
+
+
+@dataclass
+class Prepared:
+    db_id: str
+    messages: list[str] = field(default_factory=list)
+
+
+def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None) -> Prepared:
+    """With ``init``: create/migrate the database and the seed runs that are missing, and say so.
+
+    Without it nothing is created: the guard refuses an unmigrated, empty or unexpected database.
+    """
+    messages: list[str] = []
+    if init:
+        report = upgrade_database(url)
+        if report.changed:
+            messages.append(f"init: database {report.url} migrated to {report.revision_after}")
+        with session_scope(url) as session:
+            created = ensure_seed_runs(session, DEFAULT_SEED_RUN_IDS)
+        if created:
+            messages.append(f"init: created telemetry-collection runs {', '.join(created)}")
+        else:
+            messages.append("init: seed runs already present; nothing created")
+    identity = guard(url, expect_db_id=expect_db_id)
+    messages.append(f"database {identity.url} (id {identity.db_id})")
+    return Prepared(identity.db_id, messages)
+
+
+def summarise(result: Mapping[str, Any]) -> list[str]:
+    """The closing lines: where the report, the plot and the (would-be) pull request are."""
+    calibration = result.get("calibration") or {}
+    gate = calibration.get("gate") or {}
+    lines = [
+        f"phases drained: {result.get('phases_drained', 0)}, telemetry events: {result.get('telemetry_events', 0)}",
+        f"gate: {'passed' if gate.get('passed') else 'not passed'}"
+        + (f" ({'; '.join(gate.get('reasons') or [])})" if gate.get("reasons") else ""),
+        f"report: {calibration.get('report_path')}",
+        f"json:   {calibration.get('json_path')}",
+        f"plot:   {calibration.get('plot_path')}",
+    ]
+    pr = result.get("pull_request")
+    if pr:
+        lines.append(f"pull request: {pr.get('summary') or pr.get('pr_url') or pr.get('status')}")
+    else:
+        lines.append("pull request: none (gate not passed)")
+    return lines

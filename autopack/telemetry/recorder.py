@@ -1,0 +1,309 @@
+"""The ONE telemetry recorder: every ``llm_usage_events``, ``token_estimation_v2_events`` and
+``token_budget_escalation_events`` row written by autopack goes through here.
+
+Rules (each fixes a defect of the original, reference §2.7 and §10.7):
+- one row per provider call, keyed (run, phase, attempt_index, call_index); a retried write never
+  duplicates (``INSERT … ON CONFLICT DO NOTHING``, then the existing row is returned);
+- usage rows hold the provider's exact split, or an explicit total-only row (prompt/completion NULL),
+  never a guessed split; an estimation row needs the real output-token count, so a provider that
+  reports none gets no estimation row (it is never filled with the total);
+- no "< 50 tokens" guard: tiny outputs are real samples;
+- a failed write raises ``TelemetryWriteError``: in collection mode the phase fails loudly;
+- each write commits in its own transaction, so telemetry survives a later crash of the phase.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from autopack.db.engine import session_scope
+from autopack.db.models import (
+    TELEMETRY_SCHEMA_VERSION,
+    LlmUsageEvent,
+    TokenBudgetEscalationEvent,
+    TokenEstimationV2Event,
+    utcnow,
+)
+from autopack.errors import AutopackError
+from autopack.llm.base import LLMResponse
+from autopack.logging import get_logger
+from autopack.token_estimator import (
+    CALIBRATION_VERSION,
+    CeilingDecision,
+    Escalation,
+    Estimate,
+    PhaseFeatures,
+    features_record,
+)
+
+log = get_logger("autopack.telemetry")
+
+MAX_DELIVERABLES_STORED = 20
+MAX_DELIVERABLE_CHARS = 200
+
+
+class TelemetryWriteError(AutopackError):
+    """A telemetry row could not be written; collection must not continue silently."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class CallKey:
+    run_id: str
+    phase_id: str
+    attempt_index: int
+    call_index: int = 0
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    usage_event_id: int
+    usage_created: bool
+    estimation_event_id: int | None
+    estimation_created: bool
+
+
+def smape_percent(predicted: int, actual: int) -> float:
+    """200·|p−a|/(|p|+|a|), denominator floored at 1 (the original's definition)."""
+    return 200.0 * abs(predicted - actual) / max(1, abs(predicted) + abs(actual))
+
+
+def waste_ratio(predicted: int, actual: int) -> float | None:
+    """predicted / actual: the original's ``waste_ratio`` column (an over-estimate ratio)."""
+    return predicted / actual if actual > 0 else None
+
+
+def _insert_ignore(session: sa.orm.Session, model: type, values: dict[str, Any], key: Iterable[str]) -> tuple[int, bool]:
+    """Insert unless a row with the same unique key exists; return (row id, created)."""
+    table = model.__table__  # type: ignore[attr-defined]
+    dialect = session.get_bind().dialect.name
+    key_cols = list(key)
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table).values(**values)
+    pk = list(table.primary_key.columns)[0]
+    result = session.execute(insert.on_conflict_do_nothing(index_elements=key_cols).returning(pk))
+    created_id = result.scalar_one_or_none()
+    if created_id is not None:
+        return int(created_id), True
+    where = [table.c[c] == values[c] for c in key_cols]
+    existing = session.execute(sa.select(pk).where(*where)).scalar_one()
+    return int(existing), False
+
+
+def _column_values(model: type, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """ORM attribute names → table column names (``id`` is stored as ``event_id``)."""
+    mapper = sa.inspect(model)
+    return {mapper.attrs[name].columns[0].name: value for name, value in fields.items()}
+
+
+def usage_fields(key: CallKey, response: LLMResponse, *, role: str = "builder") -> dict[str, Any]:
+    exact = response.input_tokens is not None and response.output_tokens is not None
+    total = response.reported_total
+    return {
+        "provider": response.provider,
+        "model": response.model,
+        "run_id": key.run_id,
+        "phase_id": key.phase_id,
+        "attempt_index": key.attempt_index,
+        "call_index": key.call_index,
+        "role": role,
+        "total_tokens": int(total) if total is not None else 0,
+        "prompt_tokens": response.input_tokens if exact else None,
+        "completion_tokens": response.output_tokens if exact else None,
+        "reasoning_tokens": response.reasoning_tokens,
+        "cached_tokens": response.cached_tokens,
+        # exact: provider split; total_only: a total without split; unreported: no usage at all (total 0).
+        "split_kind": "exact" if exact else "total_only" if total is not None else "unreported",
+        "created_at": utcnow(),
+    }
+
+
+def estimation_fields(
+    key: CallKey,
+    features: PhaseFeatures,
+    est: Estimate,
+    decision: CeilingDecision,
+    response: LLMResponse,
+    *,
+    success: bool,
+) -> dict[str, Any]:
+    assert response.output_tokens is not None
+    predicted, actual = est.predicted_output_tokens, int(response.output_tokens)
+    deliverables = [d[:MAX_DELIVERABLE_CHARS] for d in features.deliverables[:MAX_DELIVERABLES_STORED]]
+    now = utcnow()
+    flags = est.doc_features
+    return {
+        "run_id": key.run_id,
+        "phase_id": key.phase_id,
+        "attempt_index": key.attempt_index,
+        "call_index": key.call_index,
+        "timestamp": now,
+        "created_at": now,
+        "category": est.category,
+        "complexity": est.complexity,
+        "deliverable_count": est.deliverable_count,
+        "deliverables_json": json.dumps(deliverables),
+        "features_json": json.dumps(features_record(features, est), sort_keys=True),
+        "predicted_output_tokens": predicted,
+        "actual_output_tokens": actual,
+        "selected_budget": decision.selected_budget,
+        "actual_max_tokens": decision.actual_max_tokens,
+        "actual_max_tokens_backfilled": False,
+        "ceiling_contributions_json": json.dumps(decision.as_records()),
+        "success": bool(success),
+        "phase_outcome": None,
+        "truncated": bool(response.truncated),
+        "is_truncated_output": bool(response.truncated),
+        "stop_reason": response.stop_reason,
+        "finish_reason": response.finish_reason,
+        "provider": response.provider,
+        "model": response.model,
+        "input_tokens": response.input_tokens,
+        "reasoning_tokens": response.reasoning_tokens,
+        "cached_input_tokens": response.cached_tokens,
+        "smape_percent": round(smape_percent(predicted, actual), 3),
+        "waste_ratio": waste_ratio(predicted, actual),
+        "underestimated": actual > predicted,
+        "api_reference_required": flags.get("api_reference_required"),
+        "examples_required": flags.get("examples_required"),
+        "research_required": flags.get("research_required"),
+        "usage_guide_required": flags.get("usage_guide_required"),
+        "context_quality": est.context_quality,
+        "is_sot_file": est.sot_file_name is not None,
+        "sot_file_name": est.sot_file_name,
+        "sot_entry_count_hint": None,
+        "estimator_version": CALIBRATION_VERSION,
+        "schema_version": TELEMETRY_SCHEMA_VERSION,
+        "source": "autopack",
+    }
+
+
+def format_log_line(
+    est: Estimate, decision: CeilingDecision, response: LLMResponse, *, success: bool
+) -> str:
+    """The original's ``[TokenEstimationV2]`` line (its analyser parses it) plus ceiling and provider."""
+    actual = response.output_tokens if response.output_tokens is not None else 0
+    return (
+        f"[TokenEstimationV2] predicted_output={est.predicted_output_tokens} actual_output={actual} "
+        f"smape={smape_percent(est.predicted_output_tokens, actual):.1f}% "
+        f"selected_budget={decision.selected_budget} category={est.category} complexity={est.complexity} "
+        f"deliverables={est.deliverable_count} success={bool(success)} stop_reason={response.stop_reason} "
+        f"truncated={bool(response.truncated)} model={response.model} "
+        f"actual_max_tokens={decision.actual_max_tokens} provider={response.provider}"
+    )
+
+
+def record_call(
+    key: CallKey,
+    features: PhaseFeatures,
+    est: Estimate,
+    decision: CeilingDecision,
+    response: LLMResponse,
+    *,
+    success: bool,
+    role: str = "builder",
+    url: str | None = None,
+) -> RecordedCall:
+    """Write the usage row and the estimation row of one provider call (idempotent on the call key)."""
+    call_key = ("run_id", "phase_id", "attempt_index", "call_index")
+    try:
+        with session_scope(url) as session:
+            usage_id, usage_created = _insert_ignore(
+                session, LlmUsageEvent, _column_values(LlmUsageEvent, usage_fields(key, response, role=role)), call_key
+            )
+            est_id: int | None = None
+            est_created = False
+            if response.output_tokens is not None:
+                fields = estimation_fields(key, features, est, decision, response, success=success)
+                est_id, est_created = _insert_ignore(
+                    session, TokenEstimationV2Event, _column_values(TokenEstimationV2Event, fields), call_key
+                )
+    except SQLAlchemyError as exc:
+        raise TelemetryWriteError(
+            f"telemetry write failed for {key.run_id}/{key.phase_id} attempt {key.attempt_index}: "
+            f"{type(exc).__name__}: {getattr(exc, 'orig', exc)}",
+            hint="check the database (autopack db identity); pass --no-telemetry to run without recording",
+        ) from exc
+    if response.output_tokens is None:
+        log.warning("[TokenEstimationV2] %s/%s attempt %d: %s reported no output-token count; usage recorded "
+                    "as total-only, no estimation sample", key.run_id, key.phase_id, key.attempt_index,
+                    response.provider)
+    else:
+        log.info(format_log_line(est, decision, response, success=success))
+    return RecordedCall(usage_id, usage_created, est_id, est_created)
+
+
+def record_escalation(
+    run_id: str,
+    phase_id: str,
+    attempt_index: int,
+    escalation: Escalation,
+    *,
+    was_truncated: bool,
+    output_tokens: int | None,
+    selected_budget: int,
+    actual_max_tokens: int,
+    reason: str = "truncation",
+    url: str | None = None,
+) -> tuple[int, bool]:
+    """One ``token_budget_escalation_events`` row for the attempt that triggered escalation."""
+    utilization = (100.0 * output_tokens / actual_max_tokens) if output_tokens is not None and actual_max_tokens else None
+    fields = {
+        "run_id": run_id,
+        "phase_id": phase_id,
+        "timestamp": utcnow(),
+        "attempt_index": attempt_index,
+        "reason": reason,
+        "was_truncated": was_truncated,
+        "output_utilization": utilization,
+        "escalation_factor": escalation.factor,
+        "base_value": escalation.base_value,
+        "base_source": escalation.base_source,
+        "retry_max_tokens": escalation.retry_max_tokens,
+        "selected_budget": selected_budget,
+        "actual_max_tokens": actual_max_tokens,
+        "tokens_used": output_tokens,
+    }
+    try:
+        with session_scope(url) as session:
+            return _insert_ignore(
+                session,
+                TokenBudgetEscalationEvent,
+                _column_values(TokenBudgetEscalationEvent, fields),
+                ("run_id", "phase_id", "attempt_index"),
+            )
+    except SQLAlchemyError as exc:
+        raise TelemetryWriteError(
+            f"escalation event write failed for {run_id}/{phase_id}: {type(exc).__name__}: {getattr(exc, 'orig', exc)}"
+        ) from exc
+
+
+def set_phase_outcome(
+    run_id: str, phase_id: str, attempt_indices: Iterable[int], outcome: str, *, url: str | None = None
+) -> int:
+    """Fill ``phase_outcome`` on the estimation rows of the attempts that led to this outcome."""
+    indices = sorted(set(attempt_indices))
+    if not indices:
+        return 0
+    try:
+        with session_scope(url) as session:
+            result = session.execute(
+                sa.update(TokenEstimationV2Event)
+                .where(
+                    TokenEstimationV2Event.run_id == run_id,
+                    TokenEstimationV2Event.phase_id == phase_id,
+                    TokenEstimationV2Event.attempt_index.in_(indices),
+                )
+                .values(phase_outcome=outcome)
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount or 0)
+    except SQLAlchemyError as exc:
+        raise TelemetryWriteError(f"phase outcome write failed for {run_id}/{phase_id}: {exc}") from exc

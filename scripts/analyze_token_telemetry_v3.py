@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""The original's legacy log analyser.
+
+Thin wrapper kept for the original's users: `python scripts/analyze_token_telemetry_v3.py --log-dir
+.autonomous_runs --success-only --stratify --under-multiplier 1.1 --output report.md` is `autopack analyze v3 ...`.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from autopack.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    main(["analyze", "v3", *sys.argv[1:]])

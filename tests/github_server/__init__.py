@@ -1,0 +1,1 @@
+"""A local, stateful fake of the GitHub REST API for the calibration-PR tests (see app.py)."""

@@ -1,0 +1,114 @@
+"""Shared test inputs: a small estimator of the real file's shape, a calibration JSON, a target git repo."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+FIXTURE_ESTIMATOR = '''"""A small estimator shaped like autopack/token_estimator.py: tables of (str, str) -> number."""
+
+from __future__ import annotations
+
+CALIBRATION_VERSION = "v5-step2"
+CALIBRATION_DATE = "2025-12-29"
+CALIBRATION_SAMPLES = 45
+
+SAFETY_MARGIN = 1.3
+PHASE_OVERHEAD: dict[tuple[str, str], int] = {
+    # implementation: 2000 -> 1120 -> 634 (sqrt-damped)
+    ("implementation", "low"): 634,
+    ("implementation", "medium"): 1176,  # v6 telemetry
+    # tests
+    ("tests", "low"): 915,
+}
+TOKEN_WEIGHTS: dict[tuple[str, str], int] = {("backend", "new"): 2000, ("backend", "modify"): 700}
+BASE_BUDGET_BY_CATEGORY: dict[tuple[str, str], int] = {
+    ("implementation", "low"): 8192,
+    ("tests", "low"): 6144,
+}
+BUDGET_FACTORS: dict[tuple[str, str], float] = {}  # filled by the calibration pull request
+
+
+def ceiling(category: str, complexity: str) -> int:
+    """Not a literal: the edit must leave code alone."""
+    key = (category, complexity)
+    factor = BUDGET_FACTORS.get(key)
+    predicted = int(PHASE_OVERHEAD.get(key, 2000) * SAFETY_MARGIN)
+    return int(predicted * factor) if factor else max(BASE_BUDGET_BY_CATEGORY.get(key, 8192), predicted)
+'''
+
+FIXTURE_TESTS = '''from autopack.token_estimator import BUDGET_FACTORS, PHASE_OVERHEAD, ceiling
+
+
+def test_tables_are_positive():
+    assert all(v > 0 for v in PHASE_OVERHEAD.values())
+    assert all(v > 0 for v in BUDGET_FACTORS.values())
+
+
+def test_ceiling_positive():
+    assert ceiling("implementation", "low") > 0
+'''
+
+CALIBRATION: dict[str, Any] = {
+    "metadata": {
+        "generated_at": "2026-11-26T12:00:00Z",
+        "db_id": "db-5f1c2a",
+        "method_version": "conformal-v1",
+        "total_samples": 120,
+        "run_ids": ["telemetry-collection-v4"],
+        "time_span": {"start": "2026-11-01T00:00:00Z", "end": "2026-11-25T23:59:59Z"},
+        "target_truncation": 0.05,
+        "confidence_threshold": 0.7,
+        "min_samples": 5,
+    },
+    "gate": {"passed": True, "reasons": ["proposed truncation 0.04 <= target 0.05 + tolerance",
+                                         "reserved/used improves 3.4 -> 1.9"]},
+    "proposed_changes": [
+        {"coefficient": "BUDGET_FACTORS", "key": ["implementation", "low"], "old": None, "new": 1.42,
+         "category": "implementation", "complexity": "low", "n": 24, "confidence": 0.81, "interval": [0.9, 1.3],
+         "backtest": {"truncation_rate": 0.04, "reserved_over_used": 1.9}},
+        {"coefficient": "PHASE_OVERHEAD", "key": ["implementation", "low"], "old": 634, "new": 410, "n": 24,
+         "confidence": 0.81},
+    ],
+    "backtest": {
+        name: {"n": 40, "truncation_rate": rate, "truncation_ci": [0.01, 0.2], "kupiec_p": 0.2,
+               "median_ceiling_over_actual": 3.1, "p90_ceiling_over_actual": 6.0, "reserved_over_used": ratio,
+               "pinball_loss": 120.0}
+        for name, rate, ratio in (("current", 0.1, 3.4), ("original_median", 0.3, 1.2), ("proposed", 0.04, 1.9))
+    },
+    "groups": [{"category": "implementation", "complexity": "low", "n": 24, "n_censored": 1, "median_ratio": 0.6,
+                "median_ratio_ci": [0.5, 0.7], "pooling_weight": 0.9, "budget_factor": 1.42, "confidence": 0.81,
+                "original_confidence": 0.77}],
+    "report_path": "/srv/reports/token_estimator_calibration_20261126_120000.md",
+    "plot_path": "/srv/reports/token_estimator_calibration_20261126_120000.png",
+}
+
+
+def calibration(**overrides: Any) -> dict[str, Any]:
+    data = copy.deepcopy(CALIBRATION)
+    data.update(overrides)
+    return data
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "Dev", "GIT_AUTHOR_EMAIL": "dev@example.com",
+           "GIT_COMMITTER_NAME": "Dev", "GIT_COMMITTER_EMAIL": "dev@example.com"}
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env, check=True)
+    return done.stdout.strip()
+
+
+def make_target_repo(path: Path, *, estimator: str = FIXTURE_ESTIMATOR, tests: str | None = FIXTURE_TESTS) -> Path:
+    """A git checkout shaped like the autopack repository (branch ``main``, one commit)."""
+    (path / "autopack").mkdir(parents=True)
+    (path / "autopack" / "__init__.py").write_text("")
+    (path / "autopack" / "token_estimator.py").write_text(estimator)
+    if tests is not None:
+        (path / "tests").mkdir()
+        (path / "tests" / "test_token_estimator.py").write_text(tests)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path

@@ -1,0 +1,91 @@
+"""verify_edited_estimator: fresh-interpreter checks in a throw-away copy of the target repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autopack.github.errors import VerificationError
+from autopack.github.estimator_edit import apply_proposal, read_tables
+from autopack.github.verify import verify_edited_estimator
+from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, git, make_target_repo
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHANGES = CALIBRATION["proposed_changes"]
+METADATA = CALIBRATION["metadata"]
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Path:
+    return make_target_repo(tmp_path / "target")
+
+
+def test_good_edit_passes_every_check(target: Path) -> None:
+    edited = apply_proposal(FIXTURE_ESTIMATOR, CHANGES, METADATA)
+    report = verify_edited_estimator(target, edited, CHANGES)
+    assert report.ok, report.errors
+    assert [(c.coefficient, c.key, c.actual) for c in report.table_checks] == [
+        ("BUDGET_FACTORS", ("implementation", "low"), 1.42), ("PHASE_OVERHEAD", ("implementation", "low"), 410)]
+    assert report.tests.status == "passed"
+    assert report.module_file is not None and not Path(report.module_file).is_relative_to(target)
+    report.raise_for_failure()
+
+
+def test_the_target_repository_is_not_touched(target: Path) -> None:
+    edited = apply_proposal(FIXTURE_ESTIMATOR, CHANGES, METADATA)
+    head = git(target, "rev-parse", "HEAD")
+    verify_edited_estimator(target, edited, CHANGES)
+    assert git(target, "status", "--porcelain") == ""
+    assert git(target, "rev-parse", "HEAD") == head
+    assert (target / "autopack" / "token_estimator.py").read_text() == FIXTURE_ESTIMATOR
+
+
+def test_failing_estimator_tests_fail_verification(target: Path) -> None:
+    changes = [{"coefficient": "BUDGET_FACTORS", "key": ["tests", "low"], "old": None, "new": -1.0}]
+    edited = apply_proposal(FIXTURE_ESTIMATOR, changes, METADATA)
+    report = verify_edited_estimator(target, edited, changes)
+    assert not report.ok
+    assert report.tests.status == "failed"
+    assert "tests/test_token_estimator.py failed" in report.failure_summary()
+    with pytest.raises(VerificationError, match="failed verification"):
+        report.raise_for_failure()
+
+
+def test_module_that_does_not_import_fails_verification(target: Path) -> None:
+    edited = apply_proposal(FIXTURE_ESTIMATOR, CHANGES, METADATA) + "\nraise RuntimeError('boom')\n"
+    report = verify_edited_estimator(target, edited, CHANGES, run_tests=False)
+    assert not report.ok
+    assert any("RuntimeError: boom" in e for e in report.errors)
+
+
+def test_values_that_do_not_read_back_fail_verification(target: Path) -> None:
+    report = verify_edited_estimator(target, FIXTURE_ESTIMATOR, CHANGES, run_tests=False)
+    assert not report.ok
+    assert [c.ok for c in report.table_checks] == [False, False]
+    assert any("reads back as 634, expected 410" in e for e in report.errors)
+
+
+def test_missing_estimator_tests_are_reported_not_failed(tmp_path: Path) -> None:
+    target = make_target_repo(tmp_path / "no-tests", tests=None)
+    report = verify_edited_estimator(target, apply_proposal(FIXTURE_ESTIMATOR, CHANGES, METADATA), CHANGES)
+    assert report.ok
+    assert report.tests.status == "not_found"
+    assert any("does not exist" in n for n in report.notes)
+
+
+@pytest.mark.skipif(not (REPO_ROOT / "autopack" / "token_estimator.py").is_file(), reason="estimator not written yet")
+def test_real_estimator_reports_ceilings_before_and_after() -> None:
+    source = (REPO_ROOT / "autopack" / "token_estimator.py").read_text()
+    old_factor = read_tables(source)["BUDGET_FACTORS"].get(("implementation", "low"))
+    changes = [{"coefficient": "BUDGET_FACTORS", "key": ["implementation", "low"], "old": old_factor, "new": 1.01,
+                "category": "implementation", "complexity": "low"}]
+    edited = apply_proposal(source, changes, METADATA)
+    report = verify_edited_estimator(REPO_ROOT, edited, changes, original_source=source, ref=None, run_tests=False)
+    assert report.ok, report.errors
+    (comparison,) = report.estimates
+    assert comparison.estimated_group == ("implementation", "low")
+    assert comparison.old is not None
+    assert isinstance(comparison.new["predicted"], int) and comparison.old["predicted"] == comparison.new["predicted"]
+    # A calibrated factor replaces the floor-and-buffer rule, so this group's ceiling moves.
+    assert comparison.new["selected_budget"] != comparison.old["selected_budget"]

@@ -1,0 +1,124 @@
+"""Seed runs: v4 as in reference §6, the later mixes, ensure_seed_runs and ``autopack runs``."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import sqlalchemy as sa
+
+from autopack.cli import main
+from autopack.db.engine import session_scope
+from autopack.db.models import Phase, Run
+from autopack.errors import InputError
+from autopack.execution.seed_runs import (
+    SEED_RUNS,
+    V4_RUN_ID,
+    ensure_seed_runs,
+    telemetry_collection_v4_spec,
+    telemetry_collection_v5_spec,
+    telemetry_collection_v6_spec,
+    telemetry_collection_v7_spec,
+)
+from autopack.token_estimator import PhaseFeatures, estimate
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out = capsys.readouterr()
+    return int(info.value.code or 0), out.out, out.err
+
+
+def mix(spec) -> Counter[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return Counter((p.category, p.complexity) for p in spec.phases)
+
+
+def test_v4_has_the_ten_phases_of_the_original() -> None:
+    spec = telemetry_collection_v4_spec()
+    assert [p.phase_id for p in spec.phases] == [
+        "telemetry-p1-string-util", "telemetry-p2-number-util", "telemetry-p3-list-util", "telemetry-p4-date-util",
+        "telemetry-p5-dict-util", "telemetry-p6-string-tests", "telemetry-p7-number-tests", "telemetry-p8-list-tests",
+        "telemetry-p9-readme", "telemetry-p10-file-util",
+    ]
+    assert mix(spec) == Counter({("implementation", "low"): 2, ("implementation", "medium"): 4, ("tests", "low"): 1,
+                                 ("tests", "medium"): 2, ("docs", "low"): 1})
+    p6 = spec.phases[5]
+    assert p6.deliverables == ["examples/telemetry_utils/test_string_helper.py", "examples/telemetry_utils/conftest.py"]
+    assert p6.read_only_context == ["examples/telemetry_utils/string_helper.py"]
+    assert all(p.scope_paths == ["examples/telemetry_utils/"] for p in spec.phases)
+    assert spec.token_cap == 500_000 and all(p.max_builder_attempts == 3 for p in spec.phases)
+
+
+def test_later_seed_mixes() -> None:
+    assert Counter(p.category for p in telemetry_collection_v5_spec().phases) == {"implementation": 15, "tests": 7, "docs": 3}
+    assert mix(telemetry_collection_v6_spec()) == Counter({("docs", "low"): 10, ("docs", "medium"): 2,
+                                                           ("implementation", "medium"): 2, ("testing", "medium"): 6})
+    assert mix(telemetry_collection_v7_spec()) == Counter({("docs", "medium"): 3, ("tests", "low"): 1,
+                                                           ("tests", "medium"): 2})
+    assert sum(len(factory().phases) for factory in SEED_RUNS.values()) >= 60
+
+
+@pytest.mark.parametrize("run_id", list(SEED_RUNS))
+def test_goals_avoid_doc_synthesis_misfires_and_docs_are_capped(run_id: str) -> None:
+    for phase in SEED_RUNS[run_id]().phases:
+        text = phase.description.lower()
+        assert "comprehensive" not in text and "example" not in text and "endpoint" not in text
+        est = estimate(PhaseFeatures(phase.category, phase.complexity, tuple(phase.deliverables), phase.description,
+                                     tuple(phase.scope_paths)))
+        assert est.model != "doc_synthesis", phase.phase_id
+        if est.category in ("docs", "doc_sot_update"):
+            assert "at most" in text and "lines" in text, phase.phase_id
+
+
+def test_ensure_seed_runs_creates_only_missing_runs(db_url: str) -> None:
+    with session_scope(db_url) as session:
+        assert ensure_seed_runs(session, [V4_RUN_ID]) == [V4_RUN_ID]
+    with session_scope(db_url) as session:
+        created = ensure_seed_runs(session, list(SEED_RUNS))
+    assert created == [r for r in SEED_RUNS if r != V4_RUN_ID]
+    with session_scope(db_url) as session:
+        assert ensure_seed_runs(session, list(SEED_RUNS)) == []
+        phases = session.execute(sa.select(sa.func.count()).select_from(Phase)).scalar_one()
+        runs = session.execute(sa.select(sa.func.count()).select_from(Run)).scalar_one()
+    assert phases >= 60 and runs == 4
+
+
+def test_unknown_seed_run_writes_nothing(db_url: str) -> None:
+    with pytest.raises(InputError), session_scope(db_url) as session:
+        ensure_seed_runs(session, [V4_RUN_ID, "nope"])
+    with session_scope(db_url) as session:
+        assert session.execute(sa.select(sa.func.count()).select_from(Run)).scalar_one() == 0
+
+
+def test_create_telemetry_run_command(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["runs", "create-telemetry-run"], capsys)
+    assert code == 0
+    assert "10 QUEUED phases" in out and "implementation: 6 phases (2 low, 4 medium)" in out
+    code, _, err = cli(["runs", "create-telemetry-run"], capsys)
+    assert code == 2 and "already exists" in err and "--replace" in err and "Traceback" not in err
+    with session_scope(db_url) as session:
+        session.execute(sa.update(Phase).values(state="COMPLETE"))
+    code, _, _ = cli(["runs", "create-telemetry-run", "--replace"], capsys)
+    assert code == 0
+    with session_scope(db_url) as session:
+        states = session.execute(sa.select(Phase.state).where(Phase.run_id == V4_RUN_ID)).scalars().all()
+    assert states == ["QUEUED"] * 10
+
+
+def test_create_telemetry_run_with_another_id(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["runs", "create-telemetry-run", "--run-id", "my-run"], capsys)[0] == 0
+    with session_scope(db_url) as session:
+        assert session.get(Run, "my-run") is not None
+
+
+def test_runs_seed_and_list(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["runs", "seed", "--run-id", "telemetry-collection-v7"], capsys)
+    assert code == 0 and "telemetry-collection-v7" in out
+    code, out, _ = cli(["runs", "list", "--json"], capsys)
+    assert code == 0
+    (row,) = json.loads(out)
+    assert row["run_id"] == "telemetry-collection-v7" and row["phases"] == {"QUEUED": 6}
+    code, out, _ = cli(["runs", "list"], capsys)
+    assert "telemetry-collection-v7" in out and "QUEUED 6" in out

@@ -1,0 +1,170 @@
+"""Drain session state: the triage bookkeeping of ``record`` and the round trip through the database."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+from autopack.execution.sessions import (
+    FINAL_INTERRUPTED,
+    STATUS_COMPLETED,
+    STATUS_INTERRUPTED,
+    STATUS_RUNNING,
+    DrainOutcome,
+    SessionState,
+    SessionStore,
+    new_session_id,
+)
+from autopack.execution.triage import TriageLimits
+
+LIMITS = TriageLimits(max_fingerprint_repeats=2, max_attempts_per_phase=2, max_timeouts_per_run=2)
+
+
+def ok(run: str, phase: str, events: int = 1) -> DrainOutcome:
+    return DrainOutcome(run, phase, "COMPLETE", True, returncode=0, telemetry_events=events, llm_calls=events)
+
+
+def fail(run: str, phase: str, error: str = "ImportError: no module foo", rc: int = 1) -> DrainOutcome:
+    return DrainOutcome(run, phase, "FAILED", False, returncode=rc, error_message=error, zero_yield_reason="execution_error")
+
+
+def test_failed_outcome_gets_a_fingerprint() -> None:
+    assert fail("r", "p").failure_fingerprint == "FAILED|rc1|importerror: no module foo"
+    assert ok("r", "p").failure_fingerprint is None
+
+
+def test_first_result_of_a_run_samples_it() -> None:
+    state = SessionState("s", 10)
+    state.record(ok("r", "p0"), LIMITS)
+    assert state.sampled_runs == {"r"} and state.promising_runs == {"r"}
+
+
+def test_sample_with_an_already_seen_fingerprint_deprioritizes_the_run() -> None:
+    state = SessionState("s", 10)
+    state.record(fail("a", "p0"), LIMITS)
+    notes = state.record(fail("b", "p0"), LIMITS)
+    assert state.promising_runs == {"a"}
+    assert state.deprioritized_runs == {"b"}
+    assert any("SAMPLE-SKIP" in n for n in notes)
+
+
+def test_fingerprint_repeats_stop_the_run() -> None:
+    state = SessionState("s", 10)
+    state.record(fail("a", "p0", "boom at line 1"), LIMITS)
+    assert not state.stopped_runs
+    state.record(fail("a", "p1", "boom at line 2"), LIMITS)
+    assert state.stopped_runs == {"a"}
+    assert state.stopped_fingerprints == {"FAILED|rc1|boom at line num"}
+    assert state.fingerprint_counts == {"FAILED|rc1|boom at line num": 2}
+
+
+def test_counters_and_zero_yield_streak() -> None:
+    state = SessionState("s", 10)
+    state.record(fail("a", "p0"), LIMITS)
+    state.record(DrainOutcome("a", "p1", "TIMEOUT", False, returncode=-1, error_message="t"), LIMITS)
+    assert state.consecutive_zero_yield == 2
+    state.record(ok("a", "p2", events=3), LIMITS)
+    assert state.consecutive_zero_yield == 0
+    assert (state.total_processed, state.total_success, state.total_failed, state.total_timeouts) == (3, 1, 2, 1)
+    assert state.total_telemetry_events == 3
+    assert state.timeouts() == {"a": 1}
+
+
+def test_interrupted_attempt_is_kept_but_not_counted() -> None:
+    state = SessionState("s", 10)
+    state.record(DrainOutcome("a", "p0", FINAL_INTERRUPTED, False, returncode=130), LIMITS)
+    assert len(state.results) == 1
+    assert state.total_processed == 0 and state.attempts() == {} and not state.sampled_runs
+    assert state.results[0].failure_fingerprint is None
+
+
+def test_attempts_per_phase() -> None:
+    state = SessionState("s", 10)
+    state.record(fail("a", "p0"), LIMITS)
+    state.record(fail("a", "p0"), LIMITS)
+    assert state.attempts() == {("a", "p0"): 2}
+
+
+def _busy_state() -> SessionState:
+    state = SessionState(new_session_id(), 7, params={"states": ["QUEUED", "FAILED"]}, db_id="abc")
+    state.record(fail("a", "p0"), LIMITS)
+    state.record(fail("b", "p0"), LIMITS)  # deprioritizes b, stops b
+    state.record(ok("c", "p0", events=2), LIMITS)
+    state.record(DrainOutcome("c", "p1", "TIMEOUT", False, returncode=-1, error_message="timed out after 5s"), LIMITS)
+    assert state.sampled_runs and state.promising_runs and state.deprioritized_runs and state.stopped_runs
+    return state
+
+
+def test_dict_round_trip_with_every_set_non_empty() -> None:
+    # The original's save() crashed with a TypeError on exactly this state.
+    state = _busy_state()
+    text = json.dumps(state.to_dict())
+    again = SessionState.from_dict(json.loads(text))
+    assert again.to_dict() == state.to_dict()
+
+
+def test_database_round_trip(db_url: str) -> None:
+    state = _busy_state()
+    store = SessionStore(db_url)
+    store.save(state)
+    loaded = store.load(state.session_id)
+    assert loaded is not None
+    original = state.to_dict()
+    restored = loaded.to_dict()
+    for result in original["results"] + restored["results"]:
+        result.pop("failure_stage")  # not a drain_results column; the zero-yield reason derived from it is
+        result.pop("row_id")
+    assert restored == original
+    assert [r.returncode for r in loaded.results] == [1, 1, 0, -1]
+
+
+def test_save_twice_writes_each_result_once(db_url: str) -> None:
+    state = SessionState(new_session_id(), 5)
+    store = SessionStore(db_url)
+    state.record(ok("a", "p0"), LIMITS)
+    store.save(state)
+    state.record(ok("a", "p1"), LIMITS)
+    store.save(state)
+    store.save(state)
+    loaded = store.load(state.session_id)
+    assert loaded is not None and [r.phase_id for r in loaded.results] == ["p0", "p1"]
+
+
+def test_find_resumable_takes_the_newest_unfinished(db_url: str) -> None:
+    store = SessionStore(db_url)
+    older = SessionState("batch-drain-20250101-000000-aaaa", 5, status=STATUS_INTERRUPTED)
+    newer = SessionState("batch-drain-20250102-000000-bbbb", 5, status=STATUS_INTERRUPTED)
+    done = SessionState("batch-drain-20250103-000000-cccc", 5, status=STATUS_COMPLETED)
+    newer.started_at = older.started_at.replace(year=older.started_at.year + 1)
+    done.started_at = newer.started_at.replace(year=newer.started_at.year + 1)
+    done.completed_at = done.started_at
+    for s in (older, newer, done):
+        store.save(s)
+    found = store.find_resumable()
+    assert found is not None and found.session_id == newer.session_id
+
+
+def test_find_resumable_skips_a_session_whose_process_is_alive(db_url: str) -> None:
+    store = SessionStore(db_url)
+    alive = SessionState(
+        "batch-drain-20250101-000000-live",
+        5,
+        status=STATUS_RUNNING,
+        params={"process": {"host": socket.gethostname(), "pid": os.getpid()}},
+    )
+    store.save(alive)
+    assert store.find_resumable() is None
+
+
+def test_find_resumable_takes_a_running_session_whose_process_died(db_url: str) -> None:
+    store = SessionStore(db_url)
+    dead = SessionState(
+        "batch-drain-20250101-000000-dead",
+        5,
+        status=STATUS_RUNNING,
+        params={"process": {"host": socket.gethostname(), "pid": 2**22 + 12345}},
+    )
+    store.save(dead)
+    found = store.find_resumable()
+    assert found is not None and found.session_id == dead.session_id
