@@ -9,7 +9,7 @@ from typing import Any
 from autopack.db.engine import session_scope
 from autopack.db.identity import guard
 from autopack.db.migrate import upgrade_database
-from autopack.execution.seed_runs import DEFAULT_SEED_RUN_IDS, ensure_seed_runs
+from autopack.execution.seed_runs import ensure_seed_runs
 
 
 @dataclass
@@ -29,7 +29,7 @@ def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None) -
         if report.changed:
             messages.append(f"init: database {report.url} migrated to {report.revision_after}")
         with session_scope(url) as session:
-            created = ensure_seed_runs(session, DEFAULT_SEED_RUN_IDS)
+            created = ensure_seed_runs(session)
         if created:
             messages.append(f"init: created telemetry-collection runs {', '.join(created)}")
         else:
@@ -46,7 +46,7 @@ def summarise(result: Mapping[str, Any]) -> list[str]:
     lines = [
         f"phases drained: {result.get('phases_drained', 0)}, telemetry events: {result.get('telemetry_events', 0)}",
         f"gate: {'passed' if gate.get('passed') else 'not passed'}"
-        + (f" ({'; '.join(gate.get('reasons') or [])})" if gate.get("reasons") else ""),
+        f" ({len(calibration.get('proposed_changes') or [])} coefficient change(s) proposed; reasons in the report)",
         f"report: {calibration.get('report_path')}",
         f"json:   {calibration.get('json_path')}",
         f"plot:   {calibration.get('plot_path')}",

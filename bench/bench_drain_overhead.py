@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -176,6 +177,11 @@ def main() -> int:
         print(f"{mode:<38}{workers:>8}{n:>8}{cycle:>10.1f}{wall:>12.1f}{latency:>12.1f}{ratio:>8.2f}")
     print("cycle = median time a worker spends per phase (baseline: claim+execute); wall = elapsed / phases "
           "after the first completion; latency = dispatch to result; ratio = cycle / baseline")
+    from autopack.db.engine import dispose_engines
+
+    dispose_engines()
+    os.chdir(Path.home())
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

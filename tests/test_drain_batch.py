@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from test_drain_batch_support import behaviour, event_keys, fake_execute_phase, make_run, phase_rows, set_phase
 
 from autopack.db.engine import session_scope
-from autopack.db.models import DrainResult, Phase, PhaseState, utcnow
+from autopack.db.models import DrainResult, DrainSession, Phase, PhaseState, utcnow
 from autopack.errors import ConfigError, InputError, RefusedError
 from autopack.execution.batch import (
     STOP_BATCH_SIZE,
@@ -391,6 +391,9 @@ def test_executor_that_cannot_load_is_a_clear_error(db_url: str) -> None:
         drain(db_url, isolation="process", executor="test_drain_batch_support:no_such_function")
     phase = phase_rows(db_url)[("a", "p000")]
     assert phase.state == "QUEUED"  # nothing was claimed before the worker was ready
+    with session_scope(db_url) as db:
+        session = db.scalars(sa.select(DrainSession)).one()
+        assert session.status == "failed" and "cannot load the phase executor" in (session.stop_reason or "")
 
 
 # --- preflight ---------------------------------------------------------------------------------------
@@ -479,3 +482,30 @@ def test_progress_bar_renders_on_a_terminal(db_url: str) -> None:
     assert state.session_id in text
     assert "2/10" in text and "events 2" in text  # phases done of the batch, telemetry events
     assert "FAIL a/p001" in text  # failures are printed above the bar
+
+
+def test_batch_command_joins_the_drain_group_in_either_order() -> None:
+    import typer
+
+    from autopack.cli import drain as drain_cli
+    from autopack.cli import drain_batch
+
+    for order in ((drain_cli, drain_batch), (drain_batch, drain_cli)):
+        app = typer.Typer()
+        for module in order:
+            module.register(app)
+        groups = [g for g in app.registered_groups if g.name == "drain"]
+        assert len(groups) == 1
+        assert sorted(c.name for c in groups[0].typer_instance.registered_commands) == ["batch", "one"]
+
+
+def test_cli_bad_states_is_one_line_exit_2(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from autopack.cli.app import main
+
+    make_run(db_url, "a", [behaviour("ok")])
+    with pytest.raises(SystemExit) as info:
+        main(["drain", "batch", "--states", "QUEUED,COMPLETE"])
+    assert info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot drain COMPLETE" in errors[0]
+    assert phase_rows(db_url)[("a", "p000")].state == "QUEUED"

@@ -122,3 +122,22 @@ def test_runs_seed_and_list(db_url: str, capsys: pytest.CaptureFixture[str]) -> 
     assert row["run_id"] == "telemetry-collection-v7" and row["phases"] == {"QUEUED": 6}
     code, out, _ = cli(["runs", "list"], capsys)
     assert "telemetry-collection-v7" in out and "QUEUED 6" in out
+
+
+def test_original_script_names_still_work(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'seed.db'}"}
+
+    def script(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    migrated = script(str(repo / "scripts/migrations/add_actual_max_tokens_to_token_estimation_v2.py"))
+    assert migrated.returncode == 0, migrated.stderr
+    created = script(str(repo / "scripts/create_telemetry_collection_run.py"))
+    assert created.returncode == 0 and "10 QUEUED phases" in created.stdout, created.stderr
+    again = script(str(repo / "scripts/create_telemetry_collection_run.py"))
+    assert again.returncode == 2 and "already exists" in again.stderr

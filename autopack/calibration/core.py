@@ -147,6 +147,8 @@ def _run_variant(samples: SampleSet, params: Params, current: te.Coefficients, f
         proposal_factors = {**current.budget_factors, **train.model.factors(samples.groups)}
         _, ceilings["proposed"] = configuration_ceiling(test, train.fit.coefficients, proposal_factors)
     alpha = params.alpha
+    if not ceilings:  # nothing held out: the methods are still listed, with n = 0
+        ceilings = {name: np.empty(0) for name in ("current", "original_median", "proposed")}
     backtest = {name: evaluate(c, test.y, test.observed, alpha) for name, c in ceilings.items()}
     group_bt = per_group(samples.groups, test.group, ceilings, test.y, test.observed, alpha) if n_test else {}
 
@@ -183,26 +185,23 @@ def _run_variant(samples: SampleSet, params: Params, current: te.Coefficients, f
     ship_weights = False
     global_check = "no weight changes"
     if passing and free_weights and _weights_changed(current, full.fit):
-        if train is None or not n_test:
-            global_check = "weights not shipped: no backtest"
+        if train is None:
+            global_check = "weight changes not proposed: no held-out calls to check them on"
         else:
-            train_weights_changed = _weights_changed(current, train.fit)
-            coeffs_t, factors_t = _shipped(current, train, passing, train_weights_changed)
+            # the whole shipped configuration, with the weights, on every held-out call
+            coeffs_t, factors_t = _shipped(current, train, passing, True)
             _, ceil_ship = configuration_ceiling(test, coeffs_t, factors_t)
-            shipped_bt = evaluate(ceil_ship, test.y, test.observed, alpha)
+            with_weights = evaluate(ceil_ship, test.y, test.observed, alpha)
             cur = backtest["current"]
-            ok = truncation_not_worse(shipped_bt, cur, alpha) and (
-                shipped_bt["reserved_over_used"] is not None
-                and shipped_bt["reserved_over_used"] <= cur["reserved_over_used"]
-            )
-            ship_weights = ok
+            ship_weights = truncation_not_worse(with_weights, cur, alpha) and reserved_better(with_weights, cur)
             global_check = (
-                "weight changes pass the whole-configuration backtest" if ok
-                else "weight changes fail the whole-configuration backtest"
+                "weight changes pass the whole-configuration backtest" if ship_weights
+                else "weight changes fail the whole-configuration backtest (truncation or reserve not better than "
+                "today on all held-out calls)"
             )
     variant = Variant(free_weights, full, train, backtest, group_bt, passing, reasons, ship_weights, global_check)
-    if n_test and train is not None:
-        coeffs_t, factors_t = _shipped(current, train, passing, ship_weights and _weights_changed(current, train.fit))
+    if train is not None:
+        coeffs_t, factors_t = _shipped(current, train, passing, ship_weights)
         _, ceil_ship = configuration_ceiling(test, coeffs_t, factors_t)
         variant.backtest["shipped"] = evaluate(ceil_ship, test.y, test.observed, alpha)
     return variant

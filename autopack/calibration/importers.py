@@ -189,9 +189,17 @@ def _finish_truncates(finish: str | None) -> bool:
     return any(part.strip() in TRUNCATION_REASONS for part in re.split(r"[,;| ]+", finish) if part.strip())
 
 
-def _check_required(values: Mapping[str, Any], where: str, required: Sequence[str]) -> list[RowError]:
-    errors = [RowError(where, f"missing {name}") for name in required if name not in values]
-    if "truncated" not in values and "finish_reason" not in values and "stop_reason" not in values:
+def _given(raw: Mapping[str, Any], name: str) -> bool:
+    value = raw.get(name)
+    return value is not None and not (isinstance(value, str) and value.strip() == "")
+
+
+def _check_required(
+    values: Mapping[str, Any], raw: Mapping[str, Any], where: str, required: Sequence[str]
+) -> list[RowError]:
+    """Missing required fields (a field given but unreadable is already reported by ``_convert``)."""
+    errors = [RowError(where, f"missing {name}") for name in required if name not in values and not _given(raw, name)]
+    if not any(_given(raw, name) for name in ("truncated", "finish_reason", "stop_reason")):
         errors.append(RowError(where, "missing truncated (or a finish_reason to derive it from)"))
     return errors
 
@@ -235,11 +243,11 @@ def parse_csv(path: Path, mapping: Mapping[str, str], defaults: Mapping[str, str
                 if record[i].strip() != "":
                     raw[canonical] = record[i]
             values, errors = _convert(raw, where)
-            errors += _check_required(values, where, REQUIRED_CSV)
+            errors += _check_required(values, raw, where, REQUIRED_CSV)
             if errors:
                 yield from errors
             else:
-                yield ParsedRow(where, reader.line_num, values)
+                yield ParsedRow(where, ordinal, values)
 
 
 _V2_LINE = re.compile(r"\[TokenEstimationV2\](?P<body>.*)$")
@@ -279,7 +287,7 @@ def parse_v2_log(path: Path, mapping: Mapping[str, str], defaults: Mapping[str, 
                 if target:
                     raw[target] = value.rstrip("%")
             values, errors = _convert(raw, where)
-            errors += _check_required(values, where, REQUIRED_V2)
+            errors += _check_required(values, raw, where, REQUIRED_V2)
             if errors:
                 yield from errors
             else:
@@ -378,7 +386,7 @@ def parse_otel_json(path: Path, mapping: Mapping[str, str], defaults: Mapping[st
                                 raw[canonical] = ",".join(map(str, value)) if isinstance(value, list) else value
                                 break
                     values, errors = _convert(raw, where)
-                    errors += _check_required(values, where, REQUIRED_OTEL)
+                    errors += _check_required(values, raw, where, REQUIRED_OTEL)
                     if errors:
                         yield from errors
                     else:
@@ -437,7 +445,8 @@ def _event(values: Mapping[str, Any], *, run_id: str, phase_id: str, call_index:
 def _fail(errors: Sequence[RowError], path: Path) -> InputError:
     shown = "; ".join(str(e) for e in errors[:MAX_REPORTED_ERRORS])
     more = f"; … {len(errors) - MAX_REPORTED_ERRORS} more" if len(errors) > MAX_REPORTED_ERRORS else ""
-    return InputError(f"{path.name}: {len(errors)} bad row(s), nothing imported: {shown}{more}",
+    bad_rows = len({e.where for e in errors})
+    return InputError(f"{path.name}: {bad_rows} bad row(s), nothing imported: {shown}{more}",
                       hint="fix the rows or map the columns with --map field=column")
 
 

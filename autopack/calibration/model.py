@@ -67,7 +67,9 @@ class FactorModel:
     category_location: dict[str, float] = field(default_factory=dict)
     category_weight: dict[str, float] = field(default_factory=dict)
     groups: dict[Group, GroupFit] = field(default_factory=dict)
-    pools: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # "category:x"/"global"
+    #: residual pools, each sorted (``stats.sort_censored`` order): "category:<name>" and "global"
+    pools: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _pool_quantiles: dict[str, stats.UpperQuantile] = field(default_factory=dict, repr=False)
     sigma: float = 0.0
     tau2_category: float = 0.0
     tau2_group: float = 0.0
@@ -93,7 +95,10 @@ class FactorModel:
             if pool is None:
                 continue
             residuals, observed = pool
-            uq = stats.upper_quantile(residuals, observed, self.alpha, INTERVAL_LEVEL)
+            uq = self._pool_quantiles.get(key)
+            if uq is None:
+                uq = stats.upper_quantile(residuals, observed, self.alpha, INTERVAL_LEVEL, presorted=True)
+                self._pool_quantiles[key] = uq
             if not math.isfinite(uq.value):
                 continue
             return _factor_info(uq, source, int(residuals.size), location, note)
@@ -137,6 +142,17 @@ def _loo_medians(values: np.ndarray, observed: np.ndarray) -> np.ndarray:
     return out
 
 
+def _blocks(keys: np.ndarray) -> dict[int, np.ndarray]:
+    """Positions of each key, in their existing order (a stable sort keeps a presorted order)."""
+    if keys.size == 0:
+        return {}
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    cuts = np.flatnonzero(np.diff(sorted_keys)) + 1
+    starts = np.r_[0, cuts]
+    return {int(sorted_keys[start]): block for start, block in zip(starts, np.split(order, cuts), strict=True)}
+
+
 def fit_factor_model(
     groups: list[Group], group_of_row: np.ndarray, r: np.ndarray, observed: np.ndarray, alpha: float
 ) -> FactorModel:
@@ -144,28 +160,37 @@ def fit_factor_model(
     if r.size == 0:
         return FactorModel(alpha, 0.0)
     min_own = stats.min_conformal_samples(alpha)
-    present = sorted(set(group_of_row.tolist()))
-    members = {g: np.flatnonzero(group_of_row == g) for g in present}
-    med = {g: stats.km_median(r[idx], observed[idx]) for g, idx in members.items()}
-    med = {g: (m if math.isfinite(m) else float(np.max(r[members[g]]))) for g, m in med.items()}
+    order = stats.censored_order(r, observed)  # sort once; every subset below keeps this order
+    rs, os_, gs = r[order], observed[order], group_of_row[order].astype(np.int64)
+    category_names = sorted({groups[g][0] for g in np.unique(gs).tolist()})
+    category_code = {c: i for i, c in enumerate(category_names)}
+    cat_of_group = np.array([category_code.get(g[0], -1) for g in groups], dtype=np.int64)
+    cs = cat_of_group[gs]
+    members = _blocks(gs)  # group -> positions (sorted by r)
+    cat_members = _blocks(cs)
 
-    resid_obs = np.concatenate([r[idx][observed[idx]] - med[g] for g, idx in members.items()])
+    def median_of(pos: np.ndarray) -> float:
+        m = stats.km_median(rs[pos], os_[pos], presorted=True)
+        return m if math.isfinite(m) else float(rs[pos].max())
+
+    present = sorted(members)
+    med = {g: median_of(members[g]) for g in present}
+    resid_obs = np.concatenate([rs[members[g]][os_[members[g]]] - med[g] for g in present])
     sigma = stats.robust_sigma(resid_obs)
-    global_loc = stats.km_median(r, observed)
+    global_loc = stats.km_median(rs, os_, presorted=True)
     if not math.isfinite(global_loc):
-        global_loc = float(np.max(r))
+        global_loc = float(rs.max())
 
-    # categories
-    cats = sorted({groups[g][0] for g in present})
-    cat_rows = {c: np.concatenate([members[g] for g in present if groups[g][0] == c]) for c in cats}
-    cat_med = {c: stats.km_median(r[idx], observed[idx]) for c, idx in cat_rows.items()}
-    cat_med = {c: (m if math.isfinite(m) else float(np.max(r[cat_rows[c]]))) for c, m in cat_med.items()}
-    cat_var = {c: stats.median_sampling_variance(sigma, idx.size) for c, idx in cat_rows.items()}
+    # categories: shrink each category median towards the global one
+    cats = [category_names[c] for c in sorted(cat_members)]
+    cat_med = {category_names[c]: median_of(pos) for c, pos in cat_members.items()}
+    cat_n = {category_names[c]: pos.size for c, pos in cat_members.items()}
+    cat_var = {c: stats.median_sampling_variance(sigma, cat_n[c]) for c in cats}
     tau2_c = stats.dersimonian_laird([cat_med[c] for c in cats], [cat_var[c] for c in cats])
     cat_w = {c: stats.credibility_weight(tau2_c, cat_var[c]) for c in cats}
     cat_loc = {c: cat_w[c] * cat_med[c] + (1 - cat_w[c]) * global_loc for c in cats}
 
-    # groups within categories
+    # groups within categories: shrink towards their category's location
     var_g = {g: stats.median_sampling_variance(sigma, members[g].size) for g in present}
     tau2_g = stats.dersimonian_laird(
         [med[g] for g in present], [var_g[g] for g in present], clusters=[groups[g][0] for g in present]
@@ -173,53 +198,53 @@ def fit_factor_model(
     groups_in_cat = {c: [g for g in present if groups[g][0] == c] for c in cats}
 
     model = FactorModel(alpha, global_loc, cat_loc, cat_w, sigma=sigma, tau2_category=tau2_c, tau2_group=tau2_g)
-    residuals = np.empty(r.size)
+    residuals = np.empty(rs.size)
     locations: dict[int, tuple[float, float]] = {}
     for g in present:
         c = groups[g][0]
-        idx = members[g]
-        single = len(groups_in_cat[c]) == 1
-        if single:
+        pos = members[g]
+        if len(groups_in_cat[c]) == 1:  # the group is its category: shrunk once, towards the global median
             weight, parent, own = cat_w[c], global_loc, cat_med[c]
         else:
             weight, parent, own = stats.credibility_weight(tau2_g, var_g[g]), cat_loc[c], med[g]
         location = weight * own + (1 - weight) * parent
         locations[g] = (location, weight)
-        if idx.size <= LOO_MAX:
-            loo = _loo_medians(r[idx], observed[idx])
+        if pos.size == 1:
+            residuals[pos] = rs[pos] - parent
+        elif pos.size <= LOO_MAX:
+            loo = _loo_medians(rs[pos], os_[pos])
             loo = np.where(np.isfinite(loo), loo, own)
-            loo_loc = np.where(np.isnan(loo), parent, weight * loo + (1 - weight) * parent)
-            if idx.size == 1:
-                loo_loc = np.array([parent])
-            residuals[idx] = r[idx] - loo_loc
+            residuals[pos] = rs[pos] - (weight * loo + (1 - weight) * parent)
         else:
-            residuals[idx] = r[idx] - location
+            residuals[pos] = rs[pos] - location
 
-    for c in cats:
-        idx = cat_rows[c]
-        model.pools[f"category:{c}"] = (residuals[idx], observed[idx])
-    model.pools["global"] = (residuals, observed)
+    # residual pools, sorted once; category pools are stable subsets of the global order
+    pool_order = stats.censored_order(residuals, os_)
+    e_sorted, o_sorted, c_sorted = residuals[pool_order], os_[pool_order], cs[pool_order]
+    model.pools["global"] = (e_sorted, o_sorted)
+    for code, pos in _blocks(c_sorted).items():
+        model.pools[f"category:{category_names[code]}"] = (e_sorted[pos], o_sorted[pos])
 
     for g in present:
-        idx = members[g]
+        pos = members[g]
         location, weight = locations[g]
         c = groups[g][0]
         info: FactorInfo | None = None
         note = ""
-        if idx.size >= min_own:
-            uq = stats.upper_quantile(r[idx], observed[idx], alpha, INTERVAL_LEVEL)
+        if pos.size >= min_own:
+            uq = stats.upper_quantile(rs[pos], os_[pos], alpha, INTERVAL_LEVEL, presorted=True)
             if uq.method == "conformal":
-                info = _factor_info(uq, "group", int(idx.size), 0.0, "")
+                info = _factor_info(uq, "group", int(pos.size), 0.0, "")
             else:
                 note = "own conformal quantile hidden by censoring: falls back to its parent"
         else:
-            note = f"{idx.size} samples < {min_own} (= 1/α − 1): falls back to its parent"
+            note = f"{pos.size} samples < {min_own} (= 1/α − 1): falls back to its parent"
         if info is None:
             info = model._pooled_factor(c, location, note)
         model.groups[groups[g]] = GroupFit(
             group=groups[g],
-            n=int(idx.size),
-            n_censored=int((~observed[idx]).sum()),
+            n=int(pos.size),
+            n_censored=int((~os_[pos]).sum()),
             median_log=med[g],
             location=location,
             pooling_weight=weight,

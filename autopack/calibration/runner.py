@@ -7,6 +7,8 @@ arrive), so 10⁶ events never exist as 10⁶ ORM objects.
 
 from __future__ import annotations
 
+import gc
+import operator
 import os
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -101,9 +103,11 @@ def _raw_rows(connection: sa.Connection, stmt: sa.Select[Any]) -> Iterator[list[
 def read_events(url: str | None = None, include_run_ids: Sequence[str] | None = None) -> EventColumns:
     """The calibration columns of ``token_estimation_v2_events`` (optionally only some runs).
 
-    Per row only what the statistics need (deliverable count only for rows without ``features_json``;
-    a run/phase key only for successful calls, to count successful phases). Run ids and the docs-phase
-    list come from two small queries.
+    Per row only what the statistics need: category, complexity and deliverable count only for rows
+    without ``features_json`` (rows with features are re-estimated, and autopack records canonical
+    spellings; the legacy and imported rows are the ones normalisation has to fix), a run/phase key only
+    for successful calls, to count successful phases. Run ids and the docs-phase list come from two
+    small queries.
     """
     engine = get_engine(url)
     c = TokenEstimationV2Event.__table__.c
@@ -111,8 +115,8 @@ def read_events(url: str | None = None, include_run_ids: Sequence[str] | None = 
     stmt = sa.select(
         c.event_id,
         _timestamp_text(engine.dialect.name, c.timestamp),
-        c.category,
-        c.complexity,
+        sa.case((c.features_json.is_(None), c.category), else_=None),
+        sa.case((c.features_json.is_(None), c.complexity), else_=None),
         sa.case((c.features_json.is_(None), c.deliverable_count), else_=0),
         c.features_json,
         c.predicted_output_tokens,
@@ -126,28 +130,15 @@ def read_events(url: str | None = None, include_run_ids: Sequence[str] | None = 
     cats: dict[str | None, int] = {}
     cxs: dict[str | None, int] = {}
     feats: dict[str, int] = {}
-    phases: set[str] = set()
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "id", "epoch", "cat", "cx", "dc", "feat", "pred", "act", "sel", "amt", "flags")}
-    with engine.connect() as connection:
-        for part in _raw_rows(connection, stmt):
-            ids, ts, cat, cx, dc, feat, pred, act, sel, amt, flags, phase = zip(*part, strict=True)
-            parts["id"].append(np.array(ids, dtype=np.int64))
-            parts["epoch"].append(_parse_epochs(ts))
-            parts["cat"].append(np.array([cats.setdefault(v, len(cats)) for v in cat], dtype=np.int32))
-            parts["cx"].append(np.array([cxs.setdefault(v, len(cxs)) for v in cx], dtype=np.int32))
-            parts["dc"].append(np.array(dc, dtype=np.int64))
-            parts["feat"].append(np.array([feats.setdefault(v, len(feats)) if v else -1 for v in feat], dtype=np.int32))
-            parts["pred"].append(np.array(pred, dtype=float))
-            parts["act"].append(np.array(act, dtype=float))
-            parts["sel"].append(np.array(sel, dtype=float))
-            parts["amt"].append(np.array(amt, dtype=float))
-            parts["flags"].append(np.array(flags, dtype=np.int8))
-            phases.update(phase)
-        phases.discard(None)  # type: ignore[arg-type]
-        run_ids = sorted(connection.execute(sa.select(c.run_id).where(*where).distinct()).scalars().all())
-        cat_codes = np.concatenate(parts["cat"]) if parts["cat"] else np.empty(0, dtype=np.int32)
-        docs = _docs_rows(connection, where, [v for v in cats if canonical_category(v) in DOCS_LIKE])
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # millions of short-lived tuples: the cyclic collector would rescan them over and over
+    try:
+        with engine.connect() as connection:
+            parts, phases, docs, run_ids = _read_parts(connection, stmt, where, cats, cxs, feats)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    cat_codes = np.concatenate(parts["cat"]) if parts["cat"] else np.empty(0, dtype=np.int32)
 
     def cat_(name: str, dtype: Any) -> np.ndarray:
         return np.concatenate(parts[name]) if parts[name] else np.empty(0, dtype=dtype)
@@ -163,7 +154,9 @@ def read_events(url: str | None = None, include_run_ids: Sequence[str] | None = 
         keys, counts = np.unique(cat_codes.astype(np.int64) * (len(cxs) + 1) + cx_codes, return_counts=True)
         cat_list, cx_list = list(cats), list(cxs)
         for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
-            pair_counts[(cat_list[key // (len(cxs) + 1)], cx_list[key % (len(cxs) + 1)])] = count
+            pair = (cat_list[key // (len(cxs) + 1)], cx_list[key % (len(cxs) + 1)])
+            if pair != (None, None):  # (None, None): rows with features, not fetched
+                pair_counts[pair] = count
     summary = Summary(
         run_ids=run_ids,
         successful_phases=len(phases),
@@ -192,9 +185,43 @@ def read_events(url: str | None = None, include_run_ids: Sequence[str] | None = 
     )
 
 
-def _docs_rows(connection: sa.Connection, where: list[Any], docs_categories: list[str | None]) -> list[dict[str, Any]]:
+def _read_parts(
+    connection: sa.Connection,
+    stmt: sa.Select[Any],
+    where: list[Any],
+    cats: dict[str | None, int],
+    cxs: dict[str | None, int],
+    feats: dict[str, int],
+) -> tuple[dict[str, list[np.ndarray]], set[str], list[dict[str, Any]], list[str]]:
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "id", "epoch", "cat", "cx", "dc", "feat", "pred", "act", "sel", "amt", "flags")}
+    phases: set[str] = set()
+    columns = [operator.itemgetter(i) for i in range(12)]
+    for part in _raw_rows(connection, stmt):
+        ids, ts, cat, cx, dc, feat, pred, act, sel, amt, flags, phase = (list(map(g, part)) for g in columns)
+        parts["id"].append(np.array(ids, dtype=np.int64))
+        parts["epoch"].append(_parse_epochs(ts))
+        parts["cat"].append(np.array([cats.setdefault(v, len(cats)) for v in cat], dtype=np.int32))
+        parts["cx"].append(np.array([cxs.setdefault(v, len(cxs)) for v in cx], dtype=np.int32))
+        parts["dc"].append(np.array(dc, dtype=np.int64))
+        parts["feat"].append(np.array([feats.setdefault(v, len(feats)) if v else -1 for v in feat], dtype=np.int32))
+        parts["pred"].append(np.array(pred, dtype=float))
+        parts["act"].append(np.array(act, dtype=float))
+        parts["sel"].append(np.array(sel, dtype=float))
+        parts["amt"].append(np.array(amt, dtype=float))
+        parts["flags"].append(np.array(flags, dtype=np.int8))
+        phases.update(phase)
+    phases.discard(None)  # type: ignore[arg-type]
     c = TokenEstimationV2Event.__table__.c
-    docs_filter = sa.or_(c.category.in_([d for d in docs_categories if d is not None]),
+    run_ids = sorted(connection.execute(sa.select(c.run_id).where(*where).distinct()).scalars().all())
+    docs_spellings = sorted(DOCS_LIKE | {v for v in cats if v is not None and canonical_category(v) in DOCS_LIKE})
+    docs = _docs_rows(connection, where, docs_spellings)
+    return parts, phases, docs, run_ids
+
+
+def _docs_rows(connection: sa.Connection, where: list[Any], docs_categories: list[str]) -> list[dict[str, Any]]:
+    c = TokenEstimationV2Event.__table__.c
+    docs_filter = sa.or_(c.category.in_(docs_categories),
                          c.phase_id.ilike("%doc%"), c.phase_id.ilike("%readme%"))
     return [
         docs_row(r.run_id, r.phase_id, r.category, r.complexity, r.actual_output_tokens, r.predicted_output_tokens,

@@ -233,7 +233,9 @@ def _effective_counts(
 def _rules(est: te.Estimate, features: te.PhaseFeatures, coefficients: te.Coefficients) -> tuple[float, float, float]:
     """(floor, buffer, largest override) that ``decide_ceiling`` applies when a group has no factor."""
     no_factor = dataclasses.replace(coefficients, budget_factors={})
-    decision = te.decide_ceiling(est, features, no_factor)
+    # with a zero prediction the ceiling before overrides is the floor, so every override that could
+    # ever raise this call's ceiling (under any coefficients: floors are not calibrated) shows up
+    decision = te.decide_ceiling(dataclasses.replace(est, predicted_output_tokens=0), features, no_factor)
     overrides = [c.value for c in decision.contributions if c.name == "override"]
     floor = te.base_budget(est.category, est.complexity, coefficients)
     buffer, _ = te.buffer_for(est, coefficients)

@@ -64,18 +64,40 @@ class KaplanMeier:
     cdf: np.ndarray  # F(t) = 1 − S(t) at each distinct value
 
 
-def kaplan_meier(values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None = None) -> KaplanMeier:
+def sort_censored(
+    values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(values, observed) sorted ascending, an observed value before a censored one at a tie."""
+    v = np.asarray(values, dtype=float)
+    o = np.ones(v.shape, dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
+    return v[(order := censored_order(v, o))], o[order]
+
+
+def censored_order(values: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """argsort by value, observed before censored at a tie (one float sort: a censored value is keyed
+    by the next representable float above it, which sorts after its tie and before any larger value)."""
+    key = np.where(observed, values, np.nextafter(values, np.inf))
+    return np.argsort(key, kind="quicksort")
+
+
+def kaplan_meier(
+    values: Sequence[float] | np.ndarray,
+    observed: Sequence[bool] | np.ndarray | None = None,
+    *,
+    presorted: bool = False,
+) -> KaplanMeier:
     """Kaplan–Meier estimate of the distribution of right-censored ``values``.
 
     At a tie an observed value counts before a censored one (the usual convention). Without censoring
-    F is the empirical CDF.
+    F is the empirical CDF. ``presorted``: the input is already in ``sort_censored`` order (O(n) then).
     """
-    v = np.asarray(values, dtype=float)
-    o = np.ones(v.shape, dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
+    if presorted:
+        v = np.asarray(values, dtype=float)
+        o = np.ones(v.shape, dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
+    else:
+        v, o = sort_censored(values, observed)
     if v.size == 0:
         return KaplanMeier(np.empty(0), np.empty(0))
-    order = np.lexsort((~o, v))
-    v, o = v[order], o[order]
     at_risk = v.size - np.arange(v.size, dtype=float)
     survival = np.cumprod(np.where(o, 1.0 - 1.0 / at_risk, 1.0))
     block_end = np.r_[v[1:] != v[:-1], True]
@@ -88,13 +110,17 @@ def km_quantile(
     p: float,
     *,
     midpoint: bool = False,
+    presorted: bool = False,
 ) -> float:
     """The smallest t with F(t) ≥ p (``inf`` if censoring never lets F reach p).
 
     ``midpoint``: where F equals p exactly on an interval, return the middle of it (so the p = 0.5
     quantile of uncensored data is the ordinary median).
     """
-    km = kaplan_meier(values, observed)
+    v = np.asarray(values, dtype=float)
+    if v.size and (observed is None or bool(np.all(observed))):
+        return _plain_quantile(v, p, midpoint=midpoint, presorted=presorted)
+    km = kaplan_meier(v, observed, presorted=presorted)
     hit = np.flatnonzero(km.cdf >= p - _EPS)
     if hit.size == 0:
         return math.inf
@@ -107,12 +133,32 @@ def km_quantile(
     return t
 
 
-def km_median(values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None = None) -> float:
-    return km_quantile(values, observed, 0.5, midpoint=True)
+def _plain_quantile(v: np.ndarray, p: float, *, midpoint: bool, presorted: bool) -> float:
+    """KM with nothing censored, in O(n): the ⌈np⌉-th order statistic (midpoint rule as above)."""
+    n = v.size
+    k = max(1, math.ceil(n * p - _EPS))  # F(x_(k)) = k/n ≥ p
+    want_mid = midpoint and abs(k / n - p) <= _EPS and k < n
+    if presorted:
+        t = float(v[k - 1])
+        return (t + float(v[k])) / 2.0 if want_mid else t
+    if want_mid:
+        part = np.partition(v, [k - 1, k])
+        return (float(part[k - 1]) + float(part[k])) / 2.0
+    return float(np.partition(v, k - 1)[k - 1])
+
+
+def km_median(
+    values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None = None, *, presorted: bool = False
+) -> float:
+    return km_quantile(values, observed, 0.5, midpoint=True, presorted=presorted)
 
 
 def conformal_quantile(
-    values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None, alpha: float
+    values: Sequence[float] | np.ndarray,
+    observed: Sequence[bool] | np.ndarray | None,
+    alpha: float,
+    *,
+    presorted: bool = False,
 ) -> tuple[float, int | None]:
     """Split-conformal upper quantile at miscoverage α: the k-th order statistic, k = ⌈(n+1)(1−α)⌉.
 
@@ -124,7 +170,7 @@ def conformal_quantile(
     k = conformal_rank(v.size, alpha)
     if k is None:
         return math.inf, None
-    return km_quantile(v, observed, k / v.size), k
+    return km_quantile(v, observed, k / v.size, presorted=presorted), k
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,6 +231,8 @@ def order_statistic_interval(
     observed: Sequence[bool] | np.ndarray | None,
     j: int,
     k: int | None,
+    *,
+    presorted: bool = False,
 ) -> tuple[float, float]:
     """[x_(j), x_(k)] made conservative for censoring.
 
@@ -193,20 +241,27 @@ def order_statistic_interval(
     """
     v = np.asarray(values, dtype=float)
     o = np.ones(v.shape, dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
-    low = float(np.sort(v)[j - 1])
+    if not presorted:
+        v, o = sort_censored(v, o)
+    low = float(v[j - 1])
     if k is None:
         return low, math.inf
-    high = float(np.sort(np.where(o, v, math.inf))[k - 1])
+    observed_sorted = v[o]
+    high = float(observed_sorted[k - 1]) if k <= observed_sorted.size else math.inf
     return low, high
 
 
 def median_ci(
-    values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None = None, level: float = 0.95
+    values: Sequence[float] | np.ndarray,
+    observed: Sequence[bool] | np.ndarray | None = None,
+    level: float = 0.95,
+    *,
+    presorted: bool = False,
 ) -> tuple[float, float, float]:
     """Distribution-free CI for the median: (low, high, exact coverage). ``high`` may be inf (censoring)."""
     n = int(np.asarray(values).size)
     j, k, coverage = median_ci_ranks(n, level)
-    low, high = order_statistic_interval(values, observed, j, k)
+    low, high = order_statistic_interval(values, observed, j, k, presorted=presorted)
     return low, high, coverage
 
 
@@ -416,7 +471,7 @@ class UpperQuantile:
 
 def upper_quantile(
     values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None, alpha: float,
-    interval_level: float = 0.90,
+    interval_level: float = 0.90, *, presorted: bool = False,
 ) -> UpperQuantile:
     """Split-conformal quantile (KM with censoring); if censoring hides it, the Tobit extrapolation.
 
@@ -426,12 +481,14 @@ def upper_quantile(
     v = np.asarray(values, dtype=float)
     o = np.ones(v.shape, dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
     n = int(v.size)
-    q, k = conformal_quantile(v, o, alpha)
+    if not presorted:
+        v, o = sort_censored(v, o)
+    q, k = conformal_quantile(v, o, alpha, presorted=True)
     if k is None:
         return UpperQuantile(math.inf, None, "none", 0.0, (math.nan, math.inf))
     if math.isfinite(q):
         j, k_hi, _ = quantile_ci_ranks(n, 1.0 - alpha, interval_level)
-        low, high = order_statistic_interval(v, o, j, k_hi)
+        low, high = order_statistic_interval(v, o, j, k_hi, presorted=True)
         return UpperQuantile(q, k, "conformal", coverage_confidence(n, k, alpha), (low, high))
     fit = censored_normal_fit(v, o)
     if fit is None:

@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "runs",
     "drain",
     "drain_batch",
+    "pipeline",
 )
 
 for _name in COMMAND_MODULES:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import wait as wait_for_connections
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
@@ -45,6 +45,7 @@ from autopack.execution.sessions import (
     FINAL_LEASE_LOST,
     FINAL_WORKER_LOST,
     STATUS_COMPLETED,
+    STATUS_FAILED,
     STATUS_INTERRUPTED,
     STATUS_RUNNING,
     DrainOutcome,
@@ -67,6 +68,9 @@ from autopack.execution.triage import (
     skip_run_prefix,
     zero_yield_reason,
 )
+
+if TYPE_CHECKING:
+    from autopack.execution.phase_runner import PhaseResult
 
 DEFAULT_STATES: tuple[str, ...] = (PhaseState.QUEUED, PhaseState.FAILED)
 #: States a drain may take phases from (EXECUTING phases are taken only when their lease expired).
@@ -257,9 +261,14 @@ class BatchDrain:
             self.store.save(state)
             self.reporter.finished(state)
             return state
+        except DrainInterrupted:
+            raise
         except KeyboardInterrupt:  # no handler installed (not the main thread): same clean stop
             self._interrupt_signal = self._interrupt_signal or signal.SIGINT
             self._interrupt(state)
+            raise
+        except Exception as exc:
+            self._abort(state, exc)
             raise
         finally:
             self._shutdown_slots()
@@ -411,27 +420,7 @@ class BatchDrain:
         return query
 
     def _candidates(self) -> list[Candidate]:
-        """Phases in the drained states, plus EXECUTING phases whose lease expired (a dead drain's)."""
-        now = utcnow()
-        query = self._scope(
-            sa.select(Phase.run_id, Phase.phase_id, Phase.phase_index, Phase.state, Phase.last_failure_reason).where(
-                sa.or_(
-                    Phase.state.in_(list(self.options.states)),
-                    sa.and_(
-                        Phase.state == PhaseState.EXECUTING,
-                        Phase.lease_expires_at.is_not(None),
-                        Phase.lease_expires_at < now,
-                    ),
-                )
-            )
-        )
-        with session_scope(self.url) as db:
-            rows = db.execute(query).all()
-        return [
-            Candidate(run_id, phase_id, int(index or 0), str(state), reason)
-            for run_id, phase_id, index, state, reason in rows
-            if not skip_run_prefix(run_id, self.options.skip_run_prefixes)
-        ]
+        return eligible_candidates(self.url, self.options)
 
     def _foreign_lease_wait(self) -> float | None:
         """Seconds until the next lease another drain holds in scope may expire; None if there is none."""
@@ -568,30 +557,10 @@ class BatchDrain:
         llm_calls: int = 0,
         reached_llm_boundary: bool = False,
     ) -> DrainOutcome:
-        timed_out = returncode in (RC_TIMEOUT, 143)
-        return DrainOutcome(
-            run_id=running.candidate.run_id,
-            phase_id=running.candidate.phase_id,
-            phase_index=running.candidate.phase_index,
-            attempt_index=running.claim.attempt_index,
-            worker=running.claim.owner,
-            initial_state=running.claim.initial_state,
-            final_state=final_state,
-            success=success,
-            error_message=error_message,
-            returncode=returncode,
-            failure_stage=failure_stage,
-            telemetry_events=telemetry_events,
-            llm_calls=llm_calls,
-            reached_llm_boundary=reached_llm_boundary,
-            zero_yield_reason=zero_yield_reason(
-                telemetry_events=telemetry_events,
-                success=success,
-                timed_out=timed_out,
-                reached_llm_boundary=reached_llm_boundary,
-                failure_stage=failure_stage,
-            ),
-            duration_seconds=round(duration, 3),
+        return make_outcome(
+            running.candidate, running.claim, final_state=final_state, success=success, returncode=returncode,
+            error_message=error_message, failure_stage=failure_stage, telemetry_events=telemetry_events,
+            duration=duration, llm_calls=llm_calls, reached_llm_boundary=reached_llm_boundary,
         )
 
     def _events_of_attempt(self, claim: leases.Claim, *, only_first: bool = False) -> int:
@@ -758,10 +727,22 @@ class BatchDrain:
         error = DrainInterrupted(
             f"interrupted ({name}): session {state.session_id} saved, running phases released",
             hint="continue with --resume",
+            exit_code=143 if self._interrupt_signal == signal.SIGTERM else 130,
         )
         error.state = state
         error.wall_seconds = self.elapsed_seconds()
         raise error
+
+    def _abort(self, state: SessionState, exc: BaseException) -> None:
+        """An unexpected error: give every held phase back and leave the session resumable (best effort)."""
+        with contextlib.suppress(Exception):
+            for index, running in list(self.running.items()):
+                self.slots[index].kill()
+                self._give_back(running.claim)
+                self.running.pop(index)
+            state.status = STATUS_FAILED
+            state.stop_reason = f"error: {type(exc).__name__}: {exc}"[:2000]
+            self.store.save(state)
 
     def _shutdown_slots(self) -> None:
         for slot in self.slots:
@@ -769,6 +750,87 @@ class BatchDrain:
 
 
 # --- preflight ---------------------------------------------------------------------------------------------
+
+
+def eligible_candidates(url: str | None, options: BatchOptions) -> list[Candidate]:
+    """Phases in the drained states, plus EXECUTING phases whose lease expired (a dead drain's)."""
+    now = utcnow()
+    query = sa.select(Phase.run_id, Phase.phase_id, Phase.phase_index, Phase.state, Phase.last_failure_reason).where(
+        sa.or_(
+            Phase.state.in_(list(options.states)),
+            sa.and_(
+                Phase.state == PhaseState.EXECUTING,
+                Phase.lease_expires_at.is_not(None),
+                Phase.lease_expires_at < now,
+            ),
+        )
+    )
+    if options.run_ids:
+        query = query.where(Phase.run_id.in_(options.run_ids))
+    with session_scope(url) as db:
+        rows = db.execute(query).all()
+    return [
+        Candidate(run_id, phase_id, int(index or 0), str(state), reason)
+        for run_id, phase_id, index, state, reason in rows
+        if not skip_run_prefix(run_id, options.skip_run_prefixes)
+    ]
+
+
+def make_outcome(
+    candidate: Candidate,
+    claim: leases.Claim,
+    *,
+    final_state: str,
+    success: bool,
+    returncode: int,
+    error_message: str | None,
+    failure_stage: str | None,
+    telemetry_events: int,
+    duration: float,
+    llm_calls: int = 0,
+    reached_llm_boundary: bool = False,
+) -> DrainOutcome:
+    """The drain's record of one attempt; the zero-yield reason comes from the structured result."""
+    timed_out = returncode in (RC_TIMEOUT, 143)
+    return DrainOutcome(
+        run_id=candidate.run_id,
+        phase_id=candidate.phase_id,
+        phase_index=candidate.phase_index,
+        attempt_index=claim.attempt_index,
+        worker=claim.owner,
+        initial_state=claim.initial_state,
+        final_state=final_state,
+        success=success,
+        error_message=error_message,
+        returncode=returncode,
+        failure_stage=failure_stage,
+        telemetry_events=telemetry_events,
+        llm_calls=llm_calls,
+        reached_llm_boundary=reached_llm_boundary,
+        zero_yield_reason=zero_yield_reason(
+            telemetry_events=telemetry_events,
+            success=success,
+            timed_out=timed_out,
+            reached_llm_boundary=reached_llm_boundary,
+            failure_stage=failure_stage,
+        ),
+        duration_seconds=round(duration, 3),
+    )
+
+
+def outcome_from_phase_result(
+    candidate: Candidate, claim: leases.Claim, result: PhaseResult, *, duration: float
+) -> DrainOutcome:
+    """An outcome from ``execute_phase``'s structured result (used by in-process orchestrators)."""
+    success = bool(result.success) and result.final_state == PhaseState.COMPLETE
+    return make_outcome(
+        candidate, claim, final_state=result.final_state, success=success,
+        returncode=RC_SUCCESS if success else RC_FAILED,
+        error_message=None if success else (result.error_message or "phase failed (no reason given)"),
+        failure_stage=None if success else result.failure_stage,
+        telemetry_events=result.telemetry_events, llm_calls=result.llm_calls,
+        reached_llm_boundary=result.reached_llm_boundary, duration=duration,
+    )
 
 
 def check_telemetry_enabled(telemetry: bool, enabled: bool) -> None:

@@ -1,0 +1,276 @@
+"""``autopack telemetry import``: CSV, OTLP JSON and V2 log lines; bad rows by line; all or nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from autopack.calibration.importers import import_telemetry
+from autopack.cli import main
+from autopack.db.engine import get_engine
+from autopack.db.models import TokenEstimationV2Event
+from autopack.errors import DbIdentityMismatchError, InputError
+
+DATA = Path("/work/shared/data")
+V5_LOG = DATA / "autopack_v5_drain_tokenestimationv2.log"
+B132_LOG = DATA / "autopack_build132_tokenestimationv2.log"
+EV = TokenEstimationV2Event.__table__
+
+CANONICAL_CSV = """timestamp,run_id,phase_id,category,complexity,deliverable_count,predicted_output_tokens,actual_output_tokens,selected_budget,actual_max_tokens,truncated,success,model
+2025-01-01T10:00:00Z,r1,p1,implementation,low,1,3424,1600,8192,8192,false,true,m1
+2025-01-01T10:01:00Z,r1,p2,testing,MEDIUM,2,6890,5100,8192,8192,false,true,m1
+2025-01-01 10:02:00.1234567,r1,p3,documentation,low,1,2600,4096,4096,4096,true,false,m1
+"""
+
+
+def rows(url: str) -> list[dict[str, object]]:
+    with get_engine(url).connect() as connection:
+        return [dict(r) for r in connection.execute(sa.select(EV).order_by(EV.c.event_id)).mappings()]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- CSV ---------------------------------------------------------------------------------------------
+
+
+def test_canonical_csv_needs_no_mapping(db_url: str, tmp_path: Path) -> None:
+    path = write(tmp_path, "calls.csv", CANONICAL_CSV)
+    report = import_telemetry(path, "csv", url=db_url, allow_empty_db=True)
+    assert report.rows == 3 and report.source == "import:csv:calls.csv"
+    got = rows(db_url)
+    assert [(r["category"], r["complexity"]) for r in got] == [
+        ("implementation", "low"), ("tests", "medium"), ("docs", "low")
+    ]
+    assert all(r["source"] == "import:csv:calls.csv" for r in got)
+    third = got[2]
+    assert third["truncated"] is True and third["is_truncated_output"] is True and third["success"] is False
+    assert third["actual_max_tokens"] == 4096 and third["timestamp"].microsecond == 123456
+    assert got[0]["waste_ratio"] == pytest.approx(3424 / 1600)
+
+
+def test_minimal_csv_gets_defaults_and_collision_free_keys(db_url: str, tmp_path: Path) -> None:
+    text = ("timestamp,category,complexity,predicted_output_tokens,actual_output_tokens,actual_max_tokens,truncated\n"
+            "2025-01-01 10:00:00,docs,low,100,90,1000,false\n"
+            "2025-01-01 10:00:01,docs,low,100,1000,1000,true\n")
+    import_telemetry(write(tmp_path, "azure_conv.csv", text), "csv", url=db_url, allow_empty_db=True)
+    got = rows(db_url)
+    assert [(r["run_id"], r["phase_id"], r["attempt_index"], r["call_index"]) for r in got] == [
+        ("import-azure_conv", "1", 0, 0), ("import-azure_conv", "2", 0, 0)
+    ]
+    assert [r["success"] for r in got] == [True, True]
+    assert got[1]["selected_budget"] == 1000 and got[0]["features_json"] is None
+
+
+def test_mapped_csv_derives_truncation_from_the_finish_reason(db_url: str, tmp_path: Path) -> None:
+    text = ("when,kind,size,guess,got,cap,why\n"
+            "1700000000,backend,high,500,480,512,stop\n"
+            "1700000060,backend,high,500,512,512,length\n")
+    path = write(tmp_path, "mine.csv", text)
+    mapping = {"timestamp": "when", "category": "kind", "complexity": "size", "predicted_output_tokens": "guess",
+               "actual_output_tokens": "got", "actual_max_tokens": "cap", "finish_reason": "why"}
+    import_telemetry(path, "csv", url=db_url, mapping=mapping, allow_empty_db=True)
+    got = rows(db_url)
+    assert [r["truncated"] for r in got] == [False, True]
+    assert got[0]["timestamp"].year == 2023 and got[1]["finish_reason"] == "length"
+
+
+def test_bad_rows_are_reported_by_line_and_nothing_is_imported(db_url: str, tmp_path: Path) -> None:
+    text = CANONICAL_CSV + (
+        "2025-01-01T10:03:00Z,r1,p4,implementation,low,1,abc,1600,8192,8192,false,true,m1\n"
+        "not-a-time,r1,p5,implementation,low,1,3424,1600,8192,8192,false,true,m1\n"
+        "2025-01-01T10:05:00Z,r1,p6,implementation,low,1,3424,,8192,8192,maybe,true,m1\n"
+    )
+    with pytest.raises(InputError) as info:
+        import_telemetry(write(tmp_path, "bad.csv", text), "csv", url=db_url, allow_empty_db=True)
+    message = info.value.message
+    assert "3 bad row(s)" in message and "nothing imported" in message
+    assert "line 5: predicted_output_tokens 'abc'" in message
+    assert "line 6: timestamp 'not-a-time'" in message
+    assert "line 7: truncated 'maybe'" in message and "line 7: missing actual_output_tokens" in message
+    assert rows(db_url) == []
+
+
+def test_missing_required_column_is_refused(db_url: str, tmp_path: Path) -> None:
+    text = "timestamp,category,complexity,predicted_output_tokens,actual_output_tokens\n2025-01-01,docs,low,1,2\n"
+    with pytest.raises(InputError, match=r"line 2: missing actual_max_tokens"):
+        import_telemetry(write(tmp_path, "short.csv", text), "csv", url=db_url, allow_empty_db=True)
+
+
+def test_unknown_mapped_column_is_refused(db_url: str, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no column 'nope'"):
+        import_telemetry(write(tmp_path, "calls.csv", CANONICAL_CSV), "csv", url=db_url,
+                         mapping={"category": "nope"}, allow_empty_db=True)
+
+
+def test_importing_the_same_file_twice_is_refused_whole(db_url: str, tmp_path: Path) -> None:
+    path = write(tmp_path, "calls.csv", CANONICAL_CSV)
+    import_telemetry(path, "csv", url=db_url, allow_empty_db=True)
+    with pytest.raises(InputError, match="collide with calls already in the database"):
+        import_telemetry(path, "csv", url=db_url)
+    assert len(rows(db_url)) == 3
+
+
+def test_run_id_option_names_rows_that_have_none(db_url: str, tmp_path: Path) -> None:
+    text = ("timestamp,category,complexity,predicted_output_tokens,actual_output_tokens,actual_max_tokens,truncated\n"
+            "2025-01-01,docs,low,1,2,3,false\n")
+    path = write(tmp_path, "c.csv", text)
+    import_telemetry(path, "csv", url=db_url, allow_empty_db=True)
+    import_telemetry(path, "csv", url=db_url, run_id="second-copy")
+    assert sorted(r["run_id"] for r in rows(db_url)) == ["import-c", "second-copy"]
+
+
+def test_duplicate_keys_inside_a_file_are_bad_rows(db_url: str, tmp_path: Path) -> None:
+    text = ("timestamp,run_id,phase_id,attempt_index,call_index,category,complexity,predicted_output_tokens,"
+            "actual_output_tokens,actual_max_tokens,truncated\n"
+            "2025-01-01,r,p,0,0,docs,low,1,2,3,false\n2025-01-01,r,p,0,0,docs,low,1,2,3,false\n")
+    with pytest.raises(InputError, match=r"line 3: same call key"):
+        import_telemetry(write(tmp_path, "dup.csv", text), "csv", url=db_url, allow_empty_db=True)
+    assert rows(db_url) == []
+
+
+def test_repeated_phase_without_call_index_gets_distinct_call_indices(db_url: str, tmp_path: Path) -> None:
+    text = ("timestamp,run_id,phase_id,category,complexity,predicted_output_tokens,actual_output_tokens,"
+            "actual_max_tokens,truncated\n"
+            "2025-01-01,r,p,docs,low,1,2,3,false\n2025-01-02,r,p,docs,low,1,2,3,false\n")
+    import_telemetry(write(tmp_path, "calls.csv", text), "csv", url=db_url, allow_empty_db=True)
+    assert [r["call_index"] for r in rows(db_url)] == [0, 1]
+
+
+# --- OpenTelemetry GenAI spans ----------------------------------------------------------------------
+
+
+def _attr(key: str, value: object) -> dict[str, object]:
+    if isinstance(value, bool):
+        return {"key": key, "value": {"boolValue": value}}
+    if isinstance(value, int):
+        return {"key": key, "value": {"intValue": str(value)}}
+    if isinstance(value, list):
+        return {"key": key, "value": {"arrayValue": {"values": [{"stringValue": v} for v in value]}}}
+    return {"key": key, "value": {"stringValue": value}}
+
+
+def _span(attrs: dict[str, object], start: int = 1_700_000_000_000_000_000) -> dict[str, object]:
+    return {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "chat", "startTimeUnixNano": str(start),
+            "endTimeUnixNano": str(start + 10**9), "attributes": [_attr(k, v) for k, v in attrs.items()]}
+
+
+def _otlp(spans: list[dict[str, object]]) -> dict[str, object]:
+    return {"resourceSpans": [{"resource": {"attributes": [_attr("service.name", "agent")]},
+                               "scopeSpans": [{"scope": {"name": "genai"}, "spans": spans}]}]}
+
+
+COMMON = {"autopack.category": "implementation", "autopack.complexity": "medium",
+          "autopack.predicted_output_tokens": 4000}
+
+
+def test_otel_spans_with_current_and_deprecated_attribute_names(db_url: str, tmp_path: Path) -> None:
+    spans = [
+        _span({**COMMON, "gen_ai.usage.output_tokens": 1200, "gen_ai.request.max_tokens": 8192,
+               "gen_ai.response.finish_reasons": ["stop"], "gen_ai.request.model": "claude-x",
+               "gen_ai.provider.name": "anthropic", "gen_ai.usage.input_tokens": 900}),
+        _span({**COMMON, "gen_ai.usage.completion_tokens": 8192, "gen_ai.request.max_tokens": 8192,
+               "gen_ai.response.finish_reasons": ["length"], "gen_ai.request.model": "gpt-x",
+               "gen_ai.system": "openai"}, start=1_700_000_060_000_000_000),
+        {"name": "http", "startTimeUnixNano": "1", "attributes": [_attr("http.method", "GET")]},  # not GenAI
+    ]
+    path = write(tmp_path, "traces.json", json.dumps(_otlp(spans)))
+    report = import_telemetry(path, "otel-json", url=db_url, allow_empty_db=True)
+    assert report.rows == 2
+    first, second = rows(db_url)
+    assert (first["actual_output_tokens"], first["provider"], first["model"], first["input_tokens"]) == (
+        1200, "anthropic", "claude-x", 900)
+    assert first["truncated"] is False and first["actual_max_tokens"] == 8192
+    assert (second["actual_output_tokens"], second["provider"], second["truncated"]) == (8192, "openai", True)
+    assert first["source"] == "import:otel-json:traces.json" and first["predicted_output_tokens"] == 4000
+
+
+def test_otel_json_lines_bad_span_reported_with_line_and_span(db_url: str, tmp_path: Path) -> None:
+    good = _otlp([_span({**COMMON, "gen_ai.usage.output_tokens": 10, "gen_ai.request.max_tokens": 100})])
+    bad = _otlp([_span({**COMMON, "gen_ai.request.max_tokens": 100}),  # no output tokens
+                 _span({**COMMON, "gen_ai.usage.output_tokens": 10})])
+    path = write(tmp_path, "traces.jsonl", json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(InputError) as info:
+        import_telemetry(path, "otel-json", url=db_url, allow_empty_db=True)
+    assert "line 2, span resourceSpans[0].scopeSpans[0].spans[0]: missing actual_output_tokens" in info.value.message
+    assert rows(db_url) == []
+
+
+def test_otel_constants_fill_fields_the_spans_lack(db_url: str, tmp_path: Path) -> None:
+    spans = [_span({"gen_ai.usage.output_tokens": 300, "gen_ai.request.max_tokens": 1024,
+                    "gen_ai.response.finish_reasons": ["stop"]})]
+    path = write(tmp_path, "t.json", json.dumps(_otlp(spans)))
+    import_telemetry(path, "otel-json", url=db_url, allow_empty_db=True,
+                     defaults={"category": "chat", "complexity": "low", "predicted_output_tokens": "250"})
+    (row,) = rows(db_url)
+    assert (row["category"], row["complexity"], row["predicted_output_tokens"]) == ("chat", "low", 250)
+
+
+# --- the original's [TokenEstimationV2] lines ---------------------------------------------------------
+
+
+def test_v2_log_lines_of_the_real_v5_drain(db_url: str) -> None:
+    lines = [line for line in V5_LOG.read_text().splitlines() if "[TokenEstimationV2]" in line]
+    report = import_telemetry(V5_LOG, "v2-log", url=db_url, allow_empty_db=True)
+    got = rows(db_url)
+    assert report.rows == len(got) == len(lines)
+    expected_truncated = [("truncated=True" in line) for line in lines]
+    assert [r["truncated"] for r in got] == expected_truncated
+    first = re.search(r"predicted_output=(\d+) actual_output=(\d+)", lines[0])
+    assert first and (got[0]["predicted_output_tokens"], got[0]["actual_output_tokens"]) == (
+        int(first.group(1)), int(first.group(2)))
+    assert got[0]["timestamp"].isoformat() == "2025-12-29T19:40:02"
+    assert all(r["actual_max_tokens"] is None and r["source"] == f"import:v2-log:{V5_LOG.name}" for r in got)
+
+
+def test_v2_log_headings_and_blank_lines_are_skipped(db_url: str) -> None:
+    expected = sum(1 for line in B132_LOG.read_text().splitlines() if "[TokenEstimationV2]" in line)
+    assert import_telemetry(B132_LOG, "v2-log", url=db_url, allow_empty_db=True).rows == expected
+
+
+def test_malformed_v2_line_is_a_bad_row(db_url: str, tmp_path: Path) -> None:
+    text = V5_LOG.read_text().splitlines()[0] + "\n[2025-12-29 19:41:12] INFO: [TokenEstimationV2] predicted_output=x\n"
+    with pytest.raises(InputError, match=r"line 2: predicted_output_tokens 'x'"):
+        import_telemetry(write(tmp_path, "bad.log", text), "v2-log", url=db_url, allow_empty_db=True)
+    assert rows(db_url) == []
+
+
+# --- guard and CLI --------------------------------------------------------------------------------------
+
+
+def test_import_is_guarded_by_the_expected_database_id(db_url: str, tmp_path: Path) -> None:
+    with pytest.raises(DbIdentityMismatchError):
+        import_telemetry(write(tmp_path, "c.csv", CANONICAL_CSV), "csv", url=db_url, allow_empty_db=True,
+                         expect_db_id="another-db")
+    assert rows(db_url) == []
+
+
+def test_cli_import_and_its_errors(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "calls.csv", CANONICAL_CSV)
+    code, _, err = run_cli(capsys, "telemetry", "import", "--format", "csv", str(path))
+    assert code == 2 and "empty" in err  # a fresh database needs --allow-empty-db
+    code, out, _ = run_cli(capsys, "telemetry", "import", "--format", "csv", str(path), "--allow-empty-db")
+    assert code == 0 and "imported 3 row(s)" in out
+    code, _, err = run_cli(capsys, "telemetry", "import", "--format", "csv", str(path))
+    errors = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "collide" in errors[0]
+    code, _, err = run_cli(capsys, "telemetry", "import", "--format", "xml", str(path))
+    assert code == 2 and "unknown --format" in err
+    code, _, err = run_cli(capsys, "telemetry", "import", "--format", "csv", str(path), "--map", "nonsense")
+    assert code == 2 and "field=value" in err
+    code, out, _ = run_cli(capsys, "telemetry", "import", "--format", "v2-log", str(V5_LOG), "--json")
+    assert code == 0 and json.loads(out)["rows"] == 25
