@@ -7,8 +7,8 @@ Microsoft, CC-BY 4.0): one hour of requests each, ``TIMESTAMP,ContextTokens,Gene
 Each trace is imported with ``autopack telemetry import`` semantics (library ``import_telemetry``, CSV with
 canonical columns) into a fresh SQLite database: group = context-length bucket (<1k, 1–3k, 3–6k, 6–12k,
 ≥12k tokens), predicted = a constant (100 tokens), ceiling = 1000 for conv (its 11 rows at exactly 1000
-tokens are the cap: kept as censored), a nominal 4096 for code (no cap visible). ``run_calibration`` then holds out the newest
-40 % (time-ordered) and its backtest gives:
+tokens are the cap: kept as censored), a nominal 4096 for code (no cap visible). ``run_calibration`` then
+holds out the newest 40 % (time-ordered) and its backtest gives:
 
 - original median: predicted × the group's median ratio (the original job's multiplier);
 - project: the method of this repository (per-group split-conformal quantile at α, KM where censored);

@@ -85,7 +85,8 @@ def test_tier2_cost_and_diagnostics(expected: dict[str, object]) -> None:
     assert diag["smape_n"] == expected["smape_clean_n"] == 38  # the truncated line is left out
     assert diag["smape_mean"] == pytest.approx(expected["smape_clean_mean"])
     assert diag["truncated_n"] == 1
-    assert diag["truncated_actual_min_mean"] == pytest.approx(statistics.fmean(expected["truncated_actual"]))  # type: ignore[arg-type]
+    truncated_actual: list[int] = expected["truncated_actual"]  # type: ignore[assignment]
+    assert diag["truncated_actual_min_mean"] == pytest.approx(statistics.fmean(truncated_actual))
     assert diag["truncated_underestimated_pct"] == 100.0
 
 

@@ -89,7 +89,9 @@ def original_medians(samples: SampleSet, rows: np.ndarray, min_samples: int) -> 
     return out
 
 
-def fit_all(samples: SampleSet, rows: np.ndarray, params: Params, current: te.Coefficients, free_weights: bool) -> Fitted:
+def fit_all(
+    samples: SampleSet, rows: np.ndarray, params: Params, current: te.Coefficients, free_weights: bool
+) -> Fitted:
     fit = fit_coefficients(
         samples, rows, current, free_weights=free_weights, confidence_threshold=params.confidence_threshold
     )
@@ -490,7 +492,8 @@ def _assemble(samples: SampleSet, params: Params, current: te.Coefficients, vari
         "frozen_weights": [list(k) for k in full.fit.frozen_weights],
         "pooling": {
             "sigma": _num(full.model.sigma), "tau2_category": _num(full.model.tau2_category, 6),
-            "tau2_group": _num(full.model.tau2_group, 6), "global_location_ratio": _num(math.exp(full.model.global_location)),
+            "tau2_group": _num(full.model.tau2_group, 6),
+            "global_location_ratio": _num(math.exp(full.model.global_location)),
         },
         "coverage_actual_max_tokens": round(samples.summary.coverage_actual_max_tokens, 4),
         "spellings_normalised": samples.summary.spellings,

@@ -227,7 +227,8 @@ def _changes_section(result: Mapping[str, Any]) -> list[str]:
             bt = c.get("backtest") or {}
             lines.append(
                 f"| `{c['coefficient']}` | `{tuple(c['key'])}` | {_f(c['old'], 3)} | {_f(c['new'], 3)} | {c['n']} | "
-                f"{_f(c['confidence'])} | {_f(c['interval'], 3)} | {_pct(bt.get('truncation_rate'))} | "
+                f"{_f(c['confidence'])} | {_f(c['interval'], 3 if c['coefficient'] == 'BUDGET_FACTORS' else 0)} | "
+                f"{_pct(bt.get('truncation_rate'))} | "
                 f"{_f(bt.get('reserved_over_used'))} |"
             )
         lines.append("")
@@ -274,12 +275,13 @@ def _backtest_section(result: Mapping[str, Any]) -> list[str]:
         else:
             cells = [_f(bt[m].get(key), digits) for m in methods]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    per_group = [m for m in methods if m != "shipped"]
     lines += ["", "### Per-group held-out coverage", "",
-              "| Category | Complexity | n | " + " | ".join(f"{m} trunc. / reserved÷used" for m in methods) + " |",
-              "|---|---|---:|" + "---|" * len(methods)]
+              "| Category | Complexity | n | " + " | ".join(f"{m}: truncated / reserved÷used" for m in per_group) + " |",
+              "|---|---|---:|" + "---|" * len(per_group)]
     for g in bt["groups"]:
         cells = [
-            f"{g[m]['truncations']}/{g['n']} / {_f(g[m]['reserved_over_used'])}" if m in g else "–" for m in methods
+            f"{g[m]['truncations']}/{g['n']} / {_f(g[m]['reserved_over_used'])}" if m in g else "–" for m in per_group
         ]
         lines.append(f"| {g['category']} | {g['complexity']} | {g['n']} | " + " | ".join(cells) + " |")
     return lines + [""]

@@ -86,9 +86,10 @@ def _raw_rows(connection: sa.Connection, stmt: sa.Select[Any]) -> Iterator[list[
     else:
         params = compiled.params
     raw = connection.connection.driver_connection
-    cursor = raw.cursor(name="autopack_calibration") if dialect.name == "postgresql" else raw.cursor()  # type: ignore[union-attr]
+    server_side = dialect.name == "postgresql"
+    cursor = raw.cursor(name="autopack_calibration") if server_side else raw.cursor()  # type: ignore[union-attr]
     try:
-        if dialect.name == "postgresql":
+        if server_side:
             cursor.itersize = READ_PARTITION
         cursor.execute(sql, params)
         while True:
