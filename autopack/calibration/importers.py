@@ -509,7 +509,11 @@ def import_telemetry(
     """Parse, check, then insert every row in one transaction (or nothing). Guarded like every write."""
     file = Path(path)
     resolved = resolve_url(url)
-    report = identity or guard(resolved, expect_db_id=expect_db_id, allow_empty=allow_empty_db)
+    if identity is None:
+        from autopack.config import get_settings
+
+        identity = guard(resolved, expect_db_id=expect_db_id or get_settings().expected_db_id, allow_empty=allow_empty_db)
+    report = identity
     events, skipped = build_events(file, fmt, mapping=mapping, defaults=defaults, run_id=run_id)
     if not events:
         raise InputError(f"{file.name}: no telemetry rows found", hint=f"is this really {fmt}?")

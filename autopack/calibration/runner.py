@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import operator
 import os
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -300,10 +301,22 @@ def run_calibration(
                     tuple(include_run_ids or ()))
     _validate(params)
     resolved = resolve_url(url)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now_ = time.perf_counter()
+        timings[name] = round(now_ - clock, 3)
+        clock = now_
+
     identity = guard(resolved, expect_db_id=expect_db_id or get_settings().expected_db_id, allow_empty=allow_empty_db)
+    lap("guard")
     now = datetime.now(UTC).replace(microsecond=0)
     columns = read_events(resolved, params.include_run_ids)
+    lap("read")
     samples = build_sample_set(columns)
+    lap("samples")
     param_record = {
         "min_samples": min_samples, "confidence_threshold": confidence_threshold,
         "target_truncation": target_truncation, "holdout_fraction": holdout_fraction,
@@ -321,6 +334,7 @@ def run_calibration(
         )
 
     calibration: Calibration = calibrate(samples, params)
+    lap("calibrate")
     result = calibration.result
     md = result["metadata"]
     md["db_id"] = identity.db_id
@@ -341,6 +355,8 @@ def run_calibration(
         tmp_png = plot_path.with_name(f".{plot_path.name}.tmp.png")
         write_plot(tmp_png, p.groups, p.ratios, p.observed, p.factors, p.proposed, params.alpha)
         os.replace(tmp_png, plot_path)
+        lap("plot")
+        md["timings_seconds"] = dict(timings)
         result["report_path"], result["json_path"], result["plot_path"] = str(report_path), str(json_path), str(plot_path)
         _atomic_write_text(report_path, render_markdown(result, plot_path.name))
         tmp_json = json_path.with_name(f".{json_path.name}.tmp")

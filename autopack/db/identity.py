@@ -117,19 +117,28 @@ def _counts(connection: sa.Connection) -> tuple[dict[str, Any], dict[str, Any]]:
         "token_budget_escalation_events": count(TokenBudgetEscalationEvent),
     }
     ev = TokenEstimationV2Event
-    rows = connection.execute(sa.select(ev.category, ev.complexity, ev.success, ev.truncated)).all()
-    total = len(rows)
+    total, successes, truncated = connection.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.count().filter(ev.success.is_(True)),
+            sa.func.count().filter(ev.truncated.is_(True)),
+        )
+    ).one()
     by_category: dict[str, int] = {}
     by_complexity: dict[str, int] = {}
-    for category, complexity, success, _truncated in rows:
-        if success:
-            by_category[canonical_category(category)] = by_category.get(canonical_category(category), 0) + 1
-            key = canonical_complexity(complexity)
-            by_complexity[key] = by_complexity.get(key, 0) + 1
+    # Group on the stored spellings in SQL (a handful of rows), then merge spellings in Python.
+    grouped = connection.execute(
+        sa.select(ev.category, ev.complexity, sa.func.count()).where(ev.success.is_(True))
+        .group_by(ev.category, ev.complexity)
+    ).all()
+    for category, complexity, n in grouped:
+        by_category[canonical_category(category)] = by_category.get(canonical_category(category), 0) + n
+        key = canonical_complexity(complexity)
+        by_complexity[key] = by_complexity.get(key, 0) + n
     estimation = {
         "total": total,
-        "success_pct": round(100.0 * sum(1 for r in rows if r[2]) / total, 1) if total else 0.0,
-        "truncated_pct": round(100.0 * sum(1 for r in rows if r[3]) / total, 1) if total else 0.0,
+        "success_pct": round(100.0 * successes / total, 1) if total else 0.0,
+        "truncated_pct": round(100.0 * truncated / total, 1) if total else 0.0,
         "success_by_category": dict(sorted(by_category.items())),
         "success_by_complexity": dict(sorted(by_complexity.items())),
     }
