@@ -493,25 +493,14 @@ class BatchDrain:
         duration = self.clock() - running.started
         kind = message.get("kind")
         if kind == "result":
-            result = message["result"]
-            success = bool(result["success"]) and result["final_state"] == PhaseState.COMPLETE
-            return self._outcome(
-                slot,
-                running,
-                final_state=str(result["final_state"]),
-                success=success,
-                returncode=RC_SUCCESS if success else RC_FAILED,
-                error_message=None if success else (result["error_message"] or "phase failed (no reason given)"),
-                failure_stage=None if success else result["failure_stage"],
-                telemetry_events=int(result["telemetry_events"]),
-                llm_calls=int(result["llm_calls"]),
-                reached_llm_boundary=bool(result["reached_llm_boundary"]),
-                duration=duration,
-            )
+            from autopack.execution.phase_runner import PhaseResult
+
+            result = PhaseResult(run_id=running.claim.run_id, phase_id=running.claim.phase_id, **message["result"])
+            return outcome_from_phase_result(running.candidate, running.claim, result, duration=duration)
         if kind == "lease_lost":
-            return self._outcome(
-                slot,
-                running,
+            return make_outcome(
+                running.candidate,
+                running.claim,
                 final_state=FINAL_LEASE_LOST,
                 success=False,
                 returncode=RC_LEASE_LOST,
@@ -530,9 +519,9 @@ class BatchDrain:
                 )
         except leases.LeaseLostError as exc:
             final_state, error = FINAL_LEASE_LOST, f"{error}; {exc.one_line()}"
-        return self._outcome(
-            slot,
-            running,
+        return make_outcome(
+            running.candidate,
+            running.claim,
             final_state=final_state,
             success=False,
             returncode=RC_LEASE_LOST if final_state == FINAL_LEASE_LOST else RC_FAILED,
@@ -540,27 +529,6 @@ class BatchDrain:
             failure_stage=str(message.get("stage") or STAGE_EXECUTION),
             telemetry_events=self._events_of_attempt(running.claim),
             duration=duration,
-        )
-
-    def _outcome(
-        self,
-        slot: Slot,
-        running: _Running,
-        *,
-        final_state: str,
-        success: bool,
-        returncode: int,
-        error_message: str | None,
-        failure_stage: str | None,
-        telemetry_events: int,
-        duration: float,
-        llm_calls: int = 0,
-        reached_llm_boundary: bool = False,
-    ) -> DrainOutcome:
-        return make_outcome(
-            running.candidate, running.claim, final_state=final_state, success=success, returncode=returncode,
-            error_message=error_message, failure_stage=failure_stage, telemetry_events=telemetry_events,
-            duration=duration, llm_calls=llm_calls, reached_llm_boundary=reached_llm_boundary,
         )
 
     def _events_of_attempt(self, claim: leases.Claim, *, only_first: bool = False) -> int:
@@ -581,9 +549,9 @@ class BatchDrain:
         events = self._events_of_attempt(running.claim)
         self._give_back(running.claim)
         how = f"signal {signum}" if signum else "an unexpected exit"
-        outcome = self._outcome(
-            slot,
-            running,
+        outcome = make_outcome(
+            running.candidate,
+            running.claim,
             final_state=FINAL_WORKER_LOST,
             success=False,
             returncode=returncode_for_signal(signum) if signum else RC_FAILED,
@@ -627,9 +595,9 @@ class BatchDrain:
             except leases.LeaseLostError:
                 # The executor finished (or lost the lease) just before it was killed: keep what the DB says.
                 final_state = self._phase_state(running.claim) or FINAL_LEASE_LOST
-            outcome = self._outcome(
-                slot,
-                running,
+            outcome = make_outcome(
+                running.candidate,
+                running.claim,
                 final_state=final_state,
                 success=False,
                 returncode=RC_TIMEOUT,
@@ -668,9 +636,9 @@ class BatchDrain:
                     continue  # it just reported; _collect takes the result next round
                 slot.kill()
                 del self.running[index]
-                outcome = self._outcome(
-                    slot,
-                    running,
+                outcome = make_outcome(
+                    running.candidate,
+                    running.claim,
                     final_state=FINAL_LEASE_LOST,
                     success=False,
                     returncode=RC_LEASE_LOST,
@@ -707,9 +675,9 @@ class BatchDrain:
             self.slots[index].kill()
             released = self._give_back(running.claim)
             self.running.pop(index)
-            outcome = self._outcome(
-                self.slots[index],
-                running,
+            outcome = make_outcome(
+                running.candidate,
+                running.claim,
                 final_state=FINAL_INTERRUPTED,
                 success=False,
                 returncode=RC_INTERRUPTED,
