@@ -6,9 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pathlib import Path
+
+from autopack.config import get_settings
 from autopack.db.engine import session_scope
-from autopack.db.identity import guard
+from autopack.db.identity import guard, read_identity
 from autopack.db.migrate import upgrade_database
+from autopack.errors import AutopackError, DbIdentityMismatchError, InputError
+from autopack.github.proposal import ESTIMATOR_PATH
 from autopack.execution.seed_runs import ensure_seed_runs
 
 
@@ -24,6 +29,15 @@ def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None) -
     Without it nothing is created: the guard refuses an unmigrated, empty or unexpected database.
     """
     messages: list[str] = []
+    expect_db_id = expect_db_id or get_settings().expected_db_id
+    if init and expect_db_id:
+        try:
+            read_identity(url)
+        except AutopackError as exc:  # nothing to compare with: creating it could never give that id
+            raise DbIdentityMismatchError(
+                f"DB_MISMATCH: a database with id {expect_db_id} is expected, but {exc.message}",
+                hint="unset AUTOPACK_EXPECTED_DB_ID to create a new database, or point DATABASE_URL at it",
+            ) from exc
     if init:
         report = upgrade_database(url)
         if report.changed:
@@ -37,6 +51,17 @@ def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None) -
     identity = guard(url, expect_db_id=expect_db_id)
     messages.append(f"database {identity.url} (id {identity.db_id})")
     return Prepared(identity.db_id, messages)
+
+
+def check_target_repo(path: Path) -> Path:
+    """The pull request edits ``autopack/token_estimator.py`` of a git checkout: fail before draining."""
+    resolved = Path(path).resolve()
+    if not (resolved / ESTIMATOR_PATH).is_file():
+        raise InputError(f"{resolved} has no {ESTIMATOR_PATH}",
+                         hint="--target-repo must be a git checkout of the autopack repository")
+    if not (resolved / ".git").exists():
+        raise InputError(f"{resolved} is not a git checkout", hint="clone the autopack repository and point --target-repo at it")
+    return resolved
 
 
 def summarise(result: Mapping[str, Any]) -> list[str]:

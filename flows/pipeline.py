@@ -6,11 +6,13 @@ Completed, with its reasons in an artifact: no pull request is the right outcome
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from autopack.pipeline import check_target_repo
 from flows.calibrate import calibrate
 from flows.drain import batch_drain
 from flows.guard import db_identity_guard
@@ -41,6 +43,7 @@ def telemetry_pipeline(
     expect_db_id: str | None = None,
 ) -> dict[str, Any]:
     logger = get_run_logger()
+    target_repo = str(check_target_repo(Path(target_repo)))
     identity = db_identity_guard(expect_db_id=expect_db_id)
     db_id = identity["db_id"]
     logger.info("pipeline on database %s (%s)", db_id, identity["url"])

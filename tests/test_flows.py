@@ -16,6 +16,7 @@ from flows.drain import LLM_CONCURRENCY_LIMIT, batch_drain
 from flows.guard import db_identity_guard
 from flows.pipeline import telemetry_pipeline
 from flows.validate import ValidationFailed, validate_single_phase
+from test_pipeline_flow import project_checkout
 
 
 def make_run(url: str, run_id: str, *descriptions: str) -> None:
@@ -76,8 +77,9 @@ def test_pipeline_with_a_failed_gate_completes_without_a_pull_request(
 ) -> None:
     with session_scope(db_url) as session:
         ensure_seed_runs(session, ["telemetry-collection-v4"])
+    target = project_checkout(tmp_path / "target")
     state = telemetry_pipeline(run_ids=["telemetry-collection-v4"], output_dir=str(tmp_path / "reports"),
-                               target_repo=str(tmp_path), min_samples=50, return_state=True)
+                               target_repo=str(target), min_samples=50, return_state=True)
     assert state.is_completed()
     result = state.result()
     assert result["pull_request"] is None and not result["calibration"]["gate"]["passed"]

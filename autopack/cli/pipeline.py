@@ -39,9 +39,10 @@ def run(
     expect_db_id: ExpectDbIdOption = None,
 ) -> None:
     """Guard → validate one phase → batch drain → calibrate → gate → pull request."""
-    from autopack.pipeline import prepare_database, summarise
+    from autopack.pipeline import check_target_repo, prepare_database, summarise
 
     settings = get_settings()
+    target_repo = check_target_repo(target_repo)
     prepared = prepare_database(settings.resolved_database_url(), init=init, expect_db_id=expect_db_id)
     for line in prepared.messages:
         typer.echo(line)

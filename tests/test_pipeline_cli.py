@@ -1,0 +1,58 @@
+"""`autopack pipeline run` refuses bad set-ups in one line, before Prefect starts or anything is written."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from autopack.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    _, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), err
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    (repo / "autopack").mkdir(parents=True)
+    (repo / "autopack" / "token_estimator.py").write_text((ROOT / "autopack" / "token_estimator.py").read_text())
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    return repo
+
+
+def test_without_init_a_missing_database_is_refused_and_not_created(
+    capsys: pytest.CaptureFixture[str], checkout: Path, tmp_path: Path
+) -> None:
+    code, err = run_cli(capsys, "pipeline", "run", "--target-repo", str(checkout))
+    assert code == 2 and "autopack db upgrade" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "autopack.db").exists()
+
+
+def test_a_target_that_is_not_an_autopack_checkout_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, err = run_cli(capsys, "pipeline", "run", "--init", "--target-repo", str(tmp_path))
+    assert code == 2 and "token_estimator.py" in err
+    assert not (tmp_path / "autopack.db").exists()
+
+
+def test_init_with_an_expected_id_refuses_to_create_a_new_database(
+    capsys: pytest.CaptureFixture[str], checkout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOPACK_EXPECTED_DB_ID", "0" * 32)
+    code, err = run_cli(capsys, "pipeline", "run", "--init", "--target-repo", str(checkout))
+    assert code == 3 and "DB_MISMATCH" in err
+    assert not (tmp_path / "autopack.db").exists()
+
+
+def test_an_empty_database_is_refused_without_init(
+    capsys: pytest.CaptureFixture[str], checkout: Path, db_url: str
+) -> None:
+    code, err = run_cli(capsys, "pipeline", "run", "--target-repo", str(checkout))
+    assert code == 2 and "empty" in err
