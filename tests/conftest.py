@@ -12,6 +12,9 @@ import sqlalchemy as sa
 from autopack.db.engine import dispose_engines
 from autopack.db.migrate import upgrade_database
 
+# Tests talk to loopback only: Prefect's server must not try to send usage analytics anywhere.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 #: Set by .ci/run; a PostgreSQL server URL whose user may CREATE/DROP DATABASE.
 POSTGRES_ADMIN_URL = os.environ.get("AUTOPACK_TEST_POSTGRES_URL")
 

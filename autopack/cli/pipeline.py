@@ -39,6 +39,10 @@ def run(
     expect_db_id: ExpectDbIdOption = None,
 ) -> None:
     """Guard → validate one phase → batch drain → calibrate → gate → pull request."""
+    import os
+
+    # Prefect's server reports usage analytics over the internet by default; autopack never needs that.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from autopack.pipeline import check_target_repo, prepare_database, summarise
 
     settings = get_settings()

@@ -1,0 +1,38 @@
+"""The seed's Python verification snippet runs as written (SessionLocal resolves the database when called)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from autopack.db.engine import session_scope
+from autopack.execution.drain_one import drain_one
+from autopack.execution.seed_runs import ensure_seed_runs
+
+SEED_SNIPPET = '''
+# Python verification
+from autopack.database import SessionLocal
+from autopack.models import TokenEstimationV2Event
+
+session = SessionLocal()
+docs_low_events = session.query(TokenEstimationV2Event).filter(
+    TokenEstimationV2Event.category.in_(["docs", "documentation", "doc_synthesis", "doc_sot_update"]),
+    TokenEstimationV2Event.complexity == "low"
+).all()
+
+for event in docs_low_events[:5]:  # Show first 5 samples
+    print(f"{event.phase_id}: selected_budget={event.selected_budget}, actual_max_tokens={event.actual_max_tokens}")
+
+session.close()
+'''
+
+
+def test_the_seed_verification_snippet_prints_docs_low_budgets(db_url: str, tmp_path: Path) -> None:
+    with session_scope(db_url) as session:
+        ensure_seed_runs(session, ["telemetry-collection-v4"])
+    drain_one("telemetry-collection-v4", "telemetry-p9-readme", force=True, url=db_url)
+    out = subprocess.run([sys.executable, "-c", SEED_SNIPPET], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "DATABASE_URL": db_url}, check=True)
+    assert "telemetry-p9-readme: selected_budget=4096, actual_max_tokens=" in out.stdout
