@@ -191,11 +191,12 @@ def _drain(options: BatchOptions, db_id: str) -> dict[str, Any]:
             if not in_flight:
                 break
             wait = max(0.0, min(deadlines[k] for k in in_flight) - time.monotonic())
+            failed: tuple[tuple[str, str], str] | None = None
             try:
                 done = next(as_completed(list(in_flight.values()), timeout=wait))
                 key = next(k for k, f in in_flight.items() if f is done)
-                if done.state.is_failed() and outcomes.empty():
-                    _record_failure(state, key, str(done.state.message), options)
+                if done.state.is_failed():
+                    failed = (key, str(done.state.message))
             except TimeoutError:
                 key = min(in_flight, key=lambda k: deadlines[k])
                 timed_out.add(key)
@@ -203,12 +204,16 @@ def _drain(options: BatchOptions, db_id: str) -> dict[str, Any]:
                                 timeout=True)
             del in_flight[key]
             deadlines.pop(key, None)
+            reported: set[tuple[str, str]] = set()
             while not outcomes.empty():
                 outcome = outcomes.get_nowait()
                 if outcome.key in timed_out:
                     continue  # a timed-out attempt finishing late: its lease is gone, its result is not counted
+                reported.add(outcome.key)
                 for note in state.record(outcome, limits):
                     logger.info(note)
+            if failed is not None and failed[0] not in reported:
+                _record_failure(state, failed[0], failed[1], options)  # crashed before reporting an outcome
             store.save(state)
             update_progress_artifact(progress, min(100.0, 100.0 * state.total_processed / options.batch_size))
         state.status = "completed"

@@ -83,3 +83,18 @@ def test_pipeline_with_a_failed_gate_completes_without_a_pull_request(
     assert state.is_completed()
     result = state.result()
     assert result["pull_request"] is None and not result["calibration"]["gate"]["passed"]
+
+
+def test_batch_drain_times_out_a_slow_phase_and_releases_it(
+    db_url: str, prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOPACK_SIM_LATENCY_SECONDS", "3")
+    make_run(db_url, "r", "write a helper")
+    summary = batch_drain(run_ids=["r"], workers=1, phase_timeout_seconds=1, max_timeouts_per_run=1)
+    with get_engine(db_url).connect() as connection:
+        state, owner = connection.execute(
+            sa.text("SELECT state, lease_owner FROM phases WHERE run_id = 'r'")
+        ).one()
+        reasons = connection.execute(sa.text("SELECT zero_yield_reason FROM drain_results")).scalars().all()
+    assert (state, owner) == ("TIMEOUT", None)
+    assert reasons == ["timeout"] and summary["failed"] == 1
