@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -49,8 +50,8 @@ def test_two_databases_get_different_ids(empty_db_url: str, tmp_path: Path) -> N
 # --- legacy databases (written by the original Autopack, reference §9.1) ------------------------------
 
 LEGACY_SCHEMA = """
-CREATE TABLE runs (id VARCHAR PRIMARY KEY, state VARCHAR(32) NOT NULL, safety_profile VARCHAR NOT NULL,
-    token_cap INTEGER, tokens_used INTEGER, created_at DATETIME, goal_anchor TEXT);
+CREATE TABLE runs (id VARCHAR PRIMARY KEY, state VARCHAR(64) NOT NULL, safety_profile VARCHAR NOT NULL,
+    token_cap INTEGER, tokens_used INTEGER, created_at TIMESTAMP, goal_anchor TEXT);
 CREATE TABLE tiers (id INTEGER PRIMARY KEY, tier_id VARCHAR NOT NULL, run_id VARCHAR REFERENCES runs(id), name VARCHAR);
 CREATE TABLE phases (id INTEGER PRIMARY KEY, phase_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL REFERENCES runs(id),
     tier_id INTEGER NOT NULL REFERENCES tiers(id), phase_index INTEGER NOT NULL, name VARCHAR NOT NULL,
@@ -59,13 +60,13 @@ CREATE TABLE phases (id INTEGER PRIMARY KEY, phase_id VARCHAR NOT NULL, run_id V
     CONSTRAINT uq_phases_run_id_phase_id UNIQUE (run_id, phase_id));
 CREATE TABLE llm_usage_events (id INTEGER PRIMARY KEY, provider VARCHAR NOT NULL, model VARCHAR NOT NULL,
     run_id VARCHAR, phase_id VARCHAR, role VARCHAR NOT NULL, prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL, created_at DATETIME NOT NULL, is_doctor_call BOOLEAN);
+    completion_tokens INTEGER NOT NULL, created_at TIMESTAMP NOT NULL, is_doctor_call BOOLEAN);
 CREATE TABLE token_estimation_v2_events (event_id INTEGER PRIMARY KEY, run_id VARCHAR NOT NULL,
-    phase_id VARCHAR NOT NULL, timestamp DATETIME NOT NULL, category VARCHAR NOT NULL, complexity VARCHAR NOT NULL,
+    phase_id VARCHAR NOT NULL, timestamp TIMESTAMP NOT NULL, category VARCHAR NOT NULL, complexity VARCHAR NOT NULL,
     deliverable_count INTEGER NOT NULL, deliverables_json TEXT NOT NULL, predicted_output_tokens INTEGER NOT NULL,
     actual_output_tokens INTEGER NOT NULL, selected_budget INTEGER NOT NULL, success BOOLEAN NOT NULL,
     truncated BOOLEAN NOT NULL, stop_reason VARCHAR, model VARCHAR, smape_percent FLOAT, waste_ratio FLOAT,
-    underestimated BOOLEAN, created_at DATETIME NOT NULL, is_truncated_output BOOLEAN NOT NULL,
+    underestimated BOOLEAN, created_at TIMESTAMP NOT NULL, is_truncated_output BOOLEAN NOT NULL,
     api_reference_required BOOLEAN, examples_required BOOLEAN, research_required BOOLEAN,
     usage_guide_required BOOLEAN, context_quality VARCHAR,
     FOREIGN KEY (run_id, phase_id) REFERENCES phases (run_id, phase_id) ON DELETE CASCADE);
@@ -78,14 +79,14 @@ INSERT INTO tiers VALUES (1, 'T1', 'legacy-run', 'Tier');
 INSERT INTO phases VALUES (1, 'p1', 'legacy-run', 1, 0, 'P1', 'goal', 'FAILED', 'IMPLEMENT_FEATURE', 'MEDIUM', NULL,
     '{"deliverables": ["src/a.py"]}', 5, 2, 'patch failed');
 INSERT INTO phases VALUES (2, 'p2', 'legacy-run', 1, 1, 'P2', 'goal', 'GATE', 'docs', 'low', NULL, NULL, 5, 0, NULL);
-INSERT INTO llm_usage_events VALUES (1, 'anthropic', 'claude', 'legacy-run', 'p1', 'builder', 400, 600, '2025-12-20 10:01:00', 0);
-INSERT INTO llm_usage_events VALUES (2, 'openai', 'gpt', 'legacy-run', 'p1', 'doctor', 700, 300, '2025-12-20 10:02:00', 1);
+INSERT INTO llm_usage_events VALUES (1, 'anthropic', 'claude', 'legacy-run', 'p1', 'builder', 400, 600, '2025-12-20 10:01:00', FALSE);
+INSERT INTO llm_usage_events VALUES (2, 'openai', 'gpt', 'legacy-run', 'p1', 'doctor', 700, 300, '2025-12-20 10:02:00', TRUE);
 INSERT INTO token_estimation_v2_events (event_id, run_id, phase_id, timestamp, category, complexity, deliverable_count,
     deliverables_json, predicted_output_tokens, actual_output_tokens, selected_budget, success, truncated,
     created_at, is_truncated_output) VALUES
-    (1, 'legacy-run', 'p1', '2025-12-20 10:01:00', 'IMPLEMENT_FEATURE', 'MEDIUM', 1, '[]', 7020, 12288, 12288, 0, 1, '2025-12-20', 0),
-    (2, 'legacy-run', 'p1', '2025-12-20 10:03:00', 'IMPLEMENT_FEATURE', 'MEDIUM', 1, '[]', 7020, 12288, 12288, 0, 1, '2025-12-20', 0),
-    (3, 'legacy-run', 'p2', '2025-12-20 10:05:00', 'documentation', 'low', 1, '[]', 2600, 1200, 8192, 1, 0, '2025-12-20', 0);
+    (1, 'legacy-run', 'p1', '2025-12-20 10:01:00', 'IMPLEMENT_FEATURE', 'MEDIUM', 1, '[]', 7020, 12288, 12288, FALSE, TRUE, '2025-12-20', FALSE),
+    (2, 'legacy-run', 'p1', '2025-12-20 10:03:00', 'IMPLEMENT_FEATURE', 'MEDIUM', 1, '[]', 7020, 12288, 12288, FALSE, TRUE, '2025-12-20', FALSE),
+    (3, 'legacy-run', 'p2', '2025-12-20 10:05:00', 'documentation', 'low', 1, '[]', 2600, 1200, 8192, TRUE, FALSE, '2025-12-20', FALSE);
 INSERT INTO decision_log VALUES (1, 'legacy-run', 'kept as is');
 """
 
@@ -162,3 +163,19 @@ def test_upgraded_legacy_database_accepts_new_rows(tmp_path: Path) -> None:
     assert _rows(url, "SELECT COUNT(*) FROM llm_usage_events WHERE prompt_tokens IS NULL") == [(1,)]
     missing = {f"{diff[2]}.{diff[3].name}" for diff in _drift(url) if diff[0] == "add_column"}
     assert not missing
+
+
+def test_legacy_postgres_database_is_dumped_then_adopted(empty_db_url: str) -> None:
+    if not empty_db_url.startswith("postgresql"):
+        pytest.skip("the SQLite case is covered above")
+    with get_engine(empty_db_url).begin() as connection:
+        for statement in filter(str.strip, (LEGACY_SCHEMA + LEGACY_ROWS).split(";")):
+            connection.execute(sa.text(statement))
+    report = upgrade_database(empty_db_url)
+    assert report.legacy and report.backup_path is not None
+    assert "CREATE TABLE public.token_estimation_v2_events" in report.backup_path.read_text()
+    for table, count in report.row_counts_before.items():
+        assert report.row_counts_after[table] == count, table
+    assert _rows(empty_db_url, "SELECT actual_max_tokens, source FROM token_estimation_v2_events ORDER BY event_id") == [
+        (12288, "legacy"), (12288, "legacy"), (8192, "legacy")]
+    assert not upgrade_database(empty_db_url).changed

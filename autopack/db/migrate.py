@@ -6,7 +6,10 @@ its file as a backup, then adopted in place by the first revision. Running the u
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from autopack.db.engine import dispose_engines, get_engine, mask_url, parse_url, resolve_url
-from autopack.errors import DatabaseUrlError
+from autopack.errors import AutopackError, DatabaseUrlError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: Tables whose presence (without ``alembic_version``) marks a database written by the original.
@@ -100,8 +103,8 @@ def upgrade_database(url: str | None = None) -> UpgradeReport:
         ) from exc
 
     backup = None
-    if legacy and path is not None:
-        backup = backup_sqlite(path)
+    if legacy:
+        backup = backup_sqlite(path) if path is not None else backup_postgres(resolved)
     _run_alembic_upgrade(engine)
     if path is not None:
         dispose_engines()  # a rebuilt SQLite schema must not be seen through stale pooled connections
@@ -144,4 +147,31 @@ def backup_sqlite(path: Path) -> Path:
             dest.close()
     finally:
         source.close()
+    return target
+
+
+def backup_postgres(url: str, folder: Path | None = None) -> Path:
+    """``pg_dump`` a PostgreSQL database to ``<db>.pre-upgrade-<stamp>.sql`` before adopting it.
+
+    The password (if any) goes to pg_dump through ``PGPASSWORD``, never on its command line.
+    """
+    pg_dump = shutil.which("pg_dump")
+    if pg_dump is None:
+        raise AutopackError(
+            "cannot back up the original Autopack database before upgrading it: pg_dump is not installed",
+            hint="install the PostgreSQL client (pg_dump) or back the database up yourself and retry",
+        )
+    parsed = parse_url(url)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    target = (folder or Path.cwd()) / f"{parsed.database}.pre-upgrade-{stamp}.sql"
+    args = [pg_dump, "--no-owner", "--file", str(target), "--dbname", str(parsed.database)]
+    for flag, value in (("--host", parsed.host), ("--port", parsed.port), ("--username", parsed.username)):
+        if value:
+            args += [flag, str(value)]
+    env = {**os.environ, **({"PGPASSWORD": str(parsed.password)} if parsed.password else {})}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=3600, check=False)
+    if done.returncode != 0:
+        target.unlink(missing_ok=True)
+        raise AutopackError(f"pg_dump failed, nothing was upgraded: {done.stderr.strip().splitlines()[-1:]}",
+                            hint="check that pg_dump matches the server version")
     return target
