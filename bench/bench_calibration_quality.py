@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import describe_machine  # noqa: E402
 
 from autopack import token_estimator as te  # noqa: E402
 from autopack.calibration import stats  # noqa: E402
@@ -103,19 +103,9 @@ def extra_methods(url: str, alpha: float) -> dict[str, dict[str, object]]:
     return {"pooled quantile": evaluate(pooled, y, obs, alpha), "oracle (hindsight)": evaluate(oracle, y, obs, alpha)}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     te.MIN_FACTOR_CEILING = 1  # see the module docstring
-    print(f"machine: {os.cpu_count()} CPUs (nproc), {cpu_model()}, Python {platform.python_version()}")
+    print(f"machine: {describe_machine()}")
     table: list[tuple[str, float, str, dict[str, object]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for trace, path in TRACES.items():

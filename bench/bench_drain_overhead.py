@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -27,17 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs (nproc), {model}, Python {platform.python_version()}"
+from machine import describe_machine
 
 
 def make_runs(url: str, prefix: str, phases: int, runs: int) -> list[str]:
@@ -168,7 +157,7 @@ def main() -> int:
             (f"drain batch", str(workers), phases, m["cycle_ms"], m["throughput_ms"], m["latency_ms"], m["cycle_ms"] / base_ms)
         )
 
-    print(f"machine:  {machine()}")
+    print(f"machine:  {describe_machine()}")
     print(f"database: {mask_url(url).split('://')[0]}   provider: simulated, zero latency   phases per row: {phases}")
     header = f"{'mode':<38}{'workers':>8}{'phases':>8}{'cycle ms':>10}{'wall ms/ph':>12}{'latency ms':>12}{'ratio':>8}"
     print(header)
