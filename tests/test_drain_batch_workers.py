@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import POSTGRES_ADMIN_URL, create_postgres_database, drop_postgres_database
 from test_drain_batch_support import make_run, phase_rows
+from test_migrations import LEGACY_SCHEMA  # the original's schema (reference §9.1), shared
 
 from autopack.db.engine import dispose_engines, session_scope
 from autopack.db.migrate import upgrade_database
@@ -219,21 +220,6 @@ def test_cli_refuses_without_telemetry(db_url: str, tmp_path: Path) -> None:
 
 # --- a database upgraded from the original: its FAILED backlog ---------------------------------------------
 
-LEGACY_SCHEMA = """
-CREATE TABLE runs (id VARCHAR PRIMARY KEY, state VARCHAR(32) NOT NULL, safety_profile VARCHAR NOT NULL,
-    token_cap INTEGER, tokens_used INTEGER, created_at DATETIME, goal_anchor TEXT);
-CREATE TABLE tiers (id INTEGER PRIMARY KEY, tier_id VARCHAR NOT NULL, run_id VARCHAR REFERENCES runs(id), name VARCHAR);
-CREATE TABLE phases (id INTEGER PRIMARY KEY, phase_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL REFERENCES runs(id),
-    tier_id INTEGER NOT NULL REFERENCES tiers(id), phase_index INTEGER NOT NULL, name VARCHAR NOT NULL,
-    description TEXT, state VARCHAR(16) NOT NULL, task_category VARCHAR, complexity VARCHAR, builder_mode VARCHAR,
-    scope JSON, max_builder_attempts INTEGER, builder_attempts INTEGER, last_failure_reason TEXT,
-    CONSTRAINT uq_phases_run_id_phase_id UNIQUE (run_id, phase_id));
-CREATE TABLE token_estimation_v2_events (event_id INTEGER PRIMARY KEY, run_id VARCHAR NOT NULL,
-    phase_id VARCHAR NOT NULL, timestamp DATETIME NOT NULL, category VARCHAR NOT NULL, complexity VARCHAR NOT NULL,
-    deliverable_count INTEGER NOT NULL, deliverables_json TEXT NOT NULL, predicted_output_tokens INTEGER NOT NULL,
-    actual_output_tokens INTEGER NOT NULL, selected_budget INTEGER NOT NULL, success BOOLEAN NOT NULL,
-    truncated BOOLEAN NOT NULL, created_at DATETIME NOT NULL, is_truncated_output BOOLEAN NOT NULL);
-"""
 
 
 def _legacy_backlog(path: Path) -> str:
@@ -255,8 +241,10 @@ def _legacy_backlog(path: Path) -> str:
             )
     for event_id in (1, 2):  # old samples of build-102-p0 (attempt counter still 0)
         rows.append(
-            f"INSERT INTO token_estimation_v2_events VALUES ({event_id}, 'build-102', 'build-102-p0', '2025-12-21', "
-            "'IMPLEMENT_FEATURE', 'MEDIUM', 1, '[]', 7020, 9000, 12288, 0, 0, '2025-12-21', 0)"
+            "INSERT INTO token_estimation_v2_events (event_id, run_id, phase_id, timestamp, category, complexity, "
+            "deliverable_count, deliverables_json, predicted_output_tokens, actual_output_tokens, selected_budget, "
+            f"success, truncated, created_at, is_truncated_output) VALUES ({event_id}, 'build-102', 'build-102-p0', "
+            "'2025-12-21', 'IMPLEMENT_FEATURE', 'MEDIUM', 1, '[]', 7020, 9000, 12288, 0, 0, '2025-12-21', 0)"
         )
     connection = sqlite3.connect(path)
     connection.executescript(LEGACY_SCHEMA + ";\n".join(rows) + ";")
