@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     )
 
     # --- execution ------------------------------------------------------------------------------
+    #: Provider calls in flight at once across every drain on every host sharing this database (the provider
+    #: gate, a lease on a ``provider_slots`` row); 0 switches the gate off. Raise it to your rate limit.
+    provider_concurrency: int = Field(default=4, ge=0, validation_alias="AUTOPACK_PROVIDER_CONCURRENCY")
     workspace_dir: Path = Field(default=Path(".autopack/workspaces"), validation_alias="AUTOPACK_WORKSPACE_DIR")
 
     # --- GitHub ---------------------------------------------------------------------------------

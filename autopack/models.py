@@ -10,6 +10,7 @@ from autopack.db.models import (  # noqa: F401
     LlmUsageEvent,
     Phase,
     PhaseState,
+    ProviderSlot,
     Run,
     TokenBudgetEscalationEvent,
     TokenEstimationV2Event,

@@ -281,6 +281,9 @@ class DrainSession(Base):
     sampled_runs: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
     promising_runs: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
     deprioritized_runs: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
+    #: The drain process that holds the session, while its lease lasts (``--resume`` claims it atomically).
+    owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     results: Mapped[list[DrainResult]] = relationship(back_populates="session", order_by="DrainResult.id")
 
@@ -335,3 +338,14 @@ class CalibrationRun(Base):
     pr_url: Mapped[str | None] = mapped_column(Text)
     pr_number: Mapped[int | None] = mapped_column(Integer)
     pr_state: Mapped[str | None] = mapped_column(String(32))
+
+
+class ProviderSlot(Base):
+    """One slot of the provider gate: a lease every drain on every host takes around an LLM call."""
+
+    __tablename__ = "provider_slots"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)
