@@ -33,6 +33,7 @@ from autopack.execution.batch import (
     run_batch_drain,
 )
 from autopack.execution.batch_report import format_summary
+from autopack.execution.batch_workers import InlineExecutor, ProcessExecutor, make_executor
 from autopack.execution.sessions import (
     FINAL_INTERRUPTED,
     FINAL_WORKER_LOST,
@@ -47,7 +48,8 @@ INLINE = "inline"
 
 
 def drain(url: str, *, isolation: str = INLINE, reporter: Any = None, executor: Any = fake_execute_phase, **opts: Any) -> SessionState:
-    return BatchDrain(BatchOptions(**opts), url=url, executor=executor, isolation=isolation, reporter=reporter).run()
+    options = BatchOptions(**opts)
+    return BatchDrain(options, url=url, executor=make_executor(isolation, options.workers, executor), reporter=reporter).run()
 
 
 def drained(state: SessionState) -> list[str]:
@@ -169,7 +171,7 @@ def test_max_total_minutes_stops_starting_phases(db_url: str) -> None:
     make_run(db_url, "a", [behaviour("ok")] * 3)
     ticks = iter(range(0, 10_000, 100))  # every clock read advances 100 s
     options = BatchOptions(max_total_minutes=1.0)
-    state = BatchDrain(options, url=db_url, executor=fake_execute_phase, isolation=INLINE, clock=lambda: float(next(ticks))).run()
+    state = BatchDrain(options, url=db_url, executor=InlineExecutor(fake_execute_phase), clock=lambda: float(next(ticks))).run()
     assert state.stop_reason == "max total minutes reached"
     assert state.total_processed < 3
 
@@ -337,8 +339,8 @@ def test_timeout_kills_the_phase_and_records_it(db_url: str) -> None:
 
 def _kill_worker_when_busy(drain_: BatchDrain, url: str, release_file: Path) -> threading.Thread:
     def act() -> None:
-        wait_until(lambda: executing(url, "a", "p000") and 0 in drain_.running and drain_.slots[0].process is not None)
-        process = drain_.slots[0].process
+        wait_until(lambda: executing(url, "a", "p000") and 0 in drain_.running and drain_.executor.slots[0].process is not None)
+        process = drain_.executor.slots[0].process
         assert process is not None
         os.kill(process.pid, signal.SIGKILL)
         release_file.touch()  # the retry (in a fresh worker) may finish
@@ -351,7 +353,7 @@ def _kill_worker_when_busy(drain_: BatchDrain, url: str, release_file: Path) -> 
 def test_killed_worker_releases_the_phase_which_is_drained_again(db_url: str, tmp_path: Path) -> None:
     release = tmp_path / "go"
     make_run(db_url, "a", [behaviour("wait_file", path=str(release))])
-    d = BatchDrain(BatchOptions(), url=db_url, executor=fake_execute_phase, isolation="process")
+    d = BatchDrain(BatchOptions(), url=db_url, executor=ProcessExecutor(1, fake_execute_phase))
     thread = _kill_worker_when_busy(d, db_url, release)
     state = d.run()
     thread.join(timeout=10)
@@ -365,7 +367,7 @@ def test_sigint_saves_releases_and_exits_130(db_url: str, tmp_path: Path) -> Non
     never = tmp_path / "never"
     make_run(db_url, "a", [behaviour("wait_file", path=str(never), max_seconds=120)])
     set_phase(db_url, "a", "p000", state="FAILED", last_failure_reason="before")
-    d = BatchDrain(BatchOptions(), url=db_url, executor=fake_execute_phase, isolation="process")
+    d = BatchDrain(BatchOptions(), url=db_url, executor=ProcessExecutor(1, fake_execute_phase))
 
     def interrupt() -> None:
         wait_until(lambda: executing(db_url, "a", "p000"))

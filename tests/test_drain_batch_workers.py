@@ -23,6 +23,7 @@ from autopack.db.engine import dispose_engines, session_scope
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import DrainResult, DrainSession, Phase, PhaseState, TokenEstimationV2Event
 from autopack.execution.batch import BatchDrain, BatchOptions
+from autopack.execution.batch_workers import ProcessExecutor
 from autopack.execution.sessions import FINAL_INTERRUPTED, STATUS_COMPLETED, STATUS_INTERRUPTED
 
 pytest.importorskip("autopack.execution.phase_runner")
@@ -94,7 +95,7 @@ def test_four_workers_drain_200_phases_exactly_once(pg_url: str, monkeypatch: py
     monkeypatch.setenv("AUTOPACK_SIM_LATENCY_SECONDS", "0.02")
     keys = make_sim_runs(pg_url, runs=10, phases=20)
     options = BatchOptions(batch_size=500, workers=4, max_attempts_per_phase=1, lease_seconds=30)
-    state = BatchDrain(options, url=pg_url, executor=EXECUTOR).run()
+    state = BatchDrain(options, url=pg_url, executor=ProcessExecutor(4, EXECUTOR)).run()
 
     assert state.status == STATUS_COMPLETED and state.total_processed == 200
     per_phase = Counter(r.key for r in state.results)
@@ -111,7 +112,8 @@ def test_four_workers_drain_200_phases_exactly_once(pg_url: str, monkeypatch: py
 
 def test_two_workers_on_sqlite(db_url: str) -> None:
     keys = make_sim_runs(db_url, runs=2, phases=6)
-    state = BatchDrain(BatchOptions(batch_size=50, workers=2, max_attempts_per_phase=1), url=db_url, executor=EXECUTOR).run()
+    state = BatchDrain(BatchOptions(batch_size=50, workers=2, max_attempts_per_phase=1), url=db_url,
+                       executor=ProcessExecutor(2, EXECUTOR)).run()
     assert sorted(r.key for r in state.results) == sorted(keys)
     total, distinct = event_stats(db_url)
     assert total == distinct == sum(r.telemetry_events for r in state.results)

@@ -38,6 +38,7 @@ def drain_batch_command(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Phases run in parallel (executor processes).")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished session.")] = False,
     lease_seconds: Annotated[float, typer.Option("--lease-seconds", min=1, help="Lease length; a dead drain's phases are re-claimable after it.")] = DEFAULT_LEASE_SECONDS,
+    provider_concurrency: Annotated[int | None, typer.Option("--provider-concurrency", min=0, help="Provider calls in flight across every drain on this database (default AUTOPACK_PROVIDER_CONCURRENCY; 0 = no gate).")] = None,
     expect_db_id: ExpectDbIdOption = None,
     allow_empty_db: AllowEmptyDbOption = False,
     no_telemetry: Annotated[bool, typer.Option("--no-telemetry", help="Drain without recording telemetry (allowed with TELEMETRY_DB_ENABLED off).")] = False,
@@ -60,6 +61,7 @@ def drain_batch_command(
         telemetry=not no_telemetry,
         lease_seconds=lease_seconds,
         api_url=api_url or settings.api_url,
+        provider_concurrency=provider_concurrency,
     )
     reporter = make_reporter()
     try:

@@ -60,6 +60,9 @@ class LineReporter:
         for note in notes:
             self._print(f"    {note}")
 
+    def progress(self, done: int, planned: int) -> None:
+        pass  # each finished phase already prints its line with [done/batch]
+
     def message(self, text: str) -> None:
         self._print(f"[drain] {text}")
 
@@ -72,7 +75,7 @@ class RichReporter:
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
-        self.progress = Progress(
+        self.progress_bar = Progress(
             TextColumn("[bold]drain[/bold]"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -86,8 +89,8 @@ class RichReporter:
         self.current: dict[int, str] = {}
 
     def started(self, state: SessionState, options: BatchOptions) -> None:
-        self.progress.start()
-        self.task = self.progress.add_task(
+        self.progress_bar.start()
+        self.task = self.progress_bar.add_task(
             "drain",
             total=state.batch_size,
             completed=state.total_processed,
@@ -103,14 +106,14 @@ class RichReporter:
 
     def phase_started(self, candidate: Candidate, worker: int) -> None:
         self.current[worker] = f"{candidate.run_id}/{candidate.phase_id}"
-        self.progress.update(self.task, current=self._current())
+        self.progress_bar.update(self.task, current=self._current())
 
     def phase_finished(self, outcome: DrainOutcome, state: SessionState, notes: list[str]) -> None:
         key = f"{outcome.run_id}/{outcome.phase_id}"
         for worker, where in list(self.current.items()):
             if where == key:
                 del self.current[worker]
-        self.progress.update(
+        self.progress_bar.update(
             self.task,
             completed=state.total_processed,
             ok=state.total_success,
@@ -123,11 +126,15 @@ class RichReporter:
         for note in notes:
             self.console.print(f"  {note}")
 
+    def progress(self, done: int, planned: int) -> None:
+        if self.task is not None:
+            self.progress_bar.update(self.task, total=max(planned, 1), completed=done)
+
     def message(self, text: str) -> None:
         self.console.print(text)
 
     def finished(self, state: SessionState) -> None:
-        self.progress.stop()
+        self.progress_bar.stop()
 
 
 def make_reporter(stream: IO[str] | None = None) -> LineReporter | RichReporter:
