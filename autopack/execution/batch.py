@@ -578,8 +578,9 @@ class BatchDrain:
             self.executor.cancel(index)
             del self.running[index]
             timeout = self.options.phase_timeout_seconds
-            how = "executor killed" if self.executor.hard_kill else "task abandoned, its lease taken back"
-            error = f"phase timed out after {timeout:g}s ({how})"
+            error = f"phase timed out after {timeout:g}s (lease taken back)"  # one fingerprint for every executor
+            how = "executor process killed" if self.executor.hard_kill else "task run abandoned (it cannot be killed)"
+            self.reporter.message(f"{running.claim.run_id}/{running.claim.phase_id}: timed out; {how}")
             final_state = PhaseState.TIMEOUT
             try:
                 with session_scope(self.url) as db:
@@ -804,6 +805,29 @@ def count_attempt_events(url: str | None, claim: leases.Claim, *, only_first: bo
         query = query.where(ev.attempt_index >= claim.attempt_index)
     with session_scope(url) as db:
         return int(db.execute(query).scalar_one())
+
+
+@dataclass(frozen=True)
+class CallSample:
+    """One telemetry row of an attempt, as a drain's log line shows it."""
+
+    attempt_index: int
+    predicted: int
+    actual: int
+    ceiling: int | None
+    truncated: bool
+
+
+def attempt_samples(url: str | None, claim: leases.Claim) -> list[CallSample]:
+    """The telemetry rows written under this claim, in order (for per-phase log lines)."""
+    ev = TokenEstimationV2Event
+    query = (
+        sa.select(ev.attempt_index, ev.predicted_output_tokens, ev.actual_output_tokens, ev.actual_max_tokens, ev.truncated)
+        .where(ev.run_id == claim.run_id, ev.phase_id == claim.phase_id, ev.attempt_index >= claim.attempt_index)
+        .order_by(ev.attempt_index, ev.call_index)
+    )
+    with session_scope(url) as db:
+        return [CallSample(int(a), int(p), int(o), None if c is None else int(c), bool(t)) for a, p, o, c, t in db.execute(query)]
 
 
 def check_telemetry_enabled(telemetry: bool, enabled: bool) -> None:
