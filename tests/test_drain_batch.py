@@ -512,3 +512,27 @@ def test_cli_bad_states_is_one_line_exit_2(db_url: str, capsys: pytest.CaptureFi
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot drain COMPLETE" in errors[0]
     assert phase_rows(db_url)[("a", "p000")].state == "QUEUED"
+
+
+def test_api_url_credentials_never_reach_the_database(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_api import serve
+
+    from autopack.api import create_app
+    from autopack.cli.app import main
+    from autopack.db.engine import get_engine
+    from autopack.db.models import Base
+
+    make_run(db_url, "a", [behaviour("ok")])
+    with serve(create_app(url=db_url)) as base:
+        monkeypatch.setenv("AUTOPACK_API_URL", base.replace("http://", "http://drain:s3cr3t-pw@"))
+        with pytest.raises(SystemExit) as info:
+            main(["drain", "batch", "--provider-concurrency", "0"])
+    assert info.value.code == 0
+    with get_engine(db_url).connect() as connection:
+        dump = "\n".join(str(row) for table in Base.metadata.sorted_tables
+                         for row in connection.execute(sa.select(table)))
+    assert "s3cr3t-pw" not in dump
+    assert "'api_url': 'http://127.0.0.1:" in dump  # the URL is stored, minus its credentials
+    assert "s3cr3t-pw" not in "".join(capsys.readouterr())

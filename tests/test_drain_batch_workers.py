@@ -185,6 +185,30 @@ def test_cli_sigint_saves_releases_exits_130_and_resume_finishes(db_url: str, tm
     assert all(p.state == PhaseState.COMPLETE for p in phase_rows(db_url).values())
 
 
+def test_two_cli_resumes_at_once_never_share_a_session(db_url: str, tmp_path: Path) -> None:
+    """Two `drain batch --resume` started together: one continues the interrupted session, the other starts
+    its own; the interrupted session never gets more results than its batch size (it got 14 of 8 before)."""
+    from autopack.execution.sessions import SessionState, SessionStore, new_session_id
+
+    make_sim_runs(db_url, runs=2, phases=10)
+    interrupted = SessionState(new_session_id(), 8, status=STATUS_INTERRUPTED, stop_reason="interrupted")
+    SessionStore(db_url).save(interrupted)
+    args = [AUTOPACK, "drain", "batch", "--resume", "--batch-size", "8", "--max-attempts-per-phase", "1"]
+    env = cli_env(db_url, AUTOPACK_SIM_LATENCY_SECONDS="0.2")
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [proc.communicate(timeout=240) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    resumed = [err for _, err in outputs if f"resuming session {interrupted.session_id}" in err]
+    assert len(resumed) == 1  # exactly one of them took the session over
+    with session_scope(db_url) as db:
+        session = db.get(DrainSession, interrupted.session_id)
+        assert session is not None and session.status == STATUS_COMPLETED and session.total_processed == 8
+        rows = db.execute(sa.select(sa.func.count()).select_from(DrainResult)
+                          .where(DrainResult.session_id == interrupted.session_id)).scalar_one()
+        assert rows == 8 and len(db.scalars(sa.select(DrainSession)).all()) == 2
+
+
 def test_cli_phase_timeout_with_a_slow_provider(db_url: str, tmp_path: Path) -> None:
     make_sim_runs(db_url, runs=1, phases=2)
     proc = subprocess.run(
