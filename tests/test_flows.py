@@ -145,3 +145,28 @@ def test_batch_drain_times_out_a_slow_phase_and_releases_it(
         reasons = connection.execute(sa.text("SELECT zero_yield_reason FROM drain_results")).scalars().all()
     assert (state, owner) == ("TIMEOUT", None)
     assert reasons == ["timeout"] and summary["failed"] == 1
+
+
+def test_the_drain_runs_on_another_task_runner_across_processes(db_url: str, prefect_harness: None) -> None:
+    """Results come back through the task runs' futures (no module-global channel), so a task runner whose tasks
+    run in other processes works: Prefect's ProcessPoolTaskRunner here, as a DaskTaskRunner would."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("the task runner is under test here, not the database (slow: it spawns processes)")
+    from prefect import flow
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    from autopack.execution.batch import BatchOptions, run_batch_drain
+    from flows.drain import PrefectReporter, TaskRunExecutor
+
+    @flow
+    def drain_on_processes() -> dict[str, int]:
+        runner = TaskRunExecutor(2, task_runner=ProcessPoolTaskRunner(max_workers=2))
+        state = run_batch_drain(BatchOptions(run_ids=["r"], workers=2, max_attempts_per_phase=1), runner=runner,
+                                reporter=PrefectReporter(), handle_signals=False).state
+        return {"success": state.total_success, "events": state.total_telemetry_events}
+
+    make_run(db_url, "r", "write a helper", "write another", "and a third")
+    assert drain_on_processes() == {"success": 3, "events": 3}
+    with session_scope(db_url) as session:
+        workers = session.execute(sa.text("SELECT COUNT(DISTINCT worker) FROM drain_results")).scalar_one()
+    assert workers == 2

@@ -1,8 +1,8 @@
 """Atomic phase claims with leases, safe for many drain workers on one database.
 
 A claim moves a phase to EXECUTING with an owner and an expiry. Claiming is a single conditional UPDATE
-(SQLite and PostgreSQL alike), and ``claim_next`` on PostgreSQL picks its row with
-``SELECT … FOR UPDATE SKIP LOCKED`` so concurrent workers never wait on each other. A worker that dies
+(SQLite and PostgreSQL alike); on PostgreSQL the row is first read with ``SELECT … FOR UPDATE SKIP LOCKED``
+(``claim_next`` picks its row the same way), so concurrent drains never wait on each other's claims. A worker that dies
 leaves a lease that expires; the phase can then be claimed again. A result reported on an expired or
 foreign lease is rejected (``LeaseLostError``).
 """
@@ -84,11 +84,16 @@ def claim_phase(
     states: Collection[str] = DRAINABLE_STATES,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> Claim | None:
-    """Claim one named phase, or return None if it is not claimable (taken, finished, missing)."""
+    """Claim one named phase, or return None if it is not claimable (taken, finished, missing).
+
+    On PostgreSQL the row is read ``FOR UPDATE SKIP LOCKED``: a phase another drain is claiming right now is
+    skipped at once (None) instead of waited for, and the conditional UPDATE below then meets no contention.
+    """
     now = utcnow()
-    row = session.execute(
-        sa.select(Phase.state, Phase.builder_attempts).where(Phase.run_id == run_id, Phase.phase_id == phase_id)
-    ).one_or_none()
+    read = sa.select(Phase.state, Phase.builder_attempts).where(Phase.run_id == run_id, Phase.phase_id == phase_id)
+    if session.get_bind().dialect.name == "postgresql":
+        read = read.with_for_update(skip_locked=True)
+    row = session.execute(read).one_or_none()
     if row is None:
         return None
     initial_state, attempts = row
