@@ -385,7 +385,7 @@ class BatchDrain:
     def _dispatch(self, state: SessionState) -> tuple[bool, float | None]:
         """Claim phases for idle slots. Returns (anything dispatched, seconds to wait for foreign leases)."""
         room = state.batch_size - state.total_processed - len(self.running)
-        if room <= 0:
+        if room <= 0 or len(self.running) >= self.executor.workers:
             return False, None
         candidates = self._candidates()
         view = state.view()
