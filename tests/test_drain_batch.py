@@ -536,3 +536,15 @@ def test_api_url_credentials_never_reach_the_database(
     assert "s3cr3t-pw" not in dump
     assert "'api_url': 'http://127.0.0.1:" in dump  # the URL is stored, minus its credentials
     assert "s3cr3t-pw" not in "".join(capsys.readouterr())
+
+
+def test_a_killed_phase_gives_its_provider_slot_back(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autopack.db.models import ProviderSlot
+
+    monkeypatch.setenv("AUTOPACK_SIM_LATENCY_SECONDS", "60")  # the call holds its slot when the timeout kills it
+    make_run(db_url, "a", [behaviour("ok")])
+    state = drain(db_url, isolation="process", executor="autopack.execution.phase_runner:execute_phase",
+                  phase_timeout_seconds=5.0, provider_concurrency=1)
+    assert state.results[0].final_state == "TIMEOUT"
+    with session_scope(db_url) as db:
+        assert db.execute(sa.select(ProviderSlot.slot, ProviderSlot.owner)).all() == [(0, None)]  # not left to expire

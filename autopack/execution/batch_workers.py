@@ -364,6 +364,8 @@ class ProcessExecutor:
         self.slots = [ProcessSlot(i, executor_ref) for i in range(workers)]
         self.startup_seconds = startup_seconds
         self._wake = WakePipe()
+        #: slot → the job it runs (a killed child's provider slots are given back in the job's database)
+        self._jobs: dict[int, PhaseJob] = {}
 
     def idle_slots(self, wanted: int) -> list[int]:
         idle = [slot.index for slot in self.slots if slot.status == IDLE]
@@ -381,6 +383,18 @@ class ProcessExecutor:
 
     def submit(self, slot: int, job: PhaseJob) -> None:
         self.slots[slot].submit(job)
+        self._jobs[slot] = job
+
+    def _kill(self, slot: ProcessSlot) -> None:
+        """SIGKILL a busy child, then free the provider slots it held (it cannot give them back itself)."""
+        pid = slot.process.pid if slot.process is not None else None
+        slot.kill()
+        job = self._jobs.pop(slot.index, None)
+        if pid is not None and job is not None and job.provider_concurrency > 0:
+            from autopack.execution.provider_gate import release_process_slots
+
+            with contextlib.suppress(Exception):  # best effort: they expire anyway
+                release_process_slots(job.url, pid)
 
     def wait(self, timeout: float | None) -> list[Completion]:
         active = [s for s in self.slots if s.connection is not None and s.status in (BUSY, STARTING)]
@@ -408,10 +422,11 @@ class ProcessExecutor:
                 self._on_started(slot, message)
             elif message is None:
                 signum = slot.exit_signal()
-                slot.kill()
+                self._kill(slot)
                 completions.append(Completion(slot.index, None, signum))
             else:
                 slot.status = IDLE
+                self._jobs.pop(slot.index, None)
                 completions.append(Completion(slot.index, message))
         return completions
 
@@ -429,7 +444,7 @@ class ProcessExecutor:
         return process_slot.status == BUSY and process_slot.connection is not None and process_slot.connection.poll(0)
 
     def cancel(self, slot: int) -> None:
-        self.slots[slot].kill()
+        self._kill(self.slots[slot])
 
     def wake(self) -> None:
         self._wake.wake()

@@ -74,7 +74,7 @@ class ProviderGate:
         self.size = size
         self.ttl = ttl
         self.max_wait = max_wait
-        self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._owner_prefix = f"{owner_prefix(socket.gethostname(), os.getpid())}{secrets.token_hex(3)}"
         self._tokens = itertools.count()
         self._local = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
@@ -224,6 +224,20 @@ class ProviderGate:
                 self.renew()
             except Exception as exc:  # noqa: BLE001 - a database hiccup: the next round retries well before expiry
                 log.warning("provider gate %s: renewal failed: %s", self.name, exc)
+
+
+def owner_prefix(host: str, pid: int) -> str:
+    """What every slot owner of process ``pid`` on ``host`` starts with."""
+    return f"{host}:{pid}:"
+
+
+def release_process_slots(url: str, pid: int, host: str | None = None) -> int:
+    """Give back every slot a killed process held (instead of leaving them until they expire)."""
+    prefix = owner_prefix(host or socket.gethostname(), pid)
+    with get_engine(resolve_url(url)).begin() as connection:
+        return connection.execute(
+            sa.update(_SLOTS).where(_SLOTS.c.owner.startswith(prefix, autoescape=True)).values(owner=None, expires_at=None)
+        ).rowcount
 
 
 _gates: dict[tuple[str, str, int], ProviderGate] = {}
