@@ -132,6 +132,20 @@ def flow_drain(url: str, run_ids: list[str], workers: int, phases: int, gate: in
     return {"steady": (stamps[-1] - stamps[0]).total_seconds() / (phases - 1), "total": total}
 
 
+def gate_cycle(url: str, calls: int) -> float:
+    """Seconds per acquire + release of a free provider-gate slot (two write transactions), in this process."""
+    from autopack.execution.provider_gate import ProviderGate
+
+    gate = ProviderGate(url, f"bench-{uuid.uuid4().hex[:6]}", 4)
+    with gate.slot():  # creates the slot rows
+        pass
+    start = time.perf_counter()
+    for _ in range(calls):
+        with gate.slot():
+            pass
+    return (time.perf_counter() - start) / calls
+
+
 @contextmanager
 def database(kind: str, work: Path, admin_url: str) -> Iterator[str]:
     from autopack.db.engine import dispose_engines
@@ -166,7 +180,9 @@ def measure(kind: str, url: str, args: argparse.Namespace) -> tuple[list[tuple[A
     os.environ["AUTOPACK_SIM_LATENCY_SECONDS"] = "0"
     flow_drain(url, make_runs(url, f"{tag}-warm", 3), 2, 3, gate)  # first flow run of a process pays imports
     base = baseline(url, make_runs(url, f"{tag}-base", n))
-    overhead = [(kind, "baseline: claim + execute_phase in-process", "-", "-", base, base)]
+    cycle = gate_cycle(url, 10 * n)
+    overhead = [(kind, "baseline: claim + execute_phase in-process", "-", "-", base, base),
+                (kind, "provider gate alone: acquire + release a slot", "-", 4, cycle, cycle)]
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     for round_ in range(args.rounds):  # interleaved, alternating order, so load drift hits both settings alike
         for g in (0, gate) if round_ % 2 == 0 else (gate, 0):
@@ -215,6 +231,7 @@ def main() -> int:
 
     overhead: list[tuple[Any, ...]] = []
     scaling: list[tuple[Any, ...]] = []
+    load_before = os.getloadavg()[0]
     try:
         with prefect_test_harness(server_startup_timeout=180):
             for kind in ["SQLite"] + ([] if args.no_postgres else ["PostgreSQL"]):
@@ -227,7 +244,8 @@ def main() -> int:
         os.chdir(Path.home())
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nmachine: {describe_machine()}")
+    print(f"\nmachine: {describe_machine()}; load average (1 min) {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after")
     print(f"provider: simulated; zero latency: {args.phases} phases a row; Prefect: a local test server "
           "(prefect_test_harness, its own SQLite)\n")
     print("| database | mode | workers | gate | steady ms per phase | whole call ms per phase |")
