@@ -21,6 +21,7 @@ worker for this — and the flow run ends only after such a task has returned. F
 
 from __future__ import annotations
 
+import select
 from collections import deque
 from typing import Any
 
@@ -119,8 +120,6 @@ class TaskRunExecutor:
 
     def wait(self, timeout: float | None) -> list[Completion]:
         if not self._finished and (self._futures or timeout is not None):
-            import select
-
             select.select([self._wake.fileno()], [], [], timeout)
         self._wake.clear()
         completions = []

@@ -193,16 +193,14 @@ def gated_provider(job: PhaseJob) -> Any:
     """
     if job.provider_concurrency <= 0:
         return None
-    from autopack.execution.provider_gate import provider_gate
+    from autopack.execution.provider_gate import gated
     from autopack.llm import get_provider
-    from autopack.llm.gated import GatedProvider
 
     try:
         provider = get_provider()
     except AutopackError:
         return None
-    gate = provider_gate(job.url, provider.name, job.provider_concurrency)
-    return GatedProvider(provider, gate=gate.slot) if gate is not None else None
+    return gated(provider, job.url, job.provider_concurrency)
 
 
 def run_job(executor: Callable[..., Any], job: PhaseJob) -> dict[str, Any]:

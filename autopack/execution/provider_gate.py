@@ -34,7 +34,8 @@ import sqlalchemy as sa
 
 from autopack.db.engine import get_engine, resolve_url
 from autopack.db.models import ProviderSlot, utcnow
-from autopack.llm.base import ProviderTransientError
+from autopack.llm.base import LLMProvider, ProviderTransientError
+from autopack.llm.gated import GatedProvider
 from autopack.logging import get_logger
 
 log = get_logger(__name__)
@@ -264,3 +265,9 @@ def provider_gate(url: str, name: str, size: int) -> ProviderGate | None:
         if gate is None:
             gate = _gates[key] = ProviderGate(key[0], name, size)
         return gate
+
+
+def gated(provider: LLMProvider, url: str, size: int) -> LLMProvider:
+    """``provider`` with every call behind the gate named after it (unchanged when ``size`` is 0)."""
+    gate = provider_gate(url, provider.name, size)
+    return provider if gate is None else GatedProvider(provider, gate=gate.slot)
