@@ -106,8 +106,7 @@ class ProviderGate:
         try:
             delay = POLL_FIRST_SECONDS
             while True:
-                token = f"{self._owner_prefix}#{next(self._tokens)}"
-                number = self.try_acquire(token)
+                number = self._claim(f"{self._owner_prefix}#{next(self._tokens)}")
                 if number is not None:
                     waited = time.monotonic() - started
                     if waited >= LOG_WAIT_SECONDS:
@@ -124,8 +123,20 @@ class ProviderGate:
             raise
 
     def try_acquire(self, token: str | None = None) -> int | None:
-        """One attempt to take a free (or expired) slot in the database; None when all are held."""
-        token = token or f"{self._owner_prefix}#{next(self._tokens)}"
+        """One attempt, without waiting, to take a slot; None when all are held. Give it back with ``release``."""
+        if not self._local.acquire(blocking=False):
+            return None
+        try:
+            number = self._claim(token or f"{self._owner_prefix}#{next(self._tokens)}")
+        except BaseException:
+            self._local.release()
+            raise
+        if number is None:
+            self._local.release()
+        return number
+
+    def _claim(self, token: str) -> int | None:
+        """Take a free (or expired) slot in the database for ``token``; None when all are held."""
         self._ensure_rows()
         now = utcnow()
         free = sa.or_(_SLOTS.c.owner.is_(None), _SLOTS.c.expires_at < now)
@@ -170,7 +181,8 @@ class ProviderGate:
             self._local.release()
 
     def renew(self) -> set[int]:
-        """Extend every slot this process holds; returns the ones still held (a lost one is logged)."""
+        """Extend every slot this process holds; returns the ones still held. A slot found taken over (it
+        expired, e.g. while the database was unreachable) is logged and no longer counted as held."""
         with self._lock:
             held = dict(self._held)
         if not held:
@@ -186,8 +198,7 @@ class ProviderGate:
                     .returning(_SLOTS.c.slot)
                 ).scalars()
             }
-        for number in set(held) - kept:
-            log.warning("provider gate %s: slot %d expired before it was renewed and was taken over", self.name, number)
+        self._forget({n: token for n, token in held.items() if n not in kept}, "expired and was taken over")
         return kept
 
     # --- internals -----------------------------------------------------------------------------------
@@ -221,20 +232,42 @@ class ProviderGate:
             connection.execute(insert(_SLOTS).values(rows).on_conflict_do_nothing())
         self._rows_ready = True
 
+    def _forget(self, lost: dict[int, str], why: str) -> None:
+        """Stop holding slots that are no longer ours (their calls go on; ``release`` then only frees the
+        semaphore)."""
+        for number, token in lost.items():
+            with self._lock:
+                if self._held.get(number) != token:
+                    continue  # released (and maybe taken again) meanwhile
+                del self._held[number]
+            log.warning("provider gate %s: slot %d %s", self.name, number, why)
+
     def _start_renewer(self) -> None:
         with self._lock:
             if self._renewer is not None:
                 return
             self._renewer = threading.Thread(target=self._renew_loop, name=f"provider-gate-{self.name}", daemon=True)
-        self._renewer.start()
+            renewer = self._renewer
+        renewer.start()
 
     def _renew_loop(self) -> None:
+        """Renew held slots every third of the lease; ends when none is held (the next acquisition restarts it)."""
+        renewed = time.monotonic()
         while True:
             time.sleep(self.ttl / 3)
+            with self._lock:
+                if not self._held:
+                    self._renewer = None
+                    return
             try:
                 self.renew()
-            except Exception as exc:  # noqa: BLE001 - a database hiccup: the next round retries well before expiry
+                renewed = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - a database hiccup: the next round retries before expiry
                 log.warning("provider gate %s: renewal failed: %s", self.name, exc)
+                if time.monotonic() - renewed > self.ttl:  # expired by now: others may hold them
+                    with self._lock:
+                        stale = dict(self._held)
+                    self._forget(stale, "could not be renewed before its lease ran out")
 
 
 def owner_prefix(host: str, pid: int) -> str:
