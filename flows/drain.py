@@ -22,6 +22,7 @@ worker for this — and the flow run ends only after such a task has returned. F
 from __future__ import annotations
 
 import select
+import time
 from collections import deque
 from typing import Any
 
@@ -152,12 +153,19 @@ class TaskRunExecutor:
 
 class PrefectReporter:
     """The drain in the Prefect UI: ``batch-drain-progress`` (done of eligible, 100 % at the end), the
-    ``batch-drain-summary`` artifact, and a flow log line per phase and per triage decision."""
+    ``batch-drain-summary`` artifact, and a flow log line per phase and per triage decision.
 
-    def __init__(self) -> None:
+    The progress artifact is updated at most every ``progress_interval`` seconds (each update is a call to the
+    Prefect API from the drain's own thread, which also dispatches the phases) and once more at the end.
+    """
+
+    def __init__(self, progress_interval: float = 1.0) -> None:
         self.logger = get_run_logger()
+        self.progress_interval = progress_interval
         self._progress_id: Any = None
         self._percent = -1.0
+        self._updated_at = float("-inf")
+        self._latest = (0, 0)
 
     def started(self, state: SessionState, options: BatchOptions) -> None:
         self._progress_id = create_progress_artifact(
@@ -179,18 +187,22 @@ class PrefectReporter:
         for note in notes:
             self.logger.info("%s", note)
 
-    def progress(self, done: int, planned: int) -> None:
+    def progress(self, done: int, planned: int, *, final: bool = False) -> None:
+        self._latest = (done, planned)
         percent = 100.0 if planned <= 0 else round(min(100.0, 100.0 * done / planned), 1)
-        if self._progress_id is not None and percent != self._percent:
+        now = time.monotonic()
+        if self._progress_id is None or percent == self._percent:
+            return
+        if final or now - self._updated_at >= self.progress_interval:
             update_progress_artifact(self._progress_id, percent)
-            self._percent = percent
+            self._percent, self._updated_at = percent, now
 
     def message(self, text: str) -> None:
         self.logger.info("%s", text)
 
     def finished(self, state: SessionState) -> None:
-        if state.status == STATUS_COMPLETED:
-            self.progress(1, 1)
+        done, planned = (1, 1) if state.status == STATUS_COMPLETED else self._latest  # interrupted: where it stopped
+        self.progress(done, planned, final=True)
         summary = format_summary(state)
         create_markdown_artifact(key="batch-drain-summary", markdown=f"## Batch drain {state.status}\n\n```\n{summary}\n```",
                                  description=f"drain session {state.session_id}")
