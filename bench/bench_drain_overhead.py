@@ -16,7 +16,7 @@ One run, SQLite and (unless ``--no-postgres``) PostgreSQL, fresh phases of one s
 "steady" = (last − first phase completion) / (phases − 1): wall time per phase once running, worker and
 flow-run start-up left out; "whole call" = wall time of the whole drain (or flow) call over its phases.
 
-    .venv/bin/python bench/bench_drain_overhead.py [--phases 30] [--latency-phases 24] [--no-postgres]
+    .venv/bin/python bench/bench_drain_overhead.py [--phases 30] [--rounds 5] [--latency-phases 48] [--no-postgres]
 """
 
 from __future__ import annotations
@@ -132,6 +132,37 @@ def flow_drain(url: str, run_ids: list[str], workers: int, phases: int, gate: in
     return {"steady": (stamps[-1] - stamps[0]).total_seconds() / (phases - 1), "total": total}
 
 
+class GateClock:
+    """Time spent inside ``ProviderGate.acquire``/``release`` in this process (the flow's task threads)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from autopack.execution.provider_gate import ProviderGate
+
+        self.seconds = 0.0
+        self.calls = 0
+        self._lock = threading.Lock()
+        for name in ("acquire", "release"):
+            original = getattr(ProviderGate, name)
+
+            def timed(gate: Any, *args: Any, _original: Callable[..., Any] = original, _name: str = name) -> Any:
+                start = time.perf_counter()
+                try:
+                    return _original(gate, *args)
+                finally:
+                    with self._lock:
+                        self.seconds += time.perf_counter() - start
+                        self.calls += _name == "acquire"
+
+            setattr(ProviderGate, name, timed)
+
+    def take(self) -> tuple[float, int]:
+        with self._lock:
+            taken, self.seconds, self.calls = (self.seconds, self.calls), 0.0, 0
+        return taken
+
+
 def gate_cycle(url: str, calls: int) -> float:
     """Seconds per acquire + release of a free provider-gate slot (two write transactions), in this process."""
     from autopack.execution.provider_gate import ProviderGate
@@ -174,7 +205,9 @@ def database(kind: str, work: Path, admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def measure(kind: str, url: str, args: argparse.Namespace) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+def measure(
+    kind: str, url: str, args: argparse.Namespace, clock: GateClock
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     n, gate = args.phases, args.gate
     tag = f"{kind[:2].lower()}{time.strftime('%H%M%S')}"
     os.environ["AUTOPACK_SIM_LATENCY_SECONDS"] = "0"
@@ -184,11 +217,16 @@ def measure(kind: str, url: str, args: argparse.Namespace) -> tuple[list[tuple[A
     overhead = [(kind, "baseline: claim + execute_phase in-process", "-", "-", base, base),
                 (kind, "provider gate alone: acquire + release a slot", "-", 4, cycle, cycle)]
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+    clock.take()
+    inside = [0.0, 0]
     for round_ in range(args.rounds):  # interleaved, alternating order, so load drift hits both settings alike
         for g in (0, gate) if round_ % 2 == 0 else (gate, 0):
             for front, run, workers in (("drain batch", cli_drain, 1), ("batch-drain flow", flow_drain, 2)):
                 result = run(url, make_runs(url, f"{tag}-{front[:3]}-r{round_}-g{g}", n), workers, n, g)
                 runs.setdefault((front, g), []).append(result)
+                seconds, calls = clock.take()  # only the flow's tasks run in this process
+                inside[0] += seconds
+                inside[1] += calls
     for front, workers in (("drain batch", 1), ("batch-drain flow", 2)):
         medians = {g: {k: statistics.median(r[k] for r in runs[(front, g)]) for k in ("steady", "total")}
                    for g in (0, gate)}
@@ -196,6 +234,9 @@ def measure(kind: str, url: str, args: argparse.Namespace) -> tuple[list[tuple[A
             overhead.append((kind, front, workers, g or "off", medians[g]["steady"], medians[g]["total"] / n))
         overhead.append((kind, f"{front}: gate cost (on − off)", workers, gate,
                          medians[gate]["steady"] - medians[0]["steady"], (medians[gate]["total"] - medians[0]["total"]) / n))
+    per_call = inside[0] / max(1, inside[1])
+    overhead.append((kind, f"batch-drain flow: time inside the gate per phase ({inside[1]} calls)", 2, gate,
+                     per_call, per_call))
 
     os.environ["AUTOPACK_SIM_LATENCY_SECONDS"] = str(LATENCY)
     m = args.latency_phases
@@ -211,8 +252,8 @@ def measure(kind: str, url: str, args: argparse.Namespace) -> tuple[list[tuple[A
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phases", type=int, default=30, help="phases per zero-latency configuration")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved flow rounds per gate setting")
-    parser.add_argument("--latency-phases", type=int, default=24, help="phases per 0.5 s-latency configuration")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per gate setting")
+    parser.add_argument("--latency-phases", type=int, default=48, help="phases per 0.5 s-latency configuration")
     parser.add_argument("--gate", type=int, default=4, help="provider gate size when on")
     parser.add_argument("--postgres", default=os.environ.get("AUTOPACK_TEST_POSTGRES_URL",
                                                              "postgresql://postgres@127.0.0.1:5432/postgres"))
@@ -232,11 +273,12 @@ def main() -> int:
     overhead: list[tuple[Any, ...]] = []
     scaling: list[tuple[Any, ...]] = []
     load_before = os.getloadavg()[0]
+    clock = GateClock()
     try:
         with prefect_test_harness(server_startup_timeout=180):
             for kind in ["SQLite"] + ([] if args.no_postgres else ["PostgreSQL"]):
                 with database(kind, work, args.postgres) as url:
-                    o, s = measure(kind, url, args)
+                    o, s = measure(kind, url, args, clock)
                 overhead += o
                 scaling += s
                 print(f"  done {kind}", flush=True)
