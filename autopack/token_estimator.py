@@ -121,6 +121,9 @@ BUDGET_FACTORS: dict[tuple[str, str], float] = {
 
 # Ceiling bounds.
 MIN_FACTOR_CEILING = 512
+# predicted x factor is rounded up to whole tokens, minus this relative tolerance first: a factor has three
+# decimals and floating point makes 100 x 1.11 = 111.00000000000001, which must not become 112.
+CEIL_RELATIVE_TOLERANCE = 1e-9
 MAX_OUTPUT_TOKENS = 64000
 # Escalate-once after a truncation (reference §2.8).
 ESCALATION_FACTOR = 1.25
@@ -428,6 +431,16 @@ def buffer_for(est: Estimate, coefficients: Coefficients) -> tuple[float, str]:
     return buffer, reason
 
 
+def factor_product(predicted, factor):  # type: ignore[no-untyped-def]
+    """predicted × factor, nudged down by ``CEIL_RELATIVE_TOLERANCE`` so rounding it up adds no spurious token.
+
+    Plain arithmetic on purpose: the calibration applies the same function to numpy arrays, so the scalar
+    ceiling here and the vectorised one there cannot drift apart.
+    """
+    product = predicted * factor
+    return product - abs(product) * CEIL_RELATIVE_TOLERANCE
+
+
 def decide_ceiling(
     est: Estimate,
     features: PhaseFeatures,
@@ -448,7 +461,7 @@ def decide_ceiling(
     factor = coeffs.budget_factors.get(est.group)
     cap = min(MAX_OUTPUT_TOKENS, model_max_output)
     if factor is not None:
-        raw_ceiling = math.ceil(est.predicted_output_tokens * factor)
+        raw_ceiling = math.ceil(factor_product(est.predicted_output_tokens, factor))
         selected = min(max(raw_ceiling, MIN_FACTOR_CEILING), cap)
         contributions.append(
             Contribution("calibrated_factor", selected, f"{est.predicted_output_tokens} x {factor} for {est.group}"

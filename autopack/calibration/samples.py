@@ -171,8 +171,9 @@ def rules_ceiling(samples: SampleSet, predicted: np.ndarray) -> np.ndarray:
 
 
 def factor_ceiling(predicted: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    """``decide_ceiling``'s calibrated path: predicted × factor, clamped to [512, 64000]."""
-    return np.minimum(np.maximum(np.ceil(predicted * factor), te.MIN_FACTOR_CEILING), te.MAX_OUTPUT_TOKENS)
+    """``decide_ceiling``'s calibrated path: predicted × factor rounded up, clamped to [512, 64000]."""
+    raw = np.ceil(te.factor_product(predicted, factor))
+    return np.minimum(np.maximum(raw, te.MIN_FACTOR_CEILING), te.MAX_OUTPUT_TOKENS)
 
 
 def configuration_ceiling(
