@@ -1,17 +1,21 @@
 """The calibration itself, as a pure function of a ``SampleSet`` and the parameters (no I/O).
 
 ``calibrate`` returns the JSON-ready result object minus the file paths and the database id (the thin
-shell in ``runner`` adds those). Steps, in order:
+shell in ``runner`` adds those). One pass, in this order:
 
-1. fit coefficients and budget factors on *all* selected samples (``fit_all``);
-2. backtest: repeat step 1 on the older (1 − F) of the samples and replay the newest F under the current
-   coefficients, the original's median-ratio method, and the proposal;
-3. gate each group; a group's BUDGET_FACTORS (and its PHASE_OVERHEAD, which the factor is relative to)
-   are proposed only if it has ≥ min_samples, its confidence clears the threshold, and on its held-out
-   calls it truncates no worse than today (at α) while reserving fewer tokens per token used;
-4. TOKEN_WEIGHTS are shared by every group, so their changes ship only if the whole shipped
-   configuration passes the same backtest test on all held-out calls; otherwise the fit is redone with
-   the weights frozen, so the shipped (coefficients, factors) pair stays consistent.
+1. fit the coefficients on *all* samples (``fit.fit_coefficients``: the bootstrap decides which
+   TOKEN_WEIGHTS changes the data support);
+2. backtest: refit on the older (1 − F) of the samples and replay the newest F (``heldout_ceilings``)
+   under today's ceilings, the original's median-ratio method and the proposal;
+3. TOKEN_WEIGHTS are shared by every group, so they are decided before any group, on all held-out
+   calls: the proposal with the new weights must pass the truncation test against today and reserve
+   less than the same proposal with today's weights (``gate.weights``);
+4. gate each group: ≥ min_samples, a factor, confidence ≥ threshold, and on its own held-out calls the
+   truncation test (one-sided exact binomial on the upper end of the interval, evidence-aware:
+   ``backtest.truncation_verdict``) and fewer tokens reserved per token used than today;
+5. the shipped configuration (only what passed) is backtested on the same held-out calls and must pass
+   the same two tests as a whole; groups are dropped, worst first, until it does (``backtest.shipped``
+   is exactly what the pull request changes).
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ import numpy as np
 
 from autopack import token_estimator as te
 from autopack.calibration import stats
-from autopack.calibration.backtest import evaluate, per_group, reserved_better, truncation_not_worse
-from autopack.calibration.fit import FitResult, fit_coefficients, implied_overheads
+from autopack.calibration.backtest import evaluate, per_group, reserved_better, truncation_verdict
+from autopack.calibration.fit import MAX_STEP, FitResult, fit_coefficients, implied_overheads
 from autopack.calibration.model import FactorModel, fit_factor_model
 from autopack.calibration.samples import Group, SampleSet, configuration_ceiling, predict
 
-METHOD_VERSION = "t5-conformal-1"
+METHOD_VERSION = "t5-conformal-2"
 SUCCESS_MEDIAN_RANGE = (0.8, 1.5)
 COLLECTION_PHASE_TARGETS = ((5, "minimum viable"), (20, "production ready"), (50, "optimal"))
 COLLECTION_GROUP_TARGETS = ((1, "minimum viable"), (3, "production ready"), (5, "optimal"))
@@ -57,21 +61,23 @@ class Fitted:
     fit: FitResult
     predicted: np.ndarray  # every row, under fit.coefficients
     model: FactorModel
-    original_medians: dict[Group, float]
 
 
 @dataclass
-class Variant:
-    free_weights: bool
+class Decision:
+    """Everything the gate decided, and the backtests it decided on."""
+
     full: Fitted
     train: Fitted | None
-    backtest: dict[str, Any]
+    ship_weights: bool
+    weights_verdict: str
+    weights_proposed: bool  # the fit (after the bootstrap) changed at least one weight
+    backtest: dict[str, dict[str, Any]]
     group_backtest: dict[Group, dict[str, dict[str, Any]]]
     passing: list[Group]
     reasons: dict[Group, list[str]]
-    ship_weights: bool
-    global_check: str
-    notes: list[str] = field(default_factory=list)
+    verdicts: dict[Group, str]
+    shipped_verdict: str
 
 
 def _log_ratio(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -80,25 +86,32 @@ def _log_ratio(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 def original_medians(samples: SampleSet, rows: np.ndarray, min_samples: int) -> dict[Group, float]:
     """The original's method: per group with ≥ min_samples clean successes, sorted(actual/predicted)[n//2]."""
-    clean = rows[samples.success[rows] & samples.observed[rows]]
+    keep = np.zeros(samples.n, dtype=bool)
+    keep[rows] = True
+    keep &= samples.success & samples.observed
     out: dict[Group, float] = {}
-    for g in np.unique(samples.group[clean]).tolist():
-        idx = clean[samples.group[clean] == g]
-        if idx.size >= min_samples:
-            out[samples.groups[g]] = stats.original_median(samples.y[idx] / np.maximum(samples.pred_current[idx], 1))
+    for g, idx in samples.rows_by_group().items():
+        clean = idx[keep[idx]]
+        if clean.size >= min_samples:
+            out[samples.groups[g]] = stats.original_median(samples.y[clean] / np.maximum(samples.pred_current[clean], 1))
     return out
 
 
-def fit_all(
-    samples: SampleSet, rows: np.ndarray, params: Params, current: te.Coefficients, free_weights: bool
-) -> Fitted:
-    fit = fit_coefficients(
-        samples, rows, current, free_weights=free_weights, confidence_threshold=params.confidence_threshold
-    )
+def _factor_model(samples: SampleSet, rows: np.ndarray, predicted: np.ndarray, alpha: float) -> FactorModel:
+    """The factor model of ``rows``, a prefix 0..m−1 of the samples (all of them, or the older part)."""
+    m = int(rows.size)
+    r = _log_ratio(samples.y[:m], predicted[:m])
+    blocks = {g: b[: int(np.searchsorted(b, m))] for g, b in samples.rows_by_group().items()}
+    return fit_factor_model(samples.groups, samples.group[:m], r, samples.observed[:m], alpha, blocks=blocks)
+
+
+def _fitted(samples: SampleSet, rows: np.ndarray, fit: FitResult, alpha: float) -> Fitted:
     predicted = predict(samples, fit.coefficients)
-    r = _log_ratio(samples.y[rows], predicted[rows])
-    model = fit_factor_model(samples.groups, samples.group[rows], r, samples.observed[rows], params.alpha)
-    return Fitted(fit, predicted, model, original_medians(samples, rows, params.min_samples))
+    return Fitted(fit, predicted, _factor_model(samples, rows, predicted, alpha))
+
+
+def _weights_changed(current: te.Coefficients, fit: FitResult) -> bool:
+    return any(fit.coefficients.token_weights.get(k) != current.token_weights.get(k) for k in fit.weight_keys)
 
 
 def _shipped(
@@ -123,101 +136,208 @@ def _shipped(
     return coeffs, factors
 
 
-def _weights_changed(current: te.Coefficients, fit: FitResult) -> bool:
-    return any(fit.coefficients.token_weights.get(k) != current.token_weights.get(k) for k in fit.weight_keys)
+def heldout_ceilings(
+    test: SampleSet, coefficients: te.Coefficients, factors: dict[Group, float], params: Params
+) -> np.ndarray:
+    """The held-out calls' ceilings (oldest first) under a proposal fitted on the older calls.
+
+    The one place the held-out replay happens (the proposal, the shipped configuration and the weights
+    decision all come through here). The static method keeps each group's factor fixed for every
+    held-out call; a method that adapts to drift would, per group, move the factor as the held-out calls
+    it has already seen come back.
+    """
+    del params  # the static replay needs nothing else; kept so every method is called the same way
+    _, ceiling = configuration_ceiling(test, coefficients, factors)
+    return ceiling
 
 
-def _run_variant(samples: SampleSet, params: Params, current: te.Coefficients, free_weights: bool) -> Variant:
+def _split(samples: SampleSet, params: Params) -> tuple[np.ndarray, np.ndarray]:
     n = samples.n
-    all_rows = np.arange(n)
-    full = fit_all(samples, all_rows, params, current, free_weights)
     n_test = int(math.floor(params.holdout_fraction * n + 0.5)) if params.holdout_fraction > 0 else 0
     n_test = min(n_test, max(0, n - 1))
-    train_rows, test_rows = all_rows[: n - n_test], all_rows[n - n_test :]
+    rows = np.arange(n)
+    return rows[: n - n_test], rows[n - n_test :]
+
+
+def _proposal_factors(current: te.Coefficients, fitted: Fitted, groups: list[Group]) -> dict[Group, float]:
+    return {**current.budget_factors, **fitted.model.factors(groups)}
+
+
+def _decide_weights(
+    samples: SampleSet, test: SampleSet, params: Params, current: te.Coefficients,
+    free: Fitted | None, frozen: Fitted | None, weights_proposed: bool, full_fit: FitResult,
+) -> tuple[bool, str]:
+    """Ship the weight changes? Only if, on all held-out calls, the proposal with them passes the truncation
+    test against today and reserves less than the same proposal with today's weights."""
+    if not weights_proposed:
+        supported = "" if not full_fit.frozen_weights else (
+            f" ({len(full_fit.frozen_weights)} change(s) the bootstrap did not support were frozen)")
+        return False, "no TOKEN_WEIGHTS change proposed by the fit" + supported
+    if free is None or frozen is None or test.n == 0:
+        return False, "TOKEN_WEIGHTS changes not shipped: no held-out calls to check them on"
+    alpha = params.alpha
+    current_bt = evaluate(heldout_ceilings(test, current, dict(current.budget_factors), params), test.y,
+                          test.observed, alpha)
+    with_w = evaluate(heldout_ceilings(test, free.fit.coefficients, _proposal_factors(current, free, samples.groups),
+                                       params), test.y, test.observed, alpha)
+    without = evaluate(heldout_ceilings(test, frozen.fit.coefficients,
+                                        _proposal_factors(current, frozen, samples.groups), params),
+                       test.y, test.observed, alpha)
+    ok, why = truncation_verdict(with_w, current_bt, alpha)
+    cheaper = reserved_better(with_w, without)
+    detail = (f"on all {with_w['n']} held-out calls with the new weights {why}; reserved/used "
+              f"{with_w['reserved_over_used']:.3f} vs {without['reserved_over_used']:.3f} with today's weights")
+    if ok and cheaper:
+        return True, "TOKEN_WEIGHTS changes ship: " + detail
+    return False, "TOKEN_WEIGHTS changes not shipped: " + detail
+
+
+def _gate_group(
+    g: Group, fitted: Fitted, group_bt: dict[Group, dict[str, dict[str, Any]]], params: Params
+) -> tuple[list[str], str]:
+    """(reasons it fails, the verdict line if it passes) for one group."""
+    fit = fitted.model.groups[g]
+    info = fit.factor
+    why: list[str] = []
+    if fit.n < params.min_samples:
+        why.append(f"{fit.n} samples < --min-samples {params.min_samples}")
+    if info.factor is None:
+        why.append(f"no budget factor ({info.note or 'too few samples'})")
+    elif info.confidence < params.confidence_threshold:
+        extra = " (an extrapolation: confidence capped)" if info.extrapolation else ""
+        why.append(f"confidence {info.confidence:.2f} < threshold {params.confidence_threshold:.2f}{extra}")
+    bt = group_bt.get(g)
+    verdict = ""
+    if not bt:
+        why.append("no held-out calls in the backtest")
+    else:
+        prop, cur = bt["proposed"], bt["current"]
+        ok, line = truncation_verdict(prop, cur, params.alpha)
+        if not ok:
+            why.append(line)
+        if not reserved_better(prop, cur):
+            why.append(f"held-out reserved/used {prop['reserved_over_used']} not below today's {cur['reserved_over_used']}")
+        if info.factor is not None:
+            verdict = (f"{info.method} factor {info.factor:.3f} from its own {fit.n} calls (confidence "
+                       f"{info.confidence:.2f} ≥ {params.confidence_threshold:.2f}); {line}; held-out reserved/used "
+                       f"{prop['reserved_over_used']:.3f} < today's {cur['reserved_over_used']:.3f}")
+    return why, verdict
+
+
+def _shipped_check(
+    samples: SampleSet, test: SampleSet, params: Params, current: te.Coefficients, train: Fitted,
+    passing: list[Group], ship_weights: bool, current_bt: dict[str, Any],
+    group_bt: dict[Group, dict[str, dict[str, Any]]],
+) -> tuple[list[Group], dict[str, Any], str, dict[Group, str]]:
+    """Backtest the shipped configuration on all held-out calls; drop groups (worst first) until it passes."""
+    alpha = params.alpha
+    keep = list(passing)
+    dropped: dict[Group, str] = {}
+
+    def badness(g: Group) -> tuple[int, float]:
+        prop, cur = group_bt[g]["proposed"], group_bt[g]["current"]
+        return (prop["truncations_upper"] - cur["truncations"], prop["reserved_over_used"] / cur["reserved_over_used"])
+
+    while True:
+        coeffs, factors = _shipped(current, train, keep, ship_weights and bool(keep))
+        shipped = evaluate(heldout_ceilings(test, coeffs, factors, params), test.y, test.observed, alpha)
+        if not keep:
+            return keep, shipped, "nothing ships", dropped
+        ok, line = truncation_verdict(shipped, current_bt, alpha)
+        cheaper = reserved_better(shipped, current_bt)
+        if ok and cheaper:
+            return keep, shipped, (f"the shipped configuration on all {shipped['n']} held-out calls: {line}; "
+                                   f"reserved/used {shipped['reserved_over_used']:.3f} < today's "
+                                   f"{current_bt['reserved_over_used']:.3f}"), dropped
+        worst = max(keep, key=badness)
+        keep.remove(worst)
+        dropped[worst] = (f"dropped: the shipped configuration with it failed on all held-out calls ({line}; "
+                          f"reserved/used {shipped['reserved_over_used']} vs today's {current_bt['reserved_over_used']})")
+
+
+def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Decision:
+    """Fits, backtest and gate (steps 1–5 of the module docstring)."""
+    alpha = params.alpha
+    threshold = params.confidence_threshold
+    train_rows, test_rows = _split(samples, params)
+    all_rows = np.arange(samples.n)
+    full_free = fit_coefficients(samples, all_rows, current, free_weights=True, confidence_threshold=threshold)
+    weights_proposed = _weights_changed(current, full_free)
+    supported = set(full_free.frozen_weights)
     test = samples.subset(np.isin(all_rows, test_rows))
-    train: Fitted | None = None
+
+    train_free = train_frozen = None
+    if test_rows.size:
+        train_frozen_fit = fit_coefficients(samples, train_rows, current, free_weights=False)
+        train_frozen = _fitted(samples, train_rows, train_frozen_fit, alpha)
+        if weights_proposed:
+            train_free_fit = fit_coefficients(samples, train_rows, current, frozen_weights=supported)
+            train_free = _fitted(samples, train_rows, train_free_fit, alpha)
+    ship_weights, weights_verdict = _decide_weights(samples, test, params, current, train_free, train_frozen,
+                                                    weights_proposed, full_free)
+    full_fit = full_free if ship_weights else fit_coefficients(samples, all_rows, current, free_weights=False)
+    full = _fitted(samples, all_rows, full_fit, alpha)
+    train = train_free if ship_weights else train_frozen
+
     ceilings: dict[str, np.ndarray] = {}
-    if n_test > 0:
-        train = fit_all(samples, train_rows, params, current, free_weights)
-        _, ceilings["current"] = configuration_ceiling(test, current, current.budget_factors)
-        pred_cur = test.pred_current
-        med = np.array([train.original_medians.get(g, math.nan) for g in samples.groups])[test.group]
+    if train is not None:
+        ceilings["current"] = heldout_ceilings(test, current, dict(current.budget_factors), params)
+        medians = original_medians(samples, train_rows, params.min_samples)
+        med = np.array([medians.get(g, math.nan) for g in samples.groups])[test.group]
         original = ceilings["current"].copy()
         has = ~np.isnan(med)
-        original[has] = np.ceil(np.maximum(pred_cur[has], 1) * med[has])
+        original[has] = np.ceil(np.maximum(test.pred_current[has], 1) * med[has])
         ceilings["original_median"] = original
-        proposal_factors = {**current.budget_factors, **train.model.factors(samples.groups)}
-        _, ceilings["proposed"] = configuration_ceiling(test, train.fit.coefficients, proposal_factors)
-    alpha = params.alpha
-    if not ceilings:  # nothing held out: the methods are still listed, with n = 0
+        ceilings["proposed"] = heldout_ceilings(test, train.fit.coefficients,
+                                                _proposal_factors(current, train, samples.groups), params)
+    else:  # nothing held out: the methods are still listed, with n = 0
         ceilings = {name: np.empty(0) for name in ("current", "original_median", "proposed")}
     backtest = {name: evaluate(c, test.y, test.observed, alpha) for name, c in ceilings.items()}
-    group_bt = per_group(samples.groups, test.group, ceilings, test.y, test.observed, alpha) if n_test else {}
+    group_bt = per_group(samples.groups, test.group, ceilings, test.y, test.observed, alpha) if test.n else {}
 
-    # gate per group
     reasons: dict[Group, list[str]] = {}
+    verdicts: dict[Group, str] = {}
     passing: list[Group] = []
-    for g, fit in full.model.groups.items():
-        why: list[str] = []
-        info = fit.factor
-        if fit.n < params.min_samples:
-            why.append(f"{fit.n} samples < --min-samples {params.min_samples}")
-        if info.factor is None:
-            why.append("no budget factor (too few samples overall for the target truncation rate)")
-        elif info.confidence < params.confidence_threshold:
-            why.append(f"confidence {info.confidence:.2f} < threshold {params.confidence_threshold:.2f}")
-        bt = group_bt.get(g)
-        if not bt:
-            why.append("no held-out calls in the backtest")
-        else:
-            prop, cur = bt["proposed"], bt["current"]
-            if not truncation_not_worse(prop, cur, alpha):
-                why.append(
-                    f"held-out truncation {prop['truncations']}/{prop['n']} worse than current "
-                    f"{cur['truncations']}/{cur['n']} at α={alpha} (Kupiec p={prop['kupiec_p']})"
-                )
-            if not reserved_better(prop, cur):
-                why.append(
-                    f"held-out reserved/used {prop['reserved_over_used']} not below current {cur['reserved_over_used']}"
-                )
+    for g in full.model.groups:
+        why, verdict = _gate_group(g, full, group_bt, params)
         reasons[g] = why
         if not why:
             passing.append(g)
+            verdicts[g] = verdict
 
-    ship_weights = False
-    global_check = "no weight changes"
-    if passing and free_weights and _weights_changed(current, full.fit):
-        if train is None:
-            global_check = "weight changes not proposed: no held-out calls to check them on"
-        else:
-            # the whole shipped configuration, with the weights, on every held-out call
-            coeffs_t, factors_t = _shipped(current, train, passing, True)
-            _, ceil_ship = configuration_ceiling(test, coeffs_t, factors_t)
-            with_weights = evaluate(ceil_ship, test.y, test.observed, alpha)
-            cur = backtest["current"]
-            ship_weights = truncation_not_worse(with_weights, cur, alpha) and reserved_better(with_weights, cur)
-            global_check = (
-                "weight changes pass the whole-configuration backtest" if ship_weights
-                else "weight changes fail the whole-configuration backtest (truncation or reserve not better than "
-                "today on all held-out calls)"
-            )
-    variant = Variant(free_weights, full, train, backtest, group_bt, passing, reasons, ship_weights, global_check)
     if train is not None:
-        coeffs_t, factors_t = _shipped(current, train, passing, ship_weights)
-        _, ceil_ship = configuration_ceiling(test, coeffs_t, factors_t)
-        variant.backtest["shipped"] = evaluate(ceil_ship, test.y, test.observed, alpha)
-    return variant
+        passing, shipped_bt, shipped_verdict, dropped = _shipped_check(
+            samples, test, params, current, train, passing, ship_weights, backtest["current"], group_bt)
+        backtest["shipped"] = shipped_bt
+        coeffs_s, factors_s = _shipped(current, train, passing, ship_weights and bool(passing))
+        shipped_ceiling = heldout_ceilings(test, coeffs_s, factors_s, params)
+        for g, methods in per_group(samples.groups, test.group, {"shipped": shipped_ceiling}, test.y,
+                                    test.observed, alpha).items():
+            group_bt[g]["shipped"] = methods["shipped"]
+        for g, why in dropped.items():
+            reasons[g] = [why]
+            verdicts.pop(g, None)
+    else:
+        shipped_verdict = "no held-out calls: nothing can be shipped"
+    if ship_weights and not passing:
+        ship_weights = False
+        weights_verdict = "TOKEN_WEIGHTS changes not shipped: no group passed the gate"
+    return Decision(full, train, ship_weights, weights_verdict, weights_proposed, backtest, group_bt, passing,
+                    reasons, verdicts, shipped_verdict)
 
 
 @dataclass
 class PlotData:
-    """What the plot shows: per group, actual / predicted (proposed coefficients) and the factor."""
+    """What the plot shows, per group: actual / predicted (proposed coefficients), n, today's and the new factor."""
 
     groups: list[Group]
     ratios: list[np.ndarray]
     observed: list[np.ndarray]
     factors: list[float | None]
     proposed: list[bool]
+    n: list[int] = field(default_factory=list)
+    #: today's ceiling on the same scale (ceiling today / proposed prediction): median, 10th and 90th percentile
+    current: list[tuple[float, float, float] | None] = field(default_factory=list)
 
 
 @dataclass
@@ -231,22 +351,23 @@ def calibrate(samples: SampleSet, params: Params, current: te.Coefficients | Non
     current = current or te.current_coefficients()
     if samples.n == 0:
         raise ValueError("calibrate needs at least one usable sample")
-    variant = _run_variant(samples, params, current, free_weights=True)
-    notes: list[str] = []
-    if variant.passing and _weights_changed(current, variant.full.fit) and not variant.ship_weights:
-        notes.append(f"TOKEN_WEIGHTS frozen and coefficients refitted: {variant.global_check}")
-        variant = _run_variant(samples, params, current, free_weights=False)
-    variant.notes = notes
-    result = _assemble(samples, params, current, variant)
+    decision = decide(samples, params, current)
+    _, today_ceiling = configuration_ceiling(samples, current, current.budget_factors)
+    today_ratio = today_ceiling / np.maximum(decision.full.predicted, 1.0)
+    result = _assemble(samples, params, current, decision, today_ratio)
     plot = PlotData([], [], [], [], [])
+    rows_of = samples.rows_by_group()
     for entry in result["groups"]:
         g = (entry["category"], entry["complexity"])
-        idx = np.flatnonzero(samples.group == samples.groups.index(g))
+        idx = rows_of[samples.groups.index(g)]
         plot.groups.append(g)
-        plot.ratios.append(samples.y[idx] / np.maximum(variant.full.predicted[idx], 1.0))
+        plot.ratios.append(samples.y[idx] / np.maximum(decision.full.predicted[idx], 1.0))
         plot.observed.append(samples.observed[idx])
         plot.factors.append(entry["budget_factor"])
         plot.proposed.append(bool(entry["proposed"]))
+        plot.n.append(int(idx.size))
+        q10, q50, q90 = np.quantile(today_ratio[idx], [0.1, 0.5, 0.9])
+        plot.current.append((float(q50), float(q10), float(q90)))
     return Calibration(result, plot)
 
 
@@ -265,41 +386,41 @@ def _num(value: float | None, digits: int = 4) -> float | None:
     return round(float(value), digits)
 
 
+SUMMARY_KEYS = ("n", "truncations", "truncations_upper", "truncation_rate", "truncation_interval", "truncation_ci",
+                "binomial_p", "evidence", "reserved_over_used", "kupiec_p")
+
+
 def _bt_summary(group_bt: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
-    """A change's backtest: the proposal's numbers at top level, each method's beside them."""
+    """A group's backtest: the proposal's numbers at top level, each method's beside them."""
     if not group_bt:
         return {"n": 0}
     prop = group_bt.get("proposed", {})
-    out: dict[str, Any] = {
-        "n": prop.get("n", 0),
-        "truncations": prop.get("truncations"),
-        "truncation_rate": prop.get("truncation_rate"),
-        "reserved_over_used": prop.get("reserved_over_used"),
-        "kupiec_p": prop.get("kupiec_p"),
-    }
+    out: dict[str, Any] = {k: prop.get(k) for k in SUMMARY_KEYS}
     for name, m in group_bt.items():
-        out[name] = {k: m.get(k) for k in ("n", "truncations", "truncation_rate", "reserved_over_used", "kupiec_p")}
+        out[name] = {k: m.get(k) for k in SUMMARY_KEYS}
     return out
 
 
-def _group_entries(samples: SampleSet, params: Params, variant: Variant) -> list[dict[str, Any]]:
-    full = variant.full
+def _group_entries(
+    samples: SampleSet, params: Params, decision: Decision, today_ratio: np.ndarray
+) -> list[dict[str, Any]]:
+    full = decision.full
     entries = []
-    for gi, g in enumerate(samples.groups):
-        idx = np.flatnonzero(samples.group == gi)
-        if idx.size == 0:
-            continue
+    for gi, idx in sorted(samples.rows_by_group().items()):
+        g = samples.groups[gi]
         fit = full.model.groups[g]
         y, obs = samples.y[idx], samples.observed[idx]
-        ratio = y / np.maximum(samples.pred_current[idx], 1.0)
-        med = stats.km_median(ratio, obs)
-        lo, hi, level = stats.median_ci(ratio, obs, 0.95)
+        ratio, ratio_obs = stats.sort_censored(y / np.maximum(samples.pred_current[idx], 1.0), obs)
+        med = stats.km_median(ratio, ratio_obs, presorted=True)
+        lo, hi, level = stats.median_ci(ratio, ratio_obs, 0.95, presorted=True)
         clean = samples.success[idx] & obs
-        clean_ratio = ratio[clean]
+        clean_ratio = y[clean] / np.maximum(samples.pred_current[idx][clean], 1.0)
         waste = samples.recorded_ceiling[idx] / y
+        waste = waste[np.isfinite(waste)]
+        waste_median, waste_p90 = np.quantile(waste, [0.5, 0.9]) if waste.size else (math.nan, math.nan)
         over = samples.recorded_predicted[idx] / y
         info = fit.factor
-        bt = variant.group_backtest.get(g)
+        bt = decision.group_backtest.get(g)
         entries.append(
             {
                 "category": g[0],
@@ -311,7 +432,11 @@ def _group_entries(samples: SampleSet, params: Params, variant: Variant) -> list
                 "median_ratio_ci_level": _num(level, 4),
                 "pooling_weight": _num(fit.pooling_weight),
                 "budget_factor": info.factor,
+                "factor_method": info.method,
+                "extrapolation": info.extrapolation,
+                "assumption": info.assumption,
                 "confidence": _num(info.confidence),
+                "current_ceiling_factor": _num(float(np.median(today_ratio[idx]))),
                 "original_confidence": _num(stats.original_confidence(clean_ratio)) if clean_ratio.size else None,
                 "original_median_ratio": _num(stats.original_median(clean_ratio)) if clean_ratio.size else None,
                 "n_clean_success": int(clean.sum()),
@@ -324,11 +449,11 @@ def _group_entries(samples: SampleSet, params: Params, variant: Variant) -> list
                 "avg_actual": _num(float(np.mean(samples.actual[idx])), 1),
                 "avg_predicted": _num(float(np.mean(samples.pred_current[idx])), 1),
                 "median_overestimate_ratio": _num(float(np.median(over))),
-                "median_ceiling_waste": _num(float(np.nanmedian(waste))) if np.isfinite(waste).any() else None,
-                "p90_ceiling_waste": _num(float(np.nanquantile(waste, 0.9))) if np.isfinite(waste).any() else None,
+                "median_ceiling_waste": _num(float(waste_median)),
+                "p90_ceiling_waste": _num(float(waste_p90)),
                 "avg_ceiling": _num(float(np.nanmean(samples.recorded_ceiling[idx])), 1),
-                "proposed": g in variant.passing,
-                "gate_reasons": variant.reasons.get(g, []),
+                "proposed": g in decision.passing,
+                "gate_reasons": decision.reasons.get(g, []),
                 "backtest": _bt_summary(bt),
             }
         )
@@ -336,66 +461,78 @@ def _group_entries(samples: SampleSet, params: Params, variant: Variant) -> list
     return entries
 
 
+def _overhead_change(fit: FitResult, current: te.Coefficients, g: Group) -> tuple[int | None, int] | None:
+    old = current.phase_overhead.get(g)
+    new = fit.coefficients.phase_overhead.get(g, current.default_phase_overhead)
+    if new == (old if old is not None else current.default_phase_overhead):
+        return None
+    return old, new
+
+
 def _changes(
-    samples: SampleSet, params: Params, current: te.Coefficients, variant: Variant, groups: list[dict[str, Any]]
+    samples: SampleSet, params: Params, current: te.Coefficients, decision: Decision, groups: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(proposed_changes, coefficient_fit): gated changes, and every change the fit made, old → new."""
-    full = variant.full
+    """(proposed_changes, coefficient_fit): gated changes with their verdicts, and every change the fit made."""
+    full = decision.full
     fit = full.fit
     by_group = {(e["category"], e["complexity"]): e for e in groups}
+    at_bound = set(fit.at_bound)
     fit_changes: list[dict[str, Any]] = []
     for g in fit.overhead_groups:
-        old = current.phase_overhead.get(g)
-        new = fit.coefficients.phase_overhead.get(g, current.default_phase_overhead)
-        if new != (old if old is not None else current.default_phase_overhead):
-            fit_changes.append({"coefficient": "PHASE_OVERHEAD", "key": list(g), "old": old, "new": new,
-                                "n": fit.overhead_n.get(g, 0)})
+        change = _overhead_change(fit, current, g)
+        if change is not None:
+            fit_changes.append({"coefficient": "PHASE_OVERHEAD", "key": list(g), "old": change[0], "new": change[1],
+                                "n": fit.overhead_n.get(g, 0), "at_bound": ("PHASE_OVERHEAD", g) in at_bound})
     for k in fit.weight_keys:
         old_w = current.token_weights.get(k)
         new_w = fit.coefficients.token_weights.get(k)
         if new_w != old_w:
             fit_changes.append({"coefficient": "TOKEN_WEIGHTS", "key": list(k), "old": old_w, "new": new_w,
-                                "n": fit.weight_n.get(k, 0)})
+                                "n": fit.weight_n.get(k, 0), "at_bound": ("TOKEN_WEIGHTS", k) in at_bound})
+
+    def bound_note(coefficient: str, key: Group) -> str:
+        return f"; limited to ×{MAX_STEP:g} per run (the data asked for more)" if (coefficient, key) in at_bound else ""
 
     changes: list[dict[str, Any]] = []
-    order = sorted(variant.passing, key=lambda g: (-(by_group[g]["confidence"] or 0), -by_group[g]["n"], g))
+    order = sorted(decision.passing, key=lambda g: (-(by_group[g]["confidence"] or 0), -by_group[g]["n"], g))
     for g in order:
         e = by_group[g]
         info = full.model.factor_for(g)
-        common = {
-            "category": g[0],
-            "complexity": g[1],
-            "n": e["n"],
-            "confidence": e["confidence"],
-            "backtest": e["backtest"],
-        }
+        verdict = decision.verdicts.get(g, "")
+        common = {"category": g[0], "complexity": g[1], "n": e["n"], "confidence": e["confidence"],
+                  "backtest": e["backtest"]}
         old_factor = current.budget_factors.get(g)
         if info.factor is not None and info.factor != old_factor:
             changes.append({"coefficient": "BUDGET_FACTORS", "key": list(g), "old": old_factor, "new": info.factor,
-                            **common, "interval": list(info.interval)})
-        if g in fit.overhead_groups:
-            old = current.phase_overhead.get(g)
-            new = fit.coefficients.phase_overhead.get(g, current.default_phase_overhead)
-            if new != (old if old is not None else current.default_phase_overhead):
-                rows = np.flatnonzero((samples.group == samples.groups.index(g)) & samples.units.linear[samples.unit])
-                implied = implied_overheads(samples, rows, fit.coefficients)
-                lo, hi, _ = stats.median_ci(implied, samples.observed[rows], 0.95)
-                changes.append({"coefficient": "PHASE_OVERHEAD", "key": list(g), "old": old, "new": new,
-                                **common, "interval": [_num(lo, 1), _num(hi, 1)]})
-    if variant.ship_weights:
-        shipped_bt = variant.backtest.get("shipped", {})
+                            **common, "interval": list(info.interval), "verdict": verdict})
+        change = _overhead_change(fit, current, g) if g in fit.overhead_groups else None
+        if change is not None:
+            rows = samples.rows_by_group()[samples.groups.index(g)]
+            rows = rows[samples.units.linear[samples.unit[rows]]]
+            implied = implied_overheads(samples, rows, fit.coefficients)
+            lo, hi, _ = stats.median_ci(implied, samples.observed[rows], 0.95)
+            changes.append({
+                "coefficient": "PHASE_OVERHEAD", "key": list(g), "old": change[0], "new": change[1], **common,
+                "interval": [_num(lo, 1), _num(hi, 1)],
+                "verdict": f"ships with its group's budget factor (the factor is relative to the prediction this "
+                           f"overhead gives): {verdict}{bound_note('PHASE_OVERHEAD', g)}",
+            })
+    if decision.ship_weights:
+        shipped_bt = decision.backtest.get("shipped", {})
         for k in fit.weight_keys:
             old_w = current.token_weights.get(k)
             new_w = fit.coefficients.token_weights.get(k)
             if new_w == old_w:
                 continue
             lo_w, hi_w = fit.weight_interval.get(k, (math.nan, math.nan))
+            agree = fit.weight_confidence.get(k)
             changes.append({
                 "coefficient": "TOKEN_WEIGHTS", "key": list(k), "old": old_w, "new": new_w,
                 "category": None, "complexity": None, "n": fit.weight_n.get(k, 0),
-                "confidence": _num(fit.weight_confidence.get(k)), "interval": [_num(lo_w, 1), _num(hi_w, 1)],
-                "backtest": {k2: shipped_bt.get(k2) for k2 in ("n", "truncations", "truncation_rate",
-                                                                "reserved_over_used", "kupiec_p")},
+                "confidence": _num(agree), "interval": [_num(lo_w, 1), _num(hi_w, 1)],
+                "backtest": {k2: shipped_bt.get(k2) for k2 in SUMMARY_KEYS},
+                "verdict": (f"{_num(agree, 2)} of the bootstrap refits agree on its direction; "
+                            f"{decision.weights_verdict}{bound_note('TOKEN_WEIGHTS', k)}"),
             })
     return changes, fit_changes
 
@@ -429,55 +566,61 @@ def _success_metrics(samples: SampleSet, params: Params, groups: list[dict[str, 
     }
 
 
-def _assemble(samples: SampleSet, params: Params, current: te.Coefficients, variant: Variant) -> dict[str, Any]:
-    groups = _group_entries(samples, params, variant)
-    changes, fit_changes = _changes(samples, params, current, variant, groups)
+def _sources(samples: SampleSet) -> dict[str, Any]:
+    models = [dict(m) for m in samples.sources]
+    total = sum(m["samples"] for m in models)
+    for m in models:
+        m["share"] = round(m["samples"] / total, 4) if total else None
+    simulated = None if not models else any(m["simulated"] for m in models)
+    return {"simulated": simulated, "models": models}
+
+
+def _assemble(
+    samples: SampleSet, params: Params, current: te.Coefficients, decision: Decision, today_ratio: np.ndarray
+) -> dict[str, Any]:
+    groups = _group_entries(samples, params, decision, today_ratio)
+    changes, fit_changes = _changes(samples, params, current, decision, groups)
     passed = bool(changes)
     reasons: list[str] = []
     for e in groups:
         g = (e["category"], e["complexity"])
         label = f"{g[0]}/{g[1]}"
-        if g in variant.passing:
-            bt = e["backtest"]
-            cur = bt.get("current", {})
-            reasons.append(
-                f"{label}: proposed (n={e['n']}, confidence {e['confidence']}, held-out truncation "
-                f"{bt.get('truncations')}/{bt.get('n')} vs current {cur.get('truncations')}/{cur.get('n')}, "
-                f"reserved/used {bt.get('reserved_over_used')} vs {cur.get('reserved_over_used')})"
-            )
+        if g in decision.passing:
+            reasons.append(f"{label}: proposed: {decision.verdicts.get(g, '')}")
         else:
-            reasons.append(f"{label}: not proposed: " + "; ".join(variant.reasons.get(g, ["no factor"])))
-    if variant.passing and changes and not any(c["coefficient"] == "TOKEN_WEIGHTS" for c in changes):
-        if any(fc["coefficient"] == "TOKEN_WEIGHTS" for fc in fit_changes):
-            reasons.append(f"TOKEN_WEIGHTS: not proposed: {variant.global_check}")
-    reasons += variant.notes
+            reasons.append(f"{label}: not proposed: " + "; ".join(decision.reasons.get(g, ["no factor"])))
+    reasons.append(decision.weights_verdict)
+    if decision.train is not None and decision.passing:
+        reasons.append(f"shipped: {decision.shipped_verdict}")
     if not passed:
         reasons.insert(0, "no group passed the gate: nothing to propose")
 
-    full = variant.full
-    test_n = variant.backtest.get("current", {}).get("n", 0)
-    backtest: dict[str, Any] = {
-        name: {k: v for k, v in m.items()} for name, m in variant.backtest.items()
-    }
+    full = decision.full
+    test_n = decision.backtest.get("current", {}).get("n", 0)
+    backtest: dict[str, Any] = {name: dict(m) for name, m in decision.backtest.items()}
     backtest["train_n"] = samples.n - test_n
     backtest["test_n"] = test_n
     backtest["split_at"] = _iso(float(samples.epoch[samples.n - test_n])) if test_n else None
     backtest["groups"] = [
         {
             "category": g[0], "complexity": g[1], "n": m["current"]["n"],
-            **{name: {"truncations": v["truncations"], "truncation_rate": v["truncation_rate"],
+            **{name: {"truncations": v["truncations"], "truncations_upper": v["truncations_upper"],
+                      "truncation_rate": v["truncation_rate"], "truncation_interval": v["truncation_interval"],
+                      "binomial_p": v["binomial_p"], "evidence": v["evidence"],
                       "coverage": None if v["truncation_rate"] is None else round(1 - v["truncation_rate"], 6),
                       "reserved_over_used": v["reserved_over_used"]} for name, v in m.items()},
         }
-        for g, m in sorted(variant.group_backtest.items())
+        for g, m in sorted(decision.group_backtest.items())
     ]
-    run_ids = list(samples.summary.run_ids)
     metadata = {
         "db_id": None,
         "generated_at": None,
         "total_samples": samples.n,
         "sample_counts": dict(samples.counts),
-        "run_ids": run_ids,
+        "retries_excluded": int(samples.counts.get("retries_excluded", 0)),
+        "retries_known": samples.retries_known,
+        "sources": _sources(samples),
+        "run_ids": list(samples.summary.run_ids),
         "time_span": {"start": _iso(float(samples.epoch.min())), "end": _iso(float(samples.epoch.max()))},
         "method_version": METHOD_VERSION,
         "target_truncation": params.target_truncation,
@@ -485,8 +628,11 @@ def _assemble(samples: SampleSet, params: Params, current: te.Coefficients, vari
         "confidence_threshold": params.confidence_threshold,
         "min_samples": params.min_samples,
         "include_run_ids": list(params.include_run_ids),
+        "gate_level": stats.GATE_LEVEL,
+        "min_evidence_calls": stats.min_evidence_calls(params.alpha),
+        "max_coefficient_step": MAX_STEP,
         "coefficients_version": current.version,
-        "weights_free": variant.free_weights,
+        "weights_free": decision.ship_weights,
         "fit_status": full.fit.status,
         "fitted_rows": full.fit.fitted_rows,
         "frozen_weights": [list(k) for k in full.fit.frozen_weights],
@@ -500,7 +646,12 @@ def _assemble(samples: SampleSet, params: Params, current: te.Coefficients, vari
     }
     return {
         "metadata": metadata,
-        "gate": {"passed": passed, "reasons": reasons},
+        "gate": {
+            "passed": passed,
+            "reasons": reasons,
+            "weights": {"changed": decision.ship_weights, "verdict": decision.weights_verdict},
+            "shipped": {"passed": passed, "verdict": decision.shipped_verdict if passed else "nothing ships"},
+        },
         "proposed_changes": changes,
         "coefficient_fit": fit_changes,
         "groups": groups,
@@ -512,3 +663,6 @@ def _assemble(samples: SampleSet, params: Params, current: te.Coefficients, vari
         "json_path": None,
         "plot_path": None,
     }
+
+
+__all__ = ["Calibration", "Params", "calibrate", "decide", "heldout_ceilings"]
