@@ -179,12 +179,14 @@ def test_each_group_gets_a_factor_from_its_own_calls_only() -> None:
     assert (big.factor.method, big.factor.source, big.factor.pool_n) == ("km_conformal", "group", 40)
     assert big.factor.assumption is None and not big.factor.extrapolation  # distribution-free
     assert (small.factor.method, small.factor.pool_n) == ("small_group_bound", 6)
-    assert "normal" in small.factor.assumption and "6 calls < 19" in small.factor.note
-    # the small group's factor is its own bound: exp(mean + t_{5, .95}·s·√(1 + 1/6)), rounded up
+    assert "normal" in small.factor.assumption and "6 calls < 22" in small.factor.note
+    # the small group's factor is its own bound exp(mean + m·s), m ≥ t_{5, .95}·√(1 + 1/6), rounded up
     own = r[group_of_row == 1]
-    bound = own.mean() + sps.t.ppf(0.95, 5) * own.std(ddof=1) * math.sqrt(1 + 1 / 6)
+    m = stats.small_group_multiplier(6, 0.05)
+    assert m >= sps.t.ppf(0.95, 5) * math.sqrt(1 + 1 / 6)
+    bound = own.mean() + m * own.std(ddof=1)
     assert small.factor.factor == math.ceil(math.exp(bound) * 1000 - 1e-9) / 1000
-    assert small.factor.confidence == pytest.approx(stats.prediction_bound_confidence(6, 0.05))
+    assert small.factor.confidence == pytest.approx(stats.FACTOR_CONFIDENCE, abs=1e-6)
     assert single.factor.method == "none" and single.factor.factor is None
 
 
@@ -233,9 +235,19 @@ def test_a_censored_group_whose_quantile_is_hidden_extrapolates_from_its_own_fit
 
 
 def test_own_factor_is_exp_of_the_conformal_quantile_rounded_up() -> None:
-    r = np.log(np.arange(1, 21, dtype=float))  # ratios 1 … 20; k = 20 → the largest, 20
-    model = fit_factor_model([("docs", "low")], np.zeros(20, dtype=int), r, np.ones(20, dtype=bool), 0.05)
-    assert model.groups[("docs", "low")].factor.factor == 20.0
+    r = np.log(np.arange(1, 23, dtype=float))  # ratios 1 … 22; k = 22 → the largest, 22
+    model = fit_factor_model([("docs", "low")], np.zeros(22, dtype=int), r, np.ones(22, dtype=bool), 0.05)
+    info = model.groups[("docs", "low")].factor
+    assert (info.method, info.factor, info.k) == ("km_conformal", 22.0, 22)
+
+
+def test_the_conformal_rank_is_raised_until_truncation_above_2_alpha_is_at_most_10_percent_likely() -> None:
+    # coverage of the max of n ~ Beta(n, 1): P(coverage ≥ 0.9) = 1 − 0.9^n: 0.8906 at n = 21, 0.9015 at n = 22
+    assert stats.confident_conformal_rank(21, 0.05) is None
+    assert stats.confident_conformal_rank(22, 0.05) == 22
+    assert stats.min_confident_samples(0.05) == 22 and stats.min_confident_samples(0.10) == 11
+    # for larger n the plain rank already qualifies: ⌈101·0.95⌉ = 96
+    assert stats.confident_conformal_rank(100, 0.05) == stats.conformal_rank(100, 0.05) == 96
 
 
 # --- the original's numbers ------------------------------------------------------------------------------

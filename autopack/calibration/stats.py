@@ -40,6 +40,36 @@ def min_conformal_samples(alpha: float) -> int:
     return max(1, math.ceil((1.0 - alpha) / alpha - _EPS))
 
 
+#: Every factor is built so that P(its realised truncation ≤ 2α) is at least this (under its assumptions).
+FACTOR_CONFIDENCE = 0.90
+
+
+def confident_conformal_rank(n: int, alpha: float, confidence: float = FACTOR_CONFIDENCE) -> int | None:
+    """The smallest rank k ≥ ⌈(n+1)(1−α)⌉ whose realised coverage is ≥ 1 − 2α with probability ≥ ``confidence``.
+
+    Split conformal's k-th order statistic covers a new call with probability ≥ 1 − α on average, but
+    its coverage given the data is Beta(k, n+1−k): with the minimum 19 calls at α = 5 % (k = n) it
+    truncates more than 2α in 0.9¹⁹ = 13.5 % of groups. Raising k until that risk is ≤ 1 − ``confidence``
+    keeps the average guarantee and adds this training-conditional one (Vovk 2012). For large n the two
+    ranks coincide. None when no k ≤ n qualifies (fewer than 22 calls at α = 5 %, 11 at α = 10 %).
+    """
+    k = conformal_rank(n, alpha)
+    while k is not None and k <= n:
+        if coverage_confidence(n, k, alpha) >= confidence - _EPS:
+            return k
+        k += 1
+    return None
+
+
+@lru_cache(maxsize=64)
+def min_confident_samples(alpha: float, confidence: float = FACTOR_CONFIDENCE) -> int:
+    """The smallest n with a ``confident_conformal_rank``: the calls a group needs for a distribution-free factor."""
+    n = min_conformal_samples(alpha)
+    while confident_conformal_rank(n, alpha, confidence) is None:
+        n += 1
+    return n
+
+
 def coverage_confidence(n: int, k: int | None, alpha: float) -> float:
     """P(the realised coverage of the k-th of n order statistics ≥ 1 − 2α).
 
@@ -469,6 +499,7 @@ def censored_normal_fit(
     None when fewer than ``min_observed`` values are observed or the optimiser fails.
     """
     from scipy.optimize import minimize
+    from scipy.special import log_ndtr
 
     v = np.asarray(values, dtype=float)
     o = np.asarray(observed, dtype=bool)
@@ -476,12 +507,15 @@ def censored_normal_fit(
         return None
     xo, xc = v[o], v[~o]
 
-    def nll(theta: np.ndarray) -> float:
+    half_log_2pi = 0.5 * math.log(2.0 * math.pi)
+
+    def nll(theta: np.ndarray) -> float:  # closed forms: scipy.stats' per-call overhead dominated the fit
         mu, log_s = theta
         s = math.exp(log_s)
-        total = float(np.sum(sps.norm.logpdf(xo, mu, s)))
+        z = (xo - mu) / s
+        total = -0.5 * float(z @ z) - xo.size * (log_s + half_log_2pi)
         if xc.size:
-            total += float(np.sum(sps.norm.logsf(xc, mu, s)))
+            total += float(np.sum(log_ndtr((mu - xc) / s)))
         return -total
 
     start = np.array([float(np.mean(v)), math.log(max(float(np.std(v)), 1e-3))])
@@ -518,22 +552,51 @@ def prediction_bound_multiplier(n: int, alpha: float) -> float:
     return float(sps.t.ppf(1.0 - alpha, n - 1)) * math.sqrt(1.0 + 1.0 / n)
 
 
-@lru_cache(maxsize=256)
-def prediction_bound_confidence(n: int, alpha: float, nodes: int = 400) -> float:
-    """P(the normal prediction bound's realised coverage ≥ 1 − 2α), under the normal assumption.
+def normal_bound_confidence(n: int, alpha: float, multiplier: float, nodes: int = 400) -> float:
+    """P(the bound x̄ + m·s's realised coverage ≥ 1 − 2α) for n normal values, m = ``multiplier``.
 
-    With x̄ ~ N(μ, σ²/n) and s/σ = S, S² ~ χ²_{n−1}/(n−1) independent, the bound x̄ + m·s covers a new
-    value with probability Φ((x̄ + m·s − μ)/σ); it is ≥ 1 − 2α iff Z ≥ √n·(z_{1−2α} − m·S), Z ~ N(0, 1).
-    So the confidence is E_S[Φ(√n·(m·S − z_{1−2α}))], integrated over the χ² law at ``nodes`` quantile
-    midpoints. Like the conformal Beta law, it depends only on n and α: fixed in advance.
+    With x̄ ~ N(μ, σ²/n) and s/σ = S, S² ~ χ²_{n−1}/(n−1) independent, the bound covers a new value with
+    probability Φ((x̄ + m·s − μ)/σ); it is ≥ 1 − 2α iff Z ≥ √n·(z_{1−2α} − m·S), Z ~ N(0, 1). So the
+    confidence is E_S[Φ(√n·(m·S − z_{1−2α}))], integrated over the χ² law at ``nodes`` quantile midpoints.
+    Like the conformal Beta law it depends only on n, α and m: fixed in advance.
     """
-    if n < 2:
+    if n < 2 or not math.isfinite(multiplier):
         return 0.0
-    m = prediction_bound_multiplier(n, alpha)
     z = float(sps.norm.ppf(1.0 - 2.0 * alpha))
     u = (np.arange(nodes) + 0.5) / nodes
     s = np.sqrt(sps.chi2.ppf(u, n - 1) / (n - 1))
-    return float(np.mean(sps.norm.cdf(math.sqrt(n) * (m * s - z))))
+    return float(np.mean(sps.norm.cdf(math.sqrt(n) * (multiplier * s - z))))
+
+
+def prediction_bound_confidence(n: int, alpha: float) -> float:
+    """``normal_bound_confidence`` of the plain prediction bound (multiplier t·√(1 + 1/n))."""
+    return normal_bound_confidence(n, alpha, prediction_bound_multiplier(n, alpha))
+
+
+@lru_cache(maxsize=256)
+def small_group_multiplier(n: int, alpha: float, confidence: float = FACTOR_CONFIDENCE) -> float:
+    """m for a small group's bound x̄ + m·s: the prediction bound's t·√(1 + 1/n), raised until the bound's
+    ``normal_bound_confidence`` reaches ``confidence``.
+
+    The plain prediction bound truncates exactly α on average but more than 2α in 14–20 % of groups of
+    5–10 calls; the raised one keeps that below 1 − ``confidence`` (under normality) for a little more
+    reserve (at α = 5 %, n = 5: m = 2.74 instead of 2.34, mean truncation 3.3 %).
+    """
+    if n < 2:
+        return math.inf
+    low = prediction_bound_multiplier(n, alpha)
+    if normal_bound_confidence(n, alpha, low) >= confidence:
+        return low
+    high = 2.0 * low
+    while normal_bound_confidence(n, alpha, high) < confidence:
+        high *= 2.0
+    for _ in range(60):  # bisection on a monotone function of m
+        mid = 0.5 * (low + high)
+        if normal_bound_confidence(n, alpha, mid) < confidence:
+            low = mid
+        else:
+            high = mid
+    return high
 
 
 @dataclass(frozen=True)
@@ -549,10 +612,11 @@ class UpperQuantile:
 
 def upper_quantile(
     values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None, alpha: float,
-    interval_level: float = 0.90, *, presorted: bool = False,
+    interval_level: float = 0.90, *, presorted: bool = False, confidence: float | None = None,
 ) -> UpperQuantile:
     """Split-conformal quantile (KM with censoring); if censoring hides it, the Tobit extrapolation.
 
+    ``confidence``: use ``confident_conformal_rank`` (training-conditional) instead of the plain rank.
     Confidence is P(realised coverage ≥ 1 − 2α): the Beta law for the conformal quantile, the
     normal-theory approximation Φ((q̂ − q̂_{1−2α}) / sd(q̂)) for the Tobit one.
     """
@@ -561,7 +625,11 @@ def upper_quantile(
     n = int(v.size)
     if not presorted:
         v, o = sort_censored(v, o)
-    q, k = conformal_quantile(v, o, alpha, presorted=True)
+    if confidence is None:
+        q, k = conformal_quantile(v, o, alpha, presorted=True)
+    else:
+        k = confident_conformal_rank(n, alpha, confidence)
+        q = km_quantile(v, o, k / n, presorted=True) if k is not None else math.inf
     if k is None:
         return UpperQuantile(math.inf, None, "none", 0.0, (math.nan, math.inf))
     if math.isfinite(q):
