@@ -16,8 +16,9 @@ shell in ``runner`` adds those). One pass, in this order:
    threshold, and on its own held-out calls the truncation test (one-sided exact binomial on the upper
    end of the interval, evidence-aware: ``backtest.truncation_verdict``) and fewer tokens reserved per
    token used than today;
-6. the shipped configuration (only what passed) is replayed on the same held-out calls and must pass the
-   same two tests as a whole; groups are dropped, worst first, until it does.
+6. the shipped configuration (only what passed) is replayed on the same held-out calls and, on the calls
+   whose ceiling it changes, must pass the same two tests as a whole; groups are dropped, worst first,
+   until it does.
 
 What ships is exactly what was tested: the values fitted on the older part, whose held-out replay is
 ``backtest.shipped``. Refitting on all calls after the test would ship numbers nobody tested, and, since
@@ -215,7 +216,7 @@ def _gate_group(
         why.append(f"{fit.n} fitted samples < --min-samples {params.min_samples}")
     if info.factor is None:
         why.append(f"no budget factor ({info.note or 'too few samples'})")
-    elif info.method != "km_conformal":
+    elif info.method != "km_conformal" or info.assumption is not None:
         why.append(f"{info.method} factor {info.factor:.3f} reported, not shipped: it rests on an assumption the "
                    f"held-out calls cannot check ({info.assumption}); a distribution-free factor needs "
                    f"{stats.min_confident_samples(params.alpha)} fitted calls and a visible quantile")
@@ -241,10 +242,15 @@ def _gate_group(
 
 def _shipped_check(
     test: SampleSet, params: Params, current: te.Coefficients, fitted: Fitted,
-    passing: list[Group], ship_weights: bool, current_bt: dict[str, Any],
+    passing: list[Group], ship_weights: bool, current_ceiling: np.ndarray,
     group_bt: dict[Group, dict[str, dict[str, Any]]],
 ) -> tuple[list[Group], dict[str, Any], np.ndarray, str, dict[Group, str]]:
-    """Replay the shipped configuration on all held-out calls; drop groups (worst first) until it passes."""
+    """Replay the shipped configuration on the held-out calls; drop groups (worst first) until it passes.
+
+    Judged on the held-out calls whose ceiling the pull request changes (all of them when the weights
+    ship, else the shipped groups' calls): the same truncation test against today and a lower reserve.
+    Calls it does not change keep today's ceiling, good or bad, and are no verdict on the change.
+    """
     alpha = params.alpha
     keep = list(passing)
     dropped: dict[Group, str] = {}
@@ -259,15 +265,18 @@ def _shipped_check(
         shipped = evaluate(ceiling, test.y, test.observed, alpha)
         if not keep:
             return keep, shipped, ceiling, "nothing ships", dropped
-        ok, line = truncation_verdict(shipped, current_bt, alpha)
-        if ok and reserved_better(shipped, current_bt):
+        changed = ceiling != current_ceiling
+        mine = evaluate(ceiling[changed], test.y[changed], test.observed[changed], alpha)
+        today = evaluate(current_ceiling[changed], test.y[changed], test.observed[changed], alpha)
+        ok, line = truncation_verdict(mine, today, alpha)
+        if ok and reserved_better(mine, today):
             return keep, shipped, ceiling, (
-                f"the shipped configuration on all {shipped['n']} held-out calls: {line}; reserved/used "
-                f"{shipped['reserved_over_used']:.3f} < today's {current_bt['reserved_over_used']:.3f}"), dropped
+                f"on the {mine['n']} held-out calls whose ceiling it changes: {line}; reserved/used "
+                f"{mine['reserved_over_used']:.3f} < today's {today['reserved_over_used']:.3f}"), dropped
         worst = max(keep, key=badness)
         keep.remove(worst)
-        dropped[worst] = (f"dropped: the shipped configuration with it failed on all held-out calls ({line}; "
-                          f"reserved/used {shipped['reserved_over_used']} vs today's {current_bt['reserved_over_used']})")
+        dropped[worst] = (f"dropped: with it, the calls the pull request changes failed together ({line}; reserved/used "
+                          f"{mine['reserved_over_used']} vs today's {today['reserved_over_used']})")
 
 
 def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Decision:
@@ -316,7 +325,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     shipped_verdict = "no held-out calls: nothing can be shipped"
     if tested:
         passing, backtest["shipped"], shipped_ceiling, shipped_verdict, dropped = _shipped_check(
-            test, params, current, fitted, passing, ship_weights, backtest["current"], group_bt)
+            test, params, current, fitted, passing, ship_weights, ceilings["current"], group_bt)
         for g, methods in per_group(samples.groups, test.group, {"shipped": shipped_ceiling}, test.y,
                                     test.observed, alpha).items():
             group_bt[g]["shipped"] = methods["shipped"]

@@ -5,11 +5,13 @@ multiply, the factor is exp of an upper bound for a new call's r at miscoverage 
 group's own data support (``factor_method``):
 
 1. ``km_conformal``: enough calls (22 at α = 5 %, 11 at α = 10 %: ``stats.min_confident_samples``) and
-   the quantile visible: the split-conformal upper quantile, read from the Kaplan–Meier curve when calls
-   are censored (the k-th order statistic when none is), at the smallest rank k ≥ ⌈(n+1)(1−α)⌉ whose
+   the quantile visible: the split-conformal upper quantile (the k-th order statistic; with censored
+   calls the k-th value when each is taken as +∞, which is the Kaplan–Meier quantile when the censored
+   calls lie above it; else the Kaplan–Meier quantile, which then rests on independent censoring and is
+   reported, not shipped), at the smallest rank k ≥ ⌈(n+1)(1−α)⌉ whose
    realised truncation is ≤ 2α with probability ≥ ``stats.FACTOR_CONFIDENCE`` (0.9; the plain rank with
    the bare minimum of 1/α − 1 calls exceeds 2α in 13.5 % of groups). Distribution-free for exchangeable
-   calls; the only kind of factor the gate ships. Confidence: P(realised truncation ≤ 2α) from the
+   calls; the only kind of factor the gate ships (``assumption`` null). Confidence: P(realised truncation ≤ 2α) from the
    Beta(k, n+1−k) law of conformal coverage.
 2. ``censored_fit``: enough calls, but censoring hides the quantile (the largest outputs were all cut):
    the group's *own* censored-normal (Tobit) fit extrapolates it. Marked ``extrapolation``, its assumption
@@ -144,13 +146,22 @@ def _group_factor(r: np.ndarray, observed: np.ndarray, alpha: float) -> FactorIn
         uq = stats.upper_quantile(r, observed, alpha, INTERVAL_LEVEL, presorted=True,
                                   confidence=stats.FACTOR_CONFIDENCE)
         if uq.method == "conformal":
+            # distribution-free even with censoring: the k-th value when every censored call is taken as
+            # +∞ (its true length is unknown above its cap) can only be above the true k-th value. It equals
+            # the Kaplan–Meier quantile when the censored calls all lie above it (caps above the tail).
+            complete = r[observed]
+            value, assumption = uq.value, None
+            if n_cens:
+                if uq.k is not None and uq.k <= complete.size:
+                    value = max(uq.value, float(complete[uq.k - 1]))
+                else:
+                    assumption = KM_ASSUMPTION + ": censored calls lie inside the tail the factor bounds"
             low, high = uq.interval
             if not math.isfinite(high):  # no order statistic bounds it at this n: normal approximation
-                high = uq.value + float(norm.ppf(0.5 + INTERVAL_LEVEL / 2.0)) * _log_quantile_se(r, observed, alpha)
+                high = value + float(norm.ppf(0.5 + INTERVAL_LEVEL / 2.0)) * _log_quantile_se(r, observed, alpha)
             return FactorInfo(
-                round_up_factor(math.exp(uq.value)), uq.value, "group", n, uq.k, uq.confidence,
-                _exp_interval(low, max(high, uq.value)), method="km_conformal",
-                assumption=KM_ASSUMPTION if n_cens else None,
+                round_up_factor(math.exp(value)), value, "group", n, uq.k, uq.confidence,
+                _exp_interval(low, max(high, value)), method="km_conformal", assumption=assumption,
             )
         assumption = (
             f"{NORMAL_ASSUMPTION}: censoring ({n_cens} of {n} calls cut) hides the upper quantile, which is "
