@@ -306,7 +306,7 @@ def _interval(m: Mapping[str, Any]) -> str:
 METHOD_LABELS = {
     "current": "today",
     "original_median": "original's median",
-    "proposed": "full refit (every group)",
+    "proposed": "full refit, every group",
     "shipped": "shipped = this pull request",
 }
 
@@ -408,12 +408,12 @@ def write_json(result: Mapping[str, Any], path: Path) -> None:
     path.write_text(redact(text) + "\n", encoding="utf-8")
 
 
-def write_plot(path: Path, plot: Any, *legacy: Any, alpha: float | None = None) -> None:
+def write_plot(path: Path, plot: Any, *legacy: Any, alpha: float | None = None) -> list[str]:
     """The PNG: per group, actual / predicted (censored calls as ▲), n, today's ceiling and the new factor.
 
     ``plot`` is ``core.PlotData`` (``write_plot(path, calibration.plot, alpha=α)``). The older positional
     form ``write_plot(path, groups, ratios, observed, factors, proposed, alpha)`` still works, without
-    today's ceiling (it does not carry it).
+    today's ceiling (it does not carry it). Returns the texts drawn (tick labels, legend), for tests.
     """
     from autopack.calibration.core import PlotData
 
@@ -421,10 +421,10 @@ def write_plot(path: Path, plot: Any, *legacy: Any, alpha: float | None = None) 
         ratios, observed, factors, proposed, alpha = legacy
         plot = PlotData(list(plot), list(ratios), list(observed), list(factors), list(proposed),
                         n=[int(np.asarray(r).size) for r in ratios])
-    _draw(path, plot, 0.05 if alpha is None else alpha)
+    return _draw(path, plot, 0.05 if alpha is None else alpha)
 
 
-def _draw(path: Path, plot: Any, alpha: float) -> None:
+def _draw(path: Path, plot: Any, alpha: float) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -469,8 +469,10 @@ def _draw(path: Path, plot: Any, alpha: float) -> None:
     counts = plot.n or [int(r.size) for r in plot.ratios]
     ax.set_xticklabels([f"{c}\n{x}\nn={n:,}" for (c, x), n in zip(groups, counts, strict=True)], fontsize=8)
     ax.set_ylabel("× the proposed prediction (actual, ceilings)")
-    ax.set_title("Output length and ceilings relative to the proposed prediction, per (category, complexity)")
+    ax.set_title("Outputs and ceilings ÷ proposed prediction, per group", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path)
+    texts = [t.get_text() for t in ax.get_xticklabels()] + [t.get_text() for t in ax.get_legend().get_texts()]
     plt.close(fig)
+    return texts
