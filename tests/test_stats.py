@@ -185,7 +185,7 @@ def test_each_group_gets_a_factor_from_its_own_calls_only() -> None:
     m = stats.small_group_multiplier(6, 0.05)
     assert m >= sps.t.ppf(0.95, 5) * math.sqrt(1 + 1 / 6)
     bound = own.mean() + m * own.std(ddof=1)
-    assert small.factor.factor == math.ceil(math.exp(bound) * 1000 - 1e-9) / 1000
+    assert small.factor.factor == (math.floor(math.exp(bound) * 1000) + 1) / 1000
     assert small.factor.confidence == pytest.approx(stats.FACTOR_CONFIDENCE, abs=1e-6)
     assert single.factor.method == "none" and single.factor.factor is None
 
@@ -234,11 +234,12 @@ def test_a_censored_group_whose_quantile_is_hidden_extrapolates_from_its_own_fit
     assert low.factor == pytest.approx(1.64, rel=0.2) and medium.factor == pytest.approx(6.19, rel=0.25)
 
 
-def test_own_factor_is_exp_of_the_conformal_quantile_rounded_up() -> None:
+def test_own_factor_is_just_above_the_conformal_quantile() -> None:
     r = np.log(np.arange(1, 23, dtype=float))  # ratios 1 … 22; k = 22 → the largest, 22
     model = fit_factor_model([("docs", "low")], np.zeros(22, dtype=int), r, np.ones(22, dtype=bool), 0.05)
     info = model.groups[("docs", "low")].factor
-    assert (info.method, info.factor, info.k) == ("km_conformal", 22.0, 22)
+    # strictly above 22 (a call of exactly 22 × predicted reaches a ceiling of 22 × predicted: truncated)
+    assert (info.method, info.factor, info.k) == ("km_conformal", 22.001, 22)
 
 
 def test_the_conformal_rank_is_raised_until_truncation_above_2_alpha_is_at_most_10_percent_likely() -> None:

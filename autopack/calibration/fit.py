@@ -28,6 +28,7 @@ same LP with each row's cost scaled by its multiplicity.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -189,11 +190,27 @@ def fit_coefficients(
     weight_int: dict[tuple[str, str], tuple[float, float]] = {}
     frozen_keys: list[tuple[str, str]] = [k for j, k in enumerate(keys) if frozen[len(groups) + j]] if (
         free_weights and frozen_weights is not None) else []
-    if free_weights and keys and frozen_weights is None:
-        boots = _bootstrap(x, target, observed, theta0, margin, lo, hi, rng)
+    cols = np.arange(len(groups), theta0.size)
+    changes = np.clip(np.round(theta[cols]), lo[cols], hi[cols]) - theta0[cols]
+    if free_weights and keys and frozen_weights is None and np.any(changes != 0):
+
+        def decided(boots: np.ndarray) -> bool:
+            """Every changed weight's share of agreeing replicates is settled whatever the rest say."""
+            done = boots.shape[0]
+            left = BOOTSTRAP_REPLICATES - done
+            need = confidence_threshold * BOOTSTRAP_REPLICATES
+            for c, change in zip(cols, changes, strict=True):
+                if change == 0:
+                    continue
+                agree = int(np.sum(np.sign(boots[:, c] - theta0[c]) == np.sign(change))) if done else 0
+                if agree < need <= agree + left:
+                    return False
+            return True
+
+        boots = _bootstrap(x, target, observed, theta0, margin, lo, hi, rng, decided)
         for j, key in enumerate(keys):
             col = len(groups) + j
-            change = float(np.clip(round(theta[col]), lo[col], hi[col]) - theta0[col])
+            change = float(changes[j])
             samples_j = boots[:, col] if boots.size else np.empty(0)
             if samples_j.size:
                 weight_int[key] = (float(np.quantile(samples_j, 0.05)), float(np.quantile(samples_j, 0.95)))
@@ -262,11 +279,13 @@ def _bootstrap(
     lo: np.ndarray,
     hi: np.ndarray,
     rng: np.random.Generator,
+    decided: Callable[[np.ndarray], bool] | None = None,
 ) -> np.ndarray:
-    """θ refitted on ``BOOTSTRAP_REPLICATES`` resamples of at most ``BOOTSTRAP_ROWS`` rows each.
+    """θ refitted on up to ``BOOTSTRAP_REPLICATES`` resamples of at most ``BOOTSTRAP_ROWS`` rows each.
 
     A resample is the same LP with each row's cost multiplied by how often it was drawn (rows drawn
-    zero times drop out), so no design matrix is copied.
+    zero times drop out), so no design matrix is copied. ``decided(replicates so far)`` stops early
+    once more replicates cannot change any decision.
     """
     n = x.shape[0]
     size = min(n, BOOTSTRAP_ROWS)
@@ -276,6 +295,8 @@ def _bootstrap(
         theta = _solve(x, target, observed, theta0, margin, lo, hi, multiplicity)
         if theta is not None:
             out.append(theta)
+        if decided is not None and decided(np.array(out)):
+            break
     return np.array(out) if out else np.empty((0, theta0.size))
 
 

@@ -142,20 +142,21 @@ def km_quantile(
     *,
     midpoint: bool = False,
     presorted: bool = False,
+    km: KaplanMeier | None = None,
 ) -> float:
     """The smallest t with F(t) ≥ p (``inf`` if censoring never lets F reach p).
 
     ``midpoint``: where F equals p exactly on an interval, return the middle of it (so the p = 0.5
-    quantile of uncensored data is the ordinary median).
+    quantile of uncensored data is the ordinary median). ``km``: the curve of these values, if the
+    caller has it already (several quantiles of one group).
     """
     v = np.asarray(values, dtype=float)
     if v.size and (observed is None or bool(np.all(observed))):
         return _plain_quantile(v, p, midpoint=midpoint, presorted=presorted)
-    km = kaplan_meier(v, observed, presorted=presorted)
-    hit = np.flatnonzero(km.cdf >= p - _EPS)
-    if hit.size == 0:
+    km = km if km is not None else kaplan_meier(v, observed, presorted=presorted)
+    i = int(np.searchsorted(km.cdf, p - _EPS, side="left"))  # F is non-decreasing
+    if i >= km.cdf.size:
         return math.inf
-    i = int(hit[0])
     t = float(km.times[i])
     if midpoint and abs(km.cdf[i] - p) <= _EPS and i + 1 < km.times.size:
         later = np.flatnonzero(km.cdf[i + 1 :] > km.cdf[i] + _EPS)
@@ -179,9 +180,10 @@ def _plain_quantile(v: np.ndarray, p: float, *, midpoint: bool, presorted: bool)
 
 
 def km_median(
-    values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None = None, *, presorted: bool = False
+    values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None = None, *,
+    presorted: bool = False, km: KaplanMeier | None = None,
 ) -> float:
-    return km_quantile(values, observed, 0.5, midpoint=True, presorted=presorted)
+    return km_quantile(values, observed, 0.5, midpoint=True, presorted=presorted, km=km)
 
 
 def conformal_quantile(
@@ -613,6 +615,7 @@ class UpperQuantile:
 def upper_quantile(
     values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray | None, alpha: float,
     interval_level: float = 0.90, *, presorted: bool = False, confidence: float | None = None,
+    km: KaplanMeier | None = None,
 ) -> UpperQuantile:
     """Split-conformal quantile (KM with censoring); if censoring hides it, the Tobit extrapolation.
 
@@ -629,7 +632,7 @@ def upper_quantile(
         q, k = conformal_quantile(v, o, alpha, presorted=True)
     else:
         k = confident_conformal_rank(n, alpha, confidence)
-        q = km_quantile(v, o, k / n, presorted=True) if k is not None else math.inf
+        q = km_quantile(v, o, k / n, presorted=True, km=km) if k is not None else math.inf
     if k is None:
         return UpperQuantile(math.inf, None, "none", 0.0, (math.nan, math.inf))
     if math.isfinite(q):
