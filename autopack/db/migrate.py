@@ -179,6 +179,8 @@ def upgrade_database(
         engine.dispose()
         if new_file and path is not None:
             _remove_if_still_empty(path)
+        if isinstance(exc, OperationalError) and _lock_timed_out(exc):  # e.g. the commit waited for readers
+            raise _lock_refusal(masked, lock_timeout) from exc
         if isinstance(exc, DatabaseError):
             raise _database_failure(masked, path, exc) from exc
         raise
@@ -311,14 +313,18 @@ def _exclusive(engine: Engine, masked: str, lock_timeout: float) -> Iterator[Con
                 connection.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
         except OperationalError as exc:
             if _lock_timed_out(exc):
-                raise RefusedError(
-                    f"another `autopack db upgrade` (or a long write) holds the lock on {masked}; "
-                    f"waited {lock_timeout:g}s, nothing was changed",
-                    hint="let it finish and run the upgrade again, or raise --lock-timeout",
-                ) from exc
+                raise _lock_refusal(masked, lock_timeout) from exc
             raise
         with transaction:
             yield connection
+
+
+def _lock_refusal(masked: str, lock_timeout: float) -> RefusedError:
+    return RefusedError(
+        f"another `autopack db upgrade` (or a long read or write) holds the lock on {masked}; "
+        f"waited {lock_timeout:g}s, nothing was changed",
+        hint="let it finish and run the upgrade again, or raise --lock-timeout",
+    )
 
 
 def _lock_timed_out(exc: OperationalError) -> bool:
