@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # --- API server -----------------------------------------------------------------------------
     api_url: str | None = Field(default=None, validation_alias="AUTOPACK_API_URL")
     api_key: SecretStr | None = Field(default=None, validation_alias="AUTOPACK_API_KEY")
+    # A check command is code run on every drain worker: off for runs posted to the API unless allowed here
+    # (on the API server, to accept them, and on each worker, to run them).
+    api_allow_check_commands: bool = Field(default=False, validation_alias="AUTOPACK_API_ALLOW_CHECK_COMMANDS")
+    api_max_body_bytes: int = Field(default=1_048_576, ge=1, validation_alias="AUTOPACK_API_MAX_BODY_BYTES")
 
     # --- LLM providers --------------------------------------------------------------------------
     llm_provider: ProviderName = Field(default="simulated", validation_alias="AUTOPACK_LLM_PROVIDER")
@@ -54,6 +58,8 @@ class Settings(BaseSettings):
 
     # --- execution ------------------------------------------------------------------------------
     workspace_dir: Path = Field(default=Path(".autopack/workspaces"), validation_alias="AUTOPACK_WORKSPACE_DIR")
+    # Extra environment variables a check command may see (comma-separated names), beyond PATH, HOME, LANG, ...
+    check_command_env: str = Field(default="", validation_alias="AUTOPACK_CHECK_COMMAND_ENV")
 
     # --- GitHub ---------------------------------------------------------------------------------
     github_token: SecretStr | None = Field(default=None, validation_alias="GITHUB_TOKEN")

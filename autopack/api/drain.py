@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Response, status
 
 from autopack.api.deps import AuthDep, DbDep
+from autopack.api.inputs import StrictJsonRoute
 from autopack.api.runs import NOT_FOUND, PhaseIdPath, RunIdPath, get_phase_or_404
 from autopack.api.schemas import (
     ClaimIn,
@@ -24,7 +25,7 @@ from autopack.api.schemas import (
 )
 from autopack.execution import leases
 
-router = APIRouter(tags=["drain"])
+router = APIRouter(tags=["drain"], route_class=StrictJsonRoute)
 
 LEASE_CONFLICT = {409: {"model": ErrorOut, "description": "the lease expired or belongs to another worker"}}
 

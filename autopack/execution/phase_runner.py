@@ -18,10 +18,11 @@ and the phase's optional ``check_command`` passes (run in the run workspace with
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -34,14 +35,23 @@ from autopack.db.models import (
     LlmUsageEvent,
     Phase,
     PhaseState,
+    Run,
     TokenBudgetEscalationEvent,
     TokenEstimationV2Event,
 )
-from autopack.errors import AutopackError
+from autopack.errors import AutopackError, InputError
 from autopack.execution import leases
 from autopack.execution.leases import Claim, LeaseLostError
 from autopack.execution.prompt import build_prompt, max_context_files
-from autopack.execution.workspace import collect_file_stats, confined, read_context, run_workspace, write_files
+from autopack.execution.spec import check_command_argv, refuse_untrusted_check_command
+from autopack.execution.workspace import (
+    collect_file_stats,
+    confined,
+    deliverable_workspace_path,
+    read_context,
+    run_workspace,
+    write_files,
+)
 from autopack.llm import get_provider
 from autopack.llm.base import LLMBoundaryError, LLMProvider, LLMRequest, LLMResponse, ProviderError, TaskHints
 from autopack.llm.builder_format import parse_files
@@ -52,7 +62,6 @@ from autopack.token_estimator import (
     MAX_OUTPUT_TOKENS,
     PhaseFeatures,
     deliverable_kind,
-    deliverable_path,
     escalate,
     plan_call,
 )
@@ -61,8 +70,10 @@ log = get_logger(__name__)
 
 CHECK_COMMAND_TIMEOUT_SECONDS = 300.0
 MAX_REASON_CHARS = 2000
-_SECRET_ENV = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "GITHUB_TOKEN",
-               "AUTOPACK_API_KEY", "DATABASE_URL", "DATABASE_URL_FILE")
+#: The only environment a check command sees (plus ``LC_*`` and the names in ``AUTOPACK_CHECK_COMMAND_ENV``):
+#: an allow-list, so a new secret in the worker's environment never reaches it.
+CHECK_COMMAND_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "USER", "LOGNAME", "TERM",
+                     "VIRTUAL_ENV", "PYTHONPATH", "SYSTEMROOT", "PATHEXT", "COMSPEC")
 
 FAILURE_STAGES = ("before_llm", "llm_boundary", "provider", "execution", "validation")
 
@@ -96,6 +107,7 @@ class PhaseSnapshot:
     scope_paths: tuple[str, ...]
     builder_mode: str | None
     check_command: str | None
+    run_source: str | None = None  # runs.source: "api" for runs posted to the HTTP API
 
 
 def load_phase(run_id: str, phase_id: str, *, url: str | None = None) -> PhaseSnapshot | None:
@@ -116,6 +128,7 @@ def load_phase(run_id: str, phase_id: str, *, url: str | None = None) -> PhaseSn
             scope_paths=tuple(phase.scope_paths),
             builder_mode=phase.builder_mode,
             check_command=phase.check_command,
+            run_source=session.execute(sa.select(Run.source).where(Run.id == run_id)).scalar_one_or_none(),
         )
 
 
@@ -148,18 +161,51 @@ def check_output(text: str, deliverable_paths: Sequence[str]) -> BuildCheck:
     return BuildCheck(True, files)
 
 
+def check_command_env(environ: Mapping[str, str] | None = None, extra: str | None = None) -> dict[str, str]:
+    """The allow-listed environment of a check command (``extra``: comma-separated names to add)."""
+    environ = os.environ if environ is None else environ
+    if extra is None:
+        extra = get_settings().check_command_env
+    names = set(CHECK_COMMAND_ENV) | {name.strip() for name in extra.split(",") if name.strip()}
+    return {k: v for k, v in environ.items() if k in names or k.startswith("LC_")}
+
+
 def run_check_command(command: str, workspace: Path, *, timeout: float = CHECK_COMMAND_TIMEOUT_SECONDS) -> str | None:
-    """Run the phase's check in the workspace; None when it passes, else a one-line reason."""
-    env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
+    """Run the phase's check in the workspace; None when it passes, else a one-line reason.
+
+    One program and its arguments (``spec.check_command_argv``: shell quoting, never a shell), with the
+    allow-listed environment, in its own process group so a timeout kills everything it started.
+    """
     try:
-        proc = subprocess.run(command, shell=True, cwd=workspace, env=env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        argv = check_command_argv(command)
+    except InputError as exc:
+        return exc.message
+    try:
+        proc = subprocess.Popen(argv, cwd=workspace, env=check_command_env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                start_new_session=True)
+    except OSError as exc:  # not found, not executable
+        return f"check_command could not start {argv[0]!r}: {exc.strerror or exc}"
+    try:
+        output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        _kill_group(proc)
         return f"check_command timed out after {timeout:.0f}s: {command}"
+    except BaseException:
+        _kill_group(proc)
+        raise
     if proc.returncode == 0:
         return None
-    tail = " ".join((proc.stdout + "\n" + proc.stderr).split())[-300:]
+    tail = " ".join(output.split())[-300:]
     return f"check_command exited {proc.returncode}: {command}: {tail}"
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.communicate()
 
 
 HEARTBEAT_INTERVAL_SECONDS = 60.0
@@ -310,6 +356,11 @@ def _run(
     phase = load_phase(run_id, phase_id, url=url)
     if phase is None:
         raise _Failure("before_llm", f"phase {run_id}/{phase_id} not found")
+    try:
+        refuse_untrusted_check_command(phase.run_source, phase.check_command,
+                                       allowed=get_settings().api_allow_check_commands)
+    except AutopackError as exc:
+        raise _Failure("before_llm", exc.one_line()) from exc
     if not phase.deliverables:
         raise _Failure("before_llm", "phase has no deliverables: nothing for the builder to produce")
 
@@ -453,12 +504,10 @@ def _validate(response: LLMResponse, paths: Sequence[str], workspace: Path, chec
 
 
 def _deliverable_paths(deliverables: Sequence[str]) -> tuple[str, ...]:
-    """The file path each deliverable names, normalised, without duplicates."""
+    """The file path each deliverable names (the rule the API and the CLI validated it with), without duplicates."""
     out: list[str] = []
     for text in deliverables:
-        path = deliverable_path(text).replace("\\", "/")
-        while path.startswith("./"):
-            path = path[2:]
-        if path and path not in out:
+        path = deliverable_workspace_path(text)
+        if path not in out:
             out.append(path)
     return tuple(out)

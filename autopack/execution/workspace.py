@@ -14,7 +14,7 @@ from pathlib import Path
 
 from autopack.config import Settings, get_settings
 from autopack.errors import InputError
-from autopack.token_estimator import FileStats
+from autopack.token_estimator import FileStats, deliverable_path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MAX_CONTEXT_FILE_CHARS = 20_000
@@ -29,11 +29,38 @@ def run_workspace(run_id: str, settings: Settings | None = None, *, create: bool
     return root
 
 
+def workspace_relative(path: str) -> str:
+    """``path`` normalised (``/`` separators, no leading ``./``) if it names a place inside a run workspace.
+
+    The one lexical rule, checked when a run is created (API, CLI) and again by the drain (``confined``):
+    relative, no ``..`` segment, no home (``~``) or drive (``C:``) prefix, no NUL. Else ``InputError``.
+    """
+    cleaned = path.strip().replace("\\", "/")
+    while cleaned.startswith("./"):
+        cleaned = cleaned[2:]
+    if not cleaned or "\x00" in cleaned:
+        raise InputError(f"path '{path}' is empty or holds a NUL byte")
+    if cleaned.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", cleaned):
+        raise InputError(f"path '{path}' must be relative to the run workspace")
+    if ".." in cleaned.split("/"):
+        raise InputError(f"path '{path}' escapes the run workspace")
+    return cleaned
+
+
+def deliverable_workspace_path(deliverable: str) -> str:
+    """The workspace path a deliverable (``"create src/x.py (tests)"``) makes the drain write, or ``InputError``."""
+    named = deliverable_path(deliverable)
+    try:
+        return workspace_relative(named)
+    except InputError as exc:
+        if named.strip() == deliverable.strip():
+            raise
+        raise InputError(f"deliverable '{deliverable}': {exc.message}") from exc
+
+
 def confined(root: Path, relative: str) -> Path:
     """``root/relative`` if it stays inside ``root`` (after resolving symlinks); else ``InputError``."""
-    cleaned = relative.strip().replace("\\", "/")
-    if not cleaned or cleaned.startswith("/") or re.match(r"^[A-Za-z]:", cleaned):
-        raise InputError(f"path '{relative}' must be relative to the run workspace")
+    cleaned = workspace_relative(relative)
     target = (root / cleaned).resolve()
     root_resolved = root.resolve()
     if target != root_resolved and root_resolved not in target.parents:
