@@ -1,0 +1,522 @@
+"""Budgets under drift: static, rolling-window and adaptive conformal (ACI) ceilings, replayed online.
+
+A calibration fits on the past and ships a factor; the calls it then budgets arrive one by one, and their
+output lengths drift (the Azure code trace: within the hour). This module replays a time-ordered stream of
+held-out calls the way the executor would meet them, with **delayed feedback**: a call's outcome (did it
+reach its ceiling?) is known only once the call has finished, so calls planned while it runs cannot use it.
+
+Methods (each returns the ceiling it would have set for every held-out call):
+
+- ``static``: the split-conformal quantile of the training scores, per group, fixed;
+- ``rolling``: per group, the conformal quantile of the last ``window`` scores whose feedback has arrived
+  (a truncated call only says "at least its ceiling": it enters the window as +∞, which can only raise the
+  quantile), bounded by the reviewed factor range;
+- ``aci``: adaptive conformal inference (Gibbs & Candès 2021), per group. α_t starts at the target α and
+  moves with each finished call, α_{t+1} = clip(α_t + γ(α − err_t), lo, hi), err_t = 1 if the call reached
+  its ceiling. The factor at α_t is read off the group's reviewed quantile curve (training quantiles at
+  fixed levels, ``token_estimator.AdaptiveCurve``), so the runtime can only move between factors a human
+  approved. Clipping α_t is what keeps delayed feedback from winding it up: unclipped, a burst of
+  truncations seen late drives α_t below 0 and the reserve explodes (17× the oracle's, measured);
+- ``oracle``: per group, the (1 − α) quantile of the held-out window itself, in hindsight (the least
+  constant reserve that truncates at most α; unattainable, the yardstick).
+
+Scores follow the repository's truncation rule, "reaching the ceiling = truncated": a call with output y
+fits under a ceiling c iff y < c, so the smallest ceiling that fits it is y + 1, and the score is
+log((y + 1) / predicted). A conformal quantile of these scores gives ceilings with exact coverage under
+that rule. A censored call (recorded lower bound L: it reached its ceiling L) is truncated under c for
+certain when c ≤ L; when c > L its fate is unknown and it counts as fitting (the lower end, as the
+backtest's ``truncation_rate``); ``truncation_upper`` counts it as truncated.
+
+Feedback delay (``Feedback``): either a fixed lag of k calls (call i's outcome is known to calls j > i + k),
+or a completion time from the timestamps: a call planned at t finishes at t + first_token + per_token ×
+(tokens it produced), where a truncated call produces exactly its ceiling. The defaults (0.25 s to the
+first token, 40 ms per output token) are the order of magnitude the Splitwise paper (the source of the
+Azure traces) measured for 70B-class models on A100/H100 serving; ``bench/bench_calibration_drift.py``
+also runs fixed lags of 0, 100 and 500 calls to show the choice of method does not hinge on it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from autopack import token_estimator as te
+from autopack.calibration import stats
+
+MethodName = Literal["static", "rolling", "aci"]
+METHODS: tuple[MethodName, ...] = ("static", "rolling", "aci")
+#: The default method of ``autopack calibrate``: what the rule stated in ``bench/bench_calibration_drift.py``
+#: chose on the Azure traces (see the README's "Calibration under drift").
+DEFAULT_METHOD: MethodName = "static"
+
+#: Levels of the reviewed quantile curve, as multiples of the target α (α/5 … 2α): the range α_t may take.
+CURVE_MULTIPLES = (0.2, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
+#: Fixed lag (calls) the calibration's own backtest assumes: telemetry rows hold completion times only.
+BACKTEST_FEEDBACK_LAG = 8
+BIN_SECONDS = 300.0
+#: A time bin with fewer calls than this is not reported as the "worst bin" (a 10-call bin is noise).
+MIN_BIN_CALLS = 50
+_CEIL_SLACK = 1e-6  # tokens: ceil(100 × 0.14) must be 14, not 15 (floating point)
+
+
+# --------------------------------------------------------------------------------------------------
+# The stream, its scores and the truncation rule
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Calls in the order they were planned: group index, prediction, outcome, planning time."""
+
+    group: np.ndarray  # int per call
+    predicted: np.ndarray  # float, > 0
+    y: np.ndarray  # output tokens, or the recorded lower bound when not observed
+    observed: np.ndarray  # bool; False = censored (the call reached its recorded ceiling)
+    epoch: np.ndarray  # float seconds, ascending
+
+    @property
+    def n(self) -> int:
+        return int(self.y.size)
+
+    def take(self, index: np.ndarray) -> Stream:
+        return Stream(self.group[index], self.predicted[index], self.y[index], self.observed[index],
+                      self.epoch[index])
+
+    def split(self, train_fraction: float) -> tuple[Stream, Stream]:
+        """(oldest ``train_fraction``, the rest) of a time-ordered stream."""
+        cut = int(round(train_fraction * self.n))
+        idx = np.arange(self.n)
+        return self.take(idx[:cut]), self.take(idx[cut:])
+
+
+def scores(stream: Stream) -> np.ndarray:
+    """log(smallest fitting ceiling / predicted): log((y + 1) / predicted)."""
+    return np.log((stream.y + 1.0) / np.maximum(stream.predicted, 1.0))
+
+
+def ceiling_tokens(predicted: np.ndarray | float, factor: np.ndarray | float) -> np.ndarray:
+    """⌈predicted × factor⌉ without the floating-point extra token (the estimator clamps come on top)."""
+    return np.ceil(np.asarray(predicted, dtype=float) * np.asarray(factor, dtype=float) - _CEIL_SLACK)
+
+
+def truncated_under(ceiling: np.ndarray, y: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Reaching the ceiling = truncated: y ≥ c for an observed call, c ≤ L for a censored one."""
+    return np.where(observed, y >= ceiling, ceiling <= y)
+
+
+def _truncated_one(ceiling: float, y: float, observed: bool) -> bool:
+    return y >= ceiling if observed else ceiling <= y
+
+
+# --------------------------------------------------------------------------------------------------
+# Feedback delay
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """When a finished call's outcome reaches the calls planned after it."""
+
+    lag_calls: int | None = None  # fixed lag; None = completion times from the timestamps
+    first_token_seconds: float = 0.25
+    seconds_per_token: float = 0.04
+
+    def describe(self) -> str:
+        if self.lag_calls is not None:
+            return f"fixed lag of {self.lag_calls} calls"
+        return (f"completion time = planned + {self.first_token_seconds:g} s + {self.seconds_per_token * 1000:g} ms"
+                " × tokens produced")
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.lag_calls is not None:
+            return {"kind": "fixed_lag", "lag_calls": self.lag_calls}
+        return {"kind": "completion_time", "first_token_seconds": self.first_token_seconds,
+                "seconds_per_token": self.seconds_per_token}
+
+    def now(self, stream: Stream, i: int) -> float:
+        return float(i) if self.lag_calls is not None else float(stream.epoch[i])
+
+    def due(self, stream: Stream, i: int, produced: float) -> float:
+        """When call i's outcome is known, on the same clock as ``now`` (known to calls with now ≥ due)."""
+        if self.lag_calls is not None:
+            return float(i + self.lag_calls + 1)
+        return float(stream.epoch[i]) + self.first_token_seconds + self.seconds_per_token * produced
+
+
+# --------------------------------------------------------------------------------------------------
+# Method specifications
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method and its parameters (what ``metadata.method_params`` reports)."""
+
+    name: MethodName = DEFAULT_METHOD
+    window: int = 200  # rolling
+    gamma: float = 0.005  # aci
+    curve_multiples: tuple[float, ...] = CURVE_MULTIPLES  # the α_t range, × α (both adaptive methods' bounds)
+
+    def __post_init__(self) -> None:
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r}: use one of {', '.join(METHODS)}")
+        if self.window < 1 or not 0.0 < self.gamma < 1.0:
+            raise ValueError("window must be ≥ 1 and gamma in (0, 1)")
+
+    def params(self, alpha: float, feedback: Feedback | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.name == "rolling":
+            out["window"] = self.window
+        if self.name == "aci":
+            out["gamma"] = self.gamma
+        if self.name != "static":
+            levels = curve_levels(alpha, self.curve_multiples)
+            out["alpha_range"] = [levels[0], levels[-1]]
+            out["curve_levels"] = list(levels)
+        if feedback is not None and self.name != "static":
+            out["feedback"] = feedback.as_dict()
+        return out
+
+
+def curve_levels(alpha: float, multiples: Sequence[float] = CURVE_MULTIPLES) -> tuple[float, ...]:
+    """The miscoverage levels of the reviewed curve, rounded as the table keys spell them."""
+    return tuple(sorted({round(alpha * m, 4) for m in multiples if 0.0 < alpha * m < 0.5}))
+
+
+# --------------------------------------------------------------------------------------------------
+# Training side: static factors and reviewed curves
+# --------------------------------------------------------------------------------------------------
+
+
+def _round_up(factor: float) -> float:
+    return math.ceil(factor * 1000 - 1e-9) / 1000
+
+
+def conformal_factor(s: np.ndarray, observed: np.ndarray, alpha: float) -> float | None:
+    """exp of the split-conformal upper quantile of scores ``s`` (KM with censoring), rounded up; None if none."""
+    q, k = stats.conformal_quantile(s, observed, alpha)
+    if k is None or not math.isfinite(q):
+        return None
+    return _round_up(math.exp(q))
+
+
+def static_factors(train: Stream, alpha: float, n_groups: int) -> dict[int, float]:
+    """Per group its own conformal factor; a group too small for one gets the pooled factor of all calls."""
+    s = scores(train)
+    pooled = conformal_factor(s, train.observed, alpha)
+    out: dict[int, float] = {}
+    for g in range(n_groups):
+        m = train.group == g
+        own = conformal_factor(s[m], train.observed[m], alpha) if m.any() else None
+        factor = own if own is not None else pooled
+        if factor is not None:
+            out[g] = factor
+    return out
+
+
+def group_curve(
+    s: np.ndarray, observed: np.ndarray, alpha: float, anchor: float, multiples: Sequence[float] = CURVE_MULTIPLES
+) -> te.AdaptiveCurve | None:
+    """The group's reviewed quantile curve: factor at each level α_j of ``curve_levels``.
+
+    Shape from the group's own conformal quantiles q_j, level from the static factor: factor_j =
+    anchor × exp(q_j − q_α), so the curve passes through the shipped BUDGET_FACTORS value at α (no
+    runtime state = exactly today's ceiling). Levels the group has too few calls for (n < 1/α_j − 1) are
+    left out; None when fewer than two levels remain (nothing to adapt between) or α itself is missing.
+    """
+    levels = curve_levels(alpha, multiples)
+    quantiles = {}
+    for level in levels:
+        q, k = stats.conformal_quantile(s, observed, level)
+        if k is not None and math.isfinite(q):
+            quantiles[level] = q
+    target = round(alpha, 4)
+    if target not in quantiles or len(quantiles) < 2:
+        return None
+    points = []
+    previous = math.inf
+    for level in sorted(quantiles):
+        factor = anchor if level == target else _round_up(anchor * math.exp(quantiles[level] - quantiles[target]))
+        factor = min(factor, previous)  # non-increasing in α (rounding can never reorder it)
+        points.append((level, factor))
+        previous = factor
+    alphas, factors = zip(*points, strict=True)
+    return te.AdaptiveCurve(tuple(alphas), tuple(factors))
+
+
+def curves_for(
+    train: Stream, alpha: float, anchors: Mapping[int, float], multiples: Sequence[float] = CURVE_MULTIPLES
+) -> dict[int, te.AdaptiveCurve]:
+    """A curve for each anchored group that has enough own training calls."""
+    s = scores(train)
+    out: dict[int, te.AdaptiveCurve] = {}
+    for g, anchor in anchors.items():
+        m = train.group == g
+        curve = group_curve(s[m], train.observed[m], alpha, anchor, multiples) if m.any() else None
+        if curve is not None:
+            out[g] = curve
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Online replays
+# --------------------------------------------------------------------------------------------------
+
+
+def replay_static(test: Stream, factors: Mapping[int, float]) -> np.ndarray:
+    """Fixed factor per group (vectorised). Groups without a factor get NaN."""
+    f = np.array([factors.get(g, math.nan) for g in range(int(test.group.max(initial=-1)) + 1)], dtype=float)
+    per_call = f[test.group] if test.n else np.empty(0)
+    return ceiling_tokens(test.predicted, per_call)
+
+
+@dataclass
+class AciTrace:
+    """What the ACI replay saw: the level and factor each call was planned with (NaN = static group)."""
+
+    alpha_t: np.ndarray
+    factor: np.ndarray
+    updates: int = 0
+
+
+def replay_aci(
+    test: Stream,
+    curves: Mapping[int, te.AdaptiveCurve],
+    static: Mapping[int, float],
+    alpha: float,
+    gamma: float,
+    feedback: Feedback,
+) -> tuple[np.ndarray, AciTrace]:
+    """ACI per group with delayed feedback; groups without a curve keep their static factor.
+
+    The update is ``token_estimator.aci_step`` (the rule the database store applies in SQL), the factor
+    ``AdaptiveCurve.factor_at`` (what ``decide_ceiling`` reads): the replay runs the runtime's own code.
+    """
+    n = test.n
+    ceilings = np.empty(n)
+    trace = AciTrace(np.full(n, math.nan), np.full(n, math.nan))
+    level: dict[int, float] = {g: c.clip(alpha) for g, c in curves.items()}
+    pending: list[tuple[float, int, int, int]] = []  # (due, call index, group, err)
+    for i in range(n):
+        now = feedback.now(test, i)
+        while pending and pending[0][0] <= now:
+            _, _, g, err = heapq.heappop(pending)
+            curve = curves[g]
+            level[g] = te.aci_step(level[g], err, alpha, gamma, curve.alphas[0], curve.alphas[-1])
+            trace.updates += 1
+        g = int(test.group[i])
+        curve = curves.get(g)
+        pred, y, obs = float(test.predicted[i]), float(test.y[i]), bool(test.observed[i])
+        if curve is None:
+            factor = static.get(g, math.nan)
+            ceilings[i] = float(ceiling_tokens(pred, factor)) if math.isfinite(factor) else math.nan
+            continue
+        a = level[g]
+        factor = curve.factor_at(a)
+        c = float(ceiling_tokens(pred, factor))
+        ceilings[i] = c
+        trace.alpha_t[i], trace.factor[i] = a, factor
+        err = int(_truncated_one(c, y, obs))
+        produced = min(y, c) if obs else c
+        heapq.heappush(pending, (feedback.due(test, i, produced), i, g, err))
+    return ceilings, trace
+
+
+def replay_rolling(
+    test: Stream,
+    train: Stream,
+    static: Mapping[int, float],
+    bounds: Mapping[int, te.AdaptiveCurve],
+    alpha: float,
+    window: int,
+    feedback: Feedback,
+) -> np.ndarray:
+    """Per group, the conformal quantile of the last ``window`` finished calls' scores.
+
+    Seeded with the group's last ``window`` training scores. A call that reached its ceiling enters as
+    +∞ (its length is only known to be at least the ceiling): conservative, never an underestimate. The
+    factor is clipped to the group's reviewed curve range; groups without one keep their static factor.
+    """
+    train_s = scores(train)
+    windows: dict[int, deque[float]] = {}
+    ordered: dict[int, list[float]] = {}
+    for g in bounds:
+        m = np.flatnonzero(train.group == g)[-window:]
+        vals = [s if o else math.inf for s, o in zip(train_s[m].tolist(), train.observed[m].tolist(), strict=True)]
+        windows[g] = deque(vals)
+        ordered[g] = sorted(vals)
+    n = test.n
+    ceilings = np.empty(n)
+    pending: list[tuple[float, int, int, float]] = []
+    for i in range(n):
+        now = feedback.now(test, i)
+        while pending and pending[0][0] <= now:
+            _, _, g, value = heapq.heappop(pending)
+            win, srt = windows[g], ordered[g]
+            win.append(value)
+            bisect.insort(srt, value)
+            if len(win) > window:
+                old = win.popleft()
+                del srt[bisect.bisect_left(srt, old)]
+        g = int(test.group[i])
+        pred, y, obs = float(test.predicted[i]), float(test.y[i]), bool(test.observed[i])
+        curve = bounds.get(g)
+        factor = static.get(g, math.nan)
+        if curve is not None:
+            srt = ordered[g]
+            k = stats.conformal_rank(len(srt), alpha)
+            if k is not None and math.isfinite(srt[k - 1]):
+                factor = math.exp(srt[k - 1])
+            else:
+                factor = curve.factors[0]  # too few or too censored: the reviewed maximum
+            factor = min(max(factor, curve.factors[-1]), curve.factors[0])
+        if not math.isfinite(factor):
+            ceilings[i] = math.nan
+            continue
+        c = float(ceiling_tokens(pred, factor))
+        ceilings[i] = c
+        if curve is None:
+            continue
+        fits = not _truncated_one(c, y, obs)
+        value = math.log((y + 1.0) / max(pred, 1.0)) if fits and obs else math.inf
+        produced = min(y, c) if obs else c
+        heapq.heappush(pending, (feedback.due(test, i, produced), i, g, value))
+    return ceilings
+
+
+def oracle_ceilings(test: Stream, alpha: float) -> np.ndarray:
+    """Per group, the ⌈n(1−α)⌉-th smallest fitting ceiling of the held-out calls themselves (hindsight)."""
+    s = scores(test)
+    out = np.empty(test.n)
+    for g in np.unique(test.group).tolist():
+        m = test.group == g
+        n = int(m.sum())
+        k = max(1, math.ceil(n * (1 - alpha) - 1e-9))
+        q = stats.km_quantile(s[m], test.observed[m], k / n)
+        out[m] = ceiling_tokens(test.predicted[m], math.exp(q)) if math.isfinite(q) else test.y[m].max() + 1
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def evaluate(test: Stream, ceiling: np.ndarray, alpha: float, bin_seconds: float = BIN_SECONDS) -> dict[str, Any]:
+    """Truncation (lower and upper end), reserved/used, the worst time bin's truncation, pinball loss.
+
+    The pinball loss scores the ceiling as the (1 − α) quantile of the smallest fitting ceiling y + 1
+    (the proper scoring rule for a quantile: it weighs a truncation against reserve in the ratio α sets).
+    """
+    ok = np.isfinite(ceiling)
+    n = int(ok.sum())
+    if n == 0:
+        return {"n": 0, "truncations": 0, "truncation_rate": None, "truncation_upper": None,
+                "reserved_over_used": None, "worst_bin_truncation": None, "worst_bin_n": 0, "bins": 0,
+                "pinball_loss": None}
+    c, y, obs, t = ceiling[ok], test.y[ok], test.observed[ok], test.epoch[ok]
+    trunc = truncated_under(c, y, obs)
+    upper = trunc | (~obs)
+    bins = np.floor((t - t[0]) / bin_seconds).astype(np.int64)
+    counts = np.bincount(bins)
+    hits = np.bincount(bins, weights=trunc.astype(float))
+    full = counts >= MIN_BIN_CALLS
+    rates = np.where(full, hits / np.maximum(counts, 1), -1.0)
+    worst = int(np.argmax(rates)) if full.any() else -1
+    return {
+        "n": n,
+        "truncations": int(trunc.sum()),
+        "truncation_rate": round(float(trunc.mean()), 6),
+        "truncation_upper": round(float(upper.mean()), 6),
+        "reserved_over_used": round(float(c.sum() / y.sum()), 6),
+        "worst_bin_truncation": round(float(rates[worst]), 6) if worst >= 0 else None,
+        "worst_bin_n": int(counts[worst]) if worst >= 0 else 0,
+        "bins": int(full.sum()),
+        "pinball_loss": round(stats.pinball_loss(y + 1.0, c, 1.0 - alpha), 4),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# One comparison: every method on one split
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    """Ceilings and metrics of every method on one held-out window."""
+
+    alpha: float
+    feedback: Feedback
+    ceilings: dict[str, np.ndarray] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    curves: dict[int, te.AdaptiveCurve] = field(default_factory=dict)
+    aci_trace: AciTrace | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: per method its metrics, and reserved/used and pinball loss ÷ the oracle's."""
+        oracle = self.metrics.get("oracle") or {}
+        out: dict[str, Any] = {"alpha": self.alpha, "feedback": self.feedback.as_dict(), "methods": {}}
+        for name, m in self.metrics.items():
+            out["methods"][name] = {**m, "reserved_vs_oracle": _ratio(m, oracle, "reserved_over_used"),
+                                    "pinball_vs_oracle": _ratio(m, oracle, "pinball_loss")}
+        return out
+
+
+def _ratio(m: Mapping[str, Any], oracle: Mapping[str, Any], key: str) -> float | None:
+    a, b = m.get(key), oracle.get(key)
+    return round(a / b, 4) if a is not None and b else None
+
+
+def compare(
+    train: Stream,
+    test: Stream,
+    alpha: float,
+    *,
+    n_groups: int,
+    specs: Mapping[str, MethodSpec] | None = None,
+    feedback: Feedback = Feedback(),
+    static: Mapping[int, float] | None = None,
+) -> Comparison:
+    """Replay ``static``, ``rolling``, ``aci`` (or the given specs) and the oracle on ``test``.
+
+    ``static``: the factor each group ships with (default: ``static_factors`` of the training calls);
+    the adaptive methods' curves are anchored on it.
+    """
+    specs = specs or {name: MethodSpec(name) for name in METHODS}
+    factors = dict(static) if static is not None else static_factors(train, alpha, n_groups)
+    comparison = Comparison(alpha, feedback)
+    for label, spec in specs.items():
+        comparison.ceilings[label] = method_ceilings(spec, train, test, alpha, factors, feedback, comparison)
+    comparison.ceilings["oracle"] = oracle_ceilings(test, alpha)
+    comparison.metrics = {k: evaluate(test, c, alpha) for k, c in comparison.ceilings.items()}
+    return comparison
+
+
+def method_ceilings(
+    spec: MethodSpec,
+    train: Stream,
+    test: Stream,
+    alpha: float,
+    static: Mapping[int, float],
+    feedback: Feedback,
+    into: Comparison | None = None,
+) -> np.ndarray:
+    """The ceilings ``spec`` sets for the held-out calls (NaN for a group with no factor at all)."""
+    if spec.name == "static":
+        return replay_static(test, static)
+    curves = curves_for(train, alpha, static, spec.curve_multiples)
+    if into is not None:
+        into.curves = curves
+    if spec.name == "rolling":
+        return replay_rolling(test, train, static, curves, alpha, spec.window, feedback)
+    ceilings, trace = replay_aci(test, curves, static, alpha, spec.gamma, feedback)
+    if into is not None:
+        into.aci_trace = trace
+    return ceilings
