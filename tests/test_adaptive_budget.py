@@ -215,3 +215,33 @@ def test_a_drain_moves_the_level_and_later_phases_plan_with_it(db_url: str, monk
     assert max(ceilings) <= 0.9 * first[0][0].predicted_output_tokens + 1
     with session_scope(db_url) as session:
         assert read_level(session, ("tests", "low")) is None  # other groups untouched
+
+
+def test_runtime_through_the_database_sets_the_ceilings_the_backtest_replays(db_url: str) -> None:
+    import numpy as np
+
+    from autopack.calibration import drift
+
+    coeffs = adaptive_coefficients(gamma=0.02)
+    curve = coeffs.adaptive_curves[GROUP]
+    est = te.estimate(FEATURES, coeffs)
+    rng = np.random.default_rng(4)
+    lengths = np.round(est.predicted_output_tokens * 0.3 * np.exp(0.4 * rng.standard_normal(60))).astype(int)
+
+    runtime, levels = [], []
+    for i, y in enumerate(lengths.tolist()):  # one call at a time: each outcome is known before the next plan
+        level = level_reader(db_url)(GROUP)
+        decision = te.decide_ceiling(est, FEATURES, coeffs, adaptive=level)
+        assert decision.adaptive is not None
+        runtime.append(decision.adaptive.raw_ceiling)
+        levels.append(decision.adaptive.alpha_t)
+        cut = y >= decision.actual_max_tokens
+        record_call(CallKey("run-r", f"p{i}", 0, 0), FEATURES, est, decision,
+                    response(min(y, decision.actual_max_tokens), truncated=cut), success=not cut, url=db_url)
+
+    calls = drift.Stream(np.zeros(60, dtype=int), np.full(60, float(est.predicted_output_tokens)),
+                         lengths.astype(float), np.ones(60, dtype=bool), np.arange(60.0))
+    replayed, trace = drift.replay_aci(calls, {0: curve}, {}, 0.05, 0.02, drift.Feedback(lag_calls=0))
+    assert runtime == replayed.astype(int).tolist()
+    assert levels == pytest.approx(trace.alpha_t.tolist(), abs=1e-12)
+    assert len(set(runtime)) > 1  # the level did move

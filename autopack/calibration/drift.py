@@ -63,7 +63,6 @@ BACKTEST_FEEDBACK_LAG = 8
 BIN_SECONDS = 300.0
 #: A time bin with fewer calls than this is not reported as the "worst bin" (a 10-call bin is noise).
 MIN_BIN_CALLS = 50
-_CEIL_SLACK = 1e-6  # tokens: ceil(100 × 0.14) must be 14, not 15 (floating point)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,17 +101,15 @@ def scores(stream: Stream) -> np.ndarray:
 
 
 def ceiling_tokens(predicted: np.ndarray | float, factor: np.ndarray | float) -> np.ndarray:
-    """⌈predicted × factor⌉ without the floating-point extra token (the estimator clamps come on top)."""
-    return np.ceil(np.asarray(predicted, dtype=float) * np.asarray(factor, dtype=float) - _CEIL_SLACK)
+    """``token_estimator.ceil_tokens(predicted × factor)``, vectorised (the estimator's clamps come on top)."""
+    return np.ceil(np.asarray(predicted, dtype=float) * np.asarray(factor, dtype=float) - te.CEIL_SLACK_TOKENS)
 
 
 def truncated_under(ceiling: np.ndarray, y: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """Reaching the ceiling = truncated: y ≥ c for an observed call, c ≤ L for a censored one."""
-    return np.where(observed, y >= ceiling, ceiling <= y)
-
-
-def _truncated_one(ceiling: float, y: float, observed: bool) -> bool:
-    return y >= ceiling if observed else ceiling <= y
+    """Reaching the ceiling = truncated: y ≥ c for an observed call, c ≤ L for a censored one (the same
+    comparison; ``observed`` only matters for the upper end, see ``evaluate``)."""
+    del observed
+    return np.asarray(y >= ceiling)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,36 +294,42 @@ def replay_aci(
     """ACI per group with delayed feedback; groups without a curve keep their static factor.
 
     The update is ``token_estimator.aci_step`` (the rule the database store applies in SQL), the factor
-    ``AdaptiveCurve.factor_at`` (what ``decide_ceiling`` reads): the replay runs the runtime's own code.
+    ``AdaptiveCurve.factor_at`` and the rounding ``token_estimator.ceil_tokens`` (what ``decide_ceiling``
+    uses): the replay runs the runtime's own code. Only the adapted groups' calls are looped over.
     """
-    n = test.n
-    ceilings = np.empty(n)
-    trace = AciTrace(np.full(n, math.nan), np.full(n, math.nan))
+    ceilings = replay_static(test, static)
+    trace = AciTrace(np.full(test.n, math.nan), np.full(test.n, math.nan))
     level: dict[int, float] = {g: c.clip(alpha) for g, c in curves.items()}
     pending: list[tuple[float, int, int, int]] = []  # (due, call index, group, err)
-    for i in range(n):
-        now = feedback.now(test, i)
-        while pending and pending[0][0] <= now:
-            _, _, g, err = heapq.heappop(pending)
-            curve = curves[g]
-            level[g] = te.aci_step(level[g], err, alpha, gamma, curve.alphas[0], curve.alphas[-1])
+    rows, now, pred, y, obs, group = _loop_columns(test, curves, feedback)
+    lag = feedback.lag_calls
+    for j, i in enumerate(rows):
+        while pending and pending[0][0] <= now[j]:
+            _, _, g_done, err = heapq.heappop(pending)
+            curve = curves[g_done]
+            level[g_done] = te.aci_step(level[g_done], err, alpha, gamma, curve.alphas[0], curve.alphas[-1])
             trace.updates += 1
-        g = int(test.group[i])
-        curve = curves.get(g)
-        pred, y, obs = float(test.predicted[i]), float(test.y[i]), bool(test.observed[i])
-        if curve is None:
-            factor = static.get(g, math.nan)
-            ceilings[i] = float(ceiling_tokens(pred, factor)) if math.isfinite(factor) else math.nan
-            continue
+        g = group[j]
         a = level[g]
-        factor = curve.factor_at(a)
-        c = float(ceiling_tokens(pred, factor))
+        factor = curves[g].factor_at(a)
+        c = te.ceil_tokens(pred[j] * factor)
         ceilings[i] = c
         trace.alpha_t[i], trace.factor[i] = a, factor
-        err = int(_truncated_one(c, y, obs))
-        produced = min(y, c) if obs else c
-        heapq.heappush(pending, (feedback.due(test, i, produced), i, g, err))
+        err = int(y[j] >= c)  # reaching the ceiling = truncated (a censored call: its bound reached it)
+        produced = min(y[j], c) if obs[j] else c
+        due = i + lag + 1 if lag is not None else now[j] + feedback.first_token_seconds + feedback.seconds_per_token * produced
+        heapq.heappush(pending, (due, i, g, err))
     return ceilings, trace
+
+
+def _loop_columns(
+    test: Stream, adapted: Mapping[int, object], feedback: Feedback
+) -> tuple[list[int], list[float], list[float], list[float], list[bool], list[int]]:
+    """The adapted groups' calls as plain lists (a Python loop over numpy scalars is several times slower)."""
+    rows = np.flatnonzero(np.isin(test.group, list(adapted))) if adapted else np.empty(0, dtype=np.int64)
+    now = rows.astype(float) if feedback.lag_calls is not None else test.epoch[rows]
+    return (rows.tolist(), now.tolist(), test.predicted[rows].tolist(), test.y[rows].tolist(),
+            test.observed[rows].tolist(), test.group[rows].tolist())
 
 
 def replay_rolling(
@@ -352,42 +355,31 @@ def replay_rolling(
         vals = [s if o else math.inf for s, o in zip(train_s[m].tolist(), train.observed[m].tolist(), strict=True)]
         windows[g] = deque(vals)
         ordered[g] = sorted(vals)
-    n = test.n
-    ceilings = np.empty(n)
+    ceilings = replay_static(test, static)
     pending: list[tuple[float, int, int, float]] = []
-    for i in range(n):
-        now = feedback.now(test, i)
-        while pending and pending[0][0] <= now:
-            _, _, g, value = heapq.heappop(pending)
-            win, srt = windows[g], ordered[g]
+    rows, now, pred, y, obs, group = _loop_columns(test, bounds, feedback)
+    lag = feedback.lag_calls
+    for j, i in enumerate(rows):
+        while pending and pending[0][0] <= now[j]:
+            _, _, g_done, value = heapq.heappop(pending)
+            win, srt = windows[g_done], ordered[g_done]
             win.append(value)
             bisect.insort(srt, value)
             if len(win) > window:
-                old = win.popleft()
-                del srt[bisect.bisect_left(srt, old)]
-        g = int(test.group[i])
-        pred, y, obs = float(test.predicted[i]), float(test.y[i]), bool(test.observed[i])
-        curve = bounds.get(g)
-        factor = static.get(g, math.nan)
-        if curve is not None:
-            srt = ordered[g]
-            k = stats.conformal_rank(len(srt), alpha)
-            if k is not None and math.isfinite(srt[k - 1]):
-                factor = math.exp(srt[k - 1])
-            else:
-                factor = curve.factors[0]  # too few or too censored: the reviewed maximum
-            factor = min(max(factor, curve.factors[-1]), curve.factors[0])
-        if not math.isfinite(factor):
-            ceilings[i] = math.nan
-            continue
-        c = float(ceiling_tokens(pred, factor))
+                del srt[bisect.bisect_left(srt, win.popleft())]
+        g = group[j]
+        curve = bounds[g]
+        srt = ordered[g]
+        k = stats.conformal_rank(len(srt), alpha)
+        factor = math.exp(srt[k - 1]) if k is not None and math.isfinite(srt[k - 1]) else curve.factors[0]
+        factor = min(max(factor, curve.factors[-1]), curve.factors[0])  # the reviewed range
+        c = te.ceil_tokens(pred[j] * factor)
         ceilings[i] = c
-        if curve is None:
-            continue
-        fits = not _truncated_one(c, y, obs)
-        value = math.log((y + 1.0) / max(pred, 1.0)) if fits and obs else math.inf
-        produced = min(y, c) if obs else c
-        heapq.heappush(pending, (feedback.due(test, i, produced), i, g, value))
+        fits = y[j] < c
+        value = math.log((y[j] + 1.0) / max(pred[j], 1.0)) if fits and obs[j] else math.inf
+        produced = min(y[j], c) if obs[j] else c
+        due = i + lag + 1 if lag is not None else now[j] + feedback.first_token_seconds + feedback.seconds_per_token * produced
+        heapq.heappush(pending, (due, i, g, value))
     return ceilings
 
 
@@ -409,32 +401,43 @@ def oracle_ceilings(test: Stream, alpha: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def evaluate(test: Stream, ceiling: np.ndarray, alpha: float, bin_seconds: float = BIN_SECONDS) -> dict[str, Any]:
+def evaluate(
+    test: Stream, ceiling: np.ndarray, alpha: float, bin_seconds: float | None = BIN_SECONDS, blocks: int = 5
+) -> dict[str, Any]:
     """Truncation (lower and upper end), reserved/used, the worst time bin's truncation, pinball loss.
 
-    The pinball loss scores the ceiling as the (1 − α) quantile of the smallest fitting ceiling y + 1
-    (the proper scoring rule for a quantile: it weighs a truncation against reserve in the ratio α sets).
+    Bins are ``bin_seconds`` long from the first held-out call (only bins with ≥ ``MIN_BIN_CALLS`` count),
+    or, with ``bin_seconds=None``, ``blocks`` consecutive blocks of equal size (telemetry with a few calls
+    an hour has no full 5-minute bin). The pinball loss scores the ceiling as the (1 − α) quantile of the
+    smallest fitting ceiling y + 1 (the proper scoring rule for a quantile: it weighs a truncation against
+    reserve in the ratio α sets).
     """
     ok = np.isfinite(ceiling)
     n = int(ok.sum())
     if n == 0:
-        return {"n": 0, "truncations": 0, "truncation_rate": None, "truncation_upper": None,
-                "reserved_over_used": None, "worst_bin_truncation": None, "worst_bin_n": 0, "bins": 0,
-                "pinball_loss": None}
+        return {"n": 0, "truncations": 0, "truncations_upper": 0, "truncation_rate": None,
+                "truncation_interval": [None, None], "reserved_over_used": None, "worst_bin_truncation": None,
+                "worst_bin_n": 0, "bins": 0, "pinball_loss": None}
     c, y, obs, t = ceiling[ok], test.y[ok], test.observed[ok], test.epoch[ok]
     trunc = truncated_under(c, y, obs)
     upper = trunc | (~obs)
-    bins = np.floor((t - t[0]) / bin_seconds).astype(np.int64)
+    if bin_seconds is not None:
+        bins = np.floor((t - t[0]) / bin_seconds).astype(np.int64)
+        minimum = MIN_BIN_CALLS
+    else:
+        bins = (np.arange(n) * max(1, min(blocks, n)) // n).astype(np.int64)
+        minimum = 1
     counts = np.bincount(bins)
     hits = np.bincount(bins, weights=trunc.astype(float))
-    full = counts >= MIN_BIN_CALLS
+    full = counts >= minimum
     rates = np.where(full, hits / np.maximum(counts, 1), -1.0)
     worst = int(np.argmax(rates)) if full.any() else -1
     return {
         "n": n,
         "truncations": int(trunc.sum()),
+        "truncations_upper": int(upper.sum()),
         "truncation_rate": round(float(trunc.mean()), 6),
-        "truncation_upper": round(float(upper.mean()), 6),
+        "truncation_interval": [round(float(trunc.mean()), 6), round(float(upper.mean()), 6)],
         "reserved_over_used": round(float(c.sum() / y.sum()), 6),
         "worst_bin_truncation": round(float(rates[worst]), 6) if worst >= 0 else None,
         "worst_bin_n": int(counts[worst]) if worst >= 0 else 0,
@@ -520,3 +523,256 @@ def method_ceilings(
     if into is not None:
         into.aci_trace = trace
     return ceilings
+
+
+# --------------------------------------------------------------------------------------------------
+# Inside a calibration: the backtest replays the chosen method, the proposal carries its reviewed part
+# --------------------------------------------------------------------------------------------------
+
+Group = tuple[str, str]
+#: Methods a calibration can ship: ``rolling`` is measured (every report's drift table) but has no runtime.
+SHIPPABLE_METHODS: tuple[MethodName, ...] = ("static", "aci")
+#: The calibration's own backtest: telemetry rows carry completion times, not planning times, so the
+#: delay is a fixed lag of calls (about the number of calls in flight across a few drains).
+BACKTEST_FEEDBACK = Feedback(lag_calls=BACKTEST_FEEDBACK_LAG)
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The spec ``autopack calibrate --method NAME`` runs with; ``InputError`` for what cannot ship."""
+    from autopack.errors import InputError
+
+    if name == "rolling":
+        raise InputError(
+            "--method rolling cannot be shipped: autopack has no runtime for a rolling window (its state would "
+            "be the recent outcomes, and a truncated call only tells a lower bound)",
+            hint="use --method aci (adapts at run time within a reviewed curve) or static; every report's "
+            "'Calibration under drift' table shows what rolling would have done",
+        )
+    if name not in SHIPPABLE_METHODS:
+        raise InputError(f"unknown --method {name!r}", hint=f"use one of {', '.join(SHIPPABLE_METHODS)}")
+    return MethodSpec(name)  # type: ignore[arg-type]
+
+
+def describe_method(name: str, params: Mapping[str, Any]) -> str:
+    """The report's two sentences on the method."""
+    if name == "aci":
+        low, high = params.get("alpha_range", [None, None])
+        return (
+            "Method `aci` (adaptive conformal inference): each calibrated group ships its static factor plus a "
+            f"reviewed curve of factors for miscoverage levels {low}–{high} (`ADAPTIVE_BUDGET_FACTORS`), and at run "
+            f"time its level α_t moves by γ = {params.get('gamma')} × (α − truncated) after each finished call, "
+            "kept in the database and clipped to the curve, so a ceiling never leaves the reviewed range. "
+            f"The held-out backtest replays exactly that, with each call's outcome known only "
+            f"{params.get('feedback', {}).get('lag_calls', BACKTEST_FEEDBACK_LAG)} calls later (delayed feedback)."
+        )
+    return (
+        "Method `static`: each calibrated group ships one budget factor, the split-conformal quantile of its "
+        "calls, and the executor uses it unchanged until the next calibration. "
+        "The drift table below shows what the adaptive methods would have done on the same held-out calls."
+    )
+
+
+@dataclass(frozen=True)
+class CalibrationRows:
+    """A calibration's samples as the replays see them (oldest first), and its time-ordered split."""
+
+    groups: Sequence[Group]
+    group: np.ndarray
+    y: np.ndarray
+    observed: np.ndarray
+    epoch: np.ndarray
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+
+    @classmethod
+    def of(cls, samples: Any, train_rows: np.ndarray, test_rows: np.ndarray) -> CalibrationRows:
+        """From a ``SampleSet`` (its ``groups``, ``group``, ``y``, ``observed``, ``epoch`` arrays)."""
+        return cls(list(samples.groups), samples.group, samples.y, samples.observed, samples.epoch,
+                   np.asarray(train_rows), np.asarray(test_rows))
+
+    def streams(self, predicted: np.ndarray) -> tuple[Stream, Stream]:
+        """(training, held-out) streams with the configuration's predictions."""
+
+        def take(rows: np.ndarray) -> Stream:
+            return Stream(self.group[rows], predicted[rows], self.y[rows], self.observed[rows], self.epoch[rows])
+
+        return take(self.train_rows), take(self.test_rows)
+
+    def index(self, groups: Mapping[Group, Any] | Sequence[Group]) -> dict[Group, int]:
+        position = {g: i for i, g in enumerate(self.groups)}
+        return {g: position[g] for g in groups if g in position}
+
+
+def _place(static_ceiling: np.ndarray, raw: np.ndarray, test: Stream, adapted: Mapping[int, Any]) -> np.ndarray:
+    """The static ceilings with the adapted groups' rows replaced, clamped as ``decide_ceiling`` clamps."""
+    out = static_ceiling.astype(float, copy=True)
+    rows = np.isin(test.group, list(adapted))
+    out[rows] = np.minimum(np.maximum(raw[rows], te.MIN_FACTOR_CEILING), te.MAX_OUTPUT_TOKENS)
+    return out
+
+
+def replay_configuration(
+    spec: MethodSpec,
+    alpha: float,
+    rows: CalibrationRows,
+    predicted: np.ndarray,
+    factors: Mapping[Group, float],
+    static_ceiling: np.ndarray,
+    *,
+    adapt: Sequence[Group] | None = None,
+    reviewed: te.Coefficients | None = None,
+    feedback: Feedback = BACKTEST_FEEDBACK,
+) -> np.ndarray:
+    """The held-out ceilings of a coefficient configuration when it runs with ``spec`` at run time.
+
+    ``static_ceiling`` is what the configuration sets with no runtime state (``decide_ceiling``'s rules and
+    clamps). With ``aci``, the groups in ``adapt`` (default: every group in ``factors``) get a new curve
+    from the training rows, anchored on their factor, and their held-out calls are replayed with delayed
+    feedback. Groups whose factor is the one already in ``reviewed`` keep ``reviewed``'s curve, if it has
+    one (that is what runs today).
+    """
+    train, test = rows.streams(predicted)
+    out = static_ceiling.astype(float, copy=True)
+    adapted: dict[int, te.AdaptiveCurve] = {}
+    if spec.name == "aci":
+        wanted = adapt if adapt is not None else list(factors)
+        anchors = {i: factors[g] for g, i in rows.index([g for g in wanted if g in factors]).items()}
+        adapted = curves_for(train, alpha, anchors, spec.curve_multiples)
+        if adapted:
+            raw, _ = replay_aci(test, adapted, {}, alpha, spec.gamma, feedback)
+            out = _place(out, raw, test, adapted)
+    if reviewed is not None and reviewed.adaptive_target is not None and reviewed.adaptive_gamma is not None:
+        kept = {
+            i: reviewed.adaptive_curves[g] for g, i in rows.index(list(reviewed.adaptive_curves)).items()
+            if i not in adapted and g in reviewed.budget_factors and factors.get(g) == reviewed.budget_factors[g]
+        }
+        if kept:
+            raw, _ = replay_aci(test, kept, {}, reviewed.adaptive_target, reviewed.adaptive_gamma, feedback)
+            out = _place(out, raw, test, kept)
+    return out
+
+
+def compare_in_calibration(
+    alpha: float,
+    rows: CalibrationRows,
+    predicted: np.ndarray,
+    factors: Mapping[Group, float],
+    static_ceiling: np.ndarray,
+    feedback: Feedback = BACKTEST_FEEDBACK,
+) -> dict[str, Any]:
+    """``backtest.calibration_under_drift``: every method on the held-out calls, for the proposal's factors.
+
+    Worst bin = the worst of 5 consecutive blocks of held-out calls (telemetry rarely has 50 calls in 5
+    minutes). The oracle is each group's own quantile of the held-out calls, in hindsight.
+    """
+    train, test = rows.streams(predicted)
+    anchors = {i: factors[g] for g, i in rows.index(list(factors)).items()}
+    comparison = Comparison(alpha, feedback)
+    comparison.ceilings["static"] = static_ceiling.astype(float)
+    for name in ("rolling", "aci"):
+        spec = MethodSpec(name)  # type: ignore[arg-type]
+        curves = curves_for(train, alpha, anchors, spec.curve_multiples)
+        if name == "rolling":
+            raw = replay_rolling(test, train, {}, curves, alpha, spec.window, feedback)
+        else:
+            raw, _ = replay_aci(test, curves, {}, alpha, spec.gamma, feedback)
+        comparison.ceilings[name] = _place(static_ceiling, raw, test, curves) if curves else static_ceiling
+    comparison.ceilings["oracle"] = oracle_ceilings(test, alpha)
+    comparison.metrics = {k: evaluate(test, c, alpha, bin_seconds=None) for k, c in comparison.ceilings.items()}
+    summary = comparison.summary()
+    summary["bins"] = "5 consecutive blocks of equal size"
+    summary["adapted_groups"] = sorted(
+        list(rows.groups[i]) for i in curves_for(train, alpha, anchors, CURVE_MULTIPLES)
+    )
+    return summary
+
+
+def adaptive_changes(
+    spec: MethodSpec,
+    alpha: float,
+    rows: CalibrationRows,
+    predicted: np.ndarray,
+    shipped: Mapping[Group, float],
+    current: te.Coefficients,
+    extras: Mapping[Group, Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """The reviewed part of the method, as ``proposed_changes`` entries for the libcst editor.
+
+    ``shipped``: the groups whose BUDGET_FACTORS this proposal sets, with their new factor; ``rows`` with
+    ``train_rows`` = every sample (the curve comes from all the data, like the factor). With ``aci`` each
+    gets its curve in ``ADAPTIVE_BUDGET_FACTORS`` (a level the file has but the new curve lacks gets the
+    new curve's value there, so no stale entry survives), and ``ADAPTIVE_SETTINGS`` its target α and γ.
+    With ``static`` a shipped group that already has a curve gets it flattened to the new factor (the
+    runtime then has nothing to adapt between), so the file stays consistent either way.
+    """
+    extras = extras or {}
+    current_settings = {("aci", "target_alpha"): current.adaptive_target, ("aci", "gamma"): current.adaptive_gamma}
+    old = {
+        (te.adaptive_group_key(g), te.adaptive_level_key(a)): f
+        for g, c in current.adaptive_curves.items() for a, f in zip(c.alphas, c.factors, strict=True)
+    }
+    train, _ = rows.streams(predicted)
+    s = scores(train)
+    changes: list[dict[str, Any]] = []
+
+    def change(table: str, key: tuple[str, str], new: float, group: Group | None) -> None:
+        previous = old.get(key) if table == "ADAPTIVE_BUDGET_FACTORS" else current_settings.get(key)
+        if previous is not None and math.isclose(previous, new, rel_tol=1e-12):
+            return
+        entry: dict[str, Any] = {"coefficient": table, "key": list(key), "old": previous, "new": new,
+                                 "category": group[0] if group else None,
+                                 "complexity": group[1] if group else None,
+                                 "n": None, "confidence": None, "interval": [None, None], "backtest": {}}
+        entry.update(extras.get(group, {}) if group else {})
+        changes.append(entry)
+
+    for g, i in sorted(rows.index(list(shipped)).items()):
+        existing = current.adaptive_curves.get(g)
+        curve: te.AdaptiveCurve | None = None
+        if spec.name == "aci":
+            m = train.group == i
+            curve = group_curve(s[m], train.observed[m], alpha, shipped[g], spec.curve_multiples)
+        if curve is None and existing is not None:  # nothing to adapt between: a flat curve at the new factor
+            curve = te.AdaptiveCurve(existing.alphas, tuple(shipped[g] for _ in existing.alphas))
+        if curve is None:
+            continue
+        new_levels = dict(zip(curve.alphas, curve.factors, strict=True))
+        for a in sorted(set(new_levels) | set(existing.alphas if existing else ())):
+            value = new_levels[a] if a in new_levels else _round_up(curve.factor_at(a))
+            change("ADAPTIVE_BUDGET_FACTORS", (te.adaptive_group_key(g), te.adaptive_level_key(a)), value, g)
+    if spec.name == "aci" and any(c["coefficient"] == "ADAPTIVE_BUDGET_FACTORS" for c in changes):
+        change("ADAPTIVE_SETTINGS", ("aci", "target_alpha"), alpha, None)
+        change("ADAPTIVE_SETTINGS", ("aci", "gamma"), spec.gamma, None)
+    return changes
+
+
+def report_section(result: Mapping[str, Any]) -> list[str]:
+    """The markdown report's "Calibration under drift" section: the method in two sentences, then the table."""
+    md = result.get("metadata") or {}
+    method = md.get("method", DEFAULT_METHOD)
+    lines = ["## Calibration under drift", "", describe_method(method, md.get("method_params") or {}), ""]
+    summary = (result.get("backtest") or {}).get("calibration_under_drift") or {}
+    methods = summary.get("methods") or {}
+    if not methods:
+        return lines + ["No held-out calls: nothing to replay.", ""]
+    lines += [
+        "Every method replayed on the same held-out calls with the proposal's factors (delayed feedback: "
+        f"{Feedback(**{k: v for k, v in summary['feedback'].items() if k != 'kind'}).describe()}; worst bin = "
+        f"{summary.get('bins')}; `oracle` = each group's own quantile of these calls, in hindsight).",
+        "",
+        "| method | truncation | reserved / used | ÷ oracle | worst bin | pinball ÷ oracle |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in methods.items():
+        shown = f"**{name}**" if name == method else name
+        rate, worst = m.get("truncation_rate"), m.get("worst_bin_truncation")
+        lines.append(
+            f"| {shown} | {'–' if rate is None else f'{100 * rate:.1f} %'} | {_num(m.get('reserved_over_used'))} | "
+            f"{_num(m.get('reserved_vs_oracle'))} | {'–' if worst is None else f'{100 * worst:.1f} %'} | "
+            f"{_num(m.get('pinball_vs_oracle'))} |"
+        )
+    return lines + [""]
+
+
+def _num(value: Any) -> str:
+    return "–" if value is None else f"{value:.3f}"
