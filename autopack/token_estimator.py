@@ -192,6 +192,11 @@ class AdaptiveCurve:
 
     alphas: tuple[float, ...]
     factors: tuple[float, ...]
+    _logs: tuple[tuple[float, ...], tuple[float, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        logs = (tuple(math.log(a) for a in self.alphas), tuple(math.log(f) for f in self.factors))
+        object.__setattr__(self, "_logs", logs)
 
     def clip(self, alpha: float) -> float:
         return min(max(alpha, self.alphas[0]), self.alphas[-1])
@@ -203,9 +208,9 @@ class AdaptiveCurve:
         i = bisect.bisect_left(self.alphas, a)
         if self.alphas[i] == a:
             return self.factors[i]
-        a0, a1, f0, f1 = self.alphas[i - 1], self.alphas[i], self.factors[i - 1], self.factors[i]
-        w = (math.log(a) - math.log(a0)) / (math.log(a1) - math.log(a0))
-        return min(f0, max(f1, math.exp((1.0 - w) * math.log(f0) + w * math.log(f1))))
+        la, lf = self._logs
+        w = (math.log(a) - la[i - 1]) / (la[i] - la[i - 1])
+        return min(self.factors[i - 1], max(self.factors[i], math.exp((1.0 - w) * lf[i - 1] + w * lf[i])))
 
     @property
     def fingerprint(self) -> str:

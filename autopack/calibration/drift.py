@@ -38,6 +38,7 @@ also runs fixed lags of 0, 100 and 500 calls to show the choice of method does n
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import math
 from collections import deque
@@ -61,6 +62,8 @@ CURVE_MULTIPLES = (0.2, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
 #: Fixed lag (calls) the calibration's own backtest assumes: telemetry rows hold completion times only.
 BACKTEST_FEEDBACK_LAG = 8
 BIN_SECONDS = 300.0
+#: The calibration's every-method comparison replays at most this many (newest) held-out calls.
+MAX_COMPARED_CALLS = 50_000
 #: A time bin with fewer calls than this is not reported as the "worst bin" (a 10-call bin is noise).
 MIN_BIN_CALLS = 50
 
@@ -300,25 +303,42 @@ def replay_aci(
     ceilings = replay_static(test, static)
     trace = AciTrace(np.full(test.n, math.nan), np.full(test.n, math.nan))
     level: dict[int, float] = {g: c.clip(alpha) for g, c in curves.items()}
-    pending: list[tuple[float, int, int, int]] = []  # (due, call index, group, err)
+    factor: dict[int, float] = {g: c.factor_at(level[g]) for g, c in curves.items()}
+    bounds = {g: (c.alphas[0], c.alphas[-1]) for g, c in curves.items()}
     rows, now, pred, y, obs, group = _loop_columns(test, curves, feedback)
     lag = feedback.lag_calls
+    # pending outcomes: with a fixed lag they come due in planning order (a FIFO), else by completion time
+    fifo: deque[tuple[float, int, int]] = deque()
+    heap: list[tuple[float, int, int, int]] = []
+    out_c, out_a, out_f = [], [], []
+    step, ceil = te.aci_step, te.ceil_tokens
+    first, per_token = feedback.first_token_seconds, feedback.seconds_per_token
     for j, i in enumerate(rows):
-        while pending and pending[0][0] <= now[j]:
-            _, _, g_done, err = heapq.heappop(pending)
-            curve = curves[g_done]
-            level[g_done] = te.aci_step(level[g_done], err, alpha, gamma, curve.alphas[0], curve.alphas[-1])
-            trace.updates += 1
+        t = now[j]
+        while fifo and fifo[0][0] <= t:
+            _, g_done, err = fifo.popleft()
+            level[g_done] = step(level[g_done], err, alpha, gamma, *bounds[g_done])
+            factor[g_done] = curves[g_done].factor_at(level[g_done])
+        while heap and heap[0][0] <= t:
+            _, _, g_done, err = heapq.heappop(heap)
+            level[g_done] = step(level[g_done], err, alpha, gamma, *bounds[g_done])
+            factor[g_done] = curves[g_done].factor_at(level[g_done])
         g = group[j]
-        a = level[g]
-        factor = curves[g].factor_at(a)
-        c = te.ceil_tokens(pred[j] * factor)
-        ceilings[i] = c
-        trace.alpha_t[i], trace.factor[i] = a, factor
-        err = int(y[j] >= c)  # reaching the ceiling = truncated (a censored call: its bound reached it)
-        produced = min(y[j], c) if obs[j] else c
-        due = i + lag + 1 if lag is not None else now[j] + feedback.first_token_seconds + feedback.seconds_per_token * produced
-        heapq.heappush(pending, (due, i, g, err))
+        f = factor[g]
+        c = ceil(pred[j] * f)
+        out_c.append(c)
+        out_a.append(level[g])
+        out_f.append(f)
+        err = 1 if y[j] >= c else 0  # reaching the ceiling = truncated (a censored call: its bound reached it)
+        if lag is not None:
+            fifo.append((i + lag + 1, g, err))
+        else:
+            produced = min(y[j], c) if obs[j] else c
+            heapq.heappush(heap, (t + first + per_token * produced, i, g, err))
+    trace.updates = len(rows) - len(fifo) - len(heap)
+    if rows:
+        ceilings[rows] = out_c
+        trace.alpha_t[rows], trace.factor[rows] = out_a, out_f
     return ceilings, trace
 
 
@@ -663,15 +683,21 @@ def compare_in_calibration(
     """``backtest.calibration_under_drift``: every method on the held-out calls, for the proposal's factors.
 
     Worst bin = the worst of 5 consecutive blocks of held-out calls (telemetry rarely has 50 calls in 5
-    minutes). The oracle is each group's own quantile of the held-out calls, in hindsight.
+    minutes). The oracle is each group's own quantile of the held-out calls, in hindsight. Beyond
+    ``MAX_COMPARED_CALLS`` held-out calls only the newest are replayed (the loops are sequential; the
+    summary says so); the gate's own replay of the chosen method always covers every held-out call.
     """
+    held_out = int(rows.test_rows.size)
+    if held_out > MAX_COMPARED_CALLS:
+        rows = dataclasses.replace(rows, test_rows=rows.test_rows[-MAX_COMPARED_CALLS:])
+        static_ceiling = static_ceiling[-MAX_COMPARED_CALLS:]
     train, test = rows.streams(predicted)
     anchors = {i: factors[g] for g, i in rows.index(list(factors)).items()}
     comparison = Comparison(alpha, feedback)
     comparison.ceilings["static"] = static_ceiling.astype(float)
+    curves = curves_for(train, alpha, anchors, CURVE_MULTIPLES)  # both adaptive methods' reviewed bounds
     for name in ("rolling", "aci"):
         spec = MethodSpec(name)  # type: ignore[arg-type]
-        curves = curves_for(train, alpha, anchors, spec.curve_multiples)
         if name == "rolling":
             raw = replay_rolling(test, train, {}, curves, alpha, spec.window, feedback)
         else:
@@ -681,9 +707,9 @@ def compare_in_calibration(
     comparison.metrics = {k: evaluate(test, c, alpha, bin_seconds=None) for k, c in comparison.ceilings.items()}
     summary = comparison.summary()
     summary["bins"] = "5 consecutive blocks of equal size"
-    summary["adapted_groups"] = sorted(
-        list(rows.groups[i]) for i in curves_for(train, alpha, anchors, CURVE_MULTIPLES)
-    )
+    summary["calls"] = (f"all {held_out} held-out calls" if held_out <= MAX_COMPARED_CALLS
+                        else f"the newest {MAX_COMPARED_CALLS} of {held_out} held-out calls")
+    summary["adapted_groups"] = sorted(list(rows.groups[i]) for i in curves)
     return summary
 
 
@@ -756,7 +782,8 @@ def report_section(result: Mapping[str, Any]) -> list[str]:
     if not methods:
         return lines + ["No held-out calls: nothing to replay.", ""]
     lines += [
-        "Every method replayed on the same held-out calls with the proposal's factors (delayed feedback: "
+        f"Every method replayed on {summary.get('calls', 'the held-out calls')} with the proposal's factors "
+        "(delayed feedback: "
         f"{Feedback(**{k: v for k, v in summary['feedback'].items() if k != 'kind'}).describe()}; worst bin = "
         f"{summary.get('bins')}; `oracle` = each group's own quantile of these calls, in hindsight).",
         "",
