@@ -454,13 +454,15 @@ def _success_metrics(samples: SampleSet, params: Params, groups: list[dict[str, 
 def _assemble(samples: SampleSet, params: Params, current: te.Coefficients, variant: Variant) -> dict[str, Any]:
     groups = _group_entries(samples, params, variant)
     changes, fit_changes = _changes(samples, params, current, variant, groups)
-    # the method's reviewed part (aci: each shipped group's factor curve and the settings)
-    shipped_factors = {(c["category"], c["complexity"]): c["new"] for c in changes if c["coefficient"] == "BUDGET_FACTORS"}
-    extras = {(c["category"], c["complexity"]): {k: c[k] for k in ("n", "confidence", "backtest")}
-              for c in changes if c["coefficient"] == "BUDGET_FACTORS"}
-    changes += drift.adaptive_changes(params.spec, params.alpha, drift.CalibrationRows.of(
-        samples, np.arange(samples.n), np.empty(0, dtype=np.int64)), variant.full.predicted, shipped_factors, current,
-        extras)
+    # the method's reviewed part (aci: each shipped group's factor curve, and the settings)
+    entry = {(e["category"], e["complexity"]): e for e in groups}
+    shipped_factors = {g: entry[g]["budget_factor"] for g in variant.passing if entry[g]["budget_factor"] is not None}
+    changes += drift.adaptive_changes(
+        params.spec, params.alpha, drift.CalibrationRows.of(samples, np.arange(samples.n), np.empty(0, dtype=int)),
+        variant.full.predicted, shipped_factors, current,
+        {g: {"n": entry[g]["n"], "confidence": entry[g]["confidence"], "backtest": entry[g]["backtest"]}
+         for g in shipped_factors},
+    )
     passed = bool(changes)
     reasons: list[str] = []
     for e in groups:
