@@ -140,14 +140,12 @@ class Feedback:
         return {"kind": "completion_time", "first_token_seconds": self.first_token_seconds,
                 "seconds_per_token": self.seconds_per_token}
 
-    def now(self, stream: Stream, i: int) -> float:
-        return float(i) if self.lag_calls is not None else float(stream.epoch[i])
-
-    def due(self, stream: Stream, i: int, produced: float) -> float:
-        """When call i's outcome is known, on the same clock as ``now`` (known to calls with now ≥ due)."""
+    def due(self, index: int, planned: float, produced: float) -> float:
+        """When call ``index`` (planned at ``planned``, ``produced`` output tokens) is known to later calls:
+        on the call-index clock for a fixed lag, else in seconds (see ``_loop_columns``' ``now``)."""
         if self.lag_calls is not None:
-            return float(i + self.lag_calls + 1)
-        return float(stream.epoch[i]) + self.first_token_seconds + self.seconds_per_token * produced
+            return float(index + self.lag_calls + 1)
+        return planned + self.first_token_seconds + self.seconds_per_token * produced
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,7 +310,6 @@ def replay_aci(
     heap: list[tuple[float, int, int, int]] = []
     out_c, out_a, out_f = [], [], []
     step, ceil = te.aci_step, te.ceil_tokens
-    first, per_token = feedback.first_token_seconds, feedback.seconds_per_token
     for j, i in enumerate(rows):
         t = now[j]
         while fifo and fifo[0][0] <= t:
@@ -330,11 +327,10 @@ def replay_aci(
         out_a.append(level[g])
         out_f.append(f)
         err = 1 if y[j] >= c else 0  # reaching the ceiling = truncated (a censored call: its bound reached it)
-        if lag is not None:
-            fifo.append((i + lag + 1, g, err))
+        if lag is not None:  # due in planning order
+            fifo.append((feedback.due(i, t, c), g, err))
         else:
-            produced = min(y[j], c) if obs[j] else c
-            heapq.heappush(heap, (t + first + per_token * produced, i, g, err))
+            heapq.heappush(heap, (feedback.due(i, t, min(y[j], c) if obs[j] else c), i, g, err))
     trace.updates = len(rows) - len(fifo) - len(heap)
     if rows:
         ceilings[rows] = out_c
@@ -378,7 +374,6 @@ def replay_rolling(
     ceilings = replay_static(test, static)
     pending: list[tuple[float, int, int, float]] = []
     rows, now, pred, y, obs, group = _loop_columns(test, bounds, feedback)
-    lag = feedback.lag_calls
     for j, i in enumerate(rows):
         while pending and pending[0][0] <= now[j]:
             _, _, g_done, value = heapq.heappop(pending)
@@ -397,9 +392,7 @@ def replay_rolling(
         ceilings[i] = c
         fits = y[j] < c
         value = math.log((y[j] + 1.0) / max(pred[j], 1.0)) if fits and obs[j] else math.inf
-        produced = min(y[j], c) if obs[j] else c
-        due = i + lag + 1 if lag is not None else now[j] + feedback.first_token_seconds + feedback.seconds_per_token * produced
-        heapq.heappush(pending, (due, i, g, value))
+        heapq.heappush(pending, (feedback.due(i, now[j], min(y[j], c) if obs[j] else c), i, g, value))
     return ceilings
 
 
@@ -767,7 +760,7 @@ def adaptive_changes(
             value = new_levels[a] if a in new_levels else _round_up(curve.factor_at(a))
             change("ADAPTIVE_BUDGET_FACTORS", (te.adaptive_group_key(g), te.adaptive_level_key(a)), value, g)
     if spec.name == "aci" and any(c["coefficient"] == "ADAPTIVE_BUDGET_FACTORS" for c in changes):
-        change("ADAPTIVE_SETTINGS", ("aci", "target_alpha"), alpha, None)
+        change("ADAPTIVE_SETTINGS", ("aci", "target_alpha"), round(alpha, 4), None)  # as the curve keys spell it
         change("ADAPTIVE_SETTINGS", ("aci", "gamma"), spec.gamma, None)
     return changes
 
