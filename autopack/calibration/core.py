@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from autopack import token_estimator as te
-from autopack.calibration import stats
+from autopack.calibration import drift, stats
 from autopack.calibration.backtest import evaluate, per_group, reserved_better, truncation_not_worse
 from autopack.calibration.fit import FitResult, fit_coefficients, implied_overheads
 from autopack.calibration.model import FactorModel, fit_factor_model
@@ -44,10 +44,19 @@ class Params:
     target_truncation: float = 0.05
     holdout_fraction: float = 0.3
     include_run_ids: tuple[str, ...] = ()
+    #: How budgets follow drift at run time ("static" | "aci"), see ``drift``; the backtest replays it.
+    method: str = drift.DEFAULT_METHOD
+
+    def __post_init__(self) -> None:
+        drift.method_spec(self.method)  # an unknown or unshippable method fails before any work
 
     @property
     def alpha(self) -> float:
         return self.target_truncation
+
+    @property
+    def spec(self) -> drift.MethodSpec:
+        return drift.method_spec(self.method)
 
 
 @dataclass
@@ -72,6 +81,7 @@ class Variant:
     ship_weights: bool
     global_check: str
     notes: list[str] = field(default_factory=list)
+    drift_summary: dict[str, Any] = field(default_factory=dict)  # backtest.calibration_under_drift
 
 
 def _log_ratio(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -148,6 +158,15 @@ def _run_variant(samples: SampleSet, params: Params, current: te.Coefficients, f
         ceilings["original_median"] = original
         proposal_factors = {**current.budget_factors, **train.model.factors(samples.groups)}
         _, ceilings["proposed"] = configuration_ceiling(test, train.fit.coefficients, proposal_factors)
+        # the chosen method at run time (drift): what the gate tests is what would run
+        rows = drift.CalibrationRows.of(samples, train_rows, test_rows)
+        drift_summary = drift.compare_in_calibration(params.alpha, rows, train.predicted, proposal_factors,
+                                                     ceilings["proposed"])
+        ceilings["proposed"] = drift.replay_configuration(params.spec, params.alpha, rows, train.predicted,
+                                                          proposal_factors, ceilings["proposed"], reviewed=current)
+        ceilings["current"] = drift.replay_configuration(drift.MethodSpec("static"), params.alpha, rows,
+                                                         samples.pred_current, current.budget_factors,
+                                                         ceilings["current"], reviewed=current)
     alpha = params.alpha
     if not ceilings:  # nothing held out: the methods are still listed, with n = 0
         ceilings = {name: np.empty(0) for name in ("current", "original_median", "proposed")}
@@ -205,7 +224,10 @@ def _run_variant(samples: SampleSet, params: Params, current: te.Coefficients, f
     if train is not None:
         coeffs_t, factors_t = _shipped(current, train, passing, ship_weights)
         _, ceil_ship = configuration_ceiling(test, coeffs_t, factors_t)
+        ceil_ship = drift.replay_configuration(params.spec, alpha, rows, predict(samples, coeffs_t), factors_t, ceil_ship,
+                                               adapt=passing, reviewed=current)
         variant.backtest["shipped"] = evaluate(ceil_ship, test.y, test.observed, alpha)
+        variant.drift_summary = drift_summary
     return variant
 
 
@@ -432,6 +454,15 @@ def _success_metrics(samples: SampleSet, params: Params, groups: list[dict[str, 
 def _assemble(samples: SampleSet, params: Params, current: te.Coefficients, variant: Variant) -> dict[str, Any]:
     groups = _group_entries(samples, params, variant)
     changes, fit_changes = _changes(samples, params, current, variant, groups)
+    # the method's reviewed part (aci: each shipped group's factor curve, and the settings)
+    entry = {(e["category"], e["complexity"]): e for e in groups}
+    shipped_factors = {g: entry[g]["budget_factor"] for g in variant.passing if entry[g]["budget_factor"] is not None}
+    changes += drift.adaptive_changes(
+        params.spec, params.alpha, drift.CalibrationRows.of(samples, np.arange(samples.n), np.empty(0, dtype=int)),
+        variant.full.predicted, shipped_factors, current,
+        {g: {"n": entry[g]["n"], "confidence": entry[g]["confidence"], "backtest": entry[g]["backtest"]}
+         for g in shipped_factors},
+    )
     passed = bool(changes)
     reasons: list[str] = []
     for e in groups:
@@ -459,6 +490,7 @@ def _assemble(samples: SampleSet, params: Params, current: te.Coefficients, vari
     backtest: dict[str, Any] = {
         name: {k: v for k, v in m.items()} for name, m in variant.backtest.items()
     }
+    backtest["calibration_under_drift"] = variant.drift_summary
     backtest["train_n"] = samples.n - test_n
     backtest["test_n"] = test_n
     backtest["split_at"] = _iso(float(samples.epoch[samples.n - test_n])) if test_n else None
@@ -480,6 +512,8 @@ def _assemble(samples: SampleSet, params: Params, current: te.Coefficients, vari
         "run_ids": run_ids,
         "time_span": {"start": _iso(float(samples.epoch.min())), "end": _iso(float(samples.epoch.max()))},
         "method_version": METHOD_VERSION,
+        "method": params.method,
+        "method_params": params.spec.params(params.alpha, drift.BACKTEST_FEEDBACK),
         "target_truncation": params.target_truncation,
         "holdout_fraction": params.holdout_fraction,
         "confidence_threshold": params.confidence_threshold,

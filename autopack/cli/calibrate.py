@@ -61,6 +61,10 @@ def calibrate(
     ] = 0.3,
     as_json: JsonOption = False,
     expect_db_id: ExpectDbIdOption = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="How budgets follow drift at run time: static or aci (rolling is "
+                                 "only measured, in the report's drift table). Default: the drift benchmark's choice.")
+    ] = None,
 ) -> None:
     """Calibrate the token estimator from telemetry: report (.md), patch (.json) and plot (.png).
 
@@ -80,6 +84,7 @@ def calibrate(
         output_dir=output_dir,
         allow_empty_db=allow_empty_db,
         expect_db_id=expect_db_id,
+        method=method,
     )
     md = result["metadata"]
     typer.echo(f"[db] id={md['db_id']}", err=True)

@@ -335,3 +335,27 @@ class CalibrationRun(Base):
     pr_url: Mapped[str | None] = mapped_column(Text)
     pr_number: Mapped[int | None] = mapped_column(Integer)
     pr_state: Mapped[str | None] = mapped_column(String(32))
+
+
+class AdaptiveBudgetState(Base):
+    """Runtime state of one group's adaptive (ACI) budget: its level alpha_t, moved by each finished call.
+
+    The factor the level maps to comes from the reviewed curve in ``token_estimator.py``
+    (``ADAPTIVE_BUDGET_FACTORS``), and the level is clipped to that curve's range in the same UPDATE that
+    moves it, so this row can steer a ceiling only between factors a human approved. ``curve_fingerprint``
+    names the curve the level was built on: after a new curve ships, the old level is not used and the
+    next update restarts from the target.
+    """
+
+    __tablename__ = "adaptive_budget_state"
+
+    category: Mapped[str] = mapped_column(String(64), primary_key=True)
+    complexity: Mapped[str] = mapped_column(String(64), primary_key=True)
+    method: Mapped[str] = mapped_column(String(16), nullable=False, default="aci")
+    alpha_t: Mapped[float] = mapped_column(Float, nullable=False)
+    target_alpha: Mapped[float] = mapped_column(Float, nullable=False)
+    curve_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    n_feedback: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    n_truncated: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)

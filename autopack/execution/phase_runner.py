@@ -57,6 +57,7 @@ from autopack.llm.base import LLMBoundaryError, LLMProvider, LLMRequest, LLMResp
 from autopack.llm.builder_format import parse_files
 from autopack.logging import get_logger, redact
 from autopack.taxonomy import DOCS_LIKE, canonical_category
+from autopack.telemetry.adaptive_state import level_reader
 from autopack.telemetry.recorder import CallKey, TelemetryWriteError, record_call, record_escalation, set_phase_outcome
 from autopack.token_estimator import (
     MAX_OUTPUT_TOKENS,
@@ -405,7 +406,9 @@ def _run(
     while True:
         counters.attempts += 1
         counters.attempt_indices.append(attempt_index)
-        est, decision = plan_call(features, escalated_to=escalated_to, model_max_output=model_max)
+        # adaptive: the group's runtime ACI level, read now (only for groups with a reviewed adaptive curve)
+        est, decision = plan_call(features, escalated_to=escalated_to, model_max_output=model_max,
+                                  adaptive=level_reader(url))
         beat()
         request = LLMRequest(
             system=prompt.system,

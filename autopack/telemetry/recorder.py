@@ -34,6 +34,7 @@ from autopack.db.models import (
 from autopack.errors import AutopackError
 from autopack.llm.base import LLMResponse
 from autopack.logging import get_logger
+from autopack.telemetry.adaptive_state import apply_feedback
 from autopack.token_estimator import (
     CALIBRATION_VERSION,
     CeilingDecision,
@@ -225,6 +226,8 @@ def record_call(
                 est_id, est_created = _insert_ignore(
                     session, TokenEstimationV2Event, _column_values(TokenEstimationV2Event, fields), call_key
                 )
+                if est_created:
+                    _feed_adaptive_budget(session, decision, response, success=success)
     except SQLAlchemyError as exc:
         raise TelemetryWriteError(
             f"telemetry write failed for {key.run_id}/{key.phase_id} attempt {key.attempt_index}: "
@@ -238,6 +241,21 @@ def record_call(
     else:
         log.info(format_log_line(est, decision, response, success=success))
     return RecordedCall(usage_id, usage_created, est_id, est_created)
+
+
+def _feed_adaptive_budget(
+    session: sa.orm.Session, decision: CeilingDecision, response: LLMResponse, *, success: bool
+) -> None:
+    """Move the group's ACI level with this call's outcome, in the telemetry row's own transaction.
+
+    Only a first attempt planned with an adaptive factor (``decision.adaptive``), and only a call that is a
+    calibration sample (it succeeded or it was truncated), so the runtime learns from what the backtest
+    replays. A retried write of an existing row never gets here (``est_created``): one call, one update.
+    """
+    use = decision.adaptive
+    if use is None or response.output_tokens is None or not (success or response.truncated):
+        return
+    apply_feedback(session, use, use.error(int(response.output_tokens), bool(response.truncated)))
 
 
 def record_escalation(
