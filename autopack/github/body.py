@@ -45,7 +45,7 @@ BACKTEST_COLUMNS = (
 )
 BACKTEST_METRICS = (
     ("n", "held-out calls"),
-    ("truncations", "truncations"),
+    ("truncations", "truncations (censoring: lower–upper)"),
     ("truncation_rate", "truncation rate"),
     ("truncation_interval", "truncation rate, censoring bounds"),
     ("truncation_ci", "truncation rate, 95 % CI"),
@@ -297,6 +297,8 @@ def _verdicts(calibration: Mapping[str, Any], changes: Sequence[Change], alpha: 
     held_out = {(g.get("category"), g.get("complexity")): g
                 for g in _records(_mapping(calibration.get("backtest")).get("groups"))}
     minimum = _min_heldout(calibration, alpha)
+    # A group's changes ship together (the factor is relative to the overhead): one backtest for all of them.
+    group_backtests = {_group_of(c): c.extra["backtest"] for c in changes if isinstance(c.extra.get("backtest"), Mapping)}
     lines = ["### Verdicts", "", "One line per changed coefficient: what the gate decided, on what evidence.", ""]
     weights = [c for c in changes if c.coefficient == "TOKEN_WEIGHTS"]
     for c in changes:
@@ -304,7 +306,8 @@ def _verdicts(calibration: Mapping[str, Any], changes: Sequence[Change], alpha: 
             continue
         group_key = _group_of(c)
         group = groups.get(group_key, {}) if group_key else {}
-        evidence = _Evidence.of(c, group, held_out.get(group_key, {}) if group_key else {}, minimum)
+        evidence = _Evidence.of(c, group, held_out.get(group_key, {}) if group_key else {}, minimum,
+                                group_backtests.get(group_key))
         verdict = c.extra.get("verdict") or _first(group.get("gate_reasons")) or "no verdict in the calibration output"
         lines.append(f"- {'⚠️' if evidence.thin else '✅'} `{c.coefficient}[{_text(c.key[0])}, {_text(c.key[1])}]` "
                      f"{_old(c)} → {_fmt(c.new)}: {_text(verdict)}{evidence.note()}")
@@ -344,8 +347,8 @@ class _Evidence:
 
     @classmethod
     def of(cls, c: Change, group: Mapping[str, Any], group_backtest: Mapping[str, Any],
-           minimum: int | None) -> _Evidence:
-        own = _mapping(c.extra.get("backtest"))
+           minimum: int | None, shared: Mapping[str, Any] | None = None) -> _Evidence:
+        own = _mapping(c.extra.get("backtest")) or _mapping(shared)
         shipped = _mapping(group_backtest.get("shipped")) or _mapping(group_backtest.get("proposed"))
         held_out = own.get("n", shipped.get("n", group_backtest.get("n")))
         word = own.get("evidence", c.extra.get("evidence", shipped.get("evidence", group_backtest.get("evidence"))))
@@ -378,7 +381,7 @@ class _Evidence:
         why = (word.get("reason") or word.get("verdict")) if isinstance(word, Mapping) else word
         why = why if isinstance(why, str) else None
         needed = f"; ≥ {self.minimum} needed" if self.minimum is not None and not why else ""
-        return f" — **thin evidence** ({counts}{needed}{': ' + _text(why) if why else ''}: too few to carry evidence)"
+        return f" — **thin evidence** ({counts}: {_text(why) if why else 'too few to carry evidence'}{needed})"
 
 
 def _gate(gate: Mapping[str, Any]) -> str:
@@ -400,9 +403,7 @@ def _changes_table(changes: Sequence[Change]) -> str:
     ]
     for c in changes:
         backtest = _mapping(c.extra.get("backtest"))
-        interval = _pair(backtest.get("truncation_interval"))
-        truncation = (f"{_fmt(interval[0])}–{_fmt(interval[1])}" if interval and interval[0] != interval[1]
-                      else _fmt(backtest.get("truncation_rate")))
+        truncation = _group_truncation(backtest)
         rows.append(
             "| "
             + " | ".join(
@@ -529,9 +530,24 @@ def _backtest_table(backtest: Mapping[str, Any]) -> str:
         "|---|" + "---:|" * len(columns),
     ]
     for key, label in present:
-        rows.append(f"| {label} | " + " | ".join(_fmt(backtest[c].get(key)) for c, _, _ in columns) + " |")
+        rows.append(f"| {label} | " + " | ".join(_metric(key, backtest[c]) for c, _, _ in columns) + " |")
     rows += _drift(backtest)
     return "\n".join(rows)
+
+
+def _metric(key: str, m: Mapping[str, Any]) -> str:
+    """One backtest cell: rates as percentages, counts with their censoring upper end, tokens with separators."""
+    value = m.get(key)
+    if key == "truncations" and m.get("truncations_upper") not in (None, value):
+        return f"{_fmt(value)}–{_fmt(m.get('truncations_upper'))}"
+    if key == "truncation_rate":
+        return _pct(_number(value))
+    if key in ("truncation_interval", "truncation_ci"):
+        pair = _pair(value)
+        return f"{_pct(pair[0])}–{_pct(pair[1])}" if pair else _fmt(value)
+    if key in ("reserved_tokens", "used_tokens") and _number(value) is not None:
+        return f"{_number(value):,.0f}"
+    return _fmt(value)
 
 
 def _drift(backtest: Mapping[str, Any]) -> list[str]:
