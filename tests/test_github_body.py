@@ -109,28 +109,32 @@ def test_every_changed_coefficient_has_a_verdict_line_with_its_evidence() -> Non
     body = render_pr_body(CALIBRATION, report())
     verdicts = body[body.index("### Verdicts"):body.index("### Gate")]
     assert ("- ⚠️ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: ships: 0–1 of 19 held-out calls truncated, "
-            "reserves 2.353 → 2.324 per token used — **thin evidence** (n = 24, 19 held-out calls: too few held-out "
-            "calls to carry evidence (19 < 85))") in verdicts
+            "reserves 2.353 → 2.324 per token used — **thin evidence** (n = 24, 19 held-out calls: too few to carry "
+            "evidence; ≥ 85 needed)") in verdicts
     assert "- ⚠️ `PHASE_OVERHEAD[implementation, low]` 634 → 410: ships with its group's budget factor" in verdicts
-    assert "`TOKEN_WEIGHTS` unchanged: weights frozen" in verdicts
+    assert "- `TOKEN_WEIGHTS` unchanged: no TOKEN_WEIGHTS change proposed by the fit" in verdicts
+    assert ("- ✅ everything above together: the shipped configuration on all 19 held-out calls: 0–1/19 truncated"
+            in verdicts)
 
 
 def test_enough_held_out_calls_is_not_flagged() -> None:
     data = calibration()
-    data["proposed_changes"][0]["backtest"]["evidence"] = "enough held-out calls (120 ≥ 85)"
-    data["proposed_changes"][0]["backtest"]["n"] = 120
+    data["proposed_changes"][0]["backtest"].update(evidence=True, n=120)
     body = render_pr_body(data, report())
     assert ("- ✅ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: ships: 0–1 of 19 held-out calls truncated, "
             "reserves 2.353 → 2.324 per token used (n = 24, 120 held-out calls)") in body
 
 
-def test_without_an_evidence_word_the_held_out_count_decides() -> None:
+def test_without_an_evidence_flag_the_held_out_count_decides() -> None:
     data = calibration()
-    for change in data["proposed_changes"]:
-        change.get("backtest", {}).pop("evidence", None)
+    data["proposed_changes"][0]["backtest"].pop("evidence")
+    data["proposed_changes"][0]["backtest"]["n"] = 90
+    assert "(n = 24, 90 held-out calls)" in render_pr_body(data, report())  # ≥ metadata.min_evidence_calls (85)
     data["proposed_changes"][0]["backtest"]["n"] = 12
-    body = render_pr_body(data, report())
-    assert "**thin evidence** (n = 24, 12 held-out calls: too few to carry evidence; ≥ 19 needed)" in body
+    assert "**thin evidence** (n = 24, 12 held-out calls: too few to carry evidence; ≥ 85 needed)" in render_pr_body(
+        data, report())
+    del data["metadata"]["min_evidence_calls"]  # an older file: the conformal minimum 1/α − 1 is all we know
+    assert "(n = 24, 12 held-out calls: too few to carry evidence; ≥ 19 needed)" in render_pr_body(data, report())
 
 
 def test_shared_weights_get_their_gate_verdict() -> None:
@@ -145,6 +149,33 @@ def test_a_weights_change_without_a_verdict_is_flagged() -> None:
     assert "- ⚠️ `TOKEN_WEIGHTS` (shared" in body and "**no gate verdict in the calibration output**" in body
 
 
+def test_an_adaptive_curve_is_one_verdict_line_per_group_and_settings_are_shared() -> None:
+    data = calibration()
+    bf = data["proposed_changes"][0]
+    for level, factor in (("alpha=0.0100", 2.1), ("alpha=0.0500", 1.42), ("alpha=0.2000", 1.1)):
+        data["proposed_changes"].append({"coefficient": "ADAPTIVE_BUDGET_FACTORS", "key": ["implementation/low", level],
+                                         "old": None, "new": factor, "category": "implementation",
+                                         "complexity": "low", "n": 24, "backtest": bf["backtest"]})
+    data["proposed_changes"].append({"coefficient": "ADAPTIVE_SETTINGS", "key": ["aci", "gamma"], "old": None,
+                                     "new": 0.005, "category": None, "complexity": None})
+    verdicts = render_pr_body(data, report()).split("### Verdicts")[1].split("### Gate")[0]
+    assert ("- ⚠️ `ADAPTIVE_BUDGET_FACTORS` of `implementation/low` (3 levels: `alpha=0.0100` (none) → 2.1, "
+            "`alpha=0.0500` (none) → 1.42, `alpha=0.2000` (none) → 1.1): the run-time curve of implementation/low's "
+            "budget factor — **thin evidence**") in verdicts
+    assert ("- ⚠️ shared setting `ADAPTIVE_SETTINGS[aci, gamma]` (none) → 0.005: **no gate verdict in the "
+            "calibration output**") in verdicts
+    assert verdicts.count("ADAPTIVE_BUDGET_FACTORS") == 1
+
+
+def test_drift_methods_are_compared_with_the_chosen_one_marked() -> None:
+    body = render_pr_body(CALIBRATION, report())
+    assert ("| Method | truncation | worst block | reserved / used | reserve ÷ oracle's | pinball ÷ oracle's |"
+            in body)
+    assert row(body, "`static` (**this pull request's method**)") == ["0.0 %", "0.0 %", "2.324", "1.04", "1.1"]
+    assert row(body, "`aci`") == ["5.3 %", "25.0 %", "2.25", "1.01", "1.1"]
+    assert "(all 19 held-out calls; worst of 5 consecutive blocks of equal size)" in body
+
+
 # --- data source, provenance, glossary -------------------------------------------------------------
 
 
@@ -157,9 +188,9 @@ def test_simulated_data_is_said_loudly_at_the_top() -> None:
 
 def test_real_data_is_named_without_a_warning() -> None:
     data = calibration()
-    data["metadata"]["sources"] = [
-        {"provider": "anthropic", "model": "claude-sonnet-4-5", "samples": 80, "simulated": False},
-        {"provider": "openai", "model": "gpt-5", "samples": 40, "simulated": False}]
+    data["metadata"]["sources"] = {"simulated": False, "models": [
+        {"provider": "anthropic", "model": "claude-sonnet-4-5", "samples": 80, "simulated": False, "share": 0.667},
+        {"provider": "openai", "model": "gpt-5", "samples": 40, "simulated": False, "share": 0.333}]}
     body = render_pr_body(data, report())
     assert "SIMULATED" not in body
     assert "- Data: real provider calls" in body
@@ -173,6 +204,7 @@ def test_code_commit_flow_run_method_and_retries_are_in_the_provenance() -> None
     for text in (f"- Code commit (base of this pull request): [`0123456789ab`](https://h/acme/commit/{sha})",
                  "- Flow run: [http://127.0.0.1:4200/runs/flow-run/6f1e](http://127.0.0.1:4200/runs/flow-run/6f1e)",
                  "- Escalated retries left out of the fit: 7", "- Ceiling method: static (alpha = 0.05)",
+                 "- Held-out calls needed to carry evidence: 85", "- Largest change of a coefficient per run: ×2.0",
                  "Database id: db-5f1c2a", "Run ids: telemetry-collection-v4", "Samples: 120",
                  "Time span: 2026-11-01T00:00:00Z → 2026-11-25T23:59:59Z",
                  "Report: token_estimator_calibration_20261126_120000.md"):

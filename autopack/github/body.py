@@ -34,6 +34,8 @@ from autopack.logging import redact
 #: GitHub refuses bodies over 65,536 characters; stay well below.
 MAX_BODY_CHARS = 60_000
 MAX_GROUP_ROWS = 60
+#: Tables whose entries of one group form one curve (one verdict line per group, not per level).
+CURVE_TABLES = frozenset({"ADAPTIVE_BUDGET_FACTORS"})
 #: Groups drawn in the inline chart (x-axis labels stay readable).
 MAX_CHART_GROUPS = 16
 #: (key, header, what it is). ``shipped`` is this pull request; ``proposed`` is the full refit, not shipped.
@@ -51,7 +53,7 @@ BACKTEST_METRICS = (
     ("truncation_ci", "truncation rate, 95 % CI"),
     ("binomial_p", "exact binomial p (rate ≤ α)"),
     ("kupiec_p", "Kupiec p-value"),
-    ("evidence", "evidence"),
+    ("evidence", "enough held-out calls to carry evidence"),
     ("median_ceiling_over_actual", "median ceiling / actual"),
     ("p90_ceiling_over_actual", "p90 ceiling / actual"),
     ("reserved_over_used", "reserved / used"),
@@ -132,7 +134,7 @@ def render_pr_body(
             _gate(_mapping(calibration.get("gate"))),
             _changes_table(changes),
             _group_effect(calibration, changes, tables, group_rows, chart=inline_chart),
-            _backtest_table(_mapping(calibration.get("backtest"))),
+            _backtest_table(_mapping(calibration.get("backtest")), metadata.get("method")),
             _groups_table(calibration.get("groups") or [], tables, group_rows),
             _verification(verification),
             _plot(calibration, plot_link),
@@ -301,16 +303,38 @@ def _verdicts(calibration: Mapping[str, Any], changes: Sequence[Change], alpha: 
     group_backtests = {_group_of(c): c.extra["backtest"] for c in changes if isinstance(c.extra.get("backtest"), Mapping)}
     lines = ["### Verdicts", "", "One line per changed coefficient: what the gate decided, on what evidence.", ""]
     weights = [c for c in changes if c.coefficient == "TOKEN_WEIGHTS"]
+    shared = [c for c in changes if c.coefficient != "TOKEN_WEIGHTS" and _group_of(c) is None]
+    curves: dict[tuple[str, tuple[str, str]], list[Change]] = {}
     for c in changes:
-        if c.coefficient == "TOKEN_WEIGHTS":
-            continue
         group_key = _group_of(c)
+        if c.coefficient == "TOKEN_WEIGHTS" or group_key is None:
+            continue
+        if c.coefficient in CURVE_TABLES:  # one line per group's curve, not per level
+            if (c.coefficient, group_key) not in curves:
+                curves[(c.coefficient, group_key)] = []
+            curves[(c.coefficient, group_key)].append(c)
+            continue
         group = groups.get(group_key, {}) if group_key else {}
         evidence = _Evidence.of(c, group, held_out.get(group_key, {}) if group_key else {}, minimum,
                                 group_backtests.get(group_key))
         verdict = c.extra.get("verdict") or _first(group.get("gate_reasons")) or "no verdict in the calibration output"
         lines.append(f"- {'⚠️' if evidence.thin else '✅'} `{c.coefficient}[{_text(c.key[0])}, {_text(c.key[1])}]` "
                      f"{_old(c)} → {_fmt(c.new)}: {_text(verdict)}{evidence.note()}")
+    for (table, group_key), levels in curves.items():
+        first = levels[0]
+        evidence = _Evidence.of(first, groups.get(group_key, {}), held_out.get(group_key, {}), minimum,
+                                group_backtests.get(group_key))
+        verdict = first.extra.get("verdict") or f"the run-time curve of {group_key[0]}/{group_key[1]}'s budget factor"
+        points = ", ".join(f"`{_text(c.key[1])}` {_old(c)} → {_fmt(c.new)}" for c in levels)
+        lines.append(f"- {'⚠️' if evidence.thin else '✅'} `{table}` of `{_text(group_key[0])}/{_text(group_key[1])}` "
+                     f"({len(levels)} level{'s' if len(levels) != 1 else ''}: {points}): {_text(verdict)}"
+                     f"{evidence.note()}")
+    if shared:
+        listed = ", ".join(f"`{c.coefficient}[{_text(c.key[0])}, {_text(c.key[1])}]` {_old(c)} → {_fmt(c.new)}"
+                           for c in shared)
+        verdicts = "; ".join(dict.fromkeys(str(c.extra["verdict"]) for c in shared if c.extra.get("verdict")))
+        lines.append(f"- {'✅' if verdicts else '⚠️'} shared setting{'s' if len(shared) != 1 else ''} {listed}: "
+                     + (_text(verdicts) if verdicts else "**no gate verdict in the calibration output**"))
     info = _mapping(gate.get("weights"))
     if weights:
         verdict = info.get("verdict") or "**no gate verdict in the calibration output**"
@@ -319,6 +343,9 @@ def _verdicts(calibration: Mapping[str, Any], changes: Sequence[Change], alpha: 
                      f"every group, calibrated or not) {moved}: {_text(verdict)}")
     elif info.get("verdict"):
         lines.append(f"- `TOKEN_WEIGHTS` unchanged: {_text(info['verdict'])}")
+    whole = _mapping(gate.get("shipped"))
+    if whole.get("verdict"):
+        lines.append(f"- {'✅' if whole.get('passed') else '⚠️'} everything above together: {_text(whole['verdict'])}")
     return "\n".join(lines)
 
 
@@ -505,7 +532,7 @@ def _mermaid(groups: Sequence[Mapping[str, Any]], has_shipped: bool) -> str:
     ])
 
 
-def _backtest_table(backtest: Mapping[str, Any]) -> str:
+def _backtest_table(backtest: Mapping[str, Any], method: object = None) -> str:
     columns = [(k, h, d) for k, h, d in BACKTEST_COLUMNS if isinstance(backtest.get(k), Mapping)]
     if not columns:
         return "### Backtest\n\n(no backtest in the calibration output)"
@@ -531,7 +558,7 @@ def _backtest_table(backtest: Mapping[str, Any]) -> str:
     ]
     for key, label in present:
         rows.append(f"| {label} | " + " | ".join(_metric(key, backtest[c]) for c, _, _ in columns) + " |")
-    rows += _drift(backtest)
+    rows += _drift(backtest, method)
     return "\n".join(rows)
 
 
@@ -550,23 +577,43 @@ def _metric(key: str, m: Mapping[str, Any]) -> str:
     return _fmt(value)
 
 
-def _drift(backtest: Mapping[str, Any]) -> list[str]:
-    """Drift results when the calibration reports them (per method: truncation, reserve, worst time bin)."""
-    drift = backtest.get("drift")
-    if not isinstance(drift, Mapping) or not drift:
+DRIFT_COLUMNS = (
+    ("truncation_interval", "truncation"),
+    ("worst_bin_truncation", "worst block"),
+    ("reserved_over_used", "reserved / used"),
+    ("reserved_vs_oracle", "reserve ÷ oracle's"),
+    ("pinball_vs_oracle", "pinball ÷ oracle's"),
+)
+
+
+def _drift(backtest: Mapping[str, Any], method: object = None) -> list[str]:
+    """Every drift method replayed on the held-out calls in time order (``backtest.calibration_under_drift``)."""
+    drift = _mapping(backtest.get("calibration_under_drift") or backtest.get("drift"))
+    methods = _mapping(drift.get("methods"))
+    if not methods:
         return []
-    rows = ["", "Drift over the held-out period (calls in time order):", ""]
-    methods = drift.get("methods") if isinstance(drift.get("methods"), Mapping) else None
-    if methods:
-        keys = sorted({k for m in methods.values() if isinstance(m, Mapping) for k in m})
-        rows += ["| Method | " + " | ".join(f"`{k}`" for k in keys) + " |", "|---|" + "---:|" * len(keys)]
-        for name, m in methods.items():
-            if isinstance(m, Mapping):
-                rows.append(f"| `{_text(name)}` | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |")
-        rest = {k: v for k, v in drift.items() if k != "methods"}
-    else:
-        rest = dict(drift)
-    rows += [f"- {_text(k)}: {_fmt(v)}" for k, v in rest.items() if not isinstance(v, (Mapping, list))]
+    calls = f" ({_text(drift['calls'])}; worst of {_text(drift['bins'])})" if drift.get("calls") and drift.get(
+        "bins") else ""
+    rows = ["", f"How each way of following drift would have done on the held-out calls, in time order{calls}. "
+                "The oracle knows each group's held-out quantile in hindsight; `static` is one fixed factor per group.",
+            "", "| Method | " + " | ".join(label for _, label in DRIFT_COLUMNS) + " |",
+            "|---|" + "---:|" * len(DRIFT_COLUMNS)]
+    for name, m in methods.items():
+        if not isinstance(m, Mapping):
+            continue
+        label = f"`{_text(name)}`" + (" (**this pull request's method**)" if name == method else "")
+        cells = []
+        for key, _ in DRIFT_COLUMNS:
+            value = m.get(key)
+            if key == "truncation_interval":
+                pair = _pair(value)
+                cells.append(_pct(pair[0]) if pair and pair[0] == pair[1] else
+                             f"{_pct(pair[0])}–{_pct(pair[1])}" if pair else _pct(_number(m.get("truncation_rate"))))
+            elif key == "worst_bin_truncation":
+                cells.append(_pct(_number(value)))
+            else:
+                cells.append(_fmt(value))
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -687,6 +734,10 @@ def _provenance(metadata: Mapping[str, Any], calibration: Mapping[str, Any], cod
         ("Target truncation rate", metadata.get("target_truncation"), False),
         ("Confidence threshold", metadata.get("confidence_threshold"), False),
         ("Minimum samples per group", metadata.get("min_samples"), False),
+        ("Held-out calls needed to carry evidence", metadata.get("min_evidence_calls"), False),
+        ("Level of the gate's binomial test", metadata.get("gate_level"), False),
+        ("Largest change of a coefficient per run", f"×{metadata['max_coefficient_step']}"
+         if metadata.get("max_coefficient_step") is not None else None, False),
         ("Report", PurePath(report).name if isinstance(report, str) and report else None, False),
     ]
     lines = ["### Data and provenance", ""]

@@ -53,7 +53,7 @@ def test_ceiling_positive():
     assert ceiling("implementation", "low") > 0
 '''
 
-def _method(n: int, k: int, k_upper: int, ratio: float, reserved: int, p: float, evidence: str) -> dict[str, Any]:
+def _method(n: int, k: int, k_upper: int, ratio: float, reserved: int, p: float, evidence: bool) -> dict[str, Any]:
     return {"n": n, "truncations": k, "truncations_upper": k_upper, "truncation_rate": k / n,
             "truncation_interval": [k / n, k_upper / n], "truncation_ci": [0.0, round((k_upper + 3) / n, 3)],
             "binomial_p": p, "kupiec_p": 0.4, "evidence": evidence, "median_ceiling_over_actual": 2.1,
@@ -61,7 +61,7 @@ def _method(n: int, k: int, k_upper: int, ratio: float, reserved: int, p: float,
             "used_tokens": round(reserved / ratio), "pinball_loss": 120.0}
 
 
-THIN = "too few held-out calls to carry evidence (19 < 85)"
+THIN = False  # 19 held-out calls < 85 (metadata.min_evidence_calls at α = 0.05)
 
 #: The calibration JSON in its current shape (docs/calibration.md): censoring-aware backtest with the
 #: ``shipped`` column, verdicts, evidence, data sources. The changes are the same as LEGACY_CALIBRATION's.
@@ -74,7 +74,12 @@ CALIBRATION: dict[str, Any] = {
         "method_params": {"alpha": 0.05},
         "total_samples": 120,
         "retries_excluded": 7,
-        "sources": [{"provider": "simulated", "model": "simulated-v1", "samples": 120, "simulated": True}],
+        "retries_known": True,
+        "sources": {"simulated": True, "models": [{"provider": "simulated", "model": "simulated-v1", "samples": 120,
+                                                   "simulated": True, "share": 1.0}]},
+        "gate_level": 0.05,
+        "min_evidence_calls": 85,
+        "max_coefficient_step": 2.0,
         "run_ids": ["telemetry-collection-v4"],
         "time_span": {"start": "2026-11-01T00:00:00Z", "end": "2026-11-25T23:59:59Z"},
         "target_truncation": 0.05,
@@ -84,7 +89,9 @@ CALIBRATION: dict[str, Any] = {
     },
     "gate": {"passed": True,
              "reasons": ["implementation/low: 0/19 held-out truncations (upper 1/19), binomial p = 1.00; reserves less"],
-             "weights": {"changed": False, "verdict": "weights frozen: no bootstrap majority for any direction"}},
+             "weights": {"changed": False, "verdict": "no TOKEN_WEIGHTS change proposed by the fit"},
+             "shipped": {"passed": True, "verdict": "the shipped configuration on all 19 held-out calls: 0–1/19 "
+                                                   "truncated, binomial p = 1 (thin evidence: 19 held-out calls < 85)"}},
     "proposed_changes": [
         {"coefficient": "BUDGET_FACTORS", "key": ["implementation", "low"], "old": None, "new": 1.42,
          "category": "implementation", "complexity": "low", "n": 24, "confidence": 0.81, "interval": [0.9, 1.3],
@@ -100,6 +107,16 @@ CALIBRATION: dict[str, Any] = {
         "proposed": _method(19, 2, 3, 2.101, 21010, 0.25, THIN),
         "original_median": _method(19, 8, 9, 1.2, 12000, 0.0001, THIN),
         "train_n": 101, "test_n": 19, "split_at": "2026-11-20T00:00:00Z",
+        "calibration_under_drift": {
+            "alpha": 0.05, "feedback": {"kind": "fixed_lag", "lag_calls": 5}, "calls": "all 19 held-out calls",
+            "bins": "5 consecutive blocks of equal size", "adapted_groups": [["implementation", "low"]],
+            "methods": {
+                name: {"n": 19, "truncations": k, "truncations_upper": k, "truncation_rate": k / 19,
+                       "truncation_interval": [k / 19, k / 19], "reserved_over_used": ratio,
+                       "worst_bin_truncation": worst, "worst_bin_n": 4, "bins": 5, "pinball_loss": 100.0,
+                       "reserved_vs_oracle": vs, "pinball_vs_oracle": 1.1}
+                for name, k, ratio, worst, vs in (("static", 0, 2.324, 0.0, 1.04), ("rolling", 1, 2.2, 0.25, 0.98),
+                                                  ("aci", 1, 2.25, 0.25, 1.01), ("oracle", 1, 2.23, 0.25, 1.0))}},
         "groups": [
             {"category": "implementation", "complexity": "low", "n": 19,
              "current": {"truncations": 1, "truncation_rate": 1 / 19, "truncation_interval": [1 / 19, 1 / 19],
