@@ -290,6 +290,17 @@ def test_closures_are_learned_from_github_when_the_database_has_forgotten(db_url
             {"coefficient": "PHASE_OVERHEAD", "key": ["implementation", "low"], "old": 634, "new": 410}]
 
 
+def test_a_pr_a_human_reopened_is_updated_again(db_url: str, github: FakeGitHub, target: Path,
+                                               tmp_path: Path) -> None:
+    publish(CALIBRATION, target, tmp_path, github, database_url=db_url)
+    github.close_pull(REPOSITORY, 1)
+    assert publish(CALIBRATION, target, tmp_path, github, database_url=db_url).status == "skipped_closed_by_human"
+    github.reopen_pull(REPOSITORY, 1)
+    result = publish(proposal(1.43, 405), target, tmp_path, github, database_url=db_url)
+    assert (result.status, result.pr_number) == ("updated", 1)
+    assert remembered(db_url)[digest(CALIBRATION)] == ("superseded", 1)
+
+
 def test_a_closed_prs_commits_are_read_once(db_url: str, github: FakeGitHub, target: Path, tmp_path: Path) -> None:
     publish(CALIBRATION, target, tmp_path, github, database_url=db_url)
     github.close_pull(REPOSITORY, 1)
