@@ -146,7 +146,7 @@ def test_a_dry_run_of_a_declined_proposal_writes_nothing(db_url: str, target: Pa
     result = open_calibration_pr(CALIBRATION, target_repo=target, output_dir=tmp_path / "out", dry_run=True,
                                  repository=REPOSITORY, database_url=db_url)
     assert result.status == "skipped_closed_by_human" and result.pr_number == 4
-    assert "PR #4 was closed by a human" in result.summary
+    assert "PR #4 with a proposal this one does not differ materially from was closed by a human" in result.summary
     assert git(target, "branch", "--list", BOT_BRANCH) == ""
 
 

@@ -107,6 +107,17 @@ def find_declined(changes: Sequence[Change], digest: str, past: Iterable[PastPro
     return None
 
 
+def declined_result(declined: PastProposal, proposal: str, *, branch: str, base: str | None) -> PublishResult:
+    """The outcome of a run whose proposal a human already declined: nothing verified, nothing written."""
+    same = "this exact proposal" if declined.digest == proposal else (
+        "a proposal this one does not differ materially from")
+    return PublishResult(
+        status="skipped_closed_by_human", branch=branch, base=base, pr_number=declined.pr_number,
+        pr_url=declined.pr_url, proposal=proposal,
+        summary=f"skipped: {declined.where()} with {same} was closed by a human; not re-proposing it",
+    )
+
+
 def repository_key(repository: str | None, target_repo: Path) -> str:
     """Whose history applies: ``owner/name`` when the GitHub repository is known, else the local checkout."""
     return repository if repository else f"local:{Path(target_repo).resolve()}"

@@ -19,6 +19,7 @@ from autopack.github.local import BODY_FILE, base_commit, publish_local
 from autopack.github.memory import (
     PastProposal,
     ProposalMemory,
+    declined_result,
     find_declined,
     note_pull_request_on_run,
     repository_key,
@@ -139,11 +140,7 @@ def open_calibration_pr(
         log.info("no GitHub token or repository: publishing the proposal to a local branch instead")
     declined = job.declined()
     if declined is not None:
-        return job.done(PublishResult(
-            status="skipped_closed_by_human", branch=BOT_BRANCH, base=base_branch, pr_number=declined.pr_number,
-            pr_url=declined.pr_url, proposal=digest,
-            summary=f"skipped: {declined.where()} was closed by a human and this proposal does not differ "
-                    f"materially from it; nothing written"))
+        return job.done(declined_result(declined, digest, branch=BOT_BRANCH, base=base_branch))
     report = job.verify()
     if plot_link is None and isinstance(calibration.get("plot_path"), str) and calibration["plot_path"]:
         plot_link = os.path.relpath(Path(calibration["plot_path"]).resolve(), output_dir.resolve())

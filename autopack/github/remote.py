@@ -30,7 +30,7 @@ from autopack.github.errors import (
     StaleBaseError,
 )
 from autopack.github.estimator_edit import read_tables
-from autopack.github.memory import PastProposal, PullHistory, find_declined, proposals_of
+from autopack.github.memory import PastProposal, PullHistory, declined_result, find_declined, proposals_of
 from autopack.github.proposal import (
     BOT_BRANCH,
     ESTIMATOR_PATH,
@@ -360,13 +360,7 @@ class GitHubRepository:
             )
 
     def skipped(self, declined: PastProposal, proposal: str) -> PublishResult:
-        same = "this exact proposal" if declined.digest == proposal else "a proposal this one does not differ " \
-            "materially from"
-        return PublishResult(
-            status="skipped_closed_by_human", branch=self.branch, base=self.base, pr_number=declined.pr_number,
-            pr_url=declined.pr_url, proposal=proposal,
-            summary=f"skipped: {declined.where()} with {same} was closed by a human; not re-proposing it",
-        )
+        return declined_result(declined, proposal, branch=self.branch, base=self.base)
 
     def publish(self, *, edited_source: str, body: str, title: str, proposal: str) -> PublishResult:
         """Put the edited file on the bot branch and open (or update) its PR; humans' commits are respected."""
