@@ -234,7 +234,8 @@ def test_per_group_effect_reads_today_and_shipped_values_from_the_estimator_file
                                          'BUDGET_FACTORS: dict[tuple[str, str], float] = {("tests", "low"): 2.5}')
     data = calibration()
     data["backtest"]["groups"].append(
-        {"category": "tests", "complexity": "low", "n": 7, "current": {"truncation_rate": 0.0, "reserved_over_used": 3.0},
+        {"category": "tests", "complexity": "low", "n": 7,
+         "current": {"truncation_rate": 0.0, "reserved_over_used": 3.0},
          "proposed": {"truncation_rate": 0.14, "reserved_over_used": 1.5},
          "shipped": {"truncation_rate": 0.0, "reserved_over_used": 3.0}})
     data["groups"].append({"category": "tests", "complexity": "low", "n": 7, "budget_factor": 1.9})  # refit, not gated

@@ -300,7 +300,8 @@ def _verdicts(calibration: Mapping[str, Any], changes: Sequence[Change], alpha: 
                 for g in _records(_mapping(calibration.get("backtest")).get("groups"))}
     minimum = _min_heldout(calibration, alpha)
     # A group's changes ship together (the factor is relative to the overhead): one backtest for all of them.
-    group_backtests = {_group_of(c): c.extra["backtest"] for c in changes if isinstance(c.extra.get("backtest"), Mapping)}
+    group_backtests = {_group_of(c): c.extra["backtest"] for c in changes
+                       if isinstance(c.extra.get("backtest"), Mapping)}
     lines = ["### Verdicts", "", "One line per changed coefficient: what the gate decided, on what evidence.", ""]
     weights = [c for c in changes if c.coefficient == "TOKEN_WEIGHTS"]
     shared = [c for c in changes if c.coefficient != "TOKEN_WEIGHTS" and _group_of(c) is None]
@@ -891,7 +892,8 @@ def _fmt(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return _text(value.get("reason") or value.get("verdict") or ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()))
+        listed = ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+        return _text(value.get("reason") or value.get("verdict") or listed)
     return _text(value)
 
 

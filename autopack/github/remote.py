@@ -3,8 +3,9 @@
 One bot branch, one open PR: a second run updates the same PR in place. The bot respects humans:
 no proposal a human closed is re-proposed, nor one that does not differ materially from it (every
 proposal a closed PR ever carried is read back from its bot commits' trailers and files), and a branch
-they pushed to is left alone (a comment on the PR says what the bot would have changed). The branch is only ever reset to the base while no PR is open on it: GitHub closes an open PR
-for good when its head lands on the base commit.
+they pushed to is left alone (a comment on the PR says what the bot would have changed). The branch is
+only ever reset to the base while no PR is open on it: GitHub closes an open PR for good when its head
+lands on the base commit.
 """
 
 from __future__ import annotations

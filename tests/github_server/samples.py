@@ -88,7 +88,8 @@ CALIBRATION: dict[str, Any] = {
         "calibration_run_id": 1,
     },
     "gate": {"passed": True,
-             "reasons": ["implementation/low: 0/19 held-out truncations (upper 1/19), binomial p = 1.00; reserves less"],
+             "reasons": ["implementation/low: 0/19 held-out truncations (upper 1/19), binomial p = 1.00; "
+                         "reserves less"],
              "weights": {"changed": False, "verdict": "no TOKEN_WEIGHTS change proposed by the fit"},
              "shipped": {"passed": True, "verdict": "the shipped configuration on all 19 held-out calls: 0–1/19 "
                                                    "truncated, binomial p = 1 (thin evidence: 19 held-out calls < 85)"}},
