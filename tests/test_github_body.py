@@ -197,6 +197,16 @@ def test_real_data_is_named_without_a_warning() -> None:
     assert "- Providers / models (samples): `anthropic` / `claude-sonnet-4-5`: 80, `openai` / `gpt-5`: 40" in body
 
 
+def test_an_unknown_source_and_unknown_retries_are_said_to_be_unknown() -> None:
+    data = calibration()
+    data["metadata"].update(sources={"simulated": None, "models": []}, retries_known=False, retries_excluded=0)
+    body = render_pr_body(data, report())
+    assert "- Data: unknown (the calibration output names no provider or model for its samples)" in body
+    assert "- Escalated retries left out of the fit: not known" in body
+    assert "SIMULATED" not in body
+    assert "- Data: unknown" in render_pr_body(LEGACY_CALIBRATION, report())
+
+
 def test_code_commit_flow_run_method_and_retries_are_in_the_provenance() -> None:
     sha = "0123456789abcdef0123456789abcdef01234567"
     body = render_pr_body(CALIBRATION, report(), code_commit=sha, code_commit_url=f"https://h/acme/commit/{sha}",

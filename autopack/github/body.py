@@ -710,7 +710,11 @@ def _provenance(metadata: Mapping[str, Any], calibration: Mapping[str, Any], cod
     source = ", ".join(
         f"`{_text(r.get('provider'))}` / `{_text(r.get('model'))}`: {_fmt(r.get('samples'))}"
         + (" (**simulated**)" if r.get("simulated") else "") for r in rows)
-    kind = {True: "**simulated** (not a real model)", False: "real provider calls", None: None}[simulated]
+    kind = {True: "**simulated** (not a real model)", False: "real provider calls",
+            None: "unknown (the calibration output names no provider or model for its samples)"}[simulated]
+    retries = metadata.get("retries_excluded")
+    if metadata.get("retries_known") is False:
+        retries = "not known (the telemetry does not say which calls were escalated retries)"
     commit = None
     if code_commit:
         commit = f"[`{code_commit[:12]}`]({code_commit_url})" if code_commit_url else f"`{code_commit[:12]}`"
@@ -721,7 +725,7 @@ def _provenance(metadata: Mapping[str, Any], calibration: Mapping[str, Any], cod
     items: list[tuple[str, Any, bool]] = [
         ("Data", kind, True),
         ("Providers / models (samples)", source or None, True),
-        ("Escalated retries left out of the fit", metadata.get("retries_excluded"), False),
+        ("Escalated retries left out of the fit", retries, False),
         ("Code commit (base of this pull request)", commit, True),
         ("Flow run", f"[{_text(flow_run_url)}]({flow_run_url})" if flow_run_url else None, True),
         ("Database id", metadata.get("db_id"), False),
