@@ -359,3 +359,38 @@ class AdaptiveBudgetState(Base):
     n_truncated: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+
+
+class CalibrationProposal(Base):
+    """Every coefficient set the bot proposed to a repository, by hash, and what became of it.
+
+    A human's "no" must last: a closed pull request's proposals (all of them, not only its final
+    content) stay ``closed`` here, and a later proposal is published only when it differs materially
+    from every closed one (``autopack.github.memory``). ``repository`` is ``owner/name`` on GitHub or
+    ``local:<path>`` for a dry run's local branch. ``changes`` is ``[{coefficient, key, old, new}]``
+    (null when a closure was learned from GitHub but its values could not be read back).
+    """
+
+    __tablename__ = "calibration_proposals"
+    __table_args__ = (
+        UniqueConstraint("repository", "proposal_hash", name="uq_calibration_proposals_repository_hash"),
+        Index("ix_calibration_proposals_repository_status", "repository", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    repository: Mapped[str] = mapped_column(String(255), nullable=False)
+    proposal_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    changes: Mapped[list[Any] | None] = mapped_column(JSON)
+    #: open | closed (by a human, unmerged) | merged | superseded (replaced on its PR by a newer proposal)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    #: github | local
+    source: Mapped[str] = mapped_column(String(16), nullable=False)
+    pr_number: Mapped[int | None] = mapped_column(Integer)
+    pr_url: Mapped[str | None] = mapped_column(Text)
+    commit_sha: Mapped[str | None] = mapped_column(String(64))
+    #: The database the calibration's data came from (its ``db_meta`` id), when known.
+    db_id: Mapped[str | None] = mapped_column(String(64))
+    calibration_run_id: Mapped[int | None] = mapped_column(Integer)
+    first_proposed_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime)
