@@ -254,3 +254,10 @@ def test_a_plausible_result_is_recorded_as_given(client: TestClient, db_url: str
                            json={"owner": "w1", "final_state": "COMPLETE", "tokens_used": 1234})
     assert response.status_code == 200
     assert (phase(db_url, "api-run", "p1").state, phase(db_url, "api-run", "p1").tokens_used) == ("COMPLETE", 1234)
+
+
+def test_a_token_cap_beyond_the_column_is_refused_before_anything_is_created(db_url: str) -> None:
+    with TestClient(create_app(url=db_url)) as c:
+        response = c.post("/runs", json={**SPEC, "run_id": "capped", "token_cap": HUGE})
+        assert response.status_code == 422 and "2147483647" in response.text
+        assert c.get("/runs/capped").status_code == 404
