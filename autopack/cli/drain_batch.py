@@ -21,6 +21,7 @@ from autopack.execution.batch import (
     run_batch_drain,
 )
 from autopack.execution.batch_report import format_summary, make_reporter
+from autopack.execution.runs import check_run_ids
 
 
 def drain_batch_command(
@@ -61,6 +62,7 @@ def drain_batch_command(
         lease_seconds=lease_seconds,
         api_url=api_url or settings.api_url,
     )
+    check_run_ids(options.run_ids, url=settings.resolved_database_url(), expect_db_id=expect_db_id)
     reporter = make_reporter()
     try:
         report = run_batch_drain(

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from autopack.cli.common import ExpectDbIdOption
+from autopack.cli.common import ExpectDbIdOption, writable_dir
 from autopack.config import get_settings
 from autopack.errors import AutopackError
 
@@ -46,6 +46,7 @@ def run(
     from autopack.pipeline import check_target_repo, prepare_database, summarise
 
     settings = get_settings()
+    writable_dir(output_dir)
     target_repo = check_target_repo(target_repo)
     prepared = prepare_database(settings.resolved_database_url(), init=init, expect_db_id=expect_db_id)
     for line in prepared.messages:

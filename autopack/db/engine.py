@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -44,7 +45,41 @@ def parse_url(url: str) -> URL:
             f"unsupported database backend '{parsed.get_backend_name()}'",
             hint="autopack supports sqlite:/// and postgresql:// URLs",
         )
+    if parsed.drivername not in SUPPORTED_DRIVERS:
+        raise DatabaseUrlError(
+            f"unsupported database driver '{parsed.drivername}' in DATABASE_URL",
+            hint="autopack talks to databases synchronously: use sqlite:///path.db, postgresql:// or "
+                 "postgresql+psycopg://",
+        )
     return parsed
+
+
+#: Driver names autopack can use: the standard library's sqlite3 and psycopg 3 (installed with autopack).
+#: Async drivers (asyncpg, aiosqlite) cannot work with a synchronous engine.
+SUPPORTED_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg"})
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a file that exists but is not a SQLite database (an empty file is a new, empty database)."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except IsADirectoryError as exc:
+        raise DatabaseUrlError(f"DATABASE_URL points at {path}, which is a directory",
+                               hint="name a database file, e.g. sqlite:///autopack.db") from exc
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DatabaseUrlError(f"cannot read the SQLite file {path}: {exc.strerror or exc}",
+                               hint="check the path and its permissions") from exc
+    if header and header != _SQLITE_HEADER:
+        raise DatabaseUrlError(
+            f"{path} is not a SQLite database (it does not start with the SQLite header)",
+            hint="check DATABASE_URL: point it at an autopack database, or at a new path for "
+                 "`autopack db upgrade` to create",
+        )
 
 
 def mask_url(url: str) -> str:
@@ -79,6 +114,9 @@ def get_engine(url: str | None = None) -> Engine:
 
 def _create_engine(url: str) -> Engine:
     parsed = _normalise_driver(parse_url(url))
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" \
+            and not parsed.database.startswith("file:"):
+        check_sqlite_file(Path(parsed.database))
     try:
         if parsed.get_backend_name() == "sqlite":
             engine = create_engine(
@@ -87,7 +125,7 @@ def _create_engine(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(parsed, pool_pre_ping=True, pool_recycle=1800, pool_size=10, max_overflow=10)
-    except (NoSuchModuleError, ArgumentError) as exc:
+    except (NoSuchModuleError, ArgumentError, ImportError) as exc:
         raise DatabaseUrlError(f"cannot build an engine for {mask_url(url)}: {exc}") from exc
     return engine
 
