@@ -90,20 +90,21 @@ class Settings(BaseSettings):
         return absolutize_sqlite_url(raw)
 
     def secret_values(self) -> list[str]:
-        """Every secret this process knows, so log and report writers can redact them."""
+        """Every secret this process knows, so log and report writers can redact them (keys, tokens, and
+        the credentials inside every configured URL: passwords, token user names, ``?password=``…)."""
         secrets = [
             s.get_secret_value()
             for s in (self.api_key, self.anthropic_api_key, self.openai_api_key, self.gemini_api_key, self.github_token)
             if s is not None and s.get_secret_value()
         ]
-        from sqlalchemy.engine import make_url
+        from autopack.url_credentials import url_credentials
 
         try:
-            password = make_url(self.resolved_database_url()).password
-        except Exception:  # a malformed URL has no password we could leak
-            password = None
-        if password:
-            secrets.append(str(password))
+            database_url = self.resolved_database_url()
+        except Exception:  # an unreadable DATABASE_URL_FILE: no URL, so no credential in it
+            database_url = ""
+        for url in (database_url, self.api_url, self.llm_base_url, self.github_base_url):
+            secrets += url_credentials(url or "")
         return secrets
 
 

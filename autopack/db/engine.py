@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autopack.config import absolutize_sqlite_url, get_settings
 from autopack.errors import DatabaseUrlError
+from autopack.url_credentials import MASK, is_secret_parameter, mask_url_credentials
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -83,15 +84,18 @@ def check_sqlite_file(path: Path) -> None:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``; safe to print or log."""
+    """The URL with every credential (password, ``?password=``/``?sslpassword=``…) replaced by ``***``;
+    safe to print, log or store. The user name stays: it tells which account is in use."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        query = {name: (MASK if is_secret_parameter(name) else value) for name, value in parsed.query.items()}
+        return parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", MASK)
     except Exception:
         # Unparseable: drop everything between '://' and '@' so no credential can leak.
         scheme, sep, rest = url.partition("://")
         if sep and "@" in rest:
-            return f"{scheme}://***@{rest.split('@', 1)[1]}"
-        return url
+            return mask_url_credentials(f"{scheme}://***@{rest.split('@', 1)[1]}")
+        return mask_url_credentials(url)
 
 
 def _normalise_driver(parsed: URL) -> URL:
