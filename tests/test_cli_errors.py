@@ -296,3 +296,19 @@ def test_runs_create_with_a_malformed_id(capsys: pytest.CaptureFixture[str], tmp
     code, _, err = cli(["runs", "create-telemetry-run", "--run-id", "../x"], capsys)
     assert code == 2
     one_line(err, "--run-id '../x' is not a valid run id", "letters, digits")
+
+
+def test_pipeline_with_an_unknown_run_refuses_before_prefect_starts(
+    capsys: pytest.CaptureFixture[str], v4: str, tmp_path: Path
+) -> None:
+    import subprocess as sp
+
+    repo = tmp_path / "repo"
+    (repo / "autopack").mkdir(parents=True)
+    (repo / "autopack" / "token_estimator.py").write_text(
+        (Path(__file__).resolve().parents[1] / "autopack" / "token_estimator.py").read_text())
+    sp.run(["git", "init", "-q", str(repo)], check=True)
+    code, out, err = cli(["pipeline", "run", "--dry-run", "--target-repo", str(repo), "--run-id", "nope",
+                          "--output-dir", str(tmp_path / "reports")], capsys)
+    assert code == 2
+    one_line(err, "--run-id 'nope' is not in this database")

@@ -13,6 +13,7 @@ import typer
 from autopack.cli.common import MAX_COUNT, MAX_DURATION_SECONDS, MAX_WORKERS, ExpectDbIdOption, writable_dir
 from autopack.config import get_settings
 from autopack.errors import AutopackError
+from autopack.execution.runs import check_run_ids
 
 pipeline_app = typer.Typer(help="The whole telemetry pipeline as one Prefect flow run.", no_args_is_help=True)
 
@@ -49,6 +50,8 @@ def run(
     writable_dir(output_dir)
     target_repo = check_target_repo(target_repo)
     prepared = prepare_database(settings.resolved_database_url(), init=init, expect_db_id=expect_db_id)
+    if not skip_drain:
+        check_run_ids(run_ids or [], url=settings.resolved_database_url(), expect_db_id=prepared.db_id)
     for line in prepared.messages:
         typer.echo(line)
 
