@@ -20,11 +20,15 @@ SECRET_PARAMETERS = (
     "refresh_token", "id_token", "auth", "authorization", "api_key", "apikey", "key", "sig", "signature",
     "x_amz_signature", "x_amz_security_token", "x_goog_signature", "code",
 )
-_SECRET_NAME = "|".join(re.escape(name).replace("_", "[-_]?") for name in sorted(SECRET_PARAMETERS, key=len, reverse=True))
+_SECRET_NAME = "|".join(
+    re.escape(name).replace("_", "[-_]?") for name in sorted(SECRET_PARAMETERS, key=len, reverse=True)
+)
 _QUERY_SECRET = re.compile(rf"(?P<lead>[?&;](?:{_SECRET_NAME})=)(?P<value>[^&#;\s\"'<>]+)", re.IGNORECASE)
 #: Schemes where a user name without a password is, by convention, a token.
 TOKEN_USER_SCHEMES = ("http", "https", "ws", "wss", "git", "ssh")
-_TOKEN_USER = re.compile(rf"(?P<scheme>\b(?:{'|'.join(TOKEN_USER_SCHEMES)})://)(?P<user>[^:/@\s\"'<>]+)@", re.IGNORECASE)
+_TOKEN_USER = re.compile(
+    rf"(?P<scheme>\b(?:{'|'.join(TOKEN_USER_SCHEMES)})://)(?P<user>[^:/@\s\"'<>]+)@", re.IGNORECASE
+)
 _USER_PASSWORD = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
 
 

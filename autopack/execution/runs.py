@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from sqlalchemy.orm import Session
-
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from autopack.db.models import DbMeta, Phase, PhaseState, Run, utcnow
 from autopack.errors import InputError, RefusedError
@@ -79,7 +78,9 @@ def require_runs(session: Session, run_ids: Sequence[str]) -> None:
     """Refuse a ``--run-id`` that is not in the database, instead of draining nothing and exiting 0."""
     missing = missing_runs(session, run_ids)
     if missing:
-        shown = ", ".join(repr(run_id) for run_id in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        shown = ", ".join(repr(run_id) for run_id in missing[:5])
+        if len(missing) > 5:
+            shown += f" and {len(missing) - 5} more"
         raise InputError(
             f"--run-id {shown} {'is' if len(missing) == 1 else 'are'} not in this database; nothing was drained",
             hint="check the id with `autopack runs list`, and DATABASE_URL with `autopack db identity`",

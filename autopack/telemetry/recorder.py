@@ -64,6 +64,9 @@ class TelemetryValueError(TelemetryWriteError):
     """A number is out of its column's range; the call was recorded as far as it could be (if at all)."""
 
 
+#: The unique key of a usage or estimation row: one row per provider call.
+CALL_KEY_COLUMNS = ("run_id", "phase_id", "attempt_index", "call_index")
+
 #: ``split_kind`` of a usage row whose provider reported numbers no column can hold.
 SPLIT_INVALID = "invalid"
 
@@ -163,7 +166,7 @@ def invalid_usage_fields(
         for field_name, column in USAGE_COLUMNS.items():
             if field_name not in problems:
                 value = getattr(response, field_name)
-                fields[column] = value if value is not None or column != "total_tokens" else 0
+                fields[column] = 0 if value is None and column == "total_tokens" else value
     return fields
 
 
@@ -242,9 +245,9 @@ def format_log_line(
     )
 
 
-def _write_error(what: str, key: CallKey, exc: SQLAlchemyError) -> TelemetryWriteError:
+def _write_error(key: CallKey, exc: SQLAlchemyError) -> TelemetryWriteError:
     return TelemetryWriteError(
-        f"{what} failed for {key.run_id}/{key.phase_id} attempt {key.attempt_index}: "
+        f"telemetry write failed for {key.run_id}/{key.phase_id} attempt {key.attempt_index}: "
         f"{type(exc).__name__}: {getattr(exc, 'orig', exc)}",
         hint="check the database (autopack db identity); pass --no-telemetry to run without recording",
     )
@@ -274,7 +277,7 @@ def record_call(
             f"{key.attempt_index}: {'; '.join(problems.values())}; recorded as split_kind={SPLIT_INVALID}, "
             "no calibration sample"
         )
-    call_key = ("run_id", "phase_id", "attempt_index", "call_index")
+    call_key = CALL_KEY_COLUMNS
     usage = _column_values(LlmUsageEvent, usage_fields(key, response, role=role))
     estimation = None
     if response.output_tokens is not None:
@@ -295,7 +298,7 @@ def record_call(
             if estimation is not None:
                 est_id, est_created = _insert_ignore(session, TokenEstimationV2Event, estimation, call_key)
     except SQLAlchemyError as exc:
-        raise _write_error("telemetry write", key, exc) from exc
+        raise _write_error(key, exc) from exc
     if response.output_tokens is None:
         log.warning("[TokenEstimationV2] %s/%s attempt %d: %s reported no output-token count; usage recorded "
                     "as total-only, no estimation sample", key.run_id, key.phase_id, key.attempt_index,
@@ -324,9 +327,9 @@ def record_invalid_call(
         fields[column] = 0 if column == "total_tokens" else None
     try:
         with session_scope(url) as session:
-            created = _insert_ignore(session, LlmUsageEvent, fields, ("run_id", "phase_id", "attempt_index", "call_index"))
+            created = _insert_ignore(session, LlmUsageEvent, fields, CALL_KEY_COLUMNS)
     except SQLAlchemyError as exc:
-        raise _write_error("telemetry write", key, exc) from exc
+        raise _write_error(key, exc) from exc
     log.warning("[telemetry] %s/%s attempt %d: %s reported impossible usage (%s); recorded as split_kind=%s",
                 key.run_id, key.phase_id, key.attempt_index, provider, "; ".join(problems.values()), SPLIT_INVALID)
     return created
