@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption
+from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, writable_dir
 from autopack.config import get_settings
 
 
@@ -74,6 +74,7 @@ def calibrate(
     from autopack.calibration import run_calibration
 
     settings = get_settings()
+    writable_dir(output_dir)
     result = run_calibration(
         settings.resolved_database_url(),
         min_samples=min_samples,

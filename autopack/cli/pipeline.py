@@ -10,9 +10,10 @@ from typing import Annotated
 
 import typer
 
-from autopack.cli.common import ExpectDbIdOption
+from autopack.cli.common import MAX_COUNT, MAX_DURATION_SECONDS, MAX_WORKERS, ExpectDbIdOption, writable_dir
 from autopack.config import get_settings
 from autopack.errors import AutopackError
+from autopack.execution.runs import check_run_ids
 
 pipeline_app = typer.Typer(help="The whole telemetry pipeline as one Prefect flow run.", no_args_is_help=True)
 
@@ -23,13 +24,13 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Never call GitHub: write the branch to the local git checkout.")] = False,
     target_repo: Annotated[Path, typer.Option("--target-repo", help="Git checkout whose token_estimator.py the pull request edits.")] = Path("."),
     run_ids: Annotated[list[str] | None, typer.Option("--run-id", help="Runs to drain (repeatable; default: all).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 200,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=64)] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=MAX_COUNT)] = 200,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=MAX_WORKERS)] = 2,
     max_consecutive_zero_yield: Annotated[int | None, typer.Option("--max-consecutive-zero-yield")] = 10,
     max_fingerprint_repeats: Annotated[int, typer.Option("--max-fingerprint-repeats")] = 3,
     max_attempts_per_phase: Annotated[int, typer.Option("--max-attempts-per-phase")] = 2,
     max_timeouts_per_run: Annotated[int, typer.Option("--max-timeouts-per-run")] = 2,
-    phase_timeout_seconds: Annotated[float, typer.Option("--phase-timeout-seconds")] = 900,
+    phase_timeout_seconds: Annotated[float, typer.Option("--phase-timeout-seconds", min=0.001, max=MAX_DURATION_SECONDS)] = 900,
     target_truncation: Annotated[float, typer.Option("--target-truncation", min=0.001, max=0.5)] = 0.05,
     holdout_fraction: Annotated[float, typer.Option("--holdout-fraction", min=0.05, max=0.9)] = 0.3,
     min_samples: Annotated[int, typer.Option("--min-samples", min=1)] = 5,
@@ -46,8 +47,11 @@ def run(
     from autopack.pipeline import check_target_repo, prepare_database, summarise
 
     settings = get_settings()
+    writable_dir(output_dir)
     target_repo = check_target_repo(target_repo)
     prepared = prepare_database(settings.resolved_database_url(), init=init, expect_db_id=expect_db_id)
+    if not skip_drain:
+        check_run_ids(run_ids or [], url=settings.resolved_database_url(), expect_db_id=prepared.db_id)
     for line in prepared.messages:
         typer.echo(line)
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from autopack.cli.common import ExpectDbIdOption, JsonOption, guarded
 from autopack.db.engine import session_scope
 from autopack.db.models import Phase, Run
-from autopack.errors import InputError
+from autopack.errors import InputError, validation_summary
 from autopack.execution.runs import create_run
 from autopack.execution.seed_runs import SEED_RUNS, V4_RUN_ID, ensure_seed_runs, telemetry_collection_v4_spec
 from autopack.execution.spec import RunSpec
@@ -42,8 +42,12 @@ def create_telemetry_run(
     expect_db_id: ExpectDbIdOption = None,
 ) -> None:
     """Create the ten-phase telemetry collection run (the original's telemetry-collection-v4)."""
+    try:
+        spec = telemetry_collection_v4_spec(run_id)
+    except ValidationError as exc:
+        raise InputError(f"--run-id {run_id!r} is not a valid run id: {validation_summary(exc)}",
+                         hint="use letters, digits and . _ : - (starting with a letter or digit, at most 201)") from exc
     guarded(expect_db_id, allow_empty=True)
-    spec = telemetry_collection_v4_spec(run_id)
     with session_scope() as session:
         create_run(session, spec, replace=replace, source="seed")
     typer.echo(f"created run {run_id}: {len(spec.phases)} QUEUED phases")

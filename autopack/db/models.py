@@ -139,8 +139,9 @@ class LlmUsageEvent(Base):
     """One row per provider call: exact prompt/completion split, or an explicit total-only row.
 
     ``split_kind`` is ``exact`` (provider-reported split), ``total_only`` (provider gave a total only:
-    prompt/completion are NULL) or ``legacy_unverified`` (rows from the original, whose splits were
-    guessed 40/60 or 70/30 — reference §9.1). Never a guessed split from this code.
+    prompt/completion are NULL), ``unreported`` (no usage at all), ``invalid`` (the provider reported numbers
+    no column can hold: those are NULL, total 0 — autopack.telemetry.bounds) or ``legacy_unverified`` (rows
+    from the original, whose splits were guessed 40/60 or 70/30 — reference §9.1). Never a guessed split.
     """
 
     __tablename__ = "llm_usage_events"

@@ -3,8 +3,12 @@
 Contract (the batch drain and ``drain one`` depend on it): ``execute_phase`` runs a phase the caller has
 already claimed (``leases.claim_phase``) and always finishes it through ``leases.finish_phase`` with the
 caller's lease owner, COMPLETE or FAILED (with ``last_failure_reason``). It returns a ``PhaseResult``; it
-raises only ``LeaseLostError`` (the lease expired or was taken over, so the result was rejected) and
+raises only ``LeaseLostError`` (the lease expired or was taken over, so the result was rejected),
+``PhaseFinishError`` (the database refused the final write; the phase was given back when possible) and
 ``KeyboardInterrupt`` (after giving the phase back).
+
+A provider reporting usage no telemetry column can hold (``llm.base.validate_response``) fails the phase
+at stage ``provider``; the call is still recorded as a ``split_kind = 'invalid'`` usage row.
 
 One execution is one attempt, plus at most one escalated retry: when the output is truncated, the ceiling
 is escalated once (``token_estimator.escalate``: ×1.25, capped), an escalation event is recorded, a new
@@ -53,12 +57,28 @@ from autopack.execution.workspace import (
     write_files,
 )
 from autopack.llm import get_provider
-from autopack.llm.base import LLMBoundaryError, LLMProvider, LLMRequest, LLMResponse, ProviderError, TaskHints
+from autopack.llm.base import (
+    LLMBoundaryError,
+    LLMProvider,
+    LLMRequest,
+    LLMResponse,
+    ProviderError,
+    ProviderResponseError,
+    TaskHints,
+    validate_response,
+)
 from autopack.llm.builder_format import parse_files
 from autopack.logging import get_logger, redact
 from autopack.taxonomy import DOCS_LIKE, canonical_category
 from autopack.telemetry.adaptive_state import level_reader
-from autopack.telemetry.recorder import CallKey, TelemetryWriteError, record_call, record_escalation, set_phase_outcome
+from autopack.telemetry.recorder import (
+    CallKey,
+    TelemetryWriteError,
+    record_call,
+    record_escalation,
+    record_invalid_call,
+    set_phase_outcome,
+)
 from autopack.token_estimator import (
     MAX_OUTPUT_TOKENS,
     PhaseFeatures,
@@ -313,9 +333,9 @@ def execute_phase(
         except TelemetryWriteError as exc:
             final_state, stage, message = PhaseState.FAILED, "execution", exc.one_line()
     reason = None if message is None else redact(message)[:MAX_REASON_CHARS]
-    with session_scope(url) as session:
-        leases.finish_phase(session, run_id, phase_id, claim.owner, final_state, failure_reason=reason,
-                            tokens_used=counters.tokens_used)
+    rejected = _finish(claim, final_state, reason, counters.tokens_used, url)
+    if rejected is not None:
+        final_state, stage, reason = PhaseState.FAILED, stage or "execution", redact(rejected)[:MAX_REASON_CHARS]
     result = PhaseResult(
         run_id=run_id,
         phase_id=phase_id,
@@ -335,12 +355,35 @@ def execute_phase(
     return result
 
 
-def _give_back(claim: Claim, url: str | None) -> None:
+class PhaseFinishError(AutopackError):
+    """The phase's outcome could not be written (the database failed); the phase was given back if possible."""
+
+    exit_code = 1
+
+
+def _finish(claim: Claim, final_state: str, reason: str | None, tokens_used: int, url: str | None) -> str | None:
+    """``leases.finish_phase``; if the database refuses the write, give the lease back rather than keep it."""
     try:
         with session_scope(url) as session:
-            leases.release(session, claim.run_id, claim.phase_id, claim.owner)
-    except Exception:  # best effort while interrupted; the lease expires anyway
-        log.warning("could not release %s/%s after an interrupt; its lease will expire", claim.run_id, claim.phase_id)
+            return leases.finish_phase(session, claim.run_id, claim.phase_id, claim.owner, final_state,
+                                       failure_reason=reason, tokens_used=tokens_used)
+    except SQLAlchemyError as exc:
+        released = _give_back(claim, url)
+        detail = (redact(str(getattr(exc, "orig", exc))).strip().splitlines() or [""])[0]
+        raise PhaseFinishError(
+            f"could not record {final_state} for {claim.run_id}/{claim.phase_id}: {type(exc).__name__}: {detail}",
+            hint="the phase was put back in the queue" if released
+            else "its lease expires on its own; check the database (autopack db identity)",
+        ) from exc
+
+
+def _give_back(claim: Claim, url: str | None) -> bool:
+    try:
+        with session_scope(url) as session:
+            return leases.release(session, claim.run_id, claim.phase_id, claim.owner)
+    except Exception:  # best effort while interrupted or failing; the lease expires anyway
+        log.warning("could not release %s/%s; its lease will expire", claim.run_id, claim.phase_id)
+        return False
 
 
 def _run(
@@ -424,9 +467,13 @@ def _run(
         counters.llm_calls += 1
         try:
             with _BackgroundHeartbeat(beat, HEARTBEAT_INTERVAL_SECONDS):
-                response = provider.complete(request)
+                response = validate_response(provider.complete(request))
         except LLMBoundaryError as exc:
             raise _Failure("llm_boundary", exc.one_line(), boundary=True) from exc
+        except ProviderResponseError as exc:
+            if telemetry:
+                _record_invalid(CallKey(run_id, phase_id, attempt_index, 0), provider, exc, url)
+            raise _Failure("provider", exc.one_line()) from exc
         except ProviderError as exc:
             raise _Failure("provider", exc.one_line()) from exc
         beat()
@@ -453,6 +500,17 @@ def _run(
             escalated_to = esc.retry_max_tokens
             continue
         raise _Failure("validation", check.message or "builder output rejected")
+
+
+def _record_invalid(key: CallKey, provider: LLMProvider, exc: ProviderResponseError, url: str | None) -> None:
+    """Keep a trace of a call whose usage was impossible; the phase fails on the provider error either way."""
+    response = exc.response
+    try:
+        record_invalid_call(key, exc.provider or provider.name,
+                            response.model if response else getattr(provider, "model", None), response,
+                            exc.problems, url=url)
+    except TelemetryWriteError as write_error:
+        log.warning("%s", write_error.one_line())
 
 
 MAX_ATTEMPT_SKIPS = 10_000

@@ -11,9 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from autopack.db.models import Run
 from autopack.errors import InputError, RefusedError
 from autopack.execution.workspace import deliverable_workspace_path, workspace_relative
 from autopack.taxonomy import normalise_category, normalise_complexity
+from autopack.telemetry.bounds import bounds_for
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,200}$"
 MAX_PATH_CHARS = 500
@@ -59,6 +61,8 @@ def _each_path(paths: list[str], rule: Callable[[str], str]) -> list[str]:
         except InputError as exc:
             raise ValueError(exc.message) from exc
     return paths
+#: The largest token cap ``runs.token_cap`` holds (PostgreSQL would overflow past it; SQLite would not).
+_TOKEN_CAP_MAX = bounds_for(Run)["token_cap"].high
 
 
 class PhaseSpec(BaseModel):
@@ -130,7 +134,7 @@ class RunSpec(BaseModel):
 
     run_id: str = Field(pattern=_ID_PATTERN)
     goal: str | None = Field(default=None, max_length=20_000)
-    token_cap: int | None = Field(default=None, ge=1)
+    token_cap: int | None = Field(default=None, ge=1, le=_TOKEN_CAP_MAX)
     phases: list[PhaseSpec] = Field(min_length=1, max_length=1000)
 
     @model_validator(mode="after")
