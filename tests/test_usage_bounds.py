@@ -217,7 +217,7 @@ SPEC = {"run_id": "api-run", "phases": [{"phase_id": "p1", "description": "d", "
 
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(url=db_url)) as c:
+    with TestClient(create_app(url=db_url), client=("127.0.0.1", 50000)) as c:  # loopback: no key needed
         assert c.post("/runs", json=SPEC).status_code == 201
         yield c
 
@@ -257,7 +257,7 @@ def test_a_plausible_result_is_recorded_as_given(client: TestClient, db_url: str
 
 
 def test_a_token_cap_beyond_the_column_is_refused_before_anything_is_created(db_url: str) -> None:
-    with TestClient(create_app(url=db_url)) as c:
+    with TestClient(create_app(url=db_url), client=("127.0.0.1", 50000)) as c:
         response = c.post("/runs", json={**SPEC, "run_id": "capped", "token_cap": HUGE})
         assert response.status_code == 422 and "2147483647" in response.text
         assert c.get("/runs/capped").status_code == 404
