@@ -10,32 +10,22 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from uuid import UUID
 
 import pytest
 import sqlalchemy as sa
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from autopack.cli import main
+from autopack.config import get_settings
 from autopack.db.engine import get_engine, session_scope
+from autopack.errors import ConfigError, InputError
 from autopack.execution.seed_runs import ensure_seed_runs
 from autopack.pipeline import check_deployment_database, check_deployment_locations, state_message
-from autopack.config import get_settings
-from autopack.errors import ConfigError, InputError
 from flows.pipeline import telemetry_pipeline
+from prefect_live import run_artifacts
 from test_pipeline_flow import project_checkout
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_artifacts(flow_run_id: UUID | str) -> dict[str, object]:
-    """The artifacts created by this flow run itself (not by its subflows), by key."""
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(str(flow_run_id))]))
-        )
-    return {a.key: a for a in artifacts if a.key}
 
 
 def queued_phases(url: str) -> int:
@@ -62,7 +52,8 @@ def test_a_failed_gate_says_so_in_the_state_and_the_parent_run_shows_report_plot
     assert state.message.startswith("gate not passed: ")
     result = state.result()
     assert result["pull_request"] is None and result["message"] == state.message
-    artifacts = run_artifacts(state.state_details.flow_run_id)
+    with get_client(sync_client=True) as client:
+        artifacts = run_artifacts(client, state.state_details.flow_run_id)
     assert {"batch-drain-summary", "calibration-report", "calibration-groups", "calibration-gate"} <= artifacts.keys()
     report = str(artifacts["calibration-report"].data)
     assert "# Token Estimator Calibration Report" in report
