@@ -178,3 +178,17 @@ def run_artifacts(client: Any, flow_run_id: UUID) -> dict[str, Any]:
         artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
     )
     return {a.key: a for a in artifacts if a.key}
+
+
+def tree_artifacts(client: Any, flow_run_id: UUID) -> dict[str, Any]:
+    """The artifacts of this flow run and of its subflow runs, by key (the run's own win)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    children = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+    )
+    found: dict[str, Any] = {}
+    for child in children:
+        found.update(run_artifacts(client, child.id))
+    found.update(run_artifacts(client, flow_run_id))
+    return found
