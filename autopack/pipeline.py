@@ -171,7 +171,10 @@ def summarise(result: Mapping[str, Any]) -> list[str]:
     if pr:
         lines.append(f"pull request: {pr.get('summary') or pr.get('pr_url') or pr.get('status')}")
     else:
-        lines.append("pull request: none (gate not passed)")
+        lines.append("pull request: none" + ("" if calibration.get("no_samples") else " (gate not passed)"))
     if result.get("flow_run_url"):
         lines.append(f"flow run: {result['flow_run_url']}")
+    timings = dict(result.get("timings") or {})
+    if timings:
+        lines.append("time: " + ", ".join(f"{stage.replace('_', ' ')} {seconds:.1f} s" for stage, seconds in timings.items()))
     return lines

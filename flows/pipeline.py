@@ -9,6 +9,7 @@ no pull request is the right outcome then, not a failure. Bad set-ups end it Fai
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +120,20 @@ def telemetry_pipeline(
     expect_db_id: str | None = None,
 ) -> Any:
     logger = get_run_logger()
+    started_at = time.time()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 2)
+        clock = now
+
     try:
         target_repo = preflight(target_repo=target_repo, output_dir=output_dir, dry_run=dry_run)
         identity = db_identity_guard(expect_db_id=expect_db_id)
+        lap("guard")
         db_id = identity["db_id"]
         logger.info("pipeline on database %s (%s)", db_id, identity["url"])
 
@@ -130,6 +142,7 @@ def telemetry_pipeline(
             validation = validate_single_phase(
                 validate_run_id or (run_ids[0] if run_ids else None), validate_phase_id
             )
+            lap("validate")
             drained = dict(batch_drain(
                 run_ids=run_ids or [],
                 batch_size=batch_size,
@@ -141,6 +154,7 @@ def telemetry_pipeline(
                 phase_timeout_seconds=phase_timeout_seconds,
                 expect_db_id=db_id,
             ))
+            lap("drain")
             create_markdown_artifact(key="batch-drain-summary", markdown=drain_summary_markdown(drained),
                                      description="batch drain of this pipeline run")
             drained["processed"] = int(drained.get("processed") or 0) + (0 if validation.get("skipped") else 1)
@@ -156,6 +170,7 @@ def telemetry_pipeline(
             output_dir=output_dir,
             expect_db_id=db_id,
         )
+        lap("calibrate")
         publish_calibration_artifacts(calibration)
         create_markdown_artifact(key="calibration-gate", markdown=gate_markdown(calibration),
                                  description="calibration gate")
@@ -168,11 +183,14 @@ def telemetry_pipeline(
             "pull_request": None,
             "target_repo": target_repo,
             "flow_run_url": flow_run_ui_url(),
+            "started_at": started_at,
+            "timings": timings,
         }
         if (calibration.get("gate") or {}).get("passed"):
             result["pull_request"] = open_calibration_pr_flow(
                 calibration, target_repo, output_dir, dry_run, result["flow_run_url"]
             )
+            lap("pull_request")
             publish_pull_request_artifact(result["pull_request"])
     except AutopackError as exc:
         logger.error("%s", exc.one_line())

@@ -5,6 +5,7 @@ Prefect is imported only when the pipeline runs, so other commands stay fast.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -64,6 +65,7 @@ def run(
 
     from flows.pipeline import telemetry_pipeline
 
+    called_at = time.time()
     try:
         state = telemetry_pipeline(
             run_ids=run_ids or [],
@@ -95,7 +97,21 @@ def run(
         ) from None
     if not state.is_completed():
         raise AutopackError(f"pipeline {state.type.value.lower()}: {state.message}", exit_code=1)
-    for line in summarise(state.result()):
+    result = state.result()
+    if result.get("started_at"):  # the flow's body began after Prefect (and its temporary server) started
+        result["timings"] = {"prefect_start": round(result["started_at"] - called_at, 2), **result["timings"]}
+    for line in summarise(result):
+        typer.echo(line)
+
+
+@pipeline_app.command("init")
+def init_database(expect_db_id: ExpectDbIdOption = None) -> None:
+    """Create and migrate the database and the seed runs that are missing (what `pipeline run --init` does
+    first), without running anything: the set-up step before deployments run the pipeline on a worker."""
+    from autopack.pipeline import prepare_database
+
+    prepared = prepare_database(get_settings().resolved_database_url(), init=True, expect_db_id=expect_db_id)
+    for line in prepared.messages:
         typer.echo(line)
 
 
