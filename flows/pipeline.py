@@ -91,7 +91,8 @@ def gate_markdown(calibration: dict[str, Any]) -> str:
         lines += ["", "| coefficient | group | from | to |", "|---|---|---:|---:|"]
         for change in changes:
             key = "/".join(str(k) for k in change.get("key") or [])
-            lines.append(f"| {change.get('coefficient')} | {key} | {change.get('old')} | {change.get('new')} |")
+            old, new = ("–" if v is None else v for v in (change.get("old"), change.get("new")))
+            lines.append(f"| {change.get('coefficient')} | {key} | {old} | {new} |")
     if not passed:
         lines += ["", "No pull request was opened."]
     return "\n".join(lines)

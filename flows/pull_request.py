@@ -69,20 +69,20 @@ def publish_task(
 
 
 def pull_request_markdown(result: dict[str, Any]) -> str:
-    """What the reviewer needs: a link to the PR (or to the dry run's branch and body), and what happened."""
+    """What the reviewer needs: a link to the PR (or to the dry run's PR body), the branch and the commit."""
     status = result.get("status")
+    where = (f"branch `{result.get('branch')}` @ `{str(result.get('commit_sha') or '')[:12]}`"
+             + (f" into `{result['base']}`" if result.get("base") else ""))
     lines = ["## Calibration pull request", ""]
     if result.get("pr_url"):
-        lines.append(f"**[PR #{result.get('pr_number')}]({result['pr_url']})** — {status}")
+        lines.append(f"**[PR #{result.get('pr_number')}]({result['pr_url']})** {status}: {where}")
     elif status == "dry_run":
-        lines.append(f"**Dry run**: branch `{result.get('branch')}` ({str(result.get('commit_sha') or '')[:12]}) "
-                     "written to the local checkout; nothing sent to GitHub.")
+        lines.append(f"**Dry run**: {where} written to the local checkout; nothing was sent to GitHub.")
     else:
-        lines.append(f"**{status}**")
+        lines.append(f"**{status}**: {result.get('summary')}")
     if result.get("body_path"):
         body = Path(result["body_path"])
-        lines.append(f"\nPull request body: [{body.name}]({body.resolve().as_uri()}) (`{body}`)")
-    lines += ["", str(result.get("summary") or "")]
+        lines += ["", f"Pull request body: [{body.name}]({body.resolve().as_uri()}) (`{body}`)"]
     return "\n".join(lines)
 
 

@@ -93,7 +93,8 @@ def prefect_server(home: Path, *, ui: bool = False, timeout: float = 180) -> Ite
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = home / "server.log"
-    env = clean_env(PREFECT_HOME=str(home), PREFECT_UI_ENABLED="true" if ui else "false")
+    env = clean_env(PREFECT_HOME=str(home), PREFECT_UI_ENABLED="true" if ui else "false",
+                    PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_UI_URL=f"http://127.0.0.1:{port}")
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
