@@ -130,15 +130,22 @@ def check_deployment_database(settings: Settings) -> None:
             )
 
 
+def calibration_outcome(calibration: Mapping[str, Any]) -> str:
+    """``no calibration: …``, ``gate not passed: <reasons>`` or ``gate passed: n coefficient change(s) proposed``."""
+    if calibration.get("no_samples"):
+        return f"no calibration: {calibration['no_samples']}"
+    gate = calibration.get("gate") or {}
+    if gate.get("passed"):
+        return f"gate passed: {len(calibration.get('proposed_changes') or [])} coefficient change(s) proposed"
+    return "gate not passed: " + "; ".join(str(r) for r in (gate.get("reasons") or ["no reason given"]))
+
+
 def state_message(result: Mapping[str, Any]) -> str:
     """One line for the run's final state: what happened, so run lists tell a failed gate from a PR."""
     calibration = result.get("calibration") or {}
-    gate = calibration.get("gate") or {}
     pr = result.get("pull_request")
-    if calibration.get("no_samples"):
-        text = f"no calibration: {calibration['no_samples']}"
-    elif not gate.get("passed"):
-        text = "gate not passed: " + "; ".join(str(r) for r in (gate.get("reasons") or ["no reason given"]))
+    if calibration.get("no_samples") or not (calibration.get("gate") or {}).get("passed"):
+        text = calibration_outcome(calibration)
     elif not pr:
         text = "gate passed; no pull request"
     elif pr.get("status") in ("opened", "updated") and pr.get("pr_number") is not None:
@@ -161,8 +168,8 @@ def summarise(result: Mapping[str, Any]) -> list[str]:
     ]
     if not calibration.get("no_samples"):
         lines += [
-            f"gate: {'passed' if gate.get('passed') else 'not passed'}"
-            f" ({len(calibration.get('proposed_changes') or [])} coefficient change(s) proposed; reasons in the report)",
+            f"gate: {'passed' if gate.get('passed') else 'not passed'} "
+            f"({len(calibration.get('proposed_changes') or [])} coefficient change(s) proposed; reasons in the report)",
             f"report: {calibration.get('report_path')}",
             f"json:   {calibration.get('json_path')}",
             f"plot:   {calibration.get('plot_path')}",
@@ -176,5 +183,6 @@ def summarise(result: Mapping[str, Any]) -> list[str]:
         lines.append(f"flow run: {result['flow_run_url']}")
     timings = dict(result.get("timings") or {})
     if timings:
-        lines.append("time: " + ", ".join(f"{stage.replace('_', ' ')} {seconds:.1f} s" for stage, seconds in timings.items()))
+        stages = (f"{stage.replace('_', ' ')} {seconds:.1f} s" for stage, seconds in timings.items())
+        lines.append("time: " + ", ".join(stages))
     return lines

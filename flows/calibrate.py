@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed
 
 from autopack.calibration import NoUsableSamplesError, run_calibration
+from autopack.pipeline import calibration_outcome
 
 #: Columns of the ``calibration-groups`` table artifact.
 GROUP_COLUMNS = ("category", "complexity", "n", "n_censored", "median_ratio", "pooling_weight", "budget_factor",
@@ -70,15 +71,6 @@ def publish_calibration_artifacts(result: dict[str, Any]) -> None:
         )
 
 
-def calibration_message(result: dict[str, Any]) -> str:
-    if result.get("no_samples"):
-        return f"no calibration: {result['no_samples']}"
-    gate = result.get("gate") or {}
-    if gate.get("passed"):
-        return f"gate passed: {len(result.get('proposed_changes') or [])} coefficient change(s) proposed"
-    return "gate not passed: " + "; ".join(str(r) for r in gate.get("reasons") or ["no reason given"])
-
-
 @flow(name="calibrate")
 def calibrate(
     min_samples: int = 5,
@@ -94,6 +86,6 @@ def calibrate(
         expect_db_id,
     )
     publish_calibration_artifacts(result)
-    message = calibration_message(result)
+    message = calibration_outcome(result)
     get_run_logger().info("%s", message)
     return Completed(message=message, data=result)

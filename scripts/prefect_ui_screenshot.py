@@ -100,7 +100,9 @@ def click_text(text: str) -> str:
             f".find(e => e.textContent.trim() === {json.dumps(text)}); if (e) e.click(); return !!e; }})()")
 
 
-def take_screenshots(browser: Chromium, server: LiveServer, run: Any, artifacts: dict[str, Any], out: Path) -> list[Path]:
+def take_screenshots(
+    browser: Chromium, server: LiveServer, run: Any, artifacts: dict[str, Any], out: Path
+) -> list[Path]:
     """The parent run's Artifacts tab, the report (top and plot), the gate and the pull request."""
     shots: list[Path] = []
 

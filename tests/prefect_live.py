@@ -133,7 +133,9 @@ OFFLINE_PIP = {"PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_DISABLE_
 
 
 @contextlib.contextmanager
-def process_worker(server: LiveServer, python: Path, pool: str, log: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+def process_worker(
+    server: LiveServer, python: Path, pool: str, log: Path, **env: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """``prefect worker start --pool POOL`` in ``python``'s environment, polling every second; stopped on exit."""
     worker_env = server.env(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5", **OFFLINE_PIP,
                             **env)
