@@ -16,7 +16,7 @@ import pytest
 from autopack import token_estimator as te
 from autopack.calibration import stats
 from autopack.calibration.backtest import evaluate
-from autopack.calibration.core import Params, _split, calibrate, decide, heldout_ceilings
+from autopack.calibration.core import HeldOut, Params, _split, calibrate, decide, heldout_ceilings
 from autopack.calibration.samples import build_sample_set, columns_from_records
 from autopack.calibration.synthetic import GroupTruth, Law, Truth, simulate, simulate_groups
 
@@ -112,10 +112,10 @@ def test_the_backtest_interval_covers_the_true_held_out_rate(censoring: float, v
         samples = build_sample_set(sim.columns)
         current = te.current_coefficients()
         decision = decide(samples, params, current)
-        _, test_rows = _split(samples, params)
-        test = samples.subset(np.isin(np.arange(samples.n), test_rows))
+        held = HeldOut.of(samples, *_split(samples, params), current)
+        test = held.test
         factors = {**current.budget_factors, **decision.fitted.model.factors(samples.groups)}
-        ceiling = heldout_ceilings(test, decision.fitted.fit.coefficients, factors, params)
+        ceiling = heldout_ceilings(held, decision.fitted.fit.coefficients, factors, params)
         law_of = [sim.truth[g].law for g in samples.groups]
         true_rate = np.mean([law_of[g].sf(math.log(c / p))
                              for g, c, p in zip(test.group, ceiling, test.pred_current, strict=True)])

@@ -393,3 +393,30 @@ def test_budget_factors_are_finite_positive_and_written_with_three_decimals() ->
     for key, factor in te.BUDGET_FACTORS.items():
         assert isinstance(factor, float) and math.isfinite(factor) and factor > 0, (key, factor)
         assert Fraction(repr(factor)) * 1000 == round(factor * 1000), (key, factor)
+
+
+# --- adaptive budgets (the reviewed part of ACI; a PR that breaks these fails verification) -------------
+
+
+def test_adaptive_settings_name_only_known_aci_parameters() -> None:
+    assert set(te.ADAPTIVE_SETTINGS) <= {("aci", "target_alpha"), ("aci", "gamma")}
+    if te.ADAPTIVE_BUDGET_FACTORS:
+        assert set(te.ADAPTIVE_SETTINGS) == {("aci", "target_alpha"), ("aci", "gamma")}
+    target = te.ADAPTIVE_SETTINGS.get(("aci", "target_alpha"), 0.05)
+    gamma = te.ADAPTIVE_SETTINGS.get(("aci", "gamma"), 0.005)
+    assert 0 < target < 0.5 and 0 < gamma < 1
+
+
+def test_adaptive_curves_are_monotone_and_bounded_by_what_ships() -> None:
+    curves = te.parse_adaptive_curves(te.ADAPTIVE_BUDGET_FACTORS)
+    target = te.ADAPTIVE_SETTINGS.get(("aci", "target_alpha"))
+    for group, curve in curves.items():
+        assert len(curve.alphas) >= 2 and all(0 < a < 0.5 for a in curve.alphas), group
+        assert list(curve.alphas) == sorted(set(curve.alphas)), group
+        assert all(f > 0 for f in curve.factors), group
+        assert all(a >= b for a, b in zip(curve.factors, curve.factors[1:])), f"{group}: factor must fall with alpha"
+        # the curve refines a calibrated group, and at the target it is that group's BUDGET_FACTORS value:
+        # a group whose runtime state is missing gets exactly the static ceiling
+        assert group in te.BUDGET_FACTORS, group
+        assert target is not None and curve.alphas[0] <= target <= curve.alphas[-1], group
+        assert curve.factor_at(target) == pytest.approx(te.BUDGET_FACTORS[group], abs=1e-9), group

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from autopack import token_estimator as te
-from autopack.calibration import stats
+from autopack.calibration import drift, stats
 from autopack.calibration.backtest import evaluate, per_group, reserved_better, truncation_verdict
 from autopack.calibration.fit import MAX_STEP, FitResult, fit_coefficients, implied_overheads
 from autopack.calibration.model import FactorModel, fit_factor_model
@@ -57,10 +57,19 @@ class Params:
     target_truncation: float = 0.05
     holdout_fraction: float = 0.3
     include_run_ids: tuple[str, ...] = ()
+    #: How budgets follow drift at run time ("static" | "aci"), see ``drift``; the backtest replays it.
+    method: str = drift.DEFAULT_METHOD
+
+    def __post_init__(self) -> None:
+        drift.method_spec(self.method)  # an unknown or unshippable method fails before any work
 
     @property
     def alpha(self) -> float:
         return self.target_truncation
+
+    @property
+    def spec(self) -> drift.MethodSpec:
+        return drift.method_spec(self.method)
 
 
 @dataclass
@@ -87,6 +96,7 @@ class Decision:
     verdicts: dict[Group, str]
     shipped_verdict: str
     fit_rows: int
+    drift_summary: dict[str, Any] = field(default_factory=dict)  # backtest.calibration_under_drift
 
 
 def _log_ratio(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -145,19 +155,49 @@ def _shipped(
     return coeffs, factors
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """The time-ordered split a backtest replays: the older calls fit, the newest ``test`` are replayed."""
+
+    samples: SampleSet
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+    test: SampleSet
+    reviewed: te.Coefficients  # today's file: its adaptive curves are what runs for unchanged groups
+
+    @classmethod
+    def of(cls, samples: SampleSet, train_rows: np.ndarray, test_rows: np.ndarray,
+           reviewed: te.Coefficients) -> HeldOut:
+        test = samples.subset(np.isin(np.arange(samples.n), test_rows))
+        return cls(samples, train_rows, test_rows, test, reviewed)
+
+    def drift_rows(self) -> drift.CalibrationRows:
+        return drift.CalibrationRows.of(self.samples, self.train_rows, self.test_rows)
+
+
 def heldout_ceilings(
-    test: SampleSet, coefficients: te.Coefficients, factors: dict[Group, float], params: Params
+    held: HeldOut, coefficients: te.Coefficients, factors: dict[Group, float], params: Params, *,
+    adapt: list[Group] | None = None, spec: drift.MethodSpec | None = None,
 ) -> np.ndarray:
     """The held-out calls' ceilings (oldest first) under a proposal fitted on the older calls.
 
     The one place the held-out replay happens (the proposal, the shipped configuration and the weights
     decision all come through here). The static method keeps each group's factor fixed for every
-    held-out call; a method that adapts to drift would, per group, move the factor as the held-out calls
-    it has already seen come back.
+    held-out call; an adaptive method (``params.method``, or ``spec``) moves the factor of the groups in
+    ``adapt`` (default: every group with a factor) as the held-out calls it has already seen come back,
+    with delayed feedback (``drift.replay_configuration``), so the gate tests what would run.
     """
-    del params  # the static replay needs nothing else; kept so every method is called the same way
-    _, ceiling = configuration_ceiling(test, coefficients, factors)
-    return ceiling
+    _, ceiling = configuration_ceiling(held.test, coefficients, factors)
+    spec = spec or params.spec
+    if held.test.n == 0 or (spec.name == "static" and not held.reviewed.adaptive_curves):
+        return ceiling
+    return drift.replay_configuration(spec, params.alpha, held.drift_rows(), predict(held.samples, coefficients),
+                                      factors, ceiling, adapt=adapt, reviewed=held.reviewed)
+
+
+def _today_ceilings(held: HeldOut, current: te.Coefficients, params: Params) -> np.ndarray:
+    """Today's ceilings on the held-out calls: today's factors, and today's reviewed adaptive curves if any."""
+    return heldout_ceilings(held, current, dict(current.budget_factors), params, spec=drift.MethodSpec("static"))
 
 
 def _split(samples: SampleSet, params: Params) -> tuple[np.ndarray, np.ndarray]:
@@ -173,8 +213,7 @@ def _proposal_factors(current: te.Coefficients, fitted: Fitted, groups: list[Gro
 
 
 def _decide_weights(
-    samples: SampleSet, test: SampleSet, params: Params, current: te.Coefficients,
-    free: Fitted | None, frozen: Fitted,
+    held: HeldOut, params: Params, current: te.Coefficients, free: Fitted | None, frozen: Fitted,
 ) -> tuple[bool, str]:
     """Ship the weight changes? Only if, on all held-out calls, the proposal with them passes the truncation
     test against today and reserves less than the same proposal with today's weights."""
@@ -182,16 +221,15 @@ def _decide_weights(
         supported = "" if not frozen.fit.frozen_weights else (
             f" ({len(frozen.fit.frozen_weights)} change(s) the bootstrap did not support were frozen)")
         return False, "no TOKEN_WEIGHTS change proposed by the fit" + supported
+    test, groups = held.test, held.samples.groups
     if test.n == 0:
         return False, "TOKEN_WEIGHTS changes not shipped: no held-out calls to check them on"
     alpha = params.alpha
-    current_bt = evaluate(heldout_ceilings(test, current, dict(current.budget_factors), params), test.y,
-                          test.observed, alpha)
-    with_w = evaluate(heldout_ceilings(test, free.fit.coefficients, _proposal_factors(current, free, samples.groups),
+    current_bt = evaluate(_today_ceilings(held, current, params), test.y, test.observed, alpha)
+    with_w = evaluate(heldout_ceilings(held, free.fit.coefficients, _proposal_factors(current, free, groups),
                                        params), test.y, test.observed, alpha)
-    without = evaluate(heldout_ceilings(test, frozen.fit.coefficients,
-                                        _proposal_factors(current, frozen, samples.groups), params),
-                       test.y, test.observed, alpha)
+    without = evaluate(heldout_ceilings(held, frozen.fit.coefficients, _proposal_factors(current, frozen, groups),
+                                        params), test.y, test.observed, alpha)
     ok, why = truncation_verdict(with_w, current_bt, alpha)
     cheaper = reserved_better(with_w, without)
     agree = ", ".join(f"{k[0]}/{k[1]} {v:.2f}" for k, v in sorted(free.fit.weight_confidence.items()))
@@ -241,7 +279,7 @@ def _gate_group(
 
 
 def _shipped_check(
-    test: SampleSet, params: Params, current: te.Coefficients, fitted: Fitted,
+    held: HeldOut, params: Params, current: te.Coefficients, fitted: Fitted,
     passing: list[Group], ship_weights: bool, current_ceiling: np.ndarray,
     group_bt: dict[Group, dict[str, dict[str, Any]]],
 ) -> tuple[list[Group], dict[str, Any], np.ndarray, str, dict[Group, str]]:
@@ -252,6 +290,7 @@ def _shipped_check(
     Calls it does not change keep today's ceiling, good or bad, and are no verdict on the change.
     """
     alpha = params.alpha
+    test = held.test
     keep = list(passing)
     dropped: dict[Group, str] = {}
 
@@ -261,7 +300,7 @@ def _shipped_check(
 
     while True:
         coeffs, factors = _shipped(current, fitted, keep, ship_weights and bool(keep))
-        ceiling = heldout_ceilings(test, coeffs, factors, params)
+        ceiling = heldout_ceilings(held, coeffs, factors, params, adapt=keep)
         shipped = evaluate(ceiling, test.y, test.observed, alpha)
         if not keep:
             return keep, shipped, ceiling, "nothing ships", dropped
@@ -285,27 +324,33 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     train_rows, test_rows = _split(samples, params)
     tested = bool(test_rows.size)
     fit_rows = train_rows if tested else np.arange(samples.n)
-    test = samples.subset(np.isin(np.arange(samples.n), test_rows))
+    held = HeldOut.of(samples, train_rows, test_rows, current)
+    test = held.test
 
     free_fit = fit_coefficients(samples, fit_rows, current, free_weights=True,
                                 confidence_threshold=params.confidence_threshold)
     frozen = _fitted(samples, fit_rows, fit_coefficients(samples, fit_rows, current, free_weights=False), alpha)
     frozen.fit.frozen_weights = list(free_fit.frozen_weights)
     free = _fitted(samples, fit_rows, free_fit, alpha) if _weights_changed(current, free_fit) else None
-    ship_weights, weights_verdict = _decide_weights(samples, test, params, current, free, frozen)
+    ship_weights, weights_verdict = _decide_weights(held, params, current, free, frozen)
     fitted = free if ship_weights and free is not None else frozen
 
     ceilings: dict[str, np.ndarray] = {}
+    drift_summary: dict[str, Any] = {}
     if tested:
-        ceilings["current"] = heldout_ceilings(test, current, dict(current.budget_factors), params)
+        ceilings["current"] = _today_ceilings(held, current, params)
         medians = original_medians(samples, train_rows, params.min_samples)
         med = np.array([medians.get(g, math.nan) for g in samples.groups])[test.group]
         original = ceilings["current"].copy()
         has = ~np.isnan(med)
         original[has] = np.ceil(np.maximum(test.pred_current[has], 1) * med[has])
         ceilings["original_median"] = original
-        ceilings["proposed"] = heldout_ceilings(test, fitted.fit.coefficients,
-                                                _proposal_factors(current, fitted, samples.groups), params)
+        proposal_factors = _proposal_factors(current, fitted, samples.groups)
+        # every method on the held-out calls, for the report (the gate replays only the chosen one)
+        _, static_proposed = configuration_ceiling(test, fitted.fit.coefficients, proposal_factors)
+        drift_summary = drift.compare_in_calibration(alpha, held.drift_rows(), fitted.predicted, proposal_factors,
+                                                     static_proposed)
+        ceilings["proposed"] = heldout_ceilings(held, fitted.fit.coefficients, proposal_factors, params)
     else:  # nothing held out: the methods are still listed, with n = 0
         ceilings = {name: np.empty(0) for name in ("current", "original_median", "proposed")}
     backtest = {name: evaluate(c, test.y, test.observed, alpha) for name, c in ceilings.items()}
@@ -325,7 +370,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     shipped_verdict = "no held-out calls: nothing can be shipped"
     if tested:
         passing, backtest["shipped"], shipped_ceiling, shipped_verdict, dropped = _shipped_check(
-            test, params, current, fitted, passing, ship_weights, ceilings["current"], group_bt)
+            held, params, current, fitted, passing, ship_weights, ceilings["current"], group_bt)
         for g, methods in per_group(samples.groups, test.group, {"shipped": shipped_ceiling}, test.y,
                                     test.observed, alpha).items():
             group_bt[g]["shipped"] = methods["shipped"]
@@ -336,7 +381,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         ship_weights = False
         weights_verdict = "TOKEN_WEIGHTS changes not shipped: no group passed the gate"
     return Decision(fitted, tested, ship_weights, weights_verdict, backtest, group_bt, passing, reasons, verdicts,
-                    shipped_verdict, int(fit_rows.size))
+                    shipped_verdict, int(fit_rows.size), drift_summary)
 
 
 @dataclass
@@ -595,6 +640,18 @@ def _assemble(
 ) -> dict[str, Any]:
     groups = _group_entries(samples, params, decision, today_ratio)
     changes, fit_changes = _changes(samples, params, current, decision, groups)
+    # the method's reviewed part (aci: each shipped group's factor curve, and the settings), from the same
+    # older calls the shipped factors were fitted on
+    entry = {(e["category"], e["complexity"]): e for e in groups}
+    shipped_factors = {g: f for g in decision.passing
+                       if (f := decision.fitted.model.factor_for(g).factor) is not None}
+    changes += drift.adaptive_changes(
+        params.spec, params.alpha,
+        drift.CalibrationRows.of(samples, np.arange(decision.fit_rows), np.empty(0, dtype=int)),
+        decision.fitted.predicted, shipped_factors, current,
+        {g: {"n": entry[g]["n"], "confidence": entry[g]["confidence"], "backtest": entry[g]["backtest"]}
+         for g in shipped_factors if g in entry},
+    )
     passed = bool(changes)
     reasons: list[str] = []
     for e in groups:
@@ -613,6 +670,7 @@ def _assemble(
     fitted = decision.fitted
     test_n = decision.backtest.get("current", {}).get("n", 0)
     backtest: dict[str, Any] = {name: dict(m) for name, m in decision.backtest.items()}
+    backtest["calibration_under_drift"] = decision.drift_summary
     backtest["train_n"] = samples.n - test_n
     backtest["test_n"] = test_n
     backtest["split_at"] = _iso(float(samples.epoch[samples.n - test_n])) if test_n else None
@@ -638,6 +696,8 @@ def _assemble(
         "run_ids": list(samples.summary.run_ids),
         "time_span": {"start": _iso(float(samples.epoch.min())), "end": _iso(float(samples.epoch.max()))},
         "method_version": METHOD_VERSION,
+        "method": params.method,
+        "method_params": params.spec.params(params.alpha, drift.BACKTEST_FEEDBACK),
         "target_truncation": params.target_truncation,
         "holdout_fraction": params.holdout_fraction,
         "confidence_threshold": params.confidence_threshold,
@@ -681,4 +741,4 @@ def _assemble(
     }
 
 
-__all__ = ["Calibration", "Params", "calibrate", "decide", "heldout_ceilings"]
+__all__ = ["Calibration", "HeldOut", "Params", "calibrate", "decide", "heldout_ceilings"]

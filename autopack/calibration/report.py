@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from autopack.calibration import drift
 from autopack.logging import redact
 
 MAX_DOC_ROWS = 30
@@ -154,6 +155,7 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
     lines += _waste_section(groups)
     lines += _changes_section(result)
     lines += _backtest_section(result)
+    lines += drift.report_section(result)
     lines += _docs_section(result)
     if plot_name:
         lines += ["## Plot", "", f"![actual / predicted per group, budget factor marked]({plot_name})", ""]

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption
+from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, writable_dir
 from autopack.config import get_settings
 from autopack.errors import AutopackError
 
@@ -75,6 +75,10 @@ def calibrate(
     ] = 0.3,
     as_json: JsonOption = False,
     expect_db_id: ExpectDbIdOption = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="How budgets follow drift at run time: static or aci (rolling is "
+                                 "only measured, in the report's drift table). Default: the drift benchmark's choice.")
+    ] = None,
 ) -> None:
     """Calibrate the token estimator from telemetry: report (.md), patch (.json) and plot (.png).
 
@@ -85,6 +89,7 @@ def calibrate(
     from autopack.calibration import run_calibration
 
     settings = get_settings()
+    writable_dir(output_dir)
     result = run_calibration(
         settings.resolved_database_url(),
         min_samples=min_samples,
@@ -95,6 +100,7 @@ def calibrate(
         output_dir=output_dir,
         allow_empty_db=allow_empty_db,
         expect_db_id=expect_db_id,
+        method=method,
     )
     md = result["metadata"]
     typer.echo(f"[db] id={md['db_id']}", err=True)
