@@ -12,7 +12,7 @@ from autopack.db.engine import session_scope
 from autopack.db.identity import guard, read_identity
 from autopack.db.migrate import upgrade_database
 from autopack.errors import AutopackError, ConfigError, DbIdentityMismatchError, InputError
-from autopack.execution.seed_runs import ensure_seed_runs
+from autopack.execution.seed_runs import ensure_seed_runs, seed_run_ids
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
 
 #: A state message longer than this is cut: run lists show one line.
@@ -25,8 +25,8 @@ class Prepared:
     messages: list[str] = field(default_factory=list)
 
 
-def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None) -> Prepared:
-    """With ``init``: create/migrate the database and the seed runs that are missing, and say so.
+def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None, weeks: int = 1) -> Prepared:
+    """With ``init``: create/migrate the database and the seed runs (of ``weeks`` weeks) that are missing.
 
     Without it nothing is created: the guard refuses an unmigrated, empty or unexpected database.
     """
@@ -41,11 +41,12 @@ def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None) -
                 hint="unset AUTOPACK_EXPECTED_DB_ID to create a new database, or point DATABASE_URL at it",
             ) from exc
     if init:
+        wanted = seed_run_ids(weeks)  # a bad --weeks fails before anything is created
         report = upgrade_database(url)
         if report.changed:
             messages.append(f"init: database {report.url} migrated to {report.revision_after}")
         with session_scope(url) as session:
-            created = ensure_seed_runs(session)
+            created = ensure_seed_runs(session, wanted)
         if created:
             messages.append(f"init: created telemetry-collection runs {', '.join(created)}")
         else:

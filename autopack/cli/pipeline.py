@@ -28,6 +28,7 @@ pipeline_app = typer.Typer(help="The whole telemetry pipeline as one Prefect flo
 @pipeline_app.command("run")
 def run(
     init: Annotated[bool, typer.Option("--init", help="Create and migrate the database and the seed runs when missing.")] = False,
+    weeks: Annotated[int, typer.Option("--weeks", min=1, max=52, help="With --init: weeks of seed runs to create (61 phases each).")] = 1,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Never call GitHub: write the branch to the local git checkout.")] = False,
     target_repo: Annotated[Path, typer.Option("--target-repo", help="Git checkout whose token_estimator.py the pull request edits.")] = Path("."),
     run_ids: Annotated[list[str] | None, typer.Option("--run-id", help="Runs to drain (repeatable; default: all).")] = None,
@@ -61,7 +62,7 @@ def run(
     target_repo = check_target_repo(target_repo)
     check_publish_settings(dry_run=dry_run, token=None if dry_run else github_token(),
                            repository=settings.github_repository)
-    prepared = prepare_database(settings.resolved_database_url(), init=init, expect_db_id=expect_db_id)
+    prepared = prepare_database(settings.resolved_database_url(), init=init, expect_db_id=expect_db_id, weeks=weeks)
     if not skip_drain:
         check_run_ids(run_ids or [], url=settings.resolved_database_url(), expect_db_id=prepared.db_id)
     for line in prepared.messages:
@@ -109,12 +110,16 @@ def run(
 
 
 @pipeline_app.command("init")
-def init_database(expect_db_id: ExpectDbIdOption = None) -> None:
+def init_database(
+    expect_db_id: ExpectDbIdOption = None,
+    weeks: Annotated[int, typer.Option("--weeks", min=1, max=52, help="Weeks of seed runs to create (61 phases each).")] = 1,
+) -> None:
     """Create and migrate the database and the seed runs that are missing (what `pipeline run --init` does
     first), without running anything: the set-up step before deployments run the pipeline on a worker."""
     from autopack.pipeline import prepare_database
 
-    prepared = prepare_database(get_settings().resolved_database_url(), init=True, expect_db_id=expect_db_id)
+    prepared = prepare_database(get_settings().resolved_database_url(), init=True, expect_db_id=expect_db_id,
+                                weeks=weeks)
     for line in prepared.messages:
         typer.echo(line)
 
