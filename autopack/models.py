@@ -3,6 +3,7 @@
 from autopack.db.models import *  # noqa: F403
 from autopack.db.models import (  # noqa: F401
     Base,
+    CalibrationProposal,
     CalibrationRun,
     DbMeta,
     DrainResult,

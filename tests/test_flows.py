@@ -125,7 +125,7 @@ def test_pipeline_with_a_failed_gate_completes_without_a_pull_request(
         ensure_seed_runs(session, ["telemetry-collection-v4"])
     target = project_checkout(tmp_path / "target")
     state = telemetry_pipeline(run_ids=["telemetry-collection-v4"], output_dir=str(tmp_path / "reports"),
-                               target_repo=str(target), min_samples=50, return_state=True)
+                               target_repo=str(target), min_samples=50, dry_run=True, return_state=True)
     assert state.is_completed()
     result = state.result()
     assert result["pull_request"] is None and not result["calibration"]["gate"]["passed"]

@@ -20,6 +20,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from autopack.calibration.core import METHOD_VERSION, Calibration, Params, calibrate
+from autopack.calibration.drift import DEFAULT_METHOD
 from autopack.calibration.report import render_markdown, write_json, write_plot
 from autopack.calibration.samples import (
     DOCS_ROWS_LIMIT,
@@ -292,13 +293,15 @@ def run_calibration(
     output_dir: Path = Path("."),
     allow_empty_db: bool = False,
     expect_db_id: str | None = None,
+    method: str | None = None,
 ) -> dict[str, Any]:
     """Calibrate from the database, write the report/JSON/PNG, record the run; return the JSON object.
 
     Raises the guard's errors (exit 2/3) and ``NoUsableSamplesError`` (exit 1) when nothing is usable.
     """
+    method = method or DEFAULT_METHOD
     params = Params(min_samples, confidence_threshold, target_truncation, holdout_fraction,
-                    tuple(include_run_ids or ()))
+                    tuple(include_run_ids or ()), method)
     _validate(params)
     resolved = resolve_url(url)
     timings: dict[str, float] = {}
@@ -320,7 +323,7 @@ def run_calibration(
     param_record = {
         "min_samples": min_samples, "confidence_threshold": confidence_threshold,
         "target_truncation": target_truncation, "holdout_fraction": holdout_fraction,
-        "include_run_ids": list(params.include_run_ids), "output_dir": str(output_dir),
+        "include_run_ids": list(params.include_run_ids), "output_dir": str(output_dir), "method": method,
     }
     naive_now = now.replace(tzinfo=None)
     if samples.n == 0:
