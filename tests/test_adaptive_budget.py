@@ -17,6 +17,7 @@ from autopack import token_estimator as te
 from autopack.db.engine import session_scope
 from autopack.db.models import AdaptiveBudgetState, TokenEstimationV2Event
 from autopack.execution.batch import BatchDrain, BatchOptions
+from autopack.execution.batch_workers import InlineExecutor
 from autopack.execution.runs import create_run
 from autopack.execution.spec import PhaseSpec, RunSpec
 from autopack.llm.base import LLMResponse
@@ -183,7 +184,7 @@ def test_a_drain_moves_the_level_and_later_phases_plan_with_it(db_url: str, monk
         create_run(session, RunSpec(run_id=RUN, phases=phases))
 
     BatchDrain(BatchOptions(run_ids=[RUN], batch_size=5, max_attempts_per_phase=1), url=db_url,
-               isolation="inline").run()
+               executor=InlineExecutor()).run()
 
     with session_scope(db_url) as session:
         events = list(session.execute(sa.select(TokenEstimationV2Event).order_by(TokenEstimationV2Event.id))

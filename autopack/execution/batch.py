@@ -29,6 +29,7 @@ from autopack.db.engine import session_scope
 from autopack.db.models import Phase, PhaseState, TokenEstimationV2Event, utcnow
 from autopack.errors import AutopackError, ConfigError, InputError, RefusedError
 from autopack.execution import leases
+from autopack.execution.runs import require_runs
 from autopack.execution.batch_workers import (
     DEFAULT_EXECUTOR,
     Completion,
@@ -919,6 +920,9 @@ def run_batch_drain(
     check_telemetry_enabled(options.telemetry, settings.telemetry_db_enabled)
     resolved = url or settings.resolved_database_url()
     report = guard(resolved, expect_db_id=expect_db_id or settings.expected_db_id, allow_empty=allow_empty_db)
+    if options.run_ids:  # a --run-id that is not here drains nothing: say so instead of exiting 0
+        with session_scope(resolved) as session:
+            require_runs(session, options.run_ids)
     if options.api_url:
         check_api_identity(options.api_url, report.db_id)
     check_executor_available(executor)

@@ -186,21 +186,10 @@ def lease_heartbeat(job: PhaseJob) -> Callable[[], None]:
 
 
 def gated_provider(job: PhaseJob) -> Any:
-    """The settings' provider behind the provider gate, or None when there is no gate.
+    """The settings' provider behind the provider gate, or None (no gate, or no provider: see the callee)."""
+    from autopack.execution.provider_gate import gated_settings_provider
 
-    None also when the provider cannot be built (e.g. a missing key): the phase executor then meets the same
-    error itself and fails the phase before any call, exactly as without a gate.
-    """
-    if job.provider_concurrency <= 0:
-        return None
-    from autopack.execution.provider_gate import gated
-    from autopack.llm import get_provider
-
-    try:
-        provider = get_provider()
-    except AutopackError:
-        return None
-    return gated(provider, job.url, job.provider_concurrency)
+    return gated_settings_provider(job.url, job.provider_concurrency)
 
 
 def run_job(executor: Callable[..., Any], job: PhaseJob) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from autopack.config import get_settings
 from autopack.db.engine import session_scope
 from autopack.db.models import Phase, PhaseState, utcnow
 from autopack.errors import InputError, RefusedError
+from autopack.execution.provider_gate import gated_settings_provider
 from autopack.execution import leases
 from autopack.execution.phase_runner import PhaseResult, execute_phase
 from autopack.execution.runs import require_runs
@@ -100,4 +101,7 @@ def drain_one(
         claim = leases.claim_phase(session, run_id, phase_id, owner)
     if claim is None:
         raise RefusedError(f"phase {run_id}/{phase_id} was claimed by another worker first", hint="try again later")
+    if provider is None:  # a single phase counts against the same provider limit as every batch drain
+        provider = gated_settings_provider(url or settings.resolved_database_url(), settings.provider_concurrency)
     return execute_phase(run_id, phase_id, claim=claim, url=url, provider=provider, telemetry=not no_telemetry)
+

@@ -304,3 +304,21 @@ def gated(provider: LLMProvider, url: str, size: int) -> LLMProvider:
     """``provider`` with every call behind the gate named after it (unchanged when ``size`` is 0)."""
     gate = provider_gate(url, provider.name, size)
     return provider if gate is None else GatedProvider(provider, gate=gate.slot)
+
+
+def gated_settings_provider(url: str, size: int) -> LLMProvider | None:
+    """The settings' provider behind the gate, or None when there is no gate (``size`` 0).
+
+    None also when the provider cannot be built (e.g. a missing key): the phase executor then meets the same
+    error itself and fails the phase before any call, exactly as without a gate.
+    """
+    if size <= 0:
+        return None
+    from autopack.errors import AutopackError
+    from autopack.llm import get_provider
+
+    try:
+        provider = get_provider()
+    except AutopackError:
+        return None
+    return gated(provider, url, size)
