@@ -10,7 +10,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed
 
+from autopack import params as p
 from autopack.calibration import NoUsableSamplesError, run_calibration
+from autopack.params import CalibrationParams, PipelineParams
 from autopack.pipeline import calibration_outcome
 
 #: Columns of the ``calibration-groups`` table artifact.
@@ -20,21 +22,12 @@ GROUP_COLUMNS = ("category", "complexity", "n", "n_censored", "median_ratio", "p
 
 @task(name="run-calibration")
 def calibrate_task(
-    min_samples: int,
-    confidence_threshold: float,
-    target_truncation: float,
-    holdout_fraction: float,
-    include_run_ids: list[str] | None,
-    output_dir: str,
-    expect_db_id: str | None,
+    params: CalibrationParams, include_run_ids: list[str] | None, output_dir: str, expect_db_id: str | None
 ) -> dict[str, Any]:
     """The library call; "no usable samples" is an outcome (``no_samples``: the reason), not a crash."""
     try:
         return run_calibration(
-            min_samples=min_samples,
-            confidence_threshold=confidence_threshold,
-            target_truncation=target_truncation,
-            holdout_fraction=holdout_fraction,
+            **params.model_dump(),
             include_run_ids=include_run_ids or None,
             output_dir=Path(output_dir),
             expect_db_id=expect_db_id,
@@ -73,18 +66,18 @@ def publish_calibration_artifacts(result: dict[str, Any]) -> None:
 
 @flow(name="calibrate")
 def calibrate(
-    min_samples: int = 5,
-    confidence_threshold: float = 0.7,
-    target_truncation: float = 0.05,
-    holdout_fraction: float = 0.3,
+    min_samples: p.MinSamples = CalibrationParams.parameter("min_samples"),
+    confidence_threshold: p.ConfidenceThreshold = CalibrationParams.parameter("confidence_threshold"),
+    target_truncation: p.TargetTruncation = CalibrationParams.parameter("target_truncation"),
+    holdout_fraction: p.HoldoutFraction = CalibrationParams.parameter("holdout_fraction"),
+    method: p.Method = CalibrationParams.parameter("method"),
     include_run_ids: list[str] | None = None,
-    output_dir: str = "reports",
-    expect_db_id: str | None = None,
+    output_dir: p.OutputDir = PipelineParams.parameter("output_dir"),
+    expect_db_id: p.ExpectDbId = None,
 ) -> Any:
-    result = calibrate_task(
-        min_samples, confidence_threshold, target_truncation, holdout_fraction, include_run_ids, output_dir,
-        expect_db_id,
-    )
+    """Calibrate (the statistics' parameters are ``autopack.params.CalibrationParams``); ``include_run_ids``:
+    only these runs' telemetry."""
+    result = calibrate_task(CalibrationParams.pick(locals()), include_run_ids, output_dir, expect_db_id)
     publish_calibration_artifacts(result)
     message = calibration_outcome(result)
     get_run_logger().info("%s", message)

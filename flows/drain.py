@@ -33,12 +33,8 @@ from prefect.futures import PrefectFuture
 from prefect.states import Completed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from autopack.execution.batch import (
-    DEFAULT_LEASE_SECONDS,
-    BatchOptions,
-    attempt_samples,
-    run_batch_drain,
-)
+from autopack import params as p
+from autopack.execution.batch import BatchOptions, attempt_samples, run_batch_drain
 from autopack.execution.batch_report import format_summary, outcome_line, phase_log_line
 from autopack.execution.batch_workers import (
     DEFAULT_EXECUTOR,
@@ -51,6 +47,7 @@ from autopack.execution.batch_workers import (
 )
 from autopack.execution.sessions import STATUS_COMPLETED, DrainOutcome, SessionState
 from autopack.execution.triage import STAGE_EXECUTION, Candidate
+from autopack.params import DrainParams
 
 #: The phase function every ``drain-phase`` task runs (tests point it at a fake).
 PHASE_EXECUTOR: ExecutorRef = DEFAULT_EXECUTOR
@@ -220,44 +217,28 @@ def summary_message(state: SessionState) -> str:
 
 @flow(name="batch-drain")
 def batch_drain(
-    run_ids: list[str] | None = None,
-    batch_size: int = 50,
-    workers: int = 2,
-    states: list[str] | None = None,
-    max_consecutive_zero_yield: int | None = None,
-    max_fingerprint_repeats: int = 3,
-    max_attempts_per_phase: int = 2,
-    max_timeouts_per_run: int = 2,
-    phase_timeout_seconds: float = 900,
-    max_total_minutes: float | None = None,
-    skip_run_prefixes: list[str] | None = None,
-    provider_concurrency: int | None = None,
-    expect_db_id: str | None = None,
-    lease_seconds: float = DEFAULT_LEASE_SECONDS,
-    resume: bool = False,
+    run_ids: p.RunIds = DrainParams.parameter("run_ids"),
+    batch_size: p.BatchSize = DrainParams.parameter("batch_size"),
+    states: p.States = DrainParams.parameter("states"),
+    max_consecutive_zero_yield: p.MaxConsecutiveZeroYield = DrainParams.parameter("max_consecutive_zero_yield"),
+    max_fingerprint_repeats: p.MaxFingerprintRepeats = DrainParams.parameter("max_fingerprint_repeats"),
+    max_attempts_per_phase: p.MaxAttemptsPerPhase = DrainParams.parameter("max_attempts_per_phase"),
+    max_timeouts_per_run: p.MaxTimeoutsPerRun = DrainParams.parameter("max_timeouts_per_run"),
+    phase_timeout_seconds: p.PhaseTimeoutSeconds = DrainParams.parameter("phase_timeout_seconds"),
+    max_total_minutes: p.MaxTotalMinutes = DrainParams.parameter("max_total_minutes"),
+    skip_run_prefixes: p.SkipRunPrefixes = DrainParams.parameter("skip_run_prefixes"),
+    workers: p.Workers = DrainParams.parameter("workers"),
+    resume: p.Resume = DrainParams.parameter("resume"),
+    lease_seconds: p.LeaseSeconds = DrainParams.parameter("lease_seconds"),
+    provider_concurrency: p.ProviderConcurrency = DrainParams.parameter("provider_concurrency"),
+    expect_db_id: p.ExpectDbId = None,
 ) -> State:
-    """Drain phases with sample-first triage; ``provider_concurrency`` None = ``AUTOPACK_PROVIDER_CONCURRENCY``."""
-    options = BatchOptions(
-        run_ids=list(run_ids or []),
-        batch_size=batch_size,
-        states=tuple(states or ("QUEUED", "FAILED")),
-        max_consecutive_zero_yield=max_consecutive_zero_yield,
-        max_fingerprint_repeats=max_fingerprint_repeats,
-        max_attempts_per_phase=max_attempts_per_phase,
-        max_timeouts_per_run=max_timeouts_per_run,
-        phase_timeout_seconds=phase_timeout_seconds,
-        max_total_minutes=max_total_minutes,
-        skip_run_prefixes=list(skip_run_prefixes or []),
-        workers=workers,
-        resume=resume,
-        lease_seconds=lease_seconds,
-        provider_concurrency=provider_concurrency,
-    )
-    options.validate()
+    """Drain phases with sample-first triage (the parameters are ``autopack.params.DrainParams``)."""
+    options = BatchOptions.pick(locals())
     report = run_batch_drain(
         options,
         executor=PHASE_EXECUTOR,
-        runner=TaskRunExecutor(workers, PHASE_EXECUTOR),
+        runner=TaskRunExecutor(options.workers, PHASE_EXECUTOR),
         reporter=PrefectReporter(),
         expect_db_id=expect_db_id,
         handle_signals=False,

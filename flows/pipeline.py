@@ -17,8 +17,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed
 
+from autopack import params as p
 from autopack.config import get_settings
 from autopack.errors import AutopackError
+from autopack.params import PipelineParams
 from autopack.pipeline import (
     check_deployment_database,
     check_deployment_locations,
@@ -100,26 +102,35 @@ def gate_markdown(calibration: dict[str, Any]) -> str:
 
 @flow(name="telemetry-pipeline")
 def telemetry_pipeline(
-    run_ids: list[str] | None = None,
-    validate_run_id: str | None = None,
-    validate_phase_id: str | None = None,
-    batch_size: int = 200,
-    workers: int = 2,
-    max_consecutive_zero_yield: int | None = 10,
-    max_fingerprint_repeats: int = 3,
-    max_attempts_per_phase: int = 2,
-    max_timeouts_per_run: int = 2,
-    phase_timeout_seconds: float = 900,
-    target_truncation: float = 0.05,
-    holdout_fraction: float = 0.3,
-    min_samples: int = 5,
-    confidence_threshold: float = 0.7,
-    dry_run: bool = False,
-    target_repo: str = ".",
-    output_dir: str = "reports",
-    skip_drain: bool = False,
-    expect_db_id: str | None = None,
+    run_ids: p.RunIds = PipelineParams.parameter("run_ids"),
+    validate_run_id: p.ValidateRunId = PipelineParams.parameter("validate_run_id"),
+    validate_phase_id: p.ValidatePhaseId = PipelineParams.parameter("validate_phase_id"),
+    batch_size: p.BatchSize = PipelineParams.parameter("batch_size"),
+    states: p.States = PipelineParams.parameter("states"),
+    max_consecutive_zero_yield: p.MaxConsecutiveZeroYield = PipelineParams.parameter("max_consecutive_zero_yield"),
+    max_fingerprint_repeats: p.MaxFingerprintRepeats = PipelineParams.parameter("max_fingerprint_repeats"),
+    max_attempts_per_phase: p.MaxAttemptsPerPhase = PipelineParams.parameter("max_attempts_per_phase"),
+    max_timeouts_per_run: p.MaxTimeoutsPerRun = PipelineParams.parameter("max_timeouts_per_run"),
+    phase_timeout_seconds: p.PhaseTimeoutSeconds = PipelineParams.parameter("phase_timeout_seconds"),
+    max_total_minutes: p.MaxTotalMinutes = PipelineParams.parameter("max_total_minutes"),
+    skip_run_prefixes: p.SkipRunPrefixes = PipelineParams.parameter("skip_run_prefixes"),
+    workers: p.Workers = PipelineParams.parameter("workers"),
+    resume: p.Resume = PipelineParams.parameter("resume"),
+    lease_seconds: p.LeaseSeconds = PipelineParams.parameter("lease_seconds"),
+    provider_concurrency: p.ProviderConcurrency = PipelineParams.parameter("provider_concurrency"),
+    min_samples: p.MinSamples = PipelineParams.parameter("min_samples"),
+    confidence_threshold: p.ConfidenceThreshold = PipelineParams.parameter("confidence_threshold"),
+    target_truncation: p.TargetTruncation = PipelineParams.parameter("target_truncation"),
+    holdout_fraction: p.HoldoutFraction = PipelineParams.parameter("holdout_fraction"),
+    method: p.Method = PipelineParams.parameter("method"),
+    dry_run: p.DryRun = PipelineParams.parameter("dry_run"),
+    target_repo: p.TargetRepo = PipelineParams.parameter("target_repo"),
+    output_dir: p.OutputDir = PipelineParams.parameter("output_dir"),
+    skip_drain: p.SkipDrain = PipelineParams.parameter("skip_drain"),
+    expect_db_id: p.ExpectDbId = PipelineParams.parameter("expect_db_id"),
 ) -> Any:
+    """The parameters are ``autopack.params.PipelineParams``: the drain's and the calibration's, passed on as given."""
+    params = PipelineParams.pick(locals())
     logger = get_run_logger()
     started_at = time.time()
     timings: dict[str, float] = {}
@@ -144,17 +155,7 @@ def telemetry_pipeline(
                 validate_run_id or (run_ids[0] if run_ids else None), validate_phase_id
             )
             lap("validate")
-            drained = dict(batch_drain(
-                run_ids=run_ids or [],
-                batch_size=batch_size,
-                workers=workers,
-                max_consecutive_zero_yield=max_consecutive_zero_yield,
-                max_fingerprint_repeats=max_fingerprint_repeats,
-                max_attempts_per_phase=max_attempts_per_phase,
-                max_timeouts_per_run=max_timeouts_per_run,
-                phase_timeout_seconds=phase_timeout_seconds,
-                expect_db_id=db_id,
-            ))
+            drained = dict(batch_drain(**params.drain().model_dump(), expect_db_id=db_id))
             lap("drain")
             create_markdown_artifact(key="batch-drain-summary", markdown=drain_summary_markdown(drained),
                                      description="batch drain of this pipeline run")
@@ -162,15 +163,8 @@ def telemetry_pipeline(
             drained["telemetry_events"] = (int(drained.get("telemetry_events") or 0)
                                            + int(validation.get("telemetry_events") or 0))
 
-        calibration = calibrate(
-            min_samples=min_samples,
-            confidence_threshold=confidence_threshold,
-            target_truncation=target_truncation,
-            holdout_fraction=holdout_fraction,
-            include_run_ids=run_ids or None,
-            output_dir=output_dir,
-            expect_db_id=db_id,
-        )
+        calibration = calibrate(**params.calibration().model_dump(), include_run_ids=run_ids or None,
+                                output_dir=output_dir, expect_db_id=db_id)
         lap("calibrate")
         publish_calibration_artifacts(calibration)
         create_markdown_artifact(key="calibration-gate", markdown=gate_markdown(calibration),

@@ -439,11 +439,11 @@ def test_exit_code_is_1_when_a_phase_failed(db_url: str) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"batch_size": 0}, "--batch-size"),
-        ({"workers": 0}, "--workers"),
+        ({"batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
+        ({"workers": 0}, "workers: Input should be greater than or equal to 1"),
         ({"states": ("COMPLETE",)}, "cannot drain COMPLETE"),
         ({"states": ("EXECUTING",)}, "cannot drain EXECUTING"),
-        ({"phase_timeout_seconds": 0}, "--phase-timeout-seconds"),
+        ({"phase_timeout_seconds": 0}, "phase_timeout_seconds: Input should be greater than 0"),
     ],
 )
 def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
@@ -452,7 +452,7 @@ def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
 
 
 def test_parse_states() -> None:
-    assert parse_states(" queued, FAILED ,failed") == ("QUEUED", "FAILED")
+    assert parse_states(" queued, FAILED ,failed") == ["QUEUED", "FAILED"]
     with pytest.raises(InputError):
         parse_states(" , ")
 

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from pydantic import ConfigDict, field_validator
 
 from autopack import token_estimator as te
 from autopack.calibration import drift, stats
@@ -43,6 +44,7 @@ from autopack.calibration.backtest import evaluate, per_group, reserved_better, 
 from autopack.calibration.fit import MAX_STEP, FitResult, fit_coefficients, implied_overheads
 from autopack.calibration.model import FactorModel, fit_factor_model
 from autopack.calibration.samples import Group, SampleSet, configuration_ceiling, predict
+from autopack.params import CalibrationParams
 
 METHOD_VERSION = "t5-conformal-2"
 SUCCESS_MEDIAN_RANGE = (0.8, 1.5)
@@ -50,18 +52,20 @@ COLLECTION_PHASE_TARGETS = ((5, "minimum viable"), (20, "production ready"), (50
 COLLECTION_GROUP_TARGETS = ((1, "minimum viable"), (3, "production ready"), (5, "optimal"))
 
 
-@dataclass(frozen=True)
-class Params:
-    min_samples: int = 5
-    confidence_threshold: float = 0.7
-    target_truncation: float = 0.05
-    holdout_fraction: float = 0.3
-    include_run_ids: tuple[str, ...] = ()
-    #: How budgets follow drift at run time ("static" | "aci"), see ``drift``; the backtest replays it.
-    method: str = drift.DEFAULT_METHOD
+class Params(CalibrationParams):
+    """The statistics' parameters: ``CalibrationParams`` (defaults, bounds, checks) and the runs selected.
 
-    def __post_init__(self) -> None:
-        drift.method_spec(self.method)  # an unknown or unshippable method fails before any work
+    ``method`` is resolved: empty means the drift benchmark's choice (``drift.DEFAULT_METHOD``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    include_run_ids: tuple[str, ...] = ()
+
+    @field_validator("method", mode="after")
+    @classmethod
+    def _resolve_method(cls, method: str | None) -> str:
+        return method or drift.DEFAULT_METHOD
 
     @property
     def alpha(self) -> float:
@@ -69,7 +73,7 @@ class Params:
 
     @property
     def spec(self) -> drift.MethodSpec:
-        return drift.method_spec(self.method)
+        return drift.method_spec(self.method)  # type: ignore[arg-type]
 
 
 @dataclass

@@ -20,7 +20,6 @@ import numpy as np
 import sqlalchemy as sa
 
 from autopack.calibration.core import METHOD_VERSION, Calibration, Params, calibrate
-from autopack.calibration.drift import DEFAULT_METHOD
 from autopack.calibration.report import render_markdown, write_json, write_plot
 from autopack.calibration.samples import (
     DOCS_ROWS_LIMIT,
@@ -35,8 +34,9 @@ from autopack.config import get_settings
 from autopack.db.engine import get_engine, resolve_url, session_scope
 from autopack.db.identity import guard
 from autopack.db.models import CalibrationRun, TokenEstimationV2Event
-from autopack.errors import AutopackError, InputError
+from autopack.errors import AutopackError
 from autopack.logging import get_logger
+from autopack.params import CalibrationParams
 from autopack.taxonomy import DOCS_LIKE, canonical_category
 
 log = get_logger("autopack.calibration")
@@ -240,15 +240,8 @@ def _docs_rows(connection: sa.Connection, where: list[Any], docs_categories: lis
     ]
 
 
-def _validate(params: Params) -> None:
-    if params.min_samples < 1:
-        raise InputError("--min-samples must be at least 1")
-    if not 0.0 <= params.confidence_threshold <= 1.0:
-        raise InputError("--confidence-threshold must be between 0 and 1")
-    if not 0.0 < params.target_truncation < 0.5:
-        raise InputError("--target-truncation must be between 0 and 0.5 (e.g. 0.05)")
-    if not 0.0 <= params.holdout_fraction < 0.9:
-        raise InputError("--holdout-fraction must be in [0, 0.9)")
+#: ``run_calibration``'s defaults are the model's; ``Params`` checks the values (one ``InputError`` naming the bad one).
+_DEFAULTS = CalibrationParams()
 
 
 def _stem(output_dir: Path, now: datetime) -> str:
@@ -285,24 +278,23 @@ def _update(url: str, run_id: int, **fields: Any) -> None:
 def run_calibration(
     url: str | None = None,
     *,
-    min_samples: int = 5,
-    confidence_threshold: float = 0.7,
-    target_truncation: float = 0.05,
-    holdout_fraction: float = 0.3,
+    min_samples: int = _DEFAULTS.min_samples,
+    confidence_threshold: float = _DEFAULTS.confidence_threshold,
+    target_truncation: float = _DEFAULTS.target_truncation,
+    holdout_fraction: float = _DEFAULTS.holdout_fraction,
     include_run_ids: Sequence[str] | None = None,
     output_dir: Path = Path("."),
     allow_empty_db: bool = False,
     expect_db_id: str | None = None,
-    method: str | None = None,
+    method: str | None = _DEFAULTS.method,
 ) -> dict[str, Any]:
     """Calibrate from the database, write the report/JSON/PNG, record the run; return the JSON object.
 
     Raises the guard's errors (exit 2/3) and ``NoUsableSamplesError`` (exit 1) when nothing is usable.
     """
-    method = method or DEFAULT_METHOD
-    params = Params(min_samples, confidence_threshold, target_truncation, holdout_fraction,
-                    tuple(include_run_ids or ()), method)
-    _validate(params)
+    params = Params(min_samples=min_samples, confidence_threshold=confidence_threshold,
+                    target_truncation=target_truncation, holdout_fraction=holdout_fraction,
+                    include_run_ids=tuple(include_run_ids or ()), method=method)
     resolved = resolve_url(url)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -320,11 +312,8 @@ def run_calibration(
     lap("read")
     samples = build_sample_set(columns)
     lap("samples")
-    param_record = {
-        "min_samples": min_samples, "confidence_threshold": confidence_threshold,
-        "target_truncation": target_truncation, "holdout_fraction": holdout_fraction,
-        "include_run_ids": list(params.include_run_ids), "output_dir": str(output_dir), "method": method,
-    }
+    param_record = {**params.model_dump(), "include_run_ids": list(params.include_run_ids),
+                    "output_dir": str(output_dir)}
     naive_now = now.replace(tzinfo=None)
     if samples.n == 0:
         _record(resolved, created_at=naive_now, db_id=identity.db_id, params=param_record, sample_count=0,

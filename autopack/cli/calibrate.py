@@ -9,8 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, writable_dir
+from autopack.cli.options import model_option
 from autopack.config import get_settings
 from autopack.errors import AutopackError
+from autopack.params import CalibrationParams
 
 
 class NoGroupReachesMinSamplesError(AutopackError):
@@ -58,27 +60,18 @@ def _console_summary(result: dict[str, Any]) -> str:
 
 
 def calibrate(
-    min_samples: Annotated[int, typer.Option("--min-samples", help="Minimum samples for a group's change.")] = 5,
-    confidence_threshold: Annotated[
-        float, typer.Option("--confidence-threshold", help="Minimum confidence for a group's change.")
-    ] = 0.7,
+    min_samples: int = model_option(CalibrationParams, "min_samples", "--min-samples"),
+    confidence_threshold: float = model_option(CalibrationParams, "confidence_threshold", "--confidence-threshold"),
     output_dir: Annotated[Path, typer.Option("--output-dir", help="Where the report, JSON and plot go.")] = Path("."),
     include_run_id: Annotated[
         list[str] | None, typer.Option("--include-run-id", help="Only these runs (repeatable).")
     ] = None,
     allow_empty_db: AllowEmptyDbOption = False,
-    target_truncation: Annotated[
-        float, typer.Option("--target-truncation", help="Target truncation rate α of the proposed budgets.")
-    ] = 0.05,
-    holdout_fraction: Annotated[
-        float, typer.Option("--holdout-fraction", help="Newest fraction of samples held out for the backtest.")
-    ] = 0.3,
+    target_truncation: float = model_option(CalibrationParams, "target_truncation", "--target-truncation"),
+    holdout_fraction: float = model_option(CalibrationParams, "holdout_fraction", "--holdout-fraction"),
     as_json: JsonOption = False,
     expect_db_id: ExpectDbIdOption = None,
-    method: Annotated[
-        str | None, typer.Option("--method", help="How budgets follow drift at run time: static or aci (rolling is "
-                                 "only measured, in the report's drift table). Default: the drift benchmark's choice.")
-    ] = None,
+    method: str | None = model_option(CalibrationParams, "method", "--method"),
 ) -> None:
     """Calibrate the token estimator from telemetry: report (.md), patch (.json) and plot (.png).
 
@@ -92,15 +85,11 @@ def calibrate(
     writable_dir(output_dir)
     result = run_calibration(
         settings.resolved_database_url(),
-        min_samples=min_samples,
-        confidence_threshold=confidence_threshold,
-        target_truncation=target_truncation,
-        holdout_fraction=holdout_fraction,
+        **CalibrationParams.pick(locals()).model_dump(),
         include_run_ids=include_run_id or None,
         output_dir=output_dir,
         allow_empty_db=allow_empty_db,
         expect_db_id=expect_db_id,
-        method=method,
     )
     md = result["metadata"]
     typer.echo(f"[db] id={md['db_id']}", err=True)

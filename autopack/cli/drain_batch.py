@@ -11,42 +11,31 @@ from typing import Annotated
 
 import typer
 
-from autopack.cli.common import (
-    MAX_COUNT,
-    MAX_DURATION_SECONDS,
-    MAX_LEASE_SECONDS,
-    MAX_WORKERS,
-    AllowEmptyDbOption,
-    ExpectDbIdOption,
-)
+from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption
+from autopack.cli.options import model_option
 from autopack.config import get_settings
-from autopack.execution.batch import (
-    DEFAULT_LEASE_SECONDS,
-    BatchOptions,
-    DrainInterrupted,
-    parse_states,
-    run_batch_drain,
-)
+from autopack.execution.batch import BatchOptions, DrainInterrupted, run_batch_drain
 from autopack.execution.batch_report import format_summary, make_reporter
 from autopack.execution.runs import check_run_ids
+from autopack.params import DrainParams as P
 
 
 def drain_batch_command(
-    run_id: Annotated[list[str] | None, typer.Option("--run-id", help="Drain only this run (repeatable; default all runs).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=MAX_COUNT, help="Phases to process in this session.")] = 10,
+    run_id: list[str] | None = model_option(P, "run_ids", "--run-id"),
+    batch_size: int = model_option(P, "batch_size", "--batch-size"),
     api_url: Annotated[str | None, typer.Option("--api-url", help="Check that this API server uses the same database (default AUTOPACK_API_URL).")] = None,
-    states: Annotated[str, typer.Option("--states", help="Phase states to drain, comma-separated.")] = "QUEUED,FAILED",
-    max_consecutive_zero_yield: Annotated[int | None, typer.Option("--max-consecutive-zero-yield", min=1, help="Stop after N phases in a row without telemetry.")] = None,
-    max_fingerprint_repeats: Annotated[int, typer.Option("--max-fingerprint-repeats", min=1, help="Stop a run once a failure fingerprint repeats N times.")] = 3,
-    max_attempts_per_phase: Annotated[int, typer.Option("--max-attempts-per-phase", min=1, help="Attempts per phase in one session.")] = 2,
-    max_timeouts_per_run: Annotated[int, typer.Option("--max-timeouts-per-run", min=1, help="Skip a run after N timeouts.")] = 2,
-    phase_timeout_seconds: Annotated[float, typer.Option("--phase-timeout-seconds", min=0.001, max=MAX_DURATION_SECONDS, help="Kill a phase after this long.")] = 900.0,
-    max_total_minutes: Annotated[float | None, typer.Option("--max-total-minutes", min=0.001, max=MAX_DURATION_SECONDS / 60, help="Stop starting phases after this long.")] = None,
-    skip_run_prefix: Annotated[list[str] | None, typer.Option("--skip-run-prefix", help="Skip runs whose id starts with this (repeatable).")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=MAX_WORKERS, help="Phases run in parallel (executor processes).")] = 1,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished session.")] = False,
-    lease_seconds: Annotated[float, typer.Option("--lease-seconds", min=1, max=MAX_LEASE_SECONDS, help="Lease length; a dead drain's phases are re-claimable after it.")] = DEFAULT_LEASE_SECONDS,
-    provider_concurrency: Annotated[int | None, typer.Option("--provider-concurrency", min=0, help="Provider calls in flight across every drain on this database (default AUTOPACK_PROVIDER_CONCURRENCY; 0 = no gate).")] = None,
+    states: str = model_option(P, "states", "--states", csv=True),
+    max_consecutive_zero_yield: int | None = model_option(P, "max_consecutive_zero_yield", "--max-consecutive-zero-yield"),
+    max_fingerprint_repeats: int = model_option(P, "max_fingerprint_repeats", "--max-fingerprint-repeats"),
+    max_attempts_per_phase: int = model_option(P, "max_attempts_per_phase", "--max-attempts-per-phase"),
+    max_timeouts_per_run: int = model_option(P, "max_timeouts_per_run", "--max-timeouts-per-run"),
+    phase_timeout_seconds: float = model_option(P, "phase_timeout_seconds", "--phase-timeout-seconds"),
+    max_total_minutes: float | None = model_option(P, "max_total_minutes", "--max-total-minutes"),
+    skip_run_prefix: list[str] | None = model_option(P, "skip_run_prefixes", "--skip-run-prefix"),
+    workers: int = model_option(P, "workers", "--workers"),
+    resume: bool = model_option(P, "resume", "--resume"),
+    lease_seconds: float = model_option(P, "lease_seconds", "--lease-seconds"),
+    provider_concurrency: int | None = model_option(P, "provider_concurrency", "--provider-concurrency"),
     expect_db_id: ExpectDbIdOption = None,
     allow_empty_db: AllowEmptyDbOption = False,
     no_telemetry: Annotated[bool, typer.Option("--no-telemetry", help="Drain without recording telemetry (allowed with TELEMETRY_DB_ENABLED off).")] = False,
@@ -54,16 +43,16 @@ def drain_batch_command(
     """Drain phases in priority order, one session saved after every phase; exit 1 if any phase failed."""
     settings = get_settings()
     options = BatchOptions(
-        run_ids=list(run_id or []),
+        run_ids=run_id or [],
         batch_size=batch_size,
-        states=parse_states(states),
+        states=states,
         max_consecutive_zero_yield=max_consecutive_zero_yield,
         max_fingerprint_repeats=max_fingerprint_repeats,
         max_attempts_per_phase=max_attempts_per_phase,
         max_timeouts_per_run=max_timeouts_per_run,
         phase_timeout_seconds=phase_timeout_seconds,
         max_total_minutes=max_total_minutes,
-        skip_run_prefixes=list(skip_run_prefix or []),
+        skip_run_prefixes=skip_run_prefix or [],
         workers=workers,
         resume=resume,
         telemetry=not no_telemetry,

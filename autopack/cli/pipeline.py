@@ -11,10 +11,12 @@ from typing import Annotated
 
 import typer
 
-from autopack.cli.common import MAX_COUNT, MAX_DURATION_SECONDS, MAX_WORKERS, ExpectDbIdOption, writable_dir
+from autopack.cli.common import ExpectDbIdOption, writable_dir
+from autopack.cli.options import model_option
 from autopack.config import get_settings
 from autopack.errors import AutopackError
 from autopack.execution.runs import check_run_ids
+from autopack.params import PipelineParams as P
 
 #: Prefect's setting for how long to wait for its temporary local server (Prefect's default: 20 s).
 STARTUP_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -29,22 +31,31 @@ pipeline_app = typer.Typer(help="The whole telemetry pipeline as one Prefect flo
 def run(
     init: Annotated[bool, typer.Option("--init", help="Create and migrate the database and the seed runs when missing.")] = False,
     weeks: Annotated[int, typer.Option("--weeks", min=1, max=52, help="With --init: weeks of seed runs to create (61 phases each).")] = 1,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Never call GitHub: write the branch to the local git checkout.")] = False,
-    target_repo: Annotated[Path, typer.Option("--target-repo", help="Git checkout whose token_estimator.py the pull request edits.")] = Path("."),
-    run_ids: Annotated[list[str] | None, typer.Option("--run-id", help="Runs to drain (repeatable; default: all).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=MAX_COUNT)] = 200,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=MAX_WORKERS)] = 2,
-    max_consecutive_zero_yield: Annotated[int | None, typer.Option("--max-consecutive-zero-yield")] = 10,
-    max_fingerprint_repeats: Annotated[int, typer.Option("--max-fingerprint-repeats")] = 3,
-    max_attempts_per_phase: Annotated[int, typer.Option("--max-attempts-per-phase")] = 2,
-    max_timeouts_per_run: Annotated[int, typer.Option("--max-timeouts-per-run")] = 2,
-    phase_timeout_seconds: Annotated[float, typer.Option("--phase-timeout-seconds", min=0.001, max=MAX_DURATION_SECONDS)] = 900,
-    target_truncation: Annotated[float, typer.Option("--target-truncation", min=0.001, max=0.5)] = 0.05,
-    holdout_fraction: Annotated[float, typer.Option("--holdout-fraction", min=0.05, max=0.9)] = 0.3,
-    min_samples: Annotated[int, typer.Option("--min-samples", min=1)] = 5,
-    confidence_threshold: Annotated[float, typer.Option("--confidence-threshold", min=0.0, max=1.0)] = 0.7,
-    output_dir: Annotated[Path, typer.Option("--output-dir")] = Path("reports"),
-    skip_drain: Annotated[bool, typer.Option("--skip-drain", help="Only calibrate and publish (the weekly job).")] = False,
+    run_ids: list[str] | None = model_option(P, "run_ids", "--run-id"),
+    validate_run_id: str | None = model_option(P, "validate_run_id", "--validate-run-id"),
+    validate_phase_id: str | None = model_option(P, "validate_phase_id", "--validate-phase-id"),
+    batch_size: int = model_option(P, "batch_size", "--batch-size"),
+    states: str = model_option(P, "states", "--states", csv=True),
+    max_consecutive_zero_yield: int | None = model_option(P, "max_consecutive_zero_yield", "--max-consecutive-zero-yield"),
+    max_fingerprint_repeats: int = model_option(P, "max_fingerprint_repeats", "--max-fingerprint-repeats"),
+    max_attempts_per_phase: int = model_option(P, "max_attempts_per_phase", "--max-attempts-per-phase"),
+    max_timeouts_per_run: int = model_option(P, "max_timeouts_per_run", "--max-timeouts-per-run"),
+    phase_timeout_seconds: float = model_option(P, "phase_timeout_seconds", "--phase-timeout-seconds"),
+    max_total_minutes: float | None = model_option(P, "max_total_minutes", "--max-total-minutes"),
+    skip_run_prefixes: list[str] | None = model_option(P, "skip_run_prefixes", "--skip-run-prefix"),
+    workers: int = model_option(P, "workers", "--workers"),
+    resume: bool = model_option(P, "resume", "--resume"),
+    lease_seconds: float = model_option(P, "lease_seconds", "--lease-seconds"),
+    provider_concurrency: int | None = model_option(P, "provider_concurrency", "--provider-concurrency"),
+    min_samples: int = model_option(P, "min_samples", "--min-samples"),
+    confidence_threshold: float = model_option(P, "confidence_threshold", "--confidence-threshold"),
+    target_truncation: float = model_option(P, "target_truncation", "--target-truncation"),
+    holdout_fraction: float = model_option(P, "holdout_fraction", "--holdout-fraction"),
+    method: str | None = model_option(P, "method", "--method"),
+    dry_run: bool = model_option(P, "dry_run", "--dry-run"),
+    target_repo: Path = model_option(P, "target_repo", "--target-repo"),
+    output_dir: Path = model_option(P, "output_dir", "--output-dir"),
+    skip_drain: bool = model_option(P, "skip_drain", "--skip-drain"),
     expect_db_id: ExpectDbIdOption = None,
 ) -> None:
     """Guard → validate one phase → batch drain → calibrate → gate → pull request."""
@@ -70,28 +81,13 @@ def run(
 
     from flows.pipeline import telemetry_pipeline
 
+    # every value was checked by its option already; the flow gets absolute paths and the database it checked
+    params = P.pick({**locals(), "target_repo": str(target_repo.resolve()), "output_dir": str(output_dir.resolve()),
+                     "expect_db_id": prepared.db_id})
+
     called_at = time.time()
     try:
-        state = telemetry_pipeline(
-            run_ids=run_ids or [],
-            batch_size=batch_size,
-            workers=workers,
-            max_consecutive_zero_yield=max_consecutive_zero_yield,
-            max_fingerprint_repeats=max_fingerprint_repeats,
-            max_attempts_per_phase=max_attempts_per_phase,
-            max_timeouts_per_run=max_timeouts_per_run,
-            phase_timeout_seconds=phase_timeout_seconds,
-            target_truncation=target_truncation,
-            holdout_fraction=holdout_fraction,
-            min_samples=min_samples,
-            confidence_threshold=confidence_threshold,
-            dry_run=dry_run,
-            target_repo=str(target_repo.resolve()),
-            output_dir=str(output_dir.resolve()),
-            skip_drain=skip_drain,
-            expect_db_id=prepared.db_id,
-            return_state=True,
-        )
+        state = telemetry_pipeline(**params.model_dump(), return_state=True)
     except RuntimeError as exc:
         if EPHEMERAL_FAILURE not in str(exc):
             raise

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -68,14 +68,14 @@ from autopack.execution.triage import (
     skip_run_prefix,
     zero_yield_reason,
 )
+from autopack.params import DRAINABLE_STATES as DRAINABLE_STATE_NAMES
+from autopack.params import DrainParams
 
 if TYPE_CHECKING:
     from autopack.execution.phase_runner import PhaseResult
 
-DEFAULT_STATES: tuple[str, ...] = (PhaseState.QUEUED, PhaseState.FAILED)
 #: States a drain may take phases from (EXECUTING phases are taken only when their lease expired).
-DRAINABLE_STATES = frozenset({PhaseState.QUEUED, PhaseState.FAILED, PhaseState.TIMEOUT, PhaseState.SKIPPED})
-DEFAULT_LEASE_SECONDS = 120.0
+DRAINABLE_STATES = frozenset(DRAINABLE_STATE_NAMES)
 
 STOP_BATCH_SIZE = "batch size reached"
 STOP_NO_PHASES = "no eligible phases left"
@@ -91,61 +91,21 @@ class DrainInterrupted(AutopackError):
     wall_seconds: float | None = None
 
 
-@dataclass
-class BatchOptions:
-    """Every knob of ``autopack drain batch`` (defaults are the original's, except ``states``)."""
+class BatchOptions(DrainParams):
+    """Every knob of one batch drain: the ``DrainParams`` (defaults, bounds and checks live there) and what only
+    the command line sets. Invalid values are refused on construction with one ``InputError``."""
 
-    run_ids: list[str] = field(default_factory=list)
-    batch_size: int = 10
-    states: tuple[str, ...] = DEFAULT_STATES
-    max_consecutive_zero_yield: int | None = None
-    max_fingerprint_repeats: int = 3
-    max_attempts_per_phase: int = 2
-    max_timeouts_per_run: int = 2
-    phase_timeout_seconds: float = 900.0
-    max_total_minutes: float | None = None
-    skip_run_prefixes: list[str] = field(default_factory=list)
-    workers: int = 1
-    resume: bool = False
+    #: Record telemetry (``autopack drain batch --no-telemetry`` turns it off).
     telemetry: bool = True
-    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    #: An API server whose database id must be this database's (``--api-url``).
     api_url: str | None = None
     #: When nothing is claimable but another drain holds leases in scope, wait for those leases to end
     #: (finished, or expired because that drain died) instead of stopping.
     wait_for_leases: bool = True
-    #: Size of the provider gate shared by every drain on the database (None: AUTOPACK_PROVIDER_CONCURRENCY;
-    #: 0: no gate).
-    provider_concurrency: int | None = None
 
-    def validate(self) -> None:
-        checks: list[tuple[bool, str]] = [
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.workers >= 1, "--workers must be at least 1"),
-            (self.max_fingerprint_repeats >= 1, "--max-fingerprint-repeats must be at least 1"),
-            (self.max_attempts_per_phase >= 1, "--max-attempts-per-phase must be at least 1"),
-            (self.max_timeouts_per_run >= 1, "--max-timeouts-per-run must be at least 1"),
-            (self.phase_timeout_seconds > 0, "--phase-timeout-seconds must be positive"),
-            (self.lease_seconds >= 1, "--lease-seconds must be at least 1"),
-            (self.max_total_minutes is None or self.max_total_minutes > 0, "--max-total-minutes must be positive"),
-            (
-                self.max_consecutive_zero_yield is None or self.max_consecutive_zero_yield >= 1,
-                "--max-consecutive-zero-yield must be at least 1",
-            ),
-            (bool(self.states), "--states must name at least one state"),
-            (
-                self.provider_concurrency is None or self.provider_concurrency >= 0,
-                "--provider-concurrency must be 0 (no gate) or more",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-        unknown = [s for s in self.states if s not in DRAINABLE_STATES]
-        if unknown:
-            raise InputError(
-                f"--states: cannot drain {', '.join(unknown)}",
-                hint=f"choose from {', '.join(sorted(DRAINABLE_STATES))}",
-            )
+    def validate(self) -> None:  # type: ignore[override]
+        """Check the options again (after an attribute was changed): the model's checks, nothing else."""
+        type(self).model_validate(self.model_dump())
 
     def limits(self) -> TriageLimits:
         return TriageLimits(
@@ -155,9 +115,7 @@ class BatchOptions:
         )
 
     def to_params(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["states"] = list(self.states)
-        return data
+        return self.model_dump()
 
     def resolved_provider_concurrency(self) -> int:
         if self.provider_concurrency is not None:
@@ -167,11 +125,9 @@ class BatchOptions:
         return get_settings().provider_concurrency
 
 
-def parse_states(text: str) -> tuple[str, ...]:
-    states = tuple(dict.fromkeys(part.strip().upper() for part in text.split(",") if part.strip()))
-    if not states:
-        raise InputError("--states must name at least one state", hint="e.g. --states QUEUED,FAILED")
-    return states
+def parse_states(text: str) -> list[str]:
+    """``"queued, FAILED"`` as the drain's states (the ``--states`` spelling), checked by ``DrainParams``."""
+    return DrainParams(states=text).states
 
 
 # --- progress reporting --------------------------------------------------------------------------------

@@ -1,0 +1,279 @@
+"""The parameters of the drain, the calibration and the pipeline, once: type, default, bounds, description.
+
+Every front end takes its parameters from here: ``autopack drain batch``/``calibrate``/``pipeline run`` build
+their options from these fields (``autopack.cli.options``), the Prefect flows declare their parameters with the
+same annotated types and defaults (so the UI, ``prefect.yaml`` and ``prefect deployment run -p`` see the bounds
+and descriptions too), the library validates through the models (``BatchOptions`` is a ``DrainParams``,
+``calibration.core.Params`` a ``CalibrationParams``), and ``scripts/params_table.py`` writes the README's
+parameter table from them. A bad value is refused with the same message everywhere.
+
+Defaults differ where the front ends legitimately do: ``autopack drain batch`` keeps the original's defaults
+(10 phases, one worker, no zero-yield stop), while the pipeline drains a whole collection in one run (200
+phases, two workers, stop after 10 phases in a row without telemetry). Deployments that want other values
+set them as ``prefect.yaml`` parameters (the legacy-backlog drain), never as second defaults.
+
+This module stays light (pydantic only): every command imports it to build its options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cache
+from typing import Annotated, Any, Literal, Self, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
+
+from autopack.errors import InputError, validation_summary
+
+#: Counts are stored in 32-bit columns (``drain_sessions.batch_size``): ``autopack.telemetry.bounds.INT32``'s
+#: upper end (a test pins the two together; that module imports the ORM, too heavy for every command).
+MAX_COUNT = 2**31 - 1
+#: Workers are processes (or threads) on one machine.
+MAX_WORKERS = 64
+#: A lease longer than a day is what the API refuses too.
+MAX_LEASE_SECONDS = 86_400.0
+MAX_DURATION_SECONDS = 7 * 86_400.0
+#: Each provider-gate slot is a row of ``provider_slots``, created up front.
+MAX_PROVIDER_CONCURRENCY = 1024
+
+#: Phase states a drain may take phases from (EXECUTING ones only once their lease expired, whatever this says).
+DRAINABLE_STATES: tuple[str, ...] = ("QUEUED", "FAILED", "TIMEOUT", "SKIPPED")
+#: Calibration methods that can ship (``autopack.calibration.drift.SHIPPABLE_METHODS``; a test pins the two).
+ShippableMethod = Literal["static", "aci"]
+
+
+# --- validators ------------------------------------------------------------------------------------------
+
+
+def _split_states(value: Any) -> Any:
+    """``"queued, FAILED"`` (the CLI's spelling) or a list: upper-cased, blanks and repeats dropped."""
+    parts = value.split(",") if isinstance(value, str) else value
+    if isinstance(parts, list | tuple):
+        return list(dict.fromkeys(str(part).strip().upper() for part in parts if str(part).strip()))
+    return value
+
+
+def _drainable(states: list[str]) -> list[str]:
+    unknown = [state for state in states if state not in DRAINABLE_STATES]
+    if unknown:
+        raise ValueError(f"cannot drain {', '.join(unknown)}: choose from {', '.join(DRAINABLE_STATES)}")
+    return states
+
+
+def _shippable(name: Any) -> Any:
+    """The calibration's own refusal (``drift.method_spec``): it says why ``rolling`` cannot ship."""
+    if name is None or name in get_args(ShippableMethod):
+        return name
+    from autopack.calibration.drift import method_spec  # numpy and scipy: only for a bad name
+
+    try:
+        method_spec(str(name))
+    except InputError as exc:
+        raise ValueError(exc.one_line()) from None
+    return name
+
+
+# --- the fields: type, bounds, description ---------------------------------------------------------------
+
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+Seconds = Annotated[float, Field(allow_inf_nan=False)]
+
+RunIds = Annotated[list[str], Field(description="Runs to drain (empty: every run with drainable phases).")]
+BatchSize = Annotated[Count, Field(description="Phases to process in this drain session.")]
+States = Annotated[
+    list[str],
+    BeforeValidator(_split_states),
+    AfterValidator(_drainable),
+    Field(min_length=1, description="Phase states to drain: QUEUED, FAILED, TIMEOUT, SKIPPED (comma-separated)."),
+]
+MaxConsecutiveZeroYield = Annotated[
+    Count | None, Field(description="Stop after this many phases in a row without telemetry (empty: never).")
+]
+MaxFingerprintRepeats = Annotated[Count, Field(description="Stop a run once one failure fingerprint repeats this often.")]
+MaxAttemptsPerPhase = Annotated[Count, Field(description="Attempts per phase in one session.")]
+MaxTimeoutsPerRun = Annotated[Count, Field(description="Skip a run after this many timeouts.")]
+PhaseTimeoutSeconds = Annotated[
+    Seconds, Field(gt=0, le=MAX_DURATION_SECONDS, description="Stop a phase after this many seconds.")
+]
+MaxTotalMinutes = Annotated[
+    Seconds | None,
+    Field(gt=0, le=MAX_DURATION_SECONDS / 60, description="Stop starting phases after this many minutes (empty: no limit)."),
+]
+SkipRunPrefixes = Annotated[list[str], Field(description="Skip runs whose id starts with one of these.")]
+Workers = Annotated[int, Field(ge=1, le=MAX_WORKERS, description="Phases run in parallel.")]
+Resume = Annotated[bool, Field(description="Continue the newest unfinished drain session.")]
+LeaseSeconds = Annotated[
+    Seconds,
+    Field(ge=1, le=MAX_LEASE_SECONDS, description="Lease length: a dead drain's phases are claimable again after it."),
+]
+ProviderConcurrency = Annotated[
+    int | None,
+    Field(ge=0, le=MAX_PROVIDER_CONCURRENCY, description="Provider calls in flight across every drain on this "
+          "database (empty: AUTOPACK_PROVIDER_CONCURRENCY; 0: no gate)."),
+]
+
+MinSamples = Annotated[Count, Field(description="Fitted calls a group needs before its budget factor may change.")]
+ConfidenceThreshold = Annotated[
+    Seconds, Field(ge=0, le=1, description="Minimum confidence for a group's change.")
+]
+TargetTruncation = Annotated[
+    Seconds, Field(gt=0, lt=0.5, description="Target truncation rate α of the proposed budgets.")
+]
+HoldoutFraction = Annotated[
+    Seconds,
+    Field(ge=0, lt=0.9, description="Newest fraction of the calls held out for the backtest; 0 holds out none: "
+          "a report only, nothing can ship (what ships must have been tested)."),
+]
+Method = Annotated[
+    ShippableMethod | None,
+    BeforeValidator(_shippable),
+    Field(description="How budgets follow drift at run time: static or aci (empty: the drift benchmark's choice; "
+          "rolling is only measured, in the report's drift table)."),
+]
+
+DryRun = Annotated[bool, Field(description="Never call GitHub: write the branch into target_repo's own git checkout.")]
+TargetRepo = Annotated[
+    str, Field(description="Git checkout whose token_estimator.py the pull request edits (under a deployment, "
+               "\".\" is the run's fresh clone).")
+]
+OutputDir = Annotated[
+    str, Field(description="Where the report, JSON, plot and PR body go (absolute under a deployment).")
+]
+SkipDrain = Annotated[bool, Field(description="Only calibrate and publish (the weekly job).")]
+ValidateRunId = Annotated[
+    str | None, Field(description="Run of the phase validated before the drain (empty: the first of run_ids, else any).")
+]
+ValidatePhaseId = Annotated[
+    str | None, Field(description="Phase validated before the drain (empty: the run's first QUEUED phase).")
+]
+ExpectDbId = Annotated[
+    str | None, Field(description="Refuse unless the database id is this (empty: AUTOPACK_EXPECTED_DB_ID).")
+]
+
+
+# --- the models --------------------------------------------------------------------------------------------
+
+
+class ParamsModel(BaseModel):
+    """A parameter set: unknown names refused, every error an ``InputError`` of one line."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_line(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise InputError(validation_summary(exc)) from None
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """``name``'s default value."""
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
+    @classmethod
+    def parameter(cls, name: str) -> Any:
+        """``name``'s default as a ``pydantic.Field`` with its description: a flow parameter's default.
+
+        Prefect shows the description in the UI and uses the default; the flow's annotation (the same
+        annotated type as the field's) carries the bounds into the parameter schema.
+        """
+        return Field(default=cls.default(name), description=cls.model_fields[name].description)
+
+    @classmethod
+    def bounds(cls, name: str) -> str:
+        """``name``'s allowed values in a few characters (``1 ≤ x ≤ 64``, ``static | aci``), from its JSON schema."""
+        return _bounds_text(_json_schema(cls)["properties"][name])
+
+    @classmethod
+    def pick(cls, values: Mapping[str, Any]) -> Self:
+        """The model of the entries of ``values`` that are its fields (a flow's ``locals()``, another model's dump)."""
+        return cls(**{name: values[name] for name in cls.model_fields if name in values})
+
+
+@cache
+def _json_schema(model: type[ParamsModel]) -> dict[str, Any]:
+    return model.model_json_schema()
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _bounds_text(schema: Mapping[str, Any]) -> str:
+    for branch in (schema, *schema.get("anyOf", ())):
+        if "enum" in branch:
+            return " | ".join(str(choice) for choice in branch["enum"])
+        low = next(((op, branch[key]) for key, op in (("minimum", "≤"), ("exclusiveMinimum", "<")) if key in branch),
+                   None)
+        high = next(((op, branch[key]) for key, op in (("maximum", "≤"), ("exclusiveMaximum", "<")) if key in branch),
+                    None)
+        if low or high:
+            left = f"{_number(low[1])} {low[0]} " if low else ""
+            right = f" {high[0]} {_number(high[1])}" if high else ""
+            return f"{left}x{right}"
+    return ""
+
+
+class DrainParams(ParamsModel):
+    """The batch drain (``autopack drain batch``, the ``batch-drain`` flow): the original's defaults."""
+
+    run_ids: RunIds = []
+    batch_size: BatchSize = 10
+    states: States = ["QUEUED", "FAILED"]
+    max_consecutive_zero_yield: MaxConsecutiveZeroYield = None
+    max_fingerprint_repeats: MaxFingerprintRepeats = 3
+    max_attempts_per_phase: MaxAttemptsPerPhase = 2
+    max_timeouts_per_run: MaxTimeoutsPerRun = 2
+    phase_timeout_seconds: PhaseTimeoutSeconds = 900.0
+    max_total_minutes: MaxTotalMinutes = None
+    skip_run_prefixes: SkipRunPrefixes = []
+    workers: Workers = 1
+    resume: Resume = False
+    lease_seconds: LeaseSeconds = 120.0
+    provider_concurrency: ProviderConcurrency = None
+
+
+class CalibrationParams(ParamsModel):
+    """The calibration's statistics (``autopack calibrate``, the ``calibrate`` flow, ``run_calibration``)."""
+
+    min_samples: MinSamples = 5
+    confidence_threshold: ConfidenceThreshold = 0.7
+    target_truncation: TargetTruncation = 0.05
+    holdout_fraction: HoldoutFraction = 0.3
+    method: Method = None
+
+
+class PipelineParams(CalibrationParams, DrainParams):
+    """``autopack pipeline run`` and the ``telemetry-pipeline`` flow: every drain and calibration parameter (the
+    calibration reads the drained runs, ``run_ids``) plus the pipeline's own. The drain defaults differ from
+    ``drain batch``'s: the pipeline drains a whole collection in one run."""
+
+    batch_size: BatchSize = 200
+    workers: Workers = 2
+    max_consecutive_zero_yield: MaxConsecutiveZeroYield = 10
+    validate_run_id: ValidateRunId = None
+    validate_phase_id: ValidatePhaseId = None
+    dry_run: DryRun = False
+    target_repo: TargetRepo = "."
+    output_dir: OutputDir = "reports"
+    skip_drain: SkipDrain = False
+    expect_db_id: ExpectDbId = None
+
+    def drain(self) -> DrainParams:
+        """The drain's parameters, exactly as given."""
+        return DrainParams.pick(self.model_dump())
+
+    def calibration(self) -> CalibrationParams:
+        """The calibration's parameters, exactly as given."""
+        return CalibrationParams.pick(self.model_dump())
