@@ -22,7 +22,6 @@ from functools import cache
 from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -31,6 +30,8 @@ from pydantic import (
     ValidatorFunctionWrapHandler,
     model_validator,
 )
+
+from pydantic_core import PydanticCustomError
 
 from autopack.errors import InputError, validation_summary
 
@@ -46,7 +47,8 @@ MAX_DURATION_SECONDS = 7 * 86_400.0
 MAX_PROVIDER_CONCURRENCY = 1024
 
 #: Phase states a drain may take phases from (EXECUTING ones only once their lease expired, whatever this says).
-DRAINABLE_STATES: tuple[str, ...] = ("QUEUED", "FAILED", "TIMEOUT", "SKIPPED")
+DrainableState = Literal["QUEUED", "FAILED", "TIMEOUT", "SKIPPED"]
+DRAINABLE_STATES: tuple[str, ...] = get_args(DrainableState)
 #: Calibration methods that can ship (``autopack.calibration.drift.SHIPPABLE_METHODS``; a test pins the two).
 ShippableMethod = Literal["static", "aci"]
 
@@ -54,18 +56,17 @@ ShippableMethod = Literal["static", "aci"]
 # --- validators ------------------------------------------------------------------------------------------
 
 
-def _split_states(value: Any) -> Any:
-    """``"queued, FAILED"`` (the CLI's spelling) or a list: upper-cased, blanks and repeats dropped."""
+def _drainable_states(value: Any) -> Any:
+    """``"queued, FAILED"`` (the CLI's spelling) or a list: upper-cased, blanks and repeats dropped, each drainable
+    (checked here, so the message names the states a drain can take)."""
     parts = value.split(",") if isinstance(value, str) else value
-    if isinstance(parts, list | tuple):
-        return list(dict.fromkeys(str(part).strip().upper() for part in parts if str(part).strip()))
-    return value
-
-
-def _drainable(states: list[str]) -> list[str]:
+    if not isinstance(parts, list | tuple):
+        return value  # not a list: pydantic says so
+    states = list(dict.fromkeys(str(part).strip().upper() for part in parts if str(part).strip()))
     unknown = [state for state in states if state not in DRAINABLE_STATES]
     if unknown:
-        raise ValueError(f"cannot drain {', '.join(unknown)}: choose from {', '.join(DRAINABLE_STATES)}")
+        raise PydanticCustomError("drainable", "cannot drain {unknown}: choose from {choices}",
+                                  {"unknown": ", ".join(unknown), "choices": ", ".join(DRAINABLE_STATES)})
     return states
 
 
@@ -78,7 +79,7 @@ def _shippable(name: Any) -> Any:
     try:
         method_spec(str(name))
     except InputError as exc:
-        raise ValueError(exc.one_line()) from None
+        raise PydanticCustomError("shippable", "{reason}", {"reason": exc.one_line()}) from None
     return name
 
 
@@ -90,10 +91,9 @@ Seconds = Annotated[float, Field(allow_inf_nan=False)]
 RunIds = Annotated[list[str], Field(description="Runs to drain (empty: every run with drainable phases).")]
 BatchSize = Annotated[Count, Field(description="Phases to process in this drain session.")]
 States = Annotated[
-    list[str],
-    BeforeValidator(_split_states),
-    AfterValidator(_drainable),
-    Field(min_length=1, description="Phase states to drain: QUEUED, FAILED, TIMEOUT, SKIPPED (comma-separated)."),
+    list[DrainableState],
+    BeforeValidator(_drainable_states),
+    Field(min_length=1, description="Phase states to drain (on the command line: comma-separated)."),
 ]
 MaxConsecutiveZeroYield = Annotated[
     Count | None, Field(description="Stop after this many phases in a row without telemetry (empty: never).")
@@ -214,6 +214,8 @@ def _bounds_text(schema: Mapping[str, Any]) -> str:
     for branch in (schema, *schema.get("anyOf", ())):
         if "enum" in branch:
             return " | ".join(str(choice) for choice in branch["enum"])
+        if "enum" in branch.get("items", {}):
+            return "some of " + ", ".join(str(choice) for choice in branch["items"]["enum"])
         low = next(((op, branch[key]) for key, op in (("minimum", "≤"), ("exclusiveMinimum", "<")) if key in branch),
                    None)
         high = next(((op, branch[key]) for key, op in (("maximum", "≤"), ("exclusiveMaximum", "<")) if key in branch),

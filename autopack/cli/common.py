@@ -12,15 +12,6 @@ import typer
 from autopack.config import get_settings
 from autopack.db.identity import IdentityReport, guard
 from autopack.errors import InputError
-from autopack.telemetry.bounds import INT32
-
-#: Upper bounds of numeric options, so a typo (or 2**64) is one line, not an overflow deep inside: counts are
-#: stored in 32-bit columns (``drain_sessions.batch_size``), workers are processes on one machine, and a
-#: lease longer than a day is what the API refuses too.
-MAX_COUNT = INT32[1]
-MAX_WORKERS = 64
-MAX_LEASE_SECONDS = 86_400.0
-MAX_DURATION_SECONDS = 7 * 86_400.0
 
 ExpectDbIdOption = Annotated[
     str | None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Any
 
-import click
 import typer
 
 from autopack.errors import InputError
@@ -18,7 +17,7 @@ from autopack.params import ParamsModel
 
 
 def _checker(model: type[ParamsModel], name: str, *, csv: bool) -> Any:
-    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    def check(ctx: typer.Context, param: Any, value: Any) -> Any:
         if ctx.resilient_parsing:  # shell completion: no checks
             return value
         if value is None and isinstance(model.default(name), list):
@@ -35,6 +34,7 @@ def _checker(model: type[ParamsModel], name: str, *, csv: bool) -> Any:
             return value
         return ",".join(checked) if csv else checked
 
+    check.field = name  # type: ignore[attr-defined]  # read by scripts/params_table.py: which flag is which field
     return check
 
 

@@ -56,7 +56,7 @@ def run(
     target_repo: Path = model_option(P, "target_repo", "--target-repo"),
     output_dir: Path = model_option(P, "output_dir", "--output-dir"),
     skip_drain: bool = model_option(P, "skip_drain", "--skip-drain"),
-    expect_db_id: ExpectDbIdOption = None,
+    expect_db_id: str | None = model_option(P, "expect_db_id", "--expect-db-id"),
 ) -> None:
     """Guard → validate one phase → batch drain → calibrate → gate → pull request."""
     import os
