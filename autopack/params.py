@@ -70,6 +70,11 @@ def _drainable_states(value: Any) -> Any:
     return states
 
 
+def _none_is_empty(value: Any) -> Any:
+    """No value for a list (a repeatable option not given, ``None`` from Python) is the empty list."""
+    return [] if value is None else value
+
+
 def _shippable(name: Any) -> Any:
     """The calibration's own refusal (``drift.method_spec``): it says why ``rolling`` cannot ship."""
     if name is None or name in get_args(ShippableMethod):
@@ -86,9 +91,12 @@ def _shippable(name: Any) -> Any:
 # --- the fields: type, bounds, description ---------------------------------------------------------------
 
 Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
-Seconds = Annotated[float, Field(allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 
-RunIds = Annotated[list[str], Field(description="Runs to drain (empty: every run with drainable phases).")]
+RunIds = Annotated[
+    list[str], BeforeValidator(_none_is_empty),
+    Field(description="Runs to drain (empty: every run with drainable phases)."),
+]
 BatchSize = Annotated[Count, Field(description="Phases to process in this drain session.")]
 States = Annotated[
     list[DrainableState],
@@ -98,21 +106,26 @@ States = Annotated[
 MaxConsecutiveZeroYield = Annotated[
     Count | None, Field(description="Stop after this many phases in a row without telemetry (empty: never).")
 ]
-MaxFingerprintRepeats = Annotated[Count, Field(description="Stop a run once one failure fingerprint repeats this often.")]
+MaxFingerprintRepeats = Annotated[
+    Count, Field(description="Stop a run once one failure fingerprint repeats this often.")
+]
 MaxAttemptsPerPhase = Annotated[Count, Field(description="Attempts per phase in one session.")]
 MaxTimeoutsPerRun = Annotated[Count, Field(description="Skip a run after this many timeouts.")]
 PhaseTimeoutSeconds = Annotated[
-    Seconds, Field(gt=0, le=MAX_DURATION_SECONDS, description="Stop a phase after this many seconds.")
+    Finite, Field(gt=0, le=MAX_DURATION_SECONDS, description="Stop a phase after this many seconds.")
 ]
 MaxTotalMinutes = Annotated[
-    Seconds | None,
-    Field(gt=0, le=MAX_DURATION_SECONDS / 60, description="Stop starting phases after this many minutes (empty: no limit)."),
+    Finite | None,
+    Field(gt=0, le=MAX_DURATION_SECONDS / 60,
+          description="Stop starting phases after this many minutes (empty: no limit)."),
 ]
-SkipRunPrefixes = Annotated[list[str], Field(description="Skip runs whose id starts with one of these.")]
+SkipRunPrefixes = Annotated[
+    list[str], BeforeValidator(_none_is_empty), Field(description="Skip runs whose id starts with one of these.")
+]
 Workers = Annotated[int, Field(ge=1, le=MAX_WORKERS, description="Phases run in parallel.")]
 Resume = Annotated[bool, Field(description="Continue the newest unfinished drain session.")]
 LeaseSeconds = Annotated[
-    Seconds,
+    Finite,
     Field(ge=1, le=MAX_LEASE_SECONDS, description="Lease length: a dead drain's phases are claimable again after it."),
 ]
 ProviderConcurrency = Annotated[
@@ -123,13 +136,13 @@ ProviderConcurrency = Annotated[
 
 MinSamples = Annotated[Count, Field(description="Fitted calls a group needs before its budget factor may change.")]
 ConfidenceThreshold = Annotated[
-    Seconds, Field(ge=0, le=1, description="Minimum confidence for a group's change.")
+    Finite, Field(ge=0, le=1, description="Minimum confidence for a group's change.")
 ]
 TargetTruncation = Annotated[
-    Seconds, Field(gt=0, lt=0.5, description="Target truncation rate α of the proposed budgets.")
+    Finite, Field(gt=0, lt=0.5, description="Target truncation rate α of the proposed budgets.")
 ]
 HoldoutFraction = Annotated[
-    Seconds,
+    Finite,
     Field(ge=0, lt=0.9, description="Newest fraction of the calls held out for the backtest; 0 holds out none: "
           "a report only, nothing can ship (what ships must have been tested)."),
 ]
@@ -150,7 +163,8 @@ OutputDir = Annotated[
 ]
 SkipDrain = Annotated[bool, Field(description="Only calibrate and publish (the weekly job).")]
 ValidateRunId = Annotated[
-    str | None, Field(description="Run of the phase validated before the drain (empty: the first of run_ids, else any).")
+    str | None,
+    Field(description="Run of the phase validated before the drain (empty: the first of run_ids, else any)."),
 ]
 ValidatePhaseId = Annotated[
     str | None, Field(description="Phase validated before the drain (empty: the run's first QUEUED phase).")

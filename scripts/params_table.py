@@ -80,14 +80,16 @@ def parameters_table() -> str:
 
 def deployments_table() -> str:
     config = yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))
-    rows = ["| deployment | flow | what | schedule | parameters set in `prefect.yaml` (the rest: the flow's defaults) |",
+    rows = ["| deployment | flow | what | schedule | parameters set in `prefect.yaml` (the rest: the flow's "
+            "defaults) |",
             "|---|---|---|---|---|"]
     for deployment in config["deployments"]:
         when = ", ".join(f"`{s['cron']}` {s.get('timezone', '')}".strip() for s in deployment.get("schedules") or [])
         limit = deployment.get("concurrency_limit")
         if isinstance(limit, dict):
             when += f"; {limit['limit']} run at a time (`{limit.get('collision_strategy', 'ENQUEUE')}`)"
-        parameters = ", ".join(f"`{key}: {json.dumps(value)}`" for key, value in (deployment.get("parameters") or {}).items())
+        parameters = ", ".join(f"`{key}: {json.dumps(value)}`"
+                               for key, value in (deployment.get("parameters") or {}).items())
         flow = FLOWS.get(deployment["entrypoint"], deployment["entrypoint"])
         rows.append(f"| `{deployment['name']}` | `{flow}` | {deployment.get('description', '')} | {when or 'manual'} "
                     f"| {parameters or '–'} |")

@@ -186,7 +186,8 @@ def test_holdout_fraction_0_means_nothing_held_out_and_nothing_shipped_everywher
     for flow_name, (flow, _) in FLOWS.items():
         if flow_name != "batch-drain":
             flow.validate_parameters({"holdout_fraction": 0})
-            validate_schema({"holdout_fraction": 0}, parameter_schema(flow).model_dump_for_openapi(), raise_on_error=True)
+            schema = parameter_schema(flow).model_dump_for_openapi()
+            validate_schema({"holdout_fraction": 0}, schema, raise_on_error=True)
     result = real_run_calibration(seeded_calibration, output_dir=tmp_path / "library", holdout_fraction=0)
     assert result["backtest"]["test_n"] == 0 and not result["gate"]["passed"]
     assert any("no held-out calls" in reason for reason in result["gate"]["reasons"])

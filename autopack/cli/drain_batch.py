@@ -25,7 +25,9 @@ def drain_batch_command(
     batch_size: int = model_option(P, "batch_size", "--batch-size"),
     api_url: Annotated[str | None, typer.Option("--api-url", help="Check that this API server uses the same database (default AUTOPACK_API_URL).")] = None,
     states: str = model_option(P, "states", "--states", csv=True),
-    max_consecutive_zero_yield: int | None = model_option(P, "max_consecutive_zero_yield", "--max-consecutive-zero-yield"),
+    max_consecutive_zero_yield: int | None = model_option(
+        P, "max_consecutive_zero_yield", "--max-consecutive-zero-yield"
+    ),
     max_fingerprint_repeats: int = model_option(P, "max_fingerprint_repeats", "--max-fingerprint-repeats"),
     max_attempts_per_phase: int = model_option(P, "max_attempts_per_phase", "--max-attempts-per-phase"),
     max_timeouts_per_run: int = model_option(P, "max_timeouts_per_run", "--max-timeouts-per-run"),

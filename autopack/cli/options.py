@@ -20,8 +20,6 @@ def _checker(model: type[ParamsModel], name: str, *, csv: bool) -> Any:
     def check(ctx: typer.Context, param: Any, value: Any) -> Any:
         if ctx.resilient_parsing:  # shell completion: no checks
             return value
-        if value is None and isinstance(model.default(name), list):
-            return []  # a repeatable option given no value
         if isinstance(value, PurePath):  # typer made it a Path: check the text, keep the Path
             model_value: Any = str(value)
         else:
@@ -47,6 +45,6 @@ def model_option(model: type[ParamsModel], name: str, *param_decls: str, csv: bo
         default = ",".join(default)
     elif isinstance(default, list):
         default = default or None  # a repeatable option given no value
-    help_text = f"{field.description} [{bounds}]" if bounds else field.description
+    help_text = f"{field.description} ({bounds})" if bounds else field.description
     return typer.Option(default, *param_decls, help=help_text, callback=_checker(model, name, csv=csv),
                         show_default=default not in (None, ""), **extra)
