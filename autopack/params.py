@@ -30,7 +30,6 @@ from pydantic import (
     ValidatorFunctionWrapHandler,
     model_validator,
 )
-
 from pydantic_core import PydanticCustomError
 
 from autopack.errors import InputError, validation_summary
