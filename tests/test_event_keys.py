@@ -16,11 +16,13 @@ EV = TokenEstimationV2Event.__table__
 
 ROWS = [
     {"run_id": "r1", "phase_id": "p1", "features_json": '{"category": "docs", "deliverables": ["a.md"]}',
-     "category": "docs", "complexity": "low", "deliverable_count": 1, "provider": "anthropic", "model": "m-1"},
-    {"run_id": "r1", "phase_id": "p2", "features_json": None, "category": "Testing", "complexity": "MEDIUM",
-     "deliverable_count": 3, "provider": None, "model": None},
+     "category": "docs", "complexity": "low", "deliverable_count": 1, "provider": "anthropic", "model": "m-1",
+     "stop_reason": "max_tokens", "finish_reason": None},
+    {"run_id": "r1", "phase_id": "write-README", "features_json": None, "category": "Testing", "complexity": "MEDIUM",
+     "deliverable_count": 3, "provider": None, "model": None, "stop_reason": None, "finish_reason": "length"},
     {"run_id": "run 'ü'", "phase_id": "p\u00e9/3", "features_json": '{"x": "\u2603"}', "category": "backend",
-     "complexity": "high", "deliverable_count": 0, "provider": "openai", "model": None},
+     "complexity": "high", "deliverable_count": 0, "provider": "openai", "model": None, "stop_reason": "end_turn",
+     "finish_reason": "stop"},
 ]
 
 
@@ -49,9 +51,8 @@ def _stored(url: str) -> list[tuple[int | None, int | None]]:
 
 
 def _expected() -> list[tuple[int, int]]:
-    return [(keys.calibration_key(r["features_json"], r["category"], r["complexity"], r["deliverable_count"],
-                                  r["provider"], r["model"]), keys.phase_key(r["run_id"], r["phase_id"]))
-            for r in ROWS]
+    return [(keys.calibration_key(*(r[name] for name in keys.CALIBRATION_KEY_COLUMNS)),
+             keys.phase_key(r["run_id"], r["phase_id"])) for r in ROWS]
 
 
 def test_keys_are_written_with_every_row(db_url: str) -> None:
@@ -60,10 +61,13 @@ def test_keys_are_written_with_every_row(db_url: str) -> None:
 
 
 def test_keys_tell_the_fields_apart() -> None:
-    a = keys.calibration_key('{"a": 1}', "docs", "low", 1, None, None)
-    assert a != keys.calibration_key(None, "docs", "low", 1, None, None)
-    assert a != keys.calibration_key('{"a": 1}', "docs", "low", 2, None, None)
-    assert a != keys.calibration_key('{"a": 1}', "docs", "low", 1, "", None)
+    row = ['{"a": 1}', "docs", "low", 1, None, None, None, None, "p1"]
+    a = keys.calibration_key(*row)
+    for i, other in enumerate([None, "Docs", "LOW", 2, "", "m", "length", "stop", "p-doc"]):
+        changed = list(row)
+        changed[i] = other
+        assert keys.calibration_key(*changed) != a, keys.CALIBRATION_KEY_COLUMNS[i]
+    assert keys.calibration_key(*row[:-1], "p2") == a  # the phase id counts only for naming documentation
     assert keys.phase_key("r", "1x") != keys.phase_key("r1", "x")
 
 

@@ -3,9 +3,10 @@
 ``token_estimation_v2_events`` stores, per row, two integer fingerprints written with the row (column
 defaults in ``models``) and backfilled by migration 0005:
 
-- ``calibration_key``: the row's descriptive text fields calibration groups by (features_json, the stored
-  category, complexity and deliverable count, provider and model). Calibration reads the key per row
-  and each field's text once per distinct key (from one representative row), not once per row.
+- ``calibration_key``: every text-derived fact calibration needs about a row: features_json, the stored
+  category, complexity and deliverable count, provider, model, stop and finish reason, and whether the
+  phase id names documentation (``doc``/``readme``). Calibration reads the key per row and the texts
+  once per distinct key (from one representative row), so its one full scan compares no strings.
 - ``phase_key``: (run_id, phase_id), to count phases and pair attempts without reading the strings.
 
 Both are the first 8 bytes of a SHA-256, as a signed big-endian integer; PostgreSQL computes exactly the
@@ -32,13 +33,24 @@ def phase_key(run_id: str, phase_id: str) -> int:
     return key_of(f"{run_id}{SEPARATOR}{phase_id}")
 
 
+def names_docs(phase_id: str) -> bool:
+    """The phase id names documentation: ``doc`` or ``readme`` in it, ignoring case (the seed's rule)."""
+    pid = phase_id.lower()
+    return "doc" in pid or "readme" in pid
+
+
 def calibration_key(
     features_json: str | None, category: str, complexity: str, deliverable_count: int | None,
-    provider: str | None, model: str | None,
+    provider: str | None, model: str | None, stop_reason: str | None, finish_reason: str | None, phase_id: str,
 ) -> int:
-    features = "N" if features_json is None else "F" + features_json
-    parts = (features, category, complexity, str(int(deliverable_count or 0)), _opt(provider), _opt(model))
+    parts = (_opt(features_json), category, complexity, str(int(deliverable_count or 0)), _opt(provider),
+             _opt(model), _opt(stop_reason), _opt(finish_reason), "D" if names_docs(phase_id) else "-")
     return key_of(SEPARATOR.join(parts))
+
+
+#: The columns ``calibration_key`` is computed from, in its argument order.
+CALIBRATION_KEY_COLUMNS = ("features_json", "category", "complexity", "deliverable_count", "provider", "model",
+                           "stop_reason", "finish_reason", "phase_id")
 
 
 def _opt(text: str | None) -> str:
@@ -56,10 +68,9 @@ def phase_key_default(context: Any) -> int | None:
 
 def calibration_key_default(context: Any) -> int | None:
     params = context.get_current_parameters()
-    if params.get("category") is None or params.get("complexity") is None:
+    if any(params.get(name) is None for name in ("category", "complexity", "phase_id")):
         return None
-    return calibration_key(params.get("features_json"), params["category"], params["complexity"],
-                           params.get("deliverable_count"), params.get("provider"), params.get("model"))
+    return calibration_key(*(params.get(name) for name in CALIBRATION_KEY_COLUMNS))
 
 
 # --- the same keys in PostgreSQL SQL (for the backfill) -----------------------------------------------
@@ -77,6 +88,9 @@ def calibration_key_sql() -> str:
     def opt(column: str) -> str:
         return f"coalesce('S' || {column}, 'N')"
 
-    text = (f"coalesce('F' || features_json, 'N') || chr(31) || category || chr(31) || complexity || chr(31)"
-            f" || coalesce(deliverable_count, 0)::text || chr(31) || {opt('provider')} || chr(31) || {opt('model')}")
-    return _sql_key(text)
+    # lower() under the "C" collation folds ASCII only, which is all that can spell "doc"/"readme"
+    docs = ("CASE WHEN lower(phase_id COLLATE \"C\") LIKE '%doc%' OR lower(phase_id COLLATE \"C\") LIKE '%readme%'"
+            " THEN 'D' ELSE '-' END")
+    parts = [opt("features_json"), "category", "complexity", "coalesce(deliverable_count, 0)::text", opt("provider"),
+             opt("model"), opt("stop_reason"), opt("finish_reason"), docs]
+    return _sql_key(" || chr(31) || ".join(parts))

@@ -36,10 +36,11 @@ def upgrade() -> None:
         return
     raw = bind.connection.driver_connection
     raw.create_function('autopack_phase_key', 2, _or_null(keys.phase_key), deterministic=True)
-    raw.create_function('autopack_calibration_key', 6, _or_null(keys.calibration_key), deterministic=True)
+    raw.create_function('autopack_calibration_key', len(keys.CALIBRATION_KEY_COLUMNS),
+                        _or_null(keys.calibration_key), deterministic=True)
     op.execute(
         f"UPDATE {TABLE} SET phase_key = autopack_phase_key(run_id, phase_id), calibration_key = "
-        "autopack_calibration_key(features_json, category, complexity, deliverable_count, provider, model)"
+        f"autopack_calibration_key({', '.join(keys.CALIBRATION_KEY_COLUMNS)})"
     )
 
 
@@ -49,7 +50,7 @@ def _or_null(function: Callable[..., int]) -> Callable[..., int | None]:
     def safe(*args: Any) -> int | None:
         try:
             return function(*args)
-        except (TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError):
             return None
 
     return safe
