@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import numbers
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,20 +45,33 @@ try:  # every number checked against its column's range (the same function the r
     from autopack.telemetry.bounds import out_of_range  # type: ignore[import-not-found]
 except ImportError:  # until that module is merged: the same contract for the columns an import writes
 
+    def _column_ranges(table: sa.Table) -> dict[str, tuple[bool, int, int | None]]:
+        ranges: dict[str, tuple[bool, int, int | None]] = {}
+        for column in table.columns:
+            if isinstance(column.type, sa.Boolean):
+                continue
+            if isinstance(column.type, sa.Integer):
+                bits = 63 if isinstance(column.type, sa.BigInteger) else 31
+                ranges[column.name] = (True, -(2**bits) if column.info.get("signed") else 0, 2**bits - 1)
+            elif isinstance(column.type, sa.Float):
+                ranges[column.name] = (False, 0, None)
+        return ranges
+
+    _RANGES = _column_ranges(TokenEstimationV2Event.__table__)
+
     def out_of_range(model_or_table: Any, values: Mapping[str, object]) -> dict[str, str]:  # type: ignore[misc]
-        table = getattr(model_or_table, "__table__", model_or_table)
         problems: dict[str, str] = {}
         for name, value in values.items():
-            column = table.columns.get(name)
-            if column is None or value is None or isinstance(value, bool):
+            limits = _RANGES.get(name)
+            if limits is None or value is None or isinstance(value, bool):
                 continue
-            limit = 2**63 - 1 if isinstance(column.type, sa.BigInteger) else 2**31 - 1
-            if isinstance(column.type, sa.Integer) and isinstance(value, numbers.Integral):
-                if not 0 <= value <= limit:
-                    problems[name] = f"{table.name}.{name}={value!r} is outside 0..{limit}"
-            elif isinstance(column.type, sa.Float) and isinstance(value, numbers.Real) and not math.isfinite(value):
-                problems[name] = f"{table.name}.{name}={value!r} is not a finite number"
+            integer, low, high = limits
+            if integer and isinstance(value, int) and not low <= value <= high:  # type: ignore[operator]
+                problems[name] = f"token_estimation_v2_events.{name}={value!r} is outside {low}..{high}"
+            elif not integer and isinstance(value, float) and not math.isfinite(value):
+                problems[name] = f"token_estimation_v2_events.{name}={value!r} is not a finite number"
         return problems
+
 
 FORMATS = ("csv", "otel-json", "v2-log")
 
@@ -570,6 +582,10 @@ def _event(values: Mapping[str, Any], *, run_id: str, phase_id: str, call_index:
     predicted = int(values["predicted_output_tokens"])
     actual = int(values["actual_output_tokens"])
     ceiling = values.get("actual_max_tokens")
+    category = canonical_category(values["category"])
+    complexity = canonical_complexity(values["complexity"])
+    deliverables = int(values.get("deliverable_count", 0))
+    provider, model = values.get("provider"), values.get("model")
     truncated = (bool(values.get("truncated", False)) or _finish_truncates(finish) or _finish_truncates(stop)
                  or bool(reached_ceiling(actual, ceiling)))
     return {
@@ -579,9 +595,9 @@ def _event(values: Mapping[str, Any], *, run_id: str, phase_id: str, call_index:
         "call_index": call_index,
         "timestamp": values["timestamp"],
         "created_at": now,
-        "category": canonical_category(values["category"]),
-        "complexity": canonical_complexity(values["complexity"]),
-        "deliverable_count": int(values.get("deliverable_count", 0)),
+        "category": category,
+        "complexity": complexity,
+        "deliverable_count": deliverables,
         "deliverables_json": "[]",
         "features_json": None,
         "predicted_output_tokens": predicted,
@@ -594,14 +610,17 @@ def _event(values: Mapping[str, Any], *, run_id: str, phase_id: str, call_index:
         "is_truncated_output": truncated,
         "stop_reason": stop,
         "finish_reason": finish,
-        "provider": values.get("provider"),
-        "model": values.get("model"),
+        "provider": provider,
+        "model": model,
         "input_tokens": values.get("input_tokens"),
         "smape_percent": round(200.0 * abs(predicted - actual) / max(1, predicted + actual), 3),
         "waste_ratio": predicted / actual if actual > 0 else None,
         "underestimated": actual > predicted,
         "schema_version": TELEMETRY_SCHEMA_VERSION,
         "source": source,
+        "phase_key": keys.phase_key(run_id, phase_id),
+        "calibration_key": keys.calibration_key(None, category, complexity, deliverables, provider, model, stop,
+                                                finish, phase_id),
     }
 
 
@@ -674,7 +693,7 @@ def iter_events(
             rid = str(row.values.get("run_id") or default_run)
             pid = str(row.values.get("phase_id") or row.ordinal)
             attempt = int(row.values.get("attempt_index", 0))
-            counter = keys.key_of(f"{rid}{keys.SEPARATOR}{pid}{keys.SEPARATOR}{attempt}")
+            counter = hash((rid, pid, attempt))
             call = int(row.values["call_index"]) if "call_index" in row.values else next_call.get(counter, 0)
             next_call[counter] = max(next_call.get(counter, 0), call + 1)
             event = _event(row.values, run_id=rid, phase_id=pid, call_index=call, source=source, now=now)
@@ -695,45 +714,63 @@ CALL_KEY = ("run_id", "phase_id", "attempt_index", "call_index")
 
 
 class _Writer:
-    """Inserts batches into the open transaction; rows whose call key exists are left out and counted.
+    """Inserts batches into the open transaction; rows whose call key exists already are left out.
 
-    ``ON CONFLICT DO NOTHING … RETURNING`` tells which rows went in, so a clash is found by the unique key
-    itself: with rows already in the database (or committed meanwhile by a concurrent import of the same
-    file: PostgreSQL makes this insert wait for that transaction), or with an earlier row of this file.
+    ``INSERT … ON CONFLICT DO NOTHING`` lets the unique call key find every clash: with a row already in
+    the database (or committed meanwhile by a concurrent import of the same file: PostgreSQL makes this
+    insert wait for that transaction, SQLite for its write lock), or with an earlier row of this file.
+    The driver's row count says whether a batch went in whole; only if not are its rows looked up.
     """
 
     def __init__(self, connection: sa.Connection, source: str, now: datetime) -> None:
-        table = TokenEstimationV2Event.__table__
-        dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-        self.statement = dialect_insert(table).on_conflict_do_nothing(index_elements=list(CALL_KEY)).returning(
-            *(table.c[name] for name in CALL_KEY))
+        self.table = TokenEstimationV2Event.__table__
         self.connection, self.source, self.now = connection, source, now
+        self.postgres = connection.dialect.name == "postgresql"
         self.rows = 0
         self.run_ids: set[str] = set()
         self.clashes = 0
         self.first_clash: dict[str, Any] | None = None
+        self._statement: Any = None
+
+    def _insert(self, events: list[dict[str, Any]]) -> int:
+        """Insert, return how many rows went in. PostgreSQL: the driver's executemany (its row count is
+        exact, SQLAlchemy's multi-row form reports none); SQLite: SQLAlchemy's (it stores the timestamps)."""
+        if self.postgres:
+            if self._statement is None:
+                insert = postgresql.insert(self.table).values({name: sa.bindparam(name) for name in events[0]})
+                self._statement = str(insert.on_conflict_do_nothing(index_elements=list(CALL_KEY)).compile(
+                    dialect=self.connection.dialect))
+            with self.connection.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+                cursor.executemany(self._statement, events)
+                return int(cursor.rowcount)
+        if self._statement is None:
+            self._statement = sqlite.insert(self.table).on_conflict_do_nothing(index_elements=list(CALL_KEY))
+        return int(self.connection.execute(self._statement, events).rowcount)
 
     def write(self, batch: list[tuple[str, dict[str, Any]]], errors: _Errors) -> None:
-        inserted = {tuple(r) for r in self.connection.execute(self.statement, [event for _, event in batch])}
-        self.rows += len(inserted)
+        c = self.table.c
+        before = self.connection.execute(sa.select(sa.func.coalesce(sa.func.max(c.event_id), 0))).scalar_one()
+        inserted = self._insert([event for _, event in batch])
+        self.rows += inserted
+        self.run_ids.update(event["run_id"] for _, event in batch)
+        if inserted == len(batch):
+            return
+        stored = {tuple(r[:4]): r for r in self.connection.execute(
+            sa.select(*(c[name] for name in CALL_KEY), c.event_id, c.source, c.created_at)
+            .where(sa.tuple_(*(c[name] for name in CALL_KEY)).in_(
+                [tuple(event[name] for name in CALL_KEY) for _, event in batch])))}
+        claimed: set[tuple[Any, ...]] = set()
         for where, event in batch:
             key = tuple(event[name] for name in CALL_KEY)
-            self.run_ids.add(event["run_id"])
-            if key in inserted:
-                inserted.discard(key)  # a second copy in the same batch is a duplicate, not this row
-            elif self._ours(key):
+            row = stored[key]
+            ours = row.source == self.source and row.created_at == self.now
+            if ours and row.event_id > before and key not in claimed:
+                claimed.add(key)  # this row is the one that went in
+            elif ours:
                 errors.add(RowError(where, f"same call key {key} as an earlier row of this file"))
             else:
                 self.clashes += 1
                 self.first_clash = self.first_clash or event
-
-    def _ours(self, key: tuple[Any, ...]) -> bool:
-        c = TokenEstimationV2Event.__table__.c
-        found = self.connection.execute(
-            sa.select(c.source, c.created_at).where(*(c[name] == value for name, value in zip(CALL_KEY, key,
-                                                                                              strict=True)))
-        ).first()
-        return found is not None and found.source == self.source and found.created_at == self.now
 
 
 def import_telemetry(

@@ -18,6 +18,7 @@ Two different texts share a key with probability about n²/2⁶⁵ (10⁻¹² fo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -43,8 +44,16 @@ def calibration_key(
     features_json: str | None, category: str, complexity: str, deliverable_count: int | None,
     provider: str | None, model: str | None, stop_reason: str | None, finish_reason: str | None, phase_id: str,
 ) -> int:
-    parts = (_opt(features_json), category, complexity, str(int(deliverable_count or 0)), _opt(provider),
-             _opt(model), _opt(stop_reason), _opt(finish_reason), "D" if names_docs(phase_id) else "-")
+    return _calibration_key(features_json, category, complexity, int(deliverable_count or 0), provider, model,
+                            stop_reason, finish_reason, names_docs(phase_id))
+
+
+@functools.lru_cache(maxsize=8192)  # a handful of distinct values repeat across 10⁶ rows
+def _calibration_key(features_json: str | None, category: str, complexity: str, deliverable_count: int,
+                     provider: str | None, model: str | None, stop_reason: str | None, finish_reason: str | None,
+                     docs: bool) -> int:
+    parts = (_opt(features_json), category, complexity, str(deliverable_count), _opt(provider), _opt(model),
+             _opt(stop_reason), _opt(finish_reason), "D" if docs else "-")
     return key_of(SEPARATOR.join(parts))
 
 

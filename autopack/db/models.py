@@ -236,8 +236,9 @@ class TokenEstimationV2Event(Base):
 
     #: 64-bit fingerprints computed from the row on insert (``autopack.db.keys``; revision 0005): calibration
     #: reads these numbers per row and the texts they stand for once per distinct value.
-    calibration_key: Mapped[int | None] = mapped_column(BigInteger, default=calibration_key_default)
-    phase_key: Mapped[int | None] = mapped_column(BigInteger, default=phase_key_default)
+    calibration_key: Mapped[int | None] = mapped_column(BigInteger, default=calibration_key_default,
+                                                        info={"signed": True})
+    phase_key: Mapped[int | None] = mapped_column(BigInteger, default=phase_key_default, info={"signed": True})
 
 
 class TokenBudgetEscalationEvent(Base):
