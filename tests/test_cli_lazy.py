@@ -26,3 +26,11 @@ def test_a_command_does_not_import_the_others(args: list[str]) -> None:
 def test_drain_loads_its_own_modules_and_help_loads_all() -> None:
     assert "autopack.execution.drain_one" in loaded(["drain", "one", "--help"])
     assert {"autopack.execution.drain_one", "autopack.cli.pipeline"} <= set(loaded(["--help"]))
+
+
+@pytest.mark.parametrize("command", ["calibrate", "db", "drain"])
+def test_a_command_run_alone_in_a_fresh_process_is_still_a_subcommand(command: str) -> None:
+    code = f"from autopack.cli import main; main([{command!r}, '--help'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"autopack {command}" in out.stdout

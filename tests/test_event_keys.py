@@ -82,3 +82,20 @@ def test_migration_backfills_existing_rows_with_the_same_keys(empty_db_url: str)
     _insert_raw(empty_db_url, with_keys_by_default=False)
     upgrade_database(empty_db_url)
     assert _stored(empty_db_url) == _expected()  # on PostgreSQL: computed by SQL, equal to Python's
+
+
+def test_the_recorder_writes_the_keys_without_knowing_them(db_url: str) -> None:
+    from autopack.llm.base import LLMResponse
+    from autopack.telemetry import CallKey, record_call
+    from autopack.token_estimator import PhaseFeatures, plan_call
+
+    features = PhaseFeatures(category="docs", complexity="low", deliverables=("docs/a.md",), description="d")
+    est, decision = plan_call(features)
+    answer = LLMResponse(text="x", provider="simulated", model="sim-1", max_tokens=decision.actual_max_tokens,
+                         input_tokens=10, output_tokens=100, total_tokens=None, stop_reason="end_turn",
+                         finish_reason="stop", truncated=False, reasoning_tokens=0, cached_tokens=0)
+    record_call(CallKey("run-k", "write-docs", 0, 0), features, est, decision, answer, success=True, url=db_url)
+    with get_engine(db_url).connect() as connection:
+        row = connection.execute(sa.select(EV)).mappings().one()
+    assert row["calibration_key"] == keys.calibration_key(*(row[name] for name in keys.CALIBRATION_KEY_COLUMNS))
+    assert row["phase_key"] == keys.phase_key("run-k", "write-docs")

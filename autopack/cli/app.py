@@ -19,6 +19,11 @@ app = typer.Typer(
     add_completion=False,
 )
 
+@app.callback()
+def _root() -> None:
+    """Keeps ``autopack`` a command group even when only one command module is loaded (see ``load_commands``)."""
+
+
 #: Top-level command → the modules under autopack.cli that define it (each has ``register(app)``).
 COMMANDS: dict[str, tuple[str, ...]] = {
     "db": ("db",),
