@@ -132,3 +132,21 @@ def _utc_offset() -> float:
     """``datetime.timestamp()`` of a naive value assumes local time; the table holds UTC."""
     when = datetime(2024, 6, 1)
     return when.timestamp() - when.replace(tzinfo=__import__("datetime").UTC).timestamp()
+
+
+def test_sqlite_numbers_stored_as_text_are_read_and_garbage_is_one_clear_error(db_url: str) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL columns are typed")
+    from autopack.calibration.reader import UnreadableEventsError
+
+    stored = _store(db_url, _odd_rows()[:2])
+    with get_engine(db_url).begin() as connection:  # SQLite keeps whatever a legacy writer gave it
+        connection.execute(sa.text("UPDATE token_estimation_v2_events SET predicted_output_tokens = '900.0', "
+                                   "selected_budget = 3000000000 WHERE event_id = :i"), {"i": stored[0]["id"]})
+    got = read_events(db_url)  # neither fits the packed scan: both rows' counts are read one by one
+    assert sorted(got.predicted.tolist()) == [900.0, 900.0] and sorted(got.selected_budget.tolist()) == [4096, 3e9]
+    with get_engine(db_url).begin() as connection:
+        connection.execute(sa.text("UPDATE token_estimation_v2_events SET actual_output_tokens = 'lots' "
+                                   "WHERE event_id = :i"), {"i": stored[1]["id"]})
+    with pytest.raises(UnreadableEventsError, match=f"row {stored[1]['id']} holds a non-numeric"):
+        read_events(db_url)

@@ -70,6 +70,11 @@ def truncation_flag(c: Any) -> sa.ColumnElement[Any]:
     )
 
 
+#: The scan's columns, as ``_scan`` returns them.
+N_COLUMNS = 9
+(ID, EPOCH, CKEY, PKEY, PREDICTED, ACTUAL, SELECTED, CEILING, FLAGS) = range(N_COLUMNS)
+
+
 def _numeric_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
     """The one full scan: integers only, no string compared (see the module docstring for the columns).
 
@@ -96,13 +101,43 @@ def _numeric_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
         + sa.cast(c.is_truncated_output, sa.Integer) * TRUNCATED_OUTPUT
         + unreadable_time
     )
-    return [as_int(c.event_id), epoch, sa.func.coalesce(c.calibration_key, 0), sa.func.coalesce(c.phase_key, 0),
-            as_int(c.predicted_output_tokens), as_int(c.actual_output_tokens), as_int(c.selected_budget),
-            as_int(sa.func.coalesce(c.actual_max_tokens, -1)), as_int(flags)]
+    ceiling = sa.func.coalesce(c.actual_max_tokens, -1)
+    head = [as_int(c.event_id), epoch, sa.func.coalesce(c.calibration_key, 0), sa.func.coalesce(c.phase_key, 0)]
+    if dialect == "sqlite":  # every value costs a Python object there: two counts per integer
+        return [*head, _pack(c.predicted_output_tokens, c.actual_output_tokens), _pack(c.selected_budget, ceiling),
+                flags]
+    return [*head, as_int(c.predicted_output_tokens), as_int(c.actual_output_tokens), as_int(c.selected_budget),
+            as_int(ceiling), as_int(flags)]
 
 
-N_COLUMNS = 9
-(ID, EPOCH, CKEY, PKEY, PREDICTED, ACTUAL, SELECTED, CEILING, FLAGS) = range(N_COLUMNS)
+def _pack(high: sa.ColumnElement[Any], low: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """``high·2³² + low + 1`` for two counts that fit (high in 0..2³¹−1, low in −1..2³¹−2), else −1.
+
+    −1 (never a packed value) marks a row whose numbers are read again one by one (``_repair``): SQLite
+    stores whatever a writer gave it, text and out-of-range values included.
+    """
+    fits = sa.and_(high.between(0, 2**31 - 1), low.between(-1, 2**31 - 2))
+    return sa.case((fits, high * (2**32) + low + 1), else_=-1)
+
+
+def _unpack(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return packed >> 32, (packed & 0xFFFFFFFF) - 1
+
+
+def _unpacked(rows: np.ndarray) -> np.ndarray:
+    """The SQLite scan's 7 columns as the 9 of ``N_COLUMNS`` (−1 pairs stay −1 until repaired)."""
+    out = np.empty((rows.shape[0], N_COLUMNS), dtype=np.int64)
+    out[:, :PREDICTED] = rows[:, :4]
+    for column, (high, low) in ((4, (PREDICTED, ACTUAL)), (5, (SELECTED, CEILING))):
+        out[:, high], out[:, low] = _unpack(rows[:, column])
+        unpacked = rows[:, column] < 0
+        out[unpacked, high] = out[unpacked, low] = UNREAD
+    out[:, FLAGS] = rows[:, 6]
+    return out
+
+
+#: Marks a count the packed scan could not carry (see ``_pack``); replaced before anything uses it.
+UNREAD = np.iinfo(np.int64).min
 
 
 def _compiled(connection: sa.Connection, stmt: sa.Select[Any]) -> tuple[str, Any]:
@@ -195,7 +230,7 @@ FEATURES, CATEGORY, COMPLEXITY, DELIVERABLES, PROVIDER, MODEL, STOP, FINISH, PHA
 def _scan(connection: sa.Connection, where: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     """(rows × N_COLUMNS int64, epoch seconds per row)."""
     if connection.dialect.name == "sqlite":
-        parts = list(_dbapi_parts(connection, sa.select(*_numeric_columns("sqlite")).where(*where)))
+        parts = [_unpacked(p) for p in _dbapi_parts(connection, sa.select(*_numeric_columns("sqlite")).where(*where))]
     else:
         parts = list(_array_parts(connection, where))
     data = np.concatenate(parts) if parts else np.empty((0, N_COLUMNS), dtype=np.int64)
@@ -218,6 +253,14 @@ def _repair(connection: sa.Connection, data: np.ndarray, epoch: np.ndarray,
             data[i, CKEY] = ckey
             data[i, PKEY] = keys.phase_key(str(r[-1]), str(text[PHASE_ID]))
             texts.setdefault(ckey, text)
+    unread = np.flatnonzero((data[:, PREDICTED:FLAGS] == UNREAD).any(axis=1))
+    if unread.size:
+        c = EV.c
+        counts = {r[0]: r[1:] for r in _by_id(connection, (c.predicted_output_tokens, c.actual_output_tokens,
+                                                            c.selected_budget, sa.func.coalesce(c.actual_max_tokens,
+                                                                                                -1)),
+                                              data[unread, ID].tolist())}
+        data[unread, PREDICTED:FLAGS] = _lenient([(i, *counts[i]) for i in data[unread, ID].tolist()])[:, 1:]
     untimed = np.flatnonzero(flags & NO_TIME)
     if untimed.size:
         from autopack.calibration.importers import parse_timestamp
