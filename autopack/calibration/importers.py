@@ -67,7 +67,8 @@ except ImportError:  # until that module is merged: the same contract for the co
                 continue
             integer, low, high = limits
             if integer and isinstance(value, int) and not low <= value <= high:  # type: ignore[operator]
-                problems[name] = f"token_estimation_v2_events.{name}={value!r} is outside {low}..{high}"
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                problems[name] = f"token_estimation_v2_events.{name}={shown} is outside {low}..{high}"
             elif not integer and isinstance(value, float) and not math.isfinite(value):
                 problems[name] = f"token_estimation_v2_events.{name}={value!r} is not a finite number"
         return problems
@@ -673,9 +674,9 @@ def iter_events(
 ) -> Iterator[tuple[str, dict[str, Any]] | RowError]:
     """Stream ``(where, event row)`` for every good row of ``path`` and a ``RowError`` for every bad one.
 
-    Call indices count repeats of a (run, phase, attempt) within the file; the counters are kept by a
-    64-bit key, so 10⁶ rows cost megabytes, not a dict of 10⁶ string tuples (a rare key collision only
-    moves a call index, and any resulting duplicate is still refused by the database's unique key).
+    Call indices count repeats of a (run, phase, attempt) within the file; the counters are kept by the
+    64-bit hash of that key, so 10⁶ rows cost tens of megabytes, not a dict of 10⁶ string tuples (a hash
+    collision only moves a call index; a duplicate it would cause is still refused by the unique key).
     """
     if fmt not in PARSERS:
         raise InputError(f"unknown format '{fmt}'", hint="one of " + ", ".join(FORMATS))
@@ -689,6 +690,10 @@ def iter_events(
         for row in PARSERS[fmt](path, dict(mapping or {}), dict(defaults or {})):
             if isinstance(row, RowError):
                 yield row
+                continue
+            given = out_of_range(TokenEstimationV2Event, row.values)  # before any arithmetic on them
+            if given:
+                yield from (RowError(row.where, problem) for problem in given.values())
                 continue
             rid = str(row.values.get("run_id") or default_run)
             pid = str(row.values.get("phase_id") or row.ordinal)
