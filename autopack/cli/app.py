@@ -42,8 +42,8 @@ _registered: set[str] = set()
 def load_commands(argv: list[str] | None = None) -> typer.Typer:
     """Register the command modules ``argv`` needs (all of them for help or an unknown command).
 
-    Lazy on purpose: a command pays for its own imports only (``drain`` brings the executor and the
-    provider SDKs, ``calibrate`` numpy and scipy), not for every other command's.
+    Lazy on purpose: a command pays for its own imports only (``drain`` brings the executor, ``calibrate``
+    numpy and scipy once it runs), not for every other command's.
     """
     args = sys.argv[1:] if argv is None else argv
     name = next((arg for arg in args if not arg.startswith("-")), None)
