@@ -163,6 +163,8 @@ def fill_postgres(url: str, n_events: int, specs: list[dict[str, object]], seed:
                 copy.write_row(row)
         cur.execute(ESCALATIONS.format(true="true"))
         con.commit()
+        con.autocommit = True
+        con.execute("VACUUM ANALYZE token_estimation_v2_events")  # what autovacuum does after a bulk load
 
 
 FLOOR_SQL = ("SELECT category, complexity, predicted_output_tokens, actual_output_tokens, actual_max_tokens, "

@@ -150,3 +150,12 @@ def test_sqlite_numbers_stored_as_text_are_read_and_garbage_is_one_clear_error(d
                                    "WHERE event_id = :i"), {"i": stored[1]["id"]})
     with pytest.raises(UnreadableEventsError, match=f"row {stored[1]['id']} holds a non-numeric"):
         read_events(db_url)
+
+
+def test_run_ids_are_the_same_by_skip_scan_and_by_distinct(db_url: str, stored: list[dict[str, Any]],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from autopack.calibration import reader
+
+    walked = read_events(db_url).summary.run_ids
+    monkeypatch.setattr(reader, "SKIP_SCAN_LIMIT", 1)  # more runs than the walk may take: DISTINCT instead
+    assert read_events(db_url).summary.run_ids == walked == sorted({r["run_id"] for r in stored})
