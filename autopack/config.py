@@ -17,8 +17,10 @@ import threading
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from autopack.errors import ConfigError, validation_summary
 
 DEFAULT_SQLITE_FILE = "autopack.db"
 
@@ -44,6 +46,10 @@ class Settings(BaseSettings):
     # --- API server -----------------------------------------------------------------------------
     api_url: str | None = Field(default=None, validation_alias="AUTOPACK_API_URL")
     api_key: SecretStr | None = Field(default=None, validation_alias="AUTOPACK_API_KEY")
+    # A check command is code run on every drain worker: off for runs posted to the API unless allowed here
+    # (on the API server, to accept them, and on each worker, to run them).
+    api_allow_check_commands: bool = Field(default=False, validation_alias="AUTOPACK_API_ALLOW_CHECK_COMMANDS")
+    api_max_body_bytes: int = Field(default=1_048_576, ge=1, validation_alias="AUTOPACK_API_MAX_BODY_BYTES")
 
     # --- LLM providers --------------------------------------------------------------------------
     llm_provider: ProviderName = Field(default="simulated", validation_alias="AUTOPACK_LLM_PROVIDER")
@@ -60,7 +66,12 @@ class Settings(BaseSettings):
     )
 
     # --- execution ------------------------------------------------------------------------------
+    #: Provider calls in flight at once across every drain on every host sharing this database (the provider
+    #: gate, a lease on a ``provider_slots`` row); 0 switches the gate off. Raise it to your rate limit.
+    provider_concurrency: int = Field(default=4, ge=0, validation_alias="AUTOPACK_PROVIDER_CONCURRENCY")
     workspace_dir: Path = Field(default=Path(".autopack/workspaces"), validation_alias="AUTOPACK_WORKSPACE_DIR")
+    # Extra environment variables a check command may see (comma-separated names), beyond PATH, HOME, LANG, ...
+    check_command_env: str = Field(default="", validation_alias="AUTOPACK_CHECK_COMMAND_ENV")
 
     # --- GitHub ---------------------------------------------------------------------------------
     github_token: SecretStr | None = Field(default=None, validation_alias="GITHUB_TOKEN")
@@ -73,8 +84,13 @@ class Settings(BaseSettings):
     @field_validator("telemetry_db_enabled", mode="before")
     @classmethod
     def _truthy(cls, value: object) -> object:
-        if isinstance(value, str) and value.strip().lower() in {"", "0", "false", "no", "off"}:
-            return False
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in {"", "0", "false", "no", "off", "f", "n"}:
+                return False
+            if word in {"1", "true", "yes", "on", "t", "y"}:
+                return True
+            raise ValueError("expected 1/0, true/false, yes/no or on/off")
         return value
 
     def resolved_database_url(self) -> str:
@@ -86,13 +102,14 @@ class Settings(BaseSettings):
         """
         raw = self.database_url
         if self.database_url_file is not None:
-            raw = Path(self.database_url_file).read_text(encoding="utf-8").strip()
+            raw = read_database_url_file(Path(self.database_url_file))
         if not raw:
             raw = f"sqlite:///{DEFAULT_SQLITE_FILE}"
         return absolutize_sqlite_url(raw)
 
     def secret_values(self) -> list[str]:
-        """Every secret this process knows, so log and report writers can redact them.
+        """Every secret this process knows, so log and report writers can redact them (keys, tokens, and
+        the credentials inside every configured URL: passwords, token user names, ``?password=``…).
 
         Computed once per settings object (the log filter asks on every line); a changed environment or
         ``DATABASE_URL_FILE`` yields a new settings object from ``get_settings``, so this is never stale.
@@ -107,14 +124,14 @@ class Settings(BaseSettings):
             for s in (self.api_key, self.anthropic_api_key, self.openai_api_key, self.gemini_api_key, self.github_token)
             if s is not None and s.get_secret_value()
         ]
-        from sqlalchemy.engine import make_url
+        from autopack.url_credentials import url_credentials
 
         try:
-            password = make_url(self.resolved_database_url()).password
-        except Exception:  # a malformed URL has no password we could leak
-            password = None
-        if password:
-            secrets.append(str(password))
+            database_url = self.resolved_database_url()
+        except Exception:  # an unreadable DATABASE_URL_FILE: no URL, so no credential in it
+            database_url = ""
+        for url in (database_url, self.api_url, self.llm_base_url, self.github_base_url):
+            secrets += url_credentials(url or "")
         return secrets
 
 
@@ -159,16 +176,17 @@ def get_settings(**overrides: object) -> Settings:
     """The settings for the current environment, built once per distinct environment (see the module doc).
 
     With ``overrides`` a fresh object is built and not cached. Treat the returned object as read-only: it
-    is shared by every caller that sees the same environment.
+    is shared by every caller that sees the same environment. A malformed value
+    (``TELEMETRY_DB_ENABLED=garbage``) is a ``ConfigError`` naming the variable, and is never cached.
     """
     global _cached
     if overrides:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return _build_settings(**overrides)
     key = _settings_key()
     cached = _cached
     if cached is not None and cached[0] == key:
         return cached[1]
-    settings = Settings()
+    settings = _build_settings()
     if _settings_key() == key:  # unchanged while it was built (another thread may set variables)
         with _cache_lock:
             _cached = (key, settings)
@@ -180,6 +198,27 @@ def clear_settings_cache() -> None:
     global _cached
     with _cache_lock:
         _cached = None
+
+
+def _build_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(f"invalid setting: {validation_summary(exc)}",
+                          hint="fix the environment variable (or .env) it names") from exc
+
+
+def read_database_url_file(path: Path) -> str:
+    """The URL inside ``DATABASE_URL_FILE``; unreadable or empty is an error, never a silent default."""
+    try:
+        raw = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"DATABASE_URL_FILE {path} cannot be read: {getattr(exc, 'strerror', None) or exc}",
+                          hint="point DATABASE_URL_FILE at a file holding the database URL, or unset it") from exc
+    if not raw:
+        raise ConfigError(f"DATABASE_URL_FILE {path} is empty",
+                          hint="write the database URL into it, or unset DATABASE_URL_FILE")
+    return raw
 
 
 def absolutize_sqlite_url(url: str) -> str:

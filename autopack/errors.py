@@ -51,3 +51,19 @@ class RefusedError(AutopackError):
 
 class ProviderError(AutopackError):
     """An LLM provider failed in a way retries did not fix."""
+
+
+def validation_summary(exc: Exception, *, limit: int = 3) -> str:
+    """One line from a pydantic ``ValidationError``: ``field: message`` for the first few errors.
+
+    The offending *input* is never shown: it may be a secret (a key or URL in the wrong variable) or
+    megabytes long.
+    """
+    errors = exc.errors() if hasattr(exc, "errors") else []
+    parts = []
+    for error in errors[:limit]:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "__root__") or "input"
+        message = " ".join(str(error.get("msg", "invalid")).split()).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
+    return "; ".join(parts) + more if parts else " ".join(str(exc).split())[:300]

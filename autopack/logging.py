@@ -6,13 +6,13 @@ import logging
 import re
 
 from autopack.config import get_settings
+from autopack.url_credentials import mask_url_credentials
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
 _TOKEN_SHAPES = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,}|gh[pousr]_[A-Za-z0-9]{16,}|AIza[0-9A-Za-z_\-]{20,})\b")
 
 
 def redact(text: str, secrets: list[str] | None = None) -> str:
-    """Mask URL passwords, known secret values (from settings) and common API-key shapes."""
+    """Mask URL credentials, known secret values (from settings) and common API-key shapes."""
     if not text:
         return text
     if secrets is None:
@@ -23,7 +23,7 @@ def redact(text: str, secrets: list[str] | None = None) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
-    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    text = mask_url_credentials(text)
     return _TOKEN_SHAPES.sub("***", text)
 
 

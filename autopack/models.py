@@ -3,6 +3,7 @@
 from autopack.db.models import *  # noqa: F403
 from autopack.db.models import (  # noqa: F401
     Base,
+    CalibrationProposal,
     CalibrationRun,
     DbMeta,
     DrainResult,
@@ -10,6 +11,7 @@ from autopack.db.models import (  # noqa: F401
     LlmUsageEvent,
     Phase,
     PhaseState,
+    ProviderSlot,
     Run,
     TokenBudgetEscalationEvent,
     TokenEstimationV2Event,

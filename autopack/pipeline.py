@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pathlib import Path
-
-from autopack.config import get_settings
+from autopack.config import Settings, get_settings
 from autopack.db.engine import session_scope
 from autopack.db.identity import guard, read_identity
 from autopack.db.migrate import upgrade_database
-from autopack.errors import AutopackError, DbIdentityMismatchError, InputError
-from autopack.github.proposal import ESTIMATOR_PATH
-from autopack.execution.seed_runs import ensure_seed_runs
+from autopack.errors import AutopackError, ConfigError, DbIdentityMismatchError, InputError
+from autopack.execution.seed_runs import ensure_seed_runs, seed_run_ids
+from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
+
+#: A state message longer than this is cut: run lists show one line.
+STATE_MESSAGE_LIMIT = 300
 
 
 @dataclass
@@ -23,8 +25,8 @@ class Prepared:
     messages: list[str] = field(default_factory=list)
 
 
-def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None) -> Prepared:
-    """With ``init``: create/migrate the database and the seed runs that are missing, and say so.
+def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None, weeks: int = 1) -> Prepared:
+    """With ``init``: create/migrate the database and the seed runs (of ``weeks`` weeks) that are missing.
 
     Without it nothing is created: the guard refuses an unmigrated, empty or unexpected database.
     """
@@ -39,11 +41,12 @@ def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None) -
                 hint="unset AUTOPACK_EXPECTED_DB_ID to create a new database, or point DATABASE_URL at it",
             ) from exc
     if init:
+        wanted = seed_run_ids(weeks)  # a bad --weeks fails before anything is created
         report = upgrade_database(url)
         if report.changed:
             messages.append(f"init: database {report.url} migrated to {report.revision_after}")
         with session_scope(url) as session:
-            created = ensure_seed_runs(session)
+            created = ensure_seed_runs(session, wanted)
         if created:
             messages.append(f"init: created telemetry-collection runs {', '.join(created)}")
         else:
@@ -64,21 +67,123 @@ def check_target_repo(path: Path) -> Path:
     return resolved
 
 
+def check_publish_settings(*, dry_run: bool, token: str | None, repository: str | None) -> None:
+    """``dry_run`` false means a real pull request: without a token or a repository, refuse before draining.
+
+    (The original, and this project until issue 10, quietly fell back to a local dry run instead.)
+    """
+    if dry_run:
+        return
+    if not token:
+        raise ConfigError(
+            "dry_run is false but no GitHub token is available",
+            hint="create the Prefect Secret block github-token or set GITHUB_TOKEN; or ask for a dry run "
+                 "(dry_run=true, --dry-run)",
+        )
+    if not repository:
+        raise ConfigError(
+            "dry_run is false but GITHUB_REPOSITORY is not set",
+            hint="set GITHUB_REPOSITORY=owner/name (a job variable under a deployment); or ask for a dry run",
+        )
+
+
+def check_deployment_locations(*, output_dir: str, target_repo: str, dry_run: bool) -> None:
+    """Under a deployment the flow runs in a temporary clone that is deleted after the run.
+
+    Reports go to ``output_dir`` and a dry run writes its branch into ``target_repo``: both must be absolute
+    paths on the worker host, or the results vanish with the clone. A real pull request only reads
+    ``target_repo``'s estimator, so a relative one (the fresh clone itself) is fine then.
+    """
+    if not output_dir or not Path(output_dir).is_absolute():
+        raise InputError(
+            f"output_dir {output_dir!r} is not an absolute path; under a deployment the flow runs in a temporary "
+            "clone that is deleted after the run",
+            hint="pass an absolute output_dir on the worker host (prefect.yaml: export AUTOPACK_OUTPUT_DIR before "
+                 "`prefect deploy --all`)",
+        )
+    if dry_run and (not target_repo or not Path(target_repo).is_absolute()):
+        raise InputError(
+            f"target_repo {target_repo!r} is not an absolute path; a dry run writes its branch there, and under a "
+            "deployment a relative path is the temporary clone, deleted after the run",
+            hint="pass the absolute path of an autopack git checkout on the worker host",
+        )
+
+
+def check_deployment_database(settings: Settings) -> None:
+    """A deployment's flow run needs the telemetry database named: the default SQLite file would be created
+    (or looked for) inside the temporary clone."""
+    if settings.database_url_file is not None:
+        return
+    raw = (settings.database_url or "").strip()
+    if not raw:
+        raise ConfigError(
+            "the worker has no DATABASE_URL, so the flow would look for a SQLite file inside its temporary clone",
+            hint="export DATABASE_URL before `prefect deploy --all` (prefect.yaml hands it to the worker as a job "
+                 "variable), or set DATABASE_URL_FILE in the worker's environment",
+        )
+    if raw.startswith("sqlite") and ":///" in raw:
+        path = raw.split(":///", 1)[1].split("?", 1)[0]
+        if path and path != ":memory:" and not path.startswith("file:") and not Path(path).is_absolute():
+            raise ConfigError(
+                f"DATABASE_URL points at a relative SQLite path ({path}); under a deployment that is inside the "
+                "temporary clone",
+                hint="use an absolute path: sqlite:////abs/path/autopack.db",
+            )
+
+
+def calibration_outcome(calibration: Mapping[str, Any]) -> str:
+    """``no calibration: …``, ``gate not passed: <reasons>`` or ``gate passed: n coefficient change(s) proposed``."""
+    if calibration.get("no_samples"):
+        return f"no calibration: {calibration['no_samples']}"
+    gate = calibration.get("gate") or {}
+    if gate.get("passed"):
+        return f"gate passed: {len(calibration.get('proposed_changes') or [])} coefficient change(s) proposed"
+    return "gate not passed: " + "; ".join(str(r) for r in (gate.get("reasons") or ["no reason given"]))
+
+
+def state_message(result: Mapping[str, Any]) -> str:
+    """One line for the run's final state: what happened, so run lists tell a failed gate from a PR."""
+    calibration = result.get("calibration") or {}
+    pr = result.get("pull_request")
+    if calibration.get("no_samples") or not (calibration.get("gate") or {}).get("passed"):
+        text = calibration_outcome(calibration)
+    elif not pr:
+        text = "gate passed; no pull request"
+    elif pr.get("status") in ("opened", "updated") and pr.get("pr_number") is not None:
+        text = f"PR #{pr['pr_number']} {pr['status']}: {pr.get('pr_url')}"
+    elif pr.get("status") == "dry_run":
+        text = (f"dry run: branch {pr.get('branch') or BOT_BRANCH} written to {result.get('target_repo')}"
+                f" ({str(pr.get('commit_sha') or '')[:12]}); PR body {pr.get('body_path')}")
+    else:
+        text = str(pr.get("summary") or pr.get("status"))
+    return text if len(text) <= STATE_MESSAGE_LIMIT else text[: STATE_MESSAGE_LIMIT - 1] + "…"
+
+
 def summarise(result: Mapping[str, Any]) -> list[str]:
-    """The closing lines: where the report, the plot and the (would-be) pull request are."""
+    """The closing lines: the outcome, and where the report, the plot and the (would-be) pull request are."""
     calibration = result.get("calibration") or {}
     gate = calibration.get("gate") or {}
     lines = [
+        f"outcome: {result.get('message') or state_message(result)}",
         f"phases drained: {result.get('phases_drained', 0)}, telemetry events: {result.get('telemetry_events', 0)}",
-        f"gate: {'passed' if gate.get('passed') else 'not passed'}"
-        f" ({len(calibration.get('proposed_changes') or [])} coefficient change(s) proposed; reasons in the report)",
-        f"report: {calibration.get('report_path')}",
-        f"json:   {calibration.get('json_path')}",
-        f"plot:   {calibration.get('plot_path')}",
     ]
+    if not calibration.get("no_samples"):
+        lines += [
+            f"gate: {'passed' if gate.get('passed') else 'not passed'} "
+            f"({len(calibration.get('proposed_changes') or [])} coefficient change(s) proposed; reasons in the report)",
+            f"report: {calibration.get('report_path')}",
+            f"json:   {calibration.get('json_path')}",
+            f"plot:   {calibration.get('plot_path')}",
+        ]
     pr = result.get("pull_request")
     if pr:
         lines.append(f"pull request: {pr.get('summary') or pr.get('pr_url') or pr.get('status')}")
     else:
-        lines.append("pull request: none (gate not passed)")
+        lines.append("pull request: none" + ("" if calibration.get("no_samples") else " (gate not passed)"))
+    if result.get("flow_run_url"):
+        lines.append(f"flow run: {result['flow_run_url']}")
+    timings = dict(result.get("timings") or {})
+    if timings:
+        stages = (f"{stage.replace('_', ' ')} {seconds:.1f} s" for stage, seconds in timings.items())
+        lines.append("time: " + ", ".join(stages))
     return lines

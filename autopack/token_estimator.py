@@ -12,9 +12,11 @@ PHASE_OVERHEAD by "testing", so its "tests" phases silently used the 2000 defaul
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -119,8 +121,25 @@ DEFAULT_BASE_BUDGET = 8192
 BUDGET_FACTORS: dict[tuple[str, str], float] = {
 }
 
+# Adaptive budgets (adaptive conformal inference), filled by the calibration pull request when its method
+# is "aci". ADAPTIVE_BUDGET_FACTORS[("<category>/<complexity>", "alpha=<level>")] is the group's budget
+# factor at miscoverage level <level> (its training quantile at 1 - level). A group with entries here (and
+# a BUDGET_FACTORS entry) gets its factor moved at run time: its level alpha_t, kept in the database and
+# updated with each finished call, starts at the target alpha, where the curve equals BUDGET_FACTORS, and
+# stays between the smallest and the largest level listed; the factor is interpolated between adjacent
+# entries. So the runtime never uses a factor above the group's first entry or below its last one.
+ADAPTIVE_BUDGET_FACTORS: dict[tuple[str, str], float] = {
+}
+# ("aci", "target_alpha"): the truncation rate alpha_t is steered to; ("aci", "gamma"): the step of
+# alpha_t <- clip(alpha_t + gamma * (target_alpha - truncated), smallest level, largest level).
+ADAPTIVE_SETTINGS: dict[tuple[str, str], float] = {
+}
+
 # Ceiling bounds.
 MIN_FACTOR_CEILING = 512
+# predicted x factor is rounded up to whole tokens, minus this relative tolerance first: a factor has three
+# decimals and floating point makes 100 x 1.11 = 111.00000000000001, which must not become 112.
+CEIL_RELATIVE_TOLERANCE = 1e-9
 MAX_OUTPUT_TOKENS = 64000
 # Escalate-once after a truncation (reference §2.8).
 ESCALATION_FACTOR = 1.25
@@ -162,6 +181,74 @@ NO_DELIVERABLES_ESTIMATE: dict[tuple[str, str], int] = {
 # ==================================================================================================
 
 
+def ceil_tokens(value: float) -> int:
+    """⌈value⌉ of a product predicted × factor, without the spurious token floating point adds:
+    ⌈100 × 0.14⌉ is 14, not 15 (the same nudge as ``factor_product``, so every ceiling rounds alike)."""
+    return math.ceil(value - abs(value) * CEIL_RELATIVE_TOLERANCE)
+
+
+@dataclass(frozen=True)
+class AdaptiveCurve:
+    """One group's reviewed factor curve: ``factors[i]`` at miscoverage level ``alphas[i]`` (ascending)."""
+
+    alphas: tuple[float, ...]
+    factors: tuple[float, ...]
+    _logs: tuple[tuple[float, ...], tuple[float, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        logs = (tuple(math.log(a) for a in self.alphas), tuple(math.log(f) for f in self.factors))
+        object.__setattr__(self, "_logs", logs)
+
+    def clip(self, alpha: float) -> float:
+        return min(max(alpha, self.alphas[0]), self.alphas[-1])
+
+    def factor_at(self, alpha: float) -> float:
+        """The factor at level alpha (clipped to the curve): log-linear between adjacent reviewed entries,
+        so it always lies between two values a reviewer approved."""
+        a = self.clip(alpha)
+        i = bisect.bisect_left(self.alphas, a)
+        if self.alphas[i] == a:
+            return self.factors[i]
+        la, lf = self._logs
+        w = (math.log(a) - la[i - 1]) / (la[i] - la[i - 1])
+        return min(self.factors[i - 1], max(self.factors[i], math.exp((1.0 - w) * lf[i - 1] + w * lf[i])))
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the reviewed curve: runtime state kept for another curve is not used for this one."""
+        text = ",".join(f"{a!r}:{f!r}" for a, f in zip(self.alphas, self.factors, strict=True))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def adaptive_group_key(group: tuple[str, str]) -> str:
+    return f"{group[0]}/{group[1]}"
+
+
+def adaptive_level_key(alpha: float) -> str:
+    return f"alpha={alpha:.4f}"
+
+
+def parse_adaptive_curves(table: Mapping[tuple[str, str], float]) -> dict[tuple[str, str], AdaptiveCurve]:
+    """ADAPTIVE_BUDGET_FACTORS as one ``AdaptiveCurve`` per (category, complexity)."""
+    points: dict[tuple[str, str], dict[float, float]] = {}
+    for (group_key, level_key), factor in table.items():
+        category, sep, complexity = group_key.partition("/")
+        name, eq, level = level_key.partition("=")
+        if not (sep and category and complexity and eq and name == "alpha"):
+            raise ValueError(f"ADAPTIVE_BUDGET_FACTORS key {(group_key, level_key)!r} is not "
+                             "('<category>/<complexity>', 'alpha=<level>')")
+        points.setdefault((category, complexity), {})[float(level)] = float(factor)
+    return {
+        group: AdaptiveCurve(tuple(sorted(p)), tuple(p[a] for a in sorted(p)))
+        for group, p in points.items()
+    }
+
+
+def aci_step(alpha_t: float, err: int, target: float, gamma: float, low: float, high: float) -> float:
+    """Adaptive conformal inference, clipped: alpha_t + gamma (target - err), kept within [low, high]."""
+    return min(max(alpha_t + gamma * (target - err), low), high)
+
+
 @dataclass(frozen=True)
 class Coefficients:
     """One coefficient set. ``current_coefficients()`` reads the literals above."""
@@ -174,6 +261,16 @@ class Coefficients:
     safety_margin: float = SAFETY_MARGIN
     buffer_margin: float = BUFFER_MARGIN
     default_phase_overhead: int = DEFAULT_PHASE_OVERHEAD
+    #: Reviewed ACI curves by group, and the ACI settings (None: no adaptive budgets).
+    adaptive_curves: Mapping[tuple[str, str], AdaptiveCurve] = field(default_factory=dict)
+    adaptive_target: float | None = None
+    adaptive_gamma: float | None = None
+
+    def adaptive_curve(self, group: tuple[str, str]) -> AdaptiveCurve | None:
+        """The group's curve when adaptive budgets apply to it (it also needs a calibrated factor)."""
+        if self.adaptive_target is None or self.adaptive_gamma is None or group not in self.budget_factors:
+            return None
+        return self.adaptive_curves.get(group)
 
 
 def current_coefficients() -> Coefficients:
@@ -183,6 +280,9 @@ def current_coefficients() -> Coefficients:
         token_weights=dict(TOKEN_WEIGHTS),
         base_budgets=dict(BASE_BUDGET_BY_CATEGORY),
         budget_factors=dict(BUDGET_FACTORS),
+        adaptive_curves=parse_adaptive_curves(ADAPTIVE_BUDGET_FACTORS),
+        adaptive_target=ADAPTIVE_SETTINGS.get(("aci", "target_alpha")),
+        adaptive_gamma=ADAPTIVE_SETTINGS.get(("aci", "gamma")),
     )
 
 
@@ -244,11 +344,45 @@ class Contribution:
 
 
 @dataclass(frozen=True)
+class AdaptiveLevel:
+    """A group's runtime ACI state, read from the database before the call (``decide_ceiling``'s input)."""
+
+    alpha_t: float
+    fingerprint: str  # of the curve the state was built with; another curve's state is not used
+    n_feedback: int = 0
+
+
+@dataclass(frozen=True)
+class AdaptiveUse:
+    """How an adaptive ceiling was set; the telemetry recorder feeds the call's outcome back with it."""
+
+    group: tuple[str, str]
+    alpha_t: float
+    factor: float
+    raw_ceiling: int  # predicted x factor, before the estimator's clamps
+    target_alpha: float
+    gamma: float
+    alpha_min: float
+    alpha_max: float
+    fingerprint: str
+
+    def error(self, output_tokens: int, truncated: bool) -> int:
+        """1 when the call reached the adaptive ceiling (reaching the ceiling = truncated), else 0.
+
+        Judged against the unclamped ceiling, so the 512-token floor does not blind the update: a call
+        cut by a lower model maximum is a miss too (its length is unknown beyond the cut).
+        """
+        return int(truncated or output_tokens >= self.raw_ceiling)
+
+
+@dataclass(frozen=True)
 class CeilingDecision:
     selected_budget: int
     actual_max_tokens: int
     contributions: tuple[Contribution, ...]
     calibrated: bool
+    #: Set when an adaptive factor decided the ceiling of a first attempt (the outcome feeds alpha_t back).
+    adaptive: AdaptiveUse | None = None
 
     def as_records(self) -> list[dict[str, object]]:
         return [{"name": c.name, "value": c.value, "detail": c.detail} for c in self.contributions]
@@ -428,6 +562,16 @@ def buffer_for(est: Estimate, coefficients: Coefficients) -> tuple[float, str]:
     return buffer, reason
 
 
+def factor_product(predicted, factor):  # type: ignore[no-untyped-def]
+    """predicted × factor, nudged down by ``CEIL_RELATIVE_TOLERANCE`` so rounding it up adds no spurious token.
+
+    Plain arithmetic on purpose: the calibration applies the same function to numpy arrays, so the scalar
+    ceiling here and the vectorised one there cannot drift apart.
+    """
+    product = predicted * factor
+    return product - abs(product) * CEIL_RELATIVE_TOLERANCE
+
+
 def decide_ceiling(
     est: Estimate,
     features: PhaseFeatures,
@@ -435,11 +579,13 @@ def decide_ceiling(
     *,
     escalated_to: int | None = None,
     model_max_output: int = MAX_OUTPUT_TOKENS,
+    adaptive: AdaptiveLevel | None = None,
 ) -> CeilingDecision:
     """The one function that decides ``selected_budget`` (intent) and ``actual_max_tokens`` (sent).
 
     Every step that changes the number is recorded as a named contribution, so no override can hide
-    the estimator again (the original's five silent overrides, §10.13).
+    the estimator again (the original's five silent overrides, §10.13). ``adaptive`` is the group's
+    runtime ACI state (None: none yet); it only matters for a group with a reviewed adaptive curve.
     """
     coeffs = coefficients or current_coefficients()
     contributions: list[Contribution] = [
@@ -447,13 +593,26 @@ def decide_ceiling(
     ]
     factor = coeffs.budget_factors.get(est.group)
     cap = min(MAX_OUTPUT_TOKENS, model_max_output)
+    use: AdaptiveUse | None = None
     if factor is not None:
-        raw_ceiling = math.ceil(est.predicted_output_tokens * factor)
+        raw_ceiling = math.ceil(factor_product(est.predicted_output_tokens, factor))
         selected = min(max(raw_ceiling, MIN_FACTOR_CEILING), cap)
         contributions.append(
             Contribution("calibrated_factor", selected, f"{est.predicted_output_tokens} x {factor} for {est.group}"
                          f" (clamped to [{MIN_FACTOR_CEILING}, {cap}])")
         )
+        use = _adaptive_use(est, coeffs, adaptive)
+        if use is not None:
+            selected = min(max(use.raw_ceiling, MIN_FACTOR_CEILING), cap)
+            state = ("no runtime state yet" if adaptive is None else
+                     "runtime state of another curve, reset" if adaptive.fingerprint != use.fingerprint else
+                     f"runtime state after {adaptive.n_feedback} finished calls")
+            contributions.append(
+                Contribution("adaptive", selected, f"ACI alpha_t={use.alpha_t:.4f} (target {use.target_alpha}, "
+                             f"{state}): {est.predicted_output_tokens} x {use.factor:.4f}, reviewed factor range "
+                             f"[{coeffs.adaptive_curves[est.group].factors[-1]}, "
+                             f"{coeffs.adaptive_curves[est.group].factors[0]}]")
+            )
     else:
         floor = base_budget(est.category, est.complexity, coeffs)
         buffer, why = buffer_for(est, coeffs)
@@ -475,7 +634,22 @@ def decide_ceiling(
     if ceiling > cap:
         ceiling = cap
         contributions.append(Contribution("model_max", ceiling, f"model maximum output {cap}"))
-    return CeilingDecision(selected, ceiling, tuple(contributions), factor is not None)
+    return CeilingDecision(selected, ceiling, tuple(contributions), factor is not None,
+                           use if escalated_to is None else None)
+
+
+def _adaptive_use(est: Estimate, coeffs: Coefficients, level: AdaptiveLevel | None) -> AdaptiveUse | None:
+    """The adaptive factor for the group at its runtime level (the target when it has no valid state)."""
+    curve = coeffs.adaptive_curve(est.group)
+    if curve is None:
+        return None
+    assert coeffs.adaptive_target is not None and coeffs.adaptive_gamma is not None
+    fingerprint = curve.fingerprint
+    valid = level is not None and level.fingerprint == fingerprint and math.isfinite(level.alpha_t)
+    alpha_t = curve.clip(level.alpha_t if valid and level is not None else coeffs.adaptive_target)
+    factor = curve.factor_at(alpha_t)
+    return AdaptiveUse(est.group, alpha_t, factor, ceil_tokens(est.predicted_output_tokens * factor),
+                       coeffs.adaptive_target, coeffs.adaptive_gamma, curve.alphas[0], curve.alphas[-1], fingerprint)
 
 
 def _overrides(est: Estimate, features: PhaseFeatures) -> list[tuple[str, int, bool]]:
@@ -518,11 +692,18 @@ def plan_call(
     *,
     escalated_to: int | None = None,
     model_max_output: int = MAX_OUTPUT_TOKENS,
+    adaptive: Callable[[tuple[str, str]], AdaptiveLevel | None] | None = None,
 ) -> tuple[Estimate, CeilingDecision]:
-    """Estimate and decide the ceiling in one call (what the phase executor uses before each call)."""
+    """Estimate and decide the ceiling in one call (what the phase executor uses before each call).
+
+    ``adaptive`` looks up the runtime ACI state of the estimated group; it is only asked for groups with a
+    reviewed adaptive curve (every other group is planned without touching it).
+    """
     coeffs = coefficients or current_coefficients()
     est = estimate(features, coeffs)
-    return est, decide_ceiling(est, features, coeffs, escalated_to=escalated_to, model_max_output=model_max_output)
+    level = adaptive(est.group) if adaptive is not None and coeffs.adaptive_curve(est.group) is not None else None
+    return est, decide_ceiling(est, features, coeffs, escalated_to=escalated_to, model_max_output=model_max_output,
+                               adaptive=level)
 
 
 def features_record(features: PhaseFeatures, est: Estimate) -> dict[str, object]:

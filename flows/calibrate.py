@@ -1,14 +1,21 @@
-"""``calibrate``: the T5 calibration job, with its report and group table as Prefect artifacts."""
+"""``calibrate``: the T5 calibration job, with its report (plot embedded) and group table as Prefect artifacts."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Completed
 
-from autopack.calibration import run_calibration
+from autopack.calibration import NoUsableSamplesError, run_calibration
+from autopack.pipeline import calibration_outcome
+
+#: Columns of the ``calibration-groups`` table artifact.
+GROUP_COLUMNS = ("category", "complexity", "n", "n_censored", "median_ratio", "pooling_weight", "budget_factor",
+                 "confidence", "original_confidence")
 
 
 @task(name="run-calibration")
@@ -21,15 +28,47 @@ def calibrate_task(
     output_dir: str,
     expect_db_id: str | None,
 ) -> dict[str, Any]:
-    return run_calibration(
-        min_samples=min_samples,
-        confidence_threshold=confidence_threshold,
-        target_truncation=target_truncation,
-        holdout_fraction=holdout_fraction,
-        include_run_ids=include_run_ids or None,
-        output_dir=Path(output_dir),
-        expect_db_id=expect_db_id,
-    )
+    """The library call; "no usable samples" is an outcome (``no_samples``: the reason), not a crash."""
+    try:
+        return run_calibration(
+            min_samples=min_samples,
+            confidence_threshold=confidence_threshold,
+            target_truncation=target_truncation,
+            holdout_fraction=holdout_fraction,
+            include_run_ids=include_run_ids or None,
+            output_dir=Path(output_dir),
+            expect_db_id=expect_db_id,
+        )
+    except NoUsableSamplesError as exc:
+        get_run_logger().warning("%s", exc.one_line())
+        return {"no_samples": exc.message, "gate": {"passed": False, "reasons": [exc.message]}}
+
+
+def report_markdown(result: dict[str, Any]) -> str | None:
+    """The report with its plot embedded as a ``data:`` URI: the UI cannot load the PNG by a relative name."""
+    report_path, plot_path = result.get("report_path"), result.get("plot_path")
+    if not report_path or not Path(report_path).is_file():
+        return None
+    markdown = Path(report_path).read_text(encoding="utf-8")
+    if plot_path and Path(plot_path).is_file():
+        encoded = base64.b64encode(Path(plot_path).read_bytes()).decode("ascii")
+        markdown = markdown.replace(f"]({Path(plot_path).name})", f"](data:image/png;base64,{encoded})")
+    return markdown
+
+
+def publish_calibration_artifacts(result: dict[str, Any]) -> None:
+    """The report and the group table, as artifacts of the current flow run (the parent's too)."""
+    markdown = report_markdown(result)
+    if markdown is not None:
+        create_markdown_artifact(key="calibration-report", markdown=markdown,
+                                 description="token_estimator calibration report")
+    groups = result.get("groups") or []
+    if groups:
+        create_table_artifact(
+            key="calibration-groups",
+            table=[{k: g.get(k) for k in GROUP_COLUMNS} for g in groups],
+            description="calibration groups (category x complexity)",
+        )
 
 
 @flow(name="calibrate")
@@ -41,28 +80,12 @@ def calibrate(
     include_run_ids: list[str] | None = None,
     output_dir: str = "reports",
     expect_db_id: str | None = None,
-) -> dict[str, Any]:
+) -> Any:
     result = calibrate_task(
         min_samples, confidence_threshold, target_truncation, holdout_fraction, include_run_ids, output_dir,
         expect_db_id,
     )
-    report_path = result.get("report_path")
-    if report_path and Path(report_path).exists():
-        create_markdown_artifact(
-            key="calibration-report", markdown=Path(report_path).read_text(encoding="utf-8"),
-            description="token_estimator calibration report",
-        )
-    groups = result.get("groups") or []
-    if groups:
-        create_table_artifact(
-            key="calibration-groups",
-            table=[
-                {k: g.get(k) for k in ("category", "complexity", "n", "n_censored", "median_ratio", "pooling_weight",
-                                        "budget_factor", "confidence", "original_confidence")}
-                for g in groups
-            ],
-            description="calibration groups (category x complexity)",
-        )
-    gate = result.get("gate") or {}
-    get_run_logger().info("calibration gate passed=%s reasons=%s", gate.get("passed"), gate.get("reasons"))
-    return result
+    publish_calibration_artifacts(result)
+    message = calibration_outcome(result)
+    get_run_logger().info("%s", message)
+    return Completed(message=message, data=result)

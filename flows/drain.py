@@ -1,113 +1,221 @@
-"""``batch-drain``: phases as Prefect tasks, triaged by the same rules as ``autopack drain batch``.
+"""``batch-drain``: the batch drain's engine with every phase a Prefect task run.
 
-Each phase attempt is a task on a bounded ``ThreadPoolTaskRunner``; provider calls take a slot of the
-global concurrency limit ``autopack-llm-calls``; only transient provider failures are retried
-(``retry_condition_fn``). The session is saved in ``drain_sessions``/``drain_results`` after every phase and
-a progress artifact follows the batch.
+The policy — triage and ordering, stop rules, waiting for other drains' leases, the session, outcomes,
+deadlines — is ``autopack.execution.batch.BatchDrain``, the very engine ``autopack drain batch`` runs. This
+module only supplies where phases run (``TaskRunExecutor``: a ``drain-phase`` task run per phase, on any
+Prefect task runner — a bounded ``ThreadPoolTaskRunner`` by default; results come back through the task runs'
+futures) and what the UI shows (``PrefectReporter``: a progress artifact, the summary artifact, one log line
+per phase).
+
+Provider calls go through the provider gate (a lease on a ``provider_slots`` row of the telemetry database,
+``AUTOPACK_PROVIDER_CONCURRENCY`` or the ``provider_concurrency`` parameter) — no Prefect global concurrency
+limit. Retries live in one place, the provider's own loop: task runs are never retried.
+
+A task run cannot be killed. At a phase's deadline the engine records TIMEOUT with the telemetry rows the
+phase really wrote and takes its lease back, so whatever the task reports later is rejected and not counted;
+the task itself goes on until its current provider call returns (it writes no telemetry after that: the phase
+executor checks its lease first). Its slot is reused at once — the default thread pool has a spare thread per
+worker for this — and the flow run ends only after such a task has returned. For hard kills use
+``autopack drain batch``, which runs phases in processes it kills.
 """
 
 from __future__ import annotations
 
-import queue
+import select
 import time
+from collections import deque
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
-from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
-from sqlalchemy.exc import OperationalError
+from prefect.futures import PrefectFuture
+from prefect.states import Completed, State
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from autopack.config import get_settings
-from autopack.db.engine import session_scope
-from autopack.db.identity import guard
-from autopack.db.models import PhaseState
-from autopack.execution import leases
 from autopack.execution.batch import (
-    STOP_BATCH_SIZE,
-    STOP_NO_PHASES,
-    STOP_TIME_LIMIT,
-    STOP_ZERO_YIELD,
+    DEFAULT_LEASE_SECONDS,
     BatchOptions,
-    check_telemetry_enabled,
-    eligible_candidates,
-    outcome_from_phase_result,
+    attempt_samples,
+    run_batch_drain,
 )
-from autopack.execution.batch_report import format_summary
-from autopack.execution.phase_runner import execute_phase
-from autopack.execution.sessions import DrainOutcome, SessionState, SessionStore, new_session_id
-from autopack.execution.triage import RC_FAILED, RC_TIMEOUT, Candidate, order_candidates
-from autopack.llm import get_provider
-from autopack.llm.base import ProviderTransientError
-from autopack.llm.gated import GatedProvider
+from autopack.execution.batch_report import format_summary, outcome_line, phase_log_line
+from autopack.execution.batch_workers import (
+    DEFAULT_EXECUTOR,
+    Completion,
+    ExecutorRef,
+    PhaseJob,
+    WakePipe,
+    resolve_executor,
+    run_job,
+)
+from autopack.execution.sessions import STATUS_COMPLETED, DrainOutcome, SessionState
+from autopack.execution.triage import STAGE_EXECUTION, Candidate
 
-LLM_CONCURRENCY_LIMIT = "autopack-llm-calls"
-
-#: Outcomes of every attempt (including ones Prefect retries), per drain session, for the flow to record.
-_OUTCOMES: dict[str, queue.Queue[DrainOutcome]] = {}
-
-
-class TransientPhaseFailure(Exception):
-    """The phase failed because the provider was unavailable (429/5xx/timeout): worth another attempt."""
-
-
-def retry_only_transient(_task: Any, _task_run: Any, state: Any) -> bool:
-    """``retry_condition_fn``: retry provider unavailability and lost database connections, nothing else."""
-    try:
-        state.result()
-    except (TransientPhaseFailure, OperationalError):
-        return True
-    except Exception:
-        return False
-    return False
-
-
-def ensure_concurrency_limit(limit: int) -> None:
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(LLM_CONCURRENCY_LIMIT, limit)
+#: The phase function every ``drain-phase`` task runs (tests point it at a fake).
+PHASE_EXECUTOR: ExecutorRef = DEFAULT_EXECUTOR
 
 
 @task(
     name="drain-phase",
-    task_run_name="drain {run_id}/{phase_id}",
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=retry_only_transient,
+    task_run_name="{job.run_id}/{job.phase_id}",
     cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=0,
 )
-def drain_phase(
-    session_id: str,
-    run_id: str,
-    phase_id: str,
-    phase_index: int,
-    owner: str,
-    states: list[str],
-    lease_seconds: float,
-    telemetry: bool,
-) -> dict[str, Any]:
-    """One attempt: claim, execute (provider calls gated by the global limit), report the outcome."""
-    with session_scope() as db:
-        claim = leases.claim_phase(db, run_id, phase_id, owner, states=[*states, PhaseState.FAILED],
-                                   lease_seconds=lease_seconds)
-    if claim is None:
-        return {"claimed": False}
-    provider = GatedProvider(get_provider(), gate=lambda: concurrency(LLM_CONCURRENCY_LIMIT, occupy=1))
+def drain_phase(job: PhaseJob, executor_ref: ExecutorRef = DEFAULT_EXECUTOR) -> State:
+    """Run one claimed phase; its state message (and log line) says what happened. Never raises."""
+    message = run_job(resolve_executor(executor_ref), job)
+    try:
+        samples = attempt_samples(job.url, job.claim)
+    except Exception:  # noqa: BLE001 - the line is informative only; the drain counts rows itself
+        samples = []
+    line = phase_log_line(job.run_id, job.phase_id, message, samples)
+    get_run_logger().info(line)
+    return Completed(message=line[:500], data=message)
 
-    def heartbeat() -> None:
-        with session_scope() as db:
-            leases.heartbeat(db, run_id, phase_id, owner, lease_seconds=lease_seconds)
 
-    started = time.monotonic()
-    result = execute_phase(run_id, phase_id, claim=claim, provider=provider, telemetry=telemetry, heartbeat=heartbeat)
-    candidate = Candidate(run_id, phase_id, phase_index, claim.initial_state)
-    outcome = outcome_from_phase_result(candidate, claim, result, duration=time.monotonic() - started)
-    _OUTCOMES[session_id].put(outcome)
-    if not result.success and isinstance(provider.last_error, ProviderTransientError):
-        raise TransientPhaseFailure(result.error_message or "provider unavailable")
-    return {"claimed": True, "final_state": result.final_state, "telemetry_events": result.telemetry_events}
+def _message_of(future: PrefectFuture[Any]) -> dict[str, Any]:
+    try:
+        value: Any = future.result(raise_on_failure=False)
+    except BaseException as exc:  # noqa: BLE001 - a crashed or cancelled task run is an executor error
+        value = exc
+    if isinstance(value, dict) and "kind" in value:
+        return value
+    return {"kind": "error", "message": f"the task run ended without a result: {value!r}"[:4000], "stage": STAGE_EXECUTION}
+
+
+class TaskRunExecutor:
+    """``DrainExecutor`` whose slots are Prefect task runs on ``task_runner`` (cannot be killed; see above)."""
+
+    hard_kill = False
+
+    def __init__(
+        self, workers: int, executor_ref: ExecutorRef = DEFAULT_EXECUTOR, task_runner: TaskRunner[Any] | None = None
+    ) -> None:
+        self.workers = workers
+        self.executor_ref = executor_ref
+        self.task_runner = task_runner or ThreadPoolTaskRunner(max_workers=2 * workers)
+        self._futures: dict[int, PrefectFuture[Any]] = {}
+        self._finished: deque[tuple[int, PrefectFuture[Any]]] = deque()
+        self._wake = WakePipe()
+        self._open = False
+
+    def idle_slots(self, wanted: int) -> list[int]:
+        if not self._open:
+            self.task_runner.__enter__()
+            self._open = True
+        return [slot for slot in range(self.workers) if slot not in self._futures]
+
+    def starting(self) -> bool:
+        return False
+
+    def submit(self, slot: int, job: PhaseJob) -> None:
+        future = self.task_runner.submit(drain_phase, parameters={"job": job, "executor_ref": self.executor_ref})
+        self._futures[slot] = future
+        future.add_done_callback(lambda done, slot=slot: self._on_done(slot, done))
+
+    def _on_done(self, slot: int, future: PrefectFuture[Any]) -> None:
+        self._finished.append((slot, future))  # deque.append is thread-safe
+        self._wake.wake()
+
+    def wait(self, timeout: float | None) -> list[Completion]:
+        if not self._finished and (self._futures or timeout is not None):
+            select.select([self._wake.fileno()], [], [], timeout)
+        self._wake.clear()
+        completions = []
+        while self._finished:
+            slot, future = self._finished.popleft()
+            if self._futures.get(slot) is not future:
+                continue  # abandoned at its deadline: its late result is not counted
+            del self._futures[slot]
+            completions.append(Completion(slot, _message_of(future)))
+        return completions
+
+    def result_ready(self, slot: int) -> bool:
+        future = self._futures.get(slot)
+        return future is not None and any(done is future for _, done in list(self._finished))
+
+    def cancel(self, slot: int) -> None:
+        self._futures.pop(slot, None)  # abandon: a task run cannot be stopped; the engine took its lease back
+
+    def wake(self) -> None:
+        self._wake.wake()
+
+    def close(self) -> None:
+        try:
+            if self._open:
+                self.task_runner.__exit__(None, None, None)  # waits for abandoned task runs to return
+                self._open = False
+        finally:
+            self._wake.close()
+
+
+class PrefectReporter:
+    """The drain in the Prefect UI: ``batch-drain-progress`` (done of eligible, 100 % at the end), the
+    ``batch-drain-summary`` artifact, and a flow log line per phase and per triage decision.
+
+    The progress artifact is updated at most every ``progress_interval`` seconds (each update is a call to the
+    Prefect API from the drain's own thread, which also dispatches the phases) and once more at the end.
+    """
+
+    def __init__(self, progress_interval: float = 1.0) -> None:
+        self.logger = get_run_logger()
+        self.progress_interval = progress_interval
+        self._progress_id: Any = None
+        self._percent = -1.0
+        self._updated_at = float("-inf")
+        self._latest = (0, 0)
+
+    def started(self, state: SessionState, options: BatchOptions) -> None:
+        self._progress_id = create_progress_artifact(
+            0.0, key="batch-drain-progress",
+            description=f"drain session {state.session_id}: phases done of those eligible (at most {state.batch_size})",
+        )
+        scope = ", ".join(options.run_ids) if options.run_ids else "all runs"
+        self.logger.info(
+            "drain session %s: up to %d phases from %s (states %s), %d worker(s), phase timeout %gs",
+            state.session_id, state.batch_size, scope, ",".join(options.states), options.workers,
+            options.phase_timeout_seconds,
+        )
+
+    def phase_started(self, candidate: Candidate, worker: int) -> None:
+        self.logger.debug("slot %d: %s/%s (%s)", worker, candidate.run_id, candidate.phase_id, candidate.state)
+
+    def phase_finished(self, outcome: DrainOutcome, state: SessionState, notes: list[str]) -> None:
+        self.logger.info("%s", outcome_line(outcome, state))
+        for note in notes:
+            self.logger.info("%s", note)
+
+    def progress(self, done: int, planned: int, *, final: bool = False) -> None:
+        self._latest = (done, planned)
+        percent = 100.0 if planned <= 0 else round(min(100.0, 100.0 * done / planned), 1)
+        now = time.monotonic()
+        if self._progress_id is None or percent == self._percent:
+            return
+        if final or now - self._updated_at >= self.progress_interval:
+            update_progress_artifact(self._progress_id, percent)
+            self._percent, self._updated_at = percent, now
+
+    def message(self, text: str) -> None:
+        self.logger.info("%s", text)
+
+    def finished(self, state: SessionState) -> None:
+        done, planned = (1, 1) if state.status == STATUS_COMPLETED else self._latest  # interrupted: where it stopped
+        self.progress(done, planned, final=True)
+        summary = format_summary(state)
+        create_markdown_artifact(key="batch-drain-summary", markdown=f"## Batch drain {state.status}\n\n```\n{summary}\n```",
+                                 description=f"drain session {state.session_id}")
+        self.logger.info("%s", summary)
+
+
+def summary_message(state: SessionState) -> str:
+    """The flow run's state message: what the drain did, in one line."""
+    return (
+        f"{state.total_processed} phases: {state.total_success} ok, {state.total_failed} failed "
+        f"({state.total_timeouts} timeouts), {state.total_telemetry_events} telemetry rows; "
+        f"stopped: {state.stop_reason or 'not stopped'}"
+    )
 
 
 @flow(name="batch-drain")
@@ -125,7 +233,10 @@ def batch_drain(
     skip_run_prefixes: list[str] | None = None,
     provider_concurrency: int | None = None,
     expect_db_id: str | None = None,
-) -> dict[str, Any]:
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    resume: bool = False,
+) -> State:
+    """Drain phases with sample-first triage; ``provider_concurrency`` None = ``AUTOPACK_PROVIDER_CONCURRENCY``."""
     options = BatchOptions(
         run_ids=list(run_ids or []),
         batch_size=batch_size,
@@ -138,124 +249,28 @@ def batch_drain(
         max_total_minutes=max_total_minutes,
         skip_run_prefixes=list(skip_run_prefixes or []),
         workers=workers,
+        resume=resume,
+        lease_seconds=lease_seconds,
+        provider_concurrency=provider_concurrency,
     )
     options.validate()
-    settings = get_settings()
-    check_telemetry_enabled(options.telemetry, settings.telemetry_db_enabled)
-    identity = guard(expect_db_id=expect_db_id or settings.expected_db_id)
-    ensure_concurrency_limit(provider_concurrency or workers)
-    runner = ThreadPoolTaskRunner(max_workers=workers)
-    return _drain.with_options(task_runner=runner)(options, identity.db_id)
-
-
-@flow(name="batch-drain-session")
-def _drain(options: BatchOptions, db_id: str) -> dict[str, Any]:
-    logger = get_run_logger()
-    store = SessionStore()
-    state = SessionState(session_id=new_session_id(), batch_size=options.batch_size, db_id=db_id,
-                         params={**options.to_params(), "orchestrator": "prefect"})
-    store.save(state)
-    outcomes: queue.Queue[DrainOutcome] = queue.Queue()
-    _OUTCOMES[state.session_id] = outcomes
-    limits = options.limits()
-    progress = create_progress_artifact(0.0, key="batch-drain-progress",
-                                        description=f"drain session {state.session_id}")
-    deadline = time.monotonic() + options.max_total_minutes * 60 if options.max_total_minutes else None
-    in_flight: dict[tuple[str, str], Any] = {}
-    deadlines: dict[tuple[str, str], float] = {}
-    timed_out: set[tuple[str, str]] = set()
-    stop: str | None = None
-    try:
-        while True:
-            if stop is None:
-                if state.total_processed >= options.batch_size:
-                    stop = STOP_BATCH_SIZE
-                elif deadline is not None and time.monotonic() >= deadline:
-                    stop = STOP_TIME_LIMIT
-                elif (options.max_consecutive_zero_yield
-                      and state.consecutive_zero_yield >= options.max_consecutive_zero_yield):
-                    stop = STOP_ZERO_YIELD
-            if stop is None:
-                room = min(options.batch_size - state.total_processed - len(in_flight), options.workers - len(in_flight))
-                ordered = order_candidates(eligible_candidates(None, options), state.view(), limits,
-                                           in_flight=in_flight.keys(), skip_run_prefixes=options.skip_run_prefixes)
-                for candidate in ordered[: max(room, 0)]:
-                    owner = f"prefect:{state.session_id}:{candidate.run_id}:{candidate.phase_id}"
-                    in_flight[candidate.key] = drain_phase.submit(
-                        state.session_id, candidate.run_id, candidate.phase_id, candidate.phase_index, owner,
-                        list(options.states), options.lease_seconds, options.telemetry,
-                    )
-                    deadlines[candidate.key] = time.monotonic() + options.phase_timeout_seconds
-                if not in_flight:
-                    stop = STOP_NO_PHASES
-            if not in_flight:
-                break
-            wait = max(0.0, min(deadlines[k] for k in in_flight) - time.monotonic())
-            failed: tuple[tuple[str, str], str] | None = None
-            try:
-                done = next(as_completed(list(in_flight.values()), timeout=wait))
-                key = next(k for k, f in in_flight.items() if f is done)
-                if done.state.is_failed():
-                    failed = (key, str(done.state.message))
-            except TimeoutError:
-                key = min(in_flight, key=lambda k: deadlines[k])
-                timed_out.add(key)
-                _record_failure(state, key, f"phase timed out after {options.phase_timeout_seconds:g}s", options,
-                                timeout=True)
-            del in_flight[key]
-            deadlines.pop(key, None)
-            reported: set[tuple[str, str]] = set()
-            while not outcomes.empty():
-                outcome = outcomes.get_nowait()
-                if outcome.key in timed_out:
-                    continue  # a timed-out attempt finishing late: its lease is gone, its result is not counted
-                reported.add(outcome.key)
-                for note in state.record(outcome, limits):
-                    logger.info(note)
-            if failed is not None and failed[0] not in reported:
-                _record_failure(state, failed[0], failed[1], options)  # crashed before reporting an outcome
-            store.save(state)
-            update_progress_artifact(progress, min(100.0, 100.0 * state.total_processed / options.batch_size))
-        state.status = "completed"
-        state.stop_reason = stop
-    finally:
-        _OUTCOMES.pop(state.session_id, None)
-        from autopack.db.models import utcnow
-
-        state.completed_at = utcnow()
-        store.save(state)
-    summary = format_summary(state)
-    create_markdown_artifact(key="batch-drain-summary", markdown=f"```\n{summary}\n```")
-    logger.info("%s", summary)
-    return {
+    report = run_batch_drain(
+        options,
+        executor=PHASE_EXECUTOR,
+        runner=TaskRunExecutor(workers, PHASE_EXECUTOR),
+        reporter=PrefectReporter(),
+        expect_db_id=expect_db_id,
+        handle_signals=False,
+    )
+    state = report.state
+    summary = {
         "session_id": state.session_id,
         "processed": state.total_processed,
         "success": state.total_success,
         "failed": state.total_failed,
+        "timeouts": state.total_timeouts,
         "telemetry_events": state.total_telemetry_events,
-        "stop_reason": stop,
+        "stop_reason": state.stop_reason,
+        "wall_seconds": round(report.wall_seconds, 3),
     }
-
-
-def _record_failure(
-    state: SessionState, key: tuple[str, str], reason: str, options: BatchOptions, *, timeout: bool = False
-) -> None:
-    """A phase whose task did not report (timed out, or crashed): finish it and release its lease.
-
-    A timed-out worker thread cannot be killed; its lease is taken away here, so whatever it reports later
-    is rejected (``LeaseLostError``) and not counted. ``autopack drain batch`` kills a stuck process instead.
-    """
-    run_id, phase_id = key
-    owner = f"prefect:{state.session_id}:{run_id}:{phase_id}"
-    final_state = PhaseState.TIMEOUT if timeout else PhaseState.FAILED
-    try:
-        with session_scope() as db:
-            leases.finish_phase(db, run_id, phase_id, owner, final_state, failure_reason=reason)
-    except leases.LeaseLostError:
-        return
-    state.record(
-        DrainOutcome(run_id=run_id, phase_id=phase_id, final_state=final_state, success=False,
-                     returncode=RC_TIMEOUT if timeout else RC_FAILED, failure_stage="timeout" if timeout else "execution",
-                     zero_yield_reason="timeout" if timeout else "execution_error", error_message=reason),
-        options.limits(),
-    )
+    return Completed(message=summary_message(state), data=summary)

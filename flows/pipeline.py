@@ -1,23 +1,101 @@
 """``telemetry-pipeline``: guard → validate one phase → batch drain → calibrate → gate → pull request.
 
-The seed's eight-step "recommended path" as one flow run. A gate that does not pass ends the run
-Completed, with its reasons in an artifact: no pull request is the right outcome then, not a failure.
+The seed's eight-step "recommended path" as one flow run. Its final state says what happened in one line
+(``gate not passed: …``, ``PR #3 updated: …``, ``dry run: branch … written …``), and the run itself carries
+the artifacts a reviewer opens: drain summary, calibration report (plot embedded), group table, gate, pull
+request. A gate that does not pass, or a database without samples, ends the run Completed with the reason:
+no pull request is the right outcome then, not a failure. Bad set-ups end it Failed with one line.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Completed, Failed
 
-from autopack.pipeline import check_target_repo
-from flows.calibrate import calibrate
+from autopack.config import get_settings
+from autopack.errors import AutopackError
+from autopack.pipeline import (
+    check_deployment_database,
+    check_deployment_locations,
+    check_publish_settings,
+    check_target_repo,
+    state_message,
+)
+from flows.calibrate import calibrate, publish_calibration_artifacts
 from flows.drain import batch_drain
 from flows.guard import db_identity_guard
-from flows.pull_request import open_calibration_pr_flow
+from flows.pull_request import github_token, open_calibration_pr_flow, publish_pull_request_artifact
 from flows.validate import validate_single_phase
+
+
+def in_deployment() -> bool:
+    """True when this flow run was started from a deployment (by a worker, in a temporary clone)."""
+    from prefect.runtime import deployment
+
+    return deployment.id is not None
+
+
+def flow_run_ui_url() -> str | None:
+    """This run's page in the Prefect UI; None on the temporary local server, which serves no UI."""
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_UI_URL
+
+    if not PREFECT_UI_URL.value() or flow_run.id is None:
+        return None
+    return str(flow_run.ui_url)
+
+
+def preflight(*, target_repo: str, output_dir: str, dry_run: bool) -> str:
+    """Everything that can be refused before a phase is drained; returns the resolved target checkout."""
+    settings = get_settings()
+    if in_deployment():
+        check_deployment_database(settings)
+        check_deployment_locations(output_dir=output_dir, target_repo=target_repo, dry_run=dry_run)
+    check_publish_settings(dry_run=dry_run, token=None if dry_run else github_token(),
+                           repository=settings.github_repository)
+    return str(check_target_repo(Path(target_repo)))
+
+
+def drain_summary_markdown(drained: dict[str, Any]) -> str:
+    """The drain session's summary as the CLI prints it, else the counts the flow returned."""
+    session_id = drained.get("session_id")
+    if session_id:
+        try:
+            from autopack.execution.batch_report import format_summary
+            from autopack.execution.sessions import SessionStore
+
+            session = SessionStore().load(str(session_id))
+            if session is not None:
+                return f"```\n{format_summary(session)}\n```"
+        except Exception as exc:  # the summary is a courtesy: the counts below say the same in short
+            get_run_logger().warning("drain summary unavailable (%s); showing the counts", exc)
+    rows = [f"| {key} | {value} |" for key, value in drained.items() if not isinstance(value, (dict, list))]
+    return "\n".join(["| | |", "|---|---|", *rows])
+
+
+def gate_markdown(calibration: dict[str, Any]) -> str:
+    gate = calibration.get("gate") or {}
+    passed = bool(gate.get("passed"))
+    lines = [f"## Calibration gate {'passed' if passed else 'not passed'}", ""]
+    if calibration.get("no_samples"):
+        lines += [f"No calibration: {calibration['no_samples']}", "", "No pull request was opened."]
+        return "\n".join(lines)
+    lines += [f"- {reason}" for reason in gate.get("reasons") or []]
+    changes = calibration.get("proposed_changes") or []
+    if passed and changes:
+        lines += ["", "| coefficient | group | from | to |", "|---|---|---:|---:|"]
+        for change in changes:
+            key = "/".join(str(k) for k in change.get("key") or [])
+            old, new = ("–" if v is None else v for v in (change.get("old"), change.get("new")))
+            lines.append(f"| {change.get('coefficient')} | {key} | {old} | {new} |")
+    if not passed:
+        lines += ["", "No pull request was opened."]
+    return "\n".join(lines)
 
 
 @flow(name="telemetry-pipeline")
@@ -41,57 +119,83 @@ def telemetry_pipeline(
     output_dir: str = "reports",
     skip_drain: bool = False,
     expect_db_id: str | None = None,
-) -> dict[str, Any]:
+) -> Any:
     logger = get_run_logger()
-    target_repo = str(check_target_repo(Path(target_repo)))
-    identity = db_identity_guard(expect_db_id=expect_db_id)
-    db_id = identity["db_id"]
-    logger.info("pipeline on database %s (%s)", db_id, identity["url"])
+    started_at = time.time()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
 
-    drained: dict[str, Any] = {"processed": 0, "telemetry_events": 0}
-    if not skip_drain:
-        validation = validate_single_phase(
-            validate_run_id or (run_ids[0] if run_ids else None), validate_phase_id
-        )
-        drained = batch_drain(
-            run_ids=run_ids or [],
-            batch_size=batch_size,
-            workers=workers,
-            max_consecutive_zero_yield=max_consecutive_zero_yield,
-            max_fingerprint_repeats=max_fingerprint_repeats,
-            max_attempts_per_phase=max_attempts_per_phase,
-            max_timeouts_per_run=max_timeouts_per_run,
-            phase_timeout_seconds=phase_timeout_seconds,
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 2)
+        clock = now
+
+    try:
+        target_repo = preflight(target_repo=target_repo, output_dir=output_dir, dry_run=dry_run)
+        identity = db_identity_guard(expect_db_id=expect_db_id)
+        lap("guard")
+        db_id = identity["db_id"]
+        logger.info("pipeline on database %s (%s)", db_id, identity["url"])
+
+        drained: dict[str, Any] = {"processed": 0, "telemetry_events": 0}
+        if not skip_drain:
+            validation = validate_single_phase(
+                validate_run_id or (run_ids[0] if run_ids else None), validate_phase_id
+            )
+            lap("validate")
+            drained = dict(batch_drain(
+                run_ids=run_ids or [],
+                batch_size=batch_size,
+                workers=workers,
+                max_consecutive_zero_yield=max_consecutive_zero_yield,
+                max_fingerprint_repeats=max_fingerprint_repeats,
+                max_attempts_per_phase=max_attempts_per_phase,
+                max_timeouts_per_run=max_timeouts_per_run,
+                phase_timeout_seconds=phase_timeout_seconds,
+                expect_db_id=db_id,
+            ))
+            lap("drain")
+            create_markdown_artifact(key="batch-drain-summary", markdown=drain_summary_markdown(drained),
+                                     description="batch drain of this pipeline run")
+            drained["processed"] = int(drained.get("processed") or 0) + (0 if validation.get("skipped") else 1)
+            drained["telemetry_events"] = (int(drained.get("telemetry_events") or 0)
+                                           + int(validation.get("telemetry_events") or 0))
+
+        calibration = calibrate(
+            min_samples=min_samples,
+            confidence_threshold=confidence_threshold,
+            target_truncation=target_truncation,
+            holdout_fraction=holdout_fraction,
+            include_run_ids=run_ids or None,
+            output_dir=output_dir,
             expect_db_id=db_id,
         )
-        drained["processed"] += 0 if validation.get("skipped") else 1
-        drained["telemetry_events"] += int(validation.get("telemetry_events") or 0)
-
-    calibration = calibrate(
-        min_samples=min_samples,
-        confidence_threshold=confidence_threshold,
-        target_truncation=target_truncation,
-        holdout_fraction=holdout_fraction,
-        include_run_ids=run_ids or None,
-        output_dir=output_dir,
-        expect_db_id=db_id,
-    )
-    result: dict[str, Any] = {
-        "db_id": db_id,
-        "phases_drained": drained["processed"],
-        "telemetry_events": drained["telemetry_events"],
-        "calibration": {k: calibration.get(k) for k in ("gate", "report_path", "json_path", "plot_path", "metadata", "proposed_changes")},
-        "pull_request": None,
-    }
-    gate = calibration.get("gate") or {}
-    if not gate.get("passed"):
-        reasons = gate.get("reasons") or ["no reason given"]
-        create_markdown_artifact(
-            key="calibration-gate",
-            markdown="## Calibration gate not passed\n\nNo pull request was opened.\n\n"
-            + "\n".join(f"- {reason}" for reason in reasons),
-        )
-        logger.info("gate not passed: %s", "; ".join(reasons))
-        return result
-    result["pull_request"] = open_calibration_pr_flow(calibration, target_repo, output_dir, dry_run)
-    return result
+        lap("calibrate")
+        publish_calibration_artifacts(calibration)
+        create_markdown_artifact(key="calibration-gate", markdown=gate_markdown(calibration),
+                                 description="calibration gate")
+        result: dict[str, Any] = {
+            "db_id": db_id,
+            "phases_drained": drained["processed"],
+            "telemetry_events": drained["telemetry_events"],
+            "calibration": {k: calibration.get(k) for k in (
+                "gate", "report_path", "json_path", "plot_path", "metadata", "proposed_changes", "no_samples")},
+            "pull_request": None,
+            "target_repo": target_repo,
+            "flow_run_url": flow_run_ui_url(),
+            "started_at": started_at,
+            "timings": timings,
+        }
+        if (calibration.get("gate") or {}).get("passed"):
+            result["pull_request"] = open_calibration_pr_flow(
+                calibration, target_repo, output_dir, dry_run, result["flow_run_url"]
+            )
+            lap("pull_request")
+            publish_pull_request_artifact(result["pull_request"])
+    except AutopackError as exc:
+        logger.error("%s", exc.one_line())
+        return Failed(message=exc.one_line())
+    result["message"] = state_message(result)
+    logger.info("%s", result["message"])
+    return Completed(message=result["message"], data=result)

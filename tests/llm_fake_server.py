@@ -6,6 +6,9 @@ appending modes to ``server.modes`` (default ``ok``):
   ok, truncated, total_only, 429 (rate limit, Retry-After: 0), 500, 401, 403, 400, 422, boundary
   (a 400 whose message says the prompt exceeds the context window).
 
+``server.usage_overrides`` replaces usage numbers in the next successful OpenAI response (e.g.
+``{"completion_tokens": 3_000_000_000}``), to test impossible provider-reported usage.
+
 Every request is kept in ``server.requests`` (path, headers, JSON body) for assertions.
 """
 
@@ -43,6 +46,7 @@ class FakeLLMServer:
     modes: list[str] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     echo_key_in_errors: str | None = None
+    usage_overrides: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> FakeLLMServer:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -131,6 +135,8 @@ class FakeLLMServer:
         }
         if mode == "total_only":
             usage = {"total_tokens": INPUT_TOKENS + OUTPUT_TOKENS}
+        if usage is not None:
+            usage.update(self.usage_overrides)
         payload = {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": body.get("model", "gpt-fake"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": TEXT[: len(TEXT) // 2] if truncated else TEXT},

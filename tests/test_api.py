@@ -51,9 +51,13 @@ GOOD_SPEC: dict[str, Any] = {
 }
 
 
+#: Starlette's test client reports the peer "testclient"; without a key, changes come from loopback only.
+LOCAL_CLIENT = ("127.0.0.1", 50000)
+
+
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(url=db_url)) as c:
+    with TestClient(create_app(url=db_url), client=LOCAL_CLIENT) as c:
         yield c
 
 

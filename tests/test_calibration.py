@@ -17,23 +17,27 @@ from autopack import token_estimator as te
 from autopack.calibration import run_calibration
 from autopack.calibration.runner import NoUsableSamplesError
 from autopack.calibration.samples import build_sample_set, columns_from_records, configuration_ceiling, predict
-from autopack.calibration.synthetic import event_row, simulate
+from autopack.calibration.synthetic import event_row, simulate, simulate_with_escalations
 from autopack.cli import main
 from autopack.db.engine import get_engine
 from autopack.db.identity import read_identity
-from autopack.db.models import CalibrationRun, TokenEstimationV2Event
+from autopack.db.models import CalibrationRun, TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import DbIdentityMismatchError, EmptyDatabaseError
 
 REPO = Path(__file__).resolve().parents[1]
 
 TOP_KEYS = {"metadata", "gate", "proposed_changes", "groups", "backtest", "report_path", "json_path", "plot_path"}
 METADATA_KEYS = {"db_id", "generated_at", "total_samples", "sample_counts", "run_ids", "time_span", "method_version",
-                 "target_truncation", "holdout_fraction", "confidence_threshold", "min_samples"}
-CHANGE_KEYS = {"coefficient", "key", "old", "new", "category", "complexity", "n", "confidence", "interval", "backtest"}
-BACKTEST_KEYS = {"n", "truncation_rate", "truncation_ci", "kupiec_p", "median_ceiling_over_actual",
-                 "p90_ceiling_over_actual", "reserved_over_used", "pinball_loss"}
+                 "target_truncation", "holdout_fraction", "confidence_threshold", "min_samples", "sources",
+                 "retries_excluded", "retries_known", "min_evidence_calls", "gate_level", "max_coefficient_step"}
+CHANGE_KEYS = {"coefficient", "key", "old", "new", "category", "complexity", "n", "confidence", "interval", "backtest",
+               "verdict"}
+BACKTEST_KEYS = {"n", "truncations", "truncations_upper", "truncation_rate", "truncation_interval", "truncation_ci",
+                 "binomial_p", "evidence", "kupiec_p", "median_ceiling_over_actual", "p90_ceiling_over_actual",
+                 "reserved_over_used", "pinball_loss"}
 GROUP_KEYS = {"category", "complexity", "n", "n_censored", "median_ratio", "median_ratio_ci", "pooling_weight",
-              "budget_factor", "confidence", "original_confidence"}
+              "budget_factor", "confidence", "original_confidence", "factor_method", "extrapolation", "assumption",
+              "current_ceiling_factor"}
 
 
 def insert(url: str, rows: list[dict[str, Any]]) -> None:
@@ -48,10 +52,17 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
     return int(exit_info.value.code or 0), out, err
 
 
+SEEDED_PHASES = 150
+
+
 @pytest.fixture
 def seeded(db_url: str) -> str:
-    """80 synthetic phases (83 calls incl. 3 truncated and escalated): the gate passes on this data."""
-    insert(db_url, simulate(80, seed=3))
+    """150 synthetic phases (incl. a few truncated and escalated): the gate passes on this data.
+
+    Its two implementation groups have ≥ 22 calls in the fitted (older) part, the minimum for a
+    distribution-free factor at α = 5 %; the smaller groups are reported, not shipped.
+    """
+    insert(db_url, simulate(SEEDED_PHASES, seed=3))
     return db_url
 
 
@@ -63,15 +74,22 @@ def test_result_has_exactly_the_documented_shape(seeded: str, tmp_path: Path) ->
     assert TOP_KEYS <= result.keys()
     assert METADATA_KEYS <= result["metadata"].keys()
     assert set(result["metadata"]["time_span"]) == {"start", "end"}
-    assert set(result["gate"]) == {"passed", "reasons"}
-    assert {"current", "original_median", "proposed"} <= result["backtest"].keys()
-    for method in ("current", "original_median", "proposed"):
-        assert BACKTEST_KEYS <= result["backtest"][method].keys()
-        assert len(result["backtest"][method]["truncation_ci"]) == 2
+    assert set(result["gate"]) == {"passed", "reasons", "weights", "shipped"}
+    assert set(result["gate"]["weights"]) == {"changed", "verdict"}
+    assert {"current", "original_median", "proposed", "shipped"} <= result["backtest"].keys()
+    for method in ("current", "original_median", "proposed", "shipped"):
+        m = result["backtest"][method]
+        assert BACKTEST_KEYS <= m.keys()
+        assert len(m["truncation_ci"]) == 2 and len(m["truncation_interval"]) == 2
+        assert m["truncations"] <= m["truncations_upper"]
+        assert isinstance(m["evidence"], bool) and 0 <= m["binomial_p"] <= 1
+    assert set(result["metadata"]["sources"]) == {"simulated", "models"}
     for group in result["groups"]:
         assert GROUP_KEYS <= group.keys()
+        assert group["factor_method"] in {"km_conformal", "censored_fit", "small_group_bound", "none"}
+        assert isinstance(group["extrapolation"], bool)
     for change in result["proposed_changes"]:
-        assert CHANGE_KEYS <= change.keys()
+        assert CHANGE_KEYS <= change.keys() and change["verdict"]
         assert change["coefficient"] in {"BUDGET_FACTORS", "PHASE_OVERHEAD", "TOKEN_WEIGHTS"}
         assert isinstance(change["key"], list) and len(change["key"]) == 2
         assert all(isinstance(k, str) for k in change["key"])
@@ -137,7 +155,7 @@ def test_each_calibration_is_recorded(seeded: str, tmp_path: Path) -> None:
     assert len(rows) == 1
     row = rows[0]
     assert row["db_id"] == read_identity(seeded).db_id == result["metadata"]["db_id"]
-    assert row["sample_count"] == result["metadata"]["total_samples"] == 83
+    assert row["sample_count"] == result["metadata"]["total_samples"] == len(simulate(SEEDED_PHASES, seed=3))
     assert row["outcome"] == ("gate_passed" if result["gate"]["passed"] else "gate_not_passed")
     assert row["params"]["min_samples"] == 3
     assert row["run_ids"] == ["synthetic-run"]
@@ -146,6 +164,18 @@ def test_each_calibration_is_recorded(seeded: str, tmp_path: Path) -> None:
 
 
 # --- what counts as a sample -----------------------------------------------------------------------------
+
+
+def test_the_database_path_excludes_retries_and_reports_the_source(db_url: str, tmp_path: Path) -> None:
+    rows, escalations = simulate_with_escalations(60, seed=11)
+    assert escalations
+    insert(db_url, rows)
+    with get_engine(db_url).begin() as connection:
+        connection.execute(sa.insert(TokenBudgetEscalationEvent.__table__), escalations)
+    result = run_calibration(db_url, output_dir=tmp_path)
+    assert result["metadata"]["retries_excluded"] == len(escalations)
+    assert result["metadata"]["total_samples"] == len(rows) - len(escalations)
+    assert result["metadata"]["sources"]["models"][0]["model"] == "synthetic-1"
 
 
 def test_truncated_calls_are_kept_as_censored_samples(db_url: str, tmp_path: Path) -> None:
@@ -258,8 +288,17 @@ def test_cli_json_prints_exactly_the_result_object(seeded: str, tmp_path: Path, 
 
 
 def test_cli_exit_0_when_the_gate_does_not_pass(seeded: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "calibrate", "--min-samples", "500", "--output-dir", str(tmp_path))
+    code, out, _ = run_cli(capsys, "calibrate", "--confidence-threshold", "0.999", "--output-dir", str(tmp_path))
     assert code == 0 and "gate: not passed" in out
+
+
+def test_cli_exit_1_when_no_group_reaches_min_samples(seeded: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "calibrate", "--min-samples", "500", "--output-dir", str(tmp_path))
+    assert code == 1 and "gate: not passed" in out
+    (line,) = err.strip().splitlines()[-1:]
+    assert "no group reaches --min-samples 500" in line and "lower --min-samples" in line
+    assert list(tmp_path.glob("token_estimator_calibration_*.md"))  # the report says why
 
 
 def test_no_usable_samples_exits_1_and_is_recorded(db_url: str, tmp_path: Path,

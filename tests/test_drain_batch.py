@@ -33,6 +33,7 @@ from autopack.execution.batch import (
     run_batch_drain,
 )
 from autopack.execution.batch_report import format_summary
+from autopack.execution.batch_workers import InlineExecutor, ProcessExecutor, make_executor
 from autopack.execution.sessions import (
     FINAL_INTERRUPTED,
     FINAL_WORKER_LOST,
@@ -47,7 +48,8 @@ INLINE = "inline"
 
 
 def drain(url: str, *, isolation: str = INLINE, reporter: Any = None, executor: Any = fake_execute_phase, **opts: Any) -> SessionState:
-    return BatchDrain(BatchOptions(**opts), url=url, executor=executor, isolation=isolation, reporter=reporter).run()
+    options = BatchOptions(**opts)
+    return BatchDrain(options, url=url, executor=make_executor(isolation, options.workers, executor), reporter=reporter).run()
 
 
 def drained(state: SessionState) -> list[str]:
@@ -169,7 +171,7 @@ def test_max_total_minutes_stops_starting_phases(db_url: str) -> None:
     make_run(db_url, "a", [behaviour("ok")] * 3)
     ticks = iter(range(0, 10_000, 100))  # every clock read advances 100 s
     options = BatchOptions(max_total_minutes=1.0)
-    state = BatchDrain(options, url=db_url, executor=fake_execute_phase, isolation=INLINE, clock=lambda: float(next(ticks))).run()
+    state = BatchDrain(options, url=db_url, executor=InlineExecutor(fake_execute_phase), clock=lambda: float(next(ticks))).run()
     assert state.stop_reason == "max total minutes reached"
     assert state.total_processed < 3
 
@@ -337,8 +339,8 @@ def test_timeout_kills_the_phase_and_records_it(db_url: str) -> None:
 
 def _kill_worker_when_busy(drain_: BatchDrain, url: str, release_file: Path) -> threading.Thread:
     def act() -> None:
-        wait_until(lambda: executing(url, "a", "p000") and 0 in drain_.running and drain_.slots[0].process is not None)
-        process = drain_.slots[0].process
+        wait_until(lambda: executing(url, "a", "p000") and 0 in drain_.running and drain_.executor.slots[0].process is not None)
+        process = drain_.executor.slots[0].process
         assert process is not None
         os.kill(process.pid, signal.SIGKILL)
         release_file.touch()  # the retry (in a fresh worker) may finish
@@ -351,7 +353,7 @@ def _kill_worker_when_busy(drain_: BatchDrain, url: str, release_file: Path) -> 
 def test_killed_worker_releases_the_phase_which_is_drained_again(db_url: str, tmp_path: Path) -> None:
     release = tmp_path / "go"
     make_run(db_url, "a", [behaviour("wait_file", path=str(release))])
-    d = BatchDrain(BatchOptions(), url=db_url, executor=fake_execute_phase, isolation="process")
+    d = BatchDrain(BatchOptions(), url=db_url, executor=ProcessExecutor(1, fake_execute_phase))
     thread = _kill_worker_when_busy(d, db_url, release)
     state = d.run()
     thread.join(timeout=10)
@@ -365,7 +367,7 @@ def test_sigint_saves_releases_and_exits_130(db_url: str, tmp_path: Path) -> Non
     never = tmp_path / "never"
     make_run(db_url, "a", [behaviour("wait_file", path=str(never), max_seconds=120)])
     set_phase(db_url, "a", "p000", state="FAILED", last_failure_reason="before")
-    d = BatchDrain(BatchOptions(), url=db_url, executor=fake_execute_phase, isolation="process")
+    d = BatchDrain(BatchOptions(), url=db_url, executor=ProcessExecutor(1, fake_execute_phase))
 
     def interrupt() -> None:
         wait_until(lambda: executing(db_url, "a", "p000"))
@@ -480,7 +482,8 @@ def test_progress_bar_renders_on_a_terminal(db_url: str) -> None:
 
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # drop the terminal escapes
     assert state.session_id in text
-    assert "2/10" in text and "events 2" in text  # phases done of the batch, telemetry events
+    # the bar counts phases done of those eligible (2 here), not of the batch size (10): it ends full
+    assert re.search(r"━ 2/2 ok 1 +fail 1 +events 2", text)
     assert "FAIL a/p001" in text  # failures are printed above the bar
 
 
@@ -509,3 +512,39 @@ def test_cli_bad_states_is_one_line_exit_2(db_url: str, capsys: pytest.CaptureFi
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot drain COMPLETE" in errors[0]
     assert phase_rows(db_url)[("a", "p000")].state == "QUEUED"
+
+
+def test_api_url_credentials_never_reach_the_database(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_api import serve
+
+    from autopack.api import create_app
+    from autopack.cli.app import main
+    from autopack.db.engine import get_engine
+    from autopack.db.models import Base
+
+    make_run(db_url, "a", [behaviour("ok")])
+    with serve(create_app(url=db_url)) as base:
+        monkeypatch.setenv("AUTOPACK_API_URL", base.replace("http://", "http://drain:s3cr3t-pw@"))
+        with pytest.raises(SystemExit) as info:
+            main(["drain", "batch", "--provider-concurrency", "0"])
+    assert info.value.code == 0
+    with get_engine(db_url).connect() as connection:
+        dump = "\n".join(str(row) for table in Base.metadata.sorted_tables
+                         for row in connection.execute(sa.select(table)))
+    assert "s3cr3t-pw" not in dump
+    assert "'api_url': 'http://127.0.0.1:" in dump  # the URL is stored, minus its credentials
+    assert "s3cr3t-pw" not in "".join(capsys.readouterr())
+
+
+def test_a_killed_phase_gives_its_provider_slot_back(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autopack.db.models import ProviderSlot
+
+    monkeypatch.setenv("AUTOPACK_SIM_LATENCY_SECONDS", "60")  # the call holds its slot when the timeout kills it
+    make_run(db_url, "a", [behaviour("ok")])
+    state = drain(db_url, isolation="process", executor="autopack.execution.phase_runner:execute_phase",
+                  phase_timeout_seconds=5.0, provider_concurrency=1)
+    assert state.results[0].final_state == "TIMEOUT"
+    with session_scope(db_url) as db:
+        assert db.execute(sa.select(ProviderSlot.slot, ProviderSlot.owner)).all() == [(0, None)]  # not left to expire

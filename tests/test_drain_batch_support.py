@@ -152,3 +152,47 @@ def fake_execute_phase(
         duration_seconds=time.monotonic() - started,
     )
 
+
+
+HANG_MARKER = "[test:hang-on-retry]"
+
+
+class HangOnRetry:
+    """Wraps a provider: for a phase marked ``[test:hang-on-retry]``, the escalated retry's call hangs until the
+    phase's lease is taken away (the drain timed it out), at most ``max_seconds``; other calls pass through."""
+
+    def __init__(self, inner: Any, claim: leases.Claim, beat: Any, max_seconds: float = 120.0) -> None:
+        self.inner, self.claim, self.beat, self.max_seconds = inner, claim, beat, max_seconds
+        self.name, self.model, self.max_output_tokens = inner.name, inner.model, inner.max_output_tokens
+
+    def complete(self, request: Any) -> Any:
+        hints = request.hints
+        if HANG_MARKER in (hints.description or "") and hints.attempt_index > self.claim.attempt_index:
+            deadline = time.monotonic() + self.max_seconds
+            while time.monotonic() < deadline:
+                self.beat()  # raises LeaseLostError once the drain took the lease back
+                time.sleep(0.05)
+        return self.inner.complete(request)
+
+
+def hang_on_retry_execute_phase(
+    run_id: str,
+    phase_id: str,
+    *,
+    claim: leases.Claim,
+    url: str | None = None,
+    provider: Any = None,
+    telemetry: bool = True,
+    heartbeat: Any = None,
+) -> Any:
+    """The real ``execute_phase`` with the simulated provider, whose marked escalated retries hang."""
+    from autopack.execution.phase_runner import execute_phase
+    from autopack.llm import get_provider
+
+    def beat() -> None:
+        with session_scope(url) as db:
+            leases.heartbeat(db, run_id, phase_id, claim.owner, lease_seconds=60)
+
+    wrapped = HangOnRetry(provider or get_provider(), claim, beat)
+    return execute_phase(run_id, phase_id, claim=claim, url=url, provider=wrapped, telemetry=telemetry,
+                         heartbeat=heartbeat)

@@ -23,6 +23,7 @@ from autopack.db.engine import dispose_engines, session_scope
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import DrainResult, DrainSession, Phase, PhaseState, TokenEstimationV2Event
 from autopack.execution.batch import BatchDrain, BatchOptions
+from autopack.execution.batch_workers import ProcessExecutor
 from autopack.execution.sessions import FINAL_INTERRUPTED, STATUS_COMPLETED, STATUS_INTERRUPTED
 
 pytest.importorskip("autopack.execution.phase_runner")
@@ -94,7 +95,7 @@ def test_four_workers_drain_200_phases_exactly_once(pg_url: str, monkeypatch: py
     monkeypatch.setenv("AUTOPACK_SIM_LATENCY_SECONDS", "0.02")
     keys = make_sim_runs(pg_url, runs=10, phases=20)
     options = BatchOptions(batch_size=500, workers=4, max_attempts_per_phase=1, lease_seconds=30)
-    state = BatchDrain(options, url=pg_url, executor=EXECUTOR).run()
+    state = BatchDrain(options, url=pg_url, executor=ProcessExecutor(4, EXECUTOR)).run()
 
     assert state.status == STATUS_COMPLETED and state.total_processed == 200
     per_phase = Counter(r.key for r in state.results)
@@ -111,7 +112,8 @@ def test_four_workers_drain_200_phases_exactly_once(pg_url: str, monkeypatch: py
 
 def test_two_workers_on_sqlite(db_url: str) -> None:
     keys = make_sim_runs(db_url, runs=2, phases=6)
-    state = BatchDrain(BatchOptions(batch_size=50, workers=2, max_attempts_per_phase=1), url=db_url, executor=EXECUTOR).run()
+    state = BatchDrain(BatchOptions(batch_size=50, workers=2, max_attempts_per_phase=1), url=db_url,
+                       executor=ProcessExecutor(2, EXECUTOR)).run()
     assert sorted(r.key for r in state.results) == sorted(keys)
     total, distinct = event_stats(db_url)
     assert total == distinct == sum(r.telemetry_events for r in state.results)
@@ -181,6 +183,30 @@ def test_cli_sigint_saves_releases_exits_130_and_resume_finishes(db_url: str, tm
         sessions = db.scalars(sa.select(DrainSession)).all()
         assert len(sessions) == 1 and sessions[0].status == STATUS_COMPLETED and sessions[0].total_processed == 3
     assert all(p.state == PhaseState.COMPLETE for p in phase_rows(db_url).values())
+
+
+def test_two_cli_resumes_at_once_never_share_a_session(db_url: str, tmp_path: Path) -> None:
+    """Two `drain batch --resume` started together: one continues the interrupted session, the other starts
+    its own; the interrupted session never gets more results than its batch size (it got 14 of 8 before)."""
+    from autopack.execution.sessions import SessionState, SessionStore, new_session_id
+
+    make_sim_runs(db_url, runs=2, phases=10)
+    interrupted = SessionState(new_session_id(), 8, status=STATUS_INTERRUPTED, stop_reason="interrupted")
+    SessionStore(db_url).save(interrupted)
+    args = [AUTOPACK, "drain", "batch", "--resume", "--batch-size", "8", "--max-attempts-per-phase", "1"]
+    env = cli_env(db_url, AUTOPACK_SIM_LATENCY_SECONDS="0.2")
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [proc.communicate(timeout=240) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    resumed = [err for _, err in outputs if f"resuming session {interrupted.session_id}" in err]
+    assert len(resumed) == 1  # exactly one of them took the session over
+    with session_scope(db_url) as db:
+        session = db.get(DrainSession, interrupted.session_id)
+        assert session is not None and session.status == STATUS_COMPLETED and session.total_processed == 8
+        rows = db.execute(sa.select(sa.func.count()).select_from(DrainResult)
+                          .where(DrainResult.session_id == interrupted.session_id)).scalar_one()
+        assert rows == 8 and len(db.scalars(sa.select(DrainSession)).all()) == 2
 
 
 def test_cli_phase_timeout_with_a_slow_provider(db_url: str, tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ def test_complete_phase_is_refused(v4: str, capsys: pytest.CaptureFixture[str]) 
 
 def test_unknown_phase_is_refused(v4: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", "nope", "--force"], capsys)
-    assert code == 2 and "not found" in err
+    assert code == 2 and err.splitlines() == [err.strip()] and "has no phase 'nope'" in err and P1 in err
 
 
 def test_phase_under_a_live_lease_is_refused(v4: str) -> None:

@@ -8,8 +8,8 @@ import pytest
 
 from autopack.github.errors import VerificationError
 from autopack.github.estimator_edit import apply_proposal, read_tables
-from autopack.github.verify import verify_edited_estimator
-from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, git, make_target_repo
+from autopack.github.verify import parse_junit_failures, verify_edited_estimator
+from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, FIXTURE_TESTS, git, make_target_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHANGES = CALIBRATION["proposed_changes"]
@@ -41,15 +41,58 @@ def test_the_target_repository_is_not_touched(target: Path) -> None:
     assert (target / "autopack" / "token_estimator.py").read_text() == FIXTURE_ESTIMATOR
 
 
-def test_failing_estimator_tests_fail_verification(target: Path) -> None:
+def test_failing_estimator_tests_name_the_test_its_assertion_and_the_value(target: Path) -> None:
     changes = [{"coefficient": "BUDGET_FACTORS", "key": ["tests", "low"], "old": None, "new": -1.0}]
     edited = apply_proposal(FIXTURE_ESTIMATOR, changes, METADATA)
     report = verify_edited_estimator(target, edited, changes)
     assert not report.ok
     assert report.tests.status == "failed"
-    assert "tests/test_token_estimator.py failed" in report.failure_summary()
-    with pytest.raises(VerificationError, match="failed verification"):
+    (failure,) = report.tests.failures
+    assert failure.test_id == "tests/test_token_estimator.py::test_tables_are_positive"
+    assert failure.assertion == "assert -1.0 > 0"
+    assert ("key", "('tests', 'low')") in failure.values and ("value", "-1.0") in failure.values
+    assert report.failure_summary() == ("tests/test_token_estimator.py::test_tables_are_positive failed: "
+                                        "assert -1.0 > 0 (key = ('tests', 'low'), table = {('tests', 'low'): -1.0}, "
+                                        "value = -1.0)")
+    assert "1 failed" in report.tests.output and "test_tables_are_positive" in report.tests.output
+    with pytest.raises(VerificationError, match=r"failed verification: tests/test_token_estimator.py::"):
         report.raise_for_failure()
+
+
+def test_several_failing_tests_are_counted_in_the_one_line(tmp_path: Path) -> None:
+    tests = FIXTURE_TESTS + (
+        "\n\ndef test_factor_is_moderate():\n"
+        "    assert abs(BUDGET_FACTORS.get(('tests', 'low'), 1)) < 3, 'factor out of range'\n")
+    target = make_target_repo(tmp_path / "two", tests=tests)
+    changes = [{"coefficient": "BUDGET_FACTORS", "key": ["tests", "low"], "old": None, "new": -5.0}]
+    report = verify_edited_estimator(target, apply_proposal(FIXTURE_ESTIMATOR, changes, METADATA), changes)
+    assert [f.test_id.rsplit("::", 1)[1] for f in report.tests.failures] == ["test_tables_are_positive",
+                                                                             "test_factor_is_moderate"]
+    assert report.tests.failures[1].assertion == "factor out of range"
+    assert report.failure_summary().endswith("(and 1 more failing test)")
+
+
+def test_junit_report_parsing_handles_classes_parameters_and_errors() -> None:
+    xml = """<testsuites><testsuite>
+      <testcase classname="tests.test_e.TestK" name="test_p[-1]" file="tests/test_e.py" line="6">
+        <failure message="AssertionError: v must be positive, got -1&#10;assert -1 &gt; 0">self = &lt;T&gt;, v = -1
+
+E   AssertionError: v must be positive, got -1
+
+self       = &lt;test_e.TestK object&gt;
+v          = -1
+
+tests/test_e.py:9: AssertionError</failure></testcase>
+      <testcase classname="tests.test_e" name="test_ok" file="tests/test_e.py" line="1"/>
+      <testcase classname="tests.test_e" name="test_fixture" file="tests/test_e.py" line="3">
+        <error message="failed on setup with &quot;RuntimeError: no db&quot;">E   RuntimeError: no db</error>
+      </testcase></testsuite></testsuites>"""
+    first, second = parse_junit_failures(xml)
+    assert (first.test_id, first.assertion, first.values) == (
+        "tests/test_e.py::TestK::test_p[-1]", "v must be positive, got -1", (("v", "-1"),))
+    assert (second.test_id, second.assertion) == ("tests/test_e.py::test_fixture",
+                                                  'failed on setup with "RuntimeError: no db"')
+    assert parse_junit_failures("not xml") == ()
 
 
 def test_module_that_does_not_import_fails_verification(target: Path) -> None:

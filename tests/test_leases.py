@@ -145,3 +145,20 @@ def test_rerun_after_a_dead_worker_never_reuses_its_keys(db_url: str) -> None:
     with session_scope(db_url) as s:
         keys = s.execute(sa.select(TokenEstimationV2Event.attempt_index)).scalars().all()
     assert sorted(keys) == [0, 1]
+
+
+def test_a_phase_being_claimed_elsewhere_is_skipped_not_waited_for(db_url: str) -> None:
+    """PostgreSQL: claim_phase reads the row FOR UPDATE SKIP LOCKED, so a row another drain holds is passed over."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("row locks: PostgreSQL only (SQLite serialises writers)")
+    from autopack.db.engine import get_engine
+
+    make_run(db_url, "r", ["x"])
+    with get_engine(db_url).connect() as other:
+        other.execute(sa.text("SELECT 1 FROM phases WHERE run_id = 'r' FOR UPDATE"))  # another drain mid-claim
+        with session_scope(db_url) as s:
+            s.execute(sa.text("SET LOCAL lock_timeout = '5s'"))  # waiting would fail the test, not hang it
+            assert leases.claim_phase(s, "r", "p000", "w1") is None
+        other.rollback()
+    with session_scope(db_url) as s:
+        assert leases.claim_phase(s, "r", "p000", "w1") is not None  # free again

@@ -164,7 +164,7 @@ def test_missing_deliverable_fails_validation(db_url: str) -> None:
 
 def test_check_command_runs_in_the_workspace(db_url: str) -> None:
     add_phase(db_url, check_command="test -f pkg/string_helper.py")
-    add_phase(db_url, "p2", check_command="exit 3")
+    add_phase(db_url, "p2", check_command="sh -c 'exit 3'")
     assert run(db_url).success
     failed = run(db_url, "p2")
     assert failed.failure_stage == "validation" and "exited 3" in (failed.error_message or "")

@@ -15,7 +15,10 @@ from autopack.errors import InputError
 from autopack.execution.seed_runs import (
     SEED_RUNS,
     V4_RUN_ID,
+    V7_RUN_ID,
     ensure_seed_runs,
+    seed_run_ids,
+    seed_run_spec,
     telemetry_collection_v4_spec,
     telemetry_collection_v5_spec,
     telemetry_collection_v6_spec,
@@ -141,3 +144,38 @@ def test_original_script_names_still_work(tmp_path) -> None:  # type: ignore[no-
     assert created.returncode == 0 and "10 QUEUED phases" in created.stdout, created.stderr
     again = script(str(repo / "scripts/create_telemetry_collection_run.py"))
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+# --- weeks of collection --------------------------------------------------------------------------------------
+
+
+def test_later_weeks_repeat_the_seed_phases_under_their_own_run_ids() -> None:
+    ids = seed_run_ids(3)
+    assert ids[:4] == list(SEED_RUNS) and len(ids) == 12 and len(set(ids)) == 12
+    assert ids[4:8] == [f"{run_id}-week2" for run_id in SEED_RUNS]
+    week3 = seed_run_spec(f"{V4_RUN_ID}-week3")
+    assert week3.run_id == f"{V4_RUN_ID}-week3"
+    assert [p.phase_id for p in week3.phases] == [p.phase_id for p in telemetry_collection_v4_spec().phases]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 53])
+def test_weeks_out_of_range_are_refused(bad: int) -> None:
+    with pytest.raises(InputError, match="--weeks"):
+        seed_run_ids(bad)
+
+
+@pytest.mark.parametrize("run_id", [f"{V4_RUN_ID}-week1", f"{V4_RUN_ID}-week53", "nope-week2", f"{V4_RUN_ID}-weekx"])
+def test_only_real_weeks_of_real_seed_runs_are_seed_runs(run_id: str) -> None:
+    with pytest.raises(InputError, match="unknown seed run"):
+        seed_run_spec(run_id)
+
+
+def test_pipeline_init_with_weeks_creates_every_week_once(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["pipeline", "init", "--weeks", "2"], capsys)
+    assert code == 0 and f"{V7_RUN_ID}-week2" in out
+    assert cli(["pipeline", "init", "--weeks", "2"], capsys)[0] == 0  # nothing more to create
+    with session_scope(db_url) as session:
+        runs = session.execute(sa.select(sa.func.count()).select_from(Run)).scalar_one()
+        phases = session.execute(sa.select(sa.func.count()).select_from(Phase)).scalar_one()
+    one_week = sum(len(factory().phases) for factory in SEED_RUNS.values())
+    assert runs == 8 and phases == 2 * one_week

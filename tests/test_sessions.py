@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import socket
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from autopack.db.engine import dispose_engines, session_scope
+from autopack.db.models import DrainResult, DrainSession, utcnow
 
 from autopack.execution.sessions import (
     FINAL_INTERRUPTED,
@@ -12,9 +21,11 @@ from autopack.execution.sessions import (
     STATUS_INTERRUPTED,
     STATUS_RUNNING,
     DrainOutcome,
+    SessionLostError,
     SessionState,
     SessionStore,
     new_session_id,
+    strip_url_credentials,
 )
 from autopack.execution.triage import TriageLimits
 
@@ -131,7 +142,11 @@ def test_save_twice_writes_each_result_once(db_url: str) -> None:
     assert loaded is not None and [r.phase_id for r in loaded.results] == ["p0", "p1"]
 
 
-def test_find_resumable_takes_the_newest_unfinished(db_url: str) -> None:
+def claimer(url: str, name: str = "me") -> SessionStore:
+    return SessionStore(url, owner=f"{name}-{os.getpid()}", lease_seconds=60)
+
+
+def test_claim_resumable_takes_the_newest_unfinished(db_url: str) -> None:
     store = SessionStore(db_url)
     older = SessionState("batch-drain-20250101-000000-aaaa", 5, status=STATUS_INTERRUPTED)
     newer = SessionState("batch-drain-20250102-000000-bbbb", 5, status=STATUS_INTERRUPTED)
@@ -141,11 +156,14 @@ def test_find_resumable_takes_the_newest_unfinished(db_url: str) -> None:
     done.completed_at = done.started_at
     for s in (older, newer, done):
         store.save(s)
-    found = store.find_resumable()
+    found = claimer(db_url).claim_resumable()
     assert found is not None and found.session_id == newer.session_id
+    assert found.status == STATUS_RUNNING
+    again = claimer(db_url, "other").claim_resumable()  # the newer one is held now: the older one is next
+    assert again is not None and again.session_id == older.session_id
 
 
-def test_find_resumable_skips_a_session_whose_process_is_alive(db_url: str) -> None:
+def test_claim_resumable_skips_a_session_whose_process_is_alive(db_url: str) -> None:
     store = SessionStore(db_url)
     alive = SessionState(
         "batch-drain-20250101-000000-live",
@@ -154,17 +172,90 @@ def test_find_resumable_skips_a_session_whose_process_is_alive(db_url: str) -> N
         params={"process": {"host": socket.gethostname(), "pid": os.getpid()}},
     )
     store.save(alive)
-    assert store.find_resumable() is None
+    assert claimer(db_url).claim_resumable() is None
 
 
-def test_find_resumable_takes_a_running_session_whose_process_died(db_url: str) -> None:
-    store = SessionStore(db_url)
+def test_claim_resumable_takes_a_running_session_whose_process_died(db_url: str) -> None:
     dead = SessionState(
         "batch-drain-20250101-000000-dead",
         5,
         status=STATUS_RUNNING,
         params={"process": {"host": socket.gethostname(), "pid": 2**22 + 12345}},
     )
-    store.save(dead)
-    found = store.find_resumable()
+    SessionStore(db_url, owner="dead-drain", lease_seconds=600).save(dead)  # its lease has not expired yet
+    found = claimer(db_url).claim_resumable()
     assert found is not None and found.session_id == dead.session_id
+
+
+def test_claim_resumable_takes_a_session_whose_lease_expired(db_url: str) -> None:
+    remote = SessionState(
+        "batch-drain-20250101-000000-gone",
+        5,
+        status=STATUS_RUNNING,
+        params={"process": {"host": "another-host", "pid": 1}},
+    )
+    held = SessionStore(db_url, owner="remote-drain", lease_seconds=600)
+    held.save(remote)
+    assert claimer(db_url).claim_resumable() is None  # another host, lease running: held
+    with session_scope(db_url) as db:
+        db.execute(sa.update(DrainSession).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    found = claimer(db_url).claim_resumable()
+    assert found is not None and found.session_id == remote.session_id
+    remote.record(ok("a", "p9"), LIMITS)
+    with pytest.raises(SessionLostError):  # the old owner must not write to it any more
+        held.save(remote)
+
+
+def _claim_in_process(url: str, name: str, start: Any, out: Any) -> None:
+    store = SessionStore(url, owner=f"{name}-{os.getpid()}", lease_seconds=60)
+    out.put((name, "ready"))
+    start.wait(60)
+    found = store.claim_resumable()
+    out.put((name, found.session_id if found else None))
+    dispose_engines()
+
+
+def test_two_processes_resuming_at_once_never_get_the_same_session(db_url: str) -> None:
+    SessionStore(db_url).save(SessionState(new_session_id(), 8, status=STATUS_INTERRUPTED))
+    context = multiprocessing.get_context("spawn")
+    for _ in range(3):  # three rounds, each on a fresh interrupted session
+        start, out = context.Event(), context.Queue()
+        processes = [context.Process(target=_claim_in_process, args=(db_url, f"p{i}", start, out)) for i in range(2)]
+        for process in processes:
+            process.start()
+        assert [out.get(timeout=120)[1] for _ in processes] == ["ready", "ready"]
+        start.set()  # both are at the start line: release them together
+        claimed = [out.get(timeout=120)[1] for _ in processes]
+        for process in processes:
+            process.join(60)
+        assert sorted(claimed, key=str) == sorted([None, claimed[0] or claimed[1]], key=str)  # exactly one winner
+        with session_scope(db_url) as db:
+            db.execute(sa.update(DrainSession).values(completed_at=utcnow()))
+        SessionStore(db_url).save(SessionState(new_session_id(), 8, status=STATUS_INTERRUPTED))
+
+
+def test_urls_lose_their_credentials_before_they_are_stored(db_url: str) -> None:
+    state = SessionState(new_session_id(), 5, params={"api_url": "http://user:s3cr3t@127.0.0.1:8000/x?token=s3cr3t&a=1",
+                                                    "nested": ["https://:s3cr3t@host/"]})
+    state.record(fail("a", "p0", error="cannot reach http://user:s3cr3t@127.0.0.1:9/health"), LIMITS)
+    SessionStore(db_url).save(state)
+    with session_scope(db_url) as db:
+        session = db.get(DrainSession, state.session_id)
+        result = db.scalars(sa.select(DrainResult)).one()
+        stored = json.dumps(session.params) + (result.error_message or "")
+    assert "s3cr3t" not in stored
+    assert session.params["api_url"] == "http://127.0.0.1:8000/x?token=%2A%2A%2A&a=1"
+    assert "http://127.0.0.1:9/health" in (result.error_message or "")
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        ("http://user:pw@host:1/p", "http://host:1/p"),
+        ("see https://host/p?api_key=k1&x=2 now", "see https://host/p?api_key=%2A%2A%2A&x=2 now"),
+        ("postgresql://u:p@db/x and http://h/", "postgresql://db/x and http://h/"),
+        ("no url here", "no url here"),
+    ],
+)
+def test_strip_url_credentials(text: str, clean: str) -> None:
+    assert strip_url_credentials(text) == clean

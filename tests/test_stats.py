@@ -168,25 +168,87 @@ def test_median_sampling_variance_and_robust_sigma() -> None:
     assert stats.robust_sigma(np.array([-1.0, 1.0, -2.0, 2.0])) == pytest.approx(1.4826 * 1.5)
 
 
-def test_small_groups_fall_back_to_their_parent_and_say_so() -> None:
+def test_each_group_gets_a_factor_from_its_own_calls_only() -> None:
     rng = np.random.default_rng(3)
     groups = [("implementation", "low"), ("implementation", "medium"), ("tests", "low")]
-    sizes = [40, 6, 3]
+    sizes = [40, 6, 1]
     group_of_row = np.repeat(np.arange(3), sizes)
     r = rng.normal(0.0, 0.3, group_of_row.size) + np.repeat([0.0, 0.5, -0.4], sizes)
     model = fit_factor_model(groups, group_of_row, r, np.ones(r.size, dtype=bool), 0.05)
-    big, small, tiny = (model.groups[g] for g in groups)
-    assert big.factor.source == "group" and big.factor.pool_n == 40
-    assert small.factor.source == "category" and small.factor.pool_n == 46  # implementation: 40 + 6
-    assert "falls back to its parent" in small.factor.note
-    assert tiny.factor.source == "global" and tiny.factor.pool_n == 49  # tests has only 3 (< 19)
-    assert 0.0 <= small.pooling_weight <= 1.0 and 0.0 <= tiny.pooling_weight <= 1.0
+    big, small, single = (model.groups[g] for g in groups)
+    assert (big.factor.method, big.factor.source, big.factor.pool_n) == ("km_conformal", "group", 40)
+    assert big.factor.assumption is None and not big.factor.extrapolation  # distribution-free
+    assert (small.factor.method, small.factor.pool_n) == ("small_group_bound", 6)
+    assert "normal" in small.factor.assumption and "6 calls < 22" in small.factor.note
+    # the small group's factor is its own bound exp(mean + m·s), m ≥ t_{5, .95}·√(1 + 1/6), rounded up
+    own = r[group_of_row == 1]
+    m = stats.small_group_multiplier(6, 0.05)
+    assert m >= sps.t.ppf(0.95, 5) * math.sqrt(1 + 1 / 6)
+    bound = own.mean() + m * own.std(ddof=1)
+    assert small.factor.factor == (math.floor(math.exp(bound) * 1000) + 1) / 1000
+    assert small.factor.confidence == pytest.approx(stats.FACTOR_CONFIDENCE, abs=1e-6)
+    assert single.factor.method == "none" and single.factor.factor is None
 
 
-def test_own_factor_is_exp_of_the_conformal_quantile_rounded_up() -> None:
-    r = np.log(np.arange(1, 21, dtype=float))  # ratios 1 … 20; k = 20 → the largest, 20
-    model = fit_factor_model([("docs", "low")], np.zeros(20, dtype=int), r, np.ones(20, dtype=bool), 0.05)
-    assert model.groups[("docs", "low")].factor.factor == 20.0
+def test_prediction_bound_multiplier_by_hand() -> None:
+    # t_{4, 0.95} = 2.131847; √(1 + 1/5) = 1.095445
+    assert stats.prediction_bound_multiplier(5, 0.05) == pytest.approx(2.131847 * 1.095445, abs=1e-5)
+    assert stats.prediction_bound_multiplier(1, 0.05) == math.inf
+
+
+def test_prediction_bound_confidence_matches_a_simulation_of_normal_groups() -> None:
+    rng = np.random.default_rng(1)
+    n, alpha, reps = 8, 0.05, 20000
+    x = rng.standard_normal((reps, n))
+    bound = x.mean(axis=1) + stats.prediction_bound_multiplier(n, alpha) * x.std(axis=1, ddof=1)
+    coverage = sps.norm.cdf(bound)  # true μ = 0, σ = 1
+    assert np.mean(coverage >= 1 - 2 * alpha) == pytest.approx(stats.prediction_bound_confidence(n, alpha), abs=0.01)
+    assert np.mean(1 - coverage) == pytest.approx(alpha, abs=0.003)  # a prediction bound: exactly α on average
+
+
+def test_clopper_pearson_and_binomial_exceedance_by_hand() -> None:
+    # 0 of 10: upper end 1 − 0.025^(1/10) = 0.308497; 10 of 10: lower end 0.025^(1/10) = 0.691503
+    assert stats.clopper_pearson(0, 10) == pytest.approx((0.0, 1 - 0.025 ** 0.1), abs=1e-6)
+    assert stats.clopper_pearson(10, 10) == pytest.approx((0.025 ** 0.1, 1.0), abs=1e-6)
+    # P(X ≥ 2 | 5, 0.05) = 1 − 0.95^5 − 5·0.05·0.95^4 = 0.0225925
+    assert stats.binomial_exceedance_p(2, 5, 0.05) == pytest.approx(1 - 0.95**5 - 5 * 0.05 * 0.95**4, abs=1e-12)
+    assert stats.binomial_exceedance_p(0, 5, 0.05) == 1.0
+
+
+def test_a_censored_group_whose_quantile_is_hidden_extrapolates_from_its_own_fit_with_low_confidence() -> None:
+    rng = np.random.default_rng(4)
+    groups = [("docs", "low"), ("docs", "medium")]
+    r = np.r_[rng.normal(0.0, 0.3, 60), rng.normal(1.0, 0.5, 60)]
+    observed = np.ones(120, dtype=bool)
+    for start in (0, 60):  # the top 10 % of each group cut at its cap: KM never reaches 0.95
+        block = r[start:start + 60]
+        cap = np.quantile(block, 0.9)
+        observed[start:start + 60] = block < cap
+        r[start:start + 60] = np.minimum(block, cap)
+    model = fit_factor_model(groups, np.repeat([0, 1], 60), r, observed, 0.05)
+    low, medium = (model.groups[g].factor for g in groups)
+    for info in (low, medium):
+        assert info.method == "censored_fit" and info.extrapolation and "Tobit" in info.assumption
+        assert info.confidence <= 0.5
+    # own fits: true factors exp(0.3·1.645) = 1.64 and exp(1 + 0.5·1.645) = 6.19, not one shared value
+    assert low.factor == pytest.approx(1.64, rel=0.2) and medium.factor == pytest.approx(6.19, rel=0.25)
+
+
+def test_own_factor_is_just_above_the_conformal_quantile() -> None:
+    r = np.log(np.arange(1, 23, dtype=float))  # ratios 1 … 22; k = 22 → the largest, 22
+    model = fit_factor_model([("docs", "low")], np.zeros(22, dtype=int), r, np.ones(22, dtype=bool), 0.05)
+    info = model.groups[("docs", "low")].factor
+    # strictly above 22 (a call of exactly 22 × predicted reaches a ceiling of 22 × predicted: truncated)
+    assert (info.method, info.factor, info.k) == ("km_conformal", 22.001, 22)
+
+
+def test_the_conformal_rank_is_raised_until_truncation_above_2_alpha_is_at_most_10_percent_likely() -> None:
+    # coverage of the max of n ~ Beta(n, 1): P(coverage ≥ 0.9) = 1 − 0.9^n: 0.8906 at n = 21, 0.9015 at n = 22
+    assert stats.confident_conformal_rank(21, 0.05) is None
+    assert stats.confident_conformal_rank(22, 0.05) == 22
+    assert stats.min_confident_samples(0.05) == 22 and stats.min_confident_samples(0.10) == 11
+    # for larger n the plain rank already qualifies: ⌈101·0.95⌉ = 96
+    assert stats.confident_conformal_rank(100, 0.05) == stats.conformal_rank(100, 0.05) == 96
 
 
 # --- the original's numbers ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import pathlib
+from fractions import Fraction
 
 import pytest
 
@@ -66,6 +67,11 @@ REFERENCE = Coefficients(
 )
 
 COMPLEXITIES = ("low", "medium", "high")
+
+
+def exact_factor_ceiling(predicted: int, factor: float) -> int:
+    """⌈predicted × factor⌉ in exact decimal arithmetic (factors are written with three decimals)."""
+    return math.ceil(Fraction(predicted) * Fraction(repr(factor)))
 
 
 def features(category: str | None, complexity: str | None, *deliverables: str, **kw: object) -> PhaseFeatures:
@@ -233,7 +239,8 @@ def test_ceiling_invariants_hold_with_current_coefficients(phase: PhaseFeatures)
         assert decision.selected_budget >= te.base_budget(est.category, est.complexity, CURRENT)
         assert not decision.calibrated
     else:
-        expected = min(max(math.ceil(est.predicted_output_tokens * factor), te.MIN_FACTOR_CEILING), te.MAX_OUTPUT_TOKENS)
+        expected = min(max(exact_factor_ceiling(est.predicted_output_tokens, factor), te.MIN_FACTOR_CEILING),
+                       te.MAX_OUTPUT_TOKENS)
         assert decision.selected_budget == expected
         assert decision.calibrated
     assert decision.selected_budget <= te.MAX_OUTPUT_TOKENS
@@ -259,9 +266,18 @@ def test_factor_groups_are_clamped(factor: float) -> None:
     group = te.estimate(phase, CURRENT).group
     coeffs = dataclasses.replace(CURRENT, budget_factors={**CURRENT.budget_factors, group: factor})
     est, decision = te.plan_call(phase, coeffs, model_max_output=30000)
-    raw = math.ceil(est.predicted_output_tokens * factor)
+    raw = exact_factor_ceiling(est.predicted_output_tokens, factor)
     assert decision.selected_budget == min(max(raw, te.MIN_FACTOR_CEILING), 30000)
     assert te.MIN_FACTOR_CEILING <= decision.actual_max_tokens <= 30000
+
+
+def test_factor_ceiling_adds_no_token_through_floating_point() -> None:
+    """600 × 1.11 is 666 exactly, but 666.0000000000001 in floating point: the ceiling must be 666."""
+    phase = features("implementation", "medium", "pkg/a.py")
+    est = dataclasses.replace(te.estimate(phase, CURRENT), predicted_output_tokens=600)
+    coeffs = dataclasses.replace(CURRENT, budget_factors={est.group: 1.11})
+    assert 600 * 1.11 > 666  # the floating-point product this test is about
+    assert te.decide_ceiling(est, phase, coeffs).selected_budget == 666
 
 
 def test_module_factor_groups_follow_their_factor() -> None:
@@ -270,7 +286,7 @@ def test_module_factor_groups_follow_their_factor() -> None:
         est, decision = te.plan_call(phase, CURRENT)
         if est.group != (category, complexity):
             continue
-        raw = math.ceil(est.predicted_output_tokens * factor)
+        raw = exact_factor_ceiling(est.predicted_output_tokens, factor)
         assert decision.selected_budget == min(max(raw, te.MIN_FACTOR_CEILING), te.MAX_OUTPUT_TOKENS)
 
 
@@ -362,3 +378,45 @@ def test_coefficient_tables_have_one_string_pair_key_per_entry() -> None:
         for key, value in table.items():
             assert isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)
             assert isinstance(value, int | float) and value > 0
+
+
+@pytest.mark.parametrize("name", ["PHASE_OVERHEAD", "TOKEN_WEIGHTS"])
+def test_overheads_and_weights_are_whole_tokens_of_at_least_one(name: str) -> None:
+    """The calibration fit keeps every overhead and weight ≥ 1 (a 0 would predict nothing for a group)."""
+    for key, value in getattr(te, name).items():
+        assert isinstance(value, int) and not isinstance(value, bool), (name, key, value)
+        assert value >= 1, (name, key, value)
+    assert isinstance(te.DEFAULT_PHASE_OVERHEAD, int) and te.DEFAULT_PHASE_OVERHEAD >= 1
+
+
+def test_budget_factors_are_finite_positive_and_written_with_three_decimals() -> None:
+    for key, factor in te.BUDGET_FACTORS.items():
+        assert isinstance(factor, float) and math.isfinite(factor) and factor > 0, (key, factor)
+        assert Fraction(repr(factor)) * 1000 == round(factor * 1000), (key, factor)
+
+
+# --- adaptive budgets (the reviewed part of ACI; a PR that breaks these fails verification) -------------
+
+
+def test_adaptive_settings_name_only_known_aci_parameters() -> None:
+    assert set(te.ADAPTIVE_SETTINGS) <= {("aci", "target_alpha"), ("aci", "gamma")}
+    if te.ADAPTIVE_BUDGET_FACTORS:
+        assert set(te.ADAPTIVE_SETTINGS) == {("aci", "target_alpha"), ("aci", "gamma")}
+    target = te.ADAPTIVE_SETTINGS.get(("aci", "target_alpha"), 0.05)
+    gamma = te.ADAPTIVE_SETTINGS.get(("aci", "gamma"), 0.005)
+    assert 0 < target < 0.5 and 0 < gamma < 1
+
+
+def test_adaptive_curves_are_monotone_and_bounded_by_what_ships() -> None:
+    curves = te.parse_adaptive_curves(te.ADAPTIVE_BUDGET_FACTORS)
+    target = te.ADAPTIVE_SETTINGS.get(("aci", "target_alpha"))
+    for group, curve in curves.items():
+        assert len(curve.alphas) >= 2 and all(0 < a < 0.5 for a in curve.alphas), group
+        assert list(curve.alphas) == sorted(set(curve.alphas)), group
+        assert all(f > 0 for f in curve.factors), group
+        assert all(a >= b for a, b in zip(curve.factors, curve.factors[1:])), f"{group}: factor must fall with alpha"
+        # the curve refines a calibrated group, and at the target it is that group's BUDGET_FACTORS value:
+        # a group whose runtime state is missing gets exactly the static ceiling
+        assert group in te.BUDGET_FACTORS, group
+        assert target is not None and curve.alphas[0] <= target <= curve.alphas[-1], group
+        assert curve.factor_at(target) == pytest.approx(te.BUDGET_FACTORS[group], abs=1e-9), group

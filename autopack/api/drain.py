@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Response, status
 
 from autopack.api.deps import AuthDep, DbDep
+from autopack.api.inputs import StrictJsonRoute
 from autopack.api.runs import NOT_FOUND, PhaseIdPath, RunIdPath, get_phase_or_404
 from autopack.api.schemas import (
     ClaimIn,
@@ -24,7 +25,7 @@ from autopack.api.schemas import (
 )
 from autopack.execution import leases
 
-router = APIRouter(tags=["drain"])
+router = APIRouter(tags=["drain"], route_class=StrictJsonRoute)
 
 LEASE_CONFLICT = {409: {"model": ErrorOut, "description": "the lease expired or belongs to another worker"}}
 
@@ -74,10 +75,14 @@ def heartbeat(run_id: RunIdPath, phase_id: PhaseIdPath, body: HeartbeatIn, db: D
     responses={**MUTATION_RESPONSES, **NOT_FOUND, **LEASE_CONFLICT},
 )
 def result(run_id: RunIdPath, phase_id: PhaseIdPath, body: ResultIn, db: DbDep) -> PhaseStateOut:
-    """Record the phase's final state and release the lease — only while the lease is still held."""
+    """Record the phase's final state and release the lease — only while the lease is still held.
+
+    A ``tokens_used`` the phase's total cannot hold is answered 422, after the phase was finished FAILED
+    with that reason (the lease is released either way, so the phase never stays EXECUTING).
+    """
     get_phase_or_404(db, run_id, phase_id)
     try:
-        leases.finish_phase(
+        rejected = leases.finish_phase(
             db,
             run_id,
             phase_id,
@@ -88,6 +93,10 @@ def result(run_id: RunIdPath, phase_id: PhaseIdPath, body: ResultIn, db: DbDep) 
         )
     except leases.LeaseLostError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=exc.message) from exc
+    if rejected is not None:
+        # FastAPI's own 422 shape, so clients and the OpenAPI description see one error format.
+        detail = [{"loc": ["body", "tokens_used"], "msg": rejected, "type": "value_error"}]
+        raise HTTPException(422, detail=detail)
     return PhaseStateOut(run_id=run_id, phase_id=phase_id, state=body.final_state)
 
 

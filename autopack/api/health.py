@@ -10,11 +10,12 @@ from fastapi import APIRouter
 
 from autopack import __version__
 from autopack.api.deps import ConfigDep
+from autopack.api.inputs import StrictJsonRoute
 from autopack.api.schemas import HealthOut
 from autopack.db.engine import get_engine, mask_url
 from autopack.db.migrate import head_revision, sqlite_path
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
 
 
 def database_identity(url: str) -> str:

@@ -8,14 +8,15 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from sqlalchemy.orm import Session
 
-from autopack.api.deps import AuthDep, DbDep
+from autopack.api.deps import AuthDep, ConfigDep, DbDep
+from autopack.api.inputs import StrictJsonRoute
 from autopack.api.schemas import MUTATION_RESPONSES, ErrorOut, PhaseOut, PhaseStateIn, PhaseStateOut, RunDetailOut, RunOut
 from autopack.db.models import Phase, PhaseState, Run, utcnow
 from autopack.errors import RefusedError
 from autopack.execution.runs import create_run
-from autopack.execution.spec import RunSpec
+from autopack.execution.spec import API_SOURCE, RunSpec, refuse_untrusted_check_command
 
-router = APIRouter(tags=["runs"])
+router = APIRouter(tags=["runs"], route_class=StrictJsonRoute)
 
 RunIdPath = Annotated[str, Path(min_length=1, max_length=255)]
 PhaseIdPath = Annotated[str, Path(min_length=1, max_length=255)]
@@ -70,12 +71,25 @@ def list_runs(
     response_model=RunDetailOut,
     status_code=status.HTTP_201_CREATED,
     dependencies=[AuthDep],
-    responses={**MUTATION_RESPONSES, 409: {"model": ErrorOut, "description": "the run already exists"}},
+    responses={
+        **MUTATION_RESPONSES,
+        403: {"model": ErrorOut, "description": "a remote client of a server without a key, or a check_command "
+                                                "while AUTOPACK_API_ALLOW_CHECK_COMMANDS is off"},
+        409: {"model": ErrorOut, "description": "the run already exists"},
+    },
 )
-def create_run_endpoint(spec: RunSpec, db: DbDep) -> RunDetailOut:
-    """Create a run and its phases in one transaction (a bad spec is a 422 naming the field)."""
+def create_run_endpoint(spec: RunSpec, db: DbDep, config: ConfigDep) -> RunDetailOut:
+    """Create a run and its phases in one transaction (a bad spec is a 422 naming the field).
+
+    A phase's ``check_command`` runs on every drain worker: refused (403) unless the server allows it.
+    """
+    for phase in spec.phases:
+        try:
+            refuse_untrusted_check_command(API_SOURCE, phase.check_command, allowed=config.allow_check_commands)
+        except RefusedError as exc:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"phase '{phase.phase_id}': {exc.one_line()}") from exc
     try:
-        run = create_run(db, spec, source="api")
+        run = create_run(db, spec, source=API_SOURCE)
     except RefusedError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=exc.message) from exc
     phases = list(db.scalars(sa.select(Phase).where(Phase.run_id == run.id).order_by(Phase.phase_index)))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from autopack.db.models import Phase, Run
 
@@ -14,6 +14,15 @@ OWNER_PATTERN = r"^[\x21-\x7e][\x20-\x7e]{0,254}$"
 
 #: A run id as stored (legacy ids may hold any printable text); never a NUL byte.
 RunId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00]+$")]
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Stored timestamps are naive UTC (``models.utcnow``); answers say so (RFC 3339 needs an offset)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: A timestamp in a response: always timezone-aware, in UTC (serialised with ``Z``).
+UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 ClaimableState = Literal["QUEUED", "FAILED", "TIMEOUT", "SKIPPED"]
 FinalState = Literal["COMPLETE", "FAILED", "TIMEOUT", "SKIPPED"]
 
@@ -43,9 +52,9 @@ class PhaseOut(BaseModel):
     max_builder_attempts: int
     last_failure_reason: str | None = None
     lease_owner: str | None = None
-    lease_expires_at: datetime | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
+    lease_expires_at: UtcDateTime | None = None
+    started_at: UtcDateTime | None = None
+    completed_at: UtcDateTime | None = None
 
     @classmethod
     def of(cls, phase: Phase) -> PhaseOut:
@@ -74,8 +83,8 @@ class RunOut(BaseModel):
     state: str
     goal: str | None = None
     source: str | None = None
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
+    created_at: UtcDateTime | None = None
+    updated_at: UtcDateTime | None = None
     phases_total: int
     phase_states: dict[str, int]
 
@@ -115,7 +124,7 @@ class ClaimOut(BaseModel):
     run_id: str
     phase_id: str
     owner: str
-    expires_at: datetime
+    expires_at: UtcDateTime
     attempt_index: int
     initial_state: str
 
@@ -128,14 +137,16 @@ class HeartbeatIn(BaseModel):
 class HeartbeatOut(BaseModel):
     run_id: str
     phase_id: str
-    expires_at: datetime
+    expires_at: UtcDateTime
 
 
 class ResultIn(BaseModel):
     owner: str = Field(pattern=OWNER_PATTERN)
     final_state: FinalState
     failure_reason: str | None = Field(default=None, max_length=20_000)
-    tokens_used: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    # No upper bound here: the handler checks the phase's new total against the column and, if it does not
+    # fit, still finishes the phase (FAILED, lease released) before answering 422.
+    tokens_used: int | None = Field(default=None, ge=0, description="Added to the phase's running total.")
 
 
 class ReleaseIn(BaseModel):
@@ -167,8 +178,11 @@ class ErrorOut(BaseModel):
     detail: str
 
 
-#: Documented on every mutating endpoint: an unparseable body, and a missing/wrong API key.
+#: Documented on every mutating endpoint: an unparseable body, a missing/wrong API key, a remote client
+#: of a server without a key (or a refused check command), and a body over the size limit.
 MUTATION_RESPONSES: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorOut, "description": "the request body could not be parsed"},
     401: {"model": ErrorOut, "description": "missing or wrong X-API-Key (when AUTOPACK_API_KEY is set)"},
+    403: {"model": ErrorOut, "description": "no AUTOPACK_API_KEY is set and the request does not come from this machine"},
+    413: {"model": ErrorOut, "description": "the request body is larger than AUTOPACK_API_MAX_BODY_BYTES"},
 }

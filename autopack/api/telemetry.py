@@ -6,12 +6,13 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, status
 
 from autopack.api.deps import DbDep
+from autopack.api.inputs import StrictJsonRoute
 from autopack.api.runs import NOT_FOUND, RunIdPath
 from autopack.api.schemas import GroupStats, TelemetrySummaryOut
 from autopack.db.models import Run, TokenEstimationV2Event
 from autopack.taxonomy import canonical_category, canonical_complexity
 
-router = APIRouter(tags=["telemetry"])
+router = APIRouter(tags=["telemetry"], route_class=StrictJsonRoute)
 
 
 def _add(groups: dict[str, GroupStats], key: str, n: int, success: bool, truncated: bool) -> None:

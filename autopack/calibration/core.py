@@ -1,17 +1,30 @@
 """The calibration itself, as a pure function of a ``SampleSet`` and the parameters (no I/O).
 
 ``calibrate`` returns the JSON-ready result object minus the file paths and the database id (the thin
-shell in ``runner`` adds those). Steps, in order:
+shell in ``runner`` adds those). One pass, in this order:
 
-1. fit coefficients and budget factors on *all* selected samples (``fit_all``);
-2. backtest: repeat step 1 on the older (1 − F) of the samples and replay the newest F under the current
-   coefficients, the original's median-ratio method, and the proposal;
-3. gate each group; a group's BUDGET_FACTORS (and its PHASE_OVERHEAD, which the factor is relative to)
-   are proposed only if it has ≥ min_samples, its confidence clears the threshold, and on its held-out
-   calls it truncates no worse than today (at α) while reserving fewer tokens per token used;
-4. TOKEN_WEIGHTS are shared by every group, so their changes ship only if the whole shipped
-   configuration passes the same backtest test on all held-out calls; otherwise the fit is redone with
-   the weights frozen, so the shipped (coefficients, factors) pair stays consistent.
+1. split the samples in time: the older (1 − F) are fitted, the newest F are held out;
+2. fit the coefficients on the older part (``fit.fit_coefficients``: the bootstrap decides which
+   TOKEN_WEIGHTS changes the data support), with and without those weight changes, and each group's
+   factor from its own calls (``model``);
+3. replay the held-out calls (``heldout_ceilings``) under today's ceilings, the original's median-ratio
+   method and the proposal (every group refitted: the "full refit");
+4. TOKEN_WEIGHTS are shared by every group, so they are decided first, on all held-out calls: the
+   proposal with the new weights must pass the truncation test against today and reserve less than the
+   same proposal with today's weights (``gate.weights``);
+5. gate each group: ≥ min_samples, a distribution-free factor (``km_conformal``), confidence ≥
+   threshold, and on its own held-out calls the truncation test (one-sided exact binomial on the upper
+   end of the interval, evidence-aware: ``backtest.truncation_verdict``) and fewer tokens reserved per
+   token used than today;
+6. the shipped configuration (only what passed) is replayed on the same held-out calls and, on the calls
+   whose ceiling it changes, must pass the same two tests as a whole; groups are dropped, worst first,
+   until it does.
+
+What ships is exactly what was tested: the values fitted on the older part, whose held-out replay is
+``backtest.shipped``. Refitting on all calls after the test would ship numbers nobody tested, and, since
+a group ships only when its factor looks cheaper than today, would ship the luckiest-low draws
+(simulated: 13–18 % truncation at α = 10 % for groups of 30). The newest calls are the test; next run's
+window moves on.
 """
 
 from __future__ import annotations
@@ -25,13 +38,13 @@ from typing import Any
 import numpy as np
 
 from autopack import token_estimator as te
-from autopack.calibration import stats
-from autopack.calibration.backtest import evaluate, per_group, reserved_better, truncation_not_worse
-from autopack.calibration.fit import FitResult, fit_coefficients, implied_overheads
+from autopack.calibration import drift, stats
+from autopack.calibration.backtest import evaluate, per_group, reserved_better, truncation_verdict
+from autopack.calibration.fit import MAX_STEP, FitResult, fit_coefficients, implied_overheads
 from autopack.calibration.model import FactorModel, fit_factor_model
 from autopack.calibration.samples import Group, SampleSet, configuration_ceiling, predict
 
-METHOD_VERSION = "t5-conformal-1"
+METHOD_VERSION = "t5-conformal-2"
 SUCCESS_MEDIAN_RANGE = (0.8, 1.5)
 COLLECTION_PHASE_TARGETS = ((5, "minimum viable"), (20, "production ready"), (50, "optimal"))
 COLLECTION_GROUP_TARGETS = ((1, "minimum viable"), (3, "production ready"), (5, "optimal"))
@@ -44,10 +57,19 @@ class Params:
     target_truncation: float = 0.05
     holdout_fraction: float = 0.3
     include_run_ids: tuple[str, ...] = ()
+    #: How budgets follow drift at run time ("static" | "aci"), see ``drift``; the backtest replays it.
+    method: str = drift.DEFAULT_METHOD
+
+    def __post_init__(self) -> None:
+        drift.method_spec(self.method)  # an unknown or unshippable method fails before any work
 
     @property
     def alpha(self) -> float:
         return self.target_truncation
+
+    @property
+    def spec(self) -> drift.MethodSpec:
+        return drift.method_spec(self.method)
 
 
 @dataclass
@@ -57,21 +79,24 @@ class Fitted:
     fit: FitResult
     predicted: np.ndarray  # every row, under fit.coefficients
     model: FactorModel
-    original_medians: dict[Group, float]
 
 
 @dataclass
-class Variant:
-    free_weights: bool
-    full: Fitted
-    train: Fitted | None
-    backtest: dict[str, Any]
+class Decision:
+    """Everything the gate decided, and the backtests it decided on."""
+
+    fitted: Fitted  # the chosen fit of the older part (all calls when nothing is held out): what ships
+    tested: bool  # there are held-out calls
+    ship_weights: bool
+    weights_verdict: str
+    backtest: dict[str, dict[str, Any]]
     group_backtest: dict[Group, dict[str, dict[str, Any]]]
     passing: list[Group]
     reasons: dict[Group, list[str]]
-    ship_weights: bool
-    global_check: str
-    notes: list[str] = field(default_factory=list)
+    verdicts: dict[Group, str]
+    shipped_verdict: str
+    fit_rows: int
+    drift_summary: dict[str, Any] = field(default_factory=dict)  # backtest.calibration_under_drift
 
 
 def _log_ratio(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -80,25 +105,32 @@ def _log_ratio(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 def original_medians(samples: SampleSet, rows: np.ndarray, min_samples: int) -> dict[Group, float]:
     """The original's method: per group with ≥ min_samples clean successes, sorted(actual/predicted)[n//2]."""
-    clean = rows[samples.success[rows] & samples.observed[rows]]
+    keep = np.zeros(samples.n, dtype=bool)
+    keep[rows] = True
+    keep &= samples.success & samples.observed
     out: dict[Group, float] = {}
-    for g in np.unique(samples.group[clean]).tolist():
-        idx = clean[samples.group[clean] == g]
-        if idx.size >= min_samples:
-            out[samples.groups[g]] = stats.original_median(samples.y[idx] / np.maximum(samples.pred_current[idx], 1))
+    for g, idx in samples.rows_by_group().items():
+        clean = idx[keep[idx]]
+        if clean.size >= min_samples:
+            out[samples.groups[g]] = stats.original_median(samples.y[clean] / np.maximum(samples.pred_current[clean], 1))
     return out
 
 
-def fit_all(
-    samples: SampleSet, rows: np.ndarray, params: Params, current: te.Coefficients, free_weights: bool
-) -> Fitted:
-    fit = fit_coefficients(
-        samples, rows, current, free_weights=free_weights, confidence_threshold=params.confidence_threshold
-    )
+def _factor_model(samples: SampleSet, rows: np.ndarray, predicted: np.ndarray, alpha: float) -> FactorModel:
+    """The factor model of ``rows``, a prefix 0..m−1 of the samples (all of them, or the older part)."""
+    m = int(rows.size)
+    r = _log_ratio(samples.y[:m], predicted[:m])
+    blocks = {g: b[: int(np.searchsorted(b, m))] for g, b in samples.rows_by_group().items()}
+    return fit_factor_model(samples.groups, samples.group[:m], r, samples.observed[:m], alpha, blocks=blocks)
+
+
+def _fitted(samples: SampleSet, rows: np.ndarray, fit: FitResult, alpha: float) -> Fitted:
     predicted = predict(samples, fit.coefficients)
-    r = _log_ratio(samples.y[rows], predicted[rows])
-    model = fit_factor_model(samples.groups, samples.group[rows], r, samples.observed[rows], params.alpha)
-    return Fitted(fit, predicted, model, original_medians(samples, rows, params.min_samples))
+    return Fitted(fit, predicted, _factor_model(samples, rows, predicted, alpha))
+
+
+def _weights_changed(current: te.Coefficients, fit: FitResult) -> bool:
+    return any(fit.coefficients.token_weights.get(k) != current.token_weights.get(k) for k in fit.weight_keys)
 
 
 def _shipped(
@@ -123,101 +155,247 @@ def _shipped(
     return coeffs, factors
 
 
-def _weights_changed(current: te.Coefficients, fit: FitResult) -> bool:
-    return any(fit.coefficients.token_weights.get(k) != current.token_weights.get(k) for k in fit.weight_keys)
+@dataclass(frozen=True)
+class HeldOut:
+    """The time-ordered split a backtest replays: the older calls fit, the newest ``test`` are replayed."""
+
+    samples: SampleSet
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+    test: SampleSet
+    reviewed: te.Coefficients  # today's file: its adaptive curves are what runs for unchanged groups
+
+    @classmethod
+    def of(cls, samples: SampleSet, train_rows: np.ndarray, test_rows: np.ndarray,
+           reviewed: te.Coefficients) -> HeldOut:
+        test = samples.subset(np.isin(np.arange(samples.n), test_rows))
+        return cls(samples, train_rows, test_rows, test, reviewed)
+
+    def drift_rows(self) -> drift.CalibrationRows:
+        return drift.CalibrationRows.of(self.samples, self.train_rows, self.test_rows)
 
 
-def _run_variant(samples: SampleSet, params: Params, current: te.Coefficients, free_weights: bool) -> Variant:
+def heldout_ceilings(
+    held: HeldOut, coefficients: te.Coefficients, factors: dict[Group, float], params: Params, *,
+    adapt: list[Group] | None = None, spec: drift.MethodSpec | None = None,
+) -> np.ndarray:
+    """The held-out calls' ceilings (oldest first) under a proposal fitted on the older calls.
+
+    The one place the held-out replay happens (the proposal, the shipped configuration and the weights
+    decision all come through here). The static method keeps each group's factor fixed for every
+    held-out call; an adaptive method (``params.method``, or ``spec``) moves the factor of the groups in
+    ``adapt`` (default: every group with a factor) as the held-out calls it has already seen come back,
+    with delayed feedback (``drift.replay_configuration``), so the gate tests what would run.
+    """
+    _, ceiling = configuration_ceiling(held.test, coefficients, factors)
+    spec = spec or params.spec
+    if held.test.n == 0 or (spec.name == "static" and not held.reviewed.adaptive_curves):
+        return ceiling
+    return drift.replay_configuration(spec, params.alpha, held.drift_rows(), predict(held.samples, coefficients),
+                                      factors, ceiling, adapt=adapt, reviewed=held.reviewed)
+
+
+def _today_ceilings(held: HeldOut, current: te.Coefficients, params: Params) -> np.ndarray:
+    """Today's ceilings on the held-out calls: today's factors, and today's reviewed adaptive curves if any."""
+    return heldout_ceilings(held, current, dict(current.budget_factors), params, spec=drift.MethodSpec("static"))
+
+
+def _split(samples: SampleSet, params: Params) -> tuple[np.ndarray, np.ndarray]:
     n = samples.n
-    all_rows = np.arange(n)
-    full = fit_all(samples, all_rows, params, current, free_weights)
     n_test = int(math.floor(params.holdout_fraction * n + 0.5)) if params.holdout_fraction > 0 else 0
     n_test = min(n_test, max(0, n - 1))
-    train_rows, test_rows = all_rows[: n - n_test], all_rows[n - n_test :]
-    test = samples.subset(np.isin(all_rows, test_rows))
-    train: Fitted | None = None
+    rows = np.arange(n)
+    return rows[: n - n_test], rows[n - n_test :]
+
+
+def _proposal_factors(current: te.Coefficients, fitted: Fitted, groups: list[Group]) -> dict[Group, float]:
+    return {**current.budget_factors, **fitted.model.factors(groups)}
+
+
+def _decide_weights(
+    held: HeldOut, params: Params, current: te.Coefficients, free: Fitted | None, frozen: Fitted,
+) -> tuple[bool, str]:
+    """Ship the weight changes? Only if, on all held-out calls, the proposal with them passes the truncation
+    test against today and reserves less than the same proposal with today's weights."""
+    if free is None:
+        supported = "" if not frozen.fit.frozen_weights else (
+            f" ({len(frozen.fit.frozen_weights)} change(s) the bootstrap did not support were frozen)")
+        return False, "no TOKEN_WEIGHTS change proposed by the fit" + supported
+    test, groups = held.test, held.samples.groups
+    if test.n == 0:
+        return False, "TOKEN_WEIGHTS changes not shipped: no held-out calls to check them on"
+    alpha = params.alpha
+    current_bt = evaluate(_today_ceilings(held, current, params), test.y, test.observed, alpha)
+    with_w = evaluate(heldout_ceilings(held, free.fit.coefficients, _proposal_factors(current, free, groups),
+                                       params), test.y, test.observed, alpha)
+    without = evaluate(heldout_ceilings(held, frozen.fit.coefficients, _proposal_factors(current, frozen, groups),
+                                        params), test.y, test.observed, alpha)
+    ok, why = truncation_verdict(with_w, current_bt, alpha)
+    cheaper = reserved_better(with_w, without)
+    agree = ", ".join(f"{k[0]}/{k[1]} {v:.2f}" for k, v in sorted(free.fit.weight_confidence.items()))
+    detail = (f"on all {with_w['n']} held-out calls with the new weights {why}; reserved/used "
+              f"{with_w['reserved_over_used']:.3f} vs {without['reserved_over_used']:.3f} with today's weights"
+              + (f"; bootstrap agreement on each direction: {agree}" if agree else ""))
+    if ok and cheaper:
+        return True, "TOKEN_WEIGHTS changes ship: " + detail
+    return False, "TOKEN_WEIGHTS changes not shipped: " + detail
+
+
+def _gate_group(
+    g: Group, fitted: Fitted, group_bt: dict[Group, dict[str, dict[str, Any]]], params: Params
+) -> tuple[list[str], str]:
+    """(reasons it fails, the verdict line if it passes) for one group."""
+    fit = fitted.model.groups.get(g)
+    if fit is None:
+        return ["no calls in the fitted (older) part: nothing to fit a factor on"], ""
+    info = fit.factor
+    why: list[str] = []
+    if fit.n < params.min_samples:
+        why.append(f"{fit.n} fitted samples < --min-samples {params.min_samples}")
+    if info.factor is None:
+        why.append(f"no budget factor ({info.note or 'too few samples'})")
+    elif info.method != "km_conformal" or info.assumption is not None:
+        why.append(f"{info.method} factor {info.factor:.3f} reported, not shipped: it rests on an assumption the "
+                   f"held-out calls cannot check ({info.assumption}); a distribution-free factor needs "
+                   f"{stats.min_confident_samples(params.alpha)} fitted calls and a visible quantile")
+    elif info.confidence < params.confidence_threshold:
+        why.append(f"confidence {info.confidence:.2f} < threshold {params.confidence_threshold:.2f}")
+    bt = group_bt.get(g)
+    verdict = ""
+    if not bt:
+        why.append("no held-out calls in the backtest")
+    else:
+        prop, cur = bt["proposed"], bt["current"]
+        ok, line = truncation_verdict(prop, cur, params.alpha)
+        if not ok:
+            why.append(line)
+        if not reserved_better(prop, cur):
+            why.append(f"held-out reserved/used {prop['reserved_over_used']} not below today's {cur['reserved_over_used']}")
+        if info.factor is not None:
+            verdict = (f"{info.method} factor {info.factor:.3f} from its own {fit.n} calls (confidence "
+                       f"{info.confidence:.2f} ≥ {params.confidence_threshold:.2f}); {line}; held-out reserved/used "
+                       f"{prop['reserved_over_used']:.3f} < today's {cur['reserved_over_used']:.3f}")
+    return why, verdict
+
+
+def _shipped_check(
+    held: HeldOut, params: Params, current: te.Coefficients, fitted: Fitted,
+    passing: list[Group], ship_weights: bool, current_ceiling: np.ndarray,
+    group_bt: dict[Group, dict[str, dict[str, Any]]],
+) -> tuple[list[Group], dict[str, Any], np.ndarray, str, dict[Group, str]]:
+    """Replay the shipped configuration on the held-out calls; drop groups (worst first) until it passes.
+
+    Judged on the held-out calls whose ceiling the pull request changes (all of them when the weights
+    ship, else the shipped groups' calls): the same truncation test against today and a lower reserve.
+    Calls it does not change keep today's ceiling, good or bad, and are no verdict on the change.
+    """
+    alpha = params.alpha
+    test = held.test
+    keep = list(passing)
+    dropped: dict[Group, str] = {}
+
+    def badness(g: Group) -> tuple[int, float]:
+        prop, cur = group_bt[g]["proposed"], group_bt[g]["current"]
+        return (prop["truncations_upper"] - cur["truncations"], prop["reserved_over_used"] / cur["reserved_over_used"])
+
+    while True:
+        coeffs, factors = _shipped(current, fitted, keep, ship_weights and bool(keep))
+        ceiling = heldout_ceilings(held, coeffs, factors, params, adapt=keep)
+        shipped = evaluate(ceiling, test.y, test.observed, alpha)
+        if not keep:
+            return keep, shipped, ceiling, "nothing ships", dropped
+        changed = ceiling != current_ceiling
+        mine = evaluate(ceiling[changed], test.y[changed], test.observed[changed], alpha)
+        today = evaluate(current_ceiling[changed], test.y[changed], test.observed[changed], alpha)
+        ok, line = truncation_verdict(mine, today, alpha)
+        if ok and reserved_better(mine, today):
+            return keep, shipped, ceiling, (
+                f"on the {mine['n']} held-out calls whose ceiling it changes: {line}; reserved/used "
+                f"{mine['reserved_over_used']:.3f} < today's {today['reserved_over_used']:.3f}"), dropped
+        worst = max(keep, key=badness)
+        keep.remove(worst)
+        dropped[worst] = (f"dropped: with it, the calls the pull request changes failed together ({line}; reserved/used "
+                          f"{mine['reserved_over_used']} vs today's {today['reserved_over_used']})")
+
+
+def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Decision:
+    """Fits, backtest and gate (steps 1–6 of the module docstring)."""
+    alpha = params.alpha
+    train_rows, test_rows = _split(samples, params)
+    tested = bool(test_rows.size)
+    fit_rows = train_rows if tested else np.arange(samples.n)
+    held = HeldOut.of(samples, train_rows, test_rows, current)
+    test = held.test
+
+    free_fit = fit_coefficients(samples, fit_rows, current, free_weights=True,
+                                confidence_threshold=params.confidence_threshold)
+    frozen = _fitted(samples, fit_rows, fit_coefficients(samples, fit_rows, current, free_weights=False), alpha)
+    frozen.fit.frozen_weights = list(free_fit.frozen_weights)
+    free = _fitted(samples, fit_rows, free_fit, alpha) if _weights_changed(current, free_fit) else None
+    ship_weights, weights_verdict = _decide_weights(held, params, current, free, frozen)
+    fitted = free if ship_weights and free is not None else frozen
+
     ceilings: dict[str, np.ndarray] = {}
-    if n_test > 0:
-        train = fit_all(samples, train_rows, params, current, free_weights)
-        _, ceilings["current"] = configuration_ceiling(test, current, current.budget_factors)
-        pred_cur = test.pred_current
-        med = np.array([train.original_medians.get(g, math.nan) for g in samples.groups])[test.group]
+    drift_summary: dict[str, Any] = {}
+    if tested:
+        ceilings["current"] = _today_ceilings(held, current, params)
+        medians = original_medians(samples, train_rows, params.min_samples)
+        med = np.array([medians.get(g, math.nan) for g in samples.groups])[test.group]
         original = ceilings["current"].copy()
         has = ~np.isnan(med)
-        original[has] = np.ceil(np.maximum(pred_cur[has], 1) * med[has])
+        original[has] = np.ceil(np.maximum(test.pred_current[has], 1) * med[has])
         ceilings["original_median"] = original
-        proposal_factors = {**current.budget_factors, **train.model.factors(samples.groups)}
-        _, ceilings["proposed"] = configuration_ceiling(test, train.fit.coefficients, proposal_factors)
-    alpha = params.alpha
-    if not ceilings:  # nothing held out: the methods are still listed, with n = 0
+        proposal_factors = _proposal_factors(current, fitted, samples.groups)
+        # every method on the held-out calls, for the report (the gate replays only the chosen one)
+        _, static_proposed = configuration_ceiling(test, fitted.fit.coefficients, proposal_factors)
+        drift_summary = drift.compare_in_calibration(alpha, held.drift_rows(), fitted.predicted, proposal_factors,
+                                                     static_proposed)
+        ceilings["proposed"] = heldout_ceilings(held, fitted.fit.coefficients, proposal_factors, params)
+    else:  # nothing held out: the methods are still listed, with n = 0
         ceilings = {name: np.empty(0) for name in ("current", "original_median", "proposed")}
     backtest = {name: evaluate(c, test.y, test.observed, alpha) for name, c in ceilings.items()}
-    group_bt = per_group(samples.groups, test.group, ceilings, test.y, test.observed, alpha) if n_test else {}
+    group_bt = per_group(samples.groups, test.group, ceilings, test.y, test.observed, alpha) if test.n else {}
 
-    # gate per group
     reasons: dict[Group, list[str]] = {}
+    verdicts: dict[Group, str] = {}
     passing: list[Group] = []
-    for g, fit in full.model.groups.items():
-        why: list[str] = []
-        info = fit.factor
-        if fit.n < params.min_samples:
-            why.append(f"{fit.n} samples < --min-samples {params.min_samples}")
-        if info.factor is None:
-            why.append("no budget factor (too few samples overall for the target truncation rate)")
-        elif info.confidence < params.confidence_threshold:
-            why.append(f"confidence {info.confidence:.2f} < threshold {params.confidence_threshold:.2f}")
-        bt = group_bt.get(g)
-        if not bt:
-            why.append("no held-out calls in the backtest")
-        else:
-            prop, cur = bt["proposed"], bt["current"]
-            if not truncation_not_worse(prop, cur, alpha):
-                why.append(
-                    f"held-out truncation {prop['truncations']}/{prop['n']} worse than current "
-                    f"{cur['truncations']}/{cur['n']} at α={alpha} (Kupiec p={prop['kupiec_p']})"
-                )
-            if not reserved_better(prop, cur):
-                why.append(
-                    f"held-out reserved/used {prop['reserved_over_used']} not below current {cur['reserved_over_used']}"
-                )
+    for gi in sorted(samples.rows_by_group()):
+        g = samples.groups[gi]
+        why, verdict = _gate_group(g, fitted, group_bt, params)
         reasons[g] = why
         if not why:
             passing.append(g)
+            verdicts[g] = verdict
 
-    ship_weights = False
-    global_check = "no weight changes"
-    if passing and free_weights and _weights_changed(current, full.fit):
-        if train is None:
-            global_check = "weight changes not proposed: no held-out calls to check them on"
-        else:
-            # the whole shipped configuration, with the weights, on every held-out call
-            coeffs_t, factors_t = _shipped(current, train, passing, True)
-            _, ceil_ship = configuration_ceiling(test, coeffs_t, factors_t)
-            with_weights = evaluate(ceil_ship, test.y, test.observed, alpha)
-            cur = backtest["current"]
-            ship_weights = truncation_not_worse(with_weights, cur, alpha) and reserved_better(with_weights, cur)
-            global_check = (
-                "weight changes pass the whole-configuration backtest" if ship_weights
-                else "weight changes fail the whole-configuration backtest (truncation or reserve not better than "
-                "today on all held-out calls)"
-            )
-    variant = Variant(free_weights, full, train, backtest, group_bt, passing, reasons, ship_weights, global_check)
-    if train is not None:
-        coeffs_t, factors_t = _shipped(current, train, passing, ship_weights)
-        _, ceil_ship = configuration_ceiling(test, coeffs_t, factors_t)
-        variant.backtest["shipped"] = evaluate(ceil_ship, test.y, test.observed, alpha)
-    return variant
+    shipped_verdict = "no held-out calls: nothing can be shipped"
+    if tested:
+        passing, backtest["shipped"], shipped_ceiling, shipped_verdict, dropped = _shipped_check(
+            held, params, current, fitted, passing, ship_weights, ceilings["current"], group_bt)
+        for g, methods in per_group(samples.groups, test.group, {"shipped": shipped_ceiling}, test.y,
+                                    test.observed, alpha).items():
+            group_bt[g]["shipped"] = methods["shipped"]
+        for g, why in dropped.items():
+            reasons[g] = [why]
+            verdicts.pop(g, None)
+    if ship_weights and not passing:
+        ship_weights = False
+        weights_verdict = "TOKEN_WEIGHTS changes not shipped: no group passed the gate"
+    return Decision(fitted, tested, ship_weights, weights_verdict, backtest, group_bt, passing, reasons, verdicts,
+                    shipped_verdict, int(fit_rows.size), drift_summary)
 
 
 @dataclass
 class PlotData:
-    """What the plot shows: per group, actual / predicted (proposed coefficients) and the factor."""
+    """What the plot shows, per group: actual / predicted (proposed coefficients), n, today's and the new factor."""
 
     groups: list[Group]
     ratios: list[np.ndarray]
     observed: list[np.ndarray]
     factors: list[float | None]
     proposed: list[bool]
+    n: list[int] = field(default_factory=list)
+    #: today's ceiling on the same scale (ceiling today / proposed prediction): median, 10th and 90th percentile
+    current: list[tuple[float, float, float] | None] = field(default_factory=list)
 
 
 @dataclass
@@ -231,22 +409,23 @@ def calibrate(samples: SampleSet, params: Params, current: te.Coefficients | Non
     current = current or te.current_coefficients()
     if samples.n == 0:
         raise ValueError("calibrate needs at least one usable sample")
-    variant = _run_variant(samples, params, current, free_weights=True)
-    notes: list[str] = []
-    if variant.passing and _weights_changed(current, variant.full.fit) and not variant.ship_weights:
-        notes.append(f"TOKEN_WEIGHTS frozen and coefficients refitted: {variant.global_check}")
-        variant = _run_variant(samples, params, current, free_weights=False)
-    variant.notes = notes
-    result = _assemble(samples, params, current, variant)
+    decision = decide(samples, params, current)
+    _, today_ceiling = configuration_ceiling(samples, current, current.budget_factors)
+    today_ratio = today_ceiling / np.maximum(decision.fitted.predicted, 1.0)
+    result = _assemble(samples, params, current, decision, today_ratio)
     plot = PlotData([], [], [], [], [])
+    rows_of = samples.rows_by_group()
     for entry in result["groups"]:
         g = (entry["category"], entry["complexity"])
-        idx = np.flatnonzero(samples.group == samples.groups.index(g))
+        idx = rows_of[samples.groups.index(g)]
         plot.groups.append(g)
-        plot.ratios.append(samples.y[idx] / np.maximum(variant.full.predicted[idx], 1.0))
+        plot.ratios.append(samples.y[idx] / np.maximum(decision.fitted.predicted[idx], 1.0))
         plot.observed.append(samples.observed[idx])
         plot.factors.append(entry["budget_factor"])
         plot.proposed.append(bool(entry["proposed"]))
+        plot.n.append(int(idx.size))
+        q10, q50, q90 = np.quantile(today_ratio[idx], [0.1, 0.5, 0.9])
+        plot.current.append((float(q50), float(q10), float(q90)))
     return Calibration(result, plot)
 
 
@@ -265,41 +444,42 @@ def _num(value: float | None, digits: int = 4) -> float | None:
     return round(float(value), digits)
 
 
+SUMMARY_KEYS = ("n", "truncations", "truncations_upper", "truncation_rate", "truncation_interval", "truncation_ci",
+                "binomial_p", "evidence", "reserved_over_used", "kupiec_p")
+
+
 def _bt_summary(group_bt: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
-    """A change's backtest: the proposal's numbers at top level, each method's beside them."""
+    """A group's backtest: the proposal's numbers at top level, each method's beside them."""
     if not group_bt:
         return {"n": 0}
     prop = group_bt.get("proposed", {})
-    out: dict[str, Any] = {
-        "n": prop.get("n", 0),
-        "truncations": prop.get("truncations"),
-        "truncation_rate": prop.get("truncation_rate"),
-        "reserved_over_used": prop.get("reserved_over_used"),
-        "kupiec_p": prop.get("kupiec_p"),
-    }
+    out: dict[str, Any] = {k: prop.get(k) for k in SUMMARY_KEYS}
     for name, m in group_bt.items():
-        out[name] = {k: m.get(k) for k in ("n", "truncations", "truncation_rate", "reserved_over_used", "kupiec_p")}
+        out[name] = {k: m.get(k) for k in SUMMARY_KEYS}
     return out
 
 
-def _group_entries(samples: SampleSet, params: Params, variant: Variant) -> list[dict[str, Any]]:
-    full = variant.full
+def _group_entries(
+    samples: SampleSet, params: Params, decision: Decision, today_ratio: np.ndarray
+) -> list[dict[str, Any]]:
+    model = decision.fitted.model
     entries = []
-    for gi, g in enumerate(samples.groups):
-        idx = np.flatnonzero(samples.group == gi)
-        if idx.size == 0:
-            continue
-        fit = full.model.groups[g]
+    for gi, idx in sorted(samples.rows_by_group().items()):
+        g = samples.groups[gi]
+        fit = model.groups.get(g)
         y, obs = samples.y[idx], samples.observed[idx]
-        ratio = y / np.maximum(samples.pred_current[idx], 1.0)
-        med = stats.km_median(ratio, obs)
-        lo, hi, level = stats.median_ci(ratio, obs, 0.95)
+        ratio, ratio_obs = stats.sort_censored(y / np.maximum(samples.pred_current[idx], 1.0), obs)
+        med = stats.km_median(ratio, ratio_obs, presorted=True)
+        lo, hi, level = stats.median_ci(ratio, ratio_obs, 0.95, presorted=True)
         clean = samples.success[idx] & obs
-        clean_ratio = ratio[clean]
+        clean_ratio = y[clean] / np.maximum(samples.pred_current[idx][clean], 1.0)
         waste = samples.recorded_ceiling[idx] / y
+        waste = waste[np.isfinite(waste)]
+        waste_median, waste_p90 = np.quantile(waste, [0.5, 0.9]) if waste.size else (math.nan, math.nan)
         over = samples.recorded_predicted[idx] / y
-        info = fit.factor
-        bt = variant.group_backtest.get(g)
+        info = fit.factor if fit is not None else dataclasses.replace(
+            model.factor_for(g), note="no calls in the fitted (older) part")
+        bt = decision.group_backtest.get(g)
         entries.append(
             {
                 "category": g[0],
@@ -309,14 +489,18 @@ def _group_entries(samples: SampleSet, params: Params, variant: Variant) -> list
                 "median_ratio": _num(med),
                 "median_ratio_ci": [_num(lo), _num(hi)],
                 "median_ratio_ci_level": _num(level, 4),
-                "pooling_weight": _num(fit.pooling_weight),
+                "pooling_weight": _num(fit.pooling_weight) if fit else None,
                 "budget_factor": info.factor,
+                "factor_method": info.method,
+                "extrapolation": info.extrapolation,
+                "assumption": info.assumption,
                 "confidence": _num(info.confidence),
+                "current_ceiling_factor": _num(float(np.median(today_ratio[idx]))),
                 "original_confidence": _num(stats.original_confidence(clean_ratio)) if clean_ratio.size else None,
                 "original_median_ratio": _num(stats.original_median(clean_ratio)) if clean_ratio.size else None,
                 "n_clean_success": int(clean.sum()),
-                "category_pooling_weight": _num(fit.category_weight),
-                "location_ratio": _num(math.exp(fit.location)),
+                "category_pooling_weight": _num(fit.category_weight) if fit else None,
+                "location_ratio": _num(math.exp(fit.location)) if fit else None,
                 "factor_source": info.source,
                 "factor_pool_n": info.pool_n,
                 "factor_interval": list(info.interval),
@@ -324,11 +508,11 @@ def _group_entries(samples: SampleSet, params: Params, variant: Variant) -> list
                 "avg_actual": _num(float(np.mean(samples.actual[idx])), 1),
                 "avg_predicted": _num(float(np.mean(samples.pred_current[idx])), 1),
                 "median_overestimate_ratio": _num(float(np.median(over))),
-                "median_ceiling_waste": _num(float(np.nanmedian(waste))) if np.isfinite(waste).any() else None,
-                "p90_ceiling_waste": _num(float(np.nanquantile(waste, 0.9))) if np.isfinite(waste).any() else None,
+                "median_ceiling_waste": _num(float(waste_median)),
+                "p90_ceiling_waste": _num(float(waste_p90)),
                 "avg_ceiling": _num(float(np.nanmean(samples.recorded_ceiling[idx])), 1),
-                "proposed": g in variant.passing,
-                "gate_reasons": variant.reasons.get(g, []),
+                "proposed": g in decision.passing,
+                "gate_reasons": decision.reasons.get(g, []),
                 "backtest": _bt_summary(bt),
             }
         )
@@ -336,66 +520,79 @@ def _group_entries(samples: SampleSet, params: Params, variant: Variant) -> list
     return entries
 
 
+def _overhead_change(fit: FitResult, current: te.Coefficients, g: Group) -> tuple[int | None, int] | None:
+    old = current.phase_overhead.get(g)
+    new = fit.coefficients.phase_overhead.get(g, current.default_phase_overhead)
+    if new == (old if old is not None else current.default_phase_overhead):
+        return None
+    return old, new
+
+
 def _changes(
-    samples: SampleSet, params: Params, current: te.Coefficients, variant: Variant, groups: list[dict[str, Any]]
+    samples: SampleSet, params: Params, current: te.Coefficients, decision: Decision, groups: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(proposed_changes, coefficient_fit): gated changes, and every change the fit made, old → new."""
-    full = variant.full
-    fit = full.fit
+    """(proposed_changes, coefficient_fit): gated changes with their verdicts, and every change the fit made."""
+    fitted = decision.fitted
+    fit = fitted.fit
     by_group = {(e["category"], e["complexity"]): e for e in groups}
+    at_bound = set(fit.at_bound)
     fit_changes: list[dict[str, Any]] = []
     for g in fit.overhead_groups:
-        old = current.phase_overhead.get(g)
-        new = fit.coefficients.phase_overhead.get(g, current.default_phase_overhead)
-        if new != (old if old is not None else current.default_phase_overhead):
-            fit_changes.append({"coefficient": "PHASE_OVERHEAD", "key": list(g), "old": old, "new": new,
-                                "n": fit.overhead_n.get(g, 0)})
+        change = _overhead_change(fit, current, g)
+        if change is not None:
+            fit_changes.append({"coefficient": "PHASE_OVERHEAD", "key": list(g), "old": change[0], "new": change[1],
+                                "n": fit.overhead_n.get(g, 0), "at_bound": ("PHASE_OVERHEAD", g) in at_bound})
     for k in fit.weight_keys:
         old_w = current.token_weights.get(k)
         new_w = fit.coefficients.token_weights.get(k)
         if new_w != old_w:
             fit_changes.append({"coefficient": "TOKEN_WEIGHTS", "key": list(k), "old": old_w, "new": new_w,
-                                "n": fit.weight_n.get(k, 0)})
+                                "n": fit.weight_n.get(k, 0), "at_bound": ("TOKEN_WEIGHTS", k) in at_bound})
+
+    def bound_note(coefficient: str, key: Group) -> str:
+        return f"; limited to ×{MAX_STEP:g} per run (the data asked for more)" if (coefficient, key) in at_bound else ""
 
     changes: list[dict[str, Any]] = []
-    order = sorted(variant.passing, key=lambda g: (-(by_group[g]["confidence"] or 0), -by_group[g]["n"], g))
+    order = sorted(decision.passing, key=lambda g: (-(by_group[g]["confidence"] or 0), -by_group[g]["n"], g))
     for g in order:
         e = by_group[g]
-        info = full.model.factor_for(g)
-        common = {
-            "category": g[0],
-            "complexity": g[1],
-            "n": e["n"],
-            "confidence": e["confidence"],
-            "backtest": e["backtest"],
-        }
+        info = fitted.model.factor_for(g)
+        verdict = decision.verdicts.get(g, "")
+        common = {"category": g[0], "complexity": g[1], "n": e["n"], "confidence": e["confidence"],
+                  "backtest": e["backtest"]}
         old_factor = current.budget_factors.get(g)
         if info.factor is not None and info.factor != old_factor:
             changes.append({"coefficient": "BUDGET_FACTORS", "key": list(g), "old": old_factor, "new": info.factor,
-                            **common, "interval": list(info.interval)})
-        if g in fit.overhead_groups:
-            old = current.phase_overhead.get(g)
-            new = fit.coefficients.phase_overhead.get(g, current.default_phase_overhead)
-            if new != (old if old is not None else current.default_phase_overhead):
-                rows = np.flatnonzero((samples.group == samples.groups.index(g)) & samples.units.linear[samples.unit])
-                implied = implied_overheads(samples, rows, fit.coefficients)
-                lo, hi, _ = stats.median_ci(implied, samples.observed[rows], 0.95)
-                changes.append({"coefficient": "PHASE_OVERHEAD", "key": list(g), "old": old, "new": new,
-                                **common, "interval": [_num(lo, 1), _num(hi, 1)]})
-    if variant.ship_weights:
-        shipped_bt = variant.backtest.get("shipped", {})
+                            **common, "interval": list(info.interval), "verdict": verdict})
+        change = _overhead_change(fit, current, g) if g in fit.overhead_groups else None
+        if change is not None:
+            rows = samples.rows_by_group()[samples.groups.index(g)]
+            rows = rows[rows < decision.fit_rows]  # the fitted (older) part is a prefix
+            rows = rows[samples.units.linear[samples.unit[rows]]]
+            implied = implied_overheads(samples, rows, fit.coefficients)
+            lo, hi, _ = stats.median_ci(implied, samples.observed[rows], 0.95)
+            changes.append({
+                "coefficient": "PHASE_OVERHEAD", "key": list(g), "old": change[0], "new": change[1], **common,
+                "interval": [_num(lo, 1), _num(hi, 1)],
+                "verdict": f"ships with its group's budget factor (the factor is relative to the prediction this "
+                           f"overhead gives): {verdict}{bound_note('PHASE_OVERHEAD', g)}",
+            })
+    if decision.ship_weights:
+        shipped_bt = decision.backtest.get("shipped", {})
         for k in fit.weight_keys:
             old_w = current.token_weights.get(k)
             new_w = fit.coefficients.token_weights.get(k)
             if new_w == old_w:
                 continue
             lo_w, hi_w = fit.weight_interval.get(k, (math.nan, math.nan))
+            agree = fit.weight_confidence.get(k)
             changes.append({
                 "coefficient": "TOKEN_WEIGHTS", "key": list(k), "old": old_w, "new": new_w,
                 "category": None, "complexity": None, "n": fit.weight_n.get(k, 0),
-                "confidence": _num(fit.weight_confidence.get(k)), "interval": [_num(lo_w, 1), _num(hi_w, 1)],
-                "backtest": {k2: shipped_bt.get(k2) for k2 in ("n", "truncations", "truncation_rate",
-                                                                "reserved_over_used", "kupiec_p")},
+                "confidence": _num(agree), "interval": [_num(lo_w, 1), _num(hi_w, 1)],
+                "backtest": {k2: shipped_bt.get(k2) for k2 in SUMMARY_KEYS},
+                "verdict": (f"{_num(agree, 2)} of the bootstrap refits agree on its direction; "
+                            f"{decision.weights_verdict}{bound_note('TOKEN_WEIGHTS', k)}"),
             })
     return changes, fit_changes
 
@@ -429,78 +626,108 @@ def _success_metrics(samples: SampleSet, params: Params, groups: list[dict[str, 
     }
 
 
-def _assemble(samples: SampleSet, params: Params, current: te.Coefficients, variant: Variant) -> dict[str, Any]:
-    groups = _group_entries(samples, params, variant)
-    changes, fit_changes = _changes(samples, params, current, variant, groups)
+def _sources(samples: SampleSet) -> dict[str, Any]:
+    models = [dict(m) for m in samples.sources]
+    total = sum(m["samples"] for m in models)
+    for m in models:
+        m["share"] = round(m["samples"] / total, 4) if total else None
+    simulated = None if not models else any(m["simulated"] for m in models)
+    return {"simulated": simulated, "models": models}
+
+
+def _assemble(
+    samples: SampleSet, params: Params, current: te.Coefficients, decision: Decision, today_ratio: np.ndarray
+) -> dict[str, Any]:
+    groups = _group_entries(samples, params, decision, today_ratio)
+    changes, fit_changes = _changes(samples, params, current, decision, groups)
+    # the method's reviewed part (aci: each shipped group's factor curve, and the settings), from the same
+    # older calls the shipped factors were fitted on
+    entry = {(e["category"], e["complexity"]): e for e in groups}
+    shipped_factors = {g: f for g in decision.passing
+                       if (f := decision.fitted.model.factor_for(g).factor) is not None}
+    changes += drift.adaptive_changes(
+        params.spec, params.alpha,
+        drift.CalibrationRows.of(samples, np.arange(decision.fit_rows), np.empty(0, dtype=int)),
+        decision.fitted.predicted, shipped_factors, current,
+        {g: {"n": entry[g]["n"], "confidence": entry[g]["confidence"], "backtest": entry[g]["backtest"]}
+         for g in shipped_factors if g in entry},
+    )
     passed = bool(changes)
     reasons: list[str] = []
     for e in groups:
         g = (e["category"], e["complexity"])
         label = f"{g[0]}/{g[1]}"
-        if g in variant.passing:
-            bt = e["backtest"]
-            cur = bt.get("current", {})
-            reasons.append(
-                f"{label}: proposed (n={e['n']}, confidence {e['confidence']}, held-out truncation "
-                f"{bt.get('truncations')}/{bt.get('n')} vs current {cur.get('truncations')}/{cur.get('n')}, "
-                f"reserved/used {bt.get('reserved_over_used')} vs {cur.get('reserved_over_used')})"
-            )
+        if g in decision.passing:
+            reasons.append(f"{label}: proposed: {decision.verdicts.get(g, '')}")
         else:
-            reasons.append(f"{label}: not proposed: " + "; ".join(variant.reasons.get(g, ["no factor"])))
-    if variant.passing and changes and not any(c["coefficient"] == "TOKEN_WEIGHTS" for c in changes):
-        if any(fc["coefficient"] == "TOKEN_WEIGHTS" for fc in fit_changes):
-            reasons.append(f"TOKEN_WEIGHTS: not proposed: {variant.global_check}")
-    reasons += variant.notes
+            reasons.append(f"{label}: not proposed: " + "; ".join(decision.reasons.get(g, ["no factor"])))
+    reasons.append(decision.weights_verdict)
+    if decision.tested and decision.passing:
+        reasons.append(f"shipped: {decision.shipped_verdict}")
     if not passed:
         reasons.insert(0, "no group passed the gate: nothing to propose")
 
-    full = variant.full
-    test_n = variant.backtest.get("current", {}).get("n", 0)
-    backtest: dict[str, Any] = {
-        name: {k: v for k, v in m.items()} for name, m in variant.backtest.items()
-    }
+    fitted = decision.fitted
+    test_n = decision.backtest.get("current", {}).get("n", 0)
+    backtest: dict[str, Any] = {name: dict(m) for name, m in decision.backtest.items()}
+    backtest["calibration_under_drift"] = decision.drift_summary
     backtest["train_n"] = samples.n - test_n
     backtest["test_n"] = test_n
     backtest["split_at"] = _iso(float(samples.epoch[samples.n - test_n])) if test_n else None
     backtest["groups"] = [
         {
             "category": g[0], "complexity": g[1], "n": m["current"]["n"],
-            **{name: {"truncations": v["truncations"], "truncation_rate": v["truncation_rate"],
+            **{name: {"truncations": v["truncations"], "truncations_upper": v["truncations_upper"],
+                      "truncation_rate": v["truncation_rate"], "truncation_interval": v["truncation_interval"],
+                      "binomial_p": v["binomial_p"], "evidence": v["evidence"],
                       "coverage": None if v["truncation_rate"] is None else round(1 - v["truncation_rate"], 6),
                       "reserved_over_used": v["reserved_over_used"]} for name, v in m.items()},
         }
-        for g, m in sorted(variant.group_backtest.items())
+        for g, m in sorted(decision.group_backtest.items())
     ]
-    run_ids = list(samples.summary.run_ids)
     metadata = {
         "db_id": None,
         "generated_at": None,
         "total_samples": samples.n,
         "sample_counts": dict(samples.counts),
-        "run_ids": run_ids,
+        "retries_excluded": int(samples.counts.get("retries_excluded", 0)),
+        "retries_known": samples.retries_known,
+        "sources": _sources(samples),
+        "run_ids": list(samples.summary.run_ids),
         "time_span": {"start": _iso(float(samples.epoch.min())), "end": _iso(float(samples.epoch.max()))},
         "method_version": METHOD_VERSION,
+        "method": params.method,
+        "method_params": params.spec.params(params.alpha, drift.BACKTEST_FEEDBACK),
         "target_truncation": params.target_truncation,
         "holdout_fraction": params.holdout_fraction,
         "confidence_threshold": params.confidence_threshold,
         "min_samples": params.min_samples,
         "include_run_ids": list(params.include_run_ids),
+        "gate_level": stats.GATE_LEVEL,
+        "min_evidence_calls": stats.min_evidence_calls(params.alpha),
+        "max_coefficient_step": MAX_STEP,
         "coefficients_version": current.version,
-        "weights_free": variant.free_weights,
-        "fit_status": full.fit.status,
-        "fitted_rows": full.fit.fitted_rows,
-        "frozen_weights": [list(k) for k in full.fit.frozen_weights],
+        "weights_free": decision.ship_weights,
+        "fit_status": fitted.fit.status,
+        "fit_samples": decision.fit_rows,
+        "fitted_rows": fitted.fit.fitted_rows,
+        "frozen_weights": [list(k) for k in fitted.fit.frozen_weights],
         "pooling": {
-            "sigma": _num(full.model.sigma), "tau2_category": _num(full.model.tau2_category, 6),
-            "tau2_group": _num(full.model.tau2_group, 6),
-            "global_location_ratio": _num(math.exp(full.model.global_location)),
+            "sigma": _num(fitted.model.sigma), "tau2_category": _num(fitted.model.tau2_category, 6),
+            "tau2_group": _num(fitted.model.tau2_group, 6),
+            "global_location_ratio": _num(math.exp(fitted.model.global_location)),
         },
         "coverage_actual_max_tokens": round(samples.summary.coverage_actual_max_tokens, 4),
         "spellings_normalised": samples.summary.spellings,
     }
     return {
         "metadata": metadata,
-        "gate": {"passed": passed, "reasons": reasons},
+        "gate": {
+            "passed": passed,
+            "reasons": reasons,
+            "weights": {"changed": decision.ship_weights, "verdict": decision.weights_verdict},
+            "shipped": {"passed": passed, "verdict": decision.shipped_verdict if passed else "nothing ships"},
+        },
         "proposed_changes": changes,
         "coefficient_fit": fit_changes,
         "groups": groups,
@@ -512,3 +739,6 @@ def _assemble(samples: SampleSet, params: Params, current: te.Coefficients, vari
         "json_path": None,
         "plot_path": None,
     }
+
+
+__all__ = ["Calibration", "HeldOut", "Params", "calibrate", "decide", "heldout_ceilings"]

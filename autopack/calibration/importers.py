@@ -33,45 +33,8 @@ from autopack.db.models import TELEMETRY_SCHEMA_VERSION, TokenEstimationV2Event,
 from autopack.errors import AutopackError, InputError
 from autopack.taxonomy import canonical_category, canonical_complexity
 
-try:  # the one rule for "truncated by its length" (output reached the ceiling), shared with calibration
-    from autopack.calibration.samples import reached_ceiling  # type: ignore[attr-defined]
-except ImportError:  # until the shared rule is merged: the same rule, scalar form
-
-    def reached_ceiling(output: Any, ceiling: Any) -> bool:  # type: ignore[misc]
-        return ceiling is not None and output is not None and float(ceiling) > 0 and float(output) >= float(ceiling)
-
-
-try:  # every number checked against its column's range (the same function the recorder and the API use)
-    from autopack.telemetry.bounds import out_of_range  # type: ignore[import-not-found]
-except ImportError:  # until that module is merged: the same contract for the columns an import writes
-
-    def _column_ranges(table: sa.Table) -> dict[str, tuple[bool, int, int | None]]:
-        ranges: dict[str, tuple[bool, int, int | None]] = {}
-        for column in table.columns:
-            if isinstance(column.type, sa.Boolean):
-                continue
-            if isinstance(column.type, sa.Integer):
-                bits = 63 if isinstance(column.type, sa.BigInteger) else 31
-                ranges[column.name] = (True, -(2**bits) if column.info.get("signed") else 0, 2**bits - 1)
-            elif isinstance(column.type, sa.Float):
-                ranges[column.name] = (False, 0, None)
-        return ranges
-
-    _RANGES = _column_ranges(TokenEstimationV2Event.__table__)
-
-    def out_of_range(model_or_table: Any, values: Mapping[str, object]) -> dict[str, str]:  # type: ignore[misc]
-        problems: dict[str, str] = {}
-        for name, value in values.items():
-            limits = _RANGES.get(name)
-            if limits is None or value is None or isinstance(value, bool):
-                continue
-            integer, low, high = limits
-            if integer and isinstance(value, int) and not low <= value <= high:  # type: ignore[operator]
-                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-                problems[name] = f"token_estimation_v2_events.{name}={shown} is outside {low}..{high}"
-            elif not integer and isinstance(value, float) and not math.isfinite(value):
-                problems[name] = f"token_estimation_v2_events.{name}={value!r} is not a finite number"
-        return problems
+from autopack.calibration.samples import reached_ceiling  # the one rule: output reached the ceiling
+from autopack.telemetry.bounds import out_of_range  # every number checked against its column's range
 
 
 FORMATS = ("csv", "otel-json", "v2-log")

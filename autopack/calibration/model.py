@@ -1,20 +1,36 @@
-"""Per-group location, partial pooling and budget factors on the log of actual / predicted.
+"""Per-group budget factors on the log of actual / predicted, each from the group's own calls only.
 
-For each (category, complexity) group, on r = log(actual / predicted) of the predictions the factor
-will multiply:
+For each (category, complexity) group, on r = log(actual / predicted) of the predictions the factor will
+multiply, the factor is exp of an upper bound for a new call's r at miscoverage α, chosen by what the
+group's own data support (``factor_method``):
 
-1. location: the Kaplan–Meier median (censoring-aware) of the group's r;
-2. partial pooling (empirical Bayes): a group median is shrunk towards its category, the category
-   towards the global median, with credibility weights τ²/(τ² + v); v = π·σ²/(2n) is the sampling
-   variance of a median (σ from the pooled MAD), τ² the DerSimonian–Laird between-unit variance. A
-   category with a single group is that group, so it is shrunk once, towards the global median;
-3. budget factor: exp of the split-conformal upper quantile at miscoverage α (k = ⌈(n+1)(1−α)⌉, KM with
-   censoring) of the group's own r when it has ≥ 1/α − 1 samples. A smaller group falls back to its
-   parent (its category, else all groups): factor = exp(location + q), q the conformal quantile of the
-   parent's *leave-one-out* residuals r_i − location_{group(i), −i}. Leave-one-out residuals include the
-   error of estimating a location from few points, which is exactly what the new call will face.
-4. confidence (fixed in advance): P(realised truncation ≤ 2α) for the factor, from the Beta(k, N+1−k)
-   law of split-conformal coverage with N the number of calls the quantile was taken from.
+1. ``km_conformal``: enough calls (22 at α = 5 %, 11 at α = 10 %: ``stats.min_confident_samples``) and
+   the quantile visible: the split-conformal upper quantile (the k-th order statistic; with censored
+   calls the k-th value when each is taken as +∞, which is the Kaplan–Meier quantile when the censored
+   calls lie above it; else the Kaplan–Meier quantile, which then rests on independent censoring and is
+   reported, not shipped), at the smallest rank k ≥ ⌈(n+1)(1−α)⌉ whose
+   realised truncation is ≤ 2α with probability ≥ ``stats.FACTOR_CONFIDENCE`` (0.9; the plain rank with
+   the bare minimum of 1/α − 1 calls exceeds 2α in 13.5 % of groups). Distribution-free for exchangeable
+   calls; the only kind of factor the gate ships (``assumption`` null). Confidence: P(realised truncation ≤ 2α) from the
+   Beta(k, n+1−k) law of conformal coverage.
+2. ``censored_fit``: enough calls, but censoring hides the quantile (the largest outputs were all cut):
+   the group's *own* censored-normal (Tobit) fit extrapolates it. Marked ``extrapolation``, its assumption
+   stated, and its confidence capped at ``EXTRAPOLATION_MAX_CONFIDENCE`` (below the default threshold):
+   the data cannot check the assumption the number rests on.
+3. ``small_group_bound``: too few calls for a distribution-free factor: a scale-aware
+   normal bound of the group's own r, exp(mean + m·s) with m the prediction bound's t_{n−1,1−α}·√(1 + 1/n),
+   raised where needed so that P(realised truncation ≤ 2α) is ``stats.SMALL_GROUP_CONFIDENCE`` (0.9) under
+   the normal assumption it states (``stats.small_group_multiplier``: the plain prediction bound exceeds
+   2α in 14–20 % of groups of 5–10 calls). With censored calls the mean and spread come from the group's
+   Tobit fit, and the factor is marked ``extrapolation``. Reported, never shipped: the held-out calls of
+   such a group are too few to check the assumption, and a bound from 5–10 calls that happens to be
+   cheaper than today is biased low (simulated: 24 % of those shipped truncated above 2α).
+4. ``none``: a single call, no spread, or a censored fit that fails.
+
+No group borrows another group's quantile or confidence: an atypical small group given its category's
+quantile truncates far more than α while the pool's confidence reads ≈ 1 (issue 9). A random-effects
+(DerSimonian–Laird) shrinkage of the group medians (``location``, ``pooling_weight``) is still computed,
+for the report only: it says whether a group differs from its category beyond noise.
 """
 
 from __future__ import annotations
@@ -23,27 +39,35 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.stats import norm
 
 from autopack.calibration import stats
 from autopack.calibration.samples import Group
 
-#: Above this size a group's leave-one-out location equals its location for all practical purposes.
-LOO_MAX = 60
 FACTOR_DECIMALS = 3
 INTERVAL_LEVEL = 0.90
+#: An extrapolated factor never reads as more certain than this (the default threshold is 0.7).
+EXTRAPOLATION_MAX_CONFIDENCE = 0.5
+#: A bound above this many times the prediction is no usable budget (a diverging extrapolation).
+MAX_FACTOR = 1000.0
+
+KM_ASSUMPTION = "censoring independent of output length within the group (Kaplan–Meier)"
+NORMAL_ASSUMPTION = "log(actual / predicted) is normal within the group"
 
 
 @dataclass
 class FactorInfo:
     factor: float | None
     log_factor: float
-    source: str | None  # "group" | "category" | "global" | None
-    pool_n: int
+    source: str | None  # "group" (the group's own calls) | None
+    pool_n: int  # calls the factor was computed from
     k: int | None
     confidence: float
     interval: tuple[float | None, float | None]
     note: str = ""
-    method: str = "conformal"  # "conformal" | "tobit" | "none"
+    method: str = "none"  # "km_conformal" | "censored_fit" | "small_group_bound" | "none"
+    extrapolation: bool = False
+    assumption: str | None = None
 
 
 @dataclass
@@ -52,7 +76,7 @@ class GroupFit:
     n: int
     n_censored: int
     median_log: float  # KM median of r (own data)
-    location: float  # pooled location (log)
+    location: float  # pooled location (log), for the report
     pooling_weight: float
     category_weight: float
     factor: FactorInfo
@@ -60,16 +84,13 @@ class GroupFit:
 
 @dataclass
 class FactorModel:
-    """Everything needed to give any group (seen or not) a location and a factor."""
+    """Each group's factor (own data) and, for the report, the pooled locations."""
 
     alpha: float
     global_location: float
     category_location: dict[str, float] = field(default_factory=dict)
     category_weight: dict[str, float] = field(default_factory=dict)
     groups: dict[Group, GroupFit] = field(default_factory=dict)
-    #: residual pools, each sorted (``stats.sort_censored`` order): "category:<name>" and "global"
-    pools: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    _pool_quantiles: dict[str, stats.UpperQuantile] = field(default_factory=dict, repr=False)
     sigma: float = 0.0
     tau2_category: float = 0.0
     tau2_group: float = 0.0
@@ -78,8 +99,7 @@ class FactorModel:
         fit = self.groups.get(group)
         if fit is not None:
             return fit.factor
-        location = self.category_location.get(group[0], self.global_location)
-        return self._pooled_factor(group[0], location, note="no samples in this group")
+        return FactorInfo(None, math.nan, None, 0, None, 0.0, (None, None), note="no samples in this group")
 
     def factors(self, groups: list[Group]) -> dict[Group, float]:
         out = {}
@@ -89,166 +109,208 @@ class FactorModel:
                 out[g] = info.factor
         return out
 
-    def _pooled_factor(self, category: str, location: float, note: str) -> FactorInfo:
-        for source, key in (("category", f"category:{category}"), ("global", "global")):
-            pool = self.pools.get(key)
-            if pool is None:
-                continue
-            residuals, observed = pool
-            uq = self._pool_quantiles.get(key)
-            if uq is None:
-                uq = stats.upper_quantile(residuals, observed, self.alpha, INTERVAL_LEVEL, presorted=True)
-                self._pool_quantiles[key] = uq
-            if not math.isfinite(uq.value):
-                continue
-            return _factor_info(uq, source, int(residuals.size), location, note)
-        return FactorInfo(None, math.nan, None, 0, None, 0.0, (None, None), method="none",
-                          note=(note + "; " if note else "") + "too few samples (or too much censoring) for any "
-                          "upper quantile")
 
+def round_up_factor(value: float) -> float:
+    """The smallest three-decimal factor strictly above ``value``.
 
-def _round_up(value: float) -> float:
+    Strictly: an output that reaches its ceiling is truncated, so a ceiling equal to the quantile would
+    cut the calls sitting exactly on it (integer token counts tie often: on the Azure conv trace this
+    alone turned 10 % into 12 % held-out truncation). With the factor above the order statistic, the
+    ceiling ⌈predicted × factor⌉ lies above every output the quantile covers.
+    """
+    if not math.isfinite(value) or value > MAX_FACTOR:
+        return math.inf
     scale = 10**FACTOR_DECIMALS
-    return math.ceil(value * scale - 1e-9) / scale
+    return (math.floor(value * scale + 1e-9) + 1) / scale
 
 
-def _factor_info(uq: stats.UpperQuantile, source: str, n: int, shift: float, note: str) -> FactorInfo:
-    low, high = uq.interval
-    interval = (
-        round(math.exp(shift + low), 4) if math.isfinite(low) else None,
-        round(math.exp(shift + high), 4) if math.isfinite(high) else None,
-    )
-    if uq.method == "tobit":
-        note = (note + "; " if note else "") + (
-            f"censoring hides the conformal quantile of the {source} pool: censored-normal (Tobit) extrapolation"
+def _exp_interval(low: float, high: float) -> tuple[float | None, float | None]:
+    return (round(math.exp(low), 4) if math.isfinite(low) else None,
+            round(math.exp(high), 4) if math.isfinite(high) else None)
+
+
+def _none(n: int, note: str, assumption: str | None = None) -> FactorInfo:
+    return FactorInfo(None, math.nan, None, n, None, 0.0, (None, None), note=note, method="none",
+                      assumption=assumption)
+
+
+def group_factor(
+    r: np.ndarray, observed: np.ndarray, alpha: float, km: stats.KaplanMeier | None = None
+) -> FactorInfo:
+    """The factor of one group from its own log-ratios ``r`` (sorted: ``stats.sort_censored`` order)."""
+    info = _group_factor(r, observed, alpha, km)
+    if info.factor is None or (math.isfinite(info.log_factor) and info.log_factor <= math.log(MAX_FACTOR)):
+        return info
+    return _none(info.pool_n, f"{info.method} bound exp({info.log_factor:.3g}) is above {MAX_FACTOR:g}× the "
+                 "prediction: no usable budget", info.assumption)
+
+
+def _group_factor(r: np.ndarray, observed: np.ndarray, alpha: float, km: stats.KaplanMeier | None) -> FactorInfo:
+    n = int(r.size)
+    n_cens = int(n - observed.sum())
+    if n == 0:
+        return _none(0, "no samples in this group")
+    if n >= stats.min_confident_samples(alpha):
+        uq = stats.upper_quantile(r, observed, alpha, INTERVAL_LEVEL, presorted=True,
+                                  confidence=stats.FACTOR_CONFIDENCE, km=km)
+        if uq.method == "conformal":
+            # distribution-free even with censoring: the k-th value when every censored call is taken as
+            # +∞ (its true length is unknown above its cap) can only be above the true k-th value. It equals
+            # the Kaplan–Meier quantile when the censored calls all lie above it (caps above the tail).
+            complete = r[observed]
+            value, assumption = uq.value, None
+            if n_cens:
+                if uq.k is not None and uq.k <= complete.size:
+                    value = max(uq.value, float(complete[uq.k - 1]))
+                else:
+                    assumption = KM_ASSUMPTION + ": censored calls lie inside the tail the factor bounds"
+            low, high = uq.interval
+            if not math.isfinite(high):  # no order statistic bounds it at this n: normal approximation
+                high = value + float(norm.ppf(0.5 + INTERVAL_LEVEL / 2.0)) * _log_quantile_se(r, observed, alpha)
+            return FactorInfo(
+                round_up_factor(math.exp(value)), value, "group", n, uq.k, uq.confidence,
+                _exp_interval(low, max(high, value)), method="km_conformal", assumption=assumption,
+            )
+        assumption = (
+            f"{NORMAL_ASSUMPTION}: censoring ({n_cens} of {n} calls cut) hides the upper quantile, which is "
+            "extrapolated from the group's own censored-normal (Tobit) fit"
         )
+        if uq.method == "tobit":
+            return FactorInfo(
+                round_up_factor(math.exp(uq.value)), uq.value, "group", n, uq.k,
+                min(uq.confidence, EXTRAPOLATION_MAX_CONFIDENCE), _exp_interval(*uq.interval),
+                note="extrapolated beyond the largest complete output", method="censored_fit",
+                extrapolation=True, assumption=assumption,
+            )
+        return _none(n, "censoring hides the upper quantile and the censored-normal fit failed", assumption)
+    return _small_group_bound(r, observed, alpha)
+
+
+def _log_quantile_se(r: np.ndarray, observed: np.ndarray, alpha: float) -> float:
+    """Large-sample standard error of the (1 − α) quantile of r, normal-shaped: σ·√(α(1−α)/n) / φ(z_{1−α})."""
+    values = r[observed] if observed.any() else r
+    sigma = stats.robust_sigma(values - np.median(values))
+    z = float(norm.ppf(1.0 - alpha))
+    return sigma * math.sqrt(alpha * (1.0 - alpha) / r.size) / float(norm.pdf(z))
+
+
+def _small_group_bound(r: np.ndarray, observed: np.ndarray, alpha: float) -> FactorInfo:
+    """exp(mean + m·s): the raised normal prediction bound from the group's own n calls (module docstring)."""
+    n = int(r.size)
+    minimum = stats.min_confident_samples(alpha)
+    note = f"{n} calls < {minimum}: too few for a distribution-free factor; own-group normal bound (reported only)"
+    if n < 2:
+        return _none(n, f"{n} call: too few for any bound")
+    multiplier = stats.small_group_multiplier(n, alpha)
+    confidence = stats.normal_bound_confidence(n, alpha, multiplier)
+    censored = not bool(observed.all())
+    if censored:
+        fit = stats.censored_normal_fit(r, observed, min_observed=2)
+        if fit is None:
+            return _none(n, note + ": the censored-normal fit failed", NORMAL_ASSUMPTION)
+        mean, sd = fit.mu, fit.sigma
+        confidence = min(confidence, EXTRAPOLATION_MAX_CONFIDENCE)
+        assumption = f"{NORMAL_ASSUMPTION}; mean and spread from a censored-normal (Tobit) fit of its {n} calls"
+    else:
+        mean, sd = float(np.mean(r)), float(np.std(r, ddof=1))
+        assumption = f"{NORMAL_ASSUMPTION} (bound mean + {multiplier:.3f}·s of its {n} calls)"
+    if not sd > 0:
+        return _none(n, note + ": no spread among its calls", assumption)
+    value = mean + multiplier * sd
+    # interval of the (1 − α) quantile μ + z·σ under the same assumption (delta method)
+    z = float(norm.ppf(1.0 - alpha))
+    se = sd * math.sqrt(1.0 / n + z * z / (2.0 * (n - 1)))
+    half = float(norm.ppf(0.5 + INTERVAL_LEVEL / 2.0)) * se
+    q = mean + z * sd
     return FactorInfo(
-        _round_up(math.exp(shift + uq.value)), shift + uq.value, source, n, uq.k, uq.confidence, interval, note,
-        method=uq.method,
+        round_up_factor(math.exp(value)), value, "group", n, None, confidence, _exp_interval(q - half, q + half),
+        note=note, method="small_group_bound", extrapolation=censored, assumption=assumption,
     )
 
 
-def _loo_medians(values: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """KM median of the group without each point in turn (NaN for a group of one)."""
-    n = values.size
-    if n == 1:
-        return np.array([math.nan])
-    out = np.empty(n)
-    keep = np.ones(n, dtype=bool)
-    for i in range(n):
-        keep[i] = False
-        out[i] = stats.km_median(values[keep], observed[keep])
-        keep[i] = True
-    return out
+def _blocks_of(group_of_row: np.ndarray) -> dict[int, np.ndarray]:
+    """Positions of each group's rows (ascending): one stable sort."""
+    order = np.argsort(group_of_row, kind="stable")
+    sorted_groups = group_of_row[order]
+    cuts = np.flatnonzero(sorted_groups[1:] != sorted_groups[:-1]) + 1
+    return {int(group_of_row[b[0]]): b for b in np.split(order, cuts) if b.size}
 
 
-def _blocks(keys: np.ndarray) -> dict[int, np.ndarray]:
-    """Positions of each key, in their existing order (a stable sort keeps a presorted order)."""
-    if keys.size == 0:
-        return {}
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    cuts = np.flatnonzero(np.diff(sorted_keys)) + 1
-    starts = np.r_[0, cuts]
-    return {int(sorted_keys[start]): block for start, block in zip(starts, np.split(order, cuts), strict=True)}
+def _random_effects_mean(estimates: list[float], variances: list[float], tau2: float) -> float:
+    """The DerSimonian–Laird weighted mean Σ w·x / Σ w, w = 1 / (v + τ²)."""
+    w = 1.0 / (np.asarray(variances, dtype=float) + tau2)
+    return float(np.sum(w * np.asarray(estimates, dtype=float)) / np.sum(w))
 
 
 def fit_factor_model(
-    groups: list[Group], group_of_row: np.ndarray, r: np.ndarray, observed: np.ndarray, alpha: float
+    groups: list[Group],
+    group_of_row: np.ndarray,
+    r: np.ndarray,
+    observed: np.ndarray,
+    alpha: float,
+    *,
+    blocks: dict[int, np.ndarray] | None = None,
 ) -> FactorModel:
-    """Locations, pooling weights and factors from log-ratios ``r`` of rows in groups ``group_of_row``."""
+    """Factors (own data per group) and the report's pooled locations from log-ratios ``r``.
+
+    ``blocks``: positions of each group's rows in ``r`` when the caller already has them (saves a sort).
+    Each group's values are sorted once, within the group: the whole is one n·log(n/G) pass.
+    """
     if r.size == 0:
         return FactorModel(alpha, 0.0)
-    min_own = stats.min_conformal_samples(alpha)
-    order = stats.censored_order(r, observed)  # sort once; every subset below keeps this order
-    rs, os_, gs = r[order], observed[order], group_of_row[order].astype(np.int64)
-    category_names = sorted({groups[g][0] for g in np.unique(gs).tolist()})
-    category_code = {c: i for i, c in enumerate(category_names)}
-    cat_of_group = np.array([category_code.get(g[0], -1) for g in groups], dtype=np.int64)
-    cs = cat_of_group[gs]
-    members = _blocks(gs)  # group -> positions (sorted by r)
-    cat_members = _blocks(cs)
+    blocks = blocks if blocks is not None else _blocks_of(np.asarray(group_of_row, dtype=np.int64))
+    present = sorted(g for g, b in blocks.items() if b.size)
+    sorted_r: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    curves: dict[int, stats.KaplanMeier | None] = {}
+    med: dict[int, float] = {}
+    for g in present:
+        values, obs = r[blocks[g]], observed[blocks[g]]
+        order = stats.censored_order(values, obs)
+        values, obs = values[order], obs[order]
+        sorted_r[g] = (values, obs)
+        curves[g] = None if obs.all() else stats.kaplan_meier(values, obs, presorted=True)
+        m = stats.km_median(values, obs, presorted=True, km=curves[g])
+        med[g] = m if math.isfinite(m) else float(values.max())
+    n_of = {g: int(blocks[g].size) for g in present}
+    resid = np.concatenate([sorted_r[g][0][sorted_r[g][1]] - med[g] for g in present])
+    sigma = stats.robust_sigma(resid)
 
-    def median_of(pos: np.ndarray) -> float:
-        m = stats.km_median(rs[pos], os_[pos], presorted=True)
-        return m if math.isfinite(m) else float(rs[pos].max())
-
-    present = sorted(members)
-    med = {g: median_of(members[g]) for g in present}
-    resid_obs = np.concatenate([rs[members[g]][os_[members[g]]] - med[g] for g in present])
-    sigma = stats.robust_sigma(resid_obs)
-    global_loc = stats.km_median(rs, os_, presorted=True)
-    if not math.isfinite(global_loc):
-        global_loc = float(rs.max())
-
-    # categories: shrink each category median towards the global one
-    cats = [category_names[c] for c in sorted(cat_members)]
-    cat_med = {category_names[c]: median_of(pos) for c, pos in cat_members.items()}
-    cat_n = {category_names[c]: pos.size for c, pos in cat_members.items()}
-    cat_var = {c: stats.median_sampling_variance(sigma, cat_n[c]) for c in cats}
-    tau2_c = stats.dersimonian_laird([cat_med[c] for c in cats], [cat_var[c] for c in cats])
-    cat_w = {c: stats.credibility_weight(tau2_c, cat_var[c]) for c in cats}
-    cat_loc = {c: cat_w[c] * cat_med[c] + (1 - cat_w[c]) * global_loc for c in cats}
-
-    # groups within categories: shrink towards their category's location
-    var_g = {g: stats.median_sampling_variance(sigma, members[g].size) for g in present}
+    # report only: random-effects (DerSimonian–Laird) locations of categories and of all groups, from the
+    # group medians; each group's median shrunk towards its category's, a lone group's towards the global
+    cats = sorted({groups[g][0] for g in present})
+    cat_groups = {c: [g for g in present if groups[g][0] == c] for c in cats}
+    var_g = {g: stats.median_sampling_variance(sigma, n_of[g]) for g in present}
     tau2_g = stats.dersimonian_laird(
         [med[g] for g in present], [var_g[g] for g in present], clusters=[groups[g][0] for g in present]
     )
-    groups_in_cat = {c: [g for g in present if groups[g][0] == c] for c in cats}
+    cat_med = {c: _random_effects_mean([med[g] for g in cat_groups[c]], [var_g[g] for g in cat_groups[c]], tau2_g)
+               if all(var_g[g] > 0 for g in cat_groups[c]) else float(np.mean([med[g] for g in cat_groups[c]]))
+               for c in cats}
+    cat_var = {c: stats.median_sampling_variance(sigma, sum(n_of[g] for g in cat_groups[c])) for c in cats}
+    tau2_c = stats.dersimonian_laird([cat_med[c] for c in cats], [cat_var[c] for c in cats])
+    if all(cat_var[c] > 0 for c in cats):
+        global_loc = _random_effects_mean([cat_med[c] for c in cats], [cat_var[c] for c in cats], tau2_c)
+    else:
+        global_loc = float(np.mean([cat_med[c] for c in cats]))
+    cat_w = {c: stats.credibility_weight(tau2_c, cat_var[c]) for c in cats}
+    cat_loc = {c: cat_w[c] * cat_med[c] + (1 - cat_w[c]) * global_loc for c in cats}
 
     model = FactorModel(alpha, global_loc, cat_loc, cat_w, sigma=sigma, tau2_category=tau2_c, tau2_group=tau2_g)
-    residuals = np.empty(rs.size)
-    locations: dict[int, tuple[float, float]] = {}
     for g in present:
         c = groups[g][0]
-        pos = members[g]
-        if len(groups_in_cat[c]) == 1:  # the group is its category: shrunk once, towards the global median
-            weight, parent, own = cat_w[c], global_loc, cat_med[c]
+        values, obs = sorted_r[g]
+        if len(cat_groups[c]) == 1:  # the group is its category: shrunk once, towards the global location
+            weight, parent, own = cat_w[c], global_loc, med[g]
         else:
             weight, parent, own = stats.credibility_weight(tau2_g, var_g[g]), cat_loc[c], med[g]
-        location = weight * own + (1 - weight) * parent
-        locations[g] = (location, weight)
-        if pos.size == 1:
-            residuals[pos] = rs[pos] - parent
-        elif pos.size <= LOO_MAX:
-            loo = _loo_medians(rs[pos], os_[pos])
-            loo = np.where(np.isfinite(loo), loo, own)
-            residuals[pos] = rs[pos] - (weight * loo + (1 - weight) * parent)
-        else:
-            residuals[pos] = rs[pos] - location
-
-    # residual pools, sorted once; category pools are stable subsets of the global order
-    pool_order = stats.censored_order(residuals, os_)
-    e_sorted, o_sorted, c_sorted = residuals[pool_order], os_[pool_order], cs[pool_order]
-    model.pools["global"] = (e_sorted, o_sorted)
-    for code, pos in _blocks(c_sorted).items():
-        model.pools[f"category:{category_names[code]}"] = (e_sorted[pos], o_sorted[pos])
-
-    for g in present:
-        pos = members[g]
-        location, weight = locations[g]
-        c = groups[g][0]
-        info: FactorInfo | None = None
-        note = ""
-        if pos.size >= min_own:
-            uq = stats.upper_quantile(rs[pos], os_[pos], alpha, INTERVAL_LEVEL, presorted=True)
-            if uq.method == "conformal":
-                info = _factor_info(uq, "group", int(pos.size), 0.0, "")
-            else:
-                note = "own conformal quantile hidden by censoring: falls back to its parent"
-        else:
-            note = f"{pos.size} samples < {min_own} (= 1/α − 1): falls back to its parent"
-        if info is None:
-            info = model._pooled_factor(c, location, note)
         model.groups[groups[g]] = GroupFit(
             group=groups[g],
-            n=int(pos.size),
-            n_censored=int((~os_[pos]).sum()),
+            n=n_of[g],
+            n_censored=int(n_of[g] - obs.sum()),
             median_log=med[g],
-            location=location,
+            location=weight * own + (1 - weight) * parent,
             pooling_weight=weight,
             category_weight=cat_w[c],
-            factor=info,
+            factor=group_factor(values, obs, alpha, curves[g]),
         )
     return model

@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from autopack.calibration import samples as samples_module
 from autopack.calibration.samples import (
     DOCS_ROWS_LIMIT,
     TRUNCATION_REASONS,
     EventColumns,
     Summary,
     docs_row,
+    escalated_retries,
     spellings_of,
 )
 from autopack.db import keys
@@ -62,10 +62,13 @@ class UnreadableEventsError(AutopackError):
 
 
 def truncation_flag(c: Any) -> sa.ColumnElement[Any]:
-    """1 where the row says it was cut (flags or a truncation stop/finish reason), else 0."""
+    """1 where the call was cut (flags, a truncation stop/finish reason, or its output reached the ceiling:
+    ``samples.reached_ceiling`` in SQL), else 0."""
     reasons = sorted(TRUNCATION_REASONS)
+    reached = sa.and_(c.actual_max_tokens > 0, c.actual_output_tokens >= c.actual_max_tokens)
     return sa.case(
-        (sa.or_(c.truncated, c.is_truncated_output, c.stop_reason.in_(reasons), c.finish_reason.in_(reasons)), 1),
+        (sa.or_(c.truncated, c.is_truncated_output, c.stop_reason.in_(reasons), c.finish_reason.in_(reasons),
+                reached), 1),
         else_=0,
     )
 
@@ -388,21 +391,10 @@ def _columns(data: np.ndarray, epoch: np.ndarray, unit_text: list[tuple[Any, ...
 
 def _with_retries_and_sources(columns: EventColumns, data: np.ndarray, escalations: np.ndarray,
                               source_code: np.ndarray, sources: list[Any]) -> EventColumns:
-    """Escalated retries and the provider/model of every row, for an ``EventColumns`` that takes them.
-
-    The calibration core excludes escalated retries and reports the provider/model mix (issue 11's
-    calibration work adds ``retry``/``source_code``/``sources`` to ``EventColumns`` and
-    ``samples.escalated_retries``); until both are there this returns the columns unchanged.
-    """
-    fields = {f.name for f in dataclasses.fields(EventColumns)}
-    extra: dict[str, Any] = {}
-    if {"source_code", "sources"} <= fields:
-        extra.update(source_code=source_code.astype(np.int32), sources=sources)
-    escalated_retries = getattr(samples_module, "escalated_retries", None)
-    if "retry" in fields and escalated_retries is not None:
-        attempt = data[:, FLAGS] >> ATTEMPT_SHIFT
-        extra["retry"] = escalated_retries(data[:, PKEY], attempt, escalations[:, 0], escalations[:, 1])
-    return dataclasses.replace(columns, **extra) if extra else columns
+    """The escalated retries (excluded from fitting) and the provider/model of every row (the source mix)."""
+    attempt = data[:, FLAGS] >> ATTEMPT_SHIFT
+    retry = escalated_retries(data[:, PKEY], attempt, escalations[:, 0], escalations[:, 1])
+    return dataclasses.replace(columns, source_code=source_code.astype(np.int32), sources=sources, retry=retry)
 
 
 #: Distinct run ids by walking the run_id index (one probe per run), while there are at most this many.

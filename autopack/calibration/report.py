@@ -3,8 +3,11 @@
 The markdown keeps the original's sections and table columns (Summary, Recommendations, Detailed
 Results: Category | Complexity | Samples | Avg Actual | Avg Est | Median Ratio | Confidence | Proposed
 Mult, Notes) so its users find their way, then adds what the original lacked: collection targets,
-success metrics, the waste figures it only printed to the console, budget factors, the backtest, the
-gate, every coefficient change old → new, and the doc-phase truncation list.
+success metrics, the waste figures it only printed to the console, budget factors with how each was
+obtained (method, assumption, extrapolation), the backtest with truncation as an interval and whether the
+held-out calls are enough to be evidence, the gate with a verdict per change (TOKEN_WEIGHTS included),
+every coefficient change old → new, the data's provider/model mix, and the doc-phase truncation list.
+The plot shows n per group and today's ceiling beside the proposed one.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from autopack.calibration import drift
 from autopack.logging import redact
 
 MAX_DOC_ROWS = 30
@@ -66,11 +70,12 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
         f"confidence threshold {threshold})",
         f"**Data**: {md['time_span']['start']} → {md['time_span']['end']}, {len(md['run_ids'])} run(s)"
         + (f", filtered to {', '.join(md['include_run_ids'])}" if md["include_run_ids"] else ""),
+        f"**Source**: {_sources_line(md.get('sources') or {})}",
         "",
         "## Summary",
         "",
-        f"- **Total samples**: {md['total_samples']} ({counts['observed']} complete, {counts['censored']} truncated "
-        "kept as censored)",
+        f"- **Total samples**: {md['total_samples']} first attempts ({counts['observed']} complete, "
+        f"{counts['censored']} truncated kept as censored); {_retries_line(md)}",
         f"- **Samples in qualifying groups** (n ≥ {md['min_samples']}): {sum(g['n'] for g in eligible)}",
         f"- **Groups analysed**: {len(groups)} ({len(eligible)} with ≥ {md['min_samples']} samples)",
         f"- **High-confidence groups** (confidence ≥ {threshold}): {len(high)}",
@@ -103,7 +108,8 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
             f"- **Median ratio** (actual/predicted): {_f(g['median_ratio'], 3)} "
             f"(95% CI {_f(g['median_ratio_ci'], 3)})",
             f"- **Proposed multiplier** (the original's rule): {_f(g['median_ratio'], 3)}",
-            f"- **Proposed budget factor**: {_f(g['budget_factor'], 3)} ({g['factor_source']}) — "
+            f"- **Proposed budget factor**: {_f(g['budget_factor'], 3)} ({_method(g)}; today's ceiling ≈ "
+            f"{_f(g.get('current_ceiling_factor'), 2)} × the proposed prediction) — "
             f"{'proposed' if g['proposed'] else 'not proposed: ' + '; '.join(g['gate_reasons'])}",
             f"- **Action**: {action}",
             "",
@@ -120,25 +126,36 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
             f"{_f(g['avg_predicted'], 0)} | {_f(g['median_ratio'], 3)} | {_f(g['confidence'], 3)} | "
             f"{_f(g['median_ratio'], 3)} |"
         )
-    lines += ["", "### Budget factors and pooling", ""]
+    lines += ["", "### Budget factors (each group from its own calls)", ""]
     lines += [
-        "| Category | Complexity | n | Censored | Median ratio [95% CI] | Pooling weight | Budget factor "
-        "[90% interval] | Source | Confidence | Original confidence | Proposed |",
-        "|---|---|---:|---:|---|---:|---|---|---:|---:|---|",
+        "| Category | Complexity | n | Censored | Median ratio [95% CI] | Today's ceiling ÷ predicted | Budget factor "
+        "[90% interval] | Method | Confidence | Original confidence | Held-out calls | Proposed |",
+        "|---|---|---:|---:|---|---:|---|---|---:|---:|---|---|",
     ]
     for g in groups:
+        bt = g.get("backtest") or {}
+        held = bt.get("n") or 0
+        thin = "" if bt.get("evidence") else " (thin)"
         lines.append(
             f"| {g['category']} | {g['complexity']} | {g['n']} | {g['n_censored']} | {_f(g['median_ratio'], 3)} "
-            f"{_f(g['median_ratio_ci'], 3)} | {_f(g['pooling_weight'])} | {_f(g['budget_factor'], 3)} "
-            f"{_f(g['factor_interval'], 3)} | {g['factor_source'] or '–'} (N={g['factor_pool_n']}) | "
-            f"{_f(g['confidence'])} | {_f(g['original_confidence'])} | {_check(g['proposed'])} |"
+            f"{_f(g['median_ratio_ci'], 3)} | {_f(g.get('current_ceiling_factor'), 2)} | {_f(g['budget_factor'], 3)} "
+            f"{_f(g['factor_interval'], 3)} | {_method(g)} | {_f(g['confidence'])} | {_f(g['original_confidence'])} | "
+            f"{held}{thin if held else ''} | {_check(g['proposed'])} |"
         )
-    notes = [g for g in groups if g["factor_note"]]
+    notes = [g for g in groups if g["factor_note"] or g.get("assumption")]
     if notes:
-        lines += [""] + [f"- {g['category']}/{g['complexity']}: {g['factor_note']}" for g in notes]
+        lines += [""]
+        for g in notes:
+            parts = [p for p in (g["factor_note"], f"assumes {g['assumption']}" if g.get("assumption") else "") if p]
+            lines.append(f"- {g['category']}/{g['complexity']}: " + "; ".join(parts))
+    lines += ["", f"Held-out calls are *evidence* from {md.get('min_evidence_calls', '–')} on (at α = "
+              f"{md['target_truncation']}): from there a budget truncating 3α is caught ≥ 90 % of the time. "
+              "Fewer is marked *thin*: the group may then ship only if it truncates no more held-out calls than "
+              "today's ceilings, and its guarantee rests on its factor's method."]
     lines += _waste_section(groups)
     lines += _changes_section(result)
     lines += _backtest_section(result)
+    lines += drift.report_section(result)
     lines += _docs_section(result)
     if plot_name:
         lines += ["## Plot", "", f"![actual / predicted per group, budget factor marked]({plot_name})", ""]
@@ -154,12 +171,42 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
         "- Budget factor = split-conformal upper quantile of log(actual / predicted) at α; the ceiling for a "
         "calibrated group becomes predicted × factor (replacing floor and buffer). Factors are computed on "
         "the predictions of the *proposed* coefficients, so they only make sense together with them.",
-        "- Confidence = P(realised truncation ≤ 2α) for the factor (Beta law of conformal coverage), fixed in "
-        "advance; the original's score 0.6·min(1, n/12) + 0.4/(1+σ) is shown beside it for comparison only.",
+        "- Confidence = P(realised truncation ≤ 2α) for the factor, fixed in advance: the Beta law of conformal "
+        "coverage (km_conformal), the normal-theory law of the prediction bound (small_group_bound), at most "
+        "0.5 for an extrapolation; the original's score 0.6·min(1, n/12) + 0.4/(1+σ) is shown beside it for "
+        "comparison only.",
+        "- Each group's factor comes from its own calls only; no group borrows a pool's quantile or confidence.",
+        "- Escalated retries (a call made again with a raised ceiling after a truncation) are not samples: their "
+        "outputs come from the tail above the old cap. The truncated first attempt is kept, censored.",
+        "- Jargon: a *one-sided interval* bounds from one side only (here: how high truncation can be); the "
+        "*one-sided exact binomial test* asks whether the held-out truncations are too many for a rate ≤ α "
+        "(small p = too many); *Kupiec's* test is the two-sided likelihood-ratio version (rate = α); the "
+        "*pinball loss* scores a ceiling as a (1−α) quantile (lower is better).",
         "- Nothing is applied automatically: the JSON `proposed_changes` feeds a reviewed pull request.",
         "",
     ]
     return redact("\n".join(lines) + "\n")
+
+
+def _method(g: Mapping[str, Any]) -> str:
+    method = g.get("factor_method") or "none"
+    return method + (", extrapolation" if g.get("extrapolation") else "")
+
+
+def _sources_line(sources: Mapping[str, Any]) -> str:
+    models = sources.get("models") or []
+    if not models:
+        return "provider/model not recorded"
+    mix = ", ".join(f"{m['provider'] or '?'}/{m['model'] or '?'} ({m['samples']:,})" for m in models)
+    flag = {True: "SIMULATED data (not a real model)", False: "real provider calls", None: "unknown"}[
+        sources.get("simulated")]
+    return f"{flag} — {mix}"
+
+
+def _retries_line(md: Mapping[str, Any]) -> str:
+    if not md.get("retries_known", True):
+        return "escalated retries could not be identified (no escalation events read): none excluded"
+    return f"{md.get('retries_excluded', 0)} escalated retries excluded (kept in the database, never fitted)"
 
 
 def _targets_section(result: Mapping[str, Any]) -> list[str]:
@@ -216,20 +263,23 @@ def _changes_section(result: Mapping[str, Any]) -> list[str]:
     gate = result["gate"]
     lines = ["## Gate and proposed changes", "", f"**Gate: {'PASSED' if gate['passed'] else 'not passed'}**", ""]
     lines += [f"- {r}" for r in gate["reasons"]]
+    weights = gate.get("weights")
+    if weights:
+        lines += ["", f"**TOKEN_WEIGHTS** ({'changed' if weights['changed'] else 'unchanged'}): {weights['verdict']}"]
     lines += [""]
     changes = result["proposed_changes"]
     if changes:
         lines += [
-            "| Coefficient | Key | Old | New | n | Confidence | Interval | Held-out truncation | Reserved/used |",
-            "|---|---|---:|---:|---:|---:|---|---:|---:|",
+            "| Coefficient | Key | Old | New | n | Confidence | Interval | Held-out truncation [interval] | "
+            "Reserved/used | Verdict |",
+            "|---|---|---:|---:|---:|---:|---|---|---:|---|",
         ]
         for c in changes:
             bt = c.get("backtest") or {}
             lines.append(
                 f"| `{c['coefficient']}` | `{tuple(c['key'])}` | {_f(c['old'], 3)} | {_f(c['new'], 3)} | {c['n']} | "
                 f"{_f(c['confidence'])} | {_f(c['interval'], 3 if c['coefficient'] == 'BUDGET_FACTORS' else 0)} | "
-                f"{_pct(bt.get('truncation_rate'))} | "
-                f"{_f(bt.get('reserved_over_used'))} |"
+                f"{_interval(bt)} | {_f(bt.get('reserved_over_used'))} | {c.get('verdict', '')} |"
             )
         lines.append("")
     fit = result["coefficient_fit"]
@@ -244,46 +294,66 @@ def _changes_section(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _interval(m: Mapping[str, Any]) -> str:
+    """'1.0–2.0% (2–4/200)': the held-out truncation interval, lower end to upper end."""
+    if not m or not m.get("n"):
+        return "–"
+    low, high = m.get("truncations"), m.get("truncations_upper", m.get("truncations"))
+    span = m.get("truncation_interval") or [m.get("truncation_rate"), m.get("truncation_rate")]
+    rate = _pct(span[0]) if low == high else f"{_pct(span[0])}–{_pct(span[1])}"
+    counts = f"{low}/{m['n']}" if low == high else f"{low}–{high}/{m['n']}"
+    return f"{rate} ({counts})"
+
+
+METHOD_LABELS = {
+    "current": "today",
+    "original_median": "original's median",
+    "proposed": "full refit, every group",
+    "shipped": "shipped = this pull request",
+}
+
+
 def _backtest_section(result: Mapping[str, Any]) -> list[str]:
     bt = result["backtest"]
-    methods = [m for m in ("current", "original_median", "proposed", "shipped") if isinstance(bt.get(m), Mapping)]
+    methods = [m for m in ("current", "shipped", "proposed", "original_median") if isinstance(bt.get(m), Mapping)]
     lines = ["## Backtest (older part fitted, newest held out)", ""]
     if not bt.get("test_n"):
         return lines + ["No held-out calls (hold-out fraction 0 or too few samples).", ""]
     lines += [
         f"Fitted on the oldest {bt['train_n']} calls, evaluated on the newest {bt['test_n']} (from {bt['split_at']}). "
-        "`current` = ceilings today's token_estimator.py would choose; `original_median` = predicted × the group's "
-        "median ratio (no floors); `proposed` = predicted (fitted coefficients) × budget factor for every group; "
-        "`shipped` = only the gated changes.",
+        "`current` = ceilings today's token_estimator.py would choose; `shipped` = only the gated changes, i.e. "
+        "**this pull request**; `proposed` = the full refit (fitted coefficients × budget factor for every group, "
+        "gated or not); `original_median` = predicted × the group's median ratio (no floors). Truncation is an "
+        "interval: a held-out call that was cut at its recorded ceiling counts as fitting for the lower end and "
+        "as truncated for the upper end when the new ceiling lies above where it was cut; the gate tests the "
+        "upper end.",
         "",
-        "| Metric | " + " | ".join(f"`{m}`" for m in methods) + " |",
+        "| Metric | " + " | ".join(f"`{m}` ({METHOD_LABELS[m]})" for m in methods) + " |",
         "|---|" + "---:|" * len(methods),
     ]
+    lines.append("| held-out truncation [lower–upper] | " + " | ".join(_interval(bt[m]) for m in methods) + " |")
     rows = [
         ("n", "calls", 0),
-        ("truncation_rate", "truncation rate", None),
-        ("truncation_ci", "truncation 95% CI (Wilson)", 3),
-        ("kupiec_p", "Kupiec p (rate = α)", 3),
+        ("truncation_ci", "truncation 95% CI (Clopper–Pearson, lower end to upper end)", 3),
+        ("binomial_p", "one-sided exact binomial p (rate ≤ α)", 3),
+        ("evidence", f"enough held-out calls (≥ {result['metadata'].get('min_evidence_calls', '–')})", None),
+        ("kupiec_p", "Kupiec p (rate = α, upper end)", 3),
         ("median_ceiling_over_actual", "median ceiling / actual", 2),
         ("p90_ceiling_over_actual", "p90 ceiling / actual", 2),
         ("reserved_over_used", "total reserved / total used", 2),
         ("pinball_loss", "pinball loss (tokens)", 1),
     ]
     for key, label, digits in rows:
-        if digits is None:
-            cells = [_pct(bt[m].get(key)) for m in methods]
-        else:
-            cells = [_f(bt[m].get(key), digits) for m in methods]
+        cells = [_f(bt[m].get(key), digits or 0) for m in methods]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    per_group = [m for m in methods if m != "shipped"]
-    lines += ["", "### Per-group held-out coverage", "",
-              "| Category | Complexity | n | " + " | ".join(f"{m}: truncated / reserved÷used" for m in per_group) + " |",
-              "|---|---|---:|" + "---|" * len(per_group)]
+    lines += ["", "### Per-group held-out truncation", "",
+              "| Category | Complexity | n | " + " | ".join(f"`{m}`: truncated / reserved÷used" for m in methods) + " |",
+              "|---|---|---:|" + "---|" * len(methods)]
     for g in bt["groups"]:
-        cells = [
-            f"{g[m]['truncations']}/{g['n']} / {_f(g[m]['reserved_over_used'])}" if m in g else "–" for m in per_group
-        ]
-        lines.append(f"| {g['category']} | {g['complexity']} | {g['n']} | " + " | ".join(cells) + " |")
+        cells = [f"{_interval({**g[m], 'n': g['n']})} / {_f(g[m]['reserved_over_used'])}" if m in g else "–"
+                 for m in methods]
+        thin = "" if (g.get("current") or {}).get("evidence") else " (thin)"
+        lines.append(f"| {g['category']} | {g['complexity']} | {g['n']}{thin} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -319,6 +389,8 @@ def _quality_section(result: Mapping[str, Any]) -> list[str]:
         "## Data quality",
         "",
         f"- Rows read: {c['rows_read']}; selected {c['selected']}; usable {c['usable']}",
+        f"- Escalated retries: {_retries_line(md)}",
+        f"- Source: {_sources_line(md.get('sources') or {})}",
         f"- Excluded, failed and not truncated: {c['excluded_failed_not_truncated']}",
         f"- Excluded, predicted ≤ 0: {c['excluded_nonpositive_predicted']}",
         f"- Excluded, actual = 0: {c['excluded_zero_actual']}",
@@ -338,62 +410,71 @@ def write_json(result: Mapping[str, Any], path: Path) -> None:
     path.write_text(redact(text) + "\n", encoding="utf-8")
 
 
-def write_plot(
-    path: Path,
-    groups: Sequence[tuple[str, str]],
-    ratios: Sequence[np.ndarray],
-    observed: Sequence[np.ndarray],
-    factors: Sequence[float | None],
-    proposed: Sequence[bool],
-    alpha: float,
-) -> None:
-    """Per group: actual / predicted on a log scale (censored calls as ▲), the budget factor as a bar."""
+def write_plot(path: Path, plot: Any, *legacy: Any, alpha: float | None = None) -> list[str]:
+    """The PNG: per group, actual / predicted (censored calls as ▲), n, today's ceiling and the new factor.
+
+    ``plot`` is ``core.PlotData`` (``write_plot(path, calibration.plot, alpha=α)``). The older positional
+    form ``write_plot(path, groups, ratios, observed, factors, proposed, alpha)`` still works, without
+    today's ceiling (it does not carry it). Returns the texts drawn (tick labels, legend), for tests.
+    """
+    from autopack.calibration.core import PlotData
+
+    if not isinstance(plot, PlotData):
+        ratios, observed, factors, proposed, alpha = legacy
+        plot = PlotData(list(plot), list(ratios), list(observed), list(factors), list(proposed),
+                        n=[int(np.asarray(r).size) for r in ratios])
+    return _draw(path, plot, 0.05 if alpha is None else alpha)
+
+
+def _draw(path: Path, plot: Any, alpha: float) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
+    groups = plot.groups
     k = max(1, len(groups))
-    fig, ax = plt.subplots(figsize=(max(7.5, 1.1 * k + 4), 4.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(7.5, 1.2 * k + 4), 5.0), dpi=110)
     rng = np.random.default_rng(0)
-    labelled: set[str] = set()
-
-    def label(name: str) -> str | None:
-        if name in labelled:
-            return None
-        labelled.add(name)
-        return name
-
-    for i, (r, o) in enumerate(zip(ratios, observed, strict=True)):
+    for i, (r, o) in enumerate(zip(plot.ratios, plot.observed, strict=True)):
         if r.size > PLOT_POINTS_PER_GROUP:
             pick = rng.choice(r.size, PLOT_POINTS_PER_GROUP, replace=False)
             r, o = r[pick], o[pick]
-        jitter = rng.uniform(-0.18, 0.18, r.size)
-        ax.scatter(i + jitter[o], r[o], s=12, alpha=0.6, color="tab:blue", label=label("complete call"))
+        jitter = rng.uniform(-0.16, 0.16, r.size)
+        ax.scatter(i - 0.08 + jitter[o], r[o], s=12, alpha=0.6, color="tab:blue")
         if (~o).any():
-            ax.scatter(i + jitter[~o], r[~o], s=28, marker="^", facecolors="none", edgecolors="tab:red",
-                       label=label("truncated call (lower bound)"))
+            ax.scatter(i - 0.08 + jitter[~o], r[~o], s=28, marker="^", facecolors="none", edgecolors="tab:red")
         if r.size:
-            ax.hlines(float(np.median(r)), i - 0.3, i + 0.3, colors="black", linewidth=1)
-    for i, (f, p) in enumerate(zip(factors, proposed, strict=True)):
+            ax.hlines(float(np.median(r)), i - 0.3, i + 0.14, colors="black", linewidth=1)
+    for i, today in enumerate(plot.current or []):
+        if today is not None:
+            median, low, high = today
+            ax.vlines(i + 0.3, low, high, colors="tab:purple", linewidth=1.2, alpha=0.7)
+            ax.plot([i + 0.3], [median], marker="D", color="tab:purple", markersize=6)
+    for i, (f, p) in enumerate(zip(plot.factors, plot.proposed, strict=True)):
         if f is not None:
-            ax.hlines(f, i - 0.38, i + 0.38, colors="tab:green" if p else "tab:orange", linewidth=2.5,
-                      label=None)
-    ax.plot([], [], color="tab:green", linewidth=2.5, label=f"budget factor, proposed (α={alpha})")
-    ax.plot([], [], color="tab:orange", linewidth=2.5, label="budget factor, not proposed")
+            ax.hlines(f, i - 0.38, i + 0.38, colors="tab:green" if p else "tab:orange", linewidth=2.5)
+    ax.scatter([], [], s=12, color="tab:blue", label="complete call")
+    ax.scatter([], [], s=28, marker="^", facecolors="none", edgecolors="tab:red", label="truncated call (lower bound)")
     ax.plot([], [], color="black", linewidth=1, label="median")
+    ax.plot([], [], color="tab:green", linewidth=2.5, label=f"proposed budget factor, shipped (α={alpha})")
+    ax.plot([], [], color="tab:orange", linewidth=2.5, label="budget factor, not shipped")
+    if plot.current:
+        ax.plot([], [], marker="D", color="tab:purple", linestyle="-", label="today's ceiling (median, 10–90 %)")
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_yscale("log")
-    from matplotlib.ticker import FuncFormatter, LogLocator
-
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda _v, _pos: ""))
     ax.set_xticks(range(k))
-    ax.set_xticklabels([f"{c}\n{x}" for c, x in groups], fontsize=8)
-    ax.set_ylabel("actual / predicted (proposed coefficients)")
-    ax.set_title("Output length relative to prediction, per (category, complexity)")
+    counts = plot.n or [int(r.size) for r in plot.ratios]
+    ax.set_xticklabels([f"{c}\n{x}\nn={n:,}" for (c, x), n in zip(groups, counts, strict=True)], fontsize=8)
+    ax.set_ylabel("× the proposed prediction (actual, ceilings)")
+    ax.set_title("Outputs and ceilings ÷ proposed prediction, per group", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path)
+    texts = [t.get_text() for t in ax.get_xticklabels()] + [t.get_text() for t in ax.get_legend().get_texts()]
     plt.close(fig)
+    return texts

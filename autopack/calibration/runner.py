@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autopack.calibration.core import METHOD_VERSION, Calibration, Params, calibrate
+from autopack.calibration.drift import DEFAULT_METHOD
 from autopack.calibration.reader import read_events
 from autopack.calibration.report import render_markdown, write_json, write_plot
 from autopack.calibration.samples import build_sample_set
@@ -88,13 +89,15 @@ def run_calibration(
     output_dir: Path = Path("."),
     allow_empty_db: bool = False,
     expect_db_id: str | None = None,
+    method: str | None = None,
 ) -> dict[str, Any]:
     """Calibrate from the database, write the report/JSON/PNG, record the run; return the JSON object.
 
     Raises the guard's errors (exit 2/3) and ``NoUsableSamplesError`` (exit 1) when nothing is usable.
     """
+    method = method or DEFAULT_METHOD
     params = Params(min_samples, confidence_threshold, target_truncation, holdout_fraction,
-                    tuple(include_run_ids or ()))
+                    tuple(include_run_ids or ()), method)
     _validate(params)
     resolved = resolve_url(url)
     timings: dict[str, float] = {}
@@ -116,7 +119,7 @@ def run_calibration(
     param_record = {
         "min_samples": min_samples, "confidence_threshold": confidence_threshold,
         "target_truncation": target_truncation, "holdout_fraction": holdout_fraction,
-        "include_run_ids": list(params.include_run_ids), "output_dir": str(output_dir),
+        "include_run_ids": list(params.include_run_ids), "output_dir": str(output_dir), "method": method,
     }
     naive_now = now.replace(tzinfo=None)
     if samples.n == 0:
@@ -147,9 +150,8 @@ def run_calibration(
         out.mkdir(parents=True, exist_ok=True)
         stem = _stem(out, now)
         report_path, json_path, plot_path = out / f"{stem}.md", out / f"{stem}.json", out / f"{stem}.png"
-        p = calibration.plot
         tmp_png = plot_path.with_name(f".{plot_path.name}.tmp.png")
-        write_plot(tmp_png, p.groups, p.ratios, p.observed, p.factors, p.proposed, params.alpha)
+        write_plot(tmp_png, calibration.plot, alpha=params.alpha)
         os.replace(tmp_png, plot_path)
         lap("plot")
         md["timings_seconds"] = dict(timings)

@@ -5,6 +5,12 @@ the current coefficients, and returns a ``SampleSet`` of plain numpy arrays. Not
 
 Per call (one row of ``token_estimation_v2_events``):
 
+- *a first attempt*: an escalated retry (the call made again with a raised ceiling after the same phase's
+  previous attempt was truncated) is not a sample. Its output is drawn from the tail above the old cap, so
+  counting it would over-weight long outputs and inflate every upper quantile; the truncated first attempt
+  is already in the data as a censored sample. Retries are counted and reported (``retries_excluded``).
+- *truncated* by one rule everywhere (samples, backtest, import, reports): the row says so, or its output
+  reached its ceiling (``reached_ceiling``: ``output >= ceiling``).
 - *selected* when it succeeded, or when it was truncated (whatever the builder then did): a truncated
   call is a right-censored observation, its true length at least ``max(actual, ceiling)``. The original
   dropped these, i.e. exactly the largest outputs (reference §10.9). Failed, untruncated calls are left
@@ -38,6 +44,73 @@ Group = tuple[str, str]
 
 #: Stop/finish reasons that mean "cut at the ceiling" (Anthropic, OpenAI, Gemini spellings).
 TRUNCATION_REASONS = frozenset({"max_tokens", "length", "max_output_tokens", "MAX_TOKENS"})
+
+
+def reached_ceiling(output: Any, ceiling: Any) -> Any:
+    """THE length rule for truncation, shared by samples, backtest, import and reports: ``output >= ceiling``.
+
+    An output that reached its ceiling was cut there (or stopped exactly at it, which cannot be told
+    apart, so it counts as cut: conservative for the quantiles). A missing or non-positive ceiling
+    (``None``, NaN, ≤ 0) decides nothing. Scalars give a ``bool``, numpy arrays an element-wise array.
+    """
+    if np.ndim(output) == 0 and np.ndim(ceiling) == 0:
+        if ceiling is None or output is None:
+            return False
+        c = float(ceiling)
+        return bool(c > 0 and float(output) >= c)  # NaN compares False
+    out = np.asarray(output, dtype=float)
+    cap = np.asarray(ceiling, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return (cap > 0) & (out >= cap)
+
+
+def escalated_retries(
+    phase_key: np.ndarray,
+    attempt_index: np.ndarray,
+    escalated_phase_key: np.ndarray,
+    escalated_attempt_index: np.ndarray,
+) -> np.ndarray:
+    """Which rows are escalated retries (bool per row).
+
+    The executor escalates once: when attempt a of a phase is truncated it records an escalation event
+    for (phase, a), reserves the next attempt index and calls again with the raised ceiling. So a row is
+    a retry when the phase's previous attempt index (the largest one below the row's, among the phase's
+    rows) has an escalation event. A later fresh execution of the phase (its retry also truncated, or
+    ``--replace``) starts from the estimator's ceiling again and is a first attempt. ``phase_key`` is any
+    integer code of (run_id, phase_id), the same coding for the rows and the escalation events.
+    """
+    phase = np.asarray(phase_key, dtype=np.int64)
+    attempt = np.asarray(attempt_index, dtype=np.int64)
+    out = np.zeros(phase.size, dtype=bool)
+    esc_phase = np.asarray(escalated_phase_key, dtype=np.int64)
+    esc_attempt = np.asarray(escalated_attempt_index, dtype=np.int64)
+    if phase.size == 0 or esc_phase.size == 0:
+        return out
+    order = np.lexsort((attempt, phase))
+    p_s, a_s = phase[order], attempt[order]
+    first_of_pair = np.r_[True, (p_s[1:] != p_s[:-1]) | (a_s[1:] != a_s[:-1])]
+    pair_of_row = np.cumsum(first_of_pair) - 1
+    pair_phase, pair_attempt = p_s[first_of_pair], a_s[first_of_pair]
+    has_previous = np.r_[False, pair_phase[1:] == pair_phase[:-1]]
+    previous_attempt = np.r_[-1, pair_attempt[:-1]]
+    lo = int(min(pair_attempt.min(), esc_attempt.min(), -1))
+    span = int(max(pair_attempt.max(), esc_attempt.max())) - lo + 1
+    escalated = np.unique(esc_phase * span + (esc_attempt - lo))
+    wanted = pair_phase * span + (previous_attempt - lo)
+    hit = np.searchsorted(escalated, wanted)
+    hit = np.minimum(hit, escalated.size - 1)
+    is_retry_pair = has_previous & (escalated[hit] == wanted)
+    out[order] = is_retry_pair[pair_of_row]
+    return out
+
+
+def is_simulated_source(provider: str | None, model: str | None) -> bool:
+    """Data written by the simulated provider (or this module's synthetic generators), not a real model."""
+    from autopack.llm.simulated import DEFAULT_MODEL, PROVIDER_NAME
+
+    p = (provider or "").strip().lower()
+    m = (model or "").strip().lower()
+    return p in (PROVIDER_NAME, "synthetic") or "simulated" in m or m == DEFAULT_MODEL or m.startswith("synthetic")
 
 
 @dataclass
@@ -76,6 +149,12 @@ class EventColumns:
     complexities: list[str | None]
     features: list[str]
     summary: Summary = field(default_factory=Summary)
+    #: bool per row: an escalated retry (``escalated_retries``). None = not known (nothing excluded, and
+    #: the result says ``retries_known: false``).
+    retry: np.ndarray | None = None
+    #: int32 per row → ``sources`` (-1 = unknown), the (provider, model) of the call. None = not read.
+    source_code: np.ndarray | None = None
+    sources: list[tuple[str | None, str | None]] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -116,6 +195,10 @@ class SampleSet:
     has_features: np.ndarray  # bool per row
     counts: dict[str, int] = field(default_factory=dict)
     summary: Summary = field(default_factory=Summary)
+    #: provider/model mix of the samples: [{provider, model, samples, simulated}], most samples first
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    retries_known: bool = False
+    _rows_by_group: dict[int, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -128,7 +211,16 @@ class SampleSet:
             for f in dataclasses.fields(self)
             if isinstance(getattr(self, f.name), np.ndarray)
         }
-        return dataclasses.replace(self, **rows)
+        return dataclasses.replace(self, **rows, _rows_by_group=None)
+
+    def rows_by_group(self) -> dict[int, np.ndarray]:
+        """Row indices (oldest first) of each group present: one stable sort, cached (no per-group scan)."""
+        if self._rows_by_group is None:
+            order = np.argsort(self.group, kind="stable")
+            sorted_groups = self.group[order]
+            cuts = np.flatnonzero(sorted_groups[1:] != sorted_groups[:-1]) + 1
+            self._rows_by_group = {int(self.group[rows[0]]): rows for rows in np.split(order, cuts) if rows.size}
+        return self._rows_by_group
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,19 +252,24 @@ def predict(samples: SampleSet, coefficients: te.Coefficients) -> np.ndarray:
     return out
 
 
-def rules_ceiling(samples: SampleSet, predicted: np.ndarray) -> np.ndarray:
-    """``decide_ceiling``'s floor/buffer/override path (for groups without a calibrated factor)."""
+def rules_ceiling(samples: SampleSet, predicted: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """``decide_ceiling``'s floor/buffer/override path (for groups without a calibrated factor).
+
+    ``rows``: only these rows (``predicted`` is then theirs).
+    """
     u = samples.units
-    floor = u.floor[samples.unit]
-    buffer = u.buffer[samples.unit]
-    override = u.override_min[samples.unit]
+    unit = samples.unit if rows is None else samples.unit[rows]
+    floor = u.floor[unit]
+    buffer = u.buffer[unit]
+    override = u.override_min[unit]
     selected = np.minimum(np.maximum(floor, np.floor(predicted * buffer)), te.MAX_OUTPUT_TOKENS)
     return np.minimum(np.maximum(selected, override), te.MAX_OUTPUT_TOKENS)
 
 
 def factor_ceiling(predicted: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    """``decide_ceiling``'s calibrated path: predicted × factor, clamped to [512, 64000]."""
-    return np.minimum(np.maximum(np.ceil(predicted * factor), te.MIN_FACTOR_CEILING), te.MAX_OUTPUT_TOKENS)
+    """``decide_ceiling``'s calibrated path: predicted × factor rounded up, clamped to [512, 64000]."""
+    raw = np.ceil(te.factor_product(predicted, factor))
+    return np.minimum(np.maximum(raw, te.MIN_FACTOR_CEILING), te.MAX_OUTPUT_TOKENS)
 
 
 def configuration_ceiling(
@@ -182,9 +279,13 @@ def configuration_ceiling(
     predicted = predict(samples, coefficients)
     factor_by_group = np.array([factors.get(g, math.nan) for g in samples.groups], dtype=float)
     f = factor_by_group[samples.group] if samples.n else np.empty(0)
-    ceiling = rules_ceiling(samples, predicted)
     has = ~np.isnan(f)
+    if has.all():
+        return predicted, factor_ceiling(predicted, f)
+    ceiling = np.empty(samples.n)
     ceiling[has] = factor_ceiling(predicted[has], f[has])
+    rules = np.flatnonzero(~has)
+    ceiling[rules] = rules_ceiling(samples, predicted[rules], rules)
     return predicted, ceiling
 
 
@@ -288,8 +389,10 @@ def build_sample_set(columns: EventColumns, coefficients: te.Coefficients | None
     """Select, censor, group and re-estimate the rows (see the module docstring)."""
     coeffs = coefficients or te.current_coefficients()
     n_all = columns.size
-    censored_all = columns.truncated
-    selected = columns.success | censored_all
+    censored_all = columns.truncated | reached_ceiling(columns.actual, columns.actual_max_tokens)
+    retry = columns.retry if columns.retry is not None else np.zeros(n_all, dtype=bool)
+    first = ~retry
+    selected = (columns.success | censored_all) & first
     lower = np.where(
         censored_all, np.fmax(columns.actual, np.nan_to_num(columns.actual_max_tokens, nan=0.0)), columns.actual
     )
@@ -380,19 +483,36 @@ def build_sample_set(columns: EventColumns, coefficients: te.Coefficients | None
         has_features=has_features[order],
         summary=columns.summary,
     )
+    samples.retries_known = columns.retry is not None
+    samples.sources = _source_mix(columns, rows)
     samples.counts = {
         "rows_read": n_all,
+        "retries_excluded": int(retry.sum()),
         "selected": int(selected.sum()),
         "usable": int(usable.sum()),
         "censored": int((usable & censored_all).sum()),
         "observed": int((usable & ~censored_all).sum()),
-        "excluded_failed_not_truncated": int((~selected).sum()),
+        "excluded_failed_not_truncated": int((first & ~selected).sum()),
         "excluded_nonpositive_predicted": int(nonpositive_pred.sum()),
         "excluded_zero_actual": int(zero_actual.sum()),
         "with_features": int(has_features.sum()),
         "without_features": int((~has_features).sum()),
     }
     return samples
+
+
+def _source_mix(columns: EventColumns, rows: np.ndarray) -> list[dict[str, Any]]:
+    """The (provider, model) mix of the sample rows, most samples first."""
+    if columns.source_code is None or rows.size == 0:
+        return []
+    codes, counts = np.unique(columns.source_code[rows], return_counts=True)
+    out = []
+    for code, count in zip(codes.tolist(), counts.tolist(), strict=True):
+        provider, model = columns.sources[code] if code >= 0 else (None, None)
+        out.append({"provider": provider, "model": model, "samples": int(count),
+                    "simulated": is_simulated_source(provider, model)})
+    out.sort(key=lambda d: (-d["samples"], str(d["provider"]), str(d["model"])))
+    return out
 
 
 def spellings_of(pairs: Mapping[tuple[str | None, str | None], int]) -> dict[str, dict[str, int]]:
@@ -433,7 +553,8 @@ DOCS_ROWS_LIMIT = 200
 
 def _is_truncation(r: Mapping[str, Any]) -> bool:
     reasons = {r.get("stop_reason"), r.get("finish_reason")}
-    return bool(r.get("truncated")) or bool(r.get("is_truncated_output")) or bool(reasons & TRUNCATION_REASONS)
+    flagged = bool(r.get("truncated")) or bool(r.get("is_truncated_output")) or bool(reasons & TRUNCATION_REASONS)
+    return flagged or reached_ceiling(r.get("actual_output_tokens"), r.get("actual_max_tokens"))
 
 
 def _epoch_of(value: Any) -> float:
@@ -446,9 +567,15 @@ def _epoch_of(value: Any) -> float:
     return value.replace(tzinfo=value.tzinfo or UTC).timestamp()
 
 
-def columns_from_records(records: Sequence[Mapping[str, Any]]) -> EventColumns:
-    """``EventColumns`` from plain dicts (tests and small tools); keys as the table's columns."""
-    factor: dict[str, dict[Any, int]] = {k: {} for k in ("cat", "cx", "feat")}
+def columns_from_records(
+    records: Sequence[Mapping[str, Any]], escalations: Sequence[Mapping[str, Any]] | None = None
+) -> EventColumns:
+    """``EventColumns`` from plain dicts (tests and small tools); keys as the table's columns.
+
+    ``escalations`` (``token_budget_escalation_events`` rows) mark the escalated retries; without them
+    the retry flag is unknown (None).
+    """
+    factor: dict[str, dict[Any, int]] = {k: {} for k in ("cat", "cx", "feat", "phase", "src")}
 
     def code(kind: str, value: Any) -> int:
         table = factor[kind]
@@ -496,4 +623,12 @@ def columns_from_records(records: Sequence[Mapping[str, Any]]) -> EventColumns:
         complexities=list(factor["cx"]),
         features=list(factor["feat"]),
         summary=summary,
+        retry=None if escalations is None else escalated_retries(
+            np.array([code("phase", (r["run_id"], r["phase_id"])) for r in records], dtype=np.int64),
+            np.array([r.get("attempt_index") or 0 for r in records], dtype=np.int64),
+            np.array([code("phase", (e["run_id"], e["phase_id"])) for e in escalations], dtype=np.int64),
+            np.array([e["attempt_index"] for e in escalations], dtype=np.int64),
+        ),
+        source_code=np.array([code("src", (r.get("provider"), r.get("model"))) for r in records], dtype=np.int32),
+        sources=list(factor["src"]),
     )

@@ -27,7 +27,13 @@ def v3(
 ) -> None:
     """Tier 1 (risk), Tier 2 (cost) and diagnostics from [TokenEstimationV2] log lines."""
     from autopack.calibration.analyze_v3 import run
+    from autopack.cli.common import writable_dir
+    from autopack.errors import InputError
 
+    if output is not None:
+        if output.is_dir():
+            raise InputError(f"--output {output} is a directory", hint="name the markdown file to write")
+        writable_dir(output.parent, "the directory of --output")
     text, result = run(log_dir, pattern=pattern, success_only=success_only, with_strata=stratify,
                        under_multiplier=under_multiplier, output=output)
     if output is None:

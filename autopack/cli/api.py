@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated
 
 import typer
 
+from autopack.api.security import KEY_HINT, bind_problem, is_loopback
 from autopack.config import get_settings
 from autopack.errors import AutopackError, RefusedError
 
 api_app = typer.Typer(help="The HTTP API server.", no_args_is_help=True)
 
-
-def is_loopback(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+__all__ = ["api_app", "check_bind", "is_loopback", "register"]
 
 
 def check_bind(host: str, has_api_key: bool) -> None:
-    """Anyone who can reach a non-loopback port could create runs and claim phases: require a key."""
-    if not is_loopback(host) and not has_api_key:
-        raise RefusedError(
-            f"refusing to serve on {host} without an API key",
-            hint="set AUTOPACK_API_KEY (clients send it as X-API-Key) or bind to 127.0.0.1",
-        )
+    """Anyone who can reach a non-loopback port could create runs and claim phases: require a key.
+
+    The app applies the same rule itself at start-up and on every mutating request (``autopack.api.security``);
+    checking here first gives the one-line error before uvicorn starts.
+    """
+    problem = bind_problem(host, has_api_key)
+    if problem:
+        raise RefusedError(problem, hint=KEY_HINT)
 
 
 @api_app.command("serve")
@@ -50,7 +45,7 @@ def serve(
         typer.echo(f"[db] id={report.db_id} url={report.url} revision={report.schema_revision}", err=True)
     except AutopackError as exc:  # serve anyway: /health reports "degraded" until the database is fixed
         typer.echo(f"warning: {exc.one_line()}", err=True)
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(bind_host=host), host=host, port=port, log_level=log_level)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -60,18 +61,64 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+# typer >= 0.20 vendors click (``typer._click``); older typer uses click itself. Accept both.
+_CLICK_ERRORS: tuple[type[Exception], ...] = (click.ClickException, typer.exceptions.TyperException)
+_EXITS: tuple[type[BaseException], ...] = (click.exceptions.Exit, typer.Exit)
+_ABORTS: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort, KeyboardInterrupt)
+
+
+def usage_line(exc: Exception) -> str:
+    """One line for a command-line usage error: what was wrong, and where to read how it is used."""
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    ctx = getattr(exc, "ctx", None)
+    where = f"autopack {' '.join(ctx.command_path.split()[1:])}".strip() if ctx is not None else "autopack"
+    return f"{message.rstrip('.')} (see `{where} --help`)"
+
+
+def describe_unexpected(exc: BaseException) -> tuple[str, int]:
+    """One line and an exit code for an error no command turned into an ``AutopackError``."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from autopack.errors import validation_summary
+
+    if isinstance(exc, ValidationError):
+        return f"invalid input: {validation_summary(exc)}", 2
+    if isinstance(exc, SQLAlchemyError):
+        detail = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+        return (f"database error: {type(getattr(exc, 'orig', None) or exc).__name__}: {detail} "
+                "(check DATABASE_URL with `autopack db identity`)"), 2
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot access{where}: {exc.strerror or exc}", 2
+    return (f"unexpected {type(exc).__name__}: {exc} (a bug in autopack: please report it; "
+            f"{TRACEBACK_ENV}=1 shows the traceback)"), 1
+
+
+#: Set to 1 to let an unexpected error print its traceback instead of one line.
+TRACEBACK_ENV = "AUTOPACK_TRACEBACK"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every failure ends as one line on stderr and a non-zero exit code."""
     try:
         result = load_commands(argv)(args=argv, standalone_mode=False, prog_name="autopack")
     except AutopackError as exc:
         fail(exc.one_line(), exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except _EXITS as exc:
+        sys.exit(exc.exit_code)  # type: ignore[union-attr]
+    except _ABORTS:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except _CLICK_ERRORS as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `autopack drain` alone: the help is the answer
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        fail(usage_line(exc) if hasattr(exc, "ctx") else exc.format_message(),  # type: ignore[attr-defined]
+             getattr(exc, "exit_code", 2))
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
+        if os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
+            raise
+        message, code = describe_unexpected(exc)
+        fail(message, code)
     sys.exit(result if isinstance(result, int) else 0)

@@ -8,8 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption
+from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, writable_dir
 from autopack.config import get_settings
+from autopack.errors import AutopackError
+
+
+class NoGroupReachesMinSamplesError(AutopackError):
+    """Nothing could be calibrated: every group has fewer samples than --min-samples (the original exited 1)."""
+
+    exit_code = 1
 
 
 def _console_summary(result: dict[str, Any]) -> str:
@@ -30,11 +37,18 @@ def _console_summary(result: dict[str, Any]) -> str:
                      f"{'yes' if g['proposed'] else 'no'}")
     bt = result["backtest"]
     if bt.get("test_n"):
-        lines += ["", f"backtest on the newest {bt['test_n']} calls (truncation rate, reserved/used):"]
-        for name in ("current", "original_median", "proposed", "shipped"):
+        lines += ["", f"backtest on the newest {bt['test_n']} calls (truncation interval, reserved/used):"]
+        labels = {"current": "current (today)", "shipped": "shipped (this PR)", "proposed": "full refit",
+                  "original_median": "original median"}
+        for name in ("current", "shipped", "proposed", "original_median"):
             m = bt.get(name)
             if isinstance(m, dict):
-                lines.append(f"  {name:<16} {100 * m['truncation_rate']:5.1f}%  {m['reserved_over_used']:.2f}")
+                low, high = m["truncation_interval"]
+                lines.append(f"  {labels[name]:<18} {100 * low:5.1f}–{100 * high:5.1f}%  {m['reserved_over_used']:.2f}"
+                             + ("" if m["evidence"] else "  (thin evidence)"))
+    sources = result["metadata"].get("sources") or {}
+    if sources.get("simulated"):
+        lines += ["", "data: SIMULATED provider calls (not a real model)"]
     gate = result["gate"]
     lines += ["", f"gate: {'PASSED' if gate['passed'] else 'not passed'} "
               f"({len(result['proposed_changes'])} proposed change(s))"]
@@ -61,15 +75,21 @@ def calibrate(
     ] = 0.3,
     as_json: JsonOption = False,
     expect_db_id: ExpectDbIdOption = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="How budgets follow drift at run time: static or aci (rolling is "
+                                 "only measured, in the report's drift table). Default: the drift benchmark's choice.")
+    ] = None,
 ) -> None:
     """Calibrate the token estimator from telemetry: report (.md), patch (.json) and plot (.png).
 
-    Exit 0 when a report was written (gate passed or not), 1 when there are no usable samples, 2/3 when
-    the database guard refuses.
+    Exit 0 when a report was written and at least one group reached --min-samples (gate passed or not);
+    1 when there are no usable samples, or no group reaches --min-samples (the report is still written);
+    2/3 when the database guard refuses.
     """
     from autopack.calibration import run_calibration
 
     settings = get_settings()
+    writable_dir(output_dir)
     result = run_calibration(
         settings.resolved_database_url(),
         min_samples=min_samples,
@@ -80,6 +100,7 @@ def calibrate(
         output_dir=output_dir,
         allow_empty_db=allow_empty_db,
         expect_db_id=expect_db_id,
+        method=method,
     )
     md = result["metadata"]
     typer.echo(f"[db] id={md['db_id']}", err=True)
@@ -87,6 +108,12 @@ def calibrate(
         typer.echo(json.dumps(result, indent=2))
     else:
         typer.echo(_console_summary(result))
+    if not result["collection_targets"]["groups_with_enough_samples"]:
+        largest = max((g["n"] for g in result["groups"]), default=0)
+        raise NoGroupReachesMinSamplesError(
+            f"no group reaches --min-samples {min_samples} (the largest has {largest}): nothing could be calibrated",
+            hint=f"collect more telemetry or lower --min-samples; report: {result['report_path']}",
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from autopack.config import get_settings
 from autopack.db.identity import IdentityReport, guard
+from autopack.errors import InputError
+from autopack.telemetry.bounds import INT32
+
+#: Upper bounds of numeric options, so a typo (or 2**64) is one line, not an overflow deep inside: counts are
+#: stored in 32-bit columns (``drain_sessions.batch_size``), workers are processes on one machine, and a
+#: lease longer than a day is what the API refuses too.
+MAX_COUNT = INT32[1]
+MAX_WORKERS = 64
+MAX_LEASE_SECONDS = 86_400.0
+MAX_DURATION_SECONDS = 7 * 86_400.0
 
 ExpectDbIdOption = Annotated[
     str | None,
@@ -28,5 +41,31 @@ def guarded(expect_db_id: str | None = None, allow_empty: bool = False, *, quiet
         allow_empty=allow_empty,
     )
     if not quiet:
-        typer.echo(f"[db] id={report.db_id} url={report.url} revision={report.schema_revision}", err=True)
+        announce(report)
     return report
+
+
+def announce(report: IdentityReport) -> None:
+    """The one ``[db]`` line on stderr that says which database a command is using."""
+    typer.echo(f"[db] id={report.db_id} url={report.url} revision={report.schema_revision}", err=True)
+
+
+def writable_dir(path: Path, option: str = "--output-dir") -> Path:
+    """``path`` as an existing, writable directory (created if missing); else one clear ``InputError``.
+
+    Checked before any work starts, so a long calibration or pipeline never fails at its last step.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not path.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(path))
+        fd, probe = tempfile.mkstemp(prefix=".autopack-write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, FileExistsError):
+            reason = "a file with that name exists"
+        raise InputError(f"{option} {path} is not a writable directory: {reason}",
+                         hint="choose a directory you can write to") from exc
+    return path

@@ -3,25 +3,52 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import typer
 
 from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption
 from autopack.config import get_settings
 from autopack.db.identity import format_identity, guard, read_identity
-from autopack.db.migrate import upgrade_database
+from autopack.db.migrate import LOCK_TIMEOUT_SECONDS, upgrade_database
 
 db_app = typer.Typer(help="Database schema and identity.", no_args_is_help=True)
 
 
 @db_app.command("upgrade")
-def upgrade() -> None:
-    """Create or migrate the database to the current schema (adopts an original Autopack database)."""
-    report = upgrade_database(get_settings().resolved_database_url())
+def upgrade(
+    expect_db_id: ExpectDbIdOption = None,
+    create: Annotated[
+        bool | None,
+        typer.Option(
+            "--create/--no-create",
+            help="Create a database where there is none (default: only when no expected database id is set).",
+        ),
+    ] = None,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", min=0.0, help="Seconds to wait for another upgrade of this database.")
+    ] = LOCK_TIMEOUT_SECONDS,
+) -> None:
+    """Create or migrate the database to the current schema (adopts an original Autopack database).
+
+    Atomic (one transaction) and exclusive (a second upgrade waits, then refuses). Refuses with DB_MISMATCH
+    when the database is not the expected one (AUTOPACK_EXPECTED_DB_ID or --expect-db-id).
+    """
+    settings = get_settings()
+    report = upgrade_database(
+        settings.resolved_database_url(),
+        expect_db_id=expect_db_id or settings.expected_db_id,
+        create=create,
+        lock_timeout=lock_timeout,
+    )
     if report.backup_path:
         typer.echo(f"backup written: {report.backup_path}")
+    for line in report.repaired:
+        typer.echo(f"repaired an interrupted upgrade: {line}")
     if report.legacy:
         typer.echo("adopted a database written by the original Autopack (every row kept)")
+    if report.created:
+        typer.echo(f"created a new database at {report.url} (id {report.db_id})")
     if report.changed:
         typer.echo(f"upgraded {report.url}: {report.revision_before or 'empty'} -> {report.revision_after}")
     else:

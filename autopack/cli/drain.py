@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, guarded
-from autopack.execution.drain_one import drain_one
+from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, announce, guarded
+from autopack.execution.drain_one import check_drainable, drain_one
 from autopack.execution.phase_runner import PhaseResult
 
 drain_app = typer.Typer(help="Drain (execute) queued or failed phases.", no_args_is_help=True)
@@ -51,7 +51,9 @@ def one(
     as_json: JsonOption = False,
 ) -> None:
     """Drain exactly one phase. Exit 0 COMPLETE, 1 FAILED, 2 refused."""
-    guarded(expect_db_id, allow_empty_db)
+    report = guarded(expect_db_id, allow_empty_db, quiet=True)
+    check_drainable(run_id, phase_id, force=force)  # refusals come alone, before anything else is printed
+    announce(report)
     configure_logging()
     result = drain_one(run_id, phase_id, force=force, no_telemetry=no_telemetry)
     if as_json:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Annotated
 
 import sqlalchemy as sa
 import typer
+from pydantic import ValidationError
 
 from autopack.cli.common import ExpectDbIdOption, JsonOption, guarded
 from autopack.db.engine import session_scope
 from autopack.db.models import Phase, Run
+from autopack.errors import InputError, validation_summary
 from autopack.execution.runs import create_run
 from autopack.execution.seed_runs import SEED_RUNS, V4_RUN_ID, ensure_seed_runs, telemetry_collection_v4_spec
 from autopack.execution.spec import RunSpec
@@ -39,8 +42,12 @@ def create_telemetry_run(
     expect_db_id: ExpectDbIdOption = None,
 ) -> None:
     """Create the ten-phase telemetry collection run (the original's telemetry-collection-v4)."""
+    try:
+        spec = telemetry_collection_v4_spec(run_id)
+    except ValidationError as exc:
+        raise InputError(f"--run-id {run_id!r} is not a valid run id: {validation_summary(exc)}",
+                         hint="use letters, digits and . _ : - (starting with a letter or digit, at most 201)") from exc
     guarded(expect_db_id, allow_empty=True)
-    spec = telemetry_collection_v4_spec(run_id)
     with session_scope() as session:
         create_run(session, spec, replace=replace, source="seed")
     typer.echo(f"created run {run_id}: {len(spec.phases)} QUEUED phases")
@@ -81,6 +88,38 @@ def list_runs(as_json: JsonOption = False, expect_db_id: ExpectDbIdOption = None
     for row in rows:
         phases = ", ".join(f"{s} {n}" for s, n in row["phases"].items()) or "no phases"  # type: ignore[union-attr]
         typer.echo(f"{row['run_id']:<40} {row['state']:<14} {phases}")
+
+
+def load_run_spec(path: Path) -> RunSpec:
+    """A run spec from a JSON file, or ``InputError`` naming the first bad field (the API's 422, as one line)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read the run spec {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise InputError(f"the run spec {path} is not valid JSON: {exc}") from exc
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise InputError(f"run spec {path}: {where}: {first['msg']}{more}",
+                         hint="its fields are those of `POST /runs`: RunSpec in the API docs at /docs") from exc
+
+
+@runs_app.command("create")
+def create(
+    spec_file: Annotated[Path, typer.Argument(help="JSON run spec: run_id, goal, phases[...] (the API's RunSpec).")],
+    replace: Annotated[bool, typer.Option("--replace", help="Delete and recreate the run if it exists.")] = False,
+    expect_db_id: ExpectDbIdOption = None,
+) -> None:
+    """Create a run and its QUEUED phases from a spec file, validated exactly as `POST /runs` validates it."""
+    spec = load_run_spec(spec_file)
+    guarded(expect_db_id, allow_empty=True)
+    with session_scope() as session:
+        create_run(session, spec, replace=replace, source="cli")
+    typer.echo(f"created run {spec.run_id}: {len(spec.phases)} QUEUED phases")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autopack.config import absolutize_sqlite_url, get_settings
 from autopack.errors import DatabaseUrlError
+from autopack.url_credentials import MASK, is_secret_parameter, mask_url_credentials
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -44,19 +46,56 @@ def parse_url(url: str) -> URL:
             f"unsupported database backend '{parsed.get_backend_name()}'",
             hint="autopack supports sqlite:/// and postgresql:// URLs",
         )
+    if parsed.drivername not in SUPPORTED_DRIVERS:
+        raise DatabaseUrlError(
+            f"unsupported database driver '{parsed.drivername}' in DATABASE_URL",
+            hint="autopack talks to databases synchronously: use sqlite:///path.db, postgresql:// or "
+                 "postgresql+psycopg://",
+        )
     return parsed
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``; safe to print or log."""
+#: Driver names autopack can use: the standard library's sqlite3 and psycopg 3 (installed with autopack).
+#: Async drivers (asyncpg, aiosqlite) cannot work with a synchronous engine.
+SUPPORTED_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg"})
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a file that exists but is not a SQLite database (an empty file is a new, empty database)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        with path.open("rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except IsADirectoryError as exc:
+        raise DatabaseUrlError(f"DATABASE_URL points at {path}, which is a directory",
+                               hint="name a database file, e.g. sqlite:///autopack.db") from exc
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DatabaseUrlError(f"cannot read the SQLite file {path}: {exc.strerror or exc}",
+                               hint="check the path and its permissions") from exc
+    if header and header != _SQLITE_HEADER:
+        raise DatabaseUrlError(
+            f"{path} is not a SQLite database (it does not start with the SQLite header)",
+            hint="check DATABASE_URL: point it at an autopack database, or at a new path for "
+                 "`autopack db upgrade` to create",
+        )
+
+
+def mask_url(url: str) -> str:
+    """The URL with every credential (password, ``?password=``/``?sslpassword=``…) replaced by ``***``;
+    safe to print, log or store. The user name stays: it tells which account is in use."""
+    try:
+        parsed = make_url(url)
+        query = {name: (MASK if is_secret_parameter(name) else value) for name, value in parsed.query.items()}
+        return parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", MASK)
     except Exception:
         # Unparseable: drop everything between '://' and '@' so no credential can leak.
         scheme, sep, rest = url.partition("://")
         if sep and "@" in rest:
-            return f"{scheme}://***@{rest.split('@', 1)[1]}"
-        return url
+            return mask_url_credentials(f"{scheme}://***@{rest.split('@', 1)[1]}")
+        return mask_url_credentials(url)
 
 
 def _normalise_driver(parsed: URL) -> URL:
@@ -79,6 +118,9 @@ def get_engine(url: str | None = None) -> Engine:
 
 def _create_engine(url: str) -> Engine:
     parsed = _normalise_driver(parse_url(url))
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" \
+            and not parsed.database.startswith("file:"):
+        check_sqlite_file(Path(parsed.database))
     try:
         if parsed.get_backend_name() == "sqlite":
             engine = create_engine(
@@ -87,7 +129,7 @@ def _create_engine(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(parsed, pool_pre_ping=True, pool_recycle=1800, pool_size=10, max_overflow=10)
-    except (NoSuchModuleError, ArgumentError) as exc:
+    except (NoSuchModuleError, ArgumentError, ImportError) as exc:
         raise DatabaseUrlError(f"cannot build an engine for {mask_url(url)}: {exc}") from exc
     return engine
 

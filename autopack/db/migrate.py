@@ -1,7 +1,19 @@
-"""``autopack db upgrade``: one Alembic chain for fresh, current and legacy databases.
+"""``autopack db upgrade``: one Alembic chain for fresh, current and legacy databases — atomic and exclusive.
 
-A database written by the original Autopack (its tables, no ``alembic_version``) is first copied next to
-its file as a backup, then adopted in place by the first revision. Running the upgrade twice is a no-op.
+Every upgrade runs in **one transaction**, holding a lock no second upgrade can share:
+
+* SQLite: ``BEGIN IMMEDIATE`` (the database's write lock) before anything is read, with every DDL
+  statement inside it (pysqlite is put in autocommit mode so that it never commits on its own). A second
+  upgrade waits up to ``lock_timeout`` seconds, then refuses with one line. SIGINT, a crash or an error
+  at any step leaves the file as it was (SQLite's journal), and the next upgrade starts again cleanly.
+* PostgreSQL: one transaction (DDL is transactional) holding ``pg_advisory_xact_lock``.
+
+A database written by the original Autopack (its tables, no ``alembic_version``) is first checked for
+damage and backed up (a copy next to a SQLite file, ``pg_dump`` for PostgreSQL), then adopted in place
+by the first revision. What an interrupted *older* upgrade left behind (``_legacy_*`` copies) is repaired
+in the same transaction. The expected database id (``AUTOPACK_EXPECTED_DB_ID``) is honoured, and a new
+database is created only where none exists and no other one is expected (or with ``create=True``).
+Running the upgrade twice is a no-op.
 """
 
 from __future__ import annotations
@@ -10,6 +22,8 @@ import os
 import shutil
 import sqlite3
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,15 +33,22 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.pool import NullPool
 
+from autopack.db.checkpoints import checkpoint
 from autopack.db.engine import dispose_engines, get_engine, mask_url, parse_url, resolve_url
-from autopack.errors import AutopackError, DatabaseUrlError
+from autopack.db.legacy import leftover_copies, repair_interrupted_adoption
+from autopack.errors import AutopackError, DatabaseUrlError, DbIdentityMismatchError, InputError, RefusedError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-#: Tables whose presence (without ``alembic_version``) marks a database written by the original.
+#: Tables whose presence (without an autopack revision or id) marks a database written by the original.
 LEGACY_MARKERS = ("runs", "phases", "llm_usage_events", "token_estimation_v2_events")
+#: How long a second upgrade waits for the first one before it refuses.
+LOCK_TIMEOUT_SECONDS = 60.0
+#: ``pg_advisory_xact_lock`` key of ``autopack db upgrade`` (the bytes of "autopack"; per database).
+POSTGRES_LOCK_KEY = int.from_bytes(b"autopack", "big")
 
 
 def alembic_config() -> Config:
@@ -42,9 +63,11 @@ def head_revision() -> str:
     return head
 
 
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+def current_revision(bind: Engine | Connection) -> str | None:
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            return current_revision(connection)
+    return MigrationContext.configure(bind).get_current_revision()
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -64,78 +87,286 @@ class UpgradeReport:
     backup_path: Path | None
     row_counts_before: dict[str, int] = field(default_factory=dict)
     row_counts_after: dict[str, int] = field(default_factory=dict)
+    created: bool = False
+    db_id: str | None = None
+    repaired: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return self.revision_before != self.revision_after
+        return self.revision_before != self.revision_after or bool(self.repaired)
 
 
-def table_row_counts(engine: Engine) -> dict[str, int]:
-    inspector = sa.inspect(engine)
-    with engine.connect() as connection:
-        return {
-            name: connection.execute(sa.text(f'SELECT COUNT(*) FROM "{name}"')).scalar_one()
-            for name in sorted(inspector.get_table_names())
-            if name != "alembic_version"
-        }
+@dataclass(frozen=True)
+class DatabaseState:
+    """What an upgrade finds, read inside its transaction."""
+
+    tables: frozenset[str]
+    revision: str | None
+    db_id: str | None
+    leftovers: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.tables
+
+    @property
+    def legacy(self) -> bool:
+        """Tables of the original (or an interrupted adoption of them), and neither our revision nor our id."""
+        return (self.revision is None and self.db_id is None and bool(self.tables & set(LEGACY_MARKERS))) or bool(
+            self.leftovers
+        )
 
 
-def is_legacy(engine: Engine) -> bool:
-    tables = set(sa.inspect(engine).get_table_names())
-    return "alembic_version" not in tables and "db_meta" not in tables and bool(tables & set(LEGACY_MARKERS))
-
-
-def upgrade_database(url: str | None = None) -> UpgradeReport:
-    """Bring the database at ``url`` to the head revision (creating it if it does not exist)."""
-    resolved = resolve_url(url)
-    path = sqlite_path(resolved)
-    if path is not None and not path.parent.exists():
-        raise DatabaseUrlError(f"the folder for the SQLite database does not exist: {path.parent}")
-    engine = get_engine(resolved)
-    try:
-        before = current_revision(engine)
-        legacy = is_legacy(engine)
-        counts_before = table_row_counts(engine)
-    except OperationalError as exc:
-        raise DatabaseUrlError(
-            f"cannot open the database at {mask_url(resolved)}: {exc.orig}",
-            hint="check DATABASE_URL and that the server is running",
-        ) from exc
-
-    backup = None
-    if legacy:
-        backup = backup_sqlite(path) if path is not None else backup_postgres(resolved)
-    _run_alembic_upgrade(engine)
-    if path is not None:
-        dispose_engines()  # a rebuilt SQLite schema must not be seen through stale pooled connections
-        engine = get_engine(resolved)
-    return UpgradeReport(
-        url=mask_url(resolved),
-        revision_before=before,
-        revision_after=current_revision(engine) or "",
-        legacy=legacy,
-        backup_path=backup,
-        row_counts_before=counts_before,
-        row_counts_after=table_row_counts(engine),
+def read_state(connection: Connection) -> DatabaseState:
+    tables = frozenset(sa.inspect(connection).get_table_names())
+    db_id = None
+    if "db_meta" in tables:
+        db_id = connection.execute(sa.text("SELECT db_id FROM db_meta WHERE id = 1")).scalar_one_or_none()
+    return DatabaseState(
+        tables=tables,
+        revision=current_revision(connection) if "alembic_version" in tables else None,
+        db_id=db_id,
+        leftovers=tuple(leftover_copies(connection)),
     )
 
 
-def _run_alembic_upgrade(engine: Engine) -> None:
-    config = alembic_config()
+def table_row_counts(bind: Engine | Connection) -> dict[str, int]:
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            return table_row_counts(connection)
+    return {
+        name: bind.execute(sa.text(f'SELECT COUNT(*) FROM "{name}"')).scalar_one()
+        for name in sorted(sa.inspect(bind).get_table_names())
+        if name != "alembic_version"
+    }
+
+
+def is_legacy(bind: Engine | Connection) -> bool:
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            return read_state(connection).legacy
+    return read_state(bind).legacy
+
+
+def upgrade_database(
+    url: str | None = None,
+    *,
+    expect_db_id: str | None = None,
+    create: bool | None = None,
+    lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+) -> UpgradeReport:
+    """Bring the database at ``url`` to the head revision, atomically, while holding the upgrade lock.
+
+    ``expect_db_id``: refuse (``DB_MISMATCH``, nothing changed) unless the database has this id.
+    ``create``: None creates a database only where there is none and no ``expect_db_id`` is given;
+    True creates (or adopts) one even then; False never creates one.
+    """
+    resolved = resolve_url(url)
+    masked = mask_url(resolved)
+    path = sqlite_path(resolved)
+    new_file = False
+    if path is not None:
+        if not path.parent.exists():
+            raise DatabaseUrlError(f"the folder for the SQLite database does not exist: {path.parent}")
+        if not path.exists() or path.stat().st_size == 0:
+            _check_creation(f"there is no database file at {path}", expect_db_id, create)
+            new_file = not path.exists()
+
+    engine = _migration_engine(resolved, lock_timeout)
+    try:
+        report = _upgrade(engine, resolved, path, expect_db_id=expect_db_id, create=create, lock_timeout=lock_timeout)
+    except BaseException as exc:
+        engine.dispose()
+        if new_file and path is not None:
+            _remove_if_still_empty(path)
+        if isinstance(exc, OperationalError) and _lock_timed_out(exc):  # e.g. the commit waited for readers
+            raise _lock_refusal(masked, lock_timeout) from exc
+        if isinstance(exc, DatabaseError):
+            raise _database_failure(masked, path, exc) from exc
+        raise
+    finally:
+        engine.dispose()
+    checkpoint("committed")
+    dispose_engines()  # a rebuilt schema must not be seen through stale pooled connections
+    report.row_counts_after = table_row_counts(get_engine(resolved))
+    return report
+
+
+def _upgrade(
+    engine: Engine,
+    resolved: str,
+    path: Path | None,
+    *,
+    expect_db_id: str | None,
+    create: bool | None,
+    lock_timeout: float,
+) -> UpgradeReport:
+    masked = mask_url(resolved)
+    with _exclusive(engine, masked, lock_timeout) as connection:
+        checkpoint("locked")
+        state = read_state(connection)
+        if state.db_id is not None:
+            if expect_db_id and expect_db_id != state.db_id:
+                raise DbIdentityMismatchError(
+                    f"DB_MISMATCH: {masked} has database id {state.db_id}, expected {expect_db_id}; nothing was changed",
+                    hint="point DATABASE_URL at the intended database or fix AUTOPACK_EXPECTED_DB_ID",
+                )
+        elif state.empty:
+            _check_creation(f"{masked} is empty", expect_db_id, create)
+        elif expect_db_id and not create:
+            kind = "was written by the original Autopack" if state.legacy else "has no database id"
+            raise DbIdentityMismatchError(
+                f"DB_MISMATCH: a database with id {expect_db_id} is expected, but {masked} {kind}; nothing was changed",
+                hint="point DATABASE_URL at the intended database, or unset AUTOPACK_EXPECTED_DB_ID (or pass --create) "
+                     "to adopt this one",
+            )
+
+        head = head_revision()
+        backup = None
+        repaired: list[str] = []
+        if state.revision != head or state.leftovers:
+            if path is not None and not state.empty:
+                _check_integrity(connection, path)
+            if state.legacy:
+                backup = backup_sqlite(path) if path is not None else backup_postgres(resolved)
+                checkpoint("backed_up")
+            if state.leftovers:
+                repaired = repair_interrupted_adoption(connection)
+                checkpoint("repaired")
+        counts_before = table_row_counts(connection)
+        if state.revision != head or repaired:
+            _run_alembic_upgrade(connection)
+            checkpoint("migrated")
+        after = read_state(connection)
+    return UpgradeReport(
+        url=masked,
+        revision_before=state.revision,
+        revision_after=after.revision or "",
+        legacy=state.legacy,
+        backup_path=backup,
+        row_counts_before=counts_before,
+        created=state.empty,
+        db_id=after.db_id,
+        repaired=repaired,
+    )
+
+
+def _check_creation(found: str, expect_db_id: str | None, create: bool | None) -> None:
+    """Creating a database is allowed unless told not to, or another one (an expected id) is meant."""
+    if create is False:
+        raise RefusedError(f"{found}; nothing was created (--no-create)", hint="check DATABASE_URL")
+    if expect_db_id and create is None:
+        raise DbIdentityMismatchError(
+            f"DB_MISMATCH: a database with id {expect_db_id} is expected, but {found}; nothing was created",
+            hint="point DATABASE_URL at the intended database, or pass --create to create a new one (a new id)",
+        )
+
+
+def _remove_if_still_empty(path: Path) -> None:
+    """A file this upgrade created but never committed to is removed (size 0: nothing was ever written)."""
+    if path.exists() and path.stat().st_size == 0:
+        for leftover in (path, *(path.with_name(path.name + suffix) for suffix in ("-journal", "-wal", "-shm"))):
+            leftover.unlink(missing_ok=True)
+
+
+def _migration_engine(url: str, lock_timeout: float) -> Engine:
+    """A private engine whose transactions are real ones, DDL included.
+
+    pysqlite runs DDL outside any transaction and commits on its own; with its transaction handling off
+    and ``BEGIN IMMEDIATE`` emitted here, every statement of the upgrade is in one write transaction that
+    also excludes other writers (and other upgrades) from the first statement on. Foreign-key enforcement
+    is off while tables are rebuilt (the original left dangling references); it must be set outside a
+    transaction, so it is set when connecting.
+    """
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(parsed, poolclass=NullPool)
+    engine = sa.create_engine(
+        parsed, poolclass=NullPool, connect_args={"timeout": lock_timeout, "check_same_thread": False}
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+        dbapi_connection.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextmanager
+def _exclusive(engine: Engine, masked: str, lock_timeout: float) -> Iterator[Connection]:
+    """One transaction holding the upgrade lock; committed if the block succeeds, else rolled back."""
     with engine.connect() as connection:
-        if engine.dialect.name == "sqlite":
-            # Rebuilding adopted tables must not trip over the original's dangling references.
-            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-            connection.commit()
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-        connection.commit()
-        if engine.dialect.name == "sqlite":
-            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        checkpoint("waiting_for_lock")
+        try:
+            transaction = connection.begin()
+            if engine.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(lock_timeout * 1000))}")
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(POSTGRES_LOCK_KEY)))
+                connection.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
+        except OperationalError as exc:
+            if _lock_timed_out(exc):
+                raise _lock_refusal(masked, lock_timeout) from exc
+            raise
+        with transaction:
+            yield connection
+
+
+def _lock_refusal(masked: str, lock_timeout: float) -> RefusedError:
+    return RefusedError(
+        f"another `autopack db upgrade` (or a long read or write) holds the lock on {masked}; "
+        f"waited {lock_timeout:g}s, nothing was changed",
+        hint="let it finish and run the upgrade again, or raise --lock-timeout",
+    )
+
+
+def _lock_timed_out(exc: OperationalError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate == "55P03" or "database is locked" in str(exc.orig)
+
+
+def _check_integrity(connection: Connection, path: Path) -> None:
+    """Refuse to rebuild a damaged SQLite file: the copy would fail half-way or silently lose rows."""
+    problems = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check(3)")]
+    if problems != ["ok"]:
+        raise InputError(
+            f"{path} is damaged (PRAGMA quick_check: {problems[0]}); nothing was changed",
+            hint=f"restore a backup, or recover it (`sqlite3 {path} .recover`) and upgrade the recovered file",
+        )
+
+
+def _database_failure(masked: str, path: Path | None, exc: DatabaseError) -> AutopackError:
+    reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+    if path is not None and any(word in reason for word in ("malformed", "not a database", "corrupt")):
+        return InputError(
+            f"{path} is not a readable SQLite database ({reason}); nothing was changed",
+            hint=f"check DATABASE_URL; to rescue a damaged file: `sqlite3 {path} .recover`",
+        )
+    return DatabaseUrlError(
+        f"cannot upgrade the database at {masked}: {reason}; nothing was changed",
+        hint="check DATABASE_URL and that the server is running",
+    )
+
+
+def _run_alembic_upgrade(connection: Connection) -> None:
+    """Every pending revision, inside the caller's transaction (env.py refuses to run outside one)."""
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
 
 
 def backup_sqlite(path: Path) -> Path:
-    """Copy a SQLite database next to itself (consistent even in WAL mode); the name keeps the original's."""
+    """Copy a SQLite database next to itself (consistent even in WAL mode); the name keeps the original's.
+
+    Taken while the upgrade holds the write lock, so the copy is exactly what is about to be adopted.
+    """
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     target = path.with_name(f"{path.name}.pre-upgrade-{stamp}.bak")
     source = sqlite3.connect(path)

@@ -142,8 +142,9 @@ class LlmUsageEvent(Base):
     """One row per provider call: exact prompt/completion split, or an explicit total-only row.
 
     ``split_kind`` is ``exact`` (provider-reported split), ``total_only`` (provider gave a total only:
-    prompt/completion are NULL) or ``legacy_unverified`` (rows from the original, whose splits were
-    guessed 40/60 or 70/30 — reference §9.1). Never a guessed split from this code.
+    prompt/completion are NULL), ``unreported`` (no usage at all), ``invalid`` (the provider reported numbers
+    no column can hold: those are NULL, total 0 — autopack.telemetry.bounds) or ``legacy_unverified`` (rows
+    from the original, whose splits were guessed 40/60 or 70/30 — reference §9.1). Never a guessed split.
     """
 
     __tablename__ = "llm_usage_events"
@@ -290,6 +291,9 @@ class DrainSession(Base):
     sampled_runs: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
     promising_runs: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
     deprioritized_runs: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
+    #: The drain process that holds the session, while its lease lasts (``--resume`` claims it atomically).
+    owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     results: Mapped[list[DrainResult]] = relationship(back_populates="session", order_by="DrainResult.id")
 
@@ -344,3 +348,73 @@ class CalibrationRun(Base):
     pr_url: Mapped[str | None] = mapped_column(Text)
     pr_number: Mapped[int | None] = mapped_column(Integer)
     pr_state: Mapped[str | None] = mapped_column(String(32))
+
+
+class ProviderSlot(Base):
+    """One slot of the provider gate: a lease every drain on every host takes around an LLM call."""
+
+    __tablename__ = "provider_slots"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class AdaptiveBudgetState(Base):
+    """Runtime state of one group's adaptive (ACI) budget: its level alpha_t, moved by each finished call.
+
+    The factor the level maps to comes from the reviewed curve in ``token_estimator.py``
+    (``ADAPTIVE_BUDGET_FACTORS``), and the level is clipped to that curve's range in the same UPDATE that
+    moves it, so this row can steer a ceiling only between factors a human approved. ``curve_fingerprint``
+    names the curve the level was built on: after a new curve ships, the old level is not used and the
+    next update restarts from the target.
+    """
+
+    __tablename__ = "adaptive_budget_state"
+
+    category: Mapped[str] = mapped_column(String(64), primary_key=True)
+    complexity: Mapped[str] = mapped_column(String(64), primary_key=True)
+    method: Mapped[str] = mapped_column(String(16), nullable=False, default="aci")
+    alpha_t: Mapped[float] = mapped_column(Float, nullable=False)
+    target_alpha: Mapped[float] = mapped_column(Float, nullable=False)
+    curve_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    n_feedback: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    n_truncated: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+
+
+class CalibrationProposal(Base):
+    """Every coefficient set the bot proposed to a repository, by hash, and what became of it.
+
+    A human's "no" must last: a closed pull request's proposals (all of them, not only its final
+    content) stay ``closed`` here, and a later proposal is published only when it differs materially
+    from every closed one (``autopack.github.memory``). ``repository`` is ``owner/name`` on GitHub or
+    ``local:<path>`` for a dry run's local branch. ``changes`` is ``[{coefficient, key, old, new}]``
+    (null when a closure was learned from GitHub but its values could not be read back).
+    """
+
+    __tablename__ = "calibration_proposals"
+    __table_args__ = (
+        UniqueConstraint("repository", "proposal_hash", name="uq_calibration_proposals_repository_hash"),
+        Index("ix_calibration_proposals_repository_status", "repository", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    repository: Mapped[str] = mapped_column(String(255), nullable=False)
+    proposal_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    changes: Mapped[list[Any] | None] = mapped_column(JSON)
+    #: open | closed (by a human, unmerged) | merged | superseded (replaced on its PR by a newer proposal)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    #: github | local
+    source: Mapped[str] = mapped_column(String(16), nullable=False)
+    pr_number: Mapped[int | None] = mapped_column(Integer)
+    pr_url: Mapped[str | None] = mapped_column(Text)
+    commit_sha: Mapped[str | None] = mapped_column(String(64))
+    #: The database the calibration's data came from (its ``db_meta`` id), when known.
+    db_id: Mapped[str | None] = mapped_column(String(64))
+    calibration_run_id: Mapped[int | None] = mapped_column(Integer)
+    first_proposed_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -1,24 +1,25 @@
 """The batch drain: pick phases with sample-first triage, run them under leases, stop when told to.
 
-One coordinator (this module) makes every decision — which phase next, when to stop, what the session
-records — and ``workers`` executor processes run the phases (``batch_workers``). Each phase is claimed
-with an atomic lease before it is handed out, so any number of independent drains can share a database:
-they never run the same phase at once, and a phase whose drain died is claimed again once its lease
-expires. The coordinator heartbeats every lease it holds, kills an executor that exceeds the phase
-timeout (the phase is recorded TIMEOUT, its lease released), and saves the session after every phase.
+One engine (``BatchDrain``) makes every decision — which phase next, when to stop, what the session records,
+what a timeout or a lost worker means — and an executor (``batch_workers``) runs the phases: killable
+processes for ``autopack drain batch``, Prefect task runs for the ``batch-drain`` flow. Each phase is claimed
+with an atomic lease before it is handed out, so any number of independent drains can share a database: they
+never run the same phase at once, and a phase whose drain died is claimed again once its lease expires. The
+engine heartbeats every lease it holds, stops a phase that exceeds the phase timeout (recorded TIMEOUT with the
+telemetry it wrote, its lease taken back), and saves the session after every phase.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from multiprocessing.connection import wait as wait_for_connections
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,17 +29,15 @@ from autopack.db.engine import session_scope
 from autopack.db.models import Phase, PhaseState, TokenEstimationV2Event, utcnow
 from autopack.errors import AutopackError, ConfigError, InputError, RefusedError
 from autopack.execution import leases
+from autopack.execution.runs import require_runs
 from autopack.execution.batch_workers import (
-    BUSY,
-    DEAD,
     DEFAULT_EXECUTOR,
-    IDLE,
-    STARTING,
+    Completion,
+    DrainExecutor,
     ExecutorRef,
-    InlineSlot,
     PhaseJob,
-    ProcessSlot,
-    Slot,
+    ProcessExecutor,
+    make_executor,
 )
 from autopack.execution.sessions import (
     FINAL_INTERRUPTED,
@@ -53,6 +52,7 @@ from autopack.execution.sessions import (
     SessionStore,
     new_session_id,
     process_marker,
+    strip_url_credentials,
 )
 from autopack.execution.triage import (
     RC_FAILED,
@@ -81,8 +81,6 @@ STOP_BATCH_SIZE = "batch size reached"
 STOP_NO_PHASES = "no eligible phases left"
 STOP_ZERO_YIELD = "consecutive zero-yield limit reached"
 STOP_TIME_LIMIT = "max total minutes reached"
-#: An executor process that has not loaded the executor after this long is treated as broken.
-WORKER_STARTUP_SECONDS = 180.0
 
 
 class DrainInterrupted(AutopackError):
@@ -115,6 +113,9 @@ class BatchOptions:
     #: When nothing is claimable but another drain holds leases in scope, wait for those leases to end
     #: (finished, or expired because that drain died) instead of stopping.
     wait_for_leases: bool = True
+    #: Size of the provider gate shared by every drain on the database (None: AUTOPACK_PROVIDER_CONCURRENCY;
+    #: 0: no gate).
+    provider_concurrency: int | None = None
 
     def validate(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -131,6 +132,10 @@ class BatchOptions:
                 "--max-consecutive-zero-yield must be at least 1",
             ),
             (bool(self.states), "--states must name at least one state"),
+            (
+                self.provider_concurrency is None or self.provider_concurrency >= 0,
+                "--provider-concurrency must be 0 (no gate) or more",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -154,6 +159,13 @@ class BatchOptions:
         data["states"] = list(self.states)
         return data
 
+    def resolved_provider_concurrency(self) -> int:
+        if self.provider_concurrency is not None:
+            return self.provider_concurrency
+        from autopack.config import get_settings
+
+        return get_settings().provider_concurrency
+
 
 def parse_states(text: str) -> tuple[str, ...]:
     states = tuple(dict.fromkeys(part.strip().upper() for part in text.split(",") if part.strip()))
@@ -166,9 +178,16 @@ def parse_states(text: str) -> tuple[str, ...]:
 
 
 class DrainReporter(Protocol):
+    """What a front end shows; the engine calls these from its own thread, in this order."""
+
     def started(self, state: SessionState, options: BatchOptions) -> None: ...
     def phase_started(self, candidate: Candidate, worker: int) -> None: ...
     def phase_finished(self, outcome: DrainOutcome, state: SessionState, notes: list[str]) -> None: ...
+    def progress(self, done: int, planned: int) -> None:
+        """``done`` phases of ``planned`` = min(batch size, done + running + eligible now); it moves as
+        phases fail (retries become eligible) or runs are deprioritized."""
+        ...
+
     def message(self, text: str) -> None: ...
     def finished(self, state: SessionState) -> None: ...
 
@@ -183,6 +202,9 @@ class NullReporter:
     def phase_finished(self, outcome: DrainOutcome, state: SessionState, notes: list[str]) -> None:
         pass
 
+    def progress(self, done: int, planned: int) -> None:
+        pass
+
     def message(self, text: str) -> None:
         pass
 
@@ -190,7 +212,7 @@ class NullReporter:
         pass
 
 
-# --- the coordinator -------------------------------------------------------------------------------------
+# --- the engine -------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -205,51 +227,62 @@ class _Running:
 
 
 class BatchDrain:
-    """Drains phases until the batch is done, a stop rule fires, or nothing eligible is left."""
+    """Drains phases until the batch is done, a stop rule fires, or nothing eligible is left.
+
+    The one place of the drain's policy: triage and ordering, stop rules (batch size, zero yield, time limit),
+    waiting for other drains' leases, the session and its owner lease, outcomes (timeouts with the telemetry
+    they really wrote), deadlines and interruption. Where phases run is the ``executor``'s business (see
+    ``batch_workers``): the CLI passes killable processes, the Prefect flow task runs.
+    """
 
     def __init__(
         self,
         options: BatchOptions,
         *,
         url: str,
-        executor: ExecutorRef = DEFAULT_EXECUTOR,
+        executor: DrainExecutor | None = None,
         reporter: DrainReporter | None = None,
-        isolation: str = "process",
         db_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        handle_signals: bool = True,
     ) -> None:
         options.validate()
-        if isolation not in ("process", "inline"):
-            raise ValueError(f"unknown isolation {isolation!r}")
         self.options = options
         self.url = url
-        self.executor = executor
+        self.executor: DrainExecutor = executor or ProcessExecutor(options.workers)
+        if self.executor.workers != options.workers:
+            raise ValueError(f"the executor has {self.executor.workers} slots, the options ask for {options.workers}")
         self.reporter: DrainReporter = reporter or NullReporter()
-        self.isolation = isolation
         self.db_id = db_id
         self.clock = clock
+        self.handle_signals = handle_signals
         self.limits = options.limits()
-        self.store = SessionStore(url)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.store = SessionStore(url, owner=self.owner, lease_seconds=options.lease_seconds)
+        self.provider_concurrency = options.resolved_provider_concurrency()
         self.state: SessionState | None = None
         self.stop_reason: str | None = None
-        self.slots: list[Slot] = []
         self.running: dict[int, _Running] = {}
-        self._starting_since: dict[int, float] = {}
+        self.planned = 0
         self._interrupt_signal: int | None = None
-        self._wake_r = self._wake_w = -1
         self._old_handlers: dict[int, Any] = {}
         self._started_at = 0.0
+        self._next_session_renewal = 0.0
 
     # --- public ------------------------------------------------------------------------------------
 
     def run(self) -> SessionState:
         """Drain; returns the finished session. Raises ``DrainInterrupted`` after a clean Ctrl-C stop."""
-        state = self._open_session()
-        self.state = state
         self._started_at = self.clock()
-        self._wake_r, self._wake_w = os.pipe()  # a signal handler writes here to wake the wait
-        os.set_blocking(self._wake_w, False)
-        self._install_signal_handlers()
+        try:
+            state = self._open_session()
+        except BaseException:
+            self.executor.close()
+            raise
+        self.state = state
+        self._next_session_renewal = self.clock() + self.options.lease_seconds / 3
+        if self.handle_signals:
+            self._install_signal_handlers()
         self.reporter.started(state, self.options)
         try:
             self._loop(state)
@@ -259,23 +292,24 @@ class BatchDrain:
             state.completed_at = utcnow()
             state.stop_reason = self.stop_reason or STOP_NO_PHASES
             self.store.save(state)
+            self.reporter.progress(state.total_processed, state.total_processed)
             self.reporter.finished(state)
             return state
         except DrainInterrupted:
             raise
-        except KeyboardInterrupt:  # no handler installed (not the main thread): same clean stop
+        except KeyboardInterrupt:  # no handler installed (not the main thread, or a front end's choice)
             self._interrupt_signal = self._interrupt_signal or signal.SIGINT
             self._interrupt(state)
             raise
         except Exception as exc:
             self._abort(state, exc)
             raise
+        except BaseException as exc:  # e.g. the orchestrator's own termination signal: give everything back
+            self._abort(state, exc, status=STATUS_INTERRUPTED)
+            raise
         finally:
-            self._shutdown_slots()
+            self.executor.close()
             self._restore_signal_handlers()
-            for fd in (self._wake_r, self._wake_w):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
 
     def elapsed_seconds(self) -> float:
         return self.clock() - self._started_at
@@ -284,9 +318,10 @@ class BatchDrain:
 
     def _open_session(self) -> SessionState:
         params = self.options.to_params()
+        params["provider_concurrency"] = self.provider_concurrency
         params["process"] = process_marker()
         if self.options.resume:
-            previous = self.store.find_resumable()
+            previous = self.store.claim_resumable()
             if previous is not None:
                 previous.status = STATUS_RUNNING
                 previous.params = {**previous.params, "process": process_marker(), "resumed": True}
@@ -307,16 +342,22 @@ class BatchDrain:
     def _record(self, state: SessionState, outcome: DrainOutcome) -> None:
         notes = state.record(outcome, self.limits)
         self.store.save(state)
+        self._next_session_renewal = self.clock() + self.options.lease_seconds / 3
         self.reporter.phase_finished(outcome, state, notes)
+        self._set_planned(state, self.planned)
         limit = self.options.max_consecutive_zero_yield
         if limit and self.options.telemetry and state.consecutive_zero_yield >= limit and not self.stop_reason:
             self.stop_reason = f"{STOP_ZERO_YIELD} ({state.consecutive_zero_yield} phases without telemetry)"
             self.reporter.message(f"[STOP] {self.stop_reason}")
 
+    def _set_planned(self, state: SessionState, planned: int) -> None:
+        planned = max(planned, state.total_processed + len(self.running))
+        self.planned = planned
+        self.reporter.progress(state.total_processed, planned)
+
     # --- the loop --------------------------------------------------------------------------------------
 
     def _loop(self, state: SessionState) -> None:
-        self.slots = [self._new_slot(i) for i in range(self.options.workers)]
         deadline = None
         if self.options.max_total_minutes:
             deadline = self._started_at + self.options.max_total_minutes * 60
@@ -329,47 +370,43 @@ class BatchDrain:
             wait_hint: float | None = None
             if not self.stop_reason:
                 dispatched, wait_hint = self._dispatch(state)
-                if not dispatched and not self.running and not self._starting():
-                    if wait_hint is None:
-                        self.stop_reason = STOP_NO_PHASES
+                if not dispatched and not self.running and not self.executor.starting() and wait_hint is None:
+                    self.stop_reason = STOP_NO_PHASES
             if self.stop_reason and not self.running:
                 return
-            self._wait(wait_hint)
-            self._collect(state)
+            for completion in self.executor.wait(self._wait_timeout(wait_hint)):
+                self._complete(state, completion)
             self._enforce_deadlines(state)
             self._heartbeat(state)
 
-    def _new_slot(self, index: int) -> Slot:
-        cls = ProcessSlot if self.isolation == "process" else InlineSlot
-        return cls(index, self.executor)
-
-    def _starting(self) -> bool:
-        return any(slot.status == STARTING for slot in self.slots)
-
-    def _owner(self, slot: Slot) -> str:
+    def _owner(self, slot: int) -> str:
         assert self.state is not None
-        return f"{socket.gethostname()}:{os.getpid()}:{self.state.session_id}:w{slot.index}"
+        return f"{socket.gethostname()}:{os.getpid()}:{self.state.session_id}:w{slot}"
 
     def _dispatch(self, state: SessionState) -> tuple[bool, float | None]:
-        """Claim phases for idle workers. Returns (anything dispatched, seconds to wait for foreign leases)."""
+        """Claim phases for idle slots. Returns (anything dispatched, seconds to wait for foreign leases)."""
         room = state.batch_size - state.total_processed - len(self.running)
-        idle = [slot for slot in self.slots if slot.status in (IDLE, DEAD)]
-        if room <= 0 or not idle:
+        if room <= 0 or len(self.running) >= self.executor.workers:
             return False, None
         candidates = self._candidates()
         view = state.view()
         in_flight = {r.candidate.key for r in self.running.values()}
+        eligible = order_candidates(
+            (c for c in candidates if c.key not in in_flight), view, self.limits,
+            skip_run_prefixes=self.options.skip_run_prefixes,
+        )
+        self._set_planned(state, min(state.batch_size, state.total_processed + len(self.running) + len(eligible)))
+        if not eligible:
+            if self.running or self.executor.starting():
+                return False, None
+            return False, self._foreign_lease_wait() if self.options.wait_for_leases else None
         skipped: set[tuple[str, str]] = set()
         dispatched = False
-        for slot in idle:
+        for slot in self.executor.idle_slots(min(room, len(eligible))):
             if room <= 0:
                 break
-            if slot.status == DEAD:
-                slot.start()  # it becomes IDLE once its executor is loaded
-                self._starting_since[slot.index] = self.clock()
-                continue
             ordered = order_candidates(
-                (c for c in candidates if c.key not in skipped),
+                (c for c in eligible if c.key not in skipped),
                 view,
                 self.limits,
                 in_flight=in_flight,
@@ -394,7 +431,7 @@ class BatchDrain:
                 break
             candidate, claim = claimed
             now = self.clock()
-            self.running[slot.index] = _Running(
+            self.running[slot] = _Running(
                 candidate=candidate,
                 claim=claim,
                 started=now,
@@ -402,15 +439,22 @@ class BatchDrain:
                 next_heartbeat=now + self.options.lease_seconds / 3,
             )
             in_flight.add(candidate.key)
-            slot.submit(
+            self.executor.submit(
+                slot,
                 PhaseJob(
-                    candidate.run_id, candidate.phase_id, claim, self.url, self.options.telemetry, self.options.lease_seconds
-                )
+                    candidate.run_id,
+                    candidate.phase_id,
+                    claim,
+                    self.url,
+                    self.options.telemetry,
+                    self.options.lease_seconds,
+                    self.provider_concurrency,
+                ),
             )
-            self.reporter.phase_started(candidate, slot.index)
+            self.reporter.phase_started(candidate, slot)
             dispatched = True
             room -= 1
-        if dispatched or self.running or self._starting():
+        if dispatched or self.running or self.executor.starting():
             return dispatched, None
         return False, self._foreign_lease_wait() if self.options.wait_for_leases else None
 
@@ -436,60 +480,27 @@ class BatchDrain:
             return None
         return max(0.05, min((earliest - now).total_seconds() + 0.05, self.options.lease_seconds))
 
-    def _wait(self, hint: float | None) -> None:
-        """Block until a worker reports, a deadline or heartbeat is due, or a signal arrives."""
-        inline_ready = [s for s in self.slots if isinstance(s, InlineSlot) and s.has_message()]
-        if inline_ready:
-            return
+    def _wait_timeout(self, hint: float | None) -> float | None:
+        """Until the next deadline, heartbeat or session renewal (or ``hint``); None: only a result can help."""
         now = self.clock()
         timeouts = [r.deadline - now for r in self.running.values()]
         timeouts += [r.next_heartbeat - now for r in self.running.values()]
-        timeouts += [
-            since + WORKER_STARTUP_SECONDS - now
-            for index, since in self._starting_since.items()
-            if self.slots[index].status == STARTING
-        ]
         if hint is not None:
             timeouts.append(hint)
-        timeout = max(0.0, min(timeouts)) if timeouts else None
-        if timeout is None and not any(s.connection is not None and s.status in (BUSY, STARTING) for s in self.slots):
+        if self.running or hint is not None or self.executor.starting():
+            timeouts.append(self._next_session_renewal - now)
+        return max(0.0, min(timeouts)) if timeouts else None
+
+    def _complete(self, state: SessionState, completion: Completion) -> None:
+        running = self.running.pop(completion.slot, None)
+        if running is None:
             return
-        objects: list[Any] = [s.connection for s in self.slots if s.connection is not None and s.status in (BUSY, STARTING)]
-        objects.append(self._wake_r)
-        ready = wait_for_connections(objects, timeout)
-        if self._wake_r in ready:
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.read(self._wake_r, 64)
-
-    def _collect(self, state: SessionState) -> None:
-        for slot in self.slots:
-            if slot.status not in (BUSY, STARTING):
-                continue
-            if isinstance(slot, InlineSlot):
-                if not slot.has_message():
-                    continue
-            elif slot.connection is None or not slot.connection.poll(0):
-                continue
-            message = slot.receive()
-            if slot.status == STARTING:
-                self._on_started(slot, message)
-                continue
-            running = self.running.pop(slot.index)
-            if message is None:
-                self._on_worker_lost(state, slot, running)
-                continue
-            slot.status = IDLE
-            self._record(state, self._outcome_from_message(slot, running, message))
-
-    def _on_started(self, slot: Slot, message: dict[str, Any] | None) -> None:
-        if message is not None and message.get("kind") == "ready":
-            slot.status = IDLE
+        if completion.message is None:
+            self._on_worker_lost(state, running, completion.exit_signal)
             return
-        slot.kill()
-        detail = (message or {}).get("message") or "the executor process exited while starting"
-        raise ConfigError(detail, hint="is the phase executor installed? (autopack.execution.phase_runner)")
+        self._record(state, self._outcome_from_message(running, completion.message))
 
-    def _outcome_from_message(self, slot: Slot, running: _Running, message: dict[str, Any]) -> DrainOutcome:
+    def _outcome_from_message(self, running: _Running, message: dict[str, Any]) -> DrainOutcome:
         duration = self.clock() - running.started
         kind = message.get("kind")
         if kind == "result":
@@ -532,20 +543,10 @@ class BatchDrain:
         )
 
     def _events_of_attempt(self, claim: leases.Claim, *, only_first: bool = False) -> int:
-        """Telemetry rows written under this claim (its attempt and any escalated retry it reserved)."""
-        ev = TokenEstimationV2Event
-        query = sa.select(sa.func.count()).where(ev.run_id == claim.run_id, ev.phase_id == claim.phase_id)
-        if only_first:
-            query = query.where(ev.attempt_index == claim.attempt_index)
-        else:
-            query = query.where(ev.attempt_index >= claim.attempt_index)
-        with session_scope(self.url) as db:
-            return int(db.execute(query).scalar_one())
+        return count_attempt_events(self.url, claim, only_first=only_first)
 
-    def _on_worker_lost(self, state: SessionState, slot: Slot, running: _Running) -> None:
+    def _on_worker_lost(self, state: SessionState, running: _Running, signum: int | None) -> None:
         """The executor process died mid-phase: release the phase (no outcome of its own) and record it."""
-        signum = slot.exit_signal()
-        slot.kill()
         events = self._events_of_attempt(running.claim)
         self._give_back(running.claim)
         how = f"signal {signum}" if signum else "an unexpected exit"
@@ -569,23 +570,18 @@ class BatchDrain:
             return leases.release(db, claim.run_id, claim.phase_id, claim.owner, state=back_to)
 
     def _enforce_deadlines(self, state: SessionState) -> None:
+        """A phase past its timeout: stop it (killed, or abandoned by a task-run executor), take its lease back
+        by finishing it TIMEOUT (so a late result is rejected), and record the telemetry it really wrote."""
         now = self.clock()
-        for index, since in list(self._starting_since.items()):
-            if self.slots[index].status == STARTING and now - since >= WORKER_STARTUP_SECONDS:
-                self.slots[index].kill()
-                raise ConfigError(
-                    f"the executor process did not start within {WORKER_STARTUP_SECONDS:g}s",
-                    hint="check that `python -c 'import autopack.execution.phase_runner'` works",
-                )
         for index, running in list(self.running.items()):
             if now < running.deadline:
                 continue
-            slot = self.slots[index]
-            slot.kill()
+            self.executor.cancel(index)
             del self.running[index]
-            events = self._events_of_attempt(running.claim)
             timeout = self.options.phase_timeout_seconds
-            error = f"phase timed out after {timeout:g}s (executor killed)"
+            error = f"phase timed out after {timeout:g}s (lease taken back)"  # one fingerprint for every executor
+            how = "executor process killed" if self.executor.hard_kill else "task run abandoned (it cannot be killed)"
+            self.reporter.message(f"{running.claim.run_id}/{running.claim.phase_id}: timed out; {how}")
             final_state = PhaseState.TIMEOUT
             try:
                 with session_scope(self.url) as db:
@@ -593,7 +589,7 @@ class BatchDrain:
                         db, running.claim.run_id, running.claim.phase_id, running.claim.owner, final_state, failure_reason=error
                     )
             except leases.LeaseLostError:
-                # The executor finished (or lost the lease) just before it was killed: keep what the DB says.
+                # The executor finished (or lost the lease) just before it was stopped: keep what the DB says.
                 final_state = self._phase_state(running.claim) or FINAL_LEASE_LOST
             outcome = make_outcome(
                 running.candidate,
@@ -603,7 +599,7 @@ class BatchDrain:
                 returncode=RC_TIMEOUT,
                 error_message=error,
                 failure_stage=None,
-                telemetry_events=events,
+                telemetry_events=self._events_of_attempt(running.claim),  # counted after the lease is gone
                 duration=now - running.started,
             )
             self._record(state, outcome)
@@ -616,6 +612,9 @@ class BatchDrain:
 
     def _heartbeat(self, state: SessionState) -> None:
         now = self.clock()
+        if now >= self._next_session_renewal:
+            self.store.renew(state.session_id)  # SessionLostError if another drain took the session over
+            self._next_session_renewal = now + self.options.lease_seconds / 3
         for index, running in list(self.running.items()):
             if now < running.next_heartbeat:
                 continue
@@ -631,10 +630,9 @@ class BatchDrain:
                     )
             except leases.LeaseLostError as exc:
                 # Still running? Then its result would be rejected anyway; stop spending tokens on it.
-                slot = self.slots[index]
-                if slot.status == BUSY and slot.connection is not None and slot.connection.poll(0):
-                    continue  # it just reported; _collect takes the result next round
-                slot.kill()
+                if self.executor.result_ready(index):
+                    continue  # it just reported; the next wait returns the result
+                self.executor.cancel(index)
                 del self.running[index]
                 outcome = make_outcome(
                     running.candidate,
@@ -666,13 +664,12 @@ class BatchDrain:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self._interrupt_signal is None:
             self._interrupt_signal = signum
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"!")
+        self.executor.wake()
 
-    def _interrupt(self, state: SessionState) -> None:
-        """Kill running executors, give their phases back, save the session as resumable, raise."""
+    def _give_back_running(self, state: SessionState) -> None:
+        """Stop every running phase and release its lease; each is recorded as given back (not counted)."""
         for index, running in list(self.running.items()):
-            self.slots[index].kill()
+            self.executor.cancel(index)
             released = self._give_back(running.claim)
             self.running.pop(index)
             outcome = make_outcome(
@@ -687,6 +684,10 @@ class BatchDrain:
                 duration=self.clock() - running.started,
             )
             state.record(outcome, self.limits)
+
+    def _interrupt(self, state: SessionState) -> None:
+        """Stop running phases, give them back, save the session as resumable, raise."""
+        self._give_back_running(state)
         state.status = STATUS_INTERRUPTED
         state.stop_reason = "interrupted"
         self.store.save(state)
@@ -701,20 +702,14 @@ class BatchDrain:
         error.wall_seconds = self.elapsed_seconds()
         raise error
 
-    def _abort(self, state: SessionState, exc: BaseException) -> None:
+    def _abort(self, state: SessionState, exc: BaseException, *, status: str = STATUS_FAILED) -> None:
         """An unexpected error: give every held phase back and leave the session resumable (best effort)."""
         with contextlib.suppress(Exception):
-            for index, running in list(self.running.items()):
-                self.slots[index].kill()
-                self._give_back(running.claim)
-                self.running.pop(index)
-            state.status = STATUS_FAILED
+            self._give_back_running(state)
+        with contextlib.suppress(Exception):
+            state.status = status
             state.stop_reason = f"error: {type(exc).__name__}: {exc}"[:2000]
             self.store.save(state)
-
-    def _shutdown_slots(self) -> None:
-        for slot in self.slots:
-            slot.stop()
 
 
 # --- preflight ---------------------------------------------------------------------------------------------
@@ -801,6 +796,41 @@ def outcome_from_phase_result(
     )
 
 
+def count_attempt_events(url: str | None, claim: leases.Claim, *, only_first: bool = False) -> int:
+    """Telemetry rows written under this claim (its attempt and any escalated retry it reserved)."""
+    ev = TokenEstimationV2Event
+    query = sa.select(sa.func.count()).where(ev.run_id == claim.run_id, ev.phase_id == claim.phase_id)
+    if only_first:
+        query = query.where(ev.attempt_index == claim.attempt_index)
+    else:
+        query = query.where(ev.attempt_index >= claim.attempt_index)
+    with session_scope(url) as db:
+        return int(db.execute(query).scalar_one())
+
+
+@dataclass(frozen=True)
+class CallSample:
+    """One telemetry row of an attempt, as a drain's log line shows it."""
+
+    attempt_index: int
+    predicted: int
+    actual: int
+    ceiling: int | None
+    truncated: bool
+
+
+def attempt_samples(url: str | None, claim: leases.Claim) -> list[CallSample]:
+    """The telemetry rows written under this claim, in order (for per-phase log lines)."""
+    ev = TokenEstimationV2Event
+    query = (
+        sa.select(ev.attempt_index, ev.predicted_output_tokens, ev.actual_output_tokens, ev.actual_max_tokens, ev.truncated)
+        .where(ev.run_id == claim.run_id, ev.phase_id == claim.phase_id, ev.attempt_index >= claim.attempt_index)
+        .order_by(ev.attempt_index, ev.call_index)
+    )
+    with session_scope(url) as db:
+        return [CallSample(int(a), int(p), int(o), None if c is None else int(c), bool(t)) for a, p, o, c, t in db.execute(query)]
+
+
 def check_telemetry_enabled(telemetry: bool, enabled: bool) -> None:
     if telemetry and not enabled:
         raise RefusedError(
@@ -831,25 +861,26 @@ def check_api_identity(api_url: str, db_id: str, *, timeout: float = 5.0) -> dic
     from autopack.errors import DbIdentityMismatchError
 
     url = api_url.rstrip("/") + "/health"
+    shown = strip_url_credentials(api_url)  # never echo a user:password@ part
     try:
         response = httpx.get(url, timeout=timeout)
         body = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise RefusedError(
-            f"cannot reach the API server at {api_url}: {type(exc).__name__}",
+            f"cannot reach the API server at {shown}: {type(exc).__name__}",
             hint="start it with `autopack api serve` (same DATABASE_URL) or drop --api-url",
         ) from exc
     if not isinstance(body, dict) or body.get("service") != "autopack":
-        raise RefusedError(f"{api_url} is not an autopack API server", hint="check --api-url")
+        raise RefusedError(f"{shown} is not an autopack API server", hint="check --api-url")
     server_db_id = body.get("db_id")
     if not body.get("db_ok") or not server_db_id:
         raise RefusedError(
-            f"the API server at {api_url} cannot read its database (status {body.get('status')})",
+            f"the API server at {shown} cannot read its database (status {body.get('status')})",
             hint="run `autopack db upgrade` for the server's DATABASE_URL",
         )
     if server_db_id != db_id:
         raise DbIdentityMismatchError(
-            f"DB_MISMATCH: the API server at {api_url} uses database {server_db_id}, this drain uses {db_id}",
+            f"DB_MISMATCH: the API server at {shown} uses database {server_db_id}, this drain uses {db_id}",
             hint="start the server with the same DATABASE_URL as the drain",
         )
     return body
@@ -870,12 +901,17 @@ def run_batch_drain(
     *,
     url: str | None = None,
     executor: ExecutorRef = DEFAULT_EXECUTOR,
+    runner: DrainExecutor | None = None,
     reporter: DrainReporter | None = None,
     expect_db_id: str | None = None,
     allow_empty_db: bool = False,
     isolation: str = "process",
+    handle_signals: bool = True,
 ) -> DrainReport:
-    """Preflight (telemetry on, DB identity, API identity, executor present), then drain."""
+    """Preflight (telemetry on, DB identity, API identity, executor present), then drain.
+
+    ``executor`` is the phase function; ``runner`` is where it runs (default: ``isolation``'s executor).
+    """
     from autopack.config import get_settings
     from autopack.db.identity import guard
 
@@ -884,11 +920,21 @@ def run_batch_drain(
     check_telemetry_enabled(options.telemetry, settings.telemetry_db_enabled)
     resolved = url or settings.resolved_database_url()
     report = guard(resolved, expect_db_id=expect_db_id or settings.expected_db_id, allow_empty=allow_empty_db)
+    if options.run_ids:  # a --run-id that is not here drains nothing: say so instead of exiting 0
+        with session_scope(resolved) as session:
+            require_runs(session, options.run_ids)
     if options.api_url:
         check_api_identity(options.api_url, report.db_id)
     check_executor_available(executor)
     if options.max_consecutive_zero_yield and not options.telemetry and reporter is not None:
         reporter.message("--no-telemetry: --max-consecutive-zero-yield is ignored (every phase yields 0)")
-    drain = BatchDrain(options, url=resolved, executor=executor, reporter=reporter, isolation=isolation, db_id=report.db_id)
+    drain = BatchDrain(
+        options,
+        url=resolved,
+        executor=runner or make_executor(isolation, options.workers, executor),
+        reporter=reporter,
+        db_id=report.db_id,
+        handle_signals=handle_signals,
+    )
     state = drain.run()
     return DrainReport(state=state, wall_seconds=drain.elapsed_seconds())

@@ -9,7 +9,7 @@ from typing import IO, Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from autopack.execution.batch import BatchOptions
+from autopack.execution.batch import BatchOptions, CallSample
 from autopack.execution.sessions import DrainOutcome, SessionState
 from autopack.execution.triage import Candidate
 from autopack.logging import redact
@@ -21,7 +21,39 @@ def _short(text: str | None, limit: int = 160) -> str:
     return redact(" ".join((text or "").split()))[:limit]
 
 
-def _outcome_line(outcome: DrainOutcome, state: SessionState) -> str:
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def phase_log_line(run_id: str, phase_id: str, message: dict[str, Any], samples: list[CallSample]) -> str:
+    """One informative line for a finished phase attempt: outcome, attempts, telemetry rows, tokens, ceilings."""
+    where = f"{run_id}/{phase_id}"
+    if message.get("kind") != "result":
+        kind = "lease lost" if message.get("kind") == "lease_lost" else "executor error"
+        return f"{where}: {kind}: {_short(str(message.get('message')), 300)}"
+    result = message["result"]
+    head = f"{where} {result['final_state']}"
+    if result.get("failure_stage"):
+        head += f" (stage {result['failure_stage']})"
+    line = (
+        f"{head} in {float(result.get('duration_seconds') or 0):.2f}s: {_plural(int(result['attempts']), 'attempt')}, "
+        f"{_plural(int(result['llm_calls']), 'LLM call')}, {_plural(int(result['telemetry_events']), 'telemetry row')}"
+    )
+    if samples:
+        calls = [
+            f"attempt {s.attempt_index}: {s.actual} output tokens of ceiling {s.ceiling if s.ceiling is not None else '?'}"
+            f" (predicted {s.predicted}{', truncated' if s.truncated else ''})"
+            for s in samples
+        ]
+        line += "; " + "; ".join(calls)
+    if result.get("reached_llm_boundary"):
+        line += " [LLM-BOUNDARY]"
+    if not result.get("success") and result.get("error_message"):
+        line += f" — {_short(result['error_message'], 300)}"
+    return line
+
+
+def outcome_line(outcome: DrainOutcome, state: SessionState) -> str:
     where = f"{outcome.run_id}/{outcome.phase_id}"
     progress = f"[{state.total_processed}/{state.batch_size}]"
     if outcome.success:
@@ -56,9 +88,12 @@ class LineReporter:
         self._print(f"[drain] w{worker} start {candidate.run_id}/{candidate.phase_id} ({candidate.state})")
 
     def phase_finished(self, outcome: DrainOutcome, state: SessionState, notes: list[str]) -> None:
-        self._print(_outcome_line(outcome, state))
+        self._print(outcome_line(outcome, state))
         for note in notes:
             self._print(f"    {note}")
+
+    def progress(self, done: int, planned: int) -> None:
+        pass  # each finished phase already prints its line with [done/batch]
 
     def message(self, text: str) -> None:
         self._print(f"[drain] {text}")
@@ -72,7 +107,7 @@ class RichReporter:
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
-        self.progress = Progress(
+        self.progress_bar = Progress(
             TextColumn("[bold]drain[/bold]"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -86,8 +121,8 @@ class RichReporter:
         self.current: dict[int, str] = {}
 
     def started(self, state: SessionState, options: BatchOptions) -> None:
-        self.progress.start()
-        self.task = self.progress.add_task(
+        self.progress_bar.start()
+        self.task = self.progress_bar.add_task(
             "drain",
             total=state.batch_size,
             completed=state.total_processed,
@@ -103,14 +138,14 @@ class RichReporter:
 
     def phase_started(self, candidate: Candidate, worker: int) -> None:
         self.current[worker] = f"{candidate.run_id}/{candidate.phase_id}"
-        self.progress.update(self.task, current=self._current())
+        self.progress_bar.update(self.task, current=self._current())
 
     def phase_finished(self, outcome: DrainOutcome, state: SessionState, notes: list[str]) -> None:
         key = f"{outcome.run_id}/{outcome.phase_id}"
         for worker, where in list(self.current.items()):
             if where == key:
                 del self.current[worker]
-        self.progress.update(
+        self.progress_bar.update(
             self.task,
             completed=state.total_processed,
             ok=state.total_success,
@@ -119,15 +154,19 @@ class RichReporter:
             current=self._current(),
         )
         if not outcome.success:
-            self.console.print(_outcome_line(outcome, state))
+            self.console.print(outcome_line(outcome, state))
         for note in notes:
             self.console.print(f"  {note}")
+
+    def progress(self, done: int, planned: int) -> None:
+        if self.task is not None:
+            self.progress_bar.update(self.task, total=max(planned, 1), completed=done)
 
     def message(self, text: str) -> None:
         self.console.print(text)
 
     def finished(self, state: SessionState) -> None:
-        self.progress.stop()
+        self.progress_bar.stop()
 
 
 def make_reporter(stream: IO[str] | None = None) -> LineReporter | RichReporter:

@@ -1,13 +1,19 @@
-"""Executor processes for the batch drain: each phase runs in a child process the drain can kill.
+"""Where a batch drain's phases run: the executor interface, and its process and inline implementations.
 
-A thread cannot be stopped, so the phase timeout the original only enforced on its subprocess is enforced
-here the same way, but without paying a Python start-up per phase: each worker is a long-lived child
-(multiprocessing *spawn*, so it shares no state with the drain) that runs one phase at a time. On a timeout
-the drain kills the child (SIGKILL) and starts a fresh one for the next phase. A child never outlives the
-drain: it asks the kernel for SIGKILL when its parent dies (Linux) and otherwise watches its parent id.
+The drain (``batch.BatchDrain``) decides everything — what runs next, deadlines, leases, what is recorded; an
+executor only runs claimed phases on its ``workers`` slots, hands back each phase's message (``run_job``'s
+dict) through ``wait``, and stops a slot when told. ``autopack drain batch`` uses ``ProcessExecutor``; the
+Prefect flow uses a task-runner executor (``flows/drain.py``); tests of the drain rules use ``InlineExecutor``.
 
-``InlineSlot`` runs the executor in the caller's thread instead; it cannot enforce a timeout and exists
-for unit tests of the drain rules and for the overhead benchmark's baseline.
+``ProcessExecutor``: a thread cannot be stopped, so the phase timeout the original only enforced on its
+subprocess is enforced here the same way, but without paying a Python start-up per phase: each slot is a
+long-lived child (multiprocessing *spawn*, so it shares no state with the drain) that runs one phase at a time.
+On a timeout the drain kills the child (SIGKILL) and a fresh one starts for the next phase. A child never
+outlives the drain: it asks the kernel for SIGKILL when its parent dies (Linux) and otherwise watches its
+parent id.
+
+``run_job`` is what every executor runs for one phase: the phase function, with the provider behind the
+provider gate (``provider_gate``) when ``AUTOPACK_PROVIDER_CONCURRENCY`` is above 0.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from multiprocessing.connection import wait as wait_for_connections
+from typing import Any, Protocol
 
-from autopack.errors import AutopackError, InputError, ProviderError
+from autopack.errors import AutopackError, ConfigError, InputError, ProviderError
 from autopack.execution.leases import Claim, LeaseLostError
 from autopack.execution.triage import STAGE_BEFORE_LLM, STAGE_EXECUTION, STAGE_PROVIDER
 
@@ -49,6 +56,10 @@ RESULT_FIELDS: dict[str, Any] = {
 }
 
 
+#: An executor process that has not loaded the phase executor after this long is treated as broken.
+WORKER_STARTUP_SECONDS = 180.0
+
+
 @dataclass(frozen=True)
 class PhaseJob:
     run_id: str
@@ -57,6 +68,79 @@ class PhaseJob:
     url: str
     telemetry: bool = True
     lease_seconds: float = 120.0
+    #: Size of the provider gate (0: no gate).
+    provider_concurrency: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A slot's phase ended: ``message`` is ``run_job``'s dict, or None when the worker died without one."""
+
+    slot: int
+    message: dict[str, Any] | None
+    exit_signal: int | None = None
+
+
+class DrainExecutor(Protocol):
+    """Runs claimed phases on ``workers`` slots; the drain decides everything else (see the module docstring)."""
+
+    workers: int
+    #: True when ``cancel`` ends the phase's execution; False when it can only abandon it (a task run).
+    hard_kill: bool
+
+    def idle_slots(self, wanted: int) -> list[int]:
+        """Slots free for a job now; may start up to ``wanted`` more, which become idle later."""
+        ...
+
+    def starting(self) -> bool:
+        """Some slot is starting up (work may become possible without any phase finishing)."""
+        ...
+
+    def submit(self, slot: int, job: PhaseJob) -> None: ...
+
+    def wait(self, timeout: float | None) -> list[Completion]:
+        """Block until a phase ends, ``timeout`` passes or ``wake`` is called; returns what ended."""
+        ...
+
+    def result_ready(self, slot: int) -> bool:
+        """The slot's phase has ended and ``wait`` will return it."""
+        ...
+
+    def cancel(self, slot: int) -> None:
+        """Stop the slot's phase: kill it, or abandon it (its late result is then never returned)."""
+        ...
+
+    def wake(self) -> None:
+        """Make a blocked ``wait`` return (safe to call from a signal handler)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class WakePipe:
+    """A self-pipe: ``wake`` is async-signal-safe, ``fileno`` is what a ``wait`` selects on."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._write, b"!")
+
+    def clear(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._read, 4096):
+                pass
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def resolve_executor(ref: ExecutorRef) -> Callable[..., Any]:
@@ -101,10 +185,21 @@ def lease_heartbeat(job: PhaseJob) -> Callable[[], None]:
     return beat
 
 
+def gated_provider(job: PhaseJob) -> Any:
+    """The settings' provider behind the provider gate, or None (no gate, or no provider: see the callee)."""
+    from autopack.execution.provider_gate import gated_settings_provider
+
+    return gated_settings_provider(job.url, job.provider_concurrency)
+
+
 def run_job(executor: Callable[..., Any], job: PhaseJob) -> dict[str, Any]:
     """Run one claimed phase; every outcome (even a crash) comes back as a message, never an exception."""
     started = time.monotonic()
     try:
+        options: dict[str, Any] = {}
+        provider = gated_provider(job)
+        if provider is not None:
+            options["provider"] = provider
         result = executor(
             job.run_id,
             job.phase_id,
@@ -112,6 +207,7 @@ def run_job(executor: Callable[..., Any], job: PhaseJob) -> dict[str, Any]:
             url=job.url,
             telemetry=job.telemetry,
             heartbeat=lease_heartbeat(job),
+            **options,
         )
         return {"kind": "result", "result": result_to_dict(result)}
     except LeaseLostError as exc:
@@ -168,7 +264,7 @@ def child_main(conn: Connection, executor_ref: ExecutorRef, parent_pid: int) -> 
         conn.send(run_job(executor, job))
 
 
-# --- slots: what the drain talks to --------------------------------------------------------------------
+# --- the process executor -----------------------------------------------------------------------------
 
 IDLE = "idle"
 STARTING = "starting"
@@ -177,7 +273,7 @@ DEAD = "dead"
 
 
 class ProcessSlot:
-    """One executor child. ``connection`` is what the drain waits on; ``receive`` reads its message."""
+    """One executor child. ``connection`` is what the executor waits on; ``receive`` reads its message."""
 
     def __init__(self, index: int, executor_ref: ExecutorRef) -> None:
         self.index = index
@@ -185,6 +281,7 @@ class ProcessSlot:
         self.status = DEAD
         self.process: multiprocessing.process.BaseProcess | None = None
         self.connection: Connection | None = None
+        self.started_at = 0.0
 
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")
@@ -195,6 +292,7 @@ class ProcessSlot:
         process.start()
         child_end.close()
         self.process, self.connection, self.status = process, parent_end, STARTING
+        self.started_at = time.monotonic()
 
     def submit(self, job: PhaseJob) -> None:
         assert self.connection is not None and self.status == IDLE
@@ -241,43 +339,161 @@ class ProcessSlot:
         self.process, self.connection, self.status = None, None, DEAD
 
 
-class InlineSlot:
-    """Runs the executor synchronously in the drain's own thread (no isolation, no hard timeout)."""
+class ProcessExecutor:
+    """Each slot a long-lived child process; ``cancel`` kills it (SIGKILL), so a timeout really ends the phase."""
 
-    def __init__(self, index: int, executor_ref: ExecutorRef) -> None:
-        self.index = index
+    hard_kill = True
+
+    def __init__(
+        self, workers: int, executor_ref: ExecutorRef = DEFAULT_EXECUTOR, *, startup_seconds: float = WORKER_STARTUP_SECONDS
+    ) -> None:
+        self.workers = workers
+        self.slots = [ProcessSlot(i, executor_ref) for i in range(workers)]
+        self.startup_seconds = startup_seconds
+        self._wake = WakePipe()
+        #: slot → the job it runs (a killed child's provider slots are given back in the job's database)
+        self._jobs: dict[int, PhaseJob] = {}
+
+    def idle_slots(self, wanted: int) -> list[int]:
+        idle = [slot.index for slot in self.slots if slot.status == IDLE]
+        missing = wanted - len(idle) - sum(1 for slot in self.slots if slot.status == STARTING)
+        for slot in self.slots:
+            if missing <= 0:
+                break
+            if slot.status == DEAD:
+                slot.start()  # it becomes IDLE once its executor is loaded
+                missing -= 1
+        return idle
+
+    def starting(self) -> bool:
+        return any(slot.status == STARTING for slot in self.slots)
+
+    def submit(self, slot: int, job: PhaseJob) -> None:
+        self.slots[slot].submit(job)
+        self._jobs[slot] = job
+
+    def _kill(self, slot: ProcessSlot) -> None:
+        """SIGKILL a busy child, then free the provider slots it held (it cannot give them back itself)."""
+        pid = slot.process.pid if slot.process is not None else None
+        slot.kill()
+        job = self._jobs.pop(slot.index, None)
+        if pid is not None and job is not None and job.provider_concurrency > 0:
+            from autopack.execution.provider_gate import release_process_slots
+
+            with contextlib.suppress(Exception):  # best effort: they expire anyway
+                release_process_slots(job.url, pid)
+
+    def wait(self, timeout: float | None) -> list[Completion]:
+        active = [s for s in self.slots if s.connection is not None and s.status in (BUSY, STARTING)]
+        now = time.monotonic()
+        startup = [s.started_at + self.startup_seconds - now for s in active if s.status == STARTING]
+        if startup:
+            timeout = max(0.0, min([*startup, *([timeout] if timeout is not None else [])]))
+        if timeout is None and not active:
+            return []
+        ready = wait_for_connections([*(s.connection for s in active), self._wake.fileno()], timeout)  # type: ignore[list-item]
+        if self._wake.fileno() in ready:
+            self._wake.clear()
+        completions: list[Completion] = []
+        for slot in active:
+            if slot.connection is None or not slot.connection.poll(0):
+                if slot.status == STARTING and time.monotonic() - slot.started_at >= self.startup_seconds:
+                    slot.kill()
+                    raise ConfigError(
+                        f"the executor process did not start within {self.startup_seconds:g}s",
+                        hint="check that `python -c 'import autopack.execution.phase_runner'` works",
+                    )
+                continue
+            message = slot.receive()
+            if slot.status == STARTING:
+                self._on_started(slot, message)
+            elif message is None:
+                signum = slot.exit_signal()
+                self._kill(slot)
+                completions.append(Completion(slot.index, None, signum))
+            else:
+                slot.status = IDLE
+                self._jobs.pop(slot.index, None)
+                completions.append(Completion(slot.index, message))
+        return completions
+
+    @staticmethod
+    def _on_started(slot: ProcessSlot, message: dict[str, Any] | None) -> None:
+        if message is not None and message.get("kind") == "ready":
+            slot.status = IDLE
+            return
+        slot.kill()
+        detail = (message or {}).get("message") or "the executor process exited while starting"
+        raise ConfigError(detail, hint="is the phase executor installed? (autopack.execution.phase_runner)")
+
+    def result_ready(self, slot: int) -> bool:
+        process_slot = self.slots[slot]
+        return process_slot.status == BUSY and process_slot.connection is not None and process_slot.connection.poll(0)
+
+    def cancel(self, slot: int) -> None:
+        self._kill(self.slots[slot])
+
+    def wake(self) -> None:
+        self._wake.wake()
+
+    def close(self) -> None:
+        for slot in self.slots:
+            slot.stop()
+        self._wake.close()
+
+
+class InlineExecutor:
+    """Runs the phase synchronously in the drain's own thread at ``submit`` (no isolation, no hard timeout).
+
+    For unit tests of the drain rules and for the overhead benchmark's baseline.
+    """
+
+    hard_kill = False
+
+    def __init__(self, executor_ref: ExecutorRef = DEFAULT_EXECUTOR, workers: int = 1) -> None:
+        self.workers = workers
         self.executor_ref = executor_ref
-        self.status = DEAD
-        self.connection = None
         self._executor: Callable[..., Any] | None = None
-        self._pending: dict[str, Any] | None = None
+        self._pending: dict[int, dict[str, Any]] = {}
+        self._wake = WakePipe()
 
-    def start(self) -> None:
-        self._executor = resolve_executor(self.executor_ref)
-        self._pending = {"kind": "ready", "pid": os.getpid()}
-        self.status = STARTING
+    def idle_slots(self, wanted: int) -> list[int]:
+        return [i for i in range(self.workers) if i not in self._pending]
 
-    def submit(self, job: PhaseJob) -> None:
-        assert self._executor is not None
-        self.status = BUSY
-        self._pending = run_job(self._executor, job)
+    def starting(self) -> bool:
+        return False
 
-    def has_message(self) -> bool:
-        return self._pending is not None
+    def submit(self, slot: int, job: PhaseJob) -> None:
+        if self._executor is None:
+            self._executor = resolve_executor(self.executor_ref)
+        self._pending[slot] = run_job(self._executor, job)
 
-    def receive(self) -> dict[str, Any] | None:
-        message, self._pending = self._pending, None
-        return message
+    def wait(self, timeout: float | None) -> list[Completion]:
+        if not self._pending and timeout:  # e.g. waiting for another drain's lease: sleep, but wake on a signal
+            if wait_for_connections([self._wake.fileno()], timeout):
+                self._wake.clear()
+        done = [Completion(slot, message) for slot, message in self._pending.items()]
+        self._pending.clear()
+        return done
 
-    def exit_signal(self) -> int | None:
-        return None
+    def result_ready(self, slot: int) -> bool:
+        return slot in self._pending
 
-    def kill(self) -> None:
-        self._pending = None
-        self.status = DEAD
+    def cancel(self, slot: int) -> None:
+        self._pending.pop(slot, None)
 
-    def stop(self) -> None:
-        self.kill()
+    def wake(self) -> None:
+        self._wake.wake()
+
+    def close(self) -> None:
+        self._pending.clear()
+        self._wake.close()
 
 
-Slot = ProcessSlot | InlineSlot
+def make_executor(isolation: str, workers: int, executor_ref: ExecutorRef = DEFAULT_EXECUTOR) -> DrainExecutor:
+    """``process`` (killable child processes) or ``inline`` (the caller's thread)."""
+    if isolation == "process":
+        return ProcessExecutor(workers, executor_ref)
+    if isolation == "inline":
+        return InlineExecutor(executor_ref, workers)
+    raise ValueError(f"unknown isolation {isolation!r}")

@@ -24,8 +24,10 @@ from autopack.config import get_settings
 from autopack.db.engine import session_scope
 from autopack.db.models import Phase, PhaseState, utcnow
 from autopack.errors import InputError, RefusedError
+from autopack.execution.provider_gate import gated_settings_provider
 from autopack.execution import leases
 from autopack.execution.phase_runner import PhaseResult, execute_phase
+from autopack.execution.runs import require_runs
 from autopack.llm.base import LLMProvider
 
 TELEMETRY_DISABLED_REASON = (
@@ -48,7 +50,13 @@ def check_drainable(run_id: str, phase_id: str, *, force: bool = False, url: str
             )
         ).one_or_none()
         if row is None:
-            raise InputError(f"phase {run_id}/{phase_id} not found", hint="see `autopack runs list`")
+            require_runs(session, [run_id])
+            known = session.execute(
+                sa.select(Phase.phase_id).where(Phase.run_id == run_id).order_by(Phase.phase_index).limit(6)
+            ).scalars().all()
+            listed = ", ".join(known[:5]) + (", …" if len(known) > 5 else "")
+            raise InputError(f"run {run_id} has no phase {phase_id!r}",
+                             hint=f"its phases: {listed}" if known else "the run has no phases")
         state, owner, expires = row
         if state == PhaseState.EXECUTING and expires is not None and expires >= utcnow():
             raise RefusedError(
@@ -93,4 +101,7 @@ def drain_one(
         claim = leases.claim_phase(session, run_id, phase_id, owner)
     if claim is None:
         raise RefusedError(f"phase {run_id}/{phase_id} was claimed by another worker first", hint="try again later")
+    if provider is None:  # a single phase counts against the same provider limit as every batch drain
+        provider = gated_settings_provider(url or settings.resolved_database_url(), settings.provider_concurrency)
     return execute_phase(run_id, phase_id, claim=claim, url=url, provider=provider, telemetry=not no_telemetry)
+

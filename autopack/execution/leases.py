@@ -1,8 +1,8 @@
 """Atomic phase claims with leases, safe for many drain workers on one database.
 
 A claim moves a phase to EXECUTING with an owner and an expiry. Claiming is a single conditional UPDATE
-(SQLite and PostgreSQL alike), and ``claim_next`` on PostgreSQL picks its row with
-``SELECT … FOR UPDATE SKIP LOCKED`` so concurrent workers never wait on each other. A worker that dies
+(SQLite and PostgreSQL alike); on PostgreSQL the row is first read with ``SELECT … FOR UPDATE SKIP LOCKED``
+(``claim_next`` picks its row the same way), so concurrent drains never wait on each other's claims. A worker that dies
 leaves a lease that expires; the phase can then be claimed again. A result reported on an expired or
 foreign lease is rejected (``LeaseLostError``).
 """
@@ -25,6 +25,7 @@ from autopack.db.models import (
     utcnow,
 )
 from autopack.errors import AutopackError
+from autopack.telemetry.bounds import bounds_for
 
 DEFAULT_LEASE_SECONDS = 900
 DRAINABLE_STATES: tuple[str, ...] = (PhaseState.QUEUED, PhaseState.FAILED)
@@ -84,11 +85,16 @@ def claim_phase(
     states: Collection[str] = DRAINABLE_STATES,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> Claim | None:
-    """Claim one named phase, or return None if it is not claimable (taken, finished, missing)."""
+    """Claim one named phase, or return None if it is not claimable (taken, finished, missing).
+
+    On PostgreSQL the row is read ``FOR UPDATE SKIP LOCKED``: a phase another drain is claiming right now is
+    skipped at once (None) instead of waited for, and the conditional UPDATE below then meets no contention.
+    """
     now = utcnow()
-    row = session.execute(
-        sa.select(Phase.state, Phase.builder_attempts).where(Phase.run_id == run_id, Phase.phase_id == phase_id)
-    ).one_or_none()
+    read = sa.select(Phase.state, Phase.builder_attempts).where(Phase.run_id == run_id, Phase.phase_id == phase_id)
+    if session.get_bind().dialect.name == "postgresql":
+        read = read.with_for_update(skip_locked=True)
+    row = session.execute(read).one_or_none()
     if row is None:
         return None
     initial_state, attempts = row
@@ -186,11 +192,23 @@ def finish_phase(
     *,
     failure_reason: str | None = None,
     tokens_used: int | None = None,
-) -> None:
-    """Record the phase's final state and release the lease, only if the lease is still held."""
+) -> str | None:
+    """Record the phase's final state and release the lease, only if the lease is still held.
+
+    ``tokens_used`` is added to the phase's running total. A count the column cannot hold (negative, not an
+    integer, or a total beyond ``phases.tokens_used``'s range) is not written: the phase is still finished
+    and its lease released, but as FAILED with the reason; the reason is returned (None when everything
+    was recorded as given).
+    """
     if final_state not in PhaseState.TERMINAL and final_state != PhaseState.QUEUED:
         raise ValueError(f"not a final state: {final_state}")
     now = utcnow()
+    rejected = None
+    if tokens_used is not None:
+        rejected = _tokens_problem(session, _held(run_id, phase_id, owner, now), tokens_used)
+    if rejected is not None:
+        reported = f"reported {final_state}" + (f": {failure_reason}" if failure_reason else "")
+        final_state, failure_reason = PhaseState.FAILED, f"result rejected: {rejected} ({reported})"
     values: dict[str, object] = {
         "state": final_state,
         "lease_owner": None,
@@ -199,8 +217,8 @@ def finish_phase(
         "updated_at": now,
         "last_failure_reason": failure_reason if final_state != PhaseState.COMPLETE else None,
     }
-    if tokens_used is not None:
-        values["tokens_used"] = Phase.tokens_used + tokens_used
+    if tokens_used is not None and rejected is None:
+        values["tokens_used"] = sa.func.coalesce(Phase.tokens_used, 0) + tokens_used
     result = session.execute(
         sa.update(Phase)
         .where(_held(run_id, phase_id, owner, now))
@@ -213,6 +231,18 @@ def finish_phase(
             f"result for {run_id}/{phase_id} rejected: the lease of {owner} expired or was taken over",
             hint="the phase will be (or was) drained again by its new owner",
         )
+    return failure_reason if rejected is not None else None
+
+
+def _tokens_problem(session: Session, held: sa.ColumnElement[bool], tokens_used: object) -> str | None:
+    """Why adding ``tokens_used`` to the phase's total cannot be written, or None."""
+    column = bounds_for(Phase)["tokens_used"]
+    problem = column.problem(tokens_used)
+    if problem is not None:
+        return f"tokens_used: {problem}"
+    current = session.execute(sa.select(Phase.tokens_used).where(held)).scalar_one_or_none() or 0
+    problem = column.problem(int(current) + int(tokens_used))  # type: ignore[call-overload]
+    return None if problem is None else f"tokens_used={tokens_used} would make {problem}"
 
 
 def release(session: Session, run_id: str, phase_id: str, owner: str, *, state: str = PhaseState.QUEUED) -> bool:

@@ -3,8 +3,12 @@
 Contract (the batch drain and ``drain one`` depend on it): ``execute_phase`` runs a phase the caller has
 already claimed (``leases.claim_phase``) and always finishes it through ``leases.finish_phase`` with the
 caller's lease owner, COMPLETE or FAILED (with ``last_failure_reason``). It returns a ``PhaseResult``; it
-raises only ``LeaseLostError`` (the lease expired or was taken over, so the result was rejected) and
+raises only ``LeaseLostError`` (the lease expired or was taken over, so the result was rejected),
+``PhaseFinishError`` (the database refused the final write; the phase was given back when possible) and
 ``KeyboardInterrupt`` (after giving the phase back).
+
+A provider reporting usage no telemetry column can hold (``llm.base.validate_response``) fails the phase
+at stage ``provider``; the call is still recorded as a ``split_kind = 'invalid'`` usage row.
 
 One execution is one attempt, plus at most one escalated retry: when the output is truncated, the ceiling
 is escalated once (``token_estimator.escalate``: ×1.25, capped), an escalation event is recorded, a new
@@ -18,10 +22,11 @@ and the phase's optional ``check_command`` passes (run in the run workspace with
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -34,25 +39,50 @@ from autopack.db.models import (
     LlmUsageEvent,
     Phase,
     PhaseState,
+    Run,
     TokenBudgetEscalationEvent,
     TokenEstimationV2Event,
 )
-from autopack.errors import AutopackError
+from autopack.errors import AutopackError, InputError
 from autopack.execution import leases
 from autopack.execution.leases import Claim, LeaseLostError
 from autopack.execution.prompt import build_prompt, max_context_files
-from autopack.execution.workspace import collect_file_stats, confined, read_context, run_workspace, write_files
+from autopack.execution.spec import check_command_argv, refuse_untrusted_check_command
+from autopack.execution.workspace import (
+    collect_file_stats,
+    confined,
+    deliverable_workspace_path,
+    read_context,
+    run_workspace,
+    write_files,
+)
 from autopack.llm import get_provider
-from autopack.llm.base import LLMBoundaryError, LLMProvider, LLMRequest, LLMResponse, ProviderError, TaskHints
+from autopack.llm.base import (
+    LLMBoundaryError,
+    LLMProvider,
+    LLMRequest,
+    LLMResponse,
+    ProviderError,
+    ProviderResponseError,
+    TaskHints,
+    validate_response,
+)
 from autopack.llm.builder_format import parse_files
 from autopack.logging import get_logger, redact
 from autopack.taxonomy import DOCS_LIKE, canonical_category
-from autopack.telemetry.recorder import CallKey, TelemetryWriteError, record_call, record_escalation, set_phase_outcome
+from autopack.telemetry.adaptive_state import level_reader
+from autopack.telemetry.recorder import (
+    CallKey,
+    TelemetryWriteError,
+    record_call,
+    record_escalation,
+    record_invalid_call,
+    set_phase_outcome,
+)
 from autopack.token_estimator import (
     MAX_OUTPUT_TOKENS,
     PhaseFeatures,
     deliverable_kind,
-    deliverable_path,
     escalate,
     plan_call,
 )
@@ -61,8 +91,10 @@ log = get_logger(__name__)
 
 CHECK_COMMAND_TIMEOUT_SECONDS = 300.0
 MAX_REASON_CHARS = 2000
-_SECRET_ENV = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "GITHUB_TOKEN",
-               "AUTOPACK_API_KEY", "DATABASE_URL", "DATABASE_URL_FILE")
+#: The only environment a check command sees (plus ``LC_*`` and the names in ``AUTOPACK_CHECK_COMMAND_ENV``):
+#: an allow-list, so a new secret in the worker's environment never reaches it.
+CHECK_COMMAND_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "USER", "LOGNAME", "TERM",
+                     "VIRTUAL_ENV", "PYTHONPATH", "SYSTEMROOT", "PATHEXT", "COMSPEC")
 
 FAILURE_STAGES = ("before_llm", "llm_boundary", "provider", "execution", "validation")
 
@@ -96,6 +128,7 @@ class PhaseSnapshot:
     scope_paths: tuple[str, ...]
     builder_mode: str | None
     check_command: str | None
+    run_source: str | None = None  # runs.source: "api" for runs posted to the HTTP API
 
 
 def load_phase(run_id: str, phase_id: str, *, url: str | None = None) -> PhaseSnapshot | None:
@@ -116,6 +149,7 @@ def load_phase(run_id: str, phase_id: str, *, url: str | None = None) -> PhaseSn
             scope_paths=tuple(phase.scope_paths),
             builder_mode=phase.builder_mode,
             check_command=phase.check_command,
+            run_source=session.execute(sa.select(Run.source).where(Run.id == run_id)).scalar_one_or_none(),
         )
 
 
@@ -148,18 +182,51 @@ def check_output(text: str, deliverable_paths: Sequence[str]) -> BuildCheck:
     return BuildCheck(True, files)
 
 
+def check_command_env(environ: Mapping[str, str] | None = None, extra: str | None = None) -> dict[str, str]:
+    """The allow-listed environment of a check command (``extra``: comma-separated names to add)."""
+    environ = os.environ if environ is None else environ
+    if extra is None:
+        extra = get_settings().check_command_env
+    names = set(CHECK_COMMAND_ENV) | {name.strip() for name in extra.split(",") if name.strip()}
+    return {k: v for k, v in environ.items() if k in names or k.startswith("LC_")}
+
+
 def run_check_command(command: str, workspace: Path, *, timeout: float = CHECK_COMMAND_TIMEOUT_SECONDS) -> str | None:
-    """Run the phase's check in the workspace; None when it passes, else a one-line reason."""
-    env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
+    """Run the phase's check in the workspace; None when it passes, else a one-line reason.
+
+    One program and its arguments (``spec.check_command_argv``: shell quoting, never a shell), with the
+    allow-listed environment, in its own process group so a timeout kills everything it started.
+    """
     try:
-        proc = subprocess.run(command, shell=True, cwd=workspace, env=env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        argv = check_command_argv(command)
+    except InputError as exc:
+        return exc.message
+    try:
+        proc = subprocess.Popen(argv, cwd=workspace, env=check_command_env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                start_new_session=True)
+    except OSError as exc:  # not found, not executable
+        return f"check_command could not start {argv[0]!r}: {exc.strerror or exc}"
+    try:
+        output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        _kill_group(proc)
         return f"check_command timed out after {timeout:.0f}s: {command}"
+    except BaseException:
+        _kill_group(proc)
+        raise
     if proc.returncode == 0:
         return None
-    tail = " ".join((proc.stdout + "\n" + proc.stderr).split())[-300:]
+    tail = " ".join(output.split())[-300:]
     return f"check_command exited {proc.returncode}: {command}: {tail}"
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.communicate()
 
 
 HEARTBEAT_INTERVAL_SECONDS = 60.0
@@ -266,9 +333,9 @@ def execute_phase(
         except TelemetryWriteError as exc:
             final_state, stage, message = PhaseState.FAILED, "execution", exc.one_line()
     reason = None if message is None else redact(message)[:MAX_REASON_CHARS]
-    with session_scope(url) as session:
-        leases.finish_phase(session, run_id, phase_id, claim.owner, final_state, failure_reason=reason,
-                            tokens_used=counters.tokens_used)
+    rejected = _finish(claim, final_state, reason, counters.tokens_used, url)
+    if rejected is not None:
+        final_state, stage, reason = PhaseState.FAILED, stage or "execution", redact(rejected)[:MAX_REASON_CHARS]
     result = PhaseResult(
         run_id=run_id,
         phase_id=phase_id,
@@ -288,12 +355,35 @@ def execute_phase(
     return result
 
 
-def _give_back(claim: Claim, url: str | None) -> None:
+class PhaseFinishError(AutopackError):
+    """The phase's outcome could not be written (the database failed); the phase was given back if possible."""
+
+    exit_code = 1
+
+
+def _finish(claim: Claim, final_state: str, reason: str | None, tokens_used: int, url: str | None) -> str | None:
+    """``leases.finish_phase``; if the database refuses the write, give the lease back rather than keep it."""
     try:
         with session_scope(url) as session:
-            leases.release(session, claim.run_id, claim.phase_id, claim.owner)
-    except Exception:  # best effort while interrupted; the lease expires anyway
-        log.warning("could not release %s/%s after an interrupt; its lease will expire", claim.run_id, claim.phase_id)
+            return leases.finish_phase(session, claim.run_id, claim.phase_id, claim.owner, final_state,
+                                       failure_reason=reason, tokens_used=tokens_used)
+    except SQLAlchemyError as exc:
+        released = _give_back(claim, url)
+        detail = (redact(str(getattr(exc, "orig", exc))).strip().splitlines() or [""])[0]
+        raise PhaseFinishError(
+            f"could not record {final_state} for {claim.run_id}/{claim.phase_id}: {type(exc).__name__}: {detail}",
+            hint="the phase was put back in the queue" if released
+            else "its lease expires on its own; check the database (autopack db identity)",
+        ) from exc
+
+
+def _give_back(claim: Claim, url: str | None) -> bool:
+    try:
+        with session_scope(url) as session:
+            return leases.release(session, claim.run_id, claim.phase_id, claim.owner)
+    except Exception:  # best effort while interrupted or failing; the lease expires anyway
+        log.warning("could not release %s/%s; its lease will expire", claim.run_id, claim.phase_id)
+        return False
 
 
 def _run(
@@ -310,6 +400,11 @@ def _run(
     phase = load_phase(run_id, phase_id, url=url)
     if phase is None:
         raise _Failure("before_llm", f"phase {run_id}/{phase_id} not found")
+    try:
+        refuse_untrusted_check_command(phase.run_source, phase.check_command,
+                                       allowed=get_settings().api_allow_check_commands)
+    except AutopackError as exc:
+        raise _Failure("before_llm", exc.one_line()) from exc
     if not phase.deliverables:
         raise _Failure("before_llm", "phase has no deliverables: nothing for the builder to produce")
 
@@ -354,7 +449,9 @@ def _run(
     while True:
         counters.attempts += 1
         counters.attempt_indices.append(attempt_index)
-        est, decision = plan_call(features, escalated_to=escalated_to, model_max_output=model_max)
+        # adaptive: the group's runtime ACI level, read now (only for groups with a reviewed adaptive curve)
+        est, decision = plan_call(features, escalated_to=escalated_to, model_max_output=model_max,
+                                  adaptive=level_reader(url))
         beat()
         request = LLMRequest(
             system=prompt.system,
@@ -370,9 +467,13 @@ def _run(
         counters.llm_calls += 1
         try:
             with _BackgroundHeartbeat(beat, HEARTBEAT_INTERVAL_SECONDS):
-                response = provider.complete(request)
+                response = validate_response(provider.complete(request))
         except LLMBoundaryError as exc:
             raise _Failure("llm_boundary", exc.one_line(), boundary=True) from exc
+        except ProviderResponseError as exc:
+            if telemetry:
+                _record_invalid(CallKey(run_id, phase_id, attempt_index, 0), provider, exc, url)
+            raise _Failure("provider", exc.one_line()) from exc
         except ProviderError as exc:
             raise _Failure("provider", exc.one_line()) from exc
         beat()
@@ -399,6 +500,17 @@ def _run(
             escalated_to = esc.retry_max_tokens
             continue
         raise _Failure("validation", check.message or "builder output rejected")
+
+
+def _record_invalid(key: CallKey, provider: LLMProvider, exc: ProviderResponseError, url: str | None) -> None:
+    """Keep a trace of a call whose usage was impossible; the phase fails on the provider error either way."""
+    response = exc.response
+    try:
+        record_invalid_call(key, exc.provider or provider.name,
+                            response.model if response else getattr(provider, "model", None), response,
+                            exc.problems, url=url)
+    except TelemetryWriteError as write_error:
+        log.warning("%s", write_error.one_line())
 
 
 MAX_ATTEMPT_SKIPS = 10_000
@@ -453,12 +565,10 @@ def _validate(response: LLMResponse, paths: Sequence[str], workspace: Path, chec
 
 
 def _deliverable_paths(deliverables: Sequence[str]) -> tuple[str, ...]:
-    """The file path each deliverable names, normalised, without duplicates."""
+    """The file path each deliverable names (the rule the API and the CLI validated it with), without duplicates."""
     out: list[str] = []
     for text in deliverables:
-        path = deliverable_path(text).replace("\\", "/")
-        while path.startswith("./"):
-            path = path[2:]
-        if path and path not in out:
+        path = deliverable_workspace_path(text)
+        if path not in out:
             out.append(path)
     return tuple(out)

@@ -224,11 +224,36 @@ SEED_RUNS: dict[str, Callable[[], RunSpec]] = {
 }
 
 
+#: Most weeks of seed collection one call creates (each week is the four seed runs again: 61 phases).
+MAX_SEED_WEEKS = 52
+
+
+def week_run_id(run_id: str, week: int) -> str:
+    """Week 1 is the seed run itself; week k > 1 repeats its phases as ``<run id>-week<k>``."""
+    return run_id if week == 1 else f"{run_id}-week{week}"
+
+
 def seed_run_spec(run_id: str) -> RunSpec:
+    """The spec of a seed run, or of one of its later weeks (same phases, its own run id)."""
+    base, sep, week = run_id.rpartition("-week")
+    if sep and base in SEED_RUNS and week.isdigit() and 2 <= int(week) <= MAX_SEED_WEEKS:
+        return SEED_RUNS[base]().model_copy(update={"run_id": run_id})
     try:
         return SEED_RUNS[run_id]()
     except KeyError:
         raise InputError(f"unknown seed run '{run_id}'", hint=f"one of {', '.join(SEED_RUNS)}") from None
+
+
+def seed_run_ids(weeks: int = 1) -> list[str]:
+    """The seed runs of ``weeks`` weeks of collection, oldest week first.
+
+    One week (61 phases, 6–13 per group) is rarely enough to calibrate: a group needs about 22 fitted calls
+    before a distribution-free factor can ship at α = 5 % (docs/calibration.md), so the quickstart collects
+    three weeks with the simulated provider, as a team would over three weekly runs.
+    """
+    if not 1 <= weeks <= MAX_SEED_WEEKS:
+        raise InputError(f"--weeks must be between 1 and {MAX_SEED_WEEKS}, got {weeks}")
+    return [week_run_id(run_id, week) for week in range(1, weeks + 1) for run_id in SEED_RUNS]
 
 
 def ensure_seed_runs(session: Session, run_ids: Sequence[str] | None = None) -> list[str]:

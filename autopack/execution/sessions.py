@@ -4,21 +4,28 @@ The original kept sessions in JSON files whose ``save()`` crashed once three of 
 non-empty (reference §10.19) and that no test covered. Here the state is a dataclass with a lossless
 ``to_dict``/``from_dict`` and a store that writes it to the database after every phase, so ``--resume``
 continues exactly where an interrupted session stopped.
+
+A running session is held by its drain through an owner lease on the row (renewed with every save and by the
+drain's heartbeat). ``--resume`` claims a session with one conditional UPDATE on that owner, so two drains
+started at once never continue the same session. URLs stored with a session lose their credentials first.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import sqlalchemy as sa
 
 from autopack.db.engine import session_scope
 from autopack.db.models import DrainResult, DrainSession, utcnow
+from autopack.errors import AutopackError
 from autopack.execution.triage import (
     RC_INTERRUPTED,
     TIMEOUT_RETURNCODES,
@@ -40,6 +47,51 @@ FINAL_INTERRUPTED = "INTERRUPTED"
 FINAL_WORKER_LOST = "WORKER_LOST"
 #: The lease expired or was taken over while the phase ran; the other owner's result stands.
 FINAL_LEASE_LOST = "LEASE_LOST"
+
+#: How long a session stays held by a drain that stopped renewing it (crashed, or its host went away).
+DEFAULT_SESSION_LEASE_SECONDS = 120.0
+
+
+class SessionLostError(AutopackError):
+    """Another drain took this session over (its lease had expired): this drain must stop writing to it."""
+
+    exit_code = 4
+
+
+_URL = re.compile(r"\b[a-z][a-z0-9+.\-]*://[^\s'\"<>]+", re.IGNORECASE)
+_SECRET_QUERY_KEY = re.compile(r"key|token|secret|passw|pwd|sig|auth|credential", re.IGNORECASE)
+
+
+def strip_url_credentials(text: str) -> str:
+    """Every URL in ``text`` without ``user:password@`` and with secret-looking query values masked."""
+
+    def clean(match: re.Match[str]) -> str:
+        url = match.group(0)
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return url.split("://", 1)[0] + "://***"
+        netloc = parts.netloc.rpartition("@")[2]
+        query = parts.query
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_QUERY_KEY.search(k) for k, _ in pairs):
+            query = urlencode([(k, "***" if _SECRET_QUERY_KEY.search(k) else v) for k, v in pairs])
+        if netloc == parts.netloc and query == parts.query:
+            return url
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+    return _URL.sub(clean, text) if "://" in text else text
+
+
+def without_credentials(value: Any) -> Any:
+    """``value`` (JSON-like) with ``strip_url_credentials`` applied to every string in it."""
+    if isinstance(value, str):
+        return strip_url_credentials(value)
+    if isinstance(value, dict):
+        return {k: without_credentials(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_credentials(v) for v in value]
+    return value
 
 
 def new_session_id(now: datetime | None = None) -> str:
@@ -288,26 +340,37 @@ def _pid_alive(pid: int) -> bool:
 
 
 class SessionStore:
-    """Saves and loads ``SessionState`` in ``drain_sessions``/``drain_results`` (one transaction each)."""
+    """Saves and loads ``SessionState`` in ``drain_sessions``/``drain_results`` (one transaction each).
 
-    def __init__(self, url: str | None = None) -> None:
+    A store with an ``owner`` holds the sessions it saves: each save renews the owner lease, and a save of a
+    session another drain has taken over raises ``SessionLostError`` instead of writing.
+    """
+
+    def __init__(
+        self, url: str | None = None, *, owner: str | None = None, lease_seconds: float = DEFAULT_SESSION_LEASE_SECONDS
+    ) -> None:
         self.url = url
+        self.owner = owner
+        self.lease_seconds = lease_seconds
 
     def save(self, state: SessionState) -> None:
         """Upsert the session row and insert the results not saved yet, atomically."""
+        now = utcnow()
         with session_scope(self.url) as db:
+            if self.owner is not None:
+                self._check_held(db, state.session_id, now)  # also locks the row for this transaction
             row = db.get(DrainSession, state.session_id)
             if row is None:
                 row = DrainSession(id=state.session_id)
                 db.add(row)
             row.started_at = state.started_at
             row.completed_at = state.completed_at
-            row.updated_at = utcnow()
+            row.updated_at = now
             row.status = state.status
-            row.stop_reason = state.stop_reason
+            row.stop_reason = strip_url_credentials(state.stop_reason) if state.stop_reason else None
             row.db_id = state.db_id
             row.batch_size = state.batch_size
-            row.params = dict(state.params)
+            row.params = without_credentials(dict(state.params))
             row.total_processed = state.total_processed
             row.total_success = state.total_success
             row.total_failed = state.total_failed
@@ -320,6 +383,9 @@ class SessionStore:
             row.sampled_runs = sorted(state.sampled_runs)
             row.promising_runs = sorted(state.promising_runs)
             row.deprioritized_runs = sorted(state.deprioritized_runs)
+            held = self.owner is not None and state.status == STATUS_RUNNING
+            row.owner = self.owner if held else None
+            row.lease_expires_at = now + timedelta(seconds=self.lease_seconds) if held else None
             db.flush()
             pending = [(outcome, _result_row(state.session_id, outcome)) for outcome in state.results if outcome.row_id is None]
             db.add_all([row for _, row in pending])
@@ -327,6 +393,24 @@ class SessionStore:
             ids = [(outcome, result_row.id) for outcome, result_row in pending]
         for outcome, row_id in ids:  # only after the commit succeeded
             outcome.row_id = row_id
+
+    def renew(self, session_id: str) -> None:
+        """Extend the owner lease of a held session (the drain's heartbeat); ``SessionLostError`` if taken over."""
+        with session_scope(self.url) as db:
+            self._check_held(db, session_id, utcnow())
+
+    def _check_held(self, db: Any, session_id: str, now: datetime) -> None:
+        held = db.execute(
+            sa.update(DrainSession)
+            .where(DrainSession.id == session_id, DrainSession.owner == self.owner)
+            .values(lease_expires_at=now + timedelta(seconds=self.lease_seconds))
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if held != 1 and db.get(DrainSession, session_id) is not None:
+            raise SessionLostError(
+                f"drain session {session_id} was taken over by another drain (its lease had expired)",
+                hint="this drain stopped; the other one continues the session",
+            )
 
     def load(self, session_id: str) -> SessionState | None:
         with session_scope(self.url) as db:
@@ -360,20 +444,53 @@ class SessionStore:
                 results=[_outcome(r) for r in results],
             )
 
-    def find_resumable(self) -> SessionState | None:
-        """The newest session that never completed and whose process is gone (or was interrupted)."""
+    def claim_resumable(self) -> SessionState | None:
+        """Take over the newest unfinished session nobody holds; None if there is none.
+
+        Held means: an owner whose lease has not expired and whose process (on this host) is alive, or, for a
+        session saved without an owner, a ``running`` status with a live process. The take-over is one
+        conditional UPDATE on the owner seen, so of two drains resuming at once exactly one gets the session.
+        """
+        if self.owner is None:
+            raise ValueError("claiming a session needs a store with an owner")
+        now = utcnow()
         with session_scope(self.url) as db:
             rows = db.execute(
-                sa.select(DrainSession.id, DrainSession.status, DrainSession.params)
+                sa.select(DrainSession.id, DrainSession.status, DrainSession.params, DrainSession.owner,
+                          DrainSession.lease_expires_at)
                 .where(DrainSession.completed_at.is_(None))
                 .order_by(DrainSession.started_at.desc(), DrainSession.id.desc())
                 .limit(50)
             ).all()
-        for session_id, status, params in rows:
-            if status == STATUS_RUNNING and _still_running(params or {}):
+        for session_id, status, params, owner, expires in rows:
+            if _held(status, params or {}, owner, expires, now):
                 continue
-            return self.load(session_id)
+            seen = DrainSession.owner.is_(None) if owner is None else DrainSession.owner == owner
+            with session_scope(self.url) as db:
+                won = db.execute(
+                    sa.update(DrainSession)
+                    .where(DrainSession.id == session_id, DrainSession.completed_at.is_(None), seen)
+                    .values(owner=self.owner, lease_expires_at=now + timedelta(seconds=self.lease_seconds),
+                            status=STATUS_RUNNING, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+            if won == 1:
+                return self.load(session_id)
         return None
+
+
+def _held(status: str, params: dict[str, Any], owner: str | None, expires: datetime | None, now: datetime) -> bool:
+    if owner is None:
+        return status == STATUS_RUNNING and _still_running(params)
+    if expires is not None and expires < now:
+        return False
+    return not _process_dead(params)
+
+
+def _process_dead(params: dict[str, Any]) -> bool:
+    """True only when the session's process is known to be gone (same host, pid not alive)."""
+    marker = params.get("process") or {}
+    return marker.get("host") == socket.gethostname() and isinstance(marker.get("pid"), int) and not _pid_alive(marker["pid"])
 
 
 def _still_running(params: dict[str, Any]) -> bool:
@@ -392,7 +509,7 @@ def _result_row(session_id: str, outcome: DrainOutcome) -> DrainResult:
         initial_state=outcome.initial_state,
         final_state=outcome.final_state,
         success=outcome.success,
-        error_message=outcome.error_message,
+        error_message=strip_url_credentials(outcome.error_message) if outcome.error_message else None,
         failure_fingerprint=outcome.failure_fingerprint,
         telemetry_events_collected=outcome.telemetry_events,
         telemetry_yield_per_minute=outcome.telemetry_yield_per_minute,

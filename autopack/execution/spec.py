@@ -5,13 +5,64 @@ Validation happens before anything is written, so a malformed spec never leaves 
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from autopack.db.models import Run
+from autopack.errors import InputError, RefusedError
+from autopack.execution.workspace import deliverable_workspace_path, workspace_relative
 from autopack.taxonomy import normalise_category, normalise_complexity
+from autopack.telemetry.bounds import bounds_for
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,200}$"
+MAX_PATH_CHARS = 500
+#: ``runs.source`` of a run created through the HTTP API (its check commands are not trusted by default).
+API_SOURCE = "api"
+ALLOW_SETTING = "AUTOPACK_API_ALLOW_CHECK_COMMANDS"
+
+
+def check_command_argv(command: str) -> list[str]:
+    """The argument vector a check command runs as: POSIX shell *quoting*, but no shell.
+
+    ``pytest -q "tests/test x.py"`` is ``["pytest", "-q", "tests/test x.py"]``; pipes, redirections, ``&&``,
+    ``$VARS`` and globs are not interpreted (they reach the program as literal arguments).
+    """
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise InputError(f"check_command cannot be split into arguments: {exc}") from exc
+    if not argv:
+        raise InputError("check_command is empty")
+    return argv
+
+
+def refuse_untrusted_check_command(source: str | None, check_command: str | None, *, allowed: bool) -> None:
+    """A run created through the API may carry a check command only where the API setting allows it.
+
+    Checked by the API when the run is posted and by every drain worker before it runs the command: a
+    check command is arbitrary code on the worker, and any API key holder could otherwise post one.
+    """
+    if check_command and source == API_SOURCE and not allowed:
+        raise RefusedError(
+            "check_command is disabled for runs created through the API",
+            hint=f"leave check_command out, or set {ALLOW_SETTING}=1 on the API server and on every drain worker",
+        )
+
+
+def _each_path(paths: list[str], rule: Callable[[str], str]) -> list[str]:
+    for path in paths:
+        if len(path) > MAX_PATH_CHARS:
+            raise ValueError(f"path longer than {MAX_PATH_CHARS} characters")
+        try:
+            rule(path)
+        except InputError as exc:
+            raise ValueError(exc.message) from exc
+    return paths
+#: The largest token cap ``runs.token_cap`` holds (PostgreSQL would overflow past it; SQLite would not).
+_TOKEN_CAP_MAX = bounds_for(Run)["token_cap"].high
 
 
 class PhaseSpec(BaseModel):
@@ -47,17 +98,26 @@ class PhaseSpec(BaseModel):
             raise ValueError(f"unknown complexity '{value}'")
         return value
 
-    @field_validator("deliverables", "read_only_context", "scope_paths")
+    @field_validator("deliverables")
     @classmethod
-    def _safe_paths(cls, paths: list[str]) -> list[str]:
-        for path in paths:
-            if not path or not path.strip():
-                raise ValueError("empty path")
-            if path.startswith("/") or ".." in path.replace("\\", "/").split("/"):
-                raise ValueError(f"path must be relative and stay inside the workspace: '{path}'")
-            if len(path) > 500:
-                raise ValueError("path longer than 500 characters")
-        return paths
+    def _deliverables_inside_the_workspace(cls, deliverables: list[str]) -> list[str]:
+        """The same function the drain applies before writing (so the drain never refuses what was accepted)."""
+        return _each_path(deliverables, deliverable_workspace_path)
+
+    @field_validator("read_only_context", "scope_paths")
+    @classmethod
+    def _paths_inside_the_workspace(cls, paths: list[str]) -> list[str]:
+        return _each_path(paths, workspace_relative)
+
+    @field_validator("check_command")
+    @classmethod
+    def _one_command(cls, command: str | None) -> str | None:
+        if command is not None:
+            try:
+                check_command_argv(command)
+            except InputError as exc:
+                raise ValueError(exc.message) from exc
+        return command
 
     def scope(self) -> dict[str, Any]:
         return {
@@ -74,7 +134,7 @@ class RunSpec(BaseModel):
 
     run_id: str = Field(pattern=_ID_PATTERN)
     goal: str | None = Field(default=None, max_length=20_000)
-    token_cap: int | None = Field(default=None, ge=1)
+    token_cap: int | None = Field(default=None, ge=1, le=_TOKEN_CAP_MAX)
     phases: list[PhaseSpec] = Field(min_length=1, max_length=1000)
 
     @model_validator(mode="after")

@@ -1,12 +1,15 @@
 """The per-run workspace: where a phase's deliverables are written and its context files are read.
 
-``settings.workspace_dir/<run_id>/``. Every path a phase names is resolved inside it, and a path that
-would escape (absolute, ``..``, a symlink pointing out) is refused. File statistics for the estimator are
-collected here, outside the estimator, so the estimator stays a pure function (reference §10.15).
+``settings.workspace_dir/<slug>-<hash>/`` (``workspace_folder``). Every path a phase names is resolved
+inside it, and a path that would escape (absolute, ``..``, a symlink pointing out) is refused. File
+statistics for the estimator are collected here, outside the estimator, so the estimator stays a pure
+function (reference §10.15).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -14,26 +17,104 @@ from pathlib import Path
 
 from autopack.config import Settings, get_settings
 from autopack.errors import InputError
-from autopack.token_estimator import FileStats
+from autopack.logging import get_logger
+from autopack.token_estimator import FileStats, deliverable_path
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+log = get_logger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_CONTEXT_FILE_CHARS = 20_000
+#: Readable part of a workspace folder name (the hash, not the slug, makes it unique).
+MAX_SLUG_CHARS = 40
+#: Hex digits of sha256(run id) in the folder name: 64 bits, so distinct run ids never share a folder.
+HASH_CHARS = 16
+
+
+def workspace_folder(run_id: str) -> str:
+    """The folder name of ``run_id``'s workspace: a readable slug, ``-``, 16 hex digits of its sha256.
+
+    The hash is of the exact run id, so ``col:1`` and ``col_1`` (one slug) get two folders; the slug only
+    helps a person find the folder. The name never is ``.``/``..``, never starts with a dot, never holds a
+    separator and stays short whatever the id's length or alphabet (unicode, control characters).
+    """
+    slug = _UNSAFE.sub("_", run_id).strip("._-")[:MAX_SLUG_CHARS].rstrip("._-") or "run"
+    digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_CHARS]
+    return f"{slug}-{digest}"
+
+
+def workspace_root(settings: Settings | None = None) -> Path:
+    """The absolute directory that holds every run's workspace."""
+    base = (settings or get_settings()).workspace_dir
+    return (base if base.is_absolute() else Path.cwd() / base).resolve()
 
 
 def run_workspace(run_id: str, settings: Settings | None = None, *, create: bool = True) -> Path:
-    """Absolute directory of ``run_id``'s workspace (created on first use)."""
-    base = (settings or get_settings()).workspace_dir
-    root = (base if base.is_absolute() else Path.cwd() / base).resolve() / (_UNSAFE.sub("_", run_id) or "_")
+    """Absolute directory of ``run_id``'s workspace, always a direct child of the root (created on first use)."""
+    root = workspace_root(settings)
+    target = root / workspace_folder(run_id)
+    if target.parent != root:  # cannot happen with the encoding above; a guard against a future edit
+        raise InputError(f"workspace of run {run_id!r} would leave {root}")
+    if not target.exists():
+        _adopt_legacy_folder(root, run_id, target)
     if create:
-        root.mkdir(parents=True, exist_ok=True)
-    return root
+        target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _adopt_legacy_folder(root: Path, run_id: str, target: Path) -> None:
+    """One-time move of a workspace from the old naming (the run id itself) to ``workspace_folder``.
+
+    Only when the old folder certainly belongs to this run: the run id was already a plain name (letters,
+    digits, ``._-``; not ``.``/``..``) and the folder is a real directory directly under the root. A run
+    id the old scheme altered (``col:1`` → ``col_1``) shared its folder with other ids, so that folder is
+    left alone (README, upgrade notes).
+    """
+    if run_id in (".", "..") or not run_id or _UNSAFE.search(run_id) or len(run_id) > 255:
+        return  # the old scheme could not have made a folder of this name that is certainly this run's
+    legacy = root / run_id
+    try:
+        if legacy.is_symlink() or not legacy.is_dir():
+            return
+        os.rename(legacy, target)
+    except OSError as exc:  # another process adopted it first, or the target appeared meanwhile
+        if not target.exists():
+            log.warning("could not move the old workspace %s to %s: %s", legacy, target, exc)
+        return
+    log.info("moved the workspace of run %s from %s to %s (collision-free folder names)", run_id, legacy, target)
+
+
+def workspace_relative(path: str) -> str:
+    """``path`` normalised (``/`` separators, no leading ``./``) if it names a place inside a run workspace.
+
+    The one lexical rule, checked when a run is created (API, CLI) and again by the drain (``confined``):
+    relative, no ``..`` segment, no home (``~``) or drive (``C:``) prefix, no NUL. Else ``InputError``.
+    """
+    cleaned = path.strip().replace("\\", "/")
+    while cleaned.startswith("./"):
+        cleaned = cleaned[2:]
+    if not cleaned or "\x00" in cleaned:
+        raise InputError(f"path '{path}' is empty or holds a NUL byte")
+    if cleaned.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", cleaned):
+        raise InputError(f"path '{path}' must be relative to the run workspace")
+    if ".." in cleaned.split("/"):
+        raise InputError(f"path '{path}' escapes the run workspace")
+    return cleaned
+
+
+def deliverable_workspace_path(deliverable: str) -> str:
+    """The workspace path a deliverable (``"create src/x.py (tests)"``) makes the drain write, or ``InputError``."""
+    named = deliverable_path(deliverable)
+    try:
+        return workspace_relative(named)
+    except InputError as exc:
+        if named.strip() == deliverable.strip():
+            raise
+        raise InputError(f"deliverable '{deliverable}': {exc.message}") from exc
 
 
 def confined(root: Path, relative: str) -> Path:
     """``root/relative`` if it stays inside ``root`` (after resolving symlinks); else ``InputError``."""
-    cleaned = relative.strip().replace("\\", "/")
-    if not cleaned or cleaned.startswith("/") or re.match(r"^[A-Za-z]:", cleaned):
-        raise InputError(f"path '{relative}' must be relative to the run workspace")
+    cleaned = workspace_relative(relative)
     target = (root / cleaned).resolve()
     root_resolved = root.resolve()
     if target != root_resolved and root_resolved not in target.parents:

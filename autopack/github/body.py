@@ -1,36 +1,88 @@
 """The pull request's title and markdown body, rendered from the calibration JSON and the verification report.
 
 The body is what the human reviewer decides on, so it carries everything needed to judge the change
-without running anything: each old → new value with its evidence, the backtest, the gate's reasons,
-what verification ran, and where the numbers come from. It ends with the hidden marker the bot uses to
-find its PR again. It is passed through ``redact`` last: no secret can reach GitHub through it.
+without running anything, and every figure describes exactly what ships:
+
+- a one-line effect (held-out truncation and reserved tokens, today → this pull request, with intervals),
+  and a loud warning when the data came from the simulated provider;
+- one verdict line per changed coefficient (the shared ``TOKEN_WEIGHTS`` included: they move every
+  group), thin evidence flagged with its counts;
+- the backtest with ``current`` (today), ``shipped`` (= this pull request) and, labelled as such, the
+  full refit (``proposed``), which is *not* what ships;
+- the per-group effect as a table and a Mermaid chart (GitHub renders both, nothing depends on an upload),
+  with today's and the shipped factors read from the original and the edited estimator themselves;
+- verification, provenance (data source, code commit, flow run) and a short glossary.
+
+Keys the calibration JSON does not have (an older file) are left out or marked unknown, never invented.
+It ends with the hidden marker the bot uses to find its PR again, and is passed through ``redact`` last.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
 from autopack.config import get_settings
 from autopack.errors import InputError
+from autopack.github.estimator_edit import read_tables
 from autopack.github.proposal import ESTIMATOR_PATH, Change, calibration_stamp, marker, parse_changes, proposal_hash
-from autopack.github.verify import VerificationReport
+from autopack.github.verify import GROUP_TABLES, TestFailure, VerificationReport
 from autopack.logging import redact
 
 #: GitHub refuses bodies over 65,536 characters; stay well below.
 MAX_BODY_CHARS = 60_000
 MAX_GROUP_ROWS = 60
-BACKTEST_COLUMNS = ("current", "original_median", "proposed")
+#: Tables whose entries of one group form one curve (one verdict line per group, not per level).
+CURVE_TABLES = frozenset({"ADAPTIVE_BUDGET_FACTORS"})
+#: Groups drawn in the inline chart (x-axis labels stay readable).
+MAX_CHART_GROUPS = 16
+#: (key, header, what it is). ``shipped`` is this pull request; ``proposed`` is the full refit, not shipped.
+BACKTEST_COLUMNS = (
+    ("current", "today", "the estimator as it is"),
+    ("shipped", "this pull request", "only the gated changes: what merging ships"),
+    ("proposed", "full refit, not shipped", "every group refitted, gated or not: **not** what merging ships"),
+    ("original_median", "original method", "the original's median-ratio multiplier"),
+)
 BACKTEST_METRICS = (
-    ("n", "samples"),
+    ("n", "held-out calls"),
+    ("truncations", "truncations (censoring: lower–upper)"),
     ("truncation_rate", "truncation rate"),
-    ("truncation_ci", "truncation rate CI"),
+    ("truncation_interval", "truncation rate, censoring bounds"),
+    ("truncation_ci", "truncation rate, 95 % CI"),
+    ("binomial_p", "exact binomial p (rate ≤ α)"),
     ("kupiec_p", "Kupiec p-value"),
+    ("evidence", "enough held-out calls to carry evidence"),
     ("median_ceiling_over_actual", "median ceiling / actual"),
     ("p90_ceiling_over_actual", "p90 ceiling / actual"),
     ("reserved_over_used", "reserved / used"),
+    ("reserved_tokens", "reserved tokens"),
+    ("used_tokens", "used tokens"),
     ("pinball_loss", "pinball loss"),
+)
+GLOSSARY = (
+    ("held-out calls", "the newest calls of the telemetry, kept out of the fit and replayed under each "
+                       "coefficient set: the backtest measures what a set would have done on calls it never saw."),
+    ("censored", "a call that was truncated: its true output length is only known to be at least its "
+                 "ceiling. Replayed under a higher ceiling it may or may not have fitted, so truncation on "
+                 "held-out data is a range (censoring bounds): lower end = such calls fitted, upper end = "
+                 "they did not."),
+    ("conformal quantile", "the budget factor is an upper order statistic of a group's actual/predicted "
+                           "ratios, chosen so a new call of the group exceeds its ceiling with probability at "
+                           "most α whatever the distribution, as long as calls are exchangeable."),
+    ("one-sided interval", "an interval bounded on one side only (here: an upper bound on a truncation rate, "
+                           "or a lower bound on coverage); it answers \"at most how bad\", which is the question."),
+    ("exact binomial test", "the test of \"truncation rate ≤ α\" from the count of truncated held-out calls, "
+                            "using the binomial distribution itself (no normal approximation, valid for small "
+                            "counts); a small p-value means the rate is very probably above α."),
+    ("Kupiec", "Kupiec's proportion-of-failures test: a likelihood-ratio test that the truncation rate "
+               "equals α (two-sided). Reported for comparison; on a handful of calls it rejects nothing."),
+    ("pinball loss", "the quantile (check) loss of a ceiling seen as the (1−α)-quantile of the output: "
+                     "reserved tokens above the output cost α each, tokens cut off cost 1−α each; lower is "
+                     "better, in tokens per call."),
+    ("reserved / used", "total ceiling tokens (max_tokens) divided by total output tokens; 1.0 would be no "
+                        "headroom at all."),
 )
 
 
@@ -47,32 +99,50 @@ def render_pr_body(
     plot_link: str | None = None,
     estimator_path: str = ESTIMATOR_PATH,
     extra_secrets: Sequence[str] = (),
+    flow_run_url: str | None = None,
+    code_commit: str | None = None,
+    code_commit_url: str | None = None,
+    inline_chart: bool = True,
+    original_source: str | None = None,
+    edited_source: str | None = None,
 ) -> str:
     """Markdown body of the calibration PR (ends with ``<!-- autopack-calibration-pr proposal=<sha256> -->``).
 
-    ``plot_link`` is where the plot can be seen: a URL for a published PR, a path relative to the body
-    file in a dry run. Without it the plot is named but not embedded.
+    ``plot_link`` is where the plot can be seen (a path relative to the body file in a dry run); without
+    it the plot is named but not embedded. ``inline_chart`` adds a Mermaid chart of the per-group effect
+    (GitHub renders it). ``code_commit`` (and its web page) is the target repository's commit the proposal
+    is based on; ``flow_run_url`` the Prefect flow run that made it. With ``original_source`` and
+    ``edited_source`` (the estimator before and after the edit), today's and the shipped values are read
+    from the files themselves, and a change the edited file does not carry is refused (``InputError``).
     """
     if not isinstance(calibration, Mapping):
         raise InputError("calibration JSON must be an object")
-    metadata = calibration.get("metadata") or {}
+    metadata = _mapping(calibration.get("metadata"))
     changes = parse_changes(calibration.get("proposed_changes"))
     stamp = calibration_stamp(metadata)
     digest = proposal_hash(changes)
     secrets = [*get_settings().secret_values(), *(s for s in extra_secrets if s)]
+    tables = _Tables.read(original_source, edited_source, changes)
+    alpha = _number(metadata.get("target_truncation"))
 
     def build(group_rows: int) -> str:
         parts = [
             _summary(calibration, changes, stamp.version, estimator_path),
-            _gate(calibration.get("gate") or {}),
+            _simulated_warning(metadata),
+            _effect(_mapping(calibration.get("backtest")), alpha),
+            _verdicts(calibration, changes, alpha),
+            _gate(_mapping(calibration.get("gate"))),
             _changes_table(changes),
-            _backtest_table(calibration.get("backtest") or {}),
-            _groups_table(calibration.get("groups") or [], group_rows),
+            _group_effect(calibration, changes, tables, group_rows, chart=inline_chart),
+            _backtest_table(_mapping(calibration.get("backtest")), metadata.get("method")),
+            _groups_table(calibration.get("groups") or [], tables, group_rows),
             _verification(verification),
             _plot(calibration, plot_link),
-            _provenance(metadata, calibration),
+            _provenance(metadata, calibration, code_commit, code_commit_url, flow_run_url),
+            _glossary(),
             "---\n_Opened by autopack's calibration pipeline. It is never merged automatically: merge it only "
-            "after review. Closing it tells the bot not to propose these exact values again._\n\n" + marker(digest),
+            "after review. Closing it tells the bot not to propose these values again: a later proposal is "
+            "opened only if it differs materially from every closed one._\n\n" + marker(digest),
         ]
         return redact("\n\n".join(p.strip("\n") for p in parts if p) + "\n", secrets)
 
@@ -84,11 +154,58 @@ def render_pr_body(
     return body
 
 
+# --- what ships, read from the estimator files ----------------------------------------------------
+
+
+class _Tables:
+    """Today's and the shipped coefficient tables (from the files when given, else from the changes)."""
+
+    def __init__(self, before: Mapping[str, Mapping[tuple[str, str], float]],
+                 after: Mapping[str, Mapping[tuple[str, str], float]], from_files: bool) -> None:
+        self.before, self.after, self.from_files = before, after, from_files
+
+    @classmethod
+    def read(cls, original: str | None, edited: str | None, changes: Sequence[Change]) -> _Tables:
+        if original is not None and edited is not None:
+            before, after = read_tables(original), read_tables(edited)
+            for c in changes:
+                shipped = after.get(c.coefficient, {}).get(c.key)
+                if shipped is None or not math.isclose(shipped, c.new, rel_tol=1e-9, abs_tol=1e-12):
+                    raise InputError(f"the edited estimator holds {shipped} for {c.label}, the proposal says {c.new}; "
+                                     "the body would not describe what ships")
+            return cls(before, after, True)
+        before_d: dict[str, dict[tuple[str, str], float]] = {}
+        after_d: dict[str, dict[tuple[str, str], float]] = {}
+        for c in changes:
+            if c.old is not None:
+                before_d.setdefault(c.coefficient, {})[c.key] = c.old
+            after_d.setdefault(c.coefficient, {})[c.key] = c.new
+        return cls(before_d, after_d, False)
+
+    def value(self, table: str, key: tuple[str, str], *, shipped: bool) -> float | None:
+        return (self.after if shipped else self.before).get(table, {}).get(key)
+
+    def known(self, table: str, key: tuple[str, str]) -> bool:
+        """Whether today's/the shipped value of this entry is known (always, when read from the files)."""
+        return self.from_files or key in self.after.get(table, {})
+
+    def arrow(self, table: str, key: tuple[str, str], *, unset: str) -> str:
+        if not self.known(table, key):
+            return "unchanged"
+        return _arrow(self.value(table, key, shipped=False), self.value(table, key, shipped=True), unset=unset)
+
+    def shipped(self, table: str, key: tuple[str, str], *, unset: str) -> str:
+        if not self.known(table, key):
+            return "unchanged"
+        value = self.value(table, key, shipped=True)
+        return _fmt(value) if value is not None else unset
+
+
 # --- sections ------------------------------------------------------------------------------------
 
 
 def _summary(calibration: Mapping[str, Any], changes: Sequence[Change], version: str, estimator_path: str) -> str:
-    metadata = calibration.get("metadata") or {}
+    metadata = _mapping(calibration.get("metadata"))
     tables = sorted({c.coefficient for c in changes})
     added = sum(1 for c in changes if c.old is None)
     return (
@@ -99,6 +216,200 @@ def _summary(calibration: Mapping[str, Any], changes: Sequence[Change], version:
         "Only those literals and the calibration stamp (`CALIBRATION_VERSION`, `CALIBRATION_DATE`, "
         "`CALIBRATION_SAMPLES`) change."
     )
+
+
+def _sources(metadata: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], bool | None]:
+    """(provider/model rows, simulated?) from ``metadata.sources`` (a list, or an object with a list)."""
+    raw = metadata.get("sources")
+    rows: list[Mapping[str, Any]] = []
+    simulated: bool | None = None
+    if isinstance(raw, Mapping):
+        listed = raw.get("mix") or raw.get("sources") or raw.get("models") or []
+        rows = [r for r in listed if isinstance(r, Mapping)] if isinstance(listed, Sequence) else []
+        if isinstance(raw.get("simulated"), bool):
+            simulated = raw["simulated"]
+    elif isinstance(raw, Sequence) and not isinstance(raw, str):
+        rows = [r for r in raw if isinstance(r, Mapping)]
+    flags = [r.get("simulated") for r in rows if isinstance(r.get("simulated"), bool)]
+    if simulated is None and flags:
+        simulated = any(flags)
+    if isinstance(metadata.get("simulated"), bool):
+        simulated = metadata["simulated"] or bool(simulated)
+    return rows, simulated
+
+
+def _simulated_warning(metadata: Mapping[str, Any]) -> str:
+    rows, simulated = _sources(metadata)
+    if not simulated:
+        return ""
+    sim = [r for r in rows if r.get("simulated") is True]
+    n_sim = sum(int(r.get("samples") or 0) for r in sim)
+    total = sum(int(r.get("samples") or 0) for r in rows)
+    share = f"{n_sim} of {total} samples" if total else "the samples"
+    named = ", ".join(f"`{_text(r.get('provider'))}` / `{_text(r.get('model'))}`" for r in sim) or "simulated"
+    return (
+        "> [!WARNING]\n"
+        f"> **SIMULATED DATA.** {share.capitalize()} came from the simulated provider ({named}), not from a "
+        "real model. These coefficients describe the simulator's length model: do not merge them into an "
+        "estimator that budgets real calls."
+    )
+
+
+def _effect(backtest: Mapping[str, Any], alpha: float | None) -> str:
+    current, shipped = _mapping(backtest.get("current")), _mapping(backtest.get("shipped"))
+    if not current or not shipped:
+        return ("**Effect on held-out calls:** unknown — the calibration output has no `shipped` backtest, so "
+                "nothing here measures exactly what this pull request ships (see the backtest below).")
+    n = shipped.get("n", current.get("n"))
+    target = f", target α = {_pct(alpha)}" if alpha is not None else ""
+    return (
+        f"**Effect on the {_fmt(n)} held-out calls** (today → this pull request{target}): "
+        f"truncation {_truncation(current)} → **{_truncation(shipped)}**; "
+        f"reserved / used {_fmt(current.get('reserved_over_used'))} → **{_fmt(shipped.get('reserved_over_used'))}**"
+        + _reserved_change(current, shipped) + "."
+    )
+
+
+def _truncation(m: Mapping[str, Any]) -> str:
+    """``2/19 = 10.5 %`` or, with censoring, ``2–3 of 19 = 10.5–15.8 %``, then the 95 % CI."""
+    n, k, k_upper = m.get("n"), m.get("truncations"), m.get("truncations_upper")
+    interval = _pair(m.get("truncation_interval"))
+    rate = _number(m.get("truncation_rate"))
+    if interval is not None and not math.isclose(interval[0], interval[1], abs_tol=1e-12):
+        count = f"{_fmt(k)}–{_fmt(k_upper)} of {_fmt(n)} = " if k is not None and k_upper is not None else ""
+        text = f"{count}{_pct(interval[0])}–{_pct(interval[1])}"
+    else:
+        count = f"{_fmt(k)}/{_fmt(n)} = " if k is not None and n is not None else ""
+        text = f"{count}{_pct(rate if rate is not None else interval[0] if interval else None)}"
+    ci = _pair(m.get("truncation_ci"))
+    return text + (f" (95 % CI {_pct(ci[0])}–{_pct(ci[1])})" if ci else "")
+
+
+def _reserved_change(current: Mapping[str, Any], shipped: Mapping[str, Any]) -> str:
+    before, after = _number(current.get("reserved_tokens")), _number(shipped.get("reserved_tokens"))
+    if before is None or after is None:
+        return ""
+    change = f", {(after - before) / before * 100:+.1f} %" if before else ""
+    return f" (reserved tokens {before:,.0f} → {after:,.0f}{change})"
+
+
+def _verdicts(calibration: Mapping[str, Any], changes: Sequence[Change], alpha: float | None) -> str:
+    gate = _mapping(calibration.get("gate"))
+    groups = {(g.get("category"), g.get("complexity")): g for g in _records(calibration.get("groups"))}
+    held_out = {(g.get("category"), g.get("complexity")): g
+                for g in _records(_mapping(calibration.get("backtest")).get("groups"))}
+    minimum = _min_heldout(calibration, alpha)
+    # A group's changes ship together (the factor is relative to the overhead): one backtest for all of them.
+    group_backtests = {_group_of(c): c.extra["backtest"] for c in changes
+                       if isinstance(c.extra.get("backtest"), Mapping)}
+    lines = ["### Verdicts", "", "One line per changed coefficient: what the gate decided, on what evidence.", ""]
+    weights = [c for c in changes if c.coefficient == "TOKEN_WEIGHTS"]
+    shared = [c for c in changes if c.coefficient != "TOKEN_WEIGHTS" and _group_of(c) is None]
+    curves: dict[tuple[str, tuple[str, str]], list[Change]] = {}
+    for c in changes:
+        group_key = _group_of(c)
+        if c.coefficient == "TOKEN_WEIGHTS" or group_key is None:
+            continue
+        if c.coefficient in CURVE_TABLES:  # one line per group's curve, not per level
+            if (c.coefficient, group_key) not in curves:
+                curves[(c.coefficient, group_key)] = []
+            curves[(c.coefficient, group_key)].append(c)
+            continue
+        group = groups.get(group_key, {}) if group_key else {}
+        evidence = _Evidence.of(c, group, held_out.get(group_key, {}) if group_key else {}, minimum,
+                                group_backtests.get(group_key))
+        verdict = c.extra.get("verdict") or _first(group.get("gate_reasons")) or "no verdict in the calibration output"
+        lines.append(f"- {'⚠️' if evidence.thin else '✅'} `{c.coefficient}[{_text(c.key[0])}, {_text(c.key[1])}]` "
+                     f"{_old(c)} → {_fmt(c.new)}: {_text(verdict)}{evidence.note()}")
+    for (table, group_key), levels in curves.items():
+        first = levels[0]
+        evidence = _Evidence.of(first, groups.get(group_key, {}), held_out.get(group_key, {}), minimum,
+                                group_backtests.get(group_key))
+        verdict = first.extra.get("verdict") or f"the run-time curve of {group_key[0]}/{group_key[1]}'s budget factor"
+        points = ", ".join(f"`{_text(c.key[1])}` {_old(c)} → {_fmt(c.new)}" for c in levels)
+        lines.append(f"- {'⚠️' if evidence.thin else '✅'} `{table}` of `{_text(group_key[0])}/{_text(group_key[1])}` "
+                     f"({len(levels)} level{'s' if len(levels) != 1 else ''}: {points}): {_text(verdict)}"
+                     f"{evidence.note()}")
+    if shared:
+        listed = ", ".join(f"`{c.coefficient}[{_text(c.key[0])}, {_text(c.key[1])}]` {_old(c)} → {_fmt(c.new)}"
+                           for c in shared)
+        verdicts = "; ".join(dict.fromkeys(str(c.extra["verdict"]) for c in shared if c.extra.get("verdict")))
+        lines.append(f"- {'✅' if verdicts else '⚠️'} shared setting{'s' if len(shared) != 1 else ''} {listed}: "
+                     + (_text(verdicts) if verdicts else "**no gate verdict in the calibration output**"))
+    info = _mapping(gate.get("weights"))
+    if weights:
+        verdict = info.get("verdict") or "**no gate verdict in the calibration output**"
+        moved = ", ".join(f"`{_text(c.key[0])}/{_text(c.key[1])}` {_old(c)} → {_fmt(c.new)}" for c in weights)
+        lines.append(f"- {'✅' if info.get('verdict') else '⚠️'} `TOKEN_WEIGHTS` (shared: moves the prediction of "
+                     f"every group, calibrated or not) {moved}: {_text(verdict)}")
+    elif info.get("verdict"):
+        lines.append(f"- `TOKEN_WEIGHTS` unchanged: {_text(info['verdict'])}")
+    whole = _mapping(gate.get("shipped"))
+    if whole.get("verdict"):
+        lines.append(f"- {'✅' if whole.get('passed') else '⚠️'} everything above together: {_text(whole['verdict'])}")
+    return "\n".join(lines)
+
+
+def _group_of(c: Change) -> tuple[str, str] | None:
+    category, complexity = c.extra.get("category"), c.extra.get("complexity")
+    if isinstance(category, str) and isinstance(complexity, str):
+        return category, complexity
+    return c.key if c.coefficient in GROUP_TABLES else None
+
+
+def _min_heldout(calibration: Mapping[str, Any], alpha: float | None) -> int | None:
+    """Held-out calls needed to carry evidence: the calibration's own number, else 1/α − 1 (conformal minimum)."""
+    for where in (_mapping(calibration.get("gate")), _mapping(calibration.get("metadata"))):
+        for key in ("min_heldout", "min_held_out", "min_evidence_calls"):
+            value = where.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    return math.ceil(1 / alpha - 1) if alpha else None
+
+
+class _Evidence:
+    """How much data stands behind one change: calls fitted, held-out calls, and the calibration's own word."""
+
+    def __init__(self, n: object, held_out: object, word: object, minimum: int | None) -> None:
+        self.n, self.held_out, self.word, self.minimum = n, held_out, word, minimum
+
+    @classmethod
+    def of(cls, c: Change, group: Mapping[str, Any], group_backtest: Mapping[str, Any],
+           minimum: int | None, shared: Mapping[str, Any] | None = None) -> _Evidence:
+        own = _mapping(c.extra.get("backtest")) or _mapping(shared)
+        shipped = _mapping(group_backtest.get("shipped")) or _mapping(group_backtest.get("proposed"))
+        held_out = own.get("n", shipped.get("n", group_backtest.get("n")))
+        word = own.get("evidence", c.extra.get("evidence", shipped.get("evidence", group_backtest.get("evidence"))))
+        return cls(c.extra.get("n", group.get("n")), held_out, word, minimum)
+
+    @property
+    def thin(self) -> bool:
+        word = self.word
+        if isinstance(word, Mapping):
+            enough = word.get("enough", word.get("sufficient"))
+            if isinstance(enough, bool):
+                return not enough
+            word = word.get("verdict") or word.get("reason")
+        if isinstance(word, bool):
+            return not word
+        if isinstance(word, str):
+            lowered = word.lower()
+            return any(w in lowered for w in ("too few", "insufficient", "thin", "no held-out", "not enough", "none"))
+        if isinstance(self.held_out, int) and not isinstance(self.held_out, bool):
+            return self.held_out == 0 or (self.minimum is not None and self.held_out < self.minimum)
+        return True  # no held-out count at all: nothing measured this change
+
+    def note(self) -> str:
+        held = (f"{self.held_out} held-out call{'s' if self.held_out != 1 else ''}"
+                if isinstance(self.held_out, int) else "no held-out count")
+        counts = f"n = {_fmt(self.n)}, {held}"
+        if not self.thin:
+            return f" ({counts})"
+        word = self.word
+        why = (word.get("reason") or word.get("verdict")) if isinstance(word, Mapping) else word
+        why = why if isinstance(why, str) else None
+        needed = f"; ≥ {self.minimum} needed" if self.minimum is not None and not why else ""
+        return f" — **thin evidence** ({counts}: {_text(why) if why else 'too few to carry evidence'}{needed})"
 
 
 def _gate(gate: Mapping[str, Any]) -> str:
@@ -114,26 +425,27 @@ def _changes_table(changes: Sequence[Change]) -> str:
     rows = [
         "### Proposed changes",
         "",
-        "| Coefficient | Key | Old | New | Change | n | Confidence | Interval | Backtest truncation "
+        "| Coefficient | Key | Old | New | Change | n | Held-out | Confidence | Interval | Held-out truncation "
         "| Reserved / used |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for c in changes:
-        raw_backtest = c.extra.get("backtest")
-        backtest: Mapping[str, Any] = raw_backtest if isinstance(raw_backtest, Mapping) else {}
+        backtest = _mapping(c.extra.get("backtest"))
+        truncation = _group_truncation(backtest)
         rows.append(
             "| "
             + " | ".join(
                 [
                     f"`{c.coefficient}`",
                     f"`{_text(c.key[0])}, {_text(c.key[1])}`",
-                    _fmt(c.old) if c.old is not None else "(none)",
+                    _old(c),
                     _fmt(c.new),
                     _relative(c.old, c.new),
                     _fmt(c.extra.get("n")),
+                    _fmt(backtest.get("n")),
                     _fmt(c.extra.get("confidence")),
                     _fmt(c.extra.get("interval")),
-                    _fmt(backtest.get("truncation_rate")),
+                    truncation,
                     _fmt(backtest.get("reserved_over_used")),
                 ]
             )
@@ -142,51 +454,201 @@ def _changes_table(changes: Sequence[Change]) -> str:
     return "\n".join(rows)
 
 
-def _backtest_table(backtest: Mapping[str, Any]) -> str:
-    columns = [c for c in BACKTEST_COLUMNS if isinstance(backtest.get(c), Mapping)]
-    if not columns:
-        return "### Backtest\n\n(no backtest in the calibration output)"
+def _group_effect(calibration: Mapping[str, Any], changes: Sequence[Change], tables: _Tables, limit: int,
+                  *, chart: bool) -> str:
+    """Per group with held-out calls: today's and the shipped factor and overhead, and both backtests."""
+    backtest = _mapping(calibration.get("backtest"))
+    groups = _records(backtest.get("groups"))
+    if not groups:
+        return ""
+    has_shipped = any(isinstance(g.get("shipped"), Mapping) for g in groups)
+    changed = {c.key for c in changes if c.coefficient in GROUP_TABLES}
+    weights_changed = any(c.coefficient == "TOKEN_WEIGHTS" for c in changes)
+    ordered = sorted(groups, key=lambda g: ((g.get("category"), g.get("complexity")) not in changed,
+                                            -(_number(g.get("n")) or 0)))
+    shown = ordered[:limit]
+    ship_label = "this PR" if has_shipped else "full refit (no `shipped` per group in the output)"
     rows = [
-        "### Backtest",
+        "### Per-group effect (held-out calls)",
         "",
-        "Each coefficient set replayed on held-out telemetry: `current` = the estimator today, "
-        "`original_median` = the original's median-ratio method, `proposed` = this pull request.",
+        f"Today → {'this pull request' if has_shipped else 'the full refit'}, per (category, complexity). "
+        "Factor and overhead are read from the estimator before and after this pull request"
+        + ("" if tables.from_files else " (as proposed)") + "."
+        + (" `TOKEN_WEIGHTS` change too, so every group's prediction moves." if weights_changed else ""),
         "",
-        "| Metric | " + " | ".join(f"`{c}`" for c in columns) + " |",
-        "|---|" + "---:|" * len(columns),
+        f"| Group | Held-out | Budget factor | Phase overhead | Truncation today → {ship_label} "
+        f"| Reserved / used today → {ship_label} |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for key, label in BACKTEST_METRICS:
-        rows.append(f"| {label} | " + " | ".join(_fmt(backtest[c].get(key)) for c in columns) + " |")
+    for g in shown:
+        key = (str(g.get("category")), str(g.get("complexity")))
+        today, after = _mapping(g.get("current")), _mapping(g.get("shipped") if has_shipped else g.get("proposed"))
+        rows.append("| " + " | ".join([
+            f"`{_text(key[0])}, {_text(key[1])}`" + (" (changed)" if key in changed else ""),
+            _fmt(g.get("n")),
+            tables.arrow("BUDGET_FACTORS", key, unset="floor & buffer"),
+            tables.arrow("PHASE_OVERHEAD", key, unset="default"),
+            f"{_group_truncation(today)} → {_group_truncation(after)}",
+            f"{_fmt(today.get('reserved_over_used'))} → {_fmt(after.get('reserved_over_used'))}",
+        ]) + " |")
+    if len(groups) > limit:
+        rows.append(f"\n({len(groups) - limit} more groups in the calibration report)")
+    if chart:
+        rows += ["", _mermaid(shown[:MAX_CHART_GROUPS], has_shipped)]
     return "\n".join(rows)
 
 
-def _groups_table(groups: Sequence[Mapping[str, Any]], limit: int) -> str:
-    if not groups:
-        return ""
-    rows = [
-        "### Groups",
-        "",
-        "| Category | Complexity | n | Censored | Median ratio | Median ratio CI | Pooling weight | Budget factor "
-        "| Confidence | Original confidence |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]
-    for g in list(groups)[:limit]:
-        if not isinstance(g, Mapping):
+def _group_truncation(m: Mapping[str, Any]) -> str:
+    interval = _pair(m.get("truncation_interval"))
+    if interval is not None and interval[0] != interval[1]:
+        return f"{_pct(interval[0])}–{_pct(interval[1])}"
+    return _pct(_number(m.get("truncation_rate")))
+
+
+def _mermaid(groups: Sequence[Mapping[str, Any]], has_shipped: bool) -> str:
+    """Held-out reserved/used per group as a Mermaid ``xychart-beta``: bars today, line after (GitHub renders it)."""
+    labels, today, after = [], [], []
+    for g in groups:
+        before = _number(_mapping(g.get("current")).get("reserved_over_used"))
+        then = _number(_mapping(g.get("shipped") if has_shipped else g.get("proposed")).get("reserved_over_used"))
+        if before is None or then is None:
             continue
-        rows.append(
-            "| "
-            + " | ".join(
-                [_text(g.get("category")), _text(g.get("complexity"))]
-                + [
-                    _fmt(g.get(k))
-                    for k in ("n", "n_censored", "median_ratio", "median_ratio_ci", "pooling_weight", "budget_factor",
-                              "confidence", "original_confidence")
-                ]
-            )
-            + " |"
-        )
-    if len(groups) > limit:
-        rows.append(f"\n({len(groups) - limit} more groups in the calibration report)")
+        label = f"{g.get('category')}/{g.get('complexity')}".replace('"', "'")
+        labels.append(f'"{label}"')
+        today.append(f"{before:.3g}")
+        after.append(f"{then:.3g}")
+    if not labels:
+        return ""
+    top = max(float(v) for v in today + after)
+    what = "this pull request" if has_shipped else "full refit"
+    return "\n".join([
+        "```mermaid",
+        "xychart-beta",
+        f'    title "Held-out reserved / used per group: bars today, line {what}"',
+        f"    x-axis [{', '.join(labels)}]",
+        f'    y-axis "reserved / used" 0 --> {math.ceil(top * 1.1 * 10) / 10:g}',
+        f"    bar [{', '.join(today)}]",
+        f"    line [{', '.join(after)}]",
+        "```",
+    ])
+
+
+def _backtest_table(backtest: Mapping[str, Any], method: object = None) -> str:
+    columns = [(k, h, d) for k, h, d in BACKTEST_COLUMNS if isinstance(backtest.get(k), Mapping)]
+    if not columns:
+        return "### Backtest\n\n(no backtest in the calibration output)"
+    present = [(key, label) for key, label in BACKTEST_METRICS
+               if any(key in backtest[c] for c, _, _ in columns)]
+    split = ", ".join(f"{label} {_fmt(backtest.get(k))}" for k, label in
+                      (("train_n", "fitted on"), ("test_n", "replayed on"), ("split_at", "split at"))
+                      if backtest.get(k) is not None)
+    rows = [
+        "### Backtest",
+        "",
+        "Each coefficient set replayed on the held-out (newest) telemetry"
+        + (f" ({split})" if split else "") + ": "
+        + "; ".join(f"`{k}` = {d}" for k, _, d in columns) + ".",
+    ]
+    if "shipped" not in backtest:
+        rows += ["", "⚠️ This calibration output has no `shipped` backtest: no column below is exactly what this "
+                     "pull request ships."]
+    rows += [
+        "",
+        "| Metric | " + " | ".join(f"{h} (`{k}`)" for k, h, _ in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for key, label in present:
+        rows.append(f"| {label} | " + " | ".join(_metric(key, backtest[c]) for c, _, _ in columns) + " |")
+    rows += _drift(backtest, method)
+    return "\n".join(rows)
+
+
+def _metric(key: str, m: Mapping[str, Any]) -> str:
+    """One backtest cell: rates as percentages, counts with their censoring upper end, tokens with separators."""
+    value = m.get(key)
+    if key == "truncations" and m.get("truncations_upper") not in (None, value):
+        return f"{_fmt(value)}–{_fmt(m.get('truncations_upper'))}"
+    if key == "truncation_rate":
+        return _pct(_number(value))
+    if key in ("truncation_interval", "truncation_ci"):
+        pair = _pair(value)
+        return f"{_pct(pair[0])}–{_pct(pair[1])}" if pair else _fmt(value)
+    if key in ("reserved_tokens", "used_tokens") and _number(value) is not None:
+        return f"{_number(value):,.0f}"
+    return _fmt(value)
+
+
+DRIFT_COLUMNS = (
+    ("truncation_interval", "truncation"),
+    ("worst_bin_truncation", "worst block"),
+    ("reserved_over_used", "reserved / used"),
+    ("reserved_vs_oracle", "reserve ÷ oracle's"),
+    ("pinball_vs_oracle", "pinball ÷ oracle's"),
+)
+
+
+def _drift(backtest: Mapping[str, Any], method: object = None) -> list[str]:
+    """Every drift method replayed on the held-out calls in time order (``backtest.calibration_under_drift``)."""
+    drift = _mapping(backtest.get("calibration_under_drift") or backtest.get("drift"))
+    methods = _mapping(drift.get("methods"))
+    if not methods:
+        return []
+    calls = f" ({_text(drift['calls'])}; worst of {_text(drift['bins'])})" if drift.get("calls") and drift.get(
+        "bins") else ""
+    rows = ["", f"How each way of following drift would have done on the held-out calls, in time order{calls}. "
+                "The oracle knows each group's held-out quantile in hindsight; `static` is one fixed factor per group.",
+            "", "| Method | " + " | ".join(label for _, label in DRIFT_COLUMNS) + " |",
+            "|---|" + "---:|" * len(DRIFT_COLUMNS)]
+    for name, m in methods.items():
+        if not isinstance(m, Mapping):
+            continue
+        label = f"`{_text(name)}`" + (" (**this pull request's method**)" if name == method else "")
+        cells = []
+        for key, _ in DRIFT_COLUMNS:
+            value = m.get(key)
+            if key == "truncation_interval":
+                pair = _pair(value)
+                cells.append(_pct(pair[0]) if pair and pair[0] == pair[1] else
+                             f"{_pct(pair[0])}–{_pct(pair[1])}" if pair else _pct(_number(m.get("truncation_rate"))))
+            elif key == "worst_bin_truncation":
+                cells.append(_pct(_number(value)))
+            else:
+                cells.append(_fmt(value))
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _groups_table(groups: Sequence[Mapping[str, Any]], tables: _Tables, limit: int) -> str:
+    records = _records(groups)
+    if not records:
+        return ""
+    extra = any(k in g for g in records for k in ("factor_method", "extrapolation", "assumption"))
+    header = ("| Category | Complexity | n | Censored | Median ratio | Median ratio CI | Pooling weight "
+              "| Fitted factor | Shipped factor | Confidence | Original confidence |"
+              + (" Factor method | Assumption |" if extra else ""))
+    rows = [
+        "### Groups (fit details)",
+        "",
+        "`Fitted factor` is the refit's; `Shipped factor` is what the estimator holds after this pull request.",
+        "",
+        header,
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|" + ("---|---|" if extra else ""),
+    ]
+    for g in records[:limit]:
+        key = (str(g.get("category")), str(g.get("complexity")))
+        method = _text(g.get("factor_method") or g.get("factor_source") or "—")
+        if g.get("extrapolation"):
+            method += " (**extrapolation**)"
+        cells = [_text(g.get("category")), _text(g.get("complexity"))] + [
+            _fmt(g.get(k)) for k in ("n", "n_censored", "median_ratio", "median_ratio_ci", "pooling_weight",
+                                     "budget_factor")
+        ] + [tables.shipped("BUDGET_FACTORS", key, unset="floor & buffer"),
+             _fmt(g.get("confidence")), _fmt(g.get("original_confidence"))]
+        if extra:
+            cells += [method, _text(g.get("assumption") or "—")]
+        rows.append("| " + " | ".join(cells) + " |")
+    if len(records) > limit:
+        rows.append(f"\n({len(records) - limit} more groups in the calibration report)")
     return "\n".join(rows)
 
 
@@ -213,7 +675,8 @@ def _verification(report: VerificationReport | None) -> str:
     if report.estimates:
         lines += [
             "",
-            "Ceiling for one representative phase of each changed group (current → proposed):",
+            "Ceiling for one representative phase of each changed group (today → this pull request), computed "
+            "by the edited estimator itself:",
             "",
             "| Group | Phase (one new deliverable) | Predicted | Selected budget | max_tokens sent |",
             "|---|---|---:|---:|---:|",
@@ -234,33 +697,186 @@ def _plot(calibration: Mapping[str, Any], plot_link: str | None) -> str:
     if plot_link:
         return f"### Plot\n\n![calibration plot]({plot_link.replace(' ', '%20').replace(')', '%29')})"
     if isinstance(plot_path, str) and plot_path:
-        return f"### Plot\n\n`{_text(PurePath(plot_path).name)}` (in the calibration output; not uploaded)"
+        return f"### Plot\n\n`{_text(PurePath(plot_path).name)}` is in the calibration output (not uploaded)."
     return ""
 
 
-def _provenance(metadata: Mapping[str, Any], calibration: Mapping[str, Any]) -> str:
-    span = metadata.get("time_span") if isinstance(metadata.get("time_span"), Mapping) else {}
+def _provenance(metadata: Mapping[str, Any], calibration: Mapping[str, Any], code_commit: str | None,
+                code_commit_url: str | None, flow_run_url: str | None) -> str:
+    span = _mapping(metadata.get("time_span"))
     run_ids = metadata.get("run_ids") or []
     report = calibration.get("report_path")
-    items = [
-        ("Database id", metadata.get("db_id")),
-        ("Method version", metadata.get("method_version")),
-        ("Generated at", metadata.get("generated_at")),
-        ("Samples", metadata.get("total_samples")),
-        ("Run ids", ", ".join(str(r) for r in run_ids) if run_ids else None),
-        ("Time span", f"{span.get('start', '?')} → {span.get('end', '?')}" if span else None),
-        ("Target truncation rate", metadata.get("target_truncation")),
-        ("Confidence threshold", metadata.get("confidence_threshold")),
-        ("Minimum samples per group", metadata.get("min_samples")),
-        ("Report", PurePath(report).name if isinstance(report, str) and report else None),
+    rows, simulated = _sources(metadata)
+    source = ", ".join(
+        f"`{_text(r.get('provider'))}` / `{_text(r.get('model'))}`: {_fmt(r.get('samples'))}"
+        + (" (**simulated**)" if r.get("simulated") else "") for r in rows)
+    kind = {True: "**simulated** (not a real model)", False: "real provider calls",
+            None: "unknown (the calibration output names no provider or model for its samples)"}[simulated]
+    retries = metadata.get("retries_excluded")
+    if metadata.get("retries_known") is False:
+        retries = "not known (the telemetry does not say which calls were escalated retries)"
+    commit = None
+    if code_commit:
+        commit = f"[`{code_commit[:12]}`]({code_commit_url})" if code_commit_url else f"`{code_commit[:12]}`"
+    method = metadata.get("method")
+    params = _mapping(metadata.get("method_params"))
+    if method is not None and params:
+        method = f"{method} ({', '.join(f'{k} = {_fmt(v)}' for k, v in params.items())})"
+    items: list[tuple[str, Any, bool]] = [
+        ("Data", kind, True),
+        ("Providers / models (samples)", source or None, True),
+        ("Escalated retries left out of the fit", retries, False),
+        ("Code commit (base of this pull request)", commit, True),
+        ("Flow run", f"[{_text(flow_run_url)}]({flow_run_url})" if flow_run_url else None, True),
+        ("Database id", metadata.get("db_id"), False),
+        ("Calibration run id", metadata.get("calibration_run_id"), False),
+        ("Method version", metadata.get("method_version"), False),
+        ("Ceiling method", method, False),
+        ("Generated at", metadata.get("generated_at"), False),
+        ("Samples", metadata.get("total_samples"), False),
+        ("Run ids", ", ".join(str(r) for r in run_ids) if run_ids else None, False),
+        ("Time span", f"{span.get('start', '?')} → {span.get('end', '?')}" if span else None, False),
+        ("Target truncation rate", metadata.get("target_truncation"), False),
+        ("Confidence threshold", metadata.get("confidence_threshold"), False),
+        ("Minimum samples per group", metadata.get("min_samples"), False),
+        ("Held-out calls needed to carry evidence", metadata.get("min_evidence_calls"), False),
+        ("Level of the gate's binomial test", metadata.get("gate_level"), False),
+        ("Largest change of a coefficient per run", f"×{metadata['max_coefficient_step']}"
+         if metadata.get("max_coefficient_step") is not None else None, False),
+        ("Report", PurePath(report).name if isinstance(report, str) and report else None, False),
     ]
-    lines = ["### Provenance", ""]
-    lines += [f"- {label}: {_text(value) if isinstance(value, str) else _fmt(value)}" for label, value in items
-              if value is not None]
+    lines = ["### Data and provenance", ""]
+    for label, value, markdown in items:
+        if value is None:
+            continue
+        shown = str(value) if markdown else _text(value) if isinstance(value, str) else _fmt(value)
+        lines.append(f"- {label}: {shown}")
     return "\n".join(lines)
 
 
+def _glossary() -> str:
+    lines = ["<details><summary>Glossary</summary>", ""]
+    lines += [f"- **{term}**: {text}" for term, text in GLOSSARY]
+    lines += ["", "</details>"]
+    return "\n".join(lines)
+
+
+# --- the comment when a proposal is not published ------------------------------------------------
+
+
+def not_updated_marker(digest: str) -> str:
+    """Hidden tag of the "not updated" comment for one proposal (so a re-run does not comment twice)."""
+    return f"<!-- autopack-calibration-not-updated proposal={digest} -->"
+
+
+def render_not_updated(
+    changes: Sequence[Change],
+    report: VerificationReport,
+    digest: str,
+    *,
+    pr_number: int | None = None,
+    flow_run_url: str | None = None,
+    extra_secrets: Sequence[str] = (),
+) -> str:
+    """Why a proposal was not published: the failing test, its assertion and values, and pytest's output.
+
+    Posted as a comment on the open PR (which keeps its previous proposal) and written next to the body.
+    """
+    secrets = [*get_settings().secret_values(), *(s for s in extra_secrets if s)]
+    subject = f"pull request #{pr_number}" if pr_number is not None else "the calibration branch"
+    lines = [
+        f"### ⛔ Not updated: the new proposal failed verification",
+        "",
+        f"autopack computed a new calibration proposal (`{digest[:12]}`), but the edited "
+        f"`{ESTIMATOR_PATH}` failed verification, so **nothing was pushed**: {subject} still shows the previous "
+        "proposal, unchanged.",
+        "",
+    ]
+    failures = report.tests.failures
+    for failure in failures[:5]:
+        lines += _failure_lines(failure, changes)
+    if len(failures) > 5:
+        lines.append(f"- … and {len(failures) - 5} more failing tests")
+    other = [e for e in report.errors if not failures or not e.startswith(failures[0].test_id)]
+    lines += [f"- {_text(e)}" for e in other]
+    lines += ["", "Proposed values:", "", "| Coefficient | Key | Old | New |", "|---|---|---:|---:|"]
+    lines += [f"| `{c.coefficient}` | `{_text(c.key[0])}, {_text(c.key[1])}` | {_old(c)} | {_fmt(c.new)} |"
+              for c in changes]
+    output = report.tests.output or report.tests.output_tail
+    if output:
+        fence = "````" if "```" in output else "```"
+        lines += ["", "<details><summary>pytest output</summary>", "", f"{fence}text", output, fence, "",
+                  "</details>"]
+    if flow_run_url:
+        lines += ["", f"Flow run: [{_text(flow_run_url)}]({flow_run_url})"]
+    lines += ["", not_updated_marker(digest)]
+    return redact("\n".join(lines) + "\n", secrets)
+
+
+def _failure_lines(failure: TestFailure, changes: Sequence[Change]) -> list[str]:
+    lines = [f"- **Failing test:** `{_text(failure.test_id)}`", f"  - assertion: `{_text(failure.assertion)}`"]
+    if failure.values:
+        lines.append("  - values: " + ", ".join(f"`{_text(name)} = {_text(value)}`"
+                                                for name, value in failure.values))
+    implicated = _implicated(failure, changes)
+    if implicated:
+        lines.append("  - proposed entries matching those values: " + ", ".join(
+            f"`{c.coefficient}[{_text(c.key[0])}, {_text(c.key[1])}]` {_old(c)} → {_fmt(c.new)}" for c in implicated))
+    return lines
+
+
+def _implicated(failure: TestFailure, changes: Sequence[Change]) -> list[Change]:
+    """Changes whose key and new value both appear among the failing frame's values."""
+    values = [value for _, value in failure.values]
+    found = []
+    for c in changes:
+        if repr(c.key) in values and any(_same_number(v, c.new) for v in values):
+            found.append(c)
+    return found
+
+
+def _same_number(text: str, number: float) -> bool:
+    try:
+        return math.isclose(float(text), number, rel_tol=1e-9, abs_tol=1e-12)
+    except ValueError:
+        return False
+
+
 # --- formatting ----------------------------------------------------------------------------------
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _records(value: object) -> list[Mapping[str, Any]]:
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+        return []
+    return [v for v in value if isinstance(v, Mapping)]
+
+
+def _first(value: object) -> object:
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return "; ".join(str(v) for v in value) if value else None
+    return value
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _pair(value: object) -> tuple[float, float] | None:
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and len(value) == 2:
+        a, b = _number(value[0]), _number(value[1])
+        if a is not None and b is not None:
+            return a, b
+    return None
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f} %"
 
 
 def _text(value: object) -> str:
@@ -279,7 +895,20 @@ def _fmt(value: object) -> str:
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        listed = ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+        return _text(value.get("reason") or value.get("verdict") or listed)
     return _text(value)
+
+
+def _old(c: Change) -> str:
+    return _fmt(c.old) if c.old is not None else "(none)"
+
+
+def _arrow(before: float | None, after: float | None, *, unset: str) -> str:
+    first = _fmt(before) if before is not None else unset
+    second = _fmt(after) if after is not None else unset
+    return first if first == second else f"{first} → **{second}**"
 
 
 def _relative(old: float | None, new: float) -> str:

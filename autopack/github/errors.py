@@ -14,7 +14,18 @@ class StaleProposalError(EstimatorEditError):
 
 
 class VerificationError(AutopackError):
-    """The edited estimator failed verification (import, table values or its tests): nothing was published."""
+    """The edited estimator failed verification (import, table values or its tests): nothing was published.
+
+    ``details_path`` is the written report (failing test, assertion, values, pytest output) and
+    ``comment_url`` the comment left on the open pull request saying why it was not updated, when any.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, report: object = None,
+                 details_path: object = None, comment_url: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.report = report
+        self.details_path = details_path
+        self.comment_url = comment_url
 
 
 class GitHubError(AutopackError):

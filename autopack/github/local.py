@@ -155,3 +155,8 @@ def _foreign_commits(git: _Git, base_sha: str, tip: str, identity: BotIdentity) 
         if not is_bot_commit(author_email, committer_email, message, identity):
             foreign.append(f"{sha[:12]} ({name})")
     return foreign
+
+
+def base_commit(target_repo: Path, base: str | None = None) -> str | None:
+    """The commit sha the proposal is based on (``base``, default HEAD), or None outside a git checkout."""
+    return _Git(Path(target_repo)).sha(f"{base or 'HEAD'}^{{commit}}")

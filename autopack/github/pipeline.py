@@ -5,22 +5,41 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autopack.config import get_settings
 from autopack.errors import InputError, RefusedError
-from autopack.github.body import pr_title, render_pr_body
+from autopack.github.body import not_updated_marker, pr_title, render_not_updated, render_pr_body
+from autopack.github.errors import VerificationError
 from autopack.github.estimator_edit import apply_proposal
-from autopack.github.local import BODY_FILE, publish_local
-from autopack.github.proposal import ESTIMATOR_PATH, parse_changes, proposal_hash
-from autopack.github.remote import ClientOptions, publish_pull_request
+from autopack.github.local import BODY_FILE, base_commit, publish_local
+from autopack.github.memory import (
+    PastProposal,
+    ProposalMemory,
+    declined_result,
+    find_declined,
+    note_pull_request_on_run,
+    repository_key,
+)
+from autopack.github.proposal import (
+    BOT_BRANCH,
+    ESTIMATOR_PATH,
+    MATERIAL_TOLERANCE,
+    Change,
+    parse_changes,
+    proposal_hash,
+)
+from autopack.github.remote import ClientOptions, GitHubRepository
 from autopack.github.result import PublishResult
-from autopack.github.verify import verify_edited_estimator
+from autopack.github.verify import VerificationReport, verify_edited_estimator
 from autopack.logging import get_logger
 
 log = get_logger("autopack.github")
+#: Written next to the PR body when a proposal fails verification (what failed, and pytest's output).
+FAILURE_FILE = "verification_failure.md"
 
 
 def load_calibration(path: Path) -> dict[str, Any]:
@@ -49,14 +68,26 @@ def open_calibration_pr(
     python: str | None = None,
     require_gate: bool = True,
     options: ClientOptions | None = None,
+    database_url: str | None = None,
+    flow_run_url: str | None = None,
+    material_tolerance: float = MATERIAL_TOLERANCE,
 ) -> PublishResult:
     """Apply the calibration's proposed changes to ``target_repo``'s estimator, verify, and propose them.
 
     Publishes to GitHub when a token and a repository are known (arguments, else GITHUB_TOKEN /
     GITHUB_REPOSITORY) and ``dry_run`` is False; otherwise writes the bot branch into the local checkout
     (``publish_local``). The PR body is always written to ``output_dir/pull_request_body.md``.
+
+    A human's "no" lasts: every proposal is remembered in ``database_url``'s ``calibration_proposals``
+    (default: the settings' database), closures are learned from GitHub (every proposal a closed bot PR
+    ever carried), and a proposal that does not differ materially (``material_tolerance``) from one a
+    human closed is skipped (status ``skipped_closed_by_human``), before anything is verified or written.
+
     Refuses (``RefusedError``) when the calibration gate did not pass, unless ``require_gate`` is False.
-    Raises ``StaleProposalError``/``VerificationError``/``GitHubError`` subclasses; nothing is published then.
+    A proposal that fails verification is never pushed: ``VerificationError`` names the failing test, its
+    assertion and values; the details go to ``output_dir/verification_failure.md`` and, on GitHub, into
+    a comment on the open PR saying why it was not updated. ``flow_run_url`` (the Prefect flow run) is
+    linked from the body and the comment. Also raises ``StaleProposalError``/``GitHubError`` subclasses.
     """
     if not isinstance(calibration, Mapping):
         raise InputError("calibration JSON must be an object")
@@ -66,6 +97,8 @@ def open_calibration_pr(
         raise RefusedError(f"the calibration gate did not pass{': ' + reasons if reasons else ''}; nothing proposed")
     changes = parse_changes(calibration.get("proposed_changes"))
     metadata = calibration.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise InputError("calibration JSON: metadata must be an object")
 
     target_repo = Path(target_repo)
     estimator = target_repo / ESTIMATOR_PATH
@@ -74,33 +107,106 @@ def open_calibration_pr(
                          hint="--target-repo must be a checkout of the autopack repository")
     original = estimator.read_text(encoding="utf-8")
     edited = apply_proposal(original, changes, metadata)
-    report = verify_edited_estimator(target_repo, edited, changes, original_source=original, run_tests=run_tests,
-                                     python=python)
-    report.raise_for_failure()
+    digest = proposal_hash(changes)
 
     settings = get_settings()
     if token is None and settings.github_token is not None:
         token = settings.github_token.get_secret_value() or None
     repository = repository or settings.github_repository
     remote = not dry_run and bool(token) and bool(repository)
+    memory = ProposalMemory(database_url, repository_key(repository, target_repo))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if plot_link is None and not remote and isinstance(calibration.get("plot_path"), str) and calibration["plot_path"]:
+    job = _Job(calibration, changes, digest, original, edited, target_repo, output_dir, memory, material_tolerance,
+               run_tests, python, flow_run_url, [token] if token else [])
+
+    if remote:
+        with GitHubRepository(token=token, repository=repository, base_url=base_url, base_branch=base_branch,
+                              options=options) as gh:
+            gh.check_base(original)
+            memory.learn(gh.history(learned=memory.learned_closures(), known_values=memory.known_values()))
+            declined = job.declined()
+            if declined is not None:
+                return job.done(gh.skipped(declined, digest))
+            report = job.verify(open_pull=gh.open_pull, comment=gh.comment_once)
+            body = job.body(report, plot_link=plot_link, inline=True, commit=gh.base_sha,
+                            commit_url=gh.commit_url(gh.base_sha))
+            result = gh.publish(edited_source=edited, body=body, title=pr_title(calibration), proposal=digest)
+        body_path = output_dir / BODY_FILE
+        body_path.write_text(body, encoding="utf-8")
+        return job.done(dataclasses.replace(result, body_path=body_path))
+
+    if not dry_run:
+        log.info("no GitHub token or repository: publishing the proposal to a local branch instead")
+    declined = job.declined()
+    if declined is not None:
+        return job.done(declined_result(declined, digest, branch=BOT_BRANCH, base=base_branch))
+    report = job.verify()
+    if plot_link is None and isinstance(calibration.get("plot_path"), str) and calibration["plot_path"]:
         plot_link = os.path.relpath(Path(calibration["plot_path"]).resolve(), output_dir.resolve())
+    body = job.body(report, plot_link=plot_link, inline=False, commit=base_commit(target_repo, base_branch))
+    return job.done(publish_local(target_repo, edited, body, output_dir=output_dir, title=pr_title(calibration),
+                                  proposal=digest, base=base_branch, original_source=original))
 
-    body = render_pr_body(calibration, report, plot_link=plot_link, extra_secrets=[token] if token else ())
-    title = pr_title(calibration)
-    digest = proposal_hash(changes)
-    if not remote:
-        if not dry_run:
-            log.info("no GitHub token or repository: publishing the proposal to a local branch instead")
-        return publish_local(target_repo, edited, body, output_dir=output_dir, title=title, proposal=digest,
-                             base=base_branch, original_source=original)
 
-    result = publish_pull_request(
-        edited_source=edited, body=body, title=title, proposal=digest, token=token, repository=repository,
-        base_url=base_url, base_branch=base_branch, original_source=original, options=options,
-    )
-    body_path = output_dir / BODY_FILE
-    body_path.write_text(body, encoding="utf-8")
-    return dataclasses.replace(result, body_path=body_path)
+@dataclass
+class _Job:
+    """One proposal on its way: the steps ``open_calibration_pr`` runs in the same order for GitHub and git."""
+
+    calibration: Mapping[str, Any]
+    changes: list[Change]
+    digest: str
+    original: str
+    edited: str
+    target_repo: Path
+    output_dir: Path
+    memory: ProposalMemory
+    tolerance: float
+    run_tests: bool
+    python: str | None
+    flow_run_url: str | None
+    secrets: list[str]
+
+    def declined(self) -> PastProposal | None:
+        return find_declined(self.changes, self.digest, self.memory.past(), self.tolerance)
+
+    def verify(self, *, open_pull: Callable[[], Any] | None = None,
+               comment: Callable[[Any, str, str], str] | None = None) -> VerificationReport:
+        """Verify the edited estimator; on failure write the details, comment on the open PR, and raise."""
+        report = verify_edited_estimator(self.target_repo, self.edited, self.changes, original_source=self.original,
+                                         run_tests=self.run_tests, python=self.python)
+        if report.ok:
+            return report
+        details = self.output_dir / FAILURE_FILE
+        pr = open_pull() if open_pull is not None else None
+        text = render_not_updated(self.changes, report, self.digest, pr_number=pr.number if pr is not None else None,
+                                  flow_run_url=self.flow_run_url, extra_secrets=self.secrets)
+        details.write_text(text, encoding="utf-8")
+        comment_url = comment(pr, text, not_updated_marker(self.digest)) if pr is not None and comment else None
+        where = (f"; PR #{pr.number} was not updated (comment: {comment_url})" if pr is not None
+                 else "; nothing was pushed")
+        raise VerificationError(
+            f"proposal {self.digest[:12]} failed verification: {report.failure_summary()}{where}",
+            hint=f"details and the pytest output: {details}", report=report, details_path=details,
+            comment_url=comment_url,
+        )
+
+    def body(self, report: VerificationReport, *, plot_link: str | None, inline: bool, commit: str | None,
+             commit_url: str | None = None) -> str:
+        return render_pr_body(
+            self.calibration, report, plot_link=plot_link, extra_secrets=self.secrets, flow_run_url=self.flow_run_url,
+            code_commit=commit, code_commit_url=commit_url, inline_chart=inline, original_source=self.original,
+            edited_source=self.edited,
+        )
+
+    def done(self, result: PublishResult) -> PublishResult:
+        """Remember what was published (and on which calibration run), then hand the result back."""
+        metadata = self.calibration.get("metadata") or {}
+        run_id = metadata.get("calibration_run_id")
+        db_id = metadata.get("db_id")
+        self.memory.record(result, self.changes, db_id=db_id if isinstance(db_id, str) else None,
+                           calibration_run_id=run_id if isinstance(run_id, int) and not isinstance(run_id, bool)
+                           else None)
+        note_pull_request_on_run(self.memory.url, run_id, result)
+        log.info("%s", result.summary)
+        return result

@@ -27,6 +27,9 @@ ESTIMATOR_PATH = "autopack/token_estimator.py"
 #: Labels put on every calibration PR.
 PR_LABELS = ("calibration", "needs-review")
 
+#: Relative tolerance under which a proposed value counts as the same as one a human already declined.
+MATERIAL_TOLERANCE = 0.10
+
 _MARKER_RE = re.compile(r"<!--\s*autopack-calibration-pr\s+proposal=([0-9a-f]{64})\s*-->")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -94,12 +97,40 @@ def parse_changes(raw: object) -> list[Change]:
 
 def proposal_hash(changes: Sequence[Change]) -> str:
     """sha256 of the canonical (sorted, compact) JSON of the changes' table/key/old/new."""
-    canonical = sorted(
+    text = json.dumps(canonical_changes(changes), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def canonical_changes(changes: Sequence[Change]) -> list[dict[str, Any]]:
+    """The changes as stored and hashed: ``[{coefficient, key, old, new}]`` sorted by table and key."""
+    return sorted(
         ({"coefficient": c.coefficient, "key": list(c.key), "old": c.old, "new": c.new} for c in changes),
         key=lambda d: (d["coefficient"], d["key"]),
     )
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def material_difference(proposal: Sequence[Change], declined: Sequence[Change],
+                        tolerance: float = MATERIAL_TOLERANCE) -> str | None:
+    """Why ``proposal`` differs materially from a ``declined`` one, or None when it does not.
+
+    Material means: another set of coefficient entries, or at least one entry whose new value differs
+    from the declined one by more than ``tolerance`` relative to the larger of the two
+    (|a − b| > tolerance · max(|a|, |b|)). The ``old`` values are ignored: a human who said no to
+    setting a factor to 1.42 said no to 1.42, whatever the file held at the time.
+    """
+    ours = {(c.coefficient, c.key): c for c in proposal}
+    theirs = {(c.coefficient, c.key): c for c in declined}
+    if ours.keys() != theirs.keys():
+        added = sorted(ours.keys() - theirs.keys())
+        dropped = sorted(theirs.keys() - ours.keys())
+        parts = ([f"adds {', '.join(ours[k].label for k in added)}"] if added else []) + (
+            [f"drops {', '.join(theirs[k].label for k in dropped)}"] if dropped else [])
+        return "another set of coefficients (" + "; ".join(parts) + ")"
+    for key in sorted(ours):
+        new, old = ours[key].new, theirs[key].new
+        if abs(new - old) > tolerance * max(abs(new), abs(old)):
+            return f"{ours[key].label} {old:g} → {new:g} (more than {tolerance:.0%} apart)"
+    return None
 
 
 def marker(digest: str) -> str:

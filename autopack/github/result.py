@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,11 +24,20 @@ DEFAULT_IDENTITY = BotIdentity()
 PROPOSAL_TRAILER = "Autopack-Calibration-Proposal"
 
 
+_TRAILER_RE = re.compile(rf"^{PROPOSAL_TRAILER}:\s*([0-9a-f]{{64}})\s*$", re.MULTILINE)
+
+
 def commit_message(title: str, proposal: str) -> str:
     return (
         f"{title}\n\nProposed by autopack's calibration pipeline; never merged automatically.\n\n"
         f"{PROPOSAL_TRAILER}: {proposal}\n"
     )
+
+
+def proposal_in_message(message: str | None) -> str | None:
+    """The proposal hash a bot commit's trailer names (the last one, as git reads trailers), or None."""
+    found = _TRAILER_RE.findall(message or "")
+    return found[-1] if found else None
 
 
 def is_bot_commit(author_email: str | None, committer_email: str | None, message: str | None,

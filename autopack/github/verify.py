@@ -14,10 +14,12 @@ import json
 import math
 import os
 import shutil
+import re
 import subprocess
 import sys
 import tarfile
 import tempfile
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +33,8 @@ from autopack.logging import redact
 GROUP_TABLES = frozenset({"PHASE_OVERHEAD", "BUDGET_FACTORS", "BASE_BUDGET_BY_CATEGORY"})
 ESTIMATOR_TESTS = "tests/test_token_estimator.py"
 _PROBE_PREFIX = "AUTOPACK_ESTIMATOR_PROBE "
+MAX_OUTPUT_CHARS = 20_000
+MAX_VALUE_CHARS = 120
 _COPY_IGNORE = shutil.ignore_patterns(
     ".git", ".venv", "venv", "node_modules", "__pycache__", ".pytest_cache", ".mypy_cache", ".autopack", "*.db"
 )
@@ -93,11 +97,35 @@ class EstimateComparison:
 
 
 @dataclass(frozen=True)
+class TestFailure:
+    """One failing estimator test as pytest reported it (from its JUnit XML), secrets redacted."""
+
+    __test__ = False  # not a pytest test class
+
+    #: pytest node id, e.g. ``tests/test_token_estimator.py::test_tables_are_positive``
+    test_id: str
+    #: The assertion (or exception) in one line, e.g. ``assert (True and 0 > 0)``
+    assertion: str
+    #: The failing frame's local variables as pytest printed them (``-l``), e.g. ``(("value", "0"),)``
+    values: tuple[tuple[str, str], ...] = ()
+    #: pytest's full report of this failure (traceback with locals), capped
+    details: str = ""
+
+    def one_line(self) -> str:
+        shown = ", ".join(f"{name} = {value}" for name, value in self.values if len(value) <= 60)
+        return f"{self.test_id} failed: {self.assertion}" + (f" ({shown})" if shown else "")
+
+
+@dataclass(frozen=True)
 class EstimatorTestRun:
     status: Literal["passed", "failed", "not_found", "skipped"]
     command: str
     returncode: int | None = None
     output_tail: str = ""
+    #: Every failing test, in the order pytest ran them (empty when pytest could not report them).
+    failures: tuple[TestFailure, ...] = ()
+    #: pytest's whole output (redacted, capped at ``MAX_OUTPUT_CHARS``), for the report/artifact.
+    output: str = ""
 
 
 @dataclass(frozen=True)
@@ -226,9 +254,10 @@ def verify_edited_estimator(
         if phases and not new_probe.get("has_planner") and not new_probe.get("error"):
             notes.append("the estimator has no plan_call/PhaseFeatures: only table values are compared")
 
-        tests = _run_tests(python, copy, env, tests_path, timeout) if run_tests else EstimatorTestRun("skipped", "")
+        tests = (_run_tests(python, copy, env, tests_path, timeout, Path(tmp) / "junit.xml") if run_tests
+                 else EstimatorTestRun("skipped", ""))
         if tests.status == "failed":
-            errors.append(f"{tests_path} failed (exit {tests.returncode})")
+            errors.append(_tests_failed(tests, tests_path))
         elif tests.status == "not_found":
             notes.append(f"{tests_path} does not exist in the target repository; no estimator tests were run")
 
@@ -324,16 +353,98 @@ def _comparisons(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[
     return out
 
 
-def _run_tests(python: str, copy: Path, env: Mapping[str, str], tests_path: str, timeout: float) -> EstimatorTestRun:
-    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", tests_path]
+def _run_tests(python: str, copy: Path, env: Mapping[str, str], tests_path: str, timeout: float,
+               junit: Path) -> EstimatorTestRun:
+    # -l prints each failing frame's locals: the value that broke an invariant, named in the error.
+    command = [python, "-m", "pytest", "-q", "-l", "-p", "no:cacheprovider", tests_path]
     shown = " ".join(["python", *command[1:]])
     if not (copy / tests_path).is_file():
         return EstimatorTestRun("not_found", shown)
+    report_args = [f"--junitxml={junit}", "-o", "junit_family=xunit1"]
     try:
         done = subprocess.run(
-            command, cwd=copy, env=dict(env), capture_output=True, text=True, timeout=timeout, check=False
+            [*command, *report_args], cwd=copy, env=dict(env), capture_output=True, text=True, timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired:
-        return EstimatorTestRun("failed", shown, None, f"timed out after {timeout:.0f}s")
-    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-    return EstimatorTestRun("passed" if done.returncode == 0 else "failed", shown, done.returncode, redact(tail))
+        return EstimatorTestRun("failed", shown, None, f"timed out after {timeout:.0f}s",
+                                output=f"timed out after {timeout:.0f}s")
+    output = redact((done.stdout + done.stderr).strip())
+    tail = "\n".join(output.splitlines()[-15:])
+    failures = parse_junit_failures(junit.read_text("utf-8")) if junit.is_file() else ()
+    return EstimatorTestRun("passed" if done.returncode == 0 else "failed", shown, done.returncode, tail,
+                            failures=failures, output=_cap(output, MAX_OUTPUT_CHARS))
+
+
+def _tests_failed(tests: EstimatorTestRun, tests_path: str) -> str:
+    """The verification error for failing estimator tests: the first failing test, its assertion, its values."""
+    if not tests.failures:
+        last = tests.output_tail.strip().splitlines()[-1:] or [""]
+        exit_code = "timed out" if tests.returncode is None else f"exit {tests.returncode}"
+        return f"{tests_path} failed ({exit_code}): {last[0]}".rstrip(": ")
+    more = len(tests.failures) - 1
+    return tests.failures[0].one_line() + (f" (and {more} more failing test{'s' if more > 1 else ''})" if more else "")
+
+
+_LOCAL = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s+= (.*)$")
+
+
+def parse_junit_failures(xml: str) -> tuple[TestFailure, ...]:
+    """Failing/erroring test cases of a pytest JUnit XML report (``junit_family=xunit1``: it names the file)."""
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return ()
+    failures = []
+    for case in root.iter("testcase"):
+        problem = case.find("failure")
+        if problem is None:
+            problem = case.find("error")
+        if problem is None:
+            continue
+        details = redact(problem.text or "")
+        message = redact(problem.get("message") or "")
+        assertion = next((line.strip() for line in message.splitlines() if line.strip()), "") or _last_e_line(details)
+        failures.append(TestFailure(
+            test_id=_node_id(case), assertion=_cap(assertion.removeprefix("AssertionError: "), 300),
+            values=_frame_locals(details), details=_cap(details, MAX_OUTPUT_CHARS // 2),
+        ))
+    return tuple(failures)
+
+
+def _node_id(case: ElementTree.Element) -> str:
+    """``file::Class::name`` as pytest would print it, from xunit1's ``file``/``classname``/``name``."""
+    file, classname, name = case.get("file") or "", case.get("classname") or "", case.get("name") or ""
+    if not file:
+        return f"{classname}::{name}" if classname else name
+    module = file.removesuffix(".py").replace("/", ".").replace("\\", ".")
+    inner = classname[len(module):].lstrip(".") if classname.startswith(module) else ""
+    return "::".join([file, *(inner.split(".") if inner else []), name])
+
+
+def _frame_locals(details: str) -> tuple[tuple[str, str], ...]:
+    """The last block of ``name = repr`` lines pytest ``-l`` printed (the frame that failed), short values only."""
+    blocks: list[list[tuple[str, str]]] = []
+    current: list[tuple[str, str]] = []
+    for line in details.splitlines():
+        match = _LOCAL.match(line)
+        if match:
+            current.append((match.group(1), match.group(2).strip()))
+        elif current:
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    if not blocks:
+        return ()
+    return tuple((name, value) for name, value in blocks[-1]
+                 if name != "self" and not name.startswith("@") and len(value) <= MAX_VALUE_CHARS)
+
+
+def _last_e_line(details: str) -> str:
+    lines = [line[1:].strip() for line in details.splitlines() if line.startswith("E ")]
+    return lines[0] if lines else ""
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 40] + f"\n… ({len(text) - limit + 40} more characters)"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from autopack.llm.base import LLMRequest, LLMResponse, is_truncated, normalise_finish_reason
-from autopack.llm.sdk import SDKProvider, optional_int, sdk_error_message
+from autopack.llm.sdk import SDKProvider, sdk_error_message, usage_int
 
 
 class AnthropicProvider(SDKProvider):
@@ -31,10 +31,10 @@ class AnthropicProvider(SDKProvider):
             message = stream.get_final_message()
         text = "".join(getattr(block, "text", "") for block in message.content if block.type == "text")
         usage = message.usage
-        output = optional_int(getattr(usage, "output_tokens", None))
-        base_input = optional_int(getattr(usage, "input_tokens", None))
-        cache_read = optional_int(getattr(usage, "cache_read_input_tokens", None))
-        cache_write = optional_int(getattr(usage, "cache_creation_input_tokens", None))
+        output = usage_int(usage, "output_tokens")
+        base_input = usage_int(usage, "input_tokens")
+        cache_read = usage_int(usage, "cache_read_input_tokens")
+        cache_write = usage_int(usage, "cache_creation_input_tokens")
         # The whole prompt: Anthropic's input_tokens excludes cache reads and writes.
         prompt = None if base_input is None else base_input + (cache_read or 0) + (cache_write or 0)
         stop = message.stop_reason

@@ -1,23 +1,22 @@
-"""A provider wrapper that runs every call inside a caller-supplied gate (e.g. a concurrency slot).
+"""A provider wrapper that makes every call inside a caller-supplied gate (e.g. a provider-gate slot).
 
-Prefect's global concurrency limit for provider calls is applied this way, without the library knowing
-about Prefect; it also remembers the last error so a caller can tell a transient failure from a final one.
+The gate wraps the provider's whole ``complete`` (its own retry loop included): a call retried after a 429
+keeps its slot through the backoff, so a rate-limited provider sees fewer callers, not more.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from autopack.llm.base import LLMProvider, LLMRequest, LLMResponse, ProviderError
+from autopack.llm.base import LLMProvider, LLMRequest, LLMResponse
 
 
 @dataclass
 class GatedProvider:
     inner: LLMProvider
     gate: Callable[[], AbstractContextManager[object]]
-    last_error: ProviderError | None = field(default=None, init=False)
 
     @property
     def name(self) -> str:
@@ -33,8 +32,4 @@ class GatedProvider:
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         with self.gate():
-            try:
-                return self.inner.complete(request)
-            except ProviderError as exc:
-                self.last_error = exc
-                raise
+            return self.inner.complete(request)

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from autopack.llm.base import LLMRequest, LLMResponse, is_truncated, normalise_finish_reason
-from autopack.llm.sdk import SDKProvider, optional_int
+from autopack.llm.sdk import SDKProvider, usage_int
 
 
 class GeminiProvider(SDKProvider):
@@ -46,9 +46,9 @@ class GeminiProvider(SDKProvider):
         reason = getattr(candidate, "finish_reason", None) if candidate is not None else None
         stop = None if reason is None else str(getattr(reason, "value", reason))
         usage = response.usage_metadata
-        prompt = optional_int(getattr(usage, "prompt_token_count", None))
-        visible = optional_int(getattr(usage, "candidates_token_count", None))
-        thoughts = optional_int(getattr(usage, "thoughts_token_count", None))
+        prompt = usage_int(usage, "prompt_token_count")
+        visible = usage_int(usage, "candidates_token_count")
+        thoughts = usage_int(usage, "thoughts_token_count")
         output = None if visible is None and thoughts is None else (visible or 0) + (thoughts or 0)
         return LLMResponse(
             text=text,
@@ -57,9 +57,9 @@ class GeminiProvider(SDKProvider):
             max_tokens=request.max_tokens,
             input_tokens=prompt,
             output_tokens=output,
-            total_tokens=optional_int(getattr(usage, "total_token_count", None)),
+            total_tokens=usage_int(usage, "total_token_count"),
             reasoning_tokens=thoughts,
-            cached_tokens=optional_int(getattr(usage, "cached_content_token_count", None)),
+            cached_tokens=usage_int(usage, "cached_content_token_count"),
             stop_reason=stop,
             finish_reason=normalise_finish_reason(stop),
             truncated=is_truncated(stop, output, request.max_tokens),

@@ -8,7 +8,7 @@ ceiling counts.
 from __future__ import annotations
 
 from autopack.llm.base import LLMRequest, LLMResponse, is_truncated, normalise_finish_reason
-from autopack.llm.sdk import SDKProvider, optional_int, sdk_error_message
+from autopack.llm.sdk import SDKProvider, sdk_error_message, usage_int
 
 
 class OpenAIProvider(SDKProvider):
@@ -34,9 +34,9 @@ class OpenAIProvider(SDKProvider):
         text = (choice.message.content or "") if choice is not None and choice.message is not None else ""
         stop = choice.finish_reason if choice is not None else None
         usage = completion.usage
-        prompt = optional_int(getattr(usage, "prompt_tokens", None))
-        output = optional_int(getattr(usage, "completion_tokens", None))
-        total = optional_int(getattr(usage, "total_tokens", None))
+        prompt = usage_int(usage, "prompt_tokens")
+        output = usage_int(usage, "completion_tokens")
+        total = usage_int(usage, "total_tokens")
         details = getattr(usage, "completion_tokens_details", None)
         prompt_details = getattr(usage, "prompt_tokens_details", None)
         return LLMResponse(
@@ -47,8 +47,8 @@ class OpenAIProvider(SDKProvider):
             input_tokens=prompt,
             output_tokens=output,
             total_tokens=total,
-            reasoning_tokens=optional_int(getattr(details, "reasoning_tokens", None)),
-            cached_tokens=optional_int(getattr(prompt_details, "cached_tokens", None)),
+            reasoning_tokens=usage_int(details, "reasoning_tokens"),
+            cached_tokens=usage_int(prompt_details, "cached_tokens"),
             stop_reason=stop,
             finish_reason=normalise_finish_reason(stop),
             truncated=is_truncated(stop, output, request.max_tokens),

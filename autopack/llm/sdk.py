@@ -7,6 +7,7 @@ bounded, injectable backoff (tests pass a sleep that records instead of waiting)
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 import time
 from collections.abc import Callable
@@ -15,10 +16,12 @@ from autopack.llm.base import (
     LLMRequest,
     LLMResponse,
     ProviderError,
+    ProviderResponseError,
     ProviderTransientError,
     RetryPolicy,
     error_for_status,
     parse_retry_after,
+    validate_response,
     with_retries,
 )
 
@@ -124,13 +127,20 @@ class SDKProvider:
         def attempt() -> LLMResponse:
             try:
                 return self._call(request)
+            except ProviderResponseError as exc:
+                if exc.provider:
+                    raise
+                raise ProviderResponseError(f"{self.name} {exc.message}", provider=self.name,
+                                            problems=exc.problems) from exc
             except ProviderError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every SDK error is translated to one of ours
                 raise self.translate(exc) from exc
 
         response, retries = with_retries(attempt, policy=self.policy, sleep=self._sleep, provider=self.name)
-        return dataclasses.replace(response, latency_seconds=time.monotonic() - start, retries=retries)
+        return validate_response(
+            dataclasses.replace(response, latency_seconds=time.monotonic() - start, retries=retries)
+        )
 
 
 _ERROR_CODE_PREFIX = re.compile(r"^Error code: \d+ - ")
@@ -147,10 +157,25 @@ def sdk_error_message(exc: BaseException) -> str:
     return _ERROR_CODE_PREFIX.sub("", str(getattr(exc, "message", None) or exc))
 
 
-def optional_int(value: object) -> int | None:
+def optional_int(value: object, field: str = "token count") -> int | None:
+    """A reported usage number as an int; None when the provider did not report it.
+
+    Integral numbers (and digit strings) are converted. Anything else a server may send (1.5, NaN,
+    Infinity, "many", true) raises ``ProviderResponseError`` rather than being rounded or silently
+    dropped; the range is checked afterwards, once, by ``validate_response``.
+    """
     if value is None:
         return None
-    try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,40}\s*", value):
+        return int(value)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise ProviderResponseError(f"reported {field}={shown}, which is not a token count", problems={field: shown})
+
+
+def usage_int(usage: object, name: str) -> int | None:
+    """``usage.<name>`` as a token count (see ``optional_int``), named after the provider's own field."""
+    return optional_int(getattr(usage, name, None), name)

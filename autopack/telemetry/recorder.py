@@ -9,6 +9,10 @@ Rules (each fixes a defect of the original, reference §2.7 and §10.7):
   reports none gets no estimation row (it is never filled with the total);
 - no "< 50 tokens" guard: tiny outputs are real samples;
 - a failed write raises ``TelemetryWriteError``: in collection mode the phase fails loudly;
+- every number is checked against its column's range before the write (``autopack.telemetry.bounds``),
+  the same on SQLite and PostgreSQL: a provider's impossible usage (3×10⁹ completion tokens, −1, NaN)
+  is recorded as a usage row with ``split_kind = 'invalid'`` and the bad numbers NULL (the call
+  happened), never as a calibration sample, and the write raises ``TelemetryValueError``;
 - each write commits in its own transaction, so telemetry survives a later crash of the phase.
 """
 
@@ -32,8 +36,10 @@ from autopack.db.models import (
     utcnow,
 )
 from autopack.errors import AutopackError
-from autopack.llm.base import LLMResponse
+from autopack.llm.base import USAGE_COLUMNS, LLMResponse, response_problems
 from autopack.logging import get_logger
+from autopack.telemetry.adaptive_state import apply_feedback
+from autopack.telemetry.bounds import ValueOutOfRangeError, check_row, out_of_range
 from autopack.token_estimator import (
     CALIBRATION_VERSION,
     CeilingDecision,
@@ -53,6 +59,17 @@ class TelemetryWriteError(AutopackError):
     """A telemetry row could not be written; collection must not continue silently."""
 
     exit_code = 1
+
+
+class TelemetryValueError(TelemetryWriteError):
+    """A number is out of its column's range; the call was recorded as far as it could be (if at all)."""
+
+
+#: The unique key of a usage or estimation row: one row per provider call.
+CALL_KEY_COLUMNS = ("run_id", "phase_id", "attempt_index", "call_index")
+
+#: ``split_kind`` of a usage row whose provider reported numbers no column can hold.
+SPLIT_INVALID = "invalid"
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,35 @@ def usage_fields(key: CallKey, response: LLMResponse, *, role: str = "builder") 
         "split_kind": "exact" if exact else "total_only" if total is not None else "unreported",
         "created_at": utcnow(),
     }
+
+
+def invalid_usage_fields(
+    key: CallKey, provider: str, model: str | None, response: LLMResponse | None, problems: Mapping[str, str],
+    *, role: str = "builder",
+) -> dict[str, Any]:
+    """A usage row for a call whose reported numbers are partly impossible: the bad ones NULL, the rest kept."""
+    fields = {
+        "provider": provider,
+        "model": model,
+        "run_id": key.run_id,
+        "phase_id": key.phase_id,
+        "attempt_index": key.attempt_index,
+        "call_index": key.call_index,
+        "role": role,
+        "total_tokens": 0,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "reasoning_tokens": None,
+        "cached_tokens": None,
+        "split_kind": SPLIT_INVALID,
+        "created_at": utcnow(),
+    }
+    if response is not None:
+        for field_name, column in USAGE_COLUMNS.items():
+            if field_name not in problems:
+                value = getattr(response, field_name)
+                fields[column] = 0 if value is None and column == "total_tokens" else value
+    return fields
 
 
 def estimation_fields(
@@ -200,6 +246,14 @@ def format_log_line(
     )
 
 
+def _write_error(key: CallKey, exc: SQLAlchemyError) -> TelemetryWriteError:
+    return TelemetryWriteError(
+        f"telemetry write failed for {key.run_id}/{key.phase_id} attempt {key.attempt_index}: "
+        f"{type(exc).__name__}: {getattr(exc, 'orig', exc)}",
+        hint="check the database (autopack db identity); pass --no-telemetry to run without recording",
+    )
+
+
 def record_call(
     key: CallKey,
     features: PhaseFeatures,
@@ -211,26 +265,43 @@ def record_call(
     role: str = "builder",
     url: str | None = None,
 ) -> RecordedCall:
-    """Write the usage row and the estimation row of one provider call (idempotent on the call key)."""
-    call_key = ("run_id", "phase_id", "attempt_index", "call_index")
+    """Write the usage row and the estimation row of one provider call (idempotent on the call key).
+
+    A response with impossible usage is recorded by ``record_invalid_call`` instead, and this raises
+    ``TelemetryValueError``; so does any other number out of its column's range (nothing is written then).
+    """
+    problems = response_problems(response)
+    if problems:
+        record_invalid_call(key, response.provider, response.model, response, problems, role=role, url=url)
+        raise TelemetryValueError(
+            f"{response.provider} reported impossible usage for {key.run_id}/{key.phase_id} attempt "
+            f"{key.attempt_index}: {'; '.join(problems.values())}; recorded as split_kind={SPLIT_INVALID}, "
+            "no calibration sample"
+        )
+    call_key = CALL_KEY_COLUMNS
+    usage = _column_values(LlmUsageEvent, usage_fields(key, response, role=role))
+    estimation = None
+    if response.output_tokens is not None:
+        fields = estimation_fields(key, features, est, decision, response, success=success)
+        estimation = _column_values(TokenEstimationV2Event, fields)
+    where = f"telemetry for {key.run_id}/{key.phase_id} attempt {key.attempt_index}"
+    try:
+        check_row(LlmUsageEvent, usage, context=where)
+        if estimation is not None:
+            check_row(TokenEstimationV2Event, estimation, context=where)
+    except ValueOutOfRangeError as exc:
+        raise TelemetryValueError(exc.message + "; nothing recorded") from exc
     try:
         with session_scope(url) as session:
-            usage_id, usage_created = _insert_ignore(
-                session, LlmUsageEvent, _column_values(LlmUsageEvent, usage_fields(key, response, role=role)), call_key
-            )
+            usage_id, usage_created = _insert_ignore(session, LlmUsageEvent, usage, call_key)
             est_id: int | None = None
             est_created = False
-            if response.output_tokens is not None:
-                fields = estimation_fields(key, features, est, decision, response, success=success)
-                est_id, est_created = _insert_ignore(
-                    session, TokenEstimationV2Event, _column_values(TokenEstimationV2Event, fields), call_key
-                )
+            if estimation is not None:
+                est_id, est_created = _insert_ignore(session, TokenEstimationV2Event, estimation, call_key)
+                if est_created:
+                    _feed_adaptive_budget(session, decision, response, success=success)
     except SQLAlchemyError as exc:
-        raise TelemetryWriteError(
-            f"telemetry write failed for {key.run_id}/{key.phase_id} attempt {key.attempt_index}: "
-            f"{type(exc).__name__}: {getattr(exc, 'orig', exc)}",
-            hint="check the database (autopack db identity); pass --no-telemetry to run without recording",
-        ) from exc
+        raise _write_error(key, exc) from exc
     if response.output_tokens is None:
         log.warning("[TokenEstimationV2] %s/%s attempt %d: %s reported no output-token count; usage recorded "
                     "as total-only, no estimation sample", key.run_id, key.phase_id, key.attempt_index,
@@ -238,6 +309,48 @@ def record_call(
     else:
         log.info(format_log_line(est, decision, response, success=success))
     return RecordedCall(usage_id, usage_created, est_id, est_created)
+
+
+def _feed_adaptive_budget(
+    session: sa.orm.Session, decision: CeilingDecision, response: LLMResponse, *, success: bool
+) -> None:
+    """Move the group's ACI level with this call's outcome, in the telemetry row's own transaction.
+
+    Only a first attempt planned with an adaptive factor (``decision.adaptive``), and only a call that is a
+    calibration sample (it succeeded or it was truncated), so the runtime learns from what the backtest
+    replays. A retried write of an existing row never gets here (``est_created``): one call, one update.
+    """
+    use = decision.adaptive
+    if use is None or response.output_tokens is None or not (success or response.truncated):
+        return
+    apply_feedback(session, use, use.error(int(response.output_tokens), bool(response.truncated)))
+
+
+def record_invalid_call(
+    key: CallKey,
+    provider: str,
+    model: str | None,
+    response: LLMResponse | None,
+    problems: Mapping[str, str],
+    *,
+    role: str = "builder",
+    url: str | None = None,
+) -> tuple[int, bool]:
+    """Record that a call happened although its usage numbers are impossible (``split_kind = 'invalid'``).
+
+    The numbers that fit are kept, the others are NULL; no estimation row (it would poison calibration).
+    """
+    fields = _column_values(LlmUsageEvent, invalid_usage_fields(key, provider, model, response, problems, role=role))
+    for column in out_of_range(LlmUsageEvent, fields):  # e.g. a total that only overflows once summed
+        fields[column] = 0 if column == "total_tokens" else None
+    try:
+        with session_scope(url) as session:
+            created = _insert_ignore(session, LlmUsageEvent, fields, CALL_KEY_COLUMNS)
+    except SQLAlchemyError as exc:
+        raise _write_error(key, exc) from exc
+    log.warning("[telemetry] %s/%s attempt %d: %s reported impossible usage (%s); recorded as split_kind=%s",
+                key.run_id, key.phase_id, key.attempt_index, provider, "; ".join(problems.values()), SPLIT_INVALID)
+    return created
 
 
 def record_escalation(
@@ -271,6 +384,10 @@ def record_escalation(
         "actual_max_tokens": actual_max_tokens,
         "tokens_used": output_tokens,
     }
+    try:
+        check_row(TokenBudgetEscalationEvent, fields, context=f"escalation event for {run_id}/{phase_id}")
+    except ValueOutOfRangeError as exc:
+        raise TelemetryValueError(exc.message + "; nothing recorded") from exc
     try:
         with session_scope(url) as session:
             return _insert_ignore(

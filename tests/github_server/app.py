@@ -143,8 +143,19 @@ class FakeGitHub:
             )
 
     def close_pull(self, full_name: str, number: int) -> None:
+        """A human closes the PR without merging it (the branch stays)."""
         with self.state.lock:
             self.state.close_pull(self.repo(full_name), number)
+
+    def merge_pull(self, full_name: str, number: int) -> str:
+        """A human merges the PR (a merge commit on the base with the head's tree); returns the merge commit."""
+        with self.state.lock:
+            return self.state.merge_pull(self.repo(full_name), number, HUMAN)
+
+    def reopen_pull(self, full_name: str, number: int) -> None:
+        with self.state.lock:
+            pull = self.repo(full_name).pulls[number]
+            pull.state, pull.closed_at, pull.frozen_head_sha, pull.frozen_base_sha = "open", None, None, None
 
     def file(self, full_name: str, rev: str, path: str) -> str | None:
         with self.state.lock:

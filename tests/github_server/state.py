@@ -250,6 +250,20 @@ class GitHubState:
             return repo.refs.get(f"refs/heads/{pull.base_ref}") or pull.frozen_base_sha or ""
         return pull.frozen_base_sha
 
+    def merge_pull(self, repo: Repo, number: int, who: GitIdentity) -> str:
+        """Merge commit on the base (parents: base, head; the head's tree, as a conflict-free merge gives)."""
+        pull = repo.pulls[number]
+        base_ref, head_ref = f"refs/heads/{pull.base_ref}", f"refs/heads/{pull.head_ref}"
+        head = repo.refs[head_ref]
+        sha = self.make_commit(repo, repo.commits[head].tree, [repo.refs[base_ref], head],
+                               f"Merge pull request #{number}", who, who)
+        pull.frozen_head_sha = head
+        repo.refs[base_ref] = sha
+        pull.frozen_base_sha = sha
+        pull.state = "closed"
+        pull.closed_at = pull.merged_at = pull.updated_at = self.now()
+        return sha
+
     def close_pull(self, repo: Repo, number: int, *, head_sha: str | None = None) -> None:
         pull = repo.pulls[number]
         pull.frozen_head_sha = head_sha or repo.refs.get(f"refs/heads/{pull.head_ref}") or pull.frozen_head_sha

@@ -5,7 +5,7 @@ and each text once per distinct value. Existing rows get their keys here: on Pos
 computes them in SQL; on SQLite the same function is registered on the connection for the UPDATE.
 
 Revision ID: 0005
-Revises: 0001
+Revises: 0004
 Create Date: 2026-12-05
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from alembic import op
 from autopack.db import keys
 
 revision = '0005'
-down_revision = '0001'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,46 @@
+"""The report a reviewer reads and the plot: what ships, with its interval, evidence, method and source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autopack.calibration.core import Params, calibrate
+from autopack.calibration.report import render_markdown, write_plot
+from autopack.calibration.samples import build_sample_set
+from autopack.calibration.synthetic import GroupTruth, Law, simulate_groups
+
+
+def calibration():  # type: ignore[no-untyped-def]
+    groups = [GroupTruth("implementation", "low", 400, Law(0.0, 0.35)),
+              GroupTruth("docs", "low", 250, Law(0.2, 0.3), 0.4, False),
+              GroupTruth("tests", "low", 8, Law(0.3, 0.4))]
+    return calibrate(build_sample_set(simulate_groups(groups, seed=4).columns), Params())
+
+
+def test_the_report_shows_the_interval_the_evidence_the_method_and_the_source() -> None:
+    result = calibration().result
+    text = render_markdown(result, None)
+    assert "`shipped` (shipped = this pull request)" in text and "full refit, every group" in text
+    assert "held-out truncation [lower–upper]" in text and "Clopper–Pearson" in text
+    assert "one-sided exact binomial p" in text and "(thin)" in text
+    assert "km_conformal" in text and "censored_fit, extrapolation" in text and "small_group_bound" in text
+    assert "assumes log(actual / predicted) is normal" in text
+    assert "SIMULATED data" in text and "escalated retries excluded" in text
+    assert "**TOKEN_WEIGHTS** (unchanged)" in text
+    shipped = [c for c in result["proposed_changes"]]
+    assert shipped and all(c["verdict"] in text for c in shipped)
+
+
+def test_the_plot_shows_n_and_todays_ceiling_beside_the_proposed_one(tmp_path: Path) -> None:
+    cal = calibration()
+    drawn = write_plot(tmp_path / "plot.png", cal.plot, alpha=0.05)
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any("n=400" in t for t in drawn) and any("n=8" in t for t in drawn)
+    assert any("today's ceiling" in t for t in drawn)
+    assert all(today is not None for today in cal.plot.current)
+
+
+def test_the_older_positional_plot_call_still_draws(tmp_path: Path) -> None:
+    p = calibration().plot
+    drawn = write_plot(tmp_path / "plot.png", p.groups, p.ratios, p.observed, p.factors, p.proposed, 0.05)
+    assert any("n=400" in t for t in drawn) and not any("today's ceiling" in t for t in drawn)

@@ -1,0 +1,134 @@
+"""Credentials inside URLs never land in output, logs, reports, JSON, artifacts or database rows."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from autopack.cli import main
+from autopack.config import get_settings
+from autopack.db.engine import dispose_engines, get_engine, mask_url
+from autopack.db.models import Base
+from autopack.execution.seed_runs import V4_RUN_ID
+from autopack.logging import redact
+from autopack.url_credentials import mask_url_credentials, url_credentials
+
+P1 = "telemetry-p1-string-util"
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out = capsys.readouterr()
+    return int(info.value.code or 0), out.out + out.err
+
+
+def every_stored_text(url: str) -> str:
+    """Every row of every autopack table, as text."""
+    chunks = []
+    with get_engine(url).connect() as connection:
+        for table in Base.metadata.sorted_tables:
+            for row in connection.execute(sa.select(table)).mappings():
+                chunks.append(json.dumps({k: str(v) for k, v in row.items()}))
+    return "\n".join(chunks)
+
+
+def every_file(directory: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in directory.rglob("*") if p.is_file())
+
+
+# --- the pieces ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "secret", "kept"), [
+    ("postgresql://app@db/autopack?password=pg-S3cret", "pg-S3cret", "app@db"),
+    ("postgresql://db/autopack?sslpassword=k3y-pass&sslmode=require", "k3y-pass", "sslmode=require"),
+    ("postgresql+psycopg://app:pw-S3cret@db:5432/autopack", "pw-S3cret", "app:***@db"),
+])
+def test_mask_url_hides_every_database_credential(url: str, secret: str, kept: str) -> None:
+    masked = mask_url(url)
+    assert secret not in masked and kept in masked and "***" in masked
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("git push https://ghs_Abcdefgh12345678901234@github.com/o/r.git", "ghs_Abcdefgh12345678901234"),
+    ("remote https://plainTOKENvalue42@gitlab.example/o/r.git failed", "plainTOKENvalue42"),
+    ("GET http://127.0.0.1:8000/v1?api_key=q-S3cret&x=1", "q-S3cret"),
+    ("GET http://h/v1?foo=1&Api-Key=q-S3cret", "q-S3cret"),
+    ("connect postgresql://h/db?user=a&password=pg-S3cret failed", "pg-S3cret"),
+    ("proxy http://u:pw-S3cret@proxy:3128/", "pw-S3cret"),
+])
+def test_redact_masks_credentials_in_any_url_in_text(text: str, secret: str) -> None:
+    assert secret not in redact(text, secrets=[]) and secret not in mask_url_credentials(text)
+
+
+def test_plain_database_user_names_and_paths_are_kept() -> None:
+    for text in ("postgresql://postgres@127.0.0.1:5432/autopack", "sqlite:////srv/autopack.db?timeout=5"):
+        assert mask_url_credentials(text) == text
+
+
+def test_url_credentials_lists_each_secret_once() -> None:
+    assert url_credentials("https://tok%40en@h/x?key=k1&other=2") == ["tok%40en", "k1", "tok@en"]  # as written, decoded
+    assert url_credentials("postgresql://user@h/db") == []  # a database user name is not a credential
+    assert url_credentials("not a url") == []
+
+
+def test_settings_know_the_credentials_of_every_configured_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db/autopack?password=pg-S3cret")
+    monkeypatch.setenv("AUTOPACK_API_URL", "http://worker:api-S3cret@127.0.0.1:8000")
+    monkeypatch.setenv("AUTOPACK_LLM_BASE_URL", "https://llm-T0ken@llm.internal/v1")
+    monkeypatch.setenv("GITHUB_API_URL", "https://ghe.internal/api/v3?access_token=gh-S3cret")
+    secrets = get_settings().secret_values()
+    assert {"pg-S3cret", "api-S3cret", "llm-T0ken", "gh-S3cret"} <= set(secrets)
+    assert "free text with pg-S3cret inside" != redact("free text with pg-S3cret inside")
+
+
+# --- end to end ---------------------------------------------------------------------------------------------
+
+
+def test_a_password_in_the_database_url_query_never_lands_anywhere(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """psycopg honours ``?password=``; before, every ``[db]`` line, identity JSON and log showed it."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("query-string passwords are a PostgreSQL (libpq) feature")
+    secret = "pg-query-S3cret-0042"
+    monkeypatch.setenv("DATABASE_URL", f"{db_url}?password={secret}")  # trust auth: accepted and unused
+    caplog.set_level(logging.INFO)
+    printed = []
+    for args in (["runs", "create-telemetry-run"], ["db", "identity", "--json"], ["db", "identity", "--check"],
+                 ["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force"],
+                 ["drain", "batch", "--run-id", V4_RUN_ID, "--batch-size", "2"],
+                 ["calibrate", "--output-dir", str(tmp_path / "reports"), "--min-samples", "1"], ["runs", "list"]):
+        code, text = cli(args, capsys)
+        assert code in (0, 1), (args, text)
+        printed.append(text)
+    everything = "\n".join([*printed, caplog.text, every_file(tmp_path / "reports"), every_stored_text(db_url)])
+    assert "password=***" in "\n".join(printed)
+    assert secret not in everything
+    dispose_engines()
+
+
+def test_a_token_in_the_llm_base_url_never_lands_in_failure_reasons(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A provider that cannot be reached names its base URL; before, a token user name was stored verbatim."""
+    token = "llmTOKENuser0042"
+    query_key = "llm-query-key-0042"
+    assert cli(["runs", "create-telemetry-run"], capsys)[0] == 0
+    monkeypatch.setenv("AUTOPACK_LLM_PROVIDER", "openai")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    monkeypatch.setenv("AUTOPACK_LLM_MAX_RETRIES", "0")
+    monkeypatch.setenv("AUTOPACK_LLM_BASE_URL", f"http://{token}@127.0.0.1:1/v1?api_key={query_key}")
+    caplog.set_level(logging.INFO)
+    code, text = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force"], capsys)
+    assert code == 1 and "127.0.0.1:1" in text
+    code, batch_text = cli(["drain", "batch", "--run-id", V4_RUN_ID, "--batch-size", "1"], capsys)
+    everything = "\n".join([text, batch_text, caplog.text, every_stored_text(db_url)])
+    assert "APIConnectionError" in everything
+    assert token not in everything and query_key not in everything

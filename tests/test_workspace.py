@@ -1,0 +1,111 @@
+"""Run workspaces: one folder per exact run id, always inside the workspace root, old folders adopted once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from autopack.db.engine import session_scope
+from autopack.db.models import Phase, Run
+from autopack.execution import leases
+from autopack.execution.phase_runner import execute_phase
+from autopack.execution.workspace import MAX_SLUG_CHARS, run_workspace, workspace_folder, workspace_root, write_files
+from autopack.llm.simulated import SimulatedProvider
+
+AWKWARD_IDS = ["..", ".", "a/b", "../../etc", "/abs", "C:\\x", "col:1", "col_1", "col 1", "héllo-wörld", "日本語",
+               "x" * 5000, "", " ", ".hidden", "a\x00b", "\udcff", "run-a"]
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("AUTOPACK_WORKSPACE_DIR", str(tmp_path / "ws"))
+    return workspace_root()
+
+
+@pytest.mark.parametrize("run_id", AWKWARD_IDS)
+def test_every_run_id_gets_a_plain_folder_directly_under_the_root(root: Path, run_id: str) -> None:
+    folder = run_workspace(run_id)
+    assert folder.parent == root and folder.is_dir() and folder.resolve() == folder
+    assert folder.name not in (".", "..") and not folder.name.startswith(".")
+    assert len(folder.name) <= MAX_SLUG_CHARS + 1 + 16
+    write_files(folder, {"pkg/a.py": "X = 1\n"})
+    assert (folder / "pkg" / "a.py").is_file()
+
+
+def test_distinct_run_ids_never_share_a_folder(root: Path) -> None:
+    names = {workspace_folder(run_id) for run_id in AWKWARD_IDS}
+    assert len(names) == len(AWKWARD_IDS)
+    assert workspace_folder("col:1") != workspace_folder("col_1")
+    assert workspace_folder("col:1").startswith("col_1-")  # still readable
+
+
+def test_the_folder_name_is_stable() -> None:
+    """Pinned: a change here would orphan every existing workspace."""
+    assert workspace_folder("telemetry-collection-v4") == "telemetry-collection-v4-ae5dc38037c44a7b"
+    assert workspace_folder("col:1") == "col_1-1822ba4225440549"
+    assert workspace_folder("..") == "run-5ec1f7e700f37c3d"
+
+
+def test_dot_dot_never_touches_the_parent_of_the_root(root: Path) -> None:
+    root.mkdir(parents=True)
+    sentinel = root.parent / "keep.txt"
+    sentinel.write_text("mine")
+    before = sorted(p.name for p in root.parent.iterdir())
+    folder = run_workspace("..")
+    write_files(folder, {"keep.txt": "overwritten?"})
+    assert sentinel.read_text() == "mine" and folder.parent == root
+    assert sorted(p.name for p in root.parent.iterdir()) == before
+
+
+def test_an_old_folder_named_after_a_plain_run_id_is_moved_once(root: Path) -> None:
+    (root / "run-a" / "pkg").mkdir(parents=True)
+    (root / "run-a" / "pkg" / "a.py").write_text("OLD = 1\n")
+    folder = run_workspace("run-a")
+    assert folder.name == workspace_folder("run-a") and (folder / "pkg" / "a.py").read_text() == "OLD = 1\n"
+    assert not (root / "run-a").exists()
+    assert run_workspace("run-a") == folder  # second call: nothing left to move
+
+
+def test_an_old_folder_a_renamed_id_shared_is_left_alone(root: Path) -> None:
+    (root / "col_1").mkdir(parents=True)
+    (root / "col_1" / "a.py").write_text("SHARED = 1\n")
+    folder = run_workspace("col:1")
+    assert not (folder / "a.py").exists() and (root / "col_1" / "a.py").exists()
+
+
+def test_an_old_folder_that_is_a_symlink_is_not_followed(root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root.mkdir(parents=True)
+    (root / "run-a").symlink_to(outside)
+    folder = run_workspace("run-a")
+    assert folder.parent == root and not folder.is_symlink() and outside.is_dir()
+
+
+def _drain_single_phase(url: str, run_id: str) -> Path:
+    with session_scope(url) as session:
+        session.add(Run(id=run_id, state="RUN_CREATED"))
+        session.add(Phase(run_id=run_id, phase_id="p", description="Write helpers.", task_category="implementation",
+                          complexity="low", scope={"deliverables": ["pkg/a.py"]}))
+    with session_scope(url) as session:
+        claim = leases.claim_phase(session, run_id, "p", "w1")
+    assert claim is not None
+    result = execute_phase(run_id, "p", claim=claim, url=url, provider=SimulatedProvider(seed=1), telemetry=False)
+    assert result.success, result.error_message
+    return run_workspace(run_id, create=False) / "pkg" / "a.py"
+
+
+def test_drained_runs_col_1_and_col_colon_1_write_to_two_folders(db_url: str, root: Path) -> None:
+    first, second = _drain_single_phase(db_url, "col:1"), _drain_single_phase(db_url, "col_1")
+    assert first != second and first.is_file() and second.is_file()
+    assert "col:1/p" in first.read_text() and "col_1/p" in second.read_text()
+
+
+def test_a_legacy_run_named_dot_dot_drains_inside_the_root(db_url: str, root: Path) -> None:
+    written = _drain_single_phase(db_url, "..")
+    assert written.is_file() and root in written.parents
+    assert not (root.parent / "pkg").exists()
+    with session_scope(db_url) as session:
+        assert session.execute(sa.select(Phase.state).where(Phase.run_id == "..")).scalar_one() == "COMPLETE"
