@@ -3,14 +3,21 @@
 Read when asked for (``get_settings()``), never at import time: the original bound its engine when a
 module was imported, so a ``DATABASE_URL`` set later was silently ignored (reference §10.1).
 A ``.env`` file in the current directory is read, but a variable already set in the environment wins.
+
+``get_settings()`` is cached, but never stale: the cache key is everything the settings are built from
+(the values of the environment variables the fields read, the current directory, and the identity and
+modification time of ``.env`` and of ``DATABASE_URL_FILE``). Setting a variable, changing directory or
+editing ``.env`` gives a new object on the next call; nothing has to clear the cache.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from autopack.errors import ConfigError, validation_summary
@@ -61,7 +68,7 @@ class Settings(BaseSettings):
     # --- execution ------------------------------------------------------------------------------
     #: Provider calls in flight at once across every drain on every host sharing this database (the provider
     #: gate, a lease on a ``provider_slots`` row); 0 switches the gate off. Raise it to your rate limit.
-    provider_concurrency: int = Field(default=4, ge=0, validation_alias="AUTOPACK_PROVIDER_CONCURRENCY")
+    provider_concurrency: int = Field(default=4, ge=0, le=1024, validation_alias="AUTOPACK_PROVIDER_CONCURRENCY")
     workspace_dir: Path = Field(default=Path(".autopack/workspaces"), validation_alias="AUTOPACK_WORKSPACE_DIR")
     # Extra environment variables a check command may see (comma-separated names), beyond PATH, HOME, LANG, ...
     check_command_env: str = Field(default="", validation_alias="AUTOPACK_CHECK_COMMAND_ENV")
@@ -71,6 +78,8 @@ class Settings(BaseSettings):
     github_repository: str | None = Field(default=None, validation_alias="GITHUB_REPOSITORY")
     github_base_url: str | None = Field(default=None, validation_alias="GITHUB_API_URL")
     github_base_branch: str | None = Field(default=None, validation_alias="GITHUB_BASE_BRANCH")
+
+    _secrets: list[str] | None = PrivateAttr(default=None)
 
     @field_validator("telemetry_db_enabled", mode="before")
     @classmethod
@@ -100,7 +109,16 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret this process knows, so log and report writers can redact them (keys, tokens, and
-        the credentials inside every configured URL: passwords, token user names, ``?password=``…)."""
+        the credentials inside every configured URL: passwords, token user names, ``?password=``…).
+
+        Computed once per settings object (the log filter asks on every line); a changed environment or
+        ``DATABASE_URL_FILE`` yields a new settings object from ``get_settings``, so this is never stale.
+        """
+        if self._secrets is None:
+            self._secrets = self._collect_secrets()
+        return list(self._secrets)
+
+    def _collect_secrets(self) -> list[str]:
         secrets = [
             s.get_secret_value()
             for s in (self.api_key, self.anthropic_api_key, self.openai_api_key, self.gemini_api_key, self.github_token)
@@ -117,11 +135,72 @@ class Settings(BaseSettings):
         return secrets
 
 
-def get_settings(**overrides: object) -> Settings:
-    """A fresh settings object: reads the environment (and ``.env``) each time it is called.
+_cache_lock = threading.Lock()
+_cached: tuple[object, Settings] | None = None
+_env_names: frozenset[str] | None = None
 
-    A malformed value (``TELEMETRY_DB_ENABLED=garbage``) is a ``ConfigError`` naming the variable.
+
+def _setting_env_names() -> frozenset[str]:
+    """Lower-cased names of every environment variable a field can be read from (aliases and field names)."""
+    global _env_names
+    if _env_names is None:
+        names: set[str] = set()
+        for name, info in Settings.model_fields.items():
+            names.add(name.lower())
+            alias = info.validation_alias
+            choices = alias.choices if isinstance(alias, AliasChoices) else [alias] if alias else []
+            names.update(str(choice).lower() for choice in choices if isinstance(choice, str))
+        _env_names = frozenset(names)
+    return _env_names
+
+
+def _file_identity(path: str | os.PathLike[str] | None) -> tuple[int, int, int, int] | None:
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _settings_key() -> tuple[object, ...]:
+    """Everything ``Settings()`` reads: relevant environment values, cwd, ``.env`` and the URL file."""
+    names = _setting_env_names()
+    env = tuple(sorted((k.lower(), v) for k, v in os.environ.items() if k.lower() in names))
+    url_file = next((v for k, v in env if k == "database_url_file"), None)
+    return (env, os.getcwd(), _file_identity(".env"), _file_identity(url_file))
+
+
+def get_settings(**overrides: object) -> Settings:
+    """The settings for the current environment, built once per distinct environment (see the module doc).
+
+    With ``overrides`` a fresh object is built and not cached. Treat the returned object as read-only: it
+    is shared by every caller that sees the same environment. A malformed value
+    (``TELEMETRY_DB_ENABLED=garbage``) is a ``ConfigError`` naming the variable, and is never cached.
     """
+    global _cached
+    if overrides:
+        return _build_settings(**overrides)
+    key = _settings_key()
+    cached = _cached
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    settings = _build_settings()
+    if _settings_key() == key:  # unchanged while it was built (another thread may set variables)
+        with _cache_lock:
+            _cached = (key, settings)
+    return settings
+
+
+def clear_settings_cache() -> None:
+    """Forget the cached settings (never needed for correctness; for tests that want a cold start)."""
+    global _cached
+    with _cache_lock:
+        _cached = None
+
+
+def _build_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

@@ -18,6 +18,7 @@ def check_identity(expect_db_id: str | None = None, allow_empty: bool = False) -
         settings.resolved_database_url(),
         expect_db_id=expect_db_id or settings.expected_db_id,
         allow_empty=allow_empty,
+        counts=True,  # logged below; this flow runs once per pipeline, so the scan is affordable
     )
     get_run_logger().info(
         "db id=%s url=%s revision=%s runs=%s phases=%s events=%s",

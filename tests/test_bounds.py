@@ -74,7 +74,8 @@ def test_every_numeric_column_of_the_schema_is_bounded() -> None:
         for column in table.columns:
             if isinstance(column.type, sa.Integer):
                 bounds = column_bounds(column)
-                assert bounds is not None and bounds.integer and bounds.high == INT32[1], column
+                width = INT64 if isinstance(column.type, sa.BigInteger) else INT32
+                assert bounds is not None and bounds.integer and bounds.high == width[1], column
             if isinstance(column.type, sa.Float):
                 bounds = column_bounds(column)
                 assert bounds is not None and not bounds.integer, column

@@ -166,8 +166,6 @@ def test_each_calibration_is_recorded(seeded: str, tmp_path: Path) -> None:
 # --- what counts as a sample -----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the runner (calibration/runner.py, owned by h8) does not yet pass the "
-                   "retry flags (escalation events) and the provider/model per row into EventColumns")
 def test_the_database_path_excludes_retries_and_reports_the_source(db_url: str, tmp_path: Path) -> None:
     rows, escalations = simulate_with_escalations(60, seed=11)
     assert escalations

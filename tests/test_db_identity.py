@@ -126,3 +126,31 @@ def test_upgrade_command_reports_what_it_did(empty_db_url: str, capsys: pytest.C
     assert code == 0 and "upgraded" in out
     code, out, _ = run_cli(capsys, "db", "upgrade")
     assert code == 0 and "nothing to do" in out
+
+
+def _add_event(url: str) -> None:
+    with get_engine(url).begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO token_estimation_v2_events (run_id, phase_id, attempt_index, call_index, timestamp,"
+            " created_at, category, complexity, deliverable_count, deliverables_json, predicted_output_tokens,"
+            " actual_output_tokens, selected_budget, actual_max_tokens_backfilled, success, truncated,"
+            " is_truncated_output, schema_version, source) VALUES ('imp', '1', 0, 0, '2025-01-01 00:00:00',"
+            " '2025-01-01 00:00:00', 'docs', 'low', 1, '[]', 100, 90, 200, false, true, false, false, 2, 'import')"
+        ))
+
+
+@pytest.mark.parametrize("fill", [_add_run, _add_event], ids=["a run", "an estimation event"])
+def test_guard_probes_emptiness_without_counting(db_url: str, fill) -> None:  # type: ignore[no-untyped-def]
+    fill(db_url)
+    report = guard(db_url)  # would raise EmptyDatabaseError if the probe missed the row
+    assert not report.is_empty
+    assert report.counts == {} and report.estimation == {}  # the per-category scan is identity's alone
+
+
+def test_identity_report_still_counts_everything(db_url: str) -> None:
+    _add_run(db_url)
+    _add_event(db_url)
+    report = guard(db_url, counts=True)
+    assert report.counts["runs"] == 1 and report.counts["token_estimation_v2_events"] == 1
+    assert report.estimation["success_by_category"] == {"docs": 1}
+    assert read_identity(db_url).counts == report.counts

@@ -261,10 +261,8 @@ def test_import_is_guarded_by_the_expected_database_id(db_url: str, tmp_path: Pa
 
 def test_cli_import_and_its_errors(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, "calls.csv", CANONICAL_CSV)
-    code, _, err = run_cli(capsys, "telemetry", "import", "--format", "csv", str(path))
-    assert code == 2 and "empty" in err  # a fresh database needs --allow-empty-db
-    code, out, _ = run_cli(capsys, "telemetry", "import", "--format", "csv", str(path), "--allow-empty-db")
-    assert code == 0 and "imported 3 row(s)" in out
+    code, out, _ = run_cli(capsys, "telemetry", "import", "--format", "csv", str(path))
+    assert code == 0 and "imported 3 row(s)" in out  # filling an empty migrated database is the point
     code, _, err = run_cli(capsys, "telemetry", "import", "--format", "csv", str(path))
     errors = [line for line in err.strip().splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "collide" in errors[0]
@@ -274,3 +272,187 @@ def test_cli_import_and_its_errors(db_url: str, tmp_path: Path, capsys: pytest.C
     assert code == 2 and "field=value" in err
     code, out, _ = run_cli(capsys, "telemetry", "import", "--format", "v2-log", str(V5_LOG), "--json")
     assert code == 0 and json.loads(out)["rows"] == 25
+
+
+# --- bad input: one line, nothing written (issue 11) ------------------------------------------------------
+
+HEADER = "timestamp,category,complexity,predicted_output_tokens,actual_output_tokens,actual_max_tokens,truncated"
+
+
+def one_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    code, _, err = run_cli(capsys, "telemetry", "import", *args)
+    errors = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_old_scripts_passing_allow_empty_db_still_work(db_url: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "calls.csv", CANONICAL_CSV)
+    code, out, _ = run_cli(capsys, "telemetry", "import", str(path), "--allow-empty-db")
+    assert code == 0 and "imported 3 row(s)" in out
+
+
+def test_an_unmigrated_database_is_still_refused(empty_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DATABASE_URL", empty_db_url)
+    assert "autopack db upgrade" in one_error(capsys, str(write(tmp_path, "c.csv", CANONICAL_CSV)))
+
+
+def test_a_huge_field_in_a_column_the_import_ignores_is_read(db_url: str, tmp_path: Path) -> None:
+    text = HEADER + ",prompt\n" + f"2025-01-01,docs,low,10,9,100,false,{'x' * 300_000}\n"  # > csv's 128 KiB
+    assert import_telemetry(write(tmp_path, "big.csv", text), "csv", url=db_url).rows == 1
+
+
+def test_a_field_over_the_bound_is_one_line_with_its_line_number(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+
+    from autopack.calibration import importers
+
+    monkeypatch.setattr(importers, "MAX_CSV_FIELD_CHARS", 1000)  # the real bound is 16 Mi characters
+    text = HEADER + "\n2025-01-01,docs,low,10,9,100,false\n" + f"2025-01-01,docs,low,10,9,100,{'y' * 2000}\n"
+    line = one_error(capsys, str(write(tmp_path, "big.csv", text)))
+    assert "line 3: unreadable CSV: a field is longer than 1,000 characters" in line and "nothing imported" in line
+    assert rows(db_url) == [] and csv.field_size_limit() == 131072  # the process-wide limit is restored
+
+
+@pytest.mark.parametrize("value", ["123456789012345678901234567890", "3000000000", "-5", "1e400", "9" * 400])
+def test_token_counts_out_of_the_column_range_are_bad_rows(db_url: str, tmp_path: Path, value: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    text = HEADER + f"\n2025-01-01,docs,low,10,9,100,false\n2025-01-01,docs,low,10,{value},100,false\n"
+    line = one_error(capsys, str(write(tmp_path, "big.csv", text)))
+    assert "line 3:" in line and "actual_output_tokens" in line and "1 bad row(s), nothing imported" in line
+    assert rows(db_url) == []
+
+
+def test_a_model_name_longer_than_its_column_is_a_bad_row(db_url: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    text = HEADER + f",model\n2025-01-01,docs,low,10,9,100,false,{'m' * 300}\n"
+    line = one_error(capsys, str(write(tmp_path, "long.csv", text)))
+    assert "line 2: model is 300 characters long, the column holds 255" in line
+    assert rows(db_url) == []
+
+
+def test_an_output_that_reached_its_ceiling_is_truncated_whatever_the_row_says(db_url: str, tmp_path: Path) -> None:
+    text = HEADER + ",finish_reason\n2025-01-01,docs,low,10,100,100,false,stop\n2025-01-01,docs,low,10,99,100,false,stop\n"
+    import_telemetry(write(tmp_path, "cap.csv", text), "csv", url=db_url)
+    assert [(r["truncated"], r["is_truncated_output"]) for r in rows(db_url)] == [(True, True), (False, False)]
+
+
+def test_a_bad_row_after_written_batches_still_imports_nothing(db_url: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from autopack.calibration import importers
+
+    monkeypatch.setattr(importers, "INSERT_CHUNK", 2)  # several batches are in the transaction already
+    good = "".join(f"2025-01-01,docs,low,10,{i},100,false\n" for i in range(1, 8))
+    with pytest.raises(InputError, match="line 9: actual_output_tokens 'oops'"):
+        import_telemetry(write(tmp_path, "late.csv", HEADER + "\n" + good + "2025-01-01,docs,low,10,oops,100,false\n"),
+                         "csv", url=db_url)
+    assert rows(db_url) == []
+
+
+def test_a_clash_in_a_later_batch_rolls_back_the_earlier_ones(db_url: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from autopack.calibration import importers
+
+    head = "timestamp,run_id,phase_id,category,complexity,predicted_output_tokens,actual_output_tokens,"
+    head += "actual_max_tokens,truncated\n"
+    import_telemetry(write(tmp_path, "one.csv", head + "2025-01-01,r,p9,docs,low,10,9,100,false\n"), "csv",
+                     url=db_url)
+    monkeypatch.setattr(importers, "INSERT_CHUNK", 3)
+    many = "".join(f"2025-01-01,r,p{i},docs,low,10,9,100,false\n" for i in range(1, 11))  # p9 is taken
+    with pytest.raises(InputError, match=r"1 row\(s\) collide with calls already in the database"):
+        import_telemetry(write(tmp_path, "many.csv", head + many), "csv", url=db_url)
+    assert [r["phase_id"] for r in rows(db_url)] == ["p9"]
+
+
+def _otel_file(tmp_path: Path, doc: object) -> Path:
+    return write(tmp_path, "t.json", json.dumps(doc))
+
+
+GOOD_SPAN = _span({**COMMON, "gen_ai.usage.output_tokens": 10, "gen_ai.request.max_tokens": 100,
+                   "gen_ai.response.finish_reasons": ["stop"]})
+
+MALFORMED_OTEL = {
+    "document is a list": ([1, 2], "not an OTLP traces document"),
+    "resourceSpans is an object": ({"resourceSpans": {"a": 1}}, "not an OTLP traces document"),
+    "resourceSpans item is a string": ({"resourceSpans": ["x"]}, "resourceSpans[0] is a string, not an object"),
+    "resource is a list": ({"resourceSpans": [{"resource": [], "scopeSpans": []}]},
+                           "resourceSpans[0].resource is a list, not an object"),
+    "resource attributes is a string": ({"resourceSpans": [{"resource": {"attributes": "x"}}]},
+                                        "resource.attributes is a string, not a list"),
+    "scopeSpans is a number": ({"resourceSpans": [{"scopeSpans": 5}]}, "scopeSpans is a number, not a list"),
+    "scopeSpans item is null": ({"resourceSpans": [{"scopeSpans": [None]}]}, "scopeSpans[0] is null"),
+    "spans is an object": ({"resourceSpans": [{"scopeSpans": [{"spans": {}}]}]}, "spans is an object, not a list"),
+    "span is a number": ({"resourceSpans": [{"scopeSpans": [{"spans": [7]}]}]}, "the span is a number"),
+    "attributes is an object": (_otlp([{**GOOD_SPAN, "attributes": {"k": "v"}}]),
+                                "attributes is an object, not a list"),
+    "attribute is a string": (_otlp([{**GOOD_SPAN, "attributes": ["gen_ai.x"]}]),
+                              "attributes[0] is a string, not an object"),
+    "attribute key is a number": (_otlp([{**GOOD_SPAN, "attributes": [{"key": 1, "value": {}}]}]),
+                                  "attributes[0].key is a number, not a string"),
+    "attribute value is a string": (_otlp([{**GOOD_SPAN, "attributes": [{"key": "gen_ai.a", "value": "v"}]}]),
+                                    "attributes[0].value (gen_ai.a) is a string, not an object"),
+    "intValue is not an integer": (
+        _otlp([{**GOOD_SPAN, "attributes": [{"key": "gen_ai.usage.output_tokens", "value": {"intValue": "1.5x"}}]}]),
+        "intValue '1.5x' is not an integer"),
+    "stringValue is a number": (
+        _otlp([{**GOOD_SPAN, "attributes": [{"key": "gen_ai.request.model", "value": {"stringValue": 3}}]}]),
+        "stringValue is a number, not a string"),
+    "boolValue is a string": (
+        _otlp([{**GOOD_SPAN, "attributes": [{"key": "gen_ai.x", "value": {"boolValue": "yes"}}]}]),
+        "boolValue is a string, not true/false"),
+    "arrayValue values is a string": (
+        _otlp([{**GOOD_SPAN, "attributes": [{"key": "gen_ai.response.finish_reasons",
+                                             "value": {"arrayValue": {"values": "stop"}}}]}]),
+        "arrayValue.values is a string, not a list"),
+    "startTimeUnixNano is text": (_otlp([{**GOOD_SPAN, "startTimeUnixNano": "yesterday"}]),
+                                  "startTimeUnixNano 'yesterday' is not a count of nanoseconds"),
+    "startTimeUnixNano is out of range": (_otlp([{**GOOD_SPAN, "startTimeUnixNano": "9" * 30}]),
+                                          "is not a time"),
+    "output tokens over 64 bits": (
+        _otlp([_span({**COMMON, "gen_ai.usage.output_tokens": 2**70, "gen_ai.request.max_tokens": 100,
+                      "gen_ai.response.finish_reasons": ["stop"]})]),
+        "actual_output_tokens=1180591620717411303424 is outside"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_OTEL))
+def test_malformed_otel_shapes_are_one_line_each(db_url: str, tmp_path: Path, case: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    doc, expected = MALFORMED_OTEL[case]
+    line = one_error(capsys, "--format", "otel-json", str(_otel_file(tmp_path, doc)))
+    assert expected in line and "nothing imported" in line
+    assert rows(db_url) == []
+
+
+def test_a_malformed_span_does_not_hide_the_good_ones_errors(db_url: str, tmp_path: Path) -> None:
+    doc = _otlp([7, GOOD_SPAN, {**GOOD_SPAN, "startTimeUnixNano": "x"}])
+    with pytest.raises(InputError) as info:
+        import_telemetry(_otel_file(tmp_path, doc), "otel-json", url=db_url)
+    assert "2 bad row(s)" in info.value.message and "spans[0]" in info.value.message
+    assert "spans[2]" in info.value.message and rows(db_url) == []
+
+
+def test_two_processes_importing_the_same_file_at_once_write_it_once(db_url: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    n = 12_000  # several batches each, so the two transactions overlap
+    path = write(tmp_path, "same.csv", HEADER + "\n" + "".join(
+        f"2025-01-01 00:00:{i % 60:02d},docs,low,100,{i},100000,false\n" for i in range(1, n + 1)))
+    code = "import sys; from autopack.cli import main; main(['telemetry', 'import', sys.argv[1]])"
+    env = {**os.environ, "DATABASE_URL": db_url}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], env=env, cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    results = sorted((p.wait(timeout=300), *p.communicate()) for p in procs)
+    (won, won_out, _), (lost, _, lost_err) = results
+    assert won == 0 and f"imported {n} row(s)" in won_out
+    errors = [line for line in lost_err.strip().splitlines() if line.startswith("error:")]
+    assert lost == 2 and len(errors) == 1 and "Traceback" not in lost_err
+    assert f"{n} row(s) collide with calls already in the database" in errors[0] and "nothing imported" in errors[0]
+    with get_engine(db_url).connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(EV)).scalar_one() == n

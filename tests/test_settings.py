@@ -72,3 +72,66 @@ def test_telemetry_flag_parsing(monkeypatch: pytest.MonkeyPatch, value: str, exp
 
 def test_telemetry_is_on_by_default() -> None:
     assert get_settings().telemetry_db_enabled is True
+
+
+# --- the cache: cheap, and never stale --------------------------------------------------------------
+
+
+def test_settings_are_built_once_per_environment() -> None:
+    assert get_settings() is get_settings()
+
+
+def test_a_variable_set_after_a_call_is_seen_without_clearing_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert get_settings().llm_model is None
+    monkeypatch.setenv("AUTOPACK_LLM_MODEL", "model-a")
+    assert get_settings().llm_model == "model-a"
+    monkeypatch.setenv("AUTOPACK_LLM_MODEL", "model-b")
+    assert get_settings().llm_model == "model-b"
+    monkeypatch.delenv("AUTOPACK_LLM_MODEL")
+    assert get_settings().llm_model is None
+
+
+def test_a_lower_case_variable_counts_like_the_settings_read_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    get_settings()
+    monkeypatch.setenv("autopack_llm_model", "lower")
+    assert get_settings().llm_model == "lower"
+
+
+def test_an_edited_dotenv_is_seen(tmp_path: Path) -> None:
+    assert get_settings().llm_model is None
+    (tmp_path / ".env").write_text("AUTOPACK_LLM_MODEL=first\n")
+    assert get_settings().llm_model == "first"
+    (tmp_path / ".env").write_text("AUTOPACK_LLM_MODEL=second-longer\n")
+    assert get_settings().llm_model == "second-longer"
+    (tmp_path / ".env").unlink()
+    assert get_settings().llm_model is None
+
+
+def test_changing_directory_changes_the_default_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    first = get_settings().resolved_database_url()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert get_settings().resolved_database_url() != first
+    assert get_settings().resolved_database_url().endswith("/elsewhere/autopack.db")
+
+
+def test_secrets_follow_a_rewritten_database_url_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    url_file = tmp_path / "url.txt"
+    url_file.write_text("postgresql://u:first-password@127.0.0.1/db\n")
+    monkeypatch.setenv("DATABASE_URL_FILE", str(url_file))
+    assert "first-password" in get_settings().secret_values()
+    url_file.write_text("postgresql://u:second-password-rotated@127.0.0.1/db\n")
+    secrets = get_settings().secret_values()
+    assert "second-password-rotated" in secrets and "first-password" not in secrets
+
+
+def test_log_lines_redact_a_key_set_after_the_logger_was_made(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from autopack.logging import get_logger
+
+    log = get_logger("autopack.test_settings")
+    log.warning("before: %s", "nothing secret")
+    monkeypatch.setenv("OPENAI_API_KEY", "plain-key-value-1234")
+    log.warning("leaked? %s", "plain-key-value-1234")
+    assert "plain-key-value-1234" not in caplog.text and "leaked? ***" in caplog.text

@@ -1,7 +1,9 @@
 """Import outside telemetry into ``token_estimation_v2_events``: CSV, OTLP JSON (GenAI spans), V2 log lines.
 
-Every format is parsed completely first; any bad row is reported with its line number and nothing is
-written. The good case is one transaction: all rows or none. Imported rows carry their origin in
+A file is read as a stream and written in batches inside one transaction, so memory stays flat (10⁶ CSV
+rows in well under 512 MB, bench/bench_import.py) and the import is still all or nothing: any bad row
+(reported by line number), any number its column cannot hold, any call key already in the database
+(another import that committed first included) rolls the whole transaction back. Imported rows carry their origin in
 ``source`` (``import:<format>:<file name>``), canonical category/complexity (normalised on entry), and
 keys that cannot collide with recorded calls: run_id ``import-<file stem>`` unless given, phase_id the
 row's line/span number unless given, call_index counting repeats of a (run, phase) within the file.
@@ -20,13 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 
 from autopack.calibration.samples import TRUNCATION_REASONS
+from autopack.db import keys
 from autopack.db.engine import get_engine, resolve_url
 from autopack.db.identity import IdentityReport, guard
 from autopack.db.models import TELEMETRY_SCHEMA_VERSION, TokenEstimationV2Event, utcnow
-from autopack.errors import InputError
+from autopack.errors import AutopackError, InputError
 from autopack.taxonomy import canonical_category, canonical_complexity
+
+from autopack.calibration.samples import reached_ceiling  # the one rule: output reached the ceiling
+from autopack.telemetry.bounds import out_of_range  # every number checked against its column's range
+
 
 FORMATS = ("csv", "otel-json", "v2-log")
 
@@ -55,6 +64,9 @@ INT_FIELDS = ("attempt_index", "call_index", "deliverable_count", "predicted_out
 BOOL_FIELDS = ("truncated", "success")
 MAX_REPORTED_ERRORS = 20
 INSERT_CHUNK = 5000
+#: A CSV field may be this long (prompt or completion text in a column the import ignores); Python's csv
+#: module stops at 128 KiB by default. Beyond it the row is refused with its line number.
+MAX_CSV_FIELD_CHARS = 16 * 1024 * 1024
 
 
 def canonical_field(name: str) -> str:
@@ -136,11 +148,15 @@ def parse_timestamp(value: Any) -> datetime:
 
 
 def _int(value: Any) -> int:
+    """A whole number, exactly (a 30-digit count stays 30 digits, for the range check to name it)."""
     if isinstance(value, bool):
         raise ValueError
     if isinstance(value, int):
         return value
-    number = float(str(value).strip())
+    text = str(value).strip()
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    number = float(text)
     if not math.isfinite(number) or number != int(number):
         raise ValueError
     return int(number)
@@ -210,12 +226,38 @@ def _check_required(
 
 
 def parse_csv(path: Path, mapping: Mapping[str, str], defaults: Mapping[str, str]) -> Iterator[ParsedRow | RowError]:
+    previous_limit = csv.field_size_limit(MAX_CSV_FIELD_CHARS)
+    try:
+        yield from _parse_csv(path, mapping, defaults)
+    finally:
+        csv.field_size_limit(previous_limit)
+
+
+def _csv_records(reader: Any) -> Iterator[list[str] | RowError]:
+    """The reader's records; an unreadable one (a field over the limit, a NUL byte) ends the file as a bad row."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            text = str(exc)
+            if "field larger than field limit" in text:
+                text = f"a field is longer than {MAX_CSV_FIELD_CHARS:,} characters"
+            yield RowError(f"line {reader.line_num}", f"unreadable CSV: {text}")
+            return
+
+
+def _parse_csv(path: Path, mapping: Mapping[str, str], defaults: Mapping[str, str]) -> Iterator[ParsedRow | RowError]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
-        try:
-            header = next(reader)
-        except StopIteration:
+        records = _csv_records(reader)
+        header = next(records, None)
+        if header is None:
             yield RowError("line 1", "empty file (no header)")
+            return
+        if isinstance(header, RowError):
+            yield header
             return
         columns = {name.strip(): i for i, name in enumerate(header)}
         source_of: dict[str, int] = {}
@@ -230,7 +272,10 @@ def parse_csv(path: Path, mapping: Mapping[str, str], defaults: Mapping[str, str
                 return
             source_of[canonical] = columns[column]
         ordinal = 0
-        for record in reader:
+        for record in records:
+            if isinstance(record, RowError):
+                yield record
+                return
             if not any(cell.strip() for cell in record):
                 continue
             ordinal += 1
@@ -315,25 +360,74 @@ _OTEL_ATTRS: dict[str, tuple[str, ...]] = {
 REQUIRED_OTEL = ("timestamp", "category", "complexity", "predicted_output_tokens", "actual_output_tokens")
 
 
-def _otel_value(value: Mapping[str, Any]) -> Any:
+class OtelShapeError(ValueError):
+    """A part of an OTLP document that does not have the shape the OTLP JSON encoding gives it."""
+
+
+def _otel_list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise OtelShapeError(f"{what} is {_kind(value)}, not a list")
+    return value
+
+
+def _otel_map(value: Any, what: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise OtelShapeError(f"{what} is {_kind(value)}, not an object")
+    return value
+
+
+def _otel_item(value: Any, what: str) -> Mapping[str, Any]:
+    """An element of a list must be an object (a null element is as malformed as a string)."""
+    if not isinstance(value, Mapping):
+        raise OtelShapeError(f"{what} is {_kind(value)}, not an object")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+            type(None): "null"}.get(type(value), "an object")
+
+
+def _otel_value(value: Any, what: str) -> Any:
+    """The Python value of an OTLP ``AnyValue`` (intValue is a string in OTLP JSON, a number in some exporters)."""
+    value = _otel_map(value, what)
     if "stringValue" in value:
+        if not isinstance(value["stringValue"], str):
+            raise OtelShapeError(f"{what}.stringValue is {_kind(value['stringValue'])}, not a string")
         return value["stringValue"]
     if "intValue" in value:
-        return int(value["intValue"])
+        raw = value["intValue"]
+        if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not re.fullmatch(r"[+-]?\d+", str(raw).strip()):
+            raise OtelShapeError(f"{what}.intValue {str(raw)[:40]!r} is not an integer")
+        return int(str(raw).strip())
     if "doubleValue" in value:
-        return value["doubleValue"]
+        raw = value["doubleValue"]
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise OtelShapeError(f"{what}.doubleValue is {_kind(raw)}, not a number")
+        return raw
     if "boolValue" in value:
+        if not isinstance(value["boolValue"], bool):
+            raise OtelShapeError(f"{what}.boolValue is {_kind(value['boolValue'])}, not true/false")
         return value["boolValue"]
     if "arrayValue" in value:
-        return [_otel_value(v) for v in value["arrayValue"].get("values", [])]
+        items = _otel_list(_otel_map(value["arrayValue"], f"{what}.arrayValue").get("values"),
+                           f"{what}.arrayValue.values")
+        return [_otel_value(v, f"{what}.arrayValue.values[{i}]") for i, v in enumerate(items)]
     return None
 
 
-def _otel_attributes(items: Any) -> dict[str, Any]:
+def _otel_attributes(items: Any, what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for item in items or []:
-        if isinstance(item, Mapping) and "key" in item:
-            out[str(item["key"])] = _otel_value(item.get("value") or {})
+    for i, item in enumerate(_otel_list(items, what)):
+        item = _otel_item(item, f"{what}[{i}]")
+        key = item.get("key")
+        if not isinstance(key, str):
+            raise OtelShapeError(f"{what}[{i}].key is {_kind(key)}, not a string")
+        out[key] = _otel_value(item.get("value"), f"{what}[{i}].value ({key})")
     return out
 
 
@@ -353,6 +447,50 @@ def _otel_documents(path: Path) -> Iterator[tuple[int | None, Any] | RowError]:
             yield RowError(f"line {number}", f"not JSON ({exc.msg})")
 
 
+def _otel_start(span: Mapping[str, Any], where: str) -> datetime | None:
+    start = span.get("startTimeUnixNano")
+    if start in (None, "", 0, "0"):
+        return None
+    if isinstance(start, bool) or not re.fullmatch(r"\d+", str(start).strip()):
+        raise OtelShapeError(f"startTimeUnixNano {str(start)[:40]!r} is not a count of nanoseconds")
+    try:
+        return datetime.fromtimestamp(int(str(start).strip()) / 1e9, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise OtelShapeError(f"startTimeUnixNano {str(start)[:40]!r} is not a time") from None
+
+
+def _otel_spans(doc: Any, line: int | None) -> Iterator[tuple[str, Mapping[str, Any], dict[str, Any]] | RowError]:
+    """(where, span, resource attributes) for every span; a misshapen part is one bad row, then skipped."""
+    prefix = f"line {line}, " if line else ""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("resourceSpans"), list):
+        yield RowError(f"line {line or 1}", "not an OTLP traces document (no resourceSpans list)")
+        return
+    for i, rs in enumerate(doc["resourceSpans"]):
+        here = f"resourceSpans[{i}]"
+        try:
+            rs = _otel_item(rs, here)
+            resource = _otel_attributes(_otel_map(rs.get("resource"), f"{here}.resource").get("attributes"),
+                                        f"{here}.resource.attributes")
+            scopes = "scopeSpans" if "scopeSpans" in rs else "instrumentationLibrarySpans"
+            scope_list = _otel_list(rs.get(scopes), f"{here}.{scopes}")
+        except OtelShapeError as exc:
+            yield RowError(f"{prefix}{here}".rstrip(", "), str(exc))
+            continue
+        for j, ss in enumerate(scope_list):
+            here_ss = f"{here}.scopeSpans[{j}]"
+            try:
+                spans = _otel_list(_otel_item(ss, here_ss).get("spans"), f"{here_ss}.spans")
+            except OtelShapeError as exc:
+                yield RowError(f"{prefix}{here_ss}", str(exc))
+                continue
+            for k, span in enumerate(spans):
+                where = f"{prefix}span {here_ss}.spans[{k}]"
+                if not isinstance(span, Mapping):
+                    yield RowError(where, f"the span is {_kind(span)}, not an object")
+                    continue
+                yield where, span, resource
+
+
 def parse_otel_json(path: Path, mapping: Mapping[str, str], defaults: Mapping[str, str]) -> Iterator[ParsedRow | RowError]:
     """OpenTelemetry GenAI spans in OTLP JSON (one document, or one document per line)."""
     attrs_for = {k: (mapping[k],) if k in mapping else v for k, v in _OTEL_ATTRS.items()}
@@ -362,35 +500,35 @@ def parse_otel_json(path: Path, mapping: Mapping[str, str], defaults: Mapping[st
             yield item
             continue
         line, doc = item
-        resource_spans = doc.get("resourceSpans") if isinstance(doc, Mapping) else None
-        if not isinstance(resource_spans, list):
-            yield RowError(f"line {line or 1}", "not an OTLP traces document (no resourceSpans)")
-            continue
-        for i, rs in enumerate(resource_spans):
-            resource = _otel_attributes((rs.get("resource") or {}).get("attributes"))
-            for j, ss in enumerate(rs.get("scopeSpans") or rs.get("instrumentationLibrarySpans") or []):
-                for k, span in enumerate(ss.get("spans") or []):
-                    where = (f"line {line}, " if line else "") + f"span resourceSpans[{i}].scopeSpans[{j}].spans[{k}]"
-                    attrs = {**resource, **_otel_attributes(span.get("attributes"))}
-                    if not any(key.startswith("gen_ai.") for key in attrs):
-                        continue
-                    ordinal += 1
-                    raw: dict[str, Any] = dict(defaults)
-                    start = span.get("startTimeUnixNano")
-                    if start not in (None, "", 0, "0"):
-                        raw["timestamp"] = datetime.fromtimestamp(int(start) / 1e9, UTC)
-                    for canonical, keys in attrs_for.items():
-                        for key in keys:
-                            if attrs.get(key) is not None:
-                                value = attrs[key]
-                                raw[canonical] = ",".join(map(str, value)) if isinstance(value, list) else value
-                                break
-                    values, errors = _convert(raw, where)
-                    errors += _check_required(values, raw, where, REQUIRED_OTEL)
-                    if errors:
-                        yield from errors
-                    else:
-                        yield ParsedRow(where, ordinal, values)
+        for spanned in _otel_spans(doc, line):
+            if isinstance(spanned, RowError):
+                yield spanned
+                continue
+            where, span, resource = spanned
+            try:
+                attrs = {**resource, **_otel_attributes(span.get("attributes"), "attributes")}
+                if not any(key.startswith("gen_ai.") for key in attrs):
+                    continue
+                start = _otel_start(span, where)
+            except OtelShapeError as exc:
+                yield RowError(where, str(exc))
+                continue
+            ordinal += 1
+            raw: dict[str, Any] = dict(defaults)
+            if start is not None:
+                raw["timestamp"] = start
+            for canonical, names in attrs_for.items():
+                for name in names:
+                    if attrs.get(name) is not None:
+                        value = attrs[name]
+                        raw[canonical] = ",".join(map(str, value)) if isinstance(value, list) else value
+                        break
+            values, errors = _convert(raw, where)
+            errors += _check_required(values, raw, where, REQUIRED_OTEL)
+            if errors:
+                yield from errors
+            else:
+                yield ParsedRow(where, ordinal, values)
 
 
 PARSERS = {"csv": parse_csv, "otel-json": parse_otel_json, "v2-log": parse_v2_log}
@@ -405,10 +543,15 @@ def _event(values: Mapping[str, Any], *, run_id: str, phase_id: str, call_index:
            now: datetime) -> dict[str, Any]:
     finish = values.get("finish_reason")
     stop = values.get("stop_reason")
-    truncated = bool(values.get("truncated", False)) or _finish_truncates(finish) or _finish_truncates(stop)
     predicted = int(values["predicted_output_tokens"])
     actual = int(values["actual_output_tokens"])
     ceiling = values.get("actual_max_tokens")
+    category = canonical_category(values["category"])
+    complexity = canonical_complexity(values["complexity"])
+    deliverables = int(values.get("deliverable_count", 0))
+    provider, model = values.get("provider"), values.get("model")
+    truncated = (bool(values.get("truncated", False)) or _finish_truncates(finish) or _finish_truncates(stop)
+                 or bool(reached_ceiling(actual, ceiling)))
     return {
         "run_id": run_id,
         "phase_id": phase_id,
@@ -416,9 +559,9 @@ def _event(values: Mapping[str, Any], *, run_id: str, phase_id: str, call_index:
         "call_index": call_index,
         "timestamp": values["timestamp"],
         "created_at": now,
-        "category": canonical_category(values["category"]),
-        "complexity": canonical_complexity(values["complexity"]),
-        "deliverable_count": int(values.get("deliverable_count", 0)),
+        "category": category,
+        "complexity": complexity,
+        "deliverable_count": deliverables,
         "deliverables_json": "[]",
         "features_json": None,
         "predicted_output_tokens": predicted,
@@ -431,67 +574,171 @@ def _event(values: Mapping[str, Any], *, run_id: str, phase_id: str, call_index:
         "is_truncated_output": truncated,
         "stop_reason": stop,
         "finish_reason": finish,
-        "provider": values.get("provider"),
-        "model": values.get("model"),
+        "provider": provider,
+        "model": model,
         "input_tokens": values.get("input_tokens"),
         "smape_percent": round(200.0 * abs(predicted - actual) / max(1, predicted + actual), 3),
         "waste_ratio": predicted / actual if actual > 0 else None,
         "underestimated": actual > predicted,
         "schema_version": TELEMETRY_SCHEMA_VERSION,
         "source": source,
+        "phase_key": keys.phase_key(run_id, phase_id),
+        "calibration_key": keys.calibration_key(None, category, complexity, deliverables, provider, model, stop,
+                                                finish, phase_id),
     }
 
 
-def _fail(errors: Sequence[RowError], path: Path) -> InputError:
-    shown = "; ".join(str(e) for e in errors[:MAX_REPORTED_ERRORS])
-    more = f"; … {len(errors) - MAX_REPORTED_ERRORS} more" if len(errors) > MAX_REPORTED_ERRORS else ""
-    bad_rows = len({e.where for e in errors})
-    return InputError(f"{path.name}: {bad_rows} bad row(s), nothing imported: {shown}{more}",
-                      hint="fix the rows or map the columns with --map field=column")
+#: Text columns an import writes, with their length limits (PostgreSQL refuses longer values).
+_TEXT_LIMITS = {c.name: c.type.length for c in TokenEstimationV2Event.__table__.columns
+                if isinstance(c.type, sa.String) and c.type.length}
 
 
-def build_events(
+def _problems(event: Mapping[str, Any]) -> list[str]:
+    """Why the event cannot be written as it is: numbers out of their column's range, texts too long."""
+    problems = list(out_of_range(TokenEstimationV2Event, event).values())
+    for name, limit in _TEXT_LIMITS.items():
+        value = event.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            problems.append(f"{name} is {len(value):,} characters long, the column holds {limit}")
+    return problems
+
+
+class _Errors:
+    """The bad rows of one file: how many, and the first few to show."""
+
+    def __init__(self) -> None:
+        self.shown: list[RowError] = []
+        self.more = 0
+        self.bad_rows = 0
+        self._last: str | None = None
+
+    def add(self, error: RowError) -> None:
+        if error.where != self._last:  # a row's errors arrive together
+            self.bad_rows += 1
+            self._last = error.where
+        if len(self.shown) < MAX_REPORTED_ERRORS:
+            self.shown.append(error)
+        else:
+            self.more += 1
+
+    def __bool__(self) -> bool:
+        return bool(self.shown)
+
+    def failure(self, path: Path) -> InputError:
+        shown = "; ".join(str(e) for e in self.shown)
+        more = f"; … {self.more} more" if self.more else ""
+        return InputError(f"{path.name}: {self.bad_rows} bad row(s), nothing imported: {shown}{more}",
+                          hint="fix the rows or map the columns with --map field=column")
+
+
+def iter_events(
     path: Path, fmt: str, *, mapping: Mapping[str, str] | None = None, defaults: Mapping[str, str] | None = None,
-    run_id: str | None = None,
-) -> tuple[list[dict[str, Any]], int]:
-    """Parse ``path`` completely into event rows; raise ``InputError`` listing every bad row."""
+    run_id: str | None = None, now: datetime | None = None,
+) -> Iterator[tuple[str, dict[str, Any]] | RowError]:
+    """Stream ``(where, event row)`` for every good row of ``path`` and a ``RowError`` for every bad one.
+
+    Call indices count repeats of a (run, phase, attempt) within the file; the counters are kept by the
+    64-bit hash of that key, so 10⁶ rows cost tens of megabytes, not a dict of 10⁶ string tuples (a hash
+    collision only moves a call index; a duplicate it would cause is still refused by the unique key).
+    """
     if fmt not in PARSERS:
         raise InputError(f"unknown format '{fmt}'", hint="one of " + ", ".join(FORMATS))
     if not path.is_file():
         raise InputError(f"no such file: {path}")
-    source = f"import:{fmt}:{path.name}"[:255]
+    source = source_of(path, fmt)
     default_run = run_id or f"import-{path.stem}"
-    now = utcnow()
-    rows: list[ParsedRow] = []
-    errors: list[RowError] = []
+    now = now or utcnow()
+    next_call: dict[int, int] = {}
     try:
-        for item in PARSERS[fmt](path, dict(mapping or {}), dict(defaults or {})):
-            (errors if isinstance(item, RowError) else rows).append(item)  # type: ignore[arg-type]
+        for row in PARSERS[fmt](path, dict(mapping or {}), dict(defaults or {})):
+            if isinstance(row, RowError):
+                yield row
+                continue
+            given = out_of_range(TokenEstimationV2Event, row.values)  # before any arithmetic on them
+            if given:
+                yield from (RowError(row.where, problem) for problem in given.values())
+                continue
+            rid = str(row.values.get("run_id") or default_run)
+            pid = str(row.values.get("phase_id") or row.ordinal)
+            attempt = int(row.values.get("attempt_index", 0))
+            counter = hash((rid, pid, attempt))
+            call = int(row.values["call_index"]) if "call_index" in row.values else next_call.get(counter, 0)
+            next_call[counter] = max(next_call.get(counter, 0), call + 1)
+            event = _event(row.values, run_id=rid, phase_id=pid, call_index=call, source=source, now=now)
+            problems = _problems(event)
+            if problems:
+                yield from (RowError(row.where, problem) for problem in problems)
+            else:
+                yield row.where, event
     except UnicodeDecodeError as exc:
         raise InputError(f"{path.name} is not UTF-8 text: {exc.reason}") from exc
-    if errors:
-        raise _fail(errors, path)
-    events: list[dict[str, Any]] = []
-    next_call: dict[tuple[str, str, int], int] = {}
-    for row in rows:
-        rid = str(row.values.get("run_id") or default_run)
-        pid = str(row.values.get("phase_id") or row.ordinal)
-        attempt = int(row.values.get("attempt_index", 0))
-        call = int(row.values["call_index"]) if "call_index" in row.values else next_call.get((rid, pid, attempt), 0)
-        next_call[(rid, pid, attempt)] = max(next_call.get((rid, pid, attempt), 0), call + 1)
-        events.append(_event(row.values, run_id=rid, phase_id=pid, call_index=call, source=source, now=now))
-    first: dict[tuple[str, str, int, int], str] = {}
-    duplicates: list[RowError] = []
-    for event, row in zip(events, rows, strict=True):
-        key = (event["run_id"], event["phase_id"], event["attempt_index"], event["call_index"])
-        if key in first:
-            duplicates.append(RowError(row.where, f"same call key {key} as {first[key]}"))
-        else:
-            first[key] = row.where
-    if duplicates:
-        raise _fail(duplicates, path)
-    skipped = 0
-    return events, skipped
+
+
+def source_of(path: Path, fmt: str) -> str:
+    return f"import:{fmt}:{path.name}"[:255]
+
+
+CALL_KEY = ("run_id", "phase_id", "attempt_index", "call_index")
+
+
+class _Writer:
+    """Inserts batches into the open transaction; rows whose call key exists already are left out.
+
+    ``INSERT … ON CONFLICT DO NOTHING`` lets the unique call key find every clash: with a row already in
+    the database (or committed meanwhile by a concurrent import of the same file: PostgreSQL makes this
+    insert wait for that transaction, SQLite for its write lock), or with an earlier row of this file.
+    The driver's row count says whether a batch went in whole; only if not are its rows looked up.
+    """
+
+    def __init__(self, connection: sa.Connection, source: str, now: datetime) -> None:
+        self.table = TokenEstimationV2Event.__table__
+        self.connection, self.source, self.now = connection, source, now
+        self.postgres = connection.dialect.name == "postgresql"
+        self.rows = 0
+        self.run_ids: set[str] = set()
+        self.clashes = 0
+        self.first_clash: dict[str, Any] | None = None
+        self._statement: Any = None
+
+    def _insert(self, events: list[dict[str, Any]]) -> int:
+        """Insert, return how many rows went in. PostgreSQL: the driver's executemany (its row count is
+        exact, SQLAlchemy's multi-row form reports none); SQLite: SQLAlchemy's (it stores the timestamps)."""
+        if self.postgres:
+            if self._statement is None:
+                insert = postgresql.insert(self.table).values({name: sa.bindparam(name) for name in events[0]})
+                self._statement = str(insert.on_conflict_do_nothing(index_elements=list(CALL_KEY)).compile(
+                    dialect=self.connection.dialect))
+            with self.connection.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+                cursor.executemany(self._statement, events)
+                return int(cursor.rowcount)
+        if self._statement is None:
+            self._statement = sqlite.insert(self.table).on_conflict_do_nothing(index_elements=list(CALL_KEY))
+        return int(self.connection.execute(self._statement, events).rowcount)
+
+    def write(self, batch: list[tuple[str, dict[str, Any]]], errors: _Errors) -> None:
+        c = self.table.c
+        before = self.connection.execute(sa.select(sa.func.coalesce(sa.func.max(c.event_id), 0))).scalar_one()
+        inserted = self._insert([event for _, event in batch])
+        self.rows += inserted
+        self.run_ids.update(event["run_id"] for _, event in batch)
+        if inserted == len(batch):
+            return
+        stored = {tuple(r[:4]): r for r in self.connection.execute(
+            sa.select(*(c[name] for name in CALL_KEY), c.event_id, c.source, c.created_at)
+            .where(sa.tuple_(*(c[name] for name in CALL_KEY)).in_(
+                [tuple(event[name] for name in CALL_KEY) for _, event in batch])))}
+        claimed: set[tuple[Any, ...]] = set()
+        for where, event in batch:
+            key = tuple(event[name] for name in CALL_KEY)
+            row = stored[key]
+            ours = row.source == self.source and row.created_at == self.now
+            if ours and row.event_id > before and key not in claimed:
+                claimed.add(key)  # this row is the one that went in
+            elif ours:
+                errors.add(RowError(where, f"same call key {key} as an earlier row of this file"))
+            else:
+                self.clashes += 1
+                self.first_clash = self.first_clash or event
 
 
 def import_telemetry(
@@ -503,38 +750,63 @@ def import_telemetry(
     defaults: Mapping[str, str] | None = None,
     run_id: str | None = None,
     expect_db_id: str | None = None,
-    allow_empty_db: bool = False,
+    allow_empty_db: bool = True,
     identity: IdentityReport | None = None,
 ) -> ImportReport:
-    """Parse, check, then insert every row in one transaction (or nothing). Guarded like every write."""
+    """Stream the file into the database in one transaction: every row or none. Guarded like every write.
+
+    An empty *migrated* database is allowed by default (filling one is what an import is for); the guard
+    still refuses an unmigrated one, the wrong one (expected id) and an unreachable one.
+    """
     file = Path(path)
     resolved = resolve_url(url)
     if identity is None:
         from autopack.config import get_settings
 
         identity = guard(resolved, expect_db_id=expect_db_id or get_settings().expected_db_id, allow_empty=allow_empty_db)
-    report = identity
-    events, skipped = build_events(file, fmt, mapping=mapping, defaults=defaults, run_id=run_id)
-    if not events:
-        raise InputError(f"{file.name}: no telemetry rows found", hint=f"is this really {fmt}?")
-    table = TokenEstimationV2Event.__table__
-    engine = get_engine(resolved)
-    run_ids = sorted({e["run_id"] for e in events})
-    with engine.begin() as connection:
-        existing = set(
-            connection.execute(
-                sa.select(table.c.run_id, table.c.phase_id, table.c.attempt_index, table.c.call_index).where(
-                    table.c.run_id.in_(run_ids)
-                )
-            ).all()
-        )
-        clash = [e for e in events if (e["run_id"], e["phase_id"], e["attempt_index"], e["call_index"]) in existing]
-        if clash:
-            raise InputError(
-                f"{file.name}: {len(clash)} row(s) collide with calls already in the database "
-                f"(e.g. run_id={clash[0]['run_id']}, phase_id={clash[0]['phase_id']}); nothing imported",
-                hint="already imported? pass --run-id to import under another run id",
-            )
-        for start in range(0, len(events), INSERT_CHUNK):
-            connection.execute(sa.insert(table), events[start : start + INSERT_CHUNK])
-    return ImportReport(str(file), fmt, events[0]["source"], len(events), run_ids, skipped, report.db_id)
+    now = utcnow()
+    events = iter_events(file, fmt, mapping=mapping, defaults=defaults, run_id=run_id, now=now)
+    errors = _Errors()
+    try:
+        with get_engine(resolved).begin() as connection:
+            writer = _Writer(connection, source_of(file, fmt), now)
+            batch: list[tuple[str, dict[str, Any]]] = []
+            for item in events:
+                if isinstance(item, RowError):
+                    errors.add(item)
+                elif not errors:  # after a bad row only validate: everything is rolled back anyway
+                    batch.append(item)
+                    if len(batch) >= INSERT_CHUNK:
+                        writer.write(batch, errors)
+                        batch.clear()
+            if batch and not errors:
+                writer.write(batch, errors)
+            if errors:
+                raise errors.failure(file)
+            if writer.clashes:
+                raise _clash(file, writer)
+            if not writer.rows:
+                raise InputError(f"{file.name}: no telemetry rows found", hint=f"is this really {fmt}?")
+    except OperationalError as exc:
+        if "locked" in str(exc.orig) or "busy" in str(exc.orig):
+            raise DatabaseBusyError(
+                f"{file.name}: the database stayed locked by another writer (another import?); nothing imported",
+                hint="run the import again when the other write has finished",
+            ) from exc
+        raise
+    return ImportReport(str(file), fmt, writer.source, writer.rows, sorted(writer.run_ids), 0, identity.db_id)
+
+
+class DatabaseBusyError(AutopackError):
+    """SQLite's single writer slot stayed taken for the whole busy timeout."""
+
+    exit_code = 2
+
+
+def _clash(file: Path, writer: _Writer) -> InputError:
+    first = writer.first_clash or {}
+    return InputError(
+        f"{file.name}: {writer.clashes} row(s) collide with calls already in the database "
+        f"(e.g. run_id={first.get('run_id')}, phase_id={first.get('phase_id')}); nothing imported",
+        hint="already imported (or being imported right now)? pass --run-id to import under another run id",
+    )

@@ -20,21 +20,39 @@ app = typer.Typer(
     add_completion=False,
 )
 
-#: Command-group modules under autopack.cli; each defines ``register(app)``.
-COMMAND_MODULES: tuple[str, ...] = (
-    "db",
-    "calibrate",
-    "telemetry",
-    "analyze",
-    "api",
-    "runs",
-    "drain",
-    "drain_batch",
-    "pipeline",
-)
+@app.callback()
+def _root() -> None:
+    """Keeps ``autopack`` a command group even when only one command module is loaded (see ``load_commands``)."""
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"autopack.cli.{_name}").register(app)
+
+#: Top-level command → the modules under autopack.cli that define it (each has ``register(app)``).
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "db": ("db",),
+    "calibrate": ("calibrate",),
+    "telemetry": ("telemetry",),
+    "analyze": ("analyze",),
+    "api": ("api",),
+    "runs": ("runs",),
+    "drain": ("drain", "drain_batch"),
+    "pipeline": ("pipeline",),
+}
+COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(m for modules in COMMANDS.values() for m in modules))
+_registered: set[str] = set()
+
+
+def load_commands(argv: list[str] | None = None) -> typer.Typer:
+    """Register the command modules ``argv`` needs (all of them for help or an unknown command).
+
+    Lazy on purpose: a command pays for its own imports only (``drain`` brings the executor, ``calibrate``
+    numpy and scipy once it runs), not for every other command's.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    name = next((arg for arg in args if not arg.startswith("-")), None)
+    for module in COMMANDS.get(name or "", COMMAND_MODULES):
+        if module not in _registered:
+            importlib.import_module(f"autopack.cli.{module}").register(app)
+            _registered.add(module)
+    return app
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -84,7 +102,7 @@ TRACEBACK_ENV = "AUTOPACK_TRACEBACK"
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: every failure ends as one line on stderr and a non-zero exit code."""
     try:
-        result = app(args=argv, standalone_mode=False, prog_name="autopack")
+        result = load_commands(argv)(args=argv, standalone_mode=False, prog_name="autopack")
     except AutopackError as exc:
         fail(exc.one_line(), exc.exit_code)
     except _EXITS as exc:

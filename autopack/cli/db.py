@@ -67,7 +67,7 @@ def identity(
     url = settings.resolved_database_url()
     expected = expect_db_id or settings.expected_db_id
     if check or expected:
-        report = guard(url, expect_db_id=expected, allow_empty=allow_empty_db or not check)
+        report = guard(url, expect_db_id=expected, allow_empty=allow_empty_db or not check, counts=True)
     else:
         report = read_identity(url)
     typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True) if as_json else format_identity(report))

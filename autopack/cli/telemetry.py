@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, guarded
+from autopack.cli.common import ExpectDbIdOption, JsonOption, guarded
 from autopack.config import get_settings
 
 telemetry_app = typer.Typer(help="Telemetry: import outside data for calibration.", no_args_is_help=True)
@@ -27,16 +27,23 @@ def import_command(
     ] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", help="Run id for rows without one.")] = None,
     expect_db_id: ExpectDbIdOption = None,
-    allow_empty_db: AllowEmptyDbOption = False,
+    allow_empty_db: Annotated[
+        bool, typer.Option("--allow-empty-db", hidden=True, help="Accepted for old scripts; no longer needed.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Import FILE; every row or none (bad rows are listed by line number)."""
+    """Import FILE; every row or none (bad rows are listed by line number).
+
+    An empty migrated database is fine (filling one is what an import is for); an unmigrated one, or not
+    the expected one, is refused like everywhere else.
+    """
     from autopack.calibration.importers import FORMATS, import_telemetry, parse_assignments
     from autopack.errors import InputError
 
     if fmt not in FORMATS:
         raise InputError(f"unknown --format '{fmt}'", hint="one of " + ", ".join(FORMATS))
-    identity = guarded(expect_db_id, allow_empty_db)
+    del allow_empty_db  # importing into an empty (migrated) database is always allowed
+    identity = guarded(expect_db_id, allow_empty=True)
     report = import_telemetry(
         file,
         fmt,

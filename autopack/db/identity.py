@@ -2,10 +2,15 @@
 
 ``read_identity`` reports it (masked URL, file, id, revision, counts); ``guard`` refuses to let a command
 write to a database that is unreachable, unmigrated, empty (unless allowed) or not the expected one.
+
+The guard runs before every command, so it reads only what it decides on: the id, the schema revision
+and whether any run, phase or estimation event exists (``EXISTS`` probes, constant time at 10⁶ events).
+The per-state and per-category counts, a scan of every event, are for ``autopack db identity`` only.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,11 +44,12 @@ class IdentityReport:
     sqlite_modified_at: str | None = None
     counts: dict[str, Any] = field(default_factory=dict)
     estimation: dict[str, Any] = field(default_factory=dict)
+    #: No run, no phase and no estimation event (an existence probe; counts may be left out).
+    empty: bool = False
 
     @property
     def is_empty(self) -> bool:
-        phases = sum(self.counts.get("phases", {}).values())
-        return self.counts.get("runs", 0) == 0 and phases == 0 and self.counts.get("token_estimation_v2_events", 0) == 0
+        return self.empty
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,8 +64,15 @@ def _open(url: str | None) -> tuple[str, sa.Engine]:
     return resolved, get_engine(resolved)
 
 
-def read_identity(url: str | None = None) -> IdentityReport:
-    """Everything needed to tell this database from any other; read-only."""
+#: The head revision of the code (reading the migration scripts costs milliseconds; they do not change).
+_head_revision = functools.cache(head_revision)
+
+
+def read_identity(url: str | None = None, *, counts: bool = True) -> IdentityReport:
+    """Everything needed to tell this database from any other; read-only.
+
+    ``counts=False`` skips the row counts (a scan of every event) and only probes for emptiness.
+    """
     resolved, engine = _open(url)
     try:
         revision = current_revision(engine)
@@ -69,14 +82,15 @@ def read_identity(url: str | None = None) -> IdentityReport:
                     f"{mask_url(resolved)} was written by the original Autopack", hint=UPGRADE_HINT
                 )
             raise SchemaNotMigratedError(f"{mask_url(resolved)} has no autopack schema", hint=UPGRADE_HINT)
-        if revision != head_revision():
+        if revision != _head_revision():
             raise SchemaNotMigratedError(
-                f"{mask_url(resolved)} is at schema revision {revision}, the code needs {head_revision()}",
+                f"{mask_url(resolved)} is at schema revision {revision}, the code needs {_head_revision()}",
                 hint=UPGRADE_HINT,
             )
         with engine.connect() as connection:
             db_id = connection.execute(sa.text("SELECT db_id FROM db_meta WHERE id = 1")).scalar_one_or_none()
-            counts, estimation = _counts(connection)
+            empty = _is_empty(connection)
+            counts_, estimation = _counts(connection) if counts else ({}, {})
     except OperationalError as exc:
         raise DatabaseUrlError(
             f"cannot open the database at {mask_url(resolved)}: {exc.orig}",
@@ -92,8 +106,9 @@ def read_identity(url: str | None = None) -> IdentityReport:
         url=mask_url(resolved),
         dialect=engine.dialect.name,
         schema_revision=revision,
-        counts=counts,
+        counts=counts_,
         estimation=estimation,
+        empty=empty,
     )
     path = sqlite_path(resolved)
     if path is not None:
@@ -102,6 +117,12 @@ def read_identity(url: str | None = None) -> IdentityReport:
         report.sqlite_size_bytes = stat.st_size
         report.sqlite_modified_at = datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(timespec="seconds")
     return report
+
+
+def _is_empty(connection: sa.Connection) -> bool:
+    """No run, phase or estimation event: three ``EXISTS`` probes, each stops at the first row."""
+    probes = [sa.exists().select_from(model) for model in (Run, Phase, TokenEstimationV2Event)]
+    return not connection.execute(sa.select(sa.or_(*probes))).scalar_one()
 
 
 def _counts(connection: sa.Connection) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -150,9 +171,13 @@ def guard(
     *,
     expect_db_id: str | None = None,
     allow_empty: bool = False,
+    counts: bool = False,
 ) -> IdentityReport:
-    """Refuse (raise) unless the database is reachable, migrated, non-empty and the expected one."""
-    report = read_identity(url)
+    """Refuse (raise) unless the database is reachable, migrated, non-empty and the expected one.
+
+    Cheap by default (no counts, see the module docstring); ``counts=True`` adds ``read_identity``'s.
+    """
+    report = read_identity(url, counts=counts)
     if expect_db_id and expect_db_id != report.db_id:
         raise DbIdentityMismatchError(
             f"DB_MISMATCH: {report.url} has database id {report.db_id}, expected {expect_db_id}",

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -23,6 +24,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from autopack.db.keys import calibration_key_default, phase_key_default
 
 #: Version of the telemetry event schema written by this code (stored per row, §10.5 of the reference).
 TELEMETRY_SCHEMA_VERSION = 2
@@ -231,6 +234,12 @@ class TokenEstimationV2Event(Base):
     schema_version: Mapped[int] = mapped_column(Integer, nullable=False, default=TELEMETRY_SCHEMA_VERSION)
     #: Where the row came from: ``autopack`` (recorded here), ``legacy`` or ``import:<format>:<file>``.
     source: Mapped[str] = mapped_column(String(255), nullable=False, default="autopack")
+
+    #: 64-bit fingerprints computed from the row on insert (``autopack.db.keys``; revision 0005): calibration
+    #: reads these numbers per row and the texts they stand for once per distinct value.
+    calibration_key: Mapped[int | None] = mapped_column(BigInteger, default=calibration_key_default,
+                                                        info={"signed": True})
+    phase_key: Mapped[int | None] = mapped_column(BigInteger, default=phase_key_default, info={"signed": True})
 
 
 class TokenBudgetEscalationEvent(Base):

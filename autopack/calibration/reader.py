@@ -1,0 +1,442 @@
+"""Read ``token_estimation_v2_events`` for calibration: one numeric scan, texts once per distinct value.
+
+10⁶ events must cost about what a plain SELECT into numpy costs (bench/bench_calibration_scale.py
+measures the ratio). So the one full scan of the table selects only integers per row: id, time,
+``calibration_key`` and ``phase_key`` (``autopack.db.keys``), the token counts and one flags word.
+Everything textual (features_json, category, complexity, provider, model) is read once per distinct
+``calibration_key`` from one representative row, by primary key. PostgreSQL sends each column as one
+binary array that numpy reads in place; SQLite rows arrive as integer tuples, converted per partition.
+
+Rows whose keys are NULL (written by raw SQL after the 0005 backfill) or whose SQLite timestamp the date
+functions cannot read are read again by their text fields and keyed here, so the result never depends on
+the keys being present, only its speed does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+from collections.abc import Iterator, Sequence
+from datetime import UTC
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from autopack.calibration.samples import (
+    DOCS_ROWS_LIMIT,
+    TRUNCATION_REASONS,
+    EventColumns,
+    Summary,
+    docs_row,
+    escalated_retries,
+    spellings_of,
+)
+from autopack.db import keys
+from autopack.db.engine import get_engine
+from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
+from autopack.errors import AutopackError
+from autopack.taxonomy import DOCS_LIKE, canonical_category
+
+EV = TokenEstimationV2Event.__table__
+ESC = TokenBudgetEscalationEvent.__table__
+
+#: Rows converted per step on the DBAPI path (bounds the Python objects alive at once).
+READ_PARTITION = 50_000
+#: Event ids per PostgreSQL array query (≈ 110 MB of arrays at most in flight).
+ARRAY_RANGE = 1_000_000
+#: Ids per ``IN (…)`` when rows are fetched by primary key.
+ID_CHUNK = 500
+
+# bits of the flags word (the attempt index sits above them: flags >> ATTEMPT_SHIFT)
+SUCCESS, TRUNCATED, TRUNCATED_OUTPUT, NO_TIME = 1, 2, 4, 8
+ATTEMPT_SHIFT = 4
+#: PostgreSQL binary timestamps count microseconds from 2000-01-01.
+PG_EPOCH_OFFSET = 946_684_800
+
+
+class UnreadableEventsError(AutopackError):
+    """A numeric column holds something that is not a number."""
+
+    exit_code = 2
+
+
+def truncation_flag(c: Any) -> sa.ColumnElement[Any]:
+    """1 where the call was cut (flags, a truncation stop/finish reason, or its output reached the ceiling:
+    ``samples.reached_ceiling`` in SQL), else 0."""
+    reasons = sorted(TRUNCATION_REASONS)
+    reached = sa.and_(c.actual_max_tokens > 0, c.actual_output_tokens >= c.actual_max_tokens)
+    return sa.case(
+        (sa.or_(c.truncated, c.is_truncated_output, c.stop_reason.in_(reasons), c.finish_reason.in_(reasons),
+                reached), 1),
+        else_=0,
+    )
+
+
+#: The scan's columns, as ``_scan`` returns them.
+N_COLUMNS = 9
+(ID, EPOCH, CKEY, PKEY, PREDICTED, ACTUAL, SELECTED, CEILING, FLAGS) = range(N_COLUMNS)
+
+
+def _numeric_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
+    """The one full scan: integers only, no string compared (see the module docstring for the columns).
+
+    A key of 0 stands for NULL (PostgreSQL arrays must hold no NULL); such rows are keyed again.
+    """
+    c = EV.c
+    unreadable_time: sa.ColumnElement[Any] = sa.literal(0)
+    if dialect == "sqlite":  # SQLite's date functions keep milliseconds
+        julian = sa.func.julianday(c.timestamp)
+        epoch = sa.func.coalesce(sa.cast(sa.func.round((julian - 2440587.5) * 86_400_000.0), sa.BigInteger), 0)
+        # NULL: not a date to SQLite; no '-' in 5th place: a bare number, which SQLite reads as a Julian day
+        unreadable_time = sa.case((sa.or_(julian.is_(None), sa.func.substr(c.timestamp, 5, 1) != "-"), NO_TIME),
+                                  else_=0)
+    else:  # PostgreSQL's binary timestamp is already an int64 (µs since 2000-01-01)
+        epoch = c.timestamp
+
+    def as_int(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        return column if dialect == "sqlite" else sa.cast(column, sa.BigInteger)
+
+    flags = (
+        sa.cast(c.attempt_index, sa.BigInteger) * (1 << ATTEMPT_SHIFT)
+        + sa.cast(c.success, sa.Integer) * SUCCESS
+        + sa.cast(c.truncated, sa.Integer) * TRUNCATED
+        + sa.cast(c.is_truncated_output, sa.Integer) * TRUNCATED_OUTPUT
+        + unreadable_time
+    )
+    ceiling = sa.func.coalesce(c.actual_max_tokens, -1)
+    head = [as_int(c.event_id), epoch, sa.func.coalesce(c.calibration_key, 0), sa.func.coalesce(c.phase_key, 0)]
+    if dialect == "sqlite":  # every value costs a Python object there: two counts per integer
+        return [*head, _pack(c.predicted_output_tokens, c.actual_output_tokens), _pack(c.selected_budget, ceiling),
+                flags]
+    return [*head, as_int(c.predicted_output_tokens), as_int(c.actual_output_tokens), as_int(c.selected_budget),
+            as_int(ceiling), as_int(flags)]
+
+
+def _pack(high: sa.ColumnElement[Any], low: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """``high·2³² + low + 1`` for two counts that fit (high in 0..2³¹−1, low in −1..2³¹−2), else −1.
+
+    −1 (never a packed value) marks a row whose numbers are read again one by one (``_repair``): SQLite
+    stores whatever a writer gave it, text and out-of-range values included.
+    """
+    fits = sa.and_(high.between(0, 2**31 - 1), low.between(-1, 2**31 - 2))
+    return sa.case((fits, high * (2**32) + low + 1), else_=-1)
+
+
+def _unpack(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return packed >> 32, (packed & 0xFFFFFFFF) - 1
+
+
+def _unpacked(rows: np.ndarray) -> np.ndarray:
+    """The SQLite scan's 7 columns as the 9 of ``N_COLUMNS`` (−1 pairs stay −1 until repaired)."""
+    out = np.empty((rows.shape[0], N_COLUMNS), dtype=np.int64)
+    out[:, :PREDICTED] = rows[:, :4]
+    for column, (high, low) in ((4, (PREDICTED, ACTUAL)), (5, (SELECTED, CEILING))):
+        out[:, high], out[:, low] = _unpack(rows[:, column])
+        unpacked = rows[:, column] < 0
+        out[unpacked, high] = out[unpacked, low] = UNREAD
+    out[:, FLAGS] = rows[:, 6]
+    return out
+
+
+#: Marks a count the packed scan could not carry (see ``_pack``); replaced before anything uses it.
+UNREAD = np.iinfo(np.int64).min
+
+
+def _compiled(connection: sa.Connection, stmt: sa.Select[Any]) -> tuple[str, Any]:
+    dialect = connection.dialect
+    compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    if dialect.paramstyle in ("qmark", "numeric", "format"):
+        return str(compiled), tuple(compiled.params[name] for name in (compiled.positiontup or []))
+    return str(compiled), compiled.params
+
+
+def _dbapi_parts(connection: sa.Connection, stmt: sa.Select[Any]) -> Iterator[np.ndarray]:
+    """Integer rows from the DBAPI cursor, ``READ_PARTITION`` at a time, as 2-D int64 arrays."""
+    sql, params = _compiled(connection, stmt)
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, params)
+        while rows := cursor.fetchmany(READ_PARTITION):
+            try:
+                yield np.array(rows, dtype=np.int64)
+            except (TypeError, ValueError, OverflowError):
+                yield _lenient(rows)
+    finally:
+        cursor.close()
+
+
+def _lenient(rows: list[tuple[Any, ...]]) -> np.ndarray:
+    """SQLite stores what it is given: numbers written as text (or as reals) are read as numbers."""
+    try:
+        return np.array([[int(float(v)) for v in row] for row in rows], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        bad = next(row for row in rows if not all(_is_number(v) for v in row))
+        raise UnreadableEventsError(
+            f"token_estimation_v2_events row {bad[0]} holds a non-numeric token count or index: {bad!r:.200}",
+            hint="fix or delete that row; calibration needs numbers there",
+        ) from exc
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _array_parts(connection: sa.Connection, where: list[Any]) -> Iterator[np.ndarray]:
+    """PostgreSQL: each column as one binary array per id range (``array_send(array_agg(…))``).
+
+    numpy reads the arrays in place, so no Python object is made per row. One serial scan feeds every
+    aggregate the rows in the same order (parallel plans are switched off for this transaction); id
+    ranges of ``ARRAY_RANGE`` bound the memory on both sides.
+    """
+    connection.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+    connection.exec_driver_sql("SET LOCAL jit = off")  # compiling the expressions costs more than it saves
+    c = EV.c
+    low, high = connection.execute(sa.select(sa.func.min(c.event_id), sa.func.max(c.event_id)).where(*where)).one()
+    if low is None:
+        return
+    arrays = [sa.func.array_send(sa.func.array_agg(column)) for column in _numeric_columns("postgresql")]
+    single = int(high) - int(low) < ARRAY_RANGE  # one plain sequential scan, no id condition to plan around
+    raw = connection.connection.driver_connection
+    for start in range(int(low), int(high) + 1, ARRAY_RANGE):
+        in_range = [] if single else [c.event_id >= start, c.event_id < start + ARRAY_RANGE]
+        sql, params = _compiled(connection, sa.select(*arrays).where(*where, *in_range))
+        with raw.cursor(binary=True) as cursor:  # type: ignore[union-attr]  # bytea as bytes, not hex text
+            row = cursor.execute(sql, params).fetchone()
+        if row is not None and row[0] is not None:
+            yield np.stack([_int8_array(bytes(blob)) for blob in row], axis=1)
+
+
+def _int8_array(blob: bytes) -> np.ndarray:
+    """A 1-D, NULL-free PostgreSQL array of 8-byte values in binary send format → int64."""
+    ndim, has_nulls, _oid, size, _lower = np.frombuffer(blob, dtype=">i4", count=5).tolist()
+    values = np.frombuffer(blob, dtype=[("length", ">i4"), ("value", ">i8")], offset=20)
+    if ndim != 1 or has_nulls or values.size != size or (values["length"] != 8).any():
+        raise UnreadableEventsError("PostgreSQL sent an array that is not the expected 8-byte integers")
+    return values["value"].astype(np.int64)
+
+
+def _by_id(connection: sa.Connection, columns: Sequence[Any], ids: Sequence[int]) -> list[sa.Row[Any]]:
+    out: list[sa.Row[Any]] = []
+    for start in range(0, len(ids), ID_CHUNK):
+        chunk = [int(i) for i in ids[start : start + ID_CHUNK]]
+        out += connection.execute(sa.select(EV.c.event_id, *columns).where(EV.c.event_id.in_(chunk))).all()
+    return out
+
+
+#: What a calibration key stands for (``keys.CALIBRATION_KEY_COLUMNS``): read once per distinct key.
+TEXT_FIELDS = tuple(EV.c[name] for name in keys.CALIBRATION_KEY_COLUMNS)
+FEATURES, CATEGORY, COMPLEXITY, DELIVERABLES, PROVIDER, MODEL, STOP, FINISH, PHASE_ID = range(len(TEXT_FIELDS))
+
+
+def _scan(connection: sa.Connection, where: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows × N_COLUMNS int64, epoch seconds per row)."""
+    if connection.dialect.name == "sqlite":
+        parts = [_unpacked(p) for p in _dbapi_parts(connection, sa.select(*_numeric_columns("sqlite")).where(*where))]
+    else:
+        parts = list(_array_parts(connection, where))
+    data = np.concatenate(parts) if parts else np.empty((0, N_COLUMNS), dtype=np.int64)
+    epoch = data[:, EPOCH].astype(float)
+    epoch = epoch / 1e3 if connection.dialect.name == "sqlite" else epoch / 1e6 + PG_EPOCH_OFFSET
+    return data, epoch
+
+
+def _repair(connection: sa.Connection, data: np.ndarray, epoch: np.ndarray,
+            texts: dict[int, tuple[Any, ...]]) -> None:
+    """Key the rows that have no stored keys, and time the ones SQLite's date functions could not read."""
+    flags = data[:, FLAGS]
+    missing = np.flatnonzero((data[:, CKEY] == 0) | (data[:, PKEY] == 0))
+    if missing.size:
+        rows = {r[0]: r for r in _by_id(connection, (*TEXT_FIELDS, EV.c.run_id), data[missing, ID].tolist())}
+        for i in missing.tolist():
+            r = rows[int(data[i, ID])]
+            text = tuple(r[1 : 1 + len(TEXT_FIELDS)])
+            ckey = _calibration_key(text)
+            data[i, CKEY] = ckey
+            data[i, PKEY] = keys.phase_key(str(r[-1]), str(text[PHASE_ID]))
+            texts.setdefault(ckey, text)
+    unread = np.flatnonzero((data[:, PREDICTED:FLAGS] == UNREAD).any(axis=1))
+    if unread.size:
+        c = EV.c
+        counts = {r[0]: r[1:] for r in _by_id(connection, (c.predicted_output_tokens, c.actual_output_tokens,
+                                                            c.selected_budget, sa.func.coalesce(c.actual_max_tokens,
+                                                                                                -1)),
+                                              data[unread, ID].tolist())}
+        data[unread, PREDICTED:FLAGS] = _lenient([(i, *counts[i]) for i in data[unread, ID].tolist()])[:, 1:]
+    untimed = np.flatnonzero(flags & NO_TIME)
+    if untimed.size:
+        from autopack.calibration.importers import parse_timestamp
+
+        stamps = {r[0]: r[1] for r in _by_id(connection, (sa.type_coerce(EV.c.timestamp, sa.String),),
+                                             data[untimed, ID].tolist())}
+        for i in untimed.tolist():
+            try:
+                epoch[i] = parse_timestamp(stamps[int(data[i, ID])]).replace(tzinfo=UTC).timestamp()
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise UnreadableEventsError(
+                    f"token_estimation_v2_events row {int(data[i, ID])} has an unreadable timestamp "
+                    f"{stamps[int(data[i, ID])]!r:.60}", hint="fix or delete that row",
+                ) from exc
+
+
+def _calibration_key(text: tuple[Any, ...]) -> int:
+    t = list(text)
+    t[CATEGORY], t[COMPLEXITY], t[PHASE_ID] = str(t[CATEGORY]), str(t[COMPLEXITY]), str(t[PHASE_ID])
+    t[DELIVERABLES] = _count(t[DELIVERABLES])
+    return keys.calibration_key(*t)
+
+
+def _count(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _distinct(values: np.ndarray) -> int:
+    """How many distinct values (a sort: numpy's hash-based ``unique`` is several times slower here)."""
+    if values.size == 0:
+        return 0
+    ordered = np.sort(values)
+    return int(1 + np.count_nonzero(ordered[1:] != ordered[:-1]))
+
+
+def _factor(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+    table: dict[Any, int] = {}
+    codes = np.fromiter((table.setdefault(v, len(table)) for v in values), dtype=np.int32, count=len(values))
+    return codes, list(table)
+
+
+def read_events(url: str | None = None, include_run_ids: Sequence[str] | None = None) -> EventColumns:
+    """The calibration columns of ``token_estimation_v2_events`` (optionally only some runs)."""
+    engine = get_engine(url)
+    c = EV.c
+    where = [c.run_id.in_(list(include_run_ids))] if include_run_ids else []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # hundreds of thousands of short-lived tuples per partition: nothing cyclic to collect
+    try:
+        with engine.connect() as connection:
+            data, epoch = _scan(connection, where)
+            texts: dict[int, tuple[Any, ...]] = {}
+            _repair(connection, data, epoch, texts)
+            unique_keys, first, inverse = np.unique(data[:, CKEY], return_index=True, return_inverse=True)
+            representative = {int(data[i, ID]): k for k, i in zip(unique_keys.tolist(), first.tolist(), strict=True)
+                              if k not in texts}  # one row per distinct key whose texts are not known yet
+            for r in _by_id(connection, TEXT_FIELDS, list(representative)):
+                texts[representative[r[0]]] = tuple(r[1:])
+            unit_text = [texts[k] for k in unique_keys.tolist()]
+            run_ids = _run_ids(connection, where)
+            docs = _docs_rows(connection, data, unit_text, inverse.reshape(-1))
+            escalations = _escalations(connection, include_run_ids)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return _columns(data, epoch, unit_text, inverse.reshape(-1), run_ids, docs, escalations)
+
+
+def _columns(data: np.ndarray, epoch: np.ndarray, unit_text: list[tuple[Any, ...]], unit: np.ndarray,
+             run_ids: list[str], docs: list[dict[str, Any]], escalations: np.ndarray) -> EventColumns:
+    flags = data[:, FLAGS]
+    n = int(flags.size)
+    success = (flags & SUCCESS) > 0
+    ceiling = data[:, CEILING].astype(float)
+    ceiling[ceiling < 0] = np.nan
+    feature_code, features = _factor([t[FEATURES] for t in unit_text])
+    none_code = features.index(None) if None in features else -1
+    if none_code >= 0:  # rows without features get -1; the texts list keeps only real feature sets
+        features.pop(none_code)
+        feature_code = np.where(feature_code == none_code, -1, feature_code - (feature_code > none_code))
+    cat_code, categories = _factor([t[CATEGORY] for t in unit_text])
+    cx_code, complexities = _factor([t[COMPLEXITY] for t in unit_text])
+    source_code, sources = _factor([(t[PROVIDER], t[MODEL]) for t in unit_text])
+    reason_cut = np.array([t[STOP] in TRUNCATION_REASONS or t[FINISH] in TRUNCATION_REASONS for t in unit_text],
+                          dtype=bool)
+    unit_rows = np.bincount(unit, minlength=len(unit_text)) if n else np.zeros(len(unit_text), dtype=np.int64)
+    pairs: dict[tuple[str | None, str | None], int] = {}
+    for t, count in zip(unit_text, unit_rows.tolist(), strict=True):
+        pair = (t[CATEGORY], t[COMPLEXITY])
+        pairs[pair] = pairs.get(pair, 0) + count
+    summary = Summary(
+        run_ids=run_ids,
+        successful_phases=_distinct(data[success, PKEY]),
+        success_rate_all=float(success.mean()) if n else 0.0,
+        coverage_actual_max_tokens=float((~np.isnan(ceiling)).mean()) if n else 0.0,
+        spellings=spellings_of(pairs),
+        docs_rows=docs,
+    )
+    columns = EventColumns(
+        event_id=data[:, ID].copy(),
+        epoch=epoch,
+        category_code=cat_code[unit],
+        complexity_code=cx_code[unit],
+        deliverable_count=np.array([_count(t[DELIVERABLES]) for t in unit_text], dtype=np.int64)[unit],
+        features_code=feature_code[unit].astype(np.int32),
+        predicted=data[:, PREDICTED].astype(float),
+        actual=data[:, ACTUAL].astype(float),
+        selected_budget=data[:, SELECTED].astype(float),
+        actual_max_tokens=ceiling,
+        success=success,
+        truncated=((flags & (TRUNCATED | TRUNCATED_OUTPUT)) > 0) | reason_cut[unit],
+        categories=categories,
+        complexities=complexities,
+        features=features,
+        summary=summary,
+    )
+    return _with_retries_and_sources(columns, data, escalations, source_code[unit], sources)
+
+
+def _with_retries_and_sources(columns: EventColumns, data: np.ndarray, escalations: np.ndarray,
+                              source_code: np.ndarray, sources: list[Any]) -> EventColumns:
+    """The escalated retries (excluded from fitting) and the provider/model of every row (the source mix)."""
+    attempt = data[:, FLAGS] >> ATTEMPT_SHIFT
+    retry = escalated_retries(data[:, PKEY], attempt, escalations[:, 0], escalations[:, 1])
+    return dataclasses.replace(columns, source_code=source_code.astype(np.int32), sources=sources, retry=retry)
+
+
+#: Distinct run ids by walking the run_id index (one probe per run), while there are at most this many.
+SKIP_SCAN_LIMIT = 10_000
+_SKIP_SCAN = sa.text("""
+WITH RECURSIVE runs(id, n) AS (
+    SELECT min(run_id), 1 FROM token_estimation_v2_events
+    UNION ALL
+    SELECT (SELECT min(run_id) FROM token_estimation_v2_events WHERE run_id > runs.id), runs.n + 1
+    FROM runs WHERE runs.id IS NOT NULL AND runs.n <= :limit
+)
+SELECT id FROM runs WHERE id IS NOT NULL
+""")
+
+
+def _run_ids(connection: sa.Connection, where: list[Any]) -> list[str]:
+    """The distinct run ids: an index skip-scan (a DISTINCT over 10⁶ rows reads them all), else DISTINCT."""
+    c = EV.c
+    if not where:
+        found = connection.execute(_SKIP_SCAN, {"limit": SKIP_SCAN_LIMIT}).scalars().all()
+        if len(found) <= SKIP_SCAN_LIMIT:
+            return sorted(found)
+    return sorted(connection.execute(sa.select(c.run_id).where(*where).distinct()).scalars().all())
+
+
+def _escalations(connection: sa.Connection, include_run_ids: Sequence[str] | None) -> np.ndarray:
+    """(phase_key, attempt_index) of every budget escalation (a small table: one row per truncation)."""
+    where = [ESC.c.run_id.in_(list(include_run_ids))] if include_run_ids else []
+    rows = connection.execute(sa.select(ESC.c.run_id, ESC.c.phase_id, ESC.c.attempt_index).where(*where)).all()
+    return np.array([(keys.phase_key(r, p), int(a)) for r, p, a in rows], dtype=np.int64).reshape(-1, 2)
+
+
+def _docs_rows(connection: sa.Connection, data: np.ndarray, unit_text: list[tuple[Any, ...]],
+               unit: np.ndarray) -> list[dict[str, Any]]:
+    """The largest documentation calls (docs-like category, or a phase id naming doc/readme), largest first."""
+    docs_unit = np.array([canonical_category(t[CATEGORY]) in DOCS_LIKE or keys.names_docs(str(t[PHASE_ID]))
+                          for t in unit_text], dtype=bool)
+    rows = np.flatnonzero(docs_unit[unit]) if unit.size else np.empty(0, dtype=np.int64)
+    top = rows[np.lexsort((data[rows, ID], -data[rows, ACTUAL]))][:DOCS_ROWS_LIMIT]
+    c = EV.c
+    found = {r[0]: r for r in _by_id(connection, (
+        c.run_id, c.phase_id, c.category, c.complexity, c.actual_output_tokens, c.predicted_output_tokens,
+        c.actual_max_tokens, c.selected_budget, truncation_flag(c), c.success), data[top, ID].tolist())}
+    return [docs_row(*found[int(i)][1:9], bool(found[int(i)][9]), bool(found[int(i)][10]))
+            for i in data[top, ID].tolist()]
