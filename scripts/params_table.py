@@ -42,9 +42,9 @@ def _value(value: Any) -> str:
 
 
 def _command(path: tuple[str, ...]) -> Any:
-    from autopack.cli.app import app
+    from autopack.cli.app import load_commands
 
-    command = typer.main.get_command(app)
+    command = typer.main.get_command(load_commands([]))  # every command module (they load lazily)
     for name in path:
         command = command.commands[name]  # type: ignore[attr-defined]
     return command
