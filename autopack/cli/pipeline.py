@@ -11,11 +11,13 @@ from typing import Annotated
 
 import typer
 
+
 from autopack.cli.common import ExpectDbIdOption, writable_dir
 from autopack.cli.options import model_option
 from autopack.config import get_settings
 from autopack.errors import AutopackError
 from autopack.execution.runs import check_run_ids
+from autopack.execution.seed_runs import MAX_SEED_WEEKS
 from autopack.params import PipelineParams as P
 
 #: Prefect's setting for how long to wait for its temporary local server (Prefect's default: 20 s).
@@ -30,7 +32,7 @@ pipeline_app = typer.Typer(help="The whole telemetry pipeline as one Prefect flo
 @pipeline_app.command("run")
 def run(
     init: Annotated[bool, typer.Option("--init", help="Create and migrate the database and the seed runs when missing.")] = False,
-    weeks: Annotated[int, typer.Option("--weeks", min=1, max=52, help="With --init: weeks of seed runs to create (61 phases each).")] = 1,
+    weeks: Annotated[int, typer.Option("--weeks", min=1, max=MAX_SEED_WEEKS, help="With --init: weeks of seed runs to create (61 phases each).")] = 1,
     run_ids: list[str] | None = model_option(P, "run_ids", "--run-id"),
     validate_run_id: str | None = model_option(P, "validate_run_id", "--validate-run-id"),
     validate_phase_id: str | None = model_option(P, "validate_phase_id", "--validate-phase-id"),
@@ -110,7 +112,7 @@ def run(
 @pipeline_app.command("init")
 def init_database(
     expect_db_id: ExpectDbIdOption = None,
-    weeks: Annotated[int, typer.Option("--weeks", min=1, max=52, help="Weeks of seed runs to create (61 phases each).")] = 1,
+    weeks: Annotated[int, typer.Option("--weeks", min=1, max=MAX_SEED_WEEKS, help="Weeks of seed runs to create (61 phases each).")] = 1,
 ) -> None:
     """Create and migrate the database and the seed runs that are missing (what `pipeline run --init` does
     first), without running anything: the set-up step before deployments run the pipeline on a worker."""
