@@ -34,4 +34,5 @@ if ! .venv/bin/python -c "import os, psycopg; psycopg.connect(os.environ['AUTOPA
   unset AUTOPACK_TEST_POSTGRES_URL
 fi
 
-exec .venv/bin/python -m pytest -q "$@"
+# Two processes by default (each test has its own database, folder and ports); AUTOPACK_TEST_PROCESSES=0 runs serially.
+exec .venv/bin/python -m pytest -q -n "${AUTOPACK_TEST_PROCESSES:-2}" "$@"
