@@ -165,7 +165,7 @@ def summarise(result: Mapping[str, Any]) -> list[str]:
     gate = calibration.get("gate") or {}
     lines = [
         f"outcome: {result.get('message') or state_message(result)}",
-        f"phases drained: {result.get('phases_drained', 0)}, telemetry events: {result.get('telemetry_events', 0)}",
+        f"phase attempts drained (retries included): {result.get('phases_drained', 0)}, telemetry events: {result.get('telemetry_events', 0)}",
     ]
     if not calibration.get("no_samples"):
         lines += [

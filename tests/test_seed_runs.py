@@ -15,7 +15,6 @@ from autopack.errors import InputError
 from autopack.execution.seed_runs import (
     SEED_RUNS,
     V4_RUN_ID,
-    V7_RUN_ID,
     ensure_seed_runs,
     seed_run_ids,
     seed_run_spec,
@@ -152,9 +151,10 @@ def test_original_script_names_still_work(tmp_path) -> None:  # type: ignore[no-
 def test_later_weeks_repeat_the_seed_phases_under_their_own_run_ids() -> None:
     ids = seed_run_ids(3)
     assert ids[:4] == list(SEED_RUNS) and len(ids) == 12 and len(set(ids)) == 12
-    assert ids[4:8] == [f"{run_id}-week2" for run_id in SEED_RUNS]
-    week3 = seed_run_spec(f"{V4_RUN_ID}-week3")
-    assert week3.run_id == f"{V4_RUN_ID}-week3"
+    assert ids[4:8] == [run_id.replace("collection-", "collection-week2-") for run_id in SEED_RUNS]
+    assert ids[4:] == sorted(ids[4:])  # later weeks sort after the first, in the order they were collected
+    week3 = seed_run_spec("telemetry-collection-week3-v4")
+    assert week3.run_id == "telemetry-collection-week3-v4"
     assert [p.phase_id for p in week3.phases] == [p.phase_id for p in telemetry_collection_v4_spec().phases]
 
 
@@ -164,7 +164,8 @@ def test_weeks_out_of_range_are_refused(bad: int) -> None:
         seed_run_ids(bad)
 
 
-@pytest.mark.parametrize("run_id", [f"{V4_RUN_ID}-week1", f"{V4_RUN_ID}-week53", "nope-week2", f"{V4_RUN_ID}-weekx"])
+@pytest.mark.parametrize("run_id", ["telemetry-collection-week1-v4", "telemetry-collection-week53-v4",
+                                    "telemetry-collection-week2-v9", "telemetry-collection-weekx-v4"])
 def test_only_real_weeks_of_real_seed_runs_are_seed_runs(run_id: str) -> None:
     with pytest.raises(InputError, match="unknown seed run"):
         seed_run_spec(run_id)
@@ -172,7 +173,7 @@ def test_only_real_weeks_of_real_seed_runs_are_seed_runs(run_id: str) -> None:
 
 def test_pipeline_init_with_weeks_creates_every_week_once(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(["pipeline", "init", "--weeks", "2"], capsys)
-    assert code == 0 and f"{V7_RUN_ID}-week2" in out
+    assert code == 0 and "telemetry-collection-week2-v7" in out
     assert cli(["pipeline", "init", "--weeks", "2"], capsys)[0] == 0  # nothing more to create
     with session_scope(db_url) as session:
         runs = session.execute(sa.select(sa.func.count()).select_from(Run)).scalar_one()

@@ -575,6 +575,9 @@ def _changes(
             rows = rows[samples.units.linear[samples.unit[rows]]]
             implied = implied_overheads(samples, rows, fit.coefficients)
             lo, hi, _ = stats.median_ci(implied, samples.observed[rows], 0.95)
+            # the data's 95 % interval for the overhead, within what a coefficient may be (≥ 1): an implied
+            # overhead below 1 only says the weights alone already over-predict
+            lo, hi = max(lo, 1.0), max(hi, 1.0)
             changes.append({
                 "coefficient": "PHASE_OVERHEAD", "key": list(g), "old": change[0], "new": change[1], **common,
                 "interval": [_num(lo, 1), _num(hi, 1)],

@@ -10,6 +10,7 @@ Together they hold 61 phases over four runs (``ensure_seed_runs``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from sqlalchemy.orm import Session
@@ -228,16 +229,23 @@ SEED_RUNS: dict[str, Callable[[], RunSpec]] = {
 MAX_SEED_WEEKS = 52
 
 
+_SEED_PREFIX = "telemetry-collection-"
+
+
 def week_run_id(run_id: str, week: int) -> str:
-    """Week 1 is the seed run itself; week k > 1 repeats its phases as ``<run id>-week<k>``."""
-    return run_id if week == 1 else f"{run_id}-week{week}"
+    """Week 1 is the seed run itself; week k > 1 repeats its phases as ``telemetry-collection-week<k>-v4`` …
+
+    Named so that run ids sort in the order the weeks were collected (drains take runs in id order), as a
+    team's weekly runs would be: the calibration's newest calls are then the last week's, of every group.
+    """
+    return run_id if week == 1 else run_id.replace(_SEED_PREFIX, f"{_SEED_PREFIX}week{week}-", 1)
 
 
 def seed_run_spec(run_id: str) -> RunSpec:
     """The spec of a seed run, or of one of its later weeks (same phases, its own run id)."""
-    base, sep, week = run_id.rpartition("-week")
-    if sep and base in SEED_RUNS and week.isdigit() and 2 <= int(week) <= MAX_SEED_WEEKS:
-        return SEED_RUNS[base]().model_copy(update={"run_id": run_id})
+    match = re.fullmatch(rf"{_SEED_PREFIX}week(\d+)-(.+)", run_id)
+    if match and f"{_SEED_PREFIX}{match[2]}" in SEED_RUNS and 2 <= int(match[1]) <= MAX_SEED_WEEKS:
+        return SEED_RUNS[f"{_SEED_PREFIX}{match[2]}"]().model_copy(update={"run_id": run_id})
     try:
         return SEED_RUNS[run_id]()
     except KeyError:
