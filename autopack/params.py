@@ -8,7 +8,7 @@ and descriptions too), the library validates through the models (``BatchOptions`
 parameter table from them. A bad value is refused with the same message everywhere.
 
 Defaults differ where the front ends legitimately do: ``autopack drain batch`` keeps the original's defaults
-(10 phases, one worker, no zero-yield stop), while the pipeline drains a whole collection in one run (200
+(10 phases, one worker, no zero-yield stop), while the pipeline drains a whole collection in one run (500
 phases, two workers, stop after 10 phases in a row without telemetry). Deployments that want other values
 set them as ``prefect.yaml`` parameters (the legacy-backlog drain), never as second defaults.
 
@@ -274,7 +274,7 @@ class PipelineParams(CalibrationParams, DrainParams):
     calibration reads the drained runs, ``run_ids``) plus the pipeline's own. The drain defaults differ from
     ``drain batch``'s: the pipeline drains a whole collection in one run."""
 
-    batch_size: BatchSize = 200
+    batch_size: BatchSize = 500
     workers: Workers = 2
     max_consecutive_zero_yield: MaxConsecutiveZeroYield = 10
     validate_run_id: ValidateRunId = None

@@ -17,4 +17,4 @@ echo "install: $(.venv/bin/python -c "import sys, time; print(f'{time.time() - f
 export PREFECT_LOGGING_LEVEL=${PREFECT_LOGGING_LEVEL:-WARNING}
 # Four weeks of seed runs (244 simulated phases): one week leaves every group below the ~22 calls a
 # distribution-free budget factor needs, so the gate would (rightly) ship nothing.
-exec .venv/bin/autopack pipeline run --init --weeks 4 --batch-size 300 --dry-run "$@"
+exec .venv/bin/autopack pipeline run --init --weeks 4 --dry-run "$@"

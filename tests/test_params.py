@@ -269,7 +269,7 @@ def test_the_generated_parameter_table_lists_every_field_with_each_front_ends_de
             load_params_table().parameters_table().splitlines()[2:]}
     for name in PipelineParams.model_fields:
         assert name in rows
-    assert rows["batch_size"][2:4] == ["`200`", "`10`"]  # pipeline, drain batch
+    assert rows["batch_size"][2:4] == ["`500`", "`10`"]  # pipeline, drain batch
     assert rows["holdout_fraction"][2:5] == ["`0.3`", "", "`0.3`"]
     assert "0 ≤ x < 0.9" in rows["holdout_fraction"][5]
 
