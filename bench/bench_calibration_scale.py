@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,12 +43,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from databases import migrated_database  # noqa: E402
 from machine import describe_machine  # noqa: E402
 
 from autopack import token_estimator as te  # noqa: E402
 from autopack.db import keys  # noqa: E402
 from autopack.db.engine import dispose_engines  # noqa: E402
-from autopack.db.migrate import upgrade_database  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -279,14 +278,11 @@ def main() -> None:
         for n in args.sizes:
             backends = ["sqlite"] + ([] if args.no_postgres else ["postgresql"])
             for backend in backends:
-                url, cleanup = fresh_database(backend, Path(tmp), n, args.postgres)
-                try:
+                with migrated_database(backend, Path(tmp), args.postgres) as url:
                     t0 = time.perf_counter()
                     (fill_sqlite if backend == "sqlite" else fill_postgres)(url_path(url), n, specs, seed=n)
                     fill = time.perf_counter() - t0
                     m = measure(url, Path(tmp) / f"out_{backend}_{n}", args.repeat)
-                finally:
-                    cleanup()
                 rows.append((backend, n, fill, m))
                 print(f"  done {backend} {n:,}: floor {m['floor']:.2f} s, calibration {m['project']:.2f} s",
                       flush=True)
@@ -295,34 +291,6 @@ def main() -> None:
 
 def url_path(url: str) -> Any:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite") else url
-
-
-def fresh_database(backend: str, tmp: Path, n: int, postgres: str) -> tuple[str, Any]:
-    if backend == "sqlite":
-        db = tmp / f"bench_{n}.db"
-        url = f"sqlite:///{db}"
-        upgrade_database(url)
-        dispose_engines()
-        return url, lambda: db.unlink(missing_ok=True)
-    import sqlalchemy as sa
-
-    name = f"autopack_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(sa.engine.make_url(postgres).set(drivername="postgresql+psycopg"),
-                             isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = str(sa.engine.make_url(postgres).set(drivername="postgresql+psycopg", database=name)
-              .render_as_string(hide_password=False))
-    upgrade_database(url)
-    dispose_engines()
-
-    def cleanup() -> None:
-        dispose_engines()
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url, cleanup
 
 
 def print_tables(rows: list[tuple[str, int, float, dict[str, Any]]]) -> None:

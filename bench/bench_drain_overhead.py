@@ -29,11 +29,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from databases import migrated_database
 from machine import describe_machine
 
 LATENCY = 0.5
@@ -177,34 +177,6 @@ def gate_cycle(url: str, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-@contextmanager
-def database(kind: str, work: Path, admin_url: str) -> Iterator[str]:
-    from autopack.db.engine import dispose_engines
-    from autopack.db.migrate import upgrade_database
-
-    if kind == "SQLite":
-        url = f"sqlite:///{work / 'bench.db'}"
-        upgrade_database(url)
-        yield url
-        dispose_engines()
-        return
-    import sqlalchemy as sa
-
-    name = f"autopack_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(sa.engine.make_url(admin_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(admin_url).set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
-    try:
-        upgrade_database(url)
-        yield url
-    finally:
-        dispose_engines()
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def measure(
     kind: str, url: str, args: argparse.Namespace, clock: GateClock
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -277,7 +249,7 @@ def main() -> int:
     try:
         with prefect_test_harness(server_startup_timeout=180):
             for kind in ["SQLite"] + ([] if args.no_postgres else ["PostgreSQL"]):
-                with database(kind, work, args.postgres) as url:
+                with migrated_database(kind, work, args.postgres) as url:
                     o, s = measure(kind, url, args, clock)
                 overhead += o
                 scaling += s

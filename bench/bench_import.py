@@ -17,11 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from databases import migrated_database  # noqa: E402
 from machine import describe_machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,36 +86,6 @@ def measured(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024
 
 
-def fresh_database(backend: str, tmp: Path, postgres: str) -> tuple[str, object]:
-    import sqlalchemy as sa
-
-    from autopack.db.engine import dispose_engines
-    from autopack.db.migrate import upgrade_database
-
-    if backend == "sqlite":
-        path = tmp / f"import_{uuid.uuid4().hex[:8]}.db"
-        url = f"sqlite:///{path}"
-        upgrade_database(url)
-        dispose_engines()
-        return url, lambda: path.unlink(missing_ok=True)
-    name = f"autopack_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(sa.engine.make_url(postgres).set(drivername="postgresql+psycopg"),
-                             isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(postgres).set(drivername="postgresql+psycopg", database=name)
-    url_text = url.render_as_string(hide_password=False)
-    upgrade_database(url_text)
-    dispose_engines()
-
-    def drop() -> None:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url_text, drop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -133,15 +103,12 @@ def main() -> None:
         for backend in ["sqlite"] + ([] if args.no_postgres else ["postgresql"]):
             results = {}
             for kind in ("floor", "autopack"):
-                url, cleanup = fresh_database(backend, tmp, args.postgres)
-                try:
+                with migrated_database(backend, tmp, args.postgres) as url:
                     env = {**os.environ, "DATABASE_URL": url}
                     argv = ([sys.executable, "-c", FLOOR, str(csv_path), url] if kind == "floor"
                             else [sys.executable, "-c", "from autopack.cli import main; main()", "telemetry",
                                   "import", str(csv_path)])
                     results[kind] = measured(argv, env)
-                finally:
-                    cleanup()  # type: ignore[operator]
                 print(f"  done {backend} {kind}: {results[kind][0]:.1f} s", flush=True)
             table.append((backend, results))
     print()
