@@ -173,6 +173,17 @@ def _bool(value: Any) -> bool:
     raise ValueError
 
 
+def _checked_row(raw: Mapping[str, Any], where: str, ordinal: int, required: Sequence[str]
+                 ) -> Iterator[ParsedRow | RowError]:
+    """One source row, converted and checked: the row, or every error it has (each format's last step)."""
+    values, errors = _convert(raw, where)
+    errors += _check_required(values, raw, where, required)
+    if errors:
+        yield from errors
+    else:
+        yield ParsedRow(where, ordinal, values)
+
+
 def _convert(raw: Mapping[str, Any], where: str) -> tuple[dict[str, Any], list[RowError]]:
     """Typed canonical values from strings; a list of errors for this row (empty if fine)."""
     values: dict[str, Any] = {}
@@ -287,12 +298,7 @@ def _parse_csv(path: Path, mapping: Mapping[str, str], defaults: Mapping[str, st
             for canonical, i in source_of.items():
                 if record[i].strip() != "":
                     raw[canonical] = record[i]
-            values, errors = _convert(raw, where)
-            errors += _check_required(values, raw, where, REQUIRED_CSV)
-            if errors:
-                yield from errors
-            else:
-                yield ParsedRow(where, ordinal, values)
+            yield from _checked_row(raw, where, ordinal, REQUIRED_CSV)
 
 
 _V2_LINE = re.compile(r"\[TokenEstimationV2\](?P<body>.*)$")
@@ -331,12 +337,7 @@ def parse_v2_log(path: Path, mapping: Mapping[str, str], defaults: Mapping[str, 
                 target = _V2_FIELDS.get(key)
                 if target:
                     raw[target] = value.rstrip("%")
-            values, errors = _convert(raw, where)
-            errors += _check_required(values, raw, where, REQUIRED_V2)
-            if errors:
-                yield from errors
-            else:
-                yield ParsedRow(where, number, values)
+            yield from _checked_row(raw, where, number, REQUIRED_V2)
 
 
 _OTEL_ATTRS: dict[str, tuple[str, ...]] = {
@@ -523,12 +524,7 @@ def parse_otel_json(path: Path, mapping: Mapping[str, str], defaults: Mapping[st
                         value = attrs[name]
                         raw[canonical] = ",".join(map(str, value)) if isinstance(value, list) else value
                         break
-            values, errors = _convert(raw, where)
-            errors += _check_required(values, raw, where, REQUIRED_OTEL)
-            if errors:
-                yield from errors
-            else:
-                yield ParsedRow(where, ordinal, values)
+            yield from _checked_row(raw, where, ordinal, REQUIRED_OTEL)
 
 
 PARSERS = {"csv": parse_csv, "otel-json": parse_otel_json, "v2-log": parse_v2_log}
