@@ -28,6 +28,7 @@ from autopack.pipeline import (
     check_target_repo,
     state_message,
 )
+from autopack.timing import StageClock
 from flows.calibrate import calibrate, publish_calibration_artifacts
 from flows.drain import batch_drain
 from flows.guard import db_identity_guard
@@ -133,14 +134,8 @@ def telemetry_pipeline(
     params = PipelineParams.pick(locals())
     logger = get_run_logger()
     started_at = time.time()
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = round(now - clock, 2)
-        clock = now
+    clock = StageClock(digits=2)
+    lap, timings = clock.lap, clock.timings
 
     try:
         target_repo = preflight(target_repo=target_repo, output_dir=output_dir, dry_run=dry_run)

@@ -7,7 +7,6 @@ Prefect flow call. Reading is ``reader.read_events``: one integer-only scan, tex
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from autopack.db.models import CalibrationRun
 from autopack.errors import AutopackError
 from autopack.logging import get_logger
 from autopack.params import CalibrationParams
+from autopack.timing import StageClock
 
 __all__ = ["NoUsableSamplesError", "read_events", "run_calibration"]
 
@@ -91,14 +91,8 @@ def run_calibration(
                     target_truncation=target_truncation, holdout_fraction=holdout_fraction,
                     include_run_ids=tuple(include_run_ids or ()), method=method)
     resolved = resolve_url(url)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now_ = time.perf_counter()
-        timings[name] = round(now_ - clock, 3)
-        clock = now_
+    clock = StageClock()
+    lap, timings = clock.lap, clock.timings
 
     identity = guard(resolved, expect_db_id=expect_db_id or get_settings().expected_db_id, allow_empty=allow_empty_db)
     lap("guard")
