@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import PurePosixPath
 
 from autopack.taxonomy import DOCS_LIKE, normalise_category, normalise_complexity
@@ -396,6 +397,7 @@ _CONFIG_EXT = (".yml", ".yaml", ".json", ".toml", ".txt", ".ini", ".cfg")
 _FRONTEND_EXT = (".tsx", ".jsx", ".vue", ".svelte", ".ts", ".js", ".css", ".html")
 
 
+@lru_cache(maxsize=65536)
 def deliverable_path(text: str) -> str:
     """The file path a deliverable names (first ``name.ext`` token), else the text without verbs."""
     match = _PATH_TOKEN.search(text)
@@ -405,10 +407,18 @@ def deliverable_path(text: str) -> str:
     return re.sub(r"\(.*\)\s*$", "", stripped).strip()
 
 
+@lru_cache(maxsize=65536)
+def _parts(path: str) -> tuple[str, str]:
+    """(name, suffix) of a POSIX path, as ``PurePosixPath`` gives them (cached: the same paths recur)."""
+    pure = PurePosixPath(path)
+    return pure.name, pure.suffix
+
+
+@lru_cache(maxsize=65536)
 def deliverable_kind(path: str, category: str) -> str:
     """test / doc / config / frontend / database / backend (first matching rule wins)."""
     p = path.lower()
-    name = PurePosixPath(p).name
+    name = _parts(p)[0]
     if (
         p.startswith("tests/")
         or "/tests/" in p
@@ -446,8 +456,15 @@ def _context_quality(scope_paths: Sequence[str]) -> str:
     return "none" if n == 0 else "some" if n <= 3 else "strong"
 
 
-def _has(text: str, phrases: Sequence[str]) -> bool:
-    return any(re.search(rf"(?<![\w]){re.escape(p)}(?![\w])", text) for p in phrases)
+def _whole_phrases(*phrases: str) -> re.Pattern[str]:
+    """Any of ``phrases`` as a whole phrase (not inside a longer word), compiled once."""
+    return re.compile(r"(?<![\w])(?:" + "|".join(re.escape(p) for p in phrases) + r")(?![\w])")
+
+
+_API_REFERENCE = _whole_phrases("api_reference", "api reference", "api.md", "rest api")
+_EXAMPLES = _whole_phrases("examples.md", "usage examples", "code examples", "sample code", "snippets")
+_RESEARCH = _whole_phrases("from scratch", "investigate", "create documentation for")
+_USAGE_GUIDE = _whole_phrases("usage_guide", "user guide", "getting started", "tutorial")
 
 
 def doc_features(deliverables: Sequence[str], description: str) -> dict[str, bool]:
@@ -455,10 +472,10 @@ def doc_features(deliverables: Sequence[str], description: str) -> dict[str, boo
     text = (" ".join(deliverables) + " " + description).lower()
     desc = description.lower()
     return {
-        "api_reference_required": _has(text, ("api_reference", "api reference", "api.md", "rest api")),
-        "examples_required": _has(text, ("examples.md", "usage examples", "code examples", "sample code", "snippets")),
-        "research_required": _has(desc, ("from scratch", "investigate", "create documentation for")),
-        "usage_guide_required": _has(text, ("usage_guide", "user guide", "getting started", "tutorial")),
+        "api_reference_required": bool(_API_REFERENCE.search(text)),
+        "examples_required": bool(_EXAMPLES.search(text)),
+        "research_required": bool(_RESEARCH.search(desc)),
+        "usage_guide_required": bool(_USAGE_GUIDE.search(text)),
     }
 
 
@@ -493,7 +510,7 @@ def estimate(features: PhaseFeatures, coefficients: Coefficients | None = None) 
         category = "docs"
     tier = _context_tier(features.scope_paths)
     if pure_doc:
-        sot = next((PurePosixPath(p).name for p in paths if PurePosixPath(p).name.lower() in _SOT_NAMES), None)
+        sot = next((_parts(p)[0] for p in paths if _parts(p)[0].lower() in _SOT_NAMES), None)
         if sot is not None:
             context = DOC_SOT_CONTEXT[tier]
             write = DOC_SOT_WRITE_PER_DELIVERABLE * max(1, len(deliverables))
@@ -534,7 +551,7 @@ def estimate(features: PhaseFeatures, coefficients: Coefficients | None = None) 
     overhead = coeffs.phase_overhead.get((category, cx.value), coeffs.default_phase_overhead)
     breakdown["overhead"] = overhead
     predicted = int((overhead + marginal) * coeffs.safety_margin)
-    with_ext = sum(1 for p in paths if PurePosixPath(p).suffix) / len(paths)
+    with_ext = sum(1 for p in paths if _parts(p)[1]) / len(paths)
     with_verb = sum(1 for d in deliverables if _VERB.match(d)) / len(deliverables)
     confidence = min(1.0, 0.5 + 0.3 * with_ext + 0.2 * with_verb)
     return Estimate(predicted, round(confidence, 3), category, model="overhead_plus_marginal",
