@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from autopack.db.engine import get_engine
-from autopack.db.migrate import head_revision, upgrade_database
+from autopack.db.migrate import HEAD_REVISION, current_revision, head_revision, scripts_head, upgrade_database
 from autopack.db.models import Base
 
 
@@ -29,6 +29,20 @@ def test_upgrade_creates_a_database_id_and_reaches_head(db_url: str) -> None:
     with get_engine(db_url).connect() as connection:
         ids = connection.execute(sa.text("SELECT db_id FROM db_meta")).scalars().all()
     assert len(ids) == 1 and len(ids[0]) == 32
+
+
+def test_the_code_needs_the_newest_migration_script() -> None:
+    assert HEAD_REVISION == scripts_head()
+
+
+def test_the_schema_check_reads_the_revision_alembic_wrote(db_url: str) -> None:
+    with get_engine(db_url).connect() as connection:
+        assert current_revision(connection) == MigrationContext.configure(connection).get_current_revision()
+        assert current_revision(connection) == HEAD_REVISION
+
+
+def test_a_database_without_alembic_version_has_no_revision(tmp_path: Path) -> None:
+    assert current_revision(get_engine(f"sqlite:///{tmp_path / 'bare.db'}")) is None
 
 
 def test_second_upgrade_is_a_no_op(db_url: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 import sqlalchemy as sa
-from alembic.runtime.migration import MigrationContext
 from fastapi import APIRouter
 
 from autopack import __version__
@@ -13,7 +12,7 @@ from autopack.api.deps import ConfigDep
 from autopack.api.inputs import StrictJsonRoute
 from autopack.api.schemas import HealthOut
 from autopack.db.engine import get_engine, mask_url
-from autopack.db.migrate import head_revision, sqlite_path
+from autopack.db.migrate import current_revision, head_revision, sqlite_path
 
 router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
 
@@ -30,7 +29,7 @@ def probe(url: str) -> tuple[bool, str | None, str | None]:
         return False, None, None
     try:
         with get_engine(url).connect() as connection:
-            revision = MigrationContext.configure(connection).get_current_revision()
+            revision = current_revision(connection)
             db_id = None
             if sa.inspect(connection).has_table("db_meta"):
                 db_id = connection.execute(sa.text("SELECT db_id FROM db_meta WHERE id = 1")).scalar_one_or_none()

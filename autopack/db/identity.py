@@ -10,7 +10,6 @@ The per-state and per-category counts, a scan of every event, are for ``autopack
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,8 +63,6 @@ def _open(url: str | None) -> tuple[str, sa.Engine]:
     return resolved, get_engine(resolved)
 
 
-#: The head revision of the code (reading the migration scripts costs milliseconds; they do not change).
-_head_revision = functools.cache(head_revision)
 
 
 def read_identity(url: str | None = None, *, counts: bool = True) -> IdentityReport:
@@ -82,9 +79,9 @@ def read_identity(url: str | None = None, *, counts: bool = True) -> IdentityRep
                     f"{mask_url(resolved)} was written by the original Autopack", hint=UPGRADE_HINT
                 )
             raise SchemaNotMigratedError(f"{mask_url(resolved)} has no autopack schema", hint=UPGRADE_HINT)
-        if revision != _head_revision():
+        if revision != head_revision():
             raise SchemaNotMigratedError(
-                f"{mask_url(resolved)} is at schema revision {revision}, the code needs {_head_revision()}",
+                f"{mask_url(resolved)} is at schema revision {revision}, the code needs {head_revision()}",
                 hint=UPGRADE_HINT,
             )
         with engine.connect() as connection:

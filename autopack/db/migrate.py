@@ -28,11 +28,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.pool import NullPool
@@ -41,6 +39,9 @@ from autopack.db.checkpoints import checkpoint
 from autopack.db.engine import dispose_engines, get_engine, mask_url, parse_url, resolve_url
 from autopack.db.legacy import leftover_copies, repair_interrupted_adoption
 from autopack.errors import AutopackError, DatabaseUrlError, DbIdentityMismatchError, InputError, RefusedError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: Tables whose presence (without an autopack revision or id) marks a database written by the original.
@@ -51,23 +52,40 @@ LOCK_TIMEOUT_SECONDS = 60.0
 POSTGRES_LOCK_KEY = int.from_bytes(b"autopack", "big")
 
 
+#: The schema revision this code needs: the newest script in ``migrations/versions``
+#: (``tests/test_migrations.py`` holds the two equal). A constant, so that checking a database's schema,
+#: which every command does, needs neither Alembic nor the scripts (Alembic is imported to upgrade only).
+HEAD_REVISION = "0005"
+
+
 def alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
 
 
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
+    return HEAD_REVISION
+
+
+def scripts_head() -> str | None:
+    """The head of the migration scripts, as Alembic reads them (what ``HEAD_REVISION`` must equal)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def current_revision(bind: Engine | Connection) -> str | None:
+    """The database's ``alembic_version`` (None without that table; several rows joined, never the head)."""
     if isinstance(bind, Engine):
         with bind.connect() as connection:
             return current_revision(connection)
-    return MigrationContext.configure(bind).get_current_revision()
+    if not sa.inspect(bind).has_table("alembic_version"):
+        return None
+    versions = sorted(str(v) for v in bind.execute(sa.text("SELECT version_num FROM alembic_version")).scalars())
+    return ",".join(versions) if versions else None
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -357,6 +375,8 @@ def _database_failure(masked: str, path: Path | None, exc: DatabaseError) -> Aut
 
 def _run_alembic_upgrade(connection: Connection) -> None:
     """Every pending revision, inside the caller's transaction (env.py refuses to run outside one)."""
+    from alembic import command
+
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
