@@ -34,3 +34,11 @@ def test_a_command_run_alone_in_a_fresh_process_is_still_a_subcommand(command: s
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert f"autopack {command}" in out.stdout
+
+
+def test_calibrating_needs_neither_scipy_stats_nor_alembic() -> None:
+    """scipy.stats (≈0.4 s to import) and Alembic (≈0.3 s) are for tests and ``db upgrade`` only."""
+    code = ("import sys, autopack.cli.calibrate, autopack.calibration.runner, autopack.db.identity; "
+            "print(sorted(m for m in ('scipy.stats', 'alembic') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -39,8 +39,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import norm
 
+from autopack.calibration import distributions as dist
 from autopack.calibration import stats
 from autopack.calibration.samples import Group
 
@@ -166,7 +166,7 @@ def _group_factor(r: np.ndarray, observed: np.ndarray, alpha: float, km: stats.K
                     assumption = KM_ASSUMPTION + ": censored calls lie inside the tail the factor bounds"
             low, high = uq.interval
             if not math.isfinite(high):  # no order statistic bounds it at this n: normal approximation
-                high = value + float(norm.ppf(0.5 + INTERVAL_LEVEL / 2.0)) * _log_quantile_se(r, observed, alpha)
+                high = value + float(dist.norm_ppf(0.5 + INTERVAL_LEVEL / 2.0)) * _log_quantile_se(r, observed, alpha)
             return FactorInfo(
                 round_up_factor(math.exp(value)), value, "group", n, uq.k, uq.confidence,
                 _exp_interval(low, max(high, value)), method="km_conformal", assumption=assumption,
@@ -190,8 +190,8 @@ def _log_quantile_se(r: np.ndarray, observed: np.ndarray, alpha: float) -> float
     """Large-sample standard error of the (1 − α) quantile of r, normal-shaped: σ·√(α(1−α)/n) / φ(z_{1−α})."""
     values = r[observed] if observed.any() else r
     sigma = stats.robust_sigma(values - np.median(values))
-    z = float(norm.ppf(1.0 - alpha))
-    return sigma * math.sqrt(alpha * (1.0 - alpha) / r.size) / float(norm.pdf(z))
+    z = float(dist.norm_ppf(1.0 - alpha))
+    return sigma * math.sqrt(alpha * (1.0 - alpha) / r.size) / float(dist.norm_pdf(z))
 
 
 def _small_group_bound(r: np.ndarray, observed: np.ndarray, alpha: float) -> FactorInfo:
@@ -218,9 +218,9 @@ def _small_group_bound(r: np.ndarray, observed: np.ndarray, alpha: float) -> Fac
         return _none(n, note + ": no spread among its calls", assumption)
     value = mean + multiplier * sd
     # interval of the (1 − α) quantile μ + z·σ under the same assumption (delta method)
-    z = float(norm.ppf(1.0 - alpha))
+    z = float(dist.norm_ppf(1.0 - alpha))
     se = sd * math.sqrt(1.0 / n + z * z / (2.0 * (n - 1)))
-    half = float(norm.ppf(0.5 + INTERVAL_LEVEL / 2.0)) * se
+    half = float(dist.norm_ppf(0.5 + INTERVAL_LEVEL / 2.0)) * se
     q = mean + z * sd
     return FactorInfo(
         round_up_factor(math.exp(value)), value, "group", n, None, confidence, _exp_interval(q - half, q + half),

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats as sps
+
+from autopack.calibration import distributions as dist
 
 _EPS = 1e-9
 
@@ -79,7 +80,7 @@ def coverage_confidence(n: int, k: int | None, alpha: float) -> float:
     """
     if k is None or n <= 0 or k > n:
         return 0.0
-    return float(sps.beta.sf(1.0 - 2.0 * alpha, k, n + 1 - k))
+    return float(dist.beta_sf(1.0 - 2.0 * alpha, k, n + 1 - k))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,13 +222,13 @@ def median_ci_ranks(n: int, level: float = 0.95) -> tuple[int, int, float]:
     if n <= 0:
         raise ValueError("median_ci_ranks needs n >= 1")
     tail = (1.0 - level) / 2.0
-    m = int(sps.binom.ppf(tail, n, 0.5))
-    while m >= 0 and sps.binom.cdf(m, n, 0.5) > tail + _EPS:
+    m = int(dist.binom_ppf(tail, n, 0.5))
+    while m >= 0 and dist.binom_cdf(m, n, 0.5) > tail + _EPS:
         m -= 1
-    while m + 1 < n and sps.binom.cdf(m + 1, n, 0.5) <= tail + _EPS:
+    while m + 1 < n and dist.binom_cdf(m + 1, n, 0.5) <= tail + _EPS:
         m += 1
     j = max(1, min(m + 1, (n + 1) // 2))
-    coverage = 1.0 - 2.0 * float(sps.binom.cdf(j - 1, n, 0.5))
+    coverage = 1.0 - 2.0 * float(dist.binom_cdf(j - 1, n, 0.5))
     return j, n + 1 - j, coverage
 
 
@@ -241,21 +242,21 @@ def quantile_ci_ranks(n: int, q: float, level: float = 0.90) -> tuple[int, int |
         raise ValueError("quantile_ci_ranks needs n >= 1")
     tail = (1.0 - level) / 2.0
     # lower: largest j with P(B <= j-1) <= tail
-    m = int(sps.binom.ppf(tail, n, q))
-    while m >= 0 and sps.binom.cdf(m, n, q) > tail + _EPS:
+    m = int(dist.binom_ppf(tail, n, q))
+    while m >= 0 and dist.binom_cdf(m, n, q) > tail + _EPS:
         m -= 1
-    while m + 1 < n and sps.binom.cdf(m + 1, n, q) <= tail + _EPS:
+    while m + 1 < n and dist.binom_cdf(m + 1, n, q) <= tail + _EPS:
         m += 1
     j = max(1, m + 1)
     # upper: smallest k with P(B >= k) <= tail, i.e. cdf(k-1) >= 1 - tail
-    k_minus_1 = int(sps.binom.ppf(1.0 - tail, n, q))
-    while k_minus_1 > 0 and sps.binom.cdf(k_minus_1 - 1, n, q) >= 1.0 - tail - _EPS:
+    k_minus_1 = int(dist.binom_ppf(1.0 - tail, n, q))
+    while k_minus_1 > 0 and dist.binom_cdf(k_minus_1 - 1, n, q) >= 1.0 - tail - _EPS:
         k_minus_1 -= 1
     k: int | None = k_minus_1 + 1
     if k is not None and k > n:
         k = None
-    upper_cdf = float(sps.binom.cdf((k if k is not None else n + 1) - 1, n, q))
-    coverage = upper_cdf - float(sps.binom.cdf(j - 1, n, q))
+    upper_cdf = float(dist.binom_cdf((k if k is not None else n + 1) - 1, n, q))
+    coverage = upper_cdf - float(dist.binom_cdf(j - 1, n, q))
     return j, k, coverage
 
 
@@ -307,7 +308,7 @@ def wilson_interval(x: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion x/n."""
     if n <= 0:
         return 0.0, 1.0
-    z = float(sps.norm.ppf(1.0 - (1.0 - level) / 2.0))
+    z = float(dist.norm_ppf(1.0 - (1.0 - level) / 2.0))
     p = x / n
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -320,8 +321,8 @@ def clopper_pearson(x: int, n: int, level: float = 0.95) -> tuple[float, float]:
     if n <= 0:
         return 0.0, 1.0
     tail = (1.0 - level) / 2.0
-    low = 0.0 if x <= 0 else float(sps.beta.ppf(tail, x, n - x + 1))
-    high = 1.0 if x >= n else float(sps.beta.ppf(1.0 - tail, x + 1, n - x))
+    low = 0.0 if x <= 0 else float(dist.beta_ppf(tail, x, n - x + 1))
+    high = 1.0 if x >= n else float(dist.beta_ppf(1.0 - tail, x + 1, n - x))
     return low, high
 
 
@@ -333,7 +334,7 @@ def binomial_exceedance_p(x: int, n: int, alpha: float) -> float:
     """
     if n <= 0 or x <= 0:
         return 1.0
-    return float(sps.binom.sf(x - 1, n, alpha))
+    return float(dist.binom_sf(x - 1, n, alpha))
 
 
 #: Level of the gate's binomial test, and what "enough held-out calls" must be able to detect.
@@ -355,14 +356,14 @@ def min_evidence_calls(
     α = 0.10, 215 at α = 0.02 (defaults).
     """
     bad = min(0.999, multiple * alpha)
-    z_a, z_b = float(sps.norm.ppf(1 - level)), float(sps.norm.ppf(power))
+    z_a, z_b = float(dist.norm_ppf(1 - level)), float(dist.norm_ppf(power))
     guess = ((z_a * math.sqrt(alpha * (1 - alpha)) + z_b * math.sqrt(bad * (1 - bad))) / (bad - alpha)) ** 2
     top = int(4 * guess) + 50
     n = np.arange(1, top + 1)
     # critical count per n: the smallest x with P(X ≥ x | n, α) < level, i.e. ppf(1 − level) + 1 (checked)
-    crit = sps.binom.ppf(1 - level, n, alpha) + 1
-    crit = np.where(sps.binom.sf(crit - 1, n, alpha) < level, crit, crit + 1)
-    reject_power = np.where(crit <= n, sps.binom.sf(crit - 1, n, bad), 0.0)
+    crit = dist.binom_ppf(1 - level, n, alpha) + 1
+    crit = np.where(dist.binom_sf(crit - 1, n, alpha) < level, crit, crit + 1)
+    reject_power = np.where(crit <= n, dist.binom_sf(crit - 1, n, bad), 0.0)
     short = np.flatnonzero(reject_power < power)
     return int(n[short[-1]] + 1) if short.size else 1
 
@@ -381,7 +382,7 @@ def kupiec_pof(x: int, n: int, alpha: float) -> float:
     if n <= 0:
         return 1.0
     lr = -2.0 * (_binom_loglik(x, n, alpha) - _binom_loglik(x, n, x / n))
-    return float(sps.chi2.sf(max(lr, 0.0), 1))
+    return float(dist.chi2_sf(max(lr, 0.0), 1))
 
 
 def pinball_loss(actual: np.ndarray, forecast: np.ndarray, tau: float) -> float:
@@ -486,10 +487,10 @@ class CensoredNormal:
     cov: np.ndarray  # covariance of (mu, sigma)
 
     def quantile(self, p: float) -> float:
-        return self.mu + self.sigma * float(sps.norm.ppf(p))
+        return self.mu + self.sigma * float(dist.norm_ppf(p))
 
     def quantile_sd(self, p: float) -> float:
-        grad = np.array([1.0, float(sps.norm.ppf(p))])
+        grad = np.array([1.0, float(dist.norm_ppf(p))])
         return float(math.sqrt(max(0.0, grad @ self.cov @ grad)))
 
 
@@ -551,7 +552,7 @@ def prediction_bound_multiplier(n: int, alpha: float) -> float:
     """t_{n−1, 1−α} · √(1 + 1/n): mean + this × s bounds a new normal value with probability exactly 1 − α."""
     if n < 2:
         return math.inf
-    return float(sps.t.ppf(1.0 - alpha, n - 1)) * math.sqrt(1.0 + 1.0 / n)
+    return float(dist.t_ppf(1.0 - alpha, n - 1)) * math.sqrt(1.0 + 1.0 / n)
 
 
 def normal_bound_confidence(n: int, alpha: float, multiplier: float, nodes: int = 400) -> float:
@@ -564,10 +565,10 @@ def normal_bound_confidence(n: int, alpha: float, multiplier: float, nodes: int 
     """
     if n < 2 or not math.isfinite(multiplier):
         return 0.0
-    z = float(sps.norm.ppf(1.0 - 2.0 * alpha))
+    z = float(dist.norm_ppf(1.0 - 2.0 * alpha))
     u = (np.arange(nodes) + 0.5) / nodes
-    s = np.sqrt(sps.chi2.ppf(u, n - 1) / (n - 1))
-    return float(np.mean(sps.norm.cdf(math.sqrt(n) * (multiplier * s - z))))
+    s = np.sqrt(dist.chi2_ppf(u, n - 1) / (n - 1))
+    return float(np.mean(dist.norm_cdf(math.sqrt(n) * (multiplier * s - z))))
 
 
 def prediction_bound_confidence(n: int, alpha: float) -> float:
@@ -645,7 +646,7 @@ def upper_quantile(
     level = k / n
     value = fit.quantile(level)
     sd = fit.quantile_sd(level)
-    z = float(sps.norm.ppf(1.0 - (1.0 - interval_level) / 2.0))
+    z = float(dist.norm_ppf(1.0 - (1.0 - interval_level) / 2.0))
     margin = value - fit.quantile(1.0 - 2.0 * alpha)
-    confidence = float(sps.norm.cdf(margin / sd)) if sd > 0 else 1.0
+    confidence = float(dist.norm_cdf(margin / sd)) if sd > 0 else 1.0
     return UpperQuantile(value, k, "tobit", confidence, (value - z * sd, value + z * sd))

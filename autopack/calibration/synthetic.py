@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from autopack import token_estimator as te
+from autopack.calibration import distributions as dist
 
 #: A phase spec: (category, complexity, deliverables)
 Spec = tuple[str, str, tuple[str, ...]]
@@ -206,20 +207,16 @@ class Law:
 
     def sf(self, x: np.ndarray | float) -> np.ndarray:
         """P(r ≥ x)."""
-        from scipy.stats import norm
-
         x = np.asarray(x, dtype=float)
-        first = norm.sf(x, self.mu, self.sigma)
+        first = dist.norm_sf((x - self.mu) / self.sigma)
         if self.weight2 <= 0:
             return first
-        return (1 - self.weight2) * first + self.weight2 * norm.sf(x, self.mu2, self.sigma2)
+        return (1 - self.weight2) * first + self.weight2 * dist.norm_sf((x - self.mu2) / self.sigma2)
 
     def quantile(self, p: float) -> float:
         """The p-quantile of r (bisection for a mixture)."""
-        from scipy.stats import norm
-
         if self.weight2 <= 0:
-            return float(norm.ppf(p, self.mu, self.sigma))
+            return self.mu + self.sigma * float(dist.norm_ppf(p))
         lo = min(self.mu - 10 * self.sigma, self.mu2 - 10 * self.sigma2)
         hi = max(self.mu + 10 * self.sigma, self.mu2 + 10 * self.sigma2)
         for _ in range(200):
