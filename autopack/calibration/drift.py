@@ -231,8 +231,9 @@ def group_curve(
     """
     levels = curve_levels(alpha, multiples)
     quantiles = {}
+    s, observed = stats.sort_censored(s, observed)  # once for every level
     for level in levels:
-        q, k = stats.conformal_quantile(s, observed, level)
+        q, k = stats.conformal_quantile(s, observed, level, presorted=True)
         if k is not None and math.isfinite(q):
             quantiles[level] = q
     target = round(alpha, 4)

@@ -48,9 +48,12 @@ ARRAY_RANGE = 1_000_000
 #: Ids per ``IN (…)`` when rows are fetched by primary key.
 ID_CHUNK = 500
 
-# bits of the flags word (the attempt index sits above them: flags >> ATTEMPT_SHIFT)
+# bits of the flags word (the attempt index sits above them: flags >> ATTEMPT_SHIFT); NO_TIME is set
+# here, from the time column, for a row whose timestamp SQLite's date functions cannot read
 SUCCESS, TRUNCATED, TRUNCATED_OUTPUT, NO_TIME = 1, 2, 4, 8
 ATTEMPT_SHIFT = 4
+#: The SQLite scan's time for a row it could not time (−2⁶² ms: no real timestamp is that far back).
+UNTIMED = -(2**62)
 #: PostgreSQL binary timestamps count microseconds from 2000-01-01.
 PG_EPOCH_OFFSET = 946_684_800
 
@@ -84,13 +87,11 @@ def _numeric_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
     A key of 0 stands for NULL (PostgreSQL arrays must hold no NULL); such rows are keyed again.
     """
     c = EV.c
-    unreadable_time: sa.ColumnElement[Any] = sa.literal(0)
-    if dialect == "sqlite":  # SQLite's date functions keep milliseconds
+    if dialect == "sqlite":  # SQLite's date functions keep milliseconds; julianday once per row (it parses)
         julian = sa.func.julianday(c.timestamp)
-        epoch = sa.func.coalesce(sa.cast(sa.func.round((julian - 2440587.5) * 86_400_000.0), sa.BigInteger), 0)
-        # NULL: not a date to SQLite; no '-' in 5th place: a bare number, which SQLite reads as a Julian day
-        unreadable_time = sa.case((sa.or_(julian.is_(None), sa.func.substr(c.timestamp, 5, 1) != "-"), NO_TIME),
-                                  else_=0)
+        millis = sa.cast(sa.func.round((julian - 2440587.5) * 86_400_000.0), sa.BigInteger)
+        # no '-' in 5th place: a bare number, which SQLite would read as a Julian day; NULL: not a date to it
+        epoch = sa.func.coalesce(sa.case((sa.func.substr(c.timestamp, 5, 1) == "-", millis)), UNTIMED)
     else:  # PostgreSQL's binary timestamp is already an int64 (µs since 2000-01-01)
         epoch = c.timestamp
 
@@ -102,7 +103,6 @@ def _numeric_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
         + sa.cast(c.success, sa.Integer) * SUCCESS
         + sa.cast(c.truncated, sa.Integer) * TRUNCATED
         + sa.cast(c.is_truncated_output, sa.Integer) * TRUNCATED_OUTPUT
-        + unreadable_time
     )
     ceiling = sa.func.coalesce(c.actual_max_tokens, -1)
     head = [as_int(c.event_id), epoch, sa.func.coalesce(c.calibration_key, 0), sa.func.coalesce(c.phase_key, 0)]
@@ -135,7 +135,7 @@ def _unpacked(rows: np.ndarray) -> np.ndarray:
         out[:, high], out[:, low] = _unpack(rows[:, column])
         unpacked = rows[:, column] < 0
         out[unpacked, high] = out[unpacked, low] = UNREAD
-    out[:, FLAGS] = rows[:, 6]
+    out[:, FLAGS] = rows[:, 6] | np.where(rows[:, EPOCH] == UNTIMED, NO_TIME, 0)
     return out
 
 
