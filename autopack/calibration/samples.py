@@ -331,9 +331,21 @@ def _effective_counts(
     return counts, fixed
 
 
+_NO_FACTOR_COPY: dict[int, tuple[te.Coefficients, te.Coefficients]] = {}
+
+
+def _without_factors(coefficients: te.Coefficients) -> te.Coefficients:
+    """``coefficients`` with no budget factor (one copy per coefficient set, not one per phase spec)."""
+    hit = _NO_FACTOR_COPY.get(id(coefficients))
+    if hit is None or hit[0] is not coefficients:
+        _NO_FACTOR_COPY.clear()
+        hit = _NO_FACTOR_COPY[id(coefficients)] = (coefficients, dataclasses.replace(coefficients, budget_factors={}))
+    return hit[1]
+
+
 def _rules(est: te.Estimate, features: te.PhaseFeatures, coefficients: te.Coefficients) -> tuple[float, float, float]:
     """(floor, buffer, largest override) that ``decide_ceiling`` applies when a group has no factor."""
-    no_factor = dataclasses.replace(coefficients, budget_factors={})
+    no_factor = _without_factors(coefficients)
     # with a zero prediction the ceiling before overrides is the floor, so every override that could
     # ever raise this call's ceiling (under any coefficients: floors are not calibrated) shows up
     decision = te.decide_ceiling(dataclasses.replace(est, predicted_output_tokens=0), features, no_factor)
