@@ -235,7 +235,7 @@ def measure(url: str, out: Path, repeat: int) -> dict[str, object]:
                                     check=True).stdout.strip().splitlines()[-1])
     commands = {
         "floor": [sys.executable, "-c", FLOOR_SCRIPT, str(Path(__file__).parent), url],
-        "project": [sys.executable, "-c", "from autopack.cli import main; main()", "calibrate", "--json",
+        "project": [sys.executable, "-c", "from autopack.cli import run; run()", "calibrate", "--json",
                     "--output-dir", str(out / "cli")],
     }
     for name, argv in commands.items():

@@ -106,7 +106,7 @@ def main() -> None:
                 with migrated_database(backend, tmp, args.postgres) as url:
                     env = {**os.environ, "DATABASE_URL": url}
                     argv = ([sys.executable, "-c", FLOOR, str(csv_path), url] if kind == "floor"
-                            else [sys.executable, "-c", "from autopack.cli import main; main()", "telemetry",
+                            else [sys.executable, "-c", "from autopack.cli import run; run()", "telemetry",
                                   "import", str(csv_path)])
                     results[kind] = measured(argv, env)
                 print(f"  done {backend} {kind}: {results[kind][0]:.1f} s", flush=True)

@@ -139,7 +139,7 @@ def run_pipeline(server: LiveServer, work: Path, github_url: str) -> None:
     env = server.env(DATABASE_URL=f"sqlite:///{work / 'telemetry.db'}", GITHUB_TOKEN=BOT_TOKEN,
                      GITHUB_REPOSITORY=REPOSITORY, GITHUB_API_URL=github_url)
     subprocess.run(
-        [sys.executable, "-c", "from autopack.cli import main; main()", "pipeline", "run", "--init",
+        [sys.executable, "-c", "from autopack.cli import run; run()", "pipeline", "run", "--init",
          "--target-repo", str(target), "--output-dir", str(work / "reports")],
         cwd=work, env=env, check=True, timeout=1800,
     )

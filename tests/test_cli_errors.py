@@ -40,7 +40,7 @@ def console(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     """The installed ``autopack`` entry point, as an operator runs it."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "TELEMETRY_DB"))}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-c", "from autopack.cli import main; main()", *args], env=full_env,
+    return subprocess.run([sys.executable, "-c", "from autopack.cli import run; run()", *args], env=full_env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -312,3 +312,12 @@ def test_pipeline_with_an_unknown_run_refuses_before_prefect_starts(
                           "--output-dir", str(tmp_path / "reports")], capsys)
     assert code == 2
     one_line(err, "--run-id 'nope' is not in this database")
+
+
+def test_the_console_script_exits_with_the_commands_code_and_output(tmp_path: Path) -> None:
+    """``run`` (the installed script) is ``main`` plus a faster exit: same code, same single line."""
+    missing = tmp_path / "absent.db"
+    proc = console(["db", "identity"], DATABASE_URL=f"sqlite:///{missing}")
+    assert proc.returncode != 0
+    one_line(proc.stderr, str(missing))
+    assert console(["--help"]).returncode == 0

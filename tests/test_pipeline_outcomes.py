@@ -109,7 +109,7 @@ def test_pipeline_cli_says_in_one_line_when_the_temporary_prefect_server_does_no
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0",
                DATABASE_URL=f"sqlite:///{tmp_path / 'autopack.db'}")
     out = subprocess.run(
-        [sys.executable, "-c", "from autopack.cli import main; main()", "pipeline", "run", "--init", "--dry-run",
+        [sys.executable, "-c", "from autopack.cli import run; run()", "pipeline", "run", "--init", "--dry-run",
          "--skip-drain", "--target-repo", str(target), "--output-dir", str(tmp_path / "reports")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
     )

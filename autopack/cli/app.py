@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -122,3 +123,18 @@ def main(argv: list[str] | None = None) -> None:
         message, code = describe_unexpected(exc)
         fail(message, code)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def run() -> None:
+    """The ``autopack`` console script: ``main``, then an exit that does not walk the heap.
+
+    At interpreter exit CPython's cyclic GC passes over every object still alive (after a calibration
+    of 10⁶ events about 0.5 s, a tenth of the command). Nothing of ours needs a cycle collected at exit
+    (files are closed where they are written; atexit handlers, such as logging's flush, still run), so
+    the heap is frozen first. ``main`` itself is unchanged for callers in a long-lived process.
+    """
+    try:
+        main()
+    finally:
+        gc.disable()
+        gc.freeze()
