@@ -3,6 +3,9 @@
 Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
+
+After adding this script, set ``HEAD_REVISION`` in ``autopack/db/migrate.py`` to ${repr(up_revision)}
+(``tests/test_migrations.py`` fails until the two agree).
 """
 from __future__ import annotations
 
