@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 
@@ -14,6 +15,12 @@ from autopack.db.migrate import upgrade_database
 
 # Tests talk to loopback only: Prefect's server must not try to send usage analytics anywhere.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+# A test process started in the background of a non-interactive shell inherits SIGINT *ignored*, and so
+# would every command it starts (an ignored signal survives exec): the tests that interrupt
+# `autopack db upgrade` with Ctrl-C would then wait for nothing. Tests run with the ordinary handler.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: Set by .ci/run; a PostgreSQL server URL whose user may CREATE/DROP DATABASE.
 POSTGRES_ADMIN_URL = os.environ.get("AUTOPACK_TEST_POSTGRES_URL")
