@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from cli_runner import run_cli
 
 from autopack import token_estimator as te
 from autopack.calibration import run_calibration
 from autopack.calibration.runner import NoUsableSamplesError
 from autopack.calibration.samples import build_sample_set, columns_from_records, configuration_ceiling, predict
 from autopack.calibration.synthetic import event_row, simulate, simulate_with_escalations
-from autopack.cli import main
 from autopack.db.engine import get_engine
 from autopack.db.identity import read_identity
 from autopack.db.models import CalibrationRun, TokenBudgetEscalationEvent, TokenEstimationV2Event
@@ -43,13 +43,6 @@ GROUP_KEYS = {"category", "complexity", "n", "n_censored", "median_ratio", "medi
 def insert(url: str, rows: list[dict[str, Any]]) -> None:
     with get_engine(url).begin() as connection:
         connection.execute(sa.insert(TokenEstimationV2Event.__table__), rows)
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 SEEDED_PHASES = 150

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cli_runner import run_cli
 
 from autopack.cli import main
 from autopack.db.engine import session_scope
@@ -17,13 +18,6 @@ from autopack.db.models import DrainSession, Phase
 from autopack.execution.seed_runs import V4_RUN_ID
 
 P1 = "telemetry-p1-string-util"
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr()
-    return int(info.value.code or 0), out.out, out.err
 
 
 def one_line(err: str, *needles: str) -> str:
@@ -46,7 +40,7 @@ def console(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def v4(db_url: str, capsys: pytest.CaptureFixture[str]) -> str:
-    assert cli(["runs", "create-telemetry-run"], capsys)[0] == 0
+    assert run_cli(capsys, "runs", "create-telemetry-run")[0] == 0
     return db_url
 
 
@@ -61,7 +55,7 @@ def test_unknown_option_is_one_line_from_the_real_entry_point(tmp_path: Path) ->
 
 
 def test_help_still_works(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cli(["drain", "one", "--help"], capsys)
+    code, out, err = run_cli(capsys, "drain", "one", "--help")
     assert code == 0 and "Usage" in out and "--run-id" in out and err == ""
 
 
@@ -73,7 +67,7 @@ def test_help_still_works(capsys: pytest.CaptureFixture[str]) -> None:
     (["runs", "list", "extra"], "unexpected extra argument"),
 ])
 def test_usage_errors(capsys: pytest.CaptureFixture[str], args: list[str], needle: str) -> None:
-    code, out, err = cli(args, capsys)
+    code, out, err = run_cli(capsys, *args)
     assert code == 2 and out == ""
     one_line(err, needle, "--help`")
 
@@ -89,7 +83,7 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], args: list[str], needl
 ])
 def test_numbers_beyond_what_is_stored_or_possible(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
     """Before: 2**64 as --batch-size overflowed SQLite INTEGER with a traceback; 2**64 workers was OOM-killed."""
-    code, _, err = cli(args, capsys)
+    code, _, err = run_cli(capsys, *args)
     assert code == 2
     one_line(err, "Invalid value for", "--help`")
 
@@ -103,7 +97,7 @@ def test_an_unexpected_error_is_one_line_unless_asked_for_the_traceback(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(runs_cli, "guarded", broken)
-    code, _, err = cli(["runs", "list"], capsys)
+    code, _, err = run_cli(capsys, "runs", "list")
     assert code == 1
     one_line(err, "unexpected RuntimeError: boom", "AUTOPACK_TRACEBACK=1")
     monkeypatch.setenv("AUTOPACK_TRACEBACK", "1")
@@ -135,7 +129,7 @@ def test_a_file_that_is_not_sqlite_is_named_and_left_untouched(
     capsys: pytest.CaptureFixture[str], not_sqlite: Path, args: list[str]
 ) -> None:
     before = not_sqlite.read_bytes()
-    code, _, err = cli(args, capsys)
+    code, _, err = run_cli(capsys, *args)
     assert code == 2
     one_line(err, f"{not_sqlite} is not a SQLite database", "check DATABASE_URL")
     assert not_sqlite.read_bytes() == before and not Path(f"{not_sqlite}-wal").exists()
@@ -152,7 +146,7 @@ def test_a_garbage_database_from_the_real_entry_point(tmp_path: Path) -> None:
 def test_a_directory_as_the_database(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}")
-    code, _, err = cli(["runs", "list"], capsys)
+    code, _, err = run_cli(capsys, "runs", "list")
     assert code == 2
     one_line(err, "is a directory", "name a database file")
 
@@ -168,7 +162,7 @@ def test_a_corrupt_page_is_one_line(capsys: pytest.CaptureFixture[str], v4: str)
     with path.open("r+b") as handle:  # keep the header, wreck the pages after it
         handle.seek(4096)
         handle.write(b"\xff" * 16384)
-    code, _, err = cli(["runs", "list"], capsys)
+    code, _, err = run_cli(capsys, "runs", "list")
     assert code == 2
     one_line(err, "database disk image is malformed", "autopack db identity")
 
@@ -177,7 +171,7 @@ def test_a_corrupt_page_is_one_line(capsys: pytest.CaptureFixture[str], v4: str)
                                  "sqlite+aiosqlite:///x.db", "postgresql+pg8000://postgres@127.0.0.1/x"])
 def test_unsupported_drivers(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("DATABASE_URL", url)
-    code, _, err = cli(["runs", "list"], capsys)
+    code, _, err = run_cli(capsys, "runs", "list")
     assert code == 2
     one_line(err, f"unsupported database driver '{url.split(':')[0]}'", "postgresql+psycopg://")
 
@@ -194,7 +188,7 @@ def test_unsupported_drivers(capsys: pytest.CaptureFixture[str], monkeypatch: py
 def test_a_malformed_setting_names_the_variable(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                                                  variable: str, value: str, needle: str) -> None:
     monkeypatch.setenv(variable, value)
-    code, _, err = cli(["runs", "list"], capsys)
+    code, _, err = run_cli(capsys, "runs", "list")
     assert code == 2
     one_line(err, f"invalid setting: {variable}:", needle, "fix the environment variable")
 
@@ -214,7 +208,7 @@ def test_database_url_file_missing_or_empty(capsys: pytest.CaptureFixture[str], 
     if content is not None:
         path.write_text(content)
     monkeypatch.setenv("DATABASE_URL_FILE", str(path))
-    code, _, err = cli(["runs", "create-telemetry-run"], capsys)
+    code, _, err = run_cli(capsys, "runs", "create-telemetry-run")
     assert code == 2
     one_line(err, f"DATABASE_URL_FILE {path}", "cannot be read" if content is None else "is empty")
     assert not (tmp_path / "autopack.db").exists()
@@ -223,7 +217,7 @@ def test_database_url_file_missing_or_empty(capsys: pytest.CaptureFixture[str], 
 def test_the_settings_error_does_not_echo_the_value(capsys: pytest.CaptureFixture[str],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOPACK_LLM_PROVIDER", "sk-live-secretvalue0123456789")
-    code, _, err = cli(["runs", "list"], capsys)
+    code, _, err = run_cli(capsys, "runs", "list")
     assert code == 2 and "secretvalue" not in err
 
 
@@ -244,17 +238,17 @@ def test_unwritable_output_dir(capsys: pytest.CaptureFixture[str], a_file: Path,
                                needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'never-created.db'}")
     target = {"under-a-file": a_file / "reports", "is-a-file": a_file, "proc": Path("/proc/autopack-reports")}[where]
-    code, out, err = cli([*command, "--output-dir", str(target)], capsys)
+    code, out, err = run_cli(capsys, *command, "--output-dir", str(target))
     assert code == 2
     one_line(err, f"--output-dir {target} is not a writable directory", needle, "choose a directory")
     assert not (tmp_path / "never-created.db").exists()
 
 
 def test_analyze_output_in_an_unwritable_place(capsys: pytest.CaptureFixture[str], a_file: Path, tmp_path: Path) -> None:
-    code, _, err = cli(["analyze", "v3", "--log-dir", str(tmp_path), "--output", str(a_file / "r.md")], capsys)
+    code, _, err = run_cli(capsys, "analyze", "v3", "--log-dir", str(tmp_path), "--output", str(a_file / "r.md"))
     assert code == 2
     one_line(err, "is not a writable directory")
-    code, _, err = cli(["analyze", "v3", "--log-dir", str(tmp_path), "--output", str(tmp_path)], capsys)
+    code, _, err = run_cli(capsys, "analyze", "v3", "--log-dir", str(tmp_path), "--output", str(tmp_path))
     assert code == 2
     one_line(err, "is a directory")
 
@@ -263,7 +257,7 @@ def test_analyze_output_in_an_unwritable_place(capsys: pytest.CaptureFixture[str
 
 
 def test_drain_one_with_an_unknown_run(capsys: pytest.CaptureFixture[str], v4: str) -> None:
-    code, out, err = cli(["drain", "one", "--run-id", "telemetry-collection-v44", "--phase-id", P1], capsys)
+    code, out, err = run_cli(capsys, "drain", "one", "--run-id", "telemetry-collection-v44", "--phase-id", P1)
     assert code == 2 and out == ""
     one_line(err, "--run-id 'telemetry-collection-v44' is not in this database", "autopack runs list")
 
@@ -274,7 +268,7 @@ def test_drain_batch_with_an_unknown_run_drains_nothing_and_fails(
 ) -> None:
     """Before: exit 0 after a session that drained nothing."""
     args = [arg for run_id in run_ids for arg in ("--run-id", run_id)]
-    code, out, err = cli(["drain", "batch", *args], capsys)
+    code, out, err = run_cli(capsys, "drain", "batch", *args)
     assert code == 2 and out == ""
     one_line(err, "--run-id 'nope' is not in this database", "nothing was drained")
     with session_scope(v4) as session:
@@ -285,7 +279,7 @@ def test_drain_batch_with_an_unknown_run_drains_nothing_and_fails(
 def test_an_unknown_run_on_the_wrong_database_is_reported_as_the_wrong_database(
     capsys: pytest.CaptureFixture[str], v4: str
 ) -> None:
-    code, _, err = cli(["drain", "batch", "--run-id", "nope", "--expect-db-id", "another-db"], capsys)
+    code, _, err = run_cli(capsys, "drain", "batch", "--run-id", "nope", "--expect-db-id", "another-db")
     assert code == 3
     one_line(err, "expected another-db")
 
@@ -293,7 +287,7 @@ def test_an_unknown_run_on_the_wrong_database_is_reported_as_the_wrong_database(
 def test_runs_create_with_a_malformed_id(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
-    code, _, err = cli(["runs", "create-telemetry-run", "--run-id", "../x"], capsys)
+    code, _, err = run_cli(capsys, "runs", "create-telemetry-run", "--run-id", "../x")
     assert code == 2
     one_line(err, "--run-id '../x' is not a valid run id", "letters, digits")
 
@@ -308,8 +302,8 @@ def test_pipeline_with_an_unknown_run_refuses_before_prefect_starts(
     (repo / "autopack" / "token_estimator.py").write_text(
         (Path(__file__).resolve().parents[1] / "autopack" / "token_estimator.py").read_text())
     sp.run(["git", "init", "-q", str(repo)], check=True)
-    code, out, err = cli(["pipeline", "run", "--dry-run", "--target-repo", str(repo), "--run-id", "nope",
-                          "--output-dir", str(tmp_path / "reports")], capsys)
+    code, out, err = run_cli(capsys, "pipeline", "run", "--dry-run", "--target-repo", str(repo), "--run-id", "nope",
+                             "--output-dir", str(tmp_path / "reports"))
     assert code == 2
     one_line(err, "--run-id 'nope' is not in this database")
 

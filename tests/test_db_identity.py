@@ -7,18 +7,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cli_runner import run_cli
 
-from autopack.cli import main
 from autopack.db.engine import get_engine, mask_url
 from autopack.db.identity import guard, read_identity
 from autopack.errors import DbIdentityMismatchError, EmptyDatabaseError, SchemaNotMigratedError
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 def _add_run(url: str) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cli_runner import run_cli
 from llm_fake_server import FakeLLMServer
 
-from autopack.cli import main
 from autopack.db.engine import session_scope
 from autopack.db.models import LlmUsageEvent, Phase, TokenEstimationV2Event
 from autopack.errors import RefusedError
@@ -23,16 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 P1 = "telemetry-p1-string-util"
 
 
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr()
-    return int(info.value.code or 0), out.out, out.err
-
-
 @pytest.fixture
 def v4(db_url: str, capsys: pytest.CaptureFixture[str]) -> str:
-    assert cli(["runs", "create-telemetry-run"], capsys)[0] == 0
+    assert run_cli(capsys, "runs", "create-telemetry-run")[0] == 0
     return db_url
 
 
@@ -47,13 +40,14 @@ def count(url: str, model: type) -> int:
 
 
 def test_refuses_non_exclusive_drain_without_force(v4: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1], capsys)
+    code, _, err = run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1)
     assert code == 2 and "9 other QUEUED phase(s)" in err and "--force" in err
     assert state(v4).state == "QUEUED" and state(v4).builder_attempts == 0
 
 
 def test_force_drains_exactly_that_phase(v4: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", "telemetry-p3-list-util", "--force"], capsys)
+    code, out, _ = run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", "telemetry-p3-list-util",
+                           "--force")
     assert code == 0
     assert "COMPLETE" in out and "telemetry events written: 1" in out
     assert state(v4, "telemetry-p3-list-util").state == "COMPLETE" and state(v4).state == "QUEUED"
@@ -62,7 +56,7 @@ def test_force_drains_exactly_that_phase(v4: str, capsys: pytest.CaptureFixture[
 def test_exclusive_phase_needs_no_force(v4: str, capsys: pytest.CaptureFixture[str]) -> None:
     with session_scope(v4) as session:
         session.execute(sa.update(Phase).where(Phase.phase_id != P1).values(state="COMPLETE"))
-    assert cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1], capsys)[0] == 0
+    assert run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1)[0] == 0
 
 
 def test_failed_phase_is_drained_again(v4: str) -> None:
@@ -77,12 +71,12 @@ def test_failed_phase_is_drained_again(v4: str) -> None:
 def test_complete_phase_is_refused(v4: str, capsys: pytest.CaptureFixture[str]) -> None:
     with session_scope(v4) as session:
         session.execute(sa.update(Phase).where(Phase.phase_id == P1).values(state="COMPLETE"))
-    code, _, err = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force"], capsys)
+    code, _, err = run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force")
     assert code == 2 and "is COMPLETE" in err
 
 
 def test_unknown_phase_is_refused(v4: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", "nope", "--force"], capsys)
+    code, _, err = run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", "nope", "--force")
     assert code == 2 and err.splitlines() == [err.strip()] and "has no phase 'nope'" in err and P1 in err
 
 
@@ -98,7 +92,7 @@ def test_phase_under_a_live_lease_is_refused(v4: str) -> None:
 def test_telemetry_disabled_refuses_with_exit_2(v4: str, capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TELEMETRY_DB_ENABLED", "0")
-    code, _, err = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force"], capsys)
+    code, _, err = run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force")
     assert code == 2 and "TELEMETRY_DB_ENABLED is off" in err and "--no-telemetry" in err
     assert state(v4).state == "QUEUED" and count(v4, LlmUsageEvent) == 0
 
@@ -106,7 +100,7 @@ def test_telemetry_disabled_refuses_with_exit_2(v4: str, capsys: pytest.CaptureF
 def test_no_telemetry_drains_without_rows(v4: str, capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TELEMETRY_DB_ENABLED", "0")
-    code, out, _ = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force", "--no-telemetry"], capsys)
+    code, out, _ = run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force", "--no-telemetry")
     assert code == 0 and "telemetry events written: 0" in out
     assert count(v4, TokenEstimationV2Event) == 0 and count(v4, LlmUsageEvent) == 0
 
@@ -114,21 +108,21 @@ def test_no_telemetry_drains_without_rows(v4: str, capsys: pytest.CaptureFixture
 def test_failed_phase_exits_1_with_one_line(v4: str, capsys: pytest.CaptureFixture[str]) -> None:
     with session_scope(v4) as session:
         session.execute(sa.update(Phase).where(Phase.phase_id == P1).values(description="x [sim:invalid-output]"))
-    code, out, err = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force"], capsys)
+    code, out, err = run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force")
     assert code == 1 and "FAILED" in out
     assert "error: validation:" in err and "Traceback" not in err
     assert state(v4).state == "FAILED"
 
 
 def test_expect_db_id_mismatch_is_refused(v4: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force",
-                        "--expect-db-id", "not-this-one"], capsys)
+    code, _, err = run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force",
+                           "--expect-db-id", "not-this-one")
     assert code == 3 and "DB_MISMATCH" in err
     assert state(v4).state == "QUEUED"
 
 
 def test_json_output(v4: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force", "--json"], capsys)
+    code, out, _ = run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force", "--json")
     result = json.loads(out)
     assert code == 0 and result["final_state"] == "COMPLETE" and result["telemetry_events"] == 1
 
@@ -149,7 +143,7 @@ def test_provider_auth_error_is_one_line_exit_1_and_phase_failed(
     monkeypatch.setenv("OPENAI_API_KEY", key)
     fake_llm.modes.append("401")
     fake_llm.echo_key_in_errors = key
-    code, out, err = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force"], capsys)
+    code, out, err = run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force")
     assert code == 1 and "FAILED" in out
     error_lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and "provider" in error_lines[0] and "HTTP 401" in error_lines[0]
@@ -159,7 +153,7 @@ def test_provider_auth_error_is_one_line_exit_1_and_phase_failed(
 
 def test_done_when_v4_drained_with_the_simulated_provider(v4: str, capsys: pytest.CaptureFixture[str]) -> None:
     for row in V4_ROWS:
-        code, _, _ = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", row[0], "--force"], capsys)
+        code, _, _ = run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", row[0], "--force")
         assert code in (0, 1)
     with session_scope(v4) as session:
         states = session.execute(sa.select(Phase.state).where(Phase.run_id == V4_RUN_ID)).scalars().all()
@@ -169,7 +163,7 @@ def test_done_when_v4_drained_with_the_simulated_provider(v4: str, capsys: pytes
     assert len(events) >= 10 and all(e.actual_max_tokens is not None for e in events)
     assert all(e.provider == "simulated" and e.phase_outcome in ("COMPLETE", "FAILED") for e in events)
     assert usage and all(u.split_kind == "exact" and u.prompt_tokens and u.completion_tokens for u in usage)
-    code, out, _ = cli(["db", "identity", "--json"], capsys)
+    code, out, _ = run_cli(capsys, "db", "identity", "--json")
     identity = json.loads(out)
     assert code == 0
     assert identity["counts"]["token_estimation_v2_events"] == len(events)

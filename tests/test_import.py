@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cli_runner import run_cli
 
 from autopack.calibration.importers import import_telemetry
-from autopack.cli import main
 from autopack.db.engine import get_engine
 from autopack.db.models import TokenEstimationV2Event
 from autopack.errors import DbIdentityMismatchError, InputError
@@ -30,13 +30,6 @@ CANONICAL_CSV = """timestamp,run_id,phase_id,category,complexity,deliverable_cou
 def rows(url: str) -> list[dict[str, object]]:
     with get_engine(url).connect() as connection:
         return [dict(r) for r in connection.execute(sa.select(EV).order_by(EV.c.event_id)).mappings()]
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

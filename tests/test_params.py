@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import copy
 import importlib
-import json
 import importlib.util
+import json
 import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cli_runner import run_cli
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools.validation import ValidationError as SchemaValidationError
 from prefect.utilities.schema_tools.validation import validate as validate_schema
@@ -25,7 +26,6 @@ import flows.pipeline
 from autopack import params
 from autopack.calibration import drift
 from autopack.calibration import run_calibration as real_run_calibration
-from autopack.cli import main
 from autopack.db.engine import session_scope
 from autopack.errors import InputError
 from autopack.execution import batch
@@ -44,12 +44,6 @@ FLOW_EXTRAS = {"batch-drain": {"expect_db_id"}, "calibrate": {"include_run_ids",
 COMMANDS = {("pipeline", "run"): PipelineParams, ("drain", "batch"): DrainParams, ("calibrate",): CalibrationParams}
 #: Bounds as JSON schema keywords: what the Prefect UI and server check.
 BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "minItems", "type", "items")
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    return int(info.value.code or 0), capsys.readouterr().err
 
 
 def model_message(model: type[ParamsModel], **values: Any) -> str:
@@ -135,7 +129,7 @@ def test_a_bad_value_is_refused_by_every_command_with_the_models_message(
     for path, model in COMMANDS.items():
         if name not in model.model_fields:
             continue
-        code, err = cli([*path, flag(name), cli_value(value)], capsys)
+        code, _, err = run_cli(capsys, *path, flag(name), cli_value(value))
         assert code == 2, (path, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: Invalid value for '{flag(name)}': {message}"), err
@@ -191,7 +185,7 @@ def test_holdout_fraction_0_means_nothing_held_out_and_nothing_shipped_everywher
     result = real_run_calibration(seeded_calibration, output_dir=tmp_path / "library", holdout_fraction=0)
     assert result["backtest"]["test_n"] == 0 and not result["gate"]["passed"]
     assert any("no held-out calls" in reason for reason in result["gate"]["reasons"])
-    code, _ = cli(["calibrate", "--holdout-fraction", "0", "--json", "--output-dir", str(tmp_path / "cli")], capsys)
+    code, _, _ = run_cli(capsys, "calibrate", "--holdout-fraction", "0", "--json", "--output-dir", str(tmp_path / "cli"))
     assert code == 0
     (json_path,) = (tmp_path / "cli").glob("*.json")
     from_cli = json.loads(json_path.read_text())
@@ -359,7 +353,7 @@ def test_the_pipeline_command_passes_its_parameters_to_the_flow_unchanged(
                 args += [flag(name), item]
         else:
             args += [flag(name), cli_value(value)]
-    code, err = cli(args, capsys)
+    code, _, err = run_cli(capsys, *args)
     assert code == 1 and "stopped by the test" in err
     (kwargs,) = received
     assert {name: kwargs[name] for name in values} == values

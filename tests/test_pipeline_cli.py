@@ -7,17 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from autopack.cli import main
+from cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    _, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), err
 
 
 @pytest.fixture
@@ -32,13 +25,13 @@ def checkout(tmp_path: Path) -> Path:
 def test_without_init_a_missing_database_is_refused_and_not_created(
     capsys: pytest.CaptureFixture[str], checkout: Path, tmp_path: Path
 ) -> None:
-    code, err = run_cli(capsys, "pipeline", "run", "--dry-run", "--target-repo", str(checkout))
+    code, _, err = run_cli(capsys, "pipeline", "run", "--dry-run", "--target-repo", str(checkout))
     assert code == 2 and "autopack db upgrade" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "autopack.db").exists()
 
 
 def test_a_target_that_is_not_an_autopack_checkout_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, err = run_cli(capsys, "pipeline", "run", "--init", "--dry-run", "--target-repo", str(tmp_path))
+    code, _, err = run_cli(capsys, "pipeline", "run", "--init", "--dry-run", "--target-repo", str(tmp_path))
     assert code == 2 and "token_estimator.py" in err
     assert not (tmp_path / "autopack.db").exists()
 
@@ -47,7 +40,7 @@ def test_init_with_an_expected_id_refuses_to_create_a_new_database(
     capsys: pytest.CaptureFixture[str], checkout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AUTOPACK_EXPECTED_DB_ID", "0" * 32)
-    code, err = run_cli(capsys, "pipeline", "run", "--init", "--dry-run", "--target-repo", str(checkout))
+    code, _, err = run_cli(capsys, "pipeline", "run", "--init", "--dry-run", "--target-repo", str(checkout))
     assert code == 3 and "DB_MISMATCH" in err
     assert not (tmp_path / "autopack.db").exists()
 
@@ -55,7 +48,7 @@ def test_init_with_an_expected_id_refuses_to_create_a_new_database(
 def test_an_empty_database_is_refused_without_init(
     capsys: pytest.CaptureFixture[str], checkout: Path, db_url: str
 ) -> None:
-    code, err = run_cli(capsys, "pipeline", "run", "--dry-run", "--target-repo", str(checkout))
+    code, _, err = run_cli(capsys, "pipeline", "run", "--dry-run", "--target-repo", str(checkout))
     assert code == 2 and "empty" in err
 
 
@@ -64,11 +57,8 @@ def test_pipeline_init_creates_the_database_and_the_seed_runs_once(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'telemetry.db'}")
     assert run_cli(capsys, "pipeline", "init")[0] == 0
-    with pytest.raises(SystemExit):
-        main(["db", "identity", "--json"])
-    identity = json.loads(capsys.readouterr().out)
+    identity = json.loads(run_cli(capsys, "db", "identity", "--json")[1])
     assert identity["counts"]["runs"] == 4 and sum(identity["counts"]["phases"].values()) == 61
-    with pytest.raises(SystemExit) as again:
-        main(["pipeline", "init"])
-    assert again.value.code in (0, None)
-    assert "seed runs already present; nothing created" in capsys.readouterr().out
+    code, out, _ = run_cli(capsys, "pipeline", "init")
+    assert code == 0
+    assert "seed runs already present; nothing created" in out

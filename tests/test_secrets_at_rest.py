@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cli_runner import run_cli
 
-from autopack.cli import main
 from autopack.config import get_settings
 from autopack.db.engine import dispose_engines, get_engine, mask_url
 from autopack.db.models import Base
@@ -18,13 +18,6 @@ from autopack.logging import redact
 from autopack.url_credentials import mask_url_credentials, url_credentials
 
 P1 = "telemetry-p1-string-util"
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr()
-    return int(info.value.code or 0), out.out + out.err
 
 
 def every_stored_text(url: str) -> str:
@@ -105,7 +98,8 @@ def test_a_password_in_the_database_url_query_never_lands_anywhere(
                  ["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force"],
                  ["drain", "batch", "--run-id", V4_RUN_ID, "--batch-size", "2"],
                  ["calibrate", "--output-dir", str(tmp_path / "reports"), "--min-samples", "1"], ["runs", "list"]):
-        code, text = cli(args, capsys)
+        code, out, err = run_cli(capsys, *args)
+        text = out + err
         assert code in (0, 1), (args, text)
         printed.append(text)
     everything = "\n".join([*printed, caplog.text, every_file(tmp_path / "reports"), every_stored_text(db_url)])
@@ -120,15 +114,17 @@ def test_a_token_in_the_llm_base_url_never_lands_in_failure_reasons(
     """A provider that cannot be reached names its base URL; before, a token user name was stored verbatim."""
     token = "llmTOKENuser0042"
     query_key = "llm-query-key-0042"
-    assert cli(["runs", "create-telemetry-run"], capsys)[0] == 0
+    assert run_cli(capsys, "runs", "create-telemetry-run")[0] == 0
     monkeypatch.setenv("AUTOPACK_LLM_PROVIDER", "openai")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
     monkeypatch.setenv("AUTOPACK_LLM_MAX_RETRIES", "0")
     monkeypatch.setenv("AUTOPACK_LLM_BASE_URL", f"http://{token}@127.0.0.1:1/v1?api_key={query_key}")
     caplog.set_level(logging.INFO)
-    code, text = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force"], capsys)
+    code, out, err = run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force")
+    text = out + err
     assert code == 1 and "127.0.0.1:1" in text
-    code, batch_text = cli(["drain", "batch", "--run-id", V4_RUN_ID, "--batch-size", "1"], capsys)
+    code, out, err = run_cli(capsys, "drain", "batch", "--run-id", V4_RUN_ID, "--batch-size", "1")
+    batch_text = out + err
     everything = "\n".join([text, batch_text, caplog.text, every_stored_text(db_url)])
     assert "APIConnectionError" in everything
     assert token not in everything and query_key not in everything

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 import sqlalchemy as sa
+from cli_runner import run_cli
 
-from autopack.cli import main
 from autopack.db.engine import session_scope
 from autopack.db.models import Phase, Run
 from autopack.errors import InputError
@@ -24,13 +24,6 @@ from autopack.execution.seed_runs import (
     telemetry_collection_v7_spec,
 )
 from autopack.token_estimator import PhaseFeatures, estimate
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr()
-    return int(info.value.code or 0), out.out, out.err
 
 
 def mix(spec) -> Counter[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -95,14 +88,14 @@ def test_unknown_seed_run_writes_nothing(db_url: str) -> None:
 
 
 def test_create_telemetry_run_command(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(["runs", "create-telemetry-run"], capsys)
+    code, out, _ = run_cli(capsys, "runs", "create-telemetry-run")
     assert code == 0
     assert "10 QUEUED phases" in out and "implementation: 6 phases (2 low, 4 medium)" in out
-    code, _, err = cli(["runs", "create-telemetry-run"], capsys)
+    code, _, err = run_cli(capsys, "runs", "create-telemetry-run")
     assert code == 2 and "already exists" in err and "--replace" in err and "Traceback" not in err
     with session_scope(db_url) as session:
         session.execute(sa.update(Phase).values(state="COMPLETE"))
-    code, _, _ = cli(["runs", "create-telemetry-run", "--replace"], capsys)
+    code, _, _ = run_cli(capsys, "runs", "create-telemetry-run", "--replace")
     assert code == 0
     with session_scope(db_url) as session:
         states = session.execute(sa.select(Phase.state).where(Phase.run_id == V4_RUN_ID)).scalars().all()
@@ -110,19 +103,19 @@ def test_create_telemetry_run_command(db_url: str, capsys: pytest.CaptureFixture
 
 
 def test_create_telemetry_run_with_another_id(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli(["runs", "create-telemetry-run", "--run-id", "my-run"], capsys)[0] == 0
+    assert run_cli(capsys, "runs", "create-telemetry-run", "--run-id", "my-run")[0] == 0
     with session_scope(db_url) as session:
         assert session.get(Run, "my-run") is not None
 
 
 def test_runs_seed_and_list(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(["runs", "seed", "--run-id", "telemetry-collection-v7"], capsys)
+    code, out, _ = run_cli(capsys, "runs", "seed", "--run-id", "telemetry-collection-v7")
     assert code == 0 and "telemetry-collection-v7" in out
-    code, out, _ = cli(["runs", "list", "--json"], capsys)
+    code, out, _ = run_cli(capsys, "runs", "list", "--json")
     assert code == 0
     (row,) = json.loads(out)
     assert row["run_id"] == "telemetry-collection-v7" and row["phases"] == {"QUEUED": 6}
-    code, out, _ = cli(["runs", "list"], capsys)
+    code, out, _ = run_cli(capsys, "runs", "list")
     assert "telemetry-collection-v7" in out and "QUEUED 6" in out
 
 
@@ -172,9 +165,9 @@ def test_only_real_weeks_of_real_seed_runs_are_seed_runs(run_id: str) -> None:
 
 
 def test_pipeline_init_with_weeks_creates_every_week_once(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(["pipeline", "init", "--weeks", "2"], capsys)
+    code, out, _ = run_cli(capsys, "pipeline", "init", "--weeks", "2")
     assert code == 0 and "telemetry-collection-week2-v7" in out
-    assert cli(["pipeline", "init", "--weeks", "2"], capsys)[0] == 0  # nothing more to create
+    assert run_cli(capsys, "pipeline", "init", "--weeks", "2")[0] == 0  # nothing more to create
     with session_scope(db_url) as session:
         runs = session.execute(sa.select(sa.func.count()).select_from(Run)).scalar_one()
         phases = session.execute(sa.select(sa.func.count()).select_from(Phase)).scalar_one()

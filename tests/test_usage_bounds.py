@@ -8,12 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
+from cli_runner import run_cli
 from fastapi.testclient import TestClient
 from llm_fake_server import INPUT_TOKENS, FakeLLMServer
 from sqlalchemy.exc import OperationalError
 
 from autopack.api import create_app
-from autopack.cli import main
 from autopack.db.engine import session_scope
 from autopack.db.models import LlmUsageEvent, Phase, TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.execution import leases
@@ -54,13 +54,6 @@ def phase(url: str, run_id: str = V4_RUN_ID, phase_id: str = P1) -> Phase:
         return session.execute(sa.select(Phase).where(Phase.run_id == run_id, Phase.phase_id == phase_id)).scalar_one()
 
 
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr()
-    return int(info.value.code or 0), out.out, out.err
-
-
 # --- the provider boundary ----------------------------------------------------------------------------
 
 
@@ -95,7 +88,7 @@ def test_validate_response_checks_the_summed_total_too() -> None:
 
 @pytest.fixture
 def v4(db_url: str, capsys: pytest.CaptureFixture[str]) -> str:
-    assert cli(["runs", "create-telemetry-run"], capsys)[0] == 0
+    assert run_cli(capsys, "runs", "create-telemetry-run")[0] == 0
     return db_url
 
 
@@ -106,7 +99,7 @@ def test_drain_one_with_3e9_completion_tokens_fails_the_phase_and_releases_the_l
     monkeypatch.setenv("AUTOPACK_LLM_BASE_URL", fake_llm.url + "/v1")
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     fake_llm.usage_overrides = {"completion_tokens": HUGE, "total_tokens": HUGE + INPUT_TOKENS}
-    code, out, err = cli(["drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force"], capsys)
+    code, out, err = run_cli(capsys, "drain", "one", "--run-id", V4_RUN_ID, "--phase-id", P1, "--force")
     assert code == 1 and "FAILED" in out and "Traceback" not in err
     (line,) = [line for line in err.splitlines() if line.startswith("error:")]
     assert "provider" in line and "3000000000" in line and "completion_tokens" in line
