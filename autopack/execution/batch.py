@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from autopack.db.engine import session_scope
 from autopack.db.models import Phase, PhaseState, TokenEstimationV2Event, utcnow
-from autopack.errors import AutopackError, ConfigError, InputError, RefusedError
+from autopack.errors import AutopackError, ConfigError, RefusedError
 from autopack.execution import leases
 from autopack.execution.runs import require_runs
 from autopack.execution.batch_workers import (

@@ -785,7 +785,7 @@ def render_not_updated(
     secrets = [*get_settings().secret_values(), *(s for s in extra_secrets if s)]
     subject = f"pull request #{pr_number}" if pr_number is not None else "the calibration branch"
     lines = [
-        f"### ⛔ Not updated: the new proposal failed verification",
+        "### ⛔ Not updated: the new proposal failed verification",
         "",
         f"autopack computed a new calibration proposal (`{digest[:12]}`), but the edited "
         f"`{ESTIMATOR_PATH}` failed verification, so **nothing was pushed**: {subject} still shows the previous "
