@@ -331,21 +331,13 @@ def _effective_counts(
     return counts, fixed
 
 
-_NO_FACTOR_COPY: dict[int, tuple[te.Coefficients, te.Coefficients]] = {}
+def _rules(
+    est: te.Estimate, features: te.PhaseFeatures, coefficients: te.Coefficients, no_factor: te.Coefficients
+) -> tuple[float, float, float]:
+    """(floor, buffer, largest override) that ``decide_ceiling`` applies when a group has no factor.
 
-
-def _without_factors(coefficients: te.Coefficients) -> te.Coefficients:
-    """``coefficients`` with no budget factor (one copy per coefficient set, not one per phase spec)."""
-    hit = _NO_FACTOR_COPY.get(id(coefficients))
-    if hit is None or hit[0] is not coefficients:
-        _NO_FACTOR_COPY.clear()
-        hit = _NO_FACTOR_COPY[id(coefficients)] = (coefficients, dataclasses.replace(coefficients, budget_factors={}))
-    return hit[1]
-
-
-def _rules(est: te.Estimate, features: te.PhaseFeatures, coefficients: te.Coefficients) -> tuple[float, float, float]:
-    """(floor, buffer, largest override) that ``decide_ceiling`` applies when a group has no factor."""
-    no_factor = _without_factors(coefficients)
+    ``no_factor``: ``coefficients`` without budget factors (made once per sample set, not once per spec).
+    """
     # with a zero prediction the ceiling before overrides is the floor, so every override that could
     # ever raise this call's ceiling (under any coefficients: floors are not calibrated) shows up
     decision = te.decide_ceiling(dataclasses.replace(est, predicted_output_tokens=0), features, no_factor)
@@ -355,7 +347,7 @@ def _rules(est: te.Estimate, features: te.PhaseFeatures, coefficients: te.Coeffi
     return float(floor), float(buffer), float(max(overrides, default=0))
 
 
-def _unit_from_features(text: str, coefficients: te.Coefficients) -> _UnitInfo | None:
+def _unit_from_features(text: str, coefficients: te.Coefficients, no_factor: te.Coefficients) -> _UnitInfo | None:
     try:
         record = json.loads(text)
         if not isinstance(record, Mapping):
@@ -366,12 +358,13 @@ def _unit_from_features(text: str, coefficients: te.Coefficients) -> _UnitInfo |
         return None
     linear = est.model == "overhead_plus_marginal"
     counts, fixed = _effective_counts(features, coefficients) if linear else ({}, 0.0)
-    floor, buffer, override = _rules(est, features, coefficients)
+    floor, buffer, override = _rules(est, features, coefficients, no_factor)
     return _UnitInfo(est.group, linear, counts, fixed, float(est.predicted_output_tokens), floor, buffer, override)
 
 
 def _unit_from_record(
-    raw_category: str | None, raw_complexity: str | None, deliverable_count: int, coefficients: te.Coefficients
+    raw_category: str | None, raw_complexity: str | None, deliverable_count: int, coefficients: te.Coefficients,
+    no_factor: te.Coefficients,
 ) -> _UnitInfo:
     """Rules for a row without features: its stored group, confidence assumed ≥ 0.7, no scope."""
     cat = normalise_category(raw_category)
@@ -393,13 +386,14 @@ def _unit_from_record(
         context_quality="none",
     )
     features = te.PhaseFeatures(category=raw_category, complexity=raw_complexity, deliverables=())
-    floor, buffer, override = _rules(est, features, coefficients)
+    floor, buffer, override = _rules(est, features, coefficients, no_factor)
     return _UnitInfo((cat.value, cx_value), False, {}, 0.0, math.nan, floor, buffer, override)
 
 
 def build_sample_set(columns: EventColumns, coefficients: te.Coefficients | None = None) -> SampleSet:
     """Select, censor, group and re-estimate the rows (see the module docstring)."""
     coeffs = coefficients or te.current_coefficients()
+    no_factor = dataclasses.replace(coeffs, budget_factors={})
     n_all = columns.size
     censored_all = columns.truncated | reached_ceiling(columns.actual, columns.actual_max_tokens)
     retry = columns.retry if columns.retry is not None else np.zeros(n_all, dtype=bool)
@@ -419,7 +413,7 @@ def build_sample_set(columns: EventColumns, coefficients: te.Coefficients | None
     usable_idx = np.flatnonzero(usable)
     feat = columns.features_code[usable_idx]
     for code in np.unique(feat[feat >= 0]).tolist():
-        info = _unit_from_features(columns.features[code], coeffs)
+        info = _unit_from_features(columns.features[code], coeffs, no_factor)
         if info is not None:
             unit_of_feature[code] = len(infos)
             infos.append(info)
@@ -445,7 +439,8 @@ def build_sample_set(columns: EventColumns, coefficients: te.Coefficients | None
         for cat_code, cx_code, dcount in distinct.tolist():
             unit_of_record[(cat_code, cx_code, dcount)] = len(infos)
             infos.append(
-                _unit_from_record(columns.categories[cat_code], columns.complexities[cx_code], dcount, coeffs)
+                _unit_from_record(columns.categories[cat_code], columns.complexities[cx_code], dcount, coeffs,
+                                  no_factor)
             )
         base = len(infos) - distinct.shape[0]
         row_unit[need] = base + inverse.reshape(-1)
