@@ -23,26 +23,25 @@ def migrated_database(backend: str, folder: Path, postgres_admin_url: str) -> It
     if backend.lower() == "sqlite":
         path = folder / f"bench_{uuid.uuid4().hex[:8]}.db"
         url = f"sqlite:///{path}"
-        try:
-            upgrade_database(url)
-            dispose_engines()
-            yield url
-        finally:
-            dispose_engines()
+
+        def remove() -> None:
             path.unlink(missing_ok=True)
-        return
-    name = f"autopack_bench_{uuid.uuid4().hex[:10]}"
-    admin_url = sa.engine.make_url(postgres_admin_url).set(drivername="postgresql+psycopg")
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    else:
+        name = f"autopack_bench_{uuid.uuid4().hex[:10]}"
+        admin_url = sa.engine.make_url(postgres_admin_url).set(drivername="postgresql+psycopg")
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        url = admin_url.set(database=name).render_as_string(hide_password=False)
+
+        def remove() -> None:
+            with admin.connect() as connection:
+                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
     try:
         upgrade_database(url)
         dispose_engines()
         yield url
     finally:
         dispose_engines()
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        remove()
