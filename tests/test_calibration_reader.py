@@ -159,3 +159,57 @@ def test_run_ids_are_the_same_by_skip_scan_and_by_distinct(db_url: str, stored: 
     walked = read_events(db_url).summary.run_ids
     monkeypatch.setattr(reader, "SKIP_SCAN_LIMIT", 1)  # more runs than the walk may take: DISTINCT instead
     assert read_events(db_url).summary.run_ids == walked == sorted({r["run_id"] for r in stored})
+
+
+def test_a_read_split_into_many_id_ranges_on_two_readers_equals_the_reference(
+        db_url: str, stored: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from autopack.calibration import reader
+
+    monkeypatch.setattr(reader, "SCAN_RANGE", 5)
+    monkeypatch.setattr(reader, "MIN_SPLIT", 1)
+    readers: set[str] = set()
+    name = "_text_range" if db_url.startswith("sqlite") else "_array_range"
+    real = getattr(reader, name)
+
+    def spy(connection: sa.Connection, where: list[Any]) -> Any:
+        readers.add(threading.current_thread().name)
+        return real(connection, where)
+
+    monkeypatch.setattr(reader, name, spy)
+    _assert_same(read_events(db_url), columns_from_records(stored))
+    assert readers and all(r.startswith("autopack-read") for r in readers)  # the ranges ran on the pool
+
+
+def test_a_range_whose_texts_do_not_parse_is_read_row_by_row(db_url: str, stored: list[dict[str, Any]],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL sends typed arrays")
+    from autopack.calibration import reader
+
+    calls: list[int] = []
+    monkeypatch.setattr(reader, "_parsed", lambda blobs, count: calls.append(count))  # always "does not parse"
+    _assert_same(read_events(db_url), columns_from_records(stored))
+    assert calls == [len(stored)]
+
+
+def test_sqlite_counts_stored_as_reals_are_read_as_their_whole_numbers(db_url: str) -> None:
+    """A real must not travel in the packed integer: 900.5·2³² would smear into the next count."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL columns are typed")
+    stored = _store(db_url, _odd_rows()[:2])
+    with get_engine(db_url).begin() as connection:
+        connection.execute(sa.text("UPDATE token_estimation_v2_events SET predicted_output_tokens = 900.5 "
+                                   "WHERE event_id = :i"), {"i": stored[0]["id"]})
+    got = read_events(db_url)
+    row = int(np.flatnonzero(got.event_id == stored[0]["id"])[0])
+    assert (got.predicted[row], got.actual[row]) == (900.0, stored[0]["actual_output_tokens"])
+
+
+def test_sqlite_keys_that_are_not_integers_are_keyed_again(db_url: str, stored: list[dict[str, Any]]) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL columns are typed")
+    with get_engine(db_url).begin() as connection:
+        connection.execute(sa.text("UPDATE token_estimation_v2_events SET calibration_key = 'x', phase_key = 1.5"))
+    _assert_same(read_events(db_url), columns_from_records(stored))

@@ -42,3 +42,11 @@ def test_calibrating_needs_neither_scipy_stats_nor_alembic() -> None:
             "print(sorted(m for m in ('scipy.stats', 'alembic') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_calibration_runner_leaves_scipy_and_matplotlib_to_the_read() -> None:
+    """They are imported on a second thread while the events are read (``calibration.preload``)."""
+    code = ("import sys, autopack.calibration.runner; "
+            "print(sorted(m for m in ('scipy', 'matplotlib', 'autopack.calibration.core') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

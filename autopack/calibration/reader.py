@@ -5,7 +5,9 @@ measures the ratio). So the one full scan of the table selects only integers per
 ``calibration_key`` and ``phase_key`` (``autopack.db.keys``), the token counts and one flags word.
 Everything textual (features_json, category, complexity, provider, model) is read once per distinct
 ``calibration_key`` from one representative row, by primary key. PostgreSQL sends each column as one
-binary array that numpy reads in place; SQLite rows arrive as integer tuples, converted per partition.
+binary array that numpy reads in place; SQLite sends each column as one comma-joined text per id range
+(``group_concat``) that numpy parses, so neither driver makes a Python object per value, and both spend
+the scan in the database with the GIL released (``preload`` imports the statistics meanwhile).
 
 Rows whose keys are NULL (written by raw SQL after the 0005 backfill) or whose SQLite timestamp the date
 functions cannot read are read again by their text fields and keyed here, so the result never depends on
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 from typing import Any
 
@@ -43,8 +46,12 @@ ESC = TokenBudgetEscalationEvent.__table__
 
 #: Rows converted per step on the DBAPI path (bounds the Python objects alive at once).
 READ_PARTITION = 50_000
-#: Event ids per PostgreSQL array query (≈ 110 MB of arrays at most in flight).
-ARRAY_RANGE = 1_000_000
+#: Event ids per scan query at most: ≈ 35 MB of SQLite text or 28 MB of PostgreSQL arrays in flight per reader.
+SCAN_RANGE = 250_000
+#: Id ranges read at once, each on its own connection: the database aggregates with the GIL released,
+#: so two readers keep both CPUs of a small machine busy (ranges smaller than ``MIN_SPLIT`` are not split).
+READERS = 2
+MIN_SPLIT = 20_000
 #: Ids per ``IN (…)`` when rows are fetched by primary key.
 ID_CHUNK = 500
 
@@ -105,8 +112,12 @@ def _numeric_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
         + sa.cast(c.is_truncated_output, sa.Integer) * TRUNCATED_OUTPUT
     )
     ceiling = sa.func.coalesce(c.actual_max_tokens, -1)
-    head = [as_int(c.event_id), epoch, sa.func.coalesce(c.calibration_key, 0), sa.func.coalesce(c.phase_key, 0)]
-    if dialect == "sqlite":  # every value costs a Python object there: two counts per integer
+    if dialect == "sqlite":  # SQLite stores what it is given: a key that is not an integer is keyed again
+        key = lambda column: sa.case((sa.func.typeof(column) == "integer", column), else_=0)  # noqa: E731
+    else:
+        key = lambda column: sa.func.coalesce(column, 0)  # noqa: E731
+    head = [as_int(c.event_id), epoch, key(c.calibration_key), key(c.phase_key)]
+    if dialect == "sqlite":  # every value costs text to parse there: two counts per integer
         return [*head, _pack(c.predicted_output_tokens, c.actual_output_tokens), _pack(c.selected_budget, ceiling),
                 flags]
     return [*head, as_int(c.predicted_output_tokens), as_int(c.actual_output_tokens), as_int(c.selected_budget),
@@ -114,12 +125,13 @@ def _numeric_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
 
 
 def _pack(high: sa.ColumnElement[Any], low: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    """``high·2³² + low + 1`` for two counts that fit (high in 0..2³¹−1, low in −1..2³¹−2), else −1.
+    """``high·2³² + low + 1`` for two integer counts that fit (high in 0..2³¹−1, low in −1..2³¹−2), else −1.
 
     −1 (never a packed value) marks a row whose numbers are read again one by one (``_repair``): SQLite
-    stores whatever a writer gave it, text and out-of-range values included.
+    stores whatever a writer gave it, text, reals and out-of-range values included.
     """
-    fits = sa.and_(high.between(0, 2**31 - 1), low.between(-1, 2**31 - 2))
+    fits = sa.and_(sa.func.typeof(high) == "integer", sa.func.typeof(low) == "integer",
+                   high.between(0, 2**31 - 1), low.between(-1, 2**31 - 2))
     return sa.case((fits, high * (2**32) + low + 1), else_=-1)
 
 
@@ -149,6 +161,41 @@ def _compiled(connection: sa.Connection, stmt: sa.Select[Any]) -> tuple[str, Any
     if dialect.paramstyle in ("qmark", "numeric", "format"):
         return str(compiled), tuple(compiled.params[name] for name in (compiled.positiontup or []))
     return str(compiled), compiled.params
+
+
+def _text_range(connection: sa.Connection, where: list[Any]) -> np.ndarray | None:
+    """SQLite: each column of one id range as one comma-joined text (``group_concat``), parsed by numpy.
+
+    Every value the scan selects is an integer by construction (and the schema forbids NULL there); should
+    a range's texts still not parse into ``count`` integers each, it is read again row by row, where
+    ``_lenient`` names the row. The aggregates of one query see the rows in the same order.
+    """
+    columns = _numeric_columns("sqlite")
+    texts = [sa.cast(sa.func.group_concat(column), sa.LargeBinary) for column in columns]  # bytes: nothing decoded
+    sql, params = _compiled(connection, sa.select(sa.func.count(), *texts).where(*where))
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        count, *blobs = cursor.execute(sql, params).fetchone()
+    finally:
+        cursor.close()
+    if not count:
+        return None
+    part = _parsed(blobs, count)
+    if part is None:
+        part = np.concatenate(list(_dbapi_parts(connection, sa.select(*columns).where(*where))))
+    return _unpacked(part)
+
+
+def _parsed(blobs: Sequence[bytes | None], count: int) -> np.ndarray | None:
+    """``count`` rows of the comma-joined integer columns, or None when any column is not exactly that.
+
+    Only digits, commas and minus signs reach numpy (it would warn and stop at anything else, and
+    ``warnings.catch_warnings`` is not safe with two readers and the imports on other threads).
+    """
+    if any(blob is None or blob.translate(None, b"0123456789,-") for blob in blobs):
+        return None
+    arrays = [np.fromstring(blob, dtype=np.int64, sep=",") for blob in blobs]  # type: ignore[call-overload]
+    return np.stack(arrays, axis=1) if all(a.size == count for a in arrays) else None
 
 
 def _dbapi_parts(connection: sa.Connection, stmt: sa.Select[Any]) -> Iterator[np.ndarray]:
@@ -186,29 +233,21 @@ def _is_number(value: Any) -> bool:
     return True
 
 
-def _array_parts(connection: sa.Connection, where: list[Any]) -> Iterator[np.ndarray]:
-    """PostgreSQL: each column as one binary array per id range (``array_send(array_agg(…))``).
+def _array_range(connection: sa.Connection, where: list[Any]) -> np.ndarray | None:
+    """PostgreSQL: each column of one id range as one binary array (``array_send(array_agg(…))``).
 
     numpy reads the arrays in place, so no Python object is made per row. One serial scan feeds every
-    aggregate the rows in the same order (parallel plans are switched off for this transaction); id
-    ranges of ``ARRAY_RANGE`` bound the memory on both sides.
+    aggregate the rows in the same order (parallel plans are switched off for this transaction).
     """
     connection.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
     connection.exec_driver_sql("SET LOCAL jit = off")  # compiling the expressions costs more than it saves
-    c = EV.c
-    low, high = connection.execute(sa.select(sa.func.min(c.event_id), sa.func.max(c.event_id)).where(*where)).one()
-    if low is None:
-        return
     arrays = [sa.func.array_send(sa.func.array_agg(column)) for column in _numeric_columns("postgresql")]
-    single = int(high) - int(low) < ARRAY_RANGE  # one plain sequential scan, no id condition to plan around
-    raw = connection.connection.driver_connection
-    for start in range(int(low), int(high) + 1, ARRAY_RANGE):
-        in_range = [] if single else [c.event_id >= start, c.event_id < start + ARRAY_RANGE]
-        sql, params = _compiled(connection, sa.select(*arrays).where(*where, *in_range))
-        with raw.cursor(binary=True) as cursor:  # type: ignore[union-attr]  # bytea as bytes, not hex text
-            row = cursor.execute(sql, params).fetchone()
-        if row is not None and row[0] is not None:
-            yield np.stack([_int8_array(bytes(blob)) for blob in row], axis=1)
+    sql, params = _compiled(connection, sa.select(*arrays).where(*where))
+    with connection.connection.driver_connection.cursor(binary=True) as cursor:  # type: ignore[union-attr]
+        row = cursor.execute(sql, params).fetchone()  # bytea as bytes, not hex text
+    if row is None or row[0] is None:
+        return None
+    return np.stack([_int8_array(bytes(blob)) for blob in row], axis=1)
 
 
 def _int8_array(blob: bytes) -> np.ndarray:
@@ -233,16 +272,41 @@ TEXT_FIELDS = tuple(EV.c[name] for name in keys.CALIBRATION_KEY_COLUMNS)
 FEATURES, CATEGORY, COMPLEXITY, DELIVERABLES, PROVIDER, MODEL, STOP, FINISH, PHASE_ID = range(len(TEXT_FIELDS))
 
 
-def _scan(connection: sa.Connection, where: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(rows × N_COLUMNS int64, epoch seconds per row)."""
-    if connection.dialect.name == "sqlite":
-        parts = [_unpacked(p) for p in _dbapi_parts(connection, sa.select(*_numeric_columns("sqlite")).where(*where))]
-    else:
-        parts = list(_array_parts(connection, where))
-    data = np.concatenate(parts) if parts else np.empty((0, N_COLUMNS), dtype=np.int64)
+def _scan(engine: sa.Engine, connection: sa.Connection, where: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows × N_COLUMNS int64, epoch seconds per row), read by id range, ``READERS`` ranges at once.
+
+    The ranges end at the largest id there was when the read began: the table is append-only, so rows
+    written during the read are left out, as a snapshot would leave them out.
+    """
+    sqlite = connection.dialect.name == "sqlite"
+    read_range = _text_range if sqlite else _array_range
+    ranges = _id_ranges(connection, where)
+    if len(ranges) > 1 and not isinstance(engine.pool, sa.pool.SingletonThreadPool | sa.pool.StaticPool):
+        def read_on_own_connection(bounds: list[Any]) -> np.ndarray | None:
+            with engine.connect() as own:
+                return read_range(own, bounds)
+
+        with ThreadPoolExecutor(READERS, thread_name_prefix="autopack-read") as pool:
+            parts = list(pool.map(read_on_own_connection, ranges))
+    else:  # one range, or an in-memory database (a second connection would see another, empty one)
+        parts = [read_range(connection, bounds) for bounds in ranges]
+    found = [p for p in parts if p is not None]
+    data = np.concatenate(found) if found else np.empty((0, N_COLUMNS), dtype=np.int64)
     epoch = data[:, EPOCH].astype(float)
-    epoch = epoch / 1e3 if connection.dialect.name == "sqlite" else epoch / 1e6 + PG_EPOCH_OFFSET
+    epoch = epoch / 1e3 if sqlite else epoch / 1e6 + PG_EPOCH_OFFSET
     return data, epoch
+
+
+def _id_ranges(connection: sa.Connection, where: list[Any]) -> list[list[Any]]:
+    """The scan's conditions per id range: at most ``SCAN_RANGE`` ids each, split for ``READERS``."""
+    c = EV.c
+    low, high = connection.execute(sa.select(sa.func.min(c.event_id), sa.func.max(c.event_id)).where(*where)).one()
+    if low is None:
+        return []
+    low, high = int(low), int(high)
+    step = min(SCAN_RANGE, max(MIN_SPLIT, -(-(high - low + 1) // READERS)))
+    return [[*where, c.event_id >= start, c.event_id <= min(start + step - 1, high)]
+            for start in range(low, high + 1, step)]
 
 
 def _repair(connection: sa.Connection, data: np.ndarray, epoch: np.ndarray,
@@ -317,10 +381,10 @@ def read_events(url: str | None = None, include_run_ids: Sequence[str] | None = 
     c = EV.c
     where = [c.run_id.in_(list(include_run_ids))] if include_run_ids else []
     gc_was_enabled = gc.isenabled()
-    gc.disable()  # hundreds of thousands of short-lived tuples per partition: nothing cyclic to collect
+    gc.disable()  # the by-id and row-by-row reads make many short-lived tuples: nothing cyclic to collect
     try:
         with engine.connect() as connection:
-            data, epoch = _scan(connection, where)
+            data, epoch = _scan(engine, connection, where)
             texts: dict[int, tuple[Any, ...]] = {}
             _repair(connection, data, epoch, texts)
             unique_keys, first, inverse = np.unique(data[:, CKEY], return_index=True, return_inverse=True)

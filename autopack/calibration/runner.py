@@ -2,6 +2,8 @@
 
 ``run_calibration`` is what ``autopack calibrate``, ``scripts/calibrate_token_estimator.py`` and the
 Prefect flow call. Reading is ``reader.read_events``: one integer-only scan, texts once per distinct value.
+The statistics and the plot (scipy, matplotlib) are imported on a second thread during the read
+(``preload``), not when this module is.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from autopack.calibration.core import METHOD_VERSION, Calibration, Params, calibrate
+from autopack.calibration import preload
 from autopack.calibration.reader import read_events
-from autopack.calibration.report import render_markdown, write_json, write_plot
 from autopack.calibration.samples import build_sample_set
 from autopack.config import get_settings
 from autopack.db.engine import resolve_url, session_scope
@@ -55,6 +56,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _record(url: str, **fields: Any) -> int:
+    from autopack.calibration.core import METHOD_VERSION
+
     with session_scope(url) as session:
         row = CalibrationRun(method_version=METHOD_VERSION, **fields)
         session.add(row)
@@ -87,9 +90,10 @@ def run_calibration(
 
     Raises the guard's errors (exit 2/3) and ``NoUsableSamplesError`` (exit 1) when nothing is usable.
     """
-    params = Params(min_samples=min_samples, confidence_threshold=confidence_threshold,
-                    target_truncation=target_truncation, holdout_fraction=holdout_fraction,
-                    include_run_ids=tuple(include_run_ids or ()), method=method)
+    checked = CalibrationParams(min_samples=min_samples, confidence_threshold=confidence_threshold,
+                                target_truncation=target_truncation, holdout_fraction=holdout_fraction,
+                                method=method)  # bad parameters fail before the database is touched
+    run_ids = tuple(include_run_ids or ())
     resolved = resolve_url(url)
     clock = StageClock()
     lap, timings = clock.lap, clock.timings
@@ -97,10 +101,17 @@ def run_calibration(
     identity = guard(resolved, expect_db_id=expect_db_id or get_settings().expected_db_id, allow_empty=allow_empty_db)
     lap("guard")
     now = datetime.now(UTC).replace(microsecond=0)
-    columns = read_events(resolved, params.include_run_ids)
+    imports = preload.start()
+    columns = read_events(resolved, run_ids)
     lap("read")
     samples = build_sample_set(columns)
     lap("samples")
+    imports.join()
+    lap("imports")  # what is left of them after the read (nothing, when the read is long enough)
+    from autopack.calibration.core import Params, calibrate
+    from autopack.calibration.report import render_markdown, write_json, write_plot
+
+    params = Params(**checked.model_dump(), include_run_ids=run_ids)
     param_record = {**params.model_dump(), "include_run_ids": list(params.include_run_ids),
                     "output_dir": str(output_dir)}
     naive_now = now.replace(tzinfo=None)
@@ -114,7 +125,7 @@ def run_calibration(
             hint="drain some phases first (autopack drain), or check --include-run-id",
         )
 
-    calibration: Calibration = calibrate(samples, params)
+    calibration = calibrate(samples, params)
     lap("calibrate")
     result = calibration.result
     md = result["metadata"]
