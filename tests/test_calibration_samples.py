@@ -49,6 +49,28 @@ def test_calls_within_a_retry_attempt_are_all_retries_in_any_row_order() -> None
     assert escalated_retries(phase, attempt, np.array([7]), np.array([0])).tolist() == [False, True, True, False]
 
 
+def _retries_by_definition(phase: np.ndarray, attempt: np.ndarray, escalated: set[tuple[int, int]]) -> list[bool]:
+    """Per row: the phase's largest attempt index below the row's has an escalation event."""
+    out = []
+    for p, a in zip(phase.tolist(), attempt.tolist(), strict=True):
+        earlier = [b for q, b in zip(phase.tolist(), attempt.tolist(), strict=True) if q == p and b < a]
+        out.append(bool(earlier) and (p, max(earlier)) in escalated)
+    return out
+
+
+def test_retries_match_their_definition_on_random_phases_with_and_without_escalations() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        n = int(rng.integers(1, 60))
+        phase = rng.integers(-3, 6, n) * (2**40)  # wide keys, as the stored 64-bit phase keys are
+        attempt = rng.integers(0, 4, n)
+        k = int(rng.integers(1, 6))
+        esc_phase, esc_attempt = rng.integers(-3, 9, k) * (2**40), rng.integers(0, 4, k)
+        escalated = set(zip(esc_phase.tolist(), esc_attempt.tolist(), strict=True))
+        got = escalated_retries(phase, attempt, esc_phase, esc_attempt).tolist()
+        assert got == _retries_by_definition(phase, attempt, escalated)
+
+
 def test_the_source_mix_and_the_simulated_flag() -> None:
     rows = simulate(20, seed=2)
     for r in rows[:5]:

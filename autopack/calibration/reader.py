@@ -91,7 +91,9 @@ N_COLUMNS = 9
 def _numeric_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
     """The one full scan: integers only, no string compared (see the module docstring for the columns).
 
-    A key of 0 stands for NULL (PostgreSQL arrays must hold no NULL); such rows are keyed again.
+    A key of 0 stands for NULL (PostgreSQL arrays must hold no NULL) or, on SQLite, for a key that is not
+    an integer; such rows are keyed again. SQLite keeps whatever a writer gave it in the count columns
+    (text, reals): a range holding one is read row by row (``_text_range``).
     """
     c = EV.c
     if dialect == "sqlite":  # SQLite's date functions keep milliseconds; julianday once per row (it parses)
@@ -99,11 +101,20 @@ def _numeric_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
         millis = sa.cast(sa.func.round((julian - 2440587.5) * 86_400_000.0), sa.BigInteger)
         # no '-' in 5th place: a bare number, which SQLite would read as a Julian day; NULL: not a date to it
         epoch = sa.func.coalesce(sa.case((sa.func.substr(c.timestamp, 5, 1) == "-", millis)), UNTIMED)
+
+        def key(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+            return sa.case((sa.func.typeof(column) == "integer", column), else_=0)
+
+        def as_int(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+            return column
     else:  # PostgreSQL's binary timestamp is already an int64 (µs since 2000-01-01)
         epoch = c.timestamp
 
-    def as_int(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-        return column if dialect == "sqlite" else sa.cast(column, sa.BigInteger)
+        def key(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+            return sa.func.coalesce(column, 0)
+
+        def as_int(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+            return sa.cast(column, sa.BigInteger)
 
     flags = (
         sa.cast(c.attempt_index, sa.BigInteger) * (1 << ATTEMPT_SHIFT)
@@ -111,48 +122,9 @@ def _numeric_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
         + sa.cast(c.truncated, sa.Integer) * TRUNCATED
         + sa.cast(c.is_truncated_output, sa.Integer) * TRUNCATED_OUTPUT
     )
-    ceiling = sa.func.coalesce(c.actual_max_tokens, -1)
-    if dialect == "sqlite":  # SQLite stores what it is given: a key that is not an integer is keyed again
-        key = lambda column: sa.case((sa.func.typeof(column) == "integer", column), else_=0)  # noqa: E731
-    else:
-        key = lambda column: sa.func.coalesce(column, 0)  # noqa: E731
-    head = [as_int(c.event_id), epoch, key(c.calibration_key), key(c.phase_key)]
-    if dialect == "sqlite":  # every value costs text to parse there: two counts per integer
-        return [*head, _pack(c.predicted_output_tokens, c.actual_output_tokens), _pack(c.selected_budget, ceiling),
-                flags]
-    return [*head, as_int(c.predicted_output_tokens), as_int(c.actual_output_tokens), as_int(c.selected_budget),
-            as_int(ceiling), as_int(flags)]
-
-
-def _pack(high: sa.ColumnElement[Any], low: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    """``high·2³² + low + 1`` for two integer counts that fit (high in 0..2³¹−1, low in −1..2³¹−2), else −1.
-
-    −1 (never a packed value) marks a row whose numbers are read again one by one (``_repair``): SQLite
-    stores whatever a writer gave it, text, reals and out-of-range values included.
-    """
-    fits = sa.and_(sa.func.typeof(high) == "integer", sa.func.typeof(low) == "integer",
-                   high.between(0, 2**31 - 1), low.between(-1, 2**31 - 2))
-    return sa.case((fits, high * (2**32) + low + 1), else_=-1)
-
-
-def _unpack(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return packed >> 32, (packed & 0xFFFFFFFF) - 1
-
-
-def _unpacked(rows: np.ndarray) -> np.ndarray:
-    """The SQLite scan's 7 columns as the 9 of ``N_COLUMNS`` (−1 pairs stay −1 until repaired)."""
-    out = np.empty((rows.shape[0], N_COLUMNS), dtype=np.int64)
-    out[:, :PREDICTED] = rows[:, :4]
-    for column, (high, low) in ((4, (PREDICTED, ACTUAL)), (5, (SELECTED, CEILING))):
-        out[:, high], out[:, low] = _unpack(rows[:, column])
-        unpacked = rows[:, column] < 0
-        out[unpacked, high] = out[unpacked, low] = UNREAD
-    out[:, FLAGS] = rows[:, 6] | np.where(rows[:, EPOCH] == UNTIMED, NO_TIME, 0)
-    return out
-
-
-#: Marks a count the packed scan could not carry (see ``_pack``); replaced before anything uses it.
-UNREAD = np.iinfo(np.int64).min
+    return [as_int(c.event_id), epoch, key(c.calibration_key), key(c.phase_key), as_int(c.predicted_output_tokens),
+            as_int(c.actual_output_tokens), as_int(c.selected_budget),
+            as_int(sa.func.coalesce(c.actual_max_tokens, -1)), as_int(flags)]
 
 
 def _compiled(connection: sa.Connection, stmt: sa.Select[Any]) -> tuple[str, Any]:
@@ -166,9 +138,9 @@ def _compiled(connection: sa.Connection, stmt: sa.Select[Any]) -> tuple[str, Any
 def _text_range(connection: sa.Connection, where: list[Any]) -> np.ndarray | None:
     """SQLite: each column of one id range as one comma-joined text (``group_concat``), parsed by numpy.
 
-    Every value the scan selects is an integer by construction (and the schema forbids NULL there); should
-    a range's texts still not parse into ``count`` integers each, it is read again row by row, where
-    ``_lenient`` names the row. The aggregates of one query see the rows in the same order.
+    A range whose texts are not ``count`` integers each (a count stored as text or as a real) is read
+    again row by row, where numbers written as text are read as numbers and ``_lenient`` names a row
+    that holds something else. The aggregates of one query see the rows in the same order.
     """
     columns = _numeric_columns("sqlite")
     texts = [sa.cast(sa.func.group_concat(column), sa.LargeBinary) for column in columns]  # bytes: nothing decoded
@@ -183,7 +155,8 @@ def _text_range(connection: sa.Connection, where: list[Any]) -> np.ndarray | Non
     part = _parsed(blobs, count)
     if part is None:
         part = np.concatenate(list(_dbapi_parts(connection, sa.select(*columns).where(*where))))
-    return _unpacked(part)
+    part[:, FLAGS] |= np.where(part[:, EPOCH] == UNTIMED, NO_TIME, 0)
+    return part
 
 
 def _parsed(blobs: Sequence[bytes | None], count: int) -> np.ndarray | None:
@@ -300,7 +273,8 @@ def _scan(engine: sa.Engine, connection: sa.Connection, where: list[Any]) -> tup
 def _id_ranges(connection: sa.Connection, where: list[Any]) -> list[list[Any]]:
     """The scan's conditions per id range: at most ``SCAN_RANGE`` ids each, split for ``READERS``."""
     c = EV.c
-    low, high = connection.execute(sa.select(sa.func.min(c.event_id), sa.func.max(c.event_id)).where(*where)).one()
+    bound = [sa.select(f(c.event_id)).where(*where).scalar_subquery() for f in (sa.func.min, sa.func.max)]
+    low, high = connection.execute(sa.select(*bound)).one()  # apart, each is one index probe; together, a scan
     if low is None:
         return []
     low, high = int(low), int(high)
@@ -323,14 +297,6 @@ def _repair(connection: sa.Connection, data: np.ndarray, epoch: np.ndarray,
             data[i, CKEY] = ckey
             data[i, PKEY] = keys.phase_key(str(r[-1]), str(text[PHASE_ID]))
             texts.setdefault(ckey, text)
-    unread = np.flatnonzero((data[:, PREDICTED:FLAGS] == UNREAD).any(axis=1))
-    if unread.size:
-        c = EV.c
-        counts = {r[0]: r[1:] for r in _by_id(connection, (c.predicted_output_tokens, c.actual_output_tokens,
-                                                            c.selected_budget, sa.func.coalesce(c.actual_max_tokens,
-                                                                                                -1)),
-                                              data[unread, ID].tolist())}
-        data[unread, PREDICTED:FLAGS] = _lenient([(i, *counts[i]) for i in data[unread, ID].tolist()])[:, 1:]
     untimed = np.flatnonzero(flags & NO_TIME)
     if untimed.size:
         from autopack.calibration.importers import parse_timestamp

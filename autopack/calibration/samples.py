@@ -86,6 +86,11 @@ def escalated_retries(
     esc_attempt = np.asarray(escalated_attempt_index, dtype=np.int64)
     if phase.size == 0 or esc_phase.size == 0:
         return out
+    known = np.unique(esc_phase)  # a phase without an escalation has no retry: only the others are sorted
+    candidates = np.flatnonzero(known[np.minimum(np.searchsorted(known, phase), known.size - 1)] == phase)
+    if candidates.size < phase.size:
+        out[candidates] = escalated_retries(phase[candidates], attempt[candidates], esc_phase, esc_attempt)
+        return out
     order = np.lexsort((attempt, phase))
     p_s, a_s = phase[order], attempt[order]
     first_of_pair = np.r_[True, (p_s[1:] != p_s[:-1]) | (a_s[1:] != a_s[:-1])]
