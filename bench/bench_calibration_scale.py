@@ -298,13 +298,14 @@ def print_tables(rows: list[tuple[str, int, float, dict[str, Any]]]) -> None:
     print("In process (imports done; best of the repeats; the floor measured alternately in the same process):")
     print()
     print("| backend | events | usable samples | censored | floor (s) | calibration (s) | ratio | guard | read | "
-          "samples | calibrate | plot | groups | gate |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "samples | imports | calibrate | plot | groups | gate |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for backend, n, _, m in rows:
         st = m["stages"]
         print(f"| {backend} | {n:,} | {m['usable']:,} | {m['censored']:,} | {m['floor']:.2f} | {m['project']:.2f} | "
               f"{m['project'] / m['floor']:.2f} | {st.get('guard', 0):.2f} | {st.get('read', 0):.2f} | "
-              f"{st.get('samples', 0):.2f} | {st.get('calibrate', 0):.2f} | {st.get('plot', 0):.2f} | {m['groups']} | "
+              f"{st.get('samples', 0):.2f} | {st.get('imports', 0):.2f} | {st.get('calibrate', 0):.2f} | "
+              f"{st.get('plot', 0):.2f} | {m['groups']} | "
               f"{'passed' if m['gate'] else 'not passed'} |")
     print()
     print("As commands (fresh process each: interpreter start and imports included; best wall time):")

@@ -17,14 +17,14 @@ HEAVY_MODULES = ("autopack.calibration.core", "matplotlib.pyplot")
 
 
 def _import_all() -> None:
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg", force=True)  # no display: the report's plot is a file
-    for name in HEAVY_MODULES:
-        try:
+        matplotlib.use("Agg", force=True)  # no display: the report's plot is a file
+        for name in HEAVY_MODULES:
             importlib.import_module(name)
-        except Exception:  # noqa: BLE001, S112 - re-raised by the import where the module is used
-            continue
+    except Exception:  # noqa: BLE001, S110 - raised again, as one clear error, where the module is used
+        pass
 
 
 def start() -> threading.Thread:
