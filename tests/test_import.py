@@ -56,6 +56,19 @@ def test_canonical_csv_needs_no_mapping(db_url: str, tmp_path: Path) -> None:
     assert got[0]["waste_ratio"] == pytest.approx(3424 / 1600)
 
 
+def test_imported_rows_are_stored_exactly_as_the_orm_stores_them(db_url: str, tmp_path: Path) -> None:
+    """The import writes through the driver; the stored text of times and flags must not differ for it."""
+    import_telemetry(write(tmp_path, "calls.csv", CANONICAL_CSV), "csv", url=db_url, allow_empty_db=True)
+    imported = rows(db_url)[0]  # 10:00:00 sharp: no microseconds, which a driver's own adapter would drop
+    with get_engine(db_url).begin() as connection:
+        copy = {k: v for k, v in imported.items() if k != "event_id"}
+        connection.execute(sa.insert(EV), [{**copy, "call_index": 1}])
+        raw = connection.exec_driver_sql(
+            "SELECT timestamp, created_at, success, truncated, smape_percent FROM token_estimation_v2_events "
+            "WHERE phase_id = 'p1' ORDER BY call_index").all()
+    assert len(raw) == 2 and raw[0] == raw[1]
+
+
 def test_minimal_csv_gets_defaults_and_collision_free_keys(db_url: str, tmp_path: Path) -> None:
     text = ("timestamp,category,complexity,predicted_output_tokens,actual_output_tokens,actual_max_tokens,truncated\n"
             "2025-01-01 10:00:00,docs,low,100,90,1000,false\n"

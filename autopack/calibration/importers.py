@@ -695,21 +695,34 @@ class _Writer:
         self.clashes = 0
         self.first_clash: dict[str, Any] | None = None
         self._statement: Any = None
+        self._order: list[tuple[str, Any]] = []  # SQLite's positional parameters, with their bind processors
 
     def _insert(self, events: list[dict[str, Any]]) -> int:
-        """Insert, return how many rows went in. PostgreSQL: the driver's executemany (its row count is
-        exact, SQLAlchemy's multi-row form reports none); SQLite: SQLAlchemy's (it stores the timestamps)."""
-        if self.postgres:
-            if self._statement is None:
-                insert = postgresql.insert(self.table).values({name: sa.bindparam(name) for name in events[0]})
-                self._statement = str(insert.on_conflict_do_nothing(index_elements=list(CALL_KEY)).compile(
-                    dialect=self.connection.dialect))
-            with self.connection.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
-                cursor.executemany(self._statement, events)
-                return int(cursor.rowcount)
+        """Insert, return how many rows went in: the driver's executemany, whose row count is exact (SQLAlchemy's
+        multi-row form reports none on PostgreSQL) and which skips SQLAlchemy's per-row parameter handling.
+        SQLite gets each value through the column type's own bind processor (timestamps stored as the ORM
+        stores them); psycopg adapts Python values itself."""
         if self._statement is None:
-            self._statement = sqlite.insert(self.table).on_conflict_do_nothing(index_elements=list(CALL_KEY))
-        return int(self.connection.execute(self._statement, events).rowcount)
+            dialect = self.connection.dialect
+            insert = (postgresql if self.postgres else sqlite).insert(self.table).values(
+                {name: sa.bindparam(name) for name in events[0]}).on_conflict_do_nothing(index_elements=list(CALL_KEY))
+            compiled = insert.compile(dialect=dialect)
+            self._statement = str(compiled)
+            self._order = [(name, None if self.postgres else self._bind_processor(name))
+                           for name in (compiled.positiontup or [])]
+        rows: Sequence[Any] = events if self.postgres else [
+            tuple(event[name] if process is None else process(event[name]) for name, process in self._order)
+            for event in events]
+        cursor = self.connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(self._statement, rows)
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def _bind_processor(self, name: str) -> Any:
+        dialect = self.connection.dialect
+        return self.table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
 
     def write(self, batch: list[tuple[str, dict[str, Any]]], errors: _Errors) -> None:
         c = self.table.c
