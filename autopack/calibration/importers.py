@@ -125,11 +125,18 @@ class ImportReport:
 # --------------------------------------------------------------------------------------------------
 
 
+#: Compiled once: an import runs them on every row.
+_DECIMAL = re.compile(r"\d+(\.\d+)?")
+_WHOLE = re.compile(r"[+-]?\d+")
+_BEYOND_MICROSECONDS = re.compile(r"(\.\d{6})\d+")
+_REASON_SEPARATORS = re.compile(r"[,;| ]+")
+
+
 def parse_timestamp(value: Any) -> datetime:
     """ISO 8601 (any fraction length, Z or offset), or a number: epoch seconds / ms / µs / ns by size."""
     if isinstance(value, datetime):
         dt = value
-    elif isinstance(value, (int, float)) or (isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?", value.strip())):
+    elif isinstance(value, (int, float)) or (isinstance(value, str) and _DECIMAL.fullmatch(value.strip())):
         number = float(value)
         for scale in (1.0, 1e3, 1e6, 1e9):
             if number / scale < 1e11:
@@ -140,7 +147,7 @@ def parse_timestamp(value: Any) -> datetime:
         text = str(value).strip()
         if not text:
             raise ValueError("empty timestamp")
-        text = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
+        text = _BEYOND_MICROSECONDS.sub(r"\1", text.replace("Z", "+00:00"))
         dt = datetime.fromisoformat(text)
     if dt.tzinfo is not None:
         dt = dt.astimezone(UTC).replace(tzinfo=None)
@@ -154,7 +161,7 @@ def _int(value: Any) -> int:
     if isinstance(value, int):
         return value
     text = str(value).strip()
-    if re.fullmatch(r"[+-]?\d+", text):
+    if _WHOLE.fullmatch(text):
         return int(text)
     number = float(text)
     if not math.isfinite(number) or number != int(number):
@@ -213,7 +220,7 @@ def _convert(raw: Mapping[str, Any], where: str) -> tuple[dict[str, Any], list[R
 def _finish_truncates(finish: str | None) -> bool:
     if not finish:
         return False
-    return any(part.strip() in TRUNCATION_REASONS for part in re.split(r"[,;| ]+", finish) if part.strip())
+    return any(part.strip() in TRUNCATION_REASONS for part in _REASON_SEPARATORS.split(finish) if part.strip())
 
 
 def _given(raw: Mapping[str, Any], name: str) -> bool:
@@ -402,7 +409,7 @@ def _otel_value(value: Any, what: str) -> Any:
         return value["stringValue"]
     if "intValue" in value:
         raw = value["intValue"]
-        if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not re.fullmatch(r"[+-]?\d+", str(raw).strip()):
+        if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not _WHOLE.fullmatch(str(raw).strip()):
             raise OtelShapeError(f"{what}.intValue {str(raw)[:40]!r} is not an integer")
         return int(str(raw).strip())
     if "doubleValue" in value:

@@ -46,6 +46,9 @@ Group = tuple[str, str]
 TRUNCATION_REASONS = frozenset({"max_tokens", "length", "max_output_tokens", "MAX_TOKENS"})
 
 
+_SCALARS = (int, float, type(None))  # decided without numpy's shape check (an import asks once per row)
+
+
 def reached_ceiling(output: Any, ceiling: Any) -> Any:
     """THE length rule for truncation, shared by samples, backtest, import and reports: ``output >= ceiling``.
 
@@ -53,7 +56,8 @@ def reached_ceiling(output: Any, ceiling: Any) -> Any:
     apart, so it counts as cut: conservative for the quantiles). A missing or non-positive ceiling
     (``None``, NaN, ≤ 0) decides nothing. Scalars give a ``bool``, numpy arrays an element-wise array.
     """
-    if np.ndim(output) == 0 and np.ndim(ceiling) == 0:
+    if (isinstance(output, _SCALARS) and isinstance(ceiling, _SCALARS)) or (np.ndim(output) == 0
+                                                                             and np.ndim(ceiling) == 0):
         if ceiling is None or output is None:
             return False
         c = float(ceiling)
