@@ -213,3 +213,26 @@ def test_sqlite_keys_that_are_not_integers_are_keyed_again(db_url: str, stored: 
     with get_engine(db_url).begin() as connection:
         connection.execute(sa.text("UPDATE token_estimation_v2_events SET calibration_key = 'x', phase_key = 1.5"))
     _assert_same(read_events(db_url), columns_from_records(stored))
+
+
+def test_rows_appended_while_the_ranges_are_read_are_left_out(db_url: str, stored: list[dict[str, Any]],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ranges end at the largest id there was when the read began, as a snapshot of the append-only table."""
+    from autopack.calibration import reader
+
+    monkeypatch.setattr(reader, "SCAN_RANGE", 5)
+    monkeypatch.setattr(reader, "MIN_SPLIT", 1)
+    planned = reader._id_ranges
+
+    def then_a_writer_appends(connection: sa.Connection, where: list[Any]) -> tuple[list[list[Any]], int | None]:
+        ranges = planned(connection, where)
+        late = {**stored[-1], "run_id": "a-run-that-began-during-the-read", "call_index": 0}
+        late.pop("id")
+        with get_engine(db_url).begin() as writer:
+            writer.execute(sa.insert(EV), [late])
+        return ranges
+
+    monkeypatch.setattr(reader, "_id_ranges", then_a_writer_appends)
+    _assert_same(read_events(db_url), columns_from_records(stored))  # its run too is not in the summary
+    with get_engine(db_url).connect() as connection:  # the row is there, for the next read
+        assert connection.execute(sa.select(sa.func.count()).select_from(EV)).scalar_one() == len(stored) + 1

@@ -245,15 +245,10 @@ TEXT_FIELDS = tuple(EV.c[name] for name in keys.CALIBRATION_KEY_COLUMNS)
 FEATURES, CATEGORY, COMPLEXITY, DELIVERABLES, PROVIDER, MODEL, STOP, FINISH, PHASE_ID = range(len(TEXT_FIELDS))
 
 
-def _scan(engine: sa.Engine, connection: sa.Connection, where: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(rows × N_COLUMNS int64, epoch seconds per row), read by id range, ``READERS`` ranges at once.
-
-    The ranges end at the largest id there was when the read began: the table is append-only, so rows
-    written during the read are left out, as a snapshot would leave them out.
-    """
+def _scan(engine: sa.Engine, connection: sa.Connection, ranges: list[list[Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows × N_COLUMNS int64, epoch seconds per row), read by id range, ``READERS`` ranges at once."""
     sqlite = connection.dialect.name == "sqlite"
     read_range = _text_range if sqlite else _array_range
-    ranges = _id_ranges(connection, where)
     if len(ranges) > 1 and not isinstance(engine.pool, sa.pool.SingletonThreadPool | sa.pool.StaticPool):
         def read_on_own_connection(bounds: list[Any]) -> np.ndarray | None:
             with engine.connect() as own:
@@ -270,17 +265,19 @@ def _scan(engine: sa.Engine, connection: sa.Connection, where: list[Any]) -> tup
     return data, epoch
 
 
-def _id_ranges(connection: sa.Connection, where: list[Any]) -> list[list[Any]]:
-    """The scan's conditions per id range: at most ``SCAN_RANGE`` ids each, split for ``READERS``."""
+def _id_ranges(connection: sa.Connection, where: list[Any]) -> tuple[list[list[Any]], int | None]:
+    """The scan's conditions per id range (at most ``SCAN_RANGE`` ids each, split for ``READERS``), and the
+    largest id there is now: the read ends there, so rows appended meanwhile (the table is append-only)
+    are left out of everything it returns, as a snapshot would leave them out."""
     c = EV.c
     bound = [sa.select(f(c.event_id)).where(*where).scalar_subquery() for f in (sa.func.min, sa.func.max)]
     low, high = connection.execute(sa.select(*bound)).one()  # apart, each is one index probe; together, a scan
     if low is None:
-        return []
+        return [], None
     low, high = int(low), int(high)
     step = min(SCAN_RANGE, max(MIN_SPLIT, -(-(high - low + 1) // READERS)))
     return [[*where, c.event_id >= start, c.event_id <= min(start + step - 1, high)]
-            for start in range(low, high + 1, step)]
+            for start in range(low, high + 1, step)], high
 
 
 def _repair(connection: sa.Connection, data: np.ndarray, epoch: np.ndarray,
@@ -350,7 +347,8 @@ def read_events(url: str | None = None, include_run_ids: Sequence[str] | None = 
     gc.disable()  # the by-id and row-by-row reads make many short-lived tuples: nothing cyclic to collect
     try:
         with engine.connect() as connection:
-            data, epoch = _scan(engine, connection, where)
+            ranges, last_id = _id_ranges(connection, where)
+            data, epoch = _scan(engine, connection, ranges)
             texts: dict[int, tuple[Any, ...]] = {}
             _repair(connection, data, epoch, texts)
             unique_keys, first, inverse = np.unique(data[:, CKEY], return_index=True, return_inverse=True)
@@ -359,7 +357,7 @@ def read_events(url: str | None = None, include_run_ids: Sequence[str] | None = 
             for r in _by_id(connection, TEXT_FIELDS, list(representative)):
                 texts[representative[r[0]]] = tuple(r[1:])
             unit_text = [texts[k] for k in unique_keys.tolist()]
-            run_ids = _run_ids(connection, where)
+            run_ids = _run_ids(connection, where, last_id)
             docs = _docs_rows(connection, data, unit_text, inverse.reshape(-1))
             escalations = _escalations(connection, include_run_ids)
     finally:
@@ -431,23 +429,28 @@ def _with_retries_and_sources(columns: EventColumns, data: np.ndarray, escalatio
 SKIP_SCAN_LIMIT = 10_000
 _SKIP_SCAN = sa.text("""
 WITH RECURSIVE runs(id, n) AS (
-    SELECT min(run_id), 1 FROM token_estimation_v2_events
+    SELECT (SELECT min(run_id) FROM token_estimation_v2_events WHERE event_id <= :last), 1
     UNION ALL
-    SELECT (SELECT min(run_id) FROM token_estimation_v2_events WHERE run_id > runs.id), runs.n + 1
+    SELECT (SELECT min(run_id) FROM token_estimation_v2_events WHERE run_id > runs.id AND event_id <= :last),
+           runs.n + 1
     FROM runs WHERE runs.id IS NOT NULL AND runs.n <= :limit
 )
 SELECT id FROM runs WHERE id IS NOT NULL
 """)
 
 
-def _run_ids(connection: sa.Connection, where: list[Any]) -> list[str]:
-    """The distinct run ids: an index skip-scan (a DISTINCT over 10⁶ rows reads them all), else DISTINCT."""
+def _run_ids(connection: sa.Connection, where: list[Any], last_id: int | None) -> list[str]:
+    """The distinct run ids of the rows read (ids up to ``last_id``): an index skip-scan (a DISTINCT over 10⁶
+    rows reads them all), else DISTINCT."""
     c = EV.c
+    if last_id is None:
+        return []
     if not where:
-        found = connection.execute(_SKIP_SCAN, {"limit": SKIP_SCAN_LIMIT}).scalars().all()
+        found = connection.execute(_SKIP_SCAN, {"limit": SKIP_SCAN_LIMIT, "last": last_id}).scalars().all()
         if len(found) <= SKIP_SCAN_LIMIT:
             return sorted(found)
-    return sorted(connection.execute(sa.select(c.run_id).where(*where).distinct()).scalars().all())
+    return sorted(connection.execute(sa.select(c.run_id).where(*where, c.event_id <= last_id).distinct()
+                                     ).scalars().all())
 
 
 def _escalations(connection: sa.Connection, include_run_ids: Sequence[str] | None) -> np.ndarray:
