@@ -462,3 +462,26 @@ def test_two_processes_importing_the_same_file_at_once_write_it_once(db_url: str
     assert f"{n} row(s) collide with calls already in the database" in errors[0] and "nothing imported" in errors[0]
     with get_engine(db_url).connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(EV)).scalar_one() == n
+
+
+def test_a_sqlite_file_locked_by_another_writer_is_one_line_and_nothing_imported(
+        db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL writers wait on rows, not on the file")
+    import sqlite3
+
+    from autopack.calibration.importers import DatabaseBusyError
+    from autopack.db import engine
+
+    engine.dispose_engines()
+    monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT_MS", 100)  # the engine is made anew with it
+    holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds SQLite's one write slot
+    try:
+        with pytest.raises(DatabaseBusyError, match="stayed locked by another writer"):
+            import_telemetry(write(tmp_path, "calls.csv", CANONICAL_CSV), "csv", url=db_url, allow_empty_db=True)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        engine.dispose_engines()
+    assert rows(db_url) == []

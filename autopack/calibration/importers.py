@@ -705,10 +705,10 @@ class _Writer:
         self._order: list[tuple[str, Any]] = []  # SQLite's positional parameters, with their bind processors
 
     def _insert(self, events: list[dict[str, Any]]) -> int:
-        """Insert, return how many rows went in: the driver's executemany, whose row count is exact (SQLAlchemy's
-        multi-row form reports none on PostgreSQL) and which skips SQLAlchemy's per-row parameter handling.
-        SQLite gets each value through the column type's own bind processor (timestamps stored as the ORM
-        stores them); psycopg adapts Python values itself."""
+        """Insert, return how many rows went in: one precompiled statement through the driver's executemany,
+        whose row count is exact (SQLAlchemy's multi-row form reports none on PostgreSQL) and which skips
+        SQLAlchemy's per-row handling of compiled parameters. SQLite gets each value through the column
+        type's own bind processor (timestamps stored as the ORM stores them); psycopg adapts Python values."""
         if self._statement is None:
             dialect = self.connection.dialect
             insert = (postgresql if self.postgres else sqlite).insert(self.table).values(
@@ -720,12 +720,7 @@ class _Writer:
         rows: Sequence[Any] = events if self.postgres else [
             tuple(event[name] if process is None else process(event[name]) for name, process in self._order)
             for event in events]
-        cursor = self.connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.executemany(self._statement, rows)
-            return int(cursor.rowcount)
-        finally:
-            cursor.close()
+        return int(self.connection.exec_driver_sql(self._statement, rows).rowcount)  # errors wrapped as SQLAlchemy's
 
     def _bind_processor(self, name: str) -> Any:
         dialect = self.connection.dialect
