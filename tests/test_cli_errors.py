@@ -315,3 +315,32 @@ def test_the_console_script_exits_with_the_commands_code_and_output(tmp_path: Pa
     assert proc.returncode != 0
     one_line(proc.stderr, str(missing))
     assert console(["--help"]).returncode == 0
+
+
+def test_a_corrupt_page_of_events_under_calibrate_is_one_line(tmp_path: Path, db_url: str) -> None:
+    """The calibration's read goes through the driver itself; its errors read like every database error."""
+    import sqlite3
+
+    from autopack.calibration.synthetic import simulate
+    from autopack.db.engine import dispose_engines, get_engine
+    from autopack.db.migrate import sqlite_path
+    from autopack.db.models import TokenEstimationV2Event
+
+    path = sqlite_path(db_url)
+    if path is None:
+        pytest.skip("a SQLite file is needed")
+    with get_engine(db_url).begin() as connection:
+        connection.execute(sa.insert(TokenEstimationV2Event), simulate(400, seed=3))
+    dispose_engines()
+    with sqlite3.connect(path) as raw:
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = raw.execute("PRAGMA page_size").fetchone()[0]
+        leaves = [r[0] for r in raw.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'token_estimation_v2_events' AND pagetype = 'leaf'")]
+    with path.open("r+b") as handle:  # one page of the events table, the guard's probes pass over it
+        handle.seek(size * (leaves[len(leaves) // 2] - 1))
+        handle.write(b"\xde\xad\xbe\xef" * (size // 4))
+    proc = console(["calibrate", "--output-dir", str(tmp_path / "out")], DATABASE_URL=db_url)
+    assert proc.returncode == 2
+    one_line(proc.stderr, "database error: DatabaseError: database disk image is malformed", "autopack db identity")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

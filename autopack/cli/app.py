@@ -85,7 +85,7 @@ def describe_unexpected(exc: BaseException) -> tuple[str, int]:
 
     if isinstance(exc, ValidationError):
         return f"invalid input: {validation_summary(exc)}", 2
-    if isinstance(exc, SQLAlchemyError):
+    if isinstance(exc, (SQLAlchemyError, *_driver_errors())):  # the driver's own too: fast paths read raw
         detail = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
         return (f"database error: {type(getattr(exc, 'orig', None) or exc).__name__}: {detail} "
                 "(check DATABASE_URL with `autopack db identity`)"), 2
@@ -94,6 +94,14 @@ def describe_unexpected(exc: BaseException) -> tuple[str, int]:
         return f"cannot access{where}: {exc.strerror or exc}", 2
     return (f"unexpected {type(exc).__name__}: {exc} (a bug in autopack: please report it; "
             f"{TRACEBACK_ENV}=1 shows the traceback)"), 1
+
+
+def _driver_errors() -> tuple[type[Exception], ...]:
+    """The DB-API base errors of the drivers in use (PEP 249 ``Error``), as SQLAlchemy would wrap them."""
+    import sqlite3
+
+    psycopg = sys.modules.get("psycopg")
+    return (sqlite3.Error,) + ((psycopg.Error,) if psycopg is not None else ())
 
 
 #: Set to 1 to let an unexpected error print its traceback instead of one line.
