@@ -715,8 +715,8 @@ class _Writer:
                 {name: sa.bindparam(name) for name in events[0]}).on_conflict_do_nothing(index_elements=list(CALL_KEY))
             compiled = insert.compile(dialect=dialect)
             self._statement = str(compiled)
-            self._order = [(name, None if self.postgres else self._bind_processor(name))
-                           for name in (compiled.positiontup or [])]
+            if not self.postgres:
+                self._order = [(name, self._bind_processor(name)) for name in (compiled.positiontup or [])]
         rows: Sequence[Any] = events if self.postgres else [
             tuple(event[name] if process is None else process(event[name]) for name, process in self._order)
             for event in events]

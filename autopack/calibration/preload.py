@@ -4,7 +4,7 @@ A fresh ``autopack calibrate`` spends about a second importing scipy, the calibr
 matplotlib, all of it Python holding the GIL, and at 10⁶ events about as long waiting on the database
 (SQLite's aggregation loop, PostgreSQL's server), with the GIL released. Overlapping the two takes the
 imports off the command's wall time. Nothing is shared but ``sys.modules``; an import that fails here
-fails again, with its own traceback, where the module is used.
+is ignored here and fails again where the module is used, and is reported there.
 """
 
 from __future__ import annotations

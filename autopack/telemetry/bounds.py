@@ -115,7 +115,7 @@ def bounds_for(model_or_table: Any) -> Mapping[str, Bounds]:
 def out_of_range(model_or_table: Any, values: Mapping[str, object]) -> dict[str, str]:
     """``{key: why}`` for each value its column cannot hold (keys that are not numeric columns are ignored)."""
     problems: dict[str, str] = {}
-    for key, bounds in _bounds_items(model_or_table):  # the numeric columns only, not every key of the row
+    for key, bounds in bounds_for(model_or_table).items():  # the numeric columns only, not every key of the row
         value = values.get(key)
         if value is None:
             continue
@@ -125,10 +125,6 @@ def out_of_range(model_or_table: Any, values: Mapping[str, object]) -> dict[str,
             problems[key] = problem
     return {key: problems[key] for key in values if key in problems} if problems else problems  # as given
 
-
-@lru_cache(maxsize=None)
-def _bounds_items(model_or_table: Any) -> tuple[tuple[str, Bounds], ...]:
-    return tuple(bounds_for(model_or_table).items())
 
 
 class ValueOutOfRangeError(InputError):
