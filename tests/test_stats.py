@@ -234,6 +234,20 @@ def test_a_censored_group_whose_quantile_is_hidden_extrapolates_from_its_own_fit
     assert low.factor == pytest.approx(1.64, rel=0.2) and medium.factor == pytest.approx(6.19, rel=0.25)
 
 
+def test_a_group_whose_only_censored_call_is_its_largest_still_gets_a_finite_extrapolation() -> None:
+    # 28 calls: the confident rank is 28, the largest, and it was cut at its cap. The fit's level is
+    # 28/29 (the rank's own coverage), never 28/28 = 1, whose quantile is infinite.
+    rng = np.random.default_rng(11)
+    r = np.sort(rng.normal(0.0, 0.4, 28))
+    observed = np.ones(28, dtype=bool)
+    observed[-1] = False
+    assert stats.confident_conformal_rank(28, 0.05) == 28
+    info = fit_factor_model([("docs", "low")], np.zeros(28, dtype=int), r, observed, 0.05).groups[("docs", "low")].factor
+    assert info.method == "censored_fit" and info.extrapolation
+    # the law's 28/29 quantile: exp(0.4 · 1.82) = 2.07; its (1 − α) quantile exp(0.4 · 1.645) = 1.93
+    assert info.factor == pytest.approx(math.exp(0.4 * 1.8189), rel=0.25)
+
+
 def test_own_factor_is_just_above_the_conformal_quantile() -> None:
     r = np.log(np.arange(1, 23, dtype=float))  # ratios 1 … 22; k = 22 → the largest, 22
     model = fit_factor_model([("docs", "low")], np.zeros(22, dtype=int), r, np.ones(22, dtype=bool), 0.05)

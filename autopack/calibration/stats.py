@@ -643,7 +643,9 @@ def upper_quantile(
     fit = censored_normal_fit(v, o)
     if fit is None:
         return UpperQuantile(math.inf, k, "none", 0.0, (math.nan, math.inf))
-    level = k / n
+    # the k-th of n calls covers a new one with probability k/(n+1) (its conformal guarantee); its
+    # normal counterpart is that quantile of the fit. k/n would be 1 when k = n: an infinite bound.
+    level = k / (n + 1)
     value = fit.quantile(level)
     sd = fit.quantile_sd(level)
     z = float(dist.norm_ppf(1.0 - (1.0 - interval_level) / 2.0))
