@@ -274,7 +274,8 @@ def _gate_group(
         if not ok:
             why.append(line)
         if not reserved_better(prop, cur):
-            why.append(f"held-out reserved/used {prop['reserved_over_used']} not below today's {cur['reserved_over_used']}")
+            why.append(f"held-out reserved/used {prop['reserved_over_used']:.3f} not below today's "
+                       f"{cur['reserved_over_used']:.3f}")
         if info.factor is not None:
             verdict = (f"{info.method} factor {info.factor:.3f} from its own {fit.n} calls (confidence "
                        f"{info.confidence:.2f} ≥ {params.confidence_threshold:.2f}); {line}; held-out reserved/used "
@@ -319,7 +320,7 @@ def _shipped_check(
         worst = max(keep, key=badness)
         keep.remove(worst)
         dropped[worst] = (f"dropped: with it, the calls the pull request changes failed together ({line}; reserved/used "
-                          f"{mine['reserved_over_used']} vs today's {today['reserved_over_used']})")
+                          f"{mine['reserved_over_used']:.3f} vs today's {today['reserved_over_used']:.3f})")
 
 
 def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Decision:
