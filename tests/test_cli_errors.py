@@ -344,3 +344,13 @@ def test_a_corrupt_page_of_events_under_calibrate_is_one_line(tmp_path: Path, db
     assert proc.returncode == 2
     one_line(proc.stderr, "database error: DatabaseError: database disk image is malformed", "autopack db identity")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_help_prose_is_wrapped_to_the_terminal_not_to_the_source_lines(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")  # wide enough for the whole paragraph on one line
+    code, out, _ = run_cli(capsys, "telemetry", "import", "--help")
+    assert code == 0
+    # the docstring breaks this sentence after "or not"; the help must not
+    assert "an unmigrated one, or not the expected one, is refused" in out

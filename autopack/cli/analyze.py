@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-analyze_app = typer.Typer(help="Analyse telemetry logs.", no_args_is_help=True)
+from autopack.cli.groups import command_group
+
+analyze_app = command_group("Analyse telemetry logs.")
 
 
 @analyze_app.command("v3")

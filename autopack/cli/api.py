@@ -6,11 +6,13 @@ from typing import Annotated
 
 import typer
 
+from autopack.cli.groups import command_group
+
 from autopack.api.security import KEY_HINT, bind_problem, is_loopback
 from autopack.config import get_settings
 from autopack.errors import AutopackError, RefusedError
 
-api_app = typer.Typer(help="The HTTP API server.", no_args_is_help=True)
+api_app = command_group("The HTTP API server.")
 
 __all__ = ["api_app", "check_bind", "is_loopback", "register"]
 

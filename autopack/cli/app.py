@@ -10,13 +10,13 @@ import sys
 import click
 import typer
 
+from autopack.cli.groups import command_group
 from autopack.errors import AutopackError
 from autopack.logging import redact
 
-app = typer.Typer(
+app = command_group(
+    "Token telemetry for LLM agent phases, calibrated into max_tokens budgets.",
     name="autopack",
-    help="Token telemetry for LLM agent phases, calibrated into max_tokens budgets.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )

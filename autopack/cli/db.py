@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 
 from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption
+from autopack.cli.groups import command_group
 from autopack.config import get_settings
 from autopack.db.identity import format_identity, guard, read_identity
 from autopack.db.migrate import LOCK_TIMEOUT_SECONDS, upgrade_database
 
-db_app = typer.Typer(help="Database schema and identity.", no_args_is_help=True)
+db_app = command_group("Database schema and identity.")
 
 
 @db_app.command("upgrade")

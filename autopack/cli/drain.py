@@ -12,10 +12,11 @@ from typing import Annotated
 import typer
 
 from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, announce, guarded
+from autopack.cli.groups import command_group
 from autopack.execution.drain_one import check_drainable, drain_one
 from autopack.execution.phase_runner import PhaseResult
 
-drain_app = typer.Typer(help="Drain (execute) queued or failed phases.", no_args_is_help=True)
+drain_app = command_group("Drain (execute) queued or failed phases.")
 
 
 def configure_logging(level: int = logging.INFO) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption
+from autopack.cli.groups import command_group
 from autopack.cli.options import model_option
 from autopack.config import get_settings
 from autopack.execution.batch import BatchOptions, DrainInterrupted, run_batch_drain
@@ -90,7 +91,7 @@ def _drain_group(app: typer.Typer) -> typer.Typer | None:
 def register(app: typer.Typer) -> None:
     group = _drain_group(app)
     if group is None:
-        group = typer.Typer(help="Drain phases: run them and record telemetry.", no_args_is_help=True)
+        group = command_group("Drain phases: run them and record telemetry.")
         app.add_typer(group, name="drain")
     if not any(command.name == "batch" for command in group.registered_commands):
         group.command("batch")(drain_batch_command)

@@ -13,6 +13,7 @@ import typer
 
 
 from autopack.cli.common import ExpectDbIdOption, writable_dir
+from autopack.cli.groups import command_group
 from autopack.cli.options import model_option
 from autopack.config import get_settings
 from autopack.errors import AutopackError
@@ -26,7 +27,7 @@ STARTUP_TIMEOUT_SECONDS = 180
 #: The start of the error Prefect raises when that server does not answer in time.
 EPHEMERAL_FAILURE = "Timed out while attempting to connect to ephemeral Prefect API server"
 
-pipeline_app = typer.Typer(help="The whole telemetry pipeline as one Prefect flow run.", no_args_is_help=True)
+pipeline_app = command_group("The whole telemetry pipeline as one Prefect flow run.")
 
 
 @pipeline_app.command("run")

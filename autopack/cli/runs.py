@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from autopack.cli.common import ExpectDbIdOption, JsonOption, guarded
+from autopack.cli.groups import command_group
 from autopack.db.engine import session_scope
 from autopack.db.models import Phase, Run
 from autopack.errors import InputError, validation_summary
@@ -20,7 +21,7 @@ from autopack.execution.seed_runs import SEED_RUNS, V4_RUN_ID, ensure_seed_runs,
 from autopack.execution.spec import RunSpec
 from autopack.taxonomy import canonical_category, canonical_complexity
 
-runs_app = typer.Typer(help="Runs and their phases.", no_args_is_help=True)
+runs_app = command_group("Runs and their phases.")
 
 
 def mix_summary(spec: RunSpec) -> list[str]:

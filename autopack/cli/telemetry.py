@@ -9,9 +9,10 @@ from typing import Annotated
 import typer
 
 from autopack.cli.common import ExpectDbIdOption, JsonOption, guarded
+from autopack.cli.groups import command_group
 from autopack.config import get_settings
 
-telemetry_app = typer.Typer(help="Telemetry: import outside data for calibration.", no_args_is_help=True)
+telemetry_app = command_group("Telemetry: import outside data for calibration.")
 
 
 @telemetry_app.command("import")
