@@ -324,6 +324,25 @@ def test_a_field_over_the_bound_is_one_line_with_its_line_number(
     assert rows(db_url) == [] and csv.field_size_limit() == 131072  # the process-wide limit is restored
 
 
+def test_one_problem_on_every_row_is_named_once_with_its_count(db_url: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    body = "".join(f"2025-01-01,docs,low,10,{n},100\n" for n in range(1, 51))  # no truncated column at all
+    text = "timestamp,category,complexity,predicted_output_tokens,actual_output_tokens,actual_max_tokens\n" + body
+    line = one_error(capsys, str(write(tmp_path, "no_flag.csv", text)))
+    assert "50 bad row(s), nothing imported: line 2, line 3, line 4 and 47 more: missing truncated" in line
+    assert line.count("missing truncated") == 1 and "--set field=value" in line
+    assert rows(db_url) == []
+
+
+def test_problems_of_more_kinds_than_are_named_are_counted(db_url: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    body = "".join(f"2025-01-01,docs,low,10,bad{n},100,false\n" for n in range(25))  # 25 different values
+    line = one_error(capsys, str(write(tmp_path, "odd.csv", HEADER + "\n" + body)))
+    assert "25 bad row(s)" in line and line.count("actual_output_tokens 'bad") == 20
+    assert line.endswith("… 5 more of other kinds (fix the rows, map their columns with --map field=column, "
+                         "or give a missing field with --set field=value)")
+
+
 @pytest.mark.parametrize("value", ["123456789012345678901234567890", "3000000000", "-5", "1e400", "9" * 400])
 def test_token_counts_out_of_the_column_range_are_bad_rows(db_url: str, tmp_path: Path, value: str,
                                                            capsys: pytest.CaptureFixture[str]) -> None:

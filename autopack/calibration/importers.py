@@ -62,7 +62,9 @@ REQUIRED_CSV = ("timestamp", "category", "complexity", "predicted_output_tokens"
 INT_FIELDS = ("attempt_index", "call_index", "deliverable_count", "predicted_output_tokens", "actual_output_tokens",
               "selected_budget", "actual_max_tokens", "input_tokens")
 BOOL_FIELDS = ("truncated", "success")
+#: Kinds of problem a refusal names, and rows named for each (the rest are counted).
 MAX_REPORTED_ERRORS = 20
+SHOWN_PLACES = 3
 INSERT_CHUNK = 5000
 #: A CSV field may be this long (prompt or completion text in a column the import ignores); Python's csv
 #: module stops at 128 KiB by default. Beyond it the row is refused with its line number.
@@ -607,11 +609,15 @@ def _problems(event: Mapping[str, Any]) -> list[str]:
 
 
 class _Errors:
-    """The bad rows of one file: how many, and the first few to show."""
+    """The bad rows of one file: how many, and each kind of problem once, with the first rows that have it.
+
+    A file whose every row lacks the same column says so in one phrase, not twenty times over.
+    """
 
     def __init__(self) -> None:
-        self.shown: list[RowError] = []
-        self.more = 0
+        self.places: dict[str, list[str]] = {}  # problem → the first SHOWN_PLACES rows that have it
+        self.counts: dict[str, int] = {}
+        self.other = 0  # problems of kinds beyond the first MAX_REPORTED_ERRORS
         self.bad_rows = 0
         self._last: str | None = None
 
@@ -619,19 +625,30 @@ class _Errors:
         if error.where != self._last:  # a row's errors arrive together
             self.bad_rows += 1
             self._last = error.where
-        if len(self.shown) < MAX_REPORTED_ERRORS:
-            self.shown.append(error)
-        else:
-            self.more += 1
+        places = self.places.get(error.message)
+        if places is None:
+            if len(self.places) >= MAX_REPORTED_ERRORS:
+                self.other += 1
+                return
+            places = self.places[error.message] = []
+        self.counts[error.message] = self.counts.get(error.message, 0) + 1
+        if len(places) < SHOWN_PLACES:
+            places.append(error.where)
 
     def __bool__(self) -> bool:
-        return bool(self.shown)
+        return bool(self.places)
+
+    def _described(self, message: str) -> str:
+        places, count = self.places[message], self.counts[message]
+        where = ", ".join(places) + (f" and {count - len(places):,} more" if count > len(places) else "")
+        return f"{where}: {message}"
 
     def failure(self, path: Path) -> InputError:
-        shown = "; ".join(str(e) for e in self.shown)
-        more = f"; … {self.more} more" if self.more else ""
-        return InputError(f"{path.name}: {self.bad_rows} bad row(s), nothing imported: {shown}{more}",
-                          hint="fix the rows or map the columns with --map field=column")
+        shown = "; ".join(self._described(message) for message in self.places)
+        other = f"; … {self.other:,} more of other kinds" if self.other else ""
+        return InputError(f"{path.name}: {self.bad_rows:,} bad row(s), nothing imported: {shown}{other}",
+                          hint="fix the rows, map their columns with --map field=column, or give a missing field "
+                               "with --set field=value")
 
 
 def iter_events(
