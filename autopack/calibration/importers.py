@@ -95,9 +95,6 @@ class RowError:
     where: str
     message: str
 
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
-
 
 @dataclass
 class ParsedRow:
