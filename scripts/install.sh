@@ -8,7 +8,8 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 target=.${1:+[$1]}
 log=.venv/install.log
-if ! { .venv/bin/python -m pip install --quiet --upgrade pip && .venv/bin/python -m pip install --quiet -e "$target"; } >"$log" 2>&1; then
+if ! { .venv/bin/python -m pip install --quiet --upgrade pip \
+       && .venv/bin/python -m pip install --quiet -e "$target"; } >"$log" 2>&1; then
   tail -n 20 "$log" >&2
   echo "error: installing $target into .venv failed (whole log: $log); check the network and Python >= 3.11" >&2
   exit 1

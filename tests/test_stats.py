@@ -242,7 +242,8 @@ def test_a_group_whose_only_censored_call_is_its_largest_still_gets_a_finite_ext
     observed = np.ones(28, dtype=bool)
     observed[-1] = False
     assert stats.confident_conformal_rank(28, 0.05) == 28
-    info = fit_factor_model([("docs", "low")], np.zeros(28, dtype=int), r, observed, 0.05).groups[("docs", "low")].factor
+    model = fit_factor_model([("docs", "low")], np.zeros(28, dtype=int), r, observed, 0.05)
+    info = model.groups[("docs", "low")].factor
     assert info.method == "censored_fit" and info.extrapolation
     # the law's 28/29 quantile: exp(0.4 · 1.82) = 2.07; its (1 − α) quantile exp(0.4 · 1.645) = 1.93
     assert info.factor == pytest.approx(math.exp(0.4 * 1.8189), rel=0.25)
