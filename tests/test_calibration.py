@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -267,7 +268,8 @@ def test_gate_refuses_a_group_whose_holdout_reserve_is_not_better(db_url: str, t
     result = run_calibration(db_url, output_dir=tmp_path)
     (group,) = result["groups"]
     assert not group["proposed"] and result["gate"]["passed"] is False
-    assert any("reserved/used" in r for r in group["gate_reasons"])
+    [why] = [r for r in group["gate_reasons"] if "reserved/used" in r]
+    assert re.fullmatch(r"held-out reserved/used \d+\.\d{3} not below today's \d+\.\d{3}", why), why
 
 
 # --- exit codes and the CLI --------------------------------------------------------------------------------
