@@ -195,7 +195,7 @@ def test_a_range_whose_texts_do_not_parse_is_read_row_by_row(db_url: str, stored
 
 
 def test_sqlite_counts_stored_as_reals_are_read_as_their_whole_numbers(db_url: str) -> None:
-    """A real must not travel in the packed integer: 900.5·2³² would smear into the next count."""
+    """SQLite keeps a real a writer gave it: it is read as its whole number, and the next count is untouched."""
     if not db_url.startswith("sqlite"):
         pytest.skip("PostgreSQL columns are typed")
     stored = _store(db_url, _odd_rows()[:2])

@@ -126,7 +126,6 @@ def out_of_range(model_or_table: Any, values: Mapping[str, object]) -> dict[str,
     return {key: problems[key] for key in values if key in problems} if problems else problems  # as given
 
 
-
 class ValueOutOfRangeError(InputError):
     """A number does not fit the column it was meant for; nothing of that row was written."""
 
