@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Calibration under drift: static, rolling and ACI budgets replayed online on real traces.
 
-Data: /work/shared/data/azure_llm_inference_2023_{code,conv}.csv (Azure LLM inference trace 2023,
+Data: data/azure_llm_inference_2023_{code,conv}.csv (Azure LLM inference trace 2023,
 Microsoft, CC-BY 4.0): one hour of requests each, ``TIMESTAMP,ContextTokens,GeneratedTokens``. As in
 ``bench_calibration_quality.py``: group = context-length bucket (<1k, 1–3k, 3–6k, 6–12k, ≥12k tokens),
 predicted = 100 tokens for every call, conv's 11 outputs at exactly 1000 tokens are censored (its cap).
@@ -43,7 +43,7 @@ from machine import describe_machine  # noqa: E402
 from autopack.calibration import drift  # noqa: E402
 from autopack.calibration.importers import parse_timestamp  # noqa: E402
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[1] / "data"
 TRACES = {"code": DATA / "azure_llm_inference_2023_code.csv", "conv": DATA / "azure_llm_inference_2023_conv.csv"}
 CAPS = {"code": None, "conv": 1000}  # conv's visible cap: outputs at 1000 are lower bounds
 BUCKETS = (1000, 3000, 6000, 12000)

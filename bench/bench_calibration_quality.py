@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Quality benchmark: held-out truncation and reserve of budget methods on real LLM traces.
 
-Data: /work/shared/data/azure_llm_inference_2023_{code,conv}.csv (Azure LLM inference trace 2023,
+Data: data/azure_llm_inference_2023_{code,conv}.csv (Azure LLM inference trace 2023,
 Microsoft, CC-BY 4.0): one hour of requests each, ``TIMESTAMP,ContextTokens,GeneratedTokens``.
 
 Each trace is imported with ``autopack telemetry import`` semantics (library ``import_telemetry``, CSV with
@@ -51,7 +51,7 @@ from autopack.calibration.samples import build_sample_set  # noqa: E402
 from autopack.db.engine import dispose_engines  # noqa: E402
 from autopack.db.migrate import upgrade_database  # noqa: E402
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[1] / "data"
 TRACES = {"code": DATA / "azure_llm_inference_2023_code.csv", "conv": DATA / "azure_llm_inference_2023_conv.csv"}
 #: Ceiling per trace: conv's cap is visible (11 outputs at exactly 1000); code shows none (max output 1899),
 #: so a nominal 4096 no output reaches is recorded (the import requires a ceiling; nothing is censored).

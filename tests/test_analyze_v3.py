@@ -17,7 +17,7 @@ import pytest
 from autopack.calibration.analyze_v3 import run
 from autopack.cli import main
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[1] / "data"
 PATTERN = "autopack_*_tokenestimationv2.log"
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from autopack.db.engine import get_engine
 from autopack.db.models import TokenEstimationV2Event
 from autopack.errors import DbIdentityMismatchError, InputError
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[1] / "data"
 V5_LOG = DATA / "autopack_v5_drain_tokenestimationv2.log"
 B132_LOG = DATA / "autopack_build132_tokenestimationv2.log"
 EV = TokenEstimationV2Event.__table__

@@ -32,7 +32,7 @@ from autopack.db.migrate import MIGRATIONS_DIR, head_revision, upgrade_database
 from autopack.errors import DbIdentityMismatchError, InputError, RefusedError
 
 AUTOPACK = str(Path(sys.executable).parent / "autopack")
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[1] / "data"
 LEGACY_TABLES = ("runs", "tiers", "phases", "llm_usage_events", "token_estimation_v2_events", "decision_log")
 #: The tables the first revision rebuilds (the others are kept untouched).
 ADOPTED = ("runs", "phases", "llm_usage_events", "token_estimation_v2_events")
