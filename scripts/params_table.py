@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""The README's parameter tables, generated from the parameter models (``autopack.params``), the real command
-line and ``prefect.yaml``, so the README is regenerated rather than hand-edited.
+"""The parameter tables of docs/prefect.md, generated from the parameter models (``autopack.params``), the real command
+line and ``prefect.yaml``, so they are regenerated rather than hand-edited.
 
     .venv/bin/python scripts/params_table.py            # print the tables
-    .venv/bin/python scripts/params_table.py --write    # rewrite them in README.md
-    .venv/bin/python scripts/params_table.py --check    # exit 1 if README.md is out of date (tests/test_params.py)
+    .venv/bin/python scripts/params_table.py --write    # rewrite them in docs/prefect.md
+    .venv/bin/python scripts/params_table.py --check    # exit 1 if docs/prefect.md is out of date (tests/test_params.py)
 
-Each table sits between ``<!-- params-table:NAME -->`` and ``<!-- /params-table:NAME -->`` in README.md.
+Each table sits between ``<!-- params-table:NAME -->`` and ``<!-- /params-table:NAME -->`` in docs/prefect.md.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import yaml  # noqa: E402
 
 from autopack.params import CalibrationParams, DrainParams, ParamsModel, PipelineParams  # noqa: E402
 
-README = ROOT / "README.md"
+TABLES_DOC = ROOT / "docs" / "prefect.md"
 PREFECT_YAML = ROOT / "prefect.yaml"
 #: (column heading, model, command path of ``autopack``), in the table's order.
 FRONT_ENDS: tuple[tuple[str, type[ParamsModel], tuple[str, ...]], ...] = (
@@ -108,7 +108,7 @@ def render(readme: str) -> str:
     for name, make in TABLES.items():
         pattern = _block(name)
         if not pattern.search(readme):
-            raise ValueError(f"README.md has no <!-- params-table:{name} --> block")
+            raise ValueError(f"docs/prefect.md has no <!-- params-table:{name} --> block")
         readme = pattern.sub(lambda match, table=make(): f"{match.group(1)}{table}\n{match.group(3)}", readme)
     return readme
 
@@ -116,20 +116,20 @@ def render(readme: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="rewrite the tables in README.md")
-    mode.add_argument("--check", action="store_true", help="exit 1 if README.md's tables are out of date")
+    mode.add_argument("--write", action="store_true", help="rewrite the tables in docs/prefect.md")
+    mode.add_argument("--check", action="store_true", help="exit 1 if docs/prefect.md's tables are out of date")
     args = parser.parse_args(argv)
     if not (args.write or args.check):
         for name, make in TABLES.items():
             print(f"<!-- params-table:{name} -->\n{make()}\n<!-- /params-table:{name} -->\n")
         return 0
-    current = README.read_text(encoding="utf-8")
+    current = TABLES_DOC.read_text(encoding="utf-8")
     wanted = render(current)
     if args.write:
-        README.write_text(wanted, encoding="utf-8")
+        TABLES_DOC.write_text(wanted, encoding="utf-8")
         return 0
     if wanted != current:
-        print("error: README.md's parameter tables are out of date (run: .venv/bin/python scripts/params_table.py "
+        print("error: docs/prefect.md's parameter tables are out of date (run: .venv/bin/python scripts/params_table.py "
               "--write)", file=sys.stderr)
         return 1
     return 0

@@ -128,7 +128,7 @@ def test_each_deployment_runs_on_a_process_worker(
         assert "batch-drain-summary" in tree_artifacts(client, drain.id)
         assert sum(n for state, n in phase_states(database_url).items() if state != "QUEUED") == 3
 
-        # 2. telemetry-pipeline, as the README starts it: a dry run needs an absolute target_repo
+        # 2. telemetry-pipeline, as docs/prefect.md starts it: a dry run needs an absolute target_repo
         refused = run("telemetry-pipeline", dry_run=True)
         assert refused.state.is_failed()
         assert refused.state.message.startswith("target_repo '.' is not an absolute path")

@@ -1,5 +1,5 @@
 """Parameters defined once (``autopack.params``): the commands, the Prefect flows, ``prefect.yaml``, the library and
-the README all take their names, defaults, bounds and descriptions from the models, and refuse a bad value with the
+docs/prefect.md all take their names, defaults, bounds and descriptions from the models, and refuse a bad value with the
 model's own message."""
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def seeded_calibration(db_url: str) -> str:
     return db_url
 
 
-# --- prefect.yaml and the README -------------------------------------------------------------------------------
+# --- prefect.yaml and docs/prefect.md -------------------------------------------------------------------------------
 
 
 def flow_of(entrypoint: str) -> Any:
@@ -252,9 +252,9 @@ def load_params_table() -> Any:
     return module
 
 
-def test_the_readme_tables_are_the_generated_ones() -> None:
+def test_the_documented_parameter_tables_are_the_generated_ones() -> None:
     table = load_params_table()
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "prefect.md").read_text(encoding="utf-8")
     assert table.render(readme) == readme, "run: .venv/bin/python scripts/params_table.py --write"
 
 
