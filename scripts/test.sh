@@ -7,6 +7,19 @@ cd "$(dirname "$0")/.."
 export PREFECT_SERVER_ANALYTICS_ENABLED=${PREFECT_SERVER_ANALYTICS_ENABLED:-false}
 bash scripts/install.sh test
 
+# Debian packages the tests use: bubblewrap (the check-command sandbox) and Chromium (the Prefect UI browser test).
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+      >.venv/apt.log 2>&1 || { tail -n 20 .venv/apt.log >&2; echo "error: installing ${missing[*]} failed (log: .venv/apt.log)" >&2; exit 1; }
+  else
+    echo "warning: ${missing[*]} not installed (needs root and apt-get); the tests that use them will fail under CI=true" >&2
+  fi
+fi
+
 # GitHub's official OpenAPI description, used to validate the fake GitHub server's responses.
 if [ -f package-lock.json ] && command -v npm >/dev/null 2>&1; then
   npm ci --silent --no-audit --no-fund >/dev/null
