@@ -13,7 +13,7 @@ command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \
       >.venv/apt.log 2>&1 || { tail -n 20 .venv/apt.log >&2; echo "error: installing ${missing[*]} failed (log: .venv/apt.log)" >&2; exit 1; }
   else
     echo "warning: ${missing[*]} not installed (needs root and apt-get); the tests that use them will fail under CI=true" >&2
