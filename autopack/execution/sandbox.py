@@ -138,7 +138,10 @@ def _probe(bwrap: str, userns: bool) -> str:
 
 def _namespace_args(userns: bool) -> list[str]:
     args = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--hostname", "autopack-check", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+            "--hostname", "autopack-check", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            # The command is the namespace's PID 1: bwrap reports its exit only once the kernel has killed and
+            # reaped everything else in the namespace (with bwrap's own PID 1, bwrap may exit before that).
+            "--as-pid-1"]
     if userns:
         uid = os.getuid() or NOBODY
         gid = os.getgid() if os.getuid() else NOBODY
@@ -285,4 +288,5 @@ def _hides(binds: Sequence[Mount], secrets: Iterable[Path]) -> list[Mount]:
                 hides.append(Mount("tmpfs", str(inside)))
             else:
                 hides.append(Mount("hide-file", str(inside)))
-    return hides
+    emptied = [Path(m.dest) for m in hides if m.op == "tmpfs"]
+    return [m for m in hides if not any(Path(m.dest) != d and Path(m.dest).is_relative_to(d) for d in emptied)]
