@@ -174,6 +174,17 @@ def test_secret_files_inside_a_bound_directory_are_covered(
     assert reason is not None and tail(reason) == "visible-marker 0 2", reason  # two empty listings: their names
 
 
+def test_a_database_inside_the_workspace_is_covered_and_the_workspace_kept(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch, bwrap: None) -> None:
+    database = workspace / "autopack.db"
+    sqlite3.connect(database).execute("CREATE TABLE t (x)").connection.commit()
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{database}")
+    (workspace / "deliverable.txt").write_text("kept\n")
+    reason = run_check_command("sh -c 'cat deliverable.txt; cat autopack.db 2>/dev/null | grep -a -c SQLite; exit 1'", workspace,
+                               timeout=TIMEOUT)
+    assert tail(reason) == "kept 0"
+
+
 def test_writes_outside_the_workspace_never_reach_the_host(
         tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch, bwrap: None) -> None:
     shared = tmp_path / "shared"
@@ -215,6 +226,13 @@ def test_a_timeout_kills_everything_inside_the_sandbox(workspace: Path, sleep_to
     assert processes_with(sleep_token) == []
 
 
+def test_recorded_check_output_is_redacted(workspace: Path, monkeypatch: pytest.MonkeyPatch, bwrap: None) -> None:
+    token = f"ghp_{uuid.uuid4().hex}"
+    monkeypatch.setenv("GITHUB_TOKEN", token)
+    reason = run_check_command(f"sh -c 'echo {token} | cut -c 1-50; exit 1'", workspace, timeout=TIMEOUT)
+    assert reason is not None and token not in reason and tail(reason) == "***"
+
+
 # --- what a check still can do ------------------------------------------------------------------------
 
 
@@ -224,8 +242,8 @@ def test_a_pytest_check_on_a_deliverable_passes(workspace: Path, bwrap: None) ->
     (workspace / "pkg" / "words.py").write_text("def shout(text):\n    return text.upper() + '!'\n")
     (workspace / "test_words.py").write_text("from pkg.words import shout\n\n\ndef test_shout():\n"
                                              "    assert shout('hi') == 'HI!'\n")
-    assert run_check_command("python -m pytest -q -p no:cacheprovider test_words.py", workspace,
-                             timeout=TIMEOUT) is None
+    command = "env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python -m pytest -q -p no:cacheprovider test_words.py"
+    assert run_check_command(command, workspace, timeout=TIMEOUT) is None
     failing = run_check_command("python -c \"import pkg.words as w; assert w.shout('a') == 'b', 'wrong'\"",
                                 workspace, timeout=TIMEOUT)
     assert failing is not None and "AssertionError: wrong" in failing

@@ -222,8 +222,8 @@ def run_check_command(command: str, workspace: Path, *, timeout: float = CHECK_C
         raise
     if proc.returncode == 0:
         return None
-    tail = redact(" ".join(output.split()))[-300:]
-    return f"check_command exited {proc.returncode}: {command}: {tail}"
+    tail = redact(" ".join(output.split()))[-300:]  # redacted whole: a cut could leave half a secret unmatched
+    return redact(f"check_command exited {proc.returncode}: {command}: {tail}")
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:

@@ -255,38 +255,35 @@ def _sandbox_env(env: Mapping[str, str]) -> dict[str, str]:
 def _mounts(workspace: Path, home: str, settings: Settings, secrets: Iterable[Path]) -> list[Mount]:
     """Every mount, shallowest first, so a deeper bind (the workspace under a hidden directory) stays visible."""
     ws = os.path.abspath(workspace)
-    binds = [*_system_mounts(), *_etc_mounts()]
-    binds += [Mount("ro-bind", p, p) for p in python_paths()]
+    needed = [*_system_mounts(), *_etc_mounts(), *(Mount("ro-bind", p, p) for p in python_paths()), Mount("bind", ws, ws)]
     extra = [os.path.abspath(os.path.expanduser(p.strip())) for p in settings.check_sandbox_bind.split(",") if p.strip()]
-    binds += [Mount("ro-bind", p, p) for p in extra if os.path.exists(p)]
-    binds.append(Mount("bind", ws, ws))
+    binds = [*needed, *(Mount("ro-bind", p, p) for p in extra if os.path.exists(p))]
     mounts = [*binds, Mount("proc", "/proc"), Mount("dev", "/dev"), Mount("tmpfs", "/tmp"), Mount("tmpfs", "/var/tmp")]
     if home != "/tmp":
         mounts.append(Mount("tmpfs", home))
-    mounts += _hides(binds, secrets)
+    mounts += _hides(binds, secrets, keep={Path("/"), *(Path(m.dest) for m in needed)})
     unique = list(dict.fromkeys(mounts))
     return sorted(unique, key=lambda m: len(Path(m.dest).parts))  # stable: a hide follows the bind it covers
 
 
-def _hides(binds: Sequence[Mount], secrets: Iterable[Path]) -> list[Mount]:
-    """Cover each existing secret path that some bind would show: an empty file, or an empty directory."""
+def _hides(binds: Sequence[Mount], secrets: Iterable[Path], keep: set[Path]) -> list[Mount]:
+    """Cover each existing secret path that some bind would show: an empty file, or an empty directory.
+
+    A directory in ``keep`` (the root, the system directories, Python, the workspace) is never emptied: the
+    command could not run. Emptying one of their ancestors is fine: they are bound again on top.
+    """
     shown = [(Path(os.path.realpath(m.src)), Path(m.dest)) for m in binds if m.op in ("ro-bind", "bind")]
-    protected = {Path("/"), *(Path(p) for p in SYSTEM_DIRS), Path("/etc"), *(Path(p) for p in python_paths())}
     hides = []
     for secret in secrets:
         if not secret.exists():
             continue
         real = Path(os.path.realpath(secret))
         for src, dest in shown:
-            if not real.is_relative_to(src):
-                continue
-            inside = dest / real.relative_to(src)
-            if real.is_dir():
-                if any(p == inside or p.is_relative_to(inside) for p in protected):
-                    continue  # emptying /, /usr, /etc or the Python in use would stop every command (a
-                    # database's own files are listed one by one, so they are covered all the same)
-                hides.append(Mount("tmpfs", str(inside)))
-            else:
-                hides.append(Mount("hide-file", str(inside)))
+            if real.is_relative_to(src):
+                inside = dest / real.relative_to(src)
+                if not real.is_dir():
+                    hides.append(Mount("hide-file", str(inside)))
+                elif inside not in keep:
+                    hides.append(Mount("tmpfs", str(inside)))
     emptied = [Path(m.dest) for m in hides if m.op == "tmpfs"]
     return [m for m in hides if not any(Path(m.dest) != d and Path(m.dest).is_relative_to(d) for d in emptied)]
