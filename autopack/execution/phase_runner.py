@@ -47,7 +47,7 @@ from autopack.errors import AutopackError, InputError
 from autopack.execution import leases
 from autopack.execution.leases import Claim, LeaseLostError
 from autopack.execution.prompt import build_prompt, max_context_files
-from autopack.execution.sandbox import SandboxUnavailableError, launch, require_sandbox
+from autopack.execution.sandbox import SandboxUnavailableError, exec_failure, launch, require_sandbox
 from autopack.execution.spec import check_command_argv, refuse_untrusted_check_command
 from autopack.execution.workspace import (
     collect_file_stats,
@@ -222,6 +222,9 @@ def run_check_command(command: str, workspace: Path, *, timeout: float = CHECK_C
         raise
     if proc.returncode == 0:
         return None
+    not_started = exec_failure(output, argv[0])
+    if not_started:
+        return f"check_command could not start {argv[0]!r}: {not_started}"
     tail = redact(" ".join(output.split()))[-300:]  # redacted whole: a cut could leave half a secret unmatched
     return redact(f"check_command exited {proc.returncode}: {command}: {tail}")
 

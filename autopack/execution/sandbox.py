@@ -234,6 +234,13 @@ def launch(argv: Sequence[str], workspace: Path, env: Mapping[str, str], setting
     return Launch([*cmd, "--", *argv], inner)
 
 
+def exec_failure(output: str, program: str) -> str | None:
+    """Why bwrap could not start ``program`` (``No such file or directory``), from its whole output; else None."""
+    head = f"bwrap: execvp {program}: "
+    text = output.strip()
+    return text[len(head):] if text.startswith(head) and "\n" not in text else None
+
+
 def _sandbox_env(env: Mapping[str, str]) -> dict[str, str]:
     """The allow-listed environment, with the worker's virtual environment first on ``PATH`` (a pyenv or
     user-level shim outside the sandbox would not start) and ``/tmp`` as the temporary directory."""
