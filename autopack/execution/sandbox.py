@@ -8,8 +8,8 @@ worker's processes do not exist there), no network but a loopback of its own, an
 an allow-list: ``/usr`` and the other system directories, a few files of ``/etc``, the Python prefixes and
 the virtual environment (read-only), empty ``/tmp`` and ``$HOME``, and the run workspace (read-write).
 The configured secret files (the SQLite database and its journals, ``DATABASE_URL_FILE``, every ``*_file``
-setting, ``.env``, ``PREFECT_HOME``) are covered with an empty file or directory wherever they would be
-visible. When the command exits, the PID namespace ends and with it everything the command left running.
+setting, ``.env``, ``PREFECT_HOME``) are covered (an unreadable file, an empty directory) wherever they
+would be visible. When the command exits, the PID namespace ends and with it everything the command left running.
 
 Without a sandbox that works (``bwrap`` missing, or its startup probe failing) a check command is refused,
 unless the operator opted out with ``AUTOPACK_CHECK_SANDBOX=none``.
@@ -30,7 +30,6 @@ from pathlib import Path
 from autopack.config import Settings
 from autopack.errors import AutopackError
 
-SANDBOX_BWRAP = "bwrap"
 SANDBOX_NONE = "none"
 SANDBOX_SETTING = "AUTOPACK_CHECK_SANDBOX"
 BWRAP_SETTING = "AUTOPACK_CHECK_SANDBOX_BWRAP"
