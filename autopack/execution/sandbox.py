@@ -177,16 +177,16 @@ def secret_paths(settings: Settings, database_url: str | None, environ: Mapping[
         if name.endswith("_file") and isinstance(value, Path):
             files.append(value)
     urls = [database_url, environ.get("PREFECT_API_DATABASE_CONNECTION_URL")]
-    if database_url is None:
-        try:
-            urls.append(settings.resolved_database_url())
-        except AutopackError:
-            pass
+    try:
+        urls.append(settings.resolved_database_url())
+    except AutopackError:  # an unreadable DATABASE_URL_FILE: no database file to name (the file itself is hidden)
+        pass
     for url in urls:
         db_file = _sqlite_file(url or "")
         if db_file is not None:
             files += [db_file, *(Path(f"{db_file}{suffix}") for suffix in ("-wal", "-shm", "-journal"))]
-            files.append(db_file.parent)  # journals created while the check runs
+            if db_file.exists():
+                files.append(db_file.parent)  # journals created while the check runs
     if environ.get("PREFECT_PROFILES_PATH"):
         files.append(Path(environ["PREFECT_PROFILES_PATH"]))
     prefect_home = environ.get("PREFECT_HOME") or os.path.join(environ.get("HOME") or "~", ".prefect")
@@ -213,7 +213,7 @@ class Launch:
 
 
 def launch(argv: Sequence[str], workspace: Path, env: Mapping[str, str], settings: Settings, *,
-           database_url: str | None = None, environ: Mapping[str, str] | None = None) -> Launch:
+           database_url: str | None = None) -> Launch:
     """The command line that runs ``argv`` as the settings say: inside the sandbox, or (opted out) as it is.
 
     ``env`` is the allow-listed environment; bwrap itself is started with it too (its process inside the
@@ -221,11 +221,9 @@ def launch(argv: Sequence[str], workspace: Path, env: Mapping[str, str], setting
     """
     if settings.check_sandbox == SANDBOX_NONE:
         return Launch(list(argv), dict(env))
-    environ = os.environ if environ is None else environ
     bwrap, userns = usable_bwrap(settings)
     inner = _sandbox_env(env)
-    mounts = _mounts(workspace, inner["HOME"], settings,
-                     secret_paths(settings, database_url, environ))
+    mounts = _mounts(workspace, inner["HOME"], settings, secret_paths(settings, database_url, os.environ))
     cmd = [bwrap, *_namespace_args(userns), *(a for m in mounts for a in m.args()),
            "--chdir", os.path.abspath(workspace), "--clearenv"]
     for name, value in inner.items():
@@ -264,16 +262,17 @@ def _mounts(workspace: Path, home: str, settings: Settings, secrets: Iterable[Pa
     needed = [*_system_mounts(), *_etc_mounts(), *(Mount("ro-bind", p, p) for p in python_paths()), Mount("bind", ws, ws)]
     extra = [os.path.abspath(os.path.expanduser(p.strip())) for p in settings.check_sandbox_bind.split(",") if p.strip()]
     binds = [*needed, *(Mount("ro-bind", p, p) for p in extra if os.path.exists(p))]
+    keep = {Path("/"), *(Path(m.dest) for m in needed)}
     mounts = [*binds, Mount("proc", "/proc"), Mount("dev", "/dev"), Mount("tmpfs", "/tmp"), Mount("tmpfs", "/var/tmp")]
-    if home != "/tmp":
+    if home != "/tmp" and Path(home) not in keep:  # HOME may be the workspace itself
         mounts.append(Mount("tmpfs", home))
-    mounts += _hides(binds, secrets, keep={Path("/"), *(Path(m.dest) for m in needed)})
+    mounts += _hides(binds, secrets, keep)
     unique = list(dict.fromkeys(mounts))
     return sorted(unique, key=lambda m: len(Path(m.dest).parts))  # stable: a hide follows the bind it covers
 
 
 def _hides(binds: Sequence[Mount], secrets: Iterable[Path], keep: set[Path]) -> list[Mount]:
-    """Cover each existing secret path that some bind would show: an empty file, or an empty directory.
+    """Cover each existing secret path that some bind would show: an unreadable file, or an empty directory.
 
     A directory in ``keep`` (the root, the system directories, Python, the workspace) is never emptied: the
     command could not run. Emptying one of their ancestors is fine: they are bound again on top.
