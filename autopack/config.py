@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     workspace_dir: Path = Field(default=Path(".autopack/workspaces"), validation_alias="AUTOPACK_WORKSPACE_DIR")
     # Extra environment variables a check command may see (comma-separated names), beyond PATH, HOME, LANG, ...
     check_command_env: str = Field(default="", validation_alias="AUTOPACK_CHECK_COMMAND_ENV")
+    # Where check commands run: "bwrap" (a bubblewrap sandbox, refused when it cannot start) or "none"
+    # (unsandboxed: the command can read this worker's secrets; the operator accepts the risk).
+    check_sandbox: Literal["bwrap", "none"] = Field(default="bwrap", validation_alias="AUTOPACK_CHECK_SANDBOX")
+    # The bubblewrap executable (a name looked up on PATH, or a path).
+    check_sandbox_bwrap: str = Field(default="bwrap", validation_alias="AUTOPACK_CHECK_SANDBOX_BWRAP")
+    # Extra host paths (comma-separated) a sandboxed check may read, e.g. a toolchain under /opt.
+    check_sandbox_bind: str = Field(default="", validation_alias="AUTOPACK_CHECK_SANDBOX_BIND")
 
     # --- GitHub ---------------------------------------------------------------------------------
     github_token: SecretStr | None = Field(default=None, validation_alias="GITHUB_TOKEN")

@@ -34,6 +34,7 @@ from autopack.db.migrate import upgrade_database
 from autopack.db.models import Phase, Run
 from autopack.execution import leases
 from autopack.execution.phase_runner import check_command_env, execute_phase, run_check_command
+from autopack.execution.workspace import workspace_folder
 from autopack.llm.simulated import SimulatedProvider
 
 WAIT_SECONDS = 60
@@ -232,7 +233,7 @@ def _drain_checked_phase(url: str) -> tuple[str, str | None]:
 @pytest.fixture
 def api_run_with_a_check(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A run posted while the server allowed check commands; its check would write a marker file."""
-    marker = tmp_path / "ran"
+    marker = tmp_path / "ws" / workspace_folder("checked-run") / "ran"  # the only place a sandboxed check writes
     monkeypatch.setenv("AUTOPACK_API_ALLOW_CHECK_COMMANDS", "1")
     with TestClient(create_app(url=db_url), client=LOCAL_CLIENT) as client:
         assert client.post("/runs", json=spec_with_check(f"touch {marker}")).status_code == 201
@@ -285,7 +286,9 @@ def test_a_missing_program_is_one_line(tmp_path: Path) -> None:
     assert problem is not None and "could not start 'no-such-program-here'" in problem and "\n" not in problem
 
 
-def test_a_timed_out_check_command_is_killed_with_everything_it_started(tmp_path: Path) -> None:
+def test_a_timed_out_check_command_is_killed_with_everything_it_started(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOPACK_CHECK_SANDBOX", "none")  # the process-group kill; the sandbox: test_check_sandbox.py
     script = "sleep 300 & echo $! > child; wait"
     problem = run_check_command(f"sh -c '{script}'", tmp_path, timeout=1)
     assert problem is not None and "timed out" in problem

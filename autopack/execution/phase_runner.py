@@ -47,6 +47,7 @@ from autopack.errors import AutopackError, InputError
 from autopack.execution import leases
 from autopack.execution.leases import Claim, LeaseLostError
 from autopack.execution.prompt import build_prompt, max_context_files
+from autopack.execution.sandbox import SandboxUnavailableError, exec_failure, launch, require_sandbox
 from autopack.execution.spec import check_command_argv, refuse_untrusted_check_command
 from autopack.execution.workspace import (
     collect_file_stats,
@@ -191,18 +192,22 @@ def check_command_env(environ: Mapping[str, str] | None = None, extra: str | Non
     return {k: v for k, v in environ.items() if k in names or k.startswith("LC_")}
 
 
-def run_check_command(command: str, workspace: Path, *, timeout: float = CHECK_COMMAND_TIMEOUT_SECONDS) -> str | None:
-    """Run the phase's check in the workspace; None when it passes, else a one-line reason.
+def run_check_command(command: str, workspace: Path, *, timeout: float = CHECK_COMMAND_TIMEOUT_SECONDS,
+                      database_url: str | None = None) -> str | None:
+    """Run the phase's check in the workspace; None when it passes, else a one-line reason (redacted).
 
     One program and its arguments (``spec.check_command_argv``: shell quoting, never a shell), with the
-    allow-listed environment, in its own process group so a timeout kills everything it started.
+    allow-listed environment, in the sandbox (``execution.sandbox``; ``database_url`` names the database
+    file to hide when it is not the configured one), in its own process group so a timeout kills
+    everything it started. Refused, in one line, when the sandbox cannot run and the operator did not opt out.
     """
     try:
         argv = check_command_argv(command)
-    except InputError as exc:
-        return exc.message
+        started = launch(argv, workspace, check_command_env(), get_settings(), database_url=database_url)
+    except (InputError, SandboxUnavailableError) as exc:
+        return exc.one_line()
     try:
-        proc = subprocess.Popen(argv, cwd=workspace, env=check_command_env(), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(started.argv, cwd=workspace, env=started.env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                                 start_new_session=True)
     except OSError as exc:  # not found, not executable
@@ -217,8 +222,11 @@ def run_check_command(command: str, workspace: Path, *, timeout: float = CHECK_C
         raise
     if proc.returncode == 0:
         return None
-    tail = " ".join(output.split())[-300:]
-    return f"check_command exited {proc.returncode}: {command}: {tail}"
+    not_started = exec_failure(output, argv[0])
+    if not_started:
+        return f"check_command could not start {argv[0]!r}: {not_started}"
+    tail = redact(" ".join(output.split()))[-300:]  # redacted whole: a cut could leave half a secret unmatched
+    return redact(f"check_command exited {proc.returncode}: {command}: {tail}")
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
@@ -405,6 +413,11 @@ def _run(
                                        allowed=get_settings().api_allow_check_commands)
     except AutopackError as exc:
         raise _Failure("before_llm", exc.one_line()) from exc
+    if phase.check_command:  # a check that cannot run would fail the phase after the tokens are spent
+        try:
+            require_sandbox(get_settings())
+        except SandboxUnavailableError as exc:
+            raise _Failure("before_llm", exc.one_line()) from exc
     if not phase.deliverables:
         raise _Failure("before_llm", "phase has no deliverables: nothing for the builder to produce")
 
@@ -479,7 +492,7 @@ def _run(
         beat()
         counters.tokens_used += int(response.reported_total or 0)
 
-        check = _validate(response, paths, workspace, phase.check_command)
+        check = _validate(response, paths, workspace, phase.check_command, url)
         if telemetry:
             recorded = record_call(CallKey(run_id, phase_id, attempt_index, 0), features, est, decision, response,
                                    success=check.success, url=url)
@@ -549,7 +562,8 @@ def _max_used_attempt(session: sa.orm.Session, run_id: str, phase_id: str) -> in
     return used
 
 
-def _validate(response: LLMResponse, paths: Sequence[str], workspace: Path, check_command: str | None) -> BuildCheck:
+def _validate(response: LLMResponse, paths: Sequence[str], workspace: Path, check_command: str | None,
+              url: str | None) -> BuildCheck:
     if response.truncated:
         return BuildCheck(False, message=f"output truncated ({response.stop_reason}) at {response.output_tokens} of "
                                          f"{response.max_tokens} max_tokens")
@@ -558,7 +572,7 @@ def _validate(response: LLMResponse, paths: Sequence[str], workspace: Path, chec
         return check
     write_files(workspace, check.files)
     if check_command:
-        problem = run_check_command(check_command, workspace)
+        problem = run_check_command(check_command, workspace, database_url=url)
         if problem:
             return BuildCheck(False, check.files, problem)
     return check
