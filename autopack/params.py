@@ -106,7 +106,9 @@ MaxConsecutiveZeroYield = Annotated[
     Count | None, Field(description="Stop after this many phases in a row without telemetry (empty: never).")
 ]
 MaxFingerprintRepeats = Annotated[
-    Count, Field(description="Stop a run once one failure fingerprint repeats this often.")
+    Count,
+    Field(description="Stop a run once one failure fingerprint occurred this often in that run (counted per run "
+                      "within the session; truncations are budget outcomes and never count)."),
 ]
 MaxAttemptsPerPhase = Annotated[Count, Field(description="Attempts per phase in one session.")]
 MaxTimeoutsPerRun = Annotated[Count, Field(description="Skip a run after this many timeouts.")]
