@@ -147,6 +147,14 @@ HoldoutFraction = Annotated[
     Field(ge=0, lt=0.9, description="Newest fraction of the calls held out for the backtest; 0 holds out none: "
           "a report only, nothing can ship (what ships must have been tested)."),
 ]
+#: The longest calibration window (``window_weeks``): about 20 years.
+MAX_WINDOW_WEEKS = 1040
+WindowWeeks = Annotated[
+    int | None,
+    Field(ge=1, le=MAX_WINDOW_WEEKS,
+          description="Calibrate on the newest N weeks of telemetry only (by call time; empty: the whole history). "
+          "The read costs what the window holds, not what the history holds."),
+]
 Method = Annotated[
     ShippableMethod | None,
     BeforeValidator(_shippable),
@@ -269,6 +277,7 @@ class CalibrationParams(ParamsModel):
     target_truncation: TargetTruncation = 0.05
     holdout_fraction: HoldoutFraction = 0.3
     method: Method = None
+    window_weeks: WindowWeeks = None
 
 
 class PipelineParams(CalibrationParams, DrainParams):
