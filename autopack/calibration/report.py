@@ -205,7 +205,10 @@ def _sources_line(sources: Mapping[str, Any]) -> str:
 
 def _retries_line(md: Mapping[str, Any]) -> str:
     if not md.get("retries_known", True):
-        return "escalated retries could not be identified (no escalation events read): none excluded"
+        unknown = (md.get("sample_counts") or {}).get("rows_retries_unknown")
+        whose = (f"{unknown:,} rows come from a source that does not mark escalated retries (an import without "
+                 "retry columns)" if unknown else "no escalation events read")
+        return f"retries unknown ({whose}): none could be excluded"
     return f"{md.get('retries_excluded', 0)} escalated retries excluded (kept in the database, never fitted)"
 
 
