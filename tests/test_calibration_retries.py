@@ -92,6 +92,9 @@ def test_a_retry_reveals_or_raises_its_cut_call_and_is_never_a_sample() -> None:
     c = samples.counts
     assert (c["retries_excluded"], c["cut_calls_revealed_by_retry"], c["cut_calls_raised_by_retry"]) == (4, 2, 1)
     assert (c["observed"], c["censored"]) == (3, 3) and samples.n == 6
+    assert _retries_line({"retries_known": True, "retries_excluded": 4, "sample_counts": c}) == (
+        "4 escalated retries excluded (kept in the database, never fitted; 2 showed their cut call's need, "
+        "1 raised its censoring to their ceiling)")
 
 
 def test_cut_calls_whose_retries_were_seen_get_the_factor_of_the_uncensored_law() -> None:
