@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from autopack.config import absolutize_sqlite_url, get_settings
 from autopack.errors import DatabaseUrlError
@@ -133,7 +134,9 @@ def _create_engine(url: str, *, read_only: bool = False) -> Engine:
     try:
         if read_only and sqlite_file:
             path = Path(parsed.database).resolve()
-            engine = create_engine(parsed, creator=lambda: _read_only_sqlite(path))
+            # Not pooled: closed right after use, so a writer of this process closes last and can fold the
+            # WAL back into the file (a read-only connection cannot) and remove the -wal and -shm files.
+            engine = create_engine(parsed, creator=lambda: _read_only_sqlite(path), poolclass=NullPool)
         elif read_only and parsed.get_backend_name() == "postgresql":
             engine = create_engine(parsed, pool_pre_ping=True, pool_recycle=1800,
                                    connect_args={"options": "-c default_transaction_read_only=on"})
@@ -149,8 +152,9 @@ def _create_engine(url: str, *, read_only: bool = False) -> Engine:
     return engine
 
 
-#: What ``mode=ro`` on a WAL file answers when its ``-shm`` index is missing and cannot be created.
-_NO_WAL_INDEX = frozenset({"SQLITE_READONLY_CANTINIT", "SQLITE_READONLY_DIRECTORY"})
+#: What reading a WAL file opened ``mode=ro`` answers when its ``-shm`` index is missing and cannot be created
+#: (a folder the user may not write to; a read-only file system).
+_NO_WAL_INDEX = frozenset({"SQLITE_READONLY_CANTINIT", "SQLITE_READONLY_DIRECTORY", "SQLITE_CANTOPEN"})
 
 
 def _read_only_sqlite(path: Path) -> sqlite3.Connection:
