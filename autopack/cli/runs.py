@@ -80,26 +80,23 @@ def list_runs(as_json: JsonOption = False, expect_db_id: ExpectDbIdOption = None
     states: dict[str, dict[str, int]] = {}
     for rid, state, n in counts:
         states.setdefault(rid, {})[state] = n
-    rows = []
-    for rid, recorded, created in runs:
-        phases = dict(sorted(states.get(rid, {}).items()))
-        rows.append({"run_id": rid, "state": run_state(recorded, phases), "recorded_state": recorded,
-                     "created_at": created.isoformat() if created else None, "phases": phases})
+    listed = [(rid, recorded, created, dict(sorted(states.get(rid, {}).items()))) for rid, recorded, created in runs]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps([{"run_id": rid, "state": run_state(recorded, phases), "recorded_state": recorded,
+                                "created_at": created.isoformat() if created else None, "phases": phases}
+                               for rid, recorded, created, phases in listed], indent=2))
         return
-    if not rows:
+    if not listed:
         typer.echo("no runs")
         return
     table = [("RUN", "STATE", "PHASES")] + [
-        (str(row["run_id"]), str(row["state"]),
-         ", ".join(f"{s} {n}" for s, n in row["phases"].items()) or "no phases")  # type: ignore[union-attr]
-        for row in rows
+        (rid, run_state(recorded, phases), ", ".join(f"{s} {n}" for s, n in phases.items()) or "no phases")
+        for rid, recorded, _, phases in listed
     ]
     id_width = max(len(line[0]) for line in table)
     state_width = max(len(line[1]) for line in table)
-    for run_id, state, phases in table:
-        typer.echo(f"{run_id:<{id_width}}  {state:<{state_width}}  {phases}")
+    for rid, state, phase_counts in table:
+        typer.echo(f"{rid:<{id_width}}  {state:<{state_width}}  {phase_counts}")
 
 
 def load_run_spec(path: Path) -> RunSpec:
