@@ -213,6 +213,25 @@ def _build_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         raise ConfigError(f"invalid setting: {validation_summary(exc)}",
                           hint="fix the environment variable (or .env) it names") from exc
+    except UnicodeDecodeError as exc:  # the one file Settings() decodes is .env
+        raise _undecodable_env_file(exc) from exc
+
+
+def _undecodable_env_file(exc: UnicodeDecodeError) -> ConfigError:
+    """One line naming ``.env`` and where its first byte that is not UTF-8 sits (offset and line)."""
+    path = Path(".env").absolute()
+    offset, data = exc.start, b""
+    try:
+        data = path.read_bytes()
+        data.decode("utf-8")
+    except UnicodeDecodeError as again:
+        offset = again.start
+    except OSError:
+        pass
+    line = data.count(b"\n", 0, offset) + 1
+    where = f"byte {offset}" + (f" (line {line})" if data else "")
+    return ConfigError(f"{path} is not UTF-8 text: {where} cannot be decoded",
+                       hint="save it as UTF-8, or move it away: autopack reads the .env of the current directory")
 
 
 def read_database_url_file(path: Path) -> str:

@@ -50,3 +50,11 @@ def test_the_calibration_runner_leaves_scipy_and_matplotlib_to_the_read() -> Non
             "print(sorted(m for m in ('scipy', 'matplotlib', 'autopack.calibration.core') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_console_scripts_package_imports_nothing_heavy() -> None:
+    """``autopack.cli:run`` takes over Ctrl-C before typer, pydantic or SQLAlchemy are imported."""
+    code = ("import sys, autopack.cli; "
+            "print(sorted(m for m in ('typer', 'click', 'pydantic', 'sqlalchemy', 'autopack.cli.app') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

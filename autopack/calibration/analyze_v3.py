@@ -18,6 +18,7 @@ Categories and complexities are normalised (``autopack.taxonomy``) before strati
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections.abc import Iterable, Sequence
@@ -98,8 +99,39 @@ def parse_line(line: str, source: str) -> Record | None:
     return None
 
 
+def check_pattern(pattern: str) -> str:
+    """``pattern`` if it is a glob of files under ``--log-dir``; else ``InputError`` saying what is wrong.
+
+    An unclosed ``[`` would silently match only files named with a literal ``[`` (and so nothing);
+    an absolute pattern or a ``..`` part would reach outside ``--log-dir``.
+    """
+    if not pattern.strip():
+        raise InputError("--pattern is empty", hint="give a file name pattern such as '*.log'")
+    if "\x00" in pattern:
+        raise InputError("--pattern holds a NUL byte")
+    if pattern.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", pattern):
+        raise InputError(f"--pattern '{pattern}' reaches outside --log-dir",
+                         hint="give a pattern relative to --log-dir, such as '*.log' or 'run-*/*.log'")
+    i = 0
+    while i < len(pattern):  # the bracket rule of fnmatch: '[', an optional '!', then at least one character
+        if pattern[i] == "[":
+            j = i + 1
+            if j < len(pattern) and pattern[j] == "!":
+                j += 1
+            if j < len(pattern) and pattern[j] == "]":
+                j += 1
+            j = pattern.find("]", j)
+            if j < 0:
+                raise InputError(f"--pattern '{pattern}' has a '[' that is never closed",
+                                 hint="close the set, e.g. '[0-9]', or write a literal '[' as '[[]'")
+            i = j
+        i += 1
+    return pattern
+
+
 def collect(log_dir: Path, pattern: str = "*.log", success_only: bool = False) -> tuple[list[Record], dict[str, int]]:
     """Records from every file matching ``pattern`` under ``log_dir`` (recursive), and counts per file."""
+    check_pattern(pattern)
     if not log_dir.is_dir():
         raise InputError(f"--log-dir {log_dir} is not a directory")
     records: list[Record] = []
@@ -281,8 +313,9 @@ def run(
     under_multiplier: float = 1.0, output: Path | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Collect, analyse, render; write to ``output`` if given. Returns (markdown, result)."""
-    if under_multiplier <= 0:
-        raise InputError("--under-multiplier must be positive")
+    if not math.isfinite(under_multiplier) or under_multiplier <= 0:
+        raise InputError(f"--under-multiplier {under_multiplier:g} is not a finite number above 0",
+                         hint="e.g. 1.0 counts actual > predicted, 1.1 counts actual > 1.1 × predicted")
     records, sources = collect(log_dir, pattern, success_only)
     result = analyze(records, under_multiplier=under_multiplier, with_strata=with_strata)
     text = render(result, sources, success_only=success_only)

@@ -458,6 +458,9 @@ def _otel_documents(path: Path) -> Iterator[tuple[int | None, Any] | RowError]:
         return
     except json.JSONDecodeError:
         pass
+    except RecursionError:
+        raise InputError(f"{path.name}: JSON nested too deeply to be OTLP",
+                         hint="an OTLP export nests a few levels deep; is this really otel-json?") from None
     for number, line in enumerate(text.splitlines(), start=1):  # OTLP file exporter: one request per line
         if not line.strip():
             continue
@@ -465,6 +468,8 @@ def _otel_documents(path: Path) -> Iterator[tuple[int | None, Any] | RowError]:
             yield number, json.loads(line)
         except json.JSONDecodeError as exc:
             yield RowError(f"line {number}", f"not JSON ({exc.msg})")
+        except RecursionError:
+            yield RowError(f"line {number}", "JSON nested too deeply")
 
 
 def _otel_start(span: Mapping[str, Any], where: str) -> datetime | None:

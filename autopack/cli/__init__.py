@@ -1,5 +1,20 @@
-"""The ``autopack`` command line (typer). Each command group lives in its own module."""
+"""The ``autopack`` command line (typer). Each command group lives in its own module.
 
-from autopack.cli.app import app, main, run
+Importing this package is cheap on purpose: the console script (``run``) handles Ctrl-C before the
+command line's own imports begin (``autopack.cli.console``). ``main`` is ``autopack.cli.app.main``,
+imported when first asked for; the Typer app itself is ``autopack.cli.app.app``.
+"""
 
-__all__ = ["app", "main", "run"]
+from __future__ import annotations
+
+from autopack.cli.console import run
+
+__all__ = ["main", "run"]
+
+
+def __getattr__(name: str) -> object:
+    if name == "main":
+        from autopack.cli.app import main
+
+        return main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

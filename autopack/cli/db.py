@@ -11,9 +11,18 @@ from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption
 from autopack.cli.groups import command_group
 from autopack.config import get_settings
 from autopack.db.identity import format_identity, guard, read_identity
-from autopack.db.migrate import LOCK_TIMEOUT_SECONDS, upgrade_database
+from autopack.db.migrate import LOCK_TIMEOUT_MAX_SECONDS, LOCK_TIMEOUT_SECONDS, check_lock_timeout, upgrade_database
+from autopack.errors import InputError
 
 db_app = command_group("Database schema and identity.")
+
+
+def _lock_timeout(value: float) -> float:
+    """A usage error (before anything is opened) for a wait that is not a number of seconds in range."""
+    try:
+        return check_lock_timeout(value)
+    except InputError as exc:
+        raise typer.BadParameter(exc.message.removeprefix("--lock-timeout ")) from None
 
 
 @db_app.command("upgrade")
@@ -27,7 +36,9 @@ def upgrade(
         ),
     ] = None,
     lock_timeout: Annotated[
-        float, typer.Option("--lock-timeout", min=0.0, help="Seconds to wait for another upgrade of this database.")
+        float,
+        typer.Option("--lock-timeout", callback=_lock_timeout,
+                     help=f"Seconds to wait for another upgrade of this database (0 to {LOCK_TIMEOUT_MAX_SECONDS:g})."),
     ] = LOCK_TIMEOUT_SECONDS,
 ) -> None:
     """Create or migrate the database to the current schema (adopts an original Autopack database).
@@ -51,7 +62,7 @@ def upgrade(
     if report.created:
         typer.echo(f"created a new database at {report.url} (id {report.db_id})")
     if report.changed:
-        typer.echo(f"upgraded {report.url}: {report.revision_before or 'empty'} -> {report.revision_after}")
+        typer.echo(f"upgraded {report.url}: {report.starting_point} -> {report.revision_after}")
     else:
         typer.echo(f"{report.url} is already at {report.revision_after}; nothing to do")
 

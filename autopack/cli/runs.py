@@ -16,6 +16,7 @@ from autopack.cli.groups import command_group
 from autopack.db.engine import session_scope
 from autopack.db.models import Phase, Run
 from autopack.errors import InputError, validation_summary
+from autopack.execution.run_state import run_state
 from autopack.execution.runs import create_run
 from autopack.execution.seed_runs import SEED_RUNS, V4_RUN_ID, ensure_seed_runs, telemetry_collection_v4_spec
 from autopack.execution.spec import RunSpec
@@ -71,24 +72,31 @@ def seed(
 
 @runs_app.command("list")
 def list_runs(as_json: JsonOption = False, expect_db_id: ExpectDbIdOption = None) -> None:
-    """Each run with its phase counts by state."""
+    """Each run with its state (told by its phases) and its phase counts by state; reads only."""
     guarded(expect_db_id, allow_empty=True, quiet=as_json)
-    with session_scope() as session:
+    with session_scope(read_only=True) as session:
         runs = session.execute(sa.select(Run.id, Run.state, Run.created_at).order_by(Run.created_at, Run.id)).all()
         counts = session.execute(sa.select(Phase.run_id, Phase.state, sa.func.count()).group_by(Phase.run_id, Phase.state)).all()
     states: dict[str, dict[str, int]] = {}
     for rid, state, n in counts:
         states.setdefault(rid, {})[state] = n
-    rows = [{"run_id": rid, "state": st, "created_at": created.isoformat() if created else None,
-             "phases": dict(sorted(states.get(rid, {}).items()))} for rid, st, created in runs]
+    listed = [(rid, recorded, created, dict(sorted(states.get(rid, {}).items()))) for rid, recorded, created in runs]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps([{"run_id": rid, "state": run_state(recorded, phases), "recorded_state": recorded,
+                                "created_at": created.isoformat() if created else None, "phases": phases}
+                               for rid, recorded, created, phases in listed], indent=2))
         return
-    if not rows:
+    if not listed:
         typer.echo("no runs")
-    for row in rows:
-        phases = ", ".join(f"{s} {n}" for s, n in row["phases"].items()) or "no phases"  # type: ignore[union-attr]
-        typer.echo(f"{row['run_id']:<40} {row['state']:<14} {phases}")
+        return
+    table = [("RUN", "STATE", "PHASES")] + [
+        (rid, run_state(recorded, phases), ", ".join(f"{s} {n}" for s, n in phases.items()) or "no phases")
+        for rid, recorded, _, phases in listed
+    ]
+    id_width = max(len(line[0]) for line in table)
+    state_width = max(len(line[1]) for line in table)
+    for rid, state, phase_counts in table:
+        typer.echo(f"{rid:<{id_width}}  {state:<{state_width}}  {phase_counts}")
 
 
 def load_run_spec(path: Path) -> RunSpec:
@@ -99,13 +107,17 @@ def load_run_spec(path: Path) -> RunSpec:
         raise InputError(f"cannot read the run spec {path}: {exc.strerror or exc}") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise InputError(f"the run spec {path} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # the parser's own limit: the API answers such a body with 422 as well
+        raise InputError(f"the run spec {path} nests arrays or objects too deeply to be a run spec",
+                         hint="a run spec is an object of phases, a few levels deep") from exc
     try:
         return RunSpec.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(top level)"
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        raise InputError(f"run spec {path}: {where}: {first['msg']}{more}",
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InputError(f"run spec {path}: {where}: {message}{more}",
                          hint="its fields are those of `POST /runs`: RunSpec in the API docs at /docs") from exc
 
 

@@ -29,7 +29,8 @@ def import_command(
     run_id: Annotated[str | None, typer.Option("--run-id", help="Run id for rows without one.")] = None,
     expect_db_id: ExpectDbIdOption = None,
     allow_empty_db: Annotated[
-        bool, typer.Option("--allow-empty-db", hidden=True, help="Accepted for old scripts; no longer needed.")
+        bool, typer.Option("--allow-empty-db", help="Accepted for older scripts: an import into an empty "
+                                                    "(migrated) database is always allowed.")
     ] = False,
     as_json: JsonOption = False,
 ) -> None:

@@ -6,15 +6,18 @@ original could not do (its engine was bound when ``autopack.database`` was impor
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from autopack.config import absolutize_sqlite_url, get_settings
 from autopack.errors import DatabaseUrlError
@@ -23,8 +26,9 @@ from autopack.url_credentials import MASK, is_secret_parameter, mask_url_credent
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 _lock = threading.Lock()
-_engines: dict[str, Engine] = {}
-_sessionmakers: dict[str, sessionmaker[Session]] = {}
+#: Keyed by (resolved URL, read-only).
+_engines: dict[tuple[str, bool], Engine] = {}
+_sessionmakers: dict[tuple[str, bool], sessionmaker[Session]] = {}
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -105,24 +109,38 @@ def _normalise_driver(parsed: URL) -> URL:
     return parsed
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The engine for ``url`` (default: the settings' database), created on first use."""
+def get_engine(url: str | None = None, *, read_only: bool = False) -> Engine:
+    """The engine for ``url`` (default: the settings' database), created on first use.
+
+    ``read_only``: an engine that cannot change the database, not even its journal mode (see
+    ``_read_only_sqlite``; PostgreSQL: read-only transactions). For commands that only read, and for the
+    identity guard every command runs first, so that a database it refuses is left exactly as it was.
+    """
     resolved = resolve_url(url)
     with _lock:
-        engine = _engines.get(resolved)
+        engine = _engines.get((resolved, read_only))
         if engine is None:
-            engine = _create_engine(resolved)
-            _engines[resolved] = engine
+            engine = _create_engine(resolved, read_only=read_only)
+            _engines[(resolved, read_only)] = engine
         return engine
 
 
-def _create_engine(url: str) -> Engine:
+def _create_engine(url: str, *, read_only: bool = False) -> Engine:
     parsed = _normalise_driver(parse_url(url))
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" \
-            and not parsed.database.startswith("file:"):
+    sqlite_file = parsed.get_backend_name() == "sqlite" and bool(parsed.database) \
+        and parsed.database != ":memory:" and not parsed.database.startswith("file:")
+    if sqlite_file:
         check_sqlite_file(Path(parsed.database))
     try:
-        if parsed.get_backend_name() == "sqlite":
+        if read_only and sqlite_file:
+            path = Path(parsed.database).resolve()
+            # Not pooled: closed right after use, so a writer of this process closes last and can fold the
+            # WAL back into the file (a read-only connection cannot) and remove the -wal and -shm files.
+            engine = create_engine(parsed, creator=lambda: _read_only_sqlite(path), poolclass=NullPool)
+        elif read_only and parsed.get_backend_name() == "postgresql":
+            engine = create_engine(parsed, pool_pre_ping=True, pool_recycle=1800,
+                                   connect_args={"options": "-c default_transaction_read_only=on"})
+        elif parsed.get_backend_name() == "sqlite":
             engine = create_engine(
                 parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
             )
@@ -132,6 +150,31 @@ def _create_engine(url: str) -> Engine:
     except (NoSuchModuleError, ArgumentError, ImportError) as exc:
         raise DatabaseUrlError(f"cannot build an engine for {mask_url(url)}: {exc}") from exc
     return engine
+
+
+#: What reading a WAL file opened ``mode=ro`` answers when its ``-shm`` index is missing and cannot be created
+#: (a folder the user may not write to; a read-only file system).
+_NO_WAL_INDEX = frozenset({"SQLITE_READONLY_CANTINIT", "SQLITE_READONLY_DIRECTORY", "SQLITE_CANTOPEN"})
+
+
+def _read_only_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection to the SQLite file ``path`` that cannot write to it (``mode=ro``; no journal-mode change).
+
+    A WAL file whose ``-shm`` index is gone cannot be opened ``mode=ro`` where that index cannot be
+    created (a read-only folder); with no ``-wal`` file either, every committed page is in the file
+    itself, so it is then opened ``immutable`` (read-only, without the shared-memory index).
+    """
+    uri = f"file:{quote(str(path))}?mode=ro"
+    timeout = SQLITE_BUSY_TIMEOUT_MS / 1000
+    connection = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        connection.close()
+        if getattr(exc, "sqlite_errorname", "") not in _NO_WAL_INDEX or path.with_name(path.name + "-wal").exists():
+            raise
+        connection = sqlite3.connect(f"{uri}&immutable=1", uri=True, timeout=timeout, check_same_thread=False)
+    return connection
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -146,21 +189,21 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
         cursor.close()
 
 
-def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
+def get_sessionmaker(url: str | None = None, *, read_only: bool = False) -> sessionmaker[Session]:
     resolved = resolve_url(url)
     with _lock:
-        maker = _sessionmakers.get(resolved)
+        maker = _sessionmakers.get((resolved, read_only))
     if maker is None:
-        maker = sessionmaker(bind=get_engine(resolved), expire_on_commit=False)
+        maker = sessionmaker(bind=get_engine(resolved, read_only=read_only), expire_on_commit=False)
         with _lock:
-            _sessionmakers.setdefault(resolved, maker)
+            maker = _sessionmakers.setdefault((resolved, read_only), maker)
     return maker
 
 
 @contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A session that commits on success and rolls back on any error."""
-    session = get_sessionmaker(url)()
+def session_scope(url: str | None = None, *, read_only: bool = False) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any error (``read_only``: see ``get_engine``)."""
+    session = get_sessionmaker(url, read_only=read_only)()
     try:
         yield session
         session.commit()

@@ -60,7 +60,7 @@ def _open(url: str | None) -> tuple[str, sa.Engine]:
     path = sqlite_path(resolved)
     if path is not None and not path.exists():
         raise SchemaNotMigratedError(f"no database file at {path}", hint=f"{UPGRADE_HINT} to create it")
-    return resolved, get_engine(resolved)
+    return resolved, get_engine(resolved, read_only=True)  # a database the guard refuses stays as it was
 
 
 

@@ -18,6 +18,7 @@ Running the upgrade twice is a no-op.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sqlite3
@@ -47,6 +48,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 LEGACY_MARKERS = ("runs", "phases", "llm_usage_events", "token_estimation_v2_events")
 #: How long a second upgrade waits for the first one before it refuses.
 LOCK_TIMEOUT_SECONDS = 60.0
+#: The longest wait allowed (one day): SQLite and PostgreSQL take it in whole milliseconds, as a 32-bit number.
+LOCK_TIMEOUT_MAX_SECONDS = 86_400.0
 #: ``pg_advisory_xact_lock`` key of ``autopack db upgrade`` (the bytes of "autopack"; per database).
 POSTGRES_LOCK_KEY = int.from_bytes(b"autopack", "big")
 
@@ -111,6 +114,13 @@ class UpgradeReport:
     @property
     def changed(self) -> bool:
         return self.revision_before != self.revision_after or bool(self.repaired)
+
+    @property
+    def starting_point(self) -> str:
+        """What the upgrade started from, in words: a revision, the original Autopack's schema, or nothing."""
+        if self.revision_before:
+            return self.revision_before
+        return "original Autopack schema" if self.legacy else "empty"
 
 
 @dataclass(frozen=True)
@@ -178,6 +188,7 @@ def upgrade_database(
     ``create``: None creates a database only where there is none and no ``expect_db_id`` is given;
     True creates (or adopts) one even then; False never creates one.
     """
+    check_lock_timeout(lock_timeout)
     resolved = resolve_url(url)
     masked = mask_url(resolved)
     path = sqlite_path(resolved)
@@ -266,6 +277,17 @@ def _upgrade(
         db_id=after.db_id,
         repaired=repaired,
     )
+
+
+def check_lock_timeout(seconds: float) -> float:
+    """``seconds`` if it is a wait the databases can honour (0 to ``LOCK_TIMEOUT_MAX_SECONDS``); else ``InputError``.
+
+    "Wait forever" is not offered: an upgrade stuck behind a forgotten lock should end, and say so.
+    """
+    if not math.isfinite(seconds) or not 0 <= seconds <= LOCK_TIMEOUT_MAX_SECONDS:
+        raise InputError(f"--lock-timeout {seconds:g} is not between 0 and {LOCK_TIMEOUT_MAX_SECONDS:g} seconds",
+                         hint="give the seconds to wait for another upgrade (at most one day)")
+    return seconds
 
 
 def _check_creation(found: str, expect_db_id: str | None, create: bool | None) -> None:

@@ -89,11 +89,12 @@ def workspace_relative(path: str) -> str:
     The one lexical rule, checked when a run is created (API, CLI) and again by the drain (``confined``):
     relative, no ``..`` segment, no home (``~``) or drive (``C:``) prefix, no NUL. Else ``InputError``.
     """
+    _no_nul("path", path)
     cleaned = path.strip().replace("\\", "/")
     while cleaned.startswith("./"):
         cleaned = cleaned[2:]
-    if not cleaned or "\x00" in cleaned:
-        raise InputError(f"path '{path}' is empty or holds a NUL byte")
+    if not cleaned:
+        raise InputError(f"path '{path}' is empty")
     if cleaned.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", cleaned):
         raise InputError(f"path '{path}' must be relative to the run workspace")
     if ".." in cleaned.split("/"):
@@ -101,8 +102,20 @@ def workspace_relative(path: str) -> str:
     return cleaned
 
 
+def _no_nul(what: str, text: str) -> None:
+    """No path holds a NUL byte (no file system stores one); the message shows it as ``\\x00``."""
+    if "\x00" in text:
+        shown = text.replace("\x00", "\\x00")
+        raise InputError(f"{what} '{shown}' holds a NUL byte")
+
+
 def deliverable_workspace_path(deliverable: str) -> str:
-    """The workspace path a deliverable (``"create src/x.py (tests)"``) makes the drain write, or ``InputError``."""
+    """The workspace path a deliverable (``"create src/x.py (tests)"``) makes the drain write, or ``InputError``.
+
+    A NUL anywhere in the text is refused: the path is picked out of the text, and would otherwise be taken
+    from one side of the NUL (``"do\\x00cs/a.md"`` named ``cs/a.md``).
+    """
+    _no_nul("deliverable", deliverable)
     named = deliverable_path(deliverable)
     try:
         return workspace_relative(named)
