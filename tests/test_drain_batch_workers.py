@@ -302,3 +302,29 @@ def test_legacy_backlog_drains_with_the_recommended_triage_flags(tmp_path: Path)
         keys = db.execute(sa.select(ev.attempt_index, ev.source).where(ev.phase_id == "build-102-p0").order_by(ev.attempt_index)).all()
     assert [k[0] for k in keys][:2] == [0, 1] and len(keys) >= 3
     assert "failed_before_llm: 1" in proc.stdout
+
+
+def test_a_worker_that_dies_before_its_job_arrives_is_reported_lost(db_url: str) -> None:
+    """A child killed between becoming idle and receiving a job is a lost worker, not a BrokenPipeError."""
+    from datetime import datetime, timezone
+
+    from test_drain_batch_support import fake_execute_phase
+
+    from autopack.execution.batch_workers import PhaseJob
+    from autopack.execution.leases import Claim
+
+    executor = ProcessExecutor(1, fake_execute_phase)
+    try:
+        assert executor.idle_slots(1) == []  # starts the child
+        wait_until(lambda: executor.wait(0.5) == [] and executor.slots[0].status == "idle", timeout=120)
+        process = executor.slots[0].process
+        assert process is not None
+        process.kill()
+        process.join(timeout=10)
+        claim = Claim(run_id="a", phase_id="p000", owner="test", expires_at=datetime.now(timezone.utc),
+                      attempt_index=0, initial_state="QUEUED")
+        executor.submit(0, PhaseJob(run_id="a", phase_id="p000", claim=claim, url=db_url))
+        completions = executor.wait(10)
+        assert [(c.slot, c.message, c.exit_signal) for c in completions] == [(0, None, signal.SIGKILL)]
+    finally:
+        executor.close()

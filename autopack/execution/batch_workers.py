@@ -295,9 +295,11 @@ class ProcessSlot:
         self.started_at = time.monotonic()
 
     def submit(self, job: PhaseJob) -> None:
+        """Hand the job to the child; a child that died since it was idle is reported by ``wait`` as a lost worker."""
         assert self.connection is not None and self.status == IDLE
-        self.connection.send(job)
         self.status = BUSY
+        with contextlib.suppress(OSError):  # BrokenPipeError: its end of the pipe now reads EOF, which wait() sees
+            self.connection.send(job)
 
     def receive(self) -> dict[str, Any] | None:
         """The child's next message, or None if it died (its exit code then says how)."""
