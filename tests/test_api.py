@@ -363,3 +363,33 @@ def test_drain_cli_unreachable_api_is_one_line_exit_2(db_url: str, capsys: pytes
     assert info.value.code == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "cannot reach the API server" in err[0]
+
+
+# --- the OpenAPI schema states what the server accepts -------------------------------------------------------
+
+
+def phase_schema(client: TestClient) -> dict[str, Any]:
+    return client.get("/openapi.json").json()["components"]["schemas"]["PhaseSpec"]["properties"]
+
+
+def test_the_schema_lists_the_categories_and_complexities_the_server_accepts(client: TestClient) -> None:
+    from autopack.taxonomy import CATEGORIES, COMPLEXITIES
+
+    properties = phase_schema(client)
+    categories, complexities = properties["category"]["enum"], properties["complexity"]["enum"]
+    assert set(CATEGORIES) <= set(categories) and set(COMPLEXITIES) <= set(complexities)
+    phases = [{**GOOD_SPEC["phases"][0], "phase_id": f"c{i}", "category": category,
+               "complexity": complexities[i % len(complexities)]} for i, category in enumerate(categories)]
+    assert client.post("/runs", json={"run_id": "every-category", "phases": phases}).status_code == 201
+    unknown = {**GOOD_SPEC, "phases": [{**GOOD_SPEC["phases"][0], "category": "poetry"}]}
+    assert "poetry" not in categories and client.post("/runs", json=unknown).status_code == 422
+
+
+@pytest.mark.parametrize("field", ["deliverables", "read_only_context", "scope_paths"])
+def test_the_schema_refuses_empty_paths_as_the_server_does(client: TestClient, field: str) -> None:
+    items = phase_schema(client)[field]["items"]
+    assert items["minLength"] == 1 and items["maxLength"] == 500
+    assert not re.search(items["pattern"], "") and not re.search(items["pattern"], "  ")
+    assert re.search(items["pattern"], "src/util.py")
+    spec = {**GOOD_SPEC, "phases": [{**GOOD_SPEC["phases"][0], field: ["  "]}]}
+    assert client.post("/runs", json=spec).status_code == 422
