@@ -31,6 +31,7 @@ MIN_SECRET_CHARS = 4
 _extra_secrets: set[str] = set()
 _extra_lock = threading.Lock()
 _inside = threading.local()
+_reading_settings = threading.local()
 
 
 def add_secret(value: str | None) -> None:
@@ -42,10 +43,15 @@ def add_secret(value: str | None) -> None:
 
 def known_secrets() -> list[str]:
     """Every secret value this process knows: the settings' and those registered with ``add_secret``."""
-    try:
-        configured = get_settings().secret_values()
-    except Exception:  # redaction must never fail the caller (e.g. a malformed setting)
-        configured = []
+    configured: list[str] = []
+    if not getattr(_reading_settings, "active", False):  # a malformed setting raises a ConfigError, which redacts
+        _reading_settings.active = True
+        try:
+            configured = get_settings().secret_values()
+        except Exception:  # redaction must never fail the caller
+            pass
+        finally:
+            _reading_settings.active = False
     with _extra_lock:
         return configured + sorted(_extra_secrets)
 
