@@ -14,8 +14,8 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
-from autopack.api.security import key_matches
-from autopack.api_key_file import HEADER, KEY_HINT, ApiKey, server_api_key
+from autopack.api.security import UNAUTHORIZED, key_matches
+from autopack.api_key_file import HEADER, ApiKey, server_api_key
 from autopack.config import get_settings
 from autopack.db.engine import resolve_url, session_scope
 
@@ -83,7 +83,7 @@ def require_api_key(
     if not key_matches(x_api_key, config.api_key):
         raise HTTPException(
             status_code=status.HTTP_401_UNAUTHORIZED,
-            detail=f"missing or wrong {HEADER} ({KEY_HINT})",
+            detail=UNAUTHORIZED,
             headers={"WWW-Authenticate": HEADER},
         )
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-
-import sqlalchemy as sa
 from typing import Annotated
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Security
 
 from autopack import __version__

@@ -21,6 +21,7 @@ from autopack.api_key_file import HEADER, KEY_HINT
 
 #: Methods that change nothing; every other one needs the key.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+UNAUTHORIZED = f"missing or wrong {HEADER} ({KEY_HINT})"
 
 
 def key_matches(sent: str | None, expected: str) -> bool:
@@ -41,7 +42,7 @@ class RequireKeyForWrites:
         if key_matches(Headers(scope=scope).get(HEADER), self.expected_key(scope)):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"detail": f"missing or wrong {HEADER} ({KEY_HINT})"}).encode()
+        body = json.dumps({"detail": UNAUTHORIZED}).encode()
         await send({"type": "http.response.start", "status": 401, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"www-authenticate", HEADER.encode())]})
