@@ -31,15 +31,16 @@ _KEY_BYTES = 32
 
 @dataclass(frozen=True)
 class ApiKey:
-    """The key and where it came from (``path`` is None for ``AUTOPACK_API_KEY``); ``created``: just now."""
+    """The key and where it came from: a setting (``origin``) or the key file ``path``, ``created`` just now."""
 
     value: str
     path: Path | None = None
     created: bool = False
+    origin: str = "AUTOPACK_API_KEY"
 
     def source(self) -> str:
         if self.path is None:
-            return "AUTOPACK_API_KEY"
+            return self.origin
         return f"the key file {self.path}" + (" (created now)" if self.created else "")
 
 

@@ -35,7 +35,7 @@ def load_config(url: str | None = None, api_key: str | None = None) -> ApiConfig
     """The app's configuration; the key is ``api_key``, else ``AUTOPACK_API_KEY``, else the key file (created
     if missing): there is no configuration without a key."""
     settings = get_settings()
-    key = ApiKey(api_key) if api_key else server_api_key(settings)
+    key = ApiKey(api_key, origin="create_app(api_key=...)") if api_key else server_api_key(settings)
     return ApiConfig(
         url=resolve_url(url) if url else settings.resolved_database_url(),
         api_key=key.value,
