@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # (on the API server, to accept them, and on each worker, to run them).
     api_allow_check_commands: bool = Field(default=False, validation_alias="AUTOPACK_API_ALLOW_CHECK_COMMANDS")
     api_max_body_bytes: int = Field(default=1_048_576, ge=1, validation_alias="AUTOPACK_API_MAX_BODY_BYTES")
+    # Where the API key lives when AUTOPACK_API_KEY is not set (autopack.api_key_file; default ~/.config/autopack/api-key).
+    api_key_file: Path | None = Field(default=None, validation_alias="AUTOPACK_API_KEY_FILE")
 
     # --- LLM providers --------------------------------------------------------------------------
     llm_provider: ProviderName = Field(default="simulated", validation_alias="AUTOPACK_LLM_PROVIDER")

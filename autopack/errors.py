@@ -9,6 +9,10 @@ class AutopackError(Exception):
     exit_code: int = 2
 
     def __init__(self, message: str, *, hint: str | None = None, exit_code: int | None = None) -> None:
+        # Masked once, here: the message also travels where no log filter sees it (Prefect state messages).
+        from autopack.logging import redact
+
+        message, hint = redact(message), redact(hint) if hint else hint
         super().__init__(message)
         self.message = message
         self.hint = hint

@@ -90,6 +90,16 @@ def normalise_complexity(raw: object) -> Normalised:
     return Normalised(value, str(raw), value in COMPLEXITIES)
 
 
+def category_spellings() -> tuple[str, ...]:
+    """Every lower-case spelling ``normalise_category`` accepts as known: the categories and their aliases."""
+    return tuple(sorted({*CATEGORIES, *_CATEGORY_ALIASES}))
+
+
+def complexity_spellings() -> tuple[str, ...]:
+    """Every lower-case spelling ``normalise_complexity`` accepts as known."""
+    return tuple(sorted({*COMPLEXITIES, *_COMPLEXITY_ALIASES}))
+
+
 def canonical_category(raw: object) -> str:
     return normalise_category(raw).value
 

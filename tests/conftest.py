@@ -107,6 +107,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: i
         "TELEMETRY_DB_ENABLED",
     ):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AUTOPACK_API_KEY_FILE", str(tmp_path / "api-key"))  # never the developer's key file
 
 
 @pytest.fixture(scope="session")

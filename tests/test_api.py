@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -51,13 +53,14 @@ GOOD_SPEC: dict[str, Any] = {
 }
 
 
-#: Starlette's test client reports the peer "testclient"; without a key, changes come from loopback only.
-LOCAL_CLIENT = ("127.0.0.1", 50000)
+#: The key test apps are created with (``create_app(api_key=API_KEY)``) and test clients send: every write needs one.
+API_KEY = "test-api-key-0042"
+KEYED = {"X-API-Key": API_KEY}
 
 
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(url=db_url), client=LOCAL_CLIENT) as c:
+    with TestClient(create_app(url=db_url, api_key=API_KEY), headers=KEYED) as c:
         yield c
 
 
@@ -298,8 +301,13 @@ def test_mutations_need_the_api_key_when_one_is_set(db_url: str, monkeypatch: py
     assert run_count(db_url) == 1
 
 
-def test_no_key_configured_means_no_check(client: TestClient) -> None:
-    assert client.post("/runs", json=GOOD_SPEC).status_code == 201
+def test_without_a_configured_key_the_app_generates_one_into_a_private_file(db_url: str) -> None:
+    key_file = Path(os.environ["AUTOPACK_API_KEY_FILE"])
+    with TestClient(create_app(url=db_url)) as c:
+        assert c.post("/runs", json=GOOD_SPEC).status_code == 401
+        key = key_file.read_text().strip()
+        assert c.post("/runs", json=GOOD_SPEC, headers={"X-API-Key": key}).status_code == 201
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(key) >= 32
 
 
 # --- the server process --------------------------------------------------------------------------------
@@ -309,24 +317,6 @@ def test_real_http_server_answers_health(db_url: str) -> None:
     with serve(create_app(url=db_url)) as base:
         body = httpx.get(f"{base}/health", timeout=10).json()
     assert body["db_id"] == read_identity(db_url).db_id
-
-
-def test_serve_refuses_a_public_host_without_a_key() -> None:
-    autopack = str(Path(sys.executable).parent / "autopack")
-    proc = subprocess.run(
-        [autopack, "api", "serve", "--host", "0.0.0.0", "--port", "1"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "without an API key" in lines[0] and "AUTOPACK_API_KEY" in lines[0]
-
-
-@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("localhost", True), ("::1", True), ("0.0.0.0", False), ("10.1.2.3", False)])
-def test_loopback_detection(host: str, loopback: bool) -> None:
-    from autopack.cli.api import is_loopback
-
-    assert is_loopback(host) is loopback
 
 
 def test_db_mismatch_against_a_server_on_another_database(db_url: str, tmp_path: Path) -> None:
@@ -373,3 +363,33 @@ def test_drain_cli_unreachable_api_is_one_line_exit_2(db_url: str, capsys: pytes
     assert info.value.code == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "cannot reach the API server" in err[0]
+
+
+# --- the OpenAPI schema states what the server accepts -------------------------------------------------------
+
+
+def phase_schema(client: TestClient) -> dict[str, Any]:
+    return client.get("/openapi.json").json()["components"]["schemas"]["PhaseSpec"]["properties"]
+
+
+def test_the_schema_lists_the_categories_and_complexities_the_server_accepts(client: TestClient) -> None:
+    from autopack.taxonomy import CATEGORIES, COMPLEXITIES
+
+    properties = phase_schema(client)
+    categories, complexities = properties["category"]["enum"], properties["complexity"]["enum"]
+    assert set(CATEGORIES) <= set(categories) and set(COMPLEXITIES) <= set(complexities)
+    phases = [{**GOOD_SPEC["phases"][0], "phase_id": f"c{i}", "category": category,
+               "complexity": complexities[i % len(complexities)]} for i, category in enumerate(categories)]
+    assert client.post("/runs", json={"run_id": "every-category", "phases": phases}).status_code == 201
+    unknown = {**GOOD_SPEC, "phases": [{**GOOD_SPEC["phases"][0], "category": "poetry"}]}
+    assert "poetry" not in categories and client.post("/runs", json=unknown).status_code == 422
+
+
+@pytest.mark.parametrize("field", ["deliverables", "read_only_context", "scope_paths"])
+def test_the_schema_refuses_empty_paths_as_the_server_does(client: TestClient, field: str) -> None:
+    items = phase_schema(client)[field]["items"]
+    assert items["minLength"] == 1 and items["maxLength"] == 500
+    assert not re.search(items["pattern"], "") and not re.search(items["pattern"], "  ")
+    assert re.search(items["pattern"], "src/util.py")
+    spec = {**GOOD_SPEC, "phases": [{**GOOD_SPEC["phases"][0], field: ["  "]}]}
+    assert client.post("/runs", json=spec).status_code == 422

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from cli_runner import run_cli
 from fastapi.testclient import TestClient
 from llm_fake_server import INPUT_TOKENS, FakeLLMServer
+from test_api import API_KEY, KEYED
 from sqlalchemy.exc import OperationalError
 
 from autopack.api import create_app
@@ -210,7 +211,7 @@ SPEC = {"run_id": "api-run", "phases": [{"phase_id": "p1", "description": "d", "
 
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(url=db_url), client=("127.0.0.1", 50000)) as c:  # loopback: no key needed
+    with TestClient(create_app(url=db_url, api_key=API_KEY), headers=KEYED) as c:
         assert c.post("/runs", json=SPEC).status_code == 201
         yield c
 
@@ -250,7 +251,7 @@ def test_a_plausible_result_is_recorded_as_given(client: TestClient, db_url: str
 
 
 def test_a_token_cap_beyond_the_column_is_refused_before_anything_is_created(db_url: str) -> None:
-    with TestClient(create_app(url=db_url), client=("127.0.0.1", 50000)) as c:
+    with TestClient(create_app(url=db_url, api_key=API_KEY), headers=KEYED) as c:
         response = c.post("/runs", json={**SPEC, "run_id": "capped", "token_cap": HUGE})
         assert response.status_code == 422 and "2147483647" in response.text
         assert c.get("/runs/capped").status_code == 404

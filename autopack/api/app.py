@@ -1,7 +1,8 @@
 """``create_app()``: the FastAPI application. Building it reads nothing; settings are read at start-up.
 
 The app guards itself (``autopack.api.security``, ``autopack.api.inputs``) so it is equally safe under
-``autopack api serve``, ``python -m uvicorn autopack.main:app`` or any other ASGI server.
+``autopack api serve``, ``python -m uvicorn autopack.main:app`` or any other ASGI server: every write
+needs the API key (``AUTOPACK_API_KEY`` or the generated key file), checked before the body is read.
 """
 
 from __future__ import annotations
@@ -11,40 +12,39 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
-from starlette.types import Scope
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from autopack import __version__
 from autopack.api import drain, health, runs, telemetry
 from autopack.api.deps import app_config, load_config
 from autopack.api.inputs import BodySizeLimit, safe_validation_errors
-from autopack.api.security import KEY_HINT, StartupBindCheck, bind_problem, uvicorn_command_line_host
+from autopack.api.security import RequireKeyForWrites
 from autopack.logging import get_logger, redact
 
 log = get_logger("autopack.api")
 
 
-def create_app(*, url: str | None = None, api_key: str | None = None, bind_host: str | None = None) -> FastAPI:
-    """The API app. ``url``/``api_key`` override the settings (tests); otherwise they are read at start-up.
-
-    ``bind_host``: the address the server binds (``autopack api serve`` passes it); when not given, the
-    ``uvicorn`` command line's ``--host`` is used if this app runs under it. A non-loopback address
-    without an API key makes the start-up fail; requests are checked one by one in any case.
-    """
+def create_app(*, url: str | None = None, api_key: str | None = None) -> FastAPI:
+    """The API app. ``url``/``api_key`` override the settings (tests); otherwise they are read at start-up."""
     overrides = {"url": url, "api_key": api_key}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.config = load_config(**overrides)
-        if app.state.config.api_key is None:
-            log.info("no AUTOPACK_API_KEY: changes are accepted from this machine only")
+        # A key file created just now is news the operator must see, whatever logging the server set up.
+        notice = log.warning if app.state.config.api_key_created else log.info
+        notice("writes need the API key (X-API-Key) from %s; reads are open", app.state.config.api_key_source)
         yield
 
     app = FastAPI(
         title="autopack",
         version=__version__,
-        description="Runs, phases, drain leases and token telemetry of autopack.",
+        description="Runs, phases, drain leases and token telemetry of autopack. Every write needs the API key "
+                    "(`X-API-Key`); reads are open.",
         lifespan=lifespan,
     )
     app.state.overrides = overrides
@@ -52,13 +52,19 @@ def create_app(*, url: str | None = None, api_key: str | None = None, bind_host:
     for module in (health, runs, drain, telemetry):
         app.include_router(module.router)
 
-    def startup_problem(scope: Scope) -> str | None:
-        host = bind_host if bind_host is not None else uvicorn_command_line_host()
-        problem = bind_problem(host, app_config(scope["app"]).api_key is not None)
-        return f"{problem} ({KEY_HINT})" if problem else None
-
     app.add_middleware(BodySizeLimit, limit=lambda scope: app_config(scope["app"]).max_body_bytes)
-    app.add_middleware(StartupBindCheck, problem=startup_problem)
+    app.add_middleware(RequireKeyForWrites, expected_key=lambda scope: app_config(scope["app"]).api_key)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _method_not_allowed(request: Request, exc: StarletteHTTPException) -> Response:
+        # Starlette's 405 names the methods of the first route matching the path only (``Allow: GET`` for
+        # /runs, which also takes POST); name every route's, and answer OPTIONS with them.
+        if exc.status_code != status.HTTP_405_METHOD_NOT_ALLOWED:
+            return await http_exception_handler(request, exc)
+        allowed = allowed_methods(app, request)
+        if request.method == "OPTIONS":
+            return Response(status_code=status.HTTP_204_NO_CONTENT, headers={"Allow": allowed})
+        return JSONResponse({"detail": "Method Not Allowed"}, status_code=exc.status_code, headers={"Allow": allowed})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -81,3 +87,18 @@ def create_app(*, url: str | None = None, api_key: str | None = None, bind_host:
         return JSONResponse({"detail": "conflicts with existing data"}, status_code=status.HTTP_409_CONFLICT)
 
     return app
+
+
+#: Methods an ``Allow`` header may name, in the order it names them.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(app: FastAPI, request: Request) -> str:
+    """The ``Allow`` header for the request's path: every method some route takes there, and OPTIONS."""
+
+    def routed(method: str) -> bool:
+        scope = {"type": "http", "method": method, "path": request.scope["path"],
+                 "root_path": request.scope.get("root_path", "")}
+        return any(route.matches(scope)[0] == Match.FULL for route in app.router.routes)
+
+    return ", ".join([method for method in _METHODS if routed(method)] + ["OPTIONS"])

@@ -6,15 +6,16 @@ without lifespan), on the first request — never at import time.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
-from autopack.api.security import KEY_HINT, remote_origin
+from autopack.api.security import UNAUTHORIZED, key_matches
+from autopack.api_key_file import HEADER, ApiKey, server_api_key
 from autopack.config import get_settings
 from autopack.db.engine import resolve_url, session_scope
 
@@ -22,19 +23,24 @@ from autopack.db.engine import resolve_url, session_scope
 @dataclass(frozen=True)
 class ApiConfig:
     url: str
-    api_key: str | None
+    api_key: str
+    #: Where the key came from (AUTOPACK_API_KEY, the key file, a test's override): logged, never the key.
+    api_key_source: str = "AUTOPACK_API_KEY"
+    api_key_created: bool = False
     allow_check_commands: bool = False
     max_body_bytes: int = 1_048_576
 
 
 def load_config(url: str | None = None, api_key: str | None = None) -> ApiConfig:
+    """The app's configuration; the key is ``api_key``, else ``AUTOPACK_API_KEY``, else the key file (created
+    if missing): there is no configuration without a key."""
     settings = get_settings()
-    key = api_key
-    if key is None and settings.api_key is not None:
-        key = settings.api_key.get_secret_value() or None
+    key = ApiKey(api_key, origin="create_app(api_key=...)") if api_key else server_api_key(settings)
     return ApiConfig(
         url=resolve_url(url) if url else settings.resolved_database_url(),
-        api_key=key,
+        api_key=key.value,
+        api_key_source=key.source(),
+        api_key_created=key.created,
         allow_check_commands=settings.api_allow_check_commands,
         max_body_bytes=settings.api_max_body_bytes,
     )
@@ -64,26 +70,21 @@ def get_db(config: ConfigDep) -> Iterator[Session]:
 DbDep = Annotated[Session, Depends(get_db, scope="function")]  # commit before the response is sent
 
 
+API_KEY_HEADER = APIKeyHeader(name=HEADER, auto_error=False, description="The API key: required by every write.")
+
+
 def require_api_key(
-    request: Request,
     config: ConfigDep,
-    x_api_key: Annotated[str | None, Header(alias="X-API-Key", description="Required when AUTOPACK_API_KEY is set.")] = None,
+    x_api_key: Annotated[str | None, Security(API_KEY_HEADER)] = None,
 ) -> None:
-    """Mutating endpoints: ``X-API-Key`` must equal ``AUTOPACK_API_KEY``; without a key, only from this machine."""
-    if config.api_key is None:
-        origin = remote_origin(request)
-        if origin is not None:
-            raise HTTPException(
-                status_code=status.HTTP_403_FORBIDDEN,
-                detail=f"this server has no API key, so it accepts changes only from this machine, not from "
-                       f"{origin} ({KEY_HINT})",
-            )
-        return
-    if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), config.api_key.encode()):
+    """Mutating endpoints need ``X-API-Key``. ``RequireKeyForWrites`` has already checked it before the body
+    was read; checking again here keeps a router mounted without that middleware closed, and puts the
+    requirement into the OpenAPI description."""
+    if not key_matches(x_api_key, config.api_key):
         raise HTTPException(
             status_code=status.HTTP_401_UNAUTHORIZED,
-            detail="missing or wrong X-API-Key",
-            headers={"WWW-Authenticate": "X-API-Key"},
+            detail=UNAUTHORIZED,
+            headers={"WWW-Authenticate": HEADER},
         )
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Annotated
 
 import sqlalchemy as sa
-from fastapi import APIRouter
+from fastapi import APIRouter, Security
 
 from autopack import __version__
-from autopack.api.deps import ConfigDep
+from autopack.api.deps import API_KEY_HEADER, ConfigDep
 from autopack.api.inputs import StrictJsonRoute
 from autopack.api.schemas import HealthOut
+from autopack.api.security import key_matches
 from autopack.db.engine import get_engine, mask_url
 from autopack.db.migrate import current_revision, head_revision, sqlite_path
 
@@ -39,7 +41,8 @@ def probe(url: str) -> tuple[bool, str | None, str | None]:
 
 
 @router.get("/health", response_model=HealthOut)
-def health(config: ConfigDep) -> HealthOut:
+def health(config: ConfigDep, x_api_key: Annotated[str | None, Security(API_KEY_HEADER)] = None) -> HealthOut:
+    """A read (open to all); a client that sends its key learns whether it would be accepted for writes."""
     reachable, db_id, revision = probe(config.url)
     expected = head_revision()
     ok = reachable and db_id is not None and revision == expected
@@ -51,4 +54,5 @@ def health(config: ConfigDep) -> HealthOut:
         expected_revision=expected,
         database_identity=database_identity(config.url),
         version=__version__,
+        key_accepted=None if x_api_key is None else key_matches(x_api_key, config.api_key),
     )

@@ -73,8 +73,7 @@ def list_runs(
     dependencies=[AuthDep],
     responses={
         **MUTATION_RESPONSES,
-        403: {"model": ErrorOut, "description": "a remote client of a server without a key, or a check_command "
-                                                "while AUTOPACK_API_ALLOW_CHECK_COMMANDS is off"},
+        403: {"model": ErrorOut, "description": "a check_command while AUTOPACK_API_ALLOW_CHECK_COMMANDS is off"},
         409: {"model": ErrorOut, "description": "the run already exists"},
     },
 )

@@ -36,6 +36,8 @@ class HealthOut(BaseModel):
     expected_revision: str
     database_identity: str = Field(description="First 12 hex chars of sha256 of the masked database URL.")
     version: str
+    key_accepted: bool | None = Field(default=None, description="Whether the X-API-Key sent would be accepted "
+                                                                "for writes (null when none was sent).")
 
 
 class PhaseOut(BaseModel):
@@ -178,11 +180,10 @@ class ErrorOut(BaseModel):
     detail: str
 
 
-#: Documented on every mutating endpoint: an unparseable body, a missing/wrong API key, a remote client
-#: of a server without a key (or a refused check command), and a body over the size limit.
+#: Documented on every mutating endpoint: an unparseable body, a missing/wrong API key (checked first),
+#: and a body over the size limit.
 MUTATION_RESPONSES: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorOut, "description": "the request body could not be parsed"},
-    401: {"model": ErrorOut, "description": "missing or wrong X-API-Key (when AUTOPACK_API_KEY is set)"},
-    403: {"model": ErrorOut, "description": "no AUTOPACK_API_KEY is set and the request does not come from this machine"},
+    401: {"model": ErrorOut, "description": "missing or wrong X-API-Key (checked before the body is read)"},
     413: {"model": ErrorOut, "description": "the request body is larger than AUTOPACK_API_MAX_BODY_BYTES"},
 }

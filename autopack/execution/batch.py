@@ -814,12 +814,13 @@ def check_api_identity(api_url: str, db_id: str, *, timeout: float = 5.0) -> dic
     """GET ``/health`` and refuse unless that server uses this very database (``DB_MISMATCH``, exit 3)."""
     import httpx
 
+    from autopack.api_key_file import KEY_HINT, client_headers
     from autopack.errors import DbIdentityMismatchError
 
     url = api_url.rstrip("/") + "/health"
     shown = strip_url_credentials(api_url)  # never echo a user:password@ part
     try:
-        response = httpx.get(url, timeout=timeout)
+        response = httpx.get(url, timeout=timeout, headers=client_headers())  # the key, if this machine has one
         body = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise RefusedError(
@@ -839,6 +840,8 @@ def check_api_identity(api_url: str, db_id: str, *, timeout: float = 5.0) -> dic
             f"DB_MISMATCH: the API server at {shown} uses database {server_db_id}, this drain uses {db_id}",
             hint="start the server with the same DATABASE_URL as the drain",
         )
+    if body.get("key_accepted") is False:
+        raise RefusedError(f"the API server at {shown} does not accept this machine's API key", hint=KEY_HINT)
     return body
 
 

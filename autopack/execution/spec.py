@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from autopack.db.models import Run
 from autopack.errors import InputError, RefusedError
 from autopack.execution.workspace import deliverable_workspace_path, workspace_relative
-from autopack.taxonomy import normalise_category, normalise_complexity
+from autopack.taxonomy import category_spellings, complexity_spellings, normalise_category, normalise_complexity
 from autopack.telemetry.bounds import bounds_for
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,200}$"
@@ -61,6 +61,12 @@ def _each_path(paths: list[str], rule: Callable[[str], str]) -> list[str]:
         except InputError as exc:
             raise ValueError(exc.message) from exc
     return paths
+#: A path inside the run workspace, as the OpenAPI schema states it (the validators below enforce it, and more:
+#: relative, no ``..`` segment, no ``~`` or drive prefix).
+WorkspacePath = Annotated[str, Field(json_schema_extra={
+    "minLength": 1, "maxLength": MAX_PATH_CHARS, "pattern": r"^[^\x00]*[^\x00\s][^\x00]*$",
+    "description": "relative to the run workspace; no '..' segment, no leading '/', '~' or drive",
+})]
 #: The largest token cap ``runs.token_cap`` holds (PostgreSQL would overflow past it; SQLite would not).
 _TOKEN_CAP_MAX = bounds_for(Run)["token_cap"].high
 
@@ -73,11 +79,14 @@ class PhaseSpec(BaseModel):
     phase_id: str = Field(pattern=_ID_PATTERN)
     name: str | None = Field(default=None, max_length=255)
     description: str = Field(min_length=1, max_length=20_000, description="The goal given to the builder.")
-    category: str = Field(min_length=1, max_length=64, description="e.g. implementation, tests, docs")
-    complexity: str = Field(min_length=1, max_length=32, description="low, medium or high")
-    deliverables: list[str] = Field(min_length=1, max_length=200)
-    read_only_context: list[str] = Field(default_factory=list, max_length=200)
-    scope_paths: list[str] = Field(default_factory=list, max_length=200)
+    category: str = Field(min_length=1, max_length=64, description="a category of autopack.taxonomy or an alias "
+                          "(case, spaces and hyphens are normalised)",
+                          json_schema_extra={"enum": list(category_spellings())})
+    complexity: str = Field(min_length=1, max_length=32, description="low, medium, high or maintenance, or an alias",
+                            json_schema_extra={"enum": list(complexity_spellings())})
+    deliverables: list[WorkspacePath] = Field(min_length=1, max_length=200)
+    read_only_context: list[WorkspacePath] = Field(default_factory=list, max_length=200)
+    scope_paths: list[WorkspacePath] = Field(default_factory=list, max_length=200)
     builder_mode: str | None = Field(default=None, max_length=32)
     check_command: str | None = Field(default=None, max_length=2000)
     max_builder_attempts: int = Field(default=3, ge=1, le=20)

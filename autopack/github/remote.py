@@ -48,7 +48,7 @@ from autopack.github.result import (
     is_bot_commit,
     proposal_in_message,
 )
-from autopack.logging import get_logger, redact
+from autopack.logging import add_secret, get_logger, redact
 
 DEFAULT_API_URL = "https://api.github.com"
 #: How many closed bot PRs (newest first) are read for proposals a human declined.
@@ -233,6 +233,7 @@ class GitHubRepository:
             seconds_between_requests=options.seconds_between_requests,
             seconds_between_writes=options.seconds_between_writes,
         )
+        add_secret(token)  # masked in every log line from now on (it may come from the Secret block, not settings)
         self.s = _Session(options.retry, secrets=[token], api_url=api_url)
         self.repository, self.base_branch = repository, base_branch or settings.github_base_branch
         self.path, self.branch, self.labels, self.identity = estimator_path, branch, list(labels), identity
