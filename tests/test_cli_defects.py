@@ -20,7 +20,7 @@ from test_migrations import LEGACY_ROWS, LEGACY_SCHEMA
 
 from autopack.cli.console import INTERRUPTED_EXIT
 from autopack.db.engine import dispose_engines, get_engine, session_scope
-from autopack.db.migrate import LOCK_TIMEOUT_MAX_SECONDS, check_lock_timeout
+from autopack.db.migrate import HEAD_REVISION, LOCK_TIMEOUT_MAX_SECONDS, check_lock_timeout
 from autopack.db.models import Phase, PhaseState
 from autopack.errors import InputError
 from autopack.execution.run_state import DONE_FAILED, DONE_SUCCESS, PHASE_EXECUTION, QUEUED, run_state
@@ -276,7 +276,7 @@ def test_adopting_a_legacy_database_names_the_original_schema(
     monkeypatch.setenv("DATABASE_URL", legacy_db(tmp_path / "legacy.db"))
     code, out, _ = run_cli(capsys, "db", "upgrade")
     assert code == 0
-    assert ": original Autopack schema -> 0005" in out and "empty" not in out
+    assert f": original Autopack schema -> {HEAD_REVISION}" in out and "empty" not in out
 
 
 # --- 9-11. help ---------------------------------------------------------------------------------------------------
