@@ -25,16 +25,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
-from autopack.calibration.samples import TRUNCATION_REASONS
 from autopack.db import keys
 from autopack.db.engine import get_engine, resolve_url
 from autopack.db.identity import IdentityReport, guard
 from autopack.db.models import TELEMETRY_SCHEMA_VERSION, TokenBudgetEscalationEvent, TokenEstimationV2Event, utcnow
 from autopack.errors import AutopackError, InputError
 from autopack.taxonomy import canonical_category, canonical_complexity
-
-from autopack.calibration.samples import reached_ceiling  # the one rule: output reached the ceiling
 from autopack.telemetry.bounds import out_of_range  # every number checked against its column's range
+from autopack.truncation import TRUNCATION_REASONS, reached_ceiling  # the one rule: output reached the ceiling
 
 
 FORMATS = ("csv", "otel-json", "v2-log")
