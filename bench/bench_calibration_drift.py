@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe_machine  # noqa: E402
 
 from autopack.calibration import drift  # noqa: E402
-from autopack.calibration.importers import parse_timestamp  # noqa: E402
+from autopack.telemetry.ingest.rows import parse_timestamp  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TRACES = {"code": DATA / "azure_llm_inference_2023_code.csv", "conv": DATA / "azure_llm_inference_2023_conv.csv"}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from autopack.calibration.analyze_v3 import run
+from autopack.legacy.analyze_v3 import run
 from autopack.cli import main
 
 DATA = Path(__file__).resolve().parents[1] / "data"

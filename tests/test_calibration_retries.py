@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from autopack.calibration.core import Params, calibrate
-from autopack.calibration.importers import import_telemetry
+from autopack.telemetry.ingest import import_telemetry
 from autopack.calibration.reader import id_bounds, read_events
 from autopack.calibration.report import _retries_line
 from autopack.calibration.samples import EventColumns, SampleSet, build_sample_set, columns_from_records, retry_links

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from cli_runner import run_cli
 
-from autopack.calibration.importers import import_telemetry
+from autopack.telemetry.ingest import import_telemetry
 from autopack.db.engine import get_engine
 from autopack.db.models import TokenEstimationV2Event
 from autopack.errors import DbIdentityMismatchError, InputError
@@ -315,9 +315,9 @@ def test_a_field_over_the_bound_is_one_line_with_its_line_number(
 ) -> None:
     import csv
 
-    from autopack.calibration import importers
+    from autopack.telemetry.ingest import csv_rows
 
-    monkeypatch.setattr(importers, "MAX_CSV_FIELD_CHARS", 1000)  # the real bound is 16 Mi characters
+    monkeypatch.setattr(csv_rows, "MAX_CSV_FIELD_CHARS", 1000)  # the real bound is 16 Mi characters
     text = HEADER + "\n2025-01-01,docs,low,10,9,100,false\n" + f"2025-01-01,docs,low,10,9,100,{'y' * 2000}\n"
     line = one_error(capsys, str(write(tmp_path, "big.csv", text)))
     assert "line 3: unreadable CSV: a field is longer than 1,000 characters" in line and "nothing imported" in line
@@ -368,9 +368,9 @@ def test_an_output_that_reached_its_ceiling_is_truncated_whatever_the_row_says(d
 
 def test_a_bad_row_after_written_batches_still_imports_nothing(db_url: str, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from autopack.calibration import importers
+    from autopack.telemetry.ingest import write as ingest_write
 
-    monkeypatch.setattr(importers, "INSERT_CHUNK", 2)  # several batches are in the transaction already
+    monkeypatch.setattr(ingest_write, "INSERT_CHUNK", 2)  # several batches are in the transaction already
     good = "".join(f"2025-01-01,docs,low,10,{i},100,false\n" for i in range(1, 8))
     with pytest.raises(InputError, match="line 9: actual_output_tokens 'oops'"):
         import_telemetry(write(tmp_path, "late.csv", HEADER + "\n" + good + "2025-01-01,docs,low,10,oops,100,false\n"),
@@ -380,13 +380,13 @@ def test_a_bad_row_after_written_batches_still_imports_nothing(db_url: str, tmp_
 
 def test_a_clash_in_a_later_batch_rolls_back_the_earlier_ones(db_url: str, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from autopack.calibration import importers
+    from autopack.telemetry.ingest import write as ingest_write
 
     head = "timestamp,run_id,phase_id,category,complexity,predicted_output_tokens,actual_output_tokens,"
     head += "actual_max_tokens,truncated\n"
     import_telemetry(write(tmp_path, "one.csv", head + "2025-01-01,r,p9,docs,low,10,9,100,false\n"), "csv",
                      url=db_url)
-    monkeypatch.setattr(importers, "INSERT_CHUNK", 3)
+    monkeypatch.setattr(ingest_write, "INSERT_CHUNK", 3)
     many = "".join(f"2025-01-01,r,p{i},docs,low,10,9,100,false\n" for i in range(1, 11))  # p9 is taken
     with pytest.raises(InputError, match=r"1 row\(s\) collide with calls already in the database"):
         import_telemetry(write(tmp_path, "many.csv", head + many), "csv", url=db_url)
@@ -489,7 +489,7 @@ def test_a_sqlite_file_locked_by_another_writer_is_one_line_and_nothing_imported
         pytest.skip("PostgreSQL writers wait on rows, not on the file")
     import sqlite3
 
-    from autopack.calibration.importers import DatabaseBusyError
+    from autopack.telemetry.ingest import DatabaseBusyError
     from autopack.db import engine
 
     engine.dispose_engines()

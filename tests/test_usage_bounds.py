@@ -22,10 +22,11 @@ from autopack.execution.phase_runner import PhaseFinishError, execute_phase
 from autopack.execution.runs import create_run
 from autopack.execution.seed_runs import V4_RUN_ID
 from autopack.execution.spec import PhaseSpec, RunSpec
-from autopack.llm.base import LLMRequest, LLMResponse, ProviderResponseError, RetryPolicy, validate_response
+from autopack.llm.base import LLMRequest, LLMResponse, ProviderResponseError, RetryPolicy
 from autopack.llm.openai_provider import OpenAIProvider
 from autopack.llm.simulated import SimulatedProvider
 from autopack.telemetry import CallKey, TelemetryValueError, record_call, record_escalation
+from autopack.telemetry.usage import validate_response
 from autopack.token_estimator import PhaseFeatures, escalate, plan_call
 
 P1 = "telemetry-p1-string-util"
@@ -64,12 +65,13 @@ def phase(url: str, run_id: str = V4_RUN_ID, phase_id: str = P1) -> Phase:
     ("completion_tokens", float("inf"), "not a token count"),
     ("total_tokens", 2.5, "not a token count"),
 ])
-def test_openai_adapter_refuses_impossible_usage_without_retrying(
+def test_openai_adapter_and_telemetry_refuse_impossible_usage_without_retrying(
     fake_llm: FakeLLMServer, field: str, value: object, why: str
 ) -> None:
+    """A count that is not a whole number is the adapter's refusal; one out of its column's range, telemetry's."""
     fake_llm.usage_overrides = {field: value}
     with pytest.raises(ProviderResponseError) as info:
-        openai(fake_llm).complete(LLMRequest(system="s", prompt="p", max_tokens=300))
+        validate_response(openai(fake_llm).complete(LLMRequest(system="s", prompt="p", max_tokens=300)))
     assert len(fake_llm.requests) == 1 and not info.value.retryable
     assert info.value.message.startswith("openai ") and why in info.value.message
     assert field in info.value.message or field in str(info.value.problems)

@@ -1,9 +1,9 @@
 """Calibration (T5): budget ``max_tokens`` for a target truncation rate, with a backtest and a gate.
 
-Public entry points: ``run_calibration`` (database → report, JSON, plot, ``calibration_runs`` row),
-``import_telemetry`` (CSV / OTLP JSON / ``[TokenEstimationV2]`` log lines → events) and ``analyze_v3``
-(the original's log analyser). The statistics are pure functions in ``stats``, ``model``, ``fit``,
-``backtest`` and ``core``; see docs/calibration.md for the method and the reasons behind it.
+Public entry point: ``run_calibration`` (database → report, JSON, plot, ``calibration_runs`` row). The
+statistics are pure functions in ``stats``, ``model``, ``fit``, ``backtest`` and ``core``; see
+docs/calibration.md for the method and the reasons behind it. Importing outside telemetry is
+``autopack.telemetry.ingest``; the original's log analyser is ``autopack.legacy.analyze_v3``.
 """
 
 from __future__ import annotations

@@ -312,7 +312,7 @@ def _repair(connection: sa.Connection, data: np.ndarray, epoch: np.ndarray,
             texts.setdefault(ckey, text)
     untimed = np.flatnonzero(flags & NO_TIME)
     if untimed.size:
-        from autopack.calibration.importers import parse_timestamp
+        from autopack.telemetry.ingest.rows import parse_timestamp
 
         stamps = {r[0]: r[1] for r in _by_id(connection, (sa.type_coerce(EV.c.timestamp, sa.String),),
                                              data[untimed, ID].tolist())}

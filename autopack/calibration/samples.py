@@ -41,34 +41,9 @@ import numpy as np
 
 from autopack import token_estimator as te
 from autopack.taxonomy import DOCS_LIKE, canonical_category, canonical_complexity, normalise_category
+from autopack.truncation import TRUNCATION_REASONS, reached_ceiling  # the one rule, shared with the import
 
 Group = tuple[str, str]
-
-#: Stop/finish reasons that mean "cut at the ceiling" (Anthropic, OpenAI, Gemini spellings).
-TRUNCATION_REASONS = frozenset({"max_tokens", "length", "max_output_tokens", "MAX_TOKENS"})
-
-
-_SCALARS = (int, float, type(None))  # decided without numpy's shape check (an import asks once per row)
-
-
-def reached_ceiling(output: Any, ceiling: Any) -> Any:
-    """THE length rule for truncation, shared by samples, backtest, import and reports: ``output >= ceiling``.
-
-    An output that reached its ceiling was cut there (or stopped exactly at it, which cannot be told
-    apart, so it counts as cut: conservative for the quantiles). A missing or non-positive ceiling
-    (``None``, NaN, ≤ 0) decides nothing. Scalars give a ``bool``, numpy arrays an element-wise array.
-    """
-    if (isinstance(output, _SCALARS) and isinstance(ceiling, _SCALARS)) or (np.ndim(output) == 0
-                                                                             and np.ndim(ceiling) == 0):
-        if ceiling is None or output is None:
-            return False
-        c = float(ceiling)
-        return bool(c > 0 and float(output) >= c)  # NaN compares False
-    out = np.asarray(output, dtype=float)
-    cap = np.asarray(ceiling, dtype=float)
-    with np.errstate(invalid="ignore"):
-        return (cap > 0) & (out >= cap)
-
 
 def escalated_retries(
     phase_key: np.ndarray,

@@ -39,7 +39,7 @@ def import_command(
     An empty migrated database is fine (filling one is what an import is for); an unmigrated one, or not
     the expected one, is refused like everywhere else.
     """
-    from autopack.calibration.importers import FORMATS, import_telemetry, parse_assignments
+    from autopack.telemetry.ingest import FORMATS, import_telemetry, parse_assignments
     from autopack.errors import InputError
 
     if fmt not in FORMATS:

@@ -7,7 +7,7 @@ raises only ``LeaseLostError`` (the lease expired or was taken over, so the resu
 ``PhaseFinishError`` (the database refused the final write; the phase was given back when possible) and
 ``KeyboardInterrupt`` (after giving the phase back).
 
-A provider reporting usage no telemetry column can hold (``llm.base.validate_response``) fails the phase
+A provider reporting usage no telemetry column can hold (``telemetry.usage.validate_response``) fails the phase
 at stage ``provider``; the call is still recorded as a ``split_kind = 'invalid'`` usage row.
 
 One execution is one attempt, plus at most one escalated retry: when the output is truncated, the ceiling
@@ -66,7 +66,6 @@ from autopack.llm.base import (
     ProviderError,
     ProviderResponseError,
     TaskHints,
-    validate_response,
 )
 from autopack.llm.builder_format import parse_files
 from autopack.logging import get_logger, redact
@@ -80,6 +79,7 @@ from autopack.telemetry.recorder import (
     record_invalid_call,
     set_phase_outcome,
 )
+from autopack.telemetry.usage import validate_response
 from autopack.token_estimator import (
     MAX_OUTPUT_TOKENS,
     PhaseFeatures,

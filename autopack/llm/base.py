@@ -179,7 +179,8 @@ class ProviderRequestError(ProviderError):
 class ProviderResponseError(ProviderError):
     """The provider answered, but with numbers no real call produces (3×10⁹ completion tokens, −1, NaN).
 
-    Never retried. ``response`` is the response as received (None when it could not even be built), and
+    Raised by an adapter for a count that is not a whole number, and by telemetry
+    (``autopack.telemetry.usage.validate_response``) for one its column cannot hold. Never retried. ``response`` is the response as received (None when it could not even be built), and
     ``problems`` maps each bad field to why, so the caller can still record the call with those values
     marked invalid.
     """
@@ -242,55 +243,6 @@ def error_for_status(
     if looks_like_boundary(detail):
         return LLMBoundaryError(f"{where}: llm boundary: {detail}", provider=provider, status_code=status)
     return ProviderRequestError(f"{where}: request rejected: {detail}", provider=provider, status_code=status)
-
-
-# ------------------------------------------------------------------------------------------------
-# Response validation
-# ------------------------------------------------------------------------------------------------
-
-#: Each usage number of a response and the telemetry column it is written to (``llm_usage_events``).
-USAGE_COLUMNS: dict[str, str] = {
-    "input_tokens": "prompt_tokens",
-    "output_tokens": "completion_tokens",
-    "reported_total": "total_tokens",
-    "reasoning_tokens": "reasoning_tokens",
-    "cached_tokens": "cached_tokens",
-}
-
-
-def response_problems(response: LLMResponse) -> dict[str, str]:
-    """``{field: why}`` for every usage number the telemetry columns cannot hold (empty: all fine).
-
-    The ranges come from the ORM column types (``autopack.telemetry.bounds``), not from the database in
-    use, so SQLite refuses what PostgreSQL would overflow on.
-    """
-    from autopack.db.models import LlmUsageEvent
-    from autopack.telemetry.bounds import bounds_for
-
-    bounds = bounds_for(LlmUsageEvent)
-    problems: dict[str, str] = {}
-    for field_name, column in USAGE_COLUMNS.items():
-        try:
-            value = getattr(response, field_name)
-        except TypeError:  # reported_total adding two non-numbers
-            value = "not a number"
-        problem = bounds[column].problem(value)
-        if problem is not None:
-            problems[field_name] = f"{field_name}: {problem}"
-    return problems
-
-
-def validate_response(response: LLMResponse) -> LLMResponse:
-    """The response itself if every usage number fits its column; else ``ProviderResponseError``."""
-    problems = response_problems(response)
-    if problems:
-        raise ProviderResponseError(
-            f"{response.provider} reported impossible usage: {'; '.join(problems.values())}",
-            provider=response.provider,
-            response=response,
-            problems=problems,
-        )
-    return response
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from autopack.llm.base import (
     RetryPolicy,
     error_for_status,
     parse_retry_after,
-    validate_response,
     with_retries,
 )
 
@@ -138,9 +137,7 @@ class SDKProvider:
                 raise self.translate(exc) from exc
 
         response, retries = with_retries(attempt, policy=self.policy, sleep=self._sleep, provider=self.name)
-        return validate_response(
-            dataclasses.replace(response, latency_seconds=time.monotonic() - start, retries=retries)
-        )
+        return dataclasses.replace(response, latency_seconds=time.monotonic() - start, retries=retries)
 
 
 _ERROR_CODE_PREFIX = re.compile(r"^Error code: \d+ - ")
@@ -162,7 +159,7 @@ def optional_int(value: object, field: str = "token count") -> int | None:
 
     Integral numbers (and digit strings) are converted. Anything else a server may send (1.5, NaN,
     Infinity, "many", true) raises ``ProviderResponseError`` rather than being rounded or silently
-    dropped; the range is checked afterwards, once, by ``validate_response``.
+    dropped; whether it fits its telemetry column is telemetry's check (``autopack.telemetry.usage``).
     """
     if value is None:
         return None

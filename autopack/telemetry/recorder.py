@@ -36,10 +36,11 @@ from autopack.db.models import (
     utcnow,
 )
 from autopack.errors import AutopackError
-from autopack.llm.base import USAGE_COLUMNS, LLMResponse, response_problems
+from autopack.llm.base import LLMResponse
 from autopack.logging import get_logger
 from autopack.telemetry.adaptive_state import apply_feedback
 from autopack.telemetry.bounds import ValueOutOfRangeError, check_row, out_of_range
+from autopack.telemetry.usage import USAGE_COLUMNS, response_problems
 from autopack.token_estimator import (
     CALIBRATION_VERSION,
     CeilingDecision,
