@@ -10,7 +10,7 @@ from autopack.errors import AutopackError
 
 
 def settle(state: State) -> Any:
-    """A finished step's result; a refused step raises its ``AutopackError`` again (other failures: theirs).
+    """A finished subflow run's result; a refused step raises its ``AutopackError`` again (other failures: theirs).
 
     The result is linked to the step's run, so passing it as the next step's ``wait_for`` draws the edge
     guard → validate → drain → calibrate → pull request in the parent run's graph (Prefect links a subflow's
@@ -19,7 +19,7 @@ def settle(state: State) -> Any:
     from prefect.utilities.engine import link_state_to_flow_run_result
 
     value = state.result()
-    if value is not None and state.state_details.task_run_id is None:
+    if value is not None:
         link_state_to_flow_run_result(state, value)
     return value
 

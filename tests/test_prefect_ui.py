@@ -22,7 +22,7 @@ from autopack.db.engine import dispose_engines, get_engine
 from autopack.db.models import TokenEstimationV2Event
 from autopack.pipeline import prepare_database
 from browser import PLOT_LOADED, PLOT_WIDTH, Chromium, chromium_path, click_text, text_present
-from prefect_live import LiveServer, prefect_server, run_artifacts
+from prefect_live import LiveServer, prefect_server, run_artifacts, run_graph, run_logs, steps_in_order
 from test_pipeline_flow import project_checkout
 
 
@@ -103,3 +103,14 @@ def test_the_report_artifact_shows_its_plot_and_the_gate_and_pull_request_artifa
                  text_present("Calibration gate passed"))
     browser.open(f"{ui_server.url}/artifacts/artifact/{artifacts['calibration-pull-request'].id}",
                  text_present("Calibration pull request", "Dry run"))
+
+
+def test_the_run_graph_links_the_steps_in_order_and_the_log_has_no_traceback(
+    ui_server: LiveServer, finished_run: tuple[Any, dict[str, Any]]
+) -> None:
+    run, _ = finished_run
+    with temporary_settings(updates={PREFECT_API_URL: ui_server.api_url}), get_client(sync_client=True) as client:
+        graph = run_graph(client, run.id)
+        logs = run_logs(client, [run.id])
+    assert steps_in_order(graph) == ["db-identity-guard", "calibrate", "open-calibration-pr"]
+    assert logs and not [log.message for log in logs if "Traceback" in log.message]
