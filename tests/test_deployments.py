@@ -133,7 +133,7 @@ def test_each_deployment_runs_on_a_process_worker(
 
         # 0. the weekly job before the Secret block exists: Failed, in one line, no traceback in its log
         untokened = run("scheduled-calibration")
-        assert untokened.state.is_failed()
+        assert untokened.state.is_failed(), (untokened.state, worker_log.read_text()[-6000:])
         assert untokened.state.message.startswith("dry_run is false but no GitHub token is available")
         assert tracebacks(untokened.id) == []
         assert "installed in" in worker_log.read_text()  # the first run installed the commit
