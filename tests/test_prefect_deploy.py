@@ -74,6 +74,8 @@ def schedules(server: LiveServer) -> dict[str, list[Any]]:
         return {d.name: list(d.schedules) for d in client.read_deployments()}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the module's server starts in the first test
 def test_deploy_all_on_a_terminal_with_no_input_asks_nothing(server: LiveServer, tmp_path: Path) -> None:
     returncode, output = run_on_terminal([sys.executable, "-m", "prefect", "deploy", "--all"],
                                          deploy_env(server, tmp_path), ROOT, DEPLOY_TIMEOUT)
@@ -86,6 +88,8 @@ def test_deploy_all_on_a_terminal_with_no_input_asks_nothing(server: LiveServer,
     assert weekly.schedule.cron == "0 6 * * 1" and weekly.active is False  # paused until a token exists
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_deploy_all_without_a_terminal_succeeds(server: LiveServer, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "prefect", "deploy", "--all"], stdin=subprocess.DEVNULL,
                          capture_output=True, text=True, env=deploy_env(server, tmp_path), cwd=ROOT,

@@ -82,6 +82,7 @@ def browser(chromium_executable: str, tmp_path: Path) -> Iterator[Chromium]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the module's server and pipeline run start in the first test
 def test_the_parent_run_shows_its_state_message_and_its_artifacts(
     ui_server: LiveServer, finished_run: tuple[Any, dict[str, Any]], browser: Chromium
 ) -> None:
@@ -93,6 +94,7 @@ def test_the_parent_run_shows_its_state_message_and_its_artifacts(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the module's server and pipeline run start in the first test
 def test_the_report_artifact_shows_its_plot_and_the_gate_and_pull_request_artifacts_open(
     ui_server: LiveServer, finished_run: tuple[Any, dict[str, Any]], browser: Chromium
 ) -> None:
@@ -105,6 +107,8 @@ def test_the_report_artifact_shows_its_plot_and_the_gate_and_pull_request_artifa
                  text_present("Calibration pull request", "Dry run"))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_the_run_graph_links_the_steps_in_order_and_the_log_has_no_traceback(
     ui_server: LiveServer, finished_run: tuple[Any, dict[str, Any]]
 ) -> None:
