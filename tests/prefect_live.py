@@ -247,3 +247,14 @@ def steps_in_order(graph: dict[str, list[str]]) -> list[str]:
         if len(following) != 1:
             return chain
         chain.append(following[0])
+
+
+def flush_to_server(timeout: float = 120) -> None:
+    """Send the logs and events this process still holds to the server, before the server stops.
+
+    A flow run in the test's own process hands them to background services; left queued, those keep
+    retrying a stopped server for the rest of the session.
+    """
+    from prefect._internal.concurrency.services import QueueService
+
+    QueueService.drain_all(timeout=timeout, at_exit=False)

@@ -22,7 +22,15 @@ from autopack.db.engine import dispose_engines, get_engine
 from autopack.db.models import TokenEstimationV2Event
 from autopack.pipeline import prepare_database
 from browser import PLOT_LOADED, PLOT_WIDTH, Chromium, chromium_path, click_text, text_present
-from prefect_live import LiveServer, prefect_server, run_artifacts, run_graph, run_logs, steps_in_order
+from prefect_live import (
+    LiveServer,
+    flush_to_server,
+    prefect_server,
+    run_artifacts,
+    run_graph,
+    run_logs,
+    steps_in_order,
+)
 from test_pipeline_flow import project_checkout
 
 
@@ -59,6 +67,7 @@ def finished_run(ui_server: LiveServer, tmp_path_factory: pytest.TempPathFactory
         with temporary_settings(updates={PREFECT_API_URL: ui_server.api_url, PREFECT_UI_URL: ui_server.url}):
             state = telemetry_pipeline(skip_drain=True, dry_run=True, target_repo=str(target),
                                        output_dir=str(work / "reports"), return_state=True)
+            flush_to_server()  # its logs are read below, and nothing is left to send once the server stops
             with get_client(sync_client=True) as client:
                 run = client.read_flow_run(state.state_details.flow_run_id)
                 artifacts = run_artifacts(client, run.id)
