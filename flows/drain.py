@@ -5,7 +5,7 @@ deadlines — is ``autopack.execution.batch.BatchDrain``, the very engine ``auto
 module only supplies where phases run (``TaskRunExecutor``: a ``drain-phase`` task run per phase, on any
 Prefect task runner — a bounded ``ThreadPoolTaskRunner`` by default; results come back through the task runs'
 futures) and what the UI shows (``PrefectReporter``: a progress artifact, the summary artifact, one log line
-per phase).
+per phase; the ``drain-phase`` task runs log nothing, their state messages carry each phase's details).
 
 Provider calls go through the provider gate (a lease on a ``provider_slots`` row of the telemetry database,
 ``AUTOPACK_PROVIDER_CONCURRENCY`` or the ``provider_concurrency`` parameter) — no Prefect global concurrency
@@ -34,6 +34,7 @@ from prefect.states import Completed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from autopack import params as p
+from autopack.errors import AutopackError
 from autopack.execution.batch import BatchOptions, attempt_samples, run_batch_drain
 from autopack.execution.batch_report import format_summary, outcome_line, phase_log_line
 from autopack.execution.batch_workers import (
@@ -48,6 +49,8 @@ from autopack.execution.batch_workers import (
 from autopack.execution.sessions import STATUS_COMPLETED, DrainOutcome, SessionState
 from autopack.execution.triage import STAGE_EXECUTION, Candidate
 from autopack.params import DrainParams
+from flows.logs import quiet_run_logs
+from flows.states import refusal
 
 #: The phase function every ``drain-phase`` task runs (tests point it at a fake).
 PHASE_EXECUTOR: ExecutorRef = DEFAULT_EXECUTOR
@@ -61,14 +64,17 @@ PHASE_EXECUTOR: ExecutorRef = DEFAULT_EXECUTOR
     retries=0,
 )
 def drain_phase(job: PhaseJob, executor_ref: ExecutorRef = DEFAULT_EXECUTOR) -> State:
-    """Run one claimed phase; its state message (and log line) says what happened. Never raises."""
+    """Run one claimed phase; its state message says what happened (tokens, ceilings). Never raises.
+
+    It logs nothing: the flow logs one line per phase (``PrefectReporter.phase_finished``).
+    """
+    quiet_run_logs()  # also in a task runner's own processes
     message = run_job(resolve_executor(executor_ref), job)
     try:
         samples = attempt_samples(job.url, job.claim)
     except Exception:  # noqa: BLE001 - the line is informative only; the drain counts rows itself
         samples = []
     line = phase_log_line(job.run_id, job.phase_id, message, samples)
-    get_run_logger().info(line)
     return Completed(message=line[:500], data=message)
 
 
@@ -234,15 +240,19 @@ def batch_drain(
     expect_db_id: p.ExpectDbId = None,
 ) -> State:
     """Drain phases with sample-first triage (the parameters are ``autopack.params.DrainParams``)."""
+    quiet_run_logs()
     options = BatchOptions.pick(locals())
-    report = run_batch_drain(
-        options,
-        executor=PHASE_EXECUTOR,
-        runner=TaskRunExecutor(options.workers, PHASE_EXECUTOR),
-        reporter=PrefectReporter(),
-        expect_db_id=expect_db_id,
-        handle_signals=False,
-    )
+    try:
+        report = run_batch_drain(
+            options,
+            executor=PHASE_EXECUTOR,
+            runner=TaskRunExecutor(options.workers, PHASE_EXECUTOR),
+            reporter=PrefectReporter(),
+            expect_db_id=expect_db_id,
+            handle_signals=False,
+        )
+    except AutopackError as exc:  # e.g. the wrong database: one line, no traceback
+        return refusal(exc)
     state = report.state
     summary = {
         "session_id": state.session_id,

@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.states import Completed, Failed
+from prefect.states import Completed
 
 from autopack import params as p
 from autopack.config import get_settings
@@ -32,7 +32,9 @@ from autopack.timing import StageClock
 from flows.calibrate import calibrate, publish_calibration_artifacts
 from flows.drain import batch_drain
 from flows.guard import db_identity_guard
+from flows.logs import quiet_run_logs
 from flows.pull_request import github_token, open_calibration_pr_flow, publish_pull_request_artifact
+from flows.states import refusal, settle
 from flows.validate import validate_single_phase
 
 
@@ -133,34 +135,42 @@ def telemetry_pipeline(
 ) -> Any:
     """The parameters are ``autopack.params.PipelineParams``: the drain's and the calibration's, passed on as given."""
     params = PipelineParams.pick(locals())
+    quiet_run_logs()
     logger = get_run_logger()
     started_at = time.time()
     clock = StageClock(digits=2)
     lap, timings = clock.lap, clock.timings
 
+    # Each step is a subflow run, started with the previous step's result as ``wait_for``: the run graph shows
+    # them in order, linked. A step that refuses ends this run Failed with its one line (``settle``).
     try:
         target_repo = preflight(target_repo=target_repo, output_dir=output_dir, dry_run=dry_run)
-        identity = db_identity_guard(expect_db_id=expect_db_id)
+        identity = settle(db_identity_guard(expect_db_id=expect_db_id, return_state=True))
         lap("guard")
         db_id = identity["db_id"]
         logger.info("pipeline on database %s (%s)", db_id, identity["url"])
 
+        previous: Any = identity
         drained: dict[str, Any] = {"processed": 0, "telemetry_events": 0}
         if not skip_drain:
-            validation = validate_single_phase(
-                validate_run_id or (run_ids[0] if run_ids else None), validate_phase_id
-            )
+            validation = settle(validate_single_phase(
+                validate_run_id or (run_ids[0] if run_ids else None), validate_phase_id,
+                wait_for=[identity], return_state=True,
+            ))
             lap("validate")
-            drained = dict(batch_drain(**params.drain().model_dump(), expect_db_id=db_id))
+            previous = settle(batch_drain(**params.drain().model_dump(), expect_db_id=db_id, wait_for=[validation],
+                                          return_state=True))
             lap("drain")
+            drained = dict(previous)
             create_markdown_artifact(key="batch-drain-summary", markdown=drain_summary_markdown(drained),
                                      description="batch drain of this pipeline run")
             drained["processed"] = int(drained.get("processed") or 0) + (0 if validation.get("skipped") else 1)
             drained["telemetry_events"] = (int(drained.get("telemetry_events") or 0)
                                            + int(validation.get("telemetry_events") or 0))
 
-        calibration = calibrate(**params.calibration().model_dump(), include_run_ids=run_ids or None,
-                                output_dir=output_dir, expect_db_id=db_id)
+        calibration = settle(calibrate(**params.calibration().model_dump(), include_run_ids=run_ids or None,
+                                       output_dir=output_dir, expect_db_id=db_id, wait_for=[previous],
+                                       return_state=True))
         lap("calibrate")
         publish_calibration_artifacts(calibration)
         create_markdown_artifact(key="calibration-gate", markdown=gate_markdown(calibration),
@@ -178,14 +188,14 @@ def telemetry_pipeline(
             "timings": timings,
         }
         if (calibration.get("gate") or {}).get("passed"):
-            result["pull_request"] = open_calibration_pr_flow(
-                calibration, target_repo, output_dir, dry_run, result["flow_run_url"]
-            )
+            result["pull_request"] = settle(open_calibration_pr_flow(
+                calibration, target_repo, output_dir, dry_run, result["flow_run_url"], wait_for=[calibration],
+                return_state=True,
+            ))
             lap("pull_request")
             publish_pull_request_artifact(result["pull_request"])
     except AutopackError as exc:
-        logger.error("%s", exc.one_line())
-        return Failed(message=exc.one_line())
+        return refusal(exc)
     result["message"] = state_message(result)
     logger.info("%s", result["message"])
     return Completed(message=result["message"], data=result)

@@ -84,7 +84,9 @@ def deployments_table() -> str:
             "defaults) |",
             "|---|---|---|---|---|"]
     for deployment in config["deployments"]:
-        when = ", ".join(f"`{s['cron']}` {s.get('timezone', '')}".strip() for s in deployment.get("schedules") or [])
+        when = ", ".join(f"`{s['cron']}` {s.get('timezone', '')}".strip()
+                         + ("" if s.get("active", True) else ", deployed paused")
+                         for s in deployment.get("schedules") or [])
         limit = deployment.get("concurrency_limit")
         if isinstance(limit, dict):
             when += f"; {limit['limit']} run at a time (`{limit.get('collision_strategy', 'ENQUEUE')}`)"

@@ -118,13 +118,17 @@ def prefect_server(home: Path, *, ui: bool = False, timeout: float = 180) -> Ite
 
 
 def worker_python(venv: Path) -> Path:
-    """A virtual environment that sees this one's packages but installs into its own ``site-packages``."""
+    """A virtual environment that sees this one's packages but installs into its own ``site-packages``.
+
+    It also sees this checkout's ``autopack`` and ``flows`` (what docs/prefect.md's one ``pip install .`` into
+    the worker's environment gives): the pull step comes from there until it has installed a commit.
+    """
     if not (venv / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
-    (Path(site) / "_autopack_test_parent_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    (Path(site) / "_autopack_test_parent_env.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n{ROOT}\n")
     return python
 
 
@@ -195,3 +199,62 @@ def tree_artifacts(client: Any, flow_run_id: UUID) -> dict[str, Any]:
         found.update(run_artifacts(client, child.id))
     found.update(run_artifacts(client, flow_run_id))
     return found
+
+
+def run_graph(client: Any, flow_run_id: UUID) -> dict[str, list[str]]:
+    """The run graph the UI draws for a flow run: each subflow's flow name -> the flow names of its parents."""
+    graph = client._client.get(f"/flow_runs/{flow_run_id}/graph-v2").raise_for_status().json()
+    nodes = {node_id: node for node_id, node in graph["nodes"]}
+    names = {node_id: str(node["label"]).split(" / ")[0] for node_id, node in nodes.items()}
+    return {names[node_id]: sorted({names[edge["id"]] for edge in node["parents"] if edge["id"] in names})
+            for node_id, node in nodes.items() if node["kind"] == "flow-run"}
+
+
+def run_logs(client: Any, flow_run_ids: list[UUID]) -> list[Any]:
+    """Every log line of these flow runs (and their task runs), oldest first."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    found: list[Any] = []
+    while True:
+        page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)),
+                                sort=LogSort.TIMESTAMP_ASC, limit=200, offset=len(found))
+        found.extend(page)
+        if len(page) < 200:
+            return found
+
+
+def child_runs(client: Any, flow_run_id: UUID) -> dict[str, Any]:
+    """The subflow runs of a flow run, by flow name."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    children = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+    )
+    return {client.read_flow(child.flow_id).name: child for child in children}
+
+
+def steps_in_order(graph: dict[str, list[str]]) -> list[str]:
+    """The chain of subflows the run graph links, from the one without parents, each step a parent of the
+    next (other edges, where a later step also uses an earlier step's data, are allowed); [] if there is none."""
+    roots = [name for name, parents in graph.items() if not parents]
+    if len(roots) != 1:
+        return []
+    chain = roots
+    while True:
+        following = [name for name, parents in graph.items()
+                     if name not in chain and chain[-1] in parents and set(parents) <= set(chain)]
+        if len(following) != 1:
+            return chain
+        chain.append(following[0])
+
+
+def flush_to_server(timeout: float = 120) -> None:
+    """Send the logs and events this process still holds to the server, before the server stops.
+
+    A flow run in the test's own process hands them to background services; left queued, those keep
+    retrying a stopped server for the rest of the session.
+    """
+    from prefect._internal.concurrency.services import QueueService
+
+    QueueService.drain_all(timeout=timeout, at_exit=False)

@@ -9,6 +9,7 @@ pull request on the local fake GitHub, with the token in the ``github-token`` Se
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,11 +31,15 @@ from github_server.app import FakeGitHub
 from github_server.fixtures import BOT_TOKEN, REPOSITORY, served_fake
 from prefect_live import (
     LiveServer,
+    child_runs,
     final_flow_run,
     prefect_server,
     process_worker,
     run_artifacts,
+    run_graph,
+    run_logs,
     source_clone,
+    steps_in_order,
     tree_artifacts,
     worker_python,
 )
@@ -44,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 POOL = "autopack-process"
 #: Per flow run: clone, offline install, a full drain of the seed runs on 2 cores shared with other work.
 RUN_TIMEOUT = 600
+#: The drain's one log line per phase (``autopack.execution.batch_report.outcome_line``).
+PHASE_LINE = re.compile(r"^\[\d+/\d+\] (OK|FAIL) ")
 
 
 def prefect_cli(server: LiveServer, *args: str, cwd: Path, **env: str) -> str:
@@ -97,8 +104,6 @@ def test_each_deployment_runs_on_a_process_worker(
     source = source_clone(work / "source")
     target = project_checkout(work / "target")  # the checkout a dry run writes its branch into
 
-    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-        Secret(value=BOT_TOKEN).save("github-token", overwrite=True)
     prefect_cli(server, "work-pool", "create", POOL, "--type", "process", cwd=work)
     prefect_cli(
         server, "deploy", "--all", "--prefect-file", str(work / "source" / "prefect.yaml"), cwd=work / "source",
@@ -108,7 +113,8 @@ def test_each_deployment_runs_on_a_process_worker(
     deployments = {d.name: d for d in client.read_deployments()}
     assert deployments.keys() == {"telemetry-pipeline", "scheduled-calibration", "batch-drain"}
     scheduled = deployments["scheduled-calibration"]
-    assert [s.schedule.cron for s in scheduled.schedules] == ["0 6 * * 1"]
+    assert [(s.schedule.cron, s.active) for s in scheduled.schedules] == [("0 6 * * 1", False)]  # paused
+    assert deployments["telemetry-pipeline"].schedules == [] and deployments["batch-drain"].schedules == []
     assert scheduled.concurrency_options is not None
     assert str(scheduled.concurrency_options.collision_strategy.value) == "CANCEL_NEW"
     assert scheduled.job_variables["env"]["DATABASE_URL"] == database_url
@@ -122,6 +128,18 @@ def test_each_deployment_runs_on_a_process_worker(
             flow_run = client.create_flow_run_from_deployment(deployments[name].id, parameters=parameters)
             return final_flow_run(client, flow_run.id, RUN_TIMEOUT, worker_log)
 
+        def tracebacks(*flow_run_ids: Any) -> list[str]:
+            return [log.message for log in run_logs(client, list(flow_run_ids)) if "Traceback" in log.message]
+
+        # 0. the weekly job before the Secret block exists: Failed, in one line, no traceback in its log
+        untokened = run("scheduled-calibration")
+        assert untokened.state.is_failed(), (untokened.state, worker_log.read_text()[-6000:])
+        assert untokened.state.message.startswith("dry_run is false but no GitHub token is available")
+        assert tracebacks(untokened.id) == []
+        assert "installed in" in worker_log.read_text()  # the first run installed the commit
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            Secret(value=BOT_TOKEN).save("github-token", overwrite=True)
+
         # 1. batch-drain, a small batch of one run
         drain = run("batch-drain", run_ids=[V4_RUN_ID], batch_size=3)
         assert drain.state.is_completed(), (drain.state, worker_log.read_text()[-4000:])
@@ -133,6 +151,8 @@ def test_each_deployment_runs_on_a_process_worker(
         assert refused.state.is_failed()
         assert refused.state.message.startswith("target_repo '.' is not an absolute path")
         assert "\n" not in refused.state.message
+        assert tracebacks(refused.id) == []
+        assert "is already installed" in worker_log.read_text()  # later runs of that commit skip the install
 
         prefect_cli(server, "deployment", "run", "telemetry-pipeline/telemetry-pipeline", "-p", "dry_run=true",
                     "-p", f"target_repo={target}", cwd=work)
@@ -142,6 +162,15 @@ def test_each_deployment_runs_on_a_process_worker(
         assert pipeline.state.is_completed(), (pipeline.state, worker_log.read_text()[-4000:])
         assert pipeline.state.message.startswith(f"dry run: branch {BOT_BRANCH} written to {target}")
         assert phase_states(database_url).get("QUEUED", 0) == 0
+        assert steps_in_order(run_graph(client, pipeline.id)) == [  # linked, in order, in the UI's run graph
+            "db-identity-guard", "validate-single-phase", "batch-drain", "calibrate", "open-calibration-pr"]
+        drain_run = child_runs(client, pipeline.id)["batch-drain"]
+        drain_logs = run_logs(client, [drain_run.id])
+        processed = int(drain_run.state.message.split(" phases:")[0])  # "60 phases: 58 ok, …"
+        phase_lines = [log.message for log in drain_logs if PHASE_LINE.match(log.message)]
+        assert processed > 0 and len(phase_lines) == processed  # one log line per drained phase
+        assert not [log for log in drain_logs if log.task_run_id is not None]  # task runs add no line
+        assert tracebacks(pipeline.id, drain_run.id) == []
         artifacts = run_artifacts(client, pipeline.id)
         assert {"batch-drain-summary", "calibration-report", "calibration-groups", "calibration-gate",
                 "calibration-pull-request"} <= artifacts.keys()
