@@ -351,10 +351,6 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         original[has] = np.ceil(np.maximum(test.pred_current[has], 1) * med[has])
         ceilings["original_median"] = original
         proposal_factors = _proposal_factors(current, fitted, samples.groups)
-        # every method on the held-out calls, for the report (the gate replays only the chosen one)
-        _, static_proposed = configuration_ceiling(test, fitted.fit.coefficients, proposal_factors)
-        drift_summary = drift.compare_in_calibration(alpha, held.drift_rows(), fitted.predicted, proposal_factors,
-                                                     static_proposed)
         ceilings["proposed"] = heldout_ceilings(held, fitted.fit.coefficients, proposal_factors, params)
     else:  # nothing held out: the methods are still listed, with n = 0
         ceilings = {name: np.empty(0) for name in ("current", "original_median", "proposed")}
@@ -385,6 +381,11 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     if ship_weights and not passing:
         ship_weights = False
         weights_verdict = "TOKEN_WEIGHTS changes not shipped: no group passed the gate"
+    if tested:  # every drift method on what ships, for the report; the chosen method's row is the gate's replay
+        coeffs, factors = _shipped(current, fitted, passing, ship_weights)
+        _, static_shipped = configuration_ceiling(test, coeffs, factors)
+        drift_summary = drift.compare_in_calibration(alpha, held.drift_rows(), predict(samples, coeffs), factors,
+                                                     static_shipped, chosen=(params.spec.name, shipped_ceiling))
     return Decision(fitted, tested, ship_weights, weights_verdict, backtest, group_bt, passing, reasons, verdicts,
                     shipped_verdict, int(fit_rows.size), drift_summary)
 
@@ -401,6 +402,8 @@ class PlotData:
     n: list[int] = field(default_factory=list)
     #: today's ceiling on the same scale (ceiling today / proposed prediction): median, 10th and 90th percentile
     current: list[tuple[float, float, float] | None] = field(default_factory=list)
+    #: per call: held out of the fit (the newest calls the backtest replays), drawn apart from the fitted ones
+    held_out: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -426,6 +429,7 @@ def calibrate(samples: SampleSet, params: Params, current: te.Coefficients | Non
         plot.groups.append(g)
         plot.ratios.append(samples.y[idx] / np.maximum(decision.fitted.predicted[idx], 1.0))
         plot.observed.append(samples.observed[idx])
+        plot.held_out.append(idx >= decision.fit_rows)  # the fit is the oldest rows, the held-out calls the rest
         plot.factors.append(entry["budget_factor"])
         plot.proposed.append(bool(entry["proposed"]))
         plot.n.append(int(idx.size))
@@ -508,6 +512,7 @@ def _group_entries(
                 "location_ratio": _num(math.exp(fit.location)) if fit else None,
                 "factor_source": info.source,
                 "factor_pool_n": info.pool_n,
+                "factor_rank": info.k,  # the order statistic of the pool_n fitted calls the bound is (conformal)
                 "factor_interval": list(info.interval),
                 "factor_note": info.note,
                 "avg_actual": _num(float(np.mean(samples.actual[idx])), 1),

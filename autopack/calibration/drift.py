@@ -673,8 +673,17 @@ def compare_in_calibration(
     factors: Mapping[Group, float],
     static_ceiling: np.ndarray,
     feedback: Feedback = BACKTEST_FEEDBACK,
+    *,
+    chosen: tuple[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """``backtest.calibration_under_drift``: every method on the held-out calls, for the proposal's factors.
+    """``backtest.calibration_under_drift``: every method on the held-out calls, for the configuration that ships.
+
+    ``predicted``, ``factors`` and ``static_ceiling`` describe what merging ships (the shipped
+    coefficients, their factors, their ceilings with no runtime state). ``chosen`` = (the calibration's
+    method, the ceilings the gate replayed for it): that method's row is those ceilings, so it equals the
+    shipped backtest exactly. The other adaptive methods move the factored groups that have a reviewed
+    curve (enough own fitted calls); ``differs_from_static`` counts the held-out calls whose ceiling each
+    method changes, ``adapted_calls`` those it could change: with few of them the rows coincide.
 
     Worst bin = the worst of 5 consecutive blocks of held-out calls (telemetry rarely has 50 calls in 5
     minutes). The oracle is each group's own quantile of the held-out calls, in hindsight. Beyond
@@ -685,6 +694,8 @@ def compare_in_calibration(
     if held_out > MAX_COMPARED_CALLS:
         rows = dataclasses.replace(rows, test_rows=rows.test_rows[-MAX_COMPARED_CALLS:])
         static_ceiling = static_ceiling[-MAX_COMPARED_CALLS:]
+        if chosen is not None:
+            chosen = (chosen[0], chosen[1][-MAX_COMPARED_CALLS:])
     train, test = rows.streams(predicted)
     anchors = {i: factors[g] for g, i in rows.index(list(factors)).items()}
     comparison = Comparison(alpha, feedback)
@@ -697,13 +708,21 @@ def compare_in_calibration(
         else:
             raw, _ = replay_aci(test, curves, {}, alpha, spec.gamma, feedback)
         comparison.ceilings[name] = _place(static_ceiling, raw, test, curves) if curves else static_ceiling
+    if chosen is not None and chosen[0] in comparison.ceilings:
+        comparison.ceilings[chosen[0]] = np.asarray(chosen[1], dtype=float)
+    static = comparison.ceilings["static"]
+    differs = {name: int(np.count_nonzero(comparison.ceilings[name] != static)) for name in ("rolling", "aci")}
     comparison.ceilings["oracle"] = oracle_ceilings(test, alpha)
     comparison.metrics = {k: evaluate(test, c, alpha, bin_seconds=None) for k, c in comparison.ceilings.items()}
     summary = comparison.summary()
     summary["bins"] = "5 consecutive blocks of equal size"
     summary["calls"] = (f"all {held_out} held-out calls" if held_out <= MAX_COMPARED_CALLS
                         else f"the newest {MAX_COMPARED_CALLS} of {held_out} held-out calls")
+    summary["configuration"] = "shipped"
+    summary["this_pull_request"] = chosen[0] if chosen is not None else None
     summary["adapted_groups"] = sorted(list(rows.groups[i]) for i in curves)
+    summary["adapted_calls"] = int(np.isin(test.group, list(curves)).sum())
+    summary["differs_from_static"] = differs
     return summary
 
 
