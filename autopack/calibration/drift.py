@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 
 from autopack import token_estimator as te
-from autopack.calibration import stats
+from autopack.calibration import stats, story
 
 MethodName = Literal["static", "rolling", "aci"]
 METHODS: tuple[MethodName, ...] = ("static", "rolling", "aci")
@@ -786,16 +786,20 @@ def adaptive_changes(
 
 
 def report_section(result: Mapping[str, Any]) -> list[str]:
-    """The markdown report's "Calibration under drift" section: the method in two sentences, then the table."""
+    """The markdown report's "Calibration under drift" section: the method in two sentences, then the table.
+
+    Rows, labels and the note on coinciding rows come from ``story.drift_table``, as in the PR body.
+    """
     md = result.get("metadata") or {}
     method = md.get("method", DEFAULT_METHOD)
     lines = ["## Calibration under drift", "", describe_method(method, md.get("method_params") or {}), ""]
-    summary = (result.get("backtest") or {}).get("calibration_under_drift") or {}
-    methods = summary.get("methods") or {}
-    if not methods:
+    backtest = result.get("backtest") or {}
+    summary = backtest.get("calibration_under_drift") or {}
+    table = story.drift_table(backtest, method)
+    if table is None:
         return lines + ["No held-out calls: nothing to replay.", ""]
     lines += [
-        f"Every method replayed on {summary.get('calls', 'the held-out calls')} with the proposal's factors "
+        f"Every method replayed on {summary.get('calls', 'the held-out calls')} with {table.basis} "
         "(delayed feedback: "
         f"{Feedback(**{k: v for k, v in summary['feedback'].items() if k != 'kind'}).describe()}; worst bin = "
         f"{summary.get('bins')}; `oracle` = each group's own quantile of these calls, in hindsight).",
@@ -803,14 +807,20 @@ def report_section(result: Mapping[str, Any]) -> list[str]:
         "| method | truncation | reserved / used | ÷ oracle | worst bin | pinball ÷ oracle |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, m in methods.items():
-        shown = f"**{name}**" if name == method else name
-        rate, worst = m.get("truncation_rate"), m.get("worst_bin_truncation")
+    for row in table.rows:
+        m = row.metrics
+        shown = f"**{row.label}**" if row.this_pr else row.label
+        low, high = (m.get("truncation_interval") or [m.get("truncation_rate")] * 2)[:2]
+        rate = "–" if low is None else (f"{100 * low:.1f} %" if high in (None, low)
+                                         else f"{100 * low:.1f}–{100 * high:.1f} %")
+        worst = m.get("worst_bin_truncation")
         lines.append(
-            f"| {shown} | {'–' if rate is None else f'{100 * rate:.1f} %'} | {_num(m.get('reserved_over_used'))} | "
+            f"| {shown} | {rate} | {_num(m.get('reserved_over_used'))} | "
             f"{_num(m.get('reserved_vs_oracle'))} | {'–' if worst is None else f'{100 * worst:.1f} %'} | "
             f"{_num(m.get('pinball_vs_oracle'))} |"
         )
+    if table.note:
+        lines += ["", table.note]
     return lines + [""]
 
 
