@@ -501,6 +501,7 @@ def _draw(path: Path, plot: Any, alpha: float, simulated: str | None = None) -> 
 
 #: Marker styles: fitted calls filled, held-out calls hollow squares; truncated calls as triangles.
 FITTED: dict[str, Any] = {"s": 12, "alpha": 0.6, "color": "tab:blue", "marker": "o"}
-HELD_OUT: dict[str, Any] = {"s": 22, "marker": "s", "facecolors": "none", "edgecolors": "tab:cyan", "linewidths": 1.2}
+HELD_OUT: dict[str, Any] = {"s": 22, "marker": "s", "facecolors": "none", "edgecolors": "tab:cyan",
+                            "linewidths": 1.2}
 FITTED_CUT: dict[str, Any] = {"s": 28, "marker": "^", "facecolors": "none", "edgecolors": "tab:red"}
 HELD_OUT_CUT: dict[str, Any] = {"s": 34, "marker": "^", "color": "tab:red"}

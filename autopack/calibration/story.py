@@ -139,8 +139,12 @@ class Confirmation:
             thin = any(w in lowered for w in ("too few", "insufficient", "thin", "no held-out", "not enough", "none"))
         if thin is None:
             thin = held is None or held == 0 or (minimum is not None and held < minimum)
-        return cls(held, _int(backtest.get("truncations")), _int(backtest.get("truncations_upper")), thin, minimum,
-                   why)
+        upper = _int(backtest.get("truncations_upper"))
+        interval = backtest.get("truncation_interval")
+        if upper is None and held and isinstance(interval, Sequence) and len(interval) == 2 and _number(interval[1]) \
+                is not None:
+            upper = round(float(interval[1]) * held)  # an entry that carries the rates only
+        return cls(held, _int(backtest.get("truncations")), upper, thin, minimum, why)
 
     def text(self) -> str:
         if not self.held_out:

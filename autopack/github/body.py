@@ -508,7 +508,7 @@ def _backtest_table(backtest: Mapping[str, Any], method: object = None) -> str:
                      "pull request ships."]
     rows += [
         "",
-        "| Metric | " + " | ".join(f"{h} (`{k}`)" for k, h, _ in columns) + " |",
+        "| Metric | " + " | ".join(f"`{k}` = {h}" for k, h, _ in columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
     for key, label in present:
