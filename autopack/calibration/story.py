@@ -47,7 +47,8 @@ VERDICT_LABELS: dict[VerdictKind, str] = {
 }
 
 
-def _number(value: object) -> float | None:
+def number(value: object) -> float | None:
+    """A finite number, else None (booleans are not numbers here)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
@@ -57,11 +58,13 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _mapping(value: object) -> Mapping[str, Any]:
+def mapping(value: object) -> Mapping[str, Any]:
+    """The value when it is a JSON object, else an empty one (a key an older output lacks)."""
     return value if isinstance(value, Mapping) else {}
 
 
-def _records(value: object) -> list[Mapping[str, Any]]:
+def records(value: object) -> list[Mapping[str, Any]]:
+    """The objects of a JSON list (anything else in it, or a non-list, is left out)."""
     if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
         return []
     return [v for v in value if isinstance(v, Mapping)]
@@ -90,7 +93,7 @@ class Guarantee:
         fitted = _int(group.get("factor_pool_n"))
         return cls(group.get("factor_method") if isinstance(group.get("factor_method"), str) else None,
                    fitted if fitted is not None else _int(group.get("n")), _int(group.get("factor_rank")),
-                   _number(group.get("confidence")), alpha,
+                   number(group.get("confidence")), alpha,
                    group.get("assumption") if isinstance(group.get("assumption"), str) else None)
 
     def text(self) -> str:
@@ -141,7 +144,7 @@ class Confirmation:
             thin = held is None or held == 0 or (minimum is not None and held < minimum)
         upper = _int(backtest.get("truncations_upper"))
         interval = backtest.get("truncation_interval")
-        if upper is None and held and isinstance(interval, Sequence) and len(interval) == 2 and _number(interval[1]) \
+        if upper is None and held and isinstance(interval, Sequence) and len(interval) == 2 and number(interval[1]) \
                 is not None:
             upper = round(float(interval[1]) * held)  # an entry that carries the rates only
         return cls(held, _int(backtest.get("truncations")), upper, thin, minimum, why)
@@ -179,7 +182,7 @@ class GroupVerdict:
 
 def min_heldout(result: Mapping[str, Any]) -> int | None:
     """Held-out calls needed to carry evidence: the calibration's own number, else 1/α − 1 (conformal minimum)."""
-    for where in (_mapping(result.get("gate")), _mapping(result.get("metadata"))):
+    for where in (mapping(result.get("gate")), mapping(result.get("metadata"))):
         for key in ("min_heldout", "min_held_out", "min_evidence_calls"):
             value = _int(where.get(key))
             if value is not None:
@@ -189,21 +192,21 @@ def min_heldout(result: Mapping[str, Any]) -> int | None:
 
 
 def alpha_of(result: Mapping[str, Any]) -> float | None:
-    return _number(_mapping(result.get("metadata")).get("target_truncation"))
+    return number(mapping(result.get("metadata")).get("target_truncation"))
 
 
 def group_verdicts(result: Mapping[str, Any]) -> dict[Group, GroupVerdict]:
     """Every group of the calibration, with its verdict on what ships (its ``shipped`` held-out replay)."""
     alpha, minimum = alpha_of(result), min_heldout(result)
     held = {(str(g.get("category")), str(g.get("complexity"))): g
-            for g in _records(_mapping(result.get("backtest")).get("groups"))}
-    changed = {(str(c.get("category")), str(c.get("complexity"))) for c in _records(result.get("proposed_changes"))}
+            for g in records(mapping(result.get("backtest")).get("groups"))}
+    changed = {(str(c.get("category")), str(c.get("complexity"))) for c in records(result.get("proposed_changes"))}
     out: dict[Group, GroupVerdict] = {}
-    for g in _records(result.get("groups")):
+    for g in records(result.get("groups")):
         key = (str(g.get("category")), str(g.get("complexity")))
         bt = held.get(key, {})
-        replay = _mapping(bt.get("shipped")) or _mapping(_mapping(g.get("backtest")).get("shipped"))
-        confirmation = Confirmation.of(replay, minimum, n=bt.get("n", _mapping(g.get("backtest")).get("n", 0)))
+        replay = mapping(bt.get("shipped")) or mapping(mapping(g.get("backtest")).get("shipped"))
+        confirmation = Confirmation.of(replay, minimum, n=bt.get("n", mapping(g.get("backtest")).get("n", 0)))
         kind = VerdictKind.SHIPS if g.get("proposed", key in changed) else VerdictKind.NOT_SHIPPED
         reasons = [str(r) for r in g.get("gate_reasons") or []]
         out[key] = GroupVerdict(key, kind, Guarantee.of(g, alpha), confirmation, "; ".join(reasons))
@@ -212,7 +215,7 @@ def group_verdicts(result: Mapping[str, Any]) -> dict[Group, GroupVerdict]:
 
 def gate_sentence(result: Mapping[str, Any]) -> str:
     """What "gate passed" means here, reconciled with any thin-evidence warning below it."""
-    gate = _mapping(result.get("gate"))
+    gate = mapping(result.get("gate"))
     if gate.get("passed") is not True:
         return "Nothing ships: no change passed the gate (reasons below)."
     shipped = [v for v in group_verdicts(result).values() if v.kind.ships]
@@ -257,8 +260,8 @@ class DriftTable:
 
 def drift_table(backtest: Mapping[str, Any], method: object = None) -> DriftTable | None:
     """The rows, which one is this pull request, and why identical rows are identical (None: no comparison)."""
-    drift = _mapping(backtest.get("calibration_under_drift") or backtest.get("drift"))
-    methods = _mapping(drift.get("methods"))
+    drift = mapping(backtest.get("calibration_under_drift") or backtest.get("drift"))
+    methods = mapping(drift.get("methods"))
     if not methods:
         return None
     shipped_basis = drift.get("configuration") == "shipped"
@@ -286,7 +289,7 @@ def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     keys = ("truncations", "truncations_upper", "worst_bin_truncation")
     if any(a.get(k) != b.get(k) for k in keys):
         return False
-    x, y = _number(a.get("reserved_over_used")), _number(b.get("reserved_over_used"))
+    x, y = number(a.get("reserved_over_used")), number(b.get("reserved_over_used"))
     return x == y or (x is not None and y is not None and math.isclose(x, y, rel_tol=5e-4))
 
 
@@ -302,10 +305,10 @@ def _coincidence(drift: Mapping[str, Any], rows: list[DriftRow], backtest: Mappi
                 "adaptive methods have nothing to move and every method keeps the static factors.")
     calls = _int(drift.get("adapted_calls"))
     held = {(str(g.get("category")), str(g.get("complexity"))): _int(g.get("n"))
-            for g in _records(backtest.get("groups"))}
+            for g in records(backtest.get("groups"))}
     if calls is None:
         calls = sum(held.get((str(a), str(b))) or 0 for a, b in adapted)
-    differs = _mapping(drift.get("differs_from_static"))
+    differs = mapping(drift.get("differs_from_static"))
     changed = ", ".join(f"{k} {v}" for k, v in differs.items() if _int(v) is not None)
     groups = ", ".join(f"{a}/{b}" for a, b in adapted)
     return (f"{names} coincide to the figures shown: the adaptive methods move only groups with a reviewed quantile "
@@ -320,7 +323,7 @@ def _coincidence(drift: Mapping[str, Any], rows: list[DriftRow], backtest: Mappi
 def simulated_note(sources: Mapping[str, Any]) -> str | None:
     """``SIMULATED DATA: simulated/sim-builder-1 (246 of 246 samples), not a real model`` when the
     calibration's ``metadata.sources`` says so (the provider recorded with each event), else None."""
-    models = _records(sources.get("models") or sources.get("mix") or sources.get("sources"))
+    models = records(sources.get("models") or sources.get("mix") or sources.get("sources"))
     flagged = [m for m in models if m.get("simulated") is True]
     if sources.get("simulated") is not True and not flagged:
         return None

@@ -26,6 +26,7 @@ from pathlib import PurePath
 from typing import Any
 
 from autopack.calibration import story
+from autopack.calibration.story import mapping as _mapping, number as _number, records as _records
 from autopack.config import get_settings
 from autopack.errors import InputError
 from autopack.github.estimator_edit import read_tables
@@ -799,28 +800,6 @@ def _same_number(text: str, number: float) -> bool:
 
 
 # --- formatting ----------------------------------------------------------------------------------
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _records(value: object) -> list[Mapping[str, Any]]:
-    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
-        return []
-    return [v for v in value if isinstance(v, Mapping)]
-
-
-def _first(value: object) -> object:
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return "; ".join(str(v) for v in value) if value else None
-    return value
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def _pair(value: object) -> tuple[float, float] | None:
