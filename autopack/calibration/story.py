@@ -220,7 +220,7 @@ def gate_sentence(result: Mapping[str, Any]) -> str:
         return "Nothing ships: no change passed the gate (reasons below)."
     shipped = [v for v in group_verdicts(result).values() if v.kind.ships]
     if not shipped:
-        return ("Passed on shared settings only; no group's budget factor changes.")
+        return "Passed on shared settings only; no group's budget factor changes."
     thin = [v for v in shipped if v.confirmation.thin]
     names = ", ".join(f"{v.group[0]}/{v.group[1]}" for v in shipped)
     one = len(shipped) == 1
