@@ -117,6 +117,7 @@ def _solve(
     lo: np.ndarray,
     hi: np.ndarray,
     multiplicity: np.ndarray | None = None,
+    kappa: float = PULL_KAPPA,
 ) -> np.ndarray | None:
     """The LP above, solved in its dual form; returns θ or None if HiGHS fails.
 
@@ -130,7 +131,7 @@ def _solve(
     keep = weight > 0
     a_rows = margin * x[keep]
     w = weight[keep]
-    lam = PULL_KAPPA * margin * np.maximum((x * weight[:, None]).sum(axis=0), 1.0)
+    lam = kappa * margin * np.maximum((x * weight[:, None]).sum(axis=0), 1.0)
     c_plus = np.concatenate([0.5 * w, lam])
     c_minus = np.concatenate([np.where(observed[keep], 0.5, 0.0) * w, lam])
     b = np.concatenate([target[keep], theta0])
@@ -287,6 +288,9 @@ def fit_coefficients(
     )
 
 
+#: The pull toward today's values in the scale-free fit: only breaks ties (the joint LP's κ would move a
+#: two-point design's intercept by several calls' worth of quantile).
+SCALE_FREE_KAPPA = 0.001
 #: A group's overhead is identifiable from its budget factor only with ≥ this many calls at each of two
 #: distinct marginal costs (e.g. one-file and two-file phases) ...
 MIN_DESIGN_ROWS = 5
@@ -304,9 +308,10 @@ def scale_free_overhead(
     Fitting it on the level instead (the joint LP above) let it carry the scale: with the weights fixed
     and over-predicting, it was halved every run toward its bound while the factor rose to compensate
     (1176 → 588 → … → 3 in a closed loop). So: the median (L1, censored) regression y ≈ m·(a + b·marginal),
-    a free scale b > 0, gives overhead = a / b. When the group's calls do not have ≥ ``MIN_DESIGN_ROWS`` at
+    a free scale b > 0, gives overhead = a / b (regularised toward today's value by the ×½ … ×2 step and a tie-breaking
+pull). When the group's calls do not have ≥ ``MIN_DESIGN_ROWS`` at
     each of two marginal costs at least ``MIN_DESIGN_SPREAD`` apart, a and b cannot be told apart: None
-    (the overhead stays at today's value). The fit's small pull toward today's values regularises it.
+    (the overhead stays at today's value).
     """
     values, counts = np.unique(np.round(marginal, 6), return_counts=True)
     supported = values[counts >= MIN_DESIGN_ROWS]
@@ -316,7 +321,8 @@ def scale_free_overhead(
     theta0 = np.array([today * level, level])
     design = np.column_stack([np.ones(y.size), marginal])
     theta = _solve(design, y.astype(float), observed, theta0, margin, np.array([0.0, 1e-6]),
-                   np.array([10.0 * float(y.max()) + 1.0, 1e4]))  # finite: the dual's objective holds them
+                   np.array([10.0 * float(y.max()) + 1.0, 1e4]),  # finite: the dual's objective holds them
+                   kappa=SCALE_FREE_KAPPA)
     if theta is None or theta[1] <= 0:
         return None
     return float(theta[0] / theta[1])
