@@ -27,7 +27,7 @@ LOGNORMAL = Law(0.0, 0.35)
 MIXTURE = Law(-0.1, 0.25, 0.2, 0.6, 0.35)
 ALPHA = 0.05
 CUT_GROUPS = (("implementation", "low", 300), ("docs", "low", 20), ("docs", "medium", 10), ("tests", "low", 5))
-UNCUT = ("tests", "medium", 300)
+UNCUT = ("tests", "medium", 400)
 
 
 def today_factor(law: Law, cut: float) -> float:

@@ -18,9 +18,11 @@ predicted over the group's calls: so no call's ceiling falls (the safety argumen
 at least ×1.25 (each run makes progress even where the fitted quantile, contradicted by today's cut calls,
 sits below today's ceilings). Where today's ceilings vary by more than ×1.6 across the group's calls (a
 floor: a factor replaces the floor, so lowering none of them would take more than the ×2 step), there is
-no safe step and the group is left as it is, said so. A group counts as truncating above α when its calls surely cut under
-today's ceilings are more than α of its calls and the one-sided exact binomial test of "rate ≤ α" gives
-p < ``RAISE_LEVEL``: the test only has to name the direction (a raise cannot harm truncation; a needless
+no safe step and the group is left as it is, said so.
+
+A group counts as truncating above α when its calls cut under today's ceilings (surely, or by the
+Kaplan–Meier tail for calls cut at older, lower caps) are more than α of its calls and the one-sided
+exact binomial test of "rate ≤ α" gives p < ``RAISE_LEVEL``: the test only has to name the direction (a raise cannot harm truncation; a needless
 one costs tokens until the lower-reserve rule takes it back), not prove it.
 """
 
@@ -50,7 +52,7 @@ class Step:
     """One group's step toward α (or why there is none): what ``core`` ships and the report says."""
 
     n: int  # the group's calls (fitted and held out)
-    today_truncations: int  # surely cut under today's ceilings
+    today_truncations: int  # cut under today's ceilings: surely, or by the Kaplan–Meier tail
     today_rate: float
     binomial_p: float
     above_alpha: bool
@@ -97,6 +99,21 @@ def _expected_truncation(r: np.ndarray, observed: np.ndarray, log_factor: float)
     return float(dist.norm_sf((log_factor - fit.mu) / fit.sigma)), "censored-normal extrapolation"
 
 
+def _cut_today(r: np.ndarray, observed: np.ndarray, log_today: np.ndarray, sure: int) -> int:
+    """How many of the group's calls today's ceilings cut: the surely cut ones, or, when more, the Kaplan–Meier
+    count Σ P(r ≥ log(today's ceiling ÷ predicted)) over its calls (a call cut at an older, lower cap is then
+    counted by the tail above its cap rather than as fitting). Beyond its largest complete call the curve says
+    nothing, and such calls count only when surely cut."""
+    complete = r[observed]
+    if observed.all() or not complete.size:
+        return sure
+    km = stats.kaplan_meier(r, observed)
+    inside = log_today <= complete.max()
+    i = np.searchsorted(km.times, log_today[inside], side="left") - 1  # F just below each ceiling
+    survival = 1.0 - np.where(i >= 0, km.cdf[np.maximum(i, 0)], 0.0)
+    return max(sure, int(round(float(survival.sum()))))
+
+
 def step_toward_alpha(
     y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, info: FactorInfo,
     alpha: float, current_factor: float | None,
@@ -105,14 +122,13 @@ def step_toward_alpha(
     ``today_ceiling`` today's ceilings, ``info`` its factor fitted on all its calls (the quantile)."""
     n = int(y.size)
     pred = np.maximum(predicted, 1.0)
-    sure_today = y >= today_ceiling
-    x = int(sure_today.sum())
+    r = np.log(y / pred)
+    ratio = today_ceiling / pred
+    x = _cut_today(r, observed, np.log(ratio), int((y >= today_ceiling).sum()))
     rate = x / n if n else 0.0
     p = stats.binomial_exceedance_p(x, n, alpha)
     above = n > 0 and rate > alpha and p < RAISE_LEVEL
-    ratio = today_ceiling / pred
     today_factor = float(np.median(ratio)) if n else math.nan
-    r = np.log(y / pred)
     expected_today, _ = _expected_truncation(r, observed, float(np.log(today_factor))) if n else (None, "")
     quantile = info.factor if info.factor is not None and math.isfinite(info.factor) else None
     common: dict[str, Any] = dict(
@@ -120,7 +136,7 @@ def step_toward_alpha(
         quantile_method=info.method, today_factor=today_factor, expected_truncation_today=expected_today,
         used_tokens=int(y.sum()), reserved_tokens_today=int(today_ceiling.sum()),
     )
-    today_line = (f"today {x}/{n} of its calls surely cut ({rate:.1%}; one-sided exact binomial p = {p:.3g} "
+    today_line = (f"today {x}/{n} of its calls cut ({rate:.1%}; one-sided exact binomial p = {p:.3g} "
                   f"for rate ≤ {alpha:g})")
 
     def none(why: str) -> Step:
