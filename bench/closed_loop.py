@@ -245,7 +245,7 @@ class LoopConfig:
     explore_share: float = 0.0
     #: Extra keyword arguments for ``run_calibration`` (e.g. a window, once the calibration has one).
     calibration_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    #: Restrict the workload to these canonical (category, complexity) groups of the seed runs (None: all 61).
+    #: Restrict the workload to the seed phases of these estimator groups (None: all 61 phases).
     groups: frozenset[Group] | None = None
 
 
@@ -284,12 +284,11 @@ class LoopResult:
 
 
 def _select(cases: Sequence[PhaseCase], groups: frozenset[Group] | None) -> list[PhaseCase]:
+    """The phases whose estimator group (``estimate().group``: no coefficient moves a phase between groups) is in
+    ``groups``."""
     if groups is None:
         return list(cases)
-    from autopack.taxonomy import canonical_category, canonical_complexity
-
-    return [c for c in cases
-            if (canonical_category(c.features.category), canonical_complexity(c.features.complexity)) in groups]
+    return [c for c in cases if te.estimate(c.features).group in groups]
 
 
 @contextlib.contextmanager
