@@ -394,24 +394,20 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     for gi in sorted(samples.rows_by_group()):
         g = samples.groups[gi]
         step = steps[g]
-        if step.above_alpha:  # today truncates above α: only a step toward α can help it
-            if not step.raises:
-                reasons[g] = [step.verdict]
-            elif step.n < params.min_samples:
-                reasons[g] = [f"{step.verdict}; but {step.n} calls < --min-samples {params.min_samples}"]
-            elif not tested:
-                reasons[g] = [f"{step.verdict}; but no held-out calls: nothing can be shipped"]
-            else:
-                raised[g] = step.factor  # type: ignore[assignment]
-                passing.append(g)
-                verdicts[g] = step.verdict
-                reasons[g] = []
-            continue
         why, verdict = _gate_group(g, fitted, group_bt, params)
-        reasons[g] = why
-        if not why:
+        if not why:  # a distribution-free factor that passes the held-out test: from either side of α
             passing.append(g)
             verdicts[g] = verdict
+        elif step.above_alpha and step.raises and step.n >= params.min_samples and tested:
+            raised[g] = step.factor  # type: ignore[assignment]
+            passing.append(g)
+            verdicts[g] = step.verdict
+            why = []
+        elif step.above_alpha:  # only a step toward α could help it: say why there is none
+            why = [step.verdict if not step.raises else f"{step.verdict}; but "
+                   + (f"{step.n} calls < --min-samples {params.min_samples}" if step.n < params.min_samples
+                      else "no held-out calls: nothing can be shipped")] + why
+        reasons[g] = why
 
     shipped_verdict = "no held-out calls: nothing can be shipped"
     if tested:

@@ -17,7 +17,8 @@ and never below ``MIN_RAISE`` (×1.25, the executor's escalation step) times the
 predicted over the group's calls: so no call's ceiling falls (the safety argument) and every one rises by
 at least ×1.25 (each run makes progress even where the fitted quantile, contradicted by today's cut calls,
 sits below today's ceilings). Where today's ceilings vary by more than ×1.6 across the group's calls (a
-floor), this lower limit wins over the ×2 step. A group counts as truncating above α when its calls surely cut under
+floor: a factor replaces the floor, so lowering none of them would take more than the ×2 step), there is
+no safe step and the group is left as it is, said so. A group counts as truncating above α when its calls surely cut under
 today's ceilings are more than α of its calls and the one-sided exact binomial test of "rate ≤ α" gives
 p < ``RAISE_LEVEL``: the test only has to name the direction (a raise cannot harm truncation; a needless
 one costs tokens until the lower-reserve rule takes it back), not prove it.
@@ -130,6 +131,10 @@ def step_toward_alpha(
         return none(f"not above α (a raise needs more than {alpha:.0%} surely cut and p < {RAISE_LEVEL:g})")
     floor = float(np.max(ratio))  # below this some call's ceiling would fall
     step_cap = RAISE_STEP * today_factor
+    if MIN_RAISE * floor > step_cap:
+        return none(f"no safe step within ×{RAISE_STEP:g}: today's ceilings vary ×{floor / today_factor:.2f} across its "
+                    f"calls (a floor), so a factor that lowers none of them would more than double its typical "
+                    "ceiling")
     candidates = [(step_cap, f"step limit ×{RAISE_STEP:g}")]
     if quantile is not None:
         candidates.append((quantile, f"its fitted quantile ({info.method})"))
