@@ -1,6 +1,6 @@
 """The closed calibration loop, week by week, judged by the simulator's own law (a bench/test tool, not library).
 
-One loop, as the weekly schedule runs it: add a week of the seed runs (``seed_runs.week_run_id``) to a fresh SQLite
+One loop, as the weekly schedule runs it: a week passes (``age_one_week``), add a week of the seed runs (``seed_runs.week_run_id``) to a fresh SQLite
 database, drain them with the real batch drain (``run_batch_drain``, inline executor, the pipeline's drain
 parameters) and the simulated provider, calibrate with the real ``run_calibration``, and merge what the gate
 shipped: the proposal is applied to the estimator's source text with the pull request's own libcst editor
@@ -29,10 +29,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 from scipy.optimize import brentq
 from scipy.special import stdtr
 
@@ -40,6 +42,7 @@ from autopack import token_estimator as te
 from autopack.calibration.runner import NoUsableSamplesError, run_calibration
 from autopack.db.engine import dispose_engines, session_scope
 from autopack.db.migrate import upgrade_database
+from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.execution.batch import BatchOptions, run_batch_drain
 from autopack.execution.phase_runner import execute_phase
 from autopack.execution.seed_runs import SEED_RUNS, ensure_seed_runs, seed_run_spec, week_run_id
@@ -305,6 +308,17 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def age_one_week(url: str) -> None:
+    """Move every recorded call a week into the past, as a week passing would: the weeks are drained minutes apart
+    here, and a calibration window (``window_weeks``) counts weeks back from now."""
+    week = timedelta(days=7)
+    with session_scope(url) as session:
+        for model in (TokenEstimationV2Event, TokenBudgetEscalationEvent):
+            rows = session.execute(sa.select(model.id, model.timestamp)).all()
+            if rows:
+                session.execute(sa.update(model), [{"id": i, "timestamp": t - week} for i, t in rows])
+
+
 def _create_week(url: str, week: int, cases: Sequence[PhaseCase]) -> list[str]:
     """The week's seed runs, restricted to ``cases``' phases (created in one transaction)."""
     from autopack.execution.runs import create_run
@@ -350,6 +364,8 @@ def run_loop(config: LoopConfig, workdir: Path | None = None,
         previous: str | None = None
         for week in range(1, config.weeks + 1):
             laws = config.laws(week)
+            if week > 1:
+                age_one_week(url)
             if previous is not None:
                 with merged(previous) as coeffs:
                     before = configuration_truth(cases, laws, config.alpha, config.explore_share, coeffs)
