@@ -142,9 +142,17 @@ def print_cycles(key: tuple[Any, ...], runs: list[dict[str, Any]]) -> None:
         shipped = statistics.mean(sum(len(v) for v in c["shipped"].values()) for c in cyc)
         cells.append(f"{shipped:.1f}" if i < n_cycles - 1 else "")
         print("| " + " | ".join(cells) + " |")
-    print("\nReserve ÷ the oracle's by group (mean over seeds), first and last cycle: " + ", ".join(
-        f"{_label(g)} {statistics.mean(r['cycles'][0]['truth'][g][1] for r in runs):.2f} → "
-        f"{statistics.mean(r['cycles'][n_cycles - 1]['truth'][g][1] for r in runs):.2f}" for g in groups))
+    print("\nReserve ÷ the oracle's by cycle (mean over seeds):\n")
+    head = ["cycle", "overall"] + [_label(g) for g in groups]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---:" for _ in head) + "|")
+    for i in range(n_cycles):
+        cyc = [r["cycles"][i] for r in runs]
+        cells = [str(i), f"{statistics.mean(c['overall'][1] for c in cyc):.2f}"]
+        for g in groups:
+            values = [c["truth"][g][1] for c in cyc if g in c["truth"]]
+            cells.append(f"{statistics.mean(values):.2f}" if values else "")
+        print("| " + " | ".join(cells) + " |")
 
 
 def print_shipped(key: tuple[Any, ...], run: dict[str, Any]) -> None:

@@ -78,6 +78,7 @@ def test_merged_file_is_what_the_estimator_runs_and_is_restored() -> None:
     assert all(0.4 <= t.truncation <= 0.6 for t in truth.values())
 
 
+@pytest.mark.slow
 def test_closed_loop_repairs_the_groups_that_truncate(tmp_path: Path) -> None:
     """Two weekly cycles from an under-budgeted estimator (α = 10 %, three groups of the seed runs): every group
     truncating above α at the start truncates less at the end, overall truncation does not rise, and no merged
