@@ -381,6 +381,7 @@ def simulate_groups(
                         success_rate_all=float(np.mean(~truncated)) if n else 0.0,
                         coverage_actual_max_tokens=1.0),
         retry=is_retry.copy(),
+        retry_of=np.where(is_retry, np.arange(n) - 1, -1),  # each retry right after the call it re-ran
         source_code=np.zeros(n, dtype=np.int32),
         sources=[(provider, model)],
     )
