@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     workspace_dir: Path = Field(default=Path(".autopack/workspaces"), validation_alias="AUTOPACK_WORKSPACE_DIR")
     # Extra environment variables a check command may see (comma-separated names), beyond PATH, HOME, LANG, ...
     check_command_env: str = Field(default="", validation_alias="AUTOPACK_CHECK_COMMAND_ENV")
+    # Exploration (opt-in; 0 = off): this share of first attempts (at most 0.2) is sent at the escalation ceiling, so
+    # a heavily cut group's long outputs reach the calibration uncensored; chosen per call from the seed, run,
+    # phase and attempt (token_estimator.Exploration). Measured in docs/closed-loop.md before any default.
+    explore_share: float = Field(default=0.0, ge=0.0, le=0.2, validation_alias="AUTOPACK_EXPLORE_SHARE")
+    explore_seed: int = Field(default=0, validation_alias="AUTOPACK_EXPLORE_SEED")
 
     # --- GitHub ---------------------------------------------------------------------------------
     github_token: SecretStr | None = Field(default=None, validation_alias="GITHUB_TOKEN")

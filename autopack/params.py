@@ -106,7 +106,9 @@ MaxConsecutiveZeroYield = Annotated[
     Count | None, Field(description="Stop after this many phases in a row without telemetry (empty: never).")
 ]
 MaxFingerprintRepeats = Annotated[
-    Count, Field(description="Stop a run once one failure fingerprint repeats this often.")
+    Count,
+    Field(description="Stop a run once one failure fingerprint occurred this often in that run (counted per run "
+                      "within the session; truncations are budget outcomes and never count)."),
 ]
 MaxAttemptsPerPhase = Annotated[Count, Field(description="Attempts per phase in one session.")]
 MaxTimeoutsPerRun = Annotated[Count, Field(description="Skip a run after this many timeouts.")]
@@ -144,6 +146,14 @@ HoldoutFraction = Annotated[
     Finite,
     Field(ge=0, lt=0.9, description="Newest fraction of the calls held out for the backtest; 0 holds out none: "
           "a report only, nothing can ship (what ships must have been tested)."),
+]
+#: The longest calibration window (``window_weeks``): about 20 years.
+MAX_WINDOW_WEEKS = 1040
+WindowWeeks = Annotated[
+    int | None,
+    Field(ge=1, le=MAX_WINDOW_WEEKS,
+          description="Calibrate on the newest N weeks of telemetry only (by call time; empty: the whole history). "
+          "The read costs what the window holds, not what the history holds."),
 ]
 Method = Annotated[
     ShippableMethod | None,
@@ -267,6 +277,7 @@ class CalibrationParams(ParamsModel):
     target_truncation: TargetTruncation = 0.05
     holdout_fraction: HoldoutFraction = 0.3
     method: Method = None
+    window_weeks: WindowWeeks = None
 
 
 class PipelineParams(CalibrationParams, DrainParams):

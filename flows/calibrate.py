@@ -71,6 +71,7 @@ def calibrate(
     target_truncation: p.TargetTruncation = CalibrationParams.parameter("target_truncation"),
     holdout_fraction: p.HoldoutFraction = CalibrationParams.parameter("holdout_fraction"),
     method: p.Method = CalibrationParams.parameter("method"),
+    window_weeks: p.WindowWeeks = CalibrationParams.parameter("window_weeks"),
     include_run_ids: list[str] | None = None,
     output_dir: p.OutputDir = PipelineParams.parameter("output_dir"),
     expect_db_id: p.ExpectDbId = None,

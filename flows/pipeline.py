@@ -124,6 +124,7 @@ def telemetry_pipeline(
     target_truncation: p.TargetTruncation = PipelineParams.parameter("target_truncation"),
     holdout_fraction: p.HoldoutFraction = PipelineParams.parameter("holdout_fraction"),
     method: p.Method = PipelineParams.parameter("method"),
+    window_weeks: p.WindowWeeks = PipelineParams.parameter("window_weeks"),
     dry_run: p.DryRun = PipelineParams.parameter("dry_run"),
     target_repo: p.TargetRepo = PipelineParams.parameter("target_repo"),
     output_dir: p.OutputDir = PipelineParams.parameter("output_dir"),

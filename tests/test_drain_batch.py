@@ -139,6 +139,14 @@ def test_fingerprint_repeats_stop_the_run(db_url: str) -> None:
     assert state.stopped_fingerprints == {"FAILED|rc1|boom at line num"}
 
 
+def test_a_run_whose_phases_truncate_is_drained_completely(db_url: str) -> None:
+    error = "output truncated (max_tokens) at 4096 of 4096 max_tokens"
+    make_run(db_url, "docs", [behaviour("fail", error=error, stage="truncation", calls=2) for _ in range(6)])
+    state = drain(db_url, max_fingerprint_repeats=2, max_attempts_per_phase=1)
+    assert sorted(drained(state)) == [f"docs/p{i:03d}" for i in range(6)]
+    assert not state.stopped_runs and not state.stopped_fingerprints
+
+
 def test_failed_phase_is_retried_up_to_max_attempts(db_url: str) -> None:
     make_run(db_url, "a", [behaviour("fail", error="flaky A"), behaviour("fail", error="flaky B")])
     state = drain(db_url, max_attempts_per_phase=2, max_fingerprint_repeats=5)

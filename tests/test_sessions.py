@@ -70,6 +70,28 @@ def test_fingerprint_repeats_stop_the_run() -> None:
     assert state.fingerprint_counts == {"FAILED|rc1|boom at line num": 2}
 
 
+def truncated(run: str, phase: str) -> DrainOutcome:
+    return DrainOutcome(run, phase, "FAILED", False, returncode=1, failure_stage="truncation", telemetry_events=2,
+                        llm_calls=2, error_message="output truncated (max_tokens) at 5000 of 5000 max_tokens")
+
+
+def test_truncations_have_no_fingerprint_and_never_stop_a_run() -> None:
+    state = SessionState("s", 10)
+    for i in range(5):
+        assert state.record(truncated("a", f"p{i}"), LIMITS) == ([] if i else ["[SAMPLE-OK] a: promising (continue draining)"])
+    assert not state.stopped_runs and not state.fingerprint_counts
+    assert all(r.failure_fingerprint is None for r in state.results)
+
+
+def test_fingerprint_stop_rule_counts_per_run() -> None:
+    state = SessionState("s", 10)
+    state.record(fail("a", "p0", "boom"), LIMITS)
+    state.record(fail("b", "p0", "boom"), LIMITS)  # the same fingerprint once in each run: no run stops
+    assert not state.stopped_runs and state.fingerprint_counts == {"FAILED|rc1|boom": 2}
+    state.record(fail("b", "p1", "boom"), LIMITS)
+    assert state.stopped_runs == {"b"} and state.run_fingerprint_count("a", "FAILED|rc1|boom") == 1
+
+
 def test_counters_and_zero_yield_streak() -> None:
     state = SessionState("s", 10)
     state.record(fail("a", "p0"), LIMITS)
@@ -100,8 +122,10 @@ def test_attempts_per_phase() -> None:
 def _busy_state() -> SessionState:
     state = SessionState(new_session_id(), 7, params={"states": ["QUEUED", "FAILED"]}, db_id="abc")
     state.record(fail("a", "p0"), LIMITS)
-    state.record(fail("b", "p0"), LIMITS)  # deprioritizes b, stops b
+    state.record(fail("b", "p0"), LIMITS)  # deprioritizes b
+    state.record(fail("a", "p1"), LIMITS)  # the fingerprint's second time in run a: stops a
     state.record(ok("c", "p0", events=2), LIMITS)
+    state.record(truncated("c", "p2"), LIMITS)  # saved without a fingerprint, loaded back as a truncation
     state.record(DrainOutcome("c", "p1", "TIMEOUT", False, returncode=-1, error_message="timed out after 5s"), LIMITS)
     assert state.sampled_runs and state.promising_runs and state.deprioritized_runs and state.stopped_runs
     return state
@@ -127,7 +151,8 @@ def test_database_round_trip(db_url: str) -> None:
         result.pop("failure_stage")  # not a drain_results column; the zero-yield reason derived from it is
         result.pop("row_id")
     assert restored == original
-    assert [r.returncode for r in loaded.results] == [1, 1, 0, -1]
+    assert [r.returncode for r in loaded.results] == [1, 1, 1, 0, 1, -1]
+    assert [r.truncation for r in loaded.results] == [False, False, False, False, True, False]
 
 
 def test_save_twice_writes_each_result_once(db_url: str) -> None:

@@ -44,6 +44,7 @@ from autopack.calibration.backtest import evaluate, per_group, reserved_better, 
 from autopack.calibration.fit import MAX_STEP, FitResult, fit_coefficients, implied_overheads
 from autopack.calibration.model import FactorModel, fit_factor_model
 from autopack.calibration.samples import Group, SampleSet, configuration_ceiling, predict
+from autopack.calibration.step import Step, step_toward_alpha
 from autopack.params import CalibrationParams
 
 METHOD_VERSION = "t5-conformal-2"
@@ -101,6 +102,13 @@ class Decision:
     shipped_verdict: str
     fit_rows: int
     drift_summary: dict[str, Any] = field(default_factory=dict)  # backtest.calibration_under_drift
+    #: every group's step toward α (raised or not, and why); ``raised`` the groups that ship a raise
+    steps: dict[Group, Step] = field(default_factory=dict)
+    raised: dict[Group, float] = field(default_factory=dict)
+
+    def shipped_factor(self, g: Group) -> float | None:
+        """The factor a passing group ships: its raise, else its fitted factor."""
+        return self.raised[g] if g in self.raised else self.fitted.model.factor_for(g).factor
 
 
 def _log_ratio(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -138,7 +146,8 @@ def _weights_changed(current: te.Coefficients, fit: FitResult) -> bool:
 
 
 def _shipped(
-    current: te.Coefficients, fitted: Fitted, passing: list[Group], ship_weights: bool
+    current: te.Coefficients, fitted: Fitted, passing: list[Group], ship_weights: bool,
+    raised: dict[Group, float] | None = None,
 ) -> tuple[te.Coefficients, dict[Group, float]]:
     """The coefficient set and factors that would ship: only passing groups (and weights if allowed)."""
     new = fitted.fit.coefficients
@@ -149,9 +158,9 @@ def _shipped(
     weights = dict(new.token_weights) if ship_weights else dict(current.token_weights)
     factors = dict(current.budget_factors)
     for g in passing:
-        info = fitted.model.factor_for(g)
-        if info.factor is not None:
-            factors[g] = info.factor
+        factor = (raised or {}).get(g, fitted.model.factor_for(g).factor)
+        if factor is not None:
+            factors[g] = factor
     coeffs = dataclasses.replace(
         current, phase_overhead=overhead, token_weights=weights, budget_factors=factors,
         version=f"{current.version}+shipped",
@@ -286,38 +295,54 @@ def _gate_group(
 def _shipped_check(
     held: HeldOut, params: Params, current: te.Coefficients, fitted: Fitted,
     passing: list[Group], ship_weights: bool, current_ceiling: np.ndarray,
-    group_bt: dict[Group, dict[str, dict[str, Any]]],
+    group_bt: dict[Group, dict[str, dict[str, Any]]], raised: dict[Group, float],
 ) -> tuple[list[Group], dict[str, Any], np.ndarray, str, dict[Group, str]]:
     """Replay the shipped configuration on the held-out calls; drop groups (worst first) until it passes.
 
     Judged on the held-out calls whose ceiling the pull request changes (all of them when the weights
     ship, else the shipped groups' calls): the same truncation test against today and a lower reserve.
-    Calls it does not change keep today's ceiling, good or bad, and are no verdict on the change.
+    Calls it does not change keep today's ceiling, good or bad, and are no verdict on the change. A raised
+    group (a step toward α) is judged by its own safety argument instead: none of its held-out calls may get
+    a lower ceiling than today (then its truncation can only fall); its calls are left out of the test.
     """
     alpha = params.alpha
     test = held.test
     keep = list(passing)
     dropped: dict[Group, str] = {}
+    group_ids = {g: i for i, g in enumerate(held.samples.groups)}
 
     def badness(g: Group) -> tuple[int, float]:
         prop, cur = group_bt[g]["proposed"], group_bt[g]["current"]
         return (prop["truncations_upper"] - cur["truncations"], prop["reserved_over_used"] / cur["reserved_over_used"])
 
     while True:
-        coeffs, factors = _shipped(current, fitted, keep, ship_weights and bool(keep))
+        coeffs, factors = _shipped(current, fitted, keep, ship_weights and bool(keep), raised)
         ceiling = heldout_ceilings(held, coeffs, factors, params, adapt=keep)
         shipped = evaluate(ceiling, test.y, test.observed, alpha)
         if not keep:
             return keep, shipped, ceiling, "nothing ships", dropped
-        changed = ceiling != current_ceiling
+        up = [g for g in keep if g in raised]
+        fell = [g for g in up if np.any(ceiling[test.group == group_ids[g]] < current_ceiling[test.group == group_ids[g]])]
+        if fell:
+            for g in fell:
+                keep.remove(g)
+                dropped[g] = "dropped: with the rest of the pull request, some of its held-out calls got a lower ceiling"
+            continue
+        lowered = [g for g in keep if g not in raised]
+        changed = (ceiling != current_ceiling) & ~np.isin(test.group, [group_ids[g] for g in up])
+        raise_line = (f"{len(up)} group(s) stepped toward α, none of whose held-out calls gets a lower ceiling"
+                      if up else "")
+        if not lowered or not changed.any():
+            return keep, shipped, ceiling, raise_line or "no held-out call's ceiling changes", dropped
         mine = evaluate(ceiling[changed], test.y[changed], test.observed[changed], alpha)
         today = evaluate(current_ceiling[changed], test.y[changed], test.observed[changed], alpha)
         ok, line = truncation_verdict(mine, today, alpha)
         if ok and reserved_better(mine, today):
             return keep, shipped, ceiling, (
                 f"on the {mine['n']} held-out calls whose ceiling it changes: {line}; reserved/used "
-                f"{mine['reserved_over_used']:.3f} < today's {today['reserved_over_used']:.3f}"), dropped
-        worst = max(keep, key=badness)
+                f"{mine['reserved_over_used']:.3f} < today's {today['reserved_over_used']:.3f}"
+                + (f"; {raise_line}" if raise_line else "")), dropped
+        worst = max(lowered, key=badness)
         keep.remove(worst)
         dropped[worst] = (f"dropped: with it, the calls the pull request changes failed together ({line}; reserved/used "
                           f"{mine['reserved_over_used']:.3f} vs today's {today['reserved_over_used']:.3f})")
@@ -357,27 +382,40 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     backtest = {name: evaluate(c, test.y, test.observed, alpha) for name, c in ceilings.items()}
     group_bt = per_group(samples.groups, test.group, ceilings, test.y, test.observed, alpha) if test.n else {}
 
+    steps = _steps(samples, params, current, fitted)
+    raised: dict[Group, float] = {}
     reasons: dict[Group, list[str]] = {}
     verdicts: dict[Group, str] = {}
     passing: list[Group] = []
     for gi in sorted(samples.rows_by_group()):
         g = samples.groups[gi]
+        step = steps[g]
         why, verdict = _gate_group(g, fitted, group_bt, params)
-        reasons[g] = why
-        if not why:
+        if not why:  # a distribution-free factor that passes the held-out test: from either side of α
             passing.append(g)
             verdicts[g] = verdict
+        elif step.above_alpha and step.raises and step.n >= params.min_samples and tested:
+            raised[g] = step.factor  # type: ignore[assignment]
+            passing.append(g)
+            verdicts[g] = step.verdict
+            why = []
+        elif step.above_alpha:  # only a step toward α could help it: say why there is none
+            why = [step.verdict if not step.raises else f"{step.verdict}; but "
+                   + (f"{step.n} calls < --min-samples {params.min_samples}" if step.n < params.min_samples
+                      else "no held-out calls: nothing can be shipped")] + why
+        reasons[g] = why
 
     shipped_verdict = "no held-out calls: nothing can be shipped"
     if tested:
         passing, backtest["shipped"], shipped_ceiling, shipped_verdict, dropped = _shipped_check(
-            held, params, current, fitted, passing, ship_weights, ceilings["current"], group_bt)
+            held, params, current, fitted, passing, ship_weights, ceilings["current"], group_bt, raised)
         for g, methods in per_group(samples.groups, test.group, {"shipped": shipped_ceiling}, test.y,
                                     test.observed, alpha).items():
             group_bt[g]["shipped"] = methods["shipped"]
         for g, why in dropped.items():
             reasons[g] = [why]
             verdicts.pop(g, None)
+            raised.pop(g, None)
     if ship_weights and not passing:
         ship_weights = False
         weights_verdict = "TOKEN_WEIGHTS changes not shipped: no group passed the gate"
@@ -387,7 +425,23 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         drift_summary = drift.compare_in_calibration(alpha, held.drift_rows(), predict(samples, coeffs), factors,
                                                      static_shipped, chosen=(params.spec.name, shipped_ceiling))
     return Decision(fitted, tested, ship_weights, weights_verdict, backtest, group_bt, passing, reasons, verdicts,
-                    shipped_verdict, int(fit_rows.size), drift_summary)
+                    shipped_verdict, int(fit_rows.size), drift_summary, steps, raised)
+
+
+def _steps(samples: SampleSet, params: Params, current: te.Coefficients, fitted: Fitted) -> dict[Group, Step]:
+    """Each group's step toward α (``step``), judged on all its calls: today's ceilings and its quantile.
+
+    A raise needs no held-out test to be safe (no call's ceiling falls), so the sizing quantile uses every
+    call of the group, under the predictions that ship with it (the fitted coefficients).
+    """
+    _, today = configuration_ceiling(samples, current, current.budget_factors)
+    everything = _factor_model(samples, np.arange(samples.n), fitted.predicted, params.alpha)
+    out: dict[Group, Step] = {}
+    for gi, idx in sorted(samples.rows_by_group().items()):
+        g = samples.groups[gi]
+        out[g] = step_toward_alpha(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today[idx],
+                                   everything.factor_for(g), params.alpha, current.budget_factors.get(g))
+    return out
 
 
 @dataclass
@@ -504,6 +558,9 @@ def _group_entries(
                 "extrapolation": info.extrapolation,
                 "assumption": info.assumption,
                 "confidence": _num(info.confidence),
+                "confidence_note": info.confidence_note,
+                "gate_direction": ("raise" if g in decision.raised else "lower" if g in decision.passing else None),
+                "step_toward_alpha": decision.steps[g].as_dict() if g in decision.steps else None,
                 "current_ceiling_factor": _num(float(np.median(today_ratio[idx]))),
                 "original_confidence": _num(stats.original_confidence(clean_ratio)) if clean_ratio.size else None,
                 "original_median_ratio": _num(stats.original_median(clean_ratio)) if clean_ratio.size else None,
@@ -567,12 +624,14 @@ def _changes(
     for g in order:
         e = by_group[g]
         info = fitted.model.factor_for(g)
+        new_factor = decision.shipped_factor(g)
         verdict = decision.verdicts.get(g, "")
         common = {"category": g[0], "complexity": g[1], "n": e["n"], "confidence": e["confidence"],
-                  "backtest": e["backtest"]}
+                  "backtest": e["backtest"], "direction": e["gate_direction"],
+                  "step_toward_alpha": e["step_toward_alpha"] if g in decision.raised else None}
         old_factor = current.budget_factors.get(g)
-        if info.factor is not None and info.factor != old_factor:
-            changes.append({"coefficient": "BUDGET_FACTORS", "key": list(g), "old": old_factor, "new": info.factor,
+        if new_factor is not None and new_factor != old_factor:
+            changes.append({"coefficient": "BUDGET_FACTORS", "key": list(g), "old": old_factor, "new": new_factor,
                             **common, "interval": list(info.interval), "verdict": verdict})
         change = _overhead_change(fit, current, g) if g in fit.overhead_groups else None
         if change is not None:
@@ -656,8 +715,7 @@ def _assemble(
     # the method's reviewed part (aci: each shipped group's factor curve, and the settings), from the same
     # older calls the shipped factors were fitted on
     entry = {(e["category"], e["complexity"]): e for e in groups}
-    shipped_factors = {g: f for g in decision.passing
-                       if (f := decision.fitted.model.factor_for(g).factor) is not None}
+    shipped_factors = {g: f for g in decision.passing if (f := decision.shipped_factor(g)) is not None}
     changes += drift.adaptive_changes(
         params.spec, params.alpha,
         drift.CalibrationRows.of(samples, np.arange(decision.fit_rows), np.empty(0, dtype=int)),

@@ -20,7 +20,7 @@ import dataclasses
 import gc
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from autopack.calibration.samples import (
     Summary,
     docs_row,
     escalated_retries,
+    retry_links,
     spellings_of,
 )
 from autopack.db import keys
@@ -56,9 +57,10 @@ MIN_SPLIT = 20_000
 ID_CHUNK = 500
 
 # bits of the flags word (the attempt index sits above them: flags >> ATTEMPT_SHIFT); NO_TIME is set
-# here, from the time column, for a row whose timestamp SQLite's date functions cannot read
-SUCCESS, TRUNCATED, TRUNCATED_OUTPUT, NO_TIME = 1, 2, 4, 8
-ATTEMPT_SHIFT = 4
+# here, from the time column, for a row whose timestamp SQLite's date functions cannot read; RETRY_UNKNOWN:
+# the row was imported from a file that does not mark escalated retries (``retries_known`` false)
+SUCCESS, TRUNCATED, TRUNCATED_OUTPUT, NO_TIME, RETRY_UNKNOWN = 1, 2, 4, 8, 16
+ATTEMPT_SHIFT = 5
 #: The SQLite scan's time for a row it could not time (−2⁶² ms: no real timestamp is that far back).
 UNTIMED = -(2**62)
 #: PostgreSQL binary timestamps count microseconds from 2000-01-01.
@@ -121,6 +123,7 @@ def _numeric_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
         + sa.cast(c.success, sa.Integer) * SUCCESS
         + sa.cast(c.truncated, sa.Integer) * TRUNCATED
         + sa.cast(c.is_truncated_output, sa.Integer) * TRUNCATED_OUTPUT
+        + sa.case((c.retries_known == sa.false(), RETRY_UNKNOWN), else_=0)
     )
     return [as_int(c.event_id), epoch, key(c.calibration_key), key(c.phase_key), as_int(c.predicted_output_tokens),
             as_int(c.actual_output_tokens), as_int(c.selected_budget),
@@ -265,13 +268,26 @@ def _scan(engine: sa.Engine, connection: sa.Connection, ranges: list[list[Any]])
     return data, epoch
 
 
+def id_bounds(where: list[Any]) -> sa.Select[Any]:
+    """(smallest, largest) event id of the rows ``where`` selects.
+
+    Apart, each bound is one index probe; together, a scan. Under a condition (runs, a time window),
+    ``event_id + 0`` keeps PostgreSQL from walking the primary key in id order until the first row that meets
+    it (it would expect one early, but ids grow with time, so for a window it would read the whole history):
+    the rows are found through their index (run id, timestamp) instead, so the cost is theirs, on both databases.
+    """
+    c = EV.c
+    column = c.event_id + 0 if where else c.event_id
+    bound = [sa.select(f(column)).where(*where).scalar_subquery() for f in (sa.func.min, sa.func.max)]
+    return sa.select(*bound)
+
+
 def _id_ranges(connection: sa.Connection, where: list[Any]) -> tuple[list[list[Any]], int | None]:
     """The scan's conditions per id range (at most ``SCAN_RANGE`` ids each, split for ``READERS``), and the
     largest id there is now: the read ends there, so rows appended meanwhile (the table is append-only)
     are left out of everything it returns, as a snapshot would leave them out."""
     c = EV.c
-    bound = [sa.select(f(c.event_id)).where(*where).scalar_subquery() for f in (sa.func.min, sa.func.max)]
-    low, high = connection.execute(sa.select(*bound)).one()  # apart, each is one index probe; together, a scan
+    low, high = connection.execute(id_bounds(where)).one()
     if low is None:
         return [], None
     low, high = int(low), int(high)
@@ -338,11 +354,15 @@ def _factor(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
     return codes, list(table)
 
 
-def read_events(url: str | None = None, include_run_ids: Sequence[str] | None = None) -> EventColumns:
-    """The calibration columns of ``token_estimation_v2_events`` (optionally only some runs)."""
+def read_events(url: str | None = None, include_run_ids: Sequence[str] | None = None, *,
+                since: datetime | None = None) -> EventColumns:
+    """The calibration columns of ``token_estimation_v2_events`` (optionally only some runs, and only the calls
+    at or after ``since``, naive UTC: the calibration window, read through the timestamp index)."""
     engine = get_engine(url)
     c = EV.c
-    where = [c.run_id.in_(list(include_run_ids))] if include_run_ids else []
+    where: list[Any] = [c.run_id.in_(list(include_run_ids))] if include_run_ids else []
+    if since is not None:
+        where.append(c.timestamp >= since)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the by-id and row-by-row reads make many short-lived tuples: nothing cyclic to collect
     try:
@@ -359,7 +379,7 @@ def read_events(url: str | None = None, include_run_ids: Sequence[str] | None = 
             unit_text = [texts[k] for k in unique_keys.tolist()]
             run_ids = _run_ids(connection, where, last_id)
             docs = _docs_rows(connection, data, unit_text, inverse.reshape(-1))
-            escalations = _escalations(connection, include_run_ids)
+            escalations = _escalations(connection, include_run_ids, since)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -419,10 +439,14 @@ def _columns(data: np.ndarray, epoch: np.ndarray, unit_text: list[tuple[Any, ...
 
 def _with_retries_and_sources(columns: EventColumns, data: np.ndarray, escalations: np.ndarray,
                               source_code: np.ndarray, sources: list[Any]) -> EventColumns:
-    """The escalated retries (excluded from fitting) and the provider/model of every row (the source mix)."""
+    """The escalated retries (excluded from fitting, linked to the cut calls they re-ran), the rows whose source
+    cannot tell retries, and the provider/model of every row (the source mix)."""
     attempt = data[:, FLAGS] >> ATTEMPT_SHIFT
     retry = escalated_retries(data[:, PKEY], attempt, escalations[:, 0], escalations[:, 1])
-    return dataclasses.replace(columns, source_code=source_code.astype(np.int32), sources=sources, retry=retry)
+    unknown = (data[:, FLAGS] & RETRY_UNKNOWN) > 0
+    return dataclasses.replace(columns, source_code=source_code.astype(np.int32), sources=sources, retry=retry,
+                               retry_of=retry_links(data[:, PKEY], attempt, data[:, ID], retry),
+                               retry_unknown=unknown if unknown.any() else None)
 
 
 #: Distinct run ids by walking the run_id index (one probe per run), while there are at most this many.
@@ -453,9 +477,16 @@ def _run_ids(connection: sa.Connection, where: list[Any], last_id: int | None) -
                                      ).scalars().all())
 
 
-def _escalations(connection: sa.Connection, include_run_ids: Sequence[str] | None) -> np.ndarray:
+#: Escalations recorded this long before the window's start are still read: the retry they mark may be in it.
+ESCALATION_SLACK = timedelta(days=1)
+
+
+def _escalations(connection: sa.Connection, include_run_ids: Sequence[str] | None,
+                 since: datetime | None = None) -> np.ndarray:
     """(phase_key, attempt_index) of every budget escalation (a small table: one row per truncation)."""
     where = [ESC.c.run_id.in_(list(include_run_ids))] if include_run_ids else []
+    if since is not None:
+        where.append(ESC.c.timestamp >= since - ESCALATION_SLACK)
     rows = connection.execute(sa.select(ESC.c.run_id, ESC.c.phase_id, ESC.c.attempt_index).where(*where)).all()
     return np.array([(keys.phase_key(r, p), int(a)) for r, p, a in rows], dtype=np.int64).reshape(-1, 2)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +85,17 @@ def run_calibration(
     allow_empty_db: bool = False,
     expect_db_id: str | None = None,
     method: str | None = _DEFAULTS.method,
+    window_weeks: int | None = _DEFAULTS.window_weeks,
 ) -> dict[str, Any]:
     """Calibrate from the database, write the report/JSON/PNG, record the run; return the JSON object.
+
+    ``window_weeks``: only the calls of the newest N weeks before now are read (``reader.read_events(since=…)``).
 
     Raises the guard's errors (exit 2/3) and ``NoUsableSamplesError`` (exit 1) when nothing is usable.
     """
     checked = CalibrationParams(min_samples=min_samples, confidence_threshold=confidence_threshold,
                                 target_truncation=target_truncation, holdout_fraction=holdout_fraction,
-                                method=method)  # bad parameters fail before the database is touched
+                                method=method, window_weeks=window_weeks)  # bad ones fail before the database
     run_ids = tuple(include_run_ids or ())
     resolved = resolve_url(url)
     clock = StageClock()
@@ -102,7 +105,8 @@ def run_calibration(
     lap("guard")
     now = datetime.now(UTC).replace(microsecond=0)
     imports = preload.start()
-    columns = read_events(resolved, run_ids)
+    since = None if window_weeks is None else (now - timedelta(weeks=window_weeks)).replace(tzinfo=None)
+    columns = read_events(resolved, run_ids, since=since)
     lap("read")
     samples = build_sample_set(columns)
     lap("samples")
@@ -122,7 +126,8 @@ def run_calibration(
         raise NoUsableSamplesError(
             f"no usable calibration samples ({c['rows_read']} rows read, {c['selected']} successful or truncated, "
             f"{c['excluded_nonpositive_predicted']} with predicted <= 0, {c['excluded_zero_actual']} with actual = 0)",
-            hint="drain some phases first (autopack drain), or check --include-run-id",
+            hint="drain some phases first (autopack drain), or check --include-run-id"
+                 + ("" if since is None else f" and --window-weeks (calls since {since:%Y-%m-%d %H:%M} UTC only)"),
         )
 
     calibration = calibrate(samples, params)
@@ -130,6 +135,8 @@ def run_calibration(
     result = calibration.result
     md = result["metadata"]
     md["db_id"] = identity.db_id
+    md["window_weeks"] = window_weeks
+    md["window_start"] = None if since is None else since.isoformat() + "Z"
     md["generated_at"] = now.replace(tzinfo=None).isoformat() + "Z"
     start = datetime.fromisoformat(md["time_span"]["start"].rstrip("Z"))
     end = datetime.fromisoformat(md["time_span"]["end"].rstrip("Z"))

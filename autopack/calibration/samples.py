@@ -113,6 +113,37 @@ def escalated_retries(
     return out
 
 
+def retry_links(phase_key: np.ndarray, attempt_index: np.ndarray, event_id: np.ndarray,
+                retry: np.ndarray) -> np.ndarray:
+    """For every escalated retry, the row of the call it re-ran (-1 for other rows, or when none is found).
+
+    The retry's previous attempt (the phase's largest attempt index below it, the one with the escalation
+    event) holds the cut call. Calls are paired in order within the two attempts (the executor makes one call
+    per attempt; an import numbers repeats by ``call_index``, which follows the rows' order): the k-th row of
+    the retry attempt re-ran the k-th row of the previous one.
+    """
+    phase = np.asarray(phase_key, dtype=np.int64)
+    attempt = np.asarray(attempt_index, dtype=np.int64)
+    out = np.full(phase.size, -1, dtype=np.int64)
+    retry = np.asarray(retry, dtype=bool)
+    if not retry.any():
+        return out
+    in_retry_phase = np.isin(phase, np.unique(phase[retry]))  # only the phases that have a retry are sorted
+    rows = np.flatnonzero(in_retry_phase)
+    order = rows[np.lexsort((np.asarray(event_id)[rows], attempt[rows], phase[rows]))]
+    p_s, a_s = phase[order], attempt[order]
+    first_of_pair = np.r_[True, (p_s[1:] != p_s[:-1]) | (a_s[1:] != a_s[:-1])]
+    pair_start = np.flatnonzero(first_of_pair)
+    pair_size = np.diff(np.r_[pair_start, order.size])
+    pair_of_row = np.cumsum(first_of_pair) - 1
+    rank = np.arange(order.size) - pair_start[pair_of_row]
+    has_previous = np.r_[False, p_s[pair_start[1:]] == p_s[pair_start[:-1]]]
+    previous = np.maximum(pair_of_row - 1, 0)
+    linked = retry[order] & has_previous[pair_of_row] & (rank < pair_size[previous])
+    out[order[linked]] = order[pair_start[previous[linked]] + rank[linked]]
+    return out
+
+
 def is_simulated_source(provider: str | None, model: str | None) -> bool:
     """Data written by the simulated provider (or this module's synthetic generators), not a real model."""
     from autopack.llm.simulated import DEFAULT_MODEL, PROVIDER_NAME
@@ -161,6 +192,12 @@ class EventColumns:
     #: bool per row: an escalated retry (``escalated_retries``). None = not known (nothing excluded, and
     #: the result says ``retries_known: false``).
     retry: np.ndarray | None = None
+    #: int64 per row: for an escalated retry, the row of the cut call it re-ran (``retry_links``), else -1.
+    #: None = no links known (retries are then only excluded).
+    retry_of: np.ndarray | None = None
+    #: bool per row: the row came from a source that cannot tell retries (an import without retry columns):
+    #: retries are then unknown (``retries_known: false``) even where escalation events exist. None = none such.
+    retry_unknown: np.ndarray | None = None
     #: int32 per row → ``sources`` (-1 = unknown), the (provider, model) of the call. None = not read.
     source_code: np.ndarray | None = None
     sources: list[tuple[str | None, str | None]] = field(default_factory=list)
@@ -404,13 +441,13 @@ def build_sample_set(columns: EventColumns, coefficients: te.Coefficients | None
     coeffs = coefficients or te.current_coefficients()
     no_factor = dataclasses.replace(coeffs, budget_factors={})
     n_all = columns.size
-    censored_all = columns.truncated | reached_ceiling(columns.actual, columns.actual_max_tokens)
+    cut = columns.truncated | reached_ceiling(columns.actual, columns.actual_max_tokens)
     retry = columns.retry if columns.retry is not None else np.zeros(n_all, dtype=bool)
     first = ~retry
-    selected = (columns.success | censored_all) & first
-    lower = np.where(
-        censored_all, np.fmax(columns.actual, np.nan_to_num(columns.actual_max_tokens, nan=0.0)), columns.actual
-    )
+    selected = (columns.success | cut) & first
+    cut_lower = np.fmax(columns.actual, np.nan_to_num(columns.actual_max_tokens, nan=0.0))
+    lower = np.where(cut, cut_lower, columns.actual)
+    censored_all, revealed, raised = _with_retry_outcomes(columns, cut, cut_lower, selected, lower)
     nonpositive_pred = selected & (columns.predicted <= 0)
     zero_actual = selected & ~nonpositive_pred & (lower <= 0)
     usable = selected & ~nonpositive_pred & ~zero_actual
@@ -499,11 +536,15 @@ def build_sample_set(columns: EventColumns, coefficients: te.Coefficients | None
         has_features=has_features[order],
         summary=columns.summary,
     )
-    samples.retries_known = columns.retry is not None
+    unknown = int(columns.retry_unknown.sum()) if columns.retry_unknown is not None else 0
+    samples.retries_known = columns.retry is not None and unknown == 0
     samples.sources = _source_mix(columns, rows)
     samples.counts = {
         "rows_read": n_all,
         "retries_excluded": int(retry.sum()),
+        "rows_retries_unknown": unknown if columns.retry is not None else n_all,
+        "cut_calls_revealed_by_retry": int((usable & revealed).sum()),
+        "cut_calls_raised_by_retry": int((usable & raised).sum()),
         "selected": int(selected.sum()),
         "usable": int(usable.sum()),
         "censored": int((usable & censored_all).sum()),
@@ -515,6 +556,40 @@ def build_sample_set(columns: EventColumns, coefficients: te.Coefficients | None
         "without_features": int((~has_features).sum()),
     }
     return samples
+
+
+def _with_retry_outcomes(columns: EventColumns, cut: np.ndarray, cut_lower: np.ndarray, selected: np.ndarray,
+                         lower: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the escalated retries say about the cut calls they re-ran: (censored, revealed, raised) per row.
+
+    A retry is never a sample; it stays one piece of information about its cut call (still one sample):
+
+    - the retry succeeded and was not cut: the call's need is *observed*, = the retry's output, or where the
+      call was cut if the retry came out shorter (the same request drawn again varies a little; the need is at
+      least the cut point, and leaving such calls censored would push their weight into the tail);
+    - the retry was cut too: the call stays censored, now at the retry's higher ceiling.
+
+    Otherwise (a retry that failed for another reason, or no link) the call keeps its own censoring. ``lower``
+    is updated in place.
+    """
+    censored = cut.copy()
+    revealed = np.zeros(cut.size, dtype=bool)
+    raised = np.zeros(cut.size, dtype=bool)
+    if columns.retry_of is None:
+        return censored, revealed, raised
+    retry_rows = np.flatnonzero(columns.retry_of >= 0)
+    call = columns.retry_of[retry_rows]
+    usable_link = selected[call] & cut[call]
+    retry_rows, call = retry_rows[usable_link], call[usable_link]
+    retry_cut = cut[retry_rows]
+    shows = ~retry_cut & columns.success[retry_rows]
+    higher = retry_cut & (cut_lower[retry_rows] > lower[call])
+    lower[call[shows]] = np.fmax(columns.actual[retry_rows[shows]], lower[call[shows]])
+    lower[call[higher]] = cut_lower[retry_rows[higher]]
+    censored[call[shows]] = False
+    revealed[call[shows]] = True
+    raised[call[higher]] = True
+    return censored, revealed, raised
 
 
 def _source_mix(columns: EventColumns, rows: np.ndarray) -> list[dict[str, Any]]:
@@ -610,6 +685,15 @@ def columns_from_records(
     ]
     docs.sort(key=lambda d: -d["actual_output_tokens"])
     n = len(records)
+    event_id = np.array([r.get("id", i + 1) for i, r in enumerate(records)], dtype=np.int64)
+    phase = np.array([code("phase", (r["run_id"], r["phase_id"])) for r in records], dtype=np.int64)
+    attempt = np.array([r.get("attempt_index") or 0 for r in records], dtype=np.int64)
+    retry = None if escalations is None else escalated_retries(
+        phase, attempt,
+        np.array([code("phase", (e["run_id"], e["phase_id"])) for e in escalations], dtype=np.int64),
+        np.array([e["attempt_index"] for e in escalations], dtype=np.int64),
+    )
+    unknown = np.array([r.get("retries_known") is False for r in records], dtype=bool)
     summary = Summary(
         run_ids=sorted({r["run_id"] for r in records}),
         successful_phases=len({(r["run_id"], r["phase_id"]) for r in records if r.get("success")}),
@@ -619,7 +703,7 @@ def columns_from_records(
         docs_rows=docs[:DOCS_ROWS_LIMIT],
     )
     return EventColumns(
-        event_id=np.array([r.get("id", i + 1) for i, r in enumerate(records)], dtype=np.int64),
+        event_id=event_id,
         epoch=np.array([_epoch_of(r.get("timestamp")) for r in records], dtype=float),
         category_code=np.array([code("cat", r.get("category")) for r in records], dtype=np.int32),
         complexity_code=np.array([code("cx", r.get("complexity")) for r in records], dtype=np.int32),
@@ -639,12 +723,9 @@ def columns_from_records(
         complexities=list(factor["cx"]),
         features=list(factor["feat"]),
         summary=summary,
-        retry=None if escalations is None else escalated_retries(
-            np.array([code("phase", (r["run_id"], r["phase_id"])) for r in records], dtype=np.int64),
-            np.array([r.get("attempt_index") or 0 for r in records], dtype=np.int64),
-            np.array([code("phase", (e["run_id"], e["phase_id"])) for e in escalations], dtype=np.int64),
-            np.array([e["attempt_index"] for e in escalations], dtype=np.int64),
-        ),
+        retry=retry,
+        retry_of=None if retry is None else retry_links(phase, attempt, event_id, retry),
+        retry_unknown=unknown if unknown.any() else None,
         source_code=np.array([code("src", (r.get("provider"), r.get("model"))) for r in records], dtype=np.int32),
         sources=list(factor["src"]),
     )

@@ -72,6 +72,7 @@ def calibrate(
     as_json: JsonOption = False,
     expect_db_id: ExpectDbIdOption = None,
     method: str | None = model_option(CalibrationParams, "method", "--method"),
+    window_weeks: int | None = model_option(CalibrationParams, "window_weeks", "--window-weeks"),
 ) -> None:
     """Calibrate the token estimator from telemetry: report (.md), patch (.json) and plot (.png).
 

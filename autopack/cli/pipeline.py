@@ -56,6 +56,7 @@ def run(
     confidence_threshold: float = model_option(P, "confidence_threshold", "--confidence-threshold"),
     target_truncation: float = model_option(P, "target_truncation", "--target-truncation"),
     holdout_fraction: float = model_option(P, "holdout_fraction", "--holdout-fraction"),
+    window_weeks: int | None = model_option(P, "window_weeks", "--window-weeks"),
     method: str | None = model_option(P, "method", "--method"),
     dry_run: bool = model_option(P, "dry_run", "--dry-run"),
     target_repo: Path = model_option(P, "target_repo", "--target-repo"),

@@ -54,7 +54,7 @@ POSTGRES_LOCK_KEY = int.from_bytes(b"autopack", "big")
 #: The schema revision this code needs: the newest script in ``migrations/versions``
 #: (``tests/test_migrations.py`` holds the two equal). A constant, so that checking a database's schema,
 #: which every command does, needs neither Alembic nor the scripts (Alembic is imported to upgrade only).
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 def alembic_config() -> Config:

@@ -180,6 +180,8 @@ class TokenEstimationV2Event(Base):
         ),
         Index("ix_token_est_v2_run_category", "run_id", "category"),
         Index("ix_token_est_v2_category_timestamp", "category", "timestamp"),
+        #: ``calibrate --window-weeks``: the window's rows are found by time (revision 0006)
+        Index("ix_token_est_v2_timestamp", "timestamp"),
     )
 
     id: Mapped[int] = mapped_column("event_id", Integer, primary_key=True, autoincrement=True)
@@ -240,6 +242,10 @@ class TokenEstimationV2Event(Base):
     calibration_key: Mapped[int | None] = mapped_column(BigInteger, default=calibration_key_default,
                                                         info={"signed": True})
     phase_key: Mapped[int | None] = mapped_column(BigInteger, default=phase_key_default, info={"signed": True})
+    #: Whether the row's source says which calls were escalated retries (revision 0006). NULL: recorded here
+    #: (the executor's escalation events mark them); False: imported from a file without retry columns, so a
+    #: calibration reading it reports retries as unknown; True: imported with them (and their escalation rows).
+    retries_known: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class TokenBudgetEscalationEvent(Base):

@@ -81,6 +81,7 @@ from autopack.telemetry.recorder import (
 )
 from autopack.token_estimator import (
     MAX_OUTPUT_TOKENS,
+    Exploration,
     PhaseFeatures,
     deliverable_kind,
     escalate,
@@ -96,7 +97,7 @@ MAX_REASON_CHARS = 2000
 CHECK_COMMAND_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "USER", "LOGNAME", "TERM",
                      "VIRTUAL_ENV", "PYTHONPATH", "SYSTEMROOT", "PATHEXT", "COMSPEC")
 
-FAILURE_STAGES = ("before_llm", "llm_boundary", "provider", "execution", "validation")
+FAILURE_STAGES = ("before_llm", "llm_boundary", "provider", "execution", "validation", "truncation")
 
 
 @dataclass
@@ -109,7 +110,7 @@ class PhaseResult:
     llm_calls: int  # provider calls made
     telemetry_events: int  # token_estimation_v2_events rows this execution wrote
     error_message: str | None
-    failure_stage: str | None  # None on success; "before_llm" | "llm_boundary" | "provider" | "execution" | "validation"
+    failure_stage: str | None  # None on success; "before_llm" | "llm_boundary" | "provider" | "execution" | "validation" | "truncation"
     reached_llm_boundary: bool
     duration_seconds: float
 
@@ -446,12 +447,15 @@ def _run(
     if telemetry:
         attempt_index = _fresh_attempt_index(run_id, phase_id, claim.owner, attempt_index, url)
     escalated_to: int | None = None
+    settings = get_settings()
     while True:
         counters.attempts += 1
         counters.attempt_indices.append(attempt_index)
+        explore = None if escalated_to is not None else Exploration.for_call(
+            settings.explore_share, settings.explore_seed, run_id, phase_id, attempt_index)
         # adaptive: the group's runtime ACI level, read now (only for groups with a reviewed adaptive curve)
         est, decision = plan_call(features, escalated_to=escalated_to, model_max_output=model_max,
-                                  adaptive=level_reader(url))
+                                  adaptive=level_reader(url), explore=explore)
         beat()
         request = LLMRequest(
             system=prompt.system,
@@ -499,7 +503,7 @@ def _run(
                 attempt_index = leases.reserve_attempt(session, run_id, phase_id, claim.owner)
             escalated_to = esc.retry_max_tokens
             continue
-        raise _Failure("validation", check.message or "builder output rejected")
+        raise _Failure("truncation" if response.truncated else "validation", check.message or "builder output rejected")
 
 
 def _record_invalid(key: CallKey, provider: LLMProvider, exc: ProviderResponseError, url: str | None) -> None:

@@ -27,11 +27,14 @@ from autopack.db.engine import session_scope
 from autopack.db.models import DrainResult, DrainSession, utcnow
 from autopack.errors import AutopackError
 from autopack.execution.triage import (
+    RC_FAILED,
     RC_INTERRUPTED,
+    STAGE_TRUNCATION,
     TIMEOUT_RETURNCODES,
     TriageLimits,
     TriageView,
     failure_fingerprint,
+    fingerprint_stops_run,
     sample_is_promising,
 )
 
@@ -127,8 +130,14 @@ class DrainOutcome:
     row_id: int | None = None
 
     def __post_init__(self) -> None:
-        if self.failure_fingerprint is None and not self.success and self.counts:
+        if self.failure_fingerprint is None and not self.success and self.counts and not self.truncation:
             self.failure_fingerprint = failure_fingerprint(self.final_state, self.returncode, self.error_message)
+
+    @property
+    def truncation(self) -> bool:
+        """The phase failed only because its output was cut at the ceiling: a budget experiment's expected
+        outcome (a censored sample), so it gets no failure fingerprint and counts toward no stop rule."""
+        return self.failure_stage == STAGE_TRUNCATION
 
     @property
     def counts(self) -> bool:
@@ -230,13 +239,22 @@ class SessionState:
             self.consecutive_zero_yield += 1
         fingerprint = outcome.failure_fingerprint
         if fingerprint and not outcome.success:
-            count = self.fingerprint_counts.get(fingerprint, 0) + 1
-            self.fingerprint_counts[fingerprint] = count
-            if count >= limits.max_fingerprint_repeats:
+            self.fingerprint_counts[fingerprint] = self.fingerprint_counts.get(fingerprint, 0) + 1
+            in_run = self.run_fingerprint_count(outcome.run_id, fingerprint)
+            if fingerprint_stops_run(in_run, limits):
                 self.stopped_fingerprints.add(fingerprint)
                 self.stopped_runs.add(outcome.run_id)
-                notes.append(f"[STOP] fingerprint repeated {count}x: run {outcome.run_id} stopped")
+                notes.append(f"[STOP] fingerprint repeated {in_run}x in run {outcome.run_id}: run stopped")
         return notes
+
+    def run_fingerprint_count(self, run_id: str, fingerprint: str) -> int:
+        """How often ``fingerprint`` occurred in this run within this session (what the stop rule counts).
+
+        ``fingerprint_counts`` are session-wide (the sample-first triage and the report read them); the stop
+        rule is per run, so it counts the run's own results (kept with the session, so a resume counts the same).
+        """
+        return sum(1 for r in self.results
+                   if r.run_id == run_id and r.failure_fingerprint == fingerprint and r.counts and not r.success)
 
     def attempts(self) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {}
@@ -534,6 +552,8 @@ def _outcome(row: DrainResult) -> DrainOutcome:
         error_message=row.error_message,
         returncode=_returncode(row),
         failure_fingerprint=row.failure_fingerprint,
+        # a counted failure saved without a fingerprint can only be a truncation (every other one gets one)
+        failure_stage=STAGE_TRUNCATION if _saved_truncation(row) else None,
         telemetry_events=row.telemetry_events_collected,
         llm_calls=row.llm_calls,
         reached_llm_boundary=row.reached_llm_boundary,
@@ -544,12 +564,18 @@ def _outcome(row: DrainResult) -> DrainOutcome:
     )
 
 
+def _saved_truncation(row: DrainResult) -> bool:
+    return not row.success and row.failure_fingerprint is None and row.final_state != FINAL_INTERRUPTED
+
+
 def _returncode(row: DrainResult) -> int | None:
     """The table keeps no return code; the fingerprint's rc bucket (always written on failure) holds it."""
     if row.success:
         return 0
     if row.final_state == FINAL_INTERRUPTED:
         return RC_INTERRUPTED
+    if _saved_truncation(row):
+        return RC_FAILED  # the phase failed on its cut output (no fingerprint keeps the rc bucket)
     bucket = (row.failure_fingerprint or "").split("|")
     if len(bucket) > 1:
         token = bucket[1]

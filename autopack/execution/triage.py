@@ -99,7 +99,10 @@ STAGE_LLM_BOUNDARY = "llm_boundary"
 STAGE_PROVIDER = "provider"
 STAGE_EXECUTION = "execution"
 STAGE_VALIDATION = "validation"
-_ERROR_STAGES = frozenset({STAGE_PROVIDER, STAGE_EXECUTION, STAGE_VALIDATION})
+#: The output was cut at its ceiling (the escalated retry too, or no retry was left): an expected outcome of a
+#: budget experiment, recorded as a censored sample, never a repeated failure (no fingerprint, no stop rule).
+STAGE_TRUNCATION = "truncation"
+_ERROR_STAGES = frozenset({STAGE_PROVIDER, STAGE_EXECUTION, STAGE_VALIDATION, STAGE_TRUNCATION})
 
 
 def zero_yield_reason(
@@ -152,6 +155,8 @@ def sample_is_promising(
 
 @dataclass(frozen=True)
 class TriageLimits:
+    #: A run is stopped once one failure fingerprint has occurred this often *in that run* within the session
+    #: (``fingerprint_stops_run``); truncations have no fingerprint and never count.
     max_fingerprint_repeats: int = 3
     max_attempts_per_phase: int = 2
     max_timeouts_per_run: int = 2
@@ -169,6 +174,13 @@ class TriageView:
     attempts: Mapping[tuple[str, str], int] | None = None
     #: run_id → timeouts in this session.
     timeouts: Mapping[str, int] | None = None
+
+
+def fingerprint_stops_run(run_fingerprint_count: int, limits: TriageLimits) -> bool:
+    """The fingerprint stop rule: a run stops once one failure fingerprint occurred ``max_fingerprint_repeats``
+    times in that run within the session. The count is per (run, fingerprint), so failures of other runs never
+    stop this one, and a truncation (``STAGE_TRUNCATION``) has no fingerprint: it never counts."""
+    return run_fingerprint_count >= limits.max_fingerprint_repeats
 
 
 def skip_reason(run_id: str, phase_id: str, view: TriageView, limits: TriageLimits) -> str | None:
