@@ -126,8 +126,23 @@ def test_a_passed_gate_says_where_the_guarantee_comes_from_beside_thin_evidence(
     gate = body[body.index("### Gate: passed"):body.index("### Proposed changes")]
     assert ("1 group (implementation/low) ships because its budget factor is a bound on its own fitted calls"
             in gate)
-    assert ("For it that check rests on too few held-out calls (19; 85 are needed) to confirm the guarantee: ⚠️ "
-            "thin evidence means unconfirmed, not failed.") in gate
+    assert ("For one group the held-out check rests on too few calls (19; 85 are needed) to confirm the "
+            "guarantee: ⚠️ thin evidence means unconfirmed, not failed.") in gate
+
+
+def test_a_step_toward_alpha_says_it_is_safe_what_it_should_do_and_what_it_costs() -> None:
+    data = calibration()
+    data["groups"][0].update(gate_direction="raise", step_toward_alpha={
+        "n": 24, "today_truncations": 6, "expected_truncation": 0.0417, "expected_method": "Kaplan–Meier",
+        "price_tokens": 5100, "sized_by": "step limit ×2", "verdict": "step toward α: 6/24 cut today"})
+    body = render_pr_body(data, report())
+    assert ("- ⚠️ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: **step toward α** — bound: none needed to be "
+            "safe — no call's ceiling falls, so its truncation can only fall (6 of its 24 calls cut today), sized by "
+            "step limit ×2; expected truncation after it 4.17 % (Kaplan–Meier); price +5,100 reserved tokens on "
+            "those calls; confirmed on 19 held-out calls, 0–1 truncated: **thin**") in body
+    assert "  - gate: ships: 0–1 of 19 held-out calls truncated" in body
+    assert ("1 group (implementation/low) truncates above α today and gets a step toward α, safe without an "
+            "assumption because no call's ceiling falls") in body
 
 
 def test_enough_held_out_calls_is_not_flagged() -> None:
@@ -139,7 +154,7 @@ def test_enough_held_out_calls_is_not_flagged() -> None:
     assert ("- ✅ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: **ships** — bound: conformal rank 24 of "
             "n = 24 fitted calls of this group, P(true truncation ≤ 2α = 10 %) ≈ 0.81 (distribution-free for "
             "exchangeable calls); confirmed on 120 held-out calls, 0–1 truncated\n") in body
-    assert "and there are enough held-out calls for that check to be evidence." in body
+    assert ". There are enough held-out calls for the held-out check to be evidence." in body
 
 
 def test_without_an_evidence_flag_the_held_out_count_decides() -> None:

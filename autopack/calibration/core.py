@@ -420,7 +420,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         ship_weights = False
         weights_verdict = "TOKEN_WEIGHTS changes not shipped: no group passed the gate"
     if tested:  # every drift method on what ships, for the report; the chosen method's row is the gate's replay
-        coeffs, factors = _shipped(current, fitted, passing, ship_weights)
+        coeffs, factors = _shipped(current, fitted, passing, ship_weights, raised)
         _, static_shipped = configuration_ceiling(test, coeffs, factors)
         drift_summary = drift.compare_in_calibration(alpha, held.drift_rows(), predict(samples, coeffs), factors,
                                                      static_shipped, chosen=(params.spec.name, shipped_ceiling))

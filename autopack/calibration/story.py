@@ -30,6 +30,7 @@ class VerdictKind(StrEnum):
     """What the gate decided for one group; ``label`` is how every rendering names it."""
 
     SHIPS = "ships"
+    STEP_TOWARD_ALPHA = "step_toward_alpha"  # a group above α gets a raised ceiling (``calibration.step``)
     NOT_SHIPPED = "not_shipped"
 
     @property
@@ -43,6 +44,7 @@ class VerdictKind(StrEnum):
 
 VERDICT_LABELS: dict[VerdictKind, str] = {
     VerdictKind.SHIPS: "ships",
+    VerdictKind.STEP_TOWARD_ALPHA: "step toward α",
     VerdictKind.NOT_SHIPPED: "not shipped",
 }
 
@@ -98,7 +100,7 @@ class Guarantee:
 
     def text(self) -> str:
         calls = f"n = {self.fitted} fitted calls of this group" if self.fitted is not None else "the group's calls"
-        chance = ""
+        chance = ", no probability claimed" if self.confidence is None and self.method not in (None, "none") else ""
         if self.confidence is not None:
             level = f"2α = {_pct(2 * self.alpha)}" if self.alpha else "2α"
             chance = f", P(true truncation ≤ {level}) ≈ {self.confidence:.2f}"
@@ -109,6 +111,36 @@ class Guarantee:
             return f"bound: none on {calls}" if self.method == "none" else f"bound: from {calls}{chance}"
         assumed = f", only if {self.assumption}" if self.assumption else ", under its stated assumption"
         return f"bound: {self.method} on {calls}{chance}{assumed}"
+
+
+@dataclass(frozen=True)
+class StepTowardAlpha:
+    """A raise for a group that truncates above α today (``calibration.step.Step.as_dict``): safe without an
+    assumption (no call's ceiling falls), sized by one; what it is expected to do, and what it costs."""
+
+    n: int | None
+    today_truncations: int | None
+    expected_truncation: float | None
+    expected_method: str | None
+    price_tokens: int | None
+    sized_by: str | None
+
+    @classmethod
+    def of(cls, step: Mapping[str, Any]) -> StepTowardAlpha:
+        text = {k: step.get(k) if isinstance(step.get(k), str) else None for k in ("expected_method", "sized_by")}
+        return cls(_int(step.get("n")), _int(step.get("today_truncations")), number(step.get("expected_truncation")),
+                   text["expected_method"], _int(step.get("price_tokens")), text["sized_by"])
+
+    def text(self) -> str:
+        today = (f"{self.today_truncations} of its {self.n} calls cut today"
+                 if self.today_truncations is not None and self.n is not None else "above α today")
+        after = ("expected truncation after it unknown" if self.expected_truncation is None else
+                 f"expected truncation after it {_pct(self.expected_truncation)}"
+                 + (f" ({self.expected_method})" if self.expected_method else ""))
+        price = f"; price +{self.price_tokens:,} reserved tokens on those calls" if self.price_tokens is not None else ""
+        sized = f", sized by {self.sized_by}" if self.sized_by else ""
+        return (f"bound: none needed to be safe — no call's ceiling falls, so its truncation can only fall "
+                f"({today}){sized}; {after}{price}")
 
 
 @dataclass(frozen=True)
@@ -170,6 +202,7 @@ class GroupVerdict:
     guarantee: Guarantee
     confirmation: Confirmation
     detail: str  # the gate's own words: its verdict when it ships, else its reasons
+    step: StepTowardAlpha | None = None  # with ``STEP_TOWARD_ALPHA``: the raise, instead of a bound
 
     @property
     def icon(self) -> str:
@@ -177,7 +210,8 @@ class GroupVerdict:
 
     def line(self) -> str:
         """``ships — bound: …; confirmed on …``: the kind, where the guarantee comes from, what confirms it."""
-        return f"**{self.kind.label}** — {self.guarantee.text()}; {self.confirmation.text()}"
+        where = self.step.text() if self.kind is VerdictKind.STEP_TOWARD_ALPHA and self.step else self.guarantee.text()
+        return f"**{self.kind.label}** — {where}; {self.confirmation.text()}"
 
 
 def min_heldout(result: Mapping[str, Any]) -> int | None:
@@ -208,8 +242,14 @@ def group_verdicts(result: Mapping[str, Any]) -> dict[Group, GroupVerdict]:
         replay = mapping(bt.get("shipped")) or mapping(mapping(g.get("backtest")).get("shipped"))
         confirmation = Confirmation.of(replay, minimum, n=bt.get("n", mapping(g.get("backtest")).get("n", 0)))
         kind = VerdictKind.SHIPS if g.get("proposed", key in changed) else VerdictKind.NOT_SHIPPED
+        step = mapping(g.get("step_toward_alpha"))
+        if kind.ships and g.get("gate_direction") == "raise" and step:
+            kind = VerdictKind.STEP_TOWARD_ALPHA
         reasons = [str(r) for r in g.get("gate_reasons") or []]
-        out[key] = GroupVerdict(key, kind, Guarantee.of(g, alpha), confirmation, "; ".join(reasons))
+        detail = str(step.get("verdict")) if kind is VerdictKind.STEP_TOWARD_ALPHA and step.get("verdict") else \
+            "; ".join(reasons)
+        out[key] = GroupVerdict(key, kind, Guarantee.of(g, alpha), confirmation, detail,
+                                StepTowardAlpha.of(step) if kind is VerdictKind.STEP_TOWARD_ALPHA else None)
     return out
 
 
@@ -221,19 +261,34 @@ def gate_sentence(result: Mapping[str, Any]) -> str:
     shipped = [v for v in group_verdicts(result).values() if v.kind.ships]
     if not shipped:
         return "Passed on shared settings only; no group's budget factor changes."
+
+    def groups(verdicts: list[GroupVerdict]) -> str:
+        names = ", ".join(f"{v.group[0]}/{v.group[1]}" for v in verdicts)
+        return f"{len(verdicts)} group{'' if len(verdicts) == 1 else 's'} ({names}) "
+
+    bound = [v for v in shipped if v.kind is VerdictKind.SHIPS]
+    steps = [v for v in shipped if v.kind is VerdictKind.STEP_TOWARD_ALPHA]
+    parts = []
+    if bound:
+        one = len(bound) == 1
+        parts.append(f"{groups(bound)}ship{'s' if one else ''} because {'its' if one else 'each one’s'} budget "
+                     "factor is a bound on its own fitted calls (the guarantee, with its probability, is on each "
+                     "verdict line); the held-out replay checks only that what ships truncates no more than today "
+                     "and reserves less")
+    if steps:
+        one = len(steps) == 1
+        parts.append(f"{groups(steps)}truncat{'es' if one else 'e'} above α today and get{'s' if one else ''} a "
+                     "step toward α, safe without an assumption because no call's ceiling falls (its expected "
+                     "truncation and price are on its verdict line)")
+    where = "; ".join(parts)
+    where = where[0].upper() + where[1:]
     thin = [v for v in shipped if v.confirmation.thin]
-    names = ", ".join(f"{v.group[0]}/{v.group[1]}" for v in shipped)
-    one = len(shipped) == 1
-    where = (f"{len(shipped)} group{'' if one else 's'} ({names}) ship{'s' if one else ''} because "
-             f"{'its' if one else 'each one’s'} budget factor is a bound on its own fitted calls (the guarantee, "
-             "with its probability, is on each verdict line); the held-out replay checks only that what ships "
-             "truncates no more than today and reserves less")
     if not thin:
-        return where + ", and there are enough held-out calls for that check to be evidence."
+        return where + ". There are enough held-out calls for the held-out check to be evidence."
     minimum = min_heldout(result)
     held = ", ".join(str(v.confirmation.held_out or 0) for v in thin)
-    subject = "it" if one else f"{len(thin)} of them"
-    return (where + f". For {subject} that check rests on too few held-out calls ({held}"
+    subject = "one group" if len(thin) == 1 else f"{len(thin)} groups"
+    return (where + f". For {subject} the held-out check rests on too few calls ({held}"
             + (f"; {minimum} are needed" if minimum is not None else "")
             + ") to confirm the guarantee: ⚠️ thin evidence means unconfirmed, not failed.")
 
