@@ -7,7 +7,9 @@ success metrics, the waste figures it only printed to the console, budget factor
 obtained (method, assumption, extrapolation), the backtest with truncation as an interval and whether the
 held-out calls are enough to be evidence, the gate with a verdict per change (TOKEN_WEIGHTS included),
 every coefficient change old → new, the data's provider/model mix, and the doc-phase truncation list.
-The plot shows n per group and today's ceiling beside the proposed one.
+Verdicts, the gate's sentence and the drift table come from ``story``, as in the pull request body. The
+plot shows n per group, today's ceiling beside the proposed one, the held-out calls apart from the fitted
+ones, and says SIMULATED DATA in its title when the data is.
 """
 
 from __future__ import annotations

@@ -6,14 +6,17 @@ without running anything, and every figure describes exactly what ships:
 - a one-line effect (held-out truncation and reserved tokens, today → this pull request, with intervals),
   and a loud warning when the data came from the simulated provider;
 - one verdict line per changed coefficient (the shared ``TOKEN_WEIGHTS`` included: they move every
-  group), thin evidence flagged with its counts;
+  group): where its guarantee comes from and how many held-out calls confirm it, thin evidence flagged;
+  the gate's state with one sentence reconciling it with those flags;
 - the backtest with ``current`` (today), ``shipped`` (= this pull request) and, labelled as such, the
-  full refit (``proposed``), which is *not* what ships;
+  full refit (``proposed``), which is *not* what ships; the drift table's "this pull request" row is the
+  shipped replay;
 - the per-group effect as a table and a Mermaid chart (GitHub renders both, nothing depends on an upload),
   with today's and the shipped factors read from the original and the edited estimator themselves;
 - verification, provenance (data source, code commit, flow run) and a short glossary.
 
-Keys the calibration JSON does not have (an older file) are left out or marked unknown, never invented.
+Verdicts, the gate's sentence and the drift table come from ``autopack.calibration.story``, as in the
+calibration report, so the two say the same. Keys the calibration JSON does not have (an older file) are left out or marked unknown, never invented.
 It ends with the hidden marker the bot uses to find its PR again, and is passed through ``redact`` last.
 """
 
