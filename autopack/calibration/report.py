@@ -279,12 +279,13 @@ def _changes_section(result: Mapping[str, Any]) -> list[str]:
     changes = result["proposed_changes"]
     if changes:
         lines += [
-            "| Coefficient | Key | Old | New | n | Confidence | Interval | Held-out truncation [interval] | "
-            "Reserved/used | Verdict |",
+            "| Coefficient | Key | Old | New | n | Confidence | Interval | Held-out truncation [interval], shipped | "
+            "Reserved/used, shipped | Verdict |",
             "|---|---|---:|---:|---:|---:|---|---|---:|---|",
         ]
         for c in changes:
-            bt = c.get("backtest") or {}
+            own = c.get("backtest") or {}
+            bt = {"n": own.get("n"), **own["shipped"]} if own.get("shipped") else own  # the group's shipped replay
             lines.append(
                 f"| `{c['coefficient']}` | `{tuple(c['key'])}` | {_f(c['old'], 3)} | {_f(c['new'], 3)} | {c['n']} | "
                 f"{_f(c['confidence'])} | {_f(c['interval'], 3 if c['coefficient'] == 'BUDGET_FACTORS' else 0)} | "

@@ -383,12 +383,13 @@ def _changes_table(changes: Sequence[Change]) -> str:
     rows = [
         "### Proposed changes",
         "",
-        "| Coefficient | Key | Old | New | Change | n | Held-out | Confidence | Interval | Held-out truncation "
-        "| Reserved / used |",
+        "| Coefficient | Key | Old | New | Change | n | Held-out | Confidence | Interval | Held-out truncation, "
+        "this PR | Reserved / used, this PR |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for c in changes:
-        backtest = _mapping(c.extra.get("backtest"))
+        own = _mapping(c.extra.get("backtest"))
+        backtest = {"n": own.get("n"), **_mapping(own.get("shipped"))} if own.get("shipped") else own  # what ships
         truncation = _group_truncation(backtest)
         rows.append(
             "| "
