@@ -85,9 +85,10 @@ def test_effect_line_per_group_table_and_drift_row_tell_one_story(result: dict[s
 
     # the changes table: each changed factor's held-out truncation is its group's in the per-group table
     by_group = {g["Group"].replace(" (changed)", ""): g[column].split(" → ")[1] for g in groups}
-    for change in table(body, "| Coefficient | Key |"):
-        if change["Coefficient"] == "`BUDGET_FACTORS`" and change["Key"] in by_group:
-            assert change["Held-out truncation, this PR"] == by_group[change["Key"]]
+    factors = [c for c in table(body, "| Coefficient | Key |") if c["Coefficient"] == "`BUDGET_FACTORS`"]
+    assert factors and all(c["Key"] in by_group for c in factors)
+    for change in factors:
+        assert change["Held-out truncation, this PR"] == by_group[change["Key"]]
 
     # the drift table: its "this pull request" row is the shipped backtest, and says the same as the effect line
     drift = table(body, "| Method | truncation |")
