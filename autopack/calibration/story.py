@@ -104,7 +104,7 @@ class Guarantee:
         if self.confidence is not None:
             level = f"2α = {_pct(2 * self.alpha)}" if self.alpha else "2α"
             chance = f", P(true truncation ≤ {level}) ≈ {self.confidence:.2f}"
-        if self.method in ("km_conformal", "conformal", "kaplan_meier"):
+        if self.method in ("km_conformal", "conformal", "kaplan_meier") and self.assumption is None:
             rank = f"rank {self.rank} of " if self.rank is not None else "quantile of "
             return f"bound: conformal {rank}{calls}{chance} (distribution-free for exchangeable calls)"
         if self.method in (None, "none"):
