@@ -144,7 +144,7 @@ def step_toward_alpha(
                     reserved_tokens=int(today_ceiling.sum()), verdict=f"{today_line}: {why}", **common)
 
     if not above:
-        return none(f"not above α (a raise needs more than {alpha:.0%} surely cut and p < {RAISE_LEVEL:g})")
+        return none(f"not above α (a raise needs more than {alpha:.0%} cut and p < {RAISE_LEVEL:g})")
     floor = float(np.max(ratio))  # below this some call's ceiling would fall
     step_cap = RAISE_STEP * today_factor
     if MIN_RAISE * floor > step_cap:
