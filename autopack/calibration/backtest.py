@@ -120,7 +120,8 @@ def truncation_verdict(candidate: dict[str, Any], current: dict[str, Any], alpha
     if n < needed:
         thin = f"thin evidence: {n} held-out calls < {needed}"
         if candidate["truncations_upper"] > current["truncations"]:
-            return False, f"{label} vs today's {truncation_range(current)} ({thin}, so it may not truncate more than today)"
+            return False, (f"{label} vs today's {truncation_range(current)} ({thin}, so it may not truncate more "
+                           "than today)")
         return True, f"{label}, not more than today's {truncation_range(current)}; binomial p = {p:.3g} ({thin})"
     return True, f"{label}: rate ≤ {alpha:g} not rejected (one-sided exact binomial p = {p:.3g})"
 

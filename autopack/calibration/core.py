@@ -342,11 +342,12 @@ def _shipped_check(
         if not keep:
             return keep, shipped, ceiling, "nothing ships", dropped
         up = [g for g in keep if g in raised]
-        fell = [g for g in up if np.any(ceiling[test.group == group_ids[g]] < current_ceiling[test.group == group_ids[g]])]
+        fell = [g for g in up if np.any((ceiling < current_ceiling)[test.group == group_ids[g]])]
         if fell:
             for g in fell:
                 keep.remove(g)
-                dropped[g] = "dropped: with the rest of the pull request, some of its held-out calls got a lower ceiling"
+                dropped[g] = ("dropped: with the rest of the pull request, some of its held-out calls got a lower "
+                              "ceiling")
             continue
         lowered = [g for g in keep if g not in raised]
         changed = (ceiling != current_ceiling) & ~np.isin(test.group, [group_ids[g] for g in up])

@@ -148,7 +148,8 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
         for g in notes:
             parts = [p for p in (g["factor_note"], f"assumes {g['assumption']}" if g.get("assumption") else "") if p]
             lines.append(f"- {g['category']}/{g['complexity']}: " + "; ".join(parts))
-    lines += [f"- {g['category']}/{g['complexity']}: {g['confidence_note']}" for g in groups if g.get("confidence_note")]
+    lines += [f"- {g['category']}/{g['complexity']}: {g['confidence_note']}" for g in groups
+              if g.get("confidence_note")]
     lines += [f"- {g['category']}/{g['complexity']}: {g['step_toward_alpha']['verdict']}" for g in groups
               if g.get("gate_direction") == "raise" and g.get("step_toward_alpha")]
     lines += ["", f"Held-out calls are *evidence* from {md.get('min_evidence_calls', '–')} on (at α = "

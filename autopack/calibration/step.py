@@ -22,8 +22,9 @@ no safe step and the group is left as it is, said so.
 
 A group counts as truncating above α when its calls cut under today's ceilings (surely, or by the
 Kaplan–Meier tail for calls cut at older, lower caps) are more than α of its calls and the one-sided
-exact binomial test of "rate ≤ α" gives p < ``RAISE_LEVEL``: the test only has to name the direction (a raise cannot harm truncation; a needless
-one costs tokens until the lower-reserve rule takes it back), not prove it.
+exact binomial test of "rate ≤ α" gives p < ``RAISE_LEVEL``: the test only has to name the direction (a
+raise cannot harm truncation; a needless one costs tokens until the lower-reserve rule takes it back), not
+prove it.
 """
 
 from __future__ import annotations
@@ -148,9 +149,9 @@ def step_toward_alpha(
     floor = float(np.max(ratio))  # below this some call's ceiling would fall
     step_cap = RAISE_STEP * today_factor
     if MIN_RAISE * floor > step_cap:
-        return none(f"no safe step within ×{RAISE_STEP:g}: today's ceilings vary ×{floor / today_factor:.2f} across its "
-                    f"calls (a floor), so a factor that lowers none of them would more than double its typical "
-                    "ceiling")
+        spread = floor / today_factor
+        return none(f"no safe step within ×{RAISE_STEP:g}: today's ceilings vary ×{spread:.2f} across its calls "
+                    "(a floor), so a factor that lowers none of them would more than double its typical ceiling")
     candidates = [(step_cap, f"step limit ×{RAISE_STEP:g}")]
     if quantile is not None:
         candidates.append((quantile, f"its fitted quantile ({info.method})"))
