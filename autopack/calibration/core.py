@@ -9,16 +9,18 @@ shell in ``runner`` adds those). One pass, in this order:
    factor from its own calls (``model``);
 3. replay the held-out calls (``heldout_ceilings``) under today's ceilings, the original's median-ratio
    method and the proposal (every group refitted: the "full refit");
-4. TOKEN_WEIGHTS are shared by every group, so they are decided first, on all held-out calls: the
-   proposal with the new weights must pass the truncation test against today and reserve less than the
-   same proposal with today's weights (``gate.weights``);
-5. gate each group: ≥ min_samples, a distribution-free factor (``km_conformal``), confidence ≥
-   threshold, and on its own held-out calls the truncation test (one-sided exact binomial on the upper
-   end of the interval, evidence-aware: ``backtest.truncation_verdict``) and fewer tokens reserved per
-   token used than today;
+4. TOKEN_WEIGHTS are shared by every group, so they are decided first, per group: on no group's held-out
+   calls may the proposal with the new weights do worse than the same proposal with today's weights, and
+   it must reserve less on all of them; a weight on its ×2 step bound is not shipped (``gate.weights``);
+5. gate each group against today, from either side of α: a lower reserve needs ≥ min_samples, a
+   distribution-free factor (``km_conformal``), confidence ≥ threshold, and on its own held-out calls the
+   truncation test (one-sided exact binomial on the upper end of the interval, evidence-aware:
+   ``backtest.truncation_verdict``) and fewer tokens reserved per token used than today; a group that
+   today truncates above α and cannot pass that gets a step toward α instead (``step``: a raise under
+   which no call's ceiling falls, so its truncation can only fall);
 6. the shipped configuration (only what passed) is replayed on the same held-out calls and, on the calls
-   whose ceiling it changes, must pass the same two tests as a whole; groups are dropped, worst first,
-   until it does.
+   whose ceiling it lowers or moves, must pass the same two tests as a whole (a raised group's calls must
+   only keep or raise their ceilings); groups are dropped, worst first, until it does.
 
 What ships is exactly what was tested: the values fitted on the older part, whose held-out replay is
 ``backtest.shipped``. Refitting on all calls after the test would ship numbers nobody tested, and, since
