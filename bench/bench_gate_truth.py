@@ -60,8 +60,8 @@ def gate_table(replicates: int, alpha: float) -> tuple[list[str], list[float]]:
                         factor = change["new"] if change else f_today
                         cells[n].append((bool(change and change["direction"] == "raise"), today,
                                          sim.true_truncation((c, x), factor), factor / f_today))
-                    if (change := shipped.get(UNCUT)) and change["direction"] == "lower":
-                        lowered.append(sim.true_truncation(UNCUT, change["new"]))
+                    if (change := shipped.get(UNCUT[:2])) and change["direction"] == "lower":
+                        lowered.append(sim.true_truncation(UNCUT[:2], change["new"]))
                 for n, v in sorted(cells.items()):
                     a = np.array(v, dtype=float)
                     raised = a[:, 0] > 0

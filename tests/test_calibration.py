@@ -20,6 +20,7 @@ from autopack.calibration.runner import NoUsableSamplesError
 from autopack.calibration.samples import build_sample_set, columns_from_records, configuration_ceiling, predict
 from autopack.calibration.synthetic import event_row, simulate, simulate_with_escalations
 from autopack.db.engine import get_engine
+from autopack.github.body import step_lines
 from autopack.db.identity import read_identity
 from autopack.db.models import CalibrationRun, TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import DbIdentityMismatchError, EmptyDatabaseError
@@ -273,6 +274,10 @@ def test_a_group_cut_above_alpha_at_its_floor_gets_a_step_toward_alpha(db_url: s
     (change,) = [c for c in result["proposed_changes"] if c["coefficient"] == "BUDGET_FACTORS"]
     assert change["new"] > step["today_factor"] and change["verdict"].startswith("step toward α")
     assert step["price_tokens"] > 0 and step["expected_truncation"] < step["today_rate"]
+    # one line each in the report and the pull-request body
+    assert "docs/low: step toward α" in Path(result["report_path"]).read_text()
+    (line,) = [x for x in step_lines(result) if x]
+    assert line.startswith("- `docs, low`: **step toward α**") and "reserved tokens" in line
 
 
 # --- exit codes and the CLI --------------------------------------------------------------------------------

@@ -21,9 +21,10 @@ floor: a factor replaces the floor, so lowering none of them would take more tha
 no safe step and the group is left as it is, said so.
 
 A group counts as truncating above α when its calls cut under today's ceilings (surely, or by the
-Kaplan–Meier tail for calls cut at older, lower caps) are more than α of its calls and the one-sided
-exact binomial test of "rate ≤ α" gives p < ``RAISE_LEVEL``: the test only has to name the direction (a raise cannot harm truncation; a needless
-one costs tokens until the lower-reserve rule takes it back), not prove it.
+Kaplan–Meier tail for calls cut at older, lower caps) are at least two and more than α of its calls, and
+the one-sided exact binomial test of "rate ≤ α" gives p < ``RAISE_LEVEL``: the test only has to name the
+direction (a raise cannot harm truncation; a needless one costs tokens until the lower-reserve rule takes
+it back), not prove it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from autopack.calibration.samples import factor_ceiling
 RAISE_STEP = 2.0
 #: Every call's ceiling rises by at least this (the executor's own escalation step), so each run makes progress.
 MIN_RAISE = te.ESCALATION_FACTOR
+#: ... and at least this many of its calls cut: one cut call is an outlier, not a rate (in a closed loop, single
+#: cuts in groups of 6 calls a week raised groups truncating 1–2 % for good).
+MIN_CUT_CALLS = 2
 #: "Today truncates above α" when the exact binomial p of "rate ≤ α" on its surely-cut calls is below this.
 RAISE_LEVEL = 0.5
 
@@ -127,7 +131,7 @@ def step_toward_alpha(
     x = _cut_today(r, observed, np.log(ratio), int((y >= today_ceiling).sum()))
     rate = x / n if n else 0.0
     p = stats.binomial_exceedance_p(x, n, alpha)
-    above = n > 0 and rate > alpha and p < RAISE_LEVEL
+    above = n > 0 and x >= MIN_CUT_CALLS and rate > alpha and p < RAISE_LEVEL
     today_factor = float(np.median(ratio)) if n else math.nan
     expected_today, _ = _expected_truncation(r, observed, float(np.log(today_factor))) if n else (None, "")
     quantile = info.factor if info.factor is not None and math.isfinite(info.factor) else None
@@ -144,13 +148,14 @@ def step_toward_alpha(
                     reserved_tokens=int(today_ceiling.sum()), verdict=f"{today_line}: {why}", **common)
 
     if not above:
-        return none(f"not above α (a raise needs more than {alpha:.0%} surely cut and p < {RAISE_LEVEL:g})")
+        return none(f"not above α (a raise needs ≥ {MIN_CUT_CALLS} and more than {alpha:.0%} of its calls cut, "
+                    f"and p < {RAISE_LEVEL:g})")
     floor = float(np.max(ratio))  # below this some call's ceiling would fall
     step_cap = RAISE_STEP * today_factor
     if MIN_RAISE * floor > step_cap:
-        return none(f"no safe step within ×{RAISE_STEP:g}: today's ceilings vary ×{floor / today_factor:.2f} across its "
-                    f"calls (a floor), so a factor that lowers none of them would more than double its typical "
-                    "ceiling")
+        spread = floor / today_factor
+        return none(f"no safe step within ×{RAISE_STEP:g}: today's ceilings vary ×{spread:.2f} across its calls "
+                    "(a floor), so a factor that lowers none of them would more than double its typical ceiling")
     candidates = [(step_cap, f"step limit ×{RAISE_STEP:g}")]
     if quantile is not None:
         candidates.append((quantile, f"its fitted quantile ({info.method})"))

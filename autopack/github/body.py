@@ -452,9 +452,16 @@ def _group_effect(calibration: Mapping[str, Any], changes: Sequence[Change], tab
         ]) + " |")
     if len(groups) > limit:
         rows.append(f"\n({len(groups) - limit} more groups in the calibration report)")
+    rows += step_lines(calibration)
     if chart:
         rows += ["", _mermaid(shown[:MAX_CHART_GROUPS], has_shipped)]
     return "\n".join(rows)
+
+
+def step_lines(calibration: Mapping[str, Any]) -> list[str]:
+    """One line per group raised as a step toward α (``story``): safe, expected truncation after it, price."""
+    steps = [v for v in story.group_verdicts(calibration).values() if v.kind is story.VerdictKind.STEP_TOWARD_ALPHA]
+    return ["", *(f"- `{_text(v.group[0])}, {_text(v.group[1])}`: {v.line()}" for v in steps)] if steps else []
 
 
 def _group_truncation(m: Mapping[str, Any]) -> str:
