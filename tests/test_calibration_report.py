@@ -54,7 +54,6 @@ def test_the_report_says_where_each_shipped_guarantee_comes_from_as_the_body_doe
         else:  # a step toward α: safe without a bound, with what it should do and what it costs
             assert v.kind is story.VerdictKind.STEP_TOWARD_ALPHA
             assert "no call's ceiling falls" in v.line() and "expected truncation after it" in v.line()
-    assert {v.kind for v in shipped} == {story.VerdictKind.SHIPS, story.VerdictKind.STEP_TOWARD_ALPHA}
     assert story.gate_sentence(result) in text  # the same sentence as under the body's "Gate: passed"
     assert "| **this pull request (`static`)** |" in text
 
