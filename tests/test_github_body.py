@@ -231,8 +231,20 @@ def test_coinciding_drift_rows_say_why() -> None:
     drift.update(adapted_calls=2, differs_from_static={"rolling": 1, "aci": 0})
     body = render_pr_body(data, report())
     assert ("`static`, `rolling`, `aci` coincide to the figures shown: the adaptive methods move only groups with "
-            "a reviewed quantile curve (enough own fitted calls: implementation/low), which have 2 held-out calls — "
-            "too few for feedback to move their factor (ceilings changed vs `static`: rolling 1, aci 0).") in body
+            "a reviewed quantile curve (enough own fitted calls: implementation/low), which have 2 held-out calls "
+            "(`rolling` changed 1, `aci` changed 0 of their ceilings): too few calls of feedback to move the factor."
+            ) in body
+
+
+def test_a_method_coinciding_with_this_pull_request_alone_is_explained_too() -> None:
+    data = calibration()
+    drift = data["backtest"]["calibration_under_drift"]
+    drift["methods"]["aci"] = dict(drift["methods"]["static"])
+    drift.update(adapted_calls=2, differs_from_static={"rolling": 1, "aci": 0})
+    body = render_pr_body(data, report())
+    assert ("`static`, `aci` coincide to the figures shown: the adaptive methods move only groups with a reviewed "
+            "quantile curve (enough own fitted calls: implementation/low), which have 2 held-out calls (`aci` "
+            "changed 0 of their ceilings)") in body
 
 
 def test_an_older_drift_comparison_of_the_full_refit_is_labelled_not_shipped() -> None:

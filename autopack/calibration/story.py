@@ -349,10 +349,13 @@ def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 def _coincidence(drift: Mapping[str, Any], rows: list[DriftRow], backtest: Mapping[str, Any]) -> str | None:
-    """One line on why the non-oracle rows look identical (they are, to the figures shown), else None."""
+    """One line on why methods look identical to this pull request's row (they are, to the figures shown)."""
     methods = [r for r in rows if r.name != "oracle"]
-    if len(methods) < 2 or not all(_same(methods[0].metrics, r.metrics) for r in methods[1:]):
+    anchor = next((r for r in methods if r.this_pr), methods[0] if methods else None)
+    same = [r for r in methods if r is not anchor and anchor is not None and _same(anchor.metrics, r.metrics)]
+    if not same or anchor is None:
         return None
+    methods = [anchor, *same]
     names = ", ".join(f"`{r.name}`" for r in methods)
     adapted = [tuple(g) for g in drift.get("adapted_groups") or [] if isinstance(g, Sequence) and len(g) == 2]
     if not adapted:
@@ -364,12 +367,13 @@ def _coincidence(drift: Mapping[str, Any], rows: list[DriftRow], backtest: Mappi
     if calls is None:
         calls = sum(held.get((str(a), str(b))) or 0 for a, b in adapted)
     differs = mapping(drift.get("differs_from_static"))
-    changed = ", ".join(f"{k} {v}" for k, v in differs.items() if _int(v) is not None)
+    counted = [(r.name, _int(differs.get(r.name))) for r in same if _int(differs.get(r.name)) is not None]
+    changed = ", ".join(f"`{name}` changed {count}" for name, count in counted)
     groups = ", ".join(f"{a}/{b}" for a, b in adapted)
     return (f"{names} coincide to the figures shown: the adaptive methods move only groups with a reviewed quantile "
             f"curve (enough own fitted calls: {groups}), which have {calls} held-out call{'s' if calls != 1 else ''}"
-            f" — too few for feedback to move their factor"
-            + (f" (ceilings changed vs `static`: {changed})" if changed else "") + ".")
+            + (f" ({changed} of their ceilings)" if changed else "")
+            + ": too few calls of feedback to move the factor.")
 
 
 # --- the data's source -----------------------------------------------------------------------------

@@ -592,12 +592,13 @@ def _groups_table(groups: Sequence[Mapping[str, Any]], tables: _Tables, limit: i
         return ""
     extra = any(k in g for g in records for k in ("factor_method", "extrapolation", "assumption"))
     header = ("| Category | Complexity | n | Censored | Median ratio | Median ratio CI | Pooling weight "
-              "| Fitted factor | Shipped factor | Confidence | Original confidence |"
+              "| Full refit's factor | Shipped factor | Confidence | Original confidence |"
               + (" Factor method | Assumption |" if extra else ""))
     rows = [
         "### Groups (fit details)",
         "",
-        "`Fitted factor` is the refit's; `Shipped factor` is what the estimator holds after this pull request.",
+        "`Full refit's factor` is the refit's for every group, gated or not (not shipped); `Shipped factor` is "
+        "what the estimator holds after this pull request.",
         "",
         header,
         "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|" + ("---|---|" if extra else ""),
