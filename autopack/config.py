@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     check_sandbox_bwrap: str = Field(default="bwrap", validation_alias="AUTOPACK_CHECK_SANDBOX_BWRAP")
     # Extra host paths (comma-separated) a sandboxed check may read, e.g. a toolchain under /opt.
     check_sandbox_bind: str = Field(default="", validation_alias="AUTOPACK_CHECK_SANDBOX_BIND")
+    # Exploration (opt-in; 0 = off): this share of first attempts (at most 0.2) is sent at the escalation ceiling, so
+    # a heavily cut group's long outputs reach the calibration uncensored; chosen per call from the seed, run,
+    # phase and attempt (token_estimator.Exploration). Measured in docs/closed-loop.md before any default.
+    explore_share: float = Field(default=0.0, ge=0.0, le=0.2, validation_alias="AUTOPACK_EXPLORE_SHARE")
+    explore_seed: int = Field(default=0, validation_alias="AUTOPACK_EXPLORE_SEED")
 
     # --- GitHub ---------------------------------------------------------------------------------
     github_token: SecretStr | None = Field(default=None, validation_alias="GITHUB_TOKEN")

@@ -145,6 +145,10 @@ MAX_OUTPUT_TOKENS = 64000
 # Escalate-once after a truncation (reference §2.8).
 ESCALATION_FACTOR = 1.25
 
+# Exploration (opt-in, off unless a share is given): at most this share of first attempts is sent at the
+# escalation ceiling, so the calibration sees some of a heavily cut group's long outputs uncensored.
+MAX_EXPLORATION_SHARE = 0.2
+
 # Overrides that raise the ceiling for groups without a calibrated factor (each is recorded).
 LOCKFILE_OVERRIDE = 12000
 FRONTEND_DEPLOYMENT_OVERRIDE = 16384
@@ -377,6 +381,32 @@ class AdaptiveUse:
 
 
 @dataclass(frozen=True)
+class Exploration:
+    """Opt-in exploration for one first attempt: it is sent at the escalation ceiling when ``chosen``.
+
+    ``key`` names the call (seed, run, phase, attempt), so the choice is deterministic and about ``share`` of
+    the calls a drain makes are chosen, whatever their order.
+    """
+
+    share: float
+    key: str
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= MAX_EXPLORATION_SHARE:
+            raise ValueError(f"exploration share {self.share} is outside [0, {MAX_EXPLORATION_SHARE}]")
+
+    @property
+    def chosen(self) -> bool:
+        digest = hashlib.sha256(self.key.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") / 2.0**64 < self.share
+
+    @classmethod
+    def for_call(cls, share: float, seed: int, run_id: str, phase_id: str, attempt_index: int) -> Exploration | None:
+        """The exploration of one first attempt (None when the share is 0: exploration off)."""
+        return cls(share, f"{seed}|{run_id}|{phase_id}|{attempt_index}") if share > 0 else None
+
+
+@dataclass(frozen=True)
 class CeilingDecision:
     selected_budget: int
     actual_max_tokens: int
@@ -597,12 +627,15 @@ def decide_ceiling(
     escalated_to: int | None = None,
     model_max_output: int = MAX_OUTPUT_TOKENS,
     adaptive: AdaptiveLevel | None = None,
+    explore: Exploration | None = None,
 ) -> CeilingDecision:
     """The one function that decides ``selected_budget`` (intent) and ``actual_max_tokens`` (sent).
 
     Every step that changes the number is recorded as a named contribution, so no override can hide
     the estimator again (the original's five silent overrides, §10.13). ``adaptive`` is the group's
     runtime ACI state (None: none yet); it only matters for a group with a reviewed adaptive curve.
+    ``explore`` (first attempts only): when chosen, the call is sent at the ceiling an escalation after a
+    truncation would use, and its output is then seen uncensored more often (recorded as ``exploration``).
     """
     coeffs = coefficients or current_coefficients()
     contributions: list[Contribution] = [
@@ -648,6 +681,11 @@ def decide_ceiling(
     if escalated_to is not None and escalated_to > ceiling:
         ceiling = escalated_to
         contributions.append(Contribution("escalation", ceiling, f"retry after truncation: {escalated_to}"))
+    elif escalated_to is None and explore is not None and explore.chosen:
+        ceiling = escalate(selected_budget=selected, actual_max_tokens=ceiling, tokens_used=0,
+                           complexity=est.complexity).retry_max_tokens
+        contributions.append(Contribution("exploration", ceiling, f"a share {explore.share} of first attempts is sent "
+                                          "at the escalation ceiling, so long outputs are seen uncensored"))
     if ceiling > cap:
         ceiling = cap
         contributions.append(Contribution("model_max", ceiling, f"model maximum output {cap}"))
@@ -710,17 +748,19 @@ def plan_call(
     escalated_to: int | None = None,
     model_max_output: int = MAX_OUTPUT_TOKENS,
     adaptive: Callable[[tuple[str, str]], AdaptiveLevel | None] | None = None,
+    explore: Exploration | None = None,
 ) -> tuple[Estimate, CeilingDecision]:
     """Estimate and decide the ceiling in one call (what the phase executor uses before each call).
 
     ``adaptive`` looks up the runtime ACI state of the estimated group; it is only asked for groups with a
-    reviewed adaptive curve (every other group is planned without touching it).
+    reviewed adaptive curve (every other group is planned without touching it). ``explore``: see
+    ``decide_ceiling``.
     """
     coeffs = coefficients or current_coefficients()
     est = estimate(features, coeffs)
     level = adaptive(est.group) if adaptive is not None and coeffs.adaptive_curve(est.group) is not None else None
     return est, decide_ceiling(est, features, coeffs, escalated_to=escalated_to, model_max_output=model_max_output,
-                               adaptive=level)
+                               adaptive=level, explore=explore)
 
 
 def features_record(features: PhaseFeatures, est: Estimate) -> dict[str, object]:

@@ -57,8 +57,11 @@ def test_every_calibration_reports_all_methods_under_drift(seeded: str, tmp_path
     for m in under["methods"].values():
         assert m["n"] == test_n and 0 <= m["truncation_rate"] <= 1 and m["reserved_over_used"] > 0
         assert m["worst_bin_truncation"] >= m["truncation_rate"] - 1e-9
-    # the static column is exactly the proposal's backtest (same ceilings)
-    assert under["methods"]["static"]["truncations"] == result["backtest"]["proposed"]["truncations"]
+    # the methods replay what ships: the chosen method's row is exactly the shipped backtest (same ceilings)
+    assert under["configuration"] == "shipped" and under["this_pull_request"] == "static"
+    shipped = result["backtest"]["shipped"]
+    for key in ("truncations", "truncations_upper", "reserved_over_used"):
+        assert under["methods"]["static"][key] == shipped[key]
     report = Path(result["report_path"]).read_text()
     assert "## Calibration under drift" in report and "Method `static`" in report
 
@@ -86,17 +89,23 @@ def test_aci_ships_a_reviewed_curve_through_the_estimator_editor(seeded: str, tm
     coeffs = edited.current_coefficients()
     assert coeffs.adaptive_target == 0.05 and coeffs.adaptive_gamma == 0.005
     report = Path(result["report_path"]).read_text()
-    assert "Method `aci`" in report and "| **aci** |" in report
+    assert "Method `aci`" in report and "| **this pull request (`aci`)** |" in report
 
 
 def test_aci_backtest_gates_the_replayed_ceilings(seeded: str, tmp_path: Path) -> None:
     static = run_calibration(seeded, output_dir=tmp_path / "s", method="static")
     aci = run_calibration(seeded, output_dir=tmp_path / "a", method="aci")
     under = static["backtest"]["calibration_under_drift"]["methods"]
-    # what `aci` gates on is the ACI replay of the same held-out calls, not the static ceilings
-    assert aci["backtest"]["proposed"]["reserved_over_used"] == pytest.approx(under["aci"]["reserved_over_used"],
-                                                                              abs=1e-6)
-    assert aci["backtest"]["proposed"]["truncations"] == under["aci"]["truncations"]
+    # what `aci` ships is the ACI replay of the same held-out calls (the static run's comparison replays the
+    # same shipped groups with its own ACI loop), not the static ceilings
+    def factors(result: dict) -> dict:
+        return {tuple(c["key"]): c["new"] for c in result["proposed_changes"] if c["coefficient"] == "BUDGET_FACTORS"}
+
+    assert factors(aci) == factors(static)
+    assert aci["backtest"]["shipped"]["reserved_over_used"] == pytest.approx(under["aci"]["reserved_over_used"],
+                                                                             abs=1e-6)
+    assert aci["backtest"]["shipped"]["truncations"] == under["aci"]["truncations"]
+    assert under["aci"]["reserved_over_used"] != under["static"]["reserved_over_used"]
 
 
 def test_rolling_is_refused_with_one_line_and_exit_2(seeded: str, capsys: pytest.CaptureFixture[str],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autopack.calibration import story
 from autopack.calibration.core import Params, calibrate
 from autopack.calibration.report import render_markdown, write_plot
 from autopack.calibration.samples import build_sample_set
@@ -20,7 +21,7 @@ def calibration():  # type: ignore[no-untyped-def]
 def test_the_report_shows_the_interval_the_evidence_the_method_and_the_source() -> None:
     result = calibration().result
     text = render_markdown(result, None)
-    assert "`shipped` (shipped = this pull request)" in text and "full refit, every group" in text
+    assert "`shipped` = this pull request" in text and "`proposed` = full refit (not shipped)" in text
     assert "held-out truncation [lower–upper]" in text and "Clopper–Pearson" in text
     assert "one-sided exact binomial p" in text and "(thin)" in text
     assert "km_conformal" in text and "censored_fit, extrapolation" in text and "small_group_bound" in text
@@ -38,6 +39,34 @@ def test_the_plot_shows_n_and_todays_ceiling_beside_the_proposed_one(tmp_path: P
     assert any("n=400" in t for t in drawn) and any("n=8" in t for t in drawn)
     assert any("today's ceiling" in t for t in drawn)
     assert all(today is not None for today in cal.plot.current)
+
+
+def test_the_report_says_where_each_shipped_guarantee_comes_from_as_the_body_does() -> None:
+    result = calibration().result
+    text = render_markdown(result, None)
+    verdicts = story.group_verdicts(result)
+    shipped = [v for v in verdicts.values() if v.kind.ships]
+    assert shipped
+    for v in shipped:
+        assert f"- {v.icon} {v.group[0]}/{v.group[1]}: {v.line()}" in text
+        if v.kind is story.VerdictKind.SHIPS:
+            assert f"bound: conformal rank {v.guarantee.rank} of n = {v.guarantee.fitted} fitted calls" in v.line()
+        else:  # a step toward α: safe without a bound, with what it should do and what it costs
+            assert v.kind is story.VerdictKind.STEP_TOWARD_ALPHA
+            assert "no call's ceiling falls" in v.line() and "expected truncation after it" in v.line()
+    assert story.gate_sentence(result) in text  # the same sentence as under the body's "Gate: passed"
+    assert "| **this pull request (`static`)** |" in text
+
+
+def test_the_plot_says_simulated_and_draws_held_out_calls_apart(tmp_path: Path) -> None:
+    cal = calibration()
+    assert any(h.any() for h in cal.plot.held_out) and not all(h.all() for h in cal.plot.held_out)
+    drawn = write_plot(tmp_path / "plot.png", cal.plot, alpha=0.05, sources=cal.result["metadata"]["sources"])
+    assert drawn[0].startswith("SIMULATED DATA: ") and "not a real model" in drawn[0]
+    assert any(t.startswith("held-out call") for t in drawn) and "fitted call" in drawn
+    real = {"simulated": False, "models": [{"provider": "openai", "model": "gpt-5", "samples": 10,
+                                            "simulated": False}]}
+    assert not any("SIMULATED" in t for t in write_plot(tmp_path / "real.png", cal.plot, alpha=0.05, sources=real))
 
 
 def test_the_older_positional_plot_call_still_draws(tmp_path: Path) -> None:

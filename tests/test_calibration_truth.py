@@ -44,12 +44,16 @@ def scenario(law: Law, censoring: float, varying: bool, spread: float = 1.0) -> 
 
 
 def shipped_truths(groups: list[GroupTruth], alpha: float, replicates: int) -> tuple[list[float], list[int]]:
-    """(true truncation, group size) of every group the gate shipped, over ``replicates`` simulations."""
+    """(true truncation, group size) of every group the gate lowered to a distribution-free factor.
+
+    Steps toward α (raises of groups that truncate above α today) are judged in ``tests/test_gate_truth.py``.
+    """
     rates, sizes = [], []
     for seed in range(replicates):
         sim = simulate_groups(groups, seed=seed)
         result = calibrate(build_sample_set(sim.columns), Params(target_truncation=alpha)).result
-        shipped = {tuple(c["key"]): c["new"] for c in result["proposed_changes"] if c["coefficient"] == "BUDGET_FACTORS"}
+        shipped = {tuple(c["key"]): c["new"] for c in result["proposed_changes"]
+                   if c["coefficient"] == "BUDGET_FACTORS" and c["direction"] == "lower"}
         for group, factor in shipped.items():
             rates.append(sim.true_truncation(group, factor))  # type: ignore[arg-type]
             sizes.append(sim.truth[group].n)  # type: ignore[index]
@@ -195,7 +199,7 @@ def test_two_censored_groups_of_one_category_get_their_own_factors() -> None:
     for g in groups:
         entry = by_group[g.group]
         assert entry["factor_method"] == "censored_fit" and entry["extrapolation"] is True
-        assert "normal" in entry["assumption"] and entry["confidence"] <= 0.5
+        assert "normal" in entry["assumption"] and entry["confidence"] is None and entry["confidence_note"]
         # each near its own law's (1 − α) quantile: exp(0.3·1.645) = 1.64 and exp(0.8 + 0.5·1.645) = 5.07
         assert entry["budget_factor"] == pytest.approx(sim.true_quantile_factor(g.group, 0.05), rel=0.15)
         assert not entry["proposed"]  # an extrapolation is reported, not shipped
@@ -221,6 +225,5 @@ def test_calibration_never_proposes_an_overhead_below_1_or_a_step_beyond_x2() ->
             continue
         old = tables[c["coefficient"]].get(tuple(c["key"]), current.default_phase_overhead)
         assert c["new"] >= 1 and old / 2 <= c["new"] <= old * 2, c
-    lifted = {tuple(c["key"]): c for c in result["coefficient_fit"]}
-    assert lifted[("tests", "low")]["new"] == 2 * current.phase_overhead[("tests", "low")]
-    assert lifted[("tests", "low")]["at_bound"] is True
+    # tests/low (one file per phase) cannot tell its overhead from its factor: kept, however far off its level
+    assert ("tests", "low") not in {tuple(c["key"]) for c in result["coefficient_fit"]}

@@ -73,8 +73,8 @@ def test_body_ends_with_the_marker_the_bot_finds() -> None:
 def test_backtest_labels_shipped_as_this_pull_request_and_the_refit_as_not_shipped() -> None:
     body = render_pr_body(CALIBRATION, report())
     columns = header(body, "Metric")
-    assert columns == ["today (`current`)", "this pull request (`shipped`)", "full refit, not shipped (`proposed`)",
-                       "original method (`original_median`)"]
+    assert columns == ["`current` = today", "`shipped` = this pull request", "`proposed` = full refit (not shipped)",
+                       "`original_median` = original method"]
     assert row(body, "truncations (censoring: lower–upper)") == ["1", "0–1", "2–3", "8–9"]
     assert row(body, "reserved / used") == ["2.353", "2.324", "2.101", "1.2"]
     assert row(body, "truncation rate, censoring bounds")[1] == "0.0 %–5.3 %"
@@ -95,46 +95,87 @@ def test_older_json_without_a_shipped_backtest_says_so_and_invents_nothing() -> 
     body = render_pr_body(LEGACY_CALIBRATION, report())
     assert "**Effect on held-out calls:** unknown" in body
     assert "no column below is exactly what this pull request ships" in body
-    assert header(body, "Metric") == ["today (`current`)", "full refit, not shipped (`proposed`)",
-                                      "original method (`original_median`)"]
+    assert header(body, "Metric") == ["`current` = today", "`proposed` = full refit (not shipped)",
+                                      "`original_median` = original method"]
     assert row(body, "truncation rate") == ["10.0 %", "4.0 %", "30.0 %"]
-    assert "this pull request (`shipped`)" not in body and "SIMULATED" not in body
+    assert "`shipped` = this pull request" not in body and "SIMULATED" not in body
     assert "| exact binomial p" not in body and "| evidence |" not in body  # absent keys: no invented rows
 
 
 # --- verdicts and evidence --------------------------------------------------------------------------
 
 
-def test_every_changed_coefficient_has_a_verdict_line_with_its_evidence() -> None:
+def test_every_changed_coefficient_has_a_verdict_line_with_where_its_guarantee_comes_from() -> None:
     body = render_pr_body(CALIBRATION, report())
     verdicts = body[body.index("### Verdicts"):body.index("### Gate")]
-    assert ("- ⚠️ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: ships: 0–1 of 19 held-out calls truncated, "
-            "reserves 2.353 → 2.324 per token used — **thin evidence** (n = 24, 19 held-out calls: too few to carry "
-            "evidence; ≥ 85 needed)") in verdicts
-    assert "- ⚠️ `PHASE_OVERHEAD[implementation, low]` 634 → 410: ships with its group's budget factor" in verdicts
-    assert "- `TOKEN_WEIGHTS` unchanged: no TOKEN_WEIGHTS change proposed by the fit" in verdicts
-    assert ("- ✅ everything above together: the shipped configuration on all 19 held-out calls: 0–1/19 truncated"
+    assert ("- ⚠️ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: **ships** — bound: conformal rank 24 of "
+            "n = 24 fitted calls of this group, P(true truncation ≤ 2α = 10 %) ≈ 0.81 (distribution-free for "
+            "exchangeable calls); confirmed on 19 held-out calls, 0–1 truncated: **thin** (≥ 85 needed to be "
+            "evidence)\n  - gate: ships: 0–1 of 19 held-out calls truncated, reserves 2.353 → 2.324 per token used"
+            ) in verdicts
+    assert ("- ⚠️ `PHASE_OVERHEAD[implementation, low]` 634 → 410: **ships** — bound: conformal rank 24 of n = 24"
             in verdicts)
+    assert "  - gate: ships with its group's budget factor (the factor is relative to it)" in verdicts
+    assert "- `TOKEN_WEIGHTS` unchanged: no TOKEN_WEIGHTS change proposed by the fit" in verdicts
+    assert ("- ⚠️ everything above together: the shipped configuration on all 19 held-out calls: 0–1/19 truncated"
+            in verdicts)
+
+
+def test_a_passed_gate_says_where_the_guarantee_comes_from_beside_thin_evidence() -> None:
+    body = render_pr_body(CALIBRATION, report())
+    gate = body[body.index("### Gate: passed"):body.index("### Proposed changes")]
+    assert ("1 group (implementation/low) ships because its budget factor is a bound on its own fitted calls"
+            in gate)
+    assert ("For one group the held-out check rests on too few calls (19; 85 are needed) to confirm the "
+            "guarantee: ⚠️ thin evidence means unconfirmed, not failed.") in gate
+
+
+def test_a_step_toward_alpha_says_it_is_safe_what_it_should_do_and_what_it_costs() -> None:
+    data = calibration()
+    data["groups"][0].update(gate_direction="raise", step_toward_alpha={
+        "n": 24, "today_truncations": 6, "expected_truncation": 0.0417, "expected_method": "Kaplan–Meier",
+        "price_tokens": 5100, "sized_by": "step limit ×2", "verdict": "step toward α: 6/24 cut today"})
+    body = render_pr_body(data, report())
+    assert ("- ⚠️ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: **step toward α** — bound: none needed to be "
+            "safe — no call's ceiling falls, so its truncation can only fall (6 of its 24 calls cut today), sized by "
+            "step limit ×2; expected truncation after it 4.17 % (Kaplan–Meier); price +5,100 reserved tokens on "
+            "those calls; confirmed on 19 held-out calls, 0–1 truncated: **thin**") in body
+    assert "  - gate: ships: 0–1 of 19 held-out calls truncated" in body
+    assert ("1 group (implementation/low) truncates above α today and gets a step toward α, safe without an "
+            "assumption because no call's ceiling falls") in body
 
 
 def test_enough_held_out_calls_is_not_flagged() -> None:
     data = calibration()
-    data["proposed_changes"][0]["backtest"].update(evidence=True, n=120)
+    held = data["backtest"]["groups"][0]
+    held.update(n=120)
+    held["shipped"]["evidence"] = True
     body = render_pr_body(data, report())
-    assert ("- ✅ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: ships: 0–1 of 19 held-out calls truncated, "
-            "reserves 2.353 → 2.324 per token used (n = 24, 120 held-out calls)") in body
+    assert ("- ✅ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: **ships** — bound: conformal rank 24 of "
+            "n = 24 fitted calls of this group, P(true truncation ≤ 2α = 10 %) ≈ 0.81 (distribution-free for "
+            "exchangeable calls); confirmed on 120 held-out calls, 0–1 truncated\n") in body
+    assert ". There are enough held-out calls for the held-out check to be evidence." in body
 
 
 def test_without_an_evidence_flag_the_held_out_count_decides() -> None:
     data = calibration()
-    data["proposed_changes"][0]["backtest"].pop("evidence")
-    data["proposed_changes"][0]["backtest"]["n"] = 90
-    assert "(n = 24, 90 held-out calls)" in render_pr_body(data, report())  # ≥ metadata.min_evidence_calls (85)
-    data["proposed_changes"][0]["backtest"]["n"] = 12
-    assert "**thin evidence** (n = 24, 12 held-out calls: too few to carry evidence; ≥ 85 needed)" in render_pr_body(
+    held = data["backtest"]["groups"][0]
+    held["n"] = 90
+    assert "confirmed on 90 held-out calls, 0–1 truncated\n" in render_pr_body(data, report())  # ≥ 85 (metadata)
+    held["n"] = 12
+    assert "confirmed on 12 held-out calls, 0–1 truncated: **thin** (≥ 85 needed to be evidence)" in render_pr_body(
         data, report())
     del data["metadata"]["min_evidence_calls"]  # an older file: the conformal minimum 1/α − 1 is all we know
-    assert "(n = 24, 12 held-out calls: too few to carry evidence; ≥ 19 needed)" in render_pr_body(data, report())
+    assert "12 held-out calls, 0–1 truncated: **thin** (≥ 19 needed to be evidence)" in render_pr_body(data, report())
+
+
+def test_a_verdict_without_its_group_falls_back_to_the_changes_own_backtest() -> None:
+    data = calibration(groups=[])
+    data["backtest"]["groups"] = []
+    body = render_pr_body(data, report())
+    assert ("- ⚠️ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: ships: 0–1 of 19 held-out calls truncated, "
+            "reserves 2.353 → 2.324 per token used — confirmed on 19 held-out calls, 0–1 truncated: **thin** (≥ 85 "
+            "needed to be evidence) (n = 24)") in body
 
 
 def test_shared_weights_get_their_gate_verdict() -> None:
@@ -160,20 +201,60 @@ def test_an_adaptive_curve_is_one_verdict_line_per_group_and_settings_are_shared
                                      "new": 0.005, "category": None, "complexity": None})
     verdicts = render_pr_body(data, report()).split("### Verdicts")[1].split("### Gate")[0]
     assert ("- ⚠️ `ADAPTIVE_BUDGET_FACTORS` of `implementation/low` (3 levels: `alpha=0.0100` (none) → 2.1, "
-            "`alpha=0.0500` (none) → 1.42, `alpha=0.2000` (none) → 1.1): the run-time curve of implementation/low's "
-            "budget factor — **thin evidence**") in verdicts
+            "`alpha=0.0500` (none) → 1.42, `alpha=0.2000` (none) → 1.1): **ships** — bound: conformal rank 24"
+            ) in verdicts
+    assert "  - gate: the run-time curve of implementation/low's budget factor" in verdicts
     assert ("- ⚠️ shared setting `ADAPTIVE_SETTINGS[aci, gamma]` (none) → 0.005: **no gate verdict in the "
             "calibration output**") in verdicts
     assert verdicts.count("ADAPTIVE_BUDGET_FACTORS") == 1
 
 
-def test_drift_methods_are_compared_with_the_chosen_one_marked() -> None:
+def test_drift_methods_are_compared_with_this_pull_request_marked_and_equal_to_the_shipped_backtest() -> None:
     body = render_pr_body(CALIBRATION, report())
     assert ("| Method | truncation | worst block | reserved / used | reserve ÷ oracle's | pinball ÷ oracle's |"
             in body)
-    assert row(body, "`static` (**this pull request's method**)") == ["0.0 %", "0.0 %", "2.324", "1.04", "1.1"]
+    this_pr = row(body, "**this pull request (`static`)**")
+    assert this_pr == ["0.0 %–5.3 %", "0.0 %", "2.324", "1.04", "1.1"]
+    assert [this_pr[0], this_pr[2]] == [row(body, "truncation rate, censoring bounds")[1],
+                                        row(body, "reserved / used")[1]]  # the backtest's `shipped` column
     assert row(body, "`aci`") == ["5.3 %", "25.0 %", "2.25", "1.01", "1.1"]
-    assert "(all 19 held-out calls; worst of 5 consecutive blocks of equal size)" in body
+    assert "this pull request's method" not in body and "coincide" not in body
+    assert "(all 19 held-out calls; worst of 5 consecutive blocks of equal size), replaying what this pull request " \
+           "ships" in body
+
+
+def test_coinciding_drift_rows_say_why() -> None:
+    data = calibration()
+    drift = data["backtest"]["calibration_under_drift"]
+    for name in ("rolling", "aci"):
+        drift["methods"][name] = dict(drift["methods"]["static"])
+    drift.update(adapted_calls=2, differs_from_static={"rolling": 1, "aci": 0})
+    body = render_pr_body(data, report())
+    assert ("`static`, `rolling`, `aci` coincide to the figures shown: the adaptive methods move only groups with "
+            "a reviewed quantile curve (enough own fitted calls: implementation/low), which have 2 held-out calls "
+            "(`rolling` changed 1, `aci` changed 0 of their ceilings): too few calls of feedback to move the factor."
+            ) in body
+
+
+def test_a_method_coinciding_with_this_pull_request_alone_is_explained_too() -> None:
+    data = calibration()
+    drift = data["backtest"]["calibration_under_drift"]
+    drift["methods"]["aci"] = dict(drift["methods"]["static"])
+    drift.update(adapted_calls=2, differs_from_static={"rolling": 1, "aci": 0})
+    body = render_pr_body(data, report())
+    assert ("`static`, `aci` coincide to the figures shown: the adaptive methods move only groups with a reviewed "
+            "quantile curve (enough own fitted calls: implementation/low), which have 2 held-out calls (`aci` "
+            "changed 0 of their ceilings)") in body
+
+
+def test_an_older_drift_comparison_of_the_full_refit_is_labelled_not_shipped() -> None:
+    data = calibration()
+    drift = data["backtest"]["calibration_under_drift"]
+    del drift["configuration"], drift["this_pull_request"]
+    body = render_pr_body(data, report())
+    assert row(body, "`static`, full refit (not shipped)")[2] == "2.324"
+    assert "**this pull request (`static`)**" not in body
+    assert "replaying the factors of the full refit (not shipped): this calibration output predates" in body
 
 
 # --- data source, provenance, glossary -------------------------------------------------------------
@@ -229,7 +310,8 @@ def test_without_prefect_or_git_there_is_no_flow_run_or_commit_line() -> None:
 
 def test_jargon_is_explained_once_in_a_glossary() -> None:
     body = render_pr_body(CALIBRATION, report())
-    glossary = body[body.index("<summary>Glossary</summary>"):body.index("</details>")]
+    start = body.index("<summary>Glossary</summary>")
+    glossary = body[start:body.index("</details>", start)]
     for term in ("Kupiec", "pinball loss", "one-sided interval", "exact binomial test", "conformal quantile",
                  "censored"):
         assert f"- **{term}**:" in glossary
@@ -306,7 +388,8 @@ def test_body_has_one_row_per_change_with_its_evidence() -> None:
 
 def test_gate_and_verification_sections() -> None:
     body = render_pr_body(CALIBRATION, report())
-    assert "### Gate: passed" in body and "- implementation/low: 0/19 held-out truncations" in body
+    assert "### Gate: passed\n\n1 group (implementation/low) ships" in body
+    assert "- implementation/low: 0/19 held-out truncations" in body
     assert "Estimator tests: passed (`python -m pytest -q tests/test_token_estimator.py`)" in body
 
 

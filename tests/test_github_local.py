@@ -9,7 +9,7 @@ import pytest
 from autopack.github.body import pr_title
 from autopack.github.errors import LocalPublishError, StaleBaseError
 from autopack.github.estimator_edit import apply_proposal
-from autopack.github.local import publish_local
+from autopack.github.local import body_file_name, publish_local
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH, parse_changes, proposal_hash
 from autopack.github.result import BotIdentity, PublishResult
 from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, calibration, git, make_target_repo
@@ -72,9 +72,10 @@ def test_branch_is_one_commit_on_head_touching_only_coefficient_lines(repo: Path
 
 
 def test_body_file_and_one_line_summary(repo: Path, tmp_path: Path) -> None:
-    result = dry_run(repo, tmp_path / "out")
-    assert result.body_path == tmp_path / "out" / "pull_request_body.md"
+    result = dry_run(repo, tmp_path / "out", body_name=body_file_name(CALIBRATION))
+    assert result.body_path == tmp_path / "out" / "pull_request_body_20261126_120000.md"  # the report's stamp
     assert result.body_path.read_text() == BODY
+    assert (tmp_path / "out" / "pull_request_body.md").read_text() == BODY  # the latest, a copy
     summary = result.summary
     assert "\n" not in summary
     for part in (BOT_BRANCH, "into main", (result.commit_sha or "")[:12], str(result.body_path)):
@@ -117,3 +118,23 @@ def test_not_a_git_checkout(tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     with pytest.raises(LocalPublishError, match="not a git checkout"):
         dry_run(tmp_path / "plain", tmp_path / "out")
+
+
+def test_each_run_keeps_its_own_body_and_the_latest_copy_follows_the_newest(repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = dry_run(repo, out, body_name=body_file_name(CALIBRATION))
+    later = calibration(report_path="/srv/reports/token_estimator_calibration_20261203_090000.md")
+    edited = apply_proposal(FIXTURE_ESTIMATOR, later["proposed_changes"], later["metadata"])
+    second = publish_local(repo, edited, "second body\n", output_dir=out, title=pr_title(later),
+                           proposal=proposal_hash(parse_changes(later["proposed_changes"])),
+                           body_name=body_file_name(later))
+    assert first.body_path != second.body_path
+    assert first.body_path is not None and first.body_path.read_text() == BODY  # not overwritten
+    assert second.body_path is not None and second.body_path.name == "pull_request_body_20261203_090000.md"
+    assert (out / "pull_request_body.md").read_text() == "second body\n"
+
+
+def test_a_calibration_without_files_is_stamped_by_when_it_was_generated() -> None:
+    stamped = body_file_name({"metadata": {"generated_at": "2026-11-26T12:00:05Z"}})
+    assert stamped == "pull_request_body_20261126_120005.md"
+    assert body_file_name({}).startswith("pull_request_body_2")

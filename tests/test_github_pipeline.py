@@ -96,7 +96,7 @@ def shipped_cells(body: str) -> list[str]:
     lines = body.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("| Metric |"))
     columns = [c.strip() for c in lines[head].strip("|").split("|")]
-    index = columns.index("this pull request (`shipped`)")
+    index = columns.index("`shipped` = this pull request")
     rows = []
     for line in lines[head + 2:]:
         if not line.startswith("|"):

@@ -9,16 +9,18 @@ shell in ``runner`` adds those). One pass, in this order:
    factor from its own calls (``model``);
 3. replay the held-out calls (``heldout_ceilings``) under today's ceilings, the original's median-ratio
    method and the proposal (every group refitted: the "full refit");
-4. TOKEN_WEIGHTS are shared by every group, so they are decided first, on all held-out calls: the
-   proposal with the new weights must pass the truncation test against today and reserve less than the
-   same proposal with today's weights (``gate.weights``);
-5. gate each group: ≥ min_samples, a distribution-free factor (``km_conformal``), confidence ≥
-   threshold, and on its own held-out calls the truncation test (one-sided exact binomial on the upper
-   end of the interval, evidence-aware: ``backtest.truncation_verdict``) and fewer tokens reserved per
-   token used than today;
+4. TOKEN_WEIGHTS are shared by every group, so they are decided first, per group: on no group's held-out
+   calls may the proposal with the new weights do worse than the same proposal with today's weights, and
+   it must reserve less on all of them; a weight on its ×2 step bound is not shipped (``gate.weights``);
+5. gate each group against today, from either side of α: a lower reserve needs ≥ min_samples, a
+   distribution-free factor (``km_conformal``), confidence ≥ threshold, and on its own held-out calls the
+   truncation test (one-sided exact binomial on the upper end of the interval, evidence-aware:
+   ``backtest.truncation_verdict``) and fewer tokens reserved per token used than today; a group that
+   today truncates above α and cannot pass that gets a step toward α instead (``step``: a raise under
+   which no call's ceiling falls, so its truncation can only fall);
 6. the shipped configuration (only what passed) is replayed on the same held-out calls and, on the calls
-   whose ceiling it changes, must pass the same two tests as a whole; groups are dropped, worst first,
-   until it does.
+   whose ceiling it lowers or moves, must pass the same two tests as a whole (a raised group's calls must
+   only keep or raise their ceilings); groups are dropped, worst first, until it does.
 
 What ships is exactly what was tested: the values fitted on the older part, whose held-out replay is
 ``backtest.shipped``. Refitting on all calls after the test would ship numbers nobody tested, and, since
@@ -40,10 +42,13 @@ from pydantic import ConfigDict, field_validator
 
 from autopack import token_estimator as te
 from autopack.calibration import drift, stats
-from autopack.calibration.backtest import evaluate, per_group, reserved_better, truncation_verdict
+from autopack.calibration.backtest import (
+    evaluate, per_group, reserved_better, truncation_range, truncation_verdict,
+)
 from autopack.calibration.fit import MAX_STEP, FitResult, fit_coefficients, implied_overheads
 from autopack.calibration.model import FactorModel, fit_factor_model
 from autopack.calibration.samples import Group, SampleSet, configuration_ceiling, predict
+from autopack.calibration.step import Step, step_toward_alpha
 from autopack.params import CalibrationParams
 
 METHOD_VERSION = "t5-conformal-2"
@@ -101,6 +106,13 @@ class Decision:
     shipped_verdict: str
     fit_rows: int
     drift_summary: dict[str, Any] = field(default_factory=dict)  # backtest.calibration_under_drift
+    #: every group's step toward α (raised or not, and why); ``raised`` the groups that ship a raise
+    steps: dict[Group, Step] = field(default_factory=dict)
+    raised: dict[Group, float] = field(default_factory=dict)
+
+    def shipped_factor(self, g: Group) -> float | None:
+        """The factor a passing group ships: its raise, else its fitted factor."""
+        return self.raised[g] if g in self.raised else self.fitted.model.factor_for(g).factor
 
 
 def _log_ratio(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -138,7 +150,8 @@ def _weights_changed(current: te.Coefficients, fit: FitResult) -> bool:
 
 
 def _shipped(
-    current: te.Coefficients, fitted: Fitted, passing: list[Group], ship_weights: bool
+    current: te.Coefficients, fitted: Fitted, passing: list[Group], ship_weights: bool,
+    raised: dict[Group, float] | None = None,
 ) -> tuple[te.Coefficients, dict[Group, float]]:
     """The coefficient set and factors that would ship: only passing groups (and weights if allowed)."""
     new = fitted.fit.coefficients
@@ -149,9 +162,9 @@ def _shipped(
     weights = dict(new.token_weights) if ship_weights else dict(current.token_weights)
     factors = dict(current.budget_factors)
     for g in passing:
-        info = fitted.model.factor_for(g)
-        if info.factor is not None:
-            factors[g] = info.factor
+        factor = (raised or {}).get(g, fitted.model.factor_for(g).factor)
+        if factor is not None:
+            factors[g] = factor
     coeffs = dataclasses.replace(
         current, phase_overhead=overhead, token_weights=weights, budget_factors=factors,
         version=f"{current.version}+shipped",
@@ -219,8 +232,11 @@ def _proposal_factors(current: te.Coefficients, fitted: Fitted, groups: list[Gro
 def _decide_weights(
     held: HeldOut, params: Params, current: te.Coefficients, free: Fitted | None, frozen: Fitted,
 ) -> tuple[bool, str]:
-    """Ship the weight changes? Only if, on all held-out calls, the proposal with them passes the truncation
-    test against today and reserves less than the same proposal with today's weights."""
+    """Ship the weight changes? Judged per group, like every change: on each group's held-out calls the proposal
+    with them must not do worse than the same proposal with today's weights (a group that passes the truncation
+    test without them passes it with them; one that fails it does not truncate more), and on all held-out
+    calls it must reserve less. (A test on all calls at once failed whenever some group truncated above α
+    today, whatever the weights did.)"""
     if free is None:
         supported = "" if not frozen.fit.frozen_weights else (
             f" ({len(frozen.fit.frozen_weights)} change(s) the bootstrap did not support were frozen)")
@@ -229,18 +245,33 @@ def _decide_weights(
     if test.n == 0:
         return False, "TOKEN_WEIGHTS changes not shipped: no held-out calls to check them on"
     alpha = params.alpha
-    current_bt = evaluate(_today_ceilings(held, current, params), test.y, test.observed, alpha)
-    with_w = evaluate(heldout_ceilings(held, free.fit.coefficients, _proposal_factors(current, free, groups),
-                                       params), test.y, test.observed, alpha)
-    without = evaluate(heldout_ceilings(held, frozen.fit.coefficients, _proposal_factors(current, frozen, groups),
-                                        params), test.y, test.observed, alpha)
-    ok, why = truncation_verdict(with_w, current_bt, alpha)
+    ceilings = {
+        "current": _today_ceilings(held, current, params),
+        "with": heldout_ceilings(held, free.fit.coefficients, _proposal_factors(current, free, groups), params),
+        "without": heldout_ceilings(held, frozen.fit.coefficients, _proposal_factors(current, frozen, groups), params),
+    }
+    with_w, without = (evaluate(ceilings[k], test.y, test.observed, alpha) for k in ("with", "without"))
+    worse = []
+    for g, m in per_group(groups, test.group, ceilings, test.y, test.observed, alpha).items():
+        ok_with = truncation_verdict(m["with"], m["current"], alpha)[0]
+        ok_without = truncation_verdict(m["without"], m["current"], alpha)[0]
+        more = m["with"]["truncations_upper"] > m["without"]["truncations_upper"]
+        if (ok_without and not ok_with) or (not ok_without and more):
+            worse.append(f"{g[0]}/{g[1]} {truncation_range(m['with'])} vs {truncation_range(m['without'])}")
+    # a weight on its ×½ / ×2 bound carries the prediction's level, which each factor absorbs: shipped, the
+    # next run asks for the same again (a walk to the bound week after week); only the ratios are identified
+    walking = [f"{k[0]}/{k[1]}" for c, k in free.fit.at_bound if c == "TOKEN_WEIGHTS"]
     cheaper = reserved_better(with_w, without)
     agree = ", ".join(f"{k[0]}/{k[1]} {v:.2f}" for k, v in sorted(free.fit.weight_confidence.items()))
-    detail = (f"on all {with_w['n']} held-out calls with the new weights {why}; reserved/used "
+    verdict = ("no group's held-out truncation worse than with today's weights" if not worse else
+               "held-out truncation worse than with today's weights in " + ", ".join(worse))
+    if walking:
+        verdict += ("; " + ", ".join(walking) + " on the ×2 step bound: the data ask for the prediction's level, "
+                    "which the budget factors absorb, not for the weights' ratios")
+    detail = (f"on all {with_w['n']} held-out calls, per group: {verdict}; reserved/used "
               f"{with_w['reserved_over_used']:.3f} vs {without['reserved_over_used']:.3f} with today's weights"
               + (f"; bootstrap agreement on each direction: {agree}" if agree else ""))
-    if ok and cheaper:
+    if not worse and not walking and cheaper:
         return True, "TOKEN_WEIGHTS changes ship: " + detail
     return False, "TOKEN_WEIGHTS changes not shipped: " + detail
 
@@ -286,38 +317,55 @@ def _gate_group(
 def _shipped_check(
     held: HeldOut, params: Params, current: te.Coefficients, fitted: Fitted,
     passing: list[Group], ship_weights: bool, current_ceiling: np.ndarray,
-    group_bt: dict[Group, dict[str, dict[str, Any]]],
+    group_bt: dict[Group, dict[str, dict[str, Any]]], raised: dict[Group, float],
 ) -> tuple[list[Group], dict[str, Any], np.ndarray, str, dict[Group, str]]:
     """Replay the shipped configuration on the held-out calls; drop groups (worst first) until it passes.
 
     Judged on the held-out calls whose ceiling the pull request changes (all of them when the weights
     ship, else the shipped groups' calls): the same truncation test against today and a lower reserve.
-    Calls it does not change keep today's ceiling, good or bad, and are no verdict on the change.
+    Calls it does not change keep today's ceiling, good or bad, and are no verdict on the change. A raised
+    group (a step toward α) is judged by its own safety argument instead: none of its held-out calls may get
+    a lower ceiling than today (then its truncation can only fall); its calls are left out of the test.
     """
     alpha = params.alpha
     test = held.test
     keep = list(passing)
     dropped: dict[Group, str] = {}
+    group_ids = {g: i for i, g in enumerate(held.samples.groups)}
 
     def badness(g: Group) -> tuple[int, float]:
         prop, cur = group_bt[g]["proposed"], group_bt[g]["current"]
         return (prop["truncations_upper"] - cur["truncations"], prop["reserved_over_used"] / cur["reserved_over_used"])
 
     while True:
-        coeffs, factors = _shipped(current, fitted, keep, ship_weights and bool(keep))
+        coeffs, factors = _shipped(current, fitted, keep, ship_weights and bool(keep), raised)
         ceiling = heldout_ceilings(held, coeffs, factors, params, adapt=keep)
         shipped = evaluate(ceiling, test.y, test.observed, alpha)
         if not keep:
             return keep, shipped, ceiling, "nothing ships", dropped
-        changed = ceiling != current_ceiling
+        up = [g for g in keep if g in raised]
+        fell = [g for g in up if np.any((ceiling < current_ceiling)[test.group == group_ids[g]])]
+        if fell:
+            for g in fell:
+                keep.remove(g)
+                dropped[g] = ("dropped: with the rest of the pull request, some of its held-out calls got a lower "
+                              "ceiling")
+            continue
+        lowered = [g for g in keep if g not in raised]
+        changed = (ceiling != current_ceiling) & ~np.isin(test.group, [group_ids[g] for g in up])
+        raise_line = (f"{len(up)} group(s) stepped toward α, none of whose held-out calls gets a lower ceiling"
+                      if up else "")
+        if not lowered or not changed.any():
+            return keep, shipped, ceiling, raise_line or "no held-out call's ceiling changes", dropped
         mine = evaluate(ceiling[changed], test.y[changed], test.observed[changed], alpha)
         today = evaluate(current_ceiling[changed], test.y[changed], test.observed[changed], alpha)
         ok, line = truncation_verdict(mine, today, alpha)
         if ok and reserved_better(mine, today):
             return keep, shipped, ceiling, (
                 f"on the {mine['n']} held-out calls whose ceiling it changes: {line}; reserved/used "
-                f"{mine['reserved_over_used']:.3f} < today's {today['reserved_over_used']:.3f}"), dropped
-        worst = max(keep, key=badness)
+                f"{mine['reserved_over_used']:.3f} < today's {today['reserved_over_used']:.3f}"
+                + (f"; {raise_line}" if raise_line else "")), dropped
+        worst = max(lowered, key=badness)
         keep.remove(worst)
         dropped[worst] = (f"dropped: with it, the calls the pull request changes failed together ({line}; reserved/used "
                           f"{mine['reserved_over_used']:.3f} vs today's {today['reserved_over_used']:.3f})")
@@ -351,42 +399,72 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         original[has] = np.ceil(np.maximum(test.pred_current[has], 1) * med[has])
         ceilings["original_median"] = original
         proposal_factors = _proposal_factors(current, fitted, samples.groups)
-        # every method on the held-out calls, for the report (the gate replays only the chosen one)
-        _, static_proposed = configuration_ceiling(test, fitted.fit.coefficients, proposal_factors)
-        drift_summary = drift.compare_in_calibration(alpha, held.drift_rows(), fitted.predicted, proposal_factors,
-                                                     static_proposed)
         ceilings["proposed"] = heldout_ceilings(held, fitted.fit.coefficients, proposal_factors, params)
     else:  # nothing held out: the methods are still listed, with n = 0
         ceilings = {name: np.empty(0) for name in ("current", "original_median", "proposed")}
     backtest = {name: evaluate(c, test.y, test.observed, alpha) for name, c in ceilings.items()}
     group_bt = per_group(samples.groups, test.group, ceilings, test.y, test.observed, alpha) if test.n else {}
 
+    steps = _steps(samples, params, current, fitted)
+    raised: dict[Group, float] = {}
     reasons: dict[Group, list[str]] = {}
     verdicts: dict[Group, str] = {}
     passing: list[Group] = []
     for gi in sorted(samples.rows_by_group()):
         g = samples.groups[gi]
+        step = steps[g]
         why, verdict = _gate_group(g, fitted, group_bt, params)
-        reasons[g] = why
-        if not why:
+        if not why:  # a distribution-free factor that passes the held-out test: from either side of α
             passing.append(g)
             verdicts[g] = verdict
+        elif step.above_alpha and step.raises and step.n >= params.min_samples and tested:
+            raised[g] = step.factor  # type: ignore[assignment]
+            passing.append(g)
+            verdicts[g] = step.verdict
+            why = []
+        elif step.above_alpha:  # only a step toward α could help it: say why there is none
+            why = [step.verdict if not step.raises else f"{step.verdict}; but "
+                   + (f"{step.n} calls < --min-samples {params.min_samples}" if step.n < params.min_samples
+                      else "no held-out calls: nothing can be shipped")] + why
+        reasons[g] = why
 
     shipped_verdict = "no held-out calls: nothing can be shipped"
     if tested:
         passing, backtest["shipped"], shipped_ceiling, shipped_verdict, dropped = _shipped_check(
-            held, params, current, fitted, passing, ship_weights, ceilings["current"], group_bt)
+            held, params, current, fitted, passing, ship_weights, ceilings["current"], group_bt, raised)
         for g, methods in per_group(samples.groups, test.group, {"shipped": shipped_ceiling}, test.y,
                                     test.observed, alpha).items():
             group_bt[g]["shipped"] = methods["shipped"]
         for g, why in dropped.items():
             reasons[g] = [why]
             verdicts.pop(g, None)
+            raised.pop(g, None)
     if ship_weights and not passing:
         ship_weights = False
         weights_verdict = "TOKEN_WEIGHTS changes not shipped: no group passed the gate"
+    if tested:  # every drift method on what ships, for the report; the chosen method's row is the gate's replay
+        coeffs, factors = _shipped(current, fitted, passing, ship_weights, raised)
+        _, static_shipped = configuration_ceiling(test, coeffs, factors)
+        drift_summary = drift.compare_in_calibration(alpha, held.drift_rows(), predict(samples, coeffs), factors,
+                                                     static_shipped, chosen=(params.spec.name, shipped_ceiling))
     return Decision(fitted, tested, ship_weights, weights_verdict, backtest, group_bt, passing, reasons, verdicts,
-                    shipped_verdict, int(fit_rows.size), drift_summary)
+                    shipped_verdict, int(fit_rows.size), drift_summary, steps, raised)
+
+
+def _steps(samples: SampleSet, params: Params, current: te.Coefficients, fitted: Fitted) -> dict[Group, Step]:
+    """Each group's step toward α (``step``), judged on all its calls: today's ceilings and its quantile.
+
+    A raise needs no held-out test to be safe (no call's ceiling falls), so the sizing quantile uses every
+    call of the group, under the predictions that ship with it (the fitted coefficients).
+    """
+    _, today = configuration_ceiling(samples, current, current.budget_factors)
+    everything = _factor_model(samples, np.arange(samples.n), fitted.predicted, params.alpha)
+    out: dict[Group, Step] = {}
+    for gi, idx in sorted(samples.rows_by_group().items()):
+        g = samples.groups[gi]
+        out[g] = step_toward_alpha(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today[idx],
+                                   everything.factor_for(g), params.alpha, current.budget_factors.get(g))
+    return out
 
 
 @dataclass
@@ -401,6 +479,8 @@ class PlotData:
     n: list[int] = field(default_factory=list)
     #: today's ceiling on the same scale (ceiling today / proposed prediction): median, 10th and 90th percentile
     current: list[tuple[float, float, float] | None] = field(default_factory=list)
+    #: per call: held out of the fit (the newest calls the backtest replays), drawn apart from the fitted ones
+    held_out: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -426,6 +506,7 @@ def calibrate(samples: SampleSet, params: Params, current: te.Coefficients | Non
         plot.groups.append(g)
         plot.ratios.append(samples.y[idx] / np.maximum(decision.fitted.predicted[idx], 1.0))
         plot.observed.append(samples.observed[idx])
+        plot.held_out.append(idx >= decision.fit_rows)  # the fit is the oldest rows, the held-out calls the rest
         plot.factors.append(entry["budget_factor"])
         plot.proposed.append(bool(entry["proposed"]))
         plot.n.append(int(idx.size))
@@ -500,6 +581,9 @@ def _group_entries(
                 "extrapolation": info.extrapolation,
                 "assumption": info.assumption,
                 "confidence": _num(info.confidence),
+                "confidence_note": info.confidence_note,
+                "gate_direction": ("raise" if g in decision.raised else "lower" if g in decision.passing else None),
+                "step_toward_alpha": decision.steps[g].as_dict() if g in decision.steps else None,
                 "current_ceiling_factor": _num(float(np.median(today_ratio[idx]))),
                 "original_confidence": _num(stats.original_confidence(clean_ratio)) if clean_ratio.size else None,
                 "original_median_ratio": _num(stats.original_median(clean_ratio)) if clean_ratio.size else None,
@@ -508,6 +592,7 @@ def _group_entries(
                 "location_ratio": _num(math.exp(fit.location)) if fit else None,
                 "factor_source": info.source,
                 "factor_pool_n": info.pool_n,
+                "factor_rank": info.k,  # the order statistic of the pool_n fitted calls the bound is (conformal)
                 "factor_interval": list(info.interval),
                 "factor_note": info.note,
                 "avg_actual": _num(float(np.mean(samples.actual[idx])), 1),
@@ -562,12 +647,16 @@ def _changes(
     for g in order:
         e = by_group[g]
         info = fitted.model.factor_for(g)
+        new_factor = decision.shipped_factor(g)
         verdict = decision.verdicts.get(g, "")
-        common = {"category": g[0], "complexity": g[1], "n": e["n"], "confidence": e["confidence"],
-                  "backtest": e["backtest"]}
+        # a step toward α claims no confidence: its safety needs none, and its size rests on an extrapolation
+        common = {"category": g[0], "complexity": g[1], "n": e["n"],
+                  "confidence": None if g in decision.raised else e["confidence"],
+                  "backtest": e["backtest"], "direction": e["gate_direction"],
+                  "step_toward_alpha": e["step_toward_alpha"] if g in decision.raised else None}
         old_factor = current.budget_factors.get(g)
-        if info.factor is not None and info.factor != old_factor:
-            changes.append({"coefficient": "BUDGET_FACTORS", "key": list(g), "old": old_factor, "new": info.factor,
+        if new_factor is not None and new_factor != old_factor:
+            changes.append({"coefficient": "BUDGET_FACTORS", "key": list(g), "old": old_factor, "new": new_factor,
                             **common, "interval": list(info.interval), "verdict": verdict})
         change = _overhead_change(fit, current, g) if g in fit.overhead_groups else None
         if change is not None:
@@ -651,8 +740,7 @@ def _assemble(
     # the method's reviewed part (aci: each shipped group's factor curve, and the settings), from the same
     # older calls the shipped factors were fitted on
     entry = {(e["category"], e["complexity"]): e for e in groups}
-    shipped_factors = {g: f for g in decision.passing
-                       if (f := decision.fitted.model.factor_for(g).factor) is not None}
+    shipped_factors = {g: f for g in decision.passing if (f := decision.shipped_factor(g)) is not None}
     changes += drift.adaptive_changes(
         params.spec, params.alpha,
         drift.CalibrationRows.of(samples, np.arange(decision.fit_rows), np.empty(0, dtype=int)),

@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 
 from autopack import token_estimator as te
-from autopack.calibration import stats
+from autopack.calibration import stats, story
 
 MethodName = Literal["static", "rolling", "aci"]
 METHODS: tuple[MethodName, ...] = ("static", "rolling", "aci")
@@ -673,8 +673,17 @@ def compare_in_calibration(
     factors: Mapping[Group, float],
     static_ceiling: np.ndarray,
     feedback: Feedback = BACKTEST_FEEDBACK,
+    *,
+    chosen: tuple[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """``backtest.calibration_under_drift``: every method on the held-out calls, for the proposal's factors.
+    """``backtest.calibration_under_drift``: every method on the held-out calls, for the configuration that ships.
+
+    ``predicted``, ``factors`` and ``static_ceiling`` describe what merging ships (the shipped
+    coefficients, their factors, their ceilings with no runtime state). ``chosen`` = (the calibration's
+    method, the ceilings the gate replayed for it): that method's row is those ceilings, so it equals the
+    shipped backtest exactly. The other adaptive methods move the factored groups that have a reviewed
+    curve (enough own fitted calls); ``differs_from_static`` counts the held-out calls whose ceiling each
+    method changes, ``adapted_calls`` those it could change: with few of them the rows coincide.
 
     Worst bin = the worst of 5 consecutive blocks of held-out calls (telemetry rarely has 50 calls in 5
     minutes). The oracle is each group's own quantile of the held-out calls, in hindsight. Beyond
@@ -685,6 +694,8 @@ def compare_in_calibration(
     if held_out > MAX_COMPARED_CALLS:
         rows = dataclasses.replace(rows, test_rows=rows.test_rows[-MAX_COMPARED_CALLS:])
         static_ceiling = static_ceiling[-MAX_COMPARED_CALLS:]
+        if chosen is not None:
+            chosen = (chosen[0], chosen[1][-MAX_COMPARED_CALLS:])
     train, test = rows.streams(predicted)
     anchors = {i: factors[g] for g, i in rows.index(list(factors)).items()}
     comparison = Comparison(alpha, feedback)
@@ -697,13 +708,21 @@ def compare_in_calibration(
         else:
             raw, _ = replay_aci(test, curves, {}, alpha, spec.gamma, feedback)
         comparison.ceilings[name] = _place(static_ceiling, raw, test, curves) if curves else static_ceiling
+    if chosen is not None and chosen[0] in comparison.ceilings:
+        comparison.ceilings[chosen[0]] = np.asarray(chosen[1], dtype=float)
+    static = comparison.ceilings["static"]
+    differs = {name: int(np.count_nonzero(comparison.ceilings[name] != static)) for name in ("rolling", "aci")}
     comparison.ceilings["oracle"] = oracle_ceilings(test, alpha)
     comparison.metrics = {k: evaluate(test, c, alpha, bin_seconds=None) for k, c in comparison.ceilings.items()}
     summary = comparison.summary()
     summary["bins"] = "5 consecutive blocks of equal size"
     summary["calls"] = (f"all {held_out} held-out calls" if held_out <= MAX_COMPARED_CALLS
                         else f"the newest {MAX_COMPARED_CALLS} of {held_out} held-out calls")
+    summary["configuration"] = "shipped"
+    summary["this_pull_request"] = chosen[0] if chosen is not None else None
     summary["adapted_groups"] = sorted(list(rows.groups[i]) for i in curves)
+    summary["adapted_calls"] = int(np.isin(test.group, list(curves)).sum())
+    summary["differs_from_static"] = differs
     return summary
 
 
@@ -767,16 +786,20 @@ def adaptive_changes(
 
 
 def report_section(result: Mapping[str, Any]) -> list[str]:
-    """The markdown report's "Calibration under drift" section: the method in two sentences, then the table."""
+    """The markdown report's "Calibration under drift" section: the method in two sentences, then the table.
+
+    Rows, labels and the note on coinciding rows come from ``story.drift_table``, as in the PR body.
+    """
     md = result.get("metadata") or {}
     method = md.get("method", DEFAULT_METHOD)
     lines = ["## Calibration under drift", "", describe_method(method, md.get("method_params") or {}), ""]
-    summary = (result.get("backtest") or {}).get("calibration_under_drift") or {}
-    methods = summary.get("methods") or {}
-    if not methods:
+    backtest = result.get("backtest") or {}
+    summary = backtest.get("calibration_under_drift") or {}
+    table = story.drift_table(backtest, method)
+    if table is None:
         return lines + ["No held-out calls: nothing to replay.", ""]
     lines += [
-        f"Every method replayed on {summary.get('calls', 'the held-out calls')} with the proposal's factors "
+        f"Every method replayed on {summary.get('calls', 'the held-out calls')} with {table.basis} "
         "(delayed feedback: "
         f"{Feedback(**{k: v for k, v in summary['feedback'].items() if k != 'kind'}).describe()}; worst bin = "
         f"{summary.get('bins')}; `oracle` = each group's own quantile of these calls, in hindsight).",
@@ -784,14 +807,20 @@ def report_section(result: Mapping[str, Any]) -> list[str]:
         "| method | truncation | reserved / used | ÷ oracle | worst bin | pinball ÷ oracle |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, m in methods.items():
-        shown = f"**{name}**" if name == method else name
-        rate, worst = m.get("truncation_rate"), m.get("worst_bin_truncation")
+    for row in table.rows:
+        m = row.metrics
+        shown = f"**{row.label}**" if row.this_pr else row.label
+        low, high = (m.get("truncation_interval") or [m.get("truncation_rate")] * 2)[:2]
+        rate = "–" if low is None else (f"{100 * low:.1f} %" if high in (None, low)
+                                         else f"{100 * low:.1f}–{100 * high:.1f} %")
+        worst = m.get("worst_bin_truncation")
         lines.append(
-            f"| {shown} | {'–' if rate is None else f'{100 * rate:.1f} %'} | {_num(m.get('reserved_over_used'))} | "
+            f"| {shown} | {rate} | {_num(m.get('reserved_over_used'))} | "
             f"{_num(m.get('reserved_vs_oracle'))} | {'–' if worst is None else f'{100 * worst:.1f} %'} | "
             f"{_num(m.get('pinball_vs_oracle'))} |"
         )
+    if table.note:
+        lines += ["", table.note]
     return lines + [""]
 
 

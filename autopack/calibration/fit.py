@@ -62,6 +62,8 @@ class FitResult:
     at_bound: list[tuple[str, tuple[str, str]]] = field(default_factory=list)
     fitted_rows: int = 0
     status: str = "not fitted"
+    #: overhead groups whose design cannot tell the overhead from the budget factor: kept at today's value
+    kept_overheads: list[Group] = field(default_factory=list)
 
 
 def _design(samples: SampleSet, rows: np.ndarray) -> tuple[np.ndarray, list[int], np.ndarray, list[int]]:
@@ -115,6 +117,7 @@ def _solve(
     lo: np.ndarray,
     hi: np.ndarray,
     multiplicity: np.ndarray | None = None,
+    kappa: float = PULL_KAPPA,
 ) -> np.ndarray | None:
     """The LP above, solved in its dual form; returns θ or None if HiGHS fails.
 
@@ -128,7 +131,7 @@ def _solve(
     keep = weight > 0
     a_rows = margin * x[keep]
     w = weight[keep]
-    lam = PULL_KAPPA * margin * np.maximum((x * weight[:, None]).sum(axis=0), 1.0)
+    lam = kappa * margin * np.maximum((x * weight[:, None]).sum(axis=0), 1.0)
     c_plus = np.concatenate([0.5 * w, lam])
     c_minus = np.concatenate([np.where(observed[keep], 0.5, 0.0) * w, lam])
     b = np.concatenate([target[keep], theta0])
@@ -230,6 +233,22 @@ def fit_coefficients(
                 theta[frozen] = theta0[frozen]
 
     rounded_theta = np.clip(np.round(theta), lo, hi)  # integers inside the bounds (the bounds are integers)
+    # overheads: relative to the budget factor, which absorbs the group's scale (identifiability fix)
+    n_groups = len(groups)
+    marginal = fixed + x[:, n_groups:] @ rounded_theta[n_groups:]
+    kept_overheads: list[Group] = []
+    for j, g in enumerate(groups):
+        if frozen[j]:
+            continue
+        rows_j = x[:, j] > 0
+        value = scale_free_overhead(samples.y[fit_rows][rows_j], observed[rows_j], marginal[rows_j], theta0[j], margin)
+        if value is None or value < 1.0:
+            # not identifiable, or the data ask for an overhead ≤ 0: the weights (over-)predict the deliverables'
+            # growth and no overhead can fix it; moving it would walk it to its bound week after week
+            rounded_theta[j] = theta0[j]
+            kept_overheads.append(g)
+        else:  # half the log-step toward the estimate: a noisy week moves it a little, a settled one converges
+            rounded_theta[j] = float(np.clip(round(math.sqrt(value * max(theta0[j], 1.0))), lo[j], hi[j]))
     at_bound = [
         ("PHASE_OVERHEAD" if j < len(groups) else "TOKEN_WEIGHTS", (groups + keys)[j])
         for j in range(theta0.size)
@@ -267,7 +286,50 @@ def fit_coefficients(
         at_bound=at_bound,
         fitted_rows=int(fit_rows.size),
         status="fitted",
+        kept_overheads=kept_overheads,
     )
+
+
+#: The pull toward today's values in the scale-free fit: only breaks ties (the joint LP's κ would move a
+#: two-point design's intercept by several calls' worth of quantile).
+SCALE_FREE_KAPPA = 0.001
+#: A group's overhead is identifiable from its budget factor only with ≥ this many calls at each of two
+#: distinct marginal costs (e.g. one-file and two-file phases) ...
+MIN_DESIGN_ROWS = 5
+#: ... that differ by at least this ratio.
+MIN_DESIGN_SPREAD = 1.1
+
+
+def scale_free_overhead(
+    y: np.ndarray, observed: np.ndarray, marginal: np.ndarray, today: float, margin: float
+) -> float | None:
+    """The overhead a group's budget factor leaves to fit: its intercept relative to its slope, or None.
+
+    A group with a factor gets the ceiling predicted × factor, so the factor absorbs any common scale of
+    its predictions; what the overhead still decides is how the prediction grows with the deliverables.
+    Fitting it on the level instead (the joint LP above) let it carry the scale: with the weights fixed
+    and over-predicting, it was halved every run toward its bound while the factor rose to compensate
+    (1176 → 588 → … → 3 in a closed loop). So: the median (L1, censored) regression y ≈ m·(a + b·marginal),
+    a free scale b > 0, gives overhead = a / b (regularised toward today's value by the ×½ … ×2 step and a tie-breaking
+pull). When the group's calls do not have ≥ ``MIN_DESIGN_ROWS`` at
+    each of two marginal costs at least ``MIN_DESIGN_SPREAD`` apart, a and b cannot be told apart: None
+    (the overhead stays at today's value). The caller also keeps today's value when a / b < 1 (the data ask
+    for a non-positive overhead: the weights are off, which no overhead can fix) and otherwise moves half the
+    log-step toward a / b (the geometric mean with today's), so a week's noise moves it a little.
+    """
+    values, counts = np.unique(np.round(marginal, 6), return_counts=True)
+    supported = values[counts >= MIN_DESIGN_ROWS]
+    if supported.size < 2 or supported.max() < MIN_DESIGN_SPREAD * max(supported.min(), 1e-9):
+        return None
+    level = float(np.median(y)) / (margin * (today + float(np.median(marginal))))
+    theta0 = np.array([today * level, level])
+    design = np.column_stack([np.ones(y.size), marginal])
+    theta = _solve(design, y.astype(float), observed, theta0, margin, np.array([0.0, 1e-6]),
+                   np.array([10.0 * float(y.max()) + 1.0, 1e4]),  # finite: the dual's objective holds them
+                   kappa=SCALE_FREE_KAPPA)
+    if theta is None or theta[1] <= 0:
+        return None
+    return float(theta[0] / theta[1])
 
 
 def _bootstrap(

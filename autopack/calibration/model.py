@@ -11,17 +11,17 @@ group's own data support (``factor_method``):
    reported, not shipped), at the smallest rank k ≥ ⌈(n+1)(1−α)⌉ whose
    realised truncation is ≤ 2α with probability ≥ ``stats.FACTOR_CONFIDENCE`` (0.9; the plain rank with
    the bare minimum of 1/α − 1 calls exceeds 2α in 13.5 % of groups). Distribution-free for exchangeable
-   calls; the only kind of factor the gate ships (``assumption`` null). Confidence: P(realised truncation ≤ 2α) from the
-   Beta(k, n+1−k) law of conformal coverage.
+   calls; the only kind of factor the gate lowers a budget to (``assumption`` null). Confidence: P(realised
+   truncation ≤ 2α) from the Beta(k, n+1−k) law of conformal coverage; none for a Kaplan–Meier tail read.
 2. ``censored_fit``: enough calls, but censoring hides the quantile (the largest outputs were all cut):
    the group's *own* censored-normal (Tobit) fit extrapolates it. Marked ``extrapolation``, its assumption
-   stated, and its confidence capped at ``EXTRAPOLATION_MAX_CONFIDENCE`` (below the default threshold):
-   the data cannot check the assumption the number rests on.
+   stated, and no confidence claimed (``NO_CONFIDENCE``): the data cannot check the assumption it rests on.
 3. ``small_group_bound``: too few calls for a distribution-free factor: a scale-aware
    normal bound of the group's own r, exp(mean + m·s) with m the prediction bound's t_{n−1,1−α}·√(1 + 1/n),
-   raised where needed so that P(realised truncation ≤ 2α) is ``stats.SMALL_GROUP_CONFIDENCE`` (0.9) under
+   raised where needed so that P(realised truncation ≤ 2α) is ``stats.FACTOR_CONFIDENCE`` (0.9) under
    the normal assumption it states (``stats.small_group_multiplier``: the plain prediction bound exceeds
-   2α in 14–20 % of groups of 5–10 calls). With censored calls the mean and spread come from the group's
+   2α in 14–20 % of groups of 5–10 calls); no confidence is claimed (over lognormal and mixture laws its
+   0.9 was 0.74–0.77). With censored calls the mean and spread come from the group's
    Tobit fit, and the factor is marked ``extrapolation``. Reported, never shipped: the held-out calls of
    such a group are too few to check the assumption, and a bound from 5–10 calls that happens to be
    cheaper than today is biased low (simulated: 24 % of those shipped truncated above 2α).
@@ -46,13 +46,25 @@ from autopack.calibration.samples import Group
 
 FACTOR_DECIMALS = 3
 INTERVAL_LEVEL = 0.90
-#: An extrapolated factor never reads as more certain than this (the default threshold is 0.7).
-EXTRAPOLATION_MAX_CONFIDENCE = 0.5
 #: A bound above this many times the prediction is no usable budget (a diverging extrapolation).
 MAX_FACTOR = 1000.0
 
 KM_ASSUMPTION = "censoring independent of output length within the group (Kaplan–Meier)"
 NORMAL_ASSUMPTION = "log(actual / predicted) is normal within the group"
+
+#: Why a method claims no confidence. A claimed P(realised truncation ≤ 2α) must match what happens: against
+#: known truth (lognormal and mixture laws, 0–60 % cut, groups of 5–200; ``tests/test_gate_truth.py``,
+#: ``bench/bench_gate_truth.py``) only the distribution-free conformal rank did (claimed 0.95–0.97, observed
+#: 0.94–0.96).
+#: The others claimed 0.50–0.97 where 0.56–0.77 was observed, with no rule that would fix them for every law.
+NO_CONFIDENCE = {
+    "km_tail": ("no confidence claimed: read from the Kaplan–Meier tail, whose coverage depends on where the cut "
+                "calls' caps fall inside the tail (known truth: the Beta law claimed 0.97, 0.67–0.76 was observed)"),
+    "censored_fit": ("no confidence claimed: an extrapolation from a censored-normal fit, right only when the law "
+                     "is normal (known truth: its normal-theory value, capped at 0.5, against 0.56–0.64 observed)"),
+    "small_group_bound": ("no confidence claimed: a normal bound from a handful of calls, right only when the law "
+                          "is normal (known truth: 0.90 claimed, 0.74–0.77 observed over lognormal and mixture laws)"),
+}
 
 
 @dataclass
@@ -68,6 +80,8 @@ class FactorInfo:
     method: str = "none"  # "km_conformal" | "censored_fit" | "small_group_bound" | "none"
     extrapolation: bool = False
     assumption: str | None = None
+    #: why no confidence is claimed (``confidence`` is NaN then): the method's law was not confirmed by known truth
+    confidence_note: str | None = None
 
 
 @dataclass
@@ -168,8 +182,10 @@ def _group_factor(r: np.ndarray, observed: np.ndarray, alpha: float, km: stats.K
             if not math.isfinite(high):  # no order statistic bounds it at this n: normal approximation
                 high = value + float(dist.norm_ppf(0.5 + INTERVAL_LEVEL / 2.0)) * _log_quantile_se(r, observed, alpha)
             return FactorInfo(
-                round_up_factor(math.exp(value)), value, "group", n, uq.k, uq.confidence,
+                round_up_factor(math.exp(value)), value, "group", n, uq.k,
+                uq.confidence if assumption is None else math.nan,
                 _exp_interval(low, max(high, value)), method="km_conformal", assumption=assumption,
+                confidence_note=None if assumption is None else NO_CONFIDENCE["km_tail"],
             )
         assumption = (
             f"{NORMAL_ASSUMPTION}: censoring ({n_cens} of {n} calls cut) hides the upper quantile, which is "
@@ -177,10 +193,10 @@ def _group_factor(r: np.ndarray, observed: np.ndarray, alpha: float, km: stats.K
         )
         if uq.method == "tobit":
             return FactorInfo(
-                round_up_factor(math.exp(uq.value)), uq.value, "group", n, uq.k,
-                min(uq.confidence, EXTRAPOLATION_MAX_CONFIDENCE), _exp_interval(*uq.interval),
-                note="extrapolated beyond the largest complete output", method="censored_fit",
-                extrapolation=True, assumption=assumption,
+                round_up_factor(math.exp(uq.value)), uq.value, "group", n, uq.k, math.nan,
+                _exp_interval(*uq.interval), note="extrapolated beyond the largest complete output",
+                method="censored_fit", extrapolation=True, assumption=assumption,
+                confidence_note=NO_CONFIDENCE["censored_fit"],
             )
         return _none(n, "censoring hides the upper quantile and the censored-normal fit failed", assumption)
     return _small_group_bound(r, observed, alpha)
@@ -202,14 +218,12 @@ def _small_group_bound(r: np.ndarray, observed: np.ndarray, alpha: float) -> Fac
     if n < 2:
         return _none(n, f"{n} call: too few for any bound")
     multiplier = stats.small_group_multiplier(n, alpha)
-    confidence = stats.normal_bound_confidence(n, alpha, multiplier)
     censored = not bool(observed.all())
     if censored:
         fit = stats.censored_normal_fit(r, observed, min_observed=2)
         if fit is None:
             return _none(n, note + ": the censored-normal fit failed", NORMAL_ASSUMPTION)
         mean, sd = fit.mu, fit.sigma
-        confidence = min(confidence, EXTRAPOLATION_MAX_CONFIDENCE)
         assumption = f"{NORMAL_ASSUMPTION}; mean and spread from a censored-normal (Tobit) fit of its {n} calls"
     else:
         mean, sd = float(np.mean(r)), float(np.std(r, ddof=1))
@@ -223,8 +237,9 @@ def _small_group_bound(r: np.ndarray, observed: np.ndarray, alpha: float) -> Fac
     half = float(dist.norm_ppf(0.5 + INTERVAL_LEVEL / 2.0)) * se
     q = mean + z * sd
     return FactorInfo(
-        round_up_factor(math.exp(value)), value, "group", n, None, confidence, _exp_interval(q - half, q + half),
+        round_up_factor(math.exp(value)), value, "group", n, None, math.nan, _exp_interval(q - half, q + half),
         note=note, method="small_group_bound", extrapolation=censored, assumption=assumption,
+        confidence_note=NO_CONFIDENCE["small_group_bound"],
     )
 
 

@@ -7,7 +7,9 @@ success metrics, the waste figures it only printed to the console, budget factor
 obtained (method, assumption, extrapolation), the backtest with truncation as an interval and whether the
 held-out calls are enough to be evidence, the gate with a verdict per change (TOKEN_WEIGHTS included),
 every coefficient change old → new, the data's provider/model mix, and the doc-phase truncation list.
-The plot shows n per group and today's ceiling beside the proposed one.
+Verdicts, the gate's sentence and the drift table come from ``story``, as in the pull request body. The
+plot shows n per group, today's ceiling beside the proposed one, the held-out calls apart from the fitted
+ones, and says SIMULATED DATA in its title when the data is.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from autopack.calibration import drift
+from autopack.calibration import drift, story
 from autopack.logging import redact
 
 MAX_DOC_ROWS = 30
@@ -80,7 +82,7 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
         f"- **Groups analysed**: {len(groups)} ({len(eligible)} with ≥ {md['min_samples']} samples)",
         f"- **High-confidence groups** (confidence ≥ {threshold}): {len(high)}",
         f"- **Gate**: {'PASSED' if result['gate']['passed'] else 'not passed'} — "
-        f"{len(result['proposed_changes'])} proposed change(s)",
+        f"{len(result['proposed_changes'])} proposed change(s). {story.gate_sentence(result)}",
         "",
     ]
     lines += _targets_section(result)
@@ -148,6 +150,10 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
         for g in notes:
             parts = [p for p in (g["factor_note"], f"assumes {g['assumption']}" if g.get("assumption") else "") if p]
             lines.append(f"- {g['category']}/{g['complexity']}: " + "; ".join(parts))
+    lines += [f"- {g['category']}/{g['complexity']}: {g['confidence_note']}" for g in groups
+              if g.get("confidence_note")]
+    lines += [f"- {g['category']}/{g['complexity']}: {g['step_toward_alpha']['verdict']}" for g in groups
+              if g.get("gate_direction") == "raise" and g.get("step_toward_alpha")]
     lines += ["", f"Held-out calls are *evidence* from {md.get('min_evidence_calls', '–')} on (at α = "
               f"{md['target_truncation']}): from there a budget truncating 3α is caught ≥ 90 % of the time. "
               "Fewer is marked *thin*: the group may then ship only if it truncates no more held-out calls than "
@@ -268,7 +274,13 @@ def _waste_section(groups: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _changes_section(result: Mapping[str, Any]) -> list[str]:
     gate = result["gate"]
-    lines = ["## Gate and proposed changes", "", f"**Gate: {'PASSED' if gate['passed'] else 'not passed'}**", ""]
+    lines = ["## Gate and proposed changes", "", f"**Gate: {'PASSED' if gate['passed'] else 'not passed'}**", "",
+             story.gate_sentence(result), ""]
+    shipped = [v for v in story.group_verdicts(result).values() if v.kind.ships]
+    if shipped:
+        lines += ["Verdicts (what ships, where its guarantee comes from, what confirms it):", ""]
+        lines += [f"- {v.icon} {v.group[0]}/{v.group[1]}: {v.line()}" for v in shipped]
+        lines += ["", "The gate's reasons, group by group:", ""]
     lines += [f"- {r}" for r in gate["reasons"]]
     weights = gate.get("weights")
     if weights:
@@ -277,12 +289,13 @@ def _changes_section(result: Mapping[str, Any]) -> list[str]:
     changes = result["proposed_changes"]
     if changes:
         lines += [
-            "| Coefficient | Key | Old | New | n | Confidence | Interval | Held-out truncation [interval] | "
-            "Reserved/used | Verdict |",
+            "| Coefficient | Key | Old | New | n | Confidence | Interval | Held-out truncation [interval], shipped | "
+            "Reserved/used, shipped | Verdict |",
             "|---|---|---:|---:|---:|---:|---|---|---:|---|",
         ]
         for c in changes:
-            bt = c.get("backtest") or {}
+            own = c.get("backtest") or {}
+            bt = {"n": own.get("n"), **own["shipped"]} if own.get("shipped") else own  # the group's shipped replay
             lines.append(
                 f"| `{c['coefficient']}` | `{tuple(c['key'])}` | {_f(c['old'], 3)} | {_f(c['new'], 3)} | {c['n']} | "
                 f"{_f(c['confidence'])} | {_f(c['interval'], 3 if c['coefficient'] == 'BUDGET_FACTORS' else 0)} | "
@@ -315,8 +328,8 @@ def _interval(m: Mapping[str, Any]) -> str:
 METHOD_LABELS = {
     "current": "today",
     "original_median": "original's median",
-    "proposed": "full refit, every group",
-    "shipped": "shipped = this pull request",
+    "proposed": story.FULL_REFIT,
+    "shipped": story.THIS_PR,
 }
 
 
@@ -335,7 +348,7 @@ def _backtest_section(result: Mapping[str, Any]) -> list[str]:
         "as truncated for the upper end when the new ceiling lies above where it was cut; the gate tests the "
         "upper end.",
         "",
-        "| Metric | " + " | ".join(f"`{m}` ({METHOD_LABELS[m]})" for m in methods) + " |",
+        "| Metric | " + " | ".join(f"`{m}` = {METHOD_LABELS[m]}" for m in methods) + " |",
         "|---|" + "---:|" * len(methods),
     ]
     lines.append("| held-out truncation [lower–upper] | " + " | ".join(_interval(bt[m]) for m in methods) + " |")
@@ -417,12 +430,15 @@ def write_json(result: Mapping[str, Any], path: Path) -> None:
     path.write_text(redact(text) + "\n", encoding="utf-8")
 
 
-def write_plot(path: Path, plot: Any, *legacy: Any, alpha: float | None = None) -> list[str]:
-    """The PNG: per group, actual / predicted (censored calls as ▲), n, today's ceiling and the new factor.
+def write_plot(path: Path, plot: Any, *legacy: Any, alpha: float | None = None,
+               sources: Mapping[str, Any] | None = None) -> list[str]:
+    """The PNG: per group, actual / predicted (held-out calls apart, censored calls as ▲), n, today's ceiling
+    and the new factor; titled SIMULATED when ``sources`` (``metadata.sources``) says the data is.
 
-    ``plot`` is ``core.PlotData`` (``write_plot(path, calibration.plot, alpha=α)``). The older positional
-    form ``write_plot(path, groups, ratios, observed, factors, proposed, alpha)`` still works, without
-    today's ceiling (it does not carry it). Returns the texts drawn (tick labels, legend), for tests.
+    ``plot`` is ``core.PlotData`` (``write_plot(path, calibration.plot, alpha=α, sources=…)``). The older
+    positional form ``write_plot(path, groups, ratios, observed, factors, proposed, alpha)`` still works,
+    without today's ceiling or held-out calls (it does not carry them). Returns the texts drawn (title,
+    tick labels, legend), for tests.
     """
     from autopack.calibration.core import PlotData
 
@@ -430,10 +446,10 @@ def write_plot(path: Path, plot: Any, *legacy: Any, alpha: float | None = None) 
         ratios, observed, factors, proposed, alpha = legacy
         plot = PlotData(list(plot), list(ratios), list(observed), list(factors), list(proposed),
                         n=[int(np.asarray(r).size) for r in ratios])
-    return _draw(path, plot, 0.05 if alpha is None else alpha)
+    return _draw(path, plot, 0.05 if alpha is None else alpha, story.simulated_note(sources or {}))
 
 
-def _draw(path: Path, plot: Any, alpha: float) -> list[str]:
+def _draw(path: Path, plot: Any, alpha: float, simulated: str | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -444,16 +460,18 @@ def _draw(path: Path, plot: Any, alpha: float) -> list[str]:
     k = max(1, len(groups))
     fig, ax = plt.subplots(figsize=(max(7.5, 1.2 * k + 4), 5.0), dpi=110)
     rng = np.random.default_rng(0)
-    for i, (r, o) in enumerate(zip(plot.ratios, plot.observed, strict=True)):
+    held_out = list(plot.held_out) or [np.zeros(np.asarray(r).size, dtype=bool) for r in plot.ratios]
+    for i, (r, o, h) in enumerate(zip(plot.ratios, plot.observed, held_out, strict=True)):
+        median = float(np.median(r)) if r.size else None
         if r.size > PLOT_POINTS_PER_GROUP:
             pick = rng.choice(r.size, PLOT_POINTS_PER_GROUP, replace=False)
-            r, o = r[pick], o[pick]
+            r, o, h = r[pick], o[pick], h[pick]
         jitter = rng.uniform(-0.16, 0.16, r.size)
-        ax.scatter(i - 0.08 + jitter[o], r[o], s=12, alpha=0.6, color="tab:blue")
-        if (~o).any():
-            ax.scatter(i - 0.08 + jitter[~o], r[~o], s=28, marker="^", facecolors="none", edgecolors="tab:red")
-        if r.size:
-            ax.hlines(float(np.median(r)), i - 0.3, i + 0.14, colors="black", linewidth=1)
+        for mask, style in ((o & ~h, FITTED), (o & h, HELD_OUT), (~o & ~h, FITTED_CUT), (~o & h, HELD_OUT_CUT)):
+            if mask.any():
+                ax.scatter(i - 0.08 + jitter[mask], r[mask], **style)
+        if median is not None:
+            ax.hlines(median, i - 0.3, i + 0.14, colors="black", linewidth=1)
     for i, today in enumerate(plot.current or []):
         if today is not None:
             median, low, high = today
@@ -462,10 +480,14 @@ def _draw(path: Path, plot: Any, alpha: float) -> list[str]:
     for i, (f, p) in enumerate(zip(plot.factors, plot.proposed, strict=True)):
         if f is not None:
             ax.hlines(f, i - 0.38, i + 0.38, colors="tab:green" if p else "tab:orange", linewidth=2.5)
-    ax.scatter([], [], s=12, color="tab:blue", label="complete call")
-    ax.scatter([], [], s=28, marker="^", facecolors="none", edgecolors="tab:red", label="truncated call (lower bound)")
+    ax.scatter([], [], label="fitted call", **FITTED)
+    if any(h.any() for h in held_out):
+        ax.scatter([], [], label="held-out call (newest, not fitted: the backtest replays it)", **HELD_OUT)
+    ax.scatter([], [], label="truncated call (lower bound)", **FITTED_CUT)
+    if any((h & ~o).any() for h, o in zip(held_out, plot.observed, strict=True)):
+        ax.scatter([], [], label="truncated held-out call (lower bound)", **HELD_OUT_CUT)
     ax.plot([], [], color="black", linewidth=1, label="median")
-    ax.plot([], [], color="tab:green", linewidth=2.5, label=f"proposed budget factor, shipped (α={alpha})")
+    ax.plot([], [], color="tab:green", linewidth=2.5, label=f"budget factor, ships (α={alpha})")
     ax.plot([], [], color="tab:orange", linewidth=2.5, label="budget factor, not shipped")
     if plot.current:
         ax.plot([], [], marker="D", color="tab:purple", linestyle="-", label="today's ceiling (median, 10–90 %)")
@@ -477,11 +499,23 @@ def _draw(path: Path, plot: Any, alpha: float) -> list[str]:
     ax.set_xticks(range(k))
     counts = plot.n or [int(r.size) for r in plot.ratios]
     ax.set_xticklabels([f"{c}\n{x}\nn={n:,}" for (c, x), n in zip(groups, counts, strict=True)], fontsize=8)
-    ax.set_ylabel("× the proposed prediction (actual, ceilings)")
-    ax.set_title("Outputs and ceilings ÷ proposed prediction, per group", fontsize=10)
+    ax.set_ylabel("× the refit's prediction (actual, ceilings)")
+    title = "Outputs and ceilings ÷ the refit's prediction, per group"
+    ax.set_title(title, fontsize=10)
+    if simulated:  # above everything, in red: nobody should read these ceilings as a real model's
+        fig.suptitle(simulated, x=0.01, ha="left", fontsize=10, color="tab:red", fontweight="bold")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path)
-    texts = [t.get_text() for t in ax.get_xticklabels()] + [t.get_text() for t in ax.get_legend().get_texts()]
+    texts = ([simulated or "", ax.get_title()] + [t.get_text() for t in ax.get_xticklabels()]
+             + [t.get_text() for t in ax.get_legend().get_texts()])
     plt.close(fig)
     return texts
+
+
+#: Marker styles: fitted calls filled, held-out calls hollow squares; truncated calls as triangles.
+FITTED: dict[str, Any] = {"s": 12, "alpha": 0.6, "color": "tab:blue", "marker": "o"}
+HELD_OUT: dict[str, Any] = {"s": 22, "marker": "s", "facecolors": "none", "edgecolors": "tab:cyan",
+                            "linewidths": 1.2}
+FITTED_CUT: dict[str, Any] = {"s": 28, "marker": "^", "facecolors": "none", "edgecolors": "tab:red"}
+HELD_OUT_CUT: dict[str, Any] = {"s": 34, "marker": "^", "color": "tab:red"}

@@ -151,7 +151,7 @@ def run_calibration(
         stem = _stem(out, now)
         report_path, json_path, plot_path = out / f"{stem}.md", out / f"{stem}.json", out / f"{stem}.png"
         tmp_png = plot_path.with_name(f".{plot_path.name}.tmp.png")
-        write_plot(tmp_png, calibration.plot, alpha=params.alpha)
+        write_plot(tmp_png, calibration.plot, alpha=params.alpha, sources=md.get("sources"))
         os.replace(tmp_png, plot_path)
         lap("plot")
         md["timings_seconds"] = dict(timings)

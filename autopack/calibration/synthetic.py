@@ -246,6 +246,10 @@ class GroupTruth:
     cap_spread: float = 1.0
     predicted: float = 2000.0
     predicted_sigma: float = 0.3
+    #: caps from today's budget factor instead (``decide_ceiling``'s ⌈predicted × factor⌉, clamped), so the
+    #: recorded caps are today's ceilings; ``varying_caps`` then spreads them (calls recorded under older
+    #: coefficients). ``censoring`` is ignored: the law decides how many are cut.
+    cap_factor: float | None = None
 
     @property
     def group(self) -> tuple[str, str]:
@@ -308,7 +312,12 @@ def simulate_groups(
     for gi, g in enumerate(groups):
         p = _predictions(rng, g, g.n)
         r = g.law.sample(rng, g.n)
-        if g.censoring > 0:
+        if g.cap_factor is not None:
+            cap = np.minimum(np.maximum(np.ceil(te.factor_product(p, g.cap_factor)), te.MIN_FACTOR_CEILING),
+                             te.MAX_OUTPUT_TOKENS)
+            if g.varying_caps:
+                cap = np.ceil(cap * np.exp(rng.uniform(-g.cap_spread, g.cap_spread, g.n)))
+        elif g.censoring > 0:
             cap_log = np.full(g.n, g.law.quantile(1.0 - g.censoring))
             if g.varying_caps:
                 cap_log = cap_log + rng.uniform(-g.cap_spread, g.cap_spread, g.n)

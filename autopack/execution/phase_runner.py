@@ -82,6 +82,7 @@ from autopack.telemetry.recorder import (
 from autopack.telemetry.usage import validate_response
 from autopack.token_estimator import (
     MAX_OUTPUT_TOKENS,
+    Exploration,
     PhaseFeatures,
     deliverable_kind,
     escalate,
@@ -459,12 +460,15 @@ def _run(
     if telemetry:
         attempt_index = _fresh_attempt_index(run_id, phase_id, claim.owner, attempt_index, url)
     escalated_to: int | None = None
+    settings = get_settings()
     while True:
         counters.attempts += 1
         counters.attempt_indices.append(attempt_index)
+        explore = None if escalated_to is not None else Exploration.for_call(
+            settings.explore_share, settings.explore_seed, run_id, phase_id, attempt_index)
         # adaptive: the group's runtime ACI level, read now (only for groups with a reviewed adaptive curve)
         est, decision = plan_call(features, escalated_to=escalated_to, model_max_output=model_max,
-                                  adaptive=level_reader(url))
+                                  adaptive=level_reader(url), explore=explore)
         beat()
         request = LLMRequest(
             system=prompt.system,

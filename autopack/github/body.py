@@ -6,24 +6,30 @@ without running anything, and every figure describes exactly what ships:
 - a one-line effect (held-out truncation and reserved tokens, today → this pull request, with intervals),
   and a loud warning when the data came from the simulated provider;
 - one verdict line per changed coefficient (the shared ``TOKEN_WEIGHTS`` included: they move every
-  group), thin evidence flagged with its counts;
+  group): where its guarantee comes from and how many held-out calls confirm it, thin evidence flagged;
+  the gate's state with one sentence reconciling it with those flags;
 - the backtest with ``current`` (today), ``shipped`` (= this pull request) and, labelled as such, the
-  full refit (``proposed``), which is *not* what ships;
+  full refit (``proposed``), which is *not* what ships; the drift table's "this pull request" row is the
+  shipped replay;
 - the per-group effect as a table and a Mermaid chart (GitHub renders both, nothing depends on an upload),
   with today's and the shipped factors read from the original and the edited estimator themselves;
 - verification, provenance (data source, code commit, flow run) and a short glossary.
 
-Keys the calibration JSON does not have (an older file) are left out or marked unknown, never invented.
+Verdicts, the gate's sentence and the drift table come from ``autopack.calibration.story``, as in the
+calibration report, so the two say the same. Keys the calibration JSON does not have (an older file) are left out or marked unknown, never invented.
 It ends with the hidden marker the bot uses to find its PR again, and is passed through ``redact`` last.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
+from autopack.calibration import story
+from autopack.calibration.story import mapping as _mapping, number as _number, records as _records
 from autopack.config import get_settings
 from autopack.errors import InputError
 from autopack.github.estimator_edit import read_tables
@@ -42,7 +48,7 @@ MAX_CHART_GROUPS = 16
 BACKTEST_COLUMNS = (
     ("current", "today", "the estimator as it is"),
     ("shipped", "this pull request", "only the gated changes: what merging ships"),
-    ("proposed", "full refit, not shipped", "every group refitted, gated or not: **not** what merging ships"),
+    ("proposed", story.FULL_REFIT, "every group refitted, gated or not: **not** what merging ships"),
     ("original_median", "original method", "the original's median-ratio multiplier"),
 )
 BACKTEST_METRICS = (
@@ -130,8 +136,8 @@ def render_pr_body(
             _summary(calibration, changes, stamp.version, estimator_path),
             _simulated_warning(metadata),
             _effect(_mapping(calibration.get("backtest")), alpha),
-            _verdicts(calibration, changes, alpha),
-            _gate(_mapping(calibration.get("gate"))),
+            _verdicts(calibration, changes),
+            _gate(calibration),
             _changes_table(changes),
             _group_effect(calibration, changes, tables, group_rows, chart=inline_chart),
             _backtest_table(_mapping(calibration.get("backtest")), metadata.get("method")),
@@ -293,16 +299,14 @@ def _reserved_change(current: Mapping[str, Any], shipped: Mapping[str, Any]) -> 
     return f" (reserved tokens {before:,.0f} → {after:,.0f}{change})"
 
 
-def _verdicts(calibration: Mapping[str, Any], changes: Sequence[Change], alpha: float | None) -> str:
+def _verdicts(calibration: Mapping[str, Any], changes: Sequence[Change]) -> str:
+    """One line per changed coefficient: the group's verdict (``story.GroupVerdict.line``), then the gate's words."""
     gate = _mapping(calibration.get("gate"))
-    groups = {(g.get("category"), g.get("complexity")): g for g in _records(calibration.get("groups"))}
-    held_out = {(g.get("category"), g.get("complexity")): g
-                for g in _records(_mapping(calibration.get("backtest")).get("groups"))}
-    minimum = _min_heldout(calibration, alpha)
-    # A group's changes ship together (the factor is relative to the overhead): one backtest for all of them.
-    group_backtests = {_group_of(c): c.extra["backtest"] for c in changes
-                       if isinstance(c.extra.get("backtest"), Mapping)}
-    lines = ["### Verdicts", "", "One line per changed coefficient: what the gate decided, on what evidence.", ""]
+    verdicts = story.group_verdicts(calibration)
+    minimum = story.min_heldout(calibration)
+    lines = ["### Verdicts", "",
+             "One line per changed coefficient: what ships, where its guarantee comes from (the bound on the "
+             "group's own fitted calls) and how many held-out calls confirm it.", ""]
     weights = [c for c in changes if c.coefficient == "TOKEN_WEIGHTS"]
     shared = [c for c in changes if c.coefficient != "TOKEN_WEIGHTS" and _group_of(c) is None]
     curves: dict[tuple[str, tuple[str, str]], list[Change]] = {}
@@ -311,43 +315,50 @@ def _verdicts(calibration: Mapping[str, Any], changes: Sequence[Change], alpha: 
         if c.coefficient == "TOKEN_WEIGHTS" or group_key is None:
             continue
         if c.coefficient in CURVE_TABLES:  # one line per group's curve, not per level
-            if (c.coefficient, group_key) not in curves:
-                curves[(c.coefficient, group_key)] = []
-            curves[(c.coefficient, group_key)].append(c)
+            curves.setdefault((c.coefficient, group_key), []).append(c)
             continue
-        group = groups.get(group_key, {}) if group_key else {}
-        evidence = _Evidence.of(c, group, held_out.get(group_key, {}) if group_key else {}, minimum,
-                                group_backtests.get(group_key))
-        verdict = c.extra.get("verdict") or _first(group.get("gate_reasons")) or "no verdict in the calibration output"
-        lines.append(f"- {'⚠️' if evidence.thin else '✅'} `{c.coefficient}[{_text(c.key[0])}, {_text(c.key[1])}]` "
-                     f"{_old(c)} → {_fmt(c.new)}: {_text(verdict)}{evidence.note()}")
+        what = f"`{c.coefficient}[{_text(c.key[0])}, {_text(c.key[1])}]` {_old(c)} → {_fmt(c.new)}"
+        lines += _verdict_lines(what, c, verdicts.get(group_key), minimum)
     for (table, group_key), levels in curves.items():
-        first = levels[0]
-        evidence = _Evidence.of(first, groups.get(group_key, {}), held_out.get(group_key, {}), minimum,
-                                group_backtests.get(group_key))
-        verdict = first.extra.get("verdict") or f"the run-time curve of {group_key[0]}/{group_key[1]}'s budget factor"
         points = ", ".join(f"`{_text(c.key[1])}` {_old(c)} → {_fmt(c.new)}" for c in levels)
-        lines.append(f"- {'⚠️' if evidence.thin else '✅'} `{table}` of `{_text(group_key[0])}/{_text(group_key[1])}` "
-                     f"({len(levels)} level{'s' if len(levels) != 1 else ''}: {points}): {_text(verdict)}"
-                     f"{evidence.note()}")
+        what = (f"`{table}` of `{_text(group_key[0])}/{_text(group_key[1])}` "
+                f"({len(levels)} level{'s' if len(levels) != 1 else ''}: {points})")
+        lines += _verdict_lines(what, levels[0], verdicts.get(group_key), minimum,
+                                default=f"the run-time curve of {group_key[0]}/{group_key[1]}'s budget factor")
     if shared:
         listed = ", ".join(f"`{c.coefficient}[{_text(c.key[0])}, {_text(c.key[1])}]` {_old(c)} → {_fmt(c.new)}"
                            for c in shared)
-        verdicts = "; ".join(dict.fromkeys(str(c.extra["verdict"]) for c in shared if c.extra.get("verdict")))
-        lines.append(f"- {'✅' if verdicts else '⚠️'} shared setting{'s' if len(shared) != 1 else ''} {listed}: "
-                     + (_text(verdicts) if verdicts else "**no gate verdict in the calibration output**"))
+        said = "; ".join(dict.fromkeys(str(c.extra["verdict"]) for c in shared if c.extra.get("verdict")))
+        lines.append(f"- {'✅' if said else '⚠️'} shared setting{'s' if len(shared) != 1 else ''} {listed}: "
+                     + (_text(said) if said else "**no gate verdict in the calibration output**"))
     info = _mapping(gate.get("weights"))
     if weights:
-        verdict = info.get("verdict") or "**no gate verdict in the calibration output**"
+        said = info.get("verdict") or "**no gate verdict in the calibration output**"
         moved = ", ".join(f"`{_text(c.key[0])}/{_text(c.key[1])}` {_old(c)} → {_fmt(c.new)}" for c in weights)
         lines.append(f"- {'✅' if info.get('verdict') else '⚠️'} `TOKEN_WEIGHTS` (shared: moves the prediction of "
-                     f"every group, calibrated or not) {moved}: {_text(verdict)}")
+                     f"every group, calibrated or not) {moved}: {_text(said)}")
     elif info.get("verdict"):
         lines.append(f"- `TOKEN_WEIGHTS` unchanged: {_text(info['verdict'])}")
     whole = _mapping(gate.get("shipped"))
     if whole.get("verdict"):
-        lines.append(f"- {'✅' if whole.get('passed') else '⚠️'} everything above together: {_text(whole['verdict'])}")
+        thin = "thin" in str(whole["verdict"]).lower()
+        lines.append(f"- {'✅' if whole.get('passed') and not thin else '⚠️'} everything above together: "
+                     f"{_text(whole['verdict'])}")
     return "\n".join(lines)
+
+
+def _verdict_lines(what: str, c: Change, verdict: story.GroupVerdict | None, minimum: int | None, *,
+                   default: str = "no verdict in the calibration output") -> list[str]:
+    """``- ⚠️ what: **ships** — bound: …; confirmed on …`` and, under it, the gate's own words."""
+    said = c.extra.get("verdict") or (verdict.detail if verdict else None) or default
+    if verdict is None:  # an older output without its group: the change's own backtest is all there is
+        confirmation = story.Confirmation.of(_mapping(c.extra.get("backtest")), minimum, n=c.extra.get("n"),
+                                             evidence=c.extra.get("evidence"))
+        icon = "⚠️" if confirmation.thin else "✅"
+        return [f"- {icon} {what}: {_text(said)} — {confirmation.text()} (n = {_fmt(c.extra.get('n'))})"]
+    if not verdict.kind.ships:  # in proposed_changes, so it ships whatever the group entry says
+        verdict = dataclasses.replace(verdict, kind=story.VerdictKind.SHIPS)
+    return [f"- {verdict.icon} {what}: {verdict.line()}", f"  - gate: {_text(said)}"]
 
 
 def _group_of(c: Change) -> tuple[str, str] | None:
@@ -357,80 +368,28 @@ def _group_of(c: Change) -> tuple[str, str] | None:
     return c.key if c.coefficient in GROUP_TABLES else None
 
 
-def _min_heldout(calibration: Mapping[str, Any], alpha: float | None) -> int | None:
-    """Held-out calls needed to carry evidence: the calibration's own number, else 1/α − 1 (conformal minimum)."""
-    for where in (_mapping(calibration.get("gate")), _mapping(calibration.get("metadata"))):
-        for key in ("min_heldout", "min_held_out", "min_evidence_calls"):
-            value = where.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-    return math.ceil(1 / alpha - 1) if alpha else None
-
-
-class _Evidence:
-    """How much data stands behind one change: calls fitted, held-out calls, and the calibration's own word."""
-
-    def __init__(self, n: object, held_out: object, word: object, minimum: int | None) -> None:
-        self.n, self.held_out, self.word, self.minimum = n, held_out, word, minimum
-
-    @classmethod
-    def of(cls, c: Change, group: Mapping[str, Any], group_backtest: Mapping[str, Any],
-           minimum: int | None, shared: Mapping[str, Any] | None = None) -> _Evidence:
-        own = _mapping(c.extra.get("backtest")) or _mapping(shared)
-        shipped = _mapping(group_backtest.get("shipped")) or _mapping(group_backtest.get("proposed"))
-        held_out = own.get("n", shipped.get("n", group_backtest.get("n")))
-        word = own.get("evidence", c.extra.get("evidence", shipped.get("evidence", group_backtest.get("evidence"))))
-        return cls(c.extra.get("n", group.get("n")), held_out, word, minimum)
-
-    @property
-    def thin(self) -> bool:
-        word = self.word
-        if isinstance(word, Mapping):
-            enough = word.get("enough", word.get("sufficient"))
-            if isinstance(enough, bool):
-                return not enough
-            word = word.get("verdict") or word.get("reason")
-        if isinstance(word, bool):
-            return not word
-        if isinstance(word, str):
-            lowered = word.lower()
-            return any(w in lowered for w in ("too few", "insufficient", "thin", "no held-out", "not enough", "none"))
-        if isinstance(self.held_out, int) and not isinstance(self.held_out, bool):
-            return self.held_out == 0 or (self.minimum is not None and self.held_out < self.minimum)
-        return True  # no held-out count at all: nothing measured this change
-
-    def note(self) -> str:
-        held = (f"{self.held_out} held-out call{'s' if self.held_out != 1 else ''}"
-                if isinstance(self.held_out, int) else "no held-out count")
-        counts = f"n = {_fmt(self.n)}, {held}"
-        if not self.thin:
-            return f" ({counts})"
-        word = self.word
-        why = (word.get("reason") or word.get("verdict")) if isinstance(word, Mapping) else word
-        why = why if isinstance(why, str) else None
-        needed = f"; ≥ {self.minimum} needed" if self.minimum is not None and not why else ""
-        return f" — **thin evidence** ({counts}: {_text(why) if why else 'too few to carry evidence'}{needed})"
-
-
-def _gate(gate: Mapping[str, Any]) -> str:
+def _gate(calibration: Mapping[str, Any]) -> str:
+    """The gate's state, one sentence on what it means next to the verdicts' warnings, then its reasons."""
+    gate = _mapping(calibration.get("gate"))
     passed = gate.get("passed")
     state = "passed" if passed is True else "not passed" if passed is False else "unknown"
-    reasons = gate.get("reasons") or []
-    lines = [f"### Gate: {state}"]
-    lines += [f"- {_text(r)}" for r in reasons] or ["- (no reasons given)"]
-    return "\n".join(lines)
+    reasons = [f"- {_text(r)}" for r in gate.get("reasons") or []] or ["- (no reasons given)"]
+    return "\n".join([f"### Gate: {state}", "", story.gate_sentence(calibration), "",
+                      "<details><summary>The gate's reasons, group by group</summary>", "", *reasons, "",
+                      "</details>"])
 
 
 def _changes_table(changes: Sequence[Change]) -> str:
     rows = [
         "### Proposed changes",
         "",
-        "| Coefficient | Key | Old | New | Change | n | Held-out | Confidence | Interval | Held-out truncation "
-        "| Reserved / used |",
+        "| Coefficient | Key | Old | New | Change | n | Held-out | Confidence | Interval | Held-out truncation, "
+        "this PR | Reserved / used, this PR |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for c in changes:
-        backtest = _mapping(c.extra.get("backtest"))
+        own = _mapping(c.extra.get("backtest"))
+        backtest = {"n": own.get("n"), **_mapping(own.get("shipped"))} if own.get("shipped") else own  # what ships
         truncation = _group_truncation(backtest)
         rows.append(
             "| "
@@ -493,9 +452,16 @@ def _group_effect(calibration: Mapping[str, Any], changes: Sequence[Change], tab
         ]) + " |")
     if len(groups) > limit:
         rows.append(f"\n({len(groups) - limit} more groups in the calibration report)")
+    rows += step_lines(calibration)
     if chart:
         rows += ["", _mermaid(shown[:MAX_CHART_GROUPS], has_shipped)]
     return "\n".join(rows)
+
+
+def step_lines(calibration: Mapping[str, Any]) -> list[str]:
+    """One line per group raised as a step toward α (``story``): safe, expected truncation after it, price."""
+    steps = [v for v in story.group_verdicts(calibration).values() if v.kind is story.VerdictKind.STEP_TOWARD_ALPHA]
+    return ["", *(f"- `{_text(v.group[0])}, {_text(v.group[1])}`: {v.line()}" for v in steps)] if steps else []
 
 
 def _group_truncation(m: Mapping[str, Any]) -> str:
@@ -554,7 +520,7 @@ def _backtest_table(backtest: Mapping[str, Any], method: object = None) -> str:
                      "pull request ships."]
     rows += [
         "",
-        "| Metric | " + " | ".join(f"{h} (`{k}`)" for k, h, _ in columns) + " |",
+        "| Metric | " + " | ".join(f"`{k}` = {h}" for k, h, _ in columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
     for key, label in present:
@@ -588,21 +554,21 @@ DRIFT_COLUMNS = (
 
 
 def _drift(backtest: Mapping[str, Any], method: object = None) -> list[str]:
-    """Every drift method replayed on the held-out calls in time order (``backtest.calibration_under_drift``)."""
-    drift = _mapping(backtest.get("calibration_under_drift") or backtest.get("drift"))
-    methods = _mapping(drift.get("methods"))
-    if not methods:
+    """Every drift method replayed on the held-out calls in time order (``story.drift_table``)."""
+    table = story.drift_table(backtest, method)
+    if table is None:
         return []
+    drift = _mapping(backtest.get("calibration_under_drift") or backtest.get("drift"))
     calls = f" ({_text(drift['calls'])}; worst of {_text(drift['bins'])})" if drift.get("calls") and drift.get(
         "bins") else ""
-    rows = ["", f"How each way of following drift would have done on the held-out calls, in time order{calls}. "
-                "The oracle knows each group's held-out quantile in hindsight; `static` is one fixed factor per group.",
+    rows = ["", f"How each way of following drift would have done on the held-out calls, in time order{calls}, "
+                f"replaying {table.basis}. The oracle knows each group's held-out quantile in hindsight; `static` is "
+                "one fixed factor per group.",
             "", "| Method | " + " | ".join(label for _, label in DRIFT_COLUMNS) + " |",
             "|---|" + "---:|" * len(DRIFT_COLUMNS)]
-    for name, m in methods.items():
-        if not isinstance(m, Mapping):
-            continue
-        label = f"`{_text(name)}`" + (" (**this pull request's method**)" if name == method else "")
+    for row in table.rows:
+        m = row.metrics
+        label = f"**{row.label}**" if row.this_pr else row.label
         cells = []
         for key, _ in DRIFT_COLUMNS:
             value = m.get(key)
@@ -615,6 +581,8 @@ def _drift(backtest: Mapping[str, Any], method: object = None) -> list[str]:
             else:
                 cells.append(_fmt(value))
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    if table.note:
+        rows += ["", table.note]
     return rows
 
 
@@ -624,12 +592,13 @@ def _groups_table(groups: Sequence[Mapping[str, Any]], tables: _Tables, limit: i
         return ""
     extra = any(k in g for g in records for k in ("factor_method", "extrapolation", "assumption"))
     header = ("| Category | Complexity | n | Censored | Median ratio | Median ratio CI | Pooling weight "
-              "| Fitted factor | Shipped factor | Confidence | Original confidence |"
+              "| Full refit's factor | Shipped factor | Confidence | Original confidence |"
               + (" Factor method | Assumption |" if extra else ""))
     rows = [
         "### Groups (fit details)",
         "",
-        "`Fitted factor` is the refit's; `Shipped factor` is what the estimator holds after this pull request.",
+        "`Full refit's factor` is the refit's for every group, gated or not (not shipped); `Shipped factor` is "
+        "what the estimator holds after this pull request.",
         "",
         header,
         "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|" + ("---|---|" if extra else ""),
@@ -843,28 +812,6 @@ def _same_number(text: str, number: float) -> bool:
 
 
 # --- formatting ----------------------------------------------------------------------------------
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _records(value: object) -> list[Mapping[str, Any]]:
-    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
-        return []
-    return [v for v in value if isinstance(v, Mapping)]
-
-
-def _first(value: object) -> object:
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return "; ".join(str(v) for v in value) if value else None
-    return value
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def _pair(value: object) -> tuple[float, float] | None:

@@ -10,14 +10,57 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from pathlib import Path
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path, PurePath
+from typing import Any
 
 from autopack.github.errors import LocalPublishError, StaleBaseError
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
 from autopack.github.result import DEFAULT_IDENTITY, BotIdentity, PublishResult, commit_message, is_bot_commit
 
+#: The latest PR body: a copy (not a symlink: it survives zips, artifacts and Windows checkouts) of the newest
+#: run's own ``pull_request_body_<stamp>.md``, which every reader of a run's result uses instead.
 BODY_FILE = "pull_request_body.md"
+_REPORT_PREFIX = "token_estimator_calibration_"
 _ZERO = "0" * 40
+
+
+def body_file_name(calibration: Mapping[str, Any]) -> str:
+    """``pull_request_body_<stamp>.md``, with the calibration's own stamp (its report's), so they pair up.
+
+    The stamp comes from the report or JSON file name (``token_estimator_calibration_<stamp>``), else from
+    ``metadata.generated_at``, else from the clock (a calibration that was never written to files).
+    """
+    for key in ("report_path", "json_path"):
+        value = calibration.get(key)
+        stem = PurePath(value).stem if isinstance(value, str) and value else ""
+        if stem.startswith(_REPORT_PREFIX) and len(stem) > len(_REPORT_PREFIX):
+            return f"pull_request_body_{stem[len(_REPORT_PREFIX):]}.md"
+    metadata = calibration.get("metadata")
+    generated = metadata.get("generated_at") if isinstance(metadata, Mapping) else None
+    when = datetime.now(UTC)
+    if isinstance(generated, str):
+        try:
+            when = datetime.fromisoformat(generated.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    return f"pull_request_body_{when:%Y%m%d_%H%M%S}.md"
+
+
+def write_body(output_dir: Path, body: str, name: str) -> Path:
+    """Write the run's own body file, then copy it to ``BODY_FILE`` (the latest); returns the run's own file.
+
+    Both writes go through a temporary file and a rename, so a reader never sees half a body.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    own = out / name
+    for path in (own, out / BODY_FILE) if name != BODY_FILE else (own,):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(body, encoding="utf-8")
+        os.replace(tmp, path)
+    return own
 
 
 def publish_local(
@@ -33,10 +76,12 @@ def publish_local(
     estimator_path: str = ESTIMATOR_PATH,
     branch: str = BOT_BRANCH,
     identity: BotIdentity = DEFAULT_IDENTITY,
+    body_name: str | None = None,
 ) -> PublishResult:
     """Create/update ``branch`` in ``target_repo`` with one commit on ``base`` (default HEAD) changing the estimator.
 
-    Writes ``body`` to ``output_dir/pull_request_body.md``. A branch holding commits that are not the bot's
+    Writes ``body`` to ``output_dir/body_name`` (default: stamped now) and its copy ``pull_request_body.md``
+    (``write_body``); the result's ``body_path`` is the run's own file. A branch holding commits that are not the bot's
     is left alone (status ``left_alone_human_commits``); otherwise it is re-pointed at a fresh commit on the
     base, as the remote publisher does. ``original_source``, when given, must equal the base's file
     (``StaleBaseError`` otherwise). Never changes the working tree, the index or HEAD.
@@ -67,7 +112,6 @@ def publish_local(
             )
 
     old_sha = git.sha(f"refs/heads/{branch}")
-    body_path = Path(output_dir) / BODY_FILE
     if old_sha is not None:
         foreign = _foreign_commits(git, base_sha, old_sha, identity)
         if foreign:
@@ -85,8 +129,7 @@ def publish_local(
         git.run("update-ref", "-m", "autopack: calibration proposal (dry run)", f"refs/heads/{branch}", commit,
                 old_sha or _ZERO)
 
-    body_path.parent.mkdir(parents=True, exist_ok=True)
-    body_path.write_text(body, encoding="utf-8")
+    body_path = write_body(Path(output_dir), body, body_name or body_file_name({}))
     return PublishResult(
         status="dry_run", branch=branch, base=base_name, commit_sha=commit, proposal=proposal, body_path=body_path,
         summary=f"dry run: would open PR {title!r} from {branch} ({commit[:12]}) into {base_name}; "

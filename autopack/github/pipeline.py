@@ -15,7 +15,7 @@ from autopack.errors import InputError, RefusedError
 from autopack.github.body import not_updated_marker, pr_title, render_not_updated, render_pr_body
 from autopack.github.errors import VerificationError
 from autopack.github.estimator_edit import apply_proposal
-from autopack.github.local import BODY_FILE, base_commit, publish_local
+from autopack.github.local import base_commit, body_file_name, publish_local, write_body
 from autopack.github.memory import (
     PastProposal,
     ProposalMemory,
@@ -76,7 +76,9 @@ def open_calibration_pr(
 
     Publishes to GitHub when a token and a repository are known (arguments, else GITHUB_TOKEN /
     GITHUB_REPOSITORY) and ``dry_run`` is False; otherwise writes the bot branch into the local checkout
-    (``publish_local``). The PR body is always written to ``output_dir/pull_request_body.md``.
+    (``publish_local``). The PR body is always written to the run's own ``output_dir/pull_request_body_<stamp>.md``
+    (the calibration's stamp, as its report's; ``PublishResult.body_path``) and copied to
+    ``output_dir/pull_request_body.md`` (the latest).
 
     A human's "no" lasts: every proposal is remembered in ``database_url``'s ``calibration_proposals``
     (default: the settings' database), closures are learned from GitHub (every proposal a closed bot PR
@@ -132,8 +134,7 @@ def open_calibration_pr(
             body = job.body(report, plot_link=plot_link, inline=True, commit=gh.base_sha,
                             commit_url=gh.commit_url(gh.base_sha))
             result = gh.publish(edited_source=edited, body=body, title=pr_title(calibration), proposal=digest)
-        body_path = output_dir / BODY_FILE
-        body_path.write_text(body, encoding="utf-8")
+        body_path = write_body(output_dir, body, body_file_name(calibration))
         return job.done(dataclasses.replace(result, body_path=body_path))
 
     if not dry_run:
@@ -146,7 +147,8 @@ def open_calibration_pr(
         plot_link = os.path.relpath(Path(calibration["plot_path"]).resolve(), output_dir.resolve())
     body = job.body(report, plot_link=plot_link, inline=False, commit=base_commit(target_repo, base_branch))
     return job.done(publish_local(target_repo, edited, body, output_dir=output_dir, title=pr_title(calibration),
-                                  proposal=digest, base=base_branch, original_source=original))
+                                  proposal=digest, base=base_branch, original_source=original,
+                                  body_name=body_file_name(calibration)))
 
 
 @dataclass

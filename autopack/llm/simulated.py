@@ -12,6 +12,10 @@ How a length is drawn (all parameters in ``SIM_DISTRIBUTION``):
     phase   = median · exp(sigma[category] · T_df)          T_df: Student-t, seeded by (seed, run, phase)
     length  = phase  · exp(attempt_sigma · Z)               Z: normal, seeded by (seed, run, phase, attempt, call)
 
+A provider built with ``laws`` changes the law of chosen groups (``GroupLaw``: a wider spread, a heavier tail, a
+scaled median, e.g. one that drifts week by week); ``phase_law`` is the law a call is drawn from, so a benchmark can
+compute the true truncation of a ceiling from the same numbers the draw uses.
+
 Output tokens are counted as ``ceil(characters / 4)``. If the drawn length exceeds ``max_tokens`` the text
 is cut at ``4·max_tokens`` characters and the stop reason is ``max_tokens``, like a real model.
 
@@ -30,7 +34,8 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from autopack.llm.base import (
@@ -127,6 +132,43 @@ def _table(name: str) -> dict:  # type: ignore[type-arg]
     return value
 
 
+@dataclass(frozen=True)
+class GroupLaw:
+    """Changes to the simulated law of one canonical (category, complexity) group; the defaults change nothing."""
+
+    sigma_scale: float = 1.0  # multiplies the category's spread (1.5: a group 1.5x as spread out)
+    tail_df: float | None = None  # the Student-t degrees of freedom (None: SIM_DISTRIBUTION's; 2: a heavier tail)
+    median_scale: float = 1.0  # multiplies the median (a drifting group gets a new scale each week)
+
+
+@dataclass(frozen=True)
+class PhaseLaw:
+    """The law one phase's output length is drawn from: median · exp(sigma · T_df + N(0, attempt_sigma²))."""
+
+    median: float
+    sigma: float
+    df: float
+    attempt_sigma: float
+    min_tokens: int
+
+
+def phase_law(
+    category: str | None, complexity: str | None, deliverables: tuple[str, ...] | list[str],
+    laws: Mapping[tuple[str, str], GroupLaw] | None = None,
+) -> PhaseLaw:
+    """The law ``draw_length`` draws this phase's length from (``laws``: per-group changes, see ``GroupLaw``)."""
+    change = (laws or {}).get((canonical_category(category), canonical_complexity(complexity)), GroupLaw())
+    sigma = float(_table("sigma").get(canonical_category(category), SIM_DISTRIBUTION["default_sigma"]))
+    df = float(SIM_DISTRIBUTION["tail_df"] if change.tail_df is None else change.tail_df)  # type: ignore[arg-type]
+    return PhaseLaw(
+        median=true_median(category, complexity, deliverables) * change.median_scale,
+        sigma=sigma * change.sigma_scale,
+        df=df,
+        attempt_sigma=float(SIM_DISTRIBUTION["attempt_sigma"]),  # type: ignore[arg-type]
+        min_tokens=int(SIM_DISTRIBUTION["min_tokens"]),  # type: ignore[call-overload]
+    )
+
+
 def true_median(category: str | None, complexity: str | None, deliverables: tuple[str, ...] | list[str]) -> float:
     """The median output length the simulator draws around (no noise)."""
     cat = canonical_category(category)
@@ -149,19 +191,18 @@ def draw_length(
     category: str | None,
     complexity: str | None,
     deliverables: tuple[str, ...] | list[str],
+    laws: Mapping[tuple[str, str], GroupLaw] | None = None,
 ) -> int:
-    """Deterministic heavy-tailed draw of the true output length for one call."""
-    median = true_median(category, complexity, deliverables)
-    sigma = float(_table("sigma").get(canonical_category(category), SIM_DISTRIBUTION["default_sigma"]))
-    df = float(SIM_DISTRIBUTION["tail_df"])  # type: ignore[arg-type]
+    """Deterministic heavy-tailed draw of the true output length for one call (from ``phase_law``)."""
+    law = phase_law(category, complexity, deliverables, laws)
     phase_rng = _rng(seed, run_id, phase_id)
     z = phase_rng.gauss(0.0, 1.0)
-    chi2 = phase_rng.gammavariate(df / 2.0, 2.0)
-    t = z / math.sqrt(max(chi2, 1e-9) / df)
+    chi2 = phase_rng.gammavariate(law.df / 2.0, 2.0)
+    t = z / math.sqrt(max(chi2, 1e-9) / law.df)
     attempt_rng = _rng(seed, run_id, phase_id, attempt_index, call_index)
-    noise = attempt_rng.gauss(0.0, float(SIM_DISTRIBUTION["attempt_sigma"]))  # type: ignore[arg-type]
-    length = median * math.exp(sigma * t + noise)
-    return max(int(SIM_DISTRIBUTION["min_tokens"]), int(round(length)))  # type: ignore[call-overload]
+    noise = attempt_rng.gauss(0.0, law.attempt_sigma)
+    length = law.median * math.exp(law.sigma * t + noise)
+    return max(law.min_tokens, int(round(length)))
 
 
 def count_tokens(text: str) -> int:
@@ -182,6 +223,7 @@ class SimulatedProvider:
         latency_seconds: float = 0.0,
         force: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        laws: Mapping[tuple[str, str], GroupLaw] | None = None,
     ) -> None:
         if force is not None and force not in MARKERS:
             raise ValueError(f"unknown simulated force mode {force!r}; one of {', '.join(MARKERS)}")
@@ -190,6 +232,7 @@ class SimulatedProvider:
         self.latency_seconds = latency_seconds
         self.force = force
         self._sleep = sleep
+        self.laws = dict(laws or {})
 
     def _markers(self, request: LLMRequest) -> set[str]:
         found = set(_MARKER.findall(request.hints.description))
@@ -215,7 +258,7 @@ class SimulatedProvider:
                                          provider=PROVIDER_NAME, status_code=529)
 
         drawn = draw_length(self.seed, hints.run_id, hints.phase_id, hints.attempt_index, hints.call_index,
-                            hints.category, hints.complexity, hints.deliverables)
+                            hints.category, hints.complexity, hints.deliverables, self.laws)
         if "truncate" in markers or ("truncate-once" in markers and hints.attempt_index == 0):
             drawn = max(drawn, 2 * request.max_tokens + 100)
         elif "truncate-once" in markers:

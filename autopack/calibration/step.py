@@ -1,0 +1,183 @@
+"""The gate's other direction: a step toward α for a group that today truncates more than α.
+
+The lower-reserve rule (``core._gate_group``) can never pass such a group: a call cut at today's cap counts
+as truncated under any new ceiling at the upper end of the held-out interval, and any budget that fits
+more of its calls reserves more than today. Yet a raise is the one change that needs no assumption to be
+*safe*: if no call's ceiling falls, no call that fits today can be cut, so the group's truncation can only
+fall, whatever the law of its outputs. An assumption is only needed to *size* the raise, so the size is
+the smallest of
+
+- the group's fitted (1 − α) quantile of actual / predicted, whatever its method (conformal, Kaplan–Meier
+  tail, censored-normal extrapolation, small-group bound), from all its calls;
+- ``RAISE_STEP`` (×2) times today's median ceiling ÷ predicted: one run never more than doubles the
+  group's typical ceiling, so a wrong extrapolation costs at most one doubling per run;
+- the estimator's hard cap on every ceiling (``MAX_OUTPUT_TOKENS``, enforced by ``decide_ceiling``);
+
+and never below ``MIN_RAISE`` (×1.25, the executor's escalation step) times the largest of today's ceiling ÷
+predicted over the group's calls: so no call's ceiling falls (the safety argument) and every one rises by
+at least ×1.25 (each run makes progress even where the fitted quantile, contradicted by today's cut calls,
+sits below today's ceilings). Where today's ceilings vary by more than ×1.6 across the group's calls (a
+floor: a factor replaces the floor, so lowering none of them would take more than the ×2 step), there is
+no safe step and the group is left as it is, said so.
+
+A group counts as truncating above α when its calls cut under today's ceilings (surely, or by the
+Kaplan–Meier tail for calls cut at older, lower caps) are at least two and more than α of its calls, and
+the one-sided exact binomial test of "rate ≤ α" gives p < ``RAISE_LEVEL``: the test only has to name the
+direction (a raise cannot harm truncation; a needless one costs tokens until the lower-reserve rule takes
+it back), not prove it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from autopack import token_estimator as te
+from autopack.calibration import distributions as dist
+from autopack.calibration import stats
+from autopack.calibration.model import FactorInfo, round_up_factor
+from autopack.calibration.samples import factor_ceiling
+
+#: A raise never more than multiplies the group's median ceiling ÷ predicted by this per run.
+RAISE_STEP = 2.0
+#: Every call's ceiling rises by at least this (the executor's own escalation step), so each run makes progress.
+MIN_RAISE = te.ESCALATION_FACTOR
+#: ... and at least this many of its calls cut: one cut call is an outlier, not a rate (in a closed loop, single
+#: cuts in groups of 6 calls a week raised groups truncating 1–2 % for good).
+MIN_CUT_CALLS = 2
+#: "Today truncates above α" when the exact binomial p of "rate ≤ α" on its surely-cut calls is below this.
+RAISE_LEVEL = 0.5
+
+
+@dataclass(frozen=True)
+class Step:
+    """One group's step toward α (or why there is none): what ``core`` ships and the report says."""
+
+    n: int  # the group's calls (fitted and held out)
+    today_truncations: int  # cut under today's ceilings: surely, or by the Kaplan–Meier tail
+    today_rate: float
+    binomial_p: float
+    above_alpha: bool
+    factor: float | None  # the raised factor; None: no raise
+    sized_by: str  # "quantile (<method>)" | "step limit ×2" | "no call's ceiling may fall"
+    quantile_factor: float | None
+    quantile_method: str
+    today_factor: float  # median of today's ceiling ÷ predicted over its calls
+    expected_truncation_today: float | None
+    expected_truncation: float | None  # after the raise, estimated from the group's calls
+    expected_method: str
+    still_cut: int  # calls surely cut even under the raised ceilings (a floor on the rate after it)
+    reserved_tokens_today: int
+    reserved_tokens: int
+    used_tokens: int
+    verdict: str
+
+    @property
+    def raises(self) -> bool:
+        return self.factor is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for k in ("today_rate", "binomial_p", "today_factor", "expected_truncation_today", "expected_truncation"):
+            v = out[k]
+            out[k] = None if v is None or not math.isfinite(v) else round(float(v), 4)
+        out["price_tokens"] = self.reserved_tokens - self.reserved_tokens_today
+        return out
+
+
+def _expected_truncation(r: np.ndarray, observed: np.ndarray, log_factor: float) -> tuple[float | None, str]:
+    """P(r ≥ log factor) from the group's calls: Kaplan–Meier while the factor lies within its complete calls,
+    beyond them the group's censored-normal fit (an extrapolation, said so)."""
+    complete = r[observed]
+    if complete.size and log_factor <= float(complete.max()):
+        km = stats.kaplan_meier(r, observed)
+        i = int(np.searchsorted(km.times, log_factor, side="left")) - 1  # F just below the factor
+        return (1.0 - (float(km.cdf[i]) if i >= 0 else 0.0)), "Kaplan–Meier"
+    fit = stats.censored_normal_fit(r, observed, min_observed=2)
+    if fit is None:
+        return None, "no estimate (beyond its complete calls, and no censored-normal fit)"
+    return float(dist.norm_sf((log_factor - fit.mu) / fit.sigma)), "censored-normal extrapolation"
+
+
+def _cut_today(r: np.ndarray, observed: np.ndarray, log_today: np.ndarray, sure: int) -> int:
+    """How many of the group's calls today's ceilings cut: the surely cut ones, or, when more, the Kaplan–Meier
+    count Σ P(r ≥ log(today's ceiling ÷ predicted)) over its calls (a call cut at an older, lower cap is then
+    counted by the tail above its cap rather than as fitting). Beyond its largest complete call the curve says
+    nothing, and such calls count only when surely cut."""
+    complete = r[observed]
+    if observed.all() or not complete.size:
+        return sure
+    km = stats.kaplan_meier(r, observed)
+    inside = log_today <= complete.max()
+    i = np.searchsorted(km.times, log_today[inside], side="left") - 1  # F just below each ceiling
+    survival = 1.0 - np.where(i >= 0, km.cdf[np.maximum(i, 0)], 0.0)
+    return max(sure, int(round(float(survival.sum()))))
+
+
+def step_toward_alpha(
+    y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, info: FactorInfo,
+    alpha: float, current_factor: float | None,
+) -> Step:
+    """The step for one group from all its calls: ``predicted`` under the coefficients that ship with it,
+    ``today_ceiling`` today's ceilings, ``info`` its factor fitted on all its calls (the quantile)."""
+    n = int(y.size)
+    pred = np.maximum(predicted, 1.0)
+    r = np.log(y / pred)
+    ratio = today_ceiling / pred
+    x = _cut_today(r, observed, np.log(ratio), int((y >= today_ceiling).sum()))
+    rate = x / n if n else 0.0
+    p = stats.binomial_exceedance_p(x, n, alpha)
+    above = n > 0 and x >= MIN_CUT_CALLS and rate > alpha and p < RAISE_LEVEL
+    today_factor = float(np.median(ratio)) if n else math.nan
+    expected_today, _ = _expected_truncation(r, observed, float(np.log(today_factor))) if n else (None, "")
+    quantile = info.factor if info.factor is not None and math.isfinite(info.factor) else None
+    common: dict[str, Any] = dict(
+        n=n, today_truncations=x, today_rate=rate, binomial_p=p, above_alpha=above, quantile_factor=quantile,
+        quantile_method=info.method, today_factor=today_factor, expected_truncation_today=expected_today,
+        used_tokens=int(y.sum()), reserved_tokens_today=int(today_ceiling.sum()),
+    )
+    today_line = (f"today {x}/{n} of its calls cut ({rate:.1%}; one-sided exact binomial p = {p:.3g} "
+                  f"for rate ≤ {alpha:g})")
+
+    def none(why: str) -> Step:
+        return Step(factor=None, sized_by="", expected_truncation=None, expected_method="", still_cut=x,
+                    reserved_tokens=int(today_ceiling.sum()), verdict=f"{today_line}: {why}", **common)
+
+    if not above:
+        return none(f"not above α (a raise needs ≥ {MIN_CUT_CALLS} and more than {alpha:.0%} of its calls cut, "
+                    f"and p < {RAISE_LEVEL:g})")
+    floor = float(np.max(ratio))  # below this some call's ceiling would fall
+    step_cap = RAISE_STEP * today_factor
+    if MIN_RAISE * floor > step_cap:
+        spread = floor / today_factor
+        return none(f"no safe step within ×{RAISE_STEP:g}: today's ceilings vary ×{spread:.2f} across its calls "
+                    "(a floor), so a factor that lowers none of them would more than double its typical ceiling")
+    candidates = [(step_cap, f"step limit ×{RAISE_STEP:g}")]
+    if quantile is not None:
+        candidates.append((quantile, f"its fitted quantile ({info.method})"))
+    value, sized_by = min(candidates)
+    if value < MIN_RAISE * floor:
+        value, sized_by = MIN_RAISE * floor, (f"the smallest step, ×{MIN_RAISE:g} on every call's ceiling (its "
+                                              "fitted quantile does not raise today's ceilings enough)")
+    factor = round_up_factor(value)
+    if not math.isfinite(factor) or factor <= (current_factor or 0.0):
+        return none("no usable raise (the factor would exceed the estimator's cap or not exceed today's)")
+    ceiling = factor_ceiling(predicted, np.full(n, factor))  # decide_ceiling's rule, clamped to [512, 64000]
+    if np.any(ceiling < today_ceiling):  # cannot happen above the floor, but the safety argument needs it
+        return none("some call's ceiling would fall under the raised factor: not a safe step")
+    if not np.any(ceiling > today_ceiling):
+        return none("every ceiling is already at the estimator's cap")
+    expected, how = _expected_truncation(r, observed, math.log(factor))
+    still = int((y >= ceiling).sum())
+    reserved = int(ceiling.sum())
+    exp_text = "unknown" if expected is None else f"≈ {expected:.1%}"
+    verdict = (f"step toward α: {today_line}; factor {factor:.3f} (today's ceilings ≈ {today_factor:.2f}× the "
+               f"prediction, sized by {sized_by}); no call's ceiling falls, so its truncation can only fall; "
+               f"expected truncation after it {exp_text} ({how}; {still} of its calls surely cut even so); price "
+               f"+{reserved - int(today_ceiling.sum()):,} reserved tokens on its {n} calls (reserved/used "
+               f"{today_ceiling.sum() / y.sum():.3f} → {reserved / y.sum():.3f})")
+    return Step(factor=factor, sized_by=sized_by, expected_truncation=expected, expected_method=how, still_cut=still,
+                reserved_tokens=reserved, verdict=verdict, **common)
