@@ -13,9 +13,9 @@ from autopack.api.deps import AuthDep, DbDep
 from autopack.api.inputs import StrictJsonRoute
 from autopack.api.runs import NOT_FOUND, PhaseIdPath, RunIdPath, get_phase_or_404
 from autopack.api.schemas import (
+    MUTATION_RESPONSES,
     ClaimIn,
     ClaimOut,
-    MUTATION_RESPONSES,
     ErrorOut,
     HeartbeatIn,
     HeartbeatOut,

@@ -10,7 +10,15 @@ from sqlalchemy.orm import Session
 
 from autopack.api.deps import AuthDep, ConfigDep, DbDep
 from autopack.api.inputs import StrictJsonRoute
-from autopack.api.schemas import MUTATION_RESPONSES, ErrorOut, PhaseOut, PhaseStateIn, PhaseStateOut, RunDetailOut, RunOut
+from autopack.api.schemas import (
+    MUTATION_RESPONSES,
+    ErrorOut,
+    PhaseOut,
+    PhaseStateIn,
+    PhaseStateOut,
+    RunDetailOut,
+    RunOut,
+)
 from autopack.db.models import Phase, PhaseState, Run, utcnow
 from autopack.errors import RefusedError
 from autopack.execution.runs import create_run

@@ -29,7 +29,6 @@ from autopack.db.engine import session_scope
 from autopack.db.models import Phase, PhaseState, TokenEstimationV2Event, utcnow
 from autopack.errors import AutopackError, ConfigError, RefusedError
 from autopack.execution import leases
-from autopack.execution.runs import require_runs
 from autopack.execution.batch_workers import (
     DEFAULT_EXECUTOR,
     Completion,
@@ -39,6 +38,7 @@ from autopack.execution.batch_workers import (
     ProcessExecutor,
     make_executor,
 )
+from autopack.execution.runs import require_runs
 from autopack.execution.sessions import (
     FINAL_INTERRUPTED,
     FINAL_LEASE_LOST,
