@@ -7,6 +7,8 @@ A heartbeat or result on an expired or foreign lease is rejected with 409.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, Response, status
 
 from autopack.api.deps import AuthDep, DbDep
@@ -27,7 +29,7 @@ from autopack.execution import leases
 
 router = APIRouter(tags=["drain"], route_class=StrictJsonRoute)
 
-LEASE_CONFLICT = {409: {"model": ErrorOut, "description": "the lease expired or belongs to another worker"}}
+LEASE_CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorOut, "description": "the lease expired or belongs to another worker"}}
 
 
 @router.post(
