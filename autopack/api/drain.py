@@ -29,7 +29,9 @@ from autopack.execution import leases
 
 router = APIRouter(tags=["drain"], route_class=StrictJsonRoute)
 
-LEASE_CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorOut, "description": "the lease expired or belongs to another worker"}}
+LEASE_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorOut, "description": "the lease expired or belongs to another worker"}
+}
 
 
 @router.post(

@@ -130,7 +130,8 @@ def _create_engine(url: str, *, read_only: bool = False) -> Engine:
     parsed = _normalise_driver(parse_url(url))
     database = parsed.database
     sqlite_file = None
-    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:" and not database.startswith("file:"):
+    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:" \
+            and not database.startswith("file:"):
         sqlite_file = Path(database)
     if sqlite_file is not None:
         check_sqlite_file(sqlite_file)
