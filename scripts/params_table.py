@@ -15,6 +15,8 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +100,15 @@ def deployments_table() -> str:
     return "\n".join(rows)
 
 
-TABLES = {"deployments": deployments_table, "parameters": parameters_table}
+TABLES: dict[str, Callable[[], str]] = {"deployments": deployments_table, "parameters": parameters_table}
 
 
 def _block(name: str) -> re.Pattern[str]:
     return re.compile(rf"(<!-- params-table:{name} -->\n)(.*?)(<!-- /params-table:{name} -->)", re.DOTALL)
+
+
+def _fill(table: str, match: re.Match[str]) -> str:
+    return f"{match.group(1)}{table}\n{match.group(3)}"
 
 
 def render(readme: str) -> str:
@@ -111,7 +117,7 @@ def render(readme: str) -> str:
         pattern = _block(name)
         if not pattern.search(readme):
             raise ValueError(f"docs/prefect.md has no <!-- params-table:{name} --> block")
-        readme = pattern.sub(lambda match, table=make(): f"{match.group(1)}{table}\n{match.group(3)}", readme)
+        readme = pattern.sub(partial(_fill, make()), readme)
     return readme
 
 

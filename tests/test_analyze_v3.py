@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from autopack.legacy.analyze_v3 import run
 from autopack.cli import main
+from autopack.legacy.analyze_v3 import run
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PATTERN = "autopack_*_tokenestimationv2.log"

@@ -6,8 +6,6 @@ import os
 import re
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator

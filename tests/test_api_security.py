@@ -239,10 +239,11 @@ def test_a_key_file_others_can_read_is_refused(db_url: str, tmp_path: Path, monk
 def test_the_drain_worker_authenticates_with_the_key_file(db_url: str, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """``drain batch --api-url`` sends the key from the same file the server generated; a wrong key is refused."""
+    from test_api import serve
+
     from autopack.db.identity import read_identity
     from autopack.errors import RefusedError
     from autopack.execution.batch import check_api_identity
-    from test_api import serve
 
     ours = read_identity(db_url).db_id
     with serve(create_app(url=db_url)) as base:  # no key configured: generates the key file

@@ -306,7 +306,7 @@ def test_legacy_backlog_drains_with_the_recommended_triage_flags(tmp_path: Path)
 
 def test_a_worker_that_dies_before_its_job_arrives_is_reported_lost(db_url: str) -> None:
     """A child killed between becoming idle and receiving a job is a lost worker, not a BrokenPipeError."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from test_drain_batch_support import fake_execute_phase
 
@@ -321,7 +321,7 @@ def test_a_worker_that_dies_before_its_job_arrives_is_reported_lost(db_url: str)
         assert process is not None
         process.kill()
         process.join(timeout=10)
-        claim = Claim(run_id="a", phase_id="p000", owner="test", expires_at=datetime.now(timezone.utc),
+        claim = Claim(run_id="a", phase_id="p000", owner="test", expires_at=datetime.now(UTC),
                       attempt_index=0, initial_state="QUEUED")
         executor.submit(0, PhaseJob(run_id="a", phase_id="p000", claim=claim, url=db_url))
         completions = executor.wait(10)

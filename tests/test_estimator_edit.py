@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR
 
 from autopack.errors import InputError
 from autopack.github.errors import EstimatorEditError, StaleProposalError
 from autopack.github.estimator_edit import apply_proposal, read_stamp, read_tables
-from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_ESTIMATOR = REPO_ROOT / "autopack" / "token_estimator.py"

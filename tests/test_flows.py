@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from prefect.client.orchestration import get_client
+from test_pipeline_flow import project_checkout
 
 from autopack.db.engine import get_engine, session_scope
 from autopack.execution.runs import create_run
@@ -16,7 +17,6 @@ from flows.drain import batch_drain
 from flows.guard import db_identity_guard
 from flows.pipeline import telemetry_pipeline
 from flows.validate import ValidationFailed, validate_single_phase
-from test_pipeline_flow import project_checkout
 
 
 def make_run(url: str, run_id: str, *descriptions: str) -> None:

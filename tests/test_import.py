@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 from cli_runner import run_cli
 
-from autopack.telemetry.ingest import import_telemetry
 from autopack.db.engine import get_engine
 from autopack.db.models import TokenEstimationV2Event
 from autopack.errors import DbIdentityMismatchError, InputError
+from autopack.telemetry.ingest import import_telemetry
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 V5_LOG = DATA / "autopack_v5_drain_tokenestimationv2.log"
@@ -489,8 +489,8 @@ def test_a_sqlite_file_locked_by_another_writer_is_one_line_and_nothing_imported
         pytest.skip("PostgreSQL writers wait on rows, not on the file")
     import sqlite3
 
-    from autopack.telemetry.ingest import DatabaseBusyError
     from autopack.db import engine
+    from autopack.telemetry.ingest import DatabaseBusyError
 
     engine.dispose_engines()
     monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT_MS", 100)  # the engine is made anew with it

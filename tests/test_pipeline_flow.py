@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from github_server.app import FakeGitHub
+from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github  # noqa: F401
 
 from autopack.calibration.synthetic import simulate
 from autopack.db.engine import get_engine
@@ -17,8 +19,6 @@ from autopack.db.models import TokenEstimationV2Event
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
 from autopack.pipeline import prepare_database
 from flows.pipeline import telemetry_pipeline
-from github_server.app import FakeGitHub
-from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Lines a calibration may change: coefficient entries and the CALIBRATION_* stamp.

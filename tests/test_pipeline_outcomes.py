@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from prefect.client.orchestration import get_client
+from prefect_live import run_artifacts
+from test_pipeline_flow import project_checkout
 
 from autopack.cli import main
 from autopack.config import get_settings
@@ -22,8 +24,6 @@ from autopack.errors import ConfigError, InputError
 from autopack.execution.seed_runs import ensure_seed_runs
 from autopack.pipeline import check_deployment_database, check_deployment_locations, state_message
 from flows.pipeline import telemetry_pipeline
-from prefect_live import run_artifacts
-from test_pipeline_flow import project_checkout
 
 ROOT = Path(__file__).resolve().parents[1]
 

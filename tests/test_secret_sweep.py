@@ -21,7 +21,6 @@ from autopack.calibration.synthetic import simulate
 from autopack.db.engine import dispose_engines, get_engine
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import TokenEstimationV2Event
-from autopack.logging import redact
 
 #: Each fake secret, by where it is configured. None of them has the shape of a real key (``sk-…``,
 #: ``ghp_…``), so only the masking rule's knowledge of the configured values can hide them.

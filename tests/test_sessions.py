@@ -14,7 +14,6 @@ import sqlalchemy as sa
 
 from autopack.db.engine import dispose_engines, session_scope
 from autopack.db.models import DrainResult, DrainSession, utcnow
-
 from autopack.execution.sessions import (
     FINAL_INTERRUPTED,
     STATUS_COMPLETED,

@@ -11,7 +11,6 @@ from scipy import stats as sps
 from autopack.calibration import stats
 from autopack.calibration.model import fit_factor_model
 
-
 # --- split-conformal rank ------------------------------------------------------------------------
 
 

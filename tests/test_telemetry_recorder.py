@@ -10,7 +10,12 @@ import pytest
 import sqlalchemy as sa
 
 from autopack.db.engine import session_scope
-from autopack.db.models import TELEMETRY_SCHEMA_VERSION, LlmUsageEvent, TokenBudgetEscalationEvent, TokenEstimationV2Event
+from autopack.db.models import (
+    TELEMETRY_SCHEMA_VERSION,
+    LlmUsageEvent,
+    TokenBudgetEscalationEvent,
+    TokenEstimationV2Event,
+)
 from autopack.llm.base import LLMResponse
 from autopack.telemetry import (
     CallKey,

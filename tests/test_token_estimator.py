@@ -13,6 +13,7 @@ import math
 import os
 import pathlib
 from fractions import Fraction
+from itertools import pairwise
 
 import pytest
 
@@ -414,7 +415,7 @@ def test_adaptive_curves_are_monotone_and_bounded_by_what_ships() -> None:
         assert len(curve.alphas) >= 2 and all(0 < a < 0.5 for a in curve.alphas), group
         assert list(curve.alphas) == sorted(set(curve.alphas)), group
         assert all(f > 0 for f in curve.factors), group
-        assert all(a >= b for a, b in zip(curve.factors, curve.factors[1:])), f"{group}: factor must fall with alpha"
+        assert all(a >= b for a, b in pairwise(curve.factors)), f"{group}: factor must fall with alpha"
         # the curve refines a calibrated group, and at the target it is that group's BUDGET_FACTORS value:
         # a group whose runtime state is missing gets exactly the static ceiling
         assert group in te.BUDGET_FACTORS, group

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from cli_runner import run_cli
 from fastapi.testclient import TestClient
 from llm_fake_server import INPUT_TOKENS, FakeLLMServer
-from test_api import API_KEY, KEYED
 from sqlalchemy.exc import OperationalError
+from test_api import API_KEY, KEYED
 
 from autopack.api import create_app
 from autopack.db.engine import session_scope

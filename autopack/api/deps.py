@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
+from starlette.applications import Starlette
 
 from autopack.api.security import UNAUTHORIZED, key_matches
 from autopack.api_key_file import HEADER, ApiKey, server_api_key
@@ -46,8 +47,8 @@ def load_config(url: str | None = None, api_key: str | None = None) -> ApiConfig
     )
 
 
-def app_config(app: object) -> ApiConfig:
-    state = getattr(app, "state")
+def app_config(app: Starlette) -> ApiConfig:
+    state = app.state
     config = getattr(state, "config", None)
     if config is None:
         config = load_config(**getattr(state, "overrides", {}))

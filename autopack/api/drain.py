@@ -7,15 +7,17 @@ A heartbeat or result on an expired or foreign lease is rejected with 409.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, Response, status
 
 from autopack.api.deps import AuthDep, DbDep
 from autopack.api.inputs import StrictJsonRoute
 from autopack.api.runs import NOT_FOUND, PhaseIdPath, RunIdPath, get_phase_or_404
 from autopack.api.schemas import (
+    MUTATION_RESPONSES,
     ClaimIn,
     ClaimOut,
-    MUTATION_RESPONSES,
     ErrorOut,
     HeartbeatIn,
     HeartbeatOut,
@@ -27,7 +29,9 @@ from autopack.execution import leases
 
 router = APIRouter(tags=["drain"], route_class=StrictJsonRoute)
 
-LEASE_CONFLICT = {409: {"model": ErrorOut, "description": "the lease expired or belongs to another worker"}}
+LEASE_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorOut, "description": "the lease expired or belongs to another worker"}
+}
 
 
 @router.post(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path, Query, status
@@ -10,7 +10,16 @@ from sqlalchemy.orm import Session
 
 from autopack.api.deps import AuthDep, ConfigDep, DbDep
 from autopack.api.inputs import StrictJsonRoute
-from autopack.api.schemas import MUTATION_RESPONSES, ErrorOut, PhaseOut, PhaseStateIn, PhaseStateOut, RunDetailOut, RunOut
+from autopack.api.schemas import (
+    MUTATION_RESPONSES,
+    ErrorOut,
+    PhaseOut,
+    PhaseStateIn,
+    PhaseStateOut,
+    RunDetailOut,
+    RunOut,
+)
+from autopack.db.engine import rowcount
 from autopack.db.models import Phase, PhaseState, Run, utcnow
 from autopack.errors import RefusedError
 from autopack.execution.runs import create_run
@@ -20,7 +29,7 @@ router = APIRouter(tags=["runs"], route_class=StrictJsonRoute)
 
 RunIdPath = Annotated[str, Path(min_length=1, max_length=255)]
 PhaseIdPath = Annotated[str, Path(min_length=1, max_length=255)]
-NOT_FOUND = {404: {"model": ErrorOut}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
 
 
 def _phase_states(db: Session, run_ids: list[str]) -> dict[str, dict[str, int]]:
@@ -93,8 +102,8 @@ def create_run_endpoint(spec: RunSpec, db: DbDep, config: ConfigDep) -> RunDetai
         raise HTTPException(status.HTTP_409_CONFLICT, detail=exc.message) from exc
     phases = list(db.scalars(sa.select(Phase).where(Phase.run_id == run.id).order_by(Phase.phase_index)))
     states: dict[str, int] = {}
-    for phase in phases:
-        states[phase.state] = states.get(phase.state, 0) + 1
+    for row in phases:
+        states[row.state] = states.get(row.state, 0) + 1
     return RunDetailOut(**RunOut.of(run, states).model_dump(), phases=[PhaseOut.of(p) for p in phases])
 
 
@@ -149,6 +158,6 @@ def set_phase_state(run_id: RunIdPath, phase_id: PhaseIdPath, body: PhaseStateIn
         )
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"phase '{run_id}/{phase_id}' is held by a live lease")
     return PhaseStateOut(run_id=run_id, phase_id=phase_id, state=body.state)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -115,10 +115,13 @@ class PhaseStateIn(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
+DEFAULT_CLAIM_STATES: tuple[ClaimableState, ...] = ("QUEUED", "FAILED")
+
+
 class ClaimIn(BaseModel):
     owner: str = Field(pattern=OWNER_PATTERN, description="Worker id that will heartbeat and report the result.")
     run_ids: list[RunId] | None = Field(default=None, max_length=1000)
-    states: list[ClaimableState] = Field(default_factory=lambda: ["QUEUED", "FAILED"], min_length=1)
+    states: list[ClaimableState] = Field(default_factory=lambda: list(DEFAULT_CLAIM_STATES), min_length=1)
     lease_seconds: float = Field(default=900.0, ge=1, le=86_400)
 
 
@@ -182,7 +185,7 @@ class ErrorOut(BaseModel):
 
 #: Documented on every mutating endpoint: an unparseable body, a missing/wrong API key (checked first),
 #: and a body over the size limit.
-MUTATION_RESPONSES: dict[int | str, dict[str, object]] = {
+MUTATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "the request body could not be parsed"},
     401: {"model": ErrorOut, "description": "missing or wrong X-API-Key (checked before the body is read)"},
     413: {"model": ErrorOut, "description": "the request body is larger than AUTOPACK_API_MAX_BODY_BYTES"},

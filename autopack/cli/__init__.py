@@ -7,7 +7,12 @@ imported when first asked for; the Typer app itself is ``autopack.cli.app.app``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from autopack.cli.console import run
+
+if TYPE_CHECKING:  # the type checker sees ``main``; at run time it is imported on first use (below)
+    from autopack.cli.app import main
 
 __all__ = ["main", "run"]
 

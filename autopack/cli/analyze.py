@@ -28,9 +28,9 @@ def v3(
     output: Annotated[Path | None, typer.Option("--output", help="Write the markdown here (else print).")] = None,
 ) -> None:
     """Tier 1 (risk), Tier 2 (cost) and diagnostics from [TokenEstimationV2] log lines."""
-    from autopack.legacy.analyze_v3 import run
     from autopack.cli.common import writable_dir
     from autopack.errors import InputError
+    from autopack.legacy.analyze_v3 import run
 
     if output is not None:
         if output.is_dir():

@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 
-from autopack.cli.groups import command_group
-
 from autopack.api_key_file import server_api_key
+from autopack.cli.groups import command_group
 from autopack.config import get_settings
 from autopack.errors import AutopackError
 

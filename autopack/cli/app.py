@@ -65,7 +65,7 @@ def fail(message: str, code: int = 2) -> None:
 
 # typer >= 0.20 vendors click (``typer._click``); older typer uses click itself. Accept both.
 _CLICK_ERRORS: tuple[type[Exception], ...] = (click.ClickException, typer.exceptions.TyperException)
-_EXITS: tuple[type[BaseException], ...] = (click.exceptions.Exit, typer.Exit)
+_EXITS: tuple[type[click.exceptions.Exit] | type[typer.Exit], ...] = (click.exceptions.Exit, typer.Exit)
 _ABORTS: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort, KeyboardInterrupt)
 
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     except AutopackError as exc:
         fail(exc.one_line(), exc.exit_code)
     except _EXITS as exc:
-        sys.exit(exc.exit_code)  # type: ignore[union-attr]
+        sys.exit(exc.exit_code)
     except _ABORTS:
         click.echo(INTERRUPTED_LINE, err=True)
         sys.exit(INTERRUPTED_EXIT)

@@ -42,7 +42,8 @@ class _TerminalWidthHelp:
 
     def get_short_help_str(self, limit: int = 45) -> str:
         del limit  # the summary line wraps in the command list; it is not cut to fit one line with "..."
-        return super().get_short_help_str(limit=10_000)  # type: ignore[misc]
+        short: str = super().get_short_help_str(limit=10_000)  # type: ignore[misc]
+        return short
 
 
 class HelpCommand(_TerminalWidthHelp, TyperCommand):

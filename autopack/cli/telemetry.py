@@ -39,8 +39,8 @@ def import_command(
     An empty migrated database is fine (filling one is what an import is for); an unmigrated one, or not
     the expected one, is refused like everywhere else.
     """
-    from autopack.telemetry.ingest import FORMATS, import_telemetry, parse_assignments
     from autopack.errors import InputError
+    from autopack.telemetry.ingest import FORMATS, import_telemetry, parse_assignments
 
     if fmt not in FORMATS:
         raise InputError(f"unknown --format '{fmt}'", hint="one of " + ", ".join(FORMATS))

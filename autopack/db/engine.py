@@ -11,9 +11,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
@@ -127,13 +128,16 @@ def get_engine(url: str | None = None, *, read_only: bool = False) -> Engine:
 
 def _create_engine(url: str, *, read_only: bool = False) -> Engine:
     parsed = _normalise_driver(parse_url(url))
-    sqlite_file = parsed.get_backend_name() == "sqlite" and bool(parsed.database) \
-        and parsed.database != ":memory:" and not parsed.database.startswith("file:")
-    if sqlite_file:
-        check_sqlite_file(Path(parsed.database))
+    database = parsed.database
+    sqlite_file = None
+    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:" \
+            and not database.startswith("file:"):
+        sqlite_file = Path(database)
+    if sqlite_file is not None:
+        check_sqlite_file(sqlite_file)
     try:
-        if read_only and sqlite_file:
-            path = Path(parsed.database).resolve()
+        if read_only and sqlite_file is not None:
+            path = sqlite_file.resolve()
             # Not pooled: closed right after use, so a writer of this process closes last and can fold the
             # WAL back into the file (a read-only connection cannot) and remove the -wal and -shm files.
             engine = create_engine(parsed, creator=lambda: _read_only_sqlite(path), poolclass=NullPool)
@@ -221,3 +225,9 @@ def dispose_engines() -> None:
             engine.dispose()
         _engines.clear()
         _sessionmakers.clear()
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE/DELETE matched: ``Session.execute`` is typed as returning a plain ``Result``, but a DML
+    statement's result is always a ``CursorResult``, which has the count."""
+    return cast("CursorResult[Any]", result).rowcount

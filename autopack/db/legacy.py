@@ -12,6 +12,7 @@ version of this code — which committed step by step — could leave behind.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -48,9 +49,9 @@ def adopt_or_create(bind: Connection, metadata: sa.MetaData, backfills: Mapping[
     checkpoint("dropped")
 
     for table in adopted:
-        for column in legacy_columns[table.name]:
-            if column["name"] not in table.c:
-                table.append_column(sa.Column(column["name"], _portable_type(column["type"]), nullable=True))
+        for reflected in legacy_columns[table.name]:
+            if reflected["name"] not in table.c:
+                table.append_column(sa.Column(reflected["name"], _portable_type(reflected["type"]), nullable=True))
     metadata.create_all(bind)
     checkpoint("created")
 
@@ -127,7 +128,7 @@ def _legacy(name: str) -> str:
     return f"{LEGACY_PREFIX}{name}"
 
 
-def _portable_type(type_: sa.types.TypeEngine) -> sa.types.TypeEngine:
+def _portable_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
     """Enums (and other named types) become plain strings so the rebuilt table owns no type.
 
     A column without a declared type (SQLite; e.g. in a copy made by ``CREATE TABLE AS``) becomes a BLOB,
@@ -140,7 +141,7 @@ def _portable_type(type_: sa.types.TypeEngine) -> sa.types.TypeEngine:
     return type_
 
 
-def _select_expr(column: sa.Column, backfills: Mapping[str, str]) -> str:
+def _select_expr(column: sa.Column[Any], backfills: Mapping[str, str]) -> str:
     expr = backfills.get(column.name, column.name)
     if not column.nullable and not column.primary_key and column.name not in backfills:
         fallback = next(

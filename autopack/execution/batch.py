@@ -29,7 +29,6 @@ from autopack.db.engine import session_scope
 from autopack.db.models import Phase, PhaseState, TokenEstimationV2Event, utcnow
 from autopack.errors import AutopackError, ConfigError, RefusedError
 from autopack.execution import leases
-from autopack.execution.runs import require_runs
 from autopack.execution.batch_workers import (
     DEFAULT_EXECUTOR,
     Completion,
@@ -39,6 +38,7 @@ from autopack.execution.batch_workers import (
     ProcessExecutor,
     make_executor,
 )
+from autopack.execution.runs import require_runs
 from autopack.execution.sessions import (
     FINAL_INTERRUPTED,
     FINAL_LEASE_LOST,
@@ -127,7 +127,7 @@ class BatchOptions(DrainParams):
 
 def parse_states(text: str) -> list[str]:
     """``"queued, FAILED"`` as the drain's states (the ``--states`` spelling), checked by ``DrainParams``."""
-    return DrainParams(states=text).states
+    return list[str](DrainParams(states=text).states)
 
 
 # --- progress reporting --------------------------------------------------------------------------------
@@ -434,7 +434,8 @@ class BatchDrain:
             earliest = db.execute(query).scalar_one_or_none()
         if earliest is None:
             return None
-        return max(0.05, min((earliest - now).total_seconds() + 0.05, self.options.lease_seconds))
+        wait: float = max(0.05, min((earliest - now).total_seconds() + 0.05, self.options.lease_seconds))
+        return wait
 
     def _wait_timeout(self, hint: float | None) -> float | None:
         """Until the next deadline, heartbeat or session renewal (or ``hint``); None: only a result can help."""

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for_connections
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from autopack.errors import AutopackError, ConfigError, InputError, ProviderError
 from autopack.execution.leases import Claim, LeaseLostError
@@ -149,7 +149,7 @@ def resolve_executor(ref: ExecutorRef) -> Callable[..., Any]:
         return ref
     module_name, _, attr = ref.partition(":")
     module = importlib.import_module(module_name)
-    return getattr(module, attr or "execute_phase")
+    return cast("Callable[..., Any]", getattr(module, attr or "execute_phase"))
 
 
 def result_to_dict(result: Any) -> dict[str, Any]:
@@ -305,7 +305,7 @@ class ProcessSlot:
         """The child's next message, or None if it died (its exit code then says how)."""
         assert self.connection is not None
         try:
-            return self.connection.recv()
+            return cast("dict[str, Any] | None", self.connection.recv())
         except (EOFError, OSError):
             return None
 

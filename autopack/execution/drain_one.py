@@ -24,9 +24,9 @@ from autopack.config import get_settings
 from autopack.db.engine import session_scope
 from autopack.db.models import Phase, PhaseState, utcnow
 from autopack.errors import InputError, RefusedError
-from autopack.execution.provider_gate import gated_settings_provider
 from autopack.execution import leases
 from autopack.execution.phase_runner import PhaseResult, execute_phase
+from autopack.execution.provider_gate import gated_settings_provider
 from autopack.execution.runs import require_runs
 from autopack.llm.base import LLMProvider
 

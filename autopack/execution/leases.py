@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from autopack.db.engine import rowcount
 from autopack.db.models import (
     LlmUsageEvent,
     Phase,
@@ -119,7 +120,7 @@ def claim_phase(
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         return None
     return Claim(run_id, phase_id, owner, expires, attempt_index, str(initial_state))
 
@@ -178,7 +179,7 @@ def heartbeat(
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         raise LeaseLostError(f"lease on {run_id}/{phase_id} lost by {owner}", hint="the phase was re-claimed")
     return expires
 
@@ -226,7 +227,7 @@ def finish_phase(
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         raise LeaseLostError(
             f"result for {run_id}/{phase_id} rejected: the lease of {owner} expired or was taken over",
             hint="the phase will be (or was) drained again by its new owner",
@@ -255,7 +256,7 @@ def release(session: Session, run_id: str, phase_id: str, owner: str, *, state: 
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def reserve_attempt(session: Session, run_id: str, phase_id: str, owner: str) -> int:

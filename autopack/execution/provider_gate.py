@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import cast
 
 import sqlalchemy as sa
 
@@ -49,7 +50,7 @@ POLL_CAP_SECONDS = 0.25
 #: Waits longer than this are logged, so a saturated gate is visible in the drain's logs.
 LOG_WAIT_SECONDS = 1.0
 
-_SLOTS = ProviderSlot.__table__
+_SLOTS = cast(sa.Table, ProviderSlot.__table__)  # declared as a FromClause; a mapped class's table is a Table
 
 
 class ProviderSlotTimeout(ProviderTransientError):
@@ -223,13 +224,18 @@ class ProviderGate:
     def _ensure_rows(self) -> None:
         if self._rows_ready:
             return
-        if self._postgres:
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
         rows = [{"name": self.name, "slot": n} for n in range(self.size)]
+        statement: sa.Executable
+        if self._postgres:
+            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+            statement = postgresql_insert(_SLOTS).values(rows).on_conflict_do_nothing()
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            statement = sqlite_insert(_SLOTS).values(rows).on_conflict_do_nothing()
         with get_engine(self.url).begin() as connection:
-            connection.execute(insert(_SLOTS).values(rows).on_conflict_do_nothing())
+            connection.execute(statement)
         self._rows_ready = True
 
     def _forget(self, lost: dict[int, str], why: str) -> None:

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import sqlalchemy as sa
 
-from autopack.db.engine import session_scope
+from autopack.db.engine import rowcount, session_scope
 from autopack.db.models import DrainResult, DrainSession, utcnow
 from autopack.errors import AutopackError
 from autopack.execution.triage import (
@@ -485,14 +485,14 @@ class SessionStore:
                 continue
             seen = DrainSession.owner.is_(None) if owner is None else DrainSession.owner == owner
             with session_scope(self.url) as db:
-                won = db.execute(
+                result = db.execute(
                     sa.update(DrainSession)
                     .where(DrainSession.id == session_id, DrainSession.completed_at.is_(None), seen)
                     .values(owner=self.owner, lease_expires_at=now + timedelta(seconds=self.lease_seconds),
                             status=STATUS_RUNNING, updated_at=now)
                     .execution_options(synchronize_session=False)
-                ).rowcount
-            if won == 1:
+                )
+            if rowcount(result) == 1:
                 return self.load(session_id)
         return None
 

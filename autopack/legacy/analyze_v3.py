@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,11 +221,12 @@ def deliverable_bucket(count: int | None) -> str:
 def stratify(records: Sequence[Record], under_multiplier: float) -> dict[str, dict[str, dict[str, Any]]]:
     v2 = [r for r in records if r.version == "v2"]
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for name, key in (
+    keys: tuple[tuple[str, Callable[[Record], str]], ...] = (
         ("category", lambda r: r.category or "unknown"),
         ("complexity", lambda r: r.complexity or "unknown"),
         ("deliverables", lambda r: deliverable_bucket(r.deliverables)),
-    ):
+    )
+    for name, key in keys:
         strata: dict[str, list[Record]] = {}
         for r in v2:
             strata.setdefault(key(r), []).append(r)

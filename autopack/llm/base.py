@@ -128,10 +128,17 @@ class LLMResponse:
 class LLMProvider(Protocol):
     """Anything that turns a request into a response (or raises a ``ProviderError``)."""
 
-    name: str
-    model: str
-    #: Largest output ceiling the model accepts (the ceiling is clamped to it).
-    max_output_tokens: int
+    # Read-only properties, so a wrapper (``autopack.llm.gated``) that forwards them satisfies the protocol too.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def max_output_tokens(self) -> int:
+        """Largest output ceiling the model accepts (the ceiling is clamped to it)."""
+        ...
 
     def complete(self, request: LLMRequest) -> LLMResponse: ...
 
@@ -261,7 +268,8 @@ class RetryPolicy:
     max_delay: float = 20.0
 
     def delay(self, retry_number: int, retry_after: float | None = None) -> float:
-        backoff = min(self.max_delay, self.base_delay * (2**retry_number))
+        factor: int = 2**retry_number
+        backoff = min(self.max_delay, self.base_delay * factor)
         if retry_after is not None and retry_after > 0:
             return min(self.max_delay, max(backoff, retry_after))
         return backoff

@@ -42,7 +42,7 @@ class GeminiProvider(SDKProvider):
         )
         candidate = response.candidates[0] if response.candidates else None
         parts = (candidate.content.parts or []) if candidate is not None and candidate.content is not None else []
-        text = "".join(p.text for p in parts if getattr(p, "text", None) and not getattr(p, "thought", False))
+        text = "".join(p.text or "" for p in parts if getattr(p, "text", None) and not getattr(p, "thought", False))
         reason = getattr(candidate, "finish_reason", None) if candidate is not None else None
         stop = None if reason is None else str(getattr(reason, "value", reason))
         usage = response.usage_metadata

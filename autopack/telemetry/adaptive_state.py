@@ -17,6 +17,7 @@ SQLite: one writer at a time). It is ``token_estimator.aci_step`` in SQL; a test
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -66,7 +67,7 @@ def _float(value: float) -> sa.ColumnElement[float]:
 def apply_feedback(session: sa.orm.Session, use: AdaptiveUse, err: int) -> None:
     """Move the group's level by one finished call (``err`` 1 = it reached the adaptive ceiling)."""
     err = 1 if err else 0
-    table = AdaptiveBudgetState.__table__
+    table = cast(sa.Table, AdaptiveBudgetState.__table__)  # declared as a FromClause; it is a Table
     now = utcnow()
     start = min(max(use.target_alpha, use.alpha_min), use.alpha_max)
     dialect = session.get_bind().dialect.name

@@ -20,7 +20,7 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from types import MappingProxyType
 from typing import Any
 
@@ -100,7 +100,7 @@ def _table(model_or_table: Any) -> sa.Table:
     return table
 
 
-@lru_cache(maxsize=None)
+@cache
 def bounds_for(model_or_table: Any) -> Mapping[str, Bounds]:
     """Every numeric column of a mapped class (or ``Table``), by column name and by ORM attribute name."""
     table = _table(model_or_table)

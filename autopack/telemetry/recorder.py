@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from autopack.db.engine import session_scope
+from autopack.db.engine import rowcount, session_scope
 from autopack.db.models import (
     TELEMETRY_SCHEMA_VERSION,
     LlmUsageEvent,
@@ -117,7 +117,7 @@ def _insert_ignore(session: sa.orm.Session, model: type, values: dict[str, Any],
 
 def _column_values(model: type, fields: Mapping[str, Any]) -> dict[str, Any]:
     """ORM attribute names → table column names (``id`` is stored as ``event_id``)."""
-    mapper = sa.inspect(model)
+    mapper: sa.orm.Mapper[Any] = sa.inspect(model)
     return {mapper.attrs[name].columns[0].name: value for name, value in fields.items()}
 
 
@@ -422,6 +422,6 @@ def set_phase_outcome(
                 .values(phase_outcome=outcome)
                 .execution_options(synchronize_session=False)
             )
-            return int(result.rowcount or 0)
+            return int(rowcount(result) or 0)
     except SQLAlchemyError as exc:
         raise TelemetryWriteError(f"phase outcome write failed for {run_id}/{phase_id}: {exc}") from exc

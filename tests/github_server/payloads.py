@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import difflib
+import hashlib
 from typing import Any
 
 from github_server.state import Commit, GitHubState, Label, Pull, Repo, User, blob_sha, tree_sha

@@ -1,7 +1,7 @@
 """initial schema (also adopts a database written by the original Autopack)
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-26
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ import sqlalchemy as sa
 from alembic import op
 
 from autopack.db.legacy import adopt_or_create
-
 
 revision = '0001'
 down_revision = None
