@@ -76,7 +76,7 @@ def test_the_overhead_is_fitted_relative_to_the_factor_and_not_driven_to_zero(mo
     samples, current = _overhead_free_data()
     monkeypatch.setattr(fit_module, "MAX_STEP", 1e9)
     result = fit_coefficients(samples, np.arange(samples.n), current, free_weights=False)
-    assert 100 <= result.coefficients.phase_overhead[("implementation", "low")] < 634
+    assert 250 <= result.coefficients.phase_overhead[("implementation", "low")] < 634
 
 
 def test_the_fit_keeps_every_coefficient_at_least_1_and_within_x2_of_today() -> None:
@@ -99,7 +99,8 @@ def test_refitting_on_its_own_output_does_not_walk_the_overhead_to_a_bound() -> 
         result = fit_coefficients(samples, np.arange(samples.n), current, free_weights=False)
         values.append(result.coefficients.phase_overhead[("implementation", "low")])
         current = dataclasses.replace(current, phase_overhead=result.coefficients.phase_overhead)
-    assert values[-1] == values[-2] and values[-1] > 1, values
+    steps = np.abs(np.diff([634, *values]))
+    assert np.all(steps[1:] < steps[:-1]) and min(values) > 250, values  # converging on the data's ≈ 330
 
 
 def test_an_overhead_its_calls_cannot_tell_from_the_factor_is_kept() -> None:

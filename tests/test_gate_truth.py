@@ -27,7 +27,7 @@ LOGNORMAL = Law(0.0, 0.35)
 MIXTURE = Law(-0.1, 0.25, 0.2, 0.6, 0.35)
 ALPHA = 0.05
 CUT_GROUPS = (("implementation", "low", 300), ("docs", "low", 20), ("docs", "medium", 10), ("tests", "low", 5))
-UNCUT = ("tests", "medium", 300)
+UNCUT = ("tests", "medium", 400)
 
 
 def today_factor(law: Law, cut: float) -> float:
@@ -92,9 +92,8 @@ def test_a_group_cut_more_often_than_alpha_gets_a_raise(every_outcome: list[Outc
 def test_a_raise_lowers_the_true_truncation_in_every_replicate(every_outcome: list[Outcome]) -> None:
     raised = [o for o in every_outcome if o.raised]
     assert raised and all(o.after < o.today for o in raised)
-    # a step, not a leap: from 20 % cut the large group lands near α in one run, from 60 % part of the way
-    from_20 = [o.after for o in raised if o.n >= 300 and o.cut == 0.2]
-    assert np.mean(from_20) <= ALPHA + 0.01
+    # a real step toward α, not a token one: on average it at least halves the group's true truncation
+    assert np.mean([o.after for o in raised]) <= 0.5 * np.mean([o.today for o in raised])
 
 
 def test_groups_lowered_on_a_distribution_free_factor_stay_within_alpha(every_outcome: list[Outcome]) -> None:

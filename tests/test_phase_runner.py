@@ -101,7 +101,7 @@ def test_forced_truncation_escalates_once_with_a_second_attempt_row(db_url: str)
 def test_truncation_after_escalation_fails(db_url: str) -> None:
     add_phase(db_url, description="Write the helpers. [sim:truncate]")
     result = run(db_url)
-    assert (result.final_state, result.failure_stage, result.attempts) == ("FAILED", "validation", 2)
+    assert (result.final_state, result.failure_stage, result.attempts) == ("FAILED", "truncation", 2)
     assert "truncated" in (result.error_message or "")
     assert len(rows(db_url, TokenEstimationV2Event)) == 2 and len(rows(db_url, TokenBudgetEscalationEvent)) == 1
     assert phase_row(db_url).last_failure_reason == result.error_message

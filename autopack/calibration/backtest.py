@@ -95,7 +95,7 @@ def per_group(
     return dict(sorted(out.items()))
 
 
-def _range(m: dict[str, Any]) -> str:
+def truncation_range(m: dict[str, Any]) -> str:
     low, high = m["truncations"], m["truncations_upper"]
     return f"{low}/{m['n']}" if low == high else f"{low}–{high}/{m['n']}"
 
@@ -113,15 +113,16 @@ def truncation_verdict(candidate: dict[str, Any], current: dict[str, Any], alpha
         return False, "no held-out calls in the backtest"
     p = candidate["binomial_p"]
     needed = stats.min_evidence_calls(alpha)
-    label = f"held-out truncation {_range(candidate)}"
+    label = f"held-out truncation {truncation_range(candidate)}"
     if p < stats.GATE_LEVEL:
         return False, (f"{label} rejects rate ≤ {alpha:g} (one-sided exact binomial p = {p:.3g} < "
                        f"{stats.GATE_LEVEL:g})")
     if n < needed:
         thin = f"thin evidence: {n} held-out calls < {needed}"
         if candidate["truncations_upper"] > current["truncations"]:
-            return False, f"{label} vs today's {_range(current)} ({thin}, so it may not truncate more than today)"
-        return True, f"{label}, not more than today's {_range(current)}; binomial p = {p:.3g} ({thin})"
+            return False, (f"{label} vs today's {truncation_range(current)} ({thin}, so it may not truncate more "
+                           "than today)")
+        return True, f"{label}, not more than today's {truncation_range(current)}; binomial p = {p:.3g} ({thin})"
     return True, f"{label}: rate ≤ {alpha:g} not rejected (one-sided exact binomial p = {p:.3g})"
 
 

@@ -242,11 +242,13 @@ def fit_coefficients(
             continue
         rows_j = x[:, j] > 0
         value = scale_free_overhead(samples.y[fit_rows][rows_j], observed[rows_j], marginal[rows_j], theta0[j], margin)
-        if value is None:
+        if value is None or value < 1.0:
+            # not identifiable, or the data ask for an overhead ≤ 0: the weights (over-)predict the deliverables'
+            # growth and no overhead can fix it; moving it would walk it to its bound week after week
             rounded_theta[j] = theta0[j]
             kept_overheads.append(g)
-        else:
-            rounded_theta[j] = float(np.clip(round(value), lo[j], hi[j]))
+        else:  # half the log-step toward the estimate: a noisy week moves it a little, a settled one converges
+            rounded_theta[j] = float(np.clip(round(math.sqrt(value * max(theta0[j], 1.0))), lo[j], hi[j]))
     at_bound = [
         ("PHASE_OVERHEAD" if j < len(groups) else "TOKEN_WEIGHTS", (groups + keys)[j])
         for j in range(theta0.size)
@@ -311,7 +313,9 @@ def scale_free_overhead(
     a free scale b > 0, gives overhead = a / b (regularised toward today's value by the ×½ … ×2 step and a tie-breaking
 pull). When the group's calls do not have ≥ ``MIN_DESIGN_ROWS`` at
     each of two marginal costs at least ``MIN_DESIGN_SPREAD`` apart, a and b cannot be told apart: None
-    (the overhead stays at today's value).
+    (the overhead stays at today's value). The caller also keeps today's value when a / b < 1 (the data ask
+    for a non-positive overhead: the weights are off, which no overhead can fix) and otherwise moves half the
+    log-step toward a / b (the geometric mean with today's), so a week's noise moves it a little.
     """
     values, counts = np.unique(np.round(marginal, 6), return_counts=True)
     supported = values[counts >= MIN_DESIGN_ROWS]

@@ -29,7 +29,7 @@ from autopack.calibration.samples import TRUNCATION_REASONS
 from autopack.db import keys
 from autopack.db.engine import get_engine, resolve_url
 from autopack.db.identity import IdentityReport, guard
-from autopack.db.models import TELEMETRY_SCHEMA_VERSION, TokenEstimationV2Event, utcnow
+from autopack.db.models import TELEMETRY_SCHEMA_VERSION, TokenBudgetEscalationEvent, TokenEstimationV2Event, utcnow
 from autopack.errors import AutopackError, InputError
 from autopack.taxonomy import canonical_category, canonical_complexity
 
@@ -44,7 +44,7 @@ CANONICAL_FIELDS = (
     "timestamp", "run_id", "phase_id", "attempt_index", "call_index", "category", "complexity",
     "deliverable_count", "predicted_output_tokens", "actual_output_tokens", "selected_budget",
     "actual_max_tokens", "truncated", "success", "model", "provider", "finish_reason", "stop_reason",
-    "input_tokens",
+    "input_tokens", "is_retry", "escalated_from",
 )
 ALIASES = {
     "predicted": "predicted_output_tokens",
@@ -56,12 +56,18 @@ ALIASES = {
     "time": "timestamp",
     "group_category": "category",
     "group_complexity": "complexity",
+    "attempt": "attempt_index",
+    "retry": "is_retry",
+    "retry_of": "escalated_from",
 }
+#: Fields that say which calls were escalated retries: a row that gives either is a row whose retries are known
+#: (``is_retry`` false: a first attempt); a row giving neither comes from a source that cannot tell.
+RETRY_FIELDS = ("is_retry", "escalated_from")
 REQUIRED_CSV = ("timestamp", "category", "complexity", "predicted_output_tokens", "actual_output_tokens",
                 "actual_max_tokens")
 INT_FIELDS = ("attempt_index", "call_index", "deliverable_count", "predicted_output_tokens", "actual_output_tokens",
-              "selected_budget", "actual_max_tokens", "input_tokens")
-BOOL_FIELDS = ("truncated", "success")
+              "selected_budget", "actual_max_tokens", "input_tokens", "escalated_from")
+BOOL_FIELDS = ("truncated", "success", "is_retry")
 #: Kinds of problem a refusal names, and rows named for each (the rest are counted).
 MAX_REPORTED_ERRORS = 20
 SHOWN_PLACES = 3
@@ -288,6 +294,8 @@ def _parse_csv(path: Path, mapping: Mapping[str, str], defaults: Mapping[str, st
                 yield RowError("line 1", f"--map {canonical}={column}: no column '{column}' in the header")
                 return
             source_of[canonical] = columns[column]
+        if any(name in source_of or name in defaults for name in RETRY_FIELDS):
+            defaults = {"is_retry": "false", **defaults}  # the file marks retries: an empty cell is a first attempt
         ordinal = 0
         for record in records:
             if isinstance(record, RowError):
@@ -323,6 +331,9 @@ _V2_FIELDS = {
     "model": "model",
     "actual_max_tokens": "actual_max_tokens",
     "provider": "provider",
+    "attempt": "attempt_index",
+    "is_retry": "is_retry",
+    "escalated_from": "escalated_from",
 }
 REQUIRED_V2 = ("timestamp", "category", "complexity", "predicted_output_tokens", "actual_output_tokens")
 
@@ -358,7 +369,9 @@ _OTEL_ATTRS: dict[str, tuple[str, ...]] = {
     "complexity": ("autopack.complexity",),
     "run_id": ("autopack.run_id",),
     "phase_id": ("autopack.phase_id",),
-    "attempt_index": ("autopack.attempt_index",),
+    "attempt_index": ("autopack.attempt_index", "autopack.retry.attempt"),
+    "is_retry": ("autopack.retry.escalated",),
+    "escalated_from": ("autopack.retry.escalated_from",),
     "call_index": ("autopack.call_index",),
     "selected_budget": ("autopack.selected_budget",),
     "success": ("autopack.success",),
@@ -584,6 +597,7 @@ def _event(values: Mapping[str, Any], *, run_id: str, phase_id: str, call_index:
         "underestimated": actual > predicted,
         "schema_version": TELEMETRY_SCHEMA_VERSION,
         "source": source,
+        "retries_known": any(name in values for name in RETRY_FIELDS),
         "phase_key": keys.phase_key(run_id, phase_id),
         "calibration_key": keys.calibration_key(None, category, complexity, deliverables, provider, model, stop,
                                                 finish, phase_id),
@@ -648,11 +662,45 @@ class _Errors:
                                "with --set field=value")
 
 
+def escalated_from(values: Mapping[str, Any]) -> int | None:
+    """The attempt index of the cut call an escalated retry re-ran (None: not a retry).
+
+    A row is a retry when it gives ``escalated_from``, or ``is_retry`` true (then the previous attempt index).
+    """
+    if "escalated_from" in values:
+        return int(values["escalated_from"])
+    if values.get("is_retry"):
+        return int(values.get("attempt_index", 0)) - 1
+    return None
+
+
+def _retry_problem(values: Mapping[str, Any]) -> str | None:
+    attempt = int(values.get("attempt_index", 0))
+    cut = escalated_from(values)
+    if cut is not None and not 0 <= cut < attempt:
+        return (f"an escalated retry re-runs an earlier attempt: escalated_from {cut} is not below attempt_index "
+                f"{attempt} (give the retry's attempt_index)")
+    return None
+
+
+def _escalation(event: Mapping[str, Any], cut_attempt: int) -> dict[str, Any]:
+    """The ``token_budget_escalation_events`` row the executor would have written for the cut call: what marks
+    the retry for every reader (``samples.escalated_retries``). Only the run, phase, attempt and the retry's
+    ceiling are known from an import (``reason`` "import"; ``escalation_factor`` 0: not known)."""
+    retry_ceiling = event["actual_max_tokens"] if event["actual_max_tokens"] is not None else event["selected_budget"]
+    return {"run_id": event["run_id"], "phase_id": event["phase_id"], "timestamp": event["timestamp"],
+            "attempt_index": cut_attempt, "reason": "import", "was_truncated": True, "output_utilization": None,
+            "escalation_factor": 0.0, "base_value": int(retry_ceiling), "base_source": "import",
+            "retry_max_tokens": int(retry_ceiling), "selected_budget": None, "actual_max_tokens": None,
+            "tokens_used": None}
+
+
 def iter_events(
     path: Path, fmt: str, *, mapping: Mapping[str, str] | None = None, defaults: Mapping[str, str] | None = None,
     run_id: str | None = None, now: datetime | None = None,
-) -> Iterator[tuple[str, dict[str, Any]] | RowError]:
-    """Stream ``(where, event row)`` for every good row of ``path`` and a ``RowError`` for every bad one.
+) -> Iterator[tuple[str, dict[str, Any], int | None] | RowError]:
+    """Stream ``(where, event row, escalated_from)`` for every good row of ``path`` and a ``RowError`` for every
+    bad one; ``escalated_from`` is the attempt index of the cut call an escalated retry re-ran (None otherwise).
 
     Call indices count repeats of a (run, phase, attempt) within the file; the counters are kept by the
     64-bit hash of that key, so 10⁶ rows cost tens of megabytes, not a dict of 10⁶ string tuples (a hash
@@ -675,6 +723,10 @@ def iter_events(
             if given:
                 yield from (RowError(row.where, problem) for problem in given.values())
                 continue
+            retry_problem = _retry_problem(row.values)
+            if retry_problem:
+                yield RowError(row.where, retry_problem)
+                continue
             rid = str(row.values.get("run_id") or default_run)
             pid = str(row.values.get("phase_id") or row.ordinal)
             attempt = int(row.values.get("attempt_index", 0))
@@ -686,7 +738,7 @@ def iter_events(
             if problems:
                 yield from (RowError(row.where, problem) for problem in problems)
             else:
-                yield row.where, event
+                yield row.where, event, escalated_from(row.values)
     except UnicodeDecodeError as exc:
         raise InputError(f"{path.name} is not UTF-8 text: {exc.reason}") from exc
 
@@ -736,24 +788,35 @@ class _Writer:
             for event in events]
         return int(self.connection.exec_driver_sql(self._statement, rows).rowcount)  # errors wrapped as SQLAlchemy's
 
+    def _escalations(self, rows: list[dict[str, Any]]) -> None:
+        """The retries' escalation rows, in the same transaction; one per cut attempt (an attempt already
+        marked, by the executor or by another call of the same retry, stays as it is)."""
+        if not rows:
+            return
+        table = TokenBudgetEscalationEvent.__table__
+        insert = (postgresql if self.postgres else sqlite).insert(table).on_conflict_do_nothing(
+            index_elements=["run_id", "phase_id", "attempt_index"])
+        self.connection.execute(insert, rows)
+
     def _bind_processor(self, name: str) -> Any:
         dialect = self.connection.dialect
         return self.table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
 
-    def write(self, batch: list[tuple[str, dict[str, Any]]], errors: _Errors) -> None:
+    def write(self, batch: list[tuple[str, dict[str, Any], int | None]], errors: _Errors) -> None:
         c = self.table.c
         before = self.connection.execute(sa.select(sa.func.coalesce(sa.func.max(c.event_id), 0))).scalar_one()
-        inserted = self._insert([event for _, event in batch])
+        inserted = self._insert([event for _, event, _ in batch])
         self.rows += inserted
-        self.run_ids.update(event["run_id"] for _, event in batch)
+        self.run_ids.update(event["run_id"] for _, event, _ in batch)
+        self._escalations([_escalation(event, cut) for _, event, cut in batch if cut is not None])
         if inserted == len(batch):
             return
         stored = {tuple(r[:4]): r for r in self.connection.execute(
             sa.select(*(c[name] for name in CALL_KEY), c.event_id, c.source, c.created_at)
             .where(sa.tuple_(*(c[name] for name in CALL_KEY)).in_(
-                [tuple(event[name] for name in CALL_KEY) for _, event in batch])))}
+                [tuple(event[name] for name in CALL_KEY) for _, event, _ in batch])))}
         claimed: set[tuple[Any, ...]] = set()
-        for where, event in batch:
+        for where, event, _ in batch:
             key = tuple(event[name] for name in CALL_KEY)
             row = stored[key]
             ours = row.source == self.source and row.created_at == self.now
@@ -795,7 +858,7 @@ def import_telemetry(
     try:
         with get_engine(resolved).begin() as connection:
             writer = _Writer(connection, source_of(file, fmt), now)
-            batch: list[tuple[str, dict[str, Any]]] = []
+            batch: list[tuple[str, dict[str, Any], int | None]] = []
             for item in events:
                 if isinstance(item, RowError):
                     errors.add(item)

@@ -148,6 +148,10 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
         for g in notes:
             parts = [p for p in (g["factor_note"], f"assumes {g['assumption']}" if g.get("assumption") else "") if p]
             lines.append(f"- {g['category']}/{g['complexity']}: " + "; ".join(parts))
+    lines += [f"- {g['category']}/{g['complexity']}: {g['confidence_note']}" for g in groups
+              if g.get("confidence_note")]
+    lines += [f"- {g['category']}/{g['complexity']}: {g['step_toward_alpha']['verdict']}" for g in groups
+              if g.get("gate_direction") == "raise" and g.get("step_toward_alpha")]
     lines += ["", f"Held-out calls are *evidence* from {md.get('min_evidence_calls', '–')} on (at α = "
               f"{md['target_truncation']}): from there a budget truncating 3α is caught ≥ 90 % of the time. "
               "Fewer is marked *thin*: the group may then ship only if it truncates no more held-out calls than "
@@ -205,8 +209,15 @@ def _sources_line(sources: Mapping[str, Any]) -> str:
 
 def _retries_line(md: Mapping[str, Any]) -> str:
     if not md.get("retries_known", True):
-        return "escalated retries could not be identified (no escalation events read): none excluded"
-    return f"{md.get('retries_excluded', 0)} escalated retries excluded (kept in the database, never fitted)"
+        unknown = (md.get("sample_counts") or {}).get("rows_retries_unknown")
+        whose = (f"{unknown:,} rows come from a source that does not mark escalated retries (an import without "
+                 "retry columns)" if unknown else "no escalation events read")
+        return f"retries unknown ({whose}): none could be excluded"
+    counts = md.get("sample_counts") or {}
+    revealed, raised = counts.get("cut_calls_revealed_by_retry", 0), counts.get("cut_calls_raised_by_retry", 0)
+    told = (f"; {revealed} showed their cut call's need, {raised} raised its censoring to their ceiling"
+            if revealed or raised else "")
+    return f"{md.get('retries_excluded', 0)} escalated retries excluded (kept in the database, never fitted{told})"
 
 
 def _targets_section(result: Mapping[str, Any]) -> list[str]:

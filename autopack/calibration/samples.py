@@ -8,7 +8,9 @@ Per call (one row of ``token_estimation_v2_events``):
 - *a first attempt*: an escalated retry (the call made again with a raised ceiling after the same phase's
   previous attempt was truncated) is not a sample. Its output is drawn from the tail above the old cap, so
   counting it would over-weight long outputs and inflate every upper quantile; the truncated first attempt
-  is already in the data as a censored sample. Retries are counted and reported (``retries_excluded``).
+  is already in the data as a censored sample. Retries are counted and reported (``retries_excluded``), and
+  each tells what its cut call needed (``_with_retry_outcomes``): observed when the retry came out uncut,
+  censored at the retry's higher ceiling when it was cut too.
 - *truncated* by one rule everywhere (samples, backtest, import, reports): the row says so, or its output
   reached its ceiling (``reached_ceiling``: ``output >= ceiling``).
 - *selected* when it succeeded, or when it was truncated (whatever the builder then did): a truncated

@@ -18,10 +18,13 @@ predicted over the group's calls: so no call's ceiling falls (the safety argumen
 at least ×1.25 (each run makes progress even where the fitted quantile, contradicted by today's cut calls,
 sits below today's ceilings). Where today's ceilings vary by more than ×1.6 across the group's calls (a
 floor: a factor replaces the floor, so lowering none of them would take more than the ×2 step), there is
-no safe step and the group is left as it is, said so. A group counts as truncating above α when its calls surely cut under
-today's ceilings are more than α of its calls and the one-sided exact binomial test of "rate ≤ α" gives
-p < ``RAISE_LEVEL``: the test only has to name the direction (a raise cannot harm truncation; a needless
-one costs tokens until the lower-reserve rule takes it back), not prove it.
+no safe step and the group is left as it is, said so.
+
+A group counts as truncating above α when its calls cut under today's ceilings (surely, or by the
+Kaplan–Meier tail for calls cut at older, lower caps) are at least two and more than α of its calls, and
+the one-sided exact binomial test of "rate ≤ α" gives p < ``RAISE_LEVEL``: the test only has to name the
+direction (a raise cannot harm truncation; a needless one costs tokens until the lower-reserve rule takes
+it back), not prove it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ from autopack.calibration.samples import factor_ceiling
 RAISE_STEP = 2.0
 #: Every call's ceiling rises by at least this (the executor's own escalation step), so each run makes progress.
 MIN_RAISE = te.ESCALATION_FACTOR
+#: ... and at least this many of its calls cut: one cut call is an outlier, not a rate (in a closed loop, single
+#: cuts in groups of 6 calls a week raised groups truncating 1–2 % for good).
+MIN_CUT_CALLS = 2
 #: "Today truncates above α" when the exact binomial p of "rate ≤ α" on its surely-cut calls is below this.
 RAISE_LEVEL = 0.5
 
@@ -50,7 +56,7 @@ class Step:
     """One group's step toward α (or why there is none): what ``core`` ships and the report says."""
 
     n: int  # the group's calls (fitted and held out)
-    today_truncations: int  # surely cut under today's ceilings
+    today_truncations: int  # cut under today's ceilings: surely, or by the Kaplan–Meier tail
     today_rate: float
     binomial_p: float
     above_alpha: bool
@@ -97,6 +103,21 @@ def _expected_truncation(r: np.ndarray, observed: np.ndarray, log_factor: float)
     return float(dist.norm_sf((log_factor - fit.mu) / fit.sigma)), "censored-normal extrapolation"
 
 
+def _cut_today(r: np.ndarray, observed: np.ndarray, log_today: np.ndarray, sure: int) -> int:
+    """How many of the group's calls today's ceilings cut: the surely cut ones, or, when more, the Kaplan–Meier
+    count Σ P(r ≥ log(today's ceiling ÷ predicted)) over its calls (a call cut at an older, lower cap is then
+    counted by the tail above its cap rather than as fitting). Beyond its largest complete call the curve says
+    nothing, and such calls count only when surely cut."""
+    complete = r[observed]
+    if observed.all() or not complete.size:
+        return sure
+    km = stats.kaplan_meier(r, observed)
+    inside = log_today <= complete.max()
+    i = np.searchsorted(km.times, log_today[inside], side="left") - 1  # F just below each ceiling
+    survival = 1.0 - np.where(i >= 0, km.cdf[np.maximum(i, 0)], 0.0)
+    return max(sure, int(round(float(survival.sum()))))
+
+
 def step_toward_alpha(
     y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, info: FactorInfo,
     alpha: float, current_factor: float | None,
@@ -105,14 +126,13 @@ def step_toward_alpha(
     ``today_ceiling`` today's ceilings, ``info`` its factor fitted on all its calls (the quantile)."""
     n = int(y.size)
     pred = np.maximum(predicted, 1.0)
-    sure_today = y >= today_ceiling
-    x = int(sure_today.sum())
+    r = np.log(y / pred)
+    ratio = today_ceiling / pred
+    x = _cut_today(r, observed, np.log(ratio), int((y >= today_ceiling).sum()))
     rate = x / n if n else 0.0
     p = stats.binomial_exceedance_p(x, n, alpha)
-    above = n > 0 and rate > alpha and p < RAISE_LEVEL
-    ratio = today_ceiling / pred
+    above = n > 0 and x >= MIN_CUT_CALLS and rate > alpha and p < RAISE_LEVEL
     today_factor = float(np.median(ratio)) if n else math.nan
-    r = np.log(y / pred)
     expected_today, _ = _expected_truncation(r, observed, float(np.log(today_factor))) if n else (None, "")
     quantile = info.factor if info.factor is not None and math.isfinite(info.factor) else None
     common: dict[str, Any] = dict(
@@ -120,7 +140,7 @@ def step_toward_alpha(
         quantile_method=info.method, today_factor=today_factor, expected_truncation_today=expected_today,
         used_tokens=int(y.sum()), reserved_tokens_today=int(today_ceiling.sum()),
     )
-    today_line = (f"today {x}/{n} of its calls surely cut ({rate:.1%}; one-sided exact binomial p = {p:.3g} "
+    today_line = (f"today {x}/{n} of its calls cut ({rate:.1%}; one-sided exact binomial p = {p:.3g} "
                   f"for rate ≤ {alpha:g})")
 
     def none(why: str) -> Step:
@@ -128,13 +148,14 @@ def step_toward_alpha(
                     reserved_tokens=int(today_ceiling.sum()), verdict=f"{today_line}: {why}", **common)
 
     if not above:
-        return none(f"not above α (a raise needs more than {alpha:.0%} surely cut and p < {RAISE_LEVEL:g})")
+        return none(f"not above α (a raise needs ≥ {MIN_CUT_CALLS} and more than {alpha:.0%} of its calls cut, "
+                    f"and p < {RAISE_LEVEL:g})")
     floor = float(np.max(ratio))  # below this some call's ceiling would fall
     step_cap = RAISE_STEP * today_factor
     if MIN_RAISE * floor > step_cap:
-        return none(f"no safe step within ×{RAISE_STEP:g}: today's ceilings vary ×{floor / today_factor:.2f} across its "
-                    f"calls (a floor), so a factor that lowers none of them would more than double its typical "
-                    "ceiling")
+        spread = floor / today_factor
+        return none(f"no safe step within ×{RAISE_STEP:g}: today's ceilings vary ×{spread:.2f} across its calls "
+                    "(a floor), so a factor that lowers none of them would more than double its typical ceiling")
     candidates = [(step_cap, f"step limit ×{RAISE_STEP:g}")]
     if quantile is not None:
         candidates.append((quantile, f"its fitted quantile ({info.method})"))

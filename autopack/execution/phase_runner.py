@@ -110,7 +110,7 @@ class PhaseResult:
     llm_calls: int  # provider calls made
     telemetry_events: int  # token_estimation_v2_events rows this execution wrote
     error_message: str | None
-    failure_stage: str | None  # None on success; "before_llm" | "llm_boundary" | "provider" | "execution" | "validation" | "truncation"
+    failure_stage: str | None  # None on success, else one of FAILURE_STAGES
     reached_llm_boundary: bool
     duration_seconds: float
 
@@ -503,7 +503,8 @@ def _run(
                 attempt_index = leases.reserve_attempt(session, run_id, phase_id, claim.owner)
             escalated_to = esc.retry_max_tokens
             continue
-        raise _Failure("truncation" if response.truncated else "validation", check.message or "builder output rejected")
+        stage = "truncation" if response.truncated else "validation"  # a cut output: a budget outcome, not a defect
+        raise _Failure(stage, check.message or "builder output rejected")
 
 
 def _record_invalid(key: CallKey, provider: LLMProvider, exc: ProviderResponseError, url: str | None) -> None:

@@ -493,9 +493,25 @@ def _group_effect(calibration: Mapping[str, Any], changes: Sequence[Change], tab
         ]) + " |")
     if len(groups) > limit:
         rows.append(f"\n({len(groups) - limit} more groups in the calibration report)")
+    rows += step_lines(calibration)
     if chart:
         rows += ["", _mermaid(shown[:MAX_CHART_GROUPS], has_shipped)]
     return "\n".join(rows)
+
+
+def step_lines(calibration: Mapping[str, Any]) -> list[str]:
+    """One line per group raised as a step toward α: expected truncation after it and its price in tokens."""
+    out = []
+    for g in _records(calibration.get("groups")):
+        step = _mapping(g.get("step_toward_alpha"))
+        if g.get("gate_direction") != "raise" or not step:
+            continue
+        out.append(f"- `{_text(str(g.get('category')))}, {_text(str(g.get('complexity')))}`: **step toward α**: "
+                   f"{_fmt(step.get('today_truncations'))}/{_fmt(step.get('n'))} of its calls cut today; expected "
+                   f"truncation after it {_pct(_number(step.get('expected_truncation')))} "
+                   f"({_text(str(step.get('expected_method')))}); price +{_fmt(step.get('price_tokens'))} reserved "
+                   f"tokens on its {_fmt(step.get('n'))} calls")
+    return ["", *out] if out else []
 
 
 def _group_truncation(m: Mapping[str, Any]) -> str:
