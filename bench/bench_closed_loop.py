@@ -210,9 +210,9 @@ def print_targets(configs: dict[tuple[Any, ...], list[dict[str, Any]]]) -> None:
               f"{'yes' if ok else 'no'} {marks} |")
 
 
-def print_all(runs: Sequence[dict[str, Any]], *, shipped: bool) -> None:
+def print_all(runs: Sequence[dict[str, Any]], *, shipped: bool, cycles: bool = True) -> None:
     configs = _configs(runs)
-    for key, group_runs in configs.items():
+    for key, group_runs in configs.items() if cycles else ():
         print_cycles(key, group_runs)
         if shipped:
             print_shipped(key, min(group_runs, key=lambda r: r["job"]["seed"]))
@@ -274,19 +274,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="loops run in parallel processes")
     parser.add_argument("--shipped", action="store_true", help="list what each merge changed (first seed)")
     parser.add_argument("--json", type=Path, help="write every loop's numbers here")
-    parser.add_argument("--from-json", type=Path, help="print the tables of a saved run instead of running")
+    parser.add_argument("--from-json", type=Path, nargs="+", help="print the tables of saved runs instead of running")
+    parser.add_argument("--only-targets", action="store_true", help="print only the targets table")
     args = parser.parse_args(argv)
     if args.quick:
         args.laws, args.starts, args.alphas, args.seeds, args.weeks = "default", "shipped,under", "0.05", 2, 8
     if args.from_json:
-        runs = json.loads(args.from_json.read_text())
+        runs = [run for path in args.from_json for run in json.loads(path.read_text())]
     else:
         jobs = jobs_from(args)
         print(f"{len(jobs)} loops of {args.weeks} weeks; {describe_machine()}", file=sys.stderr)
         runs = run_all(jobs, args.jobs)
         if args.json:
             args.json.write_text(json.dumps(runs))
-    print_all(runs, shipped=args.shipped)
+    print_all(runs, shipped=args.shipped, cycles=not args.only_targets)
     total = sum(r["seconds"] for r in runs)
     print(f"\n{len(runs)} loops, {total / 60:.1f} min of loop time; {describe_machine()}")
 
