@@ -236,7 +236,7 @@ def jobs_from(args: argparse.Namespace) -> list[Job]:
     ]
 
 
-def run_all(jobs: Iterable[Job], workers: int) -> list[dict[str, Any]]:
+def run_all(jobs: Iterable[Job], workers: int, save: Path | None = None) -> list[dict[str, Any]]:
     jobs = list(jobs)
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -246,6 +246,8 @@ def run_all(jobs: Iterable[Job], workers: int) -> list[dict[str, Any]]:
         print(f"  [{len(runs)}/{len(jobs)}] {j['law']} {j['start']} α={j['alpha']} explore={j['explore']} "
               f"window={j['window']} seed={j['seed']}: {r['seconds']:.0f} s (elapsed {time.perf_counter() - started:.0f} s)",
               file=sys.stderr, flush=True)
+        if save is not None:  # after every loop: an interrupted matrix keeps what it measured
+            save.write_text(json.dumps(runs))
 
     if workers <= 1:
         for job in jobs:
@@ -284,9 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         jobs = jobs_from(args)
         print(f"{len(jobs)} loops of {args.weeks} weeks; {describe_machine()}", file=sys.stderr)
-        runs = run_all(jobs, args.jobs)
-        if args.json:
-            args.json.write_text(json.dumps(runs))
+        runs = run_all(jobs, args.jobs, args.json)
     print_all(runs, shipped=args.shipped, cycles=not args.only_targets)
     total = sum(r["seconds"] for r in runs)
     print(f"\n{len(runs)} loops, {total / 60:.1f} min of loop time; {describe_machine()}")
