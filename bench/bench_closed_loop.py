@@ -232,7 +232,7 @@ def jobs_from(args: argparse.Namespace) -> list[Job]:
         for alpha in (float(a) for a in _split(args.alphas))
         for explore in (float(e) for e in _split(args.explore))
         for window in windows
-        for seed in range(1, args.seeds + 1)
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
     ]
 
 
@@ -267,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--starts", default="shipped,under")
     parser.add_argument("--alphas", default="0.05,0.10")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--weeks", type=int, default=12)
     parser.add_argument("--explore", default="0", help="exploration shares, e.g. 0,0.1")
     parser.add_argument("--window-param", default=None,
