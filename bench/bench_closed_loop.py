@@ -11,7 +11,7 @@ Matrix: laws (default; ``heavy``: implementation/medium with a t₂ tail; ``drif
 factor that truncates 50 %) × α (0.05, 0.10) × seeds; optionally exploration shares and calibration windows.
 
     .venv/bin/python bench/bench_closed_loop.py --quick             # default law, both starts, α 0.05, 2 seeds, 8 weeks
-    .venv/bin/python bench/bench_closed_loop.py                     # the full matrix (about an hour on 2 cores)
+    .venv/bin/python bench/bench_closed_loop.py --jobs 2            # the full matrix: 80 loops of 12 weeks, 1-3 h
     .venv/bin/python bench/bench_closed_loop.py --laws spread --starts under --alphas 0.05 --seeds 5 --explore 0,0.1
     .venv/bin/python bench/bench_closed_loop.py --window-param window_weeks --windows 4,8,none
     .venv/bin/python bench/bench_closed_loop.py --json out.json      # keep every loop's numbers;  --from-json out.json
