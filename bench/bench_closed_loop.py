@@ -160,7 +160,8 @@ def print_shipped(key: tuple[Any, ...], run: dict[str, Any]) -> None:
     print(f"\nWhat shipped, {_title(key)}, seed {run['job']['seed']} (F budget factor, OH phase overhead, "
           "W token weight; ∅ = new entry):\n")
     for c in run["cycles"][:-1]:
-        items = [f"{_label(g) if not g.startswith('*') else g[2:]}: {', '.join(v)}" for g, v in sorted(c["shipped"].items())]
+        items = [f"{_label(g) if not g.startswith('*') else g[2:]}: {', '.join(v)}"
+                 for g, v in sorted(c["shipped"].items())]
         print(f"- after week {c['index'] + 1}: " + ("; ".join(items) if items else f"nothing ({c['gate']})"))
 
 
@@ -244,7 +245,8 @@ def run_all(jobs: Iterable[Job], workers: int, save: Path | None = None) -> list
     def note(r: dict[str, Any]) -> None:
         j = r["job"]
         print(f"  [{len(runs)}/{len(jobs)}] {j['law']} {j['start']} α={j['alpha']} explore={j['explore']} "
-              f"window={j['window']} seed={j['seed']}: {r['seconds']:.0f} s (elapsed {time.perf_counter() - started:.0f} s)",
+              f"window={j['window']} seed={j['seed']}: {r['seconds']:.0f} s "
+              f"(elapsed {time.perf_counter() - started:.0f} s)",
               file=sys.stderr, flush=True)
         if save is not None:  # after every loop: an interrupted matrix keeps what it measured
             save.write_text(json.dumps(runs))
