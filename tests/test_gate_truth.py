@@ -82,8 +82,8 @@ def every_outcome() -> list[Outcome]:
 
 
 def test_a_group_cut_more_often_than_alpha_gets_a_raise(every_outcome: list[Outcome]) -> None:
-    """≥ 90 % of replicates where its calls can show it: a raise needs cut calls, and P(none of 5 calls cut
-    at 20 %) = 0.33, P(none of 10 at 20 %) = 0.11 make those two cells unattainable by any rule."""
+    """≥ 90 % of replicates where its calls can show it: a raise needs two cut calls, and P(fewer than 2 of
+    5 calls cut at 20 %) = 0.74 (of 10: 0.38; of 5 at 40 %: 0.34) puts those cells out of reach."""
     cells = [o for o in every_outcome if not math.isnan(o.today) and (o.n >= 20 or o.n * o.cut >= 4)]
     assert len(cells) >= 50
     assert np.mean([o.raised for o in cells]) >= 0.9, [(o.n, o.cut) for o in cells if not o.raised]

@@ -644,7 +644,9 @@ def _changes(
         info = fitted.model.factor_for(g)
         new_factor = decision.shipped_factor(g)
         verdict = decision.verdicts.get(g, "")
-        common = {"category": g[0], "complexity": g[1], "n": e["n"], "confidence": e["confidence"],
+        # a step toward α claims no confidence: its safety needs none, and its size rests on an extrapolation
+        common = {"category": g[0], "complexity": g[1], "n": e["n"],
+                  "confidence": None if g in decision.raised else e["confidence"],
                   "backtest": e["backtest"], "direction": e["gate_direction"],
                   "step_toward_alpha": e["step_toward_alpha"] if g in decision.raised else None}
         old_factor = current.budget_factors.get(g)

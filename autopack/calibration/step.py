@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from autopack import token_estimator as te
+from autopack.calibration import distributions as dist
 from autopack.calibration import stats
 from autopack.calibration.model import FactorInfo, round_up_factor
 from autopack.calibration.samples import factor_ceiling
@@ -98,8 +99,6 @@ def _expected_truncation(r: np.ndarray, observed: np.ndarray, log_factor: float)
     fit = stats.censored_normal_fit(r, observed, min_observed=2)
     if fit is None:
         return None, "no estimate (beyond its complete calls, and no censored-normal fit)"
-    from autopack.calibration import distributions as dist
-
     return float(dist.norm_sf((log_factor - fit.mu) / fit.sigma)), "censored-normal extrapolation"
 
 
