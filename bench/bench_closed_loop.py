@@ -11,7 +11,7 @@ Matrix: laws (default; ``heavy``: implementation/medium with a t₂ tail; ``drif
 factor that truncates 50 %) × α (0.05, 0.10) × seeds; optionally exploration shares and calibration windows.
 
     .venv/bin/python bench/bench_closed_loop.py --quick             # default law, both starts, α 0.05, 2 seeds, 8 weeks
-    .venv/bin/python bench/bench_closed_loop.py                     # the full matrix (about an hour on 2 cores)
+    .venv/bin/python bench/bench_closed_loop.py --jobs 2            # the full matrix: 80 loops of 12 weeks, 1-3 h
     .venv/bin/python bench/bench_closed_loop.py --laws spread --starts under --alphas 0.05 --seeds 5 --explore 0,0.1
     .venv/bin/python bench/bench_closed_loop.py --window-param window_weeks --windows 4,8,none
     .venv/bin/python bench/bench_closed_loop.py --json out.json      # keep every loop's numbers;  --from-json out.json
@@ -160,7 +160,8 @@ def print_shipped(key: tuple[Any, ...], run: dict[str, Any]) -> None:
     print(f"\nWhat shipped, {_title(key)}, seed {run['job']['seed']} (F budget factor, OH phase overhead, "
           "W token weight; ∅ = new entry):\n")
     for c in run["cycles"][:-1]:
-        items = [f"{_label(g) if not g.startswith('*') else g[2:]}: {', '.join(v)}" for g, v in sorted(c["shipped"].items())]
+        items = [f"{_label(g) if not g.startswith('*') else g[2:]}: {', '.join(v)}"
+                 for g, v in sorted(c["shipped"].items())]
         print(f"- after week {c['index'] + 1}: " + ("; ".join(items) if items else f"nothing ({c['gate']})"))
 
 
@@ -210,9 +211,9 @@ def print_targets(configs: dict[tuple[Any, ...], list[dict[str, Any]]]) -> None:
               f"{'yes' if ok else 'no'} {marks} |")
 
 
-def print_all(runs: Sequence[dict[str, Any]], *, shipped: bool) -> None:
+def print_all(runs: Sequence[dict[str, Any]], *, shipped: bool, cycles: bool = True) -> None:
     configs = _configs(runs)
-    for key, group_runs in configs.items():
+    for key, group_runs in configs.items() if cycles else ():
         print_cycles(key, group_runs)
         if shipped:
             print_shipped(key, min(group_runs, key=lambda r: r["job"]["seed"]))
@@ -232,11 +233,11 @@ def jobs_from(args: argparse.Namespace) -> list[Job]:
         for alpha in (float(a) for a in _split(args.alphas))
         for explore in (float(e) for e in _split(args.explore))
         for window in windows
-        for seed in range(1, args.seeds + 1)
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
     ]
 
 
-def run_all(jobs: Iterable[Job], workers: int) -> list[dict[str, Any]]:
+def run_all(jobs: Iterable[Job], workers: int, save: Path | None = None) -> list[dict[str, Any]]:
     jobs = list(jobs)
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -244,8 +245,11 @@ def run_all(jobs: Iterable[Job], workers: int) -> list[dict[str, Any]]:
     def note(r: dict[str, Any]) -> None:
         j = r["job"]
         print(f"  [{len(runs)}/{len(jobs)}] {j['law']} {j['start']} α={j['alpha']} explore={j['explore']} "
-              f"window={j['window']} seed={j['seed']}: {r['seconds']:.0f} s (elapsed {time.perf_counter() - started:.0f} s)",
+              f"window={j['window']} seed={j['seed']}: {r['seconds']:.0f} s "
+              f"(elapsed {time.perf_counter() - started:.0f} s)",
               file=sys.stderr, flush=True)
+        if save is not None:  # after every loop: an interrupted matrix keeps what it measured
+            save.write_text(json.dumps(runs))
 
     if workers <= 1:
         for job in jobs:
@@ -265,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--starts", default="shipped,under")
     parser.add_argument("--alphas", default="0.05,0.10")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--weeks", type=int, default=12)
     parser.add_argument("--explore", default="0", help="exploration shares, e.g. 0,0.1")
     parser.add_argument("--window-param", default=None,
@@ -274,19 +279,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="loops run in parallel processes")
     parser.add_argument("--shipped", action="store_true", help="list what each merge changed (first seed)")
     parser.add_argument("--json", type=Path, help="write every loop's numbers here")
-    parser.add_argument("--from-json", type=Path, help="print the tables of a saved run instead of running")
+    parser.add_argument("--from-json", type=Path, nargs="+", help="print the tables of saved runs instead of running")
+    parser.add_argument("--only-targets", action="store_true", help="print only the targets table")
     args = parser.parse_args(argv)
     if args.quick:
         args.laws, args.starts, args.alphas, args.seeds, args.weeks = "default", "shipped,under", "0.05", 2, 8
     if args.from_json:
-        runs = json.loads(args.from_json.read_text())
+        runs = [run for path in args.from_json for run in json.loads(path.read_text())]
     else:
         jobs = jobs_from(args)
         print(f"{len(jobs)} loops of {args.weeks} weeks; {describe_machine()}", file=sys.stderr)
-        runs = run_all(jobs, args.jobs)
-        if args.json:
-            args.json.write_text(json.dumps(runs))
-    print_all(runs, shipped=args.shipped)
+        runs = run_all(jobs, args.jobs, args.json)
+    print_all(runs, shipped=args.shipped, cycles=not args.only_targets)
     total = sum(r["seconds"] for r in runs)
     print(f"\n{len(runs)} loops, {total / 60:.1f} min of loop time; {describe_machine()}")
 

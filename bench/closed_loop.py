@@ -1,12 +1,12 @@
 """The closed calibration loop, week by week, judged by the simulator's own law (a bench/test tool, not library).
 
-One loop, as the weekly schedule runs it: a week passes (``age_one_week``), add a week of the seed runs (``seed_runs.week_run_id``) to a fresh SQLite
-database, drain them with the real batch drain (``run_batch_drain``, inline executor, the pipeline's drain
-parameters) and the simulated provider, calibrate with the real ``run_calibration``, and merge what the gate
-shipped: the proposal is applied to the estimator's source text with the pull request's own libcst editor
-(``estimator_edit.apply_proposal``), and that edited file is what the next week's drain and calibration run with
-(``merged``: its coefficient literals are installed into ``autopack.token_estimator`` for the week, then restored).
-The repository's file is never touched.
+One loop, as the weekly schedule runs it: a week passes (``age_one_week``), a week of the seed runs
+(``seed_runs.week_run_id``) is added to a fresh SQLite database and drained with the real batch drain
+(``run_batch_drain``, inline executor, the pipeline's drain parameters) and the simulated provider, calibrated with
+the real ``run_calibration``, and what the gate shipped is merged: the proposal is applied to the estimator's source
+text with the pull request's own libcst editor (``estimator_edit.apply_proposal``), and that edited file is what the
+next week's drain and calibration run with (``merged``: its coefficient tables are installed into
+``autopack.token_estimator`` for the week, then restored). The repository's file is never touched.
 
 Truth comes from the law the simulator draws from (``simulated.phase_law``), not from the sample: for each phase of
 a week, the ceiling its first attempt gets (``plan_call`` under the week's file) truncates with probability
@@ -165,8 +165,8 @@ def source_tables(source: str) -> Mapping[str, Mapping[Group, float]]:
 
 @contextlib.contextmanager
 def merged(source: str) -> Iterator[te.Coefficients]:
-    """Run with ``source`` as if it were the merged ``token_estimator.py``: its constants replace the module's
-    (``current_coefficients()`` reads them on every call), and the module is restored afterwards."""
+    """Run with ``source`` as if it were the merged ``token_estimator.py``: its coefficient tables replace the
+    module's (``current_coefficients()`` reads them on every call), and the module is restored afterwards."""
     tables = source_tables(source)
     saved = {name: getattr(te, name) for name in tables}
     try:
@@ -248,6 +248,8 @@ class LoopConfig:
     explore_share: float = 0.0
     #: Extra keyword arguments for ``run_calibration`` (e.g. a window, once the calibration has one).
     calibration_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    #: Draw the report's plot (off: an empty PNG; the numbers are the same, a week is about a second faster).
+    plot: bool = False
     #: Restrict the workload to the seed phases of these estimator groups (None: all 61 phases).
     groups: frozenset[Group] | None = None
 
@@ -308,6 +310,22 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _plot(draw: bool) -> Iterator[None]:
+    """With ``draw`` false, the calibration report's plot is an empty file (nothing else changes)."""
+    from autopack.calibration import report
+
+    if draw:
+        yield
+        return
+    saved = report.write_plot
+    report.write_plot = lambda path, *args, **kwargs: Path(path).write_bytes(b"")  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        report.write_plot = saved
+
+
 def age_one_week(url: str) -> None:
     """Move every recorded call a week into the past, as a week passing would: the weeks are drained minutes apart
     here, and a calibration window (``window_weeks``) counts weeks back from now."""
@@ -359,6 +377,7 @@ def run_loop(config: LoopConfig, workdir: Path | None = None,
             "AUTOPACK_EXPLORE_SEED": str(config.seed),
             "AUTOPACK_PROVIDER_CONCURRENCY": "0",
         }))
+        stack.enter_context(_plot(config.plot))
         upgrade_database(url)
         cycles: list[Cycle] = []
         previous: str | None = None
@@ -429,7 +448,8 @@ def shipped_labels(changes: Sequence[Mapping[str, Any]]) -> dict[Group, list[str
 
 __all__ = [
     "LAWS", "Cycle", "GroupTruth", "LoopConfig", "LoopResult", "PhaseCase", "configuration_truth", "default_law",
-    "exceed_probability", "largest_raise", "merged", "oracle_ceiling", "overall", "run_loop", "settled_cycle", "shipped_labels", "underbudgeted_source",
+    "exceed_probability", "largest_raise", "merged", "oracle_ceiling", "overall", "run_loop", "settled_cycle",
+    "shipped_labels", "underbudgeted_source",
     "weekly_phases",
 ]
 

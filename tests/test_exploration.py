@@ -56,12 +56,14 @@ def test_an_escalated_retry_is_never_explored() -> None:
 
 def test_the_choice_is_deterministic_and_takes_about_the_share() -> None:
     share, n = 0.1, 5000
-    chosen = [te.Exploration.for_call(share, 7, "run", f"phase-{i}", 0).chosen for i in range(n)]  # type: ignore[union-attr]
-    assert chosen == [te.Exploration.for_call(share, 7, "run", f"phase-{i}", 0).chosen  # type: ignore[union-attr]
-                      for i in range(n)]
+
+    def choices(seed: int) -> list[bool]:
+        return [te.Exploration(share, f"{seed}|run|phase-{i}|0").chosen for i in range(n)]
+
+    chosen = choices(7)
+    assert chosen == choices(7)
     assert abs(sum(chosen) / n - share) < 4 * (share * (1 - share) / n) ** 0.5
-    other_seed = [te.Exploration.for_call(share, 8, "run", f"phase-{i}", 0).chosen for i in range(n)]  # type: ignore[union-attr]
-    assert other_seed != chosen
+    assert choices(8) != chosen
 
 
 def test_the_share_is_bounded() -> None:
@@ -74,7 +76,7 @@ def test_the_share_is_bounded() -> None:
 def test_the_executor_explores_when_the_setting_asks(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """With AUTOPACK_EXPLORE_SHARE set, a chosen first attempt is sent (and recorded) at the escalation ceiling."""
     run_id, phase_id = "run-explore", "p1"
-    seed = next(s for s in range(1000) if te.Exploration.for_call(0.2, s, run_id, phase_id, 0).chosen)  # type: ignore[union-attr]
+    seed = next(s for s in range(1000) if te.Exploration(0.2, f"{s}|{run_id}|{phase_id}|0").chosen)
     monkeypatch.setenv("AUTOPACK_EXPLORE_SHARE", "0.2")
     monkeypatch.setenv("AUTOPACK_EXPLORE_SEED", str(seed))
     spec = RunSpec(run_id=run_id, phases=[PhaseSpec(phase_id=phase_id, description="Write chunk(items, size).",

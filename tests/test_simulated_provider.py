@@ -178,3 +178,22 @@ def test_true_median_grows_with_deliverables() -> None:
 
 def test_distribution_table_names_every_parameter() -> None:
     assert {"phase_base", "per_deliverable", "sigma", "tail_df", "attempt_sigma", "min_tokens"} <= set(SIM_DISTRIBUTION)
+
+
+def test_a_far_tail_draw_is_cut_without_writing_it_out() -> None:
+    """A draw far above the cap (the t tail reaches 10^4× the median) costs no more than the cap's text."""
+    import tracemalloc
+
+    from autopack.llm.base import LLMRequest, TaskHints
+    from autopack.llm.simulated import GroupLaw, SimulatedProvider
+
+    law = {("docs", "low"): GroupLaw(median_scale=1e5)}  # a median of ~10^8 tokens
+    hints = TaskHints(run_id="r", phase_id="p", attempt_index=0, call_index=0, category="docs", complexity="low",
+                      deliverables=("README.md",), description="Write README.md.")
+    tracemalloc.start()
+    response = SimulatedProvider(seed=1, laws=law).complete(LLMRequest(system="s", prompt="p", max_tokens=1000,
+                                                                        hints=hints))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert response.truncated and response.output_tokens == 1000
+    assert peak < 10_000_000

@@ -263,6 +263,9 @@ class SimulatedProvider:
             drawn = max(drawn, 2 * request.max_tokens + 100)
         elif "truncate-once" in markers:
             drawn = min(drawn, max(1, int(0.8 * request.max_tokens)))
+        # Only text up to the cap is ever returned: a far-tail draw (a t tail reaches 10^4× the median) must not
+        # be written out in full first (it took gigabytes).
+        drawn = min(drawn, 2 * request.max_tokens + 100)
 
         deliverables = list(hints.deliverables)
         if "missing-file" in markers and deliverables:
