@@ -134,9 +134,16 @@ def test_no_configured_secret_lands_anywhere(
     dispose_engines()
 
 
-def test_a_logged_url_credential_is_masked_in_every_logger(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_logged_url_credential_is_masked_in_every_logger(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Third-party loggers (httpx, urllib3, PyGithub, uvicorn's access log) go through the same rule."""
     caplog.set_level(logging.DEBUG)
+    for name in ("httpx", "urllib3.connectionpool", "sqlalchemy.engine", "github.Requester"):
+        # whatever an earlier test in this process (Prefect's logging set-up) did to these loggers' levels
+        caplog.set_level(logging.DEBUG, logger=name)
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
     url = "https://user:hunter2-SWEEP@ghe.internal/api/v3/repos?access_token=tok-SWEEP-42"
     logging.getLogger("httpx").info('HTTP Request: GET %s "HTTP/1.1 200 OK"', url)
     logging.getLogger("urllib3.connectionpool").debug("Starting new HTTPS connection (1): %s", url)
