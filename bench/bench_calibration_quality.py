@@ -45,11 +45,11 @@ from machine import describe_machine  # noqa: E402
 from autopack import token_estimator as te  # noqa: E402
 from autopack.calibration import stats  # noqa: E402
 from autopack.calibration.backtest import evaluate  # noqa: E402
-from autopack.telemetry.ingest import import_telemetry  # noqa: E402
 from autopack.calibration.runner import read_events, run_calibration  # noqa: E402
 from autopack.calibration.samples import build_sample_set  # noqa: E402
 from autopack.db.engine import dispose_engines  # noqa: E402
 from autopack.db.migrate import upgrade_database  # noqa: E402
+from autopack.telemetry.ingest import import_telemetry  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TRACES = {"code": DATA / "azure_llm_inference_2023_code.csv", "conv": DATA / "azure_llm_inference_2023_conv.csv"}

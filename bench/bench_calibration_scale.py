@@ -204,8 +204,9 @@ FLOOR_SCRIPT = "import sys; sys.path.insert(0, sys.argv[1]); from bench_calibrat
 
 def in_process(url: str, out: Path, repeat: int) -> dict[str, object]:
     """Worker: floor and project alternately in one interpreter; best of each."""
-    from autopack.calibration import run_calibration
     import matplotlib
+
+    from autopack.calibration import run_calibration
 
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401 - imports are not the calibration's work (the command table has them)
