@@ -20,8 +20,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, overload
 
 from autopack.taxonomy import DOCS_LIKE, normalise_category, normalise_complexity
+
+if TYPE_CHECKING:  # numpy only types the calibration's vectorised calls; the estimator itself never imports it
+    import numpy as np
 
 # ==================================================================================================
 # Coefficients (edited by the calibration pull request)
@@ -609,14 +613,19 @@ def buffer_for(est: Estimate, coefficients: Coefficients) -> tuple[float, str]:
     return buffer, reason
 
 
-def factor_product(predicted, factor):  # type: ignore[no-untyped-def]
+@overload
+def factor_product(predicted: float, factor: float) -> float: ...
+@overload
+def factor_product(predicted: np.ndarray, factor: np.ndarray | float) -> np.ndarray: ...
+def factor_product(predicted: float | np.ndarray, factor: float | np.ndarray) -> float | np.ndarray:
     """predicted × factor, nudged down by ``CEIL_RELATIVE_TOLERANCE`` so rounding it up adds no spurious token.
 
     Plain arithmetic on purpose: the calibration applies the same function to numpy arrays, so the scalar
     ceiling here and the vectorised one there cannot drift apart.
     """
     product = predicted * factor
-    return product - abs(product) * CEIL_RELATIVE_TOLERANCE
+    nudged: float | np.ndarray = product - abs(product) * CEIL_RELATIVE_TOLERANCE
+    return nudged
 
 
 def decide_ceiling(
@@ -796,5 +805,5 @@ def features_from_record(record: Mapping[str, object]) -> PhaseFeatures:
         scope_paths=tuple(record.get("scope_paths") or ()),  # type: ignore[arg-type]
         read_only_context=tuple(record.get("read_only_context") or ()),  # type: ignore[arg-type]
         builder_mode=record.get("builder_mode"),  # type: ignore[arg-type]
-        existing_files={p: FileStats(**s) for p, s in existing.items()},  # type: ignore[arg-type]
+        existing_files={p: FileStats(**s) for p, s in existing.items()},
     )

@@ -131,8 +131,8 @@ def main() -> None:
     print("sensitivity (truncation % / reserved-used ÷ oracle / worst bin %):")
     variants: list[tuple[str, drift.MethodSpec, drift.Feedback]] = []
     for lag in (0, 100, 500):
-        for name in ("rolling", "aci"):
-            variants.append((f"{name}, lag {lag} calls", drift.MethodSpec(name), drift.Feedback(lag_calls=lag)))
+        for method in ("rolling", "aci"):
+            variants.append((f"{method}, lag {lag} calls", drift.MethodSpec(method), drift.Feedback(lag_calls=lag)))
     for gamma in (0.002, 0.01, 0.02):
         variants.append((f"aci γ={gamma}", drift.MethodSpec("aci", gamma=gamma), PRIMARY))
     for window in (100, 500):

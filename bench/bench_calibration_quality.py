@@ -35,6 +35,7 @@ import math
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,11 +46,11 @@ from machine import describe_machine  # noqa: E402
 from autopack import token_estimator as te  # noqa: E402
 from autopack.calibration import stats  # noqa: E402
 from autopack.calibration.backtest import evaluate  # noqa: E402
-from autopack.telemetry.ingest import import_telemetry  # noqa: E402
 from autopack.calibration.runner import read_events, run_calibration  # noqa: E402
 from autopack.calibration.samples import build_sample_set  # noqa: E402
 from autopack.db.engine import dispose_engines  # noqa: E402
 from autopack.db.migrate import upgrade_database  # noqa: E402
+from autopack.telemetry.ingest import import_telemetry  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TRACES = {"code": DATA / "azure_llm_inference_2023_code.csv", "conv": DATA / "azure_llm_inference_2023_conv.csv"}
@@ -84,7 +85,8 @@ def canonical_csv(trace: str, source: Path, target: Path) -> int:
 
 def _ceiling(predicted: np.ndarray, log_factor: np.ndarray) -> np.ndarray:
     """The least whole-token ceiling strictly above predicted × factor (an output reaching it is truncated)."""
-    return np.floor(predicted * np.exp(log_factor) + 1e-9) + 1
+    ceiling: np.ndarray = np.floor(predicted * np.exp(log_factor) + 1e-9) + 1
+    return ceiling
 
 
 def extra_methods(url: str, alpha: float) -> dict[str, dict[str, object]]:
@@ -117,7 +119,7 @@ def main() -> None:
         te.MIN_FACTOR_CEILING = 1  # see the module docstring
     print(f"machine: {describe_machine()}")
     print(f"minimum factor ceiling: {te.MIN_FACTOR_CEILING} ({'CLI setting' if args.with_floor else 'switched off'})")
-    table: list[tuple[str, float, str, dict[str, object]]] = []
+    table: list[tuple[str, float, str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for trace, path in TRACES.items():
             csv_path = Path(tmp) / f"azure_{trace}.csv"
@@ -141,11 +143,11 @@ def main() -> None:
     print("|---|---:|---|---:|---:|---|---:|---:|---|")
     oracle = {(t, a): m["reserved_over_used"] for t, a, name, m in table if name.startswith("oracle")}
     for trace, alpha, name, m in table:
-        rate = float(m["truncation_rate"])  # type: ignore[arg-type]
-        low, high = m.get("truncation_interval") or (rate, rate)  # type: ignore[misc]
+        rate = float(m["truncation_rate"])
+        low, high = m.get("truncation_interval") or (rate, rate)
         shown = f"{100 * low:.2f}%" if low == high else f"{100 * low:.2f}–{100 * high:.2f}%"
-        rou = float(m["reserved_over_used"])  # type: ignore[arg-type]
-        ratio = rou / float(oracle[(trace, alpha)])  # type: ignore[arg-type]
+        rou = float(m["reserved_over_used"])
+        ratio = rou / float(oracle[(trace, alpha)])
         ci = m["truncation_ci"]
         if name.startswith("project"):
             ok = high <= alpha + 0.01 and (trace != "conv" or ratio <= 1.05)
@@ -153,7 +155,7 @@ def main() -> None:
         else:
             met = ""
         print(f"| {trace} | {alpha:.2f} | {name} | {m['n']:,} | {shown} | "
-              f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]% | {rou:.3f} | {ratio:.3f} | {met} |")  # type: ignore[index]
+              f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]% | {rou:.3f} | {ratio:.3f} | {met} |")
     print()
     print("targets: project truncation (upper end) ≤ α + 0.01 on both traces and both α; conv reserved/used within "
           "5 % of the oracle")

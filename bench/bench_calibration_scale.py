@@ -35,9 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -67,10 +69,24 @@ COLUMNS = ("run_id", "phase_id", "attempt_index", "call_index", "timestamp", "cr
            "calibration_key", "phase_key")
 
 
-def make_specs(n_specs: int, rng: np.random.Generator) -> list[dict[str, object]]:
+class Spec(TypedDict):
+    """One distinct phase: its estimate, ceiling, features_json and true median length."""
+
+    category: str
+    complexity: str
+    deliverable_count: int
+    deliverables_json: str
+    features_json: str
+    predicted: int
+    selected: int
+    ceiling: int
+    median: float
+
+
+def make_specs(n_specs: int, rng: np.random.Generator) -> list[Spec]:
     """Distinct phase specs with their estimate, ceiling, features_json and true median length."""
     kinds = list(KIND_FILES)
-    specs = []
+    specs: list[Spec] = []
     for s in range(n_specs):
         category, complexity = GROUPS[s % len(GROUPS)]
         n_deliv = int(rng.integers(1, 4))
@@ -92,7 +108,7 @@ def make_specs(n_specs: int, rng: np.random.Generator) -> list[dict[str, object]
     return specs
 
 
-def make_rows(n_events: int, specs: list[dict[str, object]], rng: np.random.Generator):  # type: ignore[no-untyped-def]
+def make_rows(n_events: int, specs: list[Spec], rng: np.random.Generator) -> Iterator[tuple[object, ...]]:
     """Yield event tuples (column order ``COLUMNS``) until ``n_events`` are produced."""
     start = datetime(2025, 1, 1)
     produced = 0
@@ -100,8 +116,8 @@ def make_rows(n_events: int, specs: list[dict[str, object]], rng: np.random.Gene
     runs = max(1, n_events // 500)
     while produced < n_events:
         spec = specs[int(rng.integers(0, len(specs)))]
-        true_len = float(spec["median"]) * float(np.exp(0.35 * rng.standard_t(5)))  # type: ignore[arg-type]
-        ceiling = int(spec["ceiling"])  # type: ignore[arg-type]
+        true_len = float(spec["median"]) * float(np.exp(0.35 * rng.standard_t(5)))
+        ceiling = int(spec["ceiling"])
         run_id = f"bench-run-{phase % runs}"
         phase_id = f"phase-{phase}"
         phase_key = keys.phase_key(run_id, phase_id)
@@ -137,13 +153,13 @@ WHERE e.truncated
 """
 
 
-def fill_sqlite(path: Path, n_events: int, specs: list[dict[str, object]], seed: int) -> None:
+def fill_sqlite(path: Path, n_events: int, specs: list[Spec], seed: int) -> None:
     con = sqlite3.connect(path)
     sql = f"INSERT INTO token_estimation_v2_events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
     con.execute("PRAGMA synchronous=OFF")
     rows = make_rows(n_events, specs, np.random.default_rng(seed))
     while True:
-        chunk = [r for _, r in zip(range(50_000), rows)]
+        chunk = list(islice(rows, 50_000))
         if not chunk:
             break
         con.executemany(sql, chunk)
@@ -152,7 +168,7 @@ def fill_sqlite(path: Path, n_events: int, specs: list[dict[str, object]], seed:
     con.close()
 
 
-def fill_postgres(url: str, n_events: int, specs: list[dict[str, object]], seed: int) -> None:
+def fill_postgres(url: str, n_events: int, specs: list[Spec], seed: int) -> None:
     import psycopg
 
     conninfo = url.replace("postgresql+psycopg://", "postgresql://")
@@ -182,9 +198,9 @@ def floor(url: str) -> dict[tuple[str, str], float]:
         connection = driver.connect(url.replace("postgresql+psycopg://", "postgresql://"))
     rows = connection.execute(FLOOR_SQL).fetchall()
     connection.close()
-    category, complexity, predicted, actual, ceiling, success, truncated = zip(*rows) if rows else ([],) * 7
+    category, complexity, predicted, actual, ceiling, success, truncated = zip(*rows, strict=True) if rows else ([],) * 7
     table: dict[tuple[str, str], int] = {}
-    group = np.fromiter((table.setdefault(key, len(table)) for key in zip(category, complexity)), dtype=np.int64,
+    group = np.fromiter((table.setdefault(key, len(table)) for key in zip(category, complexity, strict=True)), dtype=np.int64,
                         count=len(rows))
     cut = np.array(truncated, dtype=bool)
     y = np.array(actual, dtype=float)
@@ -204,14 +220,15 @@ FLOOR_SCRIPT = "import sys; sys.path.insert(0, sys.argv[1]); from bench_calibrat
 
 def in_process(url: str, out: Path, repeat: int) -> dict[str, object]:
     """Worker: floor and project alternately in one interpreter; best of each."""
-    from autopack.calibration import run_calibration
     import matplotlib
+
+    from autopack.calibration import run_calibration
 
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401 - imports are not the calibration's work (the command table has them)
 
     best_floor, best, stages = float("inf"), float("inf"), {}
-    result: dict[str, object] = {}
+    result: dict[str, Any] = {}
     for i in range(repeat):
         t0 = time.perf_counter()
         floor(url)
@@ -220,18 +237,18 @@ def in_process(url: str, out: Path, repeat: int) -> dict[str, object]:
         result = run_calibration(url, output_dir=out / f"run{i}")
         seconds = time.perf_counter() - t0
         if seconds < best:
-            best, stages = seconds, dict(result["metadata"]["timings_seconds"])  # type: ignore[index]
-    md = result["metadata"]  # type: ignore[index]
+            best, stages = seconds, dict(result["metadata"]["timings_seconds"])
+    md = result["metadata"]
     return {"floor": best_floor, "project": best, "stages": stages, "usable": md["total_samples"],
-            "censored": md["sample_counts"]["censored"], "groups": len(result["groups"]),  # type: ignore[arg-type]
-            "gate": result["gate"]["passed"]}  # type: ignore[index]
+            "censored": md["sample_counts"]["censored"], "groups": len(result["groups"]),
+            "gate": result["gate"]["passed"]}
 
 
 def measure(url: str, out: Path, repeat: int) -> dict[str, object]:
     env = {**os.environ, "DATABASE_URL": url}
     dispose_engines()
     worker = [sys.executable, __file__, "--worker", url, str(out), "--repeat", str(repeat)]
-    got = json.loads(subprocess.run(worker, env=env, cwd=ROOT, capture_output=True, text=True,
+    got: dict[str, object] = json.loads(subprocess.run(worker, env=env, cwd=ROOT, capture_output=True, text=True,
                                     check=True).stdout.strip().splitlines()[-1])
     commands = {
         "floor": [sys.executable, "-c", FLOOR_SCRIPT, str(Path(__file__).parent), url],

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from databases import migrated_database
 from machine import describe_machine
@@ -123,8 +123,9 @@ def flow_drain(url: str, run_ids: list[str], workers: int, phases: int, gate: in
 
     os.environ["DATABASE_URL"] = url
     start = time.perf_counter()
-    summary = batch_drain(run_ids=run_ids, batch_size=phases, workers=workers, max_attempts_per_phase=1,
-                          provider_concurrency=gate)
+    # the flow returns a State; called, Prefect hands back that state's data (the drain summary)
+    summary = cast(dict[str, Any], batch_drain(run_ids=run_ids, batch_size=phases, workers=workers,
+                                               max_attempts_per_phase=1, provider_concurrency=gate))
     total = time.perf_counter() - start
     assert summary["processed"] == phases, summary
     with session_scope(url) as db:
@@ -186,7 +187,7 @@ def measure(
     flow_drain(url, make_runs(url, f"{tag}-warm", 3), 2, 3, gate)  # first flow run of a process pays imports
     base = baseline(url, make_runs(url, f"{tag}-base", n))
     cycle = gate_cycle(url, 10 * n)
-    overhead = [(kind, "baseline: claim + execute_phase in-process", "-", "-", base, base),
+    overhead: list[tuple[Any, ...]] = [(kind, "baseline: claim + execute_phase in-process", "-", "-", base, base),
                 (kind, "provider gate alone: acquire + release a slot", "-", 4, cycle, cycle)]
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     clock.take()

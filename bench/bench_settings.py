@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe_machine  # noqa: E402
 
 from autopack.config import Settings, get_settings  # noqa: E402
-from autopack.logging import RedactingFilter, redact  # noqa: E402
+from autopack.logging import redact  # noqa: E402
 
 
 class RebuildingFilter(logging.Filter):
@@ -70,7 +70,8 @@ def main() -> None:
                            "AUTOPACK_API_KEY": "bench-api-key-value"})
         message = "phase %s finished: %d tokens via postgresql://autopack:db-password-123@127.0.0.1/autopack"
         old_log = logger_with(RebuildingFilter(), "bench.rebuilding")
-        new_log = logger_with(RedactingFilter(), "bench.cached")
+        # today no filter: the record factory autopack.logging installs at import masks every record (both loggers)
+        new_log = logger_with(logging.Filter(), "bench.cached")
         rows = [
             ("get_settings()", per_call_us(Settings, args.calls), per_call_us(get_settings, args.calls)),
             ("one redacted log line", per_call_us(lambda: old_log.info(message, "p-1", 1234), args.calls),

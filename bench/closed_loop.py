@@ -442,7 +442,7 @@ def shipped_labels(changes: Sequence[Mapping[str, Any]]) -> dict[Group, list[str
         old = "∅" if ch.get("old") is None else f"{ch['old']:g}"
         label = f"{short} {old}→{ch['new']:g}"
         group = ("*", f"{key[0]}/{key[1]}") if ch["coefficient"] == "TOKEN_WEIGHTS" else (key[0], key[1])
-        out.setdefault(group, []).append(label)  # type: ignore[arg-type]
+        out.setdefault(group, []).append(label)
     return out
 
 

@@ -21,16 +21,17 @@ worker for this — and the flow run ends only after such a task has returned. F
 
 from __future__ import annotations
 
+import functools
 import select
 import time
 from collections import deque
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import State, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
-from prefect.states import Completed, State
+from prefect.states import Completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from autopack import params as p
@@ -116,7 +117,7 @@ class TaskRunExecutor:
     def submit(self, slot: int, job: PhaseJob) -> None:
         future = self.task_runner.submit(drain_phase, parameters={"job": job, "executor_ref": self.executor_ref})
         self._futures[slot] = future
-        future.add_done_callback(lambda done, slot=slot: self._on_done(slot, done))
+        future.add_done_callback(functools.partial(self._on_done, slot))
 
     def _on_done(self, slot: int, future: PrefectFuture[Any]) -> None:
         self._finished.append((slot, future))  # deque.append is thread-safe

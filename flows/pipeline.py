@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from prefect import flow, get_run_logger
+from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
@@ -168,9 +168,10 @@ def telemetry_pipeline(
             drained["telemetry_events"] = (int(drained.get("telemetry_events") or 0)
                                            + int(validation.get("telemetry_events") or 0))
 
-        calibration = settle(calibrate(**params.calibration().model_dump(), include_run_ids=run_ids or None,
-                                       output_dir=output_dir, expect_db_id=db_id, wait_for=[previous],
-                                       return_state=True))
+        # called from this synchronous flow, a subflow with return_state=True returns its State (not an awaitable)
+        calibration = settle(cast("State[Any]", calibrate(
+            **params.calibration().model_dump(), include_run_ids=run_ids or None, output_dir=output_dir,
+            expect_db_id=db_id, wait_for=[previous], return_state=True)))
         lap("calibrate")
         publish_calibration_artifacts(calibration)
         create_markdown_artifact(key="calibration-gate", markdown=gate_markdown(calibration),
@@ -188,10 +189,10 @@ def telemetry_pipeline(
             "timings": timings,
         }
         if (calibration.get("gate") or {}).get("passed"):
-            result["pull_request"] = settle(open_calibration_pr_flow(
+            result["pull_request"] = settle(cast("State[Any]", open_calibration_pr_flow(
                 calibration, target_repo, output_dir, dry_run, result["flow_run_url"], wait_for=[calibration],
                 return_state=True,
-            ))
+            )))
             lap("pull_request")
             publish_pull_request_artifact(result["pull_request"])
     except AutopackError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -31,7 +31,8 @@ def github_token() -> str | None:
         try:
             from prefect.blocks.system import Secret
 
-            value = Secret.load(SECRET_BLOCK).get()
+            # called synchronously, load returns the block itself (its coroutine only inside an event loop)
+            value = cast("Secret[Any]", Secret.load(SECRET_BLOCK)).get()
             if value:
                 return str(value)
         except Exception:  # no such block: fall back to the environment

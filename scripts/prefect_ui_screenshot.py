@@ -113,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                 [run] = [r for r in c.read_flow_runs() if r.parent_task_run_id is None
                          and c.read_flow(r.flow_id).name == "telemetry-pipeline"]
                 artifacts = run_artifacts(c, run.id)
-            print(f"flow run {run.name}: {run.state.type.value}: {run.state.message}")
-            if not run.state.is_completed() or not str(run.state.message).startswith("PR #"):
+            state = run.state
+            if state is None:
+                print(f"error: flow run {run.name} has no state", file=sys.stderr)
+                return 1
+            print(f"flow run {run.name}: {state.type.value}: {state.message}")
+            if not state.is_completed() or not str(state.message).startswith("PR #"):
                 print("error: the run opened no pull request, so there is nothing to show", file=sys.stderr)
                 return 1
             browser = Chromium(args.chromium, work / "chromium-profile")

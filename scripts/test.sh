@@ -45,8 +45,8 @@ if ! .venv/bin/python -c "import os, psycopg; psycopg.connect(os.environ['AUTOPA
 fi
 
 # Lint (ruff + mypy, scripts/lint.sh) before the tests: findings are printed and fail the run.
-# Off unless AUTOPACK_LINT=1 until the whole tree is lint-clean; then the default below becomes 1.
-if [ "${AUTOPACK_LINT:-0}" != "0" ]; then
+# On by default (the tree is lint-clean); AUTOPACK_LINT=0 skips it.
+if [ "${AUTOPACK_LINT:-1}" != "0" ]; then
   bash scripts/lint.sh || { echo "error: scripts/lint.sh failed; fix the findings above" >&2; exit 1; }
 fi
 

@@ -20,10 +20,10 @@ from autopack.calibration.runner import NoUsableSamplesError
 from autopack.calibration.samples import build_sample_set, columns_from_records, configuration_ceiling, predict
 from autopack.calibration.synthetic import event_row, simulate, simulate_with_escalations
 from autopack.db.engine import get_engine
-from autopack.github.body import step_lines
 from autopack.db.identity import read_identity
 from autopack.db.models import CalibrationRun, TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import DbIdentityMismatchError, EmptyDatabaseError
+from autopack.github.body import step_lines
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,13 +21,13 @@ import pytest
 import sqlalchemy as sa
 
 from autopack.calibration.core import Params, calibrate
-from autopack.telemetry.ingest import import_telemetry
 from autopack.calibration.reader import id_bounds, read_events
 from autopack.calibration.report import _retries_line
 from autopack.calibration.samples import EventColumns, SampleSet, build_sample_set, columns_from_records, retry_links
 from autopack.calibration.synthetic import GroupTruth, Law, Truth, simulate_groups, simulate_with_escalations
 from autopack.db.engine import get_engine
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
+from autopack.telemetry.ingest import import_telemetry
 
 EV = TokenEstimationV2Event.__table__
 ESC = TokenBudgetEscalationEvent.__table__

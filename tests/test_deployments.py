@@ -18,17 +18,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_URL, temporary_settings
-
-from autopack.calibration.synthetic import simulate
-from autopack.db.engine import dispose_engines, get_engine
-from autopack.db.models import TokenEstimationV2Event
-from autopack.execution.seed_runs import V4_RUN_ID
-from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
-from autopack.pipeline import prepare_database
 from github_server.app import FakeGitHub
 from github_server.fixtures import BOT_TOKEN, REPOSITORY, served_fake
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_live import (
     LiveServer,
     child_runs,
@@ -44,6 +37,13 @@ from prefect_live import (
     worker_python,
 )
 from test_pipeline_flow import project_checkout
+
+from autopack.calibration.synthetic import simulate
+from autopack.db.engine import dispose_engines, get_engine
+from autopack.db.models import TokenEstimationV2Event
+from autopack.execution.seed_runs import V4_RUN_ID
+from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
+from autopack.pipeline import prepare_database
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "autopack-process"

@@ -6,13 +6,13 @@ import copy
 import re
 
 import pytest
+from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, LEGACY_CALIBRATION, calibration
 
 from autopack.errors import InputError
 from autopack.github.body import pr_title, render_not_updated, render_pr_body
 from autopack.github.estimator_edit import apply_proposal
 from autopack.github.proposal import find_marker, marker, parse_changes, proposal_hash
 from autopack.github.verify import EstimatorTestRun, TableCheck, TestFailure, VerificationReport
-from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, LEGACY_CALIBRATION, calibration
 
 DIGEST = proposal_hash(parse_changes(CALIBRATION["proposed_changes"]))
 

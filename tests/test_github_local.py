@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, calibration, git, make_target_repo
 
 from autopack.github.body import pr_title
 from autopack.github.errors import LocalPublishError, StaleBaseError
@@ -12,7 +13,6 @@ from autopack.github.estimator_edit import apply_proposal
 from autopack.github.local import body_file_name, publish_local
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH, parse_changes, proposal_hash
 from autopack.github.result import BotIdentity, PublishResult
-from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, calibration, git, make_target_repo
 
 BODY = "## body\n\n<!-- autopack-calibration-pr proposal=" + "0" * 64 + " -->\n"
 

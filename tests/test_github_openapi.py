@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import requests
-
 from github_server.app import ROUTES, FakeGitHub
 from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github, github_openapi  # noqa: F401
 from github_server.openapi import GitHubOpenAPI, implemented_operations

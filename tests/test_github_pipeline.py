@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from github_server.app import FakeGitHub
+from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github  # noqa: F401
+from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, calibration, git, make_target_repo
 
 from autopack.db.engine import dispose_engines, session_scope
 from autopack.db.migrate import upgrade_database
@@ -21,9 +24,6 @@ from autopack.github import open_calibration_pr
 from autopack.github.errors import StaleProposalError, VerificationError
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH, find_marker, parse_changes, proposal_hash
 from autopack.github.remote import ClientOptions
-from github_server.app import FakeGitHub
-from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github  # noqa: F401
-from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, calibration, git, make_target_repo
 
 FAST = ClientOptions(seconds_between_requests=None, seconds_between_writes=None)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from github_server.app import FakeGitHub
+from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github, served_fake  # noqa: F401
+from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, calibration
 
 from autopack.github.body import pr_title, render_pr_body
 from autopack.github.errors import GitHubAuthError, GitHubError, GitHubRateLimitError, StaleBaseError
@@ -12,9 +15,6 @@ from autopack.github.estimator_edit import apply_proposal
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH, find_marker, parse_changes, proposal_hash
 from autopack.github.remote import ClientOptions, RetryPolicy, publish_pull_request
 from autopack.github.result import BotIdentity, PublishResult
-from github_server.app import FakeGitHub
-from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github, served_fake  # noqa: F401
-from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, calibration
 
 CLOCK = 1_900_000_000.0  # the fake's primary rate limit resets at CLOCK + 2
 

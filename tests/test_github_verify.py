@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, FIXTURE_TESTS, git, make_target_repo
 
 from autopack.github.errors import VerificationError
 from autopack.github.estimator_edit import apply_proposal, read_tables
 from autopack.github.verify import parse_junit_failures, verify_edited_estimator
-from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, FIXTURE_TESTS, git, make_target_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHANGES = CALIBRATION["proposed_changes"]

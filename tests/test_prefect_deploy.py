@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
-
 from prefect_live import LiveServer, prefect_server
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,14 +14,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from browser import PLOT_LOADED, PLOT_WIDTH, Chromium, chromium_path, click_text, text_present
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
-
-from autopack.calibration.synthetic import simulate
-from autopack.db.engine import dispose_engines, get_engine
-from autopack.db.models import TokenEstimationV2Event
-from autopack.pipeline import prepare_database
-from browser import PLOT_LOADED, PLOT_WIDTH, Chromium, chromium_path, click_text, text_present
 from prefect_live import (
     LiveServer,
     flush_to_server,
@@ -32,6 +27,11 @@ from prefect_live import (
     steps_in_order,
 )
 from test_pipeline_flow import project_checkout
+
+from autopack.calibration.synthetic import simulate
+from autopack.db.engine import dispose_engines, get_engine
+from autopack.db.models import TokenEstimationV2Event
+from autopack.pipeline import prepare_database
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,11 @@ from pydantic import ConfigDict, field_validator
 from autopack import token_estimator as te
 from autopack.calibration import drift, stats
 from autopack.calibration.backtest import (
-    evaluate, per_group, reserved_better, truncation_range, truncation_verdict,
+    evaluate,
+    per_group,
+    reserved_better,
+    truncation_range,
+    truncation_verdict,
 )
 from autopack.calibration.fit import MAX_STEP, FitResult, fit_coefficients, implied_overheads
 from autopack.calibration.model import FactorModel, fit_factor_model
@@ -116,7 +120,8 @@ class Decision:
 
 
 def _log_ratio(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    return np.log(y / np.maximum(predicted, 1.0))
+    ratio: np.ndarray = np.log(y / np.maximum(predicted, 1.0))
+    return ratio
 
 
 def original_medians(samples: SampleSet, rows: np.ndarray, min_samples: int) -> dict[Group, float]:
@@ -435,8 +440,8 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         for g, methods in per_group(samples.groups, test.group, {"shipped": shipped_ceiling}, test.y,
                                     test.observed, alpha).items():
             group_bt[g]["shipped"] = methods["shipped"]
-        for g, why in dropped.items():
-            reasons[g] = [why]
+        for g, dropped_why in dropped.items():
+            reasons[g] = [dropped_why]
             verdicts.pop(g, None)
             raised.pop(g, None)
     if ship_weights and not passing:
@@ -549,7 +554,7 @@ def _group_entries(
     samples: SampleSet, params: Params, decision: Decision, today_ratio: np.ndarray
 ) -> list[dict[str, Any]]:
     model = decision.fitted.model
-    entries = []
+    entries: list[dict[str, Any]] = []
     for gi, idx in sorted(samples.rows_by_group().items()):
         g = samples.groups[gi]
         fit = model.groups.get(g)

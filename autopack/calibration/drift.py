@@ -100,12 +100,14 @@ class Stream:
 
 def scores(stream: Stream) -> np.ndarray:
     """log(smallest fitting ceiling / predicted): log((y + 1) / predicted)."""
-    return np.log((stream.y + 1.0) / np.maximum(stream.predicted, 1.0))
+    out: np.ndarray = np.log((stream.y + 1.0) / np.maximum(stream.predicted, 1.0))
+    return out
 
 
 def ceiling_tokens(predicted: np.ndarray | float, factor: np.ndarray | float) -> np.ndarray:
     """``token_estimator.ceil_tokens(predicted × factor)``, vectorised (the estimator's clamps come on top)."""
-    return np.ceil(te.factor_product(np.asarray(predicted, dtype=float), np.asarray(factor, dtype=float)))
+    ceiling: np.ndarray = np.ceil(te.factor_product(np.asarray(predicted, dtype=float), np.asarray(factor, dtype=float)))
+    return ceiling
 
 
 def truncated_under(ceiling: np.ndarray, y: np.ndarray, observed: np.ndarray) -> np.ndarray:
@@ -564,7 +566,7 @@ def method_spec(name: str) -> MethodSpec:
         )
     if name not in SHIPPABLE_METHODS:
         raise InputError(f"unknown --method {name!r}", hint=f"use one of {', '.join(SHIPPABLE_METHODS)}")
-    return MethodSpec(name)  # type: ignore[arg-type]
+    return MethodSpec(name)
 
 
 def describe_method(name: str, params: Mapping[str, Any]) -> str:
@@ -702,7 +704,7 @@ def compare_in_calibration(
     comparison.ceilings["static"] = static_ceiling.astype(float)
     curves = curves_for(train, alpha, anchors, CURVE_MULTIPLES)  # both adaptive methods' reviewed bounds
     for name in ("rolling", "aci"):
-        spec = MethodSpec(name)  # type: ignore[arg-type]
+        spec = MethodSpec(name)
         if name == "rolling":
             raw = replay_rolling(test, train, {}, curves, alpha, spec.window, feedback)
         else:

@@ -143,7 +143,8 @@ def _solve(
     if result.status != 0 or result.eqlin is None:
         return None
     theta = -np.asarray(result.eqlin.marginals, dtype=float)
-    return np.clip(theta, lo, hi)
+    clipped: np.ndarray = np.clip(theta, lo, hi)
+    return clipped
 
 
 def fit_coefficients(
@@ -371,7 +372,8 @@ def implied_overheads(samples: SampleSet, rows: np.ndarray, coefficients: te.Coe
     units = samples.units
     weights = np.array([coefficients.token_weights.get(k, 0) for k in units.weight_keys], dtype=float)
     marginal = (units.fixed_marginal + units.counts @ weights)[samples.unit[rows]]
-    return samples.y[rows] / coefficients.safety_margin - marginal
+    overheads: np.ndarray = samples.y[rows] / coefficients.safety_margin - marginal
+    return overheads
 
 
 def relative_change(old: float | None, new: float) -> float:

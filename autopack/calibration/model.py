@@ -134,7 +134,7 @@ def round_up_factor(value: float) -> float:
     """
     if not math.isfinite(value) or value > MAX_FACTOR:
         return math.inf
-    scale = 10**FACTOR_DECIMALS
+    scale: int = 10**FACTOR_DECIMALS
     return (math.floor(value * scale + 1e-9) + 1) / scale
 
 

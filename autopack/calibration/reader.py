@@ -21,14 +21,13 @@ import gc
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import sqlalchemy as sa
 
 from autopack.calibration.samples import (
     DOCS_ROWS_LIMIT,
-    TRUNCATION_REASONS,
     EventColumns,
     Summary,
     docs_row,
@@ -41,6 +40,7 @@ from autopack.db.engine import get_engine
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import AutopackError
 from autopack.taxonomy import DOCS_LIKE, canonical_category
+from autopack.truncation import TRUNCATION_REASONS
 
 EV = TokenEstimationV2Event.__table__
 ESC = TokenBudgetEscalationEvent.__table__
@@ -65,6 +65,10 @@ ATTEMPT_SHIFT = 5
 UNTIMED = -(2**62)
 #: PostgreSQL binary timestamps count microseconds from 2000-01-01.
 PG_EPOCH_OFFSET = 946_684_800
+
+#: A statement / row of any columns (SQLAlchemy types them by their column tuple).
+AnySelect: TypeAlias = sa.Select[*tuple[Any, ...]]
+AnyRow: TypeAlias = sa.Row[*tuple[Any, ...]]
 
 
 class UnreadableEventsError(AutopackError):
@@ -102,7 +106,8 @@ def _numeric_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
         julian = sa.func.julianday(c.timestamp)
         millis = sa.cast(sa.func.round((julian - 2440587.5) * 86_400_000.0), sa.BigInteger)
         # no '-' in 5th place: a bare number, which SQLite would read as a Julian day; NULL: not a date to it
-        epoch = sa.func.coalesce(sa.case((sa.func.substr(c.timestamp, 5, 1) == "-", millis)), UNTIMED)
+        epoch: sa.ColumnElement[Any] = sa.func.coalesce(sa.case((sa.func.substr(c.timestamp, 5, 1) == "-", millis)),
+                                                        UNTIMED)
 
         def key(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
             return sa.case((sa.func.typeof(column) == "integer", column), else_=0)
@@ -130,7 +135,7 @@ def _numeric_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
             as_int(sa.func.coalesce(c.actual_max_tokens, -1)), as_int(flags)]
 
 
-def _compiled(connection: sa.Connection, stmt: sa.Select[Any]) -> tuple[str, Any]:
+def _compiled(connection: sa.Connection, stmt: AnySelect) -> tuple[str, Any]:
     dialect = connection.dialect
     compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
     if dialect.paramstyle in ("qmark", "numeric", "format"):
@@ -170,11 +175,11 @@ def _parsed(blobs: Sequence[bytes | None], count: int) -> np.ndarray | None:
     """
     if any(blob is None or blob.translate(None, b"0123456789,-") for blob in blobs):
         return None
-    arrays = [np.fromstring(blob, dtype=np.int64, sep=",") for blob in blobs]  # type: ignore[call-overload]
+    arrays = [np.fromstring(blob, dtype=np.int64, sep=",") for blob in blobs if blob is not None]
     return np.stack(arrays, axis=1) if all(a.size == count for a in arrays) else None
 
 
-def _dbapi_parts(connection: sa.Connection, stmt: sa.Select[Any]) -> Iterator[np.ndarray]:
+def _dbapi_parts(connection: sa.Connection, stmt: AnySelect) -> Iterator[np.ndarray]:
     """Integer rows from the DBAPI cursor, ``READ_PARTITION`` at a time, as 2-D int64 arrays."""
     sql, params = _compiled(connection, stmt)
     cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -235,8 +240,8 @@ def _int8_array(blob: bytes) -> np.ndarray:
     return values["value"].astype(np.int64)
 
 
-def _by_id(connection: sa.Connection, columns: Sequence[Any], ids: Sequence[int]) -> list[sa.Row[Any]]:
-    out: list[sa.Row[Any]] = []
+def _by_id(connection: sa.Connection, columns: Sequence[Any], ids: Sequence[int]) -> list[AnyRow]:
+    out: list[AnyRow] = []
     for start in range(0, len(ids), ID_CHUNK):
         chunk = [int(i) for i in ids[start : start + ID_CHUNK]]
         out += connection.execute(sa.select(EV.c.event_id, *columns).where(EV.c.event_id.in_(chunk))).all()
@@ -268,7 +273,7 @@ def _scan(engine: sa.Engine, connection: sa.Connection, ranges: list[list[Any]])
     return data, epoch
 
 
-def id_bounds(where: list[Any]) -> sa.Select[Any]:
+def id_bounds(where: list[Any]) -> AnySelect:
     """(smallest, largest) event id of the rows ``where`` selects.
 
     Apart, each bound is one index probe; together, a scan. Under a condition (runs, a time window),
@@ -484,7 +489,7 @@ ESCALATION_SLACK = timedelta(days=1)
 def _escalations(connection: sa.Connection, include_run_ids: Sequence[str] | None,
                  since: datetime | None = None) -> np.ndarray:
     """(phase_key, attempt_index) of every budget escalation (a small table: one row per truncation)."""
-    where = [ESC.c.run_id.in_(list(include_run_ids))] if include_run_ids else []
+    where: list[sa.ColumnElement[bool]] = [ESC.c.run_id.in_(list(include_run_ids))] if include_run_ids else []
     if since is not None:
         where.append(ESC.c.timestamp >= since - ESCALATION_SLACK)
     rows = connection.execute(sa.select(ESC.c.run_id, ESC.c.phase_id, ESC.c.attempt_index).where(*where)).all()
@@ -502,5 +507,5 @@ def _docs_rows(connection: sa.Connection, data: np.ndarray, unit_text: list[tupl
     found = {r[0]: r for r in _by_id(connection, (
         c.run_id, c.phase_id, c.category, c.complexity, c.actual_output_tokens, c.predicted_output_tokens,
         c.actual_max_tokens, c.selected_budget, truncation_flag(c), c.success), data[top, ID].tolist())}
-    return [docs_row(*found[int(i)][1:9], bool(found[int(i)][9]), bool(found[int(i)][10]))
-            for i in data[top, ID].tolist()]
+    ordered = [found[int(i)] for i in data[top, ID].tolist()]
+    return [docs_row(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]), bool(r[10])) for r in ordered]

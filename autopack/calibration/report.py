@@ -504,11 +504,11 @@ def _draw(path: Path, plot: Any, alpha: float, simulated: str | None = None) -> 
     ax.set_title(title, fontsize=10)
     if simulated:  # above everything, in red: nobody should read these ceilings as a real model's
         fig.suptitle(simulated, x=0.01, ha="left", fontsize=10, color="tab:red", fontweight="bold")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path)
     texts = ([simulated or "", ax.get_title()] + [t.get_text() for t in ax.get_xticklabels()]
-             + [t.get_text() for t in ax.get_legend().get_texts()])
+             + [t.get_text() for t in legend.get_texts()])
     plt.close(fig)
     return texts
 

@@ -286,13 +286,15 @@ def rules_ceiling(samples: SampleSet, predicted: np.ndarray, rows: np.ndarray | 
     buffer = u.buffer[unit]
     override = u.override_min[unit]
     selected = np.minimum(np.maximum(floor, np.floor(predicted * buffer)), te.MAX_OUTPUT_TOKENS)
-    return np.minimum(np.maximum(selected, override), te.MAX_OUTPUT_TOKENS)
+    ceiling: np.ndarray = np.minimum(np.maximum(selected, override), te.MAX_OUTPUT_TOKENS)
+    return ceiling
 
 
 def factor_ceiling(predicted: np.ndarray, factor: np.ndarray) -> np.ndarray:
     """``decide_ceiling``'s calibrated path: predicted × factor rounded up, clamped to [512, 64000]."""
     raw = np.ceil(te.factor_product(predicted, factor))
-    return np.minimum(np.maximum(raw, te.MIN_FACTOR_CEILING), te.MAX_OUTPUT_TOKENS)
+    ceiling: np.ndarray = np.minimum(np.maximum(raw, te.MIN_FACTOR_CEILING), te.MAX_OUTPUT_TOKENS)
+    return ceiling
 
 
 def configuration_ceiling(
@@ -574,7 +576,7 @@ def _source_mix(columns: EventColumns, rows: np.ndarray) -> list[dict[str, Any]]
     if columns.source_code is None or rows.size == 0:
         return []
     codes, counts = np.unique(columns.source_code[rows], return_counts=True)
-    out = []
+    out: list[dict[str, Any]] = []
     for code, count in zip(codes.tolist(), counts.tolist(), strict=True):
         provider, model = columns.sources[code] if code >= 0 else (None, None)
         out.append({"provider": provider, "model": model, "samples": int(count),
@@ -632,7 +634,7 @@ def _epoch_of(value: Any) -> float:
         return float(value)
     from datetime import UTC
 
-    return value.replace(tzinfo=value.tzinfo or UTC).timestamp()
+    return float(value.replace(tzinfo=value.tzinfo or UTC).timestamp())
 
 
 def columns_from_records(

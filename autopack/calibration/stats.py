@@ -519,7 +519,7 @@ def censored_normal_fit(
         total = -0.5 * float(z @ z) - xo.size * (log_s + half_log_2pi)
         if xc.size:
             total += float(np.sum(log_ndtr((mu - xc) / s)))
-        return -total
+        return float(-total)
 
     start = np.array([float(np.mean(v)), math.log(max(float(np.std(v)), 1e-3))])
     res = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 4000})

@@ -208,10 +208,11 @@ class Law:
     def sf(self, x: np.ndarray | float) -> np.ndarray:
         """P(r ≥ x)."""
         x = np.asarray(x, dtype=float)
-        first = dist.norm_sf((x - self.mu) / self.sigma)
+        first: np.ndarray = dist.norm_sf((x - self.mu) / self.sigma)
         if self.weight2 <= 0:
             return first
-        return (1 - self.weight2) * first + self.weight2 * dist.norm_sf((x - self.mu2) / self.sigma2)
+        mixed: np.ndarray = (1 - self.weight2) * first + self.weight2 * dist.norm_sf((x - self.mu2) / self.sigma2)
+        return mixed
 
     def quantile(self, p: float) -> float:
         """The p-quantile of r (bisection for a mixture)."""

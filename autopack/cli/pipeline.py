@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-
 
 from autopack.cli.common import ExpectDbIdOption, writable_dir
 from autopack.cli.groups import command_group
@@ -20,6 +19,9 @@ from autopack.errors import AutopackError
 from autopack.execution.runs import check_run_ids
 from autopack.execution.seed_runs import MAX_SEED_WEEKS
 from autopack.params import PipelineParams as P
+
+if TYPE_CHECKING:
+    from prefect import State
 
 #: Prefect's setting for how long to wait for its temporary local server (Prefect's default: 20 s).
 STARTUP_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -93,7 +95,8 @@ def run(
 
     called_at = time.time()
     try:
-        state = telemetry_pipeline(**params.model_dump(), return_state=True)
+        # a synchronous call: the flow's final State, not an awaitable
+        state = cast("State[Any]", telemetry_pipeline(**params.model_dump(), return_state=True))
     except RuntimeError as exc:
         if EPHEMERAL_FAILURE not in str(exc):
             raise

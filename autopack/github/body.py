@@ -29,7 +29,9 @@ from pathlib import PurePath
 from typing import Any
 
 from autopack.calibration import story
-from autopack.calibration.story import mapping as _mapping, number as _number, records as _records
+from autopack.calibration.story import mapping as _mapping
+from autopack.calibration.story import number as _number
+from autopack.calibration.story import records as _records
 from autopack.config import get_settings
 from autopack.errors import InputError
 from autopack.github.estimator_edit import read_tables

@@ -161,7 +161,8 @@ class ProposalMemory:
                 CalibrationProposal.repository == self.repository,
                 CalibrationProposal.pr_number.is_not(None), CalibrationProposal.closed_at.is_not(None),
                 CalibrationProposal.changes.is_not(None))).all()
-            return {(int(number), closed) for number, closed in rows}
+            # the query selects no NULL number or closing time; the test only tells the type checker so
+            return {(int(number), closed) for number, closed in rows if number is not None and closed is not None}
 
     def known_values(self) -> set[str]:
         """Hashes whose values are remembered (no need to recover them from a commit)."""

@@ -167,7 +167,7 @@ class _Session:
         if exc.status not in (403, 429):
             return None
         headers = {str(k).lower(): str(v) for k, v in (exc.headers or {}).items()}
-        backoff = self.policy.base_delay * 2 ** (attempt - 1)
+        backoff: float = self.policy.base_delay * 2 ** (attempt - 1)
         retry_after = headers.get("retry-after")
         if retry_after is not None:
             try:
@@ -402,7 +402,8 @@ class GitHubRepository:
     def _branch_sha(self) -> str | None:
         def read() -> str | None:
             try:
-                return self.repo.get_git_ref(f"heads/{self.branch}").object.sha
+                sha: str = self.repo.get_git_ref(f"heads/{self.branch}").object.sha
+                return sha
             except UnknownObjectException:
                 return None
         return self.s.call("read the bot branch", read)
@@ -451,7 +452,8 @@ class GitHubRepository:
             lambda: self.repo.update_file(self.path, commit_message(title, proposal), data, content.sha,
                                           branch=self.branch, committer=author, author=author),
         )
-        return result["commit"].sha
+        commit_sha: str = result["commit"].sha
+        return commit_sha
 
     def _result(self, status: Any, pr: Any, commit_sha: str | None, proposal: str, message: str) -> PublishResult:
         return PublishResult(

@@ -13,8 +13,8 @@ import io
 import json
 import math
 import os
-import shutil
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -317,7 +317,8 @@ def _run_probe(
         return {"error": f"the import probe timed out after {timeout:.0f}s", "values": [], "estimates": []}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(_PROBE_PREFIX):
-            return json.loads(line[len(_PROBE_PREFIX):])
+            probe: dict[str, Any] = json.loads(line[len(_PROBE_PREFIX):])
+            return probe
     lines = (done.stderr or done.stdout).strip().splitlines()
     tail = redact(lines[-1]) if lines else ""
     return {"error": f"the import probe exited {done.returncode}: {tail}", "values": [], "estimates": []}

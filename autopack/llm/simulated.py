@@ -179,7 +179,7 @@ def true_median(category: str | None, complexity: str | None, deliverables: tupl
         per.get(deliverable_kind(deliverable_path(d), cat), SIM_DISTRIBUTION["default_per_deliverable"])
         for d in deliverables
     )
-    return float(base) + float(marginal)  # type: ignore[arg-type]
+    return float(base) + float(marginal)
 
 
 def draw_length(
