@@ -18,6 +18,7 @@ from autopack import token_estimator as te
 from autopack.calibration import run_calibration
 from autopack.calibration.runner import NoUsableSamplesError
 from autopack.calibration.samples import build_sample_set, columns_from_records, configuration_ceiling, predict
+from autopack.calibration.story import gate_sentence
 from autopack.calibration.synthetic import event_row, simulate, simulate_with_escalations
 from autopack.db.engine import get_engine
 from autopack.db.identity import read_identity
@@ -294,6 +295,15 @@ def test_cli_exit_0_when_the_gate_does_not_pass(seeded: str, tmp_path: Path, cap
     code, out, _ = run_cli(capsys, "calibrate", "--confidence-threshold", "0.999", "--min-samples", "30",
                            "--output-dir", str(tmp_path))
     assert code == 0 and "gate: not passed" in out
+    assert "Nothing ships: no change passed the gate" in out  # the same sentence as the report and the PR body
+
+
+def test_cli_summary_says_what_passing_means_and_labels_the_refit(seeded: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "calibrate", "--output-dir", str(tmp_path))
+    result = json.loads(next(tmp_path.glob("token_estimator_calibration_*.json")).read_text())
+    assert code == 0 and gate_sentence(result) in out
+    assert "full refit (not shipped)" in out or not result["backtest"].get("test_n")
 
 
 def test_cli_exit_1_when_no_group_reaches_min_samples(seeded: str, tmp_path: Path,

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from autopack.calibration.story import gate_sentence
 from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, writable_dir
 from autopack.cli.options import model_option
 from autopack.config import get_settings
@@ -40,7 +41,7 @@ def _console_summary(result: dict[str, Any]) -> str:
     bt = result["backtest"]
     if bt.get("test_n"):
         lines += ["", f"backtest on the newest {bt['test_n']} calls (truncation interval, reserved/used):"]
-        labels = {"current": "current (today)", "shipped": "shipped (this PR)", "proposed": "full refit",
+        labels = {"current": "current (today)", "shipped": "shipped (this PR)", "proposed": "full refit (not shipped)",
                   "original_median": "original median"}
         for name in ("current", "shipped", "proposed", "original_median"):
             m = bt.get(name)
@@ -53,7 +54,7 @@ def _console_summary(result: dict[str, Any]) -> str:
         lines += ["", "data: SIMULATED provider calls (not a real model)"]
     gate = result["gate"]
     lines += ["", f"gate: {'PASSED' if gate['passed'] else 'not passed'} "
-              f"({len(result['proposed_changes'])} proposed change(s))"]
+              f"({len(result['proposed_changes'])} proposed change(s))", f"  {gate_sentence(result)}"]
     lines += [f"  - {r}" for r in gate["reasons"]]
     lines += ["", f"report: {result['report_path']}", f"json:   {result['json_path']}", f"plot:   {result['plot_path']}"]
     return "\n".join(lines)
