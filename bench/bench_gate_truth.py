@@ -79,13 +79,7 @@ def confidence_table(alpha: float, replicates: int) -> list[str]:
     for law in LAWS.values():
         for n, cut in ((8, 0.0), (15, 0.0), (40, 0.0), (100, 0.0), (15, 0.3), (60, 0.3), (30, 0.5), (100, 0.5)):
             for _ in range(replicates):
-                r = law.sample(rng, n)
-                observed = np.ones(n, dtype=bool)
-                if cut:
-                    cap = law.quantile(1.0 - cut) + rng.uniform(-1.0, 1.0, n)
-                    observed = r < cap
-                    r = np.where(observed, r, cap)
-                v, o = stats.sort_censored(r, observed)
+                v, o = stats.sort_censored(*law.censored_sample(rng, n, cut))
                 info = group_factor(v, o, alpha)
                 if info.factor is None:
                     continue

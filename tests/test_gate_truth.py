@@ -110,13 +110,7 @@ def _factors(law: Law, n: int, cut: float, replicates: int, seed: int) -> Iterat
     spread around the law's (1 − cut) quantile."""
     rng = np.random.default_rng(seed)
     for _ in range(replicates):
-        r = law.sample(rng, n)
-        observed = np.ones(n, dtype=bool)
-        if cut:
-            cap = law.quantile(1.0 - cut) + rng.uniform(-1.0, 1.0, n)
-            observed = r < cap
-            r = np.where(observed, r, cap)
-        v, o = stats.sort_censored(r, observed)
+        v, o = stats.sort_censored(*law.censored_sample(rng, n, cut))
         info = group_factor(v, o, ALPHA)
         if info.factor is not None:
             method = info.method + ("/tail" if info.assumption and info.method == "km_conformal" else "")

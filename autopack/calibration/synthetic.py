@@ -205,6 +205,17 @@ class Law:
             r[second] = self.mu2 + self.sigma2 * rng.standard_normal(int(second.sum()))
         return r
 
+    def censored_sample(self, rng: np.random.Generator, n: int, cut: float) -> tuple[np.ndarray, np.ndarray]:
+        """n draws, a share ``cut`` of them censored at caps spread ±1 around the (1 − cut) quantile: the values
+        (each cut one at its cap) and which were observed."""
+        r = self.sample(rng, n)
+        observed = np.ones(n, dtype=bool)
+        if cut:
+            cap = self.quantile(1.0 - cut) + rng.uniform(-1.0, 1.0, n)
+            observed = r < cap
+            r = np.where(observed, r, cap)
+        return r, observed
+
     def sf(self, x: np.ndarray | float) -> np.ndarray:
         """P(r ≥ x)."""
         x = np.asarray(x, dtype=float)
