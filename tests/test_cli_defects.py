@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import sqlalchemy as sa
 from cli_runner import run_cli
 from sqlalchemy.exc import OperationalError
 from test_cli_errors import one_line
-from test_migrations import LEGACY_ROWS, LEGACY_SCHEMA
+from test_migrations import _legacy_db as legacy_db  # the original Autopack's file: rollback journal, no revision
 
 from autopack.cli.console import INTERRUPTED_EXIT
 from autopack.db.engine import dispose_engines, get_engine, session_scope
@@ -28,15 +27,6 @@ from autopack.execution.workspace import deliverable_workspace_path
 
 #: The installed console script (``autopack = "autopack.cli:run"``), next to the interpreter running the tests.
 SCRIPT = Path(sys.executable).with_name("autopack")
-
-
-def legacy_db(path: Path) -> str:
-    """A database the original Autopack wrote (rollback journal, no autopack revision)."""
-    connection = sqlite3.connect(path)
-    connection.executescript(LEGACY_SCHEMA + LEGACY_ROWS)
-    connection.commit()
-    connection.close()
-    return f"sqlite:///{path}"
 
 
 def without_db_line(err: str) -> str:
