@@ -21,6 +21,7 @@ from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationErro
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from autopack.errors import ConfigError, validation_summary
+from autopack.token_estimator import MAX_EXPLORATION_SHARE
 
 DEFAULT_SQLITE_FILE = "autopack.db"
 
@@ -81,10 +82,10 @@ class Settings(BaseSettings):
     check_sandbox_bwrap: str = Field(default="bwrap", validation_alias="AUTOPACK_CHECK_SANDBOX_BWRAP")
     # Extra host paths (comma-separated) a sandboxed check may read, e.g. a toolchain under /opt.
     check_sandbox_bind: str = Field(default="", validation_alias="AUTOPACK_CHECK_SANDBOX_BIND")
-    # Exploration (opt-in; 0 = off): this share of first attempts (at most 0.2) is sent at the escalation ceiling, so
+    # Exploration (opt-in; 0 = off): this share of first attempts (at most MAX_EXPLORATION_SHARE) is sent at the escalation ceiling, so
     # a heavily cut group's long outputs reach the calibration uncensored; chosen per call from the seed, run,
     # phase and attempt (token_estimator.Exploration). Measured in docs/closed-loop.md before any default.
-    explore_share: float = Field(default=0.0, ge=0.0, le=0.2, validation_alias="AUTOPACK_EXPLORE_SHARE")
+    explore_share: float = Field(default=0.0, ge=0.0, le=MAX_EXPLORATION_SHARE, validation_alias="AUTOPACK_EXPLORE_SHARE")
     explore_seed: int = Field(default=0, validation_alias="AUTOPACK_EXPLORE_SEED")
 
     # --- GitHub ---------------------------------------------------------------------------------
