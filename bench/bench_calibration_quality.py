@@ -50,6 +50,7 @@ from autopack.calibration.runner import read_events, run_calibration  # noqa: E4
 from autopack.calibration.samples import build_sample_set  # noqa: E402
 from autopack.db.engine import dispose_engines  # noqa: E402
 from autopack.db.migrate import upgrade_database  # noqa: E402
+from autopack.params import CalibrationParams
 from autopack.telemetry.ingest import import_telemetry  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -129,8 +130,8 @@ def main() -> None:
             import_telemetry(csv_path, "csv", url=url, allow_empty_db=True)
             print(f"{trace}: {rows:,} calls imported", flush=True)
             for alpha in ALPHAS:
-                result = run_calibration(url, target_truncation=alpha, holdout_fraction=HOLDOUT,
-                                         output_dir=Path(tmp) / f"out_{trace}_{alpha}")
+                params = CalibrationParams(target_truncation=alpha, holdout_fraction=HOLDOUT)
+                result = run_calibration(url, params, output_dir=Path(tmp) / f"out_{trace}_{alpha}")
                 bt = result["backtest"]
                 methods = {"original median": bt["original_median"], "project (this repo)": bt["proposed"]}
                 methods.update(extra_methods(url, alpha))

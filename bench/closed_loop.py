@@ -48,7 +48,7 @@ from autopack.execution.phase_runner import execute_phase
 from autopack.execution.seed_runs import SEED_RUNS, ensure_seed_runs, seed_run_spec, week_run_id
 from autopack.github.estimator_edit import apply_proposal, read_tables
 from autopack.llm.simulated import GroupLaw, PhaseLaw, SimulatedProvider, phase_law
-from autopack.params import PipelineParams
+from autopack.params import CalibrationParams, PipelineParams
 
 Group = tuple[str, str]
 ESTIMATOR_SOURCE = Path(te.__file__).read_text(encoding="utf-8")
@@ -246,7 +246,7 @@ class LoopConfig:
     start: str = "shipped"  # "shipped" (today's file) or "under" (every group truncating about half its calls)
     laws: LawSchedule = default_law
     explore_share: float = 0.0
-    #: Extra keyword arguments for ``run_calibration`` (e.g. a window, once the calibration has one).
+    #: Further ``CalibrationParams`` fields of the loop's calibrations (e.g. ``window_weeks``).
     calibration_kwargs: Mapping[str, Any] = field(default_factory=dict)
     #: Draw the report's plot (off: an empty PNG; the numbers are the same, a week is about a second faster).
     plot: bool = False
@@ -404,8 +404,8 @@ def run_loop(config: LoopConfig, workdir: Path | None = None,
                 cycle.drain_seconds = time.perf_counter() - clock
                 clock = time.perf_counter()
                 try:
-                    result = run_calibration(url, target_truncation=config.alpha, output_dir=folder / "reports",
-                                             **dict(config.calibration_kwargs))
+                    params = CalibrationParams(target_truncation=config.alpha, **dict(config.calibration_kwargs))
+                    result = run_calibration(url, params, output_dir=folder / "reports")
                 except NoUsableSamplesError as exc:
                     result = {"gate": {"passed": False, "reasons": [exc.message]}, "proposed_changes": []}
                 cycle.calibrate_seconds = time.perf_counter() - clock

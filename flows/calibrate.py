@@ -10,9 +10,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed
 
-from autopack import params as p
 from autopack.calibration import NoUsableSamplesError, run_calibration
-from autopack.params import CalibrationParams, PipelineParams
+from autopack.params import CalibrationParams, ExpectDbId, OutputDir, PipelineParams
 from autopack.pipeline import calibration_outcome
 
 #: Columns of the ``calibration-groups`` table artifact.
@@ -27,7 +26,8 @@ def calibrate_task(
     """The library call; "no usable samples" is an outcome (``no_samples``: the reason), not a crash."""
     try:
         return run_calibration(
-            **params.model_dump(),
+            None,
+            params,
             include_run_ids=include_run_ids or None,
             output_dir=Path(output_dir),
             expect_db_id=expect_db_id,
@@ -66,19 +66,17 @@ def publish_calibration_artifacts(result: dict[str, Any]) -> None:
 
 @flow(name="calibrate")
 def calibrate(
-    min_samples: p.MinSamples = CalibrationParams.parameter("min_samples"),
-    confidence_threshold: p.ConfidenceThreshold = CalibrationParams.parameter("confidence_threshold"),
-    target_truncation: p.TargetTruncation = CalibrationParams.parameter("target_truncation"),
-    holdout_fraction: p.HoldoutFraction = CalibrationParams.parameter("holdout_fraction"),
-    method: p.Method = CalibrationParams.parameter("method"),
-    window_weeks: p.WindowWeeks = CalibrationParams.parameter("window_weeks"),
+    params: CalibrationParams = CalibrationParams(),
     include_run_ids: list[str] | None = None,
-    output_dir: p.OutputDir = PipelineParams.parameter("output_dir"),
-    expect_db_id: p.ExpectDbId = None,
+    output_dir: OutputDir = PipelineParams.default("output_dir"),
+    expect_db_id: ExpectDbId = None,
 ) -> Any:
-    """Calibrate (the statistics' parameters are ``autopack.params.CalibrationParams``); ``include_run_ids``:
-    only these runs' telemetry."""
-    result = calibrate_task(CalibrationParams.pick(locals()), include_run_ids, output_dir, expect_db_id)
+    """Calibrate; ``params`` is the statistics (``autopack.params.CalibrationParams``).
+
+    The other arguments say what to read and where to write, not how to compute, so they are not part of the
+    model: the pipeline passes the runs it drained, its ``output_dir`` and the database id its guard checked.
+    """
+    result = calibrate_task(params, include_run_ids, output_dir, expect_db_id)
     publish_calibration_artifacts(result)
     message = calibration_outcome(result)
     get_run_logger().info("%s", message)

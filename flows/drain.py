@@ -34,7 +34,6 @@ from prefect.futures import PrefectFuture
 from prefect.states import Completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from autopack import params as p
 from autopack.errors import AutopackError
 from autopack.execution.batch import BatchOptions, attempt_samples, run_batch_drain
 from autopack.execution.batch_report import format_summary, outcome_line, phase_log_line
@@ -49,7 +48,7 @@ from autopack.execution.batch_workers import (
 )
 from autopack.execution.sessions import STATUS_COMPLETED, DrainOutcome, SessionState
 from autopack.execution.triage import STAGE_EXECUTION, Candidate
-from autopack.params import DrainParams
+from autopack.params import DrainParams, ExpectDbId
 from flows.logs import quiet_run_logs
 from flows.states import refusal
 
@@ -223,31 +222,18 @@ def summary_message(state: SessionState) -> str:
 
 
 @flow(name="batch-drain")
-def batch_drain(
-    run_ids: p.RunIds = DrainParams.parameter("run_ids"),
-    batch_size: p.BatchSize = DrainParams.parameter("batch_size"),
-    states: p.States = DrainParams.parameter("states"),
-    max_consecutive_zero_yield: p.MaxConsecutiveZeroYield = DrainParams.parameter("max_consecutive_zero_yield"),
-    max_fingerprint_repeats: p.MaxFingerprintRepeats = DrainParams.parameter("max_fingerprint_repeats"),
-    max_attempts_per_phase: p.MaxAttemptsPerPhase = DrainParams.parameter("max_attempts_per_phase"),
-    max_timeouts_per_run: p.MaxTimeoutsPerRun = DrainParams.parameter("max_timeouts_per_run"),
-    phase_timeout_seconds: p.PhaseTimeoutSeconds = DrainParams.parameter("phase_timeout_seconds"),
-    max_total_minutes: p.MaxTotalMinutes = DrainParams.parameter("max_total_minutes"),
-    skip_run_prefixes: p.SkipRunPrefixes = DrainParams.parameter("skip_run_prefixes"),
-    workers: p.Workers = DrainParams.parameter("workers"),
-    resume: p.Resume = DrainParams.parameter("resume"),
-    lease_seconds: p.LeaseSeconds = DrainParams.parameter("lease_seconds"),
-    provider_concurrency: p.ProviderConcurrency = DrainParams.parameter("provider_concurrency"),
-    expect_db_id: p.ExpectDbId = None,
-) -> State:
-    """Drain phases with sample-first triage (the parameters are ``autopack.params.DrainParams``)."""
+def batch_drain(params: DrainParams = DrainParams(), expect_db_id: ExpectDbId = None) -> State:
+    """Drain phases with sample-first triage; ``params`` is the drain (``autopack.params.DrainParams``).
+
+    ``expect_db_id`` is not a parameter of the drain but of where it runs: the pipeline passes the id its guard
+    just checked, a deployment leaves it empty (``AUTOPACK_EXPECTED_DB_ID``).
+    """
     quiet_run_logs()
-    options = BatchOptions.pick(locals())
     try:
         report = run_batch_drain(
-            options,
+            params,
             executor=PHASE_EXECUTOR,
-            runner=TaskRunExecutor(options.workers, PHASE_EXECUTOR),
+            runner=TaskRunExecutor(params.workers, PHASE_EXECUTOR),
             reporter=PrefectReporter(),
             expect_db_id=expect_db_id,
             handle_signals=False,

@@ -17,7 +17,6 @@ from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
-from autopack import params as p
 from autopack.config import get_settings
 from autopack.errors import AutopackError
 from autopack.params import PipelineParams
@@ -104,37 +103,9 @@ def gate_markdown(calibration: dict[str, Any]) -> str:
 
 
 @flow(name="telemetry-pipeline")
-def telemetry_pipeline(
-    run_ids: p.RunIds = PipelineParams.parameter("run_ids"),
-    validate_run_id: p.ValidateRunId = PipelineParams.parameter("validate_run_id"),
-    validate_phase_id: p.ValidatePhaseId = PipelineParams.parameter("validate_phase_id"),
-    batch_size: p.BatchSize = PipelineParams.parameter("batch_size"),
-    states: p.States = PipelineParams.parameter("states"),
-    max_consecutive_zero_yield: p.MaxConsecutiveZeroYield = PipelineParams.parameter("max_consecutive_zero_yield"),
-    max_fingerprint_repeats: p.MaxFingerprintRepeats = PipelineParams.parameter("max_fingerprint_repeats"),
-    max_attempts_per_phase: p.MaxAttemptsPerPhase = PipelineParams.parameter("max_attempts_per_phase"),
-    max_timeouts_per_run: p.MaxTimeoutsPerRun = PipelineParams.parameter("max_timeouts_per_run"),
-    phase_timeout_seconds: p.PhaseTimeoutSeconds = PipelineParams.parameter("phase_timeout_seconds"),
-    max_total_minutes: p.MaxTotalMinutes = PipelineParams.parameter("max_total_minutes"),
-    skip_run_prefixes: p.SkipRunPrefixes = PipelineParams.parameter("skip_run_prefixes"),
-    workers: p.Workers = PipelineParams.parameter("workers"),
-    resume: p.Resume = PipelineParams.parameter("resume"),
-    lease_seconds: p.LeaseSeconds = PipelineParams.parameter("lease_seconds"),
-    provider_concurrency: p.ProviderConcurrency = PipelineParams.parameter("provider_concurrency"),
-    min_samples: p.MinSamples = PipelineParams.parameter("min_samples"),
-    confidence_threshold: p.ConfidenceThreshold = PipelineParams.parameter("confidence_threshold"),
-    target_truncation: p.TargetTruncation = PipelineParams.parameter("target_truncation"),
-    holdout_fraction: p.HoldoutFraction = PipelineParams.parameter("holdout_fraction"),
-    method: p.Method = PipelineParams.parameter("method"),
-    window_weeks: p.WindowWeeks = PipelineParams.parameter("window_weeks"),
-    dry_run: p.DryRun = PipelineParams.parameter("dry_run"),
-    target_repo: p.TargetRepo = PipelineParams.parameter("target_repo"),
-    output_dir: p.OutputDir = PipelineParams.parameter("output_dir"),
-    skip_drain: p.SkipDrain = PipelineParams.parameter("skip_drain"),
-    expect_db_id: p.ExpectDbId = PipelineParams.parameter("expect_db_id"),
-) -> Any:
-    """The parameters are ``autopack.params.PipelineParams``: the drain's and the calibration's, passed on as given."""
-    params = PipelineParams.pick(locals())
+def telemetry_pipeline(params: PipelineParams = PipelineParams()) -> Any:
+    """``params`` (``autopack.params.PipelineParams``): the drain's and the calibration's, passed on as given,
+    and the pipeline's own."""
     quiet_run_logs()
     logger = get_run_logger()
     started_at = time.time()
@@ -144,21 +115,21 @@ def telemetry_pipeline(
     # Each step is a subflow run, started with the previous step's result as ``wait_for``: the run graph shows
     # them in order, linked. A step that refuses ends this run Failed with its one line (``settle``).
     try:
-        target_repo = preflight(target_repo=target_repo, output_dir=output_dir, dry_run=dry_run)
-        identity = settle(db_identity_guard(expect_db_id=expect_db_id, return_state=True))
+        target_repo = preflight(target_repo=params.target_repo, output_dir=params.output_dir, dry_run=params.dry_run)
+        identity = settle(db_identity_guard(expect_db_id=params.expect_db_id, return_state=True))
         lap("guard")
         db_id = identity["db_id"]
         logger.info("pipeline on database %s (%s)", db_id, identity["url"])
 
         previous: Any = identity
         drained: dict[str, Any] = {"processed": 0, "telemetry_events": 0}
-        if not skip_drain:
+        if not params.skip_drain:
             validation = settle(validate_single_phase(
-                validate_run_id or (run_ids[0] if run_ids else None), validate_phase_id,
+                params.validate_run_id or (params.run_ids[0] if params.run_ids else None), params.validate_phase_id,
                 wait_for=[identity], return_state=True,
             ))
             lap("validate")
-            previous = settle(batch_drain(**params.drain().model_dump(), expect_db_id=db_id, wait_for=[validation],
+            previous = settle(batch_drain(params.drain(), expect_db_id=db_id, wait_for=[validation],
                                           return_state=True))
             lap("drain")
             drained = dict(previous)
@@ -170,7 +141,7 @@ def telemetry_pipeline(
 
         # called from this synchronous flow, a subflow with return_state=True returns its State (not an awaitable)
         calibration = settle(cast("State[Any]", calibrate(
-            **params.calibration().model_dump(), include_run_ids=run_ids or None, output_dir=output_dir,
+            params.calibration(), include_run_ids=params.run_ids or None, output_dir=params.output_dir,
             expect_db_id=db_id, wait_for=[previous], return_state=True)))
         lap("calibrate")
         publish_calibration_artifacts(calibration)
@@ -190,7 +161,8 @@ def telemetry_pipeline(
         }
         if (calibration.get("gate") or {}).get("passed"):
             result["pull_request"] = settle(cast("State[Any]", open_calibration_pr_flow(
-                calibration, target_repo, output_dir, dry_run, result["flow_run_url"], wait_for=[calibration],
+                calibration, target_repo, params.output_dir, params.dry_run, result["flow_run_url"],
+                wait_for=[calibration],
                 return_state=True,
             )))
             lap("pull_request")

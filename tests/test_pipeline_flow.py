@@ -17,6 +17,7 @@ from autopack.calibration.synthetic import simulate
 from autopack.db.engine import get_engine
 from autopack.db.models import TokenEstimationV2Event
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
+from autopack.params import PipelineParams
 from autopack.pipeline import prepare_database
 from flows.pipeline import telemetry_pipeline
 
@@ -63,7 +64,7 @@ def test_pipeline_opens_a_pull_request_and_updates_it_on_the_next_run(
     with get_engine(db_url).begin() as connection:
         connection.execute(sa.insert(TokenEstimationV2Event.__table__), simulate(150, seed=3, run_id="history"))
 
-    first = telemetry_pipeline(target_repo=str(target), output_dir=str(tmp_path / "reports"), workers=2)
+    first = telemetry_pipeline(PipelineParams(target_repo=str(target), output_dir=str(tmp_path / "reports"), workers=2))
 
     assert first["phases_drained"] >= 60 and first["telemetry_events"] >= 60
     assert first["calibration"]["gate"]["passed"]
@@ -75,7 +76,7 @@ def test_pipeline_opens_a_pull_request_and_updates_it_on_the_next_run(
     assert changed and all(COEFFICIENT_LINE.match(line) for line in changed), changed
     assert Path(first["calibration"]["report_path"]).exists() and Path(first["calibration"]["plot_path"]).exists()
 
-    second = telemetry_pipeline(target_repo=str(target), output_dir=str(tmp_path / "reports2"), skip_drain=True)
+    second = telemetry_pipeline(PipelineParams(target_repo=str(target), output_dir=str(tmp_path / "reports2"), skip_drain=True))
 
     assert second["pull_request"]["status"] == "updated"
     assert second["pull_request"]["pr_number"] == pr["pr_number"]

@@ -21,6 +21,7 @@ from autopack.calibration.synthetic import simulate
 from autopack.db.engine import dispose_engines, get_engine
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import TokenEstimationV2Event
+from autopack.params import PipelineParams
 
 #: Each fake secret, by where it is configured. None of them has the shape of a real key (``sk-…``,
 #: ``ghp_…``), so only the masking rule's knowledge of the configured values can hide them.
@@ -110,8 +111,7 @@ def test_no_configured_secret_lands_anywhere(
     target = project_checkout(tmp_path / "target")
     output_dir = tmp_path / "reports"
 
-    state = telemetry_pipeline(target_repo=str(target), output_dir=str(output_dir), skip_drain=True,
-                               return_state=True)
+    state = telemetry_pipeline(PipelineParams(target_repo=str(target), output_dir=str(output_dir), skip_drain=True), return_state=True)
 
     from prefect.logging.handlers import APILogWorker
 

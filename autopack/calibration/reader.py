@@ -39,8 +39,8 @@ from autopack.db import keys
 from autopack.db.engine import get_engine
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import AutopackError
+from autopack.llm.base import TRUNCATION_REASONS
 from autopack.taxonomy import DOCS_LIKE, canonical_category
-from autopack.truncation import TRUNCATION_REASONS
 
 EV = TokenEstimationV2Event.__table__
 ESC = TokenBudgetEscalationEvent.__table__

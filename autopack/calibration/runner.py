@@ -37,9 +37,6 @@ class NoUsableSamplesError(AutopackError):
     exit_code = 1
 
 
-_DEFAULTS = CalibrationParams()
-
-
 def _stem(output_dir: Path, now: datetime) -> str:
     stem = f"token_estimator_calibration_{now:%Y%m%d_%H%M%S}"
     candidate, i = stem, 1
@@ -75,27 +72,22 @@ def _update(url: str, run_id: int, **fields: Any) -> None:
 
 def run_calibration(
     url: str | None = None,
+    params: CalibrationParams | None = None,
     *,
-    min_samples: int = _DEFAULTS.min_samples,
-    confidence_threshold: float = _DEFAULTS.confidence_threshold,
-    target_truncation: float = _DEFAULTS.target_truncation,
-    holdout_fraction: float = _DEFAULTS.holdout_fraction,
     include_run_ids: Sequence[str] | None = None,
     output_dir: Path = Path("."),
     allow_empty_db: bool = False,
     expect_db_id: str | None = None,
-    method: str | None = _DEFAULTS.method,
-    window_weeks: int | None = _DEFAULTS.window_weeks,
 ) -> dict[str, Any]:
     """Calibrate from the database, write the report/JSON/PNG, record the run; return the JSON object.
 
-    ``window_weeks``: only the calls of the newest N weeks before now are read (``reader.read_events(since=…)``).
-
-    Raises the guard's errors (exit 2/3) and ``NoUsableSamplesError`` (exit 1) when nothing is usable.
+    ``params``: the statistics (None: ``CalibrationParams``' defaults); checked on construction, so a bad value
+    fails before the database is touched. ``params.window_weeks``: only the calls of the newest N weeks before
+    now are read (``reader.read_events(since=…)``). The other arguments say where to read and write, not what to
+    compute. Raises the guard's errors (exit 2/3) and ``NoUsableSamplesError`` (exit 1) when nothing is usable.
     """
-    checked = CalibrationParams(min_samples=min_samples, confidence_threshold=confidence_threshold,
-                                target_truncation=target_truncation, holdout_fraction=holdout_fraction,
-                                method=method, window_weeks=window_weeks)  # bad ones fail before the database
+    checked = CalibrationParams() if params is None else params
+    window_weeks = checked.window_weeks
     run_ids = tuple(include_run_ids or ())
     resolved = resolve_url(url)
     clock = StageClock()

@@ -13,7 +13,7 @@ import typer
 
 from autopack.cli.common import ExpectDbIdOption, writable_dir
 from autopack.cli.groups import command_group
-from autopack.cli.options import model_option
+from autopack.cli.options import params_command
 from autopack.config import get_settings
 from autopack.errors import AutopackError
 from autopack.execution.runs import check_run_ids
@@ -33,38 +33,11 @@ pipeline_app = command_group("The whole telemetry pipeline as one Prefect flow r
 
 
 @pipeline_app.command("run")
+@params_command(P)
 def run(
+    params: P,
     init: Annotated[bool, typer.Option("--init", help="Create and migrate the database and the seed runs when missing.")] = False,
     weeks: Annotated[int, typer.Option("--weeks", min=1, max=MAX_SEED_WEEKS, help="With --init: weeks of seed runs to create (61 phases each).")] = 1,
-    run_ids: list[str] | None = model_option(P, "run_ids", "--run-id"),
-    validate_run_id: str | None = model_option(P, "validate_run_id", "--validate-run-id"),
-    validate_phase_id: str | None = model_option(P, "validate_phase_id", "--validate-phase-id"),
-    batch_size: int = model_option(P, "batch_size", "--batch-size"),
-    states: str = model_option(P, "states", "--states", csv=True),
-    max_consecutive_zero_yield: int | None = model_option(
-        P, "max_consecutive_zero_yield", "--max-consecutive-zero-yield"
-    ),
-    max_fingerprint_repeats: int = model_option(P, "max_fingerprint_repeats", "--max-fingerprint-repeats"),
-    max_attempts_per_phase: int = model_option(P, "max_attempts_per_phase", "--max-attempts-per-phase"),
-    max_timeouts_per_run: int = model_option(P, "max_timeouts_per_run", "--max-timeouts-per-run"),
-    phase_timeout_seconds: float = model_option(P, "phase_timeout_seconds", "--phase-timeout-seconds"),
-    max_total_minutes: float | None = model_option(P, "max_total_minutes", "--max-total-minutes"),
-    skip_run_prefixes: list[str] | None = model_option(P, "skip_run_prefixes", "--skip-run-prefix"),
-    workers: int = model_option(P, "workers", "--workers"),
-    resume: bool = model_option(P, "resume", "--resume"),
-    lease_seconds: float = model_option(P, "lease_seconds", "--lease-seconds"),
-    provider_concurrency: int | None = model_option(P, "provider_concurrency", "--provider-concurrency"),
-    min_samples: int = model_option(P, "min_samples", "--min-samples"),
-    confidence_threshold: float = model_option(P, "confidence_threshold", "--confidence-threshold"),
-    target_truncation: float = model_option(P, "target_truncation", "--target-truncation"),
-    holdout_fraction: float = model_option(P, "holdout_fraction", "--holdout-fraction"),
-    window_weeks: int | None = model_option(P, "window_weeks", "--window-weeks"),
-    method: str | None = model_option(P, "method", "--method"),
-    dry_run: bool = model_option(P, "dry_run", "--dry-run"),
-    target_repo: Path = model_option(P, "target_repo", "--target-repo"),
-    output_dir: Path = model_option(P, "output_dir", "--output-dir"),
-    skip_drain: bool = model_option(P, "skip_drain", "--skip-drain"),
-    expect_db_id: str | None = model_option(P, "expect_db_id", "--expect-db-id"),
 ) -> None:
     """Guard → validate one phase → batch drain → calibrate → gate → pull request."""
     import os
@@ -77,26 +50,27 @@ def run(
     from flows.pull_request import github_token
 
     settings = get_settings()
-    writable_dir(output_dir)
-    target_repo = check_target_repo(target_repo)
-    check_publish_settings(dry_run=dry_run, token=None if dry_run else github_token(),
+    output_dir = writable_dir(Path(params.output_dir))
+    target_repo = check_target_repo(Path(params.target_repo))
+    check_publish_settings(dry_run=params.dry_run, token=None if params.dry_run else github_token(),
                            repository=settings.github_repository)
-    prepared = prepare_database(settings.resolved_database_url(), init=init, expect_db_id=expect_db_id, weeks=weeks)
-    if not skip_drain:
-        check_run_ids(run_ids or [], url=settings.resolved_database_url(), expect_db_id=prepared.db_id)
+    prepared = prepare_database(settings.resolved_database_url(), init=init, expect_db_id=params.expect_db_id,
+                                weeks=weeks)
+    if not params.skip_drain:
+        check_run_ids(params.run_ids, url=settings.resolved_database_url(), expect_db_id=prepared.db_id)
     for line in prepared.messages:
         typer.echo(line)
 
     from flows.pipeline import telemetry_pipeline
 
-    # every value was checked by its option already; the flow gets absolute paths and the database it checked
-    params = P.pick({**locals(), "target_repo": str(target_repo.resolve()), "output_dir": str(output_dir.resolve()),
-                     "expect_db_id": prepared.db_id})
+    # the flow gets absolute paths and the database this command checked
+    params = params.model_copy(update={"target_repo": str(target_repo), "output_dir": str(output_dir.resolve()),
+                                       "expect_db_id": prepared.db_id})
 
     called_at = time.time()
     try:
         # a synchronous call: the flow's final State, not an awaitable
-        state = cast("State[Any]", telemetry_pipeline(**params.model_dump(), return_state=True))
+        state = cast("State[Any]", telemetry_pipeline(params, return_state=True))
     except RuntimeError as exc:
         if EPHEMERAL_FAILURE not in str(exc):
             raise

@@ -68,14 +68,10 @@ from autopack.execution.triage import (
     skip_run_prefix,
     zero_yield_reason,
 )
-from autopack.params import DRAINABLE_STATES as DRAINABLE_STATE_NAMES
-from autopack.params import DrainParams
+from autopack.params import DRAINABLE_STATES, DrainParams
 
 if TYPE_CHECKING:
     from autopack.execution.phase_runner import PhaseResult
-
-#: States a drain may take phases from (EXECUTING phases are taken only when their lease expired).
-DRAINABLE_STATES = frozenset(DRAINABLE_STATE_NAMES)
 
 STOP_BATCH_SIZE = "batch size reached"
 STOP_NO_PHASES = "no eligible phases left"
@@ -102,6 +98,14 @@ class BatchOptions(DrainParams):
     #: When nothing is claimable but another drain holds leases in scope, wait for those leases to end
     #: (finished, or expired because that drain died) instead of stopping.
     wait_for_leases: bool = True
+
+    @classmethod
+    def of(cls, params: DrainParams, **extra: Any) -> BatchOptions:
+        """The drain of ``params`` with what only the command line sets (``extra``: ``telemetry``, ``api_url``,
+        ``wait_for_leases``); ``params`` itself when it already is one and nothing is added."""
+        if isinstance(params, cls) and not extra:
+            return params
+        return cls(**{**params.model_dump(), **extra})
 
     def validate(self) -> None:  # type: ignore[override]
         """Check the options again (after an attribute was changed): the model's checks, nothing else."""
@@ -857,7 +861,7 @@ class DrainReport:
 
 
 def run_batch_drain(
-    options: BatchOptions,
+    params: DrainParams,
     *,
     url: str | None = None,
     executor: ExecutorRef = DEFAULT_EXECUTOR,
@@ -870,11 +874,13 @@ def run_batch_drain(
 ) -> DrainReport:
     """Preflight (telemetry on, DB identity, API identity, executor present), then drain.
 
-    ``executor`` is the phase function; ``runner`` is where it runs (default: ``isolation``'s executor).
+    ``params``: the drain (``BatchOptions`` for what only the command line sets). ``executor`` is the phase
+    function; ``runner`` is where it runs (default: ``isolation``'s executor).
     """
     from autopack.config import get_settings
     from autopack.db.identity import guard
 
+    options = BatchOptions.of(params)
     options.validate()
     settings = get_settings()
     check_telemetry_enabled(options.telemetry, settings.telemetry_db_enabled)

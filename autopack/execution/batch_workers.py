@@ -36,6 +36,7 @@ from typing import Any, Protocol, cast
 from autopack.errors import AutopackError, ConfigError, InputError, ProviderError
 from autopack.execution.leases import Claim, LeaseLostError
 from autopack.execution.triage import STAGE_BEFORE_LLM, STAGE_EXECUTION, STAGE_PROVIDER
+from autopack.params import DRAIN_LEASE_SECONDS
 
 #: The phase executor's contract (``autopack.execution.phase_runner.execute_phase``).
 DEFAULT_EXECUTOR = "autopack.execution.phase_runner:execute_phase"
@@ -67,7 +68,7 @@ class PhaseJob:
     claim: Claim
     url: str
     telemetry: bool = True
-    lease_seconds: float = 120.0
+    lease_seconds: float = DRAIN_LEASE_SECONDS
     #: Size of the provider gate (0: no gate).
     provider_concurrency: int = 0
 
