@@ -1,11 +1,13 @@
 """The parameters of the drain, the calibration and the pipeline, once: type, default, bounds, description.
 
-Every front end takes its parameters from here: ``autopack drain batch``/``calibrate``/``pipeline run`` build
-their options from these fields (``autopack.cli.options``), the Prefect flows declare their parameters with the
-same annotated types and defaults (so the UI, ``prefect.yaml`` and ``prefect deployment run -p`` see the bounds
-and descriptions too), the library validates through the models (``BatchOptions`` is a ``DrainParams``,
-``calibration.core.Params`` a ``CalibrationParams``), and ``scripts/params_table.py`` writes the README's
-parameter table from them. A bad value is refused with the same message everywhere.
+Every front end takes its parameters from here: ``autopack drain batch``/``calibrate``/``pipeline run`` generate
+their options from these fields and build the model in one place (``autopack.cli.options.params_command``), each
+Prefect flow takes one model as its ``params`` parameter (so the UI's form, ``prefect.yaml``'s ``params:`` and
+``prefect deployment run -p params=…`` see the bounds and descriptions too), the library takes the models
+(``run_batch_drain``, ``run_calibration``; ``BatchOptions`` is a ``DrainParams``, ``calibration.core.Params`` a
+``CalibrationParams``), and ``scripts/params_table.py`` writes docs/prefect.md's parameter table from them. A bad
+value is refused with the same message everywhere. ``tests/test_params_once.py`` fails when a parameter is
+declared, defaulted or bounded anywhere else.
 
 Defaults differ where the front ends legitimately do: ``autopack drain batch`` keeps the original's defaults
 (10 phases, one worker, no zero-yield stop), while the pipeline drains a whole collection in one run (500
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import cache
-from typing import Annotated, Any, Literal, Self, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -220,6 +222,9 @@ ExpectDbId = Annotated[
 # --- the models --------------------------------------------------------------------------------------------
 
 
+P = TypeVar("P", bound="ParamsModel")
+
+
 class ParamsModel(BaseModel):
     """A parameter set: unknown names refused, every error an ``InputError`` of one line."""
 
@@ -239,23 +244,13 @@ class ParamsModel(BaseModel):
         return cls.model_fields[name].get_default(call_default_factory=True)
 
     @classmethod
-    def parameter(cls, name: str) -> Any:
-        """``name``'s default as a ``pydantic.Field`` with its description: a flow parameter's default.
-
-        Prefect shows the description in the UI and uses the default; the flow's annotation (the same
-        annotated type as the field's) carries the bounds into the parameter schema.
-        """
-        return Field(default=cls.default(name), description=cls.model_fields[name].description)
-
-    @classmethod
     def bounds(cls, name: str) -> str:
         """``name``'s allowed values in a few characters (``1 ≤ x ≤ 64``, ``static | aci``), from its JSON schema."""
         return _bounds_text(_json_schema(cls)["properties"][name])
 
-    @classmethod
-    def pick(cls, values: Mapping[str, Any]) -> Self:
-        """The model of the entries of ``values`` that are its fields (a flow's ``locals()``, another model's dump)."""
-        return cls(**{name: values[name] for name in cls.model_fields if name in values})
+    def part(self, model: type[P]) -> P:
+        """The fields of ``model`` (a base of this model), exactly as given here."""
+        return model(**self.model_dump(include=set(model.model_fields)))
 
 
 @cache
@@ -332,8 +327,8 @@ class PipelineParams(CalibrationParams, DrainParams):
 
     def drain(self) -> DrainParams:
         """The drain's parameters, exactly as given."""
-        return DrainParams.pick(self.model_dump())
+        return self.part(DrainParams)
 
     def calibration(self) -> CalibrationParams:
         """The calibration's parameters, exactly as given."""
-        return CalibrationParams.pick(self.model_dump())
+        return self.part(CalibrationParams)

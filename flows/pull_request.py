@@ -97,9 +97,9 @@ def publish_pull_request_artifact(result: dict[str, Any]) -> None:
 @flow(name="open-calibration-pr")
 def open_calibration_pr_flow(
     calibration: dict[str, Any],
-    target_repo: str = ".",
-    output_dir: str = "reports",
-    dry_run: bool = False,
+    target_repo: str,
+    output_dir: str,
+    dry_run: bool,
     flow_run_url: str | None = None,
 ) -> Any:
     result = publish_task(calibration, target_repo, output_dir, dry_run, flow_run_url)

@@ -406,9 +406,9 @@ class BatchDrain:
                     candidate.phase_id,
                     claim,
                     self.url,
-                    self.options.telemetry,
-                    self.options.lease_seconds,
-                    self.provider_concurrency,
+                    lease_seconds=self.options.lease_seconds,
+                    provider_concurrency=self.provider_concurrency,
+                    telemetry=self.options.telemetry,
                 ),
             )
             self.reporter.phase_started(candidate, slot)

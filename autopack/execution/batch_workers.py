@@ -36,7 +36,6 @@ from typing import Any, Protocol, cast
 from autopack.errors import AutopackError, ConfigError, InputError, ProviderError
 from autopack.execution.leases import Claim, LeaseLostError
 from autopack.execution.triage import STAGE_BEFORE_LLM, STAGE_EXECUTION, STAGE_PROVIDER
-from autopack.params import DRAIN_LEASE_SECONDS
 
 #: The phase executor's contract (``autopack.execution.phase_runner.execute_phase``).
 DEFAULT_EXECUTOR = "autopack.execution.phase_runner:execute_phase"
@@ -67,10 +66,11 @@ class PhaseJob:
     phase_id: str
     claim: Claim
     url: str
+    #: The drain's lease length: each heartbeat extends the lease by this much.
+    lease_seconds: float
+    #: Size of the provider gate (0: no gate): the drain's, resolved once.
+    provider_concurrency: int
     telemetry: bool = True
-    lease_seconds: float = DRAIN_LEASE_SECONDS
-    #: Size of the provider gate (0: no gate).
-    provider_concurrency: int = 0
 
 
 @dataclass(frozen=True)
@@ -453,7 +453,7 @@ class InlineExecutor:
 
     hard_kill = False
 
-    def __init__(self, executor_ref: ExecutorRef = DEFAULT_EXECUTOR, workers: int = 1) -> None:
+    def __init__(self, executor_ref: ExecutorRef = DEFAULT_EXECUTOR, *, workers: int) -> None:
         self.workers = workers
         self.executor_ref = executor_ref
         self._executor: Callable[..., Any] | None = None
@@ -498,5 +498,5 @@ def make_executor(isolation: str, workers: int, executor_ref: ExecutorRef = DEFA
     if isolation == "process":
         return ProcessExecutor(workers, executor_ref)
     if isolation == "inline":
-        return InlineExecutor(executor_ref, workers)
+        return InlineExecutor(executor_ref, workers=workers)
     raise ValueError(f"unknown isolation {isolation!r}")
