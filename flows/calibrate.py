@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +9,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed
 
+from autopack.artifacts import calibration_group_rows, calibration_report_markdown
 from autopack.calibration import NoUsableSamplesError, run_calibration
 from autopack.params import CalibrationParams, ExpectDbId, OutputDir, PipelineParams
 from autopack.pipeline import calibration_outcome
-
-#: Columns of the ``calibration-groups`` table artifact.
-GROUP_COLUMNS = ("category", "complexity", "n", "n_censored", "median_ratio", "pooling_weight", "budget_factor",
-                 "confidence", "original_confidence")
 
 
 @task(name="run-calibration")
@@ -37,31 +33,16 @@ def calibrate_task(
         return {"no_samples": exc.message, "gate": {"passed": False, "reasons": [exc.message]}}
 
 
-def report_markdown(result: dict[str, Any]) -> str | None:
-    """The report with its plot embedded as a ``data:`` URI: the UI cannot load the PNG by a relative name."""
-    report_path, plot_path = result.get("report_path"), result.get("plot_path")
-    if not report_path or not Path(report_path).is_file():
-        return None
-    markdown = Path(report_path).read_text(encoding="utf-8")
-    if plot_path and Path(plot_path).is_file():
-        encoded = base64.b64encode(Path(plot_path).read_bytes()).decode("ascii")
-        markdown = markdown.replace(f"]({Path(plot_path).name})", f"](data:image/png;base64,{encoded})")
-    return markdown
-
-
 def publish_calibration_artifacts(result: dict[str, Any]) -> None:
     """The report and the group table, as artifacts of the current flow run (the parent's too)."""
-    markdown = report_markdown(result)
+    markdown = calibration_report_markdown(result)
     if markdown is not None:
         create_markdown_artifact(key="calibration-report", markdown=markdown,
                                  description="token_estimator calibration report")
-    groups = result.get("groups") or []
-    if groups:
-        create_table_artifact(
-            key="calibration-groups",
-            table=[{k: g.get(k) for k in GROUP_COLUMNS} for g in groups],
-            description="calibration groups (category x complexity)",
-        )
+    rows = calibration_group_rows(result)
+    if rows:
+        create_table_artifact(key="calibration-groups", table=rows,
+                              description="calibration groups (category x complexity)")
 
 
 @flow(name="calibrate")

@@ -22,7 +22,6 @@ worker for this — and the flow run ends only after such a task has returned. F
 from __future__ import annotations
 
 import functools
-import select
 import time
 from collections import deque
 from typing import Any
@@ -34,9 +33,10 @@ from prefect.futures import PrefectFuture
 from prefect.states import Completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from autopack.artifacts import drain_session_markdown
 from autopack.errors import AutopackError
 from autopack.execution.batch import BatchOptions, attempt_samples, run_batch_drain
-from autopack.execution.batch_report import format_summary, outcome_line, phase_log_line
+from autopack.execution.batch_report import format_summary, outcome_line, phase_log_line, progress_percent
 from autopack.execution.batch_workers import (
     DEFAULT_EXECUTOR,
     Completion,
@@ -124,7 +124,7 @@ class TaskRunExecutor:
 
     def wait(self, timeout: float | None) -> list[Completion]:
         if not self._finished and (self._futures or timeout is not None):
-            select.select([self._wake.fileno()], [], [], timeout)
+            self._wake.wait(timeout)
         self._wake.clear()
         completions = []
         while self._finished:
@@ -192,7 +192,7 @@ class PrefectReporter:
 
     def progress(self, done: int, planned: int, *, final: bool = False) -> None:
         self._latest = (done, planned)
-        percent = 100.0 if planned <= 0 else round(min(100.0, 100.0 * done / planned), 1)
+        percent = progress_percent(done, planned)
         now = time.monotonic()
         if self._progress_id is None or percent == self._percent:
             return
@@ -206,19 +206,9 @@ class PrefectReporter:
     def finished(self, state: SessionState) -> None:
         done, planned = (1, 1) if state.status == STATUS_COMPLETED else self._latest  # interrupted: where it stopped
         self.progress(done, planned, final=True)
-        summary = format_summary(state)
-        create_markdown_artifact(key="batch-drain-summary", markdown=f"## Batch drain {state.status}\n\n```\n{summary}\n```",
+        create_markdown_artifact(key="batch-drain-summary", markdown=drain_session_markdown(state),
                                  description=f"drain session {state.session_id}")
-        self.logger.info("%s", summary)
-
-
-def summary_message(state: SessionState) -> str:
-    """The flow run's state message: what the drain did, in one line."""
-    return (
-        f"{state.total_processed} phases: {state.total_success} ok, {state.total_failed} failed "
-        f"({state.total_timeouts} timeouts), {state.total_telemetry_events} telemetry rows; "
-        f"stopped: {state.stop_reason or 'not stopped'}"
-    )
+        self.logger.info("%s", format_summary(state))
 
 
 @flow(name="batch-drain")
@@ -240,15 +230,5 @@ def batch_drain(params: DrainParams = DrainParams(), expect_db_id: ExpectDbId = 
         )
     except AutopackError as exc:  # e.g. the wrong database: one line, no traceback
         return refusal(exc)
-    state = report.state
-    summary = {
-        "session_id": state.session_id,
-        "processed": state.total_processed,
-        "success": state.total_success,
-        "failed": state.total_failed,
-        "timeouts": state.total_timeouts,
-        "telemetry_events": state.total_telemetry_events,
-        "stop_reason": state.stop_reason,
-        "wall_seconds": round(report.wall_seconds, 3),
-    }
-    return Completed(message=summary_message(state), data=summary)
+    summary = report.summary()
+    return Completed(message=summary.message(), data=summary)

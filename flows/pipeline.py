@@ -10,29 +10,23 @@ no pull request is the right outcome then, not a failure. Bad set-ups end it Fai
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, cast
 
 from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
-from autopack.config import get_settings
+from autopack.artifacts import drain_summary_markdown, gate_markdown
 from autopack.errors import AutopackError
+from autopack.execution.batch import DrainSummary
 from autopack.params import PipelineParams
-from autopack.pipeline import (
-    check_deployment_database,
-    check_deployment_locations,
-    check_publish_settings,
-    check_target_repo,
-    state_message,
-)
+from autopack.pipeline import ValidationResult, drained_totals, preflight, state_message
 from autopack.timing import StageClock
 from flows.calibrate import calibrate, publish_calibration_artifacts
 from flows.drain import batch_drain
 from flows.guard import db_identity_guard
 from flows.logs import quiet_run_logs
-from flows.pull_request import github_token, open_calibration_pr_flow, publish_pull_request_artifact
+from flows.pull_request import open_calibration_pr_flow, publish_pull_request_artifact
 from flows.states import refusal, settle
 from flows.validate import validate_single_phase
 
@@ -54,54 +48,6 @@ def flow_run_ui_url() -> str | None:
     return str(flow_run.ui_url)
 
 
-def preflight(*, target_repo: str, output_dir: str, dry_run: bool) -> str:
-    """Everything that can be refused before a phase is drained; returns the resolved target checkout."""
-    settings = get_settings()
-    if in_deployment():
-        check_deployment_database(settings)
-        check_deployment_locations(output_dir=output_dir, target_repo=target_repo, dry_run=dry_run)
-    check_publish_settings(dry_run=dry_run, token=None if dry_run else github_token(),
-                           repository=settings.github_repository)
-    return str(check_target_repo(Path(target_repo)))
-
-
-def drain_summary_markdown(drained: dict[str, Any]) -> str:
-    """The drain session's summary as the CLI prints it, else the counts the flow returned."""
-    session_id = drained.get("session_id")
-    if session_id:
-        try:
-            from autopack.execution.batch_report import format_summary
-            from autopack.execution.sessions import SessionStore
-
-            session = SessionStore().load(str(session_id))
-            if session is not None:
-                return f"```\n{format_summary(session)}\n```"
-        except Exception as exc:  # the summary is a courtesy: the counts below say the same in short
-            get_run_logger().warning("drain summary unavailable (%s); showing the counts", exc)
-    rows = [f"| {key} | {value} |" for key, value in drained.items() if not isinstance(value, (dict, list))]
-    return "\n".join(["| | |", "|---|---|", *rows])
-
-
-def gate_markdown(calibration: dict[str, Any]) -> str:
-    gate = calibration.get("gate") or {}
-    passed = bool(gate.get("passed"))
-    lines = [f"## Calibration gate {'passed' if passed else 'not passed'}", ""]
-    if calibration.get("no_samples"):
-        lines += [f"No calibration: {calibration['no_samples']}", "", "No pull request was opened."]
-        return "\n".join(lines)
-    lines += [f"- {reason}" for reason in gate.get("reasons") or []]
-    changes = calibration.get("proposed_changes") or []
-    if passed and changes:
-        lines += ["", "| coefficient | group | from | to |", "|---|---|---:|---:|"]
-        for change in changes:
-            key = "/".join(str(k) for k in change.get("key") or [])
-            old, new = ("–" if v is None else v for v in (change.get("old"), change.get("new")))
-            lines.append(f"| {change.get('coefficient')} | {key} | {old} | {new} |")
-    if not passed:
-        lines += ["", "No pull request was opened."]
-    return "\n".join(lines)
-
-
 @flow(name="telemetry-pipeline")
 def telemetry_pipeline(params: PipelineParams = PipelineParams()) -> Any:
     """``params`` (``autopack.params.PipelineParams``): the drain's and the calibration's, passed on as given,
@@ -115,55 +61,51 @@ def telemetry_pipeline(params: PipelineParams = PipelineParams()) -> Any:
     # Each step is a subflow run, started with the previous step's result as ``wait_for``: the run graph shows
     # them in order, linked. A step that refuses ends this run Failed with its one line (``settle``).
     try:
-        target_repo = preflight(target_repo=params.target_repo, output_dir=params.output_dir, dry_run=params.dry_run)
+        checked = preflight(params, in_deployment=in_deployment())
         identity = settle(db_identity_guard(expect_db_id=params.expect_db_id, return_state=True))
         lap("guard")
-        db_id = identity["db_id"]
-        logger.info("pipeline on database %s (%s)", db_id, identity["url"])
+        logger.info("pipeline on database %s (%s)", identity.db_id, identity.url)
 
         previous: Any = identity
-        drained: dict[str, Any] = {"processed": 0, "telemetry_events": 0}
+        validation: ValidationResult | None = None
+        drained: DrainSummary | None = None
         if not params.skip_drain:
             validation = settle(validate_single_phase(
                 params.validate_run_id or (params.run_ids[0] if params.run_ids else None), params.validate_phase_id,
                 wait_for=[identity], return_state=True,
             ))
             lap("validate")
-            previous = settle(batch_drain(params.drain(), expect_db_id=db_id, wait_for=[validation],
-                                          return_state=True))
+            drained = previous = settle(batch_drain(params.drain(), expect_db_id=identity.db_id,
+                                                    wait_for=[validation], return_state=True))
             lap("drain")
-            drained = dict(previous)
             create_markdown_artifact(key="batch-drain-summary", markdown=drain_summary_markdown(drained),
                                      description="batch drain of this pipeline run")
-            drained["processed"] = int(drained.get("processed") or 0) + (0 if validation.get("skipped") else 1)
-            drained["telemetry_events"] = (int(drained.get("telemetry_events") or 0)
-                                           + int(validation.get("telemetry_events") or 0))
+        phases_drained, telemetry_events = drained_totals(drained, validation)
 
         # called from this synchronous flow, a subflow with return_state=True returns its State (not an awaitable)
         calibration = settle(cast("State[Any]", calibrate(
             params.calibration(), include_run_ids=params.run_ids or None, output_dir=params.output_dir,
-            expect_db_id=db_id, wait_for=[previous], return_state=True)))
+            expect_db_id=identity.db_id, wait_for=[previous], return_state=True)))
         lap("calibrate")
         publish_calibration_artifacts(calibration)
         create_markdown_artifact(key="calibration-gate", markdown=gate_markdown(calibration),
                                  description="calibration gate")
         result: dict[str, Any] = {
-            "db_id": db_id,
-            "phases_drained": drained["processed"],
-            "telemetry_events": drained["telemetry_events"],
+            "db_id": identity.db_id,
+            "phases_drained": phases_drained,
+            "telemetry_events": telemetry_events,
             "calibration": {k: calibration.get(k) for k in (
                 "gate", "report_path", "json_path", "plot_path", "metadata", "proposed_changes", "no_samples")},
             "pull_request": None,
-            "target_repo": target_repo,
+            "target_repo": checked.target_repo,
             "flow_run_url": flow_run_ui_url(),
             "started_at": started_at,
             "timings": timings,
         }
         if (calibration.get("gate") or {}).get("passed"):
             result["pull_request"] = settle(cast("State[Any]", open_calibration_pr_flow(
-                calibration, target_repo, params.output_dir, params.dry_run, result["flow_run_url"],
-                wait_for=[calibration],
-                return_state=True,
+                calibration, checked.publish, checked.target_repo, params.output_dir, result["flow_run_url"],
+                wait_for=[calibration], return_state=True,
             )))
             lap("pull_request")
             publish_pull_request_artifact(result["pull_request"])

@@ -113,7 +113,7 @@ def test_cli_engine_and_prefect_flow_leave_the_same_database(
     monkeypatch.setenv("DATABASE_URL", flow_url)
     monkeypatch.setenv("AUTOPACK_WORKSPACE_DIR", str(tmp_path / "flow-workspaces"))
     summary = flows.drain.batch_drain(DrainParams(**OPTIONS))
-    assert summary["timeouts"] == 1
+    assert summary.timeouts == 1
 
     cli, prefect = snapshot(cli_url), snapshot(flow_url)
     assert prefect["session"] == cli["session"]

@@ -179,7 +179,8 @@ def test_holdout_fraction_0_means_nothing_held_out_and_nothing_shipped_everywher
             flow.validate_parameters({"params": {"holdout_fraction": 0}})
             schema = parameter_schema(flow).model_dump_for_openapi()
             validate_schema({"params": {"holdout_fraction": 0}}, schema, raise_on_error=True)
-    result = real_run_calibration(seeded_calibration, CalibrationParams(holdout_fraction=0), output_dir=tmp_path / "library")
+    result = real_run_calibration(seeded_calibration, CalibrationParams(holdout_fraction=0),
+                                  output_dir=tmp_path / "library")
     assert result["backtest"]["test_n"] == 0 and not result["gate"]["passed"]
     assert any("no held-out calls" in reason for reason in result["gate"]["reasons"])
     code, _, _ = run_cli(capsys, "calibrate", "--holdout-fraction", "0", "--json", "--output-dir", str(tmp_path / "cli"))

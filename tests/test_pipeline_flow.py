@@ -76,7 +76,8 @@ def test_pipeline_opens_a_pull_request_and_updates_it_on_the_next_run(
     assert changed and all(COEFFICIENT_LINE.match(line) for line in changed), changed
     assert Path(first["calibration"]["report_path"]).exists() and Path(first["calibration"]["plot_path"]).exists()
 
-    second = telemetry_pipeline(PipelineParams(target_repo=str(target), output_dir=str(tmp_path / "reports2"), skip_drain=True))
+    second = telemetry_pipeline(PipelineParams(target_repo=str(target), output_dir=str(tmp_path / "reports2"),
+                                               skip_drain=True))
 
     assert second["pull_request"]["status"] == "updated"
     assert second["pull_request"]["pr_number"] == pr["pr_number"]

@@ -111,7 +111,8 @@ def test_no_configured_secret_lands_anywhere(
     target = project_checkout(tmp_path / "target")
     output_dir = tmp_path / "reports"
 
-    state = telemetry_pipeline(PipelineParams(target_repo=str(target), output_dir=str(output_dir), skip_drain=True), return_state=True)
+    params = PipelineParams(target_repo=str(target), output_dir=str(output_dir), skip_drain=True)
+    state = telemetry_pipeline(params, return_state=True)
 
     from prefect.logging.handlers import APILogWorker
 

@@ -47,13 +47,12 @@ def run(
     # The temporary local Prefect server needs more than Prefect's default 20 s on a loaded machine.
     os.environ.setdefault(STARTUP_TIMEOUT_VARIABLE, str(STARTUP_TIMEOUT_SECONDS))
     from autopack.pipeline import check_publish_settings, check_target_repo, prepare_database, summarise
-    from flows.pull_request import github_token
 
     settings = get_settings()
     output_dir = writable_dir(Path(params.output_dir))
     target_repo = check_target_repo(Path(params.target_repo))
-    check_publish_settings(dry_run=params.dry_run, token=None if params.dry_run else github_token(),
-                           repository=settings.github_repository)
+    # before anything is created (--init): the flow's preflight checks again, for the runs no command starts
+    check_publish_settings(dry_run=params.dry_run)
     prepared = prepare_database(settings.resolved_database_url(), init=init, expect_db_id=params.expect_db_id,
                                 weeks=weeks)
     if not params.skip_drain:

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
+from pydantic import BaseModel
 
 from autopack.db.engine import session_scope
 from autopack.db.models import Phase, PhaseState, TokenEstimationV2Event, utcnow
@@ -858,6 +859,32 @@ class DrainReport:
     @property
     def exit_code(self) -> int:
         return 1 if self.state.any_failed else 0
+
+    def summary(self) -> DrainSummary:
+        state = self.state
+        return DrainSummary(
+            session_id=state.session_id, processed=state.total_processed, success=state.total_success,
+            failed=state.total_failed, timeouts=state.total_timeouts, telemetry_events=state.total_telemetry_events,
+            stop_reason=state.stop_reason, wall_seconds=round(self.wall_seconds, 3),
+        )
+
+
+class DrainSummary(BaseModel):
+    """What one drain session did, in numbers: the ``batch-drain`` flow's result."""
+
+    session_id: str
+    processed: int
+    success: int
+    failed: int
+    timeouts: int
+    telemetry_events: int
+    stop_reason: str | None
+    wall_seconds: float
+
+    def message(self) -> str:
+        """The flow run's state message: what the drain did, in one line."""
+        return (f"{self.processed} phases: {self.success} ok, {self.failed} failed ({self.timeouts} timeouts), "
+                f"{self.telemetry_events} telemetry rows; stopped: {self.stop_reason or 'not stopped'}")
 
 
 def run_batch_drain(

@@ -23,6 +23,7 @@ import ctypes
 import importlib
 import multiprocessing
 import os
+import select
 import signal
 import sys
 import threading
@@ -132,6 +133,10 @@ class WakePipe:
     def wake(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self._write, b"!")
+
+    def wait(self, timeout: float | None) -> None:
+        """Until ``wake`` was called (or had been, since the last ``clear``), at most ``timeout`` seconds."""
+        select.select([self._read], [], [], timeout)
 
     def clear(self) -> None:
         with contextlib.suppress(OSError):
