@@ -26,6 +26,7 @@ import flows.pipeline
 from autopack import params
 from autopack.calibration import drift
 from autopack.calibration import run_calibration as real_run_calibration
+from autopack.cli import pipeline as pipeline_command
 from autopack.db.engine import session_scope
 from autopack.errors import InputError
 from autopack.execution import batch
@@ -344,7 +345,7 @@ def test_the_pipeline_command_passes_its_parameters_to_the_flow_unchanged(
         received.append(params)
         return Failed(message="stopped by the test")
 
-    monkeypatch.setattr(flows.pipeline, "telemetry_pipeline", flow_spy)
+    monkeypatch.setattr(pipeline_command, "load_pipeline_flow", lambda root: flow_spy)
     values = {**DRAIN_VALUES, **CALIBRATION_VALUES}
     args = ["pipeline", "run", "--dry-run", "--target-repo", str(project_checkout(tmp_path / "target"))]
     for name, value in values.items():

@@ -1,6 +1,8 @@
 """``autopack pipeline run``: the ``telemetry-pipeline`` flow from the command line.
 
-Prefect is imported only when the pipeline runs, so other commands stay fast.
+Prefect is imported only when the pipeline runs, so other commands stay fast. The flow is loaded as a worker
+loads it: by its entrypoint path in the repository (``flows/`` is the repository's folder of entry points, never
+installed), with Prefect's own ``load_flow_from_entrypoint``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from autopack.cli.common import ExpectDbIdOption, writable_dir
 from autopack.cli.groups import command_group
 from autopack.cli.options import params_command
 from autopack.config import get_settings
-from autopack.errors import AutopackError
+from autopack.errors import AutopackError, InputError
 from autopack.execution.runs import check_run_ids
 from autopack.execution.seed_runs import MAX_SEED_WEEKS
 from autopack.params import PipelineParams as P
@@ -28,6 +30,35 @@ STARTUP_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 STARTUP_TIMEOUT_SECONDS = 180
 #: The start of the error Prefect raises when that server does not answer in time.
 EPHEMERAL_FAILURE = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+#: The flow ``autopack pipeline run`` runs, as ``prefect.yaml`` names it: relative to the repository.
+PIPELINE_ENTRYPOINT = "flows/pipeline.py:telemetry_pipeline"
+
+
+def repository_root() -> Path:
+    """The checkout whose ``flows/`` the command runs: the working directory when it is one (a fresh clone, the
+    quickstart), else the checkout this autopack is installed from (an editable install)."""
+    import autopack
+
+    relative = Path(PIPELINE_ENTRYPOINT.partition(":")[0])
+    for root in (Path.cwd(), Path(autopack.__file__).resolve().parents[1]):
+        if (root / relative).is_file():
+            return root
+    raise InputError(f"no {relative} here: `autopack pipeline run` runs the flows of a checkout of autopack",
+                     hint="run it from the repository (or install it editable from one: bash scripts/install.sh)")
+
+
+def load_pipeline_flow(root: Path) -> Any:
+    """The ``telemetry-pipeline`` flow, loaded by path from the checkout ``root`` (its ``flows.*`` imports too)."""
+    import sys
+
+    from prefect.flows import load_flow_from_entrypoint
+
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))  # ``from flows.drain import …`` inside the entry point
+    path, _, name = PIPELINE_ENTRYPOINT.partition(":")
+    return load_flow_from_entrypoint(f"{root / path}:{name}")
+
 
 pipeline_app = command_group("The whole telemetry pipeline as one Prefect flow run.")
 
@@ -49,6 +80,7 @@ def run(
     from autopack.pipeline import check_publish_settings, check_target_repo, prepare_database, summarise
 
     settings = get_settings()
+    root = repository_root()
     output_dir = writable_dir(Path(params.output_dir))
     target_repo = check_target_repo(Path(params.target_repo))
     # before anything is created (--init): the flow's preflight checks again, for the runs no command starts
@@ -60,7 +92,7 @@ def run(
     for line in prepared.messages:
         typer.echo(line)
 
-    from flows.pipeline import telemetry_pipeline
+    telemetry_pipeline = load_pipeline_flow(root)
 
     # the flow gets absolute paths and the database this command checked
     params = params.model_copy(update={"target_repo": str(target_repo), "output_dir": str(output_dir.resolve()),
