@@ -222,7 +222,7 @@ ExpectDbId = Annotated[
 # --- the models --------------------------------------------------------------------------------------------
 
 
-P = TypeVar("P", bound="ParamsModel")
+ModelT = TypeVar("ModelT", bound="ParamsModel")
 
 
 class ParamsModel(BaseModel):
@@ -248,7 +248,7 @@ class ParamsModel(BaseModel):
         """``name``'s allowed values in a few characters (``1 ≤ x ≤ 64``, ``static | aci``), from its JSON schema."""
         return _bounds_text(_json_schema(cls)["properties"][name])
 
-    def part(self, model: type[P]) -> P:
+    def part(self, model: type[ModelT]) -> ModelT:
         """The fields of ``model`` (a base of this model), exactly as given here."""
         return model(**self.model_dump(include=set(model.model_fields)))
 

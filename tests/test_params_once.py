@@ -46,8 +46,9 @@ OTHER_FLOWS = (flows.guard.db_identity_guard, flows.validate.validate_single_pha
 OWN_OPTIONS = {
     ("calibrate", "output_dir"): "`autopack calibrate` writes into the working directory, as the original did",
 }
-#: Source names spelled like a parameter of record that mean something else there, and what.
+#: Source names spelled like a parameter of record whose value there is not the parameter's, and why.
 NOT_THE_PARAMETER = {
+    ("autopack/api/schemas.py", "run_ids"): "the API's cap on one request body's size, not a limit of the drain",
     ("autopack/calibration/model.py", "method"): "a group's interval method (km_conformal, censored_fit, …)",
     ("autopack/db/models.py", "method"): "the runtime method that moved a stored adaptive level (only aci has one)",
     ("autopack/db/checkpoints.py", "resume"): "the name of an environment variable of the migration tests",
@@ -167,25 +168,36 @@ def literal(node: ast.expr) -> bool:
     return False
 
 
+#: Keywords that bound a value (pydantic's ``Field``, typer's and click's options).
+BOUND_KEYWORDS = frozenset({"ge", "gt", "le", "lt", "min", "max", "min_length", "max_length", "multiple_of"})
+
+
+def own_definition(value: ast.expr) -> bool:
+    """A literal, or a call given a literal ``default`` or a literal bound (``Field(default=10)``, ``Field(ge=1)``,
+    ``typer.Option(1, min=1)``)."""
+    if literal(value):
+        return True
+    return isinstance(value, ast.Call) and any(
+        (k.arg == "default" or k.arg in BOUND_KEYWORDS) and literal(k.value) for k in value.keywords)
+
+
 def literal_defaults(source: str) -> Iterator[tuple[int, str]]:
-    """``(line, name)`` of each literal default given to a name of record: a function's parameter, a class's
-    field (``name: T = 10``, ``Field(default=10)``, ``mapped_column(..., default=10)``), an option's or a
-    field's default keyword, and a module constant spelled as the name (``BATCH_SIZE = 10``)."""
+    """``(line, name)`` of each default or bound of its own given to a name of record: a function's parameter,
+    a class's field (``name: T = 10``, ``Field(default=10)``, ``Field(ge=1)``, ``mapped_column(..., default=10)``),
+    and a module constant spelled as the name (``BATCH_SIZE = 10``)."""
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
             args = node.args
             positional = [*args.posonlyargs, *args.args]
             pairs = [*zip(positional[len(positional) - len(args.defaults):], args.defaults, strict=True),
                      *((a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None)]
-            yield from ((d.lineno, a.arg) for a, d in pairs if a.arg in RECORD and literal(d))
+            yield from ((d.lineno, a.arg) for a, d in pairs if a.arg in RECORD and own_definition(d))
         elif isinstance(node, ast.ClassDef):
             for statement in node.body:
                 if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
                         and statement.target.id in RECORD and statement.value is not None):
                     continue
-                value = statement.value
-                if literal(value) or (isinstance(value, ast.Call) and any(
-                        k.arg == "default" and literal(k.value) for k in value.keywords)):
+                if own_definition(statement.value):
                     yield statement.lineno, statement.target.id
         elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             name = node.targets[0].id
@@ -200,10 +212,13 @@ class Options:
     lease_seconds: float = 120.0
     method: str = Field(default="aci")
     resume: bool = Field(default=None)
+    provider_concurrency: int | None = Field(default=None, ge=0, le=64)
+def drain_command(max_attempts_per_phase: int = typer.Option(None, min=1)): ...
 PHASE_TIMEOUT_SECONDS = 900
 '''
     assert sorted(name for _, name in literal_defaults(source)) == [
-        "batch_size", "lease_seconds", "method", "phase_timeout_seconds", "workers"]
+        "batch_size", "lease_seconds", "max_attempts_per_phase", "method", "phase_timeout_seconds",
+        "provider_concurrency", "workers"]
 
 
 def test_no_module_gives_a_name_of_record_a_default_of_its_own() -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 from autopack.db.models import Phase, Run
-from autopack.params import CLAIM_LEASE_SECONDS, DEFAULT_DRAIN_STATES, DrainableState, LeaseSeconds
+from autopack.params import CLAIM_LEASE_SECONDS, DEFAULT_DRAIN_STATES, LeaseSeconds, States
 
 #: Printable ASCII, no leading space: an owner id goes into logs and lease columns.
 OWNER_PATTERN = r"^[\x21-\x7e][\x20-\x7e]{0,254}$"
@@ -118,7 +118,7 @@ class PhaseStateIn(BaseModel):
 class ClaimIn(BaseModel):
     owner: str = Field(pattern=OWNER_PATTERN, description="Worker id that will heartbeat and report the result.")
     run_ids: list[RunId] | None = Field(default=None, max_length=1000)
-    states: list[DrainableState] = Field(default_factory=lambda: list(DEFAULT_DRAIN_STATES), min_length=1)
+    states: States = Field(default_factory=lambda: list(DEFAULT_DRAIN_STATES))
     lease_seconds: LeaseSeconds = CLAIM_LEASE_SECONDS
 
 
