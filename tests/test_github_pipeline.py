@@ -17,6 +17,7 @@ from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github  # noqa: F
 from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, calibration, git, make_target_repo
 
 from autopack.db.engine import dispose_engines, session_scope
+from autopack.db.handle import database_at
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import CalibrationProposal, CalibrationRun
 from autopack.errors import RefusedError, SchemaNotMigratedError
@@ -39,7 +40,7 @@ def _no_ambient_github_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def sqlite_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A migrated SQLite database as the settings' database (for tests not about the memory itself)."""
     url = f"sqlite:///{tmp_path / 'memory.db'}"
-    upgrade_database(url)
+    upgrade_database(database_at(url))
     monkeypatch.setenv("DATABASE_URL", url)
     yield url
     dispose_engines()

@@ -9,9 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from autopack.calibration.story import gate_sentence
-from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, writable_dir
+from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, guarded, writable_dir
 from autopack.cli.options import model_option
-from autopack.config import get_settings
 from autopack.errors import AutopackError
 from autopack.params import CalibrationParams
 
@@ -83,15 +82,13 @@ def calibrate(
     """
     from autopack.calibration import run_calibration
 
-    settings = get_settings()
     writable_dir(output_dir)
+    params = CalibrationParams.pick(locals())  # bad values are refused before the database is opened
     result = run_calibration(
-        settings.resolved_database_url(),
-        **CalibrationParams.pick(locals()).model_dump(),
+        guarded(expect_db_id, allow_empty_db, quiet=True),
+        **params.model_dump(),
         include_run_ids=include_run_id or None,
         output_dir=output_dir,
-        allow_empty_db=allow_empty_db,
-        expect_db_id=expect_db_id,
     )
     md = result["metadata"]
     typer.echo(f"[db] id={md['db_id']}", err=True)
