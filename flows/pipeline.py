@@ -199,7 +199,7 @@ def telemetry_pipeline(
         }
         if (calibration.get("gate") or {}).get("passed"):
             result["pull_request"] = settle(cast("State[Any]", open_calibration_pr_flow(
-                calibration, target_repo, output_dir, dry_run, result["flow_run_url"], wait_for=[calibration],
+                calibration, target_repo, output_dir, dry_run, result["flow_run_url"], database, wait_for=[calibration],
                 return_state=True,
             )))
             lap("pull_request")

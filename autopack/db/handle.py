@@ -22,9 +22,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from autopack.config import get_settings
 from autopack.db.engine import get_engine, get_sessionmaker, mask_url, resolve_url, session_scope
 from autopack.db.identity import IdentityReport, guard
-from autopack.logging import get_logger
-
-log = get_logger("autopack.db.handle")
 
 
 @dataclass(frozen=True, repr=False)
@@ -119,5 +116,4 @@ def open_database(
     """
     target = database_at(url, read_only=read_only)
     report = guard(target, expect_db_id=expected_db_id(expect_db_id), allow_empty=allow_empty, counts=counts)
-    log.debug("database guard passed: id=%s url=%s", report.db_id, report.url)
     return Database(target.url, report.db_id, report, read_only=read_only)

@@ -27,12 +27,15 @@ from autopack.errors import (
     EmptyDatabaseError,
     SchemaNotMigratedError,
 )
+from autopack.logging import get_logger
 from autopack.taxonomy import canonical_category, canonical_complexity
 
 if TYPE_CHECKING:
     from autopack.db.handle import Database
 
 UPGRADE_HINT = "run `autopack db upgrade` first"
+
+log = get_logger("autopack.db.identity")
 
 
 @dataclass
@@ -188,6 +191,7 @@ def guard(
             f"{report.url} is empty (0 runs, 0 phases, 0 estimation events)",
             hint="wrong DATABASE_URL? create runs first, or pass --allow-empty-db",
         )
+    log.debug("identity guard passed: id=%s url=%s", report.db_id, report.url)  # once per command or pipeline run
     return report
 
 

@@ -36,7 +36,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from autopack.db.checkpoints import checkpoint
-from autopack.db.engine import dispose_engines, get_engine, mask_url, parse_url
+from autopack.db.engine import dispose_engines, mask_url, parse_url
 from autopack.db.legacy import leftover_copies, repair_interrupted_adoption
 from autopack.errors import AutopackError, DatabaseUrlError, DbIdentityMismatchError, InputError, RefusedError
 
@@ -218,7 +218,7 @@ def upgrade_database(
         engine.dispose()
     checkpoint("committed")
     dispose_engines()  # a rebuilt schema must not be seen through stale pooled connections
-    report.row_counts_after = table_row_counts(get_engine(resolved))
+    report.row_counts_after = table_row_counts(database.engine)
     return report
 
 
