@@ -18,7 +18,7 @@ import pytest
 from cli_runner import run_cli
 
 from autopack.db.engine import session_scope
-from autopack.db.handle import Database, DatabaseRef, database_at, open_database
+from autopack.db.handle import Database, database_at, open_database
 from autopack.execution.seed_runs import V4_RUN_ID, ensure_seed_runs
 
 ROOT = Path(__file__).resolve().parents[1]
