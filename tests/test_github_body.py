@@ -294,7 +294,7 @@ def test_code_commit_flow_run_method_and_retries_are_in_the_provenance() -> None
                           flow_run_url="http://127.0.0.1:4200/runs/flow-run/6f1e")
     for text in (f"- Code commit (base of this pull request): [`0123456789ab`](https://h/acme/commit/{sha})",
                  "- Flow run: [http://127.0.0.1:4200/runs/flow-run/6f1e](http://127.0.0.1:4200/runs/flow-run/6f1e)",
-                 "- Escalated retries left out of the fit: 7", "- Ceiling method: static (alpha = 0.05)",
+                 "- Escalated retries left out of the fit: 7", "- Ceiling method: static",
                  "- Held-out calls needed to carry evidence: 85", "- Largest change of a coefficient per run: ×2.0",
                  "Database id: db-5f1c2a", "Run ids: telemetry-collection-v4", "Samples: 120",
                  "Time span: 2026-11-01T00:00:00Z → 2026-11-25T23:59:59Z",
