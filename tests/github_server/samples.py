@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from autopack.calibration.result import CalibrationResult, load_result
 
 FIXTURE_ESTIMATOR = '''"""A small estimator shaped like autopack/token_estimator.py: tables of (str, str) -> number."""
 
@@ -179,6 +182,11 @@ LEGACY_CALIBRATION: dict[str, Any] = {
     "report_path": "/srv/reports/token_estimator_calibration_20261126_120000.md",
     "plot_path": "/srv/reports/token_estimator_calibration_20261126_120000.png",
 }
+
+
+def as_result(data: dict[str, Any]) -> CalibrationResult:
+    """A calibration JSON object as every consumer reads it: through the versioned reader."""
+    return load_result(json.dumps(data))
 
 
 def calibration(**overrides: Any) -> dict[str, Any]:
