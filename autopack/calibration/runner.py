@@ -16,7 +16,7 @@ from typing import Any
 
 from autopack.calibration import preload
 from autopack.calibration.reader import read_events
-from autopack.calibration.result import CalibrationResult
+from autopack.calibration.result import CalibrationResult, SampleCounts
 from autopack.calibration.samples import build_sample_set
 from autopack.config import get_settings
 from autopack.db.engine import resolve_url, session_scope
@@ -123,10 +123,10 @@ def run_calibration(
     if samples.n == 0:
         _record(resolved, created_at=naive_now, db_id=identity.db_id, params=param_record, sample_count=0,
                 run_ids=[], outcome="no_samples", gate_passed=False)
-        c = samples.counts
+        c = SampleCounts.model_validate(samples.counts)
         raise NoUsableSamplesError(
-            f"no usable calibration samples ({c['rows_read']} rows read, {c['selected']} successful or truncated, "
-            f"{c['excluded_nonpositive_predicted']} with predicted <= 0, {c['excluded_zero_actual']} with actual = 0)",
+            f"no usable calibration samples ({c.rows_read} rows read, {c.selected} successful or truncated, "
+            f"{c.excluded_nonpositive_predicted} with predicted <= 0, {c.excluded_zero_actual} with actual = 0)",
             hint="drain some phases first (autopack drain), or check --include-run-id"
                  + ("" if since is None else f" and --window-weeks (calls since {since:%Y-%m-%d %H:%M} UTC only)"),
         )
