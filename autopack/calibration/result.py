@@ -65,11 +65,11 @@ class MethodSummary(Truncation):
 class MethodBacktest(MethodSummary):
     """One method's metrics on all held-out calls (``backtest.evaluate``)."""
 
-    median_ceiling_over_actual: float | None = None
-    p90_ceiling_over_actual: float | None = None
+    median_ceiling_over_actual: float | None = Field(None, description="median of ceiling / actual")
+    p90_ceiling_over_actual: float | None = Field(None, description="90th percentile of ceiling / actual")
     pinball_loss: float | None = Field(None, description="quantile loss of the ceiling at 1 − α, tokens per call")
-    reserved_tokens: int | None = None
-    used_tokens: int | None = None
+    reserved_tokens: int | None = Field(None, description="total ceiling tokens")
+    used_tokens: int | None = Field(None, description="total output tokens")
 
 
 class GroupBacktest(MethodSummary):
@@ -84,19 +84,21 @@ class GroupBacktest(MethodSummary):
 class GroupMethod(Truncation):
     """One method on one group's held-out calls (``backtest.groups``)."""
 
-    binomial_p: float | None = None
-    evidence: bool | None = None
+    binomial_p: float | None = Field(None, description="one-sided exact binomial p of 'rate ≤ α' on the upper end")
+    evidence: bool | None = Field(None, description="enough held-out calls for the test to be evidence")
     coverage: float | None = Field(None, description="1 − truncation_rate")
 
 
 class BacktestGroup(_Model):
-    category: str
-    complexity: str
+    """One group's held-out calls under each method."""
+
+    category: str = Field(description="the group's category")
+    complexity: str = Field(description="the group's complexity")
     n: int = Field(description="the group's held-out calls")
-    current: GroupMethod | None = None
-    original_median: GroupMethod | None = None
-    proposed: GroupMethod | None = None
-    shipped: GroupMethod | None = None
+    current: GroupMethod | None = Field(None, description="today's ceilings")
+    original_median: GroupMethod | None = Field(None, description="the original's median-ratio multiplier")
+    proposed: GroupMethod | None = Field(None, description="the full refit (not shipped)")
+    shipped: GroupMethod | None = Field(None, description="what the pull request ships")
 
 
 # --- calibration under drift ---------------------------------------------------------------------
@@ -105,10 +107,10 @@ class BacktestGroup(_Model):
 class FeedbackSpec(_Model):
     """When a finished call's outcome reaches later calls in the replay (``drift.Feedback``)."""
 
-    kind: Literal["fixed_lag", "completion_time"]
-    lag_calls: int | None = None
-    first_token_seconds: float | None = None
-    seconds_per_token: float | None = None
+    kind: Literal["fixed_lag", "completion_time"] = Field(description="fixed lag of calls, or completion times")
+    lag_calls: int | None = Field(None, description="the fixed lag, in calls")
+    first_token_seconds: float | None = Field(None, description="completion-time model: seconds to the first token")
+    seconds_per_token: float | None = Field(None, description="completion-time model: seconds per output token")
 
     @model_serializer(mode="wrap")
     def _present(self, handler: Any) -> Any:
@@ -119,9 +121,9 @@ class DriftMetrics(Truncation):
     """One drift method on the held-out calls in time order (``drift.evaluate`` and the oracle ratios)."""
 
     worst_bin_truncation: float | None = Field(None, description="truncation of the worst block of calls")
-    worst_bin_n: int | None = None
-    bins: int | None = None
-    pinball_loss: float | None = None
+    worst_bin_n: int | None = Field(None, description="calls in the worst block")
+    bins: int | None = Field(None, description="blocks counted")
+    pinball_loss: float | None = Field(None, description="quantile loss at 1 − α, tokens per call")
     reserved_vs_oracle: float | None = Field(None, description="reserved/used ÷ the oracle's")
     pinball_vs_oracle: float | None = Field(None, description="pinball loss ÷ the oracle's")
 
@@ -129,15 +131,15 @@ class DriftMetrics(Truncation):
 class DriftSummary(_Model):
     """Every drift method replayed on the held-out calls for the configuration that ships."""
 
-    alpha: float
-    feedback: FeedbackSpec
+    alpha: float = Field(description="the target truncation rate")
+    feedback: FeedbackSpec = Field(description="the delay with which outcomes are known")
     methods: dict[str, DriftMetrics] = Field(description="static, rolling, aci and the hindsight oracle")
-    bins: str | None = None
+    bins: str | None = Field(None, description="how the worst block is formed")
     calls: str | None = Field(None, description="which held-out calls were replayed")
     configuration: Literal["shipped"] | None = Field(None, description="'shipped': the rows replay what ships")
     this_pull_request: str | None = Field(None, description="the method whose row is this pull request")
     adapted_groups: list[Group] = Field(default_factory=list, description="groups with a reviewed quantile curve")
-    adapted_calls: int | None = None
+    adapted_calls: int | None = Field(None, description="held-out calls of the adapted groups")
     differs_from_static: dict[str, int] = Field(
         default_factory=dict, description="per adaptive method: held-out calls whose ceiling differs from static")
 
@@ -149,11 +151,13 @@ class Backtest(_Model):
     original_median: MethodBacktest | None = Field(None, description="the original's median-ratio method")
     proposed: MethodBacktest | None = Field(None, description="the full refit: every group, gated or not")
     shipped: MethodBacktest | None = Field(None, description="only the gated changes: this pull request")
-    calibration_under_drift: DriftSummary | None = None
+    calibration_under_drift: DriftSummary | None = Field(
+        None, description="every drift method replayed on the held-out calls; null when nothing is held out")
     train_n: int | None = Field(None, description="calls fitted (the older part)")
     test_n: int | None = Field(None, description="calls held out (the newest)")
     split_at: str | None = Field(None, description="time of the first held-out call (ISO, UTC)")
-    groups: list[BacktestGroup] = Field(default_factory=list)
+    groups: list[BacktestGroup] = Field(
+        default_factory=list, description="each group's held-out figures under each method")
 
 
 # --- groups --------------------------------------------------------------------------------------
@@ -164,64 +168,68 @@ class StepRecord(_Model):
 
     n: int | None = Field(None, description="the group's calls (fitted and held out)")
     today_truncations: int | None = Field(None, description="calls cut under today's ceilings")
-    today_rate: float | None = None
-    binomial_p: float | None = None
+    today_rate: float | None = Field(None, description="today_truncations / n")
+    binomial_p: float | None = Field(None, description="exact binomial p of 'rate ≤ α' today")
     above_alpha: bool | None = Field(None, description="today truncates above α")
     factor: float | None = Field(None, description="the raised factor; null: no raise")
-    sized_by: str | None = None
-    quantile_factor: float | None = None
-    quantile_method: str | None = None
+    sized_by: str | None = Field(None, description="what sized the raise")
+    quantile_factor: float | None = Field(None, description="the group's fitted quantile")
+    quantile_method: str | None = Field(None, description="how that quantile was fitted")
     today_factor: float | None = Field(None, description="median of today's ceiling ÷ predicted")
-    expected_truncation_today: float | None = None
+    expected_truncation_today: float | None = Field(None, description="estimated truncation today")
     expected_truncation: float | None = Field(None, description="estimated truncation after the raise")
-    expected_method: str | None = None
+    expected_method: str | None = Field(None, description="how the expected truncation was estimated")
     still_cut: int | None = Field(None, description="calls surely cut even under the raised ceilings")
-    reserved_tokens_today: int | None = None
-    reserved_tokens: int | None = None
-    used_tokens: int | None = None
-    verdict: str | None = None
+    reserved_tokens_today: int | None = Field(None, description="tokens reserved today on the group's calls")
+    reserved_tokens: int | None = Field(None, description="tokens reserved after the raise")
+    used_tokens: int | None = Field(None, description="output tokens of the group's calls")
+    verdict: str | None = Field(None, description="one line on the step")
     price_tokens: int | None = Field(None, description="extra tokens reserved on the group's calls")
 
 
 class GroupEntry(_Model):
     """One (category, complexity) group: its data, its budget factor and how it was obtained, the gate's word."""
 
-    category: str
-    complexity: str
+    category: str = Field(description="canonical category")
+    complexity: str = Field(description="canonical complexity")
     n: int = Field(description="calls of the group (first attempts)")
     n_censored: int = Field(description="calls cut at their ceiling (true length ≥ ceiling)")
     median_ratio: float | None = Field(description="Kaplan–Meier median of actual / predicted")
     median_ratio_ci: Interval = Field(description="its 95 % interval")
-    median_ratio_ci_level: float | None = None
-    pooling_weight: float | None = None
+    median_ratio_ci_level: float | None = Field(None, description="the interval's actual coverage level")
+    pooling_weight: float | None = Field(
+        None, description="report only: the weight of the group's own calls in the pooled location")
     budget_factor: float | None = Field(description="the group's factor (what ships if the group passes)")
-    factor_method: FactorMethod | None = None
-    extrapolation: bool = False
+    factor_method: FactorMethod | None = Field(None, description="how the factor was obtained")
+    extrapolation: bool = Field(False, description="the factor lies beyond the group's complete calls")
     assumption: str | None = Field(None, description="what the factor assumes; null: distribution-free")
     confidence: float | None = Field(description="P(realised truncation ≤ 2α); null: none claimed")
     confidence_note: str | None = Field(None, description="why no confidence is claimed")
     gate_direction: Direction | None = Field(None, description="how the group ships, if it does")
-    step_toward_alpha: StepRecord | None = None
+    step_toward_alpha: StepRecord | None = Field(
+        None, description="the group's step toward α (every group, raised or not)")
     current_ceiling_factor: float | None = Field(None, description="median of today's ceiling ÷ the proposed prediction")
-    original_confidence: float | None = None
-    original_median_ratio: float | None = None
-    n_clean_success: int | None = None
-    category_pooling_weight: float | None = None
-    location_ratio: float | None = None
-    factor_source: Literal["group"] | None = None
+    original_confidence: float | None = Field(
+        None, description="the original's score 0.6·min(1, n/12) + 0.4/(1+σ), for comparison")
+    original_median_ratio: float | None = Field(None, description="the original's median ratio (clean successes only)")
+    n_clean_success: int | None = Field(None, description="complete successful calls")
+    category_pooling_weight: float | None = Field(
+        None, description="report only: the category's weight in the pooled location")
+    location_ratio: float | None = Field(None, description="report only: the pooled location as a ratio")
+    factor_source: Literal["group"] | None = Field(None, description="'group': from the group's own calls")
     factor_pool_n: int | None = Field(None, description="calls the factor was computed from")
     factor_rank: int | None = Field(None, description="the order statistic of those calls a conformal factor is")
-    factor_interval: Interval | None = None
-    factor_note: str | None = None
-    avg_actual: float | None = None
-    avg_predicted: float | None = None
+    factor_interval: Interval | None = Field(None, description="the factor's 90 % interval")
+    factor_note: str | None = Field(None, description="a note on the factor (why none, what limits it)")
+    avg_actual: float | None = Field(None, description="mean output tokens")
+    avg_predicted: float | None = Field(None, description="mean recorded prediction")
     median_overestimate_ratio: float | None = Field(None, description="median of predicted / actual")
     median_ceiling_waste: float | None = Field(None, description="median of ceiling / actual")
-    p90_ceiling_waste: float | None = None
-    avg_ceiling: float | None = None
+    p90_ceiling_waste: float | None = Field(None, description="90th percentile of ceiling / actual")
+    avg_ceiling: float | None = Field(None, description="mean recorded ceiling")
     proposed: bool = Field(description="the group passed the gate")
     gate_reasons: list[str] = Field(default_factory=list, description="why it did not")
-    backtest: GroupBacktest | None = None
+    backtest: GroupBacktest | None = Field(None, description="the group's held-out replay")
 
     @property
     def key(self) -> Group:
@@ -232,37 +240,44 @@ class GroupEntry(_Model):
 
 
 class WeightsVerdict(_Model):
+    """The TOKEN_WEIGHTS decision."""
+
     changed: bool = Field(description="TOKEN_WEIGHTS changes ship")
-    verdict: str | None = None
+    verdict: str | None = Field(None, description="why")
 
 
 class ShippedVerdict(_Model):
-    passed: bool
+    """The shipped configuration's check."""
+
+    passed: bool = Field(description="something ships")
     verdict: str | None = Field(None, description="the shipped configuration on the held-out calls it changes")
 
 
 class Gate(_Model):
+    """The gate's decision and its reasons."""
+
     passed: bool = Field(description="at least one change ships")
     reasons: list[str] = Field(default_factory=list, description="one line per group, the weights, the shipped check")
-    weights: WeightsVerdict | None = None
-    shipped: ShippedVerdict | None = None
+    weights: WeightsVerdict | None = Field(None, description="the TOKEN_WEIGHTS decision and why")
+    shipped: ShippedVerdict | None = Field(None, description="the shipped configuration's check")
 
 
 class ProposedChange(_Model):
     """One entry the pull request writes: ``coefficient[key] = new`` where the estimator holds ``old``."""
 
-    coefficient: Coefficient
-    key: Group
+    coefficient: Coefficient = Field(description="the estimator's table")
+    key: Group = Field(description="the entry's key")
     old: int | float | None = Field(description="today's value; null: the key is absent")
-    new: int | float
-    category: str | None = None
-    complexity: str | None = None
-    n: int | None = None
-    confidence: float | None = None
-    backtest: GroupBacktest | None = None
+    new: int | float = Field(description="the value the pull request writes")
+    category: str | None = Field(None, description="the group's category (null: shared)")
+    complexity: str | None = Field(None, description="the group's complexity (null: shared)")
+    n: int | None = Field(None, description="calls behind it")
+    confidence: float | None = Field(
+        None, description="P(realised truncation ≤ 2α), or the bootstrap agreement for weights")
+    backtest: GroupBacktest | None = Field(None, description="its held-out replay")
     direction: Direction | None = Field(None, description="reserve lowered, or a step toward α")
-    step_toward_alpha: StepRecord | None = None
-    interval: Interval | None = None
+    step_toward_alpha: StepRecord | None = Field(None, description="the group's step when raised")
+    interval: Interval | None = Field(None, description="the value's interval")
     verdict: str | None = Field(None, description="one line: why it passed")
 
     @property
@@ -273,10 +288,10 @@ class ProposedChange(_Model):
 class FitChange(_Model):
     """A change the joint coefficient fit made, gated or not."""
 
-    coefficient: Coefficient
-    key: Group
-    old: int | float | None
-    new: int | float | None
+    coefficient: Coefficient = Field(description="the estimator's table")
+    key: Group = Field(description="its (kind, mode) or (category, complexity) key")
+    old: int | float | None = Field(description="today's value (null: absent)")
+    new: int | float | None = Field(description="the fitted value")
     n: int = Field(description="rows behind the coefficient")
     at_bound: bool = Field(description="on the per-run step bound")
 
@@ -285,31 +300,37 @@ class FitChange(_Model):
 
 
 class SourceModel(_Model):
-    provider: str | None
-    model: str | None
-    samples: int
-    simulated: bool
-    share: float | None = None
+    """One provider/model of the samples."""
+
+    provider: str | None = Field(description="the provider recorded")
+    model: str | None = Field(description="the model recorded")
+    samples: int = Field(description="its samples")
+    simulated: bool = Field(description="the simulated provider")
+    share: float | None = Field(None, description="its share of the samples")
 
 
 class Sources(_Model):
+    """Where the samples come from."""
+
     simulated: bool | None = Field(None, description="any sample from the simulated provider; null: not recorded")
     models: list[SourceModel] = Field(default_factory=list, description="the samples' provider/model mix")
 
 
 class TimeSpan(_Model):
-    start: str
-    end: str
+    """First and last sample time (ISO, UTC)."""
+
+    start: str = Field(description="the first")
+    end: str = Field(description="the last")
 
 
 class MethodParams(_Model):
     """The ceiling method's parameters (``drift.MethodSpec.params``); absent ones are left out of the JSON."""
 
-    window: int | None = None
-    gamma: float | None = None
-    alpha_range: Interval | None = None
-    curve_levels: list[float] | None = None
-    feedback: FeedbackSpec | None = None
+    window: int | None = Field(None, description="rolling: calls in the window")
+    gamma: float | None = Field(None, description="aci: the level's step size")
+    alpha_range: Interval | None = Field(None, description="adaptive: the range the level may take")
+    curve_levels: list[float] | None = Field(None, description="adaptive: the curve's levels")
+    feedback: FeedbackSpec | None = Field(None, description="adaptive: the replay's feedback delay")
 
     @model_serializer(mode="wrap")
     def _present(self, handler: Any) -> Any:
@@ -322,122 +343,134 @@ class MethodParams(_Model):
 class SampleCounts(_Model):
     """How the rows read became samples (``samples.build_sample_set``); null: an older output did not count it."""
 
-    rows_read: int | None = None
+    rows_read: int | None = Field(None, description="rows read")
     retries_excluded: int | None = Field(None, description="escalated retries: kept in the database, never fitted")
     rows_retries_unknown: int | None = Field(None, description="rows from a source that does not mark retries")
-    cut_calls_revealed_by_retry: int | None = None
-    cut_calls_raised_by_retry: int | None = None
+    cut_calls_revealed_by_retry: int | None = Field(None, description="cut calls whose retry showed their need")
+    cut_calls_raised_by_retry: int | None = Field(None, description="cut calls whose censoring a retry raised")
     selected: int | None = Field(None, description="successful or truncated first attempts")
-    usable: int | None = None
+    usable: int | None = Field(None, description="samples kept")
     censored: int | None = Field(None, description="truncated calls kept as right-censored samples")
     observed: int | None = Field(None, description="complete calls")
-    excluded_failed_not_truncated: int | None = None
-    excluded_nonpositive_predicted: int | None = None
-    excluded_zero_actual: int | None = None
+    excluded_failed_not_truncated: int | None = Field(None, description="failed calls that were not truncated")
+    excluded_nonpositive_predicted: int | None = Field(None, description="calls with predicted ≤ 0")
+    excluded_zero_actual: int | None = Field(None, description="calls with actual = 0")
     with_features: int | None = Field(None, description="re-estimated from stored features")
     without_features: int | None = Field(None, description="recorded prediction used")
 
 
 class Pooling(_Model):
-    sigma: float | None = None
-    tau2_category: float | None = None
-    tau2_group: float | None = None
-    global_location_ratio: float | None = None
+    """The factor model's spread (report only: factors never borrow)."""
+
+    sigma: float | None = Field(None, description="residual spread (log)")
+    tau2_category: float | None = Field(None, description="between-category variance (log)")
+    tau2_group: float | None = Field(None, description="between-group variance (log)")
+    global_location_ratio: float | None = Field(None, description="the overall location as a ratio")
 
 
 class Metadata(_Model):
     """The run's parameters, data and provenance (``db_id``, ``generated_at`` … are set by the runner)."""
 
-    db_id: str | None = None
+    db_id: str | None = Field(None, description="the database's identity")
     generated_at: str | None = Field(None, description="ISO time (UTC) the run was made")
-    total_samples: int
-    sample_counts: SampleCounts = Field(default_factory=SampleCounts)
+    total_samples: int = Field(description="samples (first attempts) calibrated on")
+    sample_counts: SampleCounts = Field(default_factory=SampleCounts, description="how the rows read became samples")
     retries_excluded: int | None = Field(None, description="escalated retries: kept in the database, never fitted")
     retries_known: bool | None = Field(
         None, description="false: no escalation events were read, or some rows come from a source without them")
-    sources: Sources | None = None
-    run_ids: list[str] = Field(default_factory=list)
-    time_span: TimeSpan | None = None
-    method_version: str | None = None
-    method: Literal["static", "rolling", "aci"] | None = None
-    method_params: MethodParams = Field(default_factory=MethodParams)
+    sources: Sources | None = Field(None, description="the samples' provider/model mix")
+    run_ids: list[str] = Field(default_factory=list, description="runs the samples come from")
+    time_span: TimeSpan | None = Field(None, description="the samples' first and last time (UTC)")
+    method_version: str | None = Field(None, description="version of the calibration method")
+    method: Literal["static", "rolling", "aci"] | None = Field(None, description="the ceiling method shipped")
+    method_params: MethodParams = Field(default_factory=MethodParams, description="its parameters")
     target_truncation: float = Field(description="α: the target truncation rate")
-    holdout_fraction: float | None = None
-    confidence_threshold: float
-    min_samples: int
-    include_run_ids: list[str] = Field(default_factory=list)
-    gate_level: float | None = None
+    holdout_fraction: float | None = Field(None, description="share of the newest calls held out")
+    confidence_threshold: float = Field(description="the gate's confidence threshold")
+    min_samples: int = Field(description="calls a group needs")
+    include_run_ids: list[str] = Field(default_factory=list, description="the runs selected (empty: all)")
+    gate_level: float | None = Field(None, description="level of the gate's binomial test")
     min_evidence_calls: int | None = Field(None, description="held-out calls from which the test is evidence")
-    max_coefficient_step: float | None = None
-    coefficients_version: str | None = None
-    weights_free: bool | None = None
-    fit_status: str | None = None
-    fit_samples: int | None = None
-    fitted_rows: int | None = None
-    frozen_weights: list[Group] = Field(default_factory=list)
-    pooling: Pooling | None = None
-    coverage_actual_max_tokens: float | None = None
-    spellings_normalised: dict[str, dict[str, int]] = Field(default_factory=dict)
-    window_weeks: int | None = None
-    window_start: str | None = None
-    calibration_run_id: int | None = None
-    timings_seconds: dict[str, float] = Field(default_factory=dict)
+    max_coefficient_step: float | None = Field(None, description="largest change of a coefficient per run (×)")
+    coefficients_version: str | None = Field(None, description="version of the estimator calibrated against")
+    weights_free: bool | None = Field(None, description="TOKEN_WEIGHTS changes ship")
+    fit_status: str | None = Field(None, description="the coefficient fit's outcome")
+    fit_samples: int | None = Field(None, description="calls fitted (the older part)")
+    fitted_rows: int | None = Field(None, description="rows in the fit's linear program")
+    frozen_weights: list[Group] = Field(default_factory=list, description="TOKEN_WEIGHTS the bootstrap did not support")
+    pooling: Pooling | None = Field(None, description="the factor model's spread")
+    coverage_actual_max_tokens: float | None = Field(None, description="share of rows with a recorded ceiling")
+    spellings_normalised: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="stored spellings that normalisation changed, with counts")
+    window_weeks: int | None = Field(None, description="the calibration window (null: the whole history)")
+    window_start: str | None = Field(None, description="the window's start (UTC)")
+    calibration_run_id: int | None = Field(None, description="the calibration_runs row")
+    timings_seconds: dict[str, float] = Field(default_factory=dict, description="seconds per stage of the run")
 
 
 class Target(_Model):
-    target: int
-    label: str
-    met: bool
+    """One collection target."""
+
+    target: int = Field(description="the count needed")
+    label: str = Field(description="its name")
+    met: bool = Field(description="reached")
 
 
 class CollectionTargets(_Model):
-    successful_phases: int
-    groups_with_enough_samples: int
-    phase_targets: list[Target]
-    group_targets: list[Target]
+    """The seed's data-collection targets and whether they are met."""
+
+    successful_phases: int = Field(description="distinct successful phases in the data")
+    groups_with_enough_samples: int = Field(description="groups with at least min_samples calls")
+    phase_targets: list[Target] = Field(description="targets on successful phases (5 / 20 / 50)")
+    group_targets: list[Target] = Field(description="targets on groups with enough samples (1 / 3 / 5)")
 
 
 class SuccessMetrics(_Model):
-    success_events_ratio: float
-    success_events_at_least_half: bool
-    high_confidence_groups: int
-    at_least_one_high_confidence_group: bool
-    median_ratio_range: tuple[float, float]
-    groups_median_in_range: int
-    groups_eligible: int
-    all_median_ratios_in_range: bool
-    all_confidences_at_threshold: bool
+    """The seed's success metrics."""
+
+    success_events_ratio: float = Field(description="share of success=True events")
+    success_events_at_least_half: bool = Field(description="at least half succeed")
+    high_confidence_groups: int = Field(description="eligible groups with confidence ≥ the threshold")
+    at_least_one_high_confidence_group: bool = Field(description="at least one such group")
+    median_ratio_range: tuple[float, float] = Field(description="the range a median ratio should lie in")
+    groups_median_in_range: int = Field(description="eligible groups whose median ratio lies in it")
+    groups_eligible: int = Field(description="groups with at least min_samples calls")
+    all_median_ratios_in_range: bool = Field(description="every eligible group's median ratio lies in it")
+    all_confidences_at_threshold: bool = Field(description="every eligible group reaches the threshold")
 
 
 class DocRow(_Model):
-    run_id: str
-    phase_id: str
-    category: str
-    complexity: str
-    actual_output_tokens: int
-    predicted_output_tokens: int
-    ceiling: int
-    truncated: bool
-    success: bool
+    """A documentation call (docs-like category, or a phase id naming doc/readme)."""
+
+    run_id: str = Field(description="the run")
+    phase_id: str = Field(description="the phase")
+    category: str = Field(description="canonical category")
+    complexity: str = Field(description="canonical complexity")
+    actual_output_tokens: int = Field(description="output tokens (a lower bound if truncated)")
+    predicted_output_tokens: int = Field(description="the recorded prediction")
+    ceiling: int = Field(description="max_tokens the call ran with")
+    truncated: bool = Field(description="the output reached the ceiling")
+    success: bool = Field(description="the phase succeeded")
 
 
 class CalibrationResult(_Model):
     """What one calibration found and proposes (the JSON file ``autopack calibrate`` writes)."""
 
     schema_version: int = Field(SCHEMA_VERSION, description="version of this format")
-    metadata: Metadata
-    gate: Gate
+    metadata: Metadata = Field(description="parameters, data and provenance")
+    gate: Gate = Field(description="the gate's decision")
     proposed_changes: list[ProposedChange] = Field(
         default_factory=list, description="exactly what the pull request writes")
-    coefficient_fit: list[FitChange] = Field(default_factory=list)
-    groups: list[GroupEntry] = Field(default_factory=list)
-    backtest: Backtest = Field(default_factory=Backtest)
-    collection_targets: CollectionTargets | None = None
-    success_metrics: SuccessMetrics | None = None
+    coefficient_fit: list[FitChange] = Field(
+        default_factory=list, description="every change the coefficient fit made, gated or not")
+    groups: list[GroupEntry] = Field(default_factory=list, description="every group, largest first")
+    backtest: Backtest = Field(default_factory=Backtest, description="the held-out replay")
+    collection_targets: CollectionTargets | None = Field(None, description="the seed's collection targets")
+    success_metrics: SuccessMetrics | None = Field(None, description="the seed's success metrics")
     docs_truncation: list[DocRow] = Field(default_factory=list, description="documentation calls, largest first")
-    report_path: str | None = None
-    json_path: str | None = None
-    plot_path: str | None = None
+    report_path: str | None = Field(None, description="the markdown report")
+    json_path: str | None = Field(None, description="this file")
+    plot_path: str | None = Field(None, description="the plot")
 
 
 class CalibrationOutcome(_Model):
