@@ -20,8 +20,9 @@ from autopack.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Modules that consume the calibration result (they build, complete, render, publish or summarise it).
-CONSUMERS = (
+#: Modules that consume the calibration result (they complete, render, publish or summarise it); any other module
+#: that imports ``autopack.calibration.result`` counts too (``consumers``).
+NAMED_CONSUMERS = (
     "autopack/calibration/report.py",
     "autopack/calibration/story.py",
     "autopack/calibration/runner.py",
@@ -35,6 +36,9 @@ CONSUMERS = (
     "flows/pipeline.py",
     "flows/pull_request.py",
 )
+#: Build the result from the statistics' own metric dicts (``backtest.evaluate``, ``drift.evaluate``), whose keys
+#: the result copies: they are its producers, not its readers.
+PRODUCERS = ("autopack/calibration/core.py", "autopack/calibration/drift.py", "autopack/calibration/result.py")
 #: (module, key): dicts that are not the calibration result but share a key with it.
 ALLOWED = {
     # ``apply_proposal``/``parse_changes`` also edit the estimator from plain {coefficient, key, old, new} changes
@@ -82,16 +86,30 @@ def string_key_reads(source: str) -> list[tuple[int, str]]:
     return found
 
 
+def consumers() -> list[str]:
+    """The named consumers and every module of ``autopack/`` and ``flows/`` that imports the result's module."""
+    found = set(NAMED_CONSUMERS)
+    for path in [*ROOT.glob("autopack/**/*.py"), *ROOT.glob("flows/*.py")]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(isinstance(node, ast.ImportFrom) and node.module == "autopack.calibration.result"
+               for node in ast.walk(tree)):
+            found.add(path.relative_to(ROOT).as_posix())
+    return sorted(found - set(PRODUCERS))
+
+
 def test_no_consumer_reads_the_result_by_string_key() -> None:
     """Outside ``load_result`` the result is read by attribute: a typo is a type error, not a silent ``None``.
 
-    Forbidden in the consumer modules: ``x["name"]`` and ``x.get("name")`` where ``name`` is a field of the result
-    (at any depth), except the short list of other dicts that share a key. Before the model existed this found
+    Forbidden in the consumer modules (the named ones and any module importing the result's, its producers aside):
+    ``x["name"]`` and ``x.get("name")`` where ``name`` is a field of the result (at any depth), except the short list
+    of other dicts that share a key. Before the model existed this found
     527 reads in these modules (``result["metadata"]["db_id"]``, ``gate.get("passed")``, ``g["n"]`` …).
     """
+    scanned = consumers()
+    assert set(NAMED_CONSUMERS) <= set(scanned) and "autopack/github/estimator_edit.py" in scanned
     offenders = {path: [hit for hit in string_key_reads((ROOT / path).read_text(encoding="utf-8"))
                         if (path, hit[1]) not in ALLOWED]
-                 for path in CONSUMERS}
+                 for path in scanned}
     assert {path: hits for path, hits in offenders.items() if hits} == {}
 
 
