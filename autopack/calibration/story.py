@@ -1,7 +1,7 @@
 """One story for the calibration report and the pull request body: verdicts, the gate's sentence, the drift table.
 
-Both read the calibration result (``result.CalibrationResult``) through these functions, so a verdict or a figure cannot say one thing in
-the report and another in the body. Every line describes what merging ships; the full refit appears only
+Both read the calibration result (``result.CalibrationResult``) through these functions, so a verdict or a
+figure cannot say one thing in the report and another in the body. Every line describes what merging ships; the full refit appears only
 labelled as such (``FULL_REFIT``). A verdict says where its guarantee comes from (the bound on the
 group's own fitted calls) apart from how much held-out evidence confirms it, because the two differ by
 orders of magnitude (50 fitted calls, 2 held out). A new kind of verdict is one ``VerdictKind`` member
@@ -22,9 +22,10 @@ from autopack.calibration.result import (
     DriftMetrics,
     DriftSummary,
     GroupEntry,
+    GroupMethod,
+    MethodSummary,
     Sources,
     StepRecord,
-    Truncation,
 )
 
 Group = tuple[str, str]
@@ -136,12 +137,12 @@ class Confirmation:
     minimum: int | None
 
     @classmethod
-    def of(cls, backtest: Truncation | None, minimum: int | None, *, n: int | None = None,
-           evidence: bool | None = None) -> Confirmation:
-        """From one backtest entry (a group's ``shipped`` replay, or a change's own backtest)."""
+    def of(cls, backtest: MethodSummary | GroupMethod | None, minimum: int | None, *,
+           n: int | None = None) -> Confirmation:
+        """From one backtest entry (a group's ``shipped`` replay, or a change's own backtest); ``n``: the held-out
+        calls when the entry does not say (a group's replay: they are on the group)."""
         held = backtest.n if backtest is not None and backtest.n is not None else n
-        word = getattr(backtest, "evidence", None)
-        word = evidence if word is None else word
+        word = backtest.evidence if backtest is not None else None
         thin = (not word) if word is not None else (held is None or held == 0 or (minimum is not None and held < minimum))
         upper = backtest.truncations_upper if backtest is not None else None
         interval = backtest.truncation_interval if backtest is not None else None
