@@ -834,8 +834,8 @@ def _fmt(value: object) -> str:
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    if isinstance(value, BaseModel):
-        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.model_dump().items())
+    if isinstance(value, BaseModel):  # a nested setting (the method's feedback): its fields, in one line
+        return _text(", ".join(f"{k}: {_fmt(v)}" for k, v in value.model_dump().items()))
     return _text(value)
 
 
