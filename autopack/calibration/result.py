@@ -43,7 +43,8 @@ class _Model(BaseModel):
 class Truncation(_Model):
     """Held-out truncation of one ceiling rule: a count and a rate, each as an interval over the censored calls."""
 
-    n: int | None = Field(None, description="held-out calls replayed")
+    n: int | None = Field(
+        None, description="held-out calls replayed (null in a group's per-method entry: the group carries it)")
     truncations: int | None = Field(None, description="calls truncated, censored calls counted as fitting (lower end)")
     truncations_upper: int | None = Field(
         None, description="calls truncated, censored calls counted as truncated (upper end: what the gate tests)")
@@ -208,7 +209,8 @@ class GroupEntry(_Model):
     gate_direction: Direction | None = Field(None, description="how the group ships, if it does")
     step_toward_alpha: StepRecord | None = Field(
         None, description="the group's step toward α (every group, raised or not)")
-    current_ceiling_factor: float | None = Field(None, description="median of today's ceiling ÷ the proposed prediction")
+    current_ceiling_factor: float | None = Field(
+        None, description="median of today's ceiling ÷ the proposed prediction")
     original_confidence: float | None = Field(
         None, description="the original's score 0.6·min(1, n/12) + 0.4/(1+σ), for comparison")
     original_median_ratio: float | None = Field(None, description="the original's median ratio (clean successes only)")
