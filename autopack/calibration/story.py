@@ -1,8 +1,8 @@
 """One story for the calibration report and the pull request body: verdicts, the gate's sentence, the drift table.
 
 Both read the calibration result (``result.CalibrationResult``) through these functions, so a verdict or a
-figure cannot say one thing in the report and another in the body. Every line describes what merging ships; the full refit appears only
-labelled as such (``FULL_REFIT``). A verdict says where its guarantee comes from (the bound on the
+figure cannot say one thing in the report and another in the body. Every line describes what merging ships;
+the full refit appears only labelled as such (``FULL_REFIT``). A verdict says where its guarantee comes from (the bound on the
 group's own fitted calls) apart from how much held-out evidence confirms it, because the two differ by
 orders of magnitude (50 fitted calls, 2 held out). A new kind of verdict is one ``VerdictKind`` member
 with its label: every rendering goes through ``GroupVerdict.line``.
@@ -143,7 +143,8 @@ class Confirmation:
         calls when the entry does not say (a group's replay: they are on the group)."""
         held = backtest.n if backtest is not None and backtest.n is not None else n
         word = backtest.evidence if backtest is not None else None
-        thin = (not word) if word is not None else (held is None or held == 0 or (minimum is not None and held < minimum))
+        too_few = held is None or held == 0 or (minimum is not None and held < minimum)
+        thin = (not word) if word is not None else too_few
         upper = backtest.truncations_upper if backtest is not None else None
         interval = backtest.truncation_interval if backtest is not None else None
         if upper is None and held and interval is not None and interval[1] is not None:
