@@ -2,10 +2,10 @@
 
 Both read the calibration result (``result.CalibrationResult``) through these functions, so a verdict or a
 figure cannot say one thing in the report and another in the body. Every line describes what merging ships;
-the full refit appears only labelled as such (``FULL_REFIT``). A verdict says where its guarantee comes from (the bound on the
-group's own fitted calls) apart from how much held-out evidence confirms it, because the two differ by
-orders of magnitude (50 fitted calls, 2 held out). A new kind of verdict is one ``VerdictKind`` member
-with its label: every rendering goes through ``GroupVerdict.line``.
+the full refit appears only labelled as such (``FULL_REFIT``). A verdict says where its guarantee comes from
+(the bound on the group's own fitted calls) apart from how much held-out evidence confirms it, because the
+two differ by orders of magnitude (50 fitted calls, 2 held out). A new kind of verdict is one ``VerdictKind``
+member with its label: every rendering goes through ``GroupVerdict.line``.
 
 Pure: the typed result in, small frozen models and text out (no numpy, nothing read or written).
 """
