@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autopack.calibration.result import CalibrationOutcome
 from autopack.config import Settings
 from autopack.db.handle import Database, open_database
 from autopack.db.identity import read_identity
@@ -135,22 +136,22 @@ def check_deployment_database(settings: Settings) -> None:
             )
 
 
-def calibration_outcome(calibration: Mapping[str, Any]) -> str:
+def calibration_outcome(outcome: CalibrationOutcome) -> str:
     """``no calibration: …``, ``gate not passed: <reasons>`` or ``gate passed: n coefficient change(s) proposed``."""
-    if calibration.get("no_samples"):
-        return f"no calibration: {calibration['no_samples']}"
-    gate = calibration.get("gate") or {}
-    if gate.get("passed"):
-        return f"gate passed: {len(calibration.get('proposed_changes') or [])} coefficient change(s) proposed"
-    return "gate not passed: " + "; ".join(str(r) for r in (gate.get("reasons") or ["no reason given"]))
+    if outcome.result is None:
+        return f"no calibration: {outcome.no_samples}"
+    gate = outcome.result.gate
+    if gate.passed:
+        return f"gate passed: {len(outcome.result.proposed_changes)} coefficient change(s) proposed"
+    return "gate not passed: " + "; ".join(gate.reasons or ["no reason given"])
 
 
 def state_message(result: Mapping[str, Any]) -> str:
     """One line for the run's final state: what happened, so run lists tell a failed gate from a PR."""
-    calibration = result.get("calibration") or {}
+    outcome: CalibrationOutcome = result.get("calibration") or CalibrationOutcome(no_samples="not run")
     pr = result.get("pull_request")
-    if calibration.get("no_samples") or not (calibration.get("gate") or {}).get("passed"):
-        text = calibration_outcome(calibration)
+    if not outcome.gate_passed:
+        text = calibration_outcome(outcome)
     elif not pr:
         text = "gate passed; no pull request"
     elif pr.get("status") in ("opened", "updated") and pr.get("pr_number") is not None:
@@ -165,25 +166,25 @@ def state_message(result: Mapping[str, Any]) -> str:
 
 def summarise(result: Mapping[str, Any]) -> list[str]:
     """The closing lines: the outcome, and where the report, the plot and the (would-be) pull request are."""
-    calibration = result.get("calibration") or {}
-    gate = calibration.get("gate") or {}
+    outcome: CalibrationOutcome = result.get("calibration") or CalibrationOutcome(no_samples="not run")
+    calibration = outcome.result
     lines = [
         f"outcome: {result.get('message') or state_message(result)}",
         f"phase attempts drained (retries included): {result.get('phases_drained', 0)}, telemetry events: {result.get('telemetry_events', 0)}",
     ]
-    if not calibration.get("no_samples"):
+    if calibration is not None:
         lines += [
-            f"gate: {'passed' if gate.get('passed') else 'not passed'} "
-            f"({len(calibration.get('proposed_changes') or [])} coefficient change(s) proposed; reasons in the report)",
-            f"report: {calibration.get('report_path')}",
-            f"json:   {calibration.get('json_path')}",
-            f"plot:   {calibration.get('plot_path')}",
+            f"gate: {'passed' if calibration.gate.passed else 'not passed'} "
+            f"({len(calibration.proposed_changes)} coefficient change(s) proposed; reasons in the report)",
+            f"report: {calibration.report_path}",
+            f"json:   {calibration.json_path}",
+            f"plot:   {calibration.plot_path}",
         ]
     pr = result.get("pull_request")
     if pr:
         lines.append(f"pull request: {pr.get('summary') or pr.get('pr_url') or pr.get('status')}")
     else:
-        lines.append("pull request: none" + ("" if calibration.get("no_samples") else " (gate not passed)"))
+        lines.append("pull request: none" + ("" if calibration is None else " (gate not passed)"))
     if result.get("flow_run_url"):
         lines.append(f"flow run: {result['flow_run_url']}")
     timings = dict(result.get("timings") or {})

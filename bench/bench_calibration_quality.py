@@ -132,8 +132,9 @@ def main() -> None:
             for alpha in ALPHAS:
                 result = run_calibration(open_database(url), target_truncation=alpha, holdout_fraction=HOLDOUT,
                                          output_dir=Path(tmp) / f"out_{trace}_{alpha}")
-                bt = result["backtest"]
-                methods = {"original median": bt["original_median"], "project (this repo)": bt["proposed"]}
+                bt = result.backtest
+                methods = {"original median": bt.original_median.model_dump() if bt.original_median else {},
+                           "project (this repo)": bt.proposed.model_dump() if bt.proposed else {}}
                 methods.update(extra_methods(url, alpha))
                 for name, m in methods.items():
                     table.append((trace, alpha, name, m))

@@ -39,6 +39,7 @@ from scipy.optimize import brentq
 from scipy.special import stdtr
 
 from autopack import token_estimator as te
+from autopack.calibration.result import CalibrationResult
 from autopack.calibration.runner import NoUsableSamplesError, run_calibration
 from autopack.db.engine import dispose_engines, session_scope
 from autopack.db.handle import database_at, open_database
@@ -405,17 +406,17 @@ def run_loop(config: LoopConfig, workdir: Path | None = None,
                 cycle.drain_seconds = time.perf_counter() - clock
                 clock = time.perf_counter()
                 try:
-                    result = run_calibration(open_database(url), target_truncation=config.alpha, output_dir=folder / "reports",
-                                             **dict(config.calibration_kwargs))
-                except NoUsableSamplesError as exc:
-                    result = {"gate": {"passed": False, "reasons": [exc.message]}, "proposed_changes": []}
+                    result: CalibrationResult | None = run_calibration(
+                        open_database(url), target_truncation=config.alpha, output_dir=folder / "reports",
+                        **dict(config.calibration_kwargs))
+                except NoUsableSamplesError:
+                    result = None
                 cycle.calibrate_seconds = time.perf_counter() - clock
-            changes = list(result.get("proposed_changes") or [])
-            gate = result.get("gate") or {}
-            cycle.gate = "passed" if gate.get("passed") else "not passed"
-            if gate.get("passed") and changes:
-                cycle.shipped = changes
-                previous, source = source, apply_proposal(source, changes, result["metadata"])
+            passed = result is not None and result.gate.passed
+            cycle.gate = "passed" if passed else "not passed"
+            if result is not None and passed and result.proposed_changes:
+                cycle.shipped = [c.model_dump(mode="json") for c in result.proposed_changes]
+                previous, source = source, apply_proposal(source, result.proposed_changes, result.metadata)
             else:
                 previous = source
             cycles.append(cycle)

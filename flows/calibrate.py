@@ -12,6 +12,7 @@ from prefect.states import Completed
 
 from autopack import params as p
 from autopack.calibration import NoUsableSamplesError, run_calibration
+from autopack.calibration.result import CalibrationOutcome, CalibrationResult
 from autopack.db.handle import DatabaseRef, open_database
 from autopack.params import CalibrationParams, PipelineParams
 from autopack.pipeline import calibration_outcome
@@ -25,23 +26,23 @@ GROUP_COLUMNS = ("category", "complexity", "n", "n_censored", "median_ratio", "p
 def calibrate_task(
     params: CalibrationParams, include_run_ids: list[str] | None, output_dir: str, expect_db_id: str | None,
     database: DatabaseRef | None = None,
-) -> dict[str, Any]:
+) -> CalibrationOutcome:
     """The library call; "no usable samples" is an outcome (``no_samples``: the reason), not a crash."""
     try:
-        return run_calibration(
+        return CalibrationOutcome(result=run_calibration(
             database.open() if database else open_database(expect_db_id=expect_db_id),
             **params.model_dump(),
             include_run_ids=include_run_ids or None,
             output_dir=Path(output_dir),
-        )
+        ))
     except NoUsableSamplesError as exc:
         get_run_logger().warning("%s", exc.one_line())
-        return {"no_samples": exc.message, "gate": {"passed": False, "reasons": [exc.message]}}
+        return CalibrationOutcome(no_samples=exc.message)
 
 
-def report_markdown(result: dict[str, Any]) -> str | None:
+def report_markdown(result: CalibrationResult) -> str | None:
     """The report with its plot embedded as a ``data:`` URI: the UI cannot load the PNG by a relative name."""
-    report_path, plot_path = result.get("report_path"), result.get("plot_path")
+    report_path, plot_path = result.report_path, result.plot_path
     if not report_path or not Path(report_path).is_file():
         return None
     markdown = Path(report_path).read_text(encoding="utf-8")
@@ -51,17 +52,19 @@ def report_markdown(result: dict[str, Any]) -> str | None:
     return markdown
 
 
-def publish_calibration_artifacts(result: dict[str, Any]) -> None:
+def publish_calibration_artifacts(outcome: CalibrationOutcome) -> None:
     """The report and the group table, as artifacts of the current flow run (the parent's too)."""
+    result = outcome.result
+    if result is None:
+        return
     markdown = report_markdown(result)
     if markdown is not None:
         create_markdown_artifact(key="calibration-report", markdown=markdown,
                                  description="token_estimator calibration report")
-    groups = result.get("groups") or []
-    if groups:
+    if result.groups:
         create_table_artifact(
             key="calibration-groups",
-            table=[{k: g.get(k) for k in GROUP_COLUMNS} for g in groups],
+            table=[{k: getattr(g, k) for k in GROUP_COLUMNS} for g in result.groups],
             description="calibration groups (category x complexity)",
         )
 
@@ -80,7 +83,8 @@ def calibrate(
     database: DatabaseRef | None = None,
 ) -> Any:
     """Calibrate (the statistics' parameters are ``autopack.params.CalibrationParams``); ``include_run_ids``:
-    only these runs' telemetry; ``database``: the database a calling flow verified (not guarded again)."""
+    only these runs' telemetry; ``database``: the database a calling flow verified (not guarded again). The
+    run's result is a ``CalibrationOutcome``: the result, or why there is none."""
     result = calibrate_task(CalibrationParams.pick(locals()), include_run_ids, output_dir, expect_db_id, database)
     publish_calibration_artifacts(result)
     message = calibration_outcome(result)

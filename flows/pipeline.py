@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
 from autopack import params as p
+from autopack.calibration.result import CalibrationOutcome
 from autopack.config import get_settings
 from autopack.db.handle import DatabaseRef, verified_database
 from autopack.errors import AutopackError
@@ -84,21 +85,21 @@ def drain_summary_markdown(drained: dict[str, Any], database: DatabaseRef) -> st
     return "\n".join(["| | |", "|---|---|", *rows])
 
 
-def gate_markdown(calibration: dict[str, Any]) -> str:
-    gate = calibration.get("gate") or {}
-    passed = bool(gate.get("passed"))
+def gate_markdown(outcome: CalibrationOutcome) -> str:
+    passed = outcome.gate_passed
     lines = [f"## Calibration gate {'passed' if passed else 'not passed'}", ""]
-    if calibration.get("no_samples"):
-        lines += [f"No calibration: {calibration['no_samples']}", "", "No pull request was opened."]
+    calibration = outcome.result
+    if calibration is None:
+        lines += [f"No calibration: {outcome.no_samples}", "", "No pull request was opened."]
         return "\n".join(lines)
-    lines += [f"- {reason}" for reason in gate.get("reasons") or []]
-    changes = calibration.get("proposed_changes") or []
+    lines += [f"- {reason}" for reason in calibration.gate.reasons]
+    changes = calibration.proposed_changes
     if passed and changes:
         lines += ["", "| coefficient | group | from | to |", "|---|---|---:|---:|"]
         for change in changes:
-            key = "/".join(str(k) for k in change.get("key") or [])
-            old, new = ("–" if v is None else v for v in (change.get("old"), change.get("new")))
-            lines.append(f"| {change.get('coefficient')} | {key} | {old} | {new} |")
+            key = "/".join(change.key)
+            old = "–" if change.old is None else change.old
+            lines.append(f"| {change.coefficient} | {key} | {old} | {change.new} |")
     if not passed:
         lines += ["", "No pull request was opened."]
     return "\n".join(lines)
@@ -178,7 +179,7 @@ def telemetry_pipeline(
                                            + int(validation.get("telemetry_events") or 0))
 
         # called from this synchronous flow, a subflow with return_state=True returns its State (not an awaitable)
-        calibration = settle(cast("State[Any]", calibrate(
+        calibration: CalibrationOutcome = settle(cast("State[Any]", calibrate(
             **params.calibration().model_dump(), include_run_ids=run_ids or None, output_dir=output_dir,
             expect_db_id=db_id, database=database, wait_for=after, return_state=True)))
         lap("calibrate")
@@ -189,17 +190,17 @@ def telemetry_pipeline(
             "db_id": db_id,
             "phases_drained": drained["processed"],
             "telemetry_events": drained["telemetry_events"],
-            "calibration": {k: calibration.get(k) for k in (
-                "gate", "report_path", "json_path", "plot_path", "metadata", "proposed_changes", "no_samples")},
+            "calibration": calibration,
             "pull_request": None,
             "target_repo": target_repo,
             "flow_run_url": flow_run_ui_url(),
             "started_at": started_at,
             "timings": timings,
         }
-        if (calibration.get("gate") or {}).get("passed"):
+        if calibration.result is not None and calibration.gate_passed:
             result["pull_request"] = settle(cast("State[Any]", open_calibration_pr_flow(
-                calibration, target_repo, output_dir, dry_run, result["flow_run_url"], database, wait_for=[calibration],
+                calibration.result, target_repo, output_dir, dry_run, result["flow_run_url"], database,
+                wait_for=[calibration],
                 return_state=True,
             )))
             lap("pull_request")

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
+from autopack.calibration.result import CalibrationResult
 from autopack.config import get_settings
 from autopack.db.handle import DatabaseRef, database_at
 from autopack.github import open_calibration_pr
@@ -44,7 +45,7 @@ def github_token() -> str | None:
 
 @task(name="publish-calibration-pr")
 def publish_task(
-    calibration: dict[str, Any], target_repo: str, output_dir: str, dry_run: bool, flow_run_url: str | None = None,
+    calibration: CalibrationResult, target_repo: str, output_dir: str, dry_run: bool, flow_run_url: str | None = None,
     database: DatabaseRef | None = None,
 ) -> dict[str, Any]:
     settings = get_settings()
@@ -98,7 +99,7 @@ def publish_pull_request_artifact(result: dict[str, Any]) -> None:
 
 @flow(name="open-calibration-pr")
 def open_calibration_pr_flow(
-    calibration: dict[str, Any],
+    calibration: CalibrationResult,
     target_repo: str = ".",
     output_dir: str = "reports",
     dry_run: bool = False,

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from autopack.calibration.core import Params, calibrate
 from autopack.calibration.reader import id_bounds, read_events
 from autopack.calibration.report import _retries_line
+from autopack.calibration.result import Metadata
 from autopack.calibration.samples import EventColumns, SampleSet, build_sample_set, columns_from_records, retry_links
 from autopack.calibration.synthetic import GroupTruth, Law, Truth, simulate_groups, simulate_with_escalations
 from autopack.db.engine import get_engine
@@ -36,6 +37,12 @@ ESC = TokenBudgetEscalationEvent.__table__
 
 # --- linking a retry to the call it re-ran ------------------------------------------------------------------------
 
+
+
+def metadata(**fields: Any) -> Metadata:
+    """A result's metadata with the parameters every calibration has, and ``fields``."""
+    return Metadata.model_validate({"total_samples": 0, "target_truncation": 0.05, "confidence_threshold": 0.7,
+                                    "min_samples": 5, **fields})
 
 def test_each_retry_is_linked_to_the_call_of_the_previous_attempt() -> None:
     phase = np.array([7, 7, 7, 9, 9, 5])
@@ -93,7 +100,7 @@ def test_a_retry_reveals_or_raises_its_cut_call_and_is_never_a_sample() -> None:
     c = samples.counts
     assert (c["retries_excluded"], c["cut_calls_revealed_by_retry"], c["cut_calls_raised_by_retry"]) == (4, 2, 1)
     assert (c["observed"], c["censored"]) == (3, 3) and samples.n == 6
-    assert _retries_line({"retries_known": True, "retries_excluded": 4, "sample_counts": c}) == (
+    assert _retries_line(metadata(retries_known=True, retries_excluded=4, sample_counts=c)) == (
         "4 escalated retries excluded (kept in the database, never fitted; 2 showed their cut call's need, "
         "1 raised its censoring to their ceiling)")
 
@@ -110,7 +117,7 @@ def test_cut_calls_whose_retries_were_seen_get_the_factor_of_the_uncensored_law(
         full = simulate_groups([GroupTruth(*group, 600, law, 0.0, False)], seed=seed)
         for columns, out in ((sim.columns, with_retries), (dataclasses.replace(sim.columns, retry_of=None), without),
                              (full.columns, uncensored)):
-            out.append(calibrate(build_sample_set(columns), Params()).result["groups"][0]["budget_factor"])
+            out.append(calibrate(build_sample_set(columns), Params()).result.groups[0].budget_factor)
         truth.append([sim.true_truncation(group, f) for f in (with_retries[-1], without[-1])])
     rates = np.array(truth)
     assert np.mean(np.abs(np.log(np.array(with_retries) / np.array(uncensored)))) < 0.03
@@ -190,7 +197,7 @@ def test_an_import_marking_retries_calibrates_as_the_recorded_calls(db_url: str,
     _same_samples(recorded, imported)
     assert imported.counts["retries_excluded"] == len(escalations) > 10
     assert imported.counts["cut_calls_revealed_by_retry"] > 0
-    factors = [[g["budget_factor"] for g in calibrate(s, Params(min_samples=3)).result["groups"]]
+    factors = [[g.budget_factor for g in calibrate(s, Params(min_samples=3)).result.groups]
                for s in (recorded, imported)]
     assert factors[0] == factors[1] and any(f is not None for f in factors[0])
 
@@ -201,7 +208,7 @@ def test_an_import_without_retry_columns_makes_retries_unknown(db_url: str, tmp_
     samples = build_sample_set(read_events(database_at(db_url)))
     assert not samples.retries_known and samples.counts["rows_retries_unknown"] == len(rows)
     assert samples.counts["retries_excluded"] == 0 and escalations  # the file's retries were taken for first calls
-    line = _retries_line({"retries_known": False, "retries_excluded": 0, "sample_counts": samples.counts})
+    line = _retries_line(metadata(retries_known=False, retries_excluded=0, sample_counts=samples.counts))
     assert line.startswith("retries unknown") and "0 escalated" not in line
 
 

@@ -129,7 +129,7 @@ def test_pipeline_with_a_failed_gate_completes_without_a_pull_request(
                                target_repo=str(target), min_samples=50, dry_run=True, return_state=True)
     assert state.is_completed()
     result = state.result()
-    assert result["pull_request"] is None and not result["calibration"]["gate"]["passed"]
+    assert result["pull_request"] is None and not result["calibration"].gate_passed
 
 
 def test_batch_drain_times_out_a_slow_phase_and_releases_it(

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from github_server.app import FakeGitHub
 from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github  # noqa: F401
-from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, calibration, git, make_target_repo
+from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, as_result, calibration, git, make_target_repo
 
 from autopack.db.engine import dispose_engines, session_scope
 from autopack.db.handle import database_at
@@ -81,7 +81,7 @@ def digest(data: dict[str, Any]) -> str:
 def publish(data: dict[str, Any], target: Path, tmp_path: Path, fake: FakeGitHub, *, run_tests: bool = False,
             **kwargs: Any) -> Any:
     """One pipeline run against the fake GitHub (the estimator tests only where a test is about them: they are slow)."""
-    return open_calibration_pr(data, target_repo=target, output_dir=tmp_path / "out", token=BOT_TOKEN,
+    return open_calibration_pr(as_result(data), target_repo=target, output_dir=tmp_path / "out", token=BOT_TOKEN,
                                repository=REPOSITORY, base_url=fake.url, options=FAST, run_tests=run_tests,
                                **{"database": database_at(), **kwargs})
 
@@ -111,7 +111,8 @@ def shipped_cells(body: str) -> list[str]:
 
 
 def test_dry_run_writes_branch_and_body_with_relative_plot(sqlite_db: str, target: Path, tmp_path: Path) -> None:
-    result = open_calibration_pr(with_plot(tmp_path), target_repo=target, output_dir=tmp_path / "out", dry_run=True, database=database_at())
+    result = open_calibration_pr(as_result(with_plot(tmp_path)), target_repo=target, output_dir=tmp_path / "out",
+                                 dry_run=True, database=database_at())
     assert result.status == "dry_run" and result.branch == BOT_BRANCH
     body = (tmp_path / "out" / "pull_request_body.md").read_text()
     assert "![calibration plot](../reports/token_estimator_calibration_20261126_120000.png)" in body
@@ -123,14 +124,15 @@ def test_dry_run_writes_branch_and_body_with_relative_plot(sqlite_db: str, targe
 
 
 def test_without_a_token_it_publishes_locally(sqlite_db: str, target: Path, tmp_path: Path) -> None:
-    result = open_calibration_pr(CALIBRATION, target_repo=target, output_dir=tmp_path / "out", dry_run=False, database=database_at())
+    result = open_calibration_pr(as_result(CALIBRATION), target_repo=target, output_dir=tmp_path / "out", dry_run=False,
+                                 database=database_at())
     assert result.status == "dry_run"
 
 
 def test_a_dry_run_remembers_what_it_wrote_and_what_replaced_it(db_url: str, target: Path, tmp_path: Path) -> None:
-    first = open_calibration_pr(CALIBRATION, target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+    first = open_calibration_pr(as_result(CALIBRATION), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
                                 database=database_at(db_url))
-    second = open_calibration_pr(proposal(1.6, 500), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+    second = open_calibration_pr(as_result(proposal(1.6, 500)), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
                                  database=database_at(db_url))
     local = f"local:{target.resolve()}"
     assert remembered(db_url, local) == {first.proposal: ("superseded", None), second.proposal: ("open", None)}
@@ -145,7 +147,7 @@ def test_a_dry_run_of_a_declined_proposal_writes_nothing(db_url: str, target: Pa
                                              "old": None, "new": 1.40},
                                             {"coefficient": "PHASE_OVERHEAD", "key": ["implementation", "low"],
                                              "old": 634, "new": 400}]))
-    result = open_calibration_pr(CALIBRATION, target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+    result = open_calibration_pr(as_result(CALIBRATION), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
                                  repository=REPOSITORY, database=database_at(db_url))
     assert result.status == "skipped_closed_by_human" and result.pr_number == 4
     assert "PR #4 with a proposal this one does not differ materially from was closed by a human" in result.summary
@@ -155,7 +157,8 @@ def test_a_dry_run_of_a_declined_proposal_writes_nothing(db_url: str, target: Pa
 def test_failed_gate_is_refused(target: Path, tmp_path: Path) -> None:
     data = calibration(gate={"passed": False, "reasons": ["truncation 0.09 > target 0.05"]})
     with pytest.raises(RefusedError, match="gate did not pass: truncation 0.09 > target 0.05"):
-        open_calibration_pr(data, target_repo=target, output_dir=tmp_path / "out", dry_run=True, database=database_at())
+        open_calibration_pr(as_result(data), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+                            database=database_at())
     assert not (tmp_path / "out").exists()
 
 
@@ -164,7 +167,8 @@ def test_failed_verification_names_the_test_and_publishes_nothing(sqlite_db: str
     data = calibration(proposed_changes=[{"coefficient": "PHASE_OVERHEAD", "key": ["implementation", "low"],
                                           "old": 634, "new": 0}])
     with pytest.raises(VerificationError) as caught:
-        open_calibration_pr(data, target_repo=target, output_dir=tmp_path / "out", dry_run=True, database=database_at())
+        open_calibration_pr(as_result(data), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+                            database=database_at())
     line = caught.value.one_line()
     assert ("failed verification: tests/test_token_estimator.py::test_tables_are_positive failed: assert 0 > 0 "
             "(key = ('implementation', 'low'), value = 0); nothing was pushed") in line
@@ -180,13 +184,14 @@ def test_stale_proposal_publishes_nothing(target: Path, tmp_path: Path) -> None:
     data = calibration(proposed_changes=[{"coefficient": "PHASE_OVERHEAD", "key": ["implementation", "low"],
                                           "old": 1120, "new": 634}])
     with pytest.raises(StaleProposalError):
-        open_calibration_pr(data, target_repo=target, output_dir=tmp_path / "out", dry_run=True, database=database_at())
+        open_calibration_pr(as_result(data), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+                            database=database_at())
     assert git(target, "branch", "--list", BOT_BRANCH) == ""
 
 
 def test_an_unmigrated_database_is_one_clear_error(empty_db_url: str, target: Path, tmp_path: Path) -> None:
     with pytest.raises(SchemaNotMigratedError) as caught:
-        open_calibration_pr(CALIBRATION, target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+        open_calibration_pr(as_result(CALIBRATION), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
                             database=database_at(empty_db_url))
     assert "autopack db upgrade" in caught.value.one_line()
     assert git(target, "branch", "--list", BOT_BRANCH) == ""
@@ -217,7 +222,8 @@ def test_token_from_the_settings(sqlite_db: str, github: FakeGitHub, target: Pat
     monkeypatch.setenv("GITHUB_TOKEN", BOT_TOKEN)
     monkeypatch.setenv("GITHUB_REPOSITORY", REPOSITORY)
     monkeypatch.setenv("GITHUB_API_URL", github.url)
-    result = open_calibration_pr(CALIBRATION, target_repo=target, output_dir=tmp_path / "out", options=FAST, database=database_at())
+    result = open_calibration_pr(as_result(CALIBRATION), target_repo=target, output_dir=tmp_path / "out", options=FAST,
+                                 database=database_at())
     assert result.status == "opened"
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
-import json
 import typing
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import flows.pipeline
 from autopack import params
 from autopack.calibration import drift
 from autopack.calibration import run_calibration as real_run_calibration
+from autopack.calibration.result import load_result
 from autopack.db.engine import session_scope
 from autopack.db.handle import Database, database_at, open_database
 from autopack.errors import InputError
@@ -185,13 +185,13 @@ def test_holdout_fraction_0_means_nothing_held_out_and_nothing_shipped_everywher
             schema = parameter_schema(flow).model_dump_for_openapi()
             validate_schema({"holdout_fraction": 0}, schema, raise_on_error=True)
     result = real_run_calibration(open_database(seeded_calibration), output_dir=tmp_path / "library", holdout_fraction=0)
-    assert result["backtest"]["test_n"] == 0 and not result["gate"]["passed"]
-    assert any("no held-out calls" in reason for reason in result["gate"]["reasons"])
+    assert result.backtest.test_n == 0 and not result.gate.passed
+    assert any("no held-out calls" in reason for reason in result.gate.reasons)
     code, _, _ = run_cli(capsys, "calibrate", "--holdout-fraction", "0", "--json", "--output-dir", str(tmp_path / "cli"))
     assert code == 0
     (json_path,) = (tmp_path / "cli").glob("*.json")
-    from_cli = json.loads(json_path.read_text())
-    assert from_cli["backtest"]["test_n"] == 0 and from_cli["gate"]["reasons"] == result["gate"]["reasons"]
+    from_cli = load_result(json_path)
+    assert from_cli.backtest.test_n == 0 and from_cli.gate.reasons == result.gate.reasons
 
 
 @pytest.fixture

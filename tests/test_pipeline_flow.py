@@ -67,14 +67,15 @@ def test_pipeline_opens_a_pull_request_and_updates_it_on_the_next_run(
     first = telemetry_pipeline(target_repo=str(target), output_dir=str(tmp_path / "reports"), workers=2)
 
     assert first["phases_drained"] >= 60 and first["telemetry_events"] >= 60
-    assert first["calibration"]["gate"]["passed"]
+    calibration = first["calibration"].result
+    assert calibration is not None and calibration.gate.passed
     pr = first["pull_request"]
     assert pr["status"] == "opened"
     before = github_env.file(REPOSITORY, "main", ESTIMATOR_PATH)
     after = github_env.file(REPOSITORY, BOT_BRANCH, ESTIMATOR_PATH)
     changed = changed_lines(before, after)
     assert changed and all(COEFFICIENT_LINE.match(line) for line in changed), changed
-    assert Path(first["calibration"]["report_path"]).exists() and Path(first["calibration"]["plot_path"]).exists()
+    assert Path(str(calibration.report_path)).exists() and Path(str(calibration.plot_path)).exists()
 
     second = telemetry_pipeline(target_repo=str(target), output_dir=str(tmp_path / "reports2"), skip_drain=True)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from autopack.calibration import preload
 from autopack.calibration.reader import read_events
+from autopack.calibration.result import CalibrationResult, SampleCounts
 from autopack.calibration.samples import build_sample_set
 from autopack.db.models import CalibrationRun
 from autopack.errors import AutopackError
@@ -84,9 +85,9 @@ def run_calibration(
     output_dir: Path = Path("."),
     method: str | None = _DEFAULTS.method,
     window_weeks: int | None = _DEFAULTS.window_weeks,
-) -> dict[str, Any]:
+) -> CalibrationResult:
     """Calibrate from ``database`` (opened and guarded by the caller), write the report/JSON/PNG, record the
-    run; return the JSON object.
+    run; return the result (as written).
 
     ``window_weeks``: only the calls of the newest N weeks before now are read (``reader.read_events(since=…)``).
 
@@ -118,10 +119,10 @@ def run_calibration(
     if samples.n == 0:
         _record(database, created_at=naive_now, db_id=database.db_id, params=param_record, sample_count=0,
                 run_ids=[], outcome="no_samples", gate_passed=False)
-        c = samples.counts
+        c = SampleCounts.model_validate(samples.counts)
         raise NoUsableSamplesError(
-            f"no usable calibration samples ({c['rows_read']} rows read, {c['selected']} successful or truncated, "
-            f"{c['excluded_nonpositive_predicted']} with predicted <= 0, {c['excluded_zero_actual']} with actual = 0)",
+            f"no usable calibration samples ({c.rows_read} rows read, {c.selected} successful or truncated, "
+            f"{c.excluded_nonpositive_predicted} with predicted <= 0, {c.excluded_zero_actual} with actual = 0)",
             hint="drain some phases first (autopack drain), or check --include-run-id"
                  + ("" if since is None else f" and --window-weeks (calls since {since:%Y-%m-%d %H:%M} UTC only)"),
         )
@@ -129,29 +130,34 @@ def run_calibration(
     calibration = calibrate(samples, params)
     lap("calibrate")
     result = calibration.result
-    md = result["metadata"]
-    md["db_id"] = database.db_id
-    md["window_weeks"] = window_weeks
-    md["window_start"] = None if since is None else since.isoformat() + "Z"
-    md["generated_at"] = now.replace(tzinfo=None).isoformat() + "Z"
-    start = datetime.fromisoformat(md["time_span"]["start"].rstrip("Z"))
-    end = datetime.fromisoformat(md["time_span"]["end"].rstrip("Z"))
+    span = result.metadata.time_span
+    assert span is not None  # calibrate always sets it
+    start = datetime.fromisoformat(span.start.rstrip("Z"))
+    end = datetime.fromisoformat(span.end.rstrip("Z"))
     run_row = _record(
         database, created_at=naive_now, db_id=database.db_id, params=param_record, sample_count=samples.n,
-        run_ids=md["run_ids"], data_start=start, data_end=end, outcome="running", gate_passed=False,
+        run_ids=list(result.metadata.run_ids), data_start=start, data_end=end, outcome="running", gate_passed=False,
     )
-    md["calibration_run_id"] = run_row
+    provenance = {
+        "db_id": database.db_id,
+        "window_weeks": window_weeks,
+        "window_start": None if since is None else since.isoformat() + "Z",
+        "generated_at": now.replace(tzinfo=None).isoformat() + "Z",
+        "calibration_run_id": run_row,
+    }
     try:
         out = Path(output_dir).expanduser().resolve()
         out.mkdir(parents=True, exist_ok=True)
         stem = _stem(out, now)
         report_path, json_path, plot_path = out / f"{stem}.md", out / f"{stem}.json", out / f"{stem}.png"
         tmp_png = plot_path.with_name(f".{plot_path.name}.tmp.png")
-        write_plot(tmp_png, calibration.plot, alpha=params.alpha, sources=md.get("sources"))
+        write_plot(tmp_png, calibration.plot, alpha=params.alpha, sources=result.metadata.sources)
         os.replace(tmp_png, plot_path)
         lap("plot")
-        md["timings_seconds"] = dict(timings)
-        result["report_path"], result["json_path"], result["plot_path"] = str(report_path), str(json_path), str(plot_path)
+        result = result.model_copy(update={
+            "metadata": result.metadata.model_copy(update={**provenance, "timings_seconds": dict(timings)}),
+            "report_path": str(report_path), "json_path": str(json_path), "plot_path": str(plot_path),
+        })
         _atomic_write_text(report_path, render_markdown(result, plot_path.name))
         tmp_json = json_path.with_name(f".{json_path.name}.tmp")
         write_json(result, tmp_json)
@@ -159,7 +165,7 @@ def run_calibration(
     except Exception:
         _update(database, run_row, outcome="error")
         raise
-    passed = bool(result["gate"]["passed"])
+    passed = result.gate.passed
     _update(database, run_row, outcome="gate_passed" if passed else "gate_not_passed", gate_passed=passed,
             report_path=str(report_path), json_path=str(json_path))
     log.info("calibration %s: %d samples, gate %s, report %s", run_row, samples.n,
