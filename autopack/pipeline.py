@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from autopack.calibration.result import CalibrationOutcome
-from autopack.config import Settings, get_settings
-from autopack.db.engine import session_scope
-from autopack.db.identity import guard, read_identity
+from autopack.config import Settings
+from autopack.db.handle import Database, open_database
+from autopack.db.identity import read_identity
 from autopack.db.migrate import upgrade_database
 from autopack.errors import AutopackError, ConfigError, DbIdentityMismatchError, InputError
 from autopack.execution.seed_runs import ensure_seed_runs, seed_run_ids
@@ -22,20 +22,24 @@ STATE_MESSAGE_LIMIT = 300
 
 @dataclass
 class Prepared:
-    db_id: str
+    #: The database, verified by the one guard of this pipeline run.
+    database: Database
     messages: list[str] = field(default_factory=list)
 
+    @property
+    def db_id(self) -> str:
+        return str(self.database.db_id)
 
-def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None, weeks: int = 1) -> Prepared:
-    """With ``init``: create/migrate the database and the seed runs (of ``weeks`` weeks) that are missing.
 
-    Without it nothing is created: the guard refuses an unmigrated, empty or unexpected database.
+def prepare_database(target: Database, *, init: bool, expect_db_id: str | None = None, weeks: int = 1) -> Prepared:
+    """With ``init``: create/migrate ``target`` and the seed runs (of ``weeks`` weeks) that are missing. Then
+    open it (the guard): without ``init`` nothing is created, and an unmigrated, empty or unexpected database
+    (``expect_db_id``, already resolved by the caller: ``autopack.db.handle.expected_db_id``) is refused.
     """
     messages: list[str] = []
-    expect_db_id = expect_db_id or get_settings().expected_db_id
     if init and expect_db_id:
         try:
-            read_identity(url)
+            read_identity(target)
         except AutopackError as exc:  # nothing to compare with: creating it could never give that id
             raise DbIdentityMismatchError(
                 f"DB_MISMATCH: a database with id {expect_db_id} is expected, but {exc.message}",
@@ -43,18 +47,18 @@ def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None, w
             ) from exc
     if init:
         wanted = seed_run_ids(weeks)  # a bad --weeks fails before anything is created
-        report = upgrade_database(url)
+        report = upgrade_database(target)
         if report.changed:
             messages.append(f"init: database {report.url} migrated to {report.revision_after}")
-        with session_scope(url) as session:
+        with target.session() as session:
             created = ensure_seed_runs(session, wanted)
         if created:
             messages.append(f"init: created telemetry-collection runs {', '.join(created)}")
         else:
             messages.append("init: seed runs already present; nothing created")
-    identity = guard(url, expect_db_id=expect_db_id)
-    messages.append(f"database {identity.url} (id {identity.db_id})")
-    return Prepared(identity.db_id, messages)
+    database = open_database(target.url, expect_db_id=expect_db_id)
+    messages.append(f"database {database.masked_url} (id {database.db_id})")
+    return Prepared(database, messages)
 
 
 def check_target_repo(path: Path) -> Path:

@@ -51,6 +51,7 @@ from machine import describe_machine  # noqa: E402
 from autopack import token_estimator as te  # noqa: E402
 from autopack.db import keys  # noqa: E402
 from autopack.db.engine import dispose_engines  # noqa: E402
+from autopack.db.handle import open_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -234,7 +235,7 @@ def in_process(url: str, out: Path, repeat: int) -> dict[str, object]:
         floor(url)
         best_floor = min(best_floor, time.perf_counter() - t0)
         t0 = time.perf_counter()
-        result = run_calibration(url, output_dir=out / f"run{i}")
+        result = run_calibration(open_database(url), output_dir=out / f"run{i}")
         seconds = time.perf_counter() - t0
         if seconds < best:
             best, stages = seconds, dict(result.metadata.timings_seconds)

@@ -42,6 +42,7 @@ from autopack import token_estimator as te
 from autopack.calibration.result import CalibrationResult
 from autopack.calibration.runner import NoUsableSamplesError, run_calibration
 from autopack.db.engine import dispose_engines, session_scope
+from autopack.db.handle import database_at, open_database
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.execution.batch import BatchOptions, run_batch_drain
@@ -379,7 +380,7 @@ def run_loop(config: LoopConfig, workdir: Path | None = None,
             "AUTOPACK_PROVIDER_CONCURRENCY": "0",
         }))
         stack.enter_context(_plot(config.plot))
-        upgrade_database(url)
+        upgrade_database(database_at(url))
         cycles: list[Cycle] = []
         previous: str | None = None
         for week in range(1, config.weeks + 1):
@@ -398,7 +399,7 @@ def run_loop(config: LoopConfig, workdir: Path | None = None,
                 options = BatchOptions(**{**PipelineParams().drain().model_dump(), "run_ids": run_ids, "workers": 1,
                                           "provider_concurrency": 0})
                 provider = SimulatedProvider(seed=config.seed, laws=laws)
-                report = run_batch_drain(options, url=url, executor=functools.partial(execute_phase, provider=provider),
+                report = run_batch_drain(options, open_database(url), executor=functools.partial(execute_phase, provider=provider),
                                          isolation="inline", handle_signals=False)
                 cycle.events = report.state.total_telemetry_events
                 cycle.drained = report.state.total_processed
@@ -406,7 +407,7 @@ def run_loop(config: LoopConfig, workdir: Path | None = None,
                 clock = time.perf_counter()
                 try:
                     result: CalibrationResult | None = run_calibration(
-                        url, target_truncation=config.alpha, output_dir=folder / "reports",
+                        open_database(url), target_truncation=config.alpha, output_dir=folder / "reports",
                         **dict(config.calibration_kwargs))
                 except NoUsableSamplesError:
                     result = None

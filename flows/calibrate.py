@@ -13,6 +13,7 @@ from prefect.states import Completed
 from autopack import params as p
 from autopack.calibration import NoUsableSamplesError, run_calibration
 from autopack.calibration.result import CalibrationOutcome, CalibrationResult
+from autopack.db.handle import DatabaseRef, open_database
 from autopack.params import CalibrationParams, PipelineParams
 from autopack.pipeline import calibration_outcome
 
@@ -23,15 +24,16 @@ GROUP_COLUMNS = ("category", "complexity", "n", "n_censored", "median_ratio", "p
 
 @task(name="run-calibration")
 def calibrate_task(
-    params: CalibrationParams, include_run_ids: list[str] | None, output_dir: str, expect_db_id: str | None
+    params: CalibrationParams, include_run_ids: list[str] | None, output_dir: str, expect_db_id: str | None,
+    database: DatabaseRef | None = None,
 ) -> CalibrationOutcome:
     """The library call; "no usable samples" is an outcome (``no_samples``: the reason), not a crash."""
     try:
         return CalibrationOutcome(result=run_calibration(
+            database.open() if database else open_database(expect_db_id=expect_db_id),
             **params.model_dump(),
             include_run_ids=include_run_ids or None,
             output_dir=Path(output_dir),
-            expect_db_id=expect_db_id,
         ))
     except NoUsableSamplesError as exc:
         get_run_logger().warning("%s", exc.one_line())
@@ -78,10 +80,12 @@ def calibrate(
     include_run_ids: list[str] | None = None,
     output_dir: p.OutputDir = PipelineParams.parameter("output_dir"),
     expect_db_id: p.ExpectDbId = None,
+    database: DatabaseRef | None = None,
 ) -> Any:
     """Calibrate (the statistics' parameters are ``autopack.params.CalibrationParams``); ``include_run_ids``:
-    only these runs' telemetry. The run's result is a ``CalibrationOutcome``: the result, or why there is none."""
-    result = calibrate_task(CalibrationParams.pick(locals()), include_run_ids, output_dir, expect_db_id)
+    only these runs' telemetry; ``database``: the database a calling flow verified (not guarded again). The
+    run's result is a ``CalibrationOutcome``: the result, or why there is none."""
+    result = calibrate_task(CalibrationParams.pick(locals()), include_run_ids, output_dir, expect_db_id, database)
     publish_calibration_artifacts(result)
     message = calibration_outcome(result)
     get_run_logger().info("%s", message)

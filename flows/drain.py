@@ -35,6 +35,7 @@ from prefect.states import Completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from autopack import params as p
+from autopack.db.handle import DatabaseRef, open_database
 from autopack.errors import AutopackError
 from autopack.execution.batch import BatchOptions, attempt_samples, run_batch_drain
 from autopack.execution.batch_report import format_summary, outcome_line, phase_log_line
@@ -72,7 +73,7 @@ def drain_phase(job: PhaseJob, executor_ref: ExecutorRef = DEFAULT_EXECUTOR) -> 
     quiet_run_logs()  # also in a task runner's own processes
     message = run_job(resolve_executor(executor_ref), job)
     try:
-        samples = attempt_samples(job.url, job.claim)
+        samples = attempt_samples(job.database.open(), job.claim)
     except Exception:  # noqa: BLE001 - the line is informative only; the drain counts rows itself
         samples = []
     line = phase_log_line(job.run_id, job.phase_id, message, samples)
@@ -239,17 +240,20 @@ def batch_drain(
     lease_seconds: p.LeaseSeconds = DrainParams.parameter("lease_seconds"),
     provider_concurrency: p.ProviderConcurrency = DrainParams.parameter("provider_concurrency"),
     expect_db_id: p.ExpectDbId = None,
+    database: DatabaseRef | None = None,
 ) -> State:
-    """Drain phases with sample-first triage (the parameters are ``autopack.params.DrainParams``)."""
+    """Drain phases with sample-first triage (the parameters are ``autopack.params.DrainParams``).
+
+    ``database``: the database a calling flow verified (not guarded again); else the settings', guarded here."""
     quiet_run_logs()
     options = BatchOptions.pick(locals())
     try:
         report = run_batch_drain(
             options,
+            database.open() if database else open_database(expect_db_id=expect_db_id),
             executor=PHASE_EXECUTOR,
             runner=TaskRunExecutor(options.workers, PHASE_EXECUTOR),
             reporter=PrefectReporter(),
-            expect_db_id=expect_db_id,
             handle_signals=False,
         )
     except AutopackError as exc:  # e.g. the wrong database: one line, no traceback

@@ -6,20 +6,18 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from autopack.config import get_settings
-from autopack.db.identity import guard
+from autopack.db.handle import open_database
 
 
 @task(name="db-identity-guard-check", retries=0)
 def check_identity(expect_db_id: str | None = None, allow_empty: bool = False) -> dict[str, Any]:
     """The foundation guard as a task; its output goes into every later step's logs."""
-    settings = get_settings()
-    report = guard(
-        settings.resolved_database_url(),
-        expect_db_id=expect_db_id or settings.expected_db_id,
+    report = open_database(
+        expect_db_id=expect_db_id,
         allow_empty=allow_empty,
         counts=True,  # logged below; this flow runs once per pipeline, so the scan is affordable
-    )
+    ).identity
+    assert report is not None  # open_database verified it
     get_run_logger().info(
         "db id=%s url=%s revision=%s runs=%s phases=%s events=%s",
         report.db_id, report.url, report.schema_revision, report.counts["runs"],

@@ -20,6 +20,7 @@ from prefect.states import Completed
 from autopack import params as p
 from autopack.calibration.result import CalibrationOutcome
 from autopack.config import get_settings
+from autopack.db.handle import DatabaseRef, verified_database
 from autopack.errors import AutopackError
 from autopack.params import PipelineParams
 from autopack.pipeline import (
@@ -67,7 +68,7 @@ def preflight(*, target_repo: str, output_dir: str, dry_run: bool) -> str:
     return str(check_target_repo(Path(target_repo)))
 
 
-def drain_summary_markdown(drained: dict[str, Any]) -> str:
+def drain_summary_markdown(drained: dict[str, Any], database: DatabaseRef) -> str:
     """The drain session's summary as the CLI prints it, else the counts the flow returned."""
     session_id = drained.get("session_id")
     if session_id:
@@ -75,7 +76,7 @@ def drain_summary_markdown(drained: dict[str, Any]) -> str:
             from autopack.execution.batch_report import format_summary
             from autopack.execution.sessions import SessionStore
 
-            session = SessionStore().load(str(session_id))
+            session = SessionStore(database.open()).load(str(session_id))
             if session is not None:
                 return f"```\n{format_summary(session)}\n```"
         except Exception as exc:  # the summary is a courtesy: the counts below say the same in short
@@ -133,8 +134,12 @@ def telemetry_pipeline(
     output_dir: p.OutputDir = PipelineParams.parameter("output_dir"),
     skip_drain: p.SkipDrain = PipelineParams.parameter("skip_drain"),
     expect_db_id: p.ExpectDbId = PipelineParams.parameter("expect_db_id"),
+    database: DatabaseRef | None = None,
 ) -> Any:
-    """The parameters are ``autopack.params.PipelineParams``: the drain's and the calibration's, passed on as given."""
+    """The parameters are ``autopack.params.PipelineParams``: the drain's and the calibration's, passed on as given.
+
+    ``database``: the database ``autopack pipeline run`` verified already; without it the guard subflow runs. Either
+    way the guard runs once per pipeline run: the steps get the verified database and do not guard again."""
     params = PipelineParams.pick(locals())
     quiet_run_logs()
     logger = get_run_logger()
@@ -146,24 +151,28 @@ def telemetry_pipeline(
     # them in order, linked. A step that refuses ends this run Failed with its one line (``settle``).
     try:
         target_repo = preflight(target_repo=target_repo, output_dir=output_dir, dry_run=dry_run)
-        identity = settle(db_identity_guard(expect_db_id=expect_db_id, return_state=True))
-        lap("guard")
-        db_id = identity["db_id"]
-        logger.info("pipeline on database %s (%s)", db_id, identity["url"])
+        after: list[Any] = []
+        if database is None:
+            identity = settle(db_identity_guard(expect_db_id=expect_db_id, return_state=True))
+            lap("guard")
+            database = verified_database(identity["db_id"]).ref()
+            after = [identity]
+        db_id = str(database.db_id)
+        logger.info("pipeline on database %s (%s)", db_id, database.masked_url)
 
-        previous: Any = identity
         drained: dict[str, Any] = {"processed": 0, "telemetry_events": 0}
         if not skip_drain:
             validation = settle(validate_single_phase(
-                validate_run_id or (run_ids[0] if run_ids else None), validate_phase_id,
-                wait_for=[identity], return_state=True,
+                validate_run_id or (run_ids[0] if run_ids else None), validate_phase_id, database=database,
+                wait_for=after, return_state=True,
             ))
             lap("validate")
-            previous = settle(batch_drain(**params.drain().model_dump(), expect_db_id=db_id, wait_for=[validation],
-                                          return_state=True))
+            drain_result = settle(batch_drain(**params.drain().model_dump(), expect_db_id=db_id, database=database,
+                                              wait_for=[validation], return_state=True))
+            after = [drain_result]
             lap("drain")
-            drained = dict(previous)
-            create_markdown_artifact(key="batch-drain-summary", markdown=drain_summary_markdown(drained),
+            drained = dict(drain_result)
+            create_markdown_artifact(key="batch-drain-summary", markdown=drain_summary_markdown(drained, database),
                                      description="batch drain of this pipeline run")
             drained["processed"] = int(drained.get("processed") or 0) + (0 if validation.get("skipped") else 1)
             drained["telemetry_events"] = (int(drained.get("telemetry_events") or 0)
@@ -172,7 +181,7 @@ def telemetry_pipeline(
         # called from this synchronous flow, a subflow with return_state=True returns its State (not an awaitable)
         calibration: CalibrationOutcome = settle(cast("State[Any]", calibrate(
             **params.calibration().model_dump(), include_run_ids=run_ids or None, output_dir=output_dir,
-            expect_db_id=db_id, wait_for=[previous], return_state=True)))
+            expect_db_id=db_id, database=database, wait_for=after, return_state=True)))
         lap("calibrate")
         publish_calibration_artifacts(calibration)
         create_markdown_artifact(key="calibration-gate", markdown=gate_markdown(calibration),
@@ -190,7 +199,8 @@ def telemetry_pipeline(
         }
         if calibration.result is not None and calibration.gate_passed:
             result["pull_request"] = settle(cast("State[Any]", open_calibration_pr_flow(
-                calibration.result, target_repo, output_dir, dry_run, result["flow_run_url"], wait_for=[calibration],
+                calibration.result, target_repo, output_dir, dry_run, result["flow_run_url"], database,
+                wait_for=[calibration],
                 return_state=True,
             )))
             lap("pull_request")

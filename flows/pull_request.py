@@ -12,6 +12,7 @@ from prefect.states import Completed
 
 from autopack.calibration.result import CalibrationResult
 from autopack.config import get_settings
+from autopack.db.handle import DatabaseRef, database_at
 from autopack.github import open_calibration_pr
 from autopack.github.errors import VerificationError
 from autopack.pipeline import check_publish_settings
@@ -44,7 +45,8 @@ def github_token() -> str | None:
 
 @task(name="publish-calibration-pr")
 def publish_task(
-    calibration: CalibrationResult, target_repo: str, output_dir: str, dry_run: bool, flow_run_url: str | None = None
+    calibration: CalibrationResult, target_repo: str, output_dir: str, dry_run: bool, flow_run_url: str | None = None,
+    database: DatabaseRef | None = None,
 ) -> dict[str, Any]:
     settings = get_settings()
     token = None if dry_run else github_token()
@@ -58,7 +60,7 @@ def publish_task(
             base_url=settings.github_base_url,
             output_dir=Path(output_dir),
             dry_run=dry_run,
-            database_url=settings.resolved_database_url(),
+            database=database.open() if database else database_at(),
             flow_run_url=flow_run_url,  # the PR body links back to the run that produced it
         )
     except VerificationError as exc:
@@ -102,8 +104,10 @@ def open_calibration_pr_flow(
     output_dir: str = "reports",
     dry_run: bool = False,
     flow_run_url: str | None = None,
+    database: DatabaseRef | None = None,
 ) -> Any:
-    result = publish_task(calibration, target_repo, output_dir, dry_run, flow_run_url)
+    """``database``: where proposals are remembered (the calling flow's verified database; else the settings')."""
+    result = publish_task(calibration, target_repo, output_dir, dry_run, flow_run_url, database)
     publish_pull_request_artifact(result)
     summary = str(result.get("summary") or result.get("status"))
     get_run_logger().info("%s", summary)

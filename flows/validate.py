@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from prefect import flow, get_run_logger, task
 
-from autopack.db.engine import session_scope
+from autopack.db.handle import Database, DatabaseRef, database_at
 from autopack.db.models import Phase, PhaseState
 from autopack.errors import AutopackError
 from autopack.execution.drain_one import drain_one
@@ -24,9 +24,9 @@ class ValidationFailed(AutopackError):
     exit_code = 1
 
 
-def first_queued_phase(run_ids: list[str] | None = None) -> tuple[str, str] | None:
+def first_queued_phase(database: Database, run_ids: list[str] | None = None) -> tuple[str, str] | None:
     """The phase the seed validates with: the first QUEUED phase (of the given runs)."""
-    with session_scope() as session:
+    with database.session() as session:
         query = sa.select(Phase.run_id, Phase.phase_id).where(Phase.state == PhaseState.QUEUED)
         if run_ids:
             query = query.where(Phase.run_id.in_(run_ids))
@@ -35,20 +35,24 @@ def first_queued_phase(run_ids: list[str] | None = None) -> tuple[str, str] | No
 
 
 @task(name="drain-one-phase")
-def drain_one_task(run_id: str, phase_id: str) -> dict[str, Any]:
-    return asdict(drain_one(run_id, phase_id, force=True))
+def drain_one_task(run_id: str, phase_id: str, database: DatabaseRef) -> dict[str, Any]:
+    return asdict(drain_one(run_id, phase_id, force=True, db=database.open()))
 
 
 @flow(name="validate-single-phase")
-def validate_single_phase(run_id: str | None = None, phase_id: str | None = None) -> dict[str, Any]:
+def validate_single_phase(
+    run_id: str | None = None, phase_id: str | None = None, database: DatabaseRef | None = None
+) -> dict[str, Any]:
+    """``database``: the database the calling flow verified; else the settings' (this step has no guard)."""
     logger = get_run_logger()
+    ref = database or database_at().ref()
     if run_id is None or phase_id is None:
-        target = first_queued_phase([run_id] if run_id else None)
+        target = first_queued_phase(ref.open(), [run_id] if run_id else None)
         if target is None:
             logger.info("no QUEUED phase to validate with; skipping validation")
             return {"skipped": True, "telemetry_events": 0}
         run_id, phase_id = target
-    result = drain_one_task(run_id, phase_id)
+    result = drain_one_task(run_id, phase_id, ref)
     logger.info("validated on %s/%s: %s, %s telemetry event(s)", run_id, phase_id, result["final_state"],
                 result["telemetry_events"])
     if result["telemetry_events"] == 0:

@@ -22,6 +22,7 @@ from autopack.calibration.samples import build_sample_set, columns_from_records,
 from autopack.calibration.story import gate_sentence
 from autopack.calibration.synthetic import event_row, simulate, simulate_with_escalations
 from autopack.db.engine import get_engine
+from autopack.db.handle import database_at, open_database
 from autopack.db.identity import read_identity
 from autopack.db.models import CalibrationRun, TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import DbIdentityMismatchError, EmptyDatabaseError
@@ -67,7 +68,7 @@ def seeded(db_url: str) -> str:
 
 def test_result_has_exactly_the_documented_shape(seeded: str, tmp_path: Path) -> None:
     """The file on disk (what a user opens): its keys, as docs/calibration.md and the JSON Schema list them."""
-    result = json.loads(Path(str(run_calibration(seeded, output_dir=tmp_path).json_path)).read_text())
+    result = json.loads(Path(str(run_calibration(open_database(seeded), output_dir=tmp_path).json_path)).read_text())
     assert TOP_KEYS <= result.keys()
     assert METADATA_KEYS <= result["metadata"].keys()
     assert set(result["metadata"]["time_span"]) == {"start", "end"}
@@ -94,7 +95,7 @@ def test_result_has_exactly_the_documented_shape(seeded: str, tmp_path: Path) ->
 
 
 def test_gate_passes_and_changes_are_keyed_like_the_estimator_literals(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(seeded, output_dir=tmp_path)
+    result = run_calibration(open_database(seeded), output_dir=tmp_path)
     assert result.gate.passed is True
     current = te.current_coefficients()
     tables = {"BUDGET_FACTORS": current.budget_factors, "PHASE_OVERHEAD": current.phase_overhead,
@@ -112,7 +113,7 @@ def test_gate_passes_and_changes_are_keyed_like_the_estimator_literals(seeded: s
 
 def test_shipped_coefficients_and_factors_are_a_consistent_pair(seeded: str, tmp_path: Path) -> None:
     """Applying the proposal to the estimator reproduces the ceilings the factors were computed for."""
-    result = run_calibration(seeded, output_dir=tmp_path)
+    result = run_calibration(open_database(seeded), output_dir=tmp_path)
     current = te.current_coefficients()
     tables: dict[str, dict[Any, Any]] = {"PHASE_OVERHEAD": dict(current.phase_overhead),
                                          "TOKEN_WEIGHTS": dict(current.token_weights), "BUDGET_FACTORS": {}}
@@ -129,7 +130,7 @@ def test_shipped_coefficients_and_factors_are_a_consistent_pair(seeded: str, tmp
 
 
 def test_report_json_and_plot_are_written_and_linked(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(seeded, output_dir=tmp_path / "out")
+    result = run_calibration(open_database(seeded), output_dir=tmp_path / "out")
     report, data, plot = (Path(str(p)) for p in (result.report_path, result.json_path, result.plot_path))
     assert report.name.startswith("token_estimator_calibration_") and report.suffix == ".md"
     assert data.stem == report.stem == plot.stem and plot.suffix == ".png"
@@ -147,12 +148,12 @@ def test_report_json_and_plot_are_written_and_linked(seeded: str, tmp_path: Path
 
 
 def test_each_calibration_is_recorded(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(seeded, output_dir=tmp_path, min_samples=3)
+    result = run_calibration(open_database(seeded), output_dir=tmp_path, min_samples=3)
     with get_engine(seeded).connect() as connection:
         rows = connection.execute(sa.select(CalibrationRun)).mappings().all()
     assert len(rows) == 1
     row = rows[0]
-    assert row["db_id"] == read_identity(seeded).db_id == result.metadata.db_id
+    assert row["db_id"] == read_identity(database_at(seeded)).db_id == result.metadata.db_id
     assert row["sample_count"] == result.metadata.total_samples == len(simulate(SEEDED_PHASES, seed=3))
     assert row["outcome"] == ("gate_passed" if result.gate.passed else "gate_not_passed")
     assert row["params"]["min_samples"] == 3
@@ -170,7 +171,7 @@ def test_the_database_path_excludes_retries_and_reports_the_source(db_url: str, 
     insert(db_url, rows)
     with get_engine(db_url).begin() as connection:
         connection.execute(sa.insert(TokenBudgetEscalationEvent.__table__), escalations)
-    result = run_calibration(db_url, output_dir=tmp_path)
+    result = run_calibration(open_database(db_url), output_dir=tmp_path)
     assert result.metadata.retries_excluded == len(escalations)
     assert result.metadata.total_samples == len(rows) - len(escalations)
     assert result.metadata.sources.models[0].model == "synthetic-1"
@@ -181,7 +182,7 @@ def test_truncated_calls_are_kept_as_censored_samples(db_url: str, tmp_path: Pat
     truncated = [r for r in rows if r["truncated"]]
     assert truncated and all(not r["success"] for r in truncated)
     insert(db_url, rows)
-    result = run_calibration(db_url, output_dir=tmp_path)
+    result = run_calibration(open_database(db_url), output_dir=tmp_path)
     counts = result.metadata.sample_counts
     assert counts.censored == len(truncated)
     assert result.metadata.total_samples == len(rows)
@@ -203,7 +204,7 @@ def test_nonpositive_predictions_and_zero_outputs_are_counted_not_used(db_url: s
         bad.append(event_row("bad", f"z{i}", 0, when, features, est, decision.selected_budget,
                              decision.actual_max_tokens, 0, False))
     insert(db_url, rows + bad)
-    result = run_calibration(db_url, output_dir=tmp_path)
+    result = run_calibration(open_database(db_url), output_dir=tmp_path)
     counts = result.metadata.sample_counts
     assert counts.excluded_nonpositive_predicted == 3
     assert counts.excluded_zero_actual == 2
@@ -218,7 +219,7 @@ def test_failed_untruncated_calls_are_excluded_and_counted(db_url: str, tmp_path
         row.update(success=False, truncated=False, is_truncated_output=False, stop_reason="end_turn",
                    finish_reason="stop")
     insert(db_url, rows)
-    result = run_calibration(db_url, output_dir=tmp_path)
+    result = run_calibration(open_database(db_url), output_dir=tmp_path)
     assert result.metadata.sample_counts.excluded_failed_not_truncated == 4
     assert result.metadata.total_samples == len(rows) - 4
 
@@ -234,7 +235,7 @@ def test_legacy_spellings_are_normalised_into_one_group(db_url: str, tmp_path: P
         row.update(category=category, complexity=complexity)
         rows.append(row)
     insert(db_url, rows)
-    result = run_calibration(db_url, output_dir=tmp_path)
+    result = run_calibration(open_database(db_url), output_dir=tmp_path)
     assert [(g.category, g.complexity, g.n) for g in result.groups] == [("tests", "medium", 12)]
     spellings = result.metadata.spellings_normalised
     assert spellings["category"] == {"testing → tests": 4, "TESTING → tests": 4}
@@ -243,7 +244,7 @@ def test_legacy_spellings_are_normalised_into_one_group(db_url: str, tmp_path: P
 
 def test_include_run_id_selects_runs(db_url: str, tmp_path: Path) -> None:
     insert(db_url, simulate(30, seed=1, run_id="run-a") + simulate(30, seed=2, run_id="run-b"))
-    result = run_calibration(db_url, output_dir=tmp_path, include_run_ids=["run-b"])
+    result = run_calibration(open_database(db_url), output_dir=tmp_path, include_run_ids=["run-b"])
     assert result.metadata.run_ids == ["run-b"]
     assert result.metadata.total_samples == len(simulate(30, seed=2, run_id="run-b"))
 
@@ -252,7 +253,7 @@ def test_include_run_id_selects_runs(db_url: str, tmp_path: Path) -> None:
 
 
 def test_gate_fails_with_reasons_when_no_group_has_enough_samples(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(seeded, output_dir=tmp_path, min_samples=500)
+    result = run_calibration(open_database(seeded), output_dir=tmp_path, min_samples=500)
     assert result.gate.passed is False
     assert result.proposed_changes == []
     assert any("--min-samples 500" in r for r in result.gate.reasons)
@@ -261,7 +262,7 @@ def test_gate_fails_with_reasons_when_no_group_has_enough_samples(seeded: str, t
 
 def test_a_confidence_below_the_threshold_refuses_every_lowering(seeded: str, tmp_path: Path) -> None:
     """Only steps toward α remain: a raise is safe without any confidence (no call's ceiling falls)."""
-    result = run_calibration(seeded, output_dir=tmp_path, confidence_threshold=0.999)
+    result = run_calibration(open_database(seeded), output_dir=tmp_path, confidence_threshold=0.999)
     assert all(c.direction == "raise" for c in result.proposed_changes)
     assert any("confidence" in r and "< threshold 1.00" in r for r in result.gate.reasons)
 
@@ -271,7 +272,7 @@ def test_a_group_cut_above_alpha_at_its_floor_gets_a_step_toward_alpha(db_url: s
     5 % cannot reserve less than today (the old gate refused it for that), but a raise is safe: it ships."""
     specs = (("docs", "low", ("README.md",)),)
     insert(db_url, simulate(60, seed=4, specs=specs))
-    result = run_calibration(db_url, output_dir=tmp_path)
+    result = run_calibration(open_database(db_url), output_dir=tmp_path)
     (group,) = result.groups
     step = group.step_toward_alpha
     assert group.proposed and group.gate_direction == "raise" and step.today_rate > 0.2
@@ -326,7 +327,7 @@ def test_no_usable_samples_exits_1_and_is_recorded(db_url: str, tmp_path: Path,
                    finish_reason="stop")
     insert(db_url, rows)
     with pytest.raises(NoUsableSamplesError):
-        run_calibration(db_url, output_dir=tmp_path)
+        run_calibration(open_database(db_url), output_dir=tmp_path)
     code, _, err = run_cli(capsys, "calibrate", "--output-dir", str(tmp_path))
     assert code == 1 and "no usable calibration samples" in err and len(err.strip().splitlines()) <= 2
     with get_engine(db_url).connect() as connection:
@@ -338,7 +339,7 @@ def test_no_usable_samples_exits_1_and_is_recorded(db_url: str, tmp_path: Path,
 def test_empty_database_is_refused_unless_allowed(db_url: str, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(EmptyDatabaseError):
-        run_calibration(db_url, output_dir=tmp_path)
+        run_calibration(open_database(db_url), output_dir=tmp_path)
     code, _, _ = run_cli(capsys, "calibrate", "--output-dir", str(tmp_path))
     assert code == 2
     code, _, _ = run_cli(capsys, "calibrate", "--allow-empty-db", "--output-dir", str(tmp_path))
@@ -348,7 +349,7 @@ def test_empty_database_is_refused_unless_allowed(db_url: str, tmp_path: Path,
 def test_wrong_database_id_is_refused_with_exit_3(seeded: str, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(DbIdentityMismatchError):
-        run_calibration(seeded, output_dir=tmp_path, expect_db_id="someone-else")
+        run_calibration(open_database(seeded, expect_db_id="someone-else"), output_dir=tmp_path)
     code, _, err = run_cli(capsys, "calibrate", "--expect-db-id", "someone-else", "--output-dir", str(tmp_path))
     assert code == 3 and "DB_MISMATCH" in err
     with get_engine(seeded).connect() as connection:

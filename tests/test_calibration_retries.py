@@ -27,6 +27,7 @@ from autopack.calibration.result import Metadata
 from autopack.calibration.samples import EventColumns, SampleSet, build_sample_set, columns_from_records, retry_links
 from autopack.calibration.synthetic import GroupTruth, Law, Truth, simulate_groups, simulate_with_escalations
 from autopack.db.engine import get_engine
+from autopack.db.handle import database_at, open_database
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.telemetry.ingest import import_telemetry
 
@@ -148,7 +149,7 @@ def test_the_read_links_retries_and_flags_unknown_sources_like_the_per_row_path(
     rows, escalations = simulate_with_escalations(80, seed=2, truth=Truth(sigma=0.6))
     rows[-1] = {**rows[-1], "retries_known": False, "source": "import:csv:old.csv"}
     stored = _store(db_url, rows, escalations)
-    got, want = read_events(db_url), columns_from_records(stored, escalations)
+    got, want = read_events(database_at(db_url)), columns_from_records(stored, escalations)
     assert _retry_view(got) == _retry_view(want)
     assert sum(o is not None for _, o, _ in _retry_view(got).values()) == len(escalations) > 5
     assert build_sample_set(got).counts == build_sample_set(want).counts
@@ -176,7 +177,7 @@ def _csv(path: Path, rows: list[dict[str, Any]], run_id: str, retry_column: str 
 
 
 def _samples(url: str, run_id: str) -> SampleSet:
-    return build_sample_set(read_events(url, [run_id]))
+    return build_sample_set(read_events(database_at(url), [run_id]))
 
 
 def _same_samples(a: SampleSet, b: SampleSet) -> None:
@@ -191,7 +192,7 @@ def test_an_import_marking_retries_calibrates_as_the_recorded_calls(db_url: str,
     rows, escalations = simulate_with_escalations(150, seed=3, truth=Truth(sigma=0.6), run_id="recorded",
                                                   store_features=False)
     _store(db_url, rows, escalations)
-    import_telemetry(_csv(tmp_path / "calls.csv", rows, "imported", retry_column), "csv", url=db_url)
+    import_telemetry(_csv(tmp_path / "calls.csv", rows, "imported", retry_column), "csv", database=open_database(db_url, allow_empty=True))
     recorded, imported = _samples(db_url, "recorded"), _samples(db_url, "imported")
     _same_samples(recorded, imported)
     assert imported.counts["retries_excluded"] == len(escalations) > 10
@@ -203,8 +204,8 @@ def test_an_import_marking_retries_calibrates_as_the_recorded_calls(db_url: str,
 
 def test_an_import_without_retry_columns_makes_retries_unknown(db_url: str, tmp_path: Path) -> None:
     rows, escalations = simulate_with_escalations(60, seed=3, truth=Truth(sigma=0.6), store_features=False)
-    import_telemetry(_csv(tmp_path / "calls.csv", rows, "imported", None), "csv", url=db_url)
-    samples = build_sample_set(read_events(db_url))
+    import_telemetry(_csv(tmp_path / "calls.csv", rows, "imported", None), "csv", database=open_database(db_url, allow_empty=True))
+    samples = build_sample_set(read_events(database_at(db_url)))
     assert not samples.retries_known and samples.counts["rows_retries_unknown"] == len(rows)
     assert samples.counts["retries_excluded"] == 0 and escalations  # the file's retries were taken for first calls
     line = _retries_line(metadata(retries_known=False, retries_excluded=0, sample_counts=samples.counts))
@@ -216,7 +217,7 @@ def test_a_retry_must_name_an_earlier_attempt(db_url: str, tmp_path: Path) -> No
     path.write_text("timestamp,phase_id,category,complexity,predicted,actual,ceiling,truncated,is_retry\n"
                     "2026-01-01T00:00:00Z,p,implementation,low,100,90,200,false,true\n", encoding="utf-8")
     with pytest.raises(Exception, match="escalated_from -1 is not below attempt_index 0"):
-        import_telemetry(path, "csv", url=db_url)
+        import_telemetry(path, "csv", database=open_database(db_url, allow_empty=True))
 
 
 def _attr(key: str, value: object) -> dict[str, object]:
@@ -235,7 +236,7 @@ def test_otel_and_v2_log_imports_mark_retries(db_url: str, tmp_path: Path) -> No
              "autopack.retry.escalated": True, "gen_ai.response.finish_reasons": "stop"}])]
     otel = tmp_path / "spans.json"
     otel.write_text(json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}), encoding="utf-8")
-    import_telemetry(otel, "otel-json", url=db_url, run_id="otel")
+    import_telemetry(otel, "otel-json", run_id="otel", database=open_database(db_url, allow_empty=True))
     log = tmp_path / "run.log"
     log.write_text("2026-01-01 00:00:00 [TokenEstimationV2] predicted_output=1000 actual_output=1000 "
                    "actual_max_tokens=1000 category=implementation complexity=low truncated=true attempt=0\n"
@@ -243,7 +244,7 @@ def test_otel_and_v2_log_imports_mark_retries(db_url: str, tmp_path: Path) -> No
                    "actual_max_tokens=1250 category=implementation complexity=low truncated=false attempt=1 "
                    "escalated_from=0\n",
                    encoding="utf-8")
-    import_telemetry(log, "v2-log", url=db_url, run_id="log", defaults={"phase_id": "p"})
+    import_telemetry(log, "v2-log", run_id="log", defaults={"phase_id": "p"}, database=open_database(db_url, allow_empty=True))
     for run in ("otel", "log"):
         samples = _samples(db_url, run)
         assert (samples.n, samples.counts["retries_excluded"], samples.counts["cut_calls_revealed_by_retry"]) == (1, 1, 1)
@@ -263,7 +264,7 @@ def test_the_window_reads_only_its_rows(db_url: str) -> None:
     since = start + timedelta(hours=40)
     inside = [r for r in stored if r["timestamp"] >= since]
     assert 0 < len(inside) < len(stored)
-    got, want = read_events(db_url, since=since), columns_from_records(inside, escalations)
+    got, want = read_events(database_at(db_url), since=since), columns_from_records(inside, escalations)
     assert sorted(got.event_id.tolist()) == sorted(want.event_id.tolist())
     assert _retry_view(got) == _retry_view(want)
     assert got.summary.run_ids == want.summary.run_ids
@@ -306,5 +307,5 @@ def test_a_window_with_no_calls_says_so(db_url: str, tmp_path: Path) -> None:
     rows, escalations = simulate_with_escalations(20, seed=4, start=datetime(2025, 1, 1))
     _store(db_url, rows, escalations)
     with pytest.raises(NoUsableSamplesError, match="0 rows read") as refused:
-        run_calibration(db_url, window_weeks=2, output_dir=tmp_path)
+        run_calibration(open_database(db_url), window_weeks=2, output_dir=tmp_path)
     assert "--window-weeks" in (refused.value.hint or "")

@@ -18,6 +18,7 @@ from autopack.calibration import run_calibration, story
 from autopack.calibration.result import CalibrationResult, load_result
 from autopack.calibration.synthetic import simulate
 from autopack.db.engine import get_engine
+from autopack.db.handle import open_database
 from autopack.db.models import TokenEstimationV2Event
 from autopack.github.body import render_pr_body
 from autopack.github.estimator_edit import apply_proposal
@@ -30,7 +31,7 @@ def result(db_url: str, tmp_path: Path) -> CalibrationResult:
     """The calibration as the pull-request step reads it: its JSON file, through the versioned reader."""
     with get_engine(db_url).begin() as connection:
         connection.execute(sa.insert(TokenEstimationV2Event.__table__), simulate(150, seed=3))
-    out = run_calibration(db_url, output_dir=tmp_path)
+    out = run_calibration(open_database(db_url), output_dir=tmp_path)
     assert out.gate.passed is True and out.proposed_changes and out.json_path
     return load_result(Path(out.json_path))
 

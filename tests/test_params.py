@@ -27,6 +27,7 @@ from autopack.calibration import drift
 from autopack.calibration import run_calibration as real_run_calibration
 from autopack.calibration.result import load_result
 from autopack.db.engine import session_scope
+from autopack.db.handle import Database, database_at, open_database
 from autopack.errors import InputError
 from autopack.execution import batch
 from autopack.execution.batch import BatchOptions
@@ -39,8 +40,9 @@ FLOWS = {"telemetry-pipeline": (flows.pipeline.telemetry_pipeline, PipelineParam
          "batch-drain": (flows.drain.batch_drain, DrainParams),
          "calibrate": (flows.calibrate.calibrate, CalibrationParams)}
 #: Flow parameters that are not parameters of the flow's model: where to look, not what to compute.
-FLOW_EXTRAS = {"batch-drain": {"expect_db_id"}, "calibrate": {"include_run_ids", "output_dir", "expect_db_id"},
-               "telemetry-pipeline": set()}
+FLOW_EXTRAS = {"batch-drain": {"expect_db_id", "database"},
+               "calibrate": {"include_run_ids", "output_dir", "expect_db_id", "database"},
+               "telemetry-pipeline": {"database"}}
 COMMANDS = {("pipeline", "run"): PipelineParams, ("drain", "batch"): DrainParams, ("calibrate",): CalibrationParams}
 #: Bounds as JSON schema keywords: what the Prefect UI and server check.
 BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "minItems", "type", "items")
@@ -158,7 +160,7 @@ def test_a_bad_value_is_refused_by_the_library_with_the_models_message(name: str
         assert info.value.message == message
     if name in CalibrationParams.model_fields:
         with pytest.raises(InputError) as info:  # refused before the database is even opened
-            real_run_calibration("sqlite:////nonexistent/never-opened.db", **{name: value})
+            real_run_calibration(database_at("sqlite:////nonexistent/never-opened.db"), **{name: value})
         assert info.value.message == message
 
 
@@ -182,7 +184,7 @@ def test_holdout_fraction_0_means_nothing_held_out_and_nothing_shipped_everywher
             flow.validate_parameters({"holdout_fraction": 0})
             schema = parameter_schema(flow).model_dump_for_openapi()
             validate_schema({"holdout_fraction": 0}, schema, raise_on_error=True)
-    result = real_run_calibration(seeded_calibration, output_dir=tmp_path / "library", holdout_fraction=0)
+    result = real_run_calibration(open_database(seeded_calibration), output_dir=tmp_path / "library", holdout_fraction=0)
     assert result.backtest.test_n == 0 and not result.gate.passed
     assert any("no held-out calls" in reason for reason in result.gate.reasons)
     code, _, _ = run_cli(capsys, "calibrate", "--holdout-fraction", "0", "--json", "--output-dir", str(tmp_path / "cli"))
@@ -296,13 +298,13 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     seen: dict[str, list[Any]] = {"drain": [], "calibration": []}
     real_drain = batch.run_batch_drain
 
-    def drain_spy(options: BatchOptions, **kwargs: Any) -> Any:
+    def drain_spy(options: BatchOptions, database: Database, **kwargs: Any) -> Any:
         seen["drain"].append(options)
-        return real_drain(options, **kwargs)
+        return real_drain(options, database, **kwargs)
 
-    def calibration_spy(url: str | None = None, **kwargs: Any) -> Any:
+    def calibration_spy(database: Database, **kwargs: Any) -> Any:
         seen["calibration"].append(kwargs)
-        return real_run_calibration(url, **kwargs)
+        return real_run_calibration(database, **kwargs)
 
     monkeypatch.setattr(flows.drain, "run_batch_drain", drain_spy)
     monkeypatch.setattr(flows.calibrate, "run_calibration", calibration_spy)

@@ -15,6 +15,7 @@ from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github  # noqa: F
 
 from autopack.calibration.synthetic import simulate
 from autopack.db.engine import get_engine
+from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
 from autopack.pipeline import prepare_database
@@ -57,7 +58,7 @@ def test_pipeline_opens_a_pull_request_and_updates_it_on_the_next_run(
     db_url: str, prefect_harness: None, github_env: FakeGitHub, tmp_path: Path
 ) -> None:
     target = project_checkout(tmp_path / "target")
-    prepare_database(db_url, init=True)
+    prepare_database(database_at(db_url), init=True)
     # history from earlier weeks (as `autopack telemetry import` would add): the 61 seed phases alone leave
     # every group below the 22 calls a distribution-free factor needs at α = 5 %, so nothing would ship
     with get_engine(db_url).begin() as connection:

@@ -1,4 +1,4 @@
-"""The thin shell around the calibration: guard, read the events, write the files, record the run.
+"""The thin shell around the calibration: read the events, write the files, record the run.
 
 ``run_calibration`` is what ``autopack calibrate``, ``scripts/calibrate_token_estimator.py`` and the
 Prefect flow call. Reading is ``reader.read_events``: one integer-only scan, texts once per distinct value.
@@ -12,20 +12,20 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autopack.calibration import preload
 from autopack.calibration.reader import read_events
 from autopack.calibration.result import CalibrationResult, SampleCounts
 from autopack.calibration.samples import build_sample_set
-from autopack.config import get_settings
-from autopack.db.engine import resolve_url, session_scope
-from autopack.db.identity import guard
 from autopack.db.models import CalibrationRun
 from autopack.errors import AutopackError
 from autopack.logging import get_logger
 from autopack.params import CalibrationParams
 from autopack.timing import StageClock
+
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
 
 __all__ = ["NoUsableSamplesError", "read_events", "run_calibration"]
 
@@ -56,18 +56,18 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _record(url: str, **fields: Any) -> int:
+def _record(database: Database, **fields: Any) -> int:
     from autopack.calibration.core import METHOD_VERSION
 
-    with session_scope(url) as session:
+    with database.session() as session:
         row = CalibrationRun(method_version=METHOD_VERSION, **fields)
         session.add(row)
         session.flush()
         return int(row.id)
 
 
-def _update(url: str, run_id: int, **fields: Any) -> None:
-    with session_scope(url) as session:
+def _update(database: Database, run_id: int, **fields: Any) -> None:
+    with database.session() as session:
         row = session.get(CalibrationRun, run_id)
         if row is not None:
             for k, v in fields.items():
@@ -75,7 +75,7 @@ def _update(url: str, run_id: int, **fields: Any) -> None:
 
 
 def run_calibration(
-    url: str | None = None,
+    database: Database,
     *,
     min_samples: int = _DEFAULTS.min_samples,
     confidence_threshold: float = _DEFAULTS.confidence_threshold,
@@ -83,31 +83,27 @@ def run_calibration(
     holdout_fraction: float = _DEFAULTS.holdout_fraction,
     include_run_ids: Sequence[str] | None = None,
     output_dir: Path = Path("."),
-    allow_empty_db: bool = False,
-    expect_db_id: str | None = None,
     method: str | None = _DEFAULTS.method,
     window_weeks: int | None = _DEFAULTS.window_weeks,
 ) -> CalibrationResult:
-    """Calibrate from the database, write the report/JSON/PNG, record the run; return the result (as written).
+    """Calibrate from ``database`` (opened and guarded by the caller), write the report/JSON/PNG, record the
+    run; return the result (as written).
 
     ``window_weeks``: only the calls of the newest N weeks before now are read (``reader.read_events(since=…)``).
 
-    Raises the guard's errors (exit 2/3) and ``NoUsableSamplesError`` (exit 1) when nothing is usable.
+    Raises ``NoUsableSamplesError`` (exit 1) when nothing is usable.
     """
     checked = CalibrationParams(min_samples=min_samples, confidence_threshold=confidence_threshold,
                                 target_truncation=target_truncation, holdout_fraction=holdout_fraction,
                                 method=method, window_weeks=window_weeks)  # bad ones fail before the database
     run_ids = tuple(include_run_ids or ())
-    resolved = resolve_url(url)
     clock = StageClock()
     lap, timings = clock.lap, clock.timings
 
-    identity = guard(resolved, expect_db_id=expect_db_id or get_settings().expected_db_id, allow_empty=allow_empty_db)
-    lap("guard")
     now = datetime.now(UTC).replace(microsecond=0)
     imports = preload.start()
     since = None if window_weeks is None else (now - timedelta(weeks=window_weeks)).replace(tzinfo=None)
-    columns = read_events(resolved, run_ids, since=since)
+    columns = read_events(database, run_ids, since=since)
     lap("read")
     samples = build_sample_set(columns)
     lap("samples")
@@ -121,7 +117,7 @@ def run_calibration(
                     "output_dir": str(output_dir)}
     naive_now = now.replace(tzinfo=None)
     if samples.n == 0:
-        _record(resolved, created_at=naive_now, db_id=identity.db_id, params=param_record, sample_count=0,
+        _record(database, created_at=naive_now, db_id=database.db_id, params=param_record, sample_count=0,
                 run_ids=[], outcome="no_samples", gate_passed=False)
         c = SampleCounts.model_validate(samples.counts)
         raise NoUsableSamplesError(
@@ -139,11 +135,11 @@ def run_calibration(
     start = datetime.fromisoformat(span.start.rstrip("Z"))
     end = datetime.fromisoformat(span.end.rstrip("Z"))
     run_row = _record(
-        resolved, created_at=naive_now, db_id=identity.db_id, params=param_record, sample_count=samples.n,
+        database, created_at=naive_now, db_id=database.db_id, params=param_record, sample_count=samples.n,
         run_ids=list(result.metadata.run_ids), data_start=start, data_end=end, outcome="running", gate_passed=False,
     )
     provenance = {
-        "db_id": identity.db_id,
+        "db_id": database.db_id,
         "window_weeks": window_weeks,
         "window_start": None if since is None else since.isoformat() + "Z",
         "generated_at": now.replace(tzinfo=None).isoformat() + "Z",
@@ -167,10 +163,10 @@ def run_calibration(
         write_json(result, tmp_json)
         os.replace(tmp_json, json_path)
     except Exception:
-        _update(resolved, run_row, outcome="error")
+        _update(database, run_row, outcome="error")
         raise
     passed = result.gate.passed
-    _update(resolved, run_row, outcome="gate_passed" if passed else "gate_not_passed", gate_passed=passed,
+    _update(database, run_row, outcome="gate_passed" if passed else "gate_not_passed", gate_passed=passed,
             report_path=str(report_path), json_path=str(json_path))
     log.info("calibration %s: %d samples, gate %s, report %s", run_row, samples.n,
              "passed" if passed else "not passed", report_path)

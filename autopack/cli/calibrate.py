@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from autopack.calibration.story import gate_sentence
-from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, writable_dir
+from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, guarded, writable_dir
 from autopack.cli.options import model_option
-from autopack.config import get_settings
 from autopack.errors import AutopackError
 from autopack.params import CalibrationParams
 
@@ -85,15 +84,13 @@ def calibrate(
     """
     from autopack.calibration import run_calibration
 
-    settings = get_settings()
     writable_dir(output_dir)
+    params = CalibrationParams.pick(locals())  # bad values are refused before the database is opened
     result = run_calibration(
-        settings.resolved_database_url(),
-        **CalibrationParams.pick(locals()).model_dump(),
+        guarded(expect_db_id, allow_empty_db, quiet=True),
+        **params.model_dump(),
         include_run_ids=include_run_id or None,
         output_dir=output_dir,
-        allow_empty_db=allow_empty_db,
-        expect_db_id=expect_db_id,
     )
     typer.echo(f"[db] id={result.metadata.db_id}", err=True)
     if as_json:

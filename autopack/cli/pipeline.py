@@ -15,8 +15,9 @@ from autopack.cli.common import ExpectDbIdOption, writable_dir
 from autopack.cli.groups import command_group
 from autopack.cli.options import model_option
 from autopack.config import get_settings
+from autopack.db.handle import database_at, expected_db_id
 from autopack.errors import AutopackError
-from autopack.execution.runs import check_run_ids
+from autopack.execution.runs import require_runs
 from autopack.execution.seed_runs import MAX_SEED_WEEKS
 from autopack.params import PipelineParams as P
 
@@ -81,9 +82,10 @@ def run(
     target_repo = check_target_repo(target_repo)
     check_publish_settings(dry_run=dry_run, token=None if dry_run else github_token(),
                            repository=settings.github_repository)
-    prepared = prepare_database(settings.resolved_database_url(), init=init, expect_db_id=expect_db_id, weeks=weeks)
-    if not skip_drain:
-        check_run_ids(run_ids or [], url=settings.resolved_database_url(), expect_db_id=prepared.db_id)
+    prepared = prepare_database(database_at(), init=init, expect_db_id=expected_db_id(expect_db_id), weeks=weeks)
+    if not skip_drain and run_ids:  # refused before Prefect starts
+        with prepared.database.session() as session:
+            require_runs(session, run_ids)
     for line in prepared.messages:
         typer.echo(line)
 
@@ -96,7 +98,8 @@ def run(
     called_at = time.time()
     try:
         # a synchronous call: the flow's final State, not an awaitable
-        state = cast("State[Any]", telemetry_pipeline(**params.model_dump(), return_state=True))
+        state = cast("State[Any]", telemetry_pipeline(**params.model_dump(), database=prepared.database.ref(),
+                                                      return_state=True))
     except RuntimeError as exc:
         if EPHEMERAL_FAILURE not in str(exc):
             raise
@@ -123,8 +126,7 @@ def init_database(
     first), without running anything: the set-up step before deployments run the pipeline on a worker."""
     from autopack.pipeline import prepare_database
 
-    prepared = prepare_database(get_settings().resolved_database_url(), init=True, expect_db_id=expect_db_id,
-                                weeks=weeks)
+    prepared = prepare_database(database_at(), init=True, expect_db_id=expected_db_id(expect_db_id), weeks=weeks)
     for line in prepared.messages:
         typer.echo(line)
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autopack.calibration.result import CalibrationResult
 from autopack.config import get_settings
@@ -37,6 +37,9 @@ from autopack.github.result import PublishResult
 from autopack.github.verify import VerificationReport, verify_edited_estimator
 from autopack.logging import get_logger
 
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
+
 log = get_logger("autopack.github")
 #: Written next to the PR body when a proposal fails verification (what failed, and pytest's output).
 FAILURE_FILE = "verification_failure.md"
@@ -57,7 +60,7 @@ def open_calibration_pr(
     python: str | None = None,
     require_gate: bool = True,
     options: ClientOptions | None = None,
-    database_url: str | None = None,
+    database: Database,
     flow_run_url: str | None = None,
     material_tolerance: float = MATERIAL_TOLERANCE,
 ) -> PublishResult:
@@ -69,9 +72,8 @@ def open_calibration_pr(
     (the calibration's stamp, as its report's; ``PublishResult.body_path``) and copied to
     ``output_dir/pull_request_body.md`` (the latest).
 
-    A human's "no" lasts: every proposal is remembered in ``database_url``'s ``calibration_proposals``
-    (default: the settings' database), closures are learned from GitHub (every proposal a closed bot PR
-    ever carried), and a proposal that does not differ materially (``material_tolerance``) from one a
+    A human's "no" lasts: every proposal is remembered in ``database``'s ``calibration_proposals``, closures
+    are learned from GitHub (every proposal a closed bot PR ever carried), and a proposal that does not differ materially (``material_tolerance``) from one a
     human closed is skipped (status ``skipped_closed_by_human``), before anything is verified or written.
 
     Refuses (``RefusedError``) when the calibration gate did not pass, unless ``require_gate`` is False.
@@ -101,7 +103,7 @@ def open_calibration_pr(
         token = settings.github_token.get_secret_value() or None
     repository = repository or settings.github_repository
     remote = not dry_run and bool(token) and bool(repository)
-    memory = ProposalMemory(database_url, repository_key(repository, target_repo))
+    memory = ProposalMemory(database, repository_key(repository, target_repo))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     job = _Job(calibration, changes, digest, original, edited, target_repo, output_dir, memory, material_tolerance,
@@ -191,6 +193,6 @@ class _Job:
         metadata = self.calibration.metadata
         run_id = metadata.calibration_run_id
         self.memory.record(result, self.changes, db_id=metadata.db_id, calibration_run_id=run_id)
-        note_pull_request_on_run(self.memory.url, run_id, result)
+        note_pull_request_on_run(self.memory.database, run_id, result)
         log.info("%s", result.summary)
         return result
