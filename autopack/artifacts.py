@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from autopack.calibration.result import CalibrationOutcome, CalibrationResult
+from autopack.db.handle import Database
 from autopack.execution.batch import DrainSummary
 from autopack.execution.batch_report import format_summary
 from autopack.execution.sessions import SessionState, SessionStore
@@ -28,10 +30,10 @@ def drain_session_markdown(state: SessionState) -> str:
     return f"## Batch drain {state.status}\n\n```\n{format_summary(state)}\n```"
 
 
-def drain_summary_markdown(drained: DrainSummary) -> str:
-    """The drain session's summary as the CLI prints it, else the counts the drain returned."""
+def drain_summary_markdown(drained: DrainSummary, database: Database) -> str:
+    """The drain session's summary (kept in ``database``) as the CLI prints it, else the counts the drain returned."""
     try:
-        session = SessionStore().load(drained.session_id)
+        session = SessionStore(database).load(drained.session_id)
         if session is not None:
             return f"```\n{format_summary(session)}\n```"
     except Exception as exc:  # the summary is a courtesy: the counts below say the same in short
@@ -40,9 +42,9 @@ def drain_summary_markdown(drained: DrainSummary) -> str:
     return "\n".join(["| | |", "|---|---|", *rows])
 
 
-def calibration_report_markdown(result: Mapping[str, Any]) -> str | None:
+def calibration_report_markdown(result: CalibrationResult) -> str | None:
     """The report with its plot embedded as a ``data:`` URI: the UI cannot load the PNG by a relative name."""
-    report_path, plot_path = result.get("report_path"), result.get("plot_path")
+    report_path, plot_path = result.report_path, result.plot_path
     if not report_path or not Path(report_path).is_file():
         return None
     markdown = Path(report_path).read_text(encoding="utf-8")
@@ -52,26 +54,27 @@ def calibration_report_markdown(result: Mapping[str, Any]) -> str | None:
     return markdown
 
 
-def calibration_group_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+def calibration_group_rows(result: CalibrationResult) -> list[dict[str, Any]]:
     """The ``calibration-groups`` table: one row per group, ``GROUP_COLUMNS``."""
-    return [{k: g.get(k) for k in GROUP_COLUMNS} for g in result.get("groups") or []]
+    return [{k: getattr(g, k) for k in GROUP_COLUMNS} for g in result.groups]
 
 
-def gate_markdown(calibration: Mapping[str, Any]) -> str:
-    gate = calibration.get("gate") or {}
-    passed = bool(gate.get("passed"))
+def gate_markdown(outcome: CalibrationOutcome) -> str:
+    """The ``calibration-gate`` artifact: passed or not, the reasons, and the changes a pull request proposes."""
+    passed = outcome.gate_passed
     lines = [f"## Calibration gate {'passed' if passed else 'not passed'}", ""]
-    if calibration.get("no_samples"):
-        lines += [f"No calibration: {calibration['no_samples']}", "", "No pull request was opened."]
+    calibration = outcome.result
+    if calibration is None:
+        lines += [f"No calibration: {outcome.no_samples}", "", "No pull request was opened."]
         return "\n".join(lines)
-    lines += [f"- {reason}" for reason in gate.get("reasons") or []]
-    changes = calibration.get("proposed_changes") or []
+    lines += [f"- {reason}" for reason in calibration.gate.reasons]
+    changes = calibration.proposed_changes
     if passed and changes:
         lines += ["", "| coefficient | group | from | to |", "|---|---|---:|---:|"]
         for change in changes:
-            key = "/".join(str(k) for k in change.get("key") or [])
-            old, new = ("–" if v is None else v for v in (change.get("old"), change.get("new")))
-            lines.append(f"| {change.get('coefficient')} | {key} | {old} | {new} |")
+            key = "/".join(change.key)
+            old = "–" if change.old is None else change.old
+            lines.append(f"| {change.coefficient} | {key} | {old} | {change.new} |")
     if not passed:
         lines += ["", "No pull request was opened."]
     return "\n".join(lines)

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any, cast
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
+from autopack.calibration.result import CalibrationOutcome, CalibrationResult
 from autopack.config import Settings, get_settings
-from autopack.db.engine import session_scope
-from autopack.db.identity import IdentityReport, guard, read_identity
+from autopack.db.handle import Database, open_database
+from autopack.db.identity import read_identity
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import Phase, PhaseState
 from autopack.errors import AutopackError, ConfigError, DbIdentityMismatchError, InputError
@@ -30,20 +31,24 @@ STATE_MESSAGE_LIMIT = 300
 
 @dataclass
 class Prepared:
-    db_id: str
+    #: The database, verified by the one guard of this pipeline run.
+    database: Database
     messages: list[str] = field(default_factory=list)
 
+    @property
+    def db_id(self) -> str:
+        return str(self.database.db_id)
 
-def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None, weeks: int = 1) -> Prepared:
-    """With ``init``: create/migrate the database and the seed runs (of ``weeks`` weeks) that are missing.
 
-    Without it nothing is created: the guard refuses an unmigrated, empty or unexpected database.
+def prepare_database(target: Database, *, init: bool, expect_db_id: str | None = None, weeks: int = 1) -> Prepared:
+    """With ``init``: create/migrate ``target`` and the seed runs (of ``weeks`` weeks) that are missing. Then
+    open it (the guard): without ``init`` nothing is created, and an unmigrated, empty or unexpected database
+    (``expect_db_id``, already resolved by the caller: ``autopack.db.handle.expected_db_id``) is refused.
     """
     messages: list[str] = []
-    expect_db_id = expect_db_id or get_settings().expected_db_id
     if init and expect_db_id:
         try:
-            read_identity(url)
+            read_identity(target)
         except AutopackError as exc:  # nothing to compare with: creating it could never give that id
             raise DbIdentityMismatchError(
                 f"DB_MISMATCH: a database with id {expect_db_id} is expected, but {exc.message}",
@@ -51,18 +56,18 @@ def prepare_database(url: str, *, init: bool, expect_db_id: str | None = None, w
             ) from exc
     if init:
         wanted = seed_run_ids(weeks)  # a bad --weeks fails before anything is created
-        report = upgrade_database(url)
+        report = upgrade_database(target)
         if report.changed:
             messages.append(f"init: database {report.url} migrated to {report.revision_after}")
-        with session_scope(url) as session:
+        with target.session() as session:
             created = ensure_seed_runs(session, wanted)
         if created:
             messages.append(f"init: created telemetry-collection runs {', '.join(created)}")
         else:
             messages.append("init: seed runs already present; nothing created")
-    identity = guard(url, expect_db_id=expect_db_id)
-    messages.append(f"database {identity.url} (id {identity.db_id})")
-    return Prepared(identity.db_id, messages)
+    database = open_database(target.url, expect_db_id=expect_db_id)
+    messages.append(f"database {database.masked_url} (id {database.db_id})")
+    return Prepared(database, messages)
 
 
 def check_target_repo(path: Path) -> Path:
@@ -158,11 +163,12 @@ def preflight(params: PipelineParams, *, in_deployment: bool) -> Preflight:
 
 
 def publish_pull_request(
-    calibration: Mapping[str, Any], publish: PublishSettings, *, target_repo: str, output_dir: str,
-    flow_run_url: str | None,
+    calibration: CalibrationResult, publish: PublishSettings, *, target_repo: str, output_dir: str,
+    flow_run_url: str | None, database: Database,
 ) -> dict[str, Any]:
     """Open or update the calibration pull request (a dry run: the branch in ``target_repo`` only) with the
-    settings checked before the drain; the result as plain values (paths as text)."""
+    settings checked before the drain; proposals are remembered in ``database``. The result as plain values
+    (paths as text)."""
     from autopack.github import open_calibration_pr
 
     settings = get_settings()
@@ -174,18 +180,17 @@ def publish_pull_request(
         base_url=settings.github_base_url,
         output_dir=Path(output_dir),
         dry_run=publish.dry_run,
-        database_url=settings.resolved_database_url(),
+        database=database,
         flow_run_url=flow_run_url,  # the PR body links back to the run that produced it
     )
     data = asdict(result) if is_dataclass(result) else dict(result)
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
-def pipeline_guard(expect_db_id: str | None, allow_empty: bool = False) -> IdentityReport:
-    """The pipeline's database guard, with the row counts its log shows (the scan is affordable once per run)."""
-    settings = get_settings()
-    return guard(settings.resolved_database_url(), expect_db_id=expect_db_id or settings.expected_db_id,
-                 allow_empty=allow_empty, counts=True)
+def pipeline_guard(expect_db_id: str | None = None, allow_empty: bool = False) -> Database:
+    """The pipeline's one database guard (``open_database``), with the row counts its log shows (the scan is
+    affordable once per run). The steps after it reopen the verified database (``Database.ref``) unguarded."""
+    return open_database(expect_db_id=expect_db_id, allow_empty=allow_empty, counts=True)
 
 
 # --- the validation step -------------------------------------------------------------------------------
@@ -214,11 +219,11 @@ class ValidationResult(BaseModel):
         return self.run_id is None
 
 
-def validation_phase(run_id: str | None, phase_id: str | None) -> tuple[str, str] | None:
+def validation_phase(database: Database, run_id: str | None, phase_id: str | None) -> tuple[str, str] | None:
     """The phase to validate with: the one given, else the first QUEUED phase (of ``run_id``), else None."""
     if run_id is not None and phase_id is not None:
         return run_id, phase_id
-    with session_scope() as session:
+    with database.session() as session:
         query = sa.select(Phase.run_id, Phase.phase_id).where(Phase.state == PhaseState.QUEUED)
         if run_id:
             query = query.where(Phase.run_id == run_id)
@@ -226,11 +231,11 @@ def validation_phase(run_id: str | None, phase_id: str | None) -> tuple[str, str
     return (row[0], row[1]) if row else None
 
 
-def validate_phase(run_id: str, phase_id: str) -> ValidationResult:
-    """Drain one phase (``--force``); no telemetry means a broken set-up: ``ValidationFailed``."""
+def validate_phase(database: Database, run_id: str, phase_id: str) -> ValidationResult:
+    """Drain one phase (``--force``) of ``database``; no telemetry means a broken set-up: ``ValidationFailed``."""
     from autopack.execution.drain_one import drain_one
 
-    result = drain_one(run_id, phase_id, force=True)
+    result = drain_one(run_id, phase_id, force=True, db=database)
     return ValidationResult(run_id=run_id, phase_id=phase_id, final_state=result.final_state,
                             telemetry_events=result.telemetry_events)
 
@@ -291,22 +296,22 @@ def check_deployment_database(settings: Settings) -> None:
             )
 
 
-def calibration_outcome(calibration: Mapping[str, Any]) -> str:
+def calibration_outcome(outcome: CalibrationOutcome) -> str:
     """``no calibration: …``, ``gate not passed: <reasons>`` or ``gate passed: n coefficient change(s) proposed``."""
-    if calibration.get("no_samples"):
-        return f"no calibration: {calibration['no_samples']}"
-    gate = calibration.get("gate") or {}
-    if gate.get("passed"):
-        return f"gate passed: {len(calibration.get('proposed_changes') or [])} coefficient change(s) proposed"
-    return "gate not passed: " + "; ".join(str(r) for r in (gate.get("reasons") or ["no reason given"]))
+    if outcome.result is None:
+        return f"no calibration: {outcome.no_samples}"
+    gate = outcome.result.gate
+    if gate.passed:
+        return f"gate passed: {len(outcome.result.proposed_changes)} coefficient change(s) proposed"
+    return "gate not passed: " + "; ".join(gate.reasons or ["no reason given"])
 
 
 def state_message(result: Mapping[str, Any]) -> str:
     """One line for the run's final state: what happened, so run lists tell a failed gate from a PR."""
-    calibration = result.get("calibration") or {}
+    outcome: CalibrationOutcome = result.get("calibration") or CalibrationOutcome(no_samples="not run")
     pr = result.get("pull_request")
-    if calibration.get("no_samples") or not (calibration.get("gate") or {}).get("passed"):
-        text = calibration_outcome(calibration)
+    if not outcome.gate_passed:
+        text = calibration_outcome(outcome)
     elif not pr:
         text = "gate passed; no pull request"
     elif pr.get("status") in ("opened", "updated") and pr.get("pr_number") is not None:
@@ -321,25 +326,25 @@ def state_message(result: Mapping[str, Any]) -> str:
 
 def summarise(result: Mapping[str, Any]) -> list[str]:
     """The closing lines: the outcome, and where the report, the plot and the (would-be) pull request are."""
-    calibration = result.get("calibration") or {}
-    gate = calibration.get("gate") or {}
+    outcome: CalibrationOutcome = result.get("calibration") or CalibrationOutcome(no_samples="not run")
+    calibration = outcome.result
     lines = [
         f"outcome: {result.get('message') or state_message(result)}",
         f"phase attempts drained (retries included): {result.get('phases_drained', 0)}, telemetry events: {result.get('telemetry_events', 0)}",
     ]
-    if not calibration.get("no_samples"):
+    if calibration is not None:
         lines += [
-            f"gate: {'passed' if gate.get('passed') else 'not passed'} "
-            f"({len(calibration.get('proposed_changes') or [])} coefficient change(s) proposed; reasons in the report)",
-            f"report: {calibration.get('report_path')}",
-            f"json:   {calibration.get('json_path')}",
-            f"plot:   {calibration.get('plot_path')}",
+            f"gate: {'passed' if calibration.gate.passed else 'not passed'} "
+            f"({len(calibration.proposed_changes)} coefficient change(s) proposed; reasons in the report)",
+            f"report: {calibration.report_path}",
+            f"json:   {calibration.json_path}",
+            f"plot:   {calibration.plot_path}",
         ]
     pr = result.get("pull_request")
     if pr:
         lines.append(f"pull request: {pr.get('summary') or pr.get('pr_url') or pr.get('status')}")
     else:
-        lines.append("pull request: none" + ("" if calibration.get("no_samples") else " (gate not passed)"))
+        lines.append("pull request: none" + ("" if calibration is None else " (gate not passed)"))
     if result.get("flow_run_url"):
         lines.append(f"flow run: {result['flow_run_url']}")
     timings = dict(result.get("timings") or {})

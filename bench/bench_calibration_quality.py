@@ -49,8 +49,9 @@ from autopack.calibration.backtest import evaluate  # noqa: E402
 from autopack.calibration.runner import read_events, run_calibration  # noqa: E402
 from autopack.calibration.samples import build_sample_set  # noqa: E402
 from autopack.db.engine import dispose_engines  # noqa: E402
+from autopack.db.handle import database_at, open_database  # noqa: E402
 from autopack.db.migrate import upgrade_database  # noqa: E402
-from autopack.params import CalibrationParams
+from autopack.params import CalibrationParams  # noqa: E402
 from autopack.telemetry.ingest import import_telemetry  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -92,7 +93,7 @@ def _ceiling(predicted: np.ndarray, log_factor: np.ndarray) -> np.ndarray:
 
 def extra_methods(url: str, alpha: float) -> dict[str, dict[str, object]]:
     """Pooled conformal quantile and the hindsight oracle on the backtest's own split."""
-    samples = build_sample_set(read_events(url))
+    samples = build_sample_set(read_events(database_at(url)))
     n = samples.n
     n_test = int(math.floor(HOLDOUT * n + 0.5))
     train, test = np.arange(n - n_test), np.arange(n - n_test, n)
@@ -126,14 +127,15 @@ def main() -> None:
             csv_path = Path(tmp) / f"azure_{trace}.csv"
             rows = canonical_csv(trace, path, csv_path)
             url = f"sqlite:///{Path(tmp) / f'{trace}.db'}"
-            upgrade_database(url)
-            import_telemetry(csv_path, "csv", url=url, allow_empty_db=True)
+            upgrade_database(database_at(url))
+            import_telemetry(csv_path, "csv", database=open_database(url, allow_empty=True))
             print(f"{trace}: {rows:,} calls imported", flush=True)
             for alpha in ALPHAS:
                 params = CalibrationParams(target_truncation=alpha, holdout_fraction=HOLDOUT)
-                result = run_calibration(url, params, output_dir=Path(tmp) / f"out_{trace}_{alpha}")
-                bt = result["backtest"]
-                methods = {"original median": bt["original_median"], "project (this repo)": bt["proposed"]}
+                result = run_calibration(open_database(url), params, output_dir=Path(tmp) / f"out_{trace}_{alpha}")
+                bt = result.backtest
+                methods = {"original median": bt.original_median.model_dump() if bt.original_median else {},
+                           "project (this repo)": bt.proposed.model_dump() if bt.proposed else {}}
                 methods.update(extra_methods(url, alpha))
                 for name, m in methods.items():
                     table.append((trace, alpha, name, m))

@@ -51,6 +51,7 @@ from machine import describe_machine  # noqa: E402
 from autopack import token_estimator as te  # noqa: E402
 from autopack.db import keys  # noqa: E402
 from autopack.db.engine import dispose_engines  # noqa: E402
+from autopack.db.handle import open_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,20 +229,21 @@ def in_process(url: str, out: Path, repeat: int) -> dict[str, object]:
     import matplotlib.pyplot  # noqa: F401 - imports are not the calibration's work (the command table has them)
 
     best_floor, best, stages = float("inf"), float("inf"), {}
-    result: dict[str, Any] = {}
+    result = None
     for i in range(repeat):
         t0 = time.perf_counter()
         floor(url)
         best_floor = min(best_floor, time.perf_counter() - t0)
         t0 = time.perf_counter()
-        result = run_calibration(url, output_dir=out / f"run{i}")
+        result = run_calibration(open_database(url), output_dir=out / f"run{i}")
         seconds = time.perf_counter() - t0
         if seconds < best:
-            best, stages = seconds, dict(result["metadata"]["timings_seconds"])
-    md = result["metadata"]
-    return {"floor": best_floor, "project": best, "stages": stages, "usable": md["total_samples"],
-            "censored": md["sample_counts"]["censored"], "groups": len(result["groups"]),
-            "gate": result["gate"]["passed"]}
+            best, stages = seconds, dict(result.metadata.timings_seconds)
+    assert result is not None, "repeat must be at least 1"
+    md = result.metadata
+    return {"floor": best_floor, "project": best, "stages": stages, "usable": md.total_samples,
+            "censored": md.sample_counts.censored, "groups": len(result.groups),
+            "gate": result.gate.passed}
 
 
 def measure(url: str, out: Path, repeat: int) -> dict[str, object]:

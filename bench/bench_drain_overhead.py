@@ -67,6 +67,7 @@ def baseline(url: str, run_ids: list[str]) -> float:
     import sqlalchemy as sa
 
     from autopack.db.engine import session_scope
+    from autopack.db.handle import database_at
     from autopack.db.models import Phase
     from autopack.execution import leases
     from autopack.execution.phase_runner import execute_phase
@@ -79,7 +80,7 @@ def baseline(url: str, run_ids: list[str]) -> float:
         with session_scope(url) as db:
             claim = leases.claim_phase(db, run_id, phase_id, "bench-baseline")
         assert claim is not None
-        result = execute_phase(run_id, phase_id, claim=claim, url=url)
+        result = execute_phase(run_id, phase_id, claim=claim, db=database_at(url))
         times.append(time.perf_counter() - start)
         assert result.final_state in ("COMPLETE", "FAILED"), result.error_message
     return statistics.median(times)
@@ -100,6 +101,7 @@ class Stopwatch:
 
 def cli_drain(url: str, run_ids: list[str], workers: int, phases: int, gate: int) -> dict[str, float]:
     """``drain batch``'s engine and executor processes (what the CLI runs), timed per completion."""
+    from autopack.db.handle import database_at
     from autopack.execution.batch import BatchDrain, BatchOptions
     from autopack.execution.batch_workers import ProcessExecutor
 
@@ -107,7 +109,7 @@ def cli_drain(url: str, run_ids: list[str], workers: int, phases: int, gate: int
     options = BatchOptions(run_ids=run_ids, batch_size=phases, workers=workers, max_attempts_per_phase=1,
                            provider_concurrency=gate)
     start = time.perf_counter()
-    state = BatchDrain(options, url=url, executor=ProcessExecutor(workers), reporter=watch).run()
+    state = BatchDrain(options, database=database_at(url), executor=ProcessExecutor(workers), reporter=watch).run()
     total = time.perf_counter() - start
     assert state.total_processed == phases, state.stop_reason  # a phase may fail (the simulated tail truncates)
     return {"steady": (watch.done[-1] - watch.done[0]) / (phases - 1), "total": total}
@@ -169,9 +171,10 @@ class GateClock:
 
 def gate_cycle(url: str, calls: int) -> float:
     """Seconds per acquire + release of a free provider-gate slot (two write transactions), in this process."""
+    from autopack.db.handle import database_at
     from autopack.execution.provider_gate import ProviderGate
 
-    gate = ProviderGate(url, f"bench-{uuid.uuid4().hex[:6]}", 4)
+    gate = ProviderGate(database_at(url), f"bench-{uuid.uuid4().hex[:6]}", 4)
     with gate.slot():  # creates the slot rows
         pass
     start = time.perf_counter()

@@ -52,16 +52,15 @@ def gate_table(replicates: int, alpha: float) -> tuple[list[str], list[float]]:
                 for seed in range(replicates):
                     sim = simulate_groups(groups, seed=seed)
                     result = calibrate(build_sample_set(sim.columns), Params(target_truncation=alpha), current).result
-                    shipped = {tuple(c["key"]): c for c in result["proposed_changes"]
-                               if c["coefficient"] == "BUDGET_FACTORS"}
+                    shipped = {c.key: c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"}
                     for c, x, n in CUT_GROUPS:
                         today = sim.true_truncation((c, x), f_today)
                         change = shipped.get((c, x))
-                        factor = change["new"] if change else f_today
-                        cells[n].append((bool(change and change["direction"] == "raise"), today,
+                        factor = change.new if change else f_today
+                        cells[n].append((bool(change and change.direction == "raise"), today,
                                          sim.true_truncation((c, x), factor), factor / f_today))
-                    if (change := shipped.get(UNCUT[:2])) and change["direction"] == "lower":
-                        lowered.append(sim.true_truncation(UNCUT[:2], change["new"]))
+                    if (change := shipped.get(UNCUT[:2])) and change.direction == "lower":
+                        lowered.append(sim.true_truncation(UNCUT[:2], change.new))
                 for n, v in sorted(cells.items()):
                     a = np.array(v, dtype=float)
                     raised = a[:, 0] > 0

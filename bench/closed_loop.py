@@ -39,8 +39,10 @@ from scipy.optimize import brentq
 from scipy.special import stdtr
 
 from autopack import token_estimator as te
+from autopack.calibration.result import CalibrationResult
 from autopack.calibration.runner import NoUsableSamplesError, run_calibration
 from autopack.db.engine import dispose_engines, session_scope
+from autopack.db.handle import database_at, open_database
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.execution.batch import BatchOptions, run_batch_drain
@@ -378,7 +380,7 @@ def run_loop(config: LoopConfig, workdir: Path | None = None,
             "AUTOPACK_PROVIDER_CONCURRENCY": "0",
         }))
         stack.enter_context(_plot(config.plot))
-        upgrade_database(url)
+        upgrade_database(database_at(url))
         cycles: list[Cycle] = []
         previous: str | None = None
         for week in range(1, config.weeks + 1):
@@ -397,7 +399,8 @@ def run_loop(config: LoopConfig, workdir: Path | None = None,
                 options = BatchOptions(**{**PipelineParams().drain().model_dump(), "run_ids": run_ids, "workers": 1,
                                           "provider_concurrency": 0})
                 provider = SimulatedProvider(seed=config.seed, laws=laws)
-                report = run_batch_drain(options, url=url, executor=functools.partial(execute_phase, provider=provider),
+                report = run_batch_drain(options, open_database(url),
+                                         executor=functools.partial(execute_phase, provider=provider),
                                          isolation="inline", handle_signals=False)
                 cycle.events = report.state.total_telemetry_events
                 cycle.drained = report.state.total_processed
@@ -405,16 +408,16 @@ def run_loop(config: LoopConfig, workdir: Path | None = None,
                 clock = time.perf_counter()
                 try:
                     params = CalibrationParams(target_truncation=config.alpha, **dict(config.calibration_kwargs))
-                    result = run_calibration(url, params, output_dir=folder / "reports")
-                except NoUsableSamplesError as exc:
-                    result = {"gate": {"passed": False, "reasons": [exc.message]}, "proposed_changes": []}
+                    result: CalibrationResult | None = run_calibration(open_database(url), params,
+                                                                       output_dir=folder / "reports")
+                except NoUsableSamplesError:
+                    result = None
                 cycle.calibrate_seconds = time.perf_counter() - clock
-            changes = list(result.get("proposed_changes") or [])
-            gate = result.get("gate") or {}
-            cycle.gate = "passed" if gate.get("passed") else "not passed"
-            if gate.get("passed") and changes:
-                cycle.shipped = changes
-                previous, source = source, apply_proposal(source, changes, result["metadata"])
+            passed = result is not None and result.gate.passed
+            cycle.gate = "passed" if passed else "not passed"
+            if result is not None and passed and result.proposed_changes:
+                cycle.shipped = [c.model_dump(mode="json") for c in result.proposed_changes]
+                previous, source = source, apply_proposal(source, result.proposed_changes, result.metadata)
             else:
                 previous = source
             cycles.append(cycle)

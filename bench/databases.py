@@ -18,6 +18,7 @@ def migrated_database(backend: str, folder: Path, postgres_admin_url: str) -> It
     import sqlalchemy as sa
 
     from autopack.db.engine import dispose_engines
+    from autopack.db.handle import database_at
     from autopack.db.migrate import upgrade_database
 
     if backend.lower() == "sqlite":
@@ -39,7 +40,7 @@ def migrated_database(backend: str, folder: Path, postgres_admin_url: str) -> It
                 connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
     try:
-        upgrade_database(url)
+        upgrade_database(database_at(url))
         dispose_engines()
         yield url
     finally:

@@ -11,30 +11,35 @@ from prefect.states import Completed
 
 from autopack.artifacts import calibration_group_rows, calibration_report_markdown
 from autopack.calibration import NoUsableSamplesError, run_calibration
+from autopack.calibration.result import CalibrationOutcome
+from autopack.db.handle import DatabaseRef, open_database
 from autopack.params import CalibrationParams, ExpectDbId, OutputDir, PipelineParams
 from autopack.pipeline import calibration_outcome
 
 
 @task(name="run-calibration")
 def calibrate_task(
-    params: CalibrationParams, include_run_ids: list[str] | None, output_dir: str, expect_db_id: str | None
-) -> dict[str, Any]:
+    params: CalibrationParams, include_run_ids: list[str] | None, output_dir: str, expect_db_id: str | None,
+    database: DatabaseRef | None = None,
+) -> CalibrationOutcome:
     """The library call; "no usable samples" is an outcome (``no_samples``: the reason), not a crash."""
     try:
-        return run_calibration(
-            None,
+        return CalibrationOutcome(result=run_calibration(
+            database.open() if database else open_database(expect_db_id=expect_db_id),
             params,
             include_run_ids=include_run_ids or None,
             output_dir=Path(output_dir),
-            expect_db_id=expect_db_id,
-        )
+        ))
     except NoUsableSamplesError as exc:
         get_run_logger().warning("%s", exc.one_line())
-        return {"no_samples": exc.message, "gate": {"passed": False, "reasons": [exc.message]}}
+        return CalibrationOutcome(no_samples=exc.message)
 
 
-def publish_calibration_artifacts(result: dict[str, Any]) -> None:
+def publish_calibration_artifacts(outcome: CalibrationOutcome) -> None:
     """The report and the group table, as artifacts of the current flow run (the parent's too)."""
+    result = outcome.result
+    if result is None:
+        return
     markdown = calibration_report_markdown(result)
     if markdown is not None:
         create_markdown_artifact(key="calibration-report", markdown=markdown,
@@ -51,14 +56,17 @@ def calibrate(
     include_run_ids: list[str] | None = None,
     output_dir: OutputDir = PipelineParams.default("output_dir"),
     expect_db_id: ExpectDbId = None,
+    database: DatabaseRef | None = None,
 ) -> Any:
     """Calibrate; ``params`` is the statistics (``autopack.params.CalibrationParams``).
 
     The other arguments say what to read and where to write, not how to compute, so they are not part of the
-    model: the pipeline passes the runs it drained, its ``output_dir`` and the database id its guard checked.
+    model: the pipeline passes the runs it drained, its ``output_dir`` and the database its guard verified
+    (``database``: not guarded again; without it the settings' database is guarded here). The run's result is a
+    ``CalibrationOutcome``: the result, or why there is none.
     """
-    result = calibrate_task(params, include_run_ids, output_dir, expect_db_id)
-    publish_calibration_artifacts(result)
-    message = calibration_outcome(result)
+    outcome = calibrate_task(params, include_run_ids, output_dir, expect_db_id, database)
+    publish_calibration_artifacts(outcome)
+    message = calibration_outcome(outcome)
     get_run_logger().info("%s", message)
-    return Completed(message=message, data=result)
+    return Completed(message=message, data=outcome)

@@ -34,6 +34,7 @@ from prefect.states import Completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from autopack.artifacts import drain_session_markdown
+from autopack.db.handle import DatabaseRef, open_database
 from autopack.errors import AutopackError
 from autopack.execution.batch import BatchOptions, attempt_samples, run_batch_drain
 from autopack.execution.batch_report import format_summary, outcome_line, phase_log_line, progress_percent
@@ -71,7 +72,7 @@ def drain_phase(job: PhaseJob, executor_ref: ExecutorRef = DEFAULT_EXECUTOR) -> 
     quiet_run_logs()  # also in a task runner's own processes
     message = run_job(resolve_executor(executor_ref), job)
     try:
-        samples = attempt_samples(job.url, job.claim)
+        samples = attempt_samples(job.database.open(), job.claim)
     except Exception:  # noqa: BLE001 - the line is informative only; the drain counts rows itself
         samples = []
     line = phase_log_line(job.run_id, job.phase_id, message, samples)
@@ -212,20 +213,23 @@ class PrefectReporter:
 
 
 @flow(name="batch-drain")
-def batch_drain(params: DrainParams = DrainParams(), expect_db_id: ExpectDbId = None) -> State:
+def batch_drain(
+    params: DrainParams = DrainParams(), expect_db_id: ExpectDbId = None, database: DatabaseRef | None = None
+) -> State:
     """Drain phases with sample-first triage; ``params`` is the drain (``autopack.params.DrainParams``).
 
-    ``expect_db_id`` is not a parameter of the drain but of where it runs: the pipeline passes the id its guard
-    just checked, a deployment leaves it empty (``AUTOPACK_EXPECTED_DB_ID``).
+    ``expect_db_id`` and ``database`` are not parameters of the drain but of where it runs: the pipeline passes
+    the database its guard verified (not guarded again); a deployment leaves both empty, and the settings'
+    database is guarded here (``AUTOPACK_EXPECTED_DB_ID``).
     """
     quiet_run_logs()
     try:
         report = run_batch_drain(
             params,
+            database.open() if database else open_database(expect_db_id=expect_db_id),
             executor=PHASE_EXECUTOR,
             runner=TaskRunExecutor(params.workers, PHASE_EXECUTOR),
             reporter=PrefectReporter(),
-            expect_db_id=expect_db_id,
             handle_signals=False,
         )
     except AutopackError as exc:  # e.g. the wrong database: one line, no traceback

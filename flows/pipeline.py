@@ -17,6 +17,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
 from autopack.artifacts import drain_summary_markdown, gate_markdown
+from autopack.calibration.result import CalibrationOutcome
+from autopack.db.handle import DatabaseRef, verified_database
 from autopack.errors import AutopackError
 from autopack.execution.batch import DrainSummary
 from autopack.params import PipelineParams
@@ -49,9 +51,12 @@ def flow_run_ui_url() -> str | None:
 
 
 @flow(name="telemetry-pipeline")
-def telemetry_pipeline(params: PipelineParams = PipelineParams()) -> Any:
+def telemetry_pipeline(params: PipelineParams = PipelineParams(), database: DatabaseRef | None = None) -> Any:
     """``params`` (``autopack.params.PipelineParams``): the drain's and the calibration's, passed on as given,
-    and the pipeline's own."""
+    and the pipeline's own.
+
+    ``database``: the database ``autopack pipeline run`` verified already; without it the guard subflow runs.
+    Either way the guard runs once per pipeline run: the steps get the verified database and do not guard again."""
     quiet_run_logs()
     logger = get_run_logger()
     started_at = time.time()
@@ -62,50 +67,55 @@ def telemetry_pipeline(params: PipelineParams = PipelineParams()) -> Any:
     # them in order, linked. A step that refuses ends this run Failed with its one line (``settle``).
     try:
         checked = preflight(params, in_deployment=in_deployment())
-        identity = settle(db_identity_guard(expect_db_id=params.expect_db_id, return_state=True))
-        lap("guard")
-        logger.info("pipeline on database %s (%s)", identity.db_id, identity.url)
+        after: list[Any] = []
+        if database is None:
+            identity = settle(db_identity_guard(expect_db_id=params.expect_db_id, return_state=True))
+            lap("guard")
+            database = verified_database(identity.db_id).ref()
+            after = [identity]
+        db_id = str(database.db_id)
+        logger.info("pipeline on database %s (%s)", db_id, database.masked_url)
 
-        previous: Any = identity
         validation: ValidationResult | None = None
         drained: DrainSummary | None = None
         if not params.skip_drain:
             validation = settle(validate_single_phase(
                 params.validate_run_id or (params.run_ids[0] if params.run_ids else None), params.validate_phase_id,
-                wait_for=[identity], return_state=True,
+                database=database, wait_for=after, return_state=True,
             ))
             lap("validate")
-            drained = previous = settle(batch_drain(params.drain(), expect_db_id=identity.db_id,
-                                                    wait_for=[validation], return_state=True))
+            drained = settle(batch_drain(params.drain(), expect_db_id=db_id, database=database,
+                                         wait_for=[validation], return_state=True))
+            after = [drained]
             lap("drain")
-            create_markdown_artifact(key="batch-drain-summary", markdown=drain_summary_markdown(drained),
+            create_markdown_artifact(key="batch-drain-summary",
+                                     markdown=drain_summary_markdown(drained, database.open()),
                                      description="batch drain of this pipeline run")
         phases_drained, telemetry_events = drained_totals(drained, validation)
 
         # called from this synchronous flow, a subflow with return_state=True returns its State (not an awaitable)
-        calibration = settle(cast("State[Any]", calibrate(
+        calibration: CalibrationOutcome = settle(cast("State[Any]", calibrate(
             params.calibration(), include_run_ids=params.run_ids or None, output_dir=params.output_dir,
-            expect_db_id=identity.db_id, wait_for=[previous], return_state=True)))
+            expect_db_id=db_id, database=database, wait_for=after, return_state=True)))
         lap("calibrate")
         publish_calibration_artifacts(calibration)
         create_markdown_artifact(key="calibration-gate", markdown=gate_markdown(calibration),
                                  description="calibration gate")
         result: dict[str, Any] = {
-            "db_id": identity.db_id,
+            "db_id": db_id,
             "phases_drained": phases_drained,
             "telemetry_events": telemetry_events,
-            "calibration": {k: calibration.get(k) for k in (
-                "gate", "report_path", "json_path", "plot_path", "metadata", "proposed_changes", "no_samples")},
+            "calibration": calibration,
             "pull_request": None,
             "target_repo": checked.target_repo,
             "flow_run_url": flow_run_ui_url(),
             "started_at": started_at,
             "timings": timings,
         }
-        if (calibration.get("gate") or {}).get("passed"):
+        if calibration.result is not None and calibration.gate_passed:
             result["pull_request"] = settle(cast("State[Any]", open_calibration_pr_flow(
-                calibration, checked.publish, checked.target_repo, params.output_dir, result["flow_run_url"],
-                wait_for=[calibration], return_state=True,
+                calibration.result, checked.publish, checked.target_repo, params.output_dir, result["flow_run_url"],
+                database, wait_for=[calibration], return_state=True,
             )))
             lap("pull_request")
             publish_pull_request_artifact(result["pull_request"])

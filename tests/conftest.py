@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from autopack.db.engine import dispose_engines
+from autopack.db.handle import database_at
 from autopack.db.migrate import upgrade_database
 
 # Tests talk to loopback only: Prefect's server must not try to send usage analytics anywhere.
@@ -82,7 +83,7 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # 
 @pytest.fixture
 def db_url(empty_db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A migrated database, also exported as DATABASE_URL for code that reads the settings."""
-    upgrade_database(empty_db_url)
+    upgrade_database(database_at(empty_db_url))
     monkeypatch.setenv("DATABASE_URL", empty_db_url)
     return empty_db_url
 

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from autopack import token_estimator as te
 from autopack.db.engine import session_scope
+from autopack.db.handle import database_at
 from autopack.db.models import AdaptiveBudgetState, TokenEstimationV2Event
 from autopack.execution.batch import BatchDrain, BatchOptions
 from autopack.execution.batch_workers import InlineExecutor
@@ -43,7 +44,7 @@ def state(url: str) -> AdaptiveBudgetState | None:
 
 
 def test_a_group_without_finished_calls_has_no_level(db_url: str) -> None:
-    assert level_reader(db_url)(GROUP) is None
+    assert level_reader(database_at(db_url))(GROUP) is None
 
 
 def test_database_update_equals_the_rule_on_a_known_stream(db_url: str) -> None:
@@ -55,7 +56,7 @@ def test_database_update_equals_the_rule_on_a_known_stream(db_url: str) -> None:
     seen = []
     for err in errs:
         feed(db_url, use(), err)
-        level = level_reader(db_url)(GROUP)
+        level = level_reader(database_at(db_url))(GROUP)
         assert level is not None
         seen.append(level.alpha_t)
     assert seen == pytest.approx(expected, abs=1e-12)
@@ -139,7 +140,7 @@ def test_recorder_moves_the_level_once_per_recorded_call(db_url: str) -> None:
     key = CallKey("run-a", "p1", 0, 0)
     for _ in range(2):  # the second write is a retry of the same call: no second update
         record_call(key, FEATURES, est, decision, response(decision.actual_max_tokens, truncated=True),
-                    success=False, url=db_url)
+                    success=False, db=database_at(db_url))
     row = state(db_url)
     assert row is not None and (row.n_feedback, row.n_truncated) == (1, 1)
     assert row.alpha_t == pytest.approx(0.05 - 0.01 * 0.95)
@@ -149,8 +150,8 @@ def test_recorder_skips_escalated_retries_and_failed_untruncated_calls(db_url: s
     coeffs = adaptive_coefficients()
     est, first = te.plan_call(FEATURES, coeffs)
     _, retry = te.plan_call(FEATURES, coeffs, escalated_to=50000)
-    record_call(CallKey("run-a", "p1", 1, 0), FEATURES, est, retry, response(800), success=True, url=db_url)
-    record_call(CallKey("run-a", "p2", 0, 0), FEATURES, est, first, response(100), success=False, url=db_url)
+    record_call(CallKey("run-a", "p1", 1, 0), FEATURES, est, retry, response(800), success=True, db=database_at(db_url))
+    record_call(CallKey("run-a", "p2", 0, 0), FEATURES, est, first, response(100), success=False, db=database_at(db_url))
     assert state(db_url) is None
 
 
@@ -159,7 +160,7 @@ def test_state_update_shares_the_telemetry_rows_transaction(db_url: str) -> None
     with session_scope(db_url) as session:
         session.execute(sa.text("DROP TABLE adaptive_budget_state"))
     with pytest.raises(TelemetryWriteError):
-        record_call(CallKey("run-a", "p1", 0, 0), FEATURES, est, decision, response(100), success=True, url=db_url)
+        record_call(CallKey("run-a", "p1", 0, 0), FEATURES, est, decision, response(100), success=True, db=database_at(db_url))
     with session_scope(db_url) as session:
         assert session.execute(sa.select(sa.func.count()).select_from(TokenEstimationV2Event)).scalar_one() == 0
 
@@ -183,8 +184,8 @@ def test_a_drain_moves_the_level_and_later_phases_plan_with_it(db_url: str, monk
     with session_scope(db_url) as session:
         create_run(session, RunSpec(run_id=RUN, phases=phases))
 
-    BatchDrain(BatchOptions(run_ids=[RUN], batch_size=5, max_attempts_per_phase=1), url=db_url,
-               executor=InlineExecutor(workers=1)).run()
+    BatchDrain(BatchOptions(run_ids=[RUN], batch_size=5, max_attempts_per_phase=1),
+               executor=InlineExecutor(workers=1), database=database_at(db_url)).run()
 
     with session_scope(db_url) as session:
         events = list(session.execute(sa.select(TokenEstimationV2Event).order_by(TokenEstimationV2Event.id))
@@ -231,14 +232,14 @@ def test_runtime_through_the_database_sets_the_ceilings_the_backtest_replays(db_
 
     runtime, levels = [], []
     for i, y in enumerate(lengths.tolist()):  # one call at a time: each outcome is known before the next plan
-        level = level_reader(db_url)(GROUP)
+        level = level_reader(database_at(db_url))(GROUP)
         decision = te.decide_ceiling(est, FEATURES, coeffs, adaptive=level)
         assert decision.adaptive is not None
         runtime.append(decision.adaptive.raw_ceiling)
         levels.append(decision.adaptive.alpha_t)
         cut = y >= decision.actual_max_tokens
         record_call(CallKey("run-r", f"p{i}", 0, 0), FEATURES, est, decision,
-                    response(min(y, decision.actual_max_tokens), truncated=cut), success=not cut, url=db_url)
+                    response(min(y, decision.actual_max_tokens), truncated=cut), success=not cut, db=database_at(db_url))
 
     calls = drift.Stream(np.zeros(60, dtype=int), np.full(60, float(est.predicted_output_tokens)),
                          lengths.astype(float), np.ones(60, dtype=bool), np.arange(60.0))

@@ -25,6 +25,7 @@ from test_drain_batch_support import make_run, phase_rows, set_phase
 from autopack.api import create_app
 from autopack.api.health import database_identity
 from autopack.db.engine import session_scope
+from autopack.db.handle import database_at
 from autopack.db.identity import read_identity
 from autopack.db.migrate import head_revision, upgrade_database
 from autopack.db.models import Run, TokenEstimationV2Event, utcnow
@@ -58,7 +59,7 @@ KEYED = {"X-API-Key": API_KEY}
 
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(url=db_url, api_key=API_KEY), headers=KEYED) as c:
+    with TestClient(create_app(database=database_at(db_url), api_key=API_KEY), headers=KEYED) as c:
         yield c
 
 
@@ -93,17 +94,17 @@ def serve(app: FastAPI) -> Iterator[str]:
 
 def test_health_reports_the_database_identity(client: TestClient, db_url: str) -> None:
     body = client.get("/health").json()
-    identity = read_identity(db_url)
+    identity = read_identity(database_at(db_url))
     assert body["service"] == "autopack" and body["status"] == "ok" and body["db_ok"] is True
     assert body["db_id"] == identity.db_id
     assert body["schema_revision"] == head_revision()
     assert re.fullmatch(r"[0-9a-f]{12}", body["database_identity"])
-    assert body["database_identity"] == database_identity(db_url)
+    assert body["database_identity"] == database_identity(database_at(db_url))
 
 
 def test_health_never_shows_the_url_or_password() -> None:
     url = "postgresql://autopack:s3cr3t-pw@127.0.0.1:1/nowhere"
-    with TestClient(create_app(url=url)) as c:
+    with TestClient(create_app(database=database_at(url))) as c:
         response = c.get("/health")
     assert response.status_code == 200
     assert "s3cr3t" not in response.text and "nowhere" not in response.text
@@ -112,7 +113,7 @@ def test_health_never_shows_the_url_or_password() -> None:
 
 def test_health_is_degraded_for_a_missing_sqlite_file_and_creates_nothing(tmp_path: Path) -> None:
     missing = tmp_path / "missing.db"
-    with TestClient(create_app(url=f"sqlite:///{missing}")) as c:
+    with TestClient(create_app(database=database_at(f"sqlite:///{missing}"))) as c:
         body = c.get("/health").json()
     assert (body["status"], body["db_ok"], body["db_id"]) == ("degraded", False, None)
     assert not missing.exists()
@@ -123,7 +124,7 @@ def test_settings_are_read_at_startup_not_import(db_url: str, monkeypatch: pytes
     app = create_app()  # built while DATABASE_URL names another database
     monkeypatch.setenv("DATABASE_URL", db_url)
     with TestClient(app) as c:
-        assert c.get("/health").json()["db_id"] == read_identity(db_url).db_id
+        assert c.get("/health").json()["db_id"] == read_identity(database_at(db_url)).db_id
 
 
 def test_openapi_is_served(client: TestClient) -> None:
@@ -289,7 +290,7 @@ def test_telemetry_summary_by_category_and_complexity(client: TestClient, db_url
 
 def test_mutations_need_the_api_key_when_one_is_set(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOPACK_API_KEY", "k-123456")
-    with TestClient(create_app(url=db_url)) as c:
+    with TestClient(create_app(database=database_at(db_url))) as c:
         assert c.post("/runs", json=GOOD_SPEC).status_code == 401
         assert c.post("/runs", json=GOOD_SPEC, headers={"X-API-Key": "wrong"}).status_code == 401
         assert c.post("/drain/claim", json={"owner": "w"}).status_code == 401
@@ -301,7 +302,7 @@ def test_mutations_need_the_api_key_when_one_is_set(db_url: str, monkeypatch: py
 
 def test_without_a_configured_key_the_app_generates_one_into_a_private_file(db_url: str) -> None:
     key_file = Path(os.environ["AUTOPACK_API_KEY_FILE"])
-    with TestClient(create_app(url=db_url)) as c:
+    with TestClient(create_app(database=database_at(db_url))) as c:
         assert c.post("/runs", json=GOOD_SPEC).status_code == 401
         key = key_file.read_text().strip()
         assert c.post("/runs", json=GOOD_SPEC, headers={"X-API-Key": key}).status_code == 201
@@ -312,9 +313,9 @@ def test_without_a_configured_key_the_app_generates_one_into_a_private_file(db_u
 
 
 def test_real_http_server_answers_health(db_url: str) -> None:
-    with serve(create_app(url=db_url)) as base:
+    with serve(create_app(database=database_at(db_url))) as base:
         body = httpx.get(f"{base}/health", timeout=10).json()
-    assert body["db_id"] == read_identity(db_url).db_id
+    assert body["db_id"] == read_identity(database_at(db_url)).db_id
 
 
 def test_db_mismatch_against_a_server_on_another_database(db_url: str, tmp_path: Path) -> None:
@@ -323,13 +324,13 @@ def test_db_mismatch_against_a_server_on_another_database(db_url: str, tmp_path:
     from autopack.execution.batch import check_api_identity
 
     other = f"sqlite:///{tmp_path / 'other.db'}"
-    upgrade_database(other)
-    ours = read_identity(db_url).db_id
-    with serve(create_app(url=other)) as base:
+    upgrade_database(database_at(other))
+    ours = read_identity(database_at(db_url)).db_id
+    with serve(create_app(database=database_at(other))) as base:
         with pytest.raises(DbIdentityMismatchError, match="DB_MISMATCH") as info:
             check_api_identity(base, ours)
     assert info.value.exit_code == 3
-    with serve(create_app(url=db_url)) as base:
+    with serve(create_app(database=database_at(db_url))) as base:
         assert check_api_identity(base, ours)["db_id"] == ours
 
 
@@ -338,8 +339,8 @@ def test_drain_cli_exits_3_on_db_mismatch_and_drains_nothing(db_url: str, tmp_pa
 
     make_run(db_url, "r", ['{"kind": "ok"}'])
     other = f"sqlite:///{tmp_path / 'other.db'}"
-    upgrade_database(other)
-    with serve(create_app(url=other)) as base:
+    upgrade_database(database_at(other))
+    with serve(create_app(database=database_at(other))) as base:
         with pytest.raises(SystemExit) as info:
             main(["drain", "batch", "--api-url", base])
     assert info.value.code == 3

@@ -18,6 +18,7 @@ from test_api import API_KEY, GOOD_SPEC, KEYED, run_count, serve
 
 from autopack.api import create_app
 from autopack.db.engine import session_scope
+from autopack.db.handle import database_at
 from autopack.db.models import Phase, utcnow
 from autopack.errors import InputError
 from autopack.execution.phase_runner import _deliverable_paths
@@ -97,7 +98,7 @@ def test_a_422_does_not_echo_a_large_input(client: TestClient) -> None:
 def test_a_422_does_not_echo_a_multi_megabyte_input(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOPACK_API_MAX_BODY_BYTES", str(16 * MIB))
     spec = {**GOOD_SPEC, "goal": "g" * (5 * MIB)}
-    with TestClient(create_app(url=db_url, api_key=API_KEY), headers=KEYED) as client:
+    with TestClient(create_app(database=database_at(db_url), api_key=API_KEY), headers=KEYED) as client:
         response = client.post("/runs", json=spec)
     assert response.status_code == 422 and len(response.content) < 4_000
     assert run_count(db_url) == 0
@@ -130,7 +131,7 @@ def test_a_streamed_body_over_the_limit_is_413(db_url: str, monkeypatch: pytest.
             yield b"w" * 100
         yield b'"}'
 
-    with serve(create_app(url=db_url, api_key=API_KEY)) as base:
+    with serve(create_app(database=database_at(db_url), api_key=API_KEY)) as base:
         small = httpx.post(f"{base}/drain/claim", json={"owner": "w"}, headers=KEYED, timeout=30)
         big = httpx.post(f"{base}/drain/claim", content=chunks(), headers={**JSON, **KEYED}, timeout=30)
     assert small.status_code == 204
@@ -138,7 +139,7 @@ def test_a_streamed_body_over_the_limit_is_413(db_url: str, monkeypatch: pytest.
 
 
 def test_the_limit_applies_under_a_real_server(db_url: str) -> None:
-    with serve(create_app(url=db_url, api_key=API_KEY)) as base:
+    with serve(create_app(database=database_at(db_url), api_key=API_KEY)) as base:
         response = httpx.post(f"{base}/runs", json={**GOOD_SPEC, "goal": "g" * (2 * MIB)}, headers=KEYED, timeout=30)
     assert response.status_code == 413
     assert run_count(db_url) == 0
@@ -233,6 +234,6 @@ def test_the_drain_writes_where_the_api_said(client: TestClient) -> None:
 
 @pytest.fixture
 def client(db_url: str) -> Any:
-    with TestClient(create_app(url=db_url, api_key=API_KEY), headers=KEYED) as c:
+    with TestClient(create_app(database=database_at(db_url), api_key=API_KEY), headers=KEYED) as c:
         yield c
 

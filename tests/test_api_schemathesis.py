@@ -20,6 +20,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 from autopack.api import create_app
 from autopack.db.engine import get_engine, session_scope
+from autopack.db.handle import database_at
 from autopack.db.models import LlmUsageEvent, Phase, TokenEstimationV2Event, utcnow
 from autopack.execution import leases
 from autopack.execution.runs import create_run
@@ -73,7 +74,7 @@ def populated_url(db_url: str) -> str:
 
 def test_generated_requests_never_fail_the_server(populated_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOPACK_API_KEY", API_KEY)  # schemathesis' client is not loopback: it needs the key
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(url=populated_url))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(database=database_at(populated_url)))
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 11
     for operation in operations:
@@ -97,7 +98,7 @@ def test_generated_requests_never_fail_the_server(populated_url: str, monkeypatc
 
 def test_reads_of_the_populated_rows_match_the_schema(populated_url: str) -> None:
     """Generated ids rarely hit a stored run: read every stored one and validate each answer."""
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(url=populated_url))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(database=database_at(populated_url)))
     calls = [("/runs", {}), ("/health", {})]
     for run_id in RUNS:
         calls += [("/runs/{run_id}", {"run_id": run_id}), ("/runs/{run_id}/phases", {"run_id": run_id}),

@@ -31,6 +31,7 @@ from test_api import API_KEY, GOOD_SPEC, KEYED, run_count
 
 from autopack.api import create_app
 from autopack.db.engine import session_scope
+from autopack.db.handle import database_at
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import Phase, Run
 from autopack.execution import leases
@@ -59,7 +60,7 @@ def spec_with_check(command: str, run_id: str = "checked-run") -> dict[str, Any]
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'api.db'}"
-    upgrade_database(url)
+    upgrade_database(database_at(url))
     return url
 
 
@@ -195,7 +196,7 @@ PROXY_HEADERS = ["Via", "CF-Connecting-IP", "X-Forwarded-Proto", "Forwarded-For"
 @pytest.mark.parametrize("header", PROXY_HEADERS)
 def test_no_request_writes_without_the_key_proxied_or_not(db_url: str, header: str | None) -> None:
     headers = {header: "127.0.0.1"} if header else {}
-    with TestClient(create_app(url=db_url), client=("127.0.0.1", 50000), headers=headers) as client:
+    with TestClient(create_app(database=database_at(db_url)), client=("127.0.0.1", 50000), headers=headers) as client:
         statuses = [client.post("/runs", json=GOOD_SPEC).status_code,
                     client.post("/drain/claim", json={"owner": "w"}).status_code,
                     client.post("/runs/api-run/phases/p2/state", json={"state": "SKIPPED"}).status_code]
@@ -205,7 +206,7 @@ def test_no_request_writes_without_the_key_proxied_or_not(db_url: str, header: s
 
 
 def test_the_key_is_checked_before_the_body_is_parsed(db_url: str) -> None:
-    with TestClient(create_app(url=db_url, api_key=API_KEY)) as client:
+    with TestClient(create_app(database=database_at(db_url), api_key=API_KEY)) as client:
         for body in (b"{not json", b'{"run_id": ""}', b"\xff" * 10):
             assert client.post("/runs", content=body, headers={"content-type": "application/json"}).status_code == 401
         wrong = client.post("/runs", content=b"{not json", headers={"X-API-Key": "wrong"})
@@ -232,7 +233,7 @@ def test_a_key_file_others_can_read_is_refused(db_url: str, tmp_path: Path, monk
     key_file.chmod(0o644)
     monkeypatch.setenv("AUTOPACK_API_KEY_FILE", str(key_file))
     with pytest.raises(ConfigError, match="not a private file"):
-        with TestClient(create_app(url=db_url)):
+        with TestClient(create_app(database=database_at(db_url))):
             pass
 
 
@@ -245,8 +246,8 @@ def test_the_drain_worker_authenticates_with_the_key_file(db_url: str, tmp_path:
     from autopack.errors import RefusedError
     from autopack.execution.batch import check_api_identity
 
-    ours = read_identity(db_url).db_id
-    with serve(create_app(url=db_url)) as base:  # no key configured: generates the key file
+    ours = read_identity(database_at(db_url)).db_id
+    with serve(create_app(database=database_at(db_url))) as base:  # no key configured: generates the key file
         assert check_api_identity(base, ours)["key_accepted"] is True
         monkeypatch.setenv("AUTOPACK_API_KEY", "not-the-servers-key")
         with pytest.raises(RefusedError, match="does not accept this machine's API key"):
@@ -276,7 +277,7 @@ def test_autopack_api_serve_names_the_key_file_and_the_cli_uses_it(sqlite_url: s
 
 def test_a_posted_check_command_is_refused_and_nothing_is_written(db_url: str, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    with TestClient(create_app(url=db_url, api_key=API_KEY), headers=KEYED) as client:
+    with TestClient(create_app(database=database_at(db_url), api_key=API_KEY), headers=KEYED) as client:
         response = client.post("/runs", json=spec_with_check(f"sh -c 'id > {marker}'"))
     assert response.status_code == 403
     detail = response.json()["detail"]
@@ -287,7 +288,7 @@ def test_a_posted_check_command_is_refused_and_nothing_is_written(db_url: str, t
 
 def test_the_server_setting_allows_posted_check_commands(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOPACK_API_ALLOW_CHECK_COMMANDS", "1")
-    with TestClient(create_app(url=db_url, api_key=API_KEY), headers=KEYED) as client:
+    with TestClient(create_app(database=database_at(db_url), api_key=API_KEY), headers=KEYED) as client:
         assert client.post("/runs", json=spec_with_check("true")).status_code == 201
     with session_scope(db_url) as session:
         assert session.get(Run, "checked-run").source == "api"  # type: ignore[union-attr]
@@ -303,7 +304,7 @@ def _drain_checked_phase(url: str) -> tuple[str, str | None]:
     with session_scope(url) as session:
         claim = leases.claim_phase(session, "checked-run", "p1", "worker-1")
     assert claim is not None
-    result = execute_phase("checked-run", "p1", claim=claim, url=url, provider=SimulatedProvider(seed=1))
+    result = execute_phase("checked-run", "p1", claim=claim, db=database_at(url), provider=SimulatedProvider(seed=1))
     return result.final_state, result.error_message
 
 
@@ -312,7 +313,7 @@ def api_run_with_a_check(db_url: str, tmp_path: Path, monkeypatch: pytest.Monkey
     """A run posted while the server allowed check commands; its check would write a marker file."""
     marker = tmp_path / "ws" / workspace_folder("checked-run") / "ran"  # the only place a sandboxed check writes
     monkeypatch.setenv("AUTOPACK_API_ALLOW_CHECK_COMMANDS", "1")
-    with TestClient(create_app(url=db_url, api_key=API_KEY), headers=KEYED) as client:
+    with TestClient(create_app(database=database_at(db_url), api_key=API_KEY), headers=KEYED) as client:
         assert client.post("/runs", json=spec_with_check(f"touch {marker}")).status_code == 201
     monkeypatch.setenv("AUTOPACK_WORKSPACE_DIR", str(tmp_path / "ws"))
     return marker
@@ -399,5 +400,5 @@ def test_runs_posted_by_the_api_are_marked(client: TestClient, db_url: str) -> N
 
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(url=db_url, api_key=API_KEY), headers=KEYED) as c:
+    with TestClient(create_app(database=database_at(db_url), api_key=API_KEY), headers=KEYED) as c:
         yield c

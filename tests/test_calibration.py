@@ -16,11 +16,13 @@ from cli_runner import run_cli
 
 from autopack import token_estimator as te
 from autopack.calibration import run_calibration
+from autopack.calibration.result import load_result
 from autopack.calibration.runner import NoUsableSamplesError
 from autopack.calibration.samples import build_sample_set, columns_from_records, configuration_ceiling, predict
 from autopack.calibration.story import gate_sentence
 from autopack.calibration.synthetic import event_row, simulate, simulate_with_escalations
 from autopack.db.engine import get_engine
+from autopack.db.handle import database_at, open_database
 from autopack.db.identity import read_identity
 from autopack.db.models import CalibrationRun, TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import DbIdentityMismatchError, EmptyDatabaseError
@@ -66,7 +68,8 @@ def seeded(db_url: str) -> str:
 
 
 def test_result_has_exactly_the_documented_shape(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(seeded, output_dir=tmp_path)
+    """The file on disk (what a user opens): its keys, as docs/calibration.md and the JSON Schema list them."""
+    result = json.loads(Path(str(run_calibration(open_database(seeded), output_dir=tmp_path).json_path)).read_text())
     assert TOP_KEYS <= result.keys()
     assert METADATA_KEYS <= result["metadata"].keys()
     assert set(result["metadata"]["time_span"]) == {"start", "end"}
@@ -93,47 +96,48 @@ def test_result_has_exactly_the_documented_shape(seeded: str, tmp_path: Path) ->
 
 
 def test_gate_passes_and_changes_are_keyed_like_the_estimator_literals(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(seeded, output_dir=tmp_path)
-    assert result["gate"]["passed"] is True
+    result = run_calibration(open_database(seeded), output_dir=tmp_path)
+    assert result.gate.passed is True
     current = te.current_coefficients()
     tables = {"BUDGET_FACTORS": current.budget_factors, "PHASE_OVERHEAD": current.phase_overhead,
               "TOKEN_WEIGHTS": current.token_weights}
-    factors = [c for c in result["proposed_changes"] if c["coefficient"] == "BUDGET_FACTORS"]
+    factors = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
     assert factors
-    for change in result["proposed_changes"]:
-        key = tuple(change["key"])
-        assert change["old"] == tables[change["coefficient"]].get(key)  # what the editor will compare against
-        if change["coefficient"] != "TOKEN_WEIGHTS":
-            assert [change["category"], change["complexity"]] == change["key"]
-    proposed_groups = {(g["category"], g["complexity"]) for g in result["groups"] if g["proposed"]}
-    assert {tuple(c["key"]) for c in factors} == proposed_groups
+    for change in result.proposed_changes:
+        key = tuple(change.key)
+        assert change.old == tables[change.coefficient].get(key)  # what the editor will compare against
+        if change.coefficient != "TOKEN_WEIGHTS":
+            assert (change.category, change.complexity) == change.key
+    proposed_groups = {(g.category, g.complexity) for g in result.groups if g.proposed}
+    assert {tuple(c.key) for c in factors} == proposed_groups
 
 
 def test_shipped_coefficients_and_factors_are_a_consistent_pair(seeded: str, tmp_path: Path) -> None:
     """Applying the proposal to the estimator reproduces the ceilings the factors were computed for."""
-    result = run_calibration(seeded, output_dir=tmp_path)
+    result = run_calibration(open_database(seeded), output_dir=tmp_path)
     current = te.current_coefficients()
     tables: dict[str, dict[Any, Any]] = {"PHASE_OVERHEAD": dict(current.phase_overhead),
                                          "TOKEN_WEIGHTS": dict(current.token_weights), "BUDGET_FACTORS": {}}
-    for change in result["proposed_changes"]:
-        tables[change["coefficient"]][tuple(change["key"])] = change["new"]
+    for change in result.proposed_changes:
+        tables[change.coefficient][tuple(change.key)] = change.new
     shipped = te.Coefficients("test", tables["PHASE_OVERHEAD"], tables["TOKEN_WEIGHTS"], current.base_budgets,
                               tables["BUDGET_FACTORS"])
-    group = next(g for g in result["groups"] if g["proposed"])
-    features = te.PhaseFeatures(group["category"], group["complexity"], ("src/new_module.py",))
+    group = next(g for g in result.groups if g.proposed)
+    features = te.PhaseFeatures(group.category, group.complexity, ("src/new_module.py",))
     est, decision = te.plan_call(features, shipped)
-    factor = tables["BUDGET_FACTORS"][(group["category"], group["complexity"])]
+    factor = tables["BUDGET_FACTORS"][(group.category, group.complexity)]
     assert decision.calibrated
     assert decision.actual_max_tokens == max(te.MIN_FACTOR_CEILING, int(np.ceil(est.predicted_output_tokens * factor)))
 
 
 def test_report_json_and_plot_are_written_and_linked(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(seeded, output_dir=tmp_path / "out")
-    report, data, plot = (Path(result[k]) for k in ("report_path", "json_path", "plot_path"))
+    result = run_calibration(open_database(seeded), output_dir=tmp_path / "out")
+    report, data, plot = (Path(str(p)) for p in (result.report_path, result.json_path, result.plot_path))
     assert report.name.startswith("token_estimator_calibration_") and report.suffix == ".md"
     assert data.stem == report.stem == plot.stem and plot.suffix == ".png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads(data.read_text()) == result
+    assert data.read_text() == result.model_dump_json(indent=2) + "\n"  # the file is exactly the model's dump
+    assert load_result(data) == result  # and reads back as the same result
     text = report.read_text()
     assert f"]({plot.name})" in text
     for section in ("## Summary", "## Recommendations", "## Detailed Results", "## Collection targets",
@@ -145,17 +149,17 @@ def test_report_json_and_plot_are_written_and_linked(seeded: str, tmp_path: Path
 
 
 def test_each_calibration_is_recorded(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(seeded, CalibrationParams(min_samples=3), output_dir=tmp_path)
+    result = run_calibration(open_database(seeded), CalibrationParams(min_samples=3), output_dir=tmp_path)
     with get_engine(seeded).connect() as connection:
         rows = connection.execute(sa.select(CalibrationRun)).mappings().all()
     assert len(rows) == 1
     row = rows[0]
-    assert row["db_id"] == read_identity(seeded).db_id == result["metadata"]["db_id"]
-    assert row["sample_count"] == result["metadata"]["total_samples"] == len(simulate(SEEDED_PHASES, seed=3))
-    assert row["outcome"] == ("gate_passed" if result["gate"]["passed"] else "gate_not_passed")
+    assert row["db_id"] == read_identity(database_at(seeded)).db_id == result.metadata.db_id
+    assert row["sample_count"] == result.metadata.total_samples == len(simulate(SEEDED_PHASES, seed=3))
+    assert row["outcome"] == ("gate_passed" if result.gate.passed else "gate_not_passed")
     assert row["params"]["min_samples"] == 3
     assert row["run_ids"] == ["synthetic-run"]
-    assert row["report_path"] == result["report_path"] and row["json_path"] == result["json_path"]
+    assert row["report_path"] == result.report_path and row["json_path"] == result.json_path
     assert row["data_start"] is not None and row["data_end"] >= row["data_start"]
 
 
@@ -168,10 +172,10 @@ def test_the_database_path_excludes_retries_and_reports_the_source(db_url: str, 
     insert(db_url, rows)
     with get_engine(db_url).begin() as connection:
         connection.execute(sa.insert(TokenBudgetEscalationEvent.__table__), escalations)
-    result = run_calibration(db_url, output_dir=tmp_path)
-    assert result["metadata"]["retries_excluded"] == len(escalations)
-    assert result["metadata"]["total_samples"] == len(rows) - len(escalations)
-    assert result["metadata"]["sources"]["models"][0]["model"] == "synthetic-1"
+    result = run_calibration(open_database(db_url), output_dir=tmp_path)
+    assert result.metadata.retries_excluded == len(escalations)
+    assert result.metadata.total_samples == len(rows) - len(escalations)
+    assert result.metadata.sources.models[0].model == "synthetic-1"
 
 
 def test_truncated_calls_are_kept_as_censored_samples(db_url: str, tmp_path: Path) -> None:
@@ -179,11 +183,11 @@ def test_truncated_calls_are_kept_as_censored_samples(db_url: str, tmp_path: Pat
     truncated = [r for r in rows if r["truncated"]]
     assert truncated and all(not r["success"] for r in truncated)
     insert(db_url, rows)
-    result = run_calibration(db_url, output_dir=tmp_path)
-    counts = result["metadata"]["sample_counts"]
-    assert counts["censored"] == len(truncated)
-    assert result["metadata"]["total_samples"] == len(rows)
-    assert sum(g["n_censored"] for g in result["groups"]) == len(truncated)
+    result = run_calibration(open_database(db_url), output_dir=tmp_path)
+    counts = result.metadata.sample_counts
+    assert counts.censored == len(truncated)
+    assert result.metadata.total_samples == len(rows)
+    assert sum(g.n_censored for g in result.groups) == len(truncated)
 
 
 def test_nonpositive_predictions_and_zero_outputs_are_counted_not_used(db_url: str, tmp_path: Path) -> None:
@@ -201,13 +205,13 @@ def test_nonpositive_predictions_and_zero_outputs_are_counted_not_used(db_url: s
         bad.append(event_row("bad", f"z{i}", 0, when, features, est, decision.selected_budget,
                              decision.actual_max_tokens, 0, False))
     insert(db_url, rows + bad)
-    result = run_calibration(db_url, output_dir=tmp_path)
-    counts = result["metadata"]["sample_counts"]
-    assert counts["excluded_nonpositive_predicted"] == 3
-    assert counts["excluded_zero_actual"] == 2
-    assert result["metadata"]["total_samples"] == len(rows)
-    assert sum(g["n"] for g in result["groups"]) == len(rows)
-    assert all(g["median_ratio"] is None or g["median_ratio"] > 0 for g in result["groups"])
+    result = run_calibration(open_database(db_url), output_dir=tmp_path)
+    counts = result.metadata.sample_counts
+    assert counts.excluded_nonpositive_predicted == 3
+    assert counts.excluded_zero_actual == 2
+    assert result.metadata.total_samples == len(rows)
+    assert sum(g.n for g in result.groups) == len(rows)
+    assert all(g.median_ratio is None or g.median_ratio > 0 for g in result.groups)
 
 
 def test_failed_untruncated_calls_are_excluded_and_counted(db_url: str, tmp_path: Path) -> None:
@@ -216,9 +220,9 @@ def test_failed_untruncated_calls_are_excluded_and_counted(db_url: str, tmp_path
         row.update(success=False, truncated=False, is_truncated_output=False, stop_reason="end_turn",
                    finish_reason="stop")
     insert(db_url, rows)
-    result = run_calibration(db_url, output_dir=tmp_path)
-    assert result["metadata"]["sample_counts"]["excluded_failed_not_truncated"] == 4
-    assert result["metadata"]["total_samples"] == len(rows) - 4
+    result = run_calibration(open_database(db_url), output_dir=tmp_path)
+    assert result.metadata.sample_counts.excluded_failed_not_truncated == 4
+    assert result.metadata.total_samples == len(rows) - 4
 
 
 def test_legacy_spellings_are_normalised_into_one_group(db_url: str, tmp_path: Path) -> None:
@@ -232,36 +236,36 @@ def test_legacy_spellings_are_normalised_into_one_group(db_url: str, tmp_path: P
         row.update(category=category, complexity=complexity)
         rows.append(row)
     insert(db_url, rows)
-    result = run_calibration(db_url, output_dir=tmp_path)
-    assert [(g["category"], g["complexity"], g["n"]) for g in result["groups"]] == [("tests", "medium", 12)]
-    spellings = result["metadata"]["spellings_normalised"]
+    result = run_calibration(open_database(db_url), output_dir=tmp_path)
+    assert [(g.category, g.complexity, g.n) for g in result.groups] == [("tests", "medium", 12)]
+    spellings = result.metadata.spellings_normalised
     assert spellings["category"] == {"testing → tests": 4, "TESTING → tests": 4}
     assert spellings["complexity"]["MEDIUM → medium"] == 4
 
 
 def test_include_run_id_selects_runs(db_url: str, tmp_path: Path) -> None:
     insert(db_url, simulate(30, seed=1, run_id="run-a") + simulate(30, seed=2, run_id="run-b"))
-    result = run_calibration(db_url, output_dir=tmp_path, include_run_ids=["run-b"])
-    assert result["metadata"]["run_ids"] == ["run-b"]
-    assert result["metadata"]["total_samples"] == len(simulate(30, seed=2, run_id="run-b"))
+    result = run_calibration(open_database(db_url), output_dir=tmp_path, include_run_ids=["run-b"])
+    assert result.metadata.run_ids == ["run-b"]
+    assert result.metadata.total_samples == len(simulate(30, seed=2, run_id="run-b"))
 
 
 # --- the gate ----------------------------------------------------------------------------------------------
 
 
 def test_gate_fails_with_reasons_when_no_group_has_enough_samples(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(seeded, CalibrationParams(min_samples=500), output_dir=tmp_path)
-    assert result["gate"]["passed"] is False
-    assert result["proposed_changes"] == []
-    assert any("--min-samples 500" in r for r in result["gate"]["reasons"])
-    assert Path(result["report_path"]).exists()
+    result = run_calibration(open_database(seeded), CalibrationParams(min_samples=500), output_dir=tmp_path)
+    assert result.gate.passed is False
+    assert result.proposed_changes == []
+    assert any("--min-samples 500" in r for r in result.gate.reasons)
+    assert Path(result.report_path).exists()
 
 
 def test_a_confidence_below_the_threshold_refuses_every_lowering(seeded: str, tmp_path: Path) -> None:
     """Only steps toward α remain: a raise is safe without any confidence (no call's ceiling falls)."""
-    result = run_calibration(seeded, CalibrationParams(confidence_threshold=0.999), output_dir=tmp_path)
-    assert all(c["direction"] == "raise" for c in result["proposed_changes"])
-    assert any("confidence" in r and "< threshold 1.00" in r for r in result["gate"]["reasons"])
+    result = run_calibration(open_database(seeded), CalibrationParams(confidence_threshold=0.999), output_dir=tmp_path)
+    assert all(c.direction == "raise" for c in result.proposed_changes)
+    assert any("confidence" in r and "< threshold 1.00" in r for r in result.gate.reasons)
 
 
 def test_a_group_cut_above_alpha_at_its_floor_gets_a_step_toward_alpha(db_url: str, tmp_path: Path) -> None:
@@ -269,15 +273,15 @@ def test_a_group_cut_above_alpha_at_its_floor_gets_a_step_toward_alpha(db_url: s
     5 % cannot reserve less than today (the old gate refused it for that), but a raise is safe: it ships."""
     specs = (("docs", "low", ("README.md",)),)
     insert(db_url, simulate(60, seed=4, specs=specs))
-    result = run_calibration(db_url, output_dir=tmp_path)
-    (group,) = result["groups"]
-    step = group["step_toward_alpha"]
-    assert group["proposed"] and group["gate_direction"] == "raise" and step["today_rate"] > 0.2
-    (change,) = [c for c in result["proposed_changes"] if c["coefficient"] == "BUDGET_FACTORS"]
-    assert change["new"] > step["today_factor"] and change["verdict"].startswith("step toward α")
-    assert step["price_tokens"] > 0 and step["expected_truncation"] < step["today_rate"]
+    result = run_calibration(open_database(db_url), output_dir=tmp_path)
+    (group,) = result.groups
+    step = group.step_toward_alpha
+    assert group.proposed and group.gate_direction == "raise" and step.today_rate > 0.2
+    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    assert change.new > step.today_factor and change.verdict.startswith("step toward α")
+    assert step.price_tokens > 0 and step.expected_truncation < step.today_rate
     # one line each in the report and the pull-request body
-    assert "docs/low: step toward α" in Path(result["report_path"]).read_text()
+    assert "docs/low: step toward α" in Path(result.report_path).read_text()
     (line,) = [x for x in step_lines(result) if x]
     assert line.startswith("- `docs, low`: **step toward α**") and "reserved tokens" in line
 
@@ -302,9 +306,9 @@ def test_cli_exit_0_when_the_gate_does_not_pass(seeded: str, tmp_path: Path, cap
 def test_cli_summary_says_what_passing_means_and_labels_the_refit(seeded: str, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "calibrate", "--output-dir", str(tmp_path))
-    result = json.loads(next(tmp_path.glob("token_estimator_calibration_*.json")).read_text())
+    result = load_result(next(tmp_path.glob("token_estimator_calibration_*.json")))
     assert code == 0 and gate_sentence(result) in out
-    assert "full refit (not shipped)" in out or not result["backtest"].get("test_n")
+    assert "full refit (not shipped)" in out or not result.backtest.test_n
 
 
 def test_cli_exit_1_when_no_group_reaches_min_samples(seeded: str, tmp_path: Path,
@@ -324,7 +328,7 @@ def test_no_usable_samples_exits_1_and_is_recorded(db_url: str, tmp_path: Path,
                    finish_reason="stop")
     insert(db_url, rows)
     with pytest.raises(NoUsableSamplesError):
-        run_calibration(db_url, output_dir=tmp_path)
+        run_calibration(open_database(db_url), output_dir=tmp_path)
     code, _, err = run_cli(capsys, "calibrate", "--output-dir", str(tmp_path))
     assert code == 1 and "no usable calibration samples" in err and len(err.strip().splitlines()) <= 2
     with get_engine(db_url).connect() as connection:
@@ -336,7 +340,7 @@ def test_no_usable_samples_exits_1_and_is_recorded(db_url: str, tmp_path: Path,
 def test_empty_database_is_refused_unless_allowed(db_url: str, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(EmptyDatabaseError):
-        run_calibration(db_url, output_dir=tmp_path)
+        run_calibration(open_database(db_url), output_dir=tmp_path)
     code, _, _ = run_cli(capsys, "calibrate", "--output-dir", str(tmp_path))
     assert code == 2
     code, _, _ = run_cli(capsys, "calibrate", "--allow-empty-db", "--output-dir", str(tmp_path))
@@ -346,7 +350,7 @@ def test_empty_database_is_refused_unless_allowed(db_url: str, tmp_path: Path,
 def test_wrong_database_id_is_refused_with_exit_3(seeded: str, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(DbIdentityMismatchError):
-        run_calibration(seeded, output_dir=tmp_path, expect_db_id="someone-else")
+        run_calibration(open_database(seeded, expect_db_id="someone-else"), output_dir=tmp_path)
     code, _, err = run_cli(capsys, "calibrate", "--expect-db-id", "someone-else", "--output-dir", str(tmp_path))
     assert code == 3 and "DB_MISMATCH" in err
     with get_engine(seeded).connect() as connection:

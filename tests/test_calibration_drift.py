@@ -14,9 +14,11 @@ import sqlalchemy as sa
 
 from autopack import token_estimator as te
 from autopack.calibration import drift, run_calibration
+from autopack.calibration.result import CalibrationResult, FeedbackSpec
 from autopack.calibration.synthetic import simulate
 from autopack.cli import main
 from autopack.db.engine import get_engine
+from autopack.db.handle import open_database
 from autopack.db.models import TokenEstimationV2Event
 from autopack.github.estimator_edit import apply_proposal
 from autopack.params import CalibrationParams
@@ -44,39 +46,41 @@ def load_edited(source: str) -> types.ModuleType:
 
 
 def test_default_method_is_the_benchmarks_choice_and_is_stated(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(seeded, output_dir=tmp_path)
-    md = result["metadata"]
-    assert md["method"] == drift.DEFAULT_METHOD == "static" and md["method_params"] == {}
-    assert not [c for c in result["proposed_changes"] if c["coefficient"].startswith("ADAPTIVE_")]
+    result = run_calibration(open_database(seeded), output_dir=tmp_path)
+    md = result.metadata
+    assert md.method == drift.DEFAULT_METHOD == "static" and md.method_params.items() == []
+    assert not [c for c in result.proposed_changes if c.coefficient.startswith("ADAPTIVE_")]
 
 
 def test_every_calibration_reports_all_methods_under_drift(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(seeded, output_dir=tmp_path)
-    under = result["backtest"]["calibration_under_drift"]
-    assert set(under["methods"]) == {"static", "rolling", "aci", "oracle"}
-    test_n = result["backtest"]["test_n"]
-    for m in under["methods"].values():
-        assert m["n"] == test_n and 0 <= m["truncation_rate"] <= 1 and m["reserved_over_used"] > 0
-        assert m["worst_bin_truncation"] >= m["truncation_rate"] - 1e-9
+    result = run_calibration(open_database(seeded), output_dir=tmp_path)
+    under = result.backtest.calibration_under_drift
+    assert under is not None and set(under.methods) == {"static", "rolling", "aci", "oracle"}
+    test_n = result.backtest.test_n
+    for m in under.methods.values():
+        assert m.truncation_rate is not None and m.reserved_over_used is not None
+        assert m.n == test_n and 0 <= m.truncation_rate <= 1 and m.reserved_over_used > 0
+        assert m.worst_bin_truncation is not None and m.worst_bin_truncation >= m.truncation_rate - 1e-9
     # the methods replay what ships: the chosen method's row is exactly the shipped backtest (same ceilings)
-    assert under["configuration"] == "shipped" and under["this_pull_request"] == "static"
-    shipped = result["backtest"]["shipped"]
-    for key in ("truncations", "truncations_upper", "reserved_over_used"):
-        assert under["methods"]["static"][key] == shipped[key]
-    report = Path(result["report_path"]).read_text()
+    assert under.configuration == "shipped" and under.this_pull_request == "static"
+    shipped, static = result.backtest.shipped, under.methods["static"]
+    assert shipped is not None
+    assert (static.truncations, static.truncations_upper, static.reserved_over_used) == (
+        shipped.truncations, shipped.truncations_upper, shipped.reserved_over_used)
+    report = Path(str(result.report_path)).read_text()
     assert "## Calibration under drift" in report and "Method `static`" in report
 
 
 def test_aci_ships_a_reviewed_curve_through_the_estimator_editor(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(seeded, CalibrationParams(method="aci"), output_dir=tmp_path)
-    md = result["metadata"]
-    assert md["method"] == "aci" and md["method_params"]["gamma"] == 0.005
-    assert md["method_params"]["feedback"] == {"kind": "fixed_lag", "lag_calls": drift.BACKTEST_FEEDBACK_LAG}
-    changes = result["proposed_changes"]
-    factors = {tuple(c["key"]): c["new"] for c in changes if c["coefficient"] == "BUDGET_FACTORS"}
-    curve_entries = [c for c in changes if c["coefficient"] == "ADAPTIVE_BUDGET_FACTORS"]
+    result = run_calibration(open_database(seeded), CalibrationParams(method="aci"), output_dir=tmp_path)
+    md = result.metadata
+    assert md.method == "aci" and md.method_params.gamma == 0.005
+    assert md.method_params.feedback == FeedbackSpec(kind="fixed_lag", lag_calls=drift.BACKTEST_FEEDBACK_LAG)
+    changes = result.proposed_changes
+    factors = {c.key: c.new for c in changes if c.coefficient == "BUDGET_FACTORS"}
+    curve_entries = [c for c in changes if c.coefficient == "ADAPTIVE_BUDGET_FACTORS"]
     assert factors and curve_entries
-    settings = {tuple(c["key"]): c["new"] for c in changes if c["coefficient"] == "ADAPTIVE_SETTINGS"}
+    settings = {c.key: c.new for c in changes if c.coefficient == "ADAPTIVE_SETTINGS"}
     assert settings == {("aci", "target_alpha"): 0.05, ("aci", "gamma"): 0.005}
 
     edited = load_edited(apply_proposal(Path(te.__file__).read_text(), changes, md))
@@ -89,24 +93,24 @@ def test_aci_ships_a_reviewed_curve_through_the_estimator_editor(seeded: str, tm
         assert curve.alphas[0] >= 0.01 - 1e-12 and curve.alphas[-1] <= 0.1 + 1e-12
     coeffs = edited.current_coefficients()
     assert coeffs.adaptive_target == 0.05 and coeffs.adaptive_gamma == 0.005
-    report = Path(result["report_path"]).read_text()
+    report = Path(str(result.report_path)).read_text()
     assert "Method `aci`" in report and "| **this pull request (`aci`)** |" in report
 
 
 def test_aci_backtest_gates_the_replayed_ceilings(seeded: str, tmp_path: Path) -> None:
-    static = run_calibration(seeded, CalibrationParams(method="static"), output_dir=tmp_path / "s")
-    aci = run_calibration(seeded, CalibrationParams(method="aci"), output_dir=tmp_path / "a")
-    under = static["backtest"]["calibration_under_drift"]["methods"]
+    static = run_calibration(open_database(seeded), CalibrationParams(method="static"), output_dir=tmp_path / "s")
+    aci = run_calibration(open_database(seeded), CalibrationParams(method="aci"), output_dir=tmp_path / "a")
+    assert static.backtest.calibration_under_drift is not None and aci.backtest.shipped is not None
+    under = static.backtest.calibration_under_drift.methods
     # what `aci` ships is the ACI replay of the same held-out calls (the static run's comparison replays the
     # same shipped groups with its own ACI loop), not the static ceilings
-    def factors(result: dict) -> dict:
-        return {tuple(c["key"]): c["new"] for c in result["proposed_changes"] if c["coefficient"] == "BUDGET_FACTORS"}
+    def factors(result: CalibrationResult) -> dict[tuple[str, str], float]:
+        return {c.key: c.new for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"}
 
     assert factors(aci) == factors(static)
-    assert aci["backtest"]["shipped"]["reserved_over_used"] == pytest.approx(under["aci"]["reserved_over_used"],
-                                                                             abs=1e-6)
-    assert aci["backtest"]["shipped"]["truncations"] == under["aci"]["truncations"]
-    assert under["aci"]["reserved_over_used"] != under["static"]["reserved_over_used"]
+    assert aci.backtest.shipped.reserved_over_used == pytest.approx(under["aci"].reserved_over_used, abs=1e-6)
+    assert aci.backtest.shipped.truncations == under["aci"].truncations
+    assert under["aci"].reserved_over_used != under["static"].reserved_over_used
 
 
 def test_rolling_is_refused_with_one_line_and_exit_2(seeded: str, capsys: pytest.CaptureFixture[str],

@@ -20,6 +20,7 @@ from autopack.calibration.reader import read_events
 from autopack.calibration.samples import EventColumns, columns_from_records
 from autopack.calibration.synthetic import simulate
 from autopack.db.engine import get_engine
+from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
 
 EV = TokenEstimationV2Event.__table__
@@ -98,18 +99,18 @@ def stored(db_url: str) -> list[dict[str, Any]]:
 
 
 def test_read_equals_the_per_row_reference(db_url: str, stored: list[dict[str, Any]]) -> None:
-    got = read_events(db_url)
+    got = read_events(database_at(db_url))
     _assert_same(got, columns_from_records(stored))
     assert got.summary.docs_rows and got.summary.spellings["category"]  # the cases above are exercised
 
 
 def test_read_of_some_runs_equals_the_reference_for_those_runs(db_url: str, stored: list[dict[str, Any]]) -> None:
     runs = ["legacy", stored[0]["run_id"]]
-    _assert_same(read_events(db_url, runs), columns_from_records([r for r in stored if r["run_id"] in runs]))
+    _assert_same(read_events(database_at(db_url), runs), columns_from_records([r for r in stored if r["run_id"] in runs]))
 
 
 def test_an_empty_selection_reads_as_empty(db_url: str) -> None:
-    got = read_events(db_url)
+    got = read_events(database_at(db_url))
     assert got.size == 0 and got.summary == columns_from_records([]).summary
 
 
@@ -123,7 +124,7 @@ def test_sqlite_timestamps_its_date_functions_cannot_read_are_parsed(db_url: str
                              strict=True):
             connection.execute(sa.text("UPDATE token_estimation_v2_events SET timestamp = :t WHERE event_id = :i"),
                                {"t": text, "i": row["id"]})
-    epochs = sorted(read_events(db_url).epoch.tolist())
+    epochs = sorted(read_events(database_at(db_url)).epoch.tolist())
     assert epochs == [datetime(2024, 6, 1, 10, 0, 0, 250_000).timestamp() - _utc_offset(),
                       1717243200.0, datetime(2024, 6, 1, 12, 2).timestamp() - _utc_offset()]
 
@@ -143,22 +144,22 @@ def test_sqlite_numbers_stored_as_text_are_read_and_garbage_is_one_clear_error(d
     with get_engine(db_url).begin() as connection:  # SQLite keeps whatever a legacy writer gave it
         connection.execute(sa.text("UPDATE token_estimation_v2_events SET predicted_output_tokens = '900.0', "
                                    "selected_budget = 3000000000 WHERE event_id = :i"), {"i": stored[0]["id"]})
-    got = read_events(db_url)  # neither fits the packed scan: both rows' counts are read one by one
+    got = read_events(database_at(db_url))  # neither fits the packed scan: both rows' counts are read one by one
     assert sorted(got.predicted.tolist()) == [900.0, 900.0] and sorted(got.selected_budget.tolist()) == [4096, 3e9]
     with get_engine(db_url).begin() as connection:
         connection.execute(sa.text("UPDATE token_estimation_v2_events SET actual_output_tokens = 'lots' "
                                    "WHERE event_id = :i"), {"i": stored[1]["id"]})
     with pytest.raises(UnreadableEventsError, match=f"row {stored[1]['id']} holds a non-numeric"):
-        read_events(db_url)
+        read_events(database_at(db_url))
 
 
 def test_run_ids_are_the_same_by_skip_scan_and_by_distinct(db_url: str, stored: list[dict[str, Any]],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from autopack.calibration import reader
 
-    walked = read_events(db_url).summary.run_ids
+    walked = read_events(database_at(db_url)).summary.run_ids
     monkeypatch.setattr(reader, "SKIP_SCAN_LIMIT", 1)  # more runs than the walk may take: DISTINCT instead
-    assert read_events(db_url).summary.run_ids == walked == sorted({r["run_id"] for r in stored})
+    assert read_events(database_at(db_url)).summary.run_ids == walked == sorted({r["run_id"] for r in stored})
 
 
 def test_a_read_split_into_many_id_ranges_on_two_readers_equals_the_reference(
@@ -178,7 +179,7 @@ def test_a_read_split_into_many_id_ranges_on_two_readers_equals_the_reference(
         return real(connection, where)
 
     monkeypatch.setattr(reader, name, spy)
-    _assert_same(read_events(db_url), columns_from_records(stored))
+    _assert_same(read_events(database_at(db_url)), columns_from_records(stored))
     assert readers and all(r.startswith("autopack-read") for r in readers)  # the ranges ran on the pool
 
 
@@ -190,7 +191,7 @@ def test_a_range_whose_texts_do_not_parse_is_read_row_by_row(db_url: str, stored
 
     calls: list[int] = []
     monkeypatch.setattr(reader, "_parsed", lambda blobs, count: calls.append(count))  # always "does not parse"
-    _assert_same(read_events(db_url), columns_from_records(stored))
+    _assert_same(read_events(database_at(db_url)), columns_from_records(stored))
     assert calls == [len(stored)]
 
 
@@ -202,7 +203,7 @@ def test_sqlite_counts_stored_as_reals_are_read_as_their_whole_numbers(db_url: s
     with get_engine(db_url).begin() as connection:
         connection.execute(sa.text("UPDATE token_estimation_v2_events SET predicted_output_tokens = 900.5 "
                                    "WHERE event_id = :i"), {"i": stored[0]["id"]})
-    got = read_events(db_url)
+    got = read_events(database_at(db_url))
     row = int(np.flatnonzero(got.event_id == stored[0]["id"])[0])
     assert (got.predicted[row], got.actual[row]) == (900.0, stored[0]["actual_output_tokens"])
 
@@ -212,7 +213,7 @@ def test_sqlite_keys_that_are_not_integers_are_keyed_again(db_url: str, stored: 
         pytest.skip("PostgreSQL columns are typed")
     with get_engine(db_url).begin() as connection:
         connection.execute(sa.text("UPDATE token_estimation_v2_events SET calibration_key = 'x', phase_key = 1.5"))
-    _assert_same(read_events(db_url), columns_from_records(stored))
+    _assert_same(read_events(database_at(db_url)), columns_from_records(stored))
 
 
 def test_rows_appended_while_the_ranges_are_read_are_left_out(db_url: str, stored: list[dict[str, Any]],
@@ -233,6 +234,6 @@ def test_rows_appended_while_the_ranges_are_read_are_left_out(db_url: str, store
         return ranges
 
     monkeypatch.setattr(reader, "_id_ranges", then_a_writer_appends)
-    _assert_same(read_events(db_url), columns_from_records(stored))  # its run too is not in the summary
+    _assert_same(read_events(database_at(db_url)), columns_from_records(stored))  # its run too is not in the summary
     with get_engine(db_url).connect() as connection:  # the row is there, for the next read
         assert connection.execute(sa.select(sa.func.count()).select_from(EV)).scalar_one() == len(stored) + 1

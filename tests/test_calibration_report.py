@@ -7,6 +7,7 @@ from pathlib import Path
 from autopack.calibration import story
 from autopack.calibration.core import Params, calibrate
 from autopack.calibration.report import render_markdown, write_plot
+from autopack.calibration.result import SourceModel, Sources
 from autopack.calibration.samples import build_sample_set
 from autopack.calibration.synthetic import GroupTruth, Law, simulate_groups
 
@@ -28,8 +29,8 @@ def test_the_report_shows_the_interval_the_evidence_the_method_and_the_source() 
     assert "assumes log(actual / predicted) is normal" in text
     assert "SIMULATED data" in text and "escalated retries excluded" in text
     assert "**TOKEN_WEIGHTS** (unchanged)" in text
-    shipped = [c for c in result["proposed_changes"]]
-    assert shipped and all(c["verdict"] in text for c in shipped)
+    shipped = result.proposed_changes
+    assert shipped and all(c.verdict and c.verdict in text for c in shipped)
 
 
 def test_the_plot_shows_n_and_todays_ceiling_beside_the_proposed_one(tmp_path: Path) -> None:
@@ -61,11 +62,11 @@ def test_the_report_says_where_each_shipped_guarantee_comes_from_as_the_body_doe
 def test_the_plot_says_simulated_and_draws_held_out_calls_apart(tmp_path: Path) -> None:
     cal = calibration()
     assert any(h.any() for h in cal.plot.held_out) and not all(h.all() for h in cal.plot.held_out)
-    drawn = write_plot(tmp_path / "plot.png", cal.plot, alpha=0.05, sources=cal.result["metadata"]["sources"])
+    drawn = write_plot(tmp_path / "plot.png", cal.plot, alpha=0.05, sources=cal.result.metadata.sources)
     assert drawn[0].startswith("SIMULATED DATA: ") and "not a real model" in drawn[0]
     assert any(t.startswith("held-out call") for t in drawn) and "fitted call" in drawn
-    real = {"simulated": False, "models": [{"provider": "openai", "model": "gpt-5", "samples": 10,
-                                            "simulated": False}]}
+    real = Sources(simulated=False, models=[SourceModel(provider="openai", model="gpt-5", samples=10,
+                                                        simulated=False)])
     assert not any("SIMULATED" in t for t in write_plot(tmp_path / "real.png", cal.plot, alpha=0.05, sources=real))
 
 

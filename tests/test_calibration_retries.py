@@ -23,9 +23,11 @@ import sqlalchemy as sa
 from autopack.calibration.core import Params, calibrate
 from autopack.calibration.reader import id_bounds, read_events
 from autopack.calibration.report import _retries_line
+from autopack.calibration.result import Metadata
 from autopack.calibration.samples import EventColumns, SampleSet, build_sample_set, columns_from_records, retry_links
 from autopack.calibration.synthetic import GroupTruth, Law, Truth, simulate_groups, simulate_with_escalations
 from autopack.db.engine import get_engine
+from autopack.db.handle import database_at, open_database
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.params import CalibrationParams
 from autopack.telemetry.ingest import import_telemetry
@@ -36,6 +38,12 @@ ESC = TokenBudgetEscalationEvent.__table__
 
 # --- linking a retry to the call it re-ran ------------------------------------------------------------------------
 
+
+
+def metadata(**fields: Any) -> Metadata:
+    """A result's metadata with the parameters every calibration has, and ``fields``."""
+    return Metadata.model_validate({"total_samples": 0, "target_truncation": 0.05, "confidence_threshold": 0.7,
+                                    "min_samples": 5, **fields})
 
 def test_each_retry_is_linked_to_the_call_of_the_previous_attempt() -> None:
     phase = np.array([7, 7, 7, 9, 9, 5])
@@ -93,7 +101,7 @@ def test_a_retry_reveals_or_raises_its_cut_call_and_is_never_a_sample() -> None:
     c = samples.counts
     assert (c["retries_excluded"], c["cut_calls_revealed_by_retry"], c["cut_calls_raised_by_retry"]) == (4, 2, 1)
     assert (c["observed"], c["censored"]) == (3, 3) and samples.n == 6
-    assert _retries_line({"retries_known": True, "retries_excluded": 4, "sample_counts": c}) == (
+    assert _retries_line(metadata(retries_known=True, retries_excluded=4, sample_counts=c)) == (
         "4 escalated retries excluded (kept in the database, never fitted; 2 showed their cut call's need, "
         "1 raised its censoring to their ceiling)")
 
@@ -110,7 +118,7 @@ def test_cut_calls_whose_retries_were_seen_get_the_factor_of_the_uncensored_law(
         full = simulate_groups([GroupTruth(*group, 600, law, 0.0, False)], seed=seed)
         for columns, out in ((sim.columns, with_retries), (dataclasses.replace(sim.columns, retry_of=None), without),
                              (full.columns, uncensored)):
-            out.append(calibrate(build_sample_set(columns), Params()).result["groups"][0]["budget_factor"])
+            out.append(calibrate(build_sample_set(columns), Params()).result.groups[0].budget_factor)
         truth.append([sim.true_truncation(group, f) for f in (with_retries[-1], without[-1])])
     rates = np.array(truth)
     assert np.mean(np.abs(np.log(np.array(with_retries) / np.array(uncensored)))) < 0.03
@@ -142,7 +150,7 @@ def test_the_read_links_retries_and_flags_unknown_sources_like_the_per_row_path(
     rows, escalations = simulate_with_escalations(80, seed=2, truth=Truth(sigma=0.6))
     rows[-1] = {**rows[-1], "retries_known": False, "source": "import:csv:old.csv"}
     stored = _store(db_url, rows, escalations)
-    got, want = read_events(db_url), columns_from_records(stored, escalations)
+    got, want = read_events(database_at(db_url)), columns_from_records(stored, escalations)
     assert _retry_view(got) == _retry_view(want)
     assert sum(o is not None for _, o, _ in _retry_view(got).values()) == len(escalations) > 5
     assert build_sample_set(got).counts == build_sample_set(want).counts
@@ -170,7 +178,7 @@ def _csv(path: Path, rows: list[dict[str, Any]], run_id: str, retry_column: str 
 
 
 def _samples(url: str, run_id: str) -> SampleSet:
-    return build_sample_set(read_events(url, [run_id]))
+    return build_sample_set(read_events(database_at(url), [run_id]))
 
 
 def _same_samples(a: SampleSet, b: SampleSet) -> None:
@@ -185,23 +193,23 @@ def test_an_import_marking_retries_calibrates_as_the_recorded_calls(db_url: str,
     rows, escalations = simulate_with_escalations(150, seed=3, truth=Truth(sigma=0.6), run_id="recorded",
                                                   store_features=False)
     _store(db_url, rows, escalations)
-    import_telemetry(_csv(tmp_path / "calls.csv", rows, "imported", retry_column), "csv", url=db_url)
+    import_telemetry(_csv(tmp_path / "calls.csv", rows, "imported", retry_column), "csv", database=open_database(db_url, allow_empty=True))
     recorded, imported = _samples(db_url, "recorded"), _samples(db_url, "imported")
     _same_samples(recorded, imported)
     assert imported.counts["retries_excluded"] == len(escalations) > 10
     assert imported.counts["cut_calls_revealed_by_retry"] > 0
-    factors = [[g["budget_factor"] for g in calibrate(s, Params(min_samples=3)).result["groups"]]
+    factors = [[g.budget_factor for g in calibrate(s, Params(min_samples=3)).result.groups]
                for s in (recorded, imported)]
     assert factors[0] == factors[1] and any(f is not None for f in factors[0])
 
 
 def test_an_import_without_retry_columns_makes_retries_unknown(db_url: str, tmp_path: Path) -> None:
     rows, escalations = simulate_with_escalations(60, seed=3, truth=Truth(sigma=0.6), store_features=False)
-    import_telemetry(_csv(tmp_path / "calls.csv", rows, "imported", None), "csv", url=db_url)
-    samples = build_sample_set(read_events(db_url))
+    import_telemetry(_csv(tmp_path / "calls.csv", rows, "imported", None), "csv", database=open_database(db_url, allow_empty=True))
+    samples = build_sample_set(read_events(database_at(db_url)))
     assert not samples.retries_known and samples.counts["rows_retries_unknown"] == len(rows)
     assert samples.counts["retries_excluded"] == 0 and escalations  # the file's retries were taken for first calls
-    line = _retries_line({"retries_known": False, "retries_excluded": 0, "sample_counts": samples.counts})
+    line = _retries_line(metadata(retries_known=False, retries_excluded=0, sample_counts=samples.counts))
     assert line.startswith("retries unknown") and "0 escalated" not in line
 
 
@@ -210,7 +218,7 @@ def test_a_retry_must_name_an_earlier_attempt(db_url: str, tmp_path: Path) -> No
     path.write_text("timestamp,phase_id,category,complexity,predicted,actual,ceiling,truncated,is_retry\n"
                     "2026-01-01T00:00:00Z,p,implementation,low,100,90,200,false,true\n", encoding="utf-8")
     with pytest.raises(Exception, match="escalated_from -1 is not below attempt_index 0"):
-        import_telemetry(path, "csv", url=db_url)
+        import_telemetry(path, "csv", database=open_database(db_url, allow_empty=True))
 
 
 def _attr(key: str, value: object) -> dict[str, object]:
@@ -229,7 +237,7 @@ def test_otel_and_v2_log_imports_mark_retries(db_url: str, tmp_path: Path) -> No
              "autopack.retry.escalated": True, "gen_ai.response.finish_reasons": "stop"}])]
     otel = tmp_path / "spans.json"
     otel.write_text(json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}), encoding="utf-8")
-    import_telemetry(otel, "otel-json", url=db_url, run_id="otel")
+    import_telemetry(otel, "otel-json", run_id="otel", database=open_database(db_url, allow_empty=True))
     log = tmp_path / "run.log"
     log.write_text("2026-01-01 00:00:00 [TokenEstimationV2] predicted_output=1000 actual_output=1000 "
                    "actual_max_tokens=1000 category=implementation complexity=low truncated=true attempt=0\n"
@@ -237,7 +245,7 @@ def test_otel_and_v2_log_imports_mark_retries(db_url: str, tmp_path: Path) -> No
                    "actual_max_tokens=1250 category=implementation complexity=low truncated=false attempt=1 "
                    "escalated_from=0\n",
                    encoding="utf-8")
-    import_telemetry(log, "v2-log", url=db_url, run_id="log", defaults={"phase_id": "p"})
+    import_telemetry(log, "v2-log", run_id="log", defaults={"phase_id": "p"}, database=open_database(db_url, allow_empty=True))
     for run in ("otel", "log"):
         samples = _samples(db_url, run)
         assert (samples.n, samples.counts["retries_excluded"], samples.counts["cut_calls_revealed_by_retry"]) == (1, 1, 1)
@@ -257,7 +265,7 @@ def test_the_window_reads_only_its_rows(db_url: str) -> None:
     since = start + timedelta(hours=40)
     inside = [r for r in stored if r["timestamp"] >= since]
     assert 0 < len(inside) < len(stored)
-    got, want = read_events(db_url, since=since), columns_from_records(inside, escalations)
+    got, want = read_events(database_at(db_url), since=since), columns_from_records(inside, escalations)
     assert sorted(got.event_id.tolist()) == sorted(want.event_id.tolist())
     assert _retry_view(got) == _retry_view(want)
     assert got.summary.run_ids == want.summary.run_ids
@@ -300,5 +308,5 @@ def test_a_window_with_no_calls_says_so(db_url: str, tmp_path: Path) -> None:
     rows, escalations = simulate_with_escalations(20, seed=4, start=datetime(2025, 1, 1))
     _store(db_url, rows, escalations)
     with pytest.raises(NoUsableSamplesError, match="0 rows read") as refused:
-        run_calibration(db_url, CalibrationParams(window_weeks=2), output_dir=tmp_path)
+        run_calibration(open_database(db_url), CalibrationParams(window_weeks=2), output_dir=tmp_path)
     assert "--window-weeks" in (refused.value.hint or "")

@@ -52,8 +52,8 @@ def shipped_truths(groups: list[GroupTruth], alpha: float, replicates: int) -> t
     for seed in range(replicates):
         sim = simulate_groups(groups, seed=seed)
         result = calibrate(build_sample_set(sim.columns), Params(target_truncation=alpha)).result
-        shipped = {tuple(c["key"]): c["new"] for c in result["proposed_changes"]
-                   if c["coefficient"] == "BUDGET_FACTORS" and c["direction"] == "lower"}
+        shipped = {c.key: c.new for c in result.proposed_changes
+                   if c.coefficient == "BUDGET_FACTORS" and c.direction == "lower"}
         for group, factor in shipped.items():
             rates.append(sim.true_truncation(group, factor))  # type: ignore[arg-type]
             sizes.append(sim.truth[group].n)  # type: ignore[index]
@@ -92,14 +92,14 @@ def test_large_groups_land_on_alpha() -> None:
 def test_small_atypical_groups_get_their_own_reported_bound_and_are_not_shipped() -> None:
     sim = simulate_groups(scenario(LOGNORMAL, 0.0, False), seed=3)
     result = calibrate(build_sample_set(sim.columns), Params()).result
-    by_group = {(g["category"], g["complexity"]): g for g in result["groups"]}
+    by_group = {g.key: g for g in result.groups}
     small = by_group[("implementation", "medium")]  # 5 calls, shifted +0.6: its category's pool would truncate
-    assert small["factor_method"] in ("small_group_bound", "none") and not small["proposed"]
-    assert small["confidence"] is None or small["confidence"] <= stats.FACTOR_CONFIDENCE + 1e-9
+    assert small.factor_method in ("small_group_bound", "none") and not small.proposed
+    assert small.confidence is None or small.confidence <= stats.FACTOR_CONFIDENCE + 1e-9
     # its own bound is aimed at its own law, far above what its category's big group needs
-    if small["budget_factor"] is not None:
-        assert small["budget_factor"] > by_group[("implementation", "low")]["budget_factor"]
-        assert any("reported, not shipped" in why for why in small["gate_reasons"])
+    if small.budget_factor is not None:
+        assert small.budget_factor > by_group[("implementation", "low")].budget_factor
+        assert any("reported, not shipped" in why for why in small.gate_reasons)
 
 
 # --- the backtest's interval covers the true held-out rate ----------------------------------------------------
@@ -160,12 +160,12 @@ def test_retries_are_excluded_so_the_factor_lands_on_alpha() -> None:
         assert sim.is_retry.sum() > 100
         right = calibrate(build_sample_set(sim.columns), Params()).result
         wrong = calibrate(build_sample_set(dataclasses.replace(sim.columns, retry=None)), Params()).result
-        f_right, f_wrong = right["groups"][0]["budget_factor"], wrong["groups"][0]["budget_factor"]
+        f_right, f_wrong = right.groups[0].budget_factor, wrong.groups[0].budget_factor
         excluded.append(sim.true_truncation(group, f_right))
         kept.append(sim.true_truncation(group, f_wrong))
         factor_ratio.append(f_wrong / f_right)
-        assert right["metadata"]["retries_excluded"] == int(sim.is_retry.sum())
-        assert right["metadata"]["total_samples"] == int((~sim.is_retry).sum())
+        assert right.metadata.retries_excluded == int(sim.is_retry.sum())
+        assert right.metadata.total_samples == int((~sim.is_retry).sum())
     assert abs(np.mean(excluded) - 0.05) <= 0.01
     assert np.mean(kept) < 0.04 and np.mean(factor_ratio) > 1.05  # retries counted: too wide, too cautious
 
@@ -195,15 +195,15 @@ def test_two_censored_groups_of_one_category_get_their_own_factors() -> None:
               GroupTruth("docs", "medium", 250, Law(0.8, 0.5), 0.4, False)]
     sim = simulate_groups(groups, seed=7)
     result = calibrate(build_sample_set(sim.columns), Params()).result
-    by_group = {(g["category"], g["complexity"]): g for g in result["groups"]}
+    by_group = {g.key: g for g in result.groups}
     for g in groups:
         entry = by_group[g.group]
-        assert entry["factor_method"] == "censored_fit" and entry["extrapolation"] is True
-        assert "normal" in entry["assumption"] and entry["confidence"] is None and entry["confidence_note"]
+        assert entry.factor_method == "censored_fit" and entry.extrapolation is True
+        assert "normal" in entry.assumption and entry.confidence is None and entry.confidence_note
         # each near its own law's (1 − α) quantile: exp(0.3·1.645) = 1.64 and exp(0.8 + 0.5·1.645) = 5.07
-        assert entry["budget_factor"] == pytest.approx(sim.true_quantile_factor(g.group, 0.05), rel=0.15)
-        assert not entry["proposed"]  # an extrapolation is reported, not shipped
-    assert by_group[("docs", "medium")]["budget_factor"] > 2 * by_group[("docs", "low")]["budget_factor"]
+        assert entry.budget_factor == pytest.approx(sim.true_quantile_factor(g.group, 0.05), rel=0.15)
+        assert not entry.proposed  # an extrapolation is reported, not shipped
+    assert by_group[("docs", "medium")].budget_factor > 2 * by_group[("docs", "low")].budget_factor
 
 
 # --- the coefficient fit's invariants, end to end ----------------------------------------------------------------
@@ -218,12 +218,12 @@ def test_calibration_never_proposes_an_overhead_below_1_or_a_step_beyond_x2() ->
                        Params()).result
     current = te.current_coefficients()
     tables = {"PHASE_OVERHEAD": current.phase_overhead, "TOKEN_WEIGHTS": current.token_weights}
-    changes = result["coefficient_fit"] + result["proposed_changes"]
-    assert any(c["coefficient"] == "PHASE_OVERHEAD" for c in changes)
+    changes = [*result.coefficient_fit, *result.proposed_changes]
+    assert any(c.coefficient == "PHASE_OVERHEAD" for c in changes)
     for c in changes:
-        if c["coefficient"] == "BUDGET_FACTORS":
+        if c.coefficient == "BUDGET_FACTORS":
             continue
-        old = tables[c["coefficient"]].get(tuple(c["key"]), current.default_phase_overhead)
-        assert c["new"] >= 1 and old / 2 <= c["new"] <= old * 2, c
+        old = tables[c.coefficient].get(c.key, current.default_phase_overhead)
+        assert c.new >= 1 and old / 2 <= c.new <= old * 2, c
     # tests/low (one file per phase) cannot tell its overhead from its factor: kept, however far off its level
-    assert ("tests", "low") not in {tuple(c["key"]) for c in result["coefficient_fit"]}
+    assert ("tests", "low") not in {c.key for c in result.coefficient_fit}

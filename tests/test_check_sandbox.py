@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from autopack.config import get_settings
 from autopack.db.engine import session_scope
+from autopack.db.handle import database_at
 from autopack.db.models import Phase
 from autopack.execution import leases
 from autopack.execution.phase_runner import execute_phase, run_check_command
@@ -275,7 +276,7 @@ def test_without_a_sandbox_the_phase_fails_before_any_llm_call(
     with session_scope(db_url) as session:
         claim = leases.claim_phase(session, RUN, "p1", "worker-1")
     assert claim is not None
-    result = execute_phase(RUN, "p1", claim=claim, url=db_url, provider=SimulatedProvider(seed=1))
+    result = execute_phase(RUN, "p1", claim=claim, db=database_at(db_url), provider=SimulatedProvider(seed=1))
     assert (result.final_state, result.failure_stage, result.llm_calls) == ("FAILED", "before_llm", 0)
     assert failure_reason(db_url).startswith("check_command refused: no sandbox:")
     assert not (run_workspace(RUN) / "pkg").exists()

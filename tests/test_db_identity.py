@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from cli_runner import run_cli
 
 from autopack.db.engine import get_engine, mask_url
+from autopack.db.handle import database_at
 from autopack.db.identity import guard, read_identity
 from autopack.errors import DbIdentityMismatchError, EmptyDatabaseError, SchemaNotMigratedError
 
@@ -32,7 +33,7 @@ def test_identity_json_has_the_documented_keys(db_url: str, capsys: pytest.Captu
     assert {"runs", "phases", "llm_usage_events", "token_estimation_v2_events"} <= data["counts"].keys()
     assert data["counts"]["runs"] == 1
     assert data["counts"]["phases"] == {"COMPLETE": 1, "QUEUED": 1}
-    assert data["db_id"] == read_identity(db_url).db_id
+    assert data["db_id"] == read_identity(database_at(db_url)).db_id
 
 
 def test_identity_text_shows_file_size_for_sqlite(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,21 +54,21 @@ def test_wrong_expected_id_is_refused_with_exit_3(
 
 def test_expected_id_flag_wins_and_matching_id_passes(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     _add_run(db_url)
-    db_id = read_identity(db_url).db_id
+    db_id = read_identity(database_at(db_url)).db_id
     code, _, _ = run_cli(capsys, "db", "identity", "--check", "--expect-db-id", db_id)
     assert code == 0
 
 
 def test_empty_database_is_refused_unless_allowed(db_url: str) -> None:
     with pytest.raises(EmptyDatabaseError):
-        guard(db_url)
-    assert guard(db_url, allow_empty=True).is_empty
+        guard(database_at(db_url))
+    assert guard(database_at(db_url), allow_empty=True).is_empty
 
 
 def test_guard_mismatch_raises_with_exit_code_3(db_url: str) -> None:
     _add_run(db_url)
     with pytest.raises(DbIdentityMismatchError) as info:
-        guard(db_url, expect_db_id="0" * 32)
+        guard(database_at(db_url), expect_db_id="0" * 32)
     assert info.value.exit_code == 3
 
 
@@ -82,7 +83,7 @@ def test_unmigrated_database_says_to_upgrade(empty_db_url: str, capsys: pytest.C
 
 def test_missing_sqlite_file_is_not_created_by_a_read(tmp_path: Path) -> None:
     with pytest.raises(SchemaNotMigratedError):
-        read_identity(f"sqlite:///{tmp_path / 'nope.db'}")
+        read_identity(database_at(f"sqlite:///{tmp_path / 'nope.db'}"))
     assert not (tmp_path / "nope.db").exists()
 
 
@@ -135,7 +136,7 @@ def _add_event(url: str) -> None:
 @pytest.mark.parametrize("fill", [_add_run, _add_event], ids=["a run", "an estimation event"])
 def test_guard_probes_emptiness_without_counting(db_url: str, fill) -> None:  # type: ignore[no-untyped-def]
     fill(db_url)
-    report = guard(db_url)  # would raise EmptyDatabaseError if the probe missed the row
+    report = guard(database_at(db_url))  # would raise EmptyDatabaseError if the probe missed the row
     assert not report.is_empty
     assert report.counts == {} and report.estimation == {}  # the per-category scan is identity's alone
 
@@ -143,7 +144,7 @@ def test_guard_probes_emptiness_without_counting(db_url: str, fill) -> None:  # 
 def test_identity_report_still_counts_everything(db_url: str) -> None:
     _add_run(db_url)
     _add_event(db_url)
-    report = guard(db_url, counts=True)
+    report = guard(database_at(db_url), counts=True)
     assert report.counts["runs"] == 1 and report.counts["token_estimation_v2_events"] == 1
     assert report.estimation["success_by_category"] == {"docs": 1}
-    assert read_identity(db_url).counts == report.counts
+    assert read_identity(database_at(db_url)).counts == report.counts

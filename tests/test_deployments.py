@@ -41,6 +41,7 @@ from test_pipeline_flow import project_checkout
 
 from autopack.calibration.synthetic import simulate
 from autopack.db.engine import dispose_engines, get_engine
+from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
 from autopack.execution.seed_runs import V4_RUN_ID
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
@@ -95,7 +96,7 @@ def test_each_deployment_runs_on_a_process_worker(
 
     work = tmp_path.resolve()
     database_url = f"sqlite:///{work / 'telemetry.db'}"
-    prepare_database(database_url, init=True)  # `autopack pipeline run --init`: schema and the seed runs
+    prepare_database(database_at(database_url), init=True)  # `autopack pipeline run --init`: schema and the seed runs
     # earlier weeks' telemetry: one week of seed phases leaves every group below the 22 calls a
     # distribution-free factor needs (docs/calibration.md), so nothing could ship without it
     with get_engine(database_url).begin() as connection:

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from test_drain_batch_support import behaviour, event_keys, fake_execute_phase, make_run, phase_rows, set_phase
 
 from autopack.db.engine import session_scope
+from autopack.db.handle import database_at, open_database
 from autopack.db.models import DrainResult, DrainSession, Phase, PhaseState, utcnow
 from autopack.errors import ConfigError, InputError, RefusedError
 from autopack.execution.batch import (
@@ -49,7 +50,7 @@ INLINE = "inline"
 
 def drain(url: str, *, isolation: str = INLINE, reporter: Any = None, executor: Any = fake_execute_phase, **opts: Any) -> SessionState:
     options = BatchOptions(**opts)
-    return BatchDrain(options, url=url, executor=make_executor(isolation, options.workers, executor), reporter=reporter).run()
+    return BatchDrain(options, executor=make_executor(isolation, options.workers, executor), reporter=reporter, database=database_at(url)).run()
 
 
 def drained(state: SessionState) -> list[str]:
@@ -179,7 +180,8 @@ def test_max_total_minutes_stops_starting_phases(db_url: str) -> None:
     make_run(db_url, "a", [behaviour("ok")] * 3)
     ticks = iter(range(0, 10_000, 100))  # every clock read advances 100 s
     options = BatchOptions(max_total_minutes=1.0)
-    state = BatchDrain(options, url=db_url, executor=InlineExecutor(fake_execute_phase, workers=1), clock=lambda: float(next(ticks))).run()
+    state = BatchDrain(options, executor=InlineExecutor(fake_execute_phase, workers=1), clock=lambda: float(next(ticks)),
+                       database=database_at(db_url)).run()
     assert state.stop_reason == "max total minutes reached"
     assert state.total_processed < 3
 
@@ -250,7 +252,7 @@ class SavedCheck(NullReporter):
     """After every phase, the database already holds the session as it is in memory."""
 
     def __init__(self, url: str) -> None:
-        self.store = SessionStore(url)
+        self.store = SessionStore(database_at(url))
         self.checked = 0
 
     def phase_finished(self, outcome: Any, state: SessionState, notes: list[str]) -> None:
@@ -283,7 +285,7 @@ def test_resume_continues_the_interrupted_session(db_url: str) -> None:
     with pytest.raises(DrainInterrupted) as info:
         drain(db_url, batch_size=3, reporter=InterruptAfter(1))
     assert info.value.exit_code == 130
-    first = SessionStore(db_url).load(info.value.state.session_id)  # type: ignore[union-attr]
+    first = SessionStore(database_at(db_url)).load(info.value.state.session_id)  # type: ignore[union-attr]
     assert first is not None and first.status == STATUS_INTERRUPTED and first.completed_at is None
 
     resumed = drain(db_url, batch_size=3, resume=True)
@@ -361,7 +363,7 @@ def _kill_worker_when_busy(drain_: BatchDrain, url: str, release_file: Path) -> 
 def test_killed_worker_releases_the_phase_which_is_drained_again(db_url: str, tmp_path: Path) -> None:
     release = tmp_path / "go"
     make_run(db_url, "a", [behaviour("wait_file", path=str(release))])
-    d = BatchDrain(BatchOptions(), url=db_url, executor=ProcessExecutor(1, fake_execute_phase))
+    d = BatchDrain(BatchOptions(), executor=ProcessExecutor(1, fake_execute_phase), database=database_at(db_url))
     thread = _kill_worker_when_busy(d, db_url, release)
     state = d.run()
     thread.join(timeout=10)
@@ -375,7 +377,7 @@ def test_sigint_saves_releases_and_exits_130(db_url: str, tmp_path: Path) -> Non
     never = tmp_path / "never"
     make_run(db_url, "a", [behaviour("wait_file", path=str(never), max_seconds=120)])
     set_phase(db_url, "a", "p000", state="FAILED", last_failure_reason="before")
-    d = BatchDrain(BatchOptions(), url=db_url, executor=ProcessExecutor(1, fake_execute_phase))
+    d = BatchDrain(BatchOptions(), executor=ProcessExecutor(1, fake_execute_phase), database=database_at(db_url))
 
     def interrupt() -> None:
         wait_until(lambda: executing(db_url, "a", "p000"))
@@ -389,7 +391,7 @@ def test_sigint_saves_releases_and_exits_130(db_url: str, tmp_path: Path) -> Non
     assert info.value.exit_code == 130
     phase = phase_rows(db_url)[("a", "p000")]
     assert (phase.state, phase.lease_owner) == ("FAILED", None)  # given back to the state it was claimed from
-    saved = SessionStore(db_url).load(info.value.state.session_id)  # type: ignore[union-attr]
+    saved = SessionStore(database_at(db_url)).load(info.value.state.session_id)  # type: ignore[union-attr]
     assert saved is not None and saved.status == STATUS_INTERRUPTED
     assert [r.final_state for r in saved.results] == [FINAL_INTERRUPTED]
     assert saved.total_processed == 0  # an interrupted attempt is not an outcome
@@ -413,10 +415,10 @@ def test_telemetry_disabled_refuses_unless_no_telemetry(db_url: str, monkeypatch
     make_run(db_url, "a", [behaviour("ok")])
     monkeypatch.setenv("TELEMETRY_DB_ENABLED", "0")
     with pytest.raises(RefusedError, match="TELEMETRY_DB_ENABLED is off") as info:
-        run_batch_drain(BatchOptions(), url=db_url, executor=fake_execute_phase, isolation=INLINE)
+        run_batch_drain(BatchOptions(), open_database(db_url), executor=fake_execute_phase, isolation=INLINE)
     assert info.value.exit_code == 2
     assert phase_rows(db_url)[("a", "p000")].state == "QUEUED"
-    report = run_batch_drain(BatchOptions(telemetry=False), url=db_url, executor=fake_execute_phase, isolation=INLINE)
+    report = run_batch_drain(BatchOptions(telemetry=False), open_database(db_url), executor=fake_execute_phase, isolation=INLINE)
     assert report.exit_code == 0 and event_keys(db_url) == []
 
 
@@ -424,8 +426,8 @@ def test_empty_database_refused_unless_allowed(db_url: str) -> None:
     from autopack.errors import EmptyDatabaseError
 
     with pytest.raises(EmptyDatabaseError):
-        run_batch_drain(BatchOptions(), url=db_url, executor=fake_execute_phase, isolation=INLINE)
-    report = run_batch_drain(BatchOptions(), url=db_url, executor=fake_execute_phase, isolation=INLINE, allow_empty_db=True)
+        run_batch_drain(BatchOptions(), open_database(db_url), executor=fake_execute_phase, isolation=INLINE)
+    report = run_batch_drain(BatchOptions(), open_database(db_url, allow_empty=True), executor=fake_execute_phase, isolation=INLINE)
     assert report.state.total_processed == 0 and report.exit_code == 0
 
 
@@ -434,13 +436,13 @@ def test_expect_db_id_mismatch_refused(db_url: str) -> None:
 
     make_run(db_url, "a", [behaviour("ok")])
     with pytest.raises(DbIdentityMismatchError) as info:
-        run_batch_drain(BatchOptions(), url=db_url, executor=fake_execute_phase, isolation=INLINE, expect_db_id="nope")
+        run_batch_drain(BatchOptions(), open_database(db_url, expect_db_id="nope"), executor=fake_execute_phase, isolation=INLINE)
     assert info.value.exit_code == 3
 
 
 def test_exit_code_is_1_when_a_phase_failed(db_url: str) -> None:
     make_run(db_url, "a", [behaviour("fail", error="x")])
-    report = run_batch_drain(BatchOptions(), url=db_url, executor=fake_execute_phase, isolation=INLINE)
+    report = run_batch_drain(BatchOptions(), open_database(db_url), executor=fake_execute_phase, isolation=INLINE)
     assert report.exit_code == 1
 
 
@@ -533,7 +535,7 @@ def test_api_url_credentials_never_reach_the_database(
     from autopack.db.models import Base
 
     make_run(db_url, "a", [behaviour("ok")])
-    with serve(create_app(url=db_url)) as base:
+    with serve(create_app(database=database_at(db_url))) as base:
         monkeypatch.setenv("AUTOPACK_API_URL", base.replace("http://", "http://drain:s3cr3t-pw@"))
         with pytest.raises(SystemExit) as info:
             main(["drain", "batch", "--provider-concurrency", "0"])

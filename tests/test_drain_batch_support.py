@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from autopack.db.engine import session_scope
+from autopack.db.handle import Database
 from autopack.db.models import Phase, PhaseState, TokenEstimationV2Event
 from autopack.execution import leases
 from autopack.execution.runs import create_run
@@ -79,8 +80,8 @@ def event_keys(url: str) -> list[tuple[str, str, int, int]]:
         return [tuple(r) for r in db.execute(sa.select(ev.run_id, ev.phase_id, ev.attempt_index, ev.call_index))]
 
 
-def _write_events(url: str | None, run_id: str, phase_id: str, attempt: int, calls: int, success: bool) -> None:
-    with session_scope(url) as db:
+def _write_events(database: Database, run_id: str, phase_id: str, attempt: int, calls: int, success: bool) -> None:
+    with database.session() as db:
         for call in range(calls):
             db.add(
                 TokenEstimationV2Event(
@@ -105,7 +106,7 @@ def fake_execute_phase(
     phase_id: str,
     *,
     claim: leases.Claim,
-    url: str | None = None,
+    db: Database,
     provider: Any = None,
     telemetry: bool = True,
     heartbeat: Any = None,
@@ -113,8 +114,8 @@ def fake_execute_phase(
     """Behaviours: ok (calls=N), fail (error, stage, calls), boundary, raise (error), wait_file (path, then ok),
     sleep (seconds)."""
     started = time.monotonic()
-    with session_scope(url) as db:
-        description = db.execute(
+    with db.session() as session:
+        description = session.execute(
             sa.select(Phase.description).where(Phase.run_id == run_id, Phase.phase_id == phase_id)
         ).scalar_one()
     spec = json.loads(description)
@@ -133,11 +134,11 @@ def fake_execute_phase(
     if boundary:
         calls = int(spec.get("calls", 0))
     if telemetry and calls:
-        _write_events(url, run_id, phase_id, claim.attempt_index, calls, success)
+        _write_events(db, run_id, phase_id, claim.attempt_index, calls, success)
     final = PhaseState.COMPLETE if success else PhaseState.FAILED
     error = None if success else spec.get("error", "context window exceeded" if boundary else "failed")
-    with session_scope(url) as db:
-        leases.finish_phase(db, run_id, phase_id, claim.owner, final, failure_reason=error)
+    with db.session() as session:
+        leases.finish_phase(session, run_id, phase_id, claim.owner, final, failure_reason=error)
     return FakeResult(
         run_id=run_id,
         phase_id=phase_id,
@@ -180,7 +181,7 @@ def hang_on_retry_execute_phase(
     phase_id: str,
     *,
     claim: leases.Claim,
-    url: str | None = None,
+    db: Database,
     provider: Any = None,
     telemetry: bool = True,
     heartbeat: Any = None,
@@ -190,9 +191,9 @@ def hang_on_retry_execute_phase(
     from autopack.llm import get_provider
 
     def beat() -> None:
-        with session_scope(url) as db:
-            leases.heartbeat(db, run_id, phase_id, claim.owner, lease_seconds=60)
+        with db.session() as session:
+            leases.heartbeat(session, run_id, phase_id, claim.owner, lease_seconds=60)
 
     wrapped = HangOnRetry(provider or get_provider(), claim, beat)
-    return execute_phase(run_id, phase_id, claim=claim, url=url, provider=wrapped, telemetry=telemetry,
+    return execute_phase(run_id, phase_id, claim=claim, db=db, provider=wrapped, telemetry=telemetry,
                          heartbeat=heartbeat)

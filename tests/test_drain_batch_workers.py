@@ -20,6 +20,7 @@ from test_drain_batch_support import make_run, phase_rows
 from test_migrations import LEGACY_SCHEMA  # the original's schema (reference §9.1), shared
 
 from autopack.db.engine import dispose_engines, session_scope
+from autopack.db.handle import database_at
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import DrainResult, DrainSession, Phase, PhaseState, TokenEstimationV2Event
 from autopack.execution.batch import BatchDrain, BatchOptions
@@ -38,7 +39,7 @@ def pg_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         pytest.skip("AUTOPACK_TEST_POSTGRES_URL not set")
     url = create_postgres_database()
     try:
-        upgrade_database(url)
+        upgrade_database(database_at(url))
         monkeypatch.setenv("DATABASE_URL", url)
         yield url
     finally:
@@ -95,7 +96,7 @@ def test_four_workers_drain_200_phases_exactly_once(pg_url: str, monkeypatch: py
     monkeypatch.setenv("AUTOPACK_SIM_LATENCY_SECONDS", "0.02")
     keys = make_sim_runs(pg_url, runs=10, phases=20)
     options = BatchOptions(batch_size=500, workers=4, max_attempts_per_phase=1, lease_seconds=30)
-    state = BatchDrain(options, url=pg_url, executor=ProcessExecutor(4, EXECUTOR)).run()
+    state = BatchDrain(options, executor=ProcessExecutor(4, EXECUTOR), database=database_at(pg_url)).run()
 
     assert state.status == STATUS_COMPLETED and state.total_processed == 200
     per_phase = Counter(r.key for r in state.results)
@@ -112,8 +113,8 @@ def test_four_workers_drain_200_phases_exactly_once(pg_url: str, monkeypatch: py
 
 def test_two_workers_on_sqlite(db_url: str) -> None:
     keys = make_sim_runs(db_url, runs=2, phases=6)
-    state = BatchDrain(BatchOptions(batch_size=50, workers=2, max_attempts_per_phase=1), url=db_url,
-                       executor=ProcessExecutor(2, EXECUTOR)).run()
+    state = BatchDrain(BatchOptions(batch_size=50, workers=2, max_attempts_per_phase=1),
+                       executor=ProcessExecutor(2, EXECUTOR), database=database_at(db_url)).run()
     assert sorted(r.key for r in state.results) == sorted(keys)
     total, distinct = event_stats(db_url)
     assert total == distinct == sum(r.telemetry_events for r in state.results)
@@ -192,7 +193,7 @@ def test_two_cli_resumes_at_once_never_share_a_session(db_url: str, tmp_path: Pa
 
     make_sim_runs(db_url, runs=2, phases=10)
     interrupted = SessionState(new_session_id(), 8, status=STATUS_INTERRUPTED, stop_reason="interrupted")
-    SessionStore(db_url).save(interrupted)
+    SessionStore(database_at(db_url)).save(interrupted)
     args = [AUTOPACK, "drain", "batch", "--resume", "--batch-size", "8", "--max-attempts-per-phase", "1"]
     env = cli_env(db_url, AUTOPACK_SIM_LATENCY_SECONDS="0.2")
     procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -323,8 +324,8 @@ def test_a_worker_that_dies_before_its_job_arrives_is_reported_lost(db_url: str)
         process.join(timeout=10)
         claim = Claim(run_id="a", phase_id="p000", owner="test", expires_at=datetime.now(UTC),
                       attempt_index=0, initial_state="QUEUED")
-        executor.submit(0, PhaseJob(run_id="a", phase_id="p000", claim=claim, url=db_url, lease_seconds=120.0,
-                                     provider_concurrency=0))
+        executor.submit(0, PhaseJob(run_id="a", phase_id="p000", claim=claim, database=database_at(db_url).ref(),
+                                    lease_seconds=120.0, provider_concurrency=0))
         completions = executor.wait(10)
         assert [(c.slot, c.message, c.exit_signal) for c in completions] == [(0, None, signal.SIGKILL)]
     finally:

@@ -14,6 +14,7 @@ from cli_runner import run_cli
 from llm_fake_server import FakeLLMServer
 
 from autopack.db.engine import session_scope
+from autopack.db.handle import database_at
 from autopack.db.models import LlmUsageEvent, Phase, TokenEstimationV2Event
 from autopack.errors import RefusedError
 from autopack.execution.drain_one import drain_one
@@ -62,7 +63,7 @@ def test_exclusive_phase_needs_no_force(v4: str, capsys: pytest.CaptureFixture[s
 def test_failed_phase_is_drained_again(v4: str) -> None:
     with session_scope(v4) as session:
         session.execute(sa.update(Phase).where(Phase.phase_id == P1).values(state="FAILED", last_failure_reason="old"))
-    result = drain_one(V4_RUN_ID, P1, force=True, url=v4)
+    result = drain_one(V4_RUN_ID, P1, force=True, db=database_at(v4))
     assert result.final_state == "COMPLETE"
     phase = state(v4)
     assert phase.state == "COMPLETE" and phase.last_failure_reason is None
@@ -86,7 +87,7 @@ def test_phase_under_a_live_lease_is_refused(v4: str) -> None:
     with session_scope(v4) as session:
         assert leases.claim_phase(session, V4_RUN_ID, P1, "other-worker") is not None
     with pytest.raises(RefusedError, match="being executed by other-worker"):
-        drain_one(V4_RUN_ID, P1, force=True, url=v4)
+        drain_one(V4_RUN_ID, P1, force=True, db=database_at(v4))
 
 
 def test_telemetry_disabled_refuses_with_exit_2(v4: str, capsys: pytest.CaptureFixture[str],
@@ -187,7 +188,7 @@ def test_forced_truncation_through_drain_one_escalates_without_duplicates(v4: st
 
     with session_scope(v4) as session:
         session.execute(sa.update(Phase).where(Phase.phase_id == P1).values(description="helpers [sim:truncate-once]"))
-    result = drain_one(V4_RUN_ID, P1, force=True, url=v4)
+    result = drain_one(V4_RUN_ID, P1, force=True, db=database_at(v4))
     assert result.attempts == 2 and result.telemetry_events == 2
     with session_scope(v4) as session:
         attempts = session.execute(

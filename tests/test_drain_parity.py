@@ -15,6 +15,7 @@ from conftest import POSTGRES_ADMIN_URL, create_postgres_database, drop_postgres
 from test_drain_batch_support import HANG_MARKER
 
 from autopack.db.engine import dispose_engines, session_scope
+from autopack.db.handle import database_at, open_database
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import DrainResult, DrainSession, Phase, TokenEstimationV2Event
 from autopack.execution.batch import BatchOptions, run_batch_drain
@@ -39,13 +40,13 @@ def twin_urls(db_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """Two fresh migrated databases of the same kind (SQLite files, or PostgreSQL databases)."""
     if db_url.startswith("sqlite"):
         other = f"sqlite:///{tmp_path / 'twin.db'}"
-        upgrade_database(other)
+        upgrade_database(database_at(other))
         yield db_url, other
         return
     assert POSTGRES_ADMIN_URL
     other = create_postgres_database()
     try:
-        upgrade_database(other)
+        upgrade_database(database_at(other))
         yield db_url, other
     finally:
         dispose_engines()
@@ -103,7 +104,7 @@ def test_cli_engine_and_prefect_flow_leave_the_same_database(
         seed(url)
 
     monkeypatch.setenv("AUTOPACK_WORKSPACE_DIR", str(tmp_path / "cli-workspaces"))  # the files each writes
-    report = run_batch_drain(BatchOptions(**OPTIONS), url=cli_url, executor=HANG_EXECUTOR,
+    report = run_batch_drain(BatchOptions(**OPTIONS), open_database(cli_url), executor=HANG_EXECUTOR,
                              reporter=LineReporter(open(tmp_path / "cli.log", "w")))  # noqa: SIM115
     assert report.state.total_timeouts == 1
 

@@ -9,6 +9,7 @@ from alembic import command
 
 from autopack.db import keys
 from autopack.db.engine import dispose_engines, get_engine
+from autopack.db.handle import database_at
 from autopack.db.migrate import alembic_config, upgrade_database
 from autopack.db.models import TokenEstimationV2Event
 
@@ -79,7 +80,7 @@ def test_migration_backfills_existing_rows_with_the_same_keys(empty_db_url: str)
         command.upgrade(config, "0001")
     dispose_engines()
     _insert_raw(empty_db_url, with_keys_by_default=False)
-    upgrade_database(empty_db_url)
+    upgrade_database(database_at(empty_db_url))
     assert _stored(empty_db_url) == _expected()  # on PostgreSQL: computed by SQL, equal to Python's
 
 
@@ -93,7 +94,7 @@ def test_the_recorder_writes_the_keys_without_knowing_them(db_url: str) -> None:
     answer = LLMResponse(text="x", provider="simulated", model="sim-1", max_tokens=decision.actual_max_tokens,
                          input_tokens=10, output_tokens=100, total_tokens=None, stop_reason="end_turn",
                          finish_reason="stop", truncated=False, reasoning_tokens=0, cached_tokens=0)
-    record_call(CallKey("run-k", "write-docs", 0, 0), features, est, decision, answer, success=True, url=db_url)
+    record_call(CallKey("run-k", "write-docs", 0, 0), features, est, decision, answer, success=True, db=database_at(db_url))
     with get_engine(db_url).connect() as connection:
         row = connection.execute(sa.select(EV)).mappings().one()
     assert row["calibration_key"] == keys.calibration_key(*(row[name] for name in keys.CALIBRATION_KEY_COLUMNS))

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from autopack import token_estimator as te
 from autopack.config import get_settings
 from autopack.db.engine import session_scope
+from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
 from autopack.execution import leases
 from autopack.execution.phase_runner import execute_phase
@@ -87,7 +88,7 @@ def test_the_executor_explores_when_the_setting_asks(db_url: str, monkeypatch: p
     with session_scope(db_url) as session:
         claim = leases.claim_phase(session, run_id, phase_id, "worker-1")
     assert claim is not None
-    execute_phase(run_id, phase_id, claim=claim, url=db_url, provider=SimulatedProvider(seed=1))
+    execute_phase(run_id, phase_id, claim=claim, db=database_at(db_url), provider=SimulatedProvider(seed=1))
     with session_scope(db_url) as session:
         event = session.execute(sa.select(TokenEstimationV2Event)).scalars().one()
         contributions = json.loads(event.ceiling_contributions_json)

@@ -10,6 +10,7 @@ from prefect.client.orchestration import get_client
 from test_pipeline_flow import project_checkout
 
 from autopack.db.engine import get_engine, session_scope
+from autopack.db.handle import open_database
 from autopack.execution.runs import create_run
 from autopack.execution.seed_runs import ensure_seed_runs
 from autopack.execution.spec import PhaseSpec, RunSpec
@@ -131,7 +132,7 @@ def test_pipeline_with_a_failed_gate_completes_without_a_pull_request(
     state = telemetry_pipeline(params, return_state=True)
     assert state.is_completed()
     result = state.result()
-    assert result["pull_request"] is None and not result["calibration"]["gate"]["passed"]
+    assert result["pull_request"] is None and not result["calibration"].gate_passed
 
 
 def test_batch_drain_times_out_a_slow_phase_and_releases_it(
@@ -164,7 +165,7 @@ def test_the_drain_runs_on_another_task_runner_across_processes(db_url: str, pre
     @flow
     def drain_on_processes() -> dict[str, int]:
         runner = TaskRunExecutor(2, task_runner=ProcessPoolTaskRunner(max_workers=2))
-        state = run_batch_drain(BatchOptions(run_ids=["r"], workers=2, max_attempts_per_phase=1), runner=runner,
+        state = run_batch_drain(BatchOptions(run_ids=["r"], workers=2, max_attempts_per_phase=1), open_database(), runner=runner,
                                 reporter=PrefectReporter(), handle_signals=False).state
         return {"success": state.total_success, "events": state.total_telemetry_events}
 

@@ -61,14 +61,14 @@ def outcomes(law: Law, cut: float, varying: bool, replicates: int) -> Iterator[O
     for seed in range(replicates):
         sim = simulate_groups(groups, seed=seed)
         result = calibrate(build_sample_set(sim.columns), Params(target_truncation=ALPHA), current).result
-        shipped = {tuple(c["key"]): c for c in result["proposed_changes"] if c["coefficient"] == "BUDGET_FACTORS"}
+        shipped = {c.key: c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"}
         for g in size:
             old = current.budget_factors.get(g)  # type: ignore[call-overload]
             today = sim.true_truncation(g, old) if old is not None else math.nan
             change = shipped.get(g)
-            after = sim.true_truncation(g, change["new"]) if change else today
-            yield Outcome(size[g], cut, bool(change and change["direction"] == "raise"),
-                          change["direction"] if change else None, today, after)
+            after = sim.true_truncation(g, change.new) if change else today
+            yield Outcome(size[g], cut, bool(change and change.direction == "raise"),
+                          change.direction if change else None, today, after)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import Any
 
 import pytest
-from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, LEGACY_CALIBRATION, calibration
+from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, LEGACY_CALIBRATION, as_result, calibration
 
 from autopack.errors import InputError
 from autopack.github.body import pr_title, render_not_updated, render_pr_body
@@ -15,6 +16,17 @@ from autopack.github.proposal import find_marker, marker, parse_changes, proposa
 from autopack.github.verify import EstimatorTestRun, TableCheck, TestFailure, VerificationReport
 
 DIGEST = proposal_hash(parse_changes(CALIBRATION["proposed_changes"]))
+
+
+def _body(data: dict, *args: Any, **kwargs: Any) -> str:
+    """The body of a calibration JSON object, read as the pipeline reads a file."""
+    return render_pr_body(as_result(data), *args, **kwargs)
+
+
+def group(category: str, complexity: str, **fields: Any) -> dict[str, Any]:
+    """A group entry with what every calibration output has, and ``fields``."""
+    return {"category": category, "complexity": complexity, "n": 0, "n_censored": 0, "median_ratio": None,
+            "median_ratio_ci": [None, None], "budget_factor": None, "confidence": None, "proposed": False, **fields}
 
 
 def report() -> VerificationReport:
@@ -61,7 +73,7 @@ def test_hash_changes_with_a_new_value() -> None:
 
 
 def test_body_ends_with_the_marker_the_bot_finds() -> None:
-    body = render_pr_body(CALIBRATION, report())
+    body = _body(CALIBRATION, report())
     assert body.rstrip().endswith(marker(DIGEST))
     assert find_marker(body) == DIGEST
     assert find_marker("a body a human rewrote") is None
@@ -71,7 +83,7 @@ def test_body_ends_with_the_marker_the_bot_finds() -> None:
 
 
 def test_backtest_labels_shipped_as_this_pull_request_and_the_refit_as_not_shipped() -> None:
-    body = render_pr_body(CALIBRATION, report())
+    body = _body(CALIBRATION, report())
     columns = header(body, "Metric")
     assert columns == ["`current` = today", "`shipped` = this pull request", "`proposed` = full refit (not shipped)",
                        "`original_median` = original method"]
@@ -83,7 +95,7 @@ def test_backtest_labels_shipped_as_this_pull_request_and_the_refit_as_not_shipp
 
 
 def test_effect_line_says_today_to_this_pull_request_with_intervals() -> None:
-    body = render_pr_body(CALIBRATION, report())
+    body = _body(CALIBRATION, report())
     (effect,) = [line for line in body.splitlines() if line.startswith("**Effect on the 19 held-out calls**")]
     assert "truncation 1/19 = 5.3 % (95 % CI 0.0 %–21.1 %) → **0–1 of 19 = 0.0 %–5.3 % (95 % CI 0.0 %–21.1 %)**" \
         in effect
@@ -92,7 +104,7 @@ def test_effect_line_says_today_to_this_pull_request_with_intervals() -> None:
 
 
 def test_older_json_without_a_shipped_backtest_says_so_and_invents_nothing() -> None:
-    body = render_pr_body(LEGACY_CALIBRATION, report())
+    body = _body(LEGACY_CALIBRATION, report())
     assert "**Effect on held-out calls:** unknown" in body
     assert "no column below is exactly what this pull request ships" in body
     assert header(body, "Metric") == ["`current` = today", "`proposed` = full refit (not shipped)",
@@ -106,7 +118,7 @@ def test_older_json_without_a_shipped_backtest_says_so_and_invents_nothing() -> 
 
 
 def test_every_changed_coefficient_has_a_verdict_line_with_where_its_guarantee_comes_from() -> None:
-    body = render_pr_body(CALIBRATION, report())
+    body = _body(CALIBRATION, report())
     verdicts = body[body.index("### Verdicts"):body.index("### Gate")]
     assert ("- ⚠️ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: **ships** — bound: conformal rank 24 of "
             "n = 24 fitted calls of this group, P(true truncation ≤ 2α = 10 %) ≈ 0.81 (distribution-free for "
@@ -122,7 +134,7 @@ def test_every_changed_coefficient_has_a_verdict_line_with_where_its_guarantee_c
 
 
 def test_a_passed_gate_says_where_the_guarantee_comes_from_beside_thin_evidence() -> None:
-    body = render_pr_body(CALIBRATION, report())
+    body = _body(CALIBRATION, report())
     gate = body[body.index("### Gate: passed"):body.index("### Proposed changes")]
     assert ("1 group (implementation/low) ships because its budget factor is a bound on its own fitted calls"
             in gate)
@@ -135,7 +147,7 @@ def test_a_step_toward_alpha_says_it_is_safe_what_it_should_do_and_what_it_costs
     data["groups"][0].update(gate_direction="raise", step_toward_alpha={
         "n": 24, "today_truncations": 6, "expected_truncation": 0.0417, "expected_method": "Kaplan–Meier",
         "price_tokens": 5100, "sized_by": "step limit ×2", "verdict": "step toward α: 6/24 cut today"})
-    body = render_pr_body(data, report())
+    body = _body(data, report())
     assert ("- ⚠️ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: **step toward α** — bound: none needed to be "
             "safe — no call's ceiling falls, so its truncation can only fall (6 of its 24 calls cut today), sized by "
             "step limit ×2; expected truncation after it 4.17 % (Kaplan–Meier); price +5,100 reserved tokens on "
@@ -150,7 +162,7 @@ def test_enough_held_out_calls_is_not_flagged() -> None:
     held = data["backtest"]["groups"][0]
     held.update(n=120)
     held["shipped"]["evidence"] = True
-    body = render_pr_body(data, report())
+    body = _body(data, report())
     assert ("- ✅ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: **ships** — bound: conformal rank 24 of "
             "n = 24 fitted calls of this group, P(true truncation ≤ 2α = 10 %) ≈ 0.81 (distribution-free for "
             "exchangeable calls); confirmed on 120 held-out calls, 0–1 truncated\n") in body
@@ -161,32 +173,32 @@ def test_without_an_evidence_flag_the_held_out_count_decides() -> None:
     data = calibration()
     held = data["backtest"]["groups"][0]
     held["n"] = 90
-    assert "confirmed on 90 held-out calls, 0–1 truncated\n" in render_pr_body(data, report())  # ≥ 85 (metadata)
+    assert "confirmed on 90 held-out calls, 0–1 truncated\n" in _body(data, report())  # ≥ 85 (metadata)
     held["n"] = 12
-    assert "confirmed on 12 held-out calls, 0–1 truncated: **thin** (≥ 85 needed to be evidence)" in render_pr_body(
+    assert "confirmed on 12 held-out calls, 0–1 truncated: **thin** (≥ 85 needed to be evidence)" in _body(
         data, report())
     del data["metadata"]["min_evidence_calls"]  # an older file: the conformal minimum 1/α − 1 is all we know
-    assert "12 held-out calls, 0–1 truncated: **thin** (≥ 19 needed to be evidence)" in render_pr_body(data, report())
+    assert "12 held-out calls, 0–1 truncated: **thin** (≥ 19 needed to be evidence)" in _body(data, report())
 
 
 def test_a_verdict_without_its_group_falls_back_to_the_changes_own_backtest() -> None:
     data = calibration(groups=[])
     data["backtest"]["groups"] = []
-    body = render_pr_body(data, report())
+    body = _body(data, report())
     assert ("- ⚠️ `BUDGET_FACTORS[implementation, low]` (none) → 1.42: ships: 0–1 of 19 held-out calls truncated, "
             "reserves 2.353 → 2.324 per token used — confirmed on 19 held-out calls, 0–1 truncated: **thin** (≥ 85 "
             "needed to be evidence) (n = 24)") in body
 
 
 def test_shared_weights_get_their_gate_verdict() -> None:
-    body = render_pr_body(with_weights("whole configuration: 0/19 truncations, reserves 2.35 → 2.31"), report())
+    body = _body(with_weights("whole configuration: 0/19 truncations, reserves 2.35 → 2.31"), report())
     assert ("- ✅ `TOKEN_WEIGHTS` (shared: moves the prediction of every group, calibrated or not) `backend/new` "
             "2000 → 1800: whole configuration: 0/19 truncations, reserves 2.35 → 2.31") in body
     assert "`TOKEN_WEIGHTS` change too, so every group's prediction moves." in body
 
 
 def test_a_weights_change_without_a_verdict_is_flagged() -> None:
-    body = render_pr_body(with_weights(None), report())
+    body = _body(with_weights(None), report())
     assert "- ⚠️ `TOKEN_WEIGHTS` (shared" in body and "**no gate verdict in the calibration output**" in body
 
 
@@ -199,7 +211,7 @@ def test_an_adaptive_curve_is_one_verdict_line_per_group_and_settings_are_shared
                                          "complexity": "low", "n": 24, "backtest": bf["backtest"]})
     data["proposed_changes"].append({"coefficient": "ADAPTIVE_SETTINGS", "key": ["aci", "gamma"], "old": None,
                                      "new": 0.005, "category": None, "complexity": None})
-    verdicts = render_pr_body(data, report()).split("### Verdicts")[1].split("### Gate")[0]
+    verdicts = _body(data, report()).split("### Verdicts")[1].split("### Gate")[0]
     assert ("- ⚠️ `ADAPTIVE_BUDGET_FACTORS` of `implementation/low` (3 levels: `alpha=0.0100` (none) → 2.1, "
             "`alpha=0.0500` (none) → 1.42, `alpha=0.2000` (none) → 1.1): **ships** — bound: conformal rank 24"
             ) in verdicts
@@ -210,7 +222,7 @@ def test_an_adaptive_curve_is_one_verdict_line_per_group_and_settings_are_shared
 
 
 def test_drift_methods_are_compared_with_this_pull_request_marked_and_equal_to_the_shipped_backtest() -> None:
-    body = render_pr_body(CALIBRATION, report())
+    body = _body(CALIBRATION, report())
     assert ("| Method | truncation | worst block | reserved / used | reserve ÷ oracle's | pinball ÷ oracle's |"
             in body)
     this_pr = row(body, "**this pull request (`static`)**")
@@ -229,7 +241,7 @@ def test_coinciding_drift_rows_say_why() -> None:
     for name in ("rolling", "aci"):
         drift["methods"][name] = dict(drift["methods"]["static"])
     drift.update(adapted_calls=2, differs_from_static={"rolling": 1, "aci": 0})
-    body = render_pr_body(data, report())
+    body = _body(data, report())
     assert ("`static`, `rolling`, `aci` coincide to the figures shown: the adaptive methods move only groups with "
             "a reviewed quantile curve (enough own fitted calls: implementation/low), which have 2 held-out calls "
             "(`rolling` changed 1, `aci` changed 0 of their ceilings): too few calls of feedback to move the factor."
@@ -241,7 +253,7 @@ def test_a_method_coinciding_with_this_pull_request_alone_is_explained_too() -> 
     drift = data["backtest"]["calibration_under_drift"]
     drift["methods"]["aci"] = dict(drift["methods"]["static"])
     drift.update(adapted_calls=2, differs_from_static={"rolling": 1, "aci": 0})
-    body = render_pr_body(data, report())
+    body = _body(data, report())
     assert ("`static`, `aci` coincide to the figures shown: the adaptive methods move only groups with a reviewed "
             "quantile curve (enough own fitted calls: implementation/low), which have 2 held-out calls (`aci` "
             "changed 0 of their ceilings)") in body
@@ -251,7 +263,7 @@ def test_an_older_drift_comparison_of_the_full_refit_is_labelled_not_shipped() -
     data = calibration()
     drift = data["backtest"]["calibration_under_drift"]
     del drift["configuration"], drift["this_pull_request"]
-    body = render_pr_body(data, report())
+    body = _body(data, report())
     assert row(body, "`static`, full refit (not shipped)")[2] == "2.324"
     assert "**this pull request (`static`)**" not in body
     assert "replaying the factors of the full refit (not shipped): this calibration output predates" in body
@@ -261,7 +273,7 @@ def test_an_older_drift_comparison_of_the_full_refit_is_labelled_not_shipped() -
 
 
 def test_simulated_data_is_said_loudly_at_the_top() -> None:
-    body = render_pr_body(CALIBRATION, report())
+    body = _body(CALIBRATION, report())
     assert body.index("> **SIMULATED DATA.** 120 of 120 samples came from the simulated provider "
                       "(`simulated` / `simulated-v1`)") < body.index("**Effect on")
     assert "- Data: **simulated** (not a real model)" in body
@@ -272,7 +284,7 @@ def test_real_data_is_named_without_a_warning() -> None:
     data["metadata"]["sources"] = {"simulated": False, "models": [
         {"provider": "anthropic", "model": "claude-sonnet-4-5", "samples": 80, "simulated": False, "share": 0.667},
         {"provider": "openai", "model": "gpt-5", "samples": 40, "simulated": False, "share": 0.333}]}
-    body = render_pr_body(data, report())
+    body = _body(data, report())
     assert "SIMULATED" not in body
     assert "- Data: real provider calls" in body
     assert "- Providers / models (samples): `anthropic` / `claude-sonnet-4-5`: 80, `openai` / `gpt-5`: 40" in body
@@ -281,20 +293,20 @@ def test_real_data_is_named_without_a_warning() -> None:
 def test_an_unknown_source_and_unknown_retries_are_said_to_be_unknown() -> None:
     data = calibration()
     data["metadata"].update(sources={"simulated": None, "models": []}, retries_known=False, retries_excluded=0)
-    body = render_pr_body(data, report())
+    body = _body(data, report())
     assert "- Data: unknown (the calibration output names no provider or model for its samples)" in body
     assert "- Escalated retries left out of the fit: not known" in body
     assert "SIMULATED" not in body
-    assert "- Data: unknown" in render_pr_body(LEGACY_CALIBRATION, report())
+    assert "- Data: unknown" in _body(LEGACY_CALIBRATION, report())
 
 
 def test_code_commit_flow_run_method_and_retries_are_in_the_provenance() -> None:
     sha = "0123456789abcdef0123456789abcdef01234567"
-    body = render_pr_body(CALIBRATION, report(), code_commit=sha, code_commit_url=f"https://h/acme/commit/{sha}",
+    body = _body(CALIBRATION, report(), code_commit=sha, code_commit_url=f"https://h/acme/commit/{sha}",
                           flow_run_url="http://127.0.0.1:4200/runs/flow-run/6f1e")
     for text in (f"- Code commit (base of this pull request): [`0123456789ab`](https://h/acme/commit/{sha})",
                  "- Flow run: [http://127.0.0.1:4200/runs/flow-run/6f1e](http://127.0.0.1:4200/runs/flow-run/6f1e)",
-                 "- Escalated retries left out of the fit: 7", "- Ceiling method: static (alpha = 0.05)",
+                 "- Escalated retries left out of the fit: 7", "- Ceiling method: static",
                  "- Held-out calls needed to carry evidence: 85", "- Largest change of a coefficient per run: ×2.0",
                  "Database id: db-5f1c2a", "Run ids: telemetry-collection-v4", "Samples: 120",
                  "Time span: 2026-11-01T00:00:00Z → 2026-11-25T23:59:59Z",
@@ -304,12 +316,12 @@ def test_code_commit_flow_run_method_and_retries_are_in_the_provenance() -> None
 
 
 def test_without_prefect_or_git_there_is_no_flow_run_or_commit_line() -> None:
-    body = render_pr_body(CALIBRATION, report())
+    body = _body(CALIBRATION, report())
     assert "Flow run" not in body and "Code commit" not in body
 
 
 def test_jargon_is_explained_once_in_a_glossary() -> None:
-    body = render_pr_body(CALIBRATION, report())
+    body = _body(CALIBRATION, report())
     start = body.index("<summary>Glossary</summary>")
     glossary = body[start:body.index("</details>", start)]
     for term in ("Kupiec", "pinball loss", "one-sided interval", "exact binomial test", "conformal quantile",
@@ -330,9 +342,9 @@ def test_per_group_effect_reads_today_and_shipped_values_from_the_estimator_file
          "current": {"truncation_rate": 0.0, "reserved_over_used": 3.0},
          "proposed": {"truncation_rate": 0.14, "reserved_over_used": 1.5},
          "shipped": {"truncation_rate": 0.0, "reserved_over_used": 3.0}})
-    data["groups"].append({"category": "tests", "complexity": "low", "n": 7, "budget_factor": 1.9})  # refit, not gated
+    data["groups"].append(group("tests", "low", n=7, budget_factor=1.9))  # refit, not gated
     edited = apply_proposal(original, data["proposed_changes"], data["metadata"])
-    body = render_pr_body(data, report(), original_source=original, edited_source=edited)
+    body = _body(data, report(), original_source=original, edited_source=edited)
     assert row(body, "`implementation, low` (changed)") == ["19", "floor & buffer → **1.42**", "634 → **410**",
                                                              "5.3 % → 0.0 %–5.3 %", "2.353 → 2.324"]
     # Not changed by this PR: its factor stays what the file holds, and its shipped backtest is today's.
@@ -346,11 +358,11 @@ def test_a_body_that_would_not_match_the_edited_estimator_is_refused() -> None:
     edited = apply_proposal(FIXTURE_ESTIMATOR, CALIBRATION["proposed_changes"], CALIBRATION["metadata"])
     wrong = edited.replace('("implementation", "low"): 410,', '("implementation", "low"): 411,')
     with pytest.raises(InputError, match=r"holds 411 for PHASE_OVERHEAD\['implementation', 'low'\]"):
-        render_pr_body(CALIBRATION, report(), original_source=FIXTURE_ESTIMATOR, edited_source=wrong)
+        _body(CALIBRATION, report(), original_source=FIXTURE_ESTIMATOR, edited_source=wrong)
 
 
 def test_inline_mermaid_chart_on_github_and_none_when_asked_not_to() -> None:
-    body = render_pr_body(CALIBRATION, report(), inline_chart=True)
+    body = _body(CALIBRATION, report(), inline_chart=True)
     chart = re.search(r"```mermaid\n(.*?)```", body, re.S)
     assert chart is not None
     assert chart.group(1).splitlines() == [
@@ -361,16 +373,16 @@ def test_inline_mermaid_chart_on_github_and_none_when_asked_not_to() -> None:
         "    bar [2.35]",
         "    line [2.32]",
     ]
-    assert "```mermaid" not in render_pr_body(CALIBRATION, report(), inline_chart=False)
+    assert "```mermaid" not in _body(CALIBRATION, report(), inline_chart=False)
 
 
 def test_plot_is_embedded_from_the_given_link() -> None:
-    body = render_pr_body(CALIBRATION, report(), plot_link="../reports/plot 1.png")
+    body = _body(CALIBRATION, report(), plot_link="../reports/plot 1.png")
     assert "![calibration plot](../reports/plot%201.png)" in body
 
 
 def test_plot_without_a_link_is_named_not_embedded() -> None:
-    body = render_pr_body(CALIBRATION, report())
+    body = _body(CALIBRATION, report())
     assert "`token_estimator_calibration_20261126_120000.png` is in the calibration output (not uploaded)" in body
     assert "![" not in body
 
@@ -379,7 +391,7 @@ def test_plot_without_a_link_is_named_not_embedded() -> None:
 
 
 def test_body_has_one_row_per_change_with_its_evidence() -> None:
-    body = render_pr_body(CALIBRATION, report())
+    body = _body(CALIBRATION, report())
     assert row(body, "`PHASE_OVERHEAD`") == ["`implementation, low`", "634", "410", "-35.3%", "24", "—", "0.81", "—",
                                              "—", "—"]
     assert row(body, "`BUDGET_FACTORS`") == ["`implementation, low`", "(none)", "1.42", "new entry", "24", "19",
@@ -387,7 +399,7 @@ def test_body_has_one_row_per_change_with_its_evidence() -> None:
 
 
 def test_gate_and_verification_sections() -> None:
-    body = render_pr_body(CALIBRATION, report())
+    body = _body(CALIBRATION, report())
     assert "### Gate: passed\n\n1 group (implementation/low) ships" in body
     assert "- implementation/low: 0/19 held-out truncations" in body
     assert "Estimator tests: passed (`python -m pytest -q tests/test_token_estimator.py`)" in body
@@ -397,25 +409,25 @@ def test_no_secret_reaches_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "s3cr3t-token-value-123"
     monkeypatch.setenv("GITHUB_TOKEN", secret)
     data = calibration(gate={"passed": True, "reasons": [f"token {secret} and ghp_{'a' * 36}"]})
-    body = render_pr_body(data, report())
+    body = _body(data, report())
     assert secret not in body and "ghp_" not in body
     assert "token *** and ***" in body
 
 
 def test_table_cells_cannot_be_broken_by_data() -> None:
-    data = calibration(groups=[{"category": "a|b", "complexity": "low\nhigh", "n": 1}])
-    body = render_pr_body(data, report())
+    data = calibration(groups=[group("a|b", "low\nhigh", n=1)])
+    body = _body(data, report())
     assert "| a\\|b | low high | 1 |" in body
 
 
 def test_title_names_version_and_count() -> None:
-    assert pr_title(CALIBRATION) == "Calibrate token estimator (autopack-cal-20261126): 2 coefficient changes"
+    assert pr_title(as_result(CALIBRATION)) == "Calibrate token estimator (autopack-cal-20261126): 2 coefficient changes"
 
 
 def test_a_token_passed_in_is_masked_too() -> None:
     token = "prefect-block-token-value-42"
     data = calibration(gate={"passed": True, "reasons": [f"leaked {token}"]})
-    assert token not in render_pr_body(data, report(), extra_secrets=[token])
+    assert token not in _body(data, report(), extra_secrets=[token])
 
 
 # --- the "not updated" comment ---------------------------------------------------------------------

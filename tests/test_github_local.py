@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, calibration, git, make_target_repo
+from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, as_result, calibration, git, make_target_repo
 
 from autopack.github.body import pr_title
 from autopack.github.errors import LocalPublishError, StaleBaseError
@@ -27,7 +27,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def dry_run(repo: Path, out: Path, data: dict = CALIBRATION, **kwargs: object) -> PublishResult:
     edited = apply_proposal(FIXTURE_ESTIMATOR, data["proposed_changes"], data["metadata"])
-    return publish_local(repo, edited, BODY, output_dir=out, title=pr_title(data),
+    return publish_local(repo, edited, BODY, output_dir=out, title=pr_title(as_result(data)),
                          proposal=proposal_hash(parse_changes(data["proposed_changes"])), **kwargs)  # type: ignore[arg-type]
 
 
@@ -72,7 +72,7 @@ def test_branch_is_one_commit_on_head_touching_only_coefficient_lines(repo: Path
 
 
 def test_body_file_and_one_line_summary(repo: Path, tmp_path: Path) -> None:
-    result = dry_run(repo, tmp_path / "out", body_name=body_file_name(CALIBRATION))
+    result = dry_run(repo, tmp_path / "out", body_name=body_file_name(as_result(CALIBRATION)))
     assert result.body_path == tmp_path / "out" / "pull_request_body_20261126_120000.md"  # the report's stamp
     assert result.body_path.read_text() == BODY
     assert (tmp_path / "out" / "pull_request_body.md").read_text() == BODY  # the latest, a copy
@@ -122,12 +122,12 @@ def test_not_a_git_checkout(tmp_path: Path) -> None:
 
 def test_each_run_keeps_its_own_body_and_the_latest_copy_follows_the_newest(repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    first = dry_run(repo, out, body_name=body_file_name(CALIBRATION))
+    first = dry_run(repo, out, body_name=body_file_name(as_result(CALIBRATION)))
     later = calibration(report_path="/srv/reports/token_estimator_calibration_20261203_090000.md")
     edited = apply_proposal(FIXTURE_ESTIMATOR, later["proposed_changes"], later["metadata"])
-    second = publish_local(repo, edited, "second body\n", output_dir=out, title=pr_title(later),
+    second = publish_local(repo, edited, "second body\n", output_dir=out, title=pr_title(as_result(later)),
                            proposal=proposal_hash(parse_changes(later["proposed_changes"])),
-                           body_name=body_file_name(later))
+                           body_name=body_file_name(as_result(later)))
     assert first.body_path != second.body_path
     assert first.body_path is not None and first.body_path.read_text() == BODY  # not overwritten
     assert second.body_path is not None and second.body_path.name == "pull_request_body_20261203_090000.md"
@@ -135,6 +135,8 @@ def test_each_run_keeps_its_own_body_and_the_latest_copy_follows_the_newest(repo
 
 
 def test_a_calibration_without_files_is_stamped_by_when_it_was_generated() -> None:
-    stamped = body_file_name({"metadata": {"generated_at": "2026-11-26T12:00:05Z"}})
+    unfiled = calibration(report_path=None, plot_path=None)
+    unfiled["metadata"]["generated_at"] = "2026-11-26T12:00:05Z"
+    stamped = body_file_name(as_result(unfiled))
     assert stamped == "pull_request_body_20261126_120005.md"
-    assert body_file_name({}).startswith("pull_request_body_2")
+    assert body_file_name(None).startswith("pull_request_body_2")

@@ -14,9 +14,10 @@ import pytest
 import sqlalchemy as sa
 from github_server.app import FakeGitHub
 from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github  # noqa: F401
-from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, calibration, git, make_target_repo
+from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, as_result, calibration, git, make_target_repo
 
 from autopack.db.engine import dispose_engines, session_scope
+from autopack.db.handle import database_at
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import CalibrationProposal, CalibrationRun
 from autopack.errors import RefusedError, SchemaNotMigratedError
@@ -39,7 +40,7 @@ def _no_ambient_github_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def sqlite_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A migrated SQLite database as the settings' database (for tests not about the memory itself)."""
     url = f"sqlite:///{tmp_path / 'memory.db'}"
-    upgrade_database(url)
+    upgrade_database(database_at(url))
     monkeypatch.setenv("DATABASE_URL", url)
     yield url
     dispose_engines()
@@ -80,8 +81,9 @@ def digest(data: dict[str, Any]) -> str:
 def publish(data: dict[str, Any], target: Path, tmp_path: Path, fake: FakeGitHub, *, run_tests: bool = False,
             **kwargs: Any) -> Any:
     """One pipeline run against the fake GitHub (the estimator tests only where a test is about them: they are slow)."""
-    return open_calibration_pr(data, target_repo=target, output_dir=tmp_path / "out", dry_run=False, token=BOT_TOKEN,
-                               repository=REPOSITORY, base_url=fake.url, options=FAST, run_tests=run_tests, **kwargs)
+    return open_calibration_pr(as_result(data), target_repo=target, output_dir=tmp_path / "out", dry_run=False,
+                               token=BOT_TOKEN, repository=REPOSITORY, base_url=fake.url, options=FAST,
+                               run_tests=run_tests, **{"database": database_at(), **kwargs})
 
 
 def remembered(url: str, repository: str = REPOSITORY) -> dict[str, tuple[str, int | None]]:
@@ -109,7 +111,8 @@ def shipped_cells(body: str) -> list[str]:
 
 
 def test_dry_run_writes_branch_and_body_with_relative_plot(sqlite_db: str, target: Path, tmp_path: Path) -> None:
-    result = open_calibration_pr(with_plot(tmp_path), target_repo=target, output_dir=tmp_path / "out", dry_run=True)
+    result = open_calibration_pr(as_result(with_plot(tmp_path)), target_repo=target, output_dir=tmp_path / "out",
+                                 dry_run=True, database=database_at())
     assert result.status == "dry_run" and result.branch == BOT_BRANCH
     body = (tmp_path / "out" / "pull_request_body.md").read_text()
     assert "![calibration plot](../reports/token_estimator_calibration_20261126_120000.png)" in body
@@ -121,15 +124,16 @@ def test_dry_run_writes_branch_and_body_with_relative_plot(sqlite_db: str, targe
 
 
 def test_without_a_token_it_publishes_locally(sqlite_db: str, target: Path, tmp_path: Path) -> None:
-    result = open_calibration_pr(CALIBRATION, target_repo=target, output_dir=tmp_path / "out", dry_run=False)
+    result = open_calibration_pr(as_result(CALIBRATION), target_repo=target, output_dir=tmp_path / "out", dry_run=False,
+                                 database=database_at())
     assert result.status == "dry_run"
 
 
 def test_a_dry_run_remembers_what_it_wrote_and_what_replaced_it(db_url: str, target: Path, tmp_path: Path) -> None:
-    first = open_calibration_pr(CALIBRATION, target_repo=target, output_dir=tmp_path / "out", dry_run=True,
-                                database_url=db_url)
-    second = open_calibration_pr(proposal(1.6, 500), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
-                                 database_url=db_url)
+    first = open_calibration_pr(as_result(CALIBRATION), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+                                database=database_at(db_url))
+    second = open_calibration_pr(as_result(proposal(1.6, 500)), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+                                 database=database_at(db_url))
     local = f"local:{target.resolve()}"
     assert remembered(db_url, local) == {first.proposal: ("superseded", None), second.proposal: ("open", None)}
 
@@ -143,8 +147,8 @@ def test_a_dry_run_of_a_declined_proposal_writes_nothing(db_url: str, target: Pa
                                              "old": None, "new": 1.40},
                                             {"coefficient": "PHASE_OVERHEAD", "key": ["implementation", "low"],
                                              "old": 634, "new": 400}]))
-    result = open_calibration_pr(CALIBRATION, target_repo=target, output_dir=tmp_path / "out", dry_run=True,
-                                 repository=REPOSITORY, database_url=db_url)
+    result = open_calibration_pr(as_result(CALIBRATION), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+                                 repository=REPOSITORY, database=database_at(db_url))
     assert result.status == "skipped_closed_by_human" and result.pr_number == 4
     assert "PR #4 with a proposal this one does not differ materially from was closed by a human" in result.summary
     assert git(target, "branch", "--list", BOT_BRANCH) == ""
@@ -153,7 +157,8 @@ def test_a_dry_run_of_a_declined_proposal_writes_nothing(db_url: str, target: Pa
 def test_failed_gate_is_refused(target: Path, tmp_path: Path) -> None:
     data = calibration(gate={"passed": False, "reasons": ["truncation 0.09 > target 0.05"]})
     with pytest.raises(RefusedError, match="gate did not pass: truncation 0.09 > target 0.05"):
-        open_calibration_pr(data, target_repo=target, output_dir=tmp_path / "out", dry_run=True)
+        open_calibration_pr(as_result(data), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+                            database=database_at())
     assert not (tmp_path / "out").exists()
 
 
@@ -162,7 +167,8 @@ def test_failed_verification_names_the_test_and_publishes_nothing(sqlite_db: str
     data = calibration(proposed_changes=[{"coefficient": "PHASE_OVERHEAD", "key": ["implementation", "low"],
                                           "old": 634, "new": 0}])
     with pytest.raises(VerificationError) as caught:
-        open_calibration_pr(data, target_repo=target, output_dir=tmp_path / "out", dry_run=True)
+        open_calibration_pr(as_result(data), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+                            database=database_at())
     line = caught.value.one_line()
     assert ("failed verification: tests/test_token_estimator.py::test_tables_are_positive failed: assert 0 > 0 "
             "(key = ('implementation', 'low'), value = 0); nothing was pushed") in line
@@ -178,14 +184,15 @@ def test_stale_proposal_publishes_nothing(target: Path, tmp_path: Path) -> None:
     data = calibration(proposed_changes=[{"coefficient": "PHASE_OVERHEAD", "key": ["implementation", "low"],
                                           "old": 1120, "new": 634}])
     with pytest.raises(StaleProposalError):
-        open_calibration_pr(data, target_repo=target, output_dir=tmp_path / "out", dry_run=True)
+        open_calibration_pr(as_result(data), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+                            database=database_at())
     assert git(target, "branch", "--list", BOT_BRANCH) == ""
 
 
 def test_an_unmigrated_database_is_one_clear_error(empty_db_url: str, target: Path, tmp_path: Path) -> None:
     with pytest.raises(SchemaNotMigratedError) as caught:
-        open_calibration_pr(CALIBRATION, target_repo=target, output_dir=tmp_path / "out", dry_run=True,
-                            database_url=empty_db_url)
+        open_calibration_pr(as_result(CALIBRATION), target_repo=target, output_dir=tmp_path / "out", dry_run=True,
+                            database=database_at(empty_db_url))
     assert "autopack db upgrade" in caught.value.one_line()
     assert git(target, "branch", "--list", BOT_BRANCH) == ""
 
@@ -215,16 +222,16 @@ def test_token_from_the_settings(sqlite_db: str, github: FakeGitHub, target: Pat
     monkeypatch.setenv("GITHUB_TOKEN", BOT_TOKEN)
     monkeypatch.setenv("GITHUB_REPOSITORY", REPOSITORY)
     monkeypatch.setenv("GITHUB_API_URL", github.url)
-    result = open_calibration_pr(CALIBRATION, target_repo=target, output_dir=tmp_path / "out", dry_run=False,
-                                 options=FAST)
+    result = open_calibration_pr(as_result(CALIBRATION), target_repo=target, output_dir=tmp_path / "out", dry_run=False,
+                                 options=FAST, database=database_at())
     assert result.status == "opened"
 
 
 def test_one_more_run_of_data_updates_the_pr_and_its_shipped_column(db_url: str, github: FakeGitHub, target: Path,
                                                                     tmp_path: Path) -> None:
-    first = publish(CALIBRATION, target, tmp_path, github, database_url=db_url)
+    first = publish(CALIBRATION, target, tmp_path, github, database=database_at(db_url))
     week2 = proposal(1.55, 450, shipped_ratio=2.2, held_out=25)
-    second = publish(week2, target, tmp_path, github, database_url=db_url)
+    second = publish(week2, target, tmp_path, github, database=database_at(db_url))
     assert (first.status, second.status, second.pr_number) == ("opened", "updated", 1)
     pull = github.repo(REPOSITORY).pulls[1]
     assert find_marker(pull.body) == digest(week2)
@@ -237,11 +244,11 @@ def test_after_a_human_close_the_closed_prs_first_proposal_is_not_reopened(db_ur
                                                                            target: Path, tmp_path: Path) -> None:
     """The reported bug: PR #1 proposed A, then was updated to B; a human closed it; A came back as PR #2."""
     a, b = CALIBRATION, proposal(1.9, 300)
-    publish(a, target, tmp_path, github, database_url=db_url)
-    publish(b, target, tmp_path, github, database_url=db_url)
+    publish(a, target, tmp_path, github, database=database_at(db_url))
+    publish(b, target, tmp_path, github, database=database_at(db_url))
     github.close_pull(REPOSITORY, 1)
 
-    again = publish(a, target, tmp_path, github, database_url=db_url)
+    again = publish(a, target, tmp_path, github, database=database_at(db_url))
 
     assert (again.status, again.pr_number) == ("skipped_closed_by_human", 1)
     assert list(github.repo(REPOSITORY).pulls) == [1]
@@ -250,10 +257,10 @@ def test_after_a_human_close_the_closed_prs_first_proposal_is_not_reopened(db_ur
 
 def test_a_proposal_within_tolerance_of_a_closed_one_is_skipped(db_url: str, github: FakeGitHub, target: Path,
                                                                  tmp_path: Path) -> None:
-    publish(CALIBRATION, target, tmp_path, github, database_url=db_url)
+    publish(CALIBRATION, target, tmp_path, github, database=database_at(db_url))
     github.close_pull(REPOSITORY, 1)
     close = proposal(1.46, 430)  # 1.42 → 1.46 is 2.7 %, 410 → 430 is 4.7 %: the same idea a human declined
-    result = publish(close, target, tmp_path, github, database_url=db_url)
+    result = publish(close, target, tmp_path, github, database=database_at(db_url))
     assert result.status == "skipped_closed_by_human"
     assert "does not differ materially" in result.summary
     assert list(github.repo(REPOSITORY).pulls) == [1]
@@ -261,10 +268,10 @@ def test_a_proposal_within_tolerance_of_a_closed_one_is_skipped(db_url: str, git
 
 def test_a_materially_different_proposal_after_a_close_opens_a_new_pr(db_url: str, github: FakeGitHub,
                                                                       target: Path, tmp_path: Path) -> None:
-    publish(CALIBRATION, target, tmp_path, github, database_url=db_url)
+    publish(CALIBRATION, target, tmp_path, github, database=database_at(db_url))
     github.close_pull(REPOSITORY, 1)
     different = proposal(1.42, 500)  # 410 → 500 is 18 % apart
-    result = publish(different, target, tmp_path, github, database_url=db_url)
+    result = publish(different, target, tmp_path, github, database=database_at(db_url))
     assert (result.status, result.pr_number) == ("opened", 2)
     assert remembered(db_url) == {digest(CALIBRATION): ("closed", 1), digest(different): ("open", 2)}
 
@@ -274,12 +281,12 @@ def test_closures_are_learned_from_github_when_the_database_has_forgotten(db_url
                                                                           sqlite_db: str) -> None:
     """Another database (or a fresh one) still sees the no: values are read back from the closed PR's commits."""
     a, b = CALIBRATION, proposal(1.9, 300)
-    publish(a, target, tmp_path, github, database_url=sqlite_db)
-    publish(b, target, tmp_path, github, database_url=sqlite_db)
+    publish(a, target, tmp_path, github, database=database_at(sqlite_db))
+    publish(b, target, tmp_path, github, database=database_at(sqlite_db))
     github.close_pull(REPOSITORY, 1)
 
     near_a = proposal(1.43, 412)
-    result = publish(near_a, target, tmp_path, github, database_url=db_url)  # db_url never saw PR #1
+    result = publish(near_a, target, tmp_path, github, database=database_at(db_url))  # db_url never saw PR #1
 
     assert (result.status, result.pr_number) == ("skipped_closed_by_human", 1)
     assert remembered(db_url) == {digest(a): ("closed", 1), digest(b): ("closed", 1)}
@@ -293,20 +300,20 @@ def test_closures_are_learned_from_github_when_the_database_has_forgotten(db_url
 
 def test_a_pr_a_human_reopened_is_updated_again(db_url: str, github: FakeGitHub, target: Path,
                                                tmp_path: Path) -> None:
-    publish(CALIBRATION, target, tmp_path, github, database_url=db_url)
+    publish(CALIBRATION, target, tmp_path, github, database=database_at(db_url))
     github.close_pull(REPOSITORY, 1)
-    assert publish(CALIBRATION, target, tmp_path, github, database_url=db_url).status == "skipped_closed_by_human"
+    assert publish(CALIBRATION, target, tmp_path, github, database=database_at(db_url)).status == "skipped_closed_by_human"
     github.reopen_pull(REPOSITORY, 1)
-    result = publish(proposal(1.43, 405), target, tmp_path, github, database_url=db_url)
+    result = publish(proposal(1.43, 405), target, tmp_path, github, database=database_at(db_url))
     assert (result.status, result.pr_number) == ("updated", 1)
     assert remembered(db_url)[digest(CALIBRATION)] == ("superseded", 1)
 
 
 def test_a_closed_prs_commits_are_read_once(db_url: str, github: FakeGitHub, target: Path, tmp_path: Path) -> None:
-    publish(CALIBRATION, target, tmp_path, github, database_url=db_url)
+    publish(CALIBRATION, target, tmp_path, github, database=database_at(db_url))
     github.close_pull(REPOSITORY, 1)
-    publish(proposal(1.9, 300), target, tmp_path, github, database_url=db_url)
-    publish(proposal(2.5, 200), target, tmp_path, github, database_url=db_url)
+    publish(proposal(1.9, 300), target, tmp_path, github, database=database_at(db_url))
+    publish(proposal(2.5, 200), target, tmp_path, github, database=database_at(db_url))
     reads = github.requests("GET", "/repos/{owner}/{repo}/pulls/{pull_number}/commits")
     assert [e.path.rsplit("/", 2)[-2] for e in reads] == ["1"]
 
@@ -314,13 +321,13 @@ def test_a_closed_prs_commits_are_read_once(db_url: str, github: FakeGitHub, tar
 def test_a_changed_proposal_failing_verification_leaves_the_pr_with_a_comment(db_url: str, github: FakeGitHub,
                                                                               target: Path, tmp_path: Path) -> None:
     """The reported chain break: overhead 634 → 0 fails the estimator tests; the open PR must say why."""
-    publish(CALIBRATION, target, tmp_path, github, database_url=db_url)
+    publish(CALIBRATION, target, tmp_path, github, database=database_at(db_url))
     repo = github.repo(REPOSITORY)
     body_before, tip_before = repo.pulls[1].body, repo.refs[f"refs/heads/{BOT_BRANCH}"]
     broken = proposal(1.42, 0)
 
     with pytest.raises(VerificationError) as caught:
-        publish(broken, target, tmp_path, github, database_url=db_url, flow_run_url="http://127.0.0.1:4200/r/9",
+        publish(broken, target, tmp_path, github, database=database_at(db_url), flow_run_url="http://127.0.0.1:4200/r/9",
                 run_tests=True)
 
     line = caught.value.one_line()
@@ -336,21 +343,21 @@ def test_a_changed_proposal_failing_verification_leaves_the_pr_with_a_comment(db
     assert remembered(db_url) == {digest(CALIBRATION): ("open", 1)}  # the broken proposal was never published
 
     with pytest.raises(VerificationError):
-        publish(broken, target, tmp_path, github, database_url=db_url, run_tests=True)
+        publish(broken, target, tmp_path, github, database=database_at(db_url), run_tests=True)
     assert len(repo.comments) == 1  # the same failing proposal is not commented twice
 
 
 def test_a_merged_proposal_is_remembered_as_merged_and_blocks_nothing(db_url: str, github: FakeGitHub,
                                                                       tmp_path: Path) -> None:
     target = make_target_repo(tmp_path / "t1")
-    publish(CALIBRATION, target, tmp_path, github, database_url=db_url)
+    publish(CALIBRATION, target, tmp_path, github, database=database_at(db_url))
     github.merge_pull(REPOSITORY, 1)
     merged_file = github.file(REPOSITORY, "main", ESTIMATOR_PATH)
     assert merged_file is not None
     after_merge = make_target_repo(tmp_path / "t2", estimator=merged_file)
     next_week = calibration(proposed_changes=[{"coefficient": "PHASE_OVERHEAD", "key": ["implementation", "low"],
                                                "old": 410, "new": 634}])  # back to the old value: not declined
-    result = publish(next_week, after_merge, tmp_path, github, database_url=db_url)
+    result = publish(next_week, after_merge, tmp_path, github, database=database_at(db_url))
     assert (result.status, result.pr_number) == ("opened", 2)
     assert remembered(db_url) == {digest(CALIBRATION): ("merged", 1), digest(next_week): ("open", 2)}
 
@@ -364,7 +371,7 @@ def test_the_calibration_run_gets_its_pull_request(db_url: str, github: FakeGitH
         run_id = run.id
     data = calibration()
     data["metadata"]["calibration_run_id"] = run_id
-    result = publish(data, target, tmp_path, github, database_url=db_url)
+    result = publish(data, target, tmp_path, github, database=database_at(db_url))
     with session_scope(db_url) as session:
         row = session.get(CalibrationRun, run_id)
         assert row is not None and (row.pr_number, row.pr_url, row.pr_state) == (1, result.pr_url, "opened")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from github_server.app import FakeGitHub
 from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github, served_fake  # noqa: F401
-from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, calibration
+from github_server.samples import CALIBRATION, FIXTURE_ESTIMATOR, as_result, calibration
 
 from autopack.github.body import pr_title, render_pr_body
 from autopack.github.errors import GitHubAuthError, GitHubError, GitHubRateLimitError, StaleBaseError
@@ -41,7 +41,7 @@ class Run:
         changes = data["proposed_changes"]
         return publish_pull_request(
             edited_source=apply_proposal(FIXTURE_ESTIMATOR, changes, data["metadata"]),
-            body=render_pr_body(data, None), title=pr_title(data), proposal=digest(data),
+            body=render_pr_body(as_result(data), None), title=pr_title(as_result(data)), proposal=digest(data),
             token=token, repository=REPOSITORY, base_url=self.fake.url, original_source=original,
             options=self.options,
         )

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from cli_runner import run_cli
 
 from autopack.db.engine import get_engine
+from autopack.db.handle import open_database
 from autopack.db.models import TokenEstimationV2Event
 from autopack.errors import DbIdentityMismatchError, InputError
 from autopack.telemetry.ingest import import_telemetry
@@ -43,7 +44,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 def test_canonical_csv_needs_no_mapping(db_url: str, tmp_path: Path) -> None:
     path = write(tmp_path, "calls.csv", CANONICAL_CSV)
-    report = import_telemetry(path, "csv", url=db_url, allow_empty_db=True)
+    report = import_telemetry(path, "csv", database=open_database(db_url, allow_empty=True))
     assert report.rows == 3 and report.source == "import:csv:calls.csv"
     got = rows(db_url)
     assert [(r["category"], r["complexity"]) for r in got] == [
@@ -58,7 +59,7 @@ def test_canonical_csv_needs_no_mapping(db_url: str, tmp_path: Path) -> None:
 
 def test_imported_rows_are_stored_exactly_as_the_orm_stores_them(db_url: str, tmp_path: Path) -> None:
     """The import writes through the driver; the stored text of times and flags must not differ for it."""
-    import_telemetry(write(tmp_path, "calls.csv", CANONICAL_CSV), "csv", url=db_url, allow_empty_db=True)
+    import_telemetry(write(tmp_path, "calls.csv", CANONICAL_CSV), "csv", database=open_database(db_url, allow_empty=True))
     imported = rows(db_url)[0]  # 10:00:00 sharp: no microseconds, which a driver's own adapter would drop
     with get_engine(db_url).begin() as connection:
         copy = {k: v for k, v in imported.items() if k != "event_id"}
@@ -73,7 +74,7 @@ def test_minimal_csv_gets_defaults_and_collision_free_keys(db_url: str, tmp_path
     text = ("timestamp,category,complexity,predicted_output_tokens,actual_output_tokens,actual_max_tokens,truncated\n"
             "2025-01-01 10:00:00,docs,low,100,90,1000,false\n"
             "2025-01-01 10:00:01,docs,low,100,1000,1000,true\n")
-    import_telemetry(write(tmp_path, "azure_conv.csv", text), "csv", url=db_url, allow_empty_db=True)
+    import_telemetry(write(tmp_path, "azure_conv.csv", text), "csv", database=open_database(db_url, allow_empty=True))
     got = rows(db_url)
     assert [(r["run_id"], r["phase_id"], r["attempt_index"], r["call_index"]) for r in got] == [
         ("import-azure_conv", "1", 0, 0), ("import-azure_conv", "2", 0, 0)
@@ -89,7 +90,7 @@ def test_mapped_csv_derives_truncation_from_the_finish_reason(db_url: str, tmp_p
     path = write(tmp_path, "mine.csv", text)
     mapping = {"timestamp": "when", "category": "kind", "complexity": "size", "predicted_output_tokens": "guess",
                "actual_output_tokens": "got", "actual_max_tokens": "cap", "finish_reason": "why"}
-    import_telemetry(path, "csv", url=db_url, mapping=mapping, allow_empty_db=True)
+    import_telemetry(path, "csv", mapping=mapping, database=open_database(db_url, allow_empty=True))
     got = rows(db_url)
     assert [r["truncated"] for r in got] == [False, True]
     assert got[0]["timestamp"].year == 2023 and got[1]["finish_reason"] == "length"
@@ -102,7 +103,7 @@ def test_bad_rows_are_reported_by_line_and_nothing_is_imported(db_url: str, tmp_
         "2025-01-01T10:05:00Z,r1,p6,implementation,low,1,3424,,8192,8192,maybe,true,m1\n"
     )
     with pytest.raises(InputError) as info:
-        import_telemetry(write(tmp_path, "bad.csv", text), "csv", url=db_url, allow_empty_db=True)
+        import_telemetry(write(tmp_path, "bad.csv", text), "csv", database=open_database(db_url, allow_empty=True))
     message = info.value.message
     assert "3 bad row(s)" in message and "nothing imported" in message
     assert "line 5: predicted_output_tokens 'abc'" in message
@@ -114,20 +115,20 @@ def test_bad_rows_are_reported_by_line_and_nothing_is_imported(db_url: str, tmp_
 def test_missing_required_column_is_refused(db_url: str, tmp_path: Path) -> None:
     text = "timestamp,category,complexity,predicted_output_tokens,actual_output_tokens\n2025-01-01,docs,low,1,2\n"
     with pytest.raises(InputError, match=r"line 2: missing actual_max_tokens"):
-        import_telemetry(write(tmp_path, "short.csv", text), "csv", url=db_url, allow_empty_db=True)
+        import_telemetry(write(tmp_path, "short.csv", text), "csv", database=open_database(db_url, allow_empty=True))
 
 
 def test_unknown_mapped_column_is_refused(db_url: str, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no column 'nope'"):
-        import_telemetry(write(tmp_path, "calls.csv", CANONICAL_CSV), "csv", url=db_url,
-                         mapping={"category": "nope"}, allow_empty_db=True)
+        import_telemetry(write(tmp_path, "calls.csv", CANONICAL_CSV), "csv",
+                         mapping={"category": "nope"}, database=open_database(db_url, allow_empty=True))
 
 
 def test_importing_the_same_file_twice_is_refused_whole(db_url: str, tmp_path: Path) -> None:
     path = write(tmp_path, "calls.csv", CANONICAL_CSV)
-    import_telemetry(path, "csv", url=db_url, allow_empty_db=True)
+    import_telemetry(path, "csv", database=open_database(db_url, allow_empty=True))
     with pytest.raises(InputError, match="collide with calls already in the database"):
-        import_telemetry(path, "csv", url=db_url)
+        import_telemetry(path, "csv", database=open_database(db_url, allow_empty=True))
     assert len(rows(db_url)) == 3
 
 
@@ -135,8 +136,8 @@ def test_run_id_option_names_rows_that_have_none(db_url: str, tmp_path: Path) ->
     text = ("timestamp,category,complexity,predicted_output_tokens,actual_output_tokens,actual_max_tokens,truncated\n"
             "2025-01-01,docs,low,1,2,3,false\n")
     path = write(tmp_path, "c.csv", text)
-    import_telemetry(path, "csv", url=db_url, allow_empty_db=True)
-    import_telemetry(path, "csv", url=db_url, run_id="second-copy")
+    import_telemetry(path, "csv", database=open_database(db_url, allow_empty=True))
+    import_telemetry(path, "csv", run_id="second-copy", database=open_database(db_url, allow_empty=True))
     assert sorted(r["run_id"] for r in rows(db_url)) == ["import-c", "second-copy"]
 
 
@@ -145,7 +146,7 @@ def test_duplicate_keys_inside_a_file_are_bad_rows(db_url: str, tmp_path: Path) 
             "actual_output_tokens,actual_max_tokens,truncated\n"
             "2025-01-01,r,p,0,0,docs,low,1,2,3,false\n2025-01-01,r,p,0,0,docs,low,1,2,3,false\n")
     with pytest.raises(InputError, match=r"line 3: same call key"):
-        import_telemetry(write(tmp_path, "dup.csv", text), "csv", url=db_url, allow_empty_db=True)
+        import_telemetry(write(tmp_path, "dup.csv", text), "csv", database=open_database(db_url, allow_empty=True))
     assert rows(db_url) == []
 
 
@@ -153,7 +154,7 @@ def test_repeated_phase_without_call_index_gets_distinct_call_indices(db_url: st
     text = ("timestamp,run_id,phase_id,category,complexity,predicted_output_tokens,actual_output_tokens,"
             "actual_max_tokens,truncated\n"
             "2025-01-01,r,p,docs,low,1,2,3,false\n2025-01-02,r,p,docs,low,1,2,3,false\n")
-    import_telemetry(write(tmp_path, "calls.csv", text), "csv", url=db_url, allow_empty_db=True)
+    import_telemetry(write(tmp_path, "calls.csv", text), "csv", database=open_database(db_url, allow_empty=True))
     assert [r["call_index"] for r in rows(db_url)] == [0, 1]
 
 
@@ -195,7 +196,7 @@ def test_otel_spans_with_current_and_deprecated_attribute_names(db_url: str, tmp
         {"name": "http", "startTimeUnixNano": "1", "attributes": [_attr("http.method", "GET")]},  # not GenAI
     ]
     path = write(tmp_path, "traces.json", json.dumps(_otlp(spans)))
-    report = import_telemetry(path, "otel-json", url=db_url, allow_empty_db=True)
+    report = import_telemetry(path, "otel-json", database=open_database(db_url, allow_empty=True))
     assert report.rows == 2
     first, second = rows(db_url)
     assert (first["actual_output_tokens"], first["provider"], first["model"], first["input_tokens"]) == (
@@ -211,7 +212,7 @@ def test_otel_json_lines_bad_span_reported_with_line_and_span(db_url: str, tmp_p
                  _span({**COMMON, "gen_ai.usage.output_tokens": 10})])
     path = write(tmp_path, "traces.jsonl", json.dumps(good) + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(InputError) as info:
-        import_telemetry(path, "otel-json", url=db_url, allow_empty_db=True)
+        import_telemetry(path, "otel-json", database=open_database(db_url, allow_empty=True))
     assert "line 2, span resourceSpans[0].scopeSpans[0].spans[0]: missing actual_output_tokens" in info.value.message
     assert rows(db_url) == []
 
@@ -220,8 +221,8 @@ def test_otel_constants_fill_fields_the_spans_lack(db_url: str, tmp_path: Path) 
     spans = [_span({"gen_ai.usage.output_tokens": 300, "gen_ai.request.max_tokens": 1024,
                     "gen_ai.response.finish_reasons": ["stop"]})]
     path = write(tmp_path, "t.json", json.dumps(_otlp(spans)))
-    import_telemetry(path, "otel-json", url=db_url, allow_empty_db=True,
-                     defaults={"category": "chat", "complexity": "low", "predicted_output_tokens": "250"})
+    import_telemetry(path, "otel-json",
+                     defaults={"category": "chat", "complexity": "low", "predicted_output_tokens": "250"}, database=open_database(db_url, allow_empty=True))
     (row,) = rows(db_url)
     assert (row["category"], row["complexity"], row["predicted_output_tokens"]) == ("chat", "low", 250)
 
@@ -231,7 +232,7 @@ def test_otel_constants_fill_fields_the_spans_lack(db_url: str, tmp_path: Path) 
 
 def test_v2_log_lines_of_the_real_v5_drain(db_url: str) -> None:
     lines = [line for line in V5_LOG.read_text().splitlines() if "[TokenEstimationV2]" in line]
-    report = import_telemetry(V5_LOG, "v2-log", url=db_url, allow_empty_db=True)
+    report = import_telemetry(V5_LOG, "v2-log", database=open_database(db_url, allow_empty=True))
     got = rows(db_url)
     assert report.rows == len(got) == len(lines)
     expected_truncated = [("truncated=True" in line) for line in lines]
@@ -245,13 +246,13 @@ def test_v2_log_lines_of_the_real_v5_drain(db_url: str) -> None:
 
 def test_v2_log_headings_and_blank_lines_are_skipped(db_url: str) -> None:
     expected = sum(1 for line in B132_LOG.read_text().splitlines() if "[TokenEstimationV2]" in line)
-    assert import_telemetry(B132_LOG, "v2-log", url=db_url, allow_empty_db=True).rows == expected
+    assert import_telemetry(B132_LOG, "v2-log", database=open_database(db_url, allow_empty=True)).rows == expected
 
 
 def test_malformed_v2_line_is_a_bad_row(db_url: str, tmp_path: Path) -> None:
     text = V5_LOG.read_text().splitlines()[0] + "\n[2025-12-29 19:41:12] INFO: [TokenEstimationV2] predicted_output=x\n"
     with pytest.raises(InputError, match=r"line 2: predicted_output_tokens 'x'"):
-        import_telemetry(write(tmp_path, "bad.log", text), "v2-log", url=db_url, allow_empty_db=True)
+        import_telemetry(write(tmp_path, "bad.log", text), "v2-log", database=open_database(db_url, allow_empty=True))
     assert rows(db_url) == []
 
 
@@ -260,8 +261,7 @@ def test_malformed_v2_line_is_a_bad_row(db_url: str, tmp_path: Path) -> None:
 
 def test_import_is_guarded_by_the_expected_database_id(db_url: str, tmp_path: Path) -> None:
     with pytest.raises(DbIdentityMismatchError):
-        import_telemetry(write(tmp_path, "c.csv", CANONICAL_CSV), "csv", url=db_url, allow_empty_db=True,
-                         expect_db_id="another-db")
+        import_telemetry(write(tmp_path, "c.csv", CANONICAL_CSV), "csv", database=open_database(db_url, allow_empty=True, expect_db_id="another-db"))
     assert rows(db_url) == []
 
 
@@ -307,7 +307,7 @@ def test_an_unmigrated_database_is_still_refused(empty_db_url: str, tmp_path: Pa
 
 def test_a_huge_field_in_a_column_the_import_ignores_is_read(db_url: str, tmp_path: Path) -> None:
     text = HEADER + ",prompt\n" + f"2025-01-01,docs,low,10,9,100,false,{'x' * 300_000}\n"  # > csv's 128 KiB
-    assert import_telemetry(write(tmp_path, "big.csv", text), "csv", url=db_url).rows == 1
+    assert import_telemetry(write(tmp_path, "big.csv", text), "csv", database=open_database(db_url, allow_empty=True)).rows == 1
 
 
 def test_a_field_over_the_bound_is_one_line_with_its_line_number(
@@ -362,7 +362,7 @@ def test_a_model_name_longer_than_its_column_is_a_bad_row(db_url: str, tmp_path:
 
 def test_an_output_that_reached_its_ceiling_is_truncated_whatever_the_row_says(db_url: str, tmp_path: Path) -> None:
     text = HEADER + ",finish_reason\n2025-01-01,docs,low,10,100,100,false,stop\n2025-01-01,docs,low,10,99,100,false,stop\n"
-    import_telemetry(write(tmp_path, "cap.csv", text), "csv", url=db_url)
+    import_telemetry(write(tmp_path, "cap.csv", text), "csv", database=open_database(db_url, allow_empty=True))
     assert [(r["truncated"], r["is_truncated_output"]) for r in rows(db_url)] == [(True, True), (False, False)]
 
 
@@ -374,7 +374,7 @@ def test_a_bad_row_after_written_batches_still_imports_nothing(db_url: str, tmp_
     good = "".join(f"2025-01-01,docs,low,10,{i},100,false\n" for i in range(1, 8))
     with pytest.raises(InputError, match="line 9: actual_output_tokens 'oops'"):
         import_telemetry(write(tmp_path, "late.csv", HEADER + "\n" + good + "2025-01-01,docs,low,10,oops,100,false\n"),
-                         "csv", url=db_url)
+                         "csv", database=open_database(db_url, allow_empty=True))
     assert rows(db_url) == []
 
 
@@ -384,12 +384,11 @@ def test_a_clash_in_a_later_batch_rolls_back_the_earlier_ones(db_url: str, tmp_p
 
     head = "timestamp,run_id,phase_id,category,complexity,predicted_output_tokens,actual_output_tokens,"
     head += "actual_max_tokens,truncated\n"
-    import_telemetry(write(tmp_path, "one.csv", head + "2025-01-01,r,p9,docs,low,10,9,100,false\n"), "csv",
-                     url=db_url)
+    import_telemetry(write(tmp_path, "one.csv", head + "2025-01-01,r,p9,docs,low,10,9,100,false\n"), "csv", database=open_database(db_url, allow_empty=True))
     monkeypatch.setattr(ingest_write, "INSERT_CHUNK", 3)
     many = "".join(f"2025-01-01,r,p{i},docs,low,10,9,100,false\n" for i in range(1, 11))  # p9 is taken
     with pytest.raises(InputError, match=r"1 row\(s\) collide with calls already in the database"):
-        import_telemetry(write(tmp_path, "many.csv", head + many), "csv", url=db_url)
+        import_telemetry(write(tmp_path, "many.csv", head + many), "csv", database=open_database(db_url, allow_empty=True))
     assert [r["phase_id"] for r in rows(db_url)] == ["p9"]
 
 
@@ -456,7 +455,7 @@ def test_malformed_otel_shapes_are_one_line_each(db_url: str, tmp_path: Path, ca
 def test_a_malformed_span_does_not_hide_the_good_ones_errors(db_url: str, tmp_path: Path) -> None:
     doc = _otlp([7, GOOD_SPAN, {**GOOD_SPAN, "startTimeUnixNano": "x"}])
     with pytest.raises(InputError) as info:
-        import_telemetry(_otel_file(tmp_path, doc), "otel-json", url=db_url)
+        import_telemetry(_otel_file(tmp_path, doc), "otel-json", database=open_database(db_url, allow_empty=True))
     assert "2 bad row(s)" in info.value.message and "spans[0]" in info.value.message
     assert "spans[2]" in info.value.message and rows(db_url) == []
 
@@ -498,7 +497,7 @@ def test_a_sqlite_file_locked_by_another_writer_is_one_line_and_nothing_imported
     holder.execute("BEGIN IMMEDIATE")  # another writer holds SQLite's one write slot
     try:
         with pytest.raises(DatabaseBusyError, match="stayed locked by another writer"):
-            import_telemetry(write(tmp_path, "calls.csv", CANONICAL_CSV), "csv", url=db_url, allow_empty_db=True)
+            import_telemetry(write(tmp_path, "calls.csv", CANONICAL_CSV), "csv", database=open_database(db_url, allow_empty=True))
     finally:
         holder.execute("ROLLBACK")
         holder.close()

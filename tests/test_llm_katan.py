@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from autopack.db.engine import session_scope
+from autopack.db.handle import database_at
 from autopack.db.models import LlmUsageEvent, TokenEstimationV2Event
 from autopack.execution import leases
 from autopack.execution.phase_runner import execute_phase
@@ -78,7 +79,7 @@ def test_phase_through_a_real_sdk_records_the_failed_sample(katan: str, db_url: 
         claim = leases.claim_phase(session, "katan-run", "p1", "w")
     assert claim is not None
     provider = OpenAIProvider(api_key="katan-key", base_url=katan, model="katan-echo", timeout=10)
-    result = execute_phase("katan-run", "p1", claim=claim, url=db_url, provider=provider)
+    result = execute_phase("katan-run", "p1", claim=claim, db=database_at(db_url), provider=provider)
     assert (result.final_state, result.failure_stage, result.telemetry_events) == ("FAILED", "validation", 1)
     with session_scope(db_url) as session:
         event = session.execute(sa.select(TokenEstimationV2Event)).scalar_one()

@@ -11,6 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from autopack.db.engine import get_engine
+from autopack.db.handle import database_at
 from autopack.db.migrate import HEAD_REVISION, current_revision, head_revision, scripts_head, upgrade_database
 from autopack.db.models import Base
 
@@ -46,14 +47,14 @@ def test_a_database_without_alembic_version_has_no_revision(tmp_path: Path) -> N
 
 
 def test_second_upgrade_is_a_no_op(db_url: str) -> None:
-    report = upgrade_database(db_url)
+    report = upgrade_database(database_at(db_url))
     assert not report.changed and report.revision_after == head_revision() and report.backup_path is None
 
 
 def test_two_databases_get_different_ids(empty_db_url: str, tmp_path: Path) -> None:
     other = f"sqlite:///{tmp_path / 'other.db'}"
-    upgrade_database(empty_db_url)
-    upgrade_database(other)
+    upgrade_database(database_at(empty_db_url))
+    upgrade_database(database_at(other))
     ids = set()
     for url in (empty_db_url, other):
         with get_engine(url).connect() as connection:
@@ -120,7 +121,7 @@ def _rows(url: str, sql: str) -> list[tuple]:
 
 def test_legacy_upgrade_keeps_every_row_and_writes_a_backup(tmp_path: Path) -> None:
     url = _legacy_db(tmp_path / "autopack_legacy.db")
-    report = upgrade_database(url)
+    report = upgrade_database(database_at(url))
     assert report.legacy
     assert report.backup_path is not None and report.backup_path.exists()
     assert "autopack_legacy.db" in report.backup_path.name
@@ -130,15 +131,15 @@ def test_legacy_upgrade_keeps_every_row_and_writes_a_backup(tmp_path: Path) -> N
 
 def test_legacy_upgrade_is_safe_to_run_twice(tmp_path: Path) -> None:
     url = _legacy_db(tmp_path / "legacy.db")
-    first = upgrade_database(url)
-    second = upgrade_database(url)
+    first = upgrade_database(database_at(url))
+    second = upgrade_database(database_at(url))
     assert not second.changed and second.backup_path is None
     assert second.row_counts_after == first.row_counts_after
 
 
 def test_legacy_upgrade_backfills_ceiling_and_marks_it(tmp_path: Path) -> None:
     url = _legacy_db(tmp_path / "legacy.db")
-    upgrade_database(url)
+    upgrade_database(database_at(url))
     rows = _rows(url, "SELECT event_id, actual_max_tokens, actual_max_tokens_backfilled, attempt_index, source, "
                       "schema_version FROM token_estimation_v2_events ORDER BY event_id")
     assert rows == [(1, 12288, 1, 0, "legacy", 1), (2, 12288, 1, 1, "legacy", 1), (3, 8192, 1, 0, "legacy", 1)]
@@ -146,7 +147,7 @@ def test_legacy_upgrade_backfills_ceiling_and_marks_it(tmp_path: Path) -> None:
 
 def test_legacy_upgrade_keeps_foreign_values_and_unused_tables(tmp_path: Path) -> None:
     url = _legacy_db(tmp_path / "legacy.db")
-    upgrade_database(url)
+    upgrade_database(database_at(url))
     assert _rows(url, "SELECT state, task_category, complexity FROM phases ORDER BY id") == [
         ("FAILED", "IMPLEMENT_FEATURE", "MEDIUM"),
         ("GATE", "docs", "low"),
@@ -158,7 +159,7 @@ def test_legacy_upgrade_keeps_foreign_values_and_unused_tables(tmp_path: Path) -
 
 def test_legacy_usage_rows_get_a_total_and_are_marked_unverified(tmp_path: Path) -> None:
     url = _legacy_db(tmp_path / "legacy.db")
-    upgrade_database(url)
+    upgrade_database(database_at(url))
     assert _rows(url, "SELECT total_tokens, split_kind FROM llm_usage_events ORDER BY id") == [
         (1000, "legacy_unverified"),
         (1000, "legacy_unverified"),
@@ -167,7 +168,7 @@ def test_legacy_usage_rows_get_a_total_and_are_marked_unverified(tmp_path: Path)
 
 def test_upgraded_legacy_database_accepts_new_rows(tmp_path: Path) -> None:
     url = _legacy_db(tmp_path / "legacy.db")
-    upgrade_database(url)
+    upgrade_database(database_at(url))
     with get_engine(url).begin() as connection:
         connection.execute(
             sa.text("INSERT INTO llm_usage_events (provider, total_tokens, split_kind, created_at) "
@@ -185,11 +186,11 @@ def test_legacy_postgres_database_is_dumped_then_adopted(empty_db_url: str) -> N
     with get_engine(empty_db_url).begin() as connection:
         for statement in filter(str.strip, (LEGACY_SCHEMA + LEGACY_ROWS).split(";")):
             connection.execute(sa.text(statement))
-    report = upgrade_database(empty_db_url)
+    report = upgrade_database(database_at(empty_db_url))
     assert report.legacy and report.backup_path is not None
     assert "CREATE TABLE public.token_estimation_v2_events" in report.backup_path.read_text()
     for table, count in report.row_counts_before.items():
         assert report.row_counts_after[table] == count, table
     assert _rows(empty_db_url, "SELECT actual_max_tokens, source FROM token_estimation_v2_events ORDER BY event_id") == [
         (12288, "legacy"), (12288, "legacy"), (8192, "legacy")]
-    assert not upgrade_database(empty_db_url).changed
+    assert not upgrade_database(database_at(empty_db_url)).changed

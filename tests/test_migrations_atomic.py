@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from test_migrations import LEGACY_SCHEMA
 
 from autopack.db.engine import dispose_engines, get_engine
+from autopack.db.handle import database_at
 from autopack.db.migrate import MIGRATIONS_DIR, head_revision, upgrade_database
 from autopack.errors import DbIdentityMismatchError, InputError, RefusedError
 
@@ -211,7 +212,7 @@ def test_sigint_before_the_commit_leaves_the_legacy_file_unchanged(legacy_file: 
     assert code == 130, err
     assert snapshot(legacy_file) == snapshot(pristine)
 
-    report = upgrade_database(url)  # the next upgrade starts cleanly and adopts everything
+    report = upgrade_database(database_at(url))  # the next upgrade starts cleanly and adopts everything
     assert report.legacy and report.revision_after == head_revision()
     assert_every_legacy_row_is_live(legacy_file, pristine)
 
@@ -225,7 +226,7 @@ def test_sigkill_in_the_middle_of_the_copy_leaves_the_legacy_file_unchanged(lega
         proc.kill()
         proc.wait(timeout=WAIT_SECONDS)
     assert snapshot(legacy_file) == snapshot(pristine)  # SQLite's journal undoes the uncommitted transaction
-    upgrade_database(url)
+    upgrade_database(database_at(url))
     assert_every_legacy_row_is_live(legacy_file, pristine)
 
 
@@ -238,7 +239,7 @@ def test_sigint_after_the_commit_leaves_it_fully_adopted(legacy_file: Path, tmp_
         proc.send_signal(signal.SIGINT)
         finish(proc)
     assert_every_legacy_row_is_live(legacy_file, pristine)
-    assert not upgrade_database(url).changed
+    assert not upgrade_database(database_at(url)).changed
 
 
 def test_sigint_while_creating_a_new_database_leaves_no_file(tmp_path: Path) -> None:
@@ -289,7 +290,7 @@ def test_two_upgrades_in_threads_adopt_once_and_keep_every_row(legacy_url: str, 
 
     def run() -> None:
         try:
-            reports.append(upgrade_database(legacy_url))
+            reports.append(upgrade_database(database_at(legacy_url)))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -378,7 +379,7 @@ def test_a_file_that_is_not_a_database_is_refused_in_one_line(tmp_path: Path) ->
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database\n" * 100)
     with pytest.raises(InputError, match="not a readable SQLite database"):
-        upgrade_database(f"sqlite:///{garbage}")
+        upgrade_database(database_at(f"sqlite:///{garbage}"))
     assert garbage.read_bytes() == b"this is not a database\n" * 100
 
 
@@ -417,10 +418,10 @@ def test_leftovers_of_an_old_interrupted_upgrade_are_repaired(legacy_file: Path,
     pristine = tmp_path / "pristine.db"
     shutil.copyfile(legacy_file, pristine)
     leave_as_an_old_interrupted_upgrade(legacy_file, stage)
-    report = upgrade_database(f"sqlite:///{legacy_file}")
+    report = upgrade_database(database_at(f"sqlite:///{legacy_file}"))
     assert report.legacy and report.repaired and report.backup_path is not None
     assert_every_legacy_row_is_live(legacy_file, pristine)
-    assert not upgrade_database(f"sqlite:///{legacy_file}").changed
+    assert not upgrade_database(database_at(f"sqlite:///{legacy_file}")).changed
 
 
 def test_the_cli_says_what_it_repaired(legacy_file: Path) -> None:
@@ -438,7 +439,7 @@ def test_leftovers_that_disagree_are_refused_and_change_nothing(legacy_file: Pat
     connection.close()
     before = snapshot(legacy_file)
     with pytest.raises(RefusedError, match="cannot repair an interrupted upgrade: runs holds 40 rows"):
-        upgrade_database(f"sqlite:///{legacy_file}")
+        upgrade_database(database_at(f"sqlite:///{legacy_file}"))
     assert snapshot(legacy_file) == before
 
 
@@ -448,19 +449,19 @@ def test_leftovers_that_disagree_are_refused_and_change_nothing(legacy_file: Pat
 def test_an_expected_id_refuses_to_create_a_database_for_a_wrong_path(tmp_path: Path) -> None:
     wrong = tmp_path / "typo.db"
     with pytest.raises(DbIdentityMismatchError, match="DB_MISMATCH.*nothing was created"):
-        upgrade_database(f"sqlite:///{wrong}", expect_db_id="0" * 32)
+        upgrade_database(database_at(f"sqlite:///{wrong}"), expect_db_id="0" * 32)
     assert not wrong.exists()
 
 
 def test_an_expected_id_refuses_another_database(db_url: str) -> None:
     with pytest.raises(DbIdentityMismatchError, match="expected 0+; nothing was changed"):
-        upgrade_database(db_url, expect_db_id="0" * 32)
+        upgrade_database(database_at(db_url), expect_db_id="0" * 32)
 
 
 def test_the_expected_id_lets_its_own_database_upgrade(db_url: str) -> None:
     with get_engine(db_url).connect() as connection:
         db_id = connection.execute(sa.text("SELECT db_id FROM db_meta")).scalar_one()
-    assert not upgrade_database(db_url, expect_db_id=db_id).changed
+    assert not upgrade_database(database_at(db_url), expect_db_id=db_id).changed
 
 
 def test_an_expected_id_refuses_to_adopt_a_legacy_database_unless_told(legacy_url: str, tmp_path: Path,
@@ -468,18 +469,18 @@ def test_an_expected_id_refuses_to_adopt_a_legacy_database_unless_told(legacy_ur
     monkeypatch.chdir(tmp_path)
     before = live_counts(legacy_url)
     with pytest.raises(DbIdentityMismatchError, match="written by the original Autopack; nothing was changed"):
-        upgrade_database(legacy_url, expect_db_id="0" * 32)
+        upgrade_database(database_at(legacy_url), expect_db_id="0" * 32)
     assert live_counts(legacy_url) == before
-    assert upgrade_database(legacy_url, expect_db_id="0" * 32, create=True).legacy
+    assert upgrade_database(database_at(legacy_url), expect_db_id="0" * 32, create=True).legacy
 
 
 def test_no_create_refuses_an_empty_database(empty_db_url: str) -> None:
     with pytest.raises(RefusedError, match="nothing was created"):
-        upgrade_database(empty_db_url, create=False)
+        upgrade_database(database_at(empty_db_url), create=False)
 
 
 def test_create_makes_a_new_database_even_with_an_expected_id(tmp_path: Path) -> None:
-    report = upgrade_database(f"sqlite:///{tmp_path / 'fresh.db'}", expect_db_id="0" * 32, create=True)
+    report = upgrade_database(database_at(f"sqlite:///{tmp_path / 'fresh.db'}"), expect_db_id="0" * 32, create=True)
     assert report.created and report.db_id and report.db_id != "0" * 32
 
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from autopack import token_estimator as te
 from autopack.calibration import run_calibration, story
+from autopack.calibration.result import CalibrationResult, load_result
 from autopack.calibration.synthetic import simulate
 from autopack.db.engine import get_engine
+from autopack.db.handle import open_database
 from autopack.db.models import TokenEstimationV2Event
 from autopack.github.body import render_pr_body
 from autopack.github.estimator_edit import apply_proposal
@@ -26,17 +27,18 @@ PCT = r"(\d+\.\d) %"
 
 
 @pytest.fixture
-def result(db_url: str, tmp_path: Path) -> dict[str, Any]:
+def result(db_url: str, tmp_path: Path) -> CalibrationResult:
+    """The calibration as the pull-request step reads it: its JSON file, through the versioned reader."""
     with get_engine(db_url).begin() as connection:
         connection.execute(sa.insert(TokenEstimationV2Event.__table__), simulate(150, seed=3))
-    out = run_calibration(db_url, output_dir=tmp_path)
-    assert out["gate"]["passed"] is True and out["proposed_changes"]
-    return out
+    out = run_calibration(open_database(db_url), output_dir=tmp_path)
+    assert out.gate.passed is True and out.proposed_changes and out.json_path
+    return load_result(Path(out.json_path))
 
 
-def body_of(result: dict[str, Any]) -> str:
+def body_of(result: CalibrationResult) -> str:
     original = Path(te.__file__).read_text(encoding="utf-8")
-    edited = apply_proposal(original, result["proposed_changes"], result["metadata"])
+    edited = apply_proposal(original, result.proposed_changes, result.metadata)
     return render_pr_body(result, None, original_source=original, edited_source=edited)
 
 
@@ -59,10 +61,11 @@ def rates(cell: str) -> tuple[float, float]:
     return (found[0], found[-1])
 
 
-def test_effect_line_per_group_table_and_drift_row_tell_one_story(result: dict[str, Any]) -> None:
+def test_effect_line_per_group_table_and_drift_row_tell_one_story(result: CalibrationResult) -> None:
     body = body_of(result)
-    shipped = result["backtest"]["shipped"]
-    n, low, high = shipped["n"], shipped["truncations"], shipped["truncations_upper"]
+    shipped = result.backtest.shipped
+    assert shipped is not None
+    n, low, high = shipped.n, shipped.truncations, shipped.truncations_upper
 
     # the effect line: today → this pull request, what the shipped backtest says
     (effect,) = [line for line in body.splitlines() if line.startswith("**Effect on the")]
@@ -105,7 +108,7 @@ def test_effect_line_per_group_table_and_drift_row_tell_one_story(result: dict[s
     assert "`proposed` = full refit (not shipped)" in ratio
 
 
-def test_gate_passed_is_never_above_thin_evidence_without_saying_what_it_means(result: dict[str, Any]) -> None:
+def test_gate_passed_is_never_above_thin_evidence_without_saying_what_it_means(result: CalibrationResult) -> None:
     body = body_of(result)
     gate = body[body.index("### Gate: passed"):]
     sentence = gate.split("\n\n")[1]
@@ -116,4 +119,4 @@ def test_gate_passed_is_never_above_thin_evidence_without_saying_what_it_means(r
     for verdict in story.group_verdicts(result).values():
         if verdict.kind.ships:
             assert verdict.line() in verdicts  # the same words as the report's
-            assert verdict.line() in Path(result["report_path"]).read_text(encoding="utf-8")
+            assert verdict.line() in Path(str(result.report_path)).read_text(encoding="utf-8")

@@ -8,7 +8,6 @@ import copy
 import importlib
 import importlib.util
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,10 @@ import flows.pipeline
 from autopack import params
 from autopack.calibration import drift
 from autopack.calibration import run_calibration as real_run_calibration
+from autopack.calibration.result import load_result
 from autopack.cli import pipeline as pipeline_command
 from autopack.db.engine import session_scope
+from autopack.db.handle import Database, open_database
 from autopack.errors import InputError
 from autopack.execution import batch
 from autopack.execution.batch import BatchOptions
@@ -40,8 +41,9 @@ FLOWS = {"telemetry-pipeline": (flows.pipeline.telemetry_pipeline, PipelineParam
          "batch-drain": (flows.drain.batch_drain, DrainParams),
          "calibrate": (flows.calibrate.calibrate, CalibrationParams)}
 #: Flow parameters that are not parameters of the flow's model: where to look, not what to compute.
-FLOW_EXTRAS = {"batch-drain": {"expect_db_id"}, "calibrate": {"include_run_ids", "output_dir", "expect_db_id"},
-               "telemetry-pipeline": set()}
+FLOW_EXTRAS = {"batch-drain": {"expect_db_id", "database"},
+               "calibrate": {"include_run_ids", "output_dir", "expect_db_id", "database"},
+               "telemetry-pipeline": {"database"}}
 COMMANDS = {("pipeline", "run"): PipelineParams, ("drain", "batch"): DrainParams, ("calibrate",): CalibrationParams}
 #: Bounds as JSON schema keywords: what the Prefect UI and server check.
 BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "minItems", "type", "items")
@@ -180,15 +182,15 @@ def test_holdout_fraction_0_means_nothing_held_out_and_nothing_shipped_everywher
             flow.validate_parameters({"params": {"holdout_fraction": 0}})
             schema = parameter_schema(flow).model_dump_for_openapi()
             validate_schema({"params": {"holdout_fraction": 0}}, schema, raise_on_error=True)
-    result = real_run_calibration(seeded_calibration, CalibrationParams(holdout_fraction=0),
+    result = real_run_calibration(open_database(seeded_calibration), CalibrationParams(holdout_fraction=0),
                                   output_dir=tmp_path / "library")
-    assert result["backtest"]["test_n"] == 0 and not result["gate"]["passed"]
-    assert any("no held-out calls" in reason for reason in result["gate"]["reasons"])
+    assert result.backtest.test_n == 0 and not result.gate.passed
+    assert any("no held-out calls" in reason for reason in result.gate.reasons)
     code, _, _ = run_cli(capsys, "calibrate", "--holdout-fraction", "0", "--json", "--output-dir", str(tmp_path / "cli"))
     assert code == 0
     (json_path,) = (tmp_path / "cli").glob("*.json")
-    from_cli = json.loads(json_path.read_text())
-    assert from_cli["backtest"]["test_n"] == 0 and from_cli["gate"]["reasons"] == result["gate"]["reasons"]
+    from_cli = load_result(json_path)
+    assert from_cli.backtest.test_n == 0 and from_cli.gate.reasons == result.gate.reasons
 
 
 @pytest.fixture
@@ -298,13 +300,13 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     seen: dict[str, list[Any]] = {"drain": [], "calibration": []}
     real_drain = batch.run_batch_drain
 
-    def drain_spy(params: DrainParams, **kwargs: Any) -> Any:
+    def drain_spy(params: DrainParams, database: Database, **kwargs: Any) -> Any:
         seen["drain"].append(params)
-        return real_drain(params, **kwargs)
+        return real_drain(params, database, **kwargs)
 
-    def calibration_spy(url: str | None, params: CalibrationParams, **kwargs: Any) -> Any:
+    def calibration_spy(database: Database, params: CalibrationParams, **kwargs: Any) -> Any:
         seen["calibration"].append((params, kwargs))
-        return real_run_calibration(url, params, **kwargs)
+        return real_run_calibration(database, params, **kwargs)
 
     monkeypatch.setattr(flows.drain, "run_batch_drain", drain_spy)
     monkeypatch.setattr(flows.calibrate, "run_calibration", calibration_spy)

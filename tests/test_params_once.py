@@ -37,9 +37,10 @@ COMMAND_MODELS: dict[tuple[str, ...], type[ParamsModel]] = {
     ("pipeline", "run"): PipelineParams, ("drain", "batch"): DrainParams, ("calibrate",): CalibrationParams,
 }
 #: The flows that take a model, and each one's arguments that are not in it (where to look, not what to compute).
-FLOW_MODELS = {flows.pipeline.telemetry_pipeline: (PipelineParams, set()),
-               flows.drain.batch_drain: (DrainParams, {"expect_db_id"}),
-               flows.calibrate.calibrate: (CalibrationParams, {"include_run_ids", "output_dir", "expect_db_id"})}
+FLOW_MODELS = {flows.pipeline.telemetry_pipeline: (PipelineParams, {"database"}),
+               flows.drain.batch_drain: (DrainParams, {"expect_db_id", "database"}),
+               flows.calibrate.calibrate: (CalibrationParams,
+                                           {"include_run_ids", "output_dir", "expect_db_id", "database"})}
 OTHER_FLOWS = (flows.guard.db_identity_guard, flows.validate.validate_single_phase,
                flows.pull_request.open_calibration_pr_flow)
 #: Options named like a parameter of record that are the command's own, and why.

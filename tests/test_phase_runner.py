@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from autopack.db.engine import get_engine, session_scope
+from autopack.db.handle import database_at
 from autopack.db.models import LlmUsageEvent, Phase, Run, TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.execution import leases
 from autopack.execution.phase_runner import PhaseResult, check_output, execute_phase
@@ -38,7 +39,7 @@ def run(url: str, phase_id: str = "p1", *, provider: object | None = None, telem
     with session_scope(url) as session:
         claim = leases.claim_phase(session, RUN, phase_id, "worker-1")
     assert claim is not None
-    return execute_phase(RUN, phase_id, claim=claim, url=url, provider=provider or SimulatedProvider(seed=1),  # type: ignore[arg-type]
+    return execute_phase(RUN, phase_id, claim=claim, db=database_at(url), provider=provider or SimulatedProvider(seed=1),  # type: ignore[arg-type]
                          telemetry=telemetry)
 
 
@@ -209,7 +210,7 @@ def test_a_lost_lease_rejects_the_result(db_url: str) -> None:
     with session_scope(db_url) as session:
         session.execute(sa.update(Phase).values(lease_owner="someone-else"))
     with pytest.raises(leases.LeaseLostError):
-        execute_phase(RUN, "p1", claim=claim, url=db_url, provider=SimulatedProvider(seed=1))
+        execute_phase(RUN, "p1", claim=claim, db=database_at(db_url), provider=SimulatedProvider(seed=1))
 
 
 def test_heartbeat_is_called_around_each_call(db_url: str) -> None:
@@ -218,7 +219,7 @@ def test_heartbeat_is_called_around_each_call(db_url: str) -> None:
     with session_scope(db_url) as session:
         claim = leases.claim_phase(session, RUN, "p1", "worker-1")
     assert claim is not None
-    result = execute_phase(RUN, "p1", claim=claim, url=db_url, provider=SimulatedProvider(seed=1),
+    result = execute_phase(RUN, "p1", claim=claim, db=database_at(db_url), provider=SimulatedProvider(seed=1),
                            heartbeat=lambda: beats.append(1))
     assert result.success and len(beats) == 2
 
@@ -294,7 +295,7 @@ def test_lease_is_kept_alive_during_a_long_provider_call(db_url: str, monkeypatc
     with session_scope(db_url) as session:
         claim = leases.claim_phase(session, RUN, "p1", "worker-1")
     assert claim is not None
-    result = execute_phase(RUN, "p1", claim=claim, url=db_url, provider=SlowProvider(seed=1), heartbeat=heartbeat)
+    result = execute_phase(RUN, "p1", claim=claim, db=database_at(db_url), provider=SlowProvider(seed=1), heartbeat=heartbeat)
     assert result.success
 
 
@@ -320,4 +321,4 @@ def test_lease_lost_during_the_call_rejects_the_result(db_url: str, monkeypatch:
         claim = leases.claim_phase(session, RUN, "p1", "worker-1")
     assert claim is not None
     with pytest.raises(leases.LeaseLostError):
-        execute_phase(RUN, "p1", claim=claim, url=db_url, provider=LosingProvider(seed=1), heartbeat=heartbeat)
+        execute_phase(RUN, "p1", claim=claim, db=database_at(db_url), provider=LosingProvider(seed=1), heartbeat=heartbeat)

@@ -15,6 +15,7 @@ from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github  # noqa: F
 
 from autopack.calibration.synthetic import simulate
 from autopack.db.engine import get_engine
+from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
 from autopack.params import PipelineParams
@@ -58,7 +59,7 @@ def test_pipeline_opens_a_pull_request_and_updates_it_on_the_next_run(
     db_url: str, prefect_harness: None, github_env: FakeGitHub, tmp_path: Path
 ) -> None:
     target = project_checkout(tmp_path / "target")
-    prepare_database(db_url, init=True)
+    prepare_database(database_at(db_url), init=True)
     # history from earlier weeks (as `autopack telemetry import` would add): the 61 seed phases alone leave
     # every group below the 22 calls a distribution-free factor needs at α = 5 %, so nothing would ship
     with get_engine(db_url).begin() as connection:
@@ -67,14 +68,15 @@ def test_pipeline_opens_a_pull_request_and_updates_it_on_the_next_run(
     first = telemetry_pipeline(PipelineParams(target_repo=str(target), output_dir=str(tmp_path / "reports"), workers=2))
 
     assert first["phases_drained"] >= 60 and first["telemetry_events"] >= 60
-    assert first["calibration"]["gate"]["passed"]
+    calibration = first["calibration"].result
+    assert calibration is not None and calibration.gate.passed
     pr = first["pull_request"]
     assert pr["status"] == "opened"
     before = github_env.file(REPOSITORY, "main", ESTIMATOR_PATH)
     after = github_env.file(REPOSITORY, BOT_BRANCH, ESTIMATOR_PATH)
     changed = changed_lines(before, after)
     assert changed and all(COEFFICIENT_LINE.match(line) for line in changed), changed
-    assert Path(first["calibration"]["report_path"]).exists() and Path(first["calibration"]["plot_path"]).exists()
+    assert Path(str(calibration.report_path)).exists() and Path(str(calibration.plot_path)).exists()
 
     second = telemetry_pipeline(PipelineParams(target_repo=str(target), output_dir=str(tmp_path / "reports2"),
                                                skip_drain=True))

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from github_server.samples import as_result, calibration
 from prefect.client.orchestration import get_client
 from prefect_live import run_artifacts
 from test_pipeline_flow import project_checkout
 
+from autopack.calibration.result import CalibrationOutcome
 from autopack.cli import main
 from autopack.config import get_settings
 from autopack.db.engine import get_engine, session_scope
@@ -122,22 +124,23 @@ def test_pipeline_cli_says_in_one_line_when_the_temporary_prefect_server_does_no
     assert "Traceback" not in out.stderr
 
 
+def gate(passed: bool, reasons: list[str]) -> CalibrationOutcome:
+    return CalibrationOutcome(result=as_result(calibration(gate={"passed": passed, "reasons": reasons})))
+
+
 def outcome(**overrides: object) -> dict[str, object]:
-    result: dict[str, object] = {
-        "calibration": {"gate": {"passed": True, "reasons": []}}, "pull_request": None, "target_repo": "/srv/ap",
-    }
+    result: dict[str, object] = {"calibration": gate(True, []), "pull_request": None, "target_repo": "/srv/ap"}
     result.update(overrides)
     return result
 
 
 def test_state_messages_tell_a_failed_gate_a_pull_request_and_a_dry_run_apart() -> None:
-    failed = outcome(calibration={"gate": {"passed": False, "reasons": ["only 12 samples", "no group qualifies"]}})
+    failed = outcome(calibration=gate(False, ["only 12 samples", "no group qualifies"]))
     opened = outcome(pull_request={"status": "opened", "pr_number": 7, "pr_url": "https://gh.example/pull/7"})
     updated = outcome(pull_request={"status": "updated", "pr_number": 7, "pr_url": "https://gh.example/pull/7"})
     dry = outcome(pull_request={"status": "dry_run", "branch": "autopack/calibrate-token-estimator",
                                 "commit_sha": "abcdef0123456789", "body_path": "/srv/reports/pull_request_body.md"})
-    empty = outcome(calibration={"no_samples": "no usable calibration samples (0 rows read)",
-                                 "gate": {"passed": False, "reasons": ["x"]}})
+    empty = outcome(calibration=CalibrationOutcome(no_samples="no usable calibration samples (0 rows read)"))
 
     assert state_message(failed) == "gate not passed: only 12 samples; no group qualifies"
     assert state_message(opened) == "PR #7 opened: https://gh.example/pull/7"
@@ -145,7 +148,7 @@ def test_state_messages_tell_a_failed_gate_a_pull_request_and_a_dry_run_apart() 
     assert state_message(dry) == ("dry run: branch autopack/calibrate-token-estimator written to /srv/ap "
                                   "(abcdef012345); PR body /srv/reports/pull_request_body.md")
     assert state_message(empty) == "no calibration: no usable calibration samples (0 rows read)"
-    long = outcome(calibration={"gate": {"passed": False, "reasons": ["r" * 1000]}})
+    long = outcome(calibration=gate(False, ["r" * 1000]))
     assert len(state_message(long)) == 300
 
 

@@ -20,6 +20,7 @@ from test_pipeline_flow import project_checkout
 
 from autopack.calibration.synthetic import simulate
 from autopack.db.engine import dispose_engines, get_engine
+from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
 from autopack.pipeline import prepare_database
 
@@ -28,7 +29,7 @@ from autopack.pipeline import prepare_database
 @pytest.mark.timeout(600)
 def test_pipeline_cli_with_github_unreachable_fails_in_one_line_without_a_traceback(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'telemetry.db'}"
-    prepare_database(url, init=True)
+    prepare_database(database_at(url), init=True)
     with get_engine(url).begin() as connection:  # earlier weeks' telemetry: enough for the gate to pass
         connection.execute(sa.insert(TokenEstimationV2Event.__table__), simulate(150, seed=3, run_id="history"))
     dispose_engines()

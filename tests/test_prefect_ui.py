@@ -30,6 +30,7 @@ from test_pipeline_flow import project_checkout
 
 from autopack.calibration.synthetic import simulate
 from autopack.db.engine import dispose_engines, get_engine
+from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
 from autopack.params import PipelineParams
 from autopack.pipeline import prepare_database
@@ -58,7 +59,7 @@ def finished_run(ui_server: LiveServer, tmp_path_factory: pytest.TempPathFactory
 
     work = tmp_path_factory.mktemp("ui-pipeline")
     url = f"sqlite:///{work / 'telemetry.db'}"
-    prepare_database(url, init=True)
+    prepare_database(database_at(url), init=True)
     with get_engine(url).begin() as connection:  # earlier weeks' telemetry: enough calls for the gate
         connection.execute(sa.insert(TokenEstimationV2Event.__table__), simulate(150, seed=3, run_id="history"))
     target = project_checkout(work / "target")

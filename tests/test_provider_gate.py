@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from autopack.db.engine import dispose_engines, session_scope
+from autopack.db.handle import database_at
 from autopack.db.models import ProviderSlot, utcnow
 from autopack.execution.provider_gate import ProviderGate, ProviderSlotTimeout, provider_gate
 from autopack.llm.base import LLMRequest, ProviderAuthError
@@ -28,7 +29,7 @@ def _hold_slots(url: str, size: int, rounds: int, hold: float, start: Any, out: 
     """A process taking the gate ``rounds`` times from three threads; reports (acquired, released) times."""
     import threading
 
-    gate = ProviderGate(url, "llm", size, max_wait=120)
+    gate = ProviderGate(database_at(url), "llm", size, max_wait=120)
     intervals: list[tuple[float, float]] = []
     lock = threading.Lock()
 
@@ -76,11 +77,11 @@ def test_concurrent_processes_never_hold_more_slots_than_the_size(db_url: str) -
 
 
 def test_an_expired_slot_is_taken_over(db_url: str) -> None:
-    dead = ProviderGate(db_url, "llm", 1, max_wait=5)
+    dead = ProviderGate(database_at(db_url), "llm", 1, max_wait=5)
     assert dead.try_acquire("dead-process#0") == 0
     with session_scope(db_url) as db:
         db.execute(sa.update(ProviderSlot).values(expires_at=utcnow() - timedelta(seconds=1)))
-    other = ProviderGate(db_url, "llm", 1, max_wait=5)
+    other = ProviderGate(database_at(db_url), "llm", 1, max_wait=5)
     with other.slot() as number:
         assert number == 0
         owner, _ = slot_rows(db_url)[0]
@@ -90,8 +91,8 @@ def test_an_expired_slot_is_taken_over(db_url: str) -> None:
 
 
 def test_a_held_slot_is_not_taken_and_waiting_is_bounded(db_url: str) -> None:
-    holder = ProviderGate(db_url, "llm", 1)
-    waiter = ProviderGate(db_url, "llm", 1, max_wait=0.3)
+    holder = ProviderGate(database_at(db_url), "llm", 1)
+    waiter = ProviderGate(database_at(db_url), "llm", 1, max_wait=0.3)
     with holder.slot():
         with pytest.raises(ProviderSlotTimeout) as info:
             waiter.acquire()
@@ -101,8 +102,8 @@ def test_a_held_slot_is_not_taken_and_waiting_is_bounded(db_url: str) -> None:
 
 
 def test_renewal_keeps_a_long_call_slot(db_url: str) -> None:
-    holder = ProviderGate(db_url, "llm", 1, ttl=0.3)
-    other = ProviderGate(db_url, "llm", 1)
+    holder = ProviderGate(database_at(db_url), "llm", 1, ttl=0.3)
+    other = ProviderGate(database_at(db_url), "llm", 1)
     with holder.slot():
         time.sleep(1.2)  # four lease lengths: only renewals keep it
         assert other.try_acquire() is None
@@ -113,7 +114,7 @@ def test_renewal_keeps_a_long_call_slot(db_url: str) -> None:
 
 
 def test_slot_is_released_when_the_call_fails(db_url: str) -> None:
-    gate = ProviderGate(db_url, "llm", 1, max_wait=0.5)
+    gate = ProviderGate(database_at(db_url), "llm", 1, max_wait=0.5)
 
     class Failing:
         name, model, max_output_tokens = "sim", "m", 1000
@@ -129,16 +130,16 @@ def test_slot_is_released_when_the_call_fails(db_url: str) -> None:
 
 
 def test_slots_above_the_size_are_ignored(db_url: str) -> None:
-    wide = ProviderGate(db_url, "llm", 3)
+    wide = ProviderGate(database_at(db_url), "llm", 3)
     taken = [wide.try_acquire() for _ in range(3)]
     assert sorted(taken) == [0, 1, 2]  # type: ignore[type-var]
     wide.release(2)
-    narrow = ProviderGate(db_url, "llm", 2)
+    narrow = ProviderGate(database_at(db_url), "llm", 2)
     assert narrow.try_acquire() is None  # slot 2 is free, but not part of a gate of size 2
     for number in (0, 1):
         wide.release(number)
 
 
 def test_size_zero_switches_the_gate_off(db_url: str) -> None:
-    assert provider_gate(db_url, "llm", 0) is None
-    assert provider_gate(db_url, "llm", 2) is provider_gate(db_url, "llm", 2)  # one per process
+    assert provider_gate(database_at(db_url), "llm", 0) is None
+    assert provider_gate(database_at(db_url), "llm", 2) is provider_gate(database_at(db_url), "llm", 2)  # one per process

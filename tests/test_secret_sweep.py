@@ -19,6 +19,7 @@ from test_secrets_at_rest import every_file, every_stored_text
 
 from autopack.calibration.synthetic import simulate
 from autopack.db.engine import dispose_engines, get_engine
+from autopack.db.handle import database_at
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import TokenEstimationV2Event
 from autopack.params import PipelineParams
@@ -85,7 +86,7 @@ def database_url_with_a_password(empty_db_url: str) -> str:
     if url.startswith("postgresql"):  # the test server trusts loopback: the password is sent and ignored
         url = sa.engine.make_url(url).set(password=SECRETS["DATABASE_URL password"]).render_as_string(
             hide_password=False)
-    upgrade_database(url)
+    upgrade_database(database_at(url))
     with get_engine(url).begin() as connection:  # enough history for the calibration gate to pass
         connection.execute(sa.insert(TokenEstimationV2Event.__table__), simulate(300, seed=3, run_id="history"))
     return url

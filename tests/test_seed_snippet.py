@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from autopack.db.engine import session_scope
+from autopack.db.handle import database_at
 from autopack.execution.drain_one import drain_one
 from autopack.execution.seed_runs import ensure_seed_runs
 
@@ -32,7 +33,7 @@ session.close()
 def test_the_seed_verification_snippet_prints_docs_low_budgets(db_url: str, tmp_path: Path) -> None:
     with session_scope(db_url) as session:
         ensure_seed_runs(session, ["telemetry-collection-v4"])
-    drain_one("telemetry-collection-v4", "telemetry-p9-readme", force=True, url=db_url)
+    drain_one("telemetry-collection-v4", "telemetry-p9-readme", force=True, db=database_at(db_url))
     out = subprocess.run([sys.executable, "-c", SEED_SNIPPET], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "DATABASE_URL": db_url}, check=True)
     assert "telemetry-p9-readme: selected_budget=4096, actual_max_tokens=" in out.stdout

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from autopack.db.engine import dispose_engines, session_scope
+from autopack.db.handle import database_at
 from autopack.db.models import DrainResult, DrainSession, utcnow
 from autopack.execution.sessions import (
     FINAL_INTERRUPTED,
@@ -140,7 +141,7 @@ def test_dict_round_trip_with_every_set_non_empty() -> None:
 
 def test_database_round_trip(db_url: str) -> None:
     state = _busy_state()
-    store = SessionStore(db_url)
+    store = SessionStore(database_at(db_url))
     store.save(state)
     loaded = store.load(state.session_id)
     assert loaded is not None
@@ -156,7 +157,7 @@ def test_database_round_trip(db_url: str) -> None:
 
 def test_save_twice_writes_each_result_once(db_url: str) -> None:
     state = SessionState(new_session_id(), 5)
-    store = SessionStore(db_url)
+    store = SessionStore(database_at(db_url))
     state.record(ok("a", "p0"), LIMITS)
     store.save(state)
     state.record(ok("a", "p1"), LIMITS)
@@ -167,11 +168,11 @@ def test_save_twice_writes_each_result_once(db_url: str) -> None:
 
 
 def claimer(url: str, name: str = "me") -> SessionStore:
-    return SessionStore(url, owner=f"{name}-{os.getpid()}", lease_seconds=60)
+    return SessionStore(database_at(url), owner=f"{name}-{os.getpid()}", lease_seconds=60)
 
 
 def test_claim_resumable_takes_the_newest_unfinished(db_url: str) -> None:
-    store = SessionStore(db_url)
+    store = SessionStore(database_at(db_url))
     older = SessionState("batch-drain-20250101-000000-aaaa", 5, status=STATUS_INTERRUPTED)
     newer = SessionState("batch-drain-20250102-000000-bbbb", 5, status=STATUS_INTERRUPTED)
     done = SessionState("batch-drain-20250103-000000-cccc", 5, status=STATUS_COMPLETED)
@@ -188,7 +189,7 @@ def test_claim_resumable_takes_the_newest_unfinished(db_url: str) -> None:
 
 
 def test_claim_resumable_skips_a_session_whose_process_is_alive(db_url: str) -> None:
-    store = SessionStore(db_url)
+    store = SessionStore(database_at(db_url))
     alive = SessionState(
         "batch-drain-20250101-000000-live",
         5,
@@ -206,7 +207,7 @@ def test_claim_resumable_takes_a_running_session_whose_process_died(db_url: str)
         status=STATUS_RUNNING,
         params={"process": {"host": socket.gethostname(), "pid": 2**22 + 12345}},
     )
-    SessionStore(db_url, owner="dead-drain", lease_seconds=600).save(dead)  # its lease has not expired yet
+    SessionStore(database_at(db_url), owner="dead-drain", lease_seconds=600).save(dead)  # its lease has not expired yet
     found = claimer(db_url).claim_resumable()
     assert found is not None and found.session_id == dead.session_id
 
@@ -218,7 +219,7 @@ def test_claim_resumable_takes_a_session_whose_lease_expired(db_url: str) -> Non
         status=STATUS_RUNNING,
         params={"process": {"host": "another-host", "pid": 1}},
     )
-    held = SessionStore(db_url, owner="remote-drain", lease_seconds=600)
+    held = SessionStore(database_at(db_url), owner="remote-drain", lease_seconds=600)
     held.save(remote)
     assert claimer(db_url).claim_resumable() is None  # another host, lease running: held
     with session_scope(db_url) as db:
@@ -231,7 +232,7 @@ def test_claim_resumable_takes_a_session_whose_lease_expired(db_url: str) -> Non
 
 
 def _claim_in_process(url: str, name: str, start: Any, out: Any) -> None:
-    store = SessionStore(url, owner=f"{name}-{os.getpid()}", lease_seconds=60)
+    store = SessionStore(database_at(url), owner=f"{name}-{os.getpid()}", lease_seconds=60)
     out.put((name, "ready"))
     start.wait(60)
     found = store.claim_resumable()
@@ -240,7 +241,7 @@ def _claim_in_process(url: str, name: str, start: Any, out: Any) -> None:
 
 
 def test_two_processes_resuming_at_once_never_get_the_same_session(db_url: str) -> None:
-    SessionStore(db_url).save(SessionState(new_session_id(), 8, status=STATUS_INTERRUPTED))
+    SessionStore(database_at(db_url)).save(SessionState(new_session_id(), 8, status=STATUS_INTERRUPTED))
     context = multiprocessing.get_context("spawn")
     for _ in range(3):  # three rounds, each on a fresh interrupted session
         start, out = context.Event(), context.Queue()
@@ -255,14 +256,14 @@ def test_two_processes_resuming_at_once_never_get_the_same_session(db_url: str) 
         assert sorted(claimed, key=str) == sorted([None, claimed[0] or claimed[1]], key=str)  # exactly one winner
         with session_scope(db_url) as db:
             db.execute(sa.update(DrainSession).values(completed_at=utcnow()))
-        SessionStore(db_url).save(SessionState(new_session_id(), 8, status=STATUS_INTERRUPTED))
+        SessionStore(database_at(db_url)).save(SessionState(new_session_id(), 8, status=STATUS_INTERRUPTED))
 
 
 def test_urls_lose_their_credentials_before_they_are_stored(db_url: str) -> None:
     state = SessionState(new_session_id(), 5, params={"api_url": "http://user:s3cr3t@127.0.0.1:8000/x?token=s3cr3t&a=1",
                                                     "nested": ["https://:s3cr3t@host/"]})
     state.record(fail("a", "p0", error="cannot reach http://user:s3cr3t@127.0.0.1:9/health"), LIMITS)
-    SessionStore(db_url).save(state)
+    SessionStore(database_at(db_url)).save(state)
     with session_scope(db_url) as db:
         session = db.get(DrainSession, state.session_id)
         result = db.scalars(sa.select(DrainResult)).one()

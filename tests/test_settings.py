@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from autopack.config import absolutize_sqlite_url, get_settings
 from autopack.db.engine import get_engine
+from autopack.db.handle import database_at
 from autopack.db.migrate import upgrade_database
 
 
@@ -23,8 +24,8 @@ def test_database_url_set_after_import_is_honoured(monkeypatch: pytest.MonkeyPat
 
 def test_two_urls_in_one_process_reach_two_databases(tmp_path: Path) -> None:
     first, second = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
-    upgrade_database(first)
-    upgrade_database(second)
+    upgrade_database(database_at(first))
+    upgrade_database(database_at(second))
     with get_engine(first).begin() as connection:
         connection.execute(sa.text("INSERT INTO runs (id, state) VALUES ('only-in-a', 'QUEUED')"))
     with get_engine(second).connect() as connection:

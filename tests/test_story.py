@@ -2,34 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from github_server.samples import as_result, calibration
+
+from autopack.calibration.result import Backtest, GroupEntry, MethodSummary
 from autopack.calibration.story import Confirmation, Guarantee, VerdictKind, drift_table, gate_sentence
 
 
+def group(**fields: Any) -> GroupEntry:
+    return GroupEntry(category="implementation", complexity="low", n=fields.pop("n", 0), n_censored=0,
+                      median_ratio=None, median_ratio_ci=(None, None), budget_factor=1.2, confidence=None,
+                      proposed=True, **fields)
+
+
 def test_a_conformal_factor_names_its_rank_its_fitted_calls_and_its_probability() -> None:
-    group = {"factor_method": "km_conformal", "factor_pool_n": 50, "factor_rank": 49, "confidence": 0.9662, "n": 52}
-    assert Guarantee.of(group, 0.05).text() == (
+    conformal = group(factor_method="km_conformal", factor_pool_n=50, factor_rank=49, n=52)
+    conformal = conformal.model_copy(update={"confidence": 0.9662})
+    assert Guarantee.of(conformal, 0.05).text() == (
         "bound: conformal rank 49 of n = 50 fitted calls of this group, P(true truncation ≤ 2α = 10 %) ≈ 0.97 "
         "(distribution-free for exchangeable calls)")
 
 
 def test_a_factor_resting_on_an_assumption_says_so_and_claims_no_probability_it_lacks() -> None:
-    tail = {"factor_method": "km_conformal", "factor_pool_n": 40, "confidence": None,
-            "assumption": "censoring independent of length"}
+    tail = group(factor_method="km_conformal", factor_pool_n=40, assumption="censoring independent of length")
     assert Guarantee.of(tail, 0.05).text() == ("bound: km_conformal on n = 40 fitted calls of this group, no "
                                                "probability claimed, only if censoring independent of length")
-    normal = {"factor_method": "small_group_bound", "factor_pool_n": 8, "confidence": 0.9,
-              "assumption": "log ratios are normal"}
+    normal = group(factor_method="small_group_bound", factor_pool_n=8,
+                   assumption="log ratios are normal").model_copy(update={"confidence": 0.9})
     assert "P(true truncation ≤ 2α = 10 %) ≈ 0.90, only if log ratios are normal" in Guarantee.of(normal, 0.05).text()
 
 
 def test_confirmation_counts_held_out_calls_and_flags_too_few() -> None:
-    assert Confirmation.of({"n": 2, "truncations": 0, "truncations_upper": 0, "evidence": False}, 85).text() == (
+    thin = MethodSummary(n=2, truncations=0, truncations_upper=0, evidence=False)
+    assert Confirmation.of(thin, 85).text() == (
         "confirmed on 2 held-out calls, 0 truncated: **thin** (≥ 85 needed to be evidence)")
-    assert Confirmation.of({"n": 120, "truncations": 3, "truncations_upper": 5}, 85).text() == (
+    assert Confirmation.of(MethodSummary(n=120, truncations=3, truncations_upper=5), 85).text() == (
         "confirmed on 120 held-out calls, 3–5 truncated")
-    assert Confirmation.of({"n": 0}, 85).text() == "not confirmed: no held-out calls"
-    said = Confirmation.of({"n": 30, "evidence": "too few held-out calls for this group"}, 85)
-    assert said.thin and said.text().endswith("**thin** (too few held-out calls for this group)")
+    assert Confirmation.of(MethodSummary(n=0), 85).text() == "not confirmed: no held-out calls"
 
 
 def test_every_verdict_kind_has_its_label() -> None:
@@ -38,8 +48,11 @@ def test_every_verdict_kind_has_its_label() -> None:
 
 
 def test_a_gate_that_did_not_pass_says_nothing_ships() -> None:
-    assert gate_sentence({"gate": {"passed": False}}) == "Nothing ships: no change passed the gate (reasons below)."
+    failed = as_result(calibration(gate={"passed": False}))
+    assert gate_sentence(failed) == "Nothing ships: no change passed the gate (reasons below)."
 
 
 def test_no_drift_comparison_is_no_table() -> None:
-    assert drift_table({}) is None and drift_table({"calibration_under_drift": {"methods": {}}}) is None
+    empty = {"alpha": 0.05, "feedback": {"kind": "fixed_lag", "lag_calls": 8}, "methods": {}}
+    assert drift_table(Backtest()) is None
+    assert drift_table(Backtest.model_validate({"calibration_under_drift": empty})) is None

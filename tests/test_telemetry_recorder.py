@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from autopack.db.engine import session_scope
+from autopack.db.handle import database_at
 from autopack.db.models import (
     TELEMETRY_SCHEMA_VERSION,
     LlmUsageEvent,
@@ -54,7 +55,7 @@ def all_rows(url: str, model: type) -> list:  # type: ignore[type-arg]
 
 
 def test_exact_split_usage_and_estimation_row(db_url: str) -> None:
-    recorded = record_call(KEY, FEATURES, EST, DECISION, response(), success=True, url=db_url)
+    recorded = record_call(KEY, FEATURES, EST, DECISION, response(), success=True, db=database_at(db_url))
     assert recorded.usage_created and recorded.estimation_created
     (usage,) = all_rows(db_url, LlmUsageEvent)
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (800, 1200, 2000)
@@ -73,8 +74,8 @@ def test_exact_split_usage_and_estimation_row(db_url: str) -> None:
 
 
 def test_recording_the_same_call_twice_does_not_duplicate(db_url: str) -> None:
-    first = record_call(KEY, FEATURES, EST, DECISION, response(), success=True, url=db_url)
-    second = record_call(KEY, FEATURES, EST, DECISION, response(output=999), success=False, url=db_url)
+    first = record_call(KEY, FEATURES, EST, DECISION, response(), success=True, db=database_at(db_url))
+    second = record_call(KEY, FEATURES, EST, DECISION, response(output=999), success=False, db=database_at(db_url))
     assert not second.usage_created and not second.estimation_created
     assert (second.usage_event_id, second.estimation_event_id) == (first.usage_event_id, first.estimation_event_id)
     assert len(all_rows(db_url, LlmUsageEvent)) == 1
@@ -83,14 +84,14 @@ def test_recording_the_same_call_twice_does_not_duplicate(db_url: str) -> None:
 
 
 def test_another_attempt_is_another_row(db_url: str) -> None:
-    record_call(KEY, FEATURES, EST, DECISION, response(), success=True, url=db_url)
-    record_call(CallKey("run-1", "phase-1", 1, 0), FEATURES, EST, DECISION, response(), success=True, url=db_url)
+    record_call(KEY, FEATURES, EST, DECISION, response(), success=True, db=database_at(db_url))
+    record_call(CallKey("run-1", "phase-1", 1, 0), FEATURES, EST, DECISION, response(), success=True, db=database_at(db_url))
     assert sorted(e.attempt_index for e in all_rows(db_url, TokenEstimationV2Event)) == [0, 1]
 
 
 def test_total_only_usage_is_never_split_and_gives_no_estimation_sample(db_url: str) -> None:
     recorded = record_call(KEY, FEATURES, EST, DECISION, response(output=None, input_tokens=None, total=2100),
-                           success=True, url=db_url)
+                           success=True, db=database_at(db_url))
     (usage,) = all_rows(db_url, LlmUsageEvent)
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (None, None, 2100)
     assert usage.split_kind == "total_only"
@@ -98,20 +99,20 @@ def test_total_only_usage_is_never_split_and_gives_no_estimation_sample(db_url: 
 
 
 def test_nothing_reported_is_marked_unreported(db_url: str) -> None:
-    record_call(KEY, FEATURES, EST, DECISION, response(output=None, input_tokens=None), success=False, url=db_url)
+    record_call(KEY, FEATURES, EST, DECISION, response(output=None, input_tokens=None), success=False, db=database_at(db_url))
     (usage,) = all_rows(db_url, LlmUsageEvent)
     assert usage.split_kind == "unreported" and usage.prompt_tokens is None
 
 
 def test_tiny_outputs_are_recorded(db_url: str) -> None:
-    record_call(KEY, FEATURES, EST, DECISION, response(output=3), success=False, url=db_url)
+    record_call(KEY, FEATURES, EST, DECISION, response(output=3), success=False, db=database_at(db_url))
     (event,) = all_rows(db_url, TokenEstimationV2Event)
     assert event.actual_output_tokens == 3
 
 
 def test_truncated_call_is_censored(db_url: str) -> None:
     record_call(KEY, FEATURES, EST, DECISION, response(output=DECISION.actual_max_tokens, stop="max_tokens",
-                                                       truncated=True), success=False, url=db_url)
+                                                       truncated=True), success=False, db=database_at(db_url))
     (event,) = all_rows(db_url, TokenEstimationV2Event)
     assert event.truncated and event.is_truncated_output and event.stop_reason == "max_tokens"
 
@@ -119,7 +120,7 @@ def test_truncated_call_is_censored(db_url: str) -> None:
 def test_long_deliverable_lists_are_capped(db_url: str) -> None:
     many = PhaseFeatures(category="docs", complexity="low", deliverables=tuple(f"docs/{'x' * 300}{i}.md" for i in range(30)))
     est, decision = plan_call(many)
-    record_call(KEY, many, est, decision, response(), success=True, url=db_url)
+    record_call(KEY, many, est, decision, response(), success=True, db=database_at(db_url))
     (event,) = all_rows(db_url, TokenEstimationV2Event)
     stored = json.loads(event.deliverables_json)
     assert len(stored) == 20 and all(len(d) == 200 for d in stored)
@@ -128,8 +129,8 @@ def test_long_deliverable_lists_are_capped(db_url: str) -> None:
 
 def test_phase_outcome_is_filled_for_the_given_attempts_only(db_url: str) -> None:
     for attempt in (0, 1, 2):
-        record_call(CallKey("run-1", "phase-1", attempt, 0), FEATURES, EST, DECISION, response(), success=True, url=db_url)
-    assert set_phase_outcome("run-1", "phase-1", [1, 2], "COMPLETE", url=db_url) == 2
+        record_call(CallKey("run-1", "phase-1", attempt, 0), FEATURES, EST, DECISION, response(), success=True, db=database_at(db_url))
+    assert set_phase_outcome("run-1", "phase-1", [1, 2], "COMPLETE", db=database_at(db_url)) == 2
     outcomes = {e.attempt_index: e.phase_outcome for e in all_rows(db_url, TokenEstimationV2Event)}
     assert outcomes == {0: None, 1: "COMPLETE", 2: "COMPLETE"}
 
@@ -137,9 +138,9 @@ def test_phase_outcome_is_filled_for_the_given_attempts_only(db_url: str) -> Non
 def test_escalation_event_is_idempotent(db_url: str) -> None:
     esc = escalate(selected_budget=4096, actual_max_tokens=4096, tokens_used=4096, complexity="low")
     first = record_escalation("run-1", "phase-1", 0, esc, was_truncated=True, output_tokens=4096,
-                              selected_budget=4096, actual_max_tokens=4096, url=db_url)
+                              selected_budget=4096, actual_max_tokens=4096, db=database_at(db_url))
     again = record_escalation("run-1", "phase-1", 0, esc, was_truncated=True, output_tokens=4096,
-                              selected_budget=4096, actual_max_tokens=4096, url=db_url)
+                              selected_budget=4096, actual_max_tokens=4096, db=database_at(db_url))
     assert first == (first[0], True) and again == (first[0], False)
     (row,) = all_rows(db_url, TokenBudgetEscalationEvent)
     assert row.retry_max_tokens == 5120 and row.output_utilization == pytest.approx(100.0)
@@ -148,7 +149,7 @@ def test_escalation_event_is_idempotent(db_url: str) -> None:
 def test_a_failed_write_raises(tmp_path) -> None:  # type: ignore[no-untyped-def]
     unmigrated = f"sqlite:///{tmp_path / 'empty.db'}"
     with pytest.raises(TelemetryWriteError, match="telemetry write failed"):
-        record_call(KEY, FEATURES, EST, DECISION, response(), success=True, url=unmigrated)
+        record_call(KEY, FEATURES, EST, DECISION, response(), success=True, db=database_at(unmigrated))
 
 
 def test_log_line_parses_with_the_original_pattern_and_adds_ceiling_and_provider() -> None:
@@ -162,7 +163,7 @@ def test_log_line_parses_with_the_original_pattern_and_adds_ceiling_and_provider
 
 def test_record_call_logs_the_line(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="autopack.telemetry"):
-        record_call(KEY, FEATURES, EST, DECISION, response(), success=True, url=db_url)
+        record_call(KEY, FEATURES, EST, DECISION, response(), success=True, db=database_at(db_url))
     assert any(V2_PATTERN.search(r.getMessage()) and "provider=simulated" in r.getMessage() for r in caplog.records)
 
 

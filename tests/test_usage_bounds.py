@@ -16,6 +16,7 @@ from test_api import API_KEY, KEYED
 
 from autopack.api import create_app
 from autopack.db.engine import session_scope
+from autopack.db.handle import database_at
 from autopack.db.models import LlmUsageEvent, Phase, TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.execution import leases
 from autopack.execution.phase_runner import PhaseFinishError, execute_phase
@@ -140,7 +141,7 @@ def _claimed_phase(url: str) -> leases.Claim:
                                    {"total_tokens": 2**31}])
 def test_any_provider_is_validated_by_the_phase_runner(db_url: str, usage: dict[str, int]) -> None:
     claim = _claimed_phase(db_url)
-    result = execute_phase("r", "p", claim=claim, url=db_url, provider=_Reporting(**usage))  # type: ignore[arg-type]
+    result = execute_phase("r", "p", claim=claim, db=database_at(db_url), provider=_Reporting(**usage))  # type: ignore[arg-type]
     assert (result.final_state, result.failure_stage) == ("FAILED", "provider")
     assert "impossible usage" in (result.error_message or "")
     row = phase(db_url, "r", "p")
@@ -151,7 +152,7 @@ def test_any_provider_is_validated_by_the_phase_runner(db_url: str, usage: dict[
 
 def test_without_telemetry_nothing_is_recorded_but_the_phase_still_finishes(db_url: str) -> None:
     claim = _claimed_phase(db_url)
-    result = execute_phase("r", "p", claim=claim, url=db_url, provider=_Reporting(output_tokens=HUGE),  # type: ignore[arg-type]
+    result = execute_phase("r", "p", claim=claim, db=database_at(db_url), provider=_Reporting(output_tokens=HUGE),  # type: ignore[arg-type]
                            telemetry=False)
     assert result.final_state == "FAILED" and rows(db_url, LlmUsageEvent) == []
     assert phase(db_url, "r", "p").lease_owner is None
@@ -167,7 +168,7 @@ def test_a_database_refusing_the_final_write_gives_the_phase_back(
 
     monkeypatch.setattr(leases, "finish_phase", refuse)
     with pytest.raises(PhaseFinishError) as info:
-        execute_phase("r", "p", claim=claim, url=db_url, provider=SimulatedProvider(seed=1))
+        execute_phase("r", "p", claim=claim, db=database_at(db_url), provider=SimulatedProvider(seed=1))
     assert "disk I/O error" in info.value.one_line() and "put back in the queue" in info.value.one_line()
     row = phase(db_url, "r", "p")
     assert row.state == "QUEUED" and row.lease_owner is None
@@ -189,7 +190,7 @@ def _response(**usage: object) -> LLMResponse:
 def test_record_call_with_impossible_usage_writes_only_the_invalid_usage_row(db_url: str) -> None:
     with pytest.raises(TelemetryValueError) as info:
         record_call(CallKey("r", "p", 0), FEATURES, EST, DECISION, _response(output_tokens=HUGE), success=True,
-                    url=db_url)
+                    db=database_at(db_url))
     assert "output_tokens" in info.value.message and "split_kind=invalid" in info.value.message
     (usage,) = rows(db_url, LlmUsageEvent)
     assert (usage.split_kind, usage.prompt_tokens, usage.completion_tokens) == ("invalid", 800, None)
@@ -200,7 +201,7 @@ def test_record_escalation_out_of_range_writes_nothing(db_url: str) -> None:
     esc = escalate(selected_budget=4096, actual_max_tokens=4096, tokens_used=4096, complexity="low")
     with pytest.raises(TelemetryValueError) as info:
         record_escalation("r", "p", 0, esc, was_truncated=True, output_tokens=HUGE, selected_budget=4096,
-                          actual_max_tokens=4096, url=db_url)
+                          actual_max_tokens=4096, db=database_at(db_url))
     assert "token_budget_escalation_events.tokens_used=3000000000" in info.value.message
     assert rows(db_url, TokenBudgetEscalationEvent) == []
 
@@ -213,7 +214,7 @@ SPEC = {"run_id": "api-run", "phases": [{"phase_id": "p1", "description": "d", "
 
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(url=db_url, api_key=API_KEY), headers=KEYED) as c:
+    with TestClient(create_app(database=database_at(db_url), api_key=API_KEY), headers=KEYED) as c:
         assert c.post("/runs", json=SPEC).status_code == 201
         yield c
 
@@ -253,7 +254,7 @@ def test_a_plausible_result_is_recorded_as_given(client: TestClient, db_url: str
 
 
 def test_a_token_cap_beyond_the_column_is_refused_before_anything_is_created(db_url: str) -> None:
-    with TestClient(create_app(url=db_url, api_key=API_KEY), headers=KEYED) as c:
+    with TestClient(create_app(database=database_at(db_url), api_key=API_KEY), headers=KEYED) as c:
         response = c.post("/runs", json={**SPEC, "run_id": "capped", "token_cap": HUGE})
         assert response.status_code == 422 and "2147483647" in response.text
         assert c.get("/runs/capped").status_code == 404

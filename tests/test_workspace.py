@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from autopack.db.engine import session_scope
+from autopack.db.handle import database_at
 from autopack.db.models import Phase, Run
 from autopack.execution import leases
 from autopack.execution.phase_runner import execute_phase
@@ -92,7 +93,7 @@ def _drain_single_phase(url: str, run_id: str) -> Path:
     with session_scope(url) as session:
         claim = leases.claim_phase(session, run_id, "p", "w1")
     assert claim is not None
-    result = execute_phase(run_id, "p", claim=claim, url=url, provider=SimulatedProvider(seed=1), telemetry=False)
+    result = execute_phase(run_id, "p", claim=claim, db=database_at(url), provider=SimulatedProvider(seed=1), telemetry=False)
     assert result.success, result.error_message
     return run_workspace(run_id, create=False) / "pkg" / "a.py"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.exception_handlers import http_exception_handler
@@ -23,14 +24,15 @@ from autopack.api import drain, health, runs, telemetry
 from autopack.api.deps import app_config, load_config
 from autopack.api.inputs import BodySizeLimit, safe_validation_errors
 from autopack.api.security import RequireKeyForWrites
+from autopack.db.handle import Database
 from autopack.logging import get_logger, redact
 
 log = get_logger("autopack.api")
 
 
-def create_app(*, url: str | None = None, api_key: str | None = None) -> FastAPI:
-    """The API app. ``url``/``api_key`` override the settings (tests); otherwise they are read at start-up."""
-    overrides = {"url": url, "api_key": api_key}
+def create_app(*, database: Database | None = None, api_key: str | None = None) -> FastAPI:
+    """The API app. ``database``/``api_key`` override the settings (tests); otherwise they are read at start-up."""
+    overrides: dict[str, Any] = {"database": database, "api_key": api_key}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

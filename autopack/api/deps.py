@@ -18,12 +18,13 @@ from starlette.applications import Starlette
 from autopack.api.security import UNAUTHORIZED, key_matches
 from autopack.api_key_file import HEADER, ApiKey, server_api_key
 from autopack.config import get_settings
-from autopack.db.engine import resolve_url, session_scope
+from autopack.db.handle import Database, database_at
 
 
 @dataclass(frozen=True)
 class ApiConfig:
-    url: str
+    #: Opened at start-up without the guard: ``/health`` reports an unmigrated or missing database as degraded.
+    database: Database
     api_key: str
     #: Where the key came from (AUTOPACK_API_KEY, the key file, a test's override): logged, never the key.
     api_key_source: str = "AUTOPACK_API_KEY"
@@ -32,13 +33,13 @@ class ApiConfig:
     max_body_bytes: int = 1_048_576
 
 
-def load_config(url: str | None = None, api_key: str | None = None) -> ApiConfig:
+def load_config(database: Database | None = None, api_key: str | None = None) -> ApiConfig:
     """The app's configuration; the key is ``api_key``, else ``AUTOPACK_API_KEY``, else the key file (created
     if missing): there is no configuration without a key."""
     settings = get_settings()
     key = ApiKey(api_key, origin="create_app(api_key=...)") if api_key else server_api_key(settings)
     return ApiConfig(
-        url=resolve_url(url) if url else settings.resolved_database_url(),
+        database=database or database_at(),
         api_key=key.value,
         api_key_source=key.source(),
         api_key_created=key.created,
@@ -64,7 +65,7 @@ ConfigDep = Annotated[ApiConfig, Depends(get_config)]
 
 
 def get_db(config: ConfigDep) -> Iterator[Session]:
-    with session_scope(config.url) as session:
+    with config.database.session() as session:
         yield session
 
 

@@ -13,24 +13,24 @@ from autopack.api.deps import API_KEY_HEADER, ConfigDep
 from autopack.api.inputs import StrictJsonRoute
 from autopack.api.schemas import HealthOut
 from autopack.api.security import key_matches
-from autopack.db.engine import get_engine, mask_url
+from autopack.db.handle import Database
 from autopack.db.migrate import current_revision, head_revision, sqlite_path
 
 router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
 
 
-def database_identity(url: str) -> str:
+def database_identity(database: Database) -> str:
     """12 hex chars of sha256 of the masked, slash-normalised URL (the original's ``database_identity``)."""
-    return hashlib.sha256(mask_url(url).replace("\\", "/").encode("utf-8")).hexdigest()[:12]
+    return hashlib.sha256(database.masked_url.replace("\\", "/").encode("utf-8")).hexdigest()[:12]
 
 
-def probe(url: str) -> tuple[bool, str | None, str | None]:
+def probe(database: Database) -> tuple[bool, str | None, str | None]:
     """(reachable, db id, schema revision), read-only; never creates a missing SQLite file."""
-    path = sqlite_path(url)
+    path = sqlite_path(database.url)
     if path is not None and not path.exists():
         return False, None, None
     try:
-        with get_engine(url).connect() as connection:
+        with database.engine.connect() as connection:
             revision = current_revision(connection)
             db_id = None
             if sa.inspect(connection).has_table("db_meta"):
@@ -43,7 +43,7 @@ def probe(url: str) -> tuple[bool, str | None, str | None]:
 @router.get("/health", response_model=HealthOut)
 def health(config: ConfigDep, x_api_key: Annotated[str | None, Security(API_KEY_HEADER)] = None) -> HealthOut:
     """A read (open to all); a client that sends its key learns whether it would be accepted for writes."""
-    reachable, db_id, revision = probe(config.url)
+    reachable, db_id, revision = probe(config.database)
     expected = head_revision()
     ok = reachable and db_id is not None and revision == expected
     return HealthOut(
@@ -52,7 +52,7 @@ def health(config: ConfigDep, x_api_key: Annotated[str | None, Security(API_KEY_
         db_id=db_id,
         schema_revision=revision,
         expected_revision=expected,
-        database_identity=database_identity(config.url),
+        database_identity=database_identity(config.database),
         version=__version__,
         key_accepted=None if x_api_key is None else key_matches(x_api_key, config.api_key),
     )

@@ -1,6 +1,7 @@
 """Calibration (T5): budget ``max_tokens`` for a target truncation rate, with a backtest and a gate.
 
-Public entry point: ``run_calibration`` (database → report, JSON, plot, ``calibration_runs`` row). The
+Public entry point: ``run_calibration`` (database → report, JSON, plot, ``calibration_runs`` row), which returns a
+``CalibrationResult`` (``result``: the typed JSON; ``load_result`` reads a file back). The
 statistics are pure functions in ``stats``, ``model``, ``fit``, ``backtest`` and ``core``; see
 docs/calibration.md for the method and the reasons behind it. Importing outside telemetry is
 ``autopack.telemetry.ingest``; the original's log analyser is ``autopack.legacy.analyze_v3``.
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["METHOD_VERSION", "NoUsableSamplesError", "run_calibration"]
+__all__ = ["METHOD_VERSION", "CalibrationResult", "NoUsableSamplesError", "load_result", "run_calibration"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from autopack.calibration.core import METHOD_VERSION
+    from autopack.calibration.result import CalibrationResult, load_result
     from autopack.calibration.runner import NoUsableSamplesError, run_calibration
 
 
@@ -23,6 +25,10 @@ def __getattr__(name: str) -> Any:
         from autopack.calibration import runner
 
         return getattr(runner, name)
+    if name == "CalibrationResult" or name == "load_result":
+        from autopack.calibration import result
+
+        return getattr(result, name)
     if name == "METHOD_VERSION":
         from autopack.calibration.core import METHOD_VERSION
 

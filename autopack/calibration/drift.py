@@ -49,7 +49,8 @@ from typing import Any, Literal
 import numpy as np
 
 from autopack import token_estimator as te
-from autopack.calibration import stats, story
+from autopack.calibration import stats
+from autopack.calibration.result import MethodParams, ProposedChange
 from autopack.params import check_shippable
 
 MethodName = Literal["static", "rolling", "aci"]
@@ -558,17 +559,19 @@ def method_spec(name: str) -> MethodSpec:
     return MethodSpec(check_shippable(name))
 
 
-def describe_method(name: str, params: Mapping[str, Any]) -> str:
+def describe_method(name: str, params: MethodParams) -> str:
     """The report's two sentences on the method."""
     if name == "aci":
-        low, high = params.get("alpha_range", [None, None])
+        low, high = params.alpha_range or (None, None)
+        lag = params.feedback.lag_calls if params.feedback and params.feedback.lag_calls is not None else \
+            BACKTEST_FEEDBACK_LAG
         return (
             "Method `aci` (adaptive conformal inference): each calibrated group ships its static factor plus a "
             f"reviewed curve of factors for miscoverage levels {low}–{high} (`ADAPTIVE_BUDGET_FACTORS`), and at run "
-            f"time its level α_t moves by γ = {params.get('gamma')} × (α − truncated) after each finished call, "
+            f"time its level α_t moves by γ = {params.gamma} × (α − truncated) after each finished call, "
             "kept in the database and clipped to the curve, so a ceiling never leaves the reviewed range. "
             f"The held-out backtest replays exactly that, with each call's outcome known only "
-            f"{params.get('feedback', {}).get('lag_calls', BACKTEST_FEEDBACK_LAG)} calls later (delayed feedback)."
+            f"{lag} calls later (delayed feedback)."
         )
     return (
         "Method `static`: each calibrated group ships one budget factor, the split-conformal quantile of its "
@@ -725,7 +728,7 @@ def adaptive_changes(
     shipped: Mapping[Group, float],
     current: te.Coefficients,
     extras: Mapping[Group, Mapping[str, Any]] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[ProposedChange]:
     """The reviewed part of the method, as ``proposed_changes`` entries for the libcst editor.
 
     ``shipped``: the groups whose BUDGET_FACTORS this proposal sets, with their new factor; ``rows`` with
@@ -743,18 +746,16 @@ def adaptive_changes(
     }
     train, _ = rows.streams(predicted)
     s = scores(train)
-    changes: list[dict[str, Any]] = []
+    changes: list[ProposedChange] = []
 
-    def change(table: str, key: tuple[str, str], new: float, group: Group | None) -> None:
+    def change(table: Literal["ADAPTIVE_BUDGET_FACTORS", "ADAPTIVE_SETTINGS"], key: tuple[str, str], new: float,
+               group: Group | None) -> None:
         previous = old.get(key) if table == "ADAPTIVE_BUDGET_FACTORS" else current_settings.get(key)
         if previous is not None and math.isclose(previous, new, rel_tol=1e-12):
             return
-        entry: dict[str, Any] = {"coefficient": table, "key": list(key), "old": previous, "new": new,
-                                 "category": group[0] if group else None,
-                                 "complexity": group[1] if group else None,
-                                 "n": None, "confidence": None, "interval": [None, None], "backtest": {}}
-        entry.update(extras.get(group, {}) if group else {})
-        changes.append(entry)
+        changes.append(ProposedChange(coefficient=table, key=key, old=previous, new=new,
+                                      category=group[0] if group else None, complexity=group[1] if group else None,
+                                      interval=(None, None), **(extras.get(group, {}) if group else {})))
 
     for g, i in sorted(rows.index(list(shipped)).items()):
         existing = current.adaptive_curves.get(g)
@@ -770,50 +771,7 @@ def adaptive_changes(
         for a in sorted(set(new_levels) | set(existing.alphas if existing else ())):
             value = new_levels[a] if a in new_levels else _round_up(curve.factor_at(a))
             change("ADAPTIVE_BUDGET_FACTORS", (te.adaptive_group_key(g), te.adaptive_level_key(a)), value, g)
-    if spec.name == "aci" and any(c["coefficient"] == "ADAPTIVE_BUDGET_FACTORS" for c in changes):
+    if spec.name == "aci" and any(c.coefficient == "ADAPTIVE_BUDGET_FACTORS" for c in changes):
         change("ADAPTIVE_SETTINGS", ("aci", "target_alpha"), round(alpha, 4), None)  # as the curve keys spell it
         change("ADAPTIVE_SETTINGS", ("aci", "gamma"), spec.gamma, None)
     return changes
-
-
-def report_section(result: Mapping[str, Any]) -> list[str]:
-    """The markdown report's "Calibration under drift" section: the method in two sentences, then the table.
-
-    Rows, labels and the note on coinciding rows come from ``story.drift_table``, as in the PR body.
-    """
-    md = result.get("metadata") or {}
-    method = md.get("method", DEFAULT_METHOD)
-    lines = ["## Calibration under drift", "", describe_method(method, md.get("method_params") or {}), ""]
-    backtest = result.get("backtest") or {}
-    summary = backtest.get("calibration_under_drift") or {}
-    table = story.drift_table(backtest, method)
-    if table is None:
-        return lines + ["No held-out calls: nothing to replay.", ""]
-    lines += [
-        f"Every method replayed on {summary.get('calls', 'the held-out calls')} with {table.basis} "
-        "(delayed feedback: "
-        f"{Feedback(**{k: v for k, v in summary['feedback'].items() if k != 'kind'}).describe()}; worst bin = "
-        f"{summary.get('bins')}; `oracle` = each group's own quantile of these calls, in hindsight).",
-        "",
-        "| method | truncation | reserved / used | ÷ oracle | worst bin | pinball ÷ oracle |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for row in table.rows:
-        m = row.metrics
-        shown = f"**{row.label}**" if row.this_pr else row.label
-        low, high = (m.get("truncation_interval") or [m.get("truncation_rate")] * 2)[:2]
-        rate = "–" if low is None else (f"{100 * low:.1f} %" if high in (None, low)
-                                         else f"{100 * low:.1f}–{100 * high:.1f} %")
-        worst = m.get("worst_bin_truncation")
-        lines.append(
-            f"| {shown} | {rate} | {_num(m.get('reserved_over_used'))} | "
-            f"{_num(m.get('reserved_vs_oracle'))} | {'–' if worst is None else f'{100 * worst:.1f} %'} | "
-            f"{_num(m.get('pinball_vs_oracle'))} |"
-        )
-    if table.note:
-        lines += ["", table.note]
-    return lines + [""]
-
-
-def _num(value: Any) -> str:
-    return "–" if value is None else f"{value:.3f}"

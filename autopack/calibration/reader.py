@@ -21,7 +21,7 @@ import gc
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import sqlalchemy as sa
@@ -36,11 +36,13 @@ from autopack.calibration.samples import (
     spellings_of,
 )
 from autopack.db import keys
-from autopack.db.engine import get_engine
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import AutopackError
 from autopack.llm.base import TRUNCATION_REASONS
 from autopack.taxonomy import DOCS_LIKE, canonical_category
+
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
 
 EV = TokenEstimationV2Event.__table__
 ESC = TokenBudgetEscalationEvent.__table__
@@ -359,11 +361,11 @@ def _factor(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
     return codes, list(table)
 
 
-def read_events(url: str | None = None, include_run_ids: Sequence[str] | None = None, *,
+def read_events(database: Database, include_run_ids: Sequence[str] | None = None, *,
                 since: datetime | None = None) -> EventColumns:
     """The calibration columns of ``token_estimation_v2_events`` (optionally only some runs, and only the calls
     at or after ``since``, naive UTC: the calibration window, read through the timestamp index)."""
-    engine = get_engine(url)
+    engine = database.engine
     c = EV.c
     where: list[Any] = [c.run_id.in_(list(include_run_ids))] if include_run_ids else []
     if since is not None:

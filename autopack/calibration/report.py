@@ -14,15 +14,15 @@ ones, and says SIMULATED DATA in its title when the data is.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from autopack.calibration import drift, story
+from autopack.calibration.result import CalibrationResult, GroupEntry, Metadata, Sources, Truncation
 from autopack.logging import redact
 
 MAX_DOC_ROWS = 30
@@ -53,36 +53,36 @@ def _check(ok: bool) -> str:
     return "✅" if ok else "❌"
 
 
-def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
-    md = result["metadata"]
-    groups: Sequence[Mapping[str, Any]] = result["groups"]
-    threshold = md["confidence_threshold"]
-    eligible = [g for g in groups if g["n"] >= md["min_samples"]]
-    high = sorted(
-        (g for g in eligible if (g["confidence"] or 0) >= threshold), key=lambda g: -(g["confidence"] or 0)
-    )
-    counts = md["sample_counts"]
+def render_markdown(result: CalibrationResult, plot_name: str | None) -> str:
+    md = result.metadata
+    groups = result.groups
+    threshold = md.confidence_threshold
+    eligible = [g for g in groups if g.n >= md.min_samples]
+    high = sorted((g for g in eligible if (g.confidence or 0) >= threshold), key=lambda g: -(g.confidence or 0))
+    counts = md.sample_counts
+    span = md.time_span
+    holdout = "–" if md.holdout_fraction is None else f"{md.holdout_fraction:.0%}"
     lines: list[str] = [
         "# Token Estimator Calibration Report",
         "",
-        f"**Generated**: {md['generated_at']}",
-        f"**Database id**: `{md['db_id']}`",
-        f"**Method**: `{md['method_version']}` (target truncation α = {md['target_truncation']}, "
-        f"hold-out {md['holdout_fraction']:.0%} newest, min samples {md['min_samples']}, "
+        f"**Generated**: {md.generated_at}",
+        f"**Database id**: `{md.db_id}`",
+        f"**Method**: `{md.method_version}` (target truncation α = {md.target_truncation}, "
+        f"hold-out {holdout} newest, min samples {md.min_samples}, "
         f"confidence threshold {threshold})",
-        f"**Data**: {md['time_span']['start']} → {md['time_span']['end']}, {len(md['run_ids'])} run(s)"
-        + (f", filtered to {', '.join(md['include_run_ids'])}" if md["include_run_ids"] else ""),
-        f"**Source**: {_sources_line(md.get('sources') or {})}",
+        f"**Data**: {span.start if span else '?'} → {span.end if span else '?'}, {len(md.run_ids)} run(s)"
+        + (f", filtered to {', '.join(md.include_run_ids)}" if md.include_run_ids else ""),
+        f"**Source**: {_sources_line(md.sources)}",
         "",
         "## Summary",
         "",
-        f"- **Total samples**: {md['total_samples']} first attempts ({counts['observed']} complete, "
-        f"{counts['censored']} truncated kept as censored); {_retries_line(md)}",
-        f"- **Samples in qualifying groups** (n ≥ {md['min_samples']}): {sum(g['n'] for g in eligible)}",
-        f"- **Groups analysed**: {len(groups)} ({len(eligible)} with ≥ {md['min_samples']} samples)",
+        f"- **Total samples**: {md.total_samples} first attempts ({counts.observed or 0} complete, "
+        f"{counts.censored or 0} truncated kept as censored); {_retries_line(md)}",
+        f"- **Samples in qualifying groups** (n ≥ {md.min_samples}): {sum(g.n for g in eligible)}",
+        f"- **Groups analysed**: {len(groups)} ({len(eligible)} with ≥ {md.min_samples} samples)",
         f"- **High-confidence groups** (confidence ≥ {threshold}): {len(high)}",
-        f"- **Gate**: {'PASSED' if result['gate']['passed'] else 'not passed'} — "
-        f"{len(result['proposed_changes'])} proposed change(s). {story.gate_sentence(result)}",
+        f"- **Gate**: {'PASSED' if result.gate.passed else 'not passed'} — "
+        f"{len(result.proposed_changes)} proposed change(s). {story.gate_sentence(result)}",
         "",
     ]
     lines += _targets_section(result)
@@ -91,7 +91,7 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
     if not high:
         lines += ["No high-confidence groups.", ""]
     for g in high:
-        m = g["median_ratio"]
+        m = g.median_ratio
         if m is None:
             action = "median not identifiable (censoring)"
         elif m > 1.2:
@@ -101,18 +101,18 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
         else:
             action = "within ±20% (no change needed)"
         lines += [
-            f"### {g['category']}/{g['complexity']}",
+            f"### {g.category}/{g.complexity}",
             "",
-            f"- **Samples**: {g['n']} ({g['n_censored']} censored)",
-            f"- **Confidence**: {_f(g['confidence'])} (original's score: {_f(g['original_confidence'])})",
-            f"- **Current avg estimate**: {_f(g['avg_predicted'], 0)} tokens",
-            f"- **Actual avg**: {_f(g['avg_actual'], 0)} tokens",
-            f"- **Median ratio** (actual/predicted): {_f(g['median_ratio'], 3)} "
-            f"(95% CI {_f(g['median_ratio_ci'], 3)})",
-            f"- **Proposed multiplier** (the original's rule): {_f(g['median_ratio'], 3)}",
-            f"- **Proposed budget factor**: {_f(g['budget_factor'], 3)} ({_method(g)}; today's ceiling ≈ "
-            f"{_f(g.get('current_ceiling_factor'), 2)} × the proposed prediction) — "
-            f"{'proposed' if g['proposed'] else 'not proposed: ' + '; '.join(g['gate_reasons'])}",
+            f"- **Samples**: {g.n} ({g.n_censored} censored)",
+            f"- **Confidence**: {_f(g.confidence)} (original's score: {_f(g.original_confidence)})",
+            f"- **Current avg estimate**: {_f(g.avg_predicted, 0)} tokens",
+            f"- **Actual avg**: {_f(g.avg_actual, 0)} tokens",
+            f"- **Median ratio** (actual/predicted): {_f(g.median_ratio, 3)} "
+            f"(95% CI {_f(g.median_ratio_ci, 3)})",
+            f"- **Proposed multiplier** (the original's rule): {_f(g.median_ratio, 3)}",
+            f"- **Proposed budget factor**: {_f(g.budget_factor, 3)} ({_method(g)}; today's ceiling ≈ "
+            f"{_f(g.current_ceiling_factor, 2)} × the proposed prediction) — "
+            f"{'proposed' if g.proposed else 'not proposed: ' + '; '.join(g.gate_reasons)}",
             f"- **Action**: {action}",
             "",
         ]
@@ -124,9 +124,9 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
     ]
     for g in groups:
         lines.append(
-            f"| {g['category']} | {g['complexity']} | {g['n']} | {_f(g['avg_actual'], 0)} | "
-            f"{_f(g['avg_predicted'], 0)} | {_f(g['median_ratio'], 3)} | {_f(g['confidence'], 3)} | "
-            f"{_f(g['median_ratio'], 3)} |"
+            f"| {g.category} | {g.complexity} | {g.n} | {_f(g.avg_actual, 0)} | "
+            f"{_f(g.avg_predicted, 0)} | {_f(g.median_ratio, 3)} | {_f(g.confidence, 3)} | "
+            f"{_f(g.median_ratio, 3)} |"
         )
     lines += ["", "### Budget factors (each group from its own calls)", ""]
     lines += [
@@ -135,33 +135,32 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
         "|---|---|---:|---:|---|---:|---|---|---:|---:|---|---|",
     ]
     for g in groups:
-        bt = g.get("backtest") or {}
-        held = bt.get("n") or 0
-        thin = "" if bt.get("evidence") else " (thin)"
+        held = (g.backtest.n if g.backtest else None) or 0
+        thin = "" if g.backtest and g.backtest.evidence else " (thin)"
         lines.append(
-            f"| {g['category']} | {g['complexity']} | {g['n']} | {g['n_censored']} | {_f(g['median_ratio'], 3)} "
-            f"{_f(g['median_ratio_ci'], 3)} | {_f(g.get('current_ceiling_factor'), 2)} | {_f(g['budget_factor'], 3)} "
-            f"{_f(g['factor_interval'], 3)} | {_method(g)} | {_f(g['confidence'])} | {_f(g['original_confidence'])} | "
-            f"{held}{thin if held else ''} | {_check(g['proposed'])} |"
+            f"| {g.category} | {g.complexity} | {g.n} | {g.n_censored} | {_f(g.median_ratio, 3)} "
+            f"{_f(g.median_ratio_ci, 3)} | {_f(g.current_ceiling_factor, 2)} | {_f(g.budget_factor, 3)} "
+            f"{_f(g.factor_interval, 3)} | {_method(g)} | {_f(g.confidence)} | {_f(g.original_confidence)} | "
+            f"{held}{thin if held else ''} | {_check(g.proposed)} |"
         )
-    notes = [g for g in groups if g["factor_note"] or g.get("assumption")]
+    notes = [g for g in groups if g.factor_note or g.assumption]
     if notes:
         lines += [""]
         for g in notes:
-            parts = [p for p in (g["factor_note"], f"assumes {g['assumption']}" if g.get("assumption") else "") if p]
-            lines.append(f"- {g['category']}/{g['complexity']}: " + "; ".join(parts))
-    lines += [f"- {g['category']}/{g['complexity']}: {g['confidence_note']}" for g in groups
-              if g.get("confidence_note")]
-    lines += [f"- {g['category']}/{g['complexity']}: {g['step_toward_alpha']['verdict']}" for g in groups
-              if g.get("gate_direction") == "raise" and g.get("step_toward_alpha")]
-    lines += ["", f"Held-out calls are *evidence* from {md.get('min_evidence_calls', '–')} on (at α = "
-              f"{md['target_truncation']}): from there a budget truncating 3α is caught ≥ 90 % of the time. "
+            parts = [p for p in (g.factor_note, f"assumes {g.assumption}" if g.assumption else "") if p]
+            lines.append(f"- {g.category}/{g.complexity}: " + "; ".join(parts))
+    lines += [f"- {g.category}/{g.complexity}: {g.confidence_note}" for g in groups if g.confidence_note]
+    lines += [f"- {g.category}/{g.complexity}: {g.step_toward_alpha.verdict}" for g in groups
+              if g.gate_direction == "raise" and g.step_toward_alpha]
+    evidence_from = "–" if md.min_evidence_calls is None else md.min_evidence_calls
+    lines += ["", f"Held-out calls are *evidence* from {evidence_from} on (at α = "
+              f"{md.target_truncation}): from there a budget truncating 3α is caught ≥ 90 % of the time. "
               "Fewer is marked *thin*: the group may then ship only if it truncates no more held-out calls than "
               "today's ceilings, and its guarantee rests on its factor's method."]
     lines += _waste_section(groups)
     lines += _changes_section(result)
     lines += _backtest_section(result)
-    lines += drift.report_section(result)
+    lines += _drift_section(result)
     lines += _docs_section(result)
     if plot_name:
         lines += ["## Plot", "", f"![actual / predicted per group, budget factor marked]({plot_name})", ""]
@@ -194,65 +193,69 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
     return redact("\n".join(lines) + "\n")
 
 
-def _method(g: Mapping[str, Any]) -> str:
-    method = g.get("factor_method") or "none"
-    return method + (", extrapolation" if g.get("extrapolation") else "")
+def _method(g: GroupEntry) -> str:
+    method = g.factor_method or "none"
+    return method + (", extrapolation" if g.extrapolation else "")
 
 
-def _sources_line(sources: Mapping[str, Any]) -> str:
-    models = sources.get("models") or []
-    if not models:
+def _sources_line(sources: Sources | None) -> str:
+    models = sources.models if sources else []
+    if not sources or not models:
         return "provider/model not recorded"
-    mix = ", ".join(f"{m['provider'] or '?'}/{m['model'] or '?'} ({m['samples']:,})" for m in models)
+    mix = ", ".join(f"{m.provider or '?'}/{m.model or '?'} ({m.samples:,})" for m in models)
     flag = {True: "SIMULATED data (not a real model)", False: "real provider calls", None: "unknown"}[
-        sources.get("simulated")]
+        sources.simulated]
     return f"{flag} — {mix}"
 
 
-def _retries_line(md: Mapping[str, Any]) -> str:
-    if not md.get("retries_known", True):
-        unknown = (md.get("sample_counts") or {}).get("rows_retries_unknown")
+def _retries_line(md: Metadata) -> str:
+    counts = md.sample_counts
+    if md.retries_known is False:
+        unknown = counts.rows_retries_unknown
         whose = (f"{unknown:,} rows come from a source that does not mark escalated retries (an import without "
                  "retry columns)" if unknown else "no escalation events read")
         return f"retries unknown ({whose}): none could be excluded"
-    counts = md.get("sample_counts") or {}
-    revealed, raised = counts.get("cut_calls_revealed_by_retry", 0), counts.get("cut_calls_raised_by_retry", 0)
+    revealed, raised = counts.cut_calls_revealed_by_retry or 0, counts.cut_calls_raised_by_retry or 0
     told = (f"; {revealed} showed their cut call's need, {raised} raised its censoring to their ceiling"
             if revealed or raised else "")
-    return f"{md.get('retries_excluded', 0)} escalated retries excluded (kept in the database, never fitted{told})"
+    return f"{md.retries_excluded or 0} escalated retries excluded (kept in the database, never fitted{told})"
 
 
-def _targets_section(result: Mapping[str, Any]) -> list[str]:
-    t = result["collection_targets"]
+def _targets_section(result: CalibrationResult) -> list[str]:
+    t = result.collection_targets
+    if t is None:
+        return []
     lines = ["## Collection targets (seed)", "", "| Target | Needed | Have | Met |", "|---|---:|---:|---|"]
-    for item in t["phase_targets"]:
-        lines.append(f"| successful phases ({item['label']}) | ≥ {item['target']} | {t['successful_phases']} | "
-                     f"{_check(item['met'])} |")
-    for item in t["group_targets"]:
-        lines.append(f"| groups with enough samples ({item['label']}) | ≥ {item['target']} | "
-                     f"{t['groups_with_enough_samples']} | {_check(item['met'])} |")
+    for item in t.phase_targets:
+        lines.append(f"| successful phases ({item.label}) | ≥ {item.target} | {t.successful_phases} | "
+                     f"{_check(item.met)} |")
+    for item in t.group_targets:
+        lines.append(f"| groups with enough samples ({item.label}) | ≥ {item.target} | "
+                     f"{t.groups_with_enough_samples} | {_check(item.met)} |")
     return lines + [""]
 
 
-def _metrics_section(result: Mapping[str, Any]) -> list[str]:
-    s = result["success_metrics"]
-    lo, hi = s["median_ratio_range"]
+def _metrics_section(result: CalibrationResult) -> list[str]:
+    s = result.success_metrics
+    if s is None:
+        return []
+    lo, hi = s.median_ratio_range
     return [
         "## Success metrics (seed)",
         "",
-        f"- {_check(s['success_events_at_least_half'])} success=True events ≥ 50% "
-        f"({_pct(s['success_events_ratio'])})",
-        f"- {_check(s['at_least_one_high_confidence_group'])} calibration finds ≥ 1 high-confidence group "
-        f"({s['high_confidence_groups']})",
-        f"- {_check(s['all_median_ratios_in_range'])} median ratios within {lo}–{hi}× "
-        f"({s['groups_median_in_range']} of {s['groups_eligible']} eligible groups)",
-        f"- {_check(s['all_confidences_at_threshold'])} confidence ≥ threshold in every eligible group "
-        f"({s['high_confidence_groups']} of {s['groups_eligible']})",
+        f"- {_check(s.success_events_at_least_half)} success=True events ≥ 50% "
+        f"({_pct(s.success_events_ratio)})",
+        f"- {_check(s.at_least_one_high_confidence_group)} calibration finds ≥ 1 high-confidence group "
+        f"({s.high_confidence_groups})",
+        f"- {_check(s.all_median_ratios_in_range)} median ratios within {lo}–{hi}× "
+        f"({s.groups_median_in_range} of {s.groups_eligible} eligible groups)",
+        f"- {_check(s.all_confidences_at_threshold)} confidence ≥ threshold in every eligible group "
+        f"({s.high_confidence_groups} of {s.groups_eligible})",
         "",
     ]
 
 
-def _waste_section(groups: Sequence[Mapping[str, Any]]) -> list[str]:
+def _waste_section(groups: Sequence[GroupEntry]) -> list[str]:
     lines = [
         "",
         "## Cost-aware analysis (ceiling waste, as recorded)",
@@ -266,27 +269,27 @@ def _waste_section(groups: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
     for g in groups:
         lines.append(
-            f"| {g['category']} | {g['complexity']} | {g['n']} | {_f(g['median_overestimate_ratio'])} | "
-            f"{_f(g['median_ceiling_waste'])} | {_f(g['p90_ceiling_waste'])} | {_f(g['avg_ceiling'], 0)} |"
+            f"| {g.category} | {g.complexity} | {g.n} | {_f(g.median_overestimate_ratio)} | "
+            f"{_f(g.median_ceiling_waste)} | {_f(g.p90_ceiling_waste)} | {_f(g.avg_ceiling, 0)} |"
         )
     return lines + [""]
 
 
-def _changes_section(result: Mapping[str, Any]) -> list[str]:
-    gate = result["gate"]
-    lines = ["## Gate and proposed changes", "", f"**Gate: {'PASSED' if gate['passed'] else 'not passed'}**", "",
+def _changes_section(result: CalibrationResult) -> list[str]:
+    gate = result.gate
+    lines = ["## Gate and proposed changes", "", f"**Gate: {'PASSED' if gate.passed else 'not passed'}**", "",
              story.gate_sentence(result), ""]
     shipped = [v for v in story.group_verdicts(result).values() if v.kind.ships]
     if shipped:
         lines += ["Verdicts (what ships, where its guarantee comes from, what confirms it):", ""]
         lines += [f"- {v.icon} {v.group[0]}/{v.group[1]}: {v.line()}" for v in shipped]
         lines += ["", "The gate's reasons, group by group:", ""]
-    lines += [f"- {r}" for r in gate["reasons"]]
-    weights = gate.get("weights")
+    lines += [f"- {r}" for r in gate.reasons]
+    weights = gate.weights
     if weights:
-        lines += ["", f"**TOKEN_WEIGHTS** ({'changed' if weights['changed'] else 'unchanged'}): {weights['verdict']}"]
+        lines += ["", f"**TOKEN_WEIGHTS** ({'changed' if weights.changed else 'unchanged'}): {weights.verdict}"]
     lines += [""]
-    changes = result["proposed_changes"]
+    changes = result.proposed_changes
     if changes:
         lines += [
             "| Coefficient | Key | Old | New | n | Confidence | Interval | Held-out truncation [interval], shipped | "
@@ -294,34 +297,36 @@ def _changes_section(result: Mapping[str, Any]) -> list[str]:
             "|---|---|---:|---:|---:|---:|---|---|---:|---|",
         ]
         for c in changes:
-            own = c.get("backtest") or {}
-            bt = {"n": own.get("n"), **own["shipped"]} if own.get("shipped") else own  # the group's shipped replay
+            own = c.backtest
+            bt = (own.shipped or own) if own is not None else None  # the group's shipped replay
             lines.append(
-                f"| `{c['coefficient']}` | `{tuple(c['key'])}` | {_f(c['old'], 3)} | {_f(c['new'], 3)} | {c['n']} | "
-                f"{_f(c['confidence'])} | {_f(c['interval'], 3 if c['coefficient'] == 'BUDGET_FACTORS' else 0)} | "
-                f"{_interval(bt)} | {_f(bt.get('reserved_over_used'))} | {c.get('verdict', '')} |"
+                f"| `{c.coefficient}` | `{c.key}` | {_f(c.old, 3)} | {_f(c.new, 3)} | {c.n} | "
+                f"{_f(c.confidence)} | {_f(c.interval, 3 if c.coefficient == 'BUDGET_FACTORS' else 0)} | "
+                f"{_interval(bt)} | {_f(bt.reserved_over_used if bt else None)} | {c.verdict or ''} |"
             )
         lines.append("")
-    fit = result["coefficient_fit"]
+    fit = result.coefficient_fit
     lines += ["### Joint coefficient fit (all changes the fit made, old → new)", ""]
     if not fit:
-        lines += [f"No coefficient changes ({result['metadata']['fit_status']}).", ""]
+        lines += [f"No coefficient changes ({result.metadata.fit_status}).", ""]
     else:
         lines += ["| Coefficient | Key | Old | New | Rows |", "|---|---|---:|---:|---:|"]
-        for c in fit:
-            lines.append(f"| `{c['coefficient']}` | `{tuple(c['key'])}` | {_f(c['old'])} | {_f(c['new'])} | {c['n']} |")
+        for f in fit:
+            lines.append(f"| `{f.coefficient}` | `{f.key}` | {_f(f.old)} | {_f(f.new)} | {f.n} |")
         lines.append("")
     return lines
 
 
-def _interval(m: Mapping[str, Any]) -> str:
-    """'1.0–2.0% (2–4/200)': the held-out truncation interval, lower end to upper end."""
-    if not m or not m.get("n"):
+def _interval(m: Truncation | None, n: int | None = None) -> str:
+    """'1.0–2.0% (2–4/200)': the held-out truncation interval, lower end to upper end (``n``: when ``m`` has none)."""
+    n = m.n if m is not None and m.n is not None else n
+    if m is None or not n:
         return "–"
-    low, high = m.get("truncations"), m.get("truncations_upper", m.get("truncations"))
-    span = m.get("truncation_interval") or [m.get("truncation_rate"), m.get("truncation_rate")]
+    low = m.truncations
+    high = m.truncations if m.truncations_upper is None else m.truncations_upper
+    span = m.truncation_interval or (m.truncation_rate, m.truncation_rate)
     rate = _pct(span[0]) if low == high else f"{_pct(span[0])}–{_pct(span[1])}"
-    counts = f"{low}/{m['n']}" if low == high else f"{low}–{high}/{m['n']}"
+    counts = f"{low}/{n}" if low == high else f"{low}–{high}/{n}"
     return f"{rate} ({counts})"
 
 
@@ -333,14 +338,16 @@ METHOD_LABELS = {
 }
 
 
-def _backtest_section(result: Mapping[str, Any]) -> list[str]:
-    bt = result["backtest"]
-    methods = [m for m in ("current", "shipped", "proposed", "original_median") if isinstance(bt.get(m), Mapping)]
+def _backtest_section(result: CalibrationResult) -> list[str]:
+    bt = result.backtest
+    present = {name: m for name in ("current", "shipped", "proposed", "original_median")
+               if (m := getattr(bt, name)) is not None}
+    methods = list(present)
     lines = ["## Backtest (older part fitted, newest held out)", ""]
-    if not bt.get("test_n"):
+    if not bt.test_n:
         return lines + ["No held-out calls (hold-out fraction 0 or too few samples).", ""]
     lines += [
-        f"Fitted on the oldest {bt['train_n']} calls, evaluated on the newest {bt['test_n']} (from {bt['split_at']}). "
+        f"Fitted on the oldest {bt.train_n} calls, evaluated on the newest {bt.test_n} (from {bt.split_at}). "
         "`current` = ceilings today's token_estimator.py would choose; `shipped` = only the gated changes, i.e. "
         "**this pull request**; `proposed` = the full refit (fitted coefficients × budget factor for every group, "
         "gated or not); `original_median` = predicted × the group's median ratio (no floors). Truncation is an "
@@ -351,12 +358,13 @@ def _backtest_section(result: Mapping[str, Any]) -> list[str]:
         "| Metric | " + " | ".join(f"`{m}` = {METHOD_LABELS[m]}" for m in methods) + " |",
         "|---|" + "---:|" * len(methods),
     ]
-    lines.append("| held-out truncation [lower–upper] | " + " | ".join(_interval(bt[m]) for m in methods) + " |")
+    lines.append("| held-out truncation [lower–upper] | " + " | ".join(_interval(m) for m in present.values()) + " |")
+    evidence_from = "–" if result.metadata.min_evidence_calls is None else result.metadata.min_evidence_calls
     rows = [
         ("n", "calls", 0),
         ("truncation_ci", "truncation 95% CI (Clopper–Pearson, lower end to upper end)", 3),
         ("binomial_p", "one-sided exact binomial p (rate ≤ α)", 3),
-        ("evidence", f"enough held-out calls (≥ {result['metadata'].get('min_evidence_calls', '–')})", None),
+        ("evidence", f"enough held-out calls (≥ {evidence_from})", None),
         ("kupiec_p", "Kupiec p (rate = α, upper end)", 3),
         ("median_ceiling_over_actual", "median ceiling / actual", 2),
         ("p90_ceiling_over_actual", "p90 ceiling / actual", 2),
@@ -364,21 +372,67 @@ def _backtest_section(result: Mapping[str, Any]) -> list[str]:
         ("pinball_loss", "pinball loss (tokens)", 1),
     ]
     for key, label, digits in rows:
-        cells = [_f(bt[m].get(key), digits or 0) for m in methods]
+        cells = [_f(getattr(m, key), digits or 0) for m in present.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "### Per-group held-out truncation", "",
               "| Category | Complexity | n | " + " | ".join(f"`{m}`: truncated / reserved÷used" for m in methods) + " |",
               "|---|---|---:|" + "---|" * len(methods)]
-    for g in bt["groups"]:
-        cells = [f"{_interval({**g[m], 'n': g['n']})} / {_f(g[m]['reserved_over_used'])}" if m in g else "–"
+    for g in bt.groups:
+        cells = [f"{_interval(gm, g.n)} / {_f(gm.reserved_over_used)}" if (gm := getattr(g, m)) is not None else "–"
                  for m in methods]
-        thin = "" if (g.get("current") or {}).get("evidence") else " (thin)"
-        lines.append(f"| {g['category']} | {g['complexity']} | {g['n']}{thin} | " + " | ".join(cells) + " |")
+        thin = "" if g.current is not None and g.current.evidence else " (thin)"
+        lines.append(f"| {g.category} | {g.complexity} | {g.n}{thin} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def _docs_section(result: Mapping[str, Any]) -> list[str]:
-    rows = result["docs_truncation"]
+def _drift_section(result: CalibrationResult) -> list[str]:
+    """The markdown report's "Calibration under drift" section: the method in two sentences, then the table.
+
+    Rows, labels and the note on coinciding rows come from ``story.drift_table``, as in the PR body.
+    """
+    md = result.metadata
+    method = md.method or drift.DEFAULT_METHOD
+    lines = ["## Calibration under drift", "", drift.describe_method(method, md.method_params), ""]
+    summary = result.backtest.calibration_under_drift
+    table = story.drift_table(result.backtest, method)
+    if table is None or summary is None:
+        return lines + ["No held-out calls: nothing to replay.", ""]
+    spec, default = summary.feedback, drift.Feedback()
+    lag = drift.Feedback(spec.lag_calls, default.first_token_seconds if spec.first_token_seconds is None
+                   else spec.first_token_seconds,
+                   default.seconds_per_token if spec.seconds_per_token is None else spec.seconds_per_token)
+    lines += [
+        f"Every method replayed on {summary.calls or 'the held-out calls'} with {table.basis} "
+        "(delayed feedback: "
+        f"{lag.describe()}; worst bin = "
+        f"{summary.bins}; `oracle` = each group's own quantile of these calls, in hindsight).",
+        "",
+        "| method | truncation | reserved / used | ÷ oracle | worst bin | pinball ÷ oracle |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in table.rows:
+        m = row.metrics
+        shown = f"**{row.label}**" if row.this_pr else row.label
+        low, high = m.truncation_interval or (m.truncation_rate, m.truncation_rate)
+        rate = "–" if low is None else (f"{100 * low:.1f} %" if high in (None, low)
+                                         else f"{100 * low:.1f}–{100 * high:.1f} %")
+        worst = m.worst_bin_truncation
+        lines.append(
+            f"| {shown} | {rate} | {_num3(m.reserved_over_used)} | "
+            f"{_num3(m.reserved_vs_oracle)} | {'–' if worst is None else f'{100 * worst:.1f} %'} | "
+            f"{_num3(m.pinball_vs_oracle)} |"
+        )
+    if table.note:
+        lines += ["", table.note]
+    return lines + [""]
+
+
+def _num3(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _docs_section(result: CalibrationResult) -> list[str]:
+    rows = result.docs_truncation
     lines = [
         "## Doc-phase truncation",
         "",
@@ -388,50 +442,52 @@ def _docs_section(result: Mapping[str, Any]) -> list[str]:
     ]
     if not rows:
         return lines + ["No documentation calls.", ""]
-    truncated = sum(1 for r in rows if r["truncated"])
+    truncated = sum(1 for r in rows if r.truncated)
     lines += [f"{truncated} of {len(rows)} documentation calls truncated.", "",
               "| Run | Phase | Group | Output tokens | Predicted | Ceiling | Truncated |",
               "|---|---|---|---:|---:|---:|---|"]
     for r in rows[:MAX_DOC_ROWS]:
         lines.append(
-            f"| {r['run_id']} | {r['phase_id']} | {r['category']}/{r['complexity']} | {r['actual_output_tokens']:,} | "
-            f"{r['predicted_output_tokens']:,} | {r['ceiling']:,} | {'⚠️ yes' if r['truncated'] else 'no'} |"
+            f"| {r.run_id} | {r.phase_id} | {r.category}/{r.complexity} | {r.actual_output_tokens:,} | "
+            f"{r.predicted_output_tokens:,} | {r.ceiling:,} | {'⚠️ yes' if r.truncated else 'no'} |"
         )
     if len(rows) > MAX_DOC_ROWS:
         lines.append(f"\n({len(rows) - MAX_DOC_ROWS} more in the JSON)")
     return lines + [""]
 
 
-def _quality_section(result: Mapping[str, Any]) -> list[str]:
-    md = result["metadata"]
-    c = md["sample_counts"]
+def _quality_section(result: CalibrationResult) -> list[str]:
+    md = result.metadata
+    c = md.sample_counts
+    coverage = md.coverage_actual_max_tokens
     lines = [
         "## Data quality",
         "",
-        f"- Rows read: {c['rows_read']}; selected {c['selected']}; usable {c['usable']}",
+        f"- Rows read: {c.rows_read}; selected {c.selected}; usable {c.usable}",
         f"- Escalated retries: {_retries_line(md)}",
-        f"- Source: {_sources_line(md.get('sources') or {})}",
-        f"- Excluded, failed and not truncated: {c['excluded_failed_not_truncated']}",
-        f"- Excluded, predicted ≤ 0: {c['excluded_nonpositive_predicted']}",
-        f"- Excluded, actual = 0: {c['excluded_zero_actual']}",
-        f"- Re-estimated from stored features: {c['with_features']}; recorded prediction used: {c['without_features']}",
-        f"- actual_max_tokens coverage: {_pct(md['coverage_actual_max_tokens'])}"
-        + (" — below 80%: ceiling waste uses selected_budget for the rest" if md["coverage_actual_max_tokens"] < 0.8
+        f"- Source: {_sources_line(md.sources)}",
+        f"- Excluded, failed and not truncated: {c.excluded_failed_not_truncated}",
+        f"- Excluded, predicted ≤ 0: {c.excluded_nonpositive_predicted}",
+        f"- Excluded, actual = 0: {c.excluded_zero_actual}",
+        f"- Re-estimated from stored features: {c.with_features}; recorded prediction used: "
+        f"{c.without_features}",
+        f"- actual_max_tokens coverage: {_pct(coverage)}"
+        + (" — below 80%: ceiling waste uses selected_budget for the rest" if coverage is not None and coverage < 0.8
            else ""),
     ]
-    for kind, mapping in md["spellings_normalised"].items():
+    for kind, mapping in md.spellings_normalised.items():
         if mapping:
             lines.append(f"- {kind} spellings normalised: " + ", ".join(f"{k} ({v})" for k, v in mapping.items()))
     return lines + [""]
 
 
-def write_json(result: Mapping[str, Any], path: Path) -> None:
-    text = json.dumps(result, indent=2, sort_keys=False, allow_nan=False)
-    path.write_text(redact(text) + "\n", encoding="utf-8")
+def write_json(result: CalibrationResult, path: Path) -> None:
+    """The result as its model dumps it (``load_result`` reads it back), secrets masked."""
+    path.write_text(redact(result.model_dump_json(indent=2)) + "\n", encoding="utf-8")
 
 
 def write_plot(path: Path, plot: Any, *legacy: Any, alpha: float | None = None,
-               sources: Mapping[str, Any] | None = None) -> list[str]:
+               sources: Sources | None = None) -> list[str]:
     """The PNG: per group, actual / predicted (held-out calls apart, censored calls as ▲), n, today's ceiling
     and the new factor; titled SIMULATED when ``sources`` (``metadata.sources``) says the data is.
 
@@ -448,7 +504,7 @@ def write_plot(path: Path, plot: Any, *legacy: Any, alpha: float | None = None,
                         n=[int(np.asarray(r).size) for r in ratios])
     if alpha is None:
         raise TypeError("write_plot needs alpha, the calibration's target truncation rate")
-    return _draw(path, plot, alpha, story.simulated_note(sources or {}))
+    return _draw(path, plot, alpha, story.simulated_note(sources))
 
 
 def _draw(path: Path, plot: Any, alpha: float, simulated: str | None = None) -> list[str]:

@@ -1,4 +1,4 @@
-"""The thin shell around the calibration: guard, read the events, write the files, record the run.
+"""The thin shell around the calibration: read the events, write the files, record the run.
 
 ``run_calibration`` is what ``autopack calibrate``, ``scripts/calibrate_token_estimator.py`` and the
 Prefect flow call. Reading is ``reader.read_events``: one integer-only scan, texts once per distinct value.
@@ -12,19 +12,20 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autopack.calibration import preload
 from autopack.calibration.reader import read_events
+from autopack.calibration.result import CalibrationResult, SampleCounts
 from autopack.calibration.samples import build_sample_set
-from autopack.config import get_settings
-from autopack.db.engine import resolve_url, session_scope
-from autopack.db.identity import guard
 from autopack.db.models import CalibrationRun
 from autopack.errors import AutopackError
 from autopack.logging import get_logger
 from autopack.params import CalibrationParams
 from autopack.timing import StageClock
+
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
 
 __all__ = ["NoUsableSamplesError", "read_events", "run_calibration"]
 
@@ -52,18 +53,18 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _record(url: str, **fields: Any) -> int:
+def _record(database: Database, **fields: Any) -> int:
     from autopack.calibration.core import METHOD_VERSION
 
-    with session_scope(url) as session:
+    with database.session() as session:
         row = CalibrationRun(method_version=METHOD_VERSION, **fields)
         session.add(row)
         session.flush()
         return int(row.id)
 
 
-def _update(url: str, run_id: int, **fields: Any) -> None:
-    with session_scope(url) as session:
+def _update(database: Database, run_id: int, **fields: Any) -> None:
+    with database.session() as session:
         row = session.get(CalibrationRun, run_id)
         if row is not None:
             for k, v in fields.items():
@@ -71,34 +72,30 @@ def _update(url: str, run_id: int, **fields: Any) -> None:
 
 
 def run_calibration(
-    url: str | None = None,
+    database: Database,
     params: CalibrationParams | None = None,
     *,
     include_run_ids: Sequence[str] | None = None,
     output_dir: Path = Path("."),
-    allow_empty_db: bool = False,
-    expect_db_id: str | None = None,
-) -> dict[str, Any]:
-    """Calibrate from the database, write the report/JSON/PNG, record the run; return the JSON object.
+) -> CalibrationResult:
+    """Calibrate from ``database`` (opened and guarded by the caller), write the report/JSON/PNG, record the
+    run; return the result (as written).
 
     ``params``: the statistics (None: ``CalibrationParams``' defaults); checked on construction, so a bad value
     fails before the database is touched. ``params.window_weeks``: only the calls of the newest N weeks before
     now are read (``reader.read_events(since=…)``). The other arguments say where to read and write, not what to
-    compute. Raises the guard's errors (exit 2/3) and ``NoUsableSamplesError`` (exit 1) when nothing is usable.
+    compute. Raises ``NoUsableSamplesError`` (exit 1) when nothing is usable.
     """
     checked = CalibrationParams() if params is None else params
     window_weeks = checked.window_weeks
     run_ids = tuple(include_run_ids or ())
-    resolved = resolve_url(url)
     clock = StageClock()
     lap, timings = clock.lap, clock.timings
 
-    identity = guard(resolved, expect_db_id=expect_db_id or get_settings().expected_db_id, allow_empty=allow_empty_db)
-    lap("guard")
     now = datetime.now(UTC).replace(microsecond=0)
     imports = preload.start()
     since = None if window_weeks is None else (now - timedelta(weeks=window_weeks)).replace(tzinfo=None)
-    columns = read_events(resolved, run_ids, since=since)
+    columns = read_events(database, run_ids, since=since)
     lap("read")
     samples = build_sample_set(columns)
     lap("samples")
@@ -112,12 +109,12 @@ def run_calibration(
                     "output_dir": str(output_dir)}
     naive_now = now.replace(tzinfo=None)
     if samples.n == 0:
-        _record(resolved, created_at=naive_now, db_id=identity.db_id, params=param_record, sample_count=0,
+        _record(database, created_at=naive_now, db_id=database.db_id, params=param_record, sample_count=0,
                 run_ids=[], outcome="no_samples", gate_passed=False)
-        c = samples.counts
+        c = SampleCounts.model_validate(samples.counts)
         raise NoUsableSamplesError(
-            f"no usable calibration samples ({c['rows_read']} rows read, {c['selected']} successful or truncated, "
-            f"{c['excluded_nonpositive_predicted']} with predicted <= 0, {c['excluded_zero_actual']} with actual = 0)",
+            f"no usable calibration samples ({c.rows_read} rows read, {c.selected} successful or truncated, "
+            f"{c.excluded_nonpositive_predicted} with predicted <= 0, {c.excluded_zero_actual} with actual = 0)",
             hint="drain some phases first (autopack drain), or check --include-run-id"
                  + ("" if since is None else f" and --window-weeks (calls since {since:%Y-%m-%d %H:%M} UTC only)"),
         )
@@ -125,38 +122,43 @@ def run_calibration(
     calibration = calibrate(samples, params)
     lap("calibrate")
     result = calibration.result
-    md = result["metadata"]
-    md["db_id"] = identity.db_id
-    md["window_weeks"] = window_weeks
-    md["window_start"] = None if since is None else since.isoformat() + "Z"
-    md["generated_at"] = now.replace(tzinfo=None).isoformat() + "Z"
-    start = datetime.fromisoformat(md["time_span"]["start"].rstrip("Z"))
-    end = datetime.fromisoformat(md["time_span"]["end"].rstrip("Z"))
+    span = result.metadata.time_span
+    assert span is not None  # calibrate always sets it
+    start = datetime.fromisoformat(span.start.rstrip("Z"))
+    end = datetime.fromisoformat(span.end.rstrip("Z"))
     run_row = _record(
-        resolved, created_at=naive_now, db_id=identity.db_id, params=param_record, sample_count=samples.n,
-        run_ids=md["run_ids"], data_start=start, data_end=end, outcome="running", gate_passed=False,
+        database, created_at=naive_now, db_id=database.db_id, params=param_record, sample_count=samples.n,
+        run_ids=list(result.metadata.run_ids), data_start=start, data_end=end, outcome="running", gate_passed=False,
     )
-    md["calibration_run_id"] = run_row
+    provenance = {
+        "db_id": database.db_id,
+        "window_weeks": window_weeks,
+        "window_start": None if since is None else since.isoformat() + "Z",
+        "generated_at": now.replace(tzinfo=None).isoformat() + "Z",
+        "calibration_run_id": run_row,
+    }
     try:
         out = Path(output_dir).expanduser().resolve()
         out.mkdir(parents=True, exist_ok=True)
         stem = _stem(out, now)
         report_path, json_path, plot_path = out / f"{stem}.md", out / f"{stem}.json", out / f"{stem}.png"
         tmp_png = plot_path.with_name(f".{plot_path.name}.tmp.png")
-        write_plot(tmp_png, calibration.plot, alpha=params.alpha, sources=md.get("sources"))
+        write_plot(tmp_png, calibration.plot, alpha=params.alpha, sources=result.metadata.sources)
         os.replace(tmp_png, plot_path)
         lap("plot")
-        md["timings_seconds"] = dict(timings)
-        result["report_path"], result["json_path"], result["plot_path"] = str(report_path), str(json_path), str(plot_path)
+        result = result.model_copy(update={
+            "metadata": result.metadata.model_copy(update={**provenance, "timings_seconds": dict(timings)}),
+            "report_path": str(report_path), "json_path": str(json_path), "plot_path": str(plot_path),
+        })
         _atomic_write_text(report_path, render_markdown(result, plot_path.name))
         tmp_json = json_path.with_name(f".{json_path.name}.tmp")
         write_json(result, tmp_json)
         os.replace(tmp_json, json_path)
     except Exception:
-        _update(resolved, run_row, outcome="error")
+        _update(database, run_row, outcome="error")
         raise
-    passed = bool(result["gate"]["passed"])
-    _update(resolved, run_row, outcome="gate_passed" if passed else "gate_not_passed", gate_passed=passed,
+    passed = result.gate.passed
+    _update(database, run_row, outcome="gate_passed" if passed else "gate_not_passed", gate_passed=passed,
             report_path=str(report_path), json_path=str(json_path))
     log.info("calibration %s: %d samples, gate %s, report %s", run_row, samples.n,
              "passed" if passed else "not passed", report_path)

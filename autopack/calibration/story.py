@@ -1,22 +1,32 @@
 """One story for the calibration report and the pull request body: verdicts, the gate's sentence, the drift table.
 
-Both read the calibration JSON through these functions, so a verdict or a figure cannot say one thing in
-the report and another in the body. Every line describes what merging ships; the full refit appears only
-labelled as such (``FULL_REFIT``). A verdict says where its guarantee comes from (the bound on the
-group's own fitted calls) apart from how much held-out evidence confirms it, because the two differ by
-orders of magnitude (50 fitted calls, 2 held out). A new kind of verdict is one ``VerdictKind`` member
-with its label: every rendering goes through ``GroupVerdict.line``.
+Both read the calibration result (``result.CalibrationResult``) through these functions, so a verdict or a
+figure cannot say one thing in the report and another in the body. Every line describes what merging ships;
+the full refit appears only labelled as such (``FULL_REFIT``). A verdict says where its guarantee comes from
+(the bound on the group's own fitted calls) apart from how much held-out evidence confirms it, because the
+two differ by orders of magnitude (50 fitted calls, 2 held out). A new kind of verdict is one ``VerdictKind``
+member with its label: every rendering goes through ``GroupVerdict.line``.
 
-Pure: mappings in, small frozen models and text out (no numpy, nothing read or written).
+Pure: the typed result in, small frozen models and text out (no numpy, nothing read or written).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+
+from autopack.calibration.result import (
+    Backtest,
+    CalibrationResult,
+    DriftMetrics,
+    DriftSummary,
+    GroupEntry,
+    GroupMethod,
+    MethodSummary,
+    Sources,
+    StepRecord,
+)
 
 Group = tuple[str, str]
 
@@ -49,29 +59,6 @@ VERDICT_LABELS: dict[VerdictKind, str] = {
 }
 
 
-def number(value: object) -> float | None:
-    """A finite number, else None (booleans are not numbers here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def mapping(value: object) -> Mapping[str, Any]:
-    """The value when it is a JSON object, else an empty one (a key an older output lacks)."""
-    return value if isinstance(value, Mapping) else {}
-
-
-def records(value: object) -> list[Mapping[str, Any]]:
-    """The objects of a JSON list (anything else in it, or a non-list, is left out)."""
-    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
-        return []
-    return [v for v in value if isinstance(v, Mapping)]
-
-
 def _pct(value: float) -> str:
     return f"{value * 100:.3g} %"
 
@@ -91,12 +78,9 @@ class Guarantee:
     assumption: str | None = None
 
     @classmethod
-    def of(cls, group: Mapping[str, Any], alpha: float | None) -> Guarantee:
-        fitted = _int(group.get("factor_pool_n"))
-        return cls(group.get("factor_method") if isinstance(group.get("factor_method"), str) else None,
-                   fitted if fitted is not None else _int(group.get("n")), _int(group.get("factor_rank")),
-                   number(group.get("confidence")), alpha,
-                   group.get("assumption") if isinstance(group.get("assumption"), str) else None)
+    def of(cls, group: GroupEntry, alpha: float | None) -> Guarantee:
+        fitted = group.factor_pool_n if group.factor_pool_n is not None else group.n
+        return cls(group.factor_method, fitted, group.factor_rank, group.confidence, alpha, group.assumption)
 
     def text(self) -> str:
         calls = f"n = {self.fitted} fitted calls of this group" if self.fitted is not None else "the group's calls"
@@ -126,10 +110,9 @@ class StepTowardAlpha:
     sized_by: str | None
 
     @classmethod
-    def of(cls, step: Mapping[str, Any]) -> StepTowardAlpha:
-        text = {k: step.get(k) if isinstance(step.get(k), str) else None for k in ("expected_method", "sized_by")}
-        return cls(_int(step.get("n")), _int(step.get("today_truncations")), number(step.get("expected_truncation")),
-                   text["expected_method"], _int(step.get("price_tokens")), text["sized_by"])
+    def of(cls, step: StepRecord) -> StepTowardAlpha:
+        return cls(step.n, step.today_truncations, step.expected_truncation, step.expected_method or None,
+                   step.price_tokens, step.sized_by or None)
 
     def text(self) -> str:
         today = (f"{self.today_truncations} of its {self.n} calls cut today"
@@ -152,34 +135,21 @@ class Confirmation:
     truncations_upper: int | None
     thin: bool
     minimum: int | None
-    why: str | None = None  # the calibration's own word on the evidence, when it gave one as text
 
     @classmethod
-    def of(cls, backtest: Mapping[str, Any], minimum: int | None, *, n: object = None,
-           evidence: object = None) -> Confirmation:
-        """From one backtest entry (a group's ``shipped`` replay, or a change's own backtest)."""
-        held = _int(backtest.get("n", n))
-        word = backtest.get("evidence", evidence)
-        why = None
-        thin: bool | None = None
-        if isinstance(word, Mapping):
-            enough = word.get("enough", word.get("sufficient"))
-            thin = (not enough) if isinstance(enough, bool) else None
-            word = word.get("verdict") or word.get("reason")
-        if thin is None and isinstance(word, bool):
-            thin = not word
-        if thin is None and isinstance(word, str):
-            why = word
-            lowered = word.lower()
-            thin = any(w in lowered for w in ("too few", "insufficient", "thin", "no held-out", "not enough", "none"))
-        if thin is None:
-            thin = held is None or held == 0 or (minimum is not None and held < minimum)
-        upper = _int(backtest.get("truncations_upper"))
-        interval = backtest.get("truncation_interval")
-        if upper is None and held and isinstance(interval, Sequence) and len(interval) == 2 and number(interval[1]) \
-                is not None:
-            upper = round(float(interval[1]) * held)  # an entry that carries the rates only
-        return cls(held, _int(backtest.get("truncations")), upper, thin, minimum, why)
+    def of(cls, backtest: MethodSummary | GroupMethod | None, minimum: int | None, *,
+           n: int | None = None) -> Confirmation:
+        """From one backtest entry (a group's ``shipped`` replay, or a change's own backtest); ``n``: the held-out
+        calls when the entry does not say (a group's replay: they are on the group)."""
+        held = backtest.n if backtest is not None and backtest.n is not None else n
+        word = backtest.evidence if backtest is not None else None
+        too_few = held is None or held == 0 or (minimum is not None and held < minimum)
+        thin = (not word) if word is not None else too_few
+        upper = backtest.truncations_upper if backtest is not None else None
+        interval = backtest.truncation_interval if backtest is not None else None
+        if upper is None and held and interval is not None and interval[1] is not None:
+            upper = round(interval[1] * held)  # an entry that carries the rates only
+        return cls(held, backtest.truncations if backtest is not None else None, upper, thin, minimum)
 
     def text(self) -> str:
         if not self.held_out:
@@ -189,8 +159,8 @@ class Confirmation:
         calls = f"{self.held_out} held-out call{'s' if self.held_out != 1 else ''}{cut}"
         if not self.thin:
             return f"confirmed on {calls}"
-        need = f" (≥ {self.minimum} needed to be evidence)" if self.minimum is not None and not self.why else ""
-        return f"confirmed on {calls}: **thin**{need}" + (f" ({self.why})" if self.why else "")
+        need = f" (≥ {self.minimum} needed to be evidence)" if self.minimum is not None else ""
+        return f"confirmed on {calls}: **thin**{need}"
 
 
 @dataclass(frozen=True)
@@ -214,49 +184,43 @@ class GroupVerdict:
         return f"**{self.kind.label}** — {where}; {self.confirmation.text()}"
 
 
-def min_heldout(result: Mapping[str, Any]) -> int | None:
+def min_heldout(result: CalibrationResult) -> int | None:
     """Held-out calls needed to carry evidence: the calibration's own number, else 1/α − 1 (conformal minimum)."""
-    for where in (mapping(result.get("gate")), mapping(result.get("metadata"))):
-        for key in ("min_heldout", "min_held_out", "min_evidence_calls"):
-            value = _int(where.get(key))
-            if value is not None:
-                return value
+    if result.metadata.min_evidence_calls is not None:
+        return result.metadata.min_evidence_calls
     alpha = alpha_of(result)
     return math.ceil(1 / alpha - 1) if alpha else None
 
 
-def alpha_of(result: Mapping[str, Any]) -> float | None:
-    return number(mapping(result.get("metadata")).get("target_truncation"))
+def alpha_of(result: CalibrationResult) -> float | None:
+    return result.metadata.target_truncation
 
 
-def group_verdicts(result: Mapping[str, Any]) -> dict[Group, GroupVerdict]:
+def group_verdicts(result: CalibrationResult) -> dict[Group, GroupVerdict]:
     """Every group of the calibration, with its verdict on what ships (its ``shipped`` held-out replay)."""
     alpha, minimum = alpha_of(result), min_heldout(result)
-    held = {(str(g.get("category")), str(g.get("complexity"))): g
-            for g in records(mapping(result.get("backtest")).get("groups"))}
-    changed = {(str(c.get("category")), str(c.get("complexity"))) for c in records(result.get("proposed_changes"))}
+    held = {(g.category, g.complexity): g for g in result.backtest.groups}
     out: dict[Group, GroupVerdict] = {}
-    for g in records(result.get("groups")):
-        key = (str(g.get("category")), str(g.get("complexity")))
-        bt = held.get(key, {})
-        replay = mapping(bt.get("shipped")) or mapping(mapping(g.get("backtest")).get("shipped"))
-        confirmation = Confirmation.of(replay, minimum, n=bt.get("n", mapping(g.get("backtest")).get("n", 0)))
-        kind = VerdictKind.SHIPS if g.get("proposed", key in changed) else VerdictKind.NOT_SHIPPED
-        step = mapping(g.get("step_toward_alpha"))
-        if kind.ships and g.get("gate_direction") == "raise" and step:
+    for g in result.groups:
+        key = g.key
+        bt = held.get(key)
+        replay = (bt.shipped if bt is not None else None) or (g.backtest.shipped if g.backtest else None)
+        n = bt.n if bt is not None else g.backtest.n if g.backtest is not None else 0
+        confirmation = Confirmation.of(replay, minimum, n=n)
+        kind = VerdictKind.SHIPS if g.proposed else VerdictKind.NOT_SHIPPED
+        step = g.step_toward_alpha
+        if kind.ships and g.gate_direction == "raise" and step is not None:
             kind = VerdictKind.STEP_TOWARD_ALPHA
-        reasons = [str(r) for r in g.get("gate_reasons") or []]
-        detail = str(step.get("verdict")) if kind is VerdictKind.STEP_TOWARD_ALPHA and step.get("verdict") else \
-            "; ".join(reasons)
+        detail = step.verdict if kind is VerdictKind.STEP_TOWARD_ALPHA and step and step.verdict else \
+            "; ".join(g.gate_reasons)
         out[key] = GroupVerdict(key, kind, Guarantee.of(g, alpha), confirmation, detail,
-                                StepTowardAlpha.of(step) if kind is VerdictKind.STEP_TOWARD_ALPHA else None)
+                                StepTowardAlpha.of(step) if kind is VerdictKind.STEP_TOWARD_ALPHA and step else None)
     return out
 
 
-def gate_sentence(result: Mapping[str, Any]) -> str:
+def gate_sentence(result: CalibrationResult) -> str:
     """What "gate passed" means here, reconciled with any thin-evidence warning below it."""
-    gate = mapping(result.get("gate"))
-    if gate.get("passed") is not True:
+    if not result.gate.passed:
         return "Nothing ships: no change passed the gate (reasons below)."
     shipped = [v for v in group_verdicts(result).values() if v.kind.ships]
     if not shipped:
@@ -300,7 +264,7 @@ def gate_sentence(result: Mapping[str, Any]) -> str:
 class DriftRow:
     name: str  # the method's key in ``calibration_under_drift.methods``
     label: str  # how the row is named (``this pull request (`static`)``, ``full refit (not shipped) …``)
-    metrics: Mapping[str, Any]
+    metrics: DriftMetrics
     this_pr: bool
 
 
@@ -313,18 +277,15 @@ class DriftTable:
     note: str | None  # why rows coincide, when they do
 
 
-def drift_table(backtest: Mapping[str, Any], method: object = None) -> DriftTable | None:
+def drift_table(backtest: Backtest, method: str | None = None) -> DriftTable | None:
     """The rows, which one is this pull request, and why identical rows are identical (None: no comparison)."""
-    drift = mapping(backtest.get("calibration_under_drift") or backtest.get("drift"))
-    methods = mapping(drift.get("methods"))
-    if not methods:
+    drift = backtest.calibration_under_drift
+    if drift is None or not drift.methods:
         return None
-    shipped_basis = drift.get("configuration") == "shipped"
-    chosen = drift.get("this_pull_request") or (method if shipped_basis else None)
+    shipped_basis = drift.configuration == "shipped"
+    chosen = drift.this_pull_request or (method if shipped_basis else None)
     rows = []
-    for name, m in methods.items():
-        if not isinstance(m, Mapping):
-            continue
+    for name, m in drift.methods.items():
         if shipped_basis and name == chosen:
             label = f"{THIS_PR} (`{name}`)"
         elif name == "oracle":
@@ -333,22 +294,22 @@ def drift_table(backtest: Mapping[str, Any], method: object = None) -> DriftTabl
             label = f"`{name}`"
         else:
             label = f"`{name}`, {FULL_REFIT}"
-        rows.append(DriftRow(str(name), label, m, shipped_basis and name == chosen))
+        rows.append(DriftRow(name, label, m, shipped_basis and name == chosen))
     basis = ("what this pull request ships, run with each method" if shipped_basis else
              f"the factors of the {FULL_REFIT}: this calibration output predates the shipped comparison, so no row "
              "is what merging ships (see the backtest's `shipped` column)")
     return DriftTable(rows, basis, _coincidence(drift, rows, backtest))
 
 
-def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    keys = ("truncations", "truncations_upper", "worst_bin_truncation")
-    if any(a.get(k) != b.get(k) for k in keys):
+def _same(a: DriftMetrics, b: DriftMetrics) -> bool:
+    if (a.truncations, a.truncations_upper, a.worst_bin_truncation) != (
+            b.truncations, b.truncations_upper, b.worst_bin_truncation):
         return False
-    x, y = number(a.get("reserved_over_used")), number(b.get("reserved_over_used"))
+    x, y = a.reserved_over_used, b.reserved_over_used
     return x == y or (x is not None and y is not None and math.isclose(x, y, rel_tol=5e-4))
 
 
-def _coincidence(drift: Mapping[str, Any], rows: list[DriftRow], backtest: Mapping[str, Any]) -> str | None:
+def _coincidence(drift: DriftSummary, rows: list[DriftRow], backtest: Backtest) -> str | None:
     """One line on why methods look identical to this pull request's row (they are, to the figures shown)."""
     methods = [r for r in rows if r.name != "oracle"]
     anchor = next((r for r in methods if r.this_pr), methods[0] if methods else None)
@@ -357,17 +318,15 @@ def _coincidence(drift: Mapping[str, Any], rows: list[DriftRow], backtest: Mappi
         return None
     methods = [anchor, *same]
     names = ", ".join(f"`{r.name}`" for r in methods)
-    adapted = [tuple(g) for g in drift.get("adapted_groups") or [] if isinstance(g, Sequence) and len(g) == 2]
+    adapted = drift.adapted_groups
     if not adapted:
         return (f"{names} coincide: no group has enough own fitted calls for a reviewed quantile curve, so the "
                 "adaptive methods have nothing to move and every method keeps the static factors.")
-    calls = _int(drift.get("adapted_calls"))
-    held = {(str(g.get("category")), str(g.get("complexity"))): _int(g.get("n"))
-            for g in records(backtest.get("groups"))}
+    calls = drift.adapted_calls
     if calls is None:
-        calls = sum(held.get((str(a), str(b))) or 0 for a, b in adapted)
-    differs = mapping(drift.get("differs_from_static"))
-    counted = [(r.name, _int(differs.get(r.name))) for r in same if _int(differs.get(r.name)) is not None]
+        held = {(g.category, g.complexity): g.n for g in backtest.groups}
+        calls = sum(held.get(g, 0) for g in adapted)
+    counted = [(r.name, drift.differs_from_static[r.name]) for r in same if r.name in drift.differs_from_static]
     changed = ", ".join(f"`{name}` changed {count}" for name, count in counted)
     groups = ", ".join(f"{a}/{b}" for a, b in adapted)
     return (f"{names} coincide to the figures shown: the adaptive methods move only groups with a reviewed quantile "
@@ -379,15 +338,16 @@ def _coincidence(drift: Mapping[str, Any], rows: list[DriftRow], backtest: Mappi
 # --- the data's source -----------------------------------------------------------------------------
 
 
-def simulated_note(sources: Mapping[str, Any]) -> str | None:
+def simulated_note(sources: Sources | None) -> str | None:
     """``SIMULATED DATA: simulated/sim-builder-1 (246 of 246 samples), not a real model`` when the
     calibration's ``metadata.sources`` says so (the provider recorded with each event), else None."""
-    models = records(sources.get("models") or sources.get("mix") or sources.get("sources"))
-    flagged = [m for m in models if m.get("simulated") is True]
-    if sources.get("simulated") is not True and not flagged:
+    if sources is None:
         return None
-    total = sum(_int(m.get("samples")) or 0 for m in models)
-    sim = sum(_int(m.get("samples")) or 0 for m in flagged)
-    names = ", ".join(f"{m.get('provider') or '?'}/{m.get('model') or '?'}" for m in flagged) or "simulated provider"
+    flagged = [m for m in sources.models if m.simulated]
+    if sources.simulated is not True and not flagged:
+        return None
+    total = sum(m.samples for m in sources.models)
+    sim = sum(m.samples for m in flagged)
+    names = ", ".join(f"{m.provider or '?'}/{m.model or '?'}" for m in flagged) or "simulated provider"
     share = f" ({sim} of {total} samples)" if total else ""
     return f"SIMULATED DATA: {names}{share}, not a real model"

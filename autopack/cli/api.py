@@ -30,13 +30,14 @@ def serve(
     import uvicorn
 
     from autopack.api import create_app
+    from autopack.db.handle import database_at
     from autopack.db.identity import read_identity
 
     settings = get_settings()
     key = server_api_key(settings)
     typer.echo(f"[api] writes need the API key (X-API-Key) from {key.source()}", err=True)
     try:
-        report = read_identity(settings.resolved_database_url())
+        report = read_identity(database_at())
         typer.echo(f"[db] id={report.db_id} url={report.url} revision={report.schema_revision}", err=True)
     except AutopackError as exc:  # serve anyway: /health reports "degraded" until the database is fixed
         typer.echo(f"warning: {exc.one_line()}", err=True)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from autopack.calibration.story import gate_sentence
-from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, writable_dir
+from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, guarded, writable_dir
 from autopack.cli.options import params_command
-from autopack.config import get_settings
 from autopack.errors import AutopackError
 from autopack.params import CalibrationParams
+
+if TYPE_CHECKING:
+    from autopack.calibration.result import CalibrationResult
 
 
 class NoGroupReachesMinSamplesError(AutopackError):
@@ -22,41 +23,41 @@ class NoGroupReachesMinSamplesError(AutopackError):
     exit_code = 1
 
 
-def _console_summary(result: dict[str, Any]) -> str:
-    md = result["metadata"]
+def _console_summary(result: CalibrationResult) -> str:
+    md = result.metadata
+    holdout = "–" if md.holdout_fraction is None else f"{md.holdout_fraction:.0%}"
     lines = [
-        f"calibrated {md['total_samples']} samples in {len(result['groups'])} groups "
-        f"(α = {md['target_truncation']}, hold-out {md['holdout_fraction']:.0%})",
+        f"calibrated {md.total_samples} samples in {len(result.groups)} groups "
+        f"(α = {md.target_truncation}, hold-out {holdout})",
         "",
         f"{'group':<28} {'n':>5} {'cens':>4} {'median':>7} {'factor':>7} {'conf':>5} {'ceil/act':>8}  proposed",
     ]
-    for g in result["groups"]:
-        label = f"{g['category']}/{g['complexity']}"
-        median = "–" if g["median_ratio"] is None else f"{g['median_ratio']:.3f}"
-        factor = "–" if g["budget_factor"] is None else f"{g['budget_factor']:.3f}"
-        conf = "–" if g["confidence"] is None else f"{g['confidence']:.2f}"
-        waste = "–" if g["median_ceiling_waste"] is None else f"{g['median_ceiling_waste']:.2f}"
-        lines.append(f"{label:<28} {g['n']:>5} {g['n_censored']:>4} {median:>7} {factor:>7} {conf:>5} {waste:>8}  "
-                     f"{'yes' if g['proposed'] else 'no'}")
-    bt = result["backtest"]
-    if bt.get("test_n"):
-        lines += ["", f"backtest on the newest {bt['test_n']} calls (truncation interval, reserved/used):"]
+    for g in result.groups:
+        label = f"{g.category}/{g.complexity}"
+        median = "–" if g.median_ratio is None else f"{g.median_ratio:.3f}"
+        factor = "–" if g.budget_factor is None else f"{g.budget_factor:.3f}"
+        conf = "–" if g.confidence is None else f"{g.confidence:.2f}"
+        waste = "–" if g.median_ceiling_waste is None else f"{g.median_ceiling_waste:.2f}"
+        lines.append(f"{label:<28} {g.n:>5} {g.n_censored:>4} {median:>7} {factor:>7} {conf:>5} {waste:>8}  "
+                     f"{'yes' if g.proposed else 'no'}")
+    bt = result.backtest
+    if bt.test_n:
+        lines += ["", f"backtest on the newest {bt.test_n} calls (truncation interval, reserved/used):"]
         labels = {"current": "current (today)", "shipped": "shipped (this PR)", "proposed": "full refit (not shipped)",
                   "original_median": "original median"}
-        for name in ("current", "shipped", "proposed", "original_median"):
-            m = bt.get(name)
-            if isinstance(m, dict):
-                low, high = m["truncation_interval"]
-                lines.append(f"  {labels[name]:<18} {100 * low:5.1f}–{100 * high:5.1f}%  {m['reserved_over_used']:.2f}"
-                             + ("" if m["evidence"] else "  (thin evidence)"))
-    sources = result["metadata"].get("sources") or {}
-    if sources.get("simulated"):
+        for name, m in (("current", bt.current), ("shipped", bt.shipped), ("proposed", bt.proposed),
+                        ("original_median", bt.original_median)):
+            if m is not None and m.truncation_interval is not None:
+                low, high = m.truncation_interval
+                lines.append(f"  {labels[name]:<18} {100 * (low or 0):5.1f}–{100 * (high or 0):5.1f}%  "
+                             f"{m.reserved_over_used or 0:.2f}" + ("" if m.evidence else "  (thin evidence)"))
+    if md.sources is not None and md.sources.simulated:
         lines += ["", "data: SIMULATED provider calls (not a real model)"]
-    gate = result["gate"]
-    lines += ["", f"gate: {'PASSED' if gate['passed'] else 'not passed'} "
-              f"({len(result['proposed_changes'])} proposed change(s))", f"  {gate_sentence(result)}"]
-    lines += [f"  - {r}" for r in gate["reasons"]]
-    lines += ["", f"report: {result['report_path']}", f"json:   {result['json_path']}", f"plot:   {result['plot_path']}"]
+    gate = result.gate
+    lines += ["", f"gate: {'PASSED' if gate.passed else 'not passed'} "
+              f"({len(result.proposed_changes)} proposed change(s))", f"  {gate_sentence(result)}"]
+    lines += [f"  - {r}" for r in gate.reasons]
+    lines += ["", f"report: {result.report_path}", f"json:   {result.json_path}", f"plot:   {result.plot_path}"]
     return "\n".join(lines)
 
 
@@ -79,27 +80,23 @@ def calibrate(
     """
     from autopack.calibration import run_calibration
 
-    settings = get_settings()
     writable_dir(output_dir)
     result = run_calibration(
-        settings.resolved_database_url(),
+        guarded(expect_db_id, allow_empty_db, quiet=True),
         params,
         include_run_ids=include_run_id or None,
         output_dir=output_dir,
-        allow_empty_db=allow_empty_db,
-        expect_db_id=expect_db_id,
     )
-    md = result["metadata"]
-    typer.echo(f"[db] id={md['db_id']}", err=True)
+    typer.echo(f"[db] id={result.metadata.db_id}", err=True)
     if as_json:
-        typer.echo(json.dumps(result, indent=2))
+        typer.echo(result.model_dump_json(indent=2))
     else:
         typer.echo(_console_summary(result))
-    if not result["collection_targets"]["groups_with_enough_samples"]:
-        largest = max((g["n"] for g in result["groups"]), default=0)
+    if result.collection_targets is not None and not result.collection_targets.groups_with_enough_samples:
+        largest = max((g.n for g in result.groups), default=0)
         raise NoGroupReachesMinSamplesError(
             f"no group reaches --min-samples {params.min_samples} (the largest has {largest}): nothing could be calibrated",
-            hint=f"collect more telemetry or lower --min-samples; report: {result['report_path']}",
+            hint=f"collect more telemetry or lower --min-samples; report: {result.report_path}",
         )
 
 

@@ -9,8 +9,7 @@ from typing import Annotated
 
 import typer
 
-from autopack.config import get_settings
-from autopack.db.identity import IdentityReport, guard
+from autopack.db.handle import Database, open_database
 from autopack.errors import InputError
 from autopack.params import PipelineParams
 
@@ -24,22 +23,20 @@ AllowEmptyDbOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 
 
-def guarded(expect_db_id: str | None = None, allow_empty: bool = False, *, quiet: bool = False) -> IdentityReport:
-    """Run the DB identity guard for this command and show which database it is using."""
-    settings = get_settings()
-    report = guard(
-        settings.resolved_database_url(),
-        expect_db_id=expect_db_id or settings.expected_db_id,
-        allow_empty=allow_empty,
-    )
+def guarded(
+    expect_db_id: str | None = None, allow_empty: bool = False, *, quiet: bool = False, read_only: bool = False
+) -> Database:
+    """This command's database, opened once (the identity guard runs here), and the line saying which it is."""
+    database = open_database(expect_db_id=expect_db_id, allow_empty=allow_empty, read_only=read_only)
     if not quiet:
-        announce(report)
-    return report
+        announce(database)
+    return database
 
 
-def announce(report: IdentityReport) -> None:
+def announce(database: Database) -> None:
     """The one ``[db]`` line on stderr that says which database a command is using."""
-    typer.echo(f"[db] id={report.db_id} url={report.url} revision={report.schema_revision}", err=True)
+    revision = database.identity.schema_revision if database.identity else "unknown"
+    typer.echo(f"[db] id={database.db_id} url={database.masked_url} revision={revision}", err=True)
 
 
 def writable_dir(path: Path, option: str = "--output-dir") -> Path:

@@ -9,7 +9,7 @@ import typer
 
 from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption
 from autopack.cli.groups import command_group
-from autopack.config import get_settings
+from autopack.db.handle import database_at, expected_db_id
 from autopack.db.identity import format_identity, guard, read_identity
 from autopack.db.migrate import LOCK_TIMEOUT_MAX_SECONDS, LOCK_TIMEOUT_SECONDS, check_lock_timeout, upgrade_database
 from autopack.errors import InputError
@@ -46,10 +46,9 @@ def upgrade(
     Atomic (one transaction) and exclusive (a second upgrade waits, then refuses). Refuses with DB_MISMATCH
     when the database is not the expected one (AUTOPACK_EXPECTED_DB_ID or --expect-db-id).
     """
-    settings = get_settings()
     report = upgrade_database(
-        settings.resolved_database_url(),
-        expect_db_id=expect_db_id or settings.expected_db_id,
+        database_at(),
+        expect_db_id=expected_db_id(expect_db_id),
         create=create,
         lock_timeout=lock_timeout,
     )
@@ -75,13 +74,11 @@ def identity(
     allow_empty_db: AllowEmptyDbOption = False,
 ) -> None:
     """Print the masked URL, file, database id, schema revision and counts."""
-    settings = get_settings()
-    url = settings.resolved_database_url()
-    expected = expect_db_id or settings.expected_db_id
+    expected = expected_db_id(expect_db_id)
     if check or expected:
-        report = guard(url, expect_db_id=expected, allow_empty=allow_empty_db or not check, counts=True)
+        report = guard(database_at(), expect_db_id=expected, allow_empty=allow_empty_db or not check, counts=True)
     else:
-        report = read_identity(url)
+        report = read_identity(database_at())
     typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True) if as_json else format_identity(report))
 
 

@@ -52,11 +52,11 @@ def one(
     as_json: JsonOption = False,
 ) -> None:
     """Drain exactly one phase. Exit 0 COMPLETE, 1 FAILED, 2 refused."""
-    report = guarded(expect_db_id, allow_empty_db, quiet=True)
-    check_drainable(run_id, phase_id, force=force)  # refusals come alone, before anything else is printed
-    announce(report)
+    database = guarded(expect_db_id, allow_empty_db, quiet=True)
+    check_drainable(run_id, phase_id, force=force, db=database)  # refusals come alone, before anything else
+    announce(database)
     configure_logging()
-    result = drain_one(run_id, phase_id, force=force, no_telemetry=no_telemetry)
+    result = drain_one(run_id, phase_id, force=force, no_telemetry=no_telemetry, db=database)
     if as_json:
         typer.echo(json.dumps(asdict(result), indent=2, sort_keys=True))
     else:

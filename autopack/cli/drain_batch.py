@@ -11,13 +11,12 @@ from typing import Annotated
 
 import typer
 
-from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption
+from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, guarded
 from autopack.cli.groups import command_group
 from autopack.cli.options import params_command
 from autopack.config import get_settings
 from autopack.execution.batch import BatchOptions, DrainInterrupted, run_batch_drain
 from autopack.execution.batch_report import format_summary, make_reporter
-from autopack.execution.runs import check_run_ids
 from autopack.params import DrainParams as P
 
 
@@ -32,16 +31,10 @@ def drain_batch_command(
     """Drain phases in priority order, one session saved after every phase; exit 1 if any phase failed."""
     settings = get_settings()
     options = BatchOptions.of(params, telemetry=not no_telemetry, api_url=api_url or settings.api_url)
-    check_run_ids(options.run_ids, url=settings.resolved_database_url(), expect_db_id=expect_db_id)
+    database = guarded(expect_db_id, allow_empty_db, quiet=True)
     reporter = make_reporter()
     try:
-        report = run_batch_drain(
-            options,
-            url=settings.resolved_database_url(),
-            reporter=reporter,
-            expect_db_id=expect_db_id,
-            allow_empty_db=allow_empty_db,
-        )
+        report = run_batch_drain(options, database, reporter=reporter)
     except DrainInterrupted as exc:
         if exc.state is not None:
             typer.echo(format_summary(exc.state, exc.wall_seconds))

@@ -16,9 +16,9 @@ import typer
 from autopack.cli.common import ExpectDbIdOption, writable_dir
 from autopack.cli.groups import command_group
 from autopack.cli.options import params_command
-from autopack.config import get_settings
+from autopack.db.handle import database_at, expected_db_id
 from autopack.errors import AutopackError, InputError
-from autopack.execution.runs import check_run_ids
+from autopack.execution.runs import require_runs
 from autopack.execution.seed_runs import MAX_SEED_WEEKS
 from autopack.params import PipelineParams as P
 
@@ -79,16 +79,16 @@ def run(
     os.environ.setdefault(STARTUP_TIMEOUT_VARIABLE, str(STARTUP_TIMEOUT_SECONDS))
     from autopack.pipeline import check_publish_settings, check_target_repo, prepare_database, summarise
 
-    settings = get_settings()
     root = repository_root()
     output_dir = writable_dir(Path(params.output_dir))
     target_repo = check_target_repo(Path(params.target_repo))
     # before anything is created (--init): the flow's preflight checks again, for the runs no command starts
     check_publish_settings(dry_run=params.dry_run)
-    prepared = prepare_database(settings.resolved_database_url(), init=init, expect_db_id=params.expect_db_id,
+    prepared = prepare_database(database_at(), init=init, expect_db_id=expected_db_id(params.expect_db_id),
                                 weeks=weeks)
-    if not params.skip_drain:
-        check_run_ids(params.run_ids, url=settings.resolved_database_url(), expect_db_id=prepared.db_id)
+    if not params.skip_drain and params.run_ids:  # refused before Prefect starts
+        with prepared.database.session() as session:
+            require_runs(session, params.run_ids)
     for line in prepared.messages:
         typer.echo(line)
 
@@ -101,7 +101,7 @@ def run(
     called_at = time.time()
     try:
         # a synchronous call: the flow's final State, not an awaitable
-        state = cast("State[Any]", telemetry_pipeline(params, return_state=True))
+        state = cast("State[Any]", telemetry_pipeline(params, database=prepared.database.ref(), return_state=True))
     except RuntimeError as exc:
         if EPHEMERAL_FAILURE not in str(exc):
             raise
@@ -128,8 +128,7 @@ def init_database(
     first), without running anything: the set-up step before deployments run the pipeline on a worker."""
     from autopack.pipeline import prepare_database
 
-    prepared = prepare_database(get_settings().resolved_database_url(), init=True, expect_db_id=expect_db_id,
-                                weeks=weeks)
+    prepared = prepare_database(database_at(), init=True, expect_db_id=expected_db_id(expect_db_id), weeks=weeks)
     for line in prepared.messages:
         typer.echo(line)
 

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from autopack.cli.common import ExpectDbIdOption, JsonOption, guarded
 from autopack.cli.groups import command_group
-from autopack.db.engine import session_scope
 from autopack.db.models import Phase, Run
 from autopack.errors import InputError, validation_summary
 from autopack.execution.run_state import run_state
@@ -49,8 +48,8 @@ def create_telemetry_run(
     except ValidationError as exc:
         raise InputError(f"--run-id {run_id!r} is not a valid run id: {validation_summary(exc)}",
                          hint="use letters, digits and . _ : - (starting with a letter or digit, at most 201)") from exc
-    guarded(expect_db_id, allow_empty=True)
-    with session_scope() as session:
+    database = guarded(expect_db_id, allow_empty=True)
+    with database.session() as session:
         create_run(session, spec, replace=replace, source="seed")
     typer.echo(f"created run {run_id}: {len(spec.phases)} QUEUED phases")
     for line in mix_summary(spec):
@@ -64,8 +63,8 @@ def seed(
     expect_db_id: ExpectDbIdOption = None,
 ) -> None:
     """Create the missing telemetry seed runs (v4, v5, v6, v7: 61 phases)."""
-    guarded(expect_db_id, allow_empty=True)
-    with session_scope() as session:
+    database = guarded(expect_db_id, allow_empty=True)
+    with database.session() as session:
         created = ensure_seed_runs(session, run_id or list(SEED_RUNS))
     typer.echo(f"created: {', '.join(created)}" if created else "every seed run already exists")
 
@@ -73,8 +72,8 @@ def seed(
 @runs_app.command("list")
 def list_runs(as_json: JsonOption = False, expect_db_id: ExpectDbIdOption = None) -> None:
     """Each run with its state (told by its phases) and its phase counts by state; reads only."""
-    guarded(expect_db_id, allow_empty=True, quiet=as_json)
-    with session_scope(read_only=True) as session:
+    database = guarded(expect_db_id, allow_empty=True, quiet=as_json, read_only=True)
+    with database.session() as session:
         runs = session.execute(sa.select(Run.id, Run.state, Run.created_at).order_by(Run.created_at, Run.id)).all()
         counts = session.execute(sa.select(Phase.run_id, Phase.state, sa.func.count()).group_by(Phase.run_id, Phase.state)).all()
     states: dict[str, dict[str, int]] = {}
@@ -129,8 +128,8 @@ def create(
 ) -> None:
     """Create a run and its QUEUED phases from a spec file, validated exactly as `POST /runs` validates it."""
     spec = load_run_spec(spec_file)
-    guarded(expect_db_id, allow_empty=True)
-    with session_scope() as session:
+    database = guarded(expect_db_id, allow_empty=True)
+    with database.session() as session:
         create_run(session, spec, replace=replace, source="cli")
     typer.echo(f"created run {spec.run_id}: {len(spec.phases)} QUEUED phases")
 

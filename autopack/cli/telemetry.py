@@ -10,7 +10,6 @@ import typer
 
 from autopack.cli.common import ExpectDbIdOption, JsonOption, guarded
 from autopack.cli.groups import command_group
-from autopack.config import get_settings
 
 telemetry_app = command_group("Telemetry: import outside data for calibration.")
 
@@ -45,15 +44,14 @@ def import_command(
     if fmt not in FORMATS:
         raise InputError(f"unknown --format '{fmt}'", hint="one of " + ", ".join(FORMATS))
     del allow_empty_db  # importing into an empty (migrated) database is always allowed
-    identity = guarded(expect_db_id, allow_empty=True)
+    database = guarded(expect_db_id, allow_empty=True)
     report = import_telemetry(
         file,
         fmt,
-        url=get_settings().resolved_database_url(),
+        database=database,
         mapping=parse_assignments(mapping, "--map"),
         defaults=parse_assignments(defaults, "--set"),
         run_id=run_id,
-        identity=identity,
     )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))

@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from autopack.db.engine import get_engine, mask_url, parse_url, resolve_url
+from autopack.db.engine import mask_url, parse_url
 from autopack.db.migrate import current_revision, head_revision, is_legacy, sqlite_path
 from autopack.db.models import LlmUsageEvent, Phase, Run, TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import (
@@ -27,9 +27,15 @@ from autopack.errors import (
     EmptyDatabaseError,
     SchemaNotMigratedError,
 )
+from autopack.logging import get_logger
 from autopack.taxonomy import canonical_category, canonical_complexity
 
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
+
 UPGRADE_HINT = "run `autopack db upgrade` first"
+
+log = get_logger("autopack.db.identity")
 
 
 @dataclass
@@ -54,23 +60,23 @@ class IdentityReport:
         return asdict(self)
 
 
-def _open(url: str | None) -> tuple[str, sa.Engine]:
-    resolved = resolve_url(url)
+def _open(database: Database) -> tuple[str, sa.Engine]:
+    resolved = database.url
     parse_url(resolved)
     path = sqlite_path(resolved)
     if path is not None and not path.exists():
         raise SchemaNotMigratedError(f"no database file at {path}", hint=f"{UPGRADE_HINT} to create it")
-    return resolved, get_engine(resolved, read_only=True)  # a database the guard refuses stays as it was
+    return resolved, database.reading().engine  # a database the guard refuses stays as it was
 
 
 
 
-def read_identity(url: str | None = None, *, counts: bool = True) -> IdentityReport:
+def read_identity(database: Database, *, counts: bool = True) -> IdentityReport:
     """Everything needed to tell this database from any other; read-only.
 
     ``counts=False`` skips the row counts (a scan of every event) and only probes for emptiness.
     """
-    resolved, engine = _open(url)
+    resolved, engine = _open(database)
     try:
         revision = current_revision(engine)
         if revision is None:
@@ -164,7 +170,7 @@ def _counts(connection: sa.Connection) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def guard(
-    url: str | None = None,
+    database: Database,
     *,
     expect_db_id: str | None = None,
     allow_empty: bool = False,
@@ -174,7 +180,7 @@ def guard(
 
     Cheap by default (no counts, see the module docstring); ``counts=True`` adds ``read_identity``'s.
     """
-    report = read_identity(url, counts=counts)
+    report = read_identity(database, counts=counts)
     if expect_db_id and expect_db_id != report.db_id:
         raise DbIdentityMismatchError(
             f"DB_MISMATCH: {report.url} has database id {report.db_id}, expected {expect_db_id}",
@@ -185,6 +191,7 @@ def guard(
             f"{report.url} is empty (0 runs, 0 phases, 0 estimation events)",
             hint="wrong DATABASE_URL? create runs first, or pass --allow-empty-db",
         )
+    log.debug("identity guard passed: id=%s url=%s", report.db_id, report.url)  # once per command or pipeline run
     return report
 
 

@@ -36,12 +36,14 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from autopack.db.checkpoints import checkpoint
-from autopack.db.engine import dispose_engines, get_engine, mask_url, parse_url, resolve_url
+from autopack.db.engine import dispose_engines, mask_url, parse_url
 from autopack.db.legacy import leftover_copies, repair_interrupted_adoption
 from autopack.errors import AutopackError, DatabaseUrlError, DbIdentityMismatchError, InputError, RefusedError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+
+    from autopack.db.handle import Database
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: Tables whose presence (without an autopack revision or id) marks a database written by the original.
@@ -176,20 +178,20 @@ def is_legacy(bind: Engine | Connection) -> bool:
 
 
 def upgrade_database(
-    url: str | None = None,
+    database: Database,
     *,
     expect_db_id: str | None = None,
     create: bool | None = None,
     lock_timeout: float = LOCK_TIMEOUT_SECONDS,
 ) -> UpgradeReport:
-    """Bring the database at ``url`` to the head revision, atomically, while holding the upgrade lock.
+    """Bring ``database`` (not verified: it may not exist yet) to the head revision, atomically, while holding the upgrade lock.
 
     ``expect_db_id``: refuse (``DB_MISMATCH``, nothing changed) unless the database has this id.
     ``create``: None creates a database only where there is none and no ``expect_db_id`` is given;
     True creates (or adopts) one even then; False never creates one.
     """
     check_lock_timeout(lock_timeout)
-    resolved = resolve_url(url)
+    resolved = database.url
     masked = mask_url(resolved)
     path = sqlite_path(resolved)
     new_file = False
@@ -216,7 +218,7 @@ def upgrade_database(
         engine.dispose()
     checkpoint("committed")
     dispose_engines()  # a rebuilt schema must not be seen through stale pooled connections
-    report.row_counts_after = table_row_counts(get_engine(resolved))
+    report.row_counts_after = table_row_counts(database.engine)
     return report
 
 

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from autopack.db.engine import session_scope
 from autopack.db.models import Phase, PhaseState, TokenEstimationV2Event, utcnow
 from autopack.errors import AutopackError, ConfigError, RefusedError
 from autopack.execution import leases
@@ -72,6 +71,7 @@ from autopack.execution.triage import (
 from autopack.params import DRAINABLE_STATES, DrainParams
 
 if TYPE_CHECKING:
+    from autopack.db.handle import Database
     from autopack.execution.phase_runner import PhaseResult
 
 STOP_BATCH_SIZE = "batch size reached"
@@ -200,26 +200,25 @@ class BatchDrain:
         self,
         options: BatchOptions,
         *,
-        url: str,
+        database: Database,
         executor: DrainExecutor | None = None,
         reporter: DrainReporter | None = None,
-        db_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         handle_signals: bool = True,
     ) -> None:
         options.validate()
         self.options = options
-        self.url = url
+        self.database = database
         self.executor: DrainExecutor = executor or ProcessExecutor(options.workers)
         if self.executor.workers != options.workers:
             raise ValueError(f"the executor has {self.executor.workers} slots, the options ask for {options.workers}")
         self.reporter: DrainReporter = reporter or NullReporter()
-        self.db_id = db_id
+        self.db_id = database.db_id
         self.clock = clock
         self.handle_signals = handle_signals
         self.limits = options.limits()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.store = SessionStore(url, owner=self.owner, lease_seconds=options.lease_seconds)
+        self.store = SessionStore(database, owner=self.owner, lease_seconds=options.lease_seconds)
         self.provider_concurrency = options.resolved_provider_concurrency()
         self.state: SessionState | None = None
         self.stop_reason: str | None = None
@@ -375,7 +374,7 @@ class BatchDrain:
             )
             claimed = None
             for candidate in ordered:
-                with session_scope(self.url) as db:
+                with self.database.session() as db:
                     claim = leases.claim_phase(
                         db,
                         candidate.run_id,
@@ -406,7 +405,7 @@ class BatchDrain:
                     candidate.run_id,
                     candidate.phase_id,
                     claim,
-                    self.url,
+                    self.database.ref(),
                     lease_seconds=self.options.lease_seconds,
                     provider_concurrency=self.provider_concurrency,
                     telemetry=self.options.telemetry,
@@ -425,7 +424,7 @@ class BatchDrain:
         return query
 
     def _candidates(self) -> list[Candidate]:
-        return eligible_candidates(self.url, self.options)
+        return eligible_candidates(self.database, self.options)
 
     def _foreign_lease_wait(self) -> float | None:
         """Seconds until the next lease another drain holds in scope may expire; None if there is none."""
@@ -435,7 +434,7 @@ class BatchDrain:
                 Phase.state == PhaseState.EXECUTING, Phase.lease_expires_at.is_not(None), Phase.lease_expires_at >= now
             )
         )
-        with session_scope(self.url) as db:
+        with self.database.session() as db:
             earliest = db.execute(query).scalar_one_or_none()
         if earliest is None:
             return None
@@ -486,7 +485,7 @@ class BatchDrain:
         error = str(message.get("message") or "executor error")
         final_state = PhaseState.FAILED
         try:
-            with session_scope(self.url) as db:
+            with self.database.session() as db:
                 leases.finish_phase(
                     db, running.claim.run_id, running.claim.phase_id, running.claim.owner, final_state, failure_reason=error
                 )
@@ -505,7 +504,7 @@ class BatchDrain:
         )
 
     def _events_of_attempt(self, claim: leases.Claim, *, only_first: bool = False) -> int:
-        return count_attempt_events(self.url, claim, only_first=only_first)
+        return count_attempt_events(self.database, claim, only_first=only_first)
 
     def _on_worker_lost(self, state: SessionState, running: _Running, signum: int | None) -> None:
         """The executor process died mid-phase: release the phase (no outcome of its own) and record it."""
@@ -528,7 +527,7 @@ class BatchDrain:
     def _give_back(self, claim: leases.Claim) -> bool:
         """Release a held lease, returning the phase to the state it was claimed from."""
         back_to = claim.initial_state if claim.initial_state in DRAINABLE_STATES else PhaseState.QUEUED
-        with session_scope(self.url) as db:
+        with self.database.session() as db:
             return leases.release(db, claim.run_id, claim.phase_id, claim.owner, state=back_to)
 
     def _enforce_deadlines(self, state: SessionState) -> None:
@@ -546,7 +545,7 @@ class BatchDrain:
             self.reporter.message(f"{running.claim.run_id}/{running.claim.phase_id}: timed out; {how}")
             final_state = PhaseState.TIMEOUT
             try:
-                with session_scope(self.url) as db:
+                with self.database.session() as db:
                     leases.finish_phase(
                         db, running.claim.run_id, running.claim.phase_id, running.claim.owner, final_state, failure_reason=error
                     )
@@ -567,7 +566,7 @@ class BatchDrain:
             self._record(state, outcome)
 
     def _phase_state(self, claim: leases.Claim) -> str | None:
-        with session_scope(self.url) as db:
+        with self.database.session() as db:
             return db.execute(
                 sa.select(Phase.state).where(Phase.run_id == claim.run_id, Phase.phase_id == claim.phase_id)
             ).scalar_one_or_none()
@@ -582,7 +581,7 @@ class BatchDrain:
                 continue
             running.next_heartbeat = now + self.options.lease_seconds / 3
             try:
-                with session_scope(self.url) as db:
+                with self.database.session() as db:
                     leases.heartbeat(
                         db,
                         running.claim.run_id,
@@ -677,7 +676,7 @@ class BatchDrain:
 # --- preflight ---------------------------------------------------------------------------------------------
 
 
-def eligible_candidates(url: str | None, options: BatchOptions) -> list[Candidate]:
+def eligible_candidates(database: Database, options: BatchOptions) -> list[Candidate]:
     """Phases in the drained states, plus EXECUTING phases whose lease expired (a dead drain's)."""
     now = utcnow()
     query = sa.select(Phase.run_id, Phase.phase_id, Phase.phase_index, Phase.state, Phase.last_failure_reason).where(
@@ -692,7 +691,7 @@ def eligible_candidates(url: str | None, options: BatchOptions) -> list[Candidat
     )
     if options.run_ids:
         query = query.where(Phase.run_id.in_(options.run_ids))
-    with session_scope(url) as db:
+    with database.session() as db:
         rows = db.execute(query).all()
     return [
         Candidate(run_id, phase_id, int(index or 0), str(state), reason)
@@ -758,7 +757,7 @@ def outcome_from_phase_result(
     )
 
 
-def count_attempt_events(url: str | None, claim: leases.Claim, *, only_first: bool = False) -> int:
+def count_attempt_events(database: Database, claim: leases.Claim, *, only_first: bool = False) -> int:
     """Telemetry rows written under this claim (its attempt and any escalated retry it reserved)."""
     ev = TokenEstimationV2Event
     query = sa.select(sa.func.count()).where(ev.run_id == claim.run_id, ev.phase_id == claim.phase_id)
@@ -766,7 +765,7 @@ def count_attempt_events(url: str | None, claim: leases.Claim, *, only_first: bo
         query = query.where(ev.attempt_index == claim.attempt_index)
     else:
         query = query.where(ev.attempt_index >= claim.attempt_index)
-    with session_scope(url) as db:
+    with database.session() as db:
         return int(db.execute(query).scalar_one())
 
 
@@ -781,7 +780,7 @@ class CallSample:
     truncated: bool
 
 
-def attempt_samples(url: str | None, claim: leases.Claim) -> list[CallSample]:
+def attempt_samples(database: Database, claim: leases.Claim) -> list[CallSample]:
     """The telemetry rows written under this claim, in order (for per-phase log lines)."""
     ev = TokenEstimationV2Event
     query = (
@@ -789,7 +788,7 @@ def attempt_samples(url: str | None, claim: leases.Claim) -> list[CallSample]:
         .where(ev.run_id == claim.run_id, ev.phase_id == claim.phase_id, ev.attempt_index >= claim.attempt_index)
         .order_by(ev.attempt_index, ev.call_index)
     )
-    with session_scope(url) as db:
+    with database.session() as db:
         return [CallSample(int(a), int(p), int(o), None if c is None else int(c), bool(t)) for a, p, o, c, t in db.execute(query)]
 
 
@@ -889,44 +888,38 @@ class DrainSummary(BaseModel):
 
 def run_batch_drain(
     params: DrainParams,
+    database: Database,
     *,
-    url: str | None = None,
     executor: ExecutorRef = DEFAULT_EXECUTOR,
     runner: DrainExecutor | None = None,
     reporter: DrainReporter | None = None,
-    expect_db_id: str | None = None,
-    allow_empty_db: bool = False,
     isolation: str = "process",
     handle_signals: bool = True,
 ) -> DrainReport:
-    """Preflight (telemetry on, DB identity, API identity, executor present), then drain.
+    """Preflight (telemetry on, runs present, API identity, executor present), then drain ``database``
+    (opened and guarded by the caller: ``autopack.db.handle.open_database``).
 
     ``params``: the drain (``BatchOptions`` for what only the command line sets). ``executor`` is the phase
     function; ``runner`` is where it runs (default: ``isolation``'s executor).
     """
     from autopack.config import get_settings
-    from autopack.db.identity import guard
 
     options = BatchOptions.of(params)
     options.validate()
-    settings = get_settings()
-    check_telemetry_enabled(options.telemetry, settings.telemetry_db_enabled)
-    resolved = url or settings.resolved_database_url()
-    report = guard(resolved, expect_db_id=expect_db_id or settings.expected_db_id, allow_empty=allow_empty_db)
+    check_telemetry_enabled(options.telemetry, get_settings().telemetry_db_enabled)
     if options.run_ids:  # a --run-id that is not here drains nothing: say so instead of exiting 0
-        with session_scope(resolved) as session:
+        with database.session() as session:
             require_runs(session, options.run_ids)
     if options.api_url:
-        check_api_identity(options.api_url, report.db_id)
+        check_api_identity(options.api_url, str(database.db_id))
     check_executor_available(executor)
     if options.max_consecutive_zero_yield and not options.telemetry and reporter is not None:
         reporter.message("--no-telemetry: --max-consecutive-zero-yield is ignored (every phase yields 0)")
     drain = BatchDrain(
         options,
-        url=resolved,
+        database=database,
         executor=runner or make_executor(isolation, options.workers, executor),
         reporter=reporter,
-        db_id=report.db_id,
         handle_signals=handle_signals,
     )
     state = drain.run()

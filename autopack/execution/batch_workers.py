@@ -32,11 +32,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for_connections
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from autopack.errors import AutopackError, ConfigError, InputError, ProviderError
 from autopack.execution.leases import Claim, LeaseLostError
 from autopack.execution.triage import STAGE_BEFORE_LLM, STAGE_EXECUTION, STAGE_PROVIDER
+
+if TYPE_CHECKING:
+    from autopack.db.handle import DatabaseRef
 
 #: The phase executor's contract (``autopack.execution.phase_runner.execute_phase``).
 DEFAULT_EXECUTOR = "autopack.execution.phase_runner:execute_phase"
@@ -66,7 +69,8 @@ class PhaseJob:
     run_id: str
     phase_id: str
     claim: Claim
-    url: str
+    #: The drain's verified database, reopened (not guarded again) where the phase runs.
+    database: DatabaseRef
     #: The drain's lease length: each heartbeat extends the lease by this much.
     lease_seconds: float
     #: Size of the provider gate (0: no gate): the drain's, resolved once.
@@ -181,11 +185,12 @@ def _stage_for(exc: BaseException) -> str:
 def lease_heartbeat(job: PhaseJob) -> Callable[[], None]:
     """The executor's own heartbeat, extending the lease by the drain's lease length (not the 900 s default,
     which would keep a dead drain's phase unclaimable for 15 minutes)."""
-    from autopack.db.engine import session_scope
     from autopack.execution import leases
 
+    database = job.database.open()
+
     def beat() -> None:
-        with session_scope(job.url) as db:
+        with database.session() as db:
             leases.heartbeat(db, job.run_id, job.phase_id, job.claim.owner, lease_seconds=job.lease_seconds)
 
     return beat
@@ -195,7 +200,7 @@ def gated_provider(job: PhaseJob) -> Any:
     """The settings' provider behind the provider gate, or None (no gate, or no provider: see the callee)."""
     from autopack.execution.provider_gate import gated_settings_provider
 
-    return gated_settings_provider(job.url, job.provider_concurrency)
+    return gated_settings_provider(job.database.open(), job.provider_concurrency)
 
 
 def run_job(executor: Callable[..., Any], job: PhaseJob) -> dict[str, Any]:
@@ -210,7 +215,7 @@ def run_job(executor: Callable[..., Any], job: PhaseJob) -> dict[str, Any]:
             job.run_id,
             job.phase_id,
             claim=job.claim,
-            url=job.url,
+            db=job.database.open(),
             telemetry=job.telemetry,
             heartbeat=lease_heartbeat(job),
             **options,
@@ -389,7 +394,7 @@ class ProcessExecutor:
             from autopack.execution.provider_gate import release_process_slots
 
             with contextlib.suppress(Exception):  # best effort: they expire anyway
-                release_process_slots(job.url, pid)
+                release_process_slots(job.database.open(), pid)
 
     def wait(self, timeout: float | None) -> list[Completion]:
         active = [s for s in self.slots if s.connection is not None and s.status in (BUSY, STARTING)]

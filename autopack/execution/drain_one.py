@@ -17,11 +17,11 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from autopack.config import get_settings
-from autopack.db.engine import session_scope
 from autopack.db.models import Phase, PhaseState, utcnow
 from autopack.errors import InputError, RefusedError
 from autopack.execution import leases
@@ -29,6 +29,9 @@ from autopack.execution.phase_runner import PhaseResult, execute_phase
 from autopack.execution.provider_gate import gated_settings_provider
 from autopack.execution.runs import require_runs
 from autopack.llm.base import LLMProvider
+
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
 
 TELEMETRY_DISABLED_REASON = (
     "TELEMETRY_DB_ENABLED is off: this drain would record no telemetry "
@@ -41,9 +44,9 @@ def worker_id(prefix: str = "drain-one") -> str:
     return f"{prefix}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def check_drainable(run_id: str, phase_id: str, *, force: bool = False, url: str | None = None) -> str:
+def check_drainable(run_id: str, phase_id: str, *, force: bool = False, db: Database) -> str:
     """Refuse (raise) unless the phase may be drained now; returns its current state. Writes nothing."""
-    with session_scope(url) as session:
+    with db.session() as session:
         row = session.execute(
             sa.select(Phase.state, Phase.lease_owner, Phase.lease_expires_at).where(
                 Phase.run_id == run_id, Phase.phase_id == phase_id
@@ -87,7 +90,7 @@ def drain_one(
     *,
     force: bool = False,
     no_telemetry: bool = False,
-    url: str | None = None,
+    db: Database,
     provider: LLMProvider | None = None,
     owner: str | None = None,
 ) -> PhaseResult:
@@ -95,13 +98,13 @@ def drain_one(
     settings = get_settings()
     if not settings.telemetry_db_enabled and not no_telemetry:
         raise RefusedError(TELEMETRY_DISABLED_REASON, hint="set TELEMETRY_DB_ENABLED=1, or pass --no-telemetry")
-    check_drainable(run_id, phase_id, force=force, url=url)
+    check_drainable(run_id, phase_id, force=force, db=db)
     owner = owner or worker_id()
-    with session_scope(url) as session:
+    with db.session() as session:
         claim = leases.claim_phase(session, run_id, phase_id, owner)
     if claim is None:
         raise RefusedError(f"phase {run_id}/{phase_id} was claimed by another worker first", hint="try again later")
     if provider is None:  # a single phase counts against the same provider limit as every batch drain
-        provider = gated_settings_provider(url or settings.resolved_database_url(), settings.provider_concurrency)
-    return execute_phase(run_id, phase_id, claim=claim, url=url, provider=provider, telemetry=not no_telemetry)
+        provider = gated_settings_provider(db, settings.provider_concurrency)
+    return execute_phase(run_id, phase_id, claim=claim, db=db, provider=provider, telemetry=not no_telemetry)
 

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from autopack.config import get_settings
-from autopack.db.engine import session_scope
+from autopack.db.handle import Database
 from autopack.db.models import (
     LlmUsageEvent,
     Phase,
@@ -133,8 +133,8 @@ class PhaseSnapshot:
     run_source: str | None = None  # runs.source: "api" for runs posted to the HTTP API
 
 
-def load_phase(run_id: str, phase_id: str, *, url: str | None = None) -> PhaseSnapshot | None:
-    with session_scope(url) as session:
+def load_phase(run_id: str, phase_id: str, *, db: Database) -> PhaseSnapshot | None:
+    with db.session() as session:
         phase = session.execute(
             sa.select(Phase).where(Phase.run_id == run_id, Phase.phase_id == phase_id)
         ).scalar_one_or_none()
@@ -194,17 +194,17 @@ def check_command_env(environ: Mapping[str, str] | None = None, extra: str | Non
 
 
 def run_check_command(command: str, workspace: Path, *, timeout: float = CHECK_COMMAND_TIMEOUT_SECONDS,
-                      database_url: str | None = None) -> str | None:
+                      database: Database | None = None) -> str | None:
     """Run the phase's check in the workspace; None when it passes, else a one-line reason (redacted).
 
     One program and its arguments (``spec.check_command_argv``: shell quoting, never a shell), with the
-    allow-listed environment, in the sandbox (``execution.sandbox``; ``database_url`` names the database
-    file to hide when it is not the configured one), in its own process group so a timeout kills
+    allow-listed environment, in the sandbox (``execution.sandbox``; ``database``'s file is hidden
+    too when it is not the configured one), in its own process group so a timeout kills
     everything it started. Refused, in one line, when the sandbox cannot run and the operator did not opt out.
     """
     try:
         argv = check_command_argv(command)
-        started = launch(argv, workspace, check_command_env(), get_settings(), database_url=database_url)
+        started = launch(argv, workspace, check_command_env(), get_settings(), database=database)
     except (InputError, SandboxUnavailableError) as exc:
         return exc.one_line()
     try:
@@ -296,9 +296,9 @@ class _Counters:
     attempt_indices: list[int] = field(default_factory=list)
 
 
-def _default_heartbeat(claim: Claim, url: str | None) -> Callable[[], None]:
+def _default_heartbeat(claim: Claim, db: Database) -> Callable[[], None]:
     def beat() -> None:
-        with session_scope(url) as session:
+        with db.session() as session:
             leases.heartbeat(session, claim.run_id, claim.phase_id, claim.owner)
 
     return beat
@@ -309,7 +309,7 @@ def execute_phase(
     phase_id: str,
     *,
     claim: Claim,
-    url: str | None = None,
+    db: Database,
     provider: LLMProvider | None = None,
     telemetry: bool = True,
     heartbeat: Callable[[], None] | None = None,
@@ -317,9 +317,9 @@ def execute_phase(
     """Run a claimed phase to COMPLETE or FAILED (see the module docstring for the contract)."""
     start = time.monotonic()
     counters = _Counters()
-    beat = heartbeat or _default_heartbeat(claim, url)
+    beat = heartbeat or _default_heartbeat(claim, db)
     try:
-        _run(run_id, phase_id, claim=claim, url=url, provider=provider, telemetry=telemetry, beat=beat,
+        _run(run_id, phase_id, claim=claim, db=db, provider=provider, telemetry=telemetry, beat=beat,
              counters=counters)
         stage, message, boundary = None, None, False
     except _Failure as failure:
@@ -327,7 +327,7 @@ def execute_phase(
     except LeaseLostError:
         raise
     except KeyboardInterrupt:
-        _give_back(claim, url)
+        _give_back(claim, db)
         raise
     except TelemetryWriteError as exc:
         stage, message, boundary = "execution", exc.one_line(), False
@@ -338,11 +338,11 @@ def execute_phase(
     final_state = PhaseState.COMPLETE if stage is None else PhaseState.FAILED
     if telemetry and counters.attempt_indices:
         try:
-            set_phase_outcome(run_id, phase_id, counters.attempt_indices, final_state, url=url)
+            set_phase_outcome(run_id, phase_id, counters.attempt_indices, final_state, db=db)
         except TelemetryWriteError as exc:
             final_state, stage, message = PhaseState.FAILED, "execution", exc.one_line()
     reason = None if message is None else redact(message)[:MAX_REASON_CHARS]
-    rejected = _finish(claim, final_state, reason, counters.tokens_used, url)
+    rejected = _finish(claim, final_state, reason, counters.tokens_used, db)
     if rejected is not None:
         final_state, stage, reason = PhaseState.FAILED, stage or "execution", redact(rejected)[:MAX_REASON_CHARS]
     result = PhaseResult(
@@ -370,14 +370,14 @@ class PhaseFinishError(AutopackError):
     exit_code = 1
 
 
-def _finish(claim: Claim, final_state: str, reason: str | None, tokens_used: int, url: str | None) -> str | None:
+def _finish(claim: Claim, final_state: str, reason: str | None, tokens_used: int, db: Database) -> str | None:
     """``leases.finish_phase``; if the database refuses the write, give the lease back rather than keep it."""
     try:
-        with session_scope(url) as session:
+        with db.session() as session:
             return leases.finish_phase(session, claim.run_id, claim.phase_id, claim.owner, final_state,
                                        failure_reason=reason, tokens_used=tokens_used)
     except SQLAlchemyError as exc:
-        released = _give_back(claim, url)
+        released = _give_back(claim, db)
         detail = (redact(str(getattr(exc, "orig", exc))).strip().splitlines() or [""])[0]
         raise PhaseFinishError(
             f"could not record {final_state} for {claim.run_id}/{claim.phase_id}: {type(exc).__name__}: {detail}",
@@ -386,9 +386,9 @@ def _finish(claim: Claim, final_state: str, reason: str | None, tokens_used: int
         ) from exc
 
 
-def _give_back(claim: Claim, url: str | None) -> bool:
+def _give_back(claim: Claim, db: Database) -> bool:
     try:
-        with session_scope(url) as session:
+        with db.session() as session:
             return leases.release(session, claim.run_id, claim.phase_id, claim.owner)
     except Exception:  # best effort while interrupted or failing; the lease expires anyway
         log.warning("could not release %s/%s; its lease will expire", claim.run_id, claim.phase_id)
@@ -400,13 +400,13 @@ def _run(
     phase_id: str,
     *,
     claim: Claim,
-    url: str | None,
+    db: Database,
     provider: LLMProvider | None,
     telemetry: bool,
     beat: Callable[[], None],
     counters: _Counters,
 ) -> None:
-    phase = load_phase(run_id, phase_id, url=url)
+    phase = load_phase(run_id, phase_id, db=db)
     if phase is None:
         raise _Failure("before_llm", f"phase {run_id}/{phase_id} not found")
     try:
@@ -458,7 +458,7 @@ def _run(
 
     attempt_index = claim.attempt_index
     if telemetry:
-        attempt_index = _fresh_attempt_index(run_id, phase_id, claim.owner, attempt_index, url)
+        attempt_index = _fresh_attempt_index(run_id, phase_id, claim.owner, attempt_index, db)
     escalated_to: int | None = None
     settings = get_settings()
     while True:
@@ -468,7 +468,7 @@ def _run(
             settings.explore_share, settings.explore_seed, run_id, phase_id, attempt_index)
         # adaptive: the group's runtime ACI level, read now (only for groups with a reviewed adaptive curve)
         est, decision = plan_call(features, escalated_to=escalated_to, model_max_output=model_max,
-                                  adaptive=level_reader(url), explore=explore)
+                                  adaptive=level_reader(db), explore=explore)
         beat()
         request = LLMRequest(
             system=prompt.system,
@@ -489,17 +489,17 @@ def _run(
             raise _Failure("llm_boundary", exc.one_line(), boundary=True) from exc
         except ProviderResponseError as exc:
             if telemetry:
-                _record_invalid(CallKey(run_id, phase_id, attempt_index, 0), provider, exc, url)
+                _record_invalid(CallKey(run_id, phase_id, attempt_index, 0), provider, exc, db)
             raise _Failure("provider", exc.one_line()) from exc
         except ProviderError as exc:
             raise _Failure("provider", exc.one_line()) from exc
         beat()
         counters.tokens_used += int(response.reported_total or 0)
 
-        check = _validate(response, paths, workspace, phase.check_command, url)
+        check = _validate(response, paths, workspace, phase.check_command, db)
         if telemetry:
             recorded = record_call(CallKey(run_id, phase_id, attempt_index, 0), features, est, decision, response,
-                                   success=check.success, url=url)
+                                   success=check.success, db=db)
             counters.telemetry_events += int(recorded.estimation_created)
         if check.success:
             return
@@ -509,10 +509,10 @@ def _run(
             if telemetry:
                 record_escalation(run_id, phase_id, attempt_index, esc, was_truncated=True,
                                   output_tokens=response.output_tokens, selected_budget=decision.selected_budget,
-                                  actual_max_tokens=decision.actual_max_tokens, url=url)
+                                  actual_max_tokens=decision.actual_max_tokens, db=db)
             log.info("[phase] %s/%s attempt %d truncated at %s tokens: escalating %s -> %d", run_id, phase_id,
                      attempt_index, response.output_tokens, decision.actual_max_tokens, esc.retry_max_tokens)
-            with session_scope(url) as session:
+            with db.session() as session:
                 attempt_index = leases.reserve_attempt(session, run_id, phase_id, claim.owner)
             escalated_to = esc.retry_max_tokens
             continue
@@ -520,13 +520,13 @@ def _run(
         raise _Failure(stage, check.message or "builder output rejected")
 
 
-def _record_invalid(key: CallKey, provider: LLMProvider, exc: ProviderResponseError, url: str | None) -> None:
+def _record_invalid(key: CallKey, provider: LLMProvider, exc: ProviderResponseError, db: Database) -> None:
     """Keep a trace of a call whose usage was impossible; the phase fails on the provider error either way."""
     response = exc.response
     try:
         record_invalid_call(key, exc.provider or provider.name,
                             response.model if response else getattr(provider, "model", None), response,
-                            exc.problems, url=url)
+                            exc.problems, db=db)
     except TelemetryWriteError as write_error:
         log.warning("%s", write_error.one_line())
 
@@ -534,14 +534,14 @@ def _record_invalid(key: CallKey, provider: LLMProvider, exc: ProviderResponseEr
 MAX_ATTEMPT_SKIPS = 10_000
 
 
-def _fresh_attempt_index(run_id: str, phase_id: str, owner: str, attempt_index: int, url: str | None) -> int:
+def _fresh_attempt_index(run_id: str, phase_id: str, owner: str, attempt_index: int, db: Database) -> int:
     """An attempt index no telemetry row of this phase uses yet.
 
     The claim's counter can lag behind existing rows (adopted legacy rows, or a run recreated with
     ``--replace``, which keeps its telemetry). Recording is idempotent on (run, phase, attempt, call), so
     reusing such a key would silently drop the new sample; reserve indices past the used ones instead.
     """
-    with session_scope(url) as session:
+    with db.session() as session:
         try:
             used = _max_used_attempt(session, run_id, phase_id)
         except SQLAlchemyError as exc:
@@ -568,7 +568,7 @@ def _max_used_attempt(session: sa.orm.Session, run_id: str, phase_id: str) -> in
 
 
 def _validate(response: LLMResponse, paths: Sequence[str], workspace: Path, check_command: str | None,
-              url: str | None) -> BuildCheck:
+              db: Database) -> BuildCheck:
     if response.truncated:
         return BuildCheck(False, message=f"output truncated ({response.stop_reason}) at {response.output_tokens} of "
                                          f"{response.max_tokens} max_tokens")
@@ -577,7 +577,7 @@ def _validate(response: LLMResponse, paths: Sequence[str], workspace: Path, chec
         return check
     write_files(workspace, check.files)
     if check_command:
-        problem = run_check_command(check_command, workspace, database_url=url)
+        problem = run_check_command(check_command, workspace, database=db)
         if problem:
             return BuildCheck(False, check.files, problem)
     return check

@@ -29,15 +29,17 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import sqlalchemy as sa
 
-from autopack.db.engine import get_engine, resolve_url
 from autopack.db.models import ProviderSlot, utcnow
 from autopack.llm.base import LLMProvider, ProviderTransientError
 from autopack.llm.gated import GatedProvider
 from autopack.logging import get_logger
+
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
 
 log = get_logger(__name__)
 
@@ -62,7 +64,7 @@ class ProviderGate:
 
     def __init__(
         self,
-        url: str,
+        db: Database,
         name: str,
         size: int,
         *,
@@ -71,7 +73,7 @@ class ProviderGate:
     ) -> None:
         if size < 1:
             raise ValueError("a provider gate needs at least one slot")
-        self.url = resolve_url(url)
+        self.db = db
         self.name = name
         self.size = size
         self.ttl = ttl
@@ -85,7 +87,7 @@ class ProviderGate:
         self._held: dict[int, str] = {}
         self._rows_ready = False
         self._renewer: threading.Thread | None = None
-        self._postgres = get_engine(self.url).dialect.name == "postgresql"
+        self._postgres = self.db.engine.dialect.name == "postgresql"
 
     # --- public -------------------------------------------------------------------------------------
 
@@ -209,7 +211,7 @@ class ProviderGate:
         """One short write transaction. On PostgreSQL its commit does not wait for the WAL flush: a slot is
         ephemeral coordination state, and after a server crash a lost update only frees or holds a slot until
         its lease runs out, while waiting for the flush would cost a disk sync per call."""
-        with get_engine(self.url).begin() as connection:
+        with self.db.engine.begin() as connection:
             if self._postgres:
                 connection.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
             yield connection
@@ -234,7 +236,7 @@ class ProviderGate:
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
             statement = sqlite_insert(_SLOTS).values(rows).on_conflict_do_nothing()
-        with get_engine(self.url).begin() as connection:
+        with self.db.engine.begin() as connection:
             connection.execute(statement)
         self._rows_ready = True
 
@@ -281,10 +283,10 @@ def owner_prefix(host: str, pid: int) -> str:
     return f"{host}:{pid}:"
 
 
-def release_process_slots(url: str, pid: int, host: str | None = None) -> int:
+def release_process_slots(db: Database, pid: int, host: str | None = None) -> int:
     """Give back every slot a killed process held (instead of leaving them until they expire)."""
     prefix = owner_prefix(host or socket.gethostname(), pid)
-    with get_engine(resolve_url(url)).begin() as connection:
+    with db.engine.begin() as connection:
         return connection.execute(
             sa.update(_SLOTS).where(_SLOTS.c.owner.startswith(prefix, autoescape=True)).values(owner=None, expires_at=None)
         ).rowcount
@@ -294,25 +296,25 @@ _gates: dict[tuple[str, str, int], ProviderGate] = {}
 _gates_lock = threading.Lock()
 
 
-def provider_gate(url: str, name: str, size: int) -> ProviderGate | None:
+def provider_gate(db: Database, name: str, size: int) -> ProviderGate | None:
     """This process's gate for ``name`` (None when ``size`` is 0: the gate is switched off)."""
     if size <= 0:
         return None
-    key = (resolve_url(url), name, size)
+    key = (db.url, name, size)
     with _gates_lock:
         gate = _gates.get(key)
         if gate is None:
-            gate = _gates[key] = ProviderGate(key[0], name, size)
+            gate = _gates[key] = ProviderGate(db, name, size)
         return gate
 
 
-def gated(provider: LLMProvider, url: str, size: int) -> LLMProvider:
+def gated(provider: LLMProvider, db: Database, size: int) -> LLMProvider:
     """``provider`` with every call behind the gate named after it (unchanged when ``size`` is 0)."""
-    gate = provider_gate(url, provider.name, size)
+    gate = provider_gate(db, provider.name, size)
     return provider if gate is None else GatedProvider(provider, gate=gate.slot)
 
 
-def gated_settings_provider(url: str, size: int) -> LLMProvider | None:
+def gated_settings_provider(db: Database, size: int) -> LLMProvider | None:
     """The settings' provider behind the gate, or None when there is no gate (``size`` 0).
 
     None also when the provider cannot be built (e.g. a missing key): the phase executor then meets the same
@@ -327,4 +329,4 @@ def gated_settings_provider(url: str, size: int) -> LLMProvider | None:
         provider = get_provider()
     except AutopackError:
         return None
-    return gated(provider, url, size)
+    return gated(provider, db, size)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from autopack.db.models import DbMeta, Phase, PhaseState, Run, utcnow
+from autopack.db.models import Phase, PhaseState, Run, utcnow
 from autopack.errors import InputError, RefusedError
 from autopack.execution.spec import RunSpec
 
@@ -85,28 +84,3 @@ def require_runs(session: Session, run_ids: Sequence[str]) -> None:
             f"--run-id {shown} {'is' if len(missing) == 1 else 'are'} not in this database; nothing was drained",
             hint="check the id with `autopack runs list`, and DATABASE_URL with `autopack db identity`",
         )
-
-
-def check_run_ids(run_ids: Sequence[str], *, url: str | None = None, expect_db_id: str | None = None) -> None:
-    """``require_runs`` for a command that has not run the database guard yet: it only speaks when the
-    database is readable and the expected one, so a missing file, an unmigrated schema or the wrong
-    database is still reported by the guard (with its clearer message), and nothing is created here."""
-    from autopack.config import get_settings
-    from autopack.db.engine import session_scope
-    from autopack.db.migrate import sqlite_path
-
-    if not run_ids:
-        return
-    settings = get_settings()
-    resolved = url or settings.resolved_database_url()
-    path = sqlite_path(resolved)
-    if path is not None and not path.is_file():
-        return
-    expected = expect_db_id or settings.expected_db_id
-    try:
-        with session_scope(resolved) as session:
-            if expected and session.execute(sa.select(DbMeta.db_id)).scalar_one_or_none() != expected:
-                return
-            require_runs(session, run_ids)
-    except SQLAlchemyError:
-        return

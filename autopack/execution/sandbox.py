@@ -26,9 +26,13 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autopack.config import Settings
 from autopack.errors import AutopackError
+
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
 
 SANDBOX_NONE = "none"
 SANDBOX_SETTING = "AUTOPACK_CHECK_SANDBOX"
@@ -169,14 +173,14 @@ def python_paths() -> list[str]:
     return [p for p in dict.fromkeys(os.path.abspath(p) for p in paths) if os.path.isdir(p)]
 
 
-def secret_paths(settings: Settings, database_url: str | None, environ: Mapping[str, str]) -> list[Path]:
+def secret_paths(settings: Settings, database: Database | None, environ: Mapping[str, str]) -> list[Path]:
     """Files and directories holding the worker's secrets, to be hidden wherever the sandbox would show them."""
     files: list[Path] = [Path(".env")]
     for name in type(settings).model_fields:
         value = getattr(settings, name)
         if name.endswith("_file") and isinstance(value, Path):
             files.append(value)
-    urls = [database_url, environ.get("PREFECT_API_DATABASE_CONNECTION_URL")]
+    urls = [database.url if database else None, environ.get("PREFECT_API_DATABASE_CONNECTION_URL")]
     try:
         urls.append(settings.resolved_database_url())
     except AutopackError:  # an unreadable DATABASE_URL_FILE: no database file to name (the file itself is hidden)
@@ -213,7 +217,7 @@ class Launch:
 
 
 def launch(argv: Sequence[str], workspace: Path, env: Mapping[str, str], settings: Settings, *,
-           database_url: str | None = None) -> Launch:
+           database: Database | None = None) -> Launch:
     """The command line that runs ``argv`` as the settings say: inside the sandbox, or (opted out) as it is.
 
     ``env`` is the allow-listed environment; bwrap itself is started with it too (its process inside the
@@ -223,7 +227,7 @@ def launch(argv: Sequence[str], workspace: Path, env: Mapping[str, str], setting
         return Launch(list(argv), dict(env))
     bwrap, userns = usable_bwrap(settings)
     inner = _sandbox_env(env)
-    mounts = _mounts(workspace, inner["HOME"], settings, secret_paths(settings, database_url, os.environ))
+    mounts = _mounts(workspace, inner["HOME"], settings, secret_paths(settings, database, os.environ))
     cmd = [bwrap, *_namespace_args(userns), *(a for m in mounts for a in m.args()),
            "--chdir", os.path.abspath(workspace), "--clearenv"]
     for name, value in inner.items():

@@ -18,12 +18,12 @@ import secrets
 import socket
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import sqlalchemy as sa
 
-from autopack.db.engine import rowcount, session_scope
+from autopack.db.engine import rowcount
 from autopack.db.models import DrainResult, DrainSession, utcnow
 from autopack.errors import AutopackError
 from autopack.execution.triage import (
@@ -37,6 +37,9 @@ from autopack.execution.triage import (
     fingerprint_stops_run,
     sample_is_promising,
 )
+
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
 
 STATUS_RUNNING = "running"
 STATUS_INTERRUPTED = "interrupted"
@@ -365,16 +368,16 @@ class SessionStore:
     """
 
     def __init__(
-        self, url: str | None = None, *, owner: str | None = None, lease_seconds: float = DEFAULT_SESSION_LEASE_SECONDS
+        self, db: Database, *, owner: str | None = None, lease_seconds: float = DEFAULT_SESSION_LEASE_SECONDS
     ) -> None:
-        self.url = url
+        self.db = db
         self.owner = owner
         self.lease_seconds = lease_seconds
 
     def save(self, state: SessionState) -> None:
         """Upsert the session row and insert the results not saved yet, atomically."""
         now = utcnow()
-        with session_scope(self.url) as db:
+        with self.db.session() as db:
             if self.owner is not None:
                 self._check_held(db, state.session_id, now)  # also locks the row for this transaction
             row = db.get(DrainSession, state.session_id)
@@ -414,7 +417,7 @@ class SessionStore:
 
     def renew(self, session_id: str) -> None:
         """Extend the owner lease of a held session (the drain's heartbeat); ``SessionLostError`` if taken over."""
-        with session_scope(self.url) as db:
+        with self.db.session() as db:
             self._check_held(db, session_id, utcnow())
 
     def _check_held(self, db: Any, session_id: str, now: datetime) -> None:
@@ -431,7 +434,7 @@ class SessionStore:
             )
 
     def load(self, session_id: str) -> SessionState | None:
-        with session_scope(self.url) as db:
+        with self.db.session() as db:
             row = db.get(DrainSession, session_id)
             if row is None:
                 return None
@@ -472,7 +475,7 @@ class SessionStore:
         if self.owner is None:
             raise ValueError("claiming a session needs a store with an owner")
         now = utcnow()
-        with session_scope(self.url) as db:
+        with self.db.session() as db:
             rows = db.execute(
                 sa.select(DrainSession.id, DrainSession.status, DrainSession.params, DrainSession.owner,
                           DrainSession.lease_expires_at)
@@ -484,7 +487,7 @@ class SessionStore:
             if _held(status, params or {}, owner, expires, now):
                 continue
             seen = DrainSession.owner.is_(None) if owner is None else DrainSession.owner == owner
-            with session_scope(self.url) as db:
+            with self.db.session() as db:
                 result = db.execute(
                     sa.update(DrainSession)
                     .where(DrainSession.id == session_id, DrainSession.completed_at.is_(None), seen)

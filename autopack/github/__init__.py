@@ -12,7 +12,7 @@ from autopack.github.body import pr_title, render_not_updated, render_pr_body
 from autopack.github.estimator_edit import apply_proposal, read_stamp, read_tables
 from autopack.github.local import publish_local
 from autopack.github.memory import PastProposal, ProposalMemory, find_declined
-from autopack.github.pipeline import load_calibration, open_calibration_pr
+from autopack.github.pipeline import open_calibration_pr
 from autopack.github.proposal import (
     BOT_BRANCH,
     ESTIMATOR_PATH,
@@ -43,7 +43,6 @@ __all__ = [
     "apply_proposal",
     "find_declined",
     "find_marker",
-    "load_calibration",
     "marker",
     "material_difference",
     "open_calibration_pr",

@@ -16,7 +16,8 @@ without running anything, and every figure describes exactly what ships:
 - verification, provenance (data source, code commit, flow run) and a short glossary.
 
 Verdicts, the gate's sentence and the drift table come from ``autopack.calibration.story``, as in the
-calibration report, so the two say the same. Keys the calibration JSON does not have (an older file) are left out or marked unknown, never invented.
+calibration report, so the two say the same. It reads the typed result (``result.CalibrationResult``); figures an
+older output lacks (null there) are left out or marked unknown, never invented.
 It ends with the hidden marker the bot uses to find its PR again, and is passed through ``redact`` last.
 """
 
@@ -28,10 +29,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
+from pydantic import BaseModel
+
 from autopack.calibration import story
-from autopack.calibration.story import mapping as _mapping
-from autopack.calibration.story import number as _number
-from autopack.calibration.story import records as _records
+from autopack.calibration.result import (
+    Backtest,
+    BacktestGroup,
+    CalibrationResult,
+    GroupEntry,
+    Interval,
+    Metadata,
+    MethodBacktest,
+    Sources,
+    Truncation,
+)
 from autopack.config import get_settings
 from autopack.errors import InputError
 from autopack.github.estimator_edit import read_tables
@@ -94,14 +105,14 @@ GLOSSARY = (
 )
 
 
-def pr_title(calibration: Mapping[str, Any]) -> str:
-    stamp = calibration_stamp(calibration.get("metadata", {}))
-    n = len(calibration.get("proposed_changes") or [])
+def pr_title(calibration: CalibrationResult) -> str:
+    stamp = calibration_stamp(calibration.metadata)
+    n = len(calibration.proposed_changes)
     return f"Calibrate token estimator ({stamp.version}): {n} coefficient change{'s' if n != 1 else ''}"
 
 
 def render_pr_body(
-    calibration: Mapping[str, Any],
+    calibration: CalibrationResult,
     verification: VerificationReport | None,
     *,
     plot_link: str | None = None,
@@ -123,27 +134,25 @@ def render_pr_body(
     ``edited_source`` (the estimator before and after the edit), today's and the shipped values are read
     from the files themselves, and a change the edited file does not carry is refused (``InputError``).
     """
-    if not isinstance(calibration, Mapping):
-        raise InputError("calibration JSON must be an object")
-    metadata = _mapping(calibration.get("metadata"))
-    changes = parse_changes(calibration.get("proposed_changes"))
+    metadata = calibration.metadata
+    changes = parse_changes(calibration.proposed_changes)
     stamp = calibration_stamp(metadata)
     digest = proposal_hash(changes)
     secrets = [*get_settings().secret_values(), *(s for s in extra_secrets if s)]
     tables = _Tables.read(original_source, edited_source, changes)
-    alpha = _number(metadata.get("target_truncation"))
+    alpha = metadata.target_truncation
 
     def build(group_rows: int) -> str:
         parts = [
             _summary(calibration, changes, stamp.version, estimator_path),
-            _simulated_warning(metadata),
-            _effect(_mapping(calibration.get("backtest")), alpha),
+            _simulated_warning(metadata.sources),
+            _effect(calibration.backtest, alpha),
             _verdicts(calibration, changes),
             _gate(calibration),
             _changes_table(changes),
             _group_effect(calibration, changes, tables, group_rows, chart=inline_chart),
-            _backtest_table(_mapping(calibration.get("backtest")), metadata.get("method")),
-            _groups_table(calibration.get("groups") or [], tables, group_rows),
+            _backtest_table(calibration.backtest, metadata.method),
+            _groups_table(calibration.groups, tables, group_rows),
             _verification(verification),
             _plot(calibration, plot_link),
             _provenance(metadata, calibration, code_commit, code_commit_url, flow_run_url),
@@ -212,49 +221,30 @@ class _Tables:
 # --- sections ------------------------------------------------------------------------------------
 
 
-def _summary(calibration: Mapping[str, Any], changes: Sequence[Change], version: str, estimator_path: str) -> str:
-    metadata = _mapping(calibration.get("metadata"))
+def _summary(calibration: CalibrationResult, changes: Sequence[Change], version: str, estimator_path: str) -> str:
+    metadata = calibration.metadata
     tables = sorted({c.coefficient for c in changes})
     added = sum(1 for c in changes if c.old is None)
     return (
         f"## Token estimator calibration `{version}`\n\n"
         f"This pull request sets **{len(changes)}** coefficient value{'s' if len(changes) != 1 else ''} "
         f"({added} new entr{'ies' if added != 1 else 'y'}) in {', '.join(f'`{t}`' for t in tables)} of "
-        f"`{estimator_path}`, calibrated on **{_fmt(metadata.get('total_samples'))}** telemetry samples. "
+        f"`{estimator_path}`, calibrated on **{_fmt(metadata.total_samples)}** telemetry samples. "
         "Only those literals and the calibration stamp (`CALIBRATION_VERSION`, `CALIBRATION_DATE`, "
         "`CALIBRATION_SAMPLES`) change."
     )
 
 
-def _sources(metadata: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], bool | None]:
-    """(provider/model rows, simulated?) from ``metadata.sources`` (a list, or an object with a list)."""
-    raw = metadata.get("sources")
-    rows: list[Mapping[str, Any]] = []
-    simulated: bool | None = None
-    if isinstance(raw, Mapping):
-        listed = raw.get("mix") or raw.get("sources") or raw.get("models") or []
-        rows = [r for r in listed if isinstance(r, Mapping)] if isinstance(listed, Sequence) else []
-        if isinstance(raw.get("simulated"), bool):
-            simulated = raw["simulated"]
-    elif isinstance(raw, Sequence) and not isinstance(raw, str):
-        rows = [r for r in raw if isinstance(r, Mapping)]
-    flags = [r.get("simulated") for r in rows if isinstance(r.get("simulated"), bool)]
-    if simulated is None and flags:
-        simulated = any(flags)
-    if isinstance(metadata.get("simulated"), bool):
-        simulated = metadata["simulated"] or bool(simulated)
-    return rows, simulated
-
-
-def _simulated_warning(metadata: Mapping[str, Any]) -> str:
-    rows, simulated = _sources(metadata)
-    if not simulated:
+def _simulated_warning(sources: Sources | None) -> str:
+    if sources is None:
         return ""
-    sim = [r for r in rows if r.get("simulated") is True]
-    n_sim = sum(int(r.get("samples") or 0) for r in sim)
-    total = sum(int(r.get("samples") or 0) for r in rows)
+    sim = [m for m in sources.models if m.simulated]
+    if not (sources.simulated or sim):
+        return ""
+    n_sim = sum(m.samples for m in sim)
+    total = sum(m.samples for m in sources.models)
     share = f"{n_sim} of {total} samples" if total else "the samples"
-    named = ", ".join(f"`{_text(r.get('provider'))}` / `{_text(r.get('model'))}`" for r in sim) or "simulated"
+    named = ", ".join(f"`{_text(m.provider)}` / `{_text(m.model)}`" for m in sim) or "simulated"
     return (
         "> [!WARNING]\n"
         f"> **SIMULATED DATA.** {share.capitalize()} came from the simulated provider ({named}), not from a "
@@ -263,47 +253,47 @@ def _simulated_warning(metadata: Mapping[str, Any]) -> str:
     )
 
 
-def _effect(backtest: Mapping[str, Any], alpha: float | None) -> str:
-    current, shipped = _mapping(backtest.get("current")), _mapping(backtest.get("shipped"))
-    if not current or not shipped:
+def _effect(backtest: Backtest, alpha: float | None) -> str:
+    current, shipped = backtest.current, backtest.shipped
+    if current is None or shipped is None:
         return ("**Effect on held-out calls:** unknown — the calibration output has no `shipped` backtest, so "
                 "nothing here measures exactly what this pull request ships (see the backtest below).")
-    n = shipped.get("n", current.get("n"))
+    n = shipped.n if shipped.n is not None else current.n
     target = f", target α = {_pct(alpha)}" if alpha is not None else ""
     return (
         f"**Effect on the {_fmt(n)} held-out calls** (today → this pull request{target}): "
         f"truncation {_truncation(current)} → **{_truncation(shipped)}**; "
-        f"reserved / used {_fmt(current.get('reserved_over_used'))} → **{_fmt(shipped.get('reserved_over_used'))}**"
+        f"reserved / used {_fmt(current.reserved_over_used)} → **{_fmt(shipped.reserved_over_used)}**"
         + _reserved_change(current, shipped) + "."
     )
 
 
-def _truncation(m: Mapping[str, Any]) -> str:
+def _truncation(m: MethodBacktest) -> str:
     """``2/19 = 10.5 %`` or, with censoring, ``2–3 of 19 = 10.5–15.8 %``, then the 95 % CI."""
-    n, k, k_upper = m.get("n"), m.get("truncations"), m.get("truncations_upper")
-    interval = _pair(m.get("truncation_interval"))
-    rate = _number(m.get("truncation_rate"))
+    n, k, k_upper = m.n, m.truncations, m.truncations_upper
+    interval = _pair(m.truncation_interval)
+    rate = m.truncation_rate
     if interval is not None and not math.isclose(interval[0], interval[1], abs_tol=1e-12):
         count = f"{_fmt(k)}–{_fmt(k_upper)} of {_fmt(n)} = " if k is not None and k_upper is not None else ""
         text = f"{count}{_pct(interval[0])}–{_pct(interval[1])}"
     else:
         count = f"{_fmt(k)}/{_fmt(n)} = " if k is not None and n is not None else ""
         text = f"{count}{_pct(rate if rate is not None else interval[0] if interval else None)}"
-    ci = _pair(m.get("truncation_ci"))
+    ci = _pair(m.truncation_ci)
     return text + (f" (95 % CI {_pct(ci[0])}–{_pct(ci[1])})" if ci else "")
 
 
-def _reserved_change(current: Mapping[str, Any], shipped: Mapping[str, Any]) -> str:
-    before, after = _number(current.get("reserved_tokens")), _number(shipped.get("reserved_tokens"))
+def _reserved_change(current: MethodBacktest, shipped: MethodBacktest) -> str:
+    before, after = current.reserved_tokens, shipped.reserved_tokens
     if before is None or after is None:
         return ""
     change = f", {(after - before) / before * 100:+.1f} %" if before else ""
     return f" (reserved tokens {before:,.0f} → {after:,.0f}{change})"
 
 
-def _verdicts(calibration: Mapping[str, Any], changes: Sequence[Change]) -> str:
+def _verdicts(calibration: CalibrationResult, changes: Sequence[Change]) -> str:
     """One line per changed coefficient: the group's verdict (``story.GroupVerdict.line``), then the gate's words."""
-    gate = _mapping(calibration.get("gate"))
+    gate = calibration.gate
     verdicts = story.group_verdicts(calibration)
     minimum = story.min_heldout(calibration)
     lines = ["### Verdicts", "",
@@ -330,52 +320,49 @@ def _verdicts(calibration: Mapping[str, Any], changes: Sequence[Change]) -> str:
     if shared:
         listed = ", ".join(f"`{c.coefficient}[{_text(c.key[0])}, {_text(c.key[1])}]` {_old(c)} → {_fmt(c.new)}"
                            for c in shared)
-        said = "; ".join(dict.fromkeys(str(c.extra["verdict"]) for c in shared if c.extra.get("verdict")))
+        said = "; ".join(dict.fromkeys(c.source.verdict for c in shared if c.source and c.source.verdict))
         lines.append(f"- {'✅' if said else '⚠️'} shared setting{'s' if len(shared) != 1 else ''} {listed}: "
                      + (_text(said) if said else "**no gate verdict in the calibration output**"))
-    info = _mapping(gate.get("weights"))
+    weights_verdict = gate.weights.verdict if gate.weights else None
     if weights:
-        said = info.get("verdict") or "**no gate verdict in the calibration output**"
+        said = weights_verdict or "**no gate verdict in the calibration output**"
         moved = ", ".join(f"`{_text(c.key[0])}/{_text(c.key[1])}` {_old(c)} → {_fmt(c.new)}" for c in weights)
-        lines.append(f"- {'✅' if info.get('verdict') else '⚠️'} `TOKEN_WEIGHTS` (shared: moves the prediction of "
+        lines.append(f"- {'✅' if weights_verdict else '⚠️'} `TOKEN_WEIGHTS` (shared: moves the prediction of "
                      f"every group, calibrated or not) {moved}: {_text(said)}")
-    elif info.get("verdict"):
-        lines.append(f"- `TOKEN_WEIGHTS` unchanged: {_text(info['verdict'])}")
-    whole = _mapping(gate.get("shipped"))
-    if whole.get("verdict"):
-        thin = "thin" in str(whole["verdict"]).lower()
-        lines.append(f"- {'✅' if whole.get('passed') and not thin else '⚠️'} everything above together: "
-                     f"{_text(whole['verdict'])}")
+    elif weights_verdict:
+        lines.append(f"- `TOKEN_WEIGHTS` unchanged: {_text(weights_verdict)}")
+    whole = gate.shipped
+    if whole is not None and whole.verdict:
+        thin = "thin" in whole.verdict.lower()
+        lines.append(f"- {'✅' if whole.passed and not thin else '⚠️'} everything above together: "
+                     f"{_text(whole.verdict)}")
     return "\n".join(lines)
 
 
 def _verdict_lines(what: str, c: Change, verdict: story.GroupVerdict | None, minimum: int | None, *,
                    default: str = "no verdict in the calibration output") -> list[str]:
     """``- ⚠️ what: **ships** — bound: …; confirmed on …`` and, under it, the gate's own words."""
-    said = c.extra.get("verdict") or (verdict.detail if verdict else None) or default
+    source = c.source
+    said = (source.verdict if source else None) or (verdict.detail if verdict else None) or default
     if verdict is None:  # an older output without its group: the change's own backtest is all there is
-        confirmation = story.Confirmation.of(_mapping(c.extra.get("backtest")), minimum, n=c.extra.get("n"),
-                                             evidence=c.extra.get("evidence"))
+        n = source.n if source else None
+        confirmation = story.Confirmation.of(source.backtest if source else None, minimum, n=n)
         icon = "⚠️" if confirmation.thin else "✅"
-        return [f"- {icon} {what}: {_text(said)} — {confirmation.text()} (n = {_fmt(c.extra.get('n'))})"]
+        return [f"- {icon} {what}: {_text(said)} — {confirmation.text()} (n = {_fmt(n)})"]
     if not verdict.kind.ships:  # in proposed_changes, so it ships whatever the group entry says
         verdict = dataclasses.replace(verdict, kind=story.VerdictKind.SHIPS)
     return [f"- {verdict.icon} {what}: {verdict.line()}", f"  - gate: {_text(said)}"]
 
 
 def _group_of(c: Change) -> tuple[str, str] | None:
-    category, complexity = c.extra.get("category"), c.extra.get("complexity")
-    if isinstance(category, str) and isinstance(complexity, str):
-        return category, complexity
-    return c.key if c.coefficient in GROUP_TABLES else None
+    return c.group or (c.key if c.coefficient in GROUP_TABLES else None)
 
 
-def _gate(calibration: Mapping[str, Any]) -> str:
+def _gate(calibration: CalibrationResult) -> str:
     """The gate's state, one sentence on what it means next to the verdicts' warnings, then its reasons."""
-    gate = _mapping(calibration.get("gate"))
-    passed = gate.get("passed")
-    state = "passed" if passed is True else "not passed" if passed is False else "unknown"
-    reasons = [f"- {_text(r)}" for r in gate.get("reasons") or []] or ["- (no reasons given)"]
+    gate = calibration.gate
+    state = "passed" if gate.passed else "not passed"
+    reasons = [f"- {_text(r)}" for r in gate.reasons] or ["- (no reasons given)"]
     return "\n".join([f"### Gate: {state}", "", story.gate_sentence(calibration), "",
                       "<details><summary>The gate's reasons, group by group</summary>", "", *reasons, "",
                       "</details>"])
@@ -390,8 +377,9 @@ def _changes_table(changes: Sequence[Change]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for c in changes:
-        own = _mapping(c.extra.get("backtest"))
-        backtest = {"n": own.get("n"), **_mapping(own.get("shipped"))} if own.get("shipped") else own  # what ships
+        source = c.source
+        own = source.backtest if source else None
+        backtest = (own.shipped or own) if own is not None else None  # what ships
         truncation = _group_truncation(backtest)
         rows.append(
             "| "
@@ -402,12 +390,12 @@ def _changes_table(changes: Sequence[Change]) -> str:
                     _old(c),
                     _fmt(c.new),
                     _relative(c.old, c.new),
-                    _fmt(c.extra.get("n")),
-                    _fmt(backtest.get("n")),
-                    _fmt(c.extra.get("confidence")),
-                    _fmt(c.extra.get("interval")),
+                    _fmt(source.n if source else None),
+                    _fmt(backtest.n if backtest else None),
+                    _fmt(source.confidence if source else None),
+                    _fmt(source.interval if source else None),
                     truncation,
-                    _fmt(backtest.get("reserved_over_used")),
+                    _fmt(backtest.reserved_over_used if backtest else None),
                 ]
             )
             + " |"
@@ -415,18 +403,16 @@ def _changes_table(changes: Sequence[Change]) -> str:
     return "\n".join(rows)
 
 
-def _group_effect(calibration: Mapping[str, Any], changes: Sequence[Change], tables: _Tables, limit: int,
+def _group_effect(calibration: CalibrationResult, changes: Sequence[Change], tables: _Tables, limit: int,
                   *, chart: bool) -> str:
     """Per group with held-out calls: today's and the shipped factor and overhead, and both backtests."""
-    backtest = _mapping(calibration.get("backtest"))
-    groups = _records(backtest.get("groups"))
+    groups = calibration.backtest.groups
     if not groups:
         return ""
-    has_shipped = any(isinstance(g.get("shipped"), Mapping) for g in groups)
+    has_shipped = any(g.shipped is not None for g in groups)
     changed = {c.key for c in changes if c.coefficient in GROUP_TABLES}
     weights_changed = any(c.coefficient == "TOKEN_WEIGHTS" for c in changes)
-    ordered = sorted(groups, key=lambda g: ((g.get("category"), g.get("complexity")) not in changed,
-                                            -(_number(g.get("n")) or 0)))
+    ordered = sorted(groups, key=lambda g: ((g.category, g.complexity) not in changed, -g.n))
     shown = ordered[:limit]
     ship_label = "this PR" if has_shipped else "full refit (no `shipped` per group in the output)"
     rows = [
@@ -442,15 +428,16 @@ def _group_effect(calibration: Mapping[str, Any], changes: Sequence[Change], tab
         "|---|---:|---:|---:|---:|---:|",
     ]
     for g in shown:
-        key = (str(g.get("category")), str(g.get("complexity")))
-        today, after = _mapping(g.get("current")), _mapping(g.get("shipped") if has_shipped else g.get("proposed"))
+        key = (g.category, g.complexity)
+        today, after = g.current, g.shipped if has_shipped else g.proposed
         rows.append("| " + " | ".join([
             f"`{_text(key[0])}, {_text(key[1])}`" + (" (changed)" if key in changed else ""),
-            _fmt(g.get("n")),
+            _fmt(g.n),
             tables.arrow("BUDGET_FACTORS", key, unset="floor & buffer"),
             tables.arrow("PHASE_OVERHEAD", key, unset="default"),
             f"{_group_truncation(today)} → {_group_truncation(after)}",
-            f"{_fmt(today.get('reserved_over_used'))} → {_fmt(after.get('reserved_over_used'))}",
+            f"{_fmt(today.reserved_over_used if today else None)} → "
+            f"{_fmt(after.reserved_over_used if after else None)}",
         ]) + " |")
     if len(groups) > limit:
         rows.append(f"\n({len(groups) - limit} more groups in the calibration report)")
@@ -460,28 +447,31 @@ def _group_effect(calibration: Mapping[str, Any], changes: Sequence[Change], tab
     return "\n".join(rows)
 
 
-def step_lines(calibration: Mapping[str, Any]) -> list[str]:
+def step_lines(calibration: CalibrationResult) -> list[str]:
     """One line per group raised as a step toward α (``story``): safe, expected truncation after it, price."""
     steps = [v for v in story.group_verdicts(calibration).values() if v.kind is story.VerdictKind.STEP_TOWARD_ALPHA]
     return ["", *(f"- `{_text(v.group[0])}, {_text(v.group[1])}`: {v.line()}" for v in steps)] if steps else []
 
 
-def _group_truncation(m: Mapping[str, Any]) -> str:
-    interval = _pair(m.get("truncation_interval"))
+def _group_truncation(m: Truncation | None) -> str:
+    if m is None:
+        return _pct(None)
+    interval = _pair(m.truncation_interval)
     if interval is not None and interval[0] != interval[1]:
         return f"{_pct(interval[0])}–{_pct(interval[1])}"
-    return _pct(_number(m.get("truncation_rate")))
+    return _pct(m.truncation_rate)
 
 
-def _mermaid(groups: Sequence[Mapping[str, Any]], has_shipped: bool) -> str:
+def _mermaid(groups: Sequence[BacktestGroup], has_shipped: bool) -> str:
     """Held-out reserved/used per group as a Mermaid ``xychart-beta``: bars today, line after (GitHub renders it)."""
     labels, today, after = [], [], []
     for g in groups:
-        before = _number(_mapping(g.get("current")).get("reserved_over_used"))
-        then = _number(_mapping(g.get("shipped") if has_shipped else g.get("proposed")).get("reserved_over_used"))
+        then_method = g.shipped if has_shipped else g.proposed
+        before = g.current.reserved_over_used if g.current else None
+        then = then_method.reserved_over_used if then_method else None
         if before is None or then is None:
             continue
-        label = f"{g.get('category')}/{g.get('complexity')}".replace('"', "'")
+        label = f"{g.category}/{g.complexity}".replace('"', "'")
         labels.append(f'"{label}"')
         today.append(f"{before:.3g}")
         after.append(f"{then:.3g}")
@@ -501,48 +491,49 @@ def _mermaid(groups: Sequence[Mapping[str, Any]], has_shipped: bool) -> str:
     ])
 
 
-def _backtest_table(backtest: Mapping[str, Any], method: object = None) -> str:
-    columns = [(k, h, d) for k, h, d in BACKTEST_COLUMNS if isinstance(backtest.get(k), Mapping)]
+def _backtest_table(backtest: Backtest, method: str | None = None) -> str:
+    columns = [(k, h, d, m) for k, h, d in BACKTEST_COLUMNS if (m := getattr(backtest, k)) is not None]
     if not columns:
         return "### Backtest\n\n(no backtest in the calibration output)"
     present = [(key, label) for key, label in BACKTEST_METRICS
-               if any(key in backtest[c] for c, _, _ in columns)]
-    split = ", ".join(f"{label} {_fmt(backtest.get(k))}" for k, label in
-                      (("train_n", "fitted on"), ("test_n", "replayed on"), ("split_at", "split at"))
-                      if backtest.get(k) is not None)
+               if any(getattr(m, key) is not None for _, _, _, m in columns)]
+    split = ", ".join(f"{label} {_fmt(value)}" for value, label in
+                      ((backtest.train_n, "fitted on"), (backtest.test_n, "replayed on"),
+                       (backtest.split_at, "split at"))
+                      if value is not None)
     rows = [
         "### Backtest",
         "",
         "Each coefficient set replayed on the held-out (newest) telemetry"
         + (f" ({split})" if split else "") + ": "
-        + "; ".join(f"`{k}` = {d}" for k, _, d in columns) + ".",
+        + "; ".join(f"`{k}` = {d}" for k, _, d, _ in columns) + ".",
     ]
-    if "shipped" not in backtest:
+    if backtest.shipped is None:
         rows += ["", "⚠️ This calibration output has no `shipped` backtest: no column below is exactly what this "
                      "pull request ships."]
     rows += [
         "",
-        "| Metric | " + " | ".join(f"`{k}` = {h}" for k, h, _ in columns) + " |",
+        "| Metric | " + " | ".join(f"`{k}` = {h}" for k, h, _, _ in columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
     for key, label in present:
-        rows.append(f"| {label} | " + " | ".join(_metric(key, backtest[c]) for c, _, _ in columns) + " |")
+        rows.append(f"| {label} | " + " | ".join(_metric(key, m) for _, _, _, m in columns) + " |")
     rows += _drift(backtest, method)
     return "\n".join(rows)
 
 
-def _metric(key: str, m: Mapping[str, Any]) -> str:
+def _metric(key: str, m: MethodBacktest) -> str:
     """One backtest cell: rates as percentages, counts with their censoring upper end, tokens with separators."""
-    value = m.get(key)
-    if key == "truncations" and m.get("truncations_upper") not in (None, value):
-        return f"{_fmt(value)}–{_fmt(m.get('truncations_upper'))}"
+    value = getattr(m, key)
+    if key == "truncations" and m.truncations_upper not in (None, value):
+        return f"{_fmt(value)}–{_fmt(m.truncations_upper)}"
     if key == "truncation_rate":
-        return _pct(_number(value))
+        return _pct(m.truncation_rate)
     if key in ("truncation_interval", "truncation_ci"):
-        pair = _pair(value)
+        pair = _pair(m.truncation_interval if key == "truncation_interval" else m.truncation_ci)
         return f"{_pct(pair[0])}–{_pct(pair[1])}" if pair else _fmt(value)
-    if key in ("reserved_tokens", "used_tokens") and _number(value) is not None:
-        return f"{_number(value):,.0f}"
+    if key in ("reserved_tokens", "used_tokens") and isinstance(value, int):
+        return f"{value:,.0f}"
     return _fmt(value)
 
 
@@ -555,14 +546,13 @@ DRIFT_COLUMNS = (
 )
 
 
-def _drift(backtest: Mapping[str, Any], method: object = None) -> list[str]:
+def _drift(backtest: Backtest, method: str | None = None) -> list[str]:
     """Every drift method replayed on the held-out calls in time order (``story.drift_table``)."""
     table = story.drift_table(backtest, method)
-    if table is None:
+    drift = backtest.calibration_under_drift
+    if table is None or drift is None:
         return []
-    drift = _mapping(backtest.get("calibration_under_drift") or backtest.get("drift"))
-    calls = f" ({_text(drift['calls'])}; worst of {_text(drift['bins'])})" if drift.get("calls") and drift.get(
-        "bins") else ""
+    calls = f" ({_text(drift.calls)}; worst of {_text(drift.bins)})" if drift.calls and drift.bins else ""
     rows = ["", f"How each way of following drift would have done on the held-out calls, in time order{calls}, "
                 f"replaying {table.basis}. The oracle knows each group's held-out quantile in hindsight; `static` is "
                 "one fixed factor per group.",
@@ -573,13 +563,13 @@ def _drift(backtest: Mapping[str, Any], method: object = None) -> list[str]:
         label = f"**{row.label}**" if row.this_pr else row.label
         cells = []
         for key, _ in DRIFT_COLUMNS:
-            value = m.get(key)
+            value = getattr(m, key)
             if key == "truncation_interval":
-                pair = _pair(value)
+                pair = _pair(m.truncation_interval)
                 cells.append(_pct(pair[0]) if pair and pair[0] == pair[1] else
-                             f"{_pct(pair[0])}–{_pct(pair[1])}" if pair else _pct(_number(m.get("truncation_rate"))))
+                             f"{_pct(pair[0])}–{_pct(pair[1])}" if pair else _pct(m.truncation_rate))
             elif key == "worst_bin_truncation":
-                cells.append(_pct(_number(value)))
+                cells.append(_pct(m.worst_bin_truncation))
             else:
                 cells.append(_fmt(value))
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -588,11 +578,10 @@ def _drift(backtest: Mapping[str, Any], method: object = None) -> list[str]:
     return rows
 
 
-def _groups_table(groups: Sequence[Mapping[str, Any]], tables: _Tables, limit: int) -> str:
-    records = _records(groups)
-    if not records:
+def _groups_table(groups: Sequence[GroupEntry], tables: _Tables, limit: int) -> str:
+    if not groups:
         return ""
-    extra = any(k in g for g in records for k in ("factor_method", "extrapolation", "assumption"))
+    extra = any(g.factor_method is not None for g in groups)
     header = ("| Category | Complexity | n | Censored | Median ratio | Median ratio CI | Pooling weight "
               "| Full refit's factor | Shipped factor | Confidence | Original confidence |"
               + (" Factor method | Assumption |" if extra else ""))
@@ -605,21 +594,19 @@ def _groups_table(groups: Sequence[Mapping[str, Any]], tables: _Tables, limit: i
         header,
         "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|" + ("---|---|" if extra else ""),
     ]
-    for g in records[:limit]:
-        key = (str(g.get("category")), str(g.get("complexity")))
-        method = _text(g.get("factor_method") or g.get("factor_source") or "—")
-        if g.get("extrapolation"):
+    for g in groups[:limit]:
+        method = _text(g.factor_method or g.factor_source or "—")
+        if g.extrapolation:
             method += " (**extrapolation**)"
-        cells = [_text(g.get("category")), _text(g.get("complexity"))] + [
-            _fmt(g.get(k)) for k in ("n", "n_censored", "median_ratio", "median_ratio_ci", "pooling_weight",
-                                     "budget_factor")
-        ] + [tables.shipped("BUDGET_FACTORS", key, unset="floor & buffer"),
-             _fmt(g.get("confidence")), _fmt(g.get("original_confidence"))]
+        cells = [_text(g.category), _text(g.complexity)] + [
+            _fmt(v) for v in (g.n, g.n_censored, g.median_ratio, g.median_ratio_ci, g.pooling_weight, g.budget_factor)
+        ] + [tables.shipped("BUDGET_FACTORS", g.key, unset="floor & buffer"),
+             _fmt(g.confidence), _fmt(g.original_confidence)]
         if extra:
-            cells += [method, _text(g.get("assumption") or "—")]
+            cells += [method, _text(g.assumption or "—")]
         rows.append("| " + " | ".join(cells) + " |")
-    if len(records) > limit:
-        rows.append(f"\n({len(records) - limit} more groups in the calibration report)")
+    if len(groups) > limit:
+        rows.append(f"\n({len(groups) - limit} more groups in the calibration report)")
     return "\n".join(rows)
 
 
@@ -663,58 +650,62 @@ def _verification(report: VerificationReport | None) -> str:
     return "\n".join(lines)
 
 
-def _plot(calibration: Mapping[str, Any], plot_link: str | None) -> str:
-    plot_path = calibration.get("plot_path")
+def _plot(calibration: CalibrationResult, plot_link: str | None) -> str:
+    plot_path = calibration.plot_path
     if plot_link:
         return f"### Plot\n\n![calibration plot]({plot_link.replace(' ', '%20').replace(')', '%29')})"
-    if isinstance(plot_path, str) and plot_path:
+    if plot_path:
         return f"### Plot\n\n`{_text(PurePath(plot_path).name)}` is in the calibration output (not uploaded)."
     return ""
 
 
-def _provenance(metadata: Mapping[str, Any], calibration: Mapping[str, Any], code_commit: str | None,
+def _provenance(metadata: Metadata, calibration: CalibrationResult, code_commit: str | None,
                 code_commit_url: str | None, flow_run_url: str | None) -> str:
-    span = _mapping(metadata.get("time_span"))
-    run_ids = metadata.get("run_ids") or []
-    report = calibration.get("report_path")
-    rows, simulated = _sources(metadata)
+    span = metadata.time_span
+    run_ids = metadata.run_ids
+    report = calibration.report_path
+    sources = metadata.sources
+    models = sources.models if sources else []
+    simulated = sources.simulated if sources else None
+    if simulated is None and models:
+        simulated = any(m.simulated for m in models)
     source = ", ".join(
-        f"`{_text(r.get('provider'))}` / `{_text(r.get('model'))}`: {_fmt(r.get('samples'))}"
-        + (" (**simulated**)" if r.get("simulated") else "") for r in rows)
+        f"`{_text(m.provider)}` / `{_text(m.model)}`: {_fmt(m.samples)}"
+        + (" (**simulated**)" if m.simulated else "") for m in models)
     kind = {True: "**simulated** (not a real model)", False: "real provider calls",
             None: "unknown (the calibration output names no provider or model for its samples)"}[simulated]
-    retries = metadata.get("retries_excluded")
-    if metadata.get("retries_known") is False:
+    retries: object = metadata.retries_excluded
+    if metadata.retries_known is False:
         retries = "not known (the telemetry does not say which calls were escalated retries)"
     commit = None
     if code_commit:
         commit = f"[`{code_commit[:12]}`]({code_commit_url})" if code_commit_url else f"`{code_commit[:12]}`"
-    method = metadata.get("method")
-    params = _mapping(metadata.get("method_params"))
+    method: str | None = metadata.method
+    params = metadata.method_params.items()
     if method is not None and params:
-        method = f"{method} ({', '.join(f'{k} = {_fmt(v)}' for k, v in params.items())})"
+        method = f"{method} ({', '.join(f'{k} = {_fmt(v)}' for k, v in params)})"
     items: list[tuple[str, Any, bool]] = [
         ("Data", kind, True),
         ("Providers / models (samples)", source or None, True),
         ("Escalated retries left out of the fit", retries, False),
         ("Code commit (base of this pull request)", commit, True),
         ("Flow run", f"[{_text(flow_run_url)}]({flow_run_url})" if flow_run_url else None, True),
-        ("Database id", metadata.get("db_id"), False),
-        ("Calibration run id", metadata.get("calibration_run_id"), False),
-        ("Method version", metadata.get("method_version"), False),
+        ("Database id", metadata.db_id, False),
+        ("Calibration run id", metadata.calibration_run_id, False),
+        ("Method version", metadata.method_version, False),
         ("Ceiling method", method, False),
-        ("Generated at", metadata.get("generated_at"), False),
-        ("Samples", metadata.get("total_samples"), False),
-        ("Run ids", ", ".join(str(r) for r in run_ids) if run_ids else None, False),
-        ("Time span", f"{span.get('start', '?')} → {span.get('end', '?')}" if span else None, False),
-        ("Target truncation rate", metadata.get("target_truncation"), False),
-        ("Confidence threshold", metadata.get("confidence_threshold"), False),
-        ("Minimum samples per group", metadata.get("min_samples"), False),
-        ("Held-out calls needed to carry evidence", metadata.get("min_evidence_calls"), False),
-        ("Level of the gate's binomial test", metadata.get("gate_level"), False),
-        ("Largest change of a coefficient per run", f"×{metadata['max_coefficient_step']}"
-         if metadata.get("max_coefficient_step") is not None else None, False),
-        ("Report", PurePath(report).name if isinstance(report, str) and report else None, False),
+        ("Generated at", metadata.generated_at, False),
+        ("Samples", metadata.total_samples, False),
+        ("Run ids", ", ".join(run_ids) if run_ids else None, False),
+        ("Time span", f"{span.start} → {span.end}" if span else None, False),
+        ("Target truncation rate", metadata.target_truncation, False),
+        ("Confidence threshold", metadata.confidence_threshold, False),
+        ("Minimum samples per group", metadata.min_samples, False),
+        ("Held-out calls needed to carry evidence", metadata.min_evidence_calls, False),
+        ("Level of the gate's binomial test", metadata.gate_level, False),
+        ("Largest change of a coefficient per run", f"×{metadata.max_coefficient_step}"
+         if metadata.max_coefficient_step is not None else None, False),
+        ("Report", PurePath(report).name if report else None, False),
     ]
     lines = ["### Data and provenance", ""]
     for label, value, markdown in items:
@@ -816,11 +807,10 @@ def _same_number(text: str, number: float) -> bool:
 # --- formatting ----------------------------------------------------------------------------------
 
 
-def _pair(value: object) -> tuple[float, float] | None:
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and len(value) == 2:
-        a, b = _number(value[0]), _number(value[1])
-        if a is not None and b is not None:
-            return a, b
+def _pair(value: Interval | None) -> tuple[float, float] | None:
+    """Both ends of an interval, when both are known."""
+    if value is not None and value[0] is not None and value[1] is not None:
+        return value[0], value[1]
     return None
 
 
@@ -844,9 +834,8 @@ def _fmt(value: object) -> str:
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        listed = ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
-        return _text(value.get("reason") or value.get("verdict") or listed)
+    if isinstance(value, BaseModel):  # a nested setting (the method's feedback): its fields, in one line
+        return _text(", ".join(f"{k}: {_fmt(v)}" for k, v in value.model_dump().items()))
     return _text(value)
 
 

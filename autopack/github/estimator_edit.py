@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import libcst as cst
 
+from autopack.calibration.result import Metadata, ProposedChange
 from autopack.github.errors import EstimatorEditError, StaleProposalError
 from autopack.github.proposal import Change, Number, calibration_stamp, parse_changes
 
@@ -24,7 +25,8 @@ STAMP_NAMES = ("CALIBRATION_VERSION", "CALIBRATION_DATE", "CALIBRATION_SAMPLES")
 _EMPTY_MODULE = cst.Module(body=[])
 
 
-def apply_proposal(source: str, changes: Sequence[Mapping[str, Any] | Change], metadata: Mapping[str, Any]) -> str:
+def apply_proposal(source: str, changes: Sequence[Mapping[str, Any] | Change | ProposedChange],
+                   metadata: Metadata | Mapping[str, Any]) -> str:
     """Return ``source`` with each proposed ``TABLE[key] = new`` applied and the calibration stamp updated.
 
     ``changes`` are the calibration JSON's ``proposed_changes``; ``metadata`` its ``metadata`` (for

@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path, PurePath
-from typing import Any
 
+from autopack.calibration.result import CalibrationResult
 from autopack.github.errors import LocalPublishError, StaleBaseError
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
 from autopack.github.result import DEFAULT_IDENTITY, BotIdentity, PublishResult, commit_message, is_bot_commit
@@ -26,21 +25,21 @@ _REPORT_PREFIX = "token_estimator_calibration_"
 _ZERO = "0" * 40
 
 
-def body_file_name(calibration: Mapping[str, Any]) -> str:
+def body_file_name(calibration: CalibrationResult | None) -> str:
     """``pull_request_body_<stamp>.md``, with the calibration's own stamp (its report's), so they pair up.
 
     The stamp comes from the report or JSON file name (``token_estimator_calibration_<stamp>``), else from
-    ``metadata.generated_at``, else from the clock (a calibration that was never written to files).
+    ``metadata.generated_at``, else from the clock (a calibration that was never written to files, or none).
     """
-    for key in ("report_path", "json_path"):
-        value = calibration.get(key)
-        stem = PurePath(value).stem if isinstance(value, str) and value else ""
+    if calibration is None:
+        return f"pull_request_body_{datetime.now(UTC):%Y%m%d_%H%M%S}.md"
+    for value in (calibration.report_path, calibration.json_path):
+        stem = PurePath(value).stem if value else ""
         if stem.startswith(_REPORT_PREFIX) and len(stem) > len(_REPORT_PREFIX):
             return f"pull_request_body_{stem[len(_REPORT_PREFIX):]}.md"
-    metadata = calibration.get("metadata")
-    generated = metadata.get("generated_at") if isinstance(metadata, Mapping) else None
+    generated = calibration.metadata.generated_at
     when = datetime.now(UTC)
-    if isinstance(generated, str):
+    if generated:
         try:
             when = datetime.fromisoformat(generated.replace("Z", "+00:00"))
         except ValueError:
@@ -129,7 +128,7 @@ def publish_local(
         git.run("update-ref", "-m", "autopack: calibration proposal (dry run)", f"refs/heads/{branch}", commit,
                 old_sha or _ZERO)
 
-    body_path = write_body(Path(output_dir), body, body_name or body_file_name({}))
+    body_path = write_body(Path(output_dir), body, body_name or body_file_name(None))
     return PublishResult(
         status="dry_run", branch=branch, base=base_name, commit_sha=commit, proposal=proposal, body_path=body_path,
         summary=f"dry run: would open PR {title!r} from {branch} ({commit[:12]}) into {base_name}; "

@@ -13,17 +13,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from autopack.db.engine import get_engine, mask_url, resolve_url, session_scope
 from autopack.db.migrate import sqlite_path
 from autopack.db.models import CalibrationProposal, CalibrationRun, utcnow
 from autopack.errors import DatabaseUrlError, InputError, SchemaNotMigratedError
 from autopack.github.proposal import MATERIAL_TOLERANCE, Change, canonical_changes, material_difference, parse_changes
 from autopack.github.result import PublishResult
+
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
 
 ProposalStatus = Literal["open", "closed", "merged", "superseded"]
 UPGRADE_HINT = "run `autopack db upgrade` first"
@@ -126,37 +128,37 @@ def repository_key(repository: str | None, target_repo: Path) -> str:
 class ProposalMemory:
     """The ``calibration_proposals`` rows of one repository."""
 
-    def __init__(self, url: str | None, repository: str) -> None:
-        self.url = resolve_url(url)
+    def __init__(self, database: Database, repository: str) -> None:
+        self.database = database
         self.repository = repository
         self._check_schema()
 
     def _check_schema(self) -> None:
-        path = sqlite_path(self.url)
+        path = sqlite_path(self.database.url)
         if path is not None and not path.exists():
             raise SchemaNotMigratedError(
                 f"no database file at {path} to remember calibration proposals in", hint=UPGRADE_HINT)
         try:
-            has_table = sa.inspect(get_engine(self.url)).has_table(CalibrationProposal.__tablename__)
+            has_table = sa.inspect(self.database.engine).has_table(CalibrationProposal.__tablename__)
         except OperationalError as exc:
-            raise DatabaseUrlError(f"cannot open the database at {mask_url(self.url)}: {exc.orig}",
+            raise DatabaseUrlError(f"cannot open the database at {self.database.masked_url}: {exc.orig}",
                                    hint="check DATABASE_URL and that the server is running") from exc
         if not has_table:
             raise SchemaNotMigratedError(
-                f"{mask_url(self.url)} has no calibration_proposals table (schema behind the code)",
+                f"{self.database.masked_url} has no calibration_proposals table (schema behind the code)",
                 hint=UPGRADE_HINT)
 
     # --- reading --------------------------------------------------------------------------------
 
     def past(self) -> list[PastProposal]:
-        with session_scope(self.url) as session:
+        with self.database.session() as session:
             rows = session.scalars(sa.select(CalibrationProposal).where(
                 CalibrationProposal.repository == self.repository).order_by(CalibrationProposal.id)).all()
             return [_past(row) for row in rows]
 
     def learned_closures(self) -> set[tuple[int, datetime]]:
         """(PR number, closed at) of closed/merged PRs already learned: their commits need not be read again."""
-        with session_scope(self.url) as session:
+        with self.database.session() as session:
             rows = session.execute(sa.select(CalibrationProposal.pr_number, CalibrationProposal.closed_at).where(
                 CalibrationProposal.repository == self.repository,
                 CalibrationProposal.pr_number.is_not(None), CalibrationProposal.closed_at.is_not(None),
@@ -166,7 +168,7 @@ class ProposalMemory:
 
     def known_values(self) -> set[str]:
         """Hashes whose values are remembered (no need to recover them from a commit)."""
-        with session_scope(self.url) as session:
+        with self.database.session() as session:
             return set(session.scalars(sa.select(CalibrationProposal.proposal_hash).where(
                 CalibrationProposal.repository == self.repository, CalibrationProposal.changes.is_not(None))))
 
@@ -186,7 +188,7 @@ class ProposalMemory:
         self._upsert(PastProposal(result.proposal, tuple(changes), "open", result.pr_number, result.pr_url,
                                   commit_sha=result.commit_sha), source=source, db_id=db_id,
                      calibration_run_id=calibration_run_id)
-        with session_scope(self.url) as session:
+        with self.database.session() as session:
             same_place = (CalibrationProposal.pr_number == result.pr_number if result.pr_number is not None
                           else sa.and_(CalibrationProposal.pr_number.is_(None), CalibrationProposal.source == source))
             session.execute(sa.update(CalibrationProposal).where(
@@ -198,7 +200,7 @@ class ProposalMemory:
                 calibration_run_id: int | None = None) -> None:
         for attempt in (1, 2):  # a concurrent run may insert the same hash between our read and our write
             try:
-                with session_scope(self.url) as session:
+                with self.database.session() as session:
                     row = session.scalars(sa.select(CalibrationProposal).where(
                         CalibrationProposal.repository == self.repository,
                         CalibrationProposal.proposal_hash == proposal.digest)).one_or_none()
@@ -223,11 +225,11 @@ class ProposalMemory:
                     raise
 
 
-def note_pull_request_on_run(url: str | None, calibration_run_id: object, result: PublishResult) -> None:
+def note_pull_request_on_run(database: Database, calibration_run_id: object, result: PublishResult) -> None:
     """Fill ``calibration_runs.pr_*`` of the calibration that led to ``result`` (when its id is known)."""
     if isinstance(calibration_run_id, bool) or not isinstance(calibration_run_id, int):
         return
-    with session_scope(url) as session:
+    with database.session() as session:
         run = session.get(CalibrationRun, calibration_run_id)
         if run is not None:
             run.pr_url = result.pr_url or run.pr_url

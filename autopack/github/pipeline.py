@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from autopack.calibration.result import CalibrationResult
 from autopack.config import get_settings
 from autopack.errors import InputError, RefusedError
 from autopack.github.body import not_updated_marker, pr_title, render_not_updated, render_pr_body
@@ -37,24 +37,16 @@ from autopack.github.result import PublishResult
 from autopack.github.verify import VerificationReport, verify_edited_estimator
 from autopack.logging import get_logger
 
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
+
 log = get_logger("autopack.github")
 #: Written next to the PR body when a proposal fails verification (what failed, and pytest's output).
 FAILURE_FILE = "verification_failure.md"
 
 
-def load_calibration(path: Path) -> dict[str, Any]:
-    """Read a calibration JSON file (the contract produced by the calibration step)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read calibration JSON {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"calibration JSON {path} is not an object")
-    return data
-
-
 def open_calibration_pr(
-    calibration: Mapping[str, Any],
+    calibration: CalibrationResult,
     *,
     target_repo: Path,
     token: str | None = None,
@@ -68,7 +60,7 @@ def open_calibration_pr(
     python: str | None = None,
     require_gate: bool = True,
     options: ClientOptions | None = None,
-    database_url: str | None = None,
+    database: Database,
     flow_run_url: str | None = None,
     material_tolerance: float = MATERIAL_TOLERANCE,
 ) -> PublishResult:
@@ -80,9 +72,8 @@ def open_calibration_pr(
     (the calibration's stamp, as its report's; ``PublishResult.body_path``) and copied to
     ``output_dir/pull_request_body.md`` (the latest).
 
-    A human's "no" lasts: every proposal is remembered in ``database_url``'s ``calibration_proposals``
-    (default: the settings' database), closures are learned from GitHub (every proposal a closed bot PR
-    ever carried), and a proposal that does not differ materially (``material_tolerance``) from one a
+    A human's "no" lasts: every proposal is remembered in ``database``'s ``calibration_proposals``, closures
+    are learned from GitHub (every proposal a closed bot PR ever carried), and a proposal that does not differ materially (``material_tolerance``) from one a
     human closed is skipped (status ``skipped_closed_by_human``), before anything is verified or written.
 
     Refuses (``RefusedError``) when the calibration gate did not pass, unless ``require_gate`` is False.
@@ -91,16 +82,12 @@ def open_calibration_pr(
     a comment on the open PR saying why it was not updated. ``flow_run_url`` (the Prefect flow run) is
     linked from the body and the comment. Also raises ``StaleProposalError``/``GitHubError`` subclasses.
     """
-    if not isinstance(calibration, Mapping):
-        raise InputError("calibration JSON must be an object")
-    gate = calibration.get("gate") or {}
-    if require_gate and not (isinstance(gate, Mapping) and gate.get("passed") is True):
-        reasons = "; ".join(str(r) for r in (gate.get("reasons") or [])) if isinstance(gate, Mapping) else ""
+    gate = calibration.gate
+    if require_gate and not gate.passed:
+        reasons = "; ".join(gate.reasons)
         raise RefusedError(f"the calibration gate did not pass{': ' + reasons if reasons else ''}; nothing proposed")
-    changes = parse_changes(calibration.get("proposed_changes"))
-    metadata = calibration.get("metadata") or {}
-    if not isinstance(metadata, Mapping):
-        raise InputError("calibration JSON: metadata must be an object")
+    changes = parse_changes(calibration.proposed_changes)
+    metadata = calibration.metadata
 
     target_repo = Path(target_repo)
     estimator = target_repo / ESTIMATOR_PATH
@@ -116,7 +103,7 @@ def open_calibration_pr(
         token = settings.github_token.get_secret_value() or None
     repository = repository or settings.github_repository
     remote = not dry_run and bool(token) and bool(repository)
-    memory = ProposalMemory(database_url, repository_key(repository, target_repo))
+    memory = ProposalMemory(database, repository_key(repository, target_repo))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     job = _Job(calibration, changes, digest, original, edited, target_repo, output_dir, memory, material_tolerance,
@@ -143,8 +130,8 @@ def open_calibration_pr(
     if declined is not None:
         return job.done(declined_result(declined, digest, branch=BOT_BRANCH, base=base_branch))
     report = job.verify()
-    if plot_link is None and isinstance(calibration.get("plot_path"), str) and calibration["plot_path"]:
-        plot_link = os.path.relpath(Path(calibration["plot_path"]).resolve(), output_dir.resolve())
+    if plot_link is None and calibration.plot_path:
+        plot_link = os.path.relpath(Path(calibration.plot_path).resolve(), output_dir.resolve())
     body = job.body(report, plot_link=plot_link, inline=False, commit=base_commit(target_repo, base_branch))
     return job.done(publish_local(target_repo, edited, body, output_dir=output_dir, title=pr_title(calibration),
                                   proposal=digest, base=base_branch, original_source=original,
@@ -155,7 +142,7 @@ def open_calibration_pr(
 class _Job:
     """One proposal on its way: the steps ``open_calibration_pr`` runs in the same order for GitHub and git."""
 
-    calibration: Mapping[str, Any]
+    calibration: CalibrationResult
     changes: list[Change]
     digest: str
     original: str
@@ -203,12 +190,9 @@ class _Job:
 
     def done(self, result: PublishResult) -> PublishResult:
         """Remember what was published (and on which calibration run), then hand the result back."""
-        metadata = self.calibration.get("metadata") or {}
-        run_id = metadata.get("calibration_run_id")
-        db_id = metadata.get("db_id")
-        self.memory.record(result, self.changes, db_id=db_id if isinstance(db_id, str) else None,
-                           calibration_run_id=run_id if isinstance(run_id, int) and not isinstance(run_id, bool)
-                           else None)
-        note_pull_request_on_run(self.memory.url, run_id, result)
+        metadata = self.calibration.metadata
+        run_id = metadata.calibration_run_id
+        self.memory.record(result, self.changes, db_id=metadata.db_id, calibration_run_id=run_id)
+        note_pull_request_on_run(self.memory.database, run_id, result)
         log.info("%s", result.summary)
         return result

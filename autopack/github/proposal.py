@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from autopack.calibration.result import Metadata, ProposedChange
 from autopack.errors import InputError
 
 Number = int | float
@@ -42,7 +43,13 @@ class Change:
     key: tuple[str, str]
     old: Number | None
     new: Number
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: the calibration result's entry it came from (its group, evidence and verdict); None when given bare
+    source: ProposedChange | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def group(self) -> tuple[str, str] | None:
+        """The (category, complexity) group the change belongs to, as the calibration says (None: shared)."""
+        return self.source.group if self.source is not None else None
 
     @property
     def label(self) -> str:
@@ -58,7 +65,8 @@ def _number(value: object, what: str, *, allow_none: bool) -> Number | None:
 
 
 def parse_changes(raw: object) -> list[Change]:
-    """Validate ``proposed_changes`` from the calibration JSON (a list of dicts) into ``Change`` objects."""
+    """Validate ``proposed_changes`` into ``Change`` objects: the result's ``ProposedChange`` entries, or plain
+    ``{coefficient, key, old, new}`` objects (``apply_proposal``'s input as an editor of the estimator file)."""
     if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
         raise InputError("calibration JSON: proposed_changes must be a list")
     changes: list[Change] = []
@@ -66,6 +74,8 @@ def parse_changes(raw: object) -> list[Change]:
     for index, item in enumerate(raw):
         if isinstance(item, Change):
             change = item
+        elif isinstance(item, ProposedChange):
+            change = Change(item.coefficient, item.key, item.old, item.new, item)
         else:
             if not isinstance(item, Mapping):
                 raise InputError(f"proposed_changes[{index}] must be an object")
@@ -83,8 +93,7 @@ def parse_changes(raw: object) -> list[Change]:
             old = _number(item.get("old"), f"proposed_changes[{index}].old", allow_none=True)
             new = _number(item.get("new"), f"proposed_changes[{index}].new", allow_none=False)
             assert new is not None
-            extra = {k: v for k, v in item.items() if k not in ("coefficient", "key", "old", "new")}
-            change = Change(coefficient, (key[0], key[1]), old, new, extra)
+            change = Change(coefficient, (key[0], key[1]), old, new)
         identity = (change.coefficient, change.key)
         if identity in seen:
             raise InputError(f"proposed_changes: {change.label} appears twice")
@@ -153,18 +162,25 @@ class CalibrationStamp:
     samples: int
 
 
-def calibration_stamp(metadata: Mapping[str, Any]) -> CalibrationStamp:
-    """Version ``autopack-cal-YYYYMMDD`` and date ``YYYY-MM-DD`` from ``generated_at``; samples = total_samples."""
+def calibration_stamp(metadata: Metadata | Mapping[str, Any]) -> CalibrationStamp:
+    """Version ``autopack-cal-YYYYMMDD`` and date ``YYYY-MM-DD`` from ``generated_at``; samples = total_samples.
+
+    ``metadata``: the result's, or a plain ``{generated_at, total_samples}`` object (``apply_proposal``'s input).
+    """
+    if isinstance(metadata, Metadata):
+        return _stamp(metadata.generated_at, metadata.total_samples)
     if not isinstance(metadata, Mapping):
         raise InputError("calibration JSON: metadata must be an object")
-    generated = metadata.get("generated_at")
+    return _stamp(metadata.get("generated_at"), metadata.get("total_samples"))
+
+
+def _stamp(generated: object, samples: object) -> CalibrationStamp:
     if not isinstance(generated, str):
         raise InputError("calibration JSON: metadata.generated_at is missing")
     try:
         when = datetime.fromisoformat(generated.replace("Z", "+00:00"))
     except ValueError:
         raise InputError(f"calibration JSON: metadata.generated_at is not an ISO timestamp: {generated!r}") from None
-    samples = metadata.get("total_samples")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise InputError(f"calibration JSON: metadata.total_samples must be a non-negative integer, got {samples!r}")
     return CalibrationStamp(f"autopack-cal-{when:%Y%m%d}", f"{when:%Y-%m-%d}", samples)

@@ -179,12 +179,7 @@ def changed_groups(changes: Sequence[Change]) -> list[tuple[str, str]]:
     """(category, complexity) groups whose ceiling the changes can move, in first-seen order."""
     groups: list[tuple[str, str]] = []
     for change in changes:
-        category, complexity = change.extra.get("category"), change.extra.get("complexity")
-        group = (
-            (category, complexity)
-            if isinstance(category, str) and isinstance(complexity, str)
-            else change.key if change.coefficient in GROUP_TABLES else None
-        )
+        group = change.group or (change.key if change.coefficient in GROUP_TABLES else None)
         if group is not None and group not in groups:
             groups.append(group)
     return groups

@@ -17,16 +17,18 @@ SQLite: one writer at a time). It is ``token_estimator.aci_step`` in SQL; a test
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from autopack.db.engine import session_scope
 from autopack.db.models import AdaptiveBudgetState, utcnow
 from autopack.logging import get_logger
 from autopack.token_estimator import AdaptiveLevel, AdaptiveUse
+
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
 
 log = get_logger("autopack.telemetry")
 
@@ -44,13 +46,13 @@ def read_level(session: sa.orm.Session, group: Group) -> AdaptiveLevel | None:
     return AdaptiveLevel(float(row.alpha_t), str(row.curve_fingerprint), int(row.n_feedback))
 
 
-def level_reader(url: str | None = None) -> Callable[[Group], AdaptiveLevel | None]:
+def level_reader(db: Database) -> Callable[[Group], AdaptiveLevel | None]:
     """``plan_call``'s ``adaptive`` lookup on a database. A failed read plans at the target level (the
     reviewed static factor) and says so in the log: a state read must never fail a phase on its own."""
 
     def lookup(group: Group) -> AdaptiveLevel | None:
         try:
-            with session_scope(url) as session:
+            with db.session() as session:
                 return read_level(session, group)
         except SQLAlchemyError as exc:
             log.warning("adaptive budget state of %s/%s unreadable (%s): planning at the target level",

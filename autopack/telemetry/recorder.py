@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from autopack.db.engine import rowcount, session_scope
+from autopack.db.engine import rowcount
 from autopack.db.models import (
     TELEMETRY_SCHEMA_VERSION,
     LlmUsageEvent,
@@ -49,6 +49,9 @@ from autopack.token_estimator import (
     PhaseFeatures,
     features_record,
 )
+
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
 
 log = get_logger("autopack.telemetry")
 
@@ -264,7 +267,7 @@ def record_call(
     *,
     success: bool,
     role: str = "builder",
-    url: str | None = None,
+    db: Database,
 ) -> RecordedCall:
     """Write the usage row and the estimation row of one provider call (idempotent on the call key).
 
@@ -273,7 +276,7 @@ def record_call(
     """
     problems = response_problems(response)
     if problems:
-        record_invalid_call(key, response.provider, response.model, response, problems, role=role, url=url)
+        record_invalid_call(key, response.provider, response.model, response, problems, role=role, db=db)
         raise TelemetryValueError(
             f"{response.provider} reported impossible usage for {key.run_id}/{key.phase_id} attempt "
             f"{key.attempt_index}: {'; '.join(problems.values())}; recorded as split_kind={SPLIT_INVALID}, "
@@ -293,7 +296,7 @@ def record_call(
     except ValueOutOfRangeError as exc:
         raise TelemetryValueError(exc.message + "; nothing recorded") from exc
     try:
-        with session_scope(url) as session:
+        with db.session() as session:
             usage_id, usage_created = _insert_ignore(session, LlmUsageEvent, usage, call_key)
             est_id: int | None = None
             est_created = False
@@ -335,7 +338,7 @@ def record_invalid_call(
     problems: Mapping[str, str],
     *,
     role: str = "builder",
-    url: str | None = None,
+    db: Database,
 ) -> tuple[int, bool]:
     """Record that a call happened although its usage numbers are impossible (``split_kind = 'invalid'``).
 
@@ -345,7 +348,7 @@ def record_invalid_call(
     for column in out_of_range(LlmUsageEvent, fields):  # e.g. a total that only overflows once summed
         fields[column] = 0 if column == "total_tokens" else None
     try:
-        with session_scope(url) as session:
+        with db.session() as session:
             created = _insert_ignore(session, LlmUsageEvent, fields, CALL_KEY_COLUMNS)
     except SQLAlchemyError as exc:
         raise _write_error(key, exc) from exc
@@ -365,7 +368,7 @@ def record_escalation(
     selected_budget: int,
     actual_max_tokens: int,
     reason: str = "truncation",
-    url: str | None = None,
+    db: Database,
 ) -> tuple[int, bool]:
     """One ``token_budget_escalation_events`` row for the attempt that triggered escalation."""
     utilization = (100.0 * output_tokens / actual_max_tokens) if output_tokens is not None and actual_max_tokens else None
@@ -390,7 +393,7 @@ def record_escalation(
     except ValueOutOfRangeError as exc:
         raise TelemetryValueError(exc.message + "; nothing recorded") from exc
     try:
-        with session_scope(url) as session:
+        with db.session() as session:
             return _insert_ignore(
                 session,
                 TokenBudgetEscalationEvent,
@@ -404,14 +407,14 @@ def record_escalation(
 
 
 def set_phase_outcome(
-    run_id: str, phase_id: str, attempt_indices: Iterable[int], outcome: str, *, url: str | None = None
+    run_id: str, phase_id: str, attempt_indices: Iterable[int], outcome: str, *, db: Database
 ) -> int:
     """Fill ``phase_outcome`` on the estimation rows of the attempts that led to this outcome."""
     indices = sorted(set(attempt_indices))
     if not indices:
         return 0
     try:
-        with session_scope(url) as session:
+        with db.session() as session:
             result = session.execute(
                 sa.update(TokenEstimationV2Event)
                 .where(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from autopack.calibration.result import CalibrationResult, load_result
 
 FIXTURE_ESTIMATOR = '''"""A small estimator shaped like autopack/token_estimator.py: tables of (str, str) -> number."""
 
@@ -61,6 +64,10 @@ def _method(n: int, k: int, k_upper: int, ratio: float, reserved: int, p: float,
             "used_tokens": round(reserved / ratio), "pinball_loss": 120.0}
 
 
+#: The metrics a group's or a change's backtest carries (``core.SUMMARY_KEYS``).
+SUMMARY_KEYS = ("n", "truncations", "truncations_upper", "truncation_rate", "truncation_interval", "truncation_ci",
+                "binomial_p", "evidence", "reserved_over_used", "kupiec_p")
+
 THIN = False  # 19 held-out calls < 85 (metadata.min_evidence_calls at α = 0.05)
 
 #: The calibration JSON in its current shape (docs/calibration.md): censoring-aware backtest with the
@@ -71,7 +78,7 @@ CALIBRATION: dict[str, Any] = {
         "db_id": "db-5f1c2a",
         "method_version": "conformal-v2",
         "method": "static",
-        "method_params": {"alpha": 0.05},
+        "method_params": {},
         "total_samples": 120,
         "retries_excluded": 7,
         "retries_known": True,
@@ -97,7 +104,7 @@ CALIBRATION: dict[str, Any] = {
         {"coefficient": "BUDGET_FACTORS", "key": ["implementation", "low"], "old": None, "new": 1.42,
          "category": "implementation", "complexity": "low", "n": 24, "confidence": 0.81, "interval": [0.9, 1.3],
          "verdict": "ships: 0–1 of 19 held-out calls truncated, reserves 2.353 → 2.324 per token used",
-         "backtest": _method(19, 0, 1, 2.324, 23240, 1.0, THIN)},
+         "backtest": {k: v for k, v in _method(19, 0, 1, 2.324, 23240, 1.0, THIN).items() if k in SUMMARY_KEYS}},
         {"coefficient": "PHASE_OVERHEAD", "key": ["implementation", "low"], "old": 634, "new": 410,
          "category": "implementation", "complexity": "low", "n": 24, "confidence": 0.81,
          "verdict": "ships with its group's budget factor (the factor is relative to it)"},
@@ -175,6 +182,11 @@ LEGACY_CALIBRATION: dict[str, Any] = {
     "report_path": "/srv/reports/token_estimator_calibration_20261126_120000.md",
     "plot_path": "/srv/reports/token_estimator_calibration_20261126_120000.png",
 }
+
+
+def as_result(data: dict[str, Any]) -> CalibrationResult:
+    """A calibration JSON object as every consumer reads it: through the versioned reader."""
+    return load_result(json.dumps(data))
 
 
 def calibration(**overrides: Any) -> dict[str, Any]:

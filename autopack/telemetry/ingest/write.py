@@ -10,18 +10,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
-from autopack.db.engine import get_engine, resolve_url
-from autopack.db.identity import IdentityReport, guard
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event, utcnow
 from autopack.errors import AutopackError, InputError
 from autopack.telemetry.ingest.events import iter_events, source_of
 from autopack.telemetry.ingest.rows import RowError
+
+if TYPE_CHECKING:
+    from autopack.db.handle import Database
 
 #: Kinds of problem a refusal names, and rows named for each (the rest are counted).
 MAX_REPORTED_ERRORS = 20
@@ -186,30 +187,19 @@ def import_telemetry(
     path: Path | str,
     fmt: str,
     *,
-    url: str | None = None,
+    database: Database,
     mapping: Mapping[str, str] | None = None,
     defaults: Mapping[str, str] | None = None,
     run_id: str | None = None,
-    expect_db_id: str | None = None,
-    allow_empty_db: bool = True,
-    identity: IdentityReport | None = None,
 ) -> ImportReport:
-    """Stream the file into the database in one transaction: every row or none. Guarded like every write.
-
-    An empty *migrated* database is allowed by default (filling one is what an import is for); the guard
-    still refuses an unmigrated one, the wrong one (expected id) and an unreachable one.
-    """
+    """Stream the file into ``database`` (opened and guarded by the caller) in one transaction: every row or
+    none."""
     file = Path(path)
-    resolved = resolve_url(url)
-    if identity is None:
-        from autopack.config import get_settings
-
-        identity = guard(resolved, expect_db_id=expect_db_id or get_settings().expected_db_id, allow_empty=allow_empty_db)
     now = utcnow()
     events = iter_events(file, fmt, mapping=mapping, defaults=defaults, run_id=run_id, now=now)
     errors = _Errors()
     try:
-        with get_engine(resolved).begin() as connection:
+        with database.engine.begin() as connection:
             writer = _Writer(connection, source_of(file, fmt), now)
             batch: list[tuple[str, dict[str, Any], int | None]] = []
             for item in events:
@@ -235,7 +225,7 @@ def import_telemetry(
                 hint="run the import again when the other write has finished",
             ) from exc
         raise
-    return ImportReport(str(file), fmt, writer.source, writer.rows, sorted(writer.run_ids), 0, identity.db_id)
+    return ImportReport(str(file), fmt, writer.source, writer.rows, sorted(writer.run_ids), 0, str(database.db_id))
 
 
 class DatabaseBusyError(AutopackError):
