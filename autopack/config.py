@@ -21,6 +21,7 @@ from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationErro
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from autopack.errors import ConfigError, validation_summary
+from autopack.params import DEFAULT_PROVIDER_CONCURRENCY, ProviderSlots
 from autopack.token_estimator import MAX_EXPLORATION_SHARE
 
 DEFAULT_SQLITE_FILE = "autopack.db"
@@ -71,7 +72,8 @@ class Settings(BaseSettings):
     # --- execution ------------------------------------------------------------------------------
     #: Provider calls in flight at once across every drain on every host sharing this database (the provider
     #: gate, a lease on a ``provider_slots`` row); 0 switches the gate off. Raise it to your rate limit.
-    provider_concurrency: int = Field(default=4, ge=0, le=1024, validation_alias="AUTOPACK_PROVIDER_CONCURRENCY")
+    provider_concurrency: ProviderSlots = Field(default=DEFAULT_PROVIDER_CONCURRENCY,
+                                                validation_alias="AUTOPACK_PROVIDER_CONCURRENCY")
     workspace_dir: Path = Field(default=Path(".autopack/workspaces"), validation_alias="AUTOPACK_WORKSPACE_DIR")
     # Extra environment variables a check command may see (comma-separated names), beyond PATH, HOME, LANG, ...
     check_command_env: str = Field(default="", validation_alias="AUTOPACK_CHECK_COMMAND_ENV")

@@ -1,11 +1,13 @@
 """The parameters of the drain, the calibration and the pipeline, once: type, default, bounds, description.
 
-Every front end takes its parameters from here: ``autopack drain batch``/``calibrate``/``pipeline run`` build
-their options from these fields (``autopack.cli.options``), the Prefect flows declare their parameters with the
-same annotated types and defaults (so the UI, ``prefect.yaml`` and ``prefect deployment run -p`` see the bounds
-and descriptions too), the library validates through the models (``BatchOptions`` is a ``DrainParams``,
-``calibration.core.Params`` a ``CalibrationParams``), and ``scripts/params_table.py`` writes the README's
-parameter table from them. A bad value is refused with the same message everywhere.
+Every front end takes its parameters from here: ``autopack drain batch``/``calibrate``/``pipeline run`` generate
+their options from these fields and build the model in one place (``autopack.cli.options.params_command``), each
+Prefect flow takes one model as its ``params`` parameter (so the UI's form, ``prefect.yaml``'s ``params:`` and
+``prefect deployment run -p params=…`` see the bounds and descriptions too), the library takes the models
+(``run_batch_drain``, ``run_calibration``; ``BatchOptions`` is a ``DrainParams``, ``calibration.core.Params`` a
+``CalibrationParams``), and ``scripts/params_table.py`` writes docs/prefect.md's parameter table from them. A bad
+value is refused with the same message everywhere. ``tests/test_params_once.py`` fails when a parameter is
+declared, defaulted or bounded anywhere else.
 
 Defaults differ where the front ends legitimately do: ``autopack drain batch`` keeps the original's defaults
 (10 phases, one worker, no zero-yield stop), while the pipeline drains a whole collection in one run (500
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import cache
-from typing import Annotated, Any, Literal, Self, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -44,12 +46,29 @@ MAX_LEASE_SECONDS = 86_400.0
 MAX_DURATION_SECONDS = 7 * 86_400.0
 #: Each provider-gate slot is a row of ``provider_slots``, created up front.
 MAX_PROVIDER_CONCURRENCY = 1024
+#: ``AUTOPACK_PROVIDER_CONCURRENCY`` when unset: what an empty ``provider_concurrency`` parameter falls back to.
+DEFAULT_PROVIDER_CONCURRENCY = 4
 
-#: Phase states a drain may take phases from (EXECUTING ones only once their lease expired, whatever this says).
+#: A phase's deadline unless a drain says otherwise (``phase_timeout_seconds``).
+PHASE_TIMEOUT_SECONDS = 900.0
+#: The lease of a batch drain's claims (``lease_seconds``). The drain's own loop renews every lease it holds a
+#: third of the way through, whatever its phase is doing, so the lease need not outlive a phase's deadline;
+#: short, it frees a dead drain's phases within two minutes.
+DRAIN_LEASE_SECONDS = 120.0
+#: The lease of a claim no drain loop renews: ``autopack drain one`` (its phase renews between provider calls
+#: only) and the API's claims and heartbeats (the client renews at its own pace). Such a lease must outlive the
+#: phase's deadline, else a slow provider call loses the phase and its result is rejected: the deadline's default.
+CLAIM_LEASE_SECONDS = PHASE_TIMEOUT_SECONDS
+
+#: Phase states a drain may take phases from (EXECUTING ones only once their lease expired, whatever this says):
+#: the drains', ``leases.claim_phase``'s and the API's ``POST /drain/claim``'s choices.
 DrainableState = Literal["QUEUED", "FAILED", "TIMEOUT", "SKIPPED"]
-DRAINABLE_STATES: tuple[str, ...] = get_args(DrainableState)
-#: Calibration methods that can ship (``autopack.calibration.drift.SHIPPABLE_METHODS``; a test pins the two).
+DRAINABLE_STATES: tuple[DrainableState, ...] = get_args(DrainableState)
+#: What a drain, a claim and the API take when no states are given.
+DEFAULT_DRAIN_STATES: tuple[DrainableState, ...] = ("QUEUED", "FAILED")
+#: Calibration methods that can ship: ``rolling`` is measured (every report's drift table) but has no runtime.
 ShippableMethod = Literal["static", "aci"]
+SHIPPABLE_METHODS: tuple[ShippableMethod, ...] = get_args(ShippableMethod)
 
 
 # --- validators ------------------------------------------------------------------------------------------
@@ -74,17 +93,32 @@ def _none_is_empty(value: Any) -> Any:
     return [] if value is None else value
 
 
-def _shippable(name: Any) -> Any:
-    """The calibration's own refusal (``drift.method_spec``): it says why ``rolling`` cannot ship."""
-    if name is None or name in get_args(ShippableMethod):
-        return name
-    from autopack.calibration.drift import method_spec  # numpy and scipy: only for a bad name
+def check_shippable(name: str) -> ShippableMethod:
+    """``name`` as a method a calibration can ship, else ``InputError`` saying why (``rolling``: no runtime).
 
+    ``autopack.calibration.drift.method_spec`` refuses with this too: one refusal, from the light module.
+    """
+    if name == "rolling":
+        raise InputError(
+            "--method rolling cannot be shipped: autopack has no runtime for a rolling window (its state would "
+            "be the recent outcomes, and a truncated call only tells a lower bound)",
+            hint="use --method aci (adapts at run time within a reviewed curve) or static; every report's "
+            "'Calibration under drift' table shows what rolling would have done",
+        )
+    for method in SHIPPABLE_METHODS:
+        if name == method:
+            return method
+    raise InputError(f"unknown --method {name!r}", hint=f"use one of {', '.join(SHIPPABLE_METHODS)}")
+
+
+def _shippable(name: Any) -> Any:
+    """The calibration's own refusal (``check_shippable``): it says why ``rolling`` cannot ship."""
+    if name is None:
+        return name
     try:
-        method_spec(str(name))
+        return check_shippable(str(name))
     except InputError as exc:
         raise PydanticCustomError("shippable", "{reason}", {"reason": exc.one_line()}) from None
-    return name
 
 
 # --- the fields: type, bounds, description ---------------------------------------------------------------
@@ -129,9 +163,11 @@ LeaseSeconds = Annotated[
     Finite,
     Field(ge=1, le=MAX_LEASE_SECONDS, description="Lease length: a dead drain's phases are claimable again after it."),
 ]
+#: Provider-gate slots (0: no gate): the parameter's bound and ``AUTOPACK_PROVIDER_CONCURRENCY``'s.
+ProviderSlots = Annotated[int, Field(ge=0, le=MAX_PROVIDER_CONCURRENCY)]
 ProviderConcurrency = Annotated[
-    int | None,
-    Field(ge=0, le=MAX_PROVIDER_CONCURRENCY, description="Provider calls in flight across every drain on this "
+    ProviderSlots | None,
+    Field(description="Provider calls in flight across every drain on this "
           "database (empty: AUTOPACK_PROVIDER_CONCURRENCY; 0: no gate)."),
 ]
 
@@ -186,6 +222,9 @@ ExpectDbId = Annotated[
 # --- the models --------------------------------------------------------------------------------------------
 
 
+ModelT = TypeVar("ModelT", bound="ParamsModel")
+
+
 class ParamsModel(BaseModel):
     """A parameter set: unknown names refused, every error an ``InputError`` of one line."""
 
@@ -205,23 +244,13 @@ class ParamsModel(BaseModel):
         return cls.model_fields[name].get_default(call_default_factory=True)
 
     @classmethod
-    def parameter(cls, name: str) -> Any:
-        """``name``'s default as a ``pydantic.Field`` with its description: a flow parameter's default.
-
-        Prefect shows the description in the UI and uses the default; the flow's annotation (the same
-        annotated type as the field's) carries the bounds into the parameter schema.
-        """
-        return Field(default=cls.default(name), description=cls.model_fields[name].description)
-
-    @classmethod
     def bounds(cls, name: str) -> str:
         """``name``'s allowed values in a few characters (``1 ≤ x ≤ 64``, ``static | aci``), from its JSON schema."""
         return _bounds_text(_json_schema(cls)["properties"][name])
 
-    @classmethod
-    def pick(cls, values: Mapping[str, Any]) -> Self:
-        """The model of the entries of ``values`` that are its fields (a flow's ``locals()``, another model's dump)."""
-        return cls(**{name: values[name] for name in cls.model_fields if name in values})
+    def part(self, model: type[ModelT]) -> ModelT:
+        """The fields of ``model`` (a base of this model), exactly as given here."""
+        return model(**self.model_dump(include=set(model.model_fields)))
 
 
 @cache
@@ -255,17 +284,17 @@ class DrainParams(ParamsModel):
 
     run_ids: RunIds = []
     batch_size: BatchSize = 10
-    states: States = ["QUEUED", "FAILED"]
+    states: States = list(DEFAULT_DRAIN_STATES)
     max_consecutive_zero_yield: MaxConsecutiveZeroYield = None
     max_fingerprint_repeats: MaxFingerprintRepeats = 3
     max_attempts_per_phase: MaxAttemptsPerPhase = 2
     max_timeouts_per_run: MaxTimeoutsPerRun = 2
-    phase_timeout_seconds: PhaseTimeoutSeconds = 900.0
+    phase_timeout_seconds: PhaseTimeoutSeconds = PHASE_TIMEOUT_SECONDS
     max_total_minutes: MaxTotalMinutes = None
     skip_run_prefixes: SkipRunPrefixes = []
     workers: Workers = 1
     resume: Resume = False
-    lease_seconds: LeaseSeconds = 120.0
+    lease_seconds: LeaseSeconds = DRAIN_LEASE_SECONDS
     provider_concurrency: ProviderConcurrency = None
 
 
@@ -298,8 +327,8 @@ class PipelineParams(CalibrationParams, DrainParams):
 
     def drain(self) -> DrainParams:
         """The drain's parameters, exactly as given."""
-        return DrainParams.pick(self.model_dump())
+        return self.part(DrainParams)
 
     def calibration(self) -> CalibrationParams:
         """The calibration's parameters, exactly as given."""
-        return CalibrationParams.pick(self.model_dump())
+        return self.part(CalibrationParams)

@@ -1,20 +1,29 @@
-"""Library side of ``autopack pipeline run``: preparing the database and summarising the outcome."""
+"""Library side of the pipeline (``autopack pipeline run``, the ``telemetry-pipeline`` flow): preparing the database,
+the checks before draining, the validation step, publishing, and summarising the outcome."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from autopack.calibration.result import CalibrationOutcome
-from autopack.config import Settings
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+
+from autopack.calibration.result import CalibrationOutcome, CalibrationResult
+from autopack.config import Settings, get_settings
 from autopack.db.handle import Database, open_database
 from autopack.db.identity import read_identity
 from autopack.db.migrate import upgrade_database
+from autopack.db.models import Phase, PhaseState
 from autopack.errors import AutopackError, ConfigError, DbIdentityMismatchError, InputError
 from autopack.execution.seed_runs import ensure_seed_runs, seed_run_ids
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
+from autopack.params import PipelineParams
+
+if TYPE_CHECKING:
+    from autopack.execution.batch import DrainSummary
 
 #: A state message longer than this is cut: run lists show one line.
 STATE_MESSAGE_LIMIT = 300
@@ -72,24 +81,175 @@ def check_target_repo(path: Path) -> Path:
     return resolved
 
 
-def check_publish_settings(*, dry_run: bool, token: str | None, repository: str | None) -> None:
+#: The Prefect Secret block that holds the GitHub token of a deployment's runs.
+SECRET_BLOCK = "github-token"
+
+
+def github_token() -> str | None:
+    """The token from the Prefect Secret block ``github-token``, else ``GITHUB_TOKEN``, else None.
+
+    Blocks are looked up inside a flow run or against a configured server (``PREFECT_API_URL``), never by
+    starting a temporary server just for that.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+
+    if FlowRunContext.get() is not None or PREFECT_API_URL.value():
+        try:
+            from prefect.blocks.system import Secret
+
+            # called synchronously, load returns the block itself (its coroutine only inside an event loop)
+            value = cast("Secret[Any]", Secret.load(SECRET_BLOCK)).get()
+            if value:
+                return str(value)
+        except Exception:  # no such block: fall back to the environment
+            pass
+    token = get_settings().github_token
+    return token.get_secret_value() if token else None
+
+
+class PublishSettings(BaseModel):
+    """Where the pull request goes, as checked once per pipeline run (``check_publish_settings``).
+
+    It holds no token and no URL (``GITHUB_API_URL`` may carry credentials): it is passed to the pull-request
+    step as a Prefect parameter, which the server stores; those are read where they are used
+    (``publish_pull_request``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    dry_run: bool
+    repository: str | None
+
+
+def check_publish_settings(*, dry_run: bool) -> PublishSettings:
     """``dry_run`` false means a real pull request: without a token or a repository, refuse before draining.
 
     (The original, and this project until issue 10, quietly fell back to a local dry run instead.)
     """
+    settings = get_settings()
+    publish = PublishSettings(dry_run=dry_run, repository=settings.github_repository)
     if dry_run:
-        return
-    if not token:
+        return publish
+    if not github_token():
         raise ConfigError(
             "dry_run is false but no GitHub token is available",
             hint="create the Prefect Secret block github-token or set GITHUB_TOKEN; or ask for a dry run "
                  "(dry_run=true, --dry-run)",
         )
-    if not repository:
+    if not publish.repository:
         raise ConfigError(
             "dry_run is false but GITHUB_REPOSITORY is not set",
             hint="set GITHUB_REPOSITORY=owner/name (a job variable under a deployment); or ask for a dry run",
         )
+    return publish
+
+
+class Preflight(BaseModel):
+    """What the pipeline checked before draining: the resolved target checkout and where the PR goes."""
+
+    target_repo: str
+    publish: PublishSettings
+
+
+def preflight(params: PipelineParams, *, in_deployment: bool) -> Preflight:
+    """Everything that can be refused before a phase is drained, once per pipeline run."""
+    if in_deployment:
+        check_deployment_database(get_settings())
+        check_deployment_locations(output_dir=params.output_dir, target_repo=params.target_repo,
+                                   dry_run=params.dry_run)
+    publish = check_publish_settings(dry_run=params.dry_run)
+    return Preflight(target_repo=str(check_target_repo(Path(params.target_repo))), publish=publish)
+
+
+def publish_pull_request(
+    calibration: CalibrationResult, publish: PublishSettings, *, target_repo: str, output_dir: str,
+    flow_run_url: str | None, database: Database,
+) -> dict[str, Any]:
+    """Open or update the calibration pull request (a dry run: the branch in ``target_repo`` only) with the
+    settings checked before the drain; proposals are remembered in ``database``. The result as plain values
+    (paths as text)."""
+    from autopack.github import open_calibration_pr
+
+    settings = get_settings()
+    result = open_calibration_pr(
+        calibration,
+        target_repo=Path(target_repo),
+        token=None if publish.dry_run else github_token(),
+        repository=publish.repository,
+        base_url=settings.github_base_url,
+        output_dir=Path(output_dir),
+        dry_run=publish.dry_run,
+        database=database,
+        flow_run_url=flow_run_url,  # the PR body links back to the run that produced it
+    )
+    data = asdict(result) if is_dataclass(result) else dict(result)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
+
+
+def pipeline_guard(expect_db_id: str | None = None, allow_empty: bool = False) -> Database:
+    """The pipeline's one database guard (``open_database``), with the row counts its log shows (the scan is
+    affordable once per run). The steps after it reopen the verified database (``Database.ref``) unguarded."""
+    return open_database(expect_db_id=expect_db_id, allow_empty=allow_empty, counts=True)
+
+
+# --- the validation step -------------------------------------------------------------------------------
+
+NO_TELEMETRY_HINT = (
+    "the validation phase produced no telemetry: check TELEMETRY_DB_ENABLED=1 and that DATABASE_URL is the "
+    "database you inspect (`autopack db identity`), then drain one phase by hand: "
+    "`autopack drain one --run-id R --phase-id P --force`"
+)
+
+
+class ValidationFailed(AutopackError):
+    exit_code = 1
+
+
+class ValidationResult(BaseModel):
+    """The validation step: the phase it drained (none: no QUEUED phase, skipped) and the telemetry it wrote."""
+
+    run_id: str | None = None
+    phase_id: str | None = None
+    final_state: str | None = None
+    telemetry_events: int = 0
+
+    @property
+    def skipped(self) -> bool:
+        return self.run_id is None
+
+
+def validation_phase(database: Database, run_id: str | None, phase_id: str | None) -> tuple[str, str] | None:
+    """The phase to validate with: the one given, else the first QUEUED phase (of ``run_id``), else None."""
+    if run_id is not None and phase_id is not None:
+        return run_id, phase_id
+    with database.session() as session:
+        query = sa.select(Phase.run_id, Phase.phase_id).where(Phase.state == PhaseState.QUEUED)
+        if run_id:
+            query = query.where(Phase.run_id == run_id)
+        row = session.execute(query.order_by(Phase.run_id, Phase.phase_index).limit(1)).first()
+    return (row[0], row[1]) if row else None
+
+
+def validate_phase(database: Database, run_id: str, phase_id: str) -> ValidationResult:
+    """Drain one phase (``--force``) of ``database``; no telemetry means a broken set-up: ``ValidationFailed``."""
+    from autopack.execution.drain_one import drain_one
+
+    result = drain_one(run_id, phase_id, force=True, db=database)
+    return ValidationResult(run_id=run_id, phase_id=phase_id, final_state=result.final_state,
+                            telemetry_events=result.telemetry_events)
+
+
+def check_validation(result: ValidationResult) -> None:
+    if not result.skipped and result.telemetry_events == 0:
+        raise ValidationFailed(NO_TELEMETRY_HINT)
+
+
+def drained_totals(drain: DrainSummary | None, validation: ValidationResult | None) -> tuple[int, int]:
+    """Phase attempts and telemetry rows of the pipeline's drain: the validation phase's and the batch's."""
+    phases = (drain.processed if drain else 0) + (0 if validation is None or validation.skipped else 1)
+    events = (drain.telemetry_events if drain else 0) + (validation.telemetry_events if validation else 0)
+    return phases, events
 
 
 def check_deployment_locations(*, output_dir: str, target_repo: str, dry_run: bool) -> None:

@@ -2,8 +2,9 @@
 and the import of outside telemetry.
 
 Below both ``autopack.telemetry`` (the import marks its rows with it) and ``autopack.calibration`` (the samples
-censor by it), so neither layer imports the other for it. The provider-side rule for a live response is
-``autopack.llm.base.is_truncated``.
+censor by it), so neither layer imports the other for it. The stop reasons that mean "cut" are one set for live
+responses and stored rows alike, ``autopack.llm.base.TRUNCATION_REASONS``; the provider-side rule for a live
+response is ``autopack.llm.base.is_truncated``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-#: Stop/finish reasons that mean "cut at the ceiling" (Anthropic, OpenAI, Gemini spellings).
-TRUNCATION_REASONS = frozenset({"max_tokens", "length", "max_output_tokens", "MAX_TOKENS"})
-
 
 _SCALARS = (int, float, type(None))  # decided without numpy's shape check (an import asks once per row)
 

@@ -49,8 +49,9 @@ from autopack.calibration.backtest import evaluate  # noqa: E402
 from autopack.calibration.runner import read_events, run_calibration  # noqa: E402
 from autopack.calibration.samples import build_sample_set  # noqa: E402
 from autopack.db.engine import dispose_engines  # noqa: E402
-from autopack.db.handle import database_at, open_database
+from autopack.db.handle import database_at, open_database  # noqa: E402
 from autopack.db.migrate import upgrade_database  # noqa: E402
+from autopack.params import CalibrationParams  # noqa: E402
 from autopack.telemetry.ingest import import_telemetry  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -130,8 +131,8 @@ def main() -> None:
             import_telemetry(csv_path, "csv", database=open_database(url, allow_empty=True))
             print(f"{trace}: {rows:,} calls imported", flush=True)
             for alpha in ALPHAS:
-                result = run_calibration(open_database(url), target_truncation=alpha, holdout_fraction=HOLDOUT,
-                                         output_dir=Path(tmp) / f"out_{trace}_{alpha}")
+                params = CalibrationParams(target_truncation=alpha, holdout_fraction=HOLDOUT)
+                result = run_calibration(open_database(url), params, output_dir=Path(tmp) / f"out_{trace}_{alpha}")
                 bt = result.backtest
                 methods = {"original median": bt.original_median.model_dump() if bt.original_median else {},
                            "project (this repo)": bt.proposed.model_dump() if bt.proposed else {}}

@@ -121,17 +121,20 @@ def flow_drain(url: str, run_ids: list[str], workers: int, phases: int, gate: in
 
     from autopack.db.engine import session_scope
     from autopack.db.models import DrainResult
+    from autopack.execution.batch import DrainSummary
+    from autopack.params import DrainParams
     from flows.drain import batch_drain
 
     os.environ["DATABASE_URL"] = url
     start = time.perf_counter()
     # the flow returns a State; called, Prefect hands back that state's data (the drain summary)
-    summary = cast(dict[str, Any], batch_drain(run_ids=run_ids, batch_size=phases, workers=workers,
-                                               max_attempts_per_phase=1, provider_concurrency=gate))
+    params = DrainParams(run_ids=run_ids, batch_size=phases, workers=workers, max_attempts_per_phase=1,
+                         provider_concurrency=gate)
+    summary = cast(DrainSummary, batch_drain(params))
     total = time.perf_counter() - start
-    assert summary["processed"] == phases, summary
+    assert summary.processed == phases, summary
     with session_scope(url) as db:
-        stamps = sorted(db.scalars(sa.select(DrainResult.timestamp).where(DrainResult.session_id == summary["session_id"])))
+        stamps = sorted(db.scalars(sa.select(DrainResult.timestamp).where(DrainResult.session_id == summary.session_id)))
     return {"steady": (stamps[-1] - stamps[0]).total_seconds() / (phases - 1), "total": total}
 
 

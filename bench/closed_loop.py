@@ -50,7 +50,7 @@ from autopack.execution.phase_runner import execute_phase
 from autopack.execution.seed_runs import SEED_RUNS, ensure_seed_runs, seed_run_spec, week_run_id
 from autopack.github.estimator_edit import apply_proposal, read_tables
 from autopack.llm.simulated import GroupLaw, PhaseLaw, SimulatedProvider, phase_law
-from autopack.params import PipelineParams
+from autopack.params import CalibrationParams, PipelineParams
 
 Group = tuple[str, str]
 ESTIMATOR_SOURCE = Path(te.__file__).read_text(encoding="utf-8")
@@ -248,7 +248,7 @@ class LoopConfig:
     start: str = "shipped"  # "shipped" (today's file) or "under" (every group truncating about half its calls)
     laws: LawSchedule = default_law
     explore_share: float = 0.0
-    #: Extra keyword arguments for ``run_calibration`` (e.g. a window, once the calibration has one).
+    #: Further ``CalibrationParams`` fields of the loop's calibrations (e.g. ``window_weeks``).
     calibration_kwargs: Mapping[str, Any] = field(default_factory=dict)
     #: Draw the report's plot (off: an empty PNG; the numbers are the same, a week is about a second faster).
     plot: bool = False
@@ -399,16 +399,17 @@ def run_loop(config: LoopConfig, workdir: Path | None = None,
                 options = BatchOptions(**{**PipelineParams().drain().model_dump(), "run_ids": run_ids, "workers": 1,
                                           "provider_concurrency": 0})
                 provider = SimulatedProvider(seed=config.seed, laws=laws)
-                report = run_batch_drain(options, open_database(url), executor=functools.partial(execute_phase, provider=provider),
+                report = run_batch_drain(options, open_database(url),
+                                         executor=functools.partial(execute_phase, provider=provider),
                                          isolation="inline", handle_signals=False)
                 cycle.events = report.state.total_telemetry_events
                 cycle.drained = report.state.total_processed
                 cycle.drain_seconds = time.perf_counter() - clock
                 clock = time.perf_counter()
                 try:
-                    result: CalibrationResult | None = run_calibration(
-                        open_database(url), target_truncation=config.alpha, output_dir=folder / "reports",
-                        **dict(config.calibration_kwargs))
+                    params = CalibrationParams(target_truncation=config.alpha, **dict(config.calibration_kwargs))
+                    result: CalibrationResult | None = run_calibration(open_database(url), params,
+                                                                       output_dir=folder / "reports")
                 except NoUsableSamplesError:
                     result = None
                 cycle.calibrate_seconds = time.perf_counter() - clock

@@ -22,7 +22,6 @@ worker for this — and the flow run ends only after such a task has returned. F
 from __future__ import annotations
 
 import functools
-import select
 import time
 from collections import deque
 from typing import Any
@@ -34,11 +33,11 @@ from prefect.futures import PrefectFuture
 from prefect.states import Completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from autopack import params as p
+from autopack.artifacts import drain_session_markdown
 from autopack.db.handle import DatabaseRef, open_database
 from autopack.errors import AutopackError
 from autopack.execution.batch import BatchOptions, attempt_samples, run_batch_drain
-from autopack.execution.batch_report import format_summary, outcome_line, phase_log_line
+from autopack.execution.batch_report import format_summary, outcome_line, phase_log_line, progress_percent
 from autopack.execution.batch_workers import (
     DEFAULT_EXECUTOR,
     Completion,
@@ -50,7 +49,7 @@ from autopack.execution.batch_workers import (
 )
 from autopack.execution.sessions import STATUS_COMPLETED, DrainOutcome, SessionState
 from autopack.execution.triage import STAGE_EXECUTION, Candidate
-from autopack.params import DrainParams
+from autopack.params import DrainParams, ExpectDbId
 from flows.logs import quiet_run_logs
 from flows.states import refusal
 
@@ -126,7 +125,7 @@ class TaskRunExecutor:
 
     def wait(self, timeout: float | None) -> list[Completion]:
         if not self._finished and (self._futures or timeout is not None):
-            select.select([self._wake.fileno()], [], [], timeout)
+            self._wake.wait(timeout)
         self._wake.clear()
         completions = []
         while self._finished:
@@ -194,7 +193,7 @@ class PrefectReporter:
 
     def progress(self, done: int, planned: int, *, final: bool = False) -> None:
         self._latest = (done, planned)
-        percent = 100.0 if planned <= 0 else round(min(100.0, 100.0 * done / planned), 1)
+        percent = progress_percent(done, planned)
         now = time.monotonic()
         if self._progress_id is None or percent == self._percent:
             return
@@ -208,65 +207,32 @@ class PrefectReporter:
     def finished(self, state: SessionState) -> None:
         done, planned = (1, 1) if state.status == STATUS_COMPLETED else self._latest  # interrupted: where it stopped
         self.progress(done, planned, final=True)
-        summary = format_summary(state)
-        create_markdown_artifact(key="batch-drain-summary", markdown=f"## Batch drain {state.status}\n\n```\n{summary}\n```",
+        create_markdown_artifact(key="batch-drain-summary", markdown=drain_session_markdown(state),
                                  description=f"drain session {state.session_id}")
-        self.logger.info("%s", summary)
-
-
-def summary_message(state: SessionState) -> str:
-    """The flow run's state message: what the drain did, in one line."""
-    return (
-        f"{state.total_processed} phases: {state.total_success} ok, {state.total_failed} failed "
-        f"({state.total_timeouts} timeouts), {state.total_telemetry_events} telemetry rows; "
-        f"stopped: {state.stop_reason or 'not stopped'}"
-    )
+        self.logger.info("%s", format_summary(state))
 
 
 @flow(name="batch-drain")
 def batch_drain(
-    run_ids: p.RunIds = DrainParams.parameter("run_ids"),
-    batch_size: p.BatchSize = DrainParams.parameter("batch_size"),
-    states: p.States = DrainParams.parameter("states"),
-    max_consecutive_zero_yield: p.MaxConsecutiveZeroYield = DrainParams.parameter("max_consecutive_zero_yield"),
-    max_fingerprint_repeats: p.MaxFingerprintRepeats = DrainParams.parameter("max_fingerprint_repeats"),
-    max_attempts_per_phase: p.MaxAttemptsPerPhase = DrainParams.parameter("max_attempts_per_phase"),
-    max_timeouts_per_run: p.MaxTimeoutsPerRun = DrainParams.parameter("max_timeouts_per_run"),
-    phase_timeout_seconds: p.PhaseTimeoutSeconds = DrainParams.parameter("phase_timeout_seconds"),
-    max_total_minutes: p.MaxTotalMinutes = DrainParams.parameter("max_total_minutes"),
-    skip_run_prefixes: p.SkipRunPrefixes = DrainParams.parameter("skip_run_prefixes"),
-    workers: p.Workers = DrainParams.parameter("workers"),
-    resume: p.Resume = DrainParams.parameter("resume"),
-    lease_seconds: p.LeaseSeconds = DrainParams.parameter("lease_seconds"),
-    provider_concurrency: p.ProviderConcurrency = DrainParams.parameter("provider_concurrency"),
-    expect_db_id: p.ExpectDbId = None,
-    database: DatabaseRef | None = None,
+    params: DrainParams = DrainParams(), expect_db_id: ExpectDbId = None, database: DatabaseRef | None = None
 ) -> State:
-    """Drain phases with sample-first triage (the parameters are ``autopack.params.DrainParams``).
+    """Drain phases with sample-first triage; ``params`` is the drain (``autopack.params.DrainParams``).
 
-    ``database``: the database a calling flow verified (not guarded again); else the settings', guarded here."""
+    ``expect_db_id`` and ``database`` are not parameters of the drain but of where it runs: the pipeline passes
+    the database its guard verified (not guarded again); a deployment leaves both empty, and the settings'
+    database is guarded here (``AUTOPACK_EXPECTED_DB_ID``).
+    """
     quiet_run_logs()
-    options = BatchOptions.pick(locals())
     try:
         report = run_batch_drain(
-            options,
+            params,
             database.open() if database else open_database(expect_db_id=expect_db_id),
             executor=PHASE_EXECUTOR,
-            runner=TaskRunExecutor(options.workers, PHASE_EXECUTOR),
+            runner=TaskRunExecutor(params.workers, PHASE_EXECUTOR),
             reporter=PrefectReporter(),
             handle_signals=False,
         )
     except AutopackError as exc:  # e.g. the wrong database: one line, no traceback
         return refusal(exc)
-    state = report.state
-    summary = {
-        "session_id": state.session_id,
-        "processed": state.total_processed,
-        "success": state.total_success,
-        "failed": state.total_failed,
-        "timeouts": state.total_timeouts,
-        "telemetry_events": state.total_telemetry_events,
-        "stop_reason": state.stop_reason,
-        "wall_seconds": round(report.wall_seconds, 3),
-    }
-    return Completed(message=summary_message(state), data=summary)
+    summary = report.summary()
+    return Completed(message=summary.message(), data=summary)

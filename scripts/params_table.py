@@ -82,7 +82,7 @@ def parameters_table() -> str:
 
 def deployments_table() -> str:
     config = yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))
-    rows = ["| deployment | flow | what | schedule | parameters set in `prefect.yaml` (the rest: the flow's "
+    rows = ["| deployment | flow | what | schedule | fields of `params` set in `prefect.yaml` (the rest: the model's "
             "defaults) |",
             "|---|---|---|---|---|"]
     for deployment in config["deployments"]:
@@ -93,7 +93,7 @@ def deployments_table() -> str:
         if isinstance(limit, dict):
             when += f"; {limit['limit']} run at a time (`{limit.get('collision_strategy', 'ENQUEUE')}`)"
         parameters = ", ".join(f"`{key}: {json.dumps(value)}`"
-                               for key, value in (deployment.get("parameters") or {}).items())
+                               for key, value in ((deployment.get("parameters") or {}).get("params") or {}).items())
         flow = FLOWS.get(deployment["entrypoint"], deployment["entrypoint"])
         rows.append(f"| `{deployment['name']}` | `{flow}` | {deployment.get('description', '')} | {when or 'manual'} "
                     f"| {parameters or '–'} |")

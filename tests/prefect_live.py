@@ -120,15 +120,20 @@ def prefect_server(home: Path, *, ui: bool = False, timeout: float = 180) -> Ite
 def worker_python(venv: Path) -> Path:
     """A virtual environment that sees this one's packages but installs into its own ``site-packages``.
 
-    It also sees this checkout's ``autopack`` and ``flows`` (what docs/prefect.md's one ``pip install .`` into
-    the worker's environment gives): the pull step comes from there until it has installed a commit.
+    It also sees this checkout's ``autopack``, and only that (what docs/prefect.md's one ``pip install .`` into
+    the worker's environment gives): the pull step comes from there until it has installed a commit, and the
+    flows come from each run's clone (``flows/`` is never installed).
     """
     if not (venv / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
-    (Path(site) / "_autopack_test_parent_env.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n{ROOT}\n")
+    library = venv / "autopack-only"  # this checkout's autopack without its flows/
+    library.mkdir(exist_ok=True)
+    if not (library / "autopack").exists():
+        (library / "autopack").symlink_to(ROOT / "autopack", target_is_directory=True)
+    (Path(site) / "_autopack_test_parent_env.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n{library}\n")
     return python
 
 

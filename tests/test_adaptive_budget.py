@@ -185,7 +185,7 @@ def test_a_drain_moves_the_level_and_later_phases_plan_with_it(db_url: str, monk
         create_run(session, RunSpec(run_id=RUN, phases=phases))
 
     BatchDrain(BatchOptions(run_ids=[RUN], batch_size=5, max_attempts_per_phase=1),
-               executor=InlineExecutor(), database=database_at(db_url)).run()
+               executor=InlineExecutor(workers=1), database=database_at(db_url)).run()
 
     with session_scope(db_url) as session:
         events = list(session.execute(sa.select(TokenEstimationV2Event).order_by(TokenEstimationV2Event.id))

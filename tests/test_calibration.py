@@ -27,6 +27,7 @@ from autopack.db.identity import read_identity
 from autopack.db.models import CalibrationRun, TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import DbIdentityMismatchError, EmptyDatabaseError
 from autopack.github.body import step_lines
+from autopack.params import CalibrationParams
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,7 +149,7 @@ def test_report_json_and_plot_are_written_and_linked(seeded: str, tmp_path: Path
 
 
 def test_each_calibration_is_recorded(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(open_database(seeded), output_dir=tmp_path, min_samples=3)
+    result = run_calibration(open_database(seeded), CalibrationParams(min_samples=3), output_dir=tmp_path)
     with get_engine(seeded).connect() as connection:
         rows = connection.execute(sa.select(CalibrationRun)).mappings().all()
     assert len(rows) == 1
@@ -253,7 +254,7 @@ def test_include_run_id_selects_runs(db_url: str, tmp_path: Path) -> None:
 
 
 def test_gate_fails_with_reasons_when_no_group_has_enough_samples(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(open_database(seeded), output_dir=tmp_path, min_samples=500)
+    result = run_calibration(open_database(seeded), CalibrationParams(min_samples=500), output_dir=tmp_path)
     assert result.gate.passed is False
     assert result.proposed_changes == []
     assert any("--min-samples 500" in r for r in result.gate.reasons)
@@ -262,7 +263,7 @@ def test_gate_fails_with_reasons_when_no_group_has_enough_samples(seeded: str, t
 
 def test_a_confidence_below_the_threshold_refuses_every_lowering(seeded: str, tmp_path: Path) -> None:
     """Only steps toward α remain: a raise is safe without any confidence (no call's ceiling falls)."""
-    result = run_calibration(open_database(seeded), output_dir=tmp_path, confidence_threshold=0.999)
+    result = run_calibration(open_database(seeded), CalibrationParams(confidence_threshold=0.999), output_dir=tmp_path)
     assert all(c.direction == "raise" for c in result.proposed_changes)
     assert any("confidence" in r and "< threshold 1.00" in r for r in result.gate.reasons)
 

@@ -21,6 +21,7 @@ from autopack.db.engine import get_engine
 from autopack.db.handle import open_database
 from autopack.db.models import TokenEstimationV2Event
 from autopack.github.estimator_edit import apply_proposal
+from autopack.params import CalibrationParams
 
 
 def insert(url: str, rows: list[dict[str, Any]]) -> None:
@@ -71,7 +72,7 @@ def test_every_calibration_reports_all_methods_under_drift(seeded: str, tmp_path
 
 
 def test_aci_ships_a_reviewed_curve_through_the_estimator_editor(seeded: str, tmp_path: Path) -> None:
-    result = run_calibration(open_database(seeded), output_dir=tmp_path, method="aci")
+    result = run_calibration(open_database(seeded), CalibrationParams(method="aci"), output_dir=tmp_path)
     md = result.metadata
     assert md.method == "aci" and md.method_params.gamma == 0.005
     assert md.method_params.feedback == FeedbackSpec(kind="fixed_lag", lag_calls=drift.BACKTEST_FEEDBACK_LAG)
@@ -97,8 +98,8 @@ def test_aci_ships_a_reviewed_curve_through_the_estimator_editor(seeded: str, tm
 
 
 def test_aci_backtest_gates_the_replayed_ceilings(seeded: str, tmp_path: Path) -> None:
-    static = run_calibration(open_database(seeded), output_dir=tmp_path / "s", method="static")
-    aci = run_calibration(open_database(seeded), output_dir=tmp_path / "a", method="aci")
+    static = run_calibration(open_database(seeded), CalibrationParams(method="static"), output_dir=tmp_path / "s")
+    aci = run_calibration(open_database(seeded), CalibrationParams(method="aci"), output_dir=tmp_path / "a")
     assert static.backtest.calibration_under_drift is not None and aci.backtest.shipped is not None
     under = static.backtest.calibration_under_drift.methods
     # what `aci` ships is the ACI replay of the same held-out calls (the static run's comparison replays the

@@ -29,6 +29,7 @@ from autopack.calibration.synthetic import GroupTruth, Law, Truth, simulate_grou
 from autopack.db.engine import get_engine
 from autopack.db.handle import database_at, open_database
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
+from autopack.params import CalibrationParams
 from autopack.telemetry.ingest import import_telemetry
 
 EV = TokenEstimationV2Event.__table__
@@ -307,5 +308,5 @@ def test_a_window_with_no_calls_says_so(db_url: str, tmp_path: Path) -> None:
     rows, escalations = simulate_with_escalations(20, seed=4, start=datetime(2025, 1, 1))
     _store(db_url, rows, escalations)
     with pytest.raises(NoUsableSamplesError, match="0 rows read") as refused:
-        run_calibration(open_database(db_url), window_weeks=2, output_dir=tmp_path)
+        run_calibration(open_database(db_url), CalibrationParams(window_weeks=2), output_dir=tmp_path)
     assert "--window-weeks" in (refused.value.hint or "")

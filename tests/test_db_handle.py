@@ -20,6 +20,7 @@ from cli_runner import run_cli
 from autopack.db.engine import session_scope
 from autopack.db.handle import Database, database_at, open_database
 from autopack.execution.seed_runs import V4_RUN_ID, ensure_seed_runs
+from autopack.params import PipelineParams
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDLE = ROOT / "autopack" / "db" / "handle.py"
@@ -140,8 +141,8 @@ def test_the_pipeline_flow_guards_once_and_stores_no_database_url(
 
     with session_scope(db_url) as session:
         ensure_seed_runs(session, [V4_RUN_ID])
-    state = telemetry_pipeline(**PIPELINE, target_repo=str(checkout(tmp_path / "target")),
-                               output_dir=str(tmp_path / "reports"), return_state=True)
+    state = telemetry_pipeline(PipelineParams(**PIPELINE, target_repo=str(checkout(tmp_path / "target")),
+                                              output_dir=str(tmp_path / "reports")), return_state=True)
     assert state.is_completed(), state.message
     assert len(guards) == 1, guards
     with get_client(sync_client=True) as client:

@@ -9,6 +9,7 @@ pull request on the local fake GitHub, with the token in the ``github-token`` Se
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -142,21 +143,23 @@ def test_each_deployment_runs_on_a_process_worker(
             Secret(value=BOT_TOKEN).save("github-token", overwrite=True)
 
         # 1. batch-drain, a small batch of one run
-        drain = run("batch-drain", run_ids=[V4_RUN_ID], batch_size=3)
+        drain = run("batch-drain", params={"run_ids": [V4_RUN_ID], "batch_size": 3})
         assert drain.state.is_completed(), (drain.state, worker_log.read_text()[-4000:])
         assert "batch-drain-summary" in tree_artifacts(client, drain.id)
         assert sum(n for state, n in phase_states(database_url).items() if state != "QUEUED") == 3
 
-        # 2. telemetry-pipeline, as docs/prefect.md starts it: a dry run needs an absolute target_repo
-        refused = run("telemetry-pipeline", dry_run=True)
+        # 2. telemetry-pipeline, as docs/prefect.md starts it: a dry run needs an absolute target_repo (a run's
+        # params replace the deployment's, so output_dir is given again)
+        refused = run("telemetry-pipeline", params={"dry_run": True, "output_dir": str(reports)})
         assert refused.state.is_failed()
         assert refused.state.message.startswith("target_repo '.' is not an absolute path")
         assert "\n" not in refused.state.message
         assert tracebacks(refused.id) == []
         assert "is already installed" in worker_log.read_text()  # later runs of that commit skip the install
 
-        prefect_cli(server, "deployment", "run", "telemetry-pipeline/telemetry-pipeline", "-p", "dry_run=true",
-                    "-p", f"target_repo={target}", cwd=work)
+        given = {"dry_run": True, "target_repo": str(target), "output_dir": str(reports)}
+        prefect_cli(server, "deployment", "run", "telemetry-pipeline/telemetry-pipeline", "-p",
+                    f"params={json.dumps(given)}", cwd=work)
         [started] = [r for r in client.read_flow_runs() if r.deployment_id == deployments["telemetry-pipeline"].id
                      and r.id != refused.id]
         pipeline = final_flow_run(client, started.id, RUN_TIMEOUT, worker_log)

@@ -180,7 +180,8 @@ def test_max_total_minutes_stops_starting_phases(db_url: str) -> None:
     make_run(db_url, "a", [behaviour("ok")] * 3)
     ticks = iter(range(0, 10_000, 100))  # every clock read advances 100 s
     options = BatchOptions(max_total_minutes=1.0)
-    state = BatchDrain(options, executor=InlineExecutor(fake_execute_phase), clock=lambda: float(next(ticks)), database=database_at(db_url)).run()
+    state = BatchDrain(options, executor=InlineExecutor(fake_execute_phase, workers=1), clock=lambda: float(next(ticks)),
+                       database=database_at(db_url)).run()
     assert state.stop_reason == "max total minutes reached"
     assert state.total_processed < 3
 

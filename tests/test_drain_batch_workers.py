@@ -324,7 +324,8 @@ def test_a_worker_that_dies_before_its_job_arrives_is_reported_lost(db_url: str)
         process.join(timeout=10)
         claim = Claim(run_id="a", phase_id="p000", owner="test", expires_at=datetime.now(UTC),
                       attempt_index=0, initial_state="QUEUED")
-        executor.submit(0, PhaseJob(run_id="a", phase_id="p000", claim=claim, database=database_at(db_url).ref()))
+        executor.submit(0, PhaseJob(run_id="a", phase_id="p000", claim=claim, database=database_at(db_url).ref(),
+                                    lease_seconds=120.0, provider_concurrency=0))
         completions = executor.wait(10)
         assert [(c.slot, c.message, c.exit_signal) for c in completions] == [(0, None, signal.SIGKILL)]
     finally:

@@ -22,6 +22,7 @@ from autopack.execution.batch import BatchOptions, run_batch_drain
 from autopack.execution.batch_report import LineReporter
 from autopack.execution.runs import create_run
 from autopack.execution.spec import PhaseSpec, RunSpec
+from autopack.params import DrainParams
 
 HANG_EXECUTOR = "test_drain_batch_support:hang_on_retry_execute_phase"
 RUNS = {
@@ -112,8 +113,8 @@ def test_cli_engine_and_prefect_flow_leave_the_same_database(
     monkeypatch.setattr(flows.drain, "PHASE_EXECUTOR", HANG_EXECUTOR)
     monkeypatch.setenv("DATABASE_URL", flow_url)
     monkeypatch.setenv("AUTOPACK_WORKSPACE_DIR", str(tmp_path / "flow-workspaces"))
-    summary = flows.drain.batch_drain(**OPTIONS)
-    assert summary["timeouts"] == 1
+    summary = flows.drain.batch_drain(DrainParams(**OPTIONS))
+    assert summary.timeouts == 1
 
     cli, prefect = snapshot(cli_url), snapshot(flow_url)
     assert prefect["session"] == cli["session"]

@@ -75,13 +75,13 @@ def test_the_overhead_is_fitted_relative_to_the_factor_and_not_driven_to_zero(mo
     in a closed loop); fitted with a free scale (the factor's), the data's intercept is kept, unbounded too."""
     samples, current = _overhead_free_data()
     monkeypatch.setattr(fit_module, "MAX_STEP", 1e9)
-    result = fit_coefficients(samples, np.arange(samples.n), current, free_weights=False)
+    result = fit_coefficients(samples, np.arange(samples.n), current, free_weights=False, confidence_threshold=0.7)
     assert 250 <= result.coefficients.phase_overhead[("implementation", "low")] < 634
 
 
 def test_the_fit_keeps_every_coefficient_at_least_1_and_within_x2_of_today() -> None:
     samples, current = _overhead_free_data()
-    result = fit_coefficients(samples, np.arange(samples.n), current, free_weights=True)
+    result = fit_coefficients(samples, np.arange(samples.n), current, free_weights=True, confidence_threshold=0.7)
     for table, old in ((result.coefficients.phase_overhead, current.phase_overhead),
                        (result.coefficients.token_weights, current.token_weights)):
         for key, value in table.items():
@@ -96,7 +96,7 @@ def test_refitting_on_its_own_output_does_not_walk_the_overhead_to_a_bound() -> 
     samples, current = _overhead_free_data()
     values = []
     for _ in range(4):
-        result = fit_coefficients(samples, np.arange(samples.n), current, free_weights=False)
+        result = fit_coefficients(samples, np.arange(samples.n), current, free_weights=False, confidence_threshold=0.7)
         values.append(result.coefficients.phase_overhead[("implementation", "low")])
         current = dataclasses.replace(current, phase_overhead=result.coefficients.phase_overhead)
     steps = np.abs(np.diff([634, *values]))
@@ -108,7 +108,7 @@ def test_an_overhead_its_calls_cannot_tell_from_the_factor_is_kept() -> None:
     truth = Truth(base={("implementation", "low"): 0.0}, per_kind={"backend": 2000.0}, sigma=0.15)
     rows = simulate(120, seed=5, specs=(("implementation", "low", ("src/a.py",)),), truth=truth)
     samples, current = build_sample_set(columns_from_records(rows)), te.current_coefficients()
-    result = fit_coefficients(samples, np.arange(samples.n), current, free_weights=False)
+    result = fit_coefficients(samples, np.arange(samples.n), current, free_weights=False, confidence_threshold=0.7)
     assert result.coefficients.phase_overhead[("implementation", "low")] == current.phase_overhead[
         ("implementation", "low")]
     assert ("implementation", "low") in result.kept_overheads
@@ -117,7 +117,7 @@ def test_an_overhead_its_calls_cannot_tell_from_the_factor_is_kept() -> None:
 def test_a_zero_overhead_today_is_lifted_to_1() -> None:
     samples, current = _overhead_free_data()
     broken = dataclasses.replace(current, phase_overhead={**current.phase_overhead, ("implementation", "low"): 0})
-    result = fit_coefficients(samples, np.arange(samples.n), broken, free_weights=False)
+    result = fit_coefficients(samples, np.arange(samples.n), broken, free_weights=False, confidence_threshold=0.7)
     assert result.coefficients.phase_overhead[("implementation", "low")] >= 1
 
 

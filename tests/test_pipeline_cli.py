@@ -62,3 +62,19 @@ def test_pipeline_init_creates_the_database_and_the_seed_runs_once(
     code, out, _ = run_cli(capsys, "pipeline", "init")
     assert code == 0
     assert "seed runs already present; nothing created" in out
+
+
+def test_the_flows_come_from_the_checkout_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh clone runs its own flows/ (not installed anywhere); elsewhere, those of the checkout autopack is
+    installed from (an editable install, as scripts/install.sh makes)."""
+    from autopack.cli.pipeline import PIPELINE_ENTRYPOINT, repository_root
+
+    clone = tmp_path / "clone"
+    (clone / "flows").mkdir(parents=True)
+    (clone / PIPELINE_ENTRYPOINT.partition(":")[0]).write_text("")
+    monkeypatch.chdir(clone)
+    assert repository_root() == clone
+    monkeypatch.chdir(tmp_path)
+    assert repository_root() == ROOT

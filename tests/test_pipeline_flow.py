@@ -18,6 +18,7 @@ from autopack.db.engine import get_engine
 from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
+from autopack.params import PipelineParams
 from autopack.pipeline import prepare_database
 from flows.pipeline import telemetry_pipeline
 
@@ -64,7 +65,7 @@ def test_pipeline_opens_a_pull_request_and_updates_it_on_the_next_run(
     with get_engine(db_url).begin() as connection:
         connection.execute(sa.insert(TokenEstimationV2Event.__table__), simulate(150, seed=3, run_id="history"))
 
-    first = telemetry_pipeline(target_repo=str(target), output_dir=str(tmp_path / "reports"), workers=2)
+    first = telemetry_pipeline(PipelineParams(target_repo=str(target), output_dir=str(tmp_path / "reports"), workers=2))
 
     assert first["phases_drained"] >= 60 and first["telemetry_events"] >= 60
     calibration = first["calibration"].result
@@ -77,7 +78,8 @@ def test_pipeline_opens_a_pull_request_and_updates_it_on_the_next_run(
     assert changed and all(COEFFICIENT_LINE.match(line) for line in changed), changed
     assert Path(str(calibration.report_path)).exists() and Path(str(calibration.plot_path)).exists()
 
-    second = telemetry_pipeline(target_repo=str(target), output_dir=str(tmp_path / "reports2"), skip_drain=True)
+    second = telemetry_pipeline(PipelineParams(target_repo=str(target), output_dir=str(tmp_path / "reports2"),
+                                               skip_drain=True))
 
     assert second["pull_request"]["status"] == "updated"
     assert second["pull_request"]["pr_number"] == pr["pr_number"]

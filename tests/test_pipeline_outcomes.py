@@ -24,6 +24,7 @@ from autopack.config import get_settings
 from autopack.db.engine import get_engine, session_scope
 from autopack.errors import ConfigError, InputError
 from autopack.execution.seed_runs import ensure_seed_runs
+from autopack.params import PipelineParams
 from autopack.pipeline import check_deployment_database, check_deployment_locations, state_message
 from flows.pipeline import telemetry_pipeline
 
@@ -47,8 +48,9 @@ def test_a_failed_gate_says_so_in_the_state_and_the_parent_run_shows_report_plot
     seeded: str, prefect_harness: None, tmp_path: Path
 ) -> None:
     target = project_checkout(tmp_path / "target")
-    state = telemetry_pipeline(run_ids=["telemetry-collection-v4"], output_dir=str(tmp_path / "reports"),
-                               target_repo=str(target), min_samples=50, dry_run=True, return_state=True)
+    params = PipelineParams(run_ids=["telemetry-collection-v4"], output_dir=str(tmp_path / "reports"),
+                            target_repo=str(target), min_samples=50, dry_run=True)
+    state = telemetry_pipeline(params, return_state=True)
 
     assert state.is_completed()
     assert state.message.startswith("gate not passed: ")
@@ -70,8 +72,8 @@ def test_dry_run_false_without_a_token_is_refused_before_anything_is_drained(
 ) -> None:
     target = project_checkout(tmp_path / "target")
     before = queued_phases(seeded)
-    state = telemetry_pipeline(output_dir=str(tmp_path / "reports"), target_repo=str(target), dry_run=False,
-                               return_state=True)
+    params = PipelineParams(output_dir=str(tmp_path / "reports"), target_repo=str(target), dry_run=False)
+    state = telemetry_pipeline(params, return_state=True)
     assert state.is_failed()
     assert state.message.startswith("dry_run is false but no GitHub token is available")
     assert "\n" not in state.message

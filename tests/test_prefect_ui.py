@@ -32,6 +32,7 @@ from autopack.calibration.synthetic import simulate
 from autopack.db.engine import dispose_engines, get_engine
 from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
+from autopack.params import PipelineParams
 from autopack.pipeline import prepare_database
 
 
@@ -66,8 +67,9 @@ def finished_run(ui_server: LiveServer, tmp_path_factory: pytest.TempPathFactory
     os.environ["DATABASE_URL"] = url
     try:
         with temporary_settings(updates={PREFECT_API_URL: ui_server.api_url, PREFECT_UI_URL: ui_server.url}):
-            state = telemetry_pipeline(skip_drain=True, dry_run=True, target_repo=str(target),
-                                       output_dir=str(work / "reports"), return_state=True)
+            params = PipelineParams(skip_drain=True, dry_run=True, target_repo=str(target),
+                                    output_dir=str(work / "reports"))
+            state = telemetry_pipeline(params, return_state=True)
             flush_to_server()  # its logs are read below, and nothing is left to send once the server stops
             with get_client(sync_client=True) as client:
                 run = client.read_flow_run(state.state_details.flow_run_id)

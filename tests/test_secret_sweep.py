@@ -22,6 +22,7 @@ from autopack.db.engine import dispose_engines, get_engine
 from autopack.db.handle import database_at
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import TokenEstimationV2Event
+from autopack.params import PipelineParams
 
 #: Each fake secret, by where it is configured. None of them has the shape of a real key (``sk-…``,
 #: ``ghp_…``), so only the masking rule's knowledge of the configured values can hide them.
@@ -111,8 +112,8 @@ def test_no_configured_secret_lands_anywhere(
     target = project_checkout(tmp_path / "target")
     output_dir = tmp_path / "reports"
 
-    state = telemetry_pipeline(target_repo=str(target), output_dir=str(output_dir), skip_drain=True,
-                               return_state=True)
+    params = PipelineParams(target_repo=str(target), output_dir=str(output_dir), skip_drain=True)
+    state = telemetry_pipeline(params, return_state=True)
 
     from prefect.logging.handlers import APILogWorker
 

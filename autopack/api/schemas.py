@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 from autopack.db.models import Phase, Run
+from autopack.params import CLAIM_LEASE_SECONDS, DEFAULT_DRAIN_STATES, LeaseSeconds, States
 
 #: Printable ASCII, no leading space: an owner id goes into logs and lease columns.
 OWNER_PATTERN = r"^[\x21-\x7e][\x20-\x7e]{0,254}$"
@@ -23,7 +24,6 @@ def _as_utc(value: datetime) -> datetime:
 
 #: A timestamp in a response: always timezone-aware, in UTC (serialised with ``Z``).
 UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
-ClaimableState = Literal["QUEUED", "FAILED", "TIMEOUT", "SKIPPED"]
 FinalState = Literal["COMPLETE", "FAILED", "TIMEOUT", "SKIPPED"]
 
 
@@ -115,14 +115,11 @@ class PhaseStateIn(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
-DEFAULT_CLAIM_STATES: tuple[ClaimableState, ...] = ("QUEUED", "FAILED")
-
-
 class ClaimIn(BaseModel):
     owner: str = Field(pattern=OWNER_PATTERN, description="Worker id that will heartbeat and report the result.")
     run_ids: list[RunId] | None = Field(default=None, max_length=1000)
-    states: list[ClaimableState] = Field(default_factory=lambda: list(DEFAULT_CLAIM_STATES), min_length=1)
-    lease_seconds: float = Field(default=900.0, ge=1, le=86_400)
+    states: States = Field(default_factory=lambda: list(DEFAULT_DRAIN_STATES))
+    lease_seconds: LeaseSeconds = CLAIM_LEASE_SECONDS
 
 
 class ClaimOut(BaseModel):
@@ -136,7 +133,7 @@ class ClaimOut(BaseModel):
 
 class HeartbeatIn(BaseModel):
     owner: str = Field(pattern=OWNER_PATTERN)
-    lease_seconds: float = Field(default=900.0, ge=1, le=86_400)
+    lease_seconds: LeaseSeconds = CLAIM_LEASE_SECONDS
 
 
 class HeartbeatOut(BaseModel):

@@ -388,7 +388,8 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
 
     free_fit = fit_coefficients(samples, fit_rows, current, free_weights=True,
                                 confidence_threshold=params.confidence_threshold)
-    frozen = _fitted(samples, fit_rows, fit_coefficients(samples, fit_rows, current, free_weights=False), alpha)
+    frozen = _fitted(samples, fit_rows, fit_coefficients(samples, fit_rows, current, free_weights=False,
+                                                          confidence_threshold=params.confidence_threshold), alpha)
     frozen.fit.frozen_weights = list(free_fit.frozen_weights)
     free = _fitted(samples, fit_rows, free_fit, alpha) if _weights_changed(current, free_fit) else None
     ship_weights, weights_verdict = _decide_weights(held, params, current, free, frozen)

@@ -51,6 +51,7 @@ import numpy as np
 from autopack import token_estimator as te
 from autopack.calibration import stats
 from autopack.calibration.result import MethodParams, ProposedChange
+from autopack.params import check_shippable
 
 MethodName = Literal["static", "rolling", "aci"]
 METHODS: tuple[MethodName, ...] = ("static", "rolling", "aci")
@@ -547,27 +548,15 @@ def method_ceilings(
 # --------------------------------------------------------------------------------------------------
 
 Group = tuple[str, str]
-#: Methods a calibration can ship: ``rolling`` is measured (every report's drift table) but has no runtime.
-SHIPPABLE_METHODS: tuple[MethodName, ...] = ("static", "aci")
 #: The calibration's own backtest: telemetry rows carry completion times, not planning times, so the
 #: delay is a fixed lag of calls (about the number of calls in flight across a few drains).
 BACKTEST_FEEDBACK = Feedback(lag_calls=BACKTEST_FEEDBACK_LAG)
 
 
 def method_spec(name: str) -> MethodSpec:
-    """The spec ``autopack calibrate --method NAME`` runs with; ``InputError`` for what cannot ship."""
-    from autopack.errors import InputError
-
-    if name == "rolling":
-        raise InputError(
-            "--method rolling cannot be shipped: autopack has no runtime for a rolling window (its state would "
-            "be the recent outcomes, and a truncated call only tells a lower bound)",
-            hint="use --method aci (adapts at run time within a reviewed curve) or static; every report's "
-            "'Calibration under drift' table shows what rolling would have done",
-        )
-    if name not in SHIPPABLE_METHODS:
-        raise InputError(f"unknown --method {name!r}", hint=f"use one of {', '.join(SHIPPABLE_METHODS)}")
-    return MethodSpec(name)
+    """The spec ``autopack calibrate --method NAME`` runs with; ``InputError`` for what cannot ship
+    (``autopack.params.check_shippable``: the parameter's own check)."""
+    return MethodSpec(check_shippable(name))
 
 
 def describe_method(name: str, params: MethodParams) -> str:

@@ -153,7 +153,7 @@ def fit_coefficients(
     current: te.Coefficients,
     *,
     free_weights: bool = True,
-    confidence_threshold: float = 0.7,
+    confidence_threshold: float,
     frozen_weights: set[tuple[str, str]] | None = None,
 ) -> FitResult:
     """Fit overheads (and weights, if ``free_weights``) on ``rows``; unfitted values stay as they are.

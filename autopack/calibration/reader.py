@@ -38,8 +38,8 @@ from autopack.calibration.samples import (
 from autopack.db import keys
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import AutopackError
+from autopack.llm.base import TRUNCATION_REASONS
 from autopack.taxonomy import DOCS_LIKE, canonical_category
-from autopack.truncation import TRUNCATION_REASONS
 
 if TYPE_CHECKING:
     from autopack.db.handle import Database

@@ -502,7 +502,9 @@ def write_plot(path: Path, plot: Any, *legacy: Any, alpha: float | None = None,
         ratios, observed, factors, proposed, alpha = legacy
         plot = PlotData(list(plot), list(ratios), list(observed), list(factors), list(proposed),
                         n=[int(np.asarray(r).size) for r in ratios])
-    return _draw(path, plot, 0.05 if alpha is None else alpha, story.simulated_note(sources))
+    if alpha is None:
+        raise TypeError("write_plot needs alpha, the calibration's target truncation rate")
+    return _draw(path, plot, alpha, story.simulated_note(sources))
 
 
 def _draw(path: Path, plot: Any, alpha: float, simulated: str | None = None) -> list[str]:

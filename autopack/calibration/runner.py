@@ -38,9 +38,6 @@ class NoUsableSamplesError(AutopackError):
     exit_code = 1
 
 
-_DEFAULTS = CalibrationParams()
-
-
 def _stem(output_dir: Path, now: datetime) -> str:
     stem = f"token_estimator_calibration_{now:%Y%m%d_%H%M%S}"
     candidate, i = stem, 1
@@ -76,26 +73,21 @@ def _update(database: Database, run_id: int, **fields: Any) -> None:
 
 def run_calibration(
     database: Database,
+    params: CalibrationParams | None = None,
     *,
-    min_samples: int = _DEFAULTS.min_samples,
-    confidence_threshold: float = _DEFAULTS.confidence_threshold,
-    target_truncation: float = _DEFAULTS.target_truncation,
-    holdout_fraction: float = _DEFAULTS.holdout_fraction,
     include_run_ids: Sequence[str] | None = None,
     output_dir: Path = Path("."),
-    method: str | None = _DEFAULTS.method,
-    window_weeks: int | None = _DEFAULTS.window_weeks,
 ) -> CalibrationResult:
     """Calibrate from ``database`` (opened and guarded by the caller), write the report/JSON/PNG, record the
     run; return the result (as written).
 
-    ``window_weeks``: only the calls of the newest N weeks before now are read (``reader.read_events(since=…)``).
-
-    Raises ``NoUsableSamplesError`` (exit 1) when nothing is usable.
+    ``params``: the statistics (None: ``CalibrationParams``' defaults); checked on construction, so a bad value
+    fails before the database is touched. ``params.window_weeks``: only the calls of the newest N weeks before
+    now are read (``reader.read_events(since=…)``). The other arguments say where to read and write, not what to
+    compute. Raises ``NoUsableSamplesError`` (exit 1) when nothing is usable.
     """
-    checked = CalibrationParams(min_samples=min_samples, confidence_threshold=confidence_threshold,
-                                target_truncation=target_truncation, holdout_fraction=holdout_fraction,
-                                method=method, window_weeks=window_weeks)  # bad ones fail before the database
+    checked = CalibrationParams() if params is None else params
+    window_weeks = checked.window_weeks
     run_ids = tuple(include_run_ids or ())
     clock = StageClock()
     lap, timings = clock.lap, clock.timings

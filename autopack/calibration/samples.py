@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 
 from autopack import token_estimator as te
+from autopack.llm.base import TRUNCATION_REASONS
 from autopack.taxonomy import DOCS_LIKE, canonical_category, canonical_complexity, normalise_category
-from autopack.truncation import TRUNCATION_REASONS, reached_ceiling  # the one rule, shared with the import
+from autopack.truncation import reached_ceiling  # the one rule, shared with the import
 
 Group = tuple[str, str]
 

@@ -9,7 +9,7 @@ import typer
 
 from autopack.calibration.story import gate_sentence
 from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, guarded, writable_dir
-from autopack.cli.options import model_option
+from autopack.cli.options import params_command
 from autopack.errors import AutopackError
 from autopack.params import CalibrationParams
 
@@ -61,20 +61,16 @@ def _console_summary(result: CalibrationResult) -> str:
     return "\n".join(lines)
 
 
+@params_command(CalibrationParams)
 def calibrate(
-    min_samples: int = model_option(CalibrationParams, "min_samples", "--min-samples"),
-    confidence_threshold: float = model_option(CalibrationParams, "confidence_threshold", "--confidence-threshold"),
+    params: CalibrationParams,
     output_dir: Annotated[Path, typer.Option("--output-dir", help="Where the report, JSON and plot go.")] = Path("."),
     include_run_id: Annotated[
         list[str] | None, typer.Option("--include-run-id", help="Only these runs (repeatable).")
     ] = None,
     allow_empty_db: AllowEmptyDbOption = False,
-    target_truncation: float = model_option(CalibrationParams, "target_truncation", "--target-truncation"),
-    holdout_fraction: float = model_option(CalibrationParams, "holdout_fraction", "--holdout-fraction"),
     as_json: JsonOption = False,
     expect_db_id: ExpectDbIdOption = None,
-    method: str | None = model_option(CalibrationParams, "method", "--method"),
-    window_weeks: int | None = model_option(CalibrationParams, "window_weeks", "--window-weeks"),
 ) -> None:
     """Calibrate the token estimator from telemetry: report (.md), patch (.json) and plot (.png).
 
@@ -85,10 +81,9 @@ def calibrate(
     from autopack.calibration import run_calibration
 
     writable_dir(output_dir)
-    params = CalibrationParams.pick(locals())  # bad values are refused before the database is opened
     result = run_calibration(
         guarded(expect_db_id, allow_empty_db, quiet=True),
-        **params.model_dump(),
+        params,
         include_run_ids=include_run_id or None,
         output_dir=output_dir,
     )
@@ -100,7 +95,7 @@ def calibrate(
     if result.collection_targets is not None and not result.collection_targets.groups_with_enough_samples:
         largest = max((g.n for g in result.groups), default=0)
         raise NoGroupReachesMinSamplesError(
-            f"no group reaches --min-samples {min_samples} (the largest has {largest}): nothing could be calibrated",
+            f"no group reaches --min-samples {params.min_samples} (the largest has {largest}): nothing could be calibrated",
             hint=f"collect more telemetry or lower --min-samples; report: {result.report_path}",
         )
 

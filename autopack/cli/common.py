@@ -11,10 +11,11 @@ import typer
 
 from autopack.db.handle import Database, open_database
 from autopack.errors import InputError
+from autopack.params import PipelineParams
 
+#: ``--expect-db-id`` of every command that touches the database: the parameter's own description.
 ExpectDbIdOption = Annotated[
-    str | None,
-    typer.Option("--expect-db-id", help="Refuse unless the database id is this (default: AUTOPACK_EXPECTED_DB_ID)."),
+    str | None, typer.Option("--expect-db-id", help=PipelineParams.model_fields["expect_db_id"].description),
 ]
 AllowEmptyDbOption = Annotated[
     bool, typer.Option("--allow-empty-db", help="Proceed even if the database has no runs, phases or events.")

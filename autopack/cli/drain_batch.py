@@ -13,55 +13,24 @@ import typer
 
 from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, guarded
 from autopack.cli.groups import command_group
-from autopack.cli.options import model_option
+from autopack.cli.options import params_command
 from autopack.config import get_settings
 from autopack.execution.batch import BatchOptions, DrainInterrupted, run_batch_drain
 from autopack.execution.batch_report import format_summary, make_reporter
 from autopack.params import DrainParams as P
 
 
+@params_command(P)
 def drain_batch_command(
-    run_id: list[str] | None = model_option(P, "run_ids", "--run-id"),
-    batch_size: int = model_option(P, "batch_size", "--batch-size"),
+    params: P,
     api_url: Annotated[str | None, typer.Option("--api-url", help="Check that this API server uses the same database (default AUTOPACK_API_URL).")] = None,
-    states: str = model_option(P, "states", "--states", csv=True),
-    max_consecutive_zero_yield: int | None = model_option(
-        P, "max_consecutive_zero_yield", "--max-consecutive-zero-yield"
-    ),
-    max_fingerprint_repeats: int = model_option(P, "max_fingerprint_repeats", "--max-fingerprint-repeats"),
-    max_attempts_per_phase: int = model_option(P, "max_attempts_per_phase", "--max-attempts-per-phase"),
-    max_timeouts_per_run: int = model_option(P, "max_timeouts_per_run", "--max-timeouts-per-run"),
-    phase_timeout_seconds: float = model_option(P, "phase_timeout_seconds", "--phase-timeout-seconds"),
-    max_total_minutes: float | None = model_option(P, "max_total_minutes", "--max-total-minutes"),
-    skip_run_prefix: list[str] | None = model_option(P, "skip_run_prefixes", "--skip-run-prefix"),
-    workers: int = model_option(P, "workers", "--workers"),
-    resume: bool = model_option(P, "resume", "--resume"),
-    lease_seconds: float = model_option(P, "lease_seconds", "--lease-seconds"),
-    provider_concurrency: int | None = model_option(P, "provider_concurrency", "--provider-concurrency"),
     expect_db_id: ExpectDbIdOption = None,
     allow_empty_db: AllowEmptyDbOption = False,
     no_telemetry: Annotated[bool, typer.Option("--no-telemetry", help="Drain without recording telemetry (allowed with TELEMETRY_DB_ENABLED off).")] = False,
 ) -> None:
     """Drain phases in priority order, one session saved after every phase; exit 1 if any phase failed."""
     settings = get_settings()
-    options = BatchOptions(
-        run_ids=run_id or [],
-        batch_size=batch_size,
-        states=states,
-        max_consecutive_zero_yield=max_consecutive_zero_yield,
-        max_fingerprint_repeats=max_fingerprint_repeats,
-        max_attempts_per_phase=max_attempts_per_phase,
-        max_timeouts_per_run=max_timeouts_per_run,
-        phase_timeout_seconds=phase_timeout_seconds,
-        max_total_minutes=max_total_minutes,
-        skip_run_prefixes=skip_run_prefix or [],
-        workers=workers,
-        resume=resume,
-        telemetry=not no_telemetry,
-        lease_seconds=lease_seconds,
-        api_url=api_url or settings.api_url,
-        provider_concurrency=provider_concurrency,
-    )
+    options = BatchOptions.of(params, telemetry=not no_telemetry, api_url=api_url or settings.api_url)
     database = guarded(expect_db_id, allow_empty_db, quiet=True)
     reporter = make_reporter()
     try:

@@ -1,6 +1,8 @@
 """``autopack pipeline run``: the ``telemetry-pipeline`` flow from the command line.
 
-Prefect is imported only when the pipeline runs, so other commands stay fast.
+Prefect is imported only when the pipeline runs, so other commands stay fast. The flow is loaded as a worker
+loads it: by its entrypoint path in the repository (``flows/`` is the repository's folder of entry points, never
+installed), with Prefect's own ``load_flow_from_entrypoint``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import typer
 
 from autopack.cli.common import ExpectDbIdOption, writable_dir
 from autopack.cli.groups import command_group
-from autopack.cli.options import model_option
-from autopack.config import get_settings
+from autopack.cli.options import params_command
 from autopack.db.handle import database_at, expected_db_id
-from autopack.errors import AutopackError
+from autopack.errors import AutopackError, InputError
 from autopack.execution.runs import require_runs
 from autopack.execution.seed_runs import MAX_SEED_WEEKS
 from autopack.params import PipelineParams as P
@@ -30,42 +31,44 @@ STARTUP_TIMEOUT_SECONDS = 180
 #: The start of the error Prefect raises when that server does not answer in time.
 EPHEMERAL_FAILURE = "Timed out while attempting to connect to ephemeral Prefect API server"
 
+#: The flow ``autopack pipeline run`` runs, as ``prefect.yaml`` names it: relative to the repository.
+PIPELINE_ENTRYPOINT = "flows/pipeline.py:telemetry_pipeline"
+
+
+def repository_root() -> Path:
+    """The checkout whose ``flows/`` the command runs: the working directory when it is one (a fresh clone, the
+    quickstart), else the checkout this autopack is installed from (an editable install)."""
+    import autopack
+
+    relative = Path(PIPELINE_ENTRYPOINT.partition(":")[0])
+    for root in (Path.cwd(), Path(autopack.__file__).resolve().parents[1]):
+        if (root / relative).is_file():
+            return root
+    raise InputError(f"no {relative} here: `autopack pipeline run` runs the flows of a checkout of autopack",
+                     hint="run it from the repository (or install it editable from one: bash scripts/install.sh)")
+
+
+def load_pipeline_flow(root: Path) -> Any:
+    """The ``telemetry-pipeline`` flow, loaded by path from the checkout ``root`` (its ``flows.*`` imports too)."""
+    import sys
+
+    from prefect.flows import load_flow_from_entrypoint
+
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))  # ``from flows.drain import …`` inside the entry point
+    path, _, name = PIPELINE_ENTRYPOINT.partition(":")
+    return load_flow_from_entrypoint(f"{root / path}:{name}")
+
+
 pipeline_app = command_group("The whole telemetry pipeline as one Prefect flow run.")
 
 
 @pipeline_app.command("run")
+@params_command(P)
 def run(
+    params: P,
     init: Annotated[bool, typer.Option("--init", help="Create and migrate the database and the seed runs when missing.")] = False,
     weeks: Annotated[int, typer.Option("--weeks", min=1, max=MAX_SEED_WEEKS, help="With --init: weeks of seed runs to create (61 phases each).")] = 1,
-    run_ids: list[str] | None = model_option(P, "run_ids", "--run-id"),
-    validate_run_id: str | None = model_option(P, "validate_run_id", "--validate-run-id"),
-    validate_phase_id: str | None = model_option(P, "validate_phase_id", "--validate-phase-id"),
-    batch_size: int = model_option(P, "batch_size", "--batch-size"),
-    states: str = model_option(P, "states", "--states", csv=True),
-    max_consecutive_zero_yield: int | None = model_option(
-        P, "max_consecutive_zero_yield", "--max-consecutive-zero-yield"
-    ),
-    max_fingerprint_repeats: int = model_option(P, "max_fingerprint_repeats", "--max-fingerprint-repeats"),
-    max_attempts_per_phase: int = model_option(P, "max_attempts_per_phase", "--max-attempts-per-phase"),
-    max_timeouts_per_run: int = model_option(P, "max_timeouts_per_run", "--max-timeouts-per-run"),
-    phase_timeout_seconds: float = model_option(P, "phase_timeout_seconds", "--phase-timeout-seconds"),
-    max_total_minutes: float | None = model_option(P, "max_total_minutes", "--max-total-minutes"),
-    skip_run_prefixes: list[str] | None = model_option(P, "skip_run_prefixes", "--skip-run-prefix"),
-    workers: int = model_option(P, "workers", "--workers"),
-    resume: bool = model_option(P, "resume", "--resume"),
-    lease_seconds: float = model_option(P, "lease_seconds", "--lease-seconds"),
-    provider_concurrency: int | None = model_option(P, "provider_concurrency", "--provider-concurrency"),
-    min_samples: int = model_option(P, "min_samples", "--min-samples"),
-    confidence_threshold: float = model_option(P, "confidence_threshold", "--confidence-threshold"),
-    target_truncation: float = model_option(P, "target_truncation", "--target-truncation"),
-    holdout_fraction: float = model_option(P, "holdout_fraction", "--holdout-fraction"),
-    window_weeks: int | None = model_option(P, "window_weeks", "--window-weeks"),
-    method: str | None = model_option(P, "method", "--method"),
-    dry_run: bool = model_option(P, "dry_run", "--dry-run"),
-    target_repo: Path = model_option(P, "target_repo", "--target-repo"),
-    output_dir: Path = model_option(P, "output_dir", "--output-dir"),
-    skip_drain: bool = model_option(P, "skip_drain", "--skip-drain"),
-    expect_db_id: str | None = model_option(P, "expect_db_id", "--expect-db-id"),
 ) -> None:
     """Guard → validate one phase → batch drain → calibrate → gate → pull request."""
     import os
@@ -75,31 +78,30 @@ def run(
     # The temporary local Prefect server needs more than Prefect's default 20 s on a loaded machine.
     os.environ.setdefault(STARTUP_TIMEOUT_VARIABLE, str(STARTUP_TIMEOUT_SECONDS))
     from autopack.pipeline import check_publish_settings, check_target_repo, prepare_database, summarise
-    from flows.pull_request import github_token
 
-    settings = get_settings()
-    writable_dir(output_dir)
-    target_repo = check_target_repo(target_repo)
-    check_publish_settings(dry_run=dry_run, token=None if dry_run else github_token(),
-                           repository=settings.github_repository)
-    prepared = prepare_database(database_at(), init=init, expect_db_id=expected_db_id(expect_db_id), weeks=weeks)
-    if not skip_drain and run_ids:  # refused before Prefect starts
+    root = repository_root()
+    output_dir = writable_dir(Path(params.output_dir))
+    target_repo = check_target_repo(Path(params.target_repo))
+    # before anything is created (--init): the flow's preflight checks again, for the runs no command starts
+    check_publish_settings(dry_run=params.dry_run)
+    prepared = prepare_database(database_at(), init=init, expect_db_id=expected_db_id(params.expect_db_id),
+                                weeks=weeks)
+    if not params.skip_drain and params.run_ids:  # refused before Prefect starts
         with prepared.database.session() as session:
-            require_runs(session, run_ids)
+            require_runs(session, params.run_ids)
     for line in prepared.messages:
         typer.echo(line)
 
-    from flows.pipeline import telemetry_pipeline
+    telemetry_pipeline = load_pipeline_flow(root)
 
-    # every value was checked by its option already; the flow gets absolute paths and the database it checked
-    params = P.pick({**locals(), "target_repo": str(target_repo.resolve()), "output_dir": str(output_dir.resolve()),
-                     "expect_db_id": prepared.db_id})
+    # the flow gets absolute paths and the database this command checked
+    params = params.model_copy(update={"target_repo": str(target_repo), "output_dir": str(output_dir.resolve()),
+                                       "expect_db_id": prepared.db_id})
 
     called_at = time.time()
     try:
         # a synchronous call: the flow's final State, not an awaitable
-        state = cast("State[Any]", telemetry_pipeline(**params.model_dump(), database=prepared.database.ref(),
-                                                      return_state=True))
+        state = cast("State[Any]", telemetry_pipeline(params, database=prepared.database.ref(), return_state=True))
     except RuntimeError as exc:
         if EPHEMERAL_FAILURE not in str(exc):
             raise

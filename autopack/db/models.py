@@ -283,7 +283,7 @@ class DrainSession(Base):
     status: Mapped[str] = mapped_column(String(32), nullable=False, default="running")
     stop_reason: Mapped[str | None] = mapped_column(Text)
     db_id: Mapped[str | None] = mapped_column(String(64))
-    batch_size: Mapped[int] = mapped_column(Integer, nullable=False, default=10)
+    batch_size: Mapped[int] = mapped_column(Integer, nullable=False)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     total_processed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     total_success: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
+from pydantic import BaseModel
 
 from autopack.db.models import Phase, PhaseState, TokenEstimationV2Event, utcnow
 from autopack.errors import AutopackError, ConfigError, RefusedError
@@ -67,15 +68,11 @@ from autopack.execution.triage import (
     skip_run_prefix,
     zero_yield_reason,
 )
-from autopack.params import DRAINABLE_STATES as DRAINABLE_STATE_NAMES
-from autopack.params import DrainParams
+from autopack.params import DRAINABLE_STATES, DrainParams
 
 if TYPE_CHECKING:
     from autopack.db.handle import Database
     from autopack.execution.phase_runner import PhaseResult
-
-#: States a drain may take phases from (EXECUTING phases are taken only when their lease expired).
-DRAINABLE_STATES = frozenset(DRAINABLE_STATE_NAMES)
 
 STOP_BATCH_SIZE = "batch size reached"
 STOP_NO_PHASES = "no eligible phases left"
@@ -102,6 +99,14 @@ class BatchOptions(DrainParams):
     #: When nothing is claimable but another drain holds leases in scope, wait for those leases to end
     #: (finished, or expired because that drain died) instead of stopping.
     wait_for_leases: bool = True
+
+    @classmethod
+    def of(cls, params: DrainParams, **extra: Any) -> BatchOptions:
+        """The drain of ``params`` with what only the command line sets (``extra``: ``telemetry``, ``api_url``,
+        ``wait_for_leases``); ``params`` itself when it already is one and nothing is added."""
+        if isinstance(params, cls) and not extra:
+            return params
+        return cls(**{**params.model_dump(), **extra})
 
     def validate(self) -> None:  # type: ignore[override]
         """Check the options again (after an attribute was changed): the model's checks, nothing else."""
@@ -401,9 +406,9 @@ class BatchDrain:
                     candidate.phase_id,
                     claim,
                     self.database.ref(),
-                    self.options.telemetry,
-                    self.options.lease_seconds,
-                    self.provider_concurrency,
+                    lease_seconds=self.options.lease_seconds,
+                    provider_concurrency=self.provider_concurrency,
+                    telemetry=self.options.telemetry,
                 ),
             )
             self.reporter.phase_started(candidate, slot)
@@ -854,9 +859,35 @@ class DrainReport:
     def exit_code(self) -> int:
         return 1 if self.state.any_failed else 0
 
+    def summary(self) -> DrainSummary:
+        state = self.state
+        return DrainSummary(
+            session_id=state.session_id, processed=state.total_processed, success=state.total_success,
+            failed=state.total_failed, timeouts=state.total_timeouts, telemetry_events=state.total_telemetry_events,
+            stop_reason=state.stop_reason, wall_seconds=round(self.wall_seconds, 3),
+        )
+
+
+class DrainSummary(BaseModel):
+    """What one drain session did, in numbers: the ``batch-drain`` flow's result."""
+
+    session_id: str
+    processed: int
+    success: int
+    failed: int
+    timeouts: int
+    telemetry_events: int
+    stop_reason: str | None
+    wall_seconds: float
+
+    def message(self) -> str:
+        """The flow run's state message: what the drain did, in one line."""
+        return (f"{self.processed} phases: {self.success} ok, {self.failed} failed ({self.timeouts} timeouts), "
+                f"{self.telemetry_events} telemetry rows; stopped: {self.stop_reason or 'not stopped'}")
+
 
 def run_batch_drain(
-    options: BatchOptions,
+    params: DrainParams,
     database: Database,
     *,
     executor: ExecutorRef = DEFAULT_EXECUTOR,
@@ -868,10 +899,12 @@ def run_batch_drain(
     """Preflight (telemetry on, runs present, API identity, executor present), then drain ``database``
     (opened and guarded by the caller: ``autopack.db.handle.open_database``).
 
-    ``executor`` is the phase function; ``runner`` is where it runs (default: ``isolation``'s executor).
+    ``params``: the drain (``BatchOptions`` for what only the command line sets). ``executor`` is the phase
+    function; ``runner`` is where it runs (default: ``isolation``'s executor).
     """
     from autopack.config import get_settings
 
+    options = BatchOptions.of(params)
     options.validate()
     check_telemetry_enabled(options.telemetry, get_settings().telemetry_db_enabled)
     if options.run_ids:  # a --run-id that is not here drains nothing: say so instead of exiting 0

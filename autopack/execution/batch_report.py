@@ -176,6 +176,11 @@ def make_reporter(stream: IO[str] | None = None) -> LineReporter | RichReporter:
     return LineReporter(stream)
 
 
+def progress_percent(done: int, planned: int) -> float:
+    """``done`` of ``planned`` phases in percent, to 0.1 (100 when nothing was planned; never above 100)."""
+    return 100.0 if planned <= 0 else round(min(100.0, 100.0 * done / planned), 1)
+
+
 def format_summary(state: SessionState, wall_seconds: float | None = None) -> str:
     """The original's summary: rates, yield, zero-yield breakdown, boundary hits, stopped runs, per run."""
     results = [r for r in state.results if r.counts]

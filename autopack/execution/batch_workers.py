@@ -23,6 +23,7 @@ import ctypes
 import importlib
 import multiprocessing
 import os
+import select
 import signal
 import sys
 import threading
@@ -70,10 +71,11 @@ class PhaseJob:
     claim: Claim
     #: The drain's verified database, reopened (not guarded again) where the phase runs.
     database: DatabaseRef
+    #: The drain's lease length: each heartbeat extends the lease by this much.
+    lease_seconds: float
+    #: Size of the provider gate (0: no gate): the drain's, resolved once.
+    provider_concurrency: int
     telemetry: bool = True
-    lease_seconds: float = 120.0
-    #: Size of the provider gate (0: no gate).
-    provider_concurrency: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,10 @@ class WakePipe:
     def wake(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self._write, b"!")
+
+    def wait(self, timeout: float | None) -> None:
+        """Until ``wake`` was called (or had been, since the last ``clear``), at most ``timeout`` seconds."""
+        select.select([self._read], [], [], timeout)
 
     def clear(self) -> None:
         with contextlib.suppress(OSError):
@@ -457,7 +463,7 @@ class InlineExecutor:
 
     hard_kill = False
 
-    def __init__(self, executor_ref: ExecutorRef = DEFAULT_EXECUTOR, workers: int = 1) -> None:
+    def __init__(self, executor_ref: ExecutorRef = DEFAULT_EXECUTOR, *, workers: int) -> None:
         self.workers = workers
         self.executor_ref = executor_ref
         self._executor: Callable[..., Any] | None = None
@@ -502,5 +508,5 @@ def make_executor(isolation: str, workers: int, executor_ref: ExecutorRef = DEFA
     if isolation == "process":
         return ProcessExecutor(workers, executor_ref)
     if isolation == "inline":
-        return InlineExecutor(executor_ref, workers)
+        return InlineExecutor(executor_ref, workers=workers)
     raise ValueError(f"unknown isolation {isolation!r}")

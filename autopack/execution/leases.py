@@ -26,10 +26,8 @@ from autopack.db.models import (
     utcnow,
 )
 from autopack.errors import AutopackError
+from autopack.params import CLAIM_LEASE_SECONDS, DEFAULT_DRAIN_STATES
 from autopack.telemetry.bounds import bounds_for
-
-DEFAULT_LEASE_SECONDS = 900
-DRAINABLE_STATES: tuple[str, ...] = (PhaseState.QUEUED, PhaseState.FAILED)
 
 
 class LeaseLostError(AutopackError):
@@ -83,8 +81,8 @@ def claim_phase(
     phase_id: str,
     owner: str,
     *,
-    states: Collection[str] = DRAINABLE_STATES,
-    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    states: Collection[str] = DEFAULT_DRAIN_STATES,
+    lease_seconds: float = CLAIM_LEASE_SECONDS,
 ) -> Claim | None:
     """Claim one named phase, or return None if it is not claimable (taken, finished, missing).
 
@@ -130,9 +128,9 @@ def claim_next(
     owner: str,
     *,
     run_ids: Sequence[str] | None = None,
-    states: Collection[str] = DRAINABLE_STATES,
+    states: Collection[str] = DEFAULT_DRAIN_STATES,
     exclude: Collection[tuple[str, str]] = (),
-    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    lease_seconds: float = CLAIM_LEASE_SECONDS,
     max_tries: int = 20,
 ) -> Claim | None:
     """Claim the next eligible phase (lowest run, then phase index). None when nothing is left."""
@@ -167,7 +165,7 @@ def _held(run_id: str, phase_id: str, owner: str, now: datetime) -> sa.ColumnEle
 
 
 def heartbeat(
-    session: Session, run_id: str, phase_id: str, owner: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    session: Session, run_id: str, phase_id: str, owner: str, *, lease_seconds: float = CLAIM_LEASE_SECONDS
 ) -> datetime:
     """Extend a held lease; raise ``LeaseLostError`` if it is no longer ours."""
     now = utcnow()

@@ -157,9 +157,9 @@ def sample_is_promising(
 class TriageLimits:
     #: A run is stopped once one failure fingerprint has occurred this often *in that run* within the session
     #: (``fingerprint_stops_run``); truncations have no fingerprint and never count.
-    max_fingerprint_repeats: int = 3
-    max_attempts_per_phase: int = 2
-    max_timeouts_per_run: int = 2
+    max_fingerprint_repeats: int
+    max_attempts_per_phase: int
+    max_timeouts_per_run: int
 
 
 @dataclass(frozen=True)

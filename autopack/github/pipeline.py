@@ -53,7 +53,7 @@ def open_calibration_pr(
     repository: str | None = None,
     base_url: str | None = None,
     output_dir: Path,
-    dry_run: bool = False,
+    dry_run: bool,
     base_branch: str | None = None,
     plot_link: str | None = None,
     run_tests: bool = True,

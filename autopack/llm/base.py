@@ -18,8 +18,9 @@ from autopack.logging import get_logger, redact
 log = get_logger(__name__)
 
 #: Raw stop reasons that mean "the output was cut by the ceiling" (Anthropic, OpenAI Chat Completions,
-#: Gemini, OpenAI Responses ``status: incomplete``).
-TRUNCATION_STOP_REASONS: frozenset[str] = frozenset(
+#: Gemini, OpenAI Responses ``status: incomplete``): the one set, for live responses here and for stored
+#: telemetry (``autopack.truncation``, calibration samples, the import), compared as given and lower-cased.
+TRUNCATION_REASONS: frozenset[str] = frozenset(
     {"max_tokens", "model_context_window_exceeded", "length", "MAX_TOKENS", "incomplete", "max_output_tokens"}
 )
 
@@ -66,7 +67,7 @@ def normalise_finish_reason(stop_reason: str | None) -> str:
 
 def is_truncated(stop_reason: str | None, output_tokens: int | None, max_tokens: int | None) -> bool:
     """The provider says the output was cut, or the output reached the ceiling we sent."""
-    if stop_reason and (stop_reason in TRUNCATION_STOP_REASONS or stop_reason.lower() in TRUNCATION_STOP_REASONS):
+    if stop_reason and (stop_reason in TRUNCATION_REASONS or stop_reason.lower() in TRUNCATION_REASONS):
         return True
     return output_tokens is not None and max_tokens is not None and max_tokens > 0 and output_tokens >= max_tokens
 

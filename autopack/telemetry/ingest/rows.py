@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from autopack.errors import InputError
-from autopack.truncation import TRUNCATION_REASONS
+from autopack.llm.base import TRUNCATION_REASONS
 
 #: Canonical field names (the CSV header that needs no mapping) and their short aliases for --map/--set.
 CANONICAL_FIELDS = (

@@ -8,7 +8,9 @@ their hashes), so any other install into that environment since — a ``pip inst
 no longer matches and the next run installs again.
 
 Runs in the flow run's process, before the flow is loaded, with the worker's Python (``sys.executable``, as
-Prefect's own ``pip_install_requirements`` step); it imports nothing from autopack.
+Prefect's own ``pip_install_requirements`` step). It is part of the installed library, not of ``flows/``: it runs
+before the working directory is the clone, where the flows are loaded from (``flows/`` is never installed); it
+imports nothing else from autopack.
 """
 
 from __future__ import annotations
