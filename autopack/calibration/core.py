@@ -52,7 +52,7 @@ from autopack.calibration.backtest import (
 from autopack.calibration.fit import MAX_STEP, FitResult, fit_coefficients, implied_overheads
 from autopack.calibration.model import FactorModel, fit_factor_model
 from autopack.calibration.samples import Group, SampleSet, configuration_ceiling, predict
-from autopack.calibration.step import Step, step_toward_alpha
+from autopack.calibration.step import Lowering, Step, bounded_lowering, step_toward_alpha
 from autopack.params import CalibrationParams
 
 METHOD_VERSION = "t5-conformal-2"
@@ -113,10 +113,12 @@ class Decision:
     #: every group's step toward α (raised or not, and why); ``raised`` the groups that ship a raise
     steps: dict[Group, Step] = field(default_factory=dict)
     raised: dict[Group, float] = field(default_factory=dict)
+    #: the groups that ship a lowering, at its bounded factor (``step.bounded_lowering``)
+    lowered: dict[Group, float] = field(default_factory=dict)
 
     def shipped_factor(self, g: Group) -> float | None:
-        """The factor a passing group ships: its raise, else its fitted factor."""
-        return self.raised[g] if g in self.raised else self.fitted.model.factor_for(g).factor
+        """The factor a passing group ships: its raise, its bounded lowering, else its fitted factor."""
+        return {**self.lowered, **self.raised}.get(g, self.fitted.model.factor_for(g).factor)
 
 
 def _log_ratio(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -156,9 +158,10 @@ def _weights_changed(current: te.Coefficients, fit: FitResult) -> bool:
 
 def _shipped(
     current: te.Coefficients, fitted: Fitted, passing: list[Group], ship_weights: bool,
-    raised: dict[Group, float] | None = None,
+    chosen: dict[Group, float] | None = None,
 ) -> tuple[te.Coefficients, dict[Group, float]]:
-    """The coefficient set and factors that would ship: only passing groups (and weights if allowed)."""
+    """The coefficient set and factors that would ship: only passing groups (and weights if allowed); ``chosen``
+    the factors that ship instead of the fitted ones (raises, bounded lowerings)."""
     new = fitted.fit.coefficients
     overhead = dict(current.phase_overhead)
     for g in passing:
@@ -167,7 +170,7 @@ def _shipped(
     weights = dict(new.token_weights) if ship_weights else dict(current.token_weights)
     factors = dict(current.budget_factors)
     for g in passing:
-        factor = (raised or {}).get(g, fitted.model.factor_for(g).factor)
+        factor = (chosen or {}).get(g, fitted.model.factor_for(g).factor)
         if factor is not None:
             factors[g] = factor
     coeffs = dataclasses.replace(
@@ -322,7 +325,7 @@ def _gate_group(
 def _shipped_check(
     held: HeldOut, params: Params, current: te.Coefficients, fitted: Fitted,
     passing: list[Group], ship_weights: bool, current_ceiling: np.ndarray,
-    group_bt: dict[Group, dict[str, dict[str, Any]]], raised: dict[Group, float],
+    group_bt: dict[Group, dict[str, dict[str, Any]]], raised: dict[Group, float], lowered: dict[Group, float],
 ) -> tuple[list[Group], dict[str, Any], np.ndarray, str, dict[Group, str]]:
     """Replay the shipped configuration on the held-out calls; drop groups (worst first) until it passes.
 
@@ -343,7 +346,7 @@ def _shipped_check(
         return (prop["truncations_upper"] - cur["truncations"], prop["reserved_over_used"] / cur["reserved_over_used"])
 
     while True:
-        coeffs, factors = _shipped(current, fitted, keep, ship_weights and bool(keep), raised)
+        coeffs, factors = _shipped(current, fitted, keep, ship_weights and bool(keep), {**lowered, **raised})
         ceiling = heldout_ceilings(held, coeffs, factors, params, adapt=keep)
         shipped = evaluate(ceiling, test.y, test.observed, alpha)
         if not keep:
@@ -356,11 +359,11 @@ def _shipped_check(
                 dropped[g] = ("dropped: with the rest of the pull request, some of its held-out calls got a lower "
                               "ceiling")
             continue
-        lowered = [g for g in keep if g not in raised]
+        down = [g for g in keep if g not in raised]
         changed = (ceiling != current_ceiling) & ~np.isin(test.group, [group_ids[g] for g in up])
         raise_line = (f"{len(up)} group(s) stepped toward α, none of whose held-out calls gets a lower ceiling"
                       if up else "")
-        if not lowered or not changed.any():
+        if not down or not changed.any():
             return keep, shipped, ceiling, raise_line or "no held-out call's ceiling changes", dropped
         mine = evaluate(ceiling[changed], test.y[changed], test.observed[changed], alpha)
         today = evaluate(current_ceiling[changed], test.y[changed], test.observed[changed], alpha)
@@ -370,7 +373,7 @@ def _shipped_check(
                 f"on the {mine['n']} held-out calls whose ceiling it changes: {line}; reserved/used "
                 f"{mine['reserved_over_used']:.3f} < today's {today['reserved_over_used']:.3f}"
                 + (f"; {raise_line}" if raise_line else "")), dropped
-        worst = max(lowered, key=badness)
+        worst = max(down, key=badness)
         keep.remove(worst)
         dropped[worst] = (f"dropped: with it, the calls the pull request changes failed together ({line}; reserved/used "
                           f"{mine['reserved_over_used']:.3f} vs today's {today['reserved_over_used']:.3f})")
@@ -412,6 +415,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
 
     steps = _steps(samples, params, current, fitted)
     raised: dict[Group, float] = {}
+    lowered: dict[Group, float] = {}
     reasons: dict[Group, list[str]] = {}
     verdicts: dict[Group, str] = {}
     passing: list[Group] = []
@@ -419,9 +423,14 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         g = samples.groups[gi]
         step = steps[g]
         why, verdict = _gate_group(g, fitted, group_bt, params)
-        if not why:  # a distribution-free factor that passes the held-out test: from either side of α
+        lowering = _lowering(samples, current, fitted, g, alpha) if not why else None
+        if lowering is not None and lowering.factor is None:
+            why = [lowering.verdict]
+        if not why and lowering is not None and lowering.factor is not None:
+            # a distribution-free factor that passes its held-out test, shipped as a bounded lowering
             passing.append(g)
-            verdicts[g] = verdict
+            lowered[g] = lowering.factor
+            verdicts[g] = f"{verdict}; {lowering.verdict}"
         elif step.above_alpha and step.raises and step.n >= params.min_samples and tested:
             raised[g] = step.factor  # type: ignore[assignment]
             passing.append(g)
@@ -436,7 +445,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     shipped_verdict = "no held-out calls: nothing can be shipped"
     if tested:
         passing, backtest["shipped"], shipped_ceiling, shipped_verdict, dropped = _shipped_check(
-            held, params, current, fitted, passing, ship_weights, ceilings["current"], group_bt, raised)
+            held, params, current, fitted, passing, ship_weights, ceilings["current"], group_bt, raised, lowered)
         for g, methods in per_group(samples.groups, test.group, {"shipped": shipped_ceiling}, test.y,
                                     test.observed, alpha).items():
             group_bt[g]["shipped"] = methods["shipped"]
@@ -444,16 +453,28 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
             reasons[g] = [dropped_why]
             verdicts.pop(g, None)
             raised.pop(g, None)
+            lowered.pop(g, None)
     if ship_weights and not passing:
         ship_weights = False
         weights_verdict = "TOKEN_WEIGHTS changes not shipped: no group passed the gate"
     if tested:  # every drift method on what ships, for the report; the chosen method's row is the gate's replay
-        coeffs, factors = _shipped(current, fitted, passing, ship_weights, raised)
+        coeffs, factors = _shipped(current, fitted, passing, ship_weights, {**lowered, **raised})
         _, static_shipped = configuration_ceiling(test, coeffs, factors)
         drift_summary = drift.compare_in_calibration(alpha, held.drift_rows(), predict(samples, coeffs), factors,
                                                      static_shipped, chosen=(params.spec.name, shipped_ceiling))
     return Decision(fitted, tested, ship_weights, weights_verdict, backtest, group_bt, passing, reasons, verdicts,
-                    shipped_verdict, int(fit_rows.size), drift_summary, steps, raised)
+                    shipped_verdict, int(fit_rows.size), drift_summary, steps, raised, lowered)
+
+
+def _lowering(samples: SampleSet, current: te.Coefficients, fitted: Fitted, g: Group, alpha: float) -> Lowering | None:
+    """A passing group's bounded lowering (``step.bounded_lowering``), judged on all its calls like its step."""
+    factor = fitted.model.factor_for(g).factor
+    if factor is None:
+        return None
+    idx = samples.rows_by_group()[samples.groups.index(g)]
+    _, today = configuration_ceiling(samples.subset(np.isin(np.arange(samples.n), idx)), current,
+                                     current.budget_factors)
+    return bounded_lowering(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today, factor, alpha)
 
 
 def _steps(samples: SampleSet, params: Params, current: te.Coefficients, fitted: Fitted) -> dict[Group, Step]:

@@ -30,12 +30,12 @@ it back), not prove it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from autopack import token_estimator as te
 from autopack.calibration import distributions as dist
 from autopack.calibration import stats
 from autopack.calibration.model import FactorInfo, round_up_factor
@@ -43,11 +43,15 @@ from autopack.calibration.samples import factor_ceiling
 
 #: A raise never more than multiplies the group's median ceiling ÷ predicted by this per run.
 RAISE_STEP = 2.0
-#: Every call's ceiling rises by at least this (the executor's own escalation step), so each run makes progress.
-MIN_RAISE = te.ESCALATION_FACTOR
+#: Every call's ceiling rises by at least this, so each run makes progress (the executor's escalation step, ×1.25,
+#: overshot in a closed loop: a group at 6–7 % fell to 2 %, then held far below α).
+MIN_RAISE = 1.1
 #: ... and at least this many of its calls cut: one cut call is an outlier, not a rate (in a closed loop, single
 #: cuts in groups of 6 calls a week raised groups truncating 1–2 % for good).
 MIN_CUT_CALLS = 2
+#: Both directions aim at the estimated (1 − AIM·α) quantile, not at α itself: a step's size rests on an estimate
+#: from a few dozen calls, and landing at α, half the time above it, would be stepped again and again.
+AIM = 0.75
 #: "Today truncates above α" when the exact binomial p of "rate ≤ α" on its surely-cut calls is below this.
 RAISE_LEVEL = 0.5
 
@@ -117,6 +121,13 @@ def _cut_today(r: np.ndarray, observed: np.ndarray, log_today: np.ndarray, sure:
     return max(sure, int(round(float(survival.sum()))))
 
 
+def _aimed_quantile(r: np.ndarray, observed: np.ndarray, alpha: float) -> float | None:
+    """The (1 − AIM·α) quantile of actual ÷ predicted by the group's censored-normal fit: a point estimate, not a
+    bound (a raise needs none to be safe; a bound sized it ×1.5–×2 above the quantile in groups of 20–40 calls)."""
+    fit = stats.censored_normal_fit(r, observed, min_observed=2)
+    return None if fit is None else math.exp(fit.quantile(1.0 - AIM * alpha))
+
+
 def step_toward_alpha(
     y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, info: FactorInfo,
     alpha: float, current_factor: float | None,
@@ -156,7 +167,10 @@ def step_toward_alpha(
         return none(f"no safe step within ×{RAISE_STEP:g}: today's ceilings vary ×{spread:.2f} across its calls "
                     "(a floor), so a factor that lowers none of them would more than double its typical ceiling")
     candidates = [(step_cap, f"step limit ×{RAISE_STEP:g}")]
-    if quantile is not None:
+    aimed = _aimed_quantile(r, observed, alpha)
+    if aimed is not None:
+        candidates.append((aimed, f"its estimated {1 - AIM * alpha:.4g} quantile (censored-normal fit)"))
+    elif quantile is not None:
         candidates.append((quantile, f"its fitted quantile ({info.method})"))
     value, sized_by = min(candidates)
     if value < MIN_RAISE * floor:
@@ -181,3 +195,115 @@ def step_toward_alpha(
                f"{today_ceiling.sum() / y.sum():.3f} → {reserved / y.sum():.3f})")
     return Step(factor=factor, sized_by=sized_by, expected_truncation=expected, expected_method=how, still_cut=still,
                 reserved_tokens=reserved, verdict=verdict, **common)
+
+
+# --------------------------------------------------------------------------------------------------
+# The other direction, bounded: how far one run may lower a group's ceilings
+# --------------------------------------------------------------------------------------------------
+
+#: One run's lowering may raise the group's estimated truncation by at most this (percentage points / 100) ...
+LOWER_RISE = 0.005
+#: ... and never takes its typical ceiling ÷ predicted below this times today's.
+LOWER_STEP = 0.8
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """How far one run may lower a group whose distribution-free factor passed its held-out test."""
+
+    fitted_factor: float  # the tested factor (fitted on the older calls)
+    factor: float | None  # what ships: the fitted factor, or the bound above it; None: no lowering left
+    bound: str  # "fitted factor" | "rise bound" | "step bound"
+    today_factor: float  # median of today's ceiling ÷ predicted over its calls
+    estimated_today: float  # estimated truncation under today's ceilings (all its calls)
+    estimated: float | None  # ... under the shipped factor
+    verdict: str
+
+    @property
+    def lowers(self) -> bool:
+        return self.factor is not None
+
+
+def _survival(r: np.ndarray, observed: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """x ↦ P(r ≥ x) estimated from a group's calls: the larger of the Kaplan–Meier tail and the censored-normal
+    fit's (the curve is a step of 1/n between its calls; the normal fit is smooth but thin-tailed: the larger of
+    the two never reads the far tail as empty where either sees mass)."""
+    km = stats.kaplan_meier(r, observed)
+    fit = stats.censored_normal_fit(r, observed, min_observed=2)
+
+    def survival(x: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(km.times, x, side="left") - 1  # F just below x
+        s = 1.0 - np.where(i >= 0, km.cdf[np.maximum(i, 0)], 0.0)
+        if fit is not None:
+            s = np.maximum(s, dist.norm_sf((x - fit.mu) / fit.sigma))
+        out: np.ndarray = s
+        return out
+
+    return survival
+
+
+def bounded_lowering(
+    y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, fitted_factor: float,
+    alpha: float,
+) -> Lowering:
+    """The factor a lowering ships, from all the group's calls (``predicted`` under the coefficients that ship
+    with it, ``today_ceiling`` today's ceilings): the largest of
+
+    - the fitted, tested factor (the gate's target: a distribution-free bound at α);
+    - the rise bound: the smallest factor whose estimated truncation over the group's calls (``_survival`` at
+      each call's ceiling) is at most ``LOWER_RISE`` above the estimate under today's ceilings;
+    - the step bound: ``LOWER_STEP`` times today's median ceiling ÷ predicted;
+    - the aim: the smallest factor whose estimated truncation is at most ``AIM``·α (a lowering never aims at α
+      itself: near α a point of truncation is a few per cent of the factor, well inside the estimate's noise);
+
+    and no lowering (``factor`` None) when that is not below today's median ceiling ÷ predicted.
+
+    Why bounded: a lowering is tested on the group's held-out calls, a handful a week, and no test on a handful
+    can see a rise of a point or two (the exact binomial needs ≈ 4,400 held-out calls to detect 6 % against 5 %
+    with power 0.9). In a closed loop, lowerings passed on 3–13 held-out calls raised groups' true truncation by
+    up to 20 pp (a first factor replacing the floor rule far below it, a factor halved). Near α one point of
+    truncation is ≈ 5 % of the factor (σ 0.3, t₄ tail), so the bound is on the estimated truncation, not on the
+    factor: a group far below α moves in large steps (capped at ×0.8), one near α in small ones, and the fitted
+    factor ends the descent.
+    """
+    pred = np.maximum(predicted, 1.0)
+    r = np.log(np.maximum(y, 1.0) / pred)
+    survival = _survival(r, observed)
+    ratio = today_ceiling / pred
+    today_factor = float(np.median(ratio))
+
+    def estimated(factor: float) -> float:
+        ceiling = factor_ceiling(predicted, np.full(y.size, factor))
+        return float(np.mean(survival(np.log(ceiling / pred))))
+
+    today = float(np.mean(survival(np.log(ratio))))
+    step = LOWER_STEP * today_factor
+    candidates = [(fitted_factor, "fitted factor"), (step, f"step bound ×{LOWER_STEP:g}")]
+
+    def smallest(limit: float) -> float:
+        """The smallest factor whose estimated truncation is ≤ limit (bisection: it falls as the factor rises)."""
+        lo, hi = math.log(max(fitted_factor, step)), math.log(max(float(np.max(ratio)), fitted_factor, step)) + 1.0
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if estimated(math.exp(mid)) > limit else (lo, mid)
+        return math.exp(hi)
+
+    floor = max(fitted_factor, step)
+    if estimated(floor) > today + LOWER_RISE:
+        candidates.append((smallest(today + LOWER_RISE), f"rise bound +{LOWER_RISE * 100:g} pp"))
+    if estimated(floor) > AIM * alpha:
+        candidates.append((smallest(AIM * alpha), f"aim {AIM * alpha:.2%}"))
+    value, bound = max(candidates)
+    factor = round_up_factor(value)
+    line = (f"estimated truncation over its {y.size} calls {today:.1%} today (ceilings ≈ {today_factor:.3f}× the "
+            f"prediction)")
+    if not factor < today_factor:
+        return Lowering(fitted_factor, None, bound, today_factor, today, None,
+                        f"{line}: a lowering bounded by +{LOWER_RISE * 100:g} pp of estimated truncation and "
+                        f"×{LOWER_STEP:g} a run would not lower its typical ceiling (the fitted factor "
+                        f"{fitted_factor:.3f}, bounded {factor:.3f})")
+    after = estimated(factor)
+    how = "its fitted factor" if bound == "fitted factor" else (
+        f"the fitted {fitted_factor:.3f} bounded ({bound} a run)")
+    return Lowering(fitted_factor, factor, bound, today_factor, today, after,
+                    f"lowered to {factor:.3f} ({how}): {line} → {after:.1%}")
