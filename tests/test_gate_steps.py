@@ -64,7 +64,7 @@ def test_a_lowering_raises_the_estimated_truncation_by_at_most_the_rise_bound() 
     assert _true(lowered.factor) - _true(today) <= 0.01
 
 
-def test_no_lowering_where_today_already_truncates_about_the_aim() -> None:
-    today = math.exp(LAW.quantile(1 - step.AIM * ALPHA))
+def test_no_lowering_where_today_already_truncates_more_than_the_aim() -> None:
+    today = math.exp(LAW.quantile(1 - ALPHA))
     lowered = _lowering(today, fitted=0.9 * today)
     assert lowered.factor is None and "would not lower" in lowered.verdict
