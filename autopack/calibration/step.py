@@ -1,30 +1,39 @@
-"""The gate's other direction: a step toward α for a group that today truncates more than α.
+"""The gate's bounded steps toward α: a raise for a group that today truncates more than α, and how far one
+run may lower a group that truncates less.
 
-The lower-reserve rule (``core._gate_group``) can never pass such a group: a call cut at today's cap counts
+The lower-reserve rule (``core._gate_group``) can never pass a group above α: a call cut at today's cap counts
 as truncated under any new ceiling at the upper end of the held-out interval, and any budget that fits
 more of its calls reserves more than today. Yet a raise is the one change that needs no assumption to be
 *safe*: if no call's ceiling falls, no call that fits today can be cut, so the group's truncation can only
 fall, whatever the law of its outputs. An assumption is only needed to *size* the raise, so the size is
 the smallest of
 
-- the group's fitted (1 − α) quantile of actual / predicted, whatever its method (conformal, Kaplan–Meier
-  tail, censored-normal extrapolation, small-group bound), from all its calls;
+- where it aims (``_aimed_raise``): the estimated (1 − ``AIM``·α) quantile of actual / predicted, a point
+  estimate from all its calls (the censored-normal fit's, or today's factor moved by the fit's spread from
+  today's cut share, whichever is smaller); the group's fitted factor when there is no fit;
 - ``RAISE_STEP`` (×2) times today's median ceiling ÷ predicted: one run never more than doubles the
   group's typical ceiling, so a wrong extrapolation costs at most one doubling per run;
 - the estimator's hard cap on every ceiling (``MAX_OUTPUT_TOKENS``, enforced by ``decide_ceiling``);
 
-and never below ``MIN_RAISE`` (×1.25, the executor's escalation step) times the largest of today's ceiling ÷
-predicted over the group's calls: so no call's ceiling falls (the safety argument) and every one rises by
-at least ×1.25 (each run makes progress even where the fitted quantile, contradicted by today's cut calls,
-sits below today's ceilings). Where today's ceilings vary by more than ×1.6 across the group's calls (a
-floor: a factor replaces the floor, so lowering none of them would take more than the ×2 step), there is
-no safe step and the group is left as it is, said so.
+and never below ``MIN_RAISE`` (×1.1) times the largest of today's ceiling ÷ predicted over the group's
+calls: so no call's ceiling falls (the safety argument) and every one rises by at least ×1.1 (each run makes
+progress even where the estimate, contradicted by today's cut calls, sits below today's ceilings). Where
+today's ceilings vary by more than ×1.6 across the group's calls (a floor: a factor replaces the floor, so
+lowering none of them would take more than the ×2 step), there is no safe step and the group is left as it
+is, said so. Why aim below α and not at a bound: in a closed loop a raise sized by the distribution-free
+bound, or by the executor's ×1.25, took groups at 6–7 % to 1–2 % and left them there (reserve 1.3–1.4× the
+oracle's); aiming at α itself lands above it half the time, and each landing above is raised again.
 
 A group counts as truncating above α when its calls cut under today's ceilings (surely, or by the
 Kaplan–Meier tail for calls cut at older, lower caps) are at least two and more than α of its calls, and
 the one-sided exact binomial test of "rate ≤ α" gives p < ``RAISE_LEVEL``: the test only has to name the
-direction (a raise cannot harm truncation; a needless one costs tokens until the lower-reserve rule takes
-it back), not prove it.
+direction (a raise cannot harm truncation; a needless one costs tokens until the bounded lowering takes it
+back), not prove it. One cut call is not enough even where p < ``RAISE_LEVEL`` (a group of 5 at α = 5 %:
+p = 0.23): a group truncating exactly α shows one cut in 5 calls in 23 % of runs, and each such raise is
+paid for weeks until the lowering, bounded, takes it back.
+
+The other direction (``bounded_lowering``): a group whose distribution-free factor passed its held-out test
+is lowered, but one run moves it a bounded step only, and it is never aimed past ``AIM``·α; see there why.
 """
 
 from __future__ import annotations
@@ -121,11 +130,18 @@ def _cut_today(r: np.ndarray, observed: np.ndarray, log_today: np.ndarray, sure:
     return max(sure, int(round(float(survival.sum()))))
 
 
-def _aimed_quantile(r: np.ndarray, observed: np.ndarray, alpha: float) -> float | None:
-    """The (1 − AIM·α) quantile of actual ÷ predicted by the group's censored-normal fit: a point estimate, not a
-    bound (a raise needs none to be safe; a bound sized it ×1.5–×2 above the quantile in groups of 20–40 calls)."""
+def _aimed_raise(r: np.ndarray, observed: np.ndarray, alpha: float, today_factor: float, rate: float) -> float | None:
+    """Where a raise aims: the (1 − AIM·α) quantile of actual ÷ predicted, a point estimate, not a bound (a raise
+    needs none to be safe; a bound sized it ×1.5–×2 above the quantile in groups of 20–40 calls). The smaller of
+    two estimates: the group's censored-normal fit's quantile, and today's typical factor moved by the fit's
+    spread from today's cut share to AIM·α, σ̂·(z(1 − AIM·α) − z(1 − rate)): its location is today's count of
+    cut calls, not the fit's extrapolated one, which one long call in a few dozen moved ×1.5 in a closed loop."""
     fit = stats.censored_normal_fit(r, observed, min_observed=2)
-    return None if fit is None else math.exp(fit.quantile(1.0 - AIM * alpha))
+    if fit is None:
+        return None
+    target = float(dist.norm_ppf(1.0 - AIM * alpha))
+    shift = fit.sigma * (target - float(dist.norm_ppf(1.0 - min(max(rate, alpha), 0.5))))
+    return min(math.exp(fit.quantile(1.0 - AIM * alpha)), today_factor * math.exp(shift))
 
 
 def step_toward_alpha(
@@ -167,9 +183,9 @@ def step_toward_alpha(
         return none(f"no safe step within ×{RAISE_STEP:g}: today's ceilings vary ×{spread:.2f} across its calls "
                     "(a floor), so a factor that lowers none of them would more than double its typical ceiling")
     candidates = [(step_cap, f"step limit ×{RAISE_STEP:g}")]
-    aimed = _aimed_quantile(r, observed, alpha)
+    aimed = _aimed_raise(r, observed, alpha, today_factor, rate)
     if aimed is not None:
-        candidates.append((aimed, f"its estimated {1 - AIM * alpha:.4g} quantile (censored-normal fit)"))
+        candidates.append((aimed, f"its estimated {1 - AIM * alpha:.4g} quantile"))
     elif quantile is not None:
         candidates.append((quantile, f"its fitted quantile ({info.method})"))
     value, sized_by = min(candidates)
