@@ -240,22 +240,26 @@ class Lowering:
         return self.factor is not None
 
 
-def _survival(r: np.ndarray, observed: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """x ↦ P(r ≥ x) estimated from a group's calls: the larger of the Kaplan–Meier tail and the censored-normal
-    fit's (the curve is a step of 1/n between its calls; the normal fit is smooth but thin-tailed: the larger of
-    the two never reads the far tail as empty where either sees mass)."""
+def _survivals(r: np.ndarray, observed: np.ndarray) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """x ↦ P(r ≥ x) estimated from a group's calls, two ways: the Kaplan–Meier tail (a step of 1/n between its
+    calls, empty beyond the largest) and, when it fits, the censored-normal fit's (smooth, thin-tailed). A bound
+    holds under both: neither reads the far tail as empty where the other sees mass."""
     km = stats.kaplan_meier(r, observed)
     fit = stats.censored_normal_fit(r, observed, min_observed=2)
 
-    def survival(x: np.ndarray) -> np.ndarray:
+    def kaplan_meier(x: np.ndarray) -> np.ndarray:
         i = np.searchsorted(km.times, x, side="left") - 1  # F just below x
-        s = 1.0 - np.where(i >= 0, km.cdf[np.maximum(i, 0)], 0.0)
-        if fit is not None:
-            s = np.maximum(s, dist.norm_sf((x - fit.mu) / fit.sigma))
-        out: np.ndarray = s
+        out: np.ndarray = 1.0 - np.where(i >= 0, km.cdf[np.maximum(i, 0)], 0.0)
         return out
 
-    return survival
+    if fit is None:
+        return [kaplan_meier]
+
+    def normal(x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = dist.norm_sf((x - fit.mu) / fit.sigma)
+        return out
+
+    return [kaplan_meier, normal]
 
 
 def bounded_lowering(
@@ -266,8 +270,10 @@ def bounded_lowering(
     with it, ``today_ceiling`` today's ceilings): the largest of
 
     - the fitted, tested factor (the gate's target: a distribution-free bound at α);
-    - the rise bound: the smallest factor whose estimated truncation over the group's calls (``_survival`` at
-      each call's ceiling) is at most ``LOWER_RISE`` above the estimate under today's ceilings;
+    - the rise bound: the smallest factor whose estimated truncation over the group's calls (at each call's
+      ceiling) is at most ``LOWER_RISE`` above the estimate under today's ceilings, by both estimators of
+      ``_survivals`` (each against its own estimate of today: the larger estimate of both against the larger
+      of today let one estimator's high reading of today license another's rise, +3.8 pp in a closed loop);
     - the step bound: ``LOWER_STEP`` times today's median ceiling ÷ predicted;
     - the aim: the smallest factor whose estimated truncation is at most ``AIM``·α (a lowering never aims at α
       itself: near α a point of truncation is a few per cent of the factor, well inside the estimate's noise);
@@ -284,31 +290,42 @@ def bounded_lowering(
     """
     pred = np.maximum(predicted, 1.0)
     r = np.log(np.maximum(y, 1.0) / pred)
-    survival = _survival(r, observed)
+    survivals = _survivals(r, observed)
     ratio = today_ceiling / pred
     today_factor = float(np.median(ratio))
 
-    def estimated(factor: float) -> float:
-        ceiling = factor_ceiling(predicted, np.full(y.size, factor))
-        return float(np.mean(survival(np.log(ceiling / pred))))
+    def each(log_ratio: np.ndarray) -> np.ndarray:
+        """The group's estimated truncation under each estimator, for ceilings at these log(ceiling ÷ predicted)."""
+        return np.array([float(np.mean(survival(log_ratio))) for survival in survivals])
 
-    today = float(np.mean(survival(np.log(ratio))))
+    def at(factor: float) -> np.ndarray:
+        return each(np.log(factor_ceiling(predicted, np.full(y.size, factor)) / pred))
+
+    today_each = each(np.log(ratio))
+    today = float(today_each.max())
+
+    def rise(factor: float) -> float:  # the larger of the two estimators' rises, each against its own today
+        return float(np.max(at(factor) - today_each))
+
+    def estimated(factor: float) -> float:
+        return float(np.max(at(factor)))
+
     step = LOWER_STEP * today_factor
+    floor = max(fitted_factor, step)
     candidates = [(fitted_factor, "fitted factor"), (step, f"step bound ×{LOWER_STEP:g}")]
 
-    def smallest(limit: float) -> float:
-        """The smallest factor whose estimated truncation is ≤ limit (bisection: it falls as the factor rises)."""
-        lo, hi = math.log(max(fitted_factor, step)), math.log(max(float(np.max(ratio)), fitted_factor, step)) + 1.0
+    def smallest(exceeds: Callable[[float], bool]) -> float:
+        """The smallest factor at which ``exceeds`` is false (bisection: both tests fall as the factor rises)."""
+        lo, hi = math.log(floor), math.log(max(float(np.max(ratio)), floor)) + 1.0
         for _ in range(40):
             mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if estimated(math.exp(mid)) > limit else (lo, mid)
+            lo, hi = (mid, hi) if exceeds(math.exp(mid)) else (lo, mid)
         return math.exp(hi)
 
-    floor = max(fitted_factor, step)
-    if estimated(floor) > today + LOWER_RISE:
-        candidates.append((smallest(today + LOWER_RISE), f"rise bound +{LOWER_RISE * 100:g} pp"))
+    if rise(floor) > LOWER_RISE:
+        candidates.append((smallest(lambda f: rise(f) > LOWER_RISE), f"rise bound +{LOWER_RISE * 100:g} pp"))
     if estimated(floor) > AIM * alpha:
-        candidates.append((smallest(AIM * alpha), f"aim {AIM * alpha:.2%}"))
+        candidates.append((smallest(lambda f: estimated(f) > AIM * alpha), f"aim {AIM * alpha:.2%}"))
     value, bound = max(candidates)
     factor = round_up_factor(value)
     line = (f"estimated truncation over its {y.size} calls {today:.1%} today (ceilings ≈ {today_factor:.3f}× the "
