@@ -11,7 +11,9 @@ shell in ``runner`` adds those). One pass, in this order:
    method and the proposal (every group refitted: the "full refit");
 4. TOKEN_WEIGHTS are shared by every group, so they are decided first, per group: on no group's held-out
    calls may the proposal with the new weights do worse than the same proposal with today's weights, and
-   it must reserve less on all of them; a weight on its ×2 step bound is not shipped (``gate.weights``);
+   it must reserve less on all of them; a weight on its ×2 step bound is not shipped, nor weights that with
+   today's factors cut more of some group's calls (all of them) than today by more than 0.5 % of the group's
+   (``gate.weights``);
 5. gate each group against today, from either side of α: a lower reserve needs ≥ min_samples, a
    distribution-free factor (``km_conformal``), confidence ≥ threshold, and on its own held-out calls the
    truncation test (one-sided exact binomial on the upper end of the interval, evidence-aware:
@@ -56,7 +58,7 @@ from autopack.calibration.backtest import (
 from autopack.calibration.fit import MAX_STEP, FitResult, fit_coefficients, implied_overheads
 from autopack.calibration.model import FactorModel, fit_factor_model
 from autopack.calibration.samples import Group, SampleSet, configuration_ceiling, predict
-from autopack.calibration.step import Lowering, Step, bounded_lowering, step_toward_alpha
+from autopack.calibration.step import LOWER_RISE, Lowering, Step, bounded_lowering, step_toward_alpha
 from autopack.params import CalibrationParams
 
 METHOD_VERSION = "t5-conformal-2"
@@ -273,6 +275,7 @@ def _decide_weights(
     # a weight on its ×½ / ×2 bound carries the prediction's level, which each factor absorbs: shipped, the
     # next run asks for the same again (a walk to the bound week after week); only the ratios are identified
     walking = [f"{k[0]}/{k[1]}" for c, k in free.fit.at_bound if c == "TOKEN_WEIGHTS"]
+    cut_more = _weights_cut_more(held.samples, current, free)
     cheaper = reserved_better(with_w, without)
     agree = ", ".join(f"{k[0]}/{k[1]} {v:.2f}" for k, v in sorted(free.fit.weight_confidence.items()))
     verdict = ("no group's held-out truncation worse than with today's weights" if not worse else
@@ -280,12 +283,35 @@ def _decide_weights(
     if walking:
         verdict += ("; " + ", ".join(walking) + " on the ×2 step bound: the data ask for the prediction's level, "
                     "which the budget factors absorb, not for the weights' ratios")
+    if cut_more:
+        verdict += ("; with today's factors they would cut more of these groups' calls (all calls, more than "
+                    f"{LOWER_RISE:.1%} of each group's) than today's coefficients: " + ", ".join(cut_more))
     detail = (f"on all {with_w['n']} held-out calls, per group: {verdict}; reserved/used "
               f"{with_w['reserved_over_used']:.3f} vs {without['reserved_over_used']:.3f} with today's weights"
               + (f"; bootstrap agreement on each direction: {agree}" if agree else ""))
-    if not worse and not walking and cheaper:
+    if not worse and not walking and not cut_more and cheaper:
         return True, "TOKEN_WEIGHTS changes ship: " + detail
     return False, "TOKEN_WEIGHTS changes not shipped: " + detail
+
+
+def _weights_cut_more(samples: SampleSet, current: te.Coefficients, free: Fitted) -> list[str]:
+    """The groups whose calls (all of them, not only the held-out ones) the fitted weights, with today's budget
+    factors, cut more of than today's coefficients do, by more than ``step.LOWER_RISE`` of the group's calls.
+
+    A weight moves the ceilings of every group that uses it, including groups whose factor does not change:
+    held-out calls, a handful per group, cannot see what that does to them (in a closed loop a weight halved on
+    such evidence raised a group that kept its factor from 4 % to 26 % true truncation). A group's own calls
+    under its own ceilings can: the bound a lowering gets (``step.bounded_lowering``), here on the count.
+    """
+    _, today = configuration_ceiling(samples, current, current.budget_factors)
+    _, with_weights = configuration_ceiling(samples, free.fit.coefficients, current.budget_factors)
+    out = []
+    for gi, idx in sorted(samples.rows_by_group().items()):
+        more = float(np.mean(samples.y[idx] >= with_weights[idx]) - np.mean(samples.y[idx] >= today[idx]))
+        if more > LOWER_RISE:
+            g = samples.groups[gi]
+            out.append(f"{g[0]}/{g[1]} +{more:.1%}")
+    return out
 
 
 def _gate_group(
