@@ -19,9 +19,9 @@ shell in ``runner`` adds those). One pass, in this order:
    truncation test (one-sided exact binomial on the upper end of the interval, evidence-aware:
    ``backtest.truncation_verdict``) and fewer tokens reserved per token used than today; what such a group
    ships is a bounded step down (``step.bounded_lowering``: at most +0.5 pp of estimated truncation and ×0.8
-   a run (less below 60 calls), never aimed below the estimated (1 − 0.75α) quantile), not the tested factor itself: a held-out
-   test on a handful of calls cannot see a rise of a few points, and lowerings passed on 3–13 held-out calls
-   raised groups' true truncation by up to 20 pp in a closed loop. A group that today truncates above α and
+   a run (less below 60 calls), never aimed below the estimated (1 − 0.75α) quantile), not the tested
+   factor itself: a held-out test on a handful of calls cannot see a rise of a few points, and lowerings
+   passed on 3–13 held-out calls raised groups' true truncation by up to 20 pp in a closed loop. A group that today truncates above α and
    cannot pass that gets a step toward α instead (``step``: a raise under which no call's ceiling falls, so
    its truncation can only fall); a raised group comes back down only by the bounded lowering;
 6. the shipped configuration (only what passed) is replayed on the same held-out calls and, on the calls
