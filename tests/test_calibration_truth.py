@@ -18,6 +18,7 @@ from autopack.calibration import stats
 from autopack.calibration.backtest import evaluate
 from autopack.calibration.core import HeldOut, Params, _split, calibrate, decide, heldout_ceilings
 from autopack.calibration.samples import build_sample_set, columns_from_records
+from autopack.calibration.step import AIM
 from autopack.calibration.synthetic import GroupTruth, Law, Truth, simulate, simulate_groups
 
 LOGNORMAL = Law(0.0, 0.35)
@@ -82,11 +83,14 @@ def test_shipped_groups_truncate_about_alpha_and_rarely_above_2_alpha(
     assert all(n * 0.7 >= stats.min_confident_samples(alpha) - 1 for n in sizes)
 
 
-def test_large_groups_land_on_alpha() -> None:
-    """300-call groups: the true truncation of each shipped factor is α ± 1 pp on average."""
+def test_large_groups_step_toward_alpha_from_below() -> None:
+    """200- and 300-call groups, from today's floor-and-buffer rule: one run ships a bounded step (``step.
+    bounded_lowering``: at most ×0.8, never below the estimated (1 − AIM·α) quantile), not a landing on α, so
+    their true truncation stays below α on average and rarely exceeds α + 1 pp; the closed loop
+    (``docs/closed-loop.md``) takes them toward α run by run."""
     rates, sizes = shipped_truths(scenario(LOGNORMAL, 0.0, False), 0.05, replicates=10)
     large = np.array([r for r, n in zip(rates, sizes, strict=True) if n >= 200])
-    assert large.size >= 15 and abs(large.mean() - 0.05) <= 0.01
+    assert large.size >= 15 and large.mean() <= AIM * 0.05 and np.mean(large > 0.06) <= 0.1, np.sort(large)
 
 
 def test_small_atypical_groups_get_their_own_reported_bound_and_are_not_shipped() -> None:

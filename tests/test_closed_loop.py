@@ -92,3 +92,17 @@ def test_closed_loop_repairs_the_groups_that_truncate(tmp_path: Path) -> None:
     assert overall(end)[0] <= overall(start)[0]
     rise, group, cycle = largest_raise(result)
     assert rise <= 0.01, f"a merged change raised {group}'s true truncation by {rise:.3f} at cycle {cycle}"
+
+
+@pytest.mark.slow
+def test_closed_loop_lowers_an_over_reserved_group_without_raising_its_truncation(tmp_path: Path) -> None:
+    """Three weekly cycles from today's file (α = 10 %): implementation/medium, which today's floor-and-buffer rule
+    over-reserves (0.3 % true truncation), gets cheaper, and no merged change (a lowering among them) raises a
+    group's true truncation by more than 1 pp."""
+    group = ("implementation", "medium")
+    result = run_loop(LoopConfig(weeks=3, alpha=ALPHA, seed=1, start="shipped", groups=frozenset({group})),
+                      workdir=tmp_path)
+    start, end = result.cycles[0].truth[group], result.cycles[-1].truth[group]
+    assert end.reserved < start.reserved
+    rise, changed, cycle = largest_raise(result)
+    assert rise <= 0.01, f"a merged change raised {changed}'s true truncation by {rise:.3f} at cycle {cycle}"

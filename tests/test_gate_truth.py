@@ -138,3 +138,21 @@ def test_a_method_without_confidence_says_why() -> None:
     info = group_factor(r, np.ones(8, dtype=bool), ALPHA)
     assert info.method == "small_group_bound" and math.isnan(info.confidence)
     assert info.confidence_note and "no confidence claimed" in info.confidence_note
+
+
+@pytest.mark.parametrize(("cut", "raised"), [(1, False), (2, True)])
+def test_a_group_of_five_is_raised_on_two_cut_calls_not_on_one(cut: int, raised: bool) -> None:
+    """One cut call in 5 is what a group truncating exactly α shows in 23 % of runs (exact binomial p = 0.23 at
+    α = 5 %): no evidence of a rate above α, so no raise (``step.MIN_CUT_CALLS``); two (p = 0.02) are."""
+    from autopack.calibration.step import step_toward_alpha
+
+    predicted = np.full(5, 4000.0)
+    ceiling = np.full(5, 6000.0)
+    y = np.array([3000.0, 3500.0, 4200.0, 6000.0, 6000.0])
+    observed = np.array([True, True, True, False, False])
+    if cut == 1:
+        y[3], observed[3] = 4800.0, True
+    r = np.log(y / predicted)
+    info = group_factor(*stats.sort_censored(r, observed), ALPHA)
+    step = step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, 1.5)
+    assert step.today_truncations == cut and step.raises is raised

@@ -11,13 +11,19 @@ thin shell in ``runner`` adds those). One pass, in this order:
    method and the proposal (every group refitted: the "full refit");
 4. TOKEN_WEIGHTS are shared by every group, so they are decided first, per group: on no group's held-out
    calls may the proposal with the new weights do worse than the same proposal with today's weights, and
-   it must reserve less on all of them; a weight on its ×2 step bound is not shipped (``gate.weights``);
+   it must reserve less on all of them; a weight on its ×2 step bound is not shipped, nor weights that with
+   today's factors cut more of some group's calls (all of them) than today by more than 0.5 % of the group's
+   (``gate.weights``);
 5. gate each group against today, from either side of α: a lower reserve needs ≥ min_samples, a
    distribution-free factor (``km_conformal``), confidence ≥ threshold, and on its own held-out calls the
    truncation test (one-sided exact binomial on the upper end of the interval, evidence-aware:
-   ``backtest.truncation_verdict``) and fewer tokens reserved per token used than today; a group that
-   today truncates above α and cannot pass that gets a step toward α instead (``step``: a raise under
-   which no call's ceiling falls, so its truncation can only fall);
+   ``backtest.truncation_verdict``) and fewer tokens reserved per token used than today; what such a group
+   ships is a bounded step down (``step.bounded_lowering``: at most +0.5 pp of estimated truncation and ×0.8
+   a run (less below 60 calls), never aimed below the estimated (1 − 0.75α) quantile), not the tested
+   factor itself: a held-out test on a handful of calls cannot see a rise of a few points, and lowerings
+   passed on 3–13 held-out calls raised groups' true truncation by up to 20 pp in a closed loop. A group that today truncates above α and
+   cannot pass that gets a step toward α instead (``step``: a raise under which no call's ceiling falls, so
+   its truncation can only fall); a raised group comes back down only by the bounded lowering;
 6. the shipped configuration (only what passed) is replayed on the same held-out calls and, on the calls
    whose ceiling it lowers or moves, must pass the same two tests as a whole (a raised group's calls must
    only keep or raise their ceilings); groups are dropped, worst first, until it does.
@@ -53,7 +59,7 @@ from autopack.calibration.backtest import (
 from autopack.calibration.fit import MAX_STEP, FitResult, fit_coefficients, implied_overheads
 from autopack.calibration.model import FactorModel, fit_factor_model
 from autopack.calibration.samples import Group, SampleSet, configuration_ceiling, predict
-from autopack.calibration.step import Step, step_toward_alpha
+from autopack.calibration.step import LOWER_RISE, Lowering, Step, bounded_lowering, step_toward_alpha
 from autopack.params import CalibrationParams
 
 METHOD_VERSION = "t5-conformal-2"
@@ -114,10 +120,12 @@ class Decision:
     #: every group's step toward α (raised or not, and why); ``raised`` the groups that ship a raise
     steps: dict[Group, Step] = field(default_factory=dict)
     raised: dict[Group, float] = field(default_factory=dict)
+    #: the groups that ship a lowering, at its bounded factor (``step.bounded_lowering``)
+    lowered: dict[Group, float] = field(default_factory=dict)
 
     def shipped_factor(self, g: Group) -> float | None:
-        """The factor a passing group ships: its raise, else its fitted factor."""
-        return self.raised[g] if g in self.raised else self.fitted.model.factor_for(g).factor
+        """The factor a passing group ships: its raise, its bounded lowering, else its fitted factor."""
+        return {**self.lowered, **self.raised}.get(g, self.fitted.model.factor_for(g).factor)
 
 
 def _log_ratio(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -157,9 +165,10 @@ def _weights_changed(current: te.Coefficients, fit: FitResult) -> bool:
 
 def _shipped(
     current: te.Coefficients, fitted: Fitted, passing: list[Group], ship_weights: bool,
-    raised: dict[Group, float] | None = None,
+    chosen: dict[Group, float] | None = None,
 ) -> tuple[te.Coefficients, dict[Group, float]]:
-    """The coefficient set and factors that would ship: only passing groups (and weights if allowed)."""
+    """The coefficient set and factors that would ship: only passing groups (and weights if allowed); ``chosen``
+    the factors that ship instead of the fitted ones (raises, bounded lowerings)."""
     new = fitted.fit.coefficients
     overhead = dict(current.phase_overhead)
     for g in passing:
@@ -168,7 +177,7 @@ def _shipped(
     weights = dict(new.token_weights) if ship_weights else dict(current.token_weights)
     factors = dict(current.budget_factors)
     for g in passing:
-        factor = (raised or {}).get(g, fitted.model.factor_for(g).factor)
+        factor = (chosen or {}).get(g, fitted.model.factor_for(g).factor)
         if factor is not None:
             factors[g] = factor
     coeffs = dataclasses.replace(
@@ -267,6 +276,7 @@ def _decide_weights(
     # a weight on its ×½ / ×2 bound carries the prediction's level, which each factor absorbs: shipped, the
     # next run asks for the same again (a walk to the bound week after week); only the ratios are identified
     walking = [f"{k[0]}/{k[1]}" for c, k in free.fit.at_bound if c == "TOKEN_WEIGHTS"]
+    cut_more = _weights_cut_more(held.samples, current, free)
     cheaper = reserved_better(with_w, without)
     agree = ", ".join(f"{k[0]}/{k[1]} {v:.2f}" for k, v in sorted(free.fit.weight_confidence.items()))
     verdict = ("no group's held-out truncation worse than with today's weights" if not worse else
@@ -274,12 +284,35 @@ def _decide_weights(
     if walking:
         verdict += ("; " + ", ".join(walking) + " on the ×2 step bound: the data ask for the prediction's level, "
                     "which the budget factors absorb, not for the weights' ratios")
+    if cut_more:
+        verdict += ("; with today's factors they would cut more of these groups' calls (all calls, more than "
+                    f"{LOWER_RISE:.1%} of each group's) than today's coefficients: " + ", ".join(cut_more))
     detail = (f"on all {with_w['n']} held-out calls, per group: {verdict}; reserved/used "
               f"{with_w['reserved_over_used']:.3f} vs {without['reserved_over_used']:.3f} with today's weights"
               + (f"; bootstrap agreement on each direction: {agree}" if agree else ""))
-    if not worse and not walking and cheaper:
+    if not worse and not walking and not cut_more and cheaper:
         return True, "TOKEN_WEIGHTS changes ship: " + detail
     return False, "TOKEN_WEIGHTS changes not shipped: " + detail
+
+
+def _weights_cut_more(samples: SampleSet, current: te.Coefficients, free: Fitted) -> list[str]:
+    """The groups whose calls (all of them, not only the held-out ones) the fitted weights, with today's budget
+    factors, cut more of than today's coefficients do, by more than ``step.LOWER_RISE`` of the group's calls.
+
+    A weight moves the ceilings of every group that uses it, including groups whose factor does not change:
+    held-out calls, a handful per group, cannot see what that does to them (in a closed loop a weight halved on
+    such evidence raised a group that kept its factor from 4 % to 26 % true truncation). A group's own calls
+    under its own ceilings can: the bound a lowering gets (``step.bounded_lowering``), here on the count.
+    """
+    _, today = configuration_ceiling(samples, current, current.budget_factors)
+    _, with_weights = configuration_ceiling(samples, free.fit.coefficients, current.budget_factors)
+    out = []
+    for gi, idx in sorted(samples.rows_by_group().items()):
+        more = float(np.mean(samples.y[idx] >= with_weights[idx]) - np.mean(samples.y[idx] >= today[idx]))
+        if more > LOWER_RISE:
+            g = samples.groups[gi]
+            out.append(f"{g[0]}/{g[1]} +{more:.1%}")
+    return out
 
 
 def _gate_group(
@@ -323,7 +356,7 @@ def _gate_group(
 def _shipped_check(
     held: HeldOut, params: Params, current: te.Coefficients, fitted: Fitted,
     passing: list[Group], ship_weights: bool, current_ceiling: np.ndarray,
-    group_bt: dict[Group, dict[str, dict[str, Any]]], raised: dict[Group, float],
+    group_bt: dict[Group, dict[str, dict[str, Any]]], raised: dict[Group, float], lowered: dict[Group, float],
 ) -> tuple[list[Group], dict[str, Any], np.ndarray, str, dict[Group, str]]:
     """Replay the shipped configuration on the held-out calls; drop groups (worst first) until it passes.
 
@@ -344,7 +377,7 @@ def _shipped_check(
         return (prop["truncations_upper"] - cur["truncations"], prop["reserved_over_used"] / cur["reserved_over_used"])
 
     while True:
-        coeffs, factors = _shipped(current, fitted, keep, ship_weights and bool(keep), raised)
+        coeffs, factors = _shipped(current, fitted, keep, ship_weights and bool(keep), {**lowered, **raised})
         ceiling = heldout_ceilings(held, coeffs, factors, params, adapt=keep)
         shipped = evaluate(ceiling, test.y, test.observed, alpha)
         if not keep:
@@ -357,11 +390,11 @@ def _shipped_check(
                 dropped[g] = ("dropped: with the rest of the pull request, some of its held-out calls got a lower "
                               "ceiling")
             continue
-        lowered = [g for g in keep if g not in raised]
+        down = [g for g in keep if g not in raised]
         changed = (ceiling != current_ceiling) & ~np.isin(test.group, [group_ids[g] for g in up])
         raise_line = (f"{len(up)} group(s) stepped toward α, none of whose held-out calls gets a lower ceiling"
                       if up else "")
-        if not lowered or not changed.any():
+        if not down or not changed.any():
             return keep, shipped, ceiling, raise_line or "no held-out call's ceiling changes", dropped
         mine = evaluate(ceiling[changed], test.y[changed], test.observed[changed], alpha)
         today = evaluate(current_ceiling[changed], test.y[changed], test.observed[changed], alpha)
@@ -371,7 +404,7 @@ def _shipped_check(
                 f"on the {mine['n']} held-out calls whose ceiling it changes: {line}; reserved/used "
                 f"{mine['reserved_over_used']:.3f} < today's {today['reserved_over_used']:.3f}"
                 + (f"; {raise_line}" if raise_line else "")), dropped
-        worst = max(lowered, key=badness)
+        worst = max(down, key=badness)
         keep.remove(worst)
         dropped[worst] = (f"dropped: with it, the calls the pull request changes failed together ({line}; reserved/used "
                           f"{mine['reserved_over_used']:.3f} vs today's {today['reserved_over_used']:.3f})")
@@ -414,6 +447,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
 
     steps = _steps(samples, params, current, fitted)
     raised: dict[Group, float] = {}
+    lowered: dict[Group, float] = {}
     reasons: dict[Group, list[str]] = {}
     verdicts: dict[Group, str] = {}
     passing: list[Group] = []
@@ -421,9 +455,14 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         g = samples.groups[gi]
         step = steps[g]
         why, verdict = _gate_group(g, fitted, group_bt, params)
-        if not why:  # a distribution-free factor that passes the held-out test: from either side of α
+        lowering = _lowering(samples, current, fitted, g, alpha) if not why else None
+        if lowering is not None and lowering.factor is None:
+            why = [lowering.verdict]
+        if not why and lowering is not None and lowering.factor is not None:
+            # a distribution-free factor that passes its held-out test, shipped as a bounded lowering
             passing.append(g)
-            verdicts[g] = verdict
+            lowered[g] = lowering.factor
+            verdicts[g] = f"{verdict}; {lowering.verdict}"
         elif step.above_alpha and step.raises and step.n >= params.min_samples and tested:
             raised[g] = step.factor  # type: ignore[assignment]
             passing.append(g)
@@ -438,7 +477,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     shipped_verdict = "no held-out calls: nothing can be shipped"
     if tested:
         passing, backtest["shipped"], shipped_ceiling, shipped_verdict, dropped = _shipped_check(
-            held, params, current, fitted, passing, ship_weights, ceilings["current"], group_bt, raised)
+            held, params, current, fitted, passing, ship_weights, ceilings["current"], group_bt, raised, lowered)
         for g, methods in per_group(samples.groups, test.group, {"shipped": shipped_ceiling}, test.y,
                                     test.observed, alpha).items():
             group_bt[g]["shipped"] = methods["shipped"]
@@ -446,16 +485,28 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
             reasons[g] = [dropped_why]
             verdicts.pop(g, None)
             raised.pop(g, None)
+            lowered.pop(g, None)
     if ship_weights and not passing:
         ship_weights = False
         weights_verdict = "TOKEN_WEIGHTS changes not shipped: no group passed the gate"
     if tested:  # every drift method on what ships, for the report; the chosen method's row is the gate's replay
-        coeffs, factors = _shipped(current, fitted, passing, ship_weights, raised)
+        coeffs, factors = _shipped(current, fitted, passing, ship_weights, {**lowered, **raised})
         _, static_shipped = configuration_ceiling(test, coeffs, factors)
         drift_summary = drift.compare_in_calibration(alpha, held.drift_rows(), predict(samples, coeffs), factors,
                                                      static_shipped, chosen=(params.spec.name, shipped_ceiling))
     return Decision(fitted, tested, ship_weights, weights_verdict, backtest, group_bt, passing, reasons, verdicts,
-                    shipped_verdict, int(fit_rows.size), drift_summary, steps, raised)
+                    shipped_verdict, int(fit_rows.size), drift_summary, steps, raised, lowered)
+
+
+def _lowering(samples: SampleSet, current: te.Coefficients, fitted: Fitted, g: Group, alpha: float) -> Lowering | None:
+    """A passing group's bounded lowering (``step.bounded_lowering``), judged on all its calls like its step."""
+    factor = fitted.model.factor_for(g).factor
+    if factor is None:
+        return None
+    idx = samples.rows_by_group()[samples.groups.index(g)]
+    _, today = configuration_ceiling(samples.subset(np.isin(np.arange(samples.n), idx)), current,
+                                     current.budget_factors)
+    return bounded_lowering(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today, factor, alpha)
 
 
 def _steps(samples: SampleSet, params: Params, current: te.Coefficients, fitted: Fitted) -> dict[Group, Step]:

@@ -1,41 +1,50 @@
-"""The gate's other direction: a step toward α for a group that today truncates more than α.
+"""The gate's bounded steps toward α: a raise for a group that today truncates more than α, and how far one
+run may lower a group that truncates less.
 
-The lower-reserve rule (``core._gate_group``) can never pass such a group: a call cut at today's cap counts
+The lower-reserve rule (``core._gate_group``) can never pass a group above α: a call cut at today's cap counts
 as truncated under any new ceiling at the upper end of the held-out interval, and any budget that fits
 more of its calls reserves more than today. Yet a raise is the one change that needs no assumption to be
 *safe*: if no call's ceiling falls, no call that fits today can be cut, so the group's truncation can only
 fall, whatever the law of its outputs. An assumption is only needed to *size* the raise, so the size is
 the smallest of
 
-- the group's fitted (1 − α) quantile of actual / predicted, whatever its method (conformal, Kaplan–Meier
-  tail, censored-normal extrapolation, small-group bound), from all its calls;
+- where it aims (``_aimed_raise``): the estimated (1 − ``AIM``·α) quantile of actual / predicted, a point
+  estimate from all its calls (the censored-normal fit's, or today's factor moved by the fit's spread from
+  today's cut share, whichever is smaller); the group's fitted factor when there is no fit;
 - ``RAISE_STEP`` (×2) times today's median ceiling ÷ predicted: one run never more than doubles the
   group's typical ceiling, so a wrong extrapolation costs at most one doubling per run;
 - the estimator's hard cap on every ceiling (``MAX_OUTPUT_TOKENS``, enforced by ``decide_ceiling``);
 
-and never below ``MIN_RAISE`` (×1.25, the executor's escalation step) times the largest of today's ceiling ÷
-predicted over the group's calls: so no call's ceiling falls (the safety argument) and every one rises by
-at least ×1.25 (each run makes progress even where the fitted quantile, contradicted by today's cut calls,
-sits below today's ceilings). Where today's ceilings vary by more than ×1.6 across the group's calls (a
-floor: a factor replaces the floor, so lowering none of them would take more than the ×2 step), there is
-no safe step and the group is left as it is, said so.
+and never below ``MIN_RAISE`` (×1.1) times the largest of today's ceiling ÷ predicted over the group's
+calls: so no call's ceiling falls (the safety argument) and every one rises by at least ×1.1 (each run makes
+progress even where the estimate, contradicted by today's cut calls, sits below today's ceilings). Where
+today's ceilings vary by more than ×1.6 across the group's calls (a floor: a factor replaces the floor, so
+lowering none of them would take more than the ×2 step), there is no safe step and the group is left as it
+is, said so. Why aim below α and not at a bound: in a closed loop a raise sized by the distribution-free
+bound, or by the executor's ×1.25, took groups at 6–7 % to 1–2 % and left them there (reserve 1.3–1.4× the
+oracle's); aiming at α itself lands above it half the time, and each landing above is raised again.
 
 A group counts as truncating above α when its calls cut under today's ceilings (surely, or by the
 Kaplan–Meier tail for calls cut at older, lower caps) are at least two and more than α of its calls, and
 the one-sided exact binomial test of "rate ≤ α" gives p < ``RAISE_LEVEL``: the test only has to name the
-direction (a raise cannot harm truncation; a needless one costs tokens until the lower-reserve rule takes
-it back), not prove it.
+direction (a raise cannot harm truncation; a needless one costs tokens until the bounded lowering takes it
+back), not prove it. One cut call is not enough even where p < ``RAISE_LEVEL`` (a group of 5 at α = 5 %:
+p = 0.23): a group truncating exactly α shows one cut in 5 calls in 23 % of runs, and each such raise is
+paid for weeks until the lowering, bounded, takes it back.
+
+The other direction (``bounded_lowering``): a group whose distribution-free factor passed its held-out test
+is lowered, but one run moves it a bounded step only, and it is never aimed past ``AIM``·α; see there why.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from autopack import token_estimator as te
 from autopack.calibration import distributions as dist
 from autopack.calibration import stats
 from autopack.calibration.model import FactorInfo, round_up_factor
@@ -43,11 +52,15 @@ from autopack.calibration.samples import factor_ceiling
 
 #: A raise never more than multiplies the group's median ceiling ÷ predicted by this per run.
 RAISE_STEP = 2.0
-#: Every call's ceiling rises by at least this (the executor's own escalation step), so each run makes progress.
-MIN_RAISE = te.ESCALATION_FACTOR
+#: Every call's ceiling rises by at least this, so each run makes progress (the executor's escalation step, ×1.25,
+#: overshot in a closed loop: a group at 6–7 % fell to 2 %, then held far below α).
+MIN_RAISE = 1.1
 #: ... and at least this many of its calls cut: one cut call is an outlier, not a rate (in a closed loop, single
 #: cuts in groups of 6 calls a week raised groups truncating 1–2 % for good).
 MIN_CUT_CALLS = 2
+#: Both directions aim at the estimated (1 − AIM·α) quantile, not at α itself: a step's size rests on an estimate
+#: from a few dozen calls, and landing at α, half the time above it, would be stepped again and again.
+AIM = 0.75
 #: "Today truncates above α" when the exact binomial p of "rate ≤ α" on its surely-cut calls is below this.
 RAISE_LEVEL = 0.5
 
@@ -117,6 +130,20 @@ def _cut_today(r: np.ndarray, observed: np.ndarray, log_today: np.ndarray, sure:
     return max(sure, int(round(float(survival.sum()))))
 
 
+def _aimed_raise(r: np.ndarray, observed: np.ndarray, alpha: float, today_factor: float, rate: float) -> float | None:
+    """Where a raise aims: the (1 − AIM·α) quantile of actual ÷ predicted, a point estimate, not a bound (a raise
+    needs none to be safe; a bound sized it ×1.5–×2 above the quantile in groups of 20–40 calls). The smaller of
+    two estimates: the group's censored-normal fit's quantile, and today's typical factor moved by the fit's
+    spread from today's cut share to AIM·α, σ̂·(z(1 − AIM·α) − z(1 − rate)): its location is today's count of
+    cut calls, not the fit's extrapolated one, which one long call in a few dozen moved ×1.5 in a closed loop."""
+    fit = stats.censored_normal_fit(r, observed, min_observed=2)
+    if fit is None:
+        return None
+    target = float(dist.norm_ppf(1.0 - AIM * alpha))
+    shift = fit.sigma * (target - float(dist.norm_ppf(1.0 - min(max(rate, alpha), 0.5))))
+    return min(math.exp(fit.quantile(1.0 - AIM * alpha)), today_factor * math.exp(shift))
+
+
 def step_toward_alpha(
     y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, info: FactorInfo,
     alpha: float, current_factor: float | None,
@@ -156,7 +183,10 @@ def step_toward_alpha(
         return none(f"no safe step within ×{RAISE_STEP:g}: today's ceilings vary ×{spread:.2f} across its calls "
                     "(a floor), so a factor that lowers none of them would more than double its typical ceiling")
     candidates = [(step_cap, f"step limit ×{RAISE_STEP:g}")]
-    if quantile is not None:
+    aimed = _aimed_raise(r, observed, alpha, today_factor, rate)
+    if aimed is not None:
+        candidates.append((aimed, f"its estimated {1 - AIM * alpha:.4g} quantile"))
+    elif quantile is not None:
         candidates.append((quantile, f"its fitted quantile ({info.method})"))
     value, sized_by = min(candidates)
     if value < MIN_RAISE * floor:
@@ -181,3 +211,138 @@ def step_toward_alpha(
                f"{today_ceiling.sum() / y.sum():.3f} → {reserved / y.sum():.3f})")
     return Step(factor=factor, sized_by=sized_by, expected_truncation=expected, expected_method=how, still_cut=still,
                 reserved_tokens=reserved, verdict=verdict, **common)
+
+
+# --------------------------------------------------------------------------------------------------
+# The other direction, bounded: how far one run may lower a group's ceilings
+# --------------------------------------------------------------------------------------------------
+
+#: One run's lowering may raise the group's estimated truncation by at most this (percentage points / 100) ...
+LOWER_RISE = 0.005
+#: ... and never takes its typical ceiling ÷ predicted below this times today's.
+LOWER_STEP = 0.8
+#: ... a group of fewer calls a smaller step, LOWER_STEP ** (n / LOWER_STEP_CALLS): with n calls its estimates do
+#: not resolve a change of less than about 1/n (×0.8 steps on 18–40 calls raised groups by 1.6–2.1 pp while the
+#: estimates said +0.5).
+LOWER_STEP_CALLS = 60
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """How far one run may lower a group whose distribution-free factor passed its held-out test."""
+
+    fitted_factor: float  # the tested factor (fitted on the older calls)
+    factor: float | None  # what ships: the fitted factor, or the bound above it; None: no lowering left
+    bound: str  # "fitted factor" | "rise bound" | "step bound"
+    today_factor: float  # median of today's ceiling ÷ predicted over its calls
+    estimated_today: float  # estimated truncation under today's ceilings (all its calls)
+    estimated: float | None  # ... under the shipped factor
+    verdict: str
+
+    @property
+    def lowers(self) -> bool:
+        return self.factor is not None
+
+
+def _survivals(r: np.ndarray, observed: np.ndarray) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """x ↦ P(r ≥ x) estimated from a group's calls, two ways: the Kaplan–Meier tail (a step of 1/n between its
+    calls, empty beyond the largest) and, when it fits, the censored-normal fit's (smooth, thin-tailed). A bound
+    holds under both: neither reads the far tail as empty where the other sees mass."""
+    km = stats.kaplan_meier(r, observed)
+    fit = stats.censored_normal_fit(r, observed, min_observed=2)
+
+    def kaplan_meier(x: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(km.times, x, side="left") - 1  # F just below x
+        out: np.ndarray = 1.0 - np.where(i >= 0, km.cdf[np.maximum(i, 0)], 0.0)
+        return out
+
+    if fit is None:
+        return [kaplan_meier]
+
+    def normal(x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = dist.norm_sf((x - fit.mu) / fit.sigma)
+        return out
+
+    return [kaplan_meier, normal]
+
+
+def bounded_lowering(
+    y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, fitted_factor: float,
+    alpha: float,
+) -> Lowering:
+    """The factor a lowering ships, from all the group's calls (``predicted`` under the coefficients that ship
+    with it, ``today_ceiling`` today's ceilings): the largest of
+
+    - the fitted, tested factor (the gate's target: a distribution-free bound at α);
+    - the rise bound: the smallest factor whose estimated truncation over the group's calls (at each call's
+      ceiling) is at most ``LOWER_RISE`` above the estimate under today's ceilings, by both estimators of
+      ``_survivals`` (each against its own estimate of today: the larger estimate of both against the larger
+      of today let one estimator's high reading of today license another's rise, +3.8 pp in a closed loop);
+    - the step bound: ``LOWER_STEP`` (a smaller step below ``LOWER_STEP_CALLS`` calls) times today's median
+      ceiling ÷ predicted;
+    - the aim: the smallest factor whose estimated truncation is at most ``AIM``·α (a lowering never aims at α
+      itself: near α a point of truncation is a few per cent of the factor, well inside the estimate's noise);
+
+    and no lowering (``factor`` None) when that is not below today's median ceiling ÷ predicted.
+
+    Why bounded: a lowering is tested on the group's held-out calls, a handful a week, and no test on a handful
+    can see a rise of a point or two (the exact binomial needs ≈ 4,400 held-out calls to detect 6 % against 5 %
+    with power 0.9). In a closed loop, lowerings passed on 3–13 held-out calls raised groups' true truncation by
+    up to 20 pp (a first factor replacing the floor rule far below it, a factor halved). Near α one point of
+    truncation is ≈ 5 % of the factor (σ 0.3, t₄ tail), so the bound is on the estimated truncation, not on the
+    factor: a group far below α moves in large steps (capped at ×0.8), one near α in small ones, and the fitted
+    factor ends the descent.
+    """
+    pred = np.maximum(predicted, 1.0)
+    r = np.log(np.maximum(y, 1.0) / pred)
+    survivals = _survivals(r, observed)
+    ratio = today_ceiling / pred
+    today_factor = float(np.median(ratio))
+
+    def each(log_ratio: np.ndarray) -> np.ndarray:
+        """The group's estimated truncation under each estimator, for ceilings at these log(ceiling ÷ predicted)."""
+        return np.array([float(np.mean(survival(log_ratio))) for survival in survivals])
+
+    def at(factor: float) -> np.ndarray:
+        return each(np.log(factor_ceiling(predicted, np.full(y.size, factor)) / pred))
+
+    today_each = each(np.log(ratio))
+    today = float(today_each.max())
+
+    def rise(factor: float) -> float:  # the larger of the two estimators' rises, each against its own today
+        return float(np.max(at(factor) - today_each))
+
+    def estimated(factor: float) -> float:
+        return float(np.max(at(factor)))
+
+    shrink = LOWER_STEP ** min(1.0, y.size / LOWER_STEP_CALLS)
+    step = shrink * today_factor
+    floor = max(fitted_factor, step)
+    candidates = [(fitted_factor, "fitted factor"), (step, f"step bound ×{shrink:.3g}")]
+
+    def smallest(exceeds: Callable[[float], bool]) -> float:
+        """The smallest factor at which ``exceeds`` is false (bisection: both tests fall as the factor rises)."""
+        lo, hi = math.log(floor), math.log(max(float(np.max(ratio)), floor)) + 1.0
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if exceeds(math.exp(mid)) else (lo, mid)
+        return math.exp(hi)
+
+    if rise(floor) > LOWER_RISE:
+        candidates.append((smallest(lambda f: rise(f) > LOWER_RISE), f"rise bound +{LOWER_RISE * 100:g} pp"))
+    if estimated(floor) > AIM * alpha:
+        candidates.append((smallest(lambda f: estimated(f) > AIM * alpha), f"aim {AIM * alpha:.2%}"))
+    value, bound = max(candidates)
+    factor = round_up_factor(value)
+    line = (f"estimated truncation over its {y.size} calls {today:.1%} today (ceilings ≈ {today_factor:.3f}× the "
+            f"prediction)")
+    if not factor < today_factor:
+        return Lowering(fitted_factor, None, bound, today_factor, today, None,
+                        f"{line}: a lowering bounded by +{LOWER_RISE * 100:g} pp of estimated truncation and "
+                        f"×{shrink:.3g} a run would not lower its typical ceiling (the fitted factor "
+                        f"{fitted_factor:.3f}, bounded {factor:.3f})")
+    after = estimated(factor)
+    how = "its fitted factor" if bound == "fitted factor" else (
+        f"the fitted {fitted_factor:.3f} bounded ({bound} a run)")
+    return Lowering(fitted_factor, factor, bound, today_factor, today, after,
+                    f"lowered to {factor:.3f} ({how}): {line} → {after:.1%}")

@@ -1,0 +1,70 @@
+"""The gate's bounded steps (``calibration.step``), against a known law: how far one run moves a group's factor.
+
+A raise aims at the estimated (1 − AIM·α) quantile, not past it; a lowering never raises the group's estimated
+truncation by more than ``LOWER_RISE`` in one run, never cuts its ceilings by more than ×``LOWER_STEP``, never
+aims below ``AIM``·α, and does not happen where today's ceilings are already there. Every rate judged is the law's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from autopack.calibration import step
+from autopack.calibration.model import group_factor
+from autopack.calibration.synthetic import Law
+
+LAW = Law(0.0, 0.35)
+ALPHA = 0.05
+PREDICTED = 4000.0
+
+
+def _calls(n: int, today_factor: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(y, observed, predicted, today's ceilings) of n calls drawn from LAW and cut at today's factor."""
+    r = LAW.sample(np.random.default_rng(seed), n)
+    predicted = np.full(n, PREDICTED)
+    ceiling = np.full(n, math.ceil(PREDICTED * today_factor))
+    y = np.minimum(np.round(PREDICTED * np.exp(r)), ceiling)
+    return y, y < ceiling, predicted, ceiling
+
+
+def _true(factor: float) -> float:
+    return float(LAW.sf(math.log(factor)))
+
+
+def _lowering(today_factor: float, fitted: float, seed: int = 0) -> step.Lowering:
+    y, observed, predicted, ceiling = _calls(200, today_factor, seed)
+    return step.bounded_lowering(y, observed, predicted, ceiling, fitted, ALPHA)
+
+
+def test_a_raise_aims_at_the_quantile_below_alpha_not_past_it() -> None:
+    today = math.exp(LAW.quantile(0.8))  # 20 % cut
+    y, observed, predicted, ceiling = _calls(200, today)
+    r = np.log(np.maximum(y, 1.0) / predicted)
+    order = np.lexsort((~observed, r))
+    info = group_factor(r[order], observed[order], ALPHA)
+    raised = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, today)
+    assert raised.factor is not None and "estimated" in raised.sized_by
+    assert 0.5 * step.AIM * ALPHA <= _true(raised.factor) <= ALPHA
+
+
+def test_a_lowering_far_below_alpha_is_limited_to_one_step() -> None:
+    today = math.exp(LAW.quantile(0.999))
+    lowered = _lowering(today, fitted=math.exp(LAW.quantile(1 - ALPHA)))
+    assert lowered.factor is not None and lowered.factor >= step.LOWER_STEP * today - 1e-3
+    assert _true(lowered.factor) - _true(today) <= 0.01
+
+
+def test_a_lowering_raises_the_estimated_truncation_by_at_most_the_rise_bound() -> None:
+    today = math.exp(LAW.quantile(0.985))
+    lowered = _lowering(today, fitted=math.exp(LAW.quantile(1 - ALPHA)))
+    assert lowered.factor is not None and lowered.estimated is not None
+    assert lowered.estimated - lowered.estimated_today <= step.LOWER_RISE + 1e-9
+    assert _true(lowered.factor) - _true(today) <= 0.01
+
+
+def test_no_lowering_where_today_already_truncates_more_than_the_aim() -> None:
+    today = math.exp(LAW.quantile(1 - ALPHA))
+    lowered = _lowering(today, fitted=0.9 * today)
+    assert lowered.factor is None and "would not lower" in lowered.verdict
