@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Core benchmark: ``calibrate()`` alone on 10⁶ synthetic calls, as a ratio to the physical floor.
 
-The calls come from ``autopack.calibration.synthetic.feature_event_columns`` (5,000 distinct phase specs
+The calls come from ``synthetic_telemetry.feature_event_columns`` (5,000 distinct phase specs
 with stored features, log-normal lengths, ~2 % truncated and escalated, retries flagged); building the
 sample set (re-estimation) is done once and not timed. Timed, in this one process, alternately:
 
@@ -31,7 +31,8 @@ from machine import describe_machine  # noqa: E402
 
 from autopack.calibration.core import Params, calibrate  # noqa: E402
 from autopack.calibration.samples import build_sample_set  # noqa: E402
-from autopack.calibration.synthetic import feature_event_columns  # noqa: E402
+
+from synthetic_telemetry import feature_event_columns  # noqa: E402
 
 
 def floor(samples, alpha: float) -> list[float]:  # type: ignore[no-untyped-def]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The two-sided gate against a known truth: steps toward α, what they cost, and honest confidence.
 
-Synthetic telemetry (``autopack.calibration.synthetic.simulate_groups``): lognormal and two-normal mixture
+Synthetic telemetry (``synthetic_telemetry.simulate_groups``): lognormal and two-normal mixture
 laws of log(actual / predicted); today's budget factor of every cut group truncates 20, 40 or 60 % of its
 calls (its recorded caps are today's ceilings, fixed, or spread ×exp(±0.3) as if recorded under older
 coefficients); groups of 5, 10, 20 and 300 calls, beside a 400-call group today's floor-and-buffer rule
@@ -31,7 +31,8 @@ from autopack.calibration import stats
 from autopack.calibration.core import Params, calibrate
 from autopack.calibration.model import group_factor
 from autopack.calibration.samples import build_sample_set
-from autopack.calibration.synthetic import GroupTruth, Law, simulate_groups
+
+from synthetic_telemetry import GroupTruth, Law, simulate_groups
 
 LAWS = {"lognormal": Law(0.0, 0.35), "mixture": Law(-0.1, 0.25, 0.2, 0.6, 0.35)}
 CUT_GROUPS = (("implementation", "low", 300), ("docs", "low", 20), ("docs", "medium", 10), ("tests", "low", 5))

@@ -20,7 +20,6 @@ from autopack.calibration.result import load_result
 from autopack.calibration.runner import NoUsableSamplesError
 from autopack.calibration.samples import build_sample_set, columns_from_records, configuration_ceiling, predict
 from autopack.calibration.story import gate_sentence
-from autopack.calibration.synthetic import event_row, simulate, simulate_with_escalations
 from autopack.db.engine import get_engine
 from autopack.db.handle import database_at, open_database
 from autopack.db.identity import read_identity
@@ -28,6 +27,8 @@ from autopack.db.models import CalibrationRun, TokenBudgetEscalationEvent, Token
 from autopack.errors import DbIdentityMismatchError, EmptyDatabaseError
 from autopack.github.body import step_lines
 from autopack.params import CalibrationParams
+
+from synthetic_telemetry import event_row, simulate, simulate_with_escalations
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,13 +15,14 @@ import sqlalchemy as sa
 from autopack import token_estimator as te
 from autopack.calibration import drift, run_calibration
 from autopack.calibration.result import CalibrationResult, FeedbackSpec
-from autopack.calibration.synthetic import simulate
 from autopack.cli import main
 from autopack.db.engine import get_engine
 from autopack.db.handle import open_database
 from autopack.db.models import TokenEstimationV2Event
 from autopack.github.estimator_edit import apply_proposal
 from autopack.params import CalibrationParams
+
+from synthetic_telemetry import simulate
 
 
 def insert(url: str, rows: list[dict[str, Any]]) -> None:

@@ -18,10 +18,11 @@ import sqlalchemy as sa
 
 from autopack.calibration.reader import read_events
 from autopack.calibration.samples import EventColumns, columns_from_records
-from autopack.calibration.synthetic import simulate
 from autopack.db.engine import get_engine
 from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
+
+from synthetic_telemetry import simulate
 
 EV = TokenEstimationV2Event.__table__
 

@@ -9,7 +9,8 @@ from autopack.calibration.core import Params, calibrate
 from autopack.calibration.report import render_markdown, write_plot
 from autopack.calibration.result import SourceModel, Sources
 from autopack.calibration.samples import build_sample_set
-from autopack.calibration.synthetic import GroupTruth, Law, simulate_groups
+
+from synthetic_telemetry import GroupTruth, Law, simulate_groups
 
 
 def calibration():  # type: ignore[no-untyped-def]

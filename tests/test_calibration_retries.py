@@ -25,12 +25,13 @@ from autopack.calibration.reader import id_bounds, read_events
 from autopack.calibration.report import _retries_line
 from autopack.calibration.result import Metadata
 from autopack.calibration.samples import EventColumns, SampleSet, build_sample_set, columns_from_records, retry_links
-from autopack.calibration.synthetic import GroupTruth, Law, Truth, simulate_groups, simulate_with_escalations
 from autopack.db.engine import get_engine
 from autopack.db.handle import database_at, open_database
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.params import CalibrationParams
 from autopack.telemetry.ingest import import_telemetry
+
+from synthetic_telemetry import GroupTruth, Law, Truth, simulate_groups, simulate_with_escalations
 
 EV = TokenEstimationV2Event.__table__
 ESC = TokenBudgetEscalationEvent.__table__

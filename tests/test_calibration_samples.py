@@ -13,7 +13,8 @@ from autopack.calibration.samples import (
     is_simulated_source,
     reached_ceiling,
 )
-from autopack.calibration.synthetic import simulate
+
+from synthetic_telemetry import simulate
 
 
 def test_reaching_the_ceiling_is_truncated_one_rule_for_scalars_and_arrays() -> None:

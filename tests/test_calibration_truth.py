@@ -19,7 +19,8 @@ from autopack.calibration.backtest import evaluate
 from autopack.calibration.core import HeldOut, Params, _split, calibrate, decide, heldout_ceilings
 from autopack.calibration.samples import build_sample_set, columns_from_records
 from autopack.calibration.step import AIM
-from autopack.calibration.synthetic import GroupTruth, Law, Truth, simulate, simulate_groups
+
+from synthetic_telemetry import GroupTruth, Law, Truth, simulate, simulate_groups
 
 LOGNORMAL = Law(0.0, 0.35)
 MIXTURE = Law(-0.1, 0.25, 0.2, 0.6, 0.35)  # a fifth of the calls from a longer, wider component
@@ -185,7 +186,7 @@ def test_retries_are_recognised_from_escalation_events() -> None:
 
 
 def simulate_with_escalations_rows() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    from autopack.calibration.synthetic import simulate_with_escalations
+    from synthetic_telemetry import simulate_with_escalations
 
     truth = Truth(sigma=0.6)  # wide enough that several phases reach their ceiling
     return simulate_with_escalations(120, seed=2, truth=truth)

@@ -321,10 +321,11 @@ def test_a_corrupt_page_of_events_under_calibrate_is_one_line(tmp_path: Path, db
     """The calibration's read goes through the driver itself; its errors read like every database error."""
     import sqlite3
 
-    from autopack.calibration.synthetic import simulate
     from autopack.db.engine import dispose_engines, get_engine
     from autopack.db.migrate import sqlite_path
     from autopack.db.models import TokenEstimationV2Event
+
+    from synthetic_telemetry import simulate
 
     path = sqlite_path(db_url)
     if path is None:

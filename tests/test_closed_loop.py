@@ -15,6 +15,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
+from autopack import token_estimator as te  # noqa: E402
+from autopack.llm.simulated import GroupLaw, draw_length, phase_law  # noqa: E402
+
 from closed_loop import (  # noqa: E402
     LoopConfig,
     PhaseCase,
@@ -28,9 +31,6 @@ from closed_loop import (  # noqa: E402
     underbudgeted_source,
     weekly_phases,
 )
-
-from autopack import token_estimator as te  # noqa: E402
-from autopack.llm.simulated import GroupLaw, draw_length, phase_law  # noqa: E402
 
 ALPHA = 0.10
 GROUPS = frozenset({("implementation", "medium"), ("tests", "medium"), ("docs", "low")})

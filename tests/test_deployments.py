@@ -39,13 +39,14 @@ from prefect_live import (
 )
 from test_pipeline_flow import project_checkout
 
-from autopack.calibration.synthetic import simulate
 from autopack.db.engine import dispose_engines, get_engine
 from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
 from autopack.execution.seed_runs import V4_RUN_ID
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
 from autopack.pipeline import prepare_database
+
+from synthetic_telemetry import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "autopack-process"

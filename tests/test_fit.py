@@ -12,7 +12,8 @@ from autopack import token_estimator as te
 from autopack.calibration import fit as fit_module
 from autopack.calibration.fit import coefficient_bounds, fit_coefficients
 from autopack.calibration.samples import build_sample_set, columns_from_records
-from autopack.calibration.synthetic import Truth, simulate
+
+from synthetic_telemetry import Truth, simulate
 
 
 def _primal_objective(x, target, observed, theta0, margin, lo, hi) -> float:  # type: ignore[no-untyped-def]

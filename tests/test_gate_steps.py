@@ -13,7 +13,8 @@ import numpy as np
 
 from autopack.calibration import step
 from autopack.calibration.model import group_factor
-from autopack.calibration.synthetic import Law
+
+from synthetic_telemetry import Law
 
 LAW = Law(0.0, 0.35)
 ALPHA = 0.05

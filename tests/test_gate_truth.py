@@ -21,7 +21,8 @@ from autopack.calibration import stats
 from autopack.calibration.core import Params, calibrate
 from autopack.calibration.model import group_factor
 from autopack.calibration.samples import build_sample_set
-from autopack.calibration.synthetic import GroupTruth, Law, simulate_groups
+
+from synthetic_telemetry import GroupTruth, Law, simulate_groups
 
 LOGNORMAL = Law(0.0, 0.35)
 MIXTURE = Law(-0.1, 0.25, 0.2, 0.6, 0.35)

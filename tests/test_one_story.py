@@ -16,12 +16,13 @@ import sqlalchemy as sa
 from autopack import token_estimator as te
 from autopack.calibration import run_calibration, story
 from autopack.calibration.result import CalibrationResult, load_result
-from autopack.calibration.synthetic import simulate
 from autopack.db.engine import get_engine
 from autopack.db.handle import open_database
 from autopack.db.models import TokenEstimationV2Event
 from autopack.github.body import render_pr_body
 from autopack.github.estimator_edit import apply_proposal
+
+from synthetic_telemetry import simulate
 
 PCT = r"(\d+\.\d) %"
 

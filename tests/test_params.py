@@ -197,7 +197,7 @@ def test_holdout_fraction_0_means_nothing_held_out_and_nothing_shipped_everywher
 def seeded_calibration(db_url: str) -> str:
     from test_calibration import SEEDED_PHASES, insert
 
-    from autopack.calibration.synthetic import simulate
+    from synthetic_telemetry import simulate
 
     insert(db_url, simulate(SEEDED_PHASES, seed=3))
     return db_url

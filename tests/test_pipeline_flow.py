@@ -13,7 +13,6 @@ import sqlalchemy as sa
 from github_server.app import FakeGitHub
 from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github  # noqa: F401
 
-from autopack.calibration.synthetic import simulate
 from autopack.db.engine import get_engine
 from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
@@ -21,6 +20,8 @@ from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
 from autopack.params import PipelineParams
 from autopack.pipeline import prepare_database
 from flows.pipeline import telemetry_pipeline
+
+from synthetic_telemetry import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Lines a calibration may change: coefficient entries and the CALIBRATION_* stamp.

@@ -18,11 +18,12 @@ from github_server.fixtures import BOT_TOKEN, REPOSITORY
 from prefect_live import free_port
 from test_pipeline_flow import project_checkout
 
-from autopack.calibration.synthetic import simulate
 from autopack.db.engine import dispose_engines, get_engine
 from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
 from autopack.pipeline import prepare_database
+
+from synthetic_telemetry import simulate
 
 
 @pytest.mark.slow

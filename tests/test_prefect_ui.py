@@ -28,12 +28,13 @@ from prefect_live import (
 )
 from test_pipeline_flow import project_checkout
 
-from autopack.calibration.synthetic import simulate
 from autopack.db.engine import dispose_engines, get_engine
 from autopack.db.handle import database_at
 from autopack.db.models import TokenEstimationV2Event
 from autopack.params import PipelineParams
 from autopack.pipeline import prepare_database
+
+from synthetic_telemetry import simulate
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,13 @@ import sqlalchemy as sa
 from test_pipeline_flow import project_checkout
 from test_secrets_at_rest import every_file, every_stored_text
 
-from autopack.calibration.synthetic import simulate
 from autopack.db.engine import dispose_engines, get_engine
 from autopack.db.handle import database_at
 from autopack.db.migrate import upgrade_database
 from autopack.db.models import TokenEstimationV2Event
 from autopack.params import PipelineParams
+
+from synthetic_telemetry import simulate
 
 #: Each fake secret, by where it is configured. None of them has the shape of a real key (``sk-…``,
 #: ``ghp_…``), so only the masking rule's knowledge of the configured values can hide them.
