@@ -7,7 +7,6 @@ Pure functions of the steps' results (a drain session's summary, the calibration
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from autopack.db.handle import Database
 from autopack.execution.batch import DrainSummary
 from autopack.execution.batch_report import format_summary
 from autopack.execution.sessions import SessionState, SessionStore
+from autopack.github.result import PublishResult
 from autopack.logging import get_logger
 
 log = get_logger(__name__)
@@ -80,20 +80,19 @@ def gate_markdown(outcome: CalibrationOutcome) -> str:
     return "\n".join(lines)
 
 
-def pull_request_markdown(result: Mapping[str, Any]) -> str:
+def pull_request_markdown(result: PublishResult) -> str:
     """What the reviewer needs: a link to the PR (or to the dry run's PR body), the branch and the commit."""
-    status = result.get("status")
-    where = (f"branch `{result.get('branch')}` @ `{str(result.get('commit_sha') or '')[:12]}`"
-             + (f" into `{result['base']}`" if result.get("base") else ""))
+    where = (f"branch `{result.branch}` @ `{(result.commit_sha or '')[:12]}`"
+             + (f" into `{result.base}`" if result.base else ""))
     lines = ["## Calibration pull request", ""]
-    if result.get("pr_url"):
-        lines.append(f"**[PR #{result.get('pr_number')}]({result['pr_url']})** {status}: {where}")
-    elif status == "dry_run":
+    if result.pr_url:
+        lines.append(f"**[PR #{result.pr_number}]({result.pr_url})** {result.status}: {where}")
+    elif result.status == "dry_run":
         lines.append(f"**Dry run**: {where} written to the local checkout; nothing was sent to GitHub.")
     else:
-        lines.append(f"**{status}**: {result.get('summary')}")
-    if result.get("body_path"):
-        body = Path(result["body_path"])
+        lines.append(f"**{result.status}**: {result.summary}")
+    if result.body_path:
+        body = Path(result.body_path)
         lines += ["", f"Pull request body: [{body.name}]({body.resolve().as_uri()}) (`{body}`)"]
     return "\n".join(lines)
 

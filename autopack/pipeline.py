@@ -3,13 +3,12 @@ the checks before draining, the validation step, publishing, and summarising the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from autopack.calibration.result import CalibrationOutcome, CalibrationResult
 from autopack.config import Settings, get_settings
@@ -20,10 +19,14 @@ from autopack.db.models import Phase, PhaseState
 from autopack.errors import AutopackError, ConfigError, DbIdentityMismatchError, InputError
 from autopack.execution.seed_runs import ensure_seed_runs, seed_run_ids
 from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
+from autopack.github.result import PublishResult
+from autopack.logging import get_logger
 from autopack.params import PipelineParams
 
 if TYPE_CHECKING:
     from autopack.execution.batch import DrainSummary
+
+log = get_logger(__name__)
 
 #: A state message longer than this is cut: run lists show one line.
 STATE_MESSAGE_LIMIT = 300
@@ -129,6 +132,7 @@ def check_publish_settings(*, dry_run: bool) -> PublishSettings:
     """
     settings = get_settings()
     publish = PublishSettings(dry_run=dry_run, repository=settings.github_repository)
+    log.debug("publish settings checked (dry_run=%s)", dry_run)
     if dry_run:
         return publish
     if not github_token():
@@ -146,7 +150,12 @@ def check_publish_settings(*, dry_run: bool) -> PublishSettings:
 
 
 class Preflight(BaseModel):
-    """What the pipeline checked before draining: the resolved target checkout and where the PR goes."""
+    """What the pipeline checked before draining: the resolved target checkout and where the PR goes.
+
+    ``autopack pipeline run`` checks before it creates anything and hands this to the flow (its ``checked``
+    parameter), so the publish settings are checked once per pipeline run."""
+
+    model_config = ConfigDict(frozen=True)
 
     target_repo: str
     publish: PublishSettings
@@ -165,14 +174,13 @@ def preflight(params: PipelineParams, *, in_deployment: bool) -> Preflight:
 def publish_pull_request(
     calibration: CalibrationResult, publish: PublishSettings, *, target_repo: str, output_dir: str,
     flow_run_url: str | None, database: Database,
-) -> dict[str, Any]:
+) -> PublishResult:
     """Open or update the calibration pull request (a dry run: the branch in ``target_repo`` only) with the
-    settings checked before the drain; proposals are remembered in ``database``. The result as plain values
-    (paths as text)."""
+    settings checked before the drain; proposals are remembered in ``database``."""
     from autopack.github import open_calibration_pr
 
     settings = get_settings()
-    result = open_calibration_pr(
+    return open_calibration_pr(
         calibration,
         target_repo=Path(target_repo),
         token=None if publish.dry_run else github_token(),
@@ -183,8 +191,6 @@ def publish_pull_request(
         database=database,
         flow_run_url=flow_run_url,  # the PR body links back to the run that produced it
     )
-    data = asdict(result) if is_dataclass(result) else dict(result)
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
 def pipeline_guard(expect_db_id: str | None = None, allow_empty: bool = False) -> Database:
@@ -306,31 +312,52 @@ def calibration_outcome(outcome: CalibrationOutcome) -> str:
     return "gate not passed: " + "; ".join(gate.reasons or ["no reason given"])
 
 
-def state_message(result: Mapping[str, Any]) -> str:
+class PipelineResult(BaseModel):
+    """What the ``telemetry-pipeline`` flow returns (its final state's data): read by ``summarise``, the CLI and
+    the tests by attribute."""
+
+    model_config = ConfigDict(frozen=True)
+
+    db_id: str
+    #: Phase attempts drained (retries included) and the telemetry rows they wrote: ``drained_totals``.
+    phases_drained: int = 0
+    telemetry_events: int = 0
+    calibration: CalibrationOutcome = CalibrationOutcome(no_samples="not run")
+    pull_request: PublishResult | None = None
+    #: The checked, resolved checkout the pull request edits (a dry run writes its branch there).
+    target_repo: str
+    flow_run_url: str | None = None
+    #: When the flow's body began (``time.time()``): the CLI tells Prefect's start-up from the steps by it.
+    started_at: float | None = None
+    #: Seconds per stage, in order (``autopack.timing.StageClock``).
+    timings: dict[str, float] = Field(default_factory=dict)
+    #: The final state's one line (``state_message``).
+    message: str = ""
+
+
+def state_message(result: PipelineResult) -> str:
     """One line for the run's final state: what happened, so run lists tell a failed gate from a PR."""
-    outcome: CalibrationOutcome = result.get("calibration") or CalibrationOutcome(no_samples="not run")
-    pr = result.get("pull_request")
+    outcome, pr = result.calibration, result.pull_request
     if not outcome.gate_passed:
         text = calibration_outcome(outcome)
-    elif not pr:
+    elif pr is None:
         text = "gate passed; no pull request"
-    elif pr.get("status") in ("opened", "updated") and pr.get("pr_number") is not None:
-        text = f"PR #{pr['pr_number']} {pr['status']}: {pr.get('pr_url')}"
-    elif pr.get("status") == "dry_run":
-        text = (f"dry run: branch {pr.get('branch') or BOT_BRANCH} written to {result.get('target_repo')}"
-                f" ({str(pr.get('commit_sha') or '')[:12]}); PR body {pr.get('body_path')}")
+    elif pr.status in ("opened", "updated") and pr.pr_number is not None:
+        text = f"PR #{pr.pr_number} {pr.status}: {pr.pr_url}"
+    elif pr.status == "dry_run":
+        text = (f"dry run: branch {pr.branch or BOT_BRANCH} written to {result.target_repo}"
+                f" ({(pr.commit_sha or '')[:12]}); PR body {pr.body_path}")
     else:
-        text = str(pr.get("summary") or pr.get("status"))
+        text = pr.summary or pr.status
     return text if len(text) <= STATE_MESSAGE_LIMIT else text[: STATE_MESSAGE_LIMIT - 1] + "…"
 
 
-def summarise(result: Mapping[str, Any]) -> list[str]:
+def summarise(result: PipelineResult) -> list[str]:
     """The closing lines: the outcome, and where the report, the plot and the (would-be) pull request are."""
-    outcome: CalibrationOutcome = result.get("calibration") or CalibrationOutcome(no_samples="not run")
-    calibration = outcome.result
+    calibration = result.calibration.result
     lines = [
-        f"outcome: {result.get('message') or state_message(result)}",
-        f"phase attempts drained (retries included): {result.get('phases_drained', 0)}, telemetry events: {result.get('telemetry_events', 0)}",
+        f"outcome: {result.message or state_message(result)}",
+        f"phase attempts drained (retries included): {result.phases_drained}, telemetry events: {result.telemetry_events}",
     ]
     if calibration is not None:
         lines += [
@@ -340,15 +367,14 @@ def summarise(result: Mapping[str, Any]) -> list[str]:
             f"json:   {calibration.json_path}",
             f"plot:   {calibration.plot_path}",
         ]
-    pr = result.get("pull_request")
-    if pr:
-        lines.append(f"pull request: {pr.get('summary') or pr.get('pr_url') or pr.get('status')}")
+    pr = result.pull_request
+    if pr is not None:
+        lines.append(f"pull request: {pr.summary or pr.pr_url or pr.status}")
     else:
         lines.append("pull request: none" + ("" if calibration is None else " (gate not passed)"))
-    if result.get("flow_run_url"):
-        lines.append(f"flow run: {result['flow_run_url']}")
-    timings = dict(result.get("timings") or {})
-    if timings:
-        stages = (f"{stage.replace('_', ' ')} {seconds:.1f} s" for stage, seconds in timings.items())
+    if result.flow_run_url:
+        lines.append(f"flow run: {result.flow_run_url}")
+    if result.timings:
+        stages = (f"{stage.replace('_', ' ')} {seconds:.1f} s" for stage, seconds in result.timings.items())
         lines.append("time: " + ", ".join(stages))
     return lines

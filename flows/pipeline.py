@@ -21,8 +21,9 @@ from autopack.calibration.result import CalibrationOutcome
 from autopack.db.handle import DatabaseRef, verified_database
 from autopack.errors import AutopackError
 from autopack.execution.batch import DrainSummary
+from autopack.github.result import PublishResult
 from autopack.params import PipelineParams
-from autopack.pipeline import ValidationResult, drained_totals, preflight, state_message
+from autopack.pipeline import PipelineResult, Preflight, ValidationResult, drained_totals, preflight, state_message
 from autopack.timing import StageClock
 from flows.calibrate import calibrate, publish_calibration_artifacts
 from flows.drain import batch_drain
@@ -51,12 +52,15 @@ def flow_run_ui_url() -> str | None:
 
 
 @flow(name="telemetry-pipeline")
-def telemetry_pipeline(params: PipelineParams = PipelineParams(), database: DatabaseRef | None = None) -> Any:
+def telemetry_pipeline(
+    params: PipelineParams = PipelineParams(), database: DatabaseRef | None = None, checked: Preflight | None = None,
+) -> Any:
     """``params`` (``autopack.params.PipelineParams``): the drain's and the calibration's, passed on as given,
     and the pipeline's own.
 
     ``database``: the database ``autopack pipeline run`` verified already; without it the guard subflow runs.
-    Either way the guard runs once per pipeline run: the steps get the verified database and do not guard again."""
+    Either way the guard runs once per pipeline run: the steps get the verified database and do not guard again.
+    ``checked``: that command's ``preflight``, likewise; a deployment's run (no command before it) checks itself."""
     quiet_run_logs()
     logger = get_run_logger()
     started_at = time.time()
@@ -66,7 +70,9 @@ def telemetry_pipeline(params: PipelineParams = PipelineParams(), database: Data
     # Each step is a subflow run, started with the previous step's result as ``wait_for``: the run graph shows
     # them in order, linked. A step that refuses ends this run Failed with its one line (``settle``).
     try:
-        checked = preflight(params, in_deployment=in_deployment())
+        deployed = in_deployment()
+        if checked is None or deployed:
+            checked = preflight(params, in_deployment=deployed)
         after: list[Any] = []
         if database is None:
             identity = settle(db_identity_guard(expect_db_id=params.expect_db_id, return_state=True))
@@ -101,26 +107,20 @@ def telemetry_pipeline(params: PipelineParams = PipelineParams(), database: Data
         publish_calibration_artifacts(calibration)
         create_markdown_artifact(key="calibration-gate", markdown=gate_markdown(calibration),
                                  description="calibration gate")
-        result: dict[str, Any] = {
-            "db_id": db_id,
-            "phases_drained": phases_drained,
-            "telemetry_events": telemetry_events,
-            "calibration": calibration,
-            "pull_request": None,
-            "target_repo": checked.target_repo,
-            "flow_run_url": flow_run_ui_url(),
-            "started_at": started_at,
-            "timings": timings,
-        }
+        pull_request: PublishResult | None = None
+        flow_run_url = flow_run_ui_url()
         if calibration.result is not None and calibration.gate_passed:
-            result["pull_request"] = settle(cast("State[Any]", open_calibration_pr_flow(
-                calibration.result, checked.publish, checked.target_repo, params.output_dir, result["flow_run_url"],
+            pull_request = settle(cast("State[Any]", open_calibration_pr_flow(
+                calibration.result, checked.publish, checked.target_repo, params.output_dir, flow_run_url,
                 database, wait_for=[calibration], return_state=True,
             )))
             lap("pull_request")
-            publish_pull_request_artifact(result["pull_request"])
+            publish_pull_request_artifact(pull_request)
     except AutopackError as exc:
         return refusal(exc)
-    result["message"] = state_message(result)
-    logger.info("%s", result["message"])
-    return Completed(message=result["message"], data=result)
+    result = PipelineResult(db_id=db_id, phases_drained=phases_drained, telemetry_events=telemetry_events,
+                            calibration=calibration, pull_request=pull_request, target_repo=checked.target_repo,
+                            flow_run_url=flow_run_url, started_at=started_at, timings=timings)
+    result = result.model_copy(update={"message": state_message(result)})
+    logger.info("%s", result.message)
+    return Completed(message=result.message, data=result)

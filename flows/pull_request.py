@@ -12,6 +12,7 @@ from autopack.artifacts import pull_request_markdown, verification_failure_markd
 from autopack.calibration.result import CalibrationResult
 from autopack.db.handle import DatabaseRef, database_at
 from autopack.github.errors import VerificationError
+from autopack.github.result import PublishResult
 from autopack.pipeline import PublishSettings, publish_pull_request
 
 
@@ -19,7 +20,7 @@ from autopack.pipeline import PublishSettings, publish_pull_request
 def publish_task(
     calibration: CalibrationResult, publish: PublishSettings, target_repo: str, output_dir: str,
     flow_run_url: str | None = None, database: DatabaseRef | None = None,
-) -> dict[str, Any]:
+) -> PublishResult:
     try:
         return publish_pull_request(calibration, publish, target_repo=target_repo, output_dir=output_dir,
                                     flow_run_url=flow_run_url,
@@ -33,9 +34,9 @@ def publish_task(
         raise
 
 
-def publish_pull_request_artifact(result: dict[str, Any]) -> None:
+def publish_pull_request_artifact(result: PublishResult) -> None:
     create_markdown_artifact(key="calibration-pull-request", markdown=pull_request_markdown(result),
-                             description=str(result.get("summary") or result.get("status")))
+                             description=result.summary or result.status)
 
 
 @flow(name="open-calibration-pr")
@@ -51,6 +52,6 @@ def open_calibration_pr_flow(
     ``database``: where proposals are remembered (the calling flow's verified database; else the settings')."""
     result = publish_task(calibration, publish, target_repo, output_dir, flow_run_url, database)
     publish_pull_request_artifact(result)
-    summary = str(result.get("summary") or result.get("status"))
+    summary = result.summary or result.status
     get_run_logger().info("%s", summary)
     return Completed(message=summary[:300], data=result)

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from autopack.calibration.result import SCHEMA_VERSION, CalibrationOutcome, CalibrationResult, load_result
 from autopack.errors import InputError
+from autopack.pipeline import PipelineResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,9 +70,14 @@ def field_names(model: type[BaseModel], seen: set[type[BaseModel]] | None = None
 
 
 RESULT_KEYS = field_names(CalibrationOutcome)
+#: The pipeline's result (``autopack.pipeline.PipelineResult``) and its pull request's (``PublishResult``), at any
+#: depth: read by attribute too, in the modules that build, return or read it.
+PIPELINE_RESULT_KEYS = field_names(PipelineResult)
+PIPELINE_CONSUMERS = ("autopack/pipeline.py", "autopack/cli/pipeline.py", "autopack/artifacts.py",
+                      "flows/pipeline.py", "flows/pull_request.py")
 
 
-def string_key_reads(source: str) -> list[tuple[int, str]]:
+def string_key_reads(source: str, keys: set[str] = RESULT_KEYS) -> list[tuple[int, str]]:
     """``(line, key)`` of every ``x["key"]`` and ``x.get("key", …)`` whose key names a field of the result."""
     found = []
     for node in ast.walk(ast.parse(source)):
@@ -81,7 +87,7 @@ def string_key_reads(source: str) -> list[tuple[int, str]]:
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
               and node.args and isinstance(node.args[0], ast.Constant)):
             key = node.args[0].value
-        if isinstance(key, str) and key in RESULT_KEYS:
+        if isinstance(key, str) and key in keys:
             found.append((node.lineno, key))
     return found
 
@@ -111,6 +117,30 @@ def test_no_consumer_reads_the_result_by_string_key() -> None:
                         if (path, hit[1]) not in ALLOWED]
                  for path in scanned}
     assert {path: hits for path, hits in offenders.items() if hits} == {}
+
+
+def pipeline_consumers() -> list[str]:
+    """The named modules and every module of ``autopack/`` and ``flows/`` that names ``PipelineResult``."""
+    found = set(PIPELINE_CONSUMERS)
+    for path in [*ROOT.glob("autopack/**/*.py"), *ROOT.glob("flows/*.py")]:
+        if "PipelineResult" in path.read_text(encoding="utf-8"):
+            found.add(path.relative_to(ROOT).as_posix())
+    return sorted(found)
+
+
+def test_no_consumer_reads_the_pipeline_result_by_string_key() -> None:
+    """The pipeline flow's result and its pull request's are models: ``result["timings"]``, ``pr.get("status")``
+    and the like fail here (before the models existed this found 50 such reads in these modules)."""
+    offenders = {path: [hit for hit in string_key_reads((ROOT / path).read_text(encoding="utf-8"),
+                                                        PIPELINE_RESULT_KEYS)
+                        if (path, hit[1]) not in ALLOWED]
+                 for path in pipeline_consumers()}
+    assert {path: hits for path, hits in offenders.items() if hits} == {}
+
+
+def test_the_pipeline_rule_sees_the_pipeline_and_pull_request_fields() -> None:
+    source = 'pr = result["pull_request"]\nn = pr.get("pr_number")\nt = result["timings"]\nx = rows["other"]\n'
+    assert string_key_reads(source, PIPELINE_RESULT_KEYS) == [(1, "pull_request"), (2, "pr_number"), (3, "timings")]
 
 
 def test_the_rule_sees_subscripts_and_gets_of_result_fields_only() -> None:

@@ -150,7 +150,7 @@ def test_the_pipeline_flow_guards_once_and_stores_no_database_url(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
     steps = [run for run in children if run.parameters.get("database")]
     assert len(steps) == 3  # validate, drain, calibrate (the guard subflow is the fourth child)
-    assert {run.parameters["database"]["db_id"] for run in steps} == {state.result()["db_id"]}
+    assert {run.parameters["database"]["db_id"] for run in steps} == {state.result().db_id}
     assert all(db_url not in str(run.parameters) for run in steps)  # a SecretStr: Prefect stores it masked
 
 

@@ -132,7 +132,7 @@ def test_pipeline_with_a_failed_gate_completes_without_a_pull_request(
     state = telemetry_pipeline(params, return_state=True)
     assert state.is_completed()
     result = state.result()
-    assert result["pull_request"] is None and not result["calibration"].gate_passed
+    assert result.pull_request is None and not result.calibration.gate_passed
 
 
 def test_batch_drain_times_out_a_slow_phase_and_releases_it(

@@ -43,7 +43,7 @@ FLOWS = {"telemetry-pipeline": (flows.pipeline.telemetry_pipeline, PipelineParam
 #: Flow parameters that are not parameters of the flow's model: where to look, not what to compute.
 FLOW_EXTRAS = {"batch-drain": {"expect_db_id", "database"},
                "calibrate": {"include_run_ids", "output_dir", "expect_db_id", "database"},
-               "telemetry-pipeline": {"database"}}
+               "telemetry-pipeline": {"database", "checked"}}
 COMMANDS = {("pipeline", "run"): PipelineParams, ("drain", "batch"): DrainParams, ("calibrate",): CalibrationParams}
 #: Bounds as JSON schema keywords: what the Prefect UI and server check.
 BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "minItems", "type", "items")

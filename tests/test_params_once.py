@@ -37,7 +37,7 @@ COMMAND_MODELS: dict[tuple[str, ...], type[ParamsModel]] = {
     ("pipeline", "run"): PipelineParams, ("drain", "batch"): DrainParams, ("calibrate",): CalibrationParams,
 }
 #: The flows that take a model, and each one's arguments that are not in it (where to look, not what to compute).
-FLOW_MODELS = {flows.pipeline.telemetry_pipeline: (PipelineParams, {"database"}),
+FLOW_MODELS = {flows.pipeline.telemetry_pipeline: (PipelineParams, {"database", "checked"}),
                flows.drain.batch_drain: (DrainParams, {"expect_db_id", "database"}),
                flows.calibrate.calibrate: (CalibrationParams,
                                            {"include_run_ids", "output_dir", "expect_db_id", "database"})}

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
 
 @pytest.fixture
 def checkout(tmp_path: Path) -> Path:
@@ -78,3 +78,40 @@ def test_the_flows_come_from_the_checkout_in_the_working_directory(
     assert repository_root() == clone
     monkeypatch.chdir(tmp_path)
     assert repository_root() == ROOT
+
+
+class PublishCheckCounter(logging.Handler):
+    """Counts ``check_publish_settings`` calls by the debug record each one emits."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.checks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("publish settings checked"):
+            self.checks.append(record.getMessage())
+
+
+@pytest.fixture
+def publish_checks() -> Iterator[list[str]]:
+    logger = logging.getLogger("autopack.pipeline")
+    counter, level = PublishCheckCounter(), logger.level
+    logger.addHandler(counter)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield counter.checks
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(level)
+
+
+def test_the_pipeline_command_checks_the_publish_settings_once(
+    capsys: pytest.CaptureFixture[str], checkout: Path, db_url: str, prefect_harness: None, tmp_path: Path,
+    publish_checks: list[str],
+) -> None:
+    """The command checks before it creates anything and hands its check to the flow, which does not check again."""
+    code, out, err = run_cli(capsys, "pipeline", "run", "--init", "--dry-run", "--skip-drain", "--target-repo",
+                             str(checkout), "--output-dir", str(tmp_path / "reports"))
+    assert code == 0, err
+    assert "outcome: no calibration" in out
+    assert publish_checks == ["publish settings checked (dry_run=True)"]

@@ -68,11 +68,11 @@ def test_pipeline_opens_a_pull_request_and_updates_it_on_the_next_run(
 
     first = telemetry_pipeline(PipelineParams(target_repo=str(target), output_dir=str(tmp_path / "reports"), workers=2))
 
-    assert first["phases_drained"] >= 60 and first["telemetry_events"] >= 60
-    calibration = first["calibration"].result
+    assert first.phases_drained >= 60 and first.telemetry_events >= 60
+    calibration = first.calibration.result
     assert calibration is not None and calibration.gate.passed
-    pr = first["pull_request"]
-    assert pr["status"] == "opened"
+    pr = first.pull_request
+    assert pr is not None and pr.status == "opened"
     before = github_env.file(REPOSITORY, "main", ESTIMATOR_PATH)
     after = github_env.file(REPOSITORY, BOT_BRANCH, ESTIMATOR_PATH)
     changed = changed_lines(before, after)
@@ -82,6 +82,6 @@ def test_pipeline_opens_a_pull_request_and_updates_it_on_the_next_run(
     second = telemetry_pipeline(PipelineParams(target_repo=str(target), output_dir=str(tmp_path / "reports2"),
                                                skip_drain=True))
 
-    assert second["pull_request"]["status"] == "updated"
-    assert second["pull_request"]["pr_number"] == pr["pr_number"]
+    assert second.pull_request is not None and second.pull_request.status == "updated"
+    assert second.pull_request.pr_number == pr.pr_number
     assert len(github_env.repo(REPOSITORY).pulls) == 1

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -24,8 +25,9 @@ from autopack.config import get_settings
 from autopack.db.engine import get_engine, session_scope
 from autopack.errors import ConfigError, InputError
 from autopack.execution.seed_runs import ensure_seed_runs
+from autopack.github import BOT_BRANCH, PublishResult
 from autopack.params import PipelineParams
-from autopack.pipeline import check_deployment_database, check_deployment_locations, state_message
+from autopack.pipeline import PipelineResult, check_deployment_database, check_deployment_locations, state_message
 from flows.pipeline import telemetry_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +57,7 @@ def test_a_failed_gate_says_so_in_the_state_and_the_parent_run_shows_report_plot
     assert state.is_completed()
     assert state.message.startswith("gate not passed: ")
     result = state.result()
-    assert result["pull_request"] is None and result["message"] == state.message
+    assert result.pull_request is None and result.message == state.message
     with get_client(sync_client=True) as client:
         artifacts = run_artifacts(client, state.state_details.flow_run_id)
     assert {"batch-drain-summary", "calibration-report", "calibration-groups", "calibration-gate"} <= artifacts.keys()
@@ -128,18 +130,19 @@ def gate(passed: bool, reasons: list[str]) -> CalibrationOutcome:
     return CalibrationOutcome(result=as_result(calibration(gate={"passed": passed, "reasons": reasons})))
 
 
-def outcome(**overrides: object) -> dict[str, object]:
-    result: dict[str, object] = {"calibration": gate(True, []), "pull_request": None, "target_repo": "/srv/ap"}
-    result.update(overrides)
-    return result
+def outcome(**overrides: Any) -> PipelineResult:
+    return PipelineResult(**{"db_id": "d", "calibration": gate(True, []), "target_repo": "/srv/ap", **overrides})
 
 
 def test_state_messages_tell_a_failed_gate_a_pull_request_and_a_dry_run_apart() -> None:
     failed = outcome(calibration=gate(False, ["only 12 samples", "no group qualifies"]))
-    opened = outcome(pull_request={"status": "opened", "pr_number": 7, "pr_url": "https://gh.example/pull/7"})
-    updated = outcome(pull_request={"status": "updated", "pr_number": 7, "pr_url": "https://gh.example/pull/7"})
-    dry = outcome(pull_request={"status": "dry_run", "branch": "autopack/calibrate-token-estimator",
-                                "commit_sha": "abcdef0123456789", "body_path": "/srv/reports/pull_request_body.md"})
+    opened = outcome(pull_request=PublishResult(status="opened", branch=BOT_BRANCH, pr_number=7,
+                                                   pr_url="https://gh.example/pull/7"))
+    updated = outcome(pull_request=PublishResult(status="updated", branch=BOT_BRANCH, pr_number=7,
+                                                    pr_url="https://gh.example/pull/7"))
+    dry = outcome(pull_request=PublishResult(status="dry_run", branch="autopack/calibrate-token-estimator",
+                                               commit_sha="abcdef0123456789",
+                                               body_path=Path("/srv/reports/pull_request_body.md")))
     empty = outcome(calibration=CalibrationOutcome(no_samples="no usable calibration samples (0 rows read)"))
 
     assert state_message(failed) == "gate not passed: only 12 samples; no group qualifies"

@@ -25,6 +25,8 @@ from autopack.params import PipelineParams as P
 if TYPE_CHECKING:
     from prefect import State
 
+    from autopack.pipeline import PipelineResult
+
 #: Prefect's setting for how long to wait for its temporary local server (Prefect's default: 20 s).
 STARTUP_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 STARTUP_TIMEOUT_SECONDS = 180
@@ -77,13 +79,12 @@ def run(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The temporary local Prefect server needs more than Prefect's default 20 s on a loaded machine.
     os.environ.setdefault(STARTUP_TIMEOUT_VARIABLE, str(STARTUP_TIMEOUT_SECONDS))
-    from autopack.pipeline import check_publish_settings, check_target_repo, prepare_database, summarise
+    from autopack.pipeline import preflight, prepare_database, summarise
 
     root = repository_root()
     output_dir = writable_dir(Path(params.output_dir))
-    target_repo = check_target_repo(Path(params.target_repo))
-    # before anything is created (--init): the flow's preflight checks again, for the runs no command starts
-    check_publish_settings(dry_run=params.dry_run)
+    # before anything is created (--init); the flow trusts it (``checked``) and does not check again
+    checked = preflight(params, in_deployment=False)
     prepared = prepare_database(database_at(), init=init, expect_db_id=expected_db_id(params.expect_db_id),
                                 weeks=weeks)
     if not params.skip_drain and params.run_ids:  # refused before Prefect starts
@@ -95,13 +96,14 @@ def run(
     telemetry_pipeline = load_pipeline_flow(root)
 
     # the flow gets absolute paths and the database this command checked
-    params = params.model_copy(update={"target_repo": str(target_repo), "output_dir": str(output_dir.resolve()),
+    params = params.model_copy(update={"target_repo": checked.target_repo, "output_dir": str(output_dir.resolve()),
                                        "expect_db_id": prepared.db_id})
 
     called_at = time.time()
     try:
         # a synchronous call: the flow's final State, not an awaitable
-        state = cast("State[Any]", telemetry_pipeline(params, database=prepared.database.ref(), return_state=True))
+        state = cast("State[Any]", telemetry_pipeline(params, database=prepared.database.ref(), checked=checked,
+                                                              return_state=True))
     except RuntimeError as exc:
         if EPHEMERAL_FAILURE not in str(exc):
             raise
@@ -112,9 +114,10 @@ def run(
         ) from None
     if not state.is_completed():
         raise AutopackError(f"pipeline {state.type.value.lower()}: {state.message}", exit_code=1)
-    result = state.result()
-    if result.get("started_at"):  # the flow's body began after Prefect (and its temporary server) started
-        result["timings"] = {"prefect_start": round(result["started_at"] - called_at, 2), **result["timings"]}
+    result: PipelineResult = state.result()
+    if result.started_at:  # the flow's body began after Prefect (and its temporary server) started
+        timings = {"prefect_start": round(result.started_at - called_at, 2), **result.timings}
+        result = result.model_copy(update={"timings": timings})
     for line in summarise(result):
         typer.echo(line)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,7 +121,7 @@ def open_calibration_pr(
                             commit_url=gh.commit_url(gh.base_sha))
             result = gh.publish(edited_source=edited, body=body, title=pr_title(calibration), proposal=digest)
         body_path = write_body(output_dir, body, body_file_name(calibration))
-        return job.done(dataclasses.replace(result, body_path=body_path))
+        return job.done(result.model_copy(update={"body_path": body_path}))
 
     if not dry_run:
         log.info("no GitHub token or repository: publishing the proposal to a local branch instead")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict
+
 PublishStatus = Literal["opened", "updated", "skipped_closed_by_human", "left_alone_human_commits", "dry_run"]
 
 
@@ -51,9 +53,13 @@ def is_bot_commit(author_email: str | None, committer_email: str | None, message
     )
 
 
-@dataclass(frozen=True)
-class PublishResult:
-    """Outcome of one publish: ``status`` says what happened; the rest locates it."""
+class PublishResult(BaseModel):
+    """Outcome of one publish: ``status`` says what happened; the rest locates it.
+
+    A pydantic model: the pull-request step's Prefect result, and the ``pull_request`` of the pipeline's. It holds
+    no token (``pr_url`` is the pull request's page)."""
+
+    model_config = ConfigDict(frozen=True)
 
     status: PublishStatus
     branch: str
