@@ -7,14 +7,18 @@ aims below ``AIM``·α, and does not happen where today's ceilings are already t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
+from autopack import token_estimator as te
 from autopack.calibration import step
+from autopack.calibration.core import Params, calibrate
 from autopack.calibration.model import group_factor
+from autopack.calibration.samples import build_sample_set
 
-from synthetic_telemetry import Law
+from synthetic_telemetry import GroupTruth, Law, simulate_groups
 
 LAW = Law(0.0, 0.35)
 ALPHA = 0.05
@@ -69,3 +73,26 @@ def test_no_lowering_where_today_already_truncates_more_than_the_aim() -> None:
     today = math.exp(LAW.quantile(1 - ALPHA))
     lowered = _lowering(today, fitted=0.9 * today)
     assert lowered.factor is None and "would not lower" in lowered.verdict
+
+
+def test_a_fitted_factor_that_fails_its_held_out_test_still_ships_its_bounded_step() -> None:
+    """A group far above its quantile whose fitted factor cuts 2 of 18 held-out calls (none cut today): the
+    bounded step (×0.8, +0.25 pp at most) cuts none of them, so it ships; before, the group kept today's ceilings
+    (in a closed loop such groups stayed at 1.7–2.8× the oracle's reserve)."""
+    current = dataclasses.replace(te.current_coefficients(), budget_factors={("tests", "medium"): 3.0})
+    sim = simulate_groups([GroupTruth("tests", "medium", 60, LAW, cap_factor=3.0)], seed=1)
+    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=ALPHA), current).result
+    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    assert change.direction == "lower" and 0.8 * 3.0 - 1e-3 <= change.new < 3.0
+    assert any("its fitted factor failed the held-out test" in line for line in result.gate.reasons)
+    assert sim.true_truncation(("tests", "medium"), change.new) - sim.true_truncation(("tests", "medium"), 3.0) <= 0.01
+
+
+def test_a_lowering_after_a_failed_held_out_test_rises_by_at_most_half_the_rise_bound() -> None:
+    today = math.exp(LAW.quantile(0.985))
+    y, observed, predicted, ceiling = _calls(200, today)
+    lowered = step.bounded_lowering(y, observed, predicted, ceiling, math.exp(LAW.quantile(1 - ALPHA)), ALPHA,
+                                    step.LOWER_RISE / 2)
+    assert lowered.factor is not None and lowered.estimated is not None
+    assert lowered.estimated - lowered.estimated_today <= step.LOWER_RISE / 2 + 1e-9
+    assert "+0.25 pp" in lowered.bound

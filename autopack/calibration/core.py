@@ -21,7 +21,10 @@ thin shell in ``runner`` adds those). One pass, in this order:
    ships is a bounded step down (``step.bounded_lowering``: at most +0.5 pp of estimated truncation and ×0.8
    a run (less below 60 calls), never aimed below the estimated (1 − 0.75α) quantile), not the tested
    factor itself: a held-out test on a handful of calls cannot see a rise of a few points, and lowerings
-   passed on 3–13 held-out calls raised groups' true truncation by up to 20 pp in a closed loop. A group that today truncates above α and
+   passed on 3–13 held-out calls raised groups' true truncation by up to 20 pp in a closed loop. A group
+   (not above α) whose fitted factor fails its held-out truncation test still ships the bounded step, with half
+   the rise bound, judged on those held-out calls by step 6: the test is of the fitted factor, not of what
+   ships, and refusing every step kept such groups at 1.7–2.8× the oracle's reserve. A group that today truncates above α and
    cannot pass that gets a step toward α instead (``step``: a raise under which no call's ceiling falls, so
    its truncation can only fall); a raised group comes back down only by the bounded lowering;
 6. the shipped configuration (only what passed) is replayed on the same held-out calls and, on the calls
@@ -317,11 +320,13 @@ def _weights_cut_more(samples: SampleSet, current: te.Coefficients, free: Fitted
 
 def _gate_group(
     g: Group, fitted: Fitted, group_bt: dict[Group, dict[str, dict[str, Any]]], params: Params
-) -> tuple[list[str], str]:
-    """(reasons it fails, the verdict line if it passes) for one group."""
+) -> tuple[list[str], str, str]:
+    """(reasons it fails, the verdict line if it passes, the fitted factor's failed held-out truncation test or
+    "") for one group. The last is not a reason: what ships is a bounded step above the fitted factor, tested on
+    the same held-out calls by the shipped replay (``_shipped_check``)."""
     fit = fitted.model.groups.get(g)
     if fit is None:
-        return ["no calls in the fitted (older) part: nothing to fit a factor on"], ""
+        return ["no calls in the fitted (older) part: nothing to fit a factor on"], "", ""
     info = fit.factor
     why: list[str] = []
     if fit.n < params.min_samples:
@@ -335,22 +340,24 @@ def _gate_group(
     elif info.confidence < params.confidence_threshold:
         why.append(f"confidence {info.confidence:.2f} < threshold {params.confidence_threshold:.2f}")
     bt = group_bt.get(g)
-    verdict = ""
+    verdict = truncation_failed = ""
     if not bt:
         why.append("no held-out calls in the backtest")
     else:
         prop, cur = bt["proposed"], bt["current"]
         ok, line = truncation_verdict(prop, cur, params.alpha)
         if not ok:
-            why.append(line)
+            truncation_failed = line
+        test_line = line if ok else (f"its fitted factor failed the held-out test ({line}), so what ships, the "
+                                     "bounded step, is judged on those calls by the shipped replay")
         if not reserved_better(prop, cur):
             why.append(f"held-out reserved/used {prop['reserved_over_used']:.3f} not below today's "
                        f"{cur['reserved_over_used']:.3f}")
         if info.factor is not None:
             verdict = (f"{info.method} factor {info.factor:.3f} from its own {fit.n} calls (confidence "
-                       f"{info.confidence:.2f} ≥ {params.confidence_threshold:.2f}); {line}; held-out reserved/used "
+                       f"{info.confidence:.2f} ≥ {params.confidence_threshold:.2f}); {test_line}; held-out reserved/used "
                        f"{prop['reserved_over_used']:.3f} < today's {cur['reserved_over_used']:.3f}")
-    return why, verdict
+    return why, verdict, truncation_failed
 
 
 def _shipped_check(
@@ -454,10 +461,12 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     for gi in sorted(samples.rows_by_group()):
         g = samples.groups[gi]
         step = steps[g]
-        why, verdict = _gate_group(g, fitted, group_bt, params)
-        lowering = _lowering(samples, current, fitted, g, alpha) if not why else None
+        why, verdict, truncation_failed = _gate_group(g, fitted, group_bt, params)
+        if truncation_failed and (why or step.above_alpha):  # a group above α gets its raise, not a lowering
+            why.append(truncation_failed)
+        lowering = _lowering(samples, current, fitted, g, alpha, bool(truncation_failed)) if not why else None
         if lowering is not None and lowering.factor is None:
-            why = [lowering.verdict]
+            why = [lowering.verdict] + ([truncation_failed] if truncation_failed else [])
         if not why and lowering is not None and lowering.factor is not None:
             # a distribution-free factor that passes its held-out test, shipped as a bounded lowering
             passing.append(g)
@@ -498,15 +507,19 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
                     shipped_verdict, int(fit_rows.size), drift_summary, steps, raised, lowered)
 
 
-def _lowering(samples: SampleSet, current: te.Coefficients, fitted: Fitted, g: Group, alpha: float) -> Lowering | None:
-    """A passing group's bounded lowering (``step.bounded_lowering``), judged on all its calls like its step."""
+def _lowering(
+    samples: SampleSet, current: te.Coefficients, fitted: Fitted, g: Group, alpha: float, failed_held_out: bool,
+) -> Lowering | None:
+    """A passing group's bounded lowering (``step.bounded_lowering``), judged on all its calls like its step; half
+    the rise bound when its fitted factor failed the held-out test (the held-out calls saw cuts the fit did not)."""
     factor = fitted.model.factor_for(g).factor
     if factor is None:
         return None
     idx = samples.rows_by_group()[samples.groups.index(g)]
     _, today = configuration_ceiling(samples.subset(np.isin(np.arange(samples.n), idx)), current,
                                      current.budget_factors)
-    return bounded_lowering(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today, factor, alpha)
+    return bounded_lowering(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today, factor, alpha,
+                            LOWER_RISE / 2 if failed_held_out else LOWER_RISE)
 
 
 def _steps(samples: SampleSet, params: Params, current: te.Coefficients, fitted: Fitted) -> dict[Group, Step]:

@@ -32,8 +32,10 @@ back), not prove it. One cut call is not enough even where p < ``RAISE_LEVEL`` (
 p = 0.23): a group truncating exactly α shows one cut in 5 calls in 23 % of runs, and each such raise is
 paid for weeks until the lowering, bounded, takes it back.
 
-The other direction (``bounded_lowering``): a group whose distribution-free factor passed its held-out test
-is lowered, but one run moves it a bounded step only, and it is never aimed past ``AIM``·α; see there why.
+The other direction (``bounded_lowering``): a group with a distribution-free factor is lowered, but one run
+moves it a bounded step only, and it is never aimed past ``AIM``·α; see there why. When the fitted factor
+failed its held-out test the step's rise bound is halved (``max_rise``), and the step itself must pass that
+test in the shipped replay (``core``).
 """
 
 from __future__ import annotations
@@ -268,14 +270,14 @@ def _survivals(r: np.ndarray, observed: np.ndarray) -> list[Callable[[np.ndarray
 
 def bounded_lowering(
     y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, fitted_factor: float,
-    alpha: float,
+    alpha: float, max_rise: float = LOWER_RISE,
 ) -> Lowering:
     """The factor a lowering ships, from all the group's calls (``predicted`` under the coefficients that ship
     with it, ``today_ceiling`` today's ceilings): the largest of
 
     - the fitted, tested factor (the gate's target: a distribution-free bound at α);
     - the rise bound: the smallest factor whose estimated truncation over the group's calls (at each call's
-      ceiling) is at most ``LOWER_RISE`` above the estimate under today's ceilings, by both estimators of
+      ceiling) is at most ``max_rise`` (``LOWER_RISE``; half that after a failed held-out test) above the estimate under today's ceilings, by both estimators of
       ``_survivals`` (each against its own estimate of today: the larger estimate of both against the larger
       of today let one estimator's high reading of today license another's rise, +3.8 pp in a closed loop);
     - the step bound: ``LOWER_STEP`` (a smaller step below ``LOWER_STEP_CALLS`` calls) times today's median
@@ -328,8 +330,8 @@ def bounded_lowering(
             lo, hi = (mid, hi) if exceeds(math.exp(mid)) else (lo, mid)
         return math.exp(hi)
 
-    if rise(floor) > LOWER_RISE:
-        candidates.append((smallest(lambda f: rise(f) > LOWER_RISE), f"rise bound +{LOWER_RISE * 100:g} pp"))
+    if rise(floor) > max_rise:
+        candidates.append((smallest(lambda f: rise(f) > max_rise), f"rise bound +{max_rise * 100:g} pp"))
     if estimated(floor) > AIM * alpha:
         candidates.append((smallest(lambda f: estimated(f) > AIM * alpha), f"aim {AIM * alpha:.2%}"))
     value, bound = max(candidates)
