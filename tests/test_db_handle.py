@@ -8,7 +8,6 @@ hand-threaded URL strings this handle replaced.
 from __future__ import annotations
 
 import ast
-import logging
 import pickle
 import subprocess
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
+from log_records import records_starting_with
 
 from autopack.db.engine import session_scope
 from autopack.db.handle import Database, database_at, open_database
@@ -94,29 +94,10 @@ def test_open_database_guards_once_and_database_at_not_at_all(empty_db_url: str)
 # --- the guard runs once per pipeline run ---------------------------------------------------------------
 
 
-class GuardCounter(logging.Handler):
-    """The identity guard's own record of each database it let through (``autopack.db.identity.guard``)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.passed: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("identity guard passed"):
-            self.passed.append(record.getMessage())
-
-
 @pytest.fixture
 def guards() -> Iterator[list[str]]:
-    logger = logging.getLogger("autopack.db.identity")
-    counter, level = GuardCounter(), logger.level
-    logger.addHandler(counter)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield counter.passed
-    finally:
-        logger.removeHandler(counter)
-        logger.setLevel(level)
+    with records_starting_with("autopack.db.identity", "identity guard passed") as passed:
+        yield passed
 
 
 def checkout(path: Path) -> Path:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
+from log_records import records_starting_with
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,29 +80,10 @@ def test_the_flows_come_from_the_checkout_in_the_working_directory(
     assert repository_root() == ROOT
 
 
-class PublishCheckCounter(logging.Handler):
-    """Counts ``check_publish_settings`` calls by the debug record each one emits."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.checks: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("publish settings checked"):
-            self.checks.append(record.getMessage())
-
-
 @pytest.fixture
 def publish_checks() -> Iterator[list[str]]:
-    logger = logging.getLogger("autopack.pipeline")
-    counter, level = PublishCheckCounter(), logger.level
-    logger.addHandler(counter)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield counter.checks
-    finally:
-        logger.removeHandler(counter)
-        logger.setLevel(level)
+    with records_starting_with("autopack.pipeline", "publish settings checked") as checks:
+        yield checks
 
 
 def test_the_pipeline_command_checks_the_publish_settings_once(
