@@ -12,7 +12,7 @@ from prefect.states import Completed
 from autopack.artifacts import calibration_group_rows, calibration_report_markdown
 from autopack.calibration import NoUsableSamplesError, run_calibration
 from autopack.calibration.result import CalibrationOutcome
-from autopack.db.handle import DatabaseRef, open_database
+from autopack.db.handle import DatabaseRef, reopen_or_open
 from autopack.params import CalibrationParams, ExpectDbId, OutputDir, PipelineParams
 from autopack.pipeline import calibration_outcome
 
@@ -25,7 +25,7 @@ def calibrate_task(
     """The library call; "no usable samples" is an outcome (``no_samples``: the reason), not a crash."""
     try:
         return CalibrationOutcome(result=run_calibration(
-            database.open() if database else open_database(expect_db_id=expect_db_id),
+            reopen_or_open(database, expect_db_id=expect_db_id),
             params,
             include_run_ids=include_run_ids or None,
             output_dir=Path(output_dir),

@@ -34,7 +34,7 @@ from prefect.states import Completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from autopack.artifacts import drain_session_markdown
-from autopack.db.handle import DatabaseRef, open_database
+from autopack.db.handle import DatabaseRef, reopen_or_open
 from autopack.errors import AutopackError
 from autopack.execution.batch import BatchOptions, attempt_samples, run_batch_drain
 from autopack.execution.batch_report import format_summary, outcome_line, phase_log_line, progress_percent
@@ -226,7 +226,7 @@ def batch_drain(
     try:
         report = run_batch_drain(
             params,
-            database.open() if database else open_database(expect_db_id=expect_db_id),
+            reopen_or_open(database, expect_db_id=expect_db_id),
             executor=PHASE_EXECUTOR,
             runner=TaskRunExecutor(params.workers, PHASE_EXECUTOR),
             reporter=PrefectReporter(),

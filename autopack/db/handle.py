@@ -117,3 +117,9 @@ def open_database(
     target = database_at(url, read_only=read_only)
     report = guard(target, expect_db_id=expected_db_id(expect_db_id), allow_empty=allow_empty, counts=counts)
     return Database(target.url, report.db_id, report, read_only=read_only)
+
+
+def reopen_or_open(ref: DatabaseRef | None, *, expect_db_id: str | None = None) -> Database:
+    """A flow step's database: the one its caller verified (``ref``, reopened without a second guard), else the
+    settings' database guarded here (a deployment's run of the step on its own)."""
+    return ref.open() if ref is not None else open_database(expect_db_id=expect_db_id)
