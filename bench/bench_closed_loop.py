@@ -65,7 +65,7 @@ def _window_value(text: str) -> Any:
 
 def run_job(job: Job) -> dict[str, Any]:
     """One loop, as plain data (it crosses a process boundary)."""
-    from closed_loop import LAWS, LoopConfig, largest_raise, run_loop, settled_cycle, shipped_labels
+    from closed_loop import LAWS, LoopConfig, largest_raise, lowering_checks, run_loop, settled_cycle, shipped_labels
 
     kwargs = {} if job.window_param is None else {job.window_param: _window_value(job.window)}
     config = LoopConfig(weeks=job.weeks, alpha=job.alpha, seed=job.seed, start=job.start, laws=LAWS[job.law],
@@ -82,6 +82,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "phases": {"/".join(g): result.phases_per_week(g) for g in groups},
         "settled": {"/".join(g): settled_cycle(result, g) for g in groups},
         "largest_raise": [raise_, "/".join(raise_group) if raise_group else None, raise_cycle],
+        "lowerings": [{**check.__dict__, "group": "/".join(check.group)} for check in lowering_checks(result)],
         "cycles": [
             {
                 "index": c.index,
@@ -211,6 +212,35 @@ def print_targets(configs: dict[tuple[Any, ...], list[dict[str, Any]]]) -> None:
               f"{'yes' if ok else 'no'} {marks} |")
 
 
+def _bound_kind(bound: str) -> str:
+    return bound.split(" ×")[0].split(" +")[0].split(" ")[0] if bound else "?"
+
+
+def print_lowerings(runs: Sequence[dict[str, Any]]) -> None:
+    """How honest the gate's estimate of a lowering's rise was: estimated against true, by what bounded the step
+    and by the group's calls (the 1 pp rule is on the true rise; the gate bounds the estimated one)."""
+    checks = [c for r in runs for c in r.get("lowerings", [])]
+    if not checks:
+        return
+    print("\n### Merged lowerings: estimated against true rise of the group's truncation\n")
+    print("The gate bounds the rise its own calls estimate; the target is on the true rise (same law before and "
+          "after). Per bound and group size: lowerings, mean estimated and true rise, the largest true rise, and "
+          "how many rose by more than 1 pp.\n")
+    print("| bounded by | group's calls | lowerings | estimated rise, mean | true rise, mean | true rise, largest | "
+          "> 1 pp |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in checks:
+        size = "< 30" if c["calls"] < 30 else "30–59" if c["calls"] < 60 else "≥ 60"
+        cells.setdefault((_bound_kind(c["bound"]), size), []).append(c)
+        cells.setdefault(("all", "all"), []).append(c)
+    for (bound, size), rows in sorted(cells.items(), key=lambda kv: (kv[0][0] == "all", kv[0])):
+        est = statistics.mean(r["estimated_rise"] for r in rows)
+        true = [r["true_rise"] for r in rows]
+        print(f"| {bound} | {size} | {len(rows)} | {_pct(est)} pp | {_pct(statistics.mean(true))} pp | "
+              f"{_pct(max(true))} pp | {sum(t > 0.01 for t in true)} |")
+
+
 def print_all(runs: Sequence[dict[str, Any]], *, shipped: bool, cycles: bool = True) -> None:
     configs = _configs(runs)
     for key, group_runs in configs.items() if cycles else ():
@@ -218,6 +248,7 @@ def print_all(runs: Sequence[dict[str, Any]], *, shipped: bool, cycles: bool = T
         if shipped:
             print_shipped(key, min(group_runs, key=lambda r: r["job"]["seed"]))
     print_targets(configs)
+    print_lowerings(runs)
 
 
 def _split(text: str) -> list[str]:

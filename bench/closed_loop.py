@@ -489,3 +489,33 @@ def largest_raise(result: LoopResult) -> tuple[float, Group | None, int]:
             if after is not None and after.truncation - before.truncation > worst[0]:
                 worst = (after.truncation - before.truncation, g, cycle.index)
     return worst
+
+
+@dataclass(frozen=True)
+class LoweringCheck:
+    """One merged lowering: what the gate estimated from the group's calls against what the law says."""
+
+    cycle: int  # the cycle it created (cycle − 1 → cycle)
+    group: Group
+    calls: int
+    bound: str
+    estimated_rise: float
+    true_rise: float  # same law before and after
+
+
+def lowering_checks(result: LoopResult) -> list[LoweringCheck]:
+    """Every merged budget-factor lowering with its estimated and its true rise of the group's truncation."""
+    out = []
+    for previous, cycle in zip(result.cycles, result.cycles[1:], strict=False):
+        for change in previous.shipped:
+            low = change.get("lowering") if change.get("coefficient") == "BUDGET_FACTORS" else None
+            if not low or low.get("estimated_truncation") is None:
+                continue
+            g = (change["key"][0], change["key"][1])
+            before, after = cycle.before.get(g), cycle.truth.get(g)
+            if before is None or after is None:
+                continue
+            out.append(LoweringCheck(cycle.index, g, int(change.get("n") or 0), low["bound"],
+                                     low["estimated_truncation"] - low["estimated_truncation_today"],
+                                     after.truncation - before.truncation))
+    return out

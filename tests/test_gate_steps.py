@@ -96,3 +96,17 @@ def test_a_lowering_after_a_failed_held_out_test_rises_by_at_most_half_the_rise_
     assert lowered.factor is not None and lowered.estimated is not None
     assert lowered.estimated - lowered.estimated_today <= step.LOWER_RISE / 2 + 1e-9
     assert "+0.25 pp" in lowered.bound
+
+
+def test_a_shipped_lowering_carries_what_bounded_it_and_its_estimated_truncation() -> None:
+    """The result records each lowering's bound and the truncation its calls estimate before and after, so a
+    reviewer (and the closed loop, against the truth) can check the step, not only its verdict line."""
+    current = dataclasses.replace(te.current_coefficients(), budget_factors={("tests", "medium"): 3.0})
+    sim = simulate_groups([GroupTruth("tests", "medium", 60, LAW, cap_factor=3.0)], seed=1)
+    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=ALPHA), current).result
+    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    low = change.lowering
+    assert low is not None and low.factor == change.new and low.today_factor > low.factor >= low.fitted_factor
+    assert low.estimated_truncation is not None
+    assert 0 <= low.estimated_truncation - low.estimated_truncation_today <= step.LOWER_RISE / 2 + 1e-4
+    assert change.verdict is not None and low.bound in change.verdict

@@ -124,11 +124,16 @@ class Decision:
     steps: dict[Group, Step] = field(default_factory=dict)
     raised: dict[Group, float] = field(default_factory=dict)
     #: the groups that ship a lowering, at its bounded factor (``step.bounded_lowering``)
-    lowered: dict[Group, float] = field(default_factory=dict)
+    lowered: dict[Group, Lowering] = field(default_factory=dict)
 
     def shipped_factor(self, g: Group) -> float | None:
         """The factor a passing group ships: its raise, its bounded lowering, else its fitted factor."""
-        return {**self.lowered, **self.raised}.get(g, self.fitted.model.factor_for(g).factor)
+        return _new_factors(self.raised, self.lowered).get(g, self.fitted.model.factor_for(g).factor)
+
+
+def _new_factors(raised: dict[Group, float], lowered: dict[Group, Lowering]) -> dict[Group, float]:
+    """The budget factors the steps set: each raised group's, each lowered group's bounded factor."""
+    return {**{g: low.factor for g, low in lowered.items() if low.factor is not None}, **raised}
 
 
 def _log_ratio(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -363,7 +368,7 @@ def _gate_group(
 def _shipped_check(
     held: HeldOut, params: Params, current: te.Coefficients, fitted: Fitted,
     passing: list[Group], ship_weights: bool, current_ceiling: np.ndarray,
-    group_bt: dict[Group, dict[str, dict[str, Any]]], raised: dict[Group, float], lowered: dict[Group, float],
+    group_bt: dict[Group, dict[str, dict[str, Any]]], raised: dict[Group, float], lowered: dict[Group, Lowering],
 ) -> tuple[list[Group], dict[str, Any], np.ndarray, str, dict[Group, str]]:
     """Replay the shipped configuration on the held-out calls; drop groups (worst first) until it passes.
 
@@ -384,7 +389,7 @@ def _shipped_check(
         return (prop["truncations_upper"] - cur["truncations"], prop["reserved_over_used"] / cur["reserved_over_used"])
 
     while True:
-        coeffs, factors = _shipped(current, fitted, keep, ship_weights and bool(keep), {**lowered, **raised})
+        coeffs, factors = _shipped(current, fitted, keep, ship_weights and bool(keep), _new_factors(raised, lowered))
         ceiling = heldout_ceilings(held, coeffs, factors, params, adapt=keep)
         shipped = evaluate(ceiling, test.y, test.observed, alpha)
         if not keep:
@@ -454,7 +459,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
 
     steps = _steps(samples, params, current, fitted)
     raised: dict[Group, float] = {}
-    lowered: dict[Group, float] = {}
+    lowered: dict[Group, Lowering] = {}
     reasons: dict[Group, list[str]] = {}
     verdicts: dict[Group, str] = {}
     passing: list[Group] = []
@@ -470,7 +475,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         if not why and lowering is not None and lowering.factor is not None:
             # a distribution-free factor that passes its held-out test, shipped as a bounded lowering
             passing.append(g)
-            lowered[g] = lowering.factor
+            lowered[g] = lowering
             verdicts[g] = f"{verdict}; {lowering.verdict}"
         elif step.above_alpha and step.raises and step.n >= params.min_samples and tested:
             raised[g] = step.factor  # type: ignore[assignment]
@@ -499,7 +504,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         ship_weights = False
         weights_verdict = "TOKEN_WEIGHTS changes not shipped: no group passed the gate"
     if tested:  # every drift method on what ships, for the report; the chosen method's row is the gate's replay
-        coeffs, factors = _shipped(current, fitted, passing, ship_weights, {**lowered, **raised})
+        coeffs, factors = _shipped(current, fitted, passing, ship_weights, _new_factors(raised, lowered))
         _, static_shipped = configuration_ceiling(test, coeffs, factors)
         drift_summary = drift.compare_in_calibration(alpha, held.drift_rows(), predict(samples, coeffs), factors,
                                                      static_shipped, chosen=(params.spec.name, shipped_ceiling))
@@ -685,6 +690,14 @@ def _step(step: Step) -> R.StepRecord:
     return R.StepRecord.model_validate(step.as_dict())
 
 
+def _lowering_record(low: Lowering) -> R.LoweringRecord:
+    assert low.factor is not None  # only lowerings that lower are kept
+    return R.LoweringRecord(fitted_factor=round(low.fitted_factor, 4), factor=low.factor, bound=low.bound,
+                            today_factor=round(low.today_factor, 4),
+                            estimated_truncation_today=round(low.estimated_today, 5),
+                            estimated_truncation=_num(low.estimated, 5))
+
+
 def _overhead_change(fit: FitResult, current: te.Coefficients, g: Group) -> tuple[int | None, int] | None:
     old = current.phase_overhead.get(g)
     new = fit.coefficients.phase_overhead.get(g, current.default_phase_overhead)
@@ -728,7 +741,8 @@ def _changes(
         common: dict[str, Any] = dict(
             category=g[0], complexity=g[1], n=e.n, confidence=None if g in decision.raised else e.confidence,
             backtest=e.backtest, direction=e.gate_direction,
-            step_toward_alpha=e.step_toward_alpha if g in decision.raised else None)
+            step_toward_alpha=e.step_toward_alpha if g in decision.raised else None,
+            lowering=_lowering_record(decision.lowered[g]) if g in decision.lowered else None)
         old_factor = current.budget_factors.get(g)
         if new_factor is not None and new_factor != old_factor:
             changes.append(R.ProposedChange(coefficient="BUDGET_FACTORS", key=g, old=old_factor, new=new_factor,

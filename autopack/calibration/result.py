@@ -188,6 +188,18 @@ class StepRecord(_Model):
     price_tokens: int | None = Field(None, description="extra tokens reserved on the group's calls")
 
 
+class LoweringRecord(_Model):
+    """A group's bounded lowering (``calibration.step.Lowering``): what ships, what bounded it, and the
+    truncation its own calls estimate before and after (the closed loop checks these against the truth)."""
+
+    fitted_factor: float = Field(description="the tested (fitted) factor, where the descent ends")
+    factor: float = Field(description="the factor that ships")
+    bound: str = Field(description="what bounded the step: the fitted factor, the rise bound, the step bound or the aim")
+    today_factor: float = Field(description="median of today's ceiling ÷ predicted over the group's calls")
+    estimated_truncation_today: float = Field(description="the group's truncation today, estimated from its calls")
+    estimated_truncation: float | None = Field(None, description="... under the shipped factor")
+
+
 class GroupEntry(_Model):
     """One (category, complexity) group: its data, its budget factor and how it was obtained, the gate's word."""
 
@@ -279,6 +291,7 @@ class ProposedChange(_Model):
     backtest: GroupBacktest | None = Field(None, description="its held-out replay")
     direction: Direction | None = Field(None, description="reserve lowered, or a step toward α")
     step_toward_alpha: StepRecord | None = Field(None, description="the group's step when raised")
+    lowering: LoweringRecord | None = Field(None, description="the group's bounded lowering when lowered")
     interval: Interval | None = Field(None, description="the value's interval")
     verdict: str | None = Field(None, description="one line: why it passed")
 
