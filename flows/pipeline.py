@@ -112,7 +112,7 @@ def telemetry_pipeline(
         if calibration.result is not None and calibration.gate_passed:
             pull_request = settle(cast("State[Any]", open_calibration_pr_flow(
                 calibration.result, checked.publish, checked.target_repo, params.output_dir, flow_run_url,
-                database, wait_for=[calibration], return_state=True,
+                database=database, wait_for=[calibration], return_state=True,
             )))
             lap("pull_request")
             publish_pull_request_artifact(pull_request)
