@@ -13,19 +13,21 @@ from autopack.artifacts import calibration_group_rows, calibration_report_markdo
 from autopack.calibration import NoUsableSamplesError, run_calibration
 from autopack.calibration.result import CalibrationOutcome
 from autopack.db.handle import DatabaseRef, reopen_or_open
+from autopack.errors import AutopackError
 from autopack.params import CalibrationParams, ExpectDbId, OutputDir, PipelineParams
 from autopack.pipeline import calibration_outcome
+from flows.logs import quiet_run_logs
+from flows.states import refusal
 
 
 @task(name="run-calibration")
 def calibrate_task(
-    params: CalibrationParams, include_run_ids: list[str] | None, output_dir: str, expect_db_id: str | None,
-    database: DatabaseRef | None = None,
+    params: CalibrationParams, include_run_ids: list[str] | None, output_dir: str, database: DatabaseRef,
 ) -> CalibrationOutcome:
     """The library call; "no usable samples" is an outcome (``no_samples``: the reason), not a crash."""
     try:
         return CalibrationOutcome(result=run_calibration(
-            reopen_or_open(database, expect_db_id=expect_db_id),
+            database.open(),
             params,
             include_run_ids=include_run_ids or None,
             output_dir=Path(output_dir),
@@ -62,10 +64,17 @@ def calibrate(
 
     The other arguments say what to read and where to write, not how to compute, so they are not part of the
     model: the pipeline passes the runs it drained, its ``output_dir`` and the database its guard verified
-    (``database``: not guarded again; without it the settings' database is guarded here). The run's result is a
-    ``CalibrationOutcome``: the result, or why there is none.
+    (``database``: not guarded again). Run on its own (no ``database``), the settings' database is guarded here
+    (``expect_db_id``, else ``AUTOPACK_EXPECTED_DB_ID``), and a refusal ends the run Failed in the guard's one
+    line before anything is read or written. The run's result is a ``CalibrationOutcome``: the result, or why
+    there is none.
     """
-    outcome = calibrate_task(params, include_run_ids, output_dir, expect_db_id, database)
+    quiet_run_logs()
+    try:
+        checked = reopen_or_open(database, expect_db_id=expect_db_id)
+    except AutopackError as exc:  # the wrong, an empty or an unmigrated database
+        return refusal(exc)
+    outcome = calibrate_task(params, include_run_ids, output_dir, checked.ref())
     publish_calibration_artifacts(outcome)
     message = calibration_outcome(outcome)
     get_run_logger().info("%s", message)

@@ -85,10 +85,10 @@ def telemetry_pipeline(
         validation: ValidationResult | None = None
         drained: DrainSummary | None = None
         if not params.skip_drain:
-            validation = settle(validate_single_phase(
+            validation = settle(cast("State[Any]", validate_single_phase(
                 params.validate_run_id or (params.run_ids[0] if params.run_ids else None), params.validate_phase_id,
                 database=database, wait_for=after, return_state=True,
-            ))
+            )))
             lap("validate")
             drained = settle(batch_drain(params.drain(), expect_db_id=db_id, database=database,
                                          wait_for=[validation], return_state=True))
