@@ -29,19 +29,23 @@ def validate_single_phase(
     The step writes to the database (it claims the phase, runs it and records its attempt and telemetry).
     ``database``: the database the pipeline's guard verified (not guarded again); run on its own (no
     ``database``), the settings' database is guarded here (``expect_db_id``, else ``AUTOPACK_EXPECTED_DB_ID``),
-    and a refusal ends the run Failed in one line before anything is read or written."""
+    and a refusal ends the run Failed in one line before anything is read or written. A validation that fails
+    (the phase cannot be drained, or recorded no telemetry) ends it Failed in its one line too (``refusal``):
+    the pipeline's ``settle`` raises that error again and stops before the drain."""
     quiet_run_logs()
     logger = get_run_logger()
     try:
         checked = reopen_or_open(database, expect_db_id=expect_db_id)
-    except AutopackError as exc:  # the wrong, an empty or an unmigrated database
+        target = validation_phase(checked, run_id, phase_id)
+        if target is None:
+            logger.info("no QUEUED phase to validate with; skipping validation")
+            return ValidationResult()
+        result = drain_one_task(*target, checked.ref())
+        logger.info("validated on %s/%s: %s, %s telemetry event(s)", result.run_id, result.phase_id,
+                    result.final_state, result.telemetry_events)
+        check_validation(result)
+    # the wrong, an empty or an unmigrated database; a phase that cannot be drained (unknown, not drainable,
+    # telemetry off); a drained phase that recorded no telemetry
+    except AutopackError as exc:
         return refusal(exc)
-    target = validation_phase(checked, run_id, phase_id)
-    if target is None:
-        logger.info("no QUEUED phase to validate with; skipping validation")
-        return ValidationResult()
-    result = drain_one_task(*target, checked.ref())
-    logger.info("validated on %s/%s: %s, %s telemetry event(s)", result.run_id, result.phase_id,
-                result.final_state, result.telemetry_events)
-    check_validation(result)
     return result

@@ -5,7 +5,8 @@ own (no ``database``: a deployment's or a script's run), validation drained a ph
 settings named, unguarded (an empty one: "skipped", Completed), and calibration refused from inside its task, so
 the run's message was Prefect's exception text. Now the wrong, an empty or an unmigrated database ends the run
 Failed with exactly the guard's one line before anything is written: no attempt, no telemetry, no calibration
-run recorded, no report.
+run recorded, no report. A validation that fails (no telemetry recorded, a phase that cannot be drained) ends
+the run Failed the same way, in its one line, not in Prefect's exception text.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from test_flows import make_run
 
 from autopack.db.engine import get_engine
 from autopack.db.handle import open_database
-from autopack.errors import DbIdentityMismatchError, EmptyDatabaseError, SchemaNotMigratedError
+from autopack.errors import (
+    AutopackError,
+    DbIdentityMismatchError,
+    EmptyDatabaseError,
+    InputError,
+    RefusedError,
+    SchemaNotMigratedError,
+)
+from autopack.pipeline import ValidationFailed
 from flows.calibrate import calibrate
 from flows.validate import validate_single_phase
 
@@ -142,3 +151,25 @@ def test_given_the_callers_verified_database_it_does_not_guard_again(
     assert state.is_completed(), state.message
     assert guards == []
     assert rows(with_run) != before
+
+
+#: Validations that cannot pass: the phase's description, the phase validated, the settings, the error.
+FAILING_VALIDATIONS: dict[str, tuple[str, str, dict[str, str], type[AutopackError]]] = {
+    "no telemetry recorded": ("write a helper [sim:auth-error]", "p0", {}, ValidationFailed),
+    "no such phase": ("write a helper", "p9", {}, InputError),
+    "telemetry off": ("write a helper", "p0", {"TELEMETRY_DB_ENABLED": "0"}, RefusedError),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILING_VALIDATIONS))
+def test_alone_a_validation_that_fails_ends_failed_in_its_one_line(
+    case: str, db_url: str, prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    description, phase_id, settings, expected = FAILING_VALIDATIONS[case]
+    make_run(db_url, "r", description)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    state = validate_single_phase("r", phase_id, return_state=True)
+    error = refusal(state)
+    assert type(error) is expected, state.message
+    assert not state.message.startswith("Flow run encountered an exception"), state.message

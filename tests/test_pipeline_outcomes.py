@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from github_server.samples import as_result, calibration
 from prefect.client.orchestration import get_client
 from prefect_live import run_artifacts
+from test_flows import make_run
 from test_pipeline_flow import project_checkout
 
 from autopack.calibration.result import CalibrationOutcome
@@ -27,7 +28,14 @@ from autopack.errors import ConfigError, InputError
 from autopack.execution.seed_runs import ensure_seed_runs
 from autopack.github import BOT_BRANCH, PublishResult
 from autopack.params import PipelineParams
-from autopack.pipeline import PipelineResult, check_deployment_database, check_deployment_locations, state_message
+from autopack.pipeline import (
+    NO_TELEMETRY_HINT,
+    PipelineResult,
+    ValidationFailed,
+    check_deployment_database,
+    check_deployment_locations,
+    state_message,
+)
 from flows.pipeline import telemetry_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +88,20 @@ def test_dry_run_false_without_a_token_is_refused_before_anything_is_drained(
     assert state.message.startswith("dry_run is false but no GitHub token is available")
     assert "\n" not in state.message
     assert queued_phases(seeded) == before
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_failed_validation_ends_the_run_failed_in_its_one_line_before_the_drain(
+    db_url: str, prefect_harness: None, tmp_path: Path
+) -> None:
+    make_run(db_url, "r", "write a helper [sim:auth-error]", "write another")
+    target = project_checkout(tmp_path / "target")
+    params = PipelineParams(run_ids=["r"], output_dir=str(tmp_path / "reports"), target_repo=str(target),
+                            dry_run=True)
+    state = telemetry_pipeline(params, return_state=True)
+    assert state.is_failed()
+    assert state.message == ValidationFailed(NO_TELEMETRY_HINT).one_line()
+    assert queued_phases(db_url) == 1  # p0 was validated, p1 not drained
     assert not (tmp_path / "reports").exists()
 
 
