@@ -110,3 +110,63 @@ def test_a_shipped_lowering_carries_what_bounded_it_and_its_estimated_truncation
     assert low.estimated_truncation is not None
     assert 0 <= low.estimated_truncation - low.estimated_truncation_today <= step.LOWER_RISE / 2 + 1e-4
     assert change.verdict is not None and low.bound in change.verdict
+
+
+def test_a_group_too_small_for_a_distribution_free_factor_gets_a_bounded_step_that_claims_nothing() -> None:
+    """12 calls, today's factor 3.0 far above the law's 95 % quantile (1.78): the fitted factor rests on a normal
+    assumption and is never shipped, but it ends a half-size bounded step, which ships and claims no confidence
+    (before, such a group stayed at today's ceilings for the 3–8 weeks a distribution-free factor needs)."""
+    g = ("tests", "medium")
+    current = dataclasses.replace(te.current_coefficients(), budget_factors={g: 3.0})
+    sim = simulate_groups([GroupTruth(*g, 12, LAW, cap_factor=3.0)], seed=1)
+    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=ALPHA), current).result
+    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    low = change.lowering
+    assert change.direction == "lower" and change.confidence is None and low is not None
+    assert low.fitted_factor <= change.new < 3.0 and change.verdict and "not distribution-free" in change.verdict
+    assert low.estimated_truncation is not None
+    assert low.estimated_truncation - low.estimated_truncation_today <= step.LOWER_RISE / 2 + 1e-4
+    assert sim.true_truncation(g, change.new) - sim.true_truncation(g, 3.0) <= 0.01
+
+
+def test_a_stricter_confidence_threshold_lowers_only_on_a_distribution_free_factor() -> None:
+    g = ("tests", "medium")
+    current = dataclasses.replace(te.current_coefficients(), budget_factors={g: 3.0})
+    sim = simulate_groups([GroupTruth(*g, 12, LAW, cap_factor=3.0)], seed=1)
+    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=ALPHA, confidence_threshold=0.8),
+                       current).result
+    assert not result.proposed_changes
+    assert any("only groups with a distribution-free factor are lowered" in r for r in result.gate.reasons)
+
+
+def test_a_group_under_60_calls_is_lowered_by_at_most_half_the_rise_bound() -> None:
+    """40 calls with a distribution-free factor that passes its held-out test, today at 0.5 % truncation: on
+    30–59 calls, steps of +0.5 pp estimated rose by up to 1.1 pp true in the closed loop, so the bound is half."""
+    g = ("tests", "medium")
+    today = round(math.exp(LAW.quantile(0.995)), 3)
+    current = dataclasses.replace(te.current_coefficients(), budget_factors={g: today})
+    sim = simulate_groups([GroupTruth(*g, 40, LAW, cap_factor=today)], seed=0)
+    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=ALPHA), current).result
+    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    low = change.lowering
+    assert change.verdict and "failed the held-out test" not in change.verdict
+    assert low is not None and low.estimated_truncation is not None and change.new < today
+    assert low.bound == f"rise bound +{step.LOWER_RISE / 2 * 100:g} pp"
+    assert low.estimated_truncation - low.estimated_truncation_today <= step.LOWER_RISE / 2 + 1e-4
+
+
+def test_a_factor_that_rests_on_an_assumption_does_not_lower_a_group_with_cut_calls() -> None:
+    """14 calls at α = 10 %, today's ceilings at the law's 95 % quantile, one call cut under them: the fitted
+    factor (a normal bound on 10 calls) extrapolates over exactly that call, so it ends no descent (in the closed
+    loop such steps walked a group at 5.6 %, just under α + 1 pp, up to 6.3 %); one cut in 14 is not above α
+    either, so nothing ships."""
+    g = ("tests", "medium")
+    today = round(math.exp(LAW.quantile(0.95)), 3)
+    current = dataclasses.replace(te.current_coefficients(), budget_factors={g: today})
+    sim = simulate_groups([GroupTruth(*g, 14, LAW, cap_factor=today)], seed=3)
+    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=0.10), current).result
+    (entry,) = result.groups
+    assert entry.factor_method == "small_group_bound" and entry.step_toward_alpha is not None
+    assert entry.step_toward_alpha.today_truncations == 1 and not result.proposed_changes
+    assert any("lowers only a group whose calls today's ceilings do not cut (they cut 1 of its 14)" in r
+               for r in entry.gate_reasons)

@@ -33,10 +33,11 @@ of its runs, so a rule that waited for two raised such groups in 10–65 % of ru
 allow; in a group of 20 or more one cut is not (its share is not above α). In the closed loop the single-cut
 raises cost nothing measurable (reserve at cycle 8 1.40 → 1.41) and docs/low settled earlier.
 
-The other direction (``bounded_lowering``): a group with a distribution-free factor is lowered, but one run
-moves it a bounded step only, and it is never aimed past ``AIM``·α; see there why. When the fitted factor
-failed its held-out test the step's rise bound is halved (``max_rise``), and the step itself must pass that
-test in the shipped replay (``core``).
+The other direction (``bounded_lowering``): a group with a fitted factor below today's ceilings is lowered, but
+one run moves it a bounded step only, and it is never aimed past ``AIM``·α; see there why. Where the evidence
+is thin (the fitted factor failed its held-out test or rests on an assumption, or the group has fewer than
+``LOWER_STEP_CALLS`` calls) the step's rise bound is halved (``max_rise``), and the step itself must pass the
+held-out test in the shipped replay (``core``).
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ LOWER_STEP_CALLS = 60
 
 @dataclass(frozen=True)
 class Lowering:
-    """How far one run may lower a group whose distribution-free factor passed its held-out test."""
+    """How far one run may lower a group whose fitted factor lies below today's ceilings."""
 
     fitted_factor: float  # the tested factor (fitted on the older calls)
     factor: float | None  # what ships: the fitted factor, or the bound above it; None: no lowering left
@@ -272,9 +273,11 @@ def bounded_lowering(
     """The factor a lowering ships, from all the group's calls (``predicted`` under the coefficients that ship
     with it, ``today_ceiling`` today's ceilings): the largest of
 
-    - the fitted, tested factor (the gate's target: a distribution-free bound at α);
+    - the fitted, tested factor (the gate's target: a distribution-free bound at α, or a factor that rests on an
+      assumption, which only ends the descent);
     - the rise bound: the smallest factor whose estimated truncation over the group's calls (at each call's
-      ceiling) is at most ``max_rise`` (``LOWER_RISE``; half that after a failed held-out test) above the estimate under today's ceilings, by both estimators of
+      ceiling) is at most ``max_rise`` (``LOWER_RISE``; half that where the evidence is thin, ``core._lowering``)
+      above the estimate under today's ceilings, by both estimators of
       ``_survivals`` (each against its own estimate of today: the larger estimate of both against the larger
       of today let one estimator's high reading of today license another's rise, +3.8 pp in a closed loop);
     - the step bound: ``LOWER_STEP`` (a smaller step below ``LOWER_STEP_CALLS`` calls) times today's median
