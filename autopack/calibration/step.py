@@ -340,7 +340,7 @@ def bounded_lowering(
             f"prediction)")
     if not factor < today_factor:
         return Lowering(fitted_factor, None, bound, today_factor, today, None,
-                        f"{line}: a lowering bounded by +{LOWER_RISE * 100:g} pp of estimated truncation and "
+                        f"{line}: a lowering bounded by +{max_rise * 100:g} pp of estimated truncation and "
                         f"×{shrink:.3g} a run would not lower its typical ceiling (the fitted factor "
                         f"{fitted_factor:.3f}, bounded {factor:.3f})")
     after = estimated(factor)
