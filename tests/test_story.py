@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from github_server.samples import as_result, calibration
 
+from autopack import token_estimator as te
+from autopack.calibration.core import Params, calibrate
 from autopack.calibration.result import Backtest, GroupEntry, MethodSummary
-from autopack.calibration.story import Confirmation, Guarantee, VerdictKind, drift_table, gate_sentence
+from autopack.calibration.samples import build_sample_set
+from autopack.calibration.story import (
+    Confirmation,
+    Guarantee,
+    VerdictKind,
+    drift_table,
+    gate_sentence,
+    group_verdicts,
+)
+
+from synthetic_telemetry import GroupTruth, Law, simulate_groups
 
 
 def group(**fields: Any) -> GroupEntry:
@@ -56,3 +69,20 @@ def test_no_drift_comparison_is_no_table() -> None:
     empty = {"alpha": 0.05, "feedback": {"kind": "fixed_lag", "lag_calls": 8}, "methods": {}}
     assert drift_table(Backtest()) is None
     assert drift_table(Backtest.model_validate({"calibration_under_drift": empty})) is None
+
+
+def test_a_shipped_lowering_says_it_ships_a_bounded_step_toward_its_factor_not_the_factor() -> None:
+    """The factor is where the descent ends; what merges is the step (``LoweringRecord``), and the verdict and the
+    gate's sentence say which, so the body's numbers match the diff."""
+    g = ("tests", "medium")
+    current = dataclasses.replace(te.current_coefficients(), budget_factors={g: 3.0})
+    sim = simulate_groups([GroupTruth(*g, 60, Law(0.0, 0.35), cap_factor=3.0)], seed=1)
+    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=0.05), current).result
+    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    assert change.lowering is not None and change.lowering.bound != "fitted factor"
+    line = group_verdicts(result)[g].line()
+    assert line.startswith("**ships** — bound: conformal rank")
+    assert (f"; ships a bounded step to {change.new:.3f} from today's ≈ {change.lowering.today_factor:.3f}× the "
+            f"prediction, held by the {change.lowering.bound} a run, short of that factor "
+            f"({change.lowering.fitted_factor:.3f}); truncation estimated from its 60 calls") in line
+    assert "ships a bounded step down toward its budget factor" in gate_sentence(result)

@@ -23,6 +23,7 @@ from autopack.calibration.result import (
     DriftSummary,
     GroupEntry,
     GroupMethod,
+    LoweringRecord,
     MethodSummary,
     Sources,
     StepRecord,
@@ -127,6 +128,33 @@ class StepTowardAlpha:
 
 
 @dataclass(frozen=True)
+class BoundedStep:
+    """A lowering as it ships (``calibration.step.Lowering``): a bounded step toward the group's factor, which is
+    where the descent ends, not what merging ships unless the step reaches it."""
+
+    factor: float
+    fitted_factor: float
+    bound: str
+    today_factor: float
+    estimated_today: float
+    estimated: float | None
+    n: int | None
+
+    @classmethod
+    def of(cls, low: LoweringRecord, n: int | None) -> BoundedStep:
+        return cls(low.factor, low.fitted_factor, low.bound, low.today_factor, low.estimated_truncation_today,
+                   low.estimated_truncation, n)
+
+    def text(self) -> str:
+        reached = ("it reaches that factor" if self.bound == "fitted factor" else
+                   f"held by the {self.bound} a run, short of that factor ({self.fitted_factor:.3f})")
+        calls = f"its {self.n} calls" if self.n is not None else "its calls"
+        after = "" if self.estimated is None else f" → {_pct(self.estimated)}"
+        return (f"ships a bounded step to {self.factor:.3f} from today's ≈ {self.today_factor:.3f}× the prediction, "
+                f"{reached}; truncation estimated from {calls} {_pct(self.estimated_today)}{after}")
+
+
+@dataclass(frozen=True)
 class Confirmation:
     """How much held-out evidence confirms a change: the calls replayed, their truncations, thin or not."""
 
@@ -173,6 +201,7 @@ class GroupVerdict:
     confirmation: Confirmation
     detail: str  # the gate's own words: its verdict when it ships, else its reasons
     step: StepTowardAlpha | None = None  # with ``STEP_TOWARD_ALPHA``: the raise, instead of a bound
+    lowering: BoundedStep | None = None  # a shipped lowering: the step toward the bound, which is what merges
 
     @property
     def icon(self) -> str:
@@ -181,6 +210,8 @@ class GroupVerdict:
     def line(self) -> str:
         """``ships — bound: …; confirmed on …``: the kind, where the guarantee comes from, what confirms it."""
         where = self.step.text() if self.kind is VerdictKind.STEP_TOWARD_ALPHA and self.step else self.guarantee.text()
+        if self.lowering is not None and self.kind is VerdictKind.SHIPS:
+            where += f"; {self.lowering.text()}"
         return f"**{self.kind.label}** — {where}; {self.confirmation.text()}"
 
 
@@ -200,6 +231,8 @@ def group_verdicts(result: CalibrationResult) -> dict[Group, GroupVerdict]:
     """Every group of the calibration, with its verdict on what ships (its ``shipped`` held-out replay)."""
     alpha, minimum = alpha_of(result), min_heldout(result)
     held = {(g.category, g.complexity): g for g in result.backtest.groups}
+    lowerings = {c.key: c.lowering for c in result.proposed_changes
+                 if c.coefficient == "BUDGET_FACTORS" and c.lowering is not None}
     out: dict[Group, GroupVerdict] = {}
     for g in result.groups:
         key = g.key
@@ -213,8 +246,10 @@ def group_verdicts(result: CalibrationResult) -> dict[Group, GroupVerdict]:
             kind = VerdictKind.STEP_TOWARD_ALPHA
         detail = step.verdict if kind is VerdictKind.STEP_TOWARD_ALPHA and step and step.verdict else \
             "; ".join(g.gate_reasons)
+        low = lowerings.get(key)
         out[key] = GroupVerdict(key, kind, Guarantee.of(g, alpha), confirmation, detail,
-                                StepTowardAlpha.of(step) if kind is VerdictKind.STEP_TOWARD_ALPHA and step else None)
+                                StepTowardAlpha.of(step) if kind is VerdictKind.STEP_TOWARD_ALPHA and step else None,
+                                BoundedStep.of(low, g.n) if low is not None and kind is VerdictKind.SHIPS else None)
     return out
 
 
@@ -233,7 +268,16 @@ def gate_sentence(result: CalibrationResult) -> str:
     bound = [v for v in shipped if v.kind is VerdictKind.SHIPS]
     steps = [v for v in shipped if v.kind is VerdictKind.STEP_TOWARD_ALPHA]
     parts = []
-    if bound:
+    if bound and any(v.lowering for v in bound):
+        one = len(bound) == 1
+        whose = "its" if one else "each one’s"
+        parts.append(f"{groups(bound)}ship{'s' if one else ''} a bounded step down toward {whose} budget factor, "
+                     "a bound on its own fitted calls: one run raises the truncation its "
+                     "calls estimate by at most +0.5 pp (+0.25 pp where the evidence is thin) and never goes past "
+                     "the factor (the step, the bound and its probability, if it claims one, are on each verdict "
+                     "line); the held-out replay checks only that what ships truncates no more than today and "
+                     "reserves less")
+    elif bound:
         one = len(bound) == 1
         parts.append(f"{groups(bound)}ship{'s' if one else ''} because {'its' if one else 'each one’s'} budget "
                      "factor is a bound on its own fitted calls (the guarantee, with its probability, is on each "
