@@ -16,9 +16,10 @@ from autopack import token_estimator as te
 from autopack.calibration import step
 from autopack.calibration.core import Params, calibrate
 from autopack.calibration.model import group_factor
+from autopack.calibration.result import CalibrationResult, ProposedChange
 from autopack.calibration.samples import build_sample_set
 
-from synthetic_telemetry import GroupTruth, Law, simulate_groups
+from synthetic_telemetry import GroupTruth, Law, SimulatedTelemetry, simulate_groups
 
 LAW = Law(0.0, 0.35)
 ALPHA = 0.05
@@ -41,6 +42,24 @@ def _true(factor: float) -> float:
 def _lowering(today_factor: float, fitted: float, seed: int = 0) -> step.Lowering:
     y, observed, predicted, ceiling = _calls(200, today_factor, seed)
     return step.bounded_lowering(y, observed, predicted, ceiling, fitted, ALPHA)
+
+
+GROUP = ("tests", "medium")
+
+
+def _calibrated(
+    n: int, today: float, seed: int, alpha: float = ALPHA, **params: float
+) -> tuple[SimulatedTelemetry, CalibrationResult]:
+    """One group of n calls drawn from LAW whose budget factor today is ``today`` (its calls cut there), calibrated."""
+    current = dataclasses.replace(te.current_coefficients(), budget_factors={GROUP: today})
+    sim = simulate_groups([GroupTruth(*GROUP, n, LAW, cap_factor=today)], seed=seed)
+    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=alpha, **params), current).result
+    return sim, result
+
+
+def _factor_change(result: CalibrationResult) -> ProposedChange:
+    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    return change
 
 
 def test_a_raise_aims_at_the_quantile_below_alpha_not_past_it() -> None:
@@ -79,13 +98,11 @@ def test_a_fitted_factor_that_fails_its_held_out_test_still_ships_its_bounded_st
     """A group far above its quantile whose fitted factor cuts 2 of 18 held-out calls (none cut today): the
     bounded step (×0.8, +0.25 pp at most) cuts none of them, so it ships; before, the group kept today's ceilings
     (in a closed loop such groups stayed at 1.7–2.8× the oracle's reserve)."""
-    current = dataclasses.replace(te.current_coefficients(), budget_factors={("tests", "medium"): 3.0})
-    sim = simulate_groups([GroupTruth("tests", "medium", 60, LAW, cap_factor=3.0)], seed=1)
-    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=ALPHA), current).result
-    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    sim, result = _calibrated(60, 3.0, seed=1)
+    change = _factor_change(result)
     assert change.direction == "lower" and 0.8 * 3.0 - 1e-3 <= change.new < 3.0
     assert any("its fitted factor failed the held-out test" in line for line in result.gate.reasons)
-    assert sim.true_truncation(("tests", "medium"), change.new) - sim.true_truncation(("tests", "medium"), 3.0) <= 0.01
+    assert sim.true_truncation(GROUP, change.new) - sim.true_truncation(GROUP, 3.0) <= 0.01
 
 
 def test_a_lowering_after_a_failed_held_out_test_rises_by_at_most_half_the_rise_bound() -> None:
@@ -101,10 +118,8 @@ def test_a_lowering_after_a_failed_held_out_test_rises_by_at_most_half_the_rise_
 def test_a_shipped_lowering_carries_what_bounded_it_and_its_estimated_truncation() -> None:
     """The result records each lowering's bound and the truncation its calls estimate before and after, so a
     reviewer (and the closed loop, against the truth) can check the step, not only its verdict line."""
-    current = dataclasses.replace(te.current_coefficients(), budget_factors={("tests", "medium"): 3.0})
-    sim = simulate_groups([GroupTruth("tests", "medium", 60, LAW, cap_factor=3.0)], seed=1)
-    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=ALPHA), current).result
-    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    _, result = _calibrated(60, 3.0, seed=1)
+    change = _factor_change(result)
     low = change.lowering
     assert low is not None and low.factor == change.new and low.today_factor > low.factor >= low.fitted_factor
     assert low.estimated_truncation is not None
@@ -116,25 +131,18 @@ def test_a_group_too_small_for_a_distribution_free_factor_gets_a_bounded_step_th
     """12 calls, today's factor 3.0 far above the law's 95 % quantile (1.78): the fitted factor rests on a normal
     assumption and is never shipped, but it ends a half-size bounded step, which ships and claims no confidence
     (before, such a group stayed at today's ceilings for the 3–8 weeks a distribution-free factor needs)."""
-    g = ("tests", "medium")
-    current = dataclasses.replace(te.current_coefficients(), budget_factors={g: 3.0})
-    sim = simulate_groups([GroupTruth(*g, 12, LAW, cap_factor=3.0)], seed=1)
-    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=ALPHA), current).result
-    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    sim, result = _calibrated(12, 3.0, seed=1)
+    change = _factor_change(result)
     low = change.lowering
     assert change.direction == "lower" and change.confidence is None and low is not None
     assert low.fitted_factor <= change.new < 3.0 and change.verdict and "not distribution-free" in change.verdict
     assert low.estimated_truncation is not None
     assert low.estimated_truncation - low.estimated_truncation_today <= step.LOWER_RISE / 2 + 1e-4
-    assert sim.true_truncation(g, change.new) - sim.true_truncation(g, 3.0) <= 0.01
+    assert sim.true_truncation(GROUP, change.new) - sim.true_truncation(GROUP, 3.0) <= 0.01
 
 
 def test_a_stricter_confidence_threshold_lowers_only_on_a_distribution_free_factor() -> None:
-    g = ("tests", "medium")
-    current = dataclasses.replace(te.current_coefficients(), budget_factors={g: 3.0})
-    sim = simulate_groups([GroupTruth(*g, 12, LAW, cap_factor=3.0)], seed=1)
-    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=ALPHA, confidence_threshold=0.8),
-                       current).result
+    _, result = _calibrated(12, 3.0, seed=1, confidence_threshold=0.8)
     assert not result.proposed_changes
     assert any("only groups with a distribution-free factor are lowered" in r for r in result.gate.reasons)
 
@@ -142,12 +150,9 @@ def test_a_stricter_confidence_threshold_lowers_only_on_a_distribution_free_fact
 def test_a_group_under_60_calls_is_lowered_by_at_most_half_the_rise_bound() -> None:
     """40 calls with a distribution-free factor that passes its held-out test, today at 0.5 % truncation: on
     30–59 calls, steps of +0.5 pp estimated rose by up to 1.1 pp true in the closed loop, so the bound is half."""
-    g = ("tests", "medium")
     today = round(math.exp(LAW.quantile(0.995)), 3)
-    current = dataclasses.replace(te.current_coefficients(), budget_factors={g: today})
-    sim = simulate_groups([GroupTruth(*g, 40, LAW, cap_factor=today)], seed=0)
-    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=ALPHA), current).result
-    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    _, result = _calibrated(40, today, seed=0)
+    change = _factor_change(result)
     low = change.lowering
     assert change.verdict and "failed the held-out test" not in change.verdict
     assert low is not None and low.estimated_truncation is not None and change.new < today
@@ -160,11 +165,7 @@ def test_a_factor_that_rests_on_an_assumption_does_not_lower_a_group_with_cut_ca
     factor (a normal bound on 10 calls) extrapolates over exactly that call, so it ends no descent (in the closed
     loop such steps walked a group at 5.6 %, just under α + 1 pp, up to 6.3 %); one cut in 14 is not above α
     either, so nothing ships."""
-    g = ("tests", "medium")
-    today = round(math.exp(LAW.quantile(0.95)), 3)
-    current = dataclasses.replace(te.current_coefficients(), budget_factors={g: today})
-    sim = simulate_groups([GroupTruth(*g, 14, LAW, cap_factor=today)], seed=3)
-    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=0.10), current).result
+    _, result = _calibrated(14, round(math.exp(LAW.quantile(0.95)), 3), seed=3, alpha=0.10)
     (entry,) = result.groups
     assert entry.factor_method == "small_group_bound" and entry.step_toward_alpha is not None
     assert entry.step_toward_alpha.today_truncations == 1 and not result.proposed_changes
