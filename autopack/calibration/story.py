@@ -129,29 +129,20 @@ class StepTowardAlpha:
 
 @dataclass(frozen=True)
 class BoundedStep:
-    """A lowering as it ships (``calibration.step.Lowering``): a bounded step toward the group's factor, which is
-    where the descent ends, not what merging ships unless the step reaches it."""
+    """A lowering as it ships (``LoweringRecord``): a bounded step toward the group's factor, which is where the
+    descent ends, not what merging ships unless the step reaches it."""
 
-    factor: float
-    fitted_factor: float
-    bound: str
-    today_factor: float
-    estimated_today: float
-    estimated: float | None
-    n: int | None
-
-    @classmethod
-    def of(cls, low: LoweringRecord, n: int | None) -> BoundedStep:
-        return cls(low.factor, low.fitted_factor, low.bound, low.today_factor, low.estimated_truncation_today,
-                   low.estimated_truncation, n)
+    record: LoweringRecord
+    n: int | None  # the group's calls its truncation is estimated from
 
     def text(self) -> str:
-        reached = ("it reaches that factor" if self.bound == "fitted factor" else
-                   f"held by the {self.bound} a run, short of that factor ({self.fitted_factor:.3f})")
+        low = self.record
+        reached = ("it reaches that factor" if low.bound == "fitted factor" else
+                   f"held by the {low.bound} a run, short of that factor ({low.fitted_factor:.3f})")
         calls = f"its {self.n} calls" if self.n is not None else "its calls"
-        after = "" if self.estimated is None else f" → {_pct(self.estimated)}"
-        return (f"ships a bounded step to {self.factor:.3f} from today's ≈ {self.today_factor:.3f}× the prediction, "
-                f"{reached}; truncation estimated from {calls} {_pct(self.estimated_today)}{after}")
+        after = "" if low.estimated_truncation is None else f" → {_pct(low.estimated_truncation)}"
+        return (f"ships a bounded step to {low.factor:.3f} from today's ≈ {low.today_factor:.3f}× the prediction, "
+                f"{reached}; truncation estimated from {calls} {_pct(low.estimated_truncation_today)}{after}")
 
 
 @dataclass(frozen=True)
@@ -249,7 +240,7 @@ def group_verdicts(result: CalibrationResult) -> dict[Group, GroupVerdict]:
         low = lowerings.get(key)
         out[key] = GroupVerdict(key, kind, Guarantee.of(g, alpha), confirmation, detail,
                                 StepTowardAlpha.of(step) if kind is VerdictKind.STEP_TOWARD_ALPHA and step else None,
-                                BoundedStep.of(low, g.n) if low is not None and kind is VerdictKind.SHIPS else None)
+                                BoundedStep(low, g.n) if low is not None and kind is VerdictKind.SHIPS else None)
     return out
 
 
