@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe_machine  # noqa: E402
 
 from autopack import token_estimator as te  # noqa: E402
+from autopack.calibration.samples import factor_ceiling  # noqa: E402
 from autopack.llm.simulated import PhaseLaw, phase_law  # noqa: E402
 
 from closed_loop import PhaseCase, exceed_probability, oracle_ceiling, weekly_phases  # noqa: E402
@@ -53,8 +54,10 @@ class GroupRows:
     today: list[int]
     laws: list[PhaseLaw]
 
-    def ceilings(self, factor: float) -> list[int]:
-        return [min(te.MAX_OUTPUT_TOKENS, max(te.MIN_FACTOR_CEILING, math.ceil(p * factor))) for p in self.predicted]
+    def ceilings(self, factor: float) -> list[float]:
+        """Each phase's ceiling under ``factor``: the estimator's own rule (``samples.factor_ceiling``)."""
+        predicted = np.asarray(self.predicted, dtype=float)
+        return [float(c) for c in factor_ceiling(predicted, np.full(predicted.size, factor))]
 
     def truncation(self, ceilings: Sequence[float]) -> float:
         return float(np.mean([exceed_probability(law, c) for law, c in zip(self.laws, ceilings, strict=True)]))

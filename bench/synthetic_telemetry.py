@@ -29,6 +29,7 @@ import numpy as np
 
 from autopack import token_estimator as te
 from autopack.calibration import distributions as dist
+from autopack.calibration.samples import factor_ceiling
 
 #: A phase spec: (category, complexity, deliverables)
 Spec = tuple[str, str, tuple[str, ...]]
@@ -286,8 +287,7 @@ class SimulatedTelemetry:
         g = self.truth[group]
         rng = np.random.default_rng(self.rng_seed + 7919)
         predicted = _predictions(rng, g, draws)
-        ceiling = np.maximum(np.ceil(te.factor_product(predicted, factor)), te.MIN_FACTOR_CEILING)
-        ceiling = np.minimum(ceiling, te.MAX_OUTPUT_TOKENS)
+        ceiling = factor_ceiling(predicted, np.full(predicted.size, factor))
         return float(np.mean(g.law.sf(np.log(ceiling / predicted))))
 
     def true_quantile_factor(self, group: tuple[str, str], alpha: float) -> float:
@@ -325,8 +325,7 @@ def simulate_groups(
         p = _predictions(rng, g, g.n)
         r = g.law.sample(rng, g.n)
         if g.cap_factor is not None:
-            cap = np.minimum(np.maximum(np.ceil(te.factor_product(p, g.cap_factor)), te.MIN_FACTOR_CEILING),
-                             te.MAX_OUTPUT_TOKENS)
+            cap = factor_ceiling(p, np.full(g.n, g.cap_factor))
             if g.varying_caps:
                 cap = np.ceil(cap * np.exp(rng.uniform(-g.cap_spread, g.cap_spread, g.n)))
         elif g.censoring > 0:
