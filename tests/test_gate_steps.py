@@ -171,3 +171,17 @@ def test_a_factor_that_rests_on_an_assumption_does_not_lower_a_group_with_cut_ca
     assert entry.step_toward_alpha.today_truncations == 1 and not result.proposed_changes
     assert any("lowers only a group whose calls today's ceilings do not cut (they cut 1 of its 14)" in r
                for r in entry.gate_reasons)
+
+
+def test_calls_cut_at_an_older_lower_cap_do_not_hold_a_group_above_its_aim() -> None:
+    """40 calls drained when the cap was ×1.8 (a few cut there), since raised to ×3.0, far above the law's 95 %
+    quantile: beyond the largest complete call the Kaplan–Meier curve cannot place the cut calls' mass, so the
+    estimate there is the censored fit's, and the group is lowered. Read as mass at every ceiling, the cut calls
+    held its estimate above the aim under any ceiling, and a closed-loop group stayed 2× too high for weeks."""
+    y, observed, predicted, _ = _calls(40, 1.8, seed=3)
+    assert (~observed).sum() / 40 > step.AIM * ALPHA  # the cut share alone is above the aim
+    today = np.full(40, math.ceil(PREDICTED * 3.0))
+    lowered = step.bounded_lowering(y, observed, predicted, today, math.exp(LAW.quantile(1 - ALPHA)), ALPHA)
+    assert lowered.factor is not None and lowered.factor < 3.0
+    assert lowered.estimated_today < step.AIM * ALPHA
+    assert _true(lowered.factor) - _true(3.0) <= 0.01

@@ -246,24 +246,32 @@ class Lowering:
 
 def _survivals(r: np.ndarray, observed: np.ndarray) -> list[Callable[[np.ndarray], np.ndarray]]:
     """x ↦ P(r ≥ x) estimated from a group's calls, two ways: the Kaplan–Meier tail (a step of 1/n between its
-    calls, empty beyond the largest) and, when it fits, the censored-normal fit's (smooth, thin-tailed). A bound
-    holds under both: neither reads the far tail as empty where the other sees mass."""
+    calls) and, when it fits, the censored-normal fit's (smooth, thin-tailed). A bound holds under both: neither
+    reads the far tail as empty where the other sees mass.
+
+    Beyond the largest complete call the Kaplan–Meier curve says nothing (the mass of calls cut at older, lower
+    caps stays there, unplaced), so there it reads as the fit, as ``_expected_truncation`` and ``_cut_today`` do;
+    without a fit it keeps that mass (the cautious reading). Read as mass at every ceiling, two calls cut at a
+    week-old cap held a group's estimate at 10.5 % under ceilings twice that cap, so no lowering could reach the
+    aim and the group stayed twice as high as it needed for eight weeks in a closed loop."""
     km = stats.kaplan_meier(r, observed)
     fit = stats.censored_normal_fit(r, observed, min_observed=2)
+    complete = r[observed]
+    last = float(complete.max()) if complete.size else -math.inf
+
+    def normal(x: np.ndarray) -> np.ndarray:
+        assert fit is not None
+        out: np.ndarray = dist.norm_sf((x - fit.mu) / fit.sigma)
+        return out
 
     def kaplan_meier(x: np.ndarray) -> np.ndarray:
         i = np.searchsorted(km.times, x, side="left") - 1  # F just below x
         out: np.ndarray = 1.0 - np.where(i >= 0, km.cdf[np.maximum(i, 0)], 0.0)
+        if fit is not None:
+            out = np.where(x > last, normal(x), out)
         return out
 
-    if fit is None:
-        return [kaplan_meier]
-
-    def normal(x: np.ndarray) -> np.ndarray:
-        out: np.ndarray = dist.norm_sf((x - fit.mu) / fit.sigma)
-        return out
-
-    return [kaplan_meier, normal]
+    return [kaplan_meier] if fit is None else [kaplan_meier, normal]
 
 
 def bounded_lowering(
