@@ -178,6 +178,12 @@ ConfidenceThreshold = Annotated[
 TargetTruncation = Annotated[
     Finite, Field(gt=0, lt=0.5, description="Target truncation rate α of the proposed budgets.")
 ]
+MaxRisePerRun = Annotated[
+    Finite,
+    Field(gt=0, le=0.05, description="How far one run may raise a group's estimated truncation by lowering its "
+          "ceilings (0.005: half a point; half that where its evidence is thin). At the default no merged change "
+          "raised a group's true truncation by more than 1 pp in the closed loop; more lowers the reserve sooner."),
+]
 HoldoutFraction = Annotated[
     Finite,
     Field(ge=0, lt=0.9, description="Newest fraction of the calls held out for the backtest; 0 holds out none: "
@@ -307,6 +313,7 @@ class CalibrationParams(ParamsModel):
     holdout_fraction: HoldoutFraction = 0.3
     method: Method = None
     window_weeks: WindowWeeks = None
+    max_rise_per_run: MaxRisePerRun = 0.005
 
 
 class PipelineParams(CalibrationParams, DrainParams):

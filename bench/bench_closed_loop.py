@@ -8,12 +8,14 @@ week's estimator is computed from the simulator's law, not from the sample (see 
 
 Matrix: laws (default; ``heavy``: implementation/medium with a t₂ tail; ``drift``: tests/medium's median +4 %/week;
 ``spread``: docs/low 1.5× the default spread) × starts (``shipped``: today's file; ``under``: every group given a
-factor that truncates 50 %) × α (0.05, 0.10) × seeds; optionally exploration shares and calibration windows.
+factor that truncates 50 %) × α (0.05, 0.10) × seeds; optionally exploration shares and values of one calibration
+parameter (a window, the rise bound).
 
     .venv/bin/python bench/bench_closed_loop.py --quick             # default law, both starts, α 0.05, 2 seeds, 8 weeks
     .venv/bin/python bench/bench_closed_loop.py --jobs 2            # the full matrix: 80 loops of 12 weeks, 1-3 h
     .venv/bin/python bench/bench_closed_loop.py --laws spread --starts under --alphas 0.05 --seeds 5 --explore 0,0.1
-    .venv/bin/python bench/bench_closed_loop.py --window-param window_weeks --windows 4,8,none
+    .venv/bin/python bench/bench_closed_loop.py --param window_weeks --values 4,8,none
+    .venv/bin/python bench/bench_closed_loop.py --param max_rise_per_run --values 0.005,0.01
     .venv/bin/python bench/bench_closed_loop.py --json out.json      # keep every loop's numbers;  --from-json out.json
 """
 
@@ -51,7 +53,7 @@ class Job:
     seed: int
     weeks: int
     explore: float
-    window: str  # "none" or the window value, passed as ``window_param``
+    window: str  # "none" (the parameter's default) or the value passed as ``window_param``
     window_param: str | None
 
     @property
@@ -60,14 +62,17 @@ class Job:
 
 
 def _window_value(text: str) -> Any:
-    return None if text == "none" else int(text) if text.isdigit() else text
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def run_job(job: Job) -> dict[str, Any]:
     """One loop, as plain data (it crosses a process boundary)."""
     from closed_loop import LAWS, LoopConfig, largest_raise, lowering_checks, run_loop, settled_cycle, shipped_labels
 
-    kwargs = {} if job.window_param is None else {job.window_param: _window_value(job.window)}
+    kwargs = {} if job.window_param is None or job.window == "none" else {job.window_param: _window_value(job.window)}
     config = LoopConfig(weeks=job.weeks, alpha=job.alpha, seed=job.seed, start=job.start, laws=LAWS[job.law],
                         explore_share=job.explore, calibration_kwargs=kwargs)
     clock = time.perf_counter()
@@ -111,13 +116,14 @@ def _configs(runs: Sequence[dict[str, Any]]) -> dict[tuple[Any, ...], list[dict[
     out: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in runs:
         j = r["job"]
-        out.setdefault((j["law"], j["start"], j["alpha"], j["explore"], j["window"]), []).append(r)
+        value = j["window"] if j["window"] == "none" else f"{j['window_param'] or 'window'} {j['window']}"
+        out.setdefault((j["law"], j["start"], j["alpha"], j["explore"], value), []).append(r)
     return out
 
 
 def _title(key: tuple[Any, ...]) -> str:
     law, start, alpha, explore, window = key
-    extra = (f", exploration {explore:g}" if explore else "") + (f", window {window}" if window != "none" else "")
+    extra = (f", exploration {explore:g}" if explore else "") + (f", {window}" if window != "none" else "")
     return f"law {law}, start {start}, α = {alpha:g}{extra}"
 
 
@@ -303,9 +309,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--weeks", type=int, default=12)
     parser.add_argument("--explore", default="0", help="exploration shares, e.g. 0,0.1")
-    parser.add_argument("--window-param", default=None,
-                        help="run_calibration's keyword for a calibration window (e.g. window_weeks)")
-    parser.add_argument("--windows", default="none", help="window values with --window-param, e.g. 4,8,none")
+    parser.add_argument("--param", "--window-param", dest="window_param", default=None,
+                        help="a CalibrationParams field to vary (e.g. window_weeks, max_rise_per_run)")
+    parser.add_argument("--values", "--windows", dest="windows", default="none",
+                        help="its values with --param, e.g. 4,8,none or 0.005,0.01 (none: its default)")
     parser.add_argument("--quick", action="store_true", help="default law, both starts, α 0.05, 2 seeds, 8 weeks")
     parser.add_argument("--jobs", type=int, default=1, help="loops run in parallel processes")
     parser.add_argument("--shipped", action="store_true", help="list what each merge changed (first seed)")

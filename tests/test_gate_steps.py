@@ -185,3 +185,15 @@ def test_calls_cut_at_an_older_lower_cap_do_not_hold_a_group_above_its_aim() -> 
     assert lowered.factor is not None and lowered.factor < 3.0
     assert lowered.estimated_today < step.AIM * ALPHA
     assert _true(lowered.factor) - _true(3.0) <= 0.01
+
+
+def test_a_larger_max_rise_per_run_lets_one_run_lower_a_group_further() -> None:
+    """``--max-rise-per-run`` is the lowering's rise bound: where it binds, a larger one ships a lower factor whose
+    estimated rise stays within it (the trade the closed loop measures: reserve sooner against larger true rises)."""
+    today = math.exp(LAW.quantile(0.99))
+    default = _factor_change(_calibrated(200, today, seed=2)[1])
+    wider = _factor_change(_calibrated(200, today, seed=2, max_rise_per_run=0.02)[1])
+    assert default.lowering is not None and default.lowering.bound.startswith("rise bound")
+    assert wider.lowering is not None and wider.new < default.new
+    assert wider.lowering.estimated_truncation is not None
+    assert wider.lowering.estimated_truncation - wider.lowering.estimated_truncation_today <= 0.02 + 1e-4

@@ -66,7 +66,6 @@ from autopack.calibration.fit import MAX_STEP, FitResult, fit_coefficients, impl
 from autopack.calibration.model import FactorModel, fit_factor_model
 from autopack.calibration.samples import Group, SampleSet, configuration_ceiling, predict
 from autopack.calibration.step import (
-    LOWER_RISE,
     LOWER_STEP_CALLS,
     Lowering,
     Step,
@@ -294,7 +293,7 @@ def _decide_weights(
     # a weight on its ×½ / ×2 bound carries the prediction's level, which each factor absorbs: shipped, the
     # next run asks for the same again (a walk to the bound week after week); only the ratios are identified
     walking = [f"{k[0]}/{k[1]}" for c, k in free.fit.at_bound if c == "TOKEN_WEIGHTS"]
-    cut_more = _weights_cut_more(held.samples, current, free)
+    cut_more = _weights_cut_more(held.samples, current, free, params.max_rise_per_run)
     cheaper = reserved_better(with_w, without)
     agree = ", ".join(f"{k[0]}/{k[1]} {v:.2f}" for k, v in sorted(free.fit.weight_confidence.items()))
     verdict = ("no group's held-out truncation worse than with today's weights" if not worse else
@@ -304,7 +303,7 @@ def _decide_weights(
                     "which the budget factors absorb, not for the weights' ratios")
     if cut_more:
         verdict += ("; with today's factors they would cut more of these groups' calls (all calls, more than "
-                    f"{LOWER_RISE:.1%} of each group's) than today's coefficients: " + ", ".join(cut_more))
+                    f"{params.max_rise_per_run:.1%} of each group's) than today's coefficients: " + ", ".join(cut_more))
     detail = (f"on all {with_w['n']} held-out calls, per group: {verdict}; reserved/used "
               f"{with_w['reserved_over_used']:.3f} vs {without['reserved_over_used']:.3f} with today's weights"
               + (f"; bootstrap agreement on each direction: {agree}" if agree else ""))
@@ -313,9 +312,10 @@ def _decide_weights(
     return False, "TOKEN_WEIGHTS changes not shipped: " + detail
 
 
-def _weights_cut_more(samples: SampleSet, current: te.Coefficients, free: Fitted) -> list[str]:
+def _weights_cut_more(samples: SampleSet, current: te.Coefficients, free: Fitted, max_rise: float) -> list[str]:
     """The groups whose calls (all of them, not only the held-out ones) the fitted weights, with today's budget
-    factors, cut more of than today's coefficients do, by more than ``step.LOWER_RISE`` of the group's calls.
+    factors, cut more of than today's coefficients do, by more than ``max_rise`` (``--max-rise-per-run``) of the
+    group's calls.
 
     A weight moves the ceilings of every group that uses it, including groups whose factor does not change:
     held-out calls, a handful per group, cannot see what that does to them (in a closed loop a weight halved on
@@ -327,7 +327,7 @@ def _weights_cut_more(samples: SampleSet, current: te.Coefficients, free: Fitted
     out = []
     for gi, idx in sorted(samples.rows_by_group().items()):
         more = float(np.mean(samples.y[idx] >= with_weights[idx]) - np.mean(samples.y[idx] >= today[idx]))
-        if more > LOWER_RISE:
+        if more > max_rise:
             g = samples.groups[gi]
             out.append(f"{g[0]}/{g[1]} +{more:.1%}")
     return out
@@ -499,7 +499,8 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         elif assumed and step.today_truncations:  # its cut calls are what the assumption extrapolates over
             why.append(f"{assumed}; a factor that rests on an assumption lowers only a group whose calls today's "
                        f"ceilings do not cut (they cut {step.today_truncations} of its {step.n})")
-        lowering = _lowering(samples, current, fitted, g, alpha, bool(truncation_failed or assumed)) if not why else None
+        lowering = (_lowering(samples, current, fitted, g, params, bool(truncation_failed or assumed))
+                    if not why else None)
         if lowering is not None and lowering.factor is None:
             why = [lowering.verdict] + [line for line in (truncation_failed, assumed) if line]
         if not why and lowering is not None and lowering.factor is not None:
@@ -543,7 +544,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
 
 
 def _lowering(
-    samples: SampleSet, current: te.Coefficients, fitted: Fitted, g: Group, alpha: float, unconfirmed: bool,
+    samples: SampleSet, current: te.Coefficients, fitted: Fitted, g: Group, params: Params, unconfirmed: bool,
 ) -> Lowering | None:
     """A passing group's bounded lowering (``step.bounded_lowering``), judged on all its calls like its step.
 
@@ -560,8 +561,9 @@ def _lowering(
     _, today = configuration_ceiling(samples.subset(np.isin(np.arange(samples.n), idx)), current,
                                      current.budget_factors)
     thin = unconfirmed or idx.size < LOWER_STEP_CALLS
-    return bounded_lowering(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today, factor, alpha,
-                            LOWER_RISE / 2 if thin else LOWER_RISE)
+    rise = params.max_rise_per_run
+    return bounded_lowering(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today, factor,
+                            params.alpha, rise / 2 if thin else rise)
 
 
 def _steps(samples: SampleSet, params: Params, current: te.Coefficients, fitted: Fitted) -> dict[Group, Step]:
@@ -935,6 +937,7 @@ def _assemble(
         gate_level=stats.GATE_LEVEL,
         min_evidence_calls=stats.min_evidence_calls(params.alpha),
         max_coefficient_step=MAX_STEP,
+        max_rise_per_run=params.max_rise_per_run,
         coefficients_version=current.version,
         weights_free=decision.ship_weights,
         fit_status=fitted.fit.status,

@@ -69,7 +69,10 @@ def render_markdown(result: CalibrationResult, plot_name: str | None) -> str:
         f"**Database id**: `{md.db_id}`",
         f"**Method**: `{md.method_version}` (target truncation α = {md.target_truncation}, "
         f"hold-out {holdout} newest, min samples {md.min_samples}, "
-        f"confidence threshold {threshold})",
+        f"confidence threshold {threshold}"
+        + ("" if md.max_rise_per_run is None else f", a lowering at most +{md.max_rise_per_run * 100:g} pp of "
+           "estimated truncation a run")
+        + ")",
         f"**Data**: {span.start if span else '?'} → {span.end if span else '?'}, {len(md.run_ids)} run(s)"
         + (f", filtered to {', '.join(md.include_run_ids)}" if md.include_run_ids else ""),
         f"**Source**: {_sources_line(md.sources)}",

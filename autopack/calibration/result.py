@@ -407,6 +407,8 @@ class Metadata(_Model):
     gate_level: float | None = Field(None, description="level of the gate's binomial test")
     min_evidence_calls: int | None = Field(None, description="held-out calls from which the test is evidence")
     max_coefficient_step: float | None = Field(None, description="largest change of a coefficient per run (×)")
+    max_rise_per_run: float | None = Field(
+        None, description="how far one run may raise a group's estimated truncation by lowering it (half where thin)")
     coefficients_version: str | None = Field(None, description="version of the estimator calibrated against")
     weights_free: bool | None = Field(None, description="TOKEN_WEIGHTS changes ship")
     fit_status: str | None = Field(None, description="the coefficient fit's outcome")

@@ -18,7 +18,7 @@ the smallest of
 and never below ``MIN_RAISE`` (×1.1) times the largest of today's ceiling ÷ predicted over the group's
 calls: so no call's ceiling falls (the safety argument) and every one rises by at least ×1.1 (each run makes
 progress even where the estimate, contradicted by today's cut calls, sits below today's ceilings). Where
-today's ceilings vary by more than ×1.6 across the group's calls (a floor: a factor replaces the floor, so
+today's ceilings vary by more than ×1.8 across the group's calls (a floor: a factor replaces the floor, so
 lowering none of them would take more than the ×2 step), there is no safe step and the group is left as it
 is, said so. Why aim below α and not at a bound: in a closed loop a raise sized by the distribution-free
 bound, or by the executor's ×1.25, took groups at 6–7 % to 1–2 % and left them there (reserve 1.3–1.4× the
@@ -53,6 +53,7 @@ from autopack.calibration import distributions as dist
 from autopack.calibration import stats
 from autopack.calibration.model import FactorInfo, round_up_factor
 from autopack.calibration.samples import factor_ceiling
+from autopack.params import CalibrationParams
 
 #: A raise never more than multiplies the group's median ceiling ÷ predicted by this per run.
 RAISE_STEP = 2.0
@@ -217,8 +218,9 @@ def step_toward_alpha(
 # The other direction, bounded: how far one run may lower a group's ceilings
 # --------------------------------------------------------------------------------------------------
 
-#: One run's lowering may raise the group's estimated truncation by at most this (percentage points / 100) ...
-LOWER_RISE = 0.005
+#: One run's lowering may raise the group's estimated truncation by at most this by default (percentage points /
+#: 100; ``CalibrationParams.max_rise_per_run``) ...
+LOWER_RISE: float = CalibrationParams.default("max_rise_per_run")
 #: ... and never takes its typical ceiling ÷ predicted below this times today's.
 LOWER_STEP = 0.8
 #: ... a group of fewer calls a smaller step, LOWER_STEP ** (n / LOWER_STEP_CALLS): with n calls its estimates do
@@ -284,7 +286,8 @@ def bounded_lowering(
     - the fitted, tested factor (the gate's target: a distribution-free bound at α, or a factor that rests on an
       assumption, which only ends the descent);
     - the rise bound: the smallest factor whose estimated truncation over the group's calls (at each call's
-      ceiling) is at most ``max_rise`` (``LOWER_RISE``; half that where the evidence is thin, ``core._lowering``)
+      ceiling) is at most ``max_rise`` (``--max-rise-per-run``, by default ``LOWER_RISE``; half that where the
+      evidence is thin, ``core._lowering``)
       above the estimate under today's ceilings, by both estimators of
       ``_survivals`` (each against its own estimate of today: the larger estimate of both against the larger
       of today let one estimator's high reading of today license another's rise, +3.8 pp in a closed loop);
