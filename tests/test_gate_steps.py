@@ -197,3 +197,58 @@ def test_a_larger_max_rise_per_run_lets_one_run_lower_a_group_further() -> None:
     assert wider.lowering is not None and wider.new < default.new
     assert wider.lowering.estimated_truncation is not None
     assert wider.lowering.estimated_truncation - wider.lowering.estimated_truncation_today <= 0.02 + 1e-4
+
+
+def _info(y: np.ndarray, observed: np.ndarray, predicted: np.ndarray) -> step.FactorInfo:
+    r = np.log(np.maximum(y, 1.0) / predicted)
+    order = np.lexsort((~observed, r))
+    return group_factor(r[order], observed[order], ALPHA)
+
+
+def test_newest_calls_cut_well_above_alpha_raise_a_group_whose_history_is_not() -> None:
+    """240 older calls under ×2.3 (a few cut) and the newest 30 with 5 or more cut: 3 % over all its calls, but the
+    newest fortnight's share rejects "rate ≤ α" (p ≤ 0.016 < RECENT_LEVEL), so the group is raised: outputs that
+    grow week by week show in the newest calls while the older, shorter ones hold the share over all below α."""
+    y, observed, predicted, ceiling = _calls(270, 2.3, seed=4)
+    y[-30:-25], observed[-30:-25] = ceiling[-30:-25], False
+    assert (~observed[:-30]).sum() <= 4
+    recent = np.arange(270) >= 240
+    info = _info(y, observed, predicted)
+    history_only = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, 2.3)
+    with_newest = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, 2.3, recent)
+    assert not history_only.above_alpha and history_only.factor is None
+    assert with_newest.above_alpha and with_newest.factor is not None and with_newest.factor > 2.3
+    assert with_newest.recent_calls == 30 and with_newest.recent_truncations >= 5
+    assert "its newest 30 calls" in with_newest.verdict
+
+
+def _with_cut_calls(sim: SimulatedTelemetry, rows: np.ndarray) -> SimulatedTelemetry:
+    """The same calls with these rows cut at their recorded ceiling."""
+    columns = dataclasses.replace(sim.columns, actual=sim.columns.actual.copy(),
+                                  truncated=sim.columns.truncated.copy())
+    columns.actual[rows] = columns.actual_max_tokens[rows]
+    columns.truncated[rows] = True
+    return dataclasses.replace(sim, columns=columns)
+
+
+def test_no_lowering_while_more_than_alpha_of_the_newest_calls_are_cut() -> None:
+    """A group far above its quantile (factor 3.0) is lowered; with 4 of its calls cut it still is when they are
+    among its oldest, but not when they are among the newest fortnight's (7 % of them > α): a group whose outputs
+    have grown must not be lowered on the strength of its older calls."""
+    current = dataclasses.replace(te.current_coefficients(), budget_factors={GROUP: 3.0})
+    sim = simulate_groups([GroupTruth(*GROUP, 200, LAW, cap_factor=3.0)], seed=1, retries=False,
+                          spacing_seconds=6 * 3600.0)
+    order = np.argsort(sim.columns.epoch)
+
+    def factor_change(rows: np.ndarray) -> list[ProposedChange]:
+        samples = build_sample_set(_with_cut_calls(sim, rows).columns)
+        result = calibrate(samples, Params(target_truncation=ALPHA), current).result
+        return [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+
+    oldest = factor_change(order[:4])
+    assert oldest and oldest[0].direction == "lower"
+    newest_rows = order[-4:]
+    samples = build_sample_set(_with_cut_calls(sim, newest_rows).columns)
+    result = calibrate(samples, Params(target_truncation=ALPHA), current).result
+    assert not [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    assert any("no lowering while they are" in line for line in result.gate.reasons)

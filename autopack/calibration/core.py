@@ -67,6 +67,7 @@ from autopack.calibration.model import FactorModel, fit_factor_model
 from autopack.calibration.samples import Group, SampleSet, configuration_ceiling, predict
 from autopack.calibration.step import (
     LOWER_STEP_CALLS,
+    RECENT_DAYS,
     Lowering,
     Step,
     bounded_lowering,
@@ -499,6 +500,9 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         elif assumed and step.today_truncations:  # its cut calls are what the assumption extrapolates over
             why.append(f"{assumed}; a factor that rests on an assumption lowers only a group whose calls today's "
                        f"ceilings do not cut (they cut {step.today_truncations} of its {step.n})")
+        if step.recent_calls and step.recent_truncations / step.recent_calls > alpha and not step.above_alpha:
+            why.append(f"its newest {step.recent_calls} calls ({RECENT_DAYS} days) are cut more often than α "
+                       f"({step.recent_truncations} of them): no lowering while they are")
         lowering = (_lowering(samples, current, fitted, g, params, bool(truncation_failed or assumed))
                     if not why else None)
         if lowering is not None and lowering.factor is None:
@@ -577,8 +581,10 @@ def _steps(samples: SampleSet, params: Params, current: te.Coefficients, fitted:
     out: dict[Group, Step] = {}
     for gi, idx in sorted(samples.rows_by_group().items()):
         g = samples.groups[gi]
+        epoch = samples.epoch[idx]
+        recent = epoch >= epoch.max() - RECENT_DAYS * 86400.0
         out[g] = step_toward_alpha(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today[idx],
-                                   everything.factor_for(g), params.alpha, current.budget_factors.get(g))
+                                   everything.factor_for(g), params.alpha, current.budget_factors.get(g), recent)
     return out
 
 
