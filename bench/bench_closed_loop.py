@@ -62,10 +62,13 @@ class Job:
 
 
 def _window_value(text: str) -> Any:
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
+    """The value as the parameter takes it: an int, a float, else the text (e.g. a method's name)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def run_job(job: Job) -> dict[str, Any]:
