@@ -9,11 +9,12 @@ from github_server.samples import as_result, calibration
 
 from autopack import token_estimator as te
 from autopack.calibration.core import Params, calibrate
-from autopack.calibration.result import Backtest, GroupEntry, MethodSummary
+from autopack.calibration.result import Backtest, GroupEntry, MethodSummary, StepRecord
 from autopack.calibration.samples import build_sample_set
 from autopack.calibration.story import (
     Confirmation,
     Guarantee,
+    StepTowardAlpha,
     VerdictKind,
     drift_table,
     gate_sentence,
@@ -86,3 +87,12 @@ def test_a_shipped_lowering_says_it_ships_a_bounded_step_toward_its_factor_not_t
             f"prediction, held by the {change.lowering.bound} a run, short of that factor "
             f"({change.lowering.fitted_factor:.3f}); truncation estimated from its 60 calls") in line
     assert "ships a bounded step down toward its budget factor" in gate_sentence(result)
+
+
+def test_a_raise_decided_by_the_newest_calls_says_how_many_of_them_were_cut() -> None:
+    """Over all its calls the group may sit below α; the line names the newest fortnight's cuts, which decided."""
+    step = StepRecord(n=118, today_truncations=3, expected_truncation=0.03, expected_method="Kaplan–Meier",
+                      price_tokens=1000, sized_by="its estimated 0.9625 quantile", recent_calls=27,
+                      recent_truncations=5)
+    text = StepTowardAlpha.of(step).text()
+    assert "3 of its 118 calls cut today, 5 of its newest 27 (the last 14 days)" in text
