@@ -93,6 +93,6 @@ def test_a_raise_decided_by_the_newest_calls_says_how_many_of_them_were_cut() ->
     """Over all its calls the group may sit below α; the line names the newest fortnight's cuts, which decided."""
     step = StepRecord(n=118, today_truncations=3, expected_truncation=0.03, expected_method="Kaplan–Meier",
                       price_tokens=1000, sized_by="its estimated 0.9625 quantile", recent_calls=27,
-                      recent_truncations=5)
+                      recent_truncations=5, recent_days=14)
     text = StepTowardAlpha.of(step).text()
     assert "3 of its 118 calls cut today, 5 of its newest 27 (the last 14 days)" in text

@@ -186,8 +186,9 @@ class StepRecord(_Model):
     used_tokens: int | None = Field(None, description="output tokens of the group's calls")
     verdict: str | None = Field(None, description="one line on the step")
     price_tokens: int | None = Field(None, description="extra tokens reserved on the group's calls")
-    recent_calls: int | None = Field(None, description="its calls of the newest 14 days, judged on their own too")
+    recent_calls: int | None = Field(None, description="its calls of the newest recent_days, judged on their own too")
     recent_truncations: int | None = Field(None, description="of those, cut under today's ceilings")
+    recent_days: int | None = Field(None, description="how far back from its newest call the newest calls reach")
 
 
 class LoweringRecord(_Model):

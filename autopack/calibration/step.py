@@ -105,6 +105,7 @@ class Step:
     verdict: str
     recent_calls: int = 0  # its calls of the newest RECENT_DAYS
     recent_truncations: int = 0  # ... cut under today's ceilings
+    recent_days: int = RECENT_DAYS
 
     @property
     def raises(self) -> bool:

@@ -28,7 +28,6 @@ from autopack.calibration.result import (
     Sources,
     StepRecord,
 )
-from autopack.calibration.step import RECENT_DAYS
 
 Group = tuple[str, str]
 
@@ -112,17 +111,20 @@ class StepTowardAlpha:
     sized_by: str | None
     recent_calls: int | None = None
     recent_truncations: int | None = None
+    recent_days: int | None = None
 
     @classmethod
     def of(cls, step: StepRecord) -> StepTowardAlpha:
         return cls(step.n, step.today_truncations, step.expected_truncation, step.expected_method or None,
-                   step.price_tokens, step.sized_by or None, step.recent_calls, step.recent_truncations)
+                   step.price_tokens, step.sized_by or None, step.recent_calls, step.recent_truncations,
+                   step.recent_days)
 
     def text(self) -> str:
         today = (f"{self.today_truncations} of its {self.n} calls cut today"
                  if self.today_truncations is not None and self.n is not None else "above α today")
         if self.recent_truncations and self.recent_calls and self.n and self.recent_calls < self.n:
-            today += f", {self.recent_truncations} of its newest {self.recent_calls} (the last {RECENT_DAYS} days)"
+            days = f"the last {self.recent_days} days" if self.recent_days else "the newest"
+            today += f", {self.recent_truncations} of its newest {self.recent_calls} ({days})"
         after = ("expected truncation after it unknown" if self.expected_truncation is None else
                  f"expected truncation after it {_pct(self.expected_truncation)}"
                  + (f" ({self.expected_method})" if self.expected_method else ""))
