@@ -75,3 +75,12 @@ def test_the_older_positional_plot_call_still_draws(tmp_path: Path) -> None:
     p = calibration().plot
     drawn = write_plot(tmp_path / "plot.png", p.groups, p.ratios, p.observed, p.factors, p.proposed, 0.05)
     assert any("n=400" in t for t in drawn) and not any("today's ceiling" in t for t in drawn)
+
+
+def test_the_report_header_states_the_rise_bound_the_lowerings_used() -> None:
+    """``--max-rise-per-run`` decides how far a lowering may go; the report says which bound this run used."""
+    groups = [GroupTruth("implementation", "low", 400, Law(0.0, 0.35))]
+    samples = build_sample_set(simulate_groups(groups, seed=4).columns)
+    result = calibrate(samples, Params(max_rise_per_run=0.0125)).result
+    assert result.metadata.max_rise_per_run == 0.0125
+    assert "a lowering at most +1.25 pp of estimated truncation a run" in render_markdown(result, None)
