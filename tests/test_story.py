@@ -89,6 +89,16 @@ def test_a_shipped_lowering_says_it_ships_a_bounded_step_toward_its_factor_not_t
     assert "ships a bounded step down toward its budget factor" in gate_sentence(result)
 
 
+def test_the_gate_sentence_states_the_rise_bound_this_run_used() -> None:
+    """``--max-rise-per-run`` sets how far a lowering may go; the sentence quotes it, not the default."""
+    g = ("tests", "medium")
+    current = dataclasses.replace(te.current_coefficients(), budget_factors={g: 3.0})
+    sim = simulate_groups([GroupTruth(*g, 60, Law(0.0, 0.35), cap_factor=3.0)], seed=1)
+    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=0.05, max_rise_per_run=0.0125),
+                       current).result
+    assert "by at most +1.25 pp (+0.625 pp where the evidence is thin)" in gate_sentence(result)
+
+
 def test_a_raise_decided_by_the_newest_calls_says_how_many_of_them_were_cut() -> None:
     """Over all its calls the group may sit below α; the line names the newest fortnight's cuts, which decided."""
     step = StepRecord(n=118, today_truncations=3, expected_truncation=0.03, expected_method="Kaplan–Meier",

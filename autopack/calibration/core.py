@@ -335,7 +335,7 @@ def _weights_cut_more(samples: SampleSet, current: te.Coefficients, free: Fitted
 
 
 #: Above this ``--confidence-threshold`` (its default) a lowering needs a distribution-free factor.
-_DEFAULT_THRESHOLD = float(CalibrationParams.model_fields["confidence_threshold"].default)
+_DEFAULT_THRESHOLD: float = CalibrationParams.default("confidence_threshold")
 
 
 def _gate_group(

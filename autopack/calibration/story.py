@@ -28,6 +28,7 @@ from autopack.calibration.result import (
     Sources,
     StepRecord,
 )
+from autopack.params import CalibrationParams
 
 Group = tuple[str, str]
 
@@ -269,12 +270,13 @@ def gate_sentence(result: CalibrationResult) -> str:
     if bound and any(v.lowering for v in bound):
         one = len(bound) == 1
         whose = "its" if one else "each one’s"
+        rise = result.metadata.max_rise_per_run or CalibrationParams.default("max_rise_per_run")
         parts.append(f"{groups(bound)}ship{'s' if one else ''} a bounded step down toward {whose} budget factor, "
                      "a bound on its own fitted calls: one run raises the truncation its "
-                     "calls estimate by at most +0.5 pp (+0.25 pp where the evidence is thin) and never goes past "
-                     "the factor (the step, the bound and its probability, if it claims one, are on each verdict "
-                     "line); the held-out replay checks only that what ships truncates no more than today and "
-                     "reserves less")
+                     f"calls estimate by at most +{rise * 100:g} pp (+{rise * 50:g} pp where the evidence is thin) "
+                     "and never goes past the factor (the step, the bound and its probability, if it claims one, are "
+                     "on each verdict line); the held-out replay checks only that what ships truncates no more than "
+                     "today and reserves less")
     elif bound:
         one = len(bound) == 1
         parts.append(f"{groups(bound)}ship{'s' if one else ''} because {'its' if one else 'each one’s'} budget "
