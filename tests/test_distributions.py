@@ -67,6 +67,8 @@ def test_student_t_and_chi_square_match_scipy(df: int) -> None:
     assert close(d.t_ppf(q, df), sps.t.ppf(q, df))
     assert close(d.chi2_ppf(q, df), sps.chi2.ppf(q, df))
     assert close(d.chi2_sf(x, df), sps.chi2.sf(x, df))
+    t = np.r_[-x, x]
+    assert close(d.t_sf(t, df), sps.t.sf(t, df)) and close(d.t_logpdf(t, df), sps.t.logpdf(t, df))
 
 
 @pytest.mark.parametrize(("a", "b"), [(1, 1), (1, 20), (19, 1), (95, 6), (0.5, 0.5), (300, 17), (4750, 251)])

@@ -69,8 +69,10 @@ from autopack.calibration.step import (
     LOWER_STEP_CALLS,
     RECENT_DAYS,
     Lowering,
+    PooledShape,
     Step,
     bounded_lowering,
+    pooled_shape,
     step_toward_alpha,
 )
 from autopack.params import CalibrationParams
@@ -483,7 +485,9 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     backtest = {name: evaluate(c, test.y, test.observed, alpha) for name, c in ceilings.items()}
     group_bt = per_group(samples.groups, test.group, ceilings, test.y, test.observed, alpha) if test.n else {}
 
-    steps = _steps(samples, params, current, fitted)
+    _, today = configuration_ceiling(samples, current, current.budget_factors)  # every call's ceiling today
+    steps = _steps(samples, params, current, fitted, today)
+    shape = _pooled_shape(samples, fitted)
     raised: dict[Group, float] = {}
     lowered: dict[Group, Lowering] = {}
     reasons: dict[Group, list[str]] = {}
@@ -503,7 +507,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         if step.recent_calls and step.recent_truncations / step.recent_calls > alpha and not step.above_alpha:
             why.append(f"its newest {step.recent_calls} calls ({RECENT_DAYS} days) are cut more often than α "
                        f"({step.recent_truncations} of them): no lowering while they are")
-        lowering = (_lowering(samples, current, fitted, g, params, bool(truncation_failed or assumed))
+        lowering = (_lowering(samples, fitted, g, params, bool(truncation_failed or assumed), shape, today)
                     if not why else None)
         if lowering is not None and lowering.factor is None:
             why = [lowering.verdict] + [line for line in (truncation_failed, assumed) if line]
@@ -547,10 +551,18 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
                     shipped_verdict, int(fit_rows.size), drift_summary, steps, raised, lowered)
 
 
+def _pooled_shape(samples: SampleSet, fitted: Fitted) -> PooledShape | None:
+    """The groups' tail shape, pooled (``step.PooledShape``), under the predictions that ship."""
+    return pooled_shape([(np.log(np.maximum(samples.y[idx], 1.0) / np.maximum(fitted.predicted[idx], 1.0)),
+                          samples.observed[idx]) for _, idx in sorted(samples.rows_by_group().items())])
+
+
 def _lowering(
-    samples: SampleSet, current: te.Coefficients, fitted: Fitted, g: Group, params: Params, unconfirmed: bool,
+    samples: SampleSet, fitted: Fitted, g: Group, params: Params, unconfirmed: bool, shape: PooledShape | None,
+    today: np.ndarray,
 ) -> Lowering | None:
-    """A passing group's bounded lowering (``step.bounded_lowering``), judged on all its calls like its step.
+    """A passing group's bounded lowering (``step.bounded_lowering``), judged on all its calls like its step
+    (``today``: every call's ceiling today).
 
     Half the rise bound where the evidence is thin: its fitted factor failed the held-out test (the held-out calls
     saw cuts the fit did not) or rests on an assumption (``unconfirmed``), or the group has fewer than
@@ -562,21 +574,20 @@ def _lowering(
     if factor is None:
         return None
     idx = samples.rows_by_group()[samples.groups.index(g)]
-    _, today = configuration_ceiling(samples.subset(np.isin(np.arange(samples.n), idx)), current,
-                                     current.budget_factors)
     thin = unconfirmed or idx.size < LOWER_STEP_CALLS
     rise = params.max_rise_per_run
-    return bounded_lowering(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today, factor,
-                            params.alpha, rise / 2 if thin else rise)
+    return bounded_lowering(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today[idx], factor,
+                            params.alpha, rise / 2 if thin else rise, shape)
 
 
-def _steps(samples: SampleSet, params: Params, current: te.Coefficients, fitted: Fitted) -> dict[Group, Step]:
-    """Each group's step toward α (``step``), judged on all its calls: today's ceilings and its quantile.
+def _steps(
+    samples: SampleSet, params: Params, current: te.Coefficients, fitted: Fitted, today: np.ndarray,
+) -> dict[Group, Step]:
+    """Each group's step toward α (``step``), judged on all its calls: today's ceilings (``today``) and its quantile.
 
     A raise needs no held-out test to be safe (no call's ceiling falls), so the sizing quantile uses every
     call of the group, under the predictions that ship with it (the fitted coefficients).
     """
-    _, today = configuration_ceiling(samples, current, current.budget_factors)
     everything = _factor_model(samples, np.arange(samples.n), fitted.predicted, params.alpha)
     out: dict[Group, Step] = {}
     for gi, idx in sorted(samples.rows_by_group().items()):

@@ -44,6 +44,17 @@ def t_ppf(q: Any, df: Any) -> Any:
     return _out(np.where(q <= 0, -np.inf, np.where(q >= 1, np.inf, inside)))
 
 
+def t_sf(x: Any, df: Any) -> Any:
+    """P(T > x), T ~ Student-t(df)."""
+    return _out(special.stdtr(np.asarray(df, dtype=float), -np.asarray(x, dtype=float)))
+
+
+def t_logpdf(x: Any, df: Any) -> Any:
+    v, d = np.asarray(x, dtype=float), np.asarray(df, dtype=float)
+    norm = special.gammaln((d + 1.0) / 2.0) - special.gammaln(d / 2.0) - 0.5 * np.log(d * math.pi)
+    return _out(norm - (d + 1.0) / 2.0 * np.log1p(v * v / d))
+
+
 def chi2_sf(x: Any, df: Any) -> Any:
     """P(X > x), X ~ χ²(df); 1 for x ≤ 0."""
     v = np.asarray(x, dtype=float)

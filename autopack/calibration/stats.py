@@ -548,6 +548,51 @@ def censored_normal_fit(
     return CensoredNormal(mu, sigma, cov)
 
 
+@dataclass(frozen=True)
+class CensoredT:
+    """A Student-t law (location, scale, degrees of freedom) fitted to right-censored values."""
+
+    df: float
+    loc: float
+    scale: float
+
+    def sf(self, x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = np.asarray(dist.t_sf((np.asarray(x, dtype=float) - self.loc) / self.scale, self.df))
+        return out
+
+
+#: The degrees of freedom ``censored_t_fit`` chooses among: a profile over a grid (df is poorly identified by a few
+#: hundred calls, and a grid keeps each fit a two-parameter one).
+T_DEGREES = (1.5, 2.0, 3.0, 4.0, 6.0, 10.0, 30.0)
+
+
+def censored_t_fit(values: np.ndarray, observed: np.ndarray, max_values: int = 4000) -> CensoredT | None:
+    """Maximum-likelihood Student-t for right-censored data: (location, scale) for each df of ``T_DEGREES``, the
+    likeliest kept. More than ``max_values`` values are thinned to an evenly spaced subset (the fit's cost is
+    then bounded; a tail shape needs hundreds of calls, not millions). None when fewer than 20 are observed."""
+    from scipy.optimize import minimize
+
+    v, o = np.asarray(values, dtype=float), np.asarray(observed, dtype=bool)
+    if v.size > max_values:
+        keep = np.linspace(0, v.size - 1, max_values).astype(int)
+        v, o = v[keep], o[keep]
+    if int(o.sum()) < 20:
+        return None
+    best: tuple[float, CensoredT] | None = None
+    for df in T_DEGREES:
+        def nll(theta: np.ndarray, df: float = df) -> float:
+            loc, log_s = theta
+            u = (v - loc) / math.exp(log_s)
+            censored = np.log(np.maximum(dist.t_sf(u[~o], df), 1e-300)) if (~o).any() else np.zeros(0)
+            return -float(np.sum(dist.t_logpdf(u[o], df)) - o.sum() * log_s + np.sum(censored))
+
+        start = np.array([float(np.median(v)), math.log(max(float(np.std(v)), 1e-3))])
+        res = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-8, "maxiter": 2000})
+        if res.success and np.all(np.isfinite(res.x)) and (best is None or res.fun < best[0]):
+            best = (float(res.fun), CensoredT(df, float(res.x[0]), math.exp(float(res.x[1]))))
+    return None if best is None else best[1]
+
+
 def prediction_bound_multiplier(n: int, alpha: float) -> float:
     """t_{n−1, 1−α} · √(1 + 1/n): mean + this × s bounds a new normal value with probability exactly 1 − α."""
     if n < 2:
