@@ -494,10 +494,18 @@ class CensoredNormal:
         return float(math.sqrt(max(0.0, grad @ self.cov @ grad)))
 
 
+#: ``censored_normal_fit`` fits more values than this on an evenly spaced subset of them (in their order: of sorted
+#: values, a stratified one): two parameters from 20,000 values are within ≈ 1 % of σ of the full fit, and each
+#: of a few hundred likelihood evaluations costs the values' count (a group of 10⁵ calls, fitted three times,
+#: cost 0.25 s of a 10⁶-call calibration).
+MAX_FIT_VALUES = 20_000
+
+
 def censored_normal_fit(
     values: Sequence[float] | np.ndarray, observed: Sequence[bool] | np.ndarray, min_observed: int = 5
 ) -> CensoredNormal | None:
-    """Maximum-likelihood normal for right-censored data (Tobit), with its asymptotic covariance.
+    """Maximum-likelihood normal for right-censored data (Tobit), with its asymptotic covariance (of all the
+    values: a fit on ``MAX_FIT_VALUES`` of them scales its covariance by their share).
 
     None when fewer than ``min_observed`` values are observed or the optimiser fails.
     """
@@ -508,6 +516,11 @@ def censored_normal_fit(
     o = np.asarray(observed, dtype=bool)
     if int(o.sum()) < min_observed:
         return None
+    share = 1.0
+    if v.size > MAX_FIT_VALUES:
+        keep = np.linspace(0, v.size - 1, MAX_FIT_VALUES).astype(int)
+        share = MAX_FIT_VALUES / v.size
+        v, o = v[keep], o[keep]
     xo, xc = v[o], v[~o]
 
     half_log_2pi = 0.5 * math.log(2.0 * math.pi)
@@ -545,7 +558,7 @@ def censored_normal_fit(
         return None
     if not np.all(np.isfinite(cov)) or cov[0, 0] < 0 or cov[1, 1] < 0:
         return None
-    return CensoredNormal(mu, sigma, cov)
+    return CensoredNormal(mu, sigma, cov * share)
 
 
 @dataclass(frozen=True)
