@@ -494,10 +494,16 @@ class CensoredNormal:
         return float(math.sqrt(max(0.0, grad @ self.cov @ grad)))
 
 
-#: ``censored_normal_fit`` fits more values than this on an evenly spaced subset of them (in their order: of sorted
-#: values, a stratified one): two parameters from 20,000 values are within ≈ 1 % of σ of the full fit, and each
-#: of a few hundred likelihood evaluations costs the values' count (a group of 10⁵ calls, fitted three times,
-#: cost 0.25 s of a 10⁶-call calibration).
+def evenly_spaced(size: int, most: int) -> np.ndarray:
+    """Indices of at most ``most`` of ``size`` values, evenly spaced in their order (of sorted values, a stratified
+    subset; all of them when there are no more): how a fit keeps its cost bounded on many values."""
+    return np.linspace(0, size - 1, min(size, most)).astype(int)
+
+
+#: ``censored_normal_fit`` fits more values than this on an evenly spaced subset of them (``evenly_spaced``): two
+#: parameters from 20,000 values are within ≈ 1 % of σ of the full fit, and each of a few hundred likelihood
+#: evaluations costs the values' count (a group of 10⁵ calls, fitted three times, cost 0.25 s of a 10⁶-call
+#: calibration).
 MAX_FIT_VALUES = 20_000
 
 
@@ -516,11 +522,9 @@ def censored_normal_fit(
     o = np.asarray(observed, dtype=bool)
     if int(o.sum()) < min_observed:
         return None
-    share = 1.0
-    if v.size > MAX_FIT_VALUES:
-        keep = np.linspace(0, v.size - 1, MAX_FIT_VALUES).astype(int)
-        share = MAX_FIT_VALUES / v.size
-        v, o = v[keep], o[keep]
+    keep = evenly_spaced(v.size, MAX_FIT_VALUES)
+    share = keep.size / v.size  # the covariance is of all the values
+    v, o = v[keep], o[keep]
     xo, xc = v[o], v[~o]
 
     half_log_2pi = 0.5 * math.log(2.0 * math.pi)
@@ -585,10 +589,8 @@ def censored_t_fit(values: np.ndarray, observed: np.ndarray, max_values: int = 4
     then bounded; a tail shape needs hundreds of calls, not millions). None when fewer than 20 are observed."""
     from scipy.optimize import minimize
 
-    v, o = np.asarray(values, dtype=float), np.asarray(observed, dtype=bool)
-    if v.size > max_values:
-        keep = np.linspace(0, v.size - 1, max_values).astype(int)
-        v, o = v[keep], o[keep]
+    keep = evenly_spaced(np.size(values), max_values)
+    v, o = np.asarray(values, dtype=float)[keep], np.asarray(observed, dtype=bool)[keep]
     if int(o.sum()) < 20:
         return None
     best: tuple[float, CensoredT] | None = None

@@ -306,7 +306,7 @@ def pooled_shape(groups: list[tuple[np.ndarray, np.ndarray]]) -> PooledShape | N
     below 200 pooled calls."""
     zs, flags = [], []
     for values, complete in groups:
-        keep = np.linspace(0, values.size - 1, min(values.size, POOL_MAX_CALLS)).astype(int)
+        keep = stats.evenly_spaced(values.size, POOL_MAX_CALLS)
         r, observed = values[keep], complete[keep]
         fit = stats.censored_normal_fit(r, observed, min_observed=2) if r.size >= POOL_MIN_CALLS else None
         if fit is not None:
