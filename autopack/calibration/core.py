@@ -72,6 +72,7 @@ from autopack.calibration.step import (
     PooledShape,
     Step,
     bounded_lowering,
+    log_ratio,
     pooled_shape,
     step_toward_alpha,
 )
@@ -553,8 +554,8 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
 
 def _pooled_shape(samples: SampleSet, fitted: Fitted) -> PooledShape | None:
     """The groups' tail shape, pooled (``step.PooledShape``), under the predictions that ship."""
-    return pooled_shape([(np.log(np.maximum(samples.y[idx], 1.0) / np.maximum(fitted.predicted[idx], 1.0)),
-                          samples.observed[idx]) for _, idx in sorted(samples.rows_by_group().items())])
+    return pooled_shape([(log_ratio(samples.y[idx], fitted.predicted[idx]), samples.observed[idx])
+                         for _, idx in sorted(samples.rows_by_group().items())])
 
 
 def _lowering(

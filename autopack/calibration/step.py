@@ -301,9 +301,16 @@ class PooledShape:
         return f"a Student-t tail (df {self.tail.df:g}) pooled over {self.calls} calls of {self.groups} groups"
 
 
+def log_ratio(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """log(actual ÷ predicted) as a lowering reads a group's calls (both at least one token): the values the pooled
+    shape is fitted on and the ones it is placed by must be the same."""
+    out: np.ndarray = np.log(np.maximum(y, 1.0) / np.maximum(predicted, 1.0))
+    return out
+
+
 def pooled_shape(groups: list[tuple[np.ndarray, np.ndarray]]) -> PooledShape | None:
-    """The pooled shape from each group's (log(actual ÷ predicted), observed), in the groups' own row order; None
-    below 200 pooled calls."""
+    """The pooled shape from each group's (``log_ratio``, observed), in the groups' own row order; None below 200
+    pooled calls."""
     zs, flags = [], []
     for values, complete in groups:
         keep = stats.evenly_spaced(values.size, POOL_MAX_CALLS)
@@ -387,8 +394,7 @@ def bounded_lowering(
     factor ends the descent.
     """
     pred = np.maximum(predicted, 1.0)
-    r = np.log(np.maximum(y, 1.0) / pred)
-    survivals = _survivals(r, observed, shape)
+    survivals = _survivals(log_ratio(y, predicted), observed, shape)
     ratio = today_ceiling / pred
     today_factor = float(np.median(ratio))
 
