@@ -138,6 +138,8 @@ class Decision:
     raised: dict[Group, float] = field(default_factory=dict)
     #: the groups that ship a lowering, at its bounded factor (``step.bounded_lowering``)
     lowered: dict[Group, Lowering] = field(default_factory=dict)
+    #: every call's ceiling today (today's coefficients and factors)
+    today: np.ndarray = field(default_factory=lambda: np.empty(0))
 
     def shipped_factor(self, g: Group) -> float | None:
         """The factor a passing group ships: its raise, its bounded lowering, else its fitted factor."""
@@ -267,12 +269,14 @@ def _proposal_factors(current: te.Coefficients, fitted: Fitted, groups: list[Gro
 
 def _decide_weights(
     held: HeldOut, params: Params, current: te.Coefficients, free: Fitted | None, frozen: Fitted,
+    today: np.ndarray, today_held: np.ndarray,
 ) -> tuple[bool, str]:
     """Ship the weight changes? Judged per group, like every change: on each group's held-out calls the proposal
     with them must not do worse than the same proposal with today's weights (a group that passes the truncation
     test without them passes it with them; one that fails it does not truncate more), and on all held-out
     calls it must reserve less. (A test on all calls at once failed whenever some group truncated above α
-    today, whatever the weights did.)"""
+    today, whatever the weights did.) ``today``: every call's ceiling today; ``today_held``: the held-out
+    calls' (``_today_ceilings``)."""
     if free is None:
         supported = "" if not frozen.fit.frozen_weights else (
             f" ({len(frozen.fit.frozen_weights)} change(s) the bootstrap did not support were frozen)")
@@ -282,7 +286,7 @@ def _decide_weights(
         return False, "TOKEN_WEIGHTS changes not shipped: no held-out calls to check them on"
     alpha = params.alpha
     ceilings = {
-        "current": _today_ceilings(held, current, params),
+        "current": today_held,
         "with": heldout_ceilings(held, free.fit.coefficients, _proposal_factors(current, free, groups), params),
         "without": heldout_ceilings(held, frozen.fit.coefficients, _proposal_factors(current, frozen, groups), params),
     }
@@ -297,7 +301,7 @@ def _decide_weights(
     # a weight on its ×½ / ×2 bound carries the prediction's level, which each factor absorbs: shipped, the
     # next run asks for the same again (a walk to the bound week after week); only the ratios are identified
     walking = [f"{k[0]}/{k[1]}" for c, k in free.fit.at_bound if c == "TOKEN_WEIGHTS"]
-    cut_more = _weights_cut_more(held.samples, current, free, params.max_rise_per_run)
+    cut_more = _weights_cut_more(held.samples, today, current, free, params.max_rise_per_run)
     cheaper = reserved_better(with_w, without)
     agree = ", ".join(f"{k[0]}/{k[1]} {v:.2f}" for k, v in sorted(free.fit.weight_confidence.items()))
     verdict = ("no group's held-out truncation worse than with today's weights" if not worse else
@@ -316,17 +320,18 @@ def _decide_weights(
     return False, "TOKEN_WEIGHTS changes not shipped: " + detail
 
 
-def _weights_cut_more(samples: SampleSet, current: te.Coefficients, free: Fitted, max_rise: float) -> list[str]:
+def _weights_cut_more(
+    samples: SampleSet, today: np.ndarray, current: te.Coefficients, free: Fitted, max_rise: float,
+) -> list[str]:
     """The groups whose calls (all of them, not only the held-out ones) the fitted weights, with today's budget
-    factors, cut more of than today's coefficients do, by more than ``max_rise`` (``--max-rise-per-run``) of the
-    group's calls.
+    factors, cut more of than today's coefficients do (``today``: their ceilings), by more than ``max_rise``
+    (``--max-rise-per-run``) of the group's calls.
 
     A weight moves the ceilings of every group that uses it, including groups whose factor does not change:
     held-out calls, a handful per group, cannot see what that does to them (in a closed loop a weight halved on
     such evidence raised a group that kept its factor from 4 % to 26 % true truncation). A group's own calls
     under its own ceilings can: the bound a lowering gets (``step.bounded_lowering``), here on the count.
     """
-    _, today = configuration_ceiling(samples, current, current.budget_factors)
     _, with_weights = configuration_ceiling(samples, free.fit.coefficients, current.budget_factors)
     out = []
     for gi, idx in sorted(samples.rows_by_group().items()):
@@ -466,13 +471,15 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
                                                           confidence_threshold=params.confidence_threshold), alpha)
     frozen.fit.frozen_weights = list(free_fit.frozen_weights)
     free = _fitted(samples, fit_rows, free_fit, alpha) if _weights_changed(current, free_fit) else None
-    ship_weights, weights_verdict = _decide_weights(held, params, current, free, frozen)
+    _, today = configuration_ceiling(samples, current, current.budget_factors)  # every call's ceiling today
+    today_held = _today_ceilings(held, current, params) if tested else np.empty(0)  # ... the held-out calls'
+    ship_weights, weights_verdict = _decide_weights(held, params, current, free, frozen, today, today_held)
     fitted = free if ship_weights and free is not None else frozen
 
     ceilings: dict[str, np.ndarray] = {}
     drift_summary: dict[str, Any] = {}
     if tested:
-        ceilings["current"] = _today_ceilings(held, current, params)
+        ceilings["current"] = today_held
         medians = original_medians(samples, train_rows, params.min_samples)
         med = np.array([medians.get(g, math.nan) for g in samples.groups])[test.group]
         original = ceilings["current"].copy()
@@ -486,7 +493,6 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     backtest = {name: evaluate(c, test.y, test.observed, alpha) for name, c in ceilings.items()}
     group_bt = per_group(samples.groups, test.group, ceilings, test.y, test.observed, alpha) if test.n else {}
 
-    _, today = configuration_ceiling(samples, current, current.budget_factors)  # every call's ceiling today
     steps = _steps(samples, params, current, fitted, today)
     shape = _pooled_shape(samples, fitted)
     raised: dict[Group, float] = {}
@@ -549,7 +555,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         drift_summary = drift.compare_in_calibration(alpha, held.drift_rows(), predict(samples, coeffs), factors,
                                                      static_shipped, chosen=(params.spec.name, shipped_ceiling))
     return Decision(fitted, tested, ship_weights, weights_verdict, backtest, group_bt, passing, reasons, verdicts,
-                    shipped_verdict, int(fit_rows.size), drift_summary, steps, raised, lowered)
+                    shipped_verdict, int(fit_rows.size), drift_summary, steps, raised, lowered, today)
 
 
 def _pooled_shape(samples: SampleSet, fitted: Fitted) -> PooledShape | None:
@@ -628,8 +634,7 @@ def calibrate(samples: SampleSet, params: Params, current: te.Coefficients | Non
     if samples.n == 0:
         raise ValueError("calibrate needs at least one usable sample")
     decision = decide(samples, params, current)
-    _, today_ceiling = configuration_ceiling(samples, current, current.budget_factors)
-    today_ratio = today_ceiling / np.maximum(decision.fitted.predicted, 1.0)
+    today_ratio = decision.today / np.maximum(decision.fitted.predicted, 1.0)
     result = _assemble(samples, params, current, decision, today_ratio)
     plot = PlotData([], [], [], [], [])
     rows_of = samples.rows_by_group()
