@@ -284,6 +284,21 @@ def test_censored_normal_without_censoring_is_the_normal_mle() -> None:
     assert fit.mu == pytest.approx(3.0, abs=1e-4) and fit.sigma == pytest.approx(math.sqrt(2.0), abs=1e-4)
 
 
+def test_censored_normal_covariance_without_censoring_is_the_inverse_fisher_information() -> None:
+    """With nothing censored the MLE's asymptotic variances are σ²/n for μ and σ²/(2n) for σ, uncorrelated."""
+    values = np.random.default_rng(3).normal(1.0, 0.5, 400)
+    fit = stats.censored_normal_fit(values, np.ones(values.size, dtype=bool))
+    assert fit is not None
+    n, s2 = values.size, fit.sigma**2
+    assert fit.cov[0, 0] == pytest.approx(s2 / n, rel=1e-6) and fit.cov[1, 1] == pytest.approx(s2 / (2 * n), rel=1e-6)
+    assert fit.cov[0, 1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_censored_normal_fit_of_equal_values_has_no_maximum() -> None:
+    """Every observed value the same and nothing above them: the likelihood grows as σ → 0, so there is no fit."""
+    assert stats.censored_normal_fit([1.0, 1.0, 1.0], [True] * 3, min_observed=2) is None
+
+
 def test_a_censored_normal_fit_of_many_values_matches_the_fit_of_all_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
     """Above ``MAX_FIT_VALUES`` the fit runs on an evenly spaced subset of the (sorted) values: 10⁵ normal values cut
     at their 95 % quantile give the same estimates as the fit of all of them, and standard errors of all of them."""

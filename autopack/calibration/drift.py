@@ -332,8 +332,8 @@ def replay_aci(
         out_a.append(level[g])
         out_f.append(f)
         err = 1 if y[j] >= c else 0  # reaching the ceiling = truncated (a censored call: its bound reached it)
-        if lag is not None:  # due in planning order
-            fifo.append((feedback.due(i, t, c), g, err))
+        if lag is not None:  # due in planning order (``Feedback.due`` on the call-index clock)
+            fifo.append((i + lag + 1.0, g, err))
         else:
             heapq.heappush(heap, (feedback.due(i, t, min(y[j], c) if obs[j] else c), i, g, err))
     trace.updates = len(rows) - len(fifo) - len(heap)
@@ -377,27 +377,44 @@ def replay_rolling(
         windows[g] = deque(vals)
         ordered[g] = sorted(vals)
     ceilings = replay_static(test, static)
-    pending: list[tuple[float, int, int, float]] = []
     rows, now, pred, y, obs, group = _loop_columns(test, bounds, feedback)
+    clip = {g: (c.factors[-1], c.factors[0]) for g, c in bounds.items()}  # the reviewed range
+    rank: dict[int, int | None] = {}  # the conformal rank of a window of n scores, computed once per n
+    # pending outcomes: with a fixed lag they come due in planning order (a FIFO), else by completion time
+    lag = feedback.lag_calls
+    fifo: deque[tuple[float, int, float]] = deque()
+    heap: list[tuple[float, int, int, float]] = []
+    exp, log, ceil, insort, bisect_left = math.exp, math.log, te.ceil_tokens, bisect.insort, bisect.bisect_left
+
+    def finish(g_done: int, value: float) -> None:
+        win, srt = windows[g_done], ordered[g_done]
+        win.append(value)
+        insort(srt, value)
+        if len(win) > window:
+            del srt[bisect_left(srt, win.popleft())]
+
     for j, i in enumerate(rows):
-        while pending and pending[0][0] <= now[j]:
-            _, _, g_done, value = heapq.heappop(pending)
-            win, srt = windows[g_done], ordered[g_done]
-            win.append(value)
-            bisect.insort(srt, value)
-            if len(win) > window:
-                del srt[bisect.bisect_left(srt, win.popleft())]
+        t = now[j]
+        while fifo and fifo[0][0] <= t:
+            _, g_done, value = fifo.popleft()
+            finish(g_done, value)
+        while heap and heap[0][0] <= t:
+            _, _, g_done, value = heapq.heappop(heap)
+            finish(g_done, value)
         g = group[j]
-        curve = bounds[g]
+        low, high = clip[g]
         srt = ordered[g]
-        k = stats.conformal_rank(len(srt), alpha)
-        factor = math.exp(srt[k - 1]) if k is not None and math.isfinite(srt[k - 1]) else curve.factors[0]
-        factor = min(max(factor, curve.factors[-1]), curve.factors[0])  # the reviewed range
-        c = te.ceil_tokens(pred[j] * factor)
+        n = len(srt)
+        k = rank[n] if n in rank else rank.setdefault(n, stats.conformal_rank(n, alpha))
+        factor = exp(srt[k - 1]) if k is not None and srt[k - 1] != math.inf else high
+        factor = min(max(factor, low), high)
+        c = ceil(pred[j] * factor)
         ceilings[i] = c
-        fits = y[j] < c
-        value = math.log((y[j] + 1.0) / max(pred[j], 1.0)) if fits and obs[j] else math.inf
-        heapq.heappush(pending, (feedback.due(i, now[j], min(y[j], c) if obs[j] else c), i, g, value))
+        value = log((y[j] + 1.0) / max(pred[j], 1.0)) if obs[j] and y[j] < c else math.inf
+        if lag is not None:  # due in planning order (``Feedback.due`` on the call-index clock)
+            fifo.append((i + lag + 1.0, g, value))
+        else:
+            heapq.heappush(heap, (feedback.due(i, t, min(y[j], c) if obs[j] else c), i, g, value))
     return ceilings
 
 

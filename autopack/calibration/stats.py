@@ -505,6 +505,7 @@ def evenly_spaced(size: int, most: int) -> np.ndarray:
 #: evaluations costs the values' count (a group of 10⁵ calls, fitted three times, cost 0.25 s of a 10⁶-call
 #: calibration).
 MAX_FIT_VALUES = 20_000
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def censored_normal_fit(
@@ -513,9 +514,11 @@ def censored_normal_fit(
     """Maximum-likelihood normal for right-censored data (Tobit), with its asymptotic covariance (of all the
     values: a fit on ``MAX_FIT_VALUES`` of them scales its covariance by their share).
 
-    None when fewer than ``min_observed`` values are observed or the optimiser fails.
+    Newton's method in Olsen's parameters (δ = μ/σ, h = 1/σ), where the log-likelihood is concave: a handful of
+    steps with exact derivatives, where a simplex search took a few hundred evaluations, and the covariance is
+    the inverse of the same exact Hessian. None when fewer than ``min_observed`` values are observed or no
+    finite maximum is found (every observed value equal, say).
     """
-    from scipy.optimize import minimize
     from scipy.special import log_ndtr
 
     v = np.asarray(values, dtype=float)
@@ -526,43 +529,63 @@ def censored_normal_fit(
     share = keep.size / v.size  # the covariance is of all the values
     v, o = v[keep], o[keep]
     xo, xc = v[o], v[~o]
+    sum_o, sum_oo, n_o = float(xo.sum()), float(xo @ xo), xo.size
 
-    half_log_2pi = 0.5 * math.log(2.0 * math.pi)
+    def loglik(theta: np.ndarray) -> float:
+        d, h = theta
+        if not h > 0.0:
+            return -math.inf
+        r = h * xo - d
+        return float(n_o * math.log(h) - 0.5 * (r @ r) + (np.sum(log_ndtr(d - h * xc)) if xc.size else 0.0))
 
-    def nll(theta: np.ndarray) -> float:  # closed forms: scipy.stats' per-call overhead dominated the fit
-        mu, log_s = theta
-        s = math.exp(log_s)
-        z = (xo - mu) / s
-        total = -0.5 * float(z @ z) - xo.size * (log_s + half_log_2pi)
+    def derivatives(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d, h = theta
+        grad = np.array([h * sum_o - n_o * d, n_o / h - (h * sum_oo - d * sum_o)])
+        hess = np.array([[-float(n_o), sum_o], [sum_o, -n_o / h**2 - sum_oo]])
         if xc.size:
-            total += float(np.sum(log_ndtr((mu - xc) / s)))
-        return float(-total)
+            a = d - h * xc
+            mills = np.exp(-0.5 * a * a - _HALF_LOG_2PI - log_ndtr(a))  # φ(a) / Φ(a), stable for a ≪ 0
+            w = mills * (a + mills)
+            grad += np.array([float(mills.sum()), -float(mills @ xc)])
+            wc = float(w @ xc)
+            hess -= np.array([[float(w.sum()), -wc], [-wc, float(w @ (xc * xc))]])
+        return grad, hess
 
-    start = np.array([float(np.mean(v)), math.log(max(float(np.std(v)), 1e-3))])
-    res = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 4000})
-    if not res.success or not np.all(np.isfinite(res.x)):
+    sd = max(float(np.std(v)), 1e-3)
+    theta = np.array([float(np.mean(v)) / sd, 1.0 / sd])
+    value = loglik(theta)
+    for _ in range(100):
+        grad, hess = derivatives(theta)
+        try:
+            step = -np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            return None
+        if not np.all(np.isfinite(step)):
+            return None
+        t = 1.0
+        while t > 1e-10 and not (loglik(theta + t * step) >= value):  # halve until the likelihood does not fall
+            t *= 0.5
+        theta, previous = theta + t * step, value
+        value = loglik(theta)
+        if abs(value - previous) < 1e-12 * max(1.0, abs(value)) and float(np.max(np.abs(t * step))) < 1e-9 * max(
+            1.0, float(np.max(np.abs(theta)))
+        ):
+            break
+    else:
         return None
-    mu, log_s = (float(t) for t in res.x)
-    sigma = math.exp(log_s)
-    # numerical Hessian of the NLL in (mu, sigma)
-    def nll_ms(m: float, s: float) -> float:
-        return nll(np.array([m, math.log(max(s, 1e-12))]))
-
-    h = 1e-4 * max(1.0, sigma)
-    f0 = nll_ms(mu, sigma)
-    hess = np.empty((2, 2))
-    hess[0, 0] = (nll_ms(mu + h, sigma) - 2 * f0 + nll_ms(mu - h, sigma)) / h**2
-    hess[1, 1] = (nll_ms(mu, sigma + h) - 2 * f0 + nll_ms(mu, sigma - h)) / h**2
-    hess[0, 1] = hess[1, 0] = (
-        nll_ms(mu + h, sigma + h) - nll_ms(mu + h, sigma - h) - nll_ms(mu - h, sigma + h) + nll_ms(mu - h, sigma - h)
-    ) / (4 * h * h)
+    d, h = (float(x) for x in theta)
+    if not (math.isfinite(d) and math.isfinite(h) and h > 0.0):
+        return None
+    _, hess = derivatives(theta)
     try:
-        cov = np.linalg.inv(hess)
+        info_inv = np.linalg.inv(-hess)  # covariance of (δ, h)
     except np.linalg.LinAlgError:
         return None
+    jac = np.array([[1.0 / h, -d / h**2], [0.0, -1.0 / h**2]])  # ∂(μ, σ) / ∂(δ, h)
+    cov = jac @ info_inv @ jac.T
     if not np.all(np.isfinite(cov)) or cov[0, 0] < 0 or cov[1, 1] < 0:
         return None
-    return CensoredNormal(mu, sigma, cov * share)
+    return CensoredNormal(d / h, 1.0 / h, cov * share)
 
 
 @dataclass(frozen=True)
