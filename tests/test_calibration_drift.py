@@ -72,6 +72,21 @@ def test_every_calibration_reports_all_methods_under_drift(seeded: str, tmp_path
     assert "## Calibration under drift" in report and "Method `static`" in report
 
 
+def test_the_every_method_comparison_replays_at_most_the_newest_calls_and_says_so(
+    seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond ``MAX_COMPARED_CALLS`` held-out calls the report's comparison replays the newest of them, names how
+    many of how many, and every method's row counts exactly those; the gate's own replay still covers all."""
+    full = run_calibration(open_database(seeded), output_dir=tmp_path / "full").backtest
+    cap = full.test_n // 2
+    monkeypatch.setattr(drift, "MAX_COMPARED_CALLS", cap)
+    capped = run_calibration(open_database(seeded), output_dir=tmp_path / "capped").backtest
+    under = capped.calibration_under_drift
+    assert under is not None and under.calls == f"the newest {cap} of {capped.test_n} held-out calls"
+    assert {m.n for m in under.methods.values()} == {cap}
+    assert capped.shipped is not None and capped.shipped.n == capped.test_n == full.test_n
+
+
 def test_aci_ships_a_reviewed_curve_through_the_estimator_editor(seeded: str, tmp_path: Path) -> None:
     result = run_calibration(open_database(seeded), CalibrationParams(method="aci"), output_dir=tmp_path)
     md = result.metadata
