@@ -501,9 +501,9 @@ def evenly_spaced(size: int, most: int) -> np.ndarray:
 
 
 #: ``censored_normal_fit`` fits more values than this on an evenly spaced subset of them (``evenly_spaced``): two
-#: parameters from 20,000 values are within ≈ 1 % of σ of the full fit, and each of a few hundred likelihood
-#: evaluations costs the values' count (a group of 10⁵ calls, fitted three times, cost 0.25 s of a 10⁶-call
-#: calibration).
+#: parameters from 20,000 values are within ≈ 1 % of σ of the full fit, and each likelihood evaluation costs the
+#: values' count (a group of 10⁵ calls, fitted three times, cost 0.25 s of a 10⁶-call calibration when the fit was a
+#: simplex search of a few hundred evaluations; a Newton fit takes a few dozen).
 MAX_FIT_VALUES = 20_000
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
