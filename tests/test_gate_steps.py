@@ -1,6 +1,6 @@
 """The gate's bounded steps (``calibration.step``), against a known law: how far one run moves a group's factor.
 
-A raise aims at the estimated (1 − AIM·α) quantile, not past it; a lowering never raises the group's estimated
+A raise aims at the estimated (1 − RAISE_AIM·α) quantile, not past it; a lowering never raises the group's estimated
 truncation by more than ``LOWER_RISE`` in one run, never cuts its ceilings by more than ×``LOWER_STEP``, never
 aims below ``AIM``·α, and does not happen where today's ceilings are already there. Every rate judged is the law's.
 """
@@ -41,6 +41,12 @@ def _true(factor: float) -> float:
     return float(LAW.sf(math.log(factor)))
 
 
+def _ordered(r: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(r, observed) in the order ``group_factor`` reads them: ascending, a complete call before a cut one."""
+    order = np.lexsort((~observed, r))
+    return r[order], observed[order]
+
+
 def _lowering(today_factor: float, fitted: float, seed: int = 0) -> step.Lowering:
     y, observed, predicted, ceiling = _calls(200, today_factor, seed)
     return step.bounded_lowering(y, observed, predicted, ceiling, fitted, ALPHA)
@@ -72,7 +78,36 @@ def test_a_raise_aims_at_the_quantile_below_alpha_not_past_it() -> None:
     info = group_factor(r[order], observed[order], ALPHA)
     raised = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, today)
     assert raised.factor is not None and "estimated" in raised.sized_by
-    assert 0.5 * step.AIM * ALPHA <= _true(raised.factor) <= ALPHA
+    assert 0.5 * step.RAISE_AIM * ALPHA <= _true(raised.factor) <= ALPHA
+
+
+def test_a_group_half_cut_with_a_wide_spread_is_raised_to_alpha_in_one_step() -> None:
+    """σ = 0.45, half its calls cut: reaching α/2 takes ×exp(1.96·0.45) = ×2.4, past the ×2 a raise once stopped at
+    (which left such a group above α, where its cut calls could not show it)."""
+    wide = Law(0.0, 0.45)
+    r = wide.sample(np.random.default_rng(4), 200)
+    predicted = np.full(r.size, PREDICTED)
+    today = 1.0  # the median: half cut
+    ceiling = np.full(r.size, math.ceil(PREDICTED * today))
+    y = np.minimum(np.round(PREDICTED * np.exp(r)), ceiling)
+    observed = y < ceiling
+    info = group_factor(*_ordered(np.log(y / predicted), observed), ALPHA)
+    raised = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, today)
+    assert raised.factor is not None and raised.factor / today > 2.0
+    assert float(wide.sf(math.log(raised.factor))) <= ALPHA
+
+
+def test_no_raise_where_todays_ceilings_vary_more_than_the_floor_step_allows() -> None:
+    """A raise must lower no call's ceiling, so it is at least ×1.1 the largest ceiling ÷ predicted. Where today's
+    ceilings vary ×2.2 across the group's calls that would more than double its typical ceiling: no step, said so."""
+    today = math.exp(LAW.quantile(0.8))  # 20 % cut
+    y, observed, predicted, ceiling = _calls(200, today)
+    ceiling = ceiling.copy()
+    ceiling[:5] = np.ceil(ceiling[:5] * 2.2)  # a few calls under a floor far above the rest
+    observed = y < ceiling
+    info = group_factor(*_ordered(np.log(y / predicted), observed), ALPHA)
+    none = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, today)
+    assert none.factor is None and none.above_alpha and f"no safe step within ×{step.FLOOR_STEP:g}" in none.verdict
 
 
 def test_a_lowering_far_below_alpha_is_limited_to_one_step() -> None:

@@ -8,21 +8,22 @@ more of its calls reserves more than today. Yet a raise is the one change that n
 fall, whatever the law of its outputs. An assumption is only needed to *size* the raise, so the size is
 the smallest of
 
-- where it aims (``_aimed_raise``): the estimated (1 − ``AIM``·α) quantile of actual / predicted, a point
-  estimate from all its calls (the censored-normal fit's, or today's factor moved by the fit's spread from
+- where it aims (``_aimed_raise``): the estimated (1 − ``RAISE_AIM``·α) quantile of actual / predicted, a
+  point estimate from all its calls (the censored-normal fit's, or today's factor moved by the fit's spread from
   today's cut share, whichever is smaller); the group's fitted factor when there is no fit;
-- ``RAISE_STEP`` (×2) times today's median ceiling ÷ predicted: one run never more than doubles the
-  group's typical ceiling, so a wrong extrapolation costs at most one doubling per run;
+- ``RAISE_STEP`` (×2.5) times today's median ceiling ÷ predicted: one run never raises the group's typical
+  ceiling more than that, so a wrong extrapolation costs at most one such step per run;
 - the estimator's hard cap on every ceiling (``MAX_OUTPUT_TOKENS``, enforced by ``decide_ceiling``);
 
 and never below ``MIN_RAISE`` (×1.1) times the largest of today's ceiling ÷ predicted over the group's
 calls: so no call's ceiling falls (the safety argument) and every one rises by at least ×1.1 (each run makes
 progress even where the estimate, contradicted by today's cut calls, sits below today's ceilings). Where
 today's ceilings vary by more than ×1.8 across the group's calls (a floor: a factor replaces the floor, so
-lowering none of them would take more than the ×2 step), there is no safe step and the group is left as it
-is, said so. Why aim below α and not at a bound: in a closed loop a raise sized by the distribution-free
-bound, or by the executor's ×1.25, took groups at 6–7 % to 1–2 % and left them there (reserve 1.3–1.4× the
-oracle's); aiming at α itself lands above it half the time, and each landing above is raised again.
+lowering none of them would more than double the typical ceiling, ``FLOOR_STEP``), there is no safe step and the
+group is left as it is, said so. Why aim below α and not at a bound: in a closed loop a raise sized by the
+distribution-free bound, or by the executor's ×1.25, took groups at 6–7 % to 1–2 % and left them there (reserve
+1.3–1.4× the oracle's); aiming at α itself lands above it half the time, and each landing above is raised again.
+Why further below α than a lowering stops (``RAISE_AIM`` against ``AIM``): see there.
 
 A group counts as truncating above α when its calls cut under today's ceilings (surely, or by the
 Kaplan–Meier tail for calls cut at older, lower caps) are more than α of its calls and the one-sided exact
@@ -60,14 +61,26 @@ from autopack.calibration.model import FactorInfo, round_up_factor
 from autopack.calibration.samples import factor_ceiling
 from autopack.params import CalibrationParams
 
-#: A raise never more than multiplies the group's median ceiling ÷ predicted by this per run.
-RAISE_STEP = 2.0
+#: A raise never more than multiplies the group's median ceiling ÷ predicted by this per run. From half its calls
+#: cut, a group of spread σ needs ×exp(1.96σ) to reach α/2 at α = 5 %: ×2 fell short for σ above 0.35, and in a
+#: closed loop left docs/low at 6.2–6.3 % (α = 5 %), where its counts could not show the excess for eight weeks.
+RAISE_STEP = 2.5
+#: ... but a raise that only the safety argument sizes (×1.1 on the largest of today's ceilings ÷ predicted, the
+#: estimate asking for less) never more than doubles the typical ceiling: where today's ceilings vary more than
+#: ×1.8 across the group's calls there is no step (it would reserve ×2.5 for a group barely above α).
+FLOOR_STEP = 2.0
 #: Every call's ceiling rises by at least this, so each run makes progress (the executor's escalation step, ×1.25,
 #: overshot in a closed loop: a group at 6–7 % fell to 2 %, then held far below α).
 MIN_RAISE = 1.1
-#: Both directions aim at the estimated (1 − AIM·α) quantile, not at α itself: a step's size rests on an estimate
-#: from a few dozen calls, and landing at α, half the time above it, would be stepped again and again.
+#: Both directions aim below α, not at α itself: a step's size rests on an estimate from a few dozen calls, and
+#: landing at α, half the time above it, would be stepped again and again. A lowering stops at the estimated
+#: (1 − AIM·α) quantile ...
 AIM = 0.75
+#: ... and a raise aims further down, at the (1 − RAISE_AIM·α) quantile: the two misses are not alike. A raise
+#: that lands a point above α stays there, since a group's cut calls cannot tell 6 % from 5 % in fewer than
+#: hundreds of calls (a closed loop kept implementation/low at 12 % with α = 10 % for eight weeks, 4 of its 67
+#: calls cut); one that lands below the aim is taken back by the bounded lowerings, which read every call's length.
+RAISE_AIM = 0.5
 #: "Today truncates above α" when the exact binomial p of "rate ≤ α" on its surely-cut calls is below this.
 RAISE_LEVEL = 0.5
 #: The group's newest calls (those of the ``RECENT_DAYS`` before its newest call) are judged on their own as well:
@@ -150,17 +163,18 @@ def _cut_today(r: np.ndarray, observed: np.ndarray, log_today: np.ndarray, sure:
 
 
 def _aimed_raise(r: np.ndarray, observed: np.ndarray, alpha: float, today_factor: float, rate: float) -> float | None:
-    """Where a raise aims: the (1 − AIM·α) quantile of actual ÷ predicted, a point estimate, not a bound (a raise
-    needs none to be safe; a bound sized it ×1.5–×2 above the quantile in groups of 20–40 calls). The smaller of
+    """Where a raise aims: the (1 − RAISE_AIM·α) quantile of actual ÷ predicted, a point estimate, not a bound (a
+    raise needs none to be safe; a bound sized it ×1.5–×2 above the quantile in groups of 20–40 calls). The smaller of
     two estimates: the group's censored-normal fit's quantile, and today's typical factor moved by the fit's
-    spread from today's cut share to AIM·α, σ̂·(z(1 − AIM·α) − z(1 − rate)): its location is today's count of
-    cut calls, not the fit's extrapolated one, which one long call in a few dozen moved ×1.5 in a closed loop."""
+    spread from today's cut share to RAISE_AIM·α, σ̂·(z(1 − RAISE_AIM·α) − z(1 − rate)): its location is today's
+    count of cut calls, not the fit's extrapolated one, which one long call in a few dozen moved ×1.5 in a closed
+    loop."""
     fit = stats.censored_normal_fit(r, observed, min_observed=2)
     if fit is None:
         return None
-    target = float(dist.norm_ppf(1.0 - AIM * alpha))
+    target = float(dist.norm_ppf(1.0 - RAISE_AIM * alpha))
     shift = fit.sigma * (target - float(dist.norm_ppf(1.0 - min(max(rate, alpha), 0.5))))
-    return min(math.exp(fit.quantile(1.0 - AIM * alpha)), today_factor * math.exp(shift))
+    return min(math.exp(fit.quantile(1.0 - RAISE_AIM * alpha)), today_factor * math.exp(shift))
 
 
 def step_toward_alpha(
@@ -206,14 +220,14 @@ def step_toward_alpha(
         return none(f"not above α (a raise needs more than {alpha:.0%} of its calls cut, and p < {RAISE_LEVEL:g})")
     floor = float(np.max(ratio))  # below this some call's ceiling would fall
     step_cap = RAISE_STEP * today_factor
-    if MIN_RAISE * floor > step_cap:
+    if MIN_RAISE * floor > FLOOR_STEP * today_factor:
         spread = floor / today_factor
-        return none(f"no safe step within ×{RAISE_STEP:g}: today's ceilings vary ×{spread:.2f} across its calls "
+        return none(f"no safe step within ×{FLOOR_STEP:g}: today's ceilings vary ×{spread:.2f} across its calls "
                     "(a floor), so a factor that lowers none of them would more than double its typical ceiling")
     candidates = [(step_cap, f"step limit ×{RAISE_STEP:g}")]
     aimed = _aimed_raise(r, observed, alpha, today_factor, sizing_rate)
     if aimed is not None:
-        candidates.append((aimed, f"its estimated {1 - AIM * alpha:.4g} quantile"))
+        candidates.append((aimed, f"its estimated {1 - RAISE_AIM * alpha:.4g} quantile"))
     elif quantile is not None:
         candidates.append((quantile, f"its fitted quantile ({info.method})"))
     value, sized_by = min(candidates)
