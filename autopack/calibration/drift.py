@@ -312,6 +312,7 @@ def replay_aci(
     factor: dict[int, float] = {g: c.factor_at(level[g]) for g, c in curves.items()}
     bounds = {g: (c.alphas[0], c.alphas[-1]) for g, c in curves.items()}
     rows, now, pred, y, obs, group = _loop_columns(test, curves, feedback)
+    lag_due = _fixed_lag_dues(rows, feedback)
     lag = feedback.lag_calls
     # pending outcomes: with a fixed lag they come due in planning order (a FIFO), else by completion time
     fifo: deque[tuple[float, int, int]] = deque()
@@ -335,8 +336,8 @@ def replay_aci(
         out_a.append(level[g])
         out_f.append(f)
         err = 1 if y[j] >= c else 0  # reaching the ceiling = truncated (a censored call: its bound reached it)
-        if lag is not None:  # due in planning order (``Feedback.due`` on the call-index clock)
-            fifo.append((i + lag + 1.0, g, err))
+        if lag is not None:  # due in planning order
+            fifo.append((lag_due[j], g, err))
         else:
             heapq.heappush(heap, (feedback.due(i, t, min(y[j], c) if obs[j] else c), i, g, err))
     trace.updates = len(rows) - len(fifo) - len(heap)
@@ -354,6 +355,12 @@ def _loop_columns(
     now = rows.astype(float) if feedback.lag_calls is not None else test.epoch[rows]
     return (rows.tolist(), now.tolist(), test.predicted[rows].tolist(), test.y[rows].tolist(),
             test.observed[rows].tolist(), test.group[rows].tolist())
+
+
+def _fixed_lag_dues(rows: list[int], feedback: Feedback) -> list[float]:
+    """When each looped call's outcome is due under a fixed lag (``Feedback.due``, which then ignores the call's
+    time and length), computed before the loop; empty for completion times, which depend on the ceiling."""
+    return [feedback.due(i, 0.0, 0.0) for i in rows] if feedback.lag_calls is not None else []
 
 
 def replay_rolling(
@@ -381,6 +388,7 @@ def replay_rolling(
         ordered[g] = sorted(vals)
     ceilings = replay_static(test, static)
     rows, now, pred, y, obs, group = _loop_columns(test, bounds, feedback)
+    lag_due = _fixed_lag_dues(rows, feedback)
     clip = {g: (c.factors[-1], c.factors[0]) for g, c in bounds.items()}  # the reviewed range
     rank: dict[int, int | None] = {}  # the conformal rank of a window of n scores, computed once per n
     # pending outcomes: with a fixed lag they come due in planning order (a FIFO), else by completion time
@@ -414,8 +422,8 @@ def replay_rolling(
         c = ceil(pred[j] * factor)
         ceilings[i] = c
         value = log((y[j] + 1.0) / max(pred[j], 1.0)) if obs[j] and y[j] < c else math.inf
-        if lag is not None:  # due in planning order (``Feedback.due`` on the call-index clock)
-            fifo.append((i + lag + 1.0, g, value))
+        if lag is not None:
+            fifo.append((lag_due[j], g, value))
         else:
             heapq.heappush(heap, (feedback.due(i, t, min(y[j], c) if obs[j] else c), i, g, value))
     return ceilings
