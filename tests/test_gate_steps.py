@@ -41,12 +41,6 @@ def _true(factor: float) -> float:
     return float(LAW.sf(math.log(factor)))
 
 
-def _ordered(r: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(r, observed) in the order ``group_factor`` reads them: ascending, a complete call before a cut one."""
-    order = np.lexsort((~observed, r))
-    return r[order], observed[order]
-
-
 def _lowering(today_factor: float, fitted: float, seed: int = 0) -> step.Lowering:
     y, observed, predicted, ceiling = _calls(200, today_factor, seed)
     return step.bounded_lowering(y, observed, predicted, ceiling, fitted, ALPHA)
@@ -91,7 +85,7 @@ def test_a_group_half_cut_with_a_wide_spread_is_raised_to_alpha_in_one_step() ->
     ceiling = np.full(r.size, math.ceil(PREDICTED * today))
     y = np.minimum(np.round(PREDICTED * np.exp(r)), ceiling)
     observed = y < ceiling
-    info = group_factor(*_ordered(np.log(y / predicted), observed), ALPHA)
+    info = _info(y, observed, predicted)
     raised = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, today)
     assert raised.factor is not None and raised.factor / today > 2.0
     assert float(wide.sf(math.log(raised.factor))) <= ALPHA
@@ -105,7 +99,7 @@ def test_no_raise_where_todays_ceilings_vary_more_than_the_floor_step_allows() -
     ceiling = ceiling.copy()
     ceiling[:5] = np.ceil(ceiling[:5] * 2.2)  # a few calls under a floor far above the rest
     observed = y < ceiling
-    info = group_factor(*_ordered(np.log(y / predicted), observed), ALPHA)
+    info = _info(y, observed, predicted)
     none = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, today)
     assert none.factor is None and none.above_alpha and f"no safe step within ×{step.FLOOR_STEP:g}" in none.verdict
 
