@@ -156,7 +156,8 @@ def test_each_calibration_is_recorded(seeded: str, tmp_path: Path) -> None:
     assert len(rows) == 1
     row = rows[0]
     assert row["db_id"] == read_identity(database_at(seeded)).db_id == result.metadata.db_id
-    assert row["sample_count"] == result.metadata.total_samples == len(simulate(SEEDED_PHASES, seed=3))
+    # one sample per phase: a cut phase's second attempt re-ran its cut call (phase_retries)
+    assert row["sample_count"] == result.metadata.total_samples == SEEDED_PHASES < len(simulate(SEEDED_PHASES, seed=3))
     assert row["outcome"] == ("gate_passed" if result.gate.passed else "gate_not_passed")
     assert row["params"]["min_samples"] == 3
     assert row["run_ids"] == ["synthetic-run"]
@@ -180,7 +181,7 @@ def test_the_database_path_excludes_retries_and_reports_the_source(db_url: str, 
 
 
 def test_truncated_calls_are_kept_as_censored_samples(db_url: str, tmp_path: Path) -> None:
-    rows = simulate(60, seed=11)
+    rows = [r for r in simulate(60, seed=11) if r["attempt_index"] == 0]  # no retry tells a cut call's need
     truncated = [r for r in rows if r["truncated"]]
     assert truncated and all(not r["success"] for r in truncated)
     insert(db_url, rows)
@@ -248,7 +249,7 @@ def test_include_run_id_selects_runs(db_url: str, tmp_path: Path) -> None:
     insert(db_url, simulate(30, seed=1, run_id="run-a") + simulate(30, seed=2, run_id="run-b"))
     result = run_calibration(open_database(db_url), output_dir=tmp_path, include_run_ids=["run-b"])
     assert result.metadata.run_ids == ["run-b"]
-    assert result.metadata.total_samples == len(simulate(30, seed=2, run_id="run-b"))
+    assert result.metadata.total_samples == 30  # its phases: a cut phase's second attempt is a retry
 
 
 # --- the gate ----------------------------------------------------------------------------------------------
@@ -270,14 +271,14 @@ def test_a_confidence_below_the_threshold_refuses_every_lowering(seeded: str, tm
 
 
 def test_a_group_cut_above_alpha_at_its_floor_gets_a_step_toward_alpha(db_url: str, tmp_path: Path) -> None:
-    """docs/low sits at its 4096 floor with ~3000-token outputs and is cut in ~30 % of its calls: a budget for
+    """docs/low sits at its 4096 floor with ~3000-token outputs and is cut in ~17 % of its phases: a budget for
     5 % cannot reserve less than today (the old gate refused it for that), but a raise is safe: it ships."""
     specs = (("docs", "low", ("README.md",)),)
     insert(db_url, simulate(60, seed=4, specs=specs))
     result = run_calibration(open_database(db_url), output_dir=tmp_path)
     (group,) = result.groups
     step = group.step_toward_alpha
-    assert group.proposed and group.gate_direction == "raise" and step.today_rate > 0.2
+    assert group.proposed and group.gate_direction == "raise" and step.today_rate > 0.1
     (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
     assert change.new > step.today_factor and change.verdict.startswith("step toward α")
     assert step.price_tokens > 0 and step.expected_truncation < step.today_rate

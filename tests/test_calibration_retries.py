@@ -24,7 +24,14 @@ from autopack.calibration.core import Params, calibrate
 from autopack.calibration.reader import id_bounds, read_events
 from autopack.calibration.report import _retries_line
 from autopack.calibration.result import Metadata
-from autopack.calibration.samples import EventColumns, SampleSet, build_sample_set, columns_from_records, retry_links
+from autopack.calibration.samples import (
+    EventColumns,
+    SampleSet,
+    build_sample_set,
+    columns_from_records,
+    phase_retries,
+    retry_links,
+)
 from autopack.db.engine import get_engine
 from autopack.db.handle import database_at, open_database
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
@@ -61,6 +68,70 @@ def test_calls_of_a_retry_attempt_are_paired_in_order() -> None:
     retry = attempt == 1
     # by event id: the retry's calls 12, 13 re-ran 10, 11; its third call (14) has no counterpart
     assert retry_links(phase, attempt, event_id, retry).tolist() == [2, -1, -1, 1, -1]
+
+
+def test_a_repeated_execution_of_a_cut_phase_is_a_retry_of_its_first_cut_call() -> None:
+    # phase 7: attempt 0 cut and escalated (1), the escalation cut too, so the drain ran the phase again (2) and
+    # escalated that (3); phase 9's second execution follows an uncut call (re-run for another reason): a sample
+    phase = np.array([7, 7, 7, 7, 9, 9])
+    attempt = np.array([0, 1, 2, 3, 0, 1])
+    escalated = np.array([False, True, False, True, False, False])
+    cut = np.array([True, True, True, False, False, False])
+    retry, repeat, links = phase_retries(phase, attempt, np.arange(6) + 1, escalated, cut)
+    assert retry.tolist() == [False, True, True, True, False, False]
+    assert repeat.tolist() == [False, False, True, False, False, False]
+    assert links.tolist() == [-1, 0, 0, 0, -1, -1]
+
+
+def test_a_phase_run_again_after_its_cut_is_one_sample_at_what_its_runs_showed() -> None:
+    records = [
+        _call("shown", 0, 1000, 1000), _call("shown", 1, 1250, 1250),  # escalated, cut again
+        _call("shown", 2, 1000, 1000), _call("shown", 3, 1320, 1400),  # run again: its escalation came out
+        _call("hidden", 0, 1000, 1000), _call("hidden", 1, 1250, 1250),
+        _call("hidden", 2, 1000, 1000), _call("hidden", 3, 1250, 1250),  # never uncut: censored at 1250
+        _call("rerun", 0, 700, 1000), _call("rerun", 1, 720, 1000),  # re-run after an uncut call: two samples
+    ]
+    escalations = [_escalation("shown", 0), _escalation("shown", 2), _escalation("hidden", 0),
+                   _escalation("hidden", 2)]
+    samples = build_sample_set(columns_from_records(records, escalations))
+    assert sorted(zip(samples.y.tolist(), samples.observed.tolist(), strict=True)) == [
+        (700.0, True), (720.0, True), (1250.0, False), (1320.0, True)]
+    c = samples.counts
+    assert (c["retries_excluded"], c["repeats_excluded"]) == (6, 2)
+    assert _retries_line(metadata(retries_known=True, retries_excluded=6, sample_counts=c)) == (
+        "6 retries excluded (4 escalated, 2 runs again of a phase whose call was cut, which stays one sample; kept "
+        "in the database, never fitted; 1 showed their cut call's need, 1 raised its censoring to their ceiling)")
+
+
+def test_counting_each_run_of_a_phase_once_measures_the_phases_truncation() -> None:
+    """Known truth: 4,000 phases, log-normal need, the estimator's ceiling at the 95 % quantile (5 % of phases
+    cut). A cut call is escalated ×1.25; if that is cut too the phase runs again from the same ceiling (the
+    same need, a little noise) and is escalated again. The samples' cut share is the phases' 5 %; counting
+    the second run as a first attempt would show about 1.4× that."""
+    rng = np.random.default_rng(5)
+    sigma, n = 0.5, 4000
+    cap = int(1000 * np.exp(1.6449 * sigma))
+    records: list[dict[str, Any]] = []
+    escalations: list[dict[str, Any]] = []
+    for i, need in enumerate(1000 * np.exp(sigma * rng.standard_normal(n))):
+        phase = f"p{i}"
+        for attempt, ceiling in enumerate((cap, int(cap * 1.25), cap, int(cap * 1.25))):
+            actual = int(need * np.exp(0.05 * rng.standard_normal()))
+            records.append(_call(phase, attempt, min(actual, ceiling), ceiling))
+            if actual < ceiling:
+                break
+            if ceiling > cap:  # the escalation was cut too: the phase runs again from the estimator's ceiling
+                continue
+            escalations.append(_escalation(phase, attempt))
+    for i, r in enumerate(records):
+        r["timestamp"] = 1000.0 + i
+    samples = build_sample_set(columns_from_records(records, escalations))
+    cut_share = float(np.mean(~samples.observed | (samples.y >= cap)))
+    assert samples.n == n
+    assert abs(cut_share - 0.05) < 3 * np.sqrt(0.05 * 0.95 / n)
+    first_runs_too = sum(r["attempt_index"] in (0, 2) and r["truncated"] for r in records) / sum(
+        r["attempt_index"] in (0, 2) for r in records)
+    assert first_runs_too > 1.3 * 0.05
 
 
 # --- what a retry says about its cut call ---------------------------------------------------------------------------

@@ -36,7 +36,8 @@ def test_a_row_that_reached_its_ceiling_is_censored_even_if_not_flagged() -> Non
 
 def test_the_retry_after_an_escalation_is_marked_and_a_later_fresh_execution_is_not() -> None:
     # phase A: attempt 0 truncated and escalated → attempt 1 is the retry; attempt 3 (a fresh execution
-    # after the retry also failed, no escalation for attempt 1) is a first attempt again.
+    # after the retry also failed, no escalation for attempt 1) is no escalated retry (phase_retries makes it
+    # a repeat of the phase's cut call).
     # phase B: attempt 0 truncated without escalation event → attempt 2 is not a retry.
     phase = np.array([0, 0, 0, 1, 1, 2])
     attempt = np.array([0, 1, 3, 0, 2, 5])

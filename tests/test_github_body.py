@@ -295,7 +295,7 @@ def test_an_unknown_source_and_unknown_retries_are_said_to_be_unknown() -> None:
     data["metadata"].update(sources={"simulated": None, "models": []}, retries_known=False, retries_excluded=0)
     body = _body(data, report())
     assert "- Data: unknown (the calibration output names no provider or model for its samples)" in body
-    assert "- Escalated retries left out of the fit: not known" in body
+    assert "- Retries left out of the fit (escalated, or a cut phase run again): not known" in body
     assert "SIMULATED" not in body
     assert "- Data: unknown" in _body(LEGACY_CALIBRATION, report())
 
@@ -306,7 +306,7 @@ def test_code_commit_flow_run_method_and_retries_are_in_the_provenance() -> None
                           flow_run_url="http://127.0.0.1:4200/runs/flow-run/6f1e")
     for text in (f"- Code commit (base of this pull request): [`0123456789ab`](https://h/acme/commit/{sha})",
                  "- Flow run: [http://127.0.0.1:4200/runs/flow-run/6f1e](http://127.0.0.1:4200/runs/flow-run/6f1e)",
-                 "- Escalated retries left out of the fit: 7", "- Ceiling method: static",
+                 "- Retries left out of the fit (escalated, or a cut phase run again): 7", "- Ceiling method: static",
                  "- Held-out calls needed to carry evidence: 85", "- Largest change of a coefficient per run: ×2.0",
                  "Database id: db-5f1c2a", "Run ids: telemetry-collection-v4", "Samples: 120",
                  "Time span: 2026-11-01T00:00:00Z → 2026-11-25T23:59:59Z",

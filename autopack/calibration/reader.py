@@ -32,7 +32,7 @@ from autopack.calibration.samples import (
     Summary,
     docs_row,
     escalated_retries,
-    retry_links,
+    phase_retries,
     spellings_of,
 )
 from autopack.db import keys
@@ -40,6 +40,7 @@ from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Even
 from autopack.errors import AutopackError
 from autopack.llm.base import TRUNCATION_REASONS
 from autopack.taxonomy import DOCS_LIKE, canonical_category
+from autopack.truncation import reached_ceiling
 
 if TYPE_CHECKING:
     from autopack.db.handle import Database
@@ -446,14 +447,16 @@ def _columns(data: np.ndarray, epoch: np.ndarray, unit_text: list[tuple[Any, ...
 
 def _with_retries_and_sources(columns: EventColumns, data: np.ndarray, escalations: np.ndarray,
                               source_code: np.ndarray, sources: list[Any]) -> EventColumns:
-    """The escalated retries (excluded from fitting, linked to the cut calls they re-ran), the rows whose source
-    cannot tell retries, and the provider/model of every row (the source mix)."""
+    """The retries (escalated, or repeats of a cut phase: excluded from fitting, linked to the cut calls they
+    re-ran; none among rows whose source cannot tell retries, whose attempt index says nothing), the rows whose
+    source cannot tell retries, and the provider/model of every row (the source mix)."""
     attempt = data[:, FLAGS] >> ATTEMPT_SHIFT
-    retry = escalated_retries(data[:, PKEY], attempt, escalations[:, 0], escalations[:, 1])
+    escalated = escalated_retries(data[:, PKEY], attempt, escalations[:, 0], escalations[:, 1])
     unknown = (data[:, FLAGS] & RETRY_UNKNOWN) > 0
+    cut = (columns.truncated | reached_ceiling(columns.actual, columns.actual_max_tokens)) & ~unknown
+    retry, repeat, retry_of = phase_retries(data[:, PKEY], attempt, data[:, ID], escalated, cut)
     return dataclasses.replace(columns, source_code=source_code.astype(np.int32), sources=sources, retry=retry,
-                               retry_of=retry_links(data[:, PKEY], attempt, data[:, ID], retry),
-                               retry_unknown=unknown if unknown.any() else None)
+                               repeat=repeat, retry_of=retry_of, retry_unknown=unknown if unknown.any() else None)
 
 
 #: Distinct run ids by walking the run_id index (one probe per run), while there are at most this many.

@@ -221,7 +221,11 @@ def _retries_line(md: Metadata) -> str:
     revealed, raised = counts.cut_calls_revealed_by_retry or 0, counts.cut_calls_raised_by_retry or 0
     told = (f"; {revealed} showed their cut call's need, {raised} raised its censoring to their ceiling"
             if revealed or raised else "")
-    return f"{md.retries_excluded or 0} escalated retries excluded (kept in the database, never fitted{told})"
+    retries, repeats = md.retries_excluded or 0, counts.repeats_excluded or 0
+    if repeats:
+        return (f"{retries} retries excluded ({retries - repeats} escalated, {repeats} runs again of a phase whose "
+                f"call was cut, which stays one sample; kept in the database, never fitted{told})")
+    return f"{retries} escalated retries excluded (kept in the database, never fitted{told})"
 
 
 def _targets_section(result: CalibrationResult) -> list[str]:

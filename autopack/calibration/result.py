@@ -363,6 +363,8 @@ class SampleCounts(_Model):
 
     rows_read: int | None = Field(None, description="rows read")
     retries_excluded: int | None = Field(None, description="escalated retries: kept in the database, never fitted")
+    repeats_excluded: int | None = Field(None, description="of those, repeated executions of a phase whose call "
+                                         "was cut: the phase stays one sample")
     rows_retries_unknown: int | None = Field(None, description="rows from a source that does not mark retries")
     cut_calls_revealed_by_retry: int | None = Field(None, description="cut calls whose retry showed their need")
     cut_calls_raised_by_retry: int | None = Field(None, description="cut calls whose censoring a retry raised")

@@ -8,9 +8,11 @@ Per call (one row of ``token_estimation_v2_events``):
 - *a first attempt*: an escalated retry (the call made again with a raised ceiling after the same phase's
   previous attempt was truncated) is not a sample. Its output is drawn from the tail above the old cap, so
   counting it would over-weight long outputs and inflate every upper quantile; the truncated first attempt
-  is already in the data as a censored sample. Retries are counted and reported (``retries_excluded``), and
-  each tells what its cut call needed (``_with_retry_outcomes``): observed when the retry came out uncut,
-  censored at the retry's higher ceiling when it was cut too.
+  is already in the data as a censored sample. Nor is a *repeat*, a later execution of a phase whose call was
+  cut (``phase_retries``): it draws the same phase's output again, and only cut phases are repeated. Retries
+  are counted and reported (``retries_excluded``, of them ``repeats_excluded``), and each tells what its cut
+  call needed (``_with_retry_outcomes``): observed when a retry came out uncut, censored at the highest
+  ceiling its retries were cut at otherwise.
 - *truncated* by one rule everywhere (samples, backtest, import, reports): the row says so, or its output
   reached its ceiling (``reached_ceiling``: ``output >= ceiling``).
 - *selected* when it succeeded, or when it was truncated (whatever the builder then did): a truncated
@@ -58,7 +60,8 @@ def escalated_retries(
     for (phase, a), reserves the next attempt index and calls again with the raised ceiling. So a row is
     a retry when the phase's previous attempt index (the largest one below the row's, among the phase's
     rows) has an escalation event. A later fresh execution of the phase (its retry also truncated, or
-    ``--replace``) starts from the estimator's ceiling again and is a first attempt. ``phase_key`` is any
+    ``--replace``) starts from the estimator's ceiling again and is no escalated retry (``phase_retries`` makes it
+    a repeat of the phase's cut call). ``phase_key`` is any
     integer code of (run_id, phase_id), the same coding for the rows and the escalation events.
     """
     phase = np.asarray(phase_key, dtype=np.int64)
@@ -122,6 +125,57 @@ def retry_links(phase_key: np.ndarray, attempt_index: np.ndarray, event_id: np.n
     return out
 
 
+def phase_retries(phase_key: np.ndarray, attempt_index: np.ndarray, event_id: np.ndarray, escalated: np.ndarray,
+                  cut: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(retry, repeat, retry_of) per row: the calls that re-ran a phase's cut call, and the row each re-ran.
+
+    Two kinds, neither a sample: an escalated retry (``escalated``, ``escalated_retries``), and a *repeat*: any
+    later execution of a phase whose call was cut (its escalated retry cut too, the drain runs the phase again
+    from the estimator's ceiling, or ``--replace``). A repeat draws the same phase's output again, and only cut
+    phases are repeated, so counted as a fresh first attempt it counts one long output twice: in a closed loop
+    29 of 61 cut phases were repeated and cut again, every group showed about 1.5× its true truncation, and the
+    gate held the groups near half their aim. Both link to the phase's first cut call (the same rank in call
+    order), which stays the phase's one sample (``_with_retry_outcomes``); rows of phases with no cut call keep
+    ``retry_links``."""
+    phase = np.asarray(phase_key, dtype=np.int64)
+    attempt = np.asarray(attempt_index, dtype=np.int64)
+    events = np.asarray(event_id, dtype=np.int64)
+    retry = np.asarray(escalated, dtype=bool).copy()
+    links = retry_links(phase, attempt, events, retry)
+    root = np.asarray(cut, dtype=bool) & ~retry
+    repeat = np.zeros(phase.size, dtype=bool)
+    if not root.any():
+        return retry, repeat, links
+    # the first cut (non-retry) attempt of each phase that has one
+    cut_phase, cut_attempt = phase[root], attempt[root]
+    by = np.lexsort((cut_attempt, cut_phase))
+    cut_phase, cut_attempt = cut_phase[by], cut_attempt[by]
+    head = np.r_[True, cut_phase[1:] != cut_phase[:-1]]
+    phases, first_cut = cut_phase[head], cut_attempt[head]
+    rows = np.flatnonzero(np.isin(phase, phases))
+    order = rows[np.lexsort((events[rows], attempt[rows], phase[rows]))]
+    p_o, a_o = phase[order], attempt[order]
+    first_o = first_cut[np.searchsorted(phases, p_o)]
+    later = a_o > first_o
+    repeat[order[later & ~retry[order]]] = True
+    retry |= repeat
+    # rank of each row within its (phase, attempt); the root rows are those of the phase's first cut attempt
+    group_head = np.r_[True, (p_o[1:] != p_o[:-1]) | (a_o[1:] != a_o[:-1])]
+    group = np.cumsum(group_head) - 1
+    starts = np.flatnonzero(group_head)
+    sizes = np.diff(np.r_[starts, order.size])
+    rank = np.arange(order.size) - starts[group]
+    phase_no = np.cumsum(np.r_[True, p_o[1:] != p_o[:-1]]) - 1
+    root_head = np.flatnonzero((a_o == first_o) & (rank == 0))
+    root_start = np.zeros(phase_no[-1] + 1, dtype=np.int64)
+    root_size = np.zeros(phase_no[-1] + 1, dtype=np.int64)
+    root_start[phase_no[root_head]] = root_head
+    root_size[phase_no[root_head]] = sizes[group[root_head]]
+    linked = later & retry[order] & (rank < root_size[phase_no])
+    links[order[linked]] = order[root_start[phase_no[linked]] + rank[linked]]
+    return retry, repeat, links
+
+
 def is_simulated_source(provider: str | None, model: str | None) -> bool:
     """Data written by the simulated provider (or this module's synthetic generators), not a real model."""
     from autopack.llm.simulated import DEFAULT_MODEL, PROVIDER_NAME
@@ -167,10 +221,12 @@ class EventColumns:
     complexities: list[str | None]
     features: list[str]
     summary: Summary = field(default_factory=Summary)
-    #: bool per row: an escalated retry (``escalated_retries``). None = not known (nothing excluded, and
-    #: the result says ``retries_known: false``).
+    #: bool per row: a retry of a cut call, escalated or a repeat of its phase (``phase_retries``). None = not
+    #: known (nothing excluded, and the result says ``retries_known: false``).
     retry: np.ndarray | None = None
-    #: int64 per row: for an escalated retry, the row of the cut call it re-ran (``retry_links``), else -1.
+    #: bool per row: among ``retry``, a repeated execution of a phase whose call was cut (``phase_retries``).
+    repeat: np.ndarray | None = None
+    #: int64 per row: for a retry, the row of the cut call it re-ran (``phase_retries``), else -1.
     #: None = no links known (retries are then only excluded).
     retry_of: np.ndarray | None = None
     #: bool per row: the row came from a source that cannot tell retries (an import without retry columns):
@@ -522,6 +578,7 @@ def build_sample_set(columns: EventColumns, coefficients: te.Coefficients | None
     samples.counts = {
         "rows_read": n_all,
         "retries_excluded": int(retry.sum()),
+        "repeats_excluded": int(columns.repeat.sum()) if columns.repeat is not None else 0,
         "rows_retries_unknown": unknown if columns.retry is not None else n_all,
         "cut_calls_revealed_by_retry": int((usable & revealed).sum()),
         "cut_calls_raised_by_retry": int((usable & raised).sum()),
@@ -540,7 +597,7 @@ def build_sample_set(columns: EventColumns, coefficients: te.Coefficients | None
 
 def _with_retry_outcomes(columns: EventColumns, cut: np.ndarray, cut_lower: np.ndarray, selected: np.ndarray,
                          lower: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What the escalated retries say about the cut calls they re-ran: (censored, revealed, raised) per row.
+    """What the retries say about the cut calls they re-ran: (censored, revealed, raised) per row.
 
     A retry is never a sample; it stays one piece of information about its cut call (still one sample):
 
@@ -564,11 +621,14 @@ def _with_retry_outcomes(columns: EventColumns, cut: np.ndarray, cut_lower: np.n
     retry_cut = cut[retry_rows]
     shows = ~retry_cut & columns.success[retry_rows]
     higher = retry_cut & (cut_lower[retry_rows] > lower[call])
-    lower[call[shows]] = np.fmax(columns.actual[retry_rows[shows]], lower[call[shows]])
-    lower[call[higher]] = cut_lower[retry_rows[higher]]
+    # a call may have several retries (an escalation, a repeat, its escalation): the highest cut point, and the
+    # longest uncut output
+    np.maximum.at(lower, call[higher], cut_lower[retry_rows[higher]])
+    np.fmax.at(lower, call[shows], columns.actual[retry_rows[shows]])
     censored[call[shows]] = False
     revealed[call[shows]] = True
     raised[call[higher]] = True
+    raised &= ~revealed
     return censored, revealed, raised
 
 
@@ -668,12 +728,16 @@ def columns_from_records(
     event_id = np.array([r.get("id", i + 1) for i, r in enumerate(records)], dtype=np.int64)
     phase = np.array([code("phase", (r["run_id"], r["phase_id"])) for r in records], dtype=np.int64)
     attempt = np.array([r.get("attempt_index") or 0 for r in records], dtype=np.int64)
-    retry = None if escalations is None else escalated_retries(
-        phase, attempt,
-        np.array([code("phase", (e["run_id"], e["phase_id"])) for e in escalations], dtype=np.int64),
-        np.array([e["attempt_index"] for e in escalations], dtype=np.int64),
-    )
+    truncated = np.array([_is_truncation(r) for r in records], dtype=bool)
     unknown = np.array([r.get("retries_known") is False for r in records], dtype=bool)
+    retry = repeat = retry_of = None
+    if escalations is not None:
+        escalated = escalated_retries(
+            phase, attempt,
+            np.array([code("phase", (e["run_id"], e["phase_id"])) for e in escalations], dtype=np.int64),
+            np.array([e["attempt_index"] for e in escalations], dtype=np.int64),
+        )
+        retry, repeat, retry_of = phase_retries(phase, attempt, event_id, escalated, truncated & ~unknown)
     summary = Summary(
         run_ids=sorted({r["run_id"] for r in records}),
         successful_phases=len({(r["run_id"], r["phase_id"]) for r in records if r.get("success")}),
@@ -698,13 +762,14 @@ def columns_from_records(
             [math.nan if r.get("actual_max_tokens") is None else r["actual_max_tokens"] for r in records], dtype=float
         ),
         success=np.array([bool(r.get("success")) for r in records], dtype=bool),
-        truncated=np.array([_is_truncation(r) for r in records], dtype=bool),
+        truncated=truncated,
         categories=list(factor["cat"]),
         complexities=list(factor["cx"]),
         features=list(factor["feat"]),
         summary=summary,
         retry=retry,
-        retry_of=None if retry is None else retry_links(phase, attempt, event_id, retry),
+        repeat=repeat,
+        retry_of=retry_of,
         retry_unknown=unknown if unknown.any() else None,
         source_code=np.array([code("src", (r.get("provider"), r.get("model"))) for r in records], dtype=np.int32),
         sources=list(factor["src"]),

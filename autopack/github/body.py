@@ -687,7 +687,7 @@ def _provenance(metadata: Metadata, calibration: CalibrationResult, code_commit:
     items: list[tuple[str, Any, bool]] = [
         ("Data", kind, True),
         ("Providers / models (samples)", source or None, True),
-        ("Escalated retries left out of the fit", retries, False),
+        ("Retries left out of the fit (escalated, or a cut phase run again)", retries, False),
         ("Code commit (base of this pull request)", commit, True),
         ("Flow run", f"[{_text(flow_run_url)}]({flow_run_url})" if flow_run_url else None, True),
         ("Database id", metadata.db_id, False),
