@@ -91,6 +91,33 @@ def test_a_group_half_cut_with_a_wide_spread_is_raised_to_alpha_in_one_step() ->
     assert float(wide.sf(math.log(raised.factor))) <= ALPHA
 
 
+def _one_cut_of_24(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """24 calls from LAW under a ceiling at its 84 % quantile (16 % cut by the law), of which this seed's draw
+    cut exactly one (4.2 %: by its count the group is at or below α)."""
+    today = math.exp(LAW.quantile(0.84))
+    r = LAW.sample(np.random.default_rng(seed), 24)
+    predicted = np.full(24, PREDICTED)
+    ceiling = np.full(24, math.ceil(PREDICTED * today))
+    y = np.minimum(np.round(PREDICTED * np.exp(r)), ceiling)
+    assert int((y >= ceiling).sum()) == 1
+    return y, y < ceiling, predicted, ceiling
+
+
+def test_a_group_whose_lengths_say_it_is_cut_too_often_is_raised_though_its_count_is_not() -> None:
+    """One cut in 24 calls does not put its share above α, but its calls' lengths do: its censored-normal fit puts
+    9.7 % of its calls above today's ceiling, which none of its complete calls reaches. Where the fit puts 4.0 %
+    there, it is not raised."""
+    y, observed, predicted, ceiling = _one_cut_of_24(seed=23)
+    today = float(ceiling[0] / PREDICTED)
+    raised = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), ALPHA, today)
+    assert raised.today_rate <= ALPHA and raised.above_alpha and raised.factor is not None and raised.factor > today
+    assert "its estimated truncation under today's typical ceiling is 9.7% (censored-normal extrapolation)" in (
+        raised.verdict)
+    y, observed, predicted, ceiling = _one_cut_of_24(seed=7)
+    kept = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), ALPHA, today)
+    assert not kept.above_alpha and kept.factor is None
+
+
 def test_no_raise_where_todays_ceilings_vary_more_than_the_floor_step_allows() -> None:
     """A raise must lower no call's ceiling, so it is at least ×1.1 the largest ceiling ÷ predicted. Where today's
     ceilings vary ×2.2 across the group's calls that would more than double its typical ceiling: no step, said so."""
@@ -178,9 +205,11 @@ def test_a_stricter_confidence_threshold_lowers_only_on_a_distribution_free_fact
     assert any("only groups with a distribution-free factor are lowered" in r for r in result.gate.reasons)
 
 
-def test_a_group_under_60_calls_is_lowered_by_at_most_half_the_rise_bound() -> None:
+def test_a_group_of_few_calls_is_lowered_by_at_most_half_the_rise_bound() -> None:
     """40 calls with a distribution-free factor that passes its held-out test, today at 0.5 % truncation: on
-    30–59 calls, steps of +0.5 pp estimated rose by up to 1.1 pp true in the closed loop, so the bound is half."""
+    30–59 calls, steps of +0.5 pp estimated rose by up to 1.1 pp true in the closed loop, so below
+    ``LOWER_STEP_CALLS`` calls the bound is half."""
+    assert 40 < step.LOWER_STEP_CALLS
     today = round(math.exp(LAW.quantile(0.995)), 3)
     _, result = _calibrated(40, today, seed=0)
     change = _factor_change(result)
@@ -340,7 +369,8 @@ def test_one_long_call_just_under_todays_ceiling_does_not_pin_a_group_there() ->
         own = step.bounded_lowering(y, observed, predicted, ceiling, fitted, ALPHA)
         pooled = step.bounded_lowering(y, observed, predicted, ceiling, fitted, ALPHA, shape=shape)
         assert own.factor is None or own.factor >= y[0] / PREDICTED  # held above its longest call
-        assert pooled.factor is not None and pooled.factor < 0.85 * today
+        full_step = step.LOWER_STEP ** (63 / step.LOWER_STEP_CALLS) * today  # a group of 63 calls' full step
+        assert pooled.factor is not None and pooled.factor < 1.01 * full_step < y[0] / PREDICTED
         true_rise = float(dist.t_sf(math.log(pooled.factor) / T_SIGMA, T_DF) - dist.t_sf(math.log(today) / T_SIGMA,
                                                                                          T_DF))
         assert 0 < true_rise <= step.LOWER_RISE

@@ -20,11 +20,11 @@ thin shell in ``runner`` adds those). One pass, in this order:
    truncation test (one-sided exact binomial on the upper end of the interval, evidence-aware:
    ``backtest.truncation_verdict``) and fewer tokens reserved per token used than today; what such a group
    ships is a bounded step down (``step.bounded_lowering``: at most +0.5 pp of estimated truncation and ×0.8
-   a run (less below 60 calls), never aimed below the estimated (1 − 0.75α) quantile), not the tested
+   a run (less below 120 calls), never aimed below the estimated (1 − 0.75α) quantile), not the tested
    factor itself: a held-out test on a handful of calls cannot see a rise of a few points, and lowerings
    passed on 3–13 held-out calls raised groups' true truncation by up to 20 pp in a closed loop. A group
    (not above α) whose fitted factor fails its held-out truncation test or rests on an assumption, or that has
-   fewer than 60 calls, still ships the bounded step, with half the rise bound, judged on those held-out calls
+   fewer than 120 calls, still ships the bounded step, with half the rise bound, judged on those held-out calls
    by step 6: the test is of the fitted factor, not of what ships, and refusing every step kept such groups at
    1.7–2.8× the oracle's reserve, and groups of 1–7 calls a week far above their quantile for the 3–8 weeks a
    distribution-free factor needs. A group that today truncates above α and
@@ -576,7 +576,8 @@ def _lowering(
     ``LOWER_STEP_CALLS`` calls. Measured in the closed loop (80 loops, docs/closed-loop.md): with the full bound on
     every group under 60 calls, 8 of 827 merged lowerings raised a group's true truncation by more than 1 pp (up to
     1.11 pp, all on 39–52 calls); with the half bound, 1 change of 1,580, under a drifting law (1.06 pp). On 60
-    calls or more the full bound stayed within 0.8 pp."""
+    calls or more the full bound stayed within 0.8 pp. With each cut phase counted once (``samples.phase_retries``)
+    the threshold is 120, as for the step (``step.LOWER_STEP_CALLS``)."""
     factor = fitted.model.factor_for(g).factor
     if factor is None:
         return None
