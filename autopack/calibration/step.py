@@ -29,14 +29,15 @@ A group counts as truncating above α when its calls cut under today's ceilings 
 Kaplan–Meier tail for calls cut at older, lower caps) are more than α of its calls and the one-sided exact
 binomial test of "rate ≤ α" gives p < ``RAISE_LEVEL``: the test only has to name the direction (a raise
 cannot harm truncation; a needless one costs tokens until the bounded lowering takes it back), not prove it.
-Or, with at least one call cut and ``VALUE_TRIGGER_CALLS`` calls or more, when its estimated truncation under
-today's typical ceiling is above α (``_expected_truncation``: its Kaplan–Meier curve, or beyond its complete
-calls its censored-normal fit): the lengths of its calls, not only their count, say it is cut too often. A group cut 17 % with 12 calls a week shows at most
-one cut in a third of its weeks; in a closed loop such a group (α = 10 %) waited up to 7 weeks for its count.
 In a group of 5 one cut call is enough (p = 0.23 at α = 5 %): a group cut 20 % shows no cut at all in a third
 of its runs, so a rule that waited for two raised such groups in 10–65 % of runs against the 67 % its calls
 allow; in a group of 20 or more one cut is not (its share is not above α). In the closed loop the single-cut
 raises cost nothing measurable (reserve at cycle 8 1.40 → 1.41) and docs/low settled earlier.
+Or, with at least one call cut and ``VALUE_TRIGGER_CALLS`` calls or more, when its estimated truncation under
+today's typical ceiling is above α (``_expected_truncation``: its Kaplan–Meier curve, or beyond its complete
+calls its censored-normal fit): the lengths of its calls, not only their count, say it is cut too often. A group
+cut 17 % with 12 calls a week shows at most one cut in a third of its weeks; in a closed loop such a group
+(α = 10 %) waited up to 7 weeks for its count.
 
 The newest calls are judged on their own too (``RECENT_DAYS``): a group whose outputs grow week by week is
 raised when its newest fortnight alone rejects "rate ≤ α" (p < ``RECENT_LEVEL``), and is not lowered while more
@@ -85,7 +86,8 @@ AIM = 0.75
 #: hundreds of calls (a closed loop kept implementation/low at 12 % with α = 10 % for eight weeks, 4 of its 67
 #: calls cut); one that lands below the aim is taken back by the bounded lowerings, which read every call's length.
 #: 0.5 while a phase run again after its cut counted as a second cut call (every group showed 1.5× its truncation,
-#: a margin the aim leaned on); with each phase counted once, 0.35 settles the same groups (docs/closed-loop.md).
+#: a margin the aim leaned on); with each phase counted once, 0.35 (with ``VALUE_TRIGGER_CALLS``) settles the same
+#: groups from today's file (docs/closed-loop.md).
 RAISE_AIM = 0.35
 #: "Today truncates above α" when the exact binomial p of "rate ≤ α" on its surely-cut calls is below this ...
 RAISE_LEVEL = 0.5
@@ -280,7 +282,8 @@ LOWER_STEP = 0.8
 #: ... a group of fewer calls a smaller step, LOWER_STEP ** (n / LOWER_STEP_CALLS): with n calls its estimates do
 #: not resolve a change of less than about 1/n (×0.8 steps on 18–40 calls raised groups by 1.6–2.1 pp while the
 #: estimates said +0.5). 60 while a cut phase run again counted twice; with each phase counted once, steps of
-#: ×0.96 on 12 calls of a group near α raised it 1.0–1.3 pp in a closed loop, and 120 holds every change to 1 pp.
+#: ×0.96 on 12 calls of a group near α raised it 1.0–1.3 pp in a closed loop; with 120 no change outside a
+#: drifting law raised a group more than 0.9 pp.
 LOWER_STEP_CALLS = 120
 
 
