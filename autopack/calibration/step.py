@@ -206,17 +206,17 @@ def step_toward_alpha(
     newest = np.zeros(n, dtype=bool) if recent is None else recent
     n_recent, x_recent = int(newest.sum()), int((y[newest] >= today_ceiling[newest]).sum())
     p_recent = stats.binomial_exceedance_p(x_recent, n_recent, alpha)
-    recent_line, sizing_rate = "", rate  # the share a raise is sized from
+    trigger_line, sizing_rate = "", rate  # what raised it besides its count; the share a raise is sized from
     if not above and n_recent and x_recent / n_recent > alpha and p_recent < RECENT_LEVEL:
         above, sizing_rate = True, x_recent / n_recent
-        recent_line = (f"; its newest {n_recent} calls ({RECENT_DAYS} days) {x_recent} cut ({sizing_rate:.1%}; "
-                       f"p = {p_recent:.3g} < {RECENT_LEVEL:g}): its outputs have grown")
+        trigger_line = (f"; its newest {n_recent} calls ({RECENT_DAYS} days) {x_recent} cut ({sizing_rate:.1%}; "
+                        f"p = {p_recent:.3g} < {RECENT_LEVEL:g}): its outputs have grown")
     today_factor = float(np.median(ratio)) if n else math.nan
     expected_today, how_today = _expected_truncation(r, observed, float(np.log(today_factor))) if n else (None, "")
     if not above and n >= VALUE_TRIGGER_CALLS and x and expected_today is not None and expected_today > alpha:
         above, sizing_rate = True, expected_today
-        recent_line = (f"{recent_line}; its estimated truncation under today's typical ceiling is "
-                       f"{expected_today:.1%} ({how_today}): more than α")
+        trigger_line = (f"; its estimated truncation under today's typical ceiling is {expected_today:.1%} "
+                        f"({how_today}): more than α")
     quantile = info.factor if info.factor is not None and math.isfinite(info.factor) else None
     common: dict[str, Any] = dict(
         n=n, today_truncations=x, today_rate=rate, binomial_p=p, above_alpha=above, quantile_factor=quantile,
@@ -225,7 +225,7 @@ def step_toward_alpha(
         recent_truncations=x_recent,
     )
     today_line = (f"today {x}/{n} of its calls cut ({rate:.1%}; one-sided exact binomial p = {p:.3g} "
-                  f"for rate ≤ {alpha:g}){recent_line}")
+                  f"for rate ≤ {alpha:g}){trigger_line}")
 
     def none(why: str) -> Step:
         return Step(factor=None, sized_by="", expected_truncation=None, expected_method="", still_cut=x,
