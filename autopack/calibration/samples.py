@@ -134,45 +134,34 @@ def phase_retries(phase_key: np.ndarray, attempt_index: np.ndarray, event_id: np
     from the estimator's ceiling, or ``--replace``). A repeat draws the same phase's output again, and only cut
     phases are repeated, so counted as a fresh first attempt it counts one long output twice: in a closed loop
     29 of 61 cut phases were repeated and cut again, every group showed about 1.5× its true truncation, and the
-    gate held the groups near half their aim. Both link to the phase's first cut call (the same rank in call
-    order), which stays the phase's one sample (``_with_retry_outcomes``); rows of phases with no cut call keep
-    ``retry_links``."""
+    gate held the groups near half their aim. Each links to the call it re-ran (``retry_links``: its previous
+    attempt's, k-th call to k-th call), followed back through retries to the phase's first cut call, which stays
+    the phase's one sample (``_with_retry_outcomes``)."""
     phase = np.asarray(phase_key, dtype=np.int64)
     attempt = np.asarray(attempt_index, dtype=np.int64)
-    events = np.asarray(event_id, dtype=np.int64)
     retry = np.asarray(escalated, dtype=bool).copy()
-    links = retry_links(phase, attempt, events, retry)
     root = np.asarray(cut, dtype=bool) & ~retry
     repeat = np.zeros(phase.size, dtype=bool)
-    if not root.any():
-        return retry, repeat, links
-    # the first cut (non-retry) attempt of each phase that has one
-    cut_phase, cut_attempt = phase[root], attempt[root]
-    by = np.lexsort((cut_attempt, cut_phase))
-    cut_phase, cut_attempt = cut_phase[by], cut_attempt[by]
-    head = np.r_[True, cut_phase[1:] != cut_phase[:-1]]
-    phases, first_cut = cut_phase[head], cut_attempt[head]
-    rows = np.flatnonzero(np.isin(phase, phases))
-    order = rows[np.lexsort((events[rows], attempt[rows], phase[rows]))]
-    p_o, a_o = phase[order], attempt[order]
-    first_o = first_cut[np.searchsorted(phases, p_o)]
-    later = a_o > first_o
-    repeat[order[later & ~retry[order]]] = True
-    retry |= repeat
-    # rank of each row within its (phase, attempt); the root rows are those of the phase's first cut attempt
-    group_head = np.r_[True, (p_o[1:] != p_o[:-1]) | (a_o[1:] != a_o[:-1])]
-    group = np.cumsum(group_head) - 1
-    starts = np.flatnonzero(group_head)
-    sizes = np.diff(np.r_[starts, order.size])
-    rank = np.arange(order.size) - starts[group]
-    phase_no = np.cumsum(np.r_[True, p_o[1:] != p_o[:-1]]) - 1
-    root_head = np.flatnonzero((a_o == first_o) & (rank == 0))
-    root_start = np.zeros(phase_no[-1] + 1, dtype=np.int64)
-    root_size = np.zeros(phase_no[-1] + 1, dtype=np.int64)
-    root_start[phase_no[root_head]] = root_head
-    root_size[phase_no[root_head]] = sizes[group[root_head]]
-    linked = later & retry[order] & (rank < root_size[phase_no])
-    links[order[linked]] = order[root_start[phase_no[linked]] + rank[linked]]
+    if root.any():
+        # the first cut (non-retry) attempt of each phase that has one; every later attempt re-runs it
+        cut_phase, cut_attempt = phase[root], attempt[root]
+        by = np.lexsort((cut_attempt, cut_phase))
+        cut_phase, cut_attempt = cut_phase[by], cut_attempt[by]
+        head = np.r_[True, cut_phase[1:] != cut_phase[:-1]]
+        phases, first_cut = cut_phase[head], cut_attempt[head]
+        rows = np.flatnonzero(np.isin(phase, phases))
+        later = attempt[rows] > first_cut[np.searchsorted(phases, phase[rows])]
+        repeat[rows[later & ~retry[rows]]] = True
+        retry |= repeat
+    # each retry re-ran its previous attempt's call (``retry_links``); where that call is a retry too (a repeat's
+    # escalation, the repeat itself), follow it back to the call the chain began with. A link always points to
+    # a smaller attempt index, so the span of attempt indices bounds the hops.
+    links = retry_links(phase, attempt, event_id, retry)
+    for _ in range(int(attempt.max(initial=0)) - int(attempt.min(initial=0)) + 1):
+        hop = (links >= 0) & retry[np.maximum(links, 0)]
+        if not hop.any():
+            break
+        links[hop] = links[links[hop]]
     return retry, repeat, links
 
 
