@@ -91,6 +91,52 @@ def test_a_group_half_cut_with_a_wide_spread_is_raised_to_alpha_in_one_step() ->
     assert float(wide.sf(math.log(raised.factor))) <= ALPHA
 
 
+def test_a_group_mostly_cut_is_raised_to_its_aim_not_short_of_it() -> None:
+    """70 % of its calls cut: today's factor lies below the median, so moving it by the fit's spread from a cut share
+    read as one half (as once) lands at 12.6 %, above α; read as 70 %, at the aim."""
+    narrow, alpha = Law(0.0, 0.25), 0.10
+    r = narrow.sample(np.random.default_rng(2), 200)
+    predicted = np.full(r.size, PREDICTED)
+    today = math.exp(narrow.quantile(0.3))
+    ceiling = np.full(r.size, math.ceil(PREDICTED * today))
+    y = np.minimum(np.round(PREDICTED * np.exp(r)), ceiling)
+    observed = y < ceiling
+    info = _info(y, observed, predicted)
+    raised = step.step_toward_alpha(y, observed, predicted, ceiling, info, alpha, today)
+    assert raised.factor is not None and "estimated" in raised.sized_by
+    assert 0.5 * step.RAISE_AIM * alpha <= float(narrow.sf(math.log(raised.factor))) <= 0.6 * alpha
+
+
+def test_the_predictive_quantile_of_a_new_call_holds_when_the_law_is_estimated_from_seven_calls() -> None:
+    """Known truth: a normal law, μ and σ estimated (maximum likelihood) from 7 draws. A new draw exceeds μ̂ + σ̂·z
+    with the share z is meant for under ``predictive_z``; with the plug-in normal z, more than twice as often."""
+    rng = np.random.default_rng(0)
+    q, n = 0.965, 7
+    fitted = rng.normal(size=(20_000, n))
+    mu, sigma = fitted.mean(axis=1), fitted.std(axis=1)
+    new = rng.normal(size=20_000)
+    assert abs(float(np.mean(new > mu + sigma * step.predictive_z(q, n))) - (1 - q)) < 0.006
+    assert float(np.mean(new > mu + sigma * float(dist.norm_ppf(q)))) > 2 * (1 - q)
+
+
+def test_a_raise_sized_from_a_weeks_seven_calls_lands_below_alpha_on_average() -> None:
+    """7 calls from σ = 0.3, half of them cut, α = 10 %, 300 replicates: the raised factor's true truncation is
+    4.4 % on average and above α + 1 pp in 12 % of them (sized by the plug-in quantile: 10.0 % and 39 %)."""
+    law, alpha, n = Law(0.0, 0.3), 0.10, 7
+    landed = []
+    for seed in range(300):
+        r = law.sample(np.random.default_rng(seed), n)
+        predicted, ceiling = np.full(n, PREDICTED), np.full(n, PREDICTED)
+        y = np.minimum(np.round(PREDICTED * np.exp(r)), ceiling)
+        observed = y < ceiling
+        raised = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), alpha, 1.0)
+        if raised.factor is not None:
+            landed.append(float(law.sf(math.log(raised.factor))))
+    assert len(landed) >= 270
+    assert float(np.mean(landed)) <= 0.5 * alpha
+    assert float(np.mean(np.array(landed) > alpha + 0.01)) <= 0.2
+
+
 def _one_cut_of_24(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """24 calls from LAW under a ceiling at its 84 % quantile (16 % cut by the law), of which this seed's draw
     cut exactly one (4.2 %: by its count the group is at or below α)."""
