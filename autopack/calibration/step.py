@@ -179,12 +179,13 @@ def _cut_today(r: np.ndarray, observed: np.ndarray, log_today: np.ndarray, sure:
 
 
 def predictive_z(q: float, n: int) -> float:
-    """The (q) quantile of a new call in σ̂ units when μ̂ and σ̂ come from n calls: Student-t with n − 1 degrees of
-    freedom, widened by √(1 + 1/n) for the location's error and √(n / (n − 1)) for the spread's maximum-likelihood
-    bias. Why: a raise sized by the plug-in z from a week's 7 calls (σ̂ 0.25 where the law's is 0.3 with t₄ tails)
-    landed at 11–13 % in a closed loop aiming at 3.5 %. The widening fades with n: at α = 5–10 %, ×1.40–1.49 at
-    7 calls, ×1.01 at 200."""
-    return float(dist.t_ppf(q, n - 1)) * math.sqrt((1.0 + 1.0 / n) * n / (n - 1))
+    """The (q) quantile of a new call in σ̂ units when μ̂ and σ̂ come from n calls: the normal prediction bound's
+    multiplier (``stats.prediction_bound_multiplier``: Student-t with n − 1 degrees of freedom, × √(1 + 1/n) for the
+    location's error), for the sample standard deviation, times √(n / (n − 1)) for the fit's maximum-likelihood σ̂.
+    Why: a raise sized by the plug-in z from a week's 7 calls (σ̂ 0.25 where the law's is 0.3 with t₄ tails) landed
+    at 11–13 % in a closed loop aiming at 3.5 %. The widening fades with n: at α = 5–10 %, ×1.40–1.49 at 7 calls,
+    ×1.01 at 200."""
+    return stats.prediction_bound_multiplier(n, 1.0 - q) * math.sqrt(n / (n - 1))
 
 
 def _aimed_raise(r: np.ndarray, observed: np.ndarray, alpha: float, today_factor: float, rate: float) -> float | None:
