@@ -28,9 +28,10 @@ ALPHA = 0.05
 PREDICTED = 4000.0
 
 
-def _calls(n: int, today_factor: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(y, observed, predicted, today's ceilings) of n calls drawn from LAW and cut at today's factor."""
-    r = LAW.sample(np.random.default_rng(seed), n)
+def _calls(n: int, today_factor: float, seed: int = 0, law: Law = LAW,
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(y, observed, predicted, today's ceilings) of n calls drawn from ``law`` and cut at today's factor."""
+    r = law.sample(np.random.default_rng(seed), n)
     predicted = np.full(n, PREDICTED)
     ceiling = np.full(n, math.ceil(PREDICTED * today_factor))
     y = np.minimum(np.round(PREDICTED * np.exp(r)), ceiling)
@@ -79,12 +80,8 @@ def test_a_group_half_cut_with_a_wide_spread_is_raised_to_alpha_in_one_step() ->
     """σ = 0.45, half its calls cut: reaching α/2 takes ×exp(1.96·0.45) = ×2.4, past the ×2 a raise once stopped at
     (which left such a group above α, where its cut calls could not show it)."""
     wide = Law(0.0, 0.45)
-    r = wide.sample(np.random.default_rng(4), 200)
-    predicted = np.full(r.size, PREDICTED)
     today = 1.0  # the median: half cut
-    ceiling = np.full(r.size, math.ceil(PREDICTED * today))
-    y = np.minimum(np.round(PREDICTED * np.exp(r)), ceiling)
-    observed = y < ceiling
+    y, observed, predicted, ceiling = _calls(200, today, seed=4, law=wide)
     info = _info(y, observed, predicted)
     raised = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, today)
     assert raised.factor is not None and raised.factor / today > 2.0
@@ -95,12 +92,8 @@ def test_a_group_mostly_cut_is_raised_to_its_aim_not_short_of_it() -> None:
     """70 % of its calls cut: today's factor lies below the median, so moving it by the fit's spread from a cut share
     read as one half (as once) lands at 12.6 %, above α; read as 70 %, at the aim."""
     narrow, alpha = Law(0.0, 0.25), 0.10
-    r = narrow.sample(np.random.default_rng(2), 200)
-    predicted = np.full(r.size, PREDICTED)
     today = math.exp(narrow.quantile(0.3))
-    ceiling = np.full(r.size, math.ceil(PREDICTED * today))
-    y = np.minimum(np.round(PREDICTED * np.exp(r)), ceiling)
-    observed = y < ceiling
+    y, observed, predicted, ceiling = _calls(200, today, seed=2, law=narrow)
     info = _info(y, observed, predicted)
     raised = step.step_toward_alpha(y, observed, predicted, ceiling, info, alpha, today)
     assert raised.factor is not None and "estimated" in raised.sized_by
@@ -125,10 +118,7 @@ def test_a_raise_sized_from_a_weeks_seven_calls_lands_below_alpha_on_average() -
     law, alpha, n = Law(0.0, 0.3), 0.10, 7
     landed = []
     for seed in range(300):
-        r = law.sample(np.random.default_rng(seed), n)
-        predicted, ceiling = np.full(n, PREDICTED), np.full(n, PREDICTED)
-        y = np.minimum(np.round(PREDICTED * np.exp(r)), ceiling)
-        observed = y < ceiling
+        y, observed, predicted, ceiling = _calls(n, 1.0, seed=seed, law=law)
         raised = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), alpha, 1.0)
         if raised.factor is not None:
             landed.append(float(law.sf(math.log(raised.factor))))
