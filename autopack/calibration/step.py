@@ -160,7 +160,7 @@ def _expected_truncation(r: np.ndarray, observed: np.ndarray, log_factor: float)
     fit = stats.censored_normal_fit(r, observed, min_observed=2)
     if fit is None:
         return None, "no estimate (beyond its complete calls, and no censored-normal fit)"
-    return float(dist.norm_sf((log_factor - fit.mu) / fit.sigma)), "censored-normal extrapolation"
+    return float(predictive_sf((log_factor - fit.mu) / fit.sigma, r.size)), "censored-normal extrapolation"
 
 
 def _cut_today(r: np.ndarray, observed: np.ndarray, log_today: np.ndarray, sure: int) -> int:
@@ -186,6 +186,21 @@ def predictive_z(q: float, n: int) -> float:
     at 11–13 % in a closed loop aiming at 3.5 %. The widening fades with n: at α = 5–10 %, ×1.40–1.49 at 7 calls,
     ×1.01 at 200."""
     return stats.prediction_bound_multiplier(n, 1.0 - q) * math.sqrt(n / (n - 1))
+
+
+def predictive_scale(n: int) -> float:
+    """How much wider a new call's law is than the fit's, in σ̂ units, when μ̂ and σ̂ come from n calls:
+    √(1 + 1/n) for the location's error times √(n / (n − 1)) for the maximum-likelihood σ̂ (``predictive_z``'s
+    factors besides Student-t's)."""
+    return math.sqrt((1.0 + 1.0 / n) * n / (n - 1))
+
+
+def predictive_sf(z: Any, n: int) -> Any:
+    """P(a new call lies above μ̂ + z·σ̂) when μ̂ and σ̂ are the normal fit of n calls: Student-t with n − 1 degrees
+    of freedom at z ÷ ``predictive_scale`` (the inverse of ``predictive_z``). Read with the plug-in normal, a
+    group's estimated truncation from a few dozen calls sat below its true one more often than not (σ̂ is low more
+    often than high), and lowerings the estimate called small rose up to 1 pp in a closed loop."""
+    return dist.t_sf(np.asarray(z, dtype=float) / predictive_scale(n), n - 1)
 
 
 def _aimed_raise(r: np.ndarray, observed: np.ndarray, alpha: float, today_factor: float, rate: float) -> float | None:
@@ -300,6 +315,13 @@ LOWER_STEP = 0.8
 #: ×0.96 on 12 calls of a group near α raised it 1.0–1.3 pp in a closed loop; with 120 no change outside a
 #: drifting law raised a group more than 0.9 pp.
 LOWER_STEP_CALLS = 120
+#: ... except far below α: a group of at least ``LOWER_FAR_CALLS`` calls whose estimated truncation today is at most
+#: ``LOWER_FAR``·α takes the full step (the rise bound still holds it). The smaller step guards groups near α,
+#: where a step's true rise strayed from its estimate by as much as the step; far below α, with a new call's
+#: estimates (``predictive_sf``), full steps on 30 calls or more rose at most 0.7 pp in the closed loop, and
+#: from today's file the reserve at cycle 8 fell by 0.06 (docs/closed-loop.md). On 20–29 calls they rose 1.1 pp.
+LOWER_FAR = 0.5
+LOWER_FAR_CALLS = 30
 
 
 @dataclass(frozen=True)
@@ -375,7 +397,8 @@ def _survivals(r: np.ndarray, observed: np.ndarray, shape: PooledShape | None = 
     """x ↦ P(r ≥ x) estimated from a group's calls, two ways: its tail (``shape`` given: the pooled shape placed by
     the group's own censored-normal fit; else its own Kaplan–Meier curve, a step of 1/n between its calls) and
     the censored-normal fit's (smooth, thin-tailed). A bound holds under both: neither reads the far tail as
-    empty where the other sees mass.
+    empty where the other sees mass. Both fitted readings are a *new* call's (``predictive_sf``, and the pooled
+    shape widened by ``predictive_scale``): the fit's μ̂ and σ̂ are estimates from the group's n calls.
 
     Beyond the largest complete call the Kaplan–Meier curve says nothing (the mass of calls cut at older, lower
     caps stays there, unplaced), so there it reads as the fit, as ``_expected_truncation`` and ``_cut_today`` do;
@@ -389,12 +412,12 @@ def _survivals(r: np.ndarray, observed: np.ndarray, shape: PooledShape | None = 
 
     def normal(x: np.ndarray) -> np.ndarray:
         assert fit is not None
-        out: np.ndarray = dist.norm_sf((x - fit.mu) / fit.sigma)
+        out: np.ndarray = predictive_sf((x - fit.mu) / fit.sigma, r.size)
         return out
 
     def pooled(x: np.ndarray) -> np.ndarray:
         assert fit is not None and shape is not None
-        return shape.tail.sf((x - fit.mu) / fit.sigma)
+        return shape.tail.sf((x - fit.mu) / (fit.sigma * predictive_scale(r.size)))
 
     def kaplan_meier(x: np.ndarray) -> np.ndarray:
         i = np.searchsorted(km.times, x, side="left") - 1  # F just below x
@@ -424,8 +447,8 @@ def bounded_lowering(
       ``_survivals`` (each against its own estimate of today: the larger estimate of both against the larger
       of today let one estimator's high reading of today license another's rise, +3.8 pp in a closed loop);
       its tail is the pooled ``shape`` where the calibration has one (``core`` fits it once over all groups);
-    - the step bound: ``LOWER_STEP`` (a smaller step below ``LOWER_STEP_CALLS`` calls) times today's median
-      ceiling ÷ predicted;
+    - the step bound: ``LOWER_STEP`` (a smaller step below ``LOWER_STEP_CALLS`` calls, unless the group is far
+      below α: ``LOWER_FAR``) times today's median ceiling ÷ predicted;
     - the aim: the smallest factor whose estimated truncation is at most ``AIM``·α (a lowering never aims at α
       itself: near α a point of truncation is a few per cent of the factor, well inside the estimate's noise);
 
@@ -467,7 +490,8 @@ def bounded_lowering(
     def estimated(factor: float) -> float:
         return float(np.max(at(factor)))
 
-    shrink = LOWER_STEP ** min(1.0, y.size / LOWER_STEP_CALLS)
+    far = y.size >= LOWER_FAR_CALLS and today <= LOWER_FAR * alpha
+    shrink = LOWER_STEP if far else LOWER_STEP ** min(1.0, y.size / LOWER_STEP_CALLS)
     step = shrink * today_factor
     floor = max(fitted_factor, step)
     candidates = [(fitted_factor, "fitted factor"), (step, f"step bound ×{shrink:.3g}")]
