@@ -148,8 +148,8 @@ def _one_cut_of_24(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 
 def test_a_group_whose_lengths_say_it_is_cut_too_often_is_raised_though_its_count_is_not() -> None:
-    """One cut in 24 calls does not put its share above α, but its calls' lengths do: its censored-normal fit puts
-    11.2 % of a new call's chances above today's ceiling, which none of its complete calls reaches (the law: 16 %).
+    """One cut in 24 calls does not put its share above α, but its calls' lengths do: its censored-normal fit, read
+    as a new call's, puts 11.2 % above today's ceiling, which none of its complete calls reaches (the law: 16 %).
     Where the fit puts 3.6 % there, it is not raised."""
     y, observed, predicted, ceiling = _one_cut_of_24(seed=23)
     today = float(ceiling[0] / PREDICTED)
@@ -205,6 +205,7 @@ def test_a_group_of_thirty_calls_far_below_alpha_takes_the_full_step() -> None:
     ``LOWER_FAR_CALLS`` a far group's full steps rose 1.1 pp in the closed loop."""
     wide, alpha = Law(0.0, 0.6), 0.10
     today = math.exp(wide.quantile(0.95))
+
     def small(n: int) -> float:
         return float(step.LOWER_STEP ** (n / step.LOWER_STEP_CALLS))
 
