@@ -162,6 +162,22 @@ def test_a_group_whose_lengths_say_it_is_cut_too_often_is_raised_though_its_coun
     assert not kept.above_alpha and kept.factor is None
 
 
+def test_a_group_cut_only_under_its_older_lower_ceiling_is_raised_when_its_lengths_say_so() -> None:
+    """A week of 12 calls under half today's ceiling (11 of them cut), then 24 under today's, none cut: its count
+    today is 0, but its lengths put 7.2 % above today's ceiling (the law: 7.9 %). The calls cut under the lower
+    ceiling are its tail evidence, so it is raised (waiting for a cut under today's ceiling kept such a group at
+    7.9 % for up to eight weeks in a closed loop)."""
+    law = Law(0.0, 0.65)
+    r = law.sample(np.random.default_rng(38), 36)
+    ran_under = np.where(np.arange(36) < 12, math.ceil(PREDICTED * 1.0), math.ceil(PREDICTED * 2.5))
+    y = np.minimum(np.round(PREDICTED * np.exp(r)), ran_under)
+    observed, predicted, today = y < ran_under, np.full(36, PREDICTED), np.full(36, math.ceil(PREDICTED * 2.5))
+    assert int((~observed[:12]).sum()) == 11 and observed[12:].all()
+    raised = step.step_toward_alpha(y, observed, predicted, today, _info(y, observed, predicted), ALPHA, 2.5)
+    assert raised.today_truncations == 0 and raised.above_alpha and raised.factor is not None and raised.factor > 2.5
+    assert "its estimated truncation under today's typical ceiling is 7.2%" in raised.verdict
+
+
 def test_no_raise_where_todays_ceilings_vary_more_than_the_floor_step_allows() -> None:
     """A raise must lower no call's ceiling, so it is at least ×1.1 the largest ceiling ÷ predicted. Where today's
     ceilings vary ×2.2 across the group's calls that would more than double its typical ceiling: no step, said so."""

@@ -38,7 +38,10 @@ Or, with at least one call cut and ``VALUE_TRIGGER_CALLS`` calls or more, when i
 today's typical ceiling is above α (``_expected_truncation``: its Kaplan–Meier curve, or beyond its complete
 calls its censored-normal fit): the lengths of its calls, not only their count, say it is cut too often. A group
 cut 17 % with 12 calls a week shows at most one cut in a third of its weeks; in a closed loop such a group
-(α = 10 %) waited up to 7 weeks for its count.
+(α = 10 %) waited up to 7 weeks for its count. The cut call may be one cut under the older, lower ceiling it ran
+under: it is tail evidence all the same. A raise held to its step limit (docs/low 1.5× as spread, from half its
+calls cut to 7.9 % at α = 5 %) otherwise waited for a cut under its new ceiling, up to eight weeks in a closed
+loop, while its calls estimated 5–6 % above it.
 
 The newest calls are judged on their own too (``RECENT_DAYS``): a group whose outputs grow week by week is
 raised when its newest fortnight alone rejects "rate ≤ α" (p < ``RECENT_LEVEL``), and is not lowered while more
@@ -96,8 +99,8 @@ RAISE_AIM = 0.35
 RAISE_SHIFT_CAP = 0.9
 #: "Today truncates above α" when the exact binomial p of "rate ≤ α" on its surely-cut calls is below this ...
 RAISE_LEVEL = 0.5
-#: ... or, from this many calls (one of them cut), when its estimated truncation under today's typical ceiling is
-#: above α.
+#: ... or, from this many calls (one of them cut, under today's ceilings or the lower ones it ran under), when its
+#: estimated truncation under today's typical ceiling is above α.
 VALUE_TRIGGER_CALLS = 10
 #: The group's newest calls (those of the ``RECENT_DAYS`` before its newest call) are judged on their own as well:
 #: a group whose outputs grow week by week shows it there first, while its older, shorter calls hold the share
@@ -243,7 +246,8 @@ def step_toward_alpha(
                         f"p = {p_recent:.3g} < {RECENT_LEVEL:g}): its outputs have grown")
     today_factor = float(np.median(ratio)) if n else math.nan
     expected_today, how_today = _expected_truncation(r, observed, float(np.log(today_factor))) if n else (None, "")
-    if not above and n >= VALUE_TRIGGER_CALLS and x and expected_today is not None and expected_today > alpha:
+    cut_ever = x > 0 or not observed.all()  # cut under today's ceilings, or under the lower ones it ran under
+    if not above and n >= VALUE_TRIGGER_CALLS and cut_ever and expected_today is not None and expected_today > alpha:
         above, sizing_rate = True, expected_today
         trigger_line = (f"; its estimated truncation under today's typical ceiling is {expected_today:.1%} "
                         f"({how_today}): more than α")
