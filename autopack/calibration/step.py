@@ -181,21 +181,20 @@ def _cut_today(r: np.ndarray, observed: np.ndarray, log_today: np.ndarray, sure:
     return max(sure, int(round(float(survival.sum()))))
 
 
-def predictive_z(q: float, n: int) -> float:
-    """The (q) quantile of a new call in σ̂ units when μ̂ and σ̂ come from n calls: the normal prediction bound's
-    multiplier (``stats.prediction_bound_multiplier``: Student-t with n − 1 degrees of freedom, × √(1 + 1/n) for the
-    location's error), for the sample standard deviation, times √(n / (n − 1)) for the fit's maximum-likelihood σ̂.
-    Why: a raise sized by the plug-in z from a week's 7 calls (σ̂ 0.25 where the law's is 0.3 with t₄ tails) landed
-    at 11–13 % in a closed loop aiming at 3.5 %. The widening fades with n: at α = 5–10 %, ×1.40–1.49 at 7 calls,
-    ×1.01 at 200."""
-    return stats.prediction_bound_multiplier(n, 1.0 - q) * math.sqrt(n / (n - 1))
-
-
 def predictive_scale(n: int) -> float:
     """How much wider a new call's law is than the fit's, in σ̂ units, when μ̂ and σ̂ come from n calls:
-    √(1 + 1/n) for the location's error times √(n / (n − 1)) for the maximum-likelihood σ̂ (``predictive_z``'s
-    factors besides Student-t's)."""
+    √(1 + 1/n) for the location's error times √(n / (n − 1)) for the maximum-likelihood σ̂ (the normal prediction
+    bound, ``stats.prediction_bound_multiplier``, is Student-t times the first, for the sample standard deviation).
+    ``predictive_z`` and ``predictive_sf`` both read a new call's law through it, so they are each other's inverse."""
     return math.sqrt((1.0 + 1.0 / n) * n / (n - 1))
+
+
+def predictive_z(q: float, n: int) -> float:
+    """The (q) quantile of a new call in σ̂ units when μ̂ and σ̂ come from n calls: Student-t with n − 1 degrees of
+    freedom, widened by ``predictive_scale``. Why: a raise sized by the plug-in z from a week's 7 calls (σ̂ 0.25
+    where the law's is 0.3 with t₄ tails) landed at 11–13 % in a closed loop aiming at 3.5 %. The widening fades
+    with n: at α = 5–10 %, ×1.40–1.49 at 7 calls, ×1.01 at 200."""
+    return float(dist.t_ppf(q, n - 1)) * predictive_scale(n)
 
 
 def predictive_sf(z: Any, n: int) -> Any:
