@@ -121,18 +121,39 @@ def test_a_new_calls_estimated_truncation_is_the_inverse_of_its_predictive_quant
 
 
 def test_a_raise_sized_from_a_weeks_seven_calls_lands_below_alpha_on_average() -> None:
-    """7 calls from σ = 0.3, half of them cut, α = 10 %, 300 replicates: the raised factor's true truncation is
-    4.4 % on average and above α + 1 pp in 12 % of them (sized by the plug-in quantile: 10.0 % and 39 %)."""
+    """7 calls from σ = 0.3, half of them cut, α = 10 %, 300 replicates. Where 3 or more are cut (p < 0.05: strong
+    evidence) the raised factor's true truncation is 3.9 % on average and above α + 1 pp in 9 % of them (sized by
+    the plug-in quantile, over all replicates: 10.0 % and 39 %). Where only 1–2 are cut (weak evidence) the raise
+    aims where a lowering stops and lands at 17 % on average, from 50 %: the next week's cuts raise it again."""
     law, alpha, n = Law(0.0, 0.3), 0.10, 7
-    landed = []
+    strong, weak = [], []
     for seed in range(300):
         y, observed, predicted, ceiling = _calls(n, 1.0, seed=seed, law=law)
         raised = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), alpha, 1.0)
         if raised.factor is not None:
-            landed.append(float(law.sf(math.log(raised.factor))))
-    assert len(landed) >= 270
-    assert float(np.mean(landed)) <= 0.5 * alpha
-    assert float(np.mean(np.array(landed) > alpha + 0.01)) <= 0.2
+            landed = float(law.sf(math.log(raised.factor)))
+            (strong if raised.binomial_p < step.RAISE_STRONG else weak).append(landed)
+    assert len(strong) >= 200 and len(strong) + len(weak) >= 270
+    assert float(np.mean(strong)) <= 0.5 * alpha
+    assert float(np.mean(np.array(strong) > alpha + 0.01)) <= 0.15
+    assert max(strong + weak) < float(law.sf(0.0)) and float(np.mean(weak)) <= 0.2
+
+
+def test_a_group_raised_on_weak_evidence_lands_nearer_alpha() -> None:
+    """A group just above α (its law cuts 6 %, α = 5 %), 24 calls, 300 replicates. Its count rarely shows it (p ≥
+    0.05 in 187 of the 200 raised), so most raises rest on weak evidence and aim where a lowering stops (0.75α):
+    they land at 2.2 % on average, none above α + 1 pp. Aimed at 0.35α they landed at 0.9 %, a reserve the bounded
+    lowerings took weeks to give back (docs/medium in the closed loop)."""
+    today = math.exp(LAW.quantile(0.94))
+    landed, aimed = [], 0
+    for seed in range(300):
+        y, observed, predicted, ceiling = _calls(24, today, seed=seed)
+        raised = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), ALPHA, today)
+        if raised.factor is not None and raised.binomial_p >= step.RAISE_STRONG:
+            landed.append(_true(raised.factor))
+            aimed += "weak evidence, p ≥ 0.05: aimed where a lowering stops" in raised.sized_by
+    assert len(landed) >= 150 and aimed >= 0.8 * len(landed)
+    assert 0.35 * ALPHA < float(np.mean(landed)) <= step.AIM * ALPHA and max(landed) <= ALPHA + 0.01
 
 
 def _one_cut_of_24(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -9,7 +9,8 @@ fall, whatever the law of its outputs. An assumption is only needed to *size* th
 the smallest of
 
 - where it aims (``_aimed_raise``): the estimated (1 − ``RAISE_AIM``·α) quantile of a new call's actual /
-  predicted, a point estimate from all its calls that allows for its fit's location and spread being estimates
+  predicted where the evidence that it truncates above α is strong (``RAISE_STRONG``), else (1 − ``AIM``·α):
+  a point estimate from all its calls that allows for its fit's location and spread being estimates
   (``predictive_z``; the censored-normal fit's, or today's factor moved by the fit's spread from today's cut
   share, whichever is smaller); the group's fitted factor when there is no fit;
 - ``RAISE_STEP`` (×2.5) times today's median ceiling ÷ predicted: one run never raises the group's typical
@@ -24,7 +25,7 @@ lowering none of them would more than double the typical ceiling, ``FLOOR_STEP``
 group is left as it is, said so. Why aim below α and not at a bound: in a closed loop a raise sized by the
 distribution-free bound, or by the executor's ×1.25, took groups at 6–7 % to 1–2 % and left them there (reserve
 1.3–1.4× the oracle's); aiming at α itself lands above it half the time, and each landing above is raised again.
-Why further below α than a lowering stops (``RAISE_AIM`` against ``AIM``): see there.
+Why further below α than a lowering stops (``RAISE_AIM`` against ``AIM``), and only on strong evidence: see there.
 
 A group counts as truncating above α when its calls cut under today's ceilings (surely, or by the
 Kaplan–Meier tail for calls cut at older, lower caps) are more than α of its calls and the one-sided exact
@@ -93,6 +94,14 @@ AIM = 0.75
 #: a margin the aim leaned on); with each phase counted once, 0.35 (with ``VALUE_TRIGGER_CALLS``) settles the same
 #: groups from today's file (docs/closed-loop.md).
 RAISE_AIM = 0.35
+#: ... where the evidence that today truncates above α is strong: the exact binomial p of "rate ≤ α" below this,
+#: on all its calls or on its newest fortnight's. On weaker evidence (a count whose p is below ``RAISE_LEVEL`` only,
+#: or the trigger on the calls' lengths) the group may well sit at or below α, and a raise aims where a lowering
+#: stops, at the (1 − AIM·α) quantile: aimed at 0.35α, such raises took docs/medium (its law: 5.3 %) to 0.3–2.2 %,
+#: the largest share of the reserve's excess at cycle 8 in a closed loop, and it came back in small steps. At 0.75α
+#: the reserve at cycle 8 fell by 0.02–0.08 in all 16 configurations, and settling was met in 9 of them, not 7
+#: (docs/closed-loop.md).
+RAISE_STRONG = 0.05
 #: A raise moves today's typical factor by the fit's spread from today's cut share to the aim; the share is read up
 #: to this (its normal quantile is unbounded at 1). Capped at one half, a group with 70 % of its calls cut was sized
 #: as if today's factor were its median, and landed at 12.6 % with α = 10 % (200 calls of a known law).
@@ -205,8 +214,9 @@ def predictive_sf(z: Any, n: int) -> Any:
     return dist.t_sf(np.asarray(z, dtype=float) / predictive_scale(n), n - 1)
 
 
-def _aimed_raise(r: np.ndarray, observed: np.ndarray, alpha: float, today_factor: float, rate: float) -> float | None:
-    """Where a raise aims: the (1 − RAISE_AIM·α) quantile of a new call's actual ÷ predicted under the group's
+def _aimed_raise(r: np.ndarray, observed: np.ndarray, alpha: float, today_factor: float, rate: float,
+                 aim: float = RAISE_AIM) -> float | None:
+    """Where a raise aims: the (1 − aim·α) quantile of a new call's actual ÷ predicted under the group's
     censored-normal fit (``predictive_z``: its location and spread are estimates from its n calls), a point
     estimate, not a bound (a raise needs none to be safe; a bound sized it ×1.5–×2 above the quantile in groups of
     20–40 calls). The smaller of two estimates: μ̂ + σ̂·z, and today's typical factor moved by the fit's spread from
@@ -215,7 +225,7 @@ def _aimed_raise(r: np.ndarray, observed: np.ndarray, alpha: float, today_factor
     fit = stats.censored_normal_fit(r, observed, min_observed=2)
     if fit is None:
         return None
-    target = predictive_z(1.0 - RAISE_AIM * alpha, r.size)
+    target = predictive_z(1.0 - aim * alpha, r.size)
     shift = fit.sigma * (target - float(dist.norm_ppf(1.0 - min(max(rate, alpha), RAISE_SHIFT_CAP))))
     return min(math.exp(fit.mu + fit.sigma * target), today_factor * math.exp(shift))
 
@@ -273,9 +283,12 @@ def step_toward_alpha(
         return none(f"no safe step within ×{FLOOR_STEP:g}: today's ceilings vary ×{spread:.2f} across its calls "
                     "(a floor), so a factor that lowers none of them would more than double its typical ceiling")
     candidates = [(step_cap, f"step limit ×{RAISE_STEP:g}")]
-    aimed = _aimed_raise(r, observed, alpha, today_factor, sizing_rate)
+    strong = p < RAISE_STRONG or (n_recent > 0 and p_recent < RAISE_STRONG)
+    aim = RAISE_AIM if strong else AIM
+    aimed = _aimed_raise(r, observed, alpha, today_factor, sizing_rate, aim)
     if aimed is not None:
-        candidates.append((aimed, f"its estimated {1 - RAISE_AIM * alpha:.4g} quantile"))
+        candidates.append((aimed, f"its estimated {1 - aim * alpha:.4g} quantile" + (
+            "" if strong else f" (weak evidence, p ≥ {RAISE_STRONG:g}: aimed where a lowering stops)")))
     elif quantile is not None:
         candidates.append((quantile, f"its fitted quantile ({info.method})"))
     value, sized_by = min(candidates)
