@@ -215,7 +215,7 @@ def predictive_sf(z: Any, n: int) -> Any:
 
 
 def _aimed_raise(r: np.ndarray, observed: np.ndarray, alpha: float, today_factor: float, rate: float,
-                 aim: float = RAISE_AIM) -> float | None:
+                 aim: float) -> float | None:
     """Where a raise aims: the (1 − aim·α) quantile of a new call's actual ÷ predicted under the group's
     censored-normal fit (``predictive_z``: its location and spread are estimates from its n calls), a point
     estimate, not a bound (a raise needs none to be safe; a bound sized it ×1.5–×2 above the quantile in groups of
