@@ -219,6 +219,21 @@ def test_a_lowering_far_below_alpha_is_limited_to_one_step() -> None:
     assert _true(lowered.factor) - _true(today) <= 0.01
 
 
+def test_a_first_factor_that_replaces_a_floor_lowers_the_groups_reserved_tokens() -> None:
+    """Today's file gives a group one floor, 12,288 tokens, for phases predicted 4,128 and 6,728 (ceiling ÷
+    predicted 2.98 and 1.83). A lowering is a step down from the group's reserved ÷ predicted tokens (2.71), not
+    from the median ratio (2.98): stepped from the median, the factor raised the larger phases' ceilings by more
+    than the smaller ones lost, and the group's reserve rose (×3.39 → ×3.63 the oracle's in a closed loop)."""
+    r = Law(-0.7, 0.3).sample(np.random.default_rng(5), 26)
+    predicted = np.where(np.arange(26) % 13 < 11, 4128.0, 6728.0)
+    today = np.full(26, 12288.0)
+    y = np.minimum(np.round(predicted * np.exp(r)), today)
+    lowered = step.bounded_lowering(y, y < today, predicted, today, 0.9, ALPHA)
+    assert lowered.lowers and lowered.factor is not None
+    assert lowered.today_factor == pytest.approx(today.sum() / predicted.sum())
+    assert factor_ceiling(predicted, np.full(26, lowered.factor)).sum() < today.sum()
+
+
 def test_a_lowering_that_stops_at_the_aim_lands_near_it_on_average() -> None:
     """Known truth: 30 calls, today's ceilings at the law's 97.5 % or 98.5 % quantile, the rise bound out of the way,
     300 replicates each. The lowering stops where its calls estimate AIM·α (3.75 %) for a new call

@@ -198,7 +198,8 @@ class LoweringRecord(_Model):
     fitted_factor: float = Field(description="the tested (fitted) factor, where the descent ends")
     factor: float = Field(description="the factor that ships")
     bound: str = Field(description="what bounded the step: the fitted factor, the rise bound, the step bound or the aim")
-    today_factor: float = Field(description="median of today's ceiling ÷ predicted over the group's calls")
+    today_factor: float = Field(description="today's reserved ÷ predicted tokens over the group's calls (Σ ÷ Σ), "
+                                "where a lowering steps from")
     estimated_truncation_today: float = Field(description="the group's truncation today, estimated from its calls")
     estimated_truncation: float | None = Field(None, description="... under the shipped factor")
 

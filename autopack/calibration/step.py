@@ -347,7 +347,7 @@ class Lowering:
     fitted_factor: float  # the tested factor (fitted on the older calls)
     factor: float | None  # what ships: the fitted factor, or the bound above it; None: no lowering left
     bound: str  # "fitted factor" | "rise bound" | "step bound"
-    today_factor: float  # median of today's ceiling ÷ predicted over its calls
+    today_factor: float  # today's reserved ÷ predicted tokens over its calls (Σ ceiling ÷ Σ predicted)
     estimated_today: float  # estimated truncation under today's ceilings (all its calls)
     estimated: float | None  # ... under the shipped factor
     verdict: str
@@ -464,11 +464,14 @@ def bounded_lowering(
       of today let one estimator's high reading of today license another's rise, +3.8 pp in a closed loop);
       its tail is the pooled ``shape`` where the calibration has one (``core`` fits it once over all groups);
     - the step bound: ``LOWER_STEP`` (a smaller step below ``LOWER_STEP_CALLS`` calls, unless the group is far
-      below α: ``LOWER_FAR``) times today's median ceiling ÷ predicted;
+      below α: ``LOWER_FAR``) times today's reserved ÷ predicted tokens (Σ ceiling ÷ Σ predicted);
     - the aim: the smallest factor whose estimated truncation is at most ``AIM``·α (a lowering never aims at α
       itself: near α a point of truncation is a few per cent of the factor, well inside the estimate's noise);
 
-    and no lowering (``factor`` None) when that is not below today's median ceiling ÷ predicted.
+    and no lowering (``factor`` None) when that is not below today's reserved ÷ predicted tokens. Not the median
+    ceiling ÷ predicted: where today's ceilings are a floor (one ceiling for phases predicted 4,128 and 6,728), a
+    factor stepped from the median raised the larger phases' ceilings by more than the smaller ones lost, and in
+    a closed loop the first lowering of such a group raised its reserve (×3.39 → ×3.63 the oracle's).
 
     Why bounded: a lowering is tested on the group's held-out calls, a handful a week, and no test on a handful
     can see a rise of a point or two (the exact binomial needs ≈ 4,400 held-out calls to detect 6 % against 5 %
@@ -481,7 +484,7 @@ def bounded_lowering(
     pred = np.maximum(predicted, 1.0)
     survivals = _survivals(log_ratio(y, predicted), observed, shape)
     ratio = today_ceiling / pred
-    today_factor = float(np.median(ratio))
+    today_factor = float(today_ceiling.sum() / pred.sum())  # its reserve, token-weighted: what a lowering lowers
 
     # a call's ceiling ÷ predicted depends only on its prediction and today's ceiling: each distinct pair once,
     # weighted by its calls (a group of 10⁵ calls has a few hundred; the survivals are the costly part)
