@@ -71,7 +71,7 @@ def test_a_raise_aims_at_the_quantile_below_alpha_not_past_it() -> None:
     r = np.log(np.maximum(y, 1.0) / predicted)
     order = np.lexsort((~observed, r))
     info = group_factor(r[order], observed[order], ALPHA)
-    raised = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, today)
+    raised = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA)
     assert raised.factor is not None and "estimated" in raised.sized_by
     assert 0.5 * step.RAISE_AIM * ALPHA <= _true(raised.factor) <= ALPHA
 
@@ -83,7 +83,7 @@ def test_a_group_half_cut_with_a_wide_spread_is_raised_to_alpha_in_one_step() ->
     today = 1.0  # the median: half cut
     y, observed, predicted, ceiling = _calls(200, today, seed=4, law=wide)
     info = _info(y, observed, predicted)
-    raised = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, today)
+    raised = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA)
     assert raised.factor is not None and raised.factor / today > 2.0
     assert float(wide.sf(math.log(raised.factor))) <= ALPHA
 
@@ -95,7 +95,7 @@ def test_a_group_mostly_cut_is_raised_to_its_aim_not_short_of_it() -> None:
     today = math.exp(narrow.quantile(0.3))
     y, observed, predicted, ceiling = _calls(200, today, seed=2, law=narrow)
     info = _info(y, observed, predicted)
-    raised = step.step_toward_alpha(y, observed, predicted, ceiling, info, alpha, today)
+    raised = step.step_toward_alpha(y, observed, predicted, ceiling, info, alpha)
     assert raised.factor is not None and "estimated" in raised.sized_by
     assert 0.5 * step.RAISE_AIM * alpha <= float(narrow.sf(math.log(raised.factor))) <= 0.6 * alpha
 
@@ -129,7 +129,7 @@ def test_a_raise_sized_from_a_weeks_seven_calls_lands_below_alpha_on_average() -
     strong, weak = [], []
     for seed in range(300):
         y, observed, predicted, ceiling = _calls(n, 1.0, seed=seed, law=law)
-        raised = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), alpha, 1.0)
+        raised = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), alpha)
         if raised.factor is not None:
             landed = float(law.sf(math.log(raised.factor)))
             (strong if raised.binomial_p < step.RAISE_STRONG else weak).append(landed)
@@ -148,7 +148,7 @@ def test_a_group_raised_on_weak_evidence_lands_nearer_alpha() -> None:
     landed, aimed = [], 0
     for seed in range(300):
         y, observed, predicted, ceiling = _calls(24, today, seed=seed)
-        raised = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), ALPHA, today)
+        raised = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), ALPHA)
         if raised.factor is not None and raised.binomial_p >= step.RAISE_STRONG:
             landed.append(_true(raised.factor))
             aimed += "weak evidence, p ≥ 0.05: aimed where a lowering stops" in raised.sized_by
@@ -174,12 +174,12 @@ def test_a_group_whose_lengths_say_it_is_cut_too_often_is_raised_though_its_coun
     Where the fit puts 3.6 % there, it is not raised."""
     y, observed, predicted, ceiling = _one_cut_of_24(seed=23)
     today = float(ceiling[0] / PREDICTED)
-    raised = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), ALPHA, today)
+    raised = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), ALPHA)
     assert raised.today_rate <= ALPHA and raised.above_alpha and raised.factor is not None and raised.factor > today
     assert "its estimated truncation under today's typical ceiling is 11.2% (censored-normal extrapolation)" in (
         raised.verdict)
     y, observed, predicted, ceiling = _one_cut_of_24(seed=58)
-    kept = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), ALPHA, today)
+    kept = step.step_toward_alpha(y, observed, predicted, ceiling, _info(y, observed, predicted), ALPHA)
     assert not kept.above_alpha and kept.factor is None
 
 
@@ -194,9 +194,24 @@ def test_a_group_cut_only_under_its_older_lower_ceiling_is_raised_when_its_lengt
     y = np.minimum(np.round(PREDICTED * np.exp(r)), ran_under)
     observed, predicted, today = y < ran_under, np.full(36, PREDICTED), np.full(36, math.ceil(PREDICTED * 2.5))
     assert int((~observed[:12]).sum()) == 11 and observed[12:].all()
-    raised = step.step_toward_alpha(y, observed, predicted, today, _info(y, observed, predicted), ALPHA, 2.5)
+    raised = step.step_toward_alpha(y, observed, predicted, today, _info(y, observed, predicted), ALPHA)
     assert raised.today_truncations == 0 and raised.above_alpha and raised.factor is not None and raised.factor > 2.5
     assert "its estimated truncation under today's typical ceiling is 7.2%" in raised.verdict
+
+
+def test_a_group_whose_prediction_grows_with_its_shipped_coefficients_is_still_raised() -> None:
+    """A group cut 20 % whose fitted overhead makes its prediction 1.65× today's: on the new prediction today's
+    ceilings are 0.36×, and a raise is a factor above that, not above today's factor (0.596, on the old
+    prediction). Compared with today's factor, such a group stayed at 19.3 % for 14 weeks in a closed loop."""
+    old = np.full(60, PREDICTED)
+    today = np.full(60, math.ceil(PREDICTED * 0.596))
+    r = Law(math.log(0.596) - LAW.sigma * float(dist.norm_ppf(0.8)), LAW.sigma).sample(np.random.default_rng(3), 60)
+    y = np.minimum(np.round(old * np.exp(r)), today)
+    observed, predicted = y < today, old * 1.65
+    assert 0.1 < float((~observed).mean()) < 0.35
+    raised = step.step_toward_alpha(y, observed, predicted, today, _info(y, observed, predicted), ALPHA)
+    assert raised.above_alpha and raised.factor is not None and raised.factor < 0.596
+    assert np.all(factor_ceiling(predicted, np.full(60, raised.factor)) > today)
 
 
 def test_no_raise_where_todays_ceilings_vary_more_than_the_floor_step_allows() -> None:
@@ -208,7 +223,7 @@ def test_no_raise_where_todays_ceilings_vary_more_than_the_floor_step_allows() -
     ceiling[:5] = np.ceil(ceiling[:5] * 2.2)  # a few calls under a floor far above the rest
     observed = y < ceiling
     info = _info(y, observed, predicted)
-    none = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, today)
+    none = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA)
     assert none.factor is None and none.above_alpha and f"no safe step within ×{step.FLOOR_STEP:g}" in none.verdict
 
 
@@ -418,8 +433,8 @@ def test_newest_calls_cut_well_above_alpha_raise_a_group_whose_history_is_not() 
     assert (~observed[:-30]).sum() <= 4
     recent = np.arange(270) >= 240
     info = _info(y, observed, predicted)
-    history_only = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, 2.3)
-    with_newest = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, 2.3, recent)
+    history_only = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA)
+    with_newest = step.step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, recent)
     assert not history_only.above_alpha and history_only.factor is None
     assert with_newest.above_alpha and with_newest.factor is not None and with_newest.factor > 2.3
     assert with_newest.recent_calls == 30 and with_newest.recent_truncations >= 5

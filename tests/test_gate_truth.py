@@ -156,5 +156,5 @@ def test_one_cut_call_raises_a_group_of_five_but_not_of_twenty(n: int, raised: b
     y[-1], observed[-1] = 6000.0, False  # the one call cut at its ceiling
     r = np.log(y / predicted)
     info = group_factor(*stats.sort_censored(r, observed), ALPHA)
-    step = step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA, 1.5)
+    step = step_toward_alpha(y, observed, predicted, ceiling, info, ALPHA)
     assert step.today_truncations == 1 and step.raises is raised

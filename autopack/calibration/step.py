@@ -232,7 +232,7 @@ def _aimed_raise(r: np.ndarray, observed: np.ndarray, alpha: float, today_factor
 
 def step_toward_alpha(
     y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, info: FactorInfo,
-    alpha: float, current_factor: float | None, recent: np.ndarray | None = None,
+    alpha: float, recent: np.ndarray | None = None,
 ) -> Step:
     """The step for one group from all its calls: ``predicted`` under the coefficients that ship with it,
     ``today_ceiling`` today's ceilings, ``info`` its factor fitted on all its calls (the quantile); ``recent``
@@ -296,8 +296,8 @@ def step_toward_alpha(
         value, sized_by = MIN_RAISE * floor, (f"the smallest step, ×{MIN_RAISE:g} on every call's ceiling (its "
                                               "fitted quantile does not raise today's ceilings enough)")
     factor = round_up_factor(value)
-    if not math.isfinite(factor) or factor <= (current_factor or 0.0):
-        return none("no usable raise (the factor would exceed the estimator's cap or not exceed today's)")
+    if not math.isfinite(factor):
+        return none("no usable raise (the factor would exceed the estimator's cap)")
     ceiling = factor_ceiling(predicted, np.full(n, factor))  # decide_ceiling's rule, clamped to [512, 64000]
     if np.any(ceiling < today_ceiling):  # cannot happen above the floor, but the safety argument needs it
         return none("some call's ceiling would fall under the raised factor: not a safe step")
