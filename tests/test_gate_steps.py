@@ -339,6 +339,7 @@ def test_a_shipped_lowering_carries_what_bounded_it_and_its_estimated_truncation
     change = _factor_change(result)
     low = change.lowering
     assert low is not None and low.factor == change.new and low.today_factor > low.factor >= low.fitted_factor
+    assert low.fitted_factor_ends_descent  # a distribution-free factor is where the descent ends
     assert low.estimated_truncation is not None
     assert 0 <= low.estimated_truncation - low.estimated_truncation_today <= step.LOWER_RISE / 2 + 1e-4
     assert change.verdict is not None and low.bound in change.verdict
@@ -356,6 +357,26 @@ def test_a_group_too_small_for_a_distribution_free_factor_gets_a_bounded_step_th
     assert low.estimated_truncation is not None
     assert low.estimated_truncation - low.estimated_truncation_today <= step.LOWER_RISE / 2 + 1e-4
     assert sim.true_truncation(GROUP, change.new) - sim.true_truncation(GROUP, 3.0) <= 0.01
+
+
+def test_a_factor_that_rests_on_an_assumption_ends_no_descent() -> None:
+    """18 calls, today's ceilings at the law's 98.5 % quantile (0.3α): the group's normal bound (13 fitted calls,
+    inflated for a confidence it cannot claim) reads 2.17, above today's 2.137. As a floor it held such groups far
+    below α for weeks in the closed loop; it is one more estimate, so the group takes the bounded step, which the
+    rise bound holds and which claims no confidence."""
+    today = round(math.exp(LAW.quantile(0.985)), 3)
+    sim, result = _calibrated(18, today, seed=2)
+    (entry,) = result.groups
+    assert entry.factor_method == "small_group_bound" and entry.budget_factor is not None
+    assert entry.budget_factor > today
+    change = _factor_change(result)
+    low = change.lowering
+    assert change.direction == "lower" and change.confidence is None and change.new < today
+    assert low is not None and not low.fitted_factor_ends_descent and low.bound.startswith("rise bound")
+    assert low.estimated_truncation is not None
+    assert low.estimated_truncation - low.estimated_truncation_today <= step.LOWER_RISE / 2 + 1e-4
+    assert change.verdict is not None and "ends no descent" in change.verdict
+    assert sim.true_truncation(GROUP, change.new) <= step.AIM * ALPHA
 
 
 def test_a_stricter_confidence_threshold_lowers_only_on_a_distribution_free_factor() -> None:
@@ -379,17 +400,34 @@ def test_a_group_of_few_calls_is_lowered_by_at_most_half_the_rise_bound() -> Non
     assert low.estimated_truncation - low.estimated_truncation_today <= step.LOWER_RISE / 2 + 1e-4
 
 
-def test_a_factor_that_rests_on_an_assumption_does_not_lower_a_group_with_cut_calls() -> None:
-    """14 calls at α = 10 %, today's ceilings at the law's 95 % quantile, one call cut under them: the fitted
-    factor (a normal bound on 10 calls) extrapolates over exactly that call, so it ends no descent (in the closed
-    loop such steps walked a group at 5.6 %, just under α + 1 pp, up to 6.3 %); one cut in 14 is not above α
-    either, so nothing ships."""
-    _, result = _calibrated(14, round(math.exp(LAW.quantile(0.95)), 3), seed=3, alpha=0.10)
+def test_a_factor_that_rests_on_an_assumption_does_not_lower_a_group_cut_more_often_than_the_aim() -> None:
+    """14 calls, today's ceilings at the law's 95 % quantile, one call cut under them (7.1 %, above the aim,
+    0.75α): the fitted factor (a normal bound on 10 calls) extrapolates over that call, so the group is not lowered
+    on it (in the closed loop such steps walked a group at 5.6 %, just under α + 1 pp, up to 6.3 %); one cut in 14
+    is not above α either (p = 0.51), so nothing ships."""
+    _, result = _calibrated(14, round(math.exp(LAW.quantile(0.95)), 3), seed=3)
     (entry,) = result.groups
     assert entry.factor_method == "small_group_bound" and entry.step_toward_alpha is not None
     assert entry.step_toward_alpha.today_truncations == 1 and not result.proposed_changes
-    assert any("lowers only a group whose calls today's ceilings do not cut (they cut 1 of its 14)" in r
-               for r in entry.gate_reasons)
+    assert any("lowers a group only while today's ceilings cut at most 3.75% of its calls, where a lowering stops "
+               "(they cut 1 of its 14)" in r for r in entry.gate_reasons)
+
+
+def test_a_factor_that_rests_on_an_assumption_lowers_a_group_one_of_whose_calls_is_cut() -> None:
+    """30 calls, today's ceilings at the law's 97.5 % quantile, one call cut (3.3 %, below the aim): one cut call
+    no longer holds the group where it is (in the closed loop one cut held groups at 0.4α for five weeks and
+    more); it takes the bounded step, half the rise bound, and stays below the aim."""
+    today = round(math.exp(LAW.quantile(0.975)), 3)
+    sim, result = _calibrated(30, today, seed=5)
+    (entry,) = result.groups
+    assert entry.factor_method == "small_group_bound" and entry.step_toward_alpha is not None
+    assert entry.step_toward_alpha.today_truncations == 1
+    change = _factor_change(result)
+    low = change.lowering
+    assert change.direction == "lower" and change.new < today and low is not None
+    assert low.estimated_truncation is not None
+    assert low.estimated_truncation - low.estimated_truncation_today <= step.LOWER_RISE / 2 + 1e-4
+    assert sim.true_truncation(GROUP, change.new) <= step.AIM * ALPHA
 
 
 def test_calls_cut_at_an_older_lower_cap_do_not_hold_a_group_above_its_aim() -> None:

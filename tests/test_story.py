@@ -86,7 +86,24 @@ def test_a_shipped_lowering_says_it_ships_a_bounded_step_toward_its_factor_not_t
     assert (f"; ships a bounded step to {change.new:.3f} from today's ≈ {change.lowering.today_factor:.3f}× the "
             f"prediction, held by the {change.lowering.bound} a run, short of that factor "
             f"({change.lowering.fitted_factor:.3f}); truncation estimated from its 60 calls") in line
-    assert "ships a bounded step down toward its budget factor" in gate_sentence(result)
+    assert ("ships a bounded step down: one run raises the truncation its calls estimate by at most +0.5 pp" in
+            gate_sentence(result))
+    assert "never goes past its budget factor where that is distribution-free" in gate_sentence(result)
+
+
+def test_a_lowering_past_an_assumed_factor_says_that_factor_ends_no_descent() -> None:
+    """A normal bound on 13 calls reads above today's ceilings; the step goes below it, so the verdict must not
+    call it "short of that factor": it names the factor and says it ends no descent."""
+    g = ("tests", "medium")
+    current = dataclasses.replace(te.current_coefficients(), budget_factors={g: 2.137})
+    sim = simulate_groups([GroupTruth(*g, 18, Law(0.0, 0.35), cap_factor=2.137)], seed=2)
+    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=0.05), current).result
+    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    assert change.lowering is not None and change.lowering.fitted_factor > change.new
+    line = group_verdicts(result)[g].line()
+    assert (f"held by the {change.lowering.bound} a run (its fitted factor, {change.lowering.fitted_factor:.3f}, "
+            "rests on an assumption and ends no descent)") in line
+    assert "short of that factor" not in line
 
 
 def test_the_gate_sentence_states_the_rise_bound_this_run_used() -> None:

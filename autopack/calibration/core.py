@@ -15,10 +15,11 @@ thin shell in ``runner`` adds those). One pass, in this order:
    today's factors cut more of some group's calls (all of them) than today by more than 0.5 % of the group's
    (``gate.weights``);
 5. gate each group against today, from either side of α: a lower reserve needs ≥ min_samples, a fitted
-   factor (a distribution-free ``km_conformal`` one with confidence ≥ threshold, or one that rests on an
-   assumption: that one claims nothing and only ends the descent), and on its own held-out calls the
+   factor (a distribution-free ``km_conformal`` one with confidence ≥ threshold, where the descent ends, or one
+   that rests on an assumption: that one claims nothing and ends no descent), and on its own held-out calls the
    truncation test (one-sided exact binomial on the upper end of the interval, evidence-aware:
-   ``backtest.truncation_verdict``) and fewer tokens reserved per token used than today; what such a group
+   ``backtest.truncation_verdict``) and, for a distribution-free factor, fewer tokens reserved per token used
+   than today; what such a group
    ships is a bounded step down (``step.bounded_lowering``: at most +0.5 pp of estimated truncation and ×0.8
    a run (less below 120 calls), never aimed below the estimated (1 − 0.75α) quantile), not the tested
    factor itself: a held-out test on a handful of calls cannot see a rise of a few points, and lowerings
@@ -27,7 +28,8 @@ thin shell in ``runner`` adds those). One pass, in this order:
    fewer than 120 calls, still ships the bounded step, with half the rise bound, judged on those held-out calls
    by step 6: the test is of the fitted factor, not of what ships, and refusing every step kept such groups at
    1.7–2.8× the oracle's reserve, and groups of 1–7 calls a week far above their quantile for the 3–8 weeks a
-   distribution-free factor needs. A group that today truncates above α and
+   distribution-free factor needs (a factor that rests on an assumption: only while today's ceilings cut at
+   most 0.75α of its calls, and the step is held by its bounds alone). A group that today truncates above α and
    cannot pass that gets a step toward α instead (``step``: a raise under which no call's ceiling falls, so
    its truncation can only fall); a raised group comes back down only by the bounded lowering;
 6. the shipped configuration (only what passed) is replayed on the same held-out calls and, on the calls
@@ -66,6 +68,7 @@ from autopack.calibration.fit import MAX_STEP, FitResult, fit_coefficients, impl
 from autopack.calibration.model import FactorModel, fit_factor_model
 from autopack.calibration.samples import Group, SampleSet, configuration_ceiling, predict
 from autopack.calibration.step import (
+    AIM,
     LOWER_STEP_CALLS,
     RECENT_DAYS,
     Lowering,
@@ -351,8 +354,10 @@ def _gate_group(
 ) -> tuple[list[str], str, str, str]:
     """(reasons it fails, the verdict line if it passes, the fitted factor's failed held-out truncation test or
     "", why its factor is not distribution-free or ""). The last two are not reasons: what ships is a bounded
-    step above the fitted factor, tested on the same held-out calls by the shipped replay (``_shipped_check``);
-    a factor that rests on an assumption is never shipped itself, it only ends the bounded descent."""
+    step (above a distribution-free fitted factor), tested on the same held-out calls by the shipped replay
+    (``_shipped_check``);
+    a factor that rests on an assumption is never shipped itself and ends no descent, so its held-out reserve is
+    reported, not required to fall."""
     fit = fitted.model.groups.get(g)
     if fit is None:
         return ["no calls in the fitted (older) part: nothing to fit a factor on"], "", "", ""
@@ -384,14 +389,14 @@ def _gate_group(
             truncation_failed = line
         test_line = line if ok else (f"its fitted factor failed the held-out test ({line}), so what ships, the "
                                      "bounded step, is judged on those calls by the shipped replay")
-        if not reserved_better(prop, cur):
+        if not reserved_better(prop, cur) and not assumed:
             why.append(f"held-out reserved/used {prop['reserved_over_used']:.3f} not below today's "
                        f"{cur['reserved_over_used']:.3f}")
         if info.factor is not None and assumed:
             verdict = (f"{info.method} factor {info.factor:.3f} from its own {fit.n} calls, not distribution-free "
-                       f"({info.assumption}): it claims no confidence and only ends the descent; {test_line}; "
-                       f"held-out reserved/used {prop['reserved_over_used']:.3f} < today's "
-                       f"{cur['reserved_over_used']:.3f}")
+                       f"({info.assumption}): it claims no confidence and ends no descent; {test_line}; its "
+                       f"held-out reserved/used {prop['reserved_over_used']:.3f} (today's "
+                       f"{cur['reserved_over_used']:.3f})")
         elif info.factor is not None:
             verdict = (f"{info.method} factor {info.factor:.3f} from its own {fit.n} calls (confidence "
                        f"{info.confidence:.2f} ≥ {params.confidence_threshold:.2f}); {test_line}; held-out reserved/used "
@@ -508,13 +513,15 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
             why.append(truncation_failed)
         if assumed and (why or step.above_alpha):
             why.append(assumed)
-        elif assumed and step.today_truncations:  # its cut calls are what the assumption extrapolates over
-            why.append(f"{assumed}; a factor that rests on an assumption lowers only a group whose calls today's "
-                       f"ceilings do not cut (they cut {step.today_truncations} of its {step.n})")
+        elif assumed and step.today_truncations > AIM * alpha * step.n:  # what the assumption extrapolates over
+            why.append(f"{assumed}; a factor that rests on an assumption lowers a group only while today's "
+                       f"ceilings cut at most {AIM * alpha:.2%} of its calls, where a lowering stops (they cut "
+                       f"{step.today_truncations} of its {step.n})")
         if step.recent_calls and step.recent_truncations / step.recent_calls > alpha and not step.above_alpha:
             why.append(f"its newest {step.recent_calls} calls ({RECENT_DAYS} days) are cut more often than α "
                        f"({step.recent_truncations} of them): no lowering while they are")
-        lowering = (_lowering(samples, fitted, g, params, bool(truncation_failed or assumed), shape, today)
+        lowering = (_lowering(samples, fitted, g, params, bool(truncation_failed or assumed), shape, today,
+                              ends_descent=not assumed)
                     if not why else None)
         if lowering is not None and lowering.factor is None:
             why = [lowering.verdict] + [line for line in (truncation_failed, assumed) if line]
@@ -566,7 +573,7 @@ def _pooled_shape(samples: SampleSet, fitted: Fitted) -> PooledShape | None:
 
 def _lowering(
     samples: SampleSet, fitted: Fitted, g: Group, params: Params, unconfirmed: bool, shape: PooledShape | None,
-    today: np.ndarray,
+    today: np.ndarray, ends_descent: bool = True,
 ) -> Lowering | None:
     """A passing group's bounded lowering (``step.bounded_lowering``), judged on all its calls like its step
     (``today``: every call's ceiling today).
@@ -585,7 +592,7 @@ def _lowering(
     thin = unconfirmed or idx.size < LOWER_STEP_CALLS
     rise = params.max_rise_per_run
     return bounded_lowering(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today[idx], factor,
-                            params.alpha, rise / 2 if thin else rise, shape)
+                            params.alpha, rise / 2 if thin else rise, shape, ends_descent=ends_descent)
 
 
 def _steps(
@@ -756,6 +763,7 @@ def _step(step: Step) -> R.StepRecord:
 def _lowering_record(low: Lowering) -> R.LoweringRecord:
     assert low.factor is not None  # only lowerings that lower are kept
     return R.LoweringRecord(fitted_factor=round(low.fitted_factor, 4), factor=low.factor, bound=low.bound,
+                            fitted_factor_ends_descent=low.ends_descent,
                             today_factor=round(low.today_factor, 4),
                             estimated_truncation_today=round(low.estimated_today, 5),
                             estimated_truncation=_num(low.estimated, 5))

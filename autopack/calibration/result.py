@@ -195,7 +195,10 @@ class LoweringRecord(_Model):
     """A group's bounded lowering (``calibration.step.Lowering``): what ships, what bounded it, and the
     truncation its own calls estimate before and after (the closed loop checks these against the truth)."""
 
-    fitted_factor: float = Field(description="the tested (fitted) factor, where the descent ends")
+    fitted_factor: float = Field(description="the tested (fitted) factor")
+    fitted_factor_ends_descent: bool = Field(
+        True, description="the fitted factor is distribution-free, so the descent ends there; false: it rests on "
+        "an assumption and only the bounds hold the step")
     factor: float = Field(description="the factor that ships")
     bound: str = Field(description="what bounded the step: the fitted factor, the rise bound, the step bound or the aim")
     today_factor: float = Field(description="today's reserved ÷ predicted tokens over the group's calls (Σ ÷ Σ), "

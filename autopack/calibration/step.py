@@ -356,6 +356,7 @@ class Lowering:
     estimated_today: float  # estimated truncation under today's ceilings (all its calls)
     estimated: float | None  # ... under the shipped factor
     verdict: str
+    ends_descent: bool = True  # the fitted factor is a floor (distribution-free); else the bounds alone hold it
 
     @property
     def lowers(self) -> bool:
@@ -454,13 +455,17 @@ def _survivals(r: np.ndarray, observed: np.ndarray, shape: PooledShape | None = 
 
 def bounded_lowering(
     y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, fitted_factor: float,
-    alpha: float, max_rise: float = LOWER_RISE, shape: PooledShape | None = None,
+    alpha: float, max_rise: float = LOWER_RISE, shape: PooledShape | None = None, ends_descent: bool = True,
 ) -> Lowering:
     """The factor a lowering ships, from all the group's calls (``predicted`` under the coefficients that ship
     with it, ``today_ceiling`` today's ceilings): the largest of
 
-    - the fitted, tested factor (the gate's target: a distribution-free bound at α, or a factor that rests on an
-      assumption, which only ends the descent);
+    - the fitted, tested factor, where it is distribution-free (``ends_descent``: the gate's target, a bound at α
+      whose guarantee holds at any ceiling above it). A factor that rests on an assumption (a normal bound on a
+      few calls, a censored-normal extrapolation, a Kaplan–Meier tail over cut calls) ends no descent: it is one
+      more estimate of the kind the rise bound and the aim read, inflated for a confidence it cannot claim, and as
+      a floor it held groups far below α (a closed loop: tests/low at 1.1 % with α = 5 % for five weeks, its
+      normal bound above today's ceilings);
     - the rise bound: the smallest factor whose estimated truncation over the group's calls (at each call's
       ceiling) is at most ``max_rise`` (``--max-rise-per-run``, by default ``LOWER_RISE``; half that where the
       evidence is thin, ``core._lowering``)
@@ -518,8 +523,8 @@ def bounded_lowering(
     far = today <= LOWER_FAR * alpha and (y.size >= LOWER_FAR_CALLS or bool(observed.all()))
     shrink = LOWER_STEP ** min(1.0, y.size / (LOWER_FAR_CALLS if far else LOWER_STEP_CALLS))
     step = shrink * today_factor
-    floor = max(fitted_factor, step)
-    candidates = [(fitted_factor, "fitted factor"), (step, f"step bound ×{shrink:.3g}")]
+    floor = max(fitted_factor, step) if ends_descent else step
+    candidates = [(step, f"step bound ×{shrink:.3g}")] + ([(fitted_factor, "fitted factor")] if ends_descent else [])
 
     def smallest(exceeds: Callable[[float], bool]) -> float:
         """The smallest factor at which ``exceeds`` is false (bisection: both tests fall as the factor rises)."""
@@ -538,13 +543,15 @@ def bounded_lowering(
     tail = shape.text if shape is not None and len(survivals) > 1 else "its own Kaplan–Meier curve"
     line = (f"estimated truncation over its {y.size} calls {today:.1%} today (ceilings ≈ {today_factor:.3f}× the "
             f"prediction; its tail read as {tail})")
+    fitted = (f"the fitted factor {fitted_factor:.3f}" if ends_descent else
+              f"its fitted {fitted_factor:.3f} rests on an assumption and ends no descent")
     if not factor < today_factor:
         return Lowering(fitted_factor, None, bound, today_factor, today, None,
                         f"{line}: a lowering bounded by +{max_rise * 100:g} pp of estimated truncation and "
-                        f"×{shrink:.3g} a run would not lower its typical ceiling (the fitted factor "
-                        f"{fitted_factor:.3f}, bounded {factor:.3f})")
+                        f"×{shrink:.3g} a run would not lower its typical ceiling ({fitted}; bounded "
+                        f"{factor:.3f})", ends_descent)
     after = estimated(factor)
-    how = "its fitted factor" if bound == "fitted factor" else (
-        f"the fitted {fitted_factor:.3f} bounded ({bound} a run)")
+    how = ("its fitted factor" if bound == "fitted factor" else
+           f"the fitted {fitted_factor:.3f} bounded ({bound} a run)" if ends_descent else f"{bound} a run; {fitted}")
     return Lowering(fitted_factor, factor, bound, today_factor, today, after,
-                    f"lowered to {factor:.3f} ({how}): {line} → {after:.1%}")
+                    f"lowered to {factor:.3f} ({how}): {line} → {after:.1%}", ends_descent)

@@ -138,7 +138,7 @@ class StepTowardAlpha:
 @dataclass(frozen=True)
 class BoundedStep:
     """A lowering as it ships (``LoweringRecord``): a bounded step toward the group's factor, which is where the
-    descent ends, not what merging ships unless the step reaches it."""
+    descent ends (when distribution-free), not what merging ships unless the step reaches it."""
 
     record: LoweringRecord
     n: int | None  # the group's calls its truncation is estimated from
@@ -146,7 +146,10 @@ class BoundedStep:
     def text(self) -> str:
         low = self.record
         reached = ("it reaches that factor" if low.bound == "fitted factor" else
-                   f"held by the {low.bound} a run, short of that factor ({low.fitted_factor:.3f})")
+                   f"held by the {low.bound} a run, short of that factor ({low.fitted_factor:.3f})"
+                   if low.fitted_factor_ends_descent else
+                   f"held by the {low.bound} a run (its fitted factor, {low.fitted_factor:.3f}, rests on an "
+                   "assumption and ends no descent)")
         calls = f"its {self.n} calls" if self.n is not None else "its calls"
         after = "" if low.estimated_truncation is None else f" → {_pct(low.estimated_truncation)}"
         return (f"ships a bounded step to {low.factor:.3f} from today's ≈ {low.today_factor:.3f}× the prediction, "
@@ -271,12 +274,12 @@ def gate_sentence(result: CalibrationResult) -> str:
         one = len(bound) == 1
         whose = "its" if one else "each one’s"
         rise = result.metadata.max_rise_per_run or CalibrationParams.default("max_rise_per_run")
-        parts.append(f"{groups(bound)}ship{'s' if one else ''} a bounded step down toward {whose} budget factor, "
-                     "a bound on its own fitted calls: one run raises the truncation its "
-                     f"calls estimate by at most +{rise * 100:g} pp (+{rise * 50:g} pp where the evidence is thin) "
-                     "and never goes past the factor (the step, the bound and its probability, if it claims one, are "
-                     "on each verdict line); the held-out replay checks only that what ships truncates no more than "
-                     "today and reserves less")
+        parts.append(f"{groups(bound)}ship{'s' if one else ''} a bounded step down: one run raises the truncation "
+                     f"its calls estimate by at most +{rise * 100:g} pp (+{rise * 50:g} pp where the evidence is "
+                     f"thin) and never goes past {whose} budget factor where that is distribution-free, a bound on "
+                     "its own fitted calls (one that rests on an assumption ends no descent; the step, the bound and "
+                     "its probability, if it claims one, are on each verdict line); the held-out replay checks only "
+                     "that what ships truncates no more than today and reserves less")
     elif bound:
         one = len(bound) == 1
         parts.append(f"{groups(bound)}ship{'s' if one else ''} because {'its' if one else 'each one’s'} budget "
