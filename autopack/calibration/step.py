@@ -465,7 +465,7 @@ def bounded_lowering(
       few calls, a censored-normal extrapolation, a Kaplan–Meier tail over cut calls) ends no descent: it is one
       more estimate of the kind the rise bound and the aim read, inflated for a confidence it cannot claim, and as
       a floor it held groups far below α (a closed loop: tests/low at 1.1 % with α = 5 % for five weeks, its
-      normal bound above today's ceilings);
+      Kaplan–Meier tail read over cut calls above today's ceilings);
     - the rise bound: the smallest factor whose estimated truncation over the group's calls (at each call's
       ceiling) is at most ``max_rise`` (``--max-rise-per-run``, by default ``LOWER_RISE``; half that where the
       evidence is thin, ``core._lowering``)
