@@ -355,9 +355,8 @@ def _gate_group(
     """(reasons it fails, the verdict line if it passes, the fitted factor's failed held-out truncation test or
     "", why its factor is not distribution-free or ""). The last two are not reasons: what ships is a bounded
     step (above a distribution-free fitted factor), tested on the same held-out calls by the shipped replay
-    (``_shipped_check``);
-    a factor that rests on an assumption is never shipped itself and ends no descent, so its held-out reserve is
-    reported, not required to fall."""
+    (``_shipped_check``); a factor that rests on an assumption is never shipped itself and ends no descent, so its
+    held-out reserve is reported, not required to fall."""
     fit = fitted.model.groups.get(g)
     if fit is None:
         return ["no calls in the fitted (older) part: nothing to fit a factor on"], "", "", ""
@@ -513,7 +512,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
             why.append(truncation_failed)
         if assumed and (why or step.above_alpha):
             why.append(assumed)
-        elif assumed and step.today_truncations > AIM * alpha * step.n:  # what the assumption extrapolates over
+        elif assumed and step.today_rate > AIM * alpha:  # its cut calls are what the assumption extrapolates over
             why.append(f"{assumed}; a factor that rests on an assumption lowers a group only while today's "
                        f"ceilings cut at most {AIM * alpha:.2%} of its calls, where a lowering stops (they cut "
                        f"{step.today_truncations} of its {step.n})")
@@ -573,7 +572,7 @@ def _pooled_shape(samples: SampleSet, fitted: Fitted) -> PooledShape | None:
 
 def _lowering(
     samples: SampleSet, fitted: Fitted, g: Group, params: Params, unconfirmed: bool, shape: PooledShape | None,
-    today: np.ndarray, ends_descent: bool = True,
+    today: np.ndarray, *, ends_descent: bool,
 ) -> Lowering | None:
     """A passing group's bounded lowering (``step.bounded_lowering``), judged on all its calls like its step
     (``today``: every call's ceiling today).

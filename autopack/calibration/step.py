@@ -347,11 +347,12 @@ LOWER_FAR_CALLS = 30
 
 @dataclass(frozen=True)
 class Lowering:
-    """How far one run may lower a group whose fitted factor lies below today's ceilings."""
+    """How far one run may lower a group's ceilings (toward its fitted factor, when that ends the descent)."""
 
     fitted_factor: float  # the tested factor (fitted on the older calls)
-    factor: float | None  # what ships: the fitted factor, or the bound above it; None: no lowering left
-    bound: str  # "fitted factor" | "rise bound" | "step bound"
+    factor: float | None  # what ships: the largest of its bounds (the fitted factor among them if it ends the
+    #                       descent); None: no lowering left
+    bound: str  # "fitted factor" | "rise bound" | "step bound" | "aim"
     today_factor: float  # today's reserved ÷ predicted tokens over its calls (Σ ceiling ÷ Σ predicted)
     estimated_today: float  # estimated truncation under today's ceilings (all its calls)
     estimated: float | None  # ... under the shipped factor
