@@ -401,16 +401,34 @@ def test_a_group_of_few_calls_is_lowered_by_at_most_half_the_rise_bound() -> Non
 
 
 def test_a_factor_that_rests_on_an_assumption_does_not_lower_a_group_cut_more_often_than_the_aim() -> None:
-    """14 calls, today's ceilings at the law's 95 % quantile, one call cut under them (7.1 %, above the aim,
-    0.75α): the fitted factor (a normal bound on 10 calls) extrapolates over that call, so the group is not lowered
-    on it (in the closed loop such steps walked a group at 5.6 %, just under α + 1 pp, up to 6.3 %); one cut in 14
-    is not above α either (p = 0.51), so nothing ships."""
-    _, result = _calibrated(14, round(math.exp(LAW.quantile(0.95)), 3), seed=3)
+    """24 calls, today's ceilings at the law's 97 % quantile, one call cut under them (4.2 %, above the aim,
+    0.75α): the fitted factor (a normal bound) extrapolates over that call, so the group is not lowered on it (in
+    the closed loop such steps walked a group at 5.6 %, just under α + 1 pp, up to 6.3 %); one cut in 24 is not
+    above α, nor is the lowering's reading of today (4.2 %), so nothing ships."""
+    _, result = _calibrated(24, round(math.exp(LAW.quantile(0.97)), 3), seed=6)
     (entry,) = result.groups
     assert entry.factor_method == "small_group_bound" and entry.step_toward_alpha is not None
     assert entry.step_toward_alpha.today_truncations == 1 and not result.proposed_changes
     assert any("lowers a group only while today's ceilings cut at most 3.75% of its calls, where a lowering stops "
-               "(they cut 1 of its 14)" in r for r in entry.gate_reasons)
+               "(they cut 1 of its 24)" in r for r in entry.gate_reasons)
+
+
+def test_a_group_whose_truncation_today_a_lowering_reads_above_alpha_is_raised() -> None:
+    """14 calls, today's ceilings at the law's 95 % quantile (α itself), one cut: its count is not above α (p =
+    0.51), nor its Kaplan–Meier reading at the typical ceiling, but the reading a lowering refuses on (each call at
+    its ceiling, a new call's tail) is, so it is raised rather than held where neither direction moves it. In a
+    closed loop docs/low sat at 6.8 % (α = 5 %) for six weeks, its count 2–3 % and that reading 4.3–7.2 %."""
+    today = round(math.exp(LAW.quantile(0.95)), 3)
+    _, result = _calibrated(14, today, seed=3)
+    (entry,) = result.groups
+    raised = entry.step_toward_alpha
+    assert raised is not None and raised.today_truncations == 1 and raised.binomial_p is not None
+    assert raised.binomial_p > 0.5 and raised.expected_truncation_today is not None
+    assert raised.expected_truncation_today <= ALPHA < (raised.read_truncation_today or 0.0)
+    change = _factor_change(result)
+    assert change.direction == "raise" and change.new > today
+    assert change.verdict and "its estimated truncation under today's ceilings, as a lowering reads it, is" in (
+        change.verdict)
 
 
 def test_a_factor_that_rests_on_an_assumption_lowers_a_group_one_of_whose_calls_is_cut() -> None:

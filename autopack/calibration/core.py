@@ -497,8 +497,8 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     backtest = {name: evaluate(c, test.y, test.observed, alpha) for name, c in ceilings.items()}
     group_bt = per_group(samples.groups, test.group, ceilings, test.y, test.observed, alpha) if test.n else {}
 
-    steps = _steps(samples, params, fitted, today)
     shape = _pooled_shape(samples, fitted)
+    steps = _steps(samples, params, fitted, today, shape)
     raised: dict[Group, float] = {}
     lowered: dict[Group, Lowering] = {}
     reasons: dict[Group, list[str]] = {}
@@ -595,7 +595,7 @@ def _lowering(
 
 
 def _steps(
-    samples: SampleSet, params: Params, fitted: Fitted, today: np.ndarray,
+    samples: SampleSet, params: Params, fitted: Fitted, today: np.ndarray, shape: PooledShape | None,
 ) -> dict[Group, Step]:
     """Each group's step toward α (``step``), judged on all its calls: today's ceilings (``today``) and its quantile.
 
@@ -609,7 +609,7 @@ def _steps(
         epoch = samples.epoch[idx]
         recent = epoch >= epoch.max() - RECENT_DAYS * 86400.0
         out[g] = step_toward_alpha(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today[idx],
-                                   everything.factor_for(g), params.alpha, recent)
+                                   everything.factor_for(g), params.alpha, recent, shape)
     return out
 
 

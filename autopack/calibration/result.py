@@ -189,6 +189,9 @@ class StepRecord(_Model):
     recent_calls: int | None = Field(None, description="its calls of the newest recent_days, judged on their own too")
     recent_truncations: int | None = Field(None, description="of those, cut under today's ceilings")
     recent_days: int | None = Field(None, description="how far back from its newest call the newest calls reach")
+    read_truncation_today: float | None = Field(
+        None, description="estimated truncation under today's ceilings as a lowering reads it (each call at its own "
+        "ceiling, the larger of its two estimators); above α it raises the group")
 
 
 class LoweringRecord(_Model):

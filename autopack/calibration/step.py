@@ -42,7 +42,11 @@ cut 17 % with 12 calls a week shows at most one cut in a third of its weeks; in 
 (α = 10 %) waited up to 7 weeks for its count. The cut call may be one cut under the older, lower ceiling it ran
 under: it is tail evidence all the same. A raise held to its step limit (docs/low 1.5× as spread, from half its
 calls cut to 7.9 % at α = 5 %) otherwise waited for a cut under its new ceiling, up to eight weeks in a closed
-loop, while its calls estimated 5–6 % above it.
+loop, while its calls estimated 5–6 % above it. The lengths are read two ways, and either above α raises: the
+Kaplan–Meier curve at today's typical ceiling, and the reading a lowering refuses on (``TailReading.today``: each
+call at its own ceiling, a new call's tail, the larger of two estimators). Read only the first way, a group could
+sit between the two directions, too high for a lowering to move and not high enough to raise: docs/low at 6.8 %
+(α = 5 %) for six weeks in a closed loop, its count at 2–3 % of 48–96 calls, the lowering's reading 4.3–7.2 %.
 
 The newest calls are judged on their own too (``RECENT_DAYS``): a group whose outputs grow week by week is
 raised when its newest fortnight alone rejects "rate ≤ α" (p < ``RECENT_LEVEL``), and is not lowered while more
@@ -147,6 +151,8 @@ class Step:
     recent_calls: int = 0  # its calls of the newest RECENT_DAYS
     recent_truncations: int = 0  # ... cut under today's ceilings
     recent_days: int = RECENT_DAYS
+    #: its estimated truncation under today's ceilings as a lowering reads it (``TailReading.today``)
+    read_truncation_today: float | None = None
 
     @property
     def raises(self) -> bool:
@@ -154,7 +160,8 @@ class Step:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for k in ("today_rate", "binomial_p", "today_factor", "expected_truncation_today", "expected_truncation"):
+        for k in ("today_rate", "binomial_p", "today_factor", "expected_truncation_today", "expected_truncation",
+                  "read_truncation_today"):
             v = out[k]
             out[k] = None if v is None or not math.isfinite(v) else round(float(v), 4)
         out["price_tokens"] = self.reserved_tokens - self.reserved_tokens_today
@@ -232,11 +239,12 @@ def _aimed_raise(r: np.ndarray, observed: np.ndarray, alpha: float, today_factor
 
 def step_toward_alpha(
     y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, info: FactorInfo,
-    alpha: float, recent: np.ndarray | None = None,
+    alpha: float, recent: np.ndarray | None = None, shape: PooledShape | None = None,
 ) -> Step:
     """The step for one group from all its calls: ``predicted`` under the coefficients that ship with it,
     ``today_ceiling`` today's ceilings, ``info`` its factor fitted on all its calls (the quantile); ``recent``
-    marks its newest calls (``RECENT_DAYS``), judged on their own as well."""
+    marks its newest calls (``RECENT_DAYS``), judged on their own as well; ``shape`` the pooled tail a lowering
+    reads (``TailReading``)."""
     n = int(y.size)
     pred = np.maximum(predicted, 1.0)
     r = np.log(y / pred)
@@ -260,12 +268,17 @@ def step_toward_alpha(
         above, sizing_rate = True, expected_today
         trigger_line = (f"; its estimated truncation under today's typical ceiling is {expected_today:.1%} "
                         f"({how_today}): more than α")
+    read_today = TailReading(y, observed, predicted, today_ceiling, shape).today if n else None
+    if not above and n >= VALUE_TRIGGER_CALLS and cut_ever and read_today is not None and read_today > alpha:
+        above, sizing_rate = True, read_today
+        trigger_line = (f"; its estimated truncation under today's ceilings, as a lowering reads it, is "
+                        f"{read_today:.1%}: more than α")
     quantile = info.factor if info.factor is not None and math.isfinite(info.factor) else None
     common: dict[str, Any] = dict(
         n=n, today_truncations=x, today_rate=rate, binomial_p=p, above_alpha=above, quantile_factor=quantile,
         quantile_method=info.method, today_factor=today_factor, expected_truncation_today=expected_today,
         used_tokens=int(y.sum()), reserved_tokens_today=int(today_ceiling.sum()), recent_calls=n_recent,
-        recent_truncations=x_recent,
+        recent_truncations=x_recent, read_truncation_today=read_today,
     )
     today_line = (f"today {x}/{n} of its calls cut ({rate:.1%}; one-sided exact binomial p = {p:.3g} "
                   f"for rate ≤ {alpha:g}){trigger_line}")
@@ -454,6 +467,33 @@ def _survivals(r: np.ndarray, observed: np.ndarray, shape: PooledShape | None = 
     return [pooled if shape is not None else kaplan_meier, normal]
 
 
+class TailReading:
+    """A group's estimated truncation under any factor, as a lowering reads it: each call at its own ceiling, by
+    both estimators of ``_survivals`` (its tail: the pooled ``shape`` where there is one). ``today`` is the larger
+    of the two under today's ceilings: the number a lowering must keep below its aim, and a raise reads above α.
+
+    A call's ceiling ÷ predicted depends only on its prediction and its ceiling: each distinct pair is read once,
+    weighted by its calls (a group of 10⁵ calls has a few hundred; the survivals are the costly part)."""
+
+    def __init__(self, y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray,
+                 shape: PooledShape | None = None) -> None:
+        self.survivals = _survivals(log_ratio(y, predicted), observed, shape)
+        pairs, self._calls = np.unique(predicted + 1j * today_ceiling, return_counts=True)  # one complex sort
+        self._predicted, self._pred = pairs.real, np.maximum(pairs.real, 1.0)
+        self.today_each = self._each(np.log(pairs.imag / self._pred))  # each estimator's, today's ceilings
+        self.today = float(self.today_each.max())
+
+    def _each(self, log_ratio: np.ndarray) -> np.ndarray:
+        """Each estimator's truncation over the group's calls, for ceilings at these log(ceiling ÷ predicted) of
+        the distinct pairs."""
+        return np.array([float(np.average(survival(log_ratio), weights=self._calls)) for survival in self.survivals])
+
+    def at(self, factor: float) -> np.ndarray:
+        """Each estimator's truncation over the group's calls under ``factor`` (``decide_ceiling``'s rule)."""
+        ceiling = factor_ceiling(self._predicted, np.full(self._predicted.size, factor))
+        return self._each(np.log(ceiling / self._pred))
+
+
 def bounded_lowering(
     y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, fitted_factor: float,
     alpha: float, max_rise: float = LOWER_RISE, shape: PooledShape | None = None, ends_descent: bool = True,
@@ -494,32 +534,16 @@ def bounded_lowering(
     factor ends the descent.
     """
     pred = np.maximum(predicted, 1.0)
-    survivals = _survivals(log_ratio(y, predicted), observed, shape)
+    reading = TailReading(y, observed, predicted, today_ceiling, shape)
     ratio = today_ceiling / pred
     today_factor = float(today_ceiling.sum() / pred.sum())  # its reserve, token-weighted: what a lowering lowers
-
-    # a call's ceiling ÷ predicted depends only on its prediction and today's ceiling: each distinct pair once,
-    # weighted by its calls (a group of 10⁵ calls has a few hundred; the survivals are the costly part)
-    pairs, calls = np.unique(predicted + 1j * today_ceiling, return_counts=True)  # one complex sort: ~6× axis=0's
-    distinct_predicted, distinct_pred = pairs.real, np.maximum(pairs.real, 1.0)
-
-    def each(log_ratio: np.ndarray) -> np.ndarray:
-        """The group's estimated truncation under each estimator, for ceilings at these log(ceiling ÷ predicted)
-        of the distinct pairs."""
-        return np.array([float(np.average(survival(log_ratio), weights=calls)) for survival in survivals])
-
-    def at(factor: float) -> np.ndarray:
-        ceiling = factor_ceiling(distinct_predicted, np.full(distinct_predicted.size, factor))
-        return each(np.log(ceiling / distinct_pred))
-
-    today_each = each(np.log(pairs.imag / distinct_pred))
-    today = float(today_each.max())
+    today_each, today = reading.today_each, reading.today
 
     def rise(factor: float) -> float:  # the larger of the two estimators' rises, each against its own today
-        return float(np.max(at(factor) - today_each))
+        return float(np.max(reading.at(factor) - today_each))
 
     def estimated(factor: float) -> float:
-        return float(np.max(at(factor)))
+        return float(np.max(reading.at(factor)))
 
     far = today <= LOWER_FAR * alpha and (y.size >= LOWER_FAR_CALLS or bool(observed.all()))
     shrink = LOWER_STEP ** min(1.0, y.size / (LOWER_FAR_CALLS if far else LOWER_STEP_CALLS))
@@ -541,7 +565,7 @@ def bounded_lowering(
         candidates.append((smallest(lambda f: estimated(f) > AIM * alpha), f"aim {AIM * alpha:.2%}"))
     value, bound = max(candidates)
     factor = round_up_factor(value)
-    tail = shape.text if shape is not None and len(survivals) > 1 else "its own Kaplan–Meier curve"
+    tail = shape.text if shape is not None and len(reading.survivals) > 1 else "its own Kaplan–Meier curve"
     line = (f"estimated truncation over its {y.size} calls {today:.1%} today (ceilings ≈ {today_factor:.3f}× the "
             f"prediction; its tail read as {tail})")
     fitted = (f"the fitted factor {fitted_factor:.3f}" if ends_descent else
