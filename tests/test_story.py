@@ -123,3 +123,13 @@ def test_a_raise_decided_by_the_newest_calls_says_how_many_of_them_were_cut() ->
                       recent_truncations=5, recent_days=14)
     text = StepTowardAlpha.of(step).text()
     assert "3 of its 118 calls cut today, 5 of its newest 27 (the last 14 days)" in text
+
+
+def test_a_raise_says_what_its_calls_lengths_estimate_under_todays_ceilings() -> None:
+    """A raise on the lengths (1 of 24 calls cut: its count is not above α) names the reading that decided it, the
+    larger of its two, so "truncates above α" does not contradict the count beside it."""
+    step = StepRecord(n=24, today_truncations=1, expected_truncation_today=0.031, read_truncation_today=0.0612,
+                      expected_truncation=0.035, expected_method="Kaplan–Meier", price_tokens=1000,
+                      sized_by="its estimated 0.9625 quantile")
+    text = StepTowardAlpha.of(step).text()
+    assert "(1 of its 24 calls cut today; its calls' lengths estimate 6.12 % under today's ceilings)" in text

@@ -113,12 +113,16 @@ class StepTowardAlpha:
     recent_calls: int | None = None
     recent_truncations: int | None = None
     recent_days: int | None = None
+    #: its calls' lengths read under today's ceilings: the larger of the step's two readings (the Kaplan–Meier
+    #: curve at the typical ceiling, and the lowering's); either above α raises a group whose count is not
+    estimated_today: float | None = None
 
     @classmethod
     def of(cls, step: StepRecord) -> StepTowardAlpha:
+        readings = [v for v in (step.expected_truncation_today, step.read_truncation_today) if v is not None]
         return cls(step.n, step.today_truncations, step.expected_truncation, step.expected_method or None,
                    step.price_tokens, step.sized_by or None, step.recent_calls, step.recent_truncations,
-                   step.recent_days)
+                   step.recent_days, max(readings) if readings else None)
 
     def text(self) -> str:
         today = (f"{self.today_truncations} of its {self.n} calls cut today"
@@ -126,6 +130,8 @@ class StepTowardAlpha:
         if self.recent_truncations and self.recent_calls and self.n and self.recent_calls < self.n:
             days = f"the last {self.recent_days} days" if self.recent_days else "the newest"
             today += f", {self.recent_truncations} of its newest {self.recent_calls} ({days})"
+        if self.estimated_today is not None:
+            today += f"; its calls' lengths estimate {_pct(self.estimated_today)} under today's ceilings"
         after = ("expected truncation after it unknown" if self.expected_truncation is None else
                  f"expected truncation after it {_pct(self.expected_truncation)}"
                  + (f" ({self.expected_method})" if self.expected_method else ""))
