@@ -74,6 +74,7 @@ from autopack.calibration.step import (
     Lowering,
     PooledShape,
     Step,
+    TailReading,
     bounded_lowering,
     log_ratio,
     pooled_shape,
@@ -497,8 +498,8 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     backtest = {name: evaluate(c, test.y, test.observed, alpha) for name, c in ceilings.items()}
     group_bt = per_group(samples.groups, test.group, ceilings, test.y, test.observed, alpha) if test.n else {}
 
-    shape = _pooled_shape(samples, fitted)
-    steps = _steps(samples, params, fitted, today, shape)
+    readings = _tail_readings(samples, fitted, today, _pooled_shape(samples, fitted))
+    steps = _steps(samples, params, fitted, today, readings)
     raised: dict[Group, float] = {}
     lowered: dict[Group, Lowering] = {}
     reasons: dict[Group, list[str]] = {}
@@ -519,7 +520,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         if step.recent_calls and step.recent_truncations / step.recent_calls > alpha and not step.above_alpha:
             why.append(f"its newest {step.recent_calls} calls ({RECENT_DAYS} days) are cut more often than α "
                        f"({step.recent_truncations} of them): no lowering while they are")
-        lowering = (_lowering(samples, fitted, g, params, bool(truncation_failed or assumed), shape, today,
+        lowering = (_lowering(samples, fitted, g, params, bool(truncation_failed or assumed), readings[g], today,
                               ends_descent=not assumed)
                     if not why else None)
         if lowering is not None and lowering.factor is None:
@@ -571,11 +572,11 @@ def _pooled_shape(samples: SampleSet, fitted: Fitted) -> PooledShape | None:
 
 
 def _lowering(
-    samples: SampleSet, fitted: Fitted, g: Group, params: Params, unconfirmed: bool, shape: PooledShape | None,
+    samples: SampleSet, fitted: Fitted, g: Group, params: Params, unconfirmed: bool, reading: TailReading,
     today: np.ndarray, *, ends_descent: bool,
 ) -> Lowering | None:
     """A passing group's bounded lowering (``step.bounded_lowering``), judged on all its calls like its step
-    (``today``: every call's ceiling today).
+    (``today``: every call's ceiling today; ``reading``: its tail, read once for both).
 
     Half the rise bound where the evidence is thin: its fitted factor failed the held-out test (the held-out calls
     saw cuts the fit did not) or rests on an assumption (``unconfirmed``), or the group has fewer than
@@ -591,11 +592,21 @@ def _lowering(
     thin = unconfirmed or idx.size < LOWER_STEP_CALLS
     rise = params.max_rise_per_run
     return bounded_lowering(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today[idx], factor,
-                            params.alpha, rise / 2 if thin else rise, shape, ends_descent=ends_descent)
+                            params.alpha, rise / 2 if thin else rise, ends_descent=ends_descent, reading=reading)
+
+
+def _tail_readings(
+    samples: SampleSet, fitted: Fitted, today: np.ndarray, shape: PooledShape | None,
+) -> dict[Group, TailReading]:
+    """Each group's ``step.TailReading`` under the predictions that ship and today's ceilings (``today``), its
+    tail the pooled ``shape``: read once, by its step toward α and by its lowering."""
+    return {samples.groups[gi]: TailReading(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today[idx],
+                                            shape)
+            for gi, idx in sorted(samples.rows_by_group().items())}
 
 
 def _steps(
-    samples: SampleSet, params: Params, fitted: Fitted, today: np.ndarray, shape: PooledShape | None,
+    samples: SampleSet, params: Params, fitted: Fitted, today: np.ndarray, readings: dict[Group, TailReading],
 ) -> dict[Group, Step]:
     """Each group's step toward α (``step``), judged on all its calls: today's ceilings (``today``) and its quantile.
 
@@ -609,7 +620,7 @@ def _steps(
         epoch = samples.epoch[idx]
         recent = epoch >= epoch.max() - RECENT_DAYS * 86400.0
         out[g] = step_toward_alpha(samples.y[idx], samples.observed[idx], fitted.predicted[idx], today[idx],
-                                   everything.factor_for(g), params.alpha, recent, shape)
+                                   everything.factor_for(g), params.alpha, recent, readings[g])
     return out
 
 

@@ -239,12 +239,13 @@ def _aimed_raise(r: np.ndarray, observed: np.ndarray, alpha: float, today_factor
 
 def step_toward_alpha(
     y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, info: FactorInfo,
-    alpha: float, recent: np.ndarray | None = None, shape: PooledShape | None = None,
+    alpha: float, recent: np.ndarray | None = None, reading: TailReading | None = None,
 ) -> Step:
     """The step for one group from all its calls: ``predicted`` under the coefficients that ship with it,
     ``today_ceiling`` today's ceilings, ``info`` its factor fitted on all its calls (the quantile); ``recent``
-    marks its newest calls (``RECENT_DAYS``), judged on their own as well; ``shape`` the pooled tail a lowering
-    reads (``TailReading``)."""
+    marks its newest calls (``RECENT_DAYS``), judged on their own as well; ``reading`` the group's
+    ``TailReading`` where the caller has one (``core`` reads it once for the step and the lowering; else it is
+    read here, from the group's own tail)."""
     n = int(y.size)
     pred = np.maximum(predicted, 1.0)
     r = np.log(y / pred)
@@ -268,7 +269,9 @@ def step_toward_alpha(
         above, sizing_rate = True, expected_today
         trigger_line = (f"; its estimated truncation under today's typical ceiling is {expected_today:.1%} "
                         f"({how_today}): more than α")
-    read_today = TailReading(y, observed, predicted, today_ceiling, shape).today if n else None
+    if reading is None and n:
+        reading = TailReading(y, observed, predicted, today_ceiling)
+    read_today = reading.today if reading is not None else None
     if not above and n >= VALUE_TRIGGER_CALLS and cut_ever and read_today is not None and read_today > alpha:
         above, sizing_rate = True, read_today
         trigger_line = (f"; its estimated truncation under today's ceilings, as a lowering reads it, is "
@@ -477,6 +480,7 @@ class TailReading:
 
     def __init__(self, y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray,
                  shape: PooledShape | None = None) -> None:
+        self.shape = shape
         self.survivals = _survivals(log_ratio(y, predicted), observed, shape)
         pairs, self._calls = np.unique(predicted + 1j * today_ceiling, return_counts=True)  # one complex sort
         self._predicted, self._pred = pairs.real, np.maximum(pairs.real, 1.0)
@@ -497,6 +501,7 @@ class TailReading:
 def bounded_lowering(
     y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, fitted_factor: float,
     alpha: float, max_rise: float = LOWER_RISE, shape: PooledShape | None = None, ends_descent: bool = True,
+    reading: TailReading | None = None,
 ) -> Lowering:
     """The factor a lowering ships, from all the group's calls (``predicted`` under the coefficients that ship
     with it, ``today_ceiling`` today's ceilings): the largest of
@@ -513,7 +518,9 @@ def bounded_lowering(
       above the estimate under today's ceilings, by both estimators of
       ``_survivals`` (each against its own estimate of today: the larger estimate of both against the larger
       of today let one estimator's high reading of today license another's rise, +3.8 pp in a closed loop);
-      its tail is the pooled ``shape`` where the calibration has one (``core`` fits it once over all groups);
+      its tail is the pooled ``shape`` where the calibration has one (``core`` fits it once over all groups),
+      read through the group's ``TailReading`` (``reading``: the one ``core`` built from these calls and that
+      shape for the group's step; else built here);
     - the step bound: ``LOWER_STEP`` (a smaller step below ``LOWER_STEP_CALLS`` calls, or below
       ``LOWER_FAR_CALLS`` where the group is far below α and none of its calls was ever cut: ``LOWER_FAR``) times
       today's reserved ÷ predicted tokens (Σ ceiling ÷ Σ predicted);
@@ -534,7 +541,8 @@ def bounded_lowering(
     factor ends the descent.
     """
     pred = np.maximum(predicted, 1.0)
-    reading = TailReading(y, observed, predicted, today_ceiling, shape)
+    if reading is None:
+        reading = TailReading(y, observed, predicted, today_ceiling, shape)
     ratio = today_ceiling / pred
     today_factor = float(today_ceiling.sum() / pred.sum())  # its reserve, token-weighted: what a lowering lowers
     today_each, today = reading.today_each, reading.today
@@ -565,7 +573,8 @@ def bounded_lowering(
         candidates.append((smallest(lambda f: estimated(f) > AIM * alpha), f"aim {AIM * alpha:.2%}"))
     value, bound = max(candidates)
     factor = round_up_factor(value)
-    tail = shape.text if shape is not None and len(reading.survivals) > 1 else "its own Kaplan–Meier curve"
+    tail = (reading.shape.text if reading.shape is not None and len(reading.survivals) > 1 else
+            "its own Kaplan–Meier curve")
     line = (f"estimated truncation over its {y.size} calls {today:.1%} today (ceilings ≈ {today_factor:.3f}× the "
             f"prediction; its tail read as {tail})")
     fitted = (f"the fitted factor {fitted_factor:.3f}" if ends_descent else
