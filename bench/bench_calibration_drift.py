@@ -31,6 +31,7 @@ The sensitivity table replays the same cells with fixed feedback lags (0, 100 an
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -67,6 +68,11 @@ def load(trace: str) -> drift.Stream:
     return stream
 
 
+def _f(value: float | None) -> float:
+    """A metric as a number (NaN where the method had no calls to measure it on)."""
+    return math.nan if value is None else value
+
+
 def main() -> None:
     print(f"machine: {describe_machine()}")
     print(f"feedback: {PRIMARY.describe()}; train on the oldest {TRAIN:.0%}, replay the newest {1 - TRAIN:.0%}")
@@ -83,12 +89,12 @@ def main() -> None:
           "| pinball ÷ oracle |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for (trace, alpha), cmp in cells.items():
-        summary = cmp.summary()["methods"]
+        summary = cmp.summary().methods
         for name in ("static", "rolling", "aci", "oracle"):
             m = summary[name]
-            print(f"| {trace} | {alpha:.2f} | {name} | {m['n']:,} | {100 * m['truncation_rate']:.2f} % | "
-                  f"{m['reserved_over_used']:.3f} | {m['reserved_vs_oracle']:.3f} | "
-                  f"{100 * m['worst_bin_truncation']:.1f} % | {m['pinball_vs_oracle']:.3f} |")
+            print(f"| {trace} | {alpha:.2f} | {name} | {m.n or 0:,} | {100 * _f(m.truncation_rate):.2f} % | "
+                  f"{_f(m.reserved_over_used):.3f} | {_f(m.reserved_vs_oracle):.3f} | "
+                  f"{100 * _f(m.worst_bin_truncation):.1f} % | {_f(m.pinball_vs_oracle):.3f} |")
 
     # the rule stated in the module docstring
     print()
@@ -96,15 +102,15 @@ def main() -> None:
     for name in drift.METHODS:
         ok, ratios, why, margins = True, [], [], []
         for (trace, alpha), cmp in cells.items():
-            m = cmp.summary()["methods"][name]
-            ratios.append(m["reserved_vs_oracle"])
-            margins.append(((alpha + 0.01) * m["n"] - m["truncations"], f"{trace} α={alpha}"))
-            if m["truncation_rate"] > alpha + 0.01 + 1e-12:
+            m = cmp.summary().methods[name]
+            ratios.append(_f(m.reserved_vs_oracle))
+            margins.append(((alpha + 0.01) * (m.n or 0) - (m.truncations or 0), f"{trace} α={alpha}"))
+            if _f(m.truncation_rate) > alpha + 0.01 + 1e-12:
                 ok = False
-                why.append(f"{trace} α={alpha}: truncation {100 * m['truncation_rate']:.2f} % > α + 1 pp")
-            if m["worst_bin_truncation"] > 2 * alpha + 1e-12:
+                why.append(f"{trace} α={alpha}: truncation {100 * _f(m.truncation_rate):.2f} % > α + 1 pp")
+            if _f(m.worst_bin_truncation) > 2 * alpha + 1e-12:
                 ok = False
-                why.append(f"{trace} α={alpha}: worst bin {100 * m['worst_bin_truncation']:.1f} % > 2α")
+                why.append(f"{trace} α={alpha}: worst bin {100 * _f(m.worst_bin_truncation):.1f} % > 2α")
         mean = float(np.mean(ratios))
         slack, where = min(margins)
         print(f"{name:<8} mean reserved/used ÷ oracle {mean:.3f}, smallest margin to α + 1 pp: {slack:.1f} calls "
@@ -119,8 +125,8 @@ def main() -> None:
         choice = min((n for n, v in eligible.items() if v <= best + 0.01), key=lambda n: STATE_RANK[n])
     print(f"chosen default: {choice} (drift.DEFAULT_METHOD = {drift.DEFAULT_METHOD!r})")
     done = all(
-        cmp.summary()["methods"][choice]["truncation_rate"] <= alpha + 0.01
-        and cmp.summary()["methods"][choice]["reserved_vs_oracle"] <= 1.05
+        _f(cmp.summary().methods[choice].truncation_rate) <= alpha + 0.01
+        and _f(cmp.summary().methods[choice].reserved_vs_oracle) <= 1.05
         for (_, alpha), cmp in cells.items()
     )
     print(f"done-when (truncation ≤ α + 1 pp and reserved/used ≤ 1.05 × oracle in all four cells): "
@@ -149,9 +155,9 @@ def main() -> None:
             ceilings = drift.method_ceilings(spec, train, test, alpha, drift.static_factors(train, alpha, n_groups),
                                              feedback)
             m = drift.evaluate(test, ceilings, alpha)
-            oracle = base.metrics["oracle"]["reserved_over_used"]
-            parts.append(f"{100 * m['truncation_rate']:.2f} / {m['reserved_over_used'] / oracle:.3f} / "
-                         f"{100 * m['worst_bin_truncation']:.1f}")
+            oracle = _f(base.metrics["oracle"].reserved_over_used)
+            parts.append(f"{100 * _f(m.truncation_rate):.2f} / {_f(m.reserved_over_used) / oracle:.3f} / "
+                         f"{100 * _f(m.worst_bin_truncation):.1f}")
         print(f"| {label} | " + " | ".join(parts) + " |")
 
 

@@ -35,7 +35,6 @@ import math
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -46,6 +45,7 @@ from machine import describe_machine  # noqa: E402
 from autopack import token_estimator as te  # noqa: E402
 from autopack.calibration import stats  # noqa: E402
 from autopack.calibration.backtest import evaluate  # noqa: E402
+from autopack.calibration.result import MethodBacktest  # noqa: E402
 from autopack.calibration.runner import read_events, run_calibration  # noqa: E402
 from autopack.calibration.samples import build_sample_set  # noqa: E402
 from autopack.db.engine import dispose_engines  # noqa: E402
@@ -91,7 +91,7 @@ def _ceiling(predicted: np.ndarray, log_factor: np.ndarray) -> np.ndarray:
     return ceiling
 
 
-def extra_methods(url: str, alpha: float) -> dict[str, dict[str, object]]:
+def extra_methods(url: str, alpha: float) -> dict[str, MethodBacktest]:
     """Pooled conformal quantile and the hindsight oracle on the backtest's own split."""
     samples = build_sample_set(read_events(database_at(url)))
     n = samples.n
@@ -121,7 +121,7 @@ def main() -> None:
         te.MIN_FACTOR_CEILING = 1  # see the module docstring
     print(f"machine: {describe_machine()}")
     print(f"minimum factor ceiling: {te.MIN_FACTOR_CEILING} ({'CLI setting' if args.with_floor else 'switched off'})")
-    table: list[tuple[str, float, str, dict[str, Any]]] = []
+    table: list[tuple[str, float, str, MethodBacktest]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for trace, path in TRACES.items():
             csv_path = Path(tmp) / f"azure_{trace}.csv"
@@ -134,8 +134,8 @@ def main() -> None:
                 params = CalibrationParams(target_truncation=alpha, holdout_fraction=HOLDOUT)
                 result = run_calibration(open_database(url), params, output_dir=Path(tmp) / f"out_{trace}_{alpha}")
                 bt = result.backtest
-                methods = {"original median": bt.original_median.model_dump() if bt.original_median else {},
-                           "project (this repo)": bt.proposed.model_dump() if bt.proposed else {}}
+                methods = {"original median": bt.original_median or MethodBacktest(),
+                           "project (this repo)": bt.proposed or MethodBacktest()}
                 methods.update(extra_methods(url, alpha))
                 for name, m in methods.items():
                     table.append((trace, alpha, name, m))
@@ -144,20 +144,20 @@ def main() -> None:
     print("| trace | α | method | held-out calls | truncation [lower–upper] | 95% CI | reserved / used | vs oracle | "
           "target met |")
     print("|---|---:|---|---:|---:|---|---:|---:|---|")
-    oracle = {(t, a): m["reserved_over_used"] for t, a, name, m in table if name.startswith("oracle")}
+    oracle = {(t, a): m.reserved_over_used for t, a, name, m in table if name.startswith("oracle")}
     for trace, alpha, name, m in table:
-        rate = float(m["truncation_rate"])
-        low, high = m.get("truncation_interval") or (rate, rate)
+        rate = float(m.truncation_rate or 0.0)
+        low, high = (float(v if v is not None else rate) for v in (m.truncation_interval or (rate, rate)))
         shown = f"{100 * low:.2f}%" if low == high else f"{100 * low:.2f}–{100 * high:.2f}%"
-        rou = float(m["reserved_over_used"])
-        ratio = rou / float(oracle[(trace, alpha)])
-        ci = m["truncation_ci"]
+        rou = float(m.reserved_over_used or 0.0)
+        ratio = rou / float(oracle[(trace, alpha)] or 1.0)
+        ci = [float(v or 0.0) for v in (m.truncation_ci or (0.0, 0.0))]
         if name.startswith("project"):
             ok = high <= alpha + 0.01 and (trace != "conv" or ratio <= 1.05)
             met = "yes" if ok else "NO"
         else:
             met = ""
-        print(f"| {trace} | {alpha:.2f} | {name} | {m['n']:,} | {shown} | "
+        print(f"| {trace} | {alpha:.2f} | {name} | {m.n or 0:,} | {shown} | "
               f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]% | {rou:.3f} | {ratio:.3f} | {met} |")
     print()
     print("targets: project truncation (upper end) ≤ α + 0.01 on both traces and both α; conv reserved/used within "

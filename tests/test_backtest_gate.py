@@ -7,12 +7,13 @@ import pytest
 
 from autopack.calibration import stats
 from autopack.calibration.backtest import evaluate, truncation_bounds, truncation_verdict
+from autopack.calibration.result import MethodBacktest
 
 
-def method(n: int, low: int, high: int | None = None, alpha: float = 0.05) -> dict[str, object]:
+def method(n: int, low: int, high: int | None = None, alpha: float = 0.05) -> MethodBacktest:
     high = low if high is None else high
-    return {"n": n, "truncations": low, "truncations_upper": high,
-            "binomial_p": stats.binomial_exceedance_p(high, n, alpha)}
+    return MethodBacktest(n=n, truncations=low, truncations_upper=high,
+                          binomial_p=stats.binomial_exceedance_p(high, n, alpha))
 
 
 # --- the interval ------------------------------------------------------------------------------------------
@@ -37,15 +38,15 @@ def test_evaluate_reports_the_interval_the_binomial_p_and_the_evidence_flag() ->
     ceiling = np.full(n, 200.0)
     ceiling[3:5] = 50.0  # two observed calls truncated
     m = evaluate(ceiling, y, observed, 0.05)
-    assert (m["truncations"], m["truncations_upper"]) == (2, 5)
-    assert m["truncation_interval"] == [0.02, 0.05]
+    assert (m.truncations, m.truncations_upper) == (2, 5)
+    assert m.truncation_interval == (0.02, 0.05)
     # P(X ≥ 5 | 100, 0.05) = 1 − P(X ≤ 4) = 0.5640…
-    assert m["binomial_p"] == pytest.approx(0.564, abs=5e-4)
-    assert m["evidence"] is True  # 100 ≥ 85
-    low, high = m["truncation_ci"]
+    assert m.binomial_p == pytest.approx(0.564, abs=5e-4)
+    assert m.evidence is True  # 100 ≥ 85
+    low, high = m.truncation_ci
     assert low == pytest.approx(stats.clopper_pearson(2, 100)[0], abs=1e-6)
     assert high == pytest.approx(stats.clopper_pearson(5, 100)[1], abs=1e-6)
-    assert evaluate(ceiling[:10], y[:10], observed[:10], 0.05)["evidence"] is False
+    assert evaluate(ceiling[:10], y[:10], observed[:10], 0.05).evidence is False
 
 
 # --- the test ----------------------------------------------------------------------------------------------

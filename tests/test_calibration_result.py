@@ -37,9 +37,9 @@ NAMED_CONSUMERS = (
     "flows/pipeline.py",
     "flows/pull_request.py",
 )
-#: Build the result from the statistics' own metric dicts (``backtest.evaluate``, ``drift.evaluate``), whose keys
-#: the result copies: they are its producers, not its readers.
-PRODUCERS = ("autopack/calibration/core.py", "autopack/calibration/drift.py", "autopack/calibration/result.py")
+#: Build the result: ``core`` keys its ceilings and backtests by method name (``current``, ``proposed``, ``shipped``),
+#: names the result's backtest fields share; ``result`` is the model itself. They are its producers, not its readers.
+PRODUCERS = ("autopack/calibration/core.py", "autopack/calibration/result.py")
 #: (module, key): dicts that are not the calibration result but share a key with it.
 ALLOWED = {
     # ``apply_proposal``/``parse_changes`` also edit the estimator from plain {coefficient, key, old, new} changes

@@ -132,7 +132,7 @@ def test_the_backtest_interval_covers_the_true_held_out_rate(censoring: float, v
         law_of = [sim.truth[g].law for g in samples.groups]
         true_rate = np.mean([law_of[g].sf(math.log(c / p))
                              for g, c, p in zip(test.group, ceiling, test.pred_current, strict=True)])
-        low, high = decision.backtest["proposed"]["truncation_ci"]
+        low, high = decision.backtest["proposed"].truncation_ci or (None, None)
         assert decision.backtest["proposed"] == evaluate(ceiling, test.y, test.observed, params.alpha)
         covered += low <= true_rate <= high
     assert covered >= 0.9 * replicates  # nominal 95 %, conservative under censoring
@@ -150,9 +150,9 @@ def test_the_gate_rejects_a_correct_factor_at_most_at_its_level_and_passes_a_3_a
     for _ in range(reps):
         y = np.round(1000 * np.exp(LOGNORMAL.sample(rng, n)))
         observed = np.ones(n, dtype=bool)
-        rejected += evaluate(np.full(n, 1000 * correct), y, observed, alpha)["binomial_p"] < stats.GATE_LEVEL
+        rejected += (evaluate(np.full(n, 1000 * correct), y, observed, alpha).binomial_p or 1.0) < stats.GATE_LEVEL
         bad = evaluate(np.full(n, 1000 * loose), y, observed, alpha)
-        passed += bad["binomial_p"] >= stats.GATE_LEVEL and bad["evidence"]
+        passed += (bad.binomial_p or 0.0) >= stats.GATE_LEVEL and bool(bad.evidence)
     assert rejected / reps <= stats.GATE_LEVEL + 0.02
     assert passed / reps <= 0.10
 

@@ -18,19 +18,11 @@ whatever the censored calls would have done.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from autopack.calibration import stats
+from autopack.calibration.result import MethodBacktest
 from autopack.calibration.samples import Group
-
-#: Keys of one method's backtest (also the keys each per-group backtest carries).
-METRIC_KEYS = (
-    "n", "truncations", "truncations_upper", "truncation_rate", "truncation_interval", "truncation_ci",
-    "binomial_p", "evidence", "kupiec_p", "median_ceiling_over_actual", "p90_ceiling_over_actual",
-    "reserved_over_used", "pinball_loss", "reserved_tokens", "used_tokens",
-)
 
 
 def truncation_bounds(ceiling: np.ndarray, y: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -39,39 +31,34 @@ def truncation_bounds(ceiling: np.ndarray, y: np.ndarray, observed: np.ndarray) 
     return sure, sure | ~observed
 
 
-def evaluate(ceiling: np.ndarray, y: np.ndarray, observed: np.ndarray, alpha: float) -> dict[str, Any]:
+def evaluate(ceiling: np.ndarray, y: np.ndarray, observed: np.ndarray, alpha: float) -> MethodBacktest:
     """The backtest metrics of one method on the held-out calls."""
     n = int(y.size)
     if n == 0:
-        return {
-            "n": 0, "truncations": 0, "truncations_upper": 0, "truncation_rate": None,
-            "truncation_interval": [None, None], "truncation_ci": [None, None], "binomial_p": None,
-            "evidence": False, "kupiec_p": None, "median_ceiling_over_actual": None,
-            "p90_ceiling_over_actual": None, "reserved_over_used": None, "pinball_loss": None,
-            "reserved_tokens": 0, "used_tokens": 0,
-        }
+        return MethodBacktest(n=0, truncations=0, truncations_upper=0, truncation_interval=(None, None),
+                              truncation_ci=(None, None), evidence=False, reserved_tokens=0, used_tokens=0)
     sure, possible = truncation_bounds(ceiling, y, observed)
     x_low, x_high = int(sure.sum()), int(possible.sum())
     ci_low = stats.clopper_pearson(x_low, n)[0]
     ci_high = stats.clopper_pearson(x_high, n)[1]
     ratio_median, ratio_p90 = np.quantile(ceiling / y, [0.5, 0.9])
-    return {
-        "n": n,
-        "truncations": x_low,
-        "truncations_upper": x_high,
-        "truncation_rate": round(x_low / n, 6),
-        "truncation_interval": [round(x_low / n, 6), round(x_high / n, 6)],
-        "truncation_ci": [round(ci_low, 6), round(ci_high, 6)],
-        "binomial_p": round(stats.binomial_exceedance_p(x_high, n, alpha), 6),
-        "evidence": n >= stats.min_evidence_calls(alpha),
-        "kupiec_p": round(stats.kupiec_pof(x_high, n, alpha), 6),
-        "median_ceiling_over_actual": round(float(ratio_median), 6),
-        "p90_ceiling_over_actual": round(float(ratio_p90), 6),
-        "reserved_over_used": round(float(ceiling.sum() / y.sum()), 6),
-        "pinball_loss": round(stats.pinball_loss(y, ceiling, 1.0 - alpha), 3),
-        "reserved_tokens": int(ceiling.sum()),
-        "used_tokens": int(y.sum()),
-    }
+    return MethodBacktest(
+        n=n,
+        truncations=x_low,
+        truncations_upper=x_high,
+        truncation_rate=round(x_low / n, 6),
+        truncation_interval=(round(x_low / n, 6), round(x_high / n, 6)),
+        truncation_ci=(round(ci_low, 6), round(ci_high, 6)),
+        binomial_p=round(stats.binomial_exceedance_p(x_high, n, alpha), 6),
+        evidence=n >= stats.min_evidence_calls(alpha),
+        kupiec_p=round(stats.kupiec_pof(x_high, n, alpha), 6),
+        median_ceiling_over_actual=round(float(ratio_median), 6),
+        p90_ceiling_over_actual=round(float(ratio_p90), 6),
+        reserved_over_used=round(float(ceiling.sum() / y.sum()), 6),
+        pinball_loss=round(stats.pinball_loss(y, ceiling, 1.0 - alpha), 3),
+        reserved_tokens=int(ceiling.sum()),
+        used_tokens=int(y.sum()),
+    )
 
 
 def per_group(
@@ -81,9 +68,9 @@ def per_group(
     y: np.ndarray,
     observed: np.ndarray,
     alpha: float,
-) -> dict[Group, dict[str, dict[str, Any]]]:
+) -> dict[Group, dict[str, MethodBacktest]]:
     """Per group and method: the same metrics on that group's held-out calls (one sort, no per-group scan)."""
-    out: dict[Group, dict[str, dict[str, Any]]] = {}
+    out: dict[Group, dict[str, MethodBacktest]] = {}
     if group_of_row.size == 0:
         return out
     order = np.argsort(group_of_row, kind="stable")
@@ -95,12 +82,12 @@ def per_group(
     return dict(sorted(out.items()))
 
 
-def truncation_range(m: dict[str, Any]) -> str:
-    low, high = m["truncations"], m["truncations_upper"]
-    return f"{low}/{m['n']}" if low == high else f"{low}–{high}/{m['n']}"
+def truncation_range(m: MethodBacktest) -> str:
+    low, high = m.truncations, m.truncations_upper
+    return f"{low}/{m.n}" if low == high else f"{low}–{high}/{m.n}"
 
 
-def truncation_verdict(candidate: dict[str, Any], current: dict[str, Any], alpha: float) -> tuple[bool, str]:
+def truncation_verdict(candidate: MethodBacktest, current: MethodBacktest, alpha: float) -> tuple[bool, str]:
     """The gate's truncation test on held-out calls: (passes, one line saying why).
 
     Fails when the upper end of the held-out truncation rejects "rate ≤ α" (one-sided exact binomial, at
@@ -108,10 +95,11 @@ def truncation_verdict(candidate: dict[str, Any], current: dict[str, Any], alpha
     is no evidence (a 3α budget passes often), so the candidate must then also truncate, even in the
     worst case, no more held-out calls than today's ceilings surely do; the line says the evidence is thin.
     """
-    n = candidate["n"]
+    n = candidate.n
     if not n:
         return False, "no held-out calls in the backtest"
-    p = candidate["binomial_p"]
+    p = candidate.binomial_p
+    assert p is not None  # held-out calls, so a test
     needed = stats.min_evidence_calls(alpha)
     label = f"held-out truncation {truncation_range(candidate)}"
     if p < stats.GATE_LEVEL:
@@ -119,14 +107,14 @@ def truncation_verdict(candidate: dict[str, Any], current: dict[str, Any], alpha
                        f"{stats.GATE_LEVEL:g})")
     if n < needed:
         thin = f"thin evidence: {n} held-out calls < {needed}"
-        if candidate["truncations_upper"] > current["truncations"]:
+        if (candidate.truncations_upper or 0) > (current.truncations or 0):
             return False, (f"{label} vs today's {truncation_range(current)} ({thin}, so it may not truncate more "
                            "than today)")
         return True, f"{label}, not more than today's {truncation_range(current)}; binomial p = {p:.3g} ({thin})"
     return True, f"{label}: rate ≤ {alpha:g} not rejected (one-sided exact binomial p = {p:.3g})"
 
 
-def reserved_better(candidate: dict[str, Any], current: dict[str, Any]) -> bool:
+def reserved_better(candidate: MethodBacktest, current: MethodBacktest) -> bool:
     """Strictly fewer tokens reserved per token used than the current ceilings."""
-    a, b = candidate.get("reserved_over_used"), current.get("reserved_over_used")
+    a, b = candidate.reserved_over_used, current.reserved_over_used
     return a is not None and b is not None and a < b

@@ -129,14 +129,14 @@ class Decision:
     tested: bool  # there are held-out calls
     ship_weights: bool
     weights_verdict: str
-    backtest: dict[str, dict[str, Any]]
-    group_backtest: dict[Group, dict[str, dict[str, Any]]]
+    backtest: dict[str, R.MethodBacktest]  # per method (``backtest.evaluate``): on all held-out calls
+    group_backtest: dict[Group, dict[str, R.MethodBacktest]]  # per group and method: on its held-out calls
     passing: list[Group]
     reasons: dict[Group, list[str]]
     verdicts: dict[Group, str]
     shipped_verdict: str
     fit_rows: int
-    drift_summary: dict[str, Any] = field(default_factory=dict)  # backtest.calibration_under_drift
+    drift_summary: R.DriftSummary | None = None  # backtest.calibration_under_drift
     #: every group's step toward α (raised or not, and why); ``raised`` the groups that ship a raise
     steps: dict[Group, Step] = field(default_factory=dict)
     raised: dict[Group, float] = field(default_factory=dict)
@@ -299,7 +299,7 @@ def _decide_weights(
     for g, m in per_group(groups, test.group, ceilings, test.y, test.observed, alpha).items():
         ok_with = truncation_verdict(m["with"], m["current"], alpha)[0]
         ok_without = truncation_verdict(m["without"], m["current"], alpha)[0]
-        more = m["with"]["truncations_upper"] > m["without"]["truncations_upper"]
+        more = (m["with"].truncations_upper or 0) > (m["without"].truncations_upper or 0)
         if (ok_without and not ok_with) or (not ok_without and more):
             worse.append(f"{g[0]}/{g[1]} {truncation_range(m['with'])} vs {truncation_range(m['without'])}")
     # a weight on its ×½ / ×2 bound carries the prediction's level, which each factor absorbs: shipped, the
@@ -316,8 +316,8 @@ def _decide_weights(
     if cut_more:
         verdict += ("; with today's factors they would cut more of these groups' calls (all calls, more than "
                     f"{params.max_rise_per_run:.1%} of each group's) than today's coefficients: " + ", ".join(cut_more))
-    detail = (f"on all {with_w['n']} held-out calls, per group: {verdict}; reserved/used "
-              f"{with_w['reserved_over_used']:.3f} vs {without['reserved_over_used']:.3f} with today's weights"
+    detail = (f"on all {with_w.n} held-out calls, per group: {verdict}; reserved/used "
+              f"{with_w.reserved_over_used:.3f} vs {without.reserved_over_used:.3f} with today's weights"
               + (f"; bootstrap agreement on each direction: {agree}" if agree else ""))
     if not worse and not walking and not cut_more and cheaper:
         return True, "TOKEN_WEIGHTS changes ship: " + detail
@@ -351,7 +351,7 @@ _DEFAULT_THRESHOLD: float = CalibrationParams.default("confidence_threshold")
 
 
 def _gate_group(
-    g: Group, fitted: Fitted, group_bt: dict[Group, dict[str, dict[str, Any]]], params: Params
+    g: Group, fitted: Fitted, group_bt: dict[Group, dict[str, R.MethodBacktest]], params: Params
 ) -> tuple[list[str], str, str, str]:
     """(reasons it fails, the verdict line if it passes, the fitted factor's failed held-out truncation test or
     "", why its factor is not distribution-free or ""). The last two are not reasons: what ships is a bounded
@@ -390,25 +390,25 @@ def _gate_group(
         test_line = line if ok else (f"its fitted factor failed the held-out test ({line}), so what ships, the "
                                      "bounded step, is judged on those calls by the shipped replay")
         if not reserved_better(prop, cur) and not assumed:
-            why.append(f"held-out reserved/used {prop['reserved_over_used']:.3f} not below today's "
-                       f"{cur['reserved_over_used']:.3f}")
+            why.append(f"held-out reserved/used {prop.reserved_over_used:.3f} not below today's "
+                       f"{cur.reserved_over_used:.3f}")
         if info.factor is not None and assumed:
             verdict = (f"{info.method} factor {info.factor:.3f} from its own {fit.n} calls, not distribution-free "
                        f"({info.assumption}): it claims no confidence and ends no descent; {test_line}; its "
-                       f"held-out reserved/used {prop['reserved_over_used']:.3f} (today's "
-                       f"{cur['reserved_over_used']:.3f})")
+                       f"held-out reserved/used {prop.reserved_over_used:.3f} (today's "
+                       f"{cur.reserved_over_used:.3f})")
         elif info.factor is not None:
             verdict = (f"{info.method} factor {info.factor:.3f} from its own {fit.n} calls (confidence "
                        f"{info.confidence:.2f} ≥ {params.confidence_threshold:.2f}); {test_line}; held-out reserved/used "
-                       f"{prop['reserved_over_used']:.3f} < today's {cur['reserved_over_used']:.3f}")
+                       f"{prop.reserved_over_used:.3f} < today's {cur.reserved_over_used:.3f}")
     return why, verdict, truncation_failed, assumed
 
 
 def _shipped_check(
     held: HeldOut, params: Params, current: te.Coefficients, fitted: Fitted,
     passing: list[Group], ship_weights: bool, current_ceiling: np.ndarray,
-    group_bt: dict[Group, dict[str, dict[str, Any]]], raised: dict[Group, float], lowered: dict[Group, Lowering],
-) -> tuple[list[Group], dict[str, Any], np.ndarray, str, dict[Group, str]]:
+    group_bt: dict[Group, dict[str, R.MethodBacktest]], raised: dict[Group, float], lowered: dict[Group, Lowering],
+) -> tuple[list[Group], R.MethodBacktest, np.ndarray, str, dict[Group, str]]:
     """Replay the shipped configuration on the held-out calls; drop groups (worst first) until it passes.
 
     Judged on the held-out calls whose ceiling the pull request changes (all of them when the weights
@@ -425,7 +425,9 @@ def _shipped_check(
 
     def badness(g: Group) -> tuple[int, float]:
         prop, cur = group_bt[g]["proposed"], group_bt[g]["current"]
-        return (prop["truncations_upper"] - cur["truncations"], prop["reserved_over_used"] / cur["reserved_over_used"])
+        assert prop.reserved_over_used is not None and cur.reserved_over_used  # a passing group has held-out calls
+        return ((prop.truncations_upper or 0) - (cur.truncations or 0),
+                prop.reserved_over_used / cur.reserved_over_used)
 
     while True:
         coeffs, factors = _shipped(current, fitted, keep, ship_weights and bool(keep), _new_factors(raised, lowered))
@@ -452,13 +454,13 @@ def _shipped_check(
         ok, line = truncation_verdict(mine, today, alpha)
         if ok and reserved_better(mine, today):
             return keep, shipped, ceiling, (
-                f"on the {mine['n']} held-out calls whose ceiling it changes: {line}; reserved/used "
-                f"{mine['reserved_over_used']:.3f} < today's {today['reserved_over_used']:.3f}"
+                f"on the {mine.n} held-out calls whose ceiling it changes: {line}; reserved/used "
+                f"{mine.reserved_over_used:.3f} < today's {today.reserved_over_used:.3f}"
                 + (f"; {raise_line}" if raise_line else "")), dropped
         worst = max(down, key=badness)
         keep.remove(worst)
         dropped[worst] = (f"dropped: with it, the calls the pull request changes failed together ({line}; reserved/used "
-                          f"{mine['reserved_over_used']:.3f} vs today's {today['reserved_over_used']:.3f})")
+                          f"{mine.reserved_over_used:.3f} vs today's {today.reserved_over_used:.3f})")
 
 
 def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Decision:
@@ -482,7 +484,7 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
     fitted = free if ship_weights and free is not None else frozen
 
     ceilings: dict[str, np.ndarray] = {}
-    drift_summary: dict[str, Any] = {}
+    drift_summary: R.DriftSummary | None = None
     if tested:
         ceilings["current"] = today_held
         medians = original_medians(samples, train_rows, params.min_samples)
@@ -686,20 +688,12 @@ def _num(value: float | None, digits: int = 4) -> float | None:
     return round(float(value), digits)
 
 
-SUMMARY_KEYS = ("n", "truncations", "truncations_upper", "truncation_rate", "truncation_interval", "truncation_ci",
-                "binomial_p", "evidence", "reserved_over_used", "kupiec_p")
-
-
-def _summary(m: dict[str, Any]) -> R.MethodSummary:
-    return R.MethodSummary.model_validate({k: m.get(k) for k in SUMMARY_KEYS})
-
-
-def _bt_summary(group_bt: dict[str, dict[str, Any]] | None) -> R.GroupBacktest:
+def _bt_summary(group_bt: dict[str, R.MethodBacktest] | None) -> R.GroupBacktest:
     """A group's backtest: the proposal's numbers at top level, each method's beside them."""
     if not group_bt:
         return R.GroupBacktest(n=0)
-    top = _summary(group_bt.get("proposed", {}))
-    return R.GroupBacktest(**top.model_dump(), **{name: _summary(m) for name, m in group_bt.items()})
+    top = group_bt["proposed"].summary()
+    return R.GroupBacktest(**top.model_dump(), **{name: m.summary() for name, m in group_bt.items()})
 
 
 def _group_entries(
@@ -739,7 +733,7 @@ def _group_entries(
             confidence=_num(info.confidence),
             confidence_note=info.confidence_note,
             gate_direction="raise" if g in decision.raised else "lower" if g in decision.passing else None,
-            step_toward_alpha=_step(decision.steps[g]) if g in decision.steps else None,
+            step_toward_alpha=decision.steps[g].record() if g in decision.steps else None,
             current_ceiling_factor=_num(float(np.median(today_ratio[idx]))),
             original_confidence=_num(stats.original_confidence(clean_ratio)) if clean_ratio.size else None,
             original_median_ratio=_num(stats.original_median(clean_ratio)) if clean_ratio.size else None,
@@ -763,11 +757,6 @@ def _group_entries(
         ))
     entries.sort(key=lambda e: (-e.n, e.category, e.complexity))
     return entries
-
-
-def _step(step: Step) -> R.StepRecord:
-    """The step as the result carries it (``Step.as_dict``: rounded, with its price)."""
-    return R.StepRecord.model_validate(step.as_dict())
 
 
 def _lowering_record(low: Lowering) -> R.LoweringRecord:
@@ -845,7 +834,7 @@ def _changes(
                         f"overhead gives): {verdict}{bound_note('PHASE_OVERHEAD', g)}",
             ))
     if decision.ship_weights:
-        shipped_bt = decision.backtest.get("shipped", {})
+        shipped_bt = decision.backtest["shipped"]  # weights ship only where the shipped replay ran
         for k in fit.weight_keys:
             old_w = current.token_weights.get(k)
             new_w = fit.coefficients.token_weights.get(k)
@@ -856,7 +845,7 @@ def _changes(
             changes.append(R.ProposedChange(
                 coefficient="TOKEN_WEIGHTS", key=k, old=old_w, new=new_w, category=None, complexity=None,
                 n=fit.weight_n.get(k, 0), confidence=_num(agree), interval=(_num(lo_w, 1), _num(hi_w, 1)),
-                backtest=R.GroupBacktest(**_summary(shipped_bt).model_dump()),
+                backtest=R.GroupBacktest(**shipped_bt.summary().model_dump()),
                 verdict=(f"{_num(agree, 2)} of the bootstrap refits agree on its direction; "
                          f"{decision.weights_verdict}{bound_note('TOKEN_WEIGHTS', k)}"),
             ))
@@ -902,24 +891,15 @@ def _sources(samples: SampleSet) -> R.Sources:
 
 def _backtest(samples: SampleSet, decision: Decision) -> R.Backtest:
     """The held-out replay of every method, the drift comparison and each group's figures."""
-    test_n = int(decision.backtest.get("current", {}).get("n", 0))
-    methods = {name: R.MethodBacktest.model_validate(m) for name, m in decision.backtest.items()}
+    test_n = decision.backtest["current"].n or 0
     groups = [
-        R.BacktestGroup(
-            category=g[0], complexity=g[1], n=m["current"]["n"],
-            **{name: R.GroupMethod(
-                truncations=v["truncations"], truncations_upper=v["truncations_upper"],
-                truncation_rate=v["truncation_rate"], truncation_interval=v["truncation_interval"],
-                binomial_p=v["binomial_p"], evidence=v["evidence"],
-                coverage=None if v["truncation_rate"] is None else round(1 - v["truncation_rate"], 6),
-                reserved_over_used=v["reserved_over_used"]) for name, v in m.items()},
-        )
+        R.BacktestGroup(category=g[0], complexity=g[1], n=m["current"].n or 0,
+                        **{name: v.group_method() for name, v in m.items()})
         for g, m in sorted(decision.group_backtest.items())
     ]
     return R.Backtest(
-        **methods,
-        calibration_under_drift=R.DriftSummary.model_validate(decision.drift_summary) if decision.drift_summary
-        else None,
+        **decision.backtest,
+        calibration_under_drift=decision.drift_summary,
         train_n=samples.n - test_n, test_n=test_n,
         split_at=_iso(float(samples.epoch[samples.n - test_n])) if test_n else None,
         groups=groups,
@@ -970,7 +950,7 @@ def _assemble(
         time_span=R.TimeSpan(start=_iso(float(samples.epoch.min())), end=_iso(float(samples.epoch.max()))),
         method_version=METHOD_VERSION,
         method=params.method,
-        method_params=R.MethodParams.model_validate(params.spec.params(params.alpha, drift.BACKTEST_FEEDBACK)),
+        method_params=params.spec.params(params.alpha, drift.BACKTEST_FEEDBACK),
         target_truncation=params.target_truncation,
         holdout_fraction=params.holdout_fraction,
         confidence_threshold=params.confidence_threshold,

@@ -50,7 +50,7 @@ import numpy as np
 
 from autopack import token_estimator as te
 from autopack.calibration import stats
-from autopack.calibration.result import MethodParams, ProposedChange
+from autopack.calibration.result import DriftMetrics, DriftSummary, FeedbackSpec, MethodParams, ProposedChange
 from autopack.params import check_shippable
 
 MethodName = Literal["static", "rolling", "aci"]
@@ -141,11 +141,12 @@ class Feedback:
         return (f"completion time = planned + {self.first_token_seconds:g} s + {self.seconds_per_token * 1000:g} ms"
                 " × tokens produced")
 
-    def as_dict(self) -> dict[str, Any]:
+    def spec(self) -> FeedbackSpec:
+        """The delay as the result reports it."""
         if self.lag_calls is not None:
-            return {"kind": "fixed_lag", "lag_calls": self.lag_calls}
-        return {"kind": "completion_time", "first_token_seconds": self.first_token_seconds,
-                "seconds_per_token": self.seconds_per_token}
+            return FeedbackSpec(kind="fixed_lag", lag_calls=self.lag_calls)
+        return FeedbackSpec(kind="completion_time", first_token_seconds=self.first_token_seconds,
+                            seconds_per_token=self.seconds_per_token)
 
     def due(self, index: int, planned: float, produced: float) -> float:
         """When call ``index`` (planned at ``planned``, ``produced`` output tokens) is known to later calls:
@@ -175,19 +176,15 @@ class MethodSpec:
         if self.window < 1 or not 0.0 < self.gamma < 1.0:
             raise ValueError("window must be ≥ 1 and gamma in (0, 1)")
 
-    def params(self, alpha: float, feedback: Feedback | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.name == "rolling":
-            out["window"] = self.window
-        if self.name == "aci":
-            out["gamma"] = self.gamma
-        if self.name != "static":
-            levels = curve_levels(alpha, self.curve_multiples)
-            out["alpha_range"] = [levels[0], levels[-1]]
-            out["curve_levels"] = list(levels)
-        if feedback is not None and self.name != "static":
-            out["feedback"] = feedback.as_dict()
-        return out
+    def params(self, alpha: float, feedback: Feedback | None = None) -> MethodParams:
+        """The parameters this method uses at ``alpha`` (none for static)."""
+        if self.name == "static":
+            return MethodParams()
+        levels = curve_levels(alpha, self.curve_multiples)
+        return MethodParams(window=self.window if self.name == "rolling" else None,
+                            gamma=self.gamma if self.name == "aci" else None,
+                            alpha_range=(levels[0], levels[-1]), curve_levels=list(levels),
+                            feedback=None if feedback is None else feedback.spec())
 
 
 def curve_levels(alpha: float, multiples: Sequence[float] = CURVE_MULTIPLES) -> tuple[float, ...]:
@@ -449,7 +446,7 @@ def oracle_ceilings(test: Stream, alpha: float) -> np.ndarray:
 
 def evaluate(
     test: Stream, ceiling: np.ndarray, alpha: float, bin_seconds: float | None = BIN_SECONDS, blocks: int = 5
-) -> dict[str, Any]:
+) -> DriftMetrics:
     """Truncation (lower and upper end), reserved/used, the worst time bin's truncation, pinball loss.
 
     Bins are ``bin_seconds`` long from the first held-out call (only bins with ≥ ``MIN_BIN_CALLS`` count),
@@ -461,9 +458,8 @@ def evaluate(
     ok = np.isfinite(ceiling)
     n = int(ok.sum())
     if n == 0:
-        return {"n": 0, "truncations": 0, "truncations_upper": 0, "truncation_rate": None,
-                "truncation_interval": [None, None], "reserved_over_used": None, "worst_bin_truncation": None,
-                "worst_bin_n": 0, "bins": 0, "pinball_loss": None}
+        return DriftMetrics(n=0, truncations=0, truncations_upper=0, truncation_interval=(None, None),
+                            worst_bin_n=0, bins=0)
     c, y, obs, t = ceiling[ok], test.y[ok], test.observed[ok], test.epoch[ok]
     trunc = truncated_under(c, y, obs)
     upper = trunc | (~obs)
@@ -478,18 +474,18 @@ def evaluate(
     full = counts >= minimum
     rates = np.where(full, hits / np.maximum(counts, 1), -1.0)
     worst = int(np.argmax(rates)) if full.any() else -1
-    return {
-        "n": n,
-        "truncations": int(trunc.sum()),
-        "truncations_upper": int(upper.sum()),
-        "truncation_rate": round(float(trunc.mean()), 6),
-        "truncation_interval": [round(float(trunc.mean()), 6), round(float(upper.mean()), 6)],
-        "reserved_over_used": round(float(c.sum() / y.sum()), 6),
-        "worst_bin_truncation": round(float(rates[worst]), 6) if worst >= 0 else None,
-        "worst_bin_n": int(counts[worst]) if worst >= 0 else 0,
-        "bins": int(full.sum()),
-        "pinball_loss": round(stats.pinball_loss(y + 1.0, c, 1.0 - alpha), 4),
-    }
+    return DriftMetrics(
+        n=n,
+        truncations=int(trunc.sum()),
+        truncations_upper=int(upper.sum()),
+        truncation_rate=round(float(trunc.mean()), 6),
+        truncation_interval=(round(float(trunc.mean()), 6), round(float(upper.mean()), 6)),
+        reserved_over_used=round(float(c.sum() / y.sum()), 6),
+        worst_bin_truncation=round(float(rates[worst]), 6) if worst >= 0 else None,
+        worst_bin_n=int(counts[worst]) if worst >= 0 else 0,
+        bins=int(full.sum()),
+        pinball_loss=round(stats.pinball_loss(y + 1.0, c, 1.0 - alpha), 4),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -504,22 +500,20 @@ class Comparison:
     alpha: float
     feedback: Feedback
     ceilings: dict[str, np.ndarray] = field(default_factory=dict)
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: dict[str, DriftMetrics] = field(default_factory=dict)
     curves: dict[int, te.AdaptiveCurve] = field(default_factory=dict)
     aci_trace: AciTrace | None = None
 
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready: per method its metrics, and reserved/used and pinball loss ÷ the oracle's."""
-        oracle = self.metrics.get("oracle") or {}
-        out: dict[str, Any] = {"alpha": self.alpha, "feedback": self.feedback.as_dict(), "methods": {}}
-        for name, m in self.metrics.items():
-            out["methods"][name] = {**m, "reserved_vs_oracle": _ratio(m, oracle, "reserved_over_used"),
-                                    "pinball_vs_oracle": _ratio(m, oracle, "pinball_loss")}
-        return out
+    def summary(self) -> DriftSummary:
+        """Per method its metrics, and reserved/used and pinball loss ÷ the oracle's."""
+        oracle = self.metrics.get("oracle") or DriftMetrics()
+        methods = {name: m.model_copy(update={
+            "reserved_vs_oracle": _ratio(m.reserved_over_used, oracle.reserved_over_used),
+            "pinball_vs_oracle": _ratio(m.pinball_loss, oracle.pinball_loss)}) for name, m in self.metrics.items()}
+        return DriftSummary(alpha=self.alpha, feedback=self.feedback.spec(), methods=methods)
 
 
-def _ratio(m: Mapping[str, Any], oracle: Mapping[str, Any], key: str) -> float | None:
-    a, b = m.get(key), oracle.get(key)
+def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 4) if a is not None and b else None
 
 
@@ -697,7 +691,7 @@ def compare_in_calibration(
     feedback: Feedback = BACKTEST_FEEDBACK,
     *,
     chosen: tuple[str, np.ndarray] | None = None,
-) -> dict[str, Any]:
+) -> DriftSummary:
     """``backtest.calibration_under_drift``: every method on the held-out calls, for the configuration that ships.
 
     ``predicted``, ``factors`` and ``static_ceiling`` describe what merging ships (the shipped
@@ -736,16 +730,16 @@ def compare_in_calibration(
     differs = {name: int(np.count_nonzero(comparison.ceilings[name] != static)) for name in ("rolling", "aci")}
     comparison.ceilings["oracle"] = oracle_ceilings(test, alpha)
     comparison.metrics = {k: evaluate(test, c, alpha, bin_seconds=None) for k, c in comparison.ceilings.items()}
-    summary = comparison.summary()
-    summary["bins"] = "5 consecutive blocks of equal size"
-    summary["calls"] = (f"all {held_out} held-out calls" if held_out <= MAX_COMPARED_CALLS
-                        else f"the newest {MAX_COMPARED_CALLS} of {held_out} held-out calls")
-    summary["configuration"] = "shipped"
-    summary["this_pull_request"] = chosen[0] if chosen is not None else None
-    summary["adapted_groups"] = sorted(list(rows.groups[i]) for i in curves)
-    summary["adapted_calls"] = int(np.isin(test.group, list(curves)).sum())
-    summary["differs_from_static"] = differs
-    return summary
+    return comparison.summary().model_copy(update={
+        "bins": "5 consecutive blocks of equal size",
+        "calls": (f"all {held_out} held-out calls" if held_out <= MAX_COMPARED_CALLS
+                  else f"the newest {MAX_COMPARED_CALLS} of {held_out} held-out calls"),
+        "configuration": "shipped",
+        "this_pull_request": chosen[0] if chosen is not None else None,
+        "adapted_groups": sorted(rows.groups[i] for i in curves),
+        "adapted_calls": int(np.isin(test.group, list(curves)).sum()),
+        "differs_from_static": differs,
+    })
 
 
 def adaptive_changes(

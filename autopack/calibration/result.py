@@ -54,7 +54,7 @@ class Truncation(_Model):
 
 
 class MethodSummary(Truncation):
-    """A method's backtest as a group or a change carries it (``core.SUMMARY_KEYS``)."""
+    """A method's backtest as a group or a change carries it (``MethodBacktest.summary``: the test, not the tokens)."""
 
     truncation_ci: Interval | None = Field(
         None, description="95 % Clopper–Pearson interval, lower end's lower bound to upper end's upper bound")
@@ -71,6 +71,16 @@ class MethodBacktest(MethodSummary):
     pinball_loss: float | None = Field(None, description="quantile loss of the ceiling at 1 − α, tokens per call")
     reserved_tokens: int | None = Field(None, description="total ceiling tokens")
     used_tokens: int | None = Field(None, description="total output tokens")
+
+    def summary(self) -> MethodSummary:
+        """What a group or a change carries of these metrics."""
+        return MethodSummary.model_validate(self.model_dump(include=set(MethodSummary.model_fields)))
+
+    def group_method(self) -> GroupMethod:
+        """What ``backtest.groups`` carries of these metrics for one method on one group."""
+        rate = self.truncation_rate
+        return GroupMethod.model_validate({**self.model_dump(include=set(GroupMethod.model_fields) - {"n"}),
+                                           "coverage": None if rate is None else round(1 - rate, 6)})
 
 
 class GroupBacktest(MethodSummary):

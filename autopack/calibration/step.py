@@ -72,6 +72,7 @@ import numpy as np
 from autopack.calibration import distributions as dist
 from autopack.calibration import stats
 from autopack.calibration.model import FactorInfo, round_up_factor
+from autopack.calibration.result import StepRecord
 from autopack.calibration.samples import factor_ceiling
 from autopack.params import CalibrationParams
 
@@ -158,14 +159,14 @@ class Step:
     def raises(self) -> bool:
         return self.factor is not None
 
-    def as_dict(self) -> dict[str, Any]:
+    def record(self) -> StepRecord:
+        """The step as the result carries it: its estimates rounded, with its price."""
         out = asdict(self)
         for k in ("today_rate", "binomial_p", "today_factor", "expected_truncation_today", "expected_truncation",
                   "read_truncation_today"):
             v = out[k]
             out[k] = None if v is None or not math.isfinite(v) else round(float(v), 4)
-        out["price_tokens"] = self.reserved_tokens - self.reserved_tokens_today
-        return out
+        return StepRecord.model_validate({**out, "price_tokens": self.reserved_tokens - self.reserved_tokens_today})
 
 
 def _expected_truncation(r: np.ndarray, observed: np.ndarray, log_factor: float) -> tuple[float | None, str]:

@@ -101,7 +101,7 @@ class Guarantee:
 
 @dataclass(frozen=True)
 class StepTowardAlpha:
-    """A raise for a group that truncates above α today (``calibration.step.Step.as_dict``): safe without an
+    """A raise for a group that truncates above α today (``calibration.step.Step.record``): safe without an
     assumption (no call's ceiling falls), sized by one; what it is expected to do, and what it costs."""
 
     n: int | None
