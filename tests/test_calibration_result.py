@@ -38,8 +38,9 @@ NAMED_CONSUMERS = (
     "flows/pull_request.py",
 )
 #: Build the result: ``core`` keys its ceilings and backtests by method name (``current``, ``proposed``, ``shipped``),
-#: names the result's backtest fields share; ``result`` is the model itself. They are its producers, not its readers.
-PRODUCERS = ("autopack/calibration/core.py", "autopack/calibration/result.py")
+#: names the result's backtest fields share, and ``assemble`` turns them into those fields; ``result`` is the model
+#: itself. They are its producers, not its readers.
+PRODUCERS = ("autopack/calibration/core.py", "autopack/calibration/assemble.py", "autopack/calibration/result.py")
 #: (module, key): dicts that are not the calibration result but share a key with it.
 ALLOWED = {
     # ``apply_proposal``/``parse_changes`` also edit the estimator from plain {coefficient, key, old, new} changes

@@ -72,7 +72,7 @@ def test_the_llm_layer_imports_no_layer_above_it() -> None:
                                       "autopack.calibration")) == {}
 
 
-@pytest.mark.parametrize("module", ["stats", "distributions", "fit", "model"])
+@pytest.mark.parametrize("module", ["stats", "distributions", "fit", "model", "step", "backtest", "core", "assemble"])
 def test_the_calibration_statistics_do_not_touch_the_database(module: str) -> None:
     assert offenders(f"autopack.calibration.{module}", ("autopack.db",)) == {}
 

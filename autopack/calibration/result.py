@@ -23,6 +23,8 @@ from autopack.errors import InputError
 
 #: Bumped when a field changes meaning or disappears (adding a field with a default does not need it).
 SCHEMA_VERSION = 1
+#: The statistics that fill the result (``metadata.method_version``, ``calibration_runs.method_version``).
+METHOD_VERSION = "t5-conformal-2"
 
 Group = tuple[str, str]
 #: (lower, upper); either end unknown (``null``) when there is nothing to compute it from.

@@ -54,7 +54,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _record(database: Database, **fields: Any) -> int:
-    from autopack.calibration.core import METHOD_VERSION
+    from autopack.calibration.result import METHOD_VERSION
 
     with database.session() as session:
         row = CalibrationRun(method_version=METHOD_VERSION, **fields)
