@@ -102,6 +102,15 @@ def test_module_that_does_not_import_fails_verification(target: Path) -> None:
     assert any("RuntimeError: boom" in e for e in report.errors)
 
 
+def test_a_module_that_forges_the_probes_output_fails_verification_in_one_line(target: Path) -> None:
+    """The probe's output comes from the target's code: what it printed is checked, never trusted."""
+    forged = 'import os\nprint("AUTOPACK_ESTIMATOR_PROBE {\\"values\\": 7}", flush=True)\nos._exit(0)\n'
+    report = verify_edited_estimator(target, forged, CHANGES, run_tests=False)
+    assert not report.ok
+    (error,) = [e for e in report.errors if "importing the edited module failed" in e]
+    assert "the import probe printed output it should not" in error and "\n" not in error
+
+
 def test_values_that_do_not_read_back_fail_verification(target: Path) -> None:
     report = verify_edited_estimator(target, FIXTURE_ESTIMATOR, CHANGES, run_tests=False)
     assert not report.ok
@@ -129,6 +138,6 @@ def test_real_estimator_reports_ceilings_before_and_after() -> None:
     (comparison,) = report.estimates
     assert comparison.estimated_group == ("implementation", "low")
     assert comparison.old is not None
-    assert isinstance(comparison.new["predicted"], int) and comparison.old["predicted"] == comparison.new["predicted"]
+    assert isinstance(comparison.new.predicted, int) and comparison.old.predicted == comparison.new.predicted
     # A calibrated factor replaces the floor-and-buffer rule, so this group's ceiling moves.
-    assert comparison.new["selected_budget"] != comparison.old["selected_budget"]
+    assert comparison.new.selected_budget != comparison.old.selected_budget

@@ -47,7 +47,7 @@ from autopack.config import get_settings
 from autopack.errors import InputError
 from autopack.github.estimator_edit import read_tables
 from autopack.github.proposal import ESTIMATOR_PATH, Change, calibration_stamp, marker, parse_changes, proposal_hash
-from autopack.github.verify import GROUP_TABLES, TestFailure, VerificationReport
+from autopack.github.verify import GROUP_TABLES, PhaseNumbers, TestFailure, VerificationReport
 from autopack.logging import redact
 
 #: GitHub refuses bodies over 65,536 characters; stay well below.
@@ -640,12 +640,12 @@ def _verification(report: VerificationReport | None) -> str:
             "|---|---|---:|---:|---:|",
         ]
         for e in report.estimates:
-            old = e.old or {}
+            old = e.old or PhaseNumbers()
+            pairs = ((old.predicted, e.new.predicted), (old.selected_budget, e.new.selected_budget),
+                     (old.actual_max_tokens, e.new.actual_max_tokens))
             lines.append(
                 f"| `{_text(e.category)}, {_text(e.complexity)}` | `{_text(e.deliverable)}` | "
-                + " | ".join(f"{_fmt(old.get(f))} → {_fmt(e.new.get(f))}"
-                             for f in ("predicted", "selected_budget", "actual_max_tokens"))
-                + " |"
+                + " | ".join(f"{_fmt(before)} → {_fmt(after)}" for before, after in pairs) + " |"
             )
     return "\n".join(lines)
 

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import TypeAdapter, ValidationError
+
 from autopack.github.errors import VerificationError
 from autopack.github.proposal import ESTIMATOR_PATH, Change, Number, parse_changes
 from autopack.logging import redact
@@ -85,6 +87,15 @@ class TableCheck:
 
 
 @dataclass(frozen=True)
+class PhaseNumbers:
+    """One phase's numbers as an estimator module computes them (None: it did not say)."""
+
+    predicted: Number | None = None
+    selected_budget: Number | None = None
+    actual_max_tokens: Number | None = None
+
+
+@dataclass(frozen=True)
 class EstimateComparison:
     """A representative phase of a changed group: its numbers with the current and the edited coefficients."""
 
@@ -92,8 +103,40 @@ class EstimateComparison:
     complexity: str
     deliverable: str
     estimated_group: tuple[str, str]
-    old: Mapping[str, int | None] | None
-    new: Mapping[str, int | None]
+    old: PhaseNumbers | None
+    new: PhaseNumbers
+
+
+@dataclass(frozen=True)
+class _ProbeEstimate:
+    """One representative phase as the probe printed it (``_PROBE``)."""
+
+    category: str
+    complexity: str
+    deliverable: str
+    estimated_group: tuple[str | None, str | None] = (None, None)
+    predicted: Number | None = None
+    selected_budget: Number | None = None
+    actual_max_tokens: Number | None = None
+
+    def numbers(self) -> PhaseNumbers:
+        return PhaseNumbers(self.predicted, self.selected_budget, self.actual_max_tokens)
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What the probe printed (``_PROBE``): the estimator module as a fresh interpreter imported it. Parsed and
+    checked on arrival (``_PROBE_OUTPUT``): the module is the target repository's code, its output untrusted."""
+
+    file: str | None = None
+    #: per requested entry: (table, key, its numeric value or None, the value's type name, the table is a dict)
+    values: tuple[tuple[str, tuple[str, ...], Number | None, str, bool], ...] = ()
+    estimates: tuple[_ProbeEstimate, ...] = ()
+    error: str | None = None
+    has_planner: bool = False
+
+
+_PROBE_OUTPUT = TypeAdapter(_Probe)
 
 
 @dataclass(frozen=True)
@@ -224,19 +267,19 @@ def verify_edited_estimator(
         before = original_source
         if before is None and target.exists():
             before = target.read_text("utf-8")
-        old_probe: dict[str, Any] | None = None
+        old_probe: _Probe | None = None
         if before is not None:
             target.write_text(before, encoding="utf-8")
             old_probe = _run_probe(python, copy, env, request, timeout)
-            if old_probe.get("error"):
-                notes.append(f"the current estimator did not import: {old_probe['error']}")
+            if old_probe.error:
+                notes.append(f"the current estimator did not import: {old_probe.error}")
                 old_probe = None
 
         target.write_text(edited_source, encoding="utf-8")
         new_probe = _run_probe(python, copy, env, request, timeout)
-        module_file = new_probe.get("file")
-        if new_probe.get("error"):
-            errors.append(f"importing the edited module failed: {new_probe['error']}")
+        module_file = new_probe.file
+        if new_probe.error:
+            errors.append(f"importing the edited module failed: {new_probe.error}")
         elif not module_file or not Path(module_file).resolve().is_relative_to(copy.resolve()):
             errors.append(f"{module} was imported from {module_file}, not from the verification copy")
 
@@ -246,7 +289,7 @@ def verify_edited_estimator(
             for c in checks if not c.ok
         )
         estimates = _comparisons(old_probe, new_probe)
-        if phases and not new_probe.get("has_planner") and not new_probe.get("error"):
+        if phases and not new_probe.has_planner and not new_probe.error:
             notes.append("the estimator has no plan_call/PhaseFeatures: only table values are compared")
 
         tests = (_run_tests(python, copy, env, tests_path, timeout, Path(tmp) / "junit.xml") if run_tests
@@ -302,25 +345,29 @@ def _subprocess_env(copy: Path) -> dict[str, str]:
 
 def _run_probe(
     python: str, copy: Path, env: Mapping[str, str], request: Mapping[str, Any], timeout: float
-) -> dict[str, Any]:
+) -> _Probe:
     try:
         done = subprocess.run(
             [python, "-c", _PROBE], input=json.dumps(request), capture_output=True, text=True,
             cwd=copy, env=dict(env), timeout=timeout, check=False,
         )
     except subprocess.TimeoutExpired:
-        return {"error": f"the import probe timed out after {timeout:.0f}s", "values": [], "estimates": []}
+        return _Probe(error=f"the import probe timed out after {timeout:.0f}s")
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(_PROBE_PREFIX):
-            probe: dict[str, Any] = json.loads(line[len(_PROBE_PREFIX):])
-            return probe
+            try:
+                return _PROBE_OUTPUT.validate_json(line[len(_PROBE_PREFIX):])
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"]) or "its output"
+                return _Probe(error=f"the import probe printed output it should not ({where}: {redact(first['msg'])})")
     lines = (done.stderr or done.stdout).strip().splitlines()
     tail = redact(lines[-1]) if lines else ""
-    return {"error": f"the import probe exited {done.returncode}: {tail}", "values": [], "estimates": []}
+    return _Probe(error=f"the import probe exited {done.returncode}: {tail}")
 
 
-def _table_checks(changes: Sequence[Change], probe: Mapping[str, Any]) -> list[TableCheck]:
-    values = {(table, tuple(key)): value for table, key, value, *_ in probe.get("values", [])}
+def _table_checks(changes: Sequence[Change], probe: _Probe) -> list[TableCheck]:
+    values = {(table, key): value for table, key, value, *_ in probe.values}
     checks = []
     for change in changes:
         actual = values.get((change.coefficient, change.key))
@@ -329,21 +376,20 @@ def _table_checks(changes: Sequence[Change], probe: Mapping[str, Any]) -> list[T
     return checks
 
 
-def _comparisons(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[EstimateComparison]:
-    fields = ("predicted", "selected_budget", "actual_max_tokens")
-    before = {(e["category"], e["complexity"]): e for e in (old or {}).get("estimates", [])}
+def _comparisons(old: _Probe | None, new: _Probe) -> list[EstimateComparison]:
+    before = {(e.category, e.complexity): e for e in (old.estimates if old is not None else ())}
     out = []
-    for e in new.get("estimates", []):
-        prior = before.get((e["category"], e["complexity"]))
-        group = e.get("estimated_group") or [e["category"], e["complexity"]]
+    for e in new.estimates:
+        prior = before.get((e.category, e.complexity))
+        group = e.estimated_group if e.estimated_group != (None, None) else (e.category, e.complexity)
         out.append(
             EstimateComparison(
-                category=e["category"],
-                complexity=e["complexity"],
-                deliverable=e["deliverable"],
+                category=e.category,
+                complexity=e.complexity,
+                deliverable=e.deliverable,
                 estimated_group=(str(group[0]), str(group[1])),
-                old={f: prior.get(f) for f in fields} if prior else None,
-                new={f: e.get(f) for f in fields},
+                old=prior.numbers() if prior else None,
+                new=e.numbers(),
             )
         )
     return out
