@@ -42,13 +42,17 @@ from autopack.execution.batch_workers import (
     DEFAULT_EXECUTOR,
     Completion,
     ExecutorRef,
+    PhaseDone,
+    PhaseError,
     PhaseJob,
+    PhaseLeaseLost,
+    PhaseMessage,
     WakePipe,
     resolve_executor,
     run_job,
 )
 from autopack.execution.sessions import STATUS_COMPLETED, DrainOutcome, SessionState
-from autopack.execution.triage import STAGE_EXECUTION, Candidate
+from autopack.execution.triage import Candidate
 from autopack.params import DrainParams, ExpectDbId
 from flows.logs import quiet_run_logs
 from flows.states import refusal
@@ -79,14 +83,14 @@ def drain_phase(job: PhaseJob, executor_ref: ExecutorRef = DEFAULT_EXECUTOR) -> 
     return Completed(message=line[:500], data=message)
 
 
-def _message_of(future: PrefectFuture[Any]) -> dict[str, Any]:
+def _message_of(future: PrefectFuture[Any]) -> PhaseMessage:
     try:
         value: Any = future.result(raise_on_failure=False)
     except BaseException as exc:  # noqa: BLE001 - a crashed or cancelled task run is an executor error
         value = exc
-    if isinstance(value, dict) and "kind" in value:
+    if isinstance(value, (PhaseDone, PhaseLeaseLost, PhaseError)):
         return value
-    return {"kind": "error", "message": f"the task run ended without a result: {value!r}"[:4000], "stage": STAGE_EXECUTION}
+    return PhaseError(f"the task run ended without a result: {value!r}"[:4000])
 
 
 class TaskRunExecutor:

@@ -34,7 +34,11 @@ from autopack.execution.batch_workers import (
     Completion,
     DrainExecutor,
     ExecutorRef,
+    PhaseDone,
     PhaseJob,
+    PhaseLeaseLost,
+    PhaseMessage,
+    PhaseReport,
     ProcessExecutor,
     make_executor,
 )
@@ -72,7 +76,6 @@ from autopack.params import DRAINABLE_STATES, DrainParams
 
 if TYPE_CHECKING:
     from autopack.db.handle import Database
-    from autopack.execution.phase_runner import PhaseResult
 
 STOP_BATCH_SIZE = "batch size reached"
 STOP_NO_PHASES = "no eligible phases left"
@@ -461,28 +464,24 @@ class BatchDrain:
             return
         self._record(state, self._outcome_from_message(running, completion.message))
 
-    def _outcome_from_message(self, running: _Running, message: dict[str, Any]) -> DrainOutcome:
+    def _outcome_from_message(self, running: _Running, message: PhaseMessage) -> DrainOutcome:
         duration = self.clock() - running.started
-        kind = message.get("kind")
-        if kind == "result":
-            from autopack.execution.phase_runner import PhaseResult
-
-            result = PhaseResult(run_id=running.claim.run_id, phase_id=running.claim.phase_id, **message["result"])
-            return outcome_from_phase_result(running.candidate, running.claim, result, duration=duration)
-        if kind == "lease_lost":
+        if isinstance(message, PhaseDone):
+            return outcome_from_phase_result(running.candidate, running.claim, message.result, duration=duration)
+        if isinstance(message, PhaseLeaseLost):
             return make_outcome(
                 running.candidate,
                 running.claim,
                 final_state=FINAL_LEASE_LOST,
                 success=False,
                 returncode=RC_LEASE_LOST,
-                error_message=str(message.get("message")),
+                error_message=message.message,
                 failure_stage=STAGE_EXECUTION,
                 telemetry_events=self._events_of_attempt(running.claim, only_first=True),
                 duration=duration,
             )
         # The executor raised: the phase is still ours, so it is failed here with the exception as reason.
-        error = str(message.get("message") or "executor error")
+        error = message.message or "executor error"
         final_state = PhaseState.FAILED
         try:
             with self.database.session() as db:
@@ -498,7 +497,7 @@ class BatchDrain:
             success=False,
             returncode=RC_LEASE_LOST if final_state == FINAL_LEASE_LOST else RC_FAILED,
             error_message=error,
-            failure_stage=str(message.get("stage") or STAGE_EXECUTION),
+            failure_stage=message.stage or STAGE_EXECUTION,
             telemetry_events=self._events_of_attempt(running.claim),
             duration=duration,
         )
@@ -743,9 +742,9 @@ def make_outcome(
 
 
 def outcome_from_phase_result(
-    candidate: Candidate, claim: leases.Claim, result: PhaseResult, *, duration: float
+    candidate: Candidate, claim: leases.Claim, result: PhaseReport, *, duration: float
 ) -> DrainOutcome:
-    """An outcome from ``execute_phase``'s structured result (used by in-process orchestrators)."""
+    """An outcome from the executor's result (``execute_phase``'s ``PhaseResult``, as ``run_job`` passes it on)."""
     success = bool(result.success) and result.final_state == PhaseState.COMPLETE
     return make_outcome(
         candidate, claim, final_state=result.final_state, success=success,

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from autopack.execution.batch import BatchOptions, CallSample
+from autopack.execution.batch_workers import PhaseDone, PhaseLeaseLost, PhaseMessage
 from autopack.execution.sessions import DrainOutcome, SessionState
 from autopack.execution.triage import Candidate
 from autopack.logging import redact
@@ -25,19 +26,19 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
 
 
-def phase_log_line(run_id: str, phase_id: str, message: dict[str, Any], samples: list[CallSample]) -> str:
+def phase_log_line(run_id: str, phase_id: str, message: PhaseMessage, samples: list[CallSample]) -> str:
     """One informative line for a finished phase attempt: outcome, attempts, telemetry rows, tokens, ceilings."""
     where = f"{run_id}/{phase_id}"
-    if message.get("kind") != "result":
-        kind = "lease lost" if message.get("kind") == "lease_lost" else "executor error"
-        return f"{where}: {kind}: {_short(str(message.get('message')), 300)}"
-    result = message["result"]
-    head = f"{where} {result['final_state']}"
-    if result.get("failure_stage"):
-        head += f" (stage {result['failure_stage']})"
+    if not isinstance(message, PhaseDone):
+        kind = "lease lost" if isinstance(message, PhaseLeaseLost) else "executor error"
+        return f"{where}: {kind}: {_short(message.message, 300)}"
+    result = message.result
+    head = f"{where} {result.final_state}"
+    if result.failure_stage:
+        head += f" (stage {result.failure_stage})"
     line = (
-        f"{head} in {float(result.get('duration_seconds') or 0):.2f}s: {_plural(int(result['attempts']), 'attempt')}, "
-        f"{_plural(int(result['llm_calls']), 'LLM call')}, {_plural(int(result['telemetry_events']), 'telemetry row')}"
+        f"{head} in {result.duration_seconds:.2f}s: {_plural(result.attempts, 'attempt')}, "
+        f"{_plural(result.llm_calls, 'LLM call')}, {_plural(result.telemetry_events, 'telemetry row')}"
     )
     if samples:
         calls = [
@@ -46,10 +47,10 @@ def phase_log_line(run_id: str, phase_id: str, message: dict[str, Any], samples:
             for s in samples
         ]
         line += "; " + "; ".join(calls)
-    if result.get("reached_llm_boundary"):
+    if result.reached_llm_boundary:
         line += " [LLM-BOUNDARY]"
-    if not result.get("success") and result.get("error_message"):
-        line += f" — {_short(result['error_message'], 300)}"
+    if not result.success and result.error_message:
+        line += f" — {_short(result.error_message, 300)}"
     return line
 
 

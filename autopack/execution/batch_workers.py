@@ -46,18 +46,77 @@ DEFAULT_EXECUTOR = "autopack.execution.phase_runner:execute_phase"
 
 ExecutorRef = str | Callable[..., Any]
 
-#: ``PhaseResult`` fields the drain reads (attribute names of the executor's dataclass).
-RESULT_FIELDS: dict[str, Any] = {
-    "final_state": "FAILED",
-    "success": False,
-    "attempts": 1,
-    "llm_calls": 0,
-    "telemetry_events": 0,
-    "error_message": None,
-    "failure_stage": None,
-    "reached_llm_boundary": False,
-    "duration_seconds": 0.0,
-}
+@dataclass(frozen=True)
+class PhaseReport:
+    """The executor's ``PhaseResult``, the fields the drain reads, as plain values: it crosses a process boundary,
+    and an executor that leaves a field out gets its default."""
+
+    final_state: str = "FAILED"
+    success: bool = False
+    attempts: int = 1
+    llm_calls: int = 0
+    telemetry_events: int = 0
+    error_message: str | None = None
+    failure_stage: str | None = None
+    reached_llm_boundary: bool = False
+    duration_seconds: float = 0.0
+
+    @classmethod
+    def of(cls, result: Any) -> PhaseReport:
+        default = cls()
+        return cls(
+            final_state=getattr(result, "final_state", default.final_state),
+            success=bool(getattr(result, "success", default.success)),
+            attempts=int(getattr(result, "attempts", default.attempts) or 0),
+            llm_calls=int(getattr(result, "llm_calls", default.llm_calls) or 0),
+            telemetry_events=int(getattr(result, "telemetry_events", default.telemetry_events) or 0),
+            error_message=getattr(result, "error_message", default.error_message),
+            failure_stage=getattr(result, "failure_stage", default.failure_stage),
+            reached_llm_boundary=bool(getattr(result, "reached_llm_boundary", default.reached_llm_boundary)),
+            duration_seconds=float(getattr(result, "duration_seconds", default.duration_seconds) or 0.0),
+        )
+
+
+# --- what comes back from a phase (``run_job``), and from a starting executor process -------------------------
+
+
+@dataclass(frozen=True)
+class PhaseDone:
+    """The executor returned: the phase's own result."""
+
+    result: PhaseReport
+
+
+@dataclass(frozen=True)
+class PhaseLeaseLost:
+    """The phase's lease was taken back while it ran: its result is not this drain's to record."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class PhaseError:
+    """The executor raised (or its task run ended without a result): the phase fails at ``stage``."""
+
+    message: str
+    stage: str = STAGE_EXECUTION
+
+
+PhaseMessage = PhaseDone | PhaseLeaseLost | PhaseError
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    """An executor process loaded the phase executor and waits for jobs."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class WorkerFatal:
+    """An executor process could not load the phase executor."""
+
+    message: str
 
 
 #: An executor process that has not loaded the phase executor after this long is treated as broken.
@@ -80,10 +139,10 @@ class PhaseJob:
 
 @dataclass(frozen=True)
 class Completion:
-    """A slot's phase ended: ``message`` is ``run_job``'s dict, or None when the worker died without one."""
+    """A slot's phase ended: ``message`` is ``run_job``'s, or None when the worker died without one."""
 
     slot: int
-    message: dict[str, Any] | None
+    message: PhaseMessage | None
     exit_signal: int | None = None
 
 
@@ -162,18 +221,6 @@ def resolve_executor(ref: ExecutorRef) -> Callable[..., Any]:
     return cast("Callable[..., Any]", getattr(module, attr or "execute_phase"))
 
 
-def result_to_dict(result: Any) -> dict[str, Any]:
-    """The executor's ``PhaseResult`` as plain values (it crosses a process boundary)."""
-    data = {name: getattr(result, name, default) for name, default in RESULT_FIELDS.items()}
-    data["llm_calls"] = int(data["llm_calls"] or 0)
-    data["telemetry_events"] = int(data["telemetry_events"] or 0)
-    data["attempts"] = int(data["attempts"] or 0)
-    data["duration_seconds"] = float(data["duration_seconds"] or 0.0)
-    data["success"] = bool(data["success"])
-    data["reached_llm_boundary"] = bool(data["reached_llm_boundary"])
-    return data
-
-
 def _stage_for(exc: BaseException) -> str:
     if isinstance(exc, InputError):
         return STAGE_BEFORE_LLM
@@ -203,9 +250,8 @@ def gated_provider(job: PhaseJob) -> Any:
     return gated_settings_provider(job.database.open(), job.provider_concurrency)
 
 
-def run_job(executor: Callable[..., Any], job: PhaseJob) -> dict[str, Any]:
+def run_job(executor: Callable[..., Any], job: PhaseJob) -> PhaseMessage:
     """Run one claimed phase; every outcome (even a crash) comes back as a message, never an exception."""
-    started = time.monotonic()
     try:
         options: dict[str, Any] = {}
         provider = gated_provider(job)
@@ -220,15 +266,13 @@ def run_job(executor: Callable[..., Any], job: PhaseJob) -> dict[str, Any]:
             heartbeat=lease_heartbeat(job),
             **options,
         )
-        return {"kind": "result", "result": result_to_dict(result)}
+        return PhaseDone(PhaseReport.of(result))
     except LeaseLostError as exc:
-        return {"kind": "lease_lost", "message": exc.one_line(), "duration": time.monotonic() - started}
+        return PhaseLeaseLost(exc.one_line())
     except AutopackError as exc:
-        message = f"{type(exc).__name__}: {exc.one_line()}"
-        return {"kind": "error", "message": message, "stage": _stage_for(exc), "duration": time.monotonic() - started}
+        return PhaseError(f"{type(exc).__name__}: {exc.one_line()}", _stage_for(exc))
     except Exception as exc:  # the drain must survive any executor bug and record it
-        message = f"{type(exc).__name__}: {exc}"[:4000]
-        return {"kind": "error", "message": message, "stage": STAGE_EXECUTION, "duration": time.monotonic() - started}
+        return PhaseError(f"{type(exc).__name__}: {exc}"[:4000])
 
 
 # --- the child process ------------------------------------------------------------------------------------
@@ -262,9 +306,9 @@ def child_main(conn: Connection, executor_ref: ExecutorRef, parent_pid: int) -> 
     try:
         executor = resolve_executor(executor_ref)
     except Exception as exc:
-        conn.send({"kind": "fatal", "message": f"cannot load the phase executor {executor_ref!r}: {exc}"})
+        conn.send(WorkerFatal(f"cannot load the phase executor {executor_ref!r}: {exc}"))
         return
-    conn.send({"kind": "ready", "pid": os.getpid()})
+    conn.send(WorkerReady(os.getpid()))
     while True:
         try:
             job = conn.recv()
@@ -312,11 +356,11 @@ class ProcessSlot:
         with contextlib.suppress(OSError):  # BrokenPipeError: its end of the pipe now reads EOF, which wait() sees
             self.connection.send(job)
 
-    def receive(self) -> dict[str, Any] | None:
+    def receive(self) -> PhaseMessage | WorkerReady | WorkerFatal | None:
         """The child's next message, or None if it died (its exit code then says how)."""
         assert self.connection is not None
         try:
-            return cast("dict[str, Any] | None", self.connection.recv())
+            return cast("PhaseMessage | WorkerReady | WorkerFatal", self.connection.recv())
         except (EOFError, OSError):
             return None
 
@@ -418,7 +462,7 @@ class ProcessExecutor:
                     )
                 continue
             message = slot.receive()
-            if slot.status == STARTING:
+            if slot.status == STARTING or isinstance(message, (WorkerReady, WorkerFatal)):
                 self._on_started(slot, message)
             elif message is None:
                 signum = slot.exit_signal()
@@ -431,12 +475,12 @@ class ProcessExecutor:
         return completions
 
     @staticmethod
-    def _on_started(slot: ProcessSlot, message: dict[str, Any] | None) -> None:
-        if message is not None and message.get("kind") == "ready":
+    def _on_started(slot: ProcessSlot, message: PhaseMessage | WorkerReady | WorkerFatal | None) -> None:
+        if isinstance(message, WorkerReady):
             slot.status = IDLE
             return
         slot.kill()
-        detail = (message or {}).get("message") or "the executor process exited while starting"
+        detail = message.message if isinstance(message, WorkerFatal) else "the executor process exited while starting"
         raise ConfigError(detail, hint="is the phase executor installed? (autopack.execution.phase_runner)")
 
     def result_ready(self, slot: int) -> bool:
@@ -467,7 +511,7 @@ class InlineExecutor:
         self.workers = workers
         self.executor_ref = executor_ref
         self._executor: Callable[..., Any] | None = None
-        self._pending: dict[int, dict[str, Any]] = {}
+        self._pending: dict[int, PhaseMessage] = {}
         self._wake = WakePipe()
 
     def idle_slots(self, wanted: int) -> list[int]:
