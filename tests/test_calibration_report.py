@@ -84,3 +84,9 @@ def test_the_report_header_states_the_rise_bound_the_lowerings_used() -> None:
     result = calibrate(samples, Params(max_rise_per_run=0.0125)).result
     assert result.metadata.max_rise_per_run == 0.0125
     assert "a lowering at most +1.25 pp of estimated truncation a run" in render_markdown(result, None)
+
+
+def test_the_reports_changes_table_explains_its_interval_as_the_body_does() -> None:
+    text = render_markdown(calibration().result, None)
+    assert f"| Coefficient | Key | Old | New | n | Confidence | {story.INTERVAL_COLUMN} |" in text
+    assert story.INTERVAL_NOTE in text

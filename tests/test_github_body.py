@@ -451,3 +451,13 @@ def test_not_updated_comment_names_the_test_the_assertion_the_values_and_the_cha
     assert "  - proposed entries matching those values: `PHASE_OVERHEAD[implementation, low]` 634 → 0" in text
     assert "Flow run: [http://127.0.0.1:4200/r/1]" in text
     assert text.rstrip().endswith("<!-- autopack-calibration-not-updated proposal=" + "ab" * 32 + " -->")
+
+
+def test_the_changes_table_calls_its_interval_the_fitted_values_and_says_new_may_lie_outside() -> None:
+    """A bounded step ships between today's value and the fitted one: an interval headed "Interval" beside a New
+    outside it read as a contradiction."""
+    body = _body(calibration(), report())
+    assert "Fitted value's interval" in header(body, "Coefficient")
+    table = body.split("### Proposed changes", 1)[1]
+    assert table.index("*Fitted value's interval*: ") < table.index("\n### ")
+    assert "so **New** may lie outside it" in table

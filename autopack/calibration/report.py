@@ -299,8 +299,8 @@ def _changes_section(result: CalibrationResult) -> list[str]:
     changes = result.proposed_changes
     if changes:
         lines += [
-            "| Coefficient | Key | Old | New | n | Confidence | Interval | Held-out truncation [interval], shipped | "
-            "Reserved/used, shipped | Verdict |",
+            f"| Coefficient | Key | Old | New | n | Confidence | {story.INTERVAL_COLUMN} | Held-out truncation "
+            "[interval], shipped | Reserved/used, shipped | Verdict |",
             "|---|---|---:|---:|---:|---:|---|---|---:|---|",
         ]
         for c in changes:
@@ -311,7 +311,7 @@ def _changes_section(result: CalibrationResult) -> list[str]:
                 f"{_f(c.confidence)} | {_f(c.interval, 3 if c.coefficient == 'BUDGET_FACTORS' else 0)} | "
                 f"{_interval(bt)} | {_f(bt.reserved_over_used if bt else None)} | {c.verdict or ''} |"
             )
-        lines.append("")
+        lines += ["", story.INTERVAL_NOTE, ""]
     fit = result.coefficient_fit
     lines += ["### Joint coefficient fit (all changes the fit made, old → new)", ""]
     if not fit:

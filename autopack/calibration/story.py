@@ -36,6 +36,15 @@ Group = tuple[str, str]
 FULL_REFIT = "full refit (not shipped)"
 #: What the shipped configuration (``backtest.shipped``) is called.
 THIS_PR = "this pull request"
+#: The changes table's interval column: the fitted value's uncertainty, not the shipped value's (a bounded step
+#: ships between today's value and the fitted one, so the new value may lie outside it).
+INTERVAL_COLUMN = "Fitted value's interval"
+INTERVAL_NOTE = (
+    "*Fitted value's interval*: how uncertain the value the group's own fitted calls give is (a budget factor: "
+    "its (1 − α) quantile's 90 % interval; a phase overhead: the 95 % interval of the overheads its calls imply, "
+    "at least 1; a token weight: the bootstrap's 90 % interval). What ships is a bounded step from today's value "
+    "toward the fitted one, or a step toward α for a group cut above α, so **New** may lie outside it."
+)
 
 
 class VerdictKind(StrEnum):

@@ -372,8 +372,8 @@ def _changes_table(changes: Sequence[Change]) -> str:
     rows = [
         "### Proposed changes",
         "",
-        "| Coefficient | Key | Old | New | Change | n | Held-out | Confidence | Interval | Held-out truncation, "
-        "this PR | Reserved / used, this PR |",
+        f"| Coefficient | Key | Old | New | Change | n | Held-out | Confidence | {story.INTERVAL_COLUMN} | "
+        "Held-out truncation, this PR | Reserved / used, this PR |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for c in changes:
@@ -400,6 +400,7 @@ def _changes_table(changes: Sequence[Change]) -> str:
             )
             + " |"
         )
+    rows += ["", story.INTERVAL_NOTE]
     return "\n".join(rows)
 
 
