@@ -42,10 +42,8 @@ from autopack.execution.batch_workers import (
     DEFAULT_EXECUTOR,
     Completion,
     ExecutorRef,
-    PhaseDone,
     PhaseError,
     PhaseJob,
-    PhaseLeaseLost,
     PhaseMessage,
     WakePipe,
     resolve_executor,
@@ -88,7 +86,7 @@ def _message_of(future: PrefectFuture[Any]) -> PhaseMessage:
         value: Any = future.result(raise_on_failure=False)
     except BaseException as exc:  # noqa: BLE001 - a crashed or cancelled task run is an executor error
         value = exc
-    if isinstance(value, (PhaseDone, PhaseLeaseLost, PhaseError)):
+    if isinstance(value, PhaseMessage):
         return value
     return PhaseError(f"the task run ended without a result: {value!r}"[:4000])
 

@@ -582,7 +582,8 @@ def test_one_long_call_just_under_todays_ceiling_does_not_pin_a_group_there() ->
         shape = step.pooled_shape([_t_group(rng, 80, 0.0, T_SIGMA) for _ in range(5)] + [(np.log(y / predicted),
                                                                                              observed)])
         own = step.bounded_lowering(y, observed, predicted, ceiling, fitted, ALPHA)
-        pooled = step.bounded_lowering(y, observed, predicted, ceiling, fitted, ALPHA, shape=shape)
+        pooled = step.bounded_lowering(y, observed, predicted, ceiling, fitted, ALPHA,
+                                       reading=step.TailReading(y, observed, predicted, ceiling, shape))
         assert own.factor is None or own.factor >= y[0] / PREDICTED  # held above its longest call
         full_step = step.LOWER_STEP ** (63 / step.LOWER_STEP_CALLS) * today  # a group of 63 calls' full step
         assert pooled.factor is not None and pooled.factor < 1.01 * full_step < y[0] / PREDICTED

@@ -501,8 +501,7 @@ class TailReading:
 
 def bounded_lowering(
     y: np.ndarray, observed: np.ndarray, predicted: np.ndarray, today_ceiling: np.ndarray, fitted_factor: float,
-    alpha: float, max_rise: float = LOWER_RISE, shape: PooledShape | None = None, ends_descent: bool = True,
-    reading: TailReading | None = None,
+    alpha: float, max_rise: float = LOWER_RISE, ends_descent: bool = True, reading: TailReading | None = None,
 ) -> Lowering:
     """The factor a lowering ships, from all the group's calls (``predicted`` under the coefficients that ship
     with it, ``today_ceiling`` today's ceilings): the largest of
@@ -519,9 +518,8 @@ def bounded_lowering(
       above the estimate under today's ceilings, by both estimators of
       ``_survivals`` (each against its own estimate of today: the larger estimate of both against the larger
       of today let one estimator's high reading of today license another's rise, +3.8 pp in a closed loop);
-      its tail is the pooled ``shape`` where the calibration has one (``core`` fits it once over all groups),
-      read through the group's ``TailReading`` (``reading``: the one ``core`` built from these calls and that
-      shape for the group's step; else built here);
+      read through the group's ``TailReading`` (``reading``: the one ``core`` built for the group's step, its
+      tail the pooled shape ``core`` fits once over all groups; else built here from the group's own tail);
     - the step bound: ``LOWER_STEP`` (a smaller step below ``LOWER_STEP_CALLS`` calls, or below
       ``LOWER_FAR_CALLS`` where the group is far below α and none of its calls was ever cut: ``LOWER_FAR``) times
       today's reserved ÷ predicted tokens (Σ ceiling ÷ Σ predicted);
@@ -543,7 +541,7 @@ def bounded_lowering(
     """
     pred = np.maximum(predicted, 1.0)
     if reading is None:
-        reading = TailReading(y, observed, predicted, today_ceiling, shape)
+        reading = TailReading(y, observed, predicted, today_ceiling)
     ratio = today_ceiling / pred
     today_factor = float(today_ceiling.sum() / pred.sum())  # its reserve, token-weighted: what a lowering lowers
     today_each, today = reading.today_each, reading.today

@@ -107,17 +107,14 @@ class EstimateComparison:
     new: PhaseNumbers
 
 
-@dataclass(frozen=True)
-class _ProbeEstimate:
-    """One representative phase as the probe printed it (``_PROBE``)."""
+@dataclass(frozen=True, kw_only=True)
+class _ProbeEstimate(PhaseNumbers):
+    """One representative phase as the probe printed it (``_PROBE``): its numbers, and which phase it is."""
 
     category: str
     complexity: str
     deliverable: str
     estimated_group: tuple[str | None, str | None] = (None, None)
-    predicted: Number | None = None
-    selected_budget: Number | None = None
-    actual_max_tokens: Number | None = None
 
     def numbers(self) -> PhaseNumbers:
         return PhaseNumbers(self.predicted, self.selected_budget, self.actual_max_tokens)
