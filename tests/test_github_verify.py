@@ -111,6 +111,20 @@ def test_a_module_that_forges_the_probes_output_fails_verification_in_one_line(t
     assert "the import probe printed output it should not" in error and "\n" not in error
 
 
+def test_a_phase_whose_estimator_names_no_group_is_reported_under_its_own_group(target: Path) -> None:
+    """An estimator without ``group`` on its estimate: the comparison names the phase's category and complexity."""
+    planner = (
+        "\n\nclass PhaseFeatures:\n    def __init__(self, **kw):\n        self.__dict__.update(kw)\n\n"
+        "class _Estimate:\n    predicted_output_tokens = 900\n\n"
+        "class _Decision:\n    selected_budget = actual_max_tokens = 1800\n\n"
+        "def plan_call(features):\n    return _Estimate(), _Decision()\n"
+    )
+    edited = apply_proposal(FIXTURE_ESTIMATOR, CHANGES, METADATA) + planner
+    report = verify_edited_estimator(target, edited, CHANGES, run_tests=False)
+    assert report.ok, report.errors
+    assert [c.estimated_group for c in report.estimates] == [("implementation", "low")]
+
+
 def test_values_that_do_not_read_back_fail_verification(target: Path) -> None:
     report = verify_edited_estimator(target, FIXTURE_ESTIMATOR, CHANGES, run_tests=False)
     assert not report.ok

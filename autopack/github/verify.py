@@ -378,13 +378,14 @@ def _comparisons(old: _Probe | None, new: _Probe) -> list[EstimateComparison]:
     out = []
     for e in new.estimates:
         prior = before.get((e.category, e.complexity))
-        group = e.estimated_group if e.estimated_group != (None, None) else (e.category, e.complexity)
+        # an estimator that does not name a group's part is read as the phase's own category or complexity
+        group = (e.estimated_group[0] or e.category, e.estimated_group[1] or e.complexity)
         out.append(
             EstimateComparison(
                 category=e.category,
                 complexity=e.complexity,
                 deliverable=e.deliverable,
-                estimated_group=(str(group[0]), str(group[1])),
+                estimated_group=group,
                 old=prior.numbers() if prior else None,
                 new=e.numbers(),
             )
