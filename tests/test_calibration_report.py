@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from autopack import token_estimator as te
 from autopack.calibration import story
 from autopack.calibration.core import Params, calibrate
 from autopack.calibration.report import render_markdown, write_plot
 from autopack.calibration.result import SourceModel, Sources
-from autopack.calibration.samples import build_sample_set
+from autopack.calibration.samples import build_sample_set, configuration_ceiling
 
 from synthetic_telemetry import GroupTruth, Law, simulate_groups
 
@@ -69,6 +74,38 @@ def test_the_plot_says_simulated_and_draws_held_out_calls_apart(tmp_path: Path) 
     real = Sources(simulated=False, models=[SourceModel(provider="openai", model="gpt-5", samples=10,
                                                         simulated=False)])
     assert not any("SIMULATED" in t for t in write_plot(tmp_path / "real.png", cal.plot, alpha=0.05, sources=real))
+
+
+def test_the_plot_draws_the_ceiling_merging_ships_not_the_refits_factor(tmp_path: Path) -> None:
+    """The green line is the pull request's ceilings (its changes applied to today's coefficients) ÷ the refit's
+    prediction; the full refit's factor is drawn only where nothing ships, and labelled so."""
+    groups = [GroupTruth("implementation", "low", 400, Law(0.0, 0.35)),
+              GroupTruth("docs", "low", 250, Law(0.2, 0.3), 0.4, False)]
+    samples = build_sample_set(simulate_groups(groups, seed=4).columns)
+    current = te.current_coefficients()
+    cal = calibrate(samples, Params(), current)
+    tables = {"BUDGET_FACTORS": dict(current.budget_factors), "PHASE_OVERHEAD": dict(current.phase_overhead),
+              "TOKEN_WEIGHTS": dict(current.token_weights)}
+    for change in cal.result.proposed_changes:  # the merge, as the pull request's edit applies it
+        tables[change.coefficient][tuple(change.key)] = change.new
+    merged = dataclasses.replace(current, budget_factors=tables["BUDGET_FACTORS"],
+                                 phase_overhead=tables["PHASE_OVERHEAD"], token_weights=tables["TOKEN_WEIGHTS"])
+    _, ceiling = configuration_ceiling(samples, merged, merged.budget_factors)
+    _, today = configuration_ceiling(samples, current, current.budget_factors)
+    changed = {(c.category, c.complexity) for c in cal.result.proposed_changes}
+    assert changed
+    rows = samples.rows_by_group()
+    for g, drawn_ships, factor in zip(cal.plot.groups, cal.plot.shipped, cal.plot.factors, strict=True):
+        idx = rows[samples.groups.index(g)]
+        if not np.any(ceiling[idx] != today[idx]):
+            assert drawn_ships is None
+            continue
+        assert g in changed and drawn_ships is not None
+        refit_predicted = samples.y[idx] / cal.plot.ratios[cal.plot.groups.index(g)]  # the plot's scale
+        assert drawn_ships[0] == pytest.approx(float(np.median(ceiling[idx] / refit_predicted)), rel=1e-6)
+        assert factor is not None and drawn_ships[0] != pytest.approx(factor, rel=1e-3)  # a bounded step
+    drawn = write_plot(tmp_path / "plot.png", cal.plot, alpha=0.05)
+    assert any(t.startswith("ceiling that ships") for t in drawn) and "budget factor, ships (α=0.05)" not in drawn
 
 
 def test_the_older_positional_plot_call_still_draws(tmp_path: Path) -> None:

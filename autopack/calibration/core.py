@@ -139,6 +139,10 @@ class Decision:
     #: every call's ceiling today (today's coefficients and factors)
     today: np.ndarray = field(default_factory=lambda: np.empty(0))
 
+    def shipped_configuration(self, current: te.Coefficients) -> tuple[te.Coefficients, dict[Group, float]]:
+        """The coefficient set and budget factors that merging the pull request ships."""
+        return _shipped(current, self.fitted, self.passing, self.ship_weights, _new_factors(self.raised, self.lowered))
+
     def shipped_factor(self, g: Group) -> float | None:
         """The factor a passing group ships: its raise, its bounded lowering, else its fitted factor."""
         return _new_factors(self.raised, self.lowered).get(g, self.fitted.model.factor_for(g).factor)
@@ -634,6 +638,9 @@ class PlotData:
     current: list[tuple[float, float, float] | None] = field(default_factory=list)
     #: per call: held out of the fit (the newest calls the backtest replays), drawn apart from the fitted ones
     held_out: list[np.ndarray] = field(default_factory=list)
+    #: the ceiling that ships on the same scale (median, 10th and 90th percentile); None: the group's ceilings do
+    #: not change. Empty (the older positional form): ``factors`` marked ``proposed`` are what ships.
+    shipped: list[tuple[float, float, float] | None] = field(default_factory=list)
 
 
 @dataclass
@@ -650,6 +657,8 @@ def calibrate(samples: SampleSet, params: Params, current: te.Coefficients | Non
     decision = decide(samples, params, current)
     today_ratio = decision.today / np.maximum(decision.fitted.predicted, 1.0)
     result = assemble(samples, params, current, decision, today_ratio)
+    _, shipped_ceiling = configuration_ceiling(samples, *decision.shipped_configuration(current))
+    shipped_ratio = shipped_ceiling / np.maximum(decision.fitted.predicted, 1.0)
     plot = PlotData([], [], [], [], [])
     rows_of = samples.rows_by_group()
     for entry in result.groups:
@@ -662,8 +671,14 @@ def calibrate(samples: SampleSet, params: Params, current: te.Coefficients | Non
         plot.factors.append(entry.budget_factor)
         plot.proposed.append(entry.proposed)
         plot.n.append(int(idx.size))
-        q10, q50, q90 = np.quantile(today_ratio[idx], [0.1, 0.5, 0.9])
-        plot.current.append((float(q50), float(q10), float(q90)))
+        plot.current.append(_median_and_range(today_ratio[idx]))
+        changes = bool(np.any(shipped_ceiling[idx] != decision.today[idx]))
+        plot.shipped.append(_median_and_range(shipped_ratio[idx]) if changes else None)
     return Calibration(result, plot)
+
+def _median_and_range(values: np.ndarray) -> tuple[float, float, float]:
+    q10, q50, q90 = np.quantile(values, [0.1, 0.5, 0.9])
+    return float(q50), float(q10), float(q90)
+
 
 __all__ = ["Calibration", "HeldOut", "Params", "calibrate", "decide", "heldout_ceilings"]

@@ -496,7 +496,7 @@ def write_json(result: CalibrationResult, path: Path) -> None:
 def write_plot(path: Path, plot: Any, *legacy: Any, alpha: float | None = None,
                sources: Sources | None = None) -> list[str]:
     """The PNG: per group, actual / predicted (held-out calls apart, censored calls as ▲), n, today's ceiling
-    and the new factor; titled SIMULATED when ``sources`` (``metadata.sources``) says the data is.
+    and the ceiling that ships (the refit's factor where nothing ships); titled SIMULATED when ``sources`` (``metadata.sources``) says the data is.
 
     ``plot`` is ``core.PlotData`` (``write_plot(path, calibration.plot, alpha=α, sources=…)``). The older
     positional form ``write_plot(path, groups, ratios, observed, factors, proposed, alpha)`` still works,
@@ -542,9 +542,18 @@ def _draw(path: Path, plot: Any, alpha: float, simulated: str | None = None) -> 
             median, low, high = today
             ax.vlines(i + 0.3, low, high, colors="tab:purple", linewidth=1.2, alpha=0.7)
             ax.plot([i + 0.3], [median], marker="D", color="tab:purple", markersize=6)
+    # what ships: the ceiling merging gives each call (a group's bounded step, not its refit's factor); the older
+    # positional form carries only factors, and those marked proposed are what ships
+    shipped = plot.shipped or [None] * len(groups)
+    for i, change in enumerate(shipped):
+        if change is not None:
+            median, low, high = change
+            ax.hlines(median, i - 0.38, i + 0.38, colors="tab:green", linewidth=2.5)
+            ax.vlines(i + 0.38, low, high, colors="tab:green", linewidth=1.2, alpha=0.7)
     for i, (f, p) in enumerate(zip(plot.factors, plot.proposed, strict=True)):
-        if f is not None:
-            ax.hlines(f, i - 0.38, i + 0.38, colors="tab:green" if p else "tab:orange", linewidth=2.5)
+        if f is not None and not (plot.shipped and p):
+            ax.hlines(f, i - 0.38, i + 0.38, colors="tab:green" if p else "tab:orange",
+                      linewidth=2.5, linestyles="-" if p else "--")
     ax.scatter([], [], label="fitted call", **FITTED)
     if any(h.any() for h in held_out):
         ax.scatter([], [], label="held-out call (newest, not fitted: the backtest replays it)", **HELD_OUT)
@@ -552,8 +561,12 @@ def _draw(path: Path, plot: Any, alpha: float, simulated: str | None = None) -> 
     if any((h & ~o).any() for h, o in zip(held_out, plot.observed, strict=True)):
         ax.scatter([], [], label="truncated held-out call (lower bound)", **HELD_OUT_CUT)
     ax.plot([], [], color="black", linewidth=1, label="median")
-    ax.plot([], [], color="tab:green", linewidth=2.5, label=f"budget factor, ships (α={alpha})")
-    ax.plot([], [], color="tab:orange", linewidth=2.5, label="budget factor, not shipped")
+    if plot.shipped:
+        ax.plot([], [], color="tab:green", linewidth=2.5, label=f"ceiling that ships (median, 10–90 %; α={alpha})")
+        ax.plot([], [], color="tab:orange", linewidth=2.5, linestyle="--", label="full refit's factor, not shipped")
+    else:
+        ax.plot([], [], color="tab:green", linewidth=2.5, label=f"budget factor, ships (α={alpha})")
+        ax.plot([], [], color="tab:orange", linewidth=2.5, linestyle="--", label="budget factor, not shipped")
     if plot.current:
         ax.plot([], [], marker="D", color="tab:purple", linestyle="-", label="today's ceiling (median, 10–90 %)")
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
