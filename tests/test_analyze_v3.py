@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from autopack.cli import main
-from autopack.legacy.analyze_v3 import run
+from autopack.legacy.analyze_v3 import NoRecordsError, run
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PATTERN = "autopack_*_tokenestimationv2.log"
@@ -137,8 +137,8 @@ def test_v1_lines_are_read_but_never_success(tmp_path: Path) -> None:
     _, result = run(tmp_path / "logs")
     assert result["v1_records"] == 2 and result["tier1"]["underestimated"] == 1
     assert result["tier1"]["v2_n"] == 0 and result["tier1"]["truncation_rate_pct"] is None
-    _, only_success = run(tmp_path / "logs", success_only=True)
-    assert only_success["records"] == 0
+    with pytest.raises(NoRecordsError, match="no successful V2 token-estimation lines in the 1 file"):
+        run(tmp_path / "logs", success_only=True)
 
 
 def test_cli_and_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

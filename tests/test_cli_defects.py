@@ -219,8 +219,15 @@ def test_analyze_refuses_options_that_would_quietly_analyse_nothing(
 
 
 def test_analyze_accepts_a_closed_set_and_a_literal_bracket(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    for pattern in ("[ab].log", "[[]x].log", "[]].log", "sub/*.log"):
-        assert run_cli(capsys, "analyze", "v3", "--log-dir", str(tmp_path), "--pattern", pattern)[0] == 0
+    (tmp_path / "a.log").write_text("[TokenEstimation] Predicted: 1,000 output tokens, Actual: 900 output tokens\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.log").write_text("[TokenEstimation] Predicted: 800 output tokens, Actual: 700 output tokens\n")
+    for pattern, records in (("[ab].log", 2), ("[[]x].log", 0), ("[]].log", 0), ("sub/*.log", 1)):
+        code, out, err = run_cli(capsys, "analyze", "v3", "--log-dir", str(tmp_path), "--pattern", pattern)
+        if records:  # the pattern matched (recursively, as the original's rglob)
+            assert code == 0 and f"Records: {records} " in out, (pattern, err)
+        else:  # accepted, and matched nothing: said so, not a usage error
+            assert code == 1 and "no token-estimation lines in the 0 file(s)" in err, (pattern, err)
 
 
 # --- 6. a .env that is not UTF-8 ------------------------------------------------------------------------------

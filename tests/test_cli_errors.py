@@ -14,7 +14,7 @@ from cli_runner import run_cli
 
 from autopack.cli import main
 from autopack.db.engine import session_scope
-from autopack.db.models import DrainSession, Phase
+from autopack.db.models import CalibrationRun, DrainSession, Phase
 from autopack.execution.seed_runs import V4_RUN_ID
 
 P1 = "telemetry-p1-string-util"
@@ -244,6 +244,28 @@ def test_unwritable_output_dir(capsys: pytest.CaptureFixture[str], a_file: Path,
     assert not (tmp_path / "never-created.db").exists()
 
 
+@pytest.mark.parametrize("args", [["--expect-db-id", "another-db"], ["--include-run-id", "nope"]])
+def test_a_calibration_that_refuses_leaves_no_output_directory(
+    capsys: pytest.CaptureFixture[str], v4: str, tmp_path: Path, args: list[str]
+) -> None:
+    """Before: the output directory (and its missing parents) was created before the refusal."""
+    target = tmp_path / "new" / "reports"
+    code, _, err = run_cli(capsys, "calibrate", "--output-dir", str(target), *args)
+    assert code in (2, 3)
+    one_line(err)
+    assert not (tmp_path / "new").exists()
+
+
+def test_analyze_with_no_log_lines_says_so_instead_of_a_verdict(capsys: pytest.CaptureFixture[str],
+                                                                 tmp_path: Path) -> None:
+    """Before: 'Records: 0 … Verdict: WITHIN TARGETS', exit 0."""
+    (tmp_path / "run.log").write_text("nothing about tokens here\n")
+    code, out, err = run_cli(capsys, "analyze", "v3", "--log-dir", str(tmp_path), "--output", str(tmp_path / "r.md"))
+    assert code == 1 and out == ""
+    one_line(err, "no token-estimation lines in the 1 file(s) matching '*.log'", "--log-dir")
+    assert not (tmp_path / "r.md").exists()
+
+
 def test_analyze_output_in_an_unwritable_place(capsys: pytest.CaptureFixture[str], a_file: Path, tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "analyze", "v3", "--log-dir", str(tmp_path), "--output", str(a_file / "r.md"))
     assert code == 2
@@ -274,6 +296,20 @@ def test_drain_batch_with_an_unknown_run_drains_nothing_and_fails(
     with session_scope(v4) as session:
         assert session.execute(sa.select(sa.func.count()).select_from(DrainSession)).scalar_one() == 0
         assert set(session.execute(sa.select(Phase.state)).scalars()) == {"QUEUED"}
+
+
+@pytest.mark.parametrize("run_ids", [["nope"], ["nope", V4_RUN_ID]])
+def test_calibrate_with_an_unknown_run_names_it_and_calibrates_nothing(
+    capsys: pytest.CaptureFixture[str], v4: str, run_ids: list[str], tmp_path: Path
+) -> None:
+    """Before: 'no usable calibration samples' alone, or a calibration of the other runs that never named it."""
+    args = [arg for run_id in run_ids for arg in ("--include-run-id", run_id)]
+    code, out, err = run_cli(capsys, "calibrate", "--output-dir", str(tmp_path / "reports"), *args)
+    assert code == 2 and out == ""
+    one_line(err, "--include-run-id 'nope'", "no telemetry in this database", "autopack runs list")
+    assert not (tmp_path / "reports").exists()
+    with session_scope(v4) as session:
+        assert session.execute(sa.select(sa.func.count()).select_from(CalibrationRun)).scalar_one() == 0
 
 
 def test_an_unknown_run_on_the_wrong_database_is_reported_as_the_wrong_database(

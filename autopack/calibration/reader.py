@@ -473,6 +473,17 @@ SELECT id FROM runs WHERE id IS NOT NULL
 """)
 
 
+def runs_without_telemetry(database: Database, run_ids: Sequence[str]) -> list[str]:
+    """The run ids (in the given order, without repeats) that have no telemetry event at all: a typo in
+    ``--include-run-id`` names it, where it would narrow the read silently (or to nothing)."""
+    wanted = list(dict.fromkeys(run_ids))
+    if not wanted:
+        return []
+    with database.engine.connect() as connection:
+        found = set(connection.execute(sa.select(EV.c.run_id).where(EV.c.run_id.in_(wanted)).distinct()).scalars())
+    return [run_id for run_id in wanted if run_id not in found]
+
+
 def _run_ids(connection: sa.Connection, where: list[Any], last_id: int | None) -> list[str]:
     """The distinct run ids of the rows read (ids up to ``last_id``): an index skip-scan (a DISTINCT over 10⁶
     rows reads them all), else DISTINCT."""

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autopack.calibration import preload
-from autopack.calibration.reader import read_events
+from autopack.calibration.reader import read_events, runs_without_telemetry
 from autopack.calibration.result import CalibrationResult, SampleCounts
 from autopack.calibration.samples import build_sample_set
 from autopack.db.models import CalibrationRun
-from autopack.errors import AutopackError
+from autopack.errors import AutopackError, InputError
 from autopack.logging import get_logger
 from autopack.params import CalibrationParams
 from autopack.timing import StageClock
@@ -84,7 +84,8 @@ def run_calibration(
     ``params``: the statistics (None: ``CalibrationParams``' defaults); checked on construction, so a bad value
     fails before the database is touched. ``params.window_weeks``: only the calls of the newest N weeks before
     now are read (``reader.read_events(since=…)``). The other arguments say where to read and write, not what to
-    compute. Raises ``NoUsableSamplesError`` (exit 1) when nothing is usable.
+    compute. Raises ``InputError`` (exit 2) for an included run id without telemetry, ``NoUsableSamplesError``
+    (exit 1) when nothing is usable; neither writes a file.
     """
     checked = CalibrationParams() if params is None else params
     window_weeks = checked.window_weeks
@@ -92,6 +93,14 @@ def run_calibration(
     clock = StageClock()
     lap, timings = clock.lap, clock.timings
 
+    unknown = runs_without_telemetry(database, run_ids)
+    if unknown:
+        shown = ", ".join(repr(run_id) for run_id in unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise InputError(
+            f"--include-run-id {shown}: no telemetry in this database under that run id; nothing was calibrated",
+            hint="check the id with `autopack runs list`, and DATABASE_URL with `autopack db identity`",
+        )
     now = datetime.now(UTC).replace(microsecond=0)
     imports = preload.start()
     since = None if window_weeks is None else (now - timedelta(weeks=window_weeks)).replace(tzinfo=None)

@@ -75,8 +75,9 @@ def calibrate(
     """Calibrate the token estimator from telemetry: report (.md), patch (.json) and plot (.png).
 
     Exit 0 when a report was written and at least one group reached --min-samples (gate passed or not);
-    1 when there are no usable samples, or no group reaches --min-samples (the report is still written);
-    2/3 when the database guard refuses.
+    1 when there are no usable samples (nothing is written), or no group reaches --min-samples (the report is
+    still written); 2 on bad input (an --include-run-id without telemetry among them); 2/3 when the database
+    guard refuses.
     """
     from autopack.calibration import run_calibration
 

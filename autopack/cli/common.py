@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -40,17 +41,26 @@ def announce(database: Database) -> None:
 
 
 def writable_dir(path: Path, option: str = "--output-dir") -> Path:
-    """``path`` as an existing, writable directory (created if missing); else one clear ``InputError``.
+    """``path`` as a directory the command can write to (an existing one, or one it can create); else one clear
+    ``InputError``.
 
-    Checked before any work starts, so a long calibration or pipeline never fails at its last step.
+    Checked before any work starts, so a long calibration or pipeline never fails at its last step. The check
+    leaves nothing behind (what it creates to try, it removes): a command that then refuses (a wrong database,
+    no samples) leaves no empty directory. The writer creates a missing directory when it writes.
     """
+    created = [p for p in (path, *path.parents) if not p.exists()]  # innermost first: removed in this order
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        if not path.is_dir():
-            raise NotADirectoryError(20, "not a directory", str(path))
-        fd, probe = tempfile.mkstemp(prefix=".autopack-write-check-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            if not path.is_dir():
+                raise NotADirectoryError(20, "not a directory", str(path))
+            fd, probe = tempfile.mkstemp(prefix=".autopack-write-check-", dir=path)
+            os.close(fd)
+            os.unlink(probe)
+        finally:
+            for made in created:
+                with contextlib.suppress(OSError):
+                    made.rmdir()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         if isinstance(exc, FileExistsError):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autopack.errors import InputError
+from autopack.errors import AutopackError, InputError
 from autopack.taxonomy import canonical_category, canonical_complexity
 
 UNDER_LIMIT_PCT = 5.0
@@ -150,6 +150,12 @@ def collect(log_dir: Path, pattern: str = "*.log", success_only: bool = False) -
             sources[str(path)] = len(found)
             records += found
     return records, sources
+
+
+class NoRecordsError(AutopackError):
+    """The logs hold no token-estimation line to analyse (exit 1, as a calibration with no usable samples)."""
+
+    exit_code = 1
 
 
 def _pct(part: int, whole: int) -> float | None:
@@ -318,6 +324,14 @@ def run(
         raise InputError(f"--under-multiplier {under_multiplier:g} is not a finite number above 0",
                          hint="e.g. 1.0 counts actual > predicted, 1.1 counts actual > 1.1 × predicted")
     records, sources = collect(log_dir, pattern, success_only)
+    if not records:  # a verdict on nothing would read "WITHIN TARGETS"
+        files = sum(1 for p in log_dir.rglob(pattern) if p.is_file())
+        kept = "successful V2 " if success_only else ""
+        raise NoRecordsError(
+            f"no {kept}token-estimation lines in the {files} file(s) matching '{pattern}' under {log_dir}: "
+            "nothing to analyse, no report written",
+            hint="point --log-dir at the agent's run logs (default .autonomous_runs) or widen --pattern"
+                 + (", or drop --success-only" if success_only else ""))
     result = analyze(records, under_multiplier=under_multiplier, with_strata=with_strata)
     text = render(result, sources, success_only=success_only)
     if output is not None:
