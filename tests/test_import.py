@@ -57,6 +57,18 @@ def test_canonical_csv_needs_no_mapping(db_url: str, tmp_path: Path) -> None:
     assert got[0]["waste_ratio"] == pytest.approx(3424 / 1600)
 
 
+def test_an_unknown_category_is_kept_and_named_in_a_warning(db_url: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Kept as written (never defaulted), and named: a typo must not pass as a new group unseen."""
+    path = write(tmp_path, "calls.csv", CANONICAL_CSV.replace("r1,p1,implementation,low", "r1,p1,woodwork,low")
+                 .replace("r1,p2,testing,MEDIUM", "r1,p2,woodwork,MEDIUM"))
+    code, out, err = run_cli(capsys, "telemetry", "import", "--format", "csv", str(path))
+    assert code == 0 and "imported 3 row(s)" in out
+    (warning,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert "unknown category 'woodwork' (2 rows): kept as written" in warning and "--map category=" in warning
+    assert [r["category"] for r in rows(db_url)] == ["woodwork", "woodwork", "docs"]
+
+
 def test_imported_rows_are_stored_exactly_as_the_orm_stores_them(db_url: str, tmp_path: Path) -> None:
     """The import writes through the driver; the stored text of times and flags must not differ for it."""
     import_telemetry(write(tmp_path, "calls.csv", CANONICAL_CSV), "csv", database=open_database(db_url, allow_empty=True))

@@ -32,6 +32,17 @@ def test_a_spec_file_creates_a_run_marked_as_from_the_cli(db_url: str, tmp_path:
         assert session.execute(sa.select(Run.source)).scalar_one() == "cli"
 
 
+def test_a_run_that_exists_is_refused_naming_what_to_change_in_the_spec(
+        db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``runs create`` has no --run-id: the hint names the spec's run_id (and --replace)."""
+    assert create(tmp_path, GOOD_SPEC, capsys)[0] == 0
+    code, _, err = create(tmp_path, GOOD_SPEC, capsys)
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and "Traceback" not in err
+    assert "run 'api-run' already exists" in line and "--replace" in line and "change run_id in" in line
+    assert "--run-id" not in line
+
+
 @pytest.mark.parametrize("deliverable", ["create /abs/x.py", "~/x.py", "C:/x.py", "src/../../x.py"])
 def test_a_deliverable_the_drain_would_refuse_is_one_line(db_url: str, tmp_path: Path, deliverable: str,
                                                           capsys: pytest.CaptureFixture[str]) -> None:

@@ -130,7 +130,7 @@ def create(
     spec = load_run_spec(spec_file)
     database = guarded(expect_db_id, allow_empty=True)
     with database.session() as session:
-        create_run(session, spec, replace=replace, source="cli")
+        create_run(session, spec, replace=replace, source="cli", other_id=f"change run_id in {spec_file}")
     typer.echo(f"created run {spec.run_id}: {len(spec.phases)} QUEUED phases")
 
 

@@ -58,6 +58,8 @@ def import_command(
     else:
         typer.echo(f"imported {report.rows} row(s) from {file} as {report.source} "
                    f"(run id{'s' if len(report.run_ids) > 1 else ''}: {', '.join(report.run_ids)})")
+        for note in report.notes:
+            typer.echo(f"warning: {note}", err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,18 +12,20 @@ from autopack.errors import InputError, RefusedError
 from autopack.execution.spec import RunSpec
 
 
-def create_run(session: Session, spec: RunSpec, *, replace: bool = False, source: str | None = None) -> Run:
+def create_run(session: Session, spec: RunSpec, *, replace: bool = False, source: str | None = None,
+               other_id: str = "choose another --run-id") -> Run:
     """Insert the run and its phases in the caller's transaction (commit or roll back as one).
 
     An existing run is refused unless ``replace`` (then its phases and the run are deleted first;
-    telemetry rows are kept: they are history, keyed by attempt, and never duplicated).
+    telemetry rows are kept: they are history, keyed by attempt, and never duplicated). ``other_id``: how the
+    caller's user names another run, for the refusal's hint.
     """
     existing = session.get(Run, spec.run_id)
     if existing is not None:
         if not replace:
             raise RefusedError(
                 f"run '{spec.run_id}' already exists",
-                hint="pass --replace to delete and recreate it, or choose another --run-id",
+                hint=f"pass --replace to delete and recreate it, or {other_id}",
             )
         session.execute(sa.delete(Phase).where(Phase.run_id == spec.run_id))
         session.delete(existing)

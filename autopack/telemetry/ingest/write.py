@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event, utcnow
 from autopack.errors import AutopackError, InputError
+from autopack.taxonomy import CATEGORIES, COMPLEXITIES
 from autopack.telemetry.ingest.events import iter_events, source_of
 from autopack.telemetry.ingest.rows import RowError
 
@@ -120,6 +121,8 @@ class _Writer:
         self.rows = 0
         self.run_ids: set[str] = set()
         self.clashes = 0
+        #: values outside autopack's vocabulary (``taxonomy``), kept as written: kind → value → rows
+        self.unknown: dict[str, dict[str, int]] = {"category": {}, "complexity": {}}
         self.first_clash: dict[str, Any] | None = None
         self._statement: Any = None
         self._order: list[tuple[str, Any]] = []  # SQLite's positional parameters, with their bind processors
@@ -159,6 +162,10 @@ class _Writer:
     def write(self, batch: list[tuple[str, dict[str, Any], int | None]], errors: _Errors) -> None:
         c = self.table.c
         before = self.connection.execute(sa.select(sa.func.coalesce(sa.func.max(c.event_id), 0))).scalar_one()
+        for _, event, _ in batch:
+            for kind, known in (("category", CATEGORIES), ("complexity", COMPLEXITIES)):
+                if event[kind] not in known:
+                    self.unknown[kind][event[kind]] = self.unknown[kind].get(event[kind], 0) + 1
         inserted = self._insert([event for _, event, _ in batch])
         self.rows += inserted
         self.run_ids.update(event["run_id"] for _, event, _ in batch)
@@ -225,7 +232,22 @@ def import_telemetry(
                 hint="run the import again when the other write has finished",
             ) from exc
         raise
-    return ImportReport(str(file), fmt, writer.source, writer.rows, sorted(writer.run_ids), 0, str(database.db_id))
+    return ImportReport(str(file), fmt, writer.source, writer.rows, sorted(writer.run_ids), 0, str(database.db_id),
+                        notes=_unknown_notes(writer.unknown))
+
+
+def _unknown_notes(unknown: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """One line per kind of value autopack does not know: kept as written (its own group, never defaulted), and
+    named so that a typo does not pass as a new group unseen."""
+    notes = []
+    for kind, values in unknown.items():
+        if values:
+            shown = ", ".join(f"'{v}' ({n:,} row{'s' if n > 1 else ''})" for v, n in sorted(values.items())[:5])
+            more = f" and {len(values) - 5} more" if len(values) > 5 else ""
+            known = ", ".join(CATEGORIES if kind == "category" else COMPLEXITIES)
+            notes.append(f"unknown {kind} {shown}{more}: kept as written, calibrated as a group of its own "
+                         f"(known: {known}); map another column with --map {kind}=COLUMN if this one is wrong")
+    return notes
 
 
 class DatabaseBusyError(AutopackError):
