@@ -144,7 +144,8 @@ MaxFingerprintRepeats = Annotated[
     Field(description="Stop a run once one failure fingerprint occurred this often in that run (counted per run "
                       "within the session; truncations are budget outcomes and never count)."),
 ]
-MaxAttemptsPerPhase = Annotated[Count, Field(description="Attempts per phase in one session.")]
+MaxAttemptsPerPhase = Annotated[Count, Field(description="Attempts per phase in one session (over all sessions "
+                                                        "a phase stops at its own max_builder_attempts).")]
 MaxTimeoutsPerRun = Annotated[Count, Field(description="Skip a run after this many timeouts.")]
 PhaseTimeoutSeconds = Annotated[
     Finite, Field(gt=0, le=MAX_DURATION_SECONDS, description="Stop a phase after this many seconds.")

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,36 @@ def test_drains_queued_and_failed_phases_by_default(db_url: str) -> None:
     assert {p.state for p in phase_rows(db_url).values()} == {"COMPLETE"}
     assert state.status == STATUS_COMPLETED and state.stop_reason == STOP_NO_PHASES
     assert not state.any_failed
+
+
+class Messages(NullReporter):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_a_phase_that_used_its_max_builder_attempts_in_earlier_sessions_is_left_and_named(db_url: str) -> None:
+    """Before: a phase failing every week was retried by every weekly drain (attempt 14 and counting)."""
+    make_run(db_url, "r", [behaviour("ok"), behaviour("ok"), behaviour("ok")])
+    set_phase(db_url, "r", "p000", state="FAILED", builder_attempts=3, max_builder_attempts=3)
+    set_phase(db_url, "r", "p001", state="FAILED", builder_attempts=2, max_builder_attempts=3)
+    reporter = Messages()
+    state = drain(db_url, reporter=reporter)
+    assert sorted(drained(state)) == ["r/p001", "r/p002"]
+    assert phase_rows(db_url)[("r", "p000")].state == "FAILED"
+    (line,) = [m for m in reporter.lines if "not drained" in m]
+    assert line.startswith("1 phase(s) not drained: r/p000 (3 of 3) used its max_builder_attempts")
+    assert "autopack drain one" in line
+
+
+def test_a_phase_left_executing_by_a_dead_drain_is_taken_back_even_with_its_attempts_used(db_url: str) -> None:
+    make_run(db_url, "r", [behaviour("ok")])
+    set_phase(db_url, "r", "p000", state="EXECUTING", builder_attempts=3, max_builder_attempts=3,
+              lease_owner="dead", lease_expires_at=utcnow() - timedelta(minutes=1))
+    assert drained(drain(db_url)) == ["r/p000"]
+    assert phase_rows(db_url)[("r", "p000")].state == "COMPLETE"
 
 
 def test_states_option_limits_what_is_drained(db_url: str) -> None:

@@ -18,7 +18,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -247,6 +247,9 @@ class BatchDrain:
         if self.handle_signals:
             self._install_signal_handlers()
         self.reporter.started(state, self.options)
+        exhausted = exhausted_note(self._candidates())
+        if exhausted:
+            self.reporter.message(exhausted)
         try:
             self._loop(state)
             if self._interrupt_signal is not None:
@@ -678,7 +681,8 @@ class BatchDrain:
 def eligible_candidates(database: Database, options: BatchOptions) -> list[Candidate]:
     """Phases in the drained states, plus EXECUTING phases whose lease expired (a dead drain's)."""
     now = utcnow()
-    query = sa.select(Phase.run_id, Phase.phase_id, Phase.phase_index, Phase.state, Phase.last_failure_reason).where(
+    query = sa.select(Phase.run_id, Phase.phase_id, Phase.phase_index, Phase.state, Phase.last_failure_reason,
+                      Phase.builder_attempts, Phase.max_builder_attempts).where(
         sa.or_(
             Phase.state.in_(list(options.states)),
             sa.and_(
@@ -693,10 +697,24 @@ def eligible_candidates(database: Database, options: BatchOptions) -> list[Candi
     with database.session() as db:
         rows = db.execute(query).all()
     return [
-        Candidate(run_id, phase_id, int(index or 0), str(state), reason)
-        for run_id, phase_id, index, state, reason in rows
+        Candidate(run_id, phase_id, int(index or 0), str(state), reason, int(used or 0), limit)
+        for run_id, phase_id, index, state, reason, used, limit in rows
         if not skip_run_prefix(run_id, options.skip_run_prefixes)
     ]
+
+
+def exhausted_note(candidates: Sequence[Candidate]) -> str | None:
+    """One line naming the phases in scope a drain leaves alone because they used their ``max_builder_attempts``
+    (``Candidate.exhausted``), and how to try them again; None if there are none."""
+    exhausted = [c for c in candidates if c.exhausted]
+    if not exhausted:
+        return None
+    shown = ", ".join(f"{c.run_id}/{c.phase_id} ({c.attempts_used} of {c.max_attempts})" for c in exhausted[:3])
+    more = f" and {len(exhausted) - 3} more" if len(exhausted) > 3 else ""
+    return (f"{len(exhausted)} phase(s) not drained: {shown}{more} used its max_builder_attempts "
+            "over earlier sessions (a phase that fails week after week is not retried at the provider's cost); "
+            "to retry, drain the phase by hand (`autopack drain one --run-id R --phase-id P`) or recreate the run "
+            "(`--replace`)")
 
 
 def make_outcome(

@@ -226,10 +226,22 @@ class Candidate:
     phase_index: int
     state: str
     last_failure_reason: str | None = None
+    #: the phase's attempts so far, over every session (``builder_attempts``), and its own limit
+    #: (``max_builder_attempts``; None: none)
+    attempts_used: int = 0
+    max_attempts: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.run_id, self.phase_id)
+
+    @property
+    def exhausted(self) -> bool:
+        """The phase has used its ``max_builder_attempts`` over all sessions: a weekly drain must not retry a
+        phase that keeps failing every week (each retry is a paid call). A phase left EXECUTING by a dead drain
+        is still taken back, so that it ends in a state."""
+        return (self.max_attempts is not None and self.attempts_used >= self.max_attempts
+                and self.state != "EXECUTING")
 
 
 def skip_run_prefix(run_id: str, prefixes: Iterable[str]) -> bool:
@@ -254,7 +266,8 @@ def order_candidates(
     runs_in_flight = {run_id for run_id, _ in in_flight_keys}
     ranked: list[tuple[tuple[int, int, int, str, str], Candidate]] = []
     for candidate in candidates:
-        if candidate.key in in_flight_keys or skip_run_prefix(candidate.run_id, skip_run_prefixes):
+        if (candidate.key in in_flight_keys or skip_run_prefix(candidate.run_id, skip_run_prefixes)
+                or candidate.exhausted):
             continue
         if skip_reason(candidate.run_id, candidate.phase_id, view, limits) is not None:
             continue
