@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from autopack.errors import ConfigError, validation_summary
+from autopack.errors import ConfigError, DatabaseUrlError, validation_summary
 from autopack.params import DEFAULT_PROVIDER_CONCURRENCY, ProviderSlots
 from autopack.token_estimator import MAX_EXPLORATION_SHARE
 
@@ -118,10 +118,17 @@ class Settings(BaseSettings):
         every subprocess.
         """
         raw = self.database_url
+        source = "DATABASE_URL"
         if self.database_url_file is not None:
             raw = read_database_url_file(Path(self.database_url_file))
+            source = f"DATABASE_URL_FILE {self.database_url_file}"
         if not raw:
             raw = f"sqlite:///{DEFAULT_SQLITE_FILE}"
+        if is_in_memory_sqlite(raw):
+            raise DatabaseUrlError(
+                f"{source} names an in-memory SQLite database ({raw.strip()}), which does not outlive the command",
+                hint="use a file path, e.g. sqlite:///autopack.db",
+            )
         return absolutize_sqlite_url(raw)
 
     def secret_values(self) -> list[str]:
@@ -255,6 +262,19 @@ def read_database_url_file(path: Path) -> str:
         raise ConfigError(f"DATABASE_URL_FILE {path} is empty",
                           hint="write the database URL into it, or unset DATABASE_URL_FILE")
     return raw
+
+
+def is_in_memory_sqlite(url: str) -> bool:
+    """``sqlite://``, ``sqlite:///:memory:``, ``sqlite:///file::memory:?uri=true``, ``…?mode=memory``: a database
+    that lives in one connection of one process. Fine for a library's own engine; never as the settings'
+    database, which every command (and every worker) opens anew."""
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep or not scheme.lower().startswith("sqlite"):
+        return False
+    path, _, query = rest.removeprefix("/").partition("?")
+    if path in ("", ":memory:"):
+        return True
+    return path.startswith("file:") and (path.startswith("file::memory:") or "mode=memory" in query)
 
 
 def absolutize_sqlite_url(url: str) -> str:

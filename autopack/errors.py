@@ -45,6 +45,12 @@ class DbIdentityMismatchError(AutopackError):
     exit_code = 3
 
 
+class ForeignDatabaseError(AutopackError):
+    """The database holds another application's tables: autopack neither reads nor adopts it (a wrong database)."""
+
+    exit_code = 3
+
+
 class InputError(AutopackError):
     """Malformed input: a phase spec, an import file, an unknown category."""
 

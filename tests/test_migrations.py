@@ -12,7 +12,15 @@ from alembic.runtime.migration import MigrationContext
 
 from autopack.db.engine import get_engine
 from autopack.db.handle import database_at
-from autopack.db.migrate import HEAD_REVISION, current_revision, head_revision, scripts_head, upgrade_database
+from autopack.db.migrate import (
+    HEAD_REVISION,
+    alembic_config,
+    current_revision,
+    head_revision,
+    known_revisions,
+    scripts_head,
+    upgrade_database,
+)
 from autopack.db.models import Base
 
 
@@ -34,6 +42,13 @@ def test_upgrade_creates_a_database_id_and_reaches_head(db_url: str) -> None:
 
 def test_the_code_needs_the_newest_migration_script() -> None:
     assert HEAD_REVISION == scripts_head()
+
+
+def test_the_known_revisions_are_the_scripts_revisions() -> None:
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    assert known_revisions() == {script.revision for script in scripts.walk_revisions()}
 
 
 def test_the_schema_check_reads_the_revision_alembic_wrote(db_url: str) -> None:

@@ -30,7 +30,7 @@ from test_migrations import LEGACY_SCHEMA
 from autopack.db.engine import dispose_engines, get_engine
 from autopack.db.handle import database_at
 from autopack.db.migrate import MIGRATIONS_DIR, head_revision, upgrade_database
-from autopack.errors import DbIdentityMismatchError, InputError, RefusedError
+from autopack.errors import DatabaseUrlError, DbIdentityMismatchError, RefusedError
 
 AUTOPACK = str(Path(sys.executable).parent / "autopack")
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -378,7 +378,7 @@ def test_a_corrupt_page_is_refused_in_one_line_and_changes_nothing(legacy_file: 
 def test_a_file_that_is_not_a_database_is_refused_in_one_line(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database\n" * 100)
-    with pytest.raises(InputError, match="not a readable SQLite database"):
+    with pytest.raises(DatabaseUrlError, match="does not start with the SQLite header"):
         upgrade_database(database_at(f"sqlite:///{garbage}"))
     assert garbage.read_bytes() == b"this is not a database\n" * 100
 

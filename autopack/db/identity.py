@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from autopack.db.engine import mask_url, parse_url
-from autopack.db.migrate import current_revision, head_revision, is_legacy, sqlite_path
+from autopack.db.migrate import current_revision, foreign_database_error, head_revision, read_state, sqlite_path
 from autopack.db.models import LlmUsageEvent, Phase, Run, TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import (
     DatabaseUrlError,
@@ -80,10 +80,14 @@ def read_identity(database: Database, *, counts: bool = True) -> IdentityReport:
     try:
         revision = current_revision(engine)
         if revision is None:
-            if is_legacy(engine):
+            with engine.connect() as connection:
+                state = read_state(connection)
+            if state.legacy:
                 raise SchemaNotMigratedError(
                     f"{mask_url(resolved)} was written by the original Autopack", hint=UPGRADE_HINT
                 )
+            if state.foreign_tables:  # `db upgrade` would refuse it too: the same line, not "run db upgrade"
+                raise foreign_database_error(mask_url(resolved), state.foreign_tables)
             raise SchemaNotMigratedError(f"{mask_url(resolved)} has no autopack schema", hint=UPGRADE_HINT)
         if revision != head_revision():
             raise SchemaNotMigratedError(

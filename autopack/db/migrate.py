@@ -8,6 +8,8 @@ Every upgrade runs in **one transaction**, holding a lock no second upgrade can 
   at any step leaves the file as it was (SQLite's journal), and the next upgrade starts again cleanly.
 * PostgreSQL: one transaction (DDL is transactional) holding ``pg_advisory_xact_lock``.
 
+A database that is neither autopack's nor the original's (another application's tables, no autopack revision
+or id) is refused before anything is written (``ForeignDatabaseError``, exit 3), with or without ``--create``.
 A database written by the original Autopack (its tables, no ``alembic_version``) is first checked for
 damage and backed up (a copy next to a SQLite file, ``pg_dump`` for PostgreSQL), then adopted in place
 by the first revision. What an interrupted *older* upgrade left behind (``_legacy_*`` copies) is repaired
@@ -36,9 +38,16 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from autopack.db.checkpoints import checkpoint
-from autopack.db.engine import dispose_engines, mask_url, parse_url
-from autopack.db.legacy import leftover_copies, repair_interrupted_adoption
-from autopack.errors import AutopackError, DatabaseUrlError, DbIdentityMismatchError, InputError, RefusedError
+from autopack.db.engine import check_sqlite_file, dispose_engines, mask_url, parse_url
+from autopack.db.legacy import LEGACY_PREFIX, leftover_copies, repair_interrupted_adoption
+from autopack.errors import (
+    AutopackError,
+    DatabaseUrlError,
+    DbIdentityMismatchError,
+    ForeignDatabaseError,
+    InputError,
+    RefusedError,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -72,6 +81,22 @@ def alembic_config() -> Config:
 
 def head_revision() -> str:
     return HEAD_REVISION
+
+
+def known_revisions() -> frozenset[str]:
+    """Every revision of our chain, from the scripts' file names (``0001_initial_schema.py`` is ``0001``).
+
+    Read without Alembic (the guard of every command may ask); ``tests/test_migrations.py`` holds it equal to
+    the revisions Alembic reads from the scripts.
+    """
+    return frozenset(p.name.split("_", 1)[0] for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*_*.py"))
+
+
+def autopack_tables() -> frozenset[str]:
+    """The tables of autopack's schema (the models' tables and ``alembic_version``)."""
+    from autopack.db.models import Base
+
+    return frozenset(Base.metadata.tables) | {"alembic_version"}
 
 
 def scripts_head() -> str | None:
@@ -122,7 +147,9 @@ class UpgradeReport:
         """What the upgrade started from, in words: a revision, the original Autopack's schema, or nothing."""
         if self.revision_before:
             return self.revision_before
-        return "original Autopack schema" if self.legacy else "empty"
+        if self.legacy:
+            return "original Autopack schema"
+        return "empty" if self.created else "autopack tables without a schema revision"
 
 
 @dataclass(frozen=True)
@@ -145,6 +172,26 @@ class DatabaseState:
             self.leftovers
         )
 
+    @property
+    def ours(self) -> bool:
+        """Autopack's database: it has our id, or a revision of our chain."""
+        if self.db_id is not None:
+            return True
+        return self.revision is not None and set(self.revision.split(",")) <= known_revisions()
+
+    @property
+    def foreign_tables(self) -> tuple[str, ...]:
+        """Tables that are neither autopack's nor the original's, in a database that is neither (else empty).
+
+        Such a database belongs to another application: the upgrade refuses it rather than adding its
+        tables beside the other ones (the original's own database, and ours, may hold extra tables: kept).
+        """
+        if self.empty or self.ours or self.legacy:
+            return ()
+        return tuple(sorted(
+            name for name in self.tables - autopack_tables() if not name.startswith(LEGACY_PREFIX)
+        ))
+
 
 def read_state(connection: Connection) -> DatabaseState:
     tables = frozenset(sa.inspect(connection).get_table_names())
@@ -159,6 +206,15 @@ def read_state(connection: Connection) -> DatabaseState:
     )
 
 
+def foreign_database_error(masked: str, tables: tuple[str, ...]) -> ForeignDatabaseError:
+    """The one line for a database of another application (``db upgrade`` and every command's guard)."""
+    shown = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
+    return ForeignDatabaseError(
+        f"{masked} has no autopack schema: it holds another application's tables ({shown}); nothing was changed",
+        hint="point DATABASE_URL at autopack's own database, or at an empty one for `autopack db upgrade` to create",
+    )
+
+
 def table_row_counts(bind: Engine | Connection) -> dict[str, int]:
     if isinstance(bind, Engine):
         with bind.connect() as connection:
@@ -168,13 +224,6 @@ def table_row_counts(bind: Engine | Connection) -> dict[str, int]:
         for name in sorted(sa.inspect(bind).get_table_names())
         if name != "alembic_version"
     }
-
-
-def is_legacy(bind: Engine | Connection) -> bool:
-    if isinstance(bind, Engine):
-        with bind.connect() as connection:
-            return read_state(connection).legacy
-    return read_state(bind).legacy
 
 
 def upgrade_database(
@@ -198,6 +247,7 @@ def upgrade_database(
     if path is not None:
         if not path.parent.exists():
             raise DatabaseUrlError(f"the folder for the SQLite database does not exist: {path.parent}")
+        check_sqlite_file(path)  # a file that was never a database: the same line as every other command's
         if not path.exists() or path.stat().st_size == 0:
             _check_creation(f"there is no database file at {path}", expect_db_id, create)
             new_file = not path.exists()
@@ -243,6 +293,8 @@ def _upgrade(
                 )
         elif state.empty:
             _check_creation(f"{masked} is empty", expect_db_id, create)
+        elif state.foreign_tables:  # another application's database: never adopted, not even with --create
+            raise foreign_database_error(masked, state.foreign_tables)
         elif expect_db_id and not create:
             kind = "was written by the original Autopack" if state.legacy else "has no database id"
             raise DbIdentityMismatchError(
