@@ -98,6 +98,21 @@ def test_bad_urls_give_one_line_and_never_the_password(
     assert "s3cretpw" not in out + err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("password", ["p@ssS3cretPWxyz987", "p@ss/wS3cretPWxyz987"])
+def test_a_raw_at_in_the_password_is_refused_before_connecting(
+    password: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy ends the password at the first '@'; the driver then echoed the rest as the host name."""
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres:{password}@127.0.0.1:5499/audita_pw")
+    code, out, err = run_cli(capsys, "db", "identity")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "error: DATABASE_URL's user name or password contains a raw '@' "
+        "(percent-encode it: '@' as %40, '/' as %2F)"
+    ]
+    assert not any(fragment in err for fragment in ("S3cret", "ss/w", "@ss", "xyz987"))
+
+
 def test_mask_url_hides_passwords() -> None:
     assert mask_url("postgresql://autopack:hunter22@db:5432/x") == "postgresql://autopack:***@db:5432/x"
     assert "hunter22" not in mask_url("postgresql://autopack:hunter22@db:5432/x?sslmode=require")

@@ -59,6 +59,33 @@ def test_redact_masks_credentials_in_any_url_in_text(text: str, secret: str) -> 
     assert secret not in redact(text, secrets=[]) and secret not in mask_url_credentials(text)
 
 
+@pytest.mark.parametrize(("url", "masked"), [
+    ("postgresql://u:p@ssW0rd@host/db", "postgresql://u:***@host/db"),
+    ("postgresql://u:p@ss/W0rd@host/db", "postgresql://u:***@host/db"),
+    ("https://to@kenS3cret@host/x", "https://***@host/x"),
+])
+def test_a_raw_at_in_a_password_is_masked_up_to_the_last_at(url: str, masked: str) -> None:
+    """Everything up to the last '@' is userinfo: cutting at the first one showed the rest as the host."""
+    assert mask_url_credentials(url) == masked
+    assert mask_url_credentials(f"cannot open {url}: failed") == f"cannot open {masked}: failed"
+
+
+def test_mask_url_masks_a_password_with_a_raw_at() -> None:
+    assert mask_url("postgresql://u:p@ssW0rd@host:5432/db") == "postgresql://u:***@host:5432/db"
+
+
+def test_url_credentials_list_what_follows_each_raw_at_of_a_password() -> None:
+    """A driver given ``p@ssW0rd@host`` resolves the host ``ssW0rd@host`` and echoes it."""
+    secrets = url_credentials("postgresql://u:p@ssW0rd/x@host/db")
+    assert {"p@ssW0rd/x", "ssW0rd/x"} <= set(secrets)
+    assert "ssW0rd" not in redact("failed to resolve host 'ssW0rd/x@host'", secrets=secrets)
+
+
+def test_an_at_in_a_path_is_not_taken_for_a_credential() -> None:
+    for text in ("pip install git+https://github.com/o/r@v1", "sqlite:////srv/me@work/autopack.db"):
+        assert mask_url_credentials(text) == text and url_credentials(text) == []
+
+
 def test_plain_database_user_names_and_paths_are_kept() -> None:
     for text in ("postgresql://postgres@127.0.0.1:5432/autopack", "sqlite:////srv/autopack.db?timeout=5"):
         assert mask_url_credentials(text) == text

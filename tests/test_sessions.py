@@ -279,6 +279,8 @@ def test_urls_lose_their_credentials_before_they_are_stored(db_url: str) -> None
         ("http://user:pw@host:1/p", "http://host:1/p"),
         ("see https://host/p?api_key=k1&x=2 now", "see https://host/p?api_key=%2A%2A%2A&x=2 now"),
         ("postgresql://u:p@db/x and http://h/", "postgresql://db/x and http://h/"),
+        ("postgresql://u:p@ss/w0rd@db/x", "postgresql://db/x"),  # a raw '@' and '/' in the password
+        ("https://github.com/o/r@v1", "https://github.com/o/r@v1"),  # an '@' in a path is no userinfo
         ("no url here", "no url here"),
     ],
 )

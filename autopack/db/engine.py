@@ -22,7 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from autopack.config import absolutize_sqlite_url, get_settings
 from autopack.errors import DatabaseUrlError
-from autopack.url_credentials import MASK, is_secret_parameter, mask_url_credentials
+from autopack.url_credentials import MASK, has_raw_at_in_userinfo, is_secret_parameter, mask_url_credentials
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -38,7 +38,17 @@ def resolve_url(url: str | None = None) -> str:
 
 
 def parse_url(url: str) -> URL:
-    """Parse a database URL or fail with one clear line (never a traceback)."""
+    """Parse a database URL or fail with one clear line (never a traceback).
+
+    The one check every command passes before connecting (CLI, API server, flows, migrations): a URL with a
+    raw ``@`` in its password is refused here, naming no part of it. SQLAlchemy would end the password at that
+    ``@`` and hand the rest to the driver as the host, which echoes it in its error.
+    """
+    if has_raw_at_in_userinfo(url):
+        raise DatabaseUrlError(
+            "DATABASE_URL's user name or password contains a raw '@'",
+            hint="percent-encode it: '@' as %40, '/' as %2F",
+        )
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
@@ -90,7 +100,12 @@ def check_sqlite_file(path: Path) -> None:
 
 def mask_url(url: str) -> str:
     """The URL with every credential (password, ``?password=``/``?sslpassword=``…) replaced by ``***``;
-    safe to print, log or store. The user name stays: it tells which account is in use."""
+    safe to print, log or store. The user name stays: it tells which account is in use.
+
+    A raw ``@`` in the user name or password: SQLAlchemy would end the password at the first one and show the
+    rest as the host, so the conservative text rule (``mask_url_credentials``) masks it instead."""
+    if has_raw_at_in_userinfo(url):
+        return mask_url_credentials(url)
     try:
         parsed = make_url(url)
         query = {name: (MASK if is_secret_parameter(name) else value) for name, value in parsed.query.items()}

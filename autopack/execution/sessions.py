@@ -37,6 +37,7 @@ from autopack.execution.triage import (
     fingerprint_stops_run,
     sample_is_promising,
 )
+from autopack.url_credentials import split_userinfo
 
 if TYPE_CHECKING:
     from autopack.db.handle import Database
@@ -73,18 +74,19 @@ def strip_url_credentials(text: str) -> str:
 
     def clean(match: re.Match[str]) -> str:
         url = match.group(0)
+        split = split_userinfo(url)  # up to the last '@': a raw '@' or '/' in a password cannot cut it short
+        bare = f"{url.split('://', 1)[0]}://{split[2][1:]}" if split else url
         try:
-            parts = urlsplit(url)
+            parts = urlsplit(bare)
         except ValueError:
             return url.split("://", 1)[0] + "://***"
-        netloc = parts.netloc.rpartition("@")[2]
         query = parts.query
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(_SECRET_QUERY_KEY.search(k) for k, _ in pairs):
             query = urlencode([(k, "***" if _SECRET_QUERY_KEY.search(k) else v) for k, v in pairs])
-        if netloc == parts.netloc and query == parts.query:
+        if bare == url and query == parts.query:
             return url
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
     return _URL.sub(clean, text) if "://" in text else text
 
