@@ -20,10 +20,12 @@ This module stays light (pydantic only): every command imports it to build its o
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -192,6 +194,19 @@ HoldoutFraction = Annotated[
 ]
 #: The longest calibration window (``window_weeks``): about 20 years.
 MAX_WINDOW_WEEKS = 1040
+def _naive_utc(value: datetime | None) -> datetime | None:
+    """The stored timestamps' form: naive UTC (an offset given is converted; none given means UTC)."""
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+Since = Annotated[
+    datetime | None,
+    AfterValidator(_naive_utc),
+    Field(description="Calibrate on the calls made at or after this time only (UTC unless an offset is given; "
+          "e.g. 2026-11-02 or 2026-11-02T06:00:00); with --window-weeks, the later start of the two."),
+]
 WindowWeeks = Annotated[
     int | None,
     Field(ge=1, le=MAX_WINDOW_WEEKS,
@@ -314,7 +329,16 @@ class CalibrationParams(ParamsModel):
     holdout_fraction: HoldoutFraction = 0.3
     method: Method = None
     window_weeks: WindowWeeks = None
+    since: Since = None
     max_rise_per_run: MaxRisePerRun = 0.005
+
+    def window_start(self, now: datetime) -> datetime | None:
+        """The first call time the calibration reads (naive UTC; None: the whole history): ``since``, the newest
+        ``window_weeks`` before ``now``, or the later of the two."""
+        starts = [s for s in (self.since, None if self.window_weeks is None else
+                              (now.astimezone(UTC).replace(tzinfo=None) - timedelta(weeks=self.window_weeks)))
+                  if s is not None]
+        return max(starts) if starts else None
 
 
 class PipelineParams(CalibrationParams, DrainParams):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +372,36 @@ def _compiled(connection: sa.Connection, stmt: sa.Select[Any]) -> tuple[str, Any
     from autopack.calibration.reader import _compiled as compiled
 
     return compiled(connection, stmt)
+
+
+def test_since_reads_the_calls_from_that_time_and_the_report_says_so(db_url: str, tmp_path: Path) -> None:
+    from autopack.calibration.runner import run_calibration
+
+    start = datetime(2026, 1, 1)
+    rows, escalations = simulate_with_escalations(120, seed=4, truth=Truth(sigma=0.5), start=start,
+                                                  spacing_seconds=3600.0)
+    stored = _store(db_url, rows, escalations)
+    since = start + timedelta(hours=40)
+    everything = run_calibration(open_database(db_url), CalibrationParams(), output_dir=tmp_path / "all")
+    windowed = run_calibration(open_database(db_url), CalibrationParams(since=since), output_dir=tmp_path / "since")
+    md = windowed.metadata
+    assert md.sample_counts is not None and everything.metadata.sample_counts is not None
+    assert md.sample_counts.rows_read == sum(r["timestamp"] >= since for r in stored)
+    assert md.sample_counts.rows_read < everything.metadata.sample_counts.rows_read
+    assert md.window_start == md.since == "2026-01-02T16:00:00Z"
+    assert windowed.report_path is not None
+    assert "window: calls since 2026-01-02T16:00:00Z (--since 2026-01-02T16:00:00Z)" in Path(
+        windowed.report_path).read_text()
+    assert everything.metadata.window() == "the whole history"
+
+
+def test_since_and_a_window_in_weeks_read_from_the_later_start() -> None:
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    early, late = datetime(2026, 1, 1), datetime(2026, 2, 25)
+    assert CalibrationParams(since=early, window_weeks=2).window_start(now) == datetime(2026, 2, 15)
+    assert CalibrationParams(since=late, window_weeks=2).window_start(now) == late
+    assert CalibrationParams(since="2026-02-25T06:00:00+06:00").since == datetime(2026, 2, 25)  # to UTC
+    assert CalibrationParams().window_start(now) is None
 
 
 def test_a_window_with_no_calls_says_so(db_url: str, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import copy
 import importlib
 import importlib.util
 import inspect
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -282,7 +283,7 @@ DRAIN_VALUES: dict[str, Any] = {
 }
 CALIBRATION_VALUES: dict[str, Any] = {
     "min_samples": 7, "confidence_threshold": 0.6, "target_truncation": 0.07, "holdout_fraction": 0.25, "method": "aci",
-    "window_weeks": 520, "max_rise_per_run": 0.0125,
+    "window_weeks": 520, "since": datetime(2020, 1, 1), "max_rise_per_run": 0.0125,
 }
 
 

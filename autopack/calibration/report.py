@@ -74,7 +74,8 @@ def render_markdown(result: CalibrationResult, plot_name: str | None) -> str:
            "estimated truncation a run")
         + ")",
         f"**Data**: {span.start if span else '?'} → {span.end if span else '?'}, {len(md.run_ids)} run(s)"
-        + (f", filtered to {', '.join(md.include_run_ids)}" if md.include_run_ids else ""),
+        + (f", filtered to {', '.join(md.include_run_ids)}" if md.include_run_ids else "")
+        + f"; window: {md.window()}",
         f"**Source**: {_sources_line(md.sources)}",
         "",
         "## Summary",

@@ -444,7 +444,16 @@ class Metadata(_Model):
     spellings_normalised: dict[str, dict[str, int]] = Field(
         default_factory=dict, description="stored spellings that normalisation changed, with counts")
     window_weeks: int | None = Field(None, description="the calibration window (null: the whole history)")
-    window_start: str | None = Field(None, description="the window's start (UTC)")
+    since: str | None = Field(None, description="the earliest call time asked for (--since, UTC)")
+    window_start: str | None = Field(None, description="the first call time read (UTC; null: the whole history)")
+
+    def window(self) -> str:
+        """The calls read, in words: the whole history, or from when (and why)."""
+        if self.window_start is None:
+            return "the whole history"
+        asked = [part for part in (f"--since {self.since}" if self.since else None,
+                                   f"the newest {self.window_weeks} weeks" if self.window_weeks else None) if part]
+        return f"calls since {self.window_start} ({' and '.join(asked)})" if asked else f"calls since {self.window_start}"
     calibration_run_id: int | None = Field(None, description="the calibration_runs row")
     timings_seconds: dict[str, float] = Field(default_factory=dict, description="seconds per stage of the run")
 

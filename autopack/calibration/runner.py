@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,8 +82,8 @@ def run_calibration(
     run; return the result (as written).
 
     ``params``: the statistics (None: ``CalibrationParams``' defaults); checked on construction, so a bad value
-    fails before the database is touched. ``params.window_weeks``: only the calls of the newest N weeks before
-    now are read (``reader.read_events(since=…)``). The other arguments say where to read and write, not what to
+    fails before the database is touched. ``params.since`` / ``params.window_weeks``: only the calls from that
+    time, or of the newest N weeks before now, are read (``reader.read_events(since=…)``). The other arguments say where to read and write, not what to
     compute. Raises ``InputError`` (exit 2) for an included run id without telemetry, ``NoUsableSamplesError``
     (exit 1) when nothing is usable; neither writes a file.
     """
@@ -103,7 +103,7 @@ def run_calibration(
         )
     now = datetime.now(UTC).replace(microsecond=0)
     imports = preload.start()
-    since = None if window_weeks is None else (now - timedelta(weeks=window_weeks)).replace(tzinfo=None)
+    since = checked.window_start(now)
     columns = read_events(database, run_ids, since=since)
     lap("read")
     samples = build_sample_set(columns)
@@ -114,7 +114,7 @@ def run_calibration(
     from autopack.calibration.report import render_markdown, write_json, write_plot
 
     params = Params(**checked.model_dump(), include_run_ids=run_ids)
-    param_record = {**params.model_dump(), "include_run_ids": list(params.include_run_ids),
+    param_record = {**params.model_dump(mode="json"), "include_run_ids": list(params.include_run_ids),
                     "output_dir": str(output_dir)}
     naive_now = now.replace(tzinfo=None)
     if samples.n == 0:
@@ -125,7 +125,8 @@ def run_calibration(
             f"no usable calibration samples ({c.rows_read} rows read, {c.selected} successful or truncated, "
             f"{c.excluded_nonpositive_predicted} with predicted <= 0, {c.excluded_zero_actual} with actual = 0)",
             hint="drain some phases first (autopack drain), or check --include-run-id"
-                 + ("" if since is None else f" and --window-weeks (calls since {since:%Y-%m-%d %H:%M} UTC only)"),
+                 + ("" if since is None else f" and --since / --window-weeks (calls since {since:%Y-%m-%d %H:%M} "
+                    "UTC only)"),
         )
 
     calibration = calibrate(samples, params)
@@ -142,6 +143,7 @@ def run_calibration(
     provenance = {
         "db_id": database.db_id,
         "window_weeks": window_weeks,
+        "since": None if checked.since is None else checked.since.isoformat() + "Z",
         "window_start": None if since is None else since.isoformat() + "Z",
         "generated_at": now.replace(tzinfo=None).isoformat() + "Z",
         "calibration_run_id": run_row,

@@ -699,6 +699,7 @@ def _provenance(metadata: Metadata, calibration: CalibrationResult, code_commit:
         ("Samples", metadata.total_samples, False),
         ("Run ids", ", ".join(run_ids) if run_ids else None, False),
         ("Time span", f"{span.start} → {span.end}" if span else None, False),
+        ("Calibration window", metadata.window(), False),
         ("Target truncation rate", metadata.target_truncation, False),
         ("Confidence threshold", metadata.confidence_threshold, False),
         ("Minimum samples per group", metadata.min_samples, False),
