@@ -19,6 +19,7 @@ from autopack.api.security import UNAUTHORIZED, key_matches
 from autopack.api_key_file import HEADER, ApiKey, server_api_key
 from autopack.config import get_settings
 from autopack.db.handle import Database, database_at
+from autopack.logging import add_secret
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ def load_config(database: Database | None = None, api_key: str | None = None) ->
     if missing): there is no configuration without a key."""
     settings = get_settings()
     key = ApiKey(api_key, origin="create_app(api_key=...)") if api_key else server_api_key(settings)
+    add_secret(key.value)  # masked wherever it shows up: logs, and failure reasons a client posts
     return ApiConfig(
         database=database or database_at(),
         api_key=key.value,
