@@ -15,7 +15,8 @@ from fastapi import FastAPI, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, ProgrammingError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -25,6 +26,7 @@ from autopack.api.deps import app_config, load_config
 from autopack.api.inputs import BodySizeLimit, safe_validation_errors
 from autopack.api.security import RequireKeyForWrites
 from autopack.db.handle import Database
+from autopack.errors import AutopackError, DatabaseUrlError, SchemaNotMigratedError
 from autopack.logging import get_logger, redact
 
 log = get_logger("autopack.api")
@@ -40,6 +42,9 @@ def create_app(*, database: Database | None = None, api_key: str | None = None) 
         # A key file created just now is news the operator must see, whatever logging the server set up.
         notice = log.warning if app.state.config.api_key_created else log.info
         notice("writes need the API key (X-API-Key) from %s; reads are open", app.state.config.api_key_source)
+        problem = health.database_problem(app.state.config.database)
+        if problem is not None:  # served anyway, like an unreachable database: /health says "degraded"
+            log.warning("database not usable: %s; data requests answer 503 until it is fixed", problem.one_line())
         yield
 
     app = FastAPI(
@@ -73,8 +78,23 @@ def create_app(*, database: Database | None = None, api_key: str | None = None) 
         # FastAPI's own handler echoes every input in full and answers 500 when one is not JSON-encodable.
         return JSONResponse({"detail": safe_validation_errors(list(exc.errors()))}, status_code=422)
 
+    @app.exception_handler(DatabaseUrlError)
+    @app.exception_handler(SchemaNotMigratedError)
+    async def _database_unusable(_request: Request, exc: Exception) -> JSONResponse:
+        # An unusable DATABASE_URL, a missing SQLite file: one line, as the CLI says it (no URL, no traceback).
+        return _unusable(exc if isinstance(exc, AutopackError) else AutopackError(str(exc)))
+
     @app.exception_handler(OperationalError)
-    async def _database_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:
+    @app.exception_handler(ProgrammingError)
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # A missing table (SQLite: OperationalError; PostgreSQL: ProgrammingError) means an unmigrated database:
+        # say so, as the CLI does. Other errors (an unreachable server) are not probed a second time.
+        if isinstance(exc, ProgrammingError) or "no such table" in str(getattr(exc, "orig", exc)):
+            problem = await run_in_threadpool(health.database_problem, app_config(request.app).database)
+            if problem is not None:
+                return _unusable(problem)
+        if not isinstance(exc, OperationalError):
+            raise exc
         log.warning("database error: %s", redact(str(exc.orig)))
         return JSONResponse({"detail": "database unavailable"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
@@ -89,6 +109,11 @@ def create_app(*, database: Database | None = None, api_key: str | None = None) 
         return JSONResponse({"detail": "conflicts with existing data"}, status_code=status.HTTP_409_CONFLICT)
 
     return app
+
+
+def _unusable(problem: AutopackError) -> JSONResponse:
+    log.warning("database not usable: %s", problem.one_line())
+    return JSONResponse({"detail": problem.one_line()}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 #: Methods an ``Allow`` header may name, in the order it names them.
