@@ -1,8 +1,8 @@
-"""The API app started on a database it cannot use: one line saying what and how to fix it.
+"""The API app started on a configuration or database it cannot use: one line saying what and how to fix it.
 
-A DATABASE_URL autopack cannot use stops ``autopack api serve`` (``error:``, exit 2). Under a plain ``uvicorn``,
-such a database (and one without the schema yet) is served: ``/health`` says "degraded" and every data request
-answers 503 with the line the CLI would give, never a traceback, a password or a new SQLite file.
+A bad setting stops the server (``uvicorn`` with the one line and its hint, no traceback; ``autopack api serve``
+with ``error:`` and exit 2). A database it cannot use yet is served: ``/health`` says "degraded" and every
+data request answers 503 with the line the CLI would give, never a traceback, a password or a new SQLite file.
 """
 
 from __future__ import annotations
@@ -34,6 +34,38 @@ def sqlite_url(tmp_path: Path) -> str:
 
 def uvicorn_args(port: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "autopack.main:app", "--host", "127.0.0.1", "--port", str(port)]
+
+
+# --- configuration errors at start-up ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def readable_key_file(tmp_path: Path) -> str:
+    path = tmp_path / "shared-key"
+    path.write_text("a-key-everyone-can-read\n")
+    path.chmod(0o644)
+    return str(path)
+
+
+@pytest.mark.parametrize(("setting", "value", "message", "hint"), [
+    ("AUTOPACK_API_KEY_FILE", "<readable key file>", "is not a private file of this user", "chmod 600"),
+    ("AUTOPACK_API_MAX_BODY_BYTES", "abc", "invalid setting: AUTOPACK_API_MAX_BODY_BYTES", "fix the environment"),
+    ("AUTOPACK_API_ALLOW_CHECK_COMMANDS", "maybe", "invalid setting: AUTOPACK_API_ALLOW_CHECK_COMMANDS",
+     "fix the environment"),
+    ("DATABASE_URL_FILE", "/nonexistent", "DATABASE_URL_FILE /nonexistent cannot be read",
+     "point DATABASE_URL_FILE at a file"),
+])
+def test_uvicorn_stops_on_a_configuration_error_with_one_line_and_its_hint(
+    sqlite_url: str, readable_key_file: str, setting: str, value: str, message: str, hint: str
+) -> None:
+    value = readable_key_file if value == "<readable key file>" else value
+    env = cli_env(sqlite_url, AUTOPACK_API_KEY_FILE=str(Path(sqlite_url.removeprefix("sqlite:///")).parent / "key"))
+    env[setting] = value
+    started = subprocess.run(uvicorn_args(free_port()), env=env, capture_output=True, text=True, timeout=WAIT_SECONDS)
+    lines = [line for line in started.stderr.splitlines() if "autopack API cannot start" in line]
+    assert started.returncode != 0, started.stderr
+    assert len(lines) == 1 and message in lines[0] and hint in lines[0], started.stderr
+    assert "Traceback" not in started.stderr and "a-key-everyone-can-read" not in started.stderr
 
 
 # --- a DATABASE_URL autopack cannot use --------------------------------------------------------------------------

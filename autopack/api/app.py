@@ -19,6 +19,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, Programm
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autopack import __version__
 from autopack.api import drain, health, runs, telemetry
@@ -61,6 +62,7 @@ def create_app(*, database: Database | None = None, api_key: str | None = None) 
 
     app.add_middleware(BodySizeLimit, limit=lambda scope: app_config(scope["app"]).max_body_bytes)
     app.add_middleware(RequireKeyForWrites, expected_key=lambda scope: app_config(scope["app"]).api_key)
+    app.add_middleware(OneLineStartupErrors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _method_not_allowed(request: Request, exc: StarletteHTTPException) -> Response:
@@ -114,6 +116,40 @@ def create_app(*, database: Database | None = None, api_key: str | None = None) 
 def _unusable(problem: AutopackError) -> JSONResponse:
     log.warning("database not usable: %s", problem.one_line())
     return JSONResponse({"detail": problem.one_line()}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+class OneLineStartupErrors:
+    """A configuration error at start-up (``AutopackError``: a key file others may read, a malformed setting, an
+    unreadable ``DATABASE_URL_FILE``) fails the start with its one line and hint, as ``autopack api serve``
+    says it, instead of Starlette's traceback; the server (uvicorn) then exits non-zero. The error is still
+    raised, so an in-process client (``TestClient``) sees it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def hold_startup_failure(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)  # its text is a traceback: replaced below if the error is one of ours
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, hold_startup_failure)
+        except AutopackError as exc:
+            if held:
+                await send({"type": "lifespan.startup.failed",
+                            "message": f"autopack API cannot start: {' '.join(exc.one_line().split())}"})
+                held.clear()
+            raise
+        finally:
+            for message in held:
+                await send(message)
 
 
 #: Methods an ``Allow`` header may name, in the order it names them.
