@@ -19,7 +19,7 @@ from test_api import API_KEY, GOOD_SPEC, KEYED, run_count, serve
 from autopack.api import create_app
 from autopack.db.engine import session_scope
 from autopack.db.handle import database_at
-from autopack.db.models import Phase, utcnow
+from autopack.db.models import Phase, Run, utcnow
 from autopack.errors import InputError
 from autopack.execution.phase_runner import _deliverable_paths
 from autopack.execution.spec import PhaseSpec
@@ -175,6 +175,46 @@ def test_every_timestamp_in_a_response_is_utc_with_an_offset(client: TestClient,
         parsed = datetime.fromisoformat(stamp)
         assert parsed.utcoffset() == timedelta(0), stamp
     assert client.get("/runs/legacy").json()["created_at"] == "2025-12-20T10:00:00Z"
+
+
+# --- counts are integers: not booleans, strings or floats -------------------------------------------------------
+
+
+def spec_with(field: str, value: object) -> dict[str, Any]:
+    """GOOD_SPEC with ``token_cap`` (of the run) or ``max_builder_attempts`` (of its first phase) set to ``value``."""
+    spec = copy.deepcopy(GOOD_SPEC)
+    (spec if field == "token_cap" else spec["phases"][0])[field] = value
+    return spec
+
+
+@pytest.mark.parametrize("value", [True, False, "5", 5.0])
+@pytest.mark.parametrize(("field", "loc"), [("token_cap", ["body", "token_cap"]),
+                                            ("max_builder_attempts", ["body", "phases", 0, "max_builder_attempts"])])
+def test_a_count_that_is_not_an_integer_is_422_and_writes_nothing(client: TestClient, db_url: str, field: str,
+                                                                  loc: list[object], value: object) -> None:
+    """``true`` was stored as 1 (pydantic's lax mode), ``"5"`` and ``5.0`` as 5."""
+    response = client.post("/runs", json=spec_with(field, value))
+    assert response.status_code == 422
+    assert loc in [error["loc"] for error in response.json()["detail"]]
+    assert run_count(db_url) == 0
+
+
+def test_integer_counts_are_still_accepted(client: TestClient, db_url: str) -> None:
+    spec = spec_with("token_cap", 5000)
+    spec["phases"][0]["max_builder_attempts"] = 2
+    response = client.post("/runs", json=spec)
+    assert response.status_code == 201 and response.json()["phases"][0]["max_builder_attempts"] == 2
+    with session_scope(db_url) as db:
+        assert db.execute(sa.select(Run.token_cap)).scalar_one() == 5000
+
+
+def test_a_boolean_tokens_used_in_a_result_is_422(client: TestClient, db_url: str) -> None:
+    assert client.post("/runs", json=GOOD_SPEC).status_code == 201
+    assert client.post("/drain/claim", json={"owner": "w1"}).status_code == 200
+    response = client.post("/runs/api-run/phases/p1/result",
+                           json={"owner": "w1", "final_state": "COMPLETE", "tokens_used": True})
+    assert response.status_code == 422
+    assert ["body", "tokens_used"] in [error["loc"] for error in response.json()["detail"]]
 
 
 # --- deliverables: the drain's own rule -------------------------------------------------------------------

@@ -86,10 +86,16 @@ class Server:
                 return seen
 
 
+#: The checkout under test: a command started from a test's directory imports this ``autopack``, not whichever
+#: one the virtual environment has installed (a second worktree sharing one environment).
+CHECKOUT = str(Path(__file__).resolve().parents[1])
+
+
 def cli_env(url: str, **env: str) -> dict[str, str]:
     """This environment minus autopack's settings, plus the database and ``env`` (a test's key file)."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("AUTOPACK_")}
-    return {**environment, "DATABASE_URL": url, **env}
+    path = os.pathsep.join(p for p in (CHECKOUT, environment.get("PYTHONPATH", "")) if p)
+    return {**environment, "PYTHONPATH": path, "DATABASE_URL": url, **env}
 
 
 def free_port() -> int:

@@ -57,3 +57,12 @@ def test_a_deliverable_the_drain_would_refuse_is_one_line(db_url: str, tmp_path:
 def test_a_file_that_is_not_json_is_one_line(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = create(tmp_path, '{"run_id": ', capsys)
     assert code == 2 and err.count("\n") == 1 and "not valid JSON" in err
+
+
+def test_a_boolean_token_cap_in_a_spec_file_is_one_line(db_url: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The file shares the API's RunSpec: ``true`` is not a token cap there either (it was stored as 1)."""
+    code, _, err = create(tmp_path, {**GOOD_SPEC, "token_cap": True}, capsys)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "token_cap" in lines[0], err
+    assert run_count(db_url) == 0

@@ -155,3 +155,68 @@ def test_a_token_in_the_llm_base_url_never_lands_in_failure_reasons(
     everything = "\n".join([text, batch_text, caplog.text, every_stored_text(db_url)])
     assert "APIConnectionError" in everything
     assert token not in everything and query_key not in everything
+
+
+# --- failure reasons a client or worker reports -------------------------------------------------------------
+
+SERVER_KEY = "server-key-ABCDEF123456"
+#: A reason carrying every kind of secret: a key-shaped token, the server's own API key, URL credentials.
+LEAKY_REASON = (f"token ghp_FAKEtoken1234567890abcd key {SERVER_KEY} leaked postgresql://u:Pw5ecretXYZ@h/db "
+                "see https://bob:Hunter2pw@git.example.com/x?access_token=abcdef123456")
+LEAKED = ("ghp_FAKEtoken1234567890abcd", SERVER_KEY, "Pw5ecretXYZ", "Hunter2pw", "abcdef123456")
+
+
+@pytest.fixture
+def keyed_client(db_url: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """The app with the server's key from AUTOPACK_API_KEY, and one run whose first phase worker w1 holds."""
+    from fastapi.testclient import TestClient
+    from test_api import GOOD_SPEC
+
+    from autopack.api import create_app
+    from autopack.db.handle import database_at
+
+    monkeypatch.setenv("AUTOPACK_API_KEY", SERVER_KEY)
+    with TestClient(create_app(database=database_at(db_url)), headers={"X-API-Key": SERVER_KEY}) as client:
+        assert client.post("/runs", json=GOOD_SPEC).status_code == 201
+        claimed = client.post("/drain/claim", json={"owner": "w1"})
+        assert claimed.status_code == 200 and claimed.json()["phase_id"] == "p1", claimed.text
+        yield client
+
+
+def test_a_failure_reason_posted_to_the_api_is_stored_and_served_masked(keyed_client, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    reported = keyed_client.post("/runs/api-run/phases/p1/result",
+                                 json={"owner": "w1", "final_state": "FAILED", "failure_reason": LEAKY_REASON})
+    served = keyed_client.get("/runs/api-run/phases/p1")
+    listed = keyed_client.get("/runs/api-run")
+    assert reported.status_code == 200 and served.status_code == 200, reported.text
+    assert served.json()["last_failure_reason"].startswith("token *** key *** leaked postgresql://u:***@h/db")
+    everything = "\n".join([served.text, listed.text, every_stored_text(db_url)])
+    assert not [secret for secret in LEAKED if secret in everything]
+
+
+def test_a_state_reason_posted_to_the_api_is_stored_and_served_masked(keyed_client, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    keyed_client.post("/runs/api-run/phases/p1/release", json={"owner": "w1"})
+    changed = keyed_client.post("/runs/api-run/phases/p2/state", json={"state": "SKIPPED", "reason": LEAKY_REASON})
+    served = keyed_client.get("/runs/api-run/phases/p2")
+    assert changed.status_code == 200 and served.status_code == 200, changed.text
+    assert "https://bob:***@git.example.com/x?access_token=***" in served.json()["last_failure_reason"]
+    everything = "\n".join([served.text, keyed_client.get("/runs/api-run/phases").text, every_stored_text(db_url)])
+    assert not [secret for secret in LEAKED if secret in everything]
+
+
+def test_a_failure_reason_a_drain_worker_reports_is_stored_masked(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The direct-database drain writes through the same function as the API."""
+    from test_drain_batch_support import make_run
+
+    from autopack.db.engine import session_scope
+    from autopack.execution import leases
+
+    monkeypatch.setenv("AUTOPACK_API_KEY", SERVER_KEY)
+    make_run(db_url, "leaky-run", ["write a util"])
+    with session_scope(db_url) as db:
+        claim = leases.claim_next(db, "w1")
+        assert claim is not None
+        leases.finish_phase(db, claim.run_id, claim.phase_id, "w1", "FAILED", failure_reason=LEAKY_REASON)
+    stored = every_stored_text(db_url)
+    assert "ghp_***" not in stored and "token *** key ***" in stored
+    assert not [secret for secret in LEAKED if secret in stored]

@@ -15,9 +15,11 @@ from fastapi import FastAPI, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, ProgrammingError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autopack import __version__
 from autopack.api import drain, health, runs, telemetry
@@ -25,6 +27,7 @@ from autopack.api.deps import app_config, load_config
 from autopack.api.inputs import BodySizeLimit, safe_validation_errors
 from autopack.api.security import RequireKeyForWrites
 from autopack.db.handle import Database
+from autopack.errors import AutopackError, DatabaseUrlError, SchemaNotMigratedError
 from autopack.logging import get_logger, redact
 
 log = get_logger("autopack.api")
@@ -40,6 +43,9 @@ def create_app(*, database: Database | None = None, api_key: str | None = None) 
         # A key file created just now is news the operator must see, whatever logging the server set up.
         notice = log.warning if app.state.config.api_key_created else log.info
         notice("writes need the API key (X-API-Key) from %s; reads are open", app.state.config.api_key_source)
+        problem = health.database_problem(app.state.config.database)
+        if problem is not None:  # served anyway, like an unreachable database: /health says "degraded"
+            log.warning("database not usable: %s; data requests answer 503 until it is fixed", problem.one_line())
         yield
 
     app = FastAPI(
@@ -56,6 +62,7 @@ def create_app(*, database: Database | None = None, api_key: str | None = None) 
 
     app.add_middleware(BodySizeLimit, limit=lambda scope: app_config(scope["app"]).max_body_bytes)
     app.add_middleware(RequireKeyForWrites, expected_key=lambda scope: app_config(scope["app"]).api_key)
+    app.add_middleware(OneLineStartupErrors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _method_not_allowed(request: Request, exc: StarletteHTTPException) -> Response:
@@ -73,8 +80,23 @@ def create_app(*, database: Database | None = None, api_key: str | None = None) 
         # FastAPI's own handler echoes every input in full and answers 500 when one is not JSON-encodable.
         return JSONResponse({"detail": safe_validation_errors(list(exc.errors()))}, status_code=422)
 
+    @app.exception_handler(DatabaseUrlError)
+    @app.exception_handler(SchemaNotMigratedError)
+    async def _database_unusable(_request: Request, exc: Exception) -> JSONResponse:
+        # An unusable DATABASE_URL, a missing SQLite file: one line, as the CLI says it (no URL, no traceback).
+        return _unusable(exc if isinstance(exc, AutopackError) else AutopackError(str(exc)))
+
     @app.exception_handler(OperationalError)
-    async def _database_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:
+    @app.exception_handler(ProgrammingError)
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # A missing table (SQLite: OperationalError; PostgreSQL: ProgrammingError) means an unmigrated database:
+        # say so, as the CLI does. Other errors (an unreachable server) are not probed a second time.
+        if isinstance(exc, ProgrammingError) or "no such table" in str(getattr(exc, "orig", exc)):
+            problem = await run_in_threadpool(health.database_problem, app_config(request.app).database)
+            if problem is not None:
+                return _unusable(problem)
+        if not isinstance(exc, OperationalError):
+            raise exc
         log.warning("database error: %s", redact(str(exc.orig)))
         return JSONResponse({"detail": "database unavailable"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
@@ -89,6 +111,45 @@ def create_app(*, database: Database | None = None, api_key: str | None = None) 
         return JSONResponse({"detail": "conflicts with existing data"}, status_code=status.HTTP_409_CONFLICT)
 
     return app
+
+
+def _unusable(problem: AutopackError) -> JSONResponse:
+    log.warning("database not usable: %s", problem.one_line())
+    return JSONResponse({"detail": problem.one_line()}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+class OneLineStartupErrors:
+    """A configuration error at start-up (``AutopackError``: a key file others may read, a malformed setting, an
+    unreadable ``DATABASE_URL_FILE``) fails the start with its one line and hint, as ``autopack api serve``
+    says it, instead of Starlette's traceback; the server (uvicorn) then exits non-zero. The error is still
+    raised, so an in-process client (``TestClient``) sees it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def hold_startup_failure(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)  # its text is a traceback: replaced below if the error is one of ours
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, hold_startup_failure)
+        except AutopackError as exc:
+            if held:
+                await send({"type": "lifespan.startup.failed",
+                            "message": f"autopack API cannot start: {' '.join(exc.one_line().split())}"})
+                held.clear()
+            raise
+        finally:
+            for message in held:
+                await send(message)
 
 
 #: Methods an ``Allow`` header may name, in the order it names them.

@@ -19,6 +19,10 @@ from autopack.api.security import UNAUTHORIZED, key_matches
 from autopack.api_key_file import HEADER, ApiKey, server_api_key
 from autopack.config import get_settings
 from autopack.db.handle import Database, database_at
+from autopack.db.identity import UPGRADE_HINT
+from autopack.db.migrate import sqlite_path
+from autopack.errors import SchemaNotMigratedError
+from autopack.logging import add_secret
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ def load_config(database: Database | None = None, api_key: str | None = None) ->
     if missing): there is no configuration without a key."""
     settings = get_settings()
     key = ApiKey(api_key, origin="create_app(api_key=...)") if api_key else server_api_key(settings)
+    add_secret(key.value)  # masked wherever it shows up: logs, and failure reasons a client posts
     return ApiConfig(
         database=database or database_at(),
         api_key=key.value,
@@ -64,7 +69,17 @@ def get_config(request: Request) -> ApiConfig:
 ConfigDep = Annotated[ApiConfig, Depends(get_config)]
 
 
+def refuse_missing_database_file(database: Database) -> None:
+    """Raise if ``database`` cannot be used as is: a URL autopack cannot use (``DatabaseUrlError``), or a SQLite
+    file that does not exist (``SchemaNotMigratedError``) — opening it would create an empty one. Both are
+    answered 503 with their one line (``autopack.api.app``); neither names the URL or the path."""
+    path = sqlite_path(database.url)
+    if path is not None and not path.exists():
+        raise SchemaNotMigratedError("the database file does not exist", hint=f"{UPGRADE_HINT} to create it")
+
+
 def get_db(config: ConfigDep) -> Iterator[Session]:
+    refuse_missing_database_file(config.database)
     with config.database.session() as session:
         yield session
 

@@ -9,12 +9,14 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Security
 
 from autopack import __version__
-from autopack.api.deps import API_KEY_HEADER, ConfigDep
+from autopack.api.deps import API_KEY_HEADER, ConfigDep, refuse_missing_database_file
 from autopack.api.inputs import StrictJsonRoute
 from autopack.api.schemas import HealthOut
 from autopack.api.security import key_matches
 from autopack.db.handle import Database
+from autopack.db.identity import UPGRADE_HINT
 from autopack.db.migrate import current_revision, head_revision, sqlite_path
+from autopack.errors import AutopackError, SchemaNotMigratedError
 
 router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
 
@@ -26,7 +28,10 @@ def database_identity(database: Database) -> str:
 
 def probe(database: Database) -> tuple[bool, str | None, str | None]:
     """(reachable, db id, schema revision), read-only; never creates a missing SQLite file."""
-    path = sqlite_path(database.url)
+    try:
+        path = sqlite_path(database.url)
+    except AutopackError:  # a URL autopack cannot use: not reachable
+        return False, None, None
     if path is not None and not path.exists():
         return False, None, None
     try:
@@ -38,6 +43,26 @@ def probe(database: Database) -> tuple[bool, str | None, str | None]:
     except Exception:  # any failure to read is "not ok", reported as such rather than raised
         return False, None, None
     return True, db_id, revision
+
+
+def database_problem(database: Database) -> AutopackError | None:
+    """Why requests cannot use ``database`` — a URL autopack cannot use, a missing SQLite file, no schema or
+    an older one — as the one line the CLI would give (minus the URL: reads are open), or None (usable, or
+    merely unreachable). Read-only; a missing SQLite file is not created."""
+    try:
+        refuse_missing_database_file(database)
+    except AutopackError as exc:
+        return exc
+    reachable, _db_id, revision = probe(database)
+    if not reachable:
+        return None
+    if revision is None:
+        return SchemaNotMigratedError("the database has no autopack schema", hint=UPGRADE_HINT)
+    if revision != head_revision():
+        return SchemaNotMigratedError(
+            f"the database is at schema revision {revision}, the code needs {head_revision()}", hint=UPGRADE_HINT
+        )
+    return None
 
 
 @router.get("/health", response_model=HealthOut)

@@ -19,9 +19,9 @@ from autopack.api.schemas import (
     RunDetailOut,
     RunOut,
 )
-from autopack.db.engine import rowcount
-from autopack.db.models import Phase, PhaseState, Run, utcnow
+from autopack.db.models import Phase, Run
 from autopack.errors import RefusedError
+from autopack.execution import leases
 from autopack.execution.runs import create_run
 from autopack.execution.spec import API_SOURCE, RunSpec, refuse_untrusted_check_command
 
@@ -142,22 +142,6 @@ def get_phase(run_id: RunIdPath, phase_id: PhaseIdPath, db: DbDep) -> PhaseOut:
 def set_phase_state(run_id: RunIdPath, phase_id: PhaseIdPath, body: PhaseStateIn, db: DbDep) -> PhaseStateOut:
     """Requeue or skip a phase; refused while a worker holds a live lease on it."""
     get_phase_or_404(db, run_id, phase_id)
-    now = utcnow()
-    live_lease = sa.and_(
-        Phase.state == PhaseState.EXECUTING, Phase.lease_expires_at.is_not(None), Phase.lease_expires_at >= now
-    )
-    result = db.execute(
-        sa.update(Phase)
-        .where(Phase.run_id == run_id, Phase.phase_id == phase_id, sa.not_(live_lease))
-        .values(
-            state=body.state,
-            lease_owner=None,
-            lease_expires_at=None,
-            updated_at=now,
-            last_failure_reason=body.reason if body.reason is not None else Phase.last_failure_reason,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if rowcount(result) != 1:
+    if not leases.set_state(db, run_id, phase_id, body.state, reason=body.reason):
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"phase '{run_id}/{phase_id}' is held by a live lease")
     return PhaseStateOut(run_id=run_id, phase_id=phase_id, state=body.state)

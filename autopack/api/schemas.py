@@ -148,7 +148,7 @@ class ResultIn(BaseModel):
     failure_reason: str | None = Field(default=None, max_length=20_000)
     # No upper bound here: the handler checks the phase's new total against the column and, if it does not
     # fit, still finishes the phase (FAILED, lease released) before answering 422.
-    tokens_used: int | None = Field(default=None, ge=0, description="Added to the phase's running total.")
+    tokens_used: int | None = Field(default=None, ge=0, strict=True, description="Added to the phase's running total.")
 
 
 class ReleaseIn(BaseModel):

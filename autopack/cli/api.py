@@ -24,20 +24,26 @@ def serve(
 ) -> None:
     """Serve the API (same as `python -m uvicorn autopack.main:app`) after checking the database.
 
+    A DATABASE_URL autopack cannot use is refused (exit 2); a database that is unreachable or not migrated yet is
+    served anyway (/health reports "degraded" and data requests answer 503 until it is fixed).
+
     Every write needs the API key: AUTOPACK_API_KEY, or else the key file (created on first start, mode 0600),
     whose path is printed. Clients on this machine read that file; give the key to others as AUTOPACK_API_KEY.
     """
     import uvicorn
 
     from autopack.api import create_app
+    from autopack.db.engine import parse_url
     from autopack.db.handle import database_at
     from autopack.db.identity import read_identity
 
     settings = get_settings()
     key = server_api_key(settings)
+    database = database_at()
+    parse_url(database.url)  # a URL autopack cannot use (mysql://, an async driver) is refused: no server to start
     typer.echo(f"[api] writes need the API key (X-API-Key) from {key.source()}", err=True)
     try:
-        report = read_identity(database_at())
+        report = read_identity(database)
         typer.echo(f"[db] id={report.db_id} url={report.url} revision={report.schema_revision}", err=True)
     except AutopackError as exc:  # serve anyway: /health reports "degraded" until the database is fixed
         typer.echo(f"warning: {exc.one_line()}", err=True)

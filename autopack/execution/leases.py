@@ -5,6 +5,10 @@ A claim moves a phase to EXECUTING with an owner and an expiry. Claiming is a si
 (``claim_next`` picks its row the same way), so concurrent drains never wait on each other's claims. A worker that dies
 leaves a lease that expires; the phase can then be claimed again. A result reported on an expired or
 foreign lease is rejected (``LeaseLostError``).
+
+A phase's failure reason comes from whoever reports it (a worker, an API client): it is stored only through
+``stored_reason`` (``autopack.logging.redact``), so no URL credential, configured secret (the API key
+included) or key-shaped token lands in ``phases.last_failure_reason`` or is served back by the API.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from autopack.db.models import (
     utcnow,
 )
 from autopack.errors import AutopackError
+from autopack.logging import redact
 from autopack.params import CLAIM_LEASE_SECONDS, DEFAULT_DRAIN_STATES
 from autopack.telemetry.bounds import bounds_for
 
@@ -45,6 +50,11 @@ class Claim:
     #: 0-based index of this attempt (the phase's attempt counter before the claim).
     attempt_index: int
     initial_state: str
+
+
+def stored_reason(reason: str | None) -> str | None:
+    """``reason`` as it may be stored in ``phases.last_failure_reason``: every secret in it masked."""
+    return None if reason is None else redact(reason)
 
 
 def _expiry(lease_seconds: float) -> datetime:
@@ -214,7 +224,7 @@ def finish_phase(
         "lease_expires_at": None,
         "completed_at": now if final_state in PhaseState.TERMINAL else None,
         "updated_at": now,
-        "last_failure_reason": failure_reason if final_state != PhaseState.COMPLETE else None,
+        "last_failure_reason": stored_reason(failure_reason) if final_state != PhaseState.COMPLETE else None,
     }
     if tokens_used is not None and rejected is None:
         values["tokens_used"] = sa.func.coalesce(Phase.tokens_used, 0) + tokens_used
@@ -230,7 +240,29 @@ def finish_phase(
             f"result for {run_id}/{phase_id} rejected: the lease of {owner} expired or was taken over",
             hint="the phase will be (or was) drained again by its new owner",
         )
-    return failure_reason if rejected is not None else None
+    return stored_reason(failure_reason) if rejected is not None else None
+
+
+def set_state(session: Session, run_id: str, phase_id: str, state: str, *, reason: str | None = None) -> bool:
+    """Put a phase into ``state`` (requeue, skip) and drop any expired lease; ``reason``, if given, replaces
+    its failure reason (masked). False, and nothing written, while a worker holds a live lease on it."""
+    now = utcnow()
+    live_lease = sa.and_(
+        Phase.state == PhaseState.EXECUTING, Phase.lease_expires_at.is_not(None), Phase.lease_expires_at >= now
+    )
+    result = session.execute(
+        sa.update(Phase)
+        .where(Phase.run_id == run_id, Phase.phase_id == phase_id, sa.not_(live_lease))
+        .values(
+            state=state,
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=now,
+            last_failure_reason=stored_reason(reason) if reason is not None else Phase.last_failure_reason,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return rowcount(result) == 1
 
 
 def _tokens_problem(session: Session, held: sa.ColumnElement[bool], tokens_used: object) -> str | None:

@@ -67,6 +67,7 @@ WorkspacePath = Annotated[str, Field(json_schema_extra={
     "minLength": 1, "maxLength": MAX_PATH_CHARS, "pattern": r"^[^\x00]*[^\x00\s][^\x00]*$",
     "description": "relative to the run workspace; no '..' segment, no leading '/', '~' or drive",
 })]
+#: Integer fields are ``strict``: ``true`` is not 1, nor ``"5"`` or ``5.0`` a count (pydantic's lax mode took them).
 #: The largest token cap ``runs.token_cap`` holds (PostgreSQL would overflow past it; SQLite would not).
 _TOKEN_CAP_MAX = bounds_for(Run)["token_cap"].high
 
@@ -89,7 +90,7 @@ class PhaseSpec(BaseModel):
     scope_paths: list[WorkspacePath] = Field(default_factory=list, max_length=200)
     builder_mode: str | None = Field(default=None, max_length=32)
     check_command: str | None = Field(default=None, max_length=2000)
-    max_builder_attempts: int = Field(default=3, ge=1, le=20)
+    max_builder_attempts: int = Field(default=3, ge=1, le=20, strict=True)
 
     @field_validator("category")
     @classmethod
@@ -143,7 +144,7 @@ class RunSpec(BaseModel):
 
     run_id: str = Field(pattern=_ID_PATTERN)
     goal: str | None = Field(default=None, max_length=20_000)
-    token_cap: int | None = Field(default=None, ge=1, le=_TOKEN_CAP_MAX)
+    token_cap: int | None = Field(default=None, ge=1, le=_TOKEN_CAP_MAX, strict=True)
     phases: list[PhaseSpec] = Field(min_length=1, max_length=1000)
 
     @model_validator(mode="after")
