@@ -98,6 +98,7 @@ def test_a_phase_that_used_its_max_builder_attempts_in_earlier_sessions_is_left_
     make_run(db_url, "r", [behaviour("ok"), behaviour("ok"), behaviour("ok")])
     set_phase(db_url, "r", "p000", state="FAILED", builder_attempts=3, max_builder_attempts=3)
     set_phase(db_url, "r", "p001", state="FAILED", builder_attempts=2, max_builder_attempts=3)
+    set_phase(db_url, "r", "p002", state="QUEUED", builder_attempts=5, max_builder_attempts=3)  # requeued by hand
     reporter = Messages()
     state = drain(db_url, reporter=reporter)
     assert sorted(drained(state)) == ["r/p001", "r/p002"]

@@ -713,8 +713,8 @@ def exhausted_note(candidates: Sequence[Candidate]) -> str | None:
     more = f" and {len(exhausted) - 3} more" if len(exhausted) > 3 else ""
     return (f"{len(exhausted)} phase(s) not drained: {shown}{more} used its max_builder_attempts "
             "over earlier sessions (a phase that fails week after week is not retried at the provider's cost); "
-            "to retry, drain the phase by hand (`autopack drain one --run-id R --phase-id P`) or recreate the run "
-            "(`--replace`)")
+            "to retry, drain the phase by hand (`autopack drain one --run-id R --phase-id P`) or requeue it "
+            "(`POST /runs/R/phases/P/state` with state QUEUED)")
 
 
 def make_outcome(

@@ -238,10 +238,11 @@ class Candidate:
     @property
     def exhausted(self) -> bool:
         """The phase has used its ``max_builder_attempts`` over all sessions: a weekly drain must not retry a
-        phase that keeps failing every week (each retry is a paid call). A phase left EXECUTING by a dead drain
-        is still taken back, so that it ends in a state."""
+        phase that keeps failing every week (each retry is a paid call). A QUEUED phase is drained whatever its
+        count (a requeue, ``POST …/state``, asks for another try), and one left EXECUTING by a dead drain is taken
+        back, so that it ends in a state."""
         return (self.max_attempts is not None and self.attempts_used >= self.max_attempts
-                and self.state != "EXECUTING")
+                and self.state not in ("QUEUED", "EXECUTING"))
 
 
 def skip_run_prefix(run_id: str, prefixes: Iterable[str]) -> bool:
