@@ -27,7 +27,7 @@ from autopack.timing import StageClock
 if TYPE_CHECKING:
     from autopack.db.handle import Database
 
-__all__ = ["NoUsableSamplesError", "read_events", "run_calibration"]
+__all__ = ["NoUsableSamplesError", "read_events", "require_telemetry", "run_calibration"]
 
 log = get_logger("autopack.calibration")
 
@@ -36,6 +36,20 @@ class NoUsableSamplesError(AutopackError):
     """The selection holds no usable calibration sample."""
 
     exit_code = 1
+
+
+def require_telemetry(database: Database, run_ids: Sequence[str]) -> None:
+    """Refuse run ids the user named that have no telemetry at all (a typo), instead of calibrating the others
+    silently or reporting "no usable samples". For the command line: a pipeline calibrating the runs it drained
+    reads those that recorded something, as it should."""
+    unknown = runs_without_telemetry(database, run_ids)
+    if unknown:
+        shown = ", ".join(repr(run_id) for run_id in unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise InputError(
+            f"--include-run-id {shown}: no telemetry in this database under that run id; nothing was calibrated",
+            hint="check the id with `autopack runs list`, and DATABASE_URL with `autopack db identity`",
+        )
 
 
 def _stem(output_dir: Path, now: datetime) -> str:
@@ -84,8 +98,7 @@ def run_calibration(
     ``params``: the statistics (None: ``CalibrationParams``' defaults); checked on construction, so a bad value
     fails before the database is touched. ``params.since`` / ``params.window_weeks``: only the calls from that
     time, or of the newest N weeks before now, are read (``reader.read_events(since=…)``). The other arguments say where to read and write, not what to
-    compute. Raises ``InputError`` (exit 2) for an included run id without telemetry, ``NoUsableSamplesError``
-    (exit 1) when nothing is usable; neither writes a file.
+    compute. Raises ``NoUsableSamplesError`` (exit 1, no file written) when nothing is usable.
     """
     checked = CalibrationParams() if params is None else params
     window_weeks = checked.window_weeks
@@ -93,14 +106,6 @@ def run_calibration(
     clock = StageClock()
     lap, timings = clock.lap, clock.timings
 
-    unknown = runs_without_telemetry(database, run_ids)
-    if unknown:
-        shown = ", ".join(repr(run_id) for run_id in unknown[:5]) + (
-            f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise InputError(
-            f"--include-run-id {shown}: no telemetry in this database under that run id; nothing was calibrated",
-            hint="check the id with `autopack runs list`, and DATABASE_URL with `autopack db identity`",
-        )
     now = datetime.now(UTC).replace(microsecond=0)
     imports = preload.start()
     since = checked.window_start(now)

@@ -79,11 +79,13 @@ def calibrate(
     still written); 2 on bad input (an --include-run-id without telemetry among them); 2/3 when the database
     guard refuses.
     """
-    from autopack.calibration import run_calibration
+    from autopack.calibration.runner import require_telemetry, run_calibration
 
     writable_dir(output_dir)
+    database = guarded(expect_db_id, allow_empty_db, quiet=True)
+    require_telemetry(database, include_run_id or ())
     result = run_calibration(
-        guarded(expect_db_id, allow_empty_db, quiet=True),
+        database,
         params,
         include_run_ids=include_run_id or None,
         output_dir=output_dir,
