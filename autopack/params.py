@@ -194,6 +194,14 @@ HoldoutFraction = Annotated[
 ]
 #: The longest calibration window (``window_weeks``): about 20 years.
 MAX_WINDOW_WEEKS = 1040
+WindowWeeks = Annotated[
+    int | None,
+    Field(ge=1, le=MAX_WINDOW_WEEKS,
+          description="Calibrate on the newest N weeks of telemetry only (by call time; empty: the whole history). "
+          "The read costs what the window holds, not what the history holds."),
+]
+
+
 def _naive_utc(value: datetime | None) -> datetime | None:
     """The stored timestamps' form: naive UTC (an offset given is converted; none given means UTC)."""
     if value is None or value.tzinfo is None:
@@ -206,12 +214,6 @@ Since = Annotated[
     AfterValidator(_naive_utc),
     Field(description="Calibrate on the calls made at or after this time only (UTC unless an offset is given; "
           "e.g. 2026-11-02 or 2026-11-02T06:00:00); with --window-weeks, the later start of the two."),
-]
-WindowWeeks = Annotated[
-    int | None,
-    Field(ge=1, le=MAX_WINDOW_WEEKS,
-          description="Calibrate on the newest N weeks of telemetry only (by call time; empty: the whole history). "
-          "The read costs what the window holds, not what the history holds."),
 ]
 Method = Annotated[
     ShippableMethod | None,

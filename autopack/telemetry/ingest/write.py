@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event, utcnow
 from autopack.errors import AutopackError, InputError
-from autopack.taxonomy import CATEGORIES, COMPLEXITIES
+from autopack.taxonomy import CATEGORIES, COMPLEXITIES, UNKNOWN
 from autopack.telemetry.ingest.events import iter_events, source_of
 from autopack.telemetry.ingest.rows import RowError
 
@@ -242,7 +242,8 @@ def _unknown_notes(unknown: Mapping[str, Mapping[str, int]]) -> list[str]:
     notes = []
     for kind, values in unknown.items():
         if values:
-            shown = ", ".join(f"'{v}' ({n:,} row{'s' if n > 1 else ''})" for v, n in sorted(values.items())[:5])
+            shown = ", ".join(f"{'none given' if v == UNKNOWN else repr(v)} ({n:,} row{'s' if n > 1 else ''})"
+                              for v, n in sorted(values.items())[:5])
             more = f" and {len(values) - 5} more" if len(values) > 5 else ""
             known = ", ".join(CATEGORIES if kind == "category" else COMPLEXITIES)
             notes.append(f"unknown {kind} {shown}{more}: kept as written, calibrated as a group of its own "
