@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -12,7 +14,17 @@ from autopack.db.handle import database_at
 from autopack.db.models import Phase, Run
 from autopack.execution import leases
 from autopack.execution.phase_runner import execute_phase
-from autopack.execution.workspace import MAX_SLUG_CHARS, run_workspace, workspace_folder, workspace_root, write_files
+from autopack.errors import InputError
+from autopack.execution.workspace import (
+    MAX_CONTEXT_FILE_CHARS,
+    MAX_SLUG_CHARS,
+    read_bounded,
+    read_context,
+    run_workspace,
+    workspace_folder,
+    workspace_root,
+    write_files,
+)
 from autopack.llm.simulated import SimulatedProvider
 
 AWKWARD_IDS = ["..", ".", "a/b", "../../etc", "/abs", "C:\\x", "col:1", "col_1", "col 1", "héllo-wörld", "日本語",
@@ -110,3 +122,57 @@ def test_a_legacy_run_named_dot_dot_drains_inside_the_root(db_url: str, root: Pa
     assert not (root.parent / "pkg").exists()
     with session_scope(db_url) as session:
         assert session.execute(sa.select(Phase.state).where(Phase.run_id == "..")).scalar_one() == "COMPLETE"
+
+
+# --- what a check command may leave in the workspace -------------------------------------------------------------
+
+
+def _execute(url: str, run_id: str) -> Any:
+    with session_scope(url) as session:
+        claim = leases.claim_phase(session, run_id, "p", "w1")
+    assert claim is not None
+    return execute_phase(run_id, "p", claim=claim, db=database_at(url), provider=SimulatedProvider(seed=1),
+                         telemetry=False)
+
+
+def _phase(url: str, run_id: str, **scope: Any) -> None:
+    with session_scope(url) as session:
+        session.add(Run(id=run_id, state="RUN_CREATED"))
+        session.add(Phase(run_id=run_id, phase_id="p", description="Write docs.", task_category="docs",
+                          complexity="low", scope={"deliverables": ["b.md"], **scope}))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_deliverable_left_as_a_fifo_or_a_directory_fails_the_phase_before_any_call(
+        db_url: str, root: Path, kind: str) -> None:
+    """Before: a FIFO blocked the drain forever, a directory failed with a traceback after the tokens were spent."""
+    _phase(db_url, f"left-{kind}")
+    target = run_workspace(f"left-{kind}") / "b.md"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.mkdir()
+    result = _execute(db_url, f"left-{kind}")
+    assert not result.success and result.failure_stage == "before_llm"
+    shown = "a FIFO" if kind == "fifo" else "a directory"
+    assert result.error_message == f"'b.md' exists in the run workspace as {shown}, not a regular file (remove it " \
+                                   "from the workspace (a check command may have left it))"
+
+
+def test_writing_refuses_a_fifo_without_blocking(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(root / "x.md")
+    with pytest.raises(InputError, match="'x.md' exists in the run workspace as a FIFO"):
+        write_files(root, {"x.md": "text", "y.md": "text"})
+    assert not (root / "y.md").exists()  # nothing written when one path is refused
+
+
+def test_a_huge_sparse_context_file_is_read_only_as_far_as_it_is_used(db_url: str, root: Path) -> None:
+    """Before: read whole (a 3 GB sparse file: 6 GB of memory) and then cut to 20,000 characters."""
+    _phase(db_url, "sparse", read_only_context=["big.md"])
+    big = run_workspace("sparse") / "big.md"
+    with big.open("wb") as handle:
+        handle.truncate(64 * 1024**3)  # 64 GiB apparent, no disk
+    loaded, omitted = read_context(run_workspace("sparse"), ["big.md"], max_files=5)
+    assert omitted == [] and loaded[0].truncated and len(loaded[0].text or "") == MAX_CONTEXT_FILE_CHARS
+    assert read_bounded(big, 1000) == ("\x00" * 1000, True)

@@ -575,7 +575,12 @@ def _validate(response: LLMResponse, paths: Sequence[str], workspace: Path, chec
     check = check_output(response.text, paths)
     if not check.success:
         return check
-    write_files(workspace, check.files)
+    try:
+        write_files(workspace, check.files)
+    except InputError as exc:  # a path a check command left as a directory or a FIFO: a failed check, not a crash
+        return BuildCheck(False, check.files, exc.one_line())
+    except OSError as exc:
+        return BuildCheck(False, check.files, f"could not write the deliverables: {exc}")
     if check_command:
         problem = run_check_command(check_command, workspace, database=db)
         if problem:

@@ -9,8 +9,10 @@ function (reference §10.15).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,11 @@ log = get_logger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_CONTEXT_FILE_CHARS = 20_000
+#: At most this much of a workspace file is read (the estimator's file statistics; context, cut further to
+#: ``MAX_CONTEXT_FILE_CHARS``): a check command can leave a sparse file of any apparent size.
+MAX_READ_BYTES = 4 * 1024 * 1024
+#: A context directory contributes at most this many entries to look at (a check can leave millions).
+MAX_CONTEXT_ENTRIES = 10_000
 #: Readable part of a workspace folder name (the hash, not the slug, makes it unique).
 MAX_SLUG_CHARS = 40
 #: Hex digits of sha256(run id) in the folder name: 64 bits, so distinct run ids never share a folder.
@@ -144,13 +151,49 @@ def file_stats(text: str) -> FileStats:
     return FileStats(loc=loc, import_lines=imports, max_indent=indent)
 
 
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISLNK, "a symbolic link"))
+
+
+def not_a_file(target: Path) -> str | None:
+    """What ``target`` is if it exists and is not a regular file ("a directory", "a FIFO", …), else None.
+
+    A check command may leave anything at a deliverable's path; writing into a FIFO would block the drain, and
+    a directory would fail the write after the tokens are spent."""
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), None if stat.S_ISREG(mode) else "not a file")
+
+
+def _refuse_non_file(path: str, target: Path) -> None:
+    kind = not_a_file(target)
+    if kind is not None:
+        raise InputError(f"'{path}' exists in the run workspace as {kind}, not a regular file",
+                         hint="remove it from the workspace (a check command may have left it)")
+
+
+def read_bounded(target: Path, max_bytes: int = MAX_READ_BYTES) -> tuple[str, bool]:
+    """The first ``max_bytes`` of a regular file as text, and whether there was more. Never follows a symbolic
+    link, never blocks on a FIFO, never reads a sparse file's gigabytes."""
+    fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(f"{target.name} is not a regular file")
+        data = handle.read(max_bytes + 1)
+    return data[:max_bytes].decode("utf-8", errors="replace"), len(data) > max_bytes
+
+
 def collect_file_stats(root: Path, paths: Iterable[str]) -> dict[str, FileStats]:
-    """Stats of the deliverables that already exist (absent ones are new files)."""
+    """Stats of the deliverables that already exist (absent ones are new files); one that exists as anything
+    but a regular file is refused (``InputError``), before any token is spent on it."""
     stats: dict[str, FileStats] = {}
     for path in paths:
         target = confined(root, path)
+        _refuse_non_file(path, target)
         if target.is_file():
-            stats[path] = file_stats(target.read_text(encoding="utf-8", errors="replace"))
+            stats[path] = file_stats(read_bounded(target)[0])
     return stats
 
 
@@ -168,7 +211,8 @@ def read_context(root: Path, paths: Iterable[str], *, max_files: int, max_chars:
     for path in paths:
         target = confined(root, path)
         if target.is_dir():
-            expanded += sorted(p.relative_to(root).as_posix() for p in target.rglob("*") if p.is_file())
+            found = itertools.islice(target.rglob("*"), MAX_CONTEXT_ENTRIES)
+            expanded += sorted(p.relative_to(root).as_posix() for p in found if p.is_file())
         else:
             expanded.append(path)
     seen: list[str] = []
@@ -181,17 +225,22 @@ def read_context(root: Path, paths: Iterable[str], *, max_files: int, max_chars:
         if not target.is_file():
             loaded.append(ContextFile(path, None))
             continue
-        text = target.read_text(encoding="utf-8", errors="replace")
-        loaded.append(ContextFile(path, text[:max_chars], truncated=len(text) > max_chars))
+        text, more = read_bounded(target, 4 * max_chars)  # ≤ 4 bytes a character
+        loaded.append(ContextFile(path, text[:max_chars], truncated=more or len(text) > max_chars))
     return loaded, seen[max_files:]
 
 
 def write_files(root: Path, files: Mapping[str, str]) -> list[Path]:
-    """Write every file (paths confined to the workspace); returns the written paths."""
+    """Write every file (paths confined to the workspace); returns the written paths. A path that exists as
+    anything but a regular file is refused (``InputError``) before any is written."""
     targets = {path: confined(root, path) for path in files}  # validate all before writing any
+    for path, target in targets.items():
+        _refuse_non_file(path, target)
     written: list[Path] = []
     for path, target in targets.items():
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(files[path], encoding="utf-8")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(files[path])
         written.append(target)
     return written
