@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from autopack.db.engine import session_scope
 from autopack.db.handle import database_at
 from autopack.db.models import Phase, Run
+from autopack.errors import InputError
 from autopack.execution import leases
 from autopack.execution.phase_runner import execute_phase
-from autopack.errors import InputError
 from autopack.execution.workspace import (
     MAX_CONTEXT_FILE_CHARS,
     MAX_SLUG_CHARS,
