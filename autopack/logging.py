@@ -56,6 +56,20 @@ def known_secrets() -> list[str]:
         return configured + sorted(_extra_secrets)
 
 
+_LINE_BREAKS = re.compile(r"[\t\n\r\x0b\x0c\x85\u2028\u2029]+")
+#: Control characters (C0, DEL, C1), zero-width and bidirectional marks: shown escaped, never acted on by a terminal.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: line breaks and tabs become a space, other control, zero-width and bidi
+    characters are shown escaped (``\\x1b``). For text an outsider supplies (a check command and its output, a
+    reason posted to the API) before it reaches a log line, a stored row or a terminal: it cannot forge a log
+    line, retitle a terminal or reorder what a reviewer reads."""
+    text = _LINE_BREAKS.sub(" ", text)
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
 def redact(text: str, secrets: list[str] | None = None) -> str:
     """Mask URL credentials, known secret values (from settings) and common API-key shapes."""
     if not text:

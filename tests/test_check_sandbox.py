@@ -234,6 +234,32 @@ def test_recorded_check_output_is_redacted(workspace: Path, monkeypatch: pytest.
     assert reason is not None and token not in reason and tail(reason) == "***"
 
 
+def test_a_variable_passed_to_checks_is_masked_when_echoed(workspace: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            bwrap: None) -> None:
+    """An operator's ``AUTOPACK_CHECK_COMMAND_ENV=NPM_TOKEN`` is a credential as far as the record goes."""
+    value = f"npm_{uuid.uuid4().hex}"
+    monkeypatch.setenv("NPM_TOKEN", value)
+    monkeypatch.setenv("AUTOPACK_CHECK_COMMAND_ENV", "NPM_TOKEN")
+    reason = run_check_command("sh -c 'echo \"token=$NPM_TOKEN\"; exit 1'", workspace, timeout=TIMEOUT)
+    assert reason is not None and value not in reason and tail(reason) == "token=***"
+
+
+def test_a_check_cannot_forge_log_lines_or_terminal_sequences(workspace: Path, bwrap: None) -> None:
+    """Before: the command's newlines and the output's escape sequences reached the log, the row and the API."""
+    reason = run_check_command("sh -c 'printf \"\\033]0;pwned\\007FAKE\\n[db] id=x\"; exit 1'\n[phase] forged",
+                               workspace, timeout=TIMEOUT)
+    assert reason is not None and "\n" not in reason and "\x1b" not in reason and "\x07" not in reason
+    assert "\\x1b]0;pwned\\x07FAKE [db] id=x" in reason
+
+
+def test_a_check_printing_gigabytes_costs_the_worker_a_bounded_tail(workspace: Path, bwrap: None) -> None:
+    """Before: every byte was held in memory (2 GB of output, 6 GB of memory) and the phase passed."""
+    reason = run_check_command("sh -c 'head -c 50000000 /dev/zero | tr \"\\0\" x; echo END; exit 1'", workspace,
+                               timeout=TIMEOUT)
+    assert reason is not None and "(its output was 50,000,004 bytes; the last 65,536 kept)" in reason
+    assert tail(reason).endswith("xxEND")
+
+
 # --- what a check still can do ------------------------------------------------------------------------
 
 

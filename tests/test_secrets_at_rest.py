@@ -204,6 +204,15 @@ def test_a_state_reason_posted_to_the_api_is_stored_and_served_masked(keyed_clie
     assert not [secret for secret in LEAKED if secret in everything]
 
 
+def test_a_posted_reason_is_stored_on_one_printable_line(keyed_client) -> None:  # type: ignore[no-untyped-def]
+    """Else a client could forge lines in whatever prints the reason, or send a terminal escape sequence."""
+    forged = "failed\n2026-12-07 INFO autopack: [phase] api-run/p1 COMPLETE\x1b]0;pwned\x07\u202etxt"
+    keyed_client.post("/runs/api-run/phases/p1/result", json={"owner": "w1", "final_state": "FAILED",
+                                                               "failure_reason": forged})
+    stored = keyed_client.get("/runs/api-run/phases/p1").json()["last_failure_reason"]
+    assert stored == "failed 2026-12-07 INFO autopack: [phase] api-run/p1 COMPLETE\\x1b]0;pwned\\x07\\u202etxt"
+
+
 def test_a_failure_reason_a_drain_worker_reports_is_stored_masked(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The direct-database drain writes through the same function as the API."""
     from test_drain_batch_support import make_run

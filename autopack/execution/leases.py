@@ -30,7 +30,7 @@ from autopack.db.models import (
     utcnow,
 )
 from autopack.errors import AutopackError
-from autopack.logging import redact
+from autopack.logging import one_line, redact
 from autopack.params import CLAIM_LEASE_SECONDS, DEFAULT_DRAIN_STATES
 from autopack.telemetry.bounds import bounds_for
 
@@ -53,8 +53,9 @@ class Claim:
 
 
 def stored_reason(reason: str | None) -> str | None:
-    """``reason`` as it may be stored in ``phases.last_failure_reason``: every secret in it masked."""
-    return None if reason is None else redact(reason)
+    """``reason`` as it may be stored in ``phases.last_failure_reason``: every secret in it masked, on one
+    printable line (``logging.one_line``)."""
+    return None if reason is None else one_line(redact(reason))
 
 
 def _expiry(lease_seconds: float) -> datetime:

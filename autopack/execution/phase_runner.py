@@ -68,7 +68,7 @@ from autopack.llm.base import (
     TaskHints,
 )
 from autopack.llm.builder_format import parse_files
-from autopack.logging import get_logger, redact
+from autopack.logging import get_logger, known_secrets, one_line, redact
 from autopack.taxonomy import DOCS_LIKE, canonical_category
 from autopack.telemetry.adaptive_state import level_reader
 from autopack.telemetry.recorder import (
@@ -202,40 +202,82 @@ def run_check_command(command: str, workspace: Path, *, timeout: float = CHECK_C
     too when it is not the configured one), in its own process group so a timeout kills
     everything it started. Refused, in one line, when the sandbox cannot run and the operator did not opt out.
     """
+    environment = check_command_env()
+    # what the operator passed in beyond the basics may be a credential (NPM_TOKEN): masked like one if echoed
+    passed = [v for k, v in environment.items() if k not in CHECK_COMMAND_ENV and not k.startswith("LC_")]
+
+    def reason(text: str) -> str:
+        return one_line(redact(text, known_secrets() + passed))
+
     try:
         argv = check_command_argv(command)
-        started = launch(argv, workspace, check_command_env(), get_settings(), database=database)
+        started = launch(argv, workspace, environment, get_settings(), database=database)
     except (InputError, SandboxUnavailableError) as exc:
-        return exc.one_line()
+        return reason(exc.one_line())
     try:
         proc = subprocess.Popen(started.argv, cwd=workspace, env=started.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     except OSError as exc:  # not found, not executable
-        return f"check_command could not start {argv[0]!r}: {exc.strerror or exc}"
+        return reason(f"check_command could not start {argv[0]!r}: {exc.strerror or exc}")
+    kept = _OutputTail(proc)
     try:
-        output, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        return f"check_command timed out after {timeout:.0f}s: {command}"
-    except BaseException:
-        _kill_group(proc)
-        raise
+        return reason(f"check_command timed out after {timeout:.0f}s: {command}")
+    finally:
+        _kill_group(proc)  # what it left running in the background too
+        kept.join()
     if proc.returncode == 0:
         return None
+    output = kept.text()
     not_started = exec_failure(output, argv[0])
     if not_started:
-        return f"check_command could not start {argv[0]!r}: {not_started}"
-    tail = redact(" ".join(output.split()))[-300:]  # redacted whole: a cut could leave half a secret unmatched
-    return redact(f"check_command exited {proc.returncode}: {command}: {tail}")
+        return reason(f"check_command could not start {argv[0]!r}: {not_started}")
+    tail = reason(" ".join(output.split()))[-300:]  # masked whole: a cut could leave half a secret unmatched
+    cut = f" (its output was {kept.total:,} bytes; the last {CHECK_OUTPUT_KEPT_BYTES:,} kept)" if kept.cut else ""
+    return reason(f"check_command exited {proc.returncode}: {command}{cut}: {tail}")
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
+#: How much of a check command's output the worker keeps (the end of it): the rest is read and dropped, so a
+#: command printing gigabytes costs the worker no memory.
+CHECK_OUTPUT_KEPT_BYTES = 64 * 1024
+
+
+class _OutputTail:
+    """Reads a process's output on a thread as it comes, keeping only its last ``CHECK_OUTPUT_KEPT_BYTES``."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self._stream = os.fdopen(proc.stdout.fileno(), "rb", buffering=0, closefd=False)
+        self._kept = bytearray()
+        self.total = 0
+        self._thread = threading.Thread(target=self._pump, name="check-output", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        while chunk := self._stream.read(65536):  # unbuffered: what is there, up to 64 KiB
+            self.total += len(chunk)
+            self._kept += chunk
+            if len(self._kept) > 2 * CHECK_OUTPUT_KEPT_BYTES:
+                del self._kept[:-CHECK_OUTPUT_KEPT_BYTES]
+
+    def join(self) -> None:
+        self._thread.join(timeout=10)  # the group is killed: the pipe closes at once
+
+    @property
+    def cut(self) -> bool:
+        return self.total > CHECK_OUTPUT_KEPT_BYTES
+
+    def text(self) -> str:
+        return bytes(self._kept[-CHECK_OUTPUT_KEPT_BYTES:]).decode("utf-8", errors="replace")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    proc.communicate()
+    proc.wait()
 
 
 HEARTBEAT_INTERVAL_SECONDS = 60.0
