@@ -81,7 +81,25 @@ def check_target_repo(path: Path) -> Path:
                          hint="--target-repo must be a git checkout of the autopack repository")
     if not (resolved / ".git").exists():
         raise InputError(f"{resolved} is not a git checkout", hint="clone the autopack repository and point --target-repo at it")
+    check_estimator_matches(resolved)
     return resolved
+
+
+def check_estimator_matches(target: Path) -> None:
+    """The calibration starts from the coefficients of the estimator autopack runs with; the pull request edits
+    the target's. When their tables differ, what it proposes is computed against the wrong file and the publish
+    step refuses it as stale however often it is run again: refuse before draining, saying which two files."""
+    from autopack import token_estimator as te
+    from autopack.github.estimator_edit import read_tables
+
+    running, edited = Path(te.__file__).resolve(), target / ESTIMATOR_PATH
+    if running != edited.resolve() and read_tables(running.read_text()) != read_tables(edited.read_text()):
+        raise InputError(
+            f"the coefficients of {edited} differ from those of the estimator autopack runs with ({running}): a "
+            "calibration would propose changes to the wrong file",
+            hint="run autopack from the target checkout (pip install -e it), or bring the two files to the same "
+                 "commit",
+        )
 
 
 #: The Prefect Secret block that holds the GitHub token of a deployment's runs.
@@ -146,7 +164,19 @@ def check_publish_settings(*, dry_run: bool) -> PublishSettings:
             "dry_run is false but GITHUB_REPOSITORY is not set",
             hint="set GITHUB_REPOSITORY=owner/name (a job variable under a deployment); or ask for a dry run",
         )
+    check_repository_access(publish.repository)
     return publish
+
+
+def check_repository_access(repository: str) -> None:
+    """Read the repository and its base branch with the token, before a phase is drained: a malformed
+    ``GITHUB_REPOSITORY``, a wrong token, an unknown repository or an unreachable GitHub would otherwise be
+    found after the whole drain (a week of real LLM calls) and calibration. Raises the publish step's own
+    one-line error."""
+    from autopack.github.remote import GitHubRepository
+
+    with GitHubRepository(token=github_token(), repository=repository, base_url=get_settings().github_base_url):
+        pass
 
 
 class Preflight(BaseModel):

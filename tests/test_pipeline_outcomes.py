@@ -91,6 +91,21 @@ def test_dry_run_false_without_a_token_is_refused_before_anything_is_drained(
     assert not (tmp_path / "reports").exists()
 
 
+@pytest.mark.parametrize("repository", ["acme", "acme/autopack/extra"])
+def test_a_malformed_repository_is_refused_before_anything_is_drained(
+    seeded: str, prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repository: str
+) -> None:
+    """Before: refused by the pull-request step, after the whole drain and calibration."""
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_" + "0" * 36)
+    monkeypatch.setenv("GITHUB_REPOSITORY", repository)
+    target = project_checkout(tmp_path / "target")
+    before = queued_phases(seeded)
+    params = PipelineParams(output_dir=str(tmp_path / "reports"), target_repo=str(target), dry_run=False)
+    state = telemetry_pipeline(params, return_state=True)
+    assert state.is_failed() and state.message.startswith(f"GITHUB_REPOSITORY must be 'owner/name', got '{repository}'")
+    assert queued_phases(seeded) == before
+
+
 def test_a_failed_validation_ends_the_run_failed_in_its_one_line_before_the_drain(
     db_url: str, prefect_harness: None, tmp_path: Path
 ) -> None:

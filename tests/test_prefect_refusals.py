@@ -45,7 +45,8 @@ def test_pipeline_cli_with_github_unreachable_fails_in_one_line_without_a_traceb
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540,
     )
     printed = out.stdout + out.stderr
-    assert out.returncode == 1, printed[-4000:]
+    assert out.returncode == 2, printed[-4000:]  # refused before anything is drained (it was found after, exit 1)
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0].startswith("error: pipeline failed: "), printed[-4000:]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot reach GitHub at http://127.0.0.1:"), printed
     assert "Traceback" not in printed, printed[-6000:]
+    assert not (tmp_path / "reports").exists()

@@ -445,6 +445,7 @@ def _shipped_check(
         changed = (ceiling != current_ceiling) & ~np.isin(test.group, [group_ids[g] for g in up])
         raise_line = (f"{len(up)} group(s) stepped toward α, none of whose held-out calls gets a lower ceiling"
                       if up else "")
+        apart = " other than the raised groups'" if up else ""  # theirs are judged by the raise's own rule
         if not down or not changed.any():
             return keep, shipped, ceiling, raise_line or "no held-out call's ceiling changes", dropped
         mine = evaluate(ceiling[changed], test.y[changed], test.observed[changed], alpha)
@@ -452,13 +453,13 @@ def _shipped_check(
         ok, line = truncation_verdict(mine, today, alpha)
         if ok and reserved_better(mine, today):
             return keep, shipped, ceiling, (
-                f"on the {mine.n} held-out calls whose ceiling it changes: {line}; reserved/used "
+                f"on the {mine.n} held-out calls whose ceiling it changes{apart}: {line}; reserved/used "
                 f"{mine.reserved_over_used:.3f} < today's {today.reserved_over_used:.3f}"
                 + (f"; {raise_line}" if raise_line else "")), dropped
         worst = max(down, key=badness)
         keep.remove(worst)
-        dropped[worst] = (f"dropped: with it, the calls the pull request changes failed together ({line}; reserved/used "
-                          f"{mine.reserved_over_used:.3f} vs today's {today.reserved_over_used:.3f})")
+        dropped[worst] = (f"dropped: with it, the calls the pull request changes{apart} failed together ({line}; "
+                          f"reserved/used {mine.reserved_over_used:.3f} vs today's {today.reserved_over_used:.3f})")
 
 
 def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Decision:
