@@ -267,6 +267,12 @@ def test_setuid_setgid_sticky_and_world_write_bits_do_not_survive_a_check(worksp
                                 "locked/g": 0o775}
 
 
+def test_the_workspace_is_closed_to_other_users_before_the_check_starts(workspace: Path, bwrap: None) -> None:
+    workspace.chmod(0o755)
+    done = check(["stat", "-c", "%a", "."], workspace)
+    assert (done.returncode, done.output) == (0, "700\n")
+
+
 def test_the_bits_are_stripped_after_a_timeout_once_nothing_can_set_them_again(
         workspace: Path, bwrap: None) -> None:
     done = check(["sh", "-c", "cp /bin/sh bsh; while :; do chmod 4755 bsh; chmod 0777 .; done"], workspace,

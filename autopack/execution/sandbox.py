@@ -367,6 +367,7 @@ def _run(argv: Sequence[str], workspace: Path, env: Mapping[str, str], settings:
          timeout: float, database: Database | None) -> CheckRun:
     sandboxed = settings.check_sandbox != SANDBOX_NONE
     deadline = time.monotonic() + timeout
+    os.chmod(workspace, 0o700)  # closed before the command runs too (it can reopen it: tighten_workspace closes it after)
     status_r, status_w = os.pipe()
     info_r, info_w = os.pipe()
     writers = [status_w, info_w]
