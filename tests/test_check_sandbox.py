@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import uuid
@@ -24,9 +25,17 @@ from autopack.db.engine import session_scope
 from autopack.db.handle import database_at
 from autopack.db.models import Phase
 from autopack.execution import leases
-from autopack.execution.phase_runner import execute_phase, run_check_command
+from autopack.execution.phase_runner import check_command_env, execute_phase, run_check_command
 from autopack.execution.runs import create_run
-from autopack.execution.sandbox import SandboxUnavailableError, require_sandbox
+from autopack.execution.sandbox import (
+    MAX_PROCESSES,
+    OUTPUT_LIMIT_BYTES,
+    CheckRun,
+    SandboxUnavailableError,
+    launch,
+    require_sandbox,
+    run_check,
+)
 from autopack.execution.spec import PhaseSpec, RunSpec
 from autopack.execution.workspace import run_workspace
 from autopack.llm.simulated import SimulatedProvider
@@ -100,6 +109,8 @@ def failure_reason(url: str) -> str:
 def drain_in_a_worker(url: str, tmp_path: Path, secrets: dict[str, str], **settings: str) -> str:
     """``autopack drain one`` in a fresh process whose environment holds ``secrets`` from its start; its output."""
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "DATABASE_URL": url, **secrets, **settings}
+    if os.environ.get("PYTHONPATH"):  # a checkout run from a worktree: the worker imports this autopack
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     done = subprocess.run([sys.executable, "-c", "from autopack.cli import main; main()", "drain", "one",
                            "--run-id", RUN, "--phase-id", "p1"], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
@@ -252,12 +263,111 @@ def test_a_check_cannot_forge_log_lines_or_terminal_sequences(workspace: Path, b
     assert "\\x1b]0;pwned\\x07FAKE [db] id=x" in reason
 
 
-def test_a_check_printing_gigabytes_costs_the_worker_a_bounded_tail(workspace: Path, bwrap: None) -> None:
-    """Before: every byte was held in memory (2 GB of output, 6 GB of memory) and the phase passed."""
-    reason = run_check_command("sh -c 'head -c 50000000 /dev/zero | tr \"\\0\" x; echo END; exit 1'", workspace,
-                               timeout=TIMEOUT)
-    assert reason is not None and "(its output was 50,000,004 bytes; the last 65,536 kept)" in reason
-    assert tail(reason).endswith("xxEND")
+def check(argv: list[str], workspace: Path, timeout: float = TIMEOUT) -> CheckRun:
+    return run_check(argv, workspace, check_command_env(), get_settings(), timeout=timeout)
+
+
+def modes(workspace: Path) -> dict[str, int]:
+    """The permission bits (setuid, setgid and sticky included) of everything in the workspace but symlinks."""
+    found = {".": stat.S_IMODE(workspace.lstat().st_mode)}
+    for path in workspace.rglob("*"):
+        if not path.is_symlink():
+            found[str(path.relative_to(workspace))] = stat.S_IMODE(path.lstat().st_mode)
+    return found
+
+
+def test_setuid_setgid_sticky_and_world_write_bits_do_not_survive_a_check(workspace: Path, bwrap: None) -> None:
+    done = check(["sh", "-c", "cp /bin/sh bsh && chmod 4755 bsh && mkdir d && chmod 3777 d && touch d/f "
+                  "&& chmod 6777 d/f && mkdir locked && touch locked/g && chmod 4777 locked/g && chmod 0 locked "
+                  "&& chmod 0777 ."], workspace)
+    assert done.returncode == 0, done.output
+    assert modes(workspace) == {".": 0o700, "bsh": 0o755, "d": 0o775, "d/f": 0o775, "locked": 0o700,
+                                "locked/g": 0o775}
+
+
+def test_the_workspace_is_closed_to_other_users_before_the_check_starts(workspace: Path, bwrap: None) -> None:
+    workspace.chmod(0o755)
+    done = check(["stat", "-c", "%a", "."], workspace)
+    assert (done.returncode, done.output) == (0, "700\n")
+
+
+def test_the_bits_are_stripped_after_a_timeout_once_nothing_can_set_them_again(
+        workspace: Path, bwrap: None) -> None:
+    done = check(["sh", "-c", "cp /bin/sh bsh; while :; do chmod 4755 bsh; chmod 0777 .; done"], workspace,
+                 timeout=1.0)
+    assert done.timed_out
+    assert modes(workspace) == {".": 0o700, "bsh": 0o755}
+
+
+def test_the_workspace_walk_does_not_follow_symlinks(tmp_path: Path, workspace: Path, bwrap: None) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    outside.chmod(0o1777)
+    done = check(["ln", "-s", str(outside), "link"], workspace)
+    assert done.returncode == 0, done.output
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o1777
+
+
+def test_an_allowed_variable_reaches_the_check_but_not_the_command_line(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch, bwrap: None) -> None:
+    value = f"value-{uuid.uuid4().hex}"
+    monkeypatch.setenv("AUTOPACK_CHECK_COMMAND_ENV", "MY_CHECK_SECRET")
+    monkeypatch.setenv("MY_CHECK_SECRET", value)
+    argv = ["sh", "-c", f'test "$MY_CHECK_SECRET" = {value}']
+    started = launch(argv, workspace, check_command_env(), get_settings())
+    assert [a for a in started.argv if value in a] == [argv[2]]  # the command's own text, nothing bwrap was given
+    assert started.env["MY_CHECK_SECRET"] == value
+    assert check(argv, workspace).returncode == 0
+
+
+def test_a_check_printing_gigabytes_keeps_only_the_end(workspace: Path, bwrap: None) -> None:
+    done = check(["head", "-c", "50000000", "/dev/zero"], workspace)
+    assert (done.returncode, done.truncated, len(done.output)) == (0, True, OUTPUT_LIMIT_BYTES)
+
+
+def test_a_truncated_output_says_so_in_the_failure_reason(workspace: Path, bwrap: None) -> None:
+    done = check(["sh", "-c", "head -c 200000 /dev/zero | tr '\\0' x; echo; echo the-end; exit 1"], workspace)
+    reason = done.reason("cmd", "sh", TIMEOUT)
+    assert reason is not None and reason.startswith("check_command exited 1 (output truncated to its last 64 KiB)")
+    assert reason.endswith("the-end")
+
+
+def test_a_check_that_prints_the_start_failure_line_exited_with_its_own_status(workspace: Path, bwrap: None) -> None:
+    command = "sh -c 'echo \"bwrap: execvp sh: No such file or directory\"; exit 3'"
+    assert run_check_command(command, workspace, timeout=TIMEOUT) == (
+        f"check_command exited 3: {command}: bwrap: execvp sh: No such file or directory")
+    done = check(["sh", "-c", "echo 'bwrap: execvp sh: No such file or directory'; exit 3"], workspace)
+    assert (done.returncode, done.not_started) == (3, None)
+
+
+def test_a_program_whose_exec_fails_inside_the_sandbox_could_not_start(workspace: Path, bwrap: None) -> None:
+    script = workspace / "check.sh"
+    script.write_text("#!/no/such/interpreter\n")
+    script.chmod(0o755)
+    done = check(["./check.sh"], workspace)
+    assert done.reason("./check.sh", "./check.sh", TIMEOUT) == (
+        "check_command could not start './check.sh': No such file or directory")
+
+
+def test_a_fork_bomb_runs_out_of_processes(workspace: Path, sleep_token: str, bwrap: None) -> None:
+    done = check(["sh", "-c", f"i=0; while [ $i -lt {2 * MAX_PROCESSES} ]; do sleep {sleep_token} & i=$((i+1)); "
+                  "done; echo started-all"], workspace)
+    assert not done.timed_out and "fork" in done.output.lower() and "started-all" not in done.output, done.output
+    assert processes_with(sleep_token) == []
+
+
+def test_the_default_api_key_file_is_covered(
+        tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch, bwrap: None) -> None:
+    config = tmp_path / "config"
+    (config / "autopack").mkdir(parents=True)
+    key = f"key-{uuid.uuid4().hex}"
+    (config / "autopack" / "api-key").write_text(key)
+    (config / "autopack" / "other").write_text("visible")
+    monkeypatch.delenv("AUTOPACK_API_KEY_FILE")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    monkeypatch.setenv("AUTOPACK_CHECK_SANDBOX_BIND", str(config))
+    done = check(["sh", "-c", f"cat {config}/autopack/other {config}/autopack/api-key"], workspace)
+    assert done.output.startswith("visible") and "api-key: Permission denied" in done.output and key not in done.output
 
 
 # --- what a check still can do ------------------------------------------------------------------------

@@ -22,8 +22,6 @@ and the phase's optional ``check_command`` passes (run in the run workspace with
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,7 +45,7 @@ from autopack.errors import AutopackError, InputError
 from autopack.execution import leases
 from autopack.execution.leases import Claim, LeaseLostError
 from autopack.execution.prompt import build_prompt, max_context_files
-from autopack.execution.sandbox import SandboxUnavailableError, exec_failure, launch, require_sandbox
+from autopack.execution.sandbox import SandboxUnavailableError, require_sandbox, run_check
 from autopack.execution.spec import check_command_argv, refuse_untrusted_check_command
 from autopack.execution.workspace import (
     collect_file_stats,
@@ -198,86 +196,22 @@ def run_check_command(command: str, workspace: Path, *, timeout: float = CHECK_C
     """Run the phase's check in the workspace; None when it passes, else a one-line reason (redacted).
 
     One program and its arguments (``spec.check_command_argv``: shell quoting, never a shell), with the
-    allow-listed environment, in the sandbox (``execution.sandbox``; ``database``'s file is hidden
-    too when it is not the configured one), in its own process group so a timeout kills
-    everything it started. Refused, in one line, when the sandbox cannot run and the operator did not opt out.
+    allow-listed environment, in the sandbox (``sandbox.run_check``: bounded output, a timeout that kills
+    everything it started, the workspace's setuid and world-write bits stripped afterwards; ``database``'s file
+    is hidden too when it is not the configured one). Refused, in one line, when the sandbox cannot run and the
+    operator did not opt out. The reason is on one printable line, with what the operator passed in beyond
+    the basics (``AUTOPACK_CHECK_COMMAND_ENV=NPM_TOKEN``) masked like a secret.
     """
     environment = check_command_env()
-    # what the operator passed in beyond the basics may be a credential (NPM_TOKEN): masked like one if echoed
     passed = [v for k, v in environment.items() if k not in CHECK_COMMAND_ENV and not k.startswith("LC_")]
-
-    def reason(text: str) -> str:
-        return one_line(redact(text, known_secrets() + passed))
-
     try:
         argv = check_command_argv(command)
-        started = launch(argv, workspace, environment, get_settings(), database=database)
+        done = run_check(argv, workspace, environment, get_settings(), timeout=timeout, database=database)
     except (InputError, SandboxUnavailableError) as exc:
-        return reason(exc.one_line())
-    try:
-        proc = subprocess.Popen(started.argv, cwd=workspace, env=started.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    except OSError as exc:  # not found, not executable
-        return reason(f"check_command could not start {argv[0]!r}: {exc.strerror or exc}")
-    kept = _OutputTail(proc)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return reason(f"check_command timed out after {timeout:.0f}s: {command}")
-    finally:
-        _kill_group(proc)  # what it left running in the background too
-        kept.join()
-    if proc.returncode == 0:
-        return None
-    output = kept.text()
-    not_started = exec_failure(output, argv[0])
-    if not_started:
-        return reason(f"check_command could not start {argv[0]!r}: {not_started}")
-    tail = reason(" ".join(output.split()))[-300:]  # masked whole: a cut could leave half a secret unmatched
-    cut = f" (its output was {kept.total:,} bytes; the last {CHECK_OUTPUT_KEPT_BYTES:,} kept)" if kept.cut else ""
-    return reason(f"check_command exited {proc.returncode}: {command}{cut}: {tail}")
-
-
-#: How much of a check command's output the worker keeps (the end of it): the rest is read and dropped, so a
-#: command printing gigabytes costs the worker no memory.
-CHECK_OUTPUT_KEPT_BYTES = 64 * 1024
-
-
-class _OutputTail:
-    """Reads a process's output on a thread as it comes, keeping only its last ``CHECK_OUTPUT_KEPT_BYTES``."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        self._stream = os.fdopen(proc.stdout.fileno(), "rb", buffering=0, closefd=False)
-        self._kept = bytearray()
-        self.total = 0
-        self._thread = threading.Thread(target=self._pump, name="check-output", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        while chunk := self._stream.read(65536):  # unbuffered: what is there, up to 64 KiB
-            self.total += len(chunk)
-            self._kept += chunk
-            if len(self._kept) > 2 * CHECK_OUTPUT_KEPT_BYTES:
-                del self._kept[:-CHECK_OUTPUT_KEPT_BYTES]
-
-    def join(self) -> None:
-        self._thread.join(timeout=10)  # the group is killed: the pipe closes at once
-
-    @property
-    def cut(self) -> bool:
-        return self.total > CHECK_OUTPUT_KEPT_BYTES
-
-    def text(self) -> str:
-        return bytes(self._kept[-CHECK_OUTPUT_KEPT_BYTES:]).decode("utf-8", errors="replace")
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
+        problem: str | None = exc.one_line()
+    else:
+        problem = done.reason(command, argv[0], timeout)
+    return None if problem is None else one_line(redact(problem, known_secrets() + passed))
 
 
 HEARTBEAT_INTERVAL_SECONDS = 60.0

@@ -10,6 +10,9 @@ the virtual environment (read-only), empty ``/tmp`` and ``$HOME``, and the run w
 The configured secret files (the SQLite database and its journals, ``DATABASE_URL_FILE``, every ``*_file``
 setting, ``.env``, ``PREFECT_HOME``) are covered (an unreadable file, an empty directory) wherever they
 would be visible. When the command exits, the PID namespace ends and with it everything the command left running.
+``run_check`` runs it: output bounded to its last ``OUTPUT_LIMIT_BYTES``, at most ``MAX_PROCESSES`` processes, a
+start failure told on its own pipe (never guessed from output), and afterwards ``tighten_workspace`` (0700, no
+setuid, setgid, sticky or world-writable file: a root worker's check makes root's files).
 
 Without a sandbox that works (``bwrap`` missing, or its startup probe failing) a check command is refused,
 unless the operator opted out with ``AUTOPACK_CHECK_SANDBOX=none``.
@@ -17,19 +20,26 @@ unless the operator opted out with ``AUTOPACK_CHECK_SANDBOX=none``.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import json
 import os
+import selectors
 import shutil
+import signal
+import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autopack.api_key_file import key_file_path
 from autopack.config import Settings
-from autopack.errors import AutopackError
+from autopack.errors import AutopackError, InputError
 
 if TYPE_CHECKING:
     from autopack.db.handle import Database
@@ -50,6 +60,42 @@ ETC_ENTRIES = ("passwd", "group", "nsswitch.conf", "hosts", "host.conf", "gai.co
 NOBODY = 65534
 PROBE_TIMEOUT_SECONDS = 15.0
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: How much of a check command's output (stdout and stderr together) is kept: the last 64 KiB; the rest is read
+#: and dropped as it arrives, so a command printing gigabytes costs no memory.
+OUTPUT_LIMIT_BYTES = 64 * 1024
+#: RLIMIT_NPROC of a sandboxed check command: processes its user may have at once. The kernel ignores it for
+#: root, and a root worker's sandbox user is root outside the sandbox: there, ``run_check`` also puts the sandbox
+#: into a cgroup-v1 ``pids`` group of this size when ``/sys/fs/cgroup/pids`` is writable.
+MAX_PROCESSES = 256
+#: The most workspace entries ``tighten_workspace`` looks at after a check; beyond that the check fails.
+MAX_WORKSPACE_ENTRIES = 1_000_000
+#: Mode bits a check command may not leave on anything in the workspace: setuid, setgid, sticky, world-writable.
+UNSAFE_MODE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH
+PIDS_CGROUP_ROOT = "/sys/fs/cgroup/pids"
+#: How long a killed sandbox may take to be gone.
+KILL_WAIT_SECONDS = 10.0
+
+#: Runs inside the sandbox in place of the command, then replaces itself with it (so the command is still the
+#: namespace's PID 1): lowers RLIMIT_NPROC, undoes Python's own C-locale coercion (``LC_CTYPE``) when the
+#: command's environment did not set it, and ``execvp``\ s the command. A start failure is written to the status
+#: pipe (argv[1], ``-`` for none), which is close-on-exec: once the command runs, nothing it does can reach it.
+EXEC_HELPER = """\
+import os, resource, sys
+status, had_lc_ctype, nproc = sys.argv[1:4]
+if had_lc_ctype == "0":
+    os.environ.pop("LC_CTYPE", None)
+resource.setrlimit(resource.RLIMIT_NPROC, (int(nproc), int(nproc)))
+if status != "-":
+    os.set_inheritable(int(status), False)
+try:
+    os.execvp(sys.argv[5], sys.argv[5:])
+except OSError as exc:
+    why = exc.strerror or str(exc)
+    if status != "-":
+        os.write(int(status), why.encode())
+    os.write(2, f"check_command could not start {sys.argv[5]!r}: {why}\\n".encode())
+    os._exit(127)
+"""
 
 
 class SandboxUnavailableError(AutopackError):
@@ -195,6 +241,7 @@ def secret_paths(settings: Settings, database: Database | None, environ: Mapping
         files.append(Path(environ["PREFECT_PROFILES_PATH"]))
     prefect_home = environ.get("PREFECT_HOME") or os.path.join(environ.get("HOME") or "~", ".prefect")
     files.append(Path(prefect_home))
+    files.append(key_file_path(settings))  # the API key file, the default one ($XDG_CONFIG_HOME/autopack/api-key) too
     return [Path(os.path.abspath(p.expanduser())) for p in files]
 
 
@@ -217,29 +264,293 @@ class Launch:
 
 
 def launch(argv: Sequence[str], workspace: Path, env: Mapping[str, str], settings: Settings, *,
-           database: Database | None = None) -> Launch:
+           database: Database | None = None, status_fd: int | None = None, info_fd: int | None = None) -> Launch:
     """The command line that runs ``argv`` as the settings say: inside the sandbox, or (opted out) as it is.
 
-    ``env`` is the allow-listed environment; bwrap itself is started with it too (its process inside the
-    sandbox is PID 1, whose ``/proc/1/environ`` the command can read).
+    ``env`` is the allow-listed environment. bwrap is started with it and hands it on unchanged: it is never on
+    bwrap's command line, which every local user can read in ``/proc/<pid>/cmdline`` (``ps``); a process's
+    environment only its own user can read. Inside the sandbox ``EXEC_HELPER`` starts the command (``status_fd``:
+    the write end of the pipe it reports a start failure on, which the caller passes to ``Popen``'s ``pass_fds``;
+    ``info_fd``: where bwrap writes the host PID of the sandbox's PID 1).
+    ``InputError`` ("could not start") when the program is nowhere the sandbox would find it.
     """
     if settings.check_sandbox == SANDBOX_NONE:
         return Launch(list(argv), dict(env))
     bwrap, userns = usable_bwrap(settings)
     inner = _sandbox_env(env)
     mounts = _mounts(workspace, inner["HOME"], settings, secret_paths(settings, database, os.environ))
+    _require_program(argv[0], workspace, inner["PATH"], mounts)
+    helper = [sys.executable, "-I", "-S", "-c", EXEC_HELPER, "-" if status_fd is None else str(status_fd),
+              "1" if "LC_CTYPE" in inner else "0", str(MAX_PROCESSES), "--"]
     cmd = [bwrap, *_namespace_args(userns), *(a for m in mounts for a in m.args()),
-           "--chdir", os.path.abspath(workspace), "--clearenv"]
-    for name, value in inner.items():
-        cmd += ["--setenv", name, value]
-    return Launch([*cmd, "--", *argv], inner)
+           "--chdir", os.path.abspath(workspace)]
+    if info_fd is not None:
+        cmd += ["--info-fd", str(info_fd)]
+    return Launch([*cmd, "--", *helper, *argv], inner)
 
 
-def exec_failure(output: str, program: str) -> str | None:
-    """Why bwrap could not start ``program`` (``No such file or directory``), from its whole output; else None."""
-    head = f"bwrap: execvp {program}: "
-    text = output.strip()
-    return text[len(head):] if text.startswith(head) and "\n" not in text else None
+def _require_program(program: str, workspace: Path, path: str, mounts: Sequence[Mount]) -> None:
+    """``InputError`` unless ``program`` names an executable file inside a directory the sandbox shows.
+
+    The binds keep their paths, so the host's view of a bound directory is the sandbox's. What this cannot see
+    (a script whose interpreter is missing, a covered file) ``EXEC_HELPER`` reports when the exec fails.
+    """
+    shown = [Path(m.dest) for m in mounts if m.op in ("ro-bind", "bind", "symlink")]
+    ws = os.path.abspath(workspace)
+    if "/" in program:
+        candidates = [os.path.join(ws, program)]
+    else:
+        candidates = [os.path.join(ws, d, program) for d in path.split(os.pathsep) if d]
+    for candidate in candidates:
+        where = Path(os.path.normpath(candidate))
+        if any(where.is_relative_to(d) for d in shown) and where.is_file() and os.access(where, os.X_OK):
+            return
+    where_not = "in the run workspace" if "/" in program else "on the sandbox's PATH"
+    raise InputError(f"check_command could not start {program!r}: not found {where_not} "
+                     f"(or not an executable file)")
+
+
+@dataclass(frozen=True)
+class CheckRun:
+    """How one check command ended."""
+
+    returncode: int | None  # None: timed out, or never started
+    output: str  # the last OUTPUT_LIMIT_BYTES of its stdout and stderr
+    truncated: bool  # more output than that came, and was dropped
+    timed_out: bool
+    not_started: str | None  # why the program could not start (from the status pipe, not from its output)
+    workspace_problem: str | None  # the workspace could not be checked for setuid/world-writable files
+
+    def reason(self, command: str, program: str, timeout: float) -> str | None:
+        """None when the check passed, else the one-line failure reason (redacted)."""
+        from autopack.logging import redact
+
+        if self.workspace_problem:
+            return redact(f"check_command left an unsafe workspace: {self.workspace_problem}")
+        if self.not_started is not None:
+            return redact(f"check_command could not start {program!r}: {self.not_started}")
+        if self.timed_out:
+            return redact(f"check_command timed out after {timeout:.0f}s: {command}")
+        if self.returncode == 0:
+            return None
+        text = redact(" ".join(self.output.split()))[-300:]  # redacted whole: a cut could leave half a secret
+        cut = f" (output truncated to its last {OUTPUT_LIMIT_BYTES // 1024} KiB)" if self.truncated else ""
+        return redact(f"check_command exited {self.returncode}{cut}: {command}: {text}")
+
+
+def run_check(argv: Sequence[str], workspace: Path, env: Mapping[str, str], settings: Settings, *,
+              timeout: float, database: Database | None = None) -> CheckRun:
+    """Run ``argv`` in the workspace as ``launch`` says, with bounded output, a start-failure channel and a
+    timeout that kills everything it started; then ``tighten_workspace``, whatever the outcome (a timeout, an
+    exception included).
+
+    ``InputError``/``SandboxUnavailableError`` from ``launch`` propagate (the command never ran).
+    """
+    try:
+        result = _run(argv, workspace, env, settings, timeout=timeout, database=database)
+    finally:
+        problem = tighten_workspace(workspace)
+    return CheckRun(None, "", False, False, None, problem) if problem else result
+
+
+def _run(argv: Sequence[str], workspace: Path, env: Mapping[str, str], settings: Settings, *,
+         timeout: float, database: Database | None) -> CheckRun:
+    sandboxed = settings.check_sandbox != SANDBOX_NONE
+    deadline = time.monotonic() + timeout
+    os.chmod(workspace, 0o700)  # closed before the command runs too (it can reopen it: tighten_workspace closes it after)
+    status_r, status_w = os.pipe()
+    info_r, info_w = os.pipe()
+    writers = [status_w, info_w]
+    try:
+        started = launch(argv, workspace, env, settings, database=database,
+                         status_fd=status_w if sandboxed else None, info_fd=info_w if sandboxed else None)
+        with _pids_cgroup() if sandboxed else contextlib.nullcontext() as cgroup:
+            command = started.argv
+            if cgroup is not None:  # joined by a shell that then becomes bwrap: no preexec_fn in a threaded worker
+                command = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', os.path.join(cgroup, "cgroup.procs"),
+                           *command]
+            try:
+                proc = subprocess.Popen(command, cwd=workspace, env=started.env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                        pass_fds=tuple(writers) if sandboxed else ())
+            except OSError as exc:  # unsandboxed: not found, not executable
+                return CheckRun(None, "", False, False, exc.strerror or str(exc), None)
+            finally:
+                for fd in writers:
+                    os.close(fd)
+                writers = []
+            pidfd = _sandbox_pid1(info_r, deadline) if sandboxed else None
+            try:
+                output, truncated, timed_out = _read_bounded(proc, deadline)
+            finally:
+                _stop(proc, pidfd, cgroup)
+        why = _read_status(status_r)
+        code = None if timed_out or why is not None else proc.returncode
+        return CheckRun(code, output, truncated, timed_out, why, None)
+    finally:
+        for fd in (status_r, info_r, *writers):
+            os.close(fd)
+
+
+def _sandbox_pid1(info_r: int, deadline: float) -> int | None:
+    """A pidfd of the sandbox's PID 1, from bwrap's ``--info-fd`` (``{"child-pid": …}``); None if none came."""
+    data = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(info_r, selectors.EVENT_READ)
+        while time.monotonic() < deadline and sel.select(max(deadline - time.monotonic(), 0)):
+            chunk = os.read(info_r, 4096)
+            if not chunk:
+                break
+            data += chunk
+    try:
+        pid = int(json.loads(data)["child-pid"])
+        return os.pidfd_open(pid)
+    except (ValueError, KeyError, TypeError, OSError):  # bwrap failed before the sandbox existed, or it is gone
+        return None
+
+
+def _read_bounded(proc: subprocess.Popen[bytes], deadline: float) -> tuple[str, bool, bool]:
+    """(the last OUTPUT_LIMIT_BYTES of the output, whether more came, whether the timeout ran out)."""
+    assert proc.stdout is not None
+    kept = bytearray()
+    truncated = False
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return kept.decode(errors="replace"), truncated, True
+            if not sel.select(left):
+                continue
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            kept += chunk
+            if len(kept) > OUTPUT_LIMIT_BYTES:
+                del kept[:len(kept) - OUTPUT_LIMIT_BYTES]
+                truncated = True
+    try:
+        proc.wait(max(deadline - time.monotonic(), 0.001))
+    except subprocess.TimeoutExpired:
+        return kept.decode(errors="replace"), truncated, True
+    return kept.decode(errors="replace"), truncated, False
+
+
+def _stop(proc: subprocess.Popen[bytes], pidfd: int | None, cgroup: str | None) -> None:
+    """End the check and return once none of its processes is left (they could still change the workspace).
+
+    Killing the sandbox's PID 1 makes the kernel kill everything else in its PID namespace; bwrap exits only
+    after PID 1 is reaped, which is after all of them. Without that PID (bwrap still starting), the process group
+    goes; the pids cgroup, where there is one, is emptied too.
+    """
+    try:
+        if proc.returncode is None and pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(KILL_WAIT_SECONDS)
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if cgroup is not None:
+            _empty_cgroup(cgroup)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _empty_cgroup(path: str) -> None:
+    """Kill whatever is still in the cgroup and wait (at most KILL_WAIT_SECONDS) until it is empty."""
+    procs = os.path.join(path, "cgroup.procs")
+    give_up = time.monotonic() + KILL_WAIT_SECONDS
+    while time.monotonic() < give_up:
+        try:
+            pids = [int(line) for line in Path(procs).read_text().split()]
+        except OSError:
+            return
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)  # no event tells a v1 cgroup emptied; the kernel finishes the kills in microseconds
+
+
+def _read_status(fd: int) -> str | None:
+    """What ``EXEC_HELPER`` wrote to the status pipe: why the exec failed; None when it did not write."""
+    os.set_blocking(fd, False)
+    try:
+        data = os.read(fd, 4096)
+    except BlockingIOError:
+        return None
+    return data.decode(errors="replace") or None
+
+
+@contextlib.contextmanager
+def _pids_cgroup() -> Iterator[str | None]:
+    """For a root worker (RLIMIT_NPROC does not bind root) with a writable pids hierarchy; else None."""
+    if os.geteuid() != 0 or not os.access(PIDS_CGROUP_ROOT, os.W_OK):
+        yield None
+        return
+    path = os.path.join(PIDS_CGROUP_ROOT, f"autopack-check-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.mkdir(path)
+        Path(path, "pids.max").write_text(str(MAX_PROCESSES))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)  # empty: the check's processes are all gone
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def tighten_workspace(workspace: Path) -> str | None:
+    """Make the workspace its owner's alone (0700) and strip setuid, setgid, sticky and world-write bits from
+    everything in it; None, or why it could not.
+
+    A check command's files belong to the worker's user outside the sandbox (root, for a root worker): a setuid
+    copy of a shell left in the workspace would be a root shell for any local user who can reach it. The walk
+    never follows a symbolic link (``os.fwalk``: directory descriptors, no path re-resolution) and looks at no
+    more than MAX_WORKSPACE_ENTRIES entries. Runs after the command and everything it started are gone.
+    """
+    root = os.path.abspath(workspace)
+    try:
+        st = os.lstat(root)
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        os.chmod(root, 0o700, follow_symlinks=False)
+        seen = 0
+        for _dir, dirs, files, dirfd in os.fwalk(root, follow_symlinks=False, onerror=_raise):
+            for name in (*dirs, *files):
+                seen += 1
+                if seen > MAX_WORKSPACE_ENTRIES:
+                    return f"more than {MAX_WORKSPACE_ENTRIES} files to check for setuid and world-writable modes"
+                entry = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                if stat.S_ISLNK(entry.st_mode):
+                    continue
+                mode = stat.S_IMODE(entry.st_mode)
+                safe = (mode & ~UNSAFE_MODE_BITS) | (stat.S_IRWXU if stat.S_ISDIR(entry.st_mode) else 0)
+                if safe != mode:  # a directory its owner cannot enter would hide what is inside from this walk
+                    os.chmod(name, safe, dir_fd=dirfd, follow_symlinks=False)
+    except OSError as exc:
+        return f"cannot check its modes: {exc}"
+    return None
 
 
 def _sandbox_env(env: Mapping[str, str]) -> dict[str, str]:
