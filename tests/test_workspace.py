@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,11 @@ def test_a_huge_sparse_context_file_is_read_only_as_far_as_it_is_used(db_url: st
     loaded, omitted = read_context(run_workspace("sparse"), ["big.md"], max_files=5)
     assert omitted == [] and loaded[0].truncated and len(loaded[0].text or "") == MAX_CONTEXT_FILE_CHARS
     assert read_bounded(big, 1000) == ("\x00" * 1000, True)
+
+
+def test_a_run_workspace_and_the_parents_it_creates_are_private(root: Path) -> None:
+    """A check's files are the worker's outside the sandbox: no other user may reach them."""
+    folder = run_workspace("private")
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (folder, root)] == [0o700, 0o700]
+    folder.chmod(0o777)  # as an older version or a check left it
+    assert stat.S_IMODE(run_workspace("private").stat().st_mode) == 0o700

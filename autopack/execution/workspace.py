@@ -56,7 +56,10 @@ def workspace_root(settings: Settings | None = None) -> Path:
 
 
 def run_workspace(run_id: str, settings: Settings | None = None, *, create: bool = True) -> Path:
-    """Absolute directory of ``run_id``'s workspace, always a direct child of the root (created on first use)."""
+    """Absolute directory of ``run_id``'s workspace, always a direct child of the root (created on first use).
+
+    Created private (0700), with any missing parent, and kept so: a check command's files are the worker's
+    (root's, on a root worker) outside the sandbox, and no other user may reach them."""
     root = workspace_root(settings)
     target = root / workspace_folder(run_id)
     if target.parent != root:  # cannot happen with the encoding above; a guard against a future edit
@@ -64,7 +67,10 @@ def run_workspace(run_id: str, settings: Settings | None = None, *, create: bool
     if not target.exists():
         _adopt_legacy_folder(root, run_id, target)
     if create:
-        target.mkdir(parents=True, exist_ok=True)
+        for missing in reversed([p for p in (target, *target.parents) if not p.exists()]):
+            missing.mkdir(mode=0o700, exist_ok=True)
+        if stat.S_IMODE(target.stat().st_mode) != 0o700:
+            target.chmod(0o700)  # a folder made by an older version, or opened by a check
     return target
 
 
