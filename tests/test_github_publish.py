@@ -107,6 +107,28 @@ def test_rerun_of_the_same_proposal_makes_no_new_commit(fake: FakeGitHub) -> Non
     assert writes(fake).count("PUT /repos/{owner}/{repo}/contents/{path}") == 1
 
 
+def test_a_failed_pr_update_says_the_branch_moved_and_the_description_is_stale(fake: FakeGitHub) -> None:
+    run = Run(fake)
+    run()
+    fake.fail_next("update_pull")
+    with pytest.raises(GitHubError) as failed:
+        run(proposal_b())
+    tip = fake.repo(REPOSITORY).refs[f"refs/heads/{BOT_BRANCH}"]
+    assert f"the bot branch {BOT_BRANCH} already holds the new commit {tip[:12]}" in failed.value.message
+    assert "do not merge it before the next run updates them" in failed.value.message
+    assert run(proposal_b()).status == "updated"  # the next run mends it
+    assert find_marker(fake.repo(REPOSITORY).pulls[1].body) == digest(proposal_b())
+
+
+def test_a_failed_pr_creation_says_the_branch_has_no_pull_request_yet(fake: FakeGitHub) -> None:
+    run = Run(fake)
+    fake.fail_next("create_pull")
+    with pytest.raises(GitHubError, match=f"the bot branch {BOT_BRANCH} holds the commit [0-9a-f]{{12}} with no pull "
+                                          "request for it: the next run opens one"):
+        run()
+    assert run().status == "opened"
+
+
 def test_pr_closed_by_a_human_is_not_reproposed(fake: FakeGitHub) -> None:
     run = Run(fake)
     run()

@@ -10,9 +10,10 @@ lands on the base commit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ from github import Auth, Github, GithubException, InputGitAuthor
 from github.GithubException import BadCredentialsException, RateLimitExceededException, UnknownObjectException
 
 from autopack.config import get_settings
-from autopack.errors import ConfigError
+from autopack.errors import AutopackError, ConfigError
 from autopack.github.errors import (
     EstimatorEditError,
     GitHubAuthError,
@@ -200,6 +201,17 @@ class _Session:
             return GitHubError(f"GitHub: not found while trying to {what} (404 {detail})",
                                hint="check GITHUB_REPOSITORY and that the token can see it")
         return GitHubError(f"GitHub failed to {what}: {exc.status} {detail}".rstrip())
+
+
+@contextlib.contextmanager
+def _left_behind(state: str) -> Iterator[None]:
+    """A GitHub error after the bot branch moved names what it left behind, and what fixes it."""
+    try:
+        yield
+    except AutopackError as exc:
+        exc.message = f"{exc.message}; {state}"
+        exc.args = (exc.message,)
+        raise
 
 
 class GitHubRepository:
@@ -384,11 +396,16 @@ class GitHubRepository:
         if pr is not None:
             existing = pr
             if existing.body != body or existing.title != title:
-                s.call(f"update PR #{existing.number}", lambda: existing.edit(title=title, body=body))
+                with _left_behind(f"the bot branch {self.branch} already holds the new commit {commit_sha[:12]}, so "
+                                  f"PR #{existing.number}'s title and description still describe the previous "
+                                  "proposal: do not merge it before the next run updates them"):
+                    s.call(f"update PR #{existing.number}", lambda: existing.edit(title=title, body=body))
             status, verb = "updated", "updated"
         else:
-            pr = s.call("open the calibration PR",
-                        lambda: repo.create_pull(base=base, head=self.branch, title=title, body=body))
+            with _left_behind(f"the bot branch {self.branch} holds the commit {commit_sha[:12]} with no pull request "
+                              "for it: the next run opens one"):
+                pr = s.call("open the calibration PR",
+                            lambda: repo.create_pull(base=base, head=self.branch, title=title, body=body))
             status, verb = "opened", "opened"
         present = {label.name for label in pr.labels}
         missing = [name for name in self.labels if name not in present]

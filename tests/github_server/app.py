@@ -91,6 +91,7 @@ class FakeGitHub:
     exchanges: list[Exchange] = field(default_factory=list)
     url: str = ""
     _pending_limits: list[str] = field(default_factory=list)
+    _faults: list[str] = field(default_factory=list)
     _remaining: int = RATE_LIMIT
     _request_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _server: Any = None
@@ -170,6 +171,11 @@ class FakeGitHub:
         assert kind in ("primary", "secondary", "429")
         self._pending_limits.extend([kind] * count)
 
+    def fail_next(self, handler: str) -> None:
+        """The next request served by ``handler`` (``create_pull``, ``update_pull``, …) is refused with 422, a
+        status GitHub documents for those writes: a failure after the bot branch already moved."""
+        self._faults.append(handler)
+
     def requests(self, method: str | None = None, pattern: str | None = None) -> list[Exchange]:
         return [e for e in self.exchanges
                 if (method is None or e.method == method) and (pattern is None or e.path_pattern == pattern)]
@@ -236,6 +242,9 @@ class FakeGitHub:
             raise HttpError(401, Payloads.error(401, "Bad credentials"))
         if self._pending_limits:
             raise self._limited(self._pending_limits.pop(0))
+        if handler in self._faults:
+            self._faults.remove(handler)
+            raise HttpError(422, Payloads.validation_error("the fake refused it, as a test asked", "PullRequest"))
         if request.method != "GET" and token in self.state.read_only_tokens:
             raise HttpError(403, Payloads.error(403, "Resource not accessible by personal access token"))
         handlers = _Handlers(self, request, login)
