@@ -418,6 +418,18 @@ def test_without_a_sandbox_the_phase_fails_before_any_llm_call(
     assert not (run_workspace(RUN) / "pkg").exists()
 
 
+def test_a_check_program_the_sandbox_cannot_find_fails_the_phase_before_any_llm_call(db_url: str, bwrap: None) -> None:
+    """Before: found after the call, its tokens spent. A ./script is not checked early: it may be a deliverable."""
+    add_phase(db_url, "no-such-checker-xyz --strict")
+    with session_scope(db_url) as session:
+        claim = leases.claim_phase(session, RUN, "p1", "worker-1")
+    assert claim is not None
+    result = execute_phase(RUN, "p1", claim=claim, db=database_at(db_url), provider=SimulatedProvider(seed=1))
+    assert (result.final_state, result.failure_stage, result.llm_calls) == ("FAILED", "before_llm", 0)
+    assert failure_reason(db_url).startswith(
+        "check_command could not start 'no-such-checker-xyz': not found on the sandbox's PATH")
+
+
 def test_opted_out_a_check_runs_without_bwrap(
         tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOPACK_CHECK_SANDBOX", "none")

@@ -45,7 +45,7 @@ from autopack.errors import AutopackError, InputError
 from autopack.execution import leases
 from autopack.execution.leases import Claim, LeaseLostError
 from autopack.execution.prompt import build_prompt, max_context_files
-from autopack.execution.sandbox import SandboxUnavailableError, require_sandbox, run_check
+from autopack.execution.sandbox import SandboxUnavailableError, launch, require_sandbox, run_check
 from autopack.execution.spec import check_command_argv, refuse_untrusted_check_command
 from autopack.execution.workspace import (
     collect_file_stats,
@@ -408,6 +408,10 @@ def _run(
             deliverable_kind(p, canonical_category(phase.category)) == "doc" for p in paths
         )
         context, omitted = read_context(workspace, phase.read_only_context, max_files=max_context_files(docs))
+        if phase.check_command:
+            argv = check_command_argv(phase.check_command)
+            if "/" not in argv[0]:  # found on the sandbox's PATH, or never (a ./script may be a deliverable)
+                launch(argv, workspace, check_command_env(), get_settings(), database=db)
     except AutopackError as exc:
         raise _Failure("before_llm", exc.one_line()) from exc
     except OSError as exc:
