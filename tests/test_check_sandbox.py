@@ -405,28 +405,27 @@ def test_a_bwrap_that_fails_its_probe_is_refused(workspace: Path, monkeypatch: p
     assert not (workspace / "ran.txt").exists()
 
 
+def failed_before_any_call(url: str, check_command: str) -> str:
+    """Drain a phase with this check once; it must fail before the LLM call. Its stored failure reason."""
+    add_phase(url, check_command)
+    with session_scope(url) as session:
+        claim = leases.claim_phase(session, RUN, "p1", "worker-1")
+    assert claim is not None
+    result = execute_phase(RUN, "p1", claim=claim, db=database_at(url), provider=SimulatedProvider(seed=1))
+    assert (result.final_state, result.failure_stage, result.llm_calls) == ("FAILED", "before_llm", 0)
+    return failure_reason(url)
+
+
 def test_without_a_sandbox_the_phase_fails_before_any_llm_call(
         db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOPACK_CHECK_SANDBOX_BWRAP", str(tmp_path / "no-bwrap"))
-    add_phase(db_url, "true")
-    with session_scope(db_url) as session:
-        claim = leases.claim_phase(session, RUN, "p1", "worker-1")
-    assert claim is not None
-    result = execute_phase(RUN, "p1", claim=claim, db=database_at(db_url), provider=SimulatedProvider(seed=1))
-    assert (result.final_state, result.failure_stage, result.llm_calls) == ("FAILED", "before_llm", 0)
-    assert failure_reason(db_url).startswith("check_command refused: no sandbox:")
+    assert failed_before_any_call(db_url, "true").startswith("check_command refused: no sandbox:")
     assert not (run_workspace(RUN) / "pkg").exists()
 
 
 def test_a_check_program_the_sandbox_cannot_find_fails_the_phase_before_any_llm_call(db_url: str, bwrap: None) -> None:
     """Before: found after the call, its tokens spent. A ./script is not checked early: it may be a deliverable."""
-    add_phase(db_url, "no-such-checker-xyz --strict")
-    with session_scope(db_url) as session:
-        claim = leases.claim_phase(session, RUN, "p1", "worker-1")
-    assert claim is not None
-    result = execute_phase(RUN, "p1", claim=claim, db=database_at(db_url), provider=SimulatedProvider(seed=1))
-    assert (result.final_state, result.failure_stage, result.llm_calls) == ("FAILED", "before_llm", 0)
-    assert failure_reason(db_url).startswith(
+    assert failed_before_any_call(db_url, "no-such-checker-xyz --strict").startswith(
         "check_command could not start 'no-such-checker-xyz': not found on the sandbox's PATH")
 
 
