@@ -255,6 +255,17 @@ def test_a_variable_passed_to_checks_is_masked_when_echoed(workspace: Path, monk
     assert reason is not None and value not in reason and tail(reason) == "token=***"
 
 
+def test_a_passed_variable_is_masked_before_the_reason_keeps_its_last_characters(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch, bwrap: None) -> None:
+    """The reason keeps the output's last 300 characters: a secret cut across that edge must not survive."""
+    value = f"npm_{uuid.uuid4().hex}"
+    monkeypatch.setenv("NPM_TOKEN", value)
+    monkeypatch.setenv("AUTOPACK_CHECK_COMMAND_ENV", "NPM_TOKEN")
+    padding = "B" * 290  # the token's tail falls within the last 300 characters, its head before them
+    reason = run_check_command(f"sh -c 'echo \"${{NPM_TOKEN}}{padding}\"; exit 1'", workspace, timeout=TIMEOUT)
+    assert reason is not None and value[-8:] not in reason and tail(reason).endswith(padding)
+
+
 def test_a_check_cannot_forge_log_lines_or_terminal_sequences(workspace: Path, bwrap: None) -> None:
     """Before: the command's newlines and the output's escape sequences reached the log, the row and the API."""
     reason = run_check_command("sh -c 'printf \"\\033]0;pwned\\007FAKE\\n[db] id=x\"; exit 1'\n[phase] forged",

@@ -203,15 +203,16 @@ def run_check_command(command: str, workspace: Path, *, timeout: float = CHECK_C
     the basics (``AUTOPACK_CHECK_COMMAND_ENV=NPM_TOKEN``) masked like a secret.
     """
     environment = check_command_env()
-    passed = [v for k, v in environment.items() if k not in CHECK_COMMAND_ENV and not k.startswith("LC_")]
+    secrets = known_secrets() + [v for k, v in environment.items()
+                                 if k not in CHECK_COMMAND_ENV and not k.startswith("LC_")]
     try:
         argv = check_command_argv(command)
         done = run_check(argv, workspace, environment, get_settings(), timeout=timeout, database=database)
     except (InputError, SandboxUnavailableError) as exc:
-        problem: str | None = exc.one_line()
+        problem: str | None = redact(exc.one_line(), secrets)
     else:
-        problem = done.reason(command, argv[0], timeout)
-    return None if problem is None else one_line(redact(problem, known_secrets() + passed))
+        problem = done.reason(command, argv[0], timeout, secrets)
+    return None if problem is None else one_line(problem)
 
 
 HEARTBEAT_INTERVAL_SECONDS = 60.0

@@ -321,21 +321,23 @@ class CheckRun:
     not_started: str | None  # why the program could not start (from the status pipe, not from its output)
     workspace_problem: str | None  # the workspace could not be checked for setuid/world-writable files
 
-    def reason(self, command: str, program: str, timeout: float) -> str | None:
-        """None when the check passed, else the one-line failure reason (redacted)."""
+    def reason(self, command: str, program: str, timeout: float, secrets: list[str] | None = None) -> str | None:
+        """None when the check passed, else the one-line failure reason, ``secrets`` masked (None: the
+        configured ones, ``logging.redact``)."""
         from autopack.logging import redact
 
         if self.workspace_problem:
-            return redact(f"check_command left an unsafe workspace: {self.workspace_problem}")
+            return redact(f"check_command left an unsafe workspace: {self.workspace_problem}", secrets)
         if self.not_started is not None:
-            return redact(f"check_command could not start {program!r}: {self.not_started}")
+            return redact(f"check_command could not start {program!r}: {self.not_started}", secrets)
         if self.timed_out:
-            return redact(f"check_command timed out after {timeout:.0f}s: {command}")
+            return redact(f"check_command timed out after {timeout:.0f}s: {command}", secrets)
         if self.returncode == 0:
             return None
-        text = redact(" ".join(self.output.split()))[-300:]  # redacted whole: a cut could leave half a secret
+        # redacted whole, then cut: a cut first could leave half a secret that no longer matches
+        text = redact(" ".join(self.output.split()), secrets)[-300:]
         cut = f" (output truncated to its last {OUTPUT_LIMIT_BYTES // 1024} KiB)" if self.truncated else ""
-        return redact(f"check_command exited {self.returncode}{cut}: {command}: {text}")
+        return redact(f"check_command exited {self.returncode}{cut}: {command}: {text}", secrets)
 
 
 def run_check(argv: Sequence[str], workspace: Path, env: Mapping[str, str], settings: Settings, *,
