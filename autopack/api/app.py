@@ -84,7 +84,8 @@ def create_app(*, database: Database | None = None, api_key: str | None = None) 
     @app.exception_handler(SchemaNotMigratedError)
     async def _database_unusable(_request: Request, exc: Exception) -> JSONResponse:
         # An unusable DATABASE_URL, a missing SQLite file: one line, as the CLI says it (no URL, no traceback).
-        return _unusable(exc if isinstance(exc, AutopackError) else AutopackError(str(exc)))
+        assert isinstance(exc, AutopackError)  # both registered types are
+        return _unusable(exc)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(ProgrammingError)

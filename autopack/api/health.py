@@ -14,9 +14,9 @@ from autopack.api.inputs import StrictJsonRoute
 from autopack.api.schemas import HealthOut
 from autopack.api.security import key_matches
 from autopack.db.handle import Database
-from autopack.db.identity import UPGRADE_HINT
+from autopack.db.identity import schema_problem
 from autopack.db.migrate import current_revision, head_revision, sqlite_path
-from autopack.errors import AutopackError, SchemaNotMigratedError
+from autopack.errors import AutopackError
 
 router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
 
@@ -54,15 +54,7 @@ def database_problem(database: Database) -> AutopackError | None:
     except AutopackError as exc:
         return exc
     reachable, _db_id, revision = probe(database)
-    if not reachable:
-        return None
-    if revision is None:
-        return SchemaNotMigratedError("the database has no autopack schema", hint=UPGRADE_HINT)
-    if revision != head_revision():
-        return SchemaNotMigratedError(
-            f"the database is at schema revision {revision}, the code needs {head_revision()}", hint=UPGRADE_HINT
-        )
-    return None
+    return schema_problem(revision, "the database") if reachable else None
 
 
 @router.get("/health", response_model=HealthOut)

@@ -71,6 +71,17 @@ def _open(database: Database) -> tuple[str, sa.Engine]:
 
 
 
+def schema_problem(revision: str | None, where: str) -> SchemaNotMigratedError | None:
+    """Why the schema at ``revision`` is not usable by this code (none, or behind its head), said of ``where``
+    (a masked URL, or "the database" where the URL must not be shown); None when it is."""
+    if revision is None:
+        return SchemaNotMigratedError(f"{where} has no autopack schema", hint=UPGRADE_HINT)
+    if revision != head_revision():
+        return SchemaNotMigratedError(f"{where} is at schema revision {revision}, the code needs {head_revision()}",
+                                      hint=UPGRADE_HINT)
+    return None
+
+
 def read_identity(database: Database, *, counts: bool = True) -> IdentityReport:
     """Everything needed to tell this database from any other; read-only.
 
@@ -88,12 +99,10 @@ def read_identity(database: Database, *, counts: bool = True) -> IdentityReport:
                 )
             if state.foreign_tables:  # `db upgrade` would refuse it too: the same line, not "run db upgrade"
                 raise foreign_database_error(mask_url(resolved), state.foreign_tables)
-            raise SchemaNotMigratedError(f"{mask_url(resolved)} has no autopack schema", hint=UPGRADE_HINT)
-        if revision != head_revision():
-            raise SchemaNotMigratedError(
-                f"{mask_url(resolved)} is at schema revision {revision}, the code needs {head_revision()}",
-                hint=UPGRADE_HINT,
-            )
+        problem = schema_problem(revision, mask_url(resolved))
+        if problem is not None:
+            raise problem
+        assert revision is not None  # schema_problem refuses a database without one
         with engine.connect() as connection:
             db_id = connection.execute(sa.text("SELECT db_id FROM db_meta WHERE id = 1")).scalar_one_or_none()
             empty = _is_empty(connection)
