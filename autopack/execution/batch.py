@@ -436,9 +436,7 @@ class BatchDrain:
         """Seconds until the next lease another drain holds in scope may expire; None if there is none."""
         now = utcnow()
         query = self._scope(
-            sa.select(sa.func.min(Phase.lease_expires_at)).where(
-                Phase.state == PhaseState.EXECUTING, Phase.lease_expires_at.is_not(None), Phase.lease_expires_at >= now
-            )
+            sa.select(sa.func.min(Phase.lease_expires_at)).where(leases.live_lease(now))
         )
         with self.database.session() as db:
             earliest = db.execute(query).scalar_one_or_none()
@@ -682,16 +680,7 @@ def eligible_candidates(database: Database, options: BatchOptions) -> list[Candi
     """Phases in the drained states, plus EXECUTING phases whose lease expired (a dead drain's)."""
     now = utcnow()
     query = sa.select(Phase.run_id, Phase.phase_id, Phase.phase_index, Phase.state, Phase.last_failure_reason,
-                      Phase.builder_attempts, Phase.max_builder_attempts).where(
-        sa.or_(
-            Phase.state.in_(list(options.states)),
-            sa.and_(
-                Phase.state == PhaseState.EXECUTING,
-                Phase.lease_expires_at.is_not(None),
-                Phase.lease_expires_at < now,
-            ),
-        )
-    )
+                      Phase.builder_attempts, Phase.max_builder_attempts).where(leases.claimable(options.states, now))
     if options.run_ids:
         query = query.where(Phase.run_id.in_(options.run_ids))
     with database.session() as db:

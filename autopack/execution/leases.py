@@ -62,7 +62,13 @@ def _expiry(lease_seconds: float) -> datetime:
     return utcnow() + timedelta(seconds=lease_seconds)
 
 
-def _claimable(states: Collection[str], now: datetime) -> sa.ColumnElement[bool]:
+def live_lease(now: datetime) -> sa.ColumnElement[bool]:
+    """EXECUTING under a lease that has not expired: a worker holds the phase."""
+    return sa.and_(Phase.state == PhaseState.EXECUTING, Phase.lease_expires_at.is_not(None),
+                   Phase.lease_expires_at >= now)
+
+
+def claimable(states: Collection[str], now: datetime) -> sa.ColumnElement[bool]:
     """Eligible: in one of ``states``, or EXECUTING under a lease that has expired (a dead worker)."""
     return sa.or_(
         Phase.state.in_(list(states)),
@@ -116,7 +122,7 @@ def claim_phase(
             Phase.run_id == run_id,
             Phase.phase_id == phase_id,
             Phase.builder_attempts == attempts,  # nobody claimed it between our read and this write
-            _claimable(states, now),
+            claimable(states, now),
         )
         .values(
             state=PhaseState.EXECUTING,
@@ -147,7 +153,7 @@ def claim_next(
     """Claim the next eligible phase (lowest run, then phase index). None when nothing is left."""
     for _ in range(max_tries):
         now = utcnow()
-        query = sa.select(Phase.run_id, Phase.phase_id).where(_claimable(states, now))
+        query = sa.select(Phase.run_id, Phase.phase_id).where(claimable(states, now))
         if run_ids:
             query = query.where(Phase.run_id.in_(list(run_ids)))
         if exclude:
@@ -248,12 +254,9 @@ def set_state(session: Session, run_id: str, phase_id: str, state: str, *, reaso
     """Put a phase into ``state`` (requeue, skip) and drop any expired lease; ``reason``, if given, replaces
     its failure reason (masked). False, and nothing written, while a worker holds a live lease on it."""
     now = utcnow()
-    live_lease = sa.and_(
-        Phase.state == PhaseState.EXECUTING, Phase.lease_expires_at.is_not(None), Phase.lease_expires_at >= now
-    )
     result = session.execute(
         sa.update(Phase)
-        .where(Phase.run_id == run_id, Phase.phase_id == phase_id, sa.not_(live_lease))
+        .where(Phase.run_id == run_id, Phase.phase_id == phase_id, sa.not_(live_lease(now)))
         .values(
             state=state,
             lease_owner=None,
