@@ -95,6 +95,53 @@ def test_upgrade_refuses_another_applications_postgres_database_and_writes_nothi
     assert not list(tmp_path.glob("*.pre-upgrade-*"))  # no pg_dump written (the current directory is tmp_path)
 
 
+def _postgres_with_another_schema(url: str) -> None:
+    """An empty ``public`` beside another application's schema ``billing`` (two tables)."""
+    if not url.startswith("postgresql"):
+        pytest.skip("schemas are PostgreSQL's")
+    with get_engine(url).begin() as connection:
+        connection.execute(sa.text("CREATE SCHEMA billing"))
+        connection.execute(sa.text("CREATE TABLE billing.customers (x INTEGER)"))
+        connection.execute(sa.text("CREATE TABLE billing.invoices (y INTEGER)"))
+    dispose_engines()
+
+
+def test_upgrade_refuses_an_empty_public_schema_beside_another_applications_schema(
+    empty_db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _postgres_with_another_schema(empty_db_url)
+    monkeypatch.setenv("DATABASE_URL", empty_db_url)
+    code, out, err = run_cli(capsys, "db", "upgrade")
+    assert code == WRONG_DATABASE and out == ""
+    line = _one_line(err)
+    assert "its schema public is empty" in line and "(billing.customers, billing.invoices)" in line, line
+    assert "nothing was changed" in line and "autopack db upgrade --create" in line, line
+    assert sa.inspect(get_engine(empty_db_url)).get_table_names() == []
+
+
+def test_every_command_refuses_an_empty_public_schema_beside_another_applications_schema(
+    empty_db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _postgres_with_another_schema(empty_db_url)
+    monkeypatch.setenv("DATABASE_URL", empty_db_url)
+    _, _, upgrade_err = run_cli(capsys, "db", "upgrade")
+    code, _, err = run_cli(capsys, "db", "identity")
+    assert code == WRONG_DATABASE and _one_line(err) == _one_line(upgrade_err)
+
+
+def test_upgrade_create_puts_autopack_beside_another_applications_schema(
+    empty_db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _postgres_with_another_schema(empty_db_url)
+    monkeypatch.setenv("DATABASE_URL", empty_db_url)
+    code, out, _ = run_cli(capsys, "db", "upgrade", "--create")
+    assert code == 0 and "created a new database" in out, out
+    assert "db_meta" in sa.inspect(get_engine(empty_db_url)).get_table_names()
+    assert sorted(sa.inspect(get_engine(empty_db_url)).get_table_names(schema="billing")) == ["customers", "invoices"]
+    code, _, _ = run_cli(capsys, "db", "identity")
+    assert code == 0
+
+
 @pytest.mark.parametrize("command", [("db", "identity"), ("calibrate",), ("drain", "batch")])
 def test_every_command_says_the_same_of_another_applications_database(
     command: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

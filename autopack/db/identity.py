@@ -19,7 +19,14 @@ import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from autopack.db.engine import mask_url, parse_url
-from autopack.db.migrate import current_revision, foreign_database_error, head_revision, read_state, sqlite_path
+from autopack.db.migrate import (
+    current_revision,
+    foreign_database_error,
+    head_revision,
+    read_state,
+    shared_database_error,
+    sqlite_path,
+)
 from autopack.db.models import LlmUsageEvent, Phase, Run, TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import (
     DatabaseUrlError,
@@ -99,6 +106,9 @@ def read_identity(database: Database, *, counts: bool = True) -> IdentityReport:
                 )
             if state.foreign_tables:  # `db upgrade` would refuse it too: the same line, not "run db upgrade"
                 raise foreign_database_error(mask_url(resolved), state.foreign_tables)
+            shared = shared_database_error(mask_url(resolved), state)
+            if shared is not None:
+                raise shared
         problem = schema_problem(revision, mask_url(resolved))
         if problem is not None:
             raise problem

@@ -10,6 +10,9 @@ Every upgrade runs in **one transaction**, holding a lock no second upgrade can 
 
 A database that is neither autopack's nor the original's (another application's tables, no autopack revision
 or id) is refused before anything is written (``ForeignDatabaseError``, exit 3), with or without ``--create``.
+On PostgreSQL, an empty schema (the connection's ``current_schema()``, usually ``public``) in a database whose other
+schemas hold tables is refused the same way unless ``--create`` is given: autopack's tables would then live
+beside another application's, which is allowed only when asked for.
 A database written by the original Autopack (its tables, no ``alembic_version``) is first checked for
 damage and backed up (a copy next to a SQLite file, ``pg_dump`` for PostgreSQL), then adopted in place
 by the first revision. What an interrupted *older* upgrade left behind (``_legacy_*`` copies) is repaired
@@ -160,6 +163,10 @@ class DatabaseState:
     revision: str | None
     db_id: str | None
     leftovers: tuple[str, ...]
+    #: PostgreSQL: ``schema.table`` of tables in the database's other (non-system) schemas, a few at most.
+    elsewhere: tuple[str, ...] = ()
+    #: PostgreSQL: the schema autopack's tables go in (``current_schema()``).
+    schema: str | None = None
 
     @property
     def empty(self) -> bool:
@@ -198,20 +205,68 @@ def read_state(connection: Connection) -> DatabaseState:
     db_id = None
     if "db_meta" in tables:
         db_id = connection.execute(sa.text("SELECT db_id FROM db_meta WHERE id = 1")).scalar_one_or_none()
+    schema, elsewhere = _other_schemas(connection) if not tables else (None, ())
     return DatabaseState(
         tables=tables,
         revision=current_revision(connection) if "alembic_version" in tables else None,
         db_id=db_id,
         leftovers=tuple(leftover_copies(connection)),
+        elsewhere=elsewhere,
+        schema=schema,
     )
+
+
+#: How many tables of other schemas are read: enough to name a few and say "and N more".
+_ELSEWHERE_READ = 100
+
+
+def _other_schemas(connection: Connection) -> tuple[str | None, tuple[str, ...]]:
+    """PostgreSQL: the current schema, and the tables (``schema.table``) of every other non-system schema.
+
+    Only read when the current schema is empty: an empty ``public`` beside another application's schemas is
+    not an empty database.
+    """
+    if connection.dialect.name != "postgresql":
+        return None, ()
+    schema = connection.execute(sa.text("SELECT current_schema()")).scalar_one_or_none()
+    rows = connection.execute(
+        sa.text(
+            "SELECT table_schema || '.' || table_name FROM information_schema.tables "
+            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_schema NOT LIKE 'pg\\_%' "
+            "AND table_schema IS DISTINCT FROM current_schema() ORDER BY 1 LIMIT :limit"
+        ),
+        {"limit": _ELSEWHERE_READ},
+    ).scalars()
+    return schema, tuple(rows)
+
+
+def _few(tables: tuple[str, ...]) -> str:
+    return ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
 
 
 def foreign_database_error(masked: str, tables: tuple[str, ...]) -> ForeignDatabaseError:
     """The one line for a database of another application (``db upgrade`` and every command's guard)."""
-    shown = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
     return ForeignDatabaseError(
-        f"{masked} has no autopack schema: it holds another application's tables ({shown}); nothing was changed",
+        f"{masked} has no autopack schema: it holds another application's tables ({_few(tables)}); "
+        "nothing was changed",
         hint="point DATABASE_URL at autopack's own database, or at an empty one for `autopack db upgrade` to create",
+    )
+
+
+def shared_database_error(masked: str, state: DatabaseState) -> ForeignDatabaseError | None:
+    """The one line for an empty schema in a PostgreSQL database whose other schemas hold tables (else None).
+
+    ``db upgrade --create`` puts autopack's tables there anyway; without it, and in every command's guard,
+    such a database is refused as another application's.
+    """
+    if not (state.empty and state.elsewhere):
+        return None
+    more = "+" if len(state.elsewhere) >= _ELSEWHERE_READ else ""
+    return ForeignDatabaseError(
+        f"{masked} has no autopack schema: its schema {state.schema or '(none)'} is empty, but its other schemas "
+        f"hold another application's tables ({_few(state.elsewhere)}{more}); nothing was changed",
+        hint="point DATABASE_URL at autopack's own database or an empty one, or run `autopack db upgrade --create` "
+             f"to put autopack's tables in schema {state.schema or '(none)'} beside them",
     )
 
 
@@ -292,6 +347,9 @@ def _upgrade(
                     hint="point DATABASE_URL at the intended database or fix AUTOPACK_EXPECTED_DB_ID",
                 )
         elif state.empty:
+            shared = shared_database_error(masked, state)
+            if shared is not None and create is not True:
+                raise shared
             _check_creation(f"{masked} is empty", expect_db_id, create)
         elif state.foreign_tables:  # another application's database: never adopted, not even with --create
             raise foreign_database_error(masked, state.foreign_tables)
