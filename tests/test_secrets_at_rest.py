@@ -204,6 +204,23 @@ def test_a_state_reason_posted_to_the_api_is_stored_and_served_masked(keyed_clie
     assert not [secret for secret in LEAKED if secret in everything]
 
 
+def test_a_reason_stored_verbatim_by_an_earlier_version_is_served_masked(keyed_client, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    import sqlalchemy as sa
+
+    from autopack.db.engine import session_scope
+    from autopack.db.models import Phase
+
+    with session_scope(db_url) as db:  # what a version before the masking on write left in the row
+        db.execute(sa.update(Phase).where(Phase.run_id == "api-run", Phase.phase_id == "p2")
+                   .values(last_failure_reason=LEAKY_REASON + "\nsecond line"))
+    served = keyed_client.get("/runs/api-run/phases/p2")
+    listed = keyed_client.get("/runs/api-run/phases")
+    assert served.status_code == 200 and listed.status_code == 200, served.text
+    assert served.json()["last_failure_reason"].startswith("token *** key *** leaked postgresql://u:***@h/db")
+    assert served.json()["last_failure_reason"].endswith(" second line")
+    assert not [secret for secret in LEAKED if secret in served.text + listed.text]
+
+
 def test_a_posted_reason_is_stored_on_one_printable_line(keyed_client) -> None:  # type: ignore[no-untyped-def]
     """Else a client could forge lines in whatever prints the reason, or send a terminal escape sequence."""
     forged = "failed\n2026-12-07 INFO autopack: [phase] api-run/p1 COMPLETE\x1b]0;pwned\x07\u202etxt"

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 from autopack.db.models import Phase, Run
+from autopack.execution.leases import stored_reason
 from autopack.params import CLAIM_LEASE_SECONDS, DEFAULT_DRAIN_STATES, LeaseSeconds, States
 
 #: Printable ASCII, no leading space: an owner id goes into logs and lease columns.
@@ -72,7 +73,8 @@ class PhaseOut(BaseModel):
             deliverables=phase.deliverables,
             builder_attempts=phase.builder_attempts,
             max_builder_attempts=phase.max_builder_attempts,
-            last_failure_reason=phase.last_failure_reason,
+            # masked again as it is served: a reason stored by an earlier version was stored verbatim
+            last_failure_reason=stored_reason(phase.last_failure_reason),
             lease_owner=phase.lease_owner,
             lease_expires_at=phase.lease_expires_at,
             started_at=phase.started_at,
