@@ -19,7 +19,7 @@ __all__ = ["api_app", "register"]
 @api_app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind (writes need the API key on any interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, metavar="<int>", help="TCP port to listen on.")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the API (same as `python -m uvicorn autopack.main:app`) after checking the database.

@@ -70,7 +70,7 @@ pipeline_app = command_group("The whole telemetry pipeline as one Prefect flow r
 def run(
     params: P,
     init: Annotated[bool, typer.Option("--init", help="Create and migrate the database and the seed runs when missing.")] = False,
-    weeks: Annotated[int, typer.Option("--weeks", min=1, max=MAX_SEED_WEEKS, help="With --init: weeks of seed runs to create (61 phases each).")] = 1,
+    weeks: Annotated[int, typer.Option("--weeks", min=1, max=MAX_SEED_WEEKS, metavar="<int>", help="With --init: weeks of seed runs to create (61 phases each).")] = 1,
 ) -> None:
     """Guard → validate one phase → batch drain → calibrate → gate → pull request."""
     import os
@@ -125,7 +125,7 @@ def run(
 @pipeline_app.command("init")
 def init_database(
     expect_db_id: ExpectDbIdOption = None,
-    weeks: Annotated[int, typer.Option("--weeks", min=1, max=MAX_SEED_WEEKS, help="Weeks of seed runs to create (61 phases each).")] = 1,
+    weeks: Annotated[int, typer.Option("--weeks", min=1, max=MAX_SEED_WEEKS, metavar="<int>", help="Weeks of seed runs to create (61 phases each).")] = 1,
 ) -> None:
     """Create and migrate the database and the seed runs that are missing (what `pipeline run --init` does
     first), without running anything: the set-up step before deployments run the pipeline on a worker."""
