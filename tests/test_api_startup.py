@@ -80,6 +80,20 @@ def test_api_serve_refuses_an_unsupported_database_url(url: str, tmp_path: Path)
     assert served.returncode == 2, served.stderr
     assert served.stderr.startswith("error: unsupported database") and len(served.stderr.splitlines()) == 1
     assert PASSWORD not in served.stderr + served.stdout
+    assert not (tmp_path / "key").exists()  # a refused start leaves no key file behind
+
+
+def test_api_serve_refuses_an_unknown_log_level_in_one_line_before_anything_starts(sqlite_url: str,
+                                                                                   tmp_path: Path) -> None:
+    autopack = str(Path(sys.executable).parent / "autopack")
+    args = [autopack, "api", "serve", "--port", str(free_port()), "--log-level", "verbose"]
+    served = subprocess.run(args, env=cli_env(sqlite_url, AUTOPACK_API_KEY_FILE=str(tmp_path / "key")),
+                            capture_output=True, text=True, timeout=WAIT_SECONDS)
+    assert served.returncode == 2, served.stderr
+    assert served.stderr.splitlines() == [
+        "error: Invalid value for '--log-level': 'verbose' is not a log level: use one of critical, error, warning, "
+        "info, debug, trace (see `autopack api serve --help`)"]
+    assert not (tmp_path / "key").exists()
 
 
 @pytest.mark.parametrize("url", UNSUPPORTED_URLS)

@@ -15,12 +15,22 @@ api_app = command_group("The HTTP API server.")
 
 __all__ = ["api_app", "register"]
 
+#: uvicorn's log levels (``uvicorn.config.LOG_LEVELS``), checked before anything starts.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().lower()
+    if level not in LOG_LEVELS:
+        raise typer.BadParameter(f"{value!r} is not a log level: use one of {', '.join(LOG_LEVELS)}")
+    return level
+
 
 @api_app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind (writes need the API key on any interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, metavar="<int>", help="TCP port to listen on.")] = 8000,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[str, typer.Option(callback=_log_level, help=f"uvicorn log level ({' | '.join(LOG_LEVELS)}).")] = "info",
 ) -> None:
     """Serve the API (same as `python -m uvicorn autopack.main:app`) after checking the database.
 
@@ -38,9 +48,9 @@ def serve(
     from autopack.db.identity import read_identity
 
     settings = get_settings()
-    key = server_api_key(settings)
     database = database_at()
-    parse_url(database.url)  # a URL autopack cannot use (mysql://, an async driver) is refused: no server to start
+    parse_url(database.url)  # a URL autopack cannot use (mysql://, an async driver) is refused: no server, no key file
+    key = server_api_key(settings)
     typer.echo(f"[api] writes need the API key (X-API-Key) from {key.source()}", err=True)
     try:
         report = read_identity(database)
