@@ -9,7 +9,7 @@ import typer
 from autopack.api_key_file import server_api_key
 from autopack.cli.groups import command_group
 from autopack.config import get_settings
-from autopack.errors import AutopackError
+from autopack.errors import AutopackError, InputError
 
 api_app = command_group("The HTTP API server.")
 
@@ -57,7 +57,15 @@ def serve(
         typer.echo(f"[db] id={report.db_id} url={report.url} revision={report.schema_revision}", err=True)
     except AutopackError as exc:  # serve anyway: /health reports "degraded" until the database is fixed
         typer.echo(f"warning: {exc.one_line()}", err=True)
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
+    from uvicorn.config import STARTUP_FAILURE
+
+    try:
+        uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
+    except SystemExit as exc:  # uvicorn's exit 3 would read as autopack's DB_MISMATCH: say what happened instead
+        if exc.code != STARTUP_FAILURE:
+            raise
+        raise InputError(f"the API server did not start on {host}:{port} (uvicorn's reason is logged above)",
+                         hint="choose another --host or --port, or stop what already listens there") from None
 
 
 def register(app: typer.Typer) -> None:
