@@ -72,3 +72,11 @@ def test_batch_drain_controller_refuses_the_originals_dry_run_in_one_line(tmp_pa
         "`autopack runs list`)"
     ]
     assert not list(tmp_path.iterdir())  # no database was opened or created
+
+
+@pytest.mark.parametrize("name", ["calibrate_token_estimator.py", "drain_one_phase.py"])
+def test_a_wrapper_takes_argparses_short_help(name: str, tmp_path: Path) -> None:
+    """The original's scripts were argparse programs: ``-h`` printed their help."""
+    proc = _script(name, "-h", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"Usage: {WRAPPERS[name]} [OPTIONS]" in proc.stdout and "-h, --help" in proc.stdout
