@@ -1,10 +1,14 @@
-"""The documentation against the code it describes: README's configuration table against the settings."""
+"""The documentation against the code it describes: README's configuration table, the helper scripts it shows."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from pydantic import AliasChoices
 
 from autopack.config import Settings
@@ -56,3 +60,13 @@ def test_the_readme_configuration_table_states_each_settings_default() -> None:
             continue
         default_cell = rows[name].split(" | ")[1]
         assert f"`{default}`" in default_cell, f"{name}: default {default!r} not in {default_cell!r}"
+
+
+@pytest.mark.parametrize("script", ["prefect_ui_screenshot.py", "params_table.py", "result_schema.py"])
+def test_the_documented_helper_scripts_start_from_any_directory(script: str, tmp_path: Path) -> None:
+    """``python scripts/<script>`` as the docs show it: no PYTHONPATH, another working directory."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"usage: {script}")
