@@ -130,7 +130,7 @@ def load_run_spec(path: Path) -> RunSpec:
 
 @runs_app.command("create")
 def create(
-    spec_file: Annotated[Path, typer.Argument(help="JSON run spec: run_id, goal, phases[...] (the API's RunSpec).")],
+    spec_file: Annotated[Path, typer.Argument(metavar="SPEC_FILE", help="JSON run spec: run_id, goal, phases[...] (the API's RunSpec).")],
     replace: Annotated[bool, typer.Option("--replace", help="Delete and recreate the run if it exists.")] = False,
     expect_db_id: ExpectDbIdOption = None,
 ) -> None:
