@@ -184,6 +184,9 @@ def test_unsupported_drivers(capsys: pytest.CaptureFixture[str], monkeypatch: py
     ("AUTOPACK_LLM_PROVIDER", "bogus", "'simulated'"),
     ("AUTOPACK_SIM_SEED", "1.5x", "integer"),
     ("AUTOPACK_LLM_TIMEOUT_SECONDS", "soon", "number"),
+    ("AUTOPACK_LLM_TIMEOUT_SECONDS", "-5", "greater than 0"),
+    ("AUTOPACK_LLM_MAX_RETRIES", "-1", "greater than or equal to 0"),
+    ("AUTOPACK_SIM_LATENCY_SECONDS", "-1", "greater than or equal to 0"),
 ])
 def test_a_malformed_setting_names_the_variable(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                                                  variable: str, value: str, needle: str) -> None:
