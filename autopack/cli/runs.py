@@ -44,7 +44,7 @@ def _phases(count: int, kind: str = "") -> str:
 @runs_app.command("create-telemetry-run")
 def create_telemetry_run(
     run_id: Annotated[str, typer.Option("--run-id", help="Id of the run to create.")] = V4_RUN_ID,
-    replace: Annotated[bool, typer.Option("--replace", help="Delete and recreate the run if it exists.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Delete and recreate the run and its phases if it exists (its telemetry is kept).")] = False,
     expect_db_id: ExpectDbIdOption = None,
 ) -> None:
     """Create the ten-phase telemetry collection run (the original's telemetry-collection-v4)."""
@@ -131,7 +131,7 @@ def load_run_spec(path: Path) -> RunSpec:
 @runs_app.command("create")
 def create(
     spec_file: Annotated[Path, typer.Argument(metavar="SPEC_FILE", help="JSON run spec: run_id, goal, phases[...] (the API's RunSpec).")],
-    replace: Annotated[bool, typer.Option("--replace", help="Delete and recreate the run if it exists.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Delete and recreate the run and its phases if it exists (its telemetry is kept).")] = False,
     expect_db_id: ExpectDbIdOption = None,
 ) -> None:
     """Create a run and its QUEUED phases from a spec file, validated exactly as `POST /runs` validates it."""
