@@ -70,3 +70,14 @@ def test_the_documented_helper_scripts_start_from_any_directory(script: str, tmp
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(f"usage: {script}")
+
+
+def test_python_dash_m_autopack_is_the_autopack_command(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "autopack", "drain", "-h"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: autopack drain [OPTIONS] COMMAND [ARGS]...")
+    wrong = subprocess.run([sys.executable, "-m", "autopack", "nope"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and wrong.stderr == "error: No such command 'nope' (see `autopack --help`)\n"
