@@ -176,6 +176,15 @@ def test_unsupported_drivers(capsys: pytest.CaptureFixture[str], monkeypatch: py
     one_line(err, f"unsupported database driver '{url.split(':')[0]}'", "postgresql+psycopg://")
 
 
+def test_a_postgres_url_is_told_to_say_postgresql(capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heroku-style ``postgres://`` URLs: SQLAlchemy knows PostgreSQL as ``postgresql``."""
+    monkeypatch.setenv("DATABASE_URL", "postgres://postgres@127.0.0.1/x")
+    code, _, err = run_cli(capsys, "runs", "list")
+    assert code == 2
+    one_line(err, "unsupported database backend 'postgres'", "write postgresql://")
+
+
 # --- settings -------------------------------------------------------------------------------------------
 
 
