@@ -59,10 +59,10 @@ class Settings(BaseSettings):
     llm_provider: ProviderName = Field(default="simulated", validation_alias="AUTOPACK_LLM_PROVIDER")
     llm_model: str | None = Field(default=None, validation_alias="AUTOPACK_LLM_MODEL")
     llm_base_url: str | None = Field(default=None, validation_alias="AUTOPACK_LLM_BASE_URL")
-    llm_timeout_seconds: float = Field(default=600.0, validation_alias="AUTOPACK_LLM_TIMEOUT_SECONDS")
-    llm_max_retries: int = Field(default=4, validation_alias="AUTOPACK_LLM_MAX_RETRIES")
+    llm_timeout_seconds: float = Field(default=600.0, gt=0, validation_alias="AUTOPACK_LLM_TIMEOUT_SECONDS")
+    llm_max_retries: int = Field(default=4, ge=0, validation_alias="AUTOPACK_LLM_MAX_RETRIES")
     simulated_seed: int = Field(default=1234, validation_alias="AUTOPACK_SIM_SEED")
-    simulated_latency_seconds: float = Field(default=0.0, validation_alias="AUTOPACK_SIM_LATENCY_SECONDS")
+    simulated_latency_seconds: float = Field(default=0.0, ge=0, validation_alias="AUTOPACK_SIM_LATENCY_SECONDS")
     anthropic_api_key: SecretStr | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
     gemini_api_key: SecretStr | None = Field(

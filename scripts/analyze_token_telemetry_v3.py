@@ -8,9 +8,9 @@ Thin wrapper kept for the original's users: `python scripts/analyze_token_teleme
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/, for _wrapper
 
-from autopack.cli import main  # noqa: E402
+from _wrapper import run  # noqa: E402
 
 if __name__ == "__main__":
-    main(["analyze", "v3", *sys.argv[1:]])
+    run("analyze", "v3")

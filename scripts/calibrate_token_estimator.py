@@ -9,9 +9,9 @@ Thin wrapper kept for the original's users: `python scripts/calibrate_token_esti
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/, for _wrapper
 
-from autopack.cli import main  # noqa: E402
+from _wrapper import run  # noqa: E402
 
 if __name__ == "__main__":
-    main(["calibrate", *sys.argv[1:]])
+    run("calibrate")

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the fake GitHub and the live-Prefect helpers live with the tests
+# As pytest's `pythonpath` (pyproject.toml) has it: the fake GitHub and the live-Prefect helpers live with the tests,
+# which import this checkout (autopack, flows/) and bench/'s synthetic telemetry.
+for folder in (ROOT / "tests", ROOT / "bench", ROOT):
+    sys.path.insert(0, str(folder))
 
 from browser import PLOT, PLOT_LOADED, Chromium, chromium_path, click_text, text_present  # noqa: E402
 from github_server.fixtures import BOT_TOKEN, REPOSITORY, served_fake  # noqa: E402

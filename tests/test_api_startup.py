@@ -80,6 +80,39 @@ def test_api_serve_refuses_an_unsupported_database_url(url: str, tmp_path: Path)
     assert served.returncode == 2, served.stderr
     assert served.stderr.startswith("error: unsupported database") and len(served.stderr.splitlines()) == 1
     assert PASSWORD not in served.stderr + served.stdout
+    assert not (tmp_path / "key").exists()  # a refused start leaves no key file behind
+
+
+
+def test_api_serve_on_a_port_in_use_ends_with_one_error_line_and_exit_2(sqlite_url: str, tmp_path: Path) -> None:
+    """Not uvicorn's exit 3, which is autopack's DB_MISMATCH."""
+    import socket
+
+    autopack = str(Path(sys.executable).parent / "autopack")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = [autopack, "api", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        served = subprocess.run(args, env=cli_env(sqlite_url, AUTOPACK_API_KEY_FILE=str(tmp_path / "key")),
+                                capture_output=True, text=True, timeout=WAIT_SECONDS)
+    assert served.returncode == 2, served.stderr
+    assert "address already in use" in served.stderr and "Traceback" not in served.stderr
+    assert served.stderr.splitlines()[-1] == (
+        f"error: the API server did not start on 127.0.0.1:{port} (uvicorn's reason is logged above) "
+        "(choose another --host or --port, or stop what already listens there)")
+
+def test_api_serve_refuses_an_unknown_log_level_in_one_line_before_anything_starts(sqlite_url: str,
+                                                                                   tmp_path: Path) -> None:
+    autopack = str(Path(sys.executable).parent / "autopack")
+    args = [autopack, "api", "serve", "--port", str(free_port()), "--log-level", "verbose"]
+    served = subprocess.run(args, env=cli_env(sqlite_url, AUTOPACK_API_KEY_FILE=str(tmp_path / "key")),
+                            capture_output=True, text=True, timeout=WAIT_SECONDS)
+    assert served.returncode == 2, served.stderr
+    assert served.stderr.splitlines() == [
+        "error: Invalid value for '--log-level': 'verbose' is not a log level: use one of critical, error, warning, "
+        "info, debug, trace (see `autopack api serve --help`)"]
+    assert not (tmp_path / "key").exists()
 
 
 @pytest.mark.parametrize("url", UNSUPPORTED_URLS)

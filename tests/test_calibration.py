@@ -307,9 +307,11 @@ def test_cli_exit_0_when_the_gate_does_not_pass(seeded: str, tmp_path: Path, cap
 
 def test_cli_summary_says_what_passing_means_and_labels_the_refit(seeded: str, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "calibrate", "--output-dir", str(tmp_path))
+    code, out, err = run_cli(capsys, "calibrate", "--output-dir", str(tmp_path))
     result = load_result(next(tmp_path.glob("token_estimator_calibration_*.json")))
     assert code == 0 and gate_sentence(result) in out
+    # the database named as every command names it (README: the URL "shown by every command")
+    assert f"[db] id={result.metadata.db_id} url=" in err and " revision=" in err
     assert "full refit (not shipped)" in out or not result.backtest.test_n
 
 

@@ -176,6 +176,15 @@ def test_unsupported_drivers(capsys: pytest.CaptureFixture[str], monkeypatch: py
     one_line(err, f"unsupported database driver '{url.split(':')[0]}'", "postgresql+psycopg://")
 
 
+def test_a_postgres_url_is_told_to_say_postgresql(capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heroku-style ``postgres://`` URLs: SQLAlchemy knows PostgreSQL as ``postgresql``."""
+    monkeypatch.setenv("DATABASE_URL", "postgres://postgres@127.0.0.1/x")
+    code, _, err = run_cli(capsys, "runs", "list")
+    assert code == 2
+    one_line(err, "unsupported database backend 'postgres'", "write postgresql://")
+
+
 # --- settings -------------------------------------------------------------------------------------------
 
 
@@ -184,6 +193,9 @@ def test_unsupported_drivers(capsys: pytest.CaptureFixture[str], monkeypatch: py
     ("AUTOPACK_LLM_PROVIDER", "bogus", "'simulated'"),
     ("AUTOPACK_SIM_SEED", "1.5x", "integer"),
     ("AUTOPACK_LLM_TIMEOUT_SECONDS", "soon", "number"),
+    ("AUTOPACK_LLM_TIMEOUT_SECONDS", "-5", "greater than 0"),
+    ("AUTOPACK_LLM_MAX_RETRIES", "-1", "greater than or equal to 0"),
+    ("AUTOPACK_SIM_LATENCY_SECONDS", "-1", "greater than or equal to 0"),
 ])
 def test_a_malformed_setting_names_the_variable(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                                                  variable: str, value: str, needle: str) -> None:

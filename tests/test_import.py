@@ -304,6 +304,14 @@ def one_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     return errors[0]
 
 
+
+def test_a_directory_or_a_missing_file_is_named_as_what_it_is(db_url: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert one_error(capsys, str(tmp_path)) == f"error: {tmp_path} is a directory (name the file to import)"
+    missing = tmp_path / "calls.csv"
+    assert one_error(capsys, str(missing)) == f"error: no such file: {missing} (name the file to import)"
+    assert rows(db_url) == []
+
 def test_old_scripts_passing_allow_empty_db_still_work(db_url: str, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, "calls.csv", CANONICAL_CSV)

@@ -30,6 +30,17 @@ def test_without_init_a_missing_database_is_refused_and_not_created(
     assert not (tmp_path / "autopack.db").exists()
 
 
+
+def test_weeks_without_init_is_refused_rather_than_ignored(
+    capsys: pytest.CaptureFixture[str], checkout: Path, tmp_path: Path
+) -> None:
+    """``--weeks`` only sizes what ``--init`` creates: given alone it did nothing, silently."""
+    code, _, err = run_cli(capsys, "pipeline", "run", "--weeks", "4", "--dry-run", "--target-repo", str(checkout))
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: Invalid value for '--weeks': --weeks takes effect with --init only (see `autopack pipeline run --help`)"]
+    assert not (tmp_path / "autopack.db").exists()
+
 def test_a_target_that_is_not_an_autopack_checkout_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "pipeline", "run", "--init", "--dry-run", "--target-repo", str(tmp_path))
     assert code == 2 and "token_estimator.py" in err

@@ -32,6 +32,13 @@ def test_a_spec_file_creates_a_run_marked_as_from_the_cli(db_url: str, tmp_path:
         assert session.execute(sa.select(Run.source)).scalar_one() == "cli"
 
 
+
+def test_a_run_of_one_phase_says_one_phase(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = copy.deepcopy(GOOD_SPEC)
+    spec["phases"] = spec["phases"][:1]  # type: ignore[index]
+    code, out, _ = create(tmp_path, spec, capsys)
+    assert code == 0 and out.splitlines()[-1] == "created run api-run: 1 QUEUED phase"
+
 def test_a_run_that_exists_is_refused_naming_what_to_change_in_the_spec(
         db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``runs create`` has no --run-id: the hint names the spec's run_id (and --replace)."""

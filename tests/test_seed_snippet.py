@@ -9,6 +9,8 @@ from pathlib import Path
 
 from autopack.db.engine import session_scope
 from autopack.db.handle import database_at
+from autopack.db.identity import read_identity
+from autopack.db.migrate import HEAD_REVISION
 from autopack.execution.drain_one import drain_one
 from autopack.execution.seed_runs import ensure_seed_runs
 
@@ -37,3 +39,16 @@ def test_the_seed_verification_snippet_prints_docs_low_budgets(db_url: str, tmp_
     out = subprocess.run([sys.executable, "-c", SEED_SNIPPET], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "DATABASE_URL": db_url}, check=True)
     assert "telemetry-p9-readme: selected_budget=4096, actual_max_tokens=" in out.stdout
+
+
+def test_the_originals_init_db_creates_the_database_the_seeding_guides_then_fill(tmp_path: Path) -> None:
+    """The original's guides create a seed database with ``python -c "from autopack.database import init_db; init_db()"``."""
+    url = f"sqlite:///{tmp_path / 'autopack_telemetry_seed.db'}"
+    snippet = "from autopack.database import init_db; init_db(); print('[OK] Schema initialized')"
+    env = {**os.environ, "DATABASE_URL": url}
+    for _ in range(2):  # and again: nothing to do
+        out = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, env=env)
+        assert out.returncode == 0 and out.stdout == "[OK] Schema initialized\n", out.stderr
+    assert read_identity(database_at(url)).schema_revision == HEAD_REVISION
+    with session_scope(url) as session:
+        assert ensure_seed_runs(session, ["telemetry-collection-v4"])

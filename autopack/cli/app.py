@@ -20,6 +20,8 @@ app = command_group(
     name="autopack",
     pretty_exceptions_enable=False,
     add_completion=False,
+    # -h as well: the original's scripts were argparse programs, and their users type `-h` (every command inherits it)
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 @app.callback()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from autopack.calibration.story import gate_sentence
-from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, guarded, writable_dir
+from autopack.cli.common import AllowEmptyDbOption, ExpectDbIdOption, JsonOption, announce, guarded, writable_dir
 from autopack.cli.options import params_command
 from autopack.errors import AutopackError
 from autopack.params import CalibrationParams
@@ -90,7 +90,7 @@ def calibrate(
         include_run_ids=include_run_id or None,
         output_dir=output_dir,
     )
-    typer.echo(f"[db] id={result.metadata.db_id}", err=True)
+    announce(database)  # the [db] line every command prints: id, masked URL, revision
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
     else:

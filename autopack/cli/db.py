@@ -43,7 +43,8 @@ def upgrade(
 ) -> None:
     """Create or migrate the database to the current schema (adopts an original Autopack database).
 
-    Atomic (one transaction) and exclusive (a second upgrade waits, then refuses). Refuses with DB_MISMATCH
+    Atomic (one transaction) and exclusive (a second upgrade waits for the first as long as the lock timeout
+    allows, then refuses). Refuses with DB_MISMATCH
     when the database is not the expected one (AUTOPACK_EXPECTED_DB_ID or --expect-db-id), and refuses a
     database holding another application's tables (exit 3, nothing written).
     """

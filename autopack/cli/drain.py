@@ -45,7 +45,7 @@ def one(
     phase_id: Annotated[str, typer.Option("--phase-id", help="Phase to drain.")],
     force: Annotated[bool, typer.Option("--force", help="Drain even if the run has other QUEUED phases.")] = False,
     no_telemetry: Annotated[
-        bool, typer.Option("--no-telemetry", help="Drain without recording telemetry (needed if TELEMETRY_DB_ENABLED is off).")
+        bool, typer.Option("--no-telemetry", help="Drain without recording telemetry (required to drain while TELEMETRY_DB_ENABLED is off).")
     ] = False,
     expect_db_id: ExpectDbIdOption = None,
     allow_empty_db: AllowEmptyDbOption = False,

@@ -23,10 +23,10 @@ from autopack.params import DrainParams as P
 @params_command(P)
 def drain_batch_command(
     params: P,
-    api_url: Annotated[str | None, typer.Option("--api-url", help="Check that this API server uses the same database (default AUTOPACK_API_URL).")] = None,
+    api_url: Annotated[str | None, typer.Option("--api-url", help="Check that this API server uses the same database (empty: AUTOPACK_API_URL).")] = None,
     expect_db_id: ExpectDbIdOption = None,
     allow_empty_db: AllowEmptyDbOption = False,
-    no_telemetry: Annotated[bool, typer.Option("--no-telemetry", help="Drain without recording telemetry (allowed with TELEMETRY_DB_ENABLED off).")] = False,
+    no_telemetry: Annotated[bool, typer.Option("--no-telemetry", help="Drain without recording telemetry (required to drain while TELEMETRY_DB_ENABLED is off).")] = False,
 ) -> None:
     """Drain phases in priority order, one session saved after every phase; exit 1 if any phase failed."""
     settings = get_settings()

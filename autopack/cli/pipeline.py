@@ -70,10 +70,13 @@ pipeline_app = command_group("The whole telemetry pipeline as one Prefect flow r
 def run(
     params: P,
     init: Annotated[bool, typer.Option("--init", help="Create and migrate the database and the seed runs when missing.")] = False,
-    weeks: Annotated[int, typer.Option("--weeks", min=1, max=MAX_SEED_WEEKS, help="With --init: weeks of seed runs to create (61 phases each).")] = 1,
+    weeks: Annotated[int | None, typer.Option("--weeks", min=1, max=MAX_SEED_WEEKS, metavar="<int>", help="With --init: weeks of seed runs to create (61 phases each; default 1).")] = None,
 ) -> None:
     """Guard → validate one phase → batch drain → calibrate → gate → pull request."""
     import os
+
+    if weeks is not None and not init:  # it would be ignored: the seed runs are created by --init only
+        raise typer.BadParameter("--weeks takes effect with --init only", param_hint="'--weeks'")
 
     # Prefect's server reports usage analytics over the internet by default; autopack never needs that.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -86,7 +89,7 @@ def run(
     # before anything is created (--init); the flow trusts it (``checked``) and does not check again
     checked = preflight(params, in_deployment=False)
     prepared = prepare_database(database_at(), init=init, expect_db_id=expected_db_id(params.expect_db_id),
-                                weeks=weeks)
+                                weeks=weeks or 1)
     if not params.skip_drain and params.run_ids:  # refused before Prefect starts
         with prepared.database.session() as session:
             require_runs(session, params.run_ids)
@@ -125,7 +128,7 @@ def run(
 @pipeline_app.command("init")
 def init_database(
     expect_db_id: ExpectDbIdOption = None,
-    weeks: Annotated[int, typer.Option("--weeks", min=1, max=MAX_SEED_WEEKS, help="Weeks of seed runs to create (61 phases each).")] = 1,
+    weeks: Annotated[int, typer.Option("--weeks", min=1, max=MAX_SEED_WEEKS, metavar="<int>", help="Weeks of seed runs to create (61 phases each).")] = 1,
 ) -> None:
     """Create and migrate the database and the seed runs that are missing (what `pipeline run --init` does
     first), without running anything: the set-up step before deployments run the pipeline on a worker."""

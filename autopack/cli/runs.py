@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import typer
 from pydantic import ValidationError
 
-from autopack.cli.common import ExpectDbIdOption, JsonOption, guarded
+from autopack.cli.common import ExpectDbIdOption, guarded
 from autopack.cli.groups import command_group
 from autopack.db.models import Phase, Run
 from autopack.errors import InputError, validation_summary
@@ -32,14 +32,19 @@ def mix_summary(spec: RunSpec) -> list[str]:
     lines = []
     for category, counts in sorted(by_category.items()):
         detail = ", ".join(f"{n} {cx}" for cx, n in sorted(counts.items()))
-        lines.append(f"  {category}: {sum(counts.values())} phases ({detail})")
+        lines.append(f"  {category}: {_phases(sum(counts.values()))} ({detail})")
     return lines
 
+
+
+def _phases(count: int, kind: str = "") -> str:
+    """``1 QUEUED phase``, ``10 QUEUED phases``."""
+    return f"{count} {kind}phase{'' if count == 1 else 's'}"
 
 @runs_app.command("create-telemetry-run")
 def create_telemetry_run(
     run_id: Annotated[str, typer.Option("--run-id", help="Id of the run to create.")] = V4_RUN_ID,
-    replace: Annotated[bool, typer.Option("--replace", help="Delete and recreate the run if it exists.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Delete and recreate the run and its phases if it exists (its telemetry is kept).")] = False,
     expect_db_id: ExpectDbIdOption = None,
 ) -> None:
     """Create the ten-phase telemetry collection run (the original's telemetry-collection-v4)."""
@@ -51,7 +56,7 @@ def create_telemetry_run(
     database = guarded(expect_db_id, allow_empty=True)
     with database.session() as session:
         create_run(session, spec, replace=replace, source="seed")
-    typer.echo(f"created run {run_id}: {len(spec.phases)} QUEUED phases")
+    typer.echo(f"created run {run_id}: {_phases(len(spec.phases), 'QUEUED ')}")
     for line in mix_summary(spec):
         typer.echo(line)
     typer.echo(f"next: autopack drain one --run-id {run_id} --phase-id {spec.phases[0].phase_id} --force")
@@ -70,7 +75,10 @@ def seed(
 
 
 @runs_app.command("list")
-def list_runs(as_json: JsonOption = False, expect_db_id: ExpectDbIdOption = None) -> None:
+def list_runs(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array (an object per run) instead of text.")] = False,
+    expect_db_id: ExpectDbIdOption = None,
+) -> None:
     """Each run with its state (told by its phases) and its phase counts by state; reads only."""
     database = guarded(expect_db_id, allow_empty=True, quiet=as_json, read_only=True)
     with database.session() as session:
@@ -122,8 +130,8 @@ def load_run_spec(path: Path) -> RunSpec:
 
 @runs_app.command("create")
 def create(
-    spec_file: Annotated[Path, typer.Argument(help="JSON run spec: run_id, goal, phases[...] (the API's RunSpec).")],
-    replace: Annotated[bool, typer.Option("--replace", help="Delete and recreate the run if it exists.")] = False,
+    spec_file: Annotated[Path, typer.Argument(metavar="SPEC_FILE", help="JSON run spec: run_id, goal, phases[...] (the API's RunSpec).")],
+    replace: Annotated[bool, typer.Option("--replace", help="Delete and recreate the run and its phases if it exists (its telemetry is kept).")] = False,
     expect_db_id: ExpectDbIdOption = None,
 ) -> None:
     """Create a run and its QUEUED phases from a spec file, validated exactly as `POST /runs` validates it."""
@@ -131,7 +139,7 @@ def create(
     database = guarded(expect_db_id, allow_empty=True)
     with database.session() as session:
         create_run(session, spec, replace=replace, source="cli", other_id=f"change run_id in {spec_file}")
-    typer.echo(f"created run {spec.run_id}: {len(spec.phases)} QUEUED phases")
+    typer.echo(f"created run {spec.run_id}: {_phases(len(spec.phases), 'QUEUED ')}")
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,7 @@ telemetry_app = command_group("Telemetry: import outside data for calibration.")
 
 @telemetry_app.command("import")
 def import_command(
-    file: Annotated[Path, typer.Argument(help="The file to import.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The file to import.")],
     fmt: Annotated[str, typer.Option("--format", help="csv | otel-json | v2-log")] = "csv",
     mapping: Annotated[
         list[str] | None,

@@ -57,15 +57,17 @@ def parse_url(url: str) -> URL:
             hint="use e.g. sqlite:///autopack.db or postgresql+psycopg://user@host/db",
         ) from exc
     if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
+        postgres = parsed.get_backend_name() in {"postgres", "pgsql"}  # the spelling of Heroku-style URLs
         raise DatabaseUrlError(
             f"unsupported database backend '{parsed.get_backend_name()}'",
-            hint="autopack supports sqlite:/// and postgresql:// URLs",
+            hint="write postgresql:// (SQLAlchemy's name for PostgreSQL)" if postgres
+            else "autopack supports sqlite:/// and postgresql:// URLs",
         )
     if parsed.drivername not in SUPPORTED_DRIVERS:
         raise DatabaseUrlError(
             f"unsupported database driver '{parsed.drivername}' in DATABASE_URL",
-            hint="autopack talks to databases synchronously: use sqlite:///path.db, postgresql:// or "
-                 "postgresql+psycopg://",
+            hint="autopack uses the standard library's sqlite3 and psycopg 3, synchronously (async drivers cannot "
+                 "work): use sqlite:///path.db, postgresql:// or postgresql+psycopg://",
         )
     return parsed
 

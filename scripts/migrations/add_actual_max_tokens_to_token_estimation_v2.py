@@ -11,9 +11,9 @@ Thin wrapper kept for the original's users: `python scripts/migrations/add_actua
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for _wrapper
 
-from autopack.cli import main  # noqa: E402
+from _wrapper import run  # noqa: E402
 
 if __name__ == "__main__":
-    main(["db", "upgrade", *sys.argv[1:]])
+    run("db", "upgrade")

@@ -124,7 +124,8 @@ def iter_events(
     if fmt not in PARSERS:
         raise InputError(f"unknown format '{fmt}'", hint="one of " + ", ".join(FORMATS))
     if not path.is_file():
-        raise InputError(f"no such file: {path}")
+        what = "is a directory" if path.is_dir() else "is not a regular file" if path.exists() else None
+        raise InputError(f"{path} {what}" if what else f"no such file: {path}", hint="name the file to import")
     source = source_of(path, fmt)
     default_run = run_id or f"import-{path.stem}"
     now = now or utcnow()
