@@ -83,8 +83,8 @@ def test_a_shipped_lowering_says_it_ships_a_bounded_step_toward_its_factor_not_t
     assert change.lowering is not None and change.lowering.bound != "fitted factor"
     line = group_verdicts(result)[g].line()
     assert line.startswith("**ships** — bound: conformal rank")
-    assert (f"; ships a bounded step to {change.new:.3f} from today's ≈ {change.lowering.today_factor:.3f}× the "
-            f"prediction, held by the {change.lowering.bound} a run, short of that factor "
+    assert (f"; ships a bounded step to {change.new:.3f} from today's ceilings, ≈ {change.lowering.today_factor:.3f}× "
+            f"the prediction in total (Σ ceiling ÷ Σ prediction over its calls), held by the {change.lowering.bound} a run, short of that factor "
             f"({change.lowering.fitted_factor:.3f}); truncation estimated from its 60 calls") in line
     assert ("ships a bounded step down: one run raises the truncation its calls estimate by at most +0.5 pp" in
             gate_sentence(result))

@@ -113,7 +113,7 @@ def _lowering_record(low: Lowering) -> R.LoweringRecord:
     assert low.factor is not None  # only lowerings that lower are kept
     return R.LoweringRecord(fitted_factor=round(low.fitted_factor, 4), factor=low.factor, bound=low.bound,
                             fitted_factor_ends_descent=low.ends_descent,
-                            today_factor=round(low.today_factor, 4),
+                            today_factor=round(low.today_factor, 6),
                             estimated_truncation_today=round(low.estimated_today, 5),
                             estimated_truncation=_num(low.estimated, 5))
 

@@ -325,7 +325,7 @@ def step_toward_alpha(
     reserved = int(ceiling.sum())
     exp_text = "unknown" if expected is None else f"≈ {expected:.1%}"
     verdict = (f"step toward α: {today_line}; factor {factor:.3f} (today's ceilings ≈ {today_factor:.2f}× the "
-               f"prediction, sized by {sized_by}); no call's ceiling falls, so its truncation can only fall; "
+               f"prediction, median over its calls; sized by {sized_by}); no call's ceiling falls, so its truncation can only fall; "
                f"expected truncation after it {exp_text} ({how}; {still} of its calls surely cut even so); price "
                f"+{reserved - int(today_ceiling.sum()):,} reserved tokens on its {n} calls (reserved/used "
                f"{today_ceiling.sum() / y.sum():.3f} → {reserved / y.sum():.3f})")
@@ -574,8 +574,8 @@ def bounded_lowering(
     factor = round_up_factor(value)
     tail = (reading.shape.text if reading.shape is not None and len(reading.survivals) > 1 else
             "its own Kaplan–Meier curve")
-    line = (f"estimated truncation over its {y.size} calls {today:.1%} today (ceilings ≈ {today_factor:.3f}× the "
-            f"prediction; its tail read as {tail})")
+    line = (f"estimated truncation over its {y.size} calls {today:.1%} today (today's ceilings ≈ {today_factor:.3f}× the "
+            f"prediction in total; its tail read as {tail})")
     fitted = (f"the fitted factor {fitted_factor:.3f}" if ends_descent else
               f"its fitted {fitted_factor:.3f} rests on an assumption and ends no descent")
     if not factor < today_factor:

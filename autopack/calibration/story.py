@@ -167,7 +167,8 @@ class BoundedStep:
                    "assumption and ends no descent)")
         calls = f"its {self.n} calls" if self.n is not None else "its calls"
         after = "" if low.estimated_truncation is None else f" → {_pct(low.estimated_truncation)}"
-        return (f"ships a bounded step to {low.factor:.3f} from today's ≈ {low.today_factor:.3f}× the prediction, "
+        return (f"ships a bounded step to {low.factor:.3f} from today's ceilings, ≈ {low.today_factor:.3f}× the prediction "
+                f"in total (Σ ceiling ÷ Σ prediction over its calls), "
                 f"{reached}; truncation estimated from {calls} {_pct(low.estimated_truncation_today)}{after}")
 
 

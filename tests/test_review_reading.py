@@ -1,0 +1,86 @@
+"""A reviewer's reading of a real calibration: every figure beside what ships describes what ships, or says whose it is.
+
+The calibration runs on a seeded database (simulated phases, as the quickstart's) where groups are lowered in
+bounded steps, so the refit's factor and the shipped one differ.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from autopack import token_estimator as te
+from autopack.calibration import run_calibration
+from autopack.calibration.report import render_markdown
+from autopack.calibration.result import CalibrationResult, load_result
+from autopack.db.engine import get_engine
+from autopack.db.handle import open_database
+from autopack.db.models import TokenEstimationV2Event
+from autopack.github.body import render_pr_body
+from autopack.github.estimator_edit import apply_proposal
+
+from synthetic_telemetry import simulate
+
+
+@pytest.fixture
+def result(db_url: str, tmp_path: Path) -> CalibrationResult:
+    with get_engine(db_url).begin() as connection:
+        connection.execute(sa.insert(TokenEstimationV2Event.__table__), simulate(150, seed=3))
+    out = run_calibration(open_database(db_url), output_dir=tmp_path)
+    assert out.json_path
+    loaded = load_result(Path(out.json_path))
+    assert any(c.lowering is not None and c.lowering.factor != c.lowering.fitted_factor
+               for c in loaded.proposed_changes)
+    return loaded
+
+
+def body_of(result: CalibrationResult) -> str:
+    original = Path(te.__file__).read_text(encoding="utf-8")
+    edited = apply_proposal(original, result.proposed_changes, result.metadata)
+    return render_pr_body(result, None, original_source=original, edited_source=edited)
+
+
+def test_a_lowered_groups_verdict_gives_what_ships_on_its_held_out_calls(result: CalibrationResult) -> None:
+    """The gate's held-out figures are its fitted factor's; the bounded step that ships is replayed beside them."""
+    lowered = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS" and c.lowering]
+    assert lowered
+    for change in lowered:
+        group = next(g for g in result.groups if (g.category, g.complexity) == tuple(change.key))
+        assert group.backtest and group.backtest.shipped and group.backtest.current
+        shipped, today = group.backtest.shipped, group.backtest.current
+        assert shipped.reserved_over_used is not None and today.reserved_over_used is not None
+        assert (f"what ships ({change.new:.3f}) on the same {shipped.n} held-out calls: truncation "
+                f"{shipped.truncations}/{shipped.n}") in change.verdict
+        assert f"reserved/used {shipped.reserved_over_used:.3f} (today's {today.reserved_over_used:.3f})" \
+            in change.verdict
+        before = change.verdict.split("; what ships")[0]
+        for figure in re.findall(r"(\S+ \S+) held-out reserved/used", before):
+            assert figure in ("fitted factor's", "the fitted"), before
+
+
+def test_today_s_ceiling_figures_say_which_average_they_are(result: CalibrationResult) -> None:
+    """A token-weighted reserve and a median of ratios are two numbers: each says which it is."""
+    body = body_of(result)
+    lowered = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS" and c.lowering]
+    assert lowered
+    for change in lowered:
+        assert change.lowering is not None
+        assert f"≈ {change.lowering.today_factor:.3f}× the prediction in total (Σ ceiling ÷ Σ prediction" in body
+        assert f"today's ceilings ≈ {change.lowering.today_factor:.3f}× the prediction in total;" in change.verdict
+    assert "| Today's ceiling ÷ refit's prediction (median) |" in render_markdown(result, None)
+
+
+def test_the_reports_recommendations_and_factor_table_show_the_factor_that_ships(result: CalibrationResult) -> None:
+    text = render_markdown(result, None)
+    assert "— proposed" not in text and "**Proposed budget factor**" not in text
+    for change in result.proposed_changes:
+        if change.coefficient != "BUDGET_FACTORS":
+            continue
+        assert change.new is not None
+        table = text.split("### Budget factors")[1]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {change.key[0]} | {change.key[1]} |"))
+        assert row.rstrip().endswith(f"| ✅ {change.new:.3f} |"), row
+    assert "(its median rule, not what ships)" in text or "No high-confidence groups." in text
