@@ -84,3 +84,10 @@ def test_the_reports_recommendations_and_factor_table_show_the_factor_that_ships
         row = next(line for line in table.splitlines() if line.startswith(f"| {change.key[0]} | {change.key[1]} |"))
         assert row.rstrip().endswith(f"| ✅ {change.new:.3f} |"), row
     assert "(its median rule, not what ships)" in text or "No high-confidence groups." in text
+
+
+def test_the_glossary_says_kupiec_rejects_too_few_truncations_as_well(result: CalibrationResult) -> None:
+    """0 of 73 held-out calls cut at α = 5 % gives Kupiec p = 0.006: the glossary must not say it rejects nothing."""
+    kupiec = next(line for line in body_of(result).splitlines() if line.startswith("- **Kupiec**"))
+    assert "rejects nothing" not in kupiec
+    assert "too many truncations or too few" in kupiec and "one-sided exact binomial test" in kupiec

@@ -96,7 +96,9 @@ GLOSSARY = (
                             "using the binomial distribution itself (no normal approximation, valid for small "
                             "counts); a small p-value means the rate is very probably above α."),
     ("Kupiec", "Kupiec's proportion-of-failures test: a likelihood-ratio test that the truncation rate "
-               "equals α (two-sided). Reported for comparison; on a handful of calls it rejects nothing."),
+               "equals α (two-sided), so a small p-value means too many truncations or too few: none cut of "
+               "73 calls at α = 5 % gives p ≈ 0.006, ceilings reserving more than α asks. Reported for "
+               "comparison; the gate uses the one-sided exact binomial test."),
     ("pinball loss", "the quantile (check) loss of a ceiling seen as the (1−α)-quantile of the output: "
                      "reserved tokens above the output cost α each, tokens cut off cost 1−α each; lower is "
                      "better, in tokens per call."),
