@@ -91,3 +91,17 @@ def test_the_glossary_says_kupiec_rejects_too_few_truncations_as_well(result: Ca
     kupiec = next(line for line in body_of(result).splitlines() if line.startswith("- **Kupiec**"))
     assert "rejects nothing" not in kupiec
     assert "too many truncations or too few" in kupiec and "one-sided exact binomial test" in kupiec
+
+
+def test_each_docs_group_not_raised_says_why_in_one_line(result: CalibrationResult) -> None:
+    """The issue: the quickstart's PR raises the docs groups' ceilings, or names in one line why not."""
+    body, report = body_of(result), render_markdown(result, None)
+    docs = [g for g in result.groups if g.category in ("docs", "doc_synthesis", "doc_sot_update")]
+    not_raised = [g for g in docs if g.gate_direction != "raise"]
+    assert not_raised and any(g.gate_direction == "raise" for g in docs)
+    for g in not_raised:
+        assert g.step_toward_alpha is not None and g.step_toward_alpha.verdict
+        line = f"- {g.category}/{g.complexity} not raised: {g.step_toward_alpha.verdict}"
+        assert sum(text.startswith(line) for text in body.splitlines()) == 1
+        assert sum(text.startswith(line) for text in report.splitlines()) == 1
+        assert "not above α" in g.step_toward_alpha.verdict or "but" in g.step_toward_alpha.verdict

@@ -314,6 +314,9 @@ def _changes_section(result: CalibrationResult) -> list[str]:
     if shipped:
         lines += ["Verdicts (what ships, where its guarantee comes from, what confirms it):", ""]
         lines += [f"- {v.icon} {v.group[0]}/{v.group[1]}: {v.line()}" for v in shipped]
+    not_raised = [f"- {line}" for line in story.docs_not_raised(result)]
+    lines += not_raised
+    if shipped or not_raised:
         lines += ["", "The gate's reasons, group by group:", ""]
     lines += [f"- {r}" for r in gate.reasons]
     weights = gate.weights

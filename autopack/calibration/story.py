@@ -29,6 +29,7 @@ from autopack.calibration.result import (
     StepRecord,
 )
 from autopack.params import CalibrationParams
+from autopack.taxonomy import DOCS_LIKE
 
 Group = tuple[str, str]
 
@@ -269,6 +270,25 @@ def group_verdicts(result: CalibrationResult) -> dict[Group, GroupVerdict]:
                                 StepTowardAlpha.of(step) if kind is VerdictKind.STEP_TOWARD_ALPHA and step else None,
                                 BoundedStep(low, g.n) if low is not None and kind is VerdictKind.SHIPS else None)
     return out
+
+
+def docs_not_raised(result: CalibrationResult) -> list[str]:
+    """One line per documentation group whose ceilings the pull request does not raise, saying why.
+
+    A reviewer asks first whether the docs groups, the ones the seed's truncations came from, are raised; the
+    reason sat in the JSON's step record only (the gate's reasons speak of lowerings)."""
+    lines = []
+    for g in result.groups:
+        step = g.step_toward_alpha
+        if g.category not in DOCS_LIKE or g.gate_direction == "raise" or step is None or not step.verdict:
+            continue
+        alpha = alpha_of(result)
+        read = step.read_truncation_today
+        either = ", not above α either" if read is not None and alpha is not None and read <= alpha else ""
+        lengths = "" if read is None else f"; its calls' lengths estimate {read:.1%} under today's ceilings{either}"
+        instead = "; lowered in a bounded step instead (its verdict above)" if g.gate_direction == "lower" else ""
+        lines.append(f"{g.category}/{g.complexity} not raised: {step.verdict}{lengths}{instead}")
+    return lines
 
 
 def gate_sentence(result: CalibrationResult) -> str:

@@ -333,6 +333,7 @@ def _verdicts(calibration: CalibrationResult, changes: Sequence[Change]) -> str:
                      f"every group, calibrated or not) {moved}: {_text(said)}")
     elif weights_verdict:
         lines.append(f"- `TOKEN_WEIGHTS` unchanged: {_text(weights_verdict)}")
+    lines += [f"- {_text(line)}" for line in story.docs_not_raised(calibration)]
     whole = gate.shipped
     if whole is not None and whole.verdict:
         thin = "thin" in whole.verdict.lower()
