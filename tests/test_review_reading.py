@@ -105,3 +105,25 @@ def test_each_docs_group_not_raised_says_why_in_one_line(result: CalibrationResu
         assert sum(text.startswith(line) for text in body.splitlines()) == 1
         assert sum(text.startswith(line) for text in report.splitlines()) == 1
         assert "not above α" in g.step_toward_alpha.verdict or "but" in g.step_toward_alpha.verdict
+
+
+@pytest.fixture
+def overhead_result(db_url: str, tmp_path: Path) -> CalibrationResult:
+    """A calibration that moves a phase overhead a half log-step toward its fitted value, short of its bounds."""
+    with get_engine(db_url).begin() as connection:
+        connection.execute(sa.insert(TokenEstimationV2Event.__table__), simulate(150, seed=1))
+    out = run_calibration(open_database(db_url), output_dir=tmp_path)
+    assert out.json_path
+    return load_result(Path(out.json_path))
+
+
+def test_a_phase_overheads_interval_holds_the_value_it_steps_toward(overhead_result: CalibrationResult) -> None:
+    """new = √(fitted × old) (the half log-step), so the fitted value is new² / old: its interval must hold it
+    (the quickstart showed 1176 → 1040 beside [1, 1], the interval of another estimator)."""
+    (change,) = [c for c in overhead_result.proposed_changes if c.coefficient == "PHASE_OVERHEAD"]
+    assert change.old is not None and change.new is not None
+    assert change.old / 2 < change.new < change.old * 2  # not on a bound: the fitted value is known
+    fitted = change.new**2 / change.old
+    lo, hi = change.interval
+    assert lo is not None and hi is not None and lo < hi
+    assert lo <= fitted * 1.01 and fitted * 0.99 <= hi, (lo, fitted, hi)

@@ -42,8 +42,8 @@ THIS_PR = "this pull request"
 INTERVAL_COLUMN = "Fitted value's interval"
 INTERVAL_NOTE = (
     "*Fitted value's interval*: how uncertain the value the group's own fitted calls give is (a budget factor: "
-    "its (1 − α) quantile's 90 % interval; a phase overhead: the 95 % interval of the overheads its calls imply, "
-    "at least 1; a token weight: the bootstrap's 90 % interval). What ships is a bounded step from today's value "
+    "its (1 − α) quantile's 90 % interval; a phase overhead: the bootstrap's 95 % interval of the overhead its "
+    "calls fit beside its budget factor, at least 1 and within ¼–4× today's value; a token weight: the bootstrap's 90 % interval). What ships is a bounded step from today's value "
     "toward the fitted one, or a step toward α for a group cut above α, so **New** may lie outside it."
 )
 
