@@ -19,7 +19,7 @@ from autopack.calibration.result import CalibrationResult, load_result
 from autopack.db.engine import get_engine
 from autopack.db.handle import open_database
 from autopack.db.models import TokenEstimationV2Event
-from autopack.github.body import render_pr_body
+from autopack.github.body import pr_title, render_pr_body
 from autopack.github.estimator_edit import apply_proposal
 
 from synthetic_telemetry import simulate
@@ -127,3 +127,11 @@ def test_a_phase_overheads_interval_holds_the_value_it_steps_toward(overhead_res
     lo, hi = change.interval
     assert lo is not None and hi is not None and lo < hi
     assert lo <= fitted * 1.01 and fitted * 0.99 <= hi, (lo, fitted, hi)
+
+
+def test_the_title_and_the_branch_commit_say_the_data_is_simulated(result: CalibrationResult, tmp_path: Path) -> None:
+    """A list of pull requests shows titles only; the quickstart's said nothing of its simulated data there."""
+    assert result.metadata.sources is not None and result.metadata.sources.simulated
+    assert pr_title(result).startswith("[SIMULATED DATA] Calibrate token estimator (")
+    real = result.model_copy(update={"metadata": result.metadata.model_copy(update={"sources": None})})
+    assert pr_title(real).startswith("Calibrate token estimator (")

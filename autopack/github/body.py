@@ -108,9 +108,13 @@ GLOSSARY = (
 
 
 def pr_title(calibration: CalibrationResult) -> str:
+    """Version and count, marked when any sample is simulated: a list of pull requests shows titles only, and the
+    branch's commit message is the title too."""
     stamp = calibration_stamp(calibration.metadata)
     n = len(calibration.proposed_changes)
-    return f"Calibrate token estimator ({stamp.version}): {n} coefficient change{'s' if n != 1 else ''}"
+    sources = calibration.metadata.sources
+    marker = "[SIMULATED DATA] " if sources is not None and sources.simulated else ""
+    return f"{marker}Calibrate token estimator ({stamp.version}): {n} coefficient change{'s' if n != 1 else ''}"
 
 
 def render_pr_body(
