@@ -135,3 +135,12 @@ def test_the_title_and_the_branch_commit_say_the_data_is_simulated(result: Calib
     assert pr_title(result).startswith("[SIMULATED DATA] Calibrate token estimator (")
     real = result.model_copy(update={"metadata": result.metadata.model_copy(update={"sources": None})})
     assert pr_title(real).startswith("Calibrate token estimator (")
+
+
+def test_the_doc_phase_count_says_it_includes_retries(result: CalibrationResult) -> None:
+    """The quickstart's report said '12 of 86 documentation calls truncated' above a Summary of 2 truncated first
+    attempts: the docs table lists every recorded call, retries too, and says so beside its count."""
+    docs = render_markdown(result, None).split("## Doc-phase truncation")[1].split("\n## ")[0]
+    assert result.docs_truncation
+    count = f"{sum(r.truncated for r in result.docs_truncation)} of {len(result.docs_truncation)} documentation calls"
+    assert f"{count} truncated, retries included" in docs and "leaves retries out" in docs

@@ -23,6 +23,7 @@ import numpy as np
 
 from autopack.calibration import drift, story
 from autopack.calibration.result import CalibrationResult, GroupEntry, Metadata, Sources, Truncation
+from autopack.calibration.samples import DOCS_ROWS_LIMIT
 from autopack.logging import redact
 
 MAX_DOC_ROWS = 30
@@ -477,7 +478,11 @@ def _docs_section(result: CalibrationResult) -> list[str]:
     if not rows:
         return lines + ["No documentation calls.", ""]
     truncated = sum(1 for r in rows if r.truncated)
-    lines += [f"{truncated} of {len(rows)} documentation calls truncated.", "",
+    listed = (f"the {len(rows)} largest documentation calls (the JSON keeps no more)" if len(rows) >= DOCS_ROWS_LIMIT
+              else f"{len(rows)} documentation calls")
+    lines += [f"{truncated} of {listed} truncated, retries included: each row is a telemetry call as recorded, while "
+              "the fit counts each phase's first attempt once and leaves retries out (see Summary), so its truncated "
+              "count can be smaller.", "",
               "| Run | Phase | Group | Output tokens | Predicted | Ceiling | Truncated |",
               "|---|---|---|---:|---:|---:|---|"]
     for r in rows[:MAX_DOC_ROWS]:
