@@ -144,3 +144,11 @@ def test_the_doc_phase_count_says_it_includes_retries(result: CalibrationResult)
     assert result.docs_truncation
     count = f"{sum(r.truncated for r in result.docs_truncation)} of {len(result.docs_truncation)} documentation calls"
     assert f"{count} truncated, retries included" in docs and "leaves retries out" in docs
+
+
+def test_the_docs_lines_come_after_everything_above_together(result: CalibrationResult) -> None:
+    """'Everything above together' sums up what ships: a docs group not raised is not part of it."""
+    verdicts = body_of(result).split("### Verdicts")[1].split("\n### ")[0].splitlines()
+    together = next(i for i, line in enumerate(verdicts) if "everything above together" in line)
+    assert all(i > together for i, line in enumerate(verdicts) if " not raised: " in line)
+    assert "then one line per documentation group not raised" in verdicts[2]

@@ -304,7 +304,8 @@ def _verdicts(calibration: CalibrationResult, changes: Sequence[Change]) -> str:
     minimum = story.min_heldout(calibration)
     lines = ["### Verdicts", "",
              "One line per changed coefficient: what ships, where its guarantee comes from (the bound on the "
-             "group's own fitted calls) and how many held-out calls confirm it.", ""]
+             "group's own fitted calls) and how many held-out calls confirm it; then one line per documentation "
+             "group not raised, saying why.", ""]
     weights = [c for c in changes if c.coefficient == "TOKEN_WEIGHTS"]
     shared = [c for c in changes if c.coefficient != "TOKEN_WEIGHTS" and _group_of(c) is None]
     curves: dict[tuple[str, tuple[str, str]], list[Change]] = {}
@@ -337,12 +338,12 @@ def _verdicts(calibration: CalibrationResult, changes: Sequence[Change]) -> str:
                      f"every group, calibrated or not) {moved}: {_text(said)}")
     elif weights_verdict:
         lines.append(f"- `TOKEN_WEIGHTS` unchanged: {_text(weights_verdict)}")
-    lines += [f"- {_text(line)}" for line in story.docs_not_raised(calibration)]
     whole = gate.shipped
     if whole is not None and whole.verdict:
         thin = "thin" in whole.verdict.lower()
         lines.append(f"- {'✅' if whole.passed and not thin else '⚠️'} everything above together: "
                      f"{_text(whole.verdict)}")
+    lines += [f"- {_text(line)}" for line in story.docs_not_raised(calibration)]  # after: they change nothing
     return "\n".join(lines)
 
 
