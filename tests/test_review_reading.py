@@ -152,3 +152,12 @@ def test_the_docs_lines_come_after_everything_above_together(result: Calibration
     together = next(i for i, line in enumerate(verdicts) if "everything above together" in line)
     assert all(i > together for i, line in enumerate(verdicts) if " not raised: " in line)
     assert "then one line per documentation group not raised" in verdicts[2]
+
+
+def test_the_drift_table_uses_the_same_words_in_the_report_and_the_body(result: CalibrationResult) -> None:
+    """docs/pull-requests.md: the same words appear in each (the report said 'worst bin' and '÷ oracle')."""
+    def columns(text: str) -> set[str]:
+        head = next(line for line in text.splitlines() if line.lower().startswith("| method | truncation |"))
+        return {c.strip().lower() for c in head.strip("|").split("|")}
+
+    assert columns(render_markdown(result, None)) == columns(body_of(result))

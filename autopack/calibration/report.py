@@ -439,10 +439,10 @@ def _drift_section(result: CalibrationResult) -> list[str]:
     lines += [
         f"Every method replayed on {summary.calls or 'the held-out calls'} with {table.basis} "
         "(delayed feedback: "
-        f"{lag.describe()}; worst bin = "
+        f"{lag.describe()}; worst block = the worst of "
         f"{summary.bins}; `oracle` = each group's own quantile of these calls, in hindsight).",
         "",
-        "| method | truncation | reserved / used | ÷ oracle | worst bin | pinball ÷ oracle |",
+        "| method | truncation | reserved / used | reserve ÷ oracle's | worst block | pinball ÷ oracle's |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for row in table.rows:
