@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from autopack import token_estimator as te
-from autopack.calibration import run_calibration
+from autopack.calibration import run_calibration, story
 from autopack.calibration.report import render_markdown
 from autopack.calibration.result import CalibrationResult, load_result
 from autopack.db.engine import get_engine
@@ -161,3 +161,21 @@ def test_the_drift_table_uses_the_same_words_in_the_report_and_the_body(result: 
         return {c.strip().lower() for c in head.strip("|").split("|")}
 
     assert columns(render_markdown(result, None)) == columns(body_of(result))
+
+
+def test_an_estimated_truncation_reads_the_same_in_the_verdict_and_the_gate_line(result: CalibrationResult) -> None:
+    """The quickstart printed 0.826 % → 1.08 % in a verdict and 0.8% → 1.1% in the gate line under it."""
+    verdicts = story.group_verdicts(result)
+    lowered = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS" and c.lowering]
+    raised = [g for g in result.groups if g.gate_direction == "raise" and g.step_toward_alpha]
+    assert lowered and raised
+    for change in lowered:
+        low = change.lowering
+        assert low is not None and low.estimated_truncation is not None
+        for rate in (low.estimated_truncation_today, low.estimated_truncation):
+            assert f"{rate * 100:.3g} %" in verdicts[tuple(change.key)].line()  # type: ignore[index]
+            assert f"{rate * 100:.3g}%" in change.verdict
+    for g in raised:
+        step = g.step_toward_alpha
+        assert step is not None and step.expected_truncation is not None and step.verdict
+        assert f"expected truncation after it ≈ {step.expected_truncation * 100:.3g}%" in step.verdict

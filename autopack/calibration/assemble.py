@@ -114,8 +114,8 @@ def _lowering_record(low: Lowering) -> R.LoweringRecord:
     return R.LoweringRecord(fitted_factor=round(low.fitted_factor, 4), factor=low.factor, bound=low.bound,
                             fitted_factor_ends_descent=low.ends_descent,
                             today_factor=round(low.today_factor, 6),
-                            estimated_truncation_today=round(low.estimated_today, 5),
-                            estimated_truncation=_num(low.estimated, 5))
+                            estimated_truncation_today=round(low.estimated_today, 12),
+                            estimated_truncation=_num(low.estimated, 12))  # the verdicts print 3 digits of them
 
 
 def _overhead_change(fit: FitResult, current: te.Coefficients, g: Group) -> tuple[int | None, int] | None:
