@@ -179,3 +179,10 @@ def test_an_estimated_truncation_reads_the_same_in_the_verdict_and_the_gate_line
         step = g.step_toward_alpha
         assert step is not None and step.expected_truncation is not None and step.verdict
         assert f"expected truncation after it ≈ {step.expected_truncation * 100:.3g}%" in step.verdict
+
+
+def test_the_groups_table_says_whose_confidence_it_shows(result: CalibrationResult) -> None:
+    """docs/low showed confidence 0.92 beside its shipped 1.996, a step toward α that claims none: it is the refit's."""
+    body = body_of(result)
+    header = next(line for line in body.splitlines() if line.startswith("| Category | Complexity | n | Censored |"))
+    assert "| Full refit's confidence |" in header and "| Confidence |" not in header

@@ -592,13 +592,14 @@ def _groups_table(groups: Sequence[GroupEntry], tables: _Tables, limit: int) -> 
         return ""
     extra = any(g.factor_method is not None for g in groups)
     header = ("| Category | Complexity | n | Censored | Median ratio | Median ratio CI | Pooling weight "
-              "| Full refit's factor | Shipped factor | Confidence | Original confidence |"
+              "| Full refit's factor | Shipped factor | Full refit's confidence | Original confidence |"
               + (" Factor method | Assumption |" if extra else ""))
     rows = [
         "### Groups (fit details)",
         "",
-        "`Full refit's factor` is the refit's for every group, gated or not (not shipped); `Shipped factor` is "
-        "what the estimator holds after this pull request.",
+        "`Full refit's factor` is the refit's for every group, gated or not (not shipped), and `Full refit's "
+        "confidence` is that factor's; `Shipped factor` is what the estimator holds after this pull request (its "
+        "guarantee is on its verdict line).",
         "",
         header,
         "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|" + ("---|---|" if extra else ""),
