@@ -230,6 +230,10 @@ class GroupVerdict:
         """``ships — bound: …; confirmed on …``: the kind, where the guarantee comes from, what confirms it."""
         where = self.step.text() if self.kind is VerdictKind.STEP_TOWARD_ALPHA and self.step else self.guarantee.text()
         if self.lowering is not None and self.kind is VerdictKind.SHIPS:
+            low = self.lowering.record
+            if low.factor is not None and low.factor < low.fitted_factor:  # stepped below the bound: it covers none
+                where += (f" — a bound for {low.fitted_factor:.3f}, not for the {low.factor:.3f} that ships, whose "
+                          "truncation is only estimated (below)")
             where += f"; {self.lowering.text()}"
         return f"**{self.kind.label}** — {where}; {self.confirmation.text()}"
 
