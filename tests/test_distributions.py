@@ -71,6 +71,13 @@ def test_student_t_and_chi_square_match_scipy(df: int) -> None:
     assert close(d.t_sf(t, df), sps.t.sf(t, df)) and close(d.t_logpdf(t, df), sps.t.logpdf(t, df))
 
 
+@pytest.mark.parametrize("n", [2, 4, 5, 12, 40])
+def test_noncentral_t_quantiles_match_scipy(n: int) -> None:
+    q = np.array([p for p in PROBABILITIES if 0 < p < 1])
+    nc = 1.6448536269514722 * np.sqrt(n)
+    assert close(d.nct_ppf(q, n - 1, nc), sps.nct.ppf(q, n - 1, nc))
+
+
 @pytest.mark.parametrize(("a", "b"), [(1, 1), (1, 20), (19, 1), (95, 6), (0.5, 0.5), (300, 17), (4750, 251)])
 def test_beta_functions_match_scipy(a: float, b: float) -> None:
     x = np.r_[-0.5, np.linspace(0.0, 1.0, 101), 1.5]

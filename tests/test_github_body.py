@@ -421,7 +421,9 @@ def test_table_cells_cannot_be_broken_by_data() -> None:
 
 
 def test_title_names_version_and_count() -> None:
-    assert pr_title(as_result(CALIBRATION)) == "Calibrate token estimator (autopack-cal-20261126): 2 coefficient changes"
+    # the sample calibration's data is simulated: the title says so first (tests/test_review_reading.py)
+    assert pr_title(as_result(CALIBRATION)) == ("[SIMULATED DATA] Calibrate token estimator (autopack-cal-20261126): "
+                                                "2 coefficient changes")
 
 
 def test_a_token_passed_in_is_masked_too() -> None:

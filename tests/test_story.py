@@ -83,8 +83,8 @@ def test_a_shipped_lowering_says_it_ships_a_bounded_step_toward_its_factor_not_t
     assert change.lowering is not None and change.lowering.bound != "fitted factor"
     line = group_verdicts(result)[g].line()
     assert line.startswith("**ships** — bound: conformal rank")
-    assert (f"; ships a bounded step to {change.new:.3f} from today's ≈ {change.lowering.today_factor:.3f}× the "
-            f"prediction, held by the {change.lowering.bound} a run, short of that factor "
+    assert (f"; ships a bounded step to {change.new:.3f} from today's ceilings, ≈ {change.lowering.today_factor:.3f}× "
+            f"the prediction in total (Σ ceiling ÷ Σ prediction over its calls), held by the {change.lowering.bound} a run, short of that factor "
             f"({change.lowering.fitted_factor:.3f}); truncation estimated from its 60 calls") in line
     assert ("ships a bounded step down: one run raises the truncation its calls estimate by at most +0.5 pp" in
             gate_sentence(result))
@@ -133,3 +133,17 @@ def test_a_raise_says_what_its_calls_lengths_estimate_under_todays_ceilings() ->
                       sized_by="its estimated 0.9625 quantile")
     text = StepTowardAlpha.of(step).text()
     assert "(1 of its 24 calls cut today; its calls' lengths estimate 6.12 % under today's ceilings)" in text
+
+
+def test_a_lowering_below_its_bound_says_the_bound_does_not_cover_what_ships() -> None:
+    """The quickstart's implementation/high: 'bound: small_group_bound … (mean + 2.494·s)' read as the guarantee
+    of the 1.504 that ships, 1.681 being that bound: the line says whose bound it is."""
+    g = ("tests", "medium")
+    current = dataclasses.replace(te.current_coefficients(), budget_factors={g: 2.137})
+    sim = simulate_groups([GroupTruth(*g, 18, Law(0.0, 0.35), cap_factor=2.137)], seed=2)
+    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=0.05), current).result
+    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
+    assert change.lowering is not None and change.lowering.fitted_factor > change.new
+    line = group_verdicts(result)[g].line()
+    assert (f" — a bound for {change.lowering.fitted_factor:.3f}, not for the {change.new:.3f} that ships, whose "
+            "truncation is only estimated (below); ships a bounded step") in line

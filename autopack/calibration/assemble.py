@@ -17,7 +17,7 @@ import numpy as np
 from autopack import token_estimator as te
 from autopack.calibration import drift, stats
 from autopack.calibration import result as R
-from autopack.calibration.fit import MAX_STEP, FitResult, implied_overheads
+from autopack.calibration.fit import MAX_STEP, FitResult, overhead_interval
 from autopack.calibration.samples import Group, SampleSet
 from autopack.calibration.step import Lowering
 
@@ -113,9 +113,9 @@ def _lowering_record(low: Lowering) -> R.LoweringRecord:
     assert low.factor is not None  # only lowerings that lower are kept
     return R.LoweringRecord(fitted_factor=round(low.fitted_factor, 4), factor=low.factor, bound=low.bound,
                             fitted_factor_ends_descent=low.ends_descent,
-                            today_factor=round(low.today_factor, 4),
-                            estimated_truncation_today=round(low.estimated_today, 5),
-                            estimated_truncation=_num(low.estimated, 5))
+                            today_factor=round(low.today_factor, 6),
+                            estimated_truncation_today=round(low.estimated_today, 12),
+                            estimated_truncation=_num(low.estimated, 12))  # the verdicts print 3 digits of them
 
 
 def _overhead_change(fit: FitResult, current: te.Coefficients, g: Group) -> tuple[int | None, int] | None:
@@ -172,11 +172,11 @@ def _changes(
             rows = samples.rows_by_group()[samples.groups.index(g)]
             rows = rows[rows < decision.fit_rows]  # the fitted (older) part is a prefix
             rows = rows[samples.units.linear[samples.unit[rows]]]
-            implied = implied_overheads(samples, rows, fit.coefficients)
-            lo, hi, _ = stats.median_ci(implied, samples.observed[rows], 0.95)
-            # the data's 95 % interval for the overhead, within what a coefficient may be (≥ 1): an implied
-            # overhead below 1 only says the weights alone already over-predict
-            lo, hi = max(lo, 1.0), max(hi, 1.0)
+            today = current.phase_overhead.get(g, current.default_phase_overhead)
+            # the fitted overhead's 95 % interval, within what a coefficient may be (≥ 1): below 1 the data ask for
+            # a non-positive overhead, which is never shipped
+            lo, hi = overhead_interval(samples, rows, fit.coefficients, today) or (math.nan, math.nan)
+            lo, hi = (max(lo, 1.0), max(hi, 1.0)) if not math.isnan(lo) else (lo, hi)
             changes.append(R.ProposedChange(
                 coefficient="PHASE_OVERHEAD", key=g, old=change[0], new=change[1], **common,
                 interval=(_num(lo, 1), _num(hi, 1)),

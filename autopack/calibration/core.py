@@ -392,13 +392,13 @@ def _gate_group(
                        f"{cur.reserved_over_used:.3f}")
         if info.factor is not None and assumed:
             verdict = (f"{info.method} factor {info.factor:.3f} from its own {fit.n} calls, not distribution-free "
-                       f"({info.assumption}): it claims no confidence and ends no descent; {test_line}; its "
-                       f"held-out reserved/used {prop.reserved_over_used:.3f} (today's "
+                       f"({info.assumption}): it claims no confidence and ends no descent; {test_line}; the "
+                       f"fitted factor's held-out reserved/used {prop.reserved_over_used:.3f} (today's "
                        f"{cur.reserved_over_used:.3f})")
         elif info.factor is not None:
             verdict = (f"{info.method} factor {info.factor:.3f} from its own {fit.n} calls (confidence "
-                       f"{info.confidence:.2f} ≥ {params.confidence_threshold:.2f}); {test_line}; held-out reserved/used "
-                       f"{prop.reserved_over_used:.3f} < today's {cur.reserved_over_used:.3f}")
+                       f"{info.confidence:.2f} ≥ {params.confidence_threshold:.2f}); {test_line}; the fitted factor's "
+                       f"held-out reserved/used {prop.reserved_over_used:.3f} < today's {cur.reserved_over_used:.3f}")
     return why, verdict, truncation_failed, assumed
 
 
@@ -549,6 +549,9 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
         for g, methods in per_group(samples.groups, test.group, {"shipped": shipped_ceiling}, test.y,
                                     test.observed, alpha).items():
             group_bt[g]["shipped"] = methods["shipped"]
+        for g, low in lowered.items():
+            if g in verdicts and g in group_bt:
+                verdicts[g] += _shipped_line(low, group_bt[g])
         for g, dropped_why in dropped.items():
             reasons[g] = [dropped_why]
             verdicts.pop(g, None)
@@ -564,6 +567,23 @@ def decide(samples: SampleSet, params: Params, current: te.Coefficients) -> Deci
                                                      static_shipped, chosen=(params.spec.name, shipped_ceiling))
     return Decision(fitted, tested, ship_weights, weights_verdict, backtest, group_bt, passing, reasons, verdicts,
                     shipped_verdict, int(fit_rows.size), drift_summary, steps, raised, lowered, today)
+
+
+def _shipped_line(low: Lowering, bt: dict[str, R.MethodBacktest]) -> str:
+    """What the bounded step itself does on the group's held-out calls: the verdict's other held-out figures are
+    its fitted factor's, and a reviewer compares the verdict with the tables, which show what ships."""
+    mine, cur = bt["shipped"], bt["current"]
+    if low.factor is None or mine.reserved_over_used is None or cur.reserved_over_used is None:
+        return ""
+    return (f"; what ships ({low.factor:.3f}) on the same {mine.n} held-out calls: truncation {_count(mine)} "
+            f"(today's {_count(cur)}), reserved/used {mine.reserved_over_used:.3f} (today's "
+            f"{cur.reserved_over_used:.3f})")
+
+
+def _count(m: R.MethodSummary) -> str:
+    """``k/n``, or ``k–K/n`` when censoring leaves the count a range."""
+    low, high = m.truncations or 0, m.truncations_upper if m.truncations_upper is not None else m.truncations or 0
+    return f"{low}/{m.n}" if low == high else f"{low}–{high}/{m.n}"
 
 
 def _pooled_shape(samples: SampleSet, fitted: Fitted) -> PooledShape | None:

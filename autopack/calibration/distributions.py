@@ -44,6 +44,12 @@ def t_ppf(q: Any, df: Any) -> Any:
     return _out(np.where(q <= 0, -np.inf, np.where(q >= 1, np.inf, inside)))
 
 
+def nct_ppf(q: Any, df: Any, nc: Any) -> Any:
+    """Quantile of the noncentral t (df, noncentrality nc), for 0 < q < 1."""
+    return _out(special.nctdtrit(np.asarray(df, dtype=float), np.asarray(nc, dtype=float),
+                                 np.asarray(q, dtype=float)))
+
+
 def t_sf(x: Any, df: Any) -> Any:
     """P(T > x), T ~ Student-t(df)."""
     return _out(special.stdtr(np.asarray(df, dtype=float), -np.asarray(x, dtype=float)))

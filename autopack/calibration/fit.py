@@ -376,6 +376,39 @@ def implied_overheads(samples: SampleSet, rows: np.ndarray, coefficients: te.Coe
     return overheads
 
 
+#: Resamples behind a phase overhead's reported interval (``overhead_interval``).
+OVERHEAD_REPLICATES = 200
+
+
+def overhead_interval(
+    samples: SampleSet, rows: np.ndarray, coefficients: te.Coefficients, today: float, level: float = 0.95,
+) -> tuple[float, float] | None:
+    """The bootstrap's ``level`` interval of the overhead ``scale_free_overhead`` fits on ``rows`` (a group's fitted
+    calls), within ``today`` ÷ / × ``MAX_STEP``² (a fitted value beyond moves the overhead to its ×½ / ×2 bound all the
+    same: the half log-step), or None when fewer than half the resamples can tell the overhead from the factor.
+
+    That fit is the value a changed overhead steps toward, so the reported interval is of it: the median of
+    ``implied_overheads`` is another estimator (the level fit's), which put the quickstart's 1176 → 1040 beside
+    [1, 1]. Resamples of at most ``BOOTSTRAP_ROWS`` rows, seeded: the same data give the same interval.
+    """
+    units = samples.units
+    weights = np.array([coefficients.token_weights.get(k, 0) for k in units.weight_keys], dtype=float)
+    marginal = (units.fixed_marginal + units.counts @ weights)[samples.unit[rows]]
+    y, observed = samples.y[rows], samples.observed[rows]
+    rng = np.random.default_rng(SEED)
+    size = min(rows.size, BOOTSTRAP_ROWS)
+    values = []
+    for _ in range(OVERHEAD_REPLICATES):
+        pick = rng.integers(0, rows.size, size=size)
+        value = scale_free_overhead(y[pick], observed[pick], marginal[pick], today, coefficients.safety_margin)
+        if value is not None:
+            values.append(value)
+    if len(values) < OVERHEAD_REPLICATES / 2:
+        return None
+    lo, hi = np.clip(np.quantile(values, [(1 - level) / 2, (1 + level) / 2]), today / MAX_STEP**2, today * MAX_STEP**2)
+    return float(lo), float(hi)
+
+
 def relative_change(old: float | None, new: float) -> float:
     if old is None or old == 0:
         return math.inf

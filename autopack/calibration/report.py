@@ -23,6 +23,7 @@ import numpy as np
 
 from autopack.calibration import drift, story
 from autopack.calibration.result import CalibrationResult, GroupEntry, Metadata, Sources, Truncation
+from autopack.calibration.samples import DOCS_ROWS_LIMIT
 from autopack.logging import redact
 
 MAX_DOC_ROWS = 30
@@ -51,6 +52,17 @@ def _pct(value: float | None) -> str:
 
 def _check(ok: bool) -> str:
     return "✅" if ok else "❌"
+
+
+def _shipped_factors(result: CalibrationResult) -> dict[tuple[str, str], float]:
+    """Each group's budget factor after the pull request: a bounded step or a step toward α is not the refit's."""
+    return {tuple(c.key): float(c.new) for c in result.proposed_changes  # type: ignore[misc]
+            if c.coefficient == "BUDGET_FACTORS" and c.new is not None}
+
+
+def _shipped_cell(g: GroupEntry, shipped: dict[tuple[str, str], float]) -> str:
+    factor = shipped.get((g.category, g.complexity))
+    return "❌" if factor is None else f"✅ {factor:.3f}"
 
 
 def render_markdown(result: CalibrationResult, plot_name: str | None) -> str:
@@ -91,6 +103,7 @@ def render_markdown(result: CalibrationResult, plot_name: str | None) -> str:
     ]
     lines += _targets_section(result)
     lines += _metrics_section(result)
+    shipped = _shipped_factors(result)
     lines += ["## Recommendations", ""]
     if not high:
         lines += ["No high-confidence groups.", ""]
@@ -114,10 +127,10 @@ def render_markdown(result: CalibrationResult, plot_name: str | None) -> str:
             f"- **Median ratio** (actual/predicted): {_f(g.median_ratio, 3)} "
             f"(95% CI {_f(g.median_ratio_ci, 3)})",
             f"- **Proposed multiplier** (the original's rule): {_f(g.median_ratio, 3)}",
-            f"- **Proposed budget factor**: {_f(g.budget_factor, 3)} ({_method(g)}; today's ceiling ≈ "
-            f"{_f(g.current_ceiling_factor, 2)} × the proposed prediction) — "
-            f"{'proposed' if g.proposed else 'not proposed: ' + '; '.join(g.gate_reasons)}",
-            f"- **Action**: {action}",
+            f"- **Full refit's budget factor**: {_f(g.budget_factor, 3)} ({_method(g)}; today's ceiling ≈ "
+            f"{_f(g.current_ceiling_factor, 2)} × the refit's prediction, median over its calls)",
+            f"- **Ships**: {_ships_line(g, shipped)}",
+            f"- **The original's action** (its median rule, not what ships): {action}",
             "",
         ]
     lines += [
@@ -134,8 +147,8 @@ def render_markdown(result: CalibrationResult, plot_name: str | None) -> str:
         )
     lines += ["", "### Budget factors (each group from its own calls)", ""]
     lines += [
-        "| Category | Complexity | n | Censored | Median ratio [95% CI] | Today's ceiling ÷ predicted | Budget factor "
-        "[90% interval] | Method | Confidence | Original confidence | Held-out calls | Proposed |",
+        "| Category | Complexity | n | Censored | Median ratio [95% CI] | Today's ceiling ÷ refit's prediction (median) | Budget factor "
+        "[90% interval], full refit | Method | Confidence | Original confidence | Held-out calls | Shipped factor |",
         "|---|---|---:|---:|---|---:|---|---|---:|---:|---|---|",
     ]
     for g in groups:
@@ -145,7 +158,7 @@ def render_markdown(result: CalibrationResult, plot_name: str | None) -> str:
             f"| {g.category} | {g.complexity} | {g.n} | {g.n_censored} | {_f(g.median_ratio, 3)} "
             f"{_f(g.median_ratio_ci, 3)} | {_f(g.current_ceiling_factor, 2)} | {_f(g.budget_factor, 3)} "
             f"{_f(g.factor_interval, 3)} | {_method(g)} | {_f(g.confidence)} | {_f(g.original_confidence)} | "
-            f"{held}{thin if held else ''} | {_check(g.proposed)} |"
+            f"{held}{thin if held else ''} | {_shipped_cell(g, shipped)} |"
         )
     notes = [g for g in groups if g.factor_note or g.assumption]
     if notes:
@@ -195,6 +208,17 @@ def render_markdown(result: CalibrationResult, plot_name: str | None) -> str:
         "",
     ]
     return redact("\n".join(lines) + "\n")
+
+
+def _ships_line(g: GroupEntry, shipped: dict[tuple[str, str], float]) -> str:
+    """What merging ships for the group, which a bounded step or a step toward α makes differ from the refit."""
+    factor = shipped.get((g.category, g.complexity))
+    if factor is None:
+        return "nothing (not proposed: " + ("; ".join(g.gate_reasons) or "no budget factor change") + ")"
+    how = "a step toward α" if g.gate_direction == "raise" else (
+        "the refit's factor" if g.budget_factor is not None and round(g.budget_factor, 3) == round(factor, 3)
+        else "a bounded step from today's ceilings toward the refit's factor")
+    return f"budget factor {factor:.3f} ({how})"
 
 
 def _method(g: GroupEntry) -> str:
@@ -291,6 +315,9 @@ def _changes_section(result: CalibrationResult) -> list[str]:
     if shipped:
         lines += ["Verdicts (what ships, where its guarantee comes from, what confirms it):", ""]
         lines += [f"- {v.icon} {v.group[0]}/{v.group[1]}: {v.line()}" for v in shipped]
+    not_raised = [f"- {line}" for line in story.docs_not_raised(result)]
+    lines += not_raised
+    if shipped or not_raised:
         lines += ["", "The gate's reasons, group by group:", ""]
     lines += [f"- {r}" for r in gate.reasons]
     weights = gate.weights
@@ -412,10 +439,10 @@ def _drift_section(result: CalibrationResult) -> list[str]:
     lines += [
         f"Every method replayed on {summary.calls or 'the held-out calls'} with {table.basis} "
         "(delayed feedback: "
-        f"{lag.describe()}; worst bin = "
+        f"{lag.describe()}; worst block = the worst of "
         f"{summary.bins}; `oracle` = each group's own quantile of these calls, in hindsight).",
         "",
-        "| method | truncation | reserved / used | ÷ oracle | worst bin | pinball ÷ oracle |",
+        "| method | truncation | reserved / used | reserve ÷ oracle's | worst block | pinball ÷ oracle's |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for row in table.rows:
@@ -451,7 +478,11 @@ def _docs_section(result: CalibrationResult) -> list[str]:
     if not rows:
         return lines + ["No documentation calls.", ""]
     truncated = sum(1 for r in rows if r.truncated)
-    lines += [f"{truncated} of {len(rows)} documentation calls truncated.", "",
+    listed = (f"the {len(rows)} largest documentation calls (the JSON keeps no more)" if len(rows) >= DOCS_ROWS_LIMIT
+              else f"{len(rows)} documentation calls")
+    lines += [f"{truncated} of {listed} truncated, retries included: each row is a telemetry call as recorded, while "
+              "the fit counts each phase's first attempt once and leaves retries out (see Summary), so its truncated "
+              "count can be smaller.", "",
               "| Run | Phase | Group | Output tokens | Predicted | Ceiling | Truncated |",
               "|---|---|---|---:|---:|---:|---|"]
     for r in rows[:MAX_DOC_ROWS]:

@@ -165,8 +165,14 @@ class Step:
         for k in ("today_rate", "binomial_p", "today_factor", "expected_truncation_today", "expected_truncation",
                   "read_truncation_today"):
             v = out[k]
-            out[k] = None if v is None or not math.isfinite(v) else round(float(v), 4)
+            out[k] = None if v is None or not math.isfinite(v) else round(float(v), 12)  # verdicts print 3 digits
         return StepRecord.model_validate({**out, "price_tokens": self.reserved_tokens - self.reserved_tokens_today})
+
+
+def _pct(rate: float) -> str:
+    """An estimated truncation as the verdict lines above it print it (``story``: three significant digits), so
+    one estimate does not read 3.75 % in one line and 3.7 % in the next."""
+    return f"{rate * 100:.3g}%"
 
 
 def _expected_truncation(r: np.ndarray, observed: np.ndarray, log_factor: float) -> tuple[float | None, str]:
@@ -323,9 +329,9 @@ def step_toward_alpha(
     expected, how = _expected_truncation(r, observed, math.log(factor))
     still = int((y >= ceiling).sum())
     reserved = int(ceiling.sum())
-    exp_text = "unknown" if expected is None else f"≈ {expected:.1%}"
+    exp_text = "unknown" if expected is None else f"≈ {_pct(expected)}"
     verdict = (f"step toward α: {today_line}; factor {factor:.3f} (today's ceilings ≈ {today_factor:.2f}× the "
-               f"prediction, sized by {sized_by}); no call's ceiling falls, so its truncation can only fall; "
+               f"prediction, median over its calls; sized by {sized_by}); no call's ceiling falls, so its truncation can only fall; "
                f"expected truncation after it {exp_text} ({how}; {still} of its calls surely cut even so); price "
                f"+{reserved - int(today_ceiling.sum()):,} reserved tokens on its {n} calls (reserved/used "
                f"{today_ceiling.sum() / y.sum():.3f} → {reserved / y.sum():.3f})")
@@ -574,8 +580,8 @@ def bounded_lowering(
     factor = round_up_factor(value)
     tail = (reading.shape.text if reading.shape is not None and len(reading.survivals) > 1 else
             "its own Kaplan–Meier curve")
-    line = (f"estimated truncation over its {y.size} calls {today:.1%} today (ceilings ≈ {today_factor:.3f}× the "
-            f"prediction; its tail read as {tail})")
+    line = (f"estimated truncation over its {y.size} calls {_pct(today)} today (today's ceilings ≈ {today_factor:.3f}× the "
+            f"prediction in total; its tail read as {tail})")
     fitted = (f"the fitted factor {fitted_factor:.3f}" if ends_descent else
               f"its fitted {fitted_factor:.3f} rests on an assumption and ends no descent")
     if not factor < today_factor:
@@ -587,4 +593,4 @@ def bounded_lowering(
     how = ("its fitted factor" if bound == "fitted factor" else
            f"the fitted {fitted_factor:.3f} bounded ({bound} a run)" if ends_descent else f"{bound} a run; {fitted}")
     return Lowering(fitted_factor, factor, bound, today_factor, today, after,
-                    f"lowered to {factor:.3f} ({how}): {line} → {after:.1%}", ends_descent)
+                    f"lowered to {factor:.3f} ({how}): {line} → {_pct(after)}", ends_descent)

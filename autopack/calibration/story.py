@@ -29,6 +29,7 @@ from autopack.calibration.result import (
     StepRecord,
 )
 from autopack.params import CalibrationParams
+from autopack.taxonomy import DOCS_LIKE
 
 Group = tuple[str, str]
 
@@ -41,8 +42,8 @@ THIS_PR = "this pull request"
 INTERVAL_COLUMN = "Fitted value's interval"
 INTERVAL_NOTE = (
     "*Fitted value's interval*: how uncertain the value the group's own fitted calls give is (a budget factor: "
-    "its (1 − α) quantile's 90 % interval; a phase overhead: the 95 % interval of the overheads its calls imply, "
-    "at least 1; a token weight: the bootstrap's 90 % interval). What ships is a bounded step from today's value "
+    "its (1 − α) quantile's 90 % interval; a phase overhead: the bootstrap's 95 % interval of the overhead its "
+    "calls fit beside its budget factor, at least 1 and within ¼–4× today's value; a token weight: the bootstrap's 90 % interval). What ships is a bounded step from today's value "
     "toward the fitted one, or a step toward α for a group cut above α, so **New** may lie outside it."
 )
 
@@ -167,7 +168,8 @@ class BoundedStep:
                    "assumption and ends no descent)")
         calls = f"its {self.n} calls" if self.n is not None else "its calls"
         after = "" if low.estimated_truncation is None else f" → {_pct(low.estimated_truncation)}"
-        return (f"ships a bounded step to {low.factor:.3f} from today's ≈ {low.today_factor:.3f}× the prediction, "
+        return (f"ships a bounded step to {low.factor:.3f} from today's ceilings, ≈ {low.today_factor:.3f}× the prediction "
+                f"in total (Σ ceiling ÷ Σ prediction over its calls), "
                 f"{reached}; truncation estimated from {calls} {_pct(low.estimated_truncation_today)}{after}")
 
 
@@ -228,6 +230,10 @@ class GroupVerdict:
         """``ships — bound: …; confirmed on …``: the kind, where the guarantee comes from, what confirms it."""
         where = self.step.text() if self.kind is VerdictKind.STEP_TOWARD_ALPHA and self.step else self.guarantee.text()
         if self.lowering is not None and self.kind is VerdictKind.SHIPS:
+            low = self.lowering.record
+            if low.factor is not None and low.factor < low.fitted_factor:  # stepped below the bound: it covers none
+                where += (f" — a bound for {low.fitted_factor:.3f}, not for the {low.factor:.3f} that ships, whose "
+                          "truncation is only estimated (below)")
             where += f"; {self.lowering.text()}"
         return f"**{self.kind.label}** — {where}; {self.confirmation.text()}"
 
@@ -268,6 +274,25 @@ def group_verdicts(result: CalibrationResult) -> dict[Group, GroupVerdict]:
                                 StepTowardAlpha.of(step) if kind is VerdictKind.STEP_TOWARD_ALPHA and step else None,
                                 BoundedStep(low, g.n) if low is not None and kind is VerdictKind.SHIPS else None)
     return out
+
+
+def docs_not_raised(result: CalibrationResult) -> list[str]:
+    """One line per documentation group whose ceilings the pull request does not raise, saying why.
+
+    A reviewer asks first whether the docs groups, the ones the seed's truncations came from, are raised; the
+    reason sat in the JSON's step record only (the gate's reasons speak of lowerings)."""
+    lines = []
+    for g in result.groups:
+        step = g.step_toward_alpha
+        if g.category not in DOCS_LIKE or g.gate_direction == "raise" or step is None or not step.verdict:
+            continue
+        alpha = alpha_of(result)
+        read = step.read_truncation_today
+        either = ", not above α either" if read is not None and alpha is not None and read <= alpha else ""
+        lengths = "" if read is None else f"; its calls' lengths estimate {read:.1%} under today's ceilings{either}"
+        instead = "; lowered in a bounded step instead (its verdict above)" if g.gate_direction == "lower" else ""
+        lines.append(f"{g.category}/{g.complexity} not raised: {step.verdict}{lengths}{instead}")
+    return lines
 
 
 def gate_sentence(result: CalibrationResult) -> str:

@@ -88,8 +88,11 @@ def run(
     output_dir = writable_dir(Path(params.output_dir))
     # before anything is created (--init); the flow trusts it (``checked``) and does not check again
     checked = preflight(params, in_deployment=False)
+    guard_started = time.time()
     prepared = prepare_database(database_at(), init=init, expect_db_id=expected_db_id(params.expect_db_id),
                                 weeks=weeks or 1)
+    # the guard runs here, not in the flow: timed here, or the "time:" line would leave out a stage it took
+    guard = {"init_and_guard" if init else "guard": round(time.time() - guard_started, 2)}
     if not params.skip_drain and params.run_ids:  # refused before Prefect starts
         with prepared.database.session() as session:
             require_runs(session, params.run_ids)
@@ -119,7 +122,7 @@ def run(
         raise AutopackError(f"pipeline {state.type.value.lower()}: {state.message}", exit_code=1)
     result: PipelineResult = state.result()
     if result.started_at:  # the flow's body began after Prefect (and its temporary server) started
-        timings = {"prefect_start": round(result.started_at - called_at, 2), **result.timings}
+        timings = {**guard, "prefect_start": round(result.started_at - called_at, 2), **result.timings}
         result = result.model_copy(update={"timings": timings})
     for line in summarise(result):
         typer.echo(line)

@@ -96,7 +96,9 @@ GLOSSARY = (
                             "using the binomial distribution itself (no normal approximation, valid for small "
                             "counts); a small p-value means the rate is very probably above α."),
     ("Kupiec", "Kupiec's proportion-of-failures test: a likelihood-ratio test that the truncation rate "
-               "equals α (two-sided). Reported for comparison; on a handful of calls it rejects nothing."),
+               "equals α (two-sided), so a small p-value means too many truncations or too few: none cut of "
+               "73 calls at α = 5 % gives p ≈ 0.006, ceilings reserving more than α asks. Reported for "
+               "comparison; the gate uses the one-sided exact binomial test."),
     ("pinball loss", "the quantile (check) loss of a ceiling seen as the (1−α)-quantile of the output: "
                      "reserved tokens above the output cost α each, tokens cut off cost 1−α each; lower is "
                      "better, in tokens per call."),
@@ -106,9 +108,13 @@ GLOSSARY = (
 
 
 def pr_title(calibration: CalibrationResult) -> str:
+    """Version and count, marked when any sample is simulated: a list of pull requests shows titles only, and the
+    branch's commit message is the title too."""
     stamp = calibration_stamp(calibration.metadata)
     n = len(calibration.proposed_changes)
-    return f"Calibrate token estimator ({stamp.version}): {n} coefficient change{'s' if n != 1 else ''}"
+    sources = calibration.metadata.sources
+    marker = "[SIMULATED DATA] " if sources is not None and sources.simulated else ""
+    return f"{marker}Calibrate token estimator ({stamp.version}): {n} coefficient change{'s' if n != 1 else ''}"
 
 
 def render_pr_body(
@@ -298,7 +304,8 @@ def _verdicts(calibration: CalibrationResult, changes: Sequence[Change]) -> str:
     minimum = story.min_heldout(calibration)
     lines = ["### Verdicts", "",
              "One line per changed coefficient: what ships, where its guarantee comes from (the bound on the "
-             "group's own fitted calls) and how many held-out calls confirm it.", ""]
+             "group's own fitted calls) and how many held-out calls confirm it; then one line per documentation "
+             "group not raised, saying why.", ""]
     weights = [c for c in changes if c.coefficient == "TOKEN_WEIGHTS"]
     shared = [c for c in changes if c.coefficient != "TOKEN_WEIGHTS" and _group_of(c) is None]
     curves: dict[tuple[str, tuple[str, str]], list[Change]] = {}
@@ -336,6 +343,7 @@ def _verdicts(calibration: CalibrationResult, changes: Sequence[Change]) -> str:
         thin = "thin" in whole.verdict.lower()
         lines.append(f"- {'✅' if whole.passed and not thin else '⚠️'} everything above together: "
                      f"{_text(whole.verdict)}")
+    lines += [f"- {_text(line)}" for line in story.docs_not_raised(calibration)]  # after: they change nothing
     return "\n".join(lines)
 
 
@@ -584,13 +592,14 @@ def _groups_table(groups: Sequence[GroupEntry], tables: _Tables, limit: int) -> 
         return ""
     extra = any(g.factor_method is not None for g in groups)
     header = ("| Category | Complexity | n | Censored | Median ratio | Median ratio CI | Pooling weight "
-              "| Full refit's factor | Shipped factor | Confidence | Original confidence |"
+              "| Full refit's factor | Shipped factor | Full refit's confidence | Original confidence |"
               + (" Factor method | Assumption |" if extra else ""))
     rows = [
         "### Groups (fit details)",
         "",
-        "`Full refit's factor` is the refit's for every group, gated or not (not shipped); `Shipped factor` is "
-        "what the estimator holds after this pull request.",
+        "`Full refit's factor` is the refit's for every group, gated or not (not shipped), and `Full refit's "
+        "confidence` is that factor's; `Shipped factor` is what the estimator holds after this pull request (its "
+        "guarantee is on its verdict line).",
         "",
         header,
         "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|" + ("---|---|" if extra else ""),
