@@ -317,7 +317,8 @@ def _drain_checked_phase(url: str) -> tuple[str, str | None]:
 @pytest.fixture
 def api_run_with_a_check(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A run posted while the server allowed check commands; its check would write a marker file."""
-    marker = tmp_path / "ws" / workspace_folder("checked-run") / "ran"  # the only place a sandboxed check writes
+    # the only place a sandboxed check writes
+    marker = tmp_path / "ws" / str(database_at(db_url).stored_id()) / workspace_folder("checked-run") / "ran"
     monkeypatch.setenv("AUTOPACK_API_ALLOW_CHECK_COMMANDS", "1")
     with TestClient(create_app(database=database_at(db_url), api_key=API_KEY), headers=KEYED) as client:
         assert client.post("/runs", json=spec_with_check(f"touch {marker}")).status_code == 201

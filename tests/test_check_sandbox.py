@@ -431,7 +431,7 @@ def test_without_a_sandbox_the_phase_fails_before_any_llm_call(
         db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOPACK_CHECK_SANDBOX_BWRAP", str(tmp_path / "no-bwrap"))
     assert failed_before_any_call(db_url, "true").startswith("check_command refused: no sandbox:")
-    assert not (run_workspace(RUN) / "pkg").exists()
+    assert not (run_workspace(RUN, db_id=database_at(db_url).stored_id()) / "pkg").exists()
 
 
 def test_a_check_program_the_sandbox_cannot_find_fails_the_phase_before_any_llm_call(db_url: str, bwrap: None) -> None:

@@ -59,7 +59,7 @@ def test_success_completes_writes_files_and_one_event(db_url: str) -> None:
     assert (result.final_state, result.success, result.failure_stage) == ("COMPLETE", True, None)
     assert (result.attempts, result.llm_calls, result.telemetry_events) == (1, 1, 1)
     assert not result.reached_llm_boundary and result.error_message is None
-    written = run_workspace(RUN) / "pkg" / "string_helper.py"
+    written = run_workspace(RUN, db_id=database_at(db_url).stored_id()) / "pkg" / "string_helper.py"
     compile(written.read_text(), str(written), "exec")
     phase = phase_row(db_url)
     assert phase.state == "COMPLETE" and phase.lease_owner is None and phase.tokens_used > 0
@@ -154,7 +154,7 @@ def test_python_that_does_not_compile_fails_validation_and_is_recorded(db_url: s
     assert "does not compile" in (result.error_message or "")
     (event,) = rows(db_url, TokenEstimationV2Event)
     assert not event.success and event.phase_outcome == "FAILED"
-    assert not (run_workspace(RUN) / "pkg" / "string_helper.py").exists()
+    assert not (run_workspace(RUN, db_id=database_at(db_url).stored_id()) / "pkg" / "string_helper.py").exists()
 
 
 def test_missing_deliverable_fails_validation(db_url: str) -> None:
@@ -226,7 +226,7 @@ def test_heartbeat_is_called_around_each_call(db_url: str) -> None:
 
 def test_existing_deliverable_is_estimated_as_a_modification(db_url: str) -> None:
     add_phase(db_url)
-    target = run_workspace(RUN) / "pkg" / "string_helper.py"
+    target = run_workspace(RUN, db_id=database_at(db_url).stored_id()) / "pkg" / "string_helper.py"
     target.parent.mkdir(parents=True)
     target.write_text("import os\n" + "x = 1\n" * 300)
     run(db_url)

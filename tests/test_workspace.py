@@ -1,4 +1,5 @@
-"""Run workspaces: one folder per exact run id, always inside the workspace root, old folders adopted once."""
+"""Run workspaces: one folder per database and exact run id, always inside the workspace root, old folders adopted
+once."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def _drain_single_phase(url: str, run_id: str) -> Path:
     assert claim is not None
     result = execute_phase(run_id, "p", claim=claim, db=database_at(url), provider=SimulatedProvider(seed=1), telemetry=False)
     assert result.success, result.error_message
-    return run_workspace(run_id, create=False) / "pkg" / "a.py"
+    return run_workspace(run_id, db_id=database_at(url).stored_id(), create=False) / "pkg" / "a.py"
 
 
 def test_drained_runs_col_1_and_col_colon_1_write_to_two_folders(db_url: str, root: Path) -> None:
@@ -185,3 +186,47 @@ def test_a_run_workspace_and_the_parents_it_creates_are_private(root: Path) -> N
     assert [stat.S_IMODE(p.stat().st_mode) for p in (folder, root)] == [0o700, 0o700]
     folder.chmod(0o777)  # as an older version or a check left it
     assert stat.S_IMODE(run_workspace("private").stat().st_mode) == 0o700
+
+
+# --- one folder per database -------------------------------------------------------------------------------
+
+DB_A, DB_B = "a" * 32, "b" * 32
+
+
+def test_one_run_id_in_two_databases_gets_two_folders(root: Path) -> None:
+    first, second = run_workspace("run-a", db_id=DB_A), run_workspace("run-a", db_id=DB_B)
+    assert first == root / DB_A / workspace_folder("run-a") and second == root / DB_B / workspace_folder("run-a")
+    assert stat.S_IMODE((root / DB_A).stat().st_mode) == 0o700
+
+
+def test_a_recreated_database_drains_into_empty_workspaces(db_url: str, root: Path, tmp_path: Path) -> None:
+    """A deleted and recreated database (the quickstart run twice) must not see its predecessor's files: they
+    changed the estimator's file statistics, and so the second calibration."""
+    from autopack.db.migrate import upgrade_database
+
+    first = _drain_single_phase(db_url, "run-a")
+    other = f"sqlite:///{tmp_path / 'recreated.db'}"
+    upgrade_database(database_at(other))
+    second = _drain_single_phase(other, "run-a")
+    assert first.is_file() and second.is_file() and first.parent.parent.parent != second.parent.parent.parent
+    assert {p.name for p in root.iterdir()} == {database_at(db_url).stored_id(), database_at(other).stored_id()}
+
+
+def test_a_folder_of_the_previous_naming_is_moved_under_its_database_once(root: Path) -> None:
+    (root / workspace_folder("run-a") / "pkg").mkdir(parents=True)
+    (root / workspace_folder("run-a") / "pkg" / "a.py").write_text("OLD = 1\n")
+    folder = run_workspace("run-a", db_id=DB_A)
+    assert (folder / "pkg" / "a.py").read_text() == "OLD = 1\n" and not (root / workspace_folder("run-a")).exists()
+    assert not (run_workspace("run-a", db_id=DB_B) / "pkg").exists()  # the other database does not get it
+
+
+def test_another_databases_folder_is_never_adopted(root: Path) -> None:
+    """A run whose id is 32 hex digits must not take a database's folder as its own old one."""
+    (root / DB_B / "x").mkdir(parents=True)
+    folder = run_workspace(DB_B, db_id=DB_A)
+    assert (root / DB_B / "x").is_dir() and not (folder / "x").exists()
+
+
+def test_a_database_id_that_is_not_hex_is_refused(root: Path) -> None:
+    with pytest.raises(InputError, match="is not 32 hex digits"):
+        run_workspace("run-a", db_id="../../etc")

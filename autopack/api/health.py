@@ -15,7 +15,7 @@ from autopack.api.schemas import HealthOut
 from autopack.api.security import key_matches
 from autopack.db.handle import Database
 from autopack.db.identity import schema_problem
-from autopack.db.migrate import current_revision, head_revision, sqlite_path
+from autopack.db.migrate import current_revision, head_revision, read_db_id, sqlite_path
 from autopack.errors import AutopackError
 
 router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
@@ -39,7 +39,7 @@ def probe(database: Database) -> tuple[bool, str | None, str | None]:
             revision = current_revision(connection)
             db_id = None
             if sa.inspect(connection).has_table("db_meta"):
-                db_id = connection.execute(sa.text("SELECT db_id FROM db_meta WHERE id = 1")).scalar_one_or_none()
+                db_id = read_db_id(connection)
     except Exception:  # any failure to read is "not ok", reported as such rather than raised
         return False, None, None
     return True, db_id, revision

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, SecretStr
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from autopack.config import get_settings
 from autopack.db.engine import get_engine, get_sessionmaker, mask_url, resolve_url, session_scope
 from autopack.db.identity import IdentityReport, guard
+from autopack.db.migrate import read_db_id
 
 
 @dataclass(frozen=True, repr=False)
@@ -56,6 +58,13 @@ class Database:
         """A session that commits on success and rolls back on any error."""
         with session_scope(self.url, read_only=self.read_only) as session:
             yield session
+
+    def stored_id(self) -> str | None:
+        """The database's id: the one the guard verified, else read from ``db_meta`` (None where it has none)."""
+        if self.db_id is not None:
+            return self.db_id
+        with self.engine.connect() as connection:
+            return read_db_id(connection) if sa.inspect(connection).has_table("db_meta") else None
 
     def reading(self) -> Database:
         """The same database through a read-only engine (see ``get_engine(read_only=True)``)."""

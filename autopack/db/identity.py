@@ -23,6 +23,7 @@ from autopack.db.migrate import (
     current_revision,
     foreign_database_error,
     head_revision,
+    read_db_id,
     read_state,
     shared_database_error,
     sqlite_path,
@@ -114,7 +115,7 @@ def read_identity(database: Database, *, counts: bool = True) -> IdentityReport:
             raise problem
         assert revision is not None  # schema_problem refuses a database without one
         with engine.connect() as connection:
-            db_id = connection.execute(sa.text("SELECT db_id FROM db_meta WHERE id = 1")).scalar_one_or_none()
+            db_id = read_db_id(connection)
             empty = _is_empty(connection)
             counts_, estimation = _counts(connection) if counts else ({}, {})
     except OperationalError as exc:

@@ -200,11 +200,14 @@ class DatabaseState:
         ))
 
 
+def read_db_id(connection: Connection) -> str | None:
+    """The database's id (``db_meta``), None where it has none; the table must exist."""
+    return connection.execute(sa.text("SELECT db_id FROM db_meta WHERE id = 1")).scalar_one_or_none()
+
+
 def read_state(connection: Connection) -> DatabaseState:
     tables = frozenset(sa.inspect(connection).get_table_names())
-    db_id = None
-    if "db_meta" in tables:
-        db_id = connection.execute(sa.text("SELECT db_id FROM db_meta WHERE id = 1")).scalar_one_or_none()
+    db_id = read_db_id(connection) if "db_meta" in tables else None
     schema, elsewhere = _other_schemas(connection) if not tables else (None, ())
     return DatabaseState(
         tables=tables,

@@ -400,7 +400,7 @@ def _run(
         raise _Failure("before_llm", "phase has no deliverables: nothing for the builder to produce")
 
     try:
-        workspace = run_workspace(run_id)
+        workspace = run_workspace(run_id, db_id=db.stored_id())
         paths = _deliverable_paths(phase.deliverables)
         for path in (*paths, *phase.read_only_context):
             confined(workspace, path)

@@ -1,6 +1,9 @@
 """The per-run workspace: where a phase's deliverables are written and its context files are read.
 
-``settings.workspace_dir/<slug>-<hash>/`` (``workspace_folder``). Every path a phase names is resolved
+``settings.workspace_dir/<database id>/<slug>-<hash>/`` (``workspace_folder``): a run's files belong to the
+database that holds the run, so two databases sharing one workspace directory (a deleted and recreated
+``autopack.db``, staging beside production) never read each other's files, and a fresh database starts from
+empty workspaces (its calibration does not depend on what an earlier one left). Every path a phase names is resolved
 inside it, and a path that would escape (absolute, ``..``, a symlink pointing out) is refused. File
 statistics for the estimator are collected here, outside the estimator, so the estimator stays a pure
 function (reference §10.15).
@@ -55,17 +58,35 @@ def workspace_root(settings: Settings | None = None) -> Path:
     return (base if base.is_absolute() else Path.cwd() / base).resolve()
 
 
-def run_workspace(run_id: str, settings: Settings | None = None, *, create: bool = True) -> Path:
-    """Absolute directory of ``run_id``'s workspace, always a direct child of the root (created on first use).
+#: A database id as ``db upgrade`` writes it (32 hex digits), the name of that database's workspace folder.
+_DB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def database_workspaces(db_id: str | None, settings: Settings | None = None) -> Path:
+    """The directory holding the workspaces of the runs of the database ``db_id`` (the root itself for None:
+    a database without an id, which only ``db upgrade`` ever sees)."""
+    root = workspace_root(settings)
+    if db_id is None:
+        return root
+    if not _DB_ID.fullmatch(db_id):
+        raise InputError(f"database id {db_id!r} is not 32 hex digits: cannot name its workspace folder")
+    return root / db_id
+
+
+def run_workspace(
+    run_id: str, settings: Settings | None = None, *, db_id: str | None = None, create: bool = True
+) -> Path:
+    """Absolute directory of ``run_id``'s workspace in database ``db_id``, always a direct child of that
+    database's folder (``database_workspaces``; created on first use).
 
     Created private (0700), with any missing parent, and kept so: a check command's files are the worker's
     (root's, on a root worker) outside the sandbox, and no other user may reach them."""
-    root = workspace_root(settings)
-    target = root / workspace_folder(run_id)
-    if target.parent != root:  # cannot happen with the encoding above; a guard against a future edit
-        raise InputError(f"workspace of run {run_id!r} would leave {root}")
+    home = database_workspaces(db_id, settings)
+    target = home / workspace_folder(run_id)
+    if target.parent != home:  # cannot happen with the encoding above; a guard against a future edit
+        raise InputError(f"workspace of run {run_id!r} would leave {home}")
     if not target.exists():
-        _adopt_legacy_folder(root, run_id, target)
+        _adopt_legacy_folder(workspace_root(settings), run_id, target)
     if create:
         for missing in reversed([p for p in (target, *target.parents) if not p.exists()]):
             missing.mkdir(mode=0o700, exist_ok=True)
@@ -75,25 +96,32 @@ def run_workspace(run_id: str, settings: Settings | None = None, *, create: bool
 
 
 def _adopt_legacy_folder(root: Path, run_id: str, target: Path) -> None:
-    """One-time move of a workspace from the old naming (the run id itself) to ``workspace_folder``.
+    """One-time move of a workspace from an older naming to ``target``: ``<slug>-<hash>`` directly under the
+    root (before workspaces were kept per database), else the run id itself (before that).
 
-    Only when the old folder certainly belongs to this run: the run id was already a plain name (letters,
-    digits, ``._-``; not ``.``/``..``) and the folder is a real directory directly under the root. A run
-    id the old scheme altered (``col:1`` → ``col_1``) shared its folder with other ids, so that folder is
-    left alone (README, upgrade notes).
+    The first is this run's by its hash: an upgrade keeps the files of a run in progress (only the database
+    that first drains the run after the upgrade takes them). The second only when the old folder certainly
+    belongs to this run: the run id was already a plain name (letters, digits, ``._-``; not ``.``/``..``). A
+    run id the old scheme altered (``col:1`` → ``col_1``) shared its folder with other ids, so that folder is
+    left alone (README, upgrade notes). Either must be a real directory directly under the root.
     """
-    if run_id in (".", "..") or not run_id or _UNSAFE.search(run_id) or len(run_id) > 255:
-        return  # the old scheme could not have made a folder of this name that is certainly this run's
-    legacy = root / run_id
-    try:
-        if legacy.is_symlink() or not legacy.is_dir():
+    candidates = [root / workspace_folder(run_id)] if target.parent != root else []
+    if run_id not in (".", "..") and run_id and not _UNSAFE.search(run_id) and len(run_id) <= 255:
+        candidates.append(root / run_id)
+    for legacy in candidates:
+        if legacy == target or _DB_ID.fullmatch(legacy.name):
+            continue  # never another database's folder
+        try:
+            if legacy.is_symlink() or not legacy.is_dir():
+                continue
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.rename(legacy, target)
+        except OSError as exc:  # another process adopted it first, or the target appeared meanwhile
+            if not target.exists():
+                log.warning("could not move the old workspace %s to %s: %s", legacy, target, exc)
             return
-        os.rename(legacy, target)
-    except OSError as exc:  # another process adopted it first, or the target appeared meanwhile
-        if not target.exists():
-            log.warning("could not move the old workspace %s to %s: %s", legacy, target, exc)
+        log.info("moved the workspace of run %s from %s to %s (one folder per database)", run_id, legacy, target)
         return
-    log.info("moved the workspace of run %s from %s to %s (collision-free folder names)", run_id, legacy, target)
 
 
 def workspace_relative(path: str) -> str:
