@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from cli_runner import run_cli
+from cli_runner import interrupt_once_imported, run_cli
 from sqlalchemy.exc import OperationalError
 from test_cli_errors import one_line
 from test_migrations import _legacy_db as legacy_db  # the original Autopack's file: rollback journal, no revision
@@ -37,40 +36,11 @@ def without_db_line(err: str) -> str:
 # --- 1. Ctrl-C from the first instruction of the console script ------------------------------------------
 
 
-def interrupt_once_imported(module: str, tmp_path: Path) -> tuple[int, list[str]]:
-    """Start ``autopack runs list``, send SIGINT as soon as ``module`` has been imported; (exit code, other stderr).
-
-    ``python -X importtime`` writes a line as each import completes: the signal is sent on an event the
-    process reports, not after a guessed delay, and lands while the command line is still being imported.
-    """
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'none.db'}"}
-    proc = subprocess.Popen([sys.executable, "-X", "importtime", str(SCRIPT), "runs", "list"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    other: list[str] = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if not line.startswith("import time:"):
-                other.append(line.rstrip("\n"))
-            elif line.rsplit("|", 1)[-1].strip() == module:
-                proc.send_signal(signal.SIGINT)
-                break
-        else:
-            pytest.fail(f"{module} was never imported: {other}")
-        _, rest = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    other += [line for line in rest.splitlines() if not line.startswith("import time:")]
-    return proc.returncode, other
-
-
 @pytest.mark.skipif(not SCRIPT.exists(), reason="the console script is not installed next to this interpreter")
 @pytest.mark.parametrize("module", ["click", "typer", "pydantic", "autopack.cli.app", "sqlalchemy",
                                     "autopack.db.identity"])
 def test_ctrl_c_while_the_command_line_is_imported_is_one_line_and_130(tmp_path: Path, module: str) -> None:
-    code, stderr = interrupt_once_imported(module, tmp_path)
+    code, stderr = interrupt_once_imported([str(SCRIPT), "runs", "list"], module, tmp_path)
     assert code == INTERRUPTED_EXIT, stderr
     assert stderr == ["interrupted"]
 

@@ -84,29 +84,10 @@ def test_a_wrapper_takes_argparses_short_help(name: str, tmp_path: Path) -> None
 
 def test_ctrl_c_while_a_wrapper_starts_is_one_line_and_130(tmp_path: Path) -> None:
     """As for the console script: SIGINT once typer is imported (``-X importtime`` reports it) is "interrupted"."""
-    import signal
+    from cli_runner import interrupt_once_imported
 
     from autopack.cli.console import INTERRUPTED_EXIT, INTERRUPTED_LINE
 
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'none.db'}"}
-    proc = subprocess.Popen([sys.executable, "-X", "importtime", str(REPO / "scripts" / "db_identity_check.py")],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    other: list[str] = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if not line.startswith("import time:"):
-                other.append(line.rstrip("\n"))
-            elif line.rsplit("|", 1)[-1].strip() == "typer":
-                proc.send_signal(signal.SIGINT)
-                break
-        else:
-            pytest.fail(f"typer was never imported: {other}")
-        _, rest = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    other += [line for line in rest.splitlines() if not line.startswith("import time:")]
-    assert proc.returncode == INTERRUPTED_EXIT, other
+    code, other = interrupt_once_imported([str(REPO / "scripts" / "db_identity_check.py")], "typer", tmp_path)
+    assert code == INTERRUPTED_EXIT, other
     assert other == [INTERRUPTED_LINE]
