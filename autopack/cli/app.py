@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         message, code = describe_unexpected(exc)
         fail(message, code)
+    if result == INTERRUPTED_EXIT:  # typer turns Ctrl-C inside a command into this return value, silently
+        click.echo(INTERRUPTED_LINE, err=True)
     sys.exit(result if isinstance(result, int) else 0)
 
 
