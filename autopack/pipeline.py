@@ -22,6 +22,7 @@ from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
 from autopack.github.result import PublishResult
 from autopack.logging import get_logger
 from autopack.params import PipelineParams
+from autopack.telemetry.recorder import unfinished_success_of
 
 if TYPE_CHECKING:
     from autopack.execution.batch import DrainSummary
@@ -259,8 +260,11 @@ def validation_phase(database: Database, run_id: str | None, phase_id: str | Non
     """The phase to validate with: the one given, else the first QUEUED phase (of ``run_id``), else None."""
     if run_id is not None and phase_id is not None:
         return run_id, phase_id
+    # a phase given back after its call was recorded is finished without a call: it would validate nothing
+    finished_without_a_call = sa.exists().where(unfinished_success_of(Phase.run_id, Phase.phase_id))
     with database.session() as session:
-        query = sa.select(Phase.run_id, Phase.phase_id).where(Phase.state == PhaseState.QUEUED)
+        query = sa.select(Phase.run_id, Phase.phase_id).where(Phase.state == PhaseState.QUEUED,
+                                                               sa.not_(finished_without_a_call))
         if run_id:
             query = query.where(Phase.run_id == run_id)
         row = session.execute(query.order_by(Phase.run_id, Phase.phase_index).limit(1)).first()
