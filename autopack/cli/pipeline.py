@@ -75,6 +75,11 @@ def run(
     """Guard → validate one phase → batch drain → calibrate → gate → pull request."""
     import os
 
+    from autopack.cli.console import stop_on_sigterm
+
+    # Prefect answers SIGTERM by crashing the flow run and sending it again to the previous handler: by default
+    # that killed the process on the spot, without a line and leaving its temporary server running
+    stop_on_sigterm()
     # Prefect's server reports usage analytics over the internet by default; autopack never needs that.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The temporary local Prefect server needs more than Prefect's default 20 s on a loaded machine.
