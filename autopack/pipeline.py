@@ -22,6 +22,7 @@ from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
 from autopack.github.result import PublishResult
 from autopack.logging import get_logger
 from autopack.params import PipelineParams
+from autopack.telemetry.recorder import unfinished_success_of
 
 if TYPE_CHECKING:
     from autopack.execution.batch import DrainSummary
@@ -164,19 +165,29 @@ def check_publish_settings(*, dry_run: bool) -> PublishSettings:
             "dry_run is false but GITHUB_REPOSITORY is not set",
             hint="set GITHUB_REPOSITORY=owner/name (a job variable under a deployment); or ask for a dry run",
         )
-    check_repository_access(publish.repository)
     return publish
 
 
-def check_repository_access(repository: str) -> None:
-    """Read the repository and its base branch with the token, before a phase is drained: a malformed
-    ``GITHUB_REPOSITORY``, a wrong token, an unknown repository or an unreachable GitHub would otherwise be
+def check_repository_access(repository: str, target: Path) -> None:
+    """Read the repository, its base branch and the base's estimator with the token, before a phase is drained:
+    a malformed ``GITHUB_REPOSITORY``, a wrong token, an unknown repository, an unreachable GitHub, or a base
+    that moved on from the ``target`` checkout (a human merged last week's pull request) would otherwise be
     found after the whole drain (a week of real LLM calls) and calibration. Raises the publish step's own
     one-line error."""
+    from autopack.github.errors import StaleBaseError
     from autopack.github.remote import GitHubRepository
 
-    with GitHubRepository(token=github_token(), repository=repository, base_url=get_settings().github_base_url):
-        pass
+    estimator = target / ESTIMATOR_PATH
+    with GitHubRepository(token=github_token(), repository=repository, base_url=get_settings().github_base_url) as gh:
+        try:
+            gh.check_base(estimator.read_text(encoding="utf-8"))
+        except StaleBaseError as exc:
+            raise StaleBaseError(
+                f"{ESTIMATOR_PATH} on {repository}'s {gh.base} differs from {estimator}: the base moved on (a "
+                "calibration pull request merged?), and a proposal computed from this checkout would be refused "
+                "as stale after the drain",
+                hint=f"update {target} and the autopack you run to {gh.base} (git pull), then run again",
+            ) from exc
 
 
 class Preflight(BaseModel):
@@ -198,7 +209,10 @@ def preflight(params: PipelineParams, *, in_deployment: bool) -> Preflight:
         check_deployment_locations(output_dir=params.output_dir, target_repo=params.target_repo,
                                    dry_run=params.dry_run)
     publish = check_publish_settings(dry_run=params.dry_run)
-    return Preflight(target_repo=str(check_target_repo(Path(params.target_repo))), publish=publish)
+    target = check_target_repo(Path(params.target_repo))
+    if not publish.dry_run and publish.repository:
+        check_repository_access(publish.repository, target)
+    return Preflight(target_repo=str(target), publish=publish)
 
 
 def publish_pull_request(
@@ -259,8 +273,11 @@ def validation_phase(database: Database, run_id: str | None, phase_id: str | Non
     """The phase to validate with: the one given, else the first QUEUED phase (of ``run_id``), else None."""
     if run_id is not None and phase_id is not None:
         return run_id, phase_id
+    # a phase given back after its call was recorded is finished without a call: it would validate nothing
+    finished_without_a_call = sa.exists().where(unfinished_success_of(Phase.run_id, Phase.phase_id))
     with database.session() as session:
-        query = sa.select(Phase.run_id, Phase.phase_id).where(Phase.state == PhaseState.QUEUED)
+        query = sa.select(Phase.run_id, Phase.phase_id).where(Phase.state == PhaseState.QUEUED,
+                                                               sa.not_(finished_without_a_call))
         if run_id:
             query = query.where(Phase.run_id == run_id)
         row = session.execute(query.order_by(Phase.run_id, Phase.phase_index).limit(1)).first()

@@ -252,6 +252,16 @@ def test_sigint_while_creating_a_new_database_leaves_no_file(tmp_path: Path) -> 
     assert not target.exists()
 
 
+def test_ctrl_c_once_a_command_has_started_says_so_in_one_line(tmp_path: Path) -> None:
+    """typer answers Ctrl-C inside a command with exit 130 and nothing else: the command line says it was interrupted."""
+    with upgrade_process(f"sqlite:///{tmp_path / 'new.db'}", "migrated") as (proc, ready, _):
+        assert _read_line(ready) == "migrated"
+        proc.send_signal(signal.SIGINT)
+        code, _, err = finish(proc)
+    assert code == 130
+    assert err.splitlines() == ["interrupted"]
+
+
 # --- two upgrades at once ---------------------------------------------------------------------------------
 
 

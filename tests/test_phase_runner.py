@@ -16,7 +16,9 @@ from autopack.execution.phase_runner import PhaseResult, check_output, execute_p
 from autopack.execution.runs import create_run
 from autopack.execution.spec import PhaseSpec, RunSpec
 from autopack.execution.workspace import run_workspace
+from autopack.llm.base import LLMRequest, LLMResponse
 from autopack.llm.simulated import SimulatedProvider
+from autopack.pipeline import validation_phase
 
 RUN = "run-x"
 
@@ -63,6 +65,48 @@ def test_success_completes_writes_files_and_one_event(db_url: str) -> None:
     compile(written.read_text(), str(written), "exec")
     phase = phase_row(db_url)
     assert phase.state == "COMPLETE" and phase.lease_owner is None and phase.tokens_used > 0
+
+
+class ReturnsThenGivenBack(SimulatedProvider):
+    """The simulated provider; once its call has returned, the drain gives the phase back (Ctrl-C)."""
+
+    returned = False
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        response = super().complete(request)
+        self.returned = True
+        return response
+
+
+class NeverCalled(SimulatedProvider):
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        raise AssertionError("the phase was done: no second call")
+
+
+def test_a_phase_given_back_after_its_call_was_recorded_is_finished_from_it_not_run_again(db_url: str) -> None:
+    add_phase(db_url)
+    db = database_at(db_url)
+    with session_scope(db_url) as session:
+        claim = leases.claim_phase(session, RUN, "p1", "worker-1")
+    assert claim is not None
+    provider = ReturnsThenGivenBack(seed=1)
+
+    def beat() -> None:  # the give-back lands between the heartbeat after the call and the telemetry write
+        if provider.returned:
+            with db.session() as session:
+                leases.release(session, RUN, "p1", "worker-1")
+
+    with pytest.raises(leases.LeaseLostError):
+        execute_phase(RUN, "p1", claim=claim, db=db, provider=provider, heartbeat=beat)
+    (event,) = rows(db_url, TokenEstimationV2Event)
+    assert event.success and event.phase_outcome is None and phase_row(db_url).state == "QUEUED"
+    assert validation_phase(db, None, None) is None  # finished without a call, it would validate nothing
+
+    result = run(db_url, provider=NeverCalled(seed=1))
+    assert (result.final_state, result.llm_calls, result.telemetry_events) == ("COMPLETE", 0, 0)
+    (event,) = rows(db_url, TokenEstimationV2Event)
+    assert event.phase_outcome == "COMPLETE" and len(rows(db_url, LlmUsageEvent)) == 1
+    assert phase_row(db_url).state == "COMPLETE"
 
 
 def test_estimation_row_holds_the_call(db_url: str) -> None:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import queue
+import signal
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
 from log_records import records_starting_with
+
+from autopack.cli.console import TERMINATED_EXIT, TERMINATED_LINE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,3 +126,61 @@ def test_the_time_line_includes_the_guard_the_command_ran(
     assert code == 0, err
     (line,) = [text for text in out.splitlines() if text.startswith("time: ")]
     assert line.startswith("time: init and guard ") and ", prefect start " in line
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux ``/proc``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_stops_a_pipeline_run_in_one_line_and_stops_its_temporary_server(
+    checkout: Path, tmp_path: Path
+) -> None:
+    """Before: Prefect's SIGTERM bridge killed the process on the spot (exit 143, no line) and its temporary
+    Prefect server went on running, orphaned (holding the command's stderr open)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_API_URL", "GITHUB_"))}
+    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}", PREFECT_HOME=str(tmp_path / "prefect"),
+               AUTOPACK_SIM_LATENCY_SECONDS="0.5", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from autopack.cli import run; run()", "pipeline", "run", "--init", "--dry-run",
+         "--target-repo", str(checkout), "--output-dir", str(tmp_path / "reports")],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+    reader = threading.Thread(target=lambda: [*map(lines.put, proc.stderr or ()), lines.put(None)], daemon=True)
+    reader.start()
+    servers: list[int] = []
+    try:
+        while "[1/" not in (lines.get(timeout=240) or "[1/"):  # the drain's first phase: phases are leased
+            pass
+        servers = children(proc.pid)
+        assert servers
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+        reader.join(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in servers:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not reader.is_alive(), "the temporary Prefect server outlived the command (it holds its stderr)"
+    rest = [line.rstrip() for line in iter(lines.get_nowait, None)]
+    assert code == TERMINATED_EXIT
+    assert TERMINATED_LINE in rest and not any("Traceback" in line for line in rest)  # then Prefect's "Stopping …"

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from github_server.app import FakeGitHub
+from github_server.fixtures import BOT_TOKEN, REPOSITORY, fake_github  # noqa: F401
 from github_server.samples import as_result, calibration
 from prefect.client.orchestration import get_client
 from prefect_live import run_artifacts
@@ -27,6 +29,7 @@ from autopack.db.engine import get_engine, session_scope
 from autopack.errors import ConfigError, InputError
 from autopack.execution.seed_runs import ensure_seed_runs
 from autopack.github import BOT_BRANCH, PublishResult
+from autopack.github.proposal import ESTIMATOR_PATH
 from autopack.params import PipelineParams
 from autopack.pipeline import (
     NO_TELEMETRY_HINT,
@@ -104,6 +107,28 @@ def test_a_malformed_repository_is_refused_before_anything_is_drained(
     state = telemetry_pipeline(params, return_state=True)
     assert state.is_failed() and state.message.startswith(f"GITHUB_REPOSITORY must be 'owner/name', got '{repository}'")
     assert queued_phases(seeded) == before
+
+
+def test_a_base_that_moved_on_is_refused_before_anything_is_drained(
+    seeded: str, prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    fake_github: FakeGitHub,  # noqa: F811
+) -> None:
+    """A human merged last week's pull request; this checkout was not updated. Before: refused as stale by the
+    pull-request step, after the whole drain and calibration."""
+    target = project_checkout(tmp_path / "target")
+    merged = (target / ESTIMATOR_PATH).read_text().replace("CALIBRATION_SAMPLES = 45", "CALIBRATION_SAMPLES = 244")
+    fake_github.create_repo(REPOSITORY, {ESTIMATOR_PATH: merged})
+    monkeypatch.setenv("GITHUB_TOKEN", BOT_TOKEN)
+    monkeypatch.setenv("GITHUB_REPOSITORY", REPOSITORY)
+    monkeypatch.setenv("GITHUB_API_URL", fake_github.url)
+    before = queued_phases(seeded)
+    params = PipelineParams(output_dir=str(tmp_path / "reports"), target_repo=str(target), dry_run=False)
+    state = telemetry_pipeline(params, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(f"{ESTIMATOR_PATH} on {REPOSITORY}'s main differs from {target / ESTIMATOR_PATH}: "
+                                    "the base moved on"), state.message
+    assert queued_phases(seeded) == before
+    assert fake_github.requests("POST") == []
 
 
 def test_a_failed_validation_ends_the_run_failed_in_its_one_line_before_the_drain(

@@ -10,7 +10,14 @@ import sys
 import click
 import typer
 
-from autopack.cli.console import INTERRUPTED_EXIT, INTERRUPTED_LINE, command_starts
+from autopack.cli.console import (
+    INTERRUPTED_EXIT,
+    INTERRUPTED_LINE,
+    TERMINATED_EXIT,
+    TERMINATED_LINE,
+    command_starts,
+    terminated,
+)
 from autopack.cli.groups import command_group
 from autopack.errors import AutopackError
 from autopack.logging import redact
@@ -122,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     except _EXITS as exc:
         sys.exit(exc.exit_code)
     except _ABORTS:
-        click.echo(INTERRUPTED_LINE, err=True)
-        sys.exit(INTERRUPTED_EXIT)
+        stopped()
     except _CLICK_ERRORS as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # `autopack drain` alone: the help is the answer
             exc.show()  # type: ignore[attr-defined]
@@ -135,7 +141,18 @@ def main(argv: list[str] | None = None) -> None:
             raise
         message, code = describe_unexpected(exc)
         fail(message, code)
+    if result == INTERRUPTED_EXIT:  # typer turns Ctrl-C (or SIGTERM) inside a command into this return value, silently
+        stopped()
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def stopped() -> None:
+    """Ctrl-C or SIGTERM stopped the command: one line, and 130 or 143."""
+    if terminated():
+        click.echo(TERMINATED_LINE, err=True)
+        sys.exit(TERMINATED_EXIT)
+    click.echo(INTERRUPTED_LINE, err=True)
+    sys.exit(INTERRUPTED_EXIT)
 
 
 def run() -> None:

@@ -18,6 +18,32 @@ import signal
 #: The exit code of an interrupted command (128 + SIGINT).
 INTERRUPTED_EXIT = 130
 INTERRUPTED_LINE = "interrupted"
+#: The exit code and line of a command stopped by SIGTERM (``stop_on_sigterm``).
+TERMINATED_EXIT = 143
+TERMINATED_LINE = "terminated (SIGTERM)"
+_terminated = False
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so that it stops a command as cleanly (transactions rolled back,
+    phases given back, Prefect's temporary server stopped) instead of killing the process on the spot."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    del signum, frame
+    global _terminated
+    _terminated = True
+    raise Terminated()
+
+
+def stop_on_sigterm() -> None:
+    """From here on SIGTERM (a service manager's stop, a timeout) stops the command as Ctrl-C does."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def terminated() -> bool:
+    """Whether the command was stopped by SIGTERM (``stop_on_sigterm``)."""
+    return _terminated
 
 
 def _interrupted_before_start(signum: int, frame: object) -> None:

@@ -78,6 +78,11 @@ def run(
     if weeks is not None and not init:  # it would be ignored: the seed runs are created by --init only
         raise typer.BadParameter("--weeks takes effect with --init only", param_hint="'--weeks'")
 
+    from autopack.cli.console import stop_on_sigterm
+
+    # Prefect answers SIGTERM by crashing the flow run and sending it again to the previous handler: by default
+    # that killed the process on the spot, without a line and leaving its temporary server running
+    stop_on_sigterm()
     # Prefect's server reports usage analytics over the internet by default; autopack never needs that.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The temporary local Prefect server needs more than Prefect's default 20 s on a loaded machine.

@@ -5,7 +5,9 @@ already claimed (``leases.claim_phase``) and always finishes it through ``leases
 caller's lease owner, COMPLETE or FAILED (with ``last_failure_reason``). It returns a ``PhaseResult``; it
 raises only ``LeaseLostError`` (the lease expired or was taken over, so the result was rejected),
 ``PhaseFinishError`` (the database refused the final write; the phase was given back when possible) and
-``KeyboardInterrupt`` (after giving the phase back).
+``KeyboardInterrupt`` (after giving the phase back). A phase whose earlier execution recorded a successful call
+but was given back (or died) before its finish is finished from that call, without a new one
+(``telemetry.recorder.unfinished_success``): its deliverables were written and checked before the call was recorded.
 
 A provider reporting usage no telemetry column can hold (``telemetry.usage.validate_response``) fails the phase
 at stage ``provider``; the call is still recorded as a ``split_kind = 'invalid'`` usage row.
@@ -76,6 +78,7 @@ from autopack.telemetry.recorder import (
     record_escalation,
     record_invalid_call,
     set_phase_outcome,
+    unfinished_success,
 )
 from autopack.telemetry.usage import validate_response
 from autopack.token_estimator import (
@@ -296,8 +299,12 @@ def execute_phase(
     counters = _Counters()
     beat = heartbeat or _default_heartbeat(claim, db)
     try:
-        _run(run_id, phase_id, claim=claim, db=db, provider=provider, telemetry=telemetry, beat=beat,
-             counters=counters)
+        recorded = _recorded_success(run_id, phase_id, db) if telemetry else None
+        if recorded is None:
+            _run(run_id, phase_id, claim=claim, db=db, provider=provider, telemetry=telemetry, beat=beat,
+                 counters=counters)
+        else:
+            counters.attempt_indices.append(recorded)
         stage, message, boundary = None, None, False
     except _Failure as failure:
         stage, message, boundary = failure.stage, failure.message, failure.boundary
@@ -313,15 +320,18 @@ def execute_phase(
         stage, message, boundary = "execution", f"{type(exc).__name__}: {exc}", False
 
     final_state = PhaseState.COMPLETE if stage is None else PhaseState.FAILED
-    if telemetry and counters.attempt_indices:
-        try:
-            set_phase_outcome(run_id, phase_id, counters.attempt_indices, final_state, db=db)
-        except TelemetryWriteError as exc:
-            final_state, stage, message = PhaseState.FAILED, "execution", exc.one_line()
     reason = None if message is None else redact(message)[:MAX_REASON_CHARS]
     rejected = _finish(claim, final_state, reason, counters.tokens_used, db)
     if rejected is not None:
         final_state, stage, reason = PhaseState.FAILED, stage or "execution", redact(rejected)[:MAX_REASON_CHARS]
+    if telemetry and counters.attempt_indices:
+        # after the finish: a phase given back before it (its lease lost) leaves its recorded calls without an
+        # outcome, so the next execution finishes it from them (``_recorded_success``) instead of calling again
+        try:
+            set_phase_outcome(run_id, phase_id, counters.attempt_indices, final_state, db=db)
+        except TelemetryWriteError as exc:
+            log.warning("phase %s/%s is %s, but its telemetry rows do not say so: %s", run_id, phase_id,
+                        final_state, exc.one_line())
     result = PhaseResult(
         run_id=run_id,
         phase_id=phase_id,
@@ -361,6 +371,22 @@ def _finish(claim: Claim, final_state: str, reason: str | None, tokens_used: int
             hint="the phase was put back in the queue" if released
             else "its lease expires on its own; check the database (autopack db identity)",
         ) from exc
+
+
+def _recorded_success(run_id: str, phase_id: str, db: Database) -> int | None:
+    """The attempt whose successful call an earlier execution recorded before it was given back or died.
+
+    Its deliverables were written and checked before the call was recorded, so the phase is done: it is
+    finished from that call rather than run again (a second call, and the phase counted twice).
+    """
+    try:
+        attempt = unfinished_success(run_id, phase_id, db=db)
+    except TelemetryWriteError as exc:
+        raise _Failure("before_llm", exc.one_line()) from exc
+    if attempt is not None:
+        log.info("[phase] %s/%s: attempt %d's call was recorded as a success before the phase was given back; "
+                 "finished from it, no new call", run_id, phase_id, attempt)
+    return attempt
 
 
 def _give_back(claim: Claim, db: Database) -> bool:

@@ -11,6 +11,7 @@ from autopack.telemetry.recorder import (
     record_invalid_call,
     set_phase_outcome,
     smape_percent,
+    unfinished_success,
     waste_ratio,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "record_invalid_call",
     "set_phase_outcome",
     "smape_percent",
+    "unfinished_success",
     "waste_ratio",
 ]

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from autopack.db.handle import Database
 
 log = get_logger("autopack.telemetry")
+#: ``token_estimation_v2_events.source`` of the calls this executor records (imports name their own).
+RECORDER_SOURCE = "autopack"
 
 MAX_DELIVERABLES_STORED = 20
 MAX_DELIVERABLE_CHARS = 200
@@ -231,7 +233,7 @@ def estimation_fields(
         "sot_entry_count_hint": None,
         "estimator_version": CALIBRATION_VERSION,
         "schema_version": TELEMETRY_SCHEMA_VERSION,
-        "source": "autopack",
+        "source": RECORDER_SOURCE,
     }
 
 
@@ -428,3 +430,27 @@ def set_phase_outcome(
             return int(rowcount(result) or 0)
     except SQLAlchemyError as exc:
         raise TelemetryWriteError(f"phase outcome write failed for {run_id}/{phase_id}: {exc}") from exc
+
+
+def unfinished_success_of(run_id: Any, phase_id: Any) -> sa.ColumnElement[bool]:
+    """The estimation rows ``unfinished_success`` looks for, of a phase given by values or by columns."""
+    ev = TokenEstimationV2Event
+    return sa.and_(ev.run_id == run_id, ev.phase_id == phase_id, ev.source == RECORDER_SOURCE, ev.success,
+                   sa.not_(ev.truncated), ev.phase_outcome.is_(None))
+
+
+def unfinished_success(run_id: str, phase_id: str, *, db: Database) -> int | None:
+    """The attempt of a call this executor recorded as a success (uncut, deliverables written and checked) whose
+    phase never recorded an outcome, or None.
+
+    Such a phase was given back (Ctrl-C, a lost lease) or its worker died between the telemetry write and the
+    phase's finish: running it again would spend a second call and count the phase twice in the calibration.
+    """
+    query = sa.select(sa.func.max(TokenEstimationV2Event.attempt_index)).where(unfinished_success_of(run_id, phase_id))
+    try:
+        with db.session() as session:
+            attempt = session.execute(query).scalar_one_or_none()
+    except SQLAlchemyError as exc:
+        raise TelemetryWriteError(f"telemetry tables unreadable for {run_id}/{phase_id}: {type(exc).__name__}: "
+                                  f"{getattr(exc, 'orig', exc)}") from exc
+    return None if attempt is None else int(attempt)
