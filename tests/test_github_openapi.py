@@ -132,3 +132,25 @@ def test_validator_catches_a_request_body_off_the_spec(traffic: FakeGitHub, gith
     (labels,) = traffic.requests("POST", "/repos/{owner}/{repo}/issues/{issue_number}/labels")
     bare = dataclasses.replace(labels, request_body=json.dumps(["calibration"]).encode())
     assert any(p.startswith("request does not match") for p in github_openapi.check_one(copy.copy(bare)))
+
+
+def test_deleting_an_open_prs_head_branch_closes_it_with_its_commits(
+    fake_github: FakeGitHub, github_openapi: GitHubOpenAPI  # noqa: F811
+) -> None:
+    """As on GitHub, the closed pull request keeps the commit its branch last pointed at: its commits still list
+    (the fake answered 500, having lost its head)."""
+    fake_github.create_repo(REPOSITORY, {"autopack/token_estimator.py": "X = 1\n"})
+    gh = Client(fake_github)
+    main = gh("GET", "/git/ref/heads/main", 200)["object"]["sha"]
+    gh("POST", "/git/refs", 201, json={"ref": "refs/heads/feature", "sha": main})
+    current = gh("GET", "/contents/autopack/token_estimator.py", 200, params={"ref": "feature"})
+    update = {"message": "bump", "content": base64.b64encode(b"X = 2\n").decode(), "branch": "feature",
+              "sha": current["sha"]}
+    commit = gh("PUT", "/contents/autopack/token_estimator.py", 200, json=update)["commit"]["sha"]
+    pull = gh("POST", "/pulls", 201, json={"title": "t", "head": "feature", "base": "main"})["number"]
+    repo = fake_github.repo(REPOSITORY)
+    with fake_github.state.lock:  # a human deletes the branch
+        fake_github.state.set_ref(repo, "refs/heads/feature", None)
+    assert gh("GET", f"/pulls/{pull}", 200)["state"] == "closed"
+    assert [c["sha"] for c in gh("GET", f"/pulls/{pull}/commits", 200)] == [commit]
+    assert [str(p) for p in github_openapi.check(fake_github.exchanges)] == []

@@ -214,6 +214,7 @@ class GitHubState:
 
     def set_ref(self, repo: Repo, ref: str, sha: str | None) -> None:
         """Move (or delete) a ref, closing open PRs whose head disappeared or landed on their base."""
+        previous = repo.refs.get(ref)
         if sha is None:
             repo.refs.pop(ref, None)
         else:
@@ -224,7 +225,10 @@ class GitHubState:
             head = repo.refs.get(f"refs/heads/{pull.head_ref}")
             base = repo.refs.get(f"refs/heads/{pull.base_ref}")
             if head is None or head == base:
-                self.close_pull(repo, pull.number, head_sha=head or pull.frozen_head_sha)
+                # a deleted head branch: the pull request keeps the commit the branch last pointed at, as
+                # GitHub's does (else listing its commits would find no head)
+                gone = previous if ref == f"refs/heads/{pull.head_ref}" else None
+                self.close_pull(repo, pull.number, head_sha=head or gone or pull.frozen_head_sha)
 
     def commit_to_branch(self, repo: Repo, branch: str, files: dict[str, bytes | None], message: str,
                          author: GitIdentity, committer: GitIdentity | None = None) -> str:
