@@ -25,13 +25,18 @@ from autopack.github.estimator_edit import apply_proposal
 from synthetic_telemetry import simulate
 
 
-@pytest.fixture
-def result(db_url: str, tmp_path: Path) -> CalibrationResult:
+def calibrated(db_url: str, tmp_path: Path, *, seed: int) -> CalibrationResult:
+    """The calibration of 150 simulated calls (``seed``), as its JSON result file reads back."""
     with get_engine(db_url).begin() as connection:
-        connection.execute(sa.insert(TokenEstimationV2Event.__table__), simulate(150, seed=3))
+        connection.execute(sa.insert(TokenEstimationV2Event.__table__), simulate(150, seed=seed))
     out = run_calibration(open_database(db_url), output_dir=tmp_path)
     assert out.json_path
-    loaded = load_result(Path(out.json_path))
+    return load_result(Path(out.json_path))
+
+
+@pytest.fixture
+def result(db_url: str, tmp_path: Path) -> CalibrationResult:
+    loaded = calibrated(db_url, tmp_path, seed=3)
     assert any(c.lowering is not None and c.lowering.factor != c.lowering.fitted_factor
                for c in loaded.proposed_changes)
     return loaded
@@ -110,11 +115,7 @@ def test_each_docs_group_not_raised_says_why_in_one_line(result: CalibrationResu
 @pytest.fixture
 def overhead_result(db_url: str, tmp_path: Path) -> CalibrationResult:
     """A calibration that moves a phase overhead a half log-step toward its fitted value, short of its bounds."""
-    with get_engine(db_url).begin() as connection:
-        connection.execute(sa.insert(TokenEstimationV2Event.__table__), simulate(150, seed=1))
-    out = run_calibration(open_database(db_url), output_dir=tmp_path)
-    assert out.json_path
-    return load_result(Path(out.json_path))
+    return calibrated(db_url, tmp_path, seed=1)
 
 
 def test_a_phase_overheads_interval_holds_the_value_it_steps_toward(overhead_result: CalibrationResult) -> None:

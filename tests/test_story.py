@@ -9,7 +9,7 @@ from github_server.samples import as_result, calibration
 
 from autopack import token_estimator as te
 from autopack.calibration.core import Params, calibrate
-from autopack.calibration.result import Backtest, GroupEntry, MethodSummary, StepRecord
+from autopack.calibration.result import Backtest, GroupEntry, MethodSummary, ProposedChange, StepRecord
 from autopack.calibration.samples import build_sample_set
 from autopack.calibration.story import (
     Confirmation,
@@ -91,16 +91,22 @@ def test_a_shipped_lowering_says_it_ships_a_bounded_step_toward_its_factor_not_t
     assert "never goes past its budget factor where that is distribution-free" in gate_sentence(result)
 
 
-def test_a_lowering_past_an_assumed_factor_says_that_factor_ends_no_descent() -> None:
-    """A normal bound on 13 calls reads above today's ceilings; the step goes below it, so the verdict must not
-    call it "short of that factor": it names the factor and says it ends no descent."""
+def lowered_past_its_fitted_factor() -> tuple[ProposedChange, str]:
+    """tests/medium, 18 calls: a normal bound reads above today's ceilings and the step goes below it; (its
+    change, its verdict line)."""
     g = ("tests", "medium")
     current = dataclasses.replace(te.current_coefficients(), budget_factors={g: 2.137})
     sim = simulate_groups([GroupTruth(*g, 18, Law(0.0, 0.35), cap_factor=2.137)], seed=2)
     result = calibrate(build_sample_set(sim.columns), Params(target_truncation=0.05), current).result
     (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
     assert change.lowering is not None and change.lowering.fitted_factor > change.new
-    line = group_verdicts(result)[g].line()
+    return change, group_verdicts(result)[g].line()
+
+
+def test_a_lowering_past_an_assumed_factor_says_that_factor_ends_no_descent() -> None:
+    """A normal bound on 13 calls reads above today's ceilings; the step goes below it, so the verdict must not
+    call it "short of that factor": it names the factor and says it ends no descent."""
+    change, line = lowered_past_its_fitted_factor()
     assert (f"held by the {change.lowering.bound} a run (its fitted factor, {change.lowering.fitted_factor:.3f}, "
             "rests on an assumption and ends no descent)") in line
     assert "short of that factor" not in line
@@ -138,12 +144,6 @@ def test_a_raise_says_what_its_calls_lengths_estimate_under_todays_ceilings() ->
 def test_a_lowering_below_its_bound_says_the_bound_does_not_cover_what_ships() -> None:
     """The quickstart's implementation/high: 'bound: small_group_bound … (mean + 2.494·s)' read as the guarantee
     of the 1.504 that ships, 1.681 being that bound: the line says whose bound it is."""
-    g = ("tests", "medium")
-    current = dataclasses.replace(te.current_coefficients(), budget_factors={g: 2.137})
-    sim = simulate_groups([GroupTruth(*g, 18, Law(0.0, 0.35), cap_factor=2.137)], seed=2)
-    result = calibrate(build_sample_set(sim.columns), Params(target_truncation=0.05), current).result
-    (change,) = [c for c in result.proposed_changes if c.coefficient == "BUDGET_FACTORS"]
-    assert change.lowering is not None and change.lowering.fitted_factor > change.new
-    line = group_verdicts(result)[g].line()
+    change, line = lowered_past_its_fitted_factor()
     assert (f" — a bound for {change.lowering.fitted_factor:.3f}, not for the {change.new:.3f} that ships, whose "
             "truncation is only estimated (below); ships a bounded step") in line
