@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Security
 
 from autopack import __version__
@@ -37,9 +36,7 @@ def probe(database: Database) -> tuple[bool, str | None, str | None]:
     try:
         with database.engine.connect() as connection:
             revision = current_revision(connection)
-            db_id = None
-            if sa.inspect(connection).has_table("db_meta"):
-                db_id = read_db_id(connection)
+            db_id = read_db_id(connection)
     except Exception:  # any failure to read is "not ok", reported as such rather than raised
         return False, None, None
     return True, db_id, revision

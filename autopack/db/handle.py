@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, SecretStr
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -64,7 +63,7 @@ class Database:
         if self.db_id is not None:
             return self.db_id
         with self.engine.connect() as connection:
-            return read_db_id(connection) if sa.inspect(connection).has_table("db_meta") else None
+            return read_db_id(connection)
 
     def reading(self) -> Database:
         """The same database through a read-only engine (see ``get_engine(read_only=True)``)."""

@@ -200,14 +200,17 @@ class DatabaseState:
         ))
 
 
-def read_db_id(connection: Connection) -> str | None:
-    """The database's id (``db_meta``), None where it has none; the table must exist."""
+def read_db_id(connection: Connection, tables: frozenset[str] | None = None) -> str | None:
+    """The database's id (``db_meta``), None where it has none (no such table, or no row); ``tables``: the
+    database's tables where the caller has read them already."""
+    if not ("db_meta" in tables if tables is not None else sa.inspect(connection).has_table("db_meta")):
+        return None
     return connection.execute(sa.text("SELECT db_id FROM db_meta WHERE id = 1")).scalar_one_or_none()
 
 
 def read_state(connection: Connection) -> DatabaseState:
     tables = frozenset(sa.inspect(connection).get_table_names())
-    db_id = read_db_id(connection) if "db_meta" in tables else None
+    db_id = read_db_id(connection, tables)
     schema, elsewhere = _other_schemas(connection) if not tables else (None, ())
     return DatabaseState(
         tables=tables,

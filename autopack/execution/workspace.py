@@ -88,11 +88,16 @@ def run_workspace(
     if not target.exists():
         _adopt_legacy_folder(workspace_root(settings), run_id, target)
     if create:
-        for missing in reversed([p for p in (target, *target.parents) if not p.exists()]):
-            missing.mkdir(mode=0o700, exist_ok=True)
+        _make_private_dirs(target)
         if stat.S_IMODE(target.stat().st_mode) != 0o700:
             target.chmod(0o700)  # a folder made by an older version, or opened by a check
     return target
+
+
+def _make_private_dirs(path: Path) -> None:
+    """Create ``path`` and whichever of its parents are missing, each private (0700)."""
+    for missing in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        missing.mkdir(mode=0o700, exist_ok=True)
 
 
 def _adopt_legacy_folder(root: Path, run_id: str, target: Path) -> None:
@@ -114,7 +119,7 @@ def _adopt_legacy_folder(root: Path, run_id: str, target: Path) -> None:
         try:
             if legacy.is_symlink() or not legacy.is_dir():
                 continue
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_private_dirs(target.parent)
             os.rename(legacy, target)
         except OSError as exc:  # another process adopted it first, or the target appeared meanwhile
             if not target.exists():
