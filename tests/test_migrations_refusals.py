@@ -76,16 +76,21 @@ def test_the_refusal_names_a_few_of_the_foreign_tables(tmp_path: Path) -> None:
     assert _sqlite_tables(path) == ["a1", "b2", "c3", "d4", "e5"]
 
 
+def _postgres_holding(url: str, *statements: str, skip: str) -> None:
+    """Run ``statements`` in the PostgreSQL database ``url`` (another application's doing); skip on SQLite."""
+    if not url.startswith("postgresql"):
+        pytest.skip(skip)
+    with get_engine(url).begin() as connection:
+        for statement in statements:
+            connection.execute(sa.text(statement))
+    dispose_engines()
+
+
 def test_upgrade_refuses_another_applications_postgres_database_and_writes_nothing(
     empty_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not empty_db_url.startswith("postgresql"):
-        pytest.skip("the SQLite case is covered above")
-    with get_engine(empty_db_url).begin() as connection:
-        connection.execute(sa.text("CREATE TABLE customers (x INTEGER)"))
-        connection.execute(sa.text("CREATE TABLE orders (y INTEGER)"))
-        connection.execute(sa.text("INSERT INTO customers VALUES (1)"))
-    dispose_engines()
+    _postgres_holding(empty_db_url, "CREATE TABLE customers (x INTEGER)", "CREATE TABLE orders (y INTEGER)",
+                      "INSERT INTO customers VALUES (1)", skip="the SQLite case is covered above")
     monkeypatch.setenv("DATABASE_URL", empty_db_url)
     code, out, err = run_cli(capsys, "db", "upgrade", "--no-create")
     assert code == WRONG_DATABASE and out == ""
@@ -97,13 +102,8 @@ def test_upgrade_refuses_another_applications_postgres_database_and_writes_nothi
 
 def _postgres_with_another_schema(url: str) -> None:
     """An empty ``public`` beside another application's schema ``billing`` (two tables)."""
-    if not url.startswith("postgresql"):
-        pytest.skip("schemas are PostgreSQL's")
-    with get_engine(url).begin() as connection:
-        connection.execute(sa.text("CREATE SCHEMA billing"))
-        connection.execute(sa.text("CREATE TABLE billing.customers (x INTEGER)"))
-        connection.execute(sa.text("CREATE TABLE billing.invoices (y INTEGER)"))
-    dispose_engines()
+    _postgres_holding(url, "CREATE SCHEMA billing", "CREATE TABLE billing.customers (x INTEGER)",
+                      "CREATE TABLE billing.invoices (y INTEGER)", skip="schemas are PostgreSQL's")
 
 
 def test_upgrade_refuses_an_empty_public_schema_beside_another_applications_schema(
