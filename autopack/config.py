@@ -84,6 +84,16 @@ class Settings(BaseSettings):
     check_sandbox_bwrap: str = Field(default="bwrap", validation_alias="AUTOPACK_CHECK_SANDBOX_BWRAP")
     # Extra host paths (comma-separated) a sandboxed check may read, e.g. a toolchain under /opt.
     check_sandbox_bind: str = Field(default="", validation_alias="AUTOPACK_CHECK_SANDBOX_BIND")
+    # Resource limits of a check command, set on it before it starts (autopack.execution.sandbox.Limits): each of
+    # its processes gets this much address space, CPU time, size of any one file it writes and open files; each
+    # tmpfs of the sandbox (/tmp, /var/tmp, $HOME, /dev/shm) holds at most AUTOPACK_CHECK_TMP_MIB. The CPU limit
+    # sits a little above the 300 s timeout, so a single busy process meets the timeout and a multi-threaded one
+    # the CPU limit. The upper bounds only refuse nonsense (a value in bytes where MiB are meant).
+    check_memory_mib: int = Field(default=2048, gt=0, le=1 << 20, validation_alias="AUTOPACK_CHECK_MEMORY_MIB")
+    check_cpu_seconds: int = Field(default=330, gt=0, le=7 * 86400, validation_alias="AUTOPACK_CHECK_CPU_SECONDS")
+    check_file_size_mib: int = Field(default=256, gt=0, le=1 << 20, validation_alias="AUTOPACK_CHECK_FILE_SIZE_MIB")
+    check_open_files: int = Field(default=1024, ge=16, le=1 << 20, validation_alias="AUTOPACK_CHECK_OPEN_FILES")
+    check_tmp_mib: int = Field(default=256, gt=0, le=1 << 20, validation_alias="AUTOPACK_CHECK_TMP_MIB")
     # Exploration (opt-in; 0 = off): this share of first attempts (at most MAX_EXPLORATION_SHARE) is sent at the escalation ceiling, so
     # a heavily cut group's long outputs reach the calibration uncensored; chosen per call from the seed, run,
     # phase and attempt (token_estimator.Exploration). Measured in docs/closed-loop.md before any default.

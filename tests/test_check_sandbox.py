@@ -13,6 +13,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -379,6 +380,112 @@ def test_the_default_api_key_file_is_covered(
     monkeypatch.setenv("AUTOPACK_CHECK_SANDBOX_BIND", str(config))
     done = check(["sh", "-c", f"cat {config}/autopack/other {config}/autopack/api-key"], workspace)
     assert done.output.startswith("visible") and "api-key: Permission denied" in done.output and key not in done.output
+
+
+# --- resource limits ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Limits a test can reach in a fraction of a second."""
+    for name, value in (("MEMORY_MIB", "256"), ("CPU_SECONDS", "1"), ("FILE_SIZE_MIB", "1"), ("TMP_MIB", "1")):
+        monkeypatch.setenv(f"AUTOPACK_CHECK_{name}", value)
+
+
+def test_a_check_allocating_beyond_its_memory_limit_fails_naming_the_limit(
+        workspace: Path, small_limits: None, bwrap: None) -> None:
+    assert run_check_command("python -c 'bytearray(16 << 20)'", workspace, timeout=TIMEOUT) is None
+    reason = run_check_command("python -c 'bytearray(512 << 20)'", workspace, timeout=TIMEOUT)
+    assert reason is not None and reason.startswith(
+        "check_command probably exceeded its memory limit (256 MiB of address space per process, "
+        "AUTOPACK_CHECK_MEMORY_MIB): exited 1: "), reason
+    assert reason.endswith("MemoryError")
+
+
+def test_a_cpu_spinning_check_is_stopped_by_its_cpu_limit_long_before_its_timeout(
+        workspace: Path, small_limits: None, bwrap: None) -> None:
+    started = time.monotonic()
+    reason = run_check_command("sh -c 'while :; do :; done'", workspace, timeout=TIMEOUT)
+    assert reason == ("check_command exceeded its CPU limit (1 s per process, AUTOPACK_CHECK_CPU_SECONDS): "
+                      "killed by SIGXCPU: sh -c 'while :; do :; done': ")
+    assert time.monotonic() - started < 10
+
+
+def test_a_check_writing_a_file_beyond_its_size_limit_fails_naming_the_limit(
+        workspace: Path, small_limits: None, bwrap: None) -> None:
+    reason = run_check_command("dd if=/dev/zero of=big bs=64K count=32", workspace, timeout=TIMEOUT)
+    assert reason is not None and reason.startswith(
+        "check_command exceeded its file size limit (1 MiB per file, AUTOPACK_CHECK_FILE_SIZE_MIB): "
+        "killed by SIGXFSZ: "), reason
+    assert (workspace / "big").stat().st_size == 1 << 20
+
+
+def test_a_python_check_refused_a_large_file_probably_exceeded_its_size_limit(
+        workspace: Path, small_limits: None, bwrap: None) -> None:
+    """Python ignores SIGXFSZ: its write fails with EFBIG, which only its output tells."""
+    reason = run_check_command("python -c 'open(\"big\", \"wb\").write(bytes(2 << 20))'", workspace, timeout=TIMEOUT)
+    assert reason is not None and reason.startswith("check_command probably exceeded its file size limit (1 MiB")
+    assert reason.endswith("OSError: [Errno 27] File too large")
+
+
+def test_the_limits_are_in_effect_inside_the_sandbox(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch, bwrap: None) -> None:
+    for name, value in (("MEMORY_MIB", "300"), ("CPU_SECONDS", "7"), ("FILE_SIZE_MIB", "3"), ("OPEN_FILES", "100")):
+        monkeypatch.setenv(f"AUTOPACK_CHECK_{name}", value)
+    done = check(["cat", "/proc/self/limits"], workspace)
+    assert done.returncode == 0, done.output
+    limits = {line[:26].strip(): line[26:].split()[:2] for line in done.output.splitlines()[1:]}
+    assert limits["Max address space"] == [str(300 << 20)] * 2
+    assert limits["Max cpu time"] == ["7", "8"]
+    assert limits["Max file size"] == [str(3 << 20)] * 2
+    assert limits["Max open files"] == ["100", "100"]
+    assert limits["Max core file size"] == ["0", "0"]
+    assert limits["Max processes"] == [str(MAX_PROCESSES)] * 2
+
+
+def test_the_sandboxs_temporary_space_is_bounded_and_its_root_and_dev_read_only(
+        workspace: Path, small_limits: None, monkeypatch: pytest.MonkeyPatch, bwrap: None) -> None:
+    monkeypatch.setenv("AUTOPACK_CHECK_FILE_SIZE_MIB", "16")
+    monkeypatch.setenv("HOME", "/home/checker")
+    done = check(["sh", "-c", "for d in /tmp /var/tmp $HOME /dev/shm; do head -c 2000000 /dev/zero > $d/f "
+                  "|| echo \"full $d\"; done; touch /f || echo 'no /f'; touch /dev/f || echo 'no /dev/f'"], workspace)
+    for what in ("full /tmp", "full /var/tmp", "full /home/checker", "full /dev/shm", "no /f", "no /dev/f"):
+        assert what in done.output, done.output
+    reason = done.reason("head", "head", TIMEOUT)
+    assert reason is None  # the last command succeeded: a full /tmp alone does not fail a check
+    failing = check(["sh", "-c", "head -c 2000000 /dev/zero > /tmp/f"], workspace)
+    assert (failing.reason("head", "head", TIMEOUT) or "").startswith(
+        "check_command probably filled its temporary space (each tmpfs 1 MiB, AUTOPACK_CHECK_TMP_MIB)")
+
+
+def test_a_check_cannot_write_the_report_of_how_it_ended(workspace: Path, bwrap: None) -> None:
+    """The helper that reports it is the sandbox's PID 1, with the report pipe open: ``/proc/1/fd`` stays closed."""
+    forged = '{"not_started": "forged"}\n{"exit": -24, "cpu": 999}'
+    done = check(["sh", "-c", f"for fd in /proc/1/fd/*; do echo '{forged}' > $fd; done; exit 3"], workspace)
+    assert done.reason("x", "x", TIMEOUT) == "check_command exited 3: x: " + done.output.strip().replace("\n", " ")
+    assert "Permission denied" in done.output
+
+
+def test_a_check_starts_with_no_signal_ignored(workspace: Path, bwrap: None) -> None:
+    """Before: it inherited the SIGPIPE and SIGXFSZ Python ignores (``yes | head -1``: "Broken pipe"; no SIGXFSZ)."""
+    done = check(["grep", "SigIgn", "/proc/self/status"], workspace)
+    assert done.output.split() == ["SigIgn:", "0" * 16]
+
+
+def test_a_check_over_its_cpu_limit_fails_its_phase_in_validation(
+        db_url: str, monkeypatch: pytest.MonkeyPatch, bwrap: None) -> None:
+    monkeypatch.setenv("AUTOPACK_CHECK_CPU_SECONDS", "1")
+    add_phase(db_url, "python -c 'while True: pass'")
+    with session_scope(db_url) as session:
+        claim = leases.claim_phase(session, RUN, "p1", "worker-1")
+    assert claim is not None
+    result = execute_phase(RUN, "p1", claim=claim, db=database_at(db_url), provider=SimulatedProvider(seed=1))
+    assert (result.final_state, result.failure_stage) == ("FAILED", "validation")
+    with session_scope(db_url) as session:
+        state = session.execute(sa.select(Phase.state).where(Phase.run_id == RUN)).scalar_one()
+    assert state != "EXECUTING"
+    assert failure_reason(db_url).startswith("check_command exceeded its CPU limit (1 s per process, "
+                                             "AUTOPACK_CHECK_CPU_SECONDS): killed by SIGXCPU")
 
 
 # --- what a check still can do ------------------------------------------------------------------------

@@ -196,6 +196,11 @@ def test_a_postgres_url_is_told_to_say_postgresql(capsys: pytest.CaptureFixture[
     ("AUTOPACK_LLM_TIMEOUT_SECONDS", "-5", "greater than 0"),
     ("AUTOPACK_LLM_MAX_RETRIES", "-1", "greater than or equal to 0"),
     ("AUTOPACK_SIM_LATENCY_SECONDS", "-1", "greater than or equal to 0"),
+    ("AUTOPACK_CHECK_MEMORY_MIB", "0", "greater than 0"),
+    ("AUTOPACK_CHECK_CPU_SECONDS", "-30", "greater than 0"),
+    ("AUTOPACK_CHECK_FILE_SIZE_MIB", "268435456", "less than or equal to 1048576"),
+    ("AUTOPACK_CHECK_OPEN_FILES", "3", "greater than or equal to 16"),
+    ("AUTOPACK_CHECK_TMP_MIB", "lots", "integer"),
 ])
 def test_a_malformed_setting_names_the_variable(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                                                  variable: str, value: str, needle: str) -> None:

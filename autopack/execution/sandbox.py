@@ -10,9 +10,11 @@ the virtual environment (read-only), empty ``/tmp`` and ``$HOME``, and the run w
 The configured secret files (the SQLite database and its journals, ``DATABASE_URL_FILE``, every ``*_file``
 setting, ``.env``, ``PREFECT_HOME``) are covered (an unreadable file, an empty directory) wherever they
 would be visible. When the command exits, the PID namespace ends and with it everything the command left running.
-``run_check`` runs it: output bounded to its last ``OUTPUT_LIMIT_BYTES``, at most ``MAX_PROCESSES`` processes, a
-start failure told on its own pipe (never guessed from output), and afterwards ``tighten_workspace`` (0700, no
-setuid, setgid, sticky or world-writable file: a root worker's check makes root's files).
+``run_check`` runs it: output bounded to its last ``OUTPUT_LIMIT_BYTES``, at most ``MAX_PROCESSES`` processes, the
+resource limits of ``Limits`` (address space, CPU time, file size, open files, no core dumps, size-bounded tmpfs), a
+start failure and how the command ended told on their own pipe (never guessed from output), and afterwards
+``tighten_workspace`` (0700, no setuid, setgid, sticky or world-writable file: a root worker's check makes root's
+files).
 
 Without a sandbox that works (``bwrap`` missing, or its startup probe failing) a check command is refused,
 unless the operator opted out with ``AUTOPACK_CHECK_SANDBOX=none``.
@@ -33,9 +35,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autopack.api_key_file import key_file_path
 from autopack.config import Settings
@@ -75,27 +77,92 @@ PIDS_CGROUP_ROOT = "/sys/fs/cgroup/pids"
 #: How long a killed sandbox may take to be gone.
 KILL_WAIT_SECONDS = 10.0
 
-#: Runs inside the sandbox in place of the command, then replaces itself with it (so the command is still the
-#: namespace's PID 1): lowers RLIMIT_NPROC, undoes Python's own C-locale coercion (``LC_CTYPE``) when the
-#: command's environment did not set it, and ``execvp``\ s the command. A start failure is written to the status
-#: pipe (argv[1], ``-`` for none), which is close-on-exec: once the command runs, nothing it does can reach it.
+#: Starts the command (inside the sandbox, as the namespace's PID 1; unsandboxed, as the command's parent): undoes
+#: Python's own C-locale coercion (``LC_CTYPE``) when the command's environment did not set it, forks, and in the
+#: child restores the default action of SIGPIPE and SIGXFSZ (Python ignores them, and an ignored signal stays
+#: ignored across ``exec``), sets the limits (hard = soft, but for a second of grace between SIGXCPU and SIGKILL;
+#: never above the hard limit it inherited; RLIMIT_NPROC unless ``-``) and ``execvp``\ s the command. Then it reaps
+#: every process handed to it until the command is reaped, and exits as the command did (128 + N for signal N).
+#: On the status pipe (argv[1], ``-`` for none; close-on-exec, and the helper is made non-dumpable, so the command
+#: can neither inherit it nor open it through ``/proc/1/fd``) it writes one JSON line: ``{"not_started": why}``
+#: when the exec failed, else ``{"exit": code, "cpu": seconds}`` (a negative code: killed by that signal; the CPU
+#: time of the command and of the processes it reaped).
 EXEC_HELPER = """\
-import os, resource, sys
-status, had_lc_ctype, nproc = sys.argv[1:4]
+import json, os, resource, signal, sys
+status, had_lc_ctype, nproc, memory, cpu, fsize, nofile = sys.argv[1:8]
+command = sys.argv[9:]
+report = None if status == "-" else int(status)
 if had_lc_ctype == "0":
     os.environ.pop("LC_CTYPE", None)
-resource.setrlimit(resource.RLIMIT_NPROC, (int(nproc), int(nproc)))
-if status != "-":
-    os.set_inheritable(int(status), False)
-try:
-    os.execvp(sys.argv[5], sys.argv[5:])
-except OSError as exc:
-    why = exc.strerror or str(exc)
-    if status != "-":
-        os.write(int(status), why.encode())
-    os.write(2, f"check_command could not start {sys.argv[5]!r}: {why}\\n".encode())
+if report is not None:
+    os.set_inheritable(report, False)
+
+def tell(**what):
+    if report is not None:
+        os.write(report, (json.dumps(what) + "\\n").encode())
+
+def limit(which, soft, hard):
+    _, inherited = resource.getrlimit(which)
+    if inherited != resource.RLIM_INFINITY:
+        soft, hard = min(soft, inherited), min(hard, inherited)
+    resource.setrlimit(which, (soft, hard))
+
+try:  # PR_SET_DUMPABLE 0, before the fork (the command's exec makes it dumpable again): /proc/1/fd stays closed
+    import ctypes
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+except Exception:
+    pass
+child = os.fork()
+if child == 0:
+    try:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        if nproc != "-":
+            limit(resource.RLIMIT_NPROC, int(nproc), int(nproc))
+        limit(resource.RLIMIT_AS, int(memory), int(memory))
+        limit(resource.RLIMIT_CPU, int(cpu), int(cpu) + 1)
+        limit(resource.RLIMIT_FSIZE, int(fsize), int(fsize))
+        limit(resource.RLIMIT_NOFILE, int(nofile), int(nofile))
+        limit(resource.RLIMIT_CORE, 0, 0)
+    except (OSError, ValueError) as exc:
+        tell(not_started=f"cannot set its resource limits: {exc}")
+        os._exit(127)
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        tell(not_started=why)
+        os.write(2, f"check_command could not start {command[0]!r}: {why}\\n".encode())
     os._exit(127)
+while True:
+    pid, wait_status, usage = os.wait4(-1, 0)
+    if pid == child:
+        break
+code = os.waitstatus_to_exitcode(wait_status)
+tell(exit=code, cpu=usage.ru_utime + usage.ru_stime)
+os._exit(code if code >= 0 else 128 - code)
 """
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The resource limits of one check command (``AUTOPACK_CHECK_*``), each set per process before it starts."""
+
+    memory_mib: int  # RLIMIT_AS
+    cpu_seconds: int  # RLIMIT_CPU (SIGXCPU, then SIGKILL a second later)
+    file_size_mib: int  # RLIMIT_FSIZE: the largest file it may write (SIGXFSZ, or EFBIG where that is ignored)
+    open_files: int  # RLIMIT_NOFILE
+    tmp_mib: int  # the size of each tmpfs in the sandbox
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(settings.check_memory_mib, settings.check_cpu_seconds, settings.check_file_size_mib,
+                   settings.check_open_files, settings.check_tmp_mib)
+
+    def helper_args(self) -> list[str]:
+        """``EXEC_HELPER``'s argv[4:8]: the address space, CPU seconds, file size and open files to set."""
+        return [str(self.memory_mib * MIB), str(self.cpu_seconds), str(self.file_size_mib * MIB), str(self.open_files)]
 
 
 class SandboxUnavailableError(AutopackError):
@@ -108,9 +175,10 @@ class SandboxUnavailableError(AutopackError):
 class Mount:
     """One bwrap filesystem operation; ``dest`` is the path inside the sandbox."""
 
-    op: str  # "ro-bind" | "bind" | "symlink" | "tmpfs" | "proc" | "dev" | "hide-file"
+    op: str  # "ro-bind" | "bind" | "symlink" | "tmpfs" | "proc" | "dev" | "hide-file" | "remount-ro"
     dest: str
     src: str = ""
+    size: int | None = None  # a tmpfs's size in bytes (bwrap ``--size``); None: the kernel's default, half the RAM
 
     def args(self) -> list[str]:
         if self.op in ("ro-bind", "bind"):
@@ -119,7 +187,14 @@ class Mount:
             return ["--symlink", self.src, self.dest]
         if self.op == "hide-file":
             return ["--ro-bind", os.devnull, self.dest]
+        if self.op == "tmpfs" and self.size is not None:
+            return ["--size", str(self.size), "--tmpfs", self.dest]
         return [f"--{self.op}", self.dest]
+
+
+#: Made read-only once everything is mounted: the sandbox's root and ``/dev`` are tmpfs bwrap makes without a size
+#: (writable by the sandbox user when the worker is root), so a check could fill the host's memory there.
+READ_ONLY_AFTER = (Mount("remount-ro", "/dev"), Mount("remount-ro", "/"))
 
 
 def find_bwrap(setting: str) -> str | None:
@@ -155,6 +230,31 @@ def usable_bwrap(settings: Settings) -> tuple[str, bool]:
     raise _unavailable(f"bubblewrap ({bwrap}) cannot start a sandbox here: {problem}")
 
 
+_sizes: dict[str, bool] = {}  # bwrap path -> whether it knows --size
+
+
+def tmpfs_size_supported(bwrap: str) -> bool:
+    """Whether this bwrap can bound a tmpfs (``--size``, in its ``--help``); without it every tmpfs of the sandbox
+    may grow to the kernel's default, half the RAM (a warning says so, once)."""
+    with _probe_lock:
+        if bwrap in _sizes:
+            return _sizes[bwrap]
+    try:
+        done = subprocess.run([bwrap, "--help"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              errors="replace", timeout=PROBE_TIMEOUT_SECONDS, env={"PATH": SANDBOX_PATH})
+        known = "--size" in done.stdout + done.stderr
+    except (OSError, subprocess.TimeoutExpired):
+        known = False
+    if not known:
+        from autopack.logging import get_logger
+
+        get_logger(__name__).warning("bubblewrap (%s) has no --size: the check sandbox's /tmp, /var/tmp, $HOME and "
+                                     "/dev/shm are not bounded by AUTOPACK_CHECK_TMP_MIB", bwrap)
+    with _probe_lock:
+        _sizes[bwrap] = known
+    return known
+
+
 def require_sandbox(settings: Settings) -> None:
     """Raise ``SandboxUnavailableError`` unless check commands can run as the settings say."""
     if settings.check_sandbox != SANDBOX_NONE:
@@ -171,7 +271,7 @@ def _unavailable(what: str) -> SandboxUnavailableError:
 
 def _probe(bwrap: str, userns: bool) -> str:
     """'' when bwrap starts the sandbox, else its first line of complaint."""
-    mounts = [*_system_mounts(), Mount("proc", "/proc"), Mount("dev", "/dev")]
+    mounts = [*_system_mounts(), Mount("proc", "/proc"), Mount("dev", "/dev"), *READ_ONLY_AFTER]
     argv = [bwrap, *_namespace_args(userns), *(a for m in mounts for a in m.args()),
             "--clearenv", "--setenv", "PATH", SANDBOX_PATH, "--", "true"]
     try:
@@ -188,8 +288,9 @@ def _probe(bwrap: str, userns: bool) -> str:
 def _namespace_args(userns: bool) -> list[str]:
     args = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--hostname", "autopack-check", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            # The command is the namespace's PID 1: bwrap reports its exit only once the kernel has killed and
-            # reaped everything else in the namespace (with bwrap's own PID 1, bwrap may exit before that).
+            # EXEC_HELPER is the namespace's PID 1 and exits when the command does: bwrap reports its exit only
+            # once the kernel has killed and reaped everything else in the namespace (with bwrap's own PID 1, bwrap
+            # may exit before that). The command is not PID 1, so the kernel's SIGXCPU and SIGXFSZ reach it.
             "--as-pid-1"]
     if userns:
         uid = os.getuid() or NOBODY
@@ -265,28 +366,37 @@ class Launch:
 
 def launch(argv: Sequence[str], workspace: Path, env: Mapping[str, str], settings: Settings, *,
            database: Database | None = None, status_fd: int | None = None, info_fd: int | None = None) -> Launch:
-    """The command line that runs ``argv`` as the settings say: inside the sandbox, or (opted out) as it is.
+    """The command line that runs ``argv`` as the settings say: inside the sandbox, or (opted out) without it;
+    either way started by ``EXEC_HELPER`` under the resource limits.
 
     ``env`` is the allow-listed environment. bwrap is started with it and hands it on unchanged: it is never on
     bwrap's command line, which every local user can read in ``/proc/<pid>/cmdline`` (``ps``); a process's
-    environment only its own user can read. Inside the sandbox ``EXEC_HELPER`` starts the command (``status_fd``:
-    the write end of the pipe it reports a start failure on, which the caller passes to ``Popen``'s ``pass_fds``;
+    environment only its own user can read. ``EXEC_HELPER`` starts the command (``status_fd``: the write end of the
+    pipe it reports a start failure or how the command ended on, which the caller passes to ``Popen``'s ``pass_fds``;
     ``info_fd``: where bwrap writes the host PID of the sandbox's PID 1).
-    ``InputError`` ("could not start") when the program is nowhere the sandbox would find it.
+    ``InputError`` ("could not start") when the program is nowhere the sandbox would find it. Unsandboxed, the
+    command still gets the resource limits (but for the process count, which would count the worker user's own).
     """
+    limits = Limits.from_settings(settings)
     if settings.check_sandbox == SANDBOX_NONE:
-        return Launch(list(argv), dict(env))
+        return Launch([*_helper(status_fd, env, "-", limits), *argv], dict(env))
     bwrap, userns = usable_bwrap(settings)
     inner = _sandbox_env(env)
-    mounts = _mounts(workspace, inner["HOME"], settings, secret_paths(settings, database, os.environ))
+    tmp_bytes = limits.tmp_mib * MIB if tmpfs_size_supported(bwrap) else None
+    mounts = _mounts(workspace, inner["HOME"], settings, secret_paths(settings, database, os.environ), tmp_bytes)
     _require_program(argv[0], workspace, inner["PATH"], mounts)
-    helper = [sys.executable, "-I", "-S", "-c", EXEC_HELPER, "-" if status_fd is None else str(status_fd),
-              "1" if "LC_CTYPE" in inner else "0", str(MAX_PROCESSES), "--"]
+    helper = _helper(status_fd, inner, str(MAX_PROCESSES), limits)
     cmd = [bwrap, *_namespace_args(userns), *(a for m in mounts for a in m.args()),
            "--chdir", os.path.abspath(workspace)]
     if info_fd is not None:
         cmd += ["--info-fd", str(info_fd)]
     return Launch([*cmd, "--", *helper, *argv], inner)
+
+
+def _helper(status_fd: int | None, env: Mapping[str, str], nproc: str, limits: Limits) -> list[str]:
+    """``EXEC_HELPER``'s command line, up to the ``--`` the command follows."""
+    return [sys.executable, "-I", "-S", "-c", EXEC_HELPER, "-" if status_fd is None else str(status_fd),
+            "1" if "LC_CTYPE" in env else "0", nproc, *limits.helper_args(), "--"]
 
 
 def _require_program(program: str, workspace: Path, path: str, mounts: Sequence[Mount]) -> None:
@@ -320,6 +430,9 @@ class CheckRun:
     timed_out: bool
     not_started: str | None  # why the program could not start (from the status pipe, not from its output)
     workspace_problem: str | None  # the workspace could not be checked for setuid/world-writable files
+    exit_status: int | None = None  # how the command itself ended (status pipe): N, or -N when signal N killed it
+    cpu_seconds: float | None = None  # its CPU time, the processes it waited for included (status pipe)
+    limits: Limits | None = None  # the limits it ran under
 
     def reason(self, command: str, program: str, timeout: float, secrets: list[str] | None = None) -> str | None:
         """None when the check passed, else the one-line failure reason, ``secrets`` masked (None: the
@@ -337,7 +450,55 @@ class CheckRun:
         # redacted whole, then cut: a cut first could leave half a secret that no longer matches
         text = redact(" ".join(self.output.split()), secrets)[-300:]
         cut = f" (output truncated to its last {OUTPUT_LIMIT_BYTES // 1024} KiB)" if self.truncated else ""
-        return redact(f"check_command exited {self.returncode}{cut}: {command}: {text}", secrets)
+        ended = f"exited {self.returncode}"
+        if self.exit_status is not None and self.exit_status < 0:
+            ended = f"killed by {_signal_name(-self.exit_status)}"
+        limit = None if self.limits is None else limit_reached(self.limits, self.exit_status, self.cpu_seconds,
+                                                                self.returncode, self.output)
+        head = f"check_command {limit}: {ended}" if limit else f"check_command {ended}"
+        return redact(f"{head}{cut}: {command}: {text}", secrets)
+
+
+#: What a program prints when an allocation failed (Python, C, C++, Rust, Go, the JVM, Node): with RLIMIT_AS the
+#: kernel kills nothing, the allocation just fails, so the output is all there is to go by.
+MEMORY_MESSAGES = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "memory allocation of",
+                   "out of memory", "OutOfMemoryError", "heap out of memory")
+
+
+def limit_reached(limits: Limits, exit_status: int | None, cpu_seconds: float | None, returncode: int | None,
+                  output: str) -> str | None:
+    """Which limit a failed check ran into, as the start of its failure reason (naming the setting to raise);
+    None when none shows. Certain from how the command ended (SIGXCPU, SIGXFSZ, SIGKILL after its CPU time),
+    "probably" when only a shell's 128 + N exit status or the output tells."""
+    cpu = f"its CPU limit ({limits.cpu_seconds} s per process, AUTOPACK_CHECK_CPU_SECONDS)"
+    fsize = f"its file size limit ({limits.file_size_mib} MiB per file, AUTOPACK_CHECK_FILE_SIZE_MIB)"
+    memory = f"its memory limit ({limits.memory_mib} MiB of address space per process, AUTOPACK_CHECK_MEMORY_MIB)"
+    tmp = f"its temporary space (each tmpfs {limits.tmp_mib} MiB, AUTOPACK_CHECK_TMP_MIB) or the workspace's disk"
+    if exit_status == -signal.SIGXCPU or (exit_status == -signal.SIGKILL and cpu_seconds is not None
+                                          and cpu_seconds >= limits.cpu_seconds):
+        return f"exceeded {cpu}"
+    if exit_status == -signal.SIGXFSZ:
+        return f"exceeded {fsize}"
+    if returncode == 128 + signal.SIGXCPU:
+        return f"probably exceeded {cpu}: a process it started got SIGXCPU"
+    if returncode == 128 + signal.SIGXFSZ:
+        return f"probably exceeded {fsize}: a process it started got SIGXFSZ"
+    if "File too large" in output:  # EFBIG: the writer ignores SIGXFSZ (Python does)
+        return f"probably exceeded {fsize}"
+    if any(message in output for message in MEMORY_MESSAGES):
+        return f"probably exceeded {memory}"
+    if "No space left on device" in output:
+        return f"probably filled {tmp}"
+    if exit_status == -signal.SIGKILL:
+        return "was killed, probably by the kernel for want of the host's memory"
+    return None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def run_check(argv: Sequence[str], workspace: Path, env: Mapping[str, str], settings: Settings, *,
@@ -358,6 +519,7 @@ def run_check(argv: Sequence[str], workspace: Path, env: Mapping[str, str], sett
 def _run(argv: Sequence[str], workspace: Path, env: Mapping[str, str], settings: Settings, *,
          timeout: float, database: Database | None) -> CheckRun:
     sandboxed = settings.check_sandbox != SANDBOX_NONE
+    limits = Limits.from_settings(settings)
     deadline = time.monotonic() + timeout
     os.chmod(workspace, 0o700)  # closed before the command runs too (it can reopen it: tighten_workspace closes it after)
     status_r, status_w = os.pipe()
@@ -365,7 +527,7 @@ def _run(argv: Sequence[str], workspace: Path, env: Mapping[str, str], settings:
     writers = [status_w, info_w]
     try:
         started = launch(argv, workspace, env, settings, database=database,
-                         status_fd=status_w if sandboxed else None, info_fd=info_w if sandboxed else None)
+                         status_fd=status_w, info_fd=info_w if sandboxed else None)
         with _pids_cgroup() if sandboxed else contextlib.nullcontext() as cgroup:
             command = started.argv
             if cgroup is not None:  # joined by a shell that then becomes bwrap: no preexec_fn in a threaded worker
@@ -374,8 +536,8 @@ def _run(argv: Sequence[str], workspace: Path, env: Mapping[str, str], settings:
             try:
                 proc = subprocess.Popen(command, cwd=workspace, env=started.env, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                        pass_fds=tuple(writers) if sandboxed else ())
-            except OSError as exc:  # unsandboxed: not found, not executable
+                                        pass_fds=tuple(writers) if sandboxed else (status_w,))
+            except OSError as exc:  # the interpreter that runs EXEC_HELPER is gone
                 return CheckRun(None, "", False, False, exc.strerror or str(exc), None)
             finally:
                 for fd in writers:
@@ -386,9 +548,10 @@ def _run(argv: Sequence[str], workspace: Path, env: Mapping[str, str], settings:
                 output, truncated, timed_out = _read_bounded(proc, deadline)
             finally:
                 _stop(proc, pidfd, cgroup)
-        why = _read_status(status_r)
+        status = _read_status(status_r)
+        why = status.get("not_started")
         code = None if timed_out or why is not None else proc.returncode
-        return CheckRun(code, output, truncated, timed_out, why, None)
+        return CheckRun(code, output, truncated, timed_out, why, None, status.get("exit"), status.get("cpu"), limits)
     finally:
         for fd in (status_r, info_r, *writers):
             os.close(fd)
@@ -486,14 +649,21 @@ def _empty_cgroup(path: str) -> None:
         time.sleep(0.01)  # no event tells a v1 cgroup emptied; the kernel finishes the kills in microseconds
 
 
-def _read_status(fd: int) -> str | None:
-    """What ``EXEC_HELPER`` wrote to the status pipe: why the exec failed; None when it did not write."""
+def _read_status(fd: int) -> dict[str, Any]:
+    """What ``EXEC_HELPER`` wrote to the status pipe: ``not_started`` (why the exec failed), or ``exit`` and
+    ``cpu`` (how the command ended); empty when it wrote nothing (killed, or bwrap failed before it ran)."""
     os.set_blocking(fd, False)
     try:
-        data = os.read(fd, 4096)
+        data = os.read(fd, 65536)
     except BlockingIOError:
-        return None
-    return data.decode(errors="replace") or None
+        return {}
+    found: dict[str, Any] = {}
+    for line in data.decode(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                found.update(entry)
+    return found
 
 
 @contextlib.contextmanager
@@ -573,19 +743,24 @@ def _sandbox_env(env: Mapping[str, str]) -> dict[str, str]:
     return inner
 
 
-def _mounts(workspace: Path, home: str, settings: Settings, secrets: Iterable[Path]) -> list[Mount]:
-    """Every mount, shallowest first, so a deeper bind (the workspace under a hidden directory) stays visible."""
+def _mounts(workspace: Path, home: str, settings: Settings, secrets: Iterable[Path],
+            tmp_bytes: int | None = None) -> list[Mount]:
+    """Every mount, shallowest first, so a deeper bind (the workspace under a hidden directory) stays visible;
+    each tmpfs of ``tmp_bytes`` at most; the root and ``/dev`` read-only at the end."""
     ws = os.path.abspath(workspace)
     needed = [*_system_mounts(), *_etc_mounts(), *(Mount("ro-bind", p, p) for p in python_paths()), Mount("bind", ws, ws)]
     extra = [os.path.abspath(os.path.expanduser(p.strip())) for p in settings.check_sandbox_bind.split(",") if p.strip()]
     binds = [*needed, *(Mount("ro-bind", p, p) for p in extra if os.path.exists(p))]
     keep = {Path("/"), *(Path(m.dest) for m in needed)}
-    mounts = [*binds, Mount("proc", "/proc"), Mount("dev", "/dev"), Mount("tmpfs", "/tmp"), Mount("tmpfs", "/var/tmp")]
+    mounts = [*binds, Mount("proc", "/proc"), Mount("dev", "/dev"), Mount("tmpfs", "/dev/shm"), Mount("tmpfs", "/tmp"),
+              Mount("tmpfs", "/var/tmp")]
     if home != "/tmp" and Path(home) not in keep:  # HOME may be the workspace itself
         mounts.append(Mount("tmpfs", home))
     mounts += _hides(binds, secrets, keep)
-    unique = list(dict.fromkeys(mounts))
-    return sorted(unique, key=lambda m: len(Path(m.dest).parts))  # stable: a hide follows the bind it covers
+    sized = [replace(m, size=tmp_bytes) if m.op == "tmpfs" else m for m in mounts]
+    unique = list(dict.fromkeys(sized))
+    # stable: a hide follows the bind it covers
+    return [*sorted(unique, key=lambda m: len(Path(m.dest).parts)), *READ_ONLY_AFTER]
 
 
 def _hides(binds: Sequence[Mount], secrets: Iterable[Path], keep: set[Path]) -> list[Mount]:
