@@ -34,7 +34,7 @@ from autopack.execution.batch import (
     parse_states,
     run_batch_drain,
 )
-from autopack.execution.batch_report import format_summary
+from autopack.execution.batch_report import format_summary, outcome_line
 from autopack.execution.batch_workers import InlineExecutor, ProcessExecutor, make_executor
 from autopack.execution.sessions import (
     FINAL_INTERRUPTED,
@@ -199,6 +199,34 @@ def test_consecutive_zero_yield_stops_the_batch(db_url: str) -> None:
     assert state.total_processed == 2
     assert (state.stop_reason or "").startswith(STOP_ZERO_YIELD)
     assert state.status == STATUS_COMPLETED
+
+
+class Lines(NullReporter):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def phase_finished(self, outcome: Any, state: SessionState, notes: list[str]) -> None:
+        self.lines.append(outcome_line(outcome, state))
+
+
+def test_a_phase_finished_from_a_recorded_call_yields_its_event_and_says_no_call_was_made(db_url: str) -> None:
+    """An earlier execution recorded a successful call and died before the finish: the real executor finishes
+    the phase from it; its one event counts, so the zero-yield rule does not stop the batch."""
+    from test_telemetry_recorder import DECISION, EST, FEATURES, response
+
+    from autopack.execution.phase_runner import execute_phase
+    from autopack.telemetry import CallKey, record_call
+
+    make_run(db_url, "a", [behaviour("ok")])
+    record_call(CallKey("a", "p000", 0, 0), FEATURES, EST, DECISION, response(), success=True, db=database_at(db_url))
+    reporter = Lines()
+    state = drain(db_url, executor=execute_phase, reporter=reporter, max_consecutive_zero_yield=1)
+    (outcome,) = state.results
+    assert (outcome.final_state, outcome.telemetry_events, outcome.llm_calls) == ("COMPLETE", 1, 0)
+    assert state.stop_reason == STOP_NO_PHASES and state.total_telemetry_events == 1
+    assert reporter.lines == [f"[1/{state.batch_size}] OK   a/p000: COMPLETE, 1 events, "
+                              f"{outcome.duration_seconds:.1f}s (finished from an earlier execution's recorded call; "
+                              "no new LLM call)"]
 
 
 def test_zero_yield_rule_is_ignored_without_telemetry(db_url: str) -> None:

@@ -719,6 +719,7 @@ def make_outcome(
     duration: float,
     llm_calls: int = 0,
     reached_llm_boundary: bool = False,
+    recorded_call: bool = False,
 ) -> DrainOutcome:
     """The drain's record of one attempt; the zero-yield reason comes from the structured result."""
     timed_out = returncode in (RC_TIMEOUT, 143)
@@ -745,6 +746,7 @@ def make_outcome(
             failure_stage=failure_stage,
         ),
         duration_seconds=round(duration, 3),
+        recorded_call=recorded_call,
     )
 
 
@@ -759,7 +761,7 @@ def outcome_from_phase_result(
         error_message=None if success else (result.error_message or "phase failed (no reason given)"),
         failure_stage=None if success else result.failure_stage,
         telemetry_events=result.telemetry_events, llm_calls=result.llm_calls,
-        reached_llm_boundary=result.reached_llm_boundary, duration=duration,
+        reached_llm_boundary=result.reached_llm_boundary, duration=duration, recorded_call=result.recorded_call,
     )
 
 

@@ -16,6 +16,8 @@ from autopack.execution.triage import Candidate
 from autopack.logging import redact
 
 RULE = "=" * 80
+#: How a phase finished from an earlier execution's recorded call is marked in its lines.
+RECORDED_CALL_NOTE = "finished from an earlier execution's recorded call; no new LLM call"
 
 
 def _short(text: str | None, limit: int = 160) -> str:
@@ -40,6 +42,8 @@ def phase_log_line(run_id: str, phase_id: str, message: PhaseMessage, samples: l
         f"{head} in {result.duration_seconds:.2f}s: {_plural(result.attempts, 'attempt')}, "
         f"{_plural(result.llm_calls, 'LLM call')}, {_plural(result.telemetry_events, 'telemetry row')}"
     )
+    if result.recorded_call:
+        line += f" ({RECORDED_CALL_NOTE})"
     if samples:
         calls = [
             f"attempt {s.attempt_index}: {s.actual} output tokens of ceiling {s.ceiling if s.ceiling is not None else '?'}"
@@ -59,6 +63,8 @@ def outcome_line(outcome: DrainOutcome, state: SessionState) -> str:
     progress = f"[{state.total_processed}/{state.batch_size}]"
     if outcome.success:
         line = f"{progress} OK   {where}: {outcome.final_state}, {outcome.telemetry_events} events, {outcome.duration_seconds:.1f}s"
+        if outcome.recorded_call:
+            line += f" ({RECORDED_CALL_NOTE})"
     else:
         line = f"{progress} FAIL {where}: {outcome.final_state}: {_short(outcome.error_message)}"
     if outcome.telemetry_events == 0 and outcome.zero_yield_reason:

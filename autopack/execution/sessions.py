@@ -131,6 +131,8 @@ class DrainOutcome:
     zero_yield_reason: str | None = None
     duration_seconds: float = 0.0
     timestamp: datetime = field(default_factory=utcnow)
+    #: Finished from a call an earlier execution recorded (no new call; its event counts). Not kept in drain_results.
+    recorded_call: bool = False
     #: Database id of the saved row (None until saved).
     row_id: int | None = None
 
