@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from datetime import datetime
 from typing import IO, Any
 
 from rich.console import Console
@@ -188,6 +189,14 @@ def progress_percent(done: int, planned: int) -> float:
     return 100.0 if planned <= 0 else round(min(100.0, 100.0 * done / planned), 1)
 
 
+def session_line(state: SessionState, now: datetime | None = None) -> str:
+    """One line of ``drain sessions``: id, status as an operator reads it (``abandoned`` when its drain died), counts."""
+    return (f"{state.session_id}  {_short(state.status_line(now), 200)}  started "
+            f"{state.started_at.isoformat(timespec='seconds')}  {state.total_processed} processed "
+            f"({state.total_success} ok, {state.total_failed} failed, {state.total_timeouts} timeouts), "
+            f"{_plural(state.total_telemetry_events, 'telemetry event')}")
+
+
 def format_summary(state: SessionState, wall_seconds: float | None = None) -> str:
     """The original's summary: rates, yield, zero-yield breakdown, boundary hits, stopped runs, per run."""
     results = [r for r in state.results if r.counts]
@@ -198,7 +207,7 @@ def format_summary(state: SessionState, wall_seconds: float | None = None) -> st
         f"Session ID: {state.session_id}",
         f"Started: {state.started_at.isoformat(timespec='seconds')}",
         f"Completed: {state.completed_at.isoformat(timespec='seconds') if state.completed_at else 'not completed'}",
-        f"Status: {state.status}" + (f" ({state.stop_reason})" if state.stop_reason else ""),
+        f"Status: {state.status_line()}",
         "",
         f"Total Processed: {state.total_processed}",
         f"  [OK] Succeeded: {state.total_success}",
