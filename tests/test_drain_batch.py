@@ -34,7 +34,7 @@ from autopack.execution.batch import (
     parse_states,
     run_batch_drain,
 )
-from autopack.execution.batch_report import format_summary
+from autopack.execution.batch_report import format_summary, outcome_line
 from autopack.execution.batch_workers import InlineExecutor, ProcessExecutor, make_executor
 from autopack.execution.sessions import (
     FINAL_INTERRUPTED,
@@ -201,6 +201,34 @@ def test_consecutive_zero_yield_stops_the_batch(db_url: str) -> None:
     assert state.status == STATUS_COMPLETED
 
 
+class Lines(NullReporter):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def phase_finished(self, outcome: Any, state: SessionState, notes: list[str]) -> None:
+        self.lines.append(outcome_line(outcome, state))
+
+
+def test_a_phase_finished_from_a_recorded_call_yields_its_event_and_says_no_call_was_made(db_url: str) -> None:
+    """An earlier execution recorded a successful call and died before the finish: the real executor finishes
+    the phase from it; its one event counts, so the zero-yield rule does not stop the batch."""
+    from test_telemetry_recorder import DECISION, EST, FEATURES, response
+
+    from autopack.execution.phase_runner import execute_phase
+    from autopack.telemetry import CallKey, record_call
+
+    make_run(db_url, "a", [behaviour("ok")])
+    record_call(CallKey("a", "p000", 0, 0), FEATURES, EST, DECISION, response(), success=True, db=database_at(db_url))
+    reporter = Lines()
+    state = drain(db_url, executor=execute_phase, reporter=reporter, max_consecutive_zero_yield=1)
+    (outcome,) = state.results
+    assert (outcome.final_state, outcome.telemetry_events, outcome.llm_calls) == ("COMPLETE", 1, 0)
+    assert state.stop_reason == STOP_NO_PHASES and state.total_telemetry_events == 1
+    assert reporter.lines == [f"[1/{state.batch_size}] OK   a/p000: COMPLETE, 1 events, "
+                              f"{outcome.duration_seconds:.1f}s (finished from an earlier execution's recorded call; "
+                              "no new LLM call)"]
+
+
 def test_zero_yield_rule_is_ignored_without_telemetry(db_url: str) -> None:
     make_run(db_url, "a", [behaviour("ok", calls=1)] * 3)
     state = drain(db_url, max_consecutive_zero_yield=1, telemetry=False)
@@ -325,6 +353,51 @@ def test_resume_continues_the_interrupted_session(db_url: str) -> None:
     assert drained(resumed) == ["a/p000", "a/p001", "a/p002"]  # continued up to the batch size
     assert resumed.status == STATUS_COMPLETED and resumed.total_processed == 3
     assert phase_rows(db_url)[("a", "p003")].state == "QUEUED"
+
+
+def test_a_killed_drains_session_is_marked_abandoned_by_the_next_drain_and_resume_says_it_took_it_over(
+        db_url: str) -> None:
+    dead = SessionState("batch-drain-20250101-000000-dead", 5, params={"process": {"host": "gone", "pid": 1}})
+    SessionStore(database_at(db_url), owner="killed-drain", lease_seconds=600).save(dead)
+    expired = utcnow().replace(microsecond=0) - timedelta(minutes=5)
+    with session_scope(db_url) as db:
+        db.execute(sa.update(DrainSession).values(lease_expires_at=expired))
+    make_run(db_url, "a", [behaviour("ok")] * 2)
+    reporter = Messages()
+    drain(db_url, reporter=reporter, batch_size=1)
+    when = expired.isoformat(timespec="seconds")
+    assert (f"session {dead.session_id} was abandoned by its drain (owner lease expired at {when}); marked "
+            "abandoned, --resume continues it") in reporter.lines
+    stored = SessionStore(database_at(db_url)).load(dead.session_id)
+    assert stored is not None and stored.status == "abandoned"
+
+    reporter = Messages()
+    resumed = drain(db_url, reporter=reporter, resume=True)
+    assert resumed.session_id == dead.session_id and drained(resumed) == ["a/p001"]
+    assert (f"resuming session {dead.session_id} (taken over from its dead drain: owner lease expired at {when}): "
+            "0 processed, 0 succeeded, 0 failed") in reporter.lines
+    assert [entry["lease_expired_at"] for entry in resumed.params["taken_over"]] == [when]
+
+
+def test_drain_sessions_lists_a_dead_drains_session_as_abandoned_and_a_live_one_as_running(
+        db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli_runner import run_cli
+
+    dead = SessionState("batch-drain-20250101-000000-dead", 5)
+    SessionStore(database_at(db_url), owner="killed-drain", lease_seconds=600).save(dead)
+    expired = utcnow().replace(microsecond=0) - timedelta(minutes=5)
+    with session_scope(db_url) as db:
+        db.execute(sa.update(DrainSession).values(lease_expires_at=expired))
+    live = SessionState("batch-drain-20250102-000000-live", 5)
+    SessionStore(database_at(db_url), owner="live-drain", lease_seconds=600).save(live)
+    code, out, err = run_cli(capsys, "drain", "sessions")
+    assert code == 0, err
+    assert out.splitlines() == [
+        f"{live.session_id}  running  started {live.started_at.isoformat(timespec='seconds')}  0 processed "
+        "(0 ok, 0 failed, 0 timeouts), 0 telemetry events",
+        f"{dead.session_id}  abandoned (owner lease expired at {expired.isoformat(timespec='seconds')})  started "
+        f"{dead.started_at.isoformat(timespec='seconds')}  0 processed (0 ok, 0 failed, 0 timeouts), 0 telemetry events",
+    ]
 
 
 def test_resume_without_an_unfinished_session_starts_a_new_one(db_url: str) -> None:
@@ -541,7 +614,7 @@ def test_batch_command_joins_the_drain_group_in_either_order() -> None:
             module.register(app)
         groups = [g for g in app.registered_groups if g.name == "drain"]
         assert len(groups) == 1
-        assert sorted(c.name for c in groups[0].typer_instance.registered_commands) == ["batch", "one"]
+        assert sorted(c.name for c in groups[0].typer_instance.registered_commands) == ["batch", "one", "sessions"]
 
 
 def test_cli_bad_states_is_one_line_exit_2(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from autopack.config import get_settings
 from autopack.db.engine import get_engine, session_scope
 from autopack.db.handle import database_at
-from autopack.db.models import LlmUsageEvent, Phase, Run, TokenBudgetEscalationEvent, TokenEstimationV2Event
+from autopack.db.models import LlmUsageEvent, Phase, Run, TokenBudgetEscalationEvent, TokenEstimationV2Event, utcnow
 from autopack.execution import leases
 from autopack.execution.phase_runner import PhaseResult, check_output, execute_phase
 from autopack.execution.runs import create_run
+from autopack.execution.sandbox import SandboxUnavailableError, require_sandbox
 from autopack.execution.spec import PhaseSpec, RunSpec
 from autopack.execution.workspace import run_workspace
 from autopack.llm.base import LLMRequest, LLMResponse
 from autopack.llm.simulated import SimulatedProvider
 from autopack.pipeline import validation_phase
+from autopack.telemetry import OUTCOME_UNCHECKED, unfinished_success
 
 RUN = "run-x"
 
@@ -103,10 +112,33 @@ def test_a_phase_given_back_after_its_call_was_recorded_is_finished_from_it_not_
     assert validation_phase(db, None, None) is None  # finished without a call, it would validate nothing
 
     result = run(db_url, provider=NeverCalled(seed=1))
-    assert (result.final_state, result.llm_calls, result.telemetry_events) == ("COMPLETE", 0, 0)
+    assert (result.final_state, result.llm_calls, result.recorded_call) == ("COMPLETE", 0, True)
     (event,) = rows(db_url, TokenEstimationV2Event)
     assert event.phase_outcome == "COMPLETE" and len(rows(db_url, LlmUsageEvent)) == 1
     assert phase_row(db_url).state == "COMPLETE"
+
+
+def test_a_phase_finished_from_a_recorded_call_counts_its_tokens_and_its_event(db_url: str) -> None:
+    add_phase(db_url)
+    db = database_at(db_url)
+    with session_scope(db_url) as session:
+        claim = leases.claim_phase(session, RUN, "p1", "worker-1")
+    assert claim is not None
+    provider = ReturnsThenGivenBack(seed=1)
+
+    def beat() -> None:
+        if provider.returned:
+            with db.session() as session:
+                leases.release(session, RUN, "p1", "worker-1")
+
+    with pytest.raises(leases.LeaseLostError):
+        execute_phase(RUN, "p1", claim=claim, db=db, provider=provider, heartbeat=beat)
+    (usage,) = rows(db_url, LlmUsageEvent)
+    assert usage.total_tokens > 0 and not phase_row(db_url).tokens_used
+
+    result = run(db_url, provider=NeverCalled(seed=1))
+    assert (result.llm_calls, result.telemetry_events) == (0, 1)
+    assert phase_row(db_url).tokens_used == usage.total_tokens
 
 
 def test_estimation_row_holds_the_call(db_url: str) -> None:
@@ -366,3 +398,43 @@ def test_lease_lost_during_the_call_rejects_the_result(db_url: str, monkeypatch:
     assert claim is not None
     with pytest.raises(leases.LeaseLostError):
         execute_phase(RUN, "p1", claim=claim, db=database_at(db_url), provider=LosingProvider(seed=1), heartbeat=heartbeat)
+
+
+def _wait_for(path: Path, worker: subprocess.Popen[bytes], deadline_seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    while not path.exists():
+        assert worker.poll() is None, "the worker ended before its check started"
+        assert time.monotonic() < deadline, f"{path.name} not created before the deadline"
+        time.sleep(0.01)
+
+
+def test_a_worker_killed_during_its_check_keeps_the_calls_sample_and_the_phase_calls_again(db_url: str) -> None:
+    """Before: the call was recorded only after the check command, so a SIGKILL meanwhile lost a paid call's sample."""
+    try:
+        require_sandbox(get_settings())
+    except SandboxUnavailableError as exc:
+        pytest.skip(exc.one_line())
+    add_phase(db_url, check_command="sh -c 'test -e go || { touch started; cat gate; }'")  # the first check blocks
+    workspace = run_workspace(RUN, db_id=database_at(db_url).stored_id())
+    os.mkfifo(workspace / "gate")
+    worker = subprocess.Popen([sys.executable, "-c", "from autopack.cli import main; main()", "drain", "one",
+                               "--run-id", RUN, "--phase-id", "p1"], env=dict(os.environ),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(workspace / "started", worker)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    (dead,) = rows(db_url, TokenEstimationV2Event)
+    assert (dead.success, dead.phase_outcome) == (False, OUTCOME_UNCHECKED) and len(rows(db_url, LlmUsageEvent)) == 1
+    assert unfinished_success(RUN, "p1", db=database_at(db_url)) is None  # an unchecked call never finishes the phase
+
+    (workspace / "go").touch()
+    with session_scope(db_url) as session:  # the dead worker's lease runs out
+        session.execute(sa.update(Phase).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    result = run(db_url)
+    assert (result.final_state, result.llm_calls, result.recorded_call) == ("COMPLETE", 1, False)
+    dead, again = rows(db_url, TokenEstimationV2Event)
+    assert dead.attempt_index < again.attempt_index and len(rows(db_url, LlmUsageEvent)) == 2
+    assert (dead.success, dead.phase_outcome) == (False, OUTCOME_UNCHECKED)
+    assert (again.success, again.phase_outcome) == (True, "COMPLETE")

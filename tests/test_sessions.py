@@ -15,8 +15,10 @@ import sqlalchemy as sa
 from autopack.db.engine import dispose_engines, session_scope
 from autopack.db.handle import database_at
 from autopack.db.models import DrainResult, DrainSession, utcnow
+from autopack.execution.batch_report import format_summary
 from autopack.execution.sessions import (
     FINAL_INTERRUPTED,
+    STATUS_ABANDONED,
     STATUS_COMPLETED,
     STATUS_INTERRUPTED,
     STATUS_RUNNING,
@@ -229,6 +231,58 @@ def test_claim_resumable_takes_a_session_whose_lease_expired(db_url: str) -> Non
     remote.record(ok("a", "p9"), LIMITS)
     with pytest.raises(SessionLostError):  # the old owner must not write to it any more
         held.save(remote)
+
+
+def _dead_drains_session(url: str, name: str = "batch-drain-20250101-000000-dead") -> SessionState:
+    """A session saved by a drain that then died: its owner lease has run out."""
+    state = SessionState(name, 5, status=STATUS_RUNNING, params={"process": {"host": "another-host", "pid": 1}})
+    SessionStore(database_at(url), owner="dead-drain", lease_seconds=600).save(state)
+    with session_scope(url) as db:
+        db.execute(sa.update(DrainSession).where(DrainSession.id == name)
+                   .values(lease_expires_at=utcnow().replace(microsecond=0) - timedelta(minutes=5)))
+    return state
+
+
+def test_a_session_whose_owner_lease_expired_is_shown_abandoned_with_the_time_it_expired(db_url: str) -> None:
+    dead = _dead_drains_session(db_url)
+    live = SessionState(new_session_id(), 5, status=STATUS_RUNNING)
+    SessionStore(database_at(db_url), owner="live-drain", lease_seconds=600).save(live)
+    store = SessionStore(database_at(db_url))
+    shown_dead, shown_live = store.load(dead.session_id), store.load(live.session_id)
+    assert shown_dead is not None and shown_live is not None
+    assert (shown_dead.status, shown_dead.shown_status(), shown_live.shown_status()) == (
+        STATUS_RUNNING, STATUS_ABANDONED, STATUS_RUNNING)
+    expired = shown_dead.lease_expires_at
+    assert expired is not None
+    assert f"Status: abandoned (owner lease expired at {expired.isoformat(timespec='seconds')})" in (
+        format_summary(shown_dead).splitlines())
+    assert "Status: running" in format_summary(shown_live).splitlines()
+
+
+def test_marking_abandoned_sessions_stores_the_status_and_leaves_live_ones(db_url: str) -> None:
+    dead = _dead_drains_session(db_url)
+    live = SessionState(new_session_id(), 5, status=STATUS_RUNNING)
+    SessionStore(database_at(db_url), owner="live-drain", lease_seconds=600).save(live)
+    marked = claimer(db_url).mark_abandoned(noticed_by="new-drain")
+    assert [session_id for session_id, _ in marked] == [dead.session_id]
+    loaded = SessionStore(database_at(db_url)).load(dead.session_id)
+    assert loaded is not None and loaded.status == STATUS_ABANDONED
+    assert (loaded.stop_reason or "").startswith("owner lease expired at ")
+    assert (loaded.stop_reason or "").endswith("; noticed by drain new-drain")
+    assert format_summary(loaded).count("Status: abandoned (owner lease expired at ") == 1
+    again = SessionStore(database_at(db_url)).load(live.session_id)
+    assert again is not None and again.status == STATUS_RUNNING
+
+
+def test_resuming_an_abandoned_session_records_the_take_over(db_url: str) -> None:
+    dead = _dead_drains_session(db_url)
+    claimer(db_url).mark_abandoned(noticed_by="new-drain")
+    found = claimer(db_url).claim_resumable()
+    assert found is not None and found.session_id == dead.session_id and found.status == STATUS_RUNNING
+    (entry,) = found.params["taken_over"]
+    with session_scope(db_url) as db:
+        expired = db.execute(sa.select(DrainSession.stop_reason).where(DrainSession.id == dead.session_id)).scalar_one()
+    assert entry["status"] == STATUS_ABANDONED and f"owner lease expired at {entry['lease_expired_at']}" in expired
 
 
 def _claim_in_process(url: str, name: str, start: Any, out: Any) -> None:

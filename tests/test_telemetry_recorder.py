@@ -19,12 +19,14 @@ from autopack.db.models import (
 )
 from autopack.llm.base import LLMResponse
 from autopack.telemetry import (
+    OUTCOME_UNCHECKED,
     CallKey,
     TelemetryWriteError,
     format_log_line,
     record_call,
     record_escalation,
     set_phase_outcome,
+    settle_call,
     smape_percent,
 )
 from autopack.token_estimator import CALIBRATION_VERSION, PhaseFeatures, escalate, plan_call
@@ -165,6 +167,21 @@ def test_record_call_logs_the_line(db_url: str, caplog: pytest.LogCaptureFixture
     with caplog.at_level(logging.INFO, logger="autopack.telemetry"):
         record_call(KEY, FEATURES, EST, DECISION, response(), success=True, db=database_at(db_url))
     assert any(V2_PATTERN.search(r.getMessage()) and "provider=simulated" in r.getMessage() for r in caplog.records)
+
+
+def test_a_call_recorded_before_its_check_is_unchecked_until_settled_once(
+        db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    db = database_at(db_url)
+    with caplog.at_level(logging.INFO, logger="autopack.telemetry"):
+        record_call(KEY, FEATURES, EST, DECISION, response(), success=None, db=db)
+        (row,) = all_rows(db_url, TokenEstimationV2Event)
+        assert (row.success, row.phase_outcome) == (False, OUTCOME_UNCHECKED)
+        assert not any(V2_PATTERN.search(r.getMessage()) for r in caplog.records)  # no outcome, no V2 line yet
+        assert settle_call(KEY, EST, DECISION, response(), success=True, db=db)
+        assert not settle_call(KEY, EST, DECISION, response(), success=False, db=db)  # settled once
+    (row,) = all_rows(db_url, TokenEstimationV2Event)
+    assert (row.success, row.phase_outcome) == (True, None)
+    assert [m.group(8) for r in caplog.records if (m := V2_PATTERN.search(r.getMessage()))] == ["True"]
 
 
 @pytest.mark.parametrize(("p", "a", "expected"), [(100, 100, 0.0), (300, 100, 100.0), (0, 0, 0.0), (0, 50, 200.0)])

@@ -24,7 +24,10 @@ def _add(groups: dict[str, GroupStats], key: str, n: int, success: bool, truncat
 
 @router.get("/runs/{run_id}/telemetry", response_model=TelemetrySummaryOut, responses=NOT_FOUND)
 def telemetry_summary(run_id: RunIdPath, db: DbDep) -> TelemetrySummaryOut:
-    """Event, success and truncation counts, grouped by canonical category and complexity."""
+    """Event, success and truncation counts, grouped by canonical category and complexity.
+
+    A call whose worker died before its deliverables were checked (``phase_outcome`` UNCHECKED) is an event and,
+    when cut, a truncation, never a success: its outcome is unknown."""
     ev = TokenEstimationV2Event
     rows = db.execute(
         sa.select(ev.category, ev.complexity, ev.success, ev.truncated, sa.func.count())

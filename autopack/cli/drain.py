@@ -36,6 +36,9 @@ def format_result(result: PhaseResult) -> str:
         f"phase {result.run_id}/{result.phase_id}: {result.final_state} "
         f"(attempts {result.attempts}, llm calls {result.llm_calls}, {result.duration_seconds:.1f}s)"
     )
+    if result.recorded_call:
+        return (f"{line}\ntelemetry events: {result.telemetry_events} (finished from an earlier execution's recorded "
+                "call; no new LLM call)")
     return f"{line}\ntelemetry events written: {result.telemetry_events}"
 
 

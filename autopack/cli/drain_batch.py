@@ -16,7 +16,8 @@ from autopack.cli.groups import command_group
 from autopack.cli.options import params_command
 from autopack.config import get_settings
 from autopack.execution.batch import BatchOptions, DrainInterrupted, run_batch_drain
-from autopack.execution.batch_report import format_summary, make_reporter
+from autopack.execution.batch_report import format_summary, make_reporter, session_line
+from autopack.execution.sessions import SessionStore
 from autopack.params import DrainParams as P
 
 
@@ -43,6 +44,20 @@ def drain_batch_command(
     raise typer.Exit(report.exit_code)
 
 
+def drain_sessions_command(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="How many of the newest sessions to list.")] = 20,
+    expect_db_id: ExpectDbIdOption = None,
+) -> None:
+    """List the newest drain sessions, newest first; a session whose drain died (its owner lease expired) shows as
+    abandoned, with the time its lease expired (`drain batch --resume` continues it)."""
+    database = guarded(expect_db_id, allow_empty=True, quiet=True, read_only=True)
+    sessions = SessionStore(database).recent(limit)
+    if not sessions:
+        typer.echo("no drain sessions")
+    for state in sessions:
+        typer.echo(session_line(state))
+
+
 def _drain_group(app: typer.Typer) -> typer.Typer | None:
     for group in app.registered_groups:
         if group.name == "drain" and group.typer_instance is not None:
@@ -57,3 +72,5 @@ def register(app: typer.Typer) -> None:
         app.add_typer(group, name="drain")
     if not any(command.name == "batch" for command in group.registered_commands):
         group.command("batch")(drain_batch_command)
+    if not any(command.name == "sessions" for command in group.registered_commands):
+        group.command("sessions")(drain_sessions_command)

@@ -54,6 +54,7 @@ from autopack.execution.sessions import (
     DrainOutcome,
     SessionState,
     SessionStore,
+    abandoned_reason,
     new_session_id,
     process_marker,
     strip_url_credentials,
@@ -286,14 +287,21 @@ class BatchDrain:
         params = self.options.to_params()
         params["provider_concurrency"] = self.provider_concurrency
         params["process"] = process_marker()
+        opened_at = utcnow().isoformat(timespec="seconds")
+        for session_id, expired in self.store.mark_abandoned(noticed_by=self.owner):
+            self.reporter.message(f"session {session_id} was abandoned by its drain ({abandoned_reason(expired)}); "
+                                  "marked abandoned, --resume continues it")
         if self.options.resume:
             previous = self.store.claim_resumable()
             if previous is not None:
+                taken = (previous.params.get("taken_over") or [{}])[-1]
                 previous.status = STATUS_RUNNING
                 previous.params = {**previous.params, "process": process_marker(), "resumed": True}
                 previous.batch_size = self.options.batch_size
+                how = (f" (taken over from its dead drain: owner lease expired at {taken.get('lease_expired_at')})"
+                       if str(taken.get("at", "")) >= opened_at else "")
                 self.reporter.message(
-                    f"resuming session {previous.session_id}: {previous.total_processed} processed, "
+                    f"resuming session {previous.session_id}{how}: {previous.total_processed} processed, "
                     f"{previous.total_success} succeeded, {previous.total_failed} failed"
                 )
                 self.store.save(previous)
@@ -719,6 +727,7 @@ def make_outcome(
     duration: float,
     llm_calls: int = 0,
     reached_llm_boundary: bool = False,
+    recorded_call: bool = False,
 ) -> DrainOutcome:
     """The drain's record of one attempt; the zero-yield reason comes from the structured result."""
     timed_out = returncode in (RC_TIMEOUT, 143)
@@ -745,6 +754,7 @@ def make_outcome(
             failure_stage=failure_stage,
         ),
         duration_seconds=round(duration, 3),
+        recorded_call=recorded_call,
     )
 
 
@@ -759,7 +769,7 @@ def outcome_from_phase_result(
         error_message=None if success else (result.error_message or "phase failed (no reason given)"),
         failure_stage=None if success else result.failure_stage,
         telemetry_events=result.telemetry_events, llm_calls=result.llm_calls,
-        reached_llm_boundary=result.reached_llm_boundary, duration=duration,
+        reached_llm_boundary=result.reached_llm_boundary, duration=duration, recorded_call=result.recorded_call,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from datetime import datetime
 from typing import IO, Any
 
 from rich.console import Console
@@ -16,6 +17,8 @@ from autopack.execution.triage import Candidate
 from autopack.logging import redact
 
 RULE = "=" * 80
+#: How a phase finished from an earlier execution's recorded call is marked in its lines.
+RECORDED_CALL_NOTE = "finished from an earlier execution's recorded call; no new LLM call"
 
 
 def _short(text: str | None, limit: int = 160) -> str:
@@ -40,6 +43,8 @@ def phase_log_line(run_id: str, phase_id: str, message: PhaseMessage, samples: l
         f"{head} in {result.duration_seconds:.2f}s: {_plural(result.attempts, 'attempt')}, "
         f"{_plural(result.llm_calls, 'LLM call')}, {_plural(result.telemetry_events, 'telemetry row')}"
     )
+    if result.recorded_call:
+        line += f" ({RECORDED_CALL_NOTE})"
     if samples:
         calls = [
             f"attempt {s.attempt_index}: {s.actual} output tokens of ceiling {s.ceiling if s.ceiling is not None else '?'}"
@@ -59,6 +64,8 @@ def outcome_line(outcome: DrainOutcome, state: SessionState) -> str:
     progress = f"[{state.total_processed}/{state.batch_size}]"
     if outcome.success:
         line = f"{progress} OK   {where}: {outcome.final_state}, {outcome.telemetry_events} events, {outcome.duration_seconds:.1f}s"
+        if outcome.recorded_call:
+            line += f" ({RECORDED_CALL_NOTE})"
     else:
         line = f"{progress} FAIL {where}: {outcome.final_state}: {_short(outcome.error_message)}"
     if outcome.telemetry_events == 0 and outcome.zero_yield_reason:
@@ -182,6 +189,14 @@ def progress_percent(done: int, planned: int) -> float:
     return 100.0 if planned <= 0 else round(min(100.0, 100.0 * done / planned), 1)
 
 
+def session_line(state: SessionState, now: datetime | None = None) -> str:
+    """One line of ``drain sessions``: id, status as an operator reads it (``abandoned`` when its drain died), counts."""
+    return (f"{state.session_id}  {_short(state.status_line(now), 200)}  started "
+            f"{state.started_at.isoformat(timespec='seconds')}  {state.total_processed} processed "
+            f"({state.total_success} ok, {state.total_failed} failed, {state.total_timeouts} timeouts), "
+            f"{_plural(state.total_telemetry_events, 'telemetry event')}")
+
+
 def format_summary(state: SessionState, wall_seconds: float | None = None) -> str:
     """The original's summary: rates, yield, zero-yield breakdown, boundary hits, stopped runs, per run."""
     results = [r for r in state.results if r.counts]
@@ -192,7 +207,7 @@ def format_summary(state: SessionState, wall_seconds: float | None = None) -> st
         f"Session ID: {state.session_id}",
         f"Started: {state.started_at.isoformat(timespec='seconds')}",
         f"Completed: {state.completed_at.isoformat(timespec='seconds') if state.completed_at else 'not completed'}",
-        f"Status: {state.status}" + (f" ({state.stop_reason})" if state.stop_reason else ""),
+        f"Status: {state.status_line()}",
         "",
         f"Total Processed: {state.total_processed}",
         f"  [OK] Succeeded: {state.total_success}",

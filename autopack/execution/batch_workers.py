@@ -60,6 +60,7 @@ class PhaseReport:
     failure_stage: str | None = None
     reached_llm_boundary: bool = False
     duration_seconds: float = 0.0
+    recorded_call: bool = False  # finished from an earlier execution's recorded call (no new call)
 
     @classmethod
     def of(cls, result: Any) -> PhaseReport:
@@ -74,6 +75,7 @@ class PhaseReport:
             failure_stage=getattr(result, "failure_stage", default.failure_stage),
             reached_llm_boundary=bool(getattr(result, "reached_llm_boundary", default.reached_llm_boundary)),
             duration_seconds=float(getattr(result, "duration_seconds", default.duration_seconds) or 0.0),
+            recorded_call=bool(getattr(result, "recorded_call", default.recorded_call)),
         )
 
 

@@ -7,7 +7,10 @@ raises only ``LeaseLostError`` (the lease expired or was taken over, so the resu
 ``PhaseFinishError`` (the database refused the final write; the phase was given back when possible) and
 ``KeyboardInterrupt`` (after giving the phase back). A phase whose earlier execution recorded a successful call
 but was given back (or died) before its finish is finished from that call, without a new one
-(``telemetry.recorder.unfinished_success``): its deliverables were written and checked before the call was recorded.
+(``telemetry.recorder.unfinished_success``): its deliverables were written and checked before the call was settled.
+The call is recorded as soon as the provider returns (outcome unknown, ``OUTCOME_UNCHECKED``) and settled once
+its deliverables are written and checked, so a worker killed during a long check keeps the call's sample; such
+a call never finishes the phase (it was not checked): the phase runs again under a fresh attempt index.
 
 A provider reporting usage no telemetry column can hold (``telemetry.usage.validate_response``) fails the phase
 at stage ``provider``; the call is still recorded as a ``split_kind = 'invalid'`` usage row.
@@ -73,11 +76,13 @@ from autopack.taxonomy import DOCS_LIKE, canonical_category
 from autopack.telemetry.adaptive_state import level_reader
 from autopack.telemetry.recorder import (
     CallKey,
+    RecordedSuccess,
     TelemetryWriteError,
     record_call,
     record_escalation,
     record_invalid_call,
     set_phase_outcome,
+    settle_call,
     unfinished_success,
 )
 from autopack.telemetry.usage import validate_response
@@ -110,11 +115,13 @@ class PhaseResult:
     success: bool
     attempts: int  # attempts made by this execution (2 when a truncation escalated once)
     llm_calls: int  # provider calls made
-    telemetry_events: int  # token_estimation_v2_events rows this execution wrote
+    telemetry_events: int  # token_estimation_v2_events rows this execution wrote, or the recorded call it finished from
     error_message: str | None
     failure_stage: str | None  # None on success, else one of FAILURE_STAGES
     reached_llm_boundary: bool
     duration_seconds: float
+    #: finished from a call an earlier execution recorded (``_recorded_success``): no new call was made
+    recorded_call: bool = False
 
 
 @dataclass(frozen=True)
@@ -274,6 +281,7 @@ class _Counters:
     telemetry_events: int = 0
     tokens_used: int = 0
     attempt_indices: list[int] = field(default_factory=list)
+    recorded_call: bool = False
 
 
 def _default_heartbeat(claim: Claim, db: Database) -> Callable[[], None]:
@@ -303,8 +311,11 @@ def execute_phase(
         if recorded is None:
             _run(run_id, phase_id, claim=claim, db=db, provider=provider, telemetry=telemetry, beat=beat,
                  counters=counters)
-        else:
-            counters.attempt_indices.append(recorded)
+        else:  # the earlier call's tokens and its sample are this phase's yield (no new call: llm_calls stays 0)
+            counters.attempt_indices.append(recorded.attempt_index)
+            counters.tokens_used += recorded.reported_tokens
+            counters.telemetry_events += recorded.estimation_events
+            counters.recorded_call = True
         stage, message, boundary = None, None, False
     except _Failure as failure:
         stage, message, boundary = failure.stage, failure.message, failure.boundary
@@ -344,9 +355,11 @@ def execute_phase(
         failure_stage=stage,
         reached_llm_boundary=boundary,
         duration_seconds=time.monotonic() - start,
+        recorded_call=counters.recorded_call,
     )
-    log.info("[phase] %s/%s %s attempts=%d llm_calls=%d telemetry_events=%d%s", run_id, phase_id, final_state,
+    log.info("[phase] %s/%s %s attempts=%d llm_calls=%d telemetry_events=%d%s%s", run_id, phase_id, final_state,
              result.attempts, result.llm_calls, result.telemetry_events,
+             " (finished from an earlier execution's recorded call; no new call)" if counters.recorded_call else "",
              f" stage={stage} reason={reason}" if stage else "")
     return result
 
@@ -373,20 +386,21 @@ def _finish(claim: Claim, final_state: str, reason: str | None, tokens_used: int
         ) from exc
 
 
-def _recorded_success(run_id: str, phase_id: str, db: Database) -> int | None:
+def _recorded_success(run_id: str, phase_id: str, db: Database) -> RecordedSuccess | None:
     """The attempt whose successful call an earlier execution recorded before it was given back or died.
 
-    Its deliverables were written and checked before the call was recorded, so the phase is done: it is
-    finished from that call rather than run again (a second call, and the phase counted twice).
+    Its deliverables were written and checked before the call was settled as a success, so the phase is done: it
+    is finished from that call rather than run again (a second call, and the phase counted twice).
     """
     try:
-        attempt = unfinished_success(run_id, phase_id, db=db)
+        recorded = unfinished_success(run_id, phase_id, db=db)
     except TelemetryWriteError as exc:
         raise _Failure("before_llm", exc.one_line()) from exc
-    if attempt is not None:
+    if recorded is not None:
         log.info("[phase] %s/%s: attempt %d's call was recorded as a success before the phase was given back; "
-                 "finished from it, no new call", run_id, phase_id, attempt)
-    return attempt
+                 "finished from it (%d reported tokens), no new call", run_id, phase_id, recorded.attempt_index,
+                 recorded.reported_tokens)
+    return recorded
 
 
 def _give_back(claim: Claim, db: Database) -> bool:
@@ -503,11 +517,13 @@ def _run(
         beat()
         counters.tokens_used += int(response.reported_total or 0)
 
+        key = CallKey(run_id, phase_id, attempt_index, 0)
+        if telemetry:  # durable before the check, which can take minutes: a worker killed meanwhile keeps its sample
+            recorded = record_call(key, features, est, decision, response, success=None, db=db)
+            counters.telemetry_events += int(recorded.estimation_created)
         check = _validate(response, paths, workspace, phase.check_command, db)
         if telemetry:
-            recorded = record_call(CallKey(run_id, phase_id, attempt_index, 0), features, est, decision, response,
-                                   success=check.success, db=db)
-            counters.telemetry_events += int(recorded.estimation_created)
+            settle_call(key, est, decision, response, success=check.success, db=db)
         if check.success:
             return
         if response.truncated and escalated_to is None:

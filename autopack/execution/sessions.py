@@ -46,6 +46,10 @@ STATUS_RUNNING = "running"
 STATUS_INTERRUPTED = "interrupted"
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"
+#: A ``running`` session whose owner lease expired: its drain died without saving (``kill -9``, a lost host).
+#: Shown for such a row (``shown_status``) and stored once a later drain notices it (``mark_abandoned``);
+#: ``--resume`` continues it like an interrupted one.
+STATUS_ABANDONED = "abandoned"
 
 #: A drain_results row with this final state records an attempt we gave back (Ctrl-C): it is kept for the
 #: record but is not an outcome, so it counts toward no limit and a resumed session drains the phase again.
@@ -131,6 +135,8 @@ class DrainOutcome:
     zero_yield_reason: str | None = None
     duration_seconds: float = 0.0
     timestamp: datetime = field(default_factory=utcnow)
+    #: Finished from a call an earlier execution recorded (no new call; its event counts). Not kept in drain_results.
+    recorded_call: bool = False
     #: Database id of the saved row (None until saved).
     row_id: int | None = None
 
@@ -202,6 +208,19 @@ class SessionState:
     promising_runs: set[str] = field(default_factory=set)
     deprioritized_runs: set[str] = field(default_factory=set)
     results: list[DrainOutcome] = field(default_factory=list)
+    #: When the holding drain's owner lease runs out (None when no drain holds the session).
+    lease_expires_at: datetime | None = None
+
+    def shown_status(self, now: datetime | None = None) -> str:
+        """The status as an operator should read it: ``abandoned`` once a running session's lease expired."""
+        return shown_status(self.status, self.lease_expires_at, now or utcnow())
+
+    def status_line(self, now: datetime | None = None) -> str:
+        """``abandoned (owner lease expired at …)`` for a dead drain's session, else the status and stop reason."""
+        status = self.shown_status(now)
+        if status == STATUS_ABANDONED and self.status == STATUS_RUNNING and self.lease_expires_at is not None:
+            return f"{status} (owner lease expired at {self.lease_expires_at.isoformat(timespec='seconds')})"
+        return status + (f" ({self.stop_reason})" if self.stop_reason else "")
 
     # --- the rules ---------------------------------------------------------------------------------
 
@@ -315,6 +334,7 @@ class SessionState:
             "promising_runs": sorted(self.promising_runs),
             "deprioritized_runs": sorted(self.deprioritized_runs),
             "results": [r.to_dict() for r in self.results],
+            "lease_expires_at": self.lease_expires_at.isoformat() if self.lease_expires_at else None,
         }
 
     @classmethod
@@ -344,6 +364,7 @@ class SessionState:
             promising_runs=set(data.get("promising_runs") or ()),
             deprioritized_runs=set(data.get("deprioritized_runs") or ()),
             results=[DrainOutcome.from_dict(r) for r in data.get("results") or ()],
+            lease_expires_at=when(data.get("lease_expires_at")),
         )
 
 
@@ -409,6 +430,7 @@ class SessionStore:
             held = self.owner is not None and state.status == STATUS_RUNNING
             row.owner = self.owner if held else None
             row.lease_expires_at = now + timedelta(seconds=self.lease_seconds) if held else None
+            state.lease_expires_at = row.lease_expires_at
             db.flush()
             pending = [(outcome, _result_row(state.session_id, outcome)) for outcome in state.results if outcome.row_id is None]
             db.add_all([row for _, row in pending])
@@ -465,7 +487,50 @@ class SessionStore:
                 promising_runs=set(row.promising_runs or ()),
                 deprioritized_runs=set(row.deprioritized_runs or ()),
                 results=[_outcome(r) for r in results],
+                lease_expires_at=row.lease_expires_at,
             )
+
+    def mark_abandoned(self, noticed_by: str) -> list[tuple[str, datetime]]:
+        """Store ``abandoned`` (with when its lease expired) on every running session whose owner lease expired.
+
+        Each UPDATE is conditional on the lease seen, so a drain that renews meanwhile keeps its session (and a
+        late drain's next save writes ``running`` again). Returns (session id, lease expiry) of those marked.
+        """
+        now = utcnow()
+        with self.db.session() as db:
+            rows = db.execute(
+                sa.select(DrainSession.id, DrainSession.lease_expires_at)
+                .where(DrainSession.status == STATUS_RUNNING, DrainSession.completed_at.is_(None),
+                       DrainSession.lease_expires_at < now)
+                .order_by(DrainSession.started_at, DrainSession.id)
+            ).all()
+            marked: list[tuple[str, datetime]] = []
+            for session_id, expired in rows:
+                if expired is None:  # excluded by the query; typed as optional
+                    continue
+                result = db.execute(
+                    sa.update(DrainSession)
+                    .where(DrainSession.id == session_id, DrainSession.status == STATUS_RUNNING,
+                           DrainSession.lease_expires_at == expired)
+                    .values(status=STATUS_ABANDONED, updated_at=now,
+                            stop_reason=f"{abandoned_reason(expired)}; noticed by drain {noticed_by}")
+                    .execution_options(synchronize_session=False)
+                )
+                if rowcount(result) == 1:
+                    marked.append((session_id, expired))
+        return marked
+
+    def recent(self, limit: int) -> list[SessionState]:
+        """The newest ``limit`` sessions, newest first, with their counts and lease (their results not loaded)."""
+        with self.db.session() as db:
+            rows = db.scalars(sa.select(DrainSession)
+                              .order_by(DrainSession.started_at.desc(), DrainSession.id.desc()).limit(limit)).all()
+            return [SessionState(session_id=row.id, batch_size=row.batch_size, started_at=row.started_at,
+                                 completed_at=row.completed_at, status=row.status, stop_reason=row.stop_reason,
+                                 db_id=row.db_id, total_processed=row.total_processed, total_success=row.total_success,
+                                 total_failed=row.total_failed, total_timeouts=row.total_timeouts,
+                                 total_telemetry_events=row.total_telemetry_events,
+                                 lease_expires_at=row.lease_expires_at) for row in rows]
 
     def claim_resumable(self) -> SessionState | None:
         """Take over the newest unfinished session nobody holds; None if there is none.
@@ -473,6 +538,8 @@ class SessionStore:
         Held means: an owner whose lease has not expired and whose process (on this host) is alive, or, for a
         session saved without an owner, a ``running`` status with a live process. The take-over is one
         conditional UPDATE on the owner seen, so of two drains resuming at once exactly one gets the session.
+        A session whose drain died (``abandoned``, stored or shown) records the take-over in its ``params``
+        (``taken_over``: when, from which status, when the dead drain's lease expired).
         """
         if self.owner is None:
             raise ValueError("claiming a session needs a store with an owner")
@@ -489,17 +556,38 @@ class SessionStore:
             if _held(status, params or {}, owner, expires, now):
                 continue
             seen = DrainSession.owner.is_(None) if owner is None else DrainSession.owner == owner
+            values: dict[str, Any] = {"owner": self.owner, "status": STATUS_RUNNING, "updated_at": now,
+                                      "lease_expires_at": now + timedelta(seconds=self.lease_seconds)}
+            if shown_status(status, expires, now) == STATUS_ABANDONED:
+                values["params"] = taken_over(params or {}, now, expires)
             with self.db.session() as db:
                 result = db.execute(
                     sa.update(DrainSession)
                     .where(DrainSession.id == session_id, DrainSession.completed_at.is_(None), seen)
-                    .values(owner=self.owner, lease_expires_at=now + timedelta(seconds=self.lease_seconds),
-                            status=STATUS_RUNNING, updated_at=now)
+                    .values(**values)
                     .execution_options(synchronize_session=False)
                 )
             if rowcount(result) == 1:
                 return self.load(session_id)
         return None
+
+
+def shown_status(status: str, lease_expires_at: datetime | None, now: datetime) -> str:
+    """``abandoned`` for a ``running`` session whose owner lease expired before ``now``, else ``status``."""
+    if status == STATUS_RUNNING and lease_expires_at is not None and lease_expires_at < now:
+        return STATUS_ABANDONED
+    return status
+
+
+def abandoned_reason(lease_expires_at: datetime) -> str:
+    return f"owner lease expired at {lease_expires_at.isoformat(timespec='seconds')}"
+
+
+def taken_over(params: dict[str, Any], now: datetime, lease_expires_at: datetime | None) -> dict[str, Any]:
+    """``params`` with one more ``taken_over`` entry: a resume continued a session its drain had abandoned."""
+    entry = {"at": now.isoformat(timespec="seconds"), "status": STATUS_ABANDONED,
+             "lease_expired_at": lease_expires_at.isoformat(timespec="seconds") if lease_expires_at else None}
+    return {**params, "taken_over": [*(params.get("taken_over") or []), entry]}
 
 
 def _held(status: str, params: dict[str, Any], owner: str | None, expires: datetime | None, now: datetime) -> bool:

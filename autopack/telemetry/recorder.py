@@ -13,7 +13,12 @@ Rules (each fixes a defect of the original, reference §2.7 and §10.7):
   the same on SQLite and PostgreSQL: a provider's impossible usage (3×10⁹ completion tokens, −1, NaN)
   is recorded as a usage row with ``split_kind = 'invalid'`` and the bad numbers NULL (the call
   happened), never as a calibration sample, and the write raises ``TelemetryValueError``;
-- each write commits in its own transaction, so telemetry survives a later crash of the phase.
+- each write commits in its own transaction, so telemetry survives a later crash of the phase;
+- a call is recorded as soon as the provider returns, before its deliverables are written and checked (which
+  can take minutes): ``record_call(..., success=None)`` writes the sample with ``success`` false and
+  ``phase_outcome = 'UNCHECKED'``, and ``settle_call`` sets its success once the check finished. A worker killed
+  in between leaves the row UNCHECKED: its length and truncation are real, its outcome is unknown, and nothing
+  counts it as a success (``success`` stays false; the phase is run again under a fresh attempt index).
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ CALL_KEY_COLUMNS = ("run_id", "phase_id", "attempt_index", "call_index")
 
 #: ``split_kind`` of a usage row whose provider reported numbers no column can hold.
 SPLIT_INVALID = "invalid"
+
+#: ``phase_outcome`` of a call recorded before its deliverables were checked (``success`` false until
+#: ``settle_call``); a row that keeps it belongs to a worker that died during the check: outcome unknown.
+OUTCOME_UNCHECKED = "UNCHECKED"
 
 
 @dataclass(frozen=True)
@@ -184,8 +193,9 @@ def estimation_fields(
     decision: CeilingDecision,
     response: LLMResponse,
     *,
-    success: bool,
+    success: bool | None,
 ) -> dict[str, Any]:
+    """The estimation row of one call; ``success=None``: not checked yet (stored false, ``OUTCOME_UNCHECKED``)."""
     assert response.output_tokens is not None
     predicted, actual = est.predicted_output_tokens, int(response.output_tokens)
     deliverables = [d[:MAX_DELIVERABLE_CHARS] for d in features.deliverables[:MAX_DELIVERABLES_STORED]]
@@ -210,7 +220,7 @@ def estimation_fields(
         "actual_max_tokens_backfilled": False,
         "ceiling_contributions_json": json.dumps(decision.as_records()),
         "success": bool(success),
-        "phase_outcome": None,
+        "phase_outcome": OUTCOME_UNCHECKED if success is None else None,
         "truncated": bool(response.truncated),
         "is_truncated_output": bool(response.truncated),
         "stop_reason": response.stop_reason,
@@ -267,11 +277,14 @@ def record_call(
     decision: CeilingDecision,
     response: LLMResponse,
     *,
-    success: bool,
+    success: bool | None,
     role: str = "builder",
     db: Database,
 ) -> RecordedCall:
     """Write the usage row and the estimation row of one provider call (idempotent on the call key).
+
+    ``success=None``: the call's deliverables are not checked yet; ``settle_call`` sets its success afterwards
+    (and only then logs its ``[TokenEstimationV2]`` line and moves the adaptive level, both need the outcome).
 
     A response with impossible usage is recorded by ``record_invalid_call`` instead, and this raises
     ``TelemetryValueError``; so does any other number out of its column's range (nothing is written then).
@@ -304,7 +317,7 @@ def record_call(
             est_created = False
             if estimation is not None:
                 est_id, est_created = _insert_ignore(session, TokenEstimationV2Event, estimation, call_key)
-                if est_created:
+                if est_created and success is not None:
                     _feed_adaptive_budget(session, decision, response, success=success)
     except SQLAlchemyError as exc:
         raise _write_error(key, exc) from exc
@@ -312,9 +325,43 @@ def record_call(
         log.warning("[TokenEstimationV2] %s/%s attempt %d: %s reported no output-token count; usage recorded "
                     "as total-only, no estimation sample", key.run_id, key.phase_id, key.attempt_index,
                     response.provider)
+    elif success is None:
+        log.debug("[telemetry] %s/%s attempt %d recorded; outcome pending its check", key.run_id, key.phase_id,
+                  key.attempt_index)
     else:
         log.info(format_log_line(est, decision, response, success=success))
     return RecordedCall(usage_id, usage_created, est_id, est_created)
+
+
+def settle_call(
+    key: CallKey,
+    est: Estimate,
+    decision: CeilingDecision,
+    response: LLMResponse,
+    *,
+    success: bool,
+    db: Database,
+) -> bool:
+    """Set the success of a call ``record_call`` wrote unchecked (``success=None``); False if there was none.
+
+    Only an UNCHECKED row changes (a retried settle, or a call without an estimation row, writes nothing), so the
+    adaptive level moves and the ``[TokenEstimationV2]`` line is logged once per call, when its outcome is known.
+    """
+    ev = TokenEstimationV2Event
+    where = sa.and_(ev.run_id == key.run_id, ev.phase_id == key.phase_id, ev.attempt_index == key.attempt_index,
+                    ev.call_index == key.call_index, ev.phase_outcome == OUTCOME_UNCHECKED)
+    try:
+        with db.session() as session:
+            result = session.execute(sa.update(ev).where(where).values(success=bool(success), phase_outcome=None)
+                                     .execution_options(synchronize_session=False))
+            settled = int(rowcount(result) or 0) == 1
+            if settled:
+                _feed_adaptive_budget(session, decision, response, success=success)
+    except SQLAlchemyError as exc:
+        raise _write_error(key, exc) from exc
+    if settled:
+        log.info(format_log_line(est, decision, response, success=success))
+    return settled
 
 
 def _feed_adaptive_budget(
@@ -411,7 +458,8 @@ def record_escalation(
 def set_phase_outcome(
     run_id: str, phase_id: str, attempt_indices: Iterable[int], outcome: str, *, db: Database
 ) -> int:
-    """Fill ``phase_outcome`` on the estimation rows of the attempts that led to this outcome."""
+    """Fill ``phase_outcome`` on the estimation rows of the attempts that led to this outcome (an UNCHECKED row
+    too: the phase failed before its check finished, so its outcome is now known)."""
     indices = sorted(set(attempt_indices))
     if not indices:
         return 0
@@ -433,24 +481,43 @@ def set_phase_outcome(
 
 
 def unfinished_success_of(run_id: Any, phase_id: Any) -> sa.ColumnElement[bool]:
-    """The estimation rows ``unfinished_success`` looks for, of a phase given by values or by columns."""
+    """The estimation rows ``unfinished_success`` looks for, of a phase given by values or by columns.
+
+    ``success`` is true only once ``settle_call`` saw the deliverables written and checked: a row left UNCHECKED
+    (its worker died during the check) is false here, never a reason to finish the phase."""
     ev = TokenEstimationV2Event
     return sa.and_(ev.run_id == run_id, ev.phase_id == phase_id, ev.source == RECORDER_SOURCE, ev.success,
                    sa.not_(ev.truncated), ev.phase_outcome.is_(None))
 
 
-def unfinished_success(run_id: str, phase_id: str, *, db: Database) -> int | None:
+@dataclass(frozen=True)
+class RecordedSuccess:
+    """A successful call an earlier execution recorded for a phase that never finished (``unfinished_success``)."""
+
+    attempt_index: int
+    reported_tokens: int  # the attempt's usage rows' total_tokens: what the phase spent on it
+    estimation_events: int  # its estimation rows (the samples it yielded)
+
+
+def unfinished_success(run_id: str, phase_id: str, *, db: Database) -> RecordedSuccess | None:
     """The attempt of a call this executor recorded as a success (uncut, deliverables written and checked) whose
-    phase never recorded an outcome, or None.
+    phase never recorded an outcome, with its tokens and samples, or None.
 
     Such a phase was given back (Ctrl-C, a lost lease) or its worker died between the telemetry write and the
     phase's finish: running it again would spend a second call and count the phase twice in the calibration.
     """
-    query = sa.select(sa.func.max(TokenEstimationV2Event.attempt_index)).where(unfinished_success_of(run_id, phase_id))
+    ev, usage = TokenEstimationV2Event, LlmUsageEvent
+    query = sa.select(sa.func.max(ev.attempt_index)).where(unfinished_success_of(run_id, phase_id))
     try:
         with db.session() as session:
             attempt = session.execute(query).scalar_one_or_none()
+            if attempt is None:
+                return None
+            tokens = session.execute(sa.select(sa.func.coalesce(sa.func.sum(usage.total_tokens), 0)).where(
+                usage.run_id == run_id, usage.phase_id == phase_id, usage.attempt_index == attempt)).scalar_one()
+            events = session.execute(sa.select(sa.func.count()).where(
+                ev.run_id == run_id, ev.phase_id == phase_id, ev.attempt_index == attempt)).scalar_one()
     except SQLAlchemyError as exc:
         raise TelemetryWriteError(f"telemetry tables unreadable for {run_id}/{phase_id}: {type(exc).__name__}: "
                                   f"{getattr(exc, 'orig', exc)}") from exc
-    return None if attempt is None else int(attempt)
+    return RecordedSuccess(int(attempt), int(tokens or 0), int(events))
