@@ -50,7 +50,7 @@ def _prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
 
@@ -197,6 +197,26 @@ def prefect_api() -> Iterator[TemporaryServer | None]:
         with _pointed_at(server.api_url):
             yield server
     finally:
+        _drain_prefect_workers()
         logger.info("Stopping the temporary Prefect server on %s", server.api_url)
         server.stop()
+
+
+#: Seconds Prefect's log and event workers may take to send what they hold before the server stops.
+_DRAIN_SECONDS = 10.0
+
+
+def _drain_prefect_workers() -> None:
+    """Send the flow runs' last log lines and events while the server still answers.
+
+    Prefect drains these workers at interpreter exit, before its own server's ``atexit`` stop; a server stopped
+    at the end of the ``with`` block would otherwise meet them with "Error logging to API" at exit. Best effort:
+    nothing here may keep the server from being stopped.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=_DRAIN_SECONDS)
 

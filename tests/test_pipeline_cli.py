@@ -148,6 +148,26 @@ def running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.timeout(300)
+def test_a_pipeline_run_on_its_own_temporary_prefect_server_completes_and_stops_it(
+    checkout: Path, tmp_path: Path
+) -> None:
+    """Without PREFECT_API_URL the command starts the temporary server (``autopack.prefect_server``); the flow's
+    last log lines reach it before it stops (no "Error logging to API" at exit), and nothing outlives the command:
+    ``subprocess.run`` returns only once every holder of its pipes is gone."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_API_URL", "GITHUB_"))}
+    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}", PREFECT_HOME=str(tmp_path / "prefect"),
+               PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", "from autopack.cli import run; run()", "pipeline", "run", "--init", "--dry-run",
+         "--skip-drain", "--target-repo", str(checkout), "--output-dir", str(tmp_path / "reports")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "outcome: no calibration" in out.stdout
+    assert "Started a temporary Prefect server on http://127.0.0.1:" in out.stderr
+    assert "Error logging to API" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+
+
 def stop_a_draining_pipeline_run(checkout: Path, tmp_path: Path, how: signal.Signals) -> tuple[int, list[str]]:
     """Start ``autopack pipeline run --init`` (no PREFECT_API_URL: a temporary server), send ``how`` once the
     drain's first phase is leased; (exit code, its stderr lines). Asserts that every child process (the
