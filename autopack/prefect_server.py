@@ -117,8 +117,10 @@ class TemporaryServer:
 
 
 def _launch(port: int, prctl: Callable[..., int]) -> subprocess.Popen[bytes]:
+    """The server process, in a session of its own: a terminal's Ctrl-C reaches the command, which stops the
+    server once Prefect has reported the interrupted run to it (in the command's group it stopped at once)."""
     return subprocess.Popen(_server_command(port), env=_server_environment(),
-                            preexec_fn=_die_with(os.getpid(), prctl))
+                            preexec_fn=_die_with(os.getpid(), prctl), start_new_session=True)
 
 
 def _healthy(server: TemporaryServer, deadline: float) -> bool:
@@ -169,8 +171,13 @@ def _pointed_at(api_url: str) -> Iterator[None]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        # what prefect.testing.utilities.prefect_test_harness does for the same reason
-        with prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
+        # what prefect.testing.utilities.prefect_test_harness does for the same reason (a private helper: if a
+        # later Prefect drops it, the settings context alone still serves the flow and its task threads)
+        process_wide = getattr(prefect.context, "_temporary_global_settings_context", None)
+        if process_wide is None:
+            yield
+            return
+        with process_wide(prefect.context.get_settings_context()):
             yield
 
 
