@@ -32,6 +32,7 @@ _PORT_ATTEMPTS = 3
 #: Seconds a stopped server may take to shut down before it is killed (Prefect's own ``stop`` waits as long).
 _STOP_SECONDS = 5.0
 _PR_SET_PDEATHSIG = 1
+_PR_GET_PDEATHSIG = 2
 #: The exit code of a server whose parent died before it could ask for the parent-death signal.
 _ORPHANED_EXIT = 70
 
@@ -46,11 +47,14 @@ def startup_failed(timeout: float, detail: str = "") -> AutopackError:
 
 
 def _prctl() -> Callable[..., int] | None:
-    """libc's ``prctl``, on Linux only; None elsewhere (or when it cannot be loaded)."""
+    """libc's ``prctl``, on Linux only; None elsewhere, or when it cannot be loaded or is refused (a seccomp
+    filter): then Prefect starts its own server rather than ours failing to start."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        current = ctypes.c_int()
+        return prctl if prctl(_PR_GET_PDEATHSIG, ctypes.byref(current), 0, 0, 0) == 0 else None
     except (OSError, AttributeError):
         return None
 

@@ -94,6 +94,15 @@ def test_a_configured_prefect_api_url_is_used_and_no_server_is_started() -> None
         assert PREFECT_API_URL.value() == "http://127.0.0.1:9/api"
 
 
+def test_without_the_parent_death_signal_prefect_starts_its_own_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not Linux: nothing is started here and Prefect is left pointing at no server (it starts its own)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), prefect_api() as server:
+        assert server is None and PREFECT_API_URL.value() is None
+
+
 @linux_only
 def test_a_server_whose_parent_died_before_it_asked_for_the_signal_does_not_start() -> None:
     """The race ``prctl`` alone leaves open: the parent died between fork and ``prctl``, the child was re-parented."""
