@@ -22,6 +22,7 @@ from autopack.github.proposal import BOT_BRANCH, ESTIMATOR_PATH
 from autopack.github.result import PublishResult
 from autopack.logging import get_logger
 from autopack.params import PipelineParams
+from autopack.run_order import run_order
 from autopack.telemetry.recorder import unfinished_success_of
 
 if TYPE_CHECKING:
@@ -280,7 +281,7 @@ def validation_phase(database: Database, run_id: str | None, phase_id: str | Non
                                                                sa.not_(finished_without_a_call))
         if run_id:
             query = query.where(Phase.run_id == run_id)
-        row = session.execute(query.order_by(Phase.run_id, Phase.phase_index).limit(1)).first()
+        row = session.execute(query.order_by(*run_order(Phase.run_id), Phase.phase_index).limit(1)).first()
     return (row[0], row[1]) if row else None
 
 

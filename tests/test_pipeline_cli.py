@@ -148,12 +148,30 @@ def running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_sigterm_stops_a_pipeline_run_in_one_line_and_stops_its_temporary_server(
+@pytest.mark.timeout(300)
+def test_a_pipeline_run_on_its_own_temporary_prefect_server_completes_and_stops_it(
     checkout: Path, tmp_path: Path
 ) -> None:
-    """Before: Prefect's SIGTERM bridge killed the process on the spot (exit 143, no line) and its temporary
-    Prefect server went on running, orphaned (holding the command's stderr open)."""
+    """Without PREFECT_API_URL the command starts the temporary server (``autopack.prefect_server``); the flow's
+    last log lines reach it before it stops (no "Error logging to API" at exit), and nothing outlives the command:
+    ``subprocess.run`` returns only once every holder of its pipes is gone."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_API_URL", "GITHUB_"))}
+    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}", PREFECT_HOME=str(tmp_path / "prefect"),
+               PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", "from autopack.cli import run; run()", "pipeline", "run", "--init", "--dry-run",
+         "--skip-drain", "--target-repo", str(checkout), "--output-dir", str(tmp_path / "reports")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "outcome: no calibration" in out.stdout
+    assert "Started a temporary Prefect server on http://127.0.0.1:" in out.stderr
+    assert "Error logging to API" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+
+
+def stop_a_draining_pipeline_run(checkout: Path, tmp_path: Path, how: signal.Signals) -> tuple[int, list[str]]:
+    """Start ``autopack pipeline run --init`` (no PREFECT_API_URL: a temporary server), send ``how`` once the
+    drain's first phase is leased; (exit code, its stderr lines). Asserts that every child process (the
+    temporary Prefect server) is gone with it: the server holds the command's stderr, which must close."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_API_URL", "GITHUB_"))}
     env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}", PREFECT_HOME=str(tmp_path / "prefect"),
                AUTOPACK_SIM_LATENCY_SECONDS="0.5", PYTHONPATH=str(ROOT))
@@ -170,7 +188,7 @@ def test_sigterm_stops_a_pipeline_run_in_one_line_and_stops_its_temporary_server
             pass
         servers = children(proc.pid)
         assert servers
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(how)
         code = proc.wait(timeout=120)
         reader.join(timeout=30)
     finally:
@@ -181,6 +199,25 @@ def test_sigterm_stops_a_pipeline_run_in_one_line_and_stops_its_temporary_server
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
     assert not reader.is_alive(), "the temporary Prefect server outlived the command (it holds its stderr)"
-    rest = [line.rstrip() for line in iter(lines.get_nowait, None)]
+    assert not any(running(pid) for pid in servers)
+    return code, [line.rstrip() for line in iter(lines.get_nowait, None)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_stops_a_pipeline_run_in_one_line_and_stops_its_temporary_server(
+    checkout: Path, tmp_path: Path
+) -> None:
+    """Before: Prefect's SIGTERM bridge killed the process on the spot (exit 143, no line) and its temporary
+    Prefect server went on running, orphaned (holding the command's stderr open)."""
+    code, rest = stop_a_draining_pipeline_run(checkout, tmp_path, signal.SIGTERM)
     assert code == TERMINATED_EXIT
-    assert TERMINATED_LINE in rest and not any("Traceback" in line for line in rest)  # then Prefect's "Stopping …"
+    assert TERMINATED_LINE in rest and not any("Traceback" in line for line in rest)  # then "Stopping …"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_sigkilled_pipeline_run_leaves_no_temporary_prefect_server_behind(checkout: Path, tmp_path: Path) -> None:
+    """Before: Prefect's temporary server is stopped at exit only, so after a ``kill -9`` it ran on, orphaned,
+    holding its port and Prefect's SQLite database."""
+    code, _ = stop_a_draining_pipeline_run(checkout, tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL

@@ -13,6 +13,7 @@ from autopack.db.engine import session_scope
 from autopack.db.models import Phase, Run
 from autopack.errors import InputError
 from autopack.execution.seed_runs import (
+    MAX_SEED_WEEKS,
     SEED_RUNS,
     V4_RUN_ID,
     ensure_seed_runs,
@@ -22,7 +23,9 @@ from autopack.execution.seed_runs import (
     telemetry_collection_v5_spec,
     telemetry_collection_v6_spec,
     telemetry_collection_v7_spec,
+    week_run_id,
 )
+from autopack.run_order import sorted_runs
 from autopack.token_estimator import PhaseFeatures, estimate
 
 
@@ -142,10 +145,10 @@ def test_original_script_names_still_work(tmp_path) -> None:  # type: ignore[no-
 
 
 def test_later_weeks_repeat_the_seed_phases_under_their_own_run_ids() -> None:
-    ids = seed_run_ids(3)
-    assert ids[:4] == list(SEED_RUNS) and len(ids) == 12 and len(set(ids)) == 12
+    ids = seed_run_ids(11)
+    assert ids[:4] == list(SEED_RUNS) and len(ids) == 44 and len(set(ids)) == 44
     assert ids[4:8] == [run_id.replace("collection-", "collection-week2-") for run_id in SEED_RUNS]
-    assert ids[4:] == sorted(ids[4:])  # later weeks sort after the first, in the order they were collected
+    assert ids == sorted_runs(ids)  # later weeks sort after the first, in the order they were collected (week 10 too)
     week3 = seed_run_spec("telemetry-collection-week3-v4")
     assert week3.run_id == "telemetry-collection-week3-v4"
     assert [p.phase_id for p in week3.phases] == [p.phase_id for p in telemetry_collection_v4_spec().phases]
@@ -155,6 +158,19 @@ def test_later_weeks_repeat_the_seed_phases_under_their_own_run_ids() -> None:
 def test_weeks_out_of_range_are_refused(bad: int) -> None:
     with pytest.raises(InputError, match="--weeks"):
         seed_run_ids(bad)
+
+
+@pytest.mark.parametrize(("week", "run_id"), [(2, "telemetry-collection-week2-v4"), (10, "telemetry-collection-week10-v4")])
+def test_week_run_ids_keep_their_names_and_parse(week: int, run_id: str) -> None:
+    """Databases hold week2 … week9 ids and people know them: the names did not change with the order."""
+    assert week_run_id(V4_RUN_ID, week) == run_id
+    assert seed_run_spec(run_id).run_id == run_id
+
+
+def test_more_weeks_than_the_limit_are_refused_in_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = run_cli(capsys, "pipeline", "init", "--weeks", str(MAX_SEED_WEEKS + 1))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f"less than or equal to {MAX_SEED_WEEKS}" in err
+    assert not (tmp_path / "autopack.db").exists()
 
 
 @pytest.mark.parametrize("run_id", ["telemetry-collection-week1-v4", "telemetry-collection-week53-v4",

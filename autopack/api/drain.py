@@ -41,7 +41,7 @@ LEASE_CONFLICT: dict[int | str, dict[str, Any]] = {
     responses={**MUTATION_RESPONSES, 204: {"description": "nothing eligible to claim"}},
 )
 def claim(body: ClaimIn, db: DbDep) -> ClaimOut | Response:
-    """Claim the next eligible phase (lowest run, then phase index) with a lease for ``owner``."""
+    """Claim the next eligible phase (first run in run order, then phase index) with a lease for ``owner``."""
     result = leases.claim_next(
         db, body.owner, run_ids=body.run_ids or None, states=tuple(body.states), lease_seconds=body.lease_seconds
     )

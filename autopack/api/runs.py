@@ -24,6 +24,7 @@ from autopack.errors import RefusedError
 from autopack.execution import leases
 from autopack.execution.runs import create_run
 from autopack.execution.spec import API_SOURCE, RunSpec, refuse_untrusted_check_command
+from autopack.run_order import run_order
 
 router = APIRouter(tags=["runs"], route_class=StrictJsonRoute)
 
@@ -67,7 +68,7 @@ def list_runs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> list[RunOut]:
-    query = sa.select(Run).order_by(Run.created_at.desc(), Run.id).limit(limit).offset(offset)
+    query = sa.select(Run).order_by(Run.created_at.desc(), *run_order(Run.id)).limit(limit).offset(offset)
     if state is not None:
         query = query.where(Run.state == state)
     runs = list(db.scalars(query))

@@ -39,6 +39,7 @@ from autopack.db import keys
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
 from autopack.errors import AutopackError
 from autopack.llm.base import TRUNCATION_REASONS
+from autopack.run_order import sorted_runs
 from autopack.taxonomy import DOCS_LIKE, canonical_category
 from autopack.truncation import reached_ceiling
 
@@ -493,8 +494,8 @@ def _run_ids(connection: sa.Connection, where: list[Any], last_id: int | None) -
     if not where:
         found = connection.execute(_SKIP_SCAN, {"limit": SKIP_SCAN_LIMIT, "last": last_id}).scalars().all()
         if len(found) <= SKIP_SCAN_LIMIT:
-            return sorted(found)
-    return sorted(connection.execute(sa.select(c.run_id).where(*where, c.event_id <= last_id).distinct()
+            return sorted_runs(found)
+    return sorted_runs(connection.execute(sa.select(c.run_id).where(*where, c.event_id <= last_id).distinct()
                                      ).scalars().all())
 
 

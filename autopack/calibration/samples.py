@@ -43,6 +43,7 @@ import numpy as np
 
 from autopack import token_estimator as te
 from autopack.llm.base import TRUNCATION_REASONS
+from autopack.run_order import sorted_runs
 from autopack.taxonomy import DOCS_LIKE, canonical_category, canonical_complexity, normalise_category
 from autopack.truncation import reached_ceiling  # the one rule, shared with the import
 
@@ -728,7 +729,7 @@ def columns_from_records(
         )
         retry, repeat, retry_of = phase_retries(phase, attempt, event_id, escalated, truncated & ~unknown)
     summary = Summary(
-        run_ids=sorted({r["run_id"] for r in records}),
+        run_ids=sorted_runs({r["run_id"] for r in records}),
         successful_phases=len({(r["run_id"], r["phase_id"]) for r in records if r.get("success")}),
         success_rate_all=(sum(1 for r in records if r.get("success")) / n) if n else 0.0,
         coverage_actual_max_tokens=(sum(1 for r in records if r.get("actual_max_tokens") is not None) / n) if n else 0.0,

@@ -21,16 +21,16 @@ from autopack.errors import AutopackError, InputError
 from autopack.execution.runs import require_runs
 from autopack.execution.seed_runs import MAX_SEED_WEEKS
 from autopack.params import PipelineParams as P
+from autopack.prefect_server import STARTUP_TIMEOUT_VARIABLE, prefect_api, startup_failed
 
 if TYPE_CHECKING:
     from prefect import State
 
     from autopack.pipeline import PipelineResult
 
-#: Prefect's setting for how long to wait for its temporary local server (Prefect's default: 20 s).
-STARTUP_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+#: How long to wait for the temporary local Prefect server (Prefect's default: 20 s).
 STARTUP_TIMEOUT_SECONDS = 180
-#: The start of the error Prefect raises when that server does not answer in time.
+#: The start of the error Prefect raises when its own temporary server (not Linux) does not answer in time.
 EPHEMERAL_FAILURE = "Timed out while attempting to connect to ephemeral Prefect API server"
 
 #: The flow ``autopack pipeline run`` runs, as ``prefect.yaml`` names it: relative to the repository.
@@ -81,7 +81,7 @@ def run(
     from autopack.cli.console import stop_on_sigterm
 
     # Prefect answers SIGTERM by crashing the flow run and sending it again to the previous handler: by default
-    # that killed the process on the spot, without a line and leaving its temporary server running
+    # that killed the process on the spot, without a line and before its temporary server was stopped
     stop_on_sigterm()
     # Prefect's server reports usage analytics over the internet by default; autopack never needs that.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -112,20 +112,18 @@ def run(
 
     called_at = time.time()
     try:
-        # a synchronous call: the flow's final State, not an awaitable
-        state = cast("State[Any]", telemetry_pipeline(params, database=prepared.database.ref(), checked=checked,
-                                                              return_state=True))
-    except RuntimeError as exc:
+        # a server Prefect would start itself is started here, so that it dies with this process, even by SIGKILL
+        with prefect_api():
+            # a synchronous call: the flow's final State, not an awaitable
+            state = cast("State[Any]", telemetry_pipeline(params, database=prepared.database.ref(), checked=checked,
+                                                                  return_state=True))
+            if not state.is_completed():
+                raise AutopackError(f"pipeline {state.type.value.lower()}: {state.message}", exit_code=1)
+            result: PipelineResult = state.result()
+    except RuntimeError as exc:  # Prefect's own temporary server (where it cannot be made to die with us)
         if EPHEMERAL_FAILURE not in str(exc):
             raise
-        raise AutopackError(
-            f"the temporary Prefect server did not start within {os.environ[STARTUP_TIMEOUT_VARIABLE]} s",
-            hint=f"raise {STARTUP_TIMEOUT_VARIABLE}, or start one (`prefect server start`) and set PREFECT_API_URL",
-            exit_code=1,
-        ) from None
-    if not state.is_completed():
-        raise AutopackError(f"pipeline {state.type.value.lower()}: {state.message}", exit_code=1)
-    result: PipelineResult = state.result()
+        raise startup_failed(float(os.environ[STARTUP_TIMEOUT_VARIABLE])) from None
     if result.started_at:  # the flow's body began after Prefect (and its temporary server) started
         timings = {**guard, "prefect_start": round(result.started_at - called_at, 2), **result.timings}
         result = result.model_copy(update={"timings": timings})

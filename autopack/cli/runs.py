@@ -19,6 +19,7 @@ from autopack.execution.run_state import run_state
 from autopack.execution.runs import create_run
 from autopack.execution.seed_runs import SEED_RUNS, V4_RUN_ID, ensure_seed_runs, telemetry_collection_v4_spec
 from autopack.execution.spec import RunSpec
+from autopack.run_order import run_order
 from autopack.taxonomy import canonical_category, canonical_complexity
 
 runs_app = command_group("Runs and their phases.")
@@ -82,7 +83,7 @@ def list_runs(
     """Each run with its state (told by its phases) and its phase counts by state; reads only."""
     database = guarded(expect_db_id, allow_empty=True, quiet=as_json, read_only=True)
     with database.session() as session:
-        runs = session.execute(sa.select(Run.id, Run.state, Run.created_at).order_by(Run.created_at, Run.id)).all()
+        runs = session.execute(sa.select(Run.id, Run.state, Run.created_at).order_by(Run.created_at, *run_order(Run.id))).all()
         counts = session.execute(sa.select(Phase.run_id, Phase.state, sa.func.count()).group_by(Phase.run_id, Phase.state)).all()
     states: dict[str, dict[str, int]] = {}
     for rid, state, n in counts:

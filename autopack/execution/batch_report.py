@@ -15,6 +15,7 @@ from autopack.execution.batch_workers import PhaseDone, PhaseLeaseLost, PhaseMes
 from autopack.execution.sessions import DrainOutcome, SessionState
 from autopack.execution.triage import Candidate
 from autopack.logging import redact
+from autopack.run_order import sorted_runs
 
 RULE = "=" * 80
 #: How a phase finished from an earlier execution's recorded call is marked in its lines.
@@ -238,7 +239,7 @@ def format_summary(state: SessionState, wall_seconds: float | None = None) -> st
         "Stop Conditions:",
         f"  Stopped Runs: {len(state.stopped_runs)}",
     ]
-    lines += [f"    - {run_id}" for run_id in sorted(state.stopped_runs)]
+    lines += [f"    - {run_id}" for run_id in sorted_runs(state.stopped_runs)]
     lines += [
         f"  Unique Fingerprints: {len(state.fingerprint_counts)}",
         f"  Repeat Limit Hits: {len(state.stopped_fingerprints)}",
@@ -249,7 +250,8 @@ def format_summary(state: SessionState, wall_seconds: float | None = None) -> st
     by_run: dict[str, list[DrainOutcome]] = {}
     for result in results:
         by_run.setdefault(result.run_id, []).append(result)
-    for run_id, run_results in sorted(by_run.items()):
+    for run_id in sorted_runs(by_run):
+        run_results = by_run[run_id]
         ok = sum(1 for r in run_results if r.success)
         timeouts = sum(1 for r in run_results if r.timed_out)
         events = sum(r.telemetry_events for r in run_results)

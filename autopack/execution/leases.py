@@ -32,6 +32,7 @@ from autopack.db.models import (
 from autopack.errors import AutopackError
 from autopack.logging import one_line, redact
 from autopack.params import CLAIM_LEASE_SECONDS, DEFAULT_DRAIN_STATES
+from autopack.run_order import run_order
 from autopack.telemetry.bounds import bounds_for
 
 
@@ -150,7 +151,7 @@ def claim_next(
     lease_seconds: float = CLAIM_LEASE_SECONDS,
     max_tries: int = 20,
 ) -> Claim | None:
-    """Claim the next eligible phase (lowest run, then phase index). None when nothing is left."""
+    """Claim the next eligible phase (first run in run order, then phase index). None when nothing is left."""
     for _ in range(max_tries):
         now = utcnow()
         query = sa.select(Phase.run_id, Phase.phase_id).where(claimable(states, now))
@@ -158,7 +159,7 @@ def claim_next(
             query = query.where(Phase.run_id.in_(list(run_ids)))
         if exclude:
             query = query.where(sa.tuple_(Phase.run_id, Phase.phase_id).not_in(list(exclude)))
-        query = query.order_by(Phase.run_id, Phase.phase_index, Phase.id).limit(1)
+        query = query.order_by(*run_order(Phase.run_id), Phase.phase_index, Phase.id).limit(1)
         if session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True, of=Phase)
         candidate = session.execute(query).first()

@@ -10,7 +10,6 @@ Together they hold 61 phases over four runs (``ensure_seed_runs``).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 
 from sqlalchemy.orm import Session
@@ -19,6 +18,7 @@ from autopack.db.models import Run
 from autopack.errors import InputError
 from autopack.execution.runs import create_run
 from autopack.execution.spec import PhaseSpec, RunSpec
+from autopack.run_order import WEEK_PREFIX, week_of
 
 V4_RUN_ID = "telemetry-collection-v4"
 V5_RUN_ID = "telemetry-collection-v5"
@@ -235,17 +235,18 @@ _SEED_PREFIX = "telemetry-collection-"
 def week_run_id(run_id: str, week: int) -> str:
     """Week 1 is the seed run itself; week k > 1 repeats its phases as ``telemetry-collection-week<k>-v4`` …
 
-    Named so that run ids sort in the order the weeks were collected (drains take runs in id order), as a
-    team's weekly runs would be: the calibration's newest calls are then the last week's, of every group.
+    Drains take runs in run order (``autopack.run_order``: by id, the week number read as a number, so week 10
+    follows week 9), so the weeks are drained in the order they were collected, as a team's weekly runs would
+    be: the calibration's newest calls are then the last week's, of every group.
     """
-    return run_id if week == 1 else run_id.replace(_SEED_PREFIX, f"{_SEED_PREFIX}week{week}-", 1)
+    return run_id if week == 1 else run_id.replace(_SEED_PREFIX, f"{WEEK_PREFIX}{week}-", 1)
 
 
 def seed_run_spec(run_id: str) -> RunSpec:
     """The spec of a seed run, or of one of its later weeks (same phases, its own run id)."""
-    match = re.fullmatch(rf"{_SEED_PREFIX}week(\d+)-(.+)", run_id)
-    if match and f"{_SEED_PREFIX}{match[2]}" in SEED_RUNS and 2 <= int(match[1]) <= MAX_SEED_WEEKS:
-        return SEED_RUNS[f"{_SEED_PREFIX}{match[2]}"]().model_copy(update={"run_id": run_id})
+    week = week_of(run_id)
+    if week and (seed := f"{_SEED_PREFIX}{week[1][1:]}") in SEED_RUNS and 2 <= week[0] <= MAX_SEED_WEEKS:
+        return SEED_RUNS[seed]().model_copy(update={"run_id": run_id})
     try:
         return SEED_RUNS[run_id]()
     except KeyError:

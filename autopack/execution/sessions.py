@@ -37,6 +37,7 @@ from autopack.execution.triage import (
     fingerprint_stops_run,
     sample_is_promising,
 )
+from autopack.run_order import sorted_runs
 from autopack.url_credentials import split_userinfo
 
 if TYPE_CHECKING:
@@ -329,10 +330,10 @@ class SessionState:
             "consecutive_zero_yield": self.consecutive_zero_yield,
             "fingerprint_counts": dict(self.fingerprint_counts),
             "stopped_fingerprints": sorted(self.stopped_fingerprints),
-            "stopped_runs": sorted(self.stopped_runs),
-            "sampled_runs": sorted(self.sampled_runs),
-            "promising_runs": sorted(self.promising_runs),
-            "deprioritized_runs": sorted(self.deprioritized_runs),
+            "stopped_runs": sorted_runs(self.stopped_runs),
+            "sampled_runs": sorted_runs(self.sampled_runs),
+            "promising_runs": sorted_runs(self.promising_runs),
+            "deprioritized_runs": sorted_runs(self.deprioritized_runs),
             "results": [r.to_dict() for r in self.results],
             "lease_expires_at": self.lease_expires_at.isoformat() if self.lease_expires_at else None,
         }
@@ -423,10 +424,10 @@ class SessionStore:
             row.consecutive_zero_yield = state.consecutive_zero_yield
             row.fingerprint_counts = dict(state.fingerprint_counts)
             row.stopped_fingerprints = sorted(state.stopped_fingerprints)
-            row.stopped_runs = sorted(state.stopped_runs)
-            row.sampled_runs = sorted(state.sampled_runs)
-            row.promising_runs = sorted(state.promising_runs)
-            row.deprioritized_runs = sorted(state.deprioritized_runs)
+            row.stopped_runs = sorted_runs(state.stopped_runs)
+            row.sampled_runs = sorted_runs(state.sampled_runs)
+            row.promising_runs = sorted_runs(state.promising_runs)
+            row.deprioritized_runs = sorted_runs(state.deprioritized_runs)
             held = self.owner is not None and state.status == STATUS_RUNNING
             row.owner = self.owner if held else None
             row.lease_expires_at = now + timedelta(seconds=self.lease_seconds) if held else None

@@ -12,6 +12,8 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
+from autopack.run_order import run_order_key
+
 # --- return codes (the original's subprocess exit codes, kept as the fingerprint vocabulary) -----------
 
 RC_SUCCESS = 0
@@ -265,7 +267,7 @@ def order_candidates(
     attempts = view.attempts or {}
     in_flight_keys = set(in_flight)
     runs_in_flight = {run_id for run_id, _ in in_flight_keys}
-    ranked: list[tuple[tuple[int, int, int, str, str], Candidate]] = []
+    ranked: list[tuple[tuple[int, int, int, tuple[str, int, str], str], Candidate]] = []
     for candidate in candidates:
         if (candidate.key in in_flight_keys or skip_run_prefix(candidate.run_id, skip_run_prefixes)
                 or candidate.exhausted):
@@ -286,7 +288,7 @@ def order_candidates(
             group,
             failure_bucket(candidate.last_failure_reason),
             candidate.phase_index,
-            candidate.run_id,
+            run_order_key(candidate.run_id),
             candidate.phase_id,
         )
         ranked.append((rank, candidate))

@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from autopack.db.models import TokenBudgetEscalationEvent, TokenEstimationV2Event, utcnow
 from autopack.errors import AutopackError, InputError
+from autopack.run_order import sorted_runs
 from autopack.taxonomy import CATEGORIES, COMPLEXITIES, UNKNOWN
 from autopack.telemetry.ingest.events import iter_events, source_of
 from autopack.telemetry.ingest.rows import RowError
@@ -232,7 +233,7 @@ def import_telemetry(
                 hint="run the import again when the other write has finished",
             ) from exc
         raise
-    return ImportReport(str(file), fmt, writer.source, writer.rows, sorted(writer.run_ids), 0, str(database.db_id),
+    return ImportReport(str(file), fmt, writer.source, writer.rows, sorted_runs(writer.run_ids), 0, str(database.db_id),
                         notes=_unknown_notes(writer.unknown))
 
 
